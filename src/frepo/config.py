@@ -1,0 +1,151 @@
+"""Typed configuration: one dataclass per concern, validated, serialisable to plain JSON.
+
+Every default is the reference (official FRePo code, `yongchaoz/FRePo` at 43e028a) unless its help
+says otherwise. Per-dataset settings (flip, steps) live in `presets.py`. The CLI builds its flags
+and help from these same fields (`cli.py`), so there is one definition of every option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import FrepoError
+
+NORMS = ("batch", "instance", "none")
+PREPROCESS_KINDS = ("auto", "standard", "zca", "none")
+
+
+def opt(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
+    """A dataclass field with its CLI help text."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class DataConfig:
+    dataset: str = opt(
+        "digits",
+        "registered name (digits, mnist, fashion_mnist, cifar10, cifar100, svhn), "
+        "a .npz file or an ImageFolder directory with train/ and test/",
+    )
+    data_dir: str | None = opt(None, "download and cache folder (default: $FREPO_CACHE or ~/.cache/frepo)")
+    download: bool = opt(True, "let torchvision download a dataset that is not on disk")
+    preprocess: str = opt("auto", "auto (standardise, plus ZCA for colour images), standard, zca or none")
+    zca_reg: float = opt(0.1, "ZCA regulariser: zca_reg * trace(cov) / d is added to the covariance")
+    val_size: int | None = opt(
+        None,
+        "training images held out for validation (default: 5000 for "
+        "datasets of 50k images or more, else 10%%); never distilled from",
+    )
+
+    def validate(self) -> None:
+        if self.preprocess not in PREPROCESS_KINDS:
+            raise FrepoError(f"preprocess must be one of {PREPROCESS_KINDS}, got {self.preprocess!r}")
+        if self.zca_reg < 0:
+            raise FrepoError(f"zca_reg must be >= 0, got {self.zca_reg}")
+        if self.val_size is not None and self.val_size < 0:
+            raise FrepoError(f"val_size must be >= 0, got {self.val_size}")
+
+
+@dataclass
+class ModelConfig:
+    width: int = opt(128, "channels of the first conv block (block i has width * 2**i)")
+    depth: int = opt(3, "conv blocks")
+    norm: str = opt("batch", "normalisation of the pool models: batch (reference), instance or none")
+
+    def validate(self) -> None:
+        if self.norm not in NORMS:
+            raise FrepoError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.width < 1 or self.depth < 1:
+            raise FrepoError("width and depth must be positive")
+
+
+@dataclass
+class PoolConfig:
+    num_models: int = opt(10, "models in the pool")
+    max_online_updates: int = opt(100, "a pool model is re-initialised once its step counter exceeds this")
+    online_lr: float = opt(3e-4, "Adam learning rate of the online updates")
+    online_batch_size: int = opt(1000, "online updates use a random subset of at most this many images")
+
+    def validate(self) -> None:
+        if self.num_models < 1:
+            raise FrepoError("num_models must be >= 1")
+        if self.max_online_updates < 0:
+            raise FrepoError("max_online_updates must be >= 0")
+        if self.online_batch_size < 1:
+            raise FrepoError("online_batch_size must be >= 1")
+
+
+@dataclass
+class DistillConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    ipc: int = opt(10, "synthetic images per class")
+    steps: int = opt(500_000, "outer (meta) steps; the reference trains 500k")
+    batch_size: int = opt(1024, "real images per meta-step (the global batch when distributed)")
+    lr: float = opt(3e-4, "LAMB learning rate for images and labels")
+    lr_final_ratio: float = opt(0.1, "cosine decay ends at lr * lr_final_ratio")
+    learn_labels: bool = opt(True, "learn the synthetic labels too")
+    use_flip: bool | None = opt(None, "flip trick in the meta-step (default: the reference's per-dataset table)")
+    krr_reg: float = opt(1e-6, "ridge: krr_reg * trace(K_ss) / n_s")
+    seed: int = opt(0, "seed of every random stream of the run")
+    log_every: int = opt(10, "steps between metrics lines (and NaN checks)")
+    checkpoint_every: int = opt(200, "steps between atomic checkpoints")
+    eval_every: int = opt(0, "steps between validation evaluations (0: only at the end)")
+    eval_models: int = opt(1, "models trained per validation evaluation")
+    eval_steps: int | None = opt(None, "training steps of each validation model (default: the step table)")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    chunk_size: int = opt(0, "synthetic images per forward chunk, for bounded memory (0: no chunking)")
+
+    def validate(self) -> None:
+        self.data.validate()
+        self.model.validate()
+        self.pool.validate()
+        for name in ("ipc", "steps", "batch_size", "log_every", "checkpoint_every", "eval_models"):
+            if getattr(self, name) < 1:
+                raise FrepoError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0 or self.chunk_size < 0:
+            raise FrepoError("eval_every and chunk_size must be >= 0")
+        if self.lr <= 0 or not (0 <= self.lr_final_ratio <= 1):
+            raise FrepoError("lr must be > 0 and lr_final_ratio in [0, 1]")
+        if self.krr_reg < 0:
+            raise FrepoError("krr_reg must be >= 0")
+        if self.eval_steps is not None and self.eval_steps < 1:
+            raise FrepoError("eval_steps must be >= 1")
+
+
+def to_dict(config: Any) -> dict:
+    """Plain-JSON view of a (nested) config dataclass."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type, values: dict) -> Any:
+    """Inverse of `to_dict`; an unknown key is an error (a config from another frepo version)."""
+    obj = cls()
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key not in known:
+            raise FrepoError(f"unknown config key {key!r} for {cls.__name__}")
+        current = getattr(obj, key)
+        setattr(obj, key, from_dict(type(current), value) if dataclasses.is_dataclass(current) else value)
+    return obj
+
+
+def leaf_fields(config: Any) -> dict[str, tuple[Any, dataclasses.Field]]:
+    """Every leaf field name -> (the dataclass instance that owns it, its field). Names are unique."""
+    out: dict[str, tuple[Any, dataclasses.Field]] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(leaf_fields(value))
+        else:
+            assert f.name not in out, f"duplicate config field name {f.name}"
+            out[f.name] = (config, f)
+    return out
+
+
+def set_leaf(config: Any, name: str, value: Any) -> None:
+    owner, f = leaf_fields(config)[name]
+    setattr(owner, f.name, value)

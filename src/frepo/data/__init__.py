@@ -1,0 +1,55 @@
+"""Datasets, the validation hold-out and preprocessing, assembled for distillation and evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import DataConfig
+from .preprocess import Preprocessing, cached_preprocessing, fit_preprocessing, resolve_kind
+from .registry import BUILTIN, RawDataset, default_data_dir, load_dataset
+from .splits import default_val_size, holdout_split
+
+__all__ = [
+    "BUILTIN",
+    "PreparedData",
+    "Preprocessing",
+    "RawDataset",
+    "default_data_dir",
+    "fit_preprocessing",
+    "load_dataset",
+    "prepare",
+]
+
+
+@dataclass
+class PreparedData:
+    """A dataset with its hold-out split and the preprocessing fitted on the distillation part."""
+
+    raw: RawDataset
+    preprocessing: Preprocessing
+    train_idx: np.ndarray  # indices into raw.x_train that distillation may use
+    val_idx: np.ndarray  # indices into raw.x_train held out for validation
+
+    def train(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(float32 N×C×H×W preprocessed images, int64 labels) of the distillation part."""
+        return self.preprocessing(self.raw.x_train[self.train_idx]), torch.from_numpy(self.raw.y_train[self.train_idx])
+
+    def val(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.preprocessing(self.raw.x_train[self.val_idx]), torch.from_numpy(self.raw.y_train[self.val_idx])
+
+    def test(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.preprocessing(self.raw.x_test), torch.from_numpy(self.raw.y_test)
+
+
+def prepare(cfg: DataConfig) -> PreparedData:
+    raw = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
+    val_size = cfg.val_size if cfg.val_size is not None else default_val_size(len(raw.y_train))
+    train_idx, val_idx = holdout_split(raw.y_train, val_size)
+    kind = resolve_kind(cfg.preprocess, raw.image_shape[0])
+    cache = Path(cfg.data_dir) if cfg.data_dir is not None else default_data_dir()
+    pre = cached_preprocessing(raw.x_train[train_idx], kind, cfg.zca_reg, cache)
+    return PreparedData(raw, pre, train_idx, val_idx)

@@ -1,0 +1,183 @@
+"""The reference preprocessing as an invertible, serialisable transform.
+
+Pixels in [0, 1] are standardised per channel; colour datasets are then ZCA-whitened over the
+whole image: W = U diag(s^-1/2) U^T from the eigen-decomposition of cov + reg·trace(cov)/d·I.
+Distilled images live in this space, so the transform travels with them (artifact.py).
+Images inside frepo are float32 N×C×H×W; flattening is in C,H,W order (the reference flattens
+H,W,C; a whitening matrix is equivariant to that permutation, so the space is the same).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import FrepoError
+
+KINDS = ("none", "standard", "zca")
+
+
+@dataclass
+class Preprocessing:
+    kind: str  # one of KINDS
+    mean: torch.Tensor  # (C,) per-channel mean of pixels in [0, 1]
+    std: torch.Tensor  # (C,)
+    zca_reg: float = 0.0
+    zca_mean: torch.Tensor | None = None  # (D,) mean of standardised, flattened images
+    whiten: torch.Tensor | None = None  # (D, D), symmetric
+    unwhiten: torch.Tensor | None = None  # (D, D), its inverse
+
+    # ---- apply / invert -------------------------------------------------------------------
+    def __call__(self, images: np.ndarray | torch.Tensor, batch: int = 4096) -> torch.Tensor:
+        """uint8 N×H×W×C (raw) -> float32 N×C×H×W in the preprocessed space, on the CPU."""
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(np.ascontiguousarray(images))
+        if images.ndim != 4:
+            raise FrepoError(f"expected a batch of images N×H×W×C, got shape {tuple(images.shape)}")
+        out = []
+        for start in range(0, len(images), batch):  # bounded memory for 50k-image splits
+            x = images[start : start + batch].permute(0, 3, 1, 2).float().div_(255.0)
+            out.append(self.from_unit(x))
+        return torch.cat(out) if out else images.new_zeros((0,), dtype=torch.float32)
+
+    def from_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """float N×C×H×W with pixels in [0, 1] -> preprocessed."""
+        c = x.shape[1]
+        if self.kind == "none":
+            return x.float()
+        x = (x - self.mean.view(1, c, 1, 1)) / self.std.view(1, c, 1, 1)
+        if self.kind == "zca":
+            shape = x.shape
+            flat = x.reshape(len(x), -1) - self.zca_mean
+            x = (flat @ self.whiten).reshape(shape)
+        return x.float()
+
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of `from_unit`: preprocessed N×C×H×W -> pixels (not clipped to [0, 1])."""
+        x = x.detach().float().cpu()
+        c = x.shape[1]
+        if self.kind == "none":
+            return x
+        if self.kind == "zca":
+            shape = x.shape
+            x = (x.reshape(len(x), -1) @ self.unwhiten + self.zca_mean).reshape(shape)
+        return x * self.std.view(1, c, 1, 1) + self.mean.view(1, c, 1, 1)
+
+    # ---- serialisation ----------------------------------------------------------------------
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {"pre_mean": self.mean, "pre_std": self.std}
+        if self.kind == "zca":
+            out.update(pre_zca_mean=self.zca_mean, pre_whiten=self.whiten, pre_unwhiten=self.unwhiten)
+        return {k: v.contiguous().float() for k, v in out.items()}
+
+    def params(self) -> dict:
+        return {"kind": self.kind, "zca_reg": self.zca_reg}
+
+    @classmethod
+    def from_tensors(cls, params: dict, tensors: dict[str, torch.Tensor]) -> Preprocessing:
+        kind = params.get("kind")
+        if kind not in KINDS:
+            raise FrepoError(f"unknown preprocessing kind {kind!r}")
+        try:
+            zca = {k: tensors[f"pre_{k}"] for k in ("zca_mean", "whiten", "unwhiten")} if kind == "zca" else {}
+            return cls(kind, tensors["pre_mean"], tensors["pre_std"], float(params.get("zca_reg", 0.0)), **zca)
+        except KeyError as exc:
+            raise FrepoError(f"preprocessing tensor {exc} is missing") from exc
+
+
+def resolve_kind(requested: str, channels: int) -> str:
+    """'auto' follows the reference: standardise greyscale data, ZCA-whiten colour data."""
+    if requested == "auto":
+        return "zca" if channels > 1 else "standard"
+    if requested not in KINDS:
+        raise FrepoError(f"preprocess must be auto or one of {KINDS}, got {requested!r}")
+    return requested
+
+
+def fit_preprocessing(images: np.ndarray, kind: str, zca_reg: float = 0.1) -> Preprocessing:
+    """Fit on uint8 N×H×W×C training images (never on test images)."""
+    n, h, w, c = images.shape
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    # Per-channel statistics in float64, over all pixels of the split.
+    total = torch.zeros(c, dtype=torch.float64)
+    total_sq = torch.zeros(c, dtype=torch.float64)
+    for start in range(0, n, 8192):
+        chunk = x[start : start + 8192].double().div_(255.0)
+        total += chunk.sum(dim=(0, 1, 2))
+        total_sq += chunk.square().sum(dim=(0, 1, 2))
+    count = n * h * w
+    mean = total / count
+    std = (total_sq / count - mean.square()).clamp_min(1e-12).sqrt()
+    pre = Preprocessing(kind, mean.float(), std.float())
+    if kind == "standard" or kind == "none":
+        if kind == "none":
+            pre.mean, pre.std = torch.zeros(c), torch.ones(c)
+        return pre
+    pre.zca_reg = float(zca_reg)
+    standard = Preprocessing("standard", pre.mean, pre.std)
+    d = c * h * w
+    # Mean and covariance of standardised, flattened images; float32 products, float64 sums.
+    zca_sum = torch.zeros(d, dtype=torch.float64)
+    for start in range(0, n, 4096):
+        zca_sum += standard(images[start : start + 4096]).reshape(-1, d).double().sum(0)
+    zca_mean = zca_sum / n
+    cov = torch.zeros(d, d, dtype=torch.float64)
+    for start in range(0, n, 4096):
+        flat = standard(images[start : start + 4096]).reshape(-1, d) - zca_mean.float()
+        cov += (flat.T @ flat).double()
+    cov /= n
+    pre.whiten, pre.unwhiten = whitening_matrices(cov, n, zca_reg)
+    pre.zca_mean = zca_mean.float()
+    return pre
+
+
+def whitening_matrices(cov: torch.Tensor, n: int, zca_reg: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W, W^-1) for cov (d×d, float64): W = U diag((s + reg)^-1/2) U^T, reg = zca_reg·trace/d.
+
+    As in the reference, when there are fewer images than dimensions the eigenvalues beyond the
+    n-th (which are pure regulariser) are left unscaled.
+    """
+    d = cov.shape[0]
+    reg = zca_reg * torch.trace(cov) / d
+    evals, evecs = torch.linalg.eigh(cov + reg * torch.eye(d, dtype=cov.dtype))
+    evals, evecs = evals.flip(0), evecs.flip(1)  # descending, as an SVD returns them
+    inv_sqrt, sqrt = evals.rsqrt(), evals.sqrt()
+    if n < d:
+        inv_sqrt[n:] = 1.0
+        sqrt[n:] = 1.0
+    whiten = (evecs * inv_sqrt) @ evecs.T
+    unwhiten = (evecs * sqrt) @ evecs.T
+    return whiten.float(), unwhiten.float()
+
+
+def fingerprint(images: np.ndarray, kind: str, zca_reg: float) -> str:
+    digest = hashlib.sha256(f"{images.shape}|{kind}|{zca_reg}".encode())
+    digest.update(np.ascontiguousarray(images).tobytes())
+    return digest.hexdigest()[:20]
+
+
+def cached_preprocessing(images: np.ndarray, kind: str, zca_reg: float, cache_dir: Path | None) -> Preprocessing:
+    """`fit_preprocessing`, cached on disk by a fingerprint of the fitting images (ZCA only: the
+    standardisation is cheaper to recompute than to read)."""
+    if kind != "zca" or cache_dir is None:
+        return fit_preprocessing(images, kind, zca_reg)
+    from safetensors.torch import load_file
+
+    from ..io import atomic_save_safetensors
+
+    path = Path(cache_dir) / "preprocessing" / f"zca-{fingerprint(images, kind, zca_reg)}.safetensors"
+    if path.is_file():
+        try:
+            return Preprocessing.from_tensors({"kind": kind, "zca_reg": zca_reg}, load_file(str(path)))
+        except Exception:  # a corrupt cache entry is recomputed, never trusted
+            path.unlink(missing_ok=True)
+    pre = fit_preprocessing(images, kind, zca_reg)
+    try:
+        atomic_save_safetensors(pre.tensors(), path)
+    except OSError:
+        pass  # a read-only or full cache only costs a recomputation next time
+    return pre

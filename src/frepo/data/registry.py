@@ -1,0 +1,267 @@
+"""Datasets as uint8 arrays: scikit-learn digits, torchvision datasets, a .npz file, an ImageFolder.
+
+Every loader returns a `RawDataset` with images as uint8 N×H×W×C (the layout of the files users
+have) and int64 labels; preprocessing and the NCHW float layout come later (`preprocess.py`).
+On offline machines `$FREPO_DATA_DIR/<name>.npz` (keys x_train, y_train, x_test, y_test, optional
+classes) stands in for a torchvision download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FrepoError
+
+# name -> (torchvision class, whether horizontal flips preserve the class). Flip-sensitive
+# datasets (digits, clothes with the reference's choice) get no flip trick and no flip augmentation.
+TORCHVISION_DATASETS = {
+    "mnist": ("MNIST", False),
+    "fashion_mnist": ("FashionMNIST", False),
+    "cifar10": ("CIFAR10", True),
+    "cifar100": ("CIFAR100", True),
+    "svhn": ("SVHN", False),
+}
+BUILTIN = ("digits", *TORCHVISION_DATASETS)
+
+
+@dataclass
+class RawDataset:
+    """A labelled image dataset before preprocessing."""
+
+    name: str
+    """Registry name, or the absolute path of a .npz file / ImageFolder directory."""
+    x_train: np.ndarray  # uint8, N×H×W×C
+    y_train: np.ndarray  # int64, N
+    x_test: np.ndarray  # uint8, M×H×W×C
+    y_test: np.ndarray  # int64, M
+    classes: list[str]
+    mirror_invariant: bool = True
+    """Whether a horizontal flip keeps the class (drives the flip trick and flip augmentation)."""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images once in the NCHW layout."""
+        _, h, w, c = self.x_train.shape
+        return (c, h, w)
+
+    def test_fingerprint(self) -> str:
+        """sha256 of the test split, to check that an evaluation uses the data a file came from."""
+        digest = hashlib.sha256()
+        digest.update(np.ascontiguousarray(self.x_test).tobytes())
+        digest.update(np.ascontiguousarray(self.y_test).astype(np.int64).tobytes())
+        return digest.hexdigest()
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("FREPO_CACHE", Path.home() / ".cache" / "frepo"))
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> RawDataset:
+    """Load a dataset by registry name, .npz path or ImageFolder directory."""
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    if name == "digits":
+        return _load_digits()
+    if name in TORCHVISION_DATASETS:
+        offline = _offline_copy(name)
+        if offline is not None:
+            return _load_npz(offline, name=name, mirror_invariant=TORCHVISION_DATASETS[name][1])
+        return _load_torchvision(name, data_dir, download)
+    path = Path(name).expanduser()
+    if path.suffix == ".npz":
+        if not path.is_file():
+            raise FrepoError(f"dataset file not found: {path}")
+        return _load_npz(path, name=str(path.resolve()), mirror_invariant=True)
+    if path.is_dir():
+        return _load_image_folder(path)
+    if path.exists():
+        raise FrepoError(f"{path} is neither a .npz file nor an ImageFolder directory with train/ and test/")
+    known = ", ".join(BUILTIN)
+    raise FrepoError(f"unknown dataset {name!r}: use one of {known}, a .npz path or an ImageFolder directory")
+
+
+def _offline_copy(name: str) -> Path | None:
+    folder = os.environ.get("FREPO_DATA_DIR")
+    if not folder:
+        return None
+    path = Path(folder) / f"{name}.npz"
+    return path if path.is_file() else None
+
+
+def _load_digits() -> RawDataset:
+    """scikit-learn's 8×8 digits (shipped with it, no download), split 70/30 by a fixed seed."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    # Pixel values are 0..16; scale to the 0..255 range every other dataset uses.
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = digits.target.astype(np.int64)
+    x_train, x_test, y_train, y_test = train_test_split(images, labels, test_size=0.3, stratify=labels, random_state=0)
+    return RawDataset("digits", x_train, y_train, x_test, y_test, [str(i) for i in range(10)], False)
+
+
+def _load_torchvision(name: str, data_dir: Path, download: bool) -> RawDataset:
+    import torchvision.datasets as tvd
+
+    cls_name, mirror_invariant = TORCHVISION_DATASETS[name]
+    cls = getattr(tvd, cls_name)
+    root = str(data_dir)
+    try:
+        if name == "svhn":
+            train, test = (cls(root, split=s, download=download) for s in ("train", "test"))
+        else:
+            train, test = (cls(root, train=t, download=download) for t in (True, False))
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted..."
+        hint = "" if download else " (downloads are off: pass --download or put the files there)"
+        raise FrepoError(f"could not load {name} from {root}: {exc}{hint}") from exc
+    except OSError as exc:  # network failures surface as URLError (an OSError)
+        raise FrepoError(f"could not download {name} into {root}: {exc}") from exc
+
+    def arrays(split) -> tuple[np.ndarray, np.ndarray]:
+        x = np.asarray(split.data)
+        y = np.asarray(split.targets if hasattr(split, "targets") else split.labels)
+        if name == "svhn":
+            x = x.transpose(0, 2, 3, 1)  # stored N×C×H×W
+        if x.ndim == 3:
+            x = x[..., None]
+        return np.ascontiguousarray(x, dtype=np.uint8), y.astype(np.int64)
+
+    x_train, y_train = arrays(train)
+    x_test, y_test = arrays(test)
+    classes = list(getattr(train, "classes", None) or [str(i) for i in range(10)])
+    if name == "mnist":
+        classes = [str(i) for i in range(10)]
+    raw = RawDataset(name, x_train, y_train, x_test, y_test, classes, mirror_invariant)
+    _check(raw, str(root))
+    return raw
+
+
+def _load_npz(path: Path, name: str, mirror_invariant: bool) -> RawDataset:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = {"x_train", "y_train", "x_test", "y_test"} - set(archive.files)
+            if missing:
+                raise FrepoError(f"{path} lacks the arrays {sorted(missing)} (needs x_train, y_train, x_test, y_test)")
+            arrays = {k: archive[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+            classes = [str(c) for c in archive["classes"]] if "classes" in archive.files else None
+    except FrepoError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise FrepoError(f"cannot read {path}: the file is corrupt or truncated ({exc})") from exc
+    x_train, x_test = (_as_uint8_nhwc(arrays[k], f"{path}:{k}") for k in ("x_train", "x_test"))
+    y_train, y_test = (_as_labels(arrays[k], f"{path}:{k}") for k in ("y_train", "y_test"))
+    if classes is None:
+        classes = [str(i) for i in range(int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1)]
+    raw = RawDataset(name, x_train, y_train, x_test, y_test, classes, mirror_invariant)
+    _check(raw, str(path))
+    return raw
+
+
+def _load_image_folder(root: Path) -> RawDataset:
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+
+    splits = {}
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise FrepoError(f"{root} is not an ImageFolder dataset: it needs {split}/<class>/<image> folders")
+        try:
+            splits[split] = ImageFolder(str(root / split))
+        except (FileNotFoundError, RuntimeError) as exc:
+            raise FrepoError(f"cannot read {root / split}: {exc}") from exc
+    if splits["train"].classes != splits["test"].classes:
+        raise FrepoError(f"{root}: train/ and test/ have different class folders")
+
+    def read(split) -> tuple[list, np.ndarray]:
+        images = []
+        for file, _ in split.samples:
+            try:
+                with Image.open(file) as im:
+                    images.append(im.copy())
+            except OSError as exc:
+                raise FrepoError(f"cannot read image {file}: {exc}") from exc
+        return images, np.asarray(split.targets, dtype=np.int64)
+
+    train_images, y_train = read(splits["train"])
+    test_images, y_test = read(splits["test"])
+    all_images = train_images + test_images
+    grey = all(im.mode in ("L", "1", "I;16") for im in all_images)
+    sizes = {im.size for im in all_images}
+    # Mixed sizes (CUB-like data): centre-crop to a square and resize to 32×32, as the reference does.
+    target = None if len(sizes) == 1 else 32
+
+    def to_array(images: list) -> np.ndarray:
+        out = []
+        for im in images:
+            im = im.convert("L" if grey else "RGB")
+            if target is not None:
+                side = min(im.size)
+                left, top = (im.width - side) // 2, (im.height - side) // 2
+                im = im.crop((left, top, left + side, top + side)).resize((target, target), Image.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
+            out.append(arr[..., None] if arr.ndim == 2 else arr)
+        return np.stack(out)
+
+    raw = RawDataset(
+        str(root.resolve()),
+        to_array(train_images),
+        y_train,
+        to_array(test_images),
+        y_test,
+        list(splits["train"].classes),
+        True,
+    )
+    _check(raw, str(root))
+    return raw
+
+
+def _as_uint8_nhwc(x: np.ndarray, where: str) -> np.ndarray:
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise FrepoError(f"{where} must be N×H×W or N×H×W×C with C in (1, 3), got shape {x.shape}")
+    if x.dtype == np.uint8:
+        return np.ascontiguousarray(x)
+    if np.issubdtype(x.dtype, np.integer):
+        if x.size and (x.min() < 0 or x.max() > 255):
+            raise FrepoError(f"{where}: integer pixels must lie in 0..255")
+        return x.astype(np.uint8)
+    if np.issubdtype(x.dtype, np.floating):
+        if not np.isfinite(x).all() or (x.size and (x.min() < 0 or x.max() > 1)):
+            raise FrepoError(f"{where}: float pixels must be finite and lie in [0, 1]")
+        return np.rint(x * 255).astype(np.uint8)
+    raise FrepoError(f"{where}: unsupported image dtype {x.dtype}")
+
+
+def _as_labels(y: np.ndarray, where: str) -> np.ndarray:
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise FrepoError(f"{where} must be a 1-D array of integer class labels, got {y.dtype} {y.shape}")
+    if y.size and y.min() < 0:
+        raise FrepoError(f"{where}: labels must be >= 0")
+    return y.astype(np.int64)
+
+
+def _check(raw: RawDataset, where: str) -> None:
+    """Shapes and labels must agree; a mismatch is a user error, never a crash later."""
+    for split in ("train", "test"):
+        x, y = getattr(raw, f"x_{split}"), getattr(raw, f"y_{split}")
+        if len(x) != len(y):
+            raise FrepoError(f"{where}: {len(x)} {split} images but {len(y)} {split} labels")
+        if len(x) == 0:
+            raise FrepoError(f"{where}: the {split} split is empty")
+        if y.max() >= raw.num_classes:
+            raise FrepoError(f"{where}: {split} label {int(y.max())} but only {raw.num_classes} classes")
+    if raw.x_train.shape[1:] != raw.x_test.shape[1:]:
+        raise FrepoError(
+            f"{where}: train images {raw.x_train.shape[1:]} and test images {raw.x_test.shape[1:]} differ in shape"
+        )

@@ -1,0 +1,65 @@
+"""torch.distributed glue: one process per device, launched by torchrun.
+
+Each rank takes a contiguous shard of the global real batch; the synthetic-set gradients (and the
+online gradients of the replicated pool) are averaged with all-reduce, so every rank holds the same
+synthetic set and the same pool. Rank 0 alone writes checkpoints, logs and outputs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    def shard(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous slice of a global batch of indices."""
+        if not self.enabled:
+            return batch
+        per_rank = len(batch) // self.world
+        return batch[self.rank * per_rank : (self.rank + 1) * per_rank]
+
+    def mean_(self, tensors: list[torch.Tensor]) -> None:
+        """In place: average over ranks (identical result on every rank)."""
+        if not self.enabled:
+            return
+        for t in tensors:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            t.div_(self.world)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+def init_distributed(device_name: str) -> tuple[DistContext, str]:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); pick this rank's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext(), device_name
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device_name = f"cuda:{local_rank}"
+    else:
+        device_name = "cpu"
+    return DistContext(rank, world, local_rank), device_name

@@ -1,0 +1,413 @@
+"""The FRePo distillation loop.
+
+Per outer step: a real batch -> meta-step (kernel ridge regression on the features of the current
+pool model, loss back-propagated into the synthetic images and labels) -> LAMB update -> the pool
+model takes its online step or is reset -> the next pool model is drawn. Periodic actions (metrics,
+NaN check, checkpoint, validation) share one schedule; Ctrl-C or SIGTERM checkpoints and stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .artifact import DistilledSet, save_distilled
+from .config import DistillConfig, to_dict
+from .data import PreparedData, prepare
+from .device import resolve_device
+from .dist import init_distributed
+from .errors import FrepoError, Interrupted
+from .evaluate import evaluate_tensors, reference_steps
+from .krr import centered_one_hot, krr_weights, label_margin_loss, mse_loss
+from .models import Conv
+from .optim import Lamb, cosine_decay
+from .pool import ModelPool
+from .rng import generator
+from .runs import RunDir
+from .synthetic import SyntheticSet, init_from_real
+from .visualize import save_grid
+
+
+def note(message: str) -> None:
+    """A status line on stderr that does not break the progress bar."""
+    tqdm.write(message, file=sys.stderr)
+
+
+@dataclass
+class DistillResult:
+    out: Path
+    step: int
+    distilled_path: Path
+    best_path: Path | None
+    val_accuracy: float | None
+    seconds: float
+
+
+class BatchSampler:
+    """Indices of real batches: epoch-wise seeded permutations; a batch may span two epochs."""
+
+    def __init__(self, n: int, batch_size: int, gen: torch.Generator):
+        self.n, self.batch_size, self.gen = n, batch_size, gen
+        self.perm = torch.empty(0, dtype=torch.long)
+        self.pos = 0
+
+    def next(self) -> torch.Tensor:
+        parts, need = [], self.batch_size
+        while need > 0:
+            if self.pos >= len(self.perm):
+                self.perm, self.pos = torch.randperm(self.n, generator=self.gen), 0
+            take = self.perm[self.pos : self.pos + need]
+            self.pos += len(take)
+            need -= len(take)
+            parts.append(take)
+        return torch.cat(parts)
+
+    def state_dict(self) -> dict:
+        return {"perm": self.perm, "pos": self.pos, "generator": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.perm, self.pos = state["perm"], int(state["pos"])
+        self.gen.set_state(state["generator"])
+
+
+def embed(model: torch.nn.Module, x: torch.Tensor, chunk_size: int = 0) -> torch.Tensor:
+    """Features of x (N×C×H×W -> N×D). With chunk_size > 0 the forward runs in chunks under activation
+    checkpointing, so memory grows with the chunk, not with N (large support sets)."""
+    if chunk_size <= 0 or len(x) <= chunk_size:
+        return model.embed(x)
+    from torch.utils.checkpoint import checkpoint
+
+    return torch.cat([checkpoint(model.embed, part, use_reentrant=False) for part in x.split(chunk_size)])
+
+
+def meta_step(
+    model: torch.nn.Module,
+    syn: SyntheticSet,
+    x_real: torch.Tensor,
+    y_real: torch.Tensor,
+    use_flip: bool,
+    reg: float,
+    chunk_size: int = 0,
+) -> dict[str, torch.Tensor]:
+    """One meta-gradient: sets .grad of the synthetic set's trainable tensors; returns detached metrics.
+
+    x_real: B×C×H×W preprocessed real images; y_real: B×K centred one-hot targets.
+    """
+    model.eval()  # batch norm uses running statistics for both feature passes
+    with torch.no_grad():
+        feat_real = model.embed(x_real)
+    x_s, y_s = syn.images, syn.labels
+    if use_flip:
+        x_s, y_s = torch.cat([x_s, x_s.flip(-1)]), torch.cat([y_s, y_s])
+    weights = krr_weights(embed(model, x_s, chunk_size), y_s, reg)
+    pred = feat_real @ weights
+    kernel = mse_loss(pred, y_real)
+    label = label_margin_loss(syn.labels)
+    loss = kernel + label
+    params = syn.trainable()
+    for p, g in zip(params, torch.autograd.grad(loss, params)):
+        p.grad = g
+    acc = (pred.argmax(-1) == y_real.argmax(-1)).float().mean()
+    return {"loss": loss.detach(), "kernel_loss": kernel.detach(), "label_loss": label.detach(), "acc": acc}
+
+
+@contextlib.contextmanager
+def stop_on_signal():
+    """The first Ctrl-C / SIGTERM asks the loop to stop after the current step; a second Ctrl-C aborts."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag.set()
+        note("frepo: stopping after this step and writing a checkpoint (Ctrl-C again to abort)")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class Distiller:
+    """Holds the state of one run; `run()` drives it to `config.steps`."""
+
+    def __init__(self, config: DistillConfig, out: str | Path, progress: bool = True):
+        config.validate()
+        self.config = config
+        self.ctx, device_name = init_distributed(config.device)
+        self.device = resolve_device(device_name)
+        self.run_dir = RunDir(out)
+        self.progress = progress and self.ctx.is_main
+        if config.batch_size % self.ctx.world:
+            raise FrepoError(f"batch_size {config.batch_size} is not divisible by the {self.ctx.world} processes")
+        resuming = self.run_dir.claim(config) if self.ctx.is_main else False
+        self.ctx.barrier()
+        self.data: PreparedData = prepare(config.data)
+        raw = self.data.raw
+        self.num_classes = raw.num_classes
+        x_train, y_train = self.data.train()
+        if config.batch_size > len(x_train):
+            note(
+                f"frepo: batch_size {config.batch_size} exceeds the {len(x_train)} distillation images; "
+                "batches repeat images"
+            )
+        self.x_train = x_train.to(self.device)
+        self.y_train = centered_one_hot(y_train, self.num_classes).to(self.device)
+        seed = config.seed
+        images, class_ids = init_from_real(x_train, y_train, self.num_classes, config.ipc, generator(seed, "init"))
+        self.syn = SyntheticSet(images, class_ids, self.num_classes, config.learn_labels).to(self.device)
+        self.lamb = Lamb(
+            self.syn.trainable(),
+            lr=cosine_decay(config.lr, config.steps, config.lr_final_ratio),
+            betas=(0.9, 0.999),
+            eps=1e-6,
+        )
+        c, h, w = raw.image_shape
+        m = config.model
+
+        def make_model(gen: torch.Generator) -> Conv:
+            return Conv(c, self.num_classes, (h, w), m.width, m.depth, m.norm, gen)
+
+        self.pool = ModelPool(make_model, config.pool, generator(seed, "pool"), self.device)
+        if self.ctx.enabled:
+            self._sync_pool_gradients()
+        self.sampler = BatchSampler(len(x_train), config.batch_size, generator(seed, "batches"))
+        self.step = 0
+        self.best = {"val_acc": None, "step": None}
+        self.elapsed = 0.0
+        self.resumed = False
+        if resuming or (self.ctx.enabled and self.run_dir.checkpoint_path.is_file()):
+            self._load(self.run_dir.load_checkpoint())
+            self.resumed = True
+        self._val = None
+
+    # ---- checkpointing ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "synthetic": self.syn.state_dict(),
+            "lamb": self.lamb.state_dict(),
+            "pool": self.pool.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "best": dict(self.best),
+            "elapsed": self.elapsed,
+        }
+
+    def _load(self, state: dict) -> None:
+        self.step = int(state["step"])
+        self.syn.load_state_dict(state["synthetic"])
+        self.lamb.load_state_dict(state["lamb"])
+        self.pool.load_state_dict(state["pool"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.best = dict(state["best"])
+        self.elapsed = float(state["elapsed"])
+        if self.ctx.is_main:
+            self.run_dir.truncate_metrics(self.step)
+
+    def _finite(self) -> bool:
+        return bool(torch.isfinite(self.syn.images).all() and torch.isfinite(self.syn.labels).all())
+
+    def checkpoint(self) -> None:
+        if not self._finite():
+            raise FrepoError(f"non-finite synthetic set at step {self.step}; the last good checkpoint is kept")
+        if self.ctx.is_main:
+            self.run_dir.save_checkpoint(self.state_dict())
+
+    def _sync_pool_gradients(self) -> None:
+        """Average online gradients over ranks, so the replicated pool stays bit-identical."""
+        for model in self.pool.models:
+            for p in model.parameters():
+                p.register_hook(lambda g: (self.ctx.mean_([g]), g)[1])
+
+    # ---- outputs ------------------------------------------------------------------------------
+    def distilled_set(self) -> DistilledSet:
+        raw = self.data.raw
+        meta = {
+            "kind": "distilled",
+            "dataset": raw.name,
+            "classes": raw.classes,
+            "ipc": self.config.ipc,
+            "seed": self.config.seed,
+            "step": self.step,
+            "config": to_dict(self.config),
+            "mirror_invariant": raw.mirror_invariant,
+            "val_size": int(len(self.data.val_idx)),
+            "test_fingerprint": raw.test_fingerprint(),
+        }
+        return DistilledSet(
+            self.syn.images.detach().cpu().clone(),
+            self.syn.labels.detach().cpu().clone(),
+            self.data.preprocessing,
+            meta,
+        )
+
+    def validate(self) -> float | None:
+        """Validation accuracy (%) of fresh models trained on the current set; None without a hold-out."""
+        if len(self.data.val_idx) == 0:
+            return None
+        if self._val is None:
+            self._val = self.data.val()
+        result = evaluate_tensors(
+            self.syn.images.detach(),
+            self.syn.labels.detach(),
+            *self._val,
+            num_classes=self.num_classes,
+            mirror_invariant=self.data.raw.mirror_invariant,
+            models=self.config.eval_models,
+            seed=self.config.seed + 1_000_003 * self.step,
+            steps=self.config.eval_steps,
+            device=self.device,
+            split="val",
+        )
+        return result.mean
+
+    def _record_validation(self) -> None:
+        acc = self.validate()
+        if acc is None:
+            return
+        record = {
+            "step": self.step,
+            "val_acc": acc,
+            "eval_models": self.config.eval_models,
+            "eval_steps": self.config.eval_steps or reference_steps(len(self.syn.images)),
+        }
+        self.run_dir.append_metrics(record)
+        note(f"step {self.step}: validation accuracy {acc:.2f}%")
+        if self.best["val_acc"] is None or acc > self.best["val_acc"]:
+            self.best = {"val_acc": acc, "step": self.step}
+            ds = self.distilled_set()
+            ds.meta["val_acc"] = acc
+            save_distilled(ds, self.run_dir.best_path)
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def run(self) -> DistillResult:
+        cfg = self.config
+        if self.step >= cfg.steps and self.run_dir.distilled_path.is_file():
+            note(f"frepo: {self.run_dir.path} is already complete ({self.step} steps)")
+            return self._result()
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            desc="distill",
+            unit="step",
+            disable=not self.progress,
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
+        window_start, window_steps = time.perf_counter(), 0
+        with stop_on_signal() as stop, contextlib.closing(bar):
+            while self.step < cfg.steps:
+                t0 = time.perf_counter()
+                metrics = self._one_step()
+                self.step += 1
+                window_steps += 1
+                self.elapsed += time.perf_counter() - t0
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    now = time.perf_counter()
+                    self._log(metrics, window_steps / max(now - window_start, 1e-9), bar)
+                    window_start, window_steps = now, 0
+                if self.step % cfg.checkpoint_every == 0:
+                    self.checkpoint()
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps and self.ctx.is_main:
+                    self._record_validation()
+                if stop.is_set():
+                    self.checkpoint()
+                    raise Interrupted(
+                        f"stopped at step {self.step}; checkpoint written to "
+                        f"{self.run_dir.checkpoint_path}. Run the same command to resume."
+                    )
+        self.checkpoint()
+        if self.ctx.is_main:
+            if self.best["step"] != self.step:
+                self._record_validation()
+            ds = self.distilled_set()
+            save_distilled(ds, self.run_dir.distilled_path)
+            save_grid(
+                ds,
+                self.run_dir.path / "distilled.png",
+                title=f"{self.data.raw.name}, {cfg.ipc} per class, step {self.step}",
+            )
+        self.ctx.barrier()
+        return self._result()
+
+    def _one_step(self) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        idx = self.ctx.shard(self.sampler.next()).to(self.device)
+        metrics = meta_step(
+            self.pool.model,
+            self.syn,
+            self.x_train[idx],
+            self.y_train[idx],
+            bool(cfg.use_flip),
+            cfg.krr_reg,
+            cfg.chunk_size,
+        )
+        self.ctx.mean_([p.grad for p in self.syn.trainable()])
+        metrics["grad_norm_x"] = self.syn.images.grad.norm()
+        if self.syn.labels.requires_grad:
+            metrics["grad_norm_y"] = self.syn.labels.grad.norm()
+        self.lamb.step()
+        online = self.pool.advance(self.syn.images.detach(), self.syn.labels.detach())
+        if online is not None:
+            metrics["online_loss"] = online
+        return metrics
+
+    def _log(self, metrics: dict[str, torch.Tensor], steps_per_s: float, bar) -> None:
+        values = {k: float(v) for k, v in metrics.items()}
+        if not all(map(_isfinite, values.values())) or not self._finite():
+            raise FrepoError(
+                f"the loss became NaN/inf at step {self.step}; stopped, and the last good checkpoint "
+                f"({self.run_dir.checkpoint_path}) is kept. Try a lower --lr or a larger --krr-reg."
+            )
+        lr = self.lamb.schedule(max(self.step - 1, 0))
+        record = {
+            "step": self.step,
+            **values,
+            "lr": lr,
+            "steps_per_s": steps_per_s,
+            "peak_mem_mb": peak_memory_mb(self.device),
+            "pool_resets": self.pool.resets,
+            "elapsed_s": self.elapsed,
+        }
+        if self.ctx.is_main:
+            self.run_dir.append_metrics(record)
+        bar.set_postfix(loss=f"{values['loss']:.4f}", acc=f"{values['acc']:.3f}", it_s=f"{steps_per_s:.2f}")
+
+    def _result(self) -> DistillResult:
+        best = self.run_dir.best_path if self.run_dir.best_path.is_file() else None
+        val = None
+        for record in reversed(self.run_dir.read_metrics()):
+            if "val_acc" in record:
+                val = record["val_acc"]
+                break
+        return DistillResult(self.run_dir.path, self.step, self.run_dir.distilled_path, best, val, self.elapsed)
+
+
+def _isfinite(x: float) -> bool:
+    return x == x and abs(x) != float("inf")
+
+
+def distill(config: DistillConfig, out: str | Path, progress: bool = True) -> DistillResult:
+    """Run (or resume) a distillation into the run directory `out`."""
+    return Distiller(config, out, progress).run()

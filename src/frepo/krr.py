@@ -1,0 +1,72 @@
+"""Pure functions of the FRePo meta-loss: features -> kernel -> ridge solve -> prediction -> loss.
+
+Shapes: real features F_t (B×D), synthetic features F_s (n×D), synthetic labels Y_s (n×C),
+real targets Y_t (B×C). K_ss = F_s F_s^T, λ = reg·trace(K_ss)/n, α = (K_ss + λI)^-1 Y_s,
+Ŷ_t = K_ts α = F_t (F_s^T α). The last form costs O(B·D·C) instead of O(B·n·D) and is the same maths.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def centered_one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Integer labels (B,) -> targets (B×C): 1 - 1/C on the class, -1/C elsewhere."""
+    return torch.nn.functional.one_hot(labels, num_classes).float() - 1.0 / num_classes
+
+
+def label_scale(num_classes: int) -> float:
+    """The reference divides learned labels by sqrt(C/10) at init (1 for 10 classes, √10 for 100)."""
+    return (num_classes / 10) ** 0.5
+
+
+def krr_weights(feat_s: torch.Tensor, y_s: torch.Tensor, reg: float, solve_dtype=torch.float64) -> torch.Tensor:
+    """Primal weights W = F_s^T (K_ss + λI)^-1 Y_s, shape D×C.
+
+    The Cholesky factorisation and solve run in `solve_dtype` (float64 by default: the ridge is
+    1e-6 of the mean eigenvalue, at the edge of float32's precision); the result is cast back.
+    """
+    k_ss = feat_s @ feat_s.T
+    n = k_ss.shape[0]
+    k = k_ss.to(solve_dtype)
+    ridge = abs(reg) * torch.trace(k) / n
+    k = k + ridge * torch.eye(n, dtype=solve_dtype, device=k.device)
+    chol, info = torch.linalg.cholesky_ex(k)
+    if int(info) != 0:  # not positive definite even with the ridge (e.g. NaN features)
+        raise FloatingPointError("kernel matrix is not positive definite (non-finite features?)")
+    alpha = torch.cholesky_solve(y_s.to(solve_dtype), chol).to(feat_s.dtype)
+    return feat_s.T @ alpha
+
+
+def krr_predict(
+    feat_t: torch.Tensor, feat_s: torch.Tensor, y_s: torch.Tensor, reg: float, solve_dtype=torch.float64
+) -> torch.Tensor:
+    """Ŷ_t = K_ts (K_ss + λI)^-1 Y_s, shape B×C."""
+    return feat_t @ krr_weights(feat_s, y_s, reg, solve_dtype)
+
+
+def mse_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """0.5·Σ_classes (pred - target)², averaged over the batch."""
+    return 0.5 * (pred - target).square().sum(-1).mean()
+
+
+def label_margin_loss(labels: torch.Tensor) -> torch.Tensor:
+    """Mean over synthetic labels of -min(top1 - top2, 1/C): keeps each learned label decisive."""
+    top2 = labels.topk(2, dim=-1).values
+    margin = torch.clamp(top2[:, 0] - top2[:, 1], max=1.0 / labels.shape[-1])
+    return -margin.mean()
+
+
+def meta_loss(
+    feat_t: torch.Tensor,
+    y_t: torch.Tensor,
+    feat_s: torch.Tensor,
+    y_s: torch.Tensor,
+    y_learned: torch.Tensor,
+    reg: float,
+    solve_dtype=torch.float64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(total loss, kernel loss). y_s is the support labels (flip-duplicated when the flip trick is on);
+    y_learned is the learned label tensor itself, which the margin term regularises."""
+    kernel = mse_loss(krr_predict(feat_t, feat_s, y_s, reg, solve_dtype), y_t)
+    return kernel + label_margin_loss(y_learned), kernel

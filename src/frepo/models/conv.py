@@ -1,0 +1,83 @@
+"""The reference `Conv` network of FRePo (depth 3, width 128 by default).
+
+Block i (0-based): [norm if i > 0] -> Conv3×3 (width·2^i channels, bias) -> ReLU -> AvgPool 2×2.
+Single-channel input gets padding 3 on the first conv (28×28 -> 32×32), as the reference does for
+every 1-channel input. Features are the flattened output of the last block (8192 at 32×32).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import FrepoError
+from .init import init_flax_defaults_
+
+
+class FlaxBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm with Flax's running-statistics update.
+
+    Flax keeps `momentum`·old + (1-momentum)·batch with momentum 0.1 and updates the running
+    variance with the *biased* batch variance; torch would use the unbiased one. Normalisation
+    itself is identical (biased variance, eps 1e-5).
+    """
+
+    def __init__(self, channels: int):
+        super().__init__(channels, eps=1e-5, momentum=0.9)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        with torch.no_grad():
+            var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var, self.momentum)
+            self.num_batches_tracked.add_(1)
+        return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+
+
+def make_norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return FlaxBatchNorm2d(channels)
+    if kind == "instance":
+        return nn.GroupNorm(channels, channels, eps=1e-6)  # Flax GroupNorm(group_size=1) defaults
+    raise FrepoError(f"unknown normalisation {kind!r}")
+
+
+class Conv(nn.Module):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        image_size: tuple[int, int],
+        width: int = 128,
+        depth: int = 3,
+        norm: str = "none",
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        h, w = image_size
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for i in range(depth):
+            if i > 0 and norm != "none":
+                layers.append(make_norm(norm, channels))
+            pad = 3 if i == 0 and in_channels == 1 else 1
+            out = width * 2**i
+            layers += [nn.Conv2d(channels, out, 3, padding=pad), nn.ReLU(), nn.AvgPool2d(2)]
+            h, w = (h + 2 * pad - 2) // 2, (w + 2 * pad - 2) // 2
+            channels = out
+            if h < 1 or w < 1:
+                raise FrepoError(f"images of {image_size} are too small for a Conv of depth {depth}")
+        self.features = nn.Sequential(*layers)
+        self.feature_dim = channels * h * w
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+        init_flax_defaults_(self, generator)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """N×C×H×W -> N×feature_dim."""
+        return self.features(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))

@@ -1,0 +1,97 @@
+"""The model pool: models trained online on the synthetic set and re-initialised on a schedule.
+
+Reference schedule (num_models=10, max_online_updates=100): model i starts with step counter
+(100 // 10)·i. After every meta-step the current model is re-initialised if its counter exceeds
+100 (counter back to 0, fresh Adam state), otherwise it takes one online Adam step on at most
+1000 synthetic images (MSE against the current learned labels, batch norm in train mode). Then the
+next model is drawn uniformly. All draws come from the pool's own generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .config import PoolConfig
+from .krr import mse_loss
+from .models import init_flax_defaults_
+from .rng import randint
+
+
+class ModelPool:
+    def __init__(
+        self,
+        make_model: Callable[[torch.Generator], nn.Module],
+        cfg: PoolConfig,
+        generator: torch.Generator,
+        device: torch.device,
+    ):
+        self.cfg = cfg
+        self.generator = generator
+        self.models = [make_model(generator).to(device) for _ in range(cfg.num_models)]
+        self.optimizers = [self._adam(m) for m in self.models]
+        stagger = cfg.max_online_updates // cfg.num_models
+        self.steps = [stagger * i for i in range(cfg.num_models)]
+        self.current = randint(generator, cfg.num_models)
+        self.resets = 0
+
+    def _adam(self, model: nn.Module) -> torch.optim.Adam:
+        # optax.adam defaults: b1 .9, b2 .999, eps 1e-8, constant learning rate.
+        return torch.optim.Adam(model.parameters(), lr=self.cfg.online_lr, betas=(0.9, 0.999), eps=1e-8)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.models[self.current]
+
+    def advance(self, images: torch.Tensor, labels: torch.Tensor) -> float | None:
+        """Reset or train the current model once on (images, labels), then draw the next model.
+
+        images N×C×H×W and labels N×K are the synthetic set after the meta-update (detached).
+        Returns the online loss, or None when the model was reset.
+        """
+        i = self.current
+        loss = None
+        if self.steps[i] > self.cfg.max_online_updates:
+            init_flax_defaults_(self.models[i], self.generator)
+            self.optimizers[i] = self._adam(self.models[i])
+            self.steps[i] = 0
+            self.resets += 1
+        else:
+            loss = self._online_step(i, images, labels)
+            self.steps[i] += 1
+        self.current = randint(self.generator, self.cfg.num_models)
+        return loss
+
+    def _online_step(self, i: int, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        n, batch = len(images), self.cfg.online_batch_size
+        if n > batch:
+            idx = torch.randperm(n, generator=self.generator)[:batch].to(images.device)
+            images, labels = images[idx], labels[idx]
+        model, opt = self.models[i], self.optimizers[i]
+        model.train()
+        loss = mse_loss(model(images), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    def state_dict(self) -> dict:
+        return {
+            "models": [m.state_dict() for m in self.models],
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "steps": list(self.steps),
+            "current": self.current,
+            "resets": self.resets,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for model, opt, m_state, o_state in zip(self.models, self.optimizers, state["models"], state["optimizers"]):
+            model.load_state_dict(m_state)
+            opt.load_state_dict(o_state)
+        self.steps = list(state["steps"])
+        self.current = int(state["current"])
+        self.resets = int(state["resets"])
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,42 @@
+"""The learnable synthetic set and its initialisation from real images."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import FrepoError
+from .krr import centered_one_hot, label_scale
+
+
+def init_from_real(
+    images: torch.Tensor, labels: torch.Tensor, num_classes: int, ipc: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick `ipc` random real images of every class (class-major order), seeded.
+
+    images: N×C×H×W preprocessed; labels: (N,) int. Returns (ipc·K×C×H×W images, (ipc·K,) labels).
+    """
+    chosen = []
+    for c in range(num_classes):
+        members = torch.nonzero(labels == c).flatten()
+        if len(members) < ipc:
+            raise FrepoError(f"class {c} has {len(members)} training images, fewer than ipc={ipc}")
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:ipc]])
+    idx = torch.cat(chosen)
+    return images[idx].clone(), labels[idx].clone()
+
+
+class SyntheticSet(nn.Module):
+    """images: N×C×H×W (preprocessed space); labels: N×K learned targets."""
+
+    def __init__(self, images: torch.Tensor, class_ids: torch.Tensor, num_classes: int, learn_labels: bool = True):
+        super().__init__()
+        self.images = nn.Parameter(images.clone().float())
+        # Reference init: centred one-hot, divided by sqrt(C/10).
+        self.labels = nn.Parameter(
+            centered_one_hot(class_ids, num_classes) / label_scale(num_classes), requires_grad=learn_labels
+        )
+        self.register_buffer("class_ids", class_ids.clone().long())
+
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for p in (self.images, self.labels) if p.requires_grad]

@@ -1,0 +1,52 @@
+"""Shared fixtures. Tests run on the CPU, seeded, with a private cache folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Never read or write the user's ~/.cache/frepo from tests."""
+    monkeypatch.setenv("FREPO_CACHE", str(tmp_path_factory.getbasetemp() / "frepo-cache"))
+
+
+@pytest.fixture
+def shared_data_dir() -> Path:
+    """The folder of offline real datasets (set by .ci/run); tests that need it skip without it."""
+    folder = os.environ.get("FREPO_DATA_DIR")
+    if not folder or not Path(folder).is_dir():
+        pytest.skip("FREPO_DATA_DIR is not set to the shared data folder (../shared/data); .ci/run sets it")
+    return Path(folder)
+
+
+def make_blobs_npz(
+    path: Path, n_per_class: int = 30, classes: int = 3, size: int = 8, channels: int = 1, seed: int = 0
+) -> Path:
+    """A small, learnable image dataset: each class is a bright square at its own position, plus noise."""
+    rng = np.random.default_rng(seed)
+
+    def split(n):
+        x = rng.integers(0, 60, size=(n * classes, size, size, channels)).astype(np.int64)
+        y = np.repeat(np.arange(classes), n)
+        for i, c in enumerate(y):
+            r = (c * size // classes) % (size - 3)
+            x[i, r : r + 3, r : r + 3, :] += 180
+        return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.int64)
+
+    x_train, y_train = split(n_per_class)
+    x_test, y_test = split(max(n_per_class // 2, 4))
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return path
+
+
+@pytest.fixture
+def blobs(tmp_path) -> Path:
+    return make_blobs_npz(tmp_path / "blobs.npz")

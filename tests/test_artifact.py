@@ -1,0 +1,107 @@
+"""The distilled-set file: round trip, preprocessing travels with it, damage is rejected."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from frepo.artifact import DistilledSet, load_distilled, save_distilled
+from frepo.data.preprocess import fit_preprocessing
+from frepo.errors import FrepoError
+
+
+def _set(labels_2d=True):
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 255, size=(40, 4, 4, 3)).astype(np.uint8)
+    pre = fit_preprocessing(raw, "zca", 0.1)
+    images = pre(raw[:6])
+    labels = torch.randn(6, 3) if labels_2d else torch.tensor([0, 0, 1, 1, 2, 2])
+    meta = {
+        "kind": "distilled",
+        "dataset": "toy",
+        "classes": ["a", "b", "c"],
+        "ipc": 2,
+        "seed": 0,
+        "step": 5,
+        "config": {"lr": 3e-4},
+        "mirror_invariant": True,
+        "val_size": 0,
+    }
+    return DistilledSet(images, labels, pre, meta), raw
+
+
+@pytest.mark.parametrize("labels_2d", [True, False])
+def test_round_trip(tmp_path, labels_2d):
+    ds, raw = _set(labels_2d)
+    path = save_distilled(ds, tmp_path / "set.safetensors")
+    back = load_distilled(path)
+    assert torch.equal(back.images, ds.images) and torch.equal(back.labels, ds.labels)
+    assert back.classes == ["a", "b", "c"] and back.meta["step"] == 5 and back.meta["format_version"] == 1
+    # The preprocessing travels: raw test images are transformed exactly as at distillation time.
+    torch.testing.assert_close(back.transform(raw), ds.transform(raw))
+    np.testing.assert_allclose(back.pixels().permute(0, 2, 3, 1).numpy(), raw[:6] / 255.0, atol=1e-4)
+    assert back.targets().shape == (6, 3)
+
+
+def test_tampered_file_is_rejected(tmp_path):
+    ds, _ = _set()
+    path = save_distilled(ds, tmp_path / "set.safetensors")
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01  # flip one bit of the last tensor's data
+    path.write_bytes(bytes(data))
+    with pytest.raises(FrepoError, match="checksum"):
+        load_distilled(path)
+
+
+def test_edited_metadata_is_rejected(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    ds, _ = _set()
+    path = save_distilled(ds, tmp_path / "set.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["frepo"])
+    meta["dataset"] = "cifar10"  # claim another dataset
+    save_file(load_file(str(path)), str(path), metadata={"frepo": json.dumps(meta)})
+    with pytest.raises(FrepoError, match="checksum"):
+        load_distilled(path)
+
+
+def test_truncated_and_foreign_files_are_rejected(tmp_path):
+    ds, _ = _set()
+    path = save_distilled(ds, tmp_path / "set.safetensors")
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(FrepoError, match="corrupt or truncated"):
+        load_distilled(truncated)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a file at all")
+    with pytest.raises(FrepoError):
+        load_distilled(garbage)
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"images": torch.zeros(2, 3, 4, 4)}, str(foreign))
+    with pytest.raises(FrepoError, match="--dataset"):
+        load_distilled(foreign)
+    with pytest.raises(FrepoError, match="not found"):
+        load_distilled(tmp_path / "missing.safetensors")
+
+
+def test_save_is_atomic_when_the_write_fails(tmp_path, monkeypatch):
+    ds, _ = _set()
+    path = save_distilled(ds, tmp_path / "set.safetensors")
+    before = path.read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("safetensors.torch.save_file", full_disk)
+    with pytest.raises(FrepoError, match="No space left"):
+        save_distilled(ds, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["set.safetensors"]  # no temp file left behind

@@ -1,0 +1,88 @@
+"""Reference augmentations against closed forms: identities, integer shifts, hole sizes, colour maths."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from frepo import augment
+from frepo.augment import affine_resample, reference_ops
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_identity_transform_is_exact():
+    x = torch.randn(3, 2, 7, 9)
+    eye = torch.eye(2, dtype=torch.float64).expand(3, 2, 2)
+    torch.testing.assert_close(affine_resample(x, eye, torch.zeros(3, 2, dtype=torch.float64)), x, atol=1e-5, rtol=0)
+
+
+def test_integer_translation_shifts_with_edge_replication():
+    x = torch.arange(2 * 5 * 6, dtype=torch.float32).reshape(1, 2, 5, 6)
+    eye = torch.eye(2, dtype=torch.float64).expand(1, 2, 2)
+    # input = output + (1, 0): output pixel (r, c) reads input column c + 1; the last column repeats.
+    out = affine_resample(x, eye, torch.tensor([[1.0, 0.0]], dtype=torch.float64))
+    expected = torch.cat([x[..., 1:], x[..., -1:]], dim=-1)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
+    out = affine_resample(x, eye, torch.tensor([[0.0, -2.0]], dtype=torch.float64))
+    expected = torch.cat([x[..., :1, :], x[..., :1, :], x[..., :-2, :]], dim=-2)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
+
+
+def test_rotation_by_90_degrees_about_the_centre():
+    # input = R(90°) @ output about the image centre (in x, y order) is a counter-clockwise quarter turn.
+    x = torch.arange(16, dtype=torch.float32).reshape(1, 1, 4, 4)
+    c, s = math.cos(math.pi / 2), math.sin(math.pi / 2)
+    linear = torch.tensor([[[c, -s], [s, c]]], dtype=torch.float64)
+    out = affine_resample(x, linear, torch.zeros(1, 2, dtype=torch.float64))
+    torch.testing.assert_close(out, torch.rot90(x, k=1, dims=(-2, -1)), atol=1e-4, rtol=0)
+
+
+def test_flip_is_per_sample_and_exact():
+    x = torch.randn(64, 1, 4, 4)
+    out = augment.flip(x, _gen())
+    flipped = (out == x.flip(-1)).flatten(1).all(1)
+    kept = (out == x).flatten(1).all(1)
+    assert bool((flipped | kept).all())
+    assert 10 < int(flipped.sum()) < 54
+
+
+def test_cutout_zeroes_one_square_of_size_res_over_4_inside_the_image():
+    x = torch.ones(50, 3, 32, 32)
+    out = augment.cutout(x, _gen())
+    zeros = (out == 0).all(1)  # all channels of a hole pixel are zero
+    assert bool((zeros.flatten(1).sum(1) == 64).all())  # 8×8 holes, never cut by the border
+    assert bool(((out == 0) | (out == 1)).all())
+
+
+def test_color_matches_its_formula():
+    x = torch.randn(5, 3, 4, 4, dtype=torch.float64)
+    out = augment.color(x, _gen(3))
+    g = _gen(3)
+    b = augment._uniform(g, 5, -0.25, 0.25).view(-1, 1, 1, 1)
+    c = augment._log_uniform(g, 5, math.exp(-0.25), math.exp(0.25)).view(-1, 1, 1, 1)
+    s = augment._log_uniform(g, 5, math.exp(-0.25), math.exp(0.25)).view(-1, 1, 1, 1)
+    y = x + b
+    y = (y - y.mean((1, 2, 3), keepdim=True)) * c + y.mean((1, 2, 3), keepdim=True)
+    y = (y - y.mean(1, keepdim=True)) * s + y.mean(1, keepdim=True)
+    torch.testing.assert_close(out, y)
+    assert bool((c >= math.exp(-0.25)).all() and (c <= math.exp(0.25)).all())
+
+
+def test_geometric_ops_are_seeded_and_bounded():
+    x = torch.randn(8, 3, 16, 16)
+    for name in ("crop", "rotate", "translate"):
+        a = augment.OPS[name](x, _gen(1))
+        b = augment.OPS[name](x, _gen(1))
+        assert torch.equal(a, b)
+        assert a.shape == x.shape
+        # Bilinear interpolation with edge replication never leaves the input's range.
+        assert a.min() >= x.min() - 1e-5 and a.max() <= x.max() + 1e-5
+
+
+def test_no_flip_for_flip_sensitive_datasets():
+    assert "flip" not in reference_ops(False)
+    assert reference_ops(True) == ("flip", "color", "crop", "rotate", "translate", "cutout")

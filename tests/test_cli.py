@@ -1,0 +1,212 @@
+"""The command line end to end on real data (digits), and every user mistake: one line on stderr,
+a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from frepo.artifact import load_distilled
+from frepo.cli import main
+
+# A small but complete run: the reference algorithm with a narrow network and a short schedule.
+FAST = [
+    "--width",
+    "8",
+    "--num-models",
+    "3",
+    "--max-online-updates",
+    "4",
+    "--batch-size",
+    "64",
+    "--eval-steps",
+    "30",
+    "--checkpoint-every",
+    "2",
+    "--log-every",
+    "1",
+]
+
+
+def run_cli(args, capsys):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_user_error(code, err, fragment):
+    assert code == 2, err
+    # Progress-bar redraws and the run's opening line are not part of the message.
+    lines = [
+        line
+        for line in err.strip().splitlines()
+        if line.strip() and not line.startswith(("frepo: distilling", "distill:", "evaluate"))
+    ]
+    assert len(lines) == 1 and lines[0].startswith("frepo: error:"), err
+    assert fragment in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_distill_evaluate_show_subset_on_digits(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(
+        ["distill", "--dataset", "digits", "--ipc", 2, "--steps", 6, "--out", out, *FAST], capsys
+    )
+    assert code == 0, err
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "checkpoint.pt",
+        "distilled.safetensors",
+        "best.safetensors",
+        "distilled.png",
+    ):
+        assert (out / name).is_file(), name
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert all(np.isfinite(r["loss"]) and r["steps_per_s"] > 0 for r in records if "loss" in r)
+    assert any("val_acc" in r for r in records)
+    config = json.loads((out / "config.json").read_text())
+    assert config["steps"] == 6 and config["model"]["width"] == 8 and config["use_flip"] is False
+
+    ds = load_distilled(out / "distilled.safetensors")
+    assert ds.images.shape == (20, 1, 8, 8) and ds.labels.shape == (20, 10)
+    assert ds.meta["dataset"] == "digits" and ds.meta["step"] == 6 and ds.meta["preprocessing"]["kind"] == "standard"
+
+    result = tmp_path / "eval.json"
+    code, stdout, err = run_cli(
+        ["evaluate", out / "distilled.safetensors", "--models", 2, "--steps", 20, "--json", result], capsys
+    )
+    assert code == 0, err
+    report = json.loads(result.read_text())
+    assert report["protocol"] == "frepo" and report["arch"] == "conv" and len(report["accuracies"]) == 2
+    assert report["mean"] == pytest.approx(np.mean(report["accuracies"]))
+    assert report["std"] == pytest.approx(np.std(report["accuracies"]))
+    assert all(0 <= a <= 100 for a in report["accuracies"])
+
+    png = tmp_path / "grid.png"
+    code, stdout, err = run_cli(["show", out / "distilled.safetensors", "--out", png], capsys)
+    assert code == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    subset = tmp_path / "random.safetensors"
+    code, stdout, err = run_cli(
+        ["subset", "--dataset", "digits", "--ipc", 2, "--method", "random", "--out", subset], capsys
+    )
+    assert code == 0, err
+    rand = load_distilled(subset)
+    assert rand.labels.dtype == torch.int64 and rand.meta["kind"] == "subset-random"
+    # The random subset is exactly the distillation's starting point (same seed, same stream).
+    assert torch.equal(rand.class_ids(), ds.class_ids())
+    code, stdout, err = run_cli(["evaluate", subset, "--models", 1, "--steps", 10], capsys)
+    assert code == 0, err
+
+    # Rerunning a finished run changes nothing and says so.
+    before = (out / "distilled.safetensors").read_bytes()
+    code, stdout, err = run_cli(
+        ["distill", "--dataset", "digits", "--ipc", 2, "--steps", 6, "--out", out, *FAST], capsys
+    )
+    assert code == 0 and "already complete" in err
+    assert (out / "distilled.safetensors").read_bytes() == before
+
+
+def test_different_config_in_a_used_run_directory_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(["distill", "--ipc", 1, "--steps", 2, "--out", out, *FAST], capsys)[0] == 0
+    code, _, err = run_cli(["distill", "--ipc", 1, "--steps", 2, "--lr", "0.01", "--out", out, *FAST], capsys)
+    assert_user_error(code, err, "different config")
+    assert "lr" in err
+    # Settings that cannot change the result may differ.
+    code, _, err = run_cli(["distill", "--ipc", 1, "--steps", 2, "--out", out, *FAST, "--log-every", "2"], capsys)
+    assert code == 0, err
+
+
+def test_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys, blobs):
+    code, _, err = run_cli(["evaluate", tmp_path / "missing.safetensors"], capsys)
+    assert_user_error(code, err, "not found")
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 100)
+    code, _, err = run_cli(["evaluate", garbage], capsys)
+    assert_user_error(code, err, "corrupt or truncated")
+    code, _, err = run_cli(["distill", "--dataset", "not-a-dataset", "--out", tmp_path / "a"], capsys)
+    assert_user_error(code, err, "unknown dataset")
+    code, _, err = run_cli(["distill", "--dataset", tmp_path / "nope.npz", "--out", tmp_path / "b"], capsys)
+    assert_user_error(code, err, "not found")
+
+    shapes = tmp_path / "shapes.npz"
+    np.savez(
+        shapes,
+        x_train=np.zeros((10, 6), np.uint8),
+        y_train=np.zeros(10, int),
+        x_test=np.zeros((4, 6), np.uint8),
+        y_test=np.zeros(4, int),
+    )
+    code, _, err = run_cli(["distill", "--dataset", shapes, "--out", tmp_path / "c"], capsys)
+    assert_user_error(code, err, "must be N×H×W")
+
+    counts = tmp_path / "counts.npz"
+    np.savez(
+        counts,
+        x_train=np.zeros((10, 6, 6), np.uint8),
+        y_train=np.zeros(9, int),
+        x_test=np.zeros((4, 6, 6), np.uint8),
+        y_test=np.zeros(4, int),
+    )
+    code, _, err = run_cli(["subset", "--dataset", counts, "--ipc", 1, "--out", tmp_path / "s.safetensors"], capsys)
+    assert_user_error(code, err, "10 train images but 9 train labels")
+
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(blobs.read_bytes()[:300])
+    code, _, err = run_cli(["distill", "--dataset", truncated, "--out", tmp_path / "d"], capsys)
+    assert_user_error(code, err, "corrupt or truncated")
+
+    code, _, err = run_cli(["distill", "--dataset", blobs, "--ipc", 40, "--out", tmp_path / "e", *FAST], capsys)
+    assert_user_error(code, err, "fewer than ipc=40")
+
+    code, _, err = run_cli(
+        ["distill", "--dataset", blobs, "--ipc", 1, "--norm", "layer", "--out", tmp_path / "f"], capsys
+    )
+    assert_user_error(code, err, "norm must be one of")
+
+    not_dir = tmp_path / "file"
+    not_dir.write_text("x")
+    code, _, err = run_cli(["distill", "--dataset", blobs, "--ipc", 1, "--out", not_dir, *FAST], capsys)
+    assert_user_error(code, err, "not a directory")
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    from frepo import optim
+
+    calls = {"n": 0}
+    original = optim.Lamb.step
+
+    def poisoned(self, closure=None):
+        original(self, closure)
+        calls["n"] += 1
+        if calls["n"] == 5:  # the update of step 5 produces NaN images
+            self.param_groups[0]["params"][0].data.fill_(float("nan"))
+
+    monkeypatch.setattr(optim.Lamb, "step", poisoned)
+    out = tmp_path / "run"
+    code, _, err = run_cli(["distill", "--ipc", 1, "--steps", 10, "--out", out, *FAST], capsys)
+    assert_user_error(code, err, "NaN")
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 4
+    assert torch.isfinite(state["synthetic"]["images"]).all()
+    assert not (out / "distilled.safetensors").exists()
+
+
+def test_entry_point_prints_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "frepo", "evaluate", str(tmp_path / "missing.safetensors")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("frepo: error:") and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "frepo", "distill", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "--batch-size" in proc.stdout and "--preset" in proc.stdout

@@ -1,0 +1,196 @@
+"""Dataset registry, torchvision layouts (downloads off), .npz and ImageFolder inputs, bad inputs,
+the validation hold-out."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from frepo.config import DataConfig
+from frepo.data import load_dataset, prepare
+from frepo.data.splits import default_val_size, holdout_split
+from frepo.errors import FrepoError
+
+
+@pytest.fixture
+def no_offline_copies(monkeypatch):
+    monkeypatch.delenv("FREPO_DATA_DIR", raising=False)
+
+
+def test_digits_is_offline_fixed_and_seeded():
+    a, b = load_dataset("digits"), load_dataset("digits")
+    assert a.x_train.shape == (1257, 8, 8, 1) and a.x_test.shape == (540, 8, 8, 1)
+    assert a.x_train.dtype == np.uint8 and a.x_train.max() == 255
+    assert np.array_equal(a.x_train, b.x_train) and np.array_equal(a.y_test, b.y_test)
+    assert sorted(np.unique(a.y_train)) == list(range(10)) and not a.mirror_invariant
+
+
+def _write_idx(path, array: np.ndarray, magic: int, compress: bool = False):
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if compress:
+        data = gzip.compress(data)
+    path.write_bytes(data)
+
+
+@pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+def test_torchvision_layout_is_read_with_downloads_off(tmp_path, no_offline_copies, name, folder):
+    raw_dir = tmp_path / folder / "raw"
+    raw_dir.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    x_train, x_test = rng.integers(0, 256, (12, 28, 28)), rng.integers(0, 256, (5, 28, 28))
+    y_train, y_test = np.arange(12) % 10, np.arange(5) % 10
+    _write_idx(raw_dir / "train-images-idx3-ubyte", x_train, 2051)
+    _write_idx(raw_dir / "train-labels-idx1-ubyte", y_train, 2049)
+    _write_idx(raw_dir / "t10k-images-idx3-ubyte", x_test, 2051)
+    _write_idx(raw_dir / "t10k-labels-idx1-ubyte", y_test, 2049)
+    raw = load_dataset(name, tmp_path, download=False)
+    assert raw.x_train.shape == (12, 28, 28, 1) and raw.x_test.shape == (5, 28, 28, 1)
+    assert np.array_equal(raw.x_train[..., 0], x_train) and np.array_equal(raw.y_test, y_test)
+    assert raw.num_classes == 10 and not raw.mirror_invariant
+
+
+def test_missing_torchvision_dataset_with_downloads_off_is_a_clear_error(tmp_path, no_offline_copies):
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"made up")  # fails the md5 check
+    with pytest.raises(FrepoError, match="downloads are off"):
+        load_dataset("cifar10", tmp_path, download=False)
+
+
+def test_offline_copy_is_used_when_present(shared_data_dir):
+    raw = load_dataset("mnist")
+    assert raw.x_train.shape == (60000, 28, 28, 1) and raw.x_test.shape == (10000, 28, 28, 1)
+    assert list(raw.y_train[:5]) == [5, 0, 4, 1, 9] and list(raw.y_test[:5]) == [7, 2, 1, 0, 4]
+
+
+def test_npz_dataset_and_classes(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "toy.npz"
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (20, 6, 6, 3), dtype=np.uint8),
+        y_train=np.arange(20) % 4,
+        x_test=rng.integers(0, 256, (8, 6, 6, 3), dtype=np.uint8),
+        y_test=np.arange(8) % 4,
+        classes=np.array(["w", "x", "y", "z"]),
+    )
+    raw = load_dataset(str(path))
+    assert raw.classes == ["w", "x", "y", "z"] and raw.image_shape == (3, 6, 6)
+    assert raw.name == str(path.resolve())
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        (
+            dict(
+                x_train=np.zeros((4, 6, 6), np.uint8),
+                y_train=np.zeros(3, int),
+                x_test=np.zeros((2, 6, 6), np.uint8),
+                y_test=np.zeros(2, int),
+            ),
+            "4 train images but 3 train labels",
+        ),
+        (
+            dict(
+                x_train=np.zeros((4, 6), np.uint8),
+                y_train=np.zeros(4, int),
+                x_test=np.zeros((2, 6), np.uint8),
+                y_test=np.zeros(2, int),
+            ),
+            "must be N×H×W",
+        ),
+        (dict(x_train=np.zeros((4, 6, 6), np.uint8), y_train=np.zeros(4, int)), "lacks the arrays"),
+        (
+            dict(
+                x_train=np.zeros((4, 6, 6), np.uint8),
+                y_train=np.zeros((4, 2), int),
+                x_test=np.zeros((2, 6, 6), np.uint8),
+                y_test=np.zeros(2, int),
+            ),
+            "1-D array of integer class labels",
+        ),
+        (
+            dict(
+                x_train=np.zeros((4, 6, 6), np.uint8),
+                y_train=np.zeros(4, int),
+                x_test=np.zeros((2, 5, 5), np.uint8),
+                y_test=np.zeros(2, int),
+            ),
+            "differ in shape",
+        ),
+        (
+            dict(
+                x_train=np.full((4, 6, 6), 2.0),
+                y_train=np.zeros(4, int),
+                x_test=np.zeros((2, 6, 6)),
+                y_test=np.zeros(2, int),
+            ),
+            "lie in \\[0, 1\\]",
+        ),
+    ],
+)
+def test_bad_npz_inputs(tmp_path, arrays, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(FrepoError, match=message):
+        load_dataset(str(path))
+
+
+def test_truncated_npz_and_wrong_paths(tmp_path, blobs):
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(blobs.read_bytes()[: len(blobs.read_bytes()) // 2])
+    with pytest.raises(FrepoError, match="corrupt or truncated"):
+        load_dataset(str(cut))
+    with pytest.raises(FrepoError, match="not found"):
+        load_dataset(str(tmp_path / "missing.npz"))
+    with pytest.raises(FrepoError, match="unknown dataset"):
+        load_dataset("imagenet-9000")
+    with pytest.raises(FrepoError, match="train/"):
+        load_dataset(str(tmp_path))  # a folder without train/ and test/
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("test", 2)):
+        for cls in ("cat", "dog"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+                    tmp_path / split / cls / f"{i}.png"
+                )
+    raw = load_dataset(str(tmp_path))
+    assert raw.x_train.shape == (6, 8, 8, 3) and raw.classes == ["cat", "dog"]
+    assert list(raw.y_test) == [0, 0, 1, 1]
+    # Mixed sizes: centre-cropped and resized to 32×32, as the reference does for CUB.
+    Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(tmp_path / "train" / "cat" / "big.png")
+    assert load_dataset(str(tmp_path)).x_train.shape == (7, 32, 32, 3)
+
+
+def test_validation_split_is_disjoint_stratified_and_fixed():
+    labels = np.repeat(np.arange(10), 50)
+    train, val = holdout_split(labels, 100)
+    assert len(val) == 100 and len(train) == 400
+    assert not set(train) & set(val)
+    assert np.bincount(labels[val]).tolist() == [10] * 10
+    train2, val2 = holdout_split(labels, 100)
+    assert np.array_equal(val, val2)
+    assert default_val_size(50_000) == 5000 and default_val_size(1257) == 125
+
+
+def test_prepare_fits_preprocessing_on_the_distillation_part_only(blobs):
+    data = prepare(DataConfig(dataset=str(blobs), val_size=9))
+    x, y = data.train()
+    assert len(x) == 90 - 9 and not set(data.train_idx) & set(data.val_idx)
+    # Standardised with statistics of the distillation images: exactly zero mean there.
+    assert abs(float(x.mean())) < 1e-5
+    xv, _ = data.val()
+    xt, yt = data.test()
+    assert xv.shape[1:] == x.shape[1:] == xt.shape[1:] and len(yt) == len(data.raw.y_test)
+    assert isinstance(y, torch.Tensor) and y.dtype == torch.int64

@@ -1,0 +1,120 @@
+"""The meta-loss and its gradient against an independent float64 computation (numpy, explicit
+inverse, finite differences), and the small pure functions against hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from frepo.distill import meta_step
+from frepo.krr import centered_one_hot, krr_predict, label_margin_loss, label_scale, mse_loss
+from frepo.models import Conv
+from frepo.synthetic import SyntheticSet
+
+
+def test_centered_one_hot_and_label_scale():
+    y = centered_one_hot(torch.tensor([0, 2]), 4)
+    expected = np.array([[0.75, -0.25, -0.25, -0.25], [-0.25, -0.25, 0.75, -0.25]])
+    np.testing.assert_allclose(y.numpy(), expected)
+    assert label_scale(10) == 1.0
+    assert label_scale(100) == pytest.approx(np.sqrt(10))
+
+
+def test_label_margin_loss_by_hand():
+    labels = torch.tensor([[0.9, 0.1, 0.0], [0.3, 0.25, 0.0]])
+    # margins: min(0.8, 1/3) = 1/3 and min(0.05, 1/3) = 0.05
+    assert float(label_margin_loss(labels)) == pytest.approx(-(1 / 3 + 0.05) / 2)
+
+
+def test_mse_loss_by_hand():
+    pred, target = torch.tensor([[1.0, 0.0], [0.0, 0.0]]), torch.tensor([[0.0, 0.0], [0.0, 2.0]])
+    assert float(mse_loss(pred, target)) == pytest.approx((0.5 * 1 + 0.5 * 4) / 2)
+
+
+def _numpy_prediction(ft, fs, ys, reg):
+    k_ss, k_ts = fs @ fs.T, ft @ fs.T
+    ridge = reg * np.trace(k_ss) / len(fs)
+    return k_ts @ np.linalg.inv(k_ss + ridge * np.eye(len(fs))) @ ys
+
+
+def test_krr_predict_matches_dual_form_with_explicit_inverse():
+    rng = np.random.default_rng(0)
+    fs, ft, ys = rng.normal(size=(7, 20)), rng.normal(size=(5, 20)), rng.normal(size=(7, 3))
+    for reg in (1e-6, 1e-2, 1.0):
+        ours = krr_predict(torch.from_numpy(ft), torch.from_numpy(fs), torch.from_numpy(ys), reg).numpy()
+        np.testing.assert_allclose(ours, _numpy_prediction(ft, fs, ys, reg), rtol=1e-8, atol=1e-10)
+
+
+def _setup(use_flip: bool):
+    torch.manual_seed(0)  # only for the random test tensors below; the model has its own generator
+    gen = torch.Generator().manual_seed(1)
+    model = Conv(1, 3, (8, 8), width=4, depth=2, norm="batch", generator=gen).double()
+    # Non-trivial running statistics, so eval-mode batch norm is exercised.
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(16, 1, 8, 8, dtype=torch.float64))
+    x_real = torch.randn(5, 1, 8, 8, dtype=torch.float64)
+    y_real = centered_one_hot(torch.tensor([0, 1, 2, 1, 0]), 3).double()
+    syn = SyntheticSet(torch.randn(6, 1, 8, 8), torch.tensor([0, 0, 1, 1, 2, 2]), 3).double()
+    with torch.no_grad():
+        syn.labels.add_(0.05 * torch.randn_like(syn.labels))  # break ties so the margin term is smooth
+    return model, syn, x_real, y_real
+
+
+def _numpy_loss(model, images, labels, x_real, y_real, use_flip, reg):
+    """Independent evaluation: features from the network (no autograd), the rest in numpy."""
+    with torch.no_grad():
+        model.eval()
+        support = np.concatenate([images, images[..., ::-1]]) if use_flip else images
+        fs = model.embed(torch.from_numpy(np.ascontiguousarray(support))).numpy()
+        ft = model.embed(x_real).numpy()
+    ys = np.concatenate([labels, labels]) if use_flip else labels
+    pred = _numpy_prediction(ft, fs, ys, reg)
+    kernel = 0.5 * ((pred - y_real.numpy()) ** 2).sum(-1).mean()
+    top = np.sort(labels, axis=-1)
+    margin = -np.minimum(top[:, -1] - top[:, -2], 1.0 / labels.shape[1]).mean()
+    return kernel + margin
+
+
+@pytest.mark.parametrize("use_flip", [False, True])
+def test_meta_loss_and_gradient_against_float64_finite_differences(use_flip):
+    reg = 1e-3
+    model, syn, x_real, y_real = _setup(use_flip)
+    metrics = meta_step(model, syn, x_real, y_real, use_flip, reg)
+    images, labels = syn.images.detach().numpy().copy(), syn.labels.detach().numpy().copy()
+    ref_loss = _numpy_loss(model, images, labels, x_real, y_real, use_flip, reg)
+    assert float(metrics["loss"]) == pytest.approx(ref_loss, rel=1e-9)
+
+    # Directional derivatives of the image gradient along random directions.
+    rng = np.random.default_rng(0)
+    eps = 1e-5
+    for _ in range(3):
+        d = rng.normal(size=images.shape)
+        plus = _numpy_loss(model, images + eps * d, labels, x_real, y_real, use_flip, reg)
+        minus = _numpy_loss(model, images - eps * d, labels, x_real, y_real, use_flip, reg)
+        fd = (plus - minus) / (2 * eps)
+        analytic = float((syn.images.grad.numpy() * d).sum())
+        assert analytic == pytest.approx(fd, rel=1e-5, abs=1e-9)
+
+    # Every entry of the label gradient.
+    fd_labels = np.zeros_like(labels)
+    for idx in np.ndindex(*labels.shape):
+        e = np.zeros_like(labels)
+        e[idx] = eps
+        fd_labels[idx] = (
+            _numpy_loss(model, images, labels + e, x_real, y_real, use_flip, reg)
+            - _numpy_loss(model, images, labels - e, x_real, y_real, use_flip, reg)
+        ) / (2 * eps)
+    np.testing.assert_allclose(syn.labels.grad.numpy(), fd_labels, rtol=1e-5, atol=1e-8)
+
+
+def test_meta_step_leaves_model_untouched_and_fixed_labels_get_no_gradient():
+    model, syn, x_real, y_real = _setup(False)
+    syn.labels.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    meta_step(model, syn, x_real, y_real, False, 1e-6)
+    assert syn.labels.grad is None and syn.images.grad is not None
+    assert all(p.grad is None for p in model.parameters())
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)

@@ -1,0 +1,96 @@
+"""The reference Conv: shapes, feature size, norm placement, init statistics, batch-norm semantics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from frepo.errors import FrepoError
+from frepo.models import Conv, FlaxBatchNorm2d, build_model
+
+
+@pytest.mark.parametrize(
+    "shape, feature_dim", [((3, 32, 32), 8192), ((1, 28, 28), 8192), ((1, 8, 8), 512), ((3, 64, 64), 32768)]
+)
+def test_feature_size_and_logits(shape, feature_dim):
+    model = Conv(shape[0], 10, shape[1:], generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, *shape)
+    assert model.feature_dim == feature_dim
+    assert model.embed(x).shape == (2, feature_dim)
+    assert model(x).shape == (2, 10)
+
+
+def test_layout_widths_padding_and_norm_placement():
+    model = Conv(1, 10, (28, 28), width=128, depth=3, norm="batch")
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [128, 256, 512]
+    assert [c.padding for c in convs] == [(3, 3), (1, 1), (1, 1)]  # 28×28 greyscale -> 32×32
+    assert all(c.bias is not None for c in convs)
+    kinds = [type(m).__name__ for m in model.features]
+    # No norm before the first conv; one before each later conv; ReLU then 2×2 average pooling.
+    assert kinds == [
+        "Conv2d",
+        "ReLU",
+        "AvgPool2d",
+        "FlaxBatchNorm2d",
+        "Conv2d",
+        "ReLU",
+        "AvgPool2d",
+        "FlaxBatchNorm2d",
+        "Conv2d",
+        "ReLU",
+        "AvgPool2d",
+    ]
+    assert Conv(3, 10, (32, 32)).features[0].padding == (1, 1)
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) for m in Conv(3, 10, (32, 32), norm="none").modules())
+    assert sum(isinstance(m, nn.GroupNorm) for m in Conv(3, 10, (32, 32), norm="instance").modules()) == 2
+
+
+def test_lecun_normal_init_statistics():
+    model = Conv(3, 10, (32, 32), generator=torch.Generator().manual_seed(0))
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            w = m.weight.detach()
+            target = math.sqrt(1.0 / w[0].numel())  # variance 1/fan_in, as Flax's lecun_normal
+            assert w.std().item() == pytest.approx(target, rel=0.05)
+            assert w.mean().item() == pytest.approx(0.0, abs=0.05 * target)
+            # Truncated at 2 standard deviations of the underlying normal (= 2.27 × target).
+            assert w.abs().max().item() <= 2 / 0.87962566103423978 * target + 1e-7
+            assert w.abs().max().item() > 2.0 * target
+            assert torch.count_nonzero(m.bias) == 0
+
+
+def test_init_is_seeded():
+    a = Conv(3, 10, (32, 32), generator=torch.Generator().manual_seed(5))
+    b = Conv(3, 10, (32, 32), generator=torch.Generator().manual_seed(5))
+    c = Conv(3, 10, (32, 32), generator=torch.Generator().manual_seed(6))
+    for pa, pb, pc in zip(a.parameters(), b.parameters(), c.parameters()):
+        assert torch.equal(pa, pb)
+        if pa.abs().sum() > 0:
+            assert not torch.equal(pa, pc)
+
+
+def test_flax_batch_norm_running_statistics():
+    bn = FlaxBatchNorm2d(2)
+    x = torch.randn(4, 2, 3, 3, dtype=torch.float64) * 3 + 1
+    bn.double().train()
+    out = bn(x)
+    mean, var = x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3), unbiased=False)
+    # Flax momentum 0.1: keep 0.1 of the old (0, 1), take 0.9 of the batch's biased statistics.
+    torch.testing.assert_close(bn.running_mean, 0.9 * mean)
+    torch.testing.assert_close(bn.running_var, 0.1 + 0.9 * var)
+    torch.testing.assert_close(out, (x - mean.view(1, 2, 1, 1)) / torch.sqrt(var.view(1, 2, 1, 1) + 1e-5))
+    bn.eval()
+    expected = (x - bn.running_mean.view(1, 2, 1, 1)) / torch.sqrt(bn.running_var.view(1, 2, 1, 1) + 1e-5)
+    torch.testing.assert_close(bn(x), expected)
+
+
+def test_build_model_variants_and_errors():
+    assert isinstance(build_model("conv_bn", (3, 32, 32), 10), Conv)
+    with pytest.raises(FrepoError):
+        build_model("transformer", (3, 32, 32), 10)
+    with pytest.raises(FrepoError):
+        Conv(3, 10, (2, 2), depth=3)

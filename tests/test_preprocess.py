@@ -1,0 +1,81 @@
+"""Preprocessing: standardisation, ZCA whitening (with its regulariser) and exact inversion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from frepo.data.preprocess import Preprocessing, cached_preprocessing, fit_preprocessing, resolve_kind
+
+
+def _images(n=600, size=6, channels=3, seed=0):
+    rng = np.random.default_rng(seed)
+    # Correlated pixels (a smooth base image per sample plus noise), like natural images.
+    base = rng.normal(size=(n, 1, 1, channels)) * 40 + 120
+    grad = np.linspace(-1, 1, size)[None, :, None, None] * rng.normal(size=(n, 1, 1, 1)) * 30
+    x = base + grad + rng.normal(size=(n, size, size, channels)) * 15
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def test_standardisation_is_per_channel_zero_mean_unit_std():
+    x = _images()
+    pre = fit_preprocessing(x, "standard")
+    out = pre(x)
+    assert out.shape == (600, 3, 6, 6) and out.dtype == torch.float32
+    np.testing.assert_allclose(out.mean(dim=(0, 2, 3)).numpy(), 0, atol=1e-5)
+    np.testing.assert_allclose(out.std(dim=(0, 2, 3), unbiased=False).numpy(), 1, atol=1e-4)
+
+
+@pytest.mark.parametrize("zca_reg", [0.0, 0.1])
+def test_zca_whitens_up_to_the_regulariser(zca_reg):
+    x = _images()
+    pre = fit_preprocessing(x, "zca", zca_reg)
+    flat = pre(x).reshape(len(x), -1).double()
+    cov_white = torch.cov(flat.T, correction=0)
+    # Reference covariance of the standardised images, and the exact expected result:
+    # W C W = U diag(s / (s + reg)) U^T with reg = zca_reg * trace(C) / d.
+    std = Preprocessing("standard", pre.mean, pre.std)(x).reshape(len(x), -1).double()
+    cov = torch.cov(std.T, correction=0)
+    d = cov.shape[0]
+    evals, evecs = torch.linalg.eigh(cov)
+    reg = zca_reg * torch.trace(cov) / d
+    expected = (evecs * (evals / (evals + reg))) @ evecs.T
+    torch.testing.assert_close(cov_white, expected, atol=2e-4, rtol=0)
+    if zca_reg == 0.0:
+        torch.testing.assert_close(cov_white, torch.eye(d, dtype=torch.float64), atol=2e-3, rtol=0)
+    np.testing.assert_allclose(flat.mean(0).numpy(), 0, atol=1e-4)
+
+
+def test_zca_inverts_to_pixels():
+    x = _images()
+    pre = fit_preprocessing(x, "zca", 0.1)
+    back = pre.to_unit(pre(x))
+    np.testing.assert_allclose(back.permute(0, 2, 3, 1).numpy(), x / 255.0, atol=1e-4)
+
+
+def test_zca_with_fewer_images_than_dimensions_stays_finite_and_invertible():
+    x = _images(n=20, size=6)  # 20 images, 108 dimensions: the reference's rank control applies
+    pre = fit_preprocessing(x, "zca", 0.1)
+    out = pre(x)
+    assert torch.isfinite(out).all()
+    np.testing.assert_allclose(pre.to_unit(out).permute(0, 2, 3, 1).numpy(), x / 255.0, atol=1e-4)
+
+
+def test_serialisation_round_trip_and_cache(tmp_path):
+    x = _images(n=200)
+    pre = cached_preprocessing(x, "zca", 0.1, tmp_path)
+    cached_files = list((tmp_path / "preprocessing").glob("*.safetensors"))
+    assert len(cached_files) == 1
+    again = cached_preprocessing(x, "zca", 0.1, tmp_path)  # read from the cache
+    torch.testing.assert_close(pre(x), again(x))
+    rebuilt = Preprocessing.from_tensors(pre.params(), pre.tensors())
+    torch.testing.assert_close(pre(x), rebuilt(x))
+    cached_files[0].write_bytes(b"garbage")  # a damaged cache entry is recomputed, not trusted
+    torch.testing.assert_close(cached_preprocessing(x, "zca", 0.1, tmp_path)(x), pre(x))
+
+
+def test_auto_kind_follows_the_reference():
+    assert resolve_kind("auto", 1) == "standard"
+    assert resolve_kind("auto", 3) == "zca"
+    assert resolve_kind("none", 3) == "none"

@@ -1,0 +1,101 @@
+"""An interrupted run, resumed with the same command, equals the uninterrupted run bit for bit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from frepo import presets
+from frepo.artifact import load_distilled
+from frepo.distill import Distiller, distill
+from frepo.errors import Interrupted
+
+OVERRIDES = dict(
+    steps=8,
+    width=8,
+    num_models=3,
+    max_online_updates=4,
+    batch_size=64,
+    eval_steps=20,
+    checkpoint_every=3,
+    log_every=1,
+    eval_every=4,
+)
+TIMING = {"steps_per_s", "elapsed_s", "peak_mem_mb"}
+
+
+def _config():
+    return presets.resolve("digits", 2, overrides=OVERRIDES)
+
+
+def _metrics(path):
+    records = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def _assert_same_run(a, b):
+    sa, sb = load_distilled(a / "distilled.safetensors"), load_distilled(b / "distilled.safetensors")
+    assert torch.equal(sa.images, sb.images) and torch.equal(sa.labels, sb.labels)
+    bs = load_distilled(a / "best.safetensors"), load_distilled(b / "best.safetensors")
+    assert torch.equal(bs[0].images, bs[1].images)
+    assert _metrics(a) == _metrics(b)
+    ca, cb = torch.load(a / "checkpoint.pt", weights_only=True), torch.load(b / "checkpoint.pt", weights_only=True)
+    for (ka, va), (_, vb) in zip(ca["pool"]["models"][0].items(), cb["pool"]["models"][0].items()):
+        assert torch.equal(va, vb), ka
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight") / "run"
+    distill(_config(), out, progress=False)
+    return out
+
+
+def test_resume_after_sigint_equals_uninterrupted(tmp_path, uninterrupted, monkeypatch):
+    original = Distiller._one_step
+    calls = {"n": 0}
+
+    def step_then_interrupt(self):
+        metrics = original(self)
+        calls["n"] += 1
+        if calls["n"] == 5:  # a real Ctrl-C in the middle of the run (not on a checkpoint step)
+            signal.raise_signal(signal.SIGINT)
+        return metrics
+
+    monkeypatch.setattr(Distiller, "_one_step", step_then_interrupt)
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted, match="Run the same command to resume"):
+        distill(_config(), out, progress=False)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 5
+    monkeypatch.setattr(Distiller, "_one_step", original)
+    result = distill(_config(), out, progress=False)
+    assert result.step == 8
+    _assert_same_run(uninterrupted, out)
+
+
+def test_killed_process_resumes_with_the_same_command(tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "frepo", "distill", "--dataset", "digits", "--ipc", "2", "--out", str(out)]
+    for key, value in OVERRIDES.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "checkpoint.pt").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # what a scheduler or `kill` sends
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode == 130, err
+    assert "Run the same command to resume" in err and "Traceback" not in err
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    _assert_same_run(uninterrupted, out)
