@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from frepo.distill import meta_step
 from frepo.krr import centered_one_hot, krr_predict, label_margin_loss, label_scale, mse_loss
 from frepo.models import Conv
 from frepo.synthetic import SyntheticSet
+from frepo.trainer import meta_step
 
 
 def test_centered_one_hot_and_label_scale():

@@ -15,6 +15,7 @@ from .errors import FrepoError
 
 NORMS = ("batch", "instance", "none")
 PREPROCESS_KINDS = ("auto", "standard", "zca", "none")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 
 
 def opt(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
@@ -95,9 +96,15 @@ class DistillConfig:
     checkpoint_every: int = opt(200, "steps between atomic checkpoints")
     eval_every: int = opt(0, "steps between validation evaluations (0: only at the end)")
     eval_models: int = opt(1, "models trained per validation evaluation")
-    eval_steps: int | None = opt(None, "training steps of each validation model (default: the step table)")
+    eval_steps: int = opt(
+        1000, "training steps of each validation model (1000 as the reference's in-training check; 0: the step table)"
+    )
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
-    chunk_size: int = opt(0, "synthetic images per forward chunk, for bounded memory (0: no chunking)")
+    chunk_size: int = opt(
+        1000, "support images per forward chunk under activation checkpointing, for bounded memory (0: none)"
+    )
+    precision: str = opt("auto", "real-batch feature pass: fp32, tf32, bf16 or auto (tf32 on CUDA, else fp32)")
+    channels_last: bool = opt(False, "channels-last memory layout for the convolutions")
 
     def validate(self) -> None:
         self.data.validate()
@@ -112,8 +119,10 @@ class DistillConfig:
             raise FrepoError("lr must be > 0 and lr_final_ratio in [0, 1]")
         if self.krr_reg < 0:
             raise FrepoError("krr_reg must be >= 0")
-        if self.eval_steps is not None and self.eval_steps < 1:
-            raise FrepoError("eval_steps must be >= 1")
+        if self.precision not in PRECISIONS:
+            raise FrepoError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.eval_steps < 0:
+            raise FrepoError("eval_steps must be >= 0")
 
 
 def to_dict(config: Any) -> dict:

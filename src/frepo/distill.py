@@ -1,9 +1,6 @@
-"""The FRePo distillation loop.
-
-Per outer step: a real batch -> meta-step (kernel ridge regression on the features of the current
-pool model, loss back-propagated into the synthetic images and labels) -> LAMB update -> the pool
-model takes its online step or is reset -> the next pool model is drawn. Periodic actions (metrics,
-NaN check, checkpoint, validation) share one schedule; Ctrl-C or SIGTERM checkpoints and stops.
+"""A distillation run: data, run directory, the loop of `FRePoTrainer.step()`, and its periodic
+actions (metrics and NaN check, checkpoint, validation, outputs) on one schedule. Ctrl-C or SIGTERM
+checkpoints and stops; rerunning the same command resumes.
 """
 
 from __future__ import annotations
@@ -27,13 +24,8 @@ from .device import resolve_device
 from .dist import init_distributed
 from .errors import FrepoError, Interrupted
 from .evaluate import evaluate_tensors, reference_steps
-from .krr import centered_one_hot, krr_weights, label_margin_loss, mse_loss
-from .models import Conv
-from .optim import Lamb, cosine_decay
-from .pool import ModelPool
-from .rng import generator
 from .runs import RunDir
-from .synthetic import SyntheticSet, init_from_real
+from .trainer import FRePoTrainer
 from .visualize import save_grid
 
 
@@ -50,74 +42,6 @@ class DistillResult:
     best_path: Path | None
     val_accuracy: float | None
     seconds: float
-
-
-class BatchSampler:
-    """Indices of real batches: epoch-wise seeded permutations; a batch may span two epochs."""
-
-    def __init__(self, n: int, batch_size: int, gen: torch.Generator):
-        self.n, self.batch_size, self.gen = n, batch_size, gen
-        self.perm = torch.empty(0, dtype=torch.long)
-        self.pos = 0
-
-    def next(self) -> torch.Tensor:
-        parts, need = [], self.batch_size
-        while need > 0:
-            if self.pos >= len(self.perm):
-                self.perm, self.pos = torch.randperm(self.n, generator=self.gen), 0
-            take = self.perm[self.pos : self.pos + need]
-            self.pos += len(take)
-            need -= len(take)
-            parts.append(take)
-        return torch.cat(parts)
-
-    def state_dict(self) -> dict:
-        return {"perm": self.perm, "pos": self.pos, "generator": self.gen.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.perm, self.pos = state["perm"], int(state["pos"])
-        self.gen.set_state(state["generator"])
-
-
-def embed(model: torch.nn.Module, x: torch.Tensor, chunk_size: int = 0) -> torch.Tensor:
-    """Features of x (N×C×H×W -> N×D). With chunk_size > 0 the forward runs in chunks under activation
-    checkpointing, so memory grows with the chunk, not with N (large support sets)."""
-    if chunk_size <= 0 or len(x) <= chunk_size:
-        return model.embed(x)
-    from torch.utils.checkpoint import checkpoint
-
-    return torch.cat([checkpoint(model.embed, part, use_reentrant=False) for part in x.split(chunk_size)])
-
-
-def meta_step(
-    model: torch.nn.Module,
-    syn: SyntheticSet,
-    x_real: torch.Tensor,
-    y_real: torch.Tensor,
-    use_flip: bool,
-    reg: float,
-    chunk_size: int = 0,
-) -> dict[str, torch.Tensor]:
-    """One meta-gradient: sets .grad of the synthetic set's trainable tensors; returns detached metrics.
-
-    x_real: B×C×H×W preprocessed real images; y_real: B×K centred one-hot targets.
-    """
-    model.eval()  # batch norm uses running statistics for both feature passes
-    with torch.no_grad():
-        feat_real = model.embed(x_real)
-    x_s, y_s = syn.images, syn.labels
-    if use_flip:
-        x_s, y_s = torch.cat([x_s, x_s.flip(-1)]), torch.cat([y_s, y_s])
-    weights = krr_weights(embed(model, x_s, chunk_size), y_s, reg)
-    pred = feat_real @ weights
-    kernel = mse_loss(pred, y_real)
-    label = label_margin_loss(syn.labels)
-    loss = kernel + label
-    params = syn.trainable()
-    for p, g in zip(params, torch.autograd.grad(loss, params)):
-        p.grad = g
-    acc = (pred.argmax(-1) == y_real.argmax(-1)).float().mean()
-    return {"loss": loss.detach(), "kernel_loss": kernel.detach(), "label_loss": label.detach(), "acc": acc}
 
 
 @contextlib.contextmanager
@@ -171,27 +95,8 @@ class Distiller:
                 f"frepo: batch_size {config.batch_size} exceeds the {len(x_train)} distillation images; "
                 "batches repeat images"
             )
-        self.x_train = x_train.to(self.device)
-        self.y_train = centered_one_hot(y_train, self.num_classes).to(self.device)
-        seed = config.seed
-        images, class_ids = init_from_real(x_train, y_train, self.num_classes, config.ipc, generator(seed, "init"))
-        self.syn = SyntheticSet(images, class_ids, self.num_classes, config.learn_labels).to(self.device)
-        self.lamb = Lamb(
-            self.syn.trainable(),
-            lr=cosine_decay(config.lr, config.steps, config.lr_final_ratio),
-            betas=(0.9, 0.999),
-            eps=1e-6,
-        )
-        c, h, w = raw.image_shape
-        m = config.model
-
-        def make_model(gen: torch.Generator) -> Conv:
-            return Conv(c, self.num_classes, (h, w), m.width, m.depth, m.norm, gen)
-
-        self.pool = ModelPool(make_model, config.pool, generator(seed, "pool"), self.device)
-        if self.ctx.enabled:
-            self._sync_pool_gradients()
-        self.sampler = BatchSampler(len(x_train), config.batch_size, generator(seed, "batches"))
+        self.trainer = FRePoTrainer(config, x_train, y_train, self.num_classes, self.device, self.ctx)
+        self.syn = self.trainer.syn
         self.step = 0
         self.best = {"val_acc": None, "step": None}
         self.elapsed = 0.0
@@ -203,41 +108,21 @@ class Distiller:
 
     # ---- checkpointing ------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {
-            "step": self.step,
-            "synthetic": self.syn.state_dict(),
-            "lamb": self.lamb.state_dict(),
-            "pool": self.pool.state_dict(),
-            "sampler": self.sampler.state_dict(),
-            "best": dict(self.best),
-            "elapsed": self.elapsed,
-        }
+        return {"step": self.step, **self.trainer.state_dict(), "best": dict(self.best), "elapsed": self.elapsed}
 
     def _load(self, state: dict) -> None:
         self.step = int(state["step"])
-        self.syn.load_state_dict(state["synthetic"])
-        self.lamb.load_state_dict(state["lamb"])
-        self.pool.load_state_dict(state["pool"])
-        self.sampler.load_state_dict(state["sampler"])
+        self.trainer.load_state_dict(state)
         self.best = dict(state["best"])
         self.elapsed = float(state["elapsed"])
         if self.ctx.is_main:
             self.run_dir.truncate_metrics(self.step)
 
-    def _finite(self) -> bool:
-        return bool(torch.isfinite(self.syn.images).all() and torch.isfinite(self.syn.labels).all())
-
     def checkpoint(self) -> None:
-        if not self._finite():
+        if not self.trainer.finite():
             raise FrepoError(f"non-finite synthetic set at step {self.step}; the last good checkpoint is kept")
         if self.ctx.is_main:
             self.run_dir.save_checkpoint(self.state_dict())
-
-    def _sync_pool_gradients(self) -> None:
-        """Average online gradients over ranks, so the replicated pool stays bit-identical."""
-        for model in self.pool.models:
-            for p in model.parameters():
-                p.register_hook(lambda g: (self.ctx.mean_([g]), g)[1])
 
     # ---- outputs ------------------------------------------------------------------------------
     def distilled_set(self) -> DistilledSet:
@@ -275,7 +160,7 @@ class Distiller:
             mirror_invariant=self.data.raw.mirror_invariant,
             models=self.config.eval_models,
             seed=self.config.seed + 1_000_003 * self.step,
-            steps=self.config.eval_steps,
+            steps=self.config.eval_steps or None,
             device=self.device,
             split="val",
         )
@@ -352,42 +237,24 @@ class Distiller:
         return self._result()
 
     def _one_step(self) -> dict[str, torch.Tensor]:
-        cfg = self.config
-        idx = self.ctx.shard(self.sampler.next()).to(self.device)
-        metrics = meta_step(
-            self.pool.model,
-            self.syn,
-            self.x_train[idx],
-            self.y_train[idx],
-            bool(cfg.use_flip),
-            cfg.krr_reg,
-            cfg.chunk_size,
-        )
-        self.ctx.mean_([p.grad for p in self.syn.trainable()])
-        metrics["grad_norm_x"] = self.syn.images.grad.norm()
-        if self.syn.labels.requires_grad:
-            metrics["grad_norm_y"] = self.syn.labels.grad.norm()
-        self.lamb.step()
-        online = self.pool.advance(self.syn.images.detach(), self.syn.labels.detach())
-        if online is not None:
-            metrics["online_loss"] = online
-        return metrics
+        return self.trainer.step()
 
     def _log(self, metrics: dict[str, torch.Tensor], steps_per_s: float, bar) -> None:
+        self.ctx.mean_(list(metrics.values()))  # metrics of the global batch, identical on every rank
         values = {k: float(v) for k, v in metrics.items()}
-        if not all(map(_isfinite, values.values())) or not self._finite():
+        if not all(map(_isfinite, values.values())) or not self.trainer.finite():
             raise FrepoError(
                 f"the loss became NaN/inf at step {self.step}; stopped, and the last good checkpoint "
                 f"({self.run_dir.checkpoint_path}) is kept. Try a lower --lr or a larger --krr-reg."
             )
-        lr = self.lamb.schedule(max(self.step - 1, 0))
+        lr = self.trainer.lamb.schedule(max(self.step - 1, 0))
         record = {
             "step": self.step,
             **values,
             "lr": lr,
             "steps_per_s": steps_per_s,
             "peak_mem_mb": peak_memory_mb(self.device),
-            "pool_resets": self.pool.resets,
+            "pool_resets": self.trainer.pool.resets,
             "elapsed_s": self.elapsed,
         }
         if self.ctx.is_main:

@@ -169,7 +169,7 @@ def evaluate(
     if not isinstance(ds, DistilledSet):
         ds = load_distilled(ds)
     raw = load_dataset(ds.dataset, data_dir, download)
-    if raw.classes != ds.classes and len(raw.classes) != ds.num_classes:
+    if raw.num_classes != ds.num_classes:
         raise FrepoError(f"the set has {ds.num_classes} classes but dataset {ds.dataset} has {raw.num_classes}")
     if tuple(raw.image_shape) != tuple(ds.images.shape[1:]):
         raise FrepoError(f"the set's images are {tuple(ds.images.shape[1:])} but {ds.dataset} has {raw.image_shape}")

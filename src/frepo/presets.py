@@ -19,7 +19,7 @@ PAPER_IPCS = {"mnist": (1, 10, 50), "fashion_mnist": (1, 10, 50), "cifar10": (1,
 
 # The offline default must finish in about a minute on a 2-core CPU: a shorter schedule and a
 # smaller real batch than the paper's 500k × 1024 (digits has only 1131 distillation images).
-DATASET_OVERRIDES = {"digits": {"steps": 400, "batch_size": 256, "checkpoint_every": 100}}
+DATASET_OVERRIDES = {"digits": {"steps": 300, "batch_size": 256, "checkpoint_every": 100}}
 
 
 def default_flip(dataset: str, ipc: int) -> bool:

@@ -1,0 +1,207 @@
+"""One FRePo outer step on tensors, without any run management (that is `distill.py`).
+
+step(): a real batch -> meta-step (kernel ridge regression on the features of the current pool
+model, loss back-propagated into the synthetic images and labels) -> LAMB update -> the pool model
+takes its online step or is reset -> the next pool model is drawn.
+The benchmarks time exactly this object, so what they measure is what a run does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .config import DistillConfig
+from .dist import DistContext
+from .krr import centered_one_hot, krr_weights, label_margin_loss, mse_loss
+from .models import Conv
+from .optim import Lamb, cosine_decay
+from .pool import ModelPool
+from .rng import generator
+from .synthetic import SyntheticSet, init_from_real
+
+
+class BatchSampler:
+    """Indices of real batches: epoch-wise seeded permutations; a batch may span two epochs."""
+
+    def __init__(self, n: int, batch_size: int, gen: torch.Generator):
+        self.n, self.batch_size, self.gen = n, batch_size, gen
+        self.perm = torch.empty(0, dtype=torch.long)
+        self.pos = 0
+
+    def next(self) -> torch.Tensor:
+        parts, need = [], self.batch_size
+        while need > 0:
+            if self.pos >= len(self.perm):
+                self.perm, self.pos = torch.randperm(self.n, generator=self.gen), 0
+            take = self.perm[self.pos : self.pos + need]
+            self.pos += len(take)
+            need -= len(take)
+            parts.append(take)
+        return torch.cat(parts)
+
+    def state_dict(self) -> dict:
+        return {"perm": self.perm, "pos": self.pos, "generator": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.perm, self.pos = state["perm"], int(state["pos"])
+        self.gen.set_state(state["generator"])
+
+
+def embed(model: torch.nn.Module, x: torch.Tensor, chunk_size: int = 0) -> torch.Tensor:
+    """Features of x (N×C×H×W -> N×D). With 0 < chunk_size < N the forward runs in chunks under
+    activation checkpointing: memory grows with the chunk, not with N (large support sets), for the
+    price of a second forward pass in the backward."""
+    if chunk_size <= 0 or len(x) <= chunk_size:
+        return model.embed(x)
+    from torch.utils.checkpoint import checkpoint
+
+    return torch.cat([checkpoint(model.embed, part, use_reentrant=False) for part in x.split(chunk_size)])
+
+
+def feature_precision(device: torch.device, precision: str):
+    """Context for the real-batch feature pass (no gradient flows through it).
+
+    fp32: exact. tf32: TensorFloat-32 matmuls/convs on CUDA (what JAX's default precision did for the
+    reference on Ampere GPUs). bf16: autocast to bfloat16. 'auto' is tf32 on CUDA, fp32 elsewhere.
+    The kernel solve always runs in float32 features and a float64 Cholesky.
+    """
+    if precision == "auto":
+        precision = "tf32" if device.type == "cuda" else "fp32"
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "tf32" and device.type == "cuda":
+        return _tf32()
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _tf32():
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=True):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def meta_step(
+    model: torch.nn.Module,
+    syn: SyntheticSet,
+    x_real: torch.Tensor,
+    y_real: torch.Tensor,
+    use_flip: bool,
+    reg: float,
+    chunk_size: int = 0,
+    precision: str = "fp32",
+) -> dict[str, torch.Tensor]:
+    """One meta-gradient: sets .grad of the synthetic set's trainable tensors; returns detached metrics.
+
+    x_real: B×C×H×W preprocessed real images; y_real: B×K centred one-hot targets.
+    """
+    model.eval()  # batch norm uses running statistics in both feature passes
+    with torch.no_grad(), feature_precision(x_real.device, precision):
+        feat_real = model.embed(x_real).to(syn.images.dtype)  # back from bf16 when autocast
+    x_s, y_s = syn.images, syn.labels
+    if use_flip:
+        x_s, y_s = torch.cat([x_s, x_s.flip(-1)]), torch.cat([y_s, y_s])
+    weights = krr_weights(embed(model, x_s, chunk_size), y_s, reg)
+    pred = feat_real @ weights
+    kernel = mse_loss(pred, y_real)
+    label = label_margin_loss(syn.labels)
+    loss = kernel + label
+    params = syn.trainable()
+    # Gradients for the synthetic set only: autograd then skips the weight gradients of the network.
+    for p, g in zip(params, torch.autograd.grad(loss, params)):
+        p.grad = g
+    acc = (pred.argmax(-1) == y_real.argmax(-1)).float().mean()
+    return {"loss": loss.detach(), "kernel_loss": kernel.detach(), "label_loss": label.detach(), "acc": acc}
+
+
+class FRePoTrainer:
+    """Synthetic set, its LAMB optimiser, the model pool and the real-batch sampler of one run.
+
+    x_train: N×C×H×W preprocessed real images (moved to `device`); y_train: (N,) int64 labels.
+    """
+
+    def __init__(
+        self,
+        config: DistillConfig,
+        x_train: torch.Tensor,
+        y_train: torch.Tensor,
+        num_classes: int,
+        device: torch.device,
+        ctx: DistContext | None = None,
+    ):
+        self.config, self.device, self.ctx = config, device, ctx or DistContext()
+        self.num_classes = num_classes
+        seed = config.seed
+        images, class_ids = init_from_real(x_train, y_train, num_classes, config.ipc, generator(seed, "init"))
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.x_train = x_train.to(device).contiguous(memory_format=self.memory_format)
+        self.y_train = centered_one_hot(y_train, num_classes).to(device)
+        self.syn = SyntheticSet(images, class_ids, num_classes, config.learn_labels).to(device)
+        self.syn.images.data = self.syn.images.data.contiguous(memory_format=self.memory_format)
+        self.lamb = Lamb(
+            self.syn.trainable(), lr=cosine_decay(config.lr, config.steps, config.lr_final_ratio), eps=1e-6
+        )
+        c, h, w = x_train.shape[1:]
+        m = config.model
+
+        def make_model(gen: torch.Generator) -> Conv:
+            model = Conv(c, num_classes, (h, w), m.width, m.depth, m.norm, gen)
+            return model.to(memory_format=self.memory_format)
+
+        self.pool = ModelPool(make_model, config.pool, generator(seed, "pool"), device)
+        if self.ctx.enabled:
+            self._sync_pool_gradients()
+        self.sampler = BatchSampler(len(x_train), config.batch_size, generator(seed, "batches"))
+
+    def _sync_pool_gradients(self) -> None:
+        """Average online gradients over ranks, so the replicated pool stays bit-identical."""
+        for model in self.pool.models:
+            for p in model.parameters():
+                p.register_hook(lambda g: (self.ctx.mean_([g]), g)[1])
+
+    def step(self) -> dict[str, torch.Tensor]:
+        """One outer step; returns detached metric tensors (no host synchronisation)."""
+        cfg = self.config
+        idx = self.ctx.shard(self.sampler.next()).to(self.device, non_blocking=True)
+        metrics = meta_step(
+            self.pool.model,
+            self.syn,
+            self.x_train[idx],
+            self.y_train[idx],
+            bool(cfg.use_flip),
+            cfg.krr_reg,
+            cfg.chunk_size,
+            cfg.precision,
+        )
+        self.ctx.mean_([p.grad for p in self.syn.trainable()])
+        metrics["grad_norm_x"] = self.syn.images.grad.norm()
+        if self.syn.labels.requires_grad:
+            metrics["grad_norm_y"] = self.syn.labels.grad.norm()
+        self.lamb.step()
+        online = self.pool.advance(self.syn.images.detach(), self.syn.labels.detach())
+        if online is not None:
+            metrics["online_loss"] = online
+        return metrics
+
+    def finite(self) -> bool:
+        return bool(torch.isfinite(self.syn.images).all() and torch.isfinite(self.syn.labels).all())
+
+    def state_dict(self) -> dict:
+        return {
+            "synthetic": self.syn.state_dict(),
+            "lamb": self.lamb.state_dict(),
+            "pool": self.pool.state_dict(),
+            "sampler": self.sampler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.syn.load_state_dict(state["synthetic"])
+        self.lamb.load_state_dict(state["lamb"])
+        self.pool.load_state_dict(state["pool"])
+        self.sampler.load_state_dict(state["sampler"])
