@@ -1,4 +1,6 @@
-"""Model registry."""
+"""Model registry: FRePo's Conv (distillation and the reference evaluation) and the cross-architecture
+evaluation networks of the DC/DSA literature (`zoo.py`). Every network has `embed` (flattened
+features) and `forward` (logits) and is initialised from an explicit generator."""
 
 from __future__ import annotations
 
@@ -8,8 +10,42 @@ from torch import nn
 from ..errors import FrepoError
 from .conv import Conv, FlaxBatchNorm2d
 from .init import init_flax_defaults_, lecun_normal_
+from .zoo import MLP, VGG11, AlexNet, ConvNet, ResNet18
 
-__all__ = ["Conv", "FlaxBatchNorm2d", "build_model", "init_flax_defaults_", "lecun_normal_"]
+__all__ = [
+    "ARCHS",
+    "MLP",
+    "AlexNet",
+    "Conv",
+    "ConvNet",
+    "FlaxBatchNorm2d",
+    "ResNet18",
+    "VGG11",
+    "build_model",
+    "check_arch",
+    "init_flax_defaults_",
+    "lecun_normal_",
+]
+
+# name -> one-line description (the CLI's help and error messages list these).
+ARCHS = {
+    "conv": "FRePo Conv, no norm (the frepo protocol's network)",
+    "conv_bn": "FRePo Conv, batch norm (the distillation's pool network)",
+    "conv_in": "FRePo Conv, instance norm",
+    "convnet": "DC ConvNet-3, width 128, instance norm (the dsa protocol's network)",
+    "alexnet": "DC AlexNet, no norm",
+    "vgg11": "DC VGG-11, instance norm",
+    "resnet18": "DC ResNet-18, instance norm",
+    "resnet18_bn": "DC ResNet-18, batch norm",
+    "mlp": "DC MLP, 2 hidden layers of 128",
+}
+_CONV_NORMS = {"conv": "none", "conv_bn": "batch", "conv_in": "instance"}
+
+
+def check_arch(arch: str) -> str:
+    if arch not in ARCHS:
+        raise FrepoError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
+    return arch
 
 
 def build_model(
@@ -20,9 +56,18 @@ def build_model(
     width: int = 128,
     depth: int = 3,
 ) -> nn.Module:
-    """A freshly initialised network. image_shape is (C, H, W)."""
+    """A freshly initialised network. image_shape is (C, H, W). `width` and `depth` apply to the
+    Conv family and `convnet`; the other architectures have the fixed sizes of their definitions."""
     c, h, w = image_shape
-    variants = {"conv": "none", "conv_bn": "batch", "conv_in": "instance"}
-    if arch in variants:
-        return Conv(c, num_classes, (h, w), width, depth, variants[arch], generator)
-    raise FrepoError(f"unknown architecture {arch!r}; known: {', '.join(variants)}")
+    check_arch(arch)
+    if arch in _CONV_NORMS:
+        return Conv(c, num_classes, (h, w), width, depth, _CONV_NORMS[arch], generator)
+    if arch == "convnet":
+        return ConvNet(c, num_classes, (h, w), width, depth, "instance", generator)
+    if arch == "alexnet":
+        return AlexNet(c, num_classes, (h, w), generator)
+    if arch == "vgg11":
+        return VGG11(c, num_classes, (h, w), "instance", generator)
+    if arch in ("resnet18", "resnet18_bn"):
+        return ResNet18(c, num_classes, (h, w), "batch" if arch == "resnet18_bn" else "instance", generator)
+    return MLP(c, num_classes, (h, w), generator)
