@@ -46,38 +46,74 @@ def main() -> None:
         preset = presets.PRESETS[name]
         run = Path(args.out) / name
         start = time.time()
-        frepo("distill", "--dataset", preset["dataset"], "--ipc", str(preset["ipc"]), "--preset", name,
-              "--seed", str(args.seed), "--out", str(run), *args.extra.split())
+        frepo(
+            "distill",
+            "--dataset",
+            preset["dataset"],
+            "--ipc",
+            str(preset["ipc"]),
+            "--preset",
+            name,
+            "--seed",
+            str(args.seed),
+            "--out",
+            str(run),
+            *args.extra.split(),
+        )
         wall = time.time() - start
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         train = [m for m in metrics if "loss" in m]
         subset = run / "random_subset.safetensors"
-        frepo("subset", "--dataset", preset["dataset"], "--ipc", str(preset["ipc"]), "--method", "random",
-              "--seed", str(args.seed), "--out", str(subset))
+        frepo(
+            "subset",
+            "--dataset",
+            preset["dataset"],
+            "--ipc",
+            str(preset["ipc"]),
+            "--method",
+            "random",
+            "--seed",
+            str(args.seed),
+            "--out",
+            str(subset),
+        )
         results = {}
         for label, file in (("distilled", run / "distilled.safetensors"), ("random", subset)):
             out = run / f"eval_{label}.json"
             frepo("evaluate", str(file), "--models", str(args.models), "--seed", str(args.seed), "--json", str(out))
             results[label] = json.loads(out.read_text())
         steps = train[-1]["step"]
-        rows.append({
-            "setting": name, "dataset": preset["dataset"], "ipc": preset["ipc"], "steps": steps,
-            "batch_size": json.loads((run / "config.json").read_text())["batch_size"],
-            "s_per_step": train[-1]["elapsed_s"] / steps, "peak_rss_mb": max(m["peak_mem_mb"] for m in train),
-            "distill_wall_s": wall,
-            "distilled_mean": results["distilled"]["mean"], "distilled_std": results["distilled"]["std"],
-            "random_mean": results["random"]["mean"], "random_std": results["random"]["std"],
-            "eval_steps": results["distilled"]["steps"], "models": args.models,
-        })
+        rows.append(
+            {
+                "setting": name,
+                "dataset": preset["dataset"],
+                "ipc": preset["ipc"],
+                "steps": steps,
+                "batch_size": json.loads((run / "config.json").read_text())["batch_size"],
+                "s_per_step": train[-1]["elapsed_s"] / steps,
+                "peak_rss_mb": max(m["peak_mem_mb"] for m in train),
+                "distill_wall_s": wall,
+                "distilled_mean": results["distilled"]["mean"],
+                "distilled_std": results["distilled"]["std"],
+                "random_mean": results["random"]["mean"],
+                "random_std": results["random"]["std"],
+                "eval_steps": results["distilled"]["steps"],
+                "models": args.models,
+            }
+        )
 
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
+    )
     print("| setting | steps × batch | s/step | peak RSS (MB) | distilled (%) | random subset (%) | eval |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['setting']} | {r['steps']} × {r['batch_size']} | {r['s_per_step']:.3f} | {r['peak_rss_mb']:.0f} | "
-              f"{r['distilled_mean']:.2f} ± {r['distilled_std']:.2f} | {r['random_mean']:.2f} ± {r['random_std']:.2f} | "
-              f"frepo protocol, {r['models']} models, {r['eval_steps']} steps |")
+        print(
+            f"| {r['setting']} | {r['steps']} × {r['batch_size']} | {r['s_per_step']:.3f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['distilled_mean']:.2f} ± {r['distilled_std']:.2f} | {r['random_mean']:.2f} ± {r['random_std']:.2f} | "
+            f"frepo protocol, {r['models']} models, {r['eval_steps']} steps |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -43,6 +43,14 @@ class DistContext:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
             t.div_(self.world)
 
+    def any(self, flag: bool) -> bool:
+        """True on every rank if `flag` is True on any rank (so all ranks stop at the same step)."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

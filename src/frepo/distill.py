@@ -216,7 +216,7 @@ class Distiller:
                     self.checkpoint()
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps and self.ctx.is_main:
                     self._record_validation()
-                if stop.is_set():
+                if self.ctx.any(stop.is_set()):
                     self.checkpoint()
                     raise Interrupted(
                         f"stopped at step {self.step}; checkpoint written to "

@@ -1,0 +1,196 @@
+"""Time the FRePo outer step (meta-step + online update) and measure its memory and FLOPs.
+
+    python benchmarks/bench_step.py [--settings NAME,...] [--json OUT] [--set key=value ...]
+
+Each setting runs in its own process (so peak memory is that setting's) on random data shaped like
+the dataset and of its full training-set size, resident on the device, through `FRePoTrainer.step()`
+exactly as `frepo distill` runs it: warm-up steps, then the median of timed steps. FLOPs per step are
+counted by `torch.utils.flop_counter` over one step (convolutions and matmuls, forward and backward);
+the fp32 peak is measured in the same run by a 4096² float32 matrix product, and the table reports the
+fraction of it that the step achieves. `--set` overrides config fields (e.g. `--set channels_last=true`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+# name -> (image shape, classes, ipc, real batch, flip, training-set size)
+SETTINGS = {
+    "mnist-ipc10-b256": ((1, 28, 28), 10, 10, 256, False, 60000),
+    "cifar10-ipc10-b1024-flip": ((3, 32, 32), 10, 10, 1024, True, 50000),
+    "cifar100-ipc1-b1024-flip": ((3, 32, 32), 100, 1, 1024, True, 50000),
+    "cifar100-ipc50-flip": ((3, 32, 32), 100, 50, 1024, True, 50000),
+    "cifar10-ipc1-b256": ((3, 32, 32), 10, 1, 256, False, 50000),
+}
+DEFAULT = "mnist-ipc10-b256,cifar10-ipc10-b1024-flip,cifar100-ipc1-b1024-flip,cifar100-ipc50-flip"
+
+
+def peak_matmul_gflops(device: torch.device, n: int = 4096, repeats: int = 5) -> float:
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def count_flops(fn) -> int:
+    """FLOPs of the convolutions and matmuls that fn() dispatches, forward and backward, using torch's
+    own formulas (torch.utils.flop_counter). FlopCounterMode itself cannot be used: its module hooks
+    do not support torch.autograd.grad, which the meta-step uses."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    class Counter(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                Counter.total += formula(*args, **kwargs, out_val=out)
+            return out
+
+    with Counter():
+        fn()
+    return Counter.total
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def parse_value(text: str):
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def run_one(name: str, overrides: dict, warmup: int, repeats: int, device_name: str) -> dict:
+    from frepo.config import DistillConfig, set_leaf
+    from frepo.device import resolve_device
+    from frepo.trainer import FRePoTrainer
+
+    shape, classes, ipc, batch, flip, n_train = SETTINGS[name]
+    device = resolve_device(device_name)
+    config = DistillConfig(ipc=ipc, batch_size=batch, use_flip=flip, steps=500_000)
+    for key, value in overrides.items():
+        set_leaf(config, key, value)
+    gen = torch.Generator().manual_seed(0)
+    x_train = torch.randn(n_train, *shape, generator=gen)
+    y_train = torch.arange(n_train) % classes
+    trainer = FRePoTrainer(config, x_train, y_train, classes, device)
+    del x_train  # the trainer holds its own (device) copy, as in a run
+    for _ in range(warmup):
+        trainer.step()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        metrics = trainer.step()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    assert torch.isfinite(metrics["loss"]), "non-finite loss in the benchmark"
+    gflops = count_flops(trainer.step) / 1e9
+    if device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        import resource
+
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ms = statistics.median(times) * 1000
+    peak = peak_matmul_gflops(device)
+    return {
+        "setting": name,
+        "ms_per_step": ms,
+        "peak_mb": peak_mb,
+        "gflops_per_step": gflops,
+        "achieved_gflops": gflops / (ms / 1000),
+        "peak_gflops": peak,
+        "fraction_of_peak": gflops / (ms / 1000) / peak,
+        "repeats": repeats,
+        "times_ms": [t * 1000 for t in times],
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "overrides": overrides,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--settings", default=DEFAULT, help=f"comma-separated, from: {', '.join(SETTINGS)}")
+    parser.add_argument("--json", help="write a JSON list of result objects here")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one setting in this process
+    args = parser.parse_args()
+    overrides = dict(item.split("=", 1) for item in args.set)
+    overrides = {k: parse_value(v) for k, v in overrides.items()}
+    if args.one:
+        print(json.dumps(run_one(args.one, overrides, args.warmup, args.repeats, args.device)))
+        return
+    rows = []
+    for name in args.settings.split(","):
+        if name not in SETTINGS:
+            sys.exit(f"unknown setting {name!r}; known: {', '.join(SETTINGS)}")
+        repeats = max(2, args.repeats // 3) if name == "cifar100-ipc50-flip" else args.repeats
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            name,
+            "--warmup",
+            str(args.warmup),
+            "--repeats",
+            str(repeats),
+            "--device",
+            args.device,
+        ] + [f"--set={s}" for s in args.set]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+        r = rows[-1]
+        print(f"{name}: {r['ms_per_step']:.0f} ms/step", file=sys.stderr, flush=True)
+    print(
+        f"\n{platform.machine()}, torch {torch.__version__}, {rows[0]['threads']} threads, device "
+        f"{rows[0]['device']}, overrides {overrides or 'none'}, {time.strftime('%Y-%m-%d')}"
+    )
+    print(
+        "| setting | ms/step (median) | peak memory (MB) | GFLOP/step | achieved GFLOP/s | fp32 peak GFLOP/s | "
+        "fraction of peak |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['setting']} | {r['ms_per_step']:.0f} | {r['peak_mb']:.0f} | {r['gflops_per_step']:.1f} | "
+            f"{r['achieved_gflops']:.1f} | {r['peak_gflops']:.1f} | {r['fraction_of_peak']:.0%} |"
+        )
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
