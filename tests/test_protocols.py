@@ -1,0 +1,153 @@
+"""Evaluation protocols on tiny data: the dsa protocol's schedule, batching and losses, the krr protocol
+against an explicit dual-form solve, every protocol on 32×32×3 and 28×28×1, option errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import frepo.protocol_dsa as protocol_dsa
+from frepo.artifact import DistilledSet, save_distilled
+from frepo.config import DataConfig
+from frepo.data.preprocess import Preprocessing
+from frepo.errors import FrepoError
+from frepo.evaluate import PROTOCOLS, check_options, evaluate_archs, evaluate_set, parse_archs
+from frepo.models import build_model
+from frepo.protocol_krr import krr_accuracy
+from frepo.subset import make_subset
+
+
+def _set(shape=(1, 8, 8), n_per_class=2, classes=3, learned=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(n_per_class * classes, *shape, generator=g)
+    ids = torch.arange(classes).repeat_interleave(n_per_class)
+    labels = torch.randn(len(ids), classes, generator=g) if learned else ids
+    c = shape[0]
+    meta = {"dataset": "toy", "classes": [str(i) for i in range(classes)], "mirror_invariant": True, "config": {}}
+    return DistilledSet(images, labels, Preprocessing("standard", torch.zeros(c), torch.ones(c)), meta)
+
+
+def test_dsa_training_schedule_batches_and_shuffling(monkeypatch):
+    made, steps, batches = [], [], []
+
+    class RecordingSGD(torch.optim.SGD):
+        def __init__(self, params, **kwargs):
+            super().__init__(params, **kwargs)
+            made.append(kwargs)
+
+        def step(self, closure=None):
+            steps.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    def identity_augment(x, gen):
+        batches.append(x[:, 0, 0, 0].round().long().tolist())  # image i carries the value i
+        return x
+
+    monkeypatch.setattr(torch.optim, "SGD", RecordingSGD)
+    monkeypatch.setattr(protocol_dsa, "dsa_augment", identity_augment)
+    images = torch.arange(300.0).view(300, 1, 1, 1).expand(300, 1, 4, 4).contiguous()
+    targets = torch.arange(300) % 3
+    protocol_dsa.train_dsa_model(
+        images,
+        targets,
+        num_classes=3,
+        arch="mlp",
+        init_gen=torch.Generator().manual_seed(0),
+        train_gen=torch.Generator().manual_seed(1),
+        device=torch.device("cpu"),
+        epochs=4,
+    )
+    # epochs + 1 passes of ceil(300 / 256) = 2 batches (256, then 44); the lr drops after pass 4 // 2 + 1
+    # = 3 and the optimiser is rebuilt (fresh momentum).
+    assert [len(b) for b in batches] == [256, 44] * 5
+    assert steps == [0.01] * 8 + [pytest.approx(0.001)] * 2
+    assert len(made) == 2 and made[0] == {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}
+    assert made[1]["lr"] == pytest.approx(0.001) and made[1]["momentum"] == 0.9
+    passes = [batches[i] + batches[i + 1] for i in range(0, 10, 2)]
+    assert all(sorted(p) == list(range(300)) for p in passes)  # every image once per epoch
+    assert len({tuple(p) for p in passes}) == 5  # reshuffled every epoch
+    assert protocol_dsa.dsa_steps(300, 4) == 10 and protocol_dsa.dsa_steps(10, 1000) == 1001
+
+
+def test_soft_targets():
+    probs = torch.tensor([[0.2, 0.8], [1.0, 0.0]])
+    assert torch.equal(protocol_dsa.soft_targets(probs), probs)
+    logits = torch.tensor([[0.9, -0.1], [-0.1, 0.9]])
+    torch.testing.assert_close(protocol_dsa.soft_targets(logits), logits.softmax(-1))
+
+
+@pytest.mark.parametrize("use_flip", [False, True])
+def test_krr_accuracy_matches_the_explicit_dual_form(use_flip):
+    g = torch.Generator().manual_seed(0)
+    model = build_model("conv", (1, 8, 8), 4, torch.Generator().manual_seed(1), width=8)
+    xs, ys = torch.randn(6, 1, 8, 8, generator=g), torch.randn(6, 4, generator=g)
+    xt, yt = torch.randn(40, 1, 8, 8, generator=g), torch.randint(4, (40,), generator=g)
+    acc = krr_accuracy(model, xs, ys, xt, yt, device=torch.device("cpu"), use_flip=use_flip, batch=7)
+    with torch.no_grad():
+        if use_flip:
+            xs, ys = torch.cat([xs, xs.flip(-1)]), torch.cat([ys, ys])
+        fs, ft = model.embed(xs).double(), model.embed(xt).double()
+        k = fs @ fs.T
+        alpha = torch.linalg.solve(k + 1e-6 * torch.trace(k) / len(k) * torch.eye(len(k), dtype=k.dtype), ys.double())
+        expected = 100.0 * float(((ft @ fs.T @ alpha).argmax(-1) == yt).double().mean())
+    assert acc == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 28, 28)])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_every_protocol_runs_on_tiny_data(shape, protocol):
+    ds = _set(shape, learned=protocol == "frepo")
+    g = torch.Generator().manual_seed(5)
+    eval_x, eval_y = torch.randn(8, *shape, generator=g), torch.randint(3, (8,), generator=g)
+    options = {"frepo": {"steps": 2}, "dsa": {"epochs": 1}, "krr": {}}[protocol]
+    result = evaluate_set(ds, eval_x, eval_y, protocol=protocol, models=2, seed=3, width=8, **options)
+    assert result.protocol == protocol and result.arch == {"dsa": "convnet"}.get(protocol, "conv")
+    assert result.models == 2 and all(0 <= a <= 100 for a in result.accuracies)
+    assert result.steps == {"frepo": 2, "dsa": 2, "krr": 0}[protocol]
+    assert len(result.extra["model_seeds"]) == 2 and result.seed == 3
+    assert result.mean == pytest.approx(np.mean(result.accuracies))
+
+
+def test_dsa_soft_labels_and_determinism():
+    ds = _set(learned=True)
+    eval_x, eval_y = torch.randn(8, 1, 8, 8), torch.randint(3, (8,))
+    a = evaluate_set(ds, eval_x, eval_y, protocol="dsa", arch="mlp", models=1, epochs=2, soft_labels=True)
+    b = evaluate_set(ds, eval_x, eval_y, protocol="dsa", arch="mlp", models=1, epochs=2, soft_labels=True)
+    assert a.accuracies == b.accuracies and a.extra["soft_labels"] is True
+    with pytest.raises(FrepoError, match="learned labels"):
+        evaluate_set(_set(), eval_x, eval_y, protocol="dsa", arch="mlp", models=1, epochs=1, soft_labels=True)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"protocol": "magic"}, "unknown protocol"),
+        ({"protocol": "frepo", "models": 0}, "models must be >= 1"),
+        ({"protocol": "dsa", "steps": 10}, "--epochs"),
+        ({"protocol": "frepo", "epochs": 10}, "--protocol dsa"),
+        ({"protocol": "dsa", "epochs": 0}, "epochs must be >= 1"),
+        ({"protocol": "krr", "soft_labels": True}, "--soft-labels"),
+    ],
+)
+def test_option_errors(options, message):
+    options = {"models": 1, **options}
+    with pytest.raises(FrepoError, match=message):
+        check_options(**options)
+
+
+def test_arch_lists():
+    assert parse_archs(None, "dsa") == ["convnet"] and parse_archs(None, "frepo") == ["conv"]
+    assert parse_archs("conv, alexnet", "frepo") == ["conv", "alexnet"]
+    for bad, message in (("conv,conv", "twice"), (",", "at least one"), ("conv,lenet", "unknown architecture")):
+        with pytest.raises(FrepoError, match=message):
+            parse_archs(bad, "frepo")
+
+
+def test_one_result_per_architecture_with_checksum_and_seeds(tmp_path, blobs):
+    path = save_distilled(make_subset(DataConfig(dataset=str(blobs)), 2), tmp_path / "set.safetensors")
+    results = evaluate_archs(str(path), "conv,mlp", protocol="krr", models=2, progress=False, width=8)
+    assert [r.arch for r in results] == ["conv", "mlp"]
+    for r in results:
+        assert r.extra["file"] == str(path) and len(r.extra["file_checksum"]) == 64
+        assert r.extra["num_images"] == 6 and r.extra["model_streams"] == ["krr/model0", "krr/model1"]
