@@ -1,33 +1,156 @@
 """Same-format files of real images (coreset baselines), evaluated by the very same command.
 
-`random` picks `ipc` images per class with the distillation's own initialisation stream, so
-`frepo subset --seed S` is exactly the starting point of `frepo distill --seed S`: the distilled set
-is compared with where it began. Images come from the distillation part of the training split and
-are preprocessed the same way as a distillation of that dataset.
+Methods (`METHODS`), all per class, all from the distillation part of the training split (never the
+validation hold-out or the test split), all preprocessed as a distillation of that dataset would be:
+  random   `ipc` images per class with the distillation's own initialisation stream, so
+           `frepo subset --seed S` is exactly the starting point of `frepo distill --seed S`
+  herding  greedy herding (Welling 2009, as used by iCaRL and the DC baselines): repeatedly add the
+           image whose addition brings the mean feature of the chosen images closest to the class's
+           mean feature
+  kcenter  k-center greedy (Sener & Savarese 2018): start from the image nearest the class's mean
+           feature, then repeatedly add the image farthest from its nearest chosen image
+Herding and k-center work on features (the flattened last conv block) of a seeded FRePo Conv (no norm)
+trained briefly with Adam and cross-entropy on the same distillation images (`feature_steps` steps
+at batch 256; 0 = the freshly initialised network). Ties go to the lower index. Labels are integer
+class ids, as for `random`.
 """
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
+
 from .artifact import DistilledSet
 from .config import DataConfig, to_dict
 from .data import prepare
+from .device import resolve_device
 from .errors import FrepoError
+from .models import Conv
+from .protocol_krr import embed_batched
 from .rng import generator
 from .synthetic import init_from_real
 
-METHODS = ("random",)
+METHODS = ("random", "herding", "kcenter")
+FEATURE_STEPS = 300
+FEATURE_BATCH = 256
+FEATURE_LR = 1e-3
 
 
-def make_subset(data: DataConfig, ipc: int, method: str = "random", seed: int = 0) -> DistilledSet:
+def _first_min(values: torch.Tensor) -> int:
+    """Index of the smallest value; the lowest such index on ties."""
+    return int(torch.nonzero(values == values.min())[0])
+
+
+def herding_select(features: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (k,) chosen by herding from features (n×d): step j picks the unchosen i minimising
+    ‖μ - (Σ_chosen φ + φ_i) / j‖, μ the mean of all n features."""
+    features = features.double()
+    mu = features.mean(0)
+    total = torch.zeros_like(mu)
+    available = torch.ones(len(features), dtype=torch.bool)
+    chosen = []
+    for j in range(1, k + 1):
+        gap = (mu - (total + features) / j).norm(dim=1)
+        gap[~available] = float("inf")
+        i = _first_min(gap)
+        chosen.append(i)
+        available[i] = False
+        total += features[i]
+    return torch.tensor(chosen, dtype=torch.int64)
+
+
+def kcenter_select(features: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (k,) chosen by k-center greedy from features (n×d): first the point nearest the mean,
+    then repeatedly the point whose distance to its nearest chosen point is largest."""
+    features = features.double()
+    first = _first_min((features - features.mean(0)).norm(dim=1))
+    chosen = [first]
+    nearest = (features - features[first]).norm(dim=1)
+    for _ in range(1, k):
+        gap = nearest.clone()
+        gap[chosen] = -1.0
+        i = _first_min(-gap)
+        chosen.append(i)
+        nearest = torch.minimum(nearest, (features - features[i]).norm(dim=1))
+    return torch.tensor(chosen, dtype=torch.int64)
+
+
+SELECTORS = {"herding": herding_select, "kcenter": kcenter_select}
+
+
+def feature_network(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    *,
+    steps: int,
+    gen: torch.Generator,
+    device: torch.device,
+    width: int = 128,
+    batch_size: int = FEATURE_BATCH,
+) -> Conv:
+    """A seeded Conv (no norm), trained `steps` Adam steps with cross-entropy on random batches of
+    (images N×C×H×W, labels (N,)). steps = 0 returns the freshly initialised network."""
+    c, h, w = images.shape[1:]
+    model = Conv(c, num_classes, (h, w), width, 3, "none", gen).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=FEATURE_LR)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randperm(len(images), generator=gen)[:batch_size]
+        loss = F.cross_entropy(model(images[idx].to(device)), labels[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model
+
+
+def make_subset(
+    data: DataConfig,
+    ipc: int,
+    method: str = "random",
+    seed: int = 0,
+    *,
+    feature_steps: int = FEATURE_STEPS,
+    feature_width: int = 128,
+    device: str = "auto",
+) -> DistilledSet:
+    """`ipc` real images per class chosen by `method`, as a DistilledSet with integer labels."""
     if method not in METHODS:
         raise FrepoError(f"unknown subset method {method!r}; known: {', '.join(METHODS)}")
     if ipc < 1:
         raise FrepoError(f"ipc must be >= 1, got {ipc}")
+    if feature_steps < 0 or feature_width < 1:
+        raise FrepoError("feature_steps must be >= 0 and feature_width >= 1")
     data.validate()
     prepared = prepare(data)
     raw = prepared.raw
     x_train, y_train = prepared.train()
-    images, labels = init_from_real(x_train, y_train, raw.num_classes, ipc, generator(seed, "init"))
+    config = {"data": to_dict(data), "ipc": ipc, "method": method, "seed": seed}
+    if method == "random":
+        images, labels = init_from_real(x_train, y_train, raw.num_classes, ipc, generator(seed, "init"))
+    else:
+        for c in range(raw.num_classes):
+            count = int((y_train == c).sum())
+            if count < ipc:
+                raise FrepoError(f"class {c} has {count} training images, fewer than ipc={ipc}")
+        dev = resolve_device(device)
+        net = feature_network(
+            x_train,
+            y_train,
+            raw.num_classes,
+            steps=feature_steps,
+            gen=generator(seed, "subset/features"),
+            device=dev,
+            width=feature_width,
+        )
+        features = embed_batched(net, x_train, dev).cpu()
+        chosen = []
+        for c in range(raw.num_classes):
+            members = torch.nonzero(y_train == c).flatten()
+            chosen.append(members[SELECTORS[method](features[members], ipc)])
+        idx = torch.cat(chosen)
+        images, labels = x_train[idx].clone(), y_train[idx].clone()
+        config.update(feature_steps=feature_steps, feature_width=feature_width, feature_batch=FEATURE_BATCH)
     meta = {
         "kind": f"subset-{method}",
         "dataset": raw.name,
@@ -35,7 +158,7 @@ def make_subset(data: DataConfig, ipc: int, method: str = "random", seed: int = 
         "ipc": ipc,
         "seed": seed,
         "step": 0,
-        "config": {"data": to_dict(data), "ipc": ipc, "method": method, "seed": seed},
+        "config": config,
         "mirror_invariant": raw.mirror_invariant,
         "val_size": int(len(prepared.val_idx)),
         "test_fingerprint": raw.test_fingerprint(),

@@ -1,0 +1,79 @@
+"""Coreset baselines: herding and k-center greedy against brute-force computations of their rules, and
+`make_subset` with them on tiny data (distillation part only, integer labels, seeded)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from frepo.config import DataConfig
+from frepo.data import prepare
+from frepo.errors import FrepoError
+from frepo.subset import herding_select, kcenter_select, make_subset
+
+
+def brute_herding(features: np.ndarray, k: int) -> list[int]:
+    """Step j: the unchosen i for which the mean of the chosen images plus i is nearest the class mean."""
+    mu, chosen = features.mean(0), []
+    for _ in range(k):
+        gaps = {i: np.linalg.norm(mu - features[chosen + [i]].mean(0)) for i in range(len(features)) if i not in chosen}
+        chosen.append(min(gaps, key=lambda i: (gaps[i], i)))
+    return chosen
+
+
+def brute_kcenter(features: np.ndarray, k: int) -> list[int]:
+    """First the point nearest the mean; then the point whose nearest chosen point is farthest."""
+    mu = features.mean(0)
+    chosen = [min(range(len(features)), key=lambda i: (np.linalg.norm(features[i] - mu), i))]
+    while len(chosen) < k:
+        gaps = {
+            i: min(np.linalg.norm(features[i] - features[c]) for c in chosen)
+            for i in range(len(features))
+            if i not in chosen
+        }
+        chosen.append(max(gaps, key=lambda i: (gaps[i], -i)))
+    return chosen
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_selections_match_brute_force(seed):
+    features = np.random.default_rng(seed).normal(size=(25, 6))
+    for k in (1, 5, 12):
+        assert herding_select(torch.from_numpy(features).float(), k).tolist() == brute_herding(features, k)
+        assert kcenter_select(torch.from_numpy(features).float(), k).tolist() == brute_kcenter(features, k)
+
+
+def test_selection_rules_on_points_with_known_answers():
+    line = torch.arange(11.0).view(-1, 1)  # 0..10 on a line, mean 5
+    assert kcenter_select(line, 4).tolist() == [5, 0, 10, 2]  # ties go to the lower index
+    assert herding_select(line, 1).tolist() == [5]
+    assert sorted(herding_select(line, 11).tolist()) == list(range(11))
+    # Herding balances around the mean: after 5 the next two pair up symmetrically.
+    assert sorted(herding_select(line, 3).tolist()[1:]) in ([4, 6], [3, 7], [2, 8], [1, 9], [0, 10])
+
+
+@pytest.mark.parametrize("method", ["herding", "kcenter"])
+def test_make_subset_with_network_features(blobs, method):
+    data = DataConfig(dataset=str(blobs), val_size=9)
+    ds = make_subset(data, 3, method, seed=1, feature_steps=3, feature_width=8, device="cpu")
+    again = make_subset(data, 3, method, seed=1, feature_steps=3, feature_width=8, device="cpu")
+    assert torch.equal(ds.images, again.images)  # seeded
+    assert ds.labels.dtype == torch.int64 and ds.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert ds.meta["kind"] == f"subset-{method}" and ds.meta["config"]["feature_steps"] == 3
+    # Every chosen image is a distinct image of the distillation part (never the validation hold-out).
+    train_x, _ = prepare(data).train()
+    rows = [int(torch.nonzero((train_x == image).flatten(1).all(1))[0]) for image in ds.images]
+    assert len(set(rows)) == 9
+    random_init = make_subset(data, 3, method, seed=1, feature_steps=0, feature_width=8, device="cpu")
+    assert random_init.images.shape == ds.images.shape
+
+
+def test_bad_subset_options(blobs):
+    data = DataConfig(dataset=str(blobs))
+    with pytest.raises(FrepoError, match="unknown subset method"):
+        make_subset(data, 1, "forgetting")
+    with pytest.raises(FrepoError, match="feature_steps"):
+        make_subset(data, 1, "herding", feature_steps=-1)
+    with pytest.raises(FrepoError, match="fewer than ipc=40"):
+        make_subset(data, 40, "kcenter", feature_steps=0, feature_width=4)
