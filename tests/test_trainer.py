@@ -1,0 +1,72 @@
+"""The outer step's performance options change speed and memory, not the maths."""
+
+from __future__ import annotations
+
+import torch
+
+from frepo.config import DistillConfig
+from frepo.krr import centered_one_hot
+from frepo.models import Conv
+from frepo.synthetic import SyntheticSet
+from frepo.trainer import BatchSampler, FRePoTrainer, meta_step
+
+
+def _problem(n_support=12):
+    gen = torch.Generator().manual_seed(0)
+    model = Conv(3, 4, (8, 8), width=8, depth=2, norm="batch", generator=gen)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(32, 3, 8, 8, generator=gen))  # non-trivial running statistics
+    syn = SyntheticSet(torch.randn(n_support, 3, 8, 8, generator=gen), torch.arange(n_support) % 4, 4)
+    x_real = torch.randn(20, 3, 8, 8, generator=gen)
+    y_real = centered_one_hot(torch.arange(20) % 4, 4)
+    return model, syn, x_real, y_real
+
+
+def _grads(chunk_size=0, precision="fp32", use_flip=True):
+    model, syn, x_real, y_real = _problem()
+    metrics = meta_step(model, syn, x_real, y_real, use_flip, 1e-6, chunk_size, precision)
+    return metrics["loss"], syn.images.grad.clone(), syn.labels.grad.clone()
+
+
+def test_chunked_checkpointed_forward_gives_the_same_gradient():
+    loss, gx, gy = _grads(chunk_size=0)
+    for chunk in (5, 7):  # the flipped support has 24 images: uneven chunks
+        loss_c, gx_c, gy_c = _grads(chunk_size=chunk)
+        torch.testing.assert_close(loss_c, loss, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(gx_c, gx, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(gy_c, gy, rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_real_feature_pass_stays_close_to_fp32():
+    loss, gx, _ = _grads(precision="fp32")
+    loss_b, gx_b, _ = _grads(precision="bf16")
+    assert abs(float(loss_b) - float(loss)) < 0.05 * abs(float(loss)) + 1e-3
+    cosine = torch.nn.functional.cosine_similarity(gx.flatten(), gx_b.flatten(), dim=0)
+    assert cosine > 0.95
+
+
+def _trainer(channels_last: bool) -> FRePoTrainer:
+    config = DistillConfig(ipc=2, batch_size=16, steps=10, use_flip=True, channels_last=channels_last)
+    config.model.width = 8
+    config.pool.num_models = 2
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(64, 3, 16, 16, generator=gen), torch.arange(64) % 4
+    return FRePoTrainer(config, x, y, 4, torch.device("cpu"))
+
+
+def test_channels_last_matches_contiguous():
+    a, b = _trainer(False), _trainer(True)
+    assert b.syn.images.is_contiguous(memory_format=torch.channels_last)
+    for _ in range(4):
+        ma, mb = a.step(), b.step()
+        torch.testing.assert_close(mb["loss"], ma["loss"], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(b.syn.images, a.syn.images, rtol=1e-4, atol=1e-6)
+
+
+def test_batch_sampler_visits_every_image_once_per_epoch():
+    sampler = BatchSampler(10, 4, torch.Generator().manual_seed(0))
+    drawn = torch.cat([sampler.next() for _ in range(5)])  # 20 indices = exactly 2 epochs
+    assert sorted(drawn[:10].tolist()) == list(range(10)) and sorted(drawn[10:].tolist()) == list(range(10))
+    big = BatchSampler(3, 7, torch.Generator().manual_seed(0)).next()  # batch larger than the set
+    assert len(big) == 7 and set(big.tolist()) == {0, 1, 2}
