@@ -1,0 +1,80 @@
+"""The validation hold-out: disjoint from the distillation images and from the test split, and the only
+split that selection (best.safetensors) ever reads: a distillation whose test split cannot be read
+still completes and picks its best set by validation accuracy."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import torch
+
+import frepo.data
+from frepo import distill
+from frepo.artifact import load_distilled
+from frepo.config import DataConfig, DistillConfig
+from frepo.data import PreparedData, RawDataset, prepare
+from frepo.subset import make_subset
+
+
+class WithheldTestSplit(RawDataset):
+    """A dataset whose test split raises on any read: whatever touches it fails the run."""
+
+    def __getattribute__(self, name):
+        if name in ("x_test", "y_test"):
+            raise AssertionError(f"the test split ({name}) was read during distillation")
+        return super().__getattribute__(name)
+
+    def test_fingerprint(self) -> str:  # metadata only; the real one hashes the test split
+        return "withheld"
+
+
+def test_selection_never_reads_the_test_split(tmp_path, blobs, monkeypatch):
+    real_load = frepo.data.load_dataset
+
+    def load_without_test(*args, **kwargs):
+        raw = real_load(*args, **kwargs)
+        fields = {k: getattr(raw, k) for k in ("name", "x_train", "y_train", "x_test", "y_test", "classes")}
+        return WithheldTestSplit(**fields, mirror_invariant=raw.mirror_invariant)
+
+    def no_test(self):
+        raise AssertionError("PreparedData.test() was called during distillation")
+
+    monkeypatch.setattr(frepo.data, "load_dataset", load_without_test)
+    monkeypatch.setattr(PreparedData, "test", no_test)
+    config = DistillConfig(ipc=2, steps=4, batch_size=32, eval_every=1, eval_models=1, eval_steps=5, log_every=1)
+    config.data = DataConfig(dataset=str(blobs), val_size=15)
+    config.model.width, config.pool.num_models, config.pool.max_online_updates = 8, 2, 2
+    config.checkpoint_every, config.device = 2, "cpu"
+    result = distill(config, tmp_path / "run", progress=False)
+
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in records if "val_acc" in r]
+    assert [r["step"] for r in val] == [1, 2, 3, 4]
+    best = load_distilled(result.best_path)
+    top = max(r["val_acc"] for r in val)
+    assert best.meta["val_acc"] == top
+    assert best.meta["step"] == next(r["step"] for r in val if r["val_acc"] == top)  # the first best one
+    assert best.meta["test_fingerprint"] == "withheld"
+
+
+def _digests(images: np.ndarray) -> set[str]:
+    return {hashlib.sha1(image.tobytes()).hexdigest() for image in images}
+
+
+def test_validation_is_disjoint_from_distillation_images_and_test_split(shared_data_dir):
+    data = DataConfig(dataset="mnist")
+    prepared = prepare(data)
+    raw = prepared.raw
+    assert not set(prepared.train_idx) & set(prepared.val_idx)
+    assert len(prepared.train_idx) + len(prepared.val_idx) == len(raw.x_train) and len(prepared.val_idx) == 5000
+    val, train, test = (
+        _digests(x) for x in (raw.x_train[prepared.val_idx], raw.x_train[prepared.train_idx], raw.x_test)
+    )
+    assert not val & train and not val & test
+    # A distillation starts from (and a random subset is) images of the distillation part only.
+    start = make_subset(data, 5, "random", seed=0)
+    pixels = torch.round(start.pixels() * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    chosen = _digests(pixels)
+    assert len(chosen) == 50 and chosen <= train and not chosen & val
