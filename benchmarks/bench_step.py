@@ -30,6 +30,7 @@ SETTINGS = {
     "cifar100-ipc1-b1024-flip": ((3, 32, 32), 100, 1, 1024, True, 50000),
     "cifar100-ipc50-flip": ((3, 32, 32), 100, 50, 1024, True, 50000),
     "cifar10-ipc1-b256": ((3, 32, 32), 10, 1, 256, False, 50000),
+    "mnist-ipc1-b256": ((1, 28, 28), 10, 1, 256, False, 60000),
 }
 DEFAULT = "mnist-ipc10-b256,cifar10-ipc10-b1024-flip,cifar100-ipc1-b1024-flip,cifar100-ipc50-flip"
 
@@ -98,7 +99,8 @@ def run_one(name: str, overrides: dict, warmup: int, repeats: int, device_name: 
     for key, value in overrides.items():
         set_leaf(config, key, value)
     gen = torch.Generator().manual_seed(0)
-    x_train = torch.randn(n_train, *shape, generator=gen)
+    layout = torch.channels_last if config.channels_last else torch.contiguous_format
+    x_train = torch.empty(n_train, *shape, memory_format=layout).normal_(generator=gen)  # one copy, as a run
     y_train = torch.arange(n_train) % classes
     trainer = FRePoTrainer(config, x_train, y_train, classes, device)
     del x_train  # the trainer holds its own (device) copy, as in a run

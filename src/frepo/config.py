@@ -101,7 +101,9 @@ class DistillConfig:
     )
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     chunk_size: int = opt(
-        1000, "support images per forward chunk under activation checkpointing, for bounded memory (0: none)"
+        2000,
+        "support sets larger than this run their forward in chunks under activation checkpointing, for "
+        "bounded memory at the cost of one more forward pass (0: never)",
     )
     precision: str = opt("auto", "real-batch feature pass: fp32, tf32, bf16 or auto (tf32 on CUDA, else fp32)")
     channels_last: bool = opt(False, "channels-last memory layout for the convolutions")

@@ -89,7 +89,7 @@ class Distiller:
         self.data: PreparedData = prepare(config.data)
         raw = self.data.raw
         self.num_classes = raw.num_classes
-        x_train, y_train = self.data.train()
+        x_train, y_train = self.data.train(channels_last=config.channels_last)
         if config.batch_size > len(x_train):
             note(
                 f"frepo: batch_size {config.batch_size} exceeds the {len(x_train)} distillation images; "

@@ -34,9 +34,10 @@ class PreparedData:
     train_idx: np.ndarray  # indices into raw.x_train that distillation may use
     val_idx: np.ndarray  # indices into raw.x_train held out for validation
 
-    def train(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def train(self, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(float32 N×C×H×W preprocessed images, int64 labels) of the distillation part."""
-        return self.preprocessing(self.raw.x_train[self.train_idx]), torch.from_numpy(self.raw.y_train[self.train_idx])
+        images = self.preprocessing(self.raw.x_train[self.train_idx], channels_last=channels_last)
+        return images, torch.from_numpy(self.raw.y_train[self.train_idx])
 
     def val(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.preprocessing(self.raw.x_train[self.val_idx]), torch.from_numpy(self.raw.y_train[self.val_idx])

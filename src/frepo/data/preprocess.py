@@ -32,17 +32,24 @@ class Preprocessing:
     unwhiten: torch.Tensor | None = None  # (D, D), its inverse
 
     # ---- apply / invert -------------------------------------------------------------------
-    def __call__(self, images: np.ndarray | torch.Tensor, batch: int = 4096) -> torch.Tensor:
-        """uint8 N×H×W×C (raw) -> float32 N×C×H×W in the preprocessed space, on the CPU."""
+    def __call__(
+        self, images: np.ndarray | torch.Tensor, batch: int = 4096, channels_last: bool = False
+    ) -> torch.Tensor:
+        """uint8 N×H×W×C (raw) -> float32 N×C×H×W in the preprocessed space, on the CPU (in the
+        channels-last memory layout if asked, so a channels-last consumer needs no second copy)."""
         if isinstance(images, np.ndarray):
             images = torch.from_numpy(np.ascontiguousarray(images))
         if images.ndim != 4:
             raise FrepoError(f"expected a batch of images N×H×W×C, got shape {tuple(images.shape)}")
-        out = []
-        for start in range(0, len(images), batch):  # bounded memory for 50k-image splits
+        n, h, w, c = images.shape
+        # Filled chunk by chunk: peak memory is the output plus one chunk, for 50k-image splits too.
+        out = torch.empty((n, c, h, w), dtype=torch.float32)
+        if channels_last:
+            out = out.contiguous(memory_format=torch.channels_last)
+        for start in range(0, n, batch):
             x = images[start : start + batch].permute(0, 3, 1, 2).float().div_(255.0)
-            out.append(self.from_unit(x))
-        return torch.cat(out) if out else images.new_zeros((0,), dtype=torch.float32)
+            out[start : start + batch] = self.from_unit(x)
+        return out
 
     def from_unit(self, x: torch.Tensor) -> torch.Tensor:
         """float N×C×H×W with pixels in [0, 1] -> preprocessed."""
