@@ -41,6 +41,11 @@ def _preset_table() -> dict[str, dict]:
     # Small budgets that run on a CPU in minutes (the measurements, docs/reproduction.md).
     table["mnist-ipc1-cpu"] = {**table["mnist-ipc1"], "steps": 1000, "batch_size": 256}
     table["cifar10-ipc1-cpu"] = {**table["cifar10-ipc1"], "steps": 300, "batch_size": 256}
+    # More of the same for `frepo reproduce --budget cpu-small` (IPC 50 has none: too slow for a CPU).
+    table["fashion_mnist-ipc1-cpu"] = {**table["fashion_mnist-ipc1"], "steps": 1000, "batch_size": 256}
+    table["mnist-ipc10-cpu"] = {**table["mnist-ipc10"], "steps": 500, "batch_size": 256}
+    table["fashion_mnist-ipc10-cpu"] = {**table["fashion_mnist-ipc10"], "steps": 500, "batch_size": 256}
+    table["cifar10-ipc10-cpu"] = {**table["cifar10-ipc10"], "steps": 300, "batch_size": 256}
     return table
 
 

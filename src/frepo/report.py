@@ -1,0 +1,170 @@
+"""`frepo report RUN_DIR`: a self-contained Markdown report of a run, with its PNGs, in the run dir.
+
+It shows the run's settings (config.json), curves of the training loss and of the validation
+accuracy over steps (metrics.jsonl: lines with `loss` are training, lines with `val_acc` validation),
+the image grid (distilled.png, drawn from distilled.safetensors when missing) and a table of every
+evaluation JSON (`eval*.json`, as `frepo evaluate --json` writes them) found in the run dir.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import FrepoError
+from .io import atomic_write, atomic_write_text
+from .runs import RunDir
+
+LOSS_KEYS = ("loss", "kernel_loss", "online_loss")
+
+
+def _plot(path: Path, series: dict[str, tuple[list[float], list[float]]], ylabel: str, log: bool) -> Path:
+    """One PNG: each named (steps, values) series as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    for name, (steps, values) in series.items():
+        ax.plot(steps, values, label=name, marker="o" if len(steps) < 30 else None, markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    if log and all(v > 0 for _, values in series.values() for v in values):
+        ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+    return path
+
+
+def curves(records: list[dict], out_dir: Path) -> dict[str, Path]:
+    """loss.png and val_acc.png from metrics records; only those with data are drawn."""
+    train = [r for r in records if "loss" in r]
+    val = [r for r in records if "val_acc" in r]
+    made = {}
+    if train:
+        series = {
+            key: ([r["step"] for r in train if key in r], [float(r[key]) for r in train if key in r])
+            for key in LOSS_KEYS
+            if any(key in r for r in train)
+        }
+        made["loss"] = _plot(out_dir / "loss.png", series, "loss", log=True)
+    if val:
+        series = {"validation accuracy": ([r["step"] for r in val], [float(r["val_acc"]) for r in val])}
+        made["val_acc"] = _plot(out_dir / "val_acc.png", series, "accuracy (%)", log=False)
+    return made
+
+
+def load_eval_results(run_dir: Path) -> tuple[list[dict], list[str]]:
+    """Rows of every eval*.json in run_dir (single objects, {"results": [...]} or lists), and the names
+    of the files that could not be read."""
+    rows, bad = [], []
+    for path in sorted(run_dir.glob("eval*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            bad.append(path.name)
+            continue
+        items = data.get("results", [data]) if isinstance(data, dict) else data
+        if not isinstance(items, list) or not all(isinstance(i, dict) and "mean" in i for i in items):
+            bad.append(path.name)
+            continue
+        rows += [{**item, "source": path.name} for item in items]
+    return rows, bad
+
+
+def _settings(run: RunDir) -> list[str]:
+    if not run.config_path.is_file():
+        return []
+    try:
+        config = json.loads(run.config_path.read_text())
+    except json.JSONDecodeError:
+        return ["(config.json is unreadable)"]
+    data, model = config.get("data", {}), config.get("model", {})
+    return [
+        f"- dataset: {data.get('dataset')}, {config.get('ipc')} images per class, "
+        f"preprocessing {data.get('preprocess')}, validation hold-out {data.get('val_size') or 'default'}",
+        f"- {config.get('steps')} steps, real batch {config.get('batch_size')}, lr {config.get('lr')}, "
+        f"flip trick {'on' if config.get('use_flip') else 'off'}, learned labels {config.get('learn_labels')}",
+        f"- pool: {config.get('pool', {}).get('num_models')} models of Conv width {model.get('width')}, "
+        f"depth {model.get('depth')}, norm {model.get('norm')}; seed {config.get('seed')}",
+    ]
+
+
+def render(run: RunDir, records: list[dict], plots: dict[str, Path], grid: Path | None, evals, bad) -> str:
+    lines = [f"# frepo run report: {run.path.name}", ""]
+    settings = _settings(run)
+    if settings:
+        lines += ["## Settings", "", *settings, ""]
+    train = [r for r in records if "loss" in r]
+    val = [r for r in records if "val_acc" in r]
+    lines += ["## Training", ""]
+    if train:
+        last = train[-1]
+        lines.append(
+            f"Last logged step {last['step']}: loss {last['loss']:.4g}"
+            + (f", {last['steps_per_s']:.2f} steps/s" if "steps_per_s" in last else "")
+            + (f", {last['elapsed_s']:.0f} s of training" if "elapsed_s" in last else "")
+            + "."
+        )
+    else:
+        lines.append("No training metrics logged.")
+    if val:
+        best = max(val, key=lambda r: r["val_acc"])
+        lines.append(
+            f"Validation accuracy: last {val[-1]['val_acc']:.2f}% (step {val[-1]['step']}), "
+            f"best {best['val_acc']:.2f}% (step {best['step']}); selection uses the validation hold-out only."
+        )
+    lines.append("")
+    for key, title in (("loss", "Loss"), ("val_acc", "Validation accuracy")):
+        if key in plots:
+            lines += [f"![{title}]({plots[key].name})", ""]
+    if grid is not None:
+        lines += ["## Distilled images", "", f"![distilled images]({grid.name})", ""]
+    lines += ["## Evaluations", ""]
+    if evals:
+        lines += [
+            "| file | architecture | protocol | split | models | accuracy (%) | train steps | seconds |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in evals:
+            accs = r.get("accuracies", [])
+            lines.append(
+                f"| {r['source']} | {r.get('arch', '?')} | {r.get('protocol', '?')} | {r.get('split', 'test')} | "
+                f"{r.get('models', len(accs))} | {r['mean']:.2f} ± {r.get('std', 0.0):.2f} | {r.get('steps', '?')} | "
+                f"{float(r.get('seconds', 0.0)):.0f} |"
+            )
+    else:
+        lines.append("No `eval*.json` in the run directory (`frepo evaluate FILE --json RUN_DIR/eval.json`).")
+    if bad:
+        lines += ["", f"Unreadable evaluation files: {', '.join(bad)}."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write RUN_DIR/report.md (or `out`, which must be in the run dir so the PNG links hold) and its PNGs."""
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise FrepoError(f"run directory not found: {run.path}")
+    records = run.read_metrics()
+    evals, bad = load_eval_results(run.path)
+    if not records and not evals and not run.distilled_path.is_file():
+        raise FrepoError(f"{run.path} holds no frepo run (no metrics.jsonl, distilled set or eval*.json)")
+    out = Path(out) if out else run.path / "report.md"
+    if out.resolve().parent != run.path.resolve():
+        raise FrepoError("the report goes into the run directory, next to its images; pass a file name inside it")
+    plots = curves(records, run.path)
+    grid = run.path / "distilled.png"
+    if not grid.is_file():
+        grid = None
+        if run.distilled_path.is_file():
+            from .artifact import load_distilled
+            from .visualize import save_grid
+
+            grid = save_grid(load_distilled(run.distilled_path), run.path / "distilled.png")
+    atomic_write_text(out, render(run, records, plots, grid, evals, bad))
+    return out

@@ -1,0 +1,290 @@
+"""`frepo reproduce --table 1`: the paper's main table, measured here, next to the published numbers.
+
+Each row (dataset × IPC) runs its preset (`frepo.presets`) through `distill` and evaluates the final
+set with the frepo protocol. A budget chooses the presets and the evaluation:
+  paper      the paper's settings (500k steps × batch 1024; 5 models, reference step table); needs a GPU
+  cpu-small  the `*-cpu` presets (hundreds of steps × batch 256; 3 models × 500 steps), runs on a CPU
+Rows that cannot run here are listed with the reason (no loader or no data for the dataset, no preset
+for the budget, no GPU for the paper budget), never silently dropped. Finished runs are reused: the
+run directories resume, and an evaluation JSON already written for the same file is read back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data import BUILTIN, default_data_dir
+from .errors import FrepoError
+from .io import atomic_write_text
+
+# Published test accuracy (%, mean ± std; ConvNet) of FRePo's Table 1, from docs frepo-reference.md.
+# The reference notes that the MNIST, Fashion-MNIST, ImageNet and CUB rows still need checking
+# against the paper itself (marked `checked=False`).
+TABLE1 = (
+    ("mnist", "MNIST", {1: (93.0, 0.4), 10: (98.6, 0.1), 50: (99.2, 0.0)}, False),
+    ("fashion_mnist", "Fashion-MNIST", {1: (75.6, 0.3), 10: (86.2, 0.2), 50: (89.6, 0.1)}, False),
+    ("cifar10", "CIFAR-10", {1: (46.8, 0.7), 10: (65.5, 0.4), 50: (71.7, 0.2)}, True),
+    ("cifar100", "CIFAR-100", {1: (28.7, 0.1), 10: (42.5, 0.2), 50: (44.3, 0.2)}, True),
+    ("tiny_imagenet", "Tiny ImageNet", {1: (15.4, 0.3), 10: (25.4, 0.2)}, True),
+    ("imagenet64", "ImageNet-1K (64×64)", {1: (7.5, 0.3), 2: (9.7, 0.2)}, False),
+    ("cub200", "CUB-200", {1: (12.4, 0.2), 10: (16.8, 0.1)}, False),
+)
+TABLES = {1: TABLE1}
+
+# Where torchvision keeps each dataset under the data folder (to tell "on disk" without loading it).
+TORCHVISION_FILES = {
+    "mnist": "MNIST/raw",
+    "fashion_mnist": "FashionMNIST/raw",
+    "cifar10": "cifar-10-batches-py",
+    "cifar100": "cifar-100-python",
+    "svhn": "train_32x32.mat",
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str
+    preset_suffix: str
+    eval_models: int
+    eval_steps: int | None  # None: the reference step table
+    needs_gpu: bool
+    description: str
+
+
+BUDGETS = {
+    "paper": Budget(
+        "paper",
+        "",
+        5,
+        None,
+        True,
+        "the paper's settings: 500k outer steps, real batch 1024; evaluation with 5 models and the "
+        "reference step table",
+    ),
+    "cpu-small": Budget(
+        "cpu-small",
+        "-cpu",
+        3,
+        500,
+        False,
+        "the `*-cpu` presets: a few hundred outer steps at real batch 256; evaluation with 3 models of "
+        "500 steps each. Far below the paper's budget: expect lower numbers",
+    ),
+}
+
+
+@dataclass
+class Row:
+    dataset: str
+    label: str
+    ipc: int
+    published: tuple[float, float]
+    checked: bool
+    preset: str | None = None
+    steps: int | None = None
+    batch_size: int | None = None
+    status: str = "planned"
+    measured: tuple[float, float] | None = None
+    run_dir: str | None = None
+
+
+def data_source(name: str, data_dir: str | Path | None, download: bool) -> tuple[bool, str]:
+    """(usable, where) for dataset `name`, without loading it."""
+    if name not in BUILTIN:
+        return False, "no data: frepo has no loader for it (an ImageFolder copy can be distilled by path)"
+    if name == "digits":
+        return True, "scikit-learn"
+    offline = os.environ.get("FREPO_DATA_DIR")
+    if offline and (Path(offline) / f"{name}.npz").is_file():
+        return True, f"$FREPO_DATA_DIR/{name}.npz"
+    folder = Path(data_dir) if data_dir is not None else default_data_dir()
+    if (folder / TORCHVISION_FILES[name]).exists():
+        return True, str(folder)
+    if download:
+        return True, "download (torchvision)"
+    return False, "no data offline (downloads are off)"
+
+
+def plan(
+    table: int = 1,
+    budget: str = "paper",
+    datasets: list[str] | None = None,
+    *,
+    data_dir: str | Path | None = None,
+    download: bool = True,
+    cuda: bool | None = None,
+) -> list[Row]:
+    """The rows of `table` under `budget`, each marked planned or with the reason it cannot run."""
+    from . import presets
+
+    if table not in TABLES:
+        raise FrepoError(f"only table {', '.join(map(str, TABLES))} can be reproduced, not table {table}")
+    if budget not in BUDGETS:
+        raise FrepoError(f"unknown budget {budget!r}; use one of {', '.join(BUDGETS)}")
+    spec = BUDGETS[budget]
+    known = [entry[0] for entry in TABLES[table]]
+    if datasets:
+        unknown = [d for d in datasets if d not in known]
+        if unknown:
+            raise FrepoError(f"dataset(s) {', '.join(unknown)} are not in table {table}; known: {', '.join(known)}")
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    rows = []
+    for name, label, published, checked in TABLES[table]:
+        if datasets and name not in datasets:
+            continue
+        usable, where = data_source(name, data_dir, download)
+        for ipc, numbers in published.items():
+            row = Row(name, label, ipc, numbers, checked)
+            preset = f"{name}-ipc{ipc}{spec.preset_suffix}"
+            if preset in presets.PRESETS:
+                row.preset = preset
+                row.steps = presets.PRESETS[preset]["steps"]
+                row.batch_size = presets.PRESETS[preset]["batch_size"]
+            if not usable:
+                row.status = f"not run: {where}"
+            elif row.preset is None:
+                row.status = f"not run: no {budget} preset ({preset})"
+            elif spec.needs_gpu and not cuda:
+                row.status = f"not run: needs a GPU ({row.steps} steps × batch {row.batch_size})"
+            else:
+                row.status = f"planned (data: {where})"
+            rows.append(row)
+    return rows
+
+
+def _evaluation_json(run_dir: Path, budget: Budget) -> Path:
+    return run_dir / f"eval-reproduce-{budget.name}.json"
+
+
+def run_row(
+    row: Row,
+    budget: Budget,
+    runs_dir: Path,
+    *,
+    data_dir: str | None,
+    download: bool,
+    device: str,
+    progress: bool,
+) -> None:
+    """Distil (or resume) and evaluate one planned row, in place; a failure is recorded, not raised."""
+    from . import presets
+    from .artifact import load_distilled
+    from .distill import distill
+    from .evaluate import evaluate
+    from .results import write_json
+
+    config = presets.get(row.preset)
+    config.device = device
+    config.data.data_dir, config.data.download = data_dir, download
+    out = runs_dir / row.preset
+    row.run_dir = str(out)
+    try:
+        result = distill(config, out, progress=progress)
+        checksum = load_distilled(result.distilled_path).meta.get("checksum")
+        saved = _evaluation_json(out, budget)
+        previous = json.loads(saved.read_text()) if saved.is_file() else None
+        if previous and previous.get("file_checksum") == checksum and previous.get("models") == budget.eval_models:
+            mean, std = previous["mean"], previous["std"]
+        else:
+            evaluation = evaluate(
+                result.distilled_path,
+                models=budget.eval_models,
+                steps=budget.eval_steps,
+                data_dir=data_dir,
+                download=download,
+                device=device,
+                progress=progress,
+            )
+            write_json([evaluation], saved)
+            mean, std = evaluation.mean, evaluation.std
+        row.measured, row.status = (mean, std), "done"
+    except FrepoError as exc:
+        row.status = f"failed: {exc}"
+
+
+def render(
+    rows: list[Row],
+    table: int,
+    budget: Budget,
+    *,
+    dry_run: bool,
+    device: str = "auto",
+    datasets: list[str] | None = None,
+) -> str:
+    import torch
+
+    from . import __version__
+
+    evaluation = f"frepo protocol, {budget.eval_models} models × " + (
+        f"{budget.eval_steps} steps" if budget.eval_steps else "the reference step table"
+    )
+    lines = [
+        f"# FRePo Table {table}: published vs measured",
+        "",
+        f"Budget **{budget.name}**: {budget.description}.",
+        "",
+        f"{'Plan (dry run)' if dry_run else 'Measured'} with frepo {__version__}, torch {torch.__version__}, "
+        f"device {device}, {platform.machine()}, {time.strftime('%Y-%m-%d')}. "
+        f"Command: `frepo reproduce --table {table} --budget {budget.name}"
+        + (f" --datasets {','.join(datasets)}" if datasets else "")
+        + "`.",
+        "",
+        "| dataset | IPC | preset | distillation (steps × batch) | evaluation | published (%) | measured (%) "
+        "| status |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        published = f"{r.published[0]:.1f} ± {r.published[1]:.1f}" + ("" if r.checked else "*")
+        measured = f"{r.measured[0]:.2f} ± {r.measured[1]:.2f}" if r.measured else "–"
+        budget_cell = f"{r.steps} × {r.batch_size}" if r.steps else "–"
+        lines.append(
+            f"| {r.label} | {r.ipc} | {r.preset or '–'} | {budget_cell} | {evaluation if r.preset else '–'} | "
+            f"{published} | {measured} | {r.status.replace('|', '/')} |"
+        )
+    lines += [
+        "",
+        "Published: FRePo (Zhou, Nezhadarya, Ba, NeurIPS 2022) Table 1, ConvNet, mean ± std; * = still to be "
+        "checked against the paper (docs: frepo-reference.md). Measured: final-step distilled set (no "
+        "selection on the test split), test accuracy under the frepo protocol, mean ± std over models. "
+        "ImageNet-1K's second column is IPC 2.",
+        "Offline copies: `$FREPO_DATA_DIR/cifar10.npz` is decoded from JPEG (lossy; see its README), so "
+        "CIFAR-10 numbers measured on it are not a faithful reproduction of the published ones.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def reproduce(
+    table: int = 1,
+    budget: str = "paper",
+    datasets: list[str] | None = None,
+    *,
+    out: str | Path | None = "docs/reproduction.md",
+    runs_dir: str | Path = "runs/reproduce",
+    dry_run: bool = False,
+    data_dir: str | None = None,
+    download: bool = True,
+    device: str = "auto",
+    progress: bool = True,
+) -> str:
+    """Plan (and unless `dry_run`, run) the rows of `table`; returns the Markdown, written to `out`
+    when not a dry run."""
+    rows = plan(table, budget, datasets, data_dir=data_dir, download=download)
+    spec = BUDGETS[budget]
+    if not dry_run:
+        for row in rows:
+            if row.status.startswith("planned"):
+                run_row(
+                    row, spec, Path(runs_dir), data_dir=data_dir, download=download, device=device, progress=progress
+                )
+    text = render(rows, table, spec, dry_run=dry_run, device=device, datasets=datasets)
+    if not dry_run and out:
+        atomic_write_text(out, text)
+    return text

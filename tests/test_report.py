@@ -1,0 +1,135 @@
+"""Reports and reproduction: result tables/JSON/CSV, the run report (curves, grid, evaluation table),
+and `reproduce` planning every row of Table 1, running a tiny table end to end and reusing its results."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import io
+import json
+
+import pytest
+import torch
+
+from frepo import presets, reproduce
+from frepo.artifact import DistilledSet, save_distilled
+from frepo.data.preprocess import Preprocessing
+from frepo.errors import FrepoError
+from frepo.evaluate import EvalResult
+from frepo.report import write_report
+from frepo.results import results_csv, results_json, results_table
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _result(arch="conv", accs=(50.0, 60.0)):
+    r = EvalResult("dsa", arch, list(accs), 55.0, 5.0, 12, 3.5, "test", 7)
+    r.extra = {"file": "set.safetensors", "dataset": "digits", "file_checksum": "ab" * 32, "model_seeds": [1, 2]}
+    return r
+
+
+def test_result_formats():
+    one = results_json([_result()])
+    assert {"protocol", "arch", "accuracies", "mean", "std", "models", "file_checksum", "model_seeds"} <= set(one)
+    many = results_json([_result(), _result("mlp")])
+    assert [r["arch"] for r in many["results"]] == ["conv", "mlp"]
+    rows = list(csv.DictReader(io.StringIO(results_csv([_result(), _result("mlp")]))))
+    assert [r["arch"] for r in rows] == ["conv", "mlp"] and rows[0]["accuracies"] == "50.0000;60.0000"
+    assert rows[0]["model_seeds"] == "1;2" and rows[0]["seed"] == "7" and rows[0]["file_checksum"] == "ab" * 32
+    table = results_table([_result(), _result("resnet18_bn")]).splitlines()
+    assert table[0].split() == ["architecture", "protocol", "models", "accuracy", "(%)", "train", "steps", "seconds"]
+    assert table[2].split() == ["conv", "dsa", "2", "55.00", "±", "5.00", "12", "3.5"]
+
+
+def _run_dir(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    records = [{"step": s, "loss": 1.0 / s, "kernel_loss": 1.1 / s} for s in range(1, 6)]
+    records.insert(2, {"step": 2, "val_acc": 40.0})
+    records.append({"step": 5, "val_acc": 45.0})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    config = {"data": {"dataset": "digits"}, "model": {"width": 8}, "pool": {}, "ipc": 1, "steps": 5}
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "eval.json").write_text(json.dumps(_result().to_dict()))
+    (run / "eval_archs.json").write_text(json.dumps(results_json([_result("alexnet"), _result("vgg11")])))
+    (run / "eval_broken.json").write_text("{not json")
+    meta = {"dataset": "toy", "classes": ["a", "b"], "kind": "distilled", "step": 5}
+    ds = DistilledSet(
+        torch.rand(2, 1, 8, 8), torch.tensor([0, 1]), Preprocessing("none", torch.zeros(1), torch.ones(1))
+    )
+    ds.meta = meta
+    save_distilled(ds, run / "distilled.safetensors")
+    return run
+
+
+def test_run_report(tmp_path):
+    run = _run_dir(tmp_path)
+    path = write_report(run)
+    text = path.read_text()
+    assert path == run / "report.md"
+    for png in ("loss.png", "val_acc.png", "distilled.png"):
+        assert (run / png).read_bytes()[:8] == PNG and f"({png})" in text  # drawn, and linked relatively
+    assert "best 45.00% (step 5)" in text and "Last logged step 5" in text
+    for arch in ("conv", "alexnet", "vgg11"):
+        assert f"| {arch} | dsa | test | 2 | 55.00 ± 5.00 |" in text
+    assert "Unreadable evaluation files: eval_broken.json" in text
+
+
+def test_report_errors(tmp_path):
+    with pytest.raises(FrepoError, match="not found"):
+        write_report(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FrepoError, match="holds no frepo run"):
+        write_report(tmp_path / "empty")
+    run = _run_dir(tmp_path)
+    with pytest.raises(FrepoError, match="into the run directory"):
+        write_report(run, tmp_path / "elsewhere.md")
+
+
+def test_reproduce_plan_lists_every_row_with_its_reason(tmp_path, monkeypatch):
+    offline = tmp_path / "offline"
+    offline.mkdir()
+    (offline / "mnist.npz").write_bytes(b"")
+    monkeypatch.setenv("FREPO_DATA_DIR", str(offline))
+    rows = reproduce.plan(1, "cpu-small", data_dir=tmp_path / "cache", download=False, cuda=False)
+    assert len(rows) == sum(len(entry[2]) for entry in reproduce.TABLE1)  # nothing silently dropped
+    status = {(r.dataset, r.ipc): r.status for r in rows}
+    assert status[("mnist", 1)].startswith("planned") and status[("mnist", 10)].startswith("planned")
+    assert status[("mnist", 50)] == "not run: no cpu-small preset (mnist-ipc50-cpu)"
+    assert status[("cifar100", 1)] == "not run: no data offline (downloads are off)"
+    assert status[("tiny_imagenet", 1)].startswith("not run: no data: frepo has no loader")
+    paper = reproduce.plan(1, "paper", ["mnist"], data_dir=tmp_path, download=False, cuda=False)
+    assert all(r.status == "not run: needs a GPU (500000 steps × batch 1024)" for r in paper)
+    assert all(r.steps == 500_000 and r.preset == f"mnist-ipc{r.ipc}" for r in paper)
+    text = reproduce.reproduce(1, "cpu-small", ["mnist"], out=tmp_path / "r.md", dry_run=True, download=False)
+    assert not (tmp_path / "r.md").exists() and "| MNIST | 1 | mnist-ipc1-cpu | 1000 × 256 |" in text
+    for bad, message in ((dict(table=2), "only table 1"), (dict(budget="huge"), "unknown budget")):
+        with pytest.raises(FrepoError, match=message):
+            reproduce.plan(**{"table": 1, "budget": "paper", **bad})
+    with pytest.raises(FrepoError, match="not in table 1"):
+        reproduce.plan(1, "paper", ["imagenet1k"])
+
+
+def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(reproduce, "TABLES", {1: (("digits", "Digits", {1: (80.0, 1.0)}, True),)})
+    tiny = reproduce.Budget("tiny", "-tiny", 1, 3, False, "a test budget")
+    monkeypatch.setitem(reproduce.BUDGETS, "tiny", tiny)
+    settings = {"dataset": "digits", "ipc": 1, "steps": 2, "batch_size": 32, "width": 8, "num_models": 2}
+    settings.update(max_online_updates=2, eval_steps=3, checkpoint_every=2, log_every=1)
+    monkeypatch.setitem(presets.PRESETS, "digits-ipc1-tiny", settings)
+    out = tmp_path / "docs" / "reproduction.md"
+    kwargs = dict(out=out, runs_dir=tmp_path / "runs", device="cpu", progress=False)
+    text = reproduce.reproduce(1, "tiny", **kwargs)
+    assert out.read_text() == text
+    row = next(line for line in text.splitlines() if line.startswith("| Digits"))
+    assert "| digits-ipc1-tiny | 2 × 32 | frepo protocol, 1 models × 3 steps | 80.0 ± 1.0 |" in row
+    assert row.endswith("| done |")
+    saved = json.loads((tmp_path / "runs" / "digits-ipc1-tiny" / "eval-reproduce-tiny.json").read_text())
+    assert saved["steps"] == 3 and saved["protocol"] == "frepo"
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("a finished row was evaluated again")
+
+    monkeypatch.setattr(importlib.import_module("frepo.evaluate"), "evaluate", no_evaluation)
+    again = reproduce.reproduce(1, "tiny", **kwargs)
+    assert f"| {saved['mean']:.2f} ± {saved['std']:.2f} | done |" in again
