@@ -210,3 +210,97 @@ def test_entry_point_prints_no_traceback(tmp_path):
     assert proc.stderr.strip().startswith("frepo: error:") and "Traceback" not in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "frepo", "distill", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "--batch-size" in proc.stdout and "--preset" in proc.stdout
+
+
+def test_evaluate_protocols_architectures_reports_and_baselines(tmp_path, capsys):
+    subset = tmp_path / "random.safetensors"
+    assert run_cli(["subset", "--dataset", "digits", "--ipc", 2, "--out", subset], capsys)[0] == 0
+    out_json, out_csv = tmp_path / "eval_dsa.json", tmp_path / "eval.csv"
+    code, stdout, err = run_cli(
+        ["evaluate", subset, "--protocol", "dsa", "--arch", "convnet,mlp", "--epochs", 1, "--models", 2]
+        + ["--json", out_json, "--csv", out_csv],
+        capsys,
+    )
+    assert code == 0, err
+    header = stdout.splitlines()[1].split()
+    assert header[:4] == ["architecture", "protocol", "models", "accuracy"] and "seconds" in header
+    assert [line.split()[:3] for line in stdout.splitlines()[3:5]] == [["convnet", "dsa", "2"], ["mlp", "dsa", "2"]]
+    results = json.loads(out_json.read_text())["results"]
+    assert [r["arch"] for r in results] == ["convnet", "mlp"] and all(r["protocol"] == "dsa" for r in results)
+    assert all(len(r["file_checksum"]) == 64 and len(r["model_seeds"]) == 2 and r["steps"] == 2 for r in results)
+    assert out_csv.read_text().count("\n") == 3 and out_csv.read_text().startswith("file,dataset,split,protocol")
+
+    # One architecture: the JSON stays a single object with the historical keys.
+    single = tmp_path / "eval_krr.json"
+    code, _, err = run_cli(["evaluate", subset, "--protocol", "krr", "--models", 1, "--json", single], capsys)
+    assert code == 0, err
+    report = json.loads(single.read_text())
+    assert {"protocol", "arch", "accuracies", "mean", "std"} <= set(report) and report["arch"] == "conv"
+
+    kcenter = tmp_path / "kcenter.safetensors"
+    code, stdout, err = run_cli(
+        ["subset", "--dataset", "digits", "--ipc", 1, "--method", "kcenter", "--feature-steps", 2]
+        + ["--feature-width", 8, "--out", kcenter],
+        capsys,
+    )
+    assert code == 0, err
+    assert load_distilled(kcenter).meta["kind"] == "subset-kcenter" and "kcenter subset" in stdout
+
+    code, stdout, err = run_cli(["reproduce", "--table", 1, "--budget", "cpu-small", "--dry-run"], capsys)
+    assert code == 0, err
+    assert "| MNIST | 1 | mnist-ipc1-cpu |" in stdout and "| Tiny ImageNet | 1 |" in stdout
+
+
+def test_evaluate_files_from_other_tools(tmp_path, capsys):
+    from frepo.data import load_dataset
+    from frepo.formats import reference_preprocessing
+
+    raw = load_dataset("digits")
+    images = reference_preprocessing(raw, tmp_path)(raw.x_train[:20])  # N×C×H×W in the reference's space
+    labels = np.eye(10, dtype=np.float32)[raw.y_train[:20]] - 0.1
+    good = tmp_path / "np" / "step000500.npz"
+    good.parent.mkdir()
+    np.savez(good, image=images.permute(0, 2, 3, 1).numpy(), label=labels)
+    code, stdout, err = run_cli(["evaluate", good, "--dataset", "digits", "--protocol", "krr", "--models", 1], capsys)
+    assert code == 0, err
+    assert "20 images of digits (frepo-npz file read as 'reference' preprocessing)" in stdout and "warning" not in err
+    raw_pixels = tmp_path / "np" / "step000001.npz"
+    np.savez(raw_pixels, image=raw.x_train[:20] / 255.0, label=labels)
+    code, stdout, err = run_cli(
+        ["evaluate", raw_pixels, "--dataset", "digits", "--protocol", "krr", "--models", 1], capsys
+    )
+    assert code == 0, err
+    warning = [line for line in err.splitlines() if line.startswith("frepo: warning:")]
+    assert len(warning) == 1 and "like raw pixels" in warning[0] and "--preprocess" in warning[0]
+
+
+def test_bad_evaluation_inputs_give_one_line_and_exit_2(tmp_path, capsys):
+    subset = tmp_path / "random.safetensors"
+    assert run_cli(["subset", "--dataset", "digits", "--ipc", 1, "--out", subset], capsys)[0] == 0
+    np.savez(tmp_path / "step1.npz", image=np.zeros((10, 8, 8, 1), np.float32), label=np.eye(10, dtype=np.float32))
+    cases = [
+        (["evaluate", subset, "--protocol", "nope"], "unknown protocol"),
+        (["evaluate", subset, "--arch", "conv,nope"], "unknown architecture 'nope'"),
+        (["evaluate", subset, "--protocol", "dsa", "--steps", 5], "--epochs"),
+        (["evaluate", subset, "--epochs", 5], "--protocol dsa"),
+        (["evaluate", subset, "--soft-labels"], "--soft-labels applies to --protocol dsa"),
+        (["evaluate", subset, "--protocol", "dsa", "--soft-labels", "--epochs", 1], "needs a set with learned labels"),
+        (["evaluate", subset, "--models", 0], "models must be >= 1"),
+        (["evaluate", subset, "--entry", 1], "--entry selects a set inside a DC/DSA"),
+        (["evaluate", subset, "--preprocess", "dc"], "carries its own preprocessing"),
+        (["evaluate", subset, "--dataset", "mnist"], "was distilled from digits"),
+        (["evaluate", tmp_path / "step1.npz"], "pass --dataset NAME"),
+        (["evaluate", tmp_path / "step1.npz", "--dataset", "digits", "--preprocess", "whiten"], "unknown --preprocess"),
+        (["evaluate", tmp_path / "nothing.pt", "--dataset", "digits"], "not found"),
+        (
+            ["subset", "--dataset", "digits", "--ipc", 1, "--method", "nope", "--out", tmp_path / "x.safetensors"],
+            "unknown subset method",
+        ),
+        (["report", tmp_path / "no-run"], "not found"),
+        (["reproduce", "--table", 3, "--dry-run"], "only table 1"),
+        (["reproduce", "--budget", "huge", "--dry-run"], "unknown budget"),
+        (["reproduce", "--datasets", "mnist,svhn", "--dry-run"], "not in table 1"),
+    ]
+    for args, fragment in cases:
+        code, _, err = run_cli(args, capsys)
+        assert_user_error(code, err, fragment)

@@ -85,24 +85,37 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate
+    from .evaluate import check_options, evaluate_archs, parse_archs
+    from .results import results_table, write_csv, write_json
 
-    result = evaluate(
+    # Option mistakes are reported before any data is loaded.
+    check_options(args.protocol, args.models, args.steps, args.epochs, args.soft_labels)
+    parse_archs(args.arch, args.protocol)
+    results = evaluate_archs(
         args.file,
+        args.arch,
+        protocol=args.protocol,
         models=args.models,
         seed=args.seed,
         steps=args.steps,
-        arch=args.arch,
+        epochs=args.epochs,
+        soft_labels=args.soft_labels,
         data_dir=args.data_dir,
         download=args.download,
         device=args.device,
         split=args.split,
+        dataset=args.dataset,
+        preprocess=args.preprocess,
+        entry=args.entry,
     )
-    print(f"{args.file}: {result.summary()}")
+    first = results[0].extra
+    source = f" ({first['source']})" if first.get("source") else ""
+    print(f"{args.file}: {first['num_images']} images of {first['dataset']}{source}; {args.split} split")
+    print(results_table(results))
     if args.json:
-        from .io import atomic_write_json
-
-        atomic_write_json(args.json, result.to_dict())
+        write_json(results, args.json)
+    if args.csv:
+        write_csv(results, args.csv)
     return 0
 
 
@@ -117,9 +130,46 @@ def cmd_subset(args: argparse.Namespace) -> int:
         preprocess=args.preprocess,
         val_size=args.val_size,
     )
-    ds = make_subset(data, args.ipc, args.method, args.seed)
+    ds = make_subset(
+        data,
+        args.ipc,
+        args.method,
+        args.seed,
+        feature_steps=args.feature_steps,
+        feature_width=args.feature_width,
+        device=args.device,
+    )
     save_distilled(ds, args.out)
     print(f"{args.method} subset of {ds.dataset}: {len(ds.images)} images ({args.ipc} per class) -> {args.out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    path = write_report(args.run_dir, Path(args.run_dir) / args.out if args.out else None)
+    print(f"report -> {path}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import reproduce
+
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
+    text = reproduce(
+        args.table,
+        args.budget,
+        datasets,
+        out=args.out,
+        runs_dir=args.runs_dir,
+        dry_run=args.dry_run,
+        data_dir=args.data_dir,
+        download=args.download,
+        device=args.device,
+    )
+    print(text, end="")
+    if not args.dry_run:
+        print(f"table -> {args.out}", file=sys.stderr)
     return 0
 
 
@@ -164,14 +214,54 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, DistillConfig(), skip=_SPECIAL)
     p.set_defaults(func=cmd_distill)
 
-    p = sub.add_parser("evaluate", help="train fresh networks on a distilled set and report test accuracy")
-    p.add_argument("file", help="a distilled-set file (.safetensors)")
-    p.add_argument("--models", type=int, default=5, help="fresh networks to train (default: 5)")
+    from .evaluate import PROTOCOLS
+    from .formats import PREPROCESSING
+    from .models import ARCHS
+
+    p = sub.add_parser(
+        "evaluate",
+        help="train fresh networks on a distilled set and report test accuracy",
+        description="Train fresh networks on a distilled set (frepo's, or another tool's with --dataset) and "
+        "report their accuracy, one row per architecture.",
+    )
+    p.add_argument(
+        "file",
+        help="a distilled set: frepo .safetensors, official FRePo np/stepNNNNNN.npz, MTT images_*.pt "
+        "(labels_*.pt beside it), DC/DSA res_*.pt, or a folder of class folders of images",
+    )
+    p.add_argument(
+        "--dataset",
+        help="the real dataset a file from another tool belongs to: its test split and preprocessing",
+    )
+    p.add_argument(
+        "--protocol",
+        default="frepo",
+        help=f"{', '.join(PROTOCOLS)}: frepo = the reference (default), dsa = the DC/DSA/DM/MTT standard "
+        "(ConvNet-3 IN, SGD, 1000 epochs, DSA), krr = kernel regression on random-network features",
+    )
+    p.add_argument(
+        "--arch",
+        help="comma-separated networks (default: conv for frepo and krr, convnet for dsa): " + ", ".join(ARCHS),
+    )
+    p.add_argument("--models", type=int, default=5, help="fresh networks per architecture (default: 5)")
     p.add_argument("--seed", type=int, default=0, help="evaluation seed (default: 0)")
-    p.add_argument("--steps", type=int, help="training steps per network (default: the reference step table)")
-    p.add_argument("--arch", default="conv", help="network: conv, conv_bn, conv_in (default: conv)")
+    p.add_argument("--steps", type=int, help="frepo protocol: training steps (default: the reference step table)")
+    p.add_argument("--epochs", type=int, help="dsa protocol: epochs (default: 1000)")
+    p.add_argument(
+        "--soft-labels",
+        action="store_true",
+        help="dsa protocol: cross-entropy on the set's learned labels (as class distributions) instead of hard labels",
+    )
     p.add_argument("--split", default="test", choices=("test", "val"), help="test (default) or the validation hold-out")
-    p.add_argument("--json", help="also write the result as JSON to this path")
+    p.add_argument(
+        "--preprocess",
+        default="auto",
+        help="files from other tools: the preprocessing their images are in (default: auto, the tool's own): "
+        + "; ".join(f"{k} = {v}" for k, v in PREPROCESSING.items()),
+    )
+    p.add_argument("--entry", type=int, help="DC/DSA res_*.pt: which of its distilled sets (default: 0)")
+    p.add_argument("--json", help="also write the results as JSON to this path")
+    p.add_argument("--csv", help="also write the results as CSV to this path")
     _add_data_access(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.set_defaults(func=cmd_evaluate)
@@ -179,13 +269,51 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("subset", help="write a same-format file of real images (a baseline)")
     p.add_argument("--dataset", required=True, help="dataset name, .npz file or ImageFolder directory")
     p.add_argument("--ipc", type=int, required=True, help="images per class")
-    p.add_argument("--method", default="random", help="selection method (default: random)")
+    p.add_argument(
+        "--method",
+        default="random",
+        help="random (default), herding or kcenter (herding and k-center greedy per class on network features)",
+    )
     p.add_argument("--seed", type=int, default=0, help="selection seed (default: 0, as distill's init)")
     p.add_argument("--out", required=True, help="output file (.safetensors)")
     p.add_argument("--preprocess", default="auto", help="auto, standard, zca or none (default: auto)")
     p.add_argument("--val-size", type=int, default=None, help="validation hold-out (default: as distill)")
+    p.add_argument(
+        "--feature-steps",
+        type=int,
+        default=300,
+        help="herding/kcenter: Adam steps (batch 256) training the feature network (default: 300; 0 = random init)",
+    )
+    p.add_argument("--feature-width", type=int, default=128, help="herding/kcenter: feature Conv width (default: 128)")
     _add_data_access(p)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.set_defaults(func=cmd_subset)
+
+    p = sub.add_parser(
+        "report",
+        help="write a Markdown report of a run (curves, images, evaluations) into its directory",
+    )
+    p.add_argument("run_dir", help="a run directory of frepo distill")
+    p.add_argument("--out", help="report file name inside the run directory (default: report.md)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "reproduce",
+        help="run the paper's table through its presets and write measured vs published numbers",
+    )
+    p.add_argument("--table", type=int, default=1, help="the paper's table (default: 1)")
+    p.add_argument(
+        "--budget",
+        default="paper",
+        help="paper (the paper's settings; needs a GPU) or cpu-small (the *-cpu presets) (default: paper)",
+    )
+    p.add_argument("--datasets", help="comma-separated datasets of the table (default: all)")
+    p.add_argument("--out", default="docs/reproduction.md", help="Markdown output (default: docs/reproduction.md)")
+    p.add_argument("--runs-dir", default="runs/reproduce", help="run directories (default: runs/reproduce)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and run nothing")
+    _add_data_access(p)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("show", help="save an image grid of a distilled set as PNG")
     p.add_argument("file", help="a distilled-set file")
