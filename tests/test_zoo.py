@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import frepo.models.conv as conv_module
 import frepo.models.zoo as zoo
 from frepo.augment_dsa import dsa_augment
 from frepo.errors import FrepoError
@@ -22,7 +23,8 @@ FEATURES = {"convnet": 2048, "alexnet": 3072, "vgg11": 512, "resnet18": 512, "re
 @pytest.fixture
 def no_init(monkeypatch):
     """Structure-only tests skip the (slow, for 11M weights) initialisation: shapes do not need it."""
-    monkeypatch.setattr(zoo, "init_flax_defaults_", lambda module, generator=None: module)
+    for module in (zoo, conv_module):
+        monkeypatch.setattr(module, "init_flax_defaults_", lambda module, generator=None: module)
 
 
 def _convs(model):

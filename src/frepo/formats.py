@@ -348,7 +348,7 @@ def _images(images, raw: RawDataset, where: str, channels_last: bool = False) ->
         raise FrepoError(f"{where}: images of shape {tuple(x.shape)}, expected {layout} with (C, H, W) = {shape}")
     if not bool(torch.isfinite(x).all()):
         raise FrepoError(f"{where}: images contain NaN or infinite values")
-    return x.float().contiguous()
+    return x.detach().float().contiguous()  # MTT saves its leaf tensors with requires_grad set
 
 
 def read_npz(path: Path, raw: RawDataset) -> tuple[torch.Tensor, torch.Tensor]:
