@@ -247,7 +247,10 @@ def evaluate_set(
 
     eval_x: M×C×H×W already in the set's preprocessed space; eval_y: (M,) class ids."""
     check_options(protocol, models, steps, epochs, soft_labels)
-    arch = parse_archs(arch, protocol)[0]
+    names = parse_archs(arch, protocol)
+    if len(names) != 1:
+        raise FrepoError("evaluate_set takes one architecture; evaluate_archs runs several")
+    arch = names[0]
     device = resolve_device(device) if isinstance(device, str) else device
     if protocol == "frepo":
         return evaluate_tensors(
@@ -272,7 +275,7 @@ def evaluate_set(
         from .protocol_dsa import EPOCHS, dsa_steps, train_dsa_model
 
         epochs = epochs or EPOCHS
-        images = ds.images.to(device).float()
+        images = ds.images.detach().to(device).float()
         targets = _dsa_targets(ds, soft_labels).to(device)
         streams = [f"dsa/model{i}" for i in range(models)]
         for name in tqdm(streams, desc=f"evaluate ({arch}, dsa)", disable=not progress, leave=False):
