@@ -88,8 +88,11 @@ def parse_value(text: str):
     return text
 
 
-def run_one(name: str, overrides: dict, warmup: int, repeats: int, device_name: str) -> dict:
+def run_one(name: str, overrides: dict, warmup: int, repeats: int, device_name: str, tune: bool) -> dict:
     from frepo.config import DistillConfig, set_leaf
+    from frepo.perf import tune_cpu_allocator
+
+    tuned = tune_cpu_allocator() if tune else False  # as the frepo CLI does
     from frepo.device import resolve_device
     from frepo.trainer import FRePoTrainer
 
@@ -136,6 +139,7 @@ def run_one(name: str, overrides: dict, warmup: int, repeats: int, device_name: 
         "device": str(device),
         "threads": torch.get_num_threads(),
         "overrides": overrides,
+        "allocator_tuned": tuned,
     }
 
 
@@ -147,12 +151,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-tune-allocator", action="store_true", help="keep glibc's default malloc behaviour")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one setting in this process
     args = parser.parse_args()
     overrides = dict(item.split("=", 1) for item in args.set)
     overrides = {k: parse_value(v) for k, v in overrides.items()}
     if args.one:
-        print(json.dumps(run_one(args.one, overrides, args.warmup, args.repeats, args.device)))
+        print(
+            json.dumps(run_one(args.one, overrides, args.warmup, args.repeats, args.device, not args.no_tune_allocator))
+        )
         return
     rows = []
     for name in args.settings.split(","):

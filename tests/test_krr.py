@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from frepo.krr import centered_one_hot, krr_predict, label_margin_loss, label_scale, mse_loss
+from frepo.krr import centered_one_hot, krr_predict, krr_weights, label_margin_loss, label_scale, mse_loss
 from frepo.models import Conv
 from frepo.synthetic import SyntheticSet
 from frepo.trainer import meta_step
@@ -118,3 +118,35 @@ def test_meta_step_leaves_model_untouched_and_fixed_labels_get_no_gradient():
     assert all(p.grad is None for p in model.parameters())
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+def test_rank_deficient_kernel_stays_positive_definite():
+    # More support images than feature dimensions (as CIFAR-100 IPC 50 with flip: 10 000 vs 8192):
+    # K_ss is rank-deficient and only the 1e-6 ridge keeps it positive definite.
+    gen = torch.Generator().manual_seed(0)
+    # Non-negative features with a large common component, like pooled ReLU features.
+    feat_s = torch.relu(torch.randn(200, 128, generator=gen)) + 5.0
+    y_s = torch.randn(200, 5, generator=gen)
+    # Built in float32 (the reference, and frepo before this fix), the kernel is not positive definite.
+    k32 = (feat_s @ feat_s.T).double()
+    k32 += 1e-6 * torch.trace(k32) / 200 * torch.eye(200, dtype=torch.float64)
+    assert int(torch.linalg.cholesky_ex(k32).info) != 0
+    weights = krr_weights(feat_s, y_s, 1e-6)
+    assert torch.isfinite(weights).all()
+    # In float64 end to end it matches the explicit-inverse reference.
+    f64 = feat_s.double()
+    ref = _numpy_prediction(f64.numpy(), f64.numpy(), y_s.double().numpy(), 1e-6)
+    np.testing.assert_allclose((f64 @ krr_weights(f64, y_s.double(), 1e-6)).numpy(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_failed_factorisation_gives_nan_not_an_exception():
+    feat_s = torch.full((4, 3), float("nan"))
+    assert torch.isnan(krr_weights(feat_s, torch.ones(4, 2), 1e-6)).all()
+
+
+def test_gradient_of_the_wide_kernel_path_against_finite_differences():
+    # n >= d/2 takes the float64-kernel branch with the in-place ridge; its gradient must be exact too.
+    gen = torch.Generator().manual_seed(0)
+    feat_s = torch.randn(6, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    y_s = torch.randn(6, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda f, y: krr_weights(f, y, 1e-2), (feat_s, y_s))

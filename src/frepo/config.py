@@ -106,7 +106,7 @@ class DistillConfig:
         "bounded memory at the cost of one more forward pass (0: never)",
     )
     precision: str = opt("auto", "real-batch feature pass: fp32, tf32, bf16 or auto (tf32 on CUDA, else fp32)")
-    channels_last: bool = opt(False, "channels-last memory layout for the convolutions")
+    channels_last: bool = opt(True, "channels-last memory layout for the convolutions (faster on CPU and GPU)")
 
     def validate(self) -> None:
         self.data.validate()
