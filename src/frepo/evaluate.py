@@ -109,7 +109,10 @@ def train_reference_model(
     width: int = 128,
 ) -> torch.nn.Module:
     """Train one fresh network with the reference protocol. images N×C×H×W, targets N×K on `device`."""
-    model = build_model(arch, tuple(images.shape[1:]), num_classes, generator=gen, width=width).to(device)
+    model = build_model(arch, tuple(images.shape[1:]), num_classes, generator=gen, width=width)
+    # Channels-last: the same maths, about 1.2x faster convolutions on CPU (docs/benchmarks.md).
+    model = model.to(device, memory_format=torch.channels_last)
+    images = images.contiguous(memory_format=torch.channels_last)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=0.0, betas=(0.9, 0.999), eps=1e-8)
     schedule = warmup_cosine(lr, warmup, steps, alpha=0.01)

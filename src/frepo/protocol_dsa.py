@@ -56,7 +56,9 @@ def train_dsa_model(
     """Train one fresh `arch` network. images: N×C×H×W on `device`; targets: (N,) int64 class ids or
     N×K class distributions, on `device`. `init_gen` draws the weights, `train_gen` the shuffles and
     augmentations."""
-    model = build_model(arch, tuple(images.shape[1:]), num_classes, generator=init_gen, width=width).to(device)
+    model = build_model(arch, tuple(images.shape[1:]), num_classes, generator=init_gen, width=width)
+    model = model.to(device, memory_format=torch.channels_last)  # same maths, faster convolutions
+    images = images.contiguous(memory_format=torch.channels_last)
 
     def optimiser(rate: float) -> torch.optim.Optimizer:
         return torch.optim.SGD(model.parameters(), lr=rate, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
