@@ -4,13 +4,15 @@ PyTorch's CPU allocator is glibc malloc. Every tensor above malloc's mmap thresh
 gets fresh pages from the kernel and returns them on free, so each step of a distillation pays
 page faults for every large activation again. Keeping freed memory in the heap instead (no mmap,
 a high trim threshold) made the outer step 1.2-1.35x faster on a 2-core machine at about the same
-peak memory (docs/benchmarks.md). The CLI calls this once at start; library users may too.
+peak memory for the CIFAR settings and ~7% more for MNIST (docs/benchmarks.md). The CLI calls this
+once at start; library users may too. FREPO_TUNE_ALLOCATOR=0 keeps glibc's default behaviour.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 M_TRIM_THRESHOLD = -1
@@ -20,7 +22,7 @@ TRIM_THRESHOLD = 1 << 30  # return freed heap memory to the kernel only beyond 1
 
 def tune_cpu_allocator() -> bool:
     """Keep freed memory in glibc's heap (Linux only). True if applied."""
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or os.environ.get("FREPO_TUNE_ALLOCATOR", "1") == "0":
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
