@@ -3,7 +3,7 @@
 Each row (dataset × IPC) runs its preset (`frepo.presets`) through `distill` and evaluates the final
 set with the frepo protocol. A budget chooses the presets and the evaluation:
   paper      the paper's settings (500k steps × batch 1024; 5 models, reference step table); needs a GPU
-  cpu-small  the `*-cpu` presets (hundreds of steps × batch 256; 3 models × 500 steps), runs on a CPU
+  cpu-small  the `*-cpu` presets (hundreds of steps × batch 256; 3 models × 1000 steps), runs on a CPU
 Rows that cannot run here are listed with the reason (no loader or no data for the dataset, no preset
 for the budget, no GPU for the paper budget), never silently dropped. Finished runs are reused: the
 run directories resume, and an evaluation JSON already written for the same file is read back.
@@ -70,10 +70,11 @@ BUDGETS = {
         "cpu-small",
         "-cpu",
         3,
-        500,
+        1000,
         False,
         "the `*-cpu` presets: a few hundred outer steps at real batch 256; evaluation with 3 models of "
-        "500 steps each. Far below the paper's budget: expect lower numbers",
+        "1000 steps each (the reference schedule: 500 warm-up steps, then cosine decay). Far below the "
+        "paper's budget: expect lower numbers",
     ),
 }
 
