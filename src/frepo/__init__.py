@@ -7,7 +7,7 @@ from .artifact import DistilledSet, load_distilled, save_distilled  # noqa: E402
 from .config import DataConfig, DistillConfig, ModelConfig, PoolConfig  # noqa: E402
 from .distill import DistillResult, distill  # noqa: E402
 from .errors import FrepoError, Interrupted  # noqa: E402
-from .evaluate import EvalResult, evaluate  # noqa: E402
+from .evaluate import EvalResult, evaluate, evaluate_archs  # noqa: E402
 from .subset import make_subset  # noqa: E402
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "__version__",
     "distill",
     "evaluate",
+    "evaluate_archs",
     "load_distilled",
     "make_subset",
     "presets",
