@@ -75,7 +75,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     result = distill(config, out)
     lines = [f"distilled set: {result.distilled_path} (step {result.step}, {result.seconds:.0f} s of training)"]
     if result.val_accuracy is not None:
-        lines.append(f"validation accuracy (frepo protocol, {config.eval_models} model): {result.val_accuracy:.2f}%")
+        models = f"{config.eval_models} model{'s' if config.eval_models != 1 else ''}"
+        lines.append(f"validation accuracy (frepo protocol, {models}): {result.val_accuracy:.2f}%")
     if result.best_path:
         lines.append(f"best on validation: {result.best_path}")
     lines.append(f"image grid: {out / 'distilled.png'}")
