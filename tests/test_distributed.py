@@ -10,7 +10,7 @@ import torch
 
 from frepo import presets
 from frepo.artifact import load_distilled
-from frepo.distill import distill
+from frepo.distill import Distiller, distill
 
 OVERRIDES = dict(
     steps=5,
@@ -54,9 +54,16 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     a, b = load_distilled(single / "distilled.safetensors"), load_distilled(double / "distilled.safetensors")
-    # Same maths; only the order of float additions differs (two half-batch gradients, averaged).
-    torch.testing.assert_close(b.images, a.images, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(b.labels, a.labels, rtol=1e-4, atol=1e-5)
+    # Same maths; only the order of float additions differs (two half-batch gradients, averaged),
+    # and LAMB's per-layer normalisation can amplify that rounding a little on some CPUs (CI saw
+    # 3e-5 on one pixel, this machine 9e-5 against 0.05 of total movement). A wrong sharding (e.g.
+    # ranks drawing the same half of the batch) changes the gradient direction, which moves the set
+    # on the scale of its total movement; the last assertion keeps the gap two orders below that.
+    torch.testing.assert_close(b.images, a.images, rtol=1e-3, atol=5e-4)
+    torch.testing.assert_close(b.labels, a.labels, rtol=1e-3, atol=5e-4)
+    initial = Distiller(presets.resolve("digits", 2, overrides=OVERRIDES), tmp_path / "initial").distilled_set()
+    moved = (a.images - initial.images).abs().max()
+    assert (b.images - a.images).abs().max() < 0.01 * moved
     assert b.meta["step"] == a.meta["step"] == 5
     # Rank 0 alone writes: one metrics line per step, not two.
     lines = (double / "metrics.jsonl").read_text().splitlines()
