@@ -133,3 +133,11 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     monkeypatch.setattr(importlib.import_module("frepo.evaluate"), "evaluate", no_evaluation)
     again = reproduce.reproduce(1, "tiny", **kwargs)
     assert f"| {saved['mean']:.2f} ± {saved['std']:.2f} | done |" in again
+
+    # --finished-only reports what has finished and runs nothing for the rest.
+    monkeypatch.setattr(importlib.import_module("frepo.distill"), "distill", no_evaluation)
+    reported = reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)
+    assert f"| {saved['mean']:.2f} ± {saved['std']:.2f} | done |" in reported
+    kwargs["runs_dir"] = tmp_path / "elsewhere"
+    empty = reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)
+    assert "| – | not run: no finished, evaluated run in" in empty

@@ -164,6 +164,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         out=args.out,
         runs_dir=args.runs_dir,
         dry_run=args.dry_run,
+        finished_only=args.finished_only,
         data_dir=args.data_dir,
         download=args.download,
         device=args.device,
@@ -312,6 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="docs/reproduction.md", help="Markdown output (default: docs/reproduction.md)")
     p.add_argument("--runs-dir", default="runs/reproduce", help="run directories (default: runs/reproduce)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and run nothing")
+    p.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="run nothing; write the table from the runs already distilled and evaluated in --runs-dir",
+    )
     _add_data_access(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.set_defaults(func=cmd_reproduce)

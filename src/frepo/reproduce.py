@@ -165,6 +165,21 @@ def _evaluation_json(run_dir: Path, budget: Budget) -> Path:
     return run_dir / f"eval-reproduce-{budget.name}.json"
 
 
+def finished_evaluation(run_dir: Path, budget: Budget) -> tuple[float, float] | None:
+    """(mean, std) of this budget's evaluation of the run's final set, if it was evaluated; None
+    otherwise (no finished set, no evaluation, or one of another file or model count)."""
+    from .artifact import load_distilled
+
+    saved, final = _evaluation_json(run_dir, budget), run_dir / "distilled.safetensors"
+    if not (saved.is_file() and final.is_file()):
+        return None
+    previous = json.loads(saved.read_text())
+    checksum = load_distilled(final).meta.get("checksum")
+    if previous.get("file_checksum") != checksum or previous.get("models") != budget.eval_models:
+        return None
+    return previous["mean"], previous["std"]
+
+
 def run_row(
     row: Row,
     budget: Budget,
@@ -177,7 +192,6 @@ def run_row(
 ) -> None:
     """Distil (or resume) and evaluate one planned row, in place; a failure is recorded, not raised."""
     from . import presets
-    from .artifact import load_distilled
     from .distill import distill
     from .evaluate import evaluate
     from .results import write_json
@@ -189,11 +203,9 @@ def run_row(
     row.run_dir = str(out)
     try:
         result = distill(config, out, progress=progress)
-        checksum = load_distilled(result.distilled_path).meta.get("checksum")
-        saved = _evaluation_json(out, budget)
-        previous = json.loads(saved.read_text()) if saved.is_file() else None
-        if previous and previous.get("file_checksum") == checksum and previous.get("models") == budget.eval_models:
-            mean, std = previous["mean"], previous["std"]
+        previous = finished_evaluation(out, budget)
+        if previous is not None:
+            mean, std = previous
         else:
             evaluation = evaluate(
                 result.distilled_path,
@@ -204,7 +216,7 @@ def run_row(
                 device=device,
                 progress=progress,
             )
-            write_json([evaluation], saved)
+            write_json([evaluation], _evaluation_json(out, budget))
             mean, std = evaluation.mean, evaluation.std
         row.measured, row.status = (mean, std), "done"
     except FrepoError as exc:
@@ -270,18 +282,27 @@ def reproduce(
     out: str | Path | None = "docs/reproduction.md",
     runs_dir: str | Path = "runs/reproduce",
     dry_run: bool = False,
+    finished_only: bool = False,
     data_dir: str | None = None,
     download: bool = True,
     device: str = "auto",
     progress: bool = True,
 ) -> str:
     """Plan (and unless `dry_run`, run) the rows of `table`; returns the Markdown, written to `out`
-    when not a dry run."""
+    when not a dry run. `finished_only` runs nothing: it reports the rows already distilled and
+    evaluated in `runs_dir` and marks the others as not run."""
     rows = plan(table, budget, datasets, data_dir=data_dir, download=download)
     spec = BUDGETS[budget]
     if not dry_run:
         for row in rows:
-            if row.status.startswith("planned"):
+            if row.status.startswith("planned") and finished_only:
+                run_dir = Path(runs_dir) / row.preset
+                measured = finished_evaluation(run_dir, spec)
+                if measured is None:
+                    row.status = f"not run: no finished, evaluated run in {runs_dir} (--finished-only)"
+                else:
+                    row.measured, row.status, row.run_dir = measured, "done", str(run_dir)
+            elif row.status.startswith("planned"):
                 run_row(
                     row, spec, Path(runs_dir), data_dir=data_dir, download=download, device=device, progress=progress
                 )
