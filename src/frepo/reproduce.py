@@ -231,6 +231,7 @@ def render(
     dry_run: bool,
     device: str = "auto",
     datasets: list[str] | None = None,
+    finished_only: bool = False,
 ) -> str:
     import torch
 
@@ -248,6 +249,7 @@ def render(
         f"device {device}, {platform.machine()}, {time.strftime('%Y-%m-%d')}. "
         f"Command: `frepo reproduce --table {table} --budget {budget.name}"
         + (f" --datasets {','.join(datasets)}" if datasets else "")
+        + (" --finished-only" if finished_only else "")
         + "`.",
         "",
         "| dataset | IPC | preset | distillation (steps × batch) | evaluation | published (%) | measured (%) "
@@ -306,7 +308,7 @@ def reproduce(
                 run_row(
                     row, spec, Path(runs_dir), data_dir=data_dir, download=download, device=device, progress=progress
                 )
-    text = render(rows, table, spec, dry_run=dry_run, device=device, datasets=datasets)
+    text = render(rows, table, spec, dry_run=dry_run, device=device, datasets=datasets, finished_only=finished_only)
     if not dry_run and out:
         atomic_write_text(out, text)
     return text
