@@ -57,6 +57,8 @@ def _preset_table() -> dict[str, dict]:
         "mnist-ipc10": 500,
         "fashion_mnist-ipc10": 500,
         "cifar10-ipc10": 300,
+        "cifar100-ipc1": 300,
+        "cifar100-ipc10": 300,
     }
     for name, steps in cpu.items():
         table[f"{name}-cpu"] = {**table[name], "steps": steps, "batch_size": 256, "lr": SHORT_BUDGET_LR}
