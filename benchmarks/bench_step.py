@@ -90,11 +90,11 @@ def parse_value(text: str):
 
 def run_one(name: str, overrides: dict, warmup: int, repeats: int, device_name: str, tune: bool) -> dict:
     from frepo.config import DistillConfig, set_leaf
+    from frepo.device import resolve_device
     from frepo.perf import tune_cpu_allocator
+    from frepo.trainer import FRePoTrainer
 
     tuned = tune_cpu_allocator() if tune else False  # as the frepo CLI does
-    from frepo.device import resolve_device
-    from frepo.trainer import FRePoTrainer
 
     shape, classes, ipc, batch, flip, n_train = SETTINGS[name]
     device = resolve_device(device_name)

@@ -30,7 +30,7 @@ from .data.splits import holdout_split
 from .device import resolve_device
 from .errors import FrepoError
 from .krr import mse_loss
-from .models import build_model, check_arch
+from .models import build_model, check_arch, eval_layout
 from .optim import set_lr, warmup_cosine
 from .rng import generator, stream_seed
 
@@ -110,9 +110,7 @@ def train_reference_model(
 ) -> torch.nn.Module:
     """Train one fresh network with the reference protocol. images N×C×H×W, targets N×K on `device`."""
     model = build_model(arch, tuple(images.shape[1:]), num_classes, generator=gen, width=width)
-    # Channels-last: the same maths, 1.1-1.2x faster training at 28×28 and 32×32 on CPU, but 1.2x
-    # slower for tiny images (8×8 digits: 69 vs 56 ms per step), so only from 16×16 up.
-    layout = torch.channels_last if min(images.shape[-2:]) >= 16 else torch.contiguous_format
+    layout = eval_layout(images)
     model = model.to(device, memory_format=layout)
     images = images.contiguous(memory_format=layout)
     model.train()

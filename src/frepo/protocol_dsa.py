@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment_dsa import dsa_augment
-from .models import build_model
+from .models import build_model, eval_layout
 
 LR = 0.01
 MOMENTUM = 0.9
@@ -57,8 +57,9 @@ def train_dsa_model(
     N×K class distributions, on `device`. `init_gen` draws the weights, `train_gen` the shuffles and
     augmentations."""
     model = build_model(arch, tuple(images.shape[1:]), num_classes, generator=init_gen, width=width)
-    model = model.to(device, memory_format=torch.channels_last)  # same maths, faster convolutions
-    images = images.contiguous(memory_format=torch.channels_last)
+    layout = eval_layout(images)
+    model = model.to(device, memory_format=layout)
+    images = images.contiguous(memory_format=layout)
 
     def optimiser(rate: float) -> torch.optim.Optimizer:
         return torch.optim.SGD(model.parameters(), lr=rate, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)

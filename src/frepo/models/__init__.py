@@ -23,6 +23,7 @@ __all__ = [
     "VGG11",
     "build_model",
     "check_arch",
+    "eval_layout",
     "init_flax_defaults_",
     "lecun_normal_",
 ]
@@ -71,3 +72,10 @@ def build_model(
     if arch in ("resnet18", "resnet18_bn"):
         return ResNet18(c, num_classes, (h, w), "batch" if arch == "resnet18_bn" else "instance", generator)
     return MLP(c, num_classes, (h, w), generator)
+
+
+def eval_layout(images: torch.Tensor) -> torch.memory_format:
+    """Memory layout for training an evaluation network on N×C×H×W `images`: channels-last from
+    16×16 up (same maths, 1.1-1.2x faster at 28×28 and 32×32 on CPU), contiguous below, where it
+    was 1.2x slower (8×8 digits: 69 vs 56 ms per step)."""
+    return torch.channels_last if min(images.shape[-2:]) >= 16 else torch.contiguous_format
