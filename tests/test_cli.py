@@ -218,7 +218,7 @@ def test_evaluate_protocols_architectures_reports_and_baselines(tmp_path, capsys
     out_json, out_csv = tmp_path / "eval_dsa.json", tmp_path / "eval.csv"
     code, stdout, err = run_cli(
         ["evaluate", subset, "--protocol", "dsa", "--arch", "convnet,mlp", "--epochs", 1, "--models", 2]
-        + ["--json", out_json, "--csv", out_csv],
+        + ["--dsa-strategy", "color_crop_cutout_scale_rotate", "--json", out_json, "--csv", out_csv],
         capsys,
     )
     assert code == 0, err
@@ -228,6 +228,7 @@ def test_evaluate_protocols_architectures_reports_and_baselines(tmp_path, capsys
     results = json.loads(out_json.read_text())["results"]
     assert [r["arch"] for r in results] == ["convnet", "mlp"] and all(r["protocol"] == "dsa" for r in results)
     assert all(len(r["file_checksum"]) == 64 and len(r["model_seeds"]) == 2 and r["steps"] == 2 for r in results)
+    assert all(r["dsa_strategy"] == "color_crop_cutout_scale_rotate" for r in results)
     assert out_csv.read_text().count("\n") == 3 and out_csv.read_text().startswith("file,dataset,split,protocol")
 
     # One architecture: the JSON stays a single object with the historical keys.
@@ -284,6 +285,8 @@ def test_bad_evaluation_inputs_give_one_line_and_exit_2(tmp_path, capsys):
         (["evaluate", subset, "--protocol", "dsa", "--steps", 5], "--epochs"),
         (["evaluate", subset, "--epochs", 5], "--protocol dsa"),
         (["evaluate", subset, "--soft-labels"], "--soft-labels applies to --protocol dsa"),
+        (["evaluate", subset, "--dsa-strategy", "none"], "--dsa-strategy applies to --protocol dsa"),
+        (["evaluate", subset, "--protocol", "dsa", "--dsa-strategy", "flip_zoom"], "unknown DSA strategy 'flip_zoom'"),
         (["evaluate", subset, "--protocol", "dsa", "--soft-labels", "--epochs", 1], "needs a set with learned labels"),
         (["evaluate", subset, "--models", 0], "models must be >= 1"),
         (["evaluate", subset, "--entry", 1], "--entry selects a set inside a DC/DSA"),

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import frepo.augment_dsa as augment_dsa
 import frepo.protocol_dsa as protocol_dsa
 from frepo.artifact import DistilledSet, save_distilled
 from frepo.config import DataConfig
@@ -40,7 +41,7 @@ def test_dsa_training_schedule_batches_and_shuffling(monkeypatch):
             steps.append(self.param_groups[0]["lr"])
             return super().step(closure)
 
-    def identity_augment(x, gen):
+    def identity_augment(x, gen, ops):
         batches.append(x[:, 0, 0, 0].round().long().tolist())  # image i carries the value i
         return x
 
@@ -68,6 +69,49 @@ def test_dsa_training_schedule_batches_and_shuffling(monkeypatch):
     assert all(sorted(p) == list(range(300)) for p in passes)  # every image once per epoch
     assert len({tuple(p) for p in passes}) == 5  # reshuffled every epoch
     assert protocol_dsa.dsa_steps(300, 4) == 10 and protocol_dsa.dsa_steps(10, 1000) == 1001
+
+
+def test_dsa_strategy_decides_which_groups_a_batch_can_get(monkeypatch):
+    assert protocol_dsa.STRATEGY == "color_crop_cutout_flip_scale_rotate"
+    assert protocol_dsa.parse_strategy("crop_scale_rotate") == ("crop", "scale", "rotate")
+    assert protocol_dsa.parse_strategy("none") == ()
+    for bad, message in [("crop_mirror", "unknown DSA strategy"), ("", "unknown DSA strategy"), ("crop_crop", "twice")]:
+        with pytest.raises(FrepoError, match=message):
+            protocol_dsa.parse_strategy(bad)
+
+    applied = []
+
+    def recording(name, op):
+        return lambda x, gen: applied.append(name) or op(x, gen)
+
+    for name, op in dict(augment_dsa.OPS).items():
+        monkeypatch.setitem(augment_dsa.OPS, name, recording(name, op))
+    images, targets = torch.randn(12, 1, 8, 8), torch.arange(12) % 3
+
+    def train(ops):
+        applied.clear()
+        protocol_dsa.train_dsa_model(
+            images,
+            targets,
+            num_classes=3,
+            arch="mlp",
+            init_gen=torch.Generator().manual_seed(0),
+            train_gen=torch.Generator().manual_seed(1),
+            device=torch.device("cpu"),
+            epochs=59,
+            ops=ops,
+        )
+        return list(applied)
+
+    assert set(train(protocol_dsa.parse_strategy("color_crop_cutout_scale_rotate"))) == {
+        "color",
+        "crop",
+        "cutout",
+        "scale",
+        "rotate",
+    }  # 60 batches: every allowed group is drawn, flip never
+    assert set(train(protocol_dsa.DSA_OPS)) == set(protocol_dsa.DSA_OPS)
+    assert train(()) == []  # none: no augmentation at all
 
 
 def test_soft_targets():
@@ -115,6 +159,9 @@ def test_dsa_soft_labels_and_determinism():
     a = evaluate_set(ds, eval_x, eval_y, protocol="dsa", arch="mlp", models=1, epochs=2, soft_labels=True)
     b = evaluate_set(ds, eval_x, eval_y, protocol="dsa", arch="mlp", models=1, epochs=2, soft_labels=True)
     assert a.accuracies == b.accuracies and a.extra["soft_labels"] is True
+    assert a.extra["dsa_strategy"] == "color_crop_cutout_flip_scale_rotate"
+    c = evaluate_set(ds, eval_x, eval_y, protocol="dsa", arch="mlp", models=1, epochs=2, dsa_strategy="crop_rotate")
+    assert c.extra["dsa_strategy"] == "crop_rotate"
     with pytest.raises(FrepoError, match="learned labels"):
         evaluate_set(_set(), eval_x, eval_y, protocol="dsa", arch="mlp", models=1, epochs=1, soft_labels=True)
 
@@ -128,6 +175,8 @@ def test_dsa_soft_labels_and_determinism():
         ({"protocol": "frepo", "epochs": 10}, "--protocol dsa"),
         ({"protocol": "dsa", "epochs": 0}, "epochs must be >= 1"),
         ({"protocol": "krr", "soft_labels": True}, "--soft-labels"),
+        ({"protocol": "frepo", "dsa_strategy": "crop"}, "--dsa-strategy"),
+        ({"protocol": "dsa", "dsa_strategy": "crop_mirror"}, "unknown DSA strategy"),
     ],
 )
 def test_option_errors(options, message):

@@ -24,7 +24,7 @@ FEATURES = {"convnet": 2048, "alexnet": 3072, "vgg11": 512, "resnet18": 512, "re
 def no_init(monkeypatch):
     """Structure-only tests skip the (slow, for 11M weights) initialisation: shapes do not need it."""
     for module in (zoo, conv_module):
-        monkeypatch.setattr(module, "init_flax_defaults_", lambda module, generator=None: module)
+        monkeypatch.setattr(module, "initialise_", lambda module, generator=None, scheme="lecun": module)
 
 
 def _convs(model):
@@ -90,6 +90,30 @@ def test_seeded_lecun_init_and_no_global_rng():
     w = a.features[4].weight  # 128×128×3×3: LeCun normal, variance 1/fan_in
     assert abs(float(w.detach().std()) - math.sqrt(1 / (128 * 9))) < 0.003
     assert float(a.features[4].bias.detach().abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("arch", ["convnet", "conv_in", "mlp"])
+def test_torch_init_is_torchs_own_reset_parameters_drawn_from_the_generator(arch):
+    """Independent reference: torch's own layer constructors (reset_parameters) under a global seed
+    draw exactly what init='torch' draws from a generator with that seed, module by module."""
+    ours = build_model(arch, (3, 32, 32), 10, torch.Generator().manual_seed(7), init="torch")
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        reference = []
+        for m in ours.modules():
+            if isinstance(m, nn.Conv2d):
+                reference.append(nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, bias=m.bias is not None))
+            elif isinstance(m, nn.Linear):
+                reference.append(nn.Linear(m.in_features, m.out_features, bias=m.bias is not None))
+    layers = [m for m in ours.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(layers) == len(reference) > 1
+    for mine, theirs in zip(layers, reference):
+        torch.testing.assert_close(mine.weight, theirs.weight, rtol=0, atol=0)
+        torch.testing.assert_close(mine.bias, theirs.bias, rtol=0, atol=0)
+    norms = [m for m in ours.modules() if isinstance(m, nn.GroupNorm)]
+    assert all(bool((m.weight == 1).all() and (m.bias == 0).all()) for m in norms)
+    with pytest.raises(FrepoError, match="unknown init"):
+        build_model(arch, (3, 32, 32), 10, init="he")
 
 
 def test_errors():

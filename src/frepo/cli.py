@@ -90,7 +90,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .results import results_table, write_csv, write_json
 
     # Option mistakes are reported before any data is loaded.
-    check_options(args.protocol, args.models, args.steps, args.epochs, args.soft_labels)
+    check_options(args.protocol, args.models, args.steps, args.epochs, args.soft_labels, args.dsa_strategy)
     parse_archs(args.arch, args.protocol)
     results = evaluate_archs(
         args.file,
@@ -101,6 +101,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         steps=args.steps,
         epochs=args.epochs,
         soft_labels=args.soft_labels,
+        dsa_strategy=args.dsa_strategy,
         data_dir=args.data_dir,
         download=args.download,
         device=args.device,
@@ -253,6 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--soft-labels",
         action="store_true",
         help="dsa protocol: cross-entropy on the set's learned labels (as class distributions) instead of hard labels",
+    )
+    p.add_argument(
+        "--dsa-strategy",
+        help="dsa protocol: augmentation groups joined by '_' as in the DSA code (default: "
+        "color_crop_cutout_flip_scale_rotate, as DSA/DM/MTT use for every dataset), or none; e.g. "
+        "color_crop_cutout_scale_rotate keeps digits unmirrored",
     )
     p.add_argument("--split", default="test", choices=("test", "val"), help="test (default) or the validation hold-out")
     p.add_argument(

@@ -184,7 +184,12 @@ def _seed_record(seed: int, streams: list[str]) -> dict:
 
 
 def check_options(
-    protocol: str, models: int, steps: int | None = None, epochs: int | None = None, soft_labels: bool = False
+    protocol: str,
+    models: int,
+    steps: int | None = None,
+    epochs: int | None = None,
+    soft_labels: bool = False,
+    dsa_strategy: str | None = None,
 ) -> None:
     """Reject option combinations that mean nothing, before any data is loaded."""
     if protocol not in PROTOCOLS:
@@ -206,6 +211,14 @@ def check_options(
             raise FrepoError(f"epochs must be >= 1, got {epochs}")
     if soft_labels and protocol != "dsa":
         raise FrepoError("--soft-labels applies to --protocol dsa (the frepo protocol regresses the learned labels)")
+    if dsa_strategy is not None:
+        if protocol != "dsa":
+            raise FrepoError(
+                "--dsa-strategy applies to --protocol dsa; the frepo protocol uses the reference's augmentation"
+            )
+        from .protocol_dsa import parse_strategy
+
+        parse_strategy(dsa_strategy)
 
 
 def parse_archs(archs: str | list[str] | tuple[str, ...] | None, protocol: str) -> list[str]:
@@ -243,6 +256,7 @@ def evaluate_set(
     steps: int | None = None,
     epochs: int | None = None,
     soft_labels: bool = False,
+    dsa_strategy: str | None = None,
     device: torch.device | str = "auto",
     split: str = "test",
     progress: bool = False,
@@ -251,7 +265,7 @@ def evaluate_set(
     """One protocol, one architecture, `models` fresh networks on a loaded set.
 
     eval_x: M×C×H×W already in the set's preprocessed space; eval_y: (M,) class ids."""
-    check_options(protocol, models, steps, epochs, soft_labels)
+    check_options(protocol, models, steps, epochs, soft_labels, dsa_strategy)
     names = parse_archs(arch, protocol)
     if len(names) != 1:
         raise FrepoError("evaluate_set takes one architecture; evaluate_archs runs several")
@@ -277,9 +291,10 @@ def evaluate_set(
     start = time.perf_counter()
     accs: list[float] = []
     if protocol == "dsa":
-        from .protocol_dsa import EPOCHS, dsa_steps, train_dsa_model
+        from .protocol_dsa import EPOCHS, STRATEGY, dsa_steps, parse_strategy, train_dsa_model
 
         epochs = epochs or EPOCHS
+        ops = parse_strategy(dsa_strategy or STRATEGY)
         images = ds.images.detach().to(device).float()
         targets = _dsa_targets(ds, soft_labels).to(device)
         streams = [f"dsa/model{i}" for i in range(models)]
@@ -293,11 +308,12 @@ def evaluate_set(
                 train_gen=generator(seed, f"{name}/train"),
                 device=device,
                 epochs=epochs,
+                ops=ops,
                 width=width,
             )
             accs.append(accuracy(model, eval_x, eval_y, device))
         steps_done = dsa_steps(len(images), epochs)
-        extra = {"epochs": epochs, "soft_labels": soft_labels}
+        extra = {"epochs": epochs, "soft_labels": soft_labels, "dsa_strategy": "_".join(ops) or "none"}
     else:
         from .protocol_krr import krr_accuracy
 
@@ -351,6 +367,7 @@ def evaluate_archs(
     steps: int | None = None,
     epochs: int | None = None,
     soft_labels: bool = False,
+    dsa_strategy: str | None = None,
     data_dir: str | None = None,
     download: bool = True,
     device: str = "auto",
@@ -366,7 +383,7 @@ def evaluate_archs(
     foreign file) with one protocol on each architecture of `archs`. One result per architecture."""
     from .formats import describe, load_set
 
-    check_options(protocol, models, steps, epochs, soft_labels)
+    check_options(protocol, models, steps, epochs, soft_labels, dsa_strategy)
     names = parse_archs(archs, protocol)
     if isinstance(ds, DistilledSet):
         if dataset is not None or preprocess not in (None, "auto") or entry is not None:
@@ -392,6 +409,7 @@ def evaluate_archs(
             steps=steps,
             epochs=epochs,
             soft_labels=soft_labels,
+            dsa_strategy=dsa_strategy,
             device=device_,
             split=split,
             progress=progress,
@@ -424,6 +442,7 @@ def evaluate(
     protocol: str = "frepo",
     epochs: int | None = None,
     soft_labels: bool = False,
+    dsa_strategy: str | None = None,
     dataset: str | None = None,
     preprocess: str = "auto",
     entry: int | None = None,
@@ -443,6 +462,7 @@ def evaluate(
         steps=steps,
         epochs=epochs,
         soft_labels=soft_labels,
+        dsa_strategy=dsa_strategy,
         data_dir=data_dir,
         download=download,
         device=device,

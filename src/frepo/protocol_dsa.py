@@ -3,7 +3,9 @@ distilled set (`evaluate_synset` in GitHub VICO-UoE/DatasetCondensation `utils.p
 
 SGD (momentum 0.9, weight decay 5e-4, lr 0.01), batches of 256 from a fresh shuffle every epoch (the
 last batch of an epoch may be smaller), one DSA group per batch, cross-entropy on hard labels (or on
-soft label distributions). The DC code runs `range(epochs + 1)`, i.e. epochs + 1 passes over the set,
+soft label distributions). The groups come from a strategy string spelled as in the DSA code
+(default `color_crop_cutout_flip_scale_rotate`, which DSA/DM/MTT use for every dataset; `none` trains
+without augmentation). The DC code runs `range(epochs + 1)`, i.e. epochs + 1 passes over the set,
 and after the pass with index epochs // 2 + 1 it multiplies the lr by 0.1 and builds a NEW optimiser
 (the momentum buffers restart); both details are reproduced here.
 """
@@ -14,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment_dsa import dsa_augment
+from .augment_dsa import DSA_OPS, dsa_augment
+from .errors import FrepoError
 from .models import build_model, eval_layout
 
 LR = 0.01
@@ -22,6 +25,24 @@ MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
 BATCH_SIZE = 256
 EPOCHS = 1000
+STRATEGY = "_".join(DSA_OPS)  # color_crop_cutout_flip_scale_rotate
+
+
+def parse_strategy(strategy: str) -> tuple[str, ...]:
+    """'color_crop_cutout_flip_scale_rotate' -> its groups, in the given order (the order in which a
+    draw picks them, as in the DSA code); 'none' -> () (no augmentation)."""
+    names = tuple(name for name in strategy.strip().lower().split("_") if name)
+    if names == ("none",):
+        return ()
+    unknown = [name for name in names if name not in DSA_OPS]
+    if not names or unknown:
+        raise FrepoError(
+            f"unknown DSA strategy {strategy!r}: join groups from {', '.join(DSA_OPS)} with '_' "
+            f"(default {STRATEGY}), or say none"
+        )
+    if len(set(names)) != len(names):
+        raise FrepoError(f"DSA strategy {strategy!r} names a group twice")
+    return names
 
 
 def dsa_steps(num_images: int, epochs: int = EPOCHS, batch_size: int = BATCH_SIZE) -> int:
@@ -50,13 +71,14 @@ def train_dsa_model(
     epochs: int = EPOCHS,
     lr: float = LR,
     batch_size: int = BATCH_SIZE,
-    augment: bool = True,
+    ops: tuple[str, ...] = DSA_OPS,
     width: int = 128,
 ) -> nn.Module:
     """Train one fresh `arch` network. images: N×C×H×W on `device`; targets: (N,) int64 class ids or
     N×K class distributions, on `device`. `init_gen` draws the weights, `train_gen` the shuffles and
-    augmentations."""
-    model = build_model(arch, tuple(images.shape[1:]), num_classes, generator=init_gen, width=width)
+    augmentations; `ops` are the DSA groups one of which each batch gets (() for none)."""
+    # torch's default init, as the DC code's networks get it (drawn from init_gen, not the global RNG).
+    model = build_model(arch, tuple(images.shape[1:]), num_classes, generator=init_gen, width=width, init="torch")
     layout = eval_layout(images)
     model = model.to(device, memory_format=layout)
     images = images.contiguous(memory_format=layout)
@@ -71,7 +93,7 @@ def train_dsa_model(
         order = torch.randperm(n, generator=train_gen).to(device)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            x = dsa_augment(images[idx], train_gen) if augment else images[idx]
+            x = dsa_augment(images[idx], train_gen, ops) if ops else images[idx]
             loss = F.cross_entropy(model(x), targets[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

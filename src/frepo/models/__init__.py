@@ -9,11 +9,12 @@ from torch import nn
 
 from ..errors import FrepoError
 from .conv import Conv, FlaxBatchNorm2d
-from .init import init_flax_defaults_, lecun_normal_
+from .init import INIT_SCHEMES, init_flax_defaults_, init_torch_defaults_, lecun_normal_
 from .zoo import MLP, VGG11, AlexNet, ConvNet, ResNet18
 
 __all__ = [
     "ARCHS",
+    "INIT_SCHEMES",
     "MLP",
     "AlexNet",
     "Conv",
@@ -25,6 +26,7 @@ __all__ = [
     "check_arch",
     "eval_layout",
     "init_flax_defaults_",
+    "init_torch_defaults_",
     "lecun_normal_",
 ]
 
@@ -56,22 +58,26 @@ def build_model(
     generator: torch.Generator | None = None,
     width: int = 128,
     depth: int = 3,
+    init: str = "lecun",
 ) -> nn.Module:
     """A freshly initialised network. image_shape is (C, H, W). `width` and `depth` apply to the
-    Conv family and `convnet`; the other architectures have the fixed sizes of their definitions."""
+    Conv family and `convnet`; the other architectures have the fixed sizes of their definitions.
+    `init`: lecun (Flax's defaults, the reference's) or torch (torch's default rule, the DC code's)."""
     c, h, w = image_shape
     check_arch(arch)
+    if init not in INIT_SCHEMES:
+        raise FrepoError(f"unknown init {init!r}; use one of {', '.join(INIT_SCHEMES)}")
     if arch in _CONV_NORMS:
-        return Conv(c, num_classes, (h, w), width, depth, _CONV_NORMS[arch], generator)
+        return Conv(c, num_classes, (h, w), width, depth, _CONV_NORMS[arch], generator, init)
     if arch == "convnet":
-        return ConvNet(c, num_classes, (h, w), width, depth, "instance", generator)
+        return ConvNet(c, num_classes, (h, w), width, depth, "instance", generator, init)
     if arch == "alexnet":
-        return AlexNet(c, num_classes, (h, w), generator)
+        return AlexNet(c, num_classes, (h, w), generator, init)
     if arch == "vgg11":
-        return VGG11(c, num_classes, (h, w), "instance", generator)
+        return VGG11(c, num_classes, (h, w), "instance", generator, init)
     if arch in ("resnet18", "resnet18_bn"):
-        return ResNet18(c, num_classes, (h, w), "batch" if arch == "resnet18_bn" else "instance", generator)
-    return MLP(c, num_classes, (h, w), generator)
+        return ResNet18(c, num_classes, (h, w), "batch" if arch == "resnet18_bn" else "instance", generator, init)
+    return MLP(c, num_classes, (h, w), generator, init)
 
 
 def eval_layout(images: torch.Tensor) -> torch.memory_format:

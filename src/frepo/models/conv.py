@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FrepoError
-from .init import init_flax_defaults_
+from .init import initialise_
 
 
 class FlaxBatchNorm2d(nn.BatchNorm2d):
@@ -55,6 +55,7 @@ class Conv(nn.Module):
         depth: int = 3,
         norm: str = "none",
         generator: torch.Generator | None = None,
+        init: str = "lecun",
     ):
         super().__init__()
         h, w = image_size
@@ -75,7 +76,7 @@ class Conv(nn.Module):
         self.features = nn.Sequential(*layers)
         self.feature_dim = channels * h * w
         self.classifier = nn.Linear(self.feature_dim, num_classes)
-        init_flax_defaults_(self, generator)
+        initialise_(self, generator, init)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """N×C×H×W -> N×feature_dim."""

@@ -1,8 +1,12 @@
-"""Flax's default initialisers, reproduced: LeCun-normal weights, zero biases.
+"""Weight initialisation schemes, always drawn from an explicit generator (`INIT_SCHEMES`):
 
-Flax's `lecun_normal` is a *truncated* normal: a standard normal truncated to [-2, 2], scaled so the
-weights have variance 1/fan_in (stddev sqrt(1/fan_in) / 0.8796...). torch's default (Kaiming
-uniform) differs; the authors' PyTorch port lost points partly from using He init.
+  lecun  Flax's defaults, as the reference (JAX) code gets them: LeCun-normal weights, zero biases.
+         Flax's `lecun_normal` is a *truncated* normal: a standard normal truncated to [-2, 2], scaled
+         so the weights have variance 1/fan_in (stddev sqrt(1/fan_in) / 0.8796...). The authors'
+         PyTorch port lost points partly from using another init.
+  torch  torch's own default rule, as the DC/DSA/DM/MTT code gets it (its networks never re-initialise):
+         Kaiming-uniform with a = sqrt(5) for weights (U(±1/sqrt(fan_in))), U(±1/sqrt(fan_in)) biases.
+Norm layers get unit scale and zero shift under both.
 """
 
 from __future__ import annotations
@@ -24,6 +28,42 @@ def lecun_normal_(weight: torch.Tensor, generator: torch.Generator | None = None
         return nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-2 * std, b=2 * std, generator=generator)
 
 
+INIT_SCHEMES = ("lecun", "torch")
+
+
+def init_torch_defaults_(module: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
+    """Re-initialise every conv/linear of `module` in place with torch's `reset_parameters` rule (weight,
+    then bias, module by module) and every norm layer as `init_flax_defaults_` does, drawing only
+    from `generator`."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            with torch.no_grad():
+                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
+                if m.bias is not None:
+                    bound = 1.0 / math.sqrt(m.weight[0].numel())
+                    m.bias.uniform_(-bound, bound, generator=generator)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            _reset_norm(m)
+    return module
+
+
+def initialise_(module: nn.Module, generator: torch.Generator | None, scheme: str = "lecun") -> nn.Module:
+    """Initialise `module` in place with one of `INIT_SCHEMES`."""
+    if scheme == "lecun":
+        return init_flax_defaults_(module, generator)
+    if scheme == "torch":
+        return init_torch_defaults_(module, generator)
+    raise ValueError(f"unknown init scheme {scheme!r}; use one of {INIT_SCHEMES}")
+
+
+def _reset_norm(m: nn.BatchNorm2d | nn.GroupNorm) -> None:
+    if m.weight is not None:
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    if isinstance(m, nn.BatchNorm2d):
+        m.reset_running_stats()
+
+
 def init_flax_defaults_(module: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
     """Re-initialise every conv/linear (LeCun normal, zero bias) and norm layer (unit scale, zero shift,
     fresh running statistics) of `module` in place, drawing only from `generator`."""
@@ -33,9 +73,5 @@ def init_flax_defaults_(module: nn.Module, generator: torch.Generator | None = N
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-            if m.weight is not None:
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            if isinstance(m, nn.BatchNorm2d):
-                m.reset_running_stats()
+            _reset_norm(m)
     return module

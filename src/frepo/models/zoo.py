@@ -16,12 +16,13 @@ pooling, the 28×28 greyscale padding), written anew:
 A 1-channel 28×28 input gets padding 3 on the first conv of convnet and vgg11 (padding 4 on AlexNet's
 5×5) so it becomes 32×32, as DC does; resnet18 and mlp take it as it is.
 
-Deliberate differences from the DC code: weights are initialised with frepo's seeded Flax defaults
-(LeCun normal, zero bias; `init_flax_defaults_`) instead of torch's global-RNG Kaiming-uniform, so
-that every evaluation model is reproducible from the evaluation seed and all architectures share
-one init; ResNet's final `avg_pool2d(4)` is an adaptive average pool to 1×1, identical for the 32×32
-and 28×28 inputs DC uses (final map 4×4) and defined for other sizes too; the classifier size is
-computed from the input size instead of being hard-coded for 32×32.
+Initialisation (`init`): `lecun` (Flax's defaults, as the frepo protocol's networks get them) or
+`torch` (torch's default rule, as the DC code's networks get it; the dsa protocol uses it), both
+drawn from the evaluation seed's generator instead of torch's global RNG, so that every evaluation
+model is reproducible. Deliberate differences from the DC code: ResNet's final `avg_pool2d(4)` is
+an adaptive average pool to 1×1, identical for the 32×32 and 28×28 inputs DC uses (final map 4×4)
+and defined for other sizes too; the classifier size is computed from the input size instead of
+being hard-coded for 32×32.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FrepoError
-from .init import init_flax_defaults_
+from .init import initialise_
 
 VGG11_LAYOUT = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
@@ -75,6 +76,7 @@ class _Embedder(nn.Module):
         num_classes: int,
         build: Callable[[], nn.Module],
         generator: torch.Generator | None,
+        init: str = "lecun",
     ):
         super().__init__()
         with torch.device("meta"):
@@ -82,7 +84,7 @@ class _Embedder(nn.Module):
             self.feature_dim = _feature_dim(self.features, image_shape, arch)
             self.classifier = nn.Linear(self.feature_dim, num_classes)
         self.to_empty(device="cpu")
-        init_flax_defaults_(self, generator)
+        initialise_(self, generator, init)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x).flatten(1)
@@ -108,6 +110,7 @@ class ConvNet(_Embedder):
         depth: int = 3,
         norm: str = "instance",
         generator: torch.Generator | None = None,
+        init: str = "lecun",
     ):
         _check_norm("convnet", norm, ("instance", "batch", "none"))
 
@@ -122,14 +125,19 @@ class ConvNet(_Embedder):
                 channels = width
             return nn.Sequential(*layers)
 
-        super().__init__("convnet", (in_channels, *image_size), num_classes, build, generator)
+        super().__init__("convnet", (in_channels, *image_size), num_classes, build, generator, init)
 
 
 class AlexNet(_Embedder):
     """DC's AlexNet for small images (no normalisation)."""
 
     def __init__(
-        self, in_channels: int, num_classes: int, image_size: tuple[int, int], generator: torch.Generator | None = None
+        self,
+        in_channels: int,
+        num_classes: int,
+        image_size: tuple[int, int],
+        generator: torch.Generator | None = None,
+        init: str = "lecun",
     ):
         def build() -> nn.Module:
             return nn.Sequential(
@@ -148,7 +156,7 @@ class AlexNet(_Embedder):
                 nn.MaxPool2d(2),
             )
 
-        super().__init__("alexnet", (in_channels, *image_size), num_classes, build, generator)
+        super().__init__("alexnet", (in_channels, *image_size), num_classes, build, generator, init)
 
 
 class VGG11(_Embedder):
@@ -161,6 +169,7 @@ class VGG11(_Embedder):
         image_size: tuple[int, int],
         norm: str = "instance",
         generator: torch.Generator | None = None,
+        init: str = "lecun",
     ):
         _check_norm("vgg11", norm, ("instance", "batch"))
 
@@ -176,7 +185,7 @@ class VGG11(_Embedder):
                 channels = item
             return nn.Sequential(*layers)
 
-        super().__init__("vgg11", (in_channels, *image_size), num_classes, build, generator)
+        super().__init__("vgg11", (in_channels, *image_size), num_classes, build, generator, init)
 
 
 class BasicBlock(nn.Module):
@@ -211,6 +220,7 @@ class ResNet18(_Embedder):
         image_size: tuple[int, int],
         norm: str = "instance",
         generator: torch.Generator | None = None,
+        init: str = "lecun",
     ):
         _check_norm("resnet18", norm, ("instance", "batch"))
 
@@ -224,14 +234,19 @@ class ResNet18(_Embedder):
             layers.append(nn.AdaptiveAvgPool2d(1))
             return nn.Sequential(*layers)
 
-        super().__init__("resnet18", (in_channels, *image_size), num_classes, build, generator)
+        super().__init__("resnet18", (in_channels, *image_size), num_classes, build, generator, init)
 
 
 class MLP(_Embedder):
     """DC's MLP: two hidden layers of 128 units with ReLU."""
 
     def __init__(
-        self, in_channels: int, num_classes: int, image_size: tuple[int, int], generator: torch.Generator | None = None
+        self,
+        in_channels: int,
+        num_classes: int,
+        image_size: tuple[int, int],
+        generator: torch.Generator | None = None,
+        init: str = "lecun",
     ):
         h, w = image_size
 
@@ -240,4 +255,4 @@ class MLP(_Embedder):
                 nn.Flatten(), nn.Linear(in_channels * h * w, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU()
             )
 
-        super().__init__("mlp", (in_channels, *image_size), num_classes, build, generator)
+        super().__init__("mlp", (in_channels, *image_size), num_classes, build, generator, init)
