@@ -159,7 +159,7 @@ def test_dsa_soft_labels_and_determinism():
     a = evaluate_set(ds, eval_x, eval_y, protocol="dsa", arch="mlp", models=1, epochs=2, soft_labels=True)
     b = evaluate_set(ds, eval_x, eval_y, protocol="dsa", arch="mlp", models=1, epochs=2, soft_labels=True)
     assert a.accuracies == b.accuracies and a.extra["soft_labels"] is True
-    assert a.extra["dsa_strategy"] == "color_crop_cutout_flip_scale_rotate"
+    assert a.extra["dsa_strategy"] == "color_crop_cutout_flip_scale_rotate" and a.extra["init"] == "torch"
     c = evaluate_set(ds, eval_x, eval_y, protocol="dsa", arch="mlp", models=1, epochs=2, dsa_strategy="crop_rotate")
     assert c.extra["dsa_strategy"] == "crop_rotate"
     with pytest.raises(FrepoError, match="learned labels"):

@@ -313,7 +313,7 @@ def evaluate_set(
             )
             accs.append(accuracy(model, eval_x, eval_y, device))
         steps_done = dsa_steps(len(images), epochs)
-        extra = {"epochs": epochs, "soft_labels": soft_labels, "dsa_strategy": "_".join(ops) or "none"}
+        extra = {"epochs": epochs, "soft_labels": soft_labels, "dsa_strategy": "_".join(ops) or "none", "init": "torch"}
     else:
         from .protocol_krr import krr_accuracy
 
