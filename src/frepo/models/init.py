@@ -20,12 +20,27 @@ from torch import nn
 TRUNCATED_STD = 0.87962566103423978
 
 
+def _draw_(tensor: torch.Tensor, generator: torch.Generator | None, fill) -> torch.Tensor:
+    """In place: fill(t) draws into t from `generator`. Our generators live on the CPU (rng.py), and
+    torch refuses a CPU generator for a CUDA tensor, so the values are drawn on the generator's device
+    and copied: a model re-initialised on a GPU (the pool's resets) gets the same weights as on a CPU."""
+    with torch.no_grad():
+        if generator is None or tensor.device == generator.device:
+            fill(tensor)
+        else:
+            tensor.copy_(fill(torch.empty(tensor.shape, dtype=tensor.dtype, device=generator.device)))
+    return tensor
+
+
 def lecun_normal_(weight: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """In place: truncated normal with variance 1/fan_in; fan_in = in_features (·kh·kw for convs)."""
     fan_in = weight[0].numel()
     std = math.sqrt(1.0 / fan_in) / TRUNCATED_STD
-    with torch.no_grad():
-        return nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-2 * std, b=2 * std, generator=generator)
+    return _draw_(
+        weight,
+        generator,
+        lambda t: nn.init.trunc_normal_(t, mean=0.0, std=std, a=-2 * std, b=2 * std, generator=generator),
+    )
 
 
 INIT_SCHEMES = ("lecun", "torch")
@@ -37,11 +52,10 @@ def init_torch_defaults_(module: nn.Module, generator: torch.Generator | None = 
     from `generator`."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
-            with torch.no_grad():
-                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
-                if m.bias is not None:
-                    bound = 1.0 / math.sqrt(m.weight[0].numel())
-                    m.bias.uniform_(-bound, bound, generator=generator)
+            _draw_(m.weight, generator, lambda t: nn.init.kaiming_uniform_(t, a=math.sqrt(5), generator=generator))
+            if m.bias is not None:
+                bound = 1.0 / math.sqrt(m.weight[0].numel())
+                _draw_(m.bias, generator, lambda t, b=bound: t.uniform_(-b, b, generator=generator))
         elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
             _reset_norm(m)
     return module

@@ -1,0 +1,152 @@
+"""The CUDA path: the same maths as on the CPU, pool resets, a whole run and every protocol on a GPU.
+
+Skipped without CUDA (CI has no GPU); run on a GPU machine with `pytest tests/test_cuda.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from frepo import presets
+from frepo.artifact import load_distilled
+from frepo.config import DistillConfig
+from frepo.distill import Distiller, distill
+from frepo.errors import Interrupted
+from frepo.evaluate import evaluate_set
+from frepo.models import ARCHS, Conv, build_model, init_flax_defaults_, init_torch_defaults_
+from frepo.trainer import FRePoTrainer, meta_step
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+CUDA = torch.device("cuda")
+
+
+@pytest.fixture
+def exact_fp32():
+    """Turn TF32 off (cuDNN allows it for convolutions by default), so CPU and GPU compute the same maths."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+@pytest.mark.parametrize("init", [init_flax_defaults_, init_torch_defaults_])
+def test_reinitialising_a_gpu_model_draws_the_cpu_stream(init):
+    """The pool re-initialises models in place on the device from a CPU generator."""
+    cpu = Conv(3, 10, (32, 32), width=16, norm="batch", generator=torch.Generator().manual_seed(0))
+    gpu = Conv(3, 10, (32, 32), width=16, norm="batch", generator=torch.Generator().manual_seed(0)).to(CUDA)
+    init(cpu, torch.Generator().manual_seed(7))
+    init(gpu, torch.Generator().manual_seed(7))
+    for (name, a), (_, b) in zip(cpu.state_dict().items(), gpu.state_dict().items()):
+        assert b.device.type == "cuda" and torch.equal(a, b.cpu()), name
+
+
+def _problem(device):
+    gen = torch.Generator().manual_seed(0)
+    model = Conv(3, 4, (16, 16), width=16, depth=2, norm="batch", generator=gen)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(64, 3, 16, 16, generator=gen))  # non-trivial running statistics
+    from frepo.krr import centered_one_hot
+    from frepo.synthetic import SyntheticSet
+
+    syn = SyntheticSet(torch.randn(12, 3, 16, 16, generator=gen), torch.arange(12) % 4, 4)
+    x_real, y_real = torch.randn(40, 3, 16, 16, generator=gen), centered_one_hot(torch.arange(40) % 4, 4)
+    return model.to(device), syn.to(device), x_real.to(device), y_real.to(device)
+
+
+def test_meta_gradient_on_gpu_equals_cpu(exact_fp32):
+    grads = {}
+    for device in ("cpu", "cuda"):
+        model, syn, x_real, y_real = _problem(torch.device(device))
+        metrics = meta_step(model, syn, x_real, y_real, True, 1e-6, 0, "fp32")
+        grads[device] = (metrics["loss"].cpu(), syn.images.grad.cpu(), syn.labels.grad.cpu())
+    for a, b in zip(grads["cpu"], grads["cuda"]):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_gpu_trainer_follows_the_cpu_trainer_through_pool_resets(exact_fp32):
+    config = DistillConfig(ipc=2, batch_size=32, steps=40, use_flip=True, channels_last=False, precision="fp32")
+    config.model.width = 16
+    config.pool.num_models, config.pool.max_online_updates = 2, 4  # resets every few steps
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(128, 3, 16, 16, generator=gen), torch.arange(128) % 4
+    cpu = FRePoTrainer(config, x, y, 4, torch.device("cpu"))
+    gpu = FRePoTrainer(config, x, y, 4, CUDA)
+    for _ in range(20):
+        mc, mg = cpu.step(), gpu.step()
+    assert gpu.pool.resets == cpu.pool.resets > 0
+    torch.testing.assert_close(mg["loss"].cpu(), mc["loss"], rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(gpu.syn.images.detach().cpu(), cpu.syn.images.detach(), rtol=1e-3, atol=1e-4)
+
+
+def test_distill_run_on_gpu_resumes_and_writes_its_outputs(tmp_path, monkeypatch):
+    overrides = dict(steps=30, width=16, num_models=3, max_online_updates=5, batch_size=64, eval_steps=20)
+    config = presets.resolve("digits", 2, overrides={**overrides, "device": "cuda", "checkpoint_every": 10})
+    straight = distill(config, tmp_path / "straight", progress=False)
+    original = Distiller._one_step
+    calls = {"n": 0}
+
+    def step_then_interrupt(self):
+        metrics = original(self)
+        calls["n"] += 1
+        if calls["n"] == 13:  # Ctrl-C between checkpoints
+            signal.raise_signal(signal.SIGINT)
+        return metrics
+
+    monkeypatch.setattr(Distiller, "_one_step", step_then_interrupt)
+    with pytest.raises(Interrupted):
+        distill(config, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(Distiller, "_one_step", original)
+    resumed = distill(config, tmp_path / "resumed", progress=False)
+    a, b = load_distilled(straight.distilled_path), load_distilled(resumed.distilled_path)
+    assert straight.step == resumed.step == 30 and torch.isfinite(a.images).all()
+    gap = float((a.images - b.images).abs().max())
+    print(f"cuda resume: max |straight - resumed| = {gap:.3g} (0 means bit-identical)")
+    assert gap < 1e-3
+    records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("peak_mem_mb", 0) > 0 for r in records) and any("val_acc" in r for r in records)
+
+
+@pytest.mark.parametrize("protocol", ["frepo", "dsa", "krr"])
+def test_every_protocol_and_architecture_trains_on_gpu(protocol):
+    from frepo.artifact import DistilledSet
+    from frepo.data.preprocess import Preprocessing
+
+    gen = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(20, 3, 32, 32, generator=gen), torch.arange(20) % 10
+    meta = {"dataset": "toy", "classes": [str(i) for i in range(10)], "mirror_invariant": True, "config": {}}
+    ds = DistilledSet(images, labels, Preprocessing("standard", torch.zeros(3), torch.ones(3)), meta)
+    eval_x, eval_y = torch.randn(50, 3, 32, 32, generator=gen), torch.arange(50) % 10
+    options = {"frepo": {"steps": 4}, "dsa": {"epochs": 2}, "krr": {}}[protocol]
+    for arch in ARCHS:
+        result = evaluate_set(ds, eval_x, eval_y, protocol=protocol, arch=arch, models=1, device=CUDA, **options)
+        assert 0.0 <= result.mean <= 100.0, arch
+
+
+def test_models_build_and_run_on_gpu_in_every_architecture():
+    for arch in ARCHS:
+        model = build_model(arch, (3, 32, 32), 10, generator=torch.Generator().manual_seed(0)).to(CUDA)
+        assert model(torch.randn(4, 3, 32, 32, device=CUDA)).shape == (4, 10), arch
+
+
+def test_cli_distill_and_evaluate_on_gpu(tmp_path):
+    out = tmp_path / "run"
+    common = [sys.executable, "-m", "frepo"]
+    subprocess.run(
+        common
+        + ["distill", "--dataset", "digits", "--ipc", "1", "--steps", "20", "--device", "cuda", "--out", str(out)],
+        check=True,
+    )
+    done = subprocess.run(
+        common + ["evaluate", str(out / "distilled.safetensors"), "--models", "1", "--steps", "50", "--device", "cuda"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert "conv" in done.stdout and "frepo" in done.stdout
