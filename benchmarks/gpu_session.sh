@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The GPU checks and measurements of docs/benchmarks.md ("GPU"), as one script:
 #   1. the CUDA tests (tests/test_cuda.py: same maths as the CPU, pool resets, resume, every protocol);
-#   2. the dsa protocol on random MNIST subsets (IPC 1/10/50; DSA's strategy and DC's MNIST strategy);
-#   3. Table 1 at the cpu-small budget for MNIST and Fashion-MNIST, distilled and evaluated on the GPU;
-#   4. the outer-step benchmark on the GPU.
+#   2. dsa: the dsa protocol on random MNIST subsets (IPC 1/10/50; DSA's strategy and DC's MNIST strategy);
+#      dsa-subsets: DC's MNIST strategy on four more random subsets (seeds 1-4) at IPC 1 and 10;
+#   3. reproduce: Table 1 at the cpu-small budget for MNIST and Fashion-MNIST, distilled and evaluated here;
+#   4. bench: the outer-step benchmark (deterministic kernels, the default); bench-nondet: two settings
+#      with cuDNN's default (non-deterministic) algorithms, for the cost of determinism.
 # Usage, from the repository root of a machine with a CUDA GPU and torch:
-#   FREPO_DATA_DIR=DIR SETS=DIR RESULTS=DIR bash benchmarks/gpu_session.sh
+#   FREPO_DATA_DIR=DIR SETS=DIR RESULTS=DIR [PARTS="tests dsa ..."] bash benchmarks/gpu_session.sh
 # DIR of FREPO_DATA_DIR holds mnist.npz and fashion_mnist.npz; SETS holds the random subsets made with
-#   frepo subset --dataset mnist --ipc N --method random --seed 0 --out $SETS/mnist-random-ipcN.safetensors
+#   frepo subset --dataset mnist --ipc N --method random --seed S --out $SETS/mnist-random-ipcN[-seedS].safetensors
+# (no -seedS suffix for seed 0). PARTS defaults to every part but dsa-subsets and bench-nondet.
 # Each part runs under its own time limit, so one failure does not hide the others; everything lands in
 # $RESULTS (the run directories without their checkpoints in $RESULTS/runs).
 set -uo pipefail
@@ -17,17 +20,17 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export FREPO_CACHE="${FREPO_CACHE:-/tmp/frepo-cache}"
 PY=${PYTHON:-python3}
 FREPO=("$PY" -m frepo)
+PARTS=${PARTS:-tests dsa reproduce bench}
 part() { echo; echo "=== $1 ($(date +%T))"; }
+want() { [[ " $PARTS " == *" $1 "* ]]; }
 
 part "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 
-part "CUDA tests"
-timeout 240 "$PY" -m pytest -q -s -p no:cacheprovider tests/test_cuda.py 2>&1 | grep -v "distill:" | tail -25
+want tests && part "CUDA tests" && timeout 240 "$PY" -m pytest -q -s -p no:cacheprovider tests/test_cuda.py 2>&1 | grep -v "distill:" | tail -25
 
-part "dsa protocol, random MNIST subsets"
-for strategy in color_crop_cutout_flip_scale_rotate crop_scale_rotate; do
+want dsa && part "dsa protocol, random MNIST subsets" && for strategy in color_crop_cutout_flip_scale_rotate crop_scale_rotate; do
   for ipc in 1 10 50; do
     [ "$strategy" = color_crop_cutout_flip_scale_rotate ] && [ "$ipc" != 10 ] && continue
     timeout 150 "${FREPO[@]}" evaluate "$SETS/mnist-random-ipc$ipc.safetensors" --protocol dsa --models 5 \
@@ -35,13 +38,34 @@ for strategy in color_crop_cutout_flip_scale_rotate crop_scale_rotate; do
   done
 done
 
-part "Table 1, cpu-small budget, MNIST and Fashion-MNIST"
-timeout 300 "${FREPO[@]}" reproduce --table 1 --budget cpu-small --datasets mnist,fashion_mnist \
-  --runs-dir runs/gpu-reproduce --out "$RESULTS/reproduction-gpu.md" 2>&1 | grep -v "distill:\|evaluate (" | tail -30
-mkdir -p "$RESULTS/runs" && (cd runs && tar cf - --exclude=checkpoint.pt gpu-reproduce) | tar xf - -C "$RESULTS/runs"
+if want dsa-subsets; then
+  part "dsa protocol, DC's MNIST strategy, random subsets of seeds 1-4"
+  timeout 200 "$PY" - "$SETS" "$RESULTS" <<'PYEOF'
+import sys
+from frepo import evaluate
+from frepo.results import write_json
 
-part "outer-step benchmark"
-timeout 240 "$PY" benchmarks/bench_step.py --device cuda --warmup 10 --repeats 30 \
-  --settings mnist-ipc10-b256,cifar10-ipc10-b1024-flip,cifar100-ipc1-b1024-flip,cifar100-ipc50-flip \
-  --json "$RESULTS/bench_step_gpu.json"
+sets, results = sys.argv[1:]
+for ipc in (1, 10):
+    for seed in (1, 2, 3, 4):
+        name = f"mnist-random-ipc{ipc}-seed{seed}"
+        r = evaluate(f"{sets}/{name}.safetensors", models=2, protocol="dsa", dsa_strategy="crop_scale_rotate", progress=False)
+        write_json([r], f"{results}/dsa-{name}-crop_scale_rotate.json")
+        print(name, r.summary(), flush=True)
+PYEOF
+fi
+
+if want reproduce; then
+  part "Table 1, cpu-small budget, MNIST and Fashion-MNIST"
+  timeout 300 "${FREPO[@]}" reproduce --table 1 --budget cpu-small --datasets mnist,fashion_mnist \
+    --runs-dir runs/gpu-reproduce --out "$RESULTS/reproduction-gpu.md" 2>&1 | grep -v "distill:\|evaluate (" | tail -30
+  mkdir -p "$RESULTS/runs" && (cd runs && tar cf - --exclude=checkpoint.pt gpu-reproduce) | tar xf - -C "$RESULTS/runs"
+fi
+
+want bench && part "outer-step benchmark" && timeout 240 "$PY" benchmarks/bench_step.py --device cuda \
+  --warmup 10 --repeats 30 --json "$RESULTS/bench_step_gpu.json" \
+  --settings mnist-ipc10-b256,cifar10-ipc10-b1024-flip,cifar100-ipc1-b1024-flip,cifar100-ipc50-flip
+want bench-nondet && part "outer-step benchmark, cuDNN's default algorithms" && timeout 120 "$PY" \
+  benchmarks/bench_step.py --device cuda --warmup 10 --repeats 30 --set deterministic=false \
+  --settings cifar10-ipc10-b1024-flip,cifar100-ipc50-flip --json "$RESULTS/bench_step_gpu_nondet.json"
 part "done"

@@ -107,6 +107,9 @@ class DistillConfig:
     )
     precision: str = opt("auto", "real-batch feature pass: fp32, tf32, bf16 or auto (tf32 on CUDA, else fp32)")
     channels_last: bool = opt(True, "channels-last memory layout for the convolutions (faster on CPU and GPU)")
+    deterministic: bool = opt(
+        True, "CUDA: deterministic cuDNN algorithms, so the same seed repeats a run bit for bit (CPU runs always do)"
+    )
 
     def validate(self) -> None:
         self.data.validate()

@@ -27,7 +27,7 @@ from .artifact import DistilledSet
 from .augment import random_op, reference_ops
 from .data import RawDataset, load_dataset
 from .data.splits import holdout_split
-from .device import resolve_device
+from .device import deterministic_kernels, resolve_device
 from .errors import FrepoError
 from .krr import mse_loss
 from .models import build_model, check_arch, eval_layout
@@ -159,18 +159,19 @@ def evaluate_tensors(
     start = time.perf_counter()
     for i in tqdm(range(models), desc=f"evaluate ({arch}, {steps} steps)", disable=not progress, leave=False):
         gen = generator(seed, f"eval/model{i}")
-        model = train_reference_model(
-            images,
-            targets,
-            num_classes=num_classes,
-            steps=steps,
-            ops=ops,
-            gen=gen,
-            device=device,
-            arch=arch,
-            width=width,
-        )
-        accs.append(accuracy(model, eval_x, eval_y, device))
+        with deterministic_kernels(device):  # the same seed gives the same numbers on a GPU too
+            model = train_reference_model(
+                images,
+                targets,
+                num_classes=num_classes,
+                steps=steps,
+                ops=ops,
+                gen=gen,
+                device=device,
+                arch=arch,
+                width=width,
+            )
+            accs.append(accuracy(model, eval_x, eval_y, device))
     result = EvalResult(
         "frepo", arch, accs, float(np.mean(accs)), float(np.std(accs)), steps, time.perf_counter() - start, split, seed
     )
@@ -299,19 +300,20 @@ def evaluate_set(
         targets = _dsa_targets(ds, soft_labels).to(device)
         streams = [f"dsa/model{i}" for i in range(models)]
         for name in tqdm(streams, desc=f"evaluate ({arch}, dsa)", disable=not progress, leave=False):
-            model = train_dsa_model(
-                images,
-                targets,
-                num_classes=ds.num_classes,
-                arch=arch,
-                init_gen=generator(seed, f"{name}/init"),
-                train_gen=generator(seed, f"{name}/train"),
-                device=device,
-                epochs=epochs,
-                ops=ops,
-                width=width,
-            )
-            accs.append(accuracy(model, eval_x, eval_y, device))
+            with deterministic_kernels(device):
+                model = train_dsa_model(
+                    images,
+                    targets,
+                    num_classes=ds.num_classes,
+                    arch=arch,
+                    init_gen=generator(seed, f"{name}/init"),
+                    train_gen=generator(seed, f"{name}/train"),
+                    device=device,
+                    epochs=epochs,
+                    ops=ops,
+                    width=width,
+                )
+                accs.append(accuracy(model, eval_x, eval_y, device))
         steps_done = dsa_steps(len(images), epochs)
         extra = {"epochs": epochs, "soft_labels": soft_labels, "dsa_strategy": "_".join(ops) or "none", "init": "torch"}
     else:

@@ -16,7 +16,7 @@ from .errors import FrepoError
 from .io import atomic_torch_save, atomic_write_json
 
 # Settings that may change between a run and its resumption: they do not change the result.
-RESUMABLE_CHANGES = {"device", "log_every", "checkpoint_every", "data_dir", "download"}
+RESUMABLE_CHANGES = {"device", "log_every", "checkpoint_every", "data_dir", "download", "deterministic"}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -13,6 +13,7 @@ import contextlib
 import torch
 
 from .config import DistillConfig
+from .device import deterministic_kernels
 from .dist import DistContext
 from .krr import centered_one_hot, krr_weights, label_margin_loss, mse_loss
 from .models import Conv
@@ -184,6 +185,10 @@ class FRePoTrainer:
 
     def step(self) -> dict[str, torch.Tensor]:
         """One outer step; returns detached metric tensors (no host synchronisation)."""
+        with deterministic_kernels(self.device, self.config.deterministic):
+            return self._step()
+
+    def _step(self) -> dict[str, torch.Tensor]:
         cfg = self.config
         idx = self.ctx.shard(self.sampler.next()).to(self.device, non_blocking=True)
         metrics = meta_step(
