@@ -35,11 +35,13 @@ def exact_fp32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("init", [init_flax_defaults_, init_torch_defaults_])
-def test_reinitialising_a_gpu_model_draws_the_cpu_stream(init):
-    """The pool re-initialises models in place on the device from a CPU generator."""
+def test_reinitialising_a_gpu_model_draws_the_cpu_stream(init, layout):
+    """The pool re-initialises models in place on the device from a CPU generator (channels-last by default)."""
     cpu = Conv(3, 10, (32, 32), width=16, norm="batch", generator=torch.Generator().manual_seed(0))
-    gpu = Conv(3, 10, (32, 32), width=16, norm="batch", generator=torch.Generator().manual_seed(0)).to(CUDA)
+    gpu = Conv(3, 10, (32, 32), width=16, norm="batch", generator=torch.Generator().manual_seed(0))
+    cpu, gpu = cpu.to(memory_format=layout), gpu.to(CUDA, memory_format=layout)
     init(cpu, torch.Generator().manual_seed(7))
     init(gpu, torch.Generator().manual_seed(7))
     for (name, a), (_, b) in zip(cpu.state_dict().items(), gpu.state_dict().items()):

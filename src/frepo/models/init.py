@@ -23,12 +23,13 @@ TRUNCATED_STD = 0.87962566103423978
 def _draw_(tensor: torch.Tensor, generator: torch.Generator | None, fill) -> torch.Tensor:
     """In place: fill(t) draws into t from `generator`. Our generators live on the CPU (rng.py), and
     torch refuses a CPU generator for a CUDA tensor, so the values are drawn on the generator's device
-    and copied: a model re-initialised on a GPU (the pool's resets) gets the same weights as on a CPU."""
+    and copied: a model re-initialised on a GPU (the pool's resets) gets the same weights as on a CPU.
+    The scratch tensor keeps the parameter's memory layout, because torch fills in memory order."""
     with torch.no_grad():
         if generator is None or tensor.device == generator.device:
             fill(tensor)
         else:
-            tensor.copy_(fill(torch.empty(tensor.shape, dtype=tensor.dtype, device=generator.device)))
+            tensor.copy_(fill(torch.empty_like(tensor, device=generator.device)))
     return tensor
 
 
