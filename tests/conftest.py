@@ -50,3 +50,27 @@ def make_blobs_npz(
 @pytest.fixture
 def blobs(tmp_path) -> Path:
     return make_blobs_npz(tmp_path / "blobs.npz")
+
+
+def _meta_problem(device: str | torch.device = "cpu"):
+    """A small meta-step problem on `device`: a batch-norm Conv with non-trivial running statistics,
+    a 12-image synthetic set, 20 real images and their centred targets (4 classes, 3×8×8)."""
+    from frepo.krr import centered_one_hot
+    from frepo.models import Conv
+    from frepo.synthetic import SyntheticSet
+
+    gen = torch.Generator().manual_seed(0)
+    model = Conv(3, 4, (8, 8), width=8, depth=2, norm="batch", generator=gen)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(32, 3, 8, 8, generator=gen))  # non-trivial running statistics
+    syn = SyntheticSet(torch.randn(12, 3, 8, 8, generator=gen), torch.arange(12) % 4, 4)
+    x_real = torch.randn(20, 3, 8, 8, generator=gen)
+    y_real = centered_one_hot(torch.arange(20) % 4, 4)
+    return model.to(device), syn.to(device), x_real.to(device), y_real.to(device)
+
+
+@pytest.fixture
+def meta_problem():
+    """`meta_problem(device)` -> (model, synthetic set, real images, real targets), the same on every call."""
+    return _meta_problem

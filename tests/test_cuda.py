@@ -48,24 +48,10 @@ def test_reinitialising_a_gpu_model_draws_the_cpu_stream(init, layout):
         assert b.device.type == "cuda" and torch.equal(a, b.cpu()), name
 
 
-def _problem(device):
-    gen = torch.Generator().manual_seed(0)
-    model = Conv(3, 4, (16, 16), width=16, depth=2, norm="batch", generator=gen)
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(64, 3, 16, 16, generator=gen))  # non-trivial running statistics
-    from frepo.krr import centered_one_hot
-    from frepo.synthetic import SyntheticSet
-
-    syn = SyntheticSet(torch.randn(12, 3, 16, 16, generator=gen), torch.arange(12) % 4, 4)
-    x_real, y_real = torch.randn(40, 3, 16, 16, generator=gen), centered_one_hot(torch.arange(40) % 4, 4)
-    return model.to(device), syn.to(device), x_real.to(device), y_real.to(device)
-
-
-def test_meta_gradient_on_gpu_equals_cpu(exact_fp32):
+def test_meta_gradient_on_gpu_equals_cpu(exact_fp32, meta_problem):
     grads = {}
     for device in ("cpu", "cuda"):
-        model, syn, x_real, y_real = _problem(torch.device(device))
+        model, syn, x_real, y_real = meta_problem(device)
         metrics = meta_step(model, syn, x_real, y_real, True, 1e-6, 0, "fp32")
         grads[device] = (metrics["loss"].cpu(), syn.images.grad.cpu(), syn.labels.grad.cpu())
     for a, b in zip(grads["cpu"], grads["cuda"]):

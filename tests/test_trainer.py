@@ -5,42 +5,27 @@ from __future__ import annotations
 import torch
 
 from frepo.config import DistillConfig
-from frepo.krr import centered_one_hot
-from frepo.models import Conv
-from frepo.synthetic import SyntheticSet
 from frepo.trainer import BatchSampler, FRePoTrainer, meta_step
 
 
-def _problem(n_support=12):
-    gen = torch.Generator().manual_seed(0)
-    model = Conv(3, 4, (8, 8), width=8, depth=2, norm="batch", generator=gen)
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(32, 3, 8, 8, generator=gen))  # non-trivial running statistics
-    syn = SyntheticSet(torch.randn(n_support, 3, 8, 8, generator=gen), torch.arange(n_support) % 4, 4)
-    x_real = torch.randn(20, 3, 8, 8, generator=gen)
-    y_real = centered_one_hot(torch.arange(20) % 4, 4)
-    return model, syn, x_real, y_real
-
-
-def _grads(chunk_size=0, precision="fp32", use_flip=True):
-    model, syn, x_real, y_real = _problem()
+def _grads(meta_problem, chunk_size=0, precision="fp32", use_flip=True):
+    model, syn, x_real, y_real = meta_problem()
     metrics = meta_step(model, syn, x_real, y_real, use_flip, 1e-6, chunk_size, precision)
     return metrics["loss"], syn.images.grad.clone(), syn.labels.grad.clone()
 
 
-def test_chunked_checkpointed_forward_gives_the_same_gradient():
-    loss, gx, gy = _grads(chunk_size=0)
+def test_chunked_checkpointed_forward_gives_the_same_gradient(meta_problem):
+    loss, gx, gy = _grads(meta_problem, chunk_size=0)
     for chunk in (5, 7):  # the flipped support has 24 images: uneven chunks
-        loss_c, gx_c, gy_c = _grads(chunk_size=chunk)
+        loss_c, gx_c, gy_c = _grads(meta_problem, chunk_size=chunk)
         torch.testing.assert_close(loss_c, loss, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(gx_c, gx, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(gy_c, gy, rtol=1e-4, atol=1e-6)
 
 
-def test_bf16_real_feature_pass_stays_close_to_fp32():
-    loss, gx, _ = _grads(precision="fp32")
-    loss_b, gx_b, _ = _grads(precision="bf16")
+def test_bf16_real_feature_pass_stays_close_to_fp32(meta_problem):
+    loss, gx, _ = _grads(meta_problem, precision="fp32")
+    loss_b, gx_b, _ = _grads(meta_problem, precision="bf16")
     assert abs(float(loss_b) - float(loss)) < 0.05 * abs(float(loss)) + 1e-3
     cosine = torch.nn.functional.cosine_similarity(gx.flatten(), gx_b.flatten(), dim=0)
     assert cosine > 0.95
