@@ -41,12 +41,20 @@ def _trainer(channels_last: bool) -> FRePoTrainer:
 
 
 def test_channels_last_matches_contiguous():
+    """Same maths in another memory layout: only the rounding differs. LAMB's first update is nearly a sign
+    step, so an image gradient element within rounding of zero can move either way (by lr * trust); the
+    comparison is therefore relative to norms (a wrong layout, e.g. permuted channels, is off by ~100%)."""
     a, b = _trainer(False), _trainer(True)
     assert b.syn.images.is_contiguous(memory_format=torch.channels_last)
-    for _ in range(4):
+    start = a.syn.images.detach().clone()
+    for i in range(4):
         ma, mb = a.step(), b.step()
         torch.testing.assert_close(mb["loss"], ma["loss"], rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(b.syn.images, a.syn.images, rtol=1e-4, atol=1e-6)
+        if i == 0:  # the same meta-gradient (measured 5e-5 relative on an AMD EPYC with torch 2.14)
+            gap = (b.syn.images.grad - a.syn.images.grad).norm() / a.syn.images.grad.norm()
+            assert gap < 1e-3
+    # Measured 4e-4 of the movement after 4 steps, and elementwise up to 2.2e-5 against a 3e-4 first step.
+    assert (b.syn.images - a.syn.images).norm() < 1e-2 * (a.syn.images - start).norm()
 
 
 def test_batch_sampler_visits_every_image_once_per_epoch():
