@@ -55,9 +55,9 @@ def blobs(tmp_path) -> Path:
 def _meta_problem(device: str | torch.device = "cpu"):
     """A small meta-step problem on `device`: a batch-norm Conv with non-trivial running statistics,
     a 12-image synthetic set, 20 real images and their centred targets (4 classes, 3×8×8)."""
-    from frepo.krr import centered_one_hot
+    from frepo.method.krr import centered_one_hot
+    from frepo.method.synthetic import SyntheticSet
     from frepo.models import Conv
-    from frepo.synthetic import SyntheticSet
 
     gen = torch.Generator().manual_seed(0)
     model = Conv(3, 4, (8, 8), width=8, depth=2, norm="batch", generator=gen)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from frepo.artifact import DistilledSet, load_distilled, save_distilled
+from frepo.base.errors import FrepoError
 from frepo.data.preprocess import fit_preprocessing
-from frepo.errors import FrepoError
+from frepo.io.artifact import DistilledSet, load_distilled, save_distilled
 
 
 def _set(labels_2d=True):

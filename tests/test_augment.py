@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from frepo import augment
-from frepo.augment import affine_resample, reference_ops
+from frepo.eval import augment
+from frepo.eval.augment import affine_resample, reference_ops
 
 
 def _gen(seed=0):

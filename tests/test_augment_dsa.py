@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from frepo import augment_dsa as dsa
+from frepo.eval import augment_dsa as dsa
 
 
 def _gen(seed=0):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from frepo.artifact import load_distilled
 from frepo.cli import main
+from frepo.io.artifact import load_distilled
 
 # A small but complete run: the reference algorithm with a narrow network and a short schedule.
 FAST = [
@@ -179,7 +179,7 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys, blobs):
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
-    from frepo import optim
+    from frepo.method import optim
 
     calls = {"n": 0}
     original = optim.Lamb.step
@@ -254,7 +254,7 @@ def test_evaluate_protocols_architectures_reports_and_baselines(tmp_path, capsys
 
 def test_evaluate_files_from_other_tools(tmp_path, capsys):
     from frepo.data import load_dataset
-    from frepo.formats import reference_preprocessing
+    from frepo.data.recipes import reference_preprocessing
 
     raw = load_dataset("digits")
     images = reference_preprocessing(raw, tmp_path)(raw.x_train[:20])  # N×C×H×W in the reference's space
@@ -293,7 +293,10 @@ def test_bad_evaluation_inputs_give_one_line_and_exit_2(tmp_path, capsys):
         (["evaluate", subset, "--preprocess", "dc"], "carries its own preprocessing"),
         (["evaluate", subset, "--dataset", "mnist"], "was distilled from digits"),
         (["evaluate", tmp_path / "step1.npz"], "pass --dataset NAME"),
-        (["evaluate", tmp_path / "step1.npz", "--dataset", "digits", "--preprocess", "whiten"], "unknown --preprocess"),
+        (
+            ["evaluate", tmp_path / "step1.npz", "--dataset", "digits", "--preprocess", "whiten"],
+            "unknown preprocess 'whiten'",
+        ),
         (["evaluate", tmp_path / "nothing.pt", "--dataset", "digits"], "not found"),
         (
             ["subset", "--dataset", "digits", "--ipc", 1, "--method", "nope", "--out", tmp_path / "x.safetensors"],

@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from frepo import presets
-from frepo.artifact import load_distilled
+from frepo.base.errors import Interrupted
 from frepo.config import DistillConfig
 from frepo.distill import Distiller, distill
-from frepo.errors import Interrupted
-from frepo.evaluate import evaluate_set
+from frepo.eval import EvalConfig, evaluate_set
+from frepo.io.artifact import load_distilled
+from frepo.method.trainer import FRePoTrainer, meta_step
 from frepo.models import ARCHS, Conv, build_model, init_flax_defaults_, init_torch_defaults_
-from frepo.trainer import FRePoTrainer, meta_step
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
@@ -108,8 +108,8 @@ def test_distill_run_on_gpu_repeats_and_resumes_bit_for_bit(tmp_path, monkeypatc
 
 
 def test_gpu_evaluation_repeats_with_the_same_seed(tmp_path):
-    from frepo.artifact import DistilledSet
     from frepo.data.preprocess import Preprocessing
+    from frepo.io.artifact import DistilledSet
 
     gen = torch.Generator().manual_seed(0)
     meta = {"dataset": "toy", "classes": [str(i) for i in range(10)], "mirror_invariant": True, "config": {}}
@@ -117,14 +117,17 @@ def test_gpu_evaluation_repeats_with_the_same_seed(tmp_path):
     ds = DistilledSet(torch.randn(20, 3, 32, 32, generator=gen), torch.arange(20) % 10, pre, meta)
     eval_x, eval_y = torch.randn(200, 3, 32, 32, generator=gen), torch.arange(200) % 10
     for protocol, options in (("frepo", {"steps": 30}), ("dsa", {"epochs": 10})):
-        runs = [evaluate_set(ds, eval_x, eval_y, protocol=protocol, models=2, device=CUDA, **options) for _ in "ab"]
+        runs = [
+            evaluate_set(ds, eval_x, eval_y, EvalConfig.build(protocol=protocol, models=2, device=str(CUDA), **options))
+            for _ in "ab"
+        ]
         assert runs[0].accuracies == runs[1].accuracies, protocol
 
 
 @pytest.mark.parametrize("protocol", ["frepo", "dsa", "krr"])
 def test_every_protocol_and_architecture_trains_on_gpu(protocol):
-    from frepo.artifact import DistilledSet
     from frepo.data.preprocess import Preprocessing
+    from frepo.io.artifact import DistilledSet
 
     gen = torch.Generator().manual_seed(0)
     images, labels = torch.randn(20, 3, 32, 32, generator=gen), torch.arange(20) % 10
@@ -133,7 +136,9 @@ def test_every_protocol_and_architecture_trains_on_gpu(protocol):
     eval_x, eval_y = torch.randn(50, 3, 32, 32, generator=gen), torch.arange(50) % 10
     options = {"frepo": {"steps": 4}, "dsa": {"epochs": 2}, "krr": {}}[protocol]
     for arch in ARCHS:
-        result = evaluate_set(ds, eval_x, eval_y, protocol=protocol, arch=arch, models=1, device=CUDA, **options)
+        result = evaluate_set(
+            ds, eval_x, eval_y, EvalConfig.build(protocol=protocol, arch=arch, models=1, device=str(CUDA), **options)
+        )
         assert 0.0 <= result.mean <= 100.0, arch
 
 

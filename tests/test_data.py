@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from frepo.base.errors import FrepoError
 from frepo.config import DataConfig
 from frepo.data import load_dataset, prepare
 from frepo.data.splits import default_val_size, holdout_split
-from frepo.errors import FrepoError
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import sys
 import torch
 
 from frepo import presets
-from frepo.artifact import load_distilled
 from frepo.distill import Distiller, distill
+from frepo.io.artifact import load_distilled
 
 OVERRIDES = dict(
     steps=5,

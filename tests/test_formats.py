@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from frepo import formats
-from frepo.data import RawDataset
-from frepo.errors import FrepoError
+from frepo.base.errors import FrepoError
+from frepo.data import RawDataset, recipes
+from frepo.io import foreign
 
 
 def _raw(name="cifar10", n=300, size=8, channels=3, seed=0) -> RawDataset:
@@ -45,7 +45,7 @@ def _flat(x_uint8: np.ndarray) -> np.ndarray:
 
 def test_reference_preprocessing_is_the_official_frepo_transform(tmp_path):
     raw = _raw()
-    pre = formats.reference_preprocessing(raw, tmp_path)
+    pre = recipes.reference_preprocessing(raw, tmp_path)
     # Independent: the reference's fixed CIFAR-10 constants, covariance over N, ZCA reg 0.1·trace/d.
     mean = np.repeat([0.4914, 0.4822, 0.4465], 64)
     std = np.repeat([0.2470, 0.2435, 0.2616], 64)
@@ -57,13 +57,13 @@ def test_reference_preprocessing_is_the_official_frepo_transform(tmp_path):
     expected = ((_flat(raw.x_test) - mean) / std - mu) @ white
     np.testing.assert_allclose(pre(raw.x_test).reshape(40, -1).numpy(), expected, atol=2e-4)
     # Greyscale data is only standardised (MNIST's constants).
-    grey = formats.reference_preprocessing(_raw("mnist", channels=1), tmp_path)
+    grey = recipes.reference_preprocessing(_raw("mnist", channels=1), tmp_path)
     assert grey.kind == "standard" and grey.mean.tolist() == pytest.approx([0.1307])
 
 
 def test_mtt_zca_is_kornias_transform(tmp_path):
     raw = _raw()
-    pre = formats.mtt_zca_preprocessing(raw, tmp_path)
+    pre = recipes.mtt_zca_preprocessing(raw, tmp_path)
     # kornia ZCAWhitening(eps=0.1): pixels in [0, 1], unbiased covariance, eps added to the eigenvalues.
     x = _flat(raw.x_train)
     mu = x.mean(0)
@@ -82,14 +82,14 @@ def _assert_same_inputs(ds, images, labels, pre, raw):
 
 def test_official_frepo_npz_round_trip(tmp_path):
     raw = _raw()
-    pre = formats.reference_preprocessing(raw, tmp_path)
+    pre = recipes.reference_preprocessing(raw, tmp_path)
     images = pre(raw.x_train[:6]) + 0.1 * torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     labels = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
     path = tmp_path / "np" / "step000100.npz"
     path.parent.mkdir()
     np.savez(path, image=images.permute(0, 2, 3, 1).numpy(), label=labels.numpy())
-    assert formats.detect_format(path) == "frepo-npz"
-    ds = formats.load_foreign(path, raw, cache_dir=tmp_path)
+    assert foreign.detect_format(path) == "frepo-npz"
+    ds = foreign.load_foreign(path, raw, cache_dir=tmp_path)
     _assert_same_inputs(ds, images, labels, pre, raw)
     assert ds.meta["step"] == 100 and ds.meta["config"]["use_flip"] is True  # CIFAR-10: flip on
     assert ds.meta["source"]["preprocessing"] == "reference" and len(ds.meta["checksum"]) == 64
@@ -97,33 +97,33 @@ def test_official_frepo_npz_round_trip(tmp_path):
 
 def test_mtt_pt_round_trip_and_missing_labels(tmp_path):
     raw = _raw()
-    pre = formats.mtt_zca_preprocessing(raw, tmp_path)
+    pre = recipes.mtt_zca_preprocessing(raw, tmp_path)
     images, labels = pre(raw.x_train[:9]), torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
     torch.save(images, tmp_path / "images_best.pt")
     torch.save(labels, tmp_path / "labels_best.pt")
-    ds = formats.load_foreign(tmp_path / "images_best.pt", raw, cache_dir=tmp_path)
+    ds = foreign.load_foreign(tmp_path / "images_best.pt", raw, cache_dir=tmp_path)
     _assert_same_inputs(ds, images, labels, pre, raw)
     assert ds.meta["ipc"] == 3 and ds.meta["config"]["use_flip"] is False
     torch.save(images, tmp_path / "images_5000.pt")
     with pytest.raises(FrepoError, match="labels_5000.pt is missing"):
-        formats.load_foreign(tmp_path / "images_5000.pt", raw, cache_dir=tmp_path)
+        foreign.load_foreign(tmp_path / "images_5000.pt", raw, cache_dir=tmp_path)
 
 
 def test_dc_res_round_trip_with_numpy_accuracies(tmp_path):
     raw = _raw()
-    pre = formats.dc_preprocessing(raw)
+    pre = recipes.dc_preprocessing(raw)
     assert pre.std.tolist() == pytest.approx([0.2023, 0.1994, 0.2010])  # DC's CIFAR-10 constants
     sets = [(pre(raw.x_train[i * 6 : i * 6 + 6]), torch.tensor([0, 0, 1, 1, 2, 2])) for i in range(2)]
     accs = {"ConvNet": [np.float64(0.41), np.float64(0.43)]}
     path = tmp_path / "res_DSA_CIFAR10_ConvNet_2ipc.pt"
     torch.save({"data": [list(s) for s in sets], "accs_all_exps": accs}, path)
-    assert formats.detect_format(path) == "dc"
-    ds = formats.load_foreign(path, raw, entry=1, cache_dir=tmp_path)
+    assert foreign.detect_format(path) == "dc"
+    ds = foreign.load_foreign(path, raw, entry=1, cache_dir=tmp_path)
     _assert_same_inputs(ds, *sets[1], pre, raw)
     assert ds.meta["source"]["entries"] == 2
-    assert torch.equal(formats.load_foreign(path, raw, cache_dir=tmp_path).images, sets[0][0])
+    assert torch.equal(foreign.load_foreign(path, raw, cache_dir=tmp_path).images, sets[0][0])
     with pytest.raises(FrepoError, match="entries 0..1"):
-        formats.load_foreign(path, raw, entry=2, cache_dir=tmp_path)
+        foreign.load_foreign(path, raw, entry=2, cache_dir=tmp_path)
 
 
 @pytest.mark.parametrize("channels", [3, 1])
@@ -135,13 +135,13 @@ def test_image_folder_round_trip(tmp_path, channels):
         (folder / raw.classes[k % 3]).mkdir(parents=True, exist_ok=True)
         pixels = raw.x_train[i]
         Image.fromarray(pixels[..., 0] if channels == 1 else pixels).save(folder / raw.classes[k % 3] / f"{k}.png")
-    ds = formats.load_foreign(folder, raw, cache_dir=tmp_path)
-    pre = formats.frepo_preprocessing(raw, tmp_path)
+    ds = foreign.load_foreign(folder, raw, cache_dir=tmp_path)
+    pre = recipes.frepo_preprocessing(raw, tmp_path)
     order = [0, 3, 1, 4, 2, 5]  # class folders in order, files sorted by name
     _assert_same_inputs(ds, pre(raw.x_train[order]), torch.tensor([0, 0, 1, 1, 2, 2]), pre, raw)
     (folder / "zebra").mkdir()
     with pytest.raises(FrepoError, match="match neither the class names"):
-        formats.load_foreign(folder, raw, cache_dir=tmp_path)
+        foreign.load_foreign(folder, raw, cache_dir=tmp_path)
 
 
 def test_mismatch_warning_fires_on_raw_pixels_only(tmp_path):
@@ -150,40 +150,40 @@ def test_mismatch_warning_fires_on_raw_pixels_only(tmp_path):
     path = tmp_path / "step000001.npz"
     np.savez(path, image=pixels.numpy(), label=np.eye(3, dtype=np.float32)[[0, 0, 1, 1, 2, 2]])
     with pytest.warns(UserWarning, match="like raw pixels.*--preprocess"):
-        formats.load_foreign(path, raw, cache_dir=tmp_path)
+        foreign.load_foreign(path, raw, cache_dir=tmp_path)
     # Told the truth, frepo preprocesses the pixels its own way, silently.
-    ds = formats.load_foreign(path, raw, preprocess="pixels", cache_dir=tmp_path)
-    expected = formats.frepo_preprocessing(raw, tmp_path).from_unit(pixels.permute(0, 3, 1, 2))
+    ds = foreign.load_foreign(path, raw, preprocess="pixels", cache_dir=tmp_path)
+    expected = recipes.frepo_preprocessing(raw, tmp_path).from_unit(pixels.permute(0, 3, 1, 2))
     torch.testing.assert_close(ds.images, expected)
     # 0..255 values claimed as DC-normalised: the spread gives them away.
     torch.save(pixels.permute(0, 3, 1, 2) * 255, tmp_path / "images_0.pt")
     torch.save(torch.tensor([0, 0, 1, 1, 2, 2]), tmp_path / "labels_0.pt")
     with pytest.warns(UserWarning, match="spread"):
-        formats.load_foreign(tmp_path / "images_0.pt", raw, preprocess="dc", cache_dir=tmp_path)
+        foreign.load_foreign(tmp_path / "images_0.pt", raw, preprocess="dc", cache_dir=tmp_path)
     # Correctly preprocessed images never warn (warnings are errors in this module), distilled drift included.
     for claim in ("reference", "mtt-zca", "dc", "frepo"):
-        pre = formats.claimed_preprocessing(claim, raw, tmp_path)
-        assert formats.preprocessing_mismatch(1.5 * pre(raw.x_train[:50]), pre(raw.x_train[:500])) is None
+        pre = recipes.claimed_preprocessing(claim, raw, tmp_path)
+        assert recipes.preprocessing_mismatch(1.5 * pre(raw.x_train[:50]), pre(raw.x_train[:500])) is None
 
 
 def test_unsafe_pickles_and_bad_files_are_clear_errors(tmp_path):
     raw = _raw()
     torch.save({"data": [[torch.zeros(2, 3, 8, 8), datetime.date(2022, 1, 1)]]}, tmp_path / "res_x.pt")
     with pytest.raises(FrepoError, match="weights_only"):
-        formats.load_foreign(tmp_path / "res_x.pt", raw, cache_dir=tmp_path)
+        foreign.load_foreign(tmp_path / "res_x.pt", raw, cache_dir=tmp_path)
     (tmp_path / "broken.pt").write_bytes(b"\x00" * 50)
     with pytest.raises(FrepoError, match="corrupt or truncated"):
-        formats.detect_format(tmp_path / "broken.pt")
+        foreign.detect_format(tmp_path / "broken.pt")
     (tmp_path / "set.txt").write_text("x")
     with pytest.raises(FrepoError, match="cannot tell the format"):
-        formats.detect_format(tmp_path / "set.txt")
+        foreign.detect_format(tmp_path / "set.txt")
     np.savez(tmp_path / "step1.npz", image=np.zeros((4, 3, 8, 8), np.float32), label=np.zeros((4, 3), np.float32))
     with pytest.raises(FrepoError, match="expected N×H×W×C"):
-        formats.load_foreign(tmp_path / "step1.npz", raw, cache_dir=tmp_path)
+        foreign.load_foreign(tmp_path / "step1.npz", raw, cache_dir=tmp_path)
     np.savez(tmp_path / "step2.npz", image=np.zeros((4, 8, 8, 3), np.float32), label=np.zeros((4, 5), np.float32))
     with pytest.raises(FrepoError, match="do not fit 4 images of 3 classes"):
-        formats.load_foreign(tmp_path / "step2.npz", raw, cache_dir=tmp_path)
+        foreign.load_foreign(tmp_path / "step2.npz", raw, cache_dir=tmp_path)
     with pytest.raises(FrepoError, match="pass --dataset"):
-        formats.load_set(tmp_path / "step2.npz")
+        foreign.load_set(tmp_path / "step2.npz")
     with pytest.raises(FrepoError, match="no normalisation constants"):
-        formats.dc_preprocessing(_raw("toy"))
+        recipes.dc_preprocessing(_raw("toy"))

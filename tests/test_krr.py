@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from frepo.krr import centered_one_hot, krr_predict, krr_weights, label_margin_loss, label_scale, mse_loss
+from frepo.method.krr import centered_one_hot, krr_predict, krr_weights, label_margin_loss, label_scale, mse_loss
+from frepo.method.synthetic import SyntheticSet
+from frepo.method.trainer import meta_step
 from frepo.models import Conv
-from frepo.synthetic import SyntheticSet
-from frepo.trainer import meta_step
 
 
 def test_centered_one_hot_and_label_scale():

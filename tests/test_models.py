@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from frepo.errors import FrepoError
+from frepo.base.errors import FrepoError
 from frepo.models import Conv, FlaxBatchNorm2d, build_model
 
 

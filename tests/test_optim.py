@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from frepo.optim import Lamb, cosine_decay, warmup_cosine
+from frepo.method.optim import Lamb, cosine_decay, warmup_cosine
 
 # p = {"x": [[.5, -1, 2], [0, .25, -.75]], "y": [.9, -.1, -.1]}; tx = optax.lamb(optax.cosine_decay_schedule(
 # 3e-4, decay_steps=3, alpha=0.1)); three updates with the gradients below.

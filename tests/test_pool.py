@@ -7,8 +7,8 @@ import io
 import torch
 
 from frepo.config import PoolConfig
+from frepo.method.pool import ModelPool
 from frepo.models import Conv
-from frepo.pool import ModelPool
 
 
 def _pool(seed=0, **kw):

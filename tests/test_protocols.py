@@ -7,15 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-import frepo.augment_dsa as augment_dsa
-import frepo.protocol_dsa as protocol_dsa
-from frepo.artifact import DistilledSet, save_distilled
+import frepo.eval.augment_dsa as augment_dsa
+import frepo.eval.protocols.dsa as protocol_dsa
+from frepo.base.errors import FrepoError
 from frepo.config import DataConfig
 from frepo.data.preprocess import Preprocessing
-from frepo.errors import FrepoError
-from frepo.evaluate import PROTOCOLS, check_options, evaluate_archs, evaluate_set, parse_archs
+from frepo.eval import PROTOCOLS, EvalConfig, evaluate_set
+from frepo.eval.protocols.krr import krr_accuracy
+from frepo.evaluate import evaluate_archs
+from frepo.io.artifact import DistilledSet, save_distilled
 from frepo.models import build_model
-from frepo.protocol_krr import krr_accuracy
 from frepo.subset import make_subset
 
 
@@ -145,7 +146,7 @@ def test_every_protocol_runs_on_tiny_data(shape, protocol):
     g = torch.Generator().manual_seed(5)
     eval_x, eval_y = torch.randn(8, *shape, generator=g), torch.randint(3, (8,), generator=g)
     options = {"frepo": {"steps": 2}, "dsa": {"epochs": 1}, "krr": {}}[protocol]
-    result = evaluate_set(ds, eval_x, eval_y, protocol=protocol, models=2, seed=3, width=8, **options)
+    result = evaluate_set(ds, eval_x, eval_y, EvalConfig.build(protocol=protocol, models=2, seed=3, width=8, **options))
     assert result.protocol == protocol and result.arch == {"dsa": "convnet"}.get(protocol, "conv")
     assert result.models == 2 and all(0 <= a <= 100 for a in result.accuracies)
     assert result.steps == {"frepo": 2, "dsa": 2, "krr": 0}[protocol]
@@ -156,14 +157,22 @@ def test_every_protocol_runs_on_tiny_data(shape, protocol):
 def test_dsa_soft_labels_and_determinism():
     ds = _set(learned=True)
     eval_x, eval_y = torch.randn(8, 1, 8, 8), torch.randint(3, (8,))
-    a = evaluate_set(ds, eval_x, eval_y, protocol="dsa", arch="mlp", models=1, epochs=2, soft_labels=True)
-    b = evaluate_set(ds, eval_x, eval_y, protocol="dsa", arch="mlp", models=1, epochs=2, soft_labels=True)
+    a = evaluate_set(
+        ds, eval_x, eval_y, EvalConfig.build(protocol="dsa", arch="mlp", models=1, epochs=2, soft_labels=True)
+    )
+    b = evaluate_set(
+        ds, eval_x, eval_y, EvalConfig.build(protocol="dsa", arch="mlp", models=1, epochs=2, soft_labels=True)
+    )
     assert a.accuracies == b.accuracies and a.extra["soft_labels"] is True
     assert a.extra["dsa_strategy"] == "color_crop_cutout_flip_scale_rotate" and a.extra["init"] == "torch"
-    c = evaluate_set(ds, eval_x, eval_y, protocol="dsa", arch="mlp", models=1, epochs=2, dsa_strategy="crop_rotate")
+    c = evaluate_set(
+        ds, eval_x, eval_y, EvalConfig.build(protocol="dsa", arch="mlp", models=1, epochs=2, dsa_strategy="crop_rotate")
+    )
     assert c.extra["dsa_strategy"] == "crop_rotate"
     with pytest.raises(FrepoError, match="learned labels"):
-        evaluate_set(_set(), eval_x, eval_y, protocol="dsa", arch="mlp", models=1, epochs=1, soft_labels=True)
+        evaluate_set(
+            _set(), eval_x, eval_y, EvalConfig.build(protocol="dsa", arch="mlp", models=1, epochs=1, soft_labels=True)
+        )
 
 
 @pytest.mark.parametrize(
@@ -182,20 +191,20 @@ def test_dsa_soft_labels_and_determinism():
 def test_option_errors(options, message):
     options = {"models": 1, **options}
     with pytest.raises(FrepoError, match=message):
-        check_options(**options)
+        EvalConfig.build(**options)
 
 
 def test_arch_lists():
-    assert parse_archs(None, "dsa") == ["convnet"] and parse_archs(None, "frepo") == ["conv"]
-    assert parse_archs("conv, alexnet", "frepo") == ["conv", "alexnet"]
+    assert EvalConfig.build(protocol="dsa").archs() == ["convnet"] and EvalConfig.build().archs() == ["conv"]
+    assert EvalConfig.build(arch="conv, alexnet").archs() == ["conv", "alexnet"]
     for bad, message in (("conv,conv", "twice"), (",", "at least one"), ("conv,lenet", "unknown architecture")):
         with pytest.raises(FrepoError, match=message):
-            parse_archs(bad, "frepo")
+            EvalConfig.build(arch=bad)
 
 
 def test_one_result_per_architecture_with_checksum_and_seeds(tmp_path, blobs):
     path = save_distilled(make_subset(DataConfig(dataset=str(blobs)), 2), tmp_path / "set.safetensors")
-    results = evaluate_archs(str(path), "conv,mlp", protocol="krr", models=2, progress=False, width=8)
+    results = evaluate_archs(str(path), arch="conv,mlp", protocol="krr", models=2, width=8)
     assert [r.arch for r in results] == ["conv", "mlp"]
     for r in results:
         assert r.extra["file"] == str(path) and len(r.extra["file_checksum"]) == 64

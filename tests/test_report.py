@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from frepo import presets, reproduce
-from frepo.artifact import DistilledSet, save_distilled
+from frepo.base.errors import FrepoError
 from frepo.data.preprocess import Preprocessing
-from frepo.errors import FrepoError
-from frepo.evaluate import EvalResult
+from frepo.eval import EvalResult
+from frepo.eval.results import results_csv, results_json, results_table
+from frepo.io.artifact import DistilledSet, save_distilled
 from frepo.report import write_report
-from frepo.results import results_csv, results_json, results_table
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from frepo import presets
-from frepo.artifact import load_distilled
+from frepo.base.errors import Interrupted
 from frepo.distill import Distiller, distill
-from frepo.errors import Interrupted
+from frepo.io.artifact import load_distilled
 
 OVERRIDES = dict(
     steps=8,

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from frepo.base.errors import FrepoError
 from frepo.config import DataConfig
 from frepo.data import prepare
-from frepo.errors import FrepoError
 from frepo.subset import herding_select, kcenter_select, make_subset
 
 

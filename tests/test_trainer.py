@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from frepo.config import DistillConfig
-from frepo.trainer import BatchSampler, FRePoTrainer, meta_step
+from frepo.method.trainer import BatchSampler, FRePoTrainer, meta_step
 
 
 def _grads(meta_problem, chunk_size=0, precision="fp32", use_flip=True):

@@ -12,9 +12,9 @@ import torch
 
 import frepo.data
 from frepo import distill
-from frepo.artifact import load_distilled
 from frepo.config import DataConfig, DistillConfig
 from frepo.data import PreparedData, RawDataset, prepare
+from frepo.io.artifact import load_distilled
 from frepo.subset import make_subset
 
 

@@ -12,8 +12,8 @@ from torch import nn
 
 import frepo.models.conv as conv_module
 import frepo.models.zoo as zoo
-from frepo.augment_dsa import dsa_augment
-from frepo.errors import FrepoError
+from frepo.base.errors import FrepoError
+from frepo.eval.augment_dsa import dsa_augment
 from frepo.models import ARCHS, Conv, build_model
 
 SHAPES = [(3, 32, 32), (1, 28, 28)]

@@ -1,25 +1,30 @@
-"""frepo: dataset distillation by neural feature regression with a model pool (FRePo, NeurIPS 2022)."""
+"""frepo: dataset distillation by neural feature regression with a model pool (FRePo, NeurIPS 2022).
 
-__version__ = "0.1.0"
+The public API, re-exported explicitly; the rooms behind it are described in the README ("Architecture").
+"""
 
-from . import presets  # noqa: E402
-from .artifact import DistilledSet, load_distilled, save_distilled  # noqa: E402
-from .config import DataConfig, DistillConfig, ModelConfig, PoolConfig  # noqa: E402
-from .distill import DistillResult, distill  # noqa: E402
-from .errors import FrepoError, Interrupted  # noqa: E402
-from .evaluate import EvalResult, evaluate, evaluate_archs  # noqa: E402
-from .subset import make_subset  # noqa: E402
+from . import presets
+from .base.errors import FrepoError, Interrupted
+from .base.version import __version__
+from .config import DataConfig, DistillConfig, ModelConfig, PoolConfig
+from .distill import DistillResult, distill
+from .eval import EvalConfig, EvalResult
+from .evaluate import SourceConfig, evaluate, evaluate_archs
+from .io.artifact import DistilledSet, load_distilled, save_distilled
+from .subset import make_subset
 
 __all__ = [
     "DataConfig",
     "DistillConfig",
     "DistillResult",
     "DistilledSet",
+    "EvalConfig",
     "EvalResult",
     "FrepoError",
     "Interrupted",
     "ModelConfig",
     "PoolConfig",
+    "SourceConfig",
     "__version__",
     "distill",
     "evaluate",

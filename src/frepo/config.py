@@ -7,20 +7,14 @@ and help from these same fields (`cli.py`), so there is one definition of every 
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from .errors import FrepoError
+from .base.errors import FrepoError
+from .base.fields import check_choices, nested, opt
 
 NORMS = ("batch", "instance", "none")
 PREPROCESS_KINDS = ("auto", "standard", "zca", "none")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
-
-
-def opt(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
-    """A dataclass field with its CLI help text."""
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -32,17 +26,18 @@ class DataConfig:
     )
     data_dir: str | None = opt(None, "download and cache folder (default: $FREPO_CACHE or ~/.cache/frepo)")
     download: bool = opt(True, "let torchvision download a dataset that is not on disk")
-    preprocess: str = opt("auto", "auto (standardise, plus ZCA for colour images), standard, zca or none")
+    preprocess: str = opt(
+        "auto", "auto (standardise, plus ZCA for colour images), standard, zca or none", choices=PREPROCESS_KINDS
+    )
     zca_reg: float = opt(0.1, "ZCA regulariser: zca_reg * trace(cov) / d is added to the covariance")
     val_size: int | None = opt(
         None,
         "training images held out for validation (default: 5000 for "
-        "datasets of 50k images or more, else 10%%); never distilled from",
+        "datasets of 50k images or more, else 10%); never distilled from",
     )
 
     def validate(self) -> None:
-        if self.preprocess not in PREPROCESS_KINDS:
-            raise FrepoError(f"preprocess must be one of {PREPROCESS_KINDS}, got {self.preprocess!r}")
+        check_choices(self)
         if self.zca_reg < 0:
             raise FrepoError(f"zca_reg must be >= 0, got {self.zca_reg}")
         if self.val_size is not None and self.val_size < 0:
@@ -53,11 +48,10 @@ class DataConfig:
 class ModelConfig:
     width: int = opt(128, "channels of the first conv block (block i has width * 2**i)")
     depth: int = opt(3, "conv blocks")
-    norm: str = opt("batch", "normalisation of the pool models: batch (reference), instance or none")
+    norm: str = opt("batch", "normalisation of the pool models: batch (reference), instance or none", choices=NORMS)
 
     def validate(self) -> None:
-        if self.norm not in NORMS:
-            raise FrepoError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        check_choices(self)
         if self.width < 1 or self.depth < 1:
             raise FrepoError("width and depth must be positive")
 
@@ -80,9 +74,9 @@ class PoolConfig:
 
 @dataclass
 class DistillConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    pool: PoolConfig = field(default_factory=PoolConfig)
+    data: DataConfig = nested(DataConfig)
+    model: ModelConfig = nested(ModelConfig)
+    pool: PoolConfig = nested(PoolConfig)
     ipc: int = opt(10, "synthetic images per class")
     steps: int = opt(500_000, "outer (meta) steps; the reference trains 500k")
     batch_size: int = opt(1024, "real images per meta-step (the global batch when distributed)")
@@ -105,13 +99,16 @@ class DistillConfig:
         "support sets larger than this run their forward in chunks under activation checkpointing, for "
         "bounded memory at the cost of one more forward pass (0: never)",
     )
-    precision: str = opt("auto", "real-batch feature pass: fp32, tf32, bf16 or auto (tf32 on CUDA, else fp32)")
+    precision: str = opt(
+        "auto", "real-batch feature pass: fp32, tf32, bf16 or auto (tf32 on CUDA, else fp32)", choices=PRECISIONS
+    )
     channels_last: bool = opt(True, "channels-last memory layout for the convolutions (faster on CPU and GPU)")
     deterministic: bool = opt(
         True, "CUDA: deterministic cuDNN algorithms, so the same seed repeats a run bit for bit (CPU runs always do)"
     )
 
     def validate(self) -> None:
+        check_choices(self)
         self.data.validate()
         self.model.validate()
         self.pool.validate()
@@ -124,42 +121,5 @@ class DistillConfig:
             raise FrepoError("lr must be > 0 and lr_final_ratio in [0, 1]")
         if self.krr_reg < 0:
             raise FrepoError("krr_reg must be >= 0")
-        if self.precision not in PRECISIONS:
-            raise FrepoError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.eval_steps < 0:
             raise FrepoError("eval_steps must be >= 0")
-
-
-def to_dict(config: Any) -> dict:
-    """Plain-JSON view of a (nested) config dataclass."""
-    return dataclasses.asdict(config)
-
-
-def from_dict(cls: type, values: dict) -> Any:
-    """Inverse of `to_dict`; an unknown key is an error (a config from another frepo version)."""
-    obj = cls()
-    known = {f.name for f in dataclasses.fields(cls)}
-    for key, value in values.items():
-        if key not in known:
-            raise FrepoError(f"unknown config key {key!r} for {cls.__name__}")
-        current = getattr(obj, key)
-        setattr(obj, key, from_dict(type(current), value) if dataclasses.is_dataclass(current) else value)
-    return obj
-
-
-def leaf_fields(config: Any) -> dict[str, tuple[Any, dataclasses.Field]]:
-    """Every leaf field name -> (the dataclass instance that owns it, its field). Names are unique."""
-    out: dict[str, tuple[Any, dataclasses.Field]] = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):
-            out.update(leaf_fields(value))
-        else:
-            assert f.name not in out, f"duplicate config field name {f.name}"
-            out[f.name] = (config, f)
-    return out
-
-
-def set_leaf(config: Any, name: str, value: Any) -> None:
-    owner, f = leaf_fields(config)[name]
-    setattr(owner, f.name, value)

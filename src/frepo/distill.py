@@ -6,9 +6,9 @@ checkpoints and stops; rerunning the same command resumes.
 from __future__ import annotations
 
 import contextlib
+import logging
 import resource
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -17,21 +17,19 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .artifact import DistilledSet, save_distilled
-from .config import DistillConfig, to_dict
+from .base.device import resolve_device
+from .base.dist import init_distributed
+from .base.errors import FrepoError, Interrupted
+from .base.fields import to_dict
+from .config import DistillConfig
 from .data import PreparedData, prepare
-from .device import resolve_device
-from .dist import init_distributed
-from .errors import FrepoError, Interrupted
-from .evaluate import evaluate_tensors, reference_steps
+from .eval import EvalConfig, evaluate_set, reference_steps
+from .io.artifact import DistilledSet, save_distilled
+from .method.trainer import FRePoTrainer
 from .runs import RunDir
-from .trainer import FRePoTrainer
 from .visualize import save_grid
 
-
-def note(message: str) -> None:
-    """A status line on stderr that does not break the progress bar."""
-    tqdm.write(message, file=sys.stderr)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -56,7 +54,7 @@ def stop_on_signal():
         if flag.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
         flag.set()
-        note("frepo: stopping after this step and writing a checkpoint (Ctrl-C again to abort)")
+        log.warning("frepo: stopping after this step and writing a checkpoint (Ctrl-C again to abort)")
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -75,7 +73,7 @@ def peak_memory_mb(device: torch.device) -> float:
 class Distiller:
     """Holds the state of one run; `run()` drives it to `config.steps`."""
 
-    def __init__(self, config: DistillConfig, out: str | Path, progress: bool = True):
+    def __init__(self, config: DistillConfig, out: str | Path, progress: bool = False):
         config.validate()
         self.config = config
         self.ctx, device_name = init_distributed(config.device)
@@ -91,7 +89,7 @@ class Distiller:
         self.num_classes = raw.num_classes
         x_train, y_train = self.data.train(channels_last=config.channels_last)
         if config.batch_size > len(x_train):
-            note(
+            log.warning(
                 f"frepo: batch_size {config.batch_size} exceeds the {len(x_train)} distillation images; "
                 "batches repeat images"
             )
@@ -105,6 +103,15 @@ class Distiller:
             self._load(self.run_dir.load_checkpoint())
             self.resumed = True
         self._val = None
+        self._test_fingerprint = raw.test_fingerprint()
+        # The reference protocol on the validation hold-out, with the run's device and model budget.
+        self._val_config = EvalConfig.build(
+            protocol="frepo",
+            models=config.eval_models,
+            split="val",
+            device=str(self.device),
+            steps=config.eval_steps or None,
+        )
 
     # ---- checkpointing ------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -125,9 +132,9 @@ class Distiller:
             self.run_dir.save_checkpoint(self.state_dict())
 
     # ---- outputs ------------------------------------------------------------------------------
-    def distilled_set(self) -> DistilledSet:
+    def _meta(self) -> dict:
         raw = self.data.raw
-        meta = {
+        return {
             "kind": "distilled",
             "dataset": raw.name,
             "classes": raw.classes,
@@ -137,14 +144,13 @@ class Distiller:
             "config": to_dict(self.config),
             "mirror_invariant": raw.mirror_invariant,
             "val_size": int(len(self.data.val_idx)),
-            "test_fingerprint": raw.test_fingerprint(),
+            "test_fingerprint": self._test_fingerprint,
         }
-        return DistilledSet(
-            self.syn.images.detach().cpu().clone(),
-            self.syn.labels.detach().cpu().clone(),
-            self.data.preprocessing,
-            meta,
-        )
+
+    def distilled_set(self) -> DistilledSet:
+        """A copy of the current set on the CPU, with everything its file records."""
+        images, labels = self.syn.images.detach().cpu().clone(), self.syn.labels.detach().cpu().clone()
+        return DistilledSet(images, labels, self.data.preprocessing, self._meta())
 
     def validate(self) -> float | None:
         """Validation accuracy (%) of fresh models trained on the current set; None without a hold-out."""
@@ -152,19 +158,12 @@ class Distiller:
             return None
         if self._val is None:
             self._val = self.data.val()
-        result = evaluate_tensors(
-            self.syn.images.detach(),
-            self.syn.labels.detach(),
-            *self._val,
-            num_classes=self.num_classes,
-            mirror_invariant=self.data.raw.mirror_invariant,
-            models=self.config.eval_models,
-            seed=self.config.seed + 1_000_003 * self.step,
-            steps=self.config.eval_steps or None,
-            device=self.device,
-            split="val",
+        # A view of the current set (no copy); each validation draws its models from a seed of its own.
+        current = DistilledSet(
+            self.syn.images.detach(), self.syn.labels.detach(), self.data.preprocessing, self._meta()
         )
-        return result.mean
+        config = self._val_config.replace(seed=self.config.seed + 1_000_003 * self.step)
+        return evaluate_set(current, *self._val, config).mean
 
     def _record_validation(self) -> None:
         acc = self.validate()
@@ -177,7 +176,7 @@ class Distiller:
             "eval_steps": self.config.eval_steps or reference_steps(len(self.syn.images)),
         }
         self.run_dir.append_metrics(record)
-        note(f"step {self.step}: validation accuracy {acc:.2f}%")
+        log.info(f"step {self.step}: validation accuracy {acc:.2f}%")
         if self.best["val_acc"] is None or acc > self.best["val_acc"]:
             self.best = {"val_acc": acc, "step": self.step}
             ds = self.distilled_set()
@@ -188,7 +187,7 @@ class Distiller:
     def run(self) -> DistillResult:
         cfg = self.config
         if self.step >= cfg.steps and self.run_dir.distilled_path.is_file():
-            note(f"frepo: {self.run_dir.path} is already complete ({self.step} steps)")
+            log.info(f"frepo: {self.run_dir.path} is already complete ({self.step} steps)")
             return self._result()
         bar = tqdm(
             total=cfg.steps,
@@ -275,6 +274,7 @@ def _isfinite(x: float) -> bool:
     return x == x and abs(x) != float("inf")
 
 
-def distill(config: DistillConfig, out: str | Path, progress: bool = True) -> DistillResult:
-    """Run (or resume) a distillation into the run directory `out`."""
+def distill(config: DistillConfig, out: str | Path, progress: bool = False) -> DistillResult:
+    """Run (or resume) a distillation into the run directory `out`; `progress` shows a progress bar
+    (the library is quiet by default; the command line turns it on)."""
     return Distiller(config, out, progress).run()

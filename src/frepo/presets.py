@@ -6,8 +6,9 @@ Resolution order for a run: DistillConfig defaults (the reference) -> dataset ta
 
 from __future__ import annotations
 
-from .config import DistillConfig, set_leaf
-from .errors import FrepoError
+from .base.errors import FrepoError
+from .base.fields import set_leaf
+from .config import DistillConfig
 
 # Flip trick in the meta-step, from the official script: MNIST/F-MNIST off; CIFAR-10 on; CIFAR-100
 # on at IPC 1, off at 10/50; Tiny ImageNet on at 1, off at 10; other datasets on. frepo also turns

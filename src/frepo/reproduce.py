@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .base.atomic import atomic_write_text
+from .base.errors import FrepoError
 from .data import BUILTIN, default_data_dir
-from .errors import FrepoError
-from .io import atomic_write_text
 
 # Published test accuracy (%, mean ± std; ConvNet) of FRePo's Table 1, from docs frepo-reference.md.
 # The reference notes that the MNIST, Fashion-MNIST, ImageNet and CUB rows still need checking
@@ -168,7 +168,7 @@ def _evaluation_json(run_dir: Path, budget: Budget) -> Path:
 def finished_evaluation(run_dir: Path, budget: Budget) -> tuple[float, float] | None:
     """(mean, std) of this budget's evaluation of the run's final set, if it was evaluated; None
     otherwise (no finished set, no evaluation, or one of another file or model count)."""
-    from .artifact import load_distilled
+    from .io.artifact import load_distilled
 
     saved, final = _evaluation_json(run_dir, budget), run_dir / "distilled.safetensors"
     if not (saved.is_file() and final.is_file()):
@@ -193,8 +193,8 @@ def run_row(
     """Distil (or resume) and evaluate one planned row, in place; a failure is recorded, not raised."""
     from . import presets
     from .distill import distill
+    from .eval.results import write_json
     from .evaluate import evaluate
-    from .results import write_json
 
     config = presets.get(row.preset)
     config.device = device
@@ -235,7 +235,7 @@ def render(
 ) -> str:
     import torch
 
-    from . import __version__
+    from .base.version import __version__
 
     evaluation = f"frepo protocol, {budget.eval_models} models × " + (
         f"{budget.eval_steps} steps" if budget.eval_steps else "the reference step table"
@@ -288,7 +288,7 @@ def reproduce(
     data_dir: str | None = None,
     download: bool = True,
     device: str = "auto",
-    progress: bool = True,
+    progress: bool = False,
 ) -> str:
     """Plan (and unless `dry_run`, run) the rows of `table`; returns the Markdown, written to `out`
     when not a dry run. `finished_only` runs nothing: it reports the rows already distilled and

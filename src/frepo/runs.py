@@ -11,9 +11,10 @@ from pathlib import Path
 
 import torch
 
-from .config import DistillConfig, from_dict, to_dict
-from .errors import FrepoError
-from .io import atomic_torch_save, atomic_write_json
+from .base.atomic import atomic_torch_save, atomic_write_json
+from .base.errors import FrepoError
+from .base.fields import from_dict, to_dict
+from .config import DistillConfig
 
 # Settings that may change between a run and its resumption: they do not change the result.
 RESUMABLE_CHANGES = {"device", "log_every", "checkpoint_every", "data_dir", "download", "deterministic"}
@@ -96,6 +97,6 @@ class RunDir:
     def truncate_metrics(self, step: int) -> None:
         """Drop records after `step` (written after the checkpoint a resumed run restarts from)."""
         kept = [r for r in self.read_metrics() if r.get("step", 0) <= step]
-        from .io import atomic_write_text
+        from .base.atomic import atomic_write_text
 
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))

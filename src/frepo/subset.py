@@ -20,15 +20,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .artifact import DistilledSet
-from .config import DataConfig, to_dict
+from .base.device import resolve_device
+from .base.errors import FrepoError
+from .base.fields import to_dict
+from .base.rng import generator
+from .config import DataConfig
 from .data import prepare
-from .device import resolve_device
-from .errors import FrepoError
-from .models import Conv
-from .protocol_krr import embed_batched
-from .rng import generator
-from .synthetic import init_from_real
+from .io.artifact import DistilledSet
+from .method.synthetic import init_from_real
+from .models import Conv, embed_batched
 
 METHODS = ("random", "herding", "kcenter")
 FEATURE_STEPS = 300

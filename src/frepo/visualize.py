@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .artifact import DistilledSet
-from .io import atomic_write
+from .base.atomic import atomic_write
+from .io.artifact import DistilledSet
 
 
 def class_grid(

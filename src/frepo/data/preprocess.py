@@ -10,13 +10,14 @@ H,W,C; a whitening matrix is equivariant to that permutation, so the space is th
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import FrepoError
+from ..base.errors import FrepoError
 
 KINDS = ("none", "standard", "zca")
 
@@ -105,11 +106,11 @@ def resolve_kind(requested: str, channels: int) -> str:
     return requested
 
 
-def fit_preprocessing(images: np.ndarray, kind: str, zca_reg: float = 0.1) -> Preprocessing:
-    """Fit on uint8 N×H×W×C training images (never on test images)."""
+def channel_stats(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and (population) std, float32 (C,), of uint8 N×H×W×C images as pixels in [0, 1];
+    float64 sums over all pixels, in chunks."""
     n, h, w, c = images.shape
     x = torch.from_numpy(np.ascontiguousarray(images))
-    # Per-channel statistics in float64, over all pixels of the split.
     total = torch.zeros(c, dtype=torch.float64)
     total_sq = torch.zeros(c, dtype=torch.float64)
     for start in range(0, n, 8192):
@@ -119,27 +120,40 @@ def fit_preprocessing(images: np.ndarray, kind: str, zca_reg: float = 0.1) -> Pr
     count = n * h * w
     mean = total / count
     std = (total_sq / count - mean.square()).clamp_min(1e-12).sqrt()
-    pre = Preprocessing(kind, mean.float(), std.float())
-    if kind == "standard" or kind == "none":
-        if kind == "none":
-            pre.mean, pre.std = torch.zeros(c), torch.ones(c)
-        return pre
-    pre.zca_reg = float(zca_reg)
-    standard = Preprocessing("standard", pre.mean, pre.std)
-    d = c * h * w
-    # Mean and covariance of standardised, flattened images; float32 products, float64 sums.
-    zca_sum = torch.zeros(d, dtype=torch.float64)
-    for start in range(0, n, 4096):
-        zca_sum += standard(images[start : start + 4096]).reshape(-1, d).double().sum(0)
-    zca_mean = zca_sum / n
+    return mean.float(), std.float()
+
+
+def mean_covariance(
+    images: np.ndarray, standardise: Preprocessing, ddof: int = 0, chunk: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (D,) and covariance (D×D), float64, of uint8 N×H×W×C images after `standardise`, flattened in
+    C,H,W order; the covariance divides by N - ddof. In chunks (float32 products, float64 sums), so the
+    float dataset is never materialised. The one covariance routine of frepo (its own ZCA and other
+    tools' recipes, `frepo.data.recipes`)."""
+    n = len(images)
+    d = int(np.prod(images.shape[1:]))
+    total = torch.zeros(d, dtype=torch.float64)
+    for start in range(0, n, chunk):
+        total += standardise(images[start : start + chunk]).reshape(-1, d).double().sum(0)
+    mean = total / n
     cov = torch.zeros(d, d, dtype=torch.float64)
-    for start in range(0, n, 4096):
-        flat = standard(images[start : start + 4096]).reshape(-1, d) - zca_mean.float()
+    for start in range(0, n, chunk):
+        flat = standardise(images[start : start + chunk]).reshape(-1, d) - mean.float()
         cov += (flat.T @ flat).double()
-    cov /= n
-    pre.whiten, pre.unwhiten = whitening_matrices(cov, n, zca_reg)
-    pre.zca_mean = zca_mean.float()
-    return pre
+    return mean, cov / (n - ddof)
+
+
+def fit_preprocessing(images: np.ndarray, kind: str, zca_reg: float = 0.1) -> Preprocessing:
+    """Fit on uint8 N×H×W×C training images (never on test images)."""
+    c = images.shape[-1]
+    if kind == "none":
+        return Preprocessing(kind, torch.zeros(c), torch.ones(c))
+    mean, std = channel_stats(images)
+    if kind == "standard":
+        return Preprocessing(kind, mean, std)
+    zca_mean, cov = mean_covariance(images, Preprocessing("standard", mean, std))
+    whiten, unwhiten = whitening_matrices(cov, len(images), zca_reg)
+    return Preprocessing(kind, mean, std, float(zca_reg), zca_mean.float(), whiten, unwhiten)
 
 
 def whitening_matrices(cov: torch.Tensor, n: int, zca_reg: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,30 +175,40 @@ def whitening_matrices(cov: torch.Tensor, n: int, zca_reg: float) -> tuple[torch
     return whiten.float(), unwhiten.float()
 
 
-def fingerprint(images: np.ndarray, kind: str, zca_reg: float) -> str:
-    digest = hashlib.sha256(f"{images.shape}|{kind}|{zca_reg}".encode())
+def fingerprint(images: np.ndarray, tag: str, zca_reg: float) -> str:
+    digest = hashlib.sha256(f"{images.shape}|{tag}|{zca_reg}".encode())
     digest.update(np.ascontiguousarray(images).tobytes())
     return digest.hexdigest()[:20]
 
 
-def cached_preprocessing(images: np.ndarray, kind: str, zca_reg: float, cache_dir: Path | None) -> Preprocessing:
-    """`fit_preprocessing`, cached on disk by a fingerprint of the fitting images (ZCA only: the
-    standardisation is cheaper to recompute than to read)."""
-    if kind != "zca" or cache_dir is None:
-        return fit_preprocessing(images, kind, zca_reg)
+def cached(
+    tag: str, images: np.ndarray, zca_reg: float, cache_dir: str | Path | None, build: Callable[[], Preprocessing]
+) -> Preprocessing:
+    """`build()` (a ZCA fit on `images`), cached on disk under `tag` and a fingerprint of the fitting
+    images: the one preprocessing cache of frepo. A corrupt entry is recomputed, never trusted; a
+    read-only or full cache only costs a recomputation next time."""
+    if cache_dir is None:
+        return build()
     from safetensors.torch import load_file
 
-    from ..io import atomic_save_safetensors
+    from ..base.atomic import atomic_save_safetensors
 
-    path = Path(cache_dir) / "preprocessing" / f"zca-{fingerprint(images, kind, zca_reg)}.safetensors"
+    path = Path(cache_dir) / "preprocessing" / f"{tag}-{fingerprint(images, tag, zca_reg)}.safetensors"
     if path.is_file():
         try:
-            return Preprocessing.from_tensors({"kind": kind, "zca_reg": zca_reg}, load_file(str(path)))
-        except Exception:  # a corrupt cache entry is recomputed, never trusted
+            return Preprocessing.from_tensors({"kind": "zca", "zca_reg": zca_reg}, load_file(str(path)))
+        except Exception:
             path.unlink(missing_ok=True)
-    pre = fit_preprocessing(images, kind, zca_reg)
+    pre = build()
     try:
         atomic_save_safetensors(pre.tensors(), path)
-    except OSError:
-        pass  # a read-only or full cache only costs a recomputation next time
+    except (OSError, FrepoError):
+        pass
     return pre
+
+
+def cached_preprocessing(images: np.ndarray, kind: str, zca_reg: float, cache_dir: Path | None) -> Preprocessing:
+    """`fit_preprocessing`, with ZCA fits cached (the standardisation is cheaper to recompute than to read)."""
+    if kind != "zca":
+        return fit_preprocessing(images, kind, zca_reg)
+    return cached("zca", images, zca_reg, cache_dir, lambda: fit_preprocessing(images, kind, zca_reg))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import FrepoError
+from ..base.errors import FrepoError
 
 # name -> (torchvision class, whether horizontal flips preserve the class). Flip-sensitive
 # datasets (digits, clothes with the reference's choice) get no flip trick and no flip augmentation.
@@ -168,59 +168,33 @@ def _load_npz(path: Path, name: str, mirror_invariant: bool) -> RawDataset:
 
 
 def _load_image_folder(root: Path) -> RawDataset:
-    from PIL import Image
-    from torchvision.datasets import ImageFolder
+    """train/<class>/<image> and test/<class>/<image>; images of mixed sizes (CUB-like data) are
+    centre-cropped to a square and resized to 32×32, as the reference does."""
+    from .folders import class_folders, image_files, is_grey, open_image, to_array
 
     splits = {}
     for split in ("train", "test"):
         if not (root / split).is_dir():
             raise FrepoError(f"{root} is not an ImageFolder dataset: it needs {split}/<class>/<image> folders")
-        try:
-            splits[split] = ImageFolder(str(root / split))
-        except (FileNotFoundError, RuntimeError) as exc:
-            raise FrepoError(f"cannot read {root / split}: {exc}") from exc
-    if splits["train"].classes != splits["test"].classes:
+        folders = class_folders(root / split)
+        samples = [(file, label) for label, folder in enumerate(folders) for file in image_files(folder)]
+        empty = [f.name for f in folders if not image_files(f)]
+        if not folders or empty:
+            raise FrepoError(f"cannot read {root / split}: no images in class folder(s) {empty or '(none)'}")
+        splits[split] = ([f.name for f in folders], samples)
+    if splits["train"][0] != splits["test"][0]:
         raise FrepoError(f"{root}: train/ and test/ have different class folders")
+    images = {split: [open_image(file) for file, _ in samples] for split, (_, samples) in splits.items()}
+    every = images["train"] + images["test"]
+    channels = 1 if is_grey(every) else 3
+    size = None if len({im.size for im in every}) == 1 else 32
 
-    def read(split) -> tuple[list, np.ndarray]:
-        images = []
-        for file, _ in split.samples:
-            try:
-                with Image.open(file) as im:
-                    images.append(im.copy())
-            except OSError as exc:
-                raise FrepoError(f"cannot read image {file}: {exc}") from exc
-        return images, np.asarray(split.targets, dtype=np.int64)
+    def arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
+        x = np.stack([to_array(im, channels, size) for im in images[split]])
+        return x, np.asarray([label for _, label in splits[split][1]], dtype=np.int64)
 
-    train_images, y_train = read(splits["train"])
-    test_images, y_test = read(splits["test"])
-    all_images = train_images + test_images
-    grey = all(im.mode in ("L", "1", "I;16") for im in all_images)
-    sizes = {im.size for im in all_images}
-    # Mixed sizes (CUB-like data): centre-crop to a square and resize to 32×32, as the reference does.
-    target = None if len(sizes) == 1 else 32
-
-    def to_array(images: list) -> np.ndarray:
-        out = []
-        for im in images:
-            im = im.convert("L" if grey else "RGB")
-            if target is not None:
-                side = min(im.size)
-                left, top = (im.width - side) // 2, (im.height - side) // 2
-                im = im.crop((left, top, left + side, top + side)).resize((target, target), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
-            out.append(arr[..., None] if arr.ndim == 2 else arr)
-        return np.stack(out)
-
-    raw = RawDataset(
-        str(root.resolve()),
-        to_array(train_images),
-        y_train,
-        to_array(test_images),
-        y_test,
-        list(splits["train"].classes),
-        True,
-    )
+    (x_train, y_train), (x_test, y_test) = arrays("train"), arrays("test")
+    raw = RawDataset(str(root.resolve()), x_train, y_train, x_test, y_test, splits["train"][0], True)
     _check(raw, str(root))
     return raw
 

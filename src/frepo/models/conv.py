@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import FrepoError
+from ..base.errors import FrepoError
 from .init import initialise_
 
 

@@ -9,21 +9,9 @@ Formats (`detect_format`):
   imagefolder  a folder of class folders of images (raw pixels)
 
 Distilled images live in the space their tool preprocessed the real data into, and the test split
-must be put through the very same transform, or the accuracy collapses to chance. What each tool does
-(`--preprocess`, see `PREPROCESSING`):
-  reference  official FRePo: standardised per channel with the reference's fixed constants, then, for
-             colour data, ZCA whitening with regulariser 0.1·trace(cov)/d fitted on the FULL training
-             split (the official code holds nothing out)
-  mtt-zca    MTT with --zca (its CIFAR setting): kornia's ZCAWhitening(eps=0.1) on [0, 1] pixels, fitted
-             on the full training split: unbiased covariance, eps added to the eigenvalues as is (not
-             scaled by the trace), no per-channel standardisation before it
-  dc         DC/DSA/DM (and MTT without --zca): per-channel normalisation with DC's fixed constants
-  frepo      frepo's own preprocessing of the dataset (fitted on the distillation part of train)
-  pixels     the file holds raw pixels in [0, 1] (an image folder: 0..255); frepo preprocesses them
-             its own way
-Because a mismatch is silent otherwise, the statistics of the file's images are compared with those
-of real training images put through the claimed preprocessing, and a clear warning names the likely
-problem (`preprocessing_mismatch`).
+must be put through the very same transform, or the accuracy collapses to chance: each tool's
+transform is a recipe of `frepo.data.recipes` (`--preprocess`), and the statistics of the file's
+images are compared with real images in the claimed space, with a warning that names a mismatch.
 
 `.pt` files are loaded with `torch.load(weights_only=True)`: tensors, containers and plain numbers
 only (numpy scalars allowed, since DC stores its accuracies as such), never arbitrary objects.
@@ -34,47 +22,18 @@ from __future__ import annotations
 import hashlib
 import pickle
 import re
-import warnings
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..base.errors import FrepoError
+from ..data import RawDataset, default_data_dir, load_dataset
+from ..data.recipes import CLAIMS, check_preprocessing, claimed_preprocessing, frepo_preprocessing
 from .artifact import DistilledSet, load_distilled
-from .data import RawDataset, default_data_dir, load_dataset
-from .data.preprocess import Preprocessing, cached_preprocessing, fingerprint, resolve_kind, whitening_matrices
-from .data.splits import default_val_size, holdout_split
-from .errors import FrepoError
 
 FORMATS = ("frepo", "frepo-npz", "mtt", "dc", "safetensors", "imagefolder")
-
-PREPROCESSING = {
-    "reference": "official FRePo: reference constants, plus ZCA (reg 0.1) on the full training split for colour data",
-    "mtt-zca": "MTT --zca: kornia ZCAWhitening(eps=0.1) of [0, 1] pixels, fitted on the full training split",
-    "dc": "DC/DSA/DM (and MTT without --zca): per-channel normalisation with DC's constants",
-    "frepo": "frepo's own preprocessing of the dataset",
-    "pixels": "raw pixels in [0, 1] (0..255 for image files)",
-}
-
-# Per-channel (mean, std) of pixels in [0, 1], as hard-coded by each tool.
-REFERENCE_STATS = {  # official FRePo, lib/dataset/dataloader.py `data_stats`
-    "mnist": ([0.1307], [0.3081]),
-    "fashion_mnist": ([0.2861], [0.3530]),
-    "cifar10": ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]),
-    "cifar100": ([0.5071, 0.4866, 0.4409], [0.2673, 0.2564, 0.2762]),
-}
-DC_STATS = {  # DC/DSA utils.py `get_dataset` (MTT uses the CIFAR-10 pair for CIFAR-100 too)
-    "mnist": ([0.1307], [0.3081]),
-    "fashion_mnist": ([0.2861], [0.3530]),
-    "svhn": ([0.4377, 0.4438, 0.4728], [0.1980, 0.2010, 0.1970]),
-    "cifar10": ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]),
-    "cifar100": ([0.5071, 0.4866, 0.4409], [0.2673, 0.2564, 0.2762]),
-}
-ZCA_REG = 0.1  # official FRePo
-MTT_ZCA_EPS = 0.1  # MTT's kornia ZCAWhitening(eps=0.1)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 # ---- format detection and checksums -----------------------------------------------------------
@@ -146,173 +105,6 @@ def torch_load(path: str | Path):
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise FrepoError(f"cannot read {path}: not a torch file, or corrupt or truncated ({exc})") from exc
-
-
-# ---- preprocessing of each tool ---------------------------------------------------------------
-def _cache_dir(data_dir: str | Path | None) -> Path:
-    return Path(data_dir) if data_dir is not None else default_data_dir()
-
-
-def _cached(tag: str, images: np.ndarray, param: float, cache_dir: Path, build: Callable[[], Preprocessing]):
-    """`build()`, cached on disk under a fingerprint of the fitting images (ZCA fits take a while)."""
-    from safetensors.torch import load_file
-
-    from .io import atomic_save_safetensors
-
-    path = cache_dir / "preprocessing" / f"{tag}-{fingerprint(images, tag, param)}.safetensors"
-    params = {"kind": "zca", "zca_reg": param}
-    if path.is_file():
-        try:
-            return Preprocessing.from_tensors(params, load_file(str(path)))
-        except Exception:  # a corrupt cache entry is recomputed, never trusted
-            path.unlink(missing_ok=True)
-    pre = build()
-    try:
-        atomic_save_safetensors(pre.tensors(), path)
-    except (OSError, FrepoError):
-        pass  # a read-only or full cache only costs a recomputation next time
-    return pre
-
-
-def _mean_cov(images: np.ndarray, standardise: Preprocessing, ddof: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean (D,) and covariance (D×D), float64, of uint8 N×H×W×C images after `standardise`, flattened
-    in C,H,W order; the covariance divides by N - ddof."""
-    n = len(images)
-    d = int(np.prod(images.shape[1:]))
-    total = torch.zeros(d, dtype=torch.float64)
-    for start in range(0, n, 4096):
-        total += standardise(images[start : start + 4096]).reshape(-1, d).double().sum(0)
-    mean = total / n
-    cov = torch.zeros(d, d, dtype=torch.float64)
-    for start in range(0, n, 4096):  # float32 products, float64 sums, as frepo's own fit
-        flat = standardise(images[start : start + 4096]).reshape(-1, d) - mean.float()
-        cov += (flat.T @ flat).double()
-    return mean, cov / (n - ddof)
-
-
-def _channel_stats(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    pixels = torch.from_numpy(np.ascontiguousarray(images)).double().div_(255.0)
-    return pixels.mean(dim=(0, 1, 2)).float(), pixels.std(dim=(0, 1, 2), unbiased=False).float()
-
-
-def reference_preprocessing(raw: RawDataset, cache_dir: Path | None = None) -> Preprocessing:
-    """The official FRePo's transform: standardise with its constants (fitted on the full training split
-    for datasets it has none for), then for colour data ZCA (reg 0.1·trace/d) fitted on the full split."""
-    if raw.name in REFERENCE_STATS:
-        mean, std = (torch.tensor(v, dtype=torch.float32) for v in REFERENCE_STATS[raw.name])
-    else:
-        mean, std = _channel_stats(raw.x_train)
-    standard = Preprocessing("standard", mean, std)
-    if raw.image_shape[0] == 1:
-        return standard
-
-    def build() -> Preprocessing:
-        zca_mean, cov = _mean_cov(raw.x_train, standard, ddof=0)
-        whiten, unwhiten = whitening_matrices(cov, len(raw.x_train), ZCA_REG)
-        return Preprocessing("zca", mean, std, ZCA_REG, zca_mean.float(), whiten, unwhiten)
-
-    stats = np.concatenate([mean.numpy(), std.numpy()]).tobytes()
-    tag = "reference-zca-" + hashlib.sha256(stats).hexdigest()[:8]
-    return _cached(tag, raw.x_train, ZCA_REG, cache_dir or default_data_dir(), build)
-
-
-def mtt_zca_preprocessing(raw: RawDataset, cache_dir: Path | None = None, eps: float = MTT_ZCA_EPS) -> Preprocessing:
-    """MTT's transform: kornia ZCAWhitening(eps) of [0, 1] pixels fitted on the full training split.
-
-    kornia: cov = X_c^T X_c / (N - 1); U, S = svd(cov); W = U diag((S + eps)^-1/2) U^T and the inverse
-    U diag((S + eps)^1/2) U^T; out = (x - mean) W. For a symmetric PSD matrix the SVD is the
-    eigen-decomposition, used here in float64."""
-    c = raw.image_shape[0]
-    unit = Preprocessing("standard", torch.zeros(c), torch.ones(c))
-
-    def build() -> Preprocessing:
-        zca_mean, cov = _mean_cov(raw.x_train, unit, ddof=1)
-        evals, evecs = torch.linalg.eigh(cov)
-        evals = evals.clamp_min(0.0) + eps
-        whiten = (evecs * evals.rsqrt()) @ evecs.T
-        unwhiten = (evecs * evals.sqrt()) @ evecs.T
-        return Preprocessing("zca", unit.mean, unit.std, eps, zca_mean.float(), whiten.float(), unwhiten.float())
-
-    return _cached("mtt-zca", raw.x_train, eps, cache_dir or default_data_dir(), build)
-
-
-def dc_preprocessing(raw: RawDataset) -> Preprocessing:
-    if raw.name not in DC_STATS:
-        raise FrepoError(
-            f"DC/DSA have no normalisation constants for dataset {raw.name!r} (known: {', '.join(DC_STATS)}); "
-            "pass --preprocess with the preprocessing the file was saved in"
-        )
-    mean, std = (torch.tensor(v, dtype=torch.float32) for v in DC_STATS[raw.name])
-    return Preprocessing("standard", mean, std)
-
-
-def frepo_preprocessing(raw: RawDataset, cache_dir: Path | None = None) -> Preprocessing:
-    """What `frepo distill`/`frepo subset` use by default: fitted on the distillation part of train."""
-    train_idx, _ = holdout_split(raw.y_train, default_val_size(len(raw.y_train)))
-    kind = resolve_kind("auto", raw.image_shape[0])
-    return cached_preprocessing(raw.x_train[train_idx], kind, ZCA_REG, cache_dir)
-
-
-def claimed_preprocessing(claim: str, raw: RawDataset, cache_dir: Path | None = None) -> Preprocessing:
-    if claim == "reference":
-        return reference_preprocessing(raw, cache_dir)
-    if claim == "mtt-zca":
-        return mtt_zca_preprocessing(raw, cache_dir)
-    if claim == "dc":
-        return dc_preprocessing(raw)
-    if claim in ("frepo", "pixels"):
-        return frepo_preprocessing(raw, cache_dir)
-    raise FrepoError(f"unknown preprocessing {claim!r}; use one of {', '.join(PREPROCESSING)}")
-
-
-# ---- the mismatch check -----------------------------------------------------------------------
-def reference_sample(raw: RawDataset, count: int = 1000) -> np.ndarray:
-    """Up to `count` training images, evenly spaced (deterministic, no RNG)."""
-    idx = np.unique(np.linspace(0, len(raw.x_train) - 1, min(count, len(raw.x_train))).astype(np.int64))
-    return raw.x_train[idx]
-
-
-def preprocessing_mismatch(images: torch.Tensor, expected: torch.Tensor | None) -> str | None:
-    """Why `images` (N×C×H×W) do not look like `expected` (real images put through the claimed
-    preprocessing), or None. `expected` None means the claim is raw pixels in [0, 1].
-
-    Distilled images drift from real ones, so only gross differences count: values confined to
-    [0, 1] where the claimed space is largely negative (raw pixels), a spread 5× off, a mean more than
-    1.5 real standard deviations off."""
-    x = images.detach().float()
-    lo, hi = float(x.min()), float(x.max())
-    if expected is None:
-        if lo < -0.1 or hi > 1.1:
-            return f"values range over [{lo:.3g}, {hi:.3g}], not [0, 1] as raw pixels do"
-        return None
-    ref = expected.float()
-    negative = float((ref < -0.05).float().mean())
-    if lo >= 0.0 and hi <= 1.0 and negative > 0.05:
-        return (
-            f"every value lies in [0, 1], like raw pixels, while real images in that space are "
-            f"{100 * negative:.0f}% negative"
-        )
-    std, ref_std = float(x.std()), max(float(ref.std()), 1e-12)
-    if std > 5 * ref_std or std < ref_std / 5:
-        return f"their spread (std {std:.3g}) is {std / ref_std:.3g}× that of real images in that space ({ref_std:.3g})"
-    mean, ref_mean = float(x.mean()), float(ref.mean())
-    if abs(mean - ref_mean) > 1.5 * ref_std:
-        return f"their mean ({mean:.3g}) is far from that of real images in that space ({ref_mean:.3g} ± {ref_std:.3g})"
-    return None
-
-
-def check_preprocessing(images: torch.Tensor, claim: str, pre: Preprocessing, raw: RawDataset, where: str) -> None:
-    """Warn (warnings.warn) when the images do not look like the claimed preprocessing."""
-    expected = None if claim == "pixels" else pre(reference_sample(raw))
-    reason = preprocessing_mismatch(images, expected)
-    if reason is None:
-        return
-    others = ", ".join(k for k in PREPROCESSING if k != claim)
-    warnings.warn(
-        f"{where}: the images do not look like '{claim}' preprocessing ({PREPROCESSING[claim]}): {reason}. "
-        f"The accuracy will be wrong unless --preprocess names what the file holds ({others})",
-        stacklevel=3,
-    )
 
 
 # ---- readers ----------------------------------------------------------------------------------
@@ -418,9 +210,9 @@ def read_safetensors(path: Path, raw: RawDataset) -> tuple[torch.Tensor, torch.T
 def read_image_folder(root: Path, raw: RawDataset) -> tuple[np.ndarray, torch.Tensor]:
     """uint8 N×H×W×C images and (N,) class ids from root/<class>/<image>. Class folders are named by
     the dataset's class names or by class number."""
-    from PIL import Image
+    from ..data.folders import IMAGE_SUFFIXES, class_folders, image_files, open_image, to_array
 
-    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    folders = class_folders(root)
     if not folders:
         raise FrepoError(f"{root} holds no class folders: expected {root}/<class>/<image>.png")
     names = [p.name for p in folders]
@@ -436,15 +228,11 @@ def read_image_folder(root: Path, raw: RawDataset) -> tuple[np.ndarray, torch.Te
     c, h, w = raw.image_shape
     images, labels = [], []
     for folder, class_id in zip(folders, ids):
-        for file in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-            try:
-                with Image.open(file) as im:
-                    arr = np.asarray(im.convert("L" if c == 1 else "RGB"), dtype=np.uint8)
-            except OSError as exc:
-                raise FrepoError(f"cannot read image {file}: {exc}") from exc
+        for file in image_files(folder):
+            arr = to_array(open_image(file), c)
             if arr.shape[:2] != (h, w):
                 raise FrepoError(f"{file} is {arr.shape[1]}×{arr.shape[0]}; {raw.name} images are {w}×{h}")
-            images.append(arr.reshape(h, w, c))
+            images.append(arr)
             labels.append(class_id)
     if not images:
         raise FrepoError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in its class folders")
@@ -480,16 +268,16 @@ def load_foreign(
 ) -> DistilledSet:
     """Read a distilled set written by another tool for dataset `raw` into a DistilledSet whose
     preprocessing is the one its images live in (so the test split gets the very same transform)."""
-    from .presets import default_flip
+    from ..presets import default_flip
 
     path = Path(path)
     fmt = fmt or detect_format(path)
     if fmt == "frepo":
         raise FrepoError(f"{path} is a frepo file; it carries its own dataset and preprocessing")
-    cache = _cache_dir(cache_dir)
+    cache = Path(cache_dir) if cache_dir is not None else default_data_dir()
     claim = _default_claim(fmt, raw) if preprocess in (None, "auto") else preprocess
-    if claim not in PREPROCESSING:
-        raise FrepoError(f"unknown --preprocess {claim!r}; use auto or one of {', '.join(PREPROCESSING)}")
+    if claim not in CLAIMS:
+        raise FrepoError(f"unknown --preprocess {claim!r}; use auto or one of {', '.join(CLAIMS)}")
     if entry is not None and fmt != "dc":
         raise FrepoError("--entry selects a set inside a DC/DSA res_*.pt file; other formats hold one set")
     source: dict = {"path": str(path), "format": fmt, "preprocessing": claim}
@@ -584,14 +372,10 @@ def describe(ds: DistilledSet) -> str:
 
 __all__ = [
     "FORMATS",
-    "PREPROCESSING",
-    "check_preprocessing",
+    "describe",
     "detect_format",
     "file_checksum",
     "load_foreign",
     "load_set",
-    "mtt_zca_preprocessing",
-    "preprocessing_mismatch",
-    "reference_preprocessing",
     "torch_load",
 ]

@@ -1,4 +1,4 @@
-"""Evaluation results as a printed table, JSON and CSV.
+"""Evaluation results (`EvalResult`) and their tables: printed, JSON and CSV.
 
 JSON keeps the single-result shape of earlier versions (one object with `protocol`, `arch`,
 `accuracies`, `mean`, `std`, ...) when there is one result; several results (one per architecture)
@@ -10,9 +10,42 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 
-from .evaluate import EvalResult
-from .io import atomic_write_json, atomic_write_text
+from ..base.atomic import atomic_write_json, atomic_write_text
+
+
+@dataclass
+class EvalResult:
+    """One protocol on one architecture: the accuracy of each fresh model and how it was obtained."""
+
+    protocol: str
+    arch: str
+    accuracies: list[float]  # percent, one per model
+    mean: float
+    std: float  # population std over models, as the reference (np.std)
+    steps: int  # optimiser steps per model (0 for the krr protocol, which trains nothing)
+    seconds: float
+    split: str = "test"
+    seed: int = 0
+    extra: dict = field(default_factory=dict)  # the protocol's settings, the models' seeds, the file's identity
+
+    @property
+    def models(self) -> int:
+        return len(self.accuracies)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["models"] = self.models
+        out.update(out.pop("extra"))
+        return out
+
+    def summary(self) -> str:
+        return (
+            f"{self.mean:.2f} ± {self.std:.2f} % ({self.split}, protocol {self.protocol}, arch {self.arch}, "
+            f"{self.models} models, {self.steps} steps, {self.seconds:.0f} s)"
+        )
+
 
 CSV_COLUMNS = (
     "file",

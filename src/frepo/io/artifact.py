@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.preprocess import Preprocessing
-from .errors import FrepoError
-from .io import atomic_save_safetensors
-from .krr import centered_one_hot, label_scale
+from ..base.atomic import atomic_save_safetensors
+from ..base.errors import FrepoError
+from ..base.version import __version__
+from ..data.preprocess import Preprocessing
+from ..method.krr import centered_one_hot, label_scale
 
 FORMAT_VERSION = 1
 
@@ -84,8 +85,6 @@ def _tensors(ds: DistilledSet) -> dict[str, torch.Tensor]:
 
 
 def save_distilled(ds: DistilledSet, path: str | Path) -> Path:
-    from . import __version__
-
     tensors = _tensors(ds)
     meta = dict(ds.meta)
     meta.update(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import FrepoError
+from ..base.errors import FrepoError
 from .krr import centered_one_hot, label_scale
 
 

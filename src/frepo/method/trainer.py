@@ -12,14 +12,14 @@ import contextlib
 
 import torch
 
-from .config import DistillConfig
-from .device import deterministic_kernels
-from .dist import DistContext
+from ..base.device import deterministic_kernels
+from ..base.dist import DistContext
+from ..base.rng import generator
+from ..config import DistillConfig
+from ..models import Conv
 from .krr import centered_one_hot, krr_weights, label_margin_loss, mse_loss
-from .models import Conv
 from .optim import Lamb, cosine_decay
 from .pool import ModelPool
-from .rng import generator
 from .synthetic import SyntheticSet, init_from_real
 
 

@@ -14,10 +14,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .config import PoolConfig
+from ..base.rng import randint
+from ..config import PoolConfig
+from ..models import init_flax_defaults_
 from .krr import mse_loss
-from .models import init_flax_defaults_
-from .rng import randint
 
 
 class ModelPool:

@@ -12,13 +12,18 @@ and after the pass with index epochs // 2 + 1 it multiplies the lr by 0.1 and bu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment_dsa import DSA_OPS, dsa_augment
-from .errors import FrepoError
-from .models import build_model, eval_layout
+from ...base.errors import FrepoError
+from ...base.fields import opt
+from ...base.rng import generator
+from ...models import build_model, eval_layout
+from ..augment_dsa import DSA_OPS, dsa_augment
+from ..protocol import EvalSetup, Plan, Protocol, accuracy
 
 LR = 0.01
 MOMENTUM = 0.9
@@ -86,7 +91,7 @@ def train_dsa_model(
     def optimiser(rate: float) -> torch.optim.Optimizer:
         return torch.optim.SGD(model.parameters(), lr=rate, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
 
-    opt = optimiser(lr)
+    sgd = optimiser(lr)
     n = len(images)
     for epoch in range(epochs + 1):
         model.train()
@@ -95,10 +100,75 @@ def train_dsa_model(
             idx = order[start : start + batch_size]
             x = dsa_augment(images[idx], train_gen, ops) if ops else images[idx]
             loss = F.cross_entropy(model(x), targets[idx])
-            opt.zero_grad(set_to_none=True)
+            sgd.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            sgd.step()
         if epoch == epochs // 2 + 1:
             lr *= 0.1
-            opt = optimiser(lr)
+            sgd = optimiser(lr)
     return model
+
+
+@dataclass
+class DsaOptions:
+    epochs: int | None = opt(None, f"dsa protocol: epochs (default: {EPOCHS})")
+    soft_labels: bool = opt(
+        False,
+        "dsa protocol: cross-entropy on the set's learned labels (as class distributions) instead of hard labels",
+    )
+    dsa_strategy: str | None = opt(
+        None,
+        f"dsa protocol: augmentation groups joined by '_' as in the DSA code (default: {STRATEGY}, as "
+        "DSA/DM/MTT use for every dataset), or none; e.g. color_crop_cutout_scale_rotate keeps digits unmirrored",
+    )
+
+    def validate(self) -> None:
+        if self.epochs is not None and self.epochs < 1:
+            raise FrepoError(f"epochs must be >= 1, got {self.epochs}")
+        if self.dsa_strategy is not None:
+            parse_strategy(self.dsa_strategy)
+
+
+def _targets(ds, soft_labels: bool) -> torch.Tensor:
+    """(N,) class ids, or N×K class distributions from the set's learned labels."""
+    if not soft_labels:
+        return ds.class_ids()
+    if ds.labels.ndim != 2:
+        raise FrepoError("--soft-labels needs a set with learned labels; this one holds class ids")
+    return soft_targets(ds.labels)
+
+
+def plan(setup: EvalSetup, options: DsaOptions) -> Plan:
+    _targets(setup.ds, options.soft_labels)  # a class-id set cannot give soft labels: say so before training
+    ops = parse_strategy(options.dsa_strategy or STRATEGY)
+    epochs = options.epochs or EPOCHS
+    extra = {"epochs": epochs, "soft_labels": options.soft_labels, "dsa_strategy": "_".join(ops) or "none"}
+    return Plan(dsa_steps(len(setup.ds.images), epochs), {**extra, "init": "torch"})
+
+
+def train_and_test(setup: EvalSetup, options: DsaOptions, stream: str) -> float:
+    ds, device = setup.ds, setup.device
+    model = train_dsa_model(
+        ds.images.detach().to(device).float(),
+        _targets(ds, options.soft_labels).to(device),
+        num_classes=ds.num_classes,
+        arch=setup.arch,
+        init_gen=generator(setup.seed, f"{stream}/init"),
+        train_gen=generator(setup.seed, f"{stream}/train"),
+        device=device,
+        epochs=options.epochs or EPOCHS,
+        ops=parse_strategy(options.dsa_strategy or STRATEGY),
+        width=setup.width,
+    )
+    return accuracy(model, setup.test_x, setup.test_y, device)
+
+
+PROTOCOL = Protocol(
+    name="dsa",
+    summary="the DC/DSA/DM/MTT standard (ConvNet-3 IN, SGD, 1000 epochs, DSA)",
+    options=DsaOptions,
+    default_arch="convnet",
+    stream="dsa",
+    plan=plan,
+    train_and_test=train_and_test,
+)

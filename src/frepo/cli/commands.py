@@ -1,60 +1,18 @@
-"""The `frepo` command: thin subcommands over the library.
-
-Flags of `distill` come from the config dataclasses (one definition of names, types, defaults and
-help). Only flags given on the command line override the preset, so presets and flags compose.
-A user mistake prints one line on stderr and exits 2; Ctrl-C during a run exits 130 after a checkpoint.
-"""
+"""The subcommands: each builds its settings from the flags, calls one library function and prints what
+it made. Flags of `distill` and `evaluate` are generated from their settings (`frepo.cli.flags`); only
+flags given on the command line override a preset, so presets and flags compose."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
-import typing
-import warnings
 from pathlib import Path
 
-from .config import DataConfig, DistillConfig, leaf_fields
-from .errors import FrepoError, Interrupted
+from ..config import PREPROCESS_KINDS, DistillConfig
+from .flags import Parser, add_settings_flags, choice, explicit
 
-# Fields that get dedicated flags (or none) instead of the generated ones.
-_SPECIAL = {"dataset", "ipc"}
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _field_type(owner, f: dataclasses.Field):
-    hint = typing.get_type_hints(type(owner))[f.name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint
-
-
-def _add_config_flags(parser: argparse.ArgumentParser, config, skip=frozenset()) -> None:
-    for name, (owner, f) in leaf_fields(config).items():
-        if name in skip:
-            continue
-        kind = _field_type(owner, f)
-        default = getattr(owner, f.name)
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
-        if kind is bool:
-            parser.add_argument(
-                _flag(name), dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
-            )
-        else:
-            parser.add_argument(
-                _flag(name),
-                dest=name,
-                type=kind,
-                default=argparse.SUPPRESS,
-                help=help_text,
-                metavar=kind.__name__.upper(),
-            )
-
-
-def _explicit(args: argparse.Namespace, config) -> dict:
-    return {k: v for k, v in vars(args).items() if k in leaf_fields(config) and k not in _SPECIAL}
+# distill: fields that get dedicated flags instead of generated ones.
+_DISTILL_SPECIAL = frozenset({"dataset", "ipc"})
 
 
 def _default_out(dataset: str, ipc: int) -> Path:
@@ -62,17 +20,18 @@ def _default_out(dataset: str, ipc: int) -> Path:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from . import presets
-    from .distill import distill
+    from .. import presets
+    from ..distill import distill
 
-    config = presets.resolve(args.dataset, args.ipc, args.preset, _explicit(args, DistillConfig()))
+    overrides = explicit(args, DistillConfig(), skip=_DISTILL_SPECIAL)
+    config = presets.resolve(args.dataset, args.ipc, args.preset, overrides)
     out = Path(args.out) if args.out else _default_out(args.dataset, args.ipc)
     print(
         f"frepo: distilling {config.data.dataset}, {config.ipc} images per class, {config.steps} steps, "
         f"real batch {config.batch_size}, flip {'on' if config.use_flip else 'off'} -> {out}",
         file=sys.stderr,
     )
-    result = distill(config, out)
+    result = distill(config, out, progress=True)
     lines = [f"distilled set: {result.distilled_path} (step {result.step}, {result.seconds:.0f} s of training)"]
     if result.val_accuracy is not None:
         models = f"{config.eval_models} model{'s' if config.eval_models != 1 else ''}"
@@ -86,33 +45,16 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import check_options, evaluate_archs, parse_archs
-    from .results import results_table, write_csv, write_json
+    from ..eval import EvalConfig
+    from ..eval.results import results_table, write_csv, write_json
+    from ..evaluate import SourceConfig, configure, run
 
-    # Option mistakes are reported before any data is loaded.
-    check_options(args.protocol, args.models, args.steps, args.epochs, args.soft_labels, args.dsa_strategy)
-    parse_archs(args.arch, args.protocol)
-    results = evaluate_archs(
-        args.file,
-        args.arch,
-        protocol=args.protocol,
-        models=args.models,
-        seed=args.seed,
-        steps=args.steps,
-        epochs=args.epochs,
-        soft_labels=args.soft_labels,
-        dsa_strategy=args.dsa_strategy,
-        data_dir=args.data_dir,
-        download=args.download,
-        device=args.device,
-        split=args.split,
-        dataset=args.dataset,
-        preprocess=args.preprocess,
-        entry=args.entry,
-    )
+    # Built and validated once, before any data is loaded.
+    config, source = configure(**explicit(args, EvalConfig(), SourceConfig()))
+    results = run(args.file, config, source, progress=True)
     first = results[0].extra
-    source = f" ({first['source']})" if first.get("source") else ""
-    print(f"{args.file}: {first['num_images']} images of {first['dataset']}{source}; {args.split} split")
+    described = f" ({first['source']})" if first.get("source") else ""
+    print(f"{args.file}: {first['num_images']} images of {first['dataset']}{described}; {config.split} split")
     print(results_table(results))
     if args.json:
         write_json(results, args.json)
@@ -122,8 +64,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_subset(args: argparse.Namespace) -> int:
-    from .artifact import save_distilled
-    from .subset import make_subset
+    from ..config import DataConfig
+    from ..io.artifact import save_distilled
+    from ..subset import make_subset
 
     data = DataConfig(
         dataset=args.dataset,
@@ -147,7 +90,7 @@ def cmd_subset(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from ..report import write_report
 
     path = write_report(args.run_dir, Path(args.run_dir) / args.out if args.out else None)
     print(f"report -> {path}")
@@ -155,7 +98,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .reproduce import reproduce
+    from ..reproduce import reproduce
 
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
     text = reproduce(
@@ -169,6 +112,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         download=args.download,
         device=args.device,
+        progress=True,
     )
     print(text, end="")
     if not args.dry_run:
@@ -177,8 +121,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .artifact import load_distilled
-    from .visualize import save_grid
+    from ..io.artifact import load_distilled
+    from ..visualize import save_grid
 
     ds = load_distilled(args.file)
     title = (
@@ -189,10 +133,37 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+def cmd_presets(args: argparse.Namespace) -> int:
+    from .. import presets
 
-    parser = argparse.ArgumentParser(
+    for name in presets.names():
+        values = ", ".join(f"{k}={v}" for k, v in presets.PRESETS[name].items() if k not in ("dataset", "ipc"))
+        print(f"{name:22s} {values}")
+    return 0
+
+
+def _add_data_access(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="dataset download/cache folder (default: ~/.cache/frepo)")
+    p.add_argument(
+        "--download",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="let torchvision download a missing dataset (default: on)",
+    )
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..base.version import __version__
+    from ..eval import EvalConfig
+    from ..evaluate import SourceConfig
+    from ..reproduce import BUDGETS
+    from ..subset import METHODS
+
+    parser = Parser(
         prog="frepo",
         description="Dataset distillation by neural feature regression with a model pool (FRePo, NeurIPS 2022).",
     )
@@ -214,12 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ipc", type=int, default=10, help="synthetic images per class (default: 10)")
     p.add_argument("--preset", help="named settings; see `frepo presets`")
     p.add_argument("--out", help="run directory (default: runs/<dataset>-ipc<N>)")
-    _add_config_flags(p, DistillConfig(), skip=_SPECIAL)
+    add_settings_flags(p, DistillConfig(), skip=_DISTILL_SPECIAL)
     p.set_defaults(func=cmd_distill)
-
-    from .evaluate import PROTOCOLS
-    from .formats import PREPROCESSING
-    from .models import ARCHS
 
     p = sub.add_parser(
         "evaluate",
@@ -229,50 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "file",
-        help="a distilled set: frepo .safetensors, official FRePo np/stepNNNNNN.npz, MTT images_*.pt "
-        "(labels_*.pt beside it), DC/DSA res_*.pt, or a folder of class folders of images",
+        help="a distilled set: frepo .safetensors, a `frepo export` folder, official FRePo np/stepNNNNNN.npz, "
+        "MTT images_*.pt or DD-Ranking images.pt (labels beside it), DC/DSA res_*.pt, or a folder of class "
+        "folders of images",
     )
-    p.add_argument(
-        "--dataset",
-        help="the real dataset a file from another tool belongs to: its test split and preprocessing",
-    )
-    p.add_argument(
-        "--protocol",
-        default="frepo",
-        help=f"{', '.join(PROTOCOLS)}: frepo = the reference (default), dsa = the DC/DSA/DM/MTT standard "
-        "(ConvNet-3 IN, SGD, 1000 epochs, DSA), krr = kernel regression on random-network features",
-    )
-    p.add_argument(
-        "--arch",
-        help="comma-separated networks (default: conv for frepo and krr, convnet for dsa): " + ", ".join(ARCHS),
-    )
-    p.add_argument("--models", type=int, default=5, help="fresh networks per architecture (default: 5)")
-    p.add_argument("--seed", type=int, default=0, help="evaluation seed (default: 0)")
-    p.add_argument("--steps", type=int, help="frepo protocol: training steps (default: the reference step table)")
-    p.add_argument("--epochs", type=int, help="dsa protocol: epochs (default: 1000)")
-    p.add_argument(
-        "--soft-labels",
-        action="store_true",
-        help="dsa protocol: cross-entropy on the set's learned labels (as class distributions) instead of hard labels",
-    )
-    p.add_argument(
-        "--dsa-strategy",
-        help="dsa protocol: augmentation groups joined by '_' as in the DSA code (default: "
-        "color_crop_cutout_flip_scale_rotate, as DSA/DM/MTT use for every dataset), or none; e.g. "
-        "color_crop_cutout_scale_rotate keeps digits unmirrored",
-    )
-    p.add_argument("--split", default="test", choices=("test", "val"), help="test (default) or the validation hold-out")
-    p.add_argument(
-        "--preprocess",
-        default="auto",
-        help="files from other tools: the preprocessing their images are in (default: auto, the tool's own): "
-        + "; ".join(f"{k} = {v}" for k, v in PREPROCESSING.items()),
-    )
-    p.add_argument("--entry", type=int, help="DC/DSA res_*.pt: which of its distilled sets (default: 0)")
+    add_settings_flags(p, EvalConfig())
+    add_settings_flags(p, SourceConfig())
     p.add_argument("--json", help="also write the results as JSON to this path")
     p.add_argument("--csv", help="also write the results as CSV to this path")
-    _add_data_access(p)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("subset", help="write a same-format file of real images (a baseline)")
@@ -281,11 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--method",
         default="random",
+        type=choice("subset method", METHODS),
+        choices=METHODS,
         help="random (default), herding or kcenter (herding and k-center greedy per class on network features)",
     )
     p.add_argument("--seed", type=int, default=0, help="selection seed (default: 0, as distill's init)")
     p.add_argument("--out", required=True, help="output file (.safetensors)")
-    p.add_argument("--preprocess", default="auto", help="auto, standard, zca or none (default: auto)")
+    p.add_argument("--preprocess", default="auto", choices=("auto", "standard", "zca", "none"), help="(default: auto)")
     p.add_argument("--val-size", type=int, default=None, help="validation hold-out (default: as distill)")
     p.add_argument(
         "--feature-steps",
@@ -295,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--feature-width", type=int, default=128, help="herding/kcenter: feature Conv width (default: 128)")
     _add_data_access(p)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    _add_device(p)
     p.set_defaults(func=cmd_subset)
 
     p = sub.add_parser(
@@ -314,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--budget",
         default="paper",
+        type=choice("budget", tuple(BUDGETS)),
+        choices=tuple(BUDGETS),
         help="paper (the paper's settings; needs a GPU) or cpu-small (the *-cpu presets) (default: paper)",
     )
     p.add_argument("--datasets", help="comma-separated datasets of the table (default: all)")
@@ -326,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run nothing; write the table from the runs already distilled and evaluated in --runs-dir",
     )
     _add_data_access(p)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    _add_device(p)
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("show", help="save an image grid of a distilled set as PNG")
@@ -338,50 +273,3 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the named settings")
     p.set_defaults(func=cmd_presets)
     return parser
-
-
-def cmd_presets(args: argparse.Namespace) -> int:
-    from . import presets
-
-    for name in presets.names():
-        values = ", ".join(f"{k}={v}" for k, v in presets.PRESETS[name].items() if k not in ("dataset", "ipc"))
-        print(f"{name:22s} {values}")
-    return 0
-
-
-def _add_data_access(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", help="dataset download/cache folder (default: ~/.cache/frepo)")
-    p.add_argument(
-        "--download",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="let torchvision download a missing dataset (default: on)",
-    )
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"frepo: warning: {message}", file=sys.stderr)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    warnings.showwarning = _show_warning
-    from .perf import tune_cpu_allocator
-
-    tune_cpu_allocator()  # speed only: freed memory stays in the heap (see perf.py)
-    try:
-        return args.func(args)
-    except Interrupted as exc:
-        print(f"frepo: {exc}", file=sys.stderr)
-        return 130
-    except FrepoError as exc:
-        print(f"frepo: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("frepo: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Typed settings as dataclasses: one definition of every option's name, type, default, help and
+allowed values, from which the command line builds its flags (`frepo.cli`) and runs save their JSON.
+
+A leaf field carries its help text (and, for an enumerated option, its `choices`) in the field
+metadata; nested dataclasses group options by concern. Leaf names are unique within one settings
+tree, so each is one flag (`--batch-size`) and one keyword (`batch_size=...`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import field
+from typing import Any
+
+from .errors import FrepoError
+
+
+def opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:  # noqa: A002 - argparse's name
+    """A dataclass field with its CLI help text and, for an enumerated option, its allowed values."""
+    metadata = {"help": help}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    return field(default=default, metadata=metadata)
+
+
+def nested(cls: type) -> Any:
+    """A field holding a nested settings dataclass, default-constructed."""
+    return field(default_factory=cls)
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    """One message for every enumerated option, on the command line and in the Python API alike."""
+    if value not in choices:
+        raise FrepoError(f"unknown {name} {value!r}: {name} must be one of {', '.join(choices)}")
+
+
+def check_finite(name: str, value: float, low: float | None = None) -> None:
+    """Floats must be finite numbers (NaN passes every comparison) and, with `low`, at least `low`."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or (low is not None and value < low):
+        bound = f" and >= {low}" if low is not None else ""
+        raise FrepoError(f"{name} must be a finite number{bound}, got {value!r}")
+
+
+def check_choices(settings: Any) -> None:
+    """Every enumerated field of `settings` (not of the dataclasses nested in it) holds one of its choices."""
+    for f in dataclasses.fields(settings):
+        choices = f.metadata.get("choices")
+        if choices is not None:
+            check_choice(f.name, getattr(settings, f.name), choices)
+
+
+def to_dict(settings: Any) -> dict:
+    """Plain-JSON view of a (nested) settings dataclass."""
+    return dataclasses.asdict(settings)
+
+
+def from_dict(cls: type, values: dict) -> Any:
+    """Inverse of `to_dict`; an unknown key is an error (settings from another frepo version)."""
+    obj = cls()
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key not in known:
+            raise FrepoError(f"unknown config key {key!r} for {cls.__name__}")
+        current = getattr(obj, key)
+        setattr(obj, key, from_dict(type(current), value) if dataclasses.is_dataclass(current) else value)
+    return obj
+
+
+def leaf_fields(settings: Any) -> dict[str, tuple[Any, dataclasses.Field]]:
+    """Every leaf field name -> (the dataclass instance that owns it, its field). Names are unique."""
+    out: dict[str, tuple[Any, dataclasses.Field]] = {}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(leaf_fields(value))
+        else:
+            assert f.name not in out, f"duplicate settings field name {f.name}"
+            out[f.name] = (settings, f)
+    return out
+
+
+def set_leaf(settings: Any, name: str, value: Any) -> None:
+    """Set leaf `name` wherever it lives in the tree; an unknown name is a user error."""
+    fields = leaf_fields(settings)
+    if name not in fields:
+        raise FrepoError(f"unknown option {name!r} for {type(settings).__name__}; known: {', '.join(sorted(fields))}")
+    owner, f = fields[name]
+    setattr(owner, f.name, value)

@@ -1,0 +1,43 @@
+"""The `frepo` command: thin subcommands over the library (`frepo.cli.commands`), flags generated from the
+typed settings (`frepo.cli.flags`). A user mistake prints one line on stderr and exits 2; Ctrl-C during a
+run exits 130 after a checkpoint."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+from ..base.errors import FrepoError, Interrupted
+from .commands import build_parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"frepo: warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..base.log import show_messages
+    from ..base.perf import tune_cpu_allocator
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already reported in one line
+        return int(exc.code or 0)
+    warnings.showwarning = _show_warning
+    show_messages()
+    tune_cpu_allocator()  # speed only: freed memory stays in the heap (see frepo.base.perf)
+    try:
+        return args.func(args)
+    except Interrupted as exc:
+        print(f"frepo: {exc}", file=sys.stderr)
+        return 130
+    except FrepoError as exc:
+        print(f"frepo: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("frepo: interrupted", file=sys.stderr)
+        return 130
+
+
+__all__ = ["build_parser", "main"]

@@ -1,0 +1,61 @@
+"""Images in class folders (`root/<class>/<image>`), read into uint8 arrays: the one image-folder reader
+of frepo, used for ImageFolder datasets (`frepo.data.registry`) and for sets saved as images by other
+tools or by `frepo export` (`frepo.io.foreign`).
+
+Listing follows torchvision's ImageFolder: class folders sorted by name, each walked recursively with
+folders and files in sorted order, files kept by extension (case-insensitive).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..base.errors import FrepoError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+GREY_MODES = ("L", "1", "I;16")
+
+
+def class_folders(root: Path) -> list[Path]:
+    """The class folders of `root`, sorted by name."""
+    return sorted((p for p in Path(root).iterdir() if p.is_dir()), key=lambda p: p.name)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files under `folder`, recursively, in torchvision's ImageFolder order."""
+    files = []
+    for dirpath, _, names in sorted(os.walk(folder, followlinks=True)):
+        files += [Path(dirpath) / n for n in sorted(names) if n.lower().endswith(IMAGE_SUFFIXES)]
+    return files
+
+
+def open_image(path: Path):
+    """The PIL image at `path`, decoded, or a FrepoError naming the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.copy()  # decoded into memory; the file is closed
+    except OSError as exc:
+        raise FrepoError(f"cannot read image {path}: {exc}") from exc
+
+
+def is_grey(images: list) -> bool:
+    return all(im.mode in GREY_MODES for im in images)
+
+
+def to_array(image, channels: int, size: int | None = None) -> np.ndarray:
+    """uint8 H×W×C array of a PIL image in `channels` (1: greyscale, 3: RGB); with `size`, centre-cropped
+    to a square and resized to size×size (the reference's handling of images of mixed sizes)."""
+    from PIL import Image
+
+    image = image.convert("L" if channels == 1 else "RGB")
+    if size is not None:
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR)
+    arr = np.asarray(image, dtype=np.uint8)
+    return arr[..., None] if arr.ndim == 2 else arr

@@ -1,0 +1,102 @@
+"""`EvalConfig`: what an evaluation is, as one typed object — built once, validated once, passed whole.
+
+Shared options (protocol, architectures, models, seed, split, device, width) plus one options
+dataclass per protocol (`frepo`, `dsa`, `krr`, from `frepo.eval.protocols`). A protocol's options
+default to "not given"; setting one for another protocol is an error, so `--epochs` without
+`--protocol dsa` is refused instead of silently ignored. The command line builds `frepo evaluate`'s
+flags from these fields (`frepo.cli`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..base.errors import FrepoError
+from ..base.fields import check_choices, leaf_fields, nested, opt, set_leaf
+from ..models import ARCHS, check_arch
+from .protocols import PROTOCOLS
+from .protocols.dsa import DsaOptions
+from .protocols.frepo import FrepoOptions
+from .protocols.krr import KrrOptions
+
+SPLITS = ("test", "val")
+
+
+@dataclass
+class EvalConfig:
+    protocol: str = opt(
+        "frepo",
+        "; ".join(f"{p.name} = {p.summary}" for p in PROTOCOLS.values()),
+        choices=tuple(PROTOCOLS),
+    )
+    arch: str | None = opt(
+        None,
+        "comma-separated networks (default: the protocol's: "
+        + ", ".join(f"{p.default_arch} for {p.name}" for p in PROTOCOLS.values())
+        + "): "
+        + ", ".join(ARCHS),
+    )
+    models: int = opt(5, "fresh networks per architecture")
+    seed: int = opt(0, "evaluation seed")
+    split: str = opt("test", "test, or val: the hold-out the set was distilled without", choices=SPLITS)
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    width: int = opt(128, "channels of the first block of conv-family networks and convnet")
+    frepo: FrepoOptions = nested(FrepoOptions)
+    dsa: DsaOptions = nested(DsaOptions)
+    krr: KrrOptions = nested(KrrOptions)
+
+    @classmethod
+    def build(cls, **options: Any) -> EvalConfig:
+        """An EvalConfig from leaf option names (`models=5`, `epochs=300`, ...), validated."""
+        config = cls()
+        for name, value in options.items():
+            set_leaf(config, name, value)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        check_choices(self)
+        if self.models < 1:
+            raise FrepoError(f"models must be >= 1, got {self.models}")
+        if self.width < 1:
+            raise FrepoError(f"width must be >= 1, got {self.width}")
+        for name in PROTOCOLS:
+            given = getattr(self, name)
+            if name == self.protocol:
+                given.validate()
+                continue
+            for flag, (owner, f) in leaf_fields(given).items():
+                if getattr(owner, f.name) != f.default:
+                    raise FrepoError(_misplaced(flag, name, self.protocol))
+        self.archs()
+
+    def options(self) -> Any:
+        """The options dataclass of the chosen protocol."""
+        return getattr(self, self.protocol)
+
+    def archs(self) -> list[str]:
+        """'conv,alexnet' -> validated names, in order; None -> the protocol's default network."""
+        if self.arch is None:
+            return [PROTOCOLS[self.protocol].default_arch]
+        names = [a.strip() for a in self.arch.split(",")] if isinstance(self.arch, str) else list(self.arch)
+        names = [a for a in names if a]
+        if not names:
+            raise FrepoError("--arch needs at least one architecture name")
+        if len(set(names)) != len(names):
+            raise FrepoError(f"--arch names an architecture twice: {','.join(names)}")
+        return [check_arch(a) for a in names]
+
+    def replace(self, **changes: Any) -> EvalConfig:
+        """A copy with top-level fields changed (e.g. the seed of one validation), not re-validated."""
+        return dataclasses.replace(self, **changes)
+
+
+def _misplaced(flag: str, owner: str, chosen: str) -> str:
+    dashed = "--" + flag.replace("_", "-")
+    counts = {"frepo": "--steps", "dsa": "--epochs"}
+    hint = f"; the {chosen} protocol counts {counts[chosen]}" if chosen in counts and counts[chosen] != dashed else ""
+    if chosen == "krr":
+        hint = "; the krr protocol trains nothing"
+    return f"{dashed} applies to --protocol {owner}{hint}"

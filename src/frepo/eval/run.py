@@ -1,0 +1,54 @@
+"""One protocol, one architecture, `models` fresh networks on a set: the loop every protocol shares."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..base.device import deterministic_kernels, resolve_device
+from ..base.rng import stream_seed
+from ..io.artifact import DistilledSet
+from .config import EvalConfig
+from .protocol import EvalSetup
+from .protocols import PROTOCOLS
+from .results import EvalResult
+
+
+def evaluate_set(
+    ds: DistilledSet,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    config: EvalConfig,
+    arch: str | None = None,
+    *,
+    progress: bool = False,
+) -> EvalResult:
+    """Train `config.models` fresh `arch` networks (default: the config's first architecture) on `ds`
+    with `config.protocol` and test each on (test_x M×C×H×W in the set's preprocessed space, test_y
+    (M,) class ids). `config` is trusted to be validated (`EvalConfig.validate`)."""
+    protocol = PROTOCOLS[config.protocol]
+    options = config.options()
+    device = resolve_device(config.device)
+    setup = EvalSetup(ds, test_x, test_y, arch or config.archs()[0], config.seed, device, config.width)
+    plan = protocol.plan(setup, options)  # rejects a set these options cannot use, before any training
+    streams = [f"{protocol.stream}/model{i}" for i in range(config.models)]
+    start = time.perf_counter()
+    accs = []
+    for name in tqdm(streams, desc=f"evaluate ({setup.arch}, {protocol.name})", disable=not progress, leave=False):
+        with deterministic_kernels(device):  # the same seed gives the same numbers on a GPU too
+            accs.append(protocol.train_and_test(setup, options, name))
+    return EvalResult(
+        protocol.name,
+        setup.arch,
+        accs,
+        float(np.mean(accs)),
+        float(np.std(accs)),
+        plan.steps,
+        time.perf_counter() - start,
+        config.split,
+        config.seed,
+        {**plan.extra, "model_streams": streams, "model_seeds": [stream_seed(config.seed, s) for s in streams]},
+    )
