@@ -43,7 +43,7 @@ if want dsa-subsets; then
   timeout 200 "$PY" - "$SETS" "$RESULTS" <<'PYEOF'
 import sys
 from frepo import evaluate
-from frepo.results import write_json
+from frepo.eval.results import write_json
 
 sets, results = sys.argv[1:]
 for ipc in (1, 10):

@@ -11,6 +11,7 @@ from .distill import DistillResult, distill
 from .eval import EvalConfig, EvalResult
 from .evaluate import SourceConfig, evaluate, evaluate_archs
 from .io.artifact import DistilledSet, load_distilled, save_distilled
+from .io.export import export
 from .subset import make_subset
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "distill",
     "evaluate",
     "evaluate_archs",
+    "export",
     "load_distilled",
     "make_subset",
     "presets",

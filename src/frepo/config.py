@@ -88,6 +88,14 @@ class DistillConfig:
     seed: int = opt(0, "seed of every random stream of the run")
     log_every: int = opt(10, "steps between metrics lines (and NaN checks)")
     checkpoint_every: int = opt(200, "steps between atomic checkpoints")
+    snapshot_every: int | None = opt(
+        None,
+        "steps between image-grid snapshots in RUN/images, the frames of `frepo show RUN --animate` "
+        "(default: about 50 over the run; 0: none)",
+    )
+    tensorboard: bool = opt(
+        False, "also write TensorBoard events to RUN/tensorboard: the metrics, and the image grid every log step"
+    )
     eval_every: int = opt(0, "steps between validation evaluations (0: only at the end)")
     eval_models: int = opt(1, "models trained per validation evaluation")
     eval_steps: int = opt(
@@ -117,6 +125,8 @@ class DistillConfig:
                 raise FrepoError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_every < 0 or self.chunk_size < 0:
             raise FrepoError("eval_every and chunk_size must be >= 0")
+        if self.snapshot_every is not None and self.snapshot_every < 0:
+            raise FrepoError(f"snapshot_every must be >= 0, got {self.snapshot_every}")
         if self.lr <= 0 or not (0 <= self.lr_final_ratio <= 1):
             raise FrepoError("lr must be > 0 and lr_final_ratio in [0, 1]")
         if self.krr_reg < 0:

@@ -26,6 +26,7 @@ from .data import PreparedData, prepare
 from .eval import EvalConfig, evaluate_set, reference_steps
 from .io.artifact import DistilledSet, save_distilled
 from .method.trainer import FRePoTrainer
+from .monitor import Monitor
 from .runs import RunDir
 from .visualize import save_grid
 
@@ -104,6 +105,7 @@ class Distiller:
             self.resumed = True
         self._val = None
         self._test_fingerprint = raw.test_fingerprint()
+        self.monitor = Monitor(self.run_dir, config, self.step) if self.ctx.is_main else None
         # The reference protocol on the validation hold-out, with the run's device and model budget.
         self._val_config = EvalConfig.build(
             protocol="frepo",
@@ -152,18 +154,19 @@ class Distiller:
         images, labels = self.syn.images.detach().cpu().clone(), self.syn.labels.detach().cpu().clone()
         return DistilledSet(images, labels, self.data.preprocessing, self._meta())
 
+    def current(self) -> DistilledSet:
+        """A view of the current set (no copy), for validation and pictures."""
+        return DistilledSet(self.syn.images.detach(), self.syn.labels.detach(), self.data.preprocessing, self._meta())
+
     def validate(self) -> float | None:
         """Validation accuracy (%) of fresh models trained on the current set; None without a hold-out."""
         if len(self.data.val_idx) == 0:
             return None
         if self._val is None:
             self._val = self.data.val()
-        # A view of the current set (no copy); each validation draws its models from a seed of its own.
-        current = DistilledSet(
-            self.syn.images.detach(), self.syn.labels.detach(), self.data.preprocessing, self._meta()
-        )
+        # Each validation draws its models from a seed of its own.
         config = self._val_config.replace(seed=self.config.seed + 1_000_003 * self.step)
-        return evaluate_set(current, *self._val, config).mean
+        return evaluate_set(self.current(), *self._val, config).mean
 
     def _record_validation(self) -> None:
         acc = self.validate()
@@ -175,7 +178,7 @@ class Distiller:
             "eval_models": self.config.eval_models,
             "eval_steps": self.config.eval_steps or reference_steps(len(self.syn.images)),
         }
-        self.run_dir.append_metrics(record)
+        self.monitor.record(record)
         log.info(f"step {self.step}: validation accuracy {acc:.2f}%")
         if self.best["val_acc"] is None or acc > self.best["val_acc"]:
             self.best = {"val_acc": acc, "step": self.step}
@@ -198,33 +201,17 @@ class Distiller:
             dynamic_ncols=True,
             mininterval=1.0,
         )
-        window_start, window_steps = time.perf_counter(), 0
-        with stop_on_signal() as stop, contextlib.closing(bar):
-            while self.step < cfg.steps:
-                t0 = time.perf_counter()
-                metrics = self._one_step()
-                self.step += 1
-                window_steps += 1
-                self.elapsed += time.perf_counter() - t0
-                bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    now = time.perf_counter()
-                    self._log(metrics, window_steps / max(now - window_start, 1e-9), bar)
-                    window_start, window_steps = now, 0
-                if self.step % cfg.checkpoint_every == 0:
-                    self.checkpoint()
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps and self.ctx.is_main:
-                    self._record_validation()
-                if self.ctx.any(stop.is_set()):
-                    self.checkpoint()
-                    raise Interrupted(
-                        f"stopped at step {self.step}; checkpoint written to "
-                        f"{self.run_dir.checkpoint_path}. Run the same command to resume."
-                    )
-        self.checkpoint()
-        if self.ctx.is_main:
-            if self.best["step"] != self.step:
+        with contextlib.ExitStack() as cleanup:
+            if self.monitor:
+                cleanup.callback(self.monitor.close)
+                if self.step == 0:
+                    self.monitor.snapshot(self.current(), 0)
+            with stop_on_signal() as stop, contextlib.closing(bar):
+                self._loop(bar, stop)
+            self.checkpoint()
+            if self.ctx.is_main and self.best["step"] != self.step:
                 self._record_validation()
+        if self.ctx.is_main:
             ds = self.distilled_set()
             save_distilled(ds, self.run_dir.distilled_path)
             save_grid(
@@ -234,6 +221,34 @@ class Distiller:
             )
         self.ctx.barrier()
         return self._result()
+
+    def _loop(self, bar, stop: threading.Event) -> None:
+        """Outer steps to the end of the run with their periodic actions; a stop request checkpoints and raises."""
+        cfg = self.config
+        window_start, window_steps = time.perf_counter(), 0
+        while self.step < cfg.steps:
+            t0 = time.perf_counter()
+            metrics = self._one_step()
+            self.step += 1
+            window_steps += 1
+            self.elapsed += time.perf_counter() - t0
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                now = time.perf_counter()
+                self._log(metrics, window_steps / max(now - window_start, 1e-9), bar)
+                window_start, window_steps = now, 0
+            if self.monitor:
+                self.monitor.snapshot(self.current(), self.step, final=self.step == cfg.steps)
+            if self.step % cfg.checkpoint_every == 0:
+                self.checkpoint()
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps and self.ctx.is_main:
+                self._record_validation()
+            if self.ctx.any(stop.is_set()):
+                self.checkpoint()
+                raise Interrupted(
+                    f"stopped at step {self.step}; checkpoint written to "
+                    f"{self.run_dir.checkpoint_path}. Run the same command to resume."
+                )
 
     def _one_step(self) -> dict[str, torch.Tensor]:
         return self.trainer.step()
@@ -256,8 +271,8 @@ class Distiller:
             "pool_resets": self.trainer.pool.resets,
             "elapsed_s": self.elapsed,
         }
-        if self.ctx.is_main:
-            self.run_dir.append_metrics(record)
+        if self.monitor:
+            self.monitor.record(record, self.current())
         bar.set_postfix(loss=f"{values['loss']:.4f}", acc=f"{values['acc']:.3f}", it_s=f"{steps_per_s:.2f}")
 
     def _result(self) -> DistillResult:

@@ -17,7 +17,16 @@ from .base.fields import from_dict, to_dict
 from .config import DistillConfig
 
 # Settings that may change between a run and its resumption: they do not change the result.
-RESUMABLE_CHANGES = {"device", "log_every", "checkpoint_every", "data_dir", "download", "deterministic"}
+RESUMABLE_CHANGES = {
+    "device",
+    "log_every",
+    "checkpoint_every",
+    "snapshot_every",
+    "tensorboard",
+    "data_dir",
+    "download",
+    "deterministic",
+}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

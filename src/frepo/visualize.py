@@ -1,14 +1,21 @@
-"""Image grids of distilled sets, in pixel space (the preprocessing inverted), as PNG."""
+"""Pictures of distilled sets, in pixel space (the preprocessing inverted): a labelled grid (PNG), the
+plain grid a run keeps as a snapshot every few steps, and an animated GIF of those snapshots, the
+synthetic set over training."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .base.atomic import atomic_write
+from .base.errors import FrepoError
 from .io.artifact import DistilledSet
+
+SNAPSHOT = re.compile(r"step(\d+)\.png$")
 
 
 def class_grid(
@@ -64,3 +71,58 @@ def save_grid(ds: DistilledSet, path: str | Path, per_class: int = 10, title: st
     atomic_write(path, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)
     return Path(path)
+
+
+def grid_array(ds: DistilledSet, per_class: int = 10) -> np.ndarray:
+    """The set's class grid (`class_grid`) as uint8 H×W×3, rounded as an 8-bit export is."""
+    grid, _ = class_grid(ds.pixels(), ds.class_ids(), ds.num_classes, per_class)
+    grid = grid.expand(3, -1, -1) if grid.shape[0] == 1 else grid
+    return grid.clamp(0, 1).mul(255).add_(0.5).floor_().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
+def save_snapshot(ds: DistilledSet, folder: str | Path, step: int, per_class: int = 10) -> Path:
+    """folder/stepNNNNNNN.png: the plain grid of the set at `step` (a frame of `animate`)."""
+    from PIL import Image
+
+    path = Path(folder) / f"step{step:07d}.png"
+    image = Image.fromarray(grid_array(ds, per_class))
+    atomic_write(path, lambda p: image.save(p, format="PNG"))
+    return path
+
+
+def snapshots(folder: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of the snapshots in `folder`, in step order."""
+    found = []
+    for path in Path(folder).glob("step*.png"):
+        match = SNAPSHOT.search(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def animate(folder: str | Path, out: str | Path, fps: float = 8.0, title: str = "") -> Path:
+    """An animated GIF (looping, the last frame held for a second) of the snapshots in `folder`, each
+    captioned with its step: the synthetic set over training."""
+    from PIL import Image, ImageDraw
+
+    frames_found = snapshots(folder)
+    if not frames_found:
+        raise FrepoError(f"{folder} holds no snapshots (stepNNNNNNN.png); a run keeps them with --snapshot-every")
+    if fps <= 0:
+        raise FrepoError(f"fps must be > 0, got {fps}")
+    frames = []
+    for step, path in frames_found:
+        with Image.open(path) as im:
+            grid = im.convert("RGB")
+        canvas = Image.new("RGB", (grid.width, grid.height + 14), "white")
+        canvas.paste(grid, (0, 14))
+        ImageDraw.Draw(canvas).text((2, 1), f"{title}step {step}".strip(), fill="black")
+        frames.append(canvas.convert("P", palette=Image.ADAPTIVE))
+    durations = [int(1000 / fps)] * len(frames)
+    durations[-1] = max(durations[-1], 1000)
+
+    def save(p: Path) -> None:
+        frames[0].save(p, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0)
+
+    atomic_write(out, save)
+    return Path(out)

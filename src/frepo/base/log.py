@@ -6,8 +6,10 @@ Messages go to stderr through tqdm, so they never tear a progress bar.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 
 from tqdm.auto import tqdm
 
@@ -23,11 +25,18 @@ class _TqdmHandler(logging.Handler):
             self.handleError(record)
 
 
-def show_messages(level: int = logging.INFO) -> None:
-    """Print frepo's log messages on stderr from `level` up (the command line calls this once)."""
+@contextlib.contextmanager
+def show_messages(level: int = logging.INFO) -> Iterator[None]:
+    """Within the block, print frepo's log messages on stderr from `level` up (the command line's run);
+    afterwards the library is quiet again."""
     logger = logging.getLogger(LOGGER)
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    previous = logger.level
     logger.setLevel(level)
-    if not any(isinstance(h, _TqdmHandler) for h in logger.handlers):
-        handler = _TqdmHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)

@@ -25,10 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, or a usage error already reported in one line
         return int(exc.code or 0)
     warnings.showwarning = _show_warning
-    show_messages()
     tune_cpu_allocator()  # speed only: freed memory stays in the heap (see frepo.base.perf)
     try:
-        return args.func(args)
+        with show_messages():
+            return args.func(args)
     except Interrupted as exc:
         print(f"frepo: {exc}", file=sys.stderr)
         return 130

@@ -8,6 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..base.errors import FrepoError
 from ..config import PREPROCESS_KINDS, DistillConfig
 from .flags import Parser, add_settings_flags, choice, explicit
 
@@ -122,14 +123,33 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from ..io.artifact import load_distilled
-    from ..visualize import save_grid
+    from ..runs import RunDir
+    from ..visualize import animate, save_grid
 
-    ds = load_distilled(args.file)
+    path = Path(args.path)
+    run = RunDir(path) if path.is_dir() else None
+    if args.animate:
+        if run is None:
+            raise FrepoError("--animate makes a film of a run's snapshots: pass a run directory, not a file")
+        out = animate(run.images_dir, args.out or run.path / "distilled.gif", fps=args.fps)
+        print(f"animation -> {out}")
+        return 0
+    file = run.distilled_path if run is not None else path
+    ds = load_distilled(file)
     title = (
         f"{Path(ds.dataset).name}: {ds.meta.get('kind', 'set')}, {len(ds.images)} images, step {ds.meta.get('step')}"
     )
-    save_grid(ds, args.out, per_class=args.per_class, title=title)
-    print(f"image grid -> {args.out}")
+    out = Path(args.out) if args.out else file.with_suffix(".png")
+    save_grid(ds, out, per_class=args.per_class, title=title)
+    print(f"image grid -> {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..io.export import export
+
+    manifest = export(args.file, args.to, args.format)
+    print(f"{args.format} export of {args.file} -> {manifest.parent} (manifest: {manifest.name})")
     return 0
 
 
@@ -160,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ..base.version import __version__
     from ..eval import EvalConfig
     from ..evaluate import SourceConfig
+    from ..io.export import LAYOUTS
     from ..reproduce import BUDGETS
     from ..subset import METHODS
 
@@ -218,7 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="selection seed (default: 0, as distill's init)")
     p.add_argument("--out", required=True, help="output file (.safetensors)")
-    p.add_argument("--preprocess", default="auto", choices=("auto", "standard", "zca", "none"), help="(default: auto)")
+    p.add_argument(
+        "--preprocess",
+        default="auto",
+        type=choice("preprocess", PREPROCESS_KINDS),
+        choices=PREPROCESS_KINDS,
+        help="auto (standardise, plus ZCA for colour images), standard, zca or none (default: auto)",
+    )
     p.add_argument("--val-size", type=int, default=None, help="validation hold-out (default: as distill)")
     p.add_argument(
         "--feature-steps",
@@ -264,11 +291,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.set_defaults(func=cmd_reproduce)
 
-    p = sub.add_parser("show", help="save an image grid of a distilled set as PNG")
-    p.add_argument("file", help="a distilled-set file")
-    p.add_argument("--out", required=True, help="output PNG path")
+    p = sub.add_parser(
+        "show",
+        help="save an image grid of a distilled set as PNG, or a run's snapshots as an animated GIF",
+    )
+    p.add_argument("path", help="a distilled-set file, or a run directory (its distilled.safetensors)")
+    p.add_argument("--out", help="output path (default: the file with .png, or RUN/distilled.gif with --animate)")
     p.add_argument("--per-class", type=int, default=10, help="images per class row (default: 10)")
+    p.add_argument(
+        "--animate",
+        action="store_true",
+        help="an animated GIF of the run's snapshots (RUN/images): the synthetic set over training",
+    )
+    p.add_argument("--fps", type=float, default=8.0, help="--animate: frames per second (default: 8)")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser(
+        "export",
+        help="write a distilled set in a layout other tools read (PNG folders, .pt for DD-Ranking/MTT, FRePo .npz)",
+        description="Write a distilled set into a folder: imagefolder (PNGs per class in pixel space, labels "
+        "beside), pt (images.pt, labels.pt, lr.pt as DD-Ranking reads them, and data.safetensors) or npz (the "
+        "official FRePo layout). Each export carries its preprocessing and a manifest (export.json), so "
+        "`frepo evaluate FOLDER` reads it back.",
+    )
+    p.add_argument("file", help="a frepo distilled-set file (.safetensors)")
+    p.add_argument("--to", required=True, help="output folder (new, or a previous export to overwrite)")
+    p.add_argument(
+        "--format", required=True, type=choice("format", LAYOUTS), choices=LAYOUTS, help="imagefolder, pt or npz"
+    )
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("presets", help="list the named settings")
     p.set_defaults(func=cmd_presets)

@@ -2,8 +2,10 @@
 
 Formats (`detect_format`):
   frepo        frepo's own `.safetensors` (carries its preprocessing; nothing to guess)
+  frepo-export a `frepo export` folder (or a file in it): its manifest and stored preprocessing say all
   frepo-npz    the official FRePo `np/stepNNNNNN.npz`: `image` N×H×W×C, `label` N×K learned labels
-  mtt          MTT's `images_*.pt` (N×C×H×W) with its sibling `labels_*.pt` (N class ids, or N×K)
+  mtt          MTT's `images_*.pt` (N×C×H×W) with its sibling `labels_*.pt` (N class ids, or N×K); also
+               DD-Ranking's `images.pt` with `labels.pt`
   dc           DC/DSA/DM's `res_*.pt`: a dict whose 'data' is a list of [images, labels] pairs
   safetensors  a plain safetensors file with `images` and `labels` tensors (no frepo metadata)
   imagefolder  a folder of class folders of images (raw pixels)
@@ -33,17 +35,21 @@ from ..data import RawDataset, default_data_dir, load_dataset
 from ..data.recipes import CLAIMS, check_preprocessing, claimed_preprocessing, frepo_preprocessing
 from .artifact import DistilledSet, load_distilled
 
-FORMATS = ("frepo", "frepo-npz", "mtt", "dc", "safetensors", "imagefolder")
+FORMATS = ("frepo", "frepo-export", "frepo-npz", "mtt", "dc", "safetensors", "imagefolder")
 
 
 # ---- format detection and checksums -----------------------------------------------------------
 def detect_format(path: str | Path) -> str:
     """The format of `path` from its name and, for .pt files, its content."""
+    from .export import find_manifest
+
     path = Path(path)
+    if not path.exists():
+        raise FrepoError(f"file not found: {path}")
+    if find_manifest(path) is not None:
+        return "frepo-export"
     if path.is_dir():
         return "imagefolder"
-    if not path.is_file():
-        raise FrepoError(f"file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         return "frepo" if _has_frepo_metadata(path) else "safetensors"
@@ -127,14 +133,14 @@ def _labels(labels, n: int, num_classes: int, where: str) -> torch.Tensor:
     )
 
 
-def _images(images, raw: RawDataset, where: str, channels_last: bool = False) -> torch.Tensor:
-    """Float32 N×C×H×W images matching the dataset's image shape."""
+def _images(images, shape: tuple[int, int, int], where: str, channels_last: bool = False) -> torch.Tensor:
+    """Float32 N×C×H×W images of image shape `shape` (C, H, W)."""
     x = torch.as_tensor(images)
     if not x.is_floating_point():
         raise FrepoError(f"{where}: images must be floating point, got {x.dtype}")
     if channels_last and x.ndim == 4:
         x = x.permute(0, 3, 1, 2)
-    shape = tuple(raw.image_shape)
+    shape = tuple(shape)
     if x.ndim != 4 or tuple(x.shape[1:]) != shape:
         layout = "N×H×W×C" if channels_last else "N×C×H×W"
         raise FrepoError(f"{where}: images of shape {tuple(x.shape)}, expected {layout} with (C, H, W) = {shape}")
@@ -143,7 +149,7 @@ def _images(images, raw: RawDataset, where: str, channels_last: bool = False) ->
     return x.detach().float().contiguous()  # MTT saves its leaf tensors with requires_grad set
 
 
-def read_npz(path: Path, raw: RawDataset) -> tuple[torch.Tensor, torch.Tensor]:
+def read_npz(path: Path, shape: tuple[int, int, int], num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             if not {"image", "label"} <= set(archive.files):
@@ -153,15 +159,18 @@ def read_npz(path: Path, raw: RawDataset) -> tuple[torch.Tensor, torch.Tensor]:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise FrepoError(f"cannot read {path}: not an .npz file, or corrupt or truncated ({exc})") from exc
-    images = _images(image, raw, str(path), channels_last=True)
-    return images, _labels(label, len(images), raw.num_classes, str(path))
+    images = _images(image, shape, str(path), channels_last=True)
+    return images, _labels(label, len(images), num_classes, str(path))
 
 
 def mtt_labels_path(images_path: Path) -> Path:
     name = images_path.name
-    if not name.startswith("images_"):
-        raise FrepoError(f"{images_path}: an MTT file is named images_<tag>.pt, with labels_<tag>.pt beside it")
-    return images_path.with_name("labels_" + name[len("images_") :])
+    if not name.startswith("images"):
+        raise FrepoError(
+            f"{images_path}: an MTT file is named images_<tag>.pt, with labels_<tag>.pt beside it "
+            "(DD-Ranking: images.pt and labels.pt)"
+        )
+    return images_path.with_name("labels" + name[len("images") :])
 
 
 def read_mtt(path: Path, raw: RawDataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,7 +183,7 @@ def read_mtt(path: Path, raw: RawDataset) -> tuple[torch.Tensor, torch.Tensor]:
     labels = torch_load(labels_path)
     if not isinstance(labels, torch.Tensor):
         raise FrepoError(f"{labels_path}: expected a tensor of labels, got {type(labels).__name__}")
-    images = _images(images, raw, str(path))
+    images = _images(images, raw.image_shape, str(path))
     return images, _labels(labels, len(images), raw.num_classes, str(labels_path))
 
 
@@ -189,7 +198,7 @@ def read_dc(path: Path, raw: RawDataset, entry: int) -> tuple[torch.Tensor, torc
     pair = data[entry]
     if not isinstance(pair, (list, tuple)) or len(pair) != 2:
         raise FrepoError(f"{path}: entry {entry} of 'data' is not an [images, labels] pair")
-    images = _images(pair[0], raw, f"{path} entry {entry}")
+    images = _images(pair[0], raw.image_shape, f"{path} entry {entry}")
     return images, _labels(pair[1], len(images), raw.num_classes, f"{path} entry {entry}"), len(data)
 
 
@@ -203,7 +212,7 @@ def read_safetensors(path: Path, raw: RawDataset) -> tuple[torch.Tensor, torch.T
     for key in ("images", "labels"):
         if key not in tensors:
             raise FrepoError(f"{path}: a safetensors file from another tool needs 'images' and 'labels' tensors")
-    images = _images(tensors["images"], raw, str(path))
+    images = _images(tensors["images"], raw.image_shape, str(path))
     return images, _labels(tensors["labels"], len(images), raw.num_classes, str(path))
 
 
@@ -289,7 +298,7 @@ def load_foreign(
         images = pre(pixels)
     else:
         if fmt == "frepo-npz":
-            images, labels = read_npz(path, raw)
+            images, labels = read_npz(path, raw.image_shape, raw.num_classes)
         elif fmt == "mtt":
             images, labels = read_mtt(path, raw)
         elif fmt == "dc":
@@ -325,6 +334,59 @@ def load_foreign(
     return DistilledSet(images.float(), labels, pre, meta)
 
 
+def load_export(path: str | Path) -> DistilledSet:
+    """A `frepo export` folder (or a file of one) back into the set it was written from: the same images
+    (up to 8-bit rounding and clipping for PNGs), labels and preprocessing, in the same order."""
+    from ..data.folders import open_image, to_array
+    from .export import find_manifest, read_manifest, read_preprocessing
+
+    manifest_path = find_manifest(path)
+    if manifest_path is None:
+        raise FrepoError(f"{path} is not a frepo export: no export.json in it or beside it")
+    manifest, folder = read_manifest(manifest_path), manifest_path.parent
+    try:
+        layout, classes, shape = manifest["layout"], list(manifest["classes"]), tuple(manifest["images"]["shape"])
+        info = manifest["set"]
+    except (KeyError, TypeError) as exc:
+        raise FrepoError(f"{manifest_path}: the manifest lacks {exc}") from exc
+    pre = read_preprocessing(folder)
+    c = shape[0]
+    # Checked against the manifest's own shape and classes; the dataset is checked when it is loaded.
+    where = str(manifest_path.parent)
+    if layout == "imagefolder":
+        pixels = np.stack([to_array(open_image(folder / name), c) for name in manifest.get("image_files", [])])
+        if tuple(pixels.shape[1:3]) != shape[1:]:
+            raise FrepoError(f"{where}: the PNGs are {pixels.shape[2]}×{pixels.shape[1]}, the manifest says {shape}")
+        images = pre(pixels)
+        labels = torch_load(folder / "labels.pt")
+    elif layout == "pt":
+        images, labels = torch_load(folder / "images.pt"), torch_load(folder / "labels.pt")
+    elif layout == "npz":
+        npz = [name for name in manifest.get("files", {}) if name.endswith(".npz")]
+        if len(npz) != 1:
+            raise FrepoError(f"{manifest_path}: an npz export names one .npz file")
+        images, labels = read_npz(folder / npz[0], shape, len(classes))
+    else:
+        raise FrepoError(f"{manifest_path}: unknown layout {layout!r}")
+    images = _images(images, shape, where)
+    labels = _labels(labels, len(images), len(classes), where)
+    meta = {
+        "kind": f"export-{layout}",
+        "dataset": manifest["dataset"],
+        "classes": classes,
+        "ipc": info.get("ipc"),
+        "seed": info.get("seed"),
+        "step": info.get("step"),
+        "config": {"use_flip": bool(info.get("use_flip"))},
+        "mirror_invariant": bool(info.get("mirror_invariant", True)),
+        "val_size": int(info.get("val_size") or 0),
+        "test_fingerprint": info.get("test_fingerprint"),
+        "checksum": file_checksum(folder),
+        "source": {"path": str(path), "format": "frepo-export", "layout": layout, "original": info.get("checksum")},
+    }
+    return DistilledSet(images, labels, pre, meta)
+
+
 def load_set(
     file: str | Path,
     dataset: str | None = None,
@@ -336,12 +398,12 @@ def load_set(
 ) -> tuple[DistilledSet, RawDataset]:
     """Any supported distilled-set file -> (DistilledSet, the real dataset it belongs to)."""
     fmt = detect_format(file)
-    if fmt == "frepo":
-        ds = load_distilled(file)
+    if fmt in ("frepo", "frepo-export"):
+        ds = load_distilled(file) if fmt == "frepo" else load_export(file)
         if preprocess not in (None, "auto"):
-            raise FrepoError("a frepo file carries its own preprocessing; drop --preprocess")
+            raise FrepoError(f"a {fmt} file carries its own preprocessing; drop --preprocess")
         if entry is not None:
-            raise FrepoError("--entry selects a set inside a DC/DSA res_*.pt file; a frepo file holds one set")
+            raise FrepoError(f"--entry selects a set inside a DC/DSA res_*.pt file; a {fmt} file holds one set")
         if dataset is not None and not _same_dataset(dataset, ds.dataset):
             raise FrepoError(f"{file} was distilled from {ds.dataset}, not {dataset}; drop --dataset")
         return ds, load_dataset(ds.dataset, data_dir, download)
@@ -366,6 +428,8 @@ def describe(ds: DistilledSet) -> str:
     source = ds.meta.get("source")
     if not source:
         return f"{ds.meta.get('kind', 'set')} of {ds.dataset}"
+    if source["format"] == "frepo-export":
+        return f"frepo export ({source['layout']}) read with its stored preprocessing"
     extra = f", entry {source['entry']} of {source['entries']}" if "entries" in source else ""
     return f"{source['format']} file read as '{source['preprocessing']}' preprocessing{extra}"
 
@@ -373,6 +437,7 @@ def describe(ds: DistilledSet) -> str:
 __all__ = [
     "FORMATS",
     "describe",
+    "load_export",
     "detect_format",
     "file_checksum",
     "load_foreign",

@@ -62,18 +62,3 @@ def label_margin_loss(labels: torch.Tensor) -> torch.Tensor:
     top2 = labels.topk(2, dim=-1).values
     margin = torch.clamp(top2[:, 0] - top2[:, 1], max=1.0 / labels.shape[-1])
     return -margin.mean()
-
-
-def meta_loss(
-    feat_t: torch.Tensor,
-    y_t: torch.Tensor,
-    feat_s: torch.Tensor,
-    y_s: torch.Tensor,
-    y_learned: torch.Tensor,
-    reg: float,
-    solve_dtype=torch.float64,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(total loss, kernel loss). y_s is the support labels (flip-duplicated when the flip trick is on);
-    y_learned is the learned label tensor itself, which the margin term regularises."""
-    kernel = mse_loss(krr_predict(feat_t, feat_s, y_s, reg, solve_dtype), y_t)
-    return kernel + label_margin_loss(y_learned), kernel

@@ -1,0 +1,218 @@
+"""`frepo export`: a distilled set in the layouts other tools read, with its preprocessing beside it.
+
+Layouts (`LAYOUTS`), each a folder:
+  imagefolder  <class>/<NNNNN>.png in pixel space (the preprocessing inverted, clipped to [0, 1], 8-bit),
+               so any tool can train on them; the labels beside them as `labels.pt` and `labels.json`
+               (learned labels are regression targets, not class probabilities)
+  pt           `images.pt` (N×C×H×W float32, in the preprocessed space), `labels.pt`, `lr.pt`: the files
+               DD-Ranking loads (and MTT's images_*/labels_* pair), plus `data.safetensors` holding the
+               same tensors for loading without pickle
+  npz          `stepNNNNNN.npz` in the official FRePo layout: `image` N×H×W×C, `label` N×K
+Every export also holds `preprocessing.safetensors` (the per-channel mean and std, and the ZCA mean,
+matrix and inverse when used: what turns raw test images into the set's space) and `export.json`, a
+manifest with documented keys (`MANIFEST_KEYS`) from which `frepo evaluate EXPORT_DIR` reads the set
+back with nothing else to say.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..base.atomic import atomic_save_safetensors, atomic_torch_save, atomic_write, atomic_write_json
+from ..base.errors import FrepoError
+from ..base.fields import check_choice
+from ..base.version import __version__
+from ..data.preprocess import Preprocessing
+from .artifact import DistilledSet, load_distilled
+
+LAYOUTS = ("imagefolder", "pt", "npz")
+MANIFEST = "export.json"
+PREPROCESSING = "preprocessing.safetensors"
+EXPORT_VERSION = 1
+# What another tool should train a set's images with when it has no learning rate of its own: the
+# DC/DSA/DD-Ranking SGD lr (FRePo learns none). The frepo protocol itself trains with Adam 3e-4.
+SGD_LR = 0.01
+FREPO_PROTOCOL_LR = 3e-4
+
+MANIFEST_KEYS = {
+    "format": '"frepo-export"',
+    "export_version": "1",
+    "layout": "imagefolder, pt or npz",
+    "files": "what each file of the folder holds",
+    "images": "count, shape [C, H, W], and space: 'pixels' (PNG, 0..255) or 'preprocessed'",
+    "image_files": "imagefolder only: the PNG of each image, in the set's order",
+    "labels": "kind ('learned': N×K regression targets; 'class_ids': N integers) and the class id of each image",
+    "classes": "class names, indexed by class id",
+    "dataset": "the real dataset (registry name or path) whose test split the set is evaluated on",
+    "preprocessing": "kind (none, standard, zca), zca_reg, per-channel mean and std (tensors in PREPROCESSING)",
+    "lr": "sgd: the lr to train with SGD (DD-Ranking, DC/DSA), frepo_protocol: the Adam lr of the reference evaluation",
+    "set": "what frepo knows of the set: kind, ipc, step, seed, use_flip, mirror_invariant, val_size, checksum",
+    "frepo_version": "the frepo that wrote the export",
+}
+
+
+def _folder_names(classes: list[str]) -> list[str]:
+    """One folder name per class: the class name when every name is a safe, unique file name that sorts
+    in class order (so torchvision's ImageFolder numbers the classes as the set does), else a
+    zero-padded class number in front of it."""
+    safe = [re.sub(r"[^\w.+-]+", "_", name).strip("._") or "class" for name in classes]
+    if safe == classes and len(set(safe)) == len(safe) and sorted(safe) == safe:
+        return safe
+    width = len(str(len(classes) - 1))
+    return [f"{i:0{width}d}_{name}" for i, name in enumerate(safe)]
+
+
+def to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """N×C×H×W pixels in [0, 1] (clipped) -> uint8 N×H×W×C, rounding half up (as torchvision saves)."""
+    x = pixels.detach().float().clamp(0, 1).mul(255).add_(0.5).floor_().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def _write_png(array: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    atomic_write(path, lambda p: image.save(p, format="PNG"))
+
+
+def _labels_record(ds: DistilledSet) -> dict:
+    learned = ds.labels.ndim == 2
+    return {"kind": "learned" if learned else "class_ids", "class_ids": ds.class_ids().tolist()}
+
+
+def export(ds: DistilledSet | str | Path, out: str | Path, layout: str) -> Path:
+    """Write a set (or a frepo file) into the folder `out` in `layout` (one of LAYOUTS); returns the
+    manifest's path."""
+    check_choice("format", layout, LAYOUTS)
+    if not isinstance(ds, DistilledSet):
+        ds = load_distilled(ds)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FrepoError(f"--to {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise FrepoError(f"--to {out} is not empty and holds no frepo export; use another folder")
+    images, labels = ds.images.detach().cpu().float(), ds.labels.detach().cpu()
+    files: dict[str, str] = {
+        PREPROCESSING: "the preprocessing tensors (pre_mean, pre_std; pre_zca_mean, pre_whiten, pre_unwhiten for ZCA)"
+    }
+    manifest: dict = {}
+    if layout == "imagefolder":
+        pixels = to_uint8(ds.pixels())
+        folders = _folder_names(ds.classes)
+        ids = ds.class_ids().tolist()
+        names = [f"{folders[c]}/{i:05d}.png" for i, c in enumerate(ids)]
+        for array, name in zip(pixels, names):
+            _write_png(array, out / name)
+        atomic_torch_save(labels.clone(), out / "labels.pt")
+        atomic_write_json(out / "labels.json", {"files": names, "labels": labels.tolist(), "classes": ds.classes})
+        manifest["image_files"] = names
+        files.update(
+            {
+                "<class>/NNNNN.png": "the images in pixel space, 8-bit (NNNNN: position in the set)",
+                "labels.pt": "the labels in the set's order (N×K learned targets or N class ids)",
+                "labels.json": "the same, with the file of each image",
+            }
+        )
+        space = "pixels"
+    elif layout == "pt":
+        lr = torch.tensor(SGD_LR, dtype=torch.float32)
+        atomic_torch_save(images.clone(), out / "images.pt")
+        atomic_torch_save(labels.clone(), out / "labels.pt")
+        atomic_torch_save(lr, out / "lr.pt")
+        atomic_save_safetensors(
+            {"images": images.contiguous(), "labels": labels.contiguous(), "lr": lr.reshape(1)},
+            out / "data.safetensors",
+            metadata={"frepo_export": MANIFEST},
+        )
+        files.update(
+            {
+                "images.pt": "N×C×H×W float32 images in the preprocessed space (torch.load)",
+                "labels.pt": "N×K learned labels (regression targets) or N class ids",
+                "lr.pt": "a 0-d tensor: the SGD learning rate to train with (see lr)",
+                "data.safetensors": "images, labels and lr (1-element) without pickle",
+            }
+        )
+        space = "preprocessed"
+    else:
+        name = f"step{int(ds.meta.get('step') or 0):06d}.npz"
+
+        def save(path: Path) -> None:
+            with open(path, "wb") as fh:
+                np.savez(fh, image=images.permute(0, 2, 3, 1).contiguous().numpy(), label=ds.targets().numpy())
+
+        atomic_write(out / name, save)
+        files[name] = "the official FRePo layout: image N×H×W×C float32 (preprocessed), label N×K float32"
+        space = "preprocessed"
+    pre = ds.preprocessing
+    atomic_save_safetensors(
+        pre.tensors(), out / PREPROCESSING, metadata={"frepo_preprocessing": json.dumps(pre.params())}
+    )
+    config = ds.meta.get("config") or {}
+    manifest.update(
+        {
+            "format": "frepo-export",
+            "export_version": EXPORT_VERSION,
+            "layout": layout,
+            "files": {MANIFEST: "this manifest", **files},
+            "images": {"count": int(len(images)), "shape": list(images.shape[1:]), "space": space},
+            "labels": _labels_record(ds),
+            "classes": ds.classes,
+            "dataset": ds.dataset,
+            "preprocessing": {**pre.params(), "mean": pre.mean.tolist(), "std": pre.std.tolist()},
+            "lr": {"sgd": SGD_LR, "frepo_protocol": FREPO_PROTOCOL_LR},
+            "set": {
+                "kind": ds.meta.get("kind"),
+                "ipc": ds.meta.get("ipc"),
+                "step": ds.meta.get("step"),
+                "seed": ds.meta.get("seed"),
+                "use_flip": bool(config.get("use_flip") or False),
+                "mirror_invariant": bool(ds.meta.get("mirror_invariant", True)),
+                "val_size": ds.meta.get("val_size"),
+                "test_fingerprint": ds.meta.get("test_fingerprint"),
+                "checksum": ds.meta.get("checksum"),
+            },
+            "frepo_version": __version__,
+        }
+    )
+    atomic_write_json(out / MANIFEST, manifest)
+    return out / MANIFEST
+
+
+def find_manifest(path: str | Path) -> Path | None:
+    """The export manifest of `path`: the folder's own, or the one beside a file of an export."""
+    path = Path(path)
+    for folder in (path, path.parent) if path.is_dir() else (path.parent,):
+        candidate = folder / MANIFEST
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_manifest(path: Path) -> dict:
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise FrepoError(f"cannot read the export manifest {path}: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != "frepo-export":
+        raise FrepoError(f"{path} is not a frepo export manifest")
+    if manifest.get("export_version") != EXPORT_VERSION:
+        raise FrepoError(f"{path}: export version {manifest.get('export_version')} is not supported")
+    return manifest
+
+
+def read_preprocessing(folder: Path) -> Preprocessing:
+    from safetensors import safe_open
+
+    path = folder / PREPROCESSING
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            params = json.loads((fh.metadata() or {})["frepo_preprocessing"])
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # missing, damaged, or not ours
+        raise FrepoError(f"cannot read the export's preprocessing {path}: {exc}") from exc
+    return Preprocessing.from_tensors(params, tensors)

@@ -1,0 +1,63 @@
+"""What a run shows while it runs, besides its progress bar: a line of metrics.jsonl every log step and
+validation, optional TensorBoard events (the same scalars, and the image grid every log step), and a
+snapshot of the image grid every few steps (RUN/images/stepNNNNNNN.png), from which
+`frepo show RUN --animate` makes the synthetic set's film. Rank 0 alone monitors a distributed run.
+None of it changes the result, so these settings may change when a run resumes.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+from .base.errors import FrepoError
+from .config import DistillConfig
+from .io.artifact import DistilledSet
+from .runs import RunDir
+from .visualize import grid_array, save_snapshot
+
+SNAPSHOTS = 50  # frames over a run when --snapshot-every is not given
+
+
+def snapshot_interval(config: DistillConfig) -> int:
+    """Steps between snapshots: the given interval, 0 for none, or about SNAPSHOTS over the run."""
+    if config.snapshot_every is not None:
+        return config.snapshot_every
+    return max(1, config.steps // SNAPSHOTS)
+
+
+class Monitor:
+    def __init__(self, run_dir: RunDir, config: DistillConfig, resume_step: int):
+        self.run_dir = run_dir
+        self.every = snapshot_interval(config)
+        self.writer = None
+        if config.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise FrepoError(
+                    "--tensorboard needs the tensorboard package: pip install 'frepo[tensorboard]'"
+                ) from exc
+            # Events after the checkpoint a resumed run restarts from are dropped, as metrics.jsonl's lines are.
+            self.writer = SummaryWriter(str(run_dir.path / "tensorboard"), purge_step=resume_step or None)
+
+    def record(self, record: dict, ds: DistilledSet | None = None) -> None:
+        """A metrics line (and its TensorBoard scalars; with `ds`, its image grid too)."""
+        self.run_dir.append_metrics(record)
+        if self.writer is None:
+            return
+        step = int(record["step"])
+        for key, value in record.items():
+            if key != "step" and isinstance(value, numbers.Real):
+                self.writer.add_scalar(key, float(value), step)
+        if ds is not None:
+            self.writer.add_image("synthetic set", grid_array(ds), step, dataformats="HWC")
+
+    def snapshot(self, ds: DistilledSet, step: int, final: bool = False) -> None:
+        """Keep the grid of `step` when it is due (every `every` steps, and the last step of a run)."""
+        if self.every and (step % self.every == 0 or final):
+            save_snapshot(ds, self.run_dir.images_dir, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

@@ -1,0 +1,154 @@
+"""`frepo export`: every layout reads back into the set it was written from, so evaluating the export gives
+the original's accuracy under the same seed; the PNGs open in PIL and are `frepo show`'s grid."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_blobs_npz
+from PIL import Image
+
+import frepo
+from frepo.base.errors import FrepoError
+from frepo.cli import main
+from frepo.config import DataConfig
+from frepo.io.artifact import DistilledSet, save_distilled
+from frepo.io.export import LAYOUTS, export, to_uint8
+from frepo.io.foreign import detect_format, load_export
+from frepo.visualize import class_grid, grid_array
+
+FAST = {"models": 1, "steps": 20, "width": 8}
+
+
+def _subset(tmp_path, channels: int) -> tuple[DistilledSet, str]:
+    data = make_blobs_npz(tmp_path / f"blobs{channels}.npz", channels=channels)
+    ds = frepo.make_subset(DataConfig(dataset=str(data)), 2)
+    return ds, str(save_distilled(ds, tmp_path / f"subset{channels}.safetensors"))
+
+
+def _learned(tmp_path) -> tuple[DistilledSet, str]:
+    """A colour set like a distilled one: images pushed out of the pixel range, learned labels."""
+    ds, _ = _subset(tmp_path, channels=3)
+    g = torch.Generator().manual_seed(0)
+    images = 1.8 * ds.images + 0.3 * torch.randn(ds.images.shape, generator=g)
+    labels = ds.targets() + 0.05 * torch.randn(ds.targets().shape, generator=g)
+    learned = DistilledSet(images, labels, ds.preprocessing, {**ds.meta, "kind": "distilled", "step": 42})
+    return learned, str(save_distilled(learned, tmp_path / "learned.safetensors"))
+
+
+def test_real_images_round_trip_exactly_in_every_layout(tmp_path):
+    ds, path = _subset(tmp_path, channels=1)
+    checksum = frepo.load_distilled(path).meta["checksum"]
+    original = frepo.evaluate(path, **FAST)
+    kernel = frepo.evaluate(path, protocol="krr", models=2, width=8)
+    for layout in LAYOUTS:
+        folder = tmp_path / layout
+        manifest = export(path, folder, layout)
+        assert detect_format(folder) == "frepo-export" and json.loads(manifest.read_text())["layout"] == layout
+        back = load_export(folder)
+        # Real pixels survive 8-bit PNGs, and the standardisation is elementwise: the very same tensors (the
+        # official npz layout holds N×K labels: class ids come back as their regression targets).
+        assert torch.equal(back.images, ds.images), layout
+        assert torch.equal(back.targets(), ds.targets()) and torch.equal(back.class_ids(), ds.class_ids()), layout
+        assert back.dataset == ds.dataset and back.meta["source"]["original"] == checksum
+        assert frepo.evaluate(folder, **FAST).accuracies == original.accuracies, layout
+        assert frepo.evaluate(folder, protocol="krr", models=2, width=8).accuracies == kernel.accuracies, layout
+
+
+def test_learned_sets_round_trip_and_pngs_are_the_show_grid(tmp_path):
+    ds, path = _learned(tmp_path)
+    original = frepo.evaluate(path, **FAST)
+    for layout in ("pt", "npz"):  # float tensors in the preprocessed space: nothing is lost
+        export(path, tmp_path / layout, layout)
+        back = load_export(tmp_path / layout)
+        assert torch.equal(back.images, ds.images) and torch.equal(back.labels, ds.targets())
+        assert frepo.evaluate(tmp_path / layout, **FAST).accuracies == original.accuracies, layout
+        assert torch.equal(
+            back.transform(np.zeros((2, 8, 8, 3), np.uint8)), ds.transform(np.zeros((2, 8, 8, 3), np.uint8))
+        )
+    # DD-Ranking's files load with plain torch.load, the pair in safetensors without pickle.
+    from safetensors.torch import load_file
+
+    assert torch.equal(torch.load(tmp_path / "pt" / "images.pt"), ds.images)
+    assert float(torch.load(tmp_path / "pt" / "lr.pt")) == pytest.approx(0.01)
+    assert torch.equal(load_file(str(tmp_path / "pt" / "data.safetensors"))["labels"], ds.labels)
+    with np.load(tmp_path / "npz" / "step000042.npz") as npz:  # the official FRePo layout
+        assert npz["image"].shape == (6, 8, 8, 3) and np.array_equal(npz["label"], ds.targets().numpy())
+
+    export(path, tmp_path / "png", "imagefolder")
+    manifest = json.loads((tmp_path / "png" / "export.json").read_text())
+    files = manifest["image_files"]
+    pixels = np.stack([np.asarray(Image.open(tmp_path / "png" / f)) for f in files])  # PIL opens every one
+    assert pixels.dtype == np.uint8 and pixels.shape == (6, 8, 8, 3)
+    assert np.array_equal(pixels, to_uint8(ds.pixels()))  # clipped to [0, 1], then 8-bit
+    assert [f.split("/")[0] for f in files] == ["0", "0", "1", "1", "2", "2"]
+    assert json.loads((tmp_path / "png" / "labels.json").read_text())["files"] == files
+    assert torch.equal(torch.load(tmp_path / "png" / "labels.pt"), ds.labels)
+    # The folder of PNGs is frepo show's grid.
+    shown = grid_array(ds)
+    rebuilt, _ = class_grid(torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255, ds.class_ids(), 3)
+    rebuilt = rebuilt.mul(255).add(0.5).floor().to(torch.uint8).permute(1, 2, 0).numpy()
+    assert np.array_equal(shown, rebuilt)
+    back = load_export(tmp_path / "png")
+    unit = ds.preprocessing.to_unit(ds.images)
+    inside = (unit > 0) & (unit < 1)
+    gap = (ds.preprocessing.to_unit(back.images) - unit).abs()
+    assert float(gap[inside].max()) <= 0.5 / 255 + 1e-4  # only the 8-bit rounding where nothing was clipped
+    assert torch.equal(back.labels, ds.labels)
+
+
+def test_export_and_evaluate_through_the_cli(tmp_path, capsys):
+    _, path = _subset(tmp_path, channels=1)
+    original, exported = tmp_path / "original.json", tmp_path / "exported.json"
+    assert main(["evaluate", path, "--models", "1", "--steps", "10", "--width", "8", "--json", str(original)]) == 0
+    assert main(["export", path, "--to", str(tmp_path / "out"), "--format", "imagefolder"]) == 0
+    args = [
+        "evaluate",
+        str(tmp_path / "out"),
+        "--models",
+        "1",
+        "--steps",
+        "10",
+        "--width",
+        "8",
+        "--json",
+        str(exported),
+    ]
+    assert main(args) == 0
+    assert "frepo export (imagefolder) read with its stored preprocessing" in capsys.readouterr().out
+    a, b = json.loads(original.read_text()), json.loads(exported.read_text())
+    assert a["accuracies"] == b["accuracies"] and a["model_seeds"] == b["model_seeds"]
+
+    not_folder = tmp_path / "file.txt"
+    not_folder.write_text("x")
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "notes.txt").write_text("mine")
+    cases = [
+        (["export", path, "--to", str(tmp_path / "x"), "--format", "zip"], "unknown format 'zip'"),
+        (["export", path, "--to", str(not_folder), "--format", "pt"], "not a folder"),
+        (["export", path, "--to", str(used), "--format", "pt"], "holds no frepo export"),
+        (["export", str(tmp_path / "missing.safetensors"), "--to", str(tmp_path / "y"), "--format", "pt"], "not found"),
+        (["evaluate", str(tmp_path / "out"), "--preprocess", "dc"], "carries its own preprocessing"),
+    ]
+    for args, fragment in cases:
+        capsys.readouterr()
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("frepo: error:") and fragment in err[0], err
+    assert (used / "notes.txt").read_text() == "mine"
+    (tmp_path / "out" / "export.json").write_text("{not json")
+    with pytest.raises(FrepoError, match="cannot read the export manifest"):
+        load_export(tmp_path / "out")
+
+
+def test_class_folders_sort_in_class_order_for_torchvision():
+    from frepo.io.export import _folder_names
+
+    assert _folder_names(["airplane", "automobile", "bird"]) == ["airplane", "automobile", "bird"]
+    # Unsafe names (Fashion-MNIST's "T-shirt/top") or names that sort out of class order get a class number.
+    assert _folder_names(["T-shirt/top", "Trouser"]) == ["0_T-shirt_top", "1_Trouser"]
+    assert _folder_names([str(i) for i in range(12)])[:3] == ["00_0", "01_1", "02_2"]

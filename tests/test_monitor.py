@@ -1,0 +1,73 @@
+"""What a run shows: snapshots of the image grid and their animation, TensorBoard events with the same
+numbers as metrics.jsonl; the library is quiet unless asked, the command line is not."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from frepo import distill, presets
+from frepo.cli import main
+from frepo.io.artifact import load_distilled
+from frepo.visualize import grid_array
+
+OVERRIDES = dict(steps=6, width=8, num_models=3, max_online_updates=4, batch_size=64, eval_steps=20, log_every=1)
+
+
+def test_snapshots_make_an_animation_of_the_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    config = presets.resolve("digits", 1, overrides={**OVERRIDES, "snapshot_every": 2})
+    distill(config, out)
+    frames = sorted(p.name for p in (out / "images").glob("step*.png"))
+    assert frames == ["step0000000.png", "step0000002.png", "step0000004.png", "step0000006.png"]
+    # The last frame is the final set's grid.
+    last = np.asarray(Image.open(out / "images" / frames[-1]).convert("RGB"))
+    assert np.array_equal(last, grid_array(load_distilled(out / "distilled.safetensors")))
+
+    assert main(["show", str(out), "--animate", "--fps", "4"]) == 0
+    gif = Image.open(out / "distilled.gif")
+    assert gif.format == "GIF" and gif.is_animated and gif.n_frames == 4
+    assert main(["show", str(out), "--out", str(tmp_path / "grid.png")]) == 0  # a run directory shows its set
+    assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+    assert main(["show", str(out / "distilled.safetensors"), "--animate"]) == 2
+    assert "pass a run directory" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    (empty / "images").mkdir(parents=True)
+    assert main(["show", str(empty), "--animate"]) == 2
+
+
+def test_tensorboard_events_hold_the_metrics_and_the_grid(tmp_path):
+    pytest.importorskip("tensorboard", reason="the [tensorboard] extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    assert (
+        main(
+            ["distill", "--ipc", "1", "--out", str(out), "--tensorboard", "--eval-every", "3"]
+            + [f"--{k.replace('_', '-')}={v}" for k, v in OVERRIDES.items()]
+        )
+        == 0
+    )
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    loss = {r["step"]: r["loss"] for r in records if "loss" in r}
+    assert {e.step: pytest.approx(e.value, rel=1e-6) for e in events.Scalars("loss")} == loss
+    assert [e.step for e in events.Scalars("val_acc")] == [r["step"] for r in records if "val_acc" in r] == [3, 6]
+    assert [e.step for e in events.Images("synthetic set")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_library_is_quiet_and_the_command_line_is_not(tmp_path, capsys):
+    distill(presets.resolve("digits", 1, overrides=OVERRIDES), tmp_path / "api")
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+    args = ["distill", "--ipc", "1", "--out", str(tmp_path / "cli")] + [
+        f"--{k.replace('_', '-')}={v}" for k, v in OVERRIDES.items()
+    ]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "frepo: distilling digits" in err and "distill:" in err and "validation accuracy" in err
