@@ -89,10 +89,10 @@ def parse_value(text: str):
 
 
 def run_one(name: str, overrides: dict, warmup: int, repeats: int, device_name: str, tune: bool) -> dict:
-    from frepo.base.fields import set_leaf
-    from frepo.config import DistillConfig
     from frepo.base.device import resolve_device
+    from frepo.base.fields import set_leaf
     from frepo.base.perf import tune_cpu_allocator
+    from frepo.config import DistillConfig
     from frepo.method.trainer import FRePoTrainer
 
     tuned = tune_cpu_allocator() if tune else False  # as the frepo CLI does
