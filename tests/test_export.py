@@ -16,7 +16,7 @@ from frepo.base.errors import FrepoError
 from frepo.cli import main
 from frepo.config import DataConfig
 from frepo.io.artifact import DistilledSet, save_distilled
-from frepo.io.export import LAYOUTS, export, to_uint8
+from frepo.io.export import LAYOUTS, MANIFEST_KEYS, export, to_uint8
 from frepo.io.foreign import detect_format, load_export
 from frepo.visualize import class_grid, grid_array
 
@@ -47,6 +47,8 @@ def test_real_images_round_trip_exactly_in_every_layout(tmp_path):
     for layout in LAYOUTS:
         folder = tmp_path / layout
         manifest = export(path, folder, layout)
+        keys = set(json.loads(manifest.read_text()))
+        assert keys == set(MANIFEST_KEYS) - ({"image_files"} if layout != "imagefolder" else set())  # documented
         assert detect_format(folder) == "frepo-export" and json.loads(manifest.read_text())["layout"] == layout
         back = load_export(folder)
         # Real pixels survive 8-bit PNGs, and the standardisation is elementwise: the very same tensors (the

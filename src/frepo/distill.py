@@ -99,10 +99,9 @@ class Distiller:
         self.step = 0
         self.best = {"val_acc": None, "step": None}
         self.elapsed = 0.0
-        self.resumed = False
         if resuming or (self.ctx.enabled and self.run_dir.checkpoint_path.is_file()):
             self._load(self.run_dir.load_checkpoint())
-            self.resumed = True
+            log.info(f"frepo: resuming {self.run_dir.path} from step {self.step} of {config.steps}")
         self._val = None
         self._test_fingerprint = raw.test_fingerprint()
         self.monitor = Monitor(self.run_dir, config, self.step) if self.ctx.is_main else None

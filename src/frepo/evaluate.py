@@ -8,6 +8,7 @@ reads, with the dataset and preprocessing of a file from another tool); what the
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,18 +52,14 @@ def configure(
     config: EvalConfig | None = None, source: SourceConfig | None = None, **overrides: Any
 ) -> tuple[EvalConfig, SourceConfig]:
     """Copies of (config, source) with `overrides` (leaf names of either) applied, both validated."""
-    config = EvalConfig() if config is None else EvalConfig.build(**_leaves(config))
-    source = SourceConfig() if source is None else SourceConfig(**vars(source))
+    config = EvalConfig() if config is None else copy.deepcopy(config)
+    source = SourceConfig() if source is None else copy.deepcopy(source)
     source_names = leaf_fields(source)
     for name, value in overrides.items():
         set_leaf(source if name in source_names else config, name, value)
     config.validate()
     source.validate()
     return config, source
-
-
-def _leaves(config: EvalConfig) -> dict:
-    return {name: getattr(owner, f.name) for name, (owner, f) in leaf_fields(config).items()}
 
 
 def open_set(file: DistilledSet | str | Path, source: SourceConfig) -> tuple[DistilledSet, RawDataset]:
