@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .base.errors import FrepoError
-from .base.fields import check_choices, nested, opt
+from .base.fields import check_choices, check_finite, nested, opt
 
 NORMS = ("batch", "instance", "none")
 PREPROCESS_KINDS = ("auto", "standard", "zca", "none")
@@ -38,8 +38,7 @@ class DataConfig:
 
     def validate(self) -> None:
         check_choices(self)
-        if self.zca_reg < 0:
-            raise FrepoError(f"zca_reg must be >= 0, got {self.zca_reg}")
+        check_finite("zca_reg", self.zca_reg, low=0.0)
         if self.val_size is not None and self.val_size < 0:
             raise FrepoError(f"val_size must be >= 0, got {self.val_size}")
 
@@ -64,6 +63,9 @@ class PoolConfig:
     online_batch_size: int = opt(1000, "online updates use a random subset of at most this many images")
 
     def validate(self) -> None:
+        check_finite("online_lr", self.online_lr, low=0.0)
+        if self.online_lr == 0:
+            raise FrepoError("online_lr must be > 0, got 0")
         if self.num_models < 1:
             raise FrepoError("num_models must be >= 1")
         if self.max_online_updates < 0:
@@ -127,9 +129,12 @@ class DistillConfig:
             raise FrepoError("eval_every and chunk_size must be >= 0")
         if self.snapshot_every is not None and self.snapshot_every < 0:
             raise FrepoError(f"snapshot_every must be >= 0, got {self.snapshot_every}")
-        if self.lr <= 0 or not (0 <= self.lr_final_ratio <= 1):
-            raise FrepoError("lr must be > 0 and lr_final_ratio in [0, 1]")
-        if self.krr_reg < 0:
-            raise FrepoError("krr_reg must be >= 0")
+        check_finite("lr", self.lr, low=0.0)
+        if self.lr == 0:
+            raise FrepoError("lr must be > 0, got 0")
+        check_finite("lr_final_ratio", self.lr_final_ratio, low=0.0)
+        if self.lr_final_ratio > 1:
+            raise FrepoError(f"lr_final_ratio must lie in [0, 1], got {self.lr_final_ratio}")
+        check_finite("krr_reg", self.krr_reg, low=0.0)
         if self.eval_steps < 0:
             raise FrepoError("eval_steps must be >= 0")

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .base.atomic import WriteError
 from .base.device import resolve_device
 from .base.dist import init_distributed
 from .base.errors import FrepoError, Interrupted
@@ -27,7 +28,7 @@ from .eval import EvalConfig, evaluate_set, reference_steps
 from .io.artifact import DistilledSet, save_distilled
 from .method.trainer import FRePoTrainer
 from .monitor import Monitor
-from .runs import RunDir
+from .runs import RunDir, environment
 from .visualize import save_grid
 
 log = logging.getLogger(__name__)
@@ -71,10 +72,24 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-class Distiller:
-    """Holds the state of one run; `run()` drives it to `config.steps`."""
+# Divergence without NaN: the kernel loss grown this many times over its first logged value, or the
+# validation accuracy within CHANCE_MARGIN of chance this many evaluations in a row, stops the run.
+DIVERGENCE_FACTOR = 1e3
+CHANCE_MARGIN = 1.2
+CHANCE_STREAK = 3
+CHECKPOINT_KEYS = ("step", "synthetic", "lamb", "pool", "sampler", "best", "elapsed")
 
-    def __init__(self, config: DistillConfig, out: str | Path, progress: bool = False):
+
+class Distiller:
+    """Holds the state of one run; `run()` drives it to `config.steps`.
+
+    Starting is all or nothing: the run directory is locked, the config checked against the run found
+    there, the data prepared, the trainer built and the checkpoint checked and loaded — and only then is
+    anything written (a failed start leaves the directory as it found it)."""
+
+    def __init__(
+        self, config: DistillConfig, out: str | Path, progress: bool = False, resume_with_changes: bool = False
+    ):
         config.validate()
         self.config = config
         self.ctx, device_name = init_distributed(config.device)
@@ -83,8 +98,25 @@ class Distiller:
         self.progress = progress and self.ctx.is_main
         if config.batch_size % self.ctx.world:
             raise FrepoError(f"batch_size {config.batch_size} is not divisible by the {self.ctx.world} processes")
-        resuming = self.run_dir.claim(config) if self.ctx.is_main else False
-        self.ctx.barrier()
+        if self.ctx.is_main:
+            self.run_dir.acquire()  # rank 0 owns the directory for the whole run
+        try:
+            claim = self.run_dir.check(config, resume_with_changes) if self.ctx.is_main else None
+            self.ctx.barrier()
+            resuming = claim.resuming if claim else self.run_dir.checkpoint_path.is_file()
+            self._setup(config, resuming)
+            if claim:
+                self.run_dir.begin(config, claim)
+        except BaseException:
+            if self.ctx.is_main:
+                self.run_dir.abandon()
+            raise
+        self._announce(claim, resuming)
+        self.monitor = Monitor(self.run_dir, config, self.step) if self.ctx.is_main else None
+        if claim and claim.changes and self.monitor:
+            self.monitor.record({"step": self.step, "changed": claim.changes})
+
+    def _setup(self, config: DistillConfig, resuming: bool) -> None:
         self.data: PreparedData = prepare(config.data)
         raw = self.data.raw
         self.num_classes = raw.num_classes
@@ -98,13 +130,14 @@ class Distiller:
         self.syn = self.trainer.syn
         self.step = 0
         self.best = {"val_acc": None, "step": None}
+        self.watch = {"first_kernel_loss": None, "chance_streak": 0}
         self.elapsed = 0.0
-        if resuming or (self.ctx.enabled and self.run_dir.checkpoint_path.is_file()):
+        self.last_checkpoint: int | None = None
+        if resuming:
             self._load(self.run_dir.load_checkpoint())
-            log.info(f"frepo: resuming {self.run_dir.path} from step {self.step} of {config.steps}")
         self._val = None
         self._test_fingerprint = raw.test_fingerprint()
-        self.monitor = Monitor(self.run_dir, config, self.step) if self.ctx.is_main else None
+        self._environment = environment()
         # The reference protocol on the validation hold-out, with the run's device and model budget.
         self._val_config = EvalConfig.build(
             protocol="frepo",
@@ -114,15 +147,77 @@ class Distiller:
             steps=config.eval_steps or None,
         )
 
+    def _announce(self, claim, resuming: bool) -> None:
+        cfg = self.config
+        log.info(
+            f"frepo: distilling {cfg.data.dataset}, {cfg.ipc} images per class, {cfg.steps} steps, real batch "
+            f"{cfg.batch_size}, flip {'on' if cfg.use_flip else 'off'} -> {self.run_dir.path}"
+        )
+        if resuming:
+            log.info(
+                f"frepo: resuming from step {self.step} of {cfg.steps} (checkpoint of {self.run_dir.checkpoint_time()})"
+            )
+        if claim and claim.changes:
+            changed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in claim.changes.items())
+            log.warning(f"frepo: continuing with changed settings: {changed}")
+        if resuming and claim and claim.previous_environment:
+            now = environment()
+            differs = {k: (v, now.get(k)) for k, v in claim.previous_environment.items() if now.get(k) != v}
+            if differs:
+                detail = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in differs.items())
+                log.warning(
+                    f"frepo: resuming under a different environment ({detail}); the rest of the run will not "
+                    "repeat the uninterrupted run bit for bit"
+                )
+
     # ---- checkpointing ------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"step": self.step, **self.trainer.state_dict(), "best": dict(self.best), "elapsed": self.elapsed}
+        return {
+            "step": self.step,
+            **self.trainer.state_dict(),
+            "best": dict(self.best),
+            "watch": dict(self.watch),
+            "elapsed": self.elapsed,
+        }
+
+    def _check_checkpoint(self, state: dict) -> None:
+        """A checkpoint of another config (or none at all) is refused before anything is loaded."""
+        cfg, problems = self.config, []
+        missing = [k for k in CHECKPOINT_KEYS if k not in state]
+        if missing:
+            problems.append(f"it lacks {', '.join(missing)}")
+        else:
+            step = state["step"]
+            if not isinstance(step, int) or not 0 <= step <= cfg.steps:
+                problems.append(f"its step {step!r} is not within this run's 0..{cfg.steps}")
+            models = state["pool"].get("models") if isinstance(state["pool"], dict) else None
+            if not isinstance(models, list) or len(models) != cfg.pool.num_models:
+                count = len(models) if isinstance(models, list) else "no"
+                problems.append(f"it holds {count} pool models, this run {cfg.pool.num_models}")
+            synthetic = state["synthetic"] if isinstance(state["synthetic"], dict) else {}
+            for name, tensor in (("images", self.syn.images), ("labels", self.syn.labels)):
+                saved = synthetic.get(name)
+                if not isinstance(saved, torch.Tensor) or saved.shape != tensor.shape:
+                    shape = tuple(saved.shape) if isinstance(saved, torch.Tensor) else None
+                    problems.append(f"its synthetic {name} are {shape}, this run's {tuple(tensor.shape)}")
+        if problems:
+            raise FrepoError(
+                f"{self.run_dir.checkpoint_path} does not fit this run ({'; '.join(problems)}); "
+                "delete it to restart the run"
+            )
 
     def _load(self, state: dict) -> None:
-        self.step = int(state["step"])
-        self.trainer.load_state_dict(state)
-        self.best = dict(state["best"])
-        self.elapsed = float(state["elapsed"])
+        self._check_checkpoint(state)
+        try:
+            self.trainer.load_state_dict(state)
+            self.best = dict(state["best"])
+            self.watch = dict(state.get("watch") or self.watch)
+            self.elapsed = float(state["elapsed"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            raise FrepoError(
+                f"{self.run_dir.checkpoint_path} does not fit this run ({exc}); delete it to restart the run"
+            ) from exc
+        self.step = self.last_checkpoint = int(state["step"])
         if self.ctx.is_main:
             self.run_dir.truncate_metrics(self.step)
 
@@ -130,7 +225,14 @@ class Distiller:
         if not self.trainer.finite():
             raise FrepoError(f"non-finite synthetic set at step {self.step}; the last good checkpoint is kept")
         if self.ctx.is_main:
-            self.run_dir.save_checkpoint(self.state_dict())
+            try:
+                self.run_dir.save_checkpoint(self.state_dict())
+            except WriteError as exc:
+                if exc.reason is None:
+                    raise
+                kept = f"the last checkpoint, at step {self.last_checkpoint}, is kept" if self.last_checkpoint else ""
+                raise WriteError(f"{exc.reason} while writing {exc.target}; {kept or 'no checkpoint yet'}") from exc
+        self.last_checkpoint = self.step
 
     # ---- outputs ------------------------------------------------------------------------------
     def _meta(self) -> dict:
@@ -146,6 +248,7 @@ class Distiller:
             "mirror_invariant": raw.mirror_invariant,
             "val_size": int(len(self.data.val_idx)),
             "test_fingerprint": self._test_fingerprint,
+            "environment": self._environment,
         }
 
     def distilled_set(self) -> DistilledSet:
@@ -157,7 +260,7 @@ class Distiller:
         """A view of the current set (no copy), for validation and pictures."""
         return DistilledSet(self.syn.images.detach(), self.syn.labels.detach(), self.data.preprocessing, self._meta())
 
-    def validate(self) -> float | None:
+    def validate(self, progress: bool = False) -> float | None:
         """Validation accuracy (%) of fresh models trained on the current set; None without a hold-out."""
         if len(self.data.val_idx) == 0:
             return None
@@ -165,10 +268,10 @@ class Distiller:
             self._val = self.data.val()
         # Each validation draws its models from a seed of its own.
         config = self._val_config.replace(seed=self.config.seed + 1_000_003 * self.step)
-        return evaluate_set(self.current(), *self._val, config).mean
+        return evaluate_set(self.current(), *self._val, config, progress=progress).mean
 
-    def _record_validation(self) -> None:
-        acc = self.validate()
+    def _record_validation(self, final: bool = False) -> None:
+        acc = self.validate(progress=final and self.progress)
         if acc is None:
             return
         record = {
@@ -184,9 +287,21 @@ class Distiller:
             ds = self.distilled_set()
             ds.meta["val_acc"] = acc
             save_distilled(ds, self.run_dir.best_path)
+        chance = 100.0 / self.num_classes
+        self.watch["chance_streak"] = self.watch["chance_streak"] + 1 if acc <= CHANCE_MARGIN * chance else 0
+        if self.watch["chance_streak"] >= CHANCE_STREAK:
+            self._diverged(
+                f"validation accuracy at chance ({acc:.2f}%, chance {chance:.2f}%) {CHANCE_STREAK} times in a row"
+            )
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> DistillResult:
+        try:
+            return self._run()
+        finally:
+            self.run_dir.release()
+
+    def _run(self) -> DistillResult:
         cfg = self.config
         if self.step >= cfg.steps and self.run_dir.distilled_path.is_file():
             log.info(f"frepo: {self.run_dir.path} is already complete ({self.step} steps)")
@@ -207,9 +322,10 @@ class Distiller:
                     self.monitor.snapshot(self.current(), 0)
             with stop_on_signal() as stop, contextlib.closing(bar):
                 self._loop(bar, stop)
-            self.checkpoint()
+            # The final validation comes before the final checkpoint, so a run killed in between redoes it.
             if self.ctx.is_main and self.best["step"] != self.step:
-                self._record_validation()
+                self._record_validation(final=True)
+            self.checkpoint()
         if self.ctx.is_main:
             ds = self.distilled_set()
             save_distilled(ds, self.run_dir.distilled_path)
@@ -238,10 +354,12 @@ class Distiller:
                 window_start, window_steps = now, 0
             if self.monitor:
                 self.monitor.snapshot(self.current(), self.step, final=self.step == cfg.steps)
-            if self.step % cfg.checkpoint_every == 0:
-                self.checkpoint()
+            # Validation before the checkpoint of the same step: a run killed after it resumes knowing its
+            # best set, so best.safetensors and metrics.jsonl end as the uninterrupted run's.
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps and self.ctx.is_main:
                 self._record_validation()
+            if self.step % cfg.checkpoint_every == 0:
+                self.checkpoint()
             if self.ctx.any(stop.is_set()):
                 self.checkpoint()
                 raise Interrupted(
@@ -258,7 +376,16 @@ class Distiller:
         if not all(map(_isfinite, values.values())) or not self.trainer.finite():
             raise FrepoError(
                 f"the loss became NaN/inf at step {self.step}; stopped, and the last good checkpoint "
-                f"({self.run_dir.checkpoint_path}) is kept. Try a lower --lr or a larger --krr-reg."
+                f"({self._checkpoint_words()}) is kept. Try a lower --lr or a larger --krr-reg, and rerun with "
+                "--resume-with-changes to continue from it"
+            )
+        first = self.watch["first_kernel_loss"]
+        if first is None:
+            self.watch["first_kernel_loss"] = values["kernel_loss"]
+        elif values["kernel_loss"] > DIVERGENCE_FACTOR * max(first, 1e-12):
+            self._diverged(
+                f"the kernel loss grew from {first:.3g} to {values['kernel_loss']:.3g} "
+                f"({values['kernel_loss'] / max(first, 1e-12):.2g}×)"
             )
         lr = self.trainer.lamb.schedule(max(self.step - 1, 0))
         record = {
@@ -274,6 +401,16 @@ class Distiller:
             self.monitor.record(record, self.current())
         bar.set_postfix(loss=f"{values['loss']:.4f}", acc=f"{values['acc']:.3f}", it_s=f"{steps_per_s:.2f}")
 
+    def _checkpoint_words(self) -> str:
+        return f"{self.run_dir.checkpoint_path}, step {self.last_checkpoint}" if self.last_checkpoint else "none yet"
+
+    def _diverged(self, why: str) -> None:
+        raise FrepoError(
+            f"the run diverged at step {self.step}: {why}; stopped (checkpoint: {self._checkpoint_words()}). "
+            "The likely cause is a learning rate too large for this budget: try a lower --lr, in another --out "
+            "or with --resume-with-changes"
+        )
+
     def _result(self) -> DistillResult:
         best = self.run_dir.best_path if self.run_dir.best_path.is_file() else None
         val = None
@@ -288,7 +425,10 @@ def _isfinite(x: float) -> bool:
     return x == x and abs(x) != float("inf")
 
 
-def distill(config: DistillConfig, out: str | Path, progress: bool = False) -> DistillResult:
-    """Run (or resume) a distillation into the run directory `out`; `progress` shows a progress bar
-    (the library is quiet by default; the command line turns it on)."""
-    return Distiller(config, out, progress).run()
+def distill(
+    config: DistillConfig, out: str | Path, progress: bool = False, resume_with_changes: bool = False
+) -> DistillResult:
+    """Run (or resume) a distillation into the run directory `out`; `progress` shows a progress bar (the
+    library is quiet by default; the command line turns it on). `resume_with_changes` lets a resumed run
+    continue with changed settings that are safe to continue with (`frepo.runs.CONTINUABLE`)."""
+    return Distiller(config, out, progress, resume_with_changes).run()

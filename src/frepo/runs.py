@@ -1,23 +1,44 @@
-"""The run directory: resolved config, metrics log, atomic checkpoints, outputs.
+"""The run directory: one owner at a time, the resolved config, the metrics log, atomic checkpoints.
 
-Rerunning the same command resumes from `checkpoint.pt`; a different config in a used directory is
-refused, never silently overwritten. Only settings that cannot change the result may differ.
+A run directory belongs to one process at a time: an exclusive `flock` on RUN/.lock, which the kernel
+releases when the process dies, so a kill -9 never leaves a stale lock. Rerunning the same command
+resumes from `checkpoint.pt`. A different config is refused, except settings that cannot change the
+result (`ALWAYS_RESUMABLE`) and, with `--resume-with-changes`, settings that are safe to continue with
+(`CONTINUABLE`). Nothing is written before a run has started for real, so a start that fails leaves the
+directory as it found it; a fresh start clears what an earlier attempt left; temp files of killed
+writes are removed; a checkpoint is checked against the config before a run resumes from it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import platform
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .base.atomic import atomic_torch_save, atomic_write_json
+from .base.atomic import (
+    WriteError,
+    append_line,
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    remove_stale_temps,
+)
 from .base.errors import FrepoError
 from .base.fields import from_dict, to_dict
+from .base.version import __version__
 from .config import DistillConfig
 
 # Settings that may change between a run and its resumption: they do not change the result.
-RESUMABLE_CHANGES = {
+ALWAYS_RESUMABLE = {
     "device",
     "log_every",
     "checkpoint_every",
@@ -27,6 +48,30 @@ RESUMABLE_CHANGES = {
     "download",
     "deterministic",
 }
+# Settings that change the result but are safe to continue with (--resume-with-changes): the schedule's
+# length and rate (LAMB's schedule is a function of the step, evaluated anew), and validation.
+CONTINUABLE = {"lr", "lr_final_ratio", "steps", "eval_every", "eval_models", "eval_steps"}
+LOCK = ".lock"
+ENVIRONMENT = "environment"  # the key of config.json that records where the run ran, not what it is
+# What an earlier attempt may have left, cleared when a run starts afresh in its directory.
+OUTPUTS = ("metrics.jsonl", "distilled.safetensors", "best.safetensors", "distilled.png")
+OUTPUT_FOLDERS = ("images", "tensorboard")
+
+
+def _onednn_version() -> str | None:
+    match = re.search(r"(?:oneDNN|MKL-DNN) v([\w.]+)", torch.__config__.show())
+    return match.group(1) if match else None
+
+
+def environment() -> dict:
+    """What decides the floating-point path of a run on a CPU besides its config: thread count and versions."""
+    return {
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "onednn": _onednn_version(),
+        "frepo": __version__,
+        "machine": platform.machine(),
+    }
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -39,6 +84,16 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+@dataclass
+class Claim:
+    """What a run directory holds for a config: whether to resume, and the accepted changes."""
+
+    resuming: bool  # a checkpoint is there to resume from
+    fresh: bool  # no run was there (or none that got to start)
+    changes: dict = field(default_factory=dict)  # setting -> [old, new], accepted
+    previous_environment: dict | None = None
+
+
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -48,49 +103,115 @@ class RunDir:
         self.distilled_path = self.path / "distilled.safetensors"
         self.best_path = self.path / "best.safetensors"
         self.images_dir = self.path / "images"
+        self.lock_path = self.path / LOCK
+        self._lock_fd: int | None = None
+        self._created: list[Path] = []  # what acquire() made, for abandon()
 
-    def claim(self, config: DistillConfig) -> bool:
-        """Write the config, or check it against the one already there. True when resuming."""
+    # ---- ownership --------------------------------------------------------------------------------
+    def acquire(self) -> None:
+        """Make the directory if needed and lock it for this process, or say who holds it."""
+        if str(self.path) in ("", "."):
+            raise FrepoError("--out must name a run directory")
         if self.path.exists() and not self.path.is_dir():
             raise FrepoError(f"--out {self.path} exists and is not a directory")
-        if self.config_path.is_file():
-            try:
-                previous = json.loads(self.config_path.read_text())
-                from_dict(DistillConfig, previous)
-            except (json.JSONDecodeError, FrepoError) as exc:
-                raise FrepoError(f"{self.config_path} is unreadable ({exc}); use another --out") from exc
-            old, new = _flatten(previous), _flatten(to_dict(config))
-            diff = sorted(
-                k
-                for k in old.keys() | new.keys()
-                if old.get(k) != new.get(k) and k.split(".")[-1] not in RESUMABLE_CHANGES
-            )
-            if diff:
-                detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:6])
-                raise FrepoError(
-                    f"{self.path} holds a run with a different config ({detail}); "
-                    "use another --out, or delete that directory to start over"
-                )
-            atomic_write_json(self.config_path, to_dict(config))
-            return self.checkpoint_path.is_file()
-        if self.path.is_dir() and any(self.path.iterdir()):
-            raise FrepoError(f"--out {self.path} is not empty and holds no frepo run; use another --out")
-        self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.config_path, to_dict(config))
-        return False
+        try:
+            missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._created += [p for p in missing if p.is_dir()]
+            had_lock = self.lock_path.exists()
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise WriteError(f"cannot use --out {self.path}: {exc.strerror or exc}") from exc
+        if not had_lock:
+            self._created.append(self.lock_path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise FrepoError(
+                f"{self.path} is in use by another frepo process (pid {holder}); wait for it to finish, "
+                "or use another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
 
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    def abandon(self) -> None:
+        """After a failed start: remove what acquire() created, so the directory is as it was found."""
+        self.release()
+        for path in reversed(self._created):
+            with contextlib.suppress(OSError):
+                path.unlink() if path == self.lock_path else path.rmdir()
+        self._created = []
+
+    # ---- the config ---------------------------------------------------------------------------------
+    def check(self, config: DistillConfig, allow_changes: bool = False) -> Claim:
+        """Compare `config` with the run found in the directory (writes nothing)."""
+        if not self.config_path.is_file():
+            if any(p.name != LOCK for p in self.path.iterdir()):
+                raise FrepoError(f"--out {self.path} is not empty and holds no frepo run; use another --out")
+            return Claim(resuming=False, fresh=True)
+        try:
+            previous = json.loads(self.config_path.read_text())
+            env = previous.pop(ENVIRONMENT, None)
+            from_dict(DistillConfig, previous)
+        except (json.JSONDecodeError, FrepoError, AttributeError) as exc:
+            raise FrepoError(f"{self.config_path} is unreadable ({exc}); use another --out") from exc
+        old, new = _flatten(previous), _flatten(to_dict(config))
+        diff = sorted(
+            k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k.split(".")[-1] not in ALWAYS_RESUMABLE
+        )
+        refused = [k for k in diff if not (allow_changes and k.split(".")[-1] in CONTINUABLE)]
+        if refused:
+            detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in refused[:6])
+            continuable = [k for k in refused if k.split(".")[-1] in CONTINUABLE]
+            hint = (
+                "rerun with --resume-with-changes to continue with the new value"
+                if len(continuable) == len(refused)
+                else f"only {', '.join(sorted(CONTINUABLE))} may change when a run continues "
+                "(--resume-with-changes); use another --out, or delete that directory to start over"
+            )
+            raise FrepoError(f"{self.path} holds a run with a different config ({detail}); {hint}")
+        changes = {k: [old.get(k), new.get(k)] for k in diff}
+        return Claim(self.checkpoint_path.is_file(), False, changes, env)
+
+    def begin(self, config: DistillConfig, claim: Claim) -> None:
+        """Write the config (with the environment), once the run has started for real; a fresh start in a
+        used directory clears the outputs of the earlier attempt; stale temp files go."""
+        remove_stale_temps(self.path)
+        if not claim.resuming:
+            for name in OUTPUTS:
+                (self.path / name).unlink(missing_ok=True)
+            for name in OUTPUT_FOLDERS:
+                shutil.rmtree(self.path / name, ignore_errors=True)
+        atomic_write_json(self.config_path, {**to_dict(config), ENVIRONMENT: environment()})
+        self._created = []  # the directory now holds a run: never removed by abandon()
+
+    # ---- checkpoints ------------------------------------------------------------------------------
     def save_checkpoint(self, state: dict) -> None:
         atomic_torch_save(state, self.checkpoint_path)
 
     def load_checkpoint(self) -> dict:
         try:
-            return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise FrepoError(f"cannot read {self.checkpoint_path} ({exc}); delete it to restart the run") from exc
+        if not isinstance(state, dict):
+            raise FrepoError(f"{self.checkpoint_path} is not a frepo checkpoint; delete it to restart the run")
+        return state
 
+    def checkpoint_time(self) -> str:
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(self.checkpoint_path.stat().st_mtime))
+
+    # ---- the metrics log ----------------------------------------------------------------------------
     def append_metrics(self, record: dict) -> None:
-        with open(self.metrics_path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        append_line(self.metrics_path, json.dumps(record))
 
     def read_metrics(self) -> list[dict]:
         if not self.metrics_path.is_file():
@@ -106,6 +227,4 @@ class RunDir:
     def truncate_metrics(self, step: int) -> None:
         """Drop records after `step` (written after the checkpoint a resumed run restarts from)."""
         kept = [r for r in self.read_metrics() if r.get("step", 0) <= step]
-        from .base.atomic import atomic_write_text
-
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))

@@ -108,8 +108,8 @@ def animate(folder: str | Path, out: str | Path, fps: float = 8.0, title: str = 
     frames_found = snapshots(folder)
     if not frames_found:
         raise FrepoError(f"{folder} holds no snapshots (stepNNNNNNN.png); a run keeps them with --snapshot-every")
-    if fps <= 0:
-        raise FrepoError(f"fps must be > 0, got {fps}")
+    if not fps > 0 or fps == float("inf"):  # NaN fails the first test
+        raise FrepoError(f"fps must be a finite number > 0, got {fps}")
     frames = []
     for step, path in frames_found:
         with Image.open(path) as im:

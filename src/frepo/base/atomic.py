@@ -1,13 +1,19 @@
-"""Atomic file writes: a temp file in the same folder, fsync, then rename over the target.
+"""Every file frepo writes goes through here: a temp file in the same folder, fsync, then an atomic rename
+over the target, with the permissions the user's umask asks for (0644 under umask 022).
 
-A crash, Ctrl-C or a full disk mid-write leaves the previous file intact and no partial file.
+A crash, Ctrl-C or a full disk mid-write leaves the previous file intact and no partial file; a full
+or unwritable disk (an OSError, torch's RuntimeError, safetensors' own error) becomes one `WriteError`
+line that names the file and the cause. Temp files a killed process left behind are removed with
+`remove_stale_temps`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,28 +22,107 @@ import torch
 
 from .errors import FrepoError
 
+TEMP_SUFFIX = ".tmp"
+
+
+class WriteError(FrepoError):
+    """A file could not be written (a full or unwritable disk): why, and which file. The previous version
+    of the file, if any, is intact."""
+
+    def __init__(self, message: str, reason: str | None = None, target: Path | None = None):
+        super().__init__(message)
+        self.reason, self.target = reason, target
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where /proc allows (Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_failure(exc: BaseException) -> str | None:
+    """Why a write failed, in a few words, when `exc` is a disk problem (full, read-only, no permission,
+    not a folder); None for anything else."""
+    if isinstance(exc, OSError):
+        if exc.errno == errno.ENOSPC:
+            return "No space left on device"
+        return exc.strerror or str(exc)
+    text = str(exc)
+    if isinstance(exc, RuntimeError) or type(exc).__name__ == "SafetensorError":
+        if "No space left" in text or "StorageFull" in text or "code: 28" in text:
+            return "No space left on device"
+        if re.search(r"write|Permission|Read-only|IoError|file", text, re.IGNORECASE):
+            return "The disk refused the write (" + text.strip().splitlines()[0][:120] + ")"
+    return None
+
+
+def writable_folder(path: str | os.PathLike, what: str = "output") -> Path:
+    """Create folder `path` if needed and check that files can be made in it, before long work starts."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise WriteError(f"{what} {path} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".frepo-probe.", suffix=TEMP_SUFFIX, dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise WriteError(f"cannot write into {what} {path}: {write_failure(exc)}") from exc
+    return path
+
+
+def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
+    """Check, before long work starts, that `path` can be written later (its folder is writable and it is
+    not a folder itself)."""
+    path = Path(path)
+    if path.is_dir():
+        raise WriteError(f"{what} {path} is a folder; give a file name")
+    writable_folder(path.parent, f"the folder of {what}")
+    return path
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path next to `target`; on success it replaces `target` atomically."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise WriteError(f"cannot write {target}: {write_failure(exc)}") from exc
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o666 & ~umask())  # mkstemp makes 0600 whatever the umask
         os.replace(tmp_path, target)
-    except OSError as exc:
+    except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
-        raise FrepoError(
-            f"could not write {target}: {exc.strerror or exc}; the previous version, if any, is intact"
+        reason = write_failure(exc)
+        if reason is None:
+            raise
+        raise WriteError(
+            f"{reason} while writing {target}; the previous version, if any, is intact", reason, target
         ) from exc
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temp files of interrupted writes (`.<name>.<random>.tmp`) in `folder`."""
+    removed = []
+    for path in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+        if path.is_file() and path.name.count(".") >= 3:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def atomic_write(target: str | os.PathLike, write: Callable[[Path], None]) -> None:
@@ -61,3 +146,25 @@ def atomic_save_safetensors(tensors: dict, target: str | os.PathLike, metadata: 
     from safetensors.torch import save_file
 
     atomic_write(target, lambda p: save_file(tensors, str(p), metadata=metadata))
+
+
+def append_line(target: str | os.PathLike, line: str) -> None:
+    """Append one line to a log whole, or not at all: a failed write is cut back off, so a full disk
+    never leaves a partial last line."""
+    target = Path(target)
+    data = (line.rstrip("\n") + "\n").encode()
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise WriteError(f"cannot write {target}: {write_failure(exc)}") from exc
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError as exc:
+            os.ftruncate(fd, start)
+            raise WriteError(f"{write_failure(exc)} while writing {target}") from exc
+    finally:
+        os.close(fd)

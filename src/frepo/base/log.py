@@ -15,6 +15,13 @@ from tqdm.auto import tqdm
 
 LOGGER = "frepo"
 logging.getLogger(LOGGER).addHandler(logging.NullHandler())
+_shown = 0  # how many show_messages blocks are open
+
+
+def messages_shown() -> bool:
+    """Whether the command line shows messages now: phases that have no `progress` flag of their own (a
+    preprocessing fit, say) show a progress bar exactly then."""
+    return _shown > 0
 
 
 class _TqdmHandler(logging.Handler):
@@ -32,11 +39,14 @@ def show_messages(level: int = logging.INFO) -> Iterator[None]:
     logger = logging.getLogger(LOGGER)
     handler = _TqdmHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
+    global _shown
     previous = logger.level
     logger.setLevel(level)
     logger.addHandler(handler)
+    _shown += 1
     try:
         yield
     finally:
+        _shown -= 1
         logger.removeHandler(handler)
         logger.setLevel(previous)

@@ -8,6 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..base.atomic import check_output_file
 from ..base.errors import FrepoError
 from ..config import PREPROCESS_KINDS, DistillConfig
 from .flags import Parser, add_settings_flags, choice, explicit
@@ -26,13 +27,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
     overrides = explicit(args, DistillConfig(), skip=_DISTILL_SPECIAL)
     config = presets.resolve(args.dataset, args.ipc, args.preset, overrides)
-    out = Path(args.out) if args.out else _default_out(args.dataset, args.ipc)
-    print(
-        f"frepo: distilling {config.data.dataset}, {config.ipc} images per class, {config.steps} steps, "
-        f"real batch {config.batch_size}, flip {'on' if config.use_flip else 'off'} -> {out}",
-        file=sys.stderr,
-    )
-    result = distill(config, out, progress=True)
+    if args.out is not None and not args.out.strip():
+        raise FrepoError("--out must name a run directory (leave it out for runs/<dataset>-ipc<N>)")
+    out = Path(args.out) if args.out is not None else _default_out(args.dataset, args.ipc)
+    result = distill(config, out, progress=True, resume_with_changes=args.resume_with_changes)
     lines = [f"distilled set: {result.distilled_path} (step {result.step}, {result.seconds:.0f} s of training)"]
     if result.val_accuracy is not None:
         models = f"{config.eval_models} model{'s' if config.eval_models != 1 else ''}"
@@ -50,8 +48,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..eval.results import results_table, write_csv, write_json
     from ..evaluate import SourceConfig, configure, run
 
-    # Built and validated once, before any data is loaded.
+    # Built and validated once, and the output paths checked, before any data is loaded.
     config, source = configure(**explicit(args, EvalConfig(), SourceConfig()))
+    for flag, path in (("--json", args.json), ("--csv", args.csv)):
+        if path is not None:
+            check_output_file(path, flag)
     results = run(args.file, config, source, progress=True)
     first = results[0].extra
     described = f" ({first['source']})" if first.get("source") else ""
@@ -69,6 +70,7 @@ def cmd_subset(args: argparse.Namespace) -> int:
     from ..io.artifact import save_distilled
     from ..subset import make_subset
 
+    check_output_file(args.out, "--out")
     data = DataConfig(
         dataset=args.dataset,
         data_dir=args.data_dir,
@@ -126,6 +128,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     from ..runs import RunDir
     from ..visualize import animate, save_grid
 
+    if args.per_class < 1:
+        raise FrepoError(f"--per-class must be >= 1, got {args.per_class}")
+    if args.out is not None:
+        check_output_file(args.out, "--out")
     path = Path(args.path)
     run = RunDir(path) if path.is_dir() else None
     if args.animate:
@@ -182,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ..evaluate import SourceConfig
     from ..io.export import LAYOUTS
     from ..reproduce import BUDGETS
+    from ..runs import CONTINUABLE
     from ..subset import METHODS
 
     parser = Parser(
@@ -206,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ipc", type=int, default=10, help="synthetic images per class (default: 10)")
     p.add_argument("--preset", help="named settings; see `frepo presets`")
     p.add_argument("--out", help="run directory (default: runs/<dataset>-ipc<N>)")
+    p.add_argument(
+        "--resume-with-changes",
+        action="store_true",
+        help="let a resumed run continue with changed settings that are safe to continue with: "
+        + ", ".join(sorted(CONTINUABLE))
+        + " (e.g. a lower --lr after a NaN stop)",
+    )
     add_settings_flags(p, DistillConfig(), skip=_DISTILL_SPECIAL)
     p.set_defaults(func=cmd_distill)
 

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..base.errors import FrepoError
+from ..base.log import messages_shown
 
 KINDS = ("none", "standard", "zca")
 
@@ -132,14 +134,19 @@ def mean_covariance(
     tools' recipes, `frepo.data.recipes`)."""
     n = len(images)
     d = int(np.prod(images.shape[1:]))
+    starts = range(0, n, chunk)
+    bar = tqdm(total=2 * len(starts), desc="fit preprocessing", unit="chunk", leave=False, disable=not messages_shown())
     total = torch.zeros(d, dtype=torch.float64)
-    for start in range(0, n, chunk):
+    for start in starts:
         total += standardise(images[start : start + chunk]).reshape(-1, d).double().sum(0)
+        bar.update()
     mean = total / n
     cov = torch.zeros(d, d, dtype=torch.float64)
-    for start in range(0, n, chunk):
+    for start in starts:
         flat = standardise(images[start : start + chunk]).reshape(-1, d) - mean.float()
         cov += (flat.T @ flat).double()
+        bar.update()
+    bar.close()
     return mean, cov / (n - ddof)
 
 

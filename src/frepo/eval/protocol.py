@@ -28,6 +28,7 @@ class EvalSetup:
     seed: int
     device: torch.device
     width: int = 128
+    progress: bool = False  # a bar over each model's training steps
 
 
 @dataclass

@@ -32,7 +32,7 @@ def evaluate_set(
     protocol = PROTOCOLS[config.protocol]
     options = config.options()
     device = resolve_device(config.device)
-    setup = EvalSetup(ds, test_x, test_y, arch or config.archs()[0], config.seed, device, config.width)
+    setup = EvalSetup(ds, test_x, test_y, arch or config.archs()[0], config.seed, device, config.width, progress)
     plan = protocol.plan(setup, options)  # rejects a set these options cannot use, before any training
     streams = [f"{protocol.stream}/model{i}" for i in range(config.models)]
     start = time.perf_counter()

@@ -9,8 +9,11 @@ safetensors holds no pickle: loading a file from the internet cannot run code.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +23,7 @@ import torch
 from ..base.atomic import atomic_save_safetensors
 from ..base.errors import FrepoError
 from ..base.version import __version__
-from ..data.preprocess import Preprocessing
+from ..data.preprocess import KINDS, Preprocessing
 from ..method.krr import centered_one_hot, label_scale
 
 FORMAT_VERSION = 1
@@ -54,9 +57,36 @@ class DistilledSet:
     def class_ids(self) -> torch.Tensor:
         return self.labels.argmax(-1) if self.labels.ndim == 2 else self.labels.long()
 
-    def transform(self, raw_images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Raw uint8 N×H×W×C images (e.g. a test split) -> this set's preprocessed space."""
-        return self.preprocessing(raw_images)
+    def transform(
+        self, raw_images: np.ndarray | torch.Tensor, value_range: tuple[float, float] | None = None
+    ) -> torch.Tensor:
+        """Raw images N×H×W×C (e.g. a test split) -> this set's preprocessed space, N×C×H×W float32.
+
+        uint8 pixels (0..255) as they are; float images only with their range declared, `value_range=(0, 1)`
+        or `(0, 255)`: anything else is refused, because a wrong guess gives chance accuracy silently."""
+        x = torch.as_tensor(np.ascontiguousarray(raw_images) if isinstance(raw_images, np.ndarray) else raw_images)
+        c, h, w = self.images.shape[1:]
+        if x.ndim != 4 or tuple(x.shape[1:]) != (h, w, c):
+            raise FrepoError(
+                f"transform takes images N×H×W×C = N×{h}×{w}×{c} (this set's shape, channels last), "
+                f"got {tuple(x.shape)}"
+            )
+        if x.dtype == torch.uint8:
+            if value_range not in (None, (0, 255)):
+                raise FrepoError(f"uint8 images hold 0..255, not the declared range {value_range}")
+            return self.preprocessing(x)
+        if not x.is_floating_point():
+            raise FrepoError(f"transform takes uint8 images (0..255) or float images with value_range; got {x.dtype}")
+        if value_range not in ((0, 1), (0, 255)):
+            raise FrepoError(
+                "float images need their range declared: transform(images, value_range=(0, 1)) or (0, 255); "
+                "uint8 images (0..255) need nothing"
+            )
+        lo, hi = (float(x.min()), float(x.max())) if x.numel() else (0.0, 0.0)
+        top = float(value_range[1])
+        if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1e-6 or hi > top * (1 + 1e-6):
+            raise FrepoError(f"images range over [{lo:.4g}, {hi:.4g}], outside the declared [0, {top:g}]")
+        return self.preprocessing.from_unit(x.permute(0, 3, 1, 2).float() / top)
 
     def pixels(self) -> torch.Tensor:
         """Images back in pixel space, clipped to [0, 1], for viewing."""
@@ -99,6 +129,111 @@ def save_distilled(ds: DistilledSet, path: str | Path) -> Path:
     return Path(path)
 
 
+@dataclass(frozen=True)
+class SetMeta:
+    """The JSON header of a distilled-set file: the keys `load_distilled` requires (no default) or knows,
+    with their types. Unknown keys are kept."""
+
+    format_version: int
+    dataset: str
+    classes: list[str]
+    image_shape: list[int]
+    num_images: int
+    preprocessing: dict
+    checksum: str
+    frepo_version: str | None = None
+    kind: str | None = None
+    ipc: int | None = None
+    seed: int | None = None
+    step: int | None = None
+    config: dict | None = None
+    mirror_invariant: bool | None = None
+    val_size: int | None = None
+    test_fingerprint: str | None = None
+    val_acc: float | None = None
+    environment: dict | None = None
+
+
+def _is(value, hint) -> bool:
+    """Whether a JSON value fits a SetMeta type hint (ints are not bools; floats accept ints)."""
+    if hint is type(None):
+        return value is None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(_is(v, args[0]) for v in value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def check_meta(meta: dict, where: str) -> SetMeta:
+    """The header as a SetMeta, or one line saying which key is missing or of the wrong type."""
+    if not isinstance(meta, dict):
+        raise FrepoError(f"{where}: the frepo metadata is not a JSON object")
+    hints = typing.get_type_hints(SetMeta)
+    for f in dataclasses.fields(SetMeta):
+        if f.name not in meta:
+            if f.default is dataclasses.MISSING:
+                raise FrepoError(f"{where}: the metadata lacks {f.name!r}")
+            continue
+        if not _is(meta[f.name], hints[f.name]):
+            raise FrepoError(f"{where}: metadata {f.name!r} is {meta[f.name]!r}, not of type {hints[f.name]}")
+    known = {f.name for f in dataclasses.fields(SetMeta)}
+    parsed = SetMeta(**{k: v for k, v in meta.items() if k in known})
+    if not parsed.classes or len(parsed.image_shape) != 3 or min(parsed.image_shape) < 1 or parsed.num_images < 1:
+        raise FrepoError(
+            f"{where}: metadata describes {parsed.num_images} images of shape {parsed.image_shape} in "
+            f"{len(parsed.classes)} classes; a set needs at least one image, a C×H×W shape and one class"
+        )
+    return parsed
+
+
+def _check_content(tensors: dict[str, torch.Tensor], meta: SetMeta, where: str) -> None:
+    """Images, labels and preprocessing tensors as the metadata declares them, finite and in range."""
+    for key in ("images", "labels"):
+        if key not in tensors:
+            raise FrepoError(f"{where}: the tensor {key!r} is missing")
+    images, labels, k = tensors["images"], tensors["labels"], len(meta.classes)
+    shape = (meta.num_images, *meta.image_shape)
+    if not images.is_floating_point() or tuple(images.shape) != shape:
+        raise FrepoError(f"{where}: images are {images.dtype} {tuple(images.shape)}, the metadata says float {shape}")
+    if not bool(torch.isfinite(images).all()):
+        raise FrepoError(f"{where}: the images contain NaN or infinite values")
+    if labels.ndim == 2:
+        if tuple(labels.shape) != (meta.num_images, k) or not labels.is_floating_point():
+            raise FrepoError(f"{where}: labels are {tuple(labels.shape)}, expected ({meta.num_images}, {k}) floats")
+        if not bool(torch.isfinite(labels).all()):
+            raise FrepoError(f"{where}: the labels contain NaN or infinite values")
+    elif labels.ndim == 1 and len(labels) == meta.num_images and not labels.is_floating_point():
+        if int(labels.min()) < 0 or int(labels.max()) >= k:
+            raise FrepoError(
+                f"{where}: class ids must lie in 0..{k - 1}, found {int(labels.min())}..{int(labels.max())}"
+            )
+    else:
+        raise FrepoError(
+            f"{where}: labels are {labels.dtype} {tuple(labels.shape)}; expected {meta.num_images} class ids "
+            f"or ({meta.num_images}, {k}) learned labels"
+        )
+    kind, reg = meta.preprocessing.get("kind"), meta.preprocessing.get("zca_reg", 0.0)
+    if kind not in KINDS or not _is(reg, float) or not np.isfinite(reg) or reg < 0:
+        raise FrepoError(f"{where}: preprocessing {meta.preprocessing!r} is not one of {KINDS} with a zca_reg >= 0")
+    c, d = meta.image_shape[0], int(np.prod(meta.image_shape))
+    expected = {"pre_mean": (c,), "pre_std": (c,)}
+    if meta.preprocessing.get("kind") == "zca":
+        expected.update(pre_zca_mean=(d,), pre_whiten=(d, d), pre_unwhiten=(d, d))
+    for name, want in expected.items():
+        t = tensors.get(name)
+        if t is None or tuple(t.shape) != want or not t.is_floating_point() or not bool(torch.isfinite(t).all()):
+            got = "missing" if t is None else f"{t.dtype} {tuple(t.shape)}"
+            raise FrepoError(f"{where}: preprocessing tensor {name} is {got}; expected finite floats of shape {want}")
+    if not bool((tensors["pre_std"] > 0).all()):
+        raise FrepoError(f"{where}: the preprocessing's per-channel std must be positive")
+
+
 def load_distilled(path: str | Path) -> DistilledSet:
     """Load and verify a distilled-set file; every problem is a FrepoError that says what is wrong."""
     from safetensors import safe_open
@@ -121,6 +256,8 @@ def load_distilled(path: str | Path) -> DistilledSet:
         meta = json.loads(header["frepo"])
     except json.JSONDecodeError as exc:
         raise FrepoError(f"{path}: the frepo metadata is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise FrepoError(f"{path}: the frepo metadata is not a JSON object")
     if meta.get("format_version") != FORMAT_VERSION:
         raise FrepoError(
             f"{path}: format version {meta.get('format_version')} is not supported "
@@ -128,13 +265,8 @@ def load_distilled(path: str | Path) -> DistilledSet:
         )
     if meta.get("checksum") != _checksum(tensors, meta):
         raise FrepoError(f"{path}: checksum mismatch: the file was modified or damaged after it was written")
-    for key in ("images", "labels"):
-        if key not in tensors:
-            raise FrepoError(f"{path}: the tensor {key!r} is missing")
-    images, labels = tensors["images"], tensors["labels"]
-    if images.ndim != 4 or labels.ndim not in (1, 2) or len(labels) != len(images):
-        raise FrepoError(f"{path}: images {tuple(images.shape)} and labels {tuple(labels.shape)} do not match")
-    if labels.ndim == 2 and labels.shape[1] != len(meta["classes"]):
-        raise FrepoError(f"{path}: labels have {labels.shape[1]} columns for {len(meta['classes'])} classes")
+    # The checksum is no signature (anyone can recompute it): the content is checked for what it holds.
+    parsed = check_meta(meta, str(path))
+    _check_content(tensors, parsed, str(path))
     pre = Preprocessing.from_tensors(meta["preprocessing"], tensors)
-    return DistilledSet(images, labels, pre, meta)
+    return DistilledSet(tensors["images"], tensors["labels"], pre, meta)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import trange
 
 from ...base.errors import FrepoError
 from ...base.fields import opt
@@ -78,6 +79,7 @@ def train_dsa_model(
     batch_size: int = BATCH_SIZE,
     ops: tuple[str, ...] = DSA_OPS,
     width: int = 128,
+    progress: bool = False,
 ) -> nn.Module:
     """Train one fresh `arch` network. images: N×C×H×W on `device`; targets: (N,) int64 class ids or
     N×K class distributions, on `device`. `init_gen` draws the weights, `train_gen` the shuffles and
@@ -93,7 +95,7 @@ def train_dsa_model(
 
     sgd = optimiser(lr)
     n = len(images)
-    for epoch in range(epochs + 1):
+    for epoch in trange(epochs + 1, desc="train", unit="epoch", leave=False, disable=not progress, mininterval=1.0):
         model.train()
         order = torch.randperm(n, generator=train_gen).to(device)
         for start in range(0, n, batch_size):
@@ -159,6 +161,7 @@ def train_and_test(setup: EvalSetup, options: DsaOptions, stream: str) -> float:
         epochs=options.epochs or EPOCHS,
         ops=parse_strategy(options.dsa_strategy or STRATEGY),
         width=setup.width,
+        progress=setup.progress,
     )
     return accuracy(model, setup.test_x, setup.test_y, device)
 

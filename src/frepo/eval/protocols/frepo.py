@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import trange
 
 from ...base.errors import FrepoError
 from ...base.fields import opt
@@ -57,6 +58,7 @@ def train_reference_model(
     warmup: int = 500,
     batch_size: int = 500,
     width: int = 128,
+    progress: bool = False,
 ) -> torch.nn.Module:
     """Train one fresh network with the reference protocol. images N×C×H×W, targets N×K on `device`."""
     model = build_model(arch, tuple(images.shape[1:]), num_classes, generator=gen, width=width)
@@ -71,7 +73,7 @@ def train_reference_model(
     n = len(images)
     bs = min(n, batch_size)
     offsets = torch.arange(bs, device=device)
-    for t in range(steps):
+    for t in trange(steps, desc="train", unit="step", leave=False, disable=not progress, mininterval=1.0):
         # The reference repeats the set, then batches it: batches run on across epoch ends, in order.
         idx = (t * bs + offsets) % n
         x = random_op(images[idx], ops, gen) if ops else images[idx]
@@ -99,6 +101,7 @@ def train_and_test(setup: EvalSetup, options: FrepoOptions, stream: str) -> floa
         device=device,
         arch=setup.arch,
         width=setup.width,
+        progress=setup.progress,
     )
     return accuracy(model, setup.test_x, setup.test_y, device)
 

@@ -1,0 +1,394 @@
+"""Runs that survive faults: every probe of a careful user and a hostile file gets one line on stderr and
+exit 2, and loses nothing (one owner per run directory, full or unwritable disks, kill -9 at a
+checkpoint-and-validation step, re-signed files, wrong checkpoints, bad flags, leftovers, umask,
+divergence without NaN, transform's input, what a resumed run says)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from frepo.base.atomic import append_line
+from frepo.base.errors import FrepoError
+from frepo.cli import main
+from frepo.io.artifact import DistilledSet, _checksum, load_distilled, save_distilled
+from frepo.runs import RunDir
+
+FAST = ["--width", "8", "--num-models", "3", "--max-online-updates", "4", "--batch-size", "64"]
+FAST += ["--eval-steps", "20", "--log-every", "1", "--checkpoint-every", "2"]
+TIMING = {"steps_per_s", "elapsed_s", "peak_mem_mb"}
+
+
+def distill_args(out, *extra) -> list[str]:
+    return ["distill", "--ipc", "1", "--steps", "4", "--out", str(out), *FAST, *map(str, extra)]
+
+
+def one_line(capsys, code: int, fragment: str) -> str:
+    """Exit 2 with one error line that holds `fragment`, and no traceback (a run's progress and
+    messages before the failure may precede it)."""
+    err = capsys.readouterr().err
+    errors = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("frepo: error:")]
+    assert code == 2, err
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert fragment in errors[0], err
+    return errors[0]
+
+
+def only_line(capsys, code: int, fragment: str) -> None:
+    """A mistake found before any work: the error line is all that is printed."""
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("frepo: error:") and fragment in err, err
+
+
+def metrics(path) -> list[dict]:
+    records = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+# ---- 1. one owner per run directory ---------------------------------------------------------------
+def test_a_second_process_on_a_run_directory_is_refused_and_a_killed_owner_leaves_no_lock(tmp_path, capsys):
+    out = tmp_path / "run"
+    holder = RunDir(out)
+    holder.acquire()  # another owner (a separate open file: flock conflicts within one process too)
+    line = one_line(capsys, main(distill_args(out)), "in use by another frepo process")
+    assert f"pid {os.getpid()}" in line
+    holder.release()
+    # A process that holds the lock and dies by kill -9 leaves nothing that blocks the next run.
+    script = f"from frepo.runs import RunDir; import time; RunDir({str(out)!r}).acquire(); print('held', flush=True)"
+    script += "; time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    one_line(capsys, main(distill_args(out)), f"pid {proc.pid}")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert main(distill_args(out)) == 0
+
+
+# ---- 2. full or unwritable disks ------------------------------------------------------------------
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    original, calls = torch.save, {"n": 0}
+
+    def fills_the_disk(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second checkpoint, at step 4
+            with open(f, "wb") as fh:
+                fh.write(b"partial")
+            raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+        return original(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", fills_the_disk)
+    line = one_line(capsys, main(distill_args(out, "--steps", 6)), "checkpoint.pt")
+    assert "the last checkpoint, at step 2, is kept" in line
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 2
+    assert not list(out.glob(".*.tmp"))  # the temp file of the failed write is gone
+    monkeypatch.setattr(torch, "save", original)
+    assert main(distill_args(out, "--steps", 6)) == 0  # and the same command resumes
+
+
+def test_safetensors_and_read_only_failures_are_one_line(tmp_path, capsys, monkeypatch):
+    import safetensors.torch
+
+    class SafetensorError(Exception):  # safetensors' own type, raised from Rust
+        pass
+
+    def no_space(*args, **kwargs):
+        raise SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        )
+
+    monkeypatch.setattr(safetensors.torch, "save_file", no_space)
+    one_line(capsys, main(distill_args(tmp_path / "a", "--eval-every", 2)), "No space left on device while writing")
+    monkeypatch.undo()
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr("tempfile.mkstemp", read_only)
+    one_line(
+        capsys,
+        main(["subset", "--dataset", "digits", "--ipc", "1", "--out", str(tmp_path / "s.safetensors")]),
+        "Read-only file system",
+    )
+    monkeypatch.undo()
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    one_line(capsys, main(distill_args(a_file / "sub")), "Not a directory")
+
+
+def test_bad_output_paths_are_refused_before_the_work(tmp_path, capsys, monkeypatch):
+    subset = tmp_path / "random.safetensors"
+    assert main(["subset", "--dataset", "digits", "--ipc", "1", "--out", str(subset)]) == 0
+    import frepo.eval.run
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the evaluation ran before its output path was checked")
+
+    monkeypatch.setattr(frepo.eval.run, "evaluate_set", no_work)
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    capsys.readouterr()
+    one_line(capsys, main(["evaluate", str(subset), "--json", str(a_file / "eval.json")]), "--json")
+    one_line(capsys, main(["evaluate", str(subset), "--csv", str(tmp_path)]), "is a folder")
+    one_line(capsys, main(["show", str(subset), "--out", str(a_file / "grid.png")]), "--out")
+    one_line(capsys, main(["show", str(subset), "--per-class", "0"]), "--per-class must be >= 1")
+    one_line(capsys, main(["subset", "--dataset", "digits", "--ipc", "1", "--out", str(a_file / "x")]), "--out")
+
+
+def test_a_failed_log_write_leaves_no_partial_line(tmp_path, monkeypatch):
+    log = tmp_path / "metrics.jsonl"
+    append_line(log, json.dumps({"step": 1}))
+    real_write = os.write
+
+    def half_then_full(fd, data):
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(FrepoError, match="No space left on device while writing"):
+        append_line(log, json.dumps({"step": 2, "loss": 0.5}))
+    monkeypatch.undo()
+    assert log.read_text() == '{"step": 1}\n'
+
+
+# ---- 3. kill -9 at a checkpoint-and-validation step ------------------------------------------------
+def test_kill_9_after_a_checkpoint_and_validation_step_resumes_to_the_same_outputs(tmp_path):
+    args = distill_args(tmp_path / "X", "--steps", 12, "--checkpoint-every", 4, "--eval-every", 4)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+
+    def cli(out, kill_at=None):
+        run_args = [str(out) if a == str(tmp_path / "X") else a for a in args]
+        driver = textwrap.dedent(f"""
+            import os, signal, sys
+            import frepo.runs as runs
+            save = runs.RunDir.save_checkpoint
+            def save_then_die(self, state):
+                save(self, state)
+                if state["step"] == {kill_at!r}:
+                    os.kill(os.getpid(), signal.SIGKILL)  # right after the step's validation and checkpoint
+            runs.RunDir.save_checkpoint = save_then_die
+            from frepo.cli import main
+            sys.exit(main({run_args!r}))
+        """)
+        return subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, env=env, timeout=300)
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert cli(straight).returncode == 0
+    assert cli(killed, kill_at=4).returncode == -signal.SIGKILL
+    assert torch.load(killed / "checkpoint.pt", weights_only=True)["step"] == 4
+    resumed = cli(killed)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from step 4 of 12 (checkpoint of " in resumed.stderr
+    for name in ("best.safetensors", "distilled.safetensors"):
+        a, b = load_distilled(straight / name), load_distilled(killed / name)
+        assert torch.equal(a.images, b.images) and a.meta["step"] == b.meta["step"], name
+    assert metrics(straight) == metrics(killed)
+
+
+# ---- 4. files checked for what they hold -----------------------------------------------------------
+def _good_set() -> DistilledSet:
+    from frepo.data.preprocess import Preprocessing
+
+    meta = {"kind": "distilled", "dataset": "digits", "classes": [str(i) for i in range(10)], "config": {}}
+    pre = Preprocessing("standard", torch.full((1,), 0.3), torch.full((1,), 0.4))
+    return DistilledSet(torch.randn(10, 1, 8, 8), torch.randn(10, 10), pre, meta)
+
+
+def _resign(path, edit_meta=None, edit_tensors=None):
+    """Rewrite a set file with changes and a freshly computed checksum: what a hostile file can do."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["frepo"])
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    if edit_meta:
+        edit_meta(meta)
+    if edit_tensors:
+        edit_tensors(tensors)
+    meta["checksum"] = _checksum(tensors, meta)
+    save_file(tensors, str(path), metadata={"frepo": json.dumps(meta)})
+
+
+@pytest.mark.parametrize(
+    "edit_meta, edit_tensors, fragment",
+    [
+        (None, lambda t: t["images"].view(-1)[3].fill_(float("nan")), "NaN or infinite"),
+        (None, lambda t: t.update(images=torch.zeros(10, 1, 8, 8, dtype=torch.int32)), "images are torch.int32"),
+        (None, lambda t: t.update(labels=torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 12])), "class ids must lie in 0..9"),
+        (None, lambda t: t["labels"].view(-1)[0].fill_(float("inf")), "labels contain NaN"),
+        (None, lambda t: t.update(pre_std=torch.zeros(1)), "std must be positive"),
+        (None, lambda t: t.update(pre_mean=torch.zeros(3)), "pre_mean"),
+        (lambda m: m.pop("classes"), None, "lacks 'classes'"),
+        (lambda m: m.update(classes="0123456789"), None, "'classes' is"),
+        (lambda m: m.update(num_images="10"), None, "'num_images' is"),
+        (lambda m: m.update(preprocessing={"kind": "whiten"}), None, "preprocessing"),
+        (
+            lambda m: m.update(num_images=0),
+            lambda t: t.update(images=torch.zeros(0, 1, 8, 8), labels=torch.zeros(0, 10)),
+            "at least one image",
+        ),
+    ],
+)
+def test_resigned_files_are_checked_for_what_they_hold(tmp_path, capsys, edit_meta, edit_tensors, fragment):
+    path = save_distilled(_good_set(), tmp_path / "set.safetensors")
+    load_distilled(path)
+    _resign(path, edit_meta, edit_tensors)
+    with pytest.raises(FrepoError, match=fragment.replace("(", r"\(").replace(".", r"\.")):
+        load_distilled(path)
+    one_line(capsys, main(["evaluate", str(path), "--models", "1", "--steps", "1"]), fragment)
+
+
+def test_transform_takes_what_it_documents_or_a_declared_range():
+    ds = _good_set()
+    raw = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1)).astype(np.uint8)
+    expected = ds.transform(raw)
+    torch.testing.assert_close(ds.transform(raw / 255.0, value_range=(0, 1)), expected)
+    torch.testing.assert_close(ds.transform(raw.astype(np.float32), value_range=(0, 255)), expected)
+    for bad, kwargs, fragment in [
+        (raw / 255.0, {}, "need their range declared"),
+        (raw.astype(np.float32), {"value_range": (0, 1)}, "outside the declared"),
+        (raw.transpose(0, 3, 1, 2), {}, "N×H×W×C"),
+        (raw.astype(np.int64), {}, "uint8 images"),
+    ]:
+        with pytest.raises(FrepoError, match=fragment):
+            ds.transform(bad, **kwargs)
+
+
+# ---- 5. leftovers and duplicates -------------------------------------------------------------------
+def test_leftovers_go_and_a_failed_start_leaves_the_directory_as_found(tmp_path, capsys):
+    out = tmp_path / "run"
+    one_line(capsys, main(distill_args(out, "--ipc", 400)), "fewer than ipc=400")
+    assert not out.exists()  # nothing left behind: the corrected command may use the directory
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    one_line(capsys, main(distill_args(empty, "--dataset", "nope")), "unknown dataset")
+    assert list(empty.iterdir()) == []
+    assert main(distill_args(out)) == 0
+    (out / ".checkpoint.pt.abc123.tmp").write_bytes(b"x" * 1000)  # what a killed checkpoint write leaves
+    (out / "checkpoint.pt").unlink()  # restart from scratch in the same directory
+    assert main(distill_args(out)) == 0
+    assert not list(out.glob(".*.tmp"))
+    steps = [r["step"] for r in metrics(out) if "loss" in r]
+    assert steps == [1, 2, 3, 4]  # no duplicates from the first attempt
+
+
+def test_after_a_nan_stop_a_lower_lr_continues_with_resume_with_changes(tmp_path, capsys, monkeypatch):
+    from frepo.method import optim
+
+    out = tmp_path / "run"
+    original, calls = optim.Lamb.step, {"n": 0}
+
+    def poisoned(self, closure=None):
+        original(self, closure)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            self.param_groups[0]["params"][0].data.fill_(float("nan"))
+
+    monkeypatch.setattr(optim.Lamb, "step", poisoned)
+    line = one_line(capsys, main(distill_args(out, "--steps", 6)), "NaN")
+    assert "--resume-with-changes" in line
+    monkeypatch.undo()
+    one_line(capsys, main(distill_args(out, "--steps", 6, "--lr", "0.001")), "--resume-with-changes")
+    assert main(distill_args(out, "--steps", 6, "--lr", "0.001", "--resume-with-changes")) == 0
+    assert "continuing with changed settings: lr 0.01 -> 0.001" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["lr"] == 0.001
+    assert any(r.get("changed") == {"lr": [0.01, 0.001]} for r in metrics(out))
+    one_line(
+        capsys, main(distill_args(out, "--steps", 6, "--lr", "0.001", "--seed", 3, "--resume-with-changes")), "seed"
+    )
+
+
+# ---- 6. checkpoints of the wrong structure ---------------------------------------------------------
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (lambda s: s.pop("sampler"), "lacks sampler"),
+        (lambda s: s["pool"].update(models=s["pool"]["models"][:2]), "holds 2 pool models, this run 3"),
+        (lambda s: s.update(step=99), "step 99 is not within this run's 0..2"),
+        (lambda s: s["synthetic"].update(images=torch.zeros(3, 1, 8, 8)), "synthetic images"),
+        (lambda s: s.clear(), "lacks step"),
+    ],
+)
+def test_wrong_checkpoints_are_refused(tmp_path, capsys, edit, fragment):
+    out = tmp_path / "run"
+    assert main(distill_args(out, "--steps", 2)) == 0
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    edit(state)
+    torch.save(state, out / "checkpoint.pt")
+    one_line(capsys, main(distill_args(out, "--steps", 2)), fragment)
+
+
+# ---- 7. flags ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "flag, value, fragment",
+    [
+        ("--online-lr", "nan", "online_lr must be a finite number"),
+        ("--online-lr", "-1", "online_lr must be a finite number and >= 0.0"),
+        ("--lr", "nan", "lr must be a finite number"),
+        ("--lr", "inf", "lr must be a finite number"),
+        ("--krr-reg", "nan", "krr_reg must be a finite number"),
+        ("--krr-reg", "inf", "krr_reg must be a finite number"),
+        ("--zca-reg", "nan", "zca_reg must be a finite number"),
+        ("--out", "", "--out must name a run directory"),
+    ],
+)
+def test_bad_flags_are_one_line(tmp_path, capsys, flag, value, fragment):
+    args = ["distill", "--ipc", "1", "--steps", "2", "--out", str(tmp_path / "run"), *FAST, flag, value]
+    one_line(capsys, main(args), fragment)
+    assert not (tmp_path / "run").exists()
+
+
+# ---- 8 and 9. threads recorded; outputs honour the umask -------------------------------------------
+def test_environment_is_recorded_and_a_different_thread_count_warns(tmp_path, capsys):
+    out = tmp_path / "run"
+    previous = os.umask(0o022)
+    try:
+        assert main(distill_args(out, "--steps", 2)) == 0
+    finally:
+        os.umask(previous)
+    config = json.loads((out / "config.json").read_text())
+    assert config["environment"]["threads"] == torch.get_num_threads()
+    assert config["environment"]["torch"] == torch.__version__
+    assert load_distilled(out / "distilled.safetensors").meta["environment"]["threads"] == torch.get_num_threads()
+    for name in ("config.json", "checkpoint.pt", "distilled.safetensors", "metrics.jsonl", "best.safetensors"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in (out / "images").iterdir())
+    config["environment"]["threads"] = 99
+    (out / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(distill_args(out, "--steps", 4, "--resume-with-changes")) == 0
+    err = capsys.readouterr().err
+    assert "resuming under a different environment (threads 99 -> " in err
+
+
+# ---- 10. divergence without NaN ----------------------------------------------------------------------
+def test_divergence_without_nan_stops_the_run(tmp_path, capsys):
+    line = one_line(capsys, main(distill_args(tmp_path / "run", "--steps", 60, "--lr", "0.5")), "diverged")
+    assert "kernel loss grew" in line and "lower --lr" in line
+
+
+def test_validation_at_chance_stops_the_run(tmp_path, capsys, monkeypatch):
+    from frepo.distill import Distiller
+
+    monkeypatch.setattr(Distiller, "validate", lambda self, progress=False: 10.0)  # digits: chance is 10%
+    line = one_line(capsys, main(distill_args(tmp_path / "run", "--steps", 8, "--eval-every", 1)), "at chance")
+    assert "step 3" in line
+
+
+# ---- 12. what a run says ------------------------------------------------------------------------------
+def test_nothing_is_printed_before_the_arguments_are_validated(tmp_path, capsys):
+    only_line(capsys, main(distill_args(tmp_path / "run", "--ipc", 0)), "ipc must be >= 1")
+    only_line(capsys, main(distill_args(tmp_path / "run", "--norm", "layer")), "norm must be one of")
+    only_line(capsys, main(distill_args(tmp_path / "run", "--lr", "nan")), "lr must be a finite number")
+    only_line(capsys, main(distill_args(tmp_path / "run", "--dataset", "nope")), "unknown dataset")
