@@ -145,6 +145,22 @@ def test_bad_output_paths_are_refused_before_the_work(tmp_path, capsys, monkeypa
     one_line(capsys, main(["subset", "--dataset", "digits", "--ipc", "1", "--out", str(a_file / "x")]), "--out")
 
 
+def test_torch_s_own_full_disk_errors_are_named(tmp_path, monkeypatch):
+    """On a full tmpfs torch.save fails with "unexpected pos 99392 vs 99280" (seen here): a RuntimeError
+    from a writer on a (nearly) full filesystem is named as what it is."""
+    from frepo.base.atomic import write_failure
+
+    error = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 99392 vs 99280")
+    assert write_failure(error, tmp_path).startswith("The write failed (")  # plenty of space here
+
+    class Full:
+        f_bavail, f_frsize = 10, 4096
+
+    monkeypatch.setattr(os, "statvfs", lambda path: Full())
+    assert write_failure(error, tmp_path) == "No space left on device"
+    assert write_failure(ValueError("not a disk problem"), tmp_path) is None
+
+
 def test_a_failed_log_write_leaves_no_partial_line(tmp_path, monkeypatch):
     log = tmp_path / "metrics.jsonl"
     append_line(log, json.dumps({"step": 1}))

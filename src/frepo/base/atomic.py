@@ -13,7 +13,6 @@ import contextlib
 import errno
 import json
 import os
-import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from .errors import FrepoError
 
 TEMP_SUFFIX = ".tmp"
+FULL_BELOW = 1 << 20  # a filesystem with less free space than this (bytes) counts as full
 
 
 class WriteError(FrepoError):
@@ -47,19 +47,27 @@ def umask() -> int:
     return mask
 
 
-def write_failure(exc: BaseException) -> str | None:
-    """Why a write failed, in a few words, when `exc` is a disk problem (full, read-only, no permission,
-    not a folder); None for anything else."""
+def _nearly_full(folder: Path) -> bool:
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < FULL_BELOW
+
+
+def write_failure(exc: BaseException, folder: Path | None = None) -> str | None:
+    """Why a write failed, in a few words, when `exc` is what a writer raises for a disk problem (full,
+    read-only, no permission, not a folder): an OSError, or torch's RuntimeError / safetensors' own
+    error from inside a write; None for anything else."""
     if isinstance(exc, OSError):
         if exc.errno == errno.ENOSPC:
             return "No space left on device"
         return exc.strerror or str(exc)
-    text = str(exc)
     if isinstance(exc, RuntimeError) or type(exc).__name__ == "SafetensorError":
-        if "No space left" in text or "StorageFull" in text or "code: 28" in text:
+        text = str(exc).strip()
+        if "No space left" in text or "StorageFull" in text or (folder is not None and _nearly_full(folder)):
             return "No space left on device"
-        if re.search(r"write|Permission|Read-only|IoError|file", text, re.IGNORECASE):
-            return "The disk refused the write (" + text.strip().splitlines()[0][:120] + ")"
+        return f"The write failed ({text.splitlines()[0][:160] if text else type(exc).__name__})"
     return None
 
 
@@ -107,7 +115,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, target)
     except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
-        reason = write_failure(exc)
+        reason = write_failure(exc, target.parent)
         if reason is None:
             raise
         raise WriteError(
