@@ -20,7 +20,7 @@ FLOORS = [
     {"runs", "visualize", "subset", "evaluate"},  # jobs and their parts
     {"monitor", "report"},
     {"distill"},
-    {"reproduce"},
+    {"reproduce", "apps"},  # the paper's tables; downstream experiments
     {"cli"},
     {"__init__", "__main__"},
 ]

@@ -4,6 +4,8 @@ The public API, re-exported explicitly; the rooms behind it are described in the
 """
 
 from . import presets
+from .apps.continual import ContinualConfig, continual
+from .apps.privacy import PrivacyConfig, privacy
 from .base.errors import FrepoError, Interrupted
 from .base.version import __version__
 from .config import DataConfig, DistillConfig, ModelConfig, PoolConfig
@@ -15,6 +17,7 @@ from .io.export import export
 from .subset import make_subset
 
 __all__ = [
+    "ContinualConfig",
     "DataConfig",
     "DistillConfig",
     "DistillResult",
@@ -25,8 +28,10 @@ __all__ = [
     "Interrupted",
     "ModelConfig",
     "PoolConfig",
+    "PrivacyConfig",
     "SourceConfig",
     "__version__",
+    "continual",
     "distill",
     "evaluate",
     "evaluate_archs",
@@ -34,5 +39,6 @@ __all__ = [
     "load_distilled",
     "make_subset",
     "presets",
+    "privacy",
     "save_distilled",
 ]

@@ -35,12 +35,41 @@ class DataConfig:
         "training images held out for validation (default: 5000 for "
         "datasets of 50k images or more, else 10%); never distilled from",
     )
+    classes: str | None = opt(
+        None,
+        "distil from these classes only, comma-separated class ids (a continual-learning task); the labels "
+        "still span every class, and the preprocessing is fitted on the whole training split as the reference does",
+    )
+    train_chunk: int | None = opt(
+        None,
+        "distil from the train_chunk-th block of train_chunk_size training images only, in the split's order "
+        "(the membership-inference setting: those images are the members)",
+    )
+    train_chunk_size: int = opt(10000, "training images per chunk (with --train-chunk)")
 
     def validate(self) -> None:
         check_choices(self)
         check_finite("zca_reg", self.zca_reg, low=0.0)
         if self.val_size is not None and self.val_size < 0:
             raise FrepoError(f"val_size must be >= 0, got {self.val_size}")
+        if self.train_chunk is not None and self.train_chunk < 0:
+            raise FrepoError(f"train_chunk must be >= 0, got {self.train_chunk}")
+        if self.train_chunk_size < 1:
+            raise FrepoError(f"train_chunk_size must be >= 1, got {self.train_chunk_size}")
+        self.class_ids()
+
+    def class_ids(self, num_classes: int | None = None) -> list[int]:
+        """The classes to distil from, sorted: `classes` parsed, or every class of `num_classes`."""
+        if self.classes is None:
+            return list(range(num_classes)) if num_classes is not None else []
+        try:
+            ids = sorted({int(c) for c in str(self.classes).split(",") if c.strip()})
+        except ValueError as exc:
+            raise FrepoError(f"classes must be comma-separated class ids, got {self.classes!r}") from exc
+        if not ids or ids[0] < 0 or (num_classes is not None and ids[-1] >= num_classes):
+            bound = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
+            raise FrepoError(f"classes must be class ids in {bound}, got {self.classes!r}")
+        return ids
 
 
 @dataclass

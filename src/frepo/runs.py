@@ -11,10 +11,7 @@ writes are removed; a checkpoint is checked against the config before a run resu
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
 import platform
 import re
 import shutil
@@ -25,7 +22,6 @@ from pathlib import Path
 import torch
 
 from .base.atomic import (
-    WriteError,
     append_line,
     atomic_torch_save,
     atomic_write_json,
@@ -34,6 +30,7 @@ from .base.atomic import (
 )
 from .base.errors import FrepoError
 from .base.fields import from_dict, to_dict
+from .base.lock import LOCK, FolderLock
 from .base.version import __version__
 from .config import DistillConfig
 
@@ -51,7 +48,6 @@ ALWAYS_RESUMABLE = {
 # Settings that change the result but are safe to continue with (--resume-with-changes): the schedule's
 # length and rate (LAMB's schedule is a function of the step, evaluated anew), and validation.
 CONTINUABLE = {"lr", "lr_final_ratio", "steps", "eval_every", "eval_models", "eval_steps"}
-LOCK = ".lock"
 ENVIRONMENT = "environment"  # the key of config.json that records where the run ran, not what it is
 # What an earlier attempt may have left, cleared when a run starts afresh in its directory.
 OUTPUTS = ("metrics.jsonl", "distilled.safetensors", "best.safetensors", "distilled.png")
@@ -103,52 +99,21 @@ class RunDir:
         self.distilled_path = self.path / "distilled.safetensors"
         self.best_path = self.path / "best.safetensors"
         self.images_dir = self.path / "images"
-        self.lock_path = self.path / LOCK
-        self._lock_fd: int | None = None
-        self._created: list[Path] = []  # what acquire() made, for abandon()
+        self.lock = FolderLock(self.path)
 
     # ---- ownership --------------------------------------------------------------------------------
     def acquire(self) -> None:
         """Make the directory if needed and lock it for this process, or say who holds it."""
         if str(self.path) in ("", "."):
             raise FrepoError("--out must name a run directory")
-        if self.path.exists() and not self.path.is_dir():
-            raise FrepoError(f"--out {self.path} exists and is not a directory")
-        try:
-            missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
-            self.path.mkdir(parents=True, exist_ok=True)
-            self._created += [p for p in missing if p.is_dir()]
-            had_lock = self.lock_path.exists()
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            raise WriteError(f"cannot use --out {self.path}: {exc.strerror or exc}") from exc
-        if not had_lock:
-            self._created.append(self.lock_path)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise FrepoError(
-                f"{self.path} is in use by another frepo process (pid {holder}); wait for it to finish, "
-                "or use another --out"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
+        self.lock.acquire()
 
     def release(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the descriptor releases the flock
-            self._lock_fd = None
+        self.lock.release()
 
     def abandon(self) -> None:
         """After a failed start: remove what acquire() created, so the directory is as it was found."""
-        self.release()
-        for path in reversed(self._created):
-            with contextlib.suppress(OSError):
-                path.unlink() if path == self.lock_path else path.rmdir()
-        self._created = []
+        self.lock.undo()
 
     # ---- the config ---------------------------------------------------------------------------------
     def check(self, config: DistillConfig, allow_changes: bool = False) -> Claim:
@@ -191,7 +156,7 @@ class RunDir:
             for name in OUTPUT_FOLDERS:
                 shutil.rmtree(self.path / name, ignore_errors=True)
         atomic_write_json(self.config_path, {**to_dict(config), ENVIRONMENT: environment()})
-        self._created = []  # the directory now holds a run: never removed by abandon()
+        self.lock.created = []  # the directory now holds a run: never removed by abandon()
 
     # ---- checkpoints ------------------------------------------------------------------------------
     def save_checkpoint(self, state: dict) -> None:

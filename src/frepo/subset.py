@@ -125,11 +125,12 @@ def make_subset(
     prepared = prepare(data)
     raw = prepared.raw
     x_train, y_train = prepared.train()
+    classes = data.class_ids(raw.num_classes)  # every class, or a continual-learning task's
     config = {"data": to_dict(data), "ipc": ipc, "method": method, "seed": seed}
     if method == "random":
-        images, labels = init_from_real(x_train, y_train, raw.num_classes, ipc, generator(seed, "init"))
+        images, labels = init_from_real(x_train, y_train, classes, ipc, generator(seed, "init"))
     else:
-        for c in range(raw.num_classes):
+        for c in classes:
             count = int((y_train == c).sum())
             if count < ipc:
                 raise FrepoError(f"class {c} has {count} training images, fewer than ipc={ipc}")
@@ -145,7 +146,7 @@ def make_subset(
         )
         features = embed_batched(net, x_train, dev).cpu()
         chosen = []
-        for c in range(raw.num_classes):
+        for c in classes:
             members = torch.nonzero(y_train == c).flatten()
             chosen.append(members[SELECTORS[method](features[members], ipc)])
         idx = torch.cat(chosen)

@@ -159,12 +159,43 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_continual(args: argparse.Namespace) -> int:
+    from ..apps.continual import ContinualConfig, continual
+
+    out = _experiment_out(args.out)
+    continual(preset=args.preset, out=out, progress=True, **explicit(args, ContinualConfig()))
+    print((out / "continual.md").read_text(), end="")
+    print(f"results -> {out / 'continual.json'}, {out / 'continual.csv'}, {out / 'continual.png'}")
+    return 0
+
+
+def cmd_privacy(args: argparse.Namespace) -> int:
+    from ..apps.privacy import PrivacyConfig, privacy
+
+    out = _experiment_out(args.out)
+    privacy(preset=args.preset, out=out, progress=True, **explicit(args, PrivacyConfig()))
+    print((out / "privacy.md").read_text(), end="")
+    print(f"results -> {out / 'privacy.json'}, {out / 'privacy.csv'}, {out / 'privacy.png'}")
+    return 0
+
+
+def _experiment_out(out: str) -> Path:
+    if not out.strip():
+        raise FrepoError("--out must name an experiment folder")
+    return Path(out)
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from .. import presets
+    from ..apps.continual import PRESETS as CONTINUAL_PRESETS
+    from ..apps.privacy import PRESETS as PRIVACY_PRESETS
 
     for name in presets.names():
         values = ", ".join(f"{k}={v}" for k, v in presets.PRESETS[name].items() if k not in ("dataset", "ipc"))
-        print(f"{name:22s} {values}")
+        print(f"{name:28s} {values}")
+    for table, command in ((CONTINUAL_PRESETS, "continual"), (PRIVACY_PRESETS, "privacy")):
+        for name, values in sorted(table.items()):
+            print(f"{name:28s} (frepo {command}) " + ", ".join(f"{k}={v}" for k, v in values.items()))
     return 0
 
 
@@ -334,6 +365,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", required=True, type=choice("format", LAYOUTS), choices=LAYOUTS, help="imagefolder, pt or npz"
     )
     p.set_defaults(func=cmd_export)
+
+    from ..apps.continual import PRESETS as CONTINUAL_PRESETS
+    from ..apps.continual import ContinualConfig
+    from ..apps.privacy import PRESETS as PRIVACY_PRESETS
+    from ..apps.privacy import PrivacyConfig
+
+    for name, settings, presets, default_out, text in (
+        (
+            "continual",
+            ContinualConfig(),
+            CONTINUAL_PRESETS,
+            "runs/continual",
+            "class-incremental learning: distil each task's classes, train fresh networks on the memories so far "
+            "(frepo, random and herding exemplars at the same memory, one trainer), test on the classes seen",
+        ),
+        (
+            "privacy",
+            PrivacyConfig(),
+            PRIVACY_PRESETS,
+            "runs/privacy",
+            "membership inference: distil a chunk of the training split, train victims on the learned set and on "
+            "the real chunk, attack them (AUC and TPR at 1%% and 0.1%% FPR)",
+        ),
+    ):
+        p = sub.add_parser(name, help=text.split(":")[0], description=text + ". Rerun the same command to resume.")
+        p.add_argument("--preset", type=choice("preset", tuple(presets)), choices=tuple(presets), help="named settings")
+        p.add_argument("--out", default=default_out, help=f"experiment folder (default: {default_out})")
+        add_settings_flags(p, settings)
+        p.set_defaults(func=cmd_continual if name == "continual" else cmd_privacy)
 
     p = sub.add_parser("presets", help="list the named settings")
     p.set_defaults(func=cmd_presets)

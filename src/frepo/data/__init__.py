@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..base.errors import FrepoError
 from ..config import DataConfig
 from .preprocess import Preprocessing, cached_preprocessing, fit_preprocessing, resolve_kind
 from .registry import BUILTIN, RawDataset, default_data_dir, load_dataset
@@ -47,10 +48,28 @@ class PreparedData:
 
 
 def prepare(cfg: DataConfig) -> PreparedData:
+    """The dataset, its hold-out, and the preprocessing fitted on the training split minus the hold-out;
+    then, when `cfg` names classes or a chunk, the images distillation may use narrowed to them (the
+    preprocessing stays the whole split's, so every task or chunk of a dataset shares one space)."""
     raw = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
     val_size = cfg.val_size if cfg.val_size is not None else default_val_size(len(raw.y_train))
     train_idx, val_idx = holdout_split(raw.y_train, val_size)
     kind = resolve_kind(cfg.preprocess, raw.image_shape[0])
     cache = Path(cfg.data_dir) if cfg.data_dir is not None else default_data_dir()
     pre = cached_preprocessing(raw.x_train[train_idx], kind, cfg.zca_reg, cache)
+    if cfg.train_chunk is not None:
+        start = cfg.train_chunk * cfg.train_chunk_size
+        if start >= len(raw.y_train):
+            chunks = -(-len(raw.y_train) // cfg.train_chunk_size)
+            raise FrepoError(
+                f"chunk {cfg.train_chunk} is beyond the training split: {len(raw.y_train)} images make {chunks} chunks "
+                f"of {cfg.train_chunk_size} (0..{chunks - 1})"
+            )
+        train_idx, val_idx = (
+            idx[(idx >= start) & (idx < start + cfg.train_chunk_size)] for idx in (train_idx, val_idx)
+        )
+    if cfg.classes is not None:
+        kept = np.asarray(cfg.class_ids(raw.num_classes))
+        train_idx = train_idx[np.isin(raw.y_train[train_idx], kept)]
+        val_idx = val_idx[np.isin(raw.y_train[val_idx], kept)]
     return PreparedData(raw, pre, train_idx, val_idx)

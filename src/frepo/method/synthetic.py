@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -10,14 +12,15 @@ from .krr import centered_one_hot, label_scale
 
 
 def init_from_real(
-    images: torch.Tensor, labels: torch.Tensor, num_classes: int, ipc: int, generator: torch.Generator
+    images: torch.Tensor, labels: torch.Tensor, classes: Sequence[int], ipc: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick `ipc` random real images of every class (class-major order), seeded.
+    """Pick `ipc` random real images of each class of `classes` (class-major order), seeded.
 
-    images: N×C×H×W preprocessed; labels: (N,) int. Returns (ipc·K×C×H×W images, (ipc·K,) labels).
+    images: N×C×H×W preprocessed; labels: (N,) int. Returns (ipc·K×C×H×W images, (ipc·K,) labels) for
+    K = len(classes).
     """
     chosen = []
-    for c in range(num_classes):
+    for c in classes:
         members = torch.nonzero(labels == c).flatten()
         if len(members) < ipc:
             raise FrepoError(f"class {c} has {len(members)} training images, fewer than ipc={ipc}")

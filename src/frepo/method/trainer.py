@@ -156,7 +156,8 @@ class FRePoTrainer:
         self.config, self.device, self.ctx = config, device, ctx or DistContext()
         self.num_classes = num_classes
         seed = config.seed
-        images, class_ids = init_from_real(x_train, y_train, num_classes, config.ipc, generator(seed, "init"))
+        classes = config.data.class_ids(num_classes)  # every class, or a continual-learning task's
+        images, class_ids = init_from_real(x_train, y_train, classes, config.ipc, generator(seed, "init"))
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.x_train = x_train.to(device).contiguous(memory_format=self.memory_format)
         self.y_train = centered_one_hot(y_train, num_classes).to(device)

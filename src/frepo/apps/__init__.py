@@ -1,0 +1,3 @@
+"""Downstream experiments built on distillation and evaluation: class-incremental continual learning
+(`continual`) and the membership-inference defence (`privacy`, with the attacks in `attacks`). Each is
+a resumable job with a typed config, named presets, a JSON of documented keys, a table and a plot."""

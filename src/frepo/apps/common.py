@@ -1,0 +1,145 @@
+"""What the downstream experiments share: a locked experiment folder that refuses a different config and
+lets the same command resume, settings resolved from presets, unions of sets, the test images of some
+classes, and results written as JSON, Markdown, CSV and a plot."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..base.atomic import atomic_write, atomic_write_json, atomic_write_text
+from ..base.errors import FrepoError
+from ..base.fields import from_dict, set_leaf, to_dict
+from ..base.lock import LOCK, FolderLock
+from ..data import RawDataset
+from ..io.artifact import DistilledSet
+
+
+def resolve(cls: type, presets: dict[str, dict], preset: str | None, overrides: dict[str, Any]) -> Any:
+    """A settings dataclass: its defaults, then the named preset's values, then `overrides` (leaf names)."""
+    config = cls()
+    if preset is not None:
+        if preset not in presets:
+            raise FrepoError(f"unknown preset {preset!r}; known: {', '.join(sorted(presets))}")
+        for name, value in presets[preset].items():
+            set_leaf(config, name, value)
+    for name, value in overrides.items():
+        set_leaf(config, name, value)
+    config.validate()
+    return config
+
+
+class ExperimentDir:
+    """The folder of one experiment: one owner at a time, its config (a different one is refused), and
+    finished units of work as JSON files, so rerunning the same command picks up where it stopped."""
+
+    def __init__(self, path: str | Path, kind: str):
+        self.path, self.kind = Path(path), kind
+        self.config_path = self.path / f"{kind}-config.json"
+        self.lock = FolderLock(self.path)
+
+    def open(self, config: Any) -> None:
+        if str(self.path) in ("", "."):
+            raise FrepoError("--out must name an experiment folder")
+        self.lock.acquire()
+        try:
+            if self.config_path.is_file():
+                previous = json.loads(self.config_path.read_text())
+                if previous != to_dict(config):
+                    now = to_dict(config)
+                    changed = sorted(k for k in previous.keys() | now.keys() if previous.get(k) != now.get(k))
+                    raise FrepoError(
+                        f"{self.path} holds a {self.kind} experiment with other settings ({', '.join(changed)}); "
+                        "use another --out, or delete that folder to start over"
+                    )
+                from_dict(type(config), previous)
+            elif any(p.name != LOCK for p in self.path.iterdir()):
+                raise FrepoError(f"--out {self.path} is not empty and holds no {self.kind} experiment")
+            atomic_write_json(self.config_path, to_dict(config))
+        except BaseException:
+            self.lock.undo()
+            raise
+        self.lock.created = []
+
+    def close(self) -> None:
+        self.lock.release()
+
+    def done(self, name: str) -> dict | None:
+        """The result of a finished unit, or None."""
+        path = self.path / name
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return None  # a damaged result is recomputed
+
+    def record(self, name: str, result: dict) -> dict:
+        atomic_write_json(self.path / name, result)
+        return result
+
+
+def union(sets: list[DistilledSet]) -> DistilledSet:
+    """One set of several with the same preprocessing and classes: images and labels concatenated
+    (learned labels stay learned; class ids stay class ids; a mix becomes regression targets)."""
+    first = sets[0]
+    if all(s.labels.ndim == 1 for s in sets):
+        labels = torch.cat([s.labels.long() for s in sets])
+    elif all(s.labels.ndim == 2 for s in sets):
+        labels = torch.cat([s.labels.float() for s in sets])
+    else:
+        labels = torch.cat([s.targets() for s in sets])
+    images = torch.cat([s.images.detach().float() for s in sets])
+    meta = {**first.meta, "kind": "union", "ipc": None, "step": None, "checksum": None}
+    return DistilledSet(images, labels, first.preprocessing, meta)
+
+
+def test_split_of(ds: DistilledSet, raw: RawDataset, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test images of `classes` in the set's preprocessed space, and their class ids."""
+    keep = np.isin(raw.y_test, np.asarray(classes))
+    return ds.transform(raw.x_test[keep]), torch.from_numpy(raw.y_test[keep])
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(header: list[str], rows: list[list[Any]]) -> str:
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def save_plot(path: Path, draw) -> Path:
+    """`draw(ax)` onto a figure, saved atomically as PNG (matplotlib's Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = draw(plt)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    plt.close(fig)
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    atomic_write_text(path, text)
+    return path
+
+
+def settings_of(config: Any) -> dict:
+    return dataclasses.asdict(config)

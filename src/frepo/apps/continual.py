@@ -1,0 +1,329 @@
+"""`frepo continual`: class-incremental continual learning with distilled memories (the paper's §5, on
+the protocol of DM and the official `script/distill_cl.py` / `script/eval_cl.py`).
+
+The classes are put in the order `numpy.random.RandomState(s).permutation(C)` for each order s (the DM
+and FRePo convention) and split into T tasks of C/T classes. Task k distils only its own classes'
+training images (IPC per class, learned labels over all C classes, as the reference does) in a run
+directory of its own, so an interrupted experiment resumes at the task and the step where it stopped.
+After task k, fresh networks train on the union of the memories of tasks 0..k and are tested on the test
+images of every class seen so far. Every arm holds the same memory (IPC images per class) and trains
+with the same trainer: `frepo` (the distilled sets), `random` and `herding` exemplars (real images,
+`frepo.subset`). The trainer is the reference evaluation (`--protocol frepo`: Conv without norm, Adam
+3e-4 with warm-up and cosine decay, MSE, the reference augmentation; the reference CL evaluation trains
+10 000 steps — its `adam` optimiser ignores the weight decay it is given) or the DC/DSA one
+(`--protocol dsa`), for every arm alike. The reference has no validation hold-out here: every task
+distils from all of its classes' training images, and the preprocessing is fitted on the whole training
+split, as in the official code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import presets as distill_presets
+from ..base.errors import FrepoError
+from ..base.fields import check_choice, check_finite, opt, to_dict
+from ..base.version import __version__
+from ..config import DataConfig
+from ..data import load_dataset
+from ..distill import distill
+from ..eval import EvalConfig, evaluate_set
+from ..io.artifact import DistilledSet, load_distilled, save_distilled
+from ..subset import make_subset
+from .common import ExperimentDir, csv_text, markdown_table, resolve, save_plot, test_split_of, union, write_text
+
+log = logging.getLogger(__name__)
+
+ARMS = ("frepo", "random", "herding")
+RESULT = "continual.json"
+
+
+@dataclass
+class ContinualConfig:
+    dataset: str = opt("cifar100", "dataset name, .npz file or ImageFolder directory")
+    tasks: int = opt(5, "tasks: the classes split into this many groups of equal size")
+    ipc: int = opt(20, "images per class in every arm's memory (distilled or real)")
+    orders: str = opt("0,1,2,3,4", "class orders, comma-separated: numpy.random.RandomState(s).permutation(C)")
+    steps: int = opt(500_000, "outer steps of each task's distillation")
+    batch_size: int = opt(1024, "real images per distillation step")
+    lr: float = opt(3e-4, "LAMB learning rate of the distillations")
+    arms: str = opt(",".join(ARMS), "arms, comma-separated: frepo (distilled), random, herding")
+    protocol: str = opt("frepo", "the trainer of every arm: frepo (the reference) or dsa", choices=("frepo", "dsa"))
+    eval_models: int = opt(5, "fresh networks per order, task and arm")
+    eval_steps: int = opt(10_000, "frepo protocol: training steps (the reference CL evaluation's 10 000)")
+    eval_epochs: int = opt(1000, "dsa protocol: epochs")
+    feature_steps: int = opt(300, "herding: training steps of its feature network")
+    seed: int = opt(0, "seed of the distillations, the random exemplars and the evaluation")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    data_dir: str | None = opt(None, "dataset download/cache folder (default: ~/.cache/frepo)")
+    download: bool = opt(True, "let torchvision download a missing dataset")
+
+    def order_list(self) -> list[int]:
+        try:
+            orders = [int(s) for s in self.orders.split(",") if s.strip()]
+        except ValueError as exc:
+            raise FrepoError(f"orders must be comma-separated integers, got {self.orders!r}") from exc
+        if not orders or len(set(orders)) != len(orders) or min(orders) < 0:
+            raise FrepoError(f"orders must be distinct integers >= 0, got {self.orders!r}")
+        return orders
+
+    def arm_list(self) -> list[str]:
+        arms = [a.strip() for a in self.arms.split(",") if a.strip()]
+        for arm in arms:
+            check_choice("arm", arm, ARMS)
+        if not arms or len(set(arms)) != len(arms):
+            raise FrepoError(f"arms must name each of {', '.join(ARMS)} at most once, got {self.arms!r}")
+        return arms
+
+    def validate(self) -> None:
+        check_choice("protocol", self.protocol, ("frepo", "dsa"))
+        for name in ("tasks", "ipc", "steps", "batch_size", "eval_models", "eval_steps", "eval_epochs"):
+            if getattr(self, name) < 1:
+                raise FrepoError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.feature_steps < 0:
+            raise FrepoError(f"feature_steps must be >= 0, got {self.feature_steps}")
+        check_finite("lr", self.lr, low=0.0)
+        if self.lr == 0:
+            raise FrepoError("lr must be > 0, got 0")
+        self.order_list()
+        self.arm_list()
+
+
+# The paper's setting (official README: CIFAR-100, 5 steps of 20 classes, 20 images per class, 500k
+# steps, 5 models × 10 000 evaluation steps) and its 10-task variant need a GPU; the *-cpu presets run
+# here: a few hundred outer steps per task, 1 model per order, task and arm.
+CPU = {"steps": 200, "batch_size": 128, "lr": 1e-2, "eval_models": 1, "eval_steps": 300, "feature_steps": 100}
+PRESETS: dict[str, dict[str, Any]] = {
+    "continual-cifar100": {"dataset": "cifar100", "tasks": 5, "ipc": 20},
+    "continual-cifar100-10": {"dataset": "cifar100", "tasks": 10, "ipc": 20},
+    "continual-cifar10-cpu": {"dataset": "cifar10", "tasks": 5, "ipc": 5, "orders": "0", **CPU},
+    "continual-mnist-cpu": {"dataset": "mnist", "tasks": 5, "ipc": 5, "orders": "0", **CPU},
+    "continual-fashion_mnist-cpu": {"dataset": "fashion_mnist", "tasks": 5, "ipc": 5, "orders": "0", **CPU},
+}
+
+
+def class_order(num_classes: int, order: int) -> list[int]:
+    """The DM/FRePo class order `order`: numpy.random.RandomState(order).permutation(num_classes)."""
+    return [int(c) for c in np.random.RandomState(order).permutation(num_classes)]
+
+
+def task_splits(order: list[int], tasks: int) -> list[list[int]]:
+    """The classes of each task: consecutive groups of len(order) / tasks in the class order."""
+    size = len(order) // tasks
+    return [order[k * size : (k + 1) * size] for k in range(tasks)]
+
+
+class Continual:
+    """One experiment: its folder, the dataset, and the memories and evaluations of each order and task."""
+
+    def __init__(self, config: ContinualConfig, out: str | Path, progress: bool = False):
+        config.validate()
+        self.config, self.out, self.progress = config, Path(out), progress
+        self.raw = load_dataset(config.dataset, config.data_dir, config.download)
+        c = self.raw.num_classes
+        if config.tasks > c:
+            raise FrepoError(f"{config.tasks} tasks are more than the {c} classes of {self.raw.name}")
+        if c % config.tasks:
+            raise FrepoError(f"the {c} classes of {self.raw.name} do not split into {config.tasks} tasks of equal size")
+        counts = np.bincount(self.raw.y_train, minlength=c)
+        if config.ipc > counts.min():
+            raise FrepoError(
+                f"ipc {config.ipc} is more than class {int(counts.argmin())} can give "
+                f"({int(counts.min())} training images)"
+            )
+        options = {"steps": config.eval_steps} if config.protocol == "frepo" else {"epochs": config.eval_epochs}
+        self.eval_config = EvalConfig.build(
+            protocol=config.protocol, models=config.eval_models, seed=config.seed, device=config.device, **options
+        )
+        self.folder = ExperimentDir(self.out, "continual")
+
+    # ---- the memories -------------------------------------------------------------------------------
+    def _data(self, classes: list[int]) -> DataConfig:
+        cfg = self.config
+        return DataConfig(
+            dataset=cfg.dataset,
+            data_dir=cfg.data_dir,
+            download=cfg.download,
+            val_size=0,
+            classes=",".join(map(str, sorted(classes))),
+        )
+
+    def distilled(self, order: int, task: int, classes: list[int]) -> DistilledSet:
+        """Task `task`'s distillation of its own classes (resumed where it stopped)."""
+        cfg = self.config
+        overrides = {
+            "steps": cfg.steps,
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "seed": cfg.seed,
+            "device": cfg.device,
+            "data_dir": cfg.data_dir,
+            "download": cfg.download,
+            "classes": self._data(classes).classes,
+            "val_size": 0,
+            "eval_every": 0,
+            "checkpoint_every": max(1, min(200, cfg.steps // 5)),
+        }
+        run = distill_presets.resolve(cfg.dataset, cfg.ipc, overrides=overrides)
+        result = distill(run, self.out / f"order{order}" / f"task{task}", progress=self.progress)
+        return load_distilled(result.distilled_path)
+
+    def exemplars(self, arm: str, order: int, task: int, classes: list[int]) -> DistilledSet:
+        """`ipc` real images per class of the task, chosen at random (the distillation's own starting
+        images) or by herding; written once, read back after."""
+        path = self.out / f"order{order}" / f"task{task}-{arm}.safetensors"
+        if path.is_file():
+            return load_distilled(path)
+        cfg = self.config
+        ds = make_subset(
+            self._data(classes), cfg.ipc, arm, cfg.seed, feature_steps=cfg.feature_steps, device=cfg.device
+        )
+        save_distilled(ds, path)
+        return load_distilled(path)
+
+    def memory(self, arm: str, order: int, task: int, classes: list[int]) -> DistilledSet:
+        if arm == "frepo":
+            return self.distilled(order, task, classes)
+        return self.exemplars(arm, order, task, classes)
+
+    # ---- the experiment ---------------------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg = self.config
+        self.folder.open(cfg)
+        try:
+            for order in cfg.order_list():
+                self._order(order)
+            return self.summarise()
+        finally:
+            self.folder.close()
+
+    def _order(self, order: int) -> None:
+        cfg, c = self.config, self.raw.num_classes
+        splits = task_splits(class_order(c, order), cfg.tasks)
+        memories: dict[str, list[DistilledSet]] = {arm: [] for arm in cfg.arm_list()}
+        for task, classes in enumerate(splits):
+            seen = [cls for split in splits[: task + 1] for cls in split]
+            log.info(f"frepo: continual, order {order}, task {task + 1}/{cfg.tasks}: classes {classes}")
+            for arm in cfg.arm_list():
+                memories[arm].append(self.memory(arm, order, task, classes))
+                name = f"order{order}/task{task}-{arm}.json"
+                if self.folder.done(name) is None:
+                    self.folder.record(name, self._evaluate(arm, order, task, seen, memories[arm]))
+
+    def _evaluate(self, arm: str, order: int, task: int, seen: list[int], memory: list[DistilledSet]) -> dict:
+        """Fresh networks on the union of the memories of tasks 0..task, tested on the seen classes only."""
+        start = time.perf_counter()
+        ds = union(memory)
+        test_x, test_y = test_split_of(ds, self.raw, seen)
+        result = evaluate_set(ds, test_x, test_y, self.eval_config, progress=self.progress)
+        log.info(f"frepo: order {order}, task {task + 1}, {arm}: {result.mean:.2f} ± {result.std:.2f}%")
+        return {
+            "order": order,
+            "task": task,
+            "arm": arm,
+            "classes_seen": seen,
+            "num_images": int(len(ds.images)),
+            "test_images": int(len(test_y)),
+            "memory_checksums": [m.meta.get("checksum") for m in memory],
+            "seconds": time.perf_counter() - start,
+            **result.to_dict(),
+        }
+
+    # ---- the results --------------------------------------------------------------------------------
+    def summarise(self) -> dict:
+        """continual.json (documented keys: README / docs/downstream.md), continual.md, .csv and .png."""
+        cfg = self.config
+        per_model: dict[str, list[list[float]]] = {arm: [[] for _ in range(cfg.tasks)] for arm in cfg.arm_list()}
+        orders = {}
+        for order in cfg.order_list():
+            accs = {arm: [] for arm in cfg.arm_list()}
+            for task in range(cfg.tasks):
+                for arm in cfg.arm_list():
+                    result = self.folder.done(f"order{order}/task{task}-{arm}.json")
+                    accs[arm].append(result["accuracies"])
+                    per_model[arm][task] += result["accuracies"]
+            splits = task_splits(class_order(self.raw.num_classes, order), cfg.tasks)
+            orders[str(order)] = {"tasks": splits, "accuracies": accs}
+        size = self.raw.num_classes // cfg.tasks
+        summary = {
+            "per_task": {arm: [float(np.mean(a)) for a in per_model[arm]] for arm in per_model},
+            "per_task_std": {arm: [float(np.std(a)) for a in per_model[arm]] for arm in per_model},
+            "final": {arm: float(np.mean(per_model[arm][-1])) for arm in per_model},
+            "classes_seen": [size * (k + 1) for k in range(cfg.tasks)],
+            "orders": orders,
+            "settings": to_dict(cfg),
+            "evaluation": to_dict(self.eval_config),
+            "budget": (
+                f"{cfg.steps} distillation steps × real batch {cfg.batch_size} per task; {cfg.eval_models} "
+                f"model(s) per order, task and arm, "
+                + (f"{cfg.eval_steps} steps" if cfg.protocol == "frepo" else f"{cfg.eval_epochs} epochs")
+                + f" of the {cfg.protocol} protocol"
+            ),
+            "frepo_version": __version__,
+            "date": time.strftime("%Y-%m-%d"),
+        }
+        self.folder.record(RESULT, summary)
+        self._tables(summary)
+        self._plot(summary)
+        return summary
+
+    def _tables(self, summary: dict) -> None:
+        arms = list(summary["per_task"])
+        header = ["task", "classes seen", *arms]
+        rows = [
+            [str(k + 1), str(seen)]
+            + [f"{summary['per_task'][a][k]:.2f} ± {summary['per_task_std'][a][k]:.2f}" for a in arms]
+            for k, seen in enumerate(summary["classes_seen"])
+        ]
+        title = f"# Continual learning: {self.raw.name}, {self.config.tasks} tasks, IPC {self.config.ipc}\n\n"
+        note = (
+            "\nTest accuracy (%) on the classes seen so far, mean ± std over orders and models. "
+            f"Budget: {summary['budget']}.\n"
+        )
+        write_text(self.out / "continual.md", title + markdown_table(header, rows) + note)
+        csv_rows = [
+            [k + 1, seen, a, summary["per_task"][a][k], summary["per_task_std"][a][k]]
+            for k, seen in enumerate(summary["classes_seen"])
+            for a in arms
+        ]
+        write_text(self.out / "continual.csv", csv_text(["task", "classes_seen", "arm", "mean", "std"], csv_rows))
+
+    def _plot(self, summary: dict) -> None:
+        def draw(plt):
+            fig, ax = plt.subplots(figsize=(5.5, 3.8))
+            x = summary["classes_seen"]
+            for arm, means in summary["per_task"].items():
+                mean, std = np.asarray(means), np.asarray(summary["per_task_std"][arm])
+                ax.plot(x, mean, marker="o", label=arm)
+                ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+            ax.set_xlabel("classes seen")
+            ax.set_ylabel("test accuracy on seen classes (%)")
+            ax.set_title(f"{self.raw.name}: {self.config.tasks} tasks, IPC {self.config.ipc}", fontsize=9)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
+            return fig, ax
+
+        save_plot(self.out / "continual.png", draw)
+
+
+def continual(
+    config: ContinualConfig | None = None,
+    out: str | Path = "runs/continual",
+    *,
+    preset: str | None = None,
+    progress: bool = False,
+    **overrides: Any,
+) -> dict:
+    """Run (or resume) a continual-learning experiment into `out`; returns what continual.json holds.
+    `frepo.continual(preset="continual-cifar10-cpu", out="runs/cl")`, or `dataset=..., tasks=..., ipc=...`."""
+    if config is None:
+        config = resolve(ContinualConfig, PRESETS, preset, overrides)
+    elif preset or overrides:
+        raise FrepoError("give either a ContinualConfig or a preset and options, not both")
+    return Continual(config, out, progress).run()

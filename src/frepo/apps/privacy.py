@@ -1,0 +1,456 @@
+"""`frepo privacy`: the membership-inference defence of distilled data (the paper's §5, the official
+`script/mia.py`), with the low-FPR view and a stronger attack beyond the paper.
+
+Members are a chunk of the training split (chunk k of `chunk_size` images, in the split's order); the
+non-members are test images, as many as the members (all of them in the reference setting, 10 000 of
+each). The chunk alone is distilled (IPC per class, learned labels). Fresh victims then train for an
+increasing number of steps on (a) the **learned** distilled set and (b) the real chunk — Conv without
+norm, Adam with a constant 3e-4, MSE, the reference augmentation, shuffled batches of min(N, 256) for the
+distilled set and `victim_batch` for the real chunk, as in mia.py — and each victim is tested and
+attacked (`frepo.apps.attacks`: loss threshold, logistic regression, MLP, random forest, k-nearest
+neighbours; with `lira_shadows` ≥ 2, offline LiRA whose shadows repeat the arm's pipeline without the
+targets: real shadows train on other training images, distilled shadows on the distillations of other
+chunks).
+
+The released mia.py builds its distilled arm from the initial real images (`x_proto` from `init_proto`)
+rather than the learned set; frepo trains the distilled arm on the file its distillation wrote at its
+last step (`distilled.safetensors`), whose checksum every row of privacy.json names.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import presets as distill_presets
+from ..base.atomic import atomic_write
+from ..base.device import resolve_device
+from ..base.errors import FrepoError
+from ..base.fields import check_finite, opt, to_dict
+from ..base.rng import generator
+from ..base.version import __version__
+from ..data import load_dataset
+from ..distill import distill
+from ..eval.augment import random_op, reference_ops
+from ..io.artifact import DistilledSet, load_distilled
+from ..method.krr import centered_one_hot, mse_loss
+from ..models import build_model, eval_layout
+from .attacks import ATTACKS, confidence, lira_offline, roc_metrics, run_attacks
+from .common import ExperimentDir, csv_text, markdown_table, resolve, save_plot, write_text
+
+log = logging.getLogger(__name__)
+
+ARMS = ("distilled", "real")
+RESULT = "privacy.json"
+
+
+@dataclass
+class PrivacyConfig:
+    dataset: str = opt("mnist", "dataset name, .npz file or ImageFolder directory")
+    chunk: int = opt(0, "the members: chunk `chunk` of the training split (0-based)")
+    chunk_size: int = opt(10000, "training images per chunk (the members)")
+    ipc: int = opt(50, "images per class of the distilled set")
+    steps: int = opt(500_000, "outer steps of the distillation")
+    batch_size: int = opt(1024, "real images per distillation step")
+    lr: float = opt(3e-4, "LAMB learning rate of the distillation")
+    victim_steps: str = opt("100,250,500,1000,2000,4000,8000,16000", "training steps of the victims, comma-separated")
+    victim_batch: int = opt(1024, "batch of the victims of the real arm (the distilled arm: min(N, 256))")
+    victim_lr: float = opt(3e-4, "Adam learning rate of the victims (constant, as mia.py)")
+    victim_width: int = opt(128, "width of the victims' Conv")
+    models: int = opt(1, "victims per arm and step count (the reference trains one)")
+    lira_shadows: int = opt(0, "shadow networks per arm and step count for offline LiRA (0: off; at least 2)")
+    seed: int = opt(0, "seed of the distillation, the victims and the attacks")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    data_dir: str | None = opt(None, "dataset download/cache folder (default: ~/.cache/frepo)")
+    download: bool = opt(True, "let torchvision download a missing dataset")
+
+    def step_list(self) -> list[int]:
+        try:
+            steps = sorted({int(s) for s in self.victim_steps.split(",") if s.strip()})
+        except ValueError as exc:
+            raise FrepoError(f"victim_steps must be comma-separated integers, got {self.victim_steps!r}") from exc
+        if not steps or steps[0] < 1:
+            raise FrepoError(f"victim_steps must be integers >= 1, got {self.victim_steps!r}")
+        return steps
+
+    def validate(self) -> None:
+        for name in ("chunk_size", "ipc", "steps", "batch_size", "victim_batch", "victim_width", "models"):
+            if getattr(self, name) < 1:
+                raise FrepoError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.chunk < 0:
+            raise FrepoError(f"chunk must be >= 0, got {self.chunk}")
+        if self.lira_shadows < 0 or self.lira_shadows == 1:
+            raise FrepoError(f"lira_shadows must be 0 (off) or at least 2, got {self.lira_shadows}")
+        for name in ("lr", "victim_lr"):
+            check_finite(name, getattr(self, name), low=0.0)
+            if getattr(self, name) == 0:
+                raise FrepoError(f"{name} must be > 0, got 0")
+        self.step_list()
+
+
+# The reference (official README): MNIST, chunks of 10 000, IPC 50, 500k steps; victims of 100 … 16 000
+# steps; a GPU job. The CPU preset runs here: a smaller chunk, IPC 10, a few hundred outer steps.
+PRESETS: dict[str, dict[str, Any]] = {
+    "privacy-mnist": {"dataset": "mnist"},
+    "privacy-mnist-cpu": {
+        "dataset": "mnist",
+        "chunk_size": 2000,
+        "ipc": 10,
+        "steps": 200,
+        "batch_size": 128,
+        "lr": 1e-2,
+        "victim_steps": "50,200,800",
+        "victim_batch": 128,
+    },
+}
+
+
+def train_victim(
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    width: int,
+    num_classes: int,
+    ops: tuple[str, ...],
+    gen: torch.Generator,
+    device: torch.device,
+) -> torch.nn.Module:
+    """A fresh Conv (no norm) trained `steps` Adam steps (constant lr) with MSE on (images N×C×H×W,
+    targets N×K), shuffled batches (a fresh permutation every epoch) and one reference augmentation op
+    per step."""
+    model = build_model("conv", tuple(images.shape[1:]), num_classes, generator=gen, width=width)
+    layout = eval_layout(images)
+    model = model.to(device, memory_format=layout)
+    images, targets = images.to(device).contiguous(memory_format=layout), targets.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    n, batch = len(images), min(len(images), batch_size)
+    order, pos = torch.randperm(n, generator=gen), 0
+    model.train()
+    for _ in range(steps):
+        if pos + batch > n:
+            order, pos = torch.randperm(n, generator=gen), 0
+        idx = order[pos : pos + batch].to(device)
+        pos += batch
+        x = random_op(images[idx], ops, gen) if ops else images[idx]
+        loss = mse_loss(model(x), targets[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return model
+
+
+@torch.no_grad()
+def outputs(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, device) -> dict:
+    """Per example: logits (N×K), MSE loss against the centred one-hot label, the label, and whether the
+    prediction is right (numpy arrays)."""
+    model.eval()
+    logits = torch.cat([model(images[s : s + 1000].to(device)).cpu() for s in range(0, len(images), 1000)])
+    target = centered_one_hot(labels, num_classes)
+    loss = 0.5 * (logits - target).square().sum(-1)
+    return {
+        "logits": logits.double().numpy(),
+        "loss": loss.double().numpy(),
+        "labels": labels.numpy(),
+        "correct": (logits.argmax(-1) == labels).numpy(),
+    }
+
+
+class Privacy:
+    """One experiment: the distilled chunk, the members and non-members, and the victims of each arm."""
+
+    def __init__(self, config: PrivacyConfig, out: str | Path, progress: bool = False):
+        config.validate()
+        self.config, self.out, self.progress = config, Path(out), progress
+        self.raw = load_dataset(config.dataset, config.data_dir, config.download)
+        n = len(self.raw.y_train)
+        start = config.chunk * config.chunk_size
+        if start >= n:
+            chunks = -(-n // config.chunk_size)
+            raise FrepoError(
+                f"chunk {config.chunk} is beyond the training split: {n} images make {chunks} chunks of "
+                f"{config.chunk_size} (0..{chunks - 1})"
+            )
+        self.member_idx = np.arange(start, min(start + config.chunk_size, n))
+        counts = np.bincount(self.raw.y_train[self.member_idx], minlength=self.raw.num_classes)
+        if config.ipc > counts.min():
+            raise FrepoError(
+                f"ipc {config.ipc} is more than class {int(counts.argmin())} of chunk {config.chunk} can give "
+                f"({int(counts.min())} images)"
+            )
+        # As many non-members as members, drawn from the test split (all of it in the reference setting).
+        count = min(len(self.member_idx), len(self.raw.y_test))
+        perm = torch.randperm(len(self.raw.y_test), generator=generator(config.seed, "privacy/nonmembers"))
+        self.nonmember_idx = np.sort(perm[:count].numpy())
+        self.member_idx = self.member_idx[:count]
+        self.device = resolve_device(config.device)
+        self.folder = ExperimentDir(self.out, "privacy")
+
+    # ---- the sets the victims train on -----------------------------------------------------------------
+    def _distilled(self, chunk: int, folder: str) -> DistilledSet:
+        cfg = self.config
+        overrides = {
+            "steps": cfg.steps,
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "seed": cfg.seed,
+            "device": cfg.device,
+            "data_dir": cfg.data_dir,
+            "download": cfg.download,
+            "train_chunk": chunk,
+            "train_chunk_size": cfg.chunk_size,
+            "val_size": 0,
+            "eval_every": 0,
+            "checkpoint_every": max(1, min(200, cfg.steps // 5)),
+        }
+        run = distill_presets.resolve(cfg.dataset, cfg.ipc, overrides=overrides)
+        return load_distilled(distill(run, self.out / folder, progress=self.progress).distilled_path)
+
+    def _training_set(self, arm: str, ds: DistilledSet, shadow: int | None = None) -> tuple[torch.Tensor, ...]:
+        """(images, targets, batch) the arm's victim (or its shadow number `shadow`) trains on."""
+        cfg = self.config
+        if arm == "distilled":
+            source = ds if shadow is None else self._shadow_distilled(shadow)
+            return source.images.float(), source.targets(), min(len(source.images), 256)
+        idx = self.member_idx if shadow is None else self._shadow_real_idx(shadow)
+        labels = torch.from_numpy(self.raw.y_train[idx])
+        return ds.transform(self.raw.x_train[idx]), centered_one_hot(labels, self.raw.num_classes), cfg.victim_batch
+
+    def _shadow_distilled(self, shadow: int) -> DistilledSet:
+        """The distillation of another chunk (never the members' chunk): shadow j distils chunk j (or j+1)."""
+        chunk = shadow if shadow < self.config.chunk else shadow + 1
+        return self._distilled(chunk, f"shadow{shadow}-distill")
+
+    def _shadow_real_idx(self, shadow: int) -> np.ndarray:
+        """As many training images as the members, drawn at random from outside the members' chunk."""
+        outside = np.setdiff1d(np.arange(len(self.raw.y_train)), self.member_idx)
+        perm = torch.randperm(len(outside), generator=generator(self.config.seed, f"privacy/shadow{shadow}"))
+        return np.sort(outside[perm[: len(self.member_idx)].numpy()])
+
+    # ---- victims ----------------------------------------------------------------------------------------
+    def _victim_outputs(self, arm: str, ds: DistilledSet, steps: int, stream: str, shadow: int | None = None):
+        cfg, raw = self.config, self.raw
+        images, targets, batch = self._training_set(arm, ds, shadow)
+        device = self.device
+        model = train_victim(
+            images,
+            targets,
+            steps=steps,
+            batch_size=batch,
+            lr=cfg.victim_lr,
+            width=cfg.victim_width,
+            num_classes=raw.num_classes,
+            ops=reference_ops(raw.mirror_invariant),
+            gen=generator(cfg.seed, stream),
+            device=device,
+        )
+        members = outputs(
+            model,
+            ds.transform(raw.x_train[self.member_idx]),
+            torch.from_numpy(raw.y_train[self.member_idx]),
+            raw.num_classes,
+            device,
+        )
+        nonmembers = outputs(
+            model,
+            ds.transform(raw.x_test[self.nonmember_idx]),
+            torch.from_numpy(raw.y_test[self.nonmember_idx]),
+            raw.num_classes,
+            device,
+        )
+        test = outputs(model, ds.transform(raw.x_test), torch.from_numpy(raw.y_test), raw.num_classes, device)
+        return members, nonmembers, 100.0 * float(test["correct"].mean())
+
+    def _victim(self, arm: str, ds: DistilledSet, steps: int, model: int) -> dict:
+        name = f"victims/{arm}-{steps}-m{model}.json"
+        done = self.folder.done(name)
+        if done is not None:
+            return done
+        start = time.perf_counter()
+        members, nonmembers, accuracy = self._victim_outputs(arm, ds, steps, f"privacy/{arm}/{steps}/m{model}")
+        parts = ("logits", "loss", "labels")
+        attacks = run_attacks(
+            tuple(members[p] for p in parts),
+            tuple(nonmembers[p] for p in parts),
+            self.raw.num_classes,
+            self.config.seed,
+        )
+        if self.config.lira_shadows:
+            attacks["lira"] = self._lira(arm, ds, steps, members, nonmembers)
+        log.info(
+            f"frepo: {arm} victim, {steps} steps: test {accuracy:.2f}%, AUC "
+            + ", ".join(f"{k} {v['auc']:.3f}" for k, v in attacks.items())
+        )
+        return self.folder.record(
+            name,
+            {
+                "arm": arm,
+                "steps": steps,
+                "model": model,
+                "test_accuracy": accuracy,
+                "attacks": attacks,
+                "seconds": time.perf_counter() - start,
+            },
+        )
+
+    def _lira(self, arm: str, ds: DistilledSet, steps: int, members: dict, nonmembers: dict) -> dict:
+        """Offline LiRA: the victim's confidences against shadows of the same arm trained without the targets."""
+
+        def target(o: dict) -> np.ndarray:
+            return confidence(o["logits"], o["labels"])
+
+        victim = np.concatenate([target(members), target(nonmembers)])
+        shadows = []
+        for shadow in range(self.config.lira_shadows):
+            path = self.out / "shadows" / f"{arm}-{steps}-s{shadow}.npy"
+            if path.is_file():
+                shadows.append(np.load(path))
+                continue
+            m, nm, _ = self._victim_outputs(arm, ds, steps, f"privacy/{arm}/{steps}/shadow{shadow}", shadow)
+            scores = np.concatenate([target(m), target(nm)])
+
+            def save(tmp: Path, values: np.ndarray = scores) -> None:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, values)
+
+            atomic_write(path, save)
+            shadows.append(scores)
+        truth = np.concatenate([np.ones(len(members["loss"])), np.zeros(len(nonmembers["loss"]))])
+        return roc_metrics(truth, lira_offline(victim, np.stack(shadows)))
+
+    # ---- the experiment -------------------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg = self.config
+        self.folder.open(cfg)
+        try:
+            ds = self._distilled(cfg.chunk, "distill")
+            rows = []
+            for steps in cfg.step_list():
+                for arm in ARMS:
+                    victims = [self._victim(arm, ds, steps, m) for m in range(cfg.models)]
+                    rows.append(self._row(arm, steps, victims))
+            return self.summarise(ds, rows)
+        finally:
+            self.folder.close()
+
+    @staticmethod
+    def _row(arm: str, steps: int, victims: list[dict]) -> dict:
+        """One arm at one step count: the victims' test accuracy and every attack's metrics, averaged."""
+        names = list(victims[0]["attacks"])
+        attacks = {
+            name: {
+                metric: float(np.mean([v["attacks"][name][metric] for v in victims]))
+                for metric in victims[0]["attacks"][name]
+            }
+            for name in names
+        }
+        accs = [v["test_accuracy"] for v in victims]
+        return {
+            "arm": arm,
+            "steps": steps,
+            "test_accuracy": float(np.mean(accs)),
+            "test_accuracy_std": float(np.std(accs)),
+            "models": len(victims),
+            "attacks": attacks,
+        }
+
+    def summarise(self, ds: DistilledSet, rows: list[dict]) -> dict:
+        cfg = self.config
+        summary = {
+            "rows": rows,
+            "members": {
+                "split": "train",
+                "chunk": cfg.chunk,
+                "indices": [int(self.member_idx[0]), int(self.member_idx[-1]) + 1],
+                "count": int(len(self.member_idx)),
+            },
+            "nonmembers": {"split": "test", "count": int(len(self.nonmember_idx))},
+            "distilled": {
+                "file": str(self.out / "distill" / "distilled.safetensors"),
+                "checksum": ds.meta.get("checksum"),
+                "images": int(len(ds.images)),
+                "step": ds.meta.get("step"),
+                "kind": ds.meta.get("kind"),
+            },
+            "settings": to_dict(cfg),
+            "budget": (
+                f"distillation: {cfg.steps} steps × real batch {cfg.batch_size}, IPC {cfg.ipc} of "
+                f"{len(self.member_idx)} members; victims: {cfg.models} per arm and step count, "
+                f"Conv width {cfg.victim_width}"
+            ),
+            "frepo_version": __version__,
+            "date": time.strftime("%Y-%m-%d"),
+        }
+        self.folder.record(RESULT, summary)
+        self._tables(summary)
+        self._plot(summary)
+        return summary
+
+    def _tables(self, summary: dict) -> None:
+        attacks = list(summary["rows"][0]["attacks"])
+        header = ["arm", "steps", "test accuracy (%)"] + [f"{a} AUC / TPR@1%" for a in attacks]
+        rows = [
+            [r["arm"], str(r["steps"]), f"{r['test_accuracy']:.2f}"]
+            + [f"{r['attacks'][a]['auc']:.3f} / {r['attacks'][a]['tpr_at_1pct_fpr']:.3f}" for a in attacks]
+            for r in summary["rows"]
+        ]
+        title = f"# Membership inference: {self.raw.name}, chunk {self.config.chunk}, IPC {self.config.ipc}\n\n"
+        write_text(self.out / "privacy.md", title + markdown_table(header, rows) + f"\nBudget: {summary['budget']}.\n")
+        metrics = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")
+        csv_rows = [
+            [r["arm"], r["steps"], r["test_accuracy"], a, *(r["attacks"][a][m] for m in metrics)]
+            for r in summary["rows"]
+            for a in attacks
+        ]
+        write_text(self.out / "privacy.csv", csv_text(["arm", "steps", "test_accuracy", "attack", *metrics], csv_rows))
+
+    def _plot(self, summary: dict) -> None:
+        def draw(plt):
+            fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+            for arm, style in (("distilled", "-"), ("real", "--")):
+                rows = [r for r in summary["rows"] if r["arm"] == arm]
+                steps = [r["steps"] for r in rows]
+                for name in rows[0]["attacks"]:
+                    left.plot(
+                        steps, [r["attacks"][name]["auc"] for r in rows], style, marker="o", label=f"{arm}: {name}"
+                    )
+                right.plot(steps, [r["test_accuracy"] for r in rows], style, marker="o", label=arm)
+            for ax, label in ((left, "attack ROC AUC"), (right, "test accuracy (%)")):
+                ax.set_xscale("log")
+                ax.set_xlabel("victim training steps")
+                ax.set_ylabel(label)
+                ax.grid(True, alpha=0.3)
+            left.axhline(0.5, color="grey", lw=0.8)
+            left.legend(fontsize=6, ncol=2)
+            right.legend(fontsize=8)
+            return fig, (left, right)
+
+        save_plot(self.out / "privacy.png", draw)
+
+
+def privacy(
+    config: PrivacyConfig | None = None,
+    out: str | Path = "runs/privacy",
+    *,
+    preset: str | None = None,
+    progress: bool = False,
+    **overrides: Any,
+) -> dict:
+    """Run (or resume) a membership-inference experiment into `out`; returns what privacy.json holds.
+    `frepo.privacy(preset="privacy-mnist-cpu", out="runs/mia")`, or `dataset=..., chunk=..., ipc=...`."""
+    if config is None:
+        config = resolve(PrivacyConfig, PRESETS, preset, overrides)
+    elif preset or overrides:
+        raise FrepoError("give either a PrivacyConfig or a preset and options, not both")
+    return Privacy(config, out, progress).run()
+
+
+__all__ = ["ARMS", "ATTACKS", "PRESETS", "PrivacyConfig", "privacy", "train_victim"]

@@ -1,0 +1,63 @@
+"""One owner per folder: an exclusive `flock` on FOLDER/.lock, released by the kernel when the process dies
+(a kill -9 never leaves a stale lock); a second process is told the owner's pid."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from .atomic import WriteError
+from .errors import FrepoError
+
+LOCK = ".lock"
+
+
+class FolderLock:
+    def __init__(self, folder: str | os.PathLike, what: str = "--out"):
+        self.folder, self.what = Path(folder), what
+        self.path = self.folder / LOCK
+        self.created: list[Path] = []  # folders and the lock file this lock made, oldest first
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Make the folder if needed and lock it for this process, or say who holds it."""
+        if self.folder.exists() and not self.folder.is_dir():
+            raise FrepoError(f"{self.what} {self.folder} exists and is not a directory")
+        try:
+            missing = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.created = [p for p in reversed(missing) if p.is_dir()]
+            had_lock = self.path.exists()
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise WriteError(f"cannot use {self.what} {self.folder}: {exc.strerror or exc}") from exc
+        if not had_lock:
+            self.created.append(self.path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise FrepoError(
+                f"{self.folder} is in use by another frepo process (pid {holder}); wait for it to finish, "
+                f"or use another {self.what}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def undo(self) -> None:
+        """Release, and remove what acquire() created (after a start that failed)."""
+        self.release()
+        for path in reversed(self.created):
+            try:
+                path.unlink() if path == self.path else path.rmdir()
+            except OSError:
+                pass
+        self.created = []

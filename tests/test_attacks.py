@@ -1,0 +1,72 @@
+"""Membership-inference attacks: near-perfect on a deliberately overfit network, at chance when members and
+non-members come from the same distribution, and the low-FPR metrics against a hand-computed ROC."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from frepo.apps.attacks import ATTACKS, confidence, lira_offline, roc_metrics, run_attacks
+from frepo.apps.privacy import outputs, train_victim
+
+
+def test_tpr_at_low_fpr_against_a_hand_computed_roc():
+    # 1000 non-members scored 0..999, 10 members: 5 above every non-member, 5 in the middle.
+    scores = np.concatenate([np.arange(1000.0), [2000, 2001, 2002, 2003, 2004, 500.5, 600.5, 700.5, 800.5, 900.5]])
+    truth = np.concatenate([np.zeros(1000), np.ones(10)])
+    m = roc_metrics(truth, scores)
+    # By hand: at FPR 0 five members are above every non-member (TPR 0.5); the next member (900.5) needs
+    # the 99 non-members above 900 (FPR 0.099 > 1%), so TPR stays 0.5 at 1% and at 0.1%.
+    assert m["tpr_at_0.1pct_fpr"] == pytest.approx(0.5) and m["tpr_at_1pct_fpr"] == pytest.approx(0.5)
+    # AUC by hand: each top member beats 1000 non-members, member at k + 0.5 beats k + 1 of them.
+    expected = (5 * 1000 + sum(k + 1 for k in (500, 600, 700, 800, 900))) / (10 * 1000)
+    assert m["auc"] == pytest.approx(expected)
+    ten = roc_metrics(truth, np.concatenate([np.arange(1000.0), [995.5] * 10]))  # above 4 non-members: FPR 0.4%
+    assert ten["tpr_at_1pct_fpr"] == 1.0 and ten["tpr_at_0.1pct_fpr"] == 0.0
+
+
+def _blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    images = torch.randn(n, 1, 8, 8, generator=g) + labels.view(-1, 1, 1, 1) * 0.3
+    return images, labels
+
+
+def _attack(victim, members, nonmembers):
+    m = outputs(victim, *members, 3, torch.device("cpu"))
+    nm = outputs(victim, *nonmembers, 3, torch.device("cpu"))
+    parts = ("logits", "loss", "labels")
+    return run_attacks(tuple(m[p] for p in parts), tuple(nm[p] for p in parts), 3, seed=0), m, nm
+
+
+def test_every_attack_finds_the_members_of_an_overfit_network_and_none_of_an_unseen_set():
+    from frepo.method.krr import centered_one_hot
+
+    members, nonmembers = _blobs(200, 0), _blobs(200, 1)  # the same distribution
+    targets = centered_one_hot(members[1], 3)
+    overfit = train_victim(
+        members[0], targets, steps=400, batch_size=200, lr=3e-3, width=16, num_classes=3, ops=(),
+        gen=torch.Generator().manual_seed(0), device=torch.device("cpu"),
+    )  # fmt: skip
+    results, m, nm = _attack(overfit, members, nonmembers)
+    assert set(results) == set(ATTACKS)
+    assert m["loss"].mean() < 0.01 < nm["loss"].mean()  # memorised
+    for name, metrics in results.items():
+        assert metrics["auc"] > 0.9, (name, metrics)
+    # Two sets the network never saw: nothing to find.
+    fresh, _, _ = _attack(overfit, _blobs(200, 2), nonmembers)
+    for name, metrics in fresh.items():
+        assert abs(metrics["auc"] - 0.5) < 0.12, (name, metrics)
+
+
+def test_offline_lira_scores_and_its_statistic():
+    logits = np.array([[2.0, 0.0, 0.0], [0.0, 1.0, 3.0]])
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    expected = np.log(p[[0, 1], [0, 1]] / (1 - p[[0, 1], [0, 1]]))
+    np.testing.assert_allclose(confidence(logits, np.array([0, 1])), expected)
+    shadows = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])  # OUT: mean 0.5, spread 0.5
+    scores = lira_offline(np.array([0.5, 1.5, -0.5]), shadows)
+    np.testing.assert_allclose(scores, [0.5, 0.97724987, 0.02275013], rtol=1e-6)
+    with pytest.raises(ValueError, match="two shadow"):
+        lira_offline(np.zeros(3), shadows[:1])

@@ -1,0 +1,182 @@
+"""`frepo continual` and `frepo privacy` on digits: the reference's class orders, a task that reads only its
+own classes, evaluation on the classes seen so far, the learned set attacked, resume after an
+interruption, the JSON contract, and bad input as one line."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+import frepo
+import frepo.data
+from frepo.apps import continual as continual_app
+from frepo.apps import privacy as privacy_app
+from frepo.apps.continual import Continual, ContinualConfig, class_order, task_splits
+from frepo.base.errors import Interrupted
+from frepo.cli import main
+from frepo.data import load_dataset
+from frepo.distill import Distiller
+from frepo.eval import EvalResult
+
+CL = dict(dataset="digits", tasks=5, ipc=2, orders="0", steps=4, batch_size=64, lr=0.01, eval_models=1)
+CL.update(eval_steps=10, feature_steps=2)
+MIA = dict(dataset="digits", chunk=1, chunk_size=300, ipc=2, steps=4, batch_size=64, lr=0.01, victim_steps="5,20")
+MIA.update(victim_batch=64, victim_width=8)
+
+
+def test_class_orders_are_the_reference_s():
+    # The official eval_cl.py hard-codes CIFAR-100's orders; order 0 begins with these classes.
+    assert class_order(100, 0)[:10] == [26, 86, 2, 55, 75, 93, 16, 73, 54, 95]
+    for s in range(5):
+        assert class_order(100, s) == np.random.RandomState(s).permutation(100).tolist()
+    splits = task_splits(class_order(10, 1), 5)
+    assert [len(t) for t in splits] == [2] * 5 and sorted(sum(splits, [])) == list(range(10))
+
+
+class Guarded(np.ndarray):
+    """Training images that refuse to give any image of a class outside `allowed`, except in one read of
+    the whole split (the preprocessing fit, which uses no labels, as the reference's ZCA does)."""
+
+    def __getitem__(self, index):
+        if isinstance(index, np.ndarray) and index.dtype.kind in "iu" and len(index) != len(self):
+            wrong = set(self.labels[index].tolist()) - self.allowed
+            if wrong:
+                raise AssertionError(f"a task read images of classes {sorted(wrong)}")
+        return np.asarray(super().__getitem__(index))
+
+
+def test_a_task_reads_only_its_own_classes_and_is_evaluated_on_the_classes_seen(tmp_path, monkeypatch):
+    raw = load_dataset("digits")
+    guarded = raw.x_train.view(Guarded)
+    guarded.labels, guarded.allowed = raw.y_train, set()
+    raw.x_train = guarded
+    monkeypatch.setattr(frepo.data, "load_dataset", lambda *a, **k: raw)
+    monkeypatch.setattr(continual_app, "load_dataset", lambda *a, **k: raw)
+    tested = []
+
+    def record(ds, test_x, test_y, config, arch=None, progress=False):
+        tested.append((len(ds.images), sorted(set(test_y.tolist()))))
+        return EvalResult("frepo", "conv", [50.0], 50.0, 0.0, 10, 0.1)
+
+    monkeypatch.setattr(continual_app, "evaluate_set", record)
+    experiment = Continual(ContinualConfig(**CL), tmp_path / "direct")
+    splits = task_splits(class_order(10, 0), 5)
+    guarded.allowed = set(splits[0])
+    first = experiment.distilled(0, 0, splits[0])
+    assert set(first.class_ids().tolist()) == set(splits[0]) and first.labels.shape == (4, 10)  # labels over all
+    guarded.allowed = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9} - set(splits[0])  # the task's own classes are now forbidden
+    with pytest.raises(AssertionError, match="a task read images of classes"):
+        experiment.exemplars("random", 1, 0, splits[0])
+    guarded.allowed = set(range(10))
+    Continual(ContinualConfig(**CL), tmp_path / "cl").run()
+    seen = [sorted(sum(splits[: k + 1], [])) for k in range(5)]
+    assert [t[1] for t in tested] == [s for s in seen for _ in range(3)]  # 3 arms per task
+    assert [t[0] for t in tested] == [4 * (k + 1) for k in range(5) for _ in range(3)]  # 2 per class
+
+
+def test_continual_resumes_after_an_interruption_and_keeps_its_contract(tmp_path, monkeypatch, capsys):
+    straight = frepo.continual(out=tmp_path / "straight", **CL)
+    assert set(straight["per_task"]) == {"frepo", "random", "herding"}
+    assert all(len(v) == 5 and all(0 <= a <= 100 for a in v) for v in straight["per_task"].values())
+    assert straight["final"] == {arm: v[-1] for arm, v in straight["per_task"].items()}
+    original, calls = Distiller._one_step, {"n": 0}
+
+    def interrupt_in_task_2(self):
+        calls["n"] += 1
+        if calls["n"] == 10:  # the second step of the third task
+            signal.raise_signal(signal.SIGINT)
+        return original(self)
+
+    monkeypatch.setattr(Distiller, "_one_step", interrupt_in_task_2)
+    args = ["continual", "--out", str(tmp_path / "cl")] + [f"--{k.replace('_', '-')}={v}" for k, v in CL.items()]
+    assert main(args) == 130
+    monkeypatch.setattr(Distiller, "_one_step", original)
+    assert main(args) == 0
+    assert "| 5 | 10 |" in capsys.readouterr().out
+    resumed = json.loads((tmp_path / "cl" / "continual.json").read_text())
+    assert resumed["per_task"] == straight["per_task"]
+    assert (tmp_path / "cl" / "continual.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "cl" / "continual.csv").read_text().startswith("task,classes_seen,arm,mean,std")
+    # Another setting in the same folder is refused; the same command is not.
+    args_other = [a if not a.startswith("--ipc=") else "--ipc=3" for a in args]
+    assert main(args_other) == 2
+
+
+def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_path, monkeypatch):
+    trained = []
+    original = privacy_app.train_victim
+
+    def recording(images, targets, **kwargs):
+        trained.append(images.clone())
+        return original(images, targets, **kwargs)
+
+    monkeypatch.setattr(privacy_app, "train_victim", recording)
+    straight = frepo.privacy(out=tmp_path / "straight", **MIA)
+    learned = frepo.load_distilled(tmp_path / "straight" / "distill" / "distilled.safetensors")
+    initial = frepo.make_subset(frepo.DataConfig(dataset="digits", val_size=0, train_chunk=1, train_chunk_size=300), 2)
+    assert torch.equal(trained[0], learned.images) and not torch.equal(trained[0], initial.images)
+    assert straight["distilled"]["checksum"] == learned.meta["checksum"]
+    rows = straight["rows"]
+    assert [(r["arm"], r["steps"]) for r in rows] == [("distilled", 5), ("real", 5), ("distilled", 20), ("real", 20)]
+    for row in rows:
+        assert 0 <= row["test_accuracy"] <= 100 and set(row["attacks"]) == set(privacy_app.ATTACKS)
+        for metrics in row["attacks"].values():
+            assert set(metrics) == {"auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"}
+    assert straight["members"]["indices"] == [300, 600] and straight["nonmembers"]["count"] == 300
+
+    calls = {"n": 0}
+
+    def interrupted_victim(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise Interrupted("stopped")
+        return victim_outputs(self, *args, **kwargs)
+
+    victim_outputs = privacy_app.Privacy._victim_outputs
+    monkeypatch.setattr(privacy_app.Privacy, "_victim_outputs", interrupted_victim)
+    with pytest.raises(Interrupted):
+        frepo.privacy(out=tmp_path / "resumed", **MIA)
+    monkeypatch.setattr(privacy_app.Privacy, "_victim_outputs", victim_outputs)
+    resumed = frepo.privacy(out=tmp_path / "resumed", **MIA)
+    assert resumed["rows"] == rows
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["continual", "--dataset", "digits", "--tasks", "20"], "20 tasks are more than the 10 classes"),
+        (["continual", "--dataset", "digits", "--tasks", "3"], "do not split into 3 tasks"),
+        (["continual", "--dataset", "digits", "--ipc", "500"], "ipc 500 is more than class"),
+        (["continual", "--dataset", "digits", "--orders", "0,x"], "orders must be comma-separated integers"),
+        (["continual", "--dataset", "digits", "--arms", "frepo,dm"], "unknown arm 'dm'"),
+        (
+            ["privacy", "--dataset", "digits", "--chunk", "9", "--chunk-size", "300"],
+            "chunk 9 is beyond the training split",
+        ),
+        (["privacy", "--dataset", "digits", "--chunk-size", "30", "--ipc", "10"], "ipc 10 is more than class"),
+        (["privacy", "--dataset", "digits", "--lira-shadows", "1"], "lira_shadows must be 0 (off) or at least 2"),
+        (["privacy", "--preset", "privacy-cifar-huge"], "unknown preset"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path, capsys, args, fragment):
+    assert main([*args, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("frepo: error:") and fragment in err, err
+    assert not (tmp_path / "x").exists()
+
+
+def test_cpu_presets_exist():
+    from frepo.apps.continual import PRESETS as CONTINUAL
+    from frepo.apps.privacy import PRESETS as PRIVACY
+
+    assert (
+        CONTINUAL["continual-cifar10-cpu"]["dataset"] == "cifar10" and CONTINUAL["continual-cifar10-cpu"]["tasks"] == 5
+    )
+    assert PRIVACY["privacy-mnist-cpu"]["dataset"] == "mnist"
+    assert {"continual-cifar100", "continual-mnist-cpu", "continual-fashion_mnist-cpu", "privacy-mnist"} <= set(
+        CONTINUAL
+    ) | set(PRIVACY)
