@@ -35,11 +35,12 @@ def resolve(cls: type, presets: dict[str, dict], preset: str | None, overrides: 
 
 
 class ExperimentDir:
-    """The folder of one experiment: one owner at a time, its config (a different one is refused), and
+    """The folder of one experiment: one owner at a time, its config (a different one is refused, except
+    settings in `may_change`, which only add or drop units: more class orders, more step counts), and
     finished units of work as JSON files, so rerunning the same command picks up where it stopped."""
 
-    def __init__(self, path: str | Path, kind: str):
-        self.path, self.kind = Path(path), kind
+    def __init__(self, path: str | Path, kind: str, may_change: frozenset[str] = frozenset()):
+        self.path, self.kind, self.may_change = Path(path), kind, may_change
         self.config_path = self.path / f"{kind}-config.json"
         self.lock = FolderLock(self.path)
 
@@ -50,12 +51,13 @@ class ExperimentDir:
         try:
             if self.config_path.is_file():
                 previous = json.loads(self.config_path.read_text())
-                if previous != to_dict(config):
-                    now = to_dict(config)
-                    changed = sorted(k for k in previous.keys() | now.keys() if previous.get(k) != now.get(k))
+                now = to_dict(config)
+                changed = sorted(k for k in previous.keys() | now.keys() if previous.get(k) != now.get(k))
+                if set(changed) - self.may_change:
                     raise FrepoError(
-                        f"{self.path} holds a {self.kind} experiment with other settings ({', '.join(changed)}); "
-                        "use another --out, or delete that folder to start over"
+                        f"{self.path} holds a {self.kind} experiment with other settings "
+                        f"({', '.join(sorted(set(changed) - self.may_change))}); use another --out, or delete that "
+                        "folder to start over"
                     )
                 from_dict(type(config), previous)
             elif any(p.name != LOCK for p in self.path.iterdir()):

@@ -59,6 +59,7 @@ class ContinualConfig:
     eval_steps: int = opt(10_000, "frepo protocol: training steps (the reference CL evaluation's 10 000)")
     eval_epochs: int = opt(1000, "dsa protocol: epochs")
     feature_steps: int = opt(300, "herding: training steps of its feature network")
+    feature_width: int = opt(128, "herding: width of its feature network (a Conv)")
     seed: int = opt(0, "seed of the distillations, the random exemplars and the evaluation")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     data_dir: str | None = opt(None, "dataset download/cache folder (default: ~/.cache/frepo)")
@@ -83,7 +84,16 @@ class ContinualConfig:
 
     def validate(self) -> None:
         check_choice("protocol", self.protocol, ("frepo", "dsa"))
-        for name in ("tasks", "ipc", "steps", "batch_size", "eval_models", "eval_steps", "eval_epochs"):
+        for name in (
+            "tasks",
+            "ipc",
+            "steps",
+            "batch_size",
+            "eval_models",
+            "eval_steps",
+            "eval_epochs",
+            "feature_width",
+        ):
             if getattr(self, name) < 1:
                 raise FrepoError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.feature_steps < 0:
@@ -98,7 +108,8 @@ class ContinualConfig:
 # The paper's setting (official README: CIFAR-100, 5 steps of 20 classes, 20 images per class, 500k
 # steps, 5 models × 10 000 evaluation steps) and its 10-task variant need a GPU; the *-cpu presets run
 # here: a few hundred outer steps per task, 1 model per order, task and arm.
-CPU = {"steps": 200, "batch_size": 128, "lr": 1e-2, "eval_models": 1, "eval_steps": 300, "feature_steps": 100}
+CPU = {"steps": 150, "batch_size": 128, "lr": 1e-2, "eval_models": 1, "eval_steps": 200}
+CPU.update(feature_steps=50, feature_width=64)
 PRESETS: dict[str, dict[str, Any]] = {
     "continual-cifar100": {"dataset": "cifar100", "tasks": 5, "ipc": 20},
     "continual-cifar100-10": {"dataset": "cifar100", "tasks": 10, "ipc": 20},
@@ -141,7 +152,8 @@ class Continual:
         self.eval_config = EvalConfig.build(
             protocol=config.protocol, models=config.eval_models, seed=config.seed, device=config.device, **options
         )
-        self.folder = ExperimentDir(self.out, "continual")
+        # More (or other) class orders only add units: their results sit beside the ones already there.
+        self.folder = ExperimentDir(self.out, "continual", may_change=frozenset({"orders"}))
 
     # ---- the memories -------------------------------------------------------------------------------
     def _data(self, classes: list[int]) -> DataConfig:
@@ -182,7 +194,13 @@ class Continual:
             return load_distilled(path)
         cfg = self.config
         ds = make_subset(
-            self._data(classes), cfg.ipc, arm, cfg.seed, feature_steps=cfg.feature_steps, device=cfg.device
+            self._data(classes),
+            cfg.ipc,
+            arm,
+            cfg.seed,
+            feature_steps=cfg.feature_steps,
+            feature_width=cfg.feature_width,
+            device=cfg.device,
         )
         save_distilled(ds, path)
         return load_distilled(path)

@@ -105,8 +105,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "steps": 200,
         "batch_size": 128,
         "lr": 1e-2,
-        "victim_steps": "50,200,800",
+        "victim_steps": "100,400,1600",
         "victim_batch": 128,
+        "victim_width": 32,
     },
 }
 
@@ -192,7 +193,8 @@ class Privacy:
         self.nonmember_idx = np.sort(perm[:count].numpy())
         self.member_idx = self.member_idx[:count]
         self.device = resolve_device(config.device)
-        self.folder = ExperimentDir(self.out, "privacy")
+        # More step counts or victims only add units beside the ones already there.
+        self.folder = ExperimentDir(self.out, "privacy", may_change=frozenset({"victim_steps", "models"}))
 
     # ---- the sets the victims train on -----------------------------------------------------------------
     def _distilled(self, chunk: int, folder: str) -> DistilledSet:
