@@ -27,7 +27,7 @@ from .data import PreparedData, prepare
 from .eval import EvalConfig, evaluate_set, reference_steps
 from .io.artifact import DistilledSet, save_distilled
 from .method.trainer import FRePoTrainer
-from .monitor import Monitor
+from .monitor import Monitor, summary_writer
 from .runs import RunDir, environment
 from .visualize import save_grid
 
@@ -117,6 +117,8 @@ class Distiller:
             self.monitor.record({"step": self.step, "changed": claim.changes})
 
     def _setup(self, config: DistillConfig, resuming: bool) -> None:
+        if config.tensorboard and self.ctx.is_main:
+            summary_writer()  # a missing package is a failed start, not a failure after the first steps
         self.data: PreparedData = prepare(config.data)
         raw = self.data.raw
         self.num_classes = raw.num_classes

@@ -25,20 +25,23 @@ def snapshot_interval(config: DistillConfig) -> int:
     return max(1, config.steps // SNAPSHOTS)
 
 
+def summary_writer() -> type:
+    """TensorBoard's writer, or one line saying how to install it (checked before a run starts)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise FrepoError("--tensorboard needs the tensorboard package: pip install 'frepo[tensorboard]'") from exc
+    return SummaryWriter
+
+
 class Monitor:
     def __init__(self, run_dir: RunDir, config: DistillConfig, resume_step: int):
         self.run_dir = run_dir
         self.every = snapshot_interval(config)
         self.writer = None
         if config.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as exc:
-                raise FrepoError(
-                    "--tensorboard needs the tensorboard package: pip install 'frepo[tensorboard]'"
-                ) from exc
             # Events after the checkpoint a resumed run restarts from are dropped, as metrics.jsonl's lines are.
-            self.writer = SummaryWriter(str(run_dir.path / "tensorboard"), purge_step=resume_step or None)
+            self.writer = summary_writer()(str(run_dir.path / "tensorboard"), purge_step=resume_step or None)
 
     def record(self, record: dict, ds: DistilledSet | None = None) -> None:
         """A metrics line (and its TensorBoard scalars; with `ds`, its image grid too)."""
