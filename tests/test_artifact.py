@@ -105,3 +105,18 @@ def test_save_is_atomic_when_the_write_fails(tmp_path, monkeypatch):
         save_distilled(ds, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["set.safetensors"]  # no temp file left behind
+
+
+def test_block_zca_travels_with_the_file(tmp_path, monkeypatch):
+    """ImageNette-sized sets carry the checkerboard block ZCA (a sub-image matrix and its stride)."""
+    from frepo.data import preprocess
+
+    monkeypatch.setattr(preprocess, "MAX_ZCA_DIMS", 12)  # 4×4×3 images: 2×2 sub-images of 2×2×3
+    ds, raw = _set()
+    ds.preprocessing = fit_preprocessing(raw, "zca_block", 0.1)
+    ds.images = ds.preprocessing(raw[:6])
+    assert ds.preprocessing.stride == 2
+    back = load_distilled(save_distilled(ds, tmp_path / "set.safetensors"))
+    assert back.preprocessing.kind == "zca_block" and back.preprocessing.stride == 2
+    torch.testing.assert_close(back.transform(raw), ds.transform(raw))
+    np.testing.assert_allclose(back.pixels().permute(0, 2, 3, 1).numpy(), raw[:6] / 255.0, atol=1e-4)

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from frepo.data.preprocess import Preprocessing, cached_preprocessing, fit_preprocessing, resolve_kind
+from frepo.data import preprocess
+from frepo.data.preprocess import (
+    Preprocessing,
+    block_stride,
+    cached_preprocessing,
+    fit_preprocessing,
+    resolve_kind,
+)
 
 
 def _images(n=600, size=6, channels=3, seed=0):
@@ -76,6 +83,44 @@ def test_serialisation_round_trip_and_cache(tmp_path):
 
 
 def test_auto_kind_follows_the_reference():
-    assert resolve_kind("auto", 1) == "standard"
-    assert resolve_kind("auto", 3) == "zca"
-    assert resolve_kind("none", 3) == "none"
+    assert resolve_kind("auto", (1, 28, 28)) == "standard"
+    assert resolve_kind("auto", (3, 32, 32)) == "zca"
+    assert resolve_kind("auto", (3, 64, 64)) == "zca"
+    assert resolve_kind("auto", (3, 128, 128)) == "zca_block"  # ImageNette: the checkerboard block ZCA
+    assert block_stride((3, 128, 128)) == 2
+    assert resolve_kind("none", (3, 32, 32)) == "none"
+
+
+def _block_zca_reference(images: np.ndarray, stride: int, zca_reg: float) -> np.ndarray:
+    """The reference's checkerboard block ZCA in float64 numpy, written from its description: standardise per
+    channel, centre by the full-image mean, one covariance per s×s-interleaved sub-image averaged over them,
+    one whitening matrix applied to every sub-image."""
+    x = images.astype(np.float64) / 255.0
+    x = (x - x.mean(axis=(0, 1, 2))) / x.std(axis=(0, 1, 2))
+    x = x.transpose(0, 3, 1, 2)  # N×C×H×W
+    n = len(x)
+    x = x - x.reshape(n, -1).mean(0).reshape(x.shape[1:])
+    offsets = [(i, j) for i in range(stride) for j in range(stride)]
+    blocks = {o: x[:, :, o[0] :: stride, o[1] :: stride].reshape(n, -1) for o in offsets}
+    cov = sum(b.T @ b for b in blocks.values()) / (n * len(offsets))
+    d = cov.shape[0]
+    evals, evecs = np.linalg.eigh(cov + zca_reg * np.trace(cov) / d * np.eye(d))
+    whiten = (evecs / np.sqrt(evals)) @ evecs.T
+    out = np.empty_like(x)
+    for (i, j), b in blocks.items():
+        out[:, :, i::stride, j::stride] = (b @ whiten).reshape(n, x.shape[1], -1, x.shape[3] // stride)
+    return out
+
+
+def test_block_zca_matches_an_independent_float64_computation(monkeypatch):
+    monkeypatch.setattr(preprocess, "MAX_ZCA_DIMS", 48)  # 8×8×3 images split into 2×2 sub-images of 4×4×3
+    images = _images(n=300, size=8)
+    assert resolve_kind("auto", (3, 8, 8)) == "zca_block" and block_stride((3, 8, 8)) == 2
+    pre = fit_preprocessing(images, "zca_block", 0.1)
+    assert pre.stride == 2 and pre.whiten.shape == (48, 48)
+    expected = _block_zca_reference(images, 2, 0.1)
+    np.testing.assert_allclose(pre(images).numpy(), expected, atol=2e-4)
+    # Invertible back to pixels, and the transform travels through its serialised form.
+    np.testing.assert_allclose(pre.to_unit(pre(images)).permute(0, 2, 3, 1).numpy(), images / 255.0, atol=1e-4)
+    back = Preprocessing.from_tensors(pre.params(), pre.tensors())
+    assert torch.equal(back(images), pre(images))

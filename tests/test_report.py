@@ -96,8 +96,10 @@ def test_reproduce_plan_lists_every_row_with_its_reason(tmp_path, monkeypatch):
     status = {(r.dataset, r.ipc): r.status for r in rows}
     assert status[("mnist", 1)].startswith("planned") and status[("mnist", 10)].startswith("planned")
     assert status[("mnist", 50)] == "not run: no cpu-small preset (mnist-ipc50-cpu)"
-    assert status[("cifar100", 1)] == "not run: no data offline (downloads are off)"
-    assert status[("tiny_imagenet", 1)].startswith("not run: no data: frepo has no loader")
+    assert status[("cifar100", 1)].startswith("not run: no data: cifar100 not found: expected")
+    assert "cifar-100-python" in status[("cifar100", 1)]
+    assert status[("tiny_imagenet", 1)].startswith("not run: no data: tiny_imagenet not found")
+    assert status[("imagenet64", 2)].startswith("not run: no data: imagenet64 not found")
     paper = reproduce.plan(1, "paper", ["mnist"], data_dir=tmp_path, download=False, cuda=False)
     assert all(r.status == "not run: needs a GPU (500000 steps × batch 1024)" for r in paper)
     assert all(r.steps == 500_000 and r.preset == f"mnist-ipc{r.ipc}" for r in paper)

@@ -13,21 +13,27 @@ from .base.errors import FrepoError
 from .base.fields import check_choices, check_finite, nested, opt
 
 NORMS = ("batch", "instance", "none")
-PREPROCESS_KINDS = ("auto", "standard", "zca", "none")
+PREPROCESS_KINDS = ("auto", "standard", "zca", "zca_block", "none")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
+STREAM_MODES = ("auto", "on", "off")
+STREAM_AUTO_BYTES = 2 * 1024**3
 
 
 @dataclass
 class DataConfig:
     dataset: str = opt(
         "digits",
-        "registered name (digits, mnist, fashion_mnist, cifar10, cifar100, svhn), "
-        "a .npz file or an ImageFolder directory with train/ and test/",
+        "registered name (digits, mnist, fashion_mnist, cifar10, svhn; cifar100, cifar100_coarse, tiny_imagenet, "
+        "imagenet64, imagenet32, cub200, imagenette, imagewoof read from their distributed layouts under "
+        "--data-dir), a .npz file or an ImageFolder directory with train/ and test/",
     )
     data_dir: str | None = opt(None, "download and cache folder (default: $FREPO_CACHE or ~/.cache/frepo)")
     download: bool = opt(True, "let torchvision download a dataset that is not on disk")
     preprocess: str = opt(
-        "auto", "auto (standardise, plus ZCA for colour images), standard, zca or none", choices=PREPROCESS_KINDS
+        "auto",
+        "auto (standardise, plus ZCA for colour images: whole-image up to 64×64, the reference's checkerboard "
+        "block ZCA above), standard, zca, zca_block or none",
+        choices=PREPROCESS_KINDS,
     )
     zca_reg: float = opt(0.1, "ZCA regulariser: zca_reg * trace(cov) / d is added to the covariance")
     val_size: int | None = opt(
@@ -46,6 +52,12 @@ class DataConfig:
         "(the membership-inference setting: those images are the members)",
     )
     train_chunk_size: int = opt(10000, "training images per chunk (with --train-chunk)")
+    stream: str = opt(
+        "auto",
+        "gather and preprocess each real batch from the uint8 images (on) instead of preprocessing the whole "
+        "split into memory first (off); auto streams when the float32 split would exceed 2 GiB",
+        choices=STREAM_MODES,
+    )
 
     def validate(self) -> None:
         check_choices(self)

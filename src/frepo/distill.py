@@ -122,7 +122,10 @@ class Distiller:
         self.data: PreparedData = prepare(config.data)
         raw = self.data.raw
         self.num_classes = raw.num_classes
-        x_train, y_train = self.data.train(channels_last=config.channels_last)
+        if self.data.streams(config.data.stream):
+            x_train, y_train = self.data.train_stream(channels_last=config.channels_last)
+        else:
+            x_train, y_train = self.data.train(channels_last=config.channels_last)
         if config.batch_size > len(x_train):
             log.warning(
                 f"frepo: batch_size {config.batch_size} exceeds the {len(x_train)} distillation images; "

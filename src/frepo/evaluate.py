@@ -67,7 +67,9 @@ def open_set(file: DistilledSet | str | Path, source: SourceConfig) -> tuple[Dis
     if isinstance(file, DistilledSet):
         if source.dataset is not None or source.preprocess != "auto" or source.entry is not None:
             raise FrepoError("dataset, preprocess and entry apply to files, not to a loaded DistilledSet")
-        return file, load_dataset(file.dataset, source.data_dir, source.download)
+        from .io.foreign import recorded_data_dir
+
+        return file, load_dataset(file.dataset, source.data_dir or recorded_data_dir(file), source.download)
     from .io.foreign import load_set
 
     return load_set(

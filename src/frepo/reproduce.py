@@ -21,6 +21,7 @@ from pathlib import Path
 from .base.atomic import atomic_write_text
 from .base.errors import FrepoError
 from .data import BUILTIN, default_data_dir
+from .data.layouts import LAYOUTS, find_root
 
 # Published test accuracy (%, mean ± std; ConvNet) of FRePo's Table 1, from docs frepo-reference.md.
 # The reference notes that the MNIST, Fashion-MNIST, ImageNet and CUB rows still need checking
@@ -41,7 +42,6 @@ TORCHVISION_FILES = {
     "mnist": "MNIST/raw",
     "fashion_mnist": "FashionMNIST/raw",
     "cifar10": "cifar-10-batches-py",
-    "cifar100": "cifar-100-python",
     "svhn": "train_32x32.mat",
 }
 
@@ -104,6 +104,13 @@ def data_source(name: str, data_dir: str | Path | None, download: bool) -> tuple
     if offline and (Path(offline) / f"{name}.npz").is_file():
         return True, f"$FREPO_DATA_DIR/{name}.npz"
     folder = Path(data_dir) if data_dir is not None else default_data_dir()
+    if name in LAYOUTS:
+        try:
+            return True, str(find_root(name, folder))
+        except FrepoError as exc:
+            if download and LAYOUTS[name].archive:
+                return True, f"download ({LAYOUTS[name].archive})"
+            return False, f"no data: {exc}"
     if (folder / TORCHVISION_FILES[name]).exists():
         return True, str(folder)
     if download:

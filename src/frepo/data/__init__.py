@@ -9,16 +9,18 @@ import numpy as np
 import torch
 
 from ..base.errors import FrepoError
-from ..config import DataConfig
-from .preprocess import Preprocessing, cached_preprocessing, fit_preprocessing, resolve_kind
+from ..config import STREAM_AUTO_BYTES, DataConfig
+from .preprocess import Preprocessing, Rows, cached_preprocessing, fit_preprocessing, resolve_kind
 from .registry import BUILTIN, RawDataset, default_data_dir, load_dataset
 from .splits import default_val_size, holdout_split
+from .stream import StreamingImages
 
 __all__ = [
     "BUILTIN",
     "PreparedData",
     "Preprocessing",
     "RawDataset",
+    "StreamingImages",
     "default_data_dir",
     "fit_preprocessing",
     "load_dataset",
@@ -40,6 +42,17 @@ class PreparedData:
         images = self.preprocessing(self.raw.x_train[self.train_idx], channels_last=channels_last)
         return images, torch.from_numpy(self.raw.y_train[self.train_idx])
 
+    def streams(self, mode: str) -> bool:
+        """Whether distillation gathers its real batches per step (`DataConfig.stream`)."""
+        if mode != "auto":
+            return mode == "on"
+        return len(self.train_idx) * int(np.prod(self.raw.x_train.shape[1:])) * 4 > STREAM_AUTO_BYTES
+
+    def train_stream(self, channels_last: bool = False) -> tuple[StreamingImages, torch.Tensor]:
+        """The distillation part as uint8 rows preprocessed per batch (memory O(batch)), and its labels."""
+        stream = StreamingImages(self.raw.x_train, self.train_idx, self.preprocessing, channels_last)
+        return stream, torch.from_numpy(np.asarray(self.raw.y_train[self.train_idx]))
+
     def val(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.preprocessing(self.raw.x_train[self.val_idx]), torch.from_numpy(self.raw.y_train[self.val_idx])
 
@@ -54,9 +67,11 @@ def prepare(cfg: DataConfig) -> PreparedData:
     raw = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
     val_size = cfg.val_size if cfg.val_size is not None else default_val_size(len(raw.y_train))
     train_idx, val_idx = holdout_split(raw.y_train, val_size)
-    kind = resolve_kind(cfg.preprocess, raw.image_shape[0])
+    kind = resolve_kind(cfg.preprocess, raw.image_shape)
     cache = Path(cfg.data_dir) if cfg.data_dir is not None else default_data_dir()
-    pre = cached_preprocessing(raw.x_train[train_idx], kind, cfg.zca_reg, cache)
+    # A memory-mapped split is read in chunks, never copied whole (ImageNet: 15.7 GB of uint8).
+    fit_on = Rows(raw.x_train, train_idx, raw.source_id) if raw.source_id else raw.x_train[train_idx]
+    pre = cached_preprocessing(fit_on, kind, cfg.zca_reg, cache)
     if cfg.train_chunk is not None:
         start = cfg.train_chunk * cfg.train_chunk_size
         if start >= len(raw.y_train):

@@ -21,7 +21,11 @@ from tqdm.auto import tqdm
 from ..base.errors import FrepoError
 from ..base.log import messages_shown
 
-KINDS = ("none", "standard", "zca")
+KINDS = ("none", "standard", "zca", "zca_block")
+# Full-image ZCA needs a D×D matrix: 12288 dims (64×64×3) is the largest the reference whitens whole.
+# Larger images (ImageNette, 128×128) get its "checkerboard" block ZCA: the s×s interleaved sub-images
+# (pixels (i + s·a, j + s·b) for each offset (i, j)) share one whitening matrix of ≤ 12288 dims.
+MAX_ZCA_DIMS = 64 * 64 * 3
 
 
 @dataclass
@@ -31,8 +35,9 @@ class Preprocessing:
     std: torch.Tensor  # (C,)
     zca_reg: float = 0.0
     zca_mean: torch.Tensor | None = None  # (D,) mean of standardised, flattened images
-    whiten: torch.Tensor | None = None  # (D, D), symmetric
-    unwhiten: torch.Tensor | None = None  # (D, D), its inverse
+    whiten: torch.Tensor | None = None  # (D, D), symmetric; zca_block: (D/s², D/s²), shared by the sub-images
+    unwhiten: torch.Tensor | None = None  # its inverse
+    stride: int = 1  # zca_block: s, the interleave of the sub-images (2 for 128×128 images)
 
     # ---- apply / invert -------------------------------------------------------------------
     def __call__(
@@ -64,6 +69,8 @@ class Preprocessing:
             shape = x.shape
             flat = x.reshape(len(x), -1) - self.zca_mean
             x = (flat @ self.whiten).reshape(shape)
+        elif self.kind == "zca_block":
+            x = _per_block((x.reshape(len(x), -1) - self.zca_mean).reshape(x.shape), self.whiten, self.stride)
         return x.float()
 
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,16 +82,20 @@ class Preprocessing:
         if self.kind == "zca":
             shape = x.shape
             x = (x.reshape(len(x), -1) @ self.unwhiten + self.zca_mean).reshape(shape)
+        elif self.kind == "zca_block":
+            x = (_per_block(x, self.unwhiten, self.stride).reshape(len(x), -1) + self.zca_mean).reshape(x.shape)
         return x * self.std.view(1, c, 1, 1) + self.mean.view(1, c, 1, 1)
 
     # ---- serialisation ----------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {"pre_mean": self.mean, "pre_std": self.std}
-        if self.kind == "zca":
+        if self.kind in ("zca", "zca_block"):
             out.update(pre_zca_mean=self.zca_mean, pre_whiten=self.whiten, pre_unwhiten=self.unwhiten)
         return {k: v.contiguous().float() for k, v in out.items()}
 
     def params(self) -> dict:
+        if self.kind == "zca_block":
+            return {"kind": self.kind, "zca_reg": self.zca_reg, "stride": self.stride}
         return {"kind": self.kind, "zca_reg": self.zca_reg}
 
     @classmethod
@@ -92,17 +103,46 @@ class Preprocessing:
         kind = params.get("kind")
         if kind not in KINDS:
             raise FrepoError(f"unknown preprocessing kind {kind!r}")
+        zca_like = kind in ("zca", "zca_block")
+        stride = params.get("stride", 1)
+        if kind == "zca_block" and (not isinstance(stride, int) or isinstance(stride, bool) or stride < 1):
+            raise FrepoError(f"block ZCA needs an integer stride >= 1, got {stride!r}")
         try:
-            zca = {k: tensors[f"pre_{k}"] for k in ("zca_mean", "whiten", "unwhiten")} if kind == "zca" else {}
-            return cls(kind, tensors["pre_mean"], tensors["pre_std"], float(params.get("zca_reg", 0.0)), **zca)
+            zca = {k: tensors[f"pre_{k}"] for k in ("zca_mean", "whiten", "unwhiten")} if zca_like else {}
+            return cls(
+                kind, tensors["pre_mean"], tensors["pre_std"], float(params.get("zca_reg", 0.0)), **zca, stride=stride
+            )
         except KeyError as exc:
             raise FrepoError(f"preprocessing tensor {exc} is missing") from exc
 
 
-def resolve_kind(requested: str, channels: int) -> str:
-    """'auto' follows the reference: standardise greyscale data, ZCA-whiten colour data."""
+def _per_block(x: torch.Tensor, matrix: torch.Tensor, stride: int) -> torch.Tensor:
+    """Each s×s-interleaved sub-image of N×C×H×W `x` (flattened C,H/s,W/s) multiplied by `matrix`, in place."""
+    out = torch.empty_like(x)
+    n = len(x)
+    for i in range(stride):
+        for j in range(stride):
+            block = x[:, :, i::stride, j::stride]
+            out[:, :, i::stride, j::stride] = (block.reshape(n, -1) @ matrix).reshape(block.shape)
+    return out
+
+
+def block_stride(image_shape: tuple[int, int, int]) -> int:
+    """The smallest interleave s dividing H and W whose sub-images have at most MAX_ZCA_DIMS dims."""
+    c, h, w = image_shape
+    for s in range(1, min(h, w) + 1):
+        if h % s == 0 and w % s == 0 and c * (h // s) * (w // s) <= MAX_ZCA_DIMS:
+            return s
+    raise FrepoError(f"images of shape {image_shape} cannot be split into sub-images for block ZCA")
+
+
+def resolve_kind(requested: str, image_shape: tuple[int, int, int]) -> str:
+    """'auto' follows the reference: standardise greyscale data, ZCA-whiten colour data, and whiten
+    images above 64×64×3 (ImageNette's 128×128) by block ZCA. image_shape: (C, H, W)."""
     if requested == "auto":
-        return "zca" if channels > 1 else "standard"
+        if image_shape[0] == 1:
+            return "standard"
+        return "zca" if int(np.prod(image_shape)) <= MAX_ZCA_DIMS else "zca_block"
     if requested not in KINDS:
         raise FrepoError(f"preprocess must be auto or one of {KINDS}, got {requested!r}")
     return requested
@@ -112,11 +152,10 @@ def channel_stats(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and (population) std, float32 (C,), of uint8 N×H×W×C images as pixels in [0, 1];
     float64 sums over all pixels, in chunks."""
     n, h, w, c = images.shape
-    x = torch.from_numpy(np.ascontiguousarray(images))
     total = torch.zeros(c, dtype=torch.float64)
     total_sq = torch.zeros(c, dtype=torch.float64)
-    for start in range(0, n, 8192):
-        chunk = x[start : start + 8192].double().div_(255.0)
+    for start in range(0, n, 8192):  # chunks of uint8 rows: a memory-mapped split is never read whole
+        chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + 8192])).double().div_(255.0)
         total += chunk.sum(dim=(0, 1, 2))
         total_sq += chunk.square().sum(dim=(0, 1, 2))
     count = n * h * w
@@ -126,12 +165,13 @@ def channel_stats(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def mean_covariance(
-    images: np.ndarray, standardise: Preprocessing, ddof: int = 0, chunk: int = 4096
+    images: np.ndarray, standardise: Preprocessing, ddof: int = 0, chunk: int = 4096, stride: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (D,) and covariance (D×D), float64, of uint8 N×H×W×C images after `standardise`, flattened in
     C,H,W order; the covariance divides by N - ddof. In chunks (float32 products, float64 sums), so the
     float dataset is never materialised. The one covariance routine of frepo (its own ZCA and other
-    tools' recipes, `frepo.data.recipes`)."""
+    tools' recipes, `frepo.data.recipes`). With stride s > 1: the covariance (D/s²×D/s²) of the s×s
+    interleaved sub-images, centred by the full-image mean, averaged over the s² sub-images (block ZCA)."""
     n = len(images)
     d = int(np.prod(images.shape[1:]))
     starts = range(0, n, chunk)
@@ -141,13 +181,20 @@ def mean_covariance(
         total += standardise(images[start : start + chunk]).reshape(-1, d).double().sum(0)
         bar.update()
     mean = total / n
-    cov = torch.zeros(d, d, dtype=torch.float64)
+    cov = torch.zeros(d // stride**2, d // stride**2, dtype=torch.float64)
     for start in starts:
         flat = standardise(images[start : start + chunk]).reshape(-1, d) - mean.float()
-        cov += (flat.T @ flat).double()
+        if stride == 1:
+            cov += (flat.T @ flat).double()
+        else:
+            x = flat.reshape(len(flat), images.shape[-1], *images.shape[1:3])  # N×C×H×W
+            for i in range(stride):
+                for j in range(stride):
+                    block = x[:, :, i::stride, j::stride].reshape(len(x), -1)
+                    cov += (block.T @ block).double()
         bar.update()
     bar.close()
-    return mean, cov / (n - ddof)
+    return mean, cov / ((n - ddof) * stride**2)
 
 
 def fit_preprocessing(images: np.ndarray, kind: str, zca_reg: float = 0.1) -> Preprocessing:
@@ -158,9 +205,11 @@ def fit_preprocessing(images: np.ndarray, kind: str, zca_reg: float = 0.1) -> Pr
     mean, std = channel_stats(images)
     if kind == "standard":
         return Preprocessing(kind, mean, std)
-    zca_mean, cov = mean_covariance(images, Preprocessing("standard", mean, std))
+    _, h, w, _ = images.shape
+    stride = block_stride((c, h, w)) if kind == "zca_block" else 1
+    zca_mean, cov = mean_covariance(images, Preprocessing("standard", mean, std), stride=stride)
     whiten, unwhiten = whitening_matrices(cov, len(images), zca_reg)
-    return Preprocessing(kind, mean, std, float(zca_reg), zca_mean.float(), whiten, unwhiten)
+    return Preprocessing(kind, mean, std, float(zca_reg), zca_mean.float(), whiten, unwhiten, stride)
 
 
 def whitening_matrices(cov: torch.Tensor, n: int, zca_reg: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,9 +231,29 @@ def whitening_matrices(cov: torch.Tensor, n: int, zca_reg: float) -> tuple[torch
     return whiten.float(), unwhiten.float()
 
 
-def fingerprint(images: np.ndarray, tag: str, zca_reg: float) -> str:
+class Rows:
+    """`images[idx]` (uint8 N×H×W×C rows) without copying them: slices gather their rows on access, so the
+    statistics of a memory-mapped split are computed chunk by chunk. `source_id` names the source files of
+    a cached dataset, so its fingerprint need not read every image."""
+
+    def __init__(self, images: np.ndarray, idx: np.ndarray, source_id: str | None = None):
+        self.images, self.idx, self.source_id = images, np.asarray(idx, dtype=np.int64), source_id
+        self.shape = (len(self.idx), *images.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        return self.images[self.idx[rows]]
+
+
+def fingerprint(images: np.ndarray | Rows, tag: str, zca_reg: float) -> str:
     digest = hashlib.sha256(f"{images.shape}|{tag}|{zca_reg}".encode())
-    digest.update(np.ascontiguousarray(images).tobytes())
+    if isinstance(images, Rows) and images.source_id:
+        digest.update(f"{images.source_id}|".encode() + images.idx.tobytes())
+    else:
+        for start in range(0, len(images), 8192):
+            digest.update(np.ascontiguousarray(images[start : start + 8192]).tobytes())
     return digest.hexdigest()[:20]
 
 
@@ -196,19 +265,23 @@ def cached(
     read-only or full cache only costs a recomputation next time."""
     if cache_dir is None:
         return build()
-    from safetensors.torch import load_file
+    import json
+
+    from safetensors import safe_open
 
     from ..base.atomic import atomic_save_safetensors
 
     path = Path(cache_dir) / "preprocessing" / f"{tag}-{fingerprint(images, tag, zca_reg)}.safetensors"
     if path.is_file():
         try:
-            return Preprocessing.from_tensors({"kind": "zca", "zca_reg": zca_reg}, load_file(str(path)))
+            with safe_open(str(path), framework="pt") as fh:
+                params = json.loads((fh.metadata() or {}).get("params", "null")) or {"kind": "zca", "zca_reg": zca_reg}
+                return Preprocessing.from_tensors(params, {k: fh.get_tensor(k) for k in fh.keys()})
         except Exception:
             path.unlink(missing_ok=True)
     pre = build()
     try:
-        atomic_save_safetensors(pre.tensors(), path)
+        atomic_save_safetensors(pre.tensors(), path, {"params": json.dumps(pre.params())})
     except (OSError, FrepoError):
         pass
     return pre
@@ -216,6 +289,6 @@ def cached(
 
 def cached_preprocessing(images: np.ndarray, kind: str, zca_reg: float, cache_dir: Path | None) -> Preprocessing:
     """`fit_preprocessing`, with ZCA fits cached (the standardisation is cheaper to recompute than to read)."""
-    if kind != "zca":
+    if kind not in ("zca", "zca_block"):
         return fit_preprocessing(images, kind, zca_reg)
-    return cached("zca", images, zca_reg, cache_dir, lambda: fit_preprocessing(images, kind, zca_reg))
+    return cached(kind, images, zca_reg, cache_dir, lambda: fit_preprocessing(images, kind, zca_reg))

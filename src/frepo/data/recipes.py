@@ -117,7 +117,7 @@ def dc_preprocessing(raw: RawDataset) -> Preprocessing:
 def frepo_preprocessing(raw: RawDataset, cache_dir: Path | None = None) -> Preprocessing:
     """What `frepo distill`/`frepo subset` use by default: fitted on the distillation part of train."""
     train_idx, _ = holdout_split(raw.y_train, default_val_size(len(raw.y_train)))
-    kind = resolve_kind("auto", raw.image_shape[0])
+    kind = resolve_kind("auto", raw.image_shape)
     return cached_preprocessing(raw.x_train[train_idx], kind, ZCA_REG, cache_dir)
 
 

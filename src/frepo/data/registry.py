@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..base.errors import FrepoError
+from .layouts import LAYOUTS, read_layout
 
 # name -> (torchvision class, whether horizontal flips preserve the class). Flip-sensitive
 # datasets (digits, clothes with the reference's choice) get no flip trick and no flip augmentation.
@@ -24,10 +25,9 @@ TORCHVISION_DATASETS = {
     "mnist": ("MNIST", False),
     "fashion_mnist": ("FashionMNIST", False),
     "cifar10": ("CIFAR10", True),
-    "cifar100": ("CIFAR100", True),
     "svhn": ("SVHN", False),
 }
-BUILTIN = ("digits", *TORCHVISION_DATASETS)
+BUILTIN = ("digits", *TORCHVISION_DATASETS, *LAYOUTS)
 
 
 @dataclass
@@ -43,6 +43,9 @@ class RawDataset:
     classes: list[str]
     mirror_invariant: bool = True
     """Whether a horizontal flip keeps the class (drives the flip trick and flip augmentation)."""
+    source_id: str | None = None
+    """For images memory-mapped from a dataset cache: what identifies their source files, so that
+    fingerprints need not read every image."""
 
     @property
     def num_classes(self) -> int:
@@ -57,7 +60,8 @@ class RawDataset:
     def test_fingerprint(self) -> str:
         """sha256 of the test split, to check that an evaluation uses the data a file came from."""
         digest = hashlib.sha256()
-        digest.update(np.ascontiguousarray(self.x_test).tobytes())
+        for start in range(0, len(self.x_test), 8192):  # in chunks: a memory-mapped split is not copied whole
+            digest.update(np.ascontiguousarray(self.x_test[start : start + 8192]).tobytes())
         digest.update(np.ascontiguousarray(self.y_test).astype(np.int64).tobytes())
         return digest.hexdigest()
 
@@ -76,6 +80,11 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
         if offline is not None:
             return _load_npz(offline, name=name, mirror_invariant=TORCHVISION_DATASETS[name][1])
         return _load_torchvision(name, data_dir, download)
+    if name in LAYOUTS:
+        offline = _offline_copy(name)
+        if offline is not None:
+            return _load_npz(offline, name=name, mirror_invariant=LAYOUTS[name].mirror_invariant)
+        return _load_layout(name, data_dir, download)
     path = Path(name).expanduser()
     if path.suffix == ".npz":
         if not path.is_file():
@@ -108,6 +117,22 @@ def _load_digits() -> RawDataset:
     labels = digits.target.astype(np.int64)
     x_train, x_test, y_train, y_test = train_test_split(images, labels, test_size=0.3, stratify=labels, random_state=0)
     return RawDataset("digits", x_train, y_train, x_test, y_test, [str(i) for i in range(10)], False)
+
+
+def _load_layout(name: str, data_dir: Path, download: bool) -> RawDataset:
+    """A dataset in its distributed layout under `data_dir` (downloaded there first when it is missing, a
+    direct download exists and downloads are on), images memory-mapped from frepo's decoded cache."""
+    from .layouts import download_layout, find_root
+
+    try:
+        find_root(name, data_dir)
+    except FrepoError:
+        if not download or not download_layout(name, data_dir):
+            raise
+    x_train, y_train, x_test, y_test, classes, mirror, source_id = read_layout(name, data_dir, default_data_dir())
+    raw = RawDataset(name, x_train, y_train, x_test, y_test, classes, mirror, source_id)
+    _check(raw, str(data_dir))
+    return raw
 
 
 def _load_torchvision(name: str, data_dir: Path, download: bool) -> RawDataset:

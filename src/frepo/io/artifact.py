@@ -223,8 +223,15 @@ def _check_content(tensors: dict[str, torch.Tensor], meta: SetMeta, where: str) 
         raise FrepoError(f"{where}: preprocessing {meta.preprocessing!r} is not one of {KINDS} with a zca_reg >= 0")
     c, d = meta.image_shape[0], int(np.prod(meta.image_shape))
     expected = {"pre_mean": (c,), "pre_std": (c,)}
-    if meta.preprocessing.get("kind") == "zca":
+    if kind == "zca":
         expected.update(pre_zca_mean=(d,), pre_whiten=(d, d), pre_unwhiten=(d, d))
+    elif kind == "zca_block":
+        stride = meta.preprocessing.get("stride")
+        h, w = meta.image_shape[1:]
+        if not _is(stride, int) or stride < 1 or h % stride or w % stride:
+            raise FrepoError(f"{where}: block ZCA stride {stride!r} does not divide the images {meta.image_shape}")
+        d_block = d // stride**2
+        expected.update(pre_zca_mean=(d,), pre_whiten=(d_block, d_block), pre_unwhiten=(d_block, d_block))
     for name, want in expected.items():
         t = tensors.get(name)
         if t is None or tuple(t.shape) != want or not t.is_floating_point() or not bool(torch.isfinite(t).all()):

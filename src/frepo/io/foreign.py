@@ -406,7 +406,7 @@ def load_set(
             raise FrepoError(f"--entry selects a set inside a DC/DSA res_*.pt file; a {fmt} file holds one set")
         if dataset is not None and not _same_dataset(dataset, ds.dataset):
             raise FrepoError(f"{file} was distilled from {ds.dataset}, not {dataset}; drop --dataset")
-        return ds, load_dataset(ds.dataset, data_dir, download)
+        return ds, load_dataset(ds.dataset, data_dir or recorded_data_dir(ds), download)
     if dataset is None:
         raise FrepoError(
             f"{file} is a {fmt} file, which does not say which dataset it belongs to: pass --dataset NAME "
@@ -414,6 +414,14 @@ def load_set(
         )
     raw = load_dataset(dataset, data_dir, download)
     return load_foreign(file, raw, fmt=fmt, preprocess=preprocess, entry=entry, cache_dir=data_dir), raw
+
+
+def recorded_data_dir(ds: DistilledSet) -> str | None:
+    """The --data-dir the set was distilled with, when that folder still exists: evaluating a set
+    distilled from Tiny ImageNet under DIR reads DIR's test split without being told again."""
+    data = ((ds.meta or {}).get("config") or {}).get("data") or {}
+    folder = data.get("data_dir") if isinstance(data, dict) else None
+    return folder if isinstance(folder, str) and Path(folder).is_dir() else None
 
 
 def _same_dataset(given: str, recorded: str) -> bool:

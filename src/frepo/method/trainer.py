@@ -9,11 +9,13 @@ The benchmarks time exactly this object, so what they measure is what a run does
 from __future__ import annotations
 
 import contextlib
+from typing import Protocol
 
 import torch
 
 from ..base.device import deterministic_kernels
 from ..base.dist import DistContext
+from ..base.prefetch import Prefetcher
 from ..base.rng import generator
 from ..config import DistillConfig
 from ..models import Conv
@@ -21,6 +23,16 @@ from .krr import centered_one_hot, krr_weights, label_margin_loss, mse_loss
 from .optim import Lamb, cosine_decay
 from .pool import ModelPool
 from .synthetic import SyntheticSet, init_from_real
+
+
+class BatchSource(Protocol):
+    """Real images gathered per batch: `source[idx]` is float32 B×C×H×W on the host."""
+
+    shape: torch.Size
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor: ...
 
 
 class BatchSampler:
@@ -41,6 +53,15 @@ class BatchSampler:
             need -= len(take)
             parts.append(take)
         return torch.cat(parts)
+
+    def peek(self) -> torch.Tensor:
+        """The batch `next()` will return, without advancing (for prefetching)."""
+        perm, pos, state = self.perm, self.pos, self.gen.get_state()
+        try:
+            return self.next()
+        finally:
+            self.perm, self.pos = perm, pos
+            self.gen.set_state(state)
 
     def state_dict(self) -> dict:
         return {"perm": self.perm, "pos": self.pos, "generator": self.gen.get_state()}
@@ -141,13 +162,16 @@ def meta_step(
 class FRePoTrainer:
     """Synthetic set, its LAMB optimiser, the model pool and the real-batch sampler of one run.
 
-    x_train: N×C×H×W preprocessed real images (moved to `device`); y_train: (N,) int64 labels.
+    x_train: N×C×H×W preprocessed real images (moved to `device`), or a `BatchSource`
+    (`frepo.data.StreamingImages`) that gathers and preprocesses each batch on the host (bounded memory;
+    the next batch is prefetched);
+    y_train: (N,) int64 labels.
     """
 
     def __init__(
         self,
         config: DistillConfig,
-        x_train: torch.Tensor,
+        x_train: torch.Tensor | BatchSource,
         y_train: torch.Tensor,
         num_classes: int,
         device: torch.device,
@@ -159,8 +183,11 @@ class FRePoTrainer:
         classes = config.data.class_ids(num_classes)  # every class, or a continual-learning task's
         images, class_ids = init_from_real(x_train, y_train, classes, config.ipc, generator(seed, "init"))
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-        self.x_train = x_train.to(device).contiguous(memory_format=self.memory_format)
-        self.y_train = centered_one_hot(y_train, num_classes).to(device)
+        if not isinstance(x_train, torch.Tensor):
+            self.x_train, self.prefetch = x_train, Prefetcher(x_train.__getitem__)
+        else:
+            self.x_train, self.prefetch = x_train.to(device).contiguous(memory_format=self.memory_format), None
+        self.y_train = y_train.to(device)  # ids: one-hot targets are made per batch (ImageNet's would be 5 GB)
         self.syn = SyntheticSet(images, class_ids, num_classes, config.learn_labels).to(device)
         self.syn.images.data = self.syn.images.data.contiguous(memory_format=self.memory_format)
         self.lamb = Lamb(
@@ -191,12 +218,19 @@ class FRePoTrainer:
 
     def _step(self) -> dict[str, torch.Tensor]:
         cfg = self.config
-        idx = self.ctx.shard(self.sampler.next()).to(self.device, non_blocking=True)
+        idx = self.ctx.shard(self.sampler.next())
+        if self.prefetch is not None:
+            upcoming = self.ctx.shard(self.sampler.peek())
+            x_real = self.prefetch.get(idx, upcoming).to(self.device, non_blocking=True)
+            idx = idx.to(self.device, non_blocking=True)
+        else:
+            idx = idx.to(self.device, non_blocking=True)
+            x_real = self.x_train[idx]
         metrics = meta_step(
             self.pool.model,
             self.syn,
-            self.x_train[idx],
-            self.y_train[idx],
+            x_real,
+            centered_one_hot(self.y_train[idx], self.num_classes),
             bool(cfg.use_flip),
             cfg.krr_reg,
             cfg.chunk_size,

@@ -1,0 +1,399 @@
+"""Readers of public datasets in the layouts they are distributed in, unpacked under a data folder.
+
+| name | folder under DIR | images |
+|---|---|---|
+| `cifar100`, `cifar100_coarse` | `cifar-100-python/` (torchvision's layout: pickled `train`, `test`, `meta`) | 32×32 |
+| `tiny_imagenet` | `tiny-imagenet-200/` (`train/<wnid>/images/*.JPEG`; `val/` is the test split) | 64×64 |
+| `imagenet64`, `imagenet32` | `Imagenet64_train_npz/` + `Imagenet64_val_npz/` (and the 32×32 twins) | 64×64, 32×32 |
+| `cub200` | `CUB_200_2011/` (`images.txt`, `train_test_split.txt`, `image_class_labels.txt`) | 32×32 |
+| `imagenette`, `imagewoof` | `imagenette2/`, `imagenette2-320/`, `imagenette2-160/` (`train/`, `val/`) | 128×128 |
+
+Each is decoded once into a memory-mapped uint8 cache (`cache.py`) under `$FREPO_CACHE/datasets`, so
+loads after the first take a second and ImageNet's 1.28 M images are never all in memory. Images of
+varying size (CUB, ImageNette) are handled as the reference does: the largest centred square, resized
+with area averaging (antialiased) to the target side. Label order follows the reference: Tiny ImageNet
+numbers classes by their line in `wnids.txt`; ImageNet's files carry 1-based labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..base.errors import FrepoError
+from ..base.log import messages_shown
+from .cache import cached_arrays, signature
+from .folders import IMAGE_SUFFIXES, class_folders, image_files, open_image
+
+CHUNK = 4096  # images decoded and written per chunk while building a cache
+
+
+@dataclass(frozen=True)
+class Layout:
+    folders: tuple[str, ...]  # candidate folder names under DIR, first found wins
+    read: Callable  # (name, root) -> Source
+    mirror_invariant: bool = True
+    url: str | None = None  # where users download it
+    archive: str | None = None  # a direct link to the archive frepo may download (None: not public)
+
+
+@dataclass
+class Source:
+    """What a reader found on disk: the files the cache depends on and how to decode each split."""
+
+    files: list[Path]
+    classes: list[str]
+    size: int  # image side
+    channels: int
+    train: list  # one entry per image, passed to `decode`
+    test: list
+    y_train: np.ndarray
+    y_test: np.ndarray
+    decode: Callable[[list], Iterator[np.ndarray]]  # entries -> uint8 chunks n×H×W×C, in order
+
+
+# ---- helpers ----------------------------------------------------------------------------------------------
+def _need(path: Path) -> Path:
+    if not path.exists():
+        raise FrepoError(f"incomplete dataset: expected {path}")
+    return path
+
+
+def _lines(path: Path) -> list[str]:
+    return [line.strip() for line in _need(path).read_text().splitlines() if line.strip()]
+
+
+def square_resize(image, size: int, channels: int = 3) -> np.ndarray:
+    """The reference's handling of images of any size: the largest centred square (offset half the
+    excess, rounded down), resized to size×size by area averaging (PIL's box filter: antialiased).
+    Returns uint8 size×size×channels."""
+    from PIL import Image
+
+    image = image.convert("L" if channels == 1 else "RGB")
+    w, h = image.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    if (w, h) != (side, side):
+        image = image.crop((left, top, left + side, top + side))
+    if side != size:
+        image = image.resize((size, size), Image.Resampling.BOX)
+    arr = np.asarray(image, dtype=np.uint8)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _image_decoder(size: int) -> Callable[[list], Iterator[np.ndarray]]:
+    def decode(files: list) -> Iterator[np.ndarray]:
+        for start in range(0, len(files), CHUNK):
+            yield np.stack([square_resize(open_image(f), size) for f in files[start : start + CHUNK]])
+
+    return decode
+
+
+# ---- CIFAR-100 (torchvision's cifar-100-python) -----------------------------------------------------------
+class _ArrayUnpickler(pickle.Unpickler):
+    """The CIFAR pickles hold dicts of lists, strings and numpy arrays: only numpy's array
+    reconstruction is allowed, so a crafted file cannot run code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how protocol 2 spells bytes (the array buffers) under Python 3
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a dataset file")
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        data = _ArrayUnpickler(io.BytesIO(_need(path).read_bytes()), encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        raise FrepoError(f"cannot read {path}: not a CIFAR python pickle or truncated ({exc})") from exc
+    if not isinstance(data, dict):
+        raise FrepoError(f"cannot read {path}: expected a dict")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in data.items()}
+
+
+def _read_cifar100(name: str, root: Path) -> Source:
+    key = "coarse" if name.endswith("coarse") else "fine"
+    splits, files = {}, []
+    for split in ("train", "test"):
+        path = root / split
+        data = _unpickle(path)
+        files.append(path)
+        try:
+            x = np.asarray(data["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            y = np.asarray(data[f"{key}_labels"], dtype=np.int64)
+        except (KeyError, ValueError) as exc:
+            raise FrepoError(f"cannot read {path}: {exc}") from exc
+        splits[split] = (x, y)
+    meta = _unpickle(root / "meta")
+    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta.get(f"{key}_label_names", [])]
+    (x_train, y_train), (x_test, y_test) = splits["train"], splits["test"]
+
+    def decode(entries: list) -> Iterator[np.ndarray]:  # entries: (split array, row range)
+        for x, start, stop in entries:
+            yield x[start:stop]
+
+    def chunks(x):
+        return [(x, s, min(s + CHUNK, len(x))) for s in range(0, len(x), CHUNK)]
+
+    return Source(files, classes, 32, 3, chunks(x_train), chunks(x_test), y_train, y_test, decode)
+
+
+# ---- Tiny ImageNet ----------------------------------------------------------------------------------------
+def _read_tiny_imagenet(name: str, root: Path) -> Source:
+    wnids = _lines(root / "wnids.txt")
+    label = {w: i for i, w in enumerate(wnids)}  # the reference numbers classes by their line here
+    words = {}
+    if (root / "words.txt").is_file():
+        for line in (root / "words.txt").read_text().splitlines():
+            wnid, _, text = line.partition("\t")
+            words[wnid] = text.strip()
+    train, y_train = [], []
+    for wnid in wnids:
+        folder = _need(root / "train" / wnid / "images")
+        found = image_files(folder)
+        if not found:
+            raise FrepoError(f"incomplete dataset: no images in {folder}")
+        train += found
+        y_train += [label[wnid]] * len(found)
+    test, y_test = [], []
+    annotations = root / "val" / "val_annotations.txt"
+    for line in _lines(annotations):
+        parts = line.split("\t")
+        if len(parts) < 2 or parts[1] not in label:
+            raise FrepoError(f"{annotations}: cannot read the line {line!r} (file, wnid of wnids.txt, box)")
+        test.append(_need(root / "val" / "images" / parts[0]))
+        y_test.append(label[parts[1]])
+    classes = [words.get(w, w) for w in wnids]
+    files = [root / "wnids.txt", annotations]
+    return Source(files, classes, 64, 3, train, test, np.array(y_train), np.array(y_test), _image_decoder(64))
+
+
+# ---- downsampled ImageNet (Chrabaszcz et al. 2017) --------------------------------------------------------
+def _read_imagenet(name: str, root: Path) -> Source:
+    size = int(name.removeprefix("imagenet"))
+    train_dir = root / f"Imagenet{size}_train_npz"
+    val_dir = root / f"Imagenet{size}_val_npz"
+    batches = [_need(train_dir / f"train_data_batch_{i}.npz") for i in range(1, 11)]
+    val = _need(val_dir / "val_data.npz")
+
+    def labels(path: Path) -> np.ndarray:
+        with _npz(path) as archive:
+            y = np.asarray(archive["labels"], dtype=np.int64) - 1  # stored 1-based
+        return y
+
+    y_parts = [labels(p) for p in batches]
+    y_train, y_test = np.concatenate(y_parts), labels(val)
+    if y_train.min(initial=0) < 0 or y_test.min(initial=0) < 0:
+        raise FrepoError(f"{train_dir}: labels must be 1-based (1..1000)")
+
+    def decode(entries: list) -> Iterator[np.ndarray]:  # entries: (file, rows)
+        for path, _ in entries:
+            with _npz(path) as archive:
+                flat = np.asarray(archive["data"], dtype=np.uint8)
+            x = flat.reshape(-1, 3, size, size).transpose(0, 2, 3, 1)  # rows are R, G, B planes
+            for start in range(0, len(x), CHUNK):
+                yield x[start : start + CHUNK]
+
+    train = [(p, len(y)) for p, y in zip(batches, y_parts)]
+    classes = [str(i) for i in range(1000)]
+    return Source([*batches, val], classes, size, 3, train, [(val, len(y_test))], y_train, y_test, decode)
+
+
+def _npz(path: Path):
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise FrepoError(f"cannot read {path}: the file is corrupt or truncated ({exc})") from exc
+    missing = {"data", "labels"} - set(archive.files)
+    if missing:
+        archive.close()
+        raise FrepoError(f"{path} lacks the arrays {sorted(missing)} (the Imagenet*_npz layout has data and labels)")
+    return archive
+
+
+# ---- CUB-200-2011 ----------------------------------------------------------------------------------------
+def _read_cub(name: str, root: Path) -> Source:
+    def table(file: str) -> dict[str, str]:
+        out = {}
+        for line in _lines(root / file):
+            key, _, value = line.partition(" ")
+            out[key] = value.strip()
+        return out
+
+    paths, is_train, labels = table("images.txt"), table("train_test_split.txt"), table("image_class_labels.txt")
+    names = table("classes.txt") if (root / "classes.txt").is_file() else {}
+    split = {"1": ([], []), "0": ([], [])}
+    for image_id, rel in paths.items():
+        if image_id not in is_train or image_id not in labels:
+            raise FrepoError(
+                f"{root}: image {image_id} lacks a split or a label (train_test_split.txt, image_class_labels.txt)"
+            )
+        files, ys = split[is_train[image_id]]
+        files.append(_need(root / "images" / rel))
+        ys.append(int(labels[image_id]) - 1)  # stored 1-based
+    n_classes = max(max(split["1"][1], default=0), max(split["0"][1], default=0)) + 1
+    classes = [names.get(str(i + 1), str(i)) for i in range(n_classes)]
+    (train, y_train), (test, y_test) = split["1"], split["0"]
+    files = [root / f for f in ("images.txt", "train_test_split.txt", "image_class_labels.txt")]
+    return Source(files, classes, 32, 3, train, test, np.array(y_train), np.array(y_test), _image_decoder(32))
+
+
+# ---- ImageNette / ImageWoof (fastai) ------------------------------------------------------------------------
+def _read_imagenette(name: str, root: Path) -> Source:
+    splits = {}
+    for split in ("train", "val"):
+        folders = class_folders(_need(root / split))
+        samples = [(f, i) for i, folder in enumerate(folders) for f in image_files(folder)]
+        splits[split] = ([f.name for f in folders], samples)
+    if splits["train"][0] != splits["val"][0] or not splits["train"][0]:
+        raise FrepoError(f"{root}: train/ and val/ must hold the same class folders")
+    if any(folder.is_dir() and not image_files(folder) for folder in class_folders(root / "train")):
+        raise FrepoError(f"incomplete dataset: a class folder of {root / 'train'} holds no {IMAGE_SUFFIXES} images")
+    (classes, train), (_, test) = splits["train"], splits["val"]
+    files = [root / "train", root / "val"]
+    return Source(
+        files,
+        classes,
+        128,
+        3,
+        [f for f, _ in train],
+        [f for f, _ in test],
+        np.array([y for _, y in train]),
+        np.array([y for _, y in test]),
+        _image_decoder(128),
+    )
+
+
+_CIFAR100 = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+_FASTAI = "https://s3.amazonaws.com/fast-ai-imageclas/"
+LAYOUTS: dict[str, Layout] = {
+    "cifar100": Layout(("cifar-100-python",), _read_cifar100, True, _CIFAR100, _CIFAR100),
+    "cifar100_coarse": Layout(("cifar-100-python",), _read_cifar100, True, _CIFAR100, _CIFAR100),
+    "tiny_imagenet": Layout(
+        ("tiny-imagenet-200",),
+        _read_tiny_imagenet,
+        True,
+        "http://cs231n.stanford.edu/tiny-imagenet-200.zip",
+        "http://cs231n.stanford.edu/tiny-imagenet-200.zip",
+    ),
+    "imagenet64": Layout((".",), _read_imagenet, True, "https://image-net.org/download-images.php (Imagenet64_*_npz)"),
+    "imagenet32": Layout((".",), _read_imagenet, True, "https://image-net.org/download-images.php (Imagenet32_*_npz)"),
+    "cub200": Layout(
+        ("CUB_200_2011",),
+        _read_cub,
+        True,
+        "https://www.vision.caltech.edu/datasets/cub_200_2011/",
+        "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz",
+    ),
+    "imagenette": Layout(
+        ("imagenette2", "imagenette2-320", "imagenette2-160"),
+        _read_imagenette,
+        True,
+        "https://github.com/fastai/imagenette",
+        _FASTAI + "imagenette2-160.tgz",  # the reference's variant
+    ),
+    "imagewoof": Layout(
+        ("imagewoof2", "imagewoof2-320", "imagewoof2-160"),
+        _read_imagenette,
+        True,
+        "https://github.com/fastai/imagenette",
+        _FASTAI + "imagewoof2-160.tgz",
+    ),
+}
+
+
+def download_layout(name: str, data_dir: Path) -> bool:
+    """Download and unpack dataset `name`'s archive into `data_dir` (torchvision's downloader: resumable
+    redirects, a progress bar); False when it has no public direct link (ImageNet)."""
+    archive = LAYOUTS[name].archive
+    if archive is None:
+        return False
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    try:
+        download_and_extract_archive(archive, str(data_dir))
+    except OSError as exc:  # URLError, a full disk, an unwritable folder
+        raise FrepoError(f"could not download {name} from {archive} into {data_dir}: {exc}") from exc
+    return True
+
+
+def find_root(name: str, data_dir: Path) -> Path:
+    """The folder of dataset `name` under `data_dir`, or a one-line error naming what was expected."""
+    layout = LAYOUTS[name]
+    if layout.folders == (".",):
+        size = name.removeprefix("imagenet")
+        if not (data_dir / f"Imagenet{size}_train_npz").is_dir():
+            raise FrepoError(
+                f"{name} not found: expected {data_dir / f'Imagenet{size}_train_npz'} and "
+                f"{data_dir / f'Imagenet{size}_val_npz'} (download from {layout.url}, unpack under --data-dir)"
+            )
+        return data_dir
+    for folder in layout.folders:
+        if (data_dir / folder).is_dir():
+            return data_dir / folder
+    raise FrepoError(
+        f"{name} not found: expected {data_dir / layout.folders[0]} (download from {layout.url} and unpack it "
+        "under --data-dir)"
+    )
+
+
+def read_layout(name: str, data_dir: Path, cache_root: Path):
+    """(x_train, y_train, x_test, y_test, classes, mirror_invariant, cache signature) of dataset `name`, the
+    images memory-mapped from the cache (built on first use, with a progress bar)."""
+    root = find_root(name, data_dir)
+    source = LAYOUTS[name].read(name, root)
+    try:
+        sig = signature(source.files) | {"name": name}
+    except OSError as exc:
+        raise FrepoError(f"cannot read {root}: {exc.strerror or exc}") from exc
+    tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:10]
+    folder = cache_root / "datasets" / f"{name}-{tag}"
+    shape = (source.size, source.size, source.channels)
+
+    def shapes():
+        return {
+            "x_train": ((len(source.y_train), *shape), np.uint8),
+            "x_test": ((len(source.y_test), *shape), np.uint8),
+        }
+
+    def fill(arrays: dict[str, np.ndarray]) -> None:
+        total = len(source.y_train) + len(source.y_test)
+        bar = tqdm(total=total, desc=f"decode {name} (once)", unit="img", disable=not messages_shown())
+        for split in ("train", "test"):
+            out, pos = arrays[f"x_{split}"], 0
+            for chunk in source.decode(getattr(source, split)):
+                if chunk.shape[1:] != shape:
+                    raise FrepoError(f"{root}: an image decoded to {chunk.shape[1:]}, expected {shape}")
+                out[pos : pos + len(chunk)] = chunk
+                pos += len(chunk)
+                bar.update(len(chunk))
+            if pos != len(out):
+                raise FrepoError(f"{root}: {pos} {split} images decoded but {len(out)} labels")
+        bar.close()
+
+    arrays = cached_arrays(folder, sig, shapes, fill)
+    return (
+        arrays["x_train"],
+        source.y_train.astype(np.int64),
+        arrays["x_test"],
+        source.y_test.astype(np.int64),
+        source.classes,
+        LAYOUTS[name].mirror_invariant,
+        hashlib.sha256(repr(sig).encode()).hexdigest()[:20],
+    )

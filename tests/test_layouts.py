@@ -1,0 +1,448 @@
+"""The distributed layouts of CIFAR-100, Tiny ImageNet, downsampled ImageNet, CUB-200 and ImageNette, each
+written tiny in its exact on-disk form in a temp folder; the decoded cache; streaming real batches."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from frepo.base.errors import FrepoError
+from frepo.data import default_data_dir, load_dataset
+from frepo.data import layouts as layouts_module
+from frepo.data.layouts import square_resize
+
+
+# ---- writers of each layout ----------------------------------------------------------------------------------
+def write_cifar100(root, n_train=20, n_test=10, seed=0):
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        fine = [int(v) for v in rng.integers(0, 100, size=n)]
+        coarse = [f // 5 for f in fine]
+        arrays[split] = (data, fine, coarse)
+        with open(folder / split, "wb") as f:
+            pickle.dump(
+                {
+                    "filenames": [f"{i}.png" for i in range(n)],
+                    "fine_labels": fine,
+                    "coarse_labels": coarse,
+                    "data": data,
+                },
+                f,
+                protocol=2,
+            )
+    with open(folder / "meta", "wb") as f:
+        pickle.dump(
+            {
+                "fine_label_names": [f"fine{i}" for i in range(100)],
+                "coarse_label_names": [f"coarse{i}" for i in range(20)],
+            },
+            f,
+            protocol=2,
+        )
+    return arrays
+
+
+COLOURS = [(220, 30, 30), (30, 220, 30), (30, 30, 220)]
+
+
+def _jpeg(path, size, colour, grey=False):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode, fill = ("L", colour[0]) if grey else ("RGB", colour)
+    Image.new(mode, size, fill).save(path, format="JPEG", quality=95)
+
+
+def write_tiny_imagenet(root, per_class=3, val_per_class=2):
+    folder = root / "tiny-imagenet-200"
+    wnids = ["n03", "n01", "n02"]  # not sorted: labels follow the line order
+    (folder).mkdir(parents=True)
+    (folder / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    (folder / "words.txt").write_text("n01\tgoldfish, Carassius auratus\nn02\ttabby\nn03\tbus\nn99\tunused\n")
+    for label, wnid in enumerate(wnids):
+        for i in range(per_class):
+            _jpeg(
+                folder / "train" / wnid / "images" / f"{wnid}_{i}.JPEG",
+                (64, 64),
+                COLOURS[label],
+                grey=(i == 0 and label == 2),
+            )
+        (folder / "train" / wnid / f"{wnid}_boxes.txt").write_text("")
+    lines = []
+    for k in range(val_per_class * 3):
+        label = k % 3
+        _jpeg(folder / "val" / "images" / f"val_{k}.JPEG", (64, 64), COLOURS[label])
+        lines.append(f"val_{k}.JPEG\t{wnids[label]}\t0\t0\t63\t63")
+    (folder / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def write_imagenet(root, size=32, per_batch=4, n_val=5, seed=0):
+    rng = np.random.default_rng(seed)
+    train_dir, val_dir = root / f"Imagenet{size}_train_npz", root / f"Imagenet{size}_val_npz"
+    train_dir.mkdir(parents=True)
+    val_dir.mkdir(parents=True)
+    batches = []
+    for b in range(1, 11):
+        data = rng.integers(0, 256, size=(per_batch, 3 * size * size), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(1, 1001, size=per_batch)]  # 1-based
+        np.savez(train_dir / f"train_data_batch_{b}.npz", data=data, labels=labels, mean=np.zeros(3 * size * size))
+        batches.append((data, labels))
+    data = rng.integers(0, 256, size=(n_val, 3 * size * size), dtype=np.uint8)
+    labels = [int(v) for v in rng.integers(1, 1001, size=n_val)]
+    np.savez(val_dir / "val_data.npz", data=data, labels=labels)
+    return batches, (data, labels)
+
+
+def write_cub(root, sizes=((96, 64), (50, 70), (64, 64), (40, 40))):
+    folder = root / "CUB_200_2011"
+    images, split, labels, classes = [], [], [], ["1 001.Black_footed_Albatross", "2 002.Laysan_Albatross"]
+    for i, size in enumerate(sizes, start=1):
+        cls = 1 + i % 2
+        rel = f"{classes[cls - 1].split()[1]}/bird_{i}.jpg"
+        _jpeg(folder / "images" / rel, size, COLOURS[cls - 1])
+        images.append(f"{i} {rel}")
+        split.append(f"{i} {1 if i <= 2 else 0}")
+        labels.append(f"{i} {cls}")
+    for name, lines in (
+        ("images.txt", images),
+        ("train_test_split.txt", split),
+        ("image_class_labels.txt", labels),
+        ("classes.txt", classes),
+    ):
+        (folder / name).write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def write_imagenette(root, name="imagenette2-160"):
+    folder = root / name
+    for split, n in (("train", 2), ("val", 1)):
+        for label, wnid in enumerate(["n01440764", "n02102040"]):
+            for i in range(n):
+                _jpeg(folder / split / wnid / f"{wnid}_{i}.JPEG", (213, 160) if i == 0 else (160, 240), COLOURS[label])
+    return folder
+
+
+# ---- the readers ------------------------------------------------------------------------------------------------
+def test_cifar100_fine_and_coarse_in_torchvision_layout(tmp_path):
+    arrays = write_cifar100(tmp_path)
+    raw = load_dataset("cifar100", data_dir=tmp_path, download=False)
+    data, fine, coarse = arrays["train"]
+    assert raw.x_train.shape == (20, 32, 32, 3) and raw.x_test.shape == (10, 32, 32, 3)
+    # Rows are R, G, B planes of 32×32: pixel (row 2, col 5) of channel 1 is element 1024 + 2·32 + 5.
+    assert raw.x_train[3, 2, 5, 1] == data[3, 1024 + 2 * 32 + 5]
+    np.testing.assert_array_equal(raw.y_train, fine)
+    assert raw.num_classes == 100 and raw.classes[7] == "fine7" and raw.mirror_invariant
+    coarse_raw = load_dataset("cifar100_coarse", data_dir=tmp_path, download=False)
+    np.testing.assert_array_equal(coarse_raw.y_train, coarse)
+    assert coarse_raw.num_classes == 20 and coarse_raw.classes[3] == "coarse3"
+    np.testing.assert_array_equal(coarse_raw.x_test, raw.x_test)
+
+
+def test_cifar100_pickle_may_not_run_code(tmp_path):
+    write_cifar100(tmp_path)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    with open(tmp_path / "cifar-100-python" / "train", "wb") as f:
+        pickle.dump({"data": Evil()}, f)
+    with pytest.raises(FrepoError, match="is not allowed"):
+        load_dataset("cifar100", data_dir=tmp_path, download=False)
+
+
+def test_tiny_imagenet_labels_follow_wnids_and_val_is_the_test_split(tmp_path):
+    write_tiny_imagenet(tmp_path)
+    raw = load_dataset("tiny_imagenet", data_dir=tmp_path, download=False)
+    assert raw.x_train.shape == (9, 64, 64, 3) and raw.x_test.shape == (6, 64, 64, 3)
+    assert raw.classes == ["bus", "goldfish, Carassius auratus", "tabby"]
+    np.testing.assert_array_equal(raw.y_train, [0, 0, 0, 1, 1, 1, 2, 2, 2])
+    np.testing.assert_array_equal(raw.y_test, [0, 1, 2, 0, 1, 2])
+    # Each class has its own colour; a greyscale JPEG becomes three equal channels.
+    for label, colour in enumerate(COLOURS):
+        pixels = raw.x_test[raw.y_test == label].reshape(-1, 3).mean(0)
+        np.testing.assert_allclose(pixels, colour, atol=6)
+    grey = raw.x_train[6]
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+
+
+def test_imagenet_npz_batches_rows_and_one_based_labels(tmp_path):
+    batches, (val_data, val_labels) = write_imagenet(tmp_path, size=32, per_batch=3, n_val=4)
+    raw = load_dataset("imagenet32", data_dir=tmp_path, download=False)
+    assert raw.x_train.shape == (30, 32, 32, 3) and raw.num_classes == 1000
+    data, labels = batches[4]  # rows 12..14 come from train_data_batch_5
+    assert raw.x_train[13, 31, 0, 2] == data[1, 2 * 1024 + 31 * 32 + 0]
+    np.testing.assert_array_equal(raw.y_train[12:15], np.asarray(labels) - 1)
+    np.testing.assert_array_equal(raw.y_test, np.asarray(val_labels) - 1)
+    assert raw.x_test[3, 5, 6, 0] == val_data[3, 5 * 32 + 6]
+
+
+def test_square_resize_is_the_centre_square_area_averaged():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(64, 96, 3), dtype=np.uint8)  # H 64, W 96
+    out = square_resize(Image.fromarray(pixels), 32)
+    centre = pixels[:, 16:80].astype(np.float64)  # the largest centred square: offset (96 - 64) // 2
+    expected = centre.reshape(32, 2, 32, 2, 3).mean(axis=(1, 3))  # area averaging by an exact factor 2
+    assert out.shape == (32, 32, 3)
+    assert np.abs(out.astype(np.float64) - expected).max() <= 1.0
+
+
+def test_cub_split_labels_and_32px_squares(tmp_path):
+    write_cub(tmp_path)
+    raw = load_dataset("cub200", data_dir=tmp_path, download=False)
+    assert raw.x_train.shape == (2, 32, 32, 3) and raw.x_test.shape == (2, 32, 32, 3)
+    np.testing.assert_array_equal(raw.y_train, [1, 0])
+    np.testing.assert_array_equal(raw.y_test, [1, 0])
+    assert raw.classes == ["001.Black_footed_Albatross", "002.Laysan_Albatross"]
+
+
+@pytest.mark.parametrize("name,folder", [("imagenette", "imagenette2-160"), ("imagewoof", "imagewoof2")])
+def test_imagenette_folders_at_128px(tmp_path, name, folder):
+    write_imagenette(tmp_path, folder)
+    raw = load_dataset(name, data_dir=tmp_path, download=False)
+    assert raw.x_train.shape == (4, 128, 128, 3) and raw.x_test.shape == (2, 128, 128, 3)
+    np.testing.assert_array_equal(raw.y_train, [0, 0, 1, 1])
+    assert raw.classes == ["n01440764", "n02102040"]
+
+
+# ---- missing or incomplete layouts ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("cifar100", "cifar-100-python"),
+        ("tiny_imagenet", "tiny-imagenet-200"),
+        ("imagenet64", "Imagenet64_train_npz"),
+        ("cub200", "CUB_200_2011"),
+        ("imagewoof", "imagewoof2"),
+    ],
+)
+def test_a_missing_layout_names_what_was_expected(tmp_path, name, expected):
+    with pytest.raises(FrepoError, match=f"{name} not found: expected .*{expected}"):
+        load_dataset(name, data_dir=tmp_path, download=False)
+
+
+def test_an_incomplete_layout_names_the_missing_file(tmp_path):
+    write_imagenet(tmp_path, size=32, per_batch=2, n_val=2)
+    (tmp_path / "Imagenet32_train_npz" / "train_data_batch_7.npz").unlink()
+    with pytest.raises(FrepoError, match="incomplete dataset: expected .*train_data_batch_7.npz"):
+        load_dataset("imagenet32", data_dir=tmp_path, download=False)
+    write_tiny_imagenet(tmp_path)
+    (tmp_path / "tiny-imagenet-200" / "val" / "images" / "val_3.JPEG").unlink()
+    with pytest.raises(FrepoError, match="val_3.JPEG"):
+        load_dataset("tiny_imagenet", data_dir=tmp_path, download=False)
+
+
+def test_cli_missing_dataset_is_one_line(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "frepo",
+            "distill",
+            "--dataset",
+            "tiny_imagenet",
+            "--data-dir",
+            str(tmp_path),
+            "--no-download",
+            "--ipc",
+            "1",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "FREPO_DATA_DIR": ""},
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "tiny-imagenet-200" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+# ---- the decoded cache -------------------------------------------------------------------------------------------
+def test_cache_is_built_once_and_rebuilt_when_the_source_changes(tmp_path, monkeypatch):
+    write_tiny_imagenet(tmp_path)
+    first = load_dataset("tiny_imagenet", data_dir=tmp_path, download=False)
+    assert isinstance(first.x_train, np.memmap) and first.source_id
+
+    def no_decoding(path):
+        raise AssertionError(f"decoded {path} again")
+
+    monkeypatch.setattr(layouts_module, "open_image", no_decoding)
+    again = load_dataset("tiny_imagenet", data_dir=tmp_path, download=False)
+    np.testing.assert_array_equal(again.x_train, first.x_train)
+    assert again.source_id == first.source_id
+    monkeypatch.undo()
+    annotations = tmp_path / "tiny-imagenet-200" / "val" / "val_annotations.txt"
+    annotations.write_text("\n".join(annotations.read_text().splitlines()[:4]) + "\n")
+    changed = load_dataset("tiny_imagenet", data_dir=tmp_path, download=False)
+    assert len(changed.y_test) == 4 and changed.source_id != first.source_id
+
+
+def test_a_failed_build_leaves_no_cache(tmp_path, monkeypatch):
+    write_cub(tmp_path)
+    calls = {"n": 0}
+    real = layouts_module.open_image
+
+    def fail_on_third(path):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(path)
+
+    caches = default_data_dir() / "datasets"
+    before = set(caches.iterdir()) if caches.exists() else set()
+    monkeypatch.setattr(layouts_module, "open_image", fail_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        load_dataset("cub200", data_dir=tmp_path, download=False)
+    assert set(caches.iterdir()) == before  # neither a cache nor its temp folder
+    monkeypatch.undo()
+    raw = load_dataset("cub200", data_dir=tmp_path, download=False)
+    assert raw.x_train.shape == (2, 32, 32, 3)
+
+
+# ---- real batches gathered per step --------------------------------------------------------------------------------
+def _uint8_data(n=64, size=16, classes=4, seed=1):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8), np.arange(n) % classes
+
+
+def _streaming_pair(kind: str):
+    """(in-memory trainer, streaming trainer) on the same uint8 images, a subset of rows as in a hold-out."""
+    from frepo.config import DistillConfig
+    from frepo.data import StreamingImages, fit_preprocessing
+    from frepo.method.trainer import FRePoTrainer
+
+    images, labels = _uint8_data()
+    rows = np.arange(4, 64)  # the first 4 rows held out
+    pre = fit_preprocessing(images[rows], kind)
+    config = DistillConfig(ipc=2, batch_size=16, steps=10, use_flip=True)
+    config.model.width = 8
+    config.pool.num_models = 2
+    y = torch.from_numpy(labels[rows])
+    memory = FRePoTrainer(config, pre(images[rows]), y, 4, torch.device("cpu"))
+    stream = FRePoTrainer(config, StreamingImages(images, rows, pre), y, 4, torch.device("cpu"))
+    return memory, stream
+
+
+def test_batch_sampler_peek_does_not_advance():
+    from frepo.method.trainer import BatchSampler
+
+    sampler = BatchSampler(10, 4, torch.Generator().manual_seed(0))
+    for _ in range(6):  # across epoch boundaries
+        ahead = sampler.peek()
+        torch.testing.assert_close(sampler.next(), ahead)
+
+
+def test_streaming_batches_give_the_in_memory_trajectory():
+    """Standardisation is elementwise, so gathering per step is bit for bit the in-memory run (prefetch included)."""
+    memory, stream = _streaming_pair("standard")
+    assert stream.prefetch is not None
+    for _ in range(5):
+        mm, ms = memory.step(), stream.step()
+        assert float(mm["loss"]) == float(ms["loss"])
+    assert torch.equal(memory.syn.images, stream.syn.images)
+    assert torch.equal(memory.syn.labels, stream.syn.labels)
+
+
+def test_streaming_with_zca_stays_within_rounding():
+    """ZCA is a matmul: a 16-image batch may round differently from the whole split's, nothing more."""
+    memory, stream = _streaming_pair("zca")
+    start = memory.syn.images.detach().clone()
+    for _ in range(3):
+        memory.step(), stream.step()
+    assert (stream.syn.images - memory.syn.images).norm() < 1e-2 * (memory.syn.images - start).norm()
+
+
+def test_streaming_resume_is_exact():
+    """A checkpoint taken while the next batch is being prefetched resumes on the same batches."""
+    _, whole = _streaming_pair("standard")
+    for _ in range(6):
+        whole.step()
+    _, first = _streaming_pair("standard")
+    for _ in range(3):
+        first.step()
+    state = first.state_dict()
+    _, second = _streaming_pair("standard")
+    second.load_state_dict(state)
+    for _ in range(3):
+        second.step()
+    assert torch.equal(second.syn.images, whole.syn.images)
+
+
+def test_distil_from_a_layout_then_evaluate_without_data_dir(tmp_path):
+    """frepo distill on a (tiny) Tiny ImageNet layout, streaming its batches; frepo evaluate of the result
+    reads the same test split without --data-dir."""
+    data = tmp_path / "data"
+    write_tiny_imagenet(data, per_class=4)
+    env = {**os.environ, "FREPO_DATA_DIR": ""}
+    run = tmp_path / "run"
+    common = ["--data-dir", str(data), "--no-download", "--ipc", "1", "--steps", "3", "--batch-size", "6"]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "frepo",
+            "distill",
+            "--dataset",
+            "tiny_imagenet",
+            *common,
+            "--stream",
+            "on",
+            "--preprocess",
+            "standard",  # a 12288-dim ZCA fit takes minutes on 2 cores: not for a unit test
+            "--width",
+            "8",
+            "--num-models",
+            "2",
+            "--val-size",
+            "3",
+            "--eval-every",
+            "0",
+            "--eval-steps",
+            "5",
+            "--out",
+            str(run),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"]["stream"] == "on"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "frepo",
+            "evaluate",
+            str(run / "distilled.safetensors"),
+            "--models",
+            "1",
+            "--steps",
+            "5",
+            "--json",
+            str(tmp_path / "eval.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["dataset"] == "tiny_imagenet"
