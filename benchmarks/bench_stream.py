@@ -13,8 +13,9 @@ own process, so its peak RSS (`ru_maxrss`) is its own:
 
 Both with standardisation (elementwise) and with ZCA (a 12288² whitening matrix per batch: a random
 symmetric matrix of the right size stands in for a fitted one, since only its cost matters here;
-fitting ImageNet's is a separate, one-off cost). Model: the reference Conv (width 128, depth 3,
-batch norm), pool of 10, real batch `--batch`, flip off (the reference's ImageNet setting), float32.
+fitting ImageNet's is a separate, one-off cost). Model: the reference Conv (depth 3, batch norm,
+width `--width`: the reference's 128 takes ~100 s a step on a 2-core CPU), pool of 10, real batch `--batch`,
+flip off (the reference's ImageNet setting), float32.
 Reports the median step time over `--steps` timed steps after one warm-up step.
 """
 
@@ -67,16 +68,41 @@ def preprocessing(kind: str):
     return Preprocessing("zca", mean, std, 0.1, torch.zeros(d), whiten, whiten)
 
 
+class AnonPeak:
+    """Peak resident anonymous memory (RssAnon), sampled every 50 ms in a thread. ru_maxrss also counts the
+    memmap's file pages the process has touched, which are page cache the kernel drops at will."""
+
+    def __init__(self):
+        import threading
+
+        self.peak, self.stop = 0.0, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop.wait(0.05):
+            self.peak = max(self.peak, anon_rss_gb() or 0.0)
+
+    def done(self) -> float:
+        self.stop.set()
+        self.thread.join()
+        return max(self.peak, anon_rss_gb() or 0.0)
+
+
 def child(args) -> dict:
+    from frepo.base.perf import tune_cpu_allocator
     from frepo.config import DistillConfig
     from frepo.data import StreamingImages
+    from frepo.data.cache import advise_random
     from frepo.method.trainer import FRePoTrainer
 
+    tune_cpu_allocator()  # as `frepo distill` does
     torch.manual_seed(0)
-    images = np.load(args.memmap, mmap_mode="r")
+    anon = AnonPeak()
+    images = advise_random(np.load(args.memmap, mmap_mode="r"))
     labels = np.arange(N_IMAGES) % CLASSES
     pre = preprocessing(args.kind)
-    if args.mode == "memory":
+    if args.mode == "memory":  # else stream or stream-no-prefetch
         rows = np.sort(np.random.default_rng(0).choice(N_IMAGES, IN_MEMORY, replace=False))
         x = pre(np.ascontiguousarray(images[rows]))  # float32 N×C×H×W, 2.5 GB
         y = torch.from_numpy(labels[rows])
@@ -84,7 +110,10 @@ def child(args) -> dict:
         x = StreamingImages(images, np.arange(N_IMAGES), pre)
         y = torch.from_numpy(labels)
     config = DistillConfig(ipc=args.ipc, batch_size=args.batch, steps=1000, use_flip=False)
+    config.model.width = args.width
     trainer = FRePoTrainer(config, x, y, CLASSES, torch.device("cpu"))
+    if args.mode == "stream-no-prefetch":
+        trainer.prefetch = None  # gather each batch in the step itself, to see what the thread buys
     trainer.step()  # warm-up
     times = []
     for _ in range(args.steps):
@@ -99,7 +128,7 @@ def child(args) -> dict:
         "step_s": statistics.median(times),
         "step_s_all": times,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
-        "anon_rss_gb_at_end": anon_rss_gb(),
+        "peak_anon_rss_gb": anon.done(),
     }
 
 
@@ -121,7 +150,9 @@ def main() -> None:
     p.add_argument("--memmap", required=True, help="the .npy memmap (written if missing)")
     p.add_argument("--ipcs", default="1,2")
     p.add_argument("--kinds", default="standard,zca")
+    p.add_argument("--modes", default="memory,stream", help="memory, stream, stream-no-prefetch")
     p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--width", type=int, default=128, help="Conv width (the reference's 128 takes ~100 s a step here)")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--json")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -137,7 +168,7 @@ def main() -> None:
     rows = []
     for kind in args.kinds.split(","):
         for ipc in map(int, args.ipcs.split(",")):
-            for mode in ("memory", "stream"):
+            for mode in args.modes.split(","):
                 cmd = [
                     sys.executable,
                     __file__,
@@ -154,24 +185,26 @@ def main() -> None:
                     str(args.batch),
                     "--steps",
                     str(args.steps),
+                    "--width",
+                    str(args.width),
                 ]
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
                 rows.append(json.loads(out.strip().splitlines()[-1]))
                 r = rows[-1]
                 print(
                     f"{kind:9s} IPC {ipc} {mode:7s} images {r['images']:>9,d}  step {r['step_s']:7.2f} s  "
-                    f"peak RSS {r['peak_rss_gb']:5.2f} GB",
+                    f"peak RSS {r['peak_rss_gb']:5.2f} GB, anonymous {r['peak_anon_rss_gb']:5.2f} GB",
                     flush=True,
                 )
-    print("\n| preprocess | IPC | data | images | step (s, median) | stream / memory | peak RSS (GB) |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| preprocess | IPC | data | images | step (s) | stream / memory | peak RSS (GB) | peak anonymous (GB) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         base = next(
             b for b in rows if b["mode"] == "memory" and b["ipc"] == r["ipc"] and b["preprocess"] == r["preprocess"]
         )
         print(
             f"| {r['preprocess']} | {r['ipc']} | {r['mode']} | {r['images']:,} | {r['step_s']:.2f} | "
-            f"{r['step_s'] / base['step_s']:.3f} | {r['peak_rss_gb']:.2f} |"
+            f"{r['step_s'] / base['step_s']:.3f} | {r['peak_rss_gb']:.2f} | {r['peak_anon_rss_gb']:.2f} |"
         )
     meta = {
         "machine": platform.processor() or platform.machine(),
@@ -180,6 +213,7 @@ def main() -> None:
         "batch": args.batch,
         "steps": args.steps,
         "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join(sys.argv),
     }
     if args.json:
         with open(args.json, "w") as f:

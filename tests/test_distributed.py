@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
 from frepo import presets
+from frepo.base.dist import DistContext
 from frepo.distill import Distiller, distill
 from frepo.io.artifact import load_distilled
 
@@ -68,3 +70,67 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     # Rank 0 alone writes: one metrics line per step, not two.
     lines = (double / "metrics.jsonl").read_text().splitlines()
     assert sum('"loss"' in line for line in lines) == 5
+
+
+class _OneRankOfTwo(DistContext):
+    """Rank r of 2 inside one process: its shard and its own pool, no communication."""
+
+    def __init__(self, rank: int):
+        super().__init__(rank, 2, 0)
+
+    def mean_(self, tensors):
+        pass
+
+    def gather_objects(self, obj):
+        return [obj]
+
+
+def test_per_rank_pool_averages_the_ranks_meta_gradients(tmp_path):
+    """--pool-mode per-rank (the official multi-device code): each rank's model of a slot has its own
+    initialisation, and the averaged meta-gradient of 2 gloo processes equals the average of the two
+    ranks' gradients computed one after the other in a single process."""
+    sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+    import per_rank_step
+
+    out = tmp_path / "step.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += [str(Path(__file__).parent / "helpers" / "per_rank_step.py"), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = torch.load(out)
+
+    grads, models = [], []
+    for rank in (0, 1):
+        t = per_rank_step.trainer(_OneRankOfTwo(rank))
+        models.append({k: v.clone() for k, v in t.pool.models[0].state_dict().items()})
+        t.step()
+        grads.append(t.syn.images.grad.clone())
+    for rank in (0, 1):  # each process built exactly the model this rank builds alone
+        for name, tensor in models[rank].items():
+            assert torch.equal(saved["models"][rank][name], tensor), name
+    first_conv = next(k for k in models[0] if k.endswith("weight"))
+    assert not torch.equal(models[0][first_conv], models[1][first_conv])  # per-rank initialisations
+    expected = (grads[0] + grads[1]) / 2
+    torch.testing.assert_close(saved["grad"], expected, rtol=1e-5, atol=1e-7)
+    assert (grads[0] - grads[1]).norm() > 0.1 * expected.norm()  # the ranks really differ
+
+
+def test_per_rank_pool_checkpoints_every_rank_s_pool(tmp_path):
+    """Under torchrun a per-rank run checkpoints each rank's own pool (gathered to rank 0), and the same
+    command reloads them: each rank takes its own back."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "frepo"]
+    cmd += ["distill", "--dataset", "digits", "--ipc", "2", "--out", str(out), "--pool-mode", "per-rank"]
+    for key, value in {**OVERRIDES, "steps": 4, "checkpoint_every": 2}.items():
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for attempt in range(2):  # the second run finds the finished checkpoint and loads it on both ranks
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert ("resuming from step 4 of 4" in proc.stderr + proc.stdout) == (attempt == 1)
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    pools = state["pool_per_rank"]
+    assert len(pools) == 2 and state["step"] == 4
+    name = next(k for k in pools[0]["models"][0] if k.endswith("weight"))
+    assert not torch.equal(pools[0]["models"][0][name], pools[1]["models"][0][name])
+    assert pools[0]["current"] == pools[1]["current"] and pools[0]["steps"] == pools[1]["steps"]  # shared schedule

@@ -408,3 +408,23 @@ def test_nothing_is_printed_before_the_arguments_are_validated(tmp_path, capsys)
     only_line(capsys, main(distill_args(tmp_path / "run", "--norm", "layer")), "norm must be one of")
     only_line(capsys, main(distill_args(tmp_path / "run", "--lr", "nan")), "lr must be a finite number")
     only_line(capsys, main(distill_args(tmp_path / "run", "--dataset", "nope")), "unknown dataset")
+
+
+def test_a_run_made_before_a_setting_existed_resumes(tmp_path):
+    """config.json of an older frepo lacks settings added since (here `stream`, `pool_mode`): the run
+    behaved as their defaults do, so the same command still resumes it; a non-default value is refused."""
+    from frepo.base.fields import from_dict
+    from frepo.config import DistillConfig
+
+    out = tmp_path / "run"
+    assert main(distill_args(out)) == 0
+    config = json.loads((out / "config.json").read_text())
+    config.pop("environment", None)
+    same = from_dict(DistillConfig, config)  # the run's own settings, as today's frepo reads them
+    del config["data"]["stream"], config["pool"]["pool_mode"]
+    (out / "config.json").write_text(json.dumps(config))
+    claim = RunDir(out).check(same)  # no refusal
+    assert claim.resuming and not claim.changes
+    same.data.stream = "on"
+    with pytest.raises(FrepoError, match="stream"):
+        RunDir(out).check(same)

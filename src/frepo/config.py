@@ -16,6 +16,7 @@ NORMS = ("batch", "instance", "none")
 PREPROCESS_KINDS = ("auto", "standard", "zca", "zca_block", "none")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 STREAM_MODES = ("auto", "on", "off")
+POOL_MODES = ("replicated", "per-rank")
 STREAM_AUTO_BYTES = 2 * 1024**3
 
 
@@ -102,8 +103,15 @@ class PoolConfig:
     max_online_updates: int = opt(100, "a pool model is re-initialised once its step counter exceeds this")
     online_lr: float = opt(3e-4, "Adam learning rate of the online updates")
     online_batch_size: int = opt(1000, "online updates use a random subset of at most this many images")
+    pool_mode: str = opt(
+        "replicated",
+        "with several processes: replicated (every rank holds the same pool) or per-rank (each rank initialises "
+        "its own models, as the official multi-device code does; slots, schedule and averaged gradients shared)",
+        choices=POOL_MODES,
+    )
 
     def validate(self) -> None:
+        check_choices(self)
         check_finite("online_lr", self.online_lr, low=0.0)
         if self.online_lr == 0:
             raise FrepoError("online_lr must be > 0, got 0")

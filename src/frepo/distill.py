@@ -229,9 +229,10 @@ class Distiller:
     def checkpoint(self) -> None:
         if not self.trainer.finite():
             raise FrepoError(f"non-finite synthetic set at step {self.step}; the last good checkpoint is kept")
+        state = self.state_dict()  # on every rank: a per-rank pool is gathered from all of them
         if self.ctx.is_main:
             try:
-                self.run_dir.save_checkpoint(self.state_dict())
+                self.run_dir.save_checkpoint(state)
             except WriteError as exc:
                 if exc.reason is None:
                     raise

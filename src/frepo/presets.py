@@ -61,7 +61,8 @@ def _preset_table() -> dict[str, dict]:
     table: dict[str, dict] = {}
     for dataset, ipcs in PAPER_IPCS.items():
         for ipc in ipcs:
-            paper = {"steps": 500_000, "batch_size": 1024, **PAPER_OVERRIDES.get(dataset, {})}
+            # Under torchrun the paper presets give each rank its own pool models, as the official code does.
+            paper = {"steps": 500_000, "batch_size": 1024, "pool_mode": "per-rank", **PAPER_OVERRIDES.get(dataset, {})}
             table[f"{dataset}-ipc{ipc}"] = {"dataset": dataset, "ipc": ipc, **paper}
     for ipc in (1, 10, 50):
         table[f"digits-ipc{ipc}"] = {"dataset": "digits", "ipc": ipc, **DATASET_OVERRIDES["digits"]}
@@ -79,7 +80,8 @@ def _preset_table() -> dict[str, dict]:
         "tiny_imagenet-ipc1": 100,  # the Tiny ImageNet shape (200 classes, 64×64, depth 4) at a CPU budget
     }
     for name, steps in cpu.items():
-        table[f"{name}-cpu"] = {**table[name], "steps": steps, "batch_size": 256, "lr": SHORT_BUDGET_LR}
+        paper = {k: v for k, v in table[name].items() if k != "pool_mode"}  # CPU budgets run one process
+        table[f"{name}-cpu"] = {**paper, "steps": steps, "batch_size": 256, "lr": SHORT_BUDGET_LR}
     return table
 
 

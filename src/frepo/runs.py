@@ -129,6 +129,9 @@ class RunDir:
         except (json.JSONDecodeError, FrepoError, AttributeError) as exc:
             raise FrepoError(f"{self.config_path} is unreadable ({exc}); use another --out") from exc
         old, new = _flatten(previous), _flatten(to_dict(config))
+        # A setting added to frepo after the run was made: the run behaved as its default did.
+        defaults = _flatten(to_dict(DistillConfig()))
+        old.update({k: defaults[k] for k in new.keys() - old.keys() if k in defaults})
         diff = sorted(
             k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k.split(".")[-1] not in ALWAYS_RESUMABLE
         )

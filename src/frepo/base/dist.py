@@ -51,9 +51,28 @@ class DistContext:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
+    def gather_objects(self, obj) -> list:
+        """[rank 0's obj, rank 1's, ...] on every rank (tensors are moved to the CPU first)."""
+        if not self.enabled:
+            return [obj]
+        obj = _to_cpu(obj)
+        out: list = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
 
 
 def init_distributed(device_name: str) -> tuple[DistContext, str]:

@@ -4,7 +4,10 @@ Reference schedule (num_models=10, max_online_updates=100): model i starts with 
 (100 // 10)·i. After every meta-step the current model is re-initialised if its counter exceeds
 100 (counter back to 0, fresh Adam state), otherwise it takes one online Adam step on at most
 1000 synthetic images (MSE against the current learned labels, batch norm in train mode). Then the
-next model is drawn uniformly. All draws come from the pool's own generator.
+next model is drawn uniformly. All draws come from the pool's own generator; model initialisations
+(at the start and at every reset) come from `init_generator`, the same generator unless a rank of a
+per-rank pool initialises its own models (the official multi-device code: each device's model of a
+slot has its own initialisation, while the slot drawn, the counters and the online subsample are shared).
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ class ModelPool:
         cfg: PoolConfig,
         generator: torch.Generator,
         device: torch.device,
+        init_generator: torch.Generator | None = None,
     ):
         self.cfg = cfg
         self.generator = generator
-        self.models = [make_model(generator).to(device) for _ in range(cfg.num_models)]
+        self.init_generator = init_generator if init_generator is not None else generator
+        self.models = [make_model(self.init_generator).to(device) for _ in range(cfg.num_models)]
         self.optimizers = [self._adam(m) for m in self.models]
         stagger = cfg.max_online_updates // cfg.num_models
         self.steps = [stagger * i for i in range(cfg.num_models)]
@@ -54,7 +59,7 @@ class ModelPool:
         i = self.current
         loss = None
         if self.steps[i] > self.cfg.max_online_updates:
-            init_flax_defaults_(self.models[i], self.generator)
+            init_flax_defaults_(self.models[i], self.init_generator)
             self.optimizers[i] = self._adam(self.models[i])
             self.steps[i] = 0
             self.resets += 1
@@ -78,7 +83,7 @@ class ModelPool:
         return loss.detach()
 
     def state_dict(self) -> dict:
-        return {
+        state = {
             "models": [m.state_dict() for m in self.models],
             "optimizers": [o.state_dict() for o in self.optimizers],
             "steps": list(self.steps),
@@ -86,6 +91,9 @@ class ModelPool:
             "resets": self.resets,
             "generator": self.generator.get_state(),
         }
+        if self.init_generator is not self.generator:
+            state["init_generator"] = self.init_generator.get_state()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         for model, opt, m_state, o_state in zip(self.models, self.optimizers, state["models"], state["optimizers"]):
@@ -95,3 +103,5 @@ class ModelPool:
         self.current = int(state["current"])
         self.resets = int(state["resets"])
         self.generator.set_state(state["generator"])
+        if self.init_generator is not self.generator:
+            self.init_generator.set_state(state["init_generator"])

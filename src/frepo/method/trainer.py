@@ -200,7 +200,11 @@ class FRePoTrainer:
             model = Conv(c, num_classes, (h, w), m.width, m.depth, m.norm, gen)
             return model.to(memory_format=self.memory_format)
 
-        self.pool = ModelPool(make_model, config.pool, generator(seed, "pool"), device)
+        pool_generator = generator(seed, "pool")
+        self.per_rank_pool = config.pool.pool_mode == "per-rank" and self.ctx.enabled
+        # Per rank: this rank's own initialisations; the slot draws and online subsamples stay shared.
+        init_generator = generator(seed, f"pool-init-rank{self.ctx.rank}") if self.per_rank_pool else None
+        self.pool = ModelPool(make_model, config.pool, pool_generator, device, init_generator)
         if self.ctx.enabled:
             self._sync_pool_gradients()
         self.sampler = BatchSampler(len(x_train), config.batch_size, generator(seed, "batches"))
@@ -250,15 +254,27 @@ class FRePoTrainer:
         return bool(torch.isfinite(self.syn.images).all() and torch.isfinite(self.syn.labels).all())
 
     def state_dict(self) -> dict:
-        return {
+        """The run's state. A per-rank pool differs by rank: every rank's pool is gathered (a collective:
+        every rank calls this), and each rank takes its own back on load."""
+        state = {
             "synthetic": self.syn.state_dict(),
             "lamb": self.lamb.state_dict(),
             "pool": self.pool.state_dict(),
             "sampler": self.sampler.state_dict(),
         }
+        if self.per_rank_pool:
+            state["pool_per_rank"] = self.ctx.gather_objects(state["pool"])
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.syn.load_state_dict(state["synthetic"])
         self.lamb.load_state_dict(state["lamb"])
-        self.pool.load_state_dict(state["pool"])
+        if self.per_rank_pool:
+            pools = state.get("pool_per_rank")
+            if not isinstance(pools, list) or len(pools) != self.ctx.world:
+                count = len(pools) if isinstance(pools, list) else "no"
+                raise ValueError(f"the checkpoint holds {count} per-rank pools, this run has {self.ctx.world} ranks")
+            self.pool.load_state_dict(pools[self.ctx.rank])
+        else:
+            self.pool.load_state_dict(state["pool"])
         self.sampler.load_state_dict(state["sampler"])
