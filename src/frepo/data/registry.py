@@ -72,7 +72,7 @@ def default_data_dir() -> Path:
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> RawDataset:
     """Load a dataset by registry name, .npz path or ImageFolder directory."""
-    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     if name == "digits":
         return _load_digits()
     if name in TORCHVISION_DATASETS:
