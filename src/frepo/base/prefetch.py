@@ -35,6 +35,3 @@ class Prefetcher:
         if upcoming is not None:
             self.pending = (upcoming.clone(), self.pool.submit(self.gather, upcoming))
         return batch
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
