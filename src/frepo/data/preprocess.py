@@ -117,7 +117,7 @@ class Preprocessing:
 
 
 def _per_block(x: torch.Tensor, matrix: torch.Tensor, stride: int) -> torch.Tensor:
-    """Each s×s-interleaved sub-image of N×C×H×W `x` (flattened C,H/s,W/s) multiplied by `matrix`, in place."""
+    """A new N×C×H×W tensor: each s×s-interleaved sub-image of `x` (flattened C,H/s,W/s) times `matrix`."""
     out = torch.empty_like(x)
     n = len(x)
     for i in range(stride):

@@ -421,7 +421,7 @@ def recorded_data_dir(ds: DistilledSet) -> str | None:
     distilled from Tiny ImageNet under DIR reads DIR's test split without being told again."""
     data = ((ds.meta or {}).get("config") or {}).get("data") or {}
     folder = data.get("data_dir") if isinstance(data, dict) else None
-    return folder if isinstance(folder, str) and Path(folder).is_dir() else None
+    return folder if isinstance(folder, str) and Path(folder).expanduser().is_dir() else None
 
 
 def _same_dataset(given: str, recorded: str) -> bool:
