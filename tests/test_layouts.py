@@ -17,7 +17,14 @@ from PIL import Image
 from frepo.base.errors import FrepoError
 from frepo.data import default_data_dir, load_dataset
 from frepo.data import layouts as layouts_module
-from frepo.data.layouts import square_resize
+from frepo.data.folders import to_array
+
+
+def run_frepo(*args, cwd=None) -> subprocess.CompletedProcess:
+    """`frepo ARGS` in a subprocess, without the offline dataset folder (these tests bring their own data)."""
+    env = {**os.environ, "FREPO_DATA_DIR": ""}
+    command = [sys.executable, "-m", "frepo", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd)
 
 
 # ---- writers of each layout ----------------------------------------------------------------------------------
@@ -188,10 +195,10 @@ def test_imagenet_npz_batches_rows_and_one_based_labels(tmp_path):
     assert raw.x_test[3, 5, 6, 0] == val_data[3, 5 * 32 + 6]
 
 
-def test_square_resize_is_the_centre_square_area_averaged():
+def test_images_of_any_size_become_the_centre_square_area_averaged():
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(64, 96, 3), dtype=np.uint8)  # H 64, W 96
-    out = square_resize(Image.fromarray(pixels), 32)
+    out = to_array(Image.fromarray(pixels), 3, 32)
     centre = pixels[:, 16:80].astype(np.float64)  # the largest centred square: offset (96 - 64) // 2
     expected = centre.reshape(32, 2, 32, 2, 3).mean(axis=(1, 3))  # area averaging by an exact factor 2
     assert out.shape == (32, 32, 3)
@@ -244,28 +251,10 @@ def test_an_incomplete_layout_names_the_missing_file(tmp_path):
 
 
 def test_cli_missing_dataset_is_one_line(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "frepo",
-            "distill",
-            "--dataset",
-            "tiny_imagenet",
-            "--data-dir",
-            str(tmp_path),
-            "--no-download",
-            "--ipc",
-            "1",
-            "--steps",
-            "2",
-            "--out",
-            str(tmp_path / "run"),
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "FREPO_DATA_DIR": ""},
-    )
+    proc = run_frepo(
+        "distill", "--dataset", "tiny_imagenet", "--data-dir", tmp_path, "--no-download", "--ipc", 1,
+        "--steps", 2, "--out", tmp_path / "run",
+    )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "tiny-imagenet-200" in proc.stderr and "Traceback" not in proc.stderr
@@ -388,61 +377,20 @@ def test_distil_from_a_layout_then_evaluate_without_data_dir(tmp_path):
     reads the same test split without --data-dir."""
     data = tmp_path / "data"
     write_tiny_imagenet(data, per_class=4)
-    env = {**os.environ, "FREPO_DATA_DIR": ""}
     run = tmp_path / "run"
-    common = ["--data-dir", str(data), "--no-download", "--ipc", "1", "--steps", "3", "--batch-size", "6"]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "frepo",
-            "distill",
-            "--dataset",
-            "tiny_imagenet",
-            *common,
-            "--stream",
-            "on",
-            "--preprocess",
-            "standard",  # a 12288-dim ZCA fit takes minutes on 2 cores: not for a unit test
-            "--width",
-            "8",
-            "--num-models",
-            "2",
-            "--val-size",
-            "3",
-            "--eval-every",
-            "0",
-            "--eval-steps",
-            "5",
-            "--out",
-            str(run),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    proc = run_frepo(
+        "distill", "--dataset", "tiny_imagenet", "--data-dir", data, "--no-download", "--ipc", 1, "--steps", 3,
+        "--batch-size", 6, "--stream", "on", "--width", 8, "--num-models", 2, "--val-size", 3, "--eval-every", 0,
+        "--eval-steps", 5, "--out", run,
+        "--preprocess", "standard",  # a 12288-dim ZCA fit takes minutes on 2 cores: not for a unit test
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     config = json.loads((run / "config.json").read_text())
     assert config["data"]["stream"] == "on"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "frepo",
-            "evaluate",
-            str(run / "distilled.safetensors"),
-            "--models",
-            "1",
-            "--steps",
-            "5",
-            "--json",
-            str(tmp_path / "eval.json"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
+    proc = run_frepo(
+        "evaluate", run / "distilled.safetensors", "--models", 1, "--steps", 5, "--json", tmp_path / "eval.json",
         cwd=tmp_path,
-    )
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "eval.json").read_text())
     assert result["dataset"] == "tiny_imagenet"

@@ -48,14 +48,20 @@ def is_grey(images: list) -> bool:
 
 
 def to_array(image, channels: int, size: int | None = None) -> np.ndarray:
-    """uint8 H×W×C array of a PIL image in `channels` (1: greyscale, 3: RGB); with `size`, centre-cropped
-    to a square and resized to size×size (the reference's handling of images of mixed sizes)."""
+    """uint8 H×W×C array of a PIL image in `channels` (1: greyscale, 3: RGB); with `size`, the reference's
+    handling of images of any size: the largest centred square (offset half the excess, rounded down),
+    resized to size×size by area averaging (PIL's box filter, antialiased; the official code's
+    `tf.image.resize` with method area)."""
     from PIL import Image
 
     image = image.convert("L" if channels == 1 else "RGB")
     if size is not None:
-        side = min(image.size)
-        left, top = (image.width - side) // 2, (image.height - side) // 2
-        image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR)
+        w, h = image.size
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        if (w, h) != (side, side):
+            image = image.crop((left, top, left + side, top + side))
+        if side != size:
+            image = image.resize((size, size), Image.Resampling.BOX)
     arr = np.asarray(image, dtype=np.uint8)
     return arr[..., None] if arr.ndim == 2 else arr

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..base.errors import FrepoError
 from ..base.log import messages_shown
 from .cache import cached_arrays, signature
-from .folders import IMAGE_SUFFIXES, class_folders, image_files, open_image
+from .folders import IMAGE_SUFFIXES, class_folders, image_files, open_image, to_array
 
 CHUNK = 4096  # images decoded and written per chunk while building a cache
 
@@ -70,28 +70,10 @@ def _lines(path: Path) -> list[str]:
     return [line.strip() for line in _need(path).read_text().splitlines() if line.strip()]
 
 
-def square_resize(image, size: int, channels: int = 3) -> np.ndarray:
-    """The reference's handling of images of any size: the largest centred square (offset half the
-    excess, rounded down), resized to size×size by area averaging (PIL's box filter: antialiased).
-    Returns uint8 size×size×channels."""
-    from PIL import Image
-
-    image = image.convert("L" if channels == 1 else "RGB")
-    w, h = image.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    if (w, h) != (side, side):
-        image = image.crop((left, top, left + side, top + side))
-    if side != size:
-        image = image.resize((size, size), Image.Resampling.BOX)
-    arr = np.asarray(image, dtype=np.uint8)
-    return arr[..., None] if arr.ndim == 2 else arr
-
-
 def _image_decoder(size: int) -> Callable[[list], Iterator[np.ndarray]]:
     def decode(files: list) -> Iterator[np.ndarray]:
         for start in range(0, len(files), CHUNK):
-            yield np.stack([square_resize(open_image(f), size) for f in files[start : start + CHUNK]])
+            yield np.stack([to_array(open_image(f), 3, size) for f in files[start : start + CHUNK]])
 
     return decode
 
