@@ -131,12 +131,22 @@ class DistillConfig:
     ipc: int = opt(10, "synthetic images per class")
     steps: int = opt(500_000, "outer (meta) steps; the reference trains 500k")
     batch_size: int = opt(1024, "real images per meta-step (the global batch when distributed)")
-    lr: float = opt(3e-4, "LAMB learning rate for images and labels")
+    lr: float = opt(
+        3e-4,
+        "LAMB learning rate for images and labels (the paper's 3e-4 at its budget; a run with fewer --steps "
+        "that names no --lr gets frepo.presets.budget_lr: 1e-2 up to 1000 steps, log-interpolated above)",
+    )
     lr_final_ratio: float = opt(0.1, "cosine decay ends at lr * lr_final_ratio")
     learn_labels: bool = opt(True, "learn the synthetic labels too")
     use_flip: bool | None = opt(None, "flip trick in the meta-step (default: the reference's per-dataset table)")
     krr_reg: float = opt(1e-6, "ridge: krr_reg * trace(K_ss) / n_s")
     seed: int = opt(0, "seed of every random stream of the run")
+    init: str | None = opt(
+        None,
+        "start from this set instead of seeded real images: any file `frepo evaluate` reads (a frepo "
+        ".safetensors, an export folder, an official FRePo .npz, ...) with --ipc images of each class; its "
+        "images are carried into this run's preprocessing, its labels kept",
+    )
     log_every: int = opt(10, "steps between metrics lines (and NaN checks)")
     checkpoint_every: int = opt(200, "steps between atomic checkpoints")
     snapshot_every: int | None = opt(

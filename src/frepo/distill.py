@@ -131,7 +131,14 @@ class Distiller:
                 f"frepo: batch_size {config.batch_size} exceeds the {len(x_train)} distillation images; "
                 "batches repeat images"
             )
-        self.trainer = FRePoTrainer(config, x_train, y_train, self.num_classes, self.device, self.ctx)
+        start = None
+        if config.init and not resuming:  # a resumed run continues from its checkpoint
+            from .io.foreign import load_start  # other tools' readers, loaded only when asked for
+
+            start = load_start(
+                config.init, raw, self.data.preprocessing, config.data.class_ids(raw.num_classes), config.ipc
+            )
+        self.trainer = FRePoTrainer(config, x_train, y_train, self.num_classes, self.device, self.ctx, start)
         self.syn = self.trainer.syn
         self.step = 0
         self.best = {"val_acc": None, "step": None}

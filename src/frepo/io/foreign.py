@@ -32,6 +32,7 @@ import torch
 
 from ..base.errors import FrepoError
 from ..data import RawDataset, default_data_dir, load_dataset
+from ..data.preprocess import Preprocessing
 from ..data.recipes import CLAIMS, check_preprocessing, claimed_preprocessing, frepo_preprocessing
 from .artifact import DistilledSet, load_distilled
 
@@ -414,6 +415,48 @@ def load_set(
         )
     raw = load_dataset(dataset, data_dir, download)
     return load_foreign(file, raw, fmt=fmt, preprocess=preprocess, entry=entry, cache_dir=data_dir), raw
+
+
+def load_start(
+    path: str | Path, raw: RawDataset, preprocessing: Preprocessing, classes: list[int], ipc: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A run's starting set from a file (`frepo distill --init FILE`): (ipc·K×C×H×W images in
+    `preprocessing`, ipc·K×K labels), class-major like the seeded real-image start.
+
+    Any format `load_set` reads; the images go through pixel space into the run's preprocessing (an
+    official .npz is in the reference's, a frepo file in its own), untouched when that is the run's own.
+    Class ids (a subset) become the reference's starting labels; learned labels are kept as they are.
+    """
+    fmt = detect_format(path)
+    if fmt in ("frepo", "frepo-export"):
+        ds = load_distilled(path) if fmt == "frepo" else load_export(path)
+        if not _same_dataset(raw.name, ds.dataset):
+            raise FrepoError(f"--init {path} was distilled from {ds.dataset}, not {raw.name}")
+    else:
+        ds = load_foreign(path, raw, fmt=fmt)
+    if tuple(ds.images.shape[1:]) != raw.image_shape:
+        raise FrepoError(f"--init {path} holds images of shape {tuple(ds.images.shape[1:])}, not {raw.image_shape}")
+    if ds.num_classes != raw.num_classes:
+        raise FrepoError(f"--init {path} has {ds.num_classes} classes, {raw.name} has {raw.num_classes}")
+    labels, ids = ds.targets(), ds.class_ids()
+    counts = torch.bincount(ids, minlength=raw.num_classes)
+    wanted = torch.zeros_like(counts)
+    wanted[classes] = ipc
+    if not torch.equal(counts, wanted):
+        raise FrepoError(
+            f"--init {path} holds {counts.tolist()} images per class; this run needs {ipc} (--ipc) of each "
+            f"of the classes {classes}"
+        )
+    order = torch.cat([torch.nonzero(ids == c).flatten() for c in classes])
+    images = ds.images[order]
+    if not _same_preprocessing(ds.preprocessing, preprocessing):
+        images = preprocessing.from_unit(ds.preprocessing.to_unit(images))
+    return images.float(), labels[order].float()
+
+
+def _same_preprocessing(a: Preprocessing, b: Preprocessing) -> bool:
+    ta, tb = a.tensors(), b.tensors()
+    return a.params() == b.params() and ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
 def recorded_data_dir(ds: DistilledSet) -> str | None:

@@ -30,15 +30,24 @@ def init_from_real(
 
 
 class SyntheticSet(nn.Module):
-    """images: N×C×H×W (preprocessed space); labels: N×K learned targets."""
+    """images: N×C×H×W (preprocessed space); labels: N×K learned targets.
 
-    def __init__(self, images: torch.Tensor, class_ids: torch.Tensor, num_classes: int, learn_labels: bool = True):
+    `labels` (N×K) starts the learned labels from given values (`--init FILE`); by default they start
+    as the reference's centred one-hot of `class_ids`, divided by sqrt(C/10)."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        class_ids: torch.Tensor,
+        num_classes: int,
+        learn_labels: bool = True,
+        labels: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.images = nn.Parameter(images.clone().float())
-        # Reference init: centred one-hot, divided by sqrt(C/10).
-        self.labels = nn.Parameter(
-            centered_one_hot(class_ids, num_classes) / label_scale(num_classes), requires_grad=learn_labels
-        )
+        if labels is None:
+            labels = centered_one_hot(class_ids, num_classes) / label_scale(num_classes)
+        self.labels = nn.Parameter(labels.clone().float(), requires_grad=learn_labels)
         self.register_buffer("class_ids", class_ids.clone().long())
 
     def trainable(self) -> list[nn.Parameter]:

@@ -176,19 +176,25 @@ class FRePoTrainer:
         num_classes: int,
         device: torch.device,
         ctx: DistContext | None = None,
+        start: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         self.config, self.device, self.ctx = config, device, ctx or DistContext()
         self.num_classes = num_classes
         seed = config.seed
         classes = config.data.class_ids(num_classes)  # every class, or a continual-learning task's
-        images, class_ids = init_from_real(x_train, y_train, classes, config.ipc, generator(seed, "init"))
+        start_labels = None
+        if start is None:
+            images, class_ids = init_from_real(x_train, y_train, classes, config.ipc, generator(seed, "init"))
+        else:  # `--init FILE`: images in this run's preprocessing, N×K labels (frepo.io.foreign.load_start)
+            images, start_labels = start
+            class_ids = start_labels.argmax(-1)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         if not isinstance(x_train, torch.Tensor):
             self.x_train, self.prefetch = x_train, Prefetcher(x_train.__getitem__)
         else:
             self.x_train, self.prefetch = x_train.to(device).contiguous(memory_format=self.memory_format), None
         self.y_train = y_train.to(device)  # ids: one-hot targets are made per batch (ImageNet's would be 5 GB)
-        self.syn = SyntheticSet(images, class_ids, num_classes, config.learn_labels).to(device)
+        self.syn = SyntheticSet(images, class_ids, num_classes, config.learn_labels, start_labels).to(device)
         self.syn.images.data = self.syn.images.data.contiguous(memory_format=self.memory_format)
         self.lamb = Lamb(
             self.syn.trainable(), lr=cosine_decay(config.lr, config.steps, config.lr_final_ratio), eps=1e-6

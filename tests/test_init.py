@@ -1,0 +1,78 @@
+"""`frepo distill --init FILE`: a run starts from a given set (a frepo file or another tool's), carried
+into the run's own preprocessing, instead of its seeded real images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from frepo.cli import main
+from frepo.data import load_dataset, recipes
+from frepo.io.artifact import load_distilled
+from frepo.method.krr import centered_one_hot
+
+# One outer step at a learning rate too small to move anything: the result is the starting set.
+STILL = ["--steps", "1", "--lr", "1e-12", "--width", "8", "--num-models", "2", "--batch-size", "64"]
+STILL += ["--eval-steps", "5", "--snapshot-every", "0"]
+
+
+def distill(capsys, out, *args):
+    code = main(["distill", "--dataset", "digits", "--out", str(out), *STILL, *map(str, args)])
+    return code, capsys.readouterr().err
+
+
+def test_a_subset_file_is_the_start_exactly(tmp_path, capsys):
+    subset = tmp_path / "herding.safetensors"
+    assert main(["subset", "--dataset", "digits", "--ipc", "2", "--method", "herding", "--out", str(subset)]) == 0
+    code, err = distill(capsys, tmp_path / "run", "--ipc", 2, "--init", subset)
+    assert code == 0, err
+    start, run = load_distilled(subset), load_distilled(tmp_path / "run" / "distilled.safetensors")
+    torch.testing.assert_close(run.images, start.images, rtol=1e-9, atol=1e-9)  # the same preprocessing: untouched
+    torch.testing.assert_close(run.labels, centered_one_hot(start.labels, 10), rtol=0, atol=1e-9)
+    assert main(["distill", "--dataset", "digits", "--out", str(tmp_path / "seeded"), "--ipc", "2", *STILL]) == 0
+    seeded = load_distilled(tmp_path / "seeded" / "distilled.safetensors")
+    assert (seeded.images - run.images).abs().max() > 0.5  # without --init: the run's own seeded images
+
+
+def test_an_official_npz_is_carried_through_pixels_into_the_run(tmp_path, capsys):
+    raw = load_dataset("digits")
+    reference = recipes.reference_preprocessing(raw, tmp_path)
+    rng = np.random.default_rng(0)
+    idx = np.concatenate([rng.choice(np.flatnonzero(raw.y_train == c), 2, replace=False) for c in range(10)])
+    idx = idx[rng.permutation(len(idx))]  # any order: the run sorts the set class-major
+    images = reference(raw.x_train[idx])
+    labels = torch.from_numpy(rng.normal(size=(20, 10)).astype(np.float32) * 0.01)
+    labels += centered_one_hot(torch.from_numpy(raw.y_train[idx]), 10)
+    np.savez(tmp_path / "step000000.npz", image=images.permute(0, 2, 3, 1).numpy(), label=labels.numpy())
+    code, err = distill(capsys, tmp_path / "run", "--ipc", 2, "--init", tmp_path / "step000000.npz")
+    assert code == 0, err
+    run = load_distilled(tmp_path / "run" / "distilled.safetensors")
+    order = np.argsort(raw.y_train[idx], kind="stable")
+    pixels = reference.to_unit(images)[order]
+    torch.testing.assert_close(run.preprocessing.to_unit(run.images), pixels, rtol=0, atol=1e-5)
+    torch.testing.assert_close(run.labels, labels[order], rtol=0, atol=1e-6)  # learned labels are kept
+    assert not torch.equal(run.preprocessing.mean, reference.mean)  # the spaces differ: the pixels agree
+
+
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (lambda d: d / "missing.npz", "missing.npz"),
+        (lambda d: _npz(d, per_class=1), "holds [1, 1, 1, 1, 1, 1, 1, 1, 1, 1] images per class"),
+        (lambda d: _npz(d, per_class=2, side=9), "step1.npz: images of shape (20, 1, 9, 9)"),
+    ],
+)
+def test_a_start_that_does_not_fit_is_one_line(tmp_path, capsys, make, fragment):
+    code, err = distill(capsys, tmp_path / "run", "--ipc", 2, "--init", make(tmp_path))
+    lines = [line for line in err.splitlines() if line.startswith("frepo: error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert fragment in lines[0], err
+    assert not (tmp_path / "run").exists()  # a failed start writes nothing
+
+
+def _npz(folder, per_class: int, side: int = 8):
+    image = np.zeros((10 * per_class, side, side, 1), np.float32)
+    label = np.repeat(np.eye(10, dtype=np.float32), per_class, axis=0) - 0.1
+    np.savez(folder / "step1.npz", image=image, label=label)
+    return folder / "step1.npz"
