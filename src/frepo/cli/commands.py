@@ -21,12 +21,18 @@ def _default_out(dataset: str, ipc: int) -> Path:
     return Path("runs") / f"{Path(dataset).stem if ('/' in dataset or dataset.endswith('.npz')) else dataset}-ipc{ipc}"
 
 
-def cmd_distill(args: argparse.Namespace) -> int:
+def distill_config(args: argparse.Namespace) -> DistillConfig:
+    """The run's settings: the preset (or dataset table) under the flags given on the command line."""
     from .. import presets
-    from ..distill import distill
 
     overrides = explicit(args, DistillConfig(), skip=_DISTILL_SPECIAL)
-    config = presets.resolve(args.dataset, args.ipc, args.preset, overrides)
+    return presets.resolve(args.dataset, args.ipc, args.preset, overrides)
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from ..distill import distill
+
+    config = distill_config(args)
     if args.out is not None and not args.out.strip():
         raise FrepoError("--out must name a run directory (leave it out for runs/<dataset>-ipc<N>)")
     out = Path(args.out) if args.out is not None else _default_out(args.dataset, args.ipc)
