@@ -22,6 +22,7 @@ from .protocols.frepo import FrepoOptions
 from .protocols.krr import KrrOptions
 
 SPLITS = ("test", "val")
+TOGETHER = ("auto", "on", "off")
 
 
 @dataclass
@@ -43,6 +44,12 @@ class EvalConfig:
     split: str = opt("test", "test, or val: the hold-out the set was distilled without", choices=SPLITS)
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     width: int = opt(128, "channels of the first block of conv-family networks and convnet")
+    together: str = opt(
+        "auto",
+        "train the --models networks of an architecture at once (stacked, torch.func.vmap) instead of one "
+        "after the other: on, off, or auto (on for CUDA, off on the CPU); same results up to float rounding",
+        choices=TOGETHER,
+    )
     frepo: FrepoOptions = nested(FrepoOptions)
     dsa: DsaOptions = nested(DsaOptions)
     krr: KrrOptions = nested(KrrOptions)
@@ -71,6 +78,10 @@ class EvalConfig:
                 if getattr(owner, f.name) != f.default:
                     raise FrepoError(_misplaced(flag, name, self.protocol))
         self.archs()
+
+    def trains_together(self, device) -> bool:
+        """Whether `--models` networks train stacked on `device` (a torch.device)."""
+        return self.together == "on" or (self.together == "auto" and device.type == "cuda")
 
     def options(self) -> Any:
         """The options dataclass of the chosen protocol."""

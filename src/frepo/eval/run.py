@@ -36,10 +36,17 @@ def evaluate_set(
     plan = protocol.plan(setup, options)  # rejects a set these options cannot use, before any training
     streams = [f"{protocol.stream}/model{i}" for i in range(config.models)]
     start = time.perf_counter()
-    accs = []
-    for name in tqdm(streams, desc=f"evaluate ({setup.arch}, {protocol.name})", disable=not progress, leave=False):
-        with deterministic_kernels(device):  # the same seed gives the same numbers on a GPU too
-            accs.append(protocol.train_and_test(setup, options, name))
+    accs = None
+    if protocol.train_and_test_many and config.models > 1 and config.trains_together(device):
+        with deterministic_kernels(device):
+            accs = protocol.train_and_test_many(setup, options, streams)
+    together = accs is not None
+    if accs is None:
+        accs = []
+        bar = tqdm(streams, desc=f"evaluate ({setup.arch}, {protocol.name})", disable=not progress, leave=False)
+        for name in bar:
+            with deterministic_kernels(device):  # the same seed gives the same numbers on a GPU too
+                accs.append(protocol.train_and_test(setup, options, name))
     return EvalResult(
         protocol.name,
         setup.arch,
@@ -50,5 +57,10 @@ def evaluate_set(
         time.perf_counter() - start,
         config.split,
         config.seed,
-        {**plan.extra, "model_streams": streams, "model_seeds": [stream_seed(config.seed, s) for s in streams]},
+        {
+            **plan.extra,
+            "together": together,
+            "model_streams": streams,
+            "model_seeds": [stream_seed(config.seed, s) for s in streams],
+        },
     )

@@ -21,6 +21,7 @@ from ...method.optim import set_lr, warmup_cosine
 from ...models import build_model, eval_layout
 from ..augment import random_op, reference_ops
 from ..protocol import EvalSetup, Plan, Protocol, accuracy
+from ..together import stackable, train_reference_models
 
 # Reference: training steps by total number of distilled images.
 REFERENCE_STEPS = {10: 1000, 100: 2000, 200: 20000, 400: 5000, 500: 5000, 1000: 10000, 2000: 40000, 5000: 40000}
@@ -106,6 +107,28 @@ def train_and_test(setup: EvalSetup, options: FrepoOptions, stream: str) -> floa
     return accuracy(model, setup.test_x, setup.test_y, device)
 
 
+def train_and_test_many(setup: EvalSetup, options: FrepoOptions, streams: list[str]) -> list[float] | None:
+    """`train_and_test` for every stream at once (`frepo.eval.together`); None when the architecture
+    cannot be stacked (batch-norm buffers), so the caller trains the networks one after the other."""
+    ds, device = setup.ds, setup.device
+    shape = tuple(ds.images.shape[1:])
+    if not stackable(build_model(setup.arch, shape, ds.num_classes, generator=torch.Generator(), width=setup.width)):
+        return None
+    stacked = train_reference_models(
+        ds.images.detach().to(device).float(),
+        ds.targets().detach().to(device).float(),
+        num_classes=ds.num_classes,
+        steps=plan(setup, options).steps,
+        ops=reference_ops(bool(ds.meta.get("mirror_invariant", True))),
+        gens=[generator(setup.seed, name) for name in streams],
+        device=device,
+        arch=setup.arch,
+        width=setup.width,
+        progress=setup.progress,
+    )
+    return stacked.accuracies(setup.test_x, setup.test_y, device)
+
+
 PROTOCOL = Protocol(
     name="frepo",
     summary="the reference (Conv without norm, Adam, MSE on the learned labels, the reference augmentation)",
@@ -114,4 +137,5 @@ PROTOCOL = Protocol(
     stream="eval",
     plan=plan,
     train_and_test=train_and_test,
+    train_and_test_many=train_and_test_many,
 )

@@ -1,0 +1,122 @@
+"""Evaluation wall time: N networks trained one after the other against all N at once (stacked, vmap).
+
+    python benchmarks/bench_eval.py [--sizes 10,100,500] [--models 5] [--steps 100] [--json OUT]
+
+For each set size: a random real subset of CIFAR-10 ($FREPO_DATA_DIR/cifar10.npz; size/10 images per
+class, standardised), evaluated with the reference protocol (`frepo` protocol: Conv width 128, Adam,
+one augmentation op per network and step) by `frepo.eval.evaluate_set` twice, `--together off` then
+`on`, same seed, on the same 2 000 test images. Reports wall seconds, ms per step of all N networks,
+achieved GFLOP/s (convolutions and matmuls counted over one step) against the fp32 matmul peak measured
+in the same run, and the accuracies of both (equal up to float rounding). `--steps` is per network: the
+reference table's 1000–5000 steps are hours on a 2-core CPU, and the time per step does not change.
+JSON keys per row: images, models, steps, mode (sequential|together), seconds, ms_per_step,
+gflops_per_step, achieved_gflops, peak_gflops, accuracies, mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_step import count_flops, peak_matmul_gflops  # noqa: E402
+
+from frepo.base.rng import generator  # noqa: E402
+from frepo.data.preprocess import fit_preprocessing  # noqa: E402
+from frepo.eval.augment import reference_ops  # noqa: E402
+from frepo.eval.protocol import accuracy  # noqa: E402
+from frepo.eval.protocols.frepo import train_reference_model  # noqa: E402
+from frepo.eval.together import train_reference_models  # noqa: E402
+from frepo.io.artifact import DistilledSet  # noqa: E402
+from frepo.method.krr import centered_one_hot  # noqa: E402
+
+
+def subset(size: int, seed: int = 0):
+    data = np.load(Path(os.environ.get("FREPO_DATA_DIR", "../shared/data")) / "cifar10.npz")
+    rng = np.random.default_rng(seed)
+    idx = np.concatenate(
+        [rng.choice(np.flatnonzero(data["y_train"] == c), size // 10, replace=False) for c in range(10)]
+    )
+    pre = fit_preprocessing(data["x_train"][::10], "standard")
+    meta = {"dataset": "cifar10", "classes": [str(c) for c in range(10)], "mirror_invariant": True}
+    labels = torch.from_numpy(data["y_train"][idx]).long()
+    ds = DistilledSet(pre(data["x_train"][idx]), labels, pre, meta)
+    # Every 5th test image: the file's test split is sorted by class.
+    return ds, pre(data["x_test"][::5]), torch.from_numpy(data["y_test"][::5]).long()
+
+
+def step_flops(ds: DistilledSet, models: int) -> int:
+    """FLOPs of one training step of `models` networks, forward and backward, as the sequential path
+    dispatches them (the stacked path's batched kernels are counted as the same useful work)."""
+    images, targets = ds.images, centered_one_hot(ds.labels, 10)
+    kw = dict(num_classes=10, steps=1, ops=(), device=torch.device("cpu"), batch_size=500)
+    gens = [generator(0, f"eval/model{i}") for i in range(models)]
+    return sum(count_flops(lambda g=g: train_reference_model(images, targets, gen=g, **kw)) for g in gens)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10,100,500")
+    parser.add_argument("--models", type=int, default=5)
+    parser.add_argument("--steps", default="100", help="steps per network: one value, or one per size")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    steps = [int(s) for s in args.steps.split(",")]
+    steps = steps * len(sizes) if len(steps) == 1 else steps
+    cpu = torch.device("cpu")
+    peak = peak_matmul_gflops(cpu)
+    rows = []
+    for size, n_steps in zip(sizes, steps):
+        ds, test_x, test_y = subset(size)
+        images, targets = ds.images, ds.targets()
+        kw = dict(num_classes=10, steps=n_steps, ops=reference_ops(True), device=cpu)
+        streams = [f"eval/model{i}" for i in range(args.models)]
+        for mode in ("sequential", "together"):
+            start = time.perf_counter()  # training only; the test pass is the same work either way
+            if mode == "together":
+                stacked = train_reference_models(images, targets, gens=[generator(0, s) for s in streams], **kw)
+                seconds = time.perf_counter() - start
+                accs = stacked.accuracies(test_x, test_y, cpu)
+            else:
+                nets = [train_reference_model(images, targets, gen=generator(0, s), **kw) for s in streams]
+                seconds = time.perf_counter() - start
+                accs = [accuracy(net, test_x, test_y, cpu) for net in nets]
+            flops = step_flops(ds, args.models)  # the useful work, the same for both modes
+            ms = 1000 * seconds / n_steps
+            row = {
+                "images": size, "models": args.models, "steps": n_steps, "mode": mode, "seconds": round(seconds, 2),
+                "ms_per_step": round(ms, 1), "gflops_per_step": flops / 1e9,
+                "achieved_gflops": flops / 1e9 / (ms / 1000), "peak_gflops": peak,
+                "accuracies": accs, "mean": sum(accs) / len(accs),
+            }  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor()}
+    if args.json:
+        Path(args.json).write_text(json.dumps({"environment": env, "rows": rows}, indent=1) + "\n")
+    print(
+        "| images | models × steps | mode | wall (s) | ms/step (all models) | GFLOP/step | achieved GFLOP/s | "
+        "fraction of fp32 peak | accuracies (%) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        accs = ", ".join(f"{a:.2f}" for a in r["accuracies"])
+        fraction = r["achieved_gflops"] / r["peak_gflops"]
+        print(
+            f"| {r['images']} | {r['models']} × {r['steps']} | {r['mode']} | {r['seconds']:.1f} | "
+            f"{r['ms_per_step']:.0f} | {r['gflops_per_step']:.1f} | {r['achieved_gflops']:.0f} | {fraction:.0%} | "
+            f"{accs} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Train the N evaluation networks of one architecture at once: their parameters stacked along a new
+leading dimension, one `torch.func.vmap` over `functional_call` for the forward and backward of all N,
+one Adam over the stacked tensors (Adam is elementwise, so it is N independent Adams).
+
+Each network keeps its own initialisation and its own augmentation draws: network m is built from its
+own generator, which then draws its augmentations, in the same order as when the networks train one
+after the other (`frepo.eval.protocols.frepo.train_reference_model`). The results agree with the
+sequential runs up to float rounding (batched kernels sum in another order).
+
+Only networks without buffers (no batch-norm running statistics) are stacked: `stackable` says which.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, stack_module_state, vmap
+from tqdm.auto import trange
+
+from ..method.krr import mse_loss
+from ..method.optim import set_lr, warmup_cosine
+from ..models import build_model
+from .augment import random_op
+
+
+def stackable(model: nn.Module) -> bool:
+    """True when `model` has no buffers (running statistics would need per-network in-place updates)."""
+    return not any(True for _ in model.buffers())
+
+
+class Stacked:
+    """N networks of one architecture as stacked parameters (each N×...) and one stateless template."""
+
+    def __init__(self, models: list[nn.Module], device: torch.device):
+        self.template = copy.deepcopy(models[0]).to("meta")
+        params, _ = stack_module_state(models)
+        self.params = {k: v.detach().to(device).requires_grad_(False) for k, v in params.items()}
+        self.n = len(models)
+
+        def forward(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+            return functional_call(self.template, p, (x,))
+
+        def loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return mse_loss(forward(p, x), y)
+
+        self.forward_each = vmap(forward, in_dims=(0, 0))  # N×B×C×H×W -> N×B×K
+        self.forward_shared = vmap(forward, in_dims=(0, None))  # B×C×H×W -> N×B×K
+        self.grads = vmap(grad(loss), in_dims=(0, 0, None))  # targets shared: the same batch indices
+
+    @torch.no_grad()
+    def accuracies(self, images: torch.Tensor, labels: torch.Tensor, device: torch.device, batch: int = 1000):
+        """Percent correct of each network on images M×C×H×W with class ids (M,)."""
+        self.template.eval()
+        correct = torch.zeros(self.n, dtype=torch.long)
+        for start in range(0, len(images), batch):
+            logits = self.forward_shared(self.params, images[start : start + batch].to(device))
+            correct += (logits.argmax(-1).cpu() == labels[start : start + batch]).sum(-1)
+        return [100.0 * int(c) / max(len(images), 1) for c in correct]
+
+
+def train_reference_models(
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    num_classes: int,
+    steps: int,
+    ops: tuple[str, ...],
+    gens: list[torch.Generator],
+    device: torch.device,
+    arch: str = "conv",
+    lr: float = 3e-4,
+    warmup: int = 500,
+    batch_size: int = 500,
+    width: int = 128,
+    progress: bool = False,
+) -> Stacked:
+    """`train_reference_model` for len(gens) networks at once. images N×C×H×W, targets N×K on `device`."""
+    models = [build_model(arch, tuple(images.shape[1:]), num_classes, generator=g, width=width) for g in gens]
+    stacked = Stacked(models, device)
+    stacked.template.train()
+    params = list(stacked.params.values())
+    optimizer = torch.optim.Adam(params, lr=0.0, betas=(0.9, 0.999), eps=1e-8)
+    schedule = warmup_cosine(lr, min(warmup, steps // 2), steps, alpha=0.01)
+    n = len(images)
+    bs = min(n, batch_size)
+    offsets = torch.arange(bs, device=device)
+    for t in trange(steps, desc="train", unit="step", leave=False, disable=not progress, mininterval=1.0):
+        idx = (t * bs + offsets) % n
+        batch = images[idx]
+        # One augmentation op per network and step, drawn from that network's own generator.
+        x = torch.stack([random_op(batch, ops, g) if ops else batch for g in gens])
+        set_lr(optimizer, schedule(t))
+        for p, g in zip(params, stacked.grads(stacked.params, x, targets[idx]).values()):
+            p.grad = g
+        optimizer.step()
+    return stacked
