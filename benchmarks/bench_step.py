@@ -6,13 +6,16 @@ Each setting runs in its own process (so peak memory is that setting's) on rando
 the dataset and of its full training-set size, resident on the device, through `FRePoTrainer.step()`
 exactly as `frepo distill` runs it: warm-up steps, then the median of timed steps. FLOPs per step are
 counted by `torch.utils.flop_counter` over one step (convolutions and matmuls, forward and backward);
-the fp32 peak is measured in the same run by a 4096² float32 matrix product, and the table reports the
-fraction of it that the step achieves. `--set` overrides config fields (e.g. `--set channels_last=true`).
+the fp32 peak is measured in the same run by a 4096² float32 matrix product (on CUDA also TF32 and bf16),
+and the table reports the fraction of it that the step achieves; a second table splits one profiled step
+into the trainer's phases (real-batch features, support forward, solve, meta-backward, LAMB, online
+update) with the ms and GFLOP/s of each. `--set` overrides config fields (e.g. `--set channels_last=true`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -35,40 +38,90 @@ SETTINGS = {
 DEFAULT = "mnist-ipc10-b256,cifar10-ipc10-b1024-flip,cifar100-ipc1-b1024-flip,cifar100-ipc50-flip"
 
 
-def peak_matmul_gflops(device: torch.device, n: int = 4096, repeats: int = 5) -> float:
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+def peak_matmul_gflops(device: torch.device, n: int = 4096, repeats: int = 5, kind: str = "fp32") -> float:
+    """The best of `repeats` n×n matrix products: fp32 (strict), tf32 (CUDA) or bf16 (CUDA)."""
+    dtype = torch.bfloat16 if kind == "bf16" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = kind == "tf32"
     best = float("inf")
-    for _ in range(repeats):
-        sync(device)
-        t = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - t)
+    try:
+        for _ in range(repeats):
+            sync(device)
+            t = time.perf_counter()
+            a @ b
+            sync(device)
+            best = min(best, time.perf_counter() - t)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
     return 2 * n**3 / best / 1e9
 
 
-def count_flops(fn) -> int:
+def count_flops(fn, by=None) -> int | dict[str, int]:
     """FLOPs of the convolutions and matmuls that fn() dispatches, forward and backward, using torch's
     own formulas (torch.utils.flop_counter). FlopCounterMode itself cannot be used: its module hooks
-    do not support torch.autograd.grad, which the meta-step uses."""
+    do not support torch.autograd.grad, which the meta-step uses. With `by` (a function naming the
+    current bucket), a dict of FLOPs per bucket."""
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import flop_registry
 
-    class Counter(TorchDispatchMode):
-        total = 0
+    totals: dict[str, int] = {}
 
+    class Counter(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             out = func(*args, **kwargs)
             formula = flop_registry.get(func._overloadpacket)
             if formula is not None:
-                Counter.total += formula(*args, **kwargs, out_val=out)
+                key = by() if by else ""
+                totals[key] = totals.get(key, 0) + formula(*args, **kwargs, out_val=out)
             return out
 
     with Counter():
         fn()
-    return Counter.total
+    return totals if by else totals.get("", 0)
+
+
+def phase_split(step, device: torch.device) -> dict[str, dict[str, float]]:
+    """Per phase of the trainer's step (`frepo.method.trainer.PHASES`, its named profiler scopes): the
+    wall ms of one profiled step (CPU: the scope's span; CUDA: its kernels' device time) and the GFLOP
+    of the convolutions and matmuls dispatched inside it, backward included (`count_flops`)."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    import frepo.method.trainer as trainer_module
+    from frepo.method.trainer import PHASES
+
+    split = {name: {"ms": 0.0, "gflop": 0.0} for name in PHASES}
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+        sync(device)
+    for event in prof.events():
+        if event.name.startswith("frepo/") and event.name[6:] in split:
+            us = event.device_time_total if device.type == "cuda" else event.cpu_time_total
+            split[event.name[6:]]["ms"] += us / 1000
+
+    # FLOPs by phase: the trainer's scopes, wrapped to also name the phase for the counter.
+    current = ["other"]
+
+    @contextlib.contextmanager
+    def scope(name: str):
+        previous, current[0] = current[0], name.split("/", 1)[1]
+        try:
+            with record_function(name):
+                yield
+        finally:
+            current[0] = previous
+
+    original, trainer_module.record_function = trainer_module.record_function, scope
+    try:
+        flops = count_flops(step, by=lambda: current[0])
+    finally:
+        trainer_module.record_function = original
+    for name, count in flops.items():
+        split.setdefault(name, {"ms": 0.0, "gflop": 0.0})["gflop"] += count / 1e9
+    return split
 
 
 def sync(device: torch.device) -> None:
@@ -119,6 +172,7 @@ def run_one(name: str, overrides: dict, warmup: int, repeats: int, device_name: 
         times.append(time.perf_counter() - t)
     assert torch.isfinite(metrics["loss"]), "non-finite loss in the benchmark"
     gflops = count_flops(trainer.step) / 1e9
+    phases = phase_split(trainer.step, device)
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
     else:
@@ -135,6 +189,9 @@ def run_one(name: str, overrides: dict, warmup: int, repeats: int, device_name: 
         "achieved_gflops": gflops / (ms / 1000),
         "peak_gflops": peak,
         "fraction_of_peak": gflops / (ms / 1000) / peak,
+        "phases": phases,
+        "peak_tf32_gflops": peak_matmul_gflops(device, kind="tf32") if device.type == "cuda" else None,
+        "peak_bf16_gflops": peak_matmul_gflops(device, kind="bf16") if device.type == "cuda" else None,
         "repeats": repeats,
         "times_ms": [t * 1000 for t in times],
         "device": str(device),
@@ -197,6 +254,17 @@ def main() -> None:
             f"| {r['setting']} | {r['ms_per_step']:.0f} | {r['peak_mb']:.0f} | {r['gflops_per_step']:.1f} | "
             f"{r['achieved_gflops']:.1f} | {r['peak_gflops']:.1f} | {r['fraction_of_peak']:.0%} |"
         )
+    print("\nWhere the step goes (one profiled step; GFLOP/s against the fp32 peak above):\n")
+    names = list(rows[0]["phases"])
+    print("| setting | " + " | ".join(f"{n} ms (GFLOP/s)" for n in names) + " |")
+    print("|---" * (1 + len(names)) + "|")
+    for r in rows:
+        cells = []
+        for n in names:
+            ph = r["phases"][n]
+            rate = ph["gflop"] / (ph["ms"] / 1000) if ph["ms"] else 0.0
+            cells.append(f"{ph['ms']:.0f} ({rate:.0f})")
+        print(f"| {r['setting']} | " + " | ".join(cells) + " |")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=2)

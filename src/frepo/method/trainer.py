@@ -12,6 +12,7 @@ import contextlib
 from typing import Protocol
 
 import torch
+from torch.profiler import record_function
 
 from ..base.device import deterministic_kernels
 from ..base.dist import DistContext
@@ -126,6 +127,10 @@ def _tf32():
         torch.backends.cuda.matmul.allow_tf32 = previous
 
 
+# The step's phases, as named profiler scopes (in order).
+PHASES = ("real_features", "support_forward", "solve", "meta_backward", "lamb", "online")
+
+
 def meta_step(
     model: torch.nn.Module,
     syn: SyntheticSet,
@@ -141,19 +146,25 @@ def meta_step(
     x_real: B×C×H×W preprocessed real images; y_real: B×K centred one-hot targets.
     """
     model.eval()  # batch norm uses running statistics in both feature passes
-    with feature_precision(x_real.device, precision):
+    # The named phases (`PHASES`) let a profiler split the step (benchmarks/bench_step.py --phases).
+    with record_function("frepo/real_features"), feature_precision(x_real.device, precision):
         feat_real = embed_no_grad(model, x_real).to(syn.images.dtype)  # back from bf16 when autocast
     x_s, y_s = syn.images, syn.labels
     if use_flip:
         x_s, y_s = torch.cat([x_s, x_s.flip(-1)]), torch.cat([y_s, y_s])
-    weights = krr_weights(embed(model, x_s, chunk_size), y_s, reg)
-    pred = feat_real @ weights
-    kernel = mse_loss(pred, y_real)
-    label = label_margin_loss(syn.labels)
-    loss = kernel + label
+    with record_function("frepo/support_forward"):
+        feat_s = embed(model, x_s, chunk_size)
+    with record_function("frepo/solve"):
+        weights = krr_weights(feat_s, y_s, reg)
+        pred = feat_real @ weights
+        kernel = mse_loss(pred, y_real)
+        label = label_margin_loss(syn.labels)
+        loss = kernel + label
     params = syn.trainable()
     # Gradients for the synthetic set only: autograd then skips the weight gradients of the network.
-    for p, g in zip(params, torch.autograd.grad(loss, params)):
+    with record_function("frepo/meta_backward"):
+        grads = torch.autograd.grad(loss, params)
+    for p, g in zip(params, grads):
         p.grad = g
     acc = (pred.argmax(-1) == y_real.argmax(-1)).float().mean()
     return {"loss": loss.detach(), "kernel_loss": kernel.detach(), "label_loss": label.detach(), "acc": acc}
@@ -250,8 +261,10 @@ class FRePoTrainer:
         metrics["grad_norm_x"] = self.syn.images.grad.norm()
         if self.syn.labels.requires_grad:
             metrics["grad_norm_y"] = self.syn.labels.grad.norm()
-        self.lamb.step()
-        online = self.pool.advance(self.syn.images.detach(), self.syn.labels.detach())
+        with record_function("frepo/lamb"):
+            self.lamb.step()
+        with record_function("frepo/online"):
+            online = self.pool.advance(self.syn.images.detach(), self.syn.labels.detach())
         if online is not None:
             metrics["online_loss"] = online
         return metrics
