@@ -123,6 +123,8 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     kwargs = dict(out=out, runs_dir=tmp_path / "runs", device="cpu", progress=False)
     text = reproduce.reproduce(1, "tiny", **kwargs)
     assert out.read_text() == text
+    notes = f"{reproduce.NOTES_MARKER}\n## Parity\nhand-written\n"
+    out.write_text(text + "\n" + notes)
     row = next(line for line in text.splitlines() if line.startswith("| Digits"))
     assert "| digits-ipc1-tiny | 2 × 32 | frepo protocol, 1 models × 3 steps | 80.0 ± 1.0 |" in row
     assert row.endswith("| done |")
@@ -135,6 +137,7 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     monkeypatch.setattr(importlib.import_module("frepo.evaluate"), "evaluate", no_evaluation)
     again = reproduce.reproduce(1, "tiny", **kwargs)
     assert f"| {saved['mean']:.2f} ± {saved['std']:.2f} | done |" in again
+    assert out.read_text() == again + "\n" + notes  # the table rewritten, the notes kept
 
     # --finished-only reports what has finished and runs nothing for the rest.
     monkeypatch.setattr(importlib.import_module("frepo.distill"), "distill", no_evaluation)

@@ -317,5 +317,15 @@ def reproduce(
                 )
     text = render(rows, table, spec, dry_run=dry_run, device=device, datasets=datasets, finished_only=finished_only)
     if not dry_run and out:
-        atomic_write_text(out, text)
+        atomic_write_text(out, text + kept_notes(Path(out)))
     return text
+
+
+# Hand-written notes below this line of the output file survive a rewrite of the table.
+NOTES_MARKER = "<!-- notes below this line are kept when `frepo reproduce` rewrites the table above -->"
+
+
+def kept_notes(path: Path) -> str:
+    """The marker and everything after it in an existing `path`, or nothing."""
+    old = path.read_text() if path.is_file() else ""
+    return "\n" + old[old.index(NOTES_MARKER) :] if NOTES_MARKER in old else ""
