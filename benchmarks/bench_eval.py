@@ -3,19 +3,23 @@
     python benchmarks/bench_eval.py [--sizes 10,100,500] [--models 5] [--steps 100] [--json OUT]
 
 For each set size: a random real subset of CIFAR-10 ($FREPO_DATA_DIR/cifar10.npz; size/10 images per
-class, standardised), evaluated with the reference protocol (`frepo` protocol: Conv width 128, Adam,
-one augmentation op per network and step) by `frepo.eval.evaluate_set` twice, `--together off` then
-`on`, same seed, on the same 2 000 test images. Reports wall seconds, ms per step of all N networks,
-achieved GFLOP/s (convolutions and matmuls counted over one step) against the fp32 matmul peak measured
-in the same run, and the accuracies of both (equal up to float rounding). `--steps` is per network: the
-reference table's 1000–5000 steps are hours on a 2-core CPU, and the time per step does not change.
-JSON keys per row: images, models, steps, mode (sequential|together), seconds, ms_per_step,
-gflops_per_step, achieved_gflops, peak_gflops, accuracies, mean.
+class, standardised); N networks trained with the reference protocol (`frepo` protocol: Conv width
+128, Adam, one augmentation op per network and step) one after the other (`--together off`), then all
+at once (`--together on`, `frepo.eval.together`), from the same seeds, and tested on the same 2 000 test
+images (every 5th: the file's test split is sorted by class). Reports the training wall seconds, ms per
+step of all N networks, achieved GFLOP/s (convolutions and matmuls of one step of the sequential path:
+the same useful work for both) against the fp32 matmul peak measured in the same run, and the
+accuracies (equal up to float rounding). `--steps` is per network: the reference table's 1000–5000 steps
+are hours on a 2-core CPU, and the time per step does not change over a run. `--compile` adds a third
+row per size: the sequential path with each network under torch.compile (a trial; its compile time is
+part of the wall time). JSON keys per row: images, models, steps, mode (sequential|together|compiled),
+seconds, ms_per_step, gflops_per_step, achieved_gflops, peak_gflops, accuracies, mean.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -62,12 +66,28 @@ def step_flops(ds: DistilledSet, models: int) -> int:
     return sum(count_flops(lambda g=g: train_reference_model(images, targets, gen=g, **kw)) for g in gens)
 
 
+@contextlib.contextmanager
+def compiled_models():
+    """The protocol's networks wrapped in torch.compile (static shapes; compile time is counted)."""
+    import frepo.eval.protocols.frepo as protocol
+
+    original = protocol.build_model
+    protocol.build_model = lambda *a, **k: torch.compile(original(*a, **k), dynamic=False)
+    try:
+        yield
+    finally:
+        protocol.build_model = original
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10,100,500")
     parser.add_argument("--models", type=int, default=5)
     parser.add_argument("--steps", default="100", help="steps per network: one value, or one per size")
     parser.add_argument("--json")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time the sequential path with torch.compile(model) (a trial)"
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     steps = [int(s) for s in args.steps.split(",")]
@@ -80,12 +100,17 @@ def main() -> None:
         images, targets = ds.images, ds.targets()
         kw = dict(num_classes=10, steps=n_steps, ops=reference_ops(True), device=cpu)
         streams = [f"eval/model{i}" for i in range(args.models)]
-        for mode in ("sequential", "together"):
+        for mode in ("sequential", "together") + (("compiled",) if args.compile else ()):
             start = time.perf_counter()  # training only; the test pass is the same work either way
             if mode == "together":
                 stacked = train_reference_models(images, targets, gens=[generator(0, s) for s in streams], **kw)
                 seconds = time.perf_counter() - start
                 accs = stacked.accuracies(test_x, test_y, cpu)
+            elif mode == "compiled":
+                with compiled_models():
+                    nets = [train_reference_model(images, targets, gen=generator(0, s), **kw) for s in streams]
+                seconds = time.perf_counter() - start
+                accs = [accuracy(net, test_x, test_y, cpu) for net in nets]
             else:
                 nets = [train_reference_model(images, targets, gen=generator(0, s), **kw) for s in streams]
                 seconds = time.perf_counter() - start
