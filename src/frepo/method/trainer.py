@@ -146,7 +146,7 @@ def meta_step(
     x_real: B×C×H×W preprocessed real images; y_real: B×K centred one-hot targets.
     """
     model.eval()  # batch norm uses running statistics in both feature passes
-    # The named phases (`PHASES`) let a profiler split the step (benchmarks/bench_step.py --phases).
+    # The named phases (`PHASES`) let a profiler split the step (benchmarks/bench_step.py).
     with record_function("frepo/real_features"), feature_precision(x_real.device, precision):
         feat_real = embed_no_grad(model, x_real).to(syn.images.dtype)  # back from bf16 when autocast
     x_s, y_s = syn.images, syn.labels
