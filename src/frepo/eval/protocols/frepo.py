@@ -90,21 +90,25 @@ def plan(setup: EvalSetup, options: FrepoOptions) -> Plan:
     return Plan(options.steps or reference_steps(len(setup.ds.images)))
 
 
-def train_and_test(setup: EvalSetup, options: FrepoOptions, stream: str) -> float:
+def _training(setup: EvalSetup, options: FrepoOptions) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(images, targets, keyword arguments) that every network of this set trains with."""
     ds, device = setup.ds, setup.device
-    model = train_reference_model(
-        ds.images.detach().to(device).float(),
-        ds.targets().detach().to(device).float(),
+    kwargs = dict(
         num_classes=ds.num_classes,
         steps=plan(setup, options).steps,
         ops=reference_ops(bool(ds.meta.get("mirror_invariant", True))),
-        gen=generator(setup.seed, stream),
         device=device,
         arch=setup.arch,
         width=setup.width,
         progress=setup.progress,
     )
-    return accuracy(model, setup.test_x, setup.test_y, device)
+    return ds.images.detach().to(device).float(), ds.targets().detach().to(device).float(), kwargs
+
+
+def train_and_test(setup: EvalSetup, options: FrepoOptions, stream: str) -> float:
+    images, targets, kwargs = _training(setup, options)
+    model = train_reference_model(images, targets, gen=generator(setup.seed, stream), **kwargs)
+    return accuracy(model, setup.test_x, setup.test_y, setup.device)
 
 
 def train_and_test_many(setup: EvalSetup, options: FrepoOptions, streams: list[str]) -> list[float] | None:
@@ -114,18 +118,8 @@ def train_and_test_many(setup: EvalSetup, options: FrepoOptions, streams: list[s
     shape = tuple(ds.images.shape[1:])
     if not stackable(build_model(setup.arch, shape, ds.num_classes, generator=torch.Generator(), width=setup.width)):
         return None
-    stacked = train_reference_models(
-        ds.images.detach().to(device).float(),
-        ds.targets().detach().to(device).float(),
-        num_classes=ds.num_classes,
-        steps=plan(setup, options).steps,
-        ops=reference_ops(bool(ds.meta.get("mirror_invariant", True))),
-        gens=[generator(setup.seed, name) for name in streams],
-        device=device,
-        arch=setup.arch,
-        width=setup.width,
-        progress=setup.progress,
-    )
+    images, targets, kwargs = _training(setup, options)
+    stacked = train_reference_models(images, targets, gens=[generator(setup.seed, s) for s in streams], **kwargs)
     return stacked.accuracies(setup.test_x, setup.test_y, device)
 
 
