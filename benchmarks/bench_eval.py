@@ -1,10 +1,12 @@
 """Evaluation wall time: N networks trained one after the other against all N at once (stacked, vmap).
 
-    python benchmarks/bench_eval.py [--sizes 10,100,500] [--models 5] [--steps 100] [--json OUT]
+    python benchmarks/bench_eval.py [--sizes 10,100,500] [--models 5] [--steps 100] [--dataset cifar10]
+                                    [--device cpu] [--compile] [--json OUT]
 
-For each set size: a random real subset of CIFAR-10 ($FREPO_DATA_DIR/cifar10.npz; size/10 images per
-class, standardised); N networks trained with the reference protocol (`frepo` protocol: Conv width
-128, Adam, one augmentation op per network and step) one after the other (`--together off`), then all
+For each set size: a random real subset of `--dataset` ($FREPO_DATA_DIR/<dataset>.npz, a 10-class set:
+cifar10, mnist, fashion_mnist; size/10 images per class, standardised); N networks trained with the
+reference protocol (`frepo` protocol: Conv width 128, Adam, one augmentation op per network and step;
+no flip on the digit sets) on `--device`, one after the other (`--together off`), then all
 at once (`--together on`, `frepo.eval.together`), from the same seeds, and tested on the same 2 000 test
 images (every 5th: the file's test split is sorted by class). Reports the training wall seconds, ms per
 step of all N networks, achieved GFLOP/s (convolutions and matmuls of one step of the sequential path:
@@ -13,7 +15,8 @@ accuracies (equal up to float rounding). `--steps` is per network: the reference
 are hours on a 2-core CPU, and the time per step does not change over a run. `--compile` adds a third
 row per size: the sequential path with each network under torch.compile (a trial; its compile time is
 part of the wall time). JSON keys per row: images, models, steps, mode (sequential|together|compiled),
-seconds, ms_per_step, gflops_per_step, achieved_gflops, peak_gflops, accuracies, mean.
+seconds, ms_per_step, gflops_per_step, achieved_gflops, peak_gflops, accuracies, mean; "environment" also
+holds the TF32 and bf16 matmul peaks on CUDA.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_step import count_flops, peak_matmul_gflops  # noqa: E402
+from bench_step import count_flops, peak_matmul_gflops, sync  # noqa: E402
 
 from frepo.base.rng import generator  # noqa: E402
 from frepo.data.preprocess import fit_preprocessing  # noqa: E402
@@ -43,27 +46,32 @@ from frepo.io.artifact import DistilledSet  # noqa: E402
 from frepo.method.krr import centered_one_hot  # noqa: E402
 
 
-def subset(size: int, seed: int = 0):
-    data = np.load(Path(os.environ.get("FREPO_DATA_DIR", "../shared/data")) / "cifar10.npz")
+def subset(size: int, dataset: str = "cifar10", seed: int = 0):
+    data = np.load(Path(os.environ.get("FREPO_DATA_DIR", "../shared/data")) / f"{dataset}.npz")
     rng = np.random.default_rng(seed)
     idx = np.concatenate(
         [rng.choice(np.flatnonzero(data["y_train"] == c), size // 10, replace=False) for c in range(10)]
     )
     pre = fit_preprocessing(data["x_train"][::10], "standard")
-    meta = {"dataset": "cifar10", "classes": [str(c) for c in range(10)], "mirror_invariant": True}
+    meta = {"dataset": dataset, "classes": [str(c) for c in range(10)], "mirror_invariant": dataset == "cifar10"}
     labels = torch.from_numpy(data["y_train"][idx]).long()
     ds = DistilledSet(pre(data["x_train"][idx]), labels, pre, meta)
     # Every 5th test image: the file's test split is sorted by class.
     return ds, pre(data["x_test"][::5]), torch.from_numpy(data["y_test"][::5]).long()
 
 
-def step_flops(ds: DistilledSet, models: int) -> int:
+def step_flops(ds: DistilledSet, models: int, device: torch.device) -> int:
     """FLOPs of one training step of `models` networks, forward and backward, as the sequential path
     dispatches them (the stacked path's batched kernels are counted as the same useful work)."""
-    images, targets = ds.images, centered_one_hot(ds.labels, 10)
-    kw = dict(num_classes=10, steps=1, ops=(), device=torch.device("cpu"), batch_size=500)
+    images, targets = ds.images.to(device), centered_one_hot(ds.labels, 10).to(device)
+    kw = dict(num_classes=10, steps=1, ops=(), device=device, batch_size=500)
     gens = [generator(0, f"eval/model{i}") for i in range(models)]
     return sum(count_flops(lambda g=g: train_reference_model(images, targets, gen=g, **kw)) for g in gens)
+
+
+def elapsed(start: float, device: torch.device) -> float:
+    sync(device)
+    return time.perf_counter() - start
 
 
 @contextlib.contextmanager
@@ -84,6 +92,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,100,500")
     parser.add_argument("--models", type=int, default=5)
     parser.add_argument("--steps", default="100", help="steps per network: one value, or one per size")
+    parser.add_argument("--dataset", default="cifar10", help="cifar10, mnist or fashion_mnist")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--json")
     parser.add_argument(
         "--compile", action="store_true", help="also time the sequential path with torch.compile(model) (a trial)"
@@ -92,30 +102,31 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     steps = [int(s) for s in args.steps.split(",")]
     steps = steps * len(sizes) if len(steps) == 1 else steps
-    cpu = torch.device("cpu")
-    peak = peak_matmul_gflops(cpu)
+    device = torch.device(args.device)
+    peak = peak_matmul_gflops(device)
     rows = []
     for size, n_steps in zip(sizes, steps):
-        ds, test_x, test_y = subset(size)
-        images, targets = ds.images, ds.targets()
-        kw = dict(num_classes=10, steps=n_steps, ops=reference_ops(True), device=cpu)
+        ds, test_x, test_y = subset(size, args.dataset)
+        images, targets = ds.images.to(device), ds.targets().to(device)
+        kw = dict(num_classes=10, steps=n_steps, ops=reference_ops(ds.meta["mirror_invariant"]), device=device)
         streams = [f"eval/model{i}" for i in range(args.models)]
         for mode in ("sequential", "together") + (("compiled",) if args.compile else ()):
+            sync(device)
             start = time.perf_counter()  # training only; the test pass is the same work either way
             if mode == "together":
                 stacked = train_reference_models(images, targets, gens=[generator(0, s) for s in streams], **kw)
-                seconds = time.perf_counter() - start
-                accs = stacked.accuracies(test_x, test_y, cpu)
+                seconds = elapsed(start, device)
+                accs = stacked.accuracies(test_x, test_y, device)
             elif mode == "compiled":
                 with compiled_models():
                     nets = [train_reference_model(images, targets, gen=generator(0, s), **kw) for s in streams]
-                seconds = time.perf_counter() - start
-                accs = [accuracy(net, test_x, test_y, cpu) for net in nets]
+                seconds = elapsed(start, device)
+                accs = [accuracy(net, test_x, test_y, device) for net in nets]
             else:
                 nets = [train_reference_model(images, targets, gen=generator(0, s), **kw) for s in streams]
-                seconds = time.perf_counter() - start
-                accs = [accuracy(net, test_x, test_y, cpu) for net in nets]
-            flops = step_flops(ds, args.models)  # the useful work, the same for both modes
+                seconds = elapsed(start, device)
+                accs = [accuracy(net, test_x, test_y, device) for net in nets]
+            flops = step_flops(ds, args.models, device)  # the useful work, the same for both modes
             ms = 1000 * seconds / n_steps
             row = {
                 "images": size, "models": args.models, "steps": n_steps, "mode": mode, "seconds": round(seconds, 2),
@@ -126,6 +137,9 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor()}
+    env.update(device=str(device), dataset=args.dataset)
+    if device.type == "cuda":  # the device's other matmul peaks, for the roofline
+        env.update({f"peak_{kind}_gflops": peak_matmul_gflops(device, kind=kind) for kind in ("tf32", "bf16")})
     if args.json:
         Path(args.json).write_text(json.dumps({"environment": env, "rows": rows}, indent=1) + "\n")
     print(

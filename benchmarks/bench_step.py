@@ -1,6 +1,6 @@
 """Time the FRePo outer step (meta-step + online update) and measure its memory and FLOPs.
 
-    python benchmarks/bench_step.py [--settings NAME,...] [--json OUT] [--set key=value ...]
+    python benchmarks/bench_step.py [--settings NAME,...] [--json OUT] [--set key=value ...] [--vs key=value]
 
 Each setting runs in its own process (so peak memory is that setting's) on random data shaped like
 the dataset and of its full training-set size, resident on the device, through `FRePoTrainer.step()`
@@ -10,6 +10,9 @@ the fp32 peak is measured in the same run by a 4096² float32 matrix product (on
 and the table reports the fraction of it that the step achieves; a second table splits one profiled step
 into the trainer's phases (real-batch features, support forward, solve, meta-backward, LAMB, online
 update) with the ms and GFLOP/s of each. `--set` overrides config fields (e.g. `--set channels_last=true`).
+`--vs key=value` also builds a second trainer with that override and alternates its timed steps with the
+first's in the same process (A B A B ...): the ratio, pair by pair, holds when this shared machine's speed
+drifts (e.g. `--vs compile=on`; its warm-up steps pay the compilation; peak memory is then both trainers').
 """
 
 from __future__ import annotations
@@ -78,7 +81,8 @@ def count_flops(fn, by=None) -> int | dict[str, int]:
                 totals[key] = totals.get(key, 0) + formula(*args, **kwargs, out_val=out)
             return out
 
-    with Counter():
+    # Compiled passes (`--set compile=on`) run eagerly here: the counter sees the same useful work.
+    with torch._dynamo.config.patch(disable=True), Counter():
         fn()
     return totals if by else totals.get("", 0)
 
@@ -141,17 +145,12 @@ def parse_value(text: str):
     return text
 
 
-def run_one(name: str, overrides: dict, warmup: int, repeats: int, device_name: str, tune: bool) -> dict:
-    from frepo.base.device import resolve_device
+def make_trainer(name: str, overrides: dict, device: torch.device):
     from frepo.base.fields import set_leaf
-    from frepo.base.perf import tune_cpu_allocator
     from frepo.config import DistillConfig
     from frepo.method.trainer import FRePoTrainer
 
-    tuned = tune_cpu_allocator() if tune else False  # as the frepo CLI does
-
     shape, classes, ipc, batch, flip, n_train = SETTINGS[name]
-    device = resolve_device(device_name)
     config = DistillConfig(ipc=ipc, batch_size=batch, use_flip=flip, steps=500_000)
     for key, value in overrides.items():
         set_leaf(config, key, value)
@@ -159,17 +158,39 @@ def run_one(name: str, overrides: dict, warmup: int, repeats: int, device_name: 
     layout = torch.channels_last if config.channels_last else torch.contiguous_format
     x_train = torch.empty(n_train, *shape, memory_format=layout).normal_(generator=gen)  # one copy, as a run
     y_train = torch.arange(n_train) % classes
-    trainer = FRePoTrainer(config, x_train, y_train, classes, device)
-    del x_train  # the trainer holds its own (device) copy, as in a run
+    return FRePoTrainer(config, x_train, y_train, classes, device)  # the trainer holds its own (device) copy
+
+
+def timed_step(trainer, device: torch.device) -> tuple[float, dict]:
+    sync(device)
+    t = time.perf_counter()
+    metrics = trainer.step()
+    sync(device)
+    return time.perf_counter() - t, metrics
+
+
+def run_one(
+    name: str, overrides: dict, warmup: int, repeats: int, device_name: str, tune: bool, vs: dict | None = None
+) -> dict:
+    from frepo.base.device import resolve_device
+    from frepo.base.perf import tune_cpu_allocator
+
+    tuned = tune_cpu_allocator() if tune else False  # as the frepo CLI does
+    device = resolve_device(device_name)
+    trainer = make_trainer(name, overrides, device)
+    # --vs: a second trainer with more overrides, its steps alternating with the first's (A B A B ...),
+    # so that a drift of the machine's speed hits both alike; the ratio is taken pair by pair.
+    other = make_trainer(name, {**overrides, **vs}, device) if vs else None
     for _ in range(warmup):
         trainer.step()
-    times = []
+        if other:
+            other.step()
+    times, other_times = [], []
     for _ in range(repeats):
-        sync(device)
-        t = time.perf_counter()
-        metrics = trainer.step()
-        sync(device)
-        times.append(time.perf_counter() - t)
+        seconds, metrics = timed_step(trainer, device)
+        times.append(seconds)
+        if other:
+            other_times.append(timed_step(other, device)[0])
     assert torch.isfinite(metrics["loss"]), "non-finite loss in the benchmark"
     gflops = count_flops(trainer.step) / 1e9
     phases = phase_split(trainer.step, device)
@@ -181,7 +202,7 @@ def run_one(name: str, overrides: dict, warmup: int, repeats: int, device_name: 
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ms = statistics.median(times) * 1000
     peak = peak_matmul_gflops(device)
-    return {
+    row = {
         "setting": name,
         "ms_per_step": ms,
         "peak_mb": peak_mb,
@@ -199,6 +220,17 @@ def run_one(name: str, overrides: dict, warmup: int, repeats: int, device_name: 
         "overrides": overrides,
         "allocator_tuned": tuned,
     }
+    if other:
+        ratios = [b / a for a, b in zip(times, other_times)]
+        row["vs"] = {
+            "overrides": vs,
+            "ms_per_step": statistics.median(other_times) * 1000,
+            "times_ms": [t * 1000 for t in other_times],
+            "ratio_median": statistics.median(ratios),  # its time / the first's, pair by pair
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
+        }
+    return row
 
 
 def main() -> None:
@@ -206,6 +238,13 @@ def main() -> None:
     parser.add_argument("--settings", default=DEFAULT, help=f"comma-separated, from: {', '.join(SETTINGS)}")
     parser.add_argument("--json", help="write a JSON list of result objects here")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    parser.add_argument(
+        "--vs",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="time a second trainer with this override too, its steps alternating with the first's (paired)",
+    )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="auto")
@@ -214,28 +253,32 @@ def main() -> None:
     args = parser.parse_args()
     overrides = dict(item.split("=", 1) for item in args.set)
     overrides = {k: parse_value(v) for k, v in overrides.items()}
+    vs = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.vs)}
     if args.one:
-        print(
-            json.dumps(run_one(args.one, overrides, args.warmup, args.repeats, args.device, not args.no_tune_allocator))
-        )
+        row = run_one(args.one, overrides, args.warmup, args.repeats, args.device, not args.no_tune_allocator, vs)
+        print(json.dumps(row))
         return
     rows = []
     for name in args.settings.split(","):
         if name not in SETTINGS:
             sys.exit(f"unknown setting {name!r}; known: {', '.join(SETTINGS)}")
         repeats = max(2, args.repeats // 3) if name == "cifar100-ipc50-flip" else args.repeats
-        cmd = [
-            sys.executable,
-            __file__,
-            "--one",
-            name,
-            "--warmup",
-            str(args.warmup),
-            "--repeats",
-            str(repeats),
-            "--device",
-            args.device,
-        ] + [f"--set={s}" for s in args.set]
+        cmd = (
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                name,
+                "--warmup",
+                str(args.warmup),
+                "--repeats",
+                str(repeats),
+                "--device",
+                args.device,
+            ]
+            + [f"--set={s}" for s in args.set]
+            + [f"--vs={s}" for s in args.vs]
+        )
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         r = rows[-1]
@@ -254,6 +297,16 @@ def main() -> None:
             f"| {r['setting']} | {r['ms_per_step']:.0f} | {r['peak_mb']:.0f} | {r['gflops_per_step']:.1f} | "
             f"{r['achieved_gflops']:.1f} | {r['peak_gflops']:.1f} | {r['fraction_of_peak']:.0%} |"
         )
+    if vs:
+        print(f"\nPaired against {vs} (steps alternating in one process; ratio = its time / the first's):\n")
+        print("| setting | ms/step | with the override | ratio (median) | ratio (min–max) |")
+        print("|---|---|---|---|---|")
+        for r in rows:
+            v = r["vs"]
+            print(
+                f"| {r['setting']} | {r['ms_per_step']:.0f} | {v['ms_per_step']:.0f} | {v['ratio_median']:.2f} | "
+                f"{v['ratio_min']:.2f}–{v['ratio_max']:.2f} |"
+            )
     print("\nWhere the step goes (one profiled step; GFLOP/s against the fp32 peak above):\n")
     names = list(rows[0]["phases"])
     print("| setting | " + " | ".join(f"{n} ms (GFLOP/s)" for n in names) + " |")

@@ -6,6 +6,13 @@
 #   3. reproduce: Table 1 at the cpu-small budget for MNIST and Fashion-MNIST, distilled and evaluated here;
 #   4. bench: the outer-step benchmark (deterministic kernels, the default); bench-nondet: two settings
 #      with cuDNN's default (non-deterministic) algorithms, for the cost of determinism.
+#   Issue 11 (the step near the hardware limit), PARTS="tests roofline precision eval long":
+#   5. roofline: the step eager against compiled + CUDA graphs (paired, --vs), in float32/TF32 and with
+#      both feature passes in bf16, with the TF32 and bf16 matmul peaks of the same run;
+#   6. precision: the meta-gradient under bf16 against float32 (bench_precision.py, MNIST IPC 10);
+#   7. eval: 5 evaluation networks one after the other against stacked (bench_eval.py, MNIST, 10/100/500);
+#   8. long: an MNIST IPC 10 distillation of LONG_STEPS steps (default 20000) with STEP_FLAGS (e.g.
+#      "--compile cudagraphs"), then a 5-model evaluation (a row of docs/reproduction.md, with its budget).
 # Usage, from the repository root of a machine with a CUDA GPU and torch:
 #   FREPO_DATA_DIR=DIR SETS=DIR RESULTS=DIR [PARTS="tests dsa ..."] bash benchmarks/gpu_session.sh
 # DIR of FREPO_DATA_DIR holds mnist.npz and fashion_mnist.npz; SETS holds the random subsets made with
@@ -68,4 +75,24 @@ want bench && part "outer-step benchmark" && timeout 240 "$PY" benchmarks/bench_
 want bench-nondet && part "outer-step benchmark, cuDNN's default algorithms" && timeout 120 "$PY" \
   benchmarks/bench_step.py --device cuda --warmup 10 --repeats 30 --set deterministic=false \
   --settings cifar10-ipc10-b1024-flip,cifar100-ipc50-flip --json "$RESULTS/bench_step_gpu_nondet.json"
+want roofline && part "roofline: eager vs compiled + CUDA graphs" && for flags in "" "--set precision=bf16 --set support_precision=bf16"; do
+  # shellcheck disable=SC2086
+  timeout 200 "$PY" benchmarks/bench_step.py --device cuda --warmup 10 --repeats 30 --vs compile=cudagraphs $flags \
+    --settings cifar10-ipc10-b1024-flip,cifar100-ipc50-flip --json "$RESULTS/roofline-gpu${flags:+-bf16}.json"
+done
+want precision && part "meta-gradient precision" && timeout 120 "$PY" benchmarks/bench_precision.py --device cuda \
+  --dataset mnist --ipc 10 --batch 256 --warm-steps 100 --models 5 --json "$RESULTS/precision-gpu.json"
+want eval && part "evaluation: sequential vs stacked" && timeout 150 "$PY" benchmarks/bench_eval.py --device cuda \
+  --dataset mnist --sizes 10,100,500 --steps 300 --json "$RESULTS/bench_eval_gpu.json"
+if want long; then
+  part "MNIST IPC 10, ${LONG_STEPS:=20000} steps, then 5 evaluation networks"
+  # Pick LONG_STEPS from the roofline's ms/step and the minutes left; a run cut by the time limit
+  # checkpoints and resumes with the same command.
+  # shellcheck disable=SC2086
+  timeout 300 "${FREPO[@]}" distill --dataset mnist --ipc 10 --device cuda --steps "$LONG_STEPS" \
+    --out runs/gpu-long ${STEP_FLAGS:-} 2>&1 | grep -v "distill:" | tail -5
+  timeout 150 "${FREPO[@]}" evaluate runs/gpu-long/distilled.safetensors --models 5 --device cuda \
+    --json "$RESULTS/long-mnist-ipc10.json" 2>&1 | grep -v "evaluate (" | tail -5
+  cp runs/gpu-long/metrics.jsonl runs/gpu-long/config.json "$RESULTS/" 2>/dev/null
+fi
 part "done"

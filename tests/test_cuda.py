@@ -69,8 +69,55 @@ def test_gpu_trainer_follows_the_cpu_trainer_through_pool_resets(exact_fp32):
     for _ in range(20):
         mc, mg = cpu.step(), gpu.step()
     assert gpu.pool.resets == cpu.pool.resets > 0
+    assert gpu.pool.optimizers[0].defaults["fused"] and not cpu.pool.optimizers[0].defaults["fused"]
     torch.testing.assert_close(mg["loss"].cpu(), mc["loss"], rtol=1e-3, atol=1e-5)
     torch.testing.assert_close(gpu.syn.images.detach().cpu(), cpu.syn.images.detach(), rtol=1e-3, atol=1e-4)
+
+
+def _small_trainer(device, **options) -> FRePoTrainer:
+    config = DistillConfig(ipc=2, batch_size=64, steps=100, use_flip=True, channels_last=False, **options)
+    config.model.width = 16
+    config.pool.num_models, config.pool.max_online_updates = 2, 4  # resets every few steps
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(256, 3, 16, 16, generator=gen), torch.arange(256) % 4
+    return FRePoTrainer(config, x, y, 4, device)
+
+
+def test_outer_steps_between_log_steps_never_wait_for_the_gpu():
+    """No host synchronisation inside a step (online updates, pool resets and all): torch's sync debug
+    mode turns any synchronising call (.item(), a blocking copy, a data-dependent shape) into an error."""
+    trainer = _small_trainer(CUDA)
+    trainer.step()  # the first step allocates the optimiser states
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(12):
+            metrics = trainer.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert trainer.pool.resets > 0 and torch.isfinite(metrics["loss"]).item()
+
+
+@pytest.mark.parametrize("mode", ["on", "cudagraphs"])
+def test_compiled_gpu_step_follows_the_eager_gpu_step(exact_fp32, mode):
+    """torch.compile'd passes on the GPU (and captured in CUDA graphs): the same run to float rounding
+    through model swaps, online steps and resets."""
+    eager, compiled = _small_trainer(CUDA), _small_trainer(CUDA, compile=mode)
+    start = eager.syn.images.detach().clone()
+    for _ in range(12):
+        me, mc = eager.step(), compiled.step()
+        torch.testing.assert_close(mc["loss"], me["loss"], rtol=1e-3, atol=1e-5)
+    assert compiled.pool.resets == eager.pool.resets > 0
+    assert (compiled.syn.images - eager.syn.images).norm() < 1e-2 * (eager.syn.images - start).norm()
+
+
+def test_bf16_support_forward_on_gpu_keeps_the_meta_gradient_direction(meta_problem):
+    grads = {}
+    for support in ("fp32", "bf16"):
+        model, syn, x_real, y_real = meta_problem("cuda")
+        meta_step(model, syn, x_real, y_real, True, 1e-6, 0, support, support)
+        grads[support] = syn.images.grad.flatten()
+    assert torch.nn.functional.cosine_similarity(grads["fp32"], grads["bf16"], dim=0) > 0.95
 
 
 def test_distill_run_on_gpu_repeats_and_resumes_bit_for_bit(tmp_path, monkeypatch):

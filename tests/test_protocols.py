@@ -64,7 +64,7 @@ def test_dsa_training_schedule_batches_and_shuffling(monkeypatch):
     # = 3 and the optimiser is rebuilt (fresh momentum).
     assert [len(b) for b in batches] == [256, 44] * 5
     assert steps == [0.01] * 8 + [pytest.approx(0.001)] * 2
-    assert len(made) == 2 and made[0] == {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}
+    assert len(made) == 2 and made[0] == {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "fused": None}
     assert made[1]["lr"] == pytest.approx(0.001) and made[1]["momentum"] == 0.9
     passes = [batches[i] + batches[i + 1] for i in range(0, 10, 2)]
     assert all(sorted(p) == list(range(300)) for p in passes)  # every image once per epoch

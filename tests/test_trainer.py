@@ -8,9 +8,9 @@ from frepo.config import DistillConfig
 from frepo.method.trainer import BatchSampler, FRePoTrainer, meta_step
 
 
-def _grads(meta_problem, chunk_size=0, precision="fp32", use_flip=True):
+def _grads(meta_problem, chunk_size=0, precision="fp32", use_flip=True, support_precision="fp32"):
     model, syn, x_real, y_real = meta_problem()
-    metrics = meta_step(model, syn, x_real, y_real, use_flip, 1e-6, chunk_size, precision)
+    metrics = meta_step(model, syn, x_real, y_real, use_flip, 1e-6, chunk_size, precision, support_precision)
     return metrics["loss"], syn.images.grad.clone(), syn.labels.grad.clone()
 
 
@@ -29,6 +29,46 @@ def test_bf16_real_feature_pass_stays_close_to_fp32(meta_problem):
     assert abs(float(loss_b) - float(loss)) < 0.05 * abs(float(loss)) + 1e-3
     cosine = torch.nn.functional.cosine_similarity(gx.flatten(), gx_b.flatten(), dim=0)
     assert cosine > 0.95
+
+
+def test_bf16_support_forward_stays_close_to_fp32(meta_problem):
+    """The meta-gradient flows back through the support forward; under bf16 autocast it keeps its direction
+    (a wrong cast, e.g. labels or the solve in bf16, or a lost gradient, would not)."""
+    loss, gx, gy = _grads(meta_problem)
+    loss_b, gx_b, gy_b = _grads(meta_problem, precision="bf16", support_precision="bf16")
+    assert gx_b.dtype == gx.dtype == torch.float32
+    assert abs(float(loss_b) - float(loss)) < 0.05 * abs(float(loss)) + 1e-3
+    for exact, low in ((gx, gx_b), (gy, gy_b)):
+        assert torch.nn.functional.cosine_similarity(exact.flatten(), low.flatten(), dim=0) > 0.95
+
+
+def test_compiled_step_follows_the_eager_step_and_compiles_each_pass_once():
+    """torch.compile'd network passes: the same run to float rounding, through the pool's model swaps,
+    online steps and a reset, with one graph per pass (support features with gradient, real features
+    without, the online step's logits): swapping or re-initialising a model recompiles nothing."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+
+    def trainer(mode: str) -> FRePoTrainer:
+        config = DistillConfig(ipc=2, batch_size=32, steps=40, use_flip=True, compile=mode)
+        config.model.width = 16
+        config.pool.num_models, config.pool.max_online_updates = 2, 4  # a reset within the first steps
+        gen = torch.Generator().manual_seed(1)
+        x, y = torch.randn(128, 3, 16, 16, generator=gen), torch.arange(128) % 4
+        return FRePoTrainer(config, x, y, 4, torch.device("cpu"))
+
+    eager, compiled = trainer("off"), trainer("on")
+    start = eager.syn.images.detach().clone()
+    for _ in range(10):
+        me, mc = eager.step(), compiled.step()
+        torch.testing.assert_close(mc["loss"], me["loss"], rtol=1e-4, atol=1e-6)
+    assert compiled.pool.resets == eager.pool.resets > 0
+    assert (compiled.syn.images - eager.syn.images).norm() < 1e-3 * (eager.syn.images - start).norm()
+    assert counters["stats"]["unique_graphs"] == 3
+    torch._dynamo.reset()
 
 
 def _trainer(channels_last: bool) -> FRePoTrainer:

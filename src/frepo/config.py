@@ -15,6 +15,7 @@ from .base.fields import check_choices, check_finite, nested, opt
 NORMS = ("batch", "instance", "none")
 PREPROCESS_KINDS = ("auto", "standard", "zca", "zca_block", "none")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
+COMPILE_MODES = ("off", "on", "cudagraphs")
 STREAM_MODES = ("auto", "on", "off")
 POOL_MODES = ("replicated", "per-rank")
 STREAM_AUTO_BYTES = 2 * 1024**3
@@ -170,6 +171,18 @@ class DistillConfig:
     )
     precision: str = opt(
         "auto", "real-batch feature pass: fp32, tf32, bf16 or auto (tf32 on CUDA, else fp32)", choices=PRECISIONS
+    )
+    support_precision: str = opt(
+        "fp32",
+        "support-set forward, which the meta-gradient flows back through: fp32 or bf16 (autocast; its "
+        "meta-gradient error is measured in docs/benchmarks.md)",
+        choices=("fp32", "bf16"),
+    )
+    compile: str = opt(
+        "off",
+        "torch.compile the step's network passes: off, on (inductor, static shapes) or cudagraphs (on, plus "
+        "CUDA graphs); the first steps pay the compilation",
+        choices=COMPILE_MODES,
     )
     channels_last: bool = opt(True, "channels-last memory layout for the convolutions (faster on CPU and GPU)")
     deterministic: bool = opt(

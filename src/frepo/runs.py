@@ -34,9 +34,11 @@ from .base.lock import LOCK, FolderLock
 from .base.version import __version__
 from .config import DistillConfig
 
-# Settings that may change between a run and its resumption: they do not change the result.
+# Settings that may change between a run and its resumption: they do not change the result (device and
+# compile: the same maths, rounded in another order).
 ALWAYS_RESUMABLE = {
     "device",
+    "compile",
     "log_every",
     "checkpoint_every",
     "snapshot_every",

@@ -20,7 +20,7 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 from tqdm.auto import trange
 
 from ..method.krr import mse_loss
-from ..method.optim import set_lr, warmup_cosine
+from ..method.optim import optax_adam, set_lr, warmup_cosine
 from ..models import build_model
 from .augment import random_op
 
@@ -81,7 +81,7 @@ def train_reference_models(
     stacked = Stacked(models, device)
     stacked.template.train()
     params = list(stacked.params.values())
-    optimizer = torch.optim.Adam(params, lr=0.0, betas=(0.9, 0.999), eps=1e-8)
+    optimizer = optax_adam(params, lr=0.0)
     schedule = warmup_cosine(lr, min(warmup, steps // 2), steps, alpha=0.01)
     n = len(images)
     bs = min(n, batch_size)

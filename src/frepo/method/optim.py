@@ -71,6 +71,18 @@ class Lamb(torch.optim.Optimizer):
                 p.sub_(update * (lr * trust))
 
 
+def on_cuda(params: list[torch.Tensor]) -> bool | None:
+    """`fused=` for torch's optimisers: True when every tensor is on CUDA (one fused kernel updates them
+    all, instead of a dozen launches per step), else None (torch's default, so CPU results are unchanged)."""
+    return True if params and all(p.is_cuda for p in params) else None
+
+
+def optax_adam(params, lr: float) -> torch.optim.Adam:
+    """optax.adam's defaults (b1 .9, b2 .999, eps 1e-8), fused on CUDA."""
+    params = list(params)
+    return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=on_cuda(params))
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr

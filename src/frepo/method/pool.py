@@ -21,6 +21,7 @@ from ..base.rng import randint
 from ..config import PoolConfig
 from ..models import init_flax_defaults_
 from .krr import mse_loss
+from .optim import optax_adam
 
 
 class ModelPool:
@@ -31,8 +32,10 @@ class ModelPool:
         generator: torch.Generator,
         device: torch.device,
         init_generator: torch.Generator | None = None,
+        forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
     ):
         self.cfg = cfg
+        self.forward = forward or (lambda model, x: model(x))  # the trainer's (maybe compiled) logits pass
         self.generator = generator
         self.init_generator = init_generator if init_generator is not None else generator
         self.models = [make_model(self.init_generator).to(device) for _ in range(cfg.num_models)]
@@ -43,8 +46,7 @@ class ModelPool:
         self.resets = 0
 
     def _adam(self, model: nn.Module) -> torch.optim.Adam:
-        # optax.adam defaults: b1 .9, b2 .999, eps 1e-8, constant learning rate.
-        return torch.optim.Adam(model.parameters(), lr=self.cfg.online_lr, betas=(0.9, 0.999), eps=1e-8)
+        return optax_adam(model.parameters(), lr=self.cfg.online_lr)  # constant learning rate
 
     @property
     def model(self) -> nn.Module:
@@ -72,11 +74,12 @@ class ModelPool:
     def _online_step(self, i: int, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         n, batch = len(images), self.cfg.online_batch_size
         if n > batch:
-            idx = torch.randperm(n, generator=self.generator)[:batch].to(images.device)
+            # non_blocking: no host synchronisation with the GPU (the indices are staged at once).
+            idx = torch.randperm(n, generator=self.generator)[:batch].to(images.device, non_blocking=True)
             images, labels = images[idx], labels[idx]
         model, opt = self.models[i], self.optimizers[i]
         model.train()
-        loss = mse_loss(model(images), labels)
+        loss = mse_loss(self.forward(model, images), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

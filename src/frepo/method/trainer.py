@@ -18,7 +18,7 @@ from ..base.device import deterministic_kernels
 from ..base.dist import DistContext
 from ..base.prefetch import Prefetcher
 from ..base.rng import generator
-from ..config import DistillConfig
+from ..config import COMPILE_MODES, DistillConfig
 from ..models import Conv
 from .krr import centered_one_hot, krr_weights, label_margin_loss, mse_loss
 from .optim import Lamb, cosine_decay
@@ -82,22 +82,57 @@ def _equal_chunks(x: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, ...]:
     return torch.tensor_split(x, -(-len(x) // chunk_size))
 
 
-def embed(model: torch.nn.Module, x: torch.Tensor, chunk_size: int = 0) -> torch.Tensor:
-    """Features of x (N×C×H×W -> N×D), differentiable in x. With 0 < chunk_size < N the forward runs
-    in chunks under activation checkpointing: memory grows with the chunk, not with N (large support
-    sets), for the price of a second forward pass in the backward."""
-    if chunk_size <= 0 or len(x) <= chunk_size:
-        return model.embed(x)
-    from torch.utils.checkpoint import checkpoint
-
-    return torch.cat([checkpoint(model.embed, part, use_reentrant=False) for part in _equal_chunks(x, chunk_size)])
+def _embed(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model.embed(x)
 
 
-@torch.no_grad()
-def embed_no_grad(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if len(x) <= REAL_CHUNK:
-        return model.embed(x)
-    return torch.cat([model.embed(part) for part in _equal_chunks(x, REAL_CHUNK)])
+def _logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x)
+
+
+class Passes:
+    """The network passes of a step, eager or under torch.compile: `features` (differentiable in x, the
+    support set), `features_no_grad` (the real batch) and `logits` (the pool's online step).
+
+    mode "on": torch.compile (inductor) with static shapes; "cudagraphs": the same plus CUDA graphs
+    (torch's "reduce-overhead" mode; CUDA only). The pool's models are instances of one class with
+    parameters of the same shapes, and torch.compile takes a module's parameters as inputs, so swapping
+    the current model, its online updates and its re-initialisation reuse the compiled code
+    (tests/test_trainer.py counts the compilations). Inductor's kernels sum in another order than
+    eager ones: results agree to float rounding, not bit for bit.
+    """
+
+    def __init__(self, mode: str = "off"):
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode {mode!r}; use one of {COMPILE_MODES}")
+        self.mode = mode
+        self._embed, self._logits = _embed, _logits
+        if mode != "off":
+            options = {"dynamic": False, "mode": "reduce-overhead" if mode == "cudagraphs" else None}
+            self._embed, self._logits = torch.compile(_embed, **options), torch.compile(_logits, **options)
+
+    def features(self, model: torch.nn.Module, x: torch.Tensor, chunk_size: int = 0) -> torch.Tensor:
+        """Features of x (N×C×H×W -> N×D), differentiable in x. With 0 < chunk_size < N the forward runs
+        in chunks under activation checkpointing: memory grows with the chunk, not with N (large support
+        sets), for the price of a second forward pass in the backward."""
+        if chunk_size <= 0 or len(x) <= chunk_size:
+            return self._embed(model, x)
+        from torch.utils.checkpoint import checkpoint
+
+        parts = _equal_chunks(x, chunk_size)
+        return torch.cat([checkpoint(self._embed, model, part, use_reentrant=False) for part in parts])
+
+    @torch.no_grad()
+    def features_no_grad(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if len(x) <= REAL_CHUNK:
+            return self._embed(model, x)
+        return torch.cat([self._embed(model, part) for part in _equal_chunks(x, REAL_CHUNK)])
+
+    def logits(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return self._logits(model, x)
+
+
+EAGER = Passes("off")
 
 
 def feature_precision(device: torch.device, precision: str):
@@ -140,20 +175,25 @@ def meta_step(
     reg: float,
     chunk_size: int = 0,
     precision: str = "fp32",
+    support_precision: str = "fp32",
+    passes: Passes | None = None,
 ) -> dict[str, torch.Tensor]:
     """One meta-gradient: sets .grad of the synthetic set's trainable tensors; returns detached metrics.
 
-    x_real: B×C×H×W preprocessed real images; y_real: B×K centred one-hot targets.
+    x_real: B×C×H×W preprocessed real images; y_real: B×K centred one-hot targets. `precision` is the
+    real-batch feature pass's (`feature_precision`), `support_precision` the support forward's (fp32 or
+    bf16: the meta-gradient flows back through it). `passes`: the network passes (compiled or eager).
     """
+    passes = passes or EAGER
     model.eval()  # batch norm uses running statistics in both feature passes
     # The named phases (`PHASES`) let a profiler split the step (benchmarks/bench_step.py).
     with record_function("frepo/real_features"), feature_precision(x_real.device, precision):
-        feat_real = embed_no_grad(model, x_real).to(syn.images.dtype)  # back from bf16 when autocast
+        feat_real = passes.features_no_grad(model, x_real).to(syn.images.dtype)  # back from bf16 under autocast
     x_s, y_s = syn.images, syn.labels
     if use_flip:
         x_s, y_s = torch.cat([x_s, x_s.flip(-1)]), torch.cat([y_s, y_s])
-    with record_function("frepo/support_forward"):
-        feat_s = embed(model, x_s, chunk_size)
+    with record_function("frepo/support_forward"), feature_precision(x_s.device, support_precision):
+        feat_s = passes.features(model, x_s, chunk_size).to(syn.images.dtype)
     with record_function("frepo/solve"):
         weights = krr_weights(feat_s, y_s, reg)
         pred = feat_real @ weights
@@ -221,7 +261,8 @@ class FRePoTrainer:
         self.per_rank_pool = config.pool.pool_mode == "per-rank" and self.ctx.enabled
         # Per rank: this rank's own initialisations; the slot draws and online subsamples stay shared.
         init_generator = generator(seed, f"pool-init-rank{self.ctx.rank}") if self.per_rank_pool else None
-        self.pool = ModelPool(make_model, config.pool, pool_generator, device, init_generator)
+        self.passes = Passes(config.compile)
+        self.pool = ModelPool(make_model, config.pool, pool_generator, device, init_generator, self.passes.logits)
         if self.ctx.enabled:
             self._sync_pool_gradients()
         self.sampler = BatchSampler(len(x_train), config.batch_size, generator(seed, "batches"))
@@ -256,6 +297,8 @@ class FRePoTrainer:
             cfg.krr_reg,
             cfg.chunk_size,
             cfg.precision,
+            cfg.support_precision,
+            self.passes,
         )
         self.ctx.mean_([p.grad for p in self.syn.trainable()])
         metrics["grad_norm_x"] = self.syn.images.grad.norm()

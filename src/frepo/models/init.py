@@ -29,7 +29,8 @@ def _draw_(tensor: torch.Tensor, generator: torch.Generator | None, fill) -> tor
         if generator is None or tensor.device == generator.device:
             fill(tensor)
         else:
-            tensor.copy_(fill(torch.empty_like(tensor, device=generator.device)))
+            # non_blocking: a pageable host source is staged at once, and the GPU stream is not waited for.
+            tensor.copy_(fill(torch.empty_like(tensor, device=generator.device)), non_blocking=True)
     return tensor
 
 

@@ -22,6 +22,7 @@ from tqdm.auto import trange
 from ...base.errors import FrepoError
 from ...base.fields import opt
 from ...base.rng import generator
+from ...method.optim import on_cuda
 from ...models import build_model, eval_layout
 from ..augment_dsa import DSA_OPS, dsa_augment
 from ..protocol import EvalSetup, Plan, Protocol, accuracy
@@ -91,13 +92,14 @@ def train_dsa_model(
     images = images.contiguous(memory_format=layout)
 
     def optimiser(rate: float) -> torch.optim.Optimizer:
-        return torch.optim.SGD(model.parameters(), lr=rate, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+        params = list(model.parameters())
+        return torch.optim.SGD(params, lr=rate, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, fused=on_cuda(params))
 
     sgd = optimiser(lr)
     n = len(images)
     for epoch in trange(epochs + 1, desc="train", unit="epoch", leave=False, disable=not progress, mininterval=1.0):
         model.train()
-        order = torch.randperm(n, generator=train_gen).to(device)
+        order = torch.randperm(n, generator=train_gen).to(device, non_blocking=True)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             x = dsa_augment(images[idx], train_gen, ops) if ops else images[idx]

@@ -17,7 +17,7 @@ from ...base.errors import FrepoError
 from ...base.fields import opt
 from ...base.rng import generator
 from ...method.krr import mse_loss
-from ...method.optim import set_lr, warmup_cosine
+from ...method.optim import optax_adam, set_lr, warmup_cosine
 from ...models import build_model, eval_layout
 from ..augment import random_op, reference_ops
 from ..protocol import EvalSetup, Plan, Protocol, accuracy
@@ -67,7 +67,7 @@ def train_reference_model(
     model = model.to(device, memory_format=layout)
     images = images.contiguous(memory_format=layout)
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.0, betas=(0.9, 0.999), eps=1e-8)
+    optimizer = optax_adam(model.parameters(), lr=0.0)
     # Warm-up takes at most half the run: the reference table never asks for fewer than 1000 steps,
     # so its evaluations are unchanged, and short validation runs still reach the cosine phase.
     schedule = warmup_cosine(lr, min(warmup, steps // 2), steps, alpha=0.01)
