@@ -209,3 +209,26 @@ def test_one_result_per_architecture_with_checksum_and_seeds(tmp_path, blobs):
     for r in results:
         assert r.extra["file"] == str(path) and len(r.extra["file_checksum"]) == 64
         assert r.extra["num_images"] == 6 and r.extra["model_streams"] == ["krr/model0", "krr/model1"]
+
+
+def test_frepo_protocol_compiles_long_cpu_evaluations_and_the_compiled_network_trains_alike():
+    """`--compile auto` compiles only where it measured faster (CPU, >= 100 images and >= 1000 steps), and a
+    compiled network trains as the eager one (same parameters and draws; float rounding apart)."""
+    from frepo.eval.protocols.frepo import FrepoOptions, train_reference_model
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    auto = FrepoOptions()
+    assert auto.compiles(100, 1000, cpu) and not auto.compiles(99, 1000, cpu) and not auto.compiles(100, 999, cpu)
+    assert not auto.compiles(500, 5000, cuda) and FrepoOptions(compile="on").compiles(10, 5, cuda)
+    with pytest.raises(FrepoError, match="compile"):
+        EvalConfig.build(compile="sometimes")
+    gen = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(12, 3, 8, 8, generator=gen), torch.arange(12) % 3
+    targets = torch.nn.functional.one_hot(labels, 3).float() - 1 / 3
+    kw = dict(num_classes=3, steps=4, ops=("flip", "crop"), device=cpu, width=8)
+    eager = train_reference_model(images, targets, gen=torch.Generator().manual_seed(1), **kw)
+    compiled = train_reference_model(images, targets, gen=torch.Generator().manual_seed(1), compile=True, **kw)
+    for (name, a), (_, b) in zip(eager.state_dict().items(), compiled.state_dict().items()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+    start = build_model("conv", (3, 8, 8), 3, generator=torch.Generator().manual_seed(1), width=8)
+    assert not torch.equal(start.state_dict()["features.0.weight"], compiled.state_dict()["features.0.weight"])

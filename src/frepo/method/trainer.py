@@ -105,7 +105,6 @@ class Passes:
     def __init__(self, mode: str = "off"):
         if mode not in COMPILE_MODES:
             raise ValueError(f"unknown compile mode {mode!r}; use one of {COMPILE_MODES}")
-        self.mode = mode
         self._embed, self._logits = _embed, _logits
         if mode != "off":
             options = {"dynamic": False, "mode": "reduce-overhead" if mode == "cudagraphs" else None}
@@ -136,7 +135,7 @@ EAGER = Passes("off")
 
 
 def feature_precision(device: torch.device, precision: str):
-    """Context for the real-batch feature pass (no gradient flows through it).
+    """Context for a feature pass: the real batch's (no gradient flows through it) or the support set's.
 
     fp32: exact. tf32: TensorFloat-32 matmuls/convs on CUDA (what JAX's default precision did for the
     reference on Ampere GPUs). bf16: autocast to bfloat16. 'auto' is tf32 on CUDA, fp32 elsewhere.
