@@ -212,14 +212,17 @@ def test_one_result_per_architecture_with_checksum_and_seeds(tmp_path, blobs):
 
 
 def test_frepo_protocol_compiles_long_cpu_evaluations_and_the_compiled_network_trains_alike():
-    """`--compile auto` compiles only where it measured faster (CPU, >= 100 images and >= 1000 steps), and a
-    compiled network trains as the eager one (same parameters and draws; float rounding apart)."""
+    """`--compile auto` compiles only where it measured faster (CPU, >= 100 32×32 images or as many pixels,
+    >= 1000 steps), and a compiled network trains as the eager one (same parameters and draws; float
+    rounding apart)."""
     from frepo.eval.protocols.frepo import FrepoOptions, train_reference_model
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    auto = FrepoOptions()
-    assert auto.compiles(100, 1000, cpu) and not auto.compiles(99, 1000, cpu) and not auto.compiles(100, 999, cpu)
-    assert not auto.compiles(500, 5000, cuda) and FrepoOptions(compile="on").compiles(10, 5, cuda)
+    auto, cifar100, mnist100 = FrepoOptions(), torch.empty(100, 3, 32, 32), torch.empty(100, 1, 28, 28)
+    assert auto.compiles(cifar100, 1000, cpu) and auto.compiles(torch.empty(25, 3, 64, 64), 1000, cpu)
+    assert not auto.compiles(cifar100[:99], 1000, cpu) and not auto.compiles(cifar100, 999, cpu)
+    assert not auto.compiles(mnist100, 1000, cpu) and not auto.compiles(cifar100, 5000, cuda)
+    assert FrepoOptions(compile="on").compiles(mnist100[:1], 5, cuda)
     with pytest.raises(FrepoError, match="compile"):
         EvalConfig.build(compile="sometimes")
     gen = torch.Generator().manual_seed(0)

@@ -36,9 +36,10 @@ def reference_steps(num_images: int) -> int:
     return REFERENCE_STEPS[max(below)] if below else REFERENCE_STEPS[10]
 
 
-# `--compile auto` compiles a network when its training is long enough to repay the compilation (15-45 s
-# on a 2-core CPU): measured 9% faster per step at 100 and 500 images, 2% at 10 (docs/benchmarks.md).
-COMPILE_AUTO_IMAGES, COMPILE_AUTO_STEPS = 100, 1000
+# `--compile auto` compiles a network where it measured faster and its training repays the compilation
+# (15-45 s on a 2-core CPU): 9% faster per step at 100 and 500 CIFAR-10 images, 2% at 10
+# (docs/benchmarks.md). Smaller work per step (fewer or smaller images) was not measured: left eager.
+COMPILE_AUTO_PIXELS, COMPILE_AUTO_STEPS = 100 * 32 * 32, 1000
 
 
 @dataclass
@@ -47,7 +48,7 @@ class FrepoOptions:
     compile: str = opt(
         "auto",
         "frepo protocol: torch.compile each network: on, off, or auto (on for CPU evaluations of at least "
-        f"{COMPILE_AUTO_IMAGES} images and {COMPILE_AUTO_STEPS} steps; same results up to float rounding)",
+        f"100 32×32 images or as many pixels, and {COMPILE_AUTO_STEPS} steps; same results up to float rounding)",
         choices=("auto", "on", "off"),
     )
 
@@ -56,10 +57,12 @@ class FrepoOptions:
         if self.steps is not None and self.steps < 1:
             raise FrepoError(f"steps must be >= 1, got {self.steps}")
 
-    def compiles(self, num_images: int, steps: int, device: torch.device) -> bool:
+    def compiles(self, images: torch.Tensor, steps: int, device: torch.device) -> bool:
+        """Whether the networks trained on `images` (N×C×H×W) for `steps` run compiled on `device`."""
         if self.compile != "auto":
             return self.compile == "on"
-        return device.type == "cpu" and num_images >= COMPILE_AUTO_IMAGES and steps >= COMPILE_AUTO_STEPS
+        pixels = len(images) * images.shape[-2] * images.shape[-1]
+        return device.type == "cpu" and pixels >= COMPILE_AUTO_PIXELS and steps >= COMPILE_AUTO_STEPS
 
 
 def train_reference_model(
@@ -128,7 +131,7 @@ def _training(setup: EvalSetup, options: FrepoOptions) -> tuple[torch.Tensor, to
 
 def train_and_test(setup: EvalSetup, options: FrepoOptions, stream: str) -> float:
     images, targets, kwargs = _training(setup, options)
-    compile = options.compiles(len(images), kwargs["steps"], setup.device)
+    compile = options.compiles(images, kwargs["steps"], setup.device)
     model = train_reference_model(images, targets, gen=generator(setup.seed, stream), compile=compile, **kwargs)
     return accuracy(model, setup.test_x, setup.test_y, setup.device)
 
