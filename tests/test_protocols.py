@@ -181,6 +181,7 @@ def test_dsa_soft_labels_and_determinism():
         ({"protocol": "magic"}, "unknown protocol"),
         ({"protocol": "frepo", "models": 0}, "models must be >= 1"),
         ({"protocol": "dsa", "steps": 10}, "--epochs"),
+        ({"protocol": "dsa", "compile": "on"}, "--compile applies to --protocol frepo$"),  # no counting hint
         ({"protocol": "frepo", "epochs": 10}, "--protocol dsa"),
         ({"protocol": "dsa", "epochs": 0}, "epochs must be >= 1"),
         ({"protocol": "krr", "soft_labels": True}, "--soft-labels"),

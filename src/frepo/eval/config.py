@@ -107,7 +107,8 @@ class EvalConfig:
 def _misplaced(flag: str, owner: str, chosen: str) -> str:
     dashed = "--" + flag.replace("_", "-")
     counts = {"frepo": "--steps", "dsa": "--epochs"}
-    hint = f"; the {chosen} protocol counts {counts[chosen]}" if chosen in counts and counts[chosen] != dashed else ""
+    counting = dashed in counts.values() and chosen in counts and counts[chosen] != dashed  # --steps for dsa
+    hint = f"; the {chosen} protocol counts {counts[chosen]}" if counting else ""
     if chosen == "krr":
         hint = "; the krr protocol trains nothing"
     return f"{dashed} applies to --protocol {owner}{hint}"
