@@ -98,8 +98,10 @@ class Passes:
     (torch's "reduce-overhead" mode; CUDA only). The pool's models are instances of one class with
     parameters of the same shapes, and torch.compile takes a module's parameters as inputs, so swapping
     the current model, its online updates and its re-initialisation reuse the compiled code
-    (tests/test_trainer.py counts the compilations). Inductor's kernels sum in another order than
-    eager ones: results agree to float rounding, not bit for bit.
+    (tests/test_trainer.py counts the compilations). Under CUDA graphs, parameters are inputs read at
+    fixed addresses, so torch records one graph per pool model (pytorch/pytorch#126822) and keeps them:
+    online updates and resets write in place, at the same addresses. Inductor's kernels sum in another
+    order than eager ones: results agree to float rounding, not bit for bit.
     """
 
     def __init__(self, mode: str = "off"):
