@@ -13,17 +13,11 @@ from __future__ import annotations
 import sys
 
 import torch
+from bench_step import SETTINGS  # this file's folder is on sys.path; bench_step imports no frepo at the top
 
 from frepo.base.perf import tune_cpu_allocator
 from frepo.config import DistillConfig
 from frepo.method.trainer import FRePoTrainer
-
-# name -> (image shape, classes, ipc, real batch, flip, training-set size), as in bench_step.py
-SETTINGS = {
-    "mnist-ipc10-b256": ((1, 28, 28), 10, 10, 256, False, 60000),
-    "cifar10-ipc10-b1024-flip": ((3, 32, 32), 10, 10, 1024, True, 50000),
-    "cifar100-ipc1-b1024-flip": ((3, 32, 32), 100, 1, 1024, True, 50000),
-}
 
 
 def main() -> None:
