@@ -28,12 +28,8 @@ def distill(capsys, out, *args):
 
 def test_a_subset_file_is_the_start_exactly(tmp_path, capsys):
     subset = tmp_path / "herding.safetensors"
-    assert (
-        main(
-            ["subset", "--dataset", "digits", "--ipc", "2", "--method", "herding", "--out", str(subset)] + FAST_FEATURES
-        )
-        == 0
-    )
+    herding = ["subset", "--dataset", "digits", "--ipc", "2", "--method", "herding", "--out", str(subset)]
+    assert main(herding + FAST_FEATURES) == 0
     code, err = distill(capsys, tmp_path / "run", "--ipc", 2, "--init", subset)
     assert code == 0, err
     start, run = load_distilled(subset), load_distilled(tmp_path / "run" / "distilled.safetensors")
