@@ -116,10 +116,9 @@ def plan(setup: EvalSetup, options: FrepoOptions) -> Plan:
 def _training(setup: EvalSetup, options: FrepoOptions) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(images, targets, keyword arguments) that every network of this set trains with."""
     ds, device = setup.ds, setup.device
-    steps = plan(setup, options).steps
     kwargs = dict(
         num_classes=ds.num_classes,
-        steps=steps,
+        steps=plan(setup, options).steps,
         ops=reference_ops(bool(ds.meta.get("mirror_invariant", True))),
         device=device,
         arch=setup.arch,
