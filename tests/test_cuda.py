@@ -54,8 +54,9 @@ def test_meta_gradient_on_gpu_equals_cpu(exact_fp32, meta_problem):
         model, syn, x_real, y_real = meta_problem(device)
         metrics = meta_step(model, syn, x_real, y_real, True, 1e-6, 0, "fp32")
         grads[device] = (metrics["loss"].cpu(), syn.images.grad.cpu(), syn.labels.grad.cpu())
-    for a, b in zip(grads["cpu"], grads["cuda"]):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grads["cuda"][0], grads["cpu"][0], rtol=1e-4, atol=1e-6)  # the loss
+    for a, b in zip(grads["cpu"][1:], grads["cuda"][1:]):  # other kernels, other summation orders: as norms
+        assert (b - a).norm() < 1e-4 * a.norm(), float((b - a).norm() / a.norm())
 
 
 def test_gpu_trainer_follows_the_cpu_trainer_through_pool_resets(exact_fp32):
@@ -66,12 +67,16 @@ def test_gpu_trainer_follows_the_cpu_trainer_through_pool_resets(exact_fp32):
     x, y = torch.randn(128, 3, 16, 16, generator=gen), torch.arange(128) % 4
     cpu = FRePoTrainer(config, x, y, 4, torch.device("cpu"))
     gpu = FRePoTrainer(config, x, y, 4, CUDA)
+    start = cpu.syn.images.detach().clone()
     for _ in range(20):
         mc, mg = cpu.step(), gpu.step()
     assert gpu.pool.resets == cpu.pool.resets > 0
     assert gpu.pool.optimizers[0].defaults["fused"] and not cpu.pool.optimizers[0].defaults["fused"]
     torch.testing.assert_close(mg["loss"].cpu(), mc["loss"], rtol=1e-3, atol=1e-5)
-    torch.testing.assert_close(gpu.syn.images.detach().cpu(), cpu.syn.images.detach(), rtol=1e-3, atol=1e-4)
+    # LAMB moves an element whose gradient is at rounding level either way: the gap as a norm, against the
+    # set's movement (a lost reset or another batch order is off by tens of percent).
+    moved, gap = (cpu.syn.images - start).norm(), (gpu.syn.images.detach().cpu() - cpu.syn.images).norm()
+    assert gap < 1e-2 * moved, float(gap / moved)
 
 
 def _small_trainer(device, **options) -> FRePoTrainer:

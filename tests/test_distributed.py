@@ -56,16 +56,20 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     a, b = load_distilled(single / "distilled.safetensors"), load_distilled(double / "distilled.safetensors")
-    # Same maths; only the order of float additions differs (two half-batch gradients, averaged),
-    # and LAMB's per-layer normalisation can amplify that rounding a little on some CPUs (CI saw
-    # 3e-5 on one pixel, this machine 9e-5 against 0.05 of total movement). A wrong sharding (e.g.
-    # ranks drawing the same half of the batch) changes the gradient direction, which moves the set
-    # on the scale of its total movement; the last assertion keeps the gap two orders below that.
-    torch.testing.assert_close(b.images, a.images, rtol=1e-3, atol=5e-4)
-    torch.testing.assert_close(b.labels, a.labels, rtol=1e-3, atol=5e-4)
+    # The same maths; only the order of float additions differs (two half-batch gradients averaged, one
+    # thread per process). LAMB's first steps move each element by about lr·trust·sign(gradient), so an
+    # element whose gradient is at rounding level moves the other way under another order: measured on
+    # a 2-core AMD EPYC at the budget lr 1e-2, 2 of 1280 pixels 0.019 apart, 0.018 of the set's movement
+    # as a norm. The gap is therefore judged as a norm against that movement: 0.15 leaves room for ~70
+    # such pixels, while a wrong sharding (both ranks on the same half of the batch) measured 0.68.
     initial = Distiller(presets.resolve("digits", 2, overrides=OVERRIDES), tmp_path / "initial").distilled_set()
-    moved = (a.images - initial.images).abs().max()
-    assert (b.images - a.images).abs().max() < 0.01 * moved
+    for name, start, one, two in (
+        ("images", initial.images, a.images, b.images),
+        ("labels", initial.labels, a.labels, b.labels),
+    ):
+        gap, moved = float((two - one).norm()), float((one - start).norm())
+        print(f"{name}: |2 processes - 1 process| / |movement| = {gap / moved:.3g} (movement {moved:.3g})")
+        assert moved > 0 and gap < 0.15 * moved, (name, gap / moved)
     assert b.meta["step"] == a.meta["step"] == 5
     # Rank 0 alone writes: one metrics line per step, not two.
     lines = (double / "metrics.jsonl").read_text().splitlines()
@@ -111,7 +115,11 @@ def test_per_rank_pool_averages_the_ranks_meta_gradients(tmp_path):
     first_conv = next(k for k in models[0] if k.endswith("weight"))
     assert not torch.equal(models[0][first_conv], models[1][first_conv])  # per-rank initialisations
     expected = (grads[0] + grads[1]) / 2
-    torch.testing.assert_close(saved["grad"], expected, rtol=1e-5, atol=1e-7)
+    # Gradients (no optimiser step in between): a summation order changes them by float rounding, ~1e-7 of
+    # their norm; judged as a norm, as an element near zero carries no relative precision.
+    gap = float((saved["grad"] - expected).norm() / expected.norm())
+    print(f"|2 processes - average of the ranks| / |gradient| = {gap:.3g}")
+    assert gap < 1e-4
     assert (grads[0] - grads[1]).norm() > 0.1 * expected.norm()  # the ranks really differ
 
 

@@ -232,7 +232,10 @@ def test_frepo_protocol_compiles_long_cpu_evaluations_and_the_compiled_network_t
     kw = dict(num_classes=3, steps=4, ops=("flip", "crop"), device=cpu, width=8)
     eager = train_reference_model(images, targets, gen=torch.Generator().manual_seed(1), **kw)
     compiled = train_reference_model(images, targets, gen=torch.Generator().manual_seed(1), compile=True, **kw)
-    for (name, a), (_, b) in zip(eager.state_dict().items(), compiled.state_dict().items()):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
-    start = build_model("conv", (3, 8, 8), 3, generator=torch.Generator().manual_seed(1), width=8)
-    assert not torch.equal(start.state_dict()["features.0.weight"], compiled.state_dict()["features.0.weight"])
+    # Inductor sums in another order, and Adam's first steps move each weight by about lr·sign(gradient),
+    # so a weight whose gradient is at rounding level can move the other way: each tensor's gap is judged
+    # as a norm against how far training moved it (a wrong draw or a skipped step is off by ~100%).
+    start = build_model("conv", (3, 8, 8), 3, generator=torch.Generator().manual_seed(1), width=8).state_dict()
+    for name, a in eager.state_dict().items():
+        moved, gap = (a - start[name]).norm(), (compiled.state_dict()[name] - a).norm()
+        assert moved > 0 and gap < 1e-2 * moved, (name, float(gap / moved))

@@ -34,7 +34,9 @@ def test_stacked_training_follows_each_sequential_network():
         moved = sum((seq[k] - start.params[k][m]).norm() ** 2 for k in seq) ** 0.5
         off = sum((seq[k] - stacked.params[k][m]).norm() ** 2 for k in seq) ** 0.5
         assert moved > 1e-2  # the networks did train
-        assert off / moved < 1e-4, (m, float(off / moved))  # measured ~1e-6; another network is ~80× off
+        # Measured ~1e-6; another network is ~80× off. Adam moves a weight whose gradient is at rounding level
+        # by ±lr whatever the order, so the bound leaves room for a few such weights (each ~1e-3 of the movement).
+        assert off / moved < 1e-2, (m, float(off / moved))
 
 
 def _set(images, labels, classes=3) -> DistilledSet:

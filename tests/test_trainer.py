@@ -19,8 +19,10 @@ def test_chunked_checkpointed_forward_gives_the_same_gradient(meta_problem):
     for chunk in (5, 7):  # the flipped support has 24 images: uneven chunks
         loss_c, gx_c, gy_c = _grads(meta_problem, chunk_size=chunk)
         torch.testing.assert_close(loss_c, loss, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(gx_c, gx, rtol=1e-4, atol=1e-6)
-        torch.testing.assert_close(gy_c, gy, rtol=1e-4, atol=1e-6)
+        # Convolutions over other batch sizes may sum in another order: judged as norms (an element near
+        # zero carries no relative precision); a dropped or misplaced chunk is off by tens of percent.
+        for exact, chunked in ((gx, gx_c), (gy, gy_c)):
+            assert (chunked - exact).norm() < 1e-4 * exact.norm()
 
 
 def test_bf16_real_feature_pass_stays_close_to_fp32(meta_problem):
