@@ -62,7 +62,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     # a 2-core AMD EPYC at the budget lr 1e-2, 2 of 1280 pixels 0.019 apart, 0.018 of the set's movement
     # as a norm. The gap is therefore judged as a norm against that movement: 0.15 leaves room for ~70
     # such pixels, while a wrong sharding (both ranks on the same half of the batch) measured 0.68.
-    initial = Distiller(presets.resolve("digits", 2, overrides=OVERRIDES), tmp_path / "initial").distilled_set()
+    initial = Distiller(presets.resolve("digits", 2, overrides=OVERRIDES), tmp_path / "initial").host_set()
     for name, start, one, two in (
         ("images", initial.images, a.images, b.images),
         ("labels", initial.labels, a.labels, b.labels),

@@ -6,6 +6,7 @@ checkpoints and stops; rerunning the same command resumes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import resource
 import signal
@@ -25,7 +26,7 @@ from .base.fields import to_dict
 from .config import DistillConfig
 from .data import PreparedData, prepare
 from .eval import EvalConfig, evaluate_set, reference_steps
-from .io.artifact import DistilledSet, save_distilled
+from .io.artifact import HOST, DistilledSet, save_distilled
 from .method.trainer import FRePoTrainer
 from .monitor import Monitor, summary_writer
 from .runs import RunDir, environment
@@ -148,6 +149,7 @@ class Distiller:
         if resuming:
             self._load(self.run_dir.load_checkpoint())
         self._val = None
+        self._host: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (step, images, labels)
         self._test_fingerprint = raw.test_fingerprint()
         self._environment = environment()
         # The reference protocol on the validation hold-out, with the run's device and model budget.
@@ -264,14 +266,17 @@ class Distiller:
             "environment": self._environment,
         }
 
-    def distilled_set(self) -> DistilledSet:
-        """A copy of the current set on the CPU, with everything its file records."""
-        images, labels = self.syn.images.detach().cpu().clone(), self.syn.labels.detach().cpu().clone()
+    def host_set(self) -> DistilledSet:
+        """The current set as a host copy, with everything its file records: the one place where the run's
+        device tensors reach the host. Files, pictures, monitoring and the best set receive this (a
+        `DistilledSet` holds host tensors by contract); validation alone takes the live device tensors.
+        Copied once per step, however many consumers ask (the copy waits for the device's step to end)."""
+        if self._host is None or self._host[0] != self.step:
+            images = self.syn.images.detach().to(HOST, copy=True)
+            labels = self.syn.labels.detach().to(HOST, copy=True)
+            self._host = (self.step, images, labels)
+        _, images, labels = self._host
         return DistilledSet(images, labels, self.data.preprocessing, self._meta())
-
-    def current(self) -> DistilledSet:
-        """A view of the current set (no copy), for validation and pictures."""
-        return DistilledSet(self.syn.images.detach(), self.syn.labels.detach(), self.data.preprocessing, self._meta())
 
     def validate(self, progress: bool = False) -> float | None:
         """Validation accuracy (%) of fresh models trained on the current set; None without a hold-out."""
@@ -281,7 +286,8 @@ class Distiller:
             self._val = self.data.val()
         # Each validation draws its models from a seed of its own.
         config = self._val_config.replace(seed=self.config.seed + 1_000_003 * self.step)
-        return evaluate_set(self.current(), *self._val, config, progress=progress).mean
+        live = (self.syn.images.detach(), self.syn.labels.detach())  # on the run's device: no copy
+        return evaluate_set(self.host_set(), *self._val, config, progress=progress, on_device=live).mean
 
     def _record_validation(self, final: bool = False) -> None:
         acc = self.validate(progress=final and self.progress)
@@ -297,9 +303,8 @@ class Distiller:
         log.info(f"step {self.step}: validation accuracy {acc:.2f}%")
         if self.best["val_acc"] is None or acc > self.best["val_acc"]:
             self.best = {"val_acc": acc, "step": self.step}
-            ds = self.distilled_set()
-            ds.meta["val_acc"] = acc
-            save_distilled(ds, self.run_dir.best_path)
+            ds = self.host_set()
+            save_distilled(dataclasses.replace(ds, meta={**ds.meta, "val_acc": acc}), self.run_dir.best_path)
         chance = 100.0 / self.num_classes
         self.watch["chance_streak"] = self.watch["chance_streak"] + 1 if acc <= CHANCE_MARGIN * chance else 0
         if self.watch["chance_streak"] >= CHANCE_STREAK:
@@ -331,8 +336,8 @@ class Distiller:
         with contextlib.ExitStack() as cleanup:
             if self.monitor:
                 cleanup.callback(self.monitor.close)
-                if self.step == 0:
-                    self.monitor.snapshot(self.current(), 0)
+                if self.step == 0 and self.monitor.snapshot_due(0):
+                    self.monitor.snapshot(self.host_set(), 0)
             with stop_on_signal() as stop, contextlib.closing(bar):
                 self._loop(bar, stop)
             # The final validation comes before the final checkpoint, so a run killed in between redoes it.
@@ -340,7 +345,7 @@ class Distiller:
                 self._record_validation(final=True)
             self.checkpoint()
         if self.ctx.is_main:
-            ds = self.distilled_set()
+            ds = self.host_set()
             save_distilled(ds, self.run_dir.distilled_path)
             save_grid(
                 ds,
@@ -365,8 +370,8 @@ class Distiller:
                 now = time.perf_counter()
                 self._log(metrics, window_steps / max(now - window_start, 1e-9), bar)
                 window_start, window_steps = now, 0
-            if self.monitor:
-                self.monitor.snapshot(self.current(), self.step, final=self.step == cfg.steps)
+            if self.monitor and self.monitor.snapshot_due(self.step, final=self.step == cfg.steps):
+                self.monitor.snapshot(self.host_set(), self.step)
             # Validation before the checkpoint of the same step: a run killed after it resumes knowing its
             # best set, so best.safetensors and metrics.jsonl end as the uninterrupted run's.
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps and self.ctx.is_main:
@@ -411,7 +416,7 @@ class Distiller:
             "elapsed_s": self.elapsed,
         }
         if self.monitor:
-            self.monitor.record(record, self.current())
+            self.monitor.record(record, self.host_set() if self.monitor.shows_grid else None)
         bar.set_postfix(loss=f"{values['loss']:.4f}", acc=f"{values['acc']:.3f}", it_s=f"{steps_per_s:.2f}")
 
     def _checkpoint_words(self) -> str:

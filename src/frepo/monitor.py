@@ -43,8 +43,13 @@ class Monitor:
             # Events after the checkpoint a resumed run restarts from are dropped, as metrics.jsonl's lines are.
             self.writer = summary_writer()(str(run_dir.path / "tensorboard"), purge_step=resume_step or None)
 
+    @property
+    def shows_grid(self) -> bool:
+        """Whether `record` shows the image grid (TensorBoard): only then does it need the set."""
+        return self.writer is not None
+
     def record(self, record: dict, ds: DistilledSet | None = None) -> None:
-        """A metrics line (and its TensorBoard scalars; with `ds`, its image grid too)."""
+        """A metrics line (and its TensorBoard scalars; with `ds`, a host set, its image grid too)."""
         self.run_dir.append_metrics(record)
         if self.writer is None:
             return
@@ -55,10 +60,13 @@ class Monitor:
         if ds is not None:
             self.writer.add_image("synthetic set", grid_array(ds), step, dataformats="HWC")
 
-    def snapshot(self, ds: DistilledSet, step: int, final: bool = False) -> None:
-        """Keep the grid of `step` when it is due (every `every` steps, and the last step of a run)."""
-        if self.every and (step % self.every == 0 or final):
-            save_snapshot(ds, self.run_dir.images_dir, step)
+    def snapshot_due(self, step: int, final: bool = False) -> bool:
+        """Whether the grid of `step` is kept: every `every` steps, and the last step of a run."""
+        return bool(self.every) and (step % self.every == 0 or final)
+
+    def snapshot(self, ds: DistilledSet, step: int) -> None:
+        """Keep the grid of `ds`, a host set, as the snapshot of `step`."""
+        save_snapshot(ds, self.run_dir.images_dir, step)
 
     def close(self) -> None:
         if self.writer is not None:

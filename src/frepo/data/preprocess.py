@@ -60,31 +60,38 @@ class Preprocessing:
         return out
 
     def from_unit(self, x: torch.Tensor) -> torch.Tensor:
-        """float N×C×H×W with pixels in [0, 1] -> preprocessed."""
+        """float N×C×H×W with pixels in [0, 1] -> preprocessed, on x's device (its tensors are moved there)."""
         c = x.shape[1]
         if self.kind == "none":
             return x.float()
-        x = (x - self.mean.view(1, c, 1, 1)) / self.std.view(1, c, 1, 1)
+        mean, std, zca_mean, whiten = self._on(x.device, self.mean, self.std, self.zca_mean, self.whiten)
+        x = (x - mean.view(1, c, 1, 1)) / std.view(1, c, 1, 1)
         if self.kind == "zca":
             shape = x.shape
-            flat = x.reshape(len(x), -1) - self.zca_mean
-            x = (flat @ self.whiten).reshape(shape)
+            flat = x.reshape(len(x), -1) - zca_mean
+            x = (flat @ whiten).reshape(shape)
         elif self.kind == "zca_block":
-            x = _per_block((x.reshape(len(x), -1) - self.zca_mean).reshape(x.shape), self.whiten, self.stride)
+            x = _per_block((x.reshape(len(x), -1) - zca_mean).reshape(x.shape), whiten, self.stride)
         return x.float()
 
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:
-        """Inverse of `from_unit`: preprocessed N×C×H×W -> pixels (not clipped to [0, 1])."""
-        x = x.detach().float().cpu()
+        """Inverse of `from_unit`: preprocessed N×C×H×W -> pixels (not clipped to [0, 1]), on x's device."""
+        x = x.detach().float()
         c = x.shape[1]
         if self.kind == "none":
             return x
+        mean, std, zca_mean, unwhiten = self._on(x.device, self.mean, self.std, self.zca_mean, self.unwhiten)
         if self.kind == "zca":
             shape = x.shape
-            x = (x.reshape(len(x), -1) @ self.unwhiten + self.zca_mean).reshape(shape)
+            x = (x.reshape(len(x), -1) @ unwhiten + zca_mean).reshape(shape)
         elif self.kind == "zca_block":
-            x = (_per_block(x, self.unwhiten, self.stride).reshape(len(x), -1) + self.zca_mean).reshape(x.shape)
-        return x * self.std.view(1, c, 1, 1) + self.mean.view(1, c, 1, 1)
+            x = (_per_block(x, unwhiten, self.stride).reshape(len(x), -1) + zca_mean).reshape(x.shape)
+        return x * std.view(1, c, 1, 1) + mean.view(1, c, 1, 1)
+
+    @staticmethod
+    def _on(device: torch.device, *tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+        """The preprocessing's (host) tensors where the images are: the same tensors on the host."""
+        return [t if t is None else t.to(device) for t in tensors]
 
     # ---- serialisation ----------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:

@@ -14,21 +14,34 @@ from typing import Any
 
 import torch
 
-from ..io.artifact import DistilledSet
+from ..io.artifact import DistilledSet, class_ids_of, regression_targets
 
 
 @dataclass
 class EvalSetup:
-    """One set and the split it is tested on, for one architecture: what every model of a protocol needs."""
+    """One set and the split it is tested on, for one architecture: what every model of a protocol needs.
+
+    The set's tensors that networks train on are `images` and `labels`, on `device`; `ds` (host, by its
+    contract) says what the set is: classes, shape, its metadata. The test split stays on the host and
+    goes to the device a batch at a time."""
 
     ds: DistilledSet
-    test_x: torch.Tensor  # M×C×H×W, already in the set's preprocessed space
-    test_y: torch.Tensor  # (M,) class ids
+    images: torch.Tensor  # N×C×H×W float32 on `device`: the set's images
+    labels: torch.Tensor  # on `device`, as ds.labels: N×K learned labels or (N,) class ids
+    test_x: torch.Tensor  # M×C×H×W on the host, already in the set's preprocessed space
+    test_y: torch.Tensor  # (M,) class ids on the host
     arch: str
     seed: int
     device: torch.device
     width: int = 128
     progress: bool = False  # a bar over each model's training steps
+
+    def targets(self) -> torch.Tensor:
+        """N×K regression targets on `device` (`DistilledSet.targets` of the device tensors)."""
+        return regression_targets(self.labels, self.ds.num_classes)
+
+    def class_ids(self) -> torch.Tensor:
+        return class_ids_of(self.labels)
 
 
 @dataclass
@@ -56,10 +69,12 @@ class Protocol:
 def accuracy(
     model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device, batch: int = 1000
 ) -> float:
-    """Percent of images whose argmax prediction equals the label."""
+    """Percent of images whose argmax prediction equals the label (images M×C×H×W, labels (M,), on any
+    device: each batch goes to `device`). Counted on the device, read once at the end."""
     model.eval()
-    correct = 0
+    correct = torch.zeros((), dtype=torch.long, device=device)
     for start in range(0, len(images), batch):
         x = images[start : start + batch].to(device, non_blocking=True)
-        correct += int((model(x).argmax(-1).cpu() == labels[start : start + batch]).sum())
-    return 100.0 * correct / max(len(images), 1)
+        y = labels[start : start + batch].to(device, non_blocking=True)
+        correct += (model(x).argmax(-1) == y).sum()
+    return 100.0 * int(correct) / max(len(images), 1)

@@ -25,19 +25,37 @@ def evaluate_set(
     arch: str | None = None,
     *,
     progress: bool = False,
+    on_device: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> EvalResult:
     """Train `config.models` fresh `arch` networks (default: the config's first architecture) on `ds`
     with `config.protocol` and test each on (test_x M×C×H×W in the set's preprocessed space, test_y
-    (M,) class ids). `config` is trusted to be validated (`EvalConfig.validate`)."""
+    (M,) class ids; both on the host). `config` is trusted to be validated (`EvalConfig.validate`).
+
+    `on_device`: the set's (images, labels) already on the evaluation device, the same values as ds's (a
+    run validating its live set: no round trip through the host); by default they are copied there."""
     protocol = PROTOCOLS[config.protocol]
     options = config.options()
     device = resolve_device(config.device)
-    setup = EvalSetup(ds, test_x, test_y, arch or config.archs()[0], config.seed, device, config.width, progress)
+    images, labels = on_device if on_device is not None else (ds.images, ds.labels)
+    if images.shape != ds.images.shape or labels.shape != ds.labels.shape:
+        raise ValueError(f"on_device holds {tuple(images.shape)} images, the set {tuple(ds.images.shape)}")
+    setup = EvalSetup(
+        ds,
+        images.detach().to(device).float(),
+        labels.detach().to(device),
+        test_x,
+        test_y,
+        arch or config.archs()[0],
+        config.seed,
+        device,
+        config.width,
+        progress,
+    )
     plan = protocol.plan(setup, options)  # rejects a set these options cannot use, before any training
     streams = [f"{protocol.stream}/model{i}" for i in range(config.models)]
     start = time.perf_counter()
     accs = None
-    if protocol.train_and_test_many and config.models > 1 and config.trains_together(device):
+    if protocol.train_and_test_many and config.models > 1 and config.trains_together(device, setup.images):
         with deterministic_kernels(device):
             accs = protocol.train_and_test_many(setup, options, streams)
     together = accs is not None

@@ -51,13 +51,14 @@ class Stacked:
 
     @torch.no_grad()
     def accuracies(self, images: torch.Tensor, labels: torch.Tensor, device: torch.device, batch: int = 1000):
-        """Percent correct of each network on images M×C×H×W with class ids (M,)."""
+        """Percent correct of each network on images M×C×H×W with class ids (M,) (any device: each batch
+        goes to `device`). Counted on the device, read once at the end."""
         self.template.eval()
-        correct = torch.zeros(self.n, dtype=torch.long)
+        correct = torch.zeros(self.n, dtype=torch.long, device=device)
         for start in range(0, len(images), batch):
             logits = self.forward_shared(self.params, images[start : start + batch].to(device))
-            correct += (logits.argmax(-1).cpu() == labels[start : start + batch]).sum(-1)
-        return [100.0 * int(c) / max(len(images), 1) for c in correct]
+            correct += (logits.argmax(-1) == labels[start : start + batch].to(device)).sum(-1)
+        return [100.0 * int(c) / max(len(images), 1) for c in correct.cpu()]
 
 
 def train_reference_models(

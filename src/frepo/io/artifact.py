@@ -29,12 +29,42 @@ from ..method.krr import centered_one_hot, label_scale
 FORMAT_VERSION = 1
 
 
+HOST = torch.device("cpu")
+
+
+def regression_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """N×K regression targets: learned labels N×K as they are, class ids (N,) as scaled centred one-hot."""
+    if labels.ndim == 2:
+        return labels.float()
+    return centered_one_hot(labels.long(), num_classes) / label_scale(num_classes)
+
+
+def class_ids_of(labels: torch.Tensor) -> torch.Tensor:
+    """(N,) class ids of learned labels N×K (argmax) or of class ids."""
+    return labels.argmax(-1) if labels.ndim == 2 else labels.long()
+
+
 @dataclass
 class DistilledSet:
+    """A set as files, pictures, exports and reports receive it: host tensors only, by contract (checked
+    here). A run hands its live device tensors to validation alone (`frepo.eval.evaluate_set(on_device=)`);
+    everything else gets a host copy made in one place (`frepo.distill.Distiller.host_set`)."""
+
     images: torch.Tensor  # N×C×H×W float32, preprocessed
     labels: torch.Tensor  # N×K float32 learned targets, or (N,) int64 class ids
     preprocessing: Preprocessing
     meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        pre = {f"preprocessing {k}": v for k, v in vars(self.preprocessing).items() if isinstance(v, torch.Tensor)}
+        named = {"images": self.images, "labels": self.labels, **pre}
+        away = {name: str(t.device) for name, t in named.items() if t.device != HOST}
+        if away:
+            where = ", ".join(f"{name} on {device}" for name, device in away.items())
+            raise FrepoError(
+                f"a DistilledSet holds host tensors (files, pictures and reports read it); got {where}: "
+                "pass .cpu() copies"
+            )
 
     @property
     def classes(self) -> list[str]:
@@ -50,12 +80,10 @@ class DistilledSet:
 
     def targets(self) -> torch.Tensor:
         """N×K regression targets: the learned labels, or scaled centred one-hot for class ids."""
-        if self.labels.ndim == 2:
-            return self.labels.float()
-        return centered_one_hot(self.labels.long(), self.num_classes) / label_scale(self.num_classes)
+        return regression_targets(self.labels, self.num_classes)
 
     def class_ids(self) -> torch.Tensor:
-        return self.labels.argmax(-1) if self.labels.ndim == 2 else self.labels.long()
+        return class_ids_of(self.labels)
 
     def transform(
         self, raw_images: np.ndarray | torch.Tensor, value_range: tuple[float, float] | None = None

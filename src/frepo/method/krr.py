@@ -36,7 +36,9 @@ def krr_weights(feat_s: torch.Tensor, y_s: torch.Tensor, reg: float, solve_dtype
         k = wide @ wide.T
     else:
         k = (feat_s @ feat_s.T).to(solve_dtype)
-    ridge = abs(reg) * torch.trace(k) / n
+    # trace(K) as the diagonal's sum: torch.trace's backward fills the diagonal with index_fill_ of a
+    # tensor value, which reads that value on the host (a GPU synchronisation in every meta-backward).
+    ridge = abs(reg) * k.diagonal().sum() / n
     # In place (K itself is not saved for the backward): no second n×n matrix.
     k.diagonal().add_(ridge)
     chol, info = torch.linalg.cholesky_ex(k)

@@ -102,11 +102,16 @@ class Passes:
     fixed addresses, so torch records one graph per pool model (pytorch/pytorch#126822) and keeps them:
     online updates and resets write in place, at the same addresses. Inductor's kernels sum in another
     order than eager ones: results agree to float rounding, not bit for bit.
+
+    A CUDA graph's outputs live in its memory pool and its next replay overwrites them, so each outer
+    step starts a new generation (`begin_step`), and the real batch's chunks, one graph replayed per
+    chunk, are copied out before the next chunk runs.
     """
 
     def __init__(self, mode: str = "off"):
         if mode not in COMPILE_MODES:
             raise ValueError(f"unknown compile mode {mode!r}; use one of {COMPILE_MODES}")
+        self.graphed = mode == "cudagraphs"
         self._embed, self._logits = _embed, _logits
         if mode != "off":
             options = {"dynamic": False, "mode": "reduce-overhead" if mode == "cudagraphs" else None}
@@ -123,11 +128,20 @@ class Passes:
         parts = _equal_chunks(x, chunk_size)
         return torch.cat([checkpoint(self._embed, model, part, use_reentrant=False) for part in parts])
 
+    def begin_step(self) -> None:
+        """Mark an outer step's start: under CUDA graphs, the previous step's outputs are done with."""
+        if self.graphed:
+            torch.compiler.cudagraph_mark_step_begin()
+
     @torch.no_grad()
     def features_no_grad(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         if len(x) <= REAL_CHUNK:
             return self._embed(model, x)
-        return torch.cat([self._embed(model, part) for part in _equal_chunks(x, REAL_CHUNK)])
+        parts = []
+        for part in _equal_chunks(x, REAL_CHUNK):
+            out = self._embed(model, part)
+            parts.append(out.clone() if self.graphed else out)  # the next chunk's replay overwrites `out`
+        return torch.cat(parts)
 
     def logits(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return self._logits(model, x)
@@ -281,6 +295,7 @@ class FRePoTrainer:
 
     def _step(self) -> dict[str, torch.Tensor]:
         cfg = self.config
+        self.passes.begin_step()
         idx = self.ctx.shard(self.sampler.next())
         if self.prefetch is not None:
             upcoming = self.ctx.shard(self.sampler.peek())

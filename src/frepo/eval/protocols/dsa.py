@@ -133,17 +133,17 @@ class DsaOptions:
             parse_strategy(self.dsa_strategy)
 
 
-def _targets(ds, soft_labels: bool) -> torch.Tensor:
-    """(N,) class ids, or N×K class distributions from the set's learned labels."""
+def _targets(setup: EvalSetup, soft_labels: bool) -> torch.Tensor:
+    """(N,) class ids, or N×K class distributions from the set's learned labels (on the setup's device)."""
     if not soft_labels:
-        return ds.class_ids()
-    if ds.labels.ndim != 2:
+        return setup.class_ids()
+    if setup.labels.ndim != 2:
         raise FrepoError("--soft-labels needs a set with learned labels; this one holds class ids")
-    return soft_targets(ds.labels)
+    return soft_targets(setup.labels)
 
 
 def plan(setup: EvalSetup, options: DsaOptions) -> Plan:
-    _targets(setup.ds, options.soft_labels)  # a class-id set cannot give soft labels: say so before training
+    _targets(setup, options.soft_labels)  # a class-id set cannot give soft labels: say so before training
     ops = parse_strategy(options.dsa_strategy or STRATEGY)
     epochs = options.epochs or EPOCHS
     extra = {"epochs": epochs, "soft_labels": options.soft_labels, "dsa_strategy": "_".join(ops) or "none"}
@@ -153,8 +153,8 @@ def plan(setup: EvalSetup, options: DsaOptions) -> Plan:
 def train_and_test(setup: EvalSetup, options: DsaOptions, stream: str) -> float:
     ds, device = setup.ds, setup.device
     model = train_dsa_model(
-        ds.images.detach().to(device).float(),
-        _targets(ds, options.soft_labels).to(device),
+        setup.images,
+        _targets(setup, options.soft_labels),
         num_classes=ds.num_classes,
         arch=setup.arch,
         init_gen=generator(setup.seed, f"{stream}/init"),

@@ -125,7 +125,7 @@ def _training(setup: EvalSetup, options: FrepoOptions) -> tuple[torch.Tensor, to
         width=setup.width,
         progress=setup.progress,
     )
-    return ds.images.detach().to(device).float(), ds.targets().detach().to(device).float(), kwargs
+    return setup.images, setup.targets(), kwargs
 
 
 def train_and_test(setup: EvalSetup, options: FrepoOptions, stream: str) -> float:

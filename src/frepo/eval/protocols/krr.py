@@ -51,11 +51,11 @@ def krr_accuracy(
     if use_flip:
         support_x, support_y = torch.cat([support_x, support_x.flip(-1)]), torch.cat([support_y, support_y])
     weights = krr_weights(embed_batched(model, support_x, device, batch), support_y.to(device).float(), reg)
-    correct = 0
+    correct = torch.zeros((), dtype=torch.long, device=device)  # counted on the device, read once
     for start in range(0, len(eval_x), batch):
         pred = embed_batched(model, eval_x[start : start + batch], device, batch) @ weights
-        correct += int((pred.argmax(-1).cpu() == eval_y[start : start + batch]).sum())
-    return 100.0 * correct / max(len(eval_x), 1)
+        correct += (pred.argmax(-1) == eval_y[start : start + batch].to(device)).sum()
+    return 100.0 * int(correct) / max(len(eval_x), 1)
 
 
 def _use_flip(setup: EvalSetup) -> bool:
@@ -72,8 +72,8 @@ def train_and_test(setup: EvalSetup, options: KrrOptions, stream: str) -> float:
     model = build_model(setup.arch, shape, ds.num_classes, generator=generator(setup.seed, stream), width=setup.width)
     return krr_accuracy(
         model.to(setup.device),
-        ds.images,
-        ds.targets(),
+        setup.images,
+        setup.targets(),
         setup.test_x,
         setup.test_y,
         device=setup.device,

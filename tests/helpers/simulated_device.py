@@ -1,0 +1,217 @@
+"""A second device on the CPU, `cpu:1`, that refuses what a GPU refuses: the device boundary without a GPU.
+
+torch accepts `torch.device("cpu", 1)` and computes there on the CPU, so frepo's whole pipeline runs with
+`--device cpu:1` on any machine. Within `SimulatedDevice()` (a `TorchFunctionMode`), tensors made there
+(`device="cpu:1"`), moved there (`.to`), or computed from such tensors are "on the device": their
+storages are recorded, and `.device` reports `cpu:1` for them. The mode then raises, as CUDA does, on
+
+- an operation that mixes device and host tensors ("Expected all tensors to be on the same device"; a
+  0-dim host tensor is accepted, as CUDA accepts CPU scalars; `copy_` and assignment into a slice may
+  cross, as they do on a GPU);
+- a host tensor indexed with device indices (the snapshot crash of issue 18: a device tensor may be
+  indexed with host indices, not the other way round);
+- `.numpy()` / `np.asarray` of a device tensor, and pinning device memory;
+- a CPU generator drawing onto the device (`torch.randn(..., device=cuda, generator=cpu_gen)` fails);
+- a gradient assigned across devices.
+
+`.cpu()` and `.to("cpu")` return host copies. The host side is recorded too: a tensor the mode never
+saw made (the autograd engine's, functorch's inside a transform, `torch.load`'s) is of unknown place and
+judged only where it meets a parameter (`.grad` takes its parameter's place).
+
+What is not modelled: the speed and the asynchrony of a real GPU (host synchronisations are the CUDA
+tests' job), CUDA-only kernels, and `torch.load` of saved device tensors (a real GPU reloads them on the
+GPU unless `map_location` says otherwise).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+DEVICE = torch.device("cpu", 1)
+HOST = torch.device("cpu")
+
+_DEVICE_GET = torch.Tensor.device.__get__
+_GRAD_GET = torch.Tensor.grad.__get__
+_GRAD_SET = torch.Tensor.grad.__set__
+_DATA_SET = torch.Tensor.data.__set__
+_TO_HOST = {torch.Tensor.cpu}
+_NO_NUMPY = {torch.Tensor.numpy, torch.Tensor.__array__}
+# A GPU copies across devices here; the last only compares two tensors' types (nn.Module.to asks it).
+_CROSSING = {torch.Tensor.copy_, torch.Tensor.__setitem__, torch._has_compatible_shallow_copy_type}
+_INDEXING = {torch.Tensor.__getitem__, torch.Tensor.__setitem__, torch.Tensor.index_put_, torch.Tensor.index_put}
+
+
+class DeviceMixError(RuntimeError):
+    """What a GPU would have refused (the message names it as torch would on CUDA)."""
+
+
+def _target(value) -> torch.device | None:
+    """The device an explicit `device=` argument names (None when not given)."""
+    if value is None:
+        return None
+    return torch.device(value) if not isinstance(value, torch.device) else value
+
+
+class SimulatedDevice(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self._storages: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> storage, device
+        self._host: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> storage, host
+        self.placed = 0  # tensors placed on the device so far (a test can check the device was used)
+
+    # ---- which tensors are on the device -------------------------------------------------------
+    def on_device(self, t: torch.Tensor) -> bool | None:
+        """True on the device, False on the host, None when unknown (made out of the mode's sight)."""
+        try:
+            storage = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):
+            return None
+        if self._storages.get(id(storage)) is storage:
+            return True
+        return False if self._host.get(id(storage)) is storage else None
+
+    def _place(self, out, on_device: bool) -> None:
+        """Record where the tensors of `out` are."""
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                try:
+                    storage = t.untyped_storage()
+                except (RuntimeError, NotImplementedError):
+                    continue
+                (self._storages if on_device else self._host)[id(storage)] = storage
+                (self._host if on_device else self._storages).pop(id(storage), None)
+                self.placed += on_device
+
+    # ---- the mode ------------------------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func == _DEVICE_GET:
+            return DEVICE if self.on_device(args[0]) else func(*args)
+        if func in _TO_HOST:
+            return self._to(args[0], HOST, func, args, kwargs)
+        if func is torch.Tensor.to:
+            return self._to(args[0], self._to_target(args, kwargs), func, args, kwargs)
+        if func in _NO_NUMPY and self.on_device(args[0]):
+            raise DeviceMixError(
+                "can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor to host "
+                "memory first. (simulated device)"
+            )
+        if func is torch.Tensor.pin_memory and self.on_device(args[0]):
+            raise DeviceMixError("cannot pin 'torch.cuda.FloatTensor' only dense CPU tensors can be pinned (simulated)")
+        if func == _DATA_SET:
+            return func(*args, **kwargs)  # the parameter takes the new storage, and with it its device
+        if func == _GRAD_SET:
+            param, grad = args
+            if grad is not None and self.on_device(param) is not None and self.on_device(grad) is not None:
+                if self.on_device(param) != self.on_device(grad):
+                    raise DeviceMixError("assigned grad has data located on a different device (simulated)")
+            return func(*args, **kwargs)
+        if func == _GRAD_GET:  # gradients come from the autograd engine, past this mode
+            out = func(*args, **kwargs)
+            if self.on_device(args[0]) is not None:
+                self._place(out, bool(self.on_device(args[0])))
+            return out
+        if func is torch.autograd.grad:
+            out = func(*args, **kwargs)
+            inputs = kwargs.get("inputs", args[1] if len(args) > 1 else None)
+            inputs = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
+            for g, x in zip(out, inputs):
+                if self.on_device(x) is not None:
+                    self._place(g, bool(self.on_device(x)))
+            return out
+
+        self._check_generator(func, args, kwargs)
+        explicit = _target(kwargs.get("device"))
+        inputs = self._check_mixing(func, args, kwargs)
+        out = func(*args, **kwargs)
+        if explicit is not None:
+            self._place(out, explicit == DEVICE)
+        elif inputs is not None and not _in_place(func):
+            self._place(out, inputs)
+        return out
+
+    def _to_target(self, args, kwargs) -> torch.device | None:
+        rest = args[1:]
+        other = rest[0] if rest and isinstance(rest[0], torch.Tensor) else kwargs.get("other")
+        if isinstance(other, torch.Tensor):
+            return DEVICE if self.on_device(other) else HOST
+        parsed = {k: v for k, v in kwargs.items() if k != "copy"}  # the parser knows no `copy`
+        return torch._C._nn._parse_to(*rest, **parsed)[0]
+
+    def _to(self, t: torch.Tensor, target: torch.device | None, func, args, kwargs):
+        source = self.on_device(t)
+        out = func(*args, **kwargs)
+        if target is None:  # a dtype or layout change stays where it is
+            if source is not None:
+                self._place(out, source)
+            return out
+        if target.type != "cpu":
+            return out  # a real accelerator: not simulated
+        to_device = target == DEVICE
+        if bool(source) != to_device and isinstance(out, torch.Tensor):
+            if out.untyped_storage().data_ptr() == t.untyped_storage().data_ptr():
+                out = out.clone()  # a GPU copies across devices; the CPU would alias
+        self._place(out, to_device)
+        return out
+
+    def _check_generator(self, func, args, kwargs) -> None:
+        gen = kwargs.get("generator")
+        if not isinstance(gen, torch.Generator) or gen.device.type != "cpu":
+            return
+        target = _target(kwargs.get("device"))
+        onto_device = (
+            target == DEVICE
+            if target is not None
+            else (
+                bool(args) and isinstance(args[0], torch.Tensor) and _in_place(func) and bool(self.on_device(args[0]))
+            )
+        )
+        if onto_device:
+            raise DeviceMixError(
+                f"Expected a 'cuda' device type for generator but found 'cpu' (simulated, {_name(func)})"
+            )
+
+    def _check_mixing(self, func, args, kwargs) -> bool | None:
+        """Where the outputs are (True: the device, False: the host, None: unknown, as all the inputs are);
+        raises where a GPU would refuse the mix of inputs."""
+        if func in _INDEXING:
+            self._check_indexing(func, args)
+            return self.on_device(args[0])
+        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        places = [(self.on_device(t), t) for t in tensors]
+        device = [t for place, t in places if place]
+        host = [t for place, t in places if place is False and t.dim() > 0]
+        if device and host and func not in _CROSSING:
+            raise DeviceMixError(
+                "Expected all tensors to be on the same device, but found at least two devices, cuda:0 and cpu! "
+                f"(simulated, in {_name(func)}: {len(device)} device and {len(host)} host tensors)"
+            )
+        if device:
+            return True
+        if not tensors or any(place is False for place, _ in places):
+            return False  # made on the host (a factory with no device), or from host tensors
+        return None
+
+    def _check_indexing(self, func, args) -> None:
+        base, index = args[0], args[1] if len(args) > 1 else None
+        if self.on_device(base) is not False:
+            return  # a device tensor takes host or device indices (and an unknown one is not judged)
+        for t in tree_flatten(index)[0]:
+            if isinstance(t, torch.Tensor) and self.on_device(t):
+                raise DeviceMixError(
+                    "indices should be either on cpu or on the same device as the indexed tensor (cpu) "
+                    f"(simulated, {_name(func)})"
+                )
+
+
+def _in_place(func) -> bool:
+    name = getattr(func, "__name__", "")
+    return name.endswith("_") and not name.endswith("__")
+
+
+def _name(func) -> str:
+    return getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))

@@ -1,0 +1,201 @@
+"""The host/device boundary without a GPU: the pipeline on a simulated second device (`cpu:1`, see
+tests/helpers/simulated_device.py), which refuses what a GPU refuses; and the step free of the operations
+that make a GPU wait for the host.
+
+The snapshot crash of issue 18 (a host picture indexed with device class ids, at step 0 of every GPU run)
+fails `test_every_command_runs_on_a_simulated_device` when reintroduced."""
+
+from __future__ import annotations
+
+import collections
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import frepo
+from frepo.base.errors import FrepoError
+from frepo.cli import main
+from frepo.config import DistillConfig
+from frepo.data.preprocess import Preprocessing
+from frepo.io.artifact import DistilledSet
+from frepo.method.trainer import FRePoTrainer, meta_step
+
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+from simulated_device import DEVICE, DeviceMixError, SimulatedDevice  # noqa: E402
+
+# ---- the simulated device refuses what a GPU refuses, and accepts what a GPU accepts ---------------
+
+
+def test_the_simulated_device_refuses_what_a_gpu_refuses():
+    with SimulatedDevice() as sim:
+        host = torch.arange(6.0)
+        dev = host.to(DEVICE)
+        assert dev.device == DEVICE and host.device.type == "cpu" and host.device != DEVICE
+        assert sim.on_device(dev) and not sim.on_device(host)
+        assert (dev * 2).device == DEVICE and dev[1:].device == DEVICE  # results and views stay there
+        ids = torch.tensor([0, 2], device=DEVICE)
+        with pytest.raises(DeviceMixError, match="indices should be either on cpu"):
+            host[ids]  # the snapshot crash: host pixels, device class ids
+        assert dev[torch.tensor([0, 2])].device == DEVICE  # a device tensor takes host indices
+        with pytest.raises(DeviceMixError, match="same device"):
+            torch.cat([host, dev])
+        with pytest.raises(DeviceMixError, match="same device"):
+            host + dev
+        assert (dev * torch.tensor(2.0)).device == DEVICE  # a 0-dim host tensor is a scalar to a GPU
+        with pytest.raises(DeviceMixError, match="numpy"):
+            dev.numpy()
+        with pytest.raises(DeviceMixError, match="numpy"):
+            np.asarray(dev)
+        back = dev.cpu()
+        assert back.device.type == "cpu" and not sim.on_device(back) and back.numpy().tolist() == host.tolist()
+        back.add_(1)  # a host copy, not an alias of the device tensor
+        assert dev.tolist() == host.tolist() and float(dev.sum()) == 15.0
+        with pytest.raises(DeviceMixError, match="generator"):
+            torch.randn(3, device=DEVICE, generator=torch.Generator().manual_seed(0))
+        model = torch.nn.Linear(6, 2).to(DEVICE)
+        assert all(p.device == DEVICE for p in model.parameters())
+        with pytest.raises(DeviceMixError, match="same device"):
+            model(host)
+        loss = model(dev).sum()
+        loss.backward()
+        assert model.weight.grad.device == DEVICE
+        torch.optim.Adam(model.parameters()).step()  # optimiser states follow their parameters
+        with pytest.raises(DeviceMixError, match="different device"):
+            model.weight.grad = torch.zeros(2, 6)
+        dev[0:2] = torch.ones(2)  # a GPU copies into a slice across devices
+        assert dev.device == DEVICE and dev[:2].tolist() == [1.0, 1.0]
+
+
+def test_a_distilled_set_holds_host_tensors_only():
+    pre = Preprocessing("none", torch.zeros(1), torch.ones(1))
+    meta = {"dataset": "x", "classes": ["a", "b"]}
+    with SimulatedDevice():
+        images, labels = torch.zeros(2, 1, 4, 4, device=DEVICE), torch.arange(2)
+        with pytest.raises(FrepoError, match="host tensors.*images on cpu:1"):
+            DistilledSet(images, labels, pre, meta)
+        DistilledSet(images.cpu(), labels, pre, meta)
+
+
+# ---- the whole pipeline on the simulated device ---------------------------------------------------
+
+DISTILL = dict(steps=4, width=8, num_models=2, max_online_updates=2, batch_size=32, eval_steps=5, eval_every=2)
+DISTILL.update(checkpoint_every=2, log_every=1, snapshot_every=1, eval_models=2)
+
+
+def _flags(options: dict) -> list[str]:
+    return [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
+
+
+def _run(args: list, capsys) -> str:
+    """`frepo ARGS` in this process; a failure shows the error and its traceback."""
+    try:
+        code = main([str(a) for a in args])
+    except Exception:  # the command line turns most errors into one line: keep the traceback here
+        pytest.fail(f"frepo {' '.join(map(str, args))} raised:\n{traceback.format_exc()}")
+    out, err = capsys.readouterr()
+    assert code == 0, f"frepo {' '.join(map(str, args))} exited {code}: {err[-3000:]}"
+    return out
+
+
+def test_every_command_runs_on_a_simulated_device(tmp_path, capsys):
+    """distill (snapshots every step, validation and the best set, TensorBoard, checkpoints, the final files),
+    export in every format, evaluate with every protocol (stacked and one by one), subset by every method,
+    all with --device cpu:1: a host and a device tensor that meet where a GPU refuses them fail here."""
+    run = tmp_path / "run"
+    with SimulatedDevice() as sim:
+        _run(["distill", "--dataset", "digits", "--ipc", 2, "--device", "cpu:1", "--tensorboard", "--out", run]
+             + _flags(DISTILL), capsys)  # fmt: skip
+        assert sim.placed > 0  # the run's tensors were on the device
+        assert len(list((run / "images").glob("step*.png"))) == 5 and (run / "best.safetensors").is_file()
+        assert any((run / "tensorboard").iterdir())
+        distilled = run / "distilled.safetensors"
+        for layout in ("imagefolder", "pt", "npz"):
+            _run(["export", distilled, "--to", tmp_path / layout, "--format", layout], capsys)
+        for protocol, options in (("frepo", ["--steps", 5]), ("dsa", ["--epochs", 2]), ("krr", [])):
+            _run(["evaluate", distilled, "--protocol", protocol, "--models", 2, "--device", "cpu:1", *options], capsys)
+        for together in ("on", "off"):
+            _run(["evaluate", distilled, "--models", 2, "--steps", 5, "--device", "cpu:1", "--together", together],
+                 capsys)  # fmt: skip
+        _run(["evaluate", tmp_path / "pt", "--models", 1, "--steps", 5, "--device", "cpu:1"], capsys)
+        for method in ("random", "herding", "kcenter"):
+            out = tmp_path / f"{method}.safetensors"
+            features = ["--feature-steps", 3, "--feature-width", 8]  # a small feature network: the boundary alone
+            _run(["subset", "--dataset", "digits", "--ipc", 2, "--method", method, "--device", "cpu:1", "--out", out,
+                  *features], capsys)  # fmt: skip
+        _run(["show", run, "--out", tmp_path / "grid.png"], capsys)
+        _run(["report", run], capsys)
+
+
+def test_continual_and_privacy_run_on_a_simulated_device(tmp_path):
+    cl = dict(dataset="digits", tasks=2, ipc=2, orders="0", steps=3, batch_size=32, lr=0.01, eval_models=1)
+    cl.update(eval_steps=5, feature_steps=2, feature_width=8, device="cpu:1")
+    mia = dict(dataset="digits", chunk=1, chunk_size=200, ipc=2, steps=3, batch_size=32, lr=0.01, victim_steps="5")
+    mia.update(victim_batch=32, victim_width=8, device="cpu:1")
+    with SimulatedDevice() as sim:
+        continual = frepo.continual(out=tmp_path / "cl", **cl)
+        privacy = frepo.privacy(out=tmp_path / "mia", **mia)
+        assert sim.placed > 0
+    assert all(len(v) == 2 for v in continual["per_task"].values())
+    assert [r["arm"] for r in privacy["rows"]] == ["distilled", "real"]
+
+
+# ---- no operation in the step makes a GPU wait for the host -----------------------------------------
+
+# ATen operations that read a device value on the host (a GPU synchronisation) whatever their inputs:
+# a scalar read, output sizes that depend on values, and index_fill_ with a tensor value (torch.trace's
+# backward uses it: torch reads the value with .item() inside the CUDA kernel's wrapper).
+SYNCING = ("_local_scalar_dense", "nonzero", "masked_select", "is_nonzero", "equal", "unique", "_unique2")
+SYNCING_OVERLOADS = ("aten.index_fill.int_Tensor", "aten.index_fill_.int_Tensor")
+
+
+class SyncProbe(TorchDispatchMode):
+    """Records the syncing operations dispatched within it (the backward's too), with the frepo line."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: collections.Counter = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split(".")[0] in SYNCING or str(func) in SYNCING_OVERLOADS:
+            frames = [f for f in traceback.extract_stack() if "frepo" in f.filename and "tests" not in f.filename]
+            where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
+            self.seen[f"{func} at {where}"] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_meta_step_reads_nothing_back_from_the_device(meta_problem):
+    """Every tensor of the meta-step (forward, solve, meta-backward) is a device tensor on a GPU, so none of
+    its operations may read a value on the host. (The rest of the step runs host-side code on the CPU that
+    a GPU skips, e.g. one_hot's range check; tests/test_cuda.py checks the whole step on a GPU.)"""
+    model, syn, x_real, y_real = meta_problem()
+    with SyncProbe() as probe:
+        meta_step(model, syn, x_real, y_real, True, 1e-6)
+    assert not probe.seen, dict(probe.seen)
+    assert syn.images.grad is not None and syn.labels.grad is not None
+
+
+def test_the_probe_sees_the_trace_backward():
+    a = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)
+    with SyncProbe() as probe:
+        torch.autograd.grad(torch.trace(a @ a.T), [a])
+    assert any("index_fill" in k for k in probe.seen)
+
+
+def test_a_step_on_the_simulated_device_keeps_its_tensors_there():
+    config = DistillConfig(ipc=2, batch_size=16, steps=10, use_flip=True, device="cpu:1")
+    config.model.width = 8
+    config.pool.num_models, config.pool.max_online_updates = 2, 2  # a reset within the steps
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(64, 3, 8, 8, generator=gen), torch.arange(64) % 4
+    with SimulatedDevice() as sim:
+        trainer = FRePoTrainer(config, x, y, 4, DEVICE)
+        for _ in range(8):
+            metrics = trainer.step()
+        assert trainer.pool.resets > 0
+        assert all(sim.on_device(t) for t in metrics.values())
+        assert sim.on_device(trainer.syn.images) and all(sim.on_device(p) for p in trainer.pool.model.parameters())
