@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks and measurements of docs/benchmarks.md ("GPU"), as one script:
-#   1. the CUDA tests (tests/test_cuda.py: same maths as the CPU, pool resets, resume, every protocol);
+#   1. tests: the CUDA tests (tests/test_cuda.py: same maths as the CPU, pool resets, resume, every protocol),
+#      then the command line's main job on the GPU (frepo distill digits IPC 10, 30 steps; frepo evaluate);
 #   2. dsa: the dsa protocol on random MNIST subsets (IPC 1/10/50; DSA's strategy and DC's MNIST strategy);
 #      dsa-subsets: DC's MNIST strategy on four more random subsets (seeds 1-4) at IPC 1 and 10;
 #   3. reproduce: Table 1 at the cpu-small budget for MNIST and Fashion-MNIST, distilled and evaluated here;
@@ -11,7 +12,8 @@
 #      both feature passes in bf16, with the TF32 and bf16 matmul peaks of the same run;
 #   6. precision: the meta-gradient under bf16 against float32 (bench_precision.py, MNIST IPC 10);
 #   7. eval: 5 evaluation networks one after the other against stacked (bench_eval.py, MNIST, 10/100/500);
-#   8. long: an MNIST IPC 10 distillation of LONG_STEPS steps (default 20000) with STEP_FLAGS (e.g.
+#   8. cudagraphs: the step eager against --compile cudagraphs, CIFAR-10 IPC 10 flip only (paired, --vs);
+#   9. long: an MNIST IPC 10 distillation of LONG_STEPS steps (default 20000) with STEP_FLAGS (e.g.
 #      "--compile cudagraphs"), then a 5-model evaluation (a row of docs/reproduction.md, with its budget).
 # Usage, from the repository root of a machine with a CUDA GPU and torch:
 #   FREPO_DATA_DIR=DIR SETS=DIR RESULTS=DIR [PARTS="tests dsa ..."] bash benchmarks/gpu_session.sh
@@ -35,7 +37,20 @@ part "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 
-want tests && part "CUDA tests" && timeout 240 "$PY" -m pytest -q -s -p no:cacheprovider tests/test_cuda.py 2>&1 | grep -v "distill:" | tail -25
+if want tests; then
+  part "CUDA tests"
+  timeout 240 "$PY" -m pytest -q -s -p no:cacheprovider -rfE tests/test_cuda.py 2>&1 | grep -v "distill:" | tail -40
+  part "the main job on the GPU"
+  rm -rf /tmp/frepo-main-job
+  timeout 90 "${FREPO[@]}" distill --dataset digits --ipc 10 --steps 30 --device cuda --out /tmp/frepo-main-job 2>&1 \
+    | grep -v "distill:" | tail -5
+  timeout 60 "${FREPO[@]}" evaluate /tmp/frepo-main-job/distilled.safetensors --models 2 --steps 100 --device cuda \
+    --json "$RESULTS/main-job-eval.json" 2>&1 | grep -v "evaluate (" | tail -5
+  ls /tmp/frepo-main-job
+fi
+want cudagraphs && part "eager vs --compile cudagraphs, CIFAR-10 IPC 10 flip" && timeout 150 "$PY" \
+  benchmarks/bench_step.py --device cuda --warmup 10 --repeats 30 --vs compile=cudagraphs \
+  --settings cifar10-ipc10-b1024-flip --json "$RESULTS/cudagraphs-gpu.json"
 
 want dsa && part "dsa protocol, random MNIST subsets" && for strategy in color_crop_cutout_flip_scale_rotate crop_scale_rotate; do
   for ipc in 1 10 50; do
