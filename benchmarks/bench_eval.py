@@ -15,7 +15,8 @@ accuracies (equal up to float rounding). `--steps` is per network: the reference
 are hours on a 2-core CPU, and the time per step does not change over a run. `--compile` adds a third
 row per size: the sequential path with each network under torch.compile (a trial; its compile time is
 part of the wall time). JSON keys per row: images, models, steps, mode (sequential|together|compiled),
-seconds, ms_per_step, gflops_per_step, achieved_gflops, peak_gflops, accuracies, mean; "environment" also
+auto (the mode `--together auto` picks for this set on this device: sequential|together), seconds,
+ms_per_step, gflops_per_step, achieved_gflops, peak_gflops, accuracies, mean; "environment" also
 holds the TF32 and bf16 matmul peaks on CUDA.
 """
 
@@ -38,6 +39,7 @@ from bench_step import count_flops, peak_matmul_gflops, sync  # noqa: E402
 
 from frepo.base.rng import generator  # noqa: E402
 from frepo.data.preprocess import fit_preprocessing  # noqa: E402
+from frepo.eval import EvalConfig  # noqa: E402
 from frepo.eval.augment import reference_ops  # noqa: E402
 from frepo.eval.protocol import accuracy  # noqa: E402
 from frepo.eval.protocols.frepo import train_reference_model  # noqa: E402
@@ -110,6 +112,7 @@ def main() -> None:
         images, targets = ds.images.to(device), ds.targets().to(device)
         kw = dict(num_classes=10, steps=n_steps, ops=reference_ops(ds.meta["mirror_invariant"]), device=device)
         streams = [f"eval/model{i}" for i in range(args.models)]
+        auto = "together" if EvalConfig.build(device=str(device)).trains_together(device, images) else "sequential"
         for mode in ("sequential", "together") + (("compiled",) if args.compile else ()):
             sync(device)
             start = time.perf_counter()  # training only; the test pass is the same work either way
@@ -129,7 +132,8 @@ def main() -> None:
             flops = step_flops(ds, args.models, device)  # the useful work, the same for both modes
             ms = 1000 * seconds / n_steps
             row = {
-                "images": size, "models": args.models, "steps": n_steps, "mode": mode, "seconds": round(seconds, 2),
+                "images": size, "models": args.models, "steps": n_steps, "mode": mode, "auto": auto,
+                "seconds": round(seconds, 2),
                 "ms_per_step": round(ms, 1), "gflops_per_step": flops / 1e9,
                 "achieved_gflops": flops / 1e9 / (ms / 1000), "peak_gflops": peak,
                 "accuracies": accs, "mean": sum(accs) / len(accs),
@@ -143,15 +147,15 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"environment": env, "rows": rows}, indent=1) + "\n")
     print(
-        "| images | models × steps | mode | wall (s) | ms/step (all models) | GFLOP/step | achieved GFLOP/s | "
-        "fraction of fp32 peak | accuracies (%) |"
+        "| images | models × steps | mode | auto picks | wall (s) | ms/step (all models) | GFLOP/step | "
+        "achieved GFLOP/s | fraction of fp32 peak | accuracies (%) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         accs = ", ".join(f"{a:.2f}" for a in r["accuracies"])
         fraction = r["achieved_gflops"] / r["peak_gflops"]
         print(
-            f"| {r['images']} | {r['models']} × {r['steps']} | {r['mode']} | {r['seconds']:.1f} | "
+            f"| {r['images']} | {r['models']} × {r['steps']} | {r['mode']} | {r['auto']} | {r['seconds']:.1f} | "
             f"{r['ms_per_step']:.0f} | {r['gflops_per_step']:.1f} | {r['achieved_gflops']:.0f} | {fraction:.0%} | "
             f"{accs} |"
         )

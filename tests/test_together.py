@@ -57,3 +57,21 @@ def test_evaluate_set_together_equals_one_by_one(arch, stacked):
         runs[together] = evaluate_set(ds, test_x, test_y, config)
     assert runs["on"].extra["together"] is stacked and runs["off"].extra["together"] is False
     assert runs["on"].accuracies == pytest.approx(runs["off"].accuracies, abs=100 / 30 + 1e-9)  # ≤ 1 image
+
+
+def test_auto_stacks_only_where_it_measured_faster():
+    """`--together auto` follows the H200 measurements (eval/config.py): stacked on CUDA up to 100 MNIST
+    images' pixels per batch, one after the other beyond (slower stacked at 500) and on the CPU."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    auto = EvalConfig.build()
+
+    def mnist(n):
+        return torch.empty(n, 1, 28, 28)
+
+    assert auto.trains_together(cuda, mnist(10)) and auto.trains_together(cuda, mnist(100))
+    assert not auto.trains_together(cuda, mnist(101)) and not auto.trains_together(cuda, mnist(500))
+    assert auto.trains_together(cuda, torch.empty(25, 3, 32, 32))
+    assert not auto.trains_together(cuda, torch.empty(100, 3, 32, 32))  # 100 CIFAR images: 4× the pixels
+    assert not auto.trains_together(cpu, mnist(10))
+    assert EvalConfig.build(together="on").trains_together(cpu, mnist(500))
+    assert not EvalConfig.build(together="off").trains_together(cuda, mnist(10))
