@@ -103,9 +103,10 @@ def _run(args: list, capsys) -> str:
 
 
 def test_every_command_runs_on_a_simulated_device(tmp_path, capsys):
-    """distill (snapshots every step, validation and the best set, TensorBoard, checkpoints, the final files),
-    export in every format, evaluate with every protocol (stacked and one by one), subset by every method,
-    all with --device cpu:1: a host and a device tensor that meet where a GPU refuses them fail here."""
+    """distill (snapshots every step, validation and the best set, TensorBoard, checkpoints, the final files;
+    and with streamed real batches), export in every format, evaluate with every protocol (stacked and one
+    by one), subset by every method, show, report, all with --device cpu:1: a host and a device tensor that
+    meet where a GPU refuses them fail here."""
     run = tmp_path / "run"
     with SimulatedDevice() as sim:
         _run(["distill", "--dataset", "digits", "--ipc", 2, "--device", "cpu:1", "--tensorboard", "--out", run]
@@ -113,6 +114,9 @@ def test_every_command_runs_on_a_simulated_device(tmp_path, capsys):
         assert sim.placed > 0  # the run's tensors were on the device
         assert len(list((run / "images").glob("step*.png"))) == 5 and (run / "best.safetensors").is_file()
         assert any((run / "tensorboard").iterdir())
+        streamed = {**DISTILL, "steps": 2, "snapshot_every": 0, "eval_every": 0}  # real batches gathered per step
+        _run(["distill", "--dataset", "digits", "--ipc", 2, "--device", "cpu:1", "--stream", "on", "--out",
+              tmp_path / "streamed"] + _flags(streamed), capsys)  # fmt: skip
         distilled = run / "distilled.safetensors"
         for layout in ("imagefolder", "pt", "npz"):
             _run(["export", distilled, "--to", tmp_path / layout, "--format", layout], capsys)
