@@ -8,6 +8,7 @@ fails `test_every_command_runs_on_a_simulated_device` when reintroduced."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 import sys
 import traceback
 from pathlib import Path
@@ -22,7 +23,7 @@ from frepo.base.errors import FrepoError
 from frepo.cli import main
 from frepo.config import DistillConfig
 from frepo.data.preprocess import Preprocessing
-from frepo.io.artifact import DistilledSet
+from frepo.io.artifact import DistilledSet, load_distilled, save_distilled
 from frepo.method.trainer import FRePoTrainer, meta_step
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
@@ -69,6 +70,8 @@ def test_the_simulated_device_refuses_what_a_gpu_refuses():
             model.weight.grad = torch.zeros(2, 6)
         dev[0:2] = torch.ones(2)  # a GPU copies into a slice across devices
         assert dev.device == DEVICE and dev[:2].tolist() == [1.0, 1.0]
+        with pytest.raises(DeviceMixError, match="tensor indices"):
+            dev[torch.tensor([0, 1])] = torch.ones(2)  # but not through tensor indices (index_put_)
 
 
 def test_a_distilled_set_holds_host_tensors_only():
@@ -122,6 +125,11 @@ def test_every_command_runs_on_a_simulated_device(tmp_path, capsys):
             _run(["export", distilled, "--to", tmp_path / layout, "--format", layout], capsys)
         for protocol, options in (("frepo", ["--steps", 5]), ("dsa", ["--epochs", 2]), ("krr", [])):
             _run(["evaluate", distilled, "--protocol", protocol, "--models", 2, "--device", "cpu:1", *options], capsys)
+        learned = load_distilled(distilled)  # learned labels that are class distributions: kept as they are
+        soft = dataclasses.replace(learned, labels=learned.labels.softmax(-1))
+        soft_path = save_distilled(soft, tmp_path / "soft.safetensors")
+        options = ["--protocol", "dsa", "--soft-labels", "--epochs", 2, "--models", 1, "--device", "cpu:1"]
+        _run(["evaluate", soft_path, *options], capsys)
         for together in ("on", "off"):
             _run(["evaluate", distilled, "--models", 2, "--steps", 5, "--device", "cpu:1", "--together", together],
                  capsys)  # fmt: skip

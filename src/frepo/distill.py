@@ -269,8 +269,9 @@ class Distiller:
     def host_set(self) -> DistilledSet:
         """The current set as a host copy, with everything its file records: the one place where the run's
         device tensors reach the host. Files, pictures, monitoring and the best set receive this (a
-        `DistilledSet` holds host tensors by contract); validation alone takes the live device tensors.
-        Copied once per step, however many consumers ask (the copy waits for the device's step to end)."""
+        `DistilledSet` holds host tensors by contract); validation trains on the live device tensors (and
+        takes this for the set's description). Copied once per step, however many consumers ask (the copy
+        waits for the device's step to end); the consumers of a step share it, so it is read-only."""
         if self._host is None or self._host[0] != self.step:
             images = self.syn.images.detach().to(HOST, copy=True)
             labels = self.syn.labels.detach().to(HOST, copy=True)

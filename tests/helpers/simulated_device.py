@@ -7,7 +7,7 @@ storages are recorded, and `.device` reports `cpu:1` for them. The mode then rai
 
 - an operation that mixes device and host tensors ("Expected all tensors to be on the same device"; a
   0-dim host tensor is accepted, as CUDA accepts CPU scalars; `copy_` and assignment into a slice may
-  cross, as they do on a GPU);
+  cross, as they do on a GPU, assignment through tensor indices may not);
 - a host tensor indexed with device indices (the snapshot crash of issue 18: a device tensor may be
   indexed with host indices, not the other way round);
 - `.numpy()` / `np.asarray` of a device tensor, and pinning device memory;
@@ -198,6 +198,15 @@ class SimulatedDevice(TorchFunctionMode):
 
     def _check_indexing(self, func, args) -> None:
         base, index = args[0], args[1] if len(args) > 1 else None
+        tensor_index = any(isinstance(t, torch.Tensor) for t in tree_flatten(index)[0])
+        value = args[2] if func is torch.Tensor.__setitem__ and len(args) > 2 else None
+        if tensor_index and isinstance(value, torch.Tensor) and value.dim() > 0:  # index_put_, not copy_
+            places = self.on_device(base), self.on_device(value)
+            if None not in places and places[0] != places[1]:
+                raise DeviceMixError(
+                    "Expected all tensors to be on the same device, but found at least two devices, cuda:0 and "
+                    f"cpu! (simulated, assignment through tensor indices, {_name(func)})"
+                )
         if self.on_device(base) is not False:
             return  # a device tensor takes host or device indices (and an unknown one is not judged)
         for t in tree_flatten(index)[0]:

@@ -18,6 +18,7 @@ import torch
 from ..base.errors import FrepoError
 from ..base.fields import check_choices, leaf_fields, nested, opt, set_leaf
 from ..models import ARCHS, check_arch
+from .protocol import REFERENCE_BATCH
 from .protocols import PROTOCOLS
 from .protocols.dsa import DsaOptions
 from .protocols.frepo import FrepoOptions
@@ -31,7 +32,6 @@ TOGETHER = ("auto", "on", "off")
 # falls with the work per step, a batch of min(N, 500) images, so auto stacks on CUDA up to 100 MNIST
 # images' worth of pixels per batch (25 CIFAR images), where it measured faster. Fewer than 5 networks
 # were not measured.
-TOGETHER_BATCH = 500  # the frepo protocol's batch (`train_reference_model`)
 TOGETHER_AUTO_BATCH_PIXELS = 100 * 28 * 28
 
 
@@ -94,8 +94,9 @@ class EvalConfig:
         """Whether `--models` networks train stacked on `device` (a torch.device) on `images` (N×C×H×W)."""
         if self.together != "auto":
             return self.together == "on"
-        batch_pixels = min(len(images), TOGETHER_BATCH) * images[0].numel()
-        return device.type == "cuda" and batch_pixels <= TOGETHER_AUTO_BATCH_PIXELS
+        if device.type != "cuda":
+            return False
+        return min(len(images), REFERENCE_BATCH) * images.shape[1:].numel() <= TOGETHER_AUTO_BATCH_PIXELS
 
     def options(self) -> Any:
         """The options dataclass of the chosen protocol."""

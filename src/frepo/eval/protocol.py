@@ -16,6 +16,9 @@ import torch
 
 from ..io.artifact import DistilledSet, class_ids_of, regression_targets
 
+# The reference evaluation (frepo protocol) trains on batches of min(N, REFERENCE_BATCH) images, in order.
+REFERENCE_BATCH = 500
+
 
 @dataclass
 class EvalSetup:

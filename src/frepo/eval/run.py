@@ -38,7 +38,10 @@ def evaluate_set(
     device = resolve_device(config.device)
     images, labels = on_device if on_device is not None else (ds.images, ds.labels)
     if images.shape != ds.images.shape or labels.shape != ds.labels.shape:
-        raise ValueError(f"on_device holds {tuple(images.shape)} images, the set {tuple(ds.images.shape)}")
+        raise ValueError(
+            f"on_device holds images {tuple(images.shape)} and labels {tuple(labels.shape)}; the set "
+            f"{tuple(ds.images.shape)} and {tuple(ds.labels.shape)}"
+        )
     setup = EvalSetup(
         ds,
         images.detach().to(device).float(),

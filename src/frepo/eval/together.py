@@ -23,6 +23,7 @@ from ..method.krr import mse_loss
 from ..method.optim import optax_adam, set_lr, warmup_cosine
 from ..models import build_model
 from .augment import random_op
+from .protocol import REFERENCE_BATCH
 
 
 def stackable(model: nn.Module) -> bool:
@@ -73,7 +74,7 @@ def train_reference_models(
     arch: str = "conv",
     lr: float = 3e-4,
     warmup: int = 500,
-    batch_size: int = 500,
+    batch_size: int = REFERENCE_BATCH,
     width: int = 128,
     progress: bool = False,
 ) -> Stacked:

@@ -125,8 +125,11 @@ class Passes:
             return self._embed(model, x)
         from torch.utils.checkpoint import checkpoint
 
-        parts = _equal_chunks(x, chunk_size)
-        return torch.cat([checkpoint(self._embed, model, part, use_reentrant=False) for part in parts])
+        parts = []
+        for part in _equal_chunks(x, chunk_size):
+            out = checkpoint(self._embed, model, part, use_reentrant=False)
+            parts.append(out.clone() if self.graphed else out)  # the next chunk's replay overwrites `out`
+        return torch.cat(parts)
 
     def begin_step(self) -> None:
         """Mark an outer step's start: under CUDA graphs, the previous step's outputs are done with."""

@@ -61,7 +61,7 @@ def soft_targets(labels: torch.Tensor) -> torch.Tensor:
     """Class distributions (N×K) from learned labels: rows that already are distributions are kept;
     anything else (e.g. FRePo's centred regression labels) is read as logits and softmaxed."""
     labels = labels.float()
-    if bool((labels >= 0).all()) and torch.allclose(labels.sum(-1), torch.ones(len(labels)), atol=1e-4):
+    if bool((labels >= 0).all()) and torch.allclose(labels.sum(-1), labels.new_ones(len(labels)), atol=1e-4):
         return labels
     return labels.softmax(-1)
 

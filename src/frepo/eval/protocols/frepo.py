@@ -20,7 +20,7 @@ from ...method.krr import mse_loss
 from ...method.optim import optax_adam, set_lr, warmup_cosine
 from ...models import build_model, eval_layout
 from ..augment import random_op, reference_ops
-from ..protocol import EvalSetup, Plan, Protocol, accuracy
+from ..protocol import REFERENCE_BATCH, EvalSetup, Plan, Protocol, accuracy
 from ..together import stackable, train_reference_models
 
 # Reference: training steps by total number of distilled images.
@@ -77,7 +77,7 @@ def train_reference_model(
     arch: str = "conv",
     lr: float = 3e-4,
     warmup: int = 500,
-    batch_size: int = 500,
+    batch_size: int = REFERENCE_BATCH,
     width: int = 128,
     progress: bool = False,
     compile: bool = False,
