@@ -79,12 +79,12 @@ def test_gpu_trainer_follows_the_cpu_trainer_through_pool_resets(exact_fp32):
     assert gap < 1e-2 * moved, float(gap / moved)
 
 
-def _small_trainer(device, **options) -> FRePoTrainer:
-    config = DistillConfig(ipc=2, batch_size=64, steps=100, use_flip=True, channels_last=False, **options)
+def _small_trainer(device, batch_size=64, n=256, **options) -> FRePoTrainer:
+    config = DistillConfig(ipc=2, batch_size=batch_size, steps=100, use_flip=True, channels_last=False, **options)
     config.model.width = 16
     config.pool.num_models, config.pool.max_online_updates = 2, 4  # resets every few steps
     gen = torch.Generator().manual_seed(1)
-    x, y = torch.randn(256, 3, 16, 16, generator=gen), torch.arange(256) % 4
+    x, y = torch.randn(n, 3, 16, 16, generator=gen), torch.arange(n) % 4
     return FRePoTrainer(config, x, y, 4, device)
 
 
@@ -114,6 +114,19 @@ def test_compiled_gpu_step_follows_the_eager_gpu_step(exact_fp32, mode):
         torch.testing.assert_close(mc["loss"], me["loss"], rtol=1e-3, atol=1e-5)
     assert compiled.pool.resets == eager.pool.resets > 0
     assert (compiled.syn.images - eager.syn.images).norm() < 1e-2 * (eager.syn.images - start).norm()
+
+
+def test_cuda_graph_step_with_chunked_passes_follows_the_eager_step(exact_fp32):
+    """Under CUDA graphs a graph's next replay overwrites its outputs: a real batch above REAL_CHUNK (two
+    replays of the real-feature graph per step) and a chunked support forward (--chunk-size, replays under
+    activation checkpointing) still follow the eager step."""
+    options = dict(batch_size=600, n=1024, chunk_size=5)  # 16 support images with flip: 4 chunks
+    eager, graphed = _small_trainer(CUDA, **options), _small_trainer(CUDA, compile="cudagraphs", **options)
+    start = eager.syn.images.detach().clone()
+    for _ in range(8):
+        me, mg = eager.step(), graphed.step()
+        torch.testing.assert_close(mg["loss"], me["loss"], rtol=1e-3, atol=1e-5)
+    assert (graphed.syn.images - eager.syn.images).norm() < 1e-2 * (eager.syn.images - start).norm()
 
 
 def test_bf16_support_forward_on_gpu_keeps_the_meta_gradient_direction(meta_problem):
