@@ -11,16 +11,13 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "frepo"
 # Floors, ground first. A module may import from a lower floor, or from its own room (a folder).
 FLOORS = [
     {"base"},  # errors, seeds, devices, processes, atomic files, typed fields, logging, version
-    {"config"},  # what a run is
-    {"presets"},  # the paper's settings, and small CPU budgets
+    {"config"},  # what a run is, and its named presets (the paper's settings, small CPU budgets)
     {"models"},  # networks
     {"data", "method"},  # datasets and preprocessing; FRePo itself on tensors
     {"io"},  # the distilled-set file, other tools' files, exports
     {"eval"},  # protocols, their configs, results
-    {"runs", "visualize", "subset", "evaluate"},  # jobs and their parts
-    {"monitor", "report"},
-    {"distill"},
-    {"reproduce", "apps"},  # the paper's tables; downstream experiments
+    {"jobs"},  # one module per command (distill, evaluate, subset, report, reproduce) and their parts
+    {"apps"},  # downstream experiments
     {"cli"},
     {"__init__", "__main__"},
 ]
@@ -101,7 +98,7 @@ def test_distillation_imports_no_file_format_of_other_tools():
     """The closure of what importing distill.py loads (its modules' top-level imports; a package's
     __init__ runs with it; frepo's own front door, which re-exports everything, aside) holds neither the
     foreign readers nor the exporters. Only `--init FILE` loads a reader, inside the function that reads it."""
-    seen, todo = set(), ["frepo.distill"]
+    seen, todo = set(), ["frepo.jobs.distill"]
     while todo:
         m = todo.pop()
         if m in seen:
@@ -110,4 +107,16 @@ def test_distillation_imports_no_file_format_of_other_tools():
         parents = [".".join(m.split(".")[:i]) for i in range(2, len(m.split(".")))]
         todo += [t for t in _imports(m, into_functions=False) | set(parents) if t in MODULES and t != "frepo"]
     assert "frepo.eval.run" in seen and "frepo.method.trainer" in seen  # the test sees real imports
-    assert not seen & {"frepo.io.foreign", "frepo.io.export", "frepo.data.recipes", "frepo.evaluate"}
+    assert not seen & {"frepo.io.foreign", "frepo.io.export", "frepo.data.recipes", "frepo.jobs.evaluate"}
+
+
+def test_the_tree_shows_the_floors():
+    """Nothing lies loose at the top of the package: every module lives in a room, and every room is a
+    folder the README's Architecture section names."""
+    loose = sorted(p.name for p in SRC.glob("*.py") if p.stem not in ("__init__", "__main__"))
+    assert not loose, loose
+    rooms = {p.name for p in SRC.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    assert rooms == set(FLOOR) - {"__init__", "__main__"}
+    readme = (SRC.parents[1] / "README.md").read_text()
+    architecture = readme[readme.index("## Architecture") :]
+    assert all(f"`{room}/`" in architecture for room in rooms), rooms

@@ -16,7 +16,7 @@ import torch
 from frepo import presets
 from frepo.base.errors import Interrupted
 from frepo.config import DistillConfig
-from frepo.distill import Distiller, distill
+from frepo.jobs.distill import Distiller, distill
 from frepo.eval import EvalConfig, evaluate_set
 from frepo.io.artifact import load_distilled
 from frepo.method.trainer import FRePoTrainer, meta_step

@@ -11,7 +11,7 @@ import torch
 
 from frepo import presets
 from frepo.base.dist import DistContext
-from frepo.distill import Distiller, distill
+from frepo.jobs.distill import Distiller, distill
 from frepo.io.artifact import load_distilled
 
 OVERRIDES = dict(

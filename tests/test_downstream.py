@@ -19,7 +19,7 @@ from frepo.apps.continual import Continual, ContinualConfig, class_order, task_s
 from frepo.base.errors import Interrupted
 from frepo.cli import main
 from frepo.data import load_dataset
-from frepo.distill import Distiller
+from frepo.jobs.distill import Distiller
 from frepo.eval import EvalResult
 
 CL = dict(dataset="digits", tasks=5, ipc=2, orders="0", steps=4, batch_size=64, lr=0.01, eval_models=1)

@@ -18,7 +18,7 @@ from frepo.config import DataConfig
 from frepo.io.artifact import DistilledSet, save_distilled
 from frepo.io.export import LAYOUTS, MANIFEST_KEYS, export, to_uint8
 from frepo.io.foreign import detect_format, load_export
-from frepo.visualize import class_grid, grid_array
+from frepo.jobs.visualize import class_grid, grid_array
 
 FAST = {"models": 1, "steps": 20, "width": 8}
 

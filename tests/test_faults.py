@@ -22,7 +22,7 @@ from frepo.base.atomic import append_line
 from frepo.base.errors import FrepoError
 from frepo.cli import main
 from frepo.io.artifact import DistilledSet, _checksum, load_distilled, save_distilled
-from frepo.runs import RunDir
+from frepo.jobs.runs import RunDir
 
 FAST = ["--width", "8", "--num-models", "3", "--max-online-updates", "4", "--batch-size", "64"]
 FAST += ["--eval-steps", "20", "--log-every", "1", "--checkpoint-every", "2"]
@@ -64,7 +64,9 @@ def test_a_second_process_on_a_run_directory_is_refused_and_a_killed_owner_leave
     assert f"pid {os.getpid()}" in line
     holder.release()
     # A process that holds the lock and dies by kill -9 leaves nothing that blocks the next run.
-    script = f"from frepo.runs import RunDir; import time; RunDir({str(out)!r}).acquire(); print('held', flush=True)"
+    script = (
+        f"from frepo.jobs.runs import RunDir; import time; RunDir({str(out)!r}).acquire(); print('held', flush=True)"
+    )
     script += "; time.sleep(60)"
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
@@ -186,7 +188,7 @@ def test_kill_9_after_a_checkpoint_and_validation_step_resumes_to_the_same_outpu
         run_args = [str(out) if a == str(tmp_path / "X") else a for a in args]
         driver = textwrap.dedent(f"""
             import os, signal, sys
-            import frepo.runs as runs
+            import frepo.jobs.runs as runs
             save = runs.RunDir.save_checkpoint
             def save_then_die(self, state):
                 save(self, state)
@@ -395,7 +397,7 @@ def test_divergence_without_nan_stops_the_run(tmp_path, capsys):
 
 
 def test_validation_at_chance_stops_the_run(tmp_path, capsys, monkeypatch):
-    from frepo.distill import Distiller
+    from frepo.jobs.distill import Distiller
 
     monkeypatch.setattr(Distiller, "validate", lambda self, progress=False: 10.0)  # digits: chance is 10%
     line = one_line(capsys, main(distill_args(tmp_path / "run", "--steps", 8, "--eval-every", 1)), "at chance")

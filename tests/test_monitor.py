@@ -12,7 +12,7 @@ from PIL import Image
 from frepo import distill, presets
 from frepo.cli import main
 from frepo.io.artifact import load_distilled
-from frepo.visualize import grid_array
+from frepo.jobs.visualize import grid_array
 
 OVERRIDES = dict(steps=6, width=8, num_models=3, max_online_updates=4, batch_size=64, eval_steps=20, log_every=1)
 

@@ -11,13 +11,14 @@ import json
 import pytest
 import torch
 
-from frepo import presets, reproduce
+from frepo import presets
+from frepo.jobs import reproduce
 from frepo.base.errors import FrepoError
 from frepo.data.preprocess import Preprocessing
 from frepo.eval import EvalResult
 from frepo.eval.results import results_csv, results_json, results_table
 from frepo.io.artifact import DistilledSet, save_distilled
-from frepo.report import write_report
+from frepo.jobs.report import write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -134,13 +135,13 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     def no_evaluation(*args, **kwargs):
         raise AssertionError("a finished row was evaluated again")
 
-    monkeypatch.setattr(importlib.import_module("frepo.evaluate"), "evaluate", no_evaluation)
+    monkeypatch.setattr(importlib.import_module("frepo.jobs.evaluate"), "evaluate", no_evaluation)
     again = reproduce.reproduce(1, "tiny", **kwargs)
     assert f"| {saved['mean']:.2f} ± {saved['std']:.2f} | done |" in again
     assert out.read_text() == again + "\n" + notes  # the table rewritten, the notes kept
 
     # --finished-only reports what has finished and runs nothing for the rest.
-    monkeypatch.setattr(importlib.import_module("frepo.distill"), "distill", no_evaluation)
+    monkeypatch.setattr(importlib.import_module("frepo.jobs.distill"), "distill", no_evaluation)
     reported = reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)
     assert f"| {saved['mean']:.2f} ± {saved['std']:.2f} | done |" in reported
     kwargs["runs_dir"] = tmp_path / "elsewhere"

@@ -14,7 +14,7 @@ import torch
 
 from frepo import presets
 from frepo.base.errors import Interrupted
-from frepo.distill import Distiller, distill
+from frepo.jobs.distill import Distiller, distill
 from frepo.io.artifact import load_distilled
 
 OVERRIDES = dict(

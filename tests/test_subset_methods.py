@@ -10,7 +10,7 @@ import torch
 from frepo.base.errors import FrepoError
 from frepo.config import DataConfig
 from frepo.data import prepare
-from frepo.subset import herding_select, kcenter_select, make_subset
+from frepo.jobs.subset import herding_select, kcenter_select, make_subset
 
 
 def brute_herding(features: np.ndarray, k: int) -> list[int]:

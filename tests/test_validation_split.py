@@ -15,7 +15,7 @@ from frepo import distill
 from frepo.config import DataConfig, DistillConfig
 from frepo.data import PreparedData, RawDataset, prepare
 from frepo.io.artifact import load_distilled
-from frepo.subset import make_subset
+from frepo.jobs.subset import make_subset
 
 
 class WithheldTestSplit(RawDataset):

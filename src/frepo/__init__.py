@@ -3,18 +3,18 @@
 The public API, re-exported explicitly; the rooms behind it are described in the README ("Architecture").
 """
 
-from . import presets
+from .config import presets
 from .apps.continual import ContinualConfig, continual
 from .apps.privacy import PrivacyConfig, privacy
 from .base.errors import FrepoError, Interrupted
 from .base.version import __version__
 from .config import DataConfig, DistillConfig, ModelConfig, PoolConfig
-from .distill import DistillResult, distill
+from .jobs.distill import DistillResult, distill
 from .eval import EvalConfig, EvalResult
-from .evaluate import SourceConfig, evaluate, evaluate_archs
+from .jobs.evaluate import SourceConfig, evaluate, evaluate_archs
 from .io.artifact import DistilledSet, load_distilled, save_distilled
 from .io.export import export
-from .subset import make_subset
+from .jobs.subset import make_subset
 
 __all__ = [
     "ContinualConfig",

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import presets as distill_presets
+from ..config import presets as distill_presets
 from ..base.atomic import atomic_write
 from ..base.device import resolve_device
 from ..base.errors import FrepoError
@@ -36,7 +36,7 @@ from ..base.fields import check_finite, opt, to_dict
 from ..base.rng import generator
 from ..base.version import __version__
 from ..data import load_dataset
-from ..distill import distill
+from ..jobs.distill import distill
 from ..eval.augment import random_op, reference_ops
 from ..io.artifact import DistilledSet, load_distilled
 from ..method.krr import centered_one_hot, mse_loss

@@ -23,14 +23,14 @@ def _default_out(dataset: str, ipc: int) -> Path:
 
 def distill_config(args: argparse.Namespace) -> DistillConfig:
     """The run's settings: the preset (or dataset table) under the flags given on the command line."""
-    from .. import presets
+    from ..config import presets
 
     overrides = explicit(args, DistillConfig(), skip=_DISTILL_SPECIAL)
     return presets.resolve(args.dataset, args.ipc, args.preset, overrides)
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from ..distill import distill
+    from ..jobs.distill import distill
 
     config = distill_config(args)
     if args.out is not None and not args.out.strip():
@@ -52,7 +52,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..eval import EvalConfig
     from ..eval.results import results_table, write_csv, write_json
-    from ..evaluate import SourceConfig, configure, run
+    from ..jobs.evaluate import SourceConfig, configure, run
 
     # Built and validated once, and the output paths checked, before any data is loaded.
     config, source = configure(**explicit(args, EvalConfig(), SourceConfig()))
@@ -74,7 +74,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_subset(args: argparse.Namespace) -> int:
     from ..config import DataConfig
     from ..io.artifact import save_distilled
-    from ..subset import make_subset
+    from ..jobs.subset import make_subset
 
     check_output_file(args.out, "--out")
     data = DataConfig(
@@ -99,7 +99,7 @@ def cmd_subset(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..report import write_report
+    from ..jobs.report import write_report
 
     path = write_report(args.run_dir, Path(args.run_dir) / args.out if args.out else None)
     print(f"report -> {path}")
@@ -107,7 +107,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from ..reproduce import reproduce
+    from ..jobs.reproduce import reproduce
 
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
     text = reproduce(
@@ -131,8 +131,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from ..io.artifact import load_distilled
-    from ..runs import RunDir
-    from ..visualize import animate, save_grid
+    from ..jobs.runs import RunDir
+    from ..jobs.visualize import animate, save_grid
 
     if args.per_class < 1:
         raise FrepoError(f"--per-class must be >= 1, got {args.per_class}")
@@ -192,7 +192,7 @@ def _experiment_out(out: str) -> Path:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from .. import presets
+    from ..config import presets
     from ..apps.continual import PRESETS as CONTINUAL_PRESETS
     from ..apps.privacy import PRESETS as PRIVACY_PRESETS
 
@@ -222,11 +222,11 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from ..base.version import __version__
     from ..eval import EvalConfig
-    from ..evaluate import SourceConfig
+    from ..jobs.evaluate import SourceConfig
     from ..io.export import LAYOUTS
-    from ..reproduce import BUDGETS
-    from ..runs import CONTINUABLE
-    from ..subset import METHODS
+    from ..jobs.reproduce import BUDGETS
+    from ..jobs.runs import CONTINUABLE
+    from ..jobs.subset import METHODS
 
     parser = Parser(
         prog="frepo",

@@ -278,7 +278,7 @@ def load_foreign(
 ) -> DistilledSet:
     """Read a distilled set written by another tool for dataset `raw` into a DistilledSet whose
     preprocessing is the one its images live in (so the test split gets the very same transform)."""
-    from ..presets import default_flip
+    from ..config.presets import default_flip
 
     path = Path(path)
     fmt = fmt or detect_format(path)

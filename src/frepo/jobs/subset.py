@@ -20,15 +20,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base.device import resolve_device
-from .base.errors import FrepoError
-from .base.fields import to_dict
-from .base.rng import generator
-from .config import DataConfig
-from .data import prepare
-from .io.artifact import DistilledSet
-from .method.synthetic import init_from_real
-from .models import Conv, embed_batched
+from ..base.device import resolve_device
+from ..base.errors import FrepoError
+from ..base.fields import to_dict
+from ..base.rng import generator
+from ..config import DataConfig
+from ..data import prepare
+from ..io.artifact import DistilledSet
+from ..method.synthetic import init_from_real
+from ..models import Conv, embed_batched
 
 METHODS = ("random", "herding", "kcenter")
 FEATURE_STEPS = 300

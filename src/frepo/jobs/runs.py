@@ -21,18 +21,18 @@ from pathlib import Path
 
 import torch
 
-from .base.atomic import (
+from ..base.atomic import (
     append_line,
     atomic_torch_save,
     atomic_write_json,
     atomic_write_text,
     remove_stale_temps,
 )
-from .base.errors import FrepoError
-from .base.fields import from_dict, to_dict
-from .base.lock import LOCK, FolderLock
-from .base.version import __version__
-from .config import DistillConfig
+from ..base.errors import FrepoError
+from ..base.fields import from_dict, to_dict
+from ..base.lock import LOCK, FolderLock
+from ..base.version import __version__
+from ..config import DistillConfig
 
 # Settings that may change between a run and its resumption: they do not change the result (device and
 # compile: the same maths, rounded in another order).

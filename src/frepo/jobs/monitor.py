@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numbers
 
-from .base.errors import FrepoError
-from .config import DistillConfig
-from .io.artifact import DistilledSet
+from ..base.errors import FrepoError
+from ..config import DistillConfig
+from ..io.artifact import DistilledSet
 from .runs import RunDir
 from .visualize import grid_array, save_snapshot
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base.errors import FrepoError
-from .base.fields import check_choices, check_finite, nested, opt
+from ..base.errors import FrepoError
+from ..base.fields import check_choices, check_finite, nested, opt
 
 NORMS = ("batch", "instance", "none")
 PREPROCESS_KINDS = ("auto", "standard", "zca", "zca_block", "none")

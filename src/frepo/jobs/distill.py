@@ -18,16 +18,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .base.atomic import WriteError
-from .base.device import resolve_device
-from .base.dist import init_distributed
-from .base.errors import FrepoError, Interrupted
-from .base.fields import to_dict
-from .config import DistillConfig
-from .data import PreparedData, prepare
-from .eval import EvalConfig, evaluate_set, reference_steps
-from .io.artifact import HOST, DistilledSet, save_distilled
-from .method.trainer import FRePoTrainer
+from ..base.atomic import WriteError
+from ..base.device import resolve_device
+from ..base.dist import init_distributed
+from ..base.errors import FrepoError, Interrupted
+from ..base.fields import to_dict
+from ..config import DistillConfig
+from ..data import PreparedData, prepare
+from ..eval import EvalConfig, evaluate_set, reference_steps
+from ..io.artifact import HOST, DistilledSet, save_distilled
+from ..method.trainer import FRePoTrainer
 from .monitor import Monitor, summary_writer
 from .runs import RunDir, environment
 from .visualize import save_grid
@@ -134,7 +134,7 @@ class Distiller:
             )
         start = None
         if config.init and not resuming:  # a resumed run continues from its checkpoint
-            from .io.foreign import load_start  # other tools' readers, loaded only when asked for
+            from ..io.foreign import load_start  # other tools' readers, loaded only when asked for
 
             start = load_start(
                 config.init, raw, self.data.preprocessing, config.data.class_ids(raw.num_classes), config.ipc

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import math
 
-from .base.errors import FrepoError
-from .base.fields import set_leaf
-from .config import DistillConfig
+from ..base.errors import FrepoError
+from ..base.fields import set_leaf
+from . import DistillConfig
 
 # Flip trick in the meta-step, from the official script: MNIST/F-MNIST off; CIFAR-10 on; CIFAR-100
 # on at IPC 1, off at 10/50; Tiny ImageNet on at 1, off at 10; other datasets on. frepo also turns

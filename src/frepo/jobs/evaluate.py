@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
-from .base.errors import FrepoError
-from .base.fields import check_choices, leaf_fields, opt, set_leaf
-from .data import RawDataset, load_dataset
-from .data.recipes import CLAIMS
-from .data.splits import holdout_split
-from .eval import EvalConfig, EvalResult, evaluate_set
-from .io.artifact import DistilledSet
+from ..base.errors import FrepoError
+from ..base.fields import check_choices, leaf_fields, opt, set_leaf
+from ..data import RawDataset, load_dataset
+from ..data.recipes import CLAIMS
+from ..data.splits import holdout_split
+from ..eval import EvalConfig, EvalResult, evaluate_set
+from ..io.artifact import DistilledSet
 
 
 @dataclass
@@ -67,10 +67,10 @@ def open_set(file: DistilledSet | str | Path, source: SourceConfig) -> tuple[Dis
     if isinstance(file, DistilledSet):
         if source.dataset is not None or source.preprocess != "auto" or source.entry is not None:
             raise FrepoError("dataset, preprocess and entry apply to files, not to a loaded DistilledSet")
-        from .io.foreign import recorded_data_dir
+        from ..io.foreign import recorded_data_dir
 
         return file, load_dataset(file.dataset, source.data_dir or recorded_data_dir(file), source.download)
-    from .io.foreign import load_set
+    from ..io.foreign import load_set
 
     return load_set(
         file,
@@ -148,7 +148,7 @@ def run(
         "file_checksum": ds.meta.get("checksum"),
     }
     if ds.meta.get("source"):
-        from .io.foreign import describe
+        from ..io.foreign import describe
 
         identity["source"] = describe(ds)
     results = []

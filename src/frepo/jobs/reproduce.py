@@ -18,10 +18,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .base.atomic import atomic_write_text
-from .base.errors import FrepoError
-from .data import BUILTIN, default_data_dir
-from .data.layouts import LAYOUTS, find_root
+from ..base.atomic import atomic_write_text
+from ..base.errors import FrepoError
+from ..data import BUILTIN, default_data_dir
+from ..data.layouts import LAYOUTS, find_root
 
 # Published test accuracy (%, mean ± std; ConvNet) of FRePo's Table 1, from docs frepo-reference.md.
 # The reference notes that the MNIST, Fashion-MNIST, ImageNet and CUB rows still need checking
@@ -128,7 +128,7 @@ def plan(
     cuda: bool | None = None,
 ) -> list[Row]:
     """The rows of `table` under `budget`, each marked planned or with the reason it cannot run."""
-    from . import presets
+    from ..config import presets
 
     if table not in TABLES:
         raise FrepoError(f"only table {', '.join(map(str, TABLES))} can be reproduced, not table {table}")
@@ -175,7 +175,7 @@ def _evaluation_json(run_dir: Path, budget: Budget) -> Path:
 def finished_evaluation(run_dir: Path, budget: Budget) -> tuple[float, float] | None:
     """(mean, std) of this budget's evaluation of the run's final set, if it was evaluated; None
     otherwise (no finished set, no evaluation, or one of another file or model count)."""
-    from .io.artifact import load_distilled
+    from ..io.artifact import load_distilled
 
     saved, final = _evaluation_json(run_dir, budget), run_dir / "distilled.safetensors"
     if not (saved.is_file() and final.is_file()):
@@ -198,9 +198,9 @@ def run_row(
     progress: bool,
 ) -> None:
     """Distil (or resume) and evaluate one planned row, in place; a failure is recorded, not raised."""
-    from . import presets
+    from ..config import presets
     from .distill import distill
-    from .eval.results import write_json
+    from ..eval.results import write_json
     from .evaluate import evaluate
 
     config = presets.get(row.preset)
@@ -242,7 +242,7 @@ def render(
 ) -> str:
     import torch
 
-    from .base.version import __version__
+    from ..base.version import __version__
 
     evaluation = f"frepo protocol, {budget.eval_models} models × " + (
         f"{budget.eval_steps} steps" if budget.eval_steps else "the reference step table"

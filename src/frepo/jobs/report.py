@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .base.atomic import atomic_write, atomic_write_text
-from .base.errors import FrepoError
+from ..base.atomic import atomic_write, atomic_write_text
+from ..base.errors import FrepoError
 from .runs import RunDir
 
 LOSS_KEYS = ("loss", "kernel_loss", "online_loss")
@@ -162,7 +162,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if not grid.is_file():
         grid = None
         if run.distilled_path.is_file():
-            from .io.artifact import load_distilled
+            from ..io.artifact import load_distilled
             from .visualize import save_grid
 
             grid = save_grid(load_distilled(run.distilled_path), run.path / "distilled.png")

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base.atomic import atomic_write
-from .base.errors import FrepoError
-from .io.artifact import DistilledSet
+from ..base.atomic import atomic_write
+from ..base.errors import FrepoError
+from ..io.artifact import DistilledSet
 
 SNAPSHOT = re.compile(r"step(\d+)\.png$")
 
