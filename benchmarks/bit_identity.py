@@ -33,7 +33,8 @@ DISTILL += "--checkpoint-every 10 --snapshot-every 15 --log-every 5 --out run"
 JOBS = {
     "distill": DISTILL,
     "evaluate_frepo": "evaluate run/distilled.safetensors --models 2 --steps 60 --together off --json eval_frepo.json",
-    "evaluate_stacked": "evaluate run/distilled.safetensors --models 2 --steps 60 --together on --json eval_stacked.json",
+    "evaluate_stacked": "evaluate run/distilled.safetensors --models 2 --steps 60 --together on "
+    "--json eval_stacked.json",
     "evaluate_dsa": "evaluate run/distilled.safetensors --protocol dsa --epochs 6 --models 1 --json eval_dsa.json",
     "evaluate_krr": "evaluate run/distilled.safetensors --protocol krr --models 2 --width 16 --json eval_krr.json",
     "subset_random": "subset --dataset digits --ipc 3 --method random --out random.safetensors",
@@ -46,10 +47,6 @@ JOBS = {
     "privacy": "privacy --dataset digits --chunk 1 --chunk-size 300 --ipc 2 --steps 4 --batch-size 64 --lr 0.01 "
     "--victim-steps 5,20 --victim-batch 64 --victim-width 8 --out mia",
 }
-SETS = ["run/distilled.safetensors", "run/best.safetensors", "random.safetensors", "herding.safetensors"]
-SETS += ["kcenter.safetensors", "mia/distill/distilled.safetensors", "cl/order0/task1/distill/distilled.safetensors"]
-JSONS = ["eval_frepo.json", "eval_stacked.json", "eval_dsa.json", "eval_krr.json", "cl/continual.json"]
-JSONS += ["mia/privacy.json"]
 
 
 def _stable(value):
@@ -75,9 +72,25 @@ def _set_fingerprint(path: Path) -> dict:
     return out
 
 
+def fingerprints(root: Path) -> dict[str, object]:
+    """Every output under `root` by its relative path: sets, JSON, metrics lines and pictures (the
+    Markdown and CSV tables are derived from the JSON; checkpoints hold timings)."""
+    found: dict[str, object] = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = str(path.relative_to(root))
+        if path.suffix == ".safetensors":
+            found[rel] = _set_fingerprint(path)
+        elif path.suffix == ".json":
+            found[rel] = _stable(json.loads(path.read_text()))
+        elif path.suffix == ".jsonl":
+            found[rel] = [_stable(json.loads(line)) for line in path.read_text().splitlines()]
+        elif path.suffix in (".png", ".gif", ".npy"):
+            found[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
 def record(src: Path, out: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(src.resolve())}
-    found: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, command in JOBS.items():
             done = subprocess.run(
@@ -86,16 +99,7 @@ def record(src: Path, out: Path) -> None:
             if done.returncode:
                 sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
             print(f"ran {name}", flush=True)
-        root = Path(tmp)
-        for rel in SETS:
-            found[rel] = _set_fingerprint(root / rel)
-        for rel in JSONS:
-            found[rel] = _stable(json.loads((root / rel).read_text()))
-        metrics = [json.loads(line) for line in (root / "run/metrics.jsonl").read_text().splitlines()]
-        found["run/metrics.jsonl"] = _stable(metrics)
-        found["run/images"] = {
-            p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (root / "run/images").iterdir()
-        }
+        found = fingerprints(Path(tmp))
     out.write_text(json.dumps(found, indent=1, sort_keys=True))
     print(f"wrote {out}")
 

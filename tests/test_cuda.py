@@ -16,9 +16,9 @@ import torch
 from frepo import presets
 from frepo.base.errors import Interrupted
 from frepo.config import DistillConfig
-from frepo.jobs.distill import Distiller, distill
 from frepo.eval import EvalConfig, evaluate_set
 from frepo.io.artifact import load_distilled
+from frepo.jobs.distill import Distiller, distill
 from frepo.method.trainer import FRePoTrainer, meta_step
 from frepo.models import ARCHS, Conv, build_model, init_flax_defaults_, init_torch_defaults_
 

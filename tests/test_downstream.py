@@ -19,8 +19,8 @@ from frepo.apps.continual import Continual, ContinualConfig, class_order, task_s
 from frepo.base.errors import Interrupted
 from frepo.cli import main
 from frepo.data import load_dataset
-from frepo.jobs.distill import Distiller
 from frepo.eval import EvalResult
+from frepo.jobs.distill import Distiller
 
 CL = dict(dataset="digits", tasks=5, ipc=2, orders="0", steps=4, batch_size=64, lr=0.01, eval_models=1)
 CL.update(eval_steps=10, feature_steps=2)

@@ -14,10 +14,10 @@ from frepo.config import DataConfig
 from frepo.data.preprocess import Preprocessing
 from frepo.eval import PROTOCOLS, EvalConfig, evaluate_set
 from frepo.eval.protocols.krr import krr_accuracy
-from frepo.jobs.evaluate import evaluate_archs
 from frepo.io.artifact import DistilledSet, save_distilled
-from frepo.models import build_model
+from frepo.jobs.evaluate import evaluate_archs
 from frepo.jobs.subset import make_subset
+from frepo.models import build_model
 
 
 def _set(shape=(1, 8, 8), n_per_class=2, classes=3, learned=False, seed=0):

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from frepo import presets
-from frepo.jobs import reproduce
 from frepo.base.errors import FrepoError
 from frepo.data.preprocess import Preprocessing
 from frepo.eval import EvalResult
 from frepo.eval.results import results_csv, results_json, results_table
 from frepo.io.artifact import DistilledSet, save_distilled
+from frepo.jobs import reproduce
 from frepo.jobs.report import write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"

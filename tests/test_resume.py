@@ -14,8 +14,8 @@ import torch
 
 from frepo import presets
 from frepo.base.errors import Interrupted
-from frepo.jobs.distill import Distiller, distill
 from frepo.io.artifact import load_distilled
+from frepo.jobs.distill import Distiller, distill
 
 OVERRIDES = dict(
     steps=8,

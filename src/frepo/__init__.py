@@ -3,17 +3,16 @@
 The public API, re-exported explicitly; the rooms behind it are described in the README ("Architecture").
 """
 
-from .config import presets
 from .apps.continual import ContinualConfig, continual
 from .apps.privacy import PrivacyConfig, privacy
 from .base.errors import FrepoError, Interrupted
 from .base.version import __version__
-from .config import DataConfig, DistillConfig, ModelConfig, PoolConfig
-from .jobs.distill import DistillResult, distill
+from .config import DataConfig, DistillConfig, ModelConfig, PoolConfig, presets
 from .eval import EvalConfig, EvalResult
-from .jobs.evaluate import SourceConfig, evaluate, evaluate_archs
 from .io.artifact import DistilledSet, load_distilled, save_distilled
 from .io.export import export
+from .jobs.distill import DistillResult, distill
+from .jobs.evaluate import SourceConfig, evaluate, evaluate_archs
 from .jobs.subset import make_subset
 
 __all__ = [

@@ -26,15 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from ..config import presets as distill_presets
 from ..base.errors import FrepoError
 from ..base.fields import check_choice, check_finite, opt, to_dict
 from ..base.version import __version__
 from ..config import DataConfig
+from ..config import presets as distill_presets
 from ..data import load_dataset
-from ..jobs.distill import distill
 from ..eval import EvalConfig, evaluate_set
 from ..io.artifact import DistilledSet, load_distilled, save_distilled
+from ..jobs.distill import distill
 from ..jobs.subset import make_subset
 from .common import ExperimentDir, csv_text, markdown_table, resolve, save_plot, test_split_of, union, write_text
 

@@ -28,17 +28,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import presets as distill_presets
 from ..base.atomic import atomic_write
 from ..base.device import resolve_device
 from ..base.errors import FrepoError
 from ..base.fields import check_finite, opt, to_dict
 from ..base.rng import generator
 from ..base.version import __version__
+from ..config import presets as distill_presets
 from ..data import load_dataset
-from ..jobs.distill import distill
 from ..eval.augment import random_op, reference_ops
 from ..io.artifact import DistilledSet, load_distilled
+from ..jobs.distill import distill
 from ..method.krr import centered_one_hot, mse_loss
 from ..models import build_model, eval_layout
 from .attacks import ATTACKS, confidence, lira_offline, roc_metrics, run_attacks

@@ -192,9 +192,9 @@ def _experiment_out(out: str) -> Path:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from ..config import presets
     from ..apps.continual import PRESETS as CONTINUAL_PRESETS
     from ..apps.privacy import PRESETS as PRIVACY_PRESETS
+    from ..config import presets
 
     for name in presets.names():
         values = ", ".join(f"{k}={v}" for k, v in presets.PRESETS[name].items() if k not in ("dataset", "ipc"))
@@ -222,8 +222,8 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from ..base.version import __version__
     from ..eval import EvalConfig
-    from ..jobs.evaluate import SourceConfig
     from ..io.export import LAYOUTS
+    from ..jobs.evaluate import SourceConfig
     from ..jobs.reproduce import BUDGETS
     from ..jobs.runs import CONTINUABLE
     from ..jobs.subset import METHODS

@@ -199,8 +199,8 @@ def run_row(
 ) -> None:
     """Distil (or resume) and evaluate one planned row, in place; a failure is recorded, not raised."""
     from ..config import presets
-    from .distill import distill
     from ..eval.results import write_json
+    from .distill import distill
     from .evaluate import evaluate
 
     config = presets.get(row.preset)
