@@ -9,7 +9,11 @@ import torch
 from torch import nn
 
 from frepo.base.errors import FrepoError
-from frepo.models import Conv, FlaxBatchNorm2d, build_model
+from frepo.models import ARCHS, Conv, FlaxBatchNorm2d, build_model, init_flax_defaults_, lecun_normal_
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
 
 @pytest.mark.parametrize(
@@ -24,7 +28,7 @@ def test_feature_size_and_logits(shape, feature_dim):
 
 
 def test_layout_widths_padding_and_norm_placement():
-    model = Conv(1, 10, (28, 28), width=128, depth=3, norm="batch")
+    model = Conv(1, 10, (28, 28), width=128, depth=3, norm="batch", generator=gen())
     convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
     assert [c.out_channels for c in convs] == [128, 256, 512]
     assert [c.padding for c in convs] == [(3, 3), (1, 1), (1, 1)]  # 28×28 greyscale -> 32×32
@@ -44,9 +48,14 @@ def test_layout_widths_padding_and_norm_placement():
         "ReLU",
         "AvgPool2d",
     ]
-    assert Conv(3, 10, (32, 32)).features[0].padding == (1, 1)
-    assert not any(isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) for m in Conv(3, 10, (32, 32), norm="none").modules())
-    assert sum(isinstance(m, nn.GroupNorm) for m in Conv(3, 10, (32, 32), norm="instance").modules()) == 2
+    assert Conv(3, 10, (32, 32), generator=gen()).features[0].padding == (1, 1)
+    assert not any(
+        isinstance(m, (nn.BatchNorm2d, nn.GroupNorm))
+        for m in Conv(3, 10, (32, 32), norm="none", generator=gen()).modules()
+    )
+    assert (
+        sum(isinstance(m, nn.GroupNorm) for m in Conv(3, 10, (32, 32), norm="instance", generator=gen()).modules()) == 2
+    )
 
 
 def test_lecun_normal_init_statistics():
@@ -89,8 +98,50 @@ def test_flax_batch_norm_running_statistics():
 
 
 def test_build_model_variants_and_errors():
-    assert isinstance(build_model("conv_bn", (3, 32, 32), 10), Conv)
+    assert isinstance(build_model("conv_bn", (3, 32, 32), 10, generator=gen()), Conv)
     with pytest.raises(FrepoError):
-        build_model("transformer", (3, 32, 32), 10)
+        build_model("transformer", (3, 32, 32), 10, generator=gen())
     with pytest.raises(FrepoError):
-        Conv(3, 10, (2, 2), depth=3)
+        Conv(3, 10, (2, 2), depth=3, generator=gen())
+
+
+def test_the_registry_lists_every_architecture_in_the_clis_order():
+    assert list(ARCHS) == [
+        "conv",
+        "conv_bn",
+        "conv_in",
+        "convnet",
+        "alexnet",
+        "vgg11",
+        "resnet18",
+        "resnet18_bn",
+        "mlp",
+    ]
+    assert ARCHS["conv_bn"] == "FRePo Conv, batch norm (the distillation's pool network)"
+
+
+@pytest.mark.parametrize("arch, norm", [("conv", "none"), ("conv_bn", "batch"), ("conv_in", "instance")])
+def test_a_conv_arch_is_conv_with_its_norm_drawn_alike(arch, norm):
+    """build_model's Conv family is Conv itself: same structure, same draws from the same seed (the
+    distillation's pool builds its networks through build_model)."""
+    built = build_model(arch, (3, 16, 16), 4, generator=gen(2), width=8, depth=2)
+    direct = Conv(3, 4, (16, 16), 8, 2, norm, generator=gen(2))
+    assert [type(m) for m in built.modules()] == [type(m) for m in direct.modules()]
+    for (name, a), (_, b) in zip(built.state_dict().items(), direct.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_the_generator_is_required_everywhere():
+    """No global-RNG fallback: leaving the generator out, or passing None, is an error, not a draw."""
+    with pytest.raises(TypeError):
+        build_model("conv", (3, 8, 8), 4, gen())  # keyword-only
+    with pytest.raises(TypeError):
+        build_model("conv", (3, 8, 8), 4)
+    with pytest.raises(TypeError):
+        Conv(3, 4, (8, 8))
+    with pytest.raises(TypeError):
+        build_model("mlp", (3, 8, 8), 4, generator=None)
+    with pytest.raises(TypeError):
+        init_flax_defaults_(Conv(3, 4, (8, 8), width=4, generator=gen()), generator=None)
+    with pytest.raises(TypeError):
+        lecun_normal_(torch.empty(3, 3), generator=None)

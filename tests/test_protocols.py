@@ -125,7 +125,7 @@ def test_soft_targets():
 @pytest.mark.parametrize("use_flip", [False, True])
 def test_krr_accuracy_matches_the_explicit_dual_form(use_flip):
     g = torch.Generator().manual_seed(0)
-    model = build_model("conv", (1, 8, 8), 4, torch.Generator().manual_seed(1), width=8)
+    model = build_model("conv", (1, 8, 8), 4, generator=torch.Generator().manual_seed(1), width=8)
     xs, ys = torch.randn(6, 1, 8, 8, generator=g), torch.randn(6, 4, generator=g)
     xt, yt = torch.randn(40, 1, 8, 8, generator=g), torch.randint(4, (40,), generator=g)
     acc = krr_accuracy(model, xs, ys, xt, yt, device=torch.device("cpu"), use_flip=use_flip, batch=7)

@@ -61,7 +61,7 @@ class ModelPool:
         i = self.current
         loss = None
         if self.steps[i] > self.cfg.max_online_updates:
-            init_flax_defaults_(self.models[i], self.init_generator)
+            init_flax_defaults_(self.models[i], generator=self.init_generator)
             self.optimizers[i] = self._adam(self.models[i])
             self.steps[i] = 0
             self.resets += 1

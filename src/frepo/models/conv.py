@@ -13,6 +13,7 @@ from torch import nn
 
 from ..base.errors import FrepoError
 from .init import initialise_
+from .registry import ModelSpec, register_model
 
 
 class FlaxBatchNorm2d(nn.BatchNorm2d):
@@ -54,7 +55,8 @@ class Conv(nn.Module):
         width: int = 128,
         depth: int = 3,
         norm: str = "none",
-        generator: torch.Generator | None = None,
+        *,
+        generator: torch.Generator,
         init: str = "lecun",
     ):
         super().__init__()
@@ -76,7 +78,7 @@ class Conv(nn.Module):
         self.features = nn.Sequential(*layers)
         self.feature_dim = channels * h * w
         self.classifier = nn.Linear(self.feature_dim, num_classes)
-        initialise_(self, generator, init)
+        initialise_(self, generator=generator, scheme=init)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """N×C×H×W -> N×feature_dim."""
@@ -84,3 +86,34 @@ class Conv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))
+
+
+# The Conv family's architecture names: norm -> name (the pool's `--norm` picks one of these).
+CONV_ARCHS = {"none": "conv", "batch": "conv_bn", "instance": "conv_in"}
+
+
+def conv_arch(norm: str) -> str:
+    """The architecture name of a Conv with normalisation `norm` (none, batch or instance)."""
+    if norm not in CONV_ARCHS:
+        raise FrepoError(f"unknown normalisation {norm!r}")
+    return CONV_ARCHS[norm]
+
+
+def _conv(spec: ModelSpec, norm: str, generator: torch.Generator) -> Conv:
+    c, size = spec.in_channels, spec.image_size
+    return Conv(c, spec.num_classes, size, spec.width, spec.depth, norm, generator=generator, init=spec.init)
+
+
+@register_model("conv", "FRePo Conv, no norm (the frepo protocol's network)")
+def conv(spec: ModelSpec, *, generator: torch.Generator) -> Conv:
+    return _conv(spec, "none", generator)
+
+
+@register_model("conv_bn", "FRePo Conv, batch norm (the distillation's pool network)")
+def conv_bn(spec: ModelSpec, *, generator: torch.Generator) -> Conv:
+    return _conv(spec, "batch", generator)
+
+
+@register_model("conv_in", "FRePo Conv, instance norm")
+def conv_in(spec: ModelSpec, *, generator: torch.Generator) -> Conv:
+    return _conv(spec, "instance", generator)

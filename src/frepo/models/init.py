@@ -7,11 +7,15 @@
   torch  torch's own default rule, as the DC/DSA/DM/MTT code gets it (its networks never re-initialise):
          Kaiming-uniform with a = sqrt(5) for weights (U(±1/sqrt(fan_in))), U(±1/sqrt(fan_in)) biases.
 Norm layers get unit scale and zero shift under both.
+
+The generator is a required keyword everywhere: there is no fallback on torch's global RNG, whose
+state depends on whatever ran before, so every initialisation names the stream it draws from.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -20,13 +24,17 @@ from torch import nn
 TRUNCATED_STD = 0.87962566103423978
 
 
-def _draw_(tensor: torch.Tensor, generator: torch.Generator | None, fill) -> torch.Tensor:
+def _draw_(
+    tensor: torch.Tensor, generator: torch.Generator, fill: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
     """In place: fill(t) draws into t from `generator`. Our generators live on the CPU (rng.py), and
     torch refuses a CPU generator for a CUDA tensor, so the values are drawn on the generator's device
     and copied: a model re-initialised on a GPU (the pool's resets) gets the same weights as on a CPU.
     The scratch tensor keeps the parameter's memory layout, because torch fills in memory order."""
+    if not isinstance(generator, torch.Generator):  # None would draw from the global RNG
+        raise TypeError(f"weights are drawn from an explicit torch.Generator, not {type(generator).__name__}")
     with torch.no_grad():
-        if generator is None or tensor.device == generator.device:
+        if tensor.device == generator.device:
             fill(tensor)
         else:
             # non_blocking: a pageable host source is staged at once, and the GPU stream is not waited for.
@@ -34,7 +42,7 @@ def _draw_(tensor: torch.Tensor, generator: torch.Generator | None, fill) -> tor
     return tensor
 
 
-def lecun_normal_(weight: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def lecun_normal_(weight: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
     """In place: truncated normal with variance 1/fan_in; fan_in = in_features (·kh·kw for convs)."""
     fan_in = weight[0].numel()
     std = math.sqrt(1.0 / fan_in) / TRUNCATED_STD
@@ -48,7 +56,7 @@ def lecun_normal_(weight: torch.Tensor, generator: torch.Generator | None = None
 INIT_SCHEMES = ("lecun", "torch")
 
 
-def init_torch_defaults_(module: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
+def init_torch_defaults_(module: nn.Module, *, generator: torch.Generator) -> nn.Module:
     """Re-initialise every conv/linear of `module` in place with torch's `reset_parameters` rule (weight,
     then bias, module by module) and every norm layer as `init_flax_defaults_` does, drawing only
     from `generator`."""
@@ -63,12 +71,12 @@ def init_torch_defaults_(module: nn.Module, generator: torch.Generator | None = 
     return module
 
 
-def initialise_(module: nn.Module, generator: torch.Generator | None, scheme: str = "lecun") -> nn.Module:
+def initialise_(module: nn.Module, *, generator: torch.Generator, scheme: str = "lecun") -> nn.Module:
     """Initialise `module` in place with one of `INIT_SCHEMES`."""
     if scheme == "lecun":
-        return init_flax_defaults_(module, generator)
+        return init_flax_defaults_(module, generator=generator)
     if scheme == "torch":
-        return init_torch_defaults_(module, generator)
+        return init_torch_defaults_(module, generator=generator)
     raise ValueError(f"unknown init scheme {scheme!r}; use one of {INIT_SCHEMES}")
 
 
@@ -80,12 +88,12 @@ def _reset_norm(m: nn.BatchNorm2d | nn.GroupNorm) -> None:
         m.reset_running_stats()
 
 
-def init_flax_defaults_(module: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
+def init_flax_defaults_(module: nn.Module, *, generator: torch.Generator) -> nn.Module:
     """Re-initialise every conv/linear (LeCun normal, zero bias) and norm layer (unit scale, zero shift,
     fresh running statistics) of `module` in place, drawing only from `generator`."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
-            lecun_normal_(m.weight, generator)
+            lecun_normal_(m.weight, generator=generator)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):

@@ -35,6 +35,7 @@ from torch import nn
 
 from ..base.errors import FrepoError
 from .init import initialise_
+from .registry import ModelSpec, register_model
 
 VGG11_LAYOUT = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
@@ -75,7 +76,8 @@ class _Embedder(nn.Module):
         image_shape: tuple[int, int, int],
         num_classes: int,
         build: Callable[[], nn.Module],
-        generator: torch.Generator | None,
+        *,
+        generator: torch.Generator,
         init: str = "lecun",
     ):
         super().__init__()
@@ -84,7 +86,7 @@ class _Embedder(nn.Module):
             self.feature_dim = _feature_dim(self.features, image_shape, arch)
             self.classifier = nn.Linear(self.feature_dim, num_classes)
         self.to_empty(device="cpu")
-        initialise_(self, generator, init)
+        initialise_(self, generator=generator, scheme=init)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x).flatten(1)
@@ -109,7 +111,8 @@ class ConvNet(_Embedder):
         width: int = 128,
         depth: int = 3,
         norm: str = "instance",
-        generator: torch.Generator | None = None,
+        *,
+        generator: torch.Generator,
         init: str = "lecun",
     ):
         _check_norm("convnet", norm, ("instance", "batch", "none"))
@@ -125,7 +128,7 @@ class ConvNet(_Embedder):
                 channels = width
             return nn.Sequential(*layers)
 
-        super().__init__("convnet", (in_channels, *image_size), num_classes, build, generator, init)
+        super().__init__("convnet", (in_channels, *image_size), num_classes, build, generator=generator, init=init)
 
 
 class AlexNet(_Embedder):
@@ -136,7 +139,8 @@ class AlexNet(_Embedder):
         in_channels: int,
         num_classes: int,
         image_size: tuple[int, int],
-        generator: torch.Generator | None = None,
+        *,
+        generator: torch.Generator,
         init: str = "lecun",
     ):
         def build() -> nn.Module:
@@ -156,7 +160,7 @@ class AlexNet(_Embedder):
                 nn.MaxPool2d(2),
             )
 
-        super().__init__("alexnet", (in_channels, *image_size), num_classes, build, generator, init)
+        super().__init__("alexnet", (in_channels, *image_size), num_classes, build, generator=generator, init=init)
 
 
 class VGG11(_Embedder):
@@ -168,7 +172,8 @@ class VGG11(_Embedder):
         num_classes: int,
         image_size: tuple[int, int],
         norm: str = "instance",
-        generator: torch.Generator | None = None,
+        *,
+        generator: torch.Generator,
         init: str = "lecun",
     ):
         _check_norm("vgg11", norm, ("instance", "batch"))
@@ -185,7 +190,7 @@ class VGG11(_Embedder):
                 channels = item
             return nn.Sequential(*layers)
 
-        super().__init__("vgg11", (in_channels, *image_size), num_classes, build, generator, init)
+        super().__init__("vgg11", (in_channels, *image_size), num_classes, build, generator=generator, init=init)
 
 
 class BasicBlock(nn.Module):
@@ -219,7 +224,8 @@ class ResNet18(_Embedder):
         num_classes: int,
         image_size: tuple[int, int],
         norm: str = "instance",
-        generator: torch.Generator | None = None,
+        *,
+        generator: torch.Generator,
         init: str = "lecun",
     ):
         _check_norm("resnet18", norm, ("instance", "batch"))
@@ -234,7 +240,7 @@ class ResNet18(_Embedder):
             layers.append(nn.AdaptiveAvgPool2d(1))
             return nn.Sequential(*layers)
 
-        super().__init__("resnet18", (in_channels, *image_size), num_classes, build, generator, init)
+        super().__init__("resnet18", (in_channels, *image_size), num_classes, build, generator=generator, init=init)
 
 
 class MLP(_Embedder):
@@ -245,7 +251,8 @@ class MLP(_Embedder):
         in_channels: int,
         num_classes: int,
         image_size: tuple[int, int],
-        generator: torch.Generator | None = None,
+        *,
+        generator: torch.Generator,
         init: str = "lecun",
     ):
         h, w = image_size
@@ -255,4 +262,38 @@ class MLP(_Embedder):
                 nn.Flatten(), nn.Linear(in_channels * h * w, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU()
             )
 
-        super().__init__("mlp", (in_channels, *image_size), num_classes, build, generator, init)
+        super().__init__("mlp", (in_channels, *image_size), num_classes, build, generator=generator, init=init)
+
+
+@register_model("convnet", "DC ConvNet-3, width 128, instance norm (the dsa protocol's network)")
+def convnet(spec: ModelSpec, *, generator: torch.Generator) -> ConvNet:
+    c, size, k = spec.in_channels, spec.image_size, spec.num_classes
+    return ConvNet(c, k, size, spec.width, spec.depth, "instance", generator=generator, init=spec.init)
+
+
+@register_model("alexnet", "DC AlexNet, no norm")
+def alexnet(spec: ModelSpec, *, generator: torch.Generator) -> AlexNet:
+    return AlexNet(spec.in_channels, spec.num_classes, spec.image_size, generator=generator, init=spec.init)
+
+
+@register_model("vgg11", "DC VGG-11, instance norm")
+def vgg11(spec: ModelSpec, *, generator: torch.Generator) -> VGG11:
+    c, size, k = spec.in_channels, spec.image_size, spec.num_classes
+    return VGG11(c, k, size, "instance", generator=generator, init=spec.init)
+
+
+@register_model("resnet18", "DC ResNet-18, instance norm")
+def resnet18(spec: ModelSpec, *, generator: torch.Generator) -> ResNet18:
+    c, size, k = spec.in_channels, spec.image_size, spec.num_classes
+    return ResNet18(c, k, size, "instance", generator=generator, init=spec.init)
+
+
+@register_model("resnet18_bn", "DC ResNet-18, batch norm")
+def resnet18_bn(spec: ModelSpec, *, generator: torch.Generator) -> ResNet18:
+    c, size, k = spec.in_channels, spec.image_size, spec.num_classes
+    return ResNet18(c, k, size, "batch", generator=generator, init=spec.init)
+
+
+@register_model("mlp", "DC MLP, 2 hidden layers of 128")
+def mlp(spec: ModelSpec, *, generator: torch.Generator) -> MLP:
+    return MLP(spec.in_channels, spec.num_classes, spec.image_size, generator=generator, init=spec.init)
