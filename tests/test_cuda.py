@@ -18,7 +18,7 @@ from frepo.base.errors import Interrupted
 from frepo.config import DistillConfig
 from frepo.eval import EvalConfig, evaluate_set
 from frepo.io.artifact import load_distilled
-from frepo.jobs.distill import Distiller, distill
+from frepo.jobs.distill import distill
 from frepo.method.trainer import FRePoTrainer, meta_step
 from frepo.models import ARCHS, Conv, build_model, init_flax_defaults_, init_torch_defaults_
 
@@ -42,8 +42,8 @@ def test_reinitialising_a_gpu_model_draws_the_cpu_stream(init, layout):
     cpu = Conv(3, 10, (32, 32), width=16, norm="batch", generator=torch.Generator().manual_seed(0))
     gpu = Conv(3, 10, (32, 32), width=16, norm="batch", generator=torch.Generator().manual_seed(0))
     cpu, gpu = cpu.to(memory_format=layout), gpu.to(CUDA, memory_format=layout)
-    init(cpu, torch.Generator().manual_seed(7))
-    init(gpu, torch.Generator().manual_seed(7))
+    init(cpu, generator=torch.Generator().manual_seed(7))
+    init(gpu, generator=torch.Generator().manual_seed(7))
     for (name, a), (_, b) in zip(cpu.state_dict().items(), gpu.state_dict().items()):
         assert b.device.type == "cuda" and torch.equal(a, b.cpu()), name
 
@@ -145,7 +145,7 @@ def test_distill_run_on_gpu_repeats_and_resumes_bit_for_bit(tmp_path, monkeypatc
     config = presets.resolve("digits", 2, overrides={**overrides, "device": "cuda", "checkpoint_every": 10})
     straight = distill(config, tmp_path / "straight", progress=False)
     again = distill(config, tmp_path / "again", progress=False)
-    original = Distiller._one_step
+    original = FRePoTrainer.step
     calls = {"n": 0}
 
     def step_then_interrupt(self):
@@ -155,10 +155,10 @@ def test_distill_run_on_gpu_repeats_and_resumes_bit_for_bit(tmp_path, monkeypatc
             signal.raise_signal(signal.SIGINT)
         return metrics
 
-    monkeypatch.setattr(Distiller, "_one_step", step_then_interrupt)
+    monkeypatch.setattr(FRePoTrainer, "step", step_then_interrupt)
     with pytest.raises(Interrupted):
         distill(config, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(Distiller, "_one_step", original)
+    monkeypatch.setattr(FRePoTrainer, "step", original)
     resumed = distill(config, tmp_path / "resumed", progress=False)
     a, b, c = (load_distilled(r.distilled_path) for r in (straight, again, resumed))
     assert straight.step == resumed.step == 30 and torch.isfinite(a.images).all()

@@ -20,7 +20,7 @@ from frepo.base.errors import Interrupted
 from frepo.cli import main
 from frepo.data import load_dataset
 from frepo.eval import EvalResult
-from frepo.jobs.distill import Distiller
+from frepo.method.trainer import FRePoTrainer
 
 CL = dict(dataset="digits", tasks=5, ipc=2, orders="0", steps=4, batch_size=64, lr=0.01, eval_models=1)
 CL.update(eval_steps=10, feature_steps=2)
@@ -84,7 +84,7 @@ def test_continual_resumes_after_an_interruption_and_keeps_its_contract(tmp_path
     assert set(straight["per_task"]) == {"frepo", "random", "herding"}
     assert all(len(v) == 2 and all(0 <= a <= 100 for a in v) for v in straight["per_task"].values())
     assert straight["final"] == {arm: v[-1] for arm, v in straight["per_task"].items()}
-    original, calls = Distiller._one_step, {"n": 0}
+    original, calls = FRePoTrainer.step, {"n": 0}
 
     def interrupt_in_task_2(self):
         calls["n"] += 1
@@ -92,10 +92,10 @@ def test_continual_resumes_after_an_interruption_and_keeps_its_contract(tmp_path
             signal.raise_signal(signal.SIGINT)
         return original(self)
 
-    monkeypatch.setattr(Distiller, "_one_step", interrupt_in_task_2)
+    monkeypatch.setattr(FRePoTrainer, "step", interrupt_in_task_2)
     args = ["continual", "--out", str(tmp_path / "cl")] + [f"--{k.replace('_', '-')}={v}" for k, v in CL2.items()]
     assert main(args) == 130
-    monkeypatch.setattr(Distiller, "_one_step", original)
+    monkeypatch.setattr(FRePoTrainer, "step", original)
     assert main(args) == 0
     assert "| 2 | 10 |" in capsys.readouterr().out
     resumed = json.loads((tmp_path / "cl" / "continual.json").read_text())

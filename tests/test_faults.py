@@ -397,9 +397,9 @@ def test_divergence_without_nan_stops_the_run(tmp_path, capsys):
 
 
 def test_validation_at_chance_stops_the_run(tmp_path, capsys, monkeypatch):
-    from frepo.jobs.distill import Distiller
+    from frepo.jobs.actions import Validation
 
-    monkeypatch.setattr(Distiller, "validate", lambda self, progress=False: 10.0)  # digits: chance is 10%
+    monkeypatch.setattr(Validation, "accuracy", lambda self, now, progress=False: 10.0)  # digits: chance is 10%
     line = one_line(capsys, main(distill_args(tmp_path / "run", "--steps", 8, "--eval-every", 1)), "at chance")
     assert "step 3" in line
 

@@ -15,7 +15,8 @@ import torch
 from frepo import presets
 from frepo.base.errors import Interrupted
 from frepo.io.artifact import load_distilled
-from frepo.jobs.distill import Distiller, distill
+from frepo.jobs.distill import distill
+from frepo.method.trainer import FRePoTrainer
 
 OVERRIDES = dict(
     steps=8,
@@ -59,7 +60,7 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_resume_after_sigint_equals_uninterrupted(tmp_path, uninterrupted, monkeypatch):
-    original = Distiller._one_step
+    original = FRePoTrainer.step
     calls = {"n": 0}
 
     def step_then_interrupt(self):
@@ -69,12 +70,12 @@ def test_resume_after_sigint_equals_uninterrupted(tmp_path, uninterrupted, monke
             signal.raise_signal(signal.SIGINT)
         return metrics
 
-    monkeypatch.setattr(Distiller, "_one_step", step_then_interrupt)
+    monkeypatch.setattr(FRePoTrainer, "step", step_then_interrupt)
     out = tmp_path / "run"
     with pytest.raises(Interrupted, match="Run the same command to resume"):
         distill(_config(), out, progress=False)
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 5
-    monkeypatch.setattr(Distiller, "_one_step", original)
+    monkeypatch.setattr(FRePoTrainer, "step", original)
     result = distill(_config(), out, progress=False)
     assert result.step == 8
     _assert_same_run(uninterrupted, out)

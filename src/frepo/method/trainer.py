@@ -19,7 +19,7 @@ from ..base.dist import DistContext
 from ..base.prefetch import Prefetcher
 from ..base.rng import generator
 from ..config import COMPILE_MODES, DistillConfig
-from ..models import Conv
+from ..models import build_model, conv_arch
 from .krr import centered_one_hot, krr_weights, label_margin_loss, mse_loss
 from .optim import Lamb, cosine_decay
 from .pool import ModelPool
@@ -271,8 +271,8 @@ class FRePoTrainer:
         c, h, w = x_train.shape[1:]
         m = config.model
 
-        def make_model(gen: torch.Generator) -> Conv:
-            model = Conv(c, num_classes, (h, w), m.width, m.depth, m.norm, gen)
+        def make_model(gen: torch.Generator) -> torch.nn.Module:
+            model = build_model(conv_arch(m.norm), (c, h, w), num_classes, generator=gen, width=m.width, depth=m.depth)
             return model.to(memory_format=self.memory_format)
 
         pool_generator = generator(seed, "pool")
@@ -333,6 +333,30 @@ class FRePoTrainer:
 
     def finite(self) -> bool:
         return bool(torch.isfinite(self.syn.images).all() and torch.isfinite(self.syn.labels).all())
+
+    def learning_rate(self, step: int) -> float:
+        """The LAMB learning rate of (0-based) outer step `step`."""
+        return self.lamb.schedule(step)
+
+    @property
+    def pool_resets(self) -> int:
+        """Pool models re-initialised so far."""
+        return self.pool.resets
+
+    def state_problems(self, state: dict) -> list[str]:
+        """Why a checkpoint's `state` (with this trainer's keys) does not fit this trainer; empty if it does."""
+        problems = []
+        models = state["pool"].get("models") if isinstance(state["pool"], dict) else None
+        if not isinstance(models, list) or len(models) != self.config.pool.num_models:
+            count = len(models) if isinstance(models, list) else "no"
+            problems.append(f"it holds {count} pool models, this run {self.config.pool.num_models}")
+        synthetic = state["synthetic"] if isinstance(state["synthetic"], dict) else {}
+        for name, tensor in (("images", self.syn.images), ("labels", self.syn.labels)):
+            saved = synthetic.get(name)
+            if not isinstance(saved, torch.Tensor) or saved.shape != tensor.shape:
+                shape = tuple(saved.shape) if isinstance(saved, torch.Tensor) else None
+                problems.append(f"its synthetic {name} are {shape}, this run's {tuple(tensor.shape)}")
+        return problems
 
     def state_dict(self) -> dict:
         """The run's state. A per-rank pool differs by rank: every rank's pool is gathered (a collective:

@@ -1,0 +1,34 @@
+"""Stopping long work cleanly: the first Ctrl-C or SIGTERM asks for a stop at the next safe point."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def stop_on_signal():
+    """The first Ctrl-C / SIGTERM asks the loop to stop after the current step; a second Ctrl-C aborts.
+    Yields a `threading.Event` the loop polls (never set off the main thread, where no handler can be
+    installed)."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag.set()
+        log.warning("frepo: stopping after this step and writing a checkpoint (Ctrl-C again to abort)")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

@@ -1,0 +1,285 @@
+"""The periodic actions of a distillation run, as plug-ins on one schedule.
+
+The loop (`frepo.jobs.distill`) runs, after each outer step, every action that is `due`, in the order
+it was given them, and once more when the run ends the actions that ask to (`at_end`). Each receives the
+same `Moment`: the step, its metrics and the set, as live device tensors (to train on) and as the host
+copy made in one place once per step (for files and pictures). An action that holds state across a
+resume gives it through `state_dict`; the job keeps it in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..base.errors import FrepoError
+from ..eval import EvalConfig, evaluate_set, reference_steps
+from ..io.artifact import DistilledSet, save_distilled
+from .monitor import Monitor
+
+log = logging.getLogger(__name__)
+
+# Divergence without NaN: the kernel loss grown this many times over its first logged value, or the
+# validation accuracy within CHANCE_MARGIN of chance this many evaluations in a row, stops the run.
+DIVERGENCE_FACTOR = 1e3
+CHANCE_MARGIN = 1.2
+CHANCE_STREAK = 3
+
+
+def itstime(step: int, every: int | None, total: int | None = None, last: bool = False) -> bool:
+    """big_vision's schedule: every `every` steps (0 or None: never), and with `last` the run's last step."""
+    return (bool(every) and step % every == 0) or (last and step == total)
+
+
+@dataclass
+class Moment:
+    """What the actions of one step see. `metrics` are the step's values on the device (None at the end
+    of a run resumed at its last step); `numbers()` averages them over the processes (a collective:
+    every process's actions ask on the same steps) and reads them once."""
+
+    step: int
+    final: bool
+    metrics: dict[str, torch.Tensor] | None
+    live: tuple[torch.Tensor, torch.Tensor]  # images N×C×H×W, labels N×K, on the run's device
+    host_set: Callable[[], DistilledSet]  # the host copy, made once per step however many ask
+    reduce: Callable[[list[torch.Tensor]], None]  # the in-place mean over processes
+    val_acc: float | None = None  # set by `Validation`, read by `ChanceWatch`
+    _numbers: dict[str, float] | None = field(default=None, repr=False)
+
+    def numbers(self) -> dict[str, float]:
+        if self._numbers is None:
+            assert self.metrics is not None, "no step ran: there are no metrics"
+            self.reduce(list(self.metrics.values()))  # metrics of the global batch, identical on every rank
+            self._numbers = {k: float(v) for k, v in self.metrics.items()}
+        return self._numbers
+
+    @property
+    def has_numbers(self) -> bool:
+        return self._numbers is not None
+
+
+class Action:
+    """A plug-in of the run's loop. The defaults: never due, nothing at the end, no state."""
+
+    def begin(self, now: Moment) -> None:
+        """The loop starts (or resumes) at `now.step`."""
+
+    def due(self, step: int) -> bool:
+        return False
+
+    def at_end(self, step: int) -> bool:
+        return False
+
+    def __call__(self, now: Moment) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict | None:
+        return None
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _isfinite(x: float) -> bool:
+    return x == x and abs(x) != float("inf")
+
+
+def diverged(step: int, why: str, checkpoint_words: str) -> FrepoError:
+    return FrepoError(
+        f"the run diverged at step {step}: {why}; stopped (checkpoint: {checkpoint_words}). The likely cause "
+        "is a learning rate too large for this budget: try a lower --lr, in another --out or with "
+        "--resume-with-changes"
+    )
+
+
+class LossWatch(Action):
+    """On log steps: NaN/inf in the metrics or the set stops the run, and so does a kernel loss grown
+    DIVERGENCE_FACTOR times over its first logged value. Runs before the metrics are recorded."""
+
+    def __init__(self, every: int, total: int, finite: Callable[[], bool], checkpoint_words: Callable[[], str]):
+        self.every, self.total, self.finite, self.checkpoint_words = every, total, finite, checkpoint_words
+        self.first_kernel_loss: float | None = None
+
+    def due(self, step: int) -> bool:
+        return itstime(step, self.every, self.total, last=True)
+
+    def __call__(self, now: Moment) -> None:
+        values = now.numbers()
+        if not all(map(_isfinite, values.values())) or not self.finite():
+            raise FrepoError(
+                f"the loss became NaN/inf at step {now.step}; stopped, and the last good checkpoint "
+                f"({self.checkpoint_words()}) is kept. Try a lower --lr or a larger --krr-reg, and rerun with "
+                "--resume-with-changes to continue from it"
+            )
+        first, loss = self.first_kernel_loss, values["kernel_loss"]
+        if first is None:
+            self.first_kernel_loss = loss
+        elif loss > DIVERGENCE_FACTOR * max(first, 1e-12):
+            why = f"the kernel loss grew from {first:.3g} to {loss:.3g} ({loss / max(first, 1e-12):.2g}×)"
+            raise diverged(now.step, why, self.checkpoint_words())
+
+
+class ChanceWatch(Action):
+    """After each validation: an accuracy within CHANCE_MARGIN of chance CHANCE_STREAK times in a row
+    stops the run."""
+
+    def __init__(self, num_classes: int, checkpoint_words: Callable[[], str]):
+        self.chance, self.checkpoint_words = 100.0 / num_classes, checkpoint_words
+        self.streak = 0
+
+    def due(self, step: int) -> bool:
+        return True  # acts only where a validation ran
+
+    at_end = due
+
+    def __call__(self, now: Moment) -> None:
+        acc = now.val_acc
+        if acc is None:
+            return
+        self.streak = self.streak + 1 if acc <= CHANCE_MARGIN * self.chance else 0
+        if self.streak >= CHANCE_STREAK:
+            why = (
+                f"validation accuracy at chance ({acc:.2f}%, chance {self.chance:.2f}%) {CHANCE_STREAK} times in a row"
+            )
+            raise diverged(now.step, why, self.checkpoint_words())
+
+
+def watch_state(loss: LossWatch, chance: ChanceWatch) -> dict:
+    """The two watches' state, as the checkpoint's "watch" entry."""
+    return {"first_kernel_loss": loss.first_kernel_loss, "chance_streak": chance.streak}
+
+
+def load_watch_state(loss: LossWatch, chance: ChanceWatch, state: dict | None) -> None:
+    state = state or {}
+    loss.first_kernel_loss = state.get("first_kernel_loss")
+    chance.streak = int(state.get("chance_streak") or 0)
+
+
+class MetricsLog(Action):
+    """On log steps: a line of metrics.jsonl (and TensorBoard) with the step's losses, the learning rate,
+    steps/s since the last log, peak memory, pool resets and training time."""
+
+    def __init__(self, every: int, total: int, monitor: Monitor | None, facts: Callable[[int], dict]):
+        self.every, self.total, self.monitor, self.facts = every, total, monitor, facts
+        self.window: tuple[float, int] = (time.perf_counter(), 0)
+
+    def begin(self, now: Moment) -> None:
+        self.window = (time.perf_counter(), now.step)
+
+    def due(self, step: int) -> bool:
+        return itstime(step, self.every, self.total, last=True)
+
+    def __call__(self, now: Moment) -> None:
+        values = now.numbers()
+        start, start_step = self.window
+        clock = time.perf_counter()
+        self.window = (clock, now.step)
+        if self.monitor is None:
+            return
+        steps_per_s = (now.step - start_step) / max(clock - start, 1e-9)
+        facts = self.facts(now.step)
+        record = {"step": now.step, **values, "lr": facts["lr"], "steps_per_s": steps_per_s}
+        record.update(peak_mem_mb=facts["peak_mem_mb"], pool_resets=facts["pool_resets"], elapsed_s=facts["elapsed_s"])
+        self.monitor.record(record, now.host_set() if self.monitor.shows_grid else None)
+
+
+class Snapshots(Action):
+    """The image grid every few steps and at the last step (RUN/images), for `frepo show --animate`."""
+
+    def __init__(self, monitor: Monitor, total: int):
+        self.monitor, self.total = monitor, total
+
+    def begin(self, now: Moment) -> None:
+        if now.step == 0 and self.monitor.snapshot_due(0):
+            self(now)
+
+    def due(self, step: int) -> bool:
+        return self.monitor.snapshot_due(step, final=step == self.total)
+
+    def __call__(self, now: Moment) -> None:
+        self.monitor.snapshot(now.host_set(), now.step)
+
+
+@dataclass
+class ValidationPlan:
+    """When and how a run validates: the reference protocol on the hold-out, with the run's budget."""
+
+    every: int
+    total: int
+    seed: int
+    config: EvalConfig
+    models: int
+    steps: int | None  # None: the reference table
+
+
+class Validation(Action):
+    """Validation accuracy (%) of fresh networks trained on the live set, every `plan.every` steps before
+    the last and once at the end (unless the last step was validated); the best set so far is written
+    to `best_path`. It runs before the checkpoint of its step, so a run killed after it resumes knowing
+    its best set, and best.safetensors and metrics.jsonl end as the uninterrupted run's."""
+
+    def __init__(self, plan: ValidationPlan, val: Callable[[], tuple], monitor: Monitor, best_path: Path):
+        self.plan, self.val, self.monitor, self.best_path = plan, val, monitor, best_path
+        self.data: tuple | None = None  # (images, labels) of the hold-out, loaded on first use
+        self.best: dict = {"val_acc": None, "step": None}
+        self.last: float | None = None
+        self.progress = False  # the end's validation shows a bar when the run does
+
+    def due(self, step: int) -> bool:
+        return bool(self.plan.every) and step % self.plan.every == 0 and step < self.plan.total
+
+    def at_end(self, step: int) -> bool:
+        return self.best["step"] != step
+
+    def accuracy(self, now: Moment, progress: bool = False) -> float:
+        if self.data is None:
+            self.data = self.val()
+        # Each validation draws its models from a seed of its own.
+        config = self.plan.config.replace(seed=self.plan.seed + 1_000_003 * now.step)
+        return evaluate_set(now.host_set(), *self.data, config, progress=progress, on_device=now.live).mean
+
+    def __call__(self, now: Moment) -> None:
+        acc = self.accuracy(now, progress=self.progress and now.final)
+        now.val_acc = self.last = acc
+        steps = self.plan.steps or reference_steps(len(now.live[0]))
+        self.monitor.record({"step": now.step, "val_acc": acc, "eval_models": self.plan.models, "eval_steps": steps})
+        log.info(f"step {now.step}: validation accuracy {acc:.2f}%")
+        if self.best["val_acc"] is None or acc > self.best["val_acc"]:
+            self.best = {"val_acc": acc, "step": now.step}
+            ds = now.host_set()
+            save_distilled(dataclasses.replace(ds, meta={**ds.meta, "val_acc": acc}), self.best_path)
+
+    def state_dict(self) -> dict:
+        return dict(self.best)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = dict(state)
+
+
+class Checkpoint(Action):
+    """The run's state every `every` steps and at the end (after the end's validation)."""
+
+    def __init__(self, every: int, save: Callable[[], None]):
+        self.every, self.save = every, save
+
+    def due(self, step: int) -> bool:
+        return itstime(step, self.every)
+
+    def at_end(self, step: int) -> bool:
+        return True
+
+    def __call__(self, now: Moment) -> None:
+        self.save()
