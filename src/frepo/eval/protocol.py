@@ -15,9 +15,19 @@ from typing import Any
 import torch
 
 from ..io.artifact import DistilledSet, class_ids_of, regression_targets
+from ..method.optim import warmup_cosine
+from .training import Schedule
 
 # The reference evaluation (frepo protocol) trains on batches of min(N, REFERENCE_BATCH) images, in order.
 REFERENCE_BATCH = 500
+
+
+def reference_schedule(steps: int, lr: float = 3e-4, warmup: int = 500, batch_size: int = REFERENCE_BATCH) -> Schedule:
+    """The reference evaluation's batches (in order, the set repeated) and learning rate: a linear
+    warm-up, then a cosine decay to 0.01×. Warm-up takes at most half the run: the reference table
+    never asks for fewer than 1000 steps, so its evaluations are unchanged, and short validation runs
+    still reach the cosine phase. One network (`protocols.frepo`) and N stacked (`together`) share it."""
+    return Schedule(steps, batch_size, "cycle", warmup_cosine(lr, min(warmup, steps // 2), steps, alpha=0.01))
 
 
 @dataclass

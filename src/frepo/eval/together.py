@@ -17,13 +17,13 @@ import copy
 import torch
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
-from tqdm.auto import trange
 
 from ..method.krr import mse_loss
-from ..method.optim import optax_adam, set_lr, warmup_cosine
+from ..method.optim import optax_adam, set_lr
 from ..models import build_model
 from .augment import random_op
-from .protocol import REFERENCE_BATCH
+from .protocol import REFERENCE_BATCH, reference_schedule
+from .training import train
 
 
 def stackable(model: nn.Module) -> bool:
@@ -82,19 +82,25 @@ def train_reference_models(
     models = [build_model(arch, tuple(images.shape[1:]), num_classes, generator=g, width=width) for g in gens]
     stacked = Stacked(models, device)
     stacked.template.train()
-    params = list(stacked.params.values())
-    optimizer = optax_adam(params, lr=0.0)
-    schedule = warmup_cosine(lr, min(warmup, steps // 2), steps, alpha=0.01)
-    n = len(images)
-    bs = min(n, batch_size)
-    offsets = torch.arange(bs, device=device)
-    for t in trange(steps, desc="train", unit="step", leave=False, disable=not progress, mininterval=1.0):
-        idx = (t * bs + offsets) % n
-        batch = images[idx]
-        # One augmentation op per network and step, drawn from that network's own generator.
-        x = torch.stack([random_op(batch, ops, g) if ops else batch for g in gens])
-        set_lr(optimizer, schedule(t))
-        for p, g in zip(params, stacked.grads(stacked.params, x, targets[idx]).values()):
-            p.grad = g
-        optimizer.step()
+    schedule = reference_schedule(steps, lr, warmup, batch_size)
+    # The batch order draws nothing (`cycle`): gens[0] only stands in for the loop's generator.
+    train(StackedUpdate(stacked, ops, gens), images, targets, schedule, gen=gens[0], device=device, progress=progress)
     return stacked
+
+
+class StackedUpdate:
+    """One Adam step of every stacked network: one augmentation op per network and step, drawn from that
+    network's own generator (as when they train one after the other), the step's learning rate, the
+    gradients of all N by one vmap."""
+
+    def __init__(self, stacked: Stacked, ops: tuple[str, ...], gens: list[torch.Generator]):
+        self.stacked, self.ops, self.gens = stacked, ops, gens
+        self.params = list(stacked.params.values())
+        self.optimizer = optax_adam(self.params, lr=0.0)
+
+    def __call__(self, batch: torch.Tensor, targets: torch.Tensor, lr: float | None) -> None:
+        x = torch.stack([random_op(batch, self.ops, g) if self.ops else batch for g in self.gens])
+        set_lr(self.optimizer, lr)
+        for p, g in zip(self.params, self.stacked.grads(self.stacked.params, x, targets).values()):
+            p.grad = g
+        self.optimizer.step()

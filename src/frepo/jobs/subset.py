@@ -26,9 +26,10 @@ from ..base.fields import to_dict
 from ..base.rng import generator
 from ..config import DataConfig
 from ..data import prepare
+from ..eval.training import NetworkUpdate, Schedule, train
 from ..io.artifact import DistilledSet
 from ..method.synthetic import init_from_real
-from ..models import Conv, embed_batched
+from ..models import build_model, embed_batched
 
 METHODS = ("random", "herding", "kcenter")
 FEATURE_STEPS = 300
@@ -88,19 +89,13 @@ def feature_network(
     device: torch.device,
     width: int = 128,
     batch_size: int = FEATURE_BATCH,
-) -> Conv:
+) -> torch.nn.Module:
     """A seeded Conv (no norm), trained `steps` Adam steps with cross-entropy on random batches of
     (images N×C×H×W, labels (N,)). steps = 0 returns the freshly initialised network."""
-    c, h, w = images.shape[1:]
-    model = Conv(c, num_classes, (h, w), width, 3, "none", gen).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=FEATURE_LR)
+    model = build_model("conv", tuple(images.shape[1:]), num_classes, generator=gen, width=width).to(device)
     model.train()
-    for _ in range(steps):
-        idx = torch.randperm(len(images), generator=gen)[:batch_size]
-        loss = F.cross_entropy(model(images[idx].to(device)), labels[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    update = NetworkUpdate(model, torch.optim.Adam(model.parameters(), lr=FEATURE_LR), F.cross_entropy, (), gen)
+    train(update, images, labels, Schedule(steps, batch_size, "draws"), gen=gen, device=device)
     return model
 
 

@@ -11,17 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import trange
 
 from ...base.errors import FrepoError
 from ...base.fields import check_choices, opt
 from ...base.rng import generator
 from ...method.krr import mse_loss
-from ...method.optim import optax_adam, set_lr, warmup_cosine
-from ...models import build_model, eval_layout
-from ..augment import random_op, reference_ops
-from ..protocol import REFERENCE_BATCH, EvalSetup, Plan, Protocol, accuracy
+from ...method.optim import optax_adam
+from ...models import build_model
+from ..augment import reference_ops
+from ..protocol import REFERENCE_BATCH, EvalSetup, Plan, Protocol, accuracy, reference_schedule
 from ..together import stackable, train_reference_models
+from ..training import NetworkUpdate, fresh_network, train
 
 # Reference: training steps by total number of distilled images.
 REFERENCE_STEPS = {10: 1000, 100: 2000, 200: 20000, 400: 5000, 500: 5000, 1000: 10000, 2000: 40000, 5000: 40000}
@@ -84,28 +84,19 @@ def train_reference_model(
 ) -> torch.nn.Module:
     """Train one fresh network with the reference protocol. images N×C×H×W, targets N×K on `device`.
     With `compile`, the training steps run the network under torch.compile (static shapes)."""
-    model = build_model(arch, tuple(images.shape[1:]), num_classes, generator=gen, width=width)
-    layout = eval_layout(images)
-    model = model.to(device, memory_format=layout)
-    images = images.contiguous(memory_format=layout)
-    model.train()
+    model, images = fresh_network(arch, images, num_classes, gen=gen, device=device, width=width)
     forward = torch.compile(model, dynamic=False) if compile else model  # the same parameters
     optimizer = optax_adam(model.parameters(), lr=0.0)
-    # Warm-up takes at most half the run: the reference table never asks for fewer than 1000 steps,
-    # so its evaluations are unchanged, and short validation runs still reach the cosine phase.
-    schedule = warmup_cosine(lr, min(warmup, steps // 2), steps, alpha=0.01)
-    n = len(images)
-    bs = min(n, batch_size)
-    offsets = torch.arange(bs, device=device)
-    for t in trange(steps, desc="train", unit="step", leave=False, disable=not progress, mininterval=1.0):
-        # The reference repeats the set, then batches it: batches run on across epoch ends, in order.
-        idx = (t * bs + offsets) % n
-        x = random_op(images[idx], ops, gen) if ops else images[idx]
-        set_lr(optimizer, schedule(t))
-        loss = mse_loss(forward(x), targets[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    update = NetworkUpdate(forward, optimizer, mse_loss, ops, gen)
+    train(
+        update,
+        images,
+        targets,
+        reference_schedule(steps, lr, warmup, batch_size),
+        gen=gen,
+        device=device,
+        progress=progress,
+    )
     return model
 
 

@@ -1,0 +1,127 @@
+"""The one loop that trains networks on a fixed set of images: the reference evaluation (one network,
+`frepo.eval.protocols.frepo`, or several stacked, `frepo.eval.together`), the privacy experiment's
+victims and the herding features' network (`frepo.jobs.subset`). The batch order and the learning
+rate schedule live here once; what differs between them is an `Update` (one optimiser step of one
+network, or of N stacked networks) and a `Schedule`.
+
+The dsa protocol keeps its own epoch loop (`frepo.eval.protocols.dsa`), as the DC/DSA reference does:
+each epoch ends with a smaller last batch (its steps have two sizes), and the learning-rate drop at half
+the epochs builds a new optimiser (the momentum restarts): an optimiser's lifetime and a batch size that
+change inside the run, which none of the step-based trainings here have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import trange
+
+from ..method.optim import set_lr
+from ..models import build_model, eval_layout
+from .augment import random_op
+
+ORDERS = ("cycle", "epochs", "draws")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What the loop does over `steps` steps: batches of min(N, batch_size) in `order`, and the learning
+    rate of step t, `lr(t)` (None: the optimiser keeps its own constant rate).
+
+    Orders: `cycle`, the reference's: the set repeated then batched, in order, batches running on across
+    epoch ends (indices (t·B + 0..B-1) mod N, no randomness); `epochs`, mia.py's: a fresh permutation
+    every epoch, a batch that would run past its end starts the next one; `draws`: an independent random
+    batch every step (randperm(N)[:B])."""
+
+    steps: int
+    batch_size: int
+    order: str = "cycle"
+    lr: Callable[[int], float] | None = None
+
+
+def batch_indices(schedule: Schedule, n: int, gen: torch.Generator, device: torch.device) -> Iterator[torch.Tensor]:
+    """The index tensors (B,) of each step, on `device`; `epochs` and `draws` draw from `gen` (a CPU
+    generator) just before the step's augmentation draws."""
+    bs = min(n, schedule.batch_size)
+    if schedule.order == "cycle":
+        offsets = torch.arange(bs, device=device)
+        for t in range(schedule.steps):
+            yield (t * bs + offsets) % n
+    elif schedule.order == "epochs":
+        order, pos = torch.randperm(n, generator=gen), 0
+        for _ in range(schedule.steps):
+            if pos + bs > n:
+                order, pos = torch.randperm(n, generator=gen), 0
+            yield order[pos : pos + bs].to(device)
+            pos += bs
+    elif schedule.order == "draws":
+        for _ in range(schedule.steps):
+            yield torch.randperm(n, generator=gen)[:bs].to(device)
+    else:
+        raise ValueError(f"unknown batch order {schedule.order!r}; known: {', '.join(ORDERS)}")
+
+
+Update = Callable[[torch.Tensor, torch.Tensor, "float | None"], None]  # (x B×C×H×W, targets B×…, lr)
+
+
+def train(
+    update: Update,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    schedule: Schedule,
+    *,
+    gen: torch.Generator,
+    device: torch.device,
+    progress: bool = False,
+) -> None:
+    """The one loop: each step takes the next batch of (images N×C×H×W, targets N×…) and calls
+    `update(x, y, lr)`; a batch is moved to `device` (a no-op when the set is there already)."""
+    indices = batch_indices(schedule, len(images), gen, images.device)
+    bar = trange(schedule.steps, desc="train", unit="step", leave=False, disable=not progress, mininterval=1.0)
+    for t, idx in zip(bar, indices):
+        update(images[idx].to(device), targets[idx].to(device), schedule.lr(t) if schedule.lr else None)
+
+
+class NetworkUpdate:
+    """One optimiser step of one network: one augmentation op drawn from `gen` (none when `ops` is empty),
+    the step's learning rate, the loss of `forward(x)` against the targets, backward, step."""
+
+    def __init__(
+        self,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        ops: tuple[str, ...],
+        gen: torch.Generator,
+    ):
+        self.forward, self.optimizer, self.loss, self.ops, self.gen = forward, optimizer, loss, ops, gen
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float | None) -> None:
+        if self.ops:
+            x = random_op(x, self.ops, self.gen)
+        if lr is not None:
+            set_lr(self.optimizer, lr)
+        loss = self.loss(self.forward(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+
+def fresh_network(
+    arch: str,
+    images: torch.Tensor,
+    num_classes: int,
+    *,
+    gen: torch.Generator,
+    device: torch.device,
+    width: int = 128,
+) -> tuple[torch.nn.Module, torch.Tensor]:
+    """A network built from `gen` for (N×C×H×W) `images`, in training mode on `device` in the layout
+    that trains fastest there (`eval_layout`), and the images on `device` in that layout."""
+    model = build_model(arch, tuple(images.shape[1:]), num_classes, generator=gen, width=width)
+    layout = eval_layout(images)
+    model = model.to(device, memory_format=layout)
+    model.train()
+    return model, images.to(device).contiguous(memory_format=layout)
