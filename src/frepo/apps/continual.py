@@ -28,20 +28,17 @@ import numpy as np
 
 from ..base.errors import FrepoError
 from ..base.fields import check_choice, check_finite, opt, to_dict
-from ..base.version import __version__
 from ..config import DataConfig
-from ..config import presets as distill_presets
 from ..data import load_dataset
 from ..eval import EvalConfig, evaluate_set
 from ..io.artifact import DistilledSet, load_distilled, save_distilled
-from ..jobs.distill import distill
 from ..jobs.subset import make_subset
-from .common import ExperimentDir, csv_text, markdown_table, resolve, save_plot, test_split_of, union, write_text
+from .common import csv_text, markdown_table, test_split_of, union
+from .experiment import Experiment, run_experiment
 
 log = logging.getLogger(__name__)
 
 ARMS = ("frepo", "random", "herding")
-RESULT = "continual.json"
 
 
 @dataclass
@@ -130,12 +127,14 @@ def task_splits(order: list[int], tasks: int) -> list[list[int]]:
     return [order[k * size : (k + 1) * size] for k in range(tasks)]
 
 
-class Continual:
+class Continual(Experiment):
     """One experiment: its folder, the dataset, and the memories and evaluations of each order and task."""
 
+    kind, settings_type, presets = "continual", ContinualConfig, PRESETS
+    may_change = frozenset({"orders"})  # more (or other) class orders only add units beside the ones there
+
     def __init__(self, config: ContinualConfig, out: str | Path, progress: bool = False):
-        config.validate()
-        self.config, self.out, self.progress = config, Path(out), progress
+        super().__init__(config, out, progress)
         self.raw = load_dataset(config.dataset, config.data_dir, config.download)
         c = self.raw.num_classes
         if config.tasks > c:
@@ -152,8 +151,6 @@ class Continual:
         self.eval_config = EvalConfig.build(
             protocol=config.protocol, models=config.eval_models, seed=config.seed, device=config.device, **options
         )
-        # More (or other) class orders only add units: their results sit beside the ones already there.
-        self.folder = ExperimentDir(self.out, "continual", may_change=frozenset({"orders"}))
 
     # ---- the memories -------------------------------------------------------------------------------
     def _data(self, classes: list[int]) -> DataConfig:
@@ -168,23 +165,7 @@ class Continual:
 
     def distilled(self, order: int, task: int, classes: list[int]) -> DistilledSet:
         """Task `task`'s distillation of its own classes (resumed where it stopped)."""
-        cfg = self.config
-        overrides = {
-            "steps": cfg.steps,
-            "batch_size": cfg.batch_size,
-            "lr": cfg.lr,
-            "seed": cfg.seed,
-            "device": cfg.device,
-            "data_dir": cfg.data_dir,
-            "download": cfg.download,
-            "classes": self._data(classes).classes,
-            "val_size": 0,
-            "eval_every": 0,
-            "checkpoint_every": max(1, min(200, cfg.steps // 5)),
-        }
-        run = distill_presets.resolve(cfg.dataset, cfg.ipc, overrides=overrides)
-        result = distill(run, self.out / f"order{order}" / f"task{task}", progress=self.progress)
-        return load_distilled(result.distilled_path)
+        return self.distillation(Path(f"order{order}") / f"task{task}", classes=self._data(classes).classes)
 
     def exemplars(self, arm: str, order: int, task: int, classes: list[int]) -> DistilledSet:
         """`ipc` real images per class of the task, chosen at random (the distillation's own starting
@@ -211,15 +192,10 @@ class Continual:
         return self.exemplars(arm, order, task, classes)
 
     # ---- the experiment ---------------------------------------------------------------------------------
-    def run(self) -> dict:
-        cfg = self.config
-        self.folder.open(cfg)
-        try:
-            for order in cfg.order_list():
-                self._order(order)
-            return self.summarise()
-        finally:
-            self.folder.close()
+    def work(self) -> dict:
+        for order in self.config.order_list():
+            self._order(order)
+        return self.results()
 
     def _order(self, order: int) -> None:
         cfg, c = self.config, self.raw.num_classes
@@ -254,8 +230,8 @@ class Continual:
         }
 
     # ---- the results --------------------------------------------------------------------------------
-    def summarise(self) -> dict:
-        """continual.json (documented keys: README / docs/downstream.md), continual.md, .csv and .png."""
+    def results(self) -> dict:
+        """What continual.json holds beside the settings: the accuracies per task, arm and order."""
         cfg = self.config
         per_model: dict[str, list[list[float]]] = {arm: [[] for _ in range(cfg.tasks)] for arm in cfg.arm_list()}
         orders = {}
@@ -269,29 +245,27 @@ class Continual:
             splits = task_splits(class_order(self.raw.num_classes, order), cfg.tasks)
             orders[str(order)] = {"tasks": splits, "accuracies": accs}
         size = self.raw.num_classes // cfg.tasks
-        summary = {
+        return {
             "per_task": {arm: [float(np.mean(a)) for a in per_model[arm]] for arm in per_model},
             "per_task_std": {arm: [float(np.std(a)) for a in per_model[arm]] for arm in per_model},
             "final": {arm: float(np.mean(per_model[arm][-1])) for arm in per_model},
             "classes_seen": [size * (k + 1) for k in range(cfg.tasks)],
             "orders": orders,
-            "settings": to_dict(cfg),
-            "evaluation": to_dict(self.eval_config),
-            "budget": (
-                f"{cfg.steps} distillation steps × real batch {cfg.batch_size} per task; {cfg.eval_models} "
-                f"model(s) per order, task and arm, "
-                + (f"{cfg.eval_steps} steps" if cfg.protocol == "frepo" else f"{cfg.eval_epochs} epochs")
-                + f" of the {cfg.protocol} protocol"
-            ),
-            "frepo_version": __version__,
-            "date": time.strftime("%Y-%m-%d"),
         }
-        self.folder.record(RESULT, summary)
-        self._tables(summary)
-        self._plot(summary)
-        return summary
 
-    def _tables(self, summary: dict) -> None:
+    def settings(self) -> dict:
+        return {**super().settings(), "evaluation": to_dict(self.eval_config)}
+
+    def budget(self) -> str:
+        cfg = self.config
+        return (
+            f"{cfg.steps} distillation steps × real batch {cfg.batch_size} per task; {cfg.eval_models} "
+            f"model(s) per order, task and arm, "
+            + (f"{cfg.eval_steps} steps" if cfg.protocol == "frepo" else f"{cfg.eval_epochs} epochs")
+            + f" of the {cfg.protocol} protocol"
+        )
+
+    def tables(self, summary: dict) -> tuple[str, str]:
         arms = list(summary["per_task"])
         header = ["task", "classes seen", *arms]
         rows = [
@@ -304,30 +278,27 @@ class Continual:
             "\nTest accuracy (%) on the classes seen so far, mean ± std over orders and models. "
             f"Budget: {summary['budget']}.\n"
         )
-        write_text(self.out / "continual.md", title + markdown_table(header, rows) + note)
         csv_rows = [
             [k + 1, seen, a, summary["per_task"][a][k], summary["per_task_std"][a][k]]
             for k, seen in enumerate(summary["classes_seen"])
             for a in arms
         ]
-        write_text(self.out / "continual.csv", csv_text(["task", "classes_seen", "arm", "mean", "std"], csv_rows))
+        markdown = title + markdown_table(header, rows) + note
+        return markdown, csv_text(["task", "classes_seen", "arm", "mean", "std"], csv_rows)
 
-    def _plot(self, summary: dict) -> None:
-        def draw(plt):
-            fig, ax = plt.subplots(figsize=(5.5, 3.8))
-            x = summary["classes_seen"]
-            for arm, means in summary["per_task"].items():
-                mean, std = np.asarray(means), np.asarray(summary["per_task_std"][arm])
-                ax.plot(x, mean, marker="o", label=arm)
-                ax.fill_between(x, mean - std, mean + std, alpha=0.2)
-            ax.set_xlabel("classes seen")
-            ax.set_ylabel("test accuracy on seen classes (%)")
-            ax.set_title(f"{self.raw.name}: {self.config.tasks} tasks, IPC {self.config.ipc}", fontsize=9)
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=8)
-            return fig, ax
-
-        save_plot(self.out / "continual.png", draw)
+    def plot(self, plt, summary: dict):
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        x = summary["classes_seen"]
+        for arm, means in summary["per_task"].items():
+            mean, std = np.asarray(means), np.asarray(summary["per_task_std"][arm])
+            ax.plot(x, mean, marker="o", label=arm)
+            ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+        ax.set_xlabel("classes seen")
+        ax.set_ylabel("test accuracy on seen classes (%)")
+        ax.set_title(f"{self.raw.name}: {self.config.tasks} tasks, IPC {self.config.ipc}", fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        return fig, ax
 
 
 def continual(
@@ -340,8 +311,4 @@ def continual(
 ) -> dict:
     """Run (or resume) a continual-learning experiment into `out`; returns what continual.json holds.
     `frepo.continual(preset="continual-cifar10-cpu", out="runs/cl")`, or `dataset=..., tasks=..., ipc=...`."""
-    if config is None:
-        config = resolve(ContinualConfig, PRESETS, preset, overrides)
-    elif preset or overrides:
-        raise FrepoError("give either a ContinualConfig or a preset and options, not both")
-    return Continual(config, out, progress).run()
+    return run_experiment(Continual, config, out, preset, progress, overrides)

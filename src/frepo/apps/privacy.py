@@ -31,23 +31,20 @@ import torch
 from ..base.atomic import atomic_write
 from ..base.device import resolve_device
 from ..base.errors import FrepoError
-from ..base.fields import check_finite, opt, to_dict
+from ..base.fields import check_finite, opt
 from ..base.rng import generator
-from ..base.version import __version__
-from ..config import presets as distill_presets
 from ..data import load_dataset
-from ..eval.augment import random_op, reference_ops
-from ..io.artifact import DistilledSet, load_distilled
-from ..jobs.distill import distill
-from ..method.krr import centered_one_hot, mse_loss
-from ..models import build_model, eval_layout
+from ..eval.augment import reference_ops
+from ..io.artifact import DistilledSet
+from ..method.krr import centered_one_hot
 from .attacks import ATTACKS, confidence, lira_offline, roc_metrics, run_attacks
-from .common import ExperimentDir, csv_text, markdown_table, resolve, save_plot, write_text
+from .common import csv_text, markdown_table
+from .experiment import Experiment, run_experiment
+from .victims import outputs, train_victim
 
 log = logging.getLogger(__name__)
 
 ARMS = ("distilled", "real")
-RESULT = "privacy.json"
 
 
 @dataclass
@@ -113,65 +110,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def train_victim(
-    images: torch.Tensor,
-    targets: torch.Tensor,
-    *,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    width: int,
-    num_classes: int,
-    ops: tuple[str, ...],
-    gen: torch.Generator,
-    device: torch.device,
-) -> torch.nn.Module:
-    """A fresh Conv (no norm) trained `steps` Adam steps (constant lr) with MSE on (images N×C×H×W,
-    targets N×K), shuffled batches (a fresh permutation every epoch) and one reference augmentation op
-    per step."""
-    model = build_model("conv", tuple(images.shape[1:]), num_classes, generator=gen, width=width)
-    layout = eval_layout(images)
-    model = model.to(device, memory_format=layout)
-    images, targets = images.to(device).contiguous(memory_format=layout), targets.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
-    n, batch = len(images), min(len(images), batch_size)
-    order, pos = torch.randperm(n, generator=gen), 0
-    model.train()
-    for _ in range(steps):
-        if pos + batch > n:
-            order, pos = torch.randperm(n, generator=gen), 0
-        idx = order[pos : pos + batch].to(device)
-        pos += batch
-        x = random_op(images[idx], ops, gen) if ops else images[idx]
-        loss = mse_loss(model(x), targets[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return model
-
-
-@torch.no_grad()
-def outputs(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, device) -> dict:
-    """Per example: logits (N×K), MSE loss against the centred one-hot label, the label, and whether the
-    prediction is right (numpy arrays)."""
-    model.eval()
-    logits = torch.cat([model(images[s : s + 1000].to(device)).cpu() for s in range(0, len(images), 1000)])
-    target = centered_one_hot(labels, num_classes)
-    loss = 0.5 * (logits - target).square().sum(-1)
-    return {
-        "logits": logits.double().numpy(),
-        "loss": loss.double().numpy(),
-        "labels": labels.numpy(),
-        "correct": (logits.argmax(-1) == labels).numpy(),
-    }
-
-
-class Privacy:
+class Privacy(Experiment):
     """One experiment: the distilled chunk, the members and non-members, and the victims of each arm."""
 
+    kind, settings_type, presets = "privacy", PrivacyConfig, PRESETS
+    may_change = frozenset({"victim_steps", "models"})  # more step counts or victims only add units
+
     def __init__(self, config: PrivacyConfig, out: str | Path, progress: bool = False):
-        config.validate()
-        self.config, self.out, self.progress = config, Path(out), progress
+        super().__init__(config, out, progress)
         self.raw = load_dataset(config.dataset, config.data_dir, config.download)
         n = len(self.raw.y_train)
         start = config.chunk * config.chunk_size
@@ -194,28 +140,11 @@ class Privacy:
         self.nonmember_idx = np.sort(perm[:count].numpy())
         self.member_idx = self.member_idx[:count]
         self.device = resolve_device(config.device)
-        # More step counts or victims only add units beside the ones already there.
-        self.folder = ExperimentDir(self.out, "privacy", may_change=frozenset({"victim_steps", "models"}))
 
     # ---- the sets the victims train on -----------------------------------------------------------------
     def _distilled(self, chunk: int, folder: str) -> DistilledSet:
-        cfg = self.config
-        overrides = {
-            "steps": cfg.steps,
-            "batch_size": cfg.batch_size,
-            "lr": cfg.lr,
-            "seed": cfg.seed,
-            "device": cfg.device,
-            "data_dir": cfg.data_dir,
-            "download": cfg.download,
-            "train_chunk": chunk,
-            "train_chunk_size": cfg.chunk_size,
-            "val_size": 0,
-            "eval_every": 0,
-            "checkpoint_every": max(1, min(200, cfg.steps // 5)),
-        }
-        run = distill_presets.resolve(cfg.dataset, cfg.ipc, overrides=overrides)
-        return load_distilled(distill(run, self.out / folder, progress=self.progress).distilled_path)
+        """The distillation of training chunk `chunk` in `out/folder`."""
+        return self.distillation(folder, train_chunk=chunk, train_chunk_size=self.config.chunk_size)
 
     def _training_set(self, arm: str, ds: DistilledSet, shadow: int | None = None) -> tuple[torch.Tensor, ...]:
         """(images, targets, batch) the arm's victim (or its shadow number `shadow`) trains on."""
@@ -330,19 +259,15 @@ class Privacy:
         return roc_metrics(truth, lira_offline(victim, np.stack(shadows)))
 
     # ---- the experiment -------------------------------------------------------------------------------
-    def run(self) -> dict:
+    def work(self) -> dict:
         cfg = self.config
-        self.folder.open(cfg)
-        try:
-            ds = self._distilled(cfg.chunk, "distill")
-            rows = []
-            for steps in cfg.step_list():
-                for arm in ARMS:
-                    victims = [self._victim(arm, ds, steps, m) for m in range(cfg.models)]
-                    rows.append(self._row(arm, steps, victims))
-            return self.summarise(ds, rows)
-        finally:
-            self.folder.close()
+        ds = self._distilled(cfg.chunk, "distill")
+        rows = []
+        for steps in cfg.step_list():
+            for arm in ARMS:
+                victims = [self._victim(arm, ds, steps, m) for m in range(cfg.models)]
+                rows.append(self._row(arm, steps, victims))
+        return self.results(ds, rows)
 
     @staticmethod
     def _row(arm: str, steps: int, victims: list[dict]) -> dict:
@@ -365,13 +290,14 @@ class Privacy:
             "attacks": attacks,
         }
 
-    def summarise(self, ds: DistilledSet, rows: list[dict]) -> dict:
-        cfg = self.config
-        summary = {
+    # ---- the results --------------------------------------------------------------------------------
+    def results(self, ds: DistilledSet, rows: list[dict]) -> dict:
+        """What privacy.json holds beside the settings: the rows, the members, the non-members, the set."""
+        return {
             "rows": rows,
             "members": {
                 "split": "train",
-                "chunk": cfg.chunk,
+                "chunk": self.config.chunk,
                 "indices": [int(self.member_idx[0]), int(self.member_idx[-1]) + 1],
                 "count": int(len(self.member_idx)),
             },
@@ -383,21 +309,17 @@ class Privacy:
                 "step": ds.meta.get("step"),
                 "kind": ds.meta.get("kind"),
             },
-            "settings": to_dict(cfg),
-            "budget": (
-                f"distillation: {cfg.steps} steps × real batch {cfg.batch_size}, IPC {cfg.ipc} of "
-                f"{len(self.member_idx)} members; victims: {cfg.models} per arm and step count, "
-                f"Conv width {cfg.victim_width}"
-            ),
-            "frepo_version": __version__,
-            "date": time.strftime("%Y-%m-%d"),
         }
-        self.folder.record(RESULT, summary)
-        self._tables(summary)
-        self._plot(summary)
-        return summary
 
-    def _tables(self, summary: dict) -> None:
+    def budget(self) -> str:
+        cfg = self.config
+        return (
+            f"distillation: {cfg.steps} steps × real batch {cfg.batch_size}, IPC {cfg.ipc} of "
+            f"{len(self.member_idx)} members; victims: {cfg.models} per arm and step count, "
+            f"Conv width {cfg.victim_width}"
+        )
+
+    def tables(self, summary: dict) -> tuple[str, str]:
         attacks = list(summary["rows"][0]["attacks"])
         header = ["arm", "steps", "test accuracy (%)"] + [f"{a} AUC / TPR@1%" for a in attacks]
         rows = [
@@ -406,37 +328,32 @@ class Privacy:
             for r in summary["rows"]
         ]
         title = f"# Membership inference: {self.raw.name}, chunk {self.config.chunk}, IPC {self.config.ipc}\n\n"
-        write_text(self.out / "privacy.md", title + markdown_table(header, rows) + f"\nBudget: {summary['budget']}.\n")
+        markdown = title + markdown_table(header, rows) + f"\nBudget: {summary['budget']}.\n"
         metrics = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")
         csv_rows = [
             [r["arm"], r["steps"], r["test_accuracy"], a, *(r["attacks"][a][m] for m in metrics)]
             for r in summary["rows"]
             for a in attacks
         ]
-        write_text(self.out / "privacy.csv", csv_text(["arm", "steps", "test_accuracy", "attack", *metrics], csv_rows))
+        return markdown, csv_text(["arm", "steps", "test_accuracy", "attack", *metrics], csv_rows)
 
-    def _plot(self, summary: dict) -> None:
-        def draw(plt):
-            fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-            for arm, style in (("distilled", "-"), ("real", "--")):
-                rows = [r for r in summary["rows"] if r["arm"] == arm]
-                steps = [r["steps"] for r in rows]
-                for name in rows[0]["attacks"]:
-                    left.plot(
-                        steps, [r["attacks"][name]["auc"] for r in rows], style, marker="o", label=f"{arm}: {name}"
-                    )
-                right.plot(steps, [r["test_accuracy"] for r in rows], style, marker="o", label=arm)
-            for ax, label in ((left, "attack ROC AUC"), (right, "test accuracy (%)")):
-                ax.set_xscale("log")
-                ax.set_xlabel("victim training steps")
-                ax.set_ylabel(label)
-                ax.grid(True, alpha=0.3)
-            left.axhline(0.5, color="grey", lw=0.8)
-            left.legend(fontsize=6, ncol=2)
-            right.legend(fontsize=8)
-            return fig, (left, right)
-
-        save_plot(self.out / "privacy.png", draw)
+    def plot(self, plt, summary: dict):
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+        for arm, style in (("distilled", "-"), ("real", "--")):
+            rows = [r for r in summary["rows"] if r["arm"] == arm]
+            steps = [r["steps"] for r in rows]
+            for name in rows[0]["attacks"]:
+                left.plot(steps, [r["attacks"][name]["auc"] for r in rows], style, marker="o", label=f"{arm}: {name}")
+            right.plot(steps, [r["test_accuracy"] for r in rows], style, marker="o", label=arm)
+        for ax, label in ((left, "attack ROC AUC"), (right, "test accuracy (%)")):
+            ax.set_xscale("log")
+            ax.set_xlabel("victim training steps")
+            ax.set_ylabel(label)
+            ax.grid(True, alpha=0.3)
+        left.axhline(0.5, color="grey", lw=0.8)
+        left.legend(fontsize=6, ncol=2)
+        right.legend(fontsize=8)
+        return fig, (left, right)
 
 
 def privacy(
@@ -449,11 +366,7 @@ def privacy(
 ) -> dict:
     """Run (or resume) a membership-inference experiment into `out`; returns what privacy.json holds.
     `frepo.privacy(preset="privacy-mnist-cpu", out="runs/mia")`, or `dataset=..., chunk=..., ipc=...`."""
-    if config is None:
-        config = resolve(PrivacyConfig, PRESETS, preset, overrides)
-    elif preset or overrides:
-        raise FrepoError("give either a PrivacyConfig or a preset and options, not both")
-    return Privacy(config, out, progress).run()
+    return run_experiment(Privacy, config, out, preset, progress, overrides)
 
 
 __all__ = ["ARMS", "ATTACKS", "PRESETS", "PrivacyConfig", "privacy", "train_victim"]
