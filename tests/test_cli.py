@@ -310,3 +310,12 @@ def test_bad_evaluation_inputs_give_one_line_and_exit_2(tmp_path, capsys):
     for args, fragment in cases:
         code, _, err = run_cli(args, capsys)
         assert_user_error(code, err, fragment)
+
+
+def test_every_subcommand_has_its_handler():
+    import argparse
+
+    from frepo.cli.commands import HANDLERS, build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == set(HANDLERS)

@@ -1,6 +1,6 @@
-"""The `frepo` command: thin subcommands over the library (`frepo.cli.commands`), flags generated from the
-typed settings (`frepo.cli.flags`). A user mistake prints one line on stderr and exits 2; Ctrl-C during a
-run exits 130 after a checkpoint."""
+"""The `frepo` command: thin subcommands over the library (`frepo.cli.commands`), declared one function
+per subcommand (`frepo.cli.parser`), with flags generated from the typed settings (`frepo.cli.flags`). A
+user mistake prints one line on stderr and exits 2; Ctrl-C during a run exits 130 after a checkpoint."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import sys
 import warnings
 
 from ..base.errors import FrepoError, Interrupted
-from .commands import build_parser
+from .commands import HANDLERS
+from .parser import build_parser
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_cpu_allocator()  # speed only: freed memory stays in the heap (see frepo.base.perf)
     try:
         with show_messages():
-            return args.func(args)
+            return HANDLERS[args.command](args)
     except Interrupted as exc:
         print(f"frepo: {exc}", file=sys.stderr)
         return 130
