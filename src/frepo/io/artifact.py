@@ -48,7 +48,7 @@ def class_ids_of(labels: torch.Tensor) -> torch.Tensor:
 class DistilledSet:
     """A set as files, pictures, exports and reports receive it: host tensors only, by contract (checked
     here). A run hands its live device tensors to validation alone (`frepo.eval.evaluate_set(on_device=)`);
-    everything else gets a host copy made in one place (`frepo.distill.Distiller.host_set`)."""
+    everything else gets a host copy made in one place (`frepo.jobs.distill.Distiller.host_set`)."""
 
     images: torch.Tensor  # N×C×H×W float32, preprocessed
     labels: torch.Tensor  # N×K float32 learned targets, or (N,) int64 class ids

@@ -1,4 +1,4 @@
-"""One FRePo outer step on tensors, without any run management (that is `distill.py`).
+"""One FRePo outer step on tensors, without any run management (that is `frepo.jobs.distill`).
 
 step(): a real batch -> meta-step (kernel ridge regression on the features of the current pool
 model, loss back-propagated into the synthetic images and labels) -> LAMB update -> the pool model
