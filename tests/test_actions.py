@@ -1,0 +1,71 @@
+"""The distillation loop's plug-ins: their schedule, their order, and the one host copy they share."""
+
+from __future__ import annotations
+
+import json
+
+from frepo.config import presets
+from frepo.jobs.actions import Action, Moment, itstime
+from frepo.jobs.distill import Distiller
+
+OVERRIDES = dict(steps=7, width=8, num_models=2, max_online_updates=4, batch_size=32, eval_steps=10)
+OVERRIDES.update(log_every=3, eval_every=2, checkpoint_every=5, snapshot_every=0)
+
+
+def test_itstime_is_big_vision_s_schedule():
+    assert [s for s in range(1, 11) if itstime(s, 3)] == [3, 6, 9]
+    assert [s for s in range(1, 11) if itstime(s, 3, total=10, last=True)] == [3, 6, 9, 10]
+    assert not any(itstime(s, 0) or itstime(s, None) for s in range(1, 11))
+    assert [s for s in range(1, 11) if itstime(s, 0, total=10, last=True)] == [10]
+
+
+class Recorder(Action):
+    """Records when it runs and which host copy it was handed."""
+
+    def __init__(self, name: str, calls: list, every: int = 1):
+        self.name, self.calls, self.every = name, calls, every
+
+    def due(self, step: int) -> bool:
+        return itstime(step, self.every)
+
+    def at_end(self, step: int) -> bool:
+        return True
+
+    def __call__(self, now: Moment) -> None:
+        ds = now.host_set()
+        assert ds.images.device.type == "cpu" and ds.meta["step"] == now.step
+        self.calls.append((self.name, now.step, now.final, id(ds.images), now.val_acc))
+
+
+def test_actions_run_in_order_on_their_steps_and_share_one_host_copy_per_step(tmp_path):
+    distiller = Distiller(presets.resolve("digits", 2, overrides=OVERRIDES), tmp_path / "run")
+    names = [type(a).__name__ for a in distiller.actions]
+    assert names == ["LossWatch", "MetricsLog", "Snapshots", "Validation", "ChanceWatch", "Checkpoint"]
+    calls: list = []
+    # One plug-in before validation and one after it (every other step): the same copy, and the second
+    # sees the step's validation accuracy.
+    distiller.actions.insert(3, Recorder("before", calls))
+    distiller.actions.insert(5, Recorder("after", calls, every=2))
+    result = distiller.run()
+
+    in_loop = [(n, s) for n, s, final, _, _ in calls if not final or s != 7]
+    assert [s for n, s in in_loop if n == "before"] == [1, 2, 3, 4, 5, 6]
+    assert [s for n, s in in_loop if n == "after"] == [2, 4, 6]
+    copies = {}
+    for _, step, _, copy, _ in calls:
+        copies.setdefault(step, set()).add(copy)
+    assert all(len(c) == 1 for c in copies.values()), copies  # one host copy per step, however many ask
+    validated = {s: acc for n, s, _, _, acc in calls if n == "after" and acc is not None}
+    assert sorted(validated) == [2, 4, 6, 7]  # every eval_every steps, and the end's validation
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], "val_acc" in r) for r in records] == [
+        (2, True),
+        (3, False),
+        (4, True),
+        (6, False),
+        (6, True),
+        (7, False),
+        (7, True),
+    ]
+    assert result.val_accuracy == records[-1]["val_acc"]  # from memory, the last validation
+    assert validated[7] == records[-1]["val_acc"]
