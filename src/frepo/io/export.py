@@ -12,12 +12,17 @@ Every export also holds `preprocessing.safetensors` (the per-channel mean and st
 matrix and inverse when used: what turns raw test images into the set's space) and `export.json`, a
 manifest with documented keys (`MANIFEST_KEYS`) from which `frepo evaluate EXPORT_DIR` reads the set
 back with nothing else to say.
+
+Each layout's writer registers itself under the layout's name (`register_layout`, in the style of timm's
+`register_model`), so `export` needs no per-layout branch; `LAYOUTS` lists them in registration order.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +35,6 @@ from ..base.version import __version__
 from ..data.preprocess import Preprocessing
 from .artifact import DistilledSet, load_distilled
 
-LAYOUTS = ("imagefolder", "pt", "npz")
 MANIFEST = "export.json"
 PREPROCESSING = "preprocessing.safetensors"
 EXPORT_VERSION = 1
@@ -85,6 +89,89 @@ def _labels_record(ds: DistilledSet) -> dict:
     return {"kind": "learned" if learned else "class_ids", "class_ids": ds.class_ids().tolist()}
 
 
+@dataclass(frozen=True)
+class Written:
+    """What a layout's writer wrote: its files (name -> what it holds, for the manifest), the space its
+    images are in, and the manifest keys of its own."""
+
+    files: dict[str, str]
+    space: str  # 'pixels' (PNG, 0..255) or 'preprocessed'
+    manifest: dict = field(default_factory=dict)
+
+
+# A layout's writer: (the set, its images N×C×H×W float32 and labels on the CPU, the folder) -> Written.
+LayoutWriter = Callable[[DistilledSet, torch.Tensor, torch.Tensor, Path], Written]
+# layout -> its writer, in registration order (`LAYOUTS`); `frepo.io.foreign.exports` registers the readers
+WRITERS: dict[str, LayoutWriter] = {}
+
+
+def register_layout(name: str) -> Callable[[LayoutWriter], LayoutWriter]:
+    """Decorator: register the writer of layout `name`. A second registration of a name is an error, so
+    that two modules cannot silently shadow each other's layout."""
+
+    def register(write: LayoutWriter) -> LayoutWriter:
+        if name in WRITERS:
+            raise ValueError(f"export layout {name!r} is registered twice")
+        WRITERS[name] = write
+        return write
+
+    return register
+
+
+@register_layout("imagefolder")
+def _write_imagefolder(ds: DistilledSet, images: torch.Tensor, labels: torch.Tensor, out: Path) -> Written:
+    pixels = to_uint8(ds.pixels())
+    folders = _folder_names(ds.classes)
+    ids = ds.class_ids().tolist()
+    names = [f"{folders[c]}/{i:05d}.png" for i, c in enumerate(ids)]
+    for array, name in zip(pixels, names):
+        _write_png(array, out / name)
+    atomic_torch_save(labels.clone(), out / "labels.pt")
+    atomic_write_json(out / "labels.json", {"files": names, "labels": labels.tolist(), "classes": ds.classes})
+    files = {
+        "<class>/NNNNN.png": "the images in pixel space, 8-bit (NNNNN: position in the set)",
+        "labels.pt": "the labels in the set's order (N×K learned targets or N class ids)",
+        "labels.json": "the same, with the file of each image",
+    }
+    return Written(files, "pixels", {"image_files": names})
+
+
+@register_layout("pt")
+def _write_pt(ds: DistilledSet, images: torch.Tensor, labels: torch.Tensor, out: Path) -> Written:
+    lr = torch.tensor(SGD_LR, dtype=torch.float32)
+    atomic_torch_save(images.clone(), out / "images.pt")
+    atomic_torch_save(labels.clone(), out / "labels.pt")
+    atomic_torch_save(lr, out / "lr.pt")
+    atomic_save_safetensors(
+        {"images": images.contiguous(), "labels": labels.contiguous(), "lr": lr.reshape(1)},
+        out / "data.safetensors",
+        metadata={"frepo_export": MANIFEST},
+    )
+    files = {
+        "images.pt": "N×C×H×W float32 images in the preprocessed space (torch.load)",
+        "labels.pt": "N×K learned labels (regression targets) or N class ids",
+        "lr.pt": "a 0-d tensor: the SGD learning rate to train with (see lr)",
+        "data.safetensors": "images, labels and lr (1-element) without pickle",
+    }
+    return Written(files, "preprocessed")
+
+
+@register_layout("npz")
+def _write_npz(ds: DistilledSet, images: torch.Tensor, labels: torch.Tensor, out: Path) -> Written:
+    name = f"step{int(ds.meta.get('step') or 0):06d}.npz"
+
+    def save(path: Path) -> None:
+        with open(path, "wb") as fh:
+            np.savez(fh, image=images.permute(0, 2, 3, 1).contiguous().numpy(), label=ds.targets().numpy())
+
+    atomic_write(out / name, save)
+    files = {name: "the official FRePo layout: image N×H×W×C float32 (preprocessed), label N×K float32"}
+    return Written(files, "preprocessed")
+
+
+LAYOUTS = tuple(WRITERS)  # imagefolder, pt, npz: the CLI's choices
+
+
 def export(ds: DistilledSet | str | Path, out: str | Path, layout: str) -> Path:
     """Write a set (or a frepo file) into the folder `out` in `layout` (one of LAYOUTS); returns the
     manifest's path."""
@@ -97,57 +184,12 @@ def export(ds: DistilledSet | str | Path, out: str | Path, layout: str) -> Path:
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise FrepoError(f"--to {out} is not empty and holds no frepo export; use another folder")
     images, labels = ds.images.detach().cpu().float(), ds.labels.detach().cpu()
+    written = WRITERS[layout](ds, images, labels, out)
     files: dict[str, str] = {
-        PREPROCESSING: "the preprocessing tensors (pre_mean, pre_std; pre_zca_mean, pre_whiten, pre_unwhiten for ZCA)"
+        PREPROCESSING: "the preprocessing tensors (pre_mean, pre_std; pre_zca_mean, pre_whiten, pre_unwhiten for ZCA)",
+        **written.files,
     }
-    manifest: dict = {}
-    if layout == "imagefolder":
-        pixels = to_uint8(ds.pixels())
-        folders = _folder_names(ds.classes)
-        ids = ds.class_ids().tolist()
-        names = [f"{folders[c]}/{i:05d}.png" for i, c in enumerate(ids)]
-        for array, name in zip(pixels, names):
-            _write_png(array, out / name)
-        atomic_torch_save(labels.clone(), out / "labels.pt")
-        atomic_write_json(out / "labels.json", {"files": names, "labels": labels.tolist(), "classes": ds.classes})
-        manifest["image_files"] = names
-        files.update(
-            {
-                "<class>/NNNNN.png": "the images in pixel space, 8-bit (NNNNN: position in the set)",
-                "labels.pt": "the labels in the set's order (N×K learned targets or N class ids)",
-                "labels.json": "the same, with the file of each image",
-            }
-        )
-        space = "pixels"
-    elif layout == "pt":
-        lr = torch.tensor(SGD_LR, dtype=torch.float32)
-        atomic_torch_save(images.clone(), out / "images.pt")
-        atomic_torch_save(labels.clone(), out / "labels.pt")
-        atomic_torch_save(lr, out / "lr.pt")
-        atomic_save_safetensors(
-            {"images": images.contiguous(), "labels": labels.contiguous(), "lr": lr.reshape(1)},
-            out / "data.safetensors",
-            metadata={"frepo_export": MANIFEST},
-        )
-        files.update(
-            {
-                "images.pt": "N×C×H×W float32 images in the preprocessed space (torch.load)",
-                "labels.pt": "N×K learned labels (regression targets) or N class ids",
-                "lr.pt": "a 0-d tensor: the SGD learning rate to train with (see lr)",
-                "data.safetensors": "images, labels and lr (1-element) without pickle",
-            }
-        )
-        space = "preprocessed"
-    else:
-        name = f"step{int(ds.meta.get('step') or 0):06d}.npz"
-
-        def save(path: Path) -> None:
-            with open(path, "wb") as fh:
-                np.savez(fh, image=images.permute(0, 2, 3, 1).contiguous().numpy(), label=ds.targets().numpy())
-
-        atomic_write(out / name, save)
-        files[name] = "the official FRePo layout: image N×H×W×C float32 (preprocessed), label N×K float32"
-        space = "preprocessed"
+    manifest: dict = dict(written.manifest)
     pre = ds.preprocessing
     atomic_save_safetensors(
         pre.tensors(), out / PREPROCESSING, metadata={"frepo_preprocessing": json.dumps(pre.params())}
@@ -159,7 +201,7 @@ def export(ds: DistilledSet | str | Path, out: str | Path, layout: str) -> Path:
             "export_version": EXPORT_VERSION,
             "layout": layout,
             "files": {MANIFEST: "this manifest", **files},
-            "images": {"count": int(len(images)), "shape": list(images.shape[1:]), "space": space},
+            "images": {"count": int(len(images)), "shape": list(images.shape[1:]), "space": written.space},
             "labels": _labels_record(ds),
             "classes": ds.classes,
             "dataset": ds.dataset,

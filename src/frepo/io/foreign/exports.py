@@ -1,0 +1,116 @@
+"""`frepo export` folders read back into the set they were written from. The export's manifest names
+its layout, and each layout's reader registers itself under that name (`frepo.io.export` registers the
+writers the same way)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ...base.errors import FrepoError
+from ...data.preprocess import Preprocessing
+from ..artifact import DistilledSet
+from .files import check_images, check_labels, file_checksum, torch_load
+from .readers import read_npz
+
+
+@dataclass(frozen=True)
+class Export:
+    """An export folder as its manifest describes it."""
+
+    folder: Path
+    manifest_path: Path
+    manifest: dict
+    shape: tuple[int, int, int]  # (C, H, W)
+    channels: int  # C, the channels the PNGs are read with
+    classes: list[str]
+    preprocessing: Preprocessing
+
+
+# A layout's reader: the export -> (images, labels), checked by `load_export` against the manifest.
+LayoutReader = Callable[[Export], tuple]
+# layout -> its reader, in the order of `frepo.io.export.LAYOUTS`
+LAYOUT_READERS: dict[str, LayoutReader] = {}
+
+
+def register_layout_reader(name: str) -> Callable[[LayoutReader], LayoutReader]:
+    """Decorator: register the reader of export layout `name` (once)."""
+
+    def register(read: LayoutReader) -> LayoutReader:
+        if name in LAYOUT_READERS:
+            raise ValueError(f"export layout {name!r} is registered twice")
+        LAYOUT_READERS[name] = read
+        return read
+
+    return register
+
+
+@register_layout_reader("imagefolder")
+def _read_pngs(export: Export) -> tuple:
+    """PNGs in pixel space, put back through the stored preprocessing; the labels from labels.pt."""
+    from ...data.folders import open_image, to_array
+
+    names = export.manifest.get("image_files", [])
+    pixels = np.stack([to_array(open_image(export.folder / name), export.channels) for name in names])
+    if tuple(pixels.shape[1:3]) != export.shape[1:]:
+        raise FrepoError(
+            f"{export.folder}: the PNGs are {pixels.shape[2]}×{pixels.shape[1]}, the manifest says {export.shape}"
+        )
+    return export.preprocessing(pixels), torch_load(export.folder / "labels.pt")
+
+
+@register_layout_reader("pt")
+def _read_pt(export: Export) -> tuple:
+    return torch_load(export.folder / "images.pt"), torch_load(export.folder / "labels.pt")
+
+
+@register_layout_reader("npz")
+def _read_npz(export: Export) -> tuple:
+    npz = [name for name in export.manifest.get("files", {}) if name.endswith(".npz")]
+    if len(npz) != 1:
+        raise FrepoError(f"{export.manifest_path}: an npz export names one .npz file")
+    return read_npz(export.folder / npz[0], export.shape, len(export.classes))
+
+
+def load_export(path: str | Path) -> DistilledSet:
+    """A `frepo export` folder (or a file of one) back into the set it was written from: the same images
+    (up to 8-bit rounding and clipping for PNGs), labels and preprocessing, in the same order."""
+    from ..export import find_manifest, read_manifest, read_preprocessing
+
+    manifest_path = find_manifest(path)
+    if manifest_path is None:
+        raise FrepoError(f"{path} is not a frepo export: no export.json in it or beside it")
+    manifest, folder = read_manifest(manifest_path), manifest_path.parent
+    try:
+        layout, classes, shape = manifest["layout"], list(manifest["classes"]), tuple(manifest["images"]["shape"])
+        info = manifest["set"]
+    except (KeyError, TypeError) as exc:
+        raise FrepoError(f"{manifest_path}: the manifest lacks {exc}") from exc
+    pre = read_preprocessing(folder)
+    c = shape[0]
+    # Checked against the manifest's own shape and classes; the dataset is checked when it is loaded.
+    where = str(manifest_path.parent)
+    read = LAYOUT_READERS.get(layout) if isinstance(layout, str) else None  # the manifest may hold anything
+    if read is None:
+        raise FrepoError(f"{manifest_path}: unknown layout {layout!r}")
+    images, labels = read(Export(folder, manifest_path, manifest, shape, c, classes, pre))
+    images = check_images(images, shape, where)
+    labels = check_labels(labels, len(images), len(classes), where)
+    meta = {
+        "kind": f"export-{layout}",
+        "dataset": manifest["dataset"],
+        "classes": classes,
+        "ipc": info.get("ipc"),
+        "seed": info.get("seed"),
+        "step": info.get("step"),
+        "config": {"use_flip": bool(info.get("use_flip"))},
+        "mirror_invariant": bool(info.get("mirror_invariant", True)),
+        "val_size": int(info.get("val_size") or 0),
+        "test_fingerprint": info.get("test_fingerprint"),
+        "checksum": file_checksum(folder),
+        "source": {"path": str(path), "format": "frepo-export", "layout": layout, "original": info.get("checksum")},
+    }
+    return DistilledSet(images, labels, pre, meta)

@@ -1,0 +1,126 @@
+"""What every reader shares: telling a file's format, its checksum, the safe `torch.load`, and the checks
+the images and labels of every format pass."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...base.errors import FrepoError
+
+
+# ---- format detection and checksums -----------------------------------------------------------
+def detect_format(path: str | Path) -> str:
+    """The format of `path` from its name and, for .pt files, its content."""
+    from ..export import find_manifest
+
+    path = Path(path)
+    if not path.exists():
+        raise FrepoError(f"file not found: {path}")
+    if find_manifest(path) is not None:
+        return "frepo-export"
+    if path.is_dir():
+        return "imagefolder"
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return "frepo" if _has_frepo_metadata(path) else "safetensors"
+    if suffix == ".npz":
+        return "frepo-npz"
+    if suffix in (".pt", ".pth"):
+        # By the names the tools give their files; anything else by its content.
+        if path.name.startswith("res_"):
+            return "dc"
+        if path.name.startswith("images_"):
+            return "mtt"
+        return "dc" if isinstance(torch_load(path), dict) else "mtt"
+    raise FrepoError(
+        f"cannot tell the format of {path}: expected a .safetensors file, an official FRePo .npz, an MTT "
+        "images_*.pt, a DC/DSA res_*.pt, or a folder of class folders of images"
+    )
+
+
+def _has_frepo_metadata(path: Path) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return "frepo" in (fh.metadata() or {})
+    except Exception:  # damaged files: load_distilled gives the precise error
+        return True
+
+
+def file_checksum(path: str | Path) -> str:
+    """sha256 of a file, or of a folder's files (relative names and bytes, in sorted order)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def torch_load(path: str | Path):
+    """torch.load with weights_only=True; numpy scalars and dtypes (DC's accuracy lists) are allowed."""
+    core = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core; files carry either name
+    scalar = core.multiarray.scalar
+    allowed: list = [np.dtype, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar")]
+    allowed += [type(np.dtype(t)) for t in ("float16", "float32", "float64", "int32", "int64", "bool")]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        match = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if match is None:  # not a pickle torch can parse at all
+            raise FrepoError(f"cannot read {path}: not a torch file, or corrupt or truncated") from exc
+        raise FrepoError(
+            f"{path} holds objects other than tensors and numbers ({match.group(1)}), which frepo does not "
+            "unpickle (it loads .pt files with weights_only=True); save the images and labels as plain tensors"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise FrepoError(f"cannot read {path}: not a torch file, or corrupt or truncated ({exc})") from exc
+
+
+# ---- the checks of every reader's tensors -----------------------------------------------------
+def check_labels(labels, n: int, num_classes: int, where: str) -> torch.Tensor:
+    """(N,) int64 class ids or N×K float32 learned labels, validated."""
+    labels = torch.as_tensor(np.asarray(labels) if isinstance(labels, np.ndarray) else labels)
+    if labels.ndim == 2 and labels.shape == (n, num_classes):
+        return labels.float()
+    if labels.ndim == 1 and len(labels) == n:
+        if labels.is_floating_point():
+            if not bool((labels == labels.round()).all()):
+                raise FrepoError(f"{where}: 1-D labels must be integer class ids")
+        labels = labels.long()
+        if n and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+            raise FrepoError(f"{where}: class ids must lie in 0..{num_classes - 1} for this dataset")
+        return labels
+    raise FrepoError(
+        f"{where}: labels of shape {tuple(labels.shape)} do not fit {n} images of {num_classes} classes "
+        f"(expected ({n},) class ids or ({n}, {num_classes}) learned labels)"
+    )
+
+
+def check_images(images, shape: tuple[int, int, int], where: str, channels_last: bool = False) -> torch.Tensor:
+    """Float32 N×C×H×W images of image shape `shape` (C, H, W)."""
+    x = torch.as_tensor(images)
+    if not x.is_floating_point():
+        raise FrepoError(f"{where}: images must be floating point, got {x.dtype}")
+    if channels_last and x.ndim == 4:
+        x = x.permute(0, 3, 1, 2)
+    shape = tuple(shape)
+    if x.ndim != 4 or tuple(x.shape[1:]) != shape:
+        layout = "N×H×W×C" if channels_last else "N×C×H×W"
+        raise FrepoError(f"{where}: images of shape {tuple(x.shape)}, expected {layout} with (C, H, W) = {shape}")
+    if not bool(torch.isfinite(x).all()):
+        raise FrepoError(f"{where}: images contain NaN or infinite values")
+    return x.detach().float().contiguous()  # MTT saves its leaf tensors with requires_grad set

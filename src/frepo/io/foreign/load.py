@@ -1,0 +1,192 @@
+"""The entry points: any supported file read into a `DistilledSet` (with the real dataset it belongs to),
+or into a run's starting set. frepo's own two formats carry their dataset and preprocessing; the others
+are read by the reader registered under their format's name (`READERS`), which says which preprocessing
+the images are in."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ...base.errors import FrepoError
+from ...data import RawDataset, default_data_dir, load_dataset
+from ...data.preprocess import Preprocessing
+from ...data.recipes import CLAIMS, check_preprocessing, claimed_preprocessing, frepo_preprocessing
+from ..artifact import DistilledSet, load_distilled
+from . import readers  # noqa: F401  (registers the readers of other tools' formats, in FORMATS' order)
+from .exports import load_export
+from .files import detect_format, file_checksum
+from .registry import READERS, Reader
+
+# frepo's own formats -> their loader: files that say their dataset and preprocessing themselves
+OWN_FORMATS: dict[str, Callable[[str | Path], DistilledSet]] = {"frepo": load_distilled, "frepo-export": load_export}
+FORMATS = (*OWN_FORMATS, *READERS)
+
+
+def _default_claim(reader: Reader | None, raw: RawDataset) -> str:
+    return reader.claim(raw) if reader is not None else "frepo"  # an unknown format is refused after the checks
+
+
+def _step_from_name(path: Path) -> int | None:
+    match = re.search(r"step(\d+)", path.stem) or re.search(r"_(\d+)$", path.stem)
+    return int(match.group(1)) if match else None
+
+
+def load_foreign(
+    path: str | Path,
+    raw: RawDataset,
+    *,
+    fmt: str | None = None,
+    preprocess: str = "auto",
+    entry: int | None = None,
+    cache_dir: str | Path | None = None,
+) -> DistilledSet:
+    """Read a distilled set written by another tool for dataset `raw` into a DistilledSet whose
+    preprocessing is the one its images live in (so the test split gets the very same transform)."""
+    from ...config.presets import default_flip
+
+    path = Path(path)
+    fmt = fmt or detect_format(path)
+    if fmt == "frepo":
+        raise FrepoError(f"{path} is a frepo file; it carries its own dataset and preprocessing")
+    cache = Path(cache_dir) if cache_dir is not None else default_data_dir()
+    reader = READERS.get(fmt)
+    claim = _default_claim(reader, raw) if preprocess in (None, "auto") else preprocess
+    if claim not in CLAIMS:
+        raise FrepoError(f"unknown --preprocess {claim!r}; use auto or one of {', '.join(CLAIMS)}")
+    if entry is not None and not (reader is not None and reader.entries):
+        raise FrepoError("--entry selects a set inside a DC/DSA res_*.pt file; other formats hold one set")
+    if reader is None:
+        raise FrepoError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+    if reader.pixels and claim != "pixels":
+        raise FrepoError("a folder of images holds raw pixels; drop --preprocess (or use pixels)")
+    images, labels, more = reader.read(path, raw, entry or 0)
+    source: dict = {"path": str(path), "format": fmt, "preprocessing": claim, **more}
+    if reader.pixels:
+        pre = frepo_preprocessing(raw, cache)
+        images = pre(images)
+    else:
+        pre = claimed_preprocessing(claim, raw, cache)
+        check_preprocessing(images, claim, pre, raw, str(path))
+        if claim == "pixels":
+            images = pre.from_unit(images)
+    n = len(images)
+    counts = torch.bincount(labels.argmax(-1) if labels.ndim == 2 else labels, minlength=raw.num_classes)
+    ipc = int(counts[0]) if bool((counts == counts[0]).all()) else None
+    # The flip trick belongs to FRePo: official FRePo files follow its per-dataset table; other tools
+    # never distilled with it.
+    use_flip = default_flip(raw.name, ipc or max(1, n // raw.num_classes)) if reader.flip else False
+    meta = {
+        "kind": f"foreign-{fmt}",
+        "dataset": raw.name,
+        "classes": raw.classes,
+        "ipc": ipc,
+        "seed": None,
+        "step": _step_from_name(path) if path.is_file() else None,
+        "config": {"use_flip": use_flip},
+        "mirror_invariant": raw.mirror_invariant,
+        "val_size": 0,  # other tools distil from the whole training split: there is no hold-out
+        "checksum": file_checksum(path),
+        "source": source,
+    }
+    return DistilledSet(images.float(), labels, pre, meta)
+
+
+def load_set(
+    file: str | Path,
+    dataset: str | None = None,
+    *,
+    data_dir: str | Path | None = None,
+    download: bool = True,
+    preprocess: str = "auto",
+    entry: int | None = None,
+) -> tuple[DistilledSet, RawDataset]:
+    """Any supported distilled-set file -> (DistilledSet, the real dataset it belongs to)."""
+    fmt = detect_format(file)
+    if fmt in OWN_FORMATS:
+        ds = OWN_FORMATS[fmt](file)
+        if preprocess not in (None, "auto"):
+            raise FrepoError(f"a {fmt} file carries its own preprocessing; drop --preprocess")
+        if entry is not None:
+            raise FrepoError(f"--entry selects a set inside a DC/DSA res_*.pt file; a {fmt} file holds one set")
+        if dataset is not None and not _same_dataset(dataset, ds.dataset):
+            raise FrepoError(f"{file} was distilled from {ds.dataset}, not {dataset}; drop --dataset")
+        return ds, load_dataset(ds.dataset, data_dir or recorded_data_dir(ds), download)
+    if dataset is None:
+        raise FrepoError(
+            f"{file} is a {fmt} file, which does not say which dataset it belongs to: pass --dataset NAME "
+            "(its test split and preprocessing are used)"
+        )
+    raw = load_dataset(dataset, data_dir, download)
+    return load_foreign(file, raw, fmt=fmt, preprocess=preprocess, entry=entry, cache_dir=data_dir), raw
+
+
+def load_start(
+    path: str | Path, raw: RawDataset, preprocessing: Preprocessing, classes: list[int], ipc: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A run's starting set from a file (`frepo distill --init FILE`): (ipc·K×C×H×W images in
+    `preprocessing`, ipc·K×K labels), class-major like the seeded real-image start.
+
+    Any format `load_set` reads; the images go through pixel space into the run's preprocessing (an
+    official .npz is in the reference's, a frepo file in its own), untouched when that is the run's own.
+    Class ids (a subset) become the reference's starting labels; learned labels are kept as they are.
+    """
+    fmt = detect_format(path)
+    if fmt in OWN_FORMATS:
+        ds = OWN_FORMATS[fmt](path)
+        if not _same_dataset(raw.name, ds.dataset):
+            raise FrepoError(f"--init {path} was distilled from {ds.dataset}, not {raw.name}")
+    else:
+        ds = load_foreign(path, raw, fmt=fmt)
+    if tuple(ds.images.shape[1:]) != raw.image_shape:
+        raise FrepoError(f"--init {path} holds images of shape {tuple(ds.images.shape[1:])}, not {raw.image_shape}")
+    if ds.num_classes != raw.num_classes:
+        raise FrepoError(f"--init {path} has {ds.num_classes} classes, {raw.name} has {raw.num_classes}")
+    labels, ids = ds.targets(), ds.class_ids()
+    counts = torch.bincount(ids, minlength=raw.num_classes)
+    wanted = torch.zeros_like(counts)
+    wanted[classes] = ipc
+    if not torch.equal(counts, wanted):
+        raise FrepoError(
+            f"--init {path} holds {counts.tolist()} images per class; this run needs {ipc} (--ipc) of each "
+            f"of the classes {classes}"
+        )
+    order = torch.cat([torch.nonzero(ids == c).flatten() for c in classes])
+    images = ds.images[order]
+    if not _same_preprocessing(ds.preprocessing, preprocessing):
+        images = preprocessing.from_unit(ds.preprocessing.to_unit(images))
+    return images.float(), labels[order].float()
+
+
+def _same_preprocessing(a: Preprocessing, b: Preprocessing) -> bool:
+    ta, tb = a.tensors(), b.tensors()
+    return a.params() == b.params() and ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def recorded_data_dir(ds: DistilledSet) -> str | None:
+    """The --data-dir the set was distilled with, when that folder still exists: evaluating a set
+    distilled from Tiny ImageNet under DIR reads DIR's test split without being told again."""
+    data = ((ds.meta or {}).get("config") or {}).get("data") or {}
+    folder = data.get("data_dir") if isinstance(data, dict) else None
+    return folder if isinstance(folder, str) and Path(folder).expanduser().is_dir() else None
+
+
+def _same_dataset(given: str, recorded: str) -> bool:
+    if given == recorded:
+        return True
+    path = Path(given).expanduser()
+    return path.exists() and str(path.resolve()) == recorded
+
+
+def describe(ds: DistilledSet) -> str:
+    """One line saying where a set came from, for the CLI."""
+    source = ds.meta.get("source")
+    if not source:
+        return f"{ds.meta.get('kind', 'set')} of {ds.dataset}"
+    if source["format"] == "frepo-export":
+        return f"frepo export ({source['layout']}) read with its stored preprocessing"
+    extra = f", entry {source['entry']} of {source['entries']}" if "entries" in source else ""
+    return f"{source['format']} file read as '{source['preprocessing']}' preprocessing{extra}"
