@@ -69,3 +69,21 @@ def test_actions_run_in_order_on_their_steps_and_share_one_host_copy_per_step(tm
     ]
     assert result.val_accuracy == records[-1]["val_acc"]  # from memory, the last validation
     assert validated[7] == records[-1]["val_acc"]
+
+
+def test_validation_follows_the_budget(tmp_path, caplog):
+    from frepo.config import DistillConfig
+
+    assert DistillConfig(steps=2).validation_steps() == 100  # at least MIN_VALIDATION_STEPS
+    assert DistillConfig(steps=400).validation_steps() == 400  # the run's own steps
+    assert DistillConfig(steps=500_000).validation_steps() == 1000  # the reference's check at its budget
+    assert DistillConfig(steps=2, eval_steps=30).validation_steps() == 30  # given: as given
+    assert DistillConfig(steps=2, eval_steps=0).validation_steps() is None  # 0: the reference step table
+    overrides = {k: v for k, v in OVERRIDES.items() if k != "eval_steps"}
+    config = presets.resolve("digits", 2, overrides={**overrides, "steps": 2, "eval_every": 0})
+    config.eval_steps = None  # the digits preset names 500; a run that names none
+    with caplog.at_level("INFO", logger="frepo"):
+        Distiller(config, tmp_path / "run").run()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["eval_steps"] for r in records if "val_acc" in r] == [100]
+    assert "validating: 1 network(s) × 100 steps on the 20 images" in caplog.text

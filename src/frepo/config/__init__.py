@@ -124,6 +124,13 @@ class PoolConfig:
             raise FrepoError("online_batch_size must be >= 1")
 
 
+# The in-run validation follows the budget: the reference's in-training check trains each network
+# REFERENCE_VALIDATION_STEPS steps (its 500 000-step runs can afford it); a shorter run validates with as
+# many steps as it has outer steps, never fewer than MIN_VALIDATION_STEPS (a network needs some to learn).
+REFERENCE_VALIDATION_STEPS = 1000
+MIN_VALIDATION_STEPS = 100
+
+
 @dataclass
 class DistillConfig:
     data: DataConfig = nested(DataConfig)
@@ -160,8 +167,10 @@ class DistillConfig:
     )
     eval_every: int = opt(0, "steps between validation evaluations (0: only at the end)")
     eval_models: int = opt(1, "models trained per validation evaluation")
-    eval_steps: int = opt(
-        1000, "training steps of each validation model (1000 as the reference's in-training check; 0: the step table)"
+    eval_steps: int | None = opt(
+        None,
+        "training steps of each validation model (default: the run's own steps, at least "
+        f"{MIN_VALIDATION_STEPS} and at most the reference's {REFERENCE_VALIDATION_STEPS}; 0: the step table)",
     )
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     chunk_size: int = opt(
@@ -208,5 +217,12 @@ class DistillConfig:
         if self.lr_final_ratio > 1:
             raise FrepoError(f"lr_final_ratio must lie in [0, 1], got {self.lr_final_ratio}")
         check_finite("krr_reg", self.krr_reg, low=0.0)
-        if self.eval_steps < 0:
+        if self.eval_steps is not None and self.eval_steps < 0:
             raise FrepoError("eval_steps must be >= 0")
+
+    def validation_steps(self) -> int | None:
+        """Training steps of each validation network: `eval_steps` when given (None for 0: the reference
+        step table by the set's size), else the run's own steps within [MIN, REFERENCE]_VALIDATION_STEPS."""
+        if self.eval_steps is not None:
+            return self.eval_steps or None
+        return min(REFERENCE_VALIDATION_STEPS, max(MIN_VALIDATION_STEPS, self.steps))

@@ -252,9 +252,14 @@ class Validation(Action):
         return evaluate_set(now.host_set(), *self.data, config, progress=progress, on_device=now.live).mean
 
     def __call__(self, now: Moment) -> None:
+        steps = self.plan.steps or reference_steps(len(now.live[0]))
+        if self.data is None or now.final:  # what a validation costs, said before the first and the last
+            log.info(
+                f"step {now.step}: validating: {self.plan.models} network(s) × {steps} steps on the "
+                f"{len(now.live[0])} images (eval_steps; the reference's check uses 1000)"
+            )
         acc = self.accuracy(now, progress=self.progress and now.final)
         now.val_acc = self.last = acc
-        steps = self.plan.steps or reference_steps(len(now.live[0]))
         self.monitor.record({"step": now.step, "val_acc": acc, "eval_models": self.plan.models, "eval_steps": steps})
         log.info(f"step {now.step}: validation accuracy {acc:.2f}%")
         if self.best["val_acc"] is None or acc > self.best["val_acc"]:

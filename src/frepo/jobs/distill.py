@@ -148,9 +148,11 @@ class Distiller:
                     models=cfg.eval_models,
                     split="val",
                     device=str(self.device),
-                    steps=cfg.eval_steps or None,
+                    steps=cfg.validation_steps(),
                 )
-                plan = ValidationPlan(cfg.eval_every, cfg.steps, cfg.seed, config, cfg.eval_models, cfg.eval_steps)
+                plan = ValidationPlan(
+                    cfg.eval_every, cfg.steps, cfg.seed, config, cfg.eval_models, cfg.validation_steps()
+                )
                 self.validation = Validation(plan, self.data.val, self.monitor, self.run_dir.best_path)
                 self.validation.progress = self.progress
                 actions.append(self.validation)
