@@ -69,6 +69,28 @@ def test_zca_with_fewer_images_than_dimensions_stays_finite_and_invertible():
     np.testing.assert_allclose(pre.to_unit(out).permute(0, 2, 3, 1).numpy(), x / 255.0, atol=1e-4)
 
 
+def test_gram_fit_matches_the_dense_fit_off_its_arbitrary_direction():
+    """N < D fits from the N×N Gram matrix. Against the dense fit (the D×D covariance's eigenvectors, in
+    float64): the fitting images whiten identically, and the two matrices differ by at most a rank-one
+    term — the one null-space direction the dense eigensolver picks arbitrarily and scales."""
+    x = _images(n=20, size=6)  # 20 images, 108 dimensions
+    standard = Preprocessing("standard", *preprocess.channel_stats(x))
+    mean, whiten, unwhiten = preprocess.gram_whitening(x, standard, 0.1)
+    zca_mean, cov = preprocess.mean_covariance(x, standard)
+    dense, dense_inverse = preprocess.whitening_matrices(cov, len(x), 0.1)
+    torch.testing.assert_close(mean, zca_mean.float(), atol=1e-5, rtol=0)
+    flat = standard(x).reshape(len(x), -1) - zca_mean.float()
+    a, b = flat @ whiten, flat @ dense
+    assert (a - b).norm() <= 1e-5 * b.norm(), float((a - b).norm() / b.norm())
+    singular = torch.linalg.svdvals((whiten - dense).double())
+    assert singular[1] <= 1e-5 * singular[0] + 1e-6, singular[:3]  # rank one
+    eye = torch.eye(len(whiten))
+    torch.testing.assert_close(whiten @ unwhiten, eye, atol=1e-4, rtol=0)
+    torch.testing.assert_close(dense @ dense_inverse, eye, atol=1e-4, rtol=0)
+    pre = fit_preprocessing(x, "zca", 0.1)  # fewer images than dimensions: the Gram fit
+    assert torch.equal(pre.whiten, whiten)
+
+
 def test_serialisation_round_trip_and_cache(tmp_path):
     x = _images(n=200)
     pre = cached_preprocessing(x, "zca", 0.1, tmp_path)

@@ -214,7 +214,11 @@ def fit_preprocessing(images: np.ndarray, kind: str, zca_reg: float = 0.1) -> Pr
         return Preprocessing(kind, mean, std)
     _, h, w, _ = images.shape
     stride = block_stride((c, h, w)) if kind == "zca_block" else 1
-    zca_mean, cov = mean_covariance(images, Preprocessing("standard", mean, std), stride=stride)
+    standardise = Preprocessing("standard", mean, std)
+    if stride == 1 and len(images) < c * h * w:
+        zca_mean, whiten, unwhiten = gram_whitening(images, standardise, zca_reg)
+        return Preprocessing(kind, mean, std, float(zca_reg), zca_mean.float(), whiten, unwhiten, stride)
+    zca_mean, cov = mean_covariance(images, standardise, stride=stride)
     whiten, unwhiten = whitening_matrices(cov, len(images), zca_reg)
     return Preprocessing(kind, mean, std, float(zca_reg), zca_mean.float(), whiten, unwhiten, stride)
 
@@ -236,6 +240,36 @@ def whitening_matrices(cov: torch.Tensor, n: int, zca_reg: float) -> tuple[torch
     whiten = (evecs * inv_sqrt) @ evecs.T
     unwhiten = (evecs * sqrt) @ evecs.T
     return whiten.float(), unwhiten.float()
+
+
+def gram_whitening(
+    images: np.ndarray, standardise: Preprocessing, zca_reg: float, chunk: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean (D,), W, W^-1), float32, for fewer images than dimensions (N < D), from the N×N Gram matrix
+    instead of the D×D covariance: an N×N eigendecomposition instead of a D×D one (400 Tiny ImageNet
+    images: 400² instead of 12 288²), and no D×D float64 covariance.
+
+    With X the centred, standardised images (N×D), cov = XᵀX/N and G = XXᵀ/N share their non-zero
+    eigenvalues λ; the covariance's eigenvectors are U = XᵀV/√(Nλ) for G's eigenvectors V. W scales those
+    r ≤ N-1 directions by (λ + reg)^-1/2 (reg = zca_reg·trace/D, trace = Σλ) and leaves every other
+    direction unscaled — what `whitening_matrices` does for N < D, except in one direction: the dense fit
+    also scales the N-th eigenvector, which lies in the covariance's null space, where the eigensolver
+    picks an arbitrary unit vector among D - r equal eigenvalues; here it is left unscaled like the rest.
+    Both whiten the fitting images identically (they have no component in that space)."""
+    n = len(images)
+    d = int(np.prod(images.shape[1:]))
+    x = torch.cat([standardise(images[s : s + chunk]).reshape(-1, d) for s in range(0, n, chunk)]).double()
+    mean = x.mean(0)
+    x -= mean
+    lam, v = torch.linalg.eigh(x @ x.T / n)
+    reg = zca_reg * lam.clamp_min(0).sum() / d
+    keep = lam > lam.max() * 1e-10  # the non-zero spectrum (rank ≤ N-1 after centring)
+    lam, v = lam[keep], v[:, keep]
+    basis = (x.T @ v) / (n * lam).sqrt()  # D×r, orthonormal
+    eye = torch.eye(d, dtype=torch.float64)
+    whiten = torch.addmm(eye, basis * ((lam + reg).rsqrt() - 1), basis.T).float()
+    unwhiten = torch.addmm(eye, basis * ((lam + reg).sqrt() - 1), basis.T).float()
+    return mean.float(), whiten, unwhiten
 
 
 class Rows:
