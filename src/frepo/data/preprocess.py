@@ -266,9 +266,10 @@ def gram_whitening(
     keep = lam > lam.max() * 1e-10  # the non-zero spectrum (rank ≤ N-1 after centring)
     lam, v = lam[keep], v[:, keep]
     basis = (x.T @ v) / (n * lam).sqrt()  # D×r, orthonormal
-    eye = torch.eye(d, dtype=torch.float64)
-    whiten = torch.addmm(eye, basis * ((lam + reg).rsqrt() - 1), basis.T).float()
-    unwhiten = torch.addmm(eye, basis * ((lam + reg).sqrt() - 1), basis.T).float()
+    # The D×D products in float32, the precision they are kept in (a float64 pair would be 2.4 GB at D = 12 288).
+    eye, basis32 = torch.eye(d), basis.float()
+    whiten = torch.addmm(eye, (basis * ((lam + reg).rsqrt() - 1)).float(), basis32.T)
+    unwhiten = torch.addmm(eye, (basis * ((lam + reg).sqrt() - 1)).float(), basis32.T)
     return mean.float(), whiten, unwhiten
 
 
