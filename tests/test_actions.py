@@ -40,7 +40,7 @@ class Recorder(Action):
 def test_actions_run_in_order_on_their_steps_and_share_one_host_copy_per_step(tmp_path):
     distiller = Distiller(presets.resolve("digits", 2, overrides=OVERRIDES), tmp_path / "run")
     names = [type(a).__name__ for a in distiller.actions]
-    assert names == ["LossWatch", "MetricsLog", "Snapshots", "Validation", "ChanceWatch", "Checkpoint"]
+    assert names == ["LossWatch", "Snapshots", "MetricsLog", "Validation", "ChanceWatch", "Checkpoint"]
     calls: list = []
     # One plug-in before validation and one after it (every other step): the same copy, and the second
     # sees the step's validation accuracy.
@@ -87,3 +87,20 @@ def test_validation_follows_the_budget(tmp_path, caplog):
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["eval_steps"] for r in records if "val_acc" in r] == [100]
     assert "validating: 1 network(s) × 100 steps on the 20 images" in caplog.text
+
+
+def test_a_run_recorded_with_the_old_validation_default_resumes_with_it(tmp_path):
+    """Runs made before the budget-aware default recorded eval_steps 1000; the same command (no
+    --eval-steps) still resumes them, with their 1000 steps; a run without a record gets the new default."""
+    overrides = {k: v for k, v in OVERRIDES.items() if k != "eval_steps"}
+    config = presets.resolve("digits", 2, overrides={**overrides, "steps": 2, "eval_every": 0})
+    config.eval_steps = 1000
+    old = Distiller(config, tmp_path / "run")
+    old.run_dir.release()
+    config.eval_steps = None
+    again = Distiller(config, tmp_path / "run")
+    again.run_dir.release()
+    assert again.config.eval_steps == 1000
+    fresh = Distiller(config, tmp_path / "fresh")
+    fresh.run_dir.release()
+    assert fresh.config.eval_steps is None and fresh.config.validation_steps() == 100

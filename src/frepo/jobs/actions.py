@@ -51,6 +51,7 @@ class Moment:
     host_set: Callable[[], DistilledSet]  # the host copy, made once per step however many ask
     reduce: Callable[[list[torch.Tensor]], None]  # the in-place mean over processes
     val_acc: float | None = None  # set by `Validation`, read by `ChanceWatch`
+    rate: float = 0.0  # outer steps per second since the last metrics line (set by `MetricsLog`)
     _numbers: dict[str, float] | None = field(default=None, repr=False)
 
     def numbers(self) -> dict[str, float]:
@@ -187,9 +188,9 @@ class MetricsLog(Action):
         start, start_step = self.window
         clock = time.perf_counter()
         self.window = (clock, now.step)
+        steps_per_s = now.rate = (now.step - start_step) / max(clock - start, 1e-9)
         if self.monitor is None:
             return
-        steps_per_s = (now.step - start_step) / max(clock - start, 1e-9)
         facts = self.facts(now.step)
         record = {"step": now.step, **values, "lr": facts["lr"], "steps_per_s": steps_per_s}
         record.update(peak_mem_mb=facts["peak_mem_mb"], pool_resets=facts["pool_resets"], elapsed_s=facts["elapsed_s"])

@@ -6,6 +6,7 @@ checkpoint) on one schedule. Ctrl-C or SIGTERM checkpoints and stops; rerunning 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -70,6 +71,10 @@ class Distiller:
     def __init__(
         self, config: DistillConfig, out: str | Path, progress: bool = False, resume_with_changes: bool = False
     ):
+        recorded = RunDir(out).recorded("eval_steps")
+        if config.eval_steps is None and isinstance(recorded, int):
+            # Not given: a run made before the budget-aware default (which recorded 1000) keeps its own.
+            config = dataclasses.replace(config, eval_steps=recorded)
         config.validate()
         self.config = config
         self.ctx, device_name = init_distributed(config.device)
@@ -138,10 +143,12 @@ class Distiller:
         cfg, words = self.config, self._checkpoint_words
         self.loss_watch = LossWatch(cfg.log_every, cfg.steps, self.trainer.finite, words)
         self.chance_watch = ChanceWatch(self.num_classes, words)
-        actions: list[Action] = [self.loss_watch, MetricsLog(cfg.log_every, cfg.steps, self.monitor, self._facts)]
+        actions: list[Action] = [self.loss_watch]
+        if self.monitor:  # the step-0 snapshot is written (begin) before the first metrics window opens
+            actions.append(Snapshots(self.monitor, cfg.steps))
+        actions.append(MetricsLog(cfg.log_every, cfg.steps, self.monitor, self._facts))
         self.validation = None
         if self.monitor:
-            actions.append(Snapshots(self.monitor, cfg.steps))
             if len(self.data.val_idx):  # the reference protocol on the hold-out, with the run's budget
                 config = EvalConfig.build(
                     protocol="frepo",
@@ -230,8 +237,11 @@ class Distiller:
         try:
             self.trainer.load_state_dict(state)
             self.elapsed = float(state["elapsed"])
-            dict(state["best"])  # the actions load theirs once they exist; a wrong type fails now
-        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            # The actions load theirs once they exist (after the directory is claimed): wrong types fail now.
+            best, watch = dict(state["best"]), dict(state.get("watch") or {})
+            float(watch.get("first_kernel_loss") or 0.0), int(watch.get("chance_streak") or 0)
+            float(best.get("val_acc") or 0.0)
+        except (AttributeError, KeyError, RuntimeError, TypeError, ValueError) as exc:
             raise FrepoError(
                 f"{self.run_dir.checkpoint_path} does not fit this run ({exc}); delete it to restart the run"
             ) from exc
@@ -351,7 +361,7 @@ class Distiller:
                     action(now)
             if now.has_numbers:
                 values = now.numbers()
-                bar.set_postfix(loss=f"{values['loss']:.4f}", acc=f"{values['acc']:.3f}")
+                bar.set_postfix(loss=f"{values['loss']:.4f}", acc=f"{values['acc']:.3f}", it_s=f"{now.rate:.2f}")
             if self.ctx.any(stop.is_set()):
                 self.checkpoint()
                 raise Interrupted(
@@ -363,6 +373,8 @@ class Distiller:
     def _result(self) -> DistillResult:
         best = self.run_dir.best_path if self.run_dir.best_path.is_file() else None
         val = self.validation.last if self.validation else None
+        if val is None:  # another rank, or a checkpoint older than `last_val_acc`: the run's record
+            val = next((r["val_acc"] for r in reversed(self.run_dir.read_metrics()) if "val_acc" in r), None)
         return DistillResult(self.run_dir.path, self.step, self.run_dir.distilled_path, best, val, self.elapsed)
 
 

@@ -118,6 +118,13 @@ class RunDir:
         self.lock.undo()
 
     # ---- the config ---------------------------------------------------------------------------------
+    def recorded(self, name: str):
+        """A top-level setting of the run found in the directory (None without one, or if unreadable)."""
+        try:
+            return json.loads(self.config_path.read_text()).get(name)
+        except (OSError, ValueError, AttributeError):
+            return None
+
     def check(self, config: DistillConfig, allow_changes: bool = False) -> Claim:
         """Compare `config` with the run found in the directory (writes nothing)."""
         if not self.config_path.is_file():
