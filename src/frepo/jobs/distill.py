@@ -148,21 +148,15 @@ class Distiller:
             actions.append(Snapshots(self.monitor, cfg.steps))
         actions.append(MetricsLog(cfg.log_every, cfg.steps, self.monitor, self._facts))
         self.validation = None
-        if self.monitor:
-            if len(self.data.val_idx):  # the reference protocol on the hold-out, with the run's budget
-                config = EvalConfig.build(
-                    protocol="frepo",
-                    models=cfg.eval_models,
-                    split="val",
-                    device=str(self.device),
-                    steps=cfg.validation_steps(),
-                )
-                plan = ValidationPlan(
-                    cfg.eval_every, cfg.steps, cfg.seed, config, cfg.eval_models, cfg.validation_steps()
-                )
-                self.validation = Validation(plan, self.data.val, self.monitor, self.run_dir.best_path)
-                self.validation.progress = self.progress
-                actions.append(self.validation)
+        if self.monitor and len(self.data.val_idx):  # the reference protocol on the hold-out, the run's budget
+            steps = cfg.validation_steps()
+            config = EvalConfig.build(
+                protocol="frepo", models=cfg.eval_models, split="val", device=str(self.device), steps=steps
+            )
+            plan = ValidationPlan(cfg.eval_every, cfg.steps, cfg.seed, config, cfg.eval_models, steps)
+            self.validation = Validation(plan, self.data.val, self.monitor, self.run_dir.best_path)
+            self.validation.progress = self.progress
+            actions.append(self.validation)
         actions += [self.chance_watch, Checkpoint(cfg.checkpoint_every, self.checkpoint)]
         if saved is not None:
             load_watch_state(self.loss_watch, self.chance_watch, saved.get("watch"))
