@@ -211,3 +211,20 @@ def test_a_step_on_the_simulated_device_keeps_its_tensors_there():
         assert trainer.pool.resets > 0
         assert all(sim.on_device(t) for t in metrics.values())
         assert sim.on_device(trainer.syn.images) and all(sim.on_device(p) for p in trainer.pool.model.parameters())
+
+
+@pytest.mark.parametrize("n", [20, 300])  # fewer images than the 108 dimensions (Gram route), and more
+def test_the_zca_fit_runs_on_the_device_and_returns_host_tensors(n, monkeypatch):
+    from frepo.data.preprocess import fit_preprocessing
+
+    eigh, seen = torch.linalg.eigh, []
+    monkeypatch.setattr(torch.linalg, "eigh", lambda a: (seen.append(a.device), eigh(a))[1])
+    rng = np.random.default_rng(0)
+    x = np.clip(rng.normal(120, 40, size=(n, 6, 6, 3)), 0, 255).astype(np.uint8)
+    host = fit_preprocessing(x, "zca", 0.1)
+    with SimulatedDevice():
+        fitted = fit_preprocessing(x, "zca", 0.1, device=DEVICE)
+        assert all(t.device == torch.device("cpu") for t in (fitted.zca_mean, fitted.whiten, fitted.unwhiten))
+    assert seen == [torch.device("cpu"), DEVICE]  # the host fit's eigendecomposition, then the device fit's
+    for a, b in ((fitted.whiten, host.whiten), (fitted.unwhiten, host.unwhiten), (fitted.zca_mean, host.zca_mean)):
+        assert (a - b).norm() <= 1e-5 * b.norm()

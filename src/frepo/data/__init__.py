@@ -60,10 +60,11 @@ class PreparedData:
         return self.preprocessing(self.raw.x_test), torch.from_numpy(self.raw.y_test)
 
 
-def prepare(cfg: DataConfig) -> PreparedData:
-    """The dataset, its hold-out, and the preprocessing fitted on the training split minus the hold-out;
-    then, when `cfg` names classes or a chunk, the images distillation may use narrowed to them (the
-    preprocessing stays the whole split's, so every task or chunk of a dataset shares one space)."""
+def prepare(cfg: DataConfig, device: torch.device | None = None) -> PreparedData:
+    """The dataset, its hold-out, and the preprocessing fitted on the training split minus the hold-out
+    (a ZCA fitted on `device`, a run's GPU, when given); then, when `cfg` names classes or a chunk, the
+    images distillation may use narrowed to them (the preprocessing stays the whole split's, so every
+    task or chunk of a dataset shares one space)."""
     raw = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
     val_size = cfg.val_size if cfg.val_size is not None else default_val_size(len(raw.y_train))
     train_idx, val_idx = holdout_split(raw.y_train, val_size)
@@ -71,7 +72,7 @@ def prepare(cfg: DataConfig) -> PreparedData:
     cache = Path(cfg.data_dir) if cfg.data_dir is not None else default_data_dir()
     # A memory-mapped split is read in chunks, never copied whole (ImageNet: 15.7 GB of uint8).
     fit_on = Rows(raw.x_train, train_idx, raw.source_id) if raw.source_id else raw.x_train[train_idx]
-    pre = cached_preprocessing(fit_on, kind, cfg.zca_reg, cache)
+    pre = cached_preprocessing(fit_on, kind, cfg.zca_reg, cache, device)
     if cfg.train_chunk is not None:
         start = cfg.train_chunk * cfg.train_chunk_size
         if start >= len(raw.y_train):

@@ -172,25 +172,31 @@ def channel_stats(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def mean_covariance(
-    images: np.ndarray, standardise: Preprocessing, ddof: int = 0, chunk: int = 4096, stride: int = 1
+    images: np.ndarray,
+    standardise: Preprocessing,
+    ddof: int = 0,
+    chunk: int = 4096,
+    stride: int = 1,
+    device: torch.device | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (D,) and covariance (D×D), float64, of uint8 N×H×W×C images after `standardise`, flattened in
     C,H,W order; the covariance divides by N - ddof. In chunks (float32 products, float64 sums), so the
     float dataset is never materialised. The one covariance routine of frepo (its own ZCA and other
     tools' recipes, `frepo.data.recipes`). With stride s > 1: the covariance (D/s²×D/s²) of the s×s
-    interleaved sub-images, centred by the full-image mean, averaged over the s² sub-images (block ZCA)."""
+    interleaved sub-images, centred by the full-image mean, averaged over the s² sub-images (block ZCA).
+    The products and sums run on `device` (default: the host), a chunk at a time; the results stay there."""
     n = len(images)
     d = int(np.prod(images.shape[1:]))
     starts = range(0, n, chunk)
     bar = tqdm(total=2 * len(starts), desc="fit preprocessing", unit="chunk", leave=False, disable=not messages_shown())
-    total = torch.zeros(d, dtype=torch.float64)
+    total = torch.zeros(d, dtype=torch.float64, device=device)
     for start in starts:
-        total += standardise(images[start : start + chunk]).reshape(-1, d).double().sum(0)
+        total += standardise(images[start : start + chunk]).reshape(-1, d).to(device).double().sum(0)
         bar.update()
     mean = total / n
-    cov = torch.zeros(d // stride**2, d // stride**2, dtype=torch.float64)
+    cov = torch.zeros(d // stride**2, d // stride**2, dtype=torch.float64, device=device)
     for start in starts:
-        flat = standardise(images[start : start + chunk]).reshape(-1, d) - mean.float()
+        flat = standardise(images[start : start + chunk]).reshape(-1, d).to(device) - mean.float()
         if stride == 1:
             cov += (flat.T @ flat).double()
         else:
@@ -204,8 +210,11 @@ def mean_covariance(
     return mean, cov / ((n - ddof) * stride**2)
 
 
-def fit_preprocessing(images: np.ndarray, kind: str, zca_reg: float = 0.1) -> Preprocessing:
-    """Fit on uint8 N×H×W×C training images (never on test images)."""
+def fit_preprocessing(
+    images: np.ndarray, kind: str, zca_reg: float = 0.1, device: torch.device | None = None
+) -> Preprocessing:
+    """Fit on uint8 N×H×W×C training images (never on test images). A ZCA's products and its
+    eigendecomposition run on `device` (a run's GPU; default the host); the result is on the host."""
     c = images.shape[-1]
     if kind == "none":
         return Preprocessing(kind, torch.zeros(c), torch.ones(c))
@@ -216,10 +225,11 @@ def fit_preprocessing(images: np.ndarray, kind: str, zca_reg: float = 0.1) -> Pr
     stride = block_stride((c, h, w)) if kind == "zca_block" else 1
     standardise = Preprocessing("standard", mean, std)
     if stride == 1 and len(images) < c * h * w:
-        zca_mean, whiten, unwhiten = gram_whitening(images, standardise, zca_reg)
-        return Preprocessing(kind, mean, std, float(zca_reg), zca_mean.float(), whiten, unwhiten, stride)
-    zca_mean, cov = mean_covariance(images, standardise, stride=stride)
-    whiten, unwhiten = whitening_matrices(cov, len(images), zca_reg)
+        zca_mean, whiten, unwhiten = gram_whitening(images, standardise, zca_reg, device=device)
+    else:
+        zca_mean, cov = mean_covariance(images, standardise, stride=stride, device=device)
+        whiten, unwhiten = whitening_matrices(cov, len(images), zca_reg)
+    zca_mean, whiten, unwhiten = (t.cpu() for t in (zca_mean, whiten, unwhiten))
     return Preprocessing(kind, mean, std, float(zca_reg), zca_mean.float(), whiten, unwhiten, stride)
 
 
@@ -231,7 +241,7 @@ def whitening_matrices(cov: torch.Tensor, n: int, zca_reg: float) -> tuple[torch
     """
     d = cov.shape[0]
     reg = zca_reg * torch.trace(cov) / d
-    evals, evecs = torch.linalg.eigh(cov + reg * torch.eye(d, dtype=cov.dtype))
+    evals, evecs = torch.linalg.eigh(cov + reg * torch.eye(d, dtype=cov.dtype, device=cov.device))
     evals, evecs = evals.flip(0), evecs.flip(1)  # descending, as an SVD returns them
     inv_sqrt, sqrt = evals.rsqrt(), evals.sqrt()
     if n < d:
@@ -243,7 +253,11 @@ def whitening_matrices(cov: torch.Tensor, n: int, zca_reg: float) -> tuple[torch
 
 
 def gram_whitening(
-    images: np.ndarray, standardise: Preprocessing, zca_reg: float, chunk: int = 4096
+    images: np.ndarray,
+    standardise: Preprocessing,
+    zca_reg: float,
+    chunk: int = 4096,
+    device: torch.device | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mean (D,), W, W^-1), float32, for fewer images than dimensions (N < D), from the N×N Gram matrix
     instead of the D×D covariance: an N×N eigendecomposition instead of a D×D one (400 Tiny ImageNet
@@ -258,7 +272,8 @@ def gram_whitening(
     Both whiten the fitting images identically (they have no component in that space)."""
     n = len(images)
     d = int(np.prod(images.shape[1:]))
-    x = torch.cat([standardise(images[s : s + chunk]).reshape(-1, d) for s in range(0, n, chunk)]).double()
+    x = torch.cat([standardise(images[s : s + chunk]).reshape(-1, d) for s in range(0, n, chunk)])
+    x = x.to(device).double()  # on `device` (default: the host), as every product below
     mean = x.mean(0)
     x -= mean
     lam, v = torch.linalg.eigh(x @ x.T / n)
@@ -267,7 +282,7 @@ def gram_whitening(
     lam, v = lam[keep], v[:, keep]
     basis = (x.T @ v) / (n * lam).sqrt()  # D×r, orthonormal
     # The D×D products in float32, the precision they are kept in (a float64 pair would be 2.4 GB at D = 12 288).
-    eye, basis32 = torch.eye(d), basis.float()
+    eye, basis32 = torch.eye(d, device=x.device), basis.float()
     whiten = torch.addmm(eye, (basis * ((lam + reg).rsqrt() - 1)).float(), basis32.T)
     unwhiten = torch.addmm(eye, (basis * ((lam + reg).sqrt() - 1)).float(), basis32.T)
     return mean.float(), whiten, unwhiten
@@ -329,8 +344,11 @@ def cached(
     return pre
 
 
-def cached_preprocessing(images: np.ndarray, kind: str, zca_reg: float, cache_dir: Path | None) -> Preprocessing:
-    """`fit_preprocessing`, with ZCA fits cached (the standardisation is cheaper to recompute than to read)."""
+def cached_preprocessing(
+    images: np.ndarray, kind: str, zca_reg: float, cache_dir: Path | None, device: torch.device | None = None
+) -> Preprocessing:
+    """`fit_preprocessing`, with ZCA fits cached (the standardisation is cheaper to recompute than to read);
+    a fit on `device` is cached like a host fit (they agree to float rounding)."""
     if kind not in ("zca", "zca_block"):
         return fit_preprocessing(images, kind, zca_reg)
-    return cached(kind, images, zca_reg, cache_dir, lambda: fit_preprocessing(images, kind, zca_reg))
+    return cached(kind, images, zca_reg, cache_dir, lambda: fit_preprocessing(images, kind, zca_reg, device))

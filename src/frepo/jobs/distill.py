@@ -106,7 +106,7 @@ class Distiller:
         """Data, trainer and (when resuming) the checkpoint, checked and loaded; returns the checkpoint."""
         if config.tensorboard and self.ctx.is_main:
             summary_writer()  # a missing package is a failed start, not a failure after the first steps
-        self.data: PreparedData = prepare(config.data)
+        self.data: PreparedData = prepare(config.data, self.device)  # a ZCA is fitted on the run's device
         raw = self.data.raw
         self.num_classes = raw.num_classes
         if self.data.streams(config.data.stream):
