@@ -40,7 +40,8 @@ def main() -> None:
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "rss_before_fit_gb": round(before, 2),
         "threads": torch.get_num_threads(),
-        "finite": bool(torch.isfinite(pre.whiten).all()),
+        "finite": all(bool(torch.isfinite(t).all()) for t in pre.tensors().values()),
+        "file_mb": round(sum(t.numel() for t in pre.tensors().values()) * 4 / 2**20, 1),
         "date": time.strftime("%Y-%m-%d"),
     }
     print("| images | dims | route | seconds | peak RSS (GB) | RSS before the fit (GB) |")

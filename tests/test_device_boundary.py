@@ -224,7 +224,8 @@ def test_the_zca_fit_runs_on_the_device_and_returns_host_tensors(n, monkeypatch)
     host = fit_preprocessing(x, "zca", 0.1)
     with SimulatedDevice():
         fitted = fit_preprocessing(x, "zca", 0.1, device=DEVICE)
-        assert all(t.device == torch.device("cpu") for t in (fitted.zca_mean, fitted.whiten, fitted.unwhiten))
+        assert all(t.device == torch.device("cpu") for t in fitted.tensors().values())
     assert seen == [torch.device("cpu"), DEVICE]  # the host fit's eigendecomposition, then the device fit's
-    for a, b in ((fitted.whiten, host.whiten), (fitted.unwhiten, host.unwhiten), (fitted.zca_mean, host.zca_mean)):
+    pairs = zip((*fitted.matrices(), fitted.zca_mean), (*host.matrices(), host.zca_mean))
+    for a, b in pairs:
         assert (a - b).norm() <= 1e-5 * b.norm()

@@ -75,7 +75,10 @@ def test_gram_fit_matches_the_dense_fit_off_its_arbitrary_direction():
     term — the one null-space direction the dense eigensolver picks arbitrarily and scales."""
     x = _images(n=20, size=6)  # 20 images, 108 dimensions
     standard = Preprocessing("standard", *preprocess.channel_stats(x))
-    mean, whiten, unwhiten = preprocess.gram_whitening(x, standard, 0.1)
+    mean, basis, scale = preprocess.gram_whitening(x, standard, 0.1)
+    low_rank = Preprocessing("zca", standard.mean, standard.std, 0.1, mean, basis=basis, scale=scale)
+    whiten, unwhiten = low_rank.matrices()
+    torch.testing.assert_close(basis.T @ basis, torch.eye(basis.shape[1]), atol=1e-5, rtol=0)  # orthonormal
     zca_mean, cov = preprocess.mean_covariance(x, standard)
     dense, dense_inverse = preprocess.whitening_matrices(cov, len(x), 0.1)
     torch.testing.assert_close(mean, zca_mean.float(), atol=1e-5, rtol=0)
@@ -87,8 +90,30 @@ def test_gram_fit_matches_the_dense_fit_off_its_arbitrary_direction():
     eye = torch.eye(len(whiten))
     torch.testing.assert_close(whiten @ unwhiten, eye, atol=1e-4, rtol=0)
     torch.testing.assert_close(dense @ dense_inverse, eye, atol=1e-4, rtol=0)
-    pre = fit_preprocessing(x, "zca", 0.1)  # fewer images than dimensions: the Gram fit
-    assert torch.equal(pre.whiten, whiten)
+    pre = fit_preprocessing(x, "zca", 0.1)  # fewer images than dimensions: the Gram fit, in low-rank form
+    assert pre.whiten is None and torch.equal(pre.basis, basis) and basis.shape == (108, 19)
+    out = pre(x)  # the low-rank form applied: as the dense matrices do
+    torch.testing.assert_close(out.reshape(len(x), -1), a, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        pre.to_unit(out).permute(0, 2, 3, 1), torch.from_numpy(x / 255.0).float(), atol=1e-4, rtol=0
+    )
+
+
+def test_the_low_rank_form_travels_in_the_file_and_is_small(tmp_path):
+    from frepo.io.artifact import DistilledSet, load_distilled, save_distilled
+
+    x = _images(n=20, size=6)
+    pre = fit_preprocessing(x, "zca", 0.1)
+    assert pre.params()["form"] == "low_rank"
+    assert set(pre.tensors()) == {"pre_mean", "pre_std", "pre_zca_mean", "pre_zca_basis", "pre_zca_scale"}
+    meta = {"dataset": "toy", "classes": ["a", "b"], "ipc": 1}
+    ds = DistilledSet(pre(x[:2]), torch.tensor([0, 1]), pre, meta)
+    save_distilled(ds, tmp_path / "set.safetensors")
+    back = load_distilled(tmp_path / "set.safetensors")
+    assert back.preprocessing.basis.shape == (108, 19) and back.preprocessing.whiten is None
+    torch.testing.assert_close(back.transform(x), pre(x), atol=0, rtol=0)
+    # 108×19 + 19 numbers instead of two 108×108 matrices.
+    assert sum(t.numel() for t in pre.tensors().values()) < 0.2 * 2 * 108 * 108
 
 
 def test_serialisation_round_trip_and_cache(tmp_path):

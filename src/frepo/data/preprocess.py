@@ -38,6 +38,10 @@ class Preprocessing:
     whiten: torch.Tensor | None = None  # (D, D), symmetric; zca_block: (D/s², D/s²), shared by the sub-images
     unwhiten: torch.Tensor | None = None  # its inverse
     stride: int = 1  # zca_block: s, the interleave of the sub-images (2 for 128×128 images)
+    # The low-rank form of a ZCA fitted on fewer images than dimensions (exact, and what its file stores):
+    # W = I + B diag(scale - 1) Bᵀ and W⁻¹ = I + B diag(1/scale - 1) Bᵀ, B orthonormal; whiten/unwhiten None.
+    basis: torch.Tensor | None = None  # (D, r), r < D
+    scale: torch.Tensor | None = None  # (r,) the whitening's scale of each basis direction
 
     # ---- apply / invert -------------------------------------------------------------------
     def __call__(
@@ -68,8 +72,7 @@ class Preprocessing:
         x = (x - mean.view(1, c, 1, 1)) / std.view(1, c, 1, 1)
         if self.kind == "zca":
             shape = x.shape
-            flat = x.reshape(len(x), -1) - zca_mean
-            x = (flat @ whiten).reshape(shape)
+            x = self._whitened(x.reshape(len(x), -1) - zca_mean, inverse=False).reshape(shape)
         elif self.kind == "zca_block":
             x = _per_block((x.reshape(len(x), -1) - zca_mean).reshape(x.shape), whiten, self.stride)
         return x.float()
@@ -83,10 +86,26 @@ class Preprocessing:
         mean, std, zca_mean, unwhiten = self._on(x.device, self.mean, self.std, self.zca_mean, self.unwhiten)
         if self.kind == "zca":
             shape = x.shape
-            x = (x.reshape(len(x), -1) @ unwhiten + zca_mean).reshape(shape)
+            x = (self._whitened(x.reshape(len(x), -1), inverse=True) + zca_mean).reshape(shape)
         elif self.kind == "zca_block":
             x = (_per_block(x, unwhiten, self.stride).reshape(len(x), -1) + zca_mean).reshape(x.shape)
         return x * std.view(1, c, 1, 1) + mean.view(1, c, 1, 1)
+
+    def _whitened(self, flat: torch.Tensor, inverse: bool) -> torch.Tensor:
+        """flat (N×D) times W (or W⁻¹), in the dense or the low-rank form, on flat's device."""
+        if self.basis is None:
+            (matrix,) = self._on(flat.device, self.unwhiten if inverse else self.whiten)
+            return flat @ matrix
+        basis, scale = self._on(flat.device, self.basis, self.scale)
+        factor = (scale.reciprocal() if inverse else scale) - 1
+        return flat + ((flat @ basis) * factor) @ basis.T
+
+    def matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W, W⁻¹) as dense D×D matrices, whichever form holds them (zca only)."""
+        if self.basis is None:
+            return self.whiten, self.unwhiten
+        eye = torch.eye(len(self.basis))
+        return self._whitened(eye, inverse=False), self._whitened(eye, inverse=True)
 
     @staticmethod
     def _on(device: torch.device, *tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
@@ -96,13 +115,17 @@ class Preprocessing:
     # ---- serialisation ----------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {"pre_mean": self.mean, "pre_std": self.std}
-        if self.kind in ("zca", "zca_block"):
+        if self.basis is not None:
+            out.update(pre_zca_mean=self.zca_mean, pre_zca_basis=self.basis, pre_zca_scale=self.scale)
+        elif self.kind in ("zca", "zca_block"):
             out.update(pre_zca_mean=self.zca_mean, pre_whiten=self.whiten, pre_unwhiten=self.unwhiten)
         return {k: v.contiguous().float() for k, v in out.items()}
 
     def params(self) -> dict:
         if self.kind == "zca_block":
             return {"kind": self.kind, "zca_reg": self.zca_reg, "stride": self.stride}
+        if self.basis is not None:
+            return {"kind": self.kind, "zca_reg": self.zca_reg, "form": "low_rank"}
         return {"kind": self.kind, "zca_reg": self.zca_reg}
 
     @classmethod
@@ -115,6 +138,10 @@ class Preprocessing:
         if kind == "zca_block" and (not isinstance(stride, int) or isinstance(stride, bool) or stride < 1):
             raise FrepoError(f"block ZCA needs an integer stride >= 1, got {stride!r}")
         try:
+            if kind == "zca" and params.get("form") == "low_rank":
+                basis, scale, mean = (tensors[f"pre_zca_{k}"] for k in ("basis", "scale", "mean"))
+                reg = float(params.get("zca_reg", 0.0))
+                return cls(kind, tensors["pre_mean"], tensors["pre_std"], reg, mean, basis=basis, scale=scale)
             zca = {k: tensors[f"pre_{k}"] for k in ("zca_mean", "whiten", "unwhiten")} if zca_like else {}
             return cls(
                 kind, tensors["pre_mean"], tensors["pre_std"], float(params.get("zca_reg", 0.0)), **zca, stride=stride
@@ -225,12 +252,11 @@ def fit_preprocessing(
     stride = block_stride((c, h, w)) if kind == "zca_block" else 1
     standardise = Preprocessing("standard", mean, std)
     if stride == 1 and len(images) < c * h * w:
-        zca_mean, whiten, unwhiten = gram_whitening(images, standardise, zca_reg, device=device)
-    else:
-        zca_mean, cov = mean_covariance(images, standardise, stride=stride, device=device)
-        whiten, unwhiten = whitening_matrices(cov, len(images), zca_reg)
-    zca_mean, whiten, unwhiten = (t.cpu() for t in (zca_mean, whiten, unwhiten))
-    return Preprocessing(kind, mean, std, float(zca_reg), zca_mean.float(), whiten, unwhiten, stride)
+        zca_mean, basis, scale = (t.cpu() for t in gram_whitening(images, standardise, zca_reg, device=device))
+        return Preprocessing(kind, mean, std, float(zca_reg), zca_mean, basis=basis, scale=scale)
+    zca_mean, cov = mean_covariance(images, standardise, stride=stride, device=device)
+    whiten, unwhiten = (t.cpu() for t in whitening_matrices(cov, len(images), zca_reg))
+    return Preprocessing(kind, mean, std, float(zca_reg), zca_mean.float().cpu(), whiten, unwhiten, stride)
 
 
 def whitening_matrices(cov: torch.Tensor, n: int, zca_reg: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -259,9 +285,10 @@ def gram_whitening(
     chunk: int = 4096,
     device: torch.device | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mean (D,), W, W^-1), float32, for fewer images than dimensions (N < D), from the N×N Gram matrix
-    instead of the D×D covariance: an N×N eigendecomposition instead of a D×D one (400 Tiny ImageNet
-    images: 400² instead of 12 288²), and no D×D float64 covariance.
+    """(mean (D,), basis B (D×r), scale (r,)), float32, the low-rank form of the whitening W = I +
+    B diag(scale - 1) Bᵀ for fewer images than dimensions (N < D), from the N×N Gram matrix instead of the
+    D×D covariance: an N×N eigendecomposition instead of a D×D one (400 Tiny ImageNet images: 400²
+    instead of 12 288²), no D×D matrix at all, and a file that holds D×r numbers instead of 2·D².
 
     With X the centred, standardised images (N×D), cov = XᵀX/N and G = XXᵀ/N share their non-zero
     eigenvalues λ; the covariance's eigenvectors are U = XᵀV/√(Nλ) for G's eigenvectors V. W scales those
@@ -281,11 +308,7 @@ def gram_whitening(
     keep = lam > lam.max() * 1e-10  # the non-zero spectrum (rank ≤ N-1 after centring)
     lam, v = lam[keep], v[:, keep]
     basis = (x.T @ v) / (n * lam).sqrt()  # D×r, orthonormal
-    # The D×D products in float32, the precision they are kept in (a float64 pair would be 2.4 GB at D = 12 288).
-    eye, basis32 = torch.eye(d, device=x.device), basis.float()
-    whiten = torch.addmm(eye, (basis * ((lam + reg).rsqrt() - 1)).float(), basis32.T)
-    unwhiten = torch.addmm(eye, (basis * ((lam + reg).sqrt() - 1)).float(), basis32.T)
-    return mean.float(), whiten, unwhiten
+    return mean.float(), basis.float(), (lam + reg).rsqrt().float()
 
 
 class Rows:

@@ -251,7 +251,14 @@ def _check_content(tensors: dict[str, torch.Tensor], meta: SetMeta, where: str) 
         raise FrepoError(f"{where}: preprocessing {meta.preprocessing!r} is not one of {KINDS} with a zca_reg >= 0")
     c, d = meta.image_shape[0], int(np.prod(meta.image_shape))
     expected = {"pre_mean": (c,), "pre_std": (c,)}
-    if kind == "zca":
+    if kind == "zca" and meta.preprocessing.get("form") == "low_rank":  # W = I + B diag(scale - 1) Bᵀ
+        basis = tensors.get("pre_zca_basis")
+        r = basis.shape[-1] if basis is not None and basis.ndim == 2 else 0
+        expected.update(pre_zca_mean=(d,), pre_zca_basis=(d, r), pre_zca_scale=(r,))
+        scale = tensors.get("pre_zca_scale")
+        if scale is not None and scale.is_floating_point() and not bool((scale > 0).all()):
+            raise FrepoError(f"{where}: the low-rank ZCA's scales must be positive")
+    elif kind == "zca":
         expected.update(pre_zca_mean=(d,), pre_whiten=(d, d), pre_unwhiten=(d, d))
     elif kind == "zca_block":
         stride = meta.preprocessing.get("stride")
