@@ -145,3 +145,17 @@ def test_the_generator_is_required_everywhere():
         init_flax_defaults_(Conv(3, 4, (8, 8), width=4, generator=gen()), generator=None)
     with pytest.raises(TypeError):
         lecun_normal_(torch.empty(3, 3), generator=None)
+
+
+def test_a_name_registers_once():
+    from frepo.base.registry import registering
+    from frepo.models.registry import register_model
+
+    table: dict = {}
+    registering(table, "a", "thing", entry=lambda f: ("wrapped", f))(len)
+    assert table == {"a": ("wrapped", len)}
+    with pytest.raises(ValueError, match="thing 'a' is registered twice"):
+        registering(table, "a", "thing")(len)
+    with pytest.raises(ValueError, match="architecture 'conv' is registered twice"):
+        register_model("conv", "another conv")(lambda spec, *, generator: None)
+    assert ARCHS["conv"] == "FRePo Conv, no norm (the frepo protocol's network)"  # untouched

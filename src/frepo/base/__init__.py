@@ -2,5 +2,6 @@
 
 errors (the one user-error type), rng (named random streams), device (selection, deterministic
 kernels), dist (torch.distributed glue), perf (allocator tuning), atomic (atomic file writes),
-fields (typed settings: help, choices, leaf names), log (quiet-by-default logging), version.
+fields (typed settings: help, choices, leaf names), log (quiet-by-default logging), registry (dispatch
+by name), signals (a clean stop on Ctrl-C / SIGTERM), version.
 """

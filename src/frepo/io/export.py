@@ -31,6 +31,7 @@ import torch
 from ..base.atomic import atomic_save_safetensors, atomic_torch_save, atomic_write, atomic_write_json
 from ..base.errors import FrepoError
 from ..base.fields import check_choice
+from ..base.registry import registering
 from ..base.version import __version__
 from ..data.preprocess import Preprocessing
 from .artifact import DistilledSet, load_distilled
@@ -106,16 +107,8 @@ WRITERS: dict[str, LayoutWriter] = {}
 
 
 def register_layout(name: str) -> Callable[[LayoutWriter], LayoutWriter]:
-    """Decorator: register the writer of layout `name`. A second registration of a name is an error, so
-    that two modules cannot silently shadow each other's layout."""
-
-    def register(write: LayoutWriter) -> LayoutWriter:
-        if name in WRITERS:
-            raise ValueError(f"export layout {name!r} is registered twice")
-        WRITERS[name] = write
-        return write
-
-    return register
+    """Decorator: register the writer of layout `name` (once)."""
+    return registering(WRITERS, name, "export layout")
 
 
 @register_layout("imagefolder")

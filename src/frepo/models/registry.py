@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..base.errors import FrepoError
+from ..base.registry import registering
 from .init import INIT_SCHEMES
 
 
@@ -53,17 +54,13 @@ _BUILDERS: dict[str, ModelBuilder] = {}
 
 
 def register_model(name: str, description: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Decorator: register the builder under `name`. A second registration of a name is an error, so
-    that two modules cannot silently shadow each other's architecture."""
+    """Decorator: register the builder under `name`, with its one-line description in `ARCHS` (once)."""
 
-    def register(builder: ModelBuilder) -> ModelBuilder:
-        if name in _BUILDERS:
-            raise ValueError(f"architecture {name!r} is registered twice")
+    def entry(builder: ModelBuilder) -> ModelBuilder:
         ARCHS[name] = description
-        _BUILDERS[name] = builder
         return builder
 
-    return register
+    return registering(_BUILDERS, name, "architecture", entry)
 
 
 def check_arch(arch: str) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ...base.errors import FrepoError
+from ...base.registry import registering
 from ...data.preprocess import Preprocessing
 from ..artifact import DistilledSet
 from .files import check_images, check_labels, file_checksum, torch_load
@@ -38,14 +39,7 @@ LAYOUT_READERS: dict[str, LayoutReader] = {}
 
 def register_layout_reader(name: str) -> Callable[[LayoutReader], LayoutReader]:
     """Decorator: register the reader of export layout `name` (once)."""
-
-    def register(read: LayoutReader) -> LayoutReader:
-        if name in LAYOUT_READERS:
-            raise ValueError(f"export layout {name!r} is registered twice")
-        LAYOUT_READERS[name] = read
-        return read
-
-    return register
+    return registering(LAYOUT_READERS, name, "export layout")
 
 
 @register_layout_reader("imagefolder")

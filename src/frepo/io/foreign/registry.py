@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...base.registry import registering
 from ...data import RawDataset
 
 # What a reader gives: (images, labels, what else `source` records). Images are float32 N×C×H×W in the
@@ -47,14 +48,6 @@ def register_reader(
     entries: bool = False,
     flip: bool = False,
 ) -> Callable[[ReadFn], ReadFn]:
-    """Decorator: register the reader of format `name`. A second registration of a name is an error, so
-    that two modules cannot silently shadow each other's reader."""
-
-    def register(read: ReadFn) -> ReadFn:
-        if name in READERS:
-            raise ValueError(f"format {name!r} is registered twice")
-        default = claim if callable(claim) else lambda raw: claim
-        READERS[name] = Reader(read, default, pixels=pixels, entries=entries, flip=flip)
-        return read
-
-    return register
+    """Decorator: register the reader of format `name`, with what it needs to say about itself (once)."""
+    default = claim if callable(claim) else lambda raw: claim
+    return registering(READERS, name, "format", lambda read: Reader(read, default, pixels, entries, flip))
