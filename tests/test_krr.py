@@ -144,9 +144,42 @@ def test_failed_factorisation_gives_nan_not_an_exception():
     assert torch.isnan(krr_weights(feat_s, torch.ones(4, 2), 1e-6)).all()
 
 
-def test_gradient_of_the_wide_kernel_path_against_finite_differences():
-    # n >= d/2 takes the float64-kernel branch with the in-place ridge; its gradient must be exact too.
+@pytest.mark.parametrize("n", [3, 6, 9], ids=["n<d/2", "d/2<=n<=d", "n>d"])
+def test_written_out_gradient_against_finite_differences(n):
+    """krr_weights' backward is written out (rank-C products); in every branch (float32-product kernel,
+    float64 kernel, primal system) it must equal finite differences, the ridge's trace term included."""
     gen = torch.Generator().manual_seed(0)
-    feat_s = torch.randn(6, 8, generator=gen, dtype=torch.float64, requires_grad=True)
-    y_s = torch.randn(6, 2, generator=gen, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda f, y: krr_weights(f, y, 1e-2), (feat_s, y_s))
+    feat_s = torch.randn(n, 8 if n < 9 else 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    y_s = torch.randn(n, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    for reg in (1e-2, 0.5):
+        assert torch.autograd.gradcheck(lambda f, y, r=reg: krr_weights(f, y, r), (feat_s, y_s))
+
+
+def test_more_images_than_dimensions_solve_the_same_system_in_the_primal():
+    """n > D takes the D×D system (F^T F + λI)^-1 F^T Y: equal in float64 to the dual's prediction
+    K_ts (K_ss + λI)^-1 Y_s with the dual's λ, written through the SVD F_s = U S V^T (the explicit n×n
+    inverse of a rank-D kernel would itself be off by cond·eps)."""
+    rng = np.random.default_rng(0)
+    fs, ft, ys = rng.normal(size=(30, 12)), rng.normal(size=(5, 12)), rng.normal(size=(30, 3))
+    u, sv, vt = np.linalg.svd(fs, full_matrices=False)
+    for reg in (1e-6, 1e-2, 1.0):
+        ridge = reg * np.sum(sv**2) / len(fs)  # reg · trace(K_ss) / n
+        # K_ts (K_ss + λI)^-1 Y_s = F_t V S U^T (U diag(1/(s² + λ)) U^T + (I - U U^T)/λ) Y_s, and U^T kills the
+        # second term.
+        ref = ft @ vt.T @ np.diag(sv / (sv**2 + ridge)) @ u.T @ ys
+        ours = krr_predict(torch.from_numpy(ft), torch.from_numpy(fs), torch.from_numpy(ys), reg).numpy()
+        np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-12)
+
+
+def test_float32_features_of_more_images_than_dimensions_keep_float32_accuracy():
+    """With n > D the n×n kernel has n - D eigenvalues equal to the ridge, so α = (K + λI)^-1 Y carries
+    components of size |Y|/λ that F^T α cancels only in exact arithmetic: the dual form's float32 product
+    F^T α was 3% off here (31% at n = 1200). The primal system keeps the weights at float32 accuracy."""
+    gen = torch.Generator().manual_seed(0)
+    feat_s, y_s = torch.rand(600, 512, generator=gen) ** 2, torch.randn(600, 10, generator=gen)
+    f64 = feat_s.double()
+    u, s, vt = torch.linalg.svd(f64, full_matrices=False)
+    ridge = 1e-6 * (s**2).sum() / len(f64)
+    reference = vt.T @ torch.diag(s / (s**2 + ridge)) @ u.T @ y_s.double()
+    weights = krr_weights(feat_s, y_s, 1e-6).double()
+    assert (weights - reference).norm() < 1e-6 * reference.norm()

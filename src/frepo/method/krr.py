@@ -21,30 +21,74 @@ def label_scale(num_classes: int) -> float:
 
 
 def krr_weights(feat_s: torch.Tensor, y_s: torch.Tensor, reg: float, solve_dtype=torch.float64) -> torch.Tensor:
-    """Primal weights W = F_s^T (K_ss + λI)^-1 Y_s, shape D×C.
+    """Primal weights W = F_s^T (K_ss + λI)^-1 Y_s, shape D×C, differentiable in F_s and Y_s.
 
     The Cholesky factorisation and solve run in `solve_dtype` (float64 by default: the ridge is
     1e-6 of the mean eigenvalue, at the edge of float32's precision). When the support set has at
     least half as many images as feature dimensions, K_ss is (nearly) rank-deficient and float32
     rounding in K_ss itself exceeds the ridge, so the kernel is then built in `solve_dtype` too; this
     is the reference's NaN on CIFAR-100 IPC 50 with flip (10 000 images, 8192 features).
+    With more images than dimensions (n > D), the same W comes from the D×D system
+    W = (F_s^T F_s + λI)^-1 F_s^T Y_s (the push-through identity; the same λ, as trace(F_s^T F_s) =
+    trace(K_ss)), which costs D²n + D³/3 instead of n²D + n³/3 and keeps float32 accuracy, where
+    F_s^T α of the n×n form cancels components of size |Y|/λ.
+    The backward is written out (`_KrrWeights`): its gradients are products of rank C, O(nDC + n²C),
+    where autograd would differentiate the Gram product and the factorisation (O(nD² + D³) for n > D).
     A failed factorisation yields NaN weights (found by the run's NaN check) without a host sync.
     """
-    n, d = feat_s.shape
-    if 2 * n >= d:
-        wide = feat_s.to(solve_dtype)  # one copy, saved once for the backward
-        k = wide @ wide.T
-    else:
-        k = (feat_s @ feat_s.T).to(solve_dtype)
-    # trace(K) as the diagonal's sum: torch.trace's backward fills the diagonal with index_fill_ of a
-    # tensor value, which reads that value on the host (a GPU synchronisation in every meta-backward).
-    ridge = abs(reg) * k.diagonal().sum() / n
-    # In place (K itself is not saved for the backward): no second n×n matrix.
-    k.diagonal().add_(ridge)
-    chol, info = torch.linalg.cholesky_ex(k)
-    alpha = torch.cholesky_solve(y_s.to(solve_dtype), chol)
-    alpha = torch.where(info == 0, alpha, torch.full_like(alpha, float("nan")))
-    return feat_s.T @ alpha.to(feat_s.dtype)
+    return _KrrWeights.apply(feat_s, y_s, abs(reg), solve_dtype)
+
+
+class _KrrWeights(torch.autograd.Function):
+    """W = F^T (F F^T + λI)^-1 Y with λ = r·trace(F F^T)/n, and its gradients in closed form.
+
+    Dual (n ≤ D): α = A^-1 Y, A = F F^T + λI, W = F^T α. For the incoming gradient G_W (D×C), with
+    Z = A^-1 (F G_W) and dλ = -Σ Z∘α: ∂/∂Y = Z, ∂/∂F = α G_W^T - Z W^T - α (F^T Z)^T + (2r·dλ/n) F.
+    Primal (n > D): A = F^T F + λI, W = A^-1 F^T Y. With Z = A^-1 G_W and dλ = -Σ Z∘W:
+    ∂/∂Y = F Z, ∂/∂F = Y Z^T - (F Z) W^T - (F W) Z^T + (2r·dλ/n) F.
+    (From dA = -Z·(α or W)^T and A's dependence on F through the Gram product and through λ.)
+    """
+
+    @staticmethod
+    def forward(ctx, feat_s, y_s, reg, solve_dtype):
+        n, d = feat_s.shape
+        wide, y = feat_s.to(solve_dtype), y_s.to(solve_dtype)  # the wide copy is saved for the backward
+        primal = n > d
+        if primal:
+            gram = wide.T @ wide  # D×D
+        elif 2 * n >= d:
+            gram = wide @ wide.T  # n×n
+        else:
+            gram = (feat_s @ feat_s.T).to(solve_dtype)  # far from rank-deficient: float32 products suffice
+        # trace as the diagonal's sum, added in place (no second matrix of the Gram's size).
+        gram.diagonal().add_(reg * gram.diagonal().sum() / n)
+        chol, info = torch.linalg.cholesky_ex(gram)
+        solution = torch.cholesky_solve(wide.T @ y if primal else y, chol)
+        solution = torch.where(info == 0, solution, torch.full_like(solution, float("nan")))
+        weights = solution if primal else wide.T @ solution  # D×C
+        ctx.save_for_backward(wide, y, chol, solution, weights)
+        ctx.reg, ctx.primal, ctx.dtypes = reg, primal, (feat_s.dtype, y_s.dtype)
+        return weights.to(feat_s.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_w):
+        wide, y, chol, solution, weights = ctx.saved_tensors
+        n = len(wide)
+        grad_w = grad_w.to(wide.dtype)
+        if ctx.primal:
+            z = torch.cholesky_solve(grad_w, chol)  # D×C
+            d_ridge = -(z * weights).sum()
+            grad_y = wide @ z
+            grad_f = y @ z.T - grad_y @ weights.T - (wide @ weights) @ z.T
+        else:
+            alpha = solution  # n×C
+            z = torch.cholesky_solve(wide @ grad_w, chol)  # n×C
+            d_ridge = -(z * alpha).sum()
+            grad_y = z
+            grad_f = alpha @ grad_w.T - z @ weights.T - alpha @ (wide.T @ z).T
+        grad_f = grad_f + (2 * ctx.reg * d_ridge / n) * wide
+        f_dtype, y_dtype = ctx.dtypes
+        return grad_f.to(f_dtype), grad_y.to(y_dtype), None, None
 
 
 def krr_predict(
