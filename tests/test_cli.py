@@ -182,15 +182,15 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, capsys, 
     from frepo.method import optim
 
     calls = {"n": 0}
-    original = optim.Lamb.step
+    original = optim.Lamb.update
 
-    def poisoned(self, closure=None):
-        original(self, closure)
+    def poisoned(self, *scalars):
+        original(self, *scalars)
         calls["n"] += 1
         if calls["n"] == 5:  # the update of step 5 produces NaN images
             self.param_groups[0]["params"][0].data.fill_(float("nan"))
 
-    monkeypatch.setattr(optim.Lamb, "step", poisoned)
+    monkeypatch.setattr(optim.Lamb, "update", poisoned)
     out = tmp_path / "run"
     code, _, err = run_cli(["distill", "--ipc", 1, "--steps", 10, "--out", out, *FAST], capsys)
     assert_user_error(code, err, "NaN")

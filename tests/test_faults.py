@@ -305,15 +305,15 @@ def test_after_a_nan_stop_a_lower_lr_continues_with_resume_with_changes(tmp_path
     from frepo.method import optim
 
     out = tmp_path / "run"
-    original, calls = optim.Lamb.step, {"n": 0}
+    original, calls = optim.Lamb.update, {"n": 0}
 
-    def poisoned(self, closure=None):
-        original(self, closure)
+    def poisoned(self, *scalars):
+        original(self, *scalars)
         calls["n"] += 1
         if calls["n"] == 3:
             self.param_groups[0]["params"][0].data.fill_(float("nan"))
 
-    monkeypatch.setattr(optim.Lamb, "step", poisoned)
+    monkeypatch.setattr(optim.Lamb, "update", poisoned)
     line = one_line(capsys, main(distill_args(out, "--steps", 6)), "NaN")
     assert "--resume-with-changes" in line
     monkeypatch.undo()

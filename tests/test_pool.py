@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import torch
 
 from frepo.config import PoolConfig
+from frepo.method.krr import mse_loss
+from frepo.method.optim import optax_adam
 from frepo.method.pool import ModelPool
 from frepo.models import Conv
 
@@ -36,8 +39,17 @@ def test_reset_after_max_online_updates_and_counting():
     assert pool.steps == [0] and pool.resets == 1
     fresh = list(pool.model.parameters())
     assert not torch.equal(first[0], fresh[0])  # new weights, not the initial ones
-    assert all(len(s) == 0 for s in pool.optimizers[0].state.values()) or not pool.optimizers[0].state
+    # Adam restarts in place (a CUDA graph holds its tensors' addresses): zeroed, so its next step is a
+    # fresh Adam's.
+    assert all(not v.any() for s in pool.optimizers[0].state.values() for v in s.values())
+    twin = copy.deepcopy(pool.model)
+    fresh_adam = optax_adam(twin.parameters(), lr=pool.cfg.online_lr)
     assert pool.advance(images, labels) is not None and pool.steps == [1]
+    twin.train()
+    mse_loss(twin(images), labels).backward()
+    fresh_adam.step()
+    for a, b in zip(pool.model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_online_step_uses_a_subset_and_moves_weights():

@@ -21,16 +21,24 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on `device` (nothing to wait for on a CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @contextlib.contextmanager
 def deterministic_kernels(device: torch.device, on: bool = True):
-    """Within the block, on CUDA, cuDNN chooses deterministic algorithms (its default choices accumulate
-    with atomics, so two runs with the same seed drift apart: 5e-3 in the images after 30 outer steps,
-    measured on an H100). The CPU kernels are deterministic already. The previous flags are restored."""
+    """Within the block, on CUDA, cuDNN chooses deterministic algorithms by its heuristics (its default
+    choices accumulate with atomics, so two runs with the same seed drift apart: 5e-3 in the images after
+    30 outer steps, measured on an H100); with `on=False` it times its algorithms at each new shape and
+    keeps the fastest (`cudnn.benchmark`: the choice, and so the rounding, may differ between processes).
+    The CPU kernels are deterministic already. The previous flags are restored."""
     if device.type != "cuda":
         yield
         return
     before = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = on, False
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = on, not on
     try:
         yield
     finally:

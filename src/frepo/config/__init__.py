@@ -15,7 +15,7 @@ from ..base.fields import check_choices, check_finite, nested, opt
 NORMS = ("batch", "instance", "none")
 PREPROCESS_KINDS = ("auto", "standard", "zca", "zca_block", "none")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
-COMPILE_MODES = ("off", "on", "cudagraphs")
+COMPILE_MODES = ("auto", "off", "on", "cudagraphs", "graph")
 STREAM_MODES = ("auto", "on", "off")
 POOL_MODES = ("replicated", "per-rank")
 STREAM_AUTO_BYTES = 2 * 1024**3
@@ -188,14 +188,18 @@ class DistillConfig:
         choices=("fp32", "bf16"),
     )
     compile: str = opt(
-        "off",
-        "torch.compile the step's network passes: off, on (inductor, static shapes) or cudagraphs (on, plus "
-        "CUDA graphs); the first steps pay the compilation",
+        "auto",
+        "graph (CUDA): each pool model's whole outer step captured in one CUDA graph of the eager kernels "
+        "(0.43-0.74x the eager step on an H200, docs/benchmarks.md); off: eager; on: torch.compile'd network "
+        "passes (inductor, static shapes); cudagraphs: on, plus CUDA graphs of those passes. auto: graph on "
+        "one CUDA process, off elsewhere (a CPU, torchrun)",
         choices=COMPILE_MODES,
     )
     channels_last: bool = opt(True, "channels-last memory layout for the convolutions (faster on CPU and GPU)")
     deterministic: bool = opt(
-        True, "CUDA: deterministic cuDNN algorithms, so the same seed repeats a run bit for bit (CPU runs always do)"
+        True,
+        "CUDA: deterministic cuDNN algorithms, so the same seed repeats a run bit for bit (CPU runs always do); "
+        "off: the fastest algorithms cuDNN times at the first steps",
     )
 
     def validate(self) -> None:

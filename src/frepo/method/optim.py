@@ -45,13 +45,13 @@ class Lamb(torch.optim.Optimizer):
         self.schedule = lr if callable(lr) else (lambda t, lr=lr: lr)
         super().__init__(params, dict(betas=betas, eps=eps, weight_decay=weight_decay))
 
-    @torch.no_grad()
-    def step(self, closure=None):
+    def advance(self) -> tuple[float, float, float]:
+        """Count one update and return its scalars: the learning rate and Adam's bias corrections
+        (lr, 1 - b1^t, 1 - b2^t), t the 1-based update number (every tensor shares one count)."""
+        lr = c1 = c2 = 0.0
         for group in self.param_groups:
             b1, b2 = group["betas"]
             for p in group["params"]:
-                if p.grad is None:
-                    continue
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
@@ -59,16 +59,36 @@ class Lamb(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p)
                 lr = self.schedule(state["step"])
                 state["step"] += 1
-                t = state["step"]
+                c1, c2 = 1 - b1 ** state["step"], 1 - b2 ** state["step"]
+        return lr, c1, c2
+
+    @torch.no_grad()
+    def update(self, lr, c1, c2) -> None:
+        """Apply one update with the scalars of `advance()`: Python floats, or 0-dim device tensors that a
+        CUDA graph reads at replay (`frepo.method.graphs`; the bias corrections then come as their
+        reciprocals, which is what the eager division by a Python float computes on CUDA)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                b1, b2 = group["betas"]
+                state = self.state[p]
                 m, v = state["exp_avg"], state["exp_avg_sq"]
                 m.lerp_(p.grad, 1 - b1)
                 v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-                update = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + group["eps"])
+                if isinstance(c1, torch.Tensor):  # 1 / (1 - b1^t) and 1 / (1 - b2^t), float32
+                    update = (m * c1) / ((v * c2).sqrt() + group["eps"])
+                else:
+                    update = (m / c1) / ((v / c2).sqrt() + group["eps"])
                 if group["weight_decay"]:
                     update.add_(p, alpha=group["weight_decay"])
                 p_norm, u_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(update)
                 trust = torch.where((p_norm == 0) | (u_norm == 0), torch.ones_like(p_norm), p_norm / u_norm)
                 p.sub_(update * (lr * trust))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        self.update(*self.advance())
 
 
 def on_cuda(params: list[torch.Tensor]) -> bool | None:
@@ -77,10 +97,11 @@ def on_cuda(params: list[torch.Tensor]) -> bool | None:
     return True if params and all(p.is_cuda for p in params) else None
 
 
-def optax_adam(params, lr: float) -> torch.optim.Adam:
-    """optax.adam's defaults (b1 .9, b2 .999, eps 1e-8), fused on CUDA."""
+def optax_adam(params, lr: float, capturable: bool = False) -> torch.optim.Adam:
+    """optax.adam's defaults (b1 .9, b2 .999, eps 1e-8), fused on CUDA; `capturable` lets a CUDA graph
+    capture its step (the fused kernel computes the same either way)."""
     params = list(params)
-    return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=on_cuda(params))
+    return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=on_cuda(params), capturable=capturable)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -33,8 +33,10 @@ class ModelPool:
         device: torch.device,
         init_generator: torch.Generator | None = None,
         forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+        capturable: bool = False,
     ):
         self.cfg = cfg
+        self.capturable = capturable  # the Adams run inside CUDA graphs (frepo.method.graphs)
         self.forward = forward or (lambda model, x: model(x))  # the trainer's (maybe compiled) logits pass
         self.generator = generator
         self.init_generator = init_generator if init_generator is not None else generator
@@ -46,37 +48,55 @@ class ModelPool:
         self.resets = 0
 
     def _adam(self, model: nn.Module) -> torch.optim.Adam:
-        return optax_adam(model.parameters(), lr=self.cfg.online_lr)  # constant learning rate
+        return optax_adam(model.parameters(), lr=self.cfg.online_lr, capturable=self.capturable)  # constant lr
 
     @property
     def model(self) -> nn.Module:
         return self.models[self.current]
 
-    def advance(self, images: torch.Tensor, labels: torch.Tensor) -> float | None:
+    def advance(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
         """Reset or train the current model once on (images, labels), then draw the next model.
 
         images N×C×H×W and labels N×K are the synthetic set after the meta-update (detached).
         Returns the online loss, or None when the model was reset.
         """
-        i = self.current
-        loss = None
-        if self.steps[i] > self.cfg.max_online_updates:
-            init_flax_defaults_(self.models[i], generator=self.init_generator)
-            self.optimizers[i] = self._adam(self.models[i])
-            self.steps[i] = 0
-            self.resets += 1
+        if self.reset_due():
+            self.reset_current()
+            loss = None
         else:
-            loss = self._online_step(i, images, labels)
-            self.steps[i] += 1
-        self.current = randint(self.generator, self.cfg.num_models)
+            loss = self.online_step(self.current, images, labels, self.online_subsample(len(images), images.device))
+        self.finish(online=loss is not None)
         return loss
 
-    def _online_step(self, i: int, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        n, batch = len(images), self.cfg.online_batch_size
-        if n > batch:
-            # non_blocking: no host synchronisation with the GPU (the indices are staged at once).
-            idx = torch.randperm(n, generator=self.generator)[:batch].to(images.device, non_blocking=True)
-            images, labels = images[idx], labels[idx]
+    def reset_due(self) -> bool:
+        """Whether the current model is re-initialised this step instead of taking its online step."""
+        return self.steps[self.current] > self.cfg.max_online_updates
+
+    def reset_current(self) -> None:
+        """Re-initialise the current model and restart its Adam, both in place (a CUDA graph holds their
+        addresses): zeroed moments and step count are what a fresh Adam starts from."""
+        i = self.current
+        init_flax_defaults_(self.models[i], generator=self.init_generator)
+        for state in self.optimizers[i].state.values():
+            for value in state.values():
+                value.zero_()
+        self.steps[i] = 0
+        self.resets += 1
+
+    def online_subsample(self, n: int, device: torch.device) -> torch.Tensor | None:
+        """The online step's images out of n (drawn on the host, from the pool's generator), or None when
+        n fits one online batch. non_blocking: no host synchronisation with the GPU."""
+        if n <= self.cfg.online_batch_size:
+            return None
+        idx = torch.randperm(n, generator=self.generator)[: self.cfg.online_batch_size]
+        return idx.to(device, non_blocking=True)
+
+    def online_step(
+        self, i: int, images: torch.Tensor, labels: torch.Tensor, subsample: torch.Tensor | None
+    ) -> torch.Tensor:
+        """One Adam step of model i on (images, labels)[subsample]: device work only, no draws."""
+        if subsample is not None:
+            images, labels = images[subsample], labels[subsample]
         model, opt = self.models[i], self.optimizers[i]
         model.train()
         loss = mse_loss(self.forward(model, images), labels)
@@ -84,6 +104,12 @@ class ModelPool:
         loss.backward()
         opt.step()
         return loss.detach()
+
+    def finish(self, online: bool) -> None:
+        """Count the current model's online step (if it took one) and draw the next model."""
+        if online:
+            self.steps[self.current] += 1
+        self.current = randint(self.generator, self.cfg.num_models)
 
     def state_dict(self) -> dict:
         state = {
@@ -102,6 +128,8 @@ class ModelPool:
         for model, opt, m_state, o_state in zip(self.models, self.optimizers, state["models"], state["optimizers"]):
             model.load_state_dict(m_state)
             opt.load_state_dict(o_state)
+            for group in opt.param_groups:  # this run's, not the saved run's (--compile may differ on resume)
+                group["capturable"] = self.capturable
         self.steps = list(state["steps"])
         self.current = int(state["current"])
         self.resets = int(state["resets"])

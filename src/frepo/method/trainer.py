@@ -16,10 +16,12 @@ from torch.profiler import record_function
 
 from ..base.device import deterministic_kernels
 from ..base.dist import DistContext
+from ..base.errors import FrepoError
 from ..base.prefetch import Prefetcher
 from ..base.rng import generator
-from ..config import COMPILE_MODES, DistillConfig
+from ..config import DistillConfig
 from ..models import build_model, conv_arch
+from .graphs import StepGraphs
 from .krr import centered_one_hot, krr_weights, label_margin_loss, mse_loss
 from .optim import Lamb, cosine_decay
 from .pool import ModelPool
@@ -90,6 +92,9 @@ def _logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x)
 
 
+PASS_MODES = ("off", "on", "cudagraphs")  # COMPILE_MODES' "graph" captures whole steps (frepo.method.graphs)
+
+
 class Passes:
     """The network passes of a step, eager or under torch.compile: `features` (differentiable in x, the
     support set), `features_no_grad` (the real batch) and `logits` (the pool's online step).
@@ -109,8 +114,8 @@ class Passes:
     """
 
     def __init__(self, mode: str = "off"):
-        if mode not in COMPILE_MODES:
-            raise ValueError(f"unknown compile mode {mode!r}; use one of {COMPILE_MODES}")
+        if mode not in PASS_MODES:
+            raise ValueError(f"unknown compile mode {mode!r} for the passes; use one of {PASS_MODES}")
         self.graphed = mode == "cudagraphs"
         self._embed, self._logits = _embed, _logits
         if mode != "off":
@@ -163,7 +168,8 @@ def feature_precision(device: torch.device, precision: str):
     if precision == "auto":
         precision = "tf32" if device.type == "cuda" else "fp32"
     if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        # No cast cache: inside a CUDA graph it would hold tensors of the graph's memory.
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
     if precision == "tf32" and device.type == "cuda":
         return _tf32()
     return contextlib.nullcontext()
@@ -174,7 +180,9 @@ def _tf32():
     previous = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = True
     try:
-        with torch.backends.cudnn.flags(enabled=True, allow_tf32=True):
+        # flags() resets every flag it is not given: keep the run's algorithm choice (deterministic_kernels).
+        cudnn = torch.backends.cudnn
+        with cudnn.flags(enabled=True, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=True):
             yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
@@ -279,8 +287,19 @@ class FRePoTrainer:
         self.per_rank_pool = config.pool.pool_mode == "per-rank" and self.ctx.enabled
         # Per rank: this rank's own initialisations; the slot draws and online subsamples stay shared.
         init_generator = generator(seed, f"pool-init-rank{self.ctx.rank}") if self.per_rank_pool else None
-        self.passes = Passes(config.compile)
-        self.pool = ModelPool(make_model, config.pool, pool_generator, device, init_generator, self.passes.logits)
+        mode = config.compile
+        if mode == "auto":
+            mode = "graph" if device.type == "cuda" and not self.ctx.enabled else "off"
+        graphed = mode == "graph"
+        if graphed and device.type != "cuda":
+            raise FrepoError(f"--compile graph captures CUDA graphs: it needs a CUDA device, not {device}")
+        if graphed and self.ctx.enabled:
+            raise FrepoError("--compile graph runs in one process; use --compile off with torchrun")
+        self.passes = Passes("off" if graphed else mode)
+        self.pool = ModelPool(
+            make_model, config.pool, pool_generator, device, init_generator, self.passes.logits, capturable=graphed
+        )
+        self.graphs = StepGraphs(self._device_step, device) if graphed else None
         if self.ctx.enabled:
             self._sync_pool_gradients()
         self.sampler = BatchSampler(len(x_train), config.batch_size, generator(seed, "batches"))
@@ -297,18 +316,47 @@ class FRePoTrainer:
             return self._step()
 
     def _step(self) -> dict[str, torch.Tensor]:
-        cfg = self.config
+        # The host's part, in a fixed order: the draws (batch, online subsample), LAMB's count, and after
+        # the device work the pool's reset or count and its next model. The device work runs eagerly or as
+        # the current model's CUDA graph (`--compile graph`); a reset step always runs eagerly.
         self.passes.begin_step()
         idx = self.ctx.shard(self.sampler.next())
+        x_real = None
         if self.prefetch is not None:
             upcoming = self.ctx.shard(self.sampler.peek())
             x_real = self.prefetch.get(idx, upcoming).to(self.device, non_blocking=True)
-            idx = idx.to(self.device, non_blocking=True)
+        idx = idx.to(self.device, non_blocking=True)
+        reset = self.pool.reset_due()
+        subsample = None if reset else self.pool.online_subsample(len(self.syn.images), self.device)
+        scalars = self.lamb.advance()
+        i = self.pool.current
+        if self.graphs is not None and not reset:
+            metrics = self.graphs.step(i, idx, x_real, subsample, scalars)
         else:
-            idx = idx.to(self.device, non_blocking=True)
+            metrics = self._device_step(i, idx, x_real, subsample, scalars, online=not reset)
+        if reset:
+            with record_function("frepo/online"):
+                self.pool.reset_current()
+        self.pool.finish(online=not reset)
+        return metrics
+
+    def _device_step(
+        self,
+        i: int,
+        idx: torch.Tensor,
+        x_real: torch.Tensor | None,
+        subsample: torch.Tensor | None,
+        scalars: tuple,
+        online: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        """Pool model i's device work of one step: the meta-gradient on the real batch idx (or the streamed
+        x_real), LAMB with `scalars` (Lamb.advance's, or a graph's tensors) and, if `online`, the model's
+        online step on the updated set's `subsample`. No draws and no host synchronisation."""
+        cfg = self.config
+        if x_real is None:
             x_real = self.x_train[idx]
         metrics = meta_step(
-            self.pool.model,
+            self.pool.models[i],
             self.syn,
             x_real,
             centered_one_hot(self.y_train[idx], self.num_classes),
@@ -324,11 +372,11 @@ class FRePoTrainer:
         if self.syn.labels.requires_grad:
             metrics["grad_norm_y"] = self.syn.labels.grad.norm()
         with record_function("frepo/lamb"):
-            self.lamb.step()
-        with record_function("frepo/online"):
-            online = self.pool.advance(self.syn.images.detach(), self.syn.labels.detach())
-        if online is not None:
-            metrics["online_loss"] = online
+            self.lamb.update(*scalars)
+        if online:
+            with record_function("frepo/online"):
+                images, labels = self.syn.images.detach(), self.syn.labels.detach()
+                metrics["online_loss"] = self.pool.online_step(i, images, labels, subsample)
         return metrics
 
     def finite(self) -> bool:
@@ -372,6 +420,8 @@ class FRePoTrainer:
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        if self.graphs is not None:  # the optimisers' loaded state lives at new addresses: capture anew
+            self.graphs = StepGraphs(self._device_step, self.device)
         self.syn.load_state_dict(state["synthetic"])
         self.lamb.load_state_dict(state["lamb"])
         if self.per_rank_pool:
