@@ -67,7 +67,10 @@ class Moment:
 
 
 class Action:
-    """A plug-in of the run's loop. The defaults: never due, nothing at the end, no state."""
+    """A plug-in of the run's loop. The defaults: never due, nothing at the end, no state, and its time
+    counted as training time (`training = False`: the run's `elapsed` leaves it out)."""
+
+    training = True
 
     def begin(self, now: Moment) -> None:
         """The loop starts (or resumes) at `now.step`."""
@@ -200,6 +203,8 @@ class MetricsLog(Action):
 class Snapshots(Action):
     """The image grid every few steps and at the last step (RUN/images), for `frepo show --animate`."""
 
+    training = False
+
     def __init__(self, monitor: Monitor, total: int):
         self.monitor, self.total = monitor, total
 
@@ -231,6 +236,8 @@ class Validation(Action):
     the last and once at the end (unless the last step was validated); the best set so far is written
     to `best_path`. It runs before the checkpoint of its step, so a run killed after it resumes knowing
     its best set, and best.safetensors and metrics.jsonl end as the uninterrupted run's."""
+
+    training = False  # evaluating networks is not distilling
 
     def __init__(self, plan: ValidationPlan, val: Callable[[], tuple], monitor: Monitor, best_path: Path):
         self.plan, self.val, self.monitor, self.best_path = plan, val, monitor, best_path
@@ -277,6 +284,8 @@ class Validation(Action):
 
 class Checkpoint(Action):
     """The run's state every `every` steps and at the end (after the end's validation)."""
+
+    training = False
 
     def __init__(self, every: int, save: Callable[[], None]):
         self.every, self.save = every, save
