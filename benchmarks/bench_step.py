@@ -105,6 +105,11 @@ def phase_split(step, device: torch.device) -> dict[str, dict[str, float]]:
         if event.name.startswith("frepo/") and event.name[6:] in split:
             us = event.device_time_total if device.type == "cuda" else event.cpu_time_total
             split[event.name[6:]]["ms"] += us / 1000
+    if device.type == "cuda":  # the GPU's busy time in the step: what launching costs is the wall time minus this
+        averages = prof.key_averages()
+        busy = sum(e.self_device_time_total for e in averages)
+        kernels = sum(e.count for e in averages if str(getattr(e, "device_type", "")).endswith("CUDA"))
+        split["all_kernels"] = {"ms": busy / 1000, "gflop": 0.0, "kernels": kernels}
 
     # FLOPs by phase: the trainer's scopes, wrapped to also name the phase for the counter.
     current = ["other"]
@@ -125,6 +130,8 @@ def phase_split(step, device: torch.device) -> dict[str, dict[str, float]]:
         trainer_module.record_function = original
     for name, count in flops.items():
         split.setdefault(name, {"ms": 0.0, "gflop": 0.0})["gflop"] += count / 1e9
+    if "all_kernels" in split:
+        split["all_kernels"]["gflop"] = sum(count for count in flops.values()) / 1e9
     return split
 
 
@@ -279,7 +286,7 @@ def main() -> None:
             + [f"--set={s}" for s in args.set]
             + [f"--vs={s}" for s in args.vs]
         )
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ).stdout
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, env=os.environ).stdout  # warnings pass
         rows.append(json.loads(out.strip().splitlines()[-1]))
         r = rows[-1]
         print(f"{name}: {r['ms_per_step']:.0f} ms/step", file=sys.stderr, flush=True)

@@ -4,12 +4,16 @@
 #      then the command line's main job on the GPU (frepo distill digits IPC 10, 30 steps; frepo evaluate);
 #   2. dsa: the dsa protocol on random MNIST subsets (IPC 1/10/50; DSA's strategy and DC's MNIST strategy);
 #      dsa-subsets: DC's MNIST strategy on four more random subsets (seeds 1-4) at IPC 1 and 10;
-#   3. reproduce: Table 1 at the cpu-small budget for MNIST and Fashion-MNIST, distilled and evaluated here;
+#   3. reproduce: Table 1 at the BUDGET budget (cpu-small, or gpu-small) for MNIST and Fashion-MNIST,
+#      distilled and evaluated here (REPRODUCE_LIMIT seconds, default 300); convs: the pool network's
+#      blocks timed one by one (precision × layout × cuDNN's choice);
 #   4. bench: the outer-step benchmark (deterministic kernels, the default); bench-nondet: two settings
 #      with cuDNN's default (non-deterministic) algorithms, for the cost of determinism.
-#   Issue 11 (the step near the hardware limit), PARTS="tests roofline precision eval long":
-#   5. roofline: the step eager against compiled + CUDA graphs (paired, --vs), in float32/TF32 and with
-#      both feature passes in bf16, with the TF32 and bf16 matmul peaks of the same run;
+#   Issue 19 (the step near the hardware), PARTS="tests roofline solve precision eval long":
+#   5. roofline: the step eager against --compile graph (one CUDA graph per pool model, paired, --vs), in
+#      float32/TF32 and with both feature passes in bf16, with the TF32 and bf16 matmul peaks of the same
+#      run and the GPU's busy time per step (ROOFLINE_SETTINGS, default MNIST IPC 10, CIFAR-10 IPC 10 and
+#      CIFAR-100 IPC 50); solve: the float64 kernel solve of CIFAR-100 IPC 50's support set, dual vs primal;
 #   6. precision: the meta-gradient under bf16 against float32 (bench_precision.py, MNIST IPC 10);
 #   7. eval: 5 evaluation networks one after the other against stacked (bench_eval.py, MNIST, 10/100/500);
 #   8. cudagraphs: the step eager against --compile cudagraphs, CIFAR-10 IPC 10 flip only (paired, --vs);
@@ -39,7 +43,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 if want tests; then
   part "CUDA tests"
-  timeout 240 "$PY" -m pytest -q -s -p no:cacheprovider -rfE tests/test_cuda.py 2>&1 | grep -v "distill:" | tail -40
+  timeout 240 "$PY" -m pytest -q -s -p no:cacheprovider -rfE -n 4 tests/test_cuda.py 2>&1 | grep -v "distill:" | tail -40
   part "the main job on the GPU"
   rm -rf /tmp/frepo-main-job
   timeout 90 "${FREPO[@]}" distill --dataset digits --ipc 10 --steps 30 --device cuda --out /tmp/frepo-main-job 2>&1 \
@@ -78,23 +82,32 @@ PYEOF
 fi
 
 if want reproduce; then
-  part "Table 1, cpu-small budget, MNIST and Fashion-MNIST"
-  timeout 300 "${FREPO[@]}" reproduce --table 1 --budget cpu-small --datasets mnist,fashion_mnist \
-    --runs-dir runs/gpu-reproduce --out "$RESULTS/reproduction-gpu.md" 2>&1 | grep -v "distill:\|evaluate (" | tail -30
-  mkdir -p "$RESULTS/runs" && (cd runs && tar cf - --exclude=checkpoint.pt gpu-reproduce) | tar xf - -C "$RESULTS/runs"
+  part "Table 1, ${BUDGET:=cpu-small} budget, MNIST and Fashion-MNIST"
+  # The table is rewritten after every row, so a run cut by its limit keeps the rows it finished.
+  timeout "${REPRODUCE_LIMIT:-300}" "${FREPO[@]}" reproduce --table 1 --budget "$BUDGET" --datasets mnist,fashion_mnist \
+    --runs-dir "runs/gpu-reproduce-$BUDGET" --out "$RESULTS/reproduction-gpu-$BUDGET.md" 2>&1 | tr '\r' '\n' \
+    | grep -v "distill:\|evaluate (\|train:\|^ *$"
+  cat "$RESULTS/reproduction-gpu-$BUDGET.md"
+  # one small file back: the runs' records (no checkpoints, snapshots or grids)
+  (cd runs && tar czf "$RESULTS/reproduce-runs-$BUDGET.tgz" --exclude=checkpoint.pt --exclude=images \
+    --exclude='*.png' "gpu-reproduce-$BUDGET")
 fi
-
+want convs && part "the network's blocks one by one (where a feature pass loses the peak)" && timeout 90 "$PY" \
+  benchmarks/bench_convs.py --device cuda --batch 512 --repeats 20 --json "$RESULTS/convs-gpu.json"
 want bench && part "outer-step benchmark" && timeout 240 "$PY" benchmarks/bench_step.py --device cuda \
   --warmup 10 --repeats 30 --json "$RESULTS/bench_step_gpu.json" \
   --settings mnist-ipc10-b256,cifar10-ipc10-b1024-flip,cifar100-ipc1-b1024-flip,cifar100-ipc50-flip
 want bench-nondet && part "outer-step benchmark, cuDNN's default algorithms" && timeout 120 "$PY" \
   benchmarks/bench_step.py --device cuda --warmup 10 --repeats 30 --set deterministic=false \
   --settings cifar10-ipc10-b1024-flip,cifar100-ipc50-flip --json "$RESULTS/bench_step_gpu_nondet.json"
-want roofline && part "roofline: eager vs compiled + CUDA graphs" && for flags in "" "--set precision=bf16 --set support_precision=bf16"; do
+want roofline && part "roofline: eager vs --compile graph" && for flags in "" "--set precision=bf16 --set support_precision=bf16"; do
   # shellcheck disable=SC2086
-  timeout 200 "$PY" benchmarks/bench_step.py --device cuda --warmup 10 --repeats 30 --vs compile=cudagraphs $flags \
-    --settings cifar10-ipc10-b1024-flip,cifar100-ipc50-flip --json "$RESULTS/roofline-gpu${flags:+-bf16}.json"
+  timeout 200 "$PY" benchmarks/bench_step.py --device cuda --warmup 30 --repeats 30 --vs compile=graph $flags \
+    --settings "${ROOFLINE_SETTINGS:-mnist-ipc10-b256,cifar10-ipc10-b1024-flip,cifar100-ipc50-flip}" \
+    --json "$RESULTS/roofline-gpu${flags:+-bf16}.json"
 done
+want solve && part "the kernel solve of 10 000 support images" && timeout 90 "$PY" benchmarks/bench_solve.py \
+  --device cuda --n 10000 --d 8192 --classes 100 --json "$RESULTS/solve-gpu.json"
 want precision && part "meta-gradient precision" && timeout 120 "$PY" benchmarks/bench_precision.py --device cuda \
   --dataset mnist --ipc 10 --batch 256 --warm-steps 100 --models 5 --json "$RESULTS/precision-gpu.json"
 want eval && part "evaluation: sequential vs stacked" && timeout 150 "$PY" benchmarks/bench_eval.py --device cuda \
@@ -108,6 +121,6 @@ if want long; then
     --out runs/gpu-long ${STEP_FLAGS:-} 2>&1 | grep -v "distill:" | tail -5
   timeout 150 "${FREPO[@]}" evaluate runs/gpu-long/distilled.safetensors --models 5 --device cuda \
     --json "$RESULTS/long-mnist-ipc10.json" 2>&1 | grep -v "evaluate (" | tail -5
-  cp runs/gpu-long/metrics.jsonl runs/gpu-long/config.json "$RESULTS/" 2>/dev/null
+  cp runs/gpu-long/metrics.jsonl "$RESULTS/long-metrics.jsonl" 2>/dev/null
 fi
 part "done"

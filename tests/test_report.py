@@ -104,6 +104,14 @@ def test_reproduce_plan_lists_every_row_with_its_reason(tmp_path, monkeypatch):
     paper = reproduce.plan(1, "paper", ["mnist"], data_dir=tmp_path, download=False, cuda=False)
     assert all(r.status == "not run: needs a GPU (500000 steps × batch 1024)" for r in paper)
     assert all(r.steps == 500_000 and r.preset == f"mnist-ipc{r.ipc}" for r in paper)
+    gpu = reproduce.plan(1, "gpu-small", ["mnist", "fashion_mnist"], data_dir=tmp_path, download=False, cuda=False)
+    assert [(r.dataset, r.ipc, r.preset, r.steps, r.batch_size) for r in gpu] == [
+        (d, ipc, f"{d}-ipc{ipc}-gpu", steps, 256)
+        for d in ("mnist", "fashion_mnist")
+        for ipc, steps in ((1, 1000), (10, 2000), (50, 1000))
+    ]
+    assert [r.status for r in gpu[:3]] == [f"not run: needs a GPU ({s} steps × batch 256)" for s in (1000, 2000, 1000)]
+    assert all(r.status.startswith("planned") for r in reproduce.plan(1, "gpu-small", ["mnist"], cuda=True))
     text = reproduce.reproduce(1, "cpu-small", ["mnist"], out=tmp_path / "r.md", dry_run=True, download=False)
     assert not (tmp_path / "r.md").exists() and "| MNIST | 1 | mnist-ipc1-cpu | 1000 × 256 |" in text
     for bad, message in ((dict(table=2), "only table 1"), (dict(budget="huge"), "unknown budget")):
@@ -139,6 +147,23 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     again = reproduce.reproduce(1, "tiny", **kwargs)
     assert f"| {saved['mean']:.2f} ± {saved['std']:.2f} | done |" in again
     assert out.read_text() == again + "\n" + notes  # the table rewritten, the notes kept
+
+    # A table cut short keeps the rows finished before the cut in its file.
+    monkeypatch.setattr(reproduce, "TABLES", {1: (("digits", "Digits", {1: (80.0, 1.0), 10: (90.0, 1.0)}, True),)})
+    monkeypatch.setitem(presets.PRESETS, "digits-ipc10-tiny", {**settings, "ipc": 10})
+    original_run_row = reproduce.run_row
+
+    def cut_at_the_second_row(row, *args, **kwargs):
+        if row.ipc == 10:
+            raise KeyboardInterrupt
+        original_run_row(row, *args, **kwargs)
+
+    monkeypatch.setattr(reproduce, "run_row", cut_at_the_second_row)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.reproduce(1, "tiny", **kwargs)
+    assert f"| {saved['mean']:.2f} ± {saved['std']:.2f} | done |" in out.read_text()
+    monkeypatch.setattr(reproduce, "run_row", original_run_row)
+    monkeypatch.setattr(reproduce, "TABLES", {1: (("digits", "Digits", {1: (80.0, 1.0)}, True),)})
 
     # --finished-only reports what has finished and runs nothing for the rest.
     monkeypatch.setattr(importlib.import_module("frepo.jobs.distill"), "distill", no_evaluation)

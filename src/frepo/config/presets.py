@@ -103,6 +103,13 @@ def _preset_table() -> dict[str, dict]:
     for name, steps in cpu.items():
         paper = {k: v for k, v in table[name].items() if k != "pool_mode"}  # CPU budgets run one process
         table[f"{name}-cpu"] = {**paper, "steps": steps, "batch_size": 256, "lr": SHORT_BUDGET_LR}
+    # A budget for one GPU in minutes (`frepo reproduce --budget gpu-small`): the datasets small enough to
+    # travel to a lent GPU machine, every IPC, batch 256; the learning rate follows the budget (budget_lr).
+    gpu = {"ipc1": 1000, "ipc10": 2000, "ipc50": 1000}
+    for dataset in ("mnist", "fashion_mnist"):
+        for ipc, steps in gpu.items():
+            paper = {k: v for k, v in table[f"{dataset}-{ipc}"].items() if k != "pool_mode"}
+            table[f"{dataset}-{ipc}-gpu"] = {**paper, "steps": steps, "batch_size": 256}
     return table
 
 

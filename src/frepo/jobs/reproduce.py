@@ -4,6 +4,8 @@ Each row (dataset × IPC) runs its preset (`frepo.presets`) through `distill` an
 set with the frepo protocol. A budget chooses the presets and the evaluation:
   paper      the paper's settings (500k steps × batch 1024; 5 models, reference step table); needs a GPU
   cpu-small  the `*-cpu` presets (hundreds of steps × batch 256; 3 models × 1000 steps), runs on a CPU
+  gpu-small  the `*-gpu` presets (MNIST and Fashion-MNIST, IPC 1/10/50: 1000-2000 steps × batch 256;
+             5 models × 1000 steps), minutes on one GPU
 Rows that cannot run here are listed with the reason (no loader or no data for the dataset, no preset
 for the budget, no GPU for the paper budget), never silently dropped. Finished runs are reused: the
 run directories resume, and an evaluation JSON already written for the same file is read back.
@@ -75,6 +77,16 @@ BUDGETS = {
         "the `*-cpu` presets: a few hundred outer steps at real batch 256; evaluation with 3 models of "
         "1000 steps each (the reference schedule: 500 warm-up steps, then cosine decay). Far below the "
         "paper's budget: expect lower numbers",
+    ),
+    "gpu-small": Budget(
+        "gpu-small",
+        "-gpu",
+        5,
+        1000,
+        True,
+        "the `*-gpu` presets: MNIST and Fashion-MNIST at IPC 1, 10 and 50, 1000 (IPC 1 and 50) or 2000 "
+        "(IPC 10) outer steps at real batch 256; evaluation with 5 models of 1000 steps each. Minutes on one "
+        "GPU, far below the paper's 500k steps",
     ),
 }
 
@@ -302,6 +314,13 @@ def reproduce(
     evaluated in `runs_dir` and marks the others as not run."""
     rows = plan(table, budget, datasets, data_dir=data_dir, download=download)
     spec = BUDGETS[budget]
+
+    def write() -> str:
+        text = render(rows, table, spec, dry_run=dry_run, device=device, datasets=datasets, finished_only=finished_only)
+        if not dry_run and out:
+            atomic_write_text(out, text + kept_notes(Path(out)))
+        return text
+
     if not dry_run:
         for row in rows:
             if row.status.startswith("planned") and finished_only:
@@ -315,10 +334,8 @@ def reproduce(
                 run_row(
                     row, spec, Path(runs_dir), data_dir=data_dir, download=download, device=device, progress=progress
                 )
-    text = render(rows, table, spec, dry_run=dry_run, device=device, datasets=datasets, finished_only=finished_only)
-    if not dry_run and out:
-        atomic_write_text(out, text + kept_notes(Path(out)))
-    return text
+                write()  # after every row: a table cut short (a time limit, Ctrl-C) keeps its finished rows
+    return write()
 
 
 # Hand-written notes below this line of the output file survive a rewrite of the table.
