@@ -36,7 +36,7 @@ class Preprocessing:
     zca_reg: float = 0.0
     zca_mean: torch.Tensor | None = None  # (D,) mean of standardised, flattened images
     whiten: torch.Tensor | None = None  # (D, D), symmetric; zca_block: (D/s², D/s²), shared by the sub-images
-    unwhiten: torch.Tensor | None = None  # its inverse
+    unwhiten: torch.Tensor | None = None  # its inverse (None: derived from `whiten` on first use)
     stride: int = 1  # zca_block: s, the interleave of the sub-images (2 for 128×128 images)
     # The low-rank form of a ZCA fitted on fewer images than dimensions (exact, and what its file stores):
     # W = I + B diag(scale - 1) Bᵀ and W⁻¹ = I + B diag(1/scale - 1) Bᵀ, B orthonormal; whiten/unwhiten None.
@@ -83,7 +83,8 @@ class Preprocessing:
         c = x.shape[1]
         if self.kind == "none":
             return x
-        mean, std, zca_mean, unwhiten = self._on(x.device, self.mean, self.std, self.zca_mean, self.unwhiten)
+        unwhiten = self.inverse() if self.kind == "zca_block" else None
+        mean, std, zca_mean, unwhiten = self._on(x.device, self.mean, self.std, self.zca_mean, unwhiten)
         if self.kind == "zca":
             shape = x.shape
             x = (self._whitened(x.reshape(len(x), -1), inverse=True) + zca_mean).reshape(shape)
@@ -94,7 +95,7 @@ class Preprocessing:
     def _whitened(self, flat: torch.Tensor, inverse: bool) -> torch.Tensor:
         """flat (N×D) times W (or W⁻¹), in the dense or the low-rank form, on flat's device."""
         if self.basis is None:
-            (matrix,) = self._on(flat.device, self.unwhiten if inverse else self.whiten)
+            (matrix,) = self._on(flat.device, self.inverse() if inverse else self.whiten)
             return flat @ matrix
         basis, scale = self._on(flat.device, self.basis, self.scale)
         factor = (scale.reciprocal() if inverse else scale) - 1
@@ -103,9 +104,16 @@ class Preprocessing:
     def matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(W, W⁻¹) as dense D×D matrices, whichever form holds them (zca only)."""
         if self.basis is None:
-            return self.whiten, self.unwhiten
+            return self.whiten, self.inverse()
         eye = torch.eye(len(self.basis))
         return self._whitened(eye, inverse=False), self._whitened(eye, inverse=True)
+
+    def inverse(self) -> torch.Tensor:
+        """The dense W⁻¹: held, or derived from W (symmetric positive definite) on first use, as for a file
+        that stores W alone (`as_stored`)."""
+        if self.unwhiten is None:
+            self.unwhiten = as_stored(self.whiten)[1]
+        return self.unwhiten
 
     @staticmethod
     def _on(device: torch.device, *tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
@@ -114,18 +122,31 @@ class Preprocessing:
 
     # ---- serialisation ----------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
-        out = {"pre_mean": self.mean, "pre_std": self.std}
+        """What a file stores. A dense W (a ZCA fitted on at least as many images as dimensions, and block
+        ZCA) as its upper triangle, W⁻¹ derived on load: in float16 when W holds float16 values, as every
+        fit now does (`as_stored`: 9.4 MB for CIFAR-10 instead of two float32 matrices of 37.7 MB each), in
+        float32 otherwise (an earlier file's exact W, re-saved: 18.9 MB), so a file transforms as the set's
+        run did, bit for bit."""
+        out = {"pre_mean": self.mean.float(), "pre_std": self.std.float()}
         if self.basis is not None:
-            out.update(pre_zca_mean=self.zca_mean, pre_zca_basis=self.basis, pre_zca_scale=self.scale)
+            out.update(
+                pre_zca_mean=self.zca_mean.float(), pre_zca_basis=self.basis.float(), pre_zca_scale=self.scale.float()
+            )
         elif self.kind in ("zca", "zca_block"):
-            out.update(pre_zca_mean=self.zca_mean, pre_whiten=self.whiten, pre_unwhiten=self.unwhiten)
-        return {k: v.contiguous().float() for k, v in out.items()}
+            rows, cols = torch.triu_indices(len(self.whiten), len(self.whiten))
+            upper = self.whiten[rows, cols].float()
+            if torch.equal(upper.half().float(), upper):
+                upper = upper.half()  # exact: W holds float16 values
+            out.update(pre_zca_mean=self.zca_mean.float(), pre_whiten_upper=upper)
+        return {k: v.contiguous() for k, v in out.items()}
 
     def params(self) -> dict:
         if self.kind == "zca_block":
-            return {"kind": self.kind, "zca_reg": self.zca_reg, "stride": self.stride}
+            return {"kind": self.kind, "zca_reg": self.zca_reg, "stride": self.stride, "form": "upper"}
         if self.basis is not None:
             return {"kind": self.kind, "zca_reg": self.zca_reg, "form": "low_rank"}
+        if self.kind == "zca":
+            return {"kind": self.kind, "zca_reg": self.zca_reg, "form": "upper"}
         return {"kind": self.kind, "zca_reg": self.zca_reg}
 
     @classmethod
@@ -142,12 +163,32 @@ class Preprocessing:
                 basis, scale, mean = (tensors[f"pre_zca_{k}"] for k in ("basis", "scale", "mean"))
                 reg = float(params.get("zca_reg", 0.0))
                 return cls(kind, tensors["pre_mean"], tensors["pre_std"], reg, mean, basis=basis, scale=scale)
-            zca = {k: tensors[f"pre_{k}"] for k in ("zca_mean", "whiten", "unwhiten")} if zca_like else {}
+            if zca_like and params.get("form") == "upper":  # W's upper triangle, W⁻¹ derived when needed
+                zca = {"zca_mean": tensors["pre_zca_mean"], "whiten": symmetric_from_upper(tensors["pre_whiten_upper"])}
+            else:  # files before the triangle: both matrices, float32
+                zca = {k: tensors[f"pre_{k}"] for k in ("zca_mean", "whiten", "unwhiten")} if zca_like else {}
             return cls(
                 kind, tensors["pre_mean"], tensors["pre_std"], float(params.get("zca_reg", 0.0)), **zca, stride=stride
             )
         except KeyError as exc:
             raise FrepoError(f"preprocessing tensor {exc} is missing") from exc
+
+
+def upper_size(d: int) -> int:
+    """Entries of a d×d matrix's upper triangle, diagonal included."""
+    return d * (d + 1) // 2
+
+
+def symmetric_from_upper(upper: torch.Tensor) -> torch.Tensor:
+    """The symmetric float32 d×d matrix whose upper triangle (row by row, `torch.triu_indices` order) is `upper`."""
+    d = int(round(((8 * len(upper) + 1) ** 0.5 - 1) / 2))
+    if upper_size(d) != len(upper):
+        raise FrepoError(f"{len(upper)} values are not the upper triangle of a square matrix")
+    rows, cols = torch.triu_indices(d, d)
+    matrix = torch.zeros(d, d)
+    matrix[rows, cols] = upper.float()
+    matrix[cols, rows] = upper.float()
+    return matrix
 
 
 def _per_block(x: torch.Tensor, matrix: torch.Tensor, stride: int) -> torch.Tensor:
@@ -255,7 +296,7 @@ def fit_preprocessing(
         zca_mean, basis, scale = (t.cpu() for t in gram_whitening(images, standardise, zca_reg, device=device))
         return Preprocessing(kind, mean, std, float(zca_reg), zca_mean, basis=basis, scale=scale)
     zca_mean, cov = mean_covariance(images, standardise, stride=stride, device=device)
-    whiten, unwhiten = (t.cpu() for t in whitening_matrices(cov, len(images), zca_reg))
+    whiten, unwhiten = as_stored(whitening_matrices(cov, len(images), zca_reg)[0].cpu())
     return Preprocessing(kind, mean, std, float(zca_reg), zca_mean.float().cpu(), whiten, unwhiten, stride)
 
 
@@ -276,6 +317,15 @@ def whitening_matrices(cov: torch.Tensor, n: int, zca_reg: float) -> tuple[torch
     whiten = (evecs * inv_sqrt) @ evecs.T
     unwhiten = (evecs * sqrt) @ evecs.T
     return whiten.float(), unwhiten.float()
+
+
+def as_stored(whiten: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W, W⁻¹) float32 for a dense symmetric positive-definite whitening W, with W rounded to float16's
+    values (what a file stores: its upper triangle in float16, `Preprocessing.tensors`) and W⁻¹ the inverse
+    of that rounded W, as a file's loader derives it: a run, its cache and its files transform alike, bit
+    for bit. The rounding (relative 2⁻¹² per entry) is measured harmless in docs/datasets.md."""
+    rounded = whiten.half().float()
+    return rounded, torch.cholesky_inverse(torch.linalg.cholesky(rounded.double())).float()
 
 
 def gram_whitening(
@@ -327,8 +377,13 @@ class Rows:
         return self.images[self.idx[rows]]
 
 
+# The cache's format: 2 since dense whitenings are rounded to float16 values (`as_stored`); entries of an
+# older format are fitted anew rather than read.
+CACHE_FORMAT = 2
+
+
 def fingerprint(images: np.ndarray | Rows, tag: str, zca_reg: float) -> str:
-    digest = hashlib.sha256(f"{images.shape}|{tag}|{zca_reg}".encode())
+    digest = hashlib.sha256(f"{images.shape}|{tag}|{zca_reg}|format{CACHE_FORMAT}".encode())
     if isinstance(images, Rows) and images.source_id:
         digest.update(f"{images.source_id}|".encode() + images.idx.tobytes())
     else:

@@ -23,7 +23,7 @@ import torch
 from ..base.atomic import atomic_save_safetensors
 from ..base.errors import FrepoError
 from ..base.version import __version__
-from ..data.preprocess import KINDS, Preprocessing
+from ..data.preprocess import KINDS, Preprocessing, upper_size
 from ..method.krr import centered_one_hot, label_scale
 
 FORMAT_VERSION = 1
@@ -258,15 +258,18 @@ def _check_content(tensors: dict[str, torch.Tensor], meta: SetMeta, where: str) 
         scale = tensors.get("pre_zca_scale")
         if scale is not None and scale.is_floating_point() and not bool((scale > 0).all()):
             raise FrepoError(f"{where}: the low-rank ZCA's scales must be positive")
-    elif kind == "zca":
-        expected.update(pre_zca_mean=(d,), pre_whiten=(d, d), pre_unwhiten=(d, d))
-    elif kind == "zca_block":
-        stride = meta.preprocessing.get("stride")
-        h, w = meta.image_shape[1:]
-        if not _is(stride, int) or stride < 1 or h % stride or w % stride:
-            raise FrepoError(f"{where}: block ZCA stride {stride!r} does not divide the images {meta.image_shape}")
-        d_block = d // stride**2
-        expected.update(pre_zca_mean=(d,), pre_whiten=(d_block, d_block), pre_unwhiten=(d_block, d_block))
+    elif kind in ("zca", "zca_block"):
+        d_matrix = d
+        if kind == "zca_block":
+            stride = meta.preprocessing.get("stride")
+            h, w = meta.image_shape[1:]
+            if not _is(stride, int) or stride < 1 or h % stride or w % stride:
+                raise FrepoError(f"{where}: block ZCA stride {stride!r} does not divide the images {meta.image_shape}")
+            d_matrix = d // stride**2
+        if meta.preprocessing.get("form") == "upper":  # W's upper triangle (W⁻¹ derived on load)
+            expected.update(pre_zca_mean=(d,), pre_whiten_upper=(upper_size(d_matrix),))
+        else:
+            expected.update(pre_zca_mean=(d,), pre_whiten=(d_matrix, d_matrix), pre_unwhiten=(d_matrix, d_matrix))
     for name, want in expected.items():
         t = tensors.get(name)
         if t is None or tuple(t.shape) != want or not t.is_floating_point() or not bool(torch.isfinite(t).all()):

@@ -179,8 +179,9 @@ def export(ds: DistilledSet | str | Path, out: str | Path, layout: str) -> Path:
     images, labels = ds.images.detach().cpu().float(), ds.labels.detach().cpu()
     written = WRITERS[layout](ds, images, labels, out)
     files: dict[str, str] = {
-        PREPROCESSING: "the preprocessing tensors (pre_mean, pre_std; for ZCA pre_zca_mean and pre_whiten, "
-        "pre_unwhiten, or in the low-rank form pre_zca_basis B, pre_zca_scale s: W = I + B diag(s - 1) Bᵀ)",
+        PREPROCESSING: "the preprocessing tensors (pre_mean, pre_std; for ZCA pre_zca_mean and pre_whiten_upper, "
+        "the whitening matrix W's upper triangle row by row, float16 or float32 (W⁻¹ = its inverse), or in the low-rank "
+        "form pre_zca_basis B, pre_zca_scale s: W = I + B diag(s - 1) Bᵀ)",
         **written.files,
     }
     manifest: dict = dict(written.manifest)
