@@ -160,6 +160,12 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
         ),
         (["privacy", "--dataset", "digits", "--chunk-size", "30", "--ipc", "10"], "ipc 10 is more than class"),
         (["privacy", "--dataset", "digits", "--lira-shadows", "1"], "lira_shadows must be 0 (off) or at least 2"),
+        # digits: 1257 training images, 5 chunks of 300: 4 besides the members'; the last chunk holds 57
+        (["privacy", "--dataset", "digits", "--chunk-size", "300", "--lira-shadows", "5"], "at most 4 shadows"),
+        (
+            ["privacy", "--dataset", "digits", "--chunk-size", "300", "--lira-shadows", "4", "--ipc", "5"],
+            "of chunk 4 (a LiRA shadow's chunk) can give (3 images)",
+        ),
         (["privacy", "--preset", "privacy-cifar-huge"], "unknown preset"),
     ],
 )
@@ -181,3 +187,19 @@ def test_cpu_presets_exist():
     assert {"continual-cifar100", "continual-mnist-cpu", "continual-fashion_mnist-cpu", "privacy-mnist"} <= set(
         CONTINUAL
     ) | set(PRIVACY)
+
+
+def test_each_class_order_draws_with_its_own_seed(tmp_path):
+    """As the official distill_cl.py seeds each order's memory by the order: the same classes get other
+    random exemplars in another order, the same ones in the same order; under dsa the distilled arm keeps
+    its learned labels."""
+    experiment = Continual(ContinualConfig(**CL), tmp_path / "cl")
+    a, b = (experiment.exemplars("random", order, 0, [3, 7]) for order in (0, 1))
+    assert a.images.shape == b.images.shape == (4, *a.images.shape[1:])
+    assert not torch.equal(a.images, b.images)
+    fresh = Continual(ContinualConfig(**CL), tmp_path / "again").exemplars("random", 0, 0, [3, 7])
+    assert torch.equal(fresh.images, a.images)
+    assert [experiment._eval_config("random", order).seed for order in (0, 2)] == [0, 2]
+    dsa = Continual(ContinualConfig(**{**CL, "protocol": "dsa"}), tmp_path / "dsa")
+    assert dsa._eval_config("frepo", 0).options().soft_labels is True
+    assert dsa._eval_config("random", 0).options().soft_labels is False

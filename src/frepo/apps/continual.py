@@ -57,10 +57,18 @@ class ContinualConfig:
     eval_epochs: int = opt(1000, "dsa protocol: epochs")
     feature_steps: int = opt(300, "herding: training steps of its feature network")
     feature_width: int = opt(128, "herding: width of its feature network (a Conv)")
-    seed: int = opt(0, "seed of the distillations, the random exemplars and the evaluation")
+    seed: int = opt(
+        0,
+        "base seed: class order s seeds its distillations, exemplars and evaluation networks with seed + s (the "
+        "reference seeds each order's memory by the order)",
+    )
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     data_dir: str | None = opt(None, "dataset download/cache folder (default: ~/.cache/frepo)")
     download: bool = opt(True, "let torchvision download a missing dataset")
+
+    def order_seed(self, order: int) -> int:
+        """The seed of everything drawn for class order `order` (official distill_cl.py: init_proto(seed=order))."""
+        return self.seed + order
 
     def order_list(self) -> list[int]:
         try:
@@ -147,9 +155,16 @@ class Continual(Experiment):
                 f"ipc {config.ipc} is more than class {int(counts.argmin())} can give "
                 f"({int(counts.min())} training images)"
             )
-        options = {"steps": config.eval_steps} if config.protocol == "frepo" else {"epochs": config.eval_epochs}
-        self.eval_config = EvalConfig.build(
-            protocol=config.protocol, models=config.eval_models, seed=config.seed, device=config.device, **options
+
+    def _eval_config(self, arm: str, order: int) -> EvalConfig:
+        """The evaluation of order `order`: its own seed; under dsa the distilled arm trains on its learned
+        labels (soft targets), the real arms on their class ids."""
+        cfg = self.config
+        options: dict = {"steps": cfg.eval_steps} if cfg.protocol == "frepo" else {"epochs": cfg.eval_epochs}
+        if cfg.protocol == "dsa" and arm == "frepo":
+            options["soft_labels"] = True
+        return EvalConfig.build(
+            protocol=cfg.protocol, models=cfg.eval_models, seed=cfg.order_seed(order), device=cfg.device, **options
         )
 
     # ---- the memories -------------------------------------------------------------------------------
@@ -165,7 +180,8 @@ class Continual(Experiment):
 
     def distilled(self, order: int, task: int, classes: list[int]) -> DistilledSet:
         """Task `task`'s distillation of its own classes (resumed where it stopped)."""
-        return self.distillation(Path(f"order{order}") / f"task{task}", classes=self._data(classes).classes)
+        folder, seed = Path(f"order{order}") / f"task{task}", self.config.order_seed(order)
+        return self.distillation(folder, classes=self._data(classes).classes, seed=seed)
 
     def exemplars(self, arm: str, order: int, task: int, classes: list[int]) -> DistilledSet:
         """`ipc` real images per class of the task, chosen at random (the distillation's own starting
@@ -178,7 +194,7 @@ class Continual(Experiment):
             self._data(classes),
             cfg.ipc,
             arm,
-            cfg.seed,
+            cfg.order_seed(order),
             feature_steps=cfg.feature_steps,
             feature_width=cfg.feature_width,
             device=cfg.device,
@@ -215,7 +231,7 @@ class Continual(Experiment):
         start = time.perf_counter()
         ds = union(memory)
         test_x, test_y = test_split_of(ds, self.raw, seen)
-        result = evaluate_set(ds, test_x, test_y, self.eval_config, progress=self.progress)
+        result = evaluate_set(ds, test_x, test_y, self._eval_config(arm, order), progress=self.progress)
         log.info(f"frepo: order {order}, task {task + 1}, {arm}: {result.mean:.2f} ± {result.std:.2f}%")
         return {
             "order": order,
@@ -254,7 +270,12 @@ class Continual(Experiment):
         }
 
     def settings(self) -> dict:
-        return {**super().settings(), "evaluation": to_dict(self.eval_config)}
+        orders = self.config.order_list()
+        return {
+            **super().settings(),
+            "evaluation": to_dict(self._eval_config("frepo", orders[0])),  # its seed: the first order's
+            "order_seeds": {str(order): self.config.order_seed(order) for order in orders},
+        }
 
     def budget(self) -> str:
         cfg = self.config

@@ -128,12 +128,24 @@ class Privacy(Experiment):
                 f"{config.chunk_size} (0..{chunks - 1})"
             )
         self.member_idx = np.arange(start, min(start + config.chunk_size, n))
-        counts = np.bincount(self.raw.y_train[self.member_idx], minlength=self.raw.num_classes)
-        if config.ipc > counts.min():
+        # Every configuration error before any work: the members' chunk and, with LiRA, the shadows' chunks
+        # (the distilled arm's shadow j distils another chunk) must each give `ipc` images of every class.
+        chunks = -(-n // config.chunk_size)
+        if config.lira_shadows > chunks - 1:
             raise FrepoError(
-                f"ipc {config.ipc} is more than class {int(counts.argmin())} of chunk {config.chunk} can give "
-                f"({int(counts.min())} images)"
+                f"lira_shadows {config.lira_shadows} needs as many chunks besides the members' chunk {config.chunk}, "
+                f"and {n} training images make {chunks} chunks of {config.chunk_size}: at most {chunks - 1} shadows"
             )
+        shadow_chunks = [j if j < config.chunk else j + 1 for j in range(config.lira_shadows)]
+        for chunk in [config.chunk, *shadow_chunks]:
+            labels = self.raw.y_train[chunk * config.chunk_size : (chunk + 1) * config.chunk_size]
+            counts = np.bincount(labels, minlength=self.raw.num_classes)
+            if config.ipc > counts.min():
+                role = "the members' chunk" if chunk == config.chunk else "a LiRA shadow's chunk"
+                raise FrepoError(
+                    f"ipc {config.ipc} is more than class {int(counts.argmin())} of chunk {chunk} ({role}) can give "
+                    f"({int(counts.min())} images)"
+                )
         # As many non-members as members, drawn from the test split (all of it in the reference setting).
         count = min(len(self.member_idx), len(self.raw.y_test))
         perm = torch.randperm(len(self.raw.y_test), generator=generator(config.seed, "privacy/nonmembers"))
@@ -157,7 +169,8 @@ class Privacy(Experiment):
         return ds.transform(self.raw.x_train[idx]), centered_one_hot(labels, self.raw.num_classes), cfg.victim_batch
 
     def _shadow_distilled(self, shadow: int) -> DistilledSet:
-        """The distillation of another chunk (never the members' chunk): shadow j distils chunk j (or j+1)."""
+        """The distillation of another chunk (never the members' chunk): shadow j distils chunk j (or j+1);
+        `__init__` checked that chunk."""
         chunk = shadow if shadow < self.config.chunk else shadow + 1
         return self._distilled(chunk, f"shadow{shadow}-distill")
 
