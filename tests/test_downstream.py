@@ -122,12 +122,13 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
     assert torch.equal(trained[0], learned.images) and not torch.equal(trained[0], initial.images)
     assert straight["distilled"]["checksum"] == learned.meta["checksum"]
     rows = straight["rows"]
-    assert [(r["arm"], r["steps"]) for r in rows] == [("distilled", 5), ("real", 5), ("distilled", 20), ("real", 20)]
+    assert [(r["arm"], r["steps"]) for r in rows] == [(arm, steps) for steps in (5, 20) for arm in privacy_app.ARMS]
     for row in rows:
         assert 0 <= row["test_accuracy"] <= 100 and set(row["attacks"]) == set(privacy_app.ATTACKS)
         for metrics in row["attacks"].values():
             assert set(metrics) == {"auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"}
     assert straight["members"]["indices"] == [300, 600] and straight["nonmembers"]["count"] == 300
+    assert straight["members"]["attacked"] == 300 and straight["control"] == {"split": "train", "count": 300}
 
     calls = {"n": 0}
 
@@ -221,5 +222,21 @@ def test_lira_end_to_end_detects_a_planted_leak(tmp_path, monkeypatch):
     assert all(0.0 <= a["auc"] <= 1.0 for attacks in rows.values() for a in attacks.values())
     assert rows["real"]["lira"]["auc"] > 0.9, rows["real"]["lira"]
     assert sorted(p.name for p in (tmp_path / "mia" / "shadows").iterdir()) == [
-        f"{arm}-300-s{s}.npy" for arm in ("distilled", "real") for s in (0, 1)
+        f"{arm}-300-s{s}.npy" for arm in sorted(privacy_app.ARMS) for s in (0, 1)
     ]
+    # The control victim saw neither members nor non-members: the leak is not its to find.
+    assert rows["control"]["lira"]["auc"] < rows["real"]["lira"]["auc"] - 0.2, rows["control"]["lira"]
+
+
+def test_the_control_arm_and_training_non_members_are_disjoint_from_the_members(tmp_path):
+    """The control victim trains on as many training images as the members, none of them a member or a
+    non-member; non-members drawn from training images lie outside the members' chunk."""
+    for split in ("test", "train"):
+        experiment = privacy_app.Privacy(privacy_app.PrivacyConfig(**MIA, nonmembers=split), tmp_path / split)
+        members, control = set(experiment.member_idx), set(experiment.control_idx)
+        assert len(control) == len(members) == 300 and not control & members
+        if split == "train":
+            assert len(experiment.nonmember_idx) == 300
+            assert not set(experiment.nonmember_idx) & (members | control)
+    with pytest.raises(frepo.FrepoError, match="nonmembers=train with lira_shadows"):
+        privacy_app.Privacy(privacy_app.PrivacyConfig(**MIA, nonmembers="train", lira_shadows=2), tmp_path / "x")

@@ -10,7 +10,12 @@ distilled set and `victim_batch` for the real chunk, as in mia.py — and each v
 attacked (`frepo.apps.attacks`: loss threshold, logistic regression, MLP, random forest, k-nearest
 neighbours; with `lira_shadows` ≥ 2, offline LiRA whose shadows repeat the arm's pipeline without the
 targets: real shadows train on other training images, distilled shadows on the distillations of other
-chunks).
+chunks). A third arm, **control**, separates distribution shift from leakage: a victim trained like the
+real arm on as many other training images (neither members nor non-members) and attacked on the same
+members and non-members. It saw neither, so what its attacks find is the shift between the members' and
+the non-members' distributions: the floor the other arms are read against. `nonmembers="train"` draws
+the non-members from training images outside the members' chunk instead of the test split, which
+removes that shift by construction.
 
 The released mia.py builds its distilled arm from the initial real images (`x_proto` from `init_proto`)
 rather than the learned set; frepo trains the distilled arm on the file its distillation wrote at its
@@ -44,7 +49,8 @@ from .victims import outputs, train_victim
 
 log = logging.getLogger(__name__)
 
-ARMS = ("distilled", "real")
+ARMS = ("distilled", "real", "control")
+NONMEMBER_SPLITS = ("test", "train")
 
 
 @dataclass
@@ -62,6 +68,12 @@ class PrivacyConfig:
     victim_width: int = opt(128, "width of the victims' Conv")
     models: int = opt(1, "victims per arm and step count (the reference trains one)")
     lira_shadows: int = opt(0, "shadow networks per arm and step count for offline LiRA (0: off; at least 2)")
+    nonmembers: str = opt(
+        "test",
+        "where the non-members come from: test (the reference: the test split) or train (training images outside "
+        "the members' chunk: no distribution shift between members and non-members)",
+        choices=NONMEMBER_SPLITS,
+    )
     seed: int = opt(0, "seed of the distillation, the victims and the attacks")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     data_dir: str | None = opt(None, "dataset download/cache folder (default: ~/.cache/frepo)")
@@ -146,11 +158,32 @@ class Privacy(Experiment):
                     f"ipc {config.ipc} is more than class {int(counts.argmin())} of chunk {chunk} ({role}) can give "
                     f"({int(counts.min())} images)"
                 )
-        # As many non-members as members, drawn from the test split (all of it in the reference setting).
-        count = min(len(self.member_idx), len(self.raw.y_test))
-        perm = torch.randperm(len(self.raw.y_test), generator=generator(config.seed, "privacy/nonmembers"))
-        self.nonmember_idx = np.sort(perm[:count].numpy())
-        self.member_idx = self.member_idx[:count]
+        # As many non-members as members (all of the test split in the reference setting), and the control
+        # arm's training images: as many again, from outside the members' chunk and the non-members.
+        outside = np.setdiff1d(np.arange(n), self.member_idx)
+        if config.nonmembers == "train":
+            if config.lira_shadows:
+                raise FrepoError(
+                    "nonmembers=train with lira_shadows: the distilled arm's shadows distil other chunks of the "
+                    "training split, which hold the non-members; use nonmembers=test for LiRA"
+                )
+            count = min(len(self.member_idx), len(outside) // 2)
+            perm = torch.randperm(len(outside), generator=generator(config.seed, "privacy/nonmembers")).numpy()
+            self.nonmember_idx = np.sort(outside[perm[:count]])
+            outside = np.setdiff1d(outside, self.nonmember_idx)
+        else:
+            count = min(len(self.member_idx), len(self.raw.y_test))
+            perm = torch.randperm(len(self.raw.y_test), generator=generator(config.seed, "privacy/nonmembers"))
+            self.nonmember_idx = np.sort(perm[:count].numpy())
+        if count < len(self.member_idx):
+            log.info(
+                f"frepo: {len(self.member_idx)} members, {count} non-members available: the attacks use "
+                f"the first {count} members (the distillation and the real arm use all of them)"
+            )
+        self.attacked_member_idx = self.member_idx[:count]
+        perm = torch.randperm(len(outside), generator=generator(config.seed, "privacy/control")).numpy()
+        self.control_idx = np.sort(outside[perm[: len(self.member_idx)]])
+        self.outside = outside  # training images in neither the members' chunk nor the non-members
         self.device = resolve_device(config.device)
 
     # ---- the sets the victims train on -----------------------------------------------------------------
@@ -164,7 +197,10 @@ class Privacy(Experiment):
         if arm == "distilled":
             source = ds if shadow is None else self._shadow_distilled(shadow)
             return source.images.float(), source.targets(), min(len(source.images), 256)
-        idx = self.member_idx if shadow is None else self._shadow_real_idx(shadow)
+        if shadow is not None:
+            idx = self._shadow_real_idx(shadow)
+        else:
+            idx = self.member_idx if arm == "real" else self.control_idx
         labels = torch.from_numpy(self.raw.y_train[idx])
         return ds.transform(self.raw.x_train[idx]), centered_one_hot(labels, self.raw.num_classes), cfg.victim_batch
 
@@ -175,10 +211,10 @@ class Privacy(Experiment):
         return self._distilled(chunk, f"shadow{shadow}-distill")
 
     def _shadow_real_idx(self, shadow: int) -> np.ndarray:
-        """As many training images as the members, drawn at random from outside the members' chunk."""
-        outside = np.setdiff1d(np.arange(len(self.raw.y_train)), self.member_idx)
-        perm = torch.randperm(len(outside), generator=generator(self.config.seed, f"privacy/shadow{shadow}"))
-        return np.sort(outside[perm[: len(self.member_idx)].numpy()])
+        """As many training images as the members, drawn at random from outside the members' chunk (and
+        the non-members, when they are training images): no target is in a shadow's training set."""
+        perm = torch.randperm(len(self.outside), generator=generator(self.config.seed, f"privacy/shadow{shadow}"))
+        return np.sort(self.outside[perm[: len(self.member_idx)].numpy()])
 
     # ---- victims ----------------------------------------------------------------------------------------
     def _victim_outputs(self, arm: str, ds: DistilledSet, steps: int, stream: str, shadow: int | None = None):
@@ -199,15 +235,16 @@ class Privacy(Experiment):
         )
         members = outputs(
             model,
-            ds.transform(raw.x_train[self.member_idx]),
-            torch.from_numpy(raw.y_train[self.member_idx]),
+            ds.transform(raw.x_train[self.attacked_member_idx]),
+            torch.from_numpy(raw.y_train[self.attacked_member_idx]),
             raw.num_classes,
             device,
         )
+        x_non, y_non = (raw.x_train, raw.y_train) if cfg.nonmembers == "train" else (raw.x_test, raw.y_test)
         nonmembers = outputs(
             model,
-            ds.transform(raw.x_test[self.nonmember_idx]),
-            torch.from_numpy(raw.y_test[self.nonmember_idx]),
+            ds.transform(x_non[self.nonmember_idx]),
+            torch.from_numpy(y_non[self.nonmember_idx]),
             raw.num_classes,
             device,
         )
@@ -313,8 +350,10 @@ class Privacy(Experiment):
                 "chunk": self.config.chunk,
                 "indices": [int(self.member_idx[0]), int(self.member_idx[-1]) + 1],
                 "count": int(len(self.member_idx)),
+                "attacked": int(len(self.attacked_member_idx)),
             },
-            "nonmembers": {"split": "test", "count": int(len(self.nonmember_idx))},
+            "nonmembers": {"split": self.config.nonmembers, "count": int(len(self.nonmember_idx))},
+            "control": {"split": "train", "count": int(len(self.control_idx))},
             "distilled": {
                 "file": str(self.out / "distill" / "distilled.safetensors"),
                 "checksum": ds.meta.get("checksum"),
@@ -352,8 +391,10 @@ class Privacy(Experiment):
 
     def plot(self, plt, summary: dict):
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-        for arm, style in (("distilled", "-"), ("real", "--")):
+        for arm, style in (("distilled", "-"), ("real", "--"), ("control", ":")):
             rows = [r for r in summary["rows"] if r["arm"] == arm]
+            if not rows:
+                continue
             steps = [r["steps"] for r in rows]
             for name in rows[0]["attacks"]:
                 left.plot(steps, [r["attacks"][name]["auc"] for r in rows], style, marker="o", label=f"{arm}: {name}")
