@@ -26,7 +26,7 @@ CL = dict(dataset="digits", tasks=5, ipc=2, orders="0", steps=4, batch_size=64, 
 CL.update(eval_steps=10, feature_steps=2)
 CL2 = {**CL, "tasks": 2, "feature_width": 16}  # two tasks of five classes: resume across a task boundary
 MIA = dict(dataset="digits", chunk=1, chunk_size=300, ipc=2, steps=4, batch_size=64, lr=0.01, victim_steps="5,20")
-MIA.update(victim_batch=64, victim_width=8)
+MIA.update(victim_batch=64, victim_width=8, models=1, attacks="frepo")
 
 
 def test_class_orders_are_the_reference_s():

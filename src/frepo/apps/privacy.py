@@ -42,7 +42,7 @@ from ..data import load_dataset
 from ..eval.augment import reference_ops
 from ..io.artifact import DistilledSet
 from ..method.krr import centered_one_hot
-from .attacks import ATTACKS, confidence, lira_offline, roc_metrics, run_attacks
+from .attacks import ATTACK_SETS, ATTACKS, confidence, lira_offline, roc_metrics, run_attacks
 from .common import csv_text, markdown_table
 from .experiment import Experiment, run_experiment
 from .victims import outputs, train_victim
@@ -66,7 +66,13 @@ class PrivacyConfig:
     victim_batch: int = opt(1024, "batch of the victims of the real arm (the distilled arm: min(N, 256))")
     victim_lr: float = opt(3e-4, "Adam learning rate of the victims (constant, as mia.py)")
     victim_width: int = opt(128, "width of the victims' Conv")
-    models: int = opt(1, "victims per arm and step count (the reference trains one)")
+    models: int = opt(5, "victims per arm and step count (the reference: 5, their mean accuracy reported)")
+    attacks: str = opt(
+        "reference",
+        "the attack set: reference (TF-Privacy's, as mia.py: [logits, loss], a 3-fold grid search per model) or "
+        "frepo (faster: [logits, loss, one-hot label], fixed hyperparameters)",
+        choices=ATTACK_SETS,
+    )
     lira_shadows: int = opt(0, "shadow networks per arm and step count for offline LiRA (0: off; at least 2)")
     nonmembers: str = opt(
         "test",
@@ -118,6 +124,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "victim_steps": "100,400,1600",
         "victim_batch": 128,
         "victim_width": 32,
+        "models": 1,  # the reference's 5 victims and attacks take hours on 2 cores
+        "attacks": "frepo",
     },
 }
 
@@ -264,6 +272,7 @@ class Privacy(Experiment):
             tuple(nonmembers[p] for p in parts),
             self.raw.num_classes,
             self.config.seed,
+            self.config.attacks,
         )
         if self.config.lira_shadows:
             attacks["lira"] = self._lira(arm, ds, steps, members, nonmembers)
