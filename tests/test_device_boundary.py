@@ -147,7 +147,7 @@ def test_continual_and_privacy_run_on_a_simulated_device(tmp_path):
     cl = dict(dataset="digits", tasks=2, ipc=2, orders="0", steps=3, batch_size=32, lr=0.01, eval_models=1)
     cl.update(eval_steps=5, feature_steps=2, feature_width=8, device="cpu:1")
     mia = dict(dataset="digits", chunk=1, chunk_size=200, ipc=2, steps=3, batch_size=32, lr=0.01, victim_steps="5")
-    mia.update(victim_batch=32, victim_width=8, device="cpu:1")
+    mia.update(victim_batch=32, victim_width=8, models=1, attacks="frepo", device="cpu:1")
     with SimulatedDevice() as sim:
         continual = frepo.continual(out=tmp_path / "cl", **cl)
         privacy = frepo.privacy(out=tmp_path / "mia", **mia)
