@@ -349,11 +349,22 @@ def gram_whitening(
     Both whiten the fitting images identically (they have no component in that space)."""
     n = len(images)
     d = int(np.prod(images.shape[1:]))
-    x = torch.cat([standardise(images[s : s + chunk]).reshape(-1, d) for s in range(0, n, chunk)])
-    x = x.to(device).double()  # on `device` (default: the host), as every product below
+    starts = range(0, n, chunk)
+    # Progress over the chunks read and standardised, then one step each for the Gram matrix and its
+    # eigendecomposition (single calls: they cannot report inside).
+    bar = tqdm(total=len(starts) + 2, desc="fit preprocessing", unit="step", leave=False, disable=not messages_shown())
+    parts = []
+    for start in starts:
+        parts.append(standardise(images[start : start + chunk]).reshape(-1, d))
+        bar.update()
+    x = torch.cat(parts).to(device).double()  # on `device` (default: the host), as every product below
     mean = x.mean(0)
     x -= mean
-    lam, v = torch.linalg.eigh(x @ x.T / n)
+    gram = x @ x.T / n
+    bar.update()
+    lam, v = torch.linalg.eigh(gram)
+    bar.update()
+    bar.close()
     reg = zca_reg * lam.clamp_min(0).sum() / d
     keep = lam > lam.max() * 1e-10  # the non-zero spectrum (rank ≤ N-1 after centring)
     lam, v = lam[keep], v[:, keep]
