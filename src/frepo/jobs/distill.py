@@ -353,9 +353,11 @@ class Distiller:
             bar.update(1)
             now = self._moment(metrics)
             for action in self.actions:
-                if action.due(self.step) and action.training:
+                if not action.due(self.step):
+                    continue
+                if action.training:
                     action(now)
-                elif action.due(self.step):
+                else:
                     synchronize(self.device)  # the steps queued so far are training
                     paused = time.perf_counter()
                     action(now)
