@@ -15,27 +15,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import statistics
 import time
 
 import torch
+from bench_solve import timed  # this file's folder is on sys.path
 
 from frepo.models import Conv
-
-
-def timed(fn, device, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000
 
 
 def precision_context(precision: str, device):
@@ -70,8 +55,10 @@ def main() -> None:
                     for block in range(3):
                         conv, relu, pool = layers[3 * block : 3 * block + 3]
                         inp = h
-                        conv_ms = timed(lambda c=conv, i=inp: c(i), device, args.repeats)
-                        block_ms = timed(lambda c=conv, r=relu, p=pool, i=inp: p(r(c(i))), device, args.repeats)
+                        conv_ms = timed(lambda c=conv, i=inp: c(i), device, args.repeats, warmup=3)
+                        block_ms = timed(
+                            lambda c=conv, r=relu, p=pool, i=inp: p(r(c(i))), device, args.repeats, warmup=3
+                        )
                         out_hw = inp.shape[-1] * inp.shape[-2]
                         flop = 2 * args.batch * out_hw * conv.out_channels * conv.in_channels * 9
                         rows.append(

@@ -36,8 +36,10 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device, repeats: int) -> float:
-    fn()  # warm-up
+def timed(fn, device, repeats: int, warmup: int = 1) -> float:
+    """Median wall ms of `repeats` synchronised calls of fn() after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeats):
         sync(device)
