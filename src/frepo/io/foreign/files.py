@@ -71,8 +71,10 @@ def file_checksum(path: str | Path) -> str:
 
 def torch_load(path: str | Path):
     """torch.load with weights_only=True; numpy scalars and dtypes (DC's accuracy lists) are allowed."""
-    core = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core; files carry either name
-    scalar = core.multiarray.scalar
+    try:  # numpy 2 renamed numpy.core (1.26 has the new name as a shim, imported on demand); files carry either
+        from numpy._core.multiarray import scalar
+    except ImportError:
+        from numpy.core.multiarray import scalar
     allowed: list = [np.dtype, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar")]
     allowed += [type(np.dtype(t)) for t in ("float16", "float32", "float64", "int32", "int64", "bool")]
     try:
