@@ -15,6 +15,7 @@ import frepo
 from frepo.base.errors import FrepoError
 from frepo.cli import main
 from frepo.config import DataConfig
+from frepo.data.registry import load_dataset
 from frepo.io.artifact import DistilledSet, save_distilled
 from frepo.io.export import LAYOUTS, MANIFEST_KEYS, export, to_uint8
 from frepo.io.foreign import detect_format, load_export
@@ -154,3 +155,58 @@ def test_class_folders_sort_in_class_order_for_torchvision():
     # Unsafe names (Fashion-MNIST's "T-shirt/top") or names that sort out of class order get a class number.
     assert _folder_names(["T-shirt/top", "Trouser"]) == ["0_T-shirt_top", "1_Trouser"]
     assert _folder_names([str(i) for i in range(12)])[:3] == ["00_0", "01_1", "02_2"]
+
+
+def test_pt_export_in_ddranking_spaces(tmp_path, monkeypatch):
+    """`--space ddranking[-zca]`: the set re-expressed through its pixels in DD-Ranking's normalisation or its
+    kornia ZCA (checked here against an independent float64 computation; against the ddranking package itself
+    in test_ddranking_interop.py), its stored preprocessing the same space, class ids beside the learned labels."""
+    from frepo.io import ddranking
+
+    ds, path = _learned(tmp_path)
+    # An unknown dataset keeps the set's own space by default and refuses DD-Ranking's with the reason.
+    export(path, tmp_path / "own", "pt")
+    assert json.loads((tmp_path / "own" / "export.json").read_text())["images"]["space"] == "preprocessed"
+    with pytest.raises(FrepoError, match="DD-Ranking evaluates CIFAR10"):
+        export(path, tmp_path / "refused", "pt", "ddranking")
+    with pytest.raises(FrepoError, match="applies to --format pt"):
+        export(path, tmp_path / "refused", "npz", "ddranking")
+
+    # Pretend the blobs are a dataset DD-Ranking knows (8×8 images), with made-up constants.
+    mean, std = [0.3, 0.5, 0.6], [0.2, 0.25, 0.3]
+    monkeypatch.setitem(ddranking.DATASETS, ds.dataset, ("BLOBS", (mean, std), 8))
+    monkeypatch.setattr(ddranking, "ZCA_DATASETS", (ds.dataset,))
+    pixels = ds.preprocessing.to_unit(ds.images).double()  # unclipped
+    raw = load_dataset(ds.dataset)
+    test = raw.x_test[:16]
+
+    manifest = json.loads(export(path, tmp_path / "dd", "pt").read_text())  # the default for a known dataset
+    assert manifest["images"]["space"] == "ddranking" and manifest["ddranking"]["dataset"] == "BLOBS"
+    assert manifest["ddranking"]["use_zca"] is False and manifest["ddranking"]["soft_label"]["soft_label_criterion"]
+    m, s = torch.tensor(mean).double().view(1, 3, 1, 1), torch.tensor(std).double().view(1, 3, 1, 1)
+    expected = (pixels - m) / s
+    images = torch.load(tmp_path / "dd" / "images.pt")
+    scale = float(expected.abs().max())
+    assert float((images.double() - expected).abs().max()) <= 1e-5 * scale
+    assert torch.equal(torch.load(tmp_path / "dd" / "hard_labels.pt"), ds.class_ids())
+    assert torch.equal(torch.load(tmp_path / "dd" / "labels.pt"), ds.labels)
+    unit = torch.from_numpy(test).permute(0, 3, 1, 2).double() / 255
+    back = load_export(tmp_path / "dd")
+    assert float((back.transform(test).double() - (unit - m) / s).abs().max()) <= 1e-5 * scale
+    assert float((back.images - images).abs().max()) == 0
+
+    export(path, tmp_path / "zca", "pt", "ddranking-zca")
+    # kornia's ZCAWhitening(eps=0.1) of [0, 1] pixels, fitted on the full training split, in float64 here.
+    x = torch.from_numpy(raw.x_train).permute(0, 3, 1, 2).reshape(len(raw.x_train), -1).double() / 255
+    centre = x.mean(0)
+    cov = (x - centre).T @ (x - centre) / (len(x) - 1)
+    evals, evecs = torch.linalg.eigh(cov)
+    whiten = (evecs * (evals.clamp_min(0) + 0.1).rsqrt()) @ evecs.T
+    expected = ((pixels.reshape(len(pixels), -1) - centre) @ whiten).reshape(pixels.shape)
+    images = torch.load(tmp_path / "zca" / "images.pt")
+    scale = float(expected.abs().max())
+    # float32 storage of W and float32 products against this float64 fit: rounding of order 1e-6 of the scale.
+    assert float((images.double() - expected).abs().max()) <= 1e-5 * scale
+    test_expected = ((unit.reshape(len(unit), -1) - centre) @ whiten).reshape(unit.shape)
+    assert float((load_export(tmp_path / "zca").transform(test).double() - test_expected).abs().max()) <= 1e-5 * scale
+    assert json.loads((tmp_path / "zca" / "export.json").read_text())["ddranking"]["use_zca"] is True

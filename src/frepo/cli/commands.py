@@ -8,6 +8,7 @@ what it runs (distillation never loads the readers of other tools' files)."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -167,8 +168,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from ..io.export import export
 
-    manifest = export(args.file, args.to, args.format)
-    print(f"{args.format} export of {args.file} -> {manifest.parent} (manifest: {manifest.name})")
+    manifest = export(args.file, args.to, args.format, args.space)
+    space = json.loads(manifest.read_text())["images"]["space"]
+    print(f"{args.format} export of {args.file} -> {manifest.parent} (images: {space}; manifest: {manifest.name})")
     return 0
 
 

@@ -175,19 +175,28 @@ def _show(sub: Subcommands) -> None:
 
 
 def _export(sub: Subcommands) -> None:
-    from ..io.export import LAYOUTS
+    from ..io.export import LAYOUTS, SPACES
 
     p = sub.add_parser(
         "export",
         help="write a distilled set in a layout other tools read (PNG folders, .pt for DD-Ranking/MTT, FRePo .npz)",
         description="Write a distilled set into a folder: imagefolder (PNGs per class in pixel space, labels "
-        "beside), pt (images.pt, labels.pt, lr.pt as DD-Ranking reads them, and data.safetensors) or npz (the "
-        "official FRePo layout). Each export carries its preprocessing and a manifest (export.json), so "
-        "`frepo evaluate FOLDER` reads it back.",
+        "beside), pt (images.pt, labels.pt, hard_labels.pt, lr.pt as DD-Ranking's metrics take them, and "
+        "data.safetensors) or npz (the official FRePo layout). Each export carries its preprocessing and a "
+        "manifest (export.json), so `frepo evaluate FOLDER` reads it back.",
     )
     p.add_argument("file", help="a frepo distilled-set file (.safetensors)")
     p.add_argument("--to", required=True, help="output folder (new, or a previous export to overwrite)")
     _add_choice(p, "--format", "format", LAYOUTS, required=True, help="imagefolder, pt or npz")
+    _add_choice(
+        p,
+        "--space",
+        "space",
+        SPACES,
+        help="pt: the space of images.pt. ddranking: DD-Ranking's normalisation (its use_zca: false; the default for "
+        "CIFAR-10/100, Tiny ImageNet, ImageNette/Woof); ddranking-zca: its ZCA (use_zca: true; fitted on the full "
+        "training split); frepo: the set's own space (the default for other datasets)",
+    )
 
 
 def _add_experiment(sub: Subcommands, name: str, settings: Any, presets: dict[str, Any], text: str) -> None:

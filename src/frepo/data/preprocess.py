@@ -64,10 +64,11 @@ class Preprocessing:
         return out
 
     def from_unit(self, x: torch.Tensor) -> torch.Tensor:
-        """float N×C×H×W with pixels in [0, 1] -> preprocessed, on x's device (its tensors are moved there)."""
+        """float N×C×H×W with pixels in [0, 1] -> preprocessed, on x's device (its tensors are moved there);
+        float32, or float64 for float64 input (`frepo.io.ddranking.re_expressed`)."""
         c = x.shape[1]
         if self.kind == "none":
-            return x.float()
+            return _float(x)
         mean, std, zca_mean, whiten = self._on(x.device, self.mean, self.std, self.zca_mean, self.whiten)
         x = (x - mean.view(1, c, 1, 1)) / std.view(1, c, 1, 1)
         if self.kind == "zca":
@@ -75,11 +76,12 @@ class Preprocessing:
             x = self._whitened(x.reshape(len(x), -1) - zca_mean, inverse=False).reshape(shape)
         elif self.kind == "zca_block":
             x = _per_block((x.reshape(len(x), -1) - zca_mean).reshape(x.shape), whiten, self.stride)
-        return x.float()
+        return _float(x)
 
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:
-        """Inverse of `from_unit`: preprocessed N×C×H×W -> pixels (not clipped to [0, 1]), on x's device."""
-        x = x.detach().float()
+        """Inverse of `from_unit`: preprocessed N×C×H×W -> pixels (not clipped to [0, 1]), on x's device;
+        float32, or float64 for float64 input."""
+        x = _float(x.detach())
         c = x.shape[1]
         if self.kind == "none":
             return x
@@ -96,8 +98,8 @@ class Preprocessing:
         """flat (N×D) times W (or W⁻¹), in the dense or the low-rank form, on flat's device."""
         if self.basis is None:
             (matrix,) = self._on(flat.device, self.inverse() if inverse else self.whiten)
-            return flat @ matrix
-        basis, scale = self._on(flat.device, self.basis, self.scale)
+            return flat @ matrix.to(flat.dtype)
+        basis, scale = (t.to(flat.dtype) for t in self._on(flat.device, self.basis, self.scale))
         factor = (scale.reciprocal() if inverse else scale) - 1
         return flat + ((flat @ basis) * factor) @ basis.T
 
@@ -198,7 +200,7 @@ def _per_block(x: torch.Tensor, matrix: torch.Tensor, stride: int) -> torch.Tens
     for i in range(stride):
         for j in range(stride):
             block = x[:, :, i::stride, j::stride]
-            out[:, :, i::stride, j::stride] = (block.reshape(n, -1) @ matrix).reshape(block.shape)
+            out[:, :, i::stride, j::stride] = (block.reshape(n, -1) @ matrix.to(x.dtype)).reshape(block.shape)
     return out
 
 
@@ -317,6 +319,11 @@ def whitening_matrices(cov: torch.Tensor, n: int, zca_reg: float) -> tuple[torch
     whiten = (evecs * inv_sqrt) @ evecs.T
     unwhiten = (evecs * sqrt) @ evecs.T
     return whiten.float(), unwhiten.float()
+
+
+def _float(x: torch.Tensor) -> torch.Tensor:
+    """float64 stays float64 (the exact paths); everything else becomes float32."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 def as_stored(whiten: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,12 +4,15 @@ Layouts (`LAYOUTS`), each a folder:
   imagefolder  <class>/<NNNNN>.png in pixel space (the preprocessing inverted, clipped to [0, 1], 8-bit),
                so any tool can train on them; the labels beside them as `labels.pt` and `labels.json`
                (learned labels are regression targets, not class probabilities)
-  pt           `images.pt` (N×C×H×W float32, in the preprocessed space), `labels.pt`, `lr.pt`: the files
-               DD-Ranking loads (and MTT's images_*/labels_* pair), plus `data.safetensors` holding the
-               same tensors for loading without pickle
+  pt           `images.pt` (N×C×H×W float32), `labels.pt` (learned labels, or class ids), `hard_labels.pt`
+               (class ids), `lr.pt`: what DD-Ranking's metrics take (and MTT's images_*/labels_* pair), plus
+               `data.safetensors` holding the same tensors for loading without pickle. Its images are in
+               the space `--space` names (`SPACES`): `ddranking` (the default for a dataset DD-Ranking
+               knows) or `ddranking-zca`, the two spaces DD-Ranking's own test pipeline uses
+               (`frepo.io.ddranking`), or `frepo`, the set's own preprocessed space
   npz          `stepNNNNNN.npz` in the official FRePo layout: `image` N×H×W×C, `label` N×K
-Every export also holds `preprocessing.safetensors` (the per-channel mean and std, and the ZCA mean,
-matrix and inverse when used: what turns raw test images into the set's space) and `export.json`, a
+Every export also holds `preprocessing.safetensors` (the per-channel mean and std, and the ZCA mean and
+matrix when used: what turns raw test images into the space of the exported images) and `export.json`, a
 manifest with documented keys (`MANIFEST_KEYS`) from which `frepo evaluate EXPORT_DIR` reads the set
 back with nothing else to say.
 
@@ -34,6 +37,7 @@ from ..base.fields import check_choice
 from ..base.registry import registering
 from ..base.version import __version__
 from ..data.preprocess import Preprocessing
+from . import ddranking
 from .artifact import DistilledSet, load_distilled
 
 MANIFEST = "export.json"
@@ -41,7 +45,7 @@ PREPROCESSING = "preprocessing.safetensors"
 EXPORT_VERSION = 1
 # What another tool should train a set's images with when it has no learning rate of its own: the
 # DC/DSA/DD-Ranking SGD lr (FRePo learns none). The frepo protocol itself trains with Adam 3e-4.
-SGD_LR = 0.01
+SGD_LR = ddranking.SYN_LR
 FREPO_PROTOCOL_LR = 3e-4
 
 MANIFEST_KEYS = {
@@ -49,12 +53,16 @@ MANIFEST_KEYS = {
     "export_version": "1",
     "layout": "imagefolder, pt or npz",
     "files": "what each file of the folder holds",
-    "images": "count, shape [C, H, W], and space: 'pixels' (PNG, 0..255) or 'preprocessed'",
+    "images": "count, shape [C, H, W], and space: 'pixels' (PNG, 0..255), 'preprocessed' (the set's own space), "
+    "'ddranking' or 'ddranking-zca' (DD-Ranking's, with use_zca false or true)",
     "image_files": "imagefolder only: the PNG of each image, in the set's order",
     "labels": "kind ('learned': N×K regression targets; 'class_ids': N integers) and the class id of each image",
     "classes": "class names, indexed by class id",
     "dataset": "the real dataset (registry name or path) whose test split the set is evaluated on",
-    "preprocessing": "kind (none, standard, zca), zca_reg, per-channel mean and std (tensors in PREPROCESSING)",
+    "preprocessing": "of the exported images: kind (none, standard, zca), zca_reg, per-channel mean and std "
+    "(tensors in PREPROCESSING)",
+    "ddranking": "the DD-Ranking settings the export matches (dataset, im_size, use_zca, the call of each metric, "
+    "the soft-label criterion), or null when its images are not in a DD-Ranking space",
     "lr": "sgd: the lr to train with SGD (DD-Ranking, DC/DSA), frepo_protocol: the Adam lr of the reference evaluation",
     "set": "what frepo knows of the set: kind, ipc, step, seed, use_flip, mirror_invariant, val_size, checksum",
     "frepo_version": "the frepo that wrote the export",
@@ -132,19 +140,22 @@ def _write_imagefolder(ds: DistilledSet, images: torch.Tensor, labels: torch.Ten
 @register_layout("pt")
 def _write_pt(ds: DistilledSet, images: torch.Tensor, labels: torch.Tensor, out: Path) -> Written:
     lr = torch.tensor(SGD_LR, dtype=torch.float32)
+    hard = ds.class_ids().long().clone()  # its own storage: class-id labels would share it
     atomic_torch_save(images.clone(), out / "images.pt")
     atomic_torch_save(labels.clone(), out / "labels.pt")
+    atomic_torch_save(hard.clone(), out / "hard_labels.pt")
     atomic_torch_save(lr, out / "lr.pt")
     atomic_save_safetensors(
-        {"images": images.contiguous(), "labels": labels.contiguous(), "lr": lr.reshape(1)},
+        {"images": images.contiguous(), "labels": labels.contiguous(), "hard_labels": hard, "lr": lr.reshape(1)},
         out / "data.safetensors",
         metadata={"frepo_export": MANIFEST},
     )
     files = {
-        "images.pt": "N×C×H×W float32 images in the preprocessed space (torch.load)",
-        "labels.pt": "N×K learned labels (regression targets) or N class ids",
+        "images.pt": "N×C×H×W float32 images in the space the manifest's images.space names (torch.load)",
+        "labels.pt": "N×K learned labels (regression targets: DD-Ranking's soft_labels) or N class ids",
+        "hard_labels.pt": "N class ids, int64 (DD-Ranking's hard_labels)",
         "lr.pt": "a 0-d tensor: the SGD learning rate to train with (see lr)",
-        "data.safetensors": "images, labels and lr (1-element) without pickle",
+        "data.safetensors": "images, labels, hard_labels and lr (1-element) without pickle",
     }
     return Written(files, "preprocessed")
 
@@ -163,12 +174,36 @@ def _write_npz(ds: DistilledSet, images: torch.Tensor, labels: torch.Tensor, out
 
 
 LAYOUTS = tuple(WRITERS)  # imagefolder, pt, npz: the CLI's choices
+SPACES = ("frepo", *ddranking.SPACES)  # --space: the set's own preprocessed space, or DD-Ranking's two
 
 
-def export(ds: DistilledSet | str | Path, out: str | Path, layout: str) -> Path:
-    """Write a set (or a frepo file) into the folder `out` in `layout` (one of LAYOUTS); returns the
-    manifest's path."""
+def default_space(layout: str, dataset: str) -> str:
+    """DD-Ranking's space for a pt export of a dataset DD-Ranking evaluates (what a pt export is for), the
+    set's own space otherwise."""
+    return "ddranking" if layout == "pt" and dataset in ddranking.DATASETS else "frepo"
+
+
+def in_space(ds: DistilledSet, space: str) -> DistilledSet:
+    """The set with its images re-expressed in `space` (one of SPACES) and that space's preprocessing."""
+    check_choice("space", space, SPACES)
+    if space == "frepo":
+        return ds
+    target = ddranking.preprocessing(ds.dataset, space)
+    images = ddranking.re_expressed(ds.images.detach().cpu().float(), ds.preprocessing, target)
+    return DistilledSet(images, ds.labels, target, ds.meta)
+
+
+def export(ds: DistilledSet | str | Path, out: str | Path, layout: str, space: str | None = None) -> Path:
+    """Write a set (or a frepo file) into the folder `out` in `layout` (one of LAYOUTS), its images in
+    `space` (one of SPACES; pt only; default: `default_space`); returns the manifest's path."""
     check_choice("format", layout, LAYOUTS)
+    if space is not None:
+        check_choice("space", space, SPACES)
+    if space not in (None, "frepo") and layout != "pt":
+        raise FrepoError(
+            f"--space {space} applies to --format pt; imagefolder writes pixels and npz the official FRePo "
+            "layout, both from the set's own space"
+        )
     if not isinstance(ds, DistilledSet):
         ds = load_distilled(ds)
     out = Path(out)
@@ -176,8 +211,12 @@ def export(ds: DistilledSet | str | Path, out: str | Path, layout: str) -> Path:
         raise FrepoError(f"--to {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise FrepoError(f"--to {out} is not empty and holds no frepo export; use another folder")
+    space = space or default_space(layout, ds.dataset)
+    dd_settings = None if space == "frepo" else ddranking.settings(ds.dataset, space, int(ds.images.shape[-1]))
+    ds = in_space(ds, space)
     images, labels = ds.images.detach().cpu().float(), ds.labels.detach().cpu()
     written = WRITERS[layout](ds, images, labels, out)
+    image_space = space if written.space == "preprocessed" and space != "frepo" else written.space
     files: dict[str, str] = {
         PREPROCESSING: "the preprocessing tensors (pre_mean, pre_std; for ZCA pre_zca_mean and pre_whiten_upper, "
         "the whitening matrix W's upper triangle row by row, float16 or float32 (W⁻¹ = its inverse), or in the "
@@ -196,11 +235,12 @@ def export(ds: DistilledSet | str | Path, out: str | Path, layout: str) -> Path:
             "export_version": EXPORT_VERSION,
             "layout": layout,
             "files": {MANIFEST: "this manifest", **files},
-            "images": {"count": int(len(images)), "shape": list(images.shape[1:]), "space": written.space},
+            "images": {"count": int(len(images)), "shape": list(images.shape[1:]), "space": image_space},
             "labels": _labels_record(ds),
             "classes": ds.classes,
             "dataset": ds.dataset,
             "preprocessing": {**pre.params(), "mean": pre.mean.tolist(), "std": pre.std.tolist()},
+            "ddranking": dd_settings,
             "lr": {"sgd": SGD_LR, "frepo_protocol": FREPO_PROTOCOL_LR},
             "set": {
                 "kind": ds.meta.get("kind"),
