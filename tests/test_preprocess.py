@@ -129,7 +129,7 @@ def test_a_dense_whitening_is_stored_as_float16_values_and_its_inverse_derived()
     assert bool(((whiten - exact).abs() <= 2**-11 * exact.abs() + 1e-12).all())
     torch.testing.assert_close(whiten @ unwhiten, torch.eye(48), atol=1e-5, rtol=0)
     pre = fit_preprocessing(x, "zca", 0.1)
-    assert torch.equal(pre.whiten, whiten) and pre.params()["form"] == "upper"
+    assert torch.equal(pre.whiten, whiten) and pre.params()["form"] == preprocess.PACKED
 
 
 def test_the_upper_triangle_travels_in_the_file_bit_for_bit_and_older_files_load(tmp_path, monkeypatch):
@@ -144,34 +144,62 @@ def test_the_upper_triangle_travels_in_the_file_bit_for_bit_and_older_files_load
     ds = DistilledSet(pre(x[:2]), torch.tensor([0, 1]), pre, meta)
     save_distilled(ds, tmp_path / "set.safetensors")
     stored = load_file(tmp_path / "set.safetensors")
-    assert stored["pre_whiten_upper"].dtype == torch.float16 and stored["pre_whiten_upper"].shape == (48 * 49 // 2,)
-    assert "pre_whiten" not in stored and "pre_unwhiten" not in stored
+    packed = stored["pre_whiten_upper_float16_zlib"]
+    assert packed.dtype == torch.uint8 and "pre_whiten" not in stored and "pre_unwhiten" not in stored
+    rows, cols = torch.triu_indices(48, 48)
+    assert torch.equal(preprocess.unpack_floats(packed, torch.float16, 48 * 49 // 2), pre.whiten[rows, cols].half())
     back = load_distilled(tmp_path / "set.safetensors")
     assert back.preprocessing.unwhiten is None  # derived on first use
+    assert torch.equal(back.preprocessing.whiten, pre.whiten)  # no loss
     assert torch.equal(back.transform(x), pre(x))  # the run's transform, bit for bit
     assert torch.equal(back.preprocessing.to_unit(ds.images), pre.to_unit(ds.images))
-    # A file of the earlier format (both float32 matrices, no "form") loads and transforms with them.
-    exact_pair = {"pre_whiten": pre.whiten + 1e-3, "pre_unwhiten": torch.linalg.inv(pre.whiten + 1e-3).contiguous()}
-    monkeypatch.setattr(
-        Preprocessing,
-        "tensors",
-        lambda self: {"pre_mean": self.mean, "pre_std": self.std, "pre_zca_mean": self.zca_mean, **exact_pair},
-    )
-    monkeypatch.setattr(Preprocessing, "params", lambda self: {"kind": "zca", "zca_reg": 0.1})
-    save_distilled(ds, tmp_path / "old.safetensors")
-    monkeypatch.undo()
-    old = load_distilled(tmp_path / "old.safetensors")
-    assert torch.equal(old.preprocessing.whiten, exact_pair["pre_whiten"])
-    assert torch.equal(old.preprocessing.unwhiten, exact_pair["pre_unwhiten"])
-    # Re-saved, its W (not float16 values) keeps float32: the same transform, bit for bit.
+    # The files of earlier formats load: the plain triangle ("upper"), and both float32 matrices (no "form").
+    for old_tensors, old_params in (
+        ({"pre_whiten_upper": pre.whiten[rows, cols].half()}, {"kind": "zca", "zca_reg": 0.1, "form": "upper"}),
+        (
+            {"pre_whiten": pre.whiten + 1e-3, "pre_unwhiten": torch.linalg.inv(pre.whiten + 1e-3).contiguous()},
+            {"kind": "zca", "zca_reg": 0.1},
+        ),
+    ):
+        monkeypatch.setattr(
+            Preprocessing,
+            "tensors",
+            lambda self, t=old_tensors: {
+                "pre_mean": self.mean,
+                "pre_std": self.std,
+                "pre_zca_mean": self.zca_mean,
+                **t,
+            },
+        )
+        monkeypatch.setattr(Preprocessing, "params", lambda self, p=old_params: p)
+        save_distilled(ds, tmp_path / "old.safetensors")
+        monkeypatch.undo()
+        old = load_distilled(tmp_path / "old.safetensors")
+        if "pre_unwhiten" in old_tensors:
+            assert torch.equal(old.preprocessing.whiten, old_tensors["pre_whiten"])
+            assert torch.equal(old.preprocessing.unwhiten, old_tensors["pre_unwhiten"])
+        else:
+            assert torch.equal(old.transform(x), pre(x))
+    # Re-saved, the oldest file's W (not float16 values) keeps float32: the same transform, bit for bit.
     save_distilled(old, tmp_path / "resaved.safetensors")
-    assert load_file(tmp_path / "resaved.safetensors")["pre_whiten_upper"].dtype == torch.float32
+    assert "pre_whiten_upper_float32_zlib" in load_file(tmp_path / "resaved.safetensors")
     resaved = load_distilled(tmp_path / "resaved.safetensors")
+    assert torch.equal(resaved.preprocessing.whiten, old.preprocessing.whiten)
     assert torch.equal(resaved.transform(x), old.transform(x))
-    # A triangle of the wrong length is a clear error.
-    stored["pre_whiten_upper"] = stored["pre_whiten_upper"][:-1]
+    # A damaged, truncated or wrong-sized stream, and a plain triangle of the wrong length, are clear errors.
+    flipped = packed.clone()
+    flipped[len(flipped) // 2] ^= 0xFF
+    for bad, match in ((flipped, "corrupt|wrong number"), (packed[:-9], "corrupt|wrong number")):
+        with pytest.raises(FrepoError, match=match):
+            Preprocessing.from_tensors(pre.params(), {**stored, "pre_whiten_upper_float16_zlib": bad})
+    small = preprocess.pack_floats(pre.whiten[rows, cols][:-1].half())
+    with pytest.raises(FrepoError, match="wrong number of values"):
+        Preprocessing.from_tensors(pre.params(), {**stored, "pre_whiten_upper_float16_zlib": small})
     with pytest.raises(FrepoError, match="not the upper triangle"):
-        Preprocessing.from_tensors(pre.params(), stored)
+        Preprocessing.from_tensors(
+            {"kind": "zca", "zca_reg": 0.1, "form": "upper"},
+            {**stored, "pre_whiten_upper": pre.whiten[rows, cols][:-1]},
+        )
 
 
 def test_serialisation_round_trip_and_cache(tmp_path):

@@ -23,7 +23,7 @@ import torch
 from ..base.atomic import atomic_save_safetensors
 from ..base.errors import FrepoError
 from ..base.version import __version__
-from ..data.preprocess import KINDS, Preprocessing, upper_size
+from ..data.preprocess import KINDS, PACKED, Preprocessing, unpack_upper, upper_size
 from ..method.krr import centered_one_hot, label_scale
 
 FORMAT_VERSION = 1
@@ -266,7 +266,11 @@ def _check_content(tensors: dict[str, torch.Tensor], meta: SetMeta, where: str) 
             if not _is(stride, int) or stride < 1 or h % stride or w % stride:
                 raise FrepoError(f"{where}: block ZCA stride {stride!r} does not divide the images {meta.image_shape}")
             d_matrix = d // stride**2
-        if meta.preprocessing.get("form") == "upper":  # W's upper triangle (W⁻¹ derived on load)
+        if meta.preprocessing.get("form") == PACKED:  # W's packed upper triangle (W⁻¹ derived on load)
+            expected.update(pre_zca_mean=(d,))
+            tensors = {**tensors, "pre_whiten_upper": unpack_upper(tensors, d_matrix)}  # checked below
+            expected.update(pre_whiten_upper=(upper_size(d_matrix),))
+        elif meta.preprocessing.get("form") == "upper":  # W's upper triangle (W⁻¹ derived on load)
             expected.update(pre_zca_mean=(d,), pre_whiten_upper=(upper_size(d_matrix),))
         else:
             expected.update(pre_zca_mean=(d,), pre_whiten=(d_matrix, d_matrix), pre_unwhiten=(d_matrix, d_matrix))
