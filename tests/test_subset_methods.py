@@ -77,3 +77,49 @@ def test_bad_subset_options(blobs):
         make_subset(data, 1, "herding", feature_steps=-1)
     with pytest.raises(FrepoError, match="fewer than ipc=40"):
         make_subset(data, 40, "kcenter", feature_steps=0, feature_width=4)
+
+
+@pytest.mark.parametrize("method", ["random", "herding", "kcenter"])
+def test_a_streamed_split_selects_the_same_images_without_materialising_it(blobs, method, monkeypatch):
+    """`--stream on` (auto for an ImageNet-sized split): the split stays uint8 and is preprocessed a batch at a
+    time, the features one class at a time; the choice is the in-memory one (standardisation is elementwise,
+    so the batches hold the very same values)."""
+    from frepo.data import PreparedData
+
+    kwargs = dict(seed=1, feature_steps=3, feature_width=8, device="cpu")
+    in_memory = make_subset(DataConfig(dataset=str(blobs), val_size=9, stream="off"), 3, method, **kwargs)
+
+    def refuse(self, channels_last=False):
+        raise AssertionError("the whole split was preprocessed into memory")
+
+    monkeypatch.setattr(PreparedData, "train", refuse)
+    streamed = make_subset(DataConfig(dataset=str(blobs), val_size=9, stream="on"), 3, method, **kwargs)
+    assert torch.equal(streamed.images, in_memory.images) and torch.equal(streamed.labels, in_memory.labels)
+
+
+def test_large_holdout_and_test_splits_are_streamed_and_score_the_same(blobs, monkeypatch):
+    """Past STREAM_AUTO_BYTES the hold-out and the test split are read a batch at a time (`split_view`), and
+    evaluating on them gives the in-memory accuracies."""
+    import frepo
+    import frepo.data as data_module
+    import frepo.jobs.evaluate as evaluate_module
+    from frepo.data import StreamingImages
+
+    data = DataConfig(dataset=str(blobs), val_size=9)
+    ds = make_subset(data, 2, "random", seed=0)
+    before = [frepo.evaluate(ds, split=split, models=2, steps=20, width=8).accuracies for split in ("test", "val")]
+    val_x, _ = prepare(data).val()
+    assert isinstance(val_x, torch.Tensor)
+    monkeypatch.setattr(data_module, "STREAM_AUTO_BYTES", 0)
+    monkeypatch.setattr(evaluate_module, "STREAM_AUTO_BYTES", 0)
+    prepared = prepare(data)
+    (val_x, val_y), (test_x, _) = prepared.val(), prepared.test()
+    assert isinstance(val_x, StreamingImages) and isinstance(test_x, StreamingImages)
+    assert torch.equal(val_x[2:7], prepared.preprocessing(prepared.raw.x_train[prepared.val_idx[2:7]]))
+    assert len(val_x) == len(val_y) == 9 and tuple(test_x.shape[1:]) == (1, 8, 8)
+    seen = []
+    view = evaluate_module.split_view
+    monkeypatch.setattr(evaluate_module, "split_view", lambda *args: seen.append(view(*args)) or seen[-1])
+    after = [frepo.evaluate(ds, split=split, models=2, steps=20, width=8).accuracies for split in ("test", "val")]
+    assert len(seen) == 2 and all(isinstance(x, StreamingImages) for x in seen)  # evaluate streamed both
+    assert after == before

@@ -13,7 +13,7 @@ from ..config import STREAM_AUTO_BYTES, DataConfig
 from .preprocess import Preprocessing, Rows, cached_preprocessing, fit_preprocessing, resolve_kind
 from .registry import BUILTIN, RawDataset, default_data_dir, load_dataset
 from .splits import default_val_size, holdout_split
-from .stream import StreamingImages
+from .stream import StreamingImages, split_view
 
 __all__ = [
     "BUILTIN",
@@ -53,11 +53,14 @@ class PreparedData:
         stream = StreamingImages(self.raw.x_train, self.train_idx, self.preprocessing, channels_last)
         return stream, torch.from_numpy(np.asarray(self.raw.y_train[self.train_idx]))
 
-    def val(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.preprocessing(self.raw.x_train[self.val_idx]), torch.from_numpy(self.raw.y_train[self.val_idx])
+    def val(self) -> tuple[torch.Tensor | StreamingImages, torch.Tensor]:
+        """The hold-out, preprocessed whole, or a batch at a time when it would pass STREAM_AUTO_BYTES."""
+        images = split_view(self.raw.x_train, self.val_idx, self.preprocessing, STREAM_AUTO_BYTES)
+        return images, torch.from_numpy(np.asarray(self.raw.y_train[self.val_idx]))
 
-    def test(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.preprocessing(self.raw.x_test), torch.from_numpy(self.raw.y_test)
+    def test(self) -> tuple[torch.Tensor | StreamingImages, torch.Tensor]:
+        images = split_view(self.raw.x_test, np.arange(len(self.raw.x_test)), self.preprocessing, STREAM_AUTO_BYTES)
+        return images, torch.from_numpy(np.asarray(self.raw.y_test))
 
 
 def prepare(cfg: DataConfig, device: torch.device | None = None) -> PreparedData:

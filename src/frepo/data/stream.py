@@ -26,10 +26,38 @@ class StreamingImages:
     def __len__(self) -> int:
         return len(self.idx)
 
-    def __getitem__(self, batch_idx: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """(B,) positions in 0..N-1 -> float32 B×C×H×W, in the order given."""
+    @property
+    def device(self) -> torch.device:
+        """Where a gathered batch lands: the host."""
+        return torch.device("cpu")
+
+    def subset(self, positions: torch.Tensor | np.ndarray) -> StreamingImages:
+        """The rows at `positions` (0..N-1), still unread."""
+        rows = self.idx[np.asarray(torch.as_tensor(positions).cpu(), dtype=np.int64)]
+        return StreamingImages(self.images, rows, self.preprocessing, self.channels_last)
+
+    def __getitem__(self, batch_idx: slice | torch.Tensor | np.ndarray) -> torch.Tensor:
+        """(B,) positions in 0..N-1, or a slice of them -> float32 B×C×H×W, in the order given."""
+        if isinstance(batch_idx, slice):
+            batch_idx = np.arange(len(self.idx))[batch_idx]
         rows = self.idx[np.asarray(torch.as_tensor(batch_idx).cpu(), dtype=np.int64)]
         order = np.argsort(rows, kind="stable")  # read the file front to back
         gathered = np.empty((len(rows), *self.images.shape[1:]), dtype=np.uint8)
         gathered[order] = self.images[rows[order]]
         return self.preprocessing(gathered, channels_last=self.channels_last)
+
+
+def large(rows: int, image_shape: tuple[int, ...], limit: int) -> bool:
+    """Whether `rows` images of `image_shape` would take more than `limit` bytes as float32."""
+    return rows * int(np.prod(image_shape)) * 4 > limit
+
+
+def split_view(
+    images: np.ndarray, idx: np.ndarray, preprocessing: Preprocessing, limit: int
+) -> StreamingImages | torch.Tensor:
+    """`images[idx]` in the preprocessed space: a float32 tensor when it fits in `limit` bytes (as every split
+    of the CIFARs does, bit for bit as before), else a `StreamingImages` view preprocessed a batch at a time
+    (the hold-out or test split of an ImageNet-sized dataset: memory O(batch))."""
+    if large(len(idx), images.shape[1:], limit):
+        return StreamingImages(images, idx, preprocessing)
+    return preprocessing(images[idx] if len(idx) != len(images) else images)

@@ -14,13 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..base.errors import FrepoError
 from ..base.fields import check_choices, leaf_fields, opt, set_leaf
+from ..config import STREAM_AUTO_BYTES
 from ..data import RawDataset, load_dataset
 from ..data.recipes import CLAIMS
 from ..data.splits import holdout_split
+from ..data.stream import split_view
 from ..eval import EvalConfig, EvalResult, evaluate_set
 from ..io.artifact import DistilledSet
 
@@ -97,11 +100,13 @@ def eval_split(ds: DistilledSet, raw: RawDataset, split: str) -> tuple[torch.Ten
                 "with; numbers may not be comparable",
                 stacklevel=3,
             )
-        return ds.transform(raw.x_test), torch.from_numpy(raw.y_test)
+        everything = np.arange(len(raw.x_test))
+        return split_view(raw.x_test, everything, ds.preprocessing, STREAM_AUTO_BYTES), torch.from_numpy(raw.y_test)
     _, val_idx = holdout_split(raw.y_train, int(ds.meta.get("val_size") or 0))
     if len(val_idx) == 0:
         raise FrepoError("the set was made without a validation hold-out (val_size 0)")
-    return ds.transform(raw.x_train[val_idx]), torch.from_numpy(raw.y_train[val_idx])
+    images = split_view(raw.x_train, val_idx, ds.preprocessing, STREAM_AUTO_BYTES)
+    return images, torch.from_numpy(np.asarray(raw.y_train[val_idx]))
 
 
 def evaluate_archs(

@@ -25,16 +25,21 @@ from ..base.errors import FrepoError
 from ..base.fields import to_dict
 from ..base.rng import generator
 from ..config import DataConfig
-from ..data import prepare
+from ..data import StreamingImages, prepare
 from ..eval.training import NetworkUpdate, Schedule, train
 from ..io.artifact import DistilledSet
-from ..method.synthetic import init_from_real
+from ..method.synthetic import pick_real
 from ..models import build_model, embed_batched
 
 METHODS = ("random", "herding", "kcenter")
 FEATURE_STEPS = 300
 FEATURE_BATCH = 256
 FEATURE_LR = 1e-3
+
+
+def _rows(images: torch.Tensor | StreamingImages, positions: torch.Tensor) -> torch.Tensor | StreamingImages:
+    """The images at `positions`: copied from a tensor, or a still-unread view of a stream."""
+    return images.subset(positions) if isinstance(images, StreamingImages) else images[positions]
 
 
 def _first_min(values: torch.Tensor) -> int:
@@ -119,11 +124,14 @@ def make_subset(
     data.validate()
     prepared = prepare(data)
     raw = prepared.raw
-    x_train, y_train = prepared.train()
+    # An ImageNet-sized split stays uint8 (memory-mapped) and is preprocessed a batch at a time; the
+    # CIFARs are preprocessed whole, as before (the same rule and flag as distillation's).
+    x_train, y_train = prepared.train_stream() if prepared.streams(data.stream) else prepared.train()
     classes = data.class_ids(raw.num_classes)  # every class, or a continual-learning task's
     config = {"data": to_dict(data), "ipc": ipc, "method": method, "seed": seed}
     if method == "random":
-        images, labels = init_from_real(x_train, y_train, classes, ipc, generator(seed, "init"))
+        idx = pick_real(y_train, classes, ipc, generator(seed, "init"))  # init_from_real's very draws
+        images, labels = x_train[idx].clone(), y_train[idx].clone()
     else:
         for c in classes:
             count = int((y_train == c).sum())
@@ -139,11 +147,11 @@ def make_subset(
             device=dev,
             width=feature_width,
         )
-        features = embed_batched(net, x_train, dev).cpu()
         chosen = []
-        for c in classes:
+        for c in classes:  # one class's features at a time: memory O(class), not O(split)
             members = torch.nonzero(y_train == c).flatten()
-            chosen.append(members[SELECTORS[method](features[members], ipc)])
+            features = embed_batched(net, _rows(x_train, members), dev).cpu()
+            chosen.append(members[SELECTORS[method](features, ipc)])
         idx = torch.cat(chosen)
         images, labels = x_train[idx].clone(), y_train[idx].clone()
         config.update(feature_steps=feature_steps, feature_width=feature_width, feature_batch=FEATURE_BATCH)

@@ -19,14 +19,20 @@ def init_from_real(
     images: N×C×H×W preprocessed; labels: (N,) int. Returns (ipc·K×C×H×W images, (ipc·K,) labels) for
     K = len(classes).
     """
+    idx = pick_real(labels, classes, ipc, generator)
+    return images[idx].clone(), labels[idx].clone()
+
+
+def pick_real(labels: torch.Tensor, classes: Sequence[int], ipc: int, generator: torch.Generator) -> torch.Tensor:
+    """The positions (ipc·K,) `init_from_real` picks in labels (N,): `ipc` random members of each class, in
+    class-major order, seeded (so a streamed split gathers just those rows)."""
     chosen = []
     for c in classes:
         members = torch.nonzero(labels == c).flatten()
         if len(members) < ipc:
             raise FrepoError(f"class {c} has {len(members)} training images, fewer than ipc={ipc}")
         chosen.append(members[torch.randperm(len(members), generator=generator)[:ipc]])
-    idx = torch.cat(chosen)
-    return images[idx].clone(), labels[idx].clone()
+    return torch.cat(chosen)
 
 
 class SyntheticSet(nn.Module):
