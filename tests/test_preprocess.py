@@ -258,3 +258,15 @@ def test_block_zca_matches_an_independent_float64_computation(monkeypatch):
     np.testing.assert_allclose(pre.to_unit(pre(images)).permute(0, 2, 3, 1).numpy(), images / 255.0, atol=1e-4)
     back = Preprocessing.from_tensors(pre.params(), pre.tensors())
     assert torch.equal(back(images), pre(images))
+
+
+def test_channel_stats_are_the_float64_mean_and_std_of_the_pixels():
+    """From exact per-channel histograms: numpy's float64 mean and population std of the [0, 1] pixels,
+    to float32 rounding; a row count past the 4096-row chunk is covered."""
+    x = np.random.default_rng(3).integers(0, 256, size=(4100, 5, 4, 3), dtype=np.uint8)
+    x[:, :, :, 1] //= 3  # the channels differ
+    mean, std = preprocess.channel_stats(x)
+    pixels = x.astype(np.float64) / 255.0
+    np.testing.assert_allclose(mean.numpy(), pixels.mean(axis=(0, 1, 2)), rtol=2**-23, atol=0)
+    np.testing.assert_allclose(std.numpy(), pixels.std(axis=(0, 1, 2)), rtol=2**-22, atol=0)
+    assert mean.dtype == torch.float32 and mean.shape == (3,)

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ..base.errors import FrepoError
 from ..base.log import messages_shown
+from .cache import release
 
 KINDS = ("none", "standard", "zca", "zca_block")
 # Full-image ZCA needs a D×D matrix: 12288 dims (64×64×3) is the largest the reference whitens whole.
@@ -269,19 +270,22 @@ def resolve_kind(requested: str, image_shape: tuple[int, int, int]) -> str:
 
 
 def channel_stats(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and (population) std, float32 (C,), of uint8 N×H×W×C images as pixels in [0, 1];
-    float64 sums over all pixels, in chunks."""
+    """Per-channel mean and (population) std, float32 (C,), of uint8 N×H×W×C images as pixels in [0, 1]:
+    from each channel's exact histogram of the 256 values (integer counts, in chunks of rows), so memory
+    is one chunk's, not float copies of it (ImageNet: float64 chunks took 6 GB with the allocator's slack)
+    and the sums are exact (the float32 results equal the earlier float64 sums' on CIFAR-10, MNIST and
+    Fashion-MNIST, bit for bit)."""
     n, h, w, c = images.shape
-    total = torch.zeros(c, dtype=torch.float64)
-    total_sq = torch.zeros(c, dtype=torch.float64)
-    for start in range(0, n, 8192):  # chunks of uint8 rows: a memory-mapped split is never read whole
-        chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + 8192])).double().div_(255.0)
-        total += chunk.sum(dim=(0, 1, 2))
-        total_sq += chunk.square().sum(dim=(0, 1, 2))
+    counts = np.zeros((c, 256), dtype=np.int64)
+    for start in range(0, n, 4096):  # chunks of uint8 rows: a memory-mapped split is never read whole
+        block = np.ascontiguousarray(images[start : start + 4096]).reshape(-1, c)
+        for channel in range(c):
+            counts[channel] += np.bincount(block[:, channel], minlength=256)
+    values = np.arange(256, dtype=np.float64) / 255.0
     count = n * h * w
-    mean = total / count
-    std = (total_sq / count - mean.square()).clamp_min(1e-12).sqrt()
-    return mean.float(), std.float()
+    mean = counts @ values / count
+    std = np.sqrt(np.maximum(counts @ (values * values) / count - mean * mean, 1e-12))
+    return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
 
 
 def mean_covariance(
@@ -435,7 +439,9 @@ class Rows:
         return len(self.idx)
 
     def __getitem__(self, rows: slice) -> np.ndarray:
-        return self.images[self.idx[rows]]
+        chunk = self.images[self.idx[rows]]  # a copy (fancy indexing)
+        release(self.images)  # a pass over a memory-mapped split keeps O(chunk) of it resident
+        return chunk
 
 
 # The cache's format: 2 since dense whitenings are rounded to float16 values (`as_stored`); entries of an

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..base.errors import FrepoError
+from .cache import release
 from .layouts import LAYOUTS, read_layout
 
 # name -> (torchvision class, whether horizontal flips preserve the class). Flip-sensitive
@@ -62,6 +63,7 @@ class RawDataset:
         digest = hashlib.sha256()
         for start in range(0, len(self.x_test), 8192):  # in chunks: a memory-mapped split is not copied whole
             digest.update(np.ascontiguousarray(self.x_test[start : start + 8192]).tobytes())
+            release(self.x_test)
         digest.update(np.ascontiguousarray(self.y_test).astype(np.int64).tobytes())
         return digest.hexdigest()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .cache import release
 from .preprocess import Preprocessing
 
 
@@ -44,6 +45,7 @@ class StreamingImages:
         order = np.argsort(rows, kind="stable")  # read the file front to back
         gathered = np.empty((len(rows), *self.images.shape[1:]), dtype=np.uint8)
         gathered[order] = self.images[rows[order]]
+        release(self.images)  # a long run's random rows do not pile up in its resident set
         return self.preprocessing(gathered, channels_last=self.channels_last)
 
 

@@ -143,7 +143,7 @@ def _write_pt(ds: DistilledSet, images: torch.Tensor, labels: torch.Tensor, out:
     hard = ds.class_ids().long().clone()  # its own storage: class-id labels would share it
     atomic_torch_save(images.clone(), out / "images.pt")
     atomic_torch_save(labels.clone(), out / "labels.pt")
-    atomic_torch_save(hard.clone(), out / "hard_labels.pt")
+    atomic_torch_save(hard, out / "hard_labels.pt")
     atomic_torch_save(lr, out / "lr.pt")
     atomic_save_safetensors(
         {"images": images.contiguous(), "labels": labels.contiguous(), "hard_labels": hard, "lr": lr.reshape(1)},
