@@ -27,6 +27,8 @@ What the harness does instead of `compute_metrics`, because ddranking 0.2.0 cann
     attribute that does not exist); the teacher is ConvNet-3 trained with DD-Ranking's CIFAR real-data
     recipe (SGD 0.01, momentum 0.9, wd 5e-4, batch 512, step schedule at half) for `--teacher-epochs`, in
     the soft metric's space, saved where DD-Ranking looks (WORK/teacher_models/<DATASET>/ConvNet-3);
+  - the random subsets' class map also takes tensor labels (with `use_zca` 0.2.0's training split yields
+    them, and `get_random_data_tensors` looks them up in an int-keyed dict);
   - CIFAR files: torchvision's integrity check is skipped for the files written from the offline copy.
 Then, as DD-Ranking defines them: IOR = acc(set) − acc(random) (soft: both with soft labels), HLR =
 full − acc(set, hard labels), LRS = (e^a − e^-1)/(e^1 − e^-1) with a = λ·IOR − (1 − λ)·HLR, λ = 0.5.
@@ -99,6 +101,13 @@ def load_export(path: Path, space: str, work: Path) -> tuple[dict, torch.Tensor,
         raise SystemExit(f"{path}: a pt export is needed, this is {manifest.get('layout')}")
     load = lambda name: torch.load(path / name, map_location="cpu")  # noqa: E731
     return manifest, load("images.pt"), load("labels.pt"), load("hard_labels.pt"), float(load("lr.pt"))
+
+
+class IntKeys(dict):
+    """DD-Ranking's class map, also for tensor keys (its ZCA'd training split yields tensor labels)."""
+
+    def __getitem__(self, key):
+        return super().__getitem__(int(key))
 
 
 def mean_std(values: list[float | None]) -> dict:
@@ -245,7 +254,7 @@ def main() -> None:
             scorer.dst_train,
             scorer.class_to_indices,
             args.ipc,
-            scorer.class_map,
+            IntKeys(scorer.class_map),
             i,
             str(args.work / "random_data" / f"{dd_name}_IPC{args.ipc}" / f"iter{i}"),
         )

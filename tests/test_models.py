@@ -159,3 +159,10 @@ def test_a_name_registers_once():
     with pytest.raises(ValueError, match="architecture 'conv' is registered twice"):
         register_model("conv", "another conv")(lambda spec, *, generator: None)
     assert ARCHS["conv"] == "FRePo Conv, no norm (the frepo protocol's network)"  # untouched
+
+
+def test_inference_batches_shrink_with_the_image_so_activations_stay_bounded():
+    from frepo.models import inference_batch
+
+    sizes = {8: 1000, 28: 1000, 32: 1000, 64: 250, 128: 62}
+    assert {s: inference_batch(torch.zeros(1, 3, s, s)) for s in sizes} == sizes

@@ -16,6 +16,7 @@ import torch
 
 from ..io.artifact import DistilledSet, class_ids_of, regression_targets
 from ..method.optim import warmup_cosine
+from ..models import inference_batch
 from .training import Schedule
 
 # The reference evaluation (frepo protocol) trains on batches of min(N, REFERENCE_BATCH) images, in order.
@@ -80,11 +81,17 @@ class Protocol:
 
 @torch.no_grad()
 def accuracy(
-    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device, batch: int = 1000
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    batch: int | None = None,
 ) -> float:
     """Percent of images whose argmax prediction equals the label (images M×C×H×W, labels (M,), on any
-    device: each batch goes to `device`). Counted on the device, read once at the end."""
+    device: each batch, `inference_batch` images by default, goes to `device`). Counted on the device,
+    read once at the end."""
     model.eval()
+    batch = batch or inference_batch(images)
     correct = torch.zeros((), dtype=torch.long, device=device)
     for start in range(0, len(images), batch):
         x = images[start : start + batch].to(device, non_blocking=True)

@@ -20,7 +20,7 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 
 from ..method.krr import mse_loss
 from ..method.optim import optax_adam, set_lr
-from ..models import build_model
+from ..models import build_model, inference_batch
 from .augment import random_op
 from .protocol import REFERENCE_BATCH, reference_schedule
 from .training import train
@@ -51,10 +51,11 @@ class Stacked:
         self.grads = vmap(grad(loss), in_dims=(0, 0, None))  # targets shared: the same batch indices
 
     @torch.no_grad()
-    def accuracies(self, images: torch.Tensor, labels: torch.Tensor, device: torch.device, batch: int = 1000):
-        """Percent correct of each network on images M×C×H×W with class ids (M,) (any device: each batch
-        goes to `device`). Counted on the device, read once at the end."""
+    def accuracies(self, images: torch.Tensor, labels: torch.Tensor, device: torch.device, batch: int | None = None):
+        """Percent correct of each network on images M×C×H×W with class ids (M,) (any device: each batch,
+        `inference_batch` images by default, goes to `device`). Counted on the device, read once at the end."""
         self.template.eval()
+        batch = batch or inference_batch(images)
         correct = torch.zeros(self.n, dtype=torch.long, device=device)
         for start in range(0, len(images), batch):
             logits = self.forward_shared(self.params, images[start : start + batch].to(device))

@@ -32,6 +32,7 @@ __all__ = [
     "check_arch",
     "conv_arch",
     "embed_batched",
+    "inference_batch",
     "eval_layout",
     "init_flax_defaults_",
     "init_torch_defaults_",
@@ -47,8 +48,18 @@ def eval_layout(images: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if min(images.shape[-2:]) >= 16 else torch.contiguous_format
 
 
+def inference_batch(images: torch.Tensor, base: int = 1000) -> int:
+    """Images per forward batch when networks only infer: `base` up to 32×32, fewer for larger images so that
+    a batch's activations stay those of `base` CIFAR images (64×64: 250, 128×128: 62). At 64×64 a batch of
+    1000 made 8 GB of activations on a CPU (frepo evaluate on ImageNet 64's test split)."""
+    h, w = images.shape[-2:]
+    return max(1, base * 1024 // max(h * w, 1024))
+
+
 @torch.no_grad()
-def embed_batched(model: nn.Module, x: torch.Tensor, device: torch.device, batch: int = 1000) -> torch.Tensor:
-    """Features of x (N×C×H×W, any device) in eval mode -> N×D on `device`."""
+def embed_batched(model: nn.Module, x: torch.Tensor, device: torch.device, batch: int | None = None) -> torch.Tensor:
+    """Features of x (N×C×H×W, any device) in eval mode -> N×D on `device`, `batch` images (default
+    `inference_batch`) at a time."""
     model.eval()
+    batch = batch or inference_batch(x)
     return torch.cat([model.embed(x[s : s + batch].to(device)) for s in range(0, len(x), batch)])

@@ -16,7 +16,7 @@ from torch import nn
 from ...base.fields import check_finite, opt
 from ...base.rng import generator
 from ...method.krr import krr_weights
-from ...models import build_model, embed_batched
+from ...models import build_model, embed_batched, inference_batch
 from ..protocol import EvalSetup, Plan, Protocol
 
 KRR_REG = 1e-6
@@ -41,7 +41,7 @@ def krr_accuracy(
     device: torch.device,
     use_flip: bool = False,
     reg: float = KRR_REG,
-    batch: int = 1000,
+    batch: int | None = None,
 ) -> float:
     """Percent of eval images classified correctly by KRR on `model`'s features.
 
@@ -50,6 +50,7 @@ def krr_accuracy(
     """
     if use_flip:
         support_x, support_y = torch.cat([support_x, support_x.flip(-1)]), torch.cat([support_y, support_y])
+    batch = batch or inference_batch(eval_x)
     weights = krr_weights(embed_batched(model, support_x, device, batch), support_y.to(device).float(), reg)
     correct = torch.zeros((), dtype=torch.long, device=device)  # counted on the device, read once
     for start in range(0, len(eval_x), batch):
