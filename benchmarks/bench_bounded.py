@@ -1,7 +1,7 @@
 """Peak memory of frepo's commands on an ImageNet-sized dataset: subset (random, herding, k-center),
 evaluate on the test split and on the hold-out, and a distillation's validation on its hold-out.
 
-    python benchmarks/bench_bounded.py --root DIR [--cache DIR] [--json OUT] [--only NAME,...]
+    python benchmarks/bench_bounded.py --root DIR [--json OUT] [--only "NAME;NAME..."]
 
 The dataset: the `imagenet64` layout (ImageNet-1K at 64×64: 1 281 167 training and 50 000 test images,
 1000 classes) under DIR, its images random uint8 (the memory of these commands does not depend on the
@@ -151,7 +151,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", type=Path, help="where the layout is written")
     p.add_argument("--json", type=Path)
-    p.add_argument("--only", help="comma-separated names of the commands to run")
+    p.add_argument("--only", help="names of the commands to run, separated by semicolons")
     p.add_argument("--run", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.run:
@@ -163,7 +163,7 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     rows = []
     for name, argv, images in commands(args.root, out):
-        if args.only and name not in args.only.split(","):
+        if args.only and name not in args.only.split(";"):
             continue
         done = subprocess.run([sys.executable, __file__, "--run", *argv], capture_output=True, text=True)
         last = (done.stdout.strip().splitlines() or ["{}"])[-1]
