@@ -26,29 +26,29 @@ from ..base.errors import FrepoError
 FORMAT = 1
 
 
+def _advise(array: np.ndarray, advice: str) -> None:
+    """madvise(`advice`, a name in `mmap`) on a memory-mapped array's mapping, where the OS has it; an
+    in-memory array, or a refusal, is left alone (the advice only tunes paging)."""
+    mapping = getattr(array, "_mmap", None)
+    if mapping is not None and hasattr(mmap, advice):
+        try:
+            mapping.madvise(getattr(mmap, advice))
+        except (OSError, ValueError):
+            pass
+
+
 def advise_random(array: np.ndarray) -> np.ndarray:
     """Tell the kernel that a memory-mapped array is read at random rows (real batches): no readahead
     around each row, so a batch of 256 rows reads ~256 rows from a cold disk, not 256 × 128 KB."""
-    mapping = getattr(array, "_mmap", None)
-    if mapping is not None and hasattr(mmap, "MADV_RANDOM"):
-        try:
-            mapping.madvise(mmap.MADV_RANDOM)
-        except (OSError, ValueError):
-            pass
+    _advise(array, "MADV_RANDOM")
     return array
 
 
 def release(array: np.ndarray) -> None:
     """Drop the pages of a memory-mapped array from this process's resident set once a chunk has been copied
     out: they stay in the page cache (a later read is a minor fault, or a disk read if the kernel needed the
-    memory), but a pass over a 15.7 GB split no longer shows as 15.7 GB of the process's RSS. Anything else
-    (an in-memory array) is left alone."""
-    mapping = getattr(array, "_mmap", None)
-    if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
-        try:
-            mapping.madvise(mmap.MADV_DONTNEED)
-        except (OSError, ValueError):
-            pass
+    memory), but a pass over a 15.7 GB split no longer shows as 15.7 GB of the process's RSS."""
+    _advise(array, "MADV_DONTNEED")
 
 
 def signature(files: list[Path]) -> dict:
