@@ -28,6 +28,11 @@ KINDS = ("none", "standard", "zca", "zca_block")
 # Larger images (ImageNette, 128×128) get its "checkerboard" block ZCA: the s×s interleaved sub-images
 # (pixels (i + s·a, j + s·b) for each offset (i, j)) share one whitening matrix of ≤ 12288 dims.
 MAX_ZCA_DIMS = 64 * 64 * 3
+# A dense W of up to this many dims (CIFAR's 3072) holds float16 values: its packed triangle is ≤ 8.2 MB.
+# A larger one (64×64: a 151 MB float16 triangle) holds multiples of a step chosen for a relative error of
+# QUANTISED_TOLERANCE in operator norm (`quantisation_step`), whose integers pack to far fewer bytes.
+FLOAT16_MAX_DIMS = 4096
+QUANTISED_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -44,6 +49,8 @@ class Preprocessing:
     # W = I + B diag(scale - 1) Bᵀ and W⁻¹ = I + B diag(1/scale - 1) Bᵀ, B orthonormal; whiten/unwhiten None.
     basis: torch.Tensor | None = None  # (D, r), r < D
     scale: torch.Tensor | None = None  # (r,) the whitening's scale of each basis direction
+    # A dense W above FLOAT16_MAX_DIMS holds multiples of this power of two (`as_stored`); None: float16 values.
+    whiten_step: float | None = None
 
     # ---- apply / invert -------------------------------------------------------------------
     def __call__(
@@ -116,7 +123,7 @@ class Preprocessing:
         """The dense W⁻¹: held, or derived from W (symmetric positive definite) on first use, as for a file
         that stores W alone (`as_stored`)."""
         if self.unwhiten is None:
-            self.unwhiten = as_stored(self.whiten)[1]
+            self.unwhiten = inverse_of(self.whiten)
         return self.unwhiten
 
     @staticmethod
@@ -127,10 +134,12 @@ class Preprocessing:
     # ---- serialisation ----------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
         """What a file stores. A dense W (a ZCA fitted on at least as many images as dimensions, and block
-        ZCA) as its upper triangle, W⁻¹ derived on load: in float16 when W holds float16 values, as every
-        fit now does (`as_stored`), in float32 otherwise (an earlier file's exact W, re-saved), so a file
-        transforms as the set's run did, bit for bit; then packed without loss (`pack_floats`). CIFAR-10:
-        8.2 MB, where the float16 triangle is 9.4 MB and the two float32 matrices of old 75.5 MB."""
+        ZCA) as its upper triangle, W⁻¹ derived on load: as integer multiples of `whiten_step` (int32, with
+        the step) when W is such multiples, as fits above FLOAT16_MAX_DIMS make it; in float16 when W holds
+        float16 values, as smaller fits make it (`as_stored`); in float32 otherwise (an earlier file's exact
+        W, re-saved). So a file transforms as the set's run did, bit for bit; then packed without loss
+        (`pack_floats`). CIFAR-10: 8.2 MB, where the float16 triangle is 9.4 MB and the two float32 matrices
+        of old 75.5 MB."""
         out = {"pre_mean": self.mean.float(), "pre_std": self.std.float()}
         if self.basis is not None:
             out.update(
@@ -139,7 +148,11 @@ class Preprocessing:
         elif self.kind in ("zca", "zca_block"):
             rows, cols = torch.triu_indices(len(self.whiten), len(self.whiten))
             upper = self.whiten[rows, cols].float()
-            if torch.equal(upper.half().float(), upper):
+            step = self.whiten_step
+            if step is not None and torch.equal((upper.double() / step).round() * step, upper.double()):
+                upper = zigzag((upper.double() / step).round().long())  # exact: W holds multiples of the step
+                out["pre_whiten_step"] = torch.tensor([step], dtype=torch.float64)
+            elif torch.equal(upper.half().float(), upper):
                 upper = upper.half()  # exact: W holds float16 values
             name = f"pre_whiten_upper_{str(upper.dtype).removeprefix('torch.')}_zlib"
             out.update({"pre_zca_mean": self.zca_mean.float(), name: pack_floats(upper)})
@@ -172,6 +185,8 @@ class Preprocessing:
                 d = len(tensors["pre_zca_mean"]) // stride**2
                 upper = unpack_upper(tensors, d)
                 zca = {"zca_mean": tensors["pre_zca_mean"], "whiten": symmetric_from_upper(upper)}
+                if "pre_whiten_upper_int32_zlib" in tensors:
+                    zca["whiten_step"] = stored_step(tensors)
             elif zca_like and params.get("form") == "upper":  # files of 2026-12-04: the triangle as it is
                 zca = {"zca_mean": tensors["pre_zca_mean"], "whiten": symmetric_from_upper(tensors["pre_whiten_upper"])}
             else:  # files before the triangle: both matrices, float32
@@ -187,9 +202,10 @@ PACKED = "upper_zlib"  # the `form` of a dense W stored as its packed upper tria
 
 
 def pack_floats(values: torch.Tensor) -> torch.Tensor:
-    """1-D float16/float32 values -> uint8, without loss: the bytes grouped by significance (every value's
-    first byte, then every second byte...: the sign and exponent bytes of a smooth matrix repeat, so zlib
-    finds them) and compressed with zlib (stdlib). CIFAR-10's float16 triangle: 9.44 -> 8.19 MB."""
+    """1-D float16/float32 (or int32) values -> uint8, without loss: the bytes grouped by significance (every
+    value's first byte, then every second byte...: the sign and exponent bytes of a smooth matrix repeat, as
+    the high bytes of small integers do, so zlib finds them) and compressed with zlib (stdlib). CIFAR-10's
+    float16 triangle: 9.44 -> 8.19 MB."""
     raw = values.contiguous().view(torch.uint8).numpy().reshape(len(values), values.element_size())
     return torch.frombuffer(bytearray(zlib.compress(raw.T.tobytes(), 6)), dtype=torch.uint8)
 
@@ -197,7 +213,7 @@ def pack_floats(values: torch.Tensor) -> torch.Tensor:
 def unpack_floats(packed: torch.Tensor, dtype: torch.dtype, count: int) -> torch.Tensor:
     """Inverse of `pack_floats` for `count` values of `dtype`; a damaged or wrong-sized stream is a clear error
     (and never inflates past the expected size)."""
-    size = count * torch.finfo(dtype).bits // 8
+    size = count * torch.empty((), dtype=dtype).element_size()
     stream = zlib.decompressobj()
     try:
         raw = stream.decompress(packed.contiguous().numpy().tobytes(), size + 1)
@@ -210,14 +226,43 @@ def unpack_floats(packed: torch.Tensor, dtype: torch.dtype, count: int) -> torch
 
 
 def unpack_upper(tensors: dict[str, torch.Tensor], d: int) -> torch.Tensor:
-    """The upper triangle of a d×d W from a file's packed tensor (float16 or float32 values)."""
-    for dtype in (torch.float16, torch.float32):
+    """The upper triangle of a d×d W from a file's packed tensor: float16 or float32 values, or int32
+    multiples of the file's `pre_whiten_step` (returned as float32, exactly: the step is a power of two)."""
+    for dtype in (torch.int32, torch.float16, torch.float32):
         packed = tensors.get(f"pre_whiten_upper_{str(dtype).removeprefix('torch.')}_zlib")
         if packed is not None:
             if packed.dtype != torch.uint8 or packed.ndim != 1:
                 raise FrepoError(f"the packed ZCA matrix is {packed.dtype} {tuple(packed.shape)}, not 1-D uint8")
-            return unpack_floats(packed, dtype, upper_size(d))
+            values = unpack_floats(packed, dtype, upper_size(d))
+            return (unzigzag(values).double() * stored_step(tensors)).float() if dtype == torch.int32 else values
     raise FrepoError("preprocessing tensor 'pre_whiten_upper_float16_zlib' is missing")
+
+
+def zigzag(values: torch.Tensor) -> torch.Tensor:
+    """Integers |k| < 2³⁰ -> int32 2|k| (k ≥ 0) or 2|k| - 1 (k < 0): the sign in the lowest bit, so a small
+    negative integer's high bytes are zeros, as a small positive one's, and pack to nothing (`pack_floats`)."""
+    if values.numel() and int(values.abs().max()) >= 2**30:
+        raise FrepoError("the quantised ZCA matrix's integers exceed 2^30; its step is too small")
+    values = values.long()
+    return torch.where(values >= 0, 2 * values, -2 * values - 1).int()
+
+
+def unzigzag(values: torch.Tensor) -> torch.Tensor:
+    """Inverse of `zigzag` (int32 in, int64 out)."""
+    values = values.long()
+    return torch.where(values % 2 == 0, values // 2, -(values + 1) // 2)
+
+
+def stored_step(tensors: dict[str, torch.Tensor]) -> float:
+    """The step of a quantised W's integers: a file's `pre_whiten_step`, checked (one positive power of two)."""
+    step = tensors.get("pre_whiten_step")
+    if step is None or tuple(step.shape) != (1,) or step.dtype != torch.float64:
+        got = "missing" if step is None else f"{step.dtype} {tuple(step.shape)}"
+        raise FrepoError(f"preprocessing tensor pre_whiten_step is {got}; expected one float64 value")
+    value = float(step[0])
+    if not (np.isfinite(value) and value > 0 and np.frexp(value)[0] == 0.5):
+        raise FrepoError(f"the quantised ZCA matrix's step must be a positive power of two, got {value}")
+    return value
 
 
 def upper_size(d: int) -> int:
@@ -345,8 +390,11 @@ def fit_preprocessing(
         zca_mean, basis, scale = (t.cpu() for t in gram_whitening(images, standardise, zca_reg, device=device))
         return Preprocessing(kind, mean, std, float(zca_reg), zca_mean, basis=basis, scale=scale)
     zca_mean, cov = mean_covariance(images, standardise, stride=stride, device=device)
-    whiten, unwhiten = as_stored(whitening_matrices(cov, len(images), zca_reg)[0].cpu())
-    return Preprocessing(kind, mean, std, float(zca_reg), zca_mean.float().cpu(), whiten, unwhiten, stride)
+    exact, _, gain = whitening(cov, len(images), zca_reg)
+    step = quantisation_step(gain, len(cov)) if len(cov) > FLOAT16_MAX_DIMS else None
+    whiten, unwhiten = as_stored(exact.cpu(), step)
+    zca_mean = zca_mean.float().cpu()
+    return Preprocessing(kind, mean, std, float(zca_reg), zca_mean, whiten, unwhiten, stride, whiten_step=step)
 
 
 def whitening_matrices(cov: torch.Tensor, n: int, zca_reg: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -355,6 +403,11 @@ def whitening_matrices(cov: torch.Tensor, n: int, zca_reg: float) -> tuple[torch
     As in the reference, when there are fewer images than dimensions the eigenvalues beyond the
     n-th (which are pure regulariser) are left unscaled.
     """
+    return whitening(cov, n, zca_reg)[:2]
+
+
+def whitening(cov: torch.Tensor, n: int, zca_reg: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """`whitening_matrices`, and W's largest gain ‖W‖₂ (its spectral norm: the smallest eigenvalue's)."""
     d = cov.shape[0]
     reg = zca_reg * torch.trace(cov) / d
     evals, evecs = torch.linalg.eigh(cov + reg * torch.eye(d, dtype=cov.dtype, device=cov.device))
@@ -365,7 +418,18 @@ def whitening_matrices(cov: torch.Tensor, n: int, zca_reg: float) -> tuple[torch
         sqrt[n:] = 1.0
     whiten = (evecs * inv_sqrt) @ evecs.T
     unwhiten = (evecs * sqrt) @ evecs.T
-    return whiten.float(), unwhiten.float()
+    return whiten.float(), unwhiten.float(), float(inv_sqrt.max())
+
+
+def quantisation_step(gain: float, d: int, tolerance: float = QUANTISED_TOLERANCE) -> float:
+    """The step q whose multiples a d×d W of spectral norm `gain` is rounded to, for ‖W_q − W‖₂ ≈ tolerance·gain.
+
+    Rounding errs by at most q/2 per entry, spread evenly (variance q²/12) and independent across entries; a
+    symmetric d×d matrix of such errors has spectral norm ≈ 2·√d·q/√12 = q·√(d/3) (the semicircle law:
+    measured 1.00e-3 for q = 1e-4 on CIFAR-10's W, d = 3072, where q·√(d/3)/‖W‖₂ = 1.00e-3). q is rounded
+    down to a power of two, so W's values k·q are exact in float32 (|k| < 2²⁴) and the error stays ≤ the
+    tolerance."""
+    return float(2.0 ** np.floor(np.log2(tolerance * gain * np.sqrt(3.0 / d))))
 
 
 def _float(x: torch.Tensor) -> torch.Tensor:
@@ -373,13 +437,23 @@ def _float(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
-def as_stored(whiten: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def as_stored(whiten: torch.Tensor, step: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(W, W⁻¹) float32 for a dense symmetric positive-definite whitening W, with W rounded to float16's
-    values (what a file stores: its upper triangle in float16, `Preprocessing.tensors`) and W⁻¹ the inverse
-    of that rounded W, as a file's loader derives it: a run, its cache and its files transform alike, bit
-    for bit. The rounding (relative 2⁻¹² per entry) is measured harmless in docs/datasets.md."""
-    rounded = whiten.half().float()
-    return rounded, torch.cholesky_inverse(torch.linalg.cholesky(rounded.double())).float()
+    values, or to multiples of `step` (what a file stores: its upper triangle in float16, or as int32
+    multiples, `Preprocessing.tensors`), and W⁻¹ the inverse of that rounded W, as a file's loader derives
+    it: a run, its cache and its files transform alike, bit for bit. Both roundings (float16: relative 2⁻¹²
+    per entry; the step: `quantisation_step`) are measured in docs/datasets.md."""
+    rounded = whiten.half().float() if step is None else ((whiten.double() / step).round() * step).float()
+    return rounded, inverse_of(rounded)
+
+
+def inverse_of(whiten: torch.Tensor) -> torch.Tensor:
+    """W⁻¹ (float32) of a symmetric positive-definite W as it is, by a float64 Cholesky inverse."""
+    try:
+        factor = torch.linalg.cholesky(whiten.double())
+    except RuntimeError as exc:  # torch.linalg.LinAlgError: not positive definite (a rounding broke it)
+        raise FrepoError(f"the whitening matrix is not positive definite ({exc})") from exc
+    return torch.cholesky_inverse(factor).float()
 
 
 def gram_whitening(
@@ -444,9 +518,9 @@ class Rows:
         return chunk
 
 
-# The cache's format: 2 since dense whitenings are rounded to float16 values (`as_stored`); entries of an
-# older format are fitted anew rather than read.
-CACHE_FORMAT = 2
+# The cache's format: 2 since dense whitenings are rounded to float16 values (`as_stored`), 3 since those
+# above FLOAT16_MAX_DIMS are rounded to multiples of a step; entries of an older format are fitted anew.
+CACHE_FORMAT = 3
 
 
 def fingerprint(images: np.ndarray | Rows, tag: str, zca_reg: float) -> str:

@@ -219,9 +219,9 @@ def export(ds: DistilledSet | str | Path, out: str | Path, layout: str, space: s
     image_space = space if written.space == "preprocessed" and space != "frepo" else written.space
     files: dict[str, str] = {
         PREPROCESSING: "the preprocessing tensors (pre_mean, pre_std; for ZCA pre_zca_mean and "
-        "pre_whiten_upper_<float16|float32>_zlib, the whitening matrix W's upper triangle row by row, its bytes "
-        "grouped by significance and zlib-compressed (W⁻¹ = its inverse), or in the low-rank form "
-        "pre_zca_basis B, pre_zca_scale s: W = I + B diag(s - 1) Bᵀ)",
+        "pre_whiten_upper_<float16|float32|int32>_zlib, the whitening matrix W's upper triangle row by row, its "
+        "bytes grouped by significance and zlib-compressed (int32: zigzag-coded integers k, W = k·pre_whiten_step; "
+        "W⁻¹ = its inverse), or in the low-rank form pre_zca_basis B, pre_zca_scale s: W = I + B diag(s - 1) Bᵀ)",
         **written.files,
     }
     manifest: dict = dict(written.manifest)
