@@ -67,11 +67,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for flag, path in (("--json", args.json), ("--csv", args.csv)):
         if path is not None:
             check_output_file(path, flag)
-    results = run(args.file, config, source, progress=True)
+    results = run(args.file, config, source, progress=True, field_metrics=args.field_metrics)
     first = results[0].extra
     described = f" ({first['source']})" if first.get("source") else ""
     print(f"{args.file}: {first['num_images']} images of {first['dataset']}{described}; {config.split} split")
     print(results_table(results))
+    if args.field_metrics:
+        from ..jobs.field_metrics import field_table
+
+        print(field_table(results))
     if args.json:
         write_json(results, args.json)
     if args.csv:

@@ -81,6 +81,13 @@ def _evaluate(sub: Subcommands) -> None:
     )
     add_settings_flags(p, EvalConfig())
     add_settings_flags(p, SourceConfig())
+    p.add_argument(
+        "--field-metrics",
+        action="store_true",
+        help="also report DD-Ranking's IOR, HLR and LRS under the same recipe: the set on its class ids against "
+        "a random subset of as many images per class and against the full training split (both cached once per "
+        "dataset, preprocessing and recipe)",
+    )
     p.add_argument("--json", help="also write the results as JSON to this path")
     p.add_argument("--csv", help="also write the results as CSV to this path")
 

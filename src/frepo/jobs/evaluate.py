@@ -115,12 +115,14 @@ def evaluate_archs(
     source: SourceConfig | None = None,
     *,
     progress: bool = False,
+    field_metrics: bool = False,
     **overrides: Any,
 ) -> list[EvalResult]:
     """Evaluate a set (a DistilledSet, or any file `frepo.io.foreign` reads: frepo, official FRePo .npz,
     MTT/DD-Ranking .pt, DC/DSA res_*.pt, safetensors, an image folder, a `frepo export` folder) on each
-    architecture of `config`. Overrides name leaf fields: `evaluate_archs(path, models=3, arch="conv,mlp")`."""
-    return run(file, *configure(config, source, **overrides), progress=progress)
+    architecture of `config`. Overrides name leaf fields: `evaluate_archs(path, models=3, arch="conv,mlp")`.
+    `field_metrics`: also DD-Ranking's IOR, HLR and LRS, in each result's extra["field_metrics"]."""
+    return run(file, *configure(config, source, **overrides), progress=progress, field_metrics=field_metrics)
 
 
 def evaluate(
@@ -141,9 +143,16 @@ def evaluate(
 
 
 def run(
-    file: DistilledSet | str | Path, config: EvalConfig, source: SourceConfig, *, progress: bool = False
+    file: DistilledSet | str | Path,
+    config: EvalConfig,
+    source: SourceConfig,
+    *,
+    progress: bool = False,
+    field_metrics: bool = False,
 ) -> list[EvalResult]:
-    """`evaluate_archs` with configs already validated (`configure`): read, split, one result per architecture."""
+    """`evaluate_archs` with configs already validated (`configure`): read, split, one result per architecture;
+    with `field_metrics`, each result's extra["field_metrics"] holds DD-Ranking's IOR, HLR and LRS under the
+    same recipe (`frepo.jobs.field_metrics`)."""
     ds, raw = open_set(file, source)
     test_x, test_y = eval_split(ds, raw, config.split)
     identity = {
@@ -160,5 +169,9 @@ def run(
     for arch in config.archs():
         result = evaluate_set(ds, test_x, test_y, config, arch, progress=progress)
         result.extra = {**identity, **result.extra}
+        if field_metrics:
+            from .field_metrics import field_metrics as metrics
+
+            result.extra["field_metrics"] = metrics(ds, raw, test_x, test_y, config, arch, result, progress=progress)
         results.append(result)
     return results

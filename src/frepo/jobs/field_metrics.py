@@ -1,0 +1,197 @@
+"""DD-Ranking's metrics of a set, under one of frepo's evaluation protocols (`frepo evaluate --field-metrics`).
+
+DD-Ranking (Li et al., 2025, "Rethinking the Evaluation of Dataset Distillation"; `ddranking` on PyPI) ranks
+sets by what their images add over real data when the training recipe is held fixed. With every accuracy a
+fraction in [0, 1], trained with the same recipe and on class ids ("hard labels"):
+
+    IOR (improvement over random) = acc(set) − acc(random subset of the same images per class)
+    HLR (hard-label recovery)     = acc(full training split) − acc(set)
+    LRS (label-robust score)      = 100 · (e^α − e^−1) / (e − e^−1),   α = λ·IOR − (1 − λ)·HLR,   λ = 0.5
+
+IOR > 0: the set beats real images; HLR → 0: it matches the full data; LRS ∈ [0, 100] rises with both.
+This is DD-Ranking's `LabelRobustScoreHard`; its soft-label variant needs a teacher network, which frepo
+does not train. IOR and HLR are reported in points (percent), as accuracies are; LRS takes them as fractions,
+the range its formula is built for (ddranking 0.2.0's `compute_metrics` passes percentages, so e^α saturates:
+recompute from the points to compare with a number it printed).
+
+The recipe is the set's own evaluation: `frepo evaluate`'s protocol, architecture, models, seed and options.
+- The set is trained on its class ids (`class_ids_of`: the argmax of learned labels); its usual accuracy
+  (learned labels) is reported beside.
+- The random subset is `frepo subset --method random --seed SEED` (SEED: the evaluation seed) drawn from the
+  distillation part of the training split (the set's validation hold-out left out), in the set's own
+  preprocessing.
+- The full training split is that same distillation part, in the set's preprocessing.
+Both references are computed once per dataset, preprocessing, recipe and IPC, and cached as JSON under
+`$FREPO_CACHE/field_metrics/` (a damaged entry is recomputed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..base.atomic import atomic_write_text
+from ..base.errors import FrepoError
+from ..base.rng import generator
+from ..config import STREAM_AUTO_BYTES
+from ..data import RawDataset
+from ..data.registry import default_data_dir
+from ..data.splits import holdout_split
+from ..eval import EvalConfig, EvalResult, evaluate_set
+from ..io.artifact import DistilledSet, class_ids_of
+from ..method.synthetic import pick_real
+
+LRS_LAMBDA = 0.5
+KEYS = ("ior", "hlr", "lrs", "set_hard", "random", "full", "set_own_labels", "lrs_lambda", "recipe")
+
+
+def label_robust_score(ior: float, hlr: float, lam: float = LRS_LAMBDA) -> float:
+    """LRS (0..100) from IOR and HLR as fractions (−1..1)."""
+    alpha = lam * ior - (1 - lam) * hlr
+    return 100.0 * (math.exp(alpha) - math.exp(-1)) / (math.exp(1) - math.exp(-1))
+
+
+def _hard(ds: DistilledSet) -> DistilledSet:
+    """The set with its class ids as labels."""
+    return ds if ds.labels.ndim == 1 else dataclasses.replace(ds, labels=class_ids_of(ds.labels))
+
+
+def _training_part(ds: DistilledSet, raw: RawDataset) -> np.ndarray:
+    """Indices of the training images the set could be distilled from (its validation hold-out left out)."""
+    train_idx, _ = holdout_split(raw.y_train, int(ds.meta.get("val_size") or 0))
+    return train_idx
+
+
+def random_subset(ds: DistilledSet, raw: RawDataset, ipc: int, seed: int) -> DistilledSet:
+    """`frepo subset --method random --seed seed` of the set's dataset, in the set's preprocessing."""
+    train_idx = _training_part(ds, raw)
+    labels = torch.from_numpy(np.asarray(raw.y_train[train_idx]))
+    picked = pick_real(labels, range(raw.num_classes), ipc, generator(seed, "init")).numpy()
+    rows = train_idx[picked]
+    images = ds.preprocessing(raw.x_train[rows])
+    return DistilledSet(images, labels[picked].clone(), ds.preprocessing, {**ds.meta, "kind": "subset-random"})
+
+
+def full_split(ds: DistilledSet, raw: RawDataset) -> DistilledSet:
+    """The whole distillation part of the training split, in the set's preprocessing, with class ids."""
+    train_idx = _training_part(ds, raw)
+    size = len(train_idx) * int(np.prod(raw.x_train.shape[1:])) * 4
+    if size > STREAM_AUTO_BYTES:
+        raise FrepoError(
+            f"the full-data reference of {raw.name} is {size / 1e9:.1f} GB of preprocessed images, more than "
+            f"frepo trains on in memory ({STREAM_AUTO_BYTES / 1e9:.1f} GB); HLR and LRS cannot be computed here"
+        )
+    images = ds.preprocessing(raw.x_train[train_idx])
+    labels = torch.from_numpy(np.asarray(raw.y_train[train_idx])).clone()
+    return DistilledSet(images, labels, ds.preprocessing, {**ds.meta, "kind": "full-training-split"})
+
+
+def _recipe(config: EvalConfig, arch: str) -> dict:
+    return {
+        "protocol": config.protocol,
+        "arch": arch,
+        "models": config.models,
+        "seed": config.seed,
+        "width": config.width,
+        "split": config.split,
+        "options": dataclasses.asdict(config.options()),
+    }
+
+
+def _cache_key(ds: DistilledSet, raw: RawDataset, recipe: dict, what: str, ipc: int) -> str:
+    digest = hashlib.sha256(json.dumps({"what": what, "ipc": ipc, **recipe}, sort_keys=True).encode())
+    digest.update(f"{raw.name}|{raw.test_fingerprint()}|{ds.meta.get('val_size') or 0}|".encode())
+    for name, tensor in sorted(ds.preprocessing.tensors().items()):
+        digest.update(name.encode() + tensor.contiguous().view(torch.uint8).numpy().tobytes())
+    return f"{raw.name}-{what}-{digest.hexdigest()[:20]}"
+
+
+def _summary(result: EvalResult) -> dict:
+    return {"mean": result.mean, "std": result.std, "accuracies": result.accuracies, "steps": result.steps}
+
+
+def _cached_accuracy(path: Path, compute: Callable[[], EvalResult]) -> dict:
+    """`_summary` of a reference's evaluation: read from `path`, or computed and written there."""
+    if path.is_file():
+        try:
+            entry = json.loads(path.read_text())
+            if isinstance(entry, dict) and isinstance(entry.get("mean"), float):
+                return entry
+        except (OSError, ValueError):
+            pass
+    entry = _summary(compute())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(entry, indent=1))
+    except OSError:
+        pass  # a read-only cache only costs a recomputation next time
+    return entry
+
+
+def field_metrics(
+    ds: DistilledSet,
+    raw: RawDataset,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    config: EvalConfig,
+    arch: str,
+    own: EvalResult,
+    *,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+) -> dict:
+    """IOR, HLR, LRS (module docstring) of `ds` under `config` on `arch`, given `own`: its evaluation with its
+    own labels under the same config. Returns the dict of `KEYS` (accuracies in percent)."""
+    counts = torch.bincount(class_ids_of(ds.labels), minlength=raw.num_classes)
+    if not bool((counts == counts[0]).all()) or int(counts[0]) < 1:
+        raise FrepoError(f"field metrics need the same number of images in every class; the set has {counts.tolist()}")
+    ipc = int(counts[0])
+    recipe = _recipe(config, arch)
+    folder = Path(cache_dir) if cache_dir is not None else default_data_dir() / "field_metrics"
+
+    def evaluated(data: DistilledSet) -> EvalResult:
+        return evaluate_set(data, test_x, test_y, config, arch, progress=progress)
+
+    hard = _hard(ds)
+    set_hard = _summary(own if hard is ds else evaluated(hard))
+    rand = _cached_accuracy(
+        folder / f"{_cache_key(ds, raw, recipe, 'random', ipc)}.json",
+        lambda: evaluated(random_subset(ds, raw, ipc, config.seed)),
+    )
+    full = _cached_accuracy(
+        folder / f"{_cache_key(ds, raw, recipe, 'full', ipc)}.json",
+        lambda: evaluated(full_split(ds, raw)),
+    )
+    ior = set_hard["mean"] - rand["mean"]
+    hlr = full["mean"] - set_hard["mean"]
+    return {
+        "ior": ior,
+        "hlr": hlr,
+        "lrs": label_robust_score(ior / 100, hlr / 100),
+        "set_hard": set_hard,
+        "random": {**rand, "ipc": ipc, "seed": config.seed},
+        "full": full,
+        "set_own_labels": own.mean,
+        "lrs_lambda": LRS_LAMBDA,
+        "recipe": recipe,
+    }
+
+
+def field_table(results: list[EvalResult]) -> str:
+    """The field metrics of each architecture's result, a line each, in points (LRS: 0..100)."""
+    lines = []
+    for r in results:
+        m = r.extra["field_metrics"]
+        lines.append(
+            f"{r.arch} ({r.protocol}, class ids): set {m['set_hard']['mean']:.2f}, random {m['random']['mean']:.2f} "
+            f"(IPC {m['random']['ipc']}), full {m['full']['mean']:.2f} -> IOR {m['ior']:+.2f}, HLR {m['hlr']:.2f}, "
+            f"LRS {m['lrs']:.2f}"
+        )
+    return "\n".join(lines)

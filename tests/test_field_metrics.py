@@ -1,0 +1,78 @@
+"""DD-Ranking's IOR, HLR and LRS under frepo's recipes (`frepo evaluate --field-metrics`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from frepo.jobs import field_metrics as fm
+from tests.test_cli import run_cli
+
+
+def test_the_label_robust_score_is_ddrankings_formula():
+    # Independent: LRS = 100 (e^α − e^−1) / (e − e^−1), α = IOR/2 − HLR/2 (fractions).
+    for ior, hlr in ((0.0, 0.0), (0.05, 0.3), (-0.1, 0.6), (1.0, 0.0), (-1.0, 1.0)):
+        alpha = 0.5 * ior - 0.5 * hlr
+        assert fm.label_robust_score(ior, hlr) == pytest.approx(
+            100 * (math.exp(alpha) - 1 / math.e) / (math.e - 1 / math.e), rel=1e-12
+        )
+    assert fm.label_robust_score(1.0, -1.0) == pytest.approx(100.0)  # the best case
+    assert fm.label_robust_score(-1.0, 1.0) == pytest.approx(0.0)  # the worst
+
+
+def test_a_random_subset_improves_over_random_by_exactly_zero(tmp_path, capsys, monkeypatch):
+    """By construction: `frepo subset --method random --seed 0` is the random reference of seed 0, trained
+    with the same recipe and seeds, so its IOR is 0 to the last bit; the references are cached."""
+    monkeypatch.setenv("FREPO_CACHE", str(tmp_path / "cache"))
+    subset = tmp_path / "random.safetensors"
+    assert run_cli(["subset", "--dataset", "digits", "--ipc", 2, "--seed", 0, "--out", subset], capsys)[0] == 0
+    report = tmp_path / "eval.json"
+    flags = ["evaluate", subset, "--models", 1, "--steps", 30, "--field-metrics", "--json", report]
+    code, stdout, err = run_cli(flags, capsys)
+    assert code == 0, err
+    metrics = json.loads(report.read_text())["field_metrics"]
+    assert set(metrics) == set(fm.KEYS)
+    assert metrics["ior"] == 0.0 and metrics["random"]["mean"] == metrics["set_hard"]["mean"]
+    assert metrics["random"]["ipc"] == 2 and metrics["set_own_labels"] == metrics["set_hard"]["mean"]
+    assert metrics["hlr"] == pytest.approx(metrics["full"]["mean"] - metrics["set_hard"]["mean"])
+    assert metrics["full"]["mean"] > metrics["set_hard"]["mean"]  # 1 437 training images against 20
+    assert metrics["lrs"] == pytest.approx(fm.label_robust_score(0.0, metrics["hlr"] / 100))
+    assert "IOR +0.00" in stdout
+    cached = sorted(p.name.split("-")[1] for p in (tmp_path / "cache" / "field_metrics").glob("*.json"))
+    assert cached == ["full", "random"]
+
+    # A second run reads both references from the cache: only the set itself is trained.
+    calls = []
+    real = fm.evaluate_set
+    monkeypatch.setattr(fm, "evaluate_set", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert run_cli(flags, capsys)[0] == 0
+    assert calls == [] and json.loads(report.read_text())["field_metrics"] == metrics
+
+
+def test_learned_labels_are_replaced_by_class_ids_and_uneven_sets_are_refused(tmp_path, capsys, monkeypatch):
+    from frepo.base.errors import FrepoError
+    from frepo.io.artifact import load_distilled
+    from frepo.jobs.evaluate import configure, run
+
+    monkeypatch.setenv("FREPO_CACHE", str(tmp_path / "cache"))
+    subset = tmp_path / "random.safetensors"
+    assert run_cli(["subset", "--dataset", "digits", "--ipc", 2, "--seed", 0, "--out", subset], capsys)[0] == 0
+    ds = load_distilled(subset)
+    # Learned labels whose argmax is the class: the hard-label accuracy is the subset's, the own one differs.
+    learned = dataclasses.replace(ds, labels=torch.eye(10)[ds.labels] * 2.0 - 0.3)
+    config, source = configure(models=1, steps=30)
+    trained_on = []
+    real = fm.evaluate_set
+    monkeypatch.setattr(fm, "evaluate_set", lambda data, *a, **k: trained_on.append(data.labels) or real(data, *a, **k))
+    (result,) = run(learned, config, source, field_metrics=True)
+    metrics = result.extra["field_metrics"]
+    assert metrics["ior"] == 0.0 and metrics["set_own_labels"] == result.mean
+    # The set again on its class ids (the argmax), then the random subset and the full split.
+    assert torch.equal(trained_on[0], ds.labels) and [t.ndim for t in trained_on] == [1, 1, 1]
+    uneven = dataclasses.replace(ds, images=ds.images[1:], labels=ds.labels[1:])
+    with pytest.raises(FrepoError, match="same number of images in every class"):
+        run(uneven, config, source, field_metrics=True)
