@@ -21,8 +21,10 @@ The recipe is the set's own evaluation: `frepo evaluate`'s protocol, architectur
   distillation part of the training split (the set's validation hold-out left out), in the set's own
   preprocessing.
 - The full training split is that same distillation part, in the set's preprocessing.
-Both references are computed once per dataset, preprocessing, recipe and IPC, and cached as JSON under
-`$FREPO_CACHE/field_metrics/` (a damaged entry is recomputed).
+The references are computed once and cached as JSON under `$FREPO_CACHE/field_metrics/` (a damaged entry is
+recomputed): the random subset per dataset, preprocessing, recipe and IPC; the full split per dataset,
+preprocessing and recipe (with `--steps` given, its training is the same for every IPC; without, the
+protocol's step table is read at the full split's size, as for any set).
 """
 
 from __future__ import annotations
@@ -166,7 +168,7 @@ def field_metrics(
         lambda: evaluated(random_subset(ds, raw, ipc, config.seed)),
     )
     full = _cached_accuracy(
-        folder / f"{_cache_key(ds, raw, recipe, 'full', ipc)}.json",
+        folder / f"{_cache_key(ds, raw, recipe, 'full', 0)}.json",  # one for every IPC
         lambda: evaluated(full_split(ds, raw)),
     )
     ior = set_hard["mean"] - rand["mean"]
