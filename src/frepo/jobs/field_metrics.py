@@ -1,6 +1,6 @@
 """DD-Ranking's metrics of a set, under one of frepo's evaluation protocols (`frepo evaluate --field-metrics`).
 
-DD-Ranking (Li et al., 2025, "Rethinking the Evaluation of Dataset Distillation"; `ddranking` on PyPI) ranks
+DD-Ranking (Li et al., 2025, "DD-Ranking: Rethinking the Evaluation of Dataset Distillation"; `ddranking` on PyPI) ranks
 sets by what their images add over real data when the training recipe is held fixed. With every accuracy a
 fraction in [0, 1], trained with the same recipe and on class ids ("hard labels"):
 
@@ -9,10 +9,11 @@ fraction in [0, 1], trained with the same recipe and on class ids ("hard labels"
     LRS (label-robust score)      = 100 · (e^α − e^−1) / (e − e^−1),   α = λ·IOR − (1 − λ)·HLR,   λ = 0.5
 
 IOR > 0: the set beats real images; HLR → 0: it matches the full data; LRS ∈ [0, 100] rises with both.
-This is DD-Ranking's `LabelRobustScoreHard`; its soft-label variant needs a teacher network, which frepo
-does not train. IOR and HLR are reported in points (percent), as accuracies are; LRS takes them as fractions,
-the range its formula is built for (ddranking 0.2.0's `compute_metrics` passes percentages, so e^α saturates:
-recompute from the points to compare with a number it printed).
+These are the formulas of DD-Ranking's `LabelRobustScoreHard.compute_metrics` (ddranking 0.2.0); its
+soft-label variant needs a teacher network, which frepo does not train. IOR and HLR are reported in points
+(percent), as accuracies are; LRS takes them as fractions, the range its formula is built for, and is scaled
+to 0..100. ddranking 0.2.0 passes its accuracies in percent to the same formula, so the LRS it prints leaves
+[0, 1] by orders of magnitude: recompute it from its IOR and HLR to compare.
 
 The recipe is the set's own evaluation: `frepo evaluate`'s protocol, architecture, models, seed and options.
 - The set is trained on its class ids (`class_ids_of`: the argmax of learned labels); its usual accuracy
