@@ -1,8 +1,8 @@
 """DD-Ranking's metrics of a set, under one of frepo's evaluation protocols (`frepo evaluate --field-metrics`).
 
 DD-Ranking (Li et al., 2025, "DD-Ranking: Rethinking the Evaluation of Dataset Distillation"; `ddranking`
-on PyPI) ranks sets by what their images add over real data when the training recipe is held fixed. With every accuracy a
-fraction in [0, 1], trained with the same recipe and on class ids ("hard labels"):
+on PyPI) ranks sets by what their images add over real data when the training recipe is held fixed. With
+every accuracy a fraction in [0, 1], trained with the same recipe and on class ids ("hard labels"):
 
     IOR (improvement over random) = acc(set) − acc(random subset of the same images per class)
     HLR (hard-label recovery)     = acc(full training split) − acc(set)
