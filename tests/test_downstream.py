@@ -126,7 +126,9 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
     for row in rows:
         assert 0 <= row["test_accuracy"] <= 100 and set(row["attacks"]) == set(privacy_app.ATTACKS)
         for metrics in row["attacks"].values():
-            assert set(metrics) == {"auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"}
+            names = {"auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"}
+            assert set(metrics) == names | {f"{m}_std" for m in names}
+            assert all(metrics[f"{m}_std"] == 0.0 for m in names)  # one victim
     assert straight["members"]["indices"] == [300, 600] and straight["nonmembers"]["count"] == 300
     assert straight["members"]["attacked"] == 300 and straight["control"] == {"split": "train", "count": 300}
 

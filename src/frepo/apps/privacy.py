@@ -330,15 +330,14 @@ class Privacy(Experiment):
 
     @staticmethod
     def _row(arm: str, steps: int, victims: list[dict]) -> dict:
-        """One arm at one step count: the victims' test accuracy and every attack's metrics, averaged."""
-        names = list(victims[0]["attacks"])
-        attacks = {
-            name: {
-                metric: float(np.mean([v["attacks"][name][metric] for v in victims]))
-                for metric in victims[0]["attacks"][name]
-            }
-            for name in names
-        }
+        """One arm at one step count: the victims' test accuracy and every attack's metrics, as the mean over
+        the victims and (`<metric>_std`) their population std."""
+        attacks = {}
+        for name, first in victims[0]["attacks"].items():
+            attacks[name] = {}
+            for metric in first:
+                values = [v["attacks"][name][metric] for v in victims]
+                attacks[name].update({metric: float(np.mean(values)), f"{metric}_std": float(np.std(values))})
         accs = [v["test_accuracy"] for v in victims]
         return {
             "arm": arm,
@@ -383,16 +382,21 @@ class Privacy(Experiment):
     def tables(self, summary: dict) -> tuple[str, str]:
         attacks = list(summary["rows"][0]["attacks"])
         header = ["arm", "steps", "test accuracy (%)"] + [f"{a} AUC / TPR@1%" for a in attacks]
+
+        def cell(metrics: dict) -> str:  # the std over victims where there are several
+            spread = f" ± {metrics['auc_std']:.3f}" if metrics.get("auc_std") else ""
+            return f"{metrics['auc']:.3f}{spread} / {metrics['tpr_at_1pct_fpr']:.3f}"
+
         rows = [
-            [r["arm"], str(r["steps"]), f"{r['test_accuracy']:.2f}"]
-            + [f"{r['attacks'][a]['auc']:.3f} / {r['attacks'][a]['tpr_at_1pct_fpr']:.3f}" for a in attacks]
+            [r["arm"], str(r["steps"]), f"{r['test_accuracy']:.2f} ± {r['test_accuracy_std']:.2f}"]
+            + [cell(r["attacks"][a]) for a in attacks]
             for r in summary["rows"]
         ]
         title = f"# Membership inference: {self.raw.name}, chunk {self.config.chunk}, IPC {self.config.ipc}\n\n"
         markdown = title + markdown_table(header, rows) + f"\nBudget: {summary['budget']}.\n"
-        metrics = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")
+        metrics = [f"{m}{std}" for m in ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr") for std in ("", "_std")]
         csv_rows = [
-            [r["arm"], r["steps"], r["test_accuracy"], a, *(r["attacks"][a][m] for m in metrics)]
+            [r["arm"], r["steps"], r["test_accuracy"], a, *(r["attacks"][a].get(m, "") for m in metrics)]
             for r in summary["rows"]
             for a in attacks
         ]
