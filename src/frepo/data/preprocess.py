@@ -183,7 +183,8 @@ class Preprocessing:
                 return cls(kind, tensors["pre_mean"], tensors["pre_std"], reg, mean, basis=basis, scale=scale)
             if zca_like and params.get("form") == PACKED:  # W's packed upper triangle, W⁻¹ derived when needed
                 d = len(tensors["pre_zca_mean"]) // stride**2
-                upper = unpack_upper(tensors, d)
+                # Unpacked already where a file's loader checked it (`io.artifact`): inflated once.
+                upper = tensors["pre_whiten_upper"] if "pre_whiten_upper" in tensors else unpack_upper(tensors, d)
                 zca = {"zca_mean": tensors["pre_zca_mean"], "whiten": symmetric_from_upper(upper)}
                 if "pre_whiten_upper_int32_zlib" in tensors:
                     zca["whiten_step"] = stored_step(tensors)

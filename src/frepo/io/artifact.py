@@ -220,8 +220,9 @@ def check_meta(meta: dict, where: str) -> SetMeta:
     return parsed
 
 
-def _check_content(tensors: dict[str, torch.Tensor], meta: SetMeta, where: str) -> None:
-    """Images, labels and preprocessing tensors as the metadata declares them, finite and in range."""
+def _check_content(tensors: dict[str, torch.Tensor], meta: SetMeta, where: str) -> dict[str, torch.Tensor]:
+    """Images, labels and preprocessing tensors as the metadata declares them, finite and in range. Returns the
+    tensors as checked: a packed ZCA triangle also unpacked (`pre_whiten_upper`), so it is inflated once."""
     for key in ("images", "labels"):
         if key not in tensors:
             raise FrepoError(f"{where}: the tensor {key!r} is missing")
@@ -281,6 +282,7 @@ def _check_content(tensors: dict[str, torch.Tensor], meta: SetMeta, where: str) 
             raise FrepoError(f"{where}: preprocessing tensor {name} is {got}; expected finite floats of shape {want}")
     if not bool((tensors["pre_std"] > 0).all()):
         raise FrepoError(f"{where}: the preprocessing's per-channel std must be positive")
+    return tensors
 
 
 def load_distilled(path: str | Path) -> DistilledSet:
@@ -316,6 +318,5 @@ def load_distilled(path: str | Path) -> DistilledSet:
         raise FrepoError(f"{path}: checksum mismatch: the file was modified or damaged after it was written")
     # The checksum is no signature (anyone can recompute it): the content is checked for what it holds.
     parsed = check_meta(meta, str(path))
-    _check_content(tensors, parsed, str(path))
-    pre = Preprocessing.from_tensors(meta["preprocessing"], tensors)
+    pre = Preprocessing.from_tensors(meta["preprocessing"], _check_content(tensors, parsed, str(path)))
     return DistilledSet(tensors["images"], tensors["labels"], pre, meta)
