@@ -8,9 +8,9 @@ import math
 
 import pytest
 import torch
+from test_cli import run_cli
 
 from frepo.jobs import field_metrics as fm
-from tests.test_cli import run_cli
 
 
 def test_the_label_robust_score_is_ddrankings_formula():
