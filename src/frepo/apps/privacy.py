@@ -124,7 +124,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "victim_steps": "100,400,1600",
         "victim_batch": 128,
         "victim_width": 32,
-        "models": 1,  # the reference's 5 victims and attacks take hours on 2 cores
+        "models": 1,  # the reference's 5 victims and attacks: most of an hour on 2 cores (docs/downstream.md)
         "attacks": "frepo",
     },
 }
