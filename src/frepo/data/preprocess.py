@@ -149,8 +149,9 @@ class Preprocessing:
             rows, cols = torch.triu_indices(len(self.whiten), len(self.whiten))
             upper = self.whiten[rows, cols].float()
             step = self.whiten_step
-            if step is not None and torch.equal((upper.double() / step).round() * step, upper.double()):
-                upper = zigzag((upper.double() / step).round().long())  # exact: W holds multiples of the step
+            multiples = None if step is None else (upper.double() / step).round()
+            if multiples is not None and torch.equal(multiples * step, upper.double()):
+                upper = zigzag(multiples.long())  # exact: W holds multiples of the step
                 out["pre_whiten_step"] = torch.tensor([step], dtype=torch.float64)
             elif torch.equal(upper.half().float(), upper):
                 upper = upper.half()  # exact: W holds float16 values

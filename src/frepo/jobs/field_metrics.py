@@ -108,12 +108,22 @@ def _recipe(config: EvalConfig, arch: str) -> dict:
     }
 
 
-def _cache_key(ds: DistilledSet, raw: RawDataset, recipe: dict, what: str, ipc: int) -> str:
+def _data_identity(ds: DistilledSet, raw: RawDataset) -> str:
+    """What both references depend on besides the recipe: the dataset, its test split, the set's hold-out and
+    its preprocessing (the tensors as held: a 64×64 file's matrix is not re-packed just to be hashed)."""
+    pre = ds.preprocessing
+    digest = hashlib.sha256(f"{raw.name}|{raw.test_fingerprint()}|{ds.meta.get('val_size') or 0}|".encode())
+    digest.update(json.dumps(pre.params(), sort_keys=True).encode())
+    for tensor in (pre.mean, pre.std, pre.zca_mean, pre.whiten, pre.basis, pre.scale):
+        if tensor is not None:
+            digest.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _cache_key(identity: str, recipe: dict, what: str, ipc: int) -> str:
     digest = hashlib.sha256(json.dumps({"what": what, "ipc": ipc, **recipe}, sort_keys=True).encode())
-    digest.update(f"{raw.name}|{raw.test_fingerprint()}|{ds.meta.get('val_size') or 0}|".encode())
-    for name, tensor in sorted(ds.preprocessing.tensors().items()):
-        digest.update(name.encode() + tensor.contiguous().view(torch.uint8).numpy().tobytes())
-    return f"{raw.name}-{what}-{digest.hexdigest()[:20]}"
+    digest.update(identity.encode())
+    return f"{what}-{digest.hexdigest()[:20]}"
 
 
 def _summary(result: EvalResult) -> dict:
@@ -156,7 +166,7 @@ def field_metrics(
     if not bool((counts == counts[0]).all()) or int(counts[0]) < 1:
         raise FrepoError(f"field metrics need the same number of images in every class; the set has {counts.tolist()}")
     ipc = int(counts[0])
-    recipe = _recipe(config, arch)
+    recipe, identity = _recipe(config, arch), _data_identity(ds, raw)
     folder = Path(cache_dir) if cache_dir is not None else default_data_dir() / "field_metrics"
 
     def evaluated(data: DistilledSet) -> EvalResult:
@@ -165,11 +175,11 @@ def field_metrics(
     hard = _hard(ds)
     set_hard = _summary(own if hard is ds else evaluated(hard))
     rand = _cached_accuracy(
-        folder / f"{_cache_key(ds, raw, recipe, 'random', ipc)}.json",
+        folder / f"{raw.name}-{_cache_key(identity, recipe, 'random', ipc)}.json",
         lambda: evaluated(random_subset(ds, raw, ipc, config.seed)),
     )
     full = _cached_accuracy(
-        folder / f"{_cache_key(ds, raw, recipe, 'full', 0)}.json",  # one for every IPC
+        folder / f"{raw.name}-{_cache_key(identity, recipe, 'full', 0)}.json",  # one for every IPC
         lambda: evaluated(full_split(ds, raw)),
     )
     ior = set_hard["mean"] - rand["mean"]
