@@ -7,6 +7,7 @@ synthetic set and the same pool. Rank 0 alone writes checkpoints, logs and outpu
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -75,6 +76,11 @@ def _to_cpu(obj):
     return obj
 
 
+def _destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def init_distributed(device_name: str) -> tuple[DistContext, str]:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); pick this rank's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -84,6 +90,10 @@ def init_distributed(device_name: str) -> tuple[DistContext, str]:
     use_cuda = device_name != "cpu" and torch.cuda.is_available()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        # Left to interpreter shutdown, the group's threads can be torn down mid-flight: the process then
+        # aborts ("terminate called without an active exception", exit -6) after its work is done, and
+        # torchrun reports the run as failed (seen once in CI). Destroyed at exit, they end cleanly.
+        atexit.register(_destroy)
     if use_cuda:
         torch.cuda.set_device(local_rank)
         device_name = f"cuda:{local_rank}"
