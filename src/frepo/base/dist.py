@@ -90,9 +90,7 @@ def init_distributed(device_name: str) -> tuple[DistContext, str]:
     use_cuda = device_name != "cpu" and torch.cuda.is_available()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        # Left to interpreter shutdown, the group's threads can be torn down mid-flight: the process then
-        # aborts ("terminate called without an active exception", exit -6) after its work is done, and
-        # torchrun reports the run as failed (seen once in CI). Destroyed at exit, they end cleanly.
+        # Destroyed at exit rather than left to interpreter shutdown, as torch asks of every process group.
         atexit.register(_destroy)
     if use_cuda:
         torch.cuda.set_device(local_rank)
