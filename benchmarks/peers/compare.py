@@ -32,6 +32,7 @@ import json
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -199,7 +200,8 @@ def main() -> None:
     text = table(rows, curve)
     print(text)
     if args.json:
-        Path(args.json).write_text(json.dumps({"mode": args.mode, "args": vars(args), "rows": rows}, indent=1) + "\n")
+        record = {"mode": args.mode, "date": time.strftime("%Y-%m-%d"), "args": vars(args), "rows": rows}
+        Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
     if curve and args.plot:
         plot(rows, args.plot, f"{args.dataset} IPC {args.ipc}: {args.budget_min:g} min per method")
 

@@ -29,7 +29,11 @@ Run-time updates (the checkout is not modified):
   instead of downloading;
 - `scipy.ndimage.interpolation` (removed from SciPy) is aliased to `scipy.ndimage`;
 - on a machine without CUDA, `Tensor.cuda()` returns the tensor: `distill.py` moves the set to the GPU
-  with `.cuda()` before saving it at iteration 0, whatever its `--device`.
+  with `.cuda()` before saving it at iteration 0, whatever its `--device`;
+- on a machine without CUDA, `Tensor.cpu()` returns a copy, as it does from a GPU: `buffer.py` records
+  each epoch's parameters with `p.detach().cpu()`, which on a CPU is the live parameter itself, so every
+  recorded epoch would be the final weights, the distance between start and target parameters 0, and
+  `distill.py`'s first loss inf (then NaN: measured, 2026-12-05).
 
 Peak memory: the process's peak RSS on a CPU (buffer and distillation together), and on a GPU
 `torch.cuda.max_memory_allocated` of the distillation (reset after the buffer).
@@ -57,6 +61,14 @@ from common import (
     write_result,
 )
 from dm import PEER_NAMES, caller_local
+
+_cpu = torch.Tensor.cpu
+
+
+def copying_cpu(self: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """`Tensor.cpu` that copies a tensor already on the CPU, as it copies one from a GPU."""
+    out = _cpu(self, *args, **kwargs)
+    return out.clone() if out.data_ptr() == self.data_ptr() else out
 
 
 def untrained_trajectories(expert_dir: Path, num_classes: int, epochs: int, mtt_dir: Path) -> None:
@@ -111,6 +123,7 @@ def main() -> None:
     install_scipy_interpolation_alias()
     if not torch.cuda.is_available():
         torch.Tensor.cuda = lambda self, *a, **k: self
+        torch.Tensor.cpu = copying_cpu
     name = PEER_NAMES[args.dataset]
     buffers = out / "buffers"
     expert_dir = buffers / name / "ConvNet"  # where buffer.py writes with --zca, and distill.py reads
@@ -130,7 +143,7 @@ def main() -> None:
         if "Progress" in data and clock.first_step_start is None:
             clock.start_steps()
         if "Grand_Loss" in data:
-            learned_lr[:] = [float(caller_local("syn_lr"))]
+            learned_lr[:] = [caller_local("syn_lr").item()]
             clock.tick(save)
 
     install_fake_wandb(on_log)

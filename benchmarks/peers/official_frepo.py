@@ -140,7 +140,7 @@ def main() -> None:
     args = parser.parse_args()
 
     clock = Clock(args.budget_min * 60, max_steps=args.max_steps)
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     (out / "np").mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(Path(args.official).resolve()))
     install_jax_updates()
