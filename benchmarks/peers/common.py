@@ -208,13 +208,15 @@ def install_fake_wandb(on_log: Callable[[dict], None] | None = None) -> types.Mo
     return wandb
 
 
-def run_script(path: Path, argv: list[str]) -> None:
-    """Run a peer's script as `python path argv...` would, in this process (its folder first on sys.path)."""
+def run_script(path: Path, argv: list[str], cwd: Path) -> None:
+    """Run a peer's script as `cd cwd; python path argv...` would, in this process (its folder first on
+    sys.path). `cwd` takes what a script writes relative to it (MTT's ./logged_files)."""
     import runpy
 
     old_argv, old_cwd = sys.argv, os.getcwd()
     sys.argv = [str(path), *argv]
     sys.path.insert(0, str(path.parent))
+    os.chdir(cwd)
     try:
         runpy.run_path(str(path), run_name="__main__")
     finally:

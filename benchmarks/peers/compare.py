@@ -8,7 +8,7 @@ the same `frepo evaluate`, one table and one plot of accuracy against minutes.
         --plot docs/peers_cifar10_ipc10_cpu.png
 
     python benchmarks/peers/compare.py timing --official DIR --mtt DIR --dm DIR \
-        --dataset cifar100-standin --ipc 50 --max-steps 3 --memory-gb 20 \
+        --dataset cifar100-standin --ipc 50 --max-steps 2 --memory-gb 20 \
         --out runs/peers/cifar100-ipc50 --json docs/peers_cifar100_ipc50_cpu.json
 
 `curve` runs frepo, the official FRePo, MTT and DM one after the other, each in its own process (so

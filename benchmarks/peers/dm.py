@@ -117,9 +117,9 @@ def main() -> None:
     argv = ["--dataset", name, "--model", "ConvNet", "--ipc", str(args.ipc), "--init", "real", "--num_exp", "1"]
     argv += ["--num_eval", "0", "--Iteration", "1000000", "--data_path", str(out / "data")]
     argv += ["--save_path", str(out / "dm_results")]
-    outcome = "budget"
+    outcome = "stopped by the harness"
     try:
-        run_script(Path(args.dm).resolve() / "main_DM.py", argv)
+        run_script(Path(args.dm).resolve() / "main_DM.py", argv, out)
     except BudgetReached:
         pass
     except (MemoryError, RuntimeError) as exc:  # an allocation past --memory-gb: a result, not a crash

@@ -154,7 +154,7 @@ def main() -> None:
         untrained_trajectories(expert_dir, num_classes, args.max_start_epoch + args.expert_epochs, mtt_dir)
     else:
         argv = [*common, "--num_experts", str(args.experts), "--train_epochs", str(args.expert_train_epochs)]
-        run_script(mtt_dir / "buffer.py", [*argv, "--save_interval", str(args.experts)])
+        run_script(mtt_dir / "buffer.py", [*argv, "--save_interval", str(args.experts)], out)
     buffer_s = time.monotonic() - buffer_start
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -166,7 +166,7 @@ def main() -> None:
         argv += ["--batch_syn", str(args.batch_syn)]
     outcome = "stopped by the harness"
     try:
-        run_script(mtt_dir / "distill.py", argv)
+        run_script(mtt_dir / "distill.py", argv, out)
     except BudgetReached:
         pass
     except (MemoryError, RuntimeError) as exc:  # an allocation past --memory-gb: a result, not a crash

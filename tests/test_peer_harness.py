@@ -1,0 +1,227 @@
+"""The peer harnesses' own machinery (benchmarks/peers): the wall clock and its snapshots, the dataset
+stand-ins, and a harness driving a peer's script through its hook. The peers themselves (the official
+FRePo in JAX, MTT, DM) are not run here: CI has no checkout of them; docs/peers.md records the runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+PEERS = Path(__file__).resolve().parents[1] / "benchmarks" / "peers"
+sys.path.insert(0, str(PEERS))
+
+import common  # noqa: E402
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_clock_saves_at_each_mark_and_stops_at_the_budget():
+    now = FakeTime()
+    clock = common.Clock(budget_s=100.0, marks=(0.25, 0.5, 1.0), now=now)
+    saved = []
+
+    def save(tag: str) -> str:
+        saved.append(tag)
+        return f"sets/{tag}"
+
+    now.t = 5.0
+    clock.start_steps()
+    for t in (10.0, 20.0, 30.0, 40.0, 70.0):  # 30 passes 25 s, 70 passes 50 s
+        now.t = t
+        clock.tick(save)
+    assert saved == ["step000003", "step000005"]
+    now.t = 110.0
+    with pytest.raises(common.BudgetReached):
+        clock.tick(save)
+    assert saved[-1] == "step000006"
+    assert [(s["mark"], s["steps"]) for s in clock.snapshots] == [(0.25, 3), (0.5, 5), (1.0, 6)]
+    assert clock.step_times() == [5.0, 10.0, 10.0, 10.0, 30.0, 40.0]
+    summary = clock.summary(warmup=2)
+    assert summary["steps"] == 6 and summary["setup_s"] == 5.0
+    assert summary["step_s_median"] == 20.0  # the median of 10, 10, 30, 40: the warm-up steps left out
+
+
+def test_clock_records_marks_passed_in_one_step_with_one_save():
+    now = FakeTime()
+    clock = common.Clock(budget_s=100.0, marks=(0.25, 0.5, 1.0), now=now)
+    clock.start_steps()
+    saved = []
+    now.t = 60.0
+    clock.tick(lambda tag: saved.append(tag) or tag)
+    assert saved == ["step000001"]
+    assert [s["mark"] for s in clock.snapshots] == [0.25, 0.5]
+
+
+def test_clock_stops_after_max_steps_and_finish_saves_an_unsaved_last_set():
+    now = FakeTime()
+    clock = common.Clock(budget_s=float("inf"), max_steps=2, now=now)
+    clock.start_steps()
+    saved = []
+    now.t = 1.0
+    clock.tick(lambda tag: saved.append(tag) or tag)
+    now.t = 2.0
+    with pytest.raises(common.BudgetReached):
+        clock.tick(lambda tag: saved.append(tag) or tag)
+    assert saved == ["step000002"]
+    clock.finish(lambda tag: saved.append(tag) or tag)  # already saved: nothing more
+    assert saved == ["step000002"]
+
+    ended = common.Clock(budget_s=100.0, now=now)  # a schedule that ends before the budget
+    ended.start_steps()
+    now.t = 3.0
+    ended.tick(lambda tag: saved.append(tag) or tag)
+    ended.finish(lambda tag: saved.append(tag) or tag)
+    assert saved[-1] == "step000001" and ended.snapshots[-1]["mark"] == 1.0
+
+
+def test_torchvision_stand_in_serves_the_arrays_as_torchvision_would(monkeypatch):
+    torchvision = pytest.importorskip("torchvision")
+    from torchvision import transforms
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", torchvision.datasets.CIFAR10)  # restored after
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", torchvision.datasets.CIFAR100)
+    rng = np.random.default_rng(0)
+    arrays = {
+        "x_train": rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8),
+        "y_train": np.arange(20) % 10,
+        "x_test": rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8),
+        "y_test": np.arange(5),
+    }
+    common.install_torchvision_datasets(arrays)
+    test = torchvision.datasets.CIFAR10("unused", train=False, download=True, transform=transforms.ToTensor())
+    assert len(test) == 5 and len(test.classes) == 10
+    image, label = test[3]
+    expected = torch.from_numpy(arrays["x_test"][3]).permute(2, 0, 1).float() / 255
+    assert label == 3 and torch.equal(image, expected)
+
+
+def test_cifar100_stand_in_has_cifar100s_shape_and_balanced_classes():
+    arrays = common.load_arrays("cifar100-standin", None)
+    assert arrays["x_train"].shape == (50000, 32, 32, 3) and arrays["x_train"].dtype == np.uint8
+    assert np.bincount(arrays["y_train"]).tolist() == [500] * 100
+    assert arrays["x_test"].shape == (10000, 32, 32, 3)
+
+
+def test_fake_wandb_keeps_the_config_a_script_rebuilds_its_arguments_from(monkeypatch):
+    monkeypatch.delitem(sys.modules, "wandb", raising=False)
+    logged = []
+    wandb = common.install_fake_wandb(logged.append)
+    wandb.init(project="p", config=types.SimpleNamespace(ipc=10, zca=True))
+    assert wandb.config._items == {"ipc": 10, "zca": True}
+    wandb.log({"Grand_Loss": 1.0}, step=3)
+    assert logged == [{"Grand_Loss": 1.0}] and sys.modules["wandb"] is wandb
+
+
+FAKE_MAIN_DM = """
+import argparse
+import numpy as np
+import torch
+from torchvision import datasets, transforms
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--ipc", type=int)
+parser.add_argument("--Iteration", type=int)
+args, _ = parser.parse_known_args()
+train = datasets.CIFAR100("data", train=True, download=True, transform=transforms.ToTensor())
+label_syn = torch.tensor(np.repeat(np.arange(100), args.ipc), dtype=torch.long)
+image_syn = torch.stack([train[int(i)][0] for i in label_syn]).requires_grad_(True)
+target = image_syn.detach().mean()
+
+
+def main():
+    optimizer_img = torch.optim.SGD([image_syn], lr=0.1, momentum=0.5)
+    for it in range(args.Iteration + 1):
+        loss = ((image_syn - target) ** 2).sum()
+        optimizer_img.zero_grad()
+        loss.backward()
+        optimizer_img.step()
+
+
+main()
+"""
+
+
+def test_dm_harness_times_the_image_optimizer_and_saves_dms_own_file(tmp_path):
+    """A stand-in for DM's main_DM.py (the same optimiser, names and file layout): the harness's hook
+    sees each step, stops after --max-steps, and saves the set as res_*.pt with the labels in order."""
+    peer = tmp_path / "peer"
+    peer.mkdir()
+    (peer / "main_DM.py").write_text(FAKE_MAIN_DM)
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(PEERS / "dm.py"), "--dm", str(peer), "--dataset", "cifar100-standin"]
+    subprocess.run([*cmd, "--ipc", "1", "--max-steps", "3", "--out", str(out)], check=True, capture_output=True)
+    result = json.loads((out / "result.json").read_text())
+    assert result["steps"] == 3 and len(result["step_s_all"]) == 3
+    [snap] = result["snapshots"]
+    data = torch.load(snap["path"])["data"]
+    images, labels = data[0]
+    assert images.shape == (100, 3, 32, 32) and labels.tolist() == list(range(100))
+    assert not images.requires_grad
+
+
+def test_official_harness_sets_the_flip_trick_as_the_official_script_does():
+    from official_frepo import official_flip
+
+    assert official_flip("cifar10", 10, mirror=True)
+    assert official_flip("cifar100", 1, mirror=True) and official_flip("cifar100-standin", 1, mirror=True)
+    assert not official_flip("cifar100", 10, mirror=True) and not official_flip("cifar100-standin", 50, mirror=True)
+    assert not official_flip("mnist", 10, mirror=True)
+
+
+def test_official_harness_starts_from_real_images_with_the_official_scaled_centred_labels():
+    from official_frepo import starting_set
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 4, 4, 3)).astype(np.float32)
+    y = np.arange(300) % 30
+    images, labels = starting_set(x, y, num_classes=30, ipc=2, seed=0)
+    assert images.shape == (60, 4, 4, 3)
+    classes = labels.argmax(1)
+    assert classes.tolist() == np.repeat(np.arange(30), 2).tolist()
+    for image, c in zip(images, classes):  # each image is a training image of its class
+        matches = np.flatnonzero((x == image).all(axis=(1, 2, 3)))
+        assert len(matches) == 1 and y[matches[0]] == c
+    scale = np.sqrt(30 / 10)  # init_proto(scale_y=True): (one-hot - 1/C) / sqrt(C/10)
+    np.testing.assert_allclose(labels.max(1), (1 - 1 / 30) / scale, rtol=1e-6)
+    np.testing.assert_allclose(labels.min(1), (-1 / 30) / scale, rtol=1e-6)
+
+
+def test_official_harness_batches_cover_an_epoch_with_centred_one_hot_labels():
+    from official_frepo import Batches
+
+    x = np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1)
+    y = np.arange(10) % 5
+    batches = Batches(x, y, num_classes=5, batch=4, seed=0).as_numpy_iterator()
+    first, second = next(batches), next(batches)  # an epoch of 10 images holds two batches of 4
+    seen = np.concatenate([first["image"].ravel(), second["image"].ravel()]).astype(int)
+    assert len(set(seen.tolist())) == 8
+    for batch in (first, second):
+        ids = batch["image"].ravel().astype(int)
+        expected = np.full((4, 5), -0.2, dtype=np.float32)
+        expected[np.arange(4), y[ids]] = 0.8
+        np.testing.assert_array_equal(batch["label"], expected)
+
+
+def test_mtt_harness_cpu_copies_so_a_recorded_trajectory_does_not_alias_the_live_weights():
+    """MTT's buffer.py records each epoch with `p.detach().cpu()`: on a CPU that is the live parameter,
+    and every recorded epoch became the final weights (distill.py's first loss: inf)."""
+    from mtt import copying_cpu
+
+    weights = torch.nn.Parameter(torch.ones(3))
+    recorded = copying_cpu(weights.detach())
+    with torch.no_grad():
+        weights.add_(1.0)  # the optimiser's in-place update
+    assert recorded.tolist() == [1.0, 1.0, 1.0]
