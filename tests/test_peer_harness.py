@@ -225,3 +225,19 @@ def test_mtt_harness_cpu_copies_so_a_recorded_trajectory_does_not_alias_the_live
     with torch.no_grad():
         weights.add_(1.0)  # the optimiser's in-place update
     assert recorded.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_peer_stopped_by_the_budget_or_out_of_memory_is_a_result_other_errors_are_not(tmp_path):
+    script = tmp_path / "peer.py"
+    cases = {
+        "from common import BudgetReached\nraise BudgetReached": "stopped by the harness",
+        "raise RuntimeError('DefaultCPUAllocator: can\\'t allocate memory: you tried 2621440000 bytes')": (
+            "out of memory: DefaultCPUAllocator: can't allocate memory: you tried 2621440000 bytes"
+        ),
+    }
+    for body, outcome in cases.items():
+        script.write_text(body)
+        assert common.run_until_stopped(script, [], tmp_path) == outcome
+    script.write_text("raise RuntimeError('a bug in the peer')")
+    with pytest.raises(RuntimeError, match="a bug in the peer"):
+        common.run_until_stopped(script, [], tmp_path)

@@ -222,3 +222,47 @@ def run_script(path: Path, argv: list[str], cwd: Path) -> None:
     finally:
         sys.argv = old_argv
         os.chdir(old_cwd)
+
+
+def prepare_torch_peer(dataset: str, data_dir: str | None, seed: int, memory_gb: float | None) -> dict:
+    """What a torch peer (MTT, DM) needs before its script runs: the memory cap, the torch and numpy seeds
+    (the peers seed nothing themselves), and the dataset and SciPy stand-ins. Returns the arrays served."""
+    import torch
+
+    cap_memory(memory_gb)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    arrays = load_arrays(dataset, data_dir, seed)
+    install_torchvision_datasets(arrays)
+    install_scipy_interpolation_alias()
+    return arrays
+
+
+def run_until_stopped(path: Path, argv: list[str], cwd: Path) -> str:
+    """Run a peer's script until the harness stops it; returns the outcome. An allocation past the
+    `--memory-gb` cap is a result ("out of memory ..."), not a crash."""
+    try:
+        run_script(path, argv, cwd)
+    except BudgetReached:
+        pass
+    except (MemoryError, RuntimeError) as exc:
+        if "memory" not in str(exc).lower() and not isinstance(exc, MemoryError):
+            raise
+        return f"out of memory: {str(exc).splitlines()[0][:200]}"
+    return "stopped by the harness"
+
+
+def torch_measures(clock: Clock) -> dict:
+    """The clock's summary and the memory and machine of a torch run, for its result.json."""
+    import torch
+
+    measures = {
+        **clock.summary(),
+        "peak_rss_mb": peak_rss_mb(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__,
+        "machine": machine(),
+    }
+    if torch.cuda.is_available():
+        measures["device_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return measures

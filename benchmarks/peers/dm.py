@@ -29,18 +29,7 @@ import inspect
 from pathlib import Path
 
 import torch
-from common import (
-    BudgetReached,
-    Clock,
-    cap_memory,
-    install_scipy_interpolation_alias,
-    install_torchvision_datasets,
-    load_arrays,
-    machine,
-    peak_rss_mb,
-    run_script,
-    write_result,
-)
+from common import Clock, prepare_torch_peer, run_until_stopped, torch_measures, write_result
 
 PEER_NAMES = {"cifar10": "CIFAR10", "cifar100-standin": "CIFAR100"}
 
@@ -96,13 +85,7 @@ def main() -> None:
     clock = Clock(args.budget_min * 60, max_steps=args.max_steps)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    cap_memory(args.memory_gb)
-    torch.manual_seed(args.seed)
-    import numpy as np
-
-    np.random.seed(args.seed)
-    install_torchvision_datasets(load_arrays(args.dataset, args.data_dir, args.seed))
-    install_scipy_interpolation_alias()
+    prepare_torch_peer(args.dataset, args.data_dir, args.seed, args.memory_gb)
     name = PEER_NAMES[args.dataset]
 
     def save(tag: str) -> str:
@@ -117,15 +100,7 @@ def main() -> None:
     argv = ["--dataset", name, "--model", "ConvNet", "--ipc", str(args.ipc), "--init", "real", "--num_exp", "1"]
     argv += ["--num_eval", "0", "--Iteration", "1000000", "--data_path", str(out / "data")]
     argv += ["--save_path", str(out / "dm_results")]
-    outcome = "stopped by the harness"
-    try:
-        run_script(Path(args.dm).resolve() / "main_DM.py", argv, out)
-    except BudgetReached:
-        pass
-    except (MemoryError, RuntimeError) as exc:  # an allocation past --memory-gb: a result, not a crash
-        if "memory" not in str(exc).lower() and not isinstance(exc, MemoryError):
-            raise
-        outcome = f"out of memory: {str(exc).splitlines()[0][:200]}"
+    outcome = run_until_stopped(Path(args.dm).resolve() / "main_DM.py", argv, out)
     result = {
         "method": "DM",
         "checkout": args.dm,
@@ -134,15 +109,9 @@ def main() -> None:
         "budget_min": args.budget_min,
         "memory_cap_gb": args.memory_gb,
         "outcome": outcome,
-        **clock.summary(),
-        "peak_rss_mb": peak_rss_mb(),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "torch": torch.__version__,
-        "machine": machine(),
+        **torch_measures(clock),
         "set_format": "DC/DSA/DM res_*.pt (frepo evaluate --dataset NAME --preprocess dc)",
     }
-    if torch.cuda.is_available():
-        result["device_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     write_result(out / "result.json", result)
 
 

@@ -48,16 +48,12 @@ from pathlib import Path
 import torch
 from common import (
     T0,
-    BudgetReached,
     Clock,
-    cap_memory,
     install_fake_wandb,
-    install_scipy_interpolation_alias,
-    install_torchvision_datasets,
-    load_arrays,
-    machine,
-    peak_rss_mb,
+    prepare_torch_peer,
     run_script,
+    run_until_stopped,
+    torch_measures,
     write_result,
 )
 from dm import PEER_NAMES, caller_local
@@ -112,15 +108,8 @@ def main() -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     mtt_dir = Path(args.mtt).resolve()
-    cap_memory(args.memory_gb)
-    torch.manual_seed(args.seed)
-    import numpy as np
-
-    np.random.seed(args.seed)
-    arrays = load_arrays(args.dataset, args.data_dir, args.seed)
+    arrays = prepare_torch_peer(args.dataset, args.data_dir, args.seed, args.memory_gb)
     num_classes = int(arrays["y_train"].max()) + 1
-    install_torchvision_datasets(arrays)
-    install_scipy_interpolation_alias()
     if not torch.cuda.is_available():
         torch.Tensor.cuda = lambda self, *a, **k: self
         torch.Tensor.cpu = copying_cpu
@@ -164,15 +153,7 @@ def main() -> None:
     argv += ["--Iteration", "1000000", "--eval_it", "1000000", "--num_eval", "0"]
     if args.batch_syn:
         argv += ["--batch_syn", str(args.batch_syn)]
-    outcome = "stopped by the harness"
-    try:
-        run_script(mtt_dir / "distill.py", argv, out)
-    except BudgetReached:
-        pass
-    except (MemoryError, RuntimeError) as exc:  # an allocation past --memory-gb: a result, not a crash
-        if "memory" not in str(exc).lower() and not isinstance(exc, MemoryError):
-            raise
-        outcome = f"out of memory: {str(exc).splitlines()[0][:200]}"
+    outcome = run_until_stopped(mtt_dir / "distill.py", argv, out)
     result = {
         "method": "MTT",
         "checkout": args.mtt,
@@ -193,15 +174,9 @@ def main() -> None:
         "max_start_epoch": args.max_start_epoch,
         "batch_syn": args.batch_syn,
         "learned_lr": learned_lr[0] if learned_lr else None,
-        **clock.summary(),
-        "peak_rss_mb": peak_rss_mb(),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "torch": torch.__version__,
-        "machine": machine(),
+        **torch_measures(clock),
         "set_format": "MTT images_*.pt + labels_*.pt (frepo evaluate --dataset NAME --preprocess mtt-zca)",
     }
-    if torch.cuda.is_available():
-        result["device_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     write_result(out / "result.json", result)
 
 
