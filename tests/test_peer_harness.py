@@ -238,6 +238,59 @@ def test_a_peer_stopped_by_the_budget_or_out_of_memory_is_a_result_other_errors_
     for body, outcome in cases.items():
         script.write_text(body)
         assert common.run_until_stopped(script, [], tmp_path) == outcome
-    script.write_text("raise RuntimeError('a bug in the peer')")
-    with pytest.raises(RuntimeError, match="a bug in the peer"):
-        common.run_until_stopped(script, [], tmp_path)
+    for bug in ("a bug in the peer", "some elements ... refer to a single memory location"):  # not memory
+        script.write_text(f"raise RuntimeError({bug!r})")
+        with pytest.raises(RuntimeError, match=bug.split()[-1]):
+            common.run_until_stopped(script, [], tmp_path)
+
+
+def test_compare_evaluates_the_frepos_sets_under_both_protocols_and_tabulates_them(tmp_path, monkeypatch):
+    import compare
+
+    commands = []
+
+    def fake_run(cmd: list[str]) -> None:  # stands in for `frepo evaluate ... --json OUT`
+        commands.append(cmd)
+        protocol = cmd[cmd.index("--protocol") + 1]
+        models = int(cmd[cmd.index("--models") + 1])
+        mean = {"dsa": 40.0, "frepo": 50.0}[protocol] + models
+        Path(cmd[cmd.index("--json") + 1]).write_text(json.dumps({"mean": mean, "std": 0.5 if models > 1 else None}))
+
+    monkeypatch.setattr(compare, "run", fake_run)
+    args = types.SimpleNamespace(dataset="cifar10", seed=0, models=2, frepo_protocol=True)
+    snaps = [
+        {"mark": 0.5, "minutes": 7.5, "steps": 5, "path": str(tmp_path / "half.safetensors")},
+        {"mark": 1.0, "minutes": 15.0, "steps": 9, "path": str(tmp_path / "end.safetensors")},
+    ]
+    frepo = compare.curve_points("frepo", {"snapshots": snaps}, args)
+    dm = compare.curve_points("dm", {"snapshots": [{**s, "path": s["path"] + ".pt"} for s in snaps]}, args)
+    assert [(p["accuracy"], p["frepo_protocol"]["accuracy"]) for p in frepo] == [(41.0, 51.0), (42.0, 52.0)]
+    assert all("frepo_protocol" not in p for p in dm)  # DM's hard-labelled sets: the DSA protocol only
+    assert len(commands) == 6
+    compare.curve_points("frepo", {"snapshots": snaps}, args)
+    assert len(commands) == 6  # resumed: every evaluation's JSON is kept and read back
+
+    rows = [{"label": "frepo", "steps": 9, "step_s_median": 1.5, "setup_s": 3.0, "peak_rss_mb": 2048, "points": frepo}]
+    rows.append({"label": "DM", "steps": 9, "step_s_median": 1.0, "setup_s": 3.0, "peak_rss_mb": 1024, "points": dm})
+    lines = compare.table(rows, curve=True).splitlines()
+    assert lines[2].endswith(
+        "| 41.00 (1 model, 7.5 min) | 42.00 ± 0.50 (2 models, 15.0 min) "
+        "| 51.00 (1 model, 7.5 min) | 52.00 ± 0.50 (2 models, 15.0 min) |"
+    )
+    assert lines[3].endswith("| 42.00 ± 0.50 (2 models, 15.0 min) | – | – |")
+
+
+def test_aliased_assignment_is_copied_first_as_torch_1_did(monkeypatch):
+    monkeypatch.setattr(torch.Tensor, "__setitem__", torch.Tensor.__setitem__)  # restored after the test
+    one = torch.full((1, 1, 1, 1), 0.25)  # DSA's per-image brightness draw for a batch of one image
+    with pytest.raises(RuntimeError, match="single memory location"):
+        one[:] = one[0]  # its Siamese branch: refused by torch 2
+    common.install_aliased_assignment_clone()
+    one[:] = one[0]
+    assert one.flatten().tolist() == [0.25]
+    many = torch.tensor([1.0, 2.0, 3.0]).view(3, 1, 1, 1)
+    many[:] = many[0]
+    assert many.flatten().tolist() == [1.0, 1.0, 1.0]
+    other = torch.zeros(3)
+    other[1:] = many[:2].flatten()  # no aliasing: the ordinary assignment
+    assert other.tolist() == [0.0, 1.0, 1.0]

@@ -224,6 +224,32 @@ def run_script(path: Path, argv: list[str], cwd: Path) -> None:
         os.chdir(old_cwd)
 
 
+def install_aliased_assignment_clone() -> None:
+    """`t[idx] = v` where `v` is a view of `t` itself copies `v` first. The DC/DSA augmentation's
+    "Siamese" branch writes `randb[:] = randb[0]`; with one image per class (DM's per-class batches at
+    IPC 1) source and destination are the same element, which torch 1.x copied and torch 2.x refuses
+    ("some elements of the input tensor and the written-to tensor refer to a single memory location").
+    Copying first gives the old result; assignments without aliasing are untouched."""
+    import torch
+
+    if getattr(torch.Tensor.__setitem__, "clones_aliased_values", False):
+        return
+    setitem = torch.Tensor.__setitem__
+
+    def setitem_cloning_aliases(self, key, value):
+        if (
+            isinstance(value, torch.Tensor)
+            and value.numel()
+            and self.numel()
+            and value.untyped_storage().data_ptr() == self.untyped_storage().data_ptr()
+        ):
+            value = value.clone()
+        return setitem(self, key, value)
+
+    setitem_cloning_aliases.clones_aliased_values = True
+    torch.Tensor.__setitem__ = setitem_cloning_aliases
+
+
 def prepare_torch_peer(dataset: str, data_dir: str | None, seed: int, memory_gb: float | None) -> dict:
     """What a torch peer (MTT, DM) needs before its script runs: the memory cap, the torch and numpy seeds
     (the peers seed nothing themselves), and the dataset and SciPy stand-ins. Returns the arrays served."""
@@ -238,6 +264,12 @@ def prepare_torch_peer(dataset: str, data_dir: str | None, seed: int, memory_gb:
     return arrays
 
 
+# What torch's allocators say when an allocation fails (CPU: past the `--memory-gb` cap; GPU: full).
+# Only these: other RuntimeErrors that mention memory (e.g. "... refer to a single memory location")
+# are bugs, not results.
+OUT_OF_MEMORY = ("can't allocate memory", "out of memory", "cannot allocate memory")
+
+
 def run_until_stopped(path: Path, argv: list[str], cwd: Path) -> str:
     """Run a peer's script until the harness stops it; returns the outcome. An allocation past the
     `--memory-gb` cap is a result ("out of memory ..."), not a crash."""
@@ -246,9 +278,10 @@ def run_until_stopped(path: Path, argv: list[str], cwd: Path) -> str:
     except BudgetReached:
         pass
     except (MemoryError, RuntimeError) as exc:
-        if "memory" not in str(exc).lower() and not isinstance(exc, MemoryError):
+        message = str(exc)
+        if not isinstance(exc, MemoryError) and not any(m in message.lower() for m in OUT_OF_MEMORY):
             raise
-        return f"out of memory: {str(exc).splitlines()[0][:200]}"
+        return f"out of memory: {message.splitlines()[0][:200] if message else type(exc).__name__}"
     return "stopped by the harness"
 
 

@@ -17,7 +17,9 @@ Run-time updates (the checkout is not modified):
 
 - `torchvision.datasets.CIFAR10/CIFAR100` read `<data-dir>/<name>.npz` (or the CIFAR-100 stand-in)
   instead of downloading;
-- `scipy.ndimage.interpolation` (removed from SciPy) is aliased to `scipy.ndimage`.
+- `scipy.ndimage.interpolation` (removed from SciPy) is aliased to `scipy.ndimage`;
+- `t[idx] = v` with `v` a view of `t` copies `v` first: DSA's `randb[:] = randb[0]` with one image per
+  class (IPC 1) is refused by torch 2 ("... refer to a single memory location"; measured 2026-12-05).
 
 Peak memory: the process's peak RSS on a CPU, `torch.cuda.max_memory_allocated` on a GPU.
 """
@@ -29,7 +31,14 @@ import inspect
 from pathlib import Path
 
 import torch
-from common import Clock, prepare_torch_peer, run_until_stopped, torch_measures, write_result
+from common import (
+    Clock,
+    install_aliased_assignment_clone,
+    prepare_torch_peer,
+    run_until_stopped,
+    torch_measures,
+    write_result,
+)
 
 PEER_NAMES = {"cifar10": "CIFAR10", "cifar100-standin": "CIFAR100"}
 
@@ -86,6 +95,7 @@ def main() -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     prepare_torch_peer(args.dataset, args.data_dir, args.seed, args.memory_gb)
+    install_aliased_assignment_clone()
     name = PEER_NAMES[args.dataset]
 
     def save(tag: str) -> str:
