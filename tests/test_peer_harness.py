@@ -294,3 +294,28 @@ def test_aliased_assignment_is_copied_first_as_torch_1_did(monkeypatch):
     other = torch.zeros(3)
     other[1:] = many[:2].flatten()  # no aliasing: the ordinary assignment
     assert other.tolist() == [0.0, 1.0, 1.0]
+
+
+def test_summary_puts_every_method_against_every_setting_in_one_table():
+    import summary
+
+    def record(dataset, ipc, rows, mtt_flags=""):
+        return {"args": {"dataset": dataset, "ipc": ipc, "mtt_flags": mtt_flags}, "rows": rows}
+
+    frepo = {"key": "frepo", "label": "frepo", "step_s_median": 1.19, "peak_rss_mb": 2252.8}
+    mtt_oom = {"key": "mtt", "label": "MTT", "peak_rss_mb": 17408.0, "outcome": "out of memory: [enforce fail]"}
+    mtt_b100 = {"key": "mtt", "label": "MTT", "step_s_median": 22.86, "peak_rss_mb": 10444.8}
+    text = summary.summary(
+        [
+            record("cifar10", 1, [frepo]),
+            record("cifar100-standin", 10, [{**frepo, "step_s_median": 10.08}, mtt_oom]),
+            record("cifar100-standin", 10, [mtt_b100], mtt_flags="--syn-steps 20 --batch-syn 100"),
+        ]
+    )
+    assert text.splitlines() == [
+        "| method | CIFAR-10 IPC 1 | CIFAR-100 (stand-in) IPC 10 |",
+        "|---|---|---|",
+        "| frepo | 1.19 s · 2.2 GB | 10.08 s · 2.2 GB |",
+        "| MTT | not run | out of memory (at 17.0 GB) |",
+        "| MTT, batch_syn 100 | not run | 22.86 s · 10.2 GB |",
+    ]

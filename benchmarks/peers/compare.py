@@ -159,7 +159,7 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4))
     for r in rows:
         pts = sorted(r.get("points", []), key=lambda p: p["minutes"])
         if not pts:
@@ -189,7 +189,7 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     ax.set_ylabel("test accuracy (%): DSA protocol, solid")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")  # beside the axes: hides no point
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
