@@ -22,6 +22,10 @@ reports the median step after warm-up and the peak memory (for MTT: untrained ex
 since a step's cost does not depend on them; MTT and DM under an address-space cap of `--memory-gb`,
 so a run too large for the machine ends as "out of memory" instead of swapping).
 
+Every method runs with glibc's default allocator, frepo included (`frepo distill` keeps freed memory in
+the heap, `frepo.base.perf`; `frepo_run.py` does not). `--allocator heap` gives every method's process that
+same setting through glibc's environment variables, so its effect on each method can be measured.
+
 Every step is resumable: a method whose result.json exists is not rerun, an evaluation whose JSON
 exists is not redone. The official FRePo runs under `--jax-python` (an interpreter with JAX, flax,
 optax and frepo; default: this one).
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -47,11 +52,14 @@ EVAL_FLAGS = {  # how `frepo evaluate` reads each method's files
     "dm": ["--dataset", "{dataset}", "--preprocess", "dc"],
 }
 LEARNED_LABELS = ("frepo", "official")  # the methods whose sets carry learned labels: also the frepo protocol
+# `--allocator heap`: what frepo.base.perf.tune_cpu_allocator sets with mallopt (no mmap for large blocks, freed
+# memory returned to the kernel only beyond 1 GiB of slack), as glibc reads it from the environment at start.
+HEAP_ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
-def run(cmd: list[str]) -> None:
-    print("$", shlex.join(cmd), file=sys.stderr, flush=True)
-    subprocess.run(cmd, check=True)
+def run(cmd: list[str], env: dict[str, str] | None = None) -> None:
+    print("$", " ".join(f"{k}={v}" for k, v in (env or {}).items()), shlex.join(cmd), file=sys.stderr, flush=True)
+    subprocess.run(cmd, check=True, env={**os.environ, **env} if env else None)
 
 
 def harness(method: str, args, out: Path, timing: bool) -> list[str]:
@@ -73,12 +81,13 @@ def harness(method: str, args, out: Path, timing: bool) -> list[str]:
 
 def run_methods(args, timing: bool) -> dict[str, dict]:
     results = {}
+    env = HEAP_ALLOCATOR_ENV if args.allocator == "heap" else None
     for method in args.methods.split(","):
         out = Path(args.out) / method
         done = out / "result.json"
         if not done.is_file():
             try:
-                run(harness(method, args, out, timing))
+                run(harness(method, args, out, timing), env)
             except subprocess.CalledProcessError as exc:
                 # A failure is a result too (e.g. killed for memory); it is recorded, not retried.
                 out.mkdir(parents=True, exist_ok=True)
@@ -210,6 +219,12 @@ def main() -> None:
     parser.add_argument("--official-steps", type=int, help="the official FRePo's schedule length")
     parser.add_argument("--mtt-flags", default="", help="extra flags for mtt.py (expert trajectories, syn steps)")
     parser.add_argument("--memory-gb", type=float, help="address-space cap for the torch peers")
+    parser.add_argument(
+        "--allocator",
+        choices=("default", "heap"),
+        default="default",
+        help="glibc malloc for every method: its default, or freed memory kept in the heap (as `frepo distill` does)",
+    )
     parser.add_argument("--models", type=int, default=2, help="networks per evaluation of each method's last set")
     parser.add_argument(
         "--frepo-protocol",

@@ -12,9 +12,11 @@ Two of the checkout's scripts run in this process, one after the other, on one w
    `--untrained-experts` writes trajectories of untrained networks instead (a fresh initialisation per
    epoch): for timing a distillation step only, whose cost does not depend on the parameters' values.
 2. `distill.py --zca --syn_steps S --expert_epochs 2 --max_start_epoch M --lr_img 1000 --lr_lr 1e-05
-   --lr_teacher 0.01` (the README's CIFAR-10 IPC 10 row: S = 30, M = 20; M is capped by T − 2) with
+   --lr_teacher 0.01` (S = 30, M = 20 at CIFAR-10 IPC 10; M is capped by T − 2) with
    `--Iteration 1000000 --num_eval 0`: no evaluation inside the loop; every method's sets are
-   evaluated afterwards by `frepo evaluate`, and that time is no method's.
+   evaluated afterwards by `frepo evaluate`, and that time is no method's. The rates' defaults are those
+   of the one command MTT's README prints (CIFAR-100 IPC 1); its table of rates per setting is an image
+   outside the checkout, so `--lr-img`, `--lr-lr` and `--lr-teacher` set them.
 
 The harness takes MTT's per-iteration `wandb.log` call as its hook: after each iteration it times it
 and, at the wall-clock marks, saves the set in MTT's own layout, `images_stepNNNNNN.pt` (ZCA space) with
@@ -97,6 +99,9 @@ def main() -> None:
     parser.add_argument("--expert-epochs", type=int, default=2)
     parser.add_argument("--max-start-epoch", type=int, default=20)
     parser.add_argument("--batch-syn", type=int, help="distill.py --batch_syn (default: the whole set)")
+    parser.add_argument("--lr-img", type=float, default=1000.0, help="distill.py --lr_img (the images' rate)")
+    parser.add_argument("--lr-lr", type=float, default=1e-05, help="distill.py --lr_lr (the step size's rate)")
+    parser.add_argument("--lr-teacher", type=float, default=0.01, help="distill.py --lr_teacher (initial step)")
     parser.add_argument("--memory-gb", type=float, help="cap the address space (an allocation past it fails)")
     parser.add_argument("--seed", type=int, default=0, help="torch and numpy seed (MTT seeds nothing itself)")
     parser.add_argument("--out", required=True, help="folder for images_*.pt, labels_*.pt and result.json")
@@ -149,7 +154,7 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats()
     argv = [*common, "--ipc", str(args.ipc), "--syn_steps", str(args.syn_steps)]
     argv += ["--expert_epochs", str(args.expert_epochs), "--max_start_epoch", str(args.max_start_epoch)]
-    argv += ["--lr_img", "1000", "--lr_lr", "1e-05", "--lr_teacher", "0.01"]
+    argv += ["--lr_img", f"{args.lr_img:g}", "--lr_lr", f"{args.lr_lr:g}", "--lr_teacher", f"{args.lr_teacher:g}"]
     argv += ["--Iteration", "1000000", "--eval_it", "1000000", "--num_eval", "0"]
     if args.batch_syn:
         argv += ["--batch_syn", str(args.batch_syn)]
@@ -173,6 +178,9 @@ def main() -> None:
         "expert_epochs": args.expert_epochs,
         "max_start_epoch": args.max_start_epoch,
         "batch_syn": args.batch_syn,
+        "lr_img": args.lr_img,
+        "lr_lr": args.lr_lr,
+        "lr_teacher": args.lr_teacher,
         "learned_lr": learned_lr[0] if learned_lr else None,
         **torch_measures(clock),
         "set_format": "MTT images_*.pt + labels_*.pt (frepo evaluate --dataset NAME --preprocess mtt-zca)",
