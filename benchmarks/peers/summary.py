@@ -3,7 +3,8 @@ files that `compare.py` wrote (curve or timing runs, any number, on one machine)
 
     python benchmarks/peers/summary.py docs/peers_cifar10_ipc1_timing_cpu.json docs/peers_cifar10_ipc10_cpu.json \
         docs/peers_cifar100_ipc10_cpu.json docs/peers_cifar100_ipc50_cpu.json \
-        docs/peers_cifar100_ipc10_mtt_batch100_cpu.json docs/peers_cifar100_ipc50_mtt_batch100_cpu.json
+        docs/peers_cifar100_ipc10_mtt_batch100_cpu.json docs/peers_cifar100_ipc50_mtt_batch100_cpu.json \
+        docs/peers_cifar100_ipc50_mtt_batch125_cpu.json docs/peers_cifar100_ipc50_mtt_batch25_cpu.json
 
 A row is a method (MTT with a `--batch-syn` of its own is a row of its own: its step is another amount of
 work), a column a setting in the order the files are given; a cell is the median step and the peak RSS,
