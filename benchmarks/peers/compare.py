@@ -58,7 +58,7 @@ HEAP_ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 <
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None) -> None:
-    print("$", " ".join(f"{k}={v}" for k, v in (env or {}).items()), shlex.join(cmd), file=sys.stderr, flush=True)
+    print("$", *(f"{k}={v}" for k, v in (env or {}).items()), shlex.join(cmd), file=sys.stderr, flush=True)
     subprocess.run(cmd, check=True, env={**os.environ, **env} if env else None)
 
 
