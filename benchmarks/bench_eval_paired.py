@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_eval import subset  # noqa: E402
 
+from frepo.base.compiler import torch_compile  # noqa: E402
 from frepo.eval.augment import random_op, reference_ops  # noqa: E402
 from frepo.method.krr import mse_loss  # noqa: E402
 from frepo.method.optim import optax_adam  # noqa: E402
@@ -45,7 +46,7 @@ def main() -> None:
         gen = torch.Generator().manual_seed(0)
         model = build_model("conv", tuple(images.shape[1:]), 10, generator=gen, width=128)
         model = model.to(memory_format=layout).train()
-        forward = torch.compile(model, dynamic=False) if compiled else model
+        forward = torch_compile(model, dynamic=False) if compiled else model
         return forward, optax_adam(model.parameters(), 3e-4), gen
 
     nets = {"eager": network(False), "compiled": network(True)}

@@ -14,6 +14,7 @@ from typing import Protocol
 import torch
 from torch.profiler import record_function
 
+from ..base.compiler import torch_compile
 from ..base.device import deterministic_kernels
 from ..base.dist import DistContext
 from ..base.errors import FrepoError
@@ -120,7 +121,7 @@ class Passes:
         self._embed, self._logits = _embed, _logits
         if mode != "off":
             options = {"dynamic": False, "mode": "reduce-overhead" if mode == "cudagraphs" else None}
-            self._embed, self._logits = torch.compile(_embed, **options), torch.compile(_logits, **options)
+            self._embed, self._logits = torch_compile(_embed, **options), torch_compile(_logits, **options)
 
     def features(self, model: torch.nn.Module, x: torch.Tensor, chunk_size: int = 0) -> torch.Tensor:
         """Features of x (N×C×H×W -> N×D), differentiable in x. With 0 < chunk_size < N the forward runs

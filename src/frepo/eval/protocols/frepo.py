@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ...base.compiler import torch_compile
 from ...base.errors import FrepoError
 from ...base.fields import check_choices, opt
 from ...base.rng import generator
@@ -85,7 +86,7 @@ def train_reference_model(
     """Train one fresh network with the reference protocol. images N×C×H×W, targets N×K on `device`.
     With `compile`, the training steps run the network under torch.compile (static shapes)."""
     model, images = fresh_network(arch, images, num_classes, gen=gen, device=device, width=width)
-    forward = torch.compile(model, dynamic=False) if compile else model  # the same parameters
+    forward = torch_compile(model, dynamic=False) if compile else model  # the same parameters
     optimizer = optax_adam(model.parameters(), lr=0.0)
     update = NetworkUpdate(forward, optimizer, mse_loss, ops, gen)
     train(
