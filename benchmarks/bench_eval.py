@@ -23,7 +23,6 @@ holds the TF32 and bf16 matmul peaks on CUDA.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -76,19 +75,6 @@ def elapsed(start: float, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-@contextlib.contextmanager
-def compiled_models():
-    """The protocol's networks wrapped in torch.compile (static shapes; compile time is counted)."""
-    import frepo.eval.protocols.frepo as protocol
-
-    original = protocol.build_model
-    protocol.build_model = lambda *a, **k: torch.compile(original(*a, **k), dynamic=False)
-    try:
-        yield
-    finally:
-        protocol.build_model = original
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10,100,500")
@@ -120,13 +106,11 @@ def main() -> None:
                 stacked = train_reference_models(images, targets, gens=[generator(0, s) for s in streams], **kw)
                 seconds = elapsed(start, device)
                 accs = stacked.accuracies(test_x, test_y, device)
-            elif mode == "compiled":
-                with compiled_models():
-                    nets = [train_reference_model(images, targets, gen=generator(0, s), **kw) for s in streams]
-                seconds = elapsed(start, device)
-                accs = [accuracy(net, test_x, test_y, device) for net in nets]
-            else:
-                nets = [train_reference_model(images, targets, gen=generator(0, s), **kw) for s in streams]
+            else:  # sequential, eager or each network compiled (the protocol's own `--compile on` path)
+                compiled = mode == "compiled"
+                nets = [
+                    train_reference_model(images, targets, gen=generator(0, s), compile=compiled, **kw) for s in streams
+                ]
                 seconds = elapsed(start, device)
                 accs = [accuracy(net, test_x, test_y, device) for net in nets]
             flops = step_flops(ds, args.models, device)  # the useful work, the same for both modes
