@@ -321,6 +321,7 @@ def test_summary_puts_every_method_against_every_setting_in_one_table():
     ]
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator and /proc are Linux's")
 def test_allocator_heap_keeps_freed_memory_in_every_peers_heap_as_frepo_does(tmp_path):
     import compare
 
@@ -328,18 +329,22 @@ def test_allocator_heap_keeps_freed_memory_in_every_peers_heap_as_frepo_does(tmp
 
     # The same setting as frepo's own mallopt calls, given through glibc's environment instead.
     assert compare.HEAP_ALLOCATOR_ENV == {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(perf.TRIM_THRESHOLD)}
-    script = tmp_path / "faults.py"
+    # How much of a freed 64 MB block (an activation's size) the process still holds. Resident memory, not
+    # page faults: numpy asks for transparent huge pages, so a fresh mapping's faults are ~32 or ~16 000
+    # depending on the kernel's free huge pages (a fault count failed here 1 run in 5).
+    script = tmp_path / "kept.py"
     script.write_text(
-        "import resource, sys\nimport numpy as np\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
-        "for _ in range(20):\n    a = np.ones(8 << 20)  # 64 MB, written: an activation-sized block\n    del a\n"
-        "faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before\n"
-        "open(sys.argv[1], 'w').write(str(faults))\n"
+        "import os, sys\nimport numpy as np\n"
+        "def resident():\n    return int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE')\n"
+        "before = resident()\n"
+        "a = np.ones(8 << 20)  # 64 MB, written\ndel a\n"
+        "open(sys.argv[1], 'w').write(str(resident() - before))\n"
     )
-    faults = {}
+    kept = {}
     for allocator, env in (("default", None), ("heap", compare.HEAP_ALLOCATOR_ENV)):
         out = tmp_path / allocator
         compare.run([sys.executable, str(script), str(out)], env)
-        faults[allocator] = int(out.read_text())
-    # glibc's default maps each large block afresh (page faults on every reuse); the heap setting reuses it.
-    assert faults["heap"] * 4 < faults["default"], faults
+        kept[allocator] = int(out.read_text()) / 2**20
+    # glibc's default maps the block afresh and unmaps it on free (the next one page-faults it all again);
+    # the heap setting keeps it for reuse.
+    assert kept["default"] < 16 and kept["heap"] > 48, kept
