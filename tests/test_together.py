@@ -75,3 +75,31 @@ def test_auto_stacks_only_where_it_measured_faster():
     assert not auto.trains_together(cpu, mnist(10))
     assert EvalConfig.build(together="on").trains_together(cpu, mnist(500))
     assert not EvalConfig.build(together="off").trains_together(cuda, mnist(10))
+
+
+def test_a_network_with_nan_outputs_is_named_in_a_warning_one_by_one_and_stacked(caplog):
+    """A network that diverged gives NaN logits, whose argmax scores near chance: a number that looks like
+    a (bad) result. Both accuracy paths say so; healthy networks warn nothing."""
+    from frepo.eval.protocol import accuracy
+
+    images, targets = _problem()
+    test_x, test_y = images, torch.arange(12) % 3
+    kw = dict(num_classes=3, steps=0, ops=(), device=CPU, width=8)
+    stacked = train_reference_models(images, targets, gens=[generator(0, f"m{i}") for i in range(3)], **kw)
+    single = train_reference_model(images, targets, gen=generator(0, "m0"), **kw)
+    with caplog.at_level("WARNING", logger="frepo"):
+        stacked.accuracies(test_x, test_y, CPU)
+        accuracy(single, test_x, test_y, CPU)
+    assert not caplog.records
+    stacked.params["classifier.bias"][1, 0] = float("nan")
+    with torch.no_grad():
+        single.classifier.bias[2] = float("inf")
+    with caplog.at_level("WARNING", logger="frepo"):
+        stacked.accuracies(test_x, test_y, CPU)
+        accuracy(single, test_x, test_y, CPU)
+    assert [r.getMessage() for r in caplog.records] == [
+        "frepo: evaluation network 2 of 3 gave NaN or infinite outputs on 12 of 12 test images (it diverged in "
+        "training): its accuracy is meaningless",
+        "frepo: an evaluation network gave NaN or infinite outputs on 12 of 12 test images (it diverged in "
+        "training): its accuracy is meaningless",
+    ]

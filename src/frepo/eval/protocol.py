@@ -8,6 +8,7 @@ and tests `models` fresh networks, each from its own named random stream, and co
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,8 @@ from ..io.artifact import DistilledSet, class_ids_of, regression_targets
 from ..method.optim import warmup_cosine
 from ..models import inference_batch
 from .training import Schedule
+
+log = logging.getLogger(__name__)
 
 # The reference evaluation (frepo protocol) trains on batches of min(N, REFERENCE_BATCH) images, in order.
 REFERENCE_BATCH = 500
@@ -92,9 +95,31 @@ def accuracy(
     read once at the end."""
     model.eval()
     batch = batch or inference_batch(images)
-    correct = torch.zeros((), dtype=torch.long, device=device)
+    counts = torch.zeros(2, dtype=torch.long, device=device)  # correct, outputs not finite
     for start in range(0, len(images), batch):
         x = images[start : start + batch].to(device, non_blocking=True)
         y = labels[start : start + batch].to(device, non_blocking=True)
-        correct += (model(x).argmax(-1) == y).sum()
-    return 100.0 * int(correct) / max(len(images), 1)
+        logits = model(x)
+        counts += torch.stack(((logits.argmax(-1) == y).sum(), not_finite_rows(logits).sum()))
+    correct, not_finite = counts.tolist()
+    warn_not_finite([not_finite], len(images))
+    return 100.0 * correct / max(len(images), 1)
+
+
+def not_finite_rows(logits: torch.Tensor) -> torch.Tensor:
+    """(…×K) -> (…) bool: outputs holding a NaN or an infinity, whose argmax is no prediction."""
+    return ~torch.isfinite(logits).all(-1)
+
+
+def warn_not_finite(not_finite: list[int], total: int) -> None:
+    """A warning for each network whose outputs were not finite on some of `total` test images: it
+    diverged in training (or ran a broken kernel), so its accuracy measures nothing about the set."""
+    for m, count in enumerate(not_finite):
+        if count:
+            which = (
+                f"evaluation network {m + 1} of {len(not_finite)}" if len(not_finite) > 1 else "an evaluation network"
+            )
+            log.warning(
+                f"frepo: {which} gave NaN or infinite outputs on {count} of {total} test images "
+                "(it diverged in training): its accuracy is meaningless"
+            )

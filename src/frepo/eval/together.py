@@ -22,7 +22,7 @@ from ..method.krr import mse_loss
 from ..method.optim import optax_adam, set_lr
 from ..models import build_model, inference_batch
 from .augment import random_op
-from .protocol import REFERENCE_BATCH, reference_schedule
+from .protocol import REFERENCE_BATCH, not_finite_rows, reference_schedule, warn_not_finite
 from .training import train
 
 
@@ -56,11 +56,14 @@ class Stacked:
         `inference_batch` images by default, goes to `device`). Counted on the device, read once at the end."""
         self.template.eval()
         batch = batch or inference_batch(images)
-        correct = torch.zeros(self.n, dtype=torch.long, device=device)
+        counts = torch.zeros(2, self.n, dtype=torch.long, device=device)  # correct, outputs not finite
         for start in range(0, len(images), batch):
-            logits = self.forward_shared(self.params, images[start : start + batch].to(device))
-            correct += (logits.argmax(-1) == labels[start : start + batch].to(device)).sum(-1)
-        return [100.0 * int(c) / max(len(images), 1) for c in correct.cpu()]
+            logits = self.forward_shared(self.params, images[start : start + batch].to(device))  # N×B×K
+            correct = (logits.argmax(-1) == labels[start : start + batch].to(device)).sum(-1)
+            counts += torch.stack((correct, not_finite_rows(logits).sum(-1)))
+        correct, not_finite = counts.tolist()
+        warn_not_finite(not_finite, len(images))
+        return [100.0 * c / max(len(images), 1) for c in correct]
 
 
 def train_reference_models(
