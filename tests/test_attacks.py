@@ -47,16 +47,20 @@ def test_every_attack_finds_the_members_of_an_overfit_network_and_none_of_an_uns
 
     members, nonmembers = _blobs(200, 0), _blobs(200, 1)  # the same distribution
     targets = centered_one_hot(members[1], 3)
+    # How far a victim memorises depends on summation order: at 400 steps and lr 3e-3 its member loss ranged
+    # 0.0004-0.011 and the threshold attack's AUC 0.83-0.99 over 1 or 2 threads, ATen's default or AVX-512
+    # kernels and MKL_CBWR=COMPATIBLE. At 800 steps and lr 1e-3 it memorises in all four: member loss
+    # 0.0001-0.001 against 0.155-0.158, every AUC >= 0.92, and TF-Privacy's MLP, which sees unscaled
+    # features, 0.855-0.876. The floors leave room for that spread.
     overfit = train_victim(
-        members[0], targets, steps=400, batch_size=200, lr=3e-3, width=16, num_classes=3, ops=(),
+        members[0], targets, steps=800, batch_size=200, lr=1e-3, width=16, num_classes=3, ops=(),
         gen=torch.Generator().manual_seed(0), device=torch.device("cpu"),
     )  # fmt: skip
     results, m, nm = _attack(overfit, members, nonmembers, attack_set)
     assert set(results) == set(ATTACKS)
-    assert m["loss"].mean() < 0.01 < nm["loss"].mean()  # memorised
-    # TF-Privacy's models see unscaled features: its MLP reached 0.872 here (frepo's attacks: all > 0.9).
-    floor = 0.9 if attack_set == "frepo" else 0.85
+    assert m["loss"].mean() < 0.05 * nm["loss"].mean()  # memorised
     for name, metrics in results.items():
+        floor = 0.75 if (attack_set, name) == ("reference", "mlp") else 0.85
         assert metrics["auc"] > floor, (name, metrics)
     # Two sets the network never saw: nothing to find.
     fresh, _, _ = _attack(overfit, _blobs(200, 2), nonmembers, attack_set)
