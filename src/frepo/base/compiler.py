@@ -1,14 +1,14 @@
 """torch.compile with inductor's on-disk cache kept apart for each CPU.
 
 Inductor's FX graph cache (torch 2.14) does not key its generated C++ on the CPU's vector width. A graph
-generated where ATen runs AVX-512 (16 floats a vector) and found again where it runs AVX2 (8) is
-rebuilt with AVX2 flags but keeps its 16-wide loops, so it reads and writes past its buffers. Measured on
-a 2-core AVX-512 machine, with one cache directory shared between ATEN_CPU_CAPABILITY=avx512 and avx2
-(which stands in for an AVX2 host): the Conv's compiled forward returned NaN, the frepo protocol's
-compiled network trained to NaN (so it would have scored chance), and the reverse order aborted with
-"malloc_consolidate(): invalid chunk size". With ATEN_CPU_CAPABILITY=default the C++ did not compile.
-The same cache then serves mismatched CPUs wherever one directory outlives or spans machines: a home or
-/tmp shared by cluster nodes, a container image built elsewhere, a VM moved to another host.
+generated where ATen runs AVX-512 (16 floats a vector) and found again where it runs AVX2 (8) is rebuilt
+with AVX2 flags from C++ written for 16-wide vectors. Measured on a 2-core AVX-512 machine, with one cache
+directory shared between ATEN_CPU_CAPABILITY=avx512 and avx2 (which stands in for an AVX2 host): the
+Conv's compiled forward returned NaN, the frepo protocol's compiled network trained to NaN (so it would
+have scored chance), and the reverse order aborted with "malloc_consolidate(): invalid chunk size". With
+ATen's 'default' level, the reused C++ did not compile ("'transpose_mxn' was not declared"). One cache
+serves mismatched CPUs wherever a directory outlives or spans machines: a home or /tmp shared by cluster
+nodes, a container image built elsewhere, a VM moved to another host.
 
 So every compile in frepo goes through `torch_compile`, which points inductor at a subdirectory named
 after this CPU (its ATen capability and a digest of its feature flags) under the directory inductor would

@@ -59,8 +59,8 @@ class Stacked:
         counts = torch.zeros(2, self.n, dtype=torch.long, device=device)  # correct, outputs not finite
         for start in range(0, len(images), batch):
             logits = self.forward_shared(self.params, images[start : start + batch].to(device))  # N×B×K
-            correct = (logits.argmax(-1) == labels[start : start + batch].to(device)).sum(-1)
-            counts += torch.stack((correct, not_finite_rows(logits).sum(-1)))
+            hits = (logits.argmax(-1) == labels[start : start + batch].to(device)).sum(-1)
+            counts += torch.stack((hits, not_finite_rows(logits).sum(-1)))
         correct, not_finite = counts.tolist()
         warn_not_finite(not_finite, len(images))
         return [100.0 * c / max(len(images), 1) for c in correct]
