@@ -4,6 +4,7 @@ the original's accuracy under the same seed; the PNGs open in PIL and are `frepo
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -101,6 +102,23 @@ def test_learned_sets_round_trip_and_pngs_are_the_show_grid(tmp_path):
     gap = (ds.preprocessing.to_unit(back.images) - unit).abs()
     assert float(gap[inside].max()) <= 0.5 / 255 + 1e-4  # only the 8-bit rounding where nothing was clipped
     assert torch.equal(back.labels, ds.labels)
+
+
+def test_two_exports_of_one_set_are_the_same_bytes(tmp_path):
+    """Exports are reproducible artefacts: the same set gives byte-identical files in every layout, whatever
+    the temp names of the atomic writes (torch.save used to embed them) and the time of the export (zip
+    entries carry one, at 2 s resolution)."""
+    _, path = _learned(tmp_path)
+    for layout in LAYOUTS:
+        export(path, tmp_path / "first" / layout, layout)
+    time.sleep(2.1)
+    for layout in LAYOUTS:
+        export(path, tmp_path / "second" / layout, layout)
+    first = sorted(f.relative_to(tmp_path / "first") for f in (tmp_path / "first").rglob("*") if f.is_file())
+    second = sorted(f.relative_to(tmp_path / "second") for f in (tmp_path / "second").rglob("*") if f.is_file())
+    assert first == second and len(first) > 3 * len(LAYOUTS)
+    differ = [str(f) for f in first if (tmp_path / "first" / f).read_bytes() != (tmp_path / "second" / f).read_bytes()]
+    assert differ == []
 
 
 def test_export_and_evaluate_through_the_cli(tmp_path, capsys):

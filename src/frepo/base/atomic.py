@@ -147,7 +147,15 @@ def atomic_write_json(target: str | os.PathLike, obj) -> None:
 
 
 def atomic_torch_save(obj, target: str | os.PathLike) -> None:
-    atomic_write(target, lambda p: torch.save(obj, p))
+    """`torch.save` through a file object: given a path, torch names the archive's folder after the file,
+    here the random temp name, so two saves of the same object would differ in bytes; a file object gets
+    torch's fixed name ("archive"), and equal objects give equal files."""
+
+    def save(path: Path) -> None:
+        with open(path, "wb") as file:
+            torch.save(obj, file)
+
+    atomic_write(target, save)
 
 
 def atomic_save_safetensors(tensors: dict, target: str | os.PathLike, metadata: dict | None = None) -> None:
