@@ -3,32 +3,192 @@
 PyTorch's CPU allocator is glibc malloc. Every tensor above malloc's mmap threshold (at most 32 MB)
 gets fresh pages from the kernel and returns them on free, so each step of a distillation pays
 page faults for every large activation again. Keeping freed memory in the heap instead (no mmap,
-a high trim threshold) made the outer step 1.2-1.35x faster on a 2-core machine at about the same
-peak memory for the CIFAR settings and ~7% more for MNIST (docs/benchmarks.md). A large support set
-pays in memory: CIFAR-100 IPC 50 (5 000 images) ran 1.36x faster at 70% more peak RSS, 8.6 GB against
-5.1 (docs/peers.md, "The allocator"). The CLI calls this once at start; library users may too.
-FREPO_TUNE_ALLOCATOR=0 keeps glibc's default behaviour.
+a high trim threshold) made the outer step 1.2-1.55x faster on a 2-core machine (docs/benchmarks.md,
+docs/peers.md). It costs memory where the step's blocks fragment the heap: about the same peak for
+CIFAR-10 IPC 10, ~7% more for MNIST, but 1.6x the peak for CIFAR-100 IPC 50 and 1.85x with flip
+(10.2 GiB against 5.5; the step's own growth above the data 2.1x). Mapping afresh only the blocks above
+64 or 256 MB kept neither the speed nor the memory (docs/benchmarks.md, "The CPU allocator").
+
+So the choice is made per run, from memory (`AllocatorPolicy`): the CLI keeps freed memory from the
+start (evaluations, data preparation); a CPU distillation gives it back for its first outer step, measures
+that step's peak, and keeps freed memory for the rest of the run only where that peak with the heap's
+growth (`HEAP_GROWTH` times the step's own) fits in `MEMORY_SHARE` of the memory it can have.
+FREPO_TUNE_ALLOCATOR=1 always keeps freed memory (the default until 2026-12-05); FREPO_TUNE_ALLOCATOR=0
+never touches glibc's settings.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import os
+import resource
 import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
 TRIM_THRESHOLD = 1 << 30  # return freed heap memory to the kernel only beyond 1 GiB of slack
+# Giving freed memory back: glibc's settings as its own adaptation leaves them in a long run (its mmap
+# threshold rises with each freed mapped block up to 32 MB, the trim threshold to twice that). mallopt
+# switches that adaptation off, so it is set where it would end.
+GLIBC_MMAP_THRESHOLD = 32 << 20
+GLIBC_TRIM_THRESHOLD = 64 << 20
+GLIBC_MMAP_MAX = 65536
+HEAP_GROWTH = 2.5  # the step's growth in RSS with freed memory kept, over glibc's: measured up to 2.14
+MEMORY_SHARE = 0.8  # of the memory this process can have: what a kept heap may fill at most
+
+
+def _mode() -> str:
+    """FREPO_TUNE_ALLOCATOR: '0' never keeps freed memory, '1' always does, anything else decides by memory."""
+    value = os.environ.get("FREPO_TUNE_ALLOCATOR", "auto")
+    return value if value in ("0", "1") else "auto"
+
+
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018 (musl or another libc lacks them: nothing to tune)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def keep_freed_memory(keep: bool) -> bool:
+    """Keep freed memory in glibc's heap (True), or give it back to the kernel as glibc does (False: blocks
+    over 32 MB mapped afresh, and the heap's free pages returned now). True if applied: Linux with glibc,
+    and FREPO_TUNE_ALLOCATOR not 0 (which leaves glibc's settings untouched)."""
+    libc = _libc()
+    if libc is None or _mode() == "0":
+        return False
+    settings = (
+        ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+        if keep
+        else (
+            (M_MMAP_MAX, GLIBC_MMAP_MAX),
+            (M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD),
+            (M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD),
+        )
+    )
+    applied = all([bool(libc.mallopt(option, value)) for option, value in settings])
+    if not keep:
+        libc.malloc_trim(0)
+    return applied
 
 
 def tune_cpu_allocator() -> bool:
-    """Keep freed memory in glibc's heap (Linux only). True if applied."""
-    if not sys.platform.startswith("linux") or os.environ.get("FREPO_TUNE_ALLOCATOR", "1") == "0":
-        return False
+    """Keep freed memory in glibc's heap (Linux only), unless FREPO_TUNE_ALLOCATOR=0. True if applied.
+    The CLI calls this once at start; benchmarks too, to time the tuned step."""
+    return keep_freed_memory(True)
+
+
+def _meminfo_bytes(key: str) -> int | None:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl or another libc: nothing to tune
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_limit_bytes() -> int | None:
+    """This process's cgroup memory limit (v2 memory.max, or v1 limit_in_bytes), None if unlimited."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        folder = parts[2].lstrip("/")
+        if parts[1] == "":
+            candidates = [Path("/sys/fs/cgroup", folder, "memory.max"), Path("/sys/fs/cgroup/memory.max")]
+        elif "memory" in parts[1].split(","):
+            root = Path("/sys/fs/cgroup/memory")
+            candidates = [root / folder / "memory.limit_in_bytes", root / "memory.limit_in_bytes"]
+        else:
+            continue
+        for path in candidates:
+            try:
+                text = path.read_text().strip()
+            except OSError:
+                continue
+            if text.isdigit() and int(text) < 1 << 60:  # v1 writes a huge number for "no limit"
+                limits.append(int(text))
+            break
+    return min(limits) if limits else None
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def memory_within_reach() -> int | None:
+    """The memory this process can grow to: its RSS and what the system can still give it (MemAvailable,
+    which counts reclaimable caches), capped by its cgroup's limit. None where /proc says nothing."""
+    available = _meminfo_bytes("MemAvailable")
+    if available is None:
+        return None
+    reach = rss_bytes() + available
+    limit = _cgroup_limit_bytes()
+    return min(reach, limit) if limit is not None else reach
+
+
+def kept_heap_fits(before: int, peak: int, reach: int | None) -> bool:
+    """Whether a step whose RSS went from `before` to `peak` under glibc's default would, with freed memory
+    kept, stay within MEMORY_SHARE of `reach` (bytes; None: unknown, so no)."""
+    if reach is None:
         return False
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return before + HEAP_GROWTH * max(peak - before, 0) <= MEMORY_SHARE * reach
+
+
+@dataclass
+class AllocatorPolicy:
+    """For a CPU distillation: `before_first_step()` gives freed memory back (glibc's default) and notes the
+    RSS; `after_first_step()` measures that step and keeps freed memory for the rest of the run where it
+    fits (`kept_heap_fits`). FREPO_TUNE_ALLOCATOR=0 or 1 fix the choice instead. `kept` is the choice."""
+
+    rss_before: int = 0
+    kept: bool | None = None
+
+    def before_first_step(self) -> None:
+        if _mode() == "auto":
+            keep_freed_memory(False)
+            self.rss_before = rss_bytes()
+
+    def after_first_step(self) -> bool | None:
+        mode = _mode()
+        if mode != "auto":
+            self.kept = keep_freed_memory(True) if mode == "1" else False
+            return self.kept
+        peak, reach = peak_rss_bytes(), memory_within_reach()
+        if kept_heap_fits(self.rss_before, peak, reach):
+            self.kept = keep_freed_memory(True)
+        else:
+            self.kept = False
+            need = self.rss_before + HEAP_GROWTH * max(peak - self.rss_before, 0)
+            log.info(
+                f"frepo: freed memory goes back to the system in this run: keeping it (faster on a CPU) could "
+                f"take ~{need / 2**30:.1f} GB, over {MEMORY_SHARE:.0%} of the "
+                f"{'unknown' if reach is None else f'{reach / 2**30:.1f} GB'} within reach "
+                "(FREPO_TUNE_ALLOCATOR=1 keeps it anyway)"
+            )
+        return self.kept

@@ -21,6 +21,7 @@ from ..base.device import resolve_device, synchronize
 from ..base.dist import init_distributed
 from ..base.errors import FrepoError, Interrupted
 from ..base.fields import to_dict
+from ..base.perf import AllocatorPolicy
 from ..base.signals import stop_on_signal
 from ..config import DistillConfig
 from ..data import PreparedData, prepare
@@ -343,6 +344,11 @@ class Distiller:
         start = self._moment(metrics)
         for action in self.actions:
             action.begin(start)
+        # On a CPU, whether freed memory stays in the heap (faster, more memory) is chosen from the first
+        # step's peak under glibc's default (frepo.base.perf); a GPU run's host memory is small.
+        allocator = AllocatorPolicy() if self.device.type == "cpu" else None
+        if allocator is not None and self.step < self.config.steps:
+            allocator.before_first_step()
         while self.step < self.config.steps:
             # Training time is the loop's wall time but what non-training actions take: a step only queues
             # its GPU work (CUDA graphs queue whole steps), which the host waits for at the next read of
@@ -350,6 +356,8 @@ class Distiller:
             t0 = time.perf_counter()
             metrics = self.trainer.step()
             self.step += 1
+            if allocator is not None and allocator.kept is None:
+                allocator.after_first_step()
             bar.update(1)
             now = self._moment(metrics)
             for action in self.actions:
