@@ -77,7 +77,42 @@ def test_the_kept_heap_fits_when_its_growth_stays_within_the_share():
 
 
 @linux_only
-def test_memory_within_reach_is_this_machines():
+def test_memory_within_reach_is_this_machines_and_shared_by_its_ranks(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(perf, "_cgroup_limit_bytes", lambda: None)
+    monkeypatch.setattr(perf, "rss_bytes", lambda: 3 * GB)
+    monkeypatch.setattr(perf, "_meminfo_bytes", lambda key: {"MemAvailable": 20 * GB}.get(key))
+    assert perf.memory_within_reach() == 23 * GB
+    monkeypatch.setattr(perf, "_cgroup_limit_bytes", lambda: 16 * GB)
+    assert perf.memory_within_reach() == 16 * GB  # the container's limit
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun's four processes share both
+    assert perf.memory_within_reach() == 4 * GB
+    monkeypatch.setattr(perf, "_cgroup_limit_bytes", lambda: None)
+    assert perf.memory_within_reach() == 8 * GB
+
+
+def test_cgroup_limits_of_containers_and_batch_jobs(tmp_path):
+    def limit(cgroup_lines: str, files: dict[str, str]) -> int | None:
+        """/proc/self/cgroup's lines, and the files under /sys/fs/cgroup: a machine of its own per call."""
+        machine = tmp_path / str(len(list(tmp_path.iterdir())))
+        (machine / "sys").mkdir(parents=True)
+        (machine / "cgroup").write_text(cgroup_lines)
+        for name, text in files.items():
+            (machine / "sys" / name).parent.mkdir(parents=True, exist_ok=True)
+            (machine / "sys" / name).write_text(text + "\n")
+        return perf._cgroup_limit_bytes(machine / "cgroup", machine / "sys")
+
+    assert limit("0::/slurm/job_7\n", {"slurm/job_7/memory.max": str(8 * GB)}) == 8 * GB  # v2, e.g. a SLURM job
+    assert limit("0::/\n", {"memory.max": "max"}) is None  # v2 without a limit
+    assert limit("0::/a\n", {"memory.max": str(2 * GB)}) == 2 * GB  # a container: its cgroup is the root
+    v1 = "5:devices:/\n4:memory,hugetlb:/docker/abc\n"
+    assert limit(v1, {"memory/docker/abc/memory.limit_in_bytes": str(3 * GB)}) == 3 * GB
+    assert limit(v1, {"memory/memory.limit_in_bytes": "9223372036854771712"}) is None  # v1's "unlimited"
+    assert limit("4:memory:/x\n", {}) is None  # no file to read
+
+
+@linux_only
+def test_memory_within_reach_reads_this_machine():
     reach = perf.memory_within_reach()
     total = perf._meminfo_bytes("MemTotal")
     assert reach is not None and total is not None

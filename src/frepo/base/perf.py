@@ -99,10 +99,11 @@ def _meminfo_bytes(key: str) -> int | None:
     return None
 
 
-def _cgroup_limit_bytes() -> int | None:
-    """This process's cgroup memory limit (v2 memory.max, or v1 limit_in_bytes), None if unlimited."""
+def _cgroup_limit_bytes(proc: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """This process's cgroup memory limit (v2 memory.max, or v1 limit_in_bytes; at its cgroup's path, or at
+    the root where a container shows its own cgroup as the root), None if unlimited."""
     try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
+        lines = proc.read_text().splitlines()
     except OSError:
         return None
     limits = []
@@ -112,10 +113,9 @@ def _cgroup_limit_bytes() -> int | None:
             continue
         folder = parts[2].lstrip("/")
         if parts[1] == "":
-            candidates = [Path("/sys/fs/cgroup", folder, "memory.max"), Path("/sys/fs/cgroup/memory.max")]
+            candidates = [root / folder / "memory.max", root / "memory.max"]
         elif "memory" in parts[1].split(","):
-            root = Path("/sys/fs/cgroup/memory")
-            candidates = [root / folder / "memory.limit_in_bytes", root / "memory.limit_in_bytes"]
+            candidates = [root / "memory" / folder / "memory.limit_in_bytes", root / "memory" / "memory.limit_in_bytes"]
         else:
             continue
         for path in candidates:
@@ -142,14 +142,19 @@ def peak_rss_bytes() -> int:
 
 
 def memory_within_reach() -> int | None:
-    """The memory this process can grow to: its RSS and what the system can still give it (MemAvailable,
-    which counts reclaimable caches), capped by its cgroup's limit. None where /proc says nothing."""
+    """The memory this process can grow to: its RSS and its share of what the system can still give (of
+    MemAvailable, which counts reclaimable caches, and of its cgroup's limit): the processes torchrun
+    started on this machine (LOCAL_WORLD_SIZE) share both. None where /proc says nothing."""
     available = _meminfo_bytes("MemAvailable")
     if available is None:
         return None
-    reach = rss_bytes() + available
+    try:
+        sharers = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    except ValueError:
+        sharers = 1
+    reach = rss_bytes() + available // sharers
     limit = _cgroup_limit_bytes()
-    return min(reach, limit) if limit is not None else reach
+    return min(reach, limit // sharers) if limit is not None else reach
 
 
 def kept_heap_fits(before: int, peak: int, reach: int | None) -> bool:
