@@ -153,3 +153,14 @@ def test_tune_allocator_fixes_the_choice(tmp_path, monkeypatch, env, expected):
     # 1: kept from the start and through the run (no measured first step); 0: never (the recorder stands in
     # for keep_freed_memory, which refuses under 0: only the CLI's start asks).
     assert _distill(tmp_path, monkeypatch, reach=0.001, env=env) == expected
+
+
+def test_without_glibc_there_is_nothing_to_choose_or_say(monkeypatch, caplog):
+    monkeypatch.delenv("FREPO_TUNE_ALLOCATOR", raising=False)
+    monkeypatch.setattr(perf, "_libc", lambda: None)  # macOS, or musl
+    monkeypatch.setattr(perf, "memory_within_reach", lambda: None)  # no /proc either
+    policy = perf.AllocatorPolicy()
+    policy.before_first_step()
+    with caplog.at_level("INFO", logger="frepo"):
+        assert policy.after_first_step() is False
+    assert caplog.records == []

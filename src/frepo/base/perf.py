@@ -181,6 +181,9 @@ class AllocatorPolicy:
 
     def after_first_step(self) -> bool | None:
         mode = _mode()
+        if _libc() is None:  # not Linux with glibc: nothing to choose, nothing to say
+            self.kept = False
+            return self.kept
         if mode != "auto":
             self.kept = keep_freed_memory(True) if mode == "1" else False
             return self.kept
