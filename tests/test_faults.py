@@ -84,8 +84,8 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last_checkpoint(t
     def fills_the_disk(obj, f, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:  # the second checkpoint, at step 4
-            f.write(b"partial")  # frepo saves through a file object (fixed archive names)
-            raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+            f.write(b"partial")  # frepo saves through a file object (fixed archive names), whose write
+            raise OSError(errno.ENOSPC, "No space left on device")  # fails as a full disk's does
         return original(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", fills_the_disk)

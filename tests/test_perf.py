@@ -43,7 +43,9 @@ print(json.dumps(out))
 def _probe(env_value: str | None) -> dict:
     import os
 
-    env = {k: v for k, v in os.environ.items() if k != "FREPO_TUNE_ALLOCATOR"}
+    # Without another allocator preloaded (jemalloc, tcmalloc) or glibc tunables: glibc's malloc as it comes.
+    dropped = ("FREPO_TUNE_ALLOCATOR", "LD_PRELOAD", "GLIBC_TUNABLES")
+    env = {k: v for k, v in os.environ.items() if k not in dropped and not k.startswith("MALLOC_")}
     if env_value is not None:
         env["FREPO_TUNE_ALLOCATOR"] = env_value
     proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=120)
@@ -103,6 +105,10 @@ def test_cgroup_limits_of_containers_and_batch_jobs(tmp_path):
         return perf._cgroup_limit_bytes(machine / "cgroup", machine / "sys")
 
     assert limit("0::/slurm/job_7\n", {"slurm/job_7/memory.max": str(8 * GB)}) == 8 * GB  # v2, e.g. a SLURM job
+    slurm = "0::/system.slice/slurmstepd.scope/job_7/step_0/user/task_0\n"  # the limit is the job's, higher up
+    job = "system.slice/slurmstepd.scope/job_7"
+    files = {f"{job}/memory.max": str(8 * GB), f"{job}/step_0/memory.max": str(6 * GB)}
+    assert limit(slurm, {**files, f"{job}/step_0/user/task_0/memory.max": "max"}) == 6 * GB
     assert limit("0::/\n", {"memory.max": "max"}) is None  # v2 without a limit
     assert limit("0::/a\n", {"memory.max": str(2 * GB)}) == 2 * GB  # a container: its cgroup is the root
     v1 = "5:devices:/\n4:memory,hugetlb:/docker/abc\n"
@@ -112,7 +118,8 @@ def test_cgroup_limits_of_containers_and_batch_jobs(tmp_path):
 
 
 @linux_only
-def test_memory_within_reach_reads_this_machine():
+def test_memory_within_reach_reads_this_machine(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     reach = perf.memory_within_reach()
     total = perf._meminfo_bytes("MemTotal")
     assert reach is not None and total is not None
@@ -122,6 +129,7 @@ def test_memory_within_reach_reads_this_machine():
 def _distill(tmp_path, monkeypatch, reach: float, env: str | None = None) -> list[bool]:
     """`frepo distill` on the offline default for 2 steps, recording the allocator choices it makes."""
     calls: list[bool] = []
+    monkeypatch.setattr(perf, "_opted_in", False)  # restored after the test; the CLI's start sets it
     if env is None:
         monkeypatch.delenv("FREPO_TUNE_ALLOCATOR", raising=False)
     else:
@@ -133,6 +141,7 @@ def _distill(tmp_path, monkeypatch, reach: float, env: str | None = None) -> lis
     return calls
 
 
+@linux_only
 def test_a_cpu_distillation_keeps_freed_memory_where_it_fits(tmp_path, monkeypatch, capsys):
     # The CLI keeps freed memory from its start; the distillation gives it back for its first step, measures
     # it, and keeps it again: this process's peak is far below 0.8 x 1000 GB.
@@ -140,6 +149,7 @@ def test_a_cpu_distillation_keeps_freed_memory_where_it_fits(tmp_path, monkeypat
     assert "freed memory goes back" not in capsys.readouterr().err
 
 
+@linux_only
 def test_a_cpu_distillation_gives_freed_memory_back_where_it_would_not_fit(tmp_path, monkeypatch, capsys):
     # Within reach: less than this process already holds, so the kept heap cannot fit; the run says so once.
     assert _distill(tmp_path, monkeypatch, reach=perf.rss_bytes() / GB) == [True, False]
@@ -148,6 +158,7 @@ def test_a_cpu_distillation_gives_freed_memory_back_where_it_would_not_fit(tmp_p
     assert "FREPO_TUNE_ALLOCATOR=1 keeps it anyway" in err
 
 
+@linux_only
 @pytest.mark.parametrize("env, expected", [("1", [True, True]), ("0", [True])])
 def test_tune_allocator_fixes_the_choice(tmp_path, monkeypatch, env, expected):
     # 1: kept from the start and through the run (no measured first step); 0: never (the recorder stands in
@@ -157,6 +168,7 @@ def test_tune_allocator_fixes_the_choice(tmp_path, monkeypatch, env, expected):
 
 def test_without_glibc_there_is_nothing_to_choose_or_say(monkeypatch, caplog):
     monkeypatch.delenv("FREPO_TUNE_ALLOCATOR", raising=False)
+    monkeypatch.setattr(perf, "_opted_in", True)
     monkeypatch.setattr(perf, "_libc", lambda: None)  # macOS, or musl
     monkeypatch.setattr(perf, "memory_within_reach", lambda: None)  # no /proc either
     policy = perf.AllocatorPolicy()
@@ -164,3 +176,15 @@ def test_without_glibc_there_is_nothing_to_choose_or_say(monkeypatch, caplog):
     with caplog.at_level("INFO", logger="frepo"):
         assert policy.after_first_step() is False
     assert caplog.records == []
+
+
+def test_a_library_callers_allocator_settings_stay_its_own(tmp_path, monkeypatch):
+    # frepo.distill without the CLI (no tune_cpu_allocator in this process): no choice made, nothing set.
+    from frepo import distill, presets
+
+    calls: list[bool] = []
+    monkeypatch.setattr(perf, "_opted_in", False)
+    monkeypatch.delenv("FREPO_TUNE_ALLOCATOR", raising=False)
+    monkeypatch.setattr(perf, "keep_freed_memory", lambda keep: calls.append(keep) or True)
+    distill(presets.resolve("digits", 1, overrides={"steps": 2}), tmp_path / "run")
+    assert calls == []

@@ -10,9 +10,10 @@ CIFAR-10 IPC 10, ~7% more for MNIST, but 1.6x the peak for CIFAR-100 IPC 50 and 
 64 or 256 MB kept neither the speed nor the memory (docs/benchmarks.md, "The CPU allocator").
 
 So the choice is made per run, from memory (`AllocatorPolicy`): the CLI keeps freed memory from the
-start (evaluations, data preparation); a CPU distillation gives it back for its first outer step, measures
-that step's peak, and keeps freed memory for the rest of the run only where that peak with the heap's
-growth (`HEAP_GROWTH` times the step's own) fits in `MEMORY_SHARE` of the memory it can have.
+start (evaluations, data preparation); a CPU distillation in a process that asked for tuning (the CLI's)
+gives it back for its first outer step, measures that step's peak, and keeps freed memory for the rest
+of the run only where that peak with the heap's growth (`HEAP_GROWTH` times the step's own) fits in
+`MEMORY_SHARE` of the memory it can have.
 FREPO_TUNE_ALLOCATOR=1 always keeps freed memory (the default until 2026-12-05); FREPO_TUNE_ALLOCATOR=0
 never touches glibc's settings.
 """
@@ -83,10 +84,16 @@ def keep_freed_memory(keep: bool) -> bool:
     return applied
 
 
+_opted_in = False  # whether this process asked for allocator tuning (`tune_cpu_allocator`): the CLI does
+
+
 def tune_cpu_allocator() -> bool:
     """Keep freed memory in glibc's heap (Linux only), unless FREPO_TUNE_ALLOCATOR=0. True if applied.
-    The CLI calls this once at start; benchmarks too, to time the tuned step."""
-    return keep_freed_memory(True)
+    The CLI calls this once at start; benchmarks too, to time the tuned step. Only a process that did
+    lets a distillation's `AllocatorPolicy` change glibc's settings: a library caller's stay its own."""
+    global _opted_in
+    _opted_in = keep_freed_memory(True)
+    return _opted_in
 
 
 def _meminfo_bytes(key: str) -> int | None:
@@ -100,8 +107,9 @@ def _meminfo_bytes(key: str) -> int | None:
 
 
 def _cgroup_limit_bytes(proc: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """This process's cgroup memory limit (v2 memory.max, or v1 limit_in_bytes; at its cgroup's path, or at
-    the root where a container shows its own cgroup as the root), None if unlimited."""
+    """This process's cgroup memory limit (v2 memory.max, or v1 limit_in_bytes): the smallest on the way from
+    its cgroup up to the root (a batch system limits the job, above the step's cgroup; a container sees its
+    own cgroup as the root). None if unlimited."""
     try:
         lines = proc.read_text().splitlines()
     except OSError:
@@ -111,21 +119,22 @@ def _cgroup_limit_bytes(proc: Path = Path("/proc/self/cgroup"), root: Path = Pat
         parts = line.split(":", 2)
         if len(parts) != 3:
             continue
-        folder = parts[2].lstrip("/")
         if parts[1] == "":
-            candidates = [root / folder / "memory.max", root / "memory.max"]
+            base, name = root, "memory.max"
         elif "memory" in parts[1].split(","):
-            candidates = [root / "memory" / folder / "memory.limit_in_bytes", root / "memory" / "memory.limit_in_bytes"]
+            base, name = root / "memory", "memory.limit_in_bytes"
         else:
             continue
-        for path in candidates:
+        folder = Path(base, parts[2].lstrip("/"))
+        for level in (folder, *folder.parents):
             try:
-                text = path.read_text().strip()
+                text = (level / name).read_text().strip()
             except OSError:
-                continue
+                text = ""
             if text.isdigit() and int(text) < 1 << 60:  # v1 writes a huge number for "no limit"
                 limits.append(int(text))
-            break
+            if level == base:
+                break
     return min(limits) if limits else None
 
 
@@ -175,13 +184,13 @@ class AllocatorPolicy:
     kept: bool | None = None
 
     def before_first_step(self) -> None:
-        if _mode() == "auto":
+        if _opted_in and _mode() == "auto":
             keep_freed_memory(False)
             self.rss_before = rss_bytes()
 
     def after_first_step(self) -> bool | None:
         mode = _mode()
-        if _libc() is None:  # not Linux with glibc: nothing to choose, nothing to say
+        if _libc() is None or not _opted_in:  # no glibc, or a library caller's settings: nothing to choose
             self.kept = False
             return self.kept
         if mode != "auto":
