@@ -75,7 +75,7 @@ def test_the_kept_heap_fits_when_its_growth_stays_within_the_share():
     assert perf.kept_heap_fits(int(1.5 * GB), int(5.5 * GB), reach=15 * GB)  # 11.5 <= 0.8 x 15
     assert not perf.kept_heap_fits(int(1.5 * GB), int(5.5 * GB), reach=14 * GB)  # 11.5 > 11.2
     assert not perf.kept_heap_fits(GB, 2 * GB, reach=None)  # memory unknown: glibc's default
-    assert perf.kept_heap_fits(2 * GB, GB, reach=4 * GB)  # the peak came before the step: only `before` counts
+    assert perf.kept_heap_fits(2 * GB, GB, reach=4 * GB)  # no growth below `before` (clamped)
 
 
 @linux_only
