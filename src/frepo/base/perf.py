@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import resource
@@ -51,6 +52,7 @@ def _mode() -> str:
     return value if value in ("0", "1") else "auto"
 
 
+@functools.cache  # find_library runs ldconfig: once per process
 def _libc():
     if not sys.platform.startswith("linux"):
         return None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..base.errors import FrepoError
+from ..base.perf import peak_rss_bytes
 from ..eval import EvalConfig, evaluate_set, reference_steps
 from ..io.artifact import DistilledSet, save_distilled
 from .monitor import Monitor
@@ -94,7 +94,7 @@ class Action:
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return peak_rss_bytes() / 2**20
 
 
 def _isfinite(x: float) -> bool:
