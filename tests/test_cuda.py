@@ -216,6 +216,45 @@ def test_gpu_evaluation_repeats_with_the_same_seed(tmp_path):
         assert runs[0].accuracies == runs[1].accuracies, protocol
 
 
+@pytest.mark.parametrize("stacked", [False, True], ids=["one-network", "stacked"])
+def test_evaluation_steps_never_wait_for_the_gpu(stacked):
+    """After its first steps, training evaluation networks (one, or 3 stacked; every reference augmentation
+    op, then every DSA group) makes no host synchronisation: the augmentations' draws are queued, not
+    copied with a wait (tests/test_device_boundary.py models this on the CPU)."""
+    from frepo.eval.augment import REFERENCE_OPS
+    from frepo.eval.augment_dsa import DSA_OPS, dsa_augment
+    from frepo.eval.protocol import reference_schedule
+    from frepo.eval.together import Stacked, StackedUpdate
+    from frepo.eval.training import NetworkUpdate, fresh_network, train
+    from frepo.method.krr import mse_loss
+    from frepo.method.optim import optax_adam
+
+    gens = [torch.Generator().manual_seed(s) for s in range(3 if stacked else 1)]
+    x = torch.randn(24, 3, 16, 16, generator=gens[0])
+    y = torch.randn(24, 4, generator=gens[0]).to(CUDA)
+    if stacked:
+        models = [build_model("conv", (3, 16, 16), 4, generator=g, width=16) for g in gens]
+        net = Stacked(models, CUDA)
+        net.template.train()
+        update, x = StackedUpdate(net, REFERENCE_OPS, gens), x.to(CUDA)
+    else:
+        model, x = fresh_network("conv", x, 4, gen=gens[0], device=CUDA, width=16)
+        update = NetworkUpdate(model, optax_adam(model.parameters(), lr=0.0), mse_loss, REFERENCE_OPS, gens[0])
+
+    def run(steps: int) -> None:
+        train(update, x, y, reference_schedule(steps, warmup=2, batch_size=8), gen=gens[0], device=CUDA)
+
+    run(2)  # the first steps allocate the optimiser states
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        run(24)
+        for _ in range(24):
+            dsa_augment(x, gens[0], DSA_OPS)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 @pytest.mark.parametrize("protocol", ["frepo", "dsa", "krr"])
 def test_every_protocol_and_architecture_trains_on_gpu(protocol):
     from frepo.data.preprocess import Preprocessing

@@ -213,6 +213,103 @@ def test_a_step_on_the_simulated_device_keeps_its_tensors_there():
         assert sim.on_device(trainer.syn.images) and all(sim.on_device(p) for p in trainer.pool.model.parameters())
 
 
+# ---- no evaluation step makes the host wait for the GPU ------------------------------------------
+# On a GPU a plain `.to` of a host tensor copies it and then waits for the stream: an augmentation that
+# sent its per-sample draws that way made every evaluation step drain the GPU's queue before the host
+# could launch the next kernels (5 stacked networks: 5 waits a step).
+
+
+def test_the_simulated_device_counts_blocking_copies():
+    with SimulatedDevice() as sim:
+        dev = torch.ones(3).to(DEVICE)
+        assert sum(sim.waits.values()) == 1
+        torch.ones(3).to(DEVICE, non_blocking=True)
+        torch.ones(3).to(DEVICE, torch.float64, True)  # non_blocking given by position
+        dev.to(DEVICE)
+        dev.cpu()
+        dev.to("cpu")
+        assert sum(sim.waits.values()) == 1  # queued copies, device to device and device to host: none
+        dev.copy_(torch.zeros(3))
+        dev.copy_(torch.zeros(3), non_blocking=True)
+        torch.zeros(3).copy_(dev)
+        assert sum(sim.waits.values()) == 2
+
+
+def _every_op():
+    from frepo.eval import augment, augment_dsa
+
+    return [(module, name) for module in (augment, augment_dsa) for name in module.OPS]
+
+
+@pytest.mark.parametrize("module, name", _every_op(), ids=lambda v: getattr(v, "__name__", v).split(".")[-1])
+def test_each_augmentation_queues_its_draws_without_waiting(module, name):
+    """Every op of the reference evaluation and of DSA draws its parameters on the host (a CPU generator:
+    the same augmentations on every device) and sends them without a blocking copy."""
+    x = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    expected = module.OPS[name](x, torch.Generator().manual_seed(1))
+    with SimulatedDevice() as sim:
+        dev = x.to(DEVICE, non_blocking=True)
+        out = module.OPS[name](dev, torch.Generator().manual_seed(1))
+        assert out.device == DEVICE
+        assert not sim.waits, dict(sim.waits)
+        out = out.cpu()
+    assert torch.equal(out, expected)  # the same draws and values as on the host
+
+
+def _trainings():
+    """Each evaluation training of frepo, as f(steps) on device images (and the stacked networks)."""
+    from frepo.apps.victims import train_victim
+    from frepo.eval.augment import REFERENCE_OPS
+    from frepo.eval.protocols.dsa import DSA_OPS, train_dsa_model
+    from frepo.eval.protocols.frepo import train_reference_model
+    from frepo.eval.together import train_reference_models
+
+    x = torch.randn(12, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    y, ids = torch.randn(12, 4, generator=torch.Generator().manual_seed(1)), torch.arange(12) % 4
+    common = dict(num_classes=4, device=DEVICE, width=8)
+    reference = dict(common, ops=REFERENCE_OPS, batch_size=5)
+
+    def gen(seed=0):
+        return torch.Generator().manual_seed(seed)
+
+    return {
+        "frepo": lambda steps: train_reference_model(
+            x.to(DEVICE), y.to(DEVICE), steps=steps, gen=gen(), warmup=2, **reference
+        ),
+        "frepo-stacked": lambda steps: train_reference_models(
+            x.to(DEVICE), y.to(DEVICE), steps=steps, gens=[gen(0), gen(1), gen(2)], warmup=2, **reference
+        ),
+        "dsa": lambda steps: train_dsa_model(
+            x.to(DEVICE),
+            ids.to(DEVICE),
+            arch="conv",
+            init_gen=gen(),
+            train_gen=gen(1),
+            epochs=steps,
+            batch_size=5,
+            ops=DSA_OPS,
+            **common,
+        ),
+        "privacy-victim": lambda steps: train_victim(
+            x, y, steps=steps, batch_size=5, lr=1e-3, ops=REFERENCE_OPS, gen=gen(), **common
+        ),
+    }
+
+
+@pytest.mark.parametrize("training", ["frepo", "frepo-stacked", "dsa", "privacy-victim"])
+def test_evaluation_training_steps_never_wait_for_the_gpu(training):
+    """Training an evaluation network (one, or several stacked; the dsa protocol's; the privacy
+    experiment's victims) sends its data and networks to the device once: more steps, no more blocking
+    copies. (Reintroducing one `.to(x.device)` in an augmentation op fails this.)"""
+    waits = []
+    for steps in (2, 12):
+        with SimulatedDevice() as sim:
+            _trainings()[training](steps)
+            assert sim.placed > 0
+        waits.append(sim.waits)
+    assert waits[1] == waits[0], f"blocking copies per step: {dict(waits[1] - waits[0])}"
+
+
 @pytest.mark.parametrize("n", [20, 300])  # fewer images than the 108 dimensions (Gram route), and more
 def test_the_zca_fit_runs_on_the_device_and_returns_host_tensors(n, monkeypatch):
     from frepo.data.preprocess import fit_preprocessing

@@ -16,16 +16,21 @@ storages are recorded, and `.device` reports `cpu:1` for them. The mode then rai
 
 `.cpu()` and `.to("cpu")` return host copies. The host side is recorded too: a tensor the mode never
 saw made (the autograd engine's, functorch's inside a transform, `torch.load`'s) is of unknown place and
-judged only where it meets a parameter (`.grad` takes its parameter's place).
+judged only where it meets a parameter (`.grad` takes its parameter's place). A blocking host-to-device
+copy (`.to` or `copy_` without non_blocking), which on a GPU waits for the whole stream, is counted in
+`waits` by frepo source line.
 
-What is not modelled: the speed and the asynchrony of a real GPU (host synchronisations are the CUDA
-tests' job), CUDA-only kernels, and `torch.load` of saved device tensors (a real GPU reloads them on the
-GPU unless `map_location` says otherwise).
+What is not modelled: the speed and the asynchrony of a real GPU (other host synchronisations are the
+CUDA tests' job), CUDA-only kernels, and `torch.load` of saved device tensors (a real GPU reloads them on
+the GPU unless `map_location` says otherwise).
 """
 
 from __future__ import annotations
 
+import collections
+import traceback
 import weakref
+from pathlib import Path
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -62,6 +67,7 @@ class SimulatedDevice(TorchFunctionMode):
         self._storages: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> storage, device
         self._host: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> storage, host
         self.placed = 0  # tensors placed on the device so far (a test can check the device was used)
+        self.waits: collections.Counter = collections.Counter()  # blocking host-to-device copies, by frepo line
 
     # ---- which tensors are on the device -------------------------------------------------------
     def on_device(self, t: torch.Tensor) -> bool | None:
@@ -94,7 +100,13 @@ class SimulatedDevice(TorchFunctionMode):
         if func in _TO_HOST:
             return self._to(args[0], HOST, func, args, kwargs)
         if func is torch.Tensor.to:
-            return self._to(args[0], self._to_target(args, kwargs), func, args, kwargs)
+            target = self._to_target(args, kwargs)
+            if target == DEVICE and self.on_device(args[0]) is False and not self._non_blocking(args, kwargs):
+                self._count_wait()
+            return self._to(args[0], target, func, args, kwargs)
+        if func is torch.Tensor.copy_ and not kwargs.get("non_blocking", args[2] if len(args) > 2 else False):
+            if self.on_device(args[0]) and self.on_device(args[1]) is False:
+                self._count_wait()
         if func in _NO_NUMPY and self.on_device(args[0]):
             raise DeviceMixError(
                 "can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor to host "
@@ -141,6 +153,18 @@ class SimulatedDevice(TorchFunctionMode):
             return DEVICE if self.on_device(other) else HOST
         parsed = {k: v for k, v in kwargs.items() if k != "copy"}  # the parser knows no `copy`
         return torch._C._nn._parse_to(*rest, **parsed)[0]
+
+    @staticmethod
+    def _non_blocking(args, kwargs) -> bool:
+        rest = args[1:]
+        if rest and isinstance(rest[0], torch.Tensor):  # .to(other, non_blocking=False, copy=False)
+            return bool(kwargs.get("non_blocking", rest[1] if len(rest) > 1 else False))
+        parsed = {k: v for k, v in kwargs.items() if k != "copy"}
+        return bool(torch._C._nn._parse_to(*rest, **parsed)[2])
+
+    def _count_wait(self) -> None:
+        frames = [f for f in traceback.extract_stack() if "frepo" in f.filename and "tests" not in f.filename]
+        self.waits[f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"] += 1
 
     def _to(self, t: torch.Tensor, target: torch.device | None, func, args, kwargs):
         source = self.on_device(t)

@@ -20,6 +20,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..base.device import to_device_of
+
 REFERENCE_OPS = ("flip", "color", "crop", "rotate", "translate", "cutout")
 
 
@@ -47,20 +49,25 @@ def affine_resample(x: torch.Tensor, linear: torch.Tensor, shift: torch.Tensor) 
     theta = torch.empty(n, 2, 3, dtype=torch.float64)
     theta[:, :, :2] = scale.view(1, 2, 1) * linear / scale.view(1, 1, 2)
     theta[:, :, 2] = scale * shift
-    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    grid = F.affine_grid(to_device_of(theta, x, x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    mask = (torch.rand(len(x), generator=gen) < 0.5).to(x.device).view(-1, 1, 1, 1)
+    mask = to_device_of(torch.rand(len(x), generator=gen) < 0.5, x).view(-1, 1, 1, 1)
     return torch.where(mask, x.flip(-1), x)
 
 
 def color(x: torch.Tensor, gen: torch.Generator, strength: float = 0.25) -> torch.Tensor:
     n = len(x)
-    bright = _uniform(gen, n, -strength, strength).to(x.device, x.dtype).view(-1, 1, 1, 1)
-    contrast = _log_uniform(gen, n, math.exp(-strength), math.exp(strength)).to(x.device, x.dtype).view(-1, 1, 1, 1)
-    saturation = _log_uniform(gen, n, math.exp(-strength), math.exp(strength)).to(x.device, x.dtype).view(-1, 1, 1, 1)
+    draws = torch.stack(  # 3×N: brightness, contrast, saturation, in the generator's order
+        (
+            _uniform(gen, n, -strength, strength),
+            _log_uniform(gen, n, math.exp(-strength), math.exp(strength)),
+            _log_uniform(gen, n, math.exp(-strength), math.exp(strength)),
+        )
+    )
+    bright, contrast, saturation = to_device_of(draws, x, x.dtype).view(3, -1, 1, 1, 1)  # one copy
     x = x + bright
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * contrast + mean
@@ -95,8 +102,9 @@ def translate(x: torch.Tensor, gen: torch.Generator, ratio: float = 0.125) -> to
 def cutout(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     n, _, h, w = x.shape
     size_h, size_w = h // 4, w // 4
-    top = torch.randint(0, h - size_h + 1, (n,), generator=gen).to(x.device).view(-1, 1, 1)
-    left = torch.randint(0, w - size_w + 1, (n,), generator=gen).to(x.device).view(-1, 1, 1)
+    top = torch.randint(0, h - size_h + 1, (n,), generator=gen)
+    left = torch.randint(0, w - size_w + 1, (n,), generator=gen)
+    top, left = to_device_of(torch.stack((top, left)), x).view(2, -1, 1, 1)  # one copy of both
     rows = torch.arange(h, device=x.device).view(1, -1, 1)
     cols = torch.arange(w, device=x.device).view(1, 1, -1)
     hole = (rows >= top) & (rows < top + size_h) & (cols >= left) & (cols < left + size_w)

@@ -54,11 +54,11 @@ def batch_indices(schedule: Schedule, n: int, gen: torch.Generator, device: torc
         for _ in range(schedule.steps):
             if pos + bs > n:
                 order, pos = torch.randperm(n, generator=gen), 0
-            yield order[pos : pos + bs].to(device)
+            yield order[pos : pos + bs].to(device, non_blocking=True)
             pos += bs
     elif schedule.order == "draws":
         for _ in range(schedule.steps):
-            yield torch.randperm(n, generator=gen)[:bs].to(device)
+            yield torch.randperm(n, generator=gen)[:bs].to(device, non_blocking=True)
     else:
         raise ValueError(f"unknown batch order {schedule.order!r}; known: {', '.join(ORDERS)}")
 
@@ -77,11 +77,16 @@ def train(
     progress: bool = False,
 ) -> None:
     """The one loop: each step takes the next batch of (images N×C×H×W, targets N×…) and calls
-    `update(x, y, lr)`; a batch is moved to `device` (a no-op when the set is there already)."""
+    `update(x, y, lr)`; a batch is moved to `device` (a no-op when the set is there already; queued
+    without waiting for the GPU when the set is on the host)."""
     indices = batch_indices(schedule, len(images), gen, images.device)
+
+    def to_device(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device, non_blocking=t.device.type == "cpu")  # non_blocking is safe from the host only
+
     bar = trange(schedule.steps, desc="train", unit="step", leave=False, disable=not progress, mininterval=1.0)
     for t, idx in zip(bar, indices):
-        update(images[idx].to(device), targets[idx].to(device), schedule.lr(t) if schedule.lr else None)
+        update(to_device(images[idx]), to_device(targets[idx]), schedule.lr(t) if schedule.lr else None)
 
 
 class NetworkUpdate:
