@@ -206,9 +206,12 @@ def test_a_step_on_the_simulated_device_keeps_its_tensors_there():
     x, y = torch.randn(64, 3, 8, 8, generator=gen), torch.arange(64) % 4
     with SimulatedDevice() as sim:
         trainer = FRePoTrainer(config, x, y, 4, DEVICE)
-        for _ in range(8):
+        for step in range(8):
             metrics = trainer.step()
+            if step == 0:
+                waits = sim.waits.copy()  # placing the data, the set and the pool's models
         assert trainer.pool.resets > 0
+        assert sim.waits == waits, f"blocking copies in steps 2-8: {dict(sim.waits - waits)}"
         assert all(sim.on_device(t) for t in metrics.values())
         assert sim.on_device(trainer.syn.images) and all(sim.on_device(p) for p in trainer.pool.model.parameters())
 
