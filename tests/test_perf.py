@@ -70,6 +70,57 @@ def test_tune_allocator_0_leaves_glibc_alone():
     assert probe["kept"] < 16 and probe["after"] < 16, probe
 
 
+# A data preparation that peaks far above the first step (here 400 MB freed before the run), then a step that
+# grows by 50 MB: the choice reads the step's own peak; the process's peak is still reported.
+STEP_PEAK = """
+import json
+import numpy as np
+from frepo.base import perf
+
+perf.tune_cpu_allocator()
+block = np.ones(50 << 20)  # 400 MB, written: the data preparation's peak
+del block
+policy = perf.AllocatorPolicy()
+policy.before_first_step()
+before = policy.rss_before
+# Within reach: room for the step's growth kept (2.5 x 50 MB plus slack), not for the preparation's.
+perf.memory_within_reach = lambda: int((before + perf.HEAP_GROWTH * (100 << 20)) / perf.MEMORY_SHARE)
+step = np.ones(50 << 17)  # 50 MB, written: the first step
+del step
+print(json.dumps({"kept": policy.after_first_step(), "step_growth": (perf.recent_peak_bytes() - before) / 2**20,
+                  "process_growth": (perf.peak_rss_bytes() - before) / 2**20}))
+"""
+
+
+@linux_only
+def test_the_choice_reads_the_first_steps_own_peak():
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("FREPO_TUNE_ALLOCATOR", "LD_PRELOAD", "LOCAL_WORLD_SIZE")}
+    proc = subprocess.run([sys.executable, "-c", STEP_PEAK], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert 40 < out["step_growth"] < 90, out  # the step's 50 MB, not the preparation's 400
+    assert out["process_growth"] > 300, out  # the reported peak keeps the preparation's
+    assert out["kept"] is True, out
+
+
+@pytest.mark.parametrize(
+    "value, mode",
+    [("0", "0"), ("off", "0"), ("False", "0"), ("1", "1"), ("ON", "1"), (" yes ", "1"), ("auto", "auto"), ("", "auto")],
+)
+def test_tune_allocator_reads_the_usual_spellings(monkeypatch, value, mode):
+    monkeypatch.setenv("FREPO_TUNE_ALLOCATOR", value)
+    assert perf._mode() == mode
+
+
+def test_an_unknown_tune_allocator_value_is_auto_with_one_warning(monkeypatch, caplog):
+    monkeypatch.setenv("FREPO_TUNE_ALLOCATOR", "sometimes")
+    with caplog.at_level("WARNING", logger="frepo"):
+        assert perf._mode() == perf._mode() == "auto"
+    assert [r.getMessage().count("'sometimes'") for r in caplog.records] == [1]
+
+
 def test_the_kept_heap_fits_when_its_growth_stays_within_the_share():
     # A step from 1.5 to 5.5 GB would grow by 2.5 x 4 = 10 GB with the heap kept: 11.5 GB in all.
     assert perf.kept_heap_fits(int(1.5 * GB), int(5.5 * GB), reach=15 * GB)  # 11.5 <= 0.8 x 15

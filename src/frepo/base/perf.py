@@ -14,8 +14,8 @@ start (evaluations, data preparation); a CPU distillation in a process that aske
 gives it back for its first outer step, measures that step's peak, and keeps freed memory for the rest
 of the run only where that peak with the heap's growth (`HEAP_GROWTH` times the step's own) fits in
 `MEMORY_SHARE` of the memory it can have.
-FREPO_TUNE_ALLOCATOR=1 always keeps freed memory (the default until 2026-12-05); FREPO_TUNE_ALLOCATOR=0
-never touches glibc's settings.
+FREPO_TUNE_ALLOCATOR=1 (on) always keeps freed memory (the default until 2026-12-05); FREPO_TUNE_ALLOCATOR=0
+(off) never touches glibc's settings.
 """
 
 from __future__ import annotations
@@ -46,10 +46,21 @@ HEAP_GROWTH = 2.5  # the step's growth in RSS with freed memory kept, over glibc
 MEMORY_SHARE = 0.8  # of the memory this process can have: what a kept heap may fill at most
 
 
+_MODES = {"0": "0", "off": "0", "false": "0", "no": "0", "1": "1", "on": "1", "true": "1", "yes": "1", "auto": "auto"}
+
+
 def _mode() -> str:
-    """FREPO_TUNE_ALLOCATOR: '0' never keeps freed memory, '1' always does, anything else decides by memory."""
-    value = os.environ.get("FREPO_TUNE_ALLOCATOR", "auto")
-    return value if value in ("0", "1") else "auto"
+    """FREPO_TUNE_ALLOCATOR: 0 (off, false, no) never keeps freed memory, 1 (on, true, yes) always does, auto
+    (or unset) decides by memory. Any other value is auto too, with a warning once."""
+    value = os.environ.get("FREPO_TUNE_ALLOCATOR", "auto").strip().lower() or "auto"
+    if value not in _MODES:
+        _warn_unknown_mode(value)
+    return _MODES.get(value, "auto")
+
+
+@functools.cache  # once per value and process
+def _warn_unknown_mode(value: str) -> None:
+    log.warning(f"frepo: FREPO_TUNE_ALLOCATOR={value!r} is not one of 0, 1, auto (off/on, false/true): using auto")
 
 
 @functools.cache  # find_library runs ldconfig: once per process
@@ -148,8 +159,37 @@ def rss_bytes() -> int:
         return 0
 
 
+_peak_floor = 0  # the process's peak before the last `reset_peak()`, which lowers the kernel's own
+
+
 def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """This process's peak resident memory since it started (a `reset_peak()` does not lower it)."""
+    return max(_peak_floor, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux reports KiB
+
+
+def reset_peak() -> bool:
+    """Measure a new peak (`recent_peak_bytes`) from now on: Linux's clear_refs 5 resets the process's
+    high-water mark (and with it ru_maxrss, so `peak_rss_bytes` keeps the old peak apart). False where the
+    kernel does not allow it; the recent peak is then the process's."""
+    global _peak_floor
+    floor = peak_rss_bytes()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    _peak_floor = floor
+    return True
+
+
+def recent_peak_bytes() -> int:
+    """The peak resident memory since the last `reset_peak()` (VmHWM), or since the start."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return peak_rss_bytes()
 
 
 def memory_within_reach() -> int | None:
@@ -189,6 +229,7 @@ class AllocatorPolicy:
         if _opted_in and _mode() == "auto":
             keep_freed_memory(False)
             self.rss_before = rss_bytes()
+            reset_peak()  # the step's own peak: not the data preparation's or a resumed checkpoint's load
 
     def after_first_step(self) -> bool | None:
         mode = _mode()
@@ -198,7 +239,7 @@ class AllocatorPolicy:
         if mode != "auto":
             self.kept = keep_freed_memory(True) if mode == "1" else False
             return self.kept
-        peak, reach = peak_rss_bytes(), memory_within_reach()
+        peak, reach = recent_peak_bytes(), memory_within_reach()
         if kept_heap_fits(self.rss_before, peak, reach):
             self.kept = keep_freed_memory(True)
         else:
