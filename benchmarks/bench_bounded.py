@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import json
 import os
-import resource
 import subprocess
 import sys
 import threading
@@ -122,6 +121,8 @@ def _status() -> dict[str, float]:
 def run(argv: list[str]) -> None:
     """Run one command in this process; print its wall time, its peak RSS (`ru_maxrss`: anonymous and
     file-backed pages together) and the peaks of RssAnon and RssFile sampled every 0.2 s, as JSON."""
+    from frepo.base.perf import peak_rss_bytes
+
     peaks = {"RssAnon": 0.0, "RssFile": 0.0}
     done = threading.Event()
 
@@ -141,7 +142,7 @@ def run(argv: list[str]) -> None:
         rc = main(argv[1:])
     seconds = time.perf_counter() - start
     done.set()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = peak_rss_bytes() / 2**30  # ru_maxrss, and its value before a distillation's allocator policy reset it
     row = {"rc": rc, "seconds": round(seconds, 1), "peak_rss_gb": round(peak, 2)}
     row.update(peak_anon_gb=round(peaks["RssAnon"], 2), peak_file_gb=round(peaks["RssFile"], 2))
     print(json.dumps(row))

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -90,7 +89,7 @@ class AnonPeak:
 
 
 def child(args) -> dict:
-    from frepo.base.perf import tune_cpu_allocator
+    from frepo.base.perf import peak_rss_bytes, tune_cpu_allocator
     from frepo.config import DistillConfig
     from frepo.data import StreamingImages
     from frepo.data.cache import advise_random
@@ -127,7 +126,7 @@ def child(args) -> dict:
         "images": len(x),
         "step_s": statistics.median(times),
         "step_s_all": times,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+        "peak_rss_gb": peak_rss_bytes() / 2**30,
         "peak_anon_rss_gb": anon.done(),
     }
 

@@ -19,7 +19,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from common import BudgetReached, Clock, load_arrays, machine, peak_rss_mb, write_result
+from common import BudgetReached, Clock, load_arrays, machine, write_result
 
 
 def main() -> None:
@@ -40,6 +40,7 @@ def main() -> None:
     import torch
 
     from frepo.base.device import synchronize
+    from frepo.base.perf import peak_rss_bytes
     from frepo.cli.commands import distill_config
     from frepo.cli.parser import build_parser
     from frepo.config.presets import FLIP_BY_IPC
@@ -88,7 +89,7 @@ def main() -> None:
         "budget_min": args.budget_min,
         "flags": flags,
         **clock.summary(),
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss_bytes() / 2**20,  # not ru_maxrss: the allocator policy resets the kernel's
         "device": str(distiller.device),
         "torch": torch.__version__,
         "machine": machine(),
