@@ -121,6 +121,20 @@ def test_two_exports_of_one_set_are_the_same_bytes(tmp_path):
     assert differ == []
 
 
+def test_safetensors_files_take_one_metadata_key(tmp_path):
+    """safetensors writes several metadata keys in no fixed order (equal files would differ in bytes), so
+    frepo's writer takes one key, a JSON string, and refuses more."""
+    from frepo.base.atomic import atomic_save_safetensors
+
+    tensors = {"x": torch.arange(3.0)}
+    for name in ("a", "b"):
+        atomic_save_safetensors(tensors, tmp_path / f"{name}.safetensors", {"frepo": json.dumps({"k": 1, "j": 2})})
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="one metadata key"):
+        atomic_save_safetensors(tensors, tmp_path / "c.safetensors", {"frepo": "{}", "other": "x"})
+    assert not (tmp_path / "c.safetensors").exists()
+
+
 def test_export_and_evaluate_through_the_cli(tmp_path, capsys):
     _, path = _subset(tmp_path, channels=1)
     original, exported = tmp_path / "original.json", tmp_path / "exported.json"

@@ -159,7 +159,12 @@ def atomic_torch_save(obj, target: str | os.PathLike) -> None:
 
 
 def atomic_save_safetensors(tensors: dict, target: str | os.PathLike, metadata: dict | None = None) -> None:
+    """safetensors' `save_file`, atomically. `metadata` holds one key at most (a JSON string carries the
+    rest): safetensors writes several keys in no fixed order, and equal sets would differ in bytes."""
     from safetensors.torch import save_file
+
+    if metadata is not None and len(metadata) > 1:
+        raise ValueError(f"one metadata key at most (for byte-reproducible files), got {sorted(metadata)}")
 
     atomic_write(target, lambda p: save_file(tensors, str(p), metadata=metadata))
 
