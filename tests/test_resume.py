@@ -100,3 +100,26 @@ def test_killed_process_resumes_with_the_same_command(tmp_path, uninterrupted):
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     _assert_same_run(uninterrupted, out)
+
+
+def test_a_finished_distillation_leaves_nothing_to_the_cyclic_collector(tmp_path):
+    """A run's objects refer to each other (its actions call back into it); left to Python's cyclic collector,
+    which counts objects rather than bytes, each finished run's data, trainer and pool stayed in memory
+    (continual learning's 3 orders × 5 tasks grew to 9.6 GB). `distill` returns with them freed."""
+    import gc
+
+    gc.collect()
+    gc.disable()  # no automatic collection while the run's objects would be garbage
+    try:
+        distill(presets.resolve("digits", 1, overrides={"steps": 2, "val_size": 0}), tmp_path / "run")
+        gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection now finds is kept in gc.garbage
+        gc.collect()
+        left = [
+            type(o).__qualname__ for o in gc.garbage if isinstance(o, torch.Tensor) or "frepo" in type(o).__module__
+        ]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+        gc.collect()
+    assert left == []

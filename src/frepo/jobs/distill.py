@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import threading
 import time
@@ -396,4 +397,10 @@ def distill(
     """Run (or resume) a distillation into the run directory `out`; `progress` shows a progress bar (the
     library is quiet by default; the command line turns it on). `resume_with_changes` lets a resumed run
     continue with changed settings that are safe to continue with (`frepo.jobs.runs.CONTINUABLE`)."""
-    return Distiller(config, out, progress, resume_with_changes).run()
+    try:
+        return Distiller(config, out, progress, resume_with_changes).run()
+    finally:
+        # The run's objects refer to each other (its actions call back into it), so its data, trainer and
+        # pool (GBs on a large set) would wait for Python's cyclic collector, which counts objects, not
+        # bytes: a loop of distillations (continual learning's tasks and orders) held every one of them.
+        gc.collect()
