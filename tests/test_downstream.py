@@ -16,7 +16,7 @@ import frepo.data
 from frepo.apps import continual as continual_app
 from frepo.apps import privacy as privacy_app
 from frepo.apps.continual import Continual, ContinualConfig, class_order, task_splits
-from frepo.base.errors import Interrupted
+from frepo.base.errors import FrepoError, Interrupted
 from frepo.cli import main
 from frepo.data import load_dataset
 from frepo.eval import EvalResult
@@ -60,7 +60,7 @@ def test_a_task_reads_only_its_own_classes_and_is_evaluated_on_the_classes_seen(
     tested = []
 
     def record(ds, test_x, test_y, config, arch=None, progress=False):
-        tested.append((len(ds.images), sorted(set(test_y.tolist()))))
+        tested.append((len(ds.images), sorted(set(test_y.tolist())), ds.preprocessing))
         return EvalResult("frepo", "conv", [50.0], 50.0, 0.0, 10, 0.1)
 
     monkeypatch.setattr(continual_app, "evaluate_set", record)
@@ -77,6 +77,28 @@ def test_a_task_reads_only_its_own_classes_and_is_evaluated_on_the_classes_seen(
     seen = [sorted(sum(splits[: k + 1], [])) for k in range(5)]
     assert [t[1] for t in tested] == [s for s in seen for _ in range(3)]  # 3 arms per task
     assert [t[0] for t in tested] == [4 * (k + 1) for k in range(5) for _ in range(3)]  # 2 per class
+    assert all(t[2] is tested[0][2] for t in tested)  # every memory holds the one preprocessing, not a copy
+
+
+def test_a_union_of_sets_in_different_spaces_is_refused():
+    from frepo.apps.common import union
+    from frepo.data.preprocess import Preprocessing, fit_preprocessing
+    from frepo.io.artifact import DistilledSet
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(40, 4, 4, 3), dtype=np.uint8)
+    zca, other = fit_preprocessing(x, "zca", 0.1), fit_preprocessing(x[:30], "zca", 0.1)
+    copy = Preprocessing.from_tensors(zca.params(), zca.tensors())  # as a file gives it back
+    assert copy.same_as(zca) and not other.same_as(zca) and not fit_preprocessing(x, "standard").same_as(zca)
+    meta = {"dataset": "toy", "classes": ["a", "b"]}
+
+    def ds(pre):
+        return DistilledSet(torch.zeros(2, 3, 4, 4), torch.tensor([0, 1]), pre, meta)
+
+    joined = union([ds(zca), ds(copy)])
+    assert joined.preprocessing is zca and len(joined.images) == 4
+    with pytest.raises(FrepoError, match="different preprocessings"):
+        union([ds(zca), ds(other)])
 
 
 def test_continual_resumes_after_an_interruption_and_keeps_its_contract(tmp_path, monkeypatch, capsys):

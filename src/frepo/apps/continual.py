@@ -33,7 +33,7 @@ from ..data import load_dataset
 from ..eval import EvalConfig, evaluate_set
 from ..io.artifact import DistilledSet, load_distilled, save_distilled
 from ..jobs.subset import make_subset
-from .common import csv_text, markdown_table, test_split_of, union
+from .common import csv_text, markdown_table, sharing_preprocessing, test_split_of, union
 from .experiment import Experiment, run_experiment
 
 log = logging.getLogger(__name__)
@@ -217,11 +217,14 @@ class Continual(Experiment):
         cfg, c = self.config, self.raw.num_classes
         splits = task_splits(class_order(c, order), cfg.tasks)
         memories: dict[str, list[DistilledSet]] = {arm: [] for arm in cfg.arm_list()}
+        pre = None  # the training split's preprocessing, which every memory carries: held once
         for task, classes in enumerate(splits):
             seen = [cls for split in splits[: task + 1] for cls in split]
             log.info(f"frepo: continual, order {order}, task {task + 1}/{cfg.tasks}: classes {classes}")
             for arm in cfg.arm_list():
-                memories[arm].append(self.memory(arm, order, task, classes))
+                ds = self.memory(arm, order, task, classes)
+                pre = pre or ds.preprocessing
+                memories[arm].append(sharing_preprocessing(ds, pre))
                 name = f"order{order}/task{task}-{arm}.json"
                 if self.folder.done(name) is None:
                     self.folder.record(name, self._evaluate(arm, order, task, seen, memories[arm]))

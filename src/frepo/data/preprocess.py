@@ -112,6 +112,17 @@ class Preprocessing:
         factor = (scale.reciprocal() if inverse else scale) - 1
         return flat + ((flat @ basis) * factor) @ basis.T
 
+    def same_as(self, other: Preprocessing) -> bool:
+        """The same transform: equal settings and equal held tensors (a derived W⁻¹ is not compared)."""
+        settings = ("kind", "zca_reg", "stride", "whiten_step")
+        if any(getattr(self, name) != getattr(other, name) for name in settings):
+            return False
+        for name in ("mean", "std", "zca_mean", "whiten", "basis", "scale"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if (mine is None) != (theirs is None) or (mine is not None and not torch.equal(mine, theirs)):
+                return False
+        return True
+
     def matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(W, W⁻¹) as dense D×D matrices, whichever form holds them (zca only)."""
         if self.basis is None:
