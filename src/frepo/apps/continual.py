@@ -223,7 +223,7 @@ class Continual(Experiment):
             log.info(f"frepo: continual, order {order}, task {task + 1}/{cfg.tasks}: classes {classes}")
             for arm in cfg.arm_list():
                 ds = self.memory(arm, order, task, classes)
-                pre = pre or ds.preprocessing
+                pre = ds.preprocessing if pre is None else pre
                 memories[arm].append(sharing_preprocessing(ds, pre))
                 name = f"order{order}/task{task}-{arm}.json"
                 if self.folder.done(name) is None:
