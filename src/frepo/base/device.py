@@ -21,16 +21,21 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def to_device_of(t: torch.Tensor, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """`t`, a small host tensor (an evaluation step's per-sample augmentation parameters, drawn on the CPU),
-    on `like`'s device as `dtype` (default: its own), queued without making the host wait for the GPU.
+def host_to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """`t`, a small host tensor (an evaluation step's per-sample augmentation parameters or batch indices,
+    drawn on the CPU), on `device` as `dtype` (default: its own), queued without making the host wait for
+    the GPU.
 
     Why: a plain `.to` of a host tensor onto a GPU copies it and then waits for the whole stream, so each
     training step's augmentation drained the GPU's queue and the host launched the next kernels only
-    then. With non_blocking a pageable source is staged at once and the copy is queued behind the work
-    before it (the source may be freed or changed right after). Host sources only: a device-to-host copy
-    with non_blocking may be read before it has landed."""
-    return t.to(like.device, dtype or t.dtype, non_blocking=True)
+    then. Here the tensor is converted on the host, copied into page-locked memory (torch's caching host
+    allocator, which keeps the block until the copy has landed; from pageable memory the driver may
+    have to wait for the stream to stage it) and queued with non_blocking. Host sources only: a
+    device-to-host copy with non_blocking may be read before it has landed."""
+    t = t.to(dtype or t.dtype)
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 def synchronize(device: torch.device) -> None:

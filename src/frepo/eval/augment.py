@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..base.device import to_device_of
+from ..base.device import host_to_device
 
 REFERENCE_OPS = ("flip", "color", "crop", "rotate", "translate", "cutout")
 
@@ -49,12 +49,12 @@ def affine_resample(x: torch.Tensor, linear: torch.Tensor, shift: torch.Tensor) 
     theta = torch.empty(n, 2, 3, dtype=torch.float64)
     theta[:, :, :2] = scale.view(1, 2, 1) * linear / scale.view(1, 1, 2)
     theta[:, :, 2] = scale * shift
-    grid = F.affine_grid(to_device_of(theta, x, x.dtype), list(x.shape), align_corners=False)
+    grid = F.affine_grid(host_to_device(theta, x.device, x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    mask = to_device_of(torch.rand(len(x), generator=gen) < 0.5, x).view(-1, 1, 1, 1)
+    mask = host_to_device(torch.rand(len(x), generator=gen) < 0.5, x.device).view(-1, 1, 1, 1)
     return torch.where(mask, x.flip(-1), x)
 
 
@@ -67,7 +67,7 @@ def color(x: torch.Tensor, gen: torch.Generator, strength: float = 0.25) -> torc
             _log_uniform(gen, n, math.exp(-strength), math.exp(strength)),
         )
     )
-    bright, contrast, saturation = to_device_of(draws, x, x.dtype).view(3, -1, 1, 1, 1)  # one copy
+    bright, contrast, saturation = host_to_device(draws, x.device, x.dtype).view(3, -1, 1, 1, 1)  # one copy
     x = x + bright
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * contrast + mean
@@ -104,7 +104,7 @@ def cutout(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     size_h, size_w = h // 4, w // 4
     top = torch.randint(0, h - size_h + 1, (n,), generator=gen)
     left = torch.randint(0, w - size_w + 1, (n,), generator=gen)
-    top, left = to_device_of(torch.stack((top, left)), x).view(2, -1, 1, 1)  # one copy of both
+    top, left = host_to_device(torch.stack((top, left)), x.device).view(2, -1, 1, 1)  # one copy of both
     rows = torch.arange(h, device=x.device).view(1, -1, 1)
     cols = torch.arange(w, device=x.device).view(1, 1, -1)
     hole = (rows >= top) & (rows < top + size_h) & (cols >= left) & (cols < left + size_w)

@@ -29,7 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..base.device import to_device_of
+from ..base.device import host_to_device
 
 DSA_OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
 
@@ -48,7 +48,7 @@ def round_half_up(value: float) -> int:
 
 
 def _per_sample(u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return to_device_of(u, x, x.dtype).view(-1, 1, 1, 1)
+    return host_to_device(u, x.device, x.dtype).view(-1, 1, 1, 1)
 
 
 # ---- colour -----------------------------------------------------------------------------------
@@ -87,8 +87,8 @@ def apply_crop(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Ten
     """out[n, :, i, j] = x[n, :, i + dy[n], j + dx[n]] where that pixel exists, else 0."""
     n, _, h, w = x.shape
     # Index a one-pixel zero-padded copy; clamping to the padding gives the zeros.
-    rows = to_device_of((torch.arange(h).view(1, h) + dy.view(n, 1) + 1).clamp(0, h + 1), x)
-    cols = to_device_of((torch.arange(w).view(1, w) + dx.view(n, 1) + 1).clamp(0, w + 1), x)
+    rows = host_to_device((torch.arange(h).view(1, h) + dy.view(n, 1) + 1).clamp(0, h + 1), x.device)
+    cols = host_to_device((torch.arange(w).view(1, w) + dx.view(n, 1) + 1).clamp(0, w + 1), x.device)
     padded = F.pad(x, (1, 1, 1, 1))
     batch = torch.arange(n, device=x.device).view(n, 1, 1)
     # Advanced indices on dims 0, 2, 3 separated by a slice: the result is N×H×W×C.
@@ -115,8 +115,8 @@ def draw_cutout(n: int, height: int, width: int, gen: torch.Generator) -> tuple[
 def apply_cutout(x: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor) -> torch.Tensor:
     n, _, h, w = x.shape
     kh, kw = cutout_size(h, w)
-    top = to_device_of((cy - kh // 2).view(n, 1, 1), x)
-    left = to_device_of((cx - kw // 2).view(n, 1, 1), x)
+    top = host_to_device((cy - kh // 2).view(n, 1, 1), x.device)
+    left = host_to_device((cx - kw // 2).view(n, 1, 1), x.device)
     rows = torch.arange(h, device=x.device).view(1, h, 1)
     cols = torch.arange(w, device=x.device).view(1, 1, w)
     hole = (rows >= top) & (rows < top + kh) & (cols >= left) & (cols < left + kw)
@@ -129,14 +129,14 @@ def cutout(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 # ---- flip ---------------------------------------------------------------------------------------
 def flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    mask = to_device_of(torch.rand(len(x), generator=gen) < FLIP_PROB, x).view(-1, 1, 1, 1)
+    mask = host_to_device(torch.rand(len(x), generator=gen) < FLIP_PROB, x.device).view(-1, 1, 1, 1)
     return torch.where(mask, x.flip(3), x)
 
 
 # ---- scale and rotate (affine grid, bilinear, zeros outside) -------------------------------------------
 def apply_affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """theta: N×2×3 in normalised coordinates (output -> input), as `F.affine_grid` takes it."""
-    grid = F.affine_grid(to_device_of(theta, x, x.dtype), list(x.shape), align_corners=False)
+    grid = F.affine_grid(host_to_device(theta, x.device, x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import trange
 
+from ..base.device import host_to_device
 from ..method.optim import set_lr
 from ..models import build_model, eval_layout
 from .augment import random_op
@@ -54,11 +55,11 @@ def batch_indices(schedule: Schedule, n: int, gen: torch.Generator, device: torc
         for _ in range(schedule.steps):
             if pos + bs > n:
                 order, pos = torch.randperm(n, generator=gen), 0
-            yield order[pos : pos + bs].to(device, non_blocking=True)
+            yield host_to_device(order[pos : pos + bs], device)
             pos += bs
     elif schedule.order == "draws":
         for _ in range(schedule.steps):
-            yield torch.randperm(n, generator=gen)[:bs].to(device, non_blocking=True)
+            yield host_to_device(torch.randperm(n, generator=gen)[:bs], device)
     else:
         raise ValueError(f"unknown batch order {schedule.order!r}; known: {', '.join(ORDERS)}")
 
@@ -82,7 +83,7 @@ def train(
     indices = batch_indices(schedule, len(images), gen, images.device)
 
     def to_device(t: torch.Tensor) -> torch.Tensor:
-        return t.to(device, non_blocking=t.device.type == "cpu")  # non_blocking is safe from the host only
+        return host_to_device(t, device) if t.device.type == "cpu" else t.to(device)
 
     bar = trange(schedule.steps, desc="train", unit="step", leave=False, disable=not progress, mininterval=1.0)
     for t, idx in zip(bar, indices):
