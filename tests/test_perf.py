@@ -134,7 +134,7 @@ def test_memory_within_reach_is_this_machines_and_shared_by_its_ranks(monkeypatc
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setattr(perf, "_cgroup_limit_bytes", lambda: None)
     monkeypatch.setattr(perf, "rss_bytes", lambda: 3 * GB)
-    monkeypatch.setattr(perf, "_meminfo_bytes", lambda key: {"MemAvailable": 20 * GB}.get(key))
+    monkeypatch.setattr(perf, "_proc_kib_bytes", lambda path, key: {"MemAvailable": 20 * GB}.get(key))
     assert perf.memory_within_reach() == 23 * GB
     monkeypatch.setattr(perf, "_cgroup_limit_bytes", lambda: 16 * GB)
     assert perf.memory_within_reach() == 16 * GB  # the container's limit
@@ -172,7 +172,7 @@ def test_cgroup_limits_of_containers_and_batch_jobs(tmp_path):
 def test_memory_within_reach_reads_this_machine(monkeypatch):
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     reach = perf.memory_within_reach()
-    total = perf._meminfo_bytes("MemTotal")
+    total = perf._proc_kib_bytes("/proc/meminfo", "MemTotal")
     assert reach is not None and total is not None
     assert perf.rss_bytes() < reach <= total + perf.rss_bytes()
 

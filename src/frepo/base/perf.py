@@ -109,9 +109,10 @@ def tune_cpu_allocator() -> bool:
     return _opted_in
 
 
-def _meminfo_bytes(key: str) -> int | None:
+def _proc_kib_bytes(path: str, key: str) -> int | None:
+    """A "key:  N kB" line of a /proc file (meminfo, self/status) in bytes; None where it is missing."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in Path(path).read_text().splitlines():
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
@@ -183,20 +184,15 @@ def reset_peak() -> bool:
 
 def recent_peak_bytes() -> int:
     """The peak resident memory since the last `reset_peak()` (VmHWM), or since the start."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return peak_rss_bytes()
+    recent = _proc_kib_bytes("/proc/self/status", "VmHWM")
+    return peak_rss_bytes() if recent is None else recent
 
 
 def memory_within_reach() -> int | None:
     """The memory this process can grow to: its RSS and its share of what the system can still give (of
     MemAvailable, which counts reclaimable caches, and of its cgroup's limit): the processes torchrun
     started on this machine (LOCAL_WORLD_SIZE) share both. None where /proc says nothing."""
-    available = _meminfo_bytes("MemAvailable")
+    available = _proc_kib_bytes("/proc/meminfo", "MemAvailable")
     if available is None:
         return None
     try:

@@ -156,14 +156,9 @@ def load_start(
         )
     order = torch.cat([torch.nonzero(ids == c).flatten() for c in classes])
     images = ds.images[order]
-    if not _same_preprocessing(ds.preprocessing, preprocessing):
+    if not ds.preprocessing.same_as(preprocessing):
         images = preprocessing.from_unit(ds.preprocessing.to_unit(images))
     return images.float(), labels[order].float()
-
-
-def _same_preprocessing(a: Preprocessing, b: Preprocessing) -> bool:
-    ta, tb = a.tensors(), b.tensors()
-    return a.params() == b.params() and ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
 def recorded_data_dir(ds: DistilledSet) -> str | None:
