@@ -255,6 +255,68 @@ def test_evaluation_steps_never_wait_for_the_gpu(stacked):
         torch.cuda.set_sync_debug_mode("default")
 
 
+def _pageable_copies(work) -> list[str]:
+    """The host-to-device copies from pageable memory that `work()` made on the GPU (the profiler names
+    each copy's source memory: "Memcpy HtoD (Pageable -> Device)" or "(Pinned -> Device)")."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        work()
+        torch.cuda.synchronize()
+    names = [e.name for e in prof.events()]
+    assert any("Memcpy HtoD" in n for n in names), "the profiler saw no host-to-device copy at all"
+    return [n for n in names if "Memcpy HtoD" in n and "Pageable" in n]
+
+
+class _HostBatches:
+    """A streamed real-image source (`frepo.data.StreamingImages`'s interface): host batches per step."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x, self.shape = x, x.shape
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.x[idx]
+
+
+@pytest.mark.parametrize("mode", ["off", "graph"])
+@pytest.mark.parametrize("source", ["in memory", "streamed"])
+def test_every_step_copy_to_the_gpu_is_page_locked(mode, source):
+    """What tests/test_device_boundary.py takes on trust: after the first steps, everything a distillation
+    step or an evaluation sends to the GPU (batch indices, a streamed batch, the online subsample, a pool
+    reset's weights; augmentation draws, test batches) comes from page-locked memory, so the driver never
+    waits for the stream to stage a copy."""
+    from frepo.eval.augment import REFERENCE_OPS
+    from frepo.eval.protocol import accuracy, reference_schedule
+    from frepo.eval.training import NetworkUpdate, fresh_network, train
+    from frepo.method.krr import mse_loss
+    from frepo.method.optim import optax_adam
+
+    trainer = _small_trainer(CUDA, compile=mode)
+    trainer.config.pool.online_batch_size = 5  # 5 of the 16 support images: the subsample path
+    if source == "streamed":
+        trainer = FRePoTrainer(trainer.config, _HostBatches(trainer.x_train.cpu()), trainer.y_train.cpu(), 4, CUDA)
+    for _ in range(3):  # allocations, captures
+        trainer.step()
+    resets = trainer.pool.resets
+    assert _pageable_copies(lambda: [trainer.step() for _ in range(12)]) == []
+    assert trainer.pool.resets > resets
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(24, 3, 16, 16, generator=gen), torch.randn(24, 4, generator=gen)
+    model, x = fresh_network("conv", x, 4, gen=gen, device=CUDA, width=16)
+    update = NetworkUpdate(model, optax_adam(model.parameters(), lr=0.0), mse_loss, REFERENCE_OPS, gen)
+    test_x, test_y = torch.randn(300, 3, 16, 16, generator=gen), torch.arange(300) % 4  # on the host
+
+    def evaluate() -> None:
+        train(update, x, y.to(CUDA), reference_schedule(24, warmup=2, batch_size=8), gen=gen, device=CUDA)
+        accuracy(model, test_x, test_y, CUDA, batch=100)
+
+    assert _pageable_copies(evaluate) == []
+
+
 @pytest.mark.parametrize("protocol", ["frepo", "dsa", "krr"])
 def test_every_protocol_and_architecture_trains_on_gpu(protocol):
     from frepo.data.preprocess import Preprocessing

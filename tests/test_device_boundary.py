@@ -198,20 +198,55 @@ def test_the_probe_sees_the_trace_backward():
     assert any("index_fill" in k for k in probe.seen)
 
 
-def test_a_step_on_the_simulated_device_keeps_its_tensors_there():
+class _HostBatches:
+    """A streamed real-image source (`frepo.data.StreamingImages`'s interface): host batches gathered per step."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x, self.shape = x, x.shape
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.x[idx].clone()
+
+
+class _PrefetchHere:
+    """The trainer's prefetcher with the gathering on this thread, where the simulated device sees it."""
+
+    def __init__(self, gather):
+        self.gather = gather
+
+    def get(self, idx, upcoming):
+        return self.gather(idx)
+
+
+@pytest.mark.parametrize("source", ["in memory", "streamed", "online subsample", "graph inputs"])
+def test_a_step_on_the_simulated_device_keeps_its_tensors_there(source, monkeypatch):
+    """The outer step keeps its tensors on the device, and after the first step (which places the data,
+    the set and the pool) no step sends anything that may make the host wait: the batch indices, a
+    streamed batch, the online subsample, a pool reset's weights and `--compile graph`'s inputs (its
+    bookkeeping without the captures, as tests/test_graphs.py runs it) are queued from page-locked memory."""
+    from frepo.method.graphs import StepGraphs
+
+    monkeypatch.setattr("frepo.method.trainer.Prefetcher", _PrefetchHere)
     config = DistillConfig(ipc=2, batch_size=16, steps=10, use_flip=True, device="cpu:1")
     config.model.width = 8
     config.pool.num_models, config.pool.max_online_updates = 2, 2  # a reset within the steps
+    if source == "online subsample":
+        config.pool.online_batch_size = 5  # of the set's 8 images
     gen = torch.Generator().manual_seed(1)
-    x, y = torch.randn(64, 3, 8, 8, generator=gen), torch.arange(64) % 4
     with SimulatedDevice() as sim:
-        trainer = FRePoTrainer(config, x, y, 4, DEVICE)
+        x, y = torch.randn(64, 3, 8, 8, generator=gen), torch.arange(64) % 4  # made here: host tensors
+        trainer = FRePoTrainer(config, _HostBatches(x) if source == "streamed" else x, y, 4, DEVICE)
+        if source == "graph inputs":
+            trainer.graphs = StepGraphs(trainer._device_step, DEVICE, capture=False)
         for step in range(8):
             metrics = trainer.step()
             if step == 0:
                 waits = sim.waits.copy()  # placing the data, the set and the pool's models
         assert trainer.pool.resets > 0
-        assert sim.waits == waits, f"blocking copies in steps 2-8: {dict(sim.waits - waits)}"
+        assert sim.waits == waits, f"copies that may wait in steps 2-8: {dict(sim.waits - waits)}"
         assert all(sim.on_device(t) for t in metrics.values())
         assert sim.on_device(trainer.syn.images) and all(sim.on_device(p) for p in trainer.pool.model.parameters())
 
@@ -219,23 +254,31 @@ def test_a_step_on_the_simulated_device_keeps_its_tensors_there():
 # ---- no evaluation step makes the host wait for the GPU ------------------------------------------
 # On a GPU a plain `.to` of a host tensor copies it and then waits for the stream: an augmentation that
 # sent its per-sample draws that way made every evaluation step drain the GPU's queue before the host
-# could launch the next kernels (5 stacked networks: 5 waits a step).
+# could launch the next kernels (5 stacked networks: 5 waits a step). From pageable memory, even a
+# non_blocking copy may wait for the stream to stage it: `frepo.base.device.host_to_device` pins first.
 
 
-def test_the_simulated_device_counts_blocking_copies():
+def test_the_simulated_device_counts_copies_that_may_wait():
+    from frepo.base.device import host_to_device
+
     with SimulatedDevice() as sim:
-        dev = torch.ones(3).to(DEVICE)
+        dev = torch.ones(3).to(DEVICE)  # blocking
         assert sum(sim.waits.values()) == 1
-        torch.ones(3).to(DEVICE, non_blocking=True)
+        torch.ones(3).to(DEVICE, non_blocking=True)  # queued, but from pageable memory
         torch.ones(3).to(DEVICE, torch.float64, True)  # non_blocking given by position
+        assert sum(sim.waits.values()) == 3
+        host_to_device(torch.ones(3), DEVICE, torch.float64)  # page-locked on a GPU, then queued
         dev.to(DEVICE)
         dev.cpu()
         dev.to("cpu")
-        assert sum(sim.waits.values()) == 1  # queued copies, device to device and device to host: none
+        assert sum(sim.waits.values()) == 3  # device to device and device to host: none
         dev.copy_(torch.zeros(3))
         dev.copy_(torch.zeros(3), non_blocking=True)
+        assert sum(sim.waits.values()) == 5
+        dev.copy_(host_to_device(torch.zeros(3), DEVICE), non_blocking=True)
         torch.zeros(3).copy_(dev)
-        assert sum(sim.waits.values()) == 2
+        assert sum(sim.waits.values()) == 5
+        assert set(sim.waits) == {"?"}  # made here, outside frepo: no frepo line to name
 
 
 def _every_op():
@@ -310,7 +353,36 @@ def test_evaluation_training_steps_never_wait_for_the_gpu(training):
             _trainings()[training](steps)
             assert sim.placed > 0
         waits.append(sim.waits)
-    assert waits[1] == waits[0], f"blocking copies per step: {dict(waits[1] - waits[0])}"
+    assert waits[1] == waits[0], f"copies that may wait, per step: {dict(waits[1] - waits[0])}"
+
+
+@pytest.mark.parametrize("networks", [1, 3])
+def test_test_accuracy_sends_host_batches_without_waiting(networks):
+    """The test set stays on the host; each of its batches is queued to the device from page-locked memory
+    (one network's `accuracy`, and the stacked networks' `accuracies`), and the counts are read once."""
+    from frepo.eval.protocol import accuracy
+    from frepo.eval.together import Stacked
+    from frepo.models import build_model
+
+    gens = [torch.Generator().manual_seed(m) for m in range(networks)]
+    models = [build_model("conv", (3, 8, 8), 4, generator=g, width=8) for g in gens]
+
+    def test_set():
+        return torch.randn(50, 3, 8, 8, generator=torch.Generator().manual_seed(9)), torch.arange(50) % 4
+
+    expected = [accuracy(model, *test_set(), torch.device("cpu"), batch=16) for model in models]
+    with SimulatedDevice() as sim:
+        images, labels = test_set()  # made here: host tensors
+        if networks == 1:
+            model = models[0].to(DEVICE)
+            sim.waits.clear()  # placing the network
+            got = [accuracy(model, images, labels, DEVICE, batch=16)]
+        else:
+            stacked = Stacked(models, DEVICE)
+            sim.waits.clear()
+            got = stacked.accuracies(images, labels, DEVICE, batch=16)
+        assert not sim.waits, dict(sim.waits)
+    assert got == expected
 
 
 @pytest.mark.parametrize("n", [20, 300])  # fewer images than the 108 dimensions (Gram route), and more

@@ -16,9 +16,13 @@ storages are recorded, and `.device` reports `cpu:1` for them. The mode then rai
 
 `.cpu()` and `.to("cpu")` return host copies. The host side is recorded too: a tensor the mode never
 saw made (the autograd engine's, functorch's inside a transform, `torch.load`'s) is of unknown place and
-judged only where it meets a parameter (`.grad` takes its parameter's place). A blocking host-to-device
-copy (`.to` or `copy_` without non_blocking), which on a GPU waits for the whole stream, is counted in
-`waits` by frepo source line.
+judged only where it meets a parameter (`.grad` takes its parameter's place).
+
+A host-to-device copy that may make the host wait for a GPU is counted in `waits` by frepo source line:
+a blocking one (`.to` or `copy_` without non_blocking: it waits for the whole stream), and a non_blocking
+one from pageable memory (the driver may wait for the stream to stage it). Page-locking cannot run
+without CUDA, so the model takes frepo's word for the one place that pins on a GPU: a non_blocking copy
+made inside `frepo.base.device` is not counted; tests/test_cuda.py checks on a GPU that it does pin.
 
 What is not modelled: the speed and the asynchrony of a real GPU (other host synchronisations are the
 CUDA tests' job), CUDA-only kernels, and `torch.load` of saved device tensors (a real GPU reloads them on
@@ -67,7 +71,7 @@ class SimulatedDevice(TorchFunctionMode):
         self._storages: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> storage, device
         self._host: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> storage, host
         self.placed = 0  # tensors placed on the device so far (a test can check the device was used)
-        self.waits: collections.Counter = collections.Counter()  # blocking host-to-device copies, by frepo line
+        self.waits: collections.Counter = collections.Counter()  # host-to-device copies that may wait, by line
 
     # ---- which tensors are on the device -------------------------------------------------------
     def on_device(self, t: torch.Tensor) -> bool | None:
@@ -101,12 +105,11 @@ class SimulatedDevice(TorchFunctionMode):
             return self._to(args[0], HOST, func, args, kwargs)
         if func is torch.Tensor.to:
             target = self._to_target(args, kwargs)
-            if target == DEVICE and self.on_device(args[0]) is False and not self._non_blocking(args, kwargs):
-                self._count_wait()
+            if target == DEVICE and self.on_device(args[0]) is False:
+                self._count_wait(self._non_blocking(args, kwargs))
             return self._to(args[0], target, func, args, kwargs)
-        if func is torch.Tensor.copy_ and not kwargs.get("non_blocking", args[2] if len(args) > 2 else False):
-            if self.on_device(args[0]) and self.on_device(args[1]) is False:
-                self._count_wait()
+        if func is torch.Tensor.copy_ and self.on_device(args[0]) and self.on_device(args[1]) is False:
+            self._count_wait(kwargs.get("non_blocking", args[2] if len(args) > 2 else False))
         if func in _NO_NUMPY and self.on_device(args[0]):
             raise DeviceMixError(
                 "can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor to host "
@@ -162,8 +165,12 @@ class SimulatedDevice(TorchFunctionMode):
         parsed = {k: v for k, v in kwargs.items() if k != "copy"}
         return bool(torch._C._nn._parse_to(*rest, **parsed)[2])
 
-    def _count_wait(self) -> None:
+    def _count_wait(self, non_blocking: bool) -> None:
+        """Count a host-to-device copy unless it is queued from page-locked memory (`host_to_device`)."""
         frames = [f for f in traceback.extract_stack() if "frepo" in f.filename and "tests" not in f.filename]
+        pinned = frames and Path(frames[-1].filename).parts[-2:] == ("base", "device.py")
+        if non_blocking and pinned:
+            return
         self.waits[f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"] += 1
 
     def _to(self, t: torch.Tensor, target: torch.device | None, func, args, kwargs):

@@ -21,21 +21,30 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def page_locked(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t`, a host tensor bound for `device`, in page-locked memory when `device` is a GPU (itself if it is
+    pinned already, or on a CPU). Pinning copies `t` on the host: a background thread can do it ahead
+    (`frepo.method.trainer`'s prefetched real batches), and `host_to_device` then sends the pinned tensor."""
+    return t.pin_memory() if device.type == "cuda" else t
+
+
 def host_to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """`t`, a small host tensor (an evaluation step's per-sample augmentation parameters or batch indices,
-    drawn on the CPU), on `device` as `dtype` (default: its own), queued without making the host wait for
-    the GPU.
+    """`t`, a host tensor (a step's batch indices, its per-sample augmentation parameters, a prefetched
+    real batch, a re-initialised weight drawn on the CPU, a batch of test images), on `device` as `dtype`
+    (default: its own), queued without making the host wait for the GPU. Every host-to-device copy of a
+    training step goes through here (tests/test_device_boundary.py counts the others). A tensor already on
+    a GPU is moved as `.to` moves it.
 
     Why: a plain `.to` of a host tensor onto a GPU copies it and then waits for the whole stream, so each
     training step's augmentation drained the GPU's queue and the host launched the next kernels only
-    then. Here the tensor is converted on the host, copied into page-locked memory (torch's caching host
-    allocator, which keeps the block until the copy has landed; from pageable memory the driver may
-    have to wait for the stream to stage it) and queued with non_blocking. Host sources only: a
-    device-to-host copy with non_blocking may be read before it has landed."""
-    t = t.to(dtype or t.dtype)
-    if device.type == "cuda":
-        t = t.pin_memory()
-    return t.to(device, non_blocking=True)
+    then; and with non_blocking from pageable memory the driver may still wait for the stream to stage
+    the copy. Here the tensor is converted on the host, copied into page-locked memory (`page_locked`:
+    torch's caching host allocator, which keeps the block until the copy has landed) and queued with
+    non_blocking. Host sources only: a device-to-host copy with non_blocking may be read before it has
+    landed."""
+    if t.device.type != "cpu":
+        return t.to(device, dtype or t.dtype)
+    return page_locked(t.to(dtype or t.dtype), device).to(device, non_blocking=True)
 
 
 def synchronize(device: torch.device) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..base.device import host_to_device
 from ..io.artifact import DistilledSet, class_ids_of, regression_targets
 from ..method.optim import warmup_cosine
 from ..models import inference_batch
@@ -97,8 +98,8 @@ def accuracy(
     batch = batch or inference_batch(images)
     counts = torch.zeros(2, dtype=torch.long, device=device)  # correct, outputs not finite
     for start in range(0, len(images), batch):
-        x = images[start : start + batch].to(device, non_blocking=True)
-        y = labels[start : start + batch].to(device, non_blocking=True)
+        x = host_to_device(images[start : start + batch], device)
+        y = host_to_device(labels[start : start + batch], device)
         logits = model(x)
         counts += torch.stack(((logits.argmax(-1) == y).sum(), not_finite_rows(logits).sum()))
     correct, not_finite = counts.tolist()

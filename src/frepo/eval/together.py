@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
+from ..base.device import host_to_device
 from ..method.krr import mse_loss
 from ..method.optim import optax_adam, set_lr
 from ..models import build_model, inference_batch
@@ -58,8 +59,10 @@ class Stacked:
         batch = batch or inference_batch(images)
         counts = torch.zeros(2, self.n, dtype=torch.long, device=device)  # correct, outputs not finite
         for start in range(0, len(images), batch):
-            logits = self.forward_shared(self.params, images[start : start + batch].to(device))  # N×B×K
-            hits = (logits.argmax(-1) == labels[start : start + batch].to(device)).sum(-1)
+            part = slice(start, start + batch)
+            x, y = host_to_device(images[part], device), host_to_device(labels[part], device)
+            logits = self.forward_shared(self.params, x)  # N×B×K
+            hits = (logits.argmax(-1) == y).sum(-1)
             counts += torch.stack((hits, not_finite_rows(logits).sum(-1)))
         correct, not_finite = counts.tolist()
         warn_not_finite(not_finite, len(images))

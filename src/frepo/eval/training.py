@@ -81,13 +81,10 @@ def train(
     `update(x, y, lr)`; a batch is moved to `device` (a no-op when the set is there already; queued
     without waiting for the GPU when the set is on the host)."""
     indices = batch_indices(schedule, len(images), gen, images.device)
-
-    def to_device(t: torch.Tensor) -> torch.Tensor:
-        return host_to_device(t, device) if t.device.type == "cpu" else t.to(device)
-
     bar = trange(schedule.steps, desc="train", unit="step", leave=False, disable=not progress, mininterval=1.0)
     for t, idx in zip(bar, indices):
-        update(to_device(images[idx]), to_device(targets[idx]), schedule.lr(t) if schedule.lr else None)
+        x, y = host_to_device(images[idx], device), host_to_device(targets[idx], device)
+        update(x, y, schedule.lr(t) if schedule.lr else None)
 
 
 class NetworkUpdate:

@@ -26,6 +26,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..base.device import host_to_device
+
 Body = Callable[..., dict[str, torch.Tensor]]
 WARMUP = 3  # eager runs of the body, the first of each model included, before the first capture
 
@@ -54,7 +56,8 @@ class StepGraphs:
         lr, c1, c2 = scalars
         # The reciprocals in float32: what CUDA's division by a Python float multiplies by.
         host = torch.cat([torch.tensor([lr]), torch.tensor([c1, c2]).reciprocal()])
-        fresh = {"idx": idx, "x_real": x_real, "subsample": subsample, "scalars": host}
+        # Every input is on the device before it is copied in (the scalars page-locked, not waited for).
+        fresh = {"idx": idx, "x_real": x_real, "subsample": subsample, "scalars": host_to_device(host, self.device)}
         if self.inputs is None:
             self.inputs = {k: torch.empty_like(v, device=self.device) for k, v in fresh.items() if v is not None}
         for name, value in fresh.items():

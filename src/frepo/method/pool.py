@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..base.device import host_to_device
 from ..base.rng import randint
 from ..config import PoolConfig
 from ..models import init_flax_defaults_
@@ -85,11 +86,11 @@ class ModelPool:
 
     def online_subsample(self, n: int, device: torch.device) -> torch.Tensor | None:
         """The online step's images out of n (drawn on the host, from the pool's generator), or None when
-        n fits one online batch. non_blocking: no host synchronisation with the GPU."""
+        n fits one online batch. Sent without making the host wait for the GPU (`host_to_device`)."""
         if n <= self.cfg.online_batch_size:
             return None
         idx = torch.randperm(n, generator=self.generator)[: self.cfg.online_batch_size]
-        return idx.to(device, non_blocking=True)
+        return host_to_device(idx, device)
 
     def online_step(
         self, i: int, images: torch.Tensor, labels: torch.Tensor, subsample: torch.Tensor | None

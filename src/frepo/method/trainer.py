@@ -15,7 +15,7 @@ import torch
 from torch.profiler import record_function
 
 from ..base.compiler import torch_compile
-from ..base.device import deterministic_kernels
+from ..base.device import deterministic_kernels, host_to_device, page_locked
 from ..base.dist import DistContext
 from ..base.errors import FrepoError
 from ..base.prefetch import Prefetcher
@@ -268,7 +268,8 @@ class FRePoTrainer:
             class_ids = start_labels.argmax(-1)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         if not isinstance(x_train, torch.Tensor):
-            self.x_train, self.prefetch = x_train, Prefetcher(x_train.__getitem__)
+            # The worker thread also page-locks the batch, so sending it does not wait for the GPU.
+            self.x_train, self.prefetch = x_train, Prefetcher(lambda idx: page_locked(x_train[idx], device))
         else:
             self.x_train, self.prefetch = x_train.to(device).contiguous(memory_format=self.memory_format), None
         self.y_train = y_train.to(device)  # ids: one-hot targets are made per batch (ImageNet's would be 5 GB)
@@ -325,8 +326,8 @@ class FRePoTrainer:
         x_real = None
         if self.prefetch is not None:
             upcoming = self.ctx.shard(self.sampler.peek())
-            x_real = self.prefetch.get(idx, upcoming).to(self.device, non_blocking=True)
-        idx = idx.to(self.device, non_blocking=True)
+            x_real = host_to_device(self.prefetch.get(idx, upcoming), self.device)
+        idx = host_to_device(idx, self.device)
         reset = self.pool.reset_due()
         subsample = None if reset else self.pool.online_subsample(len(self.syn.images), self.device)
         scalars = self.lamb.advance()

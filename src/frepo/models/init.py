@@ -20,6 +20,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..base.device import host_to_device
+
 # Standard deviation of a standard normal truncated to [-2, 2].
 TRUNCATED_STD = 0.87962566103423978
 
@@ -37,8 +39,8 @@ def _draw_(
         if tensor.device == generator.device:
             fill(tensor)
         else:
-            # non_blocking: a pageable host source is staged at once, and the GPU stream is not waited for.
-            tensor.copy_(fill(torch.empty_like(tensor, device=generator.device)), non_blocking=True)
+            # Queued from page-locked memory: the host does not wait for the GPU (a pool reset mid-run).
+            tensor.copy_(host_to_device(fill(torch.empty_like(tensor, device=generator.device)), tensor.device))
     return tensor
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import trange
 
+from ...base.device import host_to_device
 from ...base.errors import FrepoError
 from ...base.fields import opt
 from ...base.rng import generator
@@ -99,7 +100,7 @@ def train_dsa_model(
     n = len(images)
     for epoch in trange(epochs + 1, desc="train", unit="epoch", leave=False, disable=not progress, mininterval=1.0):
         model.train()
-        order = torch.randperm(n, generator=train_gen).to(device, non_blocking=True)
+        order = host_to_device(torch.randperm(n, generator=train_gen), device)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             x = dsa_augment(images[idx], train_gen, ops) if ops else images[idx]
