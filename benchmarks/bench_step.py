@@ -135,6 +135,40 @@ def phase_split(step, device: torch.device) -> dict[str, dict[str, float]]:
     return split
 
 
+def kernel_table(step, device: torch.device, steps: int = 10, top: int = 20) -> dict:
+    """Where the time of `steps` profiled steps goes, kernel by kernel: on CUDA the GPU kernels and copies
+    (device time), on a CPU the aten operators (self time). The `top` by time, each with its launches and
+    microseconds per step and its share; and per step, all launches and the busy time they sum to (a
+    step's wall time minus that busy time is what the GPU waited for the host)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        sync(device)
+    rows = []
+    for e in prof.key_averages():
+        on_device = str(getattr(e, "device_type", "")).endswith("CUDA")
+        if cuda and not on_device:
+            continue
+        if not cuda and (on_device or not e.key.startswith("aten::")):
+            continue
+        us = e.self_device_time_total if cuda else e.self_cpu_time_total
+        rows.append({"name": e.key, "launches_per_step": e.count / steps, "us_per_step": us / steps})
+    busy = sum(r["us_per_step"] for r in rows)
+    rows.sort(key=lambda r: -r["us_per_step"])
+    for r in rows:
+        r["share"] = r["us_per_step"] / busy if busy else 0.0
+    return {
+        "steps": steps,
+        "busy_ms_per_step": busy / 1000,
+        "launches_per_step": sum(r["launches_per_step"] for r in rows),
+        "top": rows[:top],
+    }
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -177,7 +211,14 @@ def timed_step(trainer, device: torch.device) -> tuple[float, dict]:
 
 
 def run_one(
-    name: str, overrides: dict, warmup: int, repeats: int, device_name: str, tune: bool, vs: dict | None = None
+    name: str,
+    overrides: dict,
+    warmup: int,
+    repeats: int,
+    device_name: str,
+    tune: bool,
+    vs: dict | None = None,
+    top_kernels: int = 0,
 ) -> dict:
     from frepo.base.device import resolve_device
     from frepo.base.perf import tune_cpu_allocator
@@ -201,6 +242,7 @@ def run_one(
     assert torch.isfinite(metrics["loss"]), "non-finite loss in the benchmark"
     gflops = count_flops(trainer.step) / 1e9
     phases = phase_split(trainer.step, device)
+    kernels = kernel_table(trainer.step, device, top=top_kernels) if top_kernels else None
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
     else:
@@ -218,6 +260,7 @@ def run_one(
         "peak_gflops": peak,
         "fraction_of_peak": gflops / (ms / 1000) / peak,
         "phases": phases,
+        "kernels": kernels,
         "peak_tf32_gflops": peak_matmul_gflops(device, kind="tf32") if device.type == "cuda" else None,
         "peak_bf16_gflops": peak_matmul_gflops(device, kind="bf16") if device.type == "cuda" else None,
         "repeats": repeats,
@@ -256,13 +299,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-tune-allocator", action="store_true", help="keep glibc's default malloc behaviour")
+    parser.add_argument(
+        "--kernels", type=int, default=0, metavar="N", help="also profile 10 steps and list the N costliest kernels"
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one setting in this process
     args = parser.parse_args()
     overrides = dict(item.split("=", 1) for item in args.set)
     overrides = {k: parse_value(v) for k, v in overrides.items()}
     vs = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.vs)}
     if args.one:
-        row = run_one(args.one, overrides, args.warmup, args.repeats, args.device, not args.no_tune_allocator, vs)
+        tune = not args.no_tune_allocator
+        row = run_one(args.one, overrides, args.warmup, args.repeats, args.device, tune, vs, args.kernels)
         print(json.dumps(row))
         return
     rows = []
@@ -282,6 +329,8 @@ def main() -> None:
                 str(repeats),
                 "--device",
                 args.device,
+                "--kernels",
+                str(args.kernels),
             ]
             + [f"--set={s}" for s in args.set]
             + [f"--vs={s}" for s in args.vs]
@@ -325,6 +374,19 @@ def main() -> None:
             rate = ph["gflop"] / (ph["ms"] / 1000) if ph["ms"] else 0.0
             cells.append(f"{ph['ms']:.0f} ({rate:.0f})")
         print(f"| {r['setting']} | " + " | ".join(cells) + " |")
+    for r in rows:
+        if r["kernels"]:
+            k = r["kernels"]
+            print(
+                f"\n{r['setting']}: {k['launches_per_step']:.0f} launches and {k['busy_ms_per_step']:.2f} ms busy per "
+                f"step ({k['steps']} profiled steps; the step's median wall time: {r['ms_per_step']:.2f} ms)\n"
+            )
+            print("| kernel | launches/step | µs/step | share |")
+            print("|---|---|---|---|")
+            for e in k["top"]:
+                print(
+                    f"| {e['name'][:90]} | {e['launches_per_step']:.1f} | {e['us_per_step']:.0f} | {e['share']:.0%} |"
+                )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=2)

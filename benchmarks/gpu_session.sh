@@ -18,7 +18,9 @@
 #   7. eval: 5 evaluation networks one after the other against stacked (bench_eval.py, MNIST, 10/100/500);
 #   8. cudagraphs: the step eager against --compile cudagraphs, CIFAR-10 IPC 10 flip only (paired, --vs);
 #   9. long: an MNIST IPC 10 distillation of LONG_STEPS steps (default 20000) with STEP_FLAGS (e.g.
-#      "--compile cudagraphs"), then a 5-model evaluation (a row of docs/reproduction.md, with its budget).
+#      "--compile cudagraphs"), then a 5-model evaluation (a row of docs/reproduction.md, with its budget);
+#  10. kernels: the costliest GPU kernels of 10 steps, eager and under --compile graph, MNIST and CIFAR-10
+#      IPC 10 (launches and busy µs per step: where a step's milliseconds go, kernel by kernel).
 # Usage, from the repository root of a machine with a CUDA GPU and torch:
 #   FREPO_DATA_DIR=DIR SETS=DIR RESULTS=DIR [PARTS="tests dsa ..."] bash benchmarks/gpu_session.sh
 # DIR of FREPO_DATA_DIR holds mnist.npz and fashion_mnist.npz; SETS holds the random subsets made with
@@ -105,6 +107,10 @@ want roofline && part "roofline: eager vs --compile graph" && for flags in "" "-
   timeout 200 "$PY" benchmarks/bench_step.py --device cuda --warmup 30 --repeats 30 --vs compile=graph $flags \
     --settings "${ROOFLINE_SETTINGS:-mnist-ipc10-b256,cifar10-ipc10-b1024-flip,cifar100-ipc50-flip}" \
     --json "$RESULTS/roofline-gpu${flags:+-bf16}.json"
+done
+want kernels && part "the step kernel by kernel" && for mode in off graph; do
+  timeout 120 "$PY" benchmarks/bench_step.py --device cuda --warmup 10 --repeats 10 --kernels 25 --set compile=$mode \
+    --settings mnist-ipc10-b256,cifar10-ipc10-b1024-flip --json "$RESULTS/kernels-gpu-$mode.json"
 done
 want solve && part "the kernel solve of 10 000 support images" && timeout 90 "$PY" benchmarks/bench_solve.py \
   --device cuda --n 10000 --d 8192 --classes 100 --json "$RESULTS/solve-gpu.json"
