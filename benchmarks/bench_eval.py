@@ -16,13 +16,15 @@ are hours on a 2-core CPU, and the time per step does not change over a run. `--
 row per size: the sequential path with each network under torch.compile (a trial; its compile time is
 part of the wall time). JSON keys per row: images, models, steps, mode (sequential|together|compiled),
 auto (the mode `--together auto` picks for this set on this device: sequential|together), seconds,
-ms_per_step, gflops_per_step, achieved_gflops, peak_gflops, accuracies, mean; "environment" also
-holds the TF32 and bf16 matmul peaks on CUDA.
+ms_per_step, gflops_per_step, achieved_gflops, peak_gflops, accuracies, mean, and with `--kernels N`
+kernels (bench_step.py's `kernel_table` of 20 steps of every network); "environment" also holds the TF32
+and bf16 matmul peaks on CUDA.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -34,7 +36,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_step import count_flops, peak_matmul_gflops, sync  # noqa: E402
+from bench_step import count_flops, kernel_table, peak_matmul_gflops, print_kernels, sync  # noqa: E402
 
 from frepo.base.rng import generator  # noqa: E402
 from frepo.data.preprocess import fit_preprocessing  # noqa: E402
@@ -70,6 +72,16 @@ def step_flops(ds: DistilledSet, models: int, device: torch.device) -> int:
     return sum(count_flops(lambda g=g: train_reference_model(images, targets, gen=g, **kw)) for g in gens)
 
 
+def train_networks(mode: str, images, targets, streams: list[str], kw: dict):
+    """The networks of `streams` trained as `mode` says: stacked (`together`, one `Stacked`), or one after
+    the other (`sequential`, or `compiled`: each under torch.compile, the protocol's `--compile on`)."""
+    if mode == "together":
+        return train_reference_models(images, targets, gens=[generator(0, s) for s in streams], **kw)
+    return [
+        train_reference_model(images, targets, gen=generator(0, s), compile=mode == "compiled", **kw) for s in streams
+    ]
+
+
 def elapsed(start: float, device: torch.device) -> float:
     sync(device)
     return time.perf_counter() - start
@@ -85,6 +97,13 @@ def main() -> None:
     parser.add_argument("--json")
     parser.add_argument(
         "--compile", action="store_true", help="also time the sequential path with torch.compile(model) (a trial)"
+    )
+    parser.add_argument(
+        "--kernels",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also profile 20 steps of each mode (after the timed run) and list its N costliest kernels",
     )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -102,16 +121,11 @@ def main() -> None:
         for mode in ("sequential", "together") + (("compiled",) if args.compile else ()):
             sync(device)
             start = time.perf_counter()  # training only; the test pass is the same work either way
+            nets = train_networks(mode, images, targets, streams, {**kw, "steps": n_steps})
+            seconds = elapsed(start, device)
             if mode == "together":
-                stacked = train_reference_models(images, targets, gens=[generator(0, s) for s in streams], **kw)
-                seconds = elapsed(start, device)
-                accs = stacked.accuracies(test_x, test_y, device)
-            else:  # sequential, eager or each network compiled (the protocol's own `--compile on` path)
-                compiled = mode == "compiled"
-                nets = [
-                    train_reference_model(images, targets, gen=generator(0, s), compile=compiled, **kw) for s in streams
-                ]
-                seconds = elapsed(start, device)
+                accs = nets.accuracies(test_x, test_y, device)
+            else:
                 accs = [accuracy(net, test_x, test_y, device) for net in nets]
             flops = step_flops(ds, args.models, device)  # the useful work, the same for both modes
             ms = 1000 * seconds / n_steps
@@ -122,6 +136,9 @@ def main() -> None:
                 "achieved_gflops": flops / 1e9 / (ms / 1000), "peak_gflops": peak,
                 "accuracies": accs, "mean": sum(accs) / len(accs),
             }  # fmt: skip
+            if args.kernels:  # 20 steps of every network (their set-up included, spread over the steps)
+                work = functools.partial(train_networks, mode, images, targets, streams, {**kw, "steps": 20})
+                row["kernels"] = kernel_table(work, device, steps=20, top=args.kernels)
             rows.append(row)
             print(json.dumps(row), flush=True)
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor()}
@@ -143,6 +160,10 @@ def main() -> None:
             f"{r['ms_per_step']:.0f} | {r['gflops_per_step']:.1f} | {r['achieved_gflops']:.0f} | {fraction:.0%} | "
             f"{accs} |"
         )
+    for r in rows:
+        if "kernels" in r:
+            title = f"{r['images']} images, {r['mode']}, all {r['models']} networks"
+            print_kernels(title, r["kernels"], r["ms_per_step"])
 
 
 if __name__ == "__main__":

@@ -135,18 +135,17 @@ def phase_split(step, device: torch.device) -> dict[str, dict[str, float]]:
     return split
 
 
-def kernel_table(step, device: torch.device, steps: int = 10, top: int = 20) -> dict:
-    """Where the time of `steps` profiled steps goes, kernel by kernel: on CUDA the GPU kernels and copies
-    (device time), on a CPU the aten operators (self time). The `top` by time, each with its launches and
-    microseconds per step and its share; and per step, all launches and the busy time they sum to (a
-    step's wall time minus that busy time is what the GPU waited for the host)."""
+def kernel_table(work, device: torch.device, steps: int, top: int = 20) -> dict:
+    """Where the time of `work()`, which runs `steps` steps, goes, kernel by kernel: on CUDA the GPU kernels
+    and copies (device time), on a CPU the aten operators (self time). The `top` by time, each with its
+    launches and microseconds per step and its share; and per step, all launches and the busy time they
+    sum to (a step's wall time minus that busy time is what the GPU waited for the host)."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
-        for _ in range(steps):
-            step()
+        work()
         sync(device)
     rows = []
     for e in prof.key_averages():
@@ -167,6 +166,18 @@ def kernel_table(step, device: torch.device, steps: int = 10, top: int = 20) -> 
         "launches_per_step": sum(r["launches_per_step"] for r in rows),
         "top": rows[:top],
     }
+
+
+def print_kernels(title: str, k: dict, wall_ms: float) -> None:
+    """`kernel_table`'s result as a markdown table, with the step's wall time beside its busy time."""
+    print(
+        f"\n{title}: {k['launches_per_step']:.0f} launches and {k['busy_ms_per_step']:.2f} ms busy per step "
+        f"({k['steps']} profiled steps; wall time per step, unprofiled: {wall_ms:.2f} ms)\n"
+    )
+    print("| kernel | launches/step | µs/step | share |")
+    print("|---|---|---|---|")
+    for e in k["top"]:
+        print(f"| {e['name'][:90]} | {e['launches_per_step']:.1f} | {e['us_per_step']:.0f} | {e['share']:.0%} |")
 
 
 def sync(device: torch.device) -> None:
@@ -242,7 +253,9 @@ def run_one(
     assert torch.isfinite(metrics["loss"]), "non-finite loss in the benchmark"
     gflops = count_flops(trainer.step) / 1e9
     phases = phase_split(trainer.step, device)
-    kernels = kernel_table(trainer.step, device, top=top_kernels) if top_kernels else None
+    kernels = None
+    if top_kernels:
+        kernels = kernel_table(lambda: [trainer.step() for _ in range(10)], device, steps=10, top=top_kernels)
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
     else:
@@ -376,17 +389,7 @@ def main() -> None:
         print(f"| {r['setting']} | " + " | ".join(cells) + " |")
     for r in rows:
         if r["kernels"]:
-            k = r["kernels"]
-            print(
-                f"\n{r['setting']}: {k['launches_per_step']:.0f} launches and {k['busy_ms_per_step']:.2f} ms busy per "
-                f"step ({k['steps']} profiled steps; the step's median wall time: {r['ms_per_step']:.2f} ms)\n"
-            )
-            print("| kernel | launches/step | µs/step | share |")
-            print("|---|---|---|---|")
-            for e in k["top"]:
-                print(
-                    f"| {e['name'][:90]} | {e['launches_per_step']:.1f} | {e['us_per_step']:.0f} | {e['share']:.0%} |"
-                )
+            print_kernels(r["setting"], r["kernels"], r["ms_per_step"])
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=2)

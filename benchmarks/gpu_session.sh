@@ -15,7 +15,8 @@
 #      run and the GPU's busy time per step (ROOFLINE_SETTINGS, default MNIST IPC 10, CIFAR-10 IPC 10 and
 #      CIFAR-100 IPC 50); solve: the float64 kernel solve of CIFAR-100 IPC 50's support set, dual vs primal;
 #   6. precision: the meta-gradient under bf16 against float32 (bench_precision.py, MNIST IPC 10);
-#   7. eval: 5 evaluation networks one after the other against stacked (bench_eval.py, MNIST, 10/100/500);
+#   7. eval: 5 evaluation networks one after the other against stacked (bench_eval.py, MNIST, 10/100/500),
+#      with the costliest kernels of 20 steps of each;
 #   8. cudagraphs: the step eager against --compile cudagraphs, CIFAR-10 IPC 10 flip only (paired, --vs);
 #   9. long: an MNIST IPC 10 distillation of LONG_STEPS steps (default 20000) with STEP_FLAGS (e.g.
 #      "--compile cudagraphs"), then a 5-model evaluation (a row of docs/reproduction.md, with its budget);
@@ -117,7 +118,7 @@ want solve && part "the kernel solve of 10 000 support images" && timeout 90 "$P
 want precision && part "meta-gradient precision" && timeout 120 "$PY" benchmarks/bench_precision.py --device cuda \
   --dataset mnist --ipc 10 --batch 256 --warm-steps 100 --models 5 --json "$RESULTS/precision-gpu.json"
 want eval && part "evaluation: sequential vs stacked" && timeout 150 "$PY" benchmarks/bench_eval.py --device cuda \
-  --dataset mnist --sizes 10,100,500 --steps 300 --json "$RESULTS/bench_eval_gpu.json"
+  --dataset mnist --sizes 10,100,500 --steps 300 --kernels 15 --json "$RESULTS/bench_eval_gpu.json"
 if want long; then
   part "MNIST IPC 10, ${LONG_STEPS:=20000} steps, then 5 evaluation networks"
   # Pick LONG_STEPS from the roofline's ms/step and the minutes left; a run cut by the time limit
