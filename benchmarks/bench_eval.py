@@ -1,21 +1,23 @@
-"""Evaluation wall time: N networks trained one after the other against all N at once (stacked, vmap).
+"""Evaluation wall time: N networks trained one after the other against all N at once (stacked, vmap; or
+one CUDA stream each).
 
     python benchmarks/bench_eval.py [--sizes 10,100,500] [--models 5] [--steps 100] [--dataset cifar10]
-                                    [--device cpu] [--compile] [--json OUT]
+                                    [--device cpu] [--compile] [--kernels N] [--json OUT]
 
 For each set size: a random real subset of `--dataset` ($FREPO_DATA_DIR/<dataset>.npz, a 10-class set:
 cifar10, mnist, fashion_mnist; size/10 images per class, standardised); N networks trained with the
 reference protocol (`frepo` protocol: Conv width 128, Adam, one augmentation op per network and step;
 no flip on the digit sets) on `--device`, one after the other (`--together off`), then all
-at once (`--together on`, `frepo.eval.together`), from the same seeds, and tested on the same 2 000 test
-images (every 5th: the file's test split is sorted by class). Reports the training wall seconds, ms per
-step of all N networks, achieved GFLOP/s (convolutions and matmuls of one step of the sequential path:
-the same useful work for both) against the fp32 matmul peak measured in the same run, and the
-accuracies (equal up to float rounding). `--steps` is per network: the reference table's 1000–5000 steps
-are hours on a 2-core CPU, and the time per step does not change over a run. `--compile` adds a third
-row per size: the sequential path with each network under torch.compile (a trial; its compile time is
-part of the wall time). JSON keys per row: images, models, steps, mode (sequential|together|compiled),
-auto (the mode `--together auto` picks for this set on this device: sequential|together), seconds,
+at once (`--together on`, `frepo.eval.together`), and on CUDA also one stream each (`--together streams`),
+from the same seeds, and tested on the same 2 000 test images (every 5th: the file's test split is sorted
+by class). Reports the training wall seconds, ms per step of all N networks, achieved GFLOP/s
+(convolutions and matmuls of one step of the sequential path: the same useful work for all) against the
+fp32 matmul peak measured in the same run, and the accuracies (stacked: equal up to float rounding;
+streams: equal). `--steps` is per network: the reference table's 1000–5000 steps are hours on a 2-core
+CPU, and the time per step does not change over a run. `--compile` adds a row per size: the sequential
+path with each network under torch.compile (a trial; its compile time is part of the wall time). JSON
+keys per row: images, models, steps, mode (sequential|together|streams|compiled), auto (the mode
+`--together auto` picks for this set on this device: sequential|together|streams), seconds,
 ms_per_step, gflops_per_step, achieved_gflops, peak_gflops, accuracies, mean, and with `--kernels N`
 kernels (bench_step.py's `kernel_table` of 20 steps of every network); "environment" also holds the TF32
 and bf16 matmul peaks on CUDA.
@@ -43,7 +45,7 @@ from frepo.data.preprocess import fit_preprocessing  # noqa: E402
 from frepo.eval import EvalConfig  # noqa: E402
 from frepo.eval.augment import reference_ops  # noqa: E402
 from frepo.eval.protocol import accuracy  # noqa: E402
-from frepo.eval.protocols.frepo import train_reference_model  # noqa: E402
+from frepo.eval.protocols.frepo import train_reference_model, train_reference_models_on_streams  # noqa: E402
 from frepo.eval.together import train_reference_models  # noqa: E402
 from frepo.io.artifact import DistilledSet  # noqa: E402
 from frepo.method.krr import centered_one_hot  # noqa: E402
@@ -73,10 +75,13 @@ def step_flops(ds: DistilledSet, models: int, device: torch.device) -> int:
 
 
 def train_networks(mode: str, images, targets, streams: list[str], kw: dict):
-    """The networks of `streams` trained as `mode` says: stacked (`together`, one `Stacked`), or one after
-    the other (`sequential`, or `compiled`: each under torch.compile, the protocol's `--compile on`)."""
+    """The networks of `streams` trained as `mode` says: stacked (`together`, one `Stacked`), one CUDA stream
+    each (`streams`, a list), or one after the other (`sequential`, or `compiled`: each under torch.compile,
+    the protocol's `--compile on`)."""
     if mode == "together":
         return train_reference_models(images, targets, gens=[generator(0, s) for s in streams], **kw)
+    if mode == "streams":
+        return train_reference_models_on_streams(images, targets, gens=[generator(0, s) for s in streams], **kw)
     return [
         train_reference_model(images, targets, gen=generator(0, s), compile=mode == "compiled", **kw) for s in streams
     ]
@@ -117,8 +122,12 @@ def main() -> None:
         images, targets = ds.images.to(device), ds.targets().to(device)
         kw = dict(num_classes=10, steps=n_steps, ops=reference_ops(ds.meta["mirror_invariant"]), device=device)
         streams = [f"eval/model{i}" for i in range(args.models)]
-        auto = "together" if EvalConfig.build(device=str(device)).trains_together(device, images) else "sequential"
-        for mode in ("sequential", "together") + (("compiled",) if args.compile else ()):
+        how = EvalConfig.build(device=str(device)).together_mode(device, images)
+        auto = {"stacked": "together", "streams": "streams", None: "sequential"}[how]
+        modes = (
+            ("sequential", "together") + (("streams",) if device.type == "cuda" else ()) + ("compiled",) * args.compile
+        )
+        for mode in modes:
             sync(device)
             start = time.perf_counter()  # training only; the test pass is the same work either way
             nets = train_networks(mode, images, targets, streams, {**kw, "steps": n_steps})

@@ -255,6 +255,39 @@ def test_evaluation_steps_never_wait_for_the_gpu(stacked):
         torch.cuda.set_sync_debug_mode("default")
 
 
+def test_networks_on_streams_follow_the_sequential_networks_on_gpu():
+    """`--together streams`: each network trains on its own CUDA stream, queued step by step in turn; every
+    network computes what it computes alone (same draws, same deterministic kernels), so the two ways agree
+    to the bit unless cuBLAS picks another algorithm per stream (then to rounding). No step waits for the
+    GPU: the streams wait for each other on the device, never the host."""
+    from frepo.base.device import deterministic_kernels
+    from frepo.eval.augment import reference_ops
+    from frepo.eval.protocols.frepo import train_reference_model, train_reference_models_on_streams
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(40, 3, 16, 16, generator=gen).to(CUDA)
+    targets = (torch.nn.functional.one_hot(torch.arange(40) % 4, 4).float() - 0.25).to(CUDA)
+    kw = dict(num_classes=4, steps=30, ops=reference_ops(True), device=CUDA, width=16, batch_size=16, warmup=5)
+    seeds = [1, 2, 3]
+    with deterministic_kernels(CUDA):
+        alone = [train_reference_model(images, targets, gen=torch.Generator().manual_seed(s), **kw) for s in seeds]
+        train_reference_models_on_streams(images, targets, gens=[torch.Generator().manual_seed(9)], **kw)  # warm
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            gens = [torch.Generator().manual_seed(s) for s in seeds]
+            together = train_reference_models_on_streams(images, targets, gens=gens, **kw)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    for a, b in zip(alone, together):
+        pa, pb = a.state_dict(), b.state_dict()
+        exact = all(torch.equal(pa[k], pb[k]) for k in pa)
+        gap = sum((pa[k] - pb[k]).norm() ** 2 for k in pa) ** 0.5 / sum(pa[k].norm() ** 2 for k in pa) ** 0.5
+        print(f"streams vs one by one: bit-identical {exact}, relative gap {float(gap):.2e}")
+        assert gap < 1e-4
+
+
 def _pageable_copies(work) -> list[str]:
     """The host-to-device copies from pageable memory that `work()` made on the GPU (the profiler names
     each copy's source memory: "Memcpy HtoD (Pageable -> Device)" or "(Pinned -> Device)")."""

@@ -307,7 +307,7 @@ def _trainings():
     from frepo.apps.victims import train_victim
     from frepo.eval.augment import REFERENCE_OPS
     from frepo.eval.protocols.dsa import DSA_OPS, train_dsa_model
-    from frepo.eval.protocols.frepo import train_reference_model
+    from frepo.eval.protocols.frepo import train_reference_model, train_reference_models_on_streams
     from frepo.eval.together import train_reference_models
 
     x = torch.randn(12, 3, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -324,6 +324,9 @@ def _trainings():
         ),
         "frepo-stacked": lambda steps: train_reference_models(
             x.to(DEVICE), y.to(DEVICE), steps=steps, gens=[gen(0), gen(1), gen(2)], warmup=2, **reference
+        ),
+        "frepo-streams": lambda steps: train_reference_models_on_streams(
+            x.to(DEVICE), y.to(DEVICE), steps=steps, gens=[gen(0), gen(1)], warmup=2, arch="conv_bn", **reference
         ),
         "dsa": lambda steps: train_dsa_model(
             x.to(DEVICE),
@@ -342,7 +345,7 @@ def _trainings():
     }
 
 
-@pytest.mark.parametrize("training", ["frepo", "frepo-stacked", "dsa", "privacy-victim"])
+@pytest.mark.parametrize("training", ["frepo", "frepo-stacked", "frepo-streams", "dsa", "privacy-victim"])
 def test_evaluation_training_steps_never_wait_for_the_gpu(training):
     """Training an evaluation network (one, or several stacked; the dsa protocol's; the privacy
     experiment's victims) sends its data and networks to the device once: more steps, no more blocking

@@ -1,4 +1,5 @@
-"""Evaluation networks trained together (stacked, vmap) against the same networks one after the other."""
+"""Evaluation networks trained together (stacked, vmap; or one CUDA stream each) against the same networks
+one after the other."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from frepo.base.rng import generator
 from frepo.data.preprocess import Preprocessing
 from frepo.eval import EvalConfig, evaluate_set
 from frepo.eval.augment import reference_ops
-from frepo.eval.protocols.frepo import train_reference_model
+from frepo.eval.protocols.frepo import train_reference_model, train_reference_models_on_streams
 from frepo.eval.together import train_reference_models
 from frepo.io.artifact import DistilledSet
 
@@ -39,6 +40,21 @@ def test_stacked_training_follows_each_sequential_network():
         assert off / moved < 1e-2, (m, float(off / moved))
 
 
+@pytest.mark.parametrize("arch", ["conv", "conv_bn"])
+def test_networks_on_streams_are_the_sequential_networks_bit_for_bit(arch):
+    """Interleaved step by step (one CUDA stream each on a GPU; in turn on a CPU), every network computes what
+    it computes alone: the same draws, kernels and order. Batch-norm networks too, which cannot be stacked."""
+    images, targets = _problem()
+    kw = dict(num_classes=3, steps=24, ops=reference_ops(True), device=CPU, width=8, batch_size=8, arch=arch)
+    streams = [f"eval/model{i}" for i in range(3)]
+    together = train_reference_models_on_streams(images, targets, gens=[generator(7, s) for s in streams], **kw)
+    for m, s in enumerate(streams):
+        alone = train_reference_model(images, targets, gen=generator(7, s), **kw).state_dict()
+        mine = together[m].state_dict()
+        assert alone.keys() == mine.keys()
+        assert all(torch.equal(alone[k], mine[k]) for k in alone), m
+
+
 def _set(images, labels, classes=3) -> DistilledSet:
     pre = Preprocessing("none", torch.zeros(3), torch.ones(3))
     meta = {"dataset": "made-up", "classes": [str(c) for c in range(classes)], "mirror_invariant": True}
@@ -52,11 +68,14 @@ def test_evaluate_set_together_equals_one_by_one(arch, stacked):
     test_y = torch.arange(30) % 3
     ds = _set(images, targets)
     runs = {}
-    for together in ("on", "off"):
+    for together in ("on", "off", "streams"):
         config = EvalConfig.build(models=3, width=8, steps=24, together=together, arch=arch, device="cpu")
         runs[together] = evaluate_set(ds, test_x, test_y, config)
     assert runs["on"].extra["together"] is stacked and runs["off"].extra["together"] is False
+    assert runs["on"].extra["together_mode"] == ("stacked" if stacked else None)
+    assert runs["streams"].extra["together"] is True and runs["streams"].extra["together_mode"] == "streams"
     assert runs["on"].accuracies == pytest.approx(runs["off"].accuracies, abs=100 / 30 + 1e-9)  # ≤ 1 image
+    assert runs["streams"].accuracies == runs["off"].accuracies  # the same networks, bit for bit
 
 
 def test_auto_stacks_only_where_it_measured_faster():
@@ -68,13 +87,14 @@ def test_auto_stacks_only_where_it_measured_faster():
     def mnist(n):
         return torch.empty(n, 1, 28, 28)
 
-    assert auto.trains_together(cuda, mnist(10)) and auto.trains_together(cuda, mnist(100))
-    assert not auto.trains_together(cuda, mnist(101)) and not auto.trains_together(cuda, mnist(500))
-    assert auto.trains_together(cuda, torch.empty(25, 3, 32, 32))
-    assert not auto.trains_together(cuda, torch.empty(100, 3, 32, 32))  # 100 CIFAR images: 4× the pixels
-    assert not auto.trains_together(cpu, mnist(10))
-    assert EvalConfig.build(together="on").trains_together(cpu, mnist(500))
-    assert not EvalConfig.build(together="off").trains_together(cuda, mnist(10))
+    assert auto.together_mode(cuda, mnist(10)) == auto.together_mode(cuda, mnist(100)) == "stacked"
+    assert auto.together_mode(cuda, mnist(101)) is None and auto.together_mode(cuda, mnist(500)) is None
+    assert auto.together_mode(cuda, torch.empty(25, 3, 32, 32)) == "stacked"
+    assert auto.together_mode(cuda, torch.empty(100, 3, 32, 32)) is None  # 100 CIFAR images: 4× the pixels
+    assert auto.together_mode(cpu, mnist(10)) is None
+    assert EvalConfig.build(together="on").together_mode(cpu, mnist(500)) == "stacked"
+    assert EvalConfig.build(together="streams").together_mode(cpu, mnist(10)) == "streams"
+    assert EvalConfig.build(together="off").together_mode(cuda, mnist(10)) is None
 
 
 def test_a_network_with_nan_outputs_is_named_in_a_warning_one_by_one_and_stacked(caplog):

@@ -25,7 +25,7 @@ from .protocols.frepo import FrepoOptions
 from .protocols.krr import KrrOptions
 
 SPLITS = ("test", "val")
-TOGETHER = ("auto", "on", "off")
+TOGETHER = ("auto", "on", "off", "streams")
 # `--together auto`: stacked against one after the other, 5 networks of the frepo protocol on MNIST subsets,
 # 300 steps, one NVIDIA H200 (torch 2.11, CUDA 13; benchmarks/bench_eval.py --device cuda --dataset mnist
 # --sizes 10,100,500, 2026-12-04): 4.0× faster at 10 images, 1.23× at 100, 0.80× (slower) at 500. The gain
@@ -56,9 +56,10 @@ class EvalConfig:
     width: int = opt(128, "channels of the first block of conv-family networks and convnet")
     together: str = opt(
         "auto",
-        "train the --models networks of an architecture at once (stacked, torch.func.vmap) instead of one "
-        "after the other: on, off, or auto (on for CUDA where it measured faster: batches of at most 100 "
-        "MNIST images' pixels; off on the CPU); same results up to float rounding",
+        "train the --models networks of an architecture at once instead of one after the other: on (stacked, "
+        "torch.func.vmap; same results up to float rounding), streams (each network on its own CUDA stream; "
+        "the same results bit for bit, any architecture), off, or auto (stacked on CUDA where it measured "
+        "faster: batches of at most 100 MNIST images' pixels; off on the CPU)",
         choices=TOGETHER,
     )
     frepo: FrepoOptions = nested(FrepoOptions)
@@ -90,13 +91,15 @@ class EvalConfig:
                     raise FrepoError(_misplaced(flag, name, self.protocol))
         self.archs()
 
-    def trains_together(self, device, images: torch.Tensor) -> bool:
-        """Whether `--models` networks train stacked on `device` (a torch.device) on `images` (N×C×H×W)."""
+    def together_mode(self, device, images: torch.Tensor) -> str | None:
+        """How `--models` networks train at once on `device` (a torch.device) on `images` (N×C×H×W):
+        "stacked", "streams", or None (one after the other)."""
         if self.together != "auto":
-            return self.together == "on"
+            return {"on": "stacked", "streams": "streams", "off": None}[self.together]
         if device.type != "cuda":
-            return False
-        return min(len(images), REFERENCE_BATCH) * images.shape[1:].numel() <= TOGETHER_AUTO_BATCH_PIXELS
+            return None
+        small = min(len(images), REFERENCE_BATCH) * images.shape[1:].numel() <= TOGETHER_AUTO_BATCH_PIXELS
+        return "stacked" if small else None
 
     def options(self) -> Any:
         """The options dataclass of the chosen protocol."""

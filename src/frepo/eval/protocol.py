@@ -79,8 +79,9 @@ class Protocol:
     stream: str  # model i draws from the random stream f"{stream}/model{i}" of the evaluation seed
     plan: Callable[[EvalSetup, Any], Plan]
     train_and_test: Callable[[EvalSetup, Any, str], float]  # (setup, options, stream name) -> accuracy %
-    # All streams' networks at once (`frepo.eval.together`), or None where it cannot (then one by one).
-    train_and_test_many: Callable[[EvalSetup, Any, list[str]], list[float] | None] | None = None
+    # All streams' networks at once, (setup, options, stream names, "stacked" or "streams") -> accuracies
+    # (`frepo.eval.together`, or one CUDA stream per network), or None where it cannot (then one by one).
+    train_and_test_many: Callable[[EvalSetup, Any, list[str], str], list[float] | None] | None = None
 
 
 @torch.no_grad()

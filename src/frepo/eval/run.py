@@ -58,9 +58,10 @@ def evaluate_set(
     streams = [f"{protocol.stream}/model{i}" for i in range(config.models)]
     start = time.perf_counter()
     accs = None
-    if protocol.train_and_test_many and config.models > 1 and config.trains_together(device, setup.images):
+    how = config.together_mode(device, setup.images)
+    if protocol.train_and_test_many and config.models > 1 and how:
         with deterministic_kernels(device):
-            accs = protocol.train_and_test_many(setup, options, streams)
+            accs = protocol.train_and_test_many(setup, options, streams, how)
     together = accs is not None
     if accs is None:
         accs = []
@@ -81,6 +82,7 @@ def evaluate_set(
         {
             **plan.extra,
             "together": together,
+            "together_mode": how if together else None,
             "model_streams": streams,
             "model_seeds": [stream_seed(config.seed, s) for s in streams],
         },

@@ -87,6 +87,36 @@ def train(
         update(x, y, schedule.lr(t) if schedule.lr else None)
 
 
+class Interleaved:
+    """One step of N networks, each network's own update (`NetworkUpdate`) on its own CUDA stream: the host
+    queues the N updates in turn and the GPU runs the streams side by side, so one network's small kernels
+    fill the gaps another's leave. Each network computes exactly what it computes alone (its parameters,
+    draws, optimiser; the same kernels in the same order), so the results equal the sequential runs bit for
+    bit where the kernels are deterministic. On a CPU the networks take turns, step by step. `join()` before
+    reading the networks on the current stream."""
+
+    def __init__(self, updates: list[Update], device: torch.device):
+        self.updates, self.device = updates, device
+        self.streams = [torch.cuda.Stream(device) for _ in updates] if device.type == "cuda" else []
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float | None) -> None:
+        if not self.streams:
+            for update in self.updates:
+                update(x, y, lr)
+            return
+        main = torch.cuda.current_stream(self.device)
+        for update, stream in zip(self.updates, self.streams):
+            stream.wait_stream(main)  # the batch was gathered on the current stream
+            with torch.cuda.stream(stream):
+                update(x, y, lr)
+            x.record_stream(stream)  # its memory is reused only once this stream is done with it
+            y.record_stream(stream)
+
+    def join(self) -> None:
+        for stream in self.streams:
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+
+
 class NetworkUpdate:
     """One optimiser step of one network: one augmentation op drawn from `gen` (none when `ops` is empty),
     the step's learning rate, the loss of `forward(x)` against the targets, backward, step."""

@@ -22,7 +22,7 @@ from ...models import build_model
 from ..augment import reference_ops
 from ..protocol import REFERENCE_BATCH, EvalSetup, Plan, Protocol, accuracy, reference_schedule
 from ..together import stackable, train_reference_models
-from ..training import NetworkUpdate, fresh_network, train
+from ..training import Interleaved, NetworkUpdate, fresh_network, train
 
 # Reference: training steps by total number of distilled images.
 REFERENCE_STEPS = {10: 1000, 100: 2000, 200: 20000, 400: 5000, 500: 5000, 1000: 10000, 2000: 40000, 5000: 40000}
@@ -85,20 +85,49 @@ def train_reference_model(
 ) -> torch.nn.Module:
     """Train one fresh network with the reference protocol. images N×C×H×W, targets N×K on `device`.
     With `compile`, the training steps run the network under torch.compile (static shapes)."""
+    model, images, update = _reference_network(images, num_classes, ops, gen, device, arch, width, compile)
+    schedule = reference_schedule(steps, lr, warmup, batch_size)
+    train(update, images, targets, schedule, gen=gen, device=device, progress=progress)
+    return model
+
+
+def train_reference_models_on_streams(
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    num_classes: int,
+    steps: int,
+    ops: tuple[str, ...],
+    gens: list[torch.Generator],
+    device: torch.device,
+    arch: str = "conv",
+    lr: float = 3e-4,
+    warmup: int = 500,
+    batch_size: int = REFERENCE_BATCH,
+    width: int = 128,
+    progress: bool = False,
+) -> list[torch.nn.Module]:
+    """`train_reference_model` for len(gens) networks at once, each on its own CUDA stream (`Interleaved`):
+    the same networks, bit for bit, as one after the other, and any architecture."""
+    models, updates = [], []
+    for g in gens:
+        model, placed, update = _reference_network(images, num_classes, ops, g, device, arch, width)
+        models.append(model)
+        updates.append(update)
+    interleaved = Interleaved(updates, device)
+    schedule = reference_schedule(steps, lr, warmup, batch_size)
+    # The batch order draws nothing (`cycle`): gens[0] only stands in for the loop's generator.
+    train(interleaved, placed, targets, schedule, gen=gens[0], device=device, progress=progress)
+    interleaved.join()
+    return models
+
+
+def _reference_network(images, num_classes, ops, gen, device, arch, width, compile=False):
+    """A fresh network built from `gen`, the images on `device` in its layout, and its training step (Adam,
+    MSE, one augmentation op per step drawn from `gen`)."""
     model, images = fresh_network(arch, images, num_classes, gen=gen, device=device, width=width)
     forward = torch_compile(model, dynamic=False) if compile else model  # the same parameters
-    optimizer = optax_adam(model.parameters(), lr=0.0)
-    update = NetworkUpdate(forward, optimizer, mse_loss, ops, gen)
-    train(
-        update,
-        images,
-        targets,
-        reference_schedule(steps, lr, warmup, batch_size),
-        gen=gen,
-        device=device,
-        progress=progress,
-    )
-    return model
+    return model, images, NetworkUpdate(forward, optax_adam(model.parameters(), lr=0.0), mse_loss, ops, gen)
 
 
 def plan(setup: EvalSetup, options: FrepoOptions) -> Plan:
@@ -127,16 +156,20 @@ def train_and_test(setup: EvalSetup, options: FrepoOptions, stream: str) -> floa
     return accuracy(model, setup.test_x, setup.test_y, setup.device)
 
 
-def train_and_test_many(setup: EvalSetup, options: FrepoOptions, streams: list[str]) -> list[float] | None:
-    """`train_and_test` for every stream at once (`frepo.eval.together`); None when the architecture
-    cannot be stacked (batch-norm buffers), so the caller trains the networks one after the other."""
+def train_and_test_many(setup: EvalSetup, options: FrepoOptions, streams: list[str], how: str) -> list[float] | None:
+    """`train_and_test` for every stream at once, `how` = stacked (`frepo.eval.together`; None when the
+    architecture cannot be stacked, batch-norm buffers, so the caller trains the networks one after the
+    other) or streams (`train_reference_models_on_streams`)."""
     ds, device = setup.ds, setup.device
+    images, targets, kwargs = _training(setup, options)
+    gens = [generator(setup.seed, s) for s in streams]
+    if how == "streams":
+        models = train_reference_models_on_streams(images, targets, gens=gens, **kwargs)
+        return [accuracy(model, setup.test_x, setup.test_y, device) for model in models]
     shape = tuple(ds.images.shape[1:])
     if not stackable(build_model(setup.arch, shape, ds.num_classes, generator=torch.Generator(), width=setup.width)):
         return None
-    images, targets, kwargs = _training(setup, options)
-    stacked = train_reference_models(images, targets, gens=[generator(setup.seed, s) for s in streams], **kwargs)
-    return stacked.accuracies(setup.test_x, setup.test_y, device)
+    return train_reference_models(images, targets, gens=gens, **kwargs).accuracies(setup.test_x, setup.test_y, device)
 
 
 PROTOCOL = Protocol(
