@@ -40,6 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_step import count_flops, kernel_table, peak_matmul_gflops, print_kernels, sync  # noqa: E402
 
+from frepo.base.device import deterministic_kernels  # noqa: E402
 from frepo.base.rng import generator  # noqa: E402
 from frepo.data.preprocess import fit_preprocessing  # noqa: E402
 from frepo.eval import EvalConfig  # noqa: E402
@@ -77,7 +78,12 @@ def step_flops(ds: DistilledSet, models: int, device: torch.device) -> int:
 def train_networks(mode: str, images, targets, streams: list[str], kw: dict):
     """The networks of `streams` trained as `mode` says: stacked (`together`, one `Stacked`), one CUDA stream
     each (`streams`, a list), or one after the other (`sequential`, or `compiled`: each under torch.compile,
-    the protocol's `--compile on`)."""
+    the protocol's `--compile on`). With deterministic cuDNN kernels, as `frepo evaluate` trains them."""
+    with deterministic_kernels(images.device):
+        return _train_networks(mode, images, targets, streams, kw)
+
+
+def _train_networks(mode: str, images, targets, streams: list[str], kw: dict):
     if mode == "together":
         return train_reference_models(images, targets, gens=[generator(0, s) for s in streams], **kw)
     if mode == "streams":

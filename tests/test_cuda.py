@@ -262,7 +262,9 @@ def test_networks_on_streams_follow_the_sequential_networks_on_gpu():
     GPU: the streams wait for each other on the device, never the host."""
     from frepo.base.device import deterministic_kernels
     from frepo.eval.augment import reference_ops
-    from frepo.eval.protocols.frepo import train_reference_model, train_reference_models_on_streams
+    from frepo.eval.protocol import reference_schedule
+    from frepo.eval.protocols.frepo import reference_network, train_reference_model, train_reference_models_on_streams
+    from frepo.eval.training import Interleaved, train
 
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(40, 3, 16, 16, generator=gen).to(CUDA)
@@ -271,12 +273,18 @@ def test_networks_on_streams_follow_the_sequential_networks_on_gpu():
     seeds = [1, 2, 3]
     with deterministic_kernels(CUDA):
         alone = [train_reference_model(images, targets, gen=torch.Generator().manual_seed(s), **kw) for s in seeds]
-        train_reference_models_on_streams(images, targets, gens=[torch.Generator().manual_seed(9)], **kw)  # warm
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        together = train_reference_models_on_streams(images, targets, gens=gens, **kw)
+        # The training itself (the networks built beforehand: placing them on the GPU waits, by design).
+        built = [reference_network(images, 4, kw["ops"], g, CUDA, "conv", 16) for g in gens]
+        interleaved = Interleaved([update for _, _, update in built], CUDA)
+        interleaved(built[0][1][:16], targets[:16], 1e-4)  # the first step allocates the optimiser states
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            gens = [torch.Generator().manual_seed(s) for s in seeds]
-            together = train_reference_models_on_streams(images, targets, gens=gens, **kw)
+            schedule = reference_schedule(20, warmup=5, batch_size=16)
+            train(interleaved, built[0][1], targets, schedule, gen=gens[0], device=CUDA)
+            interleaved.join()
         finally:
             torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
@@ -331,8 +339,10 @@ def test_every_step_copy_to_the_gpu_is_page_locked(mode, source):
     trainer.config.pool.online_batch_size = 5  # 5 of the 16 support images: the subsample path
     if source == "streamed":
         trainer = FRePoTrainer(trainer.config, _HostBatches(trainer.x_train.cpu()), trainer.y_train.cpu(), 4, CUDA)
-    for _ in range(3):  # allocations, captures
+    for _ in range(12):  # allocations; under graph, both pool models' captures (after 3 warm-up steps)
         trainer.step()
+    if mode == "graph":
+        assert len(trainer.graphs.graphs) == 2 and trainer.graphs.capture  # captured, no fallback
     resets = trainer.pool.resets
     assert _pageable_copies(lambda: [trainer.step() for _ in range(12)]) == []
     assert trainer.pool.resets > resets
@@ -342,9 +352,10 @@ def test_every_step_copy_to_the_gpu_is_page_locked(mode, source):
     model, x = fresh_network("conv", x, 4, gen=gen, device=CUDA, width=16)
     update = NetworkUpdate(model, optax_adam(model.parameters(), lr=0.0), mse_loss, REFERENCE_OPS, gen)
     test_x, test_y = torch.randn(300, 3, 16, 16, generator=gen), torch.arange(300) % 4  # on the host
+    y = y.to(CUDA)
 
     def evaluate() -> None:
-        train(update, x, y.to(CUDA), reference_schedule(24, warmup=2, batch_size=8), gen=gen, device=CUDA)
+        train(update, x, y, reference_schedule(24, warmup=2, batch_size=8), gen=gen, device=CUDA)
         accuracy(model, test_x, test_y, CUDA, batch=100)
 
     assert _pageable_copies(evaluate) == []

@@ -40,7 +40,11 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+import frepo.base.device
+
 DEVICE = torch.device("cpu", 1)
+_FREPO = Path(frepo.__file__).parent  # frepo's own source lines name a copy
+_PAGE_LOCKING = Path(frepo.base.device.__file__)  # the one place that pins before a queued copy
 HOST = torch.device("cpu")
 
 _DEVICE_GET = torch.Tensor.device.__get__
@@ -167,9 +171,8 @@ class SimulatedDevice(TorchFunctionMode):
 
     def _count_wait(self, non_blocking: bool) -> None:
         """Count a host-to-device copy unless it is queued from page-locked memory (`host_to_device`)."""
-        frames = [f for f in traceback.extract_stack() if "frepo" in f.filename and "tests" not in f.filename]
-        pinned = frames and Path(frames[-1].filename).parts[-2:] == ("base", "device.py")
-        if non_blocking and pinned:
+        frames = [f for f in traceback.extract_stack() if Path(f.filename).is_relative_to(_FREPO)]
+        if non_blocking and frames and Path(frames[-1].filename) == _PAGE_LOCKING:
             return
         self.waits[f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"] += 1
 

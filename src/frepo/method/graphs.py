@@ -93,7 +93,10 @@ class StepGraphs:
         """Record model i's graph (a capture runs nothing), then replay it for this step."""
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
+            # thread_local: only this thread's unsafe calls abort the capture. The prefetch thread of a streamed
+            # run may be page-locking the next batch meanwhile (cudaHostAlloc, event queries on other streams),
+            # which the default "global" mode would turn into a failed capture, or an error in that thread.
+            with torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"):
                 outputs = self._call(i)
         except RuntimeError as error:  # an operation CUDA graphs refuse: keep going without them
             warnings.warn(f"CUDA graph capture failed, the run continues eagerly: {error}", stacklevel=3)

@@ -85,7 +85,7 @@ def train_reference_model(
 ) -> torch.nn.Module:
     """Train one fresh network with the reference protocol. images N×C×H×W, targets N×K on `device`.
     With `compile`, the training steps run the network under torch.compile (static shapes)."""
-    model, images, update = _reference_network(images, num_classes, ops, gen, device, arch, width, compile)
+    model, images, update = reference_network(images, num_classes, ops, gen, device, arch, width, compile)
     schedule = reference_schedule(steps, lr, warmup, batch_size)
     train(update, images, targets, schedule, gen=gen, device=device, progress=progress)
     return model
@@ -106,12 +106,13 @@ def train_reference_models_on_streams(
     batch_size: int = REFERENCE_BATCH,
     width: int = 128,
     progress: bool = False,
+    compile: bool = False,
 ) -> list[torch.nn.Module]:
     """`train_reference_model` for len(gens) networks at once, each on its own CUDA stream (`Interleaved`):
     the same networks, bit for bit, as one after the other, and any architecture."""
     models, updates = [], []
     for g in gens:
-        model, placed, update = _reference_network(images, num_classes, ops, g, device, arch, width)
+        model, placed, update = reference_network(images, num_classes, ops, g, device, arch, width, compile)
         models.append(model)
         updates.append(update)
     interleaved = Interleaved(updates, device)
@@ -122,9 +123,18 @@ def train_reference_models_on_streams(
     return models
 
 
-def _reference_network(images, num_classes, ops, gen, device, arch, width, compile=False):
+def reference_network(
+    images: torch.Tensor,
+    num_classes: int,
+    ops: tuple[str, ...],
+    gen: torch.Generator,
+    device: torch.device,
+    arch: str,
+    width: int,
+    compile: bool = False,
+) -> tuple[torch.nn.Module, torch.Tensor, NetworkUpdate]:
     """A fresh network built from `gen`, the images on `device` in its layout, and its training step (Adam,
-    MSE, one augmentation op per step drawn from `gen`)."""
+    MSE, one augmentation op per step drawn from `gen`; the network under torch.compile with `compile`)."""
     model, images = fresh_network(arch, images, num_classes, gen=gen, device=device, width=width)
     forward = torch_compile(model, dynamic=False) if compile else model  # the same parameters
     return model, images, NetworkUpdate(forward, optax_adam(model.parameters(), lr=0.0), mse_loss, ops, gen)
@@ -164,7 +174,8 @@ def train_and_test_many(setup: EvalSetup, options: FrepoOptions, streams: list[s
     images, targets, kwargs = _training(setup, options)
     gens = [generator(setup.seed, s) for s in streams]
     if how == "streams":
-        models = train_reference_models_on_streams(images, targets, gens=gens, **kwargs)
+        compile = options.compiles(images, kwargs["steps"], device)
+        models = train_reference_models_on_streams(images, targets, gens=gens, compile=compile, **kwargs)
         return [accuracy(model, setup.test_x, setup.test_y, device) for model in models]
     shape = tuple(ds.images.shape[1:])
     if not stackable(build_model(setup.arch, shape, ds.num_classes, generator=torch.Generator(), width=setup.width)):
