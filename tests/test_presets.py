@@ -7,6 +7,7 @@ import math
 import pytest
 
 from frepo import presets
+from frepo.base.errors import FrepoError
 from frepo.cli.commands import build_parser, distill_config
 
 
@@ -37,3 +38,23 @@ def test_budget_lr_is_the_paper_lr_at_the_budget_and_the_short_lr_below_1000_ste
 def test_the_command_line_gets_the_budget_lr_unless_an_lr_is_named(flags, lr):
     config = distill_config(build_parser().parse_args(["distill", *flags]))
     assert config.lr == pytest.approx(lr)
+
+
+def test_a_preset_brings_its_dataset_and_ipc_and_refuses_others():
+    """`--preset cifar10-ipc1-cpu` alone is CIFAR-10 at IPC 1 (it once ran IPC 10, the --ipc default, with
+    IPC 1's budget); a --dataset or --ipc that contradicts the preset is an error, not another run."""
+
+    def config(*flags):
+        return distill_config(build_parser().parse_args(["distill", *flags]))
+
+    named = config("--preset", "cifar10-ipc1-cpu")
+    assert (named.data.dataset, named.ipc, named.steps) == ("cifar10", 1, 300)
+    assert config("--preset", "cifar10-ipc1-cpu", "--dataset", "cifar10", "--ipc", "1") == named
+    plain = config()
+    assert (plain.data.dataset, plain.ipc) == ("digits", 10)
+    with pytest.raises(FrepoError, match="'cifar10-ipc1-cpu' is for IPC 1, not 10"):
+        config("--preset", "cifar10-ipc1-cpu", "--ipc", "10")
+    with pytest.raises(FrepoError, match="is for dataset 'cifar10', not 'mnist'"):
+        config("--preset", "cifar10-ipc1-cpu", "--dataset", "mnist")
+    with pytest.raises(FrepoError, match="unknown preset"):
+        config("--preset", "cifar10-ipc3")

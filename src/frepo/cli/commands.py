@@ -30,11 +30,16 @@ def _default_out(dataset: str, ipc: int) -> Path:
 
 
 def distill_config(args: argparse.Namespace) -> DistillConfig:
-    """The run's settings: the preset (or dataset table) under the flags given on the command line."""
+    """The run's settings: the preset (or dataset table) under the flags given on the command line. A
+    preset brings its dataset and IPC (`--preset cifar10-ipc1-cpu` alone is CIFAR-10 at IPC 1); a
+    --dataset or --ipc that contradicts it is an error, not a silent other run."""
     from ..config import presets
 
     overrides = explicit(args, DistillConfig(), skip=DISTILL_SPECIAL)
-    return presets.resolve(args.dataset, args.ipc, args.preset, overrides)
+    named = presets.PRESETS.get(args.preset, {}) if args.preset else {}
+    dataset = args.dataset if args.dataset is not None else named.get("dataset", "digits")
+    ipc = args.ipc if args.ipc is not None else named.get("ipc", 10)
+    return presets.resolve(dataset, ipc, args.preset, overrides)
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -43,7 +48,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     config = distill_config(args)
     if args.out is not None and not args.out.strip():
         raise FrepoError("--out must name a run directory (leave it out for runs/<dataset>-ipc<N>)")
-    out = Path(args.out) if args.out is not None else _default_out(args.dataset, args.ipc)
+    out = Path(args.out) if args.out is not None else _default_out(config.data.dataset, config.ipc)
     result = distill(config, out, progress=True, resume_with_changes=args.resume_with_changes)
     lines = [f"distilled set: {result.distilled_path} (step {result.step}, {result.seconds:.0f} s of training)"]
     if result.val_accuracy is not None:

@@ -47,11 +47,10 @@ def _distill(sub: Subcommands) -> None:
     )
     p.add_argument(
         "--dataset",
-        default="digits",
-        help="dataset name, .npz file or ImageFolder directory (default: digits, offline)",
+        help="dataset name, .npz file or ImageFolder directory (default: the preset's, else digits, offline)",
     )
-    p.add_argument("--ipc", type=int, default=10, help="synthetic images per class (default: 10)")
-    p.add_argument("--preset", help="named settings; see `frepo presets`")
+    p.add_argument("--ipc", type=int, help="synthetic images per class (default: the preset's, else 10)")
+    p.add_argument("--preset", help="named settings, with their dataset and IPC; see `frepo presets`")
     p.add_argument("--out", help="run directory (default: runs/<dataset>-ipc<N>)")
     p.add_argument(
         "--resume-with-changes",

@@ -140,6 +140,8 @@ def resolve(dataset: str, ipc: int, preset: str | None = None, overrides: dict |
         values = DATASET_OVERRIDES.get(dataset, {})
     elif values["dataset"] != dataset:
         raise FrepoError(f"preset {preset!r} is for dataset {values['dataset']!r}, not {dataset!r}")
+    elif values["ipc"] != ipc:  # its steps and batch were chosen for that IPC (a named preset could differ)
+        raise FrepoError(f"preset {preset!r} is for IPC {values['ipc']}, not {ipc}")
     config = DistillConfig()
     chosen = {**values, **(overrides or {})}
     for key, value in chosen.items():
