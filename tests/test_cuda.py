@@ -9,6 +9,7 @@ import json
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +22,9 @@ from frepo.io.artifact import load_distilled
 from frepo.jobs.distill import distill
 from frepo.method.trainer import FRePoTrainer, meta_step
 from frepo.models import ARCHS, Conv, build_model, init_flax_defaults_, init_torch_defaults_
+
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+from host_batches import HostBatches  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
@@ -309,19 +313,6 @@ def _pageable_copies(work) -> list[str]:
     return [n for n in names if "Memcpy HtoD" in n and "Pageable" in n]
 
 
-class _HostBatches:
-    """A streamed real-image source (`frepo.data.StreamingImages`'s interface): host batches per step."""
-
-    def __init__(self, x: torch.Tensor):
-        self.x, self.shape = x, x.shape
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.x[idx]
-
-
 @pytest.mark.parametrize("mode", ["off", "graph"])
 @pytest.mark.parametrize("source", ["in memory", "streamed"])
 def test_every_step_copy_to_the_gpu_is_page_locked(mode, source):
@@ -338,7 +329,7 @@ def test_every_step_copy_to_the_gpu_is_page_locked(mode, source):
     trainer = _small_trainer(CUDA, compile=mode)
     trainer.config.pool.online_batch_size = 5  # 5 of the 16 support images: the subsample path
     if source == "streamed":
-        trainer = FRePoTrainer(trainer.config, _HostBatches(trainer.x_train.cpu()), trainer.y_train.cpu(), 4, CUDA)
+        trainer = FRePoTrainer(trainer.config, HostBatches(trainer.x_train.cpu()), trainer.y_train.cpu(), 4, CUDA)
     for _ in range(12):  # allocations; under graph, both pool models' captures (after 3 warm-up steps)
         trainer.step()
     if mode == "graph":

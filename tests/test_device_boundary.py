@@ -27,6 +27,7 @@ from frepo.io.artifact import DistilledSet, load_distilled, save_distilled
 from frepo.method.trainer import FRePoTrainer, meta_step
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+from host_batches import HostBatches  # noqa: E402
 from simulated_device import DEVICE, DeviceMixError, SimulatedDevice  # noqa: E402
 
 # ---- the simulated device refuses what a GPU refuses, and accepts what a GPU accepts ---------------
@@ -198,19 +199,6 @@ def test_the_probe_sees_the_trace_backward():
     assert any("index_fill" in k for k in probe.seen)
 
 
-class _HostBatches:
-    """A streamed real-image source (`frepo.data.StreamingImages`'s interface): host batches gathered per step."""
-
-    def __init__(self, x: torch.Tensor):
-        self.x, self.shape = x, x.shape
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.x[idx].clone()
-
-
 class _PrefetchHere:
     """The trainer's prefetcher with the gathering on this thread, where the simulated device sees it."""
 
@@ -238,7 +226,7 @@ def test_a_step_on_the_simulated_device_keeps_its_tensors_there(source, monkeypa
     gen = torch.Generator().manual_seed(1)
     with SimulatedDevice() as sim:
         x, y = torch.randn(64, 3, 8, 8, generator=gen), torch.arange(64) % 4  # made here: host tensors
-        trainer = FRePoTrainer(config, _HostBatches(x) if source == "streamed" else x, y, 4, DEVICE)
+        trainer = FRePoTrainer(config, HostBatches(x) if source == "streamed" else x, y, 4, DEVICE)
         if source == "graph inputs":
             trainer.graphs = StepGraphs(trainer._device_step, DEVICE, capture=False)
         for step in range(8):
