@@ -117,7 +117,7 @@ want solve && part "the kernel solve of 10 000 support images" && timeout 90 "$P
   --device cuda --n 10000 --d 8192 --classes 100 --json "$RESULTS/solve-gpu.json"
 want precision && part "meta-gradient precision" && timeout 120 "$PY" benchmarks/bench_precision.py --device cuda \
   --dataset mnist --ipc 10 --batch 256 --warm-steps 100 --models 5 --json "$RESULTS/precision-gpu.json"
-want eval && part "evaluation: sequential vs stacked" && timeout 150 "$PY" benchmarks/bench_eval.py --device cuda \
+want eval && part "evaluation: sequential vs stacked vs streams" && timeout 210 "$PY" benchmarks/bench_eval.py --device cuda \
   --dataset mnist --sizes 10,100,500 --steps 300 --kernels 15 --json "$RESULTS/bench_eval_gpu.json"
 if want long; then
   part "MNIST IPC 10, ${LONG_STEPS:=20000} steps, then 5 evaluation networks"
