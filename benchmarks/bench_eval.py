@@ -79,18 +79,13 @@ def train_networks(mode: str, images, targets, streams: list[str], kw: dict):
     """The networks of `streams` trained as `mode` says: stacked (`together`, one `Stacked`), one CUDA stream
     each (`streams`, a list), or one after the other (`sequential`, or `compiled`: each under torch.compile,
     the protocol's `--compile on`). With deterministic cuDNN kernels, as `frepo evaluate` trains them."""
+    gens = [generator(0, s) for s in streams]
     with deterministic_kernels(images.device):
-        return _train_networks(mode, images, targets, streams, kw)
-
-
-def _train_networks(mode: str, images, targets, streams: list[str], kw: dict):
-    if mode == "together":
-        return train_reference_models(images, targets, gens=[generator(0, s) for s in streams], **kw)
-    if mode == "streams":
-        return train_reference_models_on_streams(images, targets, gens=[generator(0, s) for s in streams], **kw)
-    return [
-        train_reference_model(images, targets, gen=generator(0, s), compile=mode == "compiled", **kw) for s in streams
-    ]
+        if mode == "together":
+            return train_reference_models(images, targets, gens=gens, **kw)
+        if mode == "streams":
+            return train_reference_models_on_streams(images, targets, gens=gens, **kw)
+        return [train_reference_model(images, targets, gen=g, compile=mode == "compiled", **kw) for g in gens]
 
 
 def elapsed(start: float, device: torch.device) -> float:
