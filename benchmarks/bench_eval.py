@@ -32,6 +32,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ from frepo.base.rng import generator  # noqa: E402
 from frepo.data.preprocess import fit_preprocessing  # noqa: E402
 from frepo.eval import EvalConfig  # noqa: E402
 from frepo.eval.augment import reference_ops  # noqa: E402
-from frepo.eval.protocol import accuracy  # noqa: E402
+from frepo.eval.protocol import ReferenceTraining, accuracy  # noqa: E402
 from frepo.eval.protocols.frepo import train_reference_model, train_reference_models_on_streams  # noqa: E402
 from frepo.eval.together import train_reference_models  # noqa: E402
 from frepo.io.artifact import DistilledSet  # noqa: E402
@@ -70,22 +71,23 @@ def step_flops(ds: DistilledSet, models: int, device: torch.device) -> int:
     """FLOPs of one training step of `models` networks, forward and backward, as the sequential path
     dispatches them (the stacked path's batched kernels are counted as the same useful work)."""
     images, targets = ds.images.to(device), centered_one_hot(ds.labels, 10).to(device)
-    kw = dict(num_classes=10, steps=1, ops=(), device=device, batch_size=500)
+    training = ReferenceTraining(num_classes=10, steps=1, ops=(), device=device, batch_size=500)
     gens = [generator(0, f"eval/model{i}") for i in range(models)]
-    return sum(count_flops(lambda g=g: train_reference_model(images, targets, gen=g, **kw)) for g in gens)
+    return sum(count_flops(lambda g=g: train_reference_model(images, targets, training, g)) for g in gens)
 
 
-def train_networks(mode: str, images, targets, streams: list[str], kw: dict):
+def train_networks(mode: str, images, targets, streams: list[str], training: ReferenceTraining):
     """The networks of `streams` trained as `mode` says: stacked (`together`, one `Stacked`), one CUDA stream
     each (`streams`, a list), or one after the other (`sequential`, or `compiled`: each under torch.compile,
     the protocol's `--compile on`). With deterministic cuDNN kernels, as `frepo evaluate` trains them."""
     gens = [generator(0, s) for s in streams]
     with deterministic_kernels(images.device):
         if mode == "together":
-            return train_reference_models(images, targets, gens=gens, **kw)
+            return train_reference_models(images, targets, training, gens)
         if mode == "streams":
-            return train_reference_models_on_streams(images, targets, gens=gens, **kw)
-        return [train_reference_model(images, targets, gen=g, compile=mode == "compiled", **kw) for g in gens]
+            return train_reference_models_on_streams(images, targets, training, gens)
+        compiled = replace(training, compile=mode == "compiled")
+        return [train_reference_model(images, targets, compiled, g) for g in gens]
 
 
 def elapsed(start: float, device: torch.device) -> float:
@@ -121,7 +123,7 @@ def main() -> None:
     for size, n_steps in zip(sizes, steps):
         ds, test_x, test_y = subset(size, args.dataset)
         images, targets = ds.images.to(device), ds.targets().to(device)
-        kw = dict(num_classes=10, steps=n_steps, ops=reference_ops(ds.meta["mirror_invariant"]), device=device)
+        training = ReferenceTraining(10, n_steps, reference_ops(ds.meta["mirror_invariant"]), device)
         streams = [f"eval/model{i}" for i in range(args.models)]
         how = EvalConfig.build(device=str(device)).together_mode(device, images)
         auto = {"stacked": "together", "streams": "streams", None: "sequential"}[how]
@@ -131,7 +133,7 @@ def main() -> None:
         for mode in modes:
             sync(device)
             start = time.perf_counter()  # training only; the test pass is the same work either way
-            nets = train_networks(mode, images, targets, streams, {**kw, "steps": n_steps})
+            nets = train_networks(mode, images, targets, streams, training)
             seconds = elapsed(start, device)
             if mode == "together":
                 accs = nets.accuracies(test_x, test_y, device)
@@ -147,7 +149,7 @@ def main() -> None:
                 "accuracies": accs, "mean": sum(accs) / len(accs),
             }  # fmt: skip
             if args.kernels:  # 20 steps of every network (their set-up included, spread over the steps)
-                work = functools.partial(train_networks, mode, images, targets, streams, {**kw, "steps": 20})
+                work = functools.partial(train_networks, mode, images, targets, streams, replace(training, steps=20))
                 row["kernels"] = kernel_table(work, device, steps=20, top=args.kernels)
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -20,15 +20,18 @@ OTHER = {"AVX512": "avx2", "AVX2": "default"}.get(NATIVE)
 # Trains the frepo protocol's network eagerly and compiled from the same seeds and prints, for each tensor,
 # how far the compiled one ended from the eager one against how far training moved it.
 TRAIN = """
-import json, torch
+import dataclasses, json, torch
+from frepo.eval.protocol import ReferenceTraining
 from frepo.eval.protocols.frepo import train_reference_model
 from frepo.models import build_model
 gen = torch.Generator().manual_seed(0)
 images, labels = torch.randn(12, 3, 8, 8, generator=gen), torch.arange(12) % 3
 targets = torch.nn.functional.one_hot(labels, 3).float() - 1 / 3
-kw = dict(num_classes=3, steps=3, ops=("flip", "crop"), device=torch.device("cpu"), width=8)
-eager = train_reference_model(images, targets, gen=torch.Generator().manual_seed(1), **kw)
-compiled = train_reference_model(images, targets, gen=torch.Generator().manual_seed(1), compile=True, **kw)
+training = ReferenceTraining(num_classes=3, steps=3, ops=("flip", "crop"), device=torch.device("cpu"), width=8)
+eager = train_reference_model(images, targets, training, torch.Generator().manual_seed(1))
+compiled = train_reference_model(
+    images, targets, dataclasses.replace(training, compile=True), torch.Generator().manual_seed(1)
+)
 start = build_model("conv", (3, 8, 8), 3, generator=torch.Generator().manual_seed(1), width=8).state_dict()
 print(json.dumps({name: [float((compiled.state_dict()[name] - a).norm()), float((a - start[name]).norm())]
                   for name, a in eager.state_dict().items()}))

@@ -266,21 +266,21 @@ def test_networks_on_streams_follow_the_sequential_networks_on_gpu():
     GPU: the streams wait for each other on the device, never the host."""
     from frepo.base.device import deterministic_kernels
     from frepo.eval.augment import reference_ops
-    from frepo.eval.protocol import reference_schedule
+    from frepo.eval.protocol import ReferenceTraining, reference_schedule
     from frepo.eval.protocols.frepo import reference_network, train_reference_model, train_reference_models_on_streams
     from frepo.eval.training import Interleaved, train
 
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(40, 3, 16, 16, generator=gen).to(CUDA)
     targets = (torch.nn.functional.one_hot(torch.arange(40) % 4, 4).float() - 0.25).to(CUDA)
-    kw = dict(num_classes=4, steps=30, ops=reference_ops(True), device=CUDA, width=16, batch_size=16, warmup=5)
+    training = ReferenceTraining(4, 30, reference_ops(True), CUDA, width=16, batch_size=16, warmup=5)
     seeds = [1, 2, 3]
     with deterministic_kernels(CUDA):
-        alone = [train_reference_model(images, targets, gen=torch.Generator().manual_seed(s), **kw) for s in seeds]
+        alone = [train_reference_model(images, targets, training, torch.Generator().manual_seed(s)) for s in seeds]
         gens = [torch.Generator().manual_seed(s) for s in seeds]
-        together = train_reference_models_on_streams(images, targets, gens=gens, **kw)
+        together = train_reference_models_on_streams(images, targets, training, gens)
         # The training itself (the networks built beforehand: placing them on the GPU waits, by design).
-        built = [reference_network(images, 4, kw["ops"], g, CUDA, "conv", 16) for g in gens]
+        built = [reference_network(images, training, g) for g in gens]
         interleaved = Interleaved([update for _, _, update in built], CUDA)
         interleaved(built[0][1][:16], targets[:16], 1e-4)  # the first step allocates the optimiser states
         torch.cuda.synchronize()

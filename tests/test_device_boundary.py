@@ -294,6 +294,7 @@ def _trainings():
     """Each evaluation training of frepo, as f(steps) on device images (and the stacked networks)."""
     from frepo.apps.victims import train_victim
     from frepo.eval.augment import REFERENCE_OPS
+    from frepo.eval.protocol import ReferenceTraining
     from frepo.eval.protocols.dsa import DSA_OPS, train_dsa_model
     from frepo.eval.protocols.frepo import train_reference_model, train_reference_models_on_streams
     from frepo.eval.together import train_reference_models
@@ -301,20 +302,20 @@ def _trainings():
     x = torch.randn(12, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     y, ids = torch.randn(12, 4, generator=torch.Generator().manual_seed(1)), torch.arange(12) % 4
     common = dict(num_classes=4, device=DEVICE, width=8)
-    reference = dict(common, ops=REFERENCE_OPS, batch_size=5)
+
+    def reference(steps, arch="conv"):
+        return ReferenceTraining(steps=steps, ops=REFERENCE_OPS, batch_size=5, warmup=2, arch=arch, **common)
 
     def gen(seed=0):
         return torch.Generator().manual_seed(seed)
 
     return {
-        "frepo": lambda steps: train_reference_model(
-            x.to(DEVICE), y.to(DEVICE), steps=steps, gen=gen(), warmup=2, **reference
-        ),
+        "frepo": lambda steps: train_reference_model(x.to(DEVICE), y.to(DEVICE), reference(steps), gen()),
         "frepo-stacked": lambda steps: train_reference_models(
-            x.to(DEVICE), y.to(DEVICE), steps=steps, gens=[gen(0), gen(1), gen(2)], warmup=2, **reference
+            x.to(DEVICE), y.to(DEVICE), reference(steps), [gen(0), gen(1), gen(2)]
         ),
         "frepo-streams": lambda steps: train_reference_models_on_streams(
-            x.to(DEVICE), y.to(DEVICE), steps=steps, gens=[gen(0), gen(1)], warmup=2, arch="conv_bn", **reference
+            x.to(DEVICE), y.to(DEVICE), reference(steps, "conv_bn"), [gen(0), gen(1)]
         ),
         "dsa": lambda steps: train_dsa_model(
             x.to(DEVICE),

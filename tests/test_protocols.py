@@ -3,6 +3,8 @@ against an explicit dual-form solve, every protocol on 32×32×3 and 28×28×1, 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -216,6 +218,7 @@ def test_frepo_protocol_compiles_long_cpu_evaluations_and_the_compiled_network_t
     """`--compile auto` compiles only where it measured faster (CPU, >= 100 32×32 images or as many pixels,
     >= 1000 steps), and a compiled network trains as the eager one (same parameters and draws; float
     rounding apart)."""
+    from frepo.eval.protocol import ReferenceTraining
     from frepo.eval.protocols.frepo import FrepoOptions, train_reference_model
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
@@ -229,9 +232,9 @@ def test_frepo_protocol_compiles_long_cpu_evaluations_and_the_compiled_network_t
     gen = torch.Generator().manual_seed(0)
     images, labels = torch.randn(12, 3, 8, 8, generator=gen), torch.arange(12) % 3
     targets = torch.nn.functional.one_hot(labels, 3).float() - 1 / 3
-    kw = dict(num_classes=3, steps=4, ops=("flip", "crop"), device=cpu, width=8)
-    eager = train_reference_model(images, targets, gen=torch.Generator().manual_seed(1), **kw)
-    compiled = train_reference_model(images, targets, gen=torch.Generator().manual_seed(1), compile=True, **kw)
+    training = ReferenceTraining(num_classes=3, steps=4, ops=("flip", "crop"), device=cpu, width=8)
+    eager = train_reference_model(images, targets, training, torch.Generator().manual_seed(1))
+    compiled = train_reference_model(images, targets, replace(training, compile=True), torch.Generator().manual_seed(1))
     # Inductor sums in another order, and Adam's first steps move each weight by about lr·sign(gradient),
     # so a weight whose gradient is at rounding level can move the other way: each tensor's gap is judged
     # as a norm against how far training moved it (a wrong draw or a skipped step is off by ~100%).

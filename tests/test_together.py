@@ -3,6 +3,8 @@ one after the other."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ from frepo.base.rng import generator
 from frepo.data.preprocess import Preprocessing
 from frepo.eval import EvalConfig, evaluate_set
 from frepo.eval.augment import reference_ops
+from frepo.eval.protocol import ReferenceTraining
 from frepo.eval.protocols.frepo import train_reference_model, train_reference_models_on_streams
 from frepo.eval.together import train_reference_models
 from frepo.io.artifact import DistilledSet
@@ -26,12 +29,12 @@ def _problem(n=12, classes=3, side=16, seed=0):
 
 def test_stacked_training_follows_each_sequential_network():
     images, targets = _problem()
-    kw = dict(num_classes=3, steps=24, ops=reference_ops(True), device=CPU, width=8, batch_size=8)
+    training = ReferenceTraining(num_classes=3, steps=24, ops=reference_ops(True), device=CPU, width=8, batch_size=8)
     streams = [f"eval/model{i}" for i in range(3)]
-    stacked = train_reference_models(images, targets, gens=[generator(7, s) for s in streams], **kw)
-    start = train_reference_models(images, targets, gens=[generator(7, s) for s in streams], **{**kw, "steps": 0})
+    stacked = train_reference_models(images, targets, training, [generator(7, s) for s in streams])
+    start = train_reference_models(images, targets, replace(training, steps=0), [generator(7, s) for s in streams])
     for m, s in enumerate(streams):
-        seq = train_reference_model(images, targets, gen=generator(7, s), **kw).state_dict()
+        seq = train_reference_model(images, targets, training, generator(7, s)).state_dict()
         moved = sum((seq[k] - start.params[k][m]).norm() ** 2 for k in seq) ** 0.5
         off = sum((seq[k] - stacked.params[k][m]).norm() ** 2 for k in seq) ** 0.5
         assert moved > 1e-2  # the networks did train
@@ -45,11 +48,11 @@ def test_networks_on_streams_are_the_sequential_networks_bit_for_bit(arch):
     """Interleaved step by step (one CUDA stream each on a GPU; in turn on a CPU), every network computes what
     it computes alone: the same draws, kernels and order. Batch-norm networks too, which cannot be stacked."""
     images, targets = _problem()
-    kw = dict(num_classes=3, steps=24, ops=reference_ops(True), device=CPU, width=8, batch_size=8, arch=arch)
+    training = ReferenceTraining(3, 24, reference_ops(True), CPU, width=8, batch_size=8, arch=arch)
     streams = [f"eval/model{i}" for i in range(3)]
-    together = train_reference_models_on_streams(images, targets, gens=[generator(7, s) for s in streams], **kw)
+    together = train_reference_models_on_streams(images, targets, training, [generator(7, s) for s in streams])
     for m, s in enumerate(streams):
-        alone = train_reference_model(images, targets, gen=generator(7, s), **kw).state_dict()
+        alone = train_reference_model(images, targets, training, generator(7, s)).state_dict()
         mine = together[m].state_dict()
         assert alone.keys() == mine.keys()
         assert all(torch.equal(alone[k], mine[k]) for k in alone), m
@@ -104,9 +107,9 @@ def test_a_network_with_nan_outputs_is_named_in_a_warning_one_by_one_and_stacked
 
     images, targets = _problem()
     test_x, test_y = images, torch.arange(12) % 3
-    kw = dict(num_classes=3, steps=0, ops=(), device=CPU, width=8)
-    stacked = train_reference_models(images, targets, gens=[generator(0, f"m{i}") for i in range(3)], **kw)
-    single = train_reference_model(images, targets, gen=generator(0, "m0"), **kw)
+    training = ReferenceTraining(num_classes=3, steps=0, ops=(), device=CPU, width=8)
+    stacked = train_reference_models(images, targets, training, [generator(0, f"m{i}") for i in range(3)])
+    single = train_reference_model(images, targets, training, generator(0, "m0"))
     with caplog.at_level("WARNING", logger="frepo"):
         stacked.accuracies(test_x, test_y, CPU)
         accuracy(single, test_x, test_y, CPU)

@@ -35,6 +35,31 @@ def reference_schedule(steps: int, lr: float = 3e-4, warmup: int = 500, batch_si
     return Schedule(steps, batch_size, "cycle", warmup_cosine(lr, min(warmup, steps // 2), steps, alpha=0.01))
 
 
+@dataclass(frozen=True)
+class ReferenceTraining:
+    """How every network of one set trains under the reference protocol, whether one at a time
+    (`protocols.frepo.train_reference_model`), stacked (`together.train_reference_models`) or on CUDA
+    streams (`protocols.frepo.train_reference_models_on_streams`): an `arch` network of `width` for
+    `num_classes` classes, `steps` Adam steps on `device` under `reference_schedule(steps, lr, warmup,
+    batch_size)`, one augmentation op of `ops` per step; `compile` runs each network under torch.compile
+    (not for stacked networks); `progress` shows a bar over the steps."""
+
+    num_classes: int
+    steps: int
+    ops: tuple[str, ...]
+    device: torch.device
+    arch: str = "conv"
+    lr: float = 3e-4
+    warmup: int = 500
+    batch_size: int = REFERENCE_BATCH
+    width: int = 128
+    compile: bool = False
+    progress: bool = False
+
+    def schedule(self) -> Schedule:
+        return reference_schedule(self.steps, self.lr, self.warmup, self.batch_size)
+
+
 @dataclass
 class EvalSetup:
     """One set and the split it is tested on, for one architecture: what every model of a protocol needs.

@@ -23,7 +23,7 @@ from ..method.krr import mse_loss
 from ..method.optim import optax_adam, set_lr
 from ..models import build_model, inference_batch
 from .augment import random_op
-from .protocol import REFERENCE_BATCH, not_finite_rows, reference_schedule, warn_not_finite
+from .protocol import ReferenceTraining, not_finite_rows, warn_not_finite
 from .training import train
 
 
@@ -70,28 +70,19 @@ class Stacked:
 
 
 def train_reference_models(
-    images: torch.Tensor,
-    targets: torch.Tensor,
-    *,
-    num_classes: int,
-    steps: int,
-    ops: tuple[str, ...],
-    gens: list[torch.Generator],
-    device: torch.device,
-    arch: str = "conv",
-    lr: float = 3e-4,
-    warmup: int = 500,
-    batch_size: int = REFERENCE_BATCH,
-    width: int = 128,
-    progress: bool = False,
+    images: torch.Tensor, targets: torch.Tensor, training: ReferenceTraining, gens: list[torch.Generator]
 ) -> Stacked:
-    """`train_reference_model` for len(gens) networks at once. images N×C×H×W, targets N×K on `device`."""
-    models = [build_model(arch, tuple(images.shape[1:]), num_classes, generator=g, width=width) for g in gens]
-    stacked = Stacked(models, device)
+    """`train_reference_model` for len(gens) networks at once. images N×C×H×W, targets N×K on
+    `training.device`. The networks run stacked, never compiled: `training.compile` must be False."""
+    t = training
+    if t.compile:
+        raise ValueError("stacked networks are not compiled: pass a ReferenceTraining with compile=False")
+    models = [build_model(t.arch, tuple(images.shape[1:]), t.num_classes, generator=g, width=t.width) for g in gens]
+    stacked = Stacked(models, t.device)
     stacked.template.train()
-    schedule = reference_schedule(steps, lr, warmup, batch_size)
     # The batch order draws nothing (`cycle`): gens[0] only stands in for the loop's generator.
-    train(StackedUpdate(stacked, ops, gens), images, targets, schedule, gen=gens[0], device=device, progress=progress)
+    update = StackedUpdate(stacked, t.ops, gens)
+    train(update, images, targets, t.schedule(), gen=gens[0], device=t.device, progress=t.progress)
     return stacked
 
 

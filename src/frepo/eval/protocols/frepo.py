@@ -8,7 +8,7 @@ the reference table, final-step accuracy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -20,7 +20,7 @@ from ...method.krr import mse_loss
 from ...method.optim import optax_adam
 from ...models import build_model
 from ..augment import reference_ops
-from ..protocol import REFERENCE_BATCH, EvalSetup, Plan, Protocol, accuracy, reference_schedule
+from ..protocol import EvalSetup, Plan, Protocol, ReferenceTraining, accuracy
 from ..together import stackable, train_reference_models
 from ..training import Interleaved, NetworkUpdate, fresh_network, train
 
@@ -67,102 +67,74 @@ class FrepoOptions:
 
 
 def train_reference_model(
-    images: torch.Tensor,
-    targets: torch.Tensor,
-    *,
-    num_classes: int,
-    steps: int,
-    ops: tuple[str, ...],
-    gen: torch.Generator,
-    device: torch.device,
-    arch: str = "conv",
-    lr: float = 3e-4,
-    warmup: int = 500,
-    batch_size: int = REFERENCE_BATCH,
-    width: int = 128,
-    progress: bool = False,
-    compile: bool = False,
+    images: torch.Tensor, targets: torch.Tensor, training: ReferenceTraining, gen: torch.Generator
 ) -> torch.nn.Module:
-    """Train one fresh network with the reference protocol. images N×C×H×W, targets N×K on `device`.
-    With `compile`, the training steps run the network under torch.compile (static shapes)."""
-    model, images, update = reference_network(images, num_classes, ops, gen, device, arch, width, compile)
-    schedule = reference_schedule(steps, lr, warmup, batch_size)
-    train(update, images, targets, schedule, gen=gen, device=device, progress=progress)
+    """Train one fresh network, built from `gen`, with the reference protocol. images N×C×H×W, targets N×K
+    on `training.device`."""
+    model, images, update = reference_network(images, training, gen)
+    train(update, images, targets, training.schedule(), gen=gen, device=training.device, progress=training.progress)
     return model
 
 
 def train_reference_models_on_streams(
-    images: torch.Tensor,
-    targets: torch.Tensor,
-    *,
-    num_classes: int,
-    steps: int,
-    ops: tuple[str, ...],
-    gens: list[torch.Generator],
-    device: torch.device,
-    arch: str = "conv",
-    lr: float = 3e-4,
-    warmup: int = 500,
-    batch_size: int = REFERENCE_BATCH,
-    width: int = 128,
-    progress: bool = False,
-    compile: bool = False,
+    images: torch.Tensor, targets: torch.Tensor, training: ReferenceTraining, gens: list[torch.Generator]
 ) -> list[torch.nn.Module]:
     """`train_reference_model` for len(gens) networks at once, each on its own CUDA stream (`Interleaved`):
     the same networks, bit for bit, as one after the other, and any architecture."""
     models, updates = [], []
     for g in gens:
-        model, placed, update = reference_network(images, num_classes, ops, g, device, arch, width, compile)
+        model, placed, update = reference_network(images, training, g)
         models.append(model)
         updates.append(update)
-    interleaved = Interleaved(updates, device)
-    schedule = reference_schedule(steps, lr, warmup, batch_size)
+    interleaved = Interleaved(updates, training.device)
     # The batch order draws nothing (`cycle`): gens[0] only stands in for the loop's generator.
-    train(interleaved, placed, targets, schedule, gen=gens[0], device=device, progress=progress)
+    train(
+        interleaved,
+        placed,
+        targets,
+        training.schedule(),
+        gen=gens[0],
+        device=training.device,
+        progress=training.progress,
+    )
     interleaved.join()
     return models
 
 
 def reference_network(
-    images: torch.Tensor,
-    num_classes: int,
-    ops: tuple[str, ...],
-    gen: torch.Generator,
-    device: torch.device,
-    arch: str,
-    width: int,
-    compile: bool = False,
+    images: torch.Tensor, training: ReferenceTraining, gen: torch.Generator
 ) -> tuple[torch.nn.Module, torch.Tensor, NetworkUpdate]:
-    """A fresh network built from `gen`, the images on `device` in its layout, and its training step (Adam,
-    MSE, one augmentation op per step drawn from `gen`; the network under torch.compile with `compile`)."""
-    model, images = fresh_network(arch, images, num_classes, gen=gen, device=device, width=width)
-    forward = torch_compile(model, dynamic=False) if compile else model  # the same parameters
-    return model, images, NetworkUpdate(forward, optax_adam(model.parameters(), lr=0.0), mse_loss, ops, gen)
+    """A fresh network built from `gen`, the images on the device in its layout, and its training step (Adam,
+    MSE, one augmentation op per step drawn from `gen`; the network under torch.compile with
+    `training.compile`)."""
+    t = training
+    model, images = fresh_network(t.arch, images, t.num_classes, gen=gen, device=t.device, width=t.width)
+    forward = torch_compile(model, dynamic=False) if t.compile else model  # the same parameters
+    return model, images, NetworkUpdate(forward, optax_adam(model.parameters(), lr=0.0), mse_loss, t.ops, gen)
 
 
 def plan(setup: EvalSetup, options: FrepoOptions) -> Plan:
     return Plan(options.steps or reference_steps(len(setup.ds.images)))
 
 
-def _training(setup: EvalSetup, options: FrepoOptions) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(images, targets, keyword arguments) that every network of this set trains with."""
-    ds, device = setup.ds, setup.device
-    kwargs = dict(
+def reference_training(setup: EvalSetup, options: FrepoOptions) -> ReferenceTraining:
+    """How every network of this set trains."""
+    ds, device, steps = setup.ds, setup.device, plan(setup, options).steps
+    return ReferenceTraining(
         num_classes=ds.num_classes,
-        steps=plan(setup, options).steps,
+        steps=steps,
         ops=reference_ops(bool(ds.meta.get("mirror_invariant", True))),
         device=device,
         arch=setup.arch,
         width=setup.width,
+        compile=options.compiles(setup.images, steps, device),
         progress=setup.progress,
     )
-    return setup.images, setup.targets(), kwargs
 
 
 def train_and_test(setup: EvalSetup, options: FrepoOptions, stream: str) -> float:
-    images, targets, kwargs = _training(setup, options)
-    compile = options.compiles(images, kwargs["steps"], setup.device)
-    model = train_reference_model(images, targets, gen=generator(setup.seed, stream), compile=compile, **kwargs)
+    training = reference_training(setup, options)
+    model = train_reference_model(setup.images, setup.targets(), training, generator(setup.seed, stream))
     return accuracy(model, setup.test_x, setup.test_y, setup.device)
 
 
@@ -171,16 +143,16 @@ def train_and_test_many(setup: EvalSetup, options: FrepoOptions, streams: list[s
     architecture cannot be stacked, batch-norm buffers, so the caller trains the networks one after the
     other) or streams (`train_reference_models_on_streams`)."""
     ds, device = setup.ds, setup.device
-    images, targets, kwargs = _training(setup, options)
+    training = reference_training(setup, options)
     gens = [generator(setup.seed, s) for s in streams]
     if how == "streams":
-        compile = options.compiles(images, kwargs["steps"], device)
-        models = train_reference_models_on_streams(images, targets, gens=gens, compile=compile, **kwargs)
+        models = train_reference_models_on_streams(setup.images, setup.targets(), training, gens)
         return [accuracy(model, setup.test_x, setup.test_y, device) for model in models]
     shape = tuple(ds.images.shape[1:])
     if not stackable(build_model(setup.arch, shape, ds.num_classes, generator=torch.Generator(), width=setup.width)):
         return None
-    return train_reference_models(images, targets, gens=gens, **kwargs).accuracies(setup.test_x, setup.test_y, device)
+    stacked = train_reference_models(setup.images, setup.targets(), replace(training, compile=False), gens)
+    return stacked.accuracies(setup.test_x, setup.test_y, device)
 
 
 PROTOCOL = Protocol(
