@@ -70,6 +70,42 @@ def test_tune_allocator_0_leaves_glibc_alone():
     assert probe["kept"] < 16 and probe["after"] < 16, probe
 
 
+# The CLI's kept heap between two distillations: a freed 64 MB block stays, the release returns it, and
+# freed memory is kept again afterwards. Without the CLI's opt-in, the release leaves the heap alone.
+RELEASE = """
+import json, sys
+import numpy as np
+from frepo.base import perf
+
+def kept_block():
+    before = perf.rss_bytes()
+    block = np.ones(8 << 20)  # 64 MB, written
+    del block
+    return (perf.rss_bytes() - before) / 2**20
+
+perf.keep_freed_memory(True)  # kept, as under the CLI, but not opted in: a library caller's settings
+out = {"held": kept_block()}
+before = perf.rss_bytes()
+out["library_released"] = perf.release_free_heap()
+out["library_returned"] = (before - perf.rss_bytes()) / 2**20
+perf.tune_cpu_allocator()
+before = perf.rss_bytes()
+out["released"] = perf.release_free_heap()
+out["returned"] = (before - perf.rss_bytes()) / 2**20
+out["kept_after"] = kept_block()
+print(json.dumps(out))
+"""
+
+
+@linux_only
+def test_the_heap_a_distillation_freed_is_given_back_and_freed_memory_kept_after():
+    proc = subprocess.run([sys.executable, "-c", RELEASE], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["held"] > 48 and not out["library_released"] and out["library_returned"] < 16, out
+    assert out["released"] and out["returned"] > 48 and out["kept_after"] > 48, out
+
+
 # A data preparation that peaks far above the first step (here 400 MB freed before the run), then a step that
 # grows by 50 MB: the choice reads the step's own peak; the process's peak is still reported.
 STEP_PEAK = """

@@ -22,7 +22,7 @@ from ..base.device import resolve_device, synchronize
 from ..base.dist import init_distributed
 from ..base.errors import FrepoError, Interrupted
 from ..base.fields import to_dict
-from ..base.perf import AllocatorPolicy
+from ..base.perf import AllocatorPolicy, release_free_heap
 from ..base.signals import stop_on_signal
 from ..config import DistillConfig
 from ..data import PreparedData, prepare
@@ -404,3 +404,4 @@ def distill(
         # pool (GBs on a large set) would wait for Python's cyclic collector, which counts objects, not
         # bytes: a loop of distillations (continual learning's tasks and orders) held every one of them.
         gc.collect()
+        release_free_heap()  # and the heap they were freed into (frepo.base.perf)
