@@ -319,3 +319,19 @@ def test_every_subcommand_has_its_handler():
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert set(sub.choices) == set(HANDLERS)
+
+
+def test_every_help_says_each_default_once_and_prints_percent_signs_as_such():
+    import argparse
+
+    from frepo.cli.commands import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    texts = {"frepo": parser.format_help(), **{name: p.format_help() for name, p in sub.choices.items()}}
+    for name, text in texts.items():
+        assert "%%" not in text, name
+        for option in text.split("\n  -")[1:]:  # one block per option
+            assert option.count("(default:") <= 1, (name, option)
+    flat = {name: " ".join(text.split()) for name, text in texts.items()}  # argparse wraps lines
+    assert "1% and 0.1% FPR" in flat["privacy"] and "epochs (default: 1000) --" in flat["evaluate"]

@@ -264,3 +264,15 @@ def test_the_control_arm_and_training_non_members_are_disjoint_from_the_members(
             assert not set(experiment.nonmember_idx) & (members | control)
     with pytest.raises(frepo.FrepoError, match="nonmembers=train with lira_shadows"):
         privacy_app.Privacy(privacy_app.PrivacyConfig(**MIA, nonmembers="train", lira_shadows=2), tmp_path / "x")
+
+
+def test_the_distillations_learning_rate_follows_the_budget_unless_given(tmp_path):
+    """As `frepo distill`'s: a few outer steps at the paper's 3e-4 would hardly move the images."""
+    from frepo.config.presets import budget_lr
+
+    for lr, expected in ((None, budget_lr(4)), (0.002, 0.002)):
+        experiment = Continual(ContinualConfig(**{**CL, "lr": lr}), tmp_path / str(lr))
+        experiment.distilled(0, 0, [3, 7])
+        (config,) = (tmp_path / str(lr)).rglob("config.json")
+        assert json.loads(config.read_text())["lr"] == expected
+    assert budget_lr(4) == 1e-2 and ContinualConfig().lr is None and privacy_app.PrivacyConfig().lr is None

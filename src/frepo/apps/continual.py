@@ -28,7 +28,7 @@ import numpy as np
 
 from ..base.errors import FrepoError
 from ..base.fields import check_choice, check_finite, opt, to_dict
-from ..config import DataConfig
+from ..config import DATA_DIR_HELP, DataConfig
 from ..data import load_dataset
 from ..eval import EvalConfig, evaluate_set
 from ..io.artifact import DistilledSet, load_distilled, save_distilled
@@ -49,7 +49,11 @@ class ContinualConfig:
     orders: str = opt("0,1,2,3,4", "class orders, comma-separated: numpy.random.RandomState(s).permutation(C)")
     steps: int = opt(500_000, "outer steps of each task's distillation")
     batch_size: int = opt(1024, "real images per distillation step")
-    lr: float = opt(3e-4, "LAMB learning rate of the distillations")
+    lr: float | None = opt(
+        None,
+        "LAMB learning rate of the distillations (default: the budget's, as in frepo distill: 3e-4 at the default "
+        "500 000 steps, 1e-2 up to 1000)",
+    )
     arms: str = opt(",".join(ARMS), "arms, comma-separated: frepo (distilled), random, herding")
     protocol: str = opt("frepo", "the trainer of every arm: frepo (the reference) or dsa", choices=("frepo", "dsa"))
     eval_models: int = opt(5, "fresh networks per order, task and arm")
@@ -63,7 +67,7 @@ class ContinualConfig:
         "reference seeds each order's memory by the order)",
     )
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
-    data_dir: str | None = opt(None, "dataset download/cache folder (default: ~/.cache/frepo)")
+    data_dir: str | None = opt(None, DATA_DIR_HELP)
     download: bool = opt(True, "let torchvision download a missing dataset")
 
     def order_seed(self, order: int) -> int:
@@ -103,9 +107,10 @@ class ContinualConfig:
                 raise FrepoError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.feature_steps < 0:
             raise FrepoError(f"feature_steps must be >= 0, got {self.feature_steps}")
-        check_finite("lr", self.lr, low=0.0)
-        if self.lr == 0:
-            raise FrepoError("lr must be > 0, got 0")
+        if self.lr is not None:
+            check_finite("lr", self.lr, low=0.0)
+            if self.lr == 0:
+                raise FrepoError("lr must be > 0, got 0")
         self.order_list()
         self.arm_list()
 

@@ -61,11 +61,11 @@ class Experiment:
         overrides = {
             "steps": cfg.steps,
             "batch_size": cfg.batch_size,
-            "lr": cfg.lr,
             "seed": cfg.seed,
             "device": cfg.device,
             "data_dir": cfg.data_dir,
             "download": cfg.download,
+            **({} if cfg.lr is None else {"lr": cfg.lr}),  # none given: the budget's (presets.budget_lr)
             **data,
             "val_size": 0,
             "eval_every": 0,

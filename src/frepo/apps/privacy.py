@@ -38,6 +38,7 @@ from ..base.device import resolve_device
 from ..base.errors import FrepoError
 from ..base.fields import check_finite, opt
 from ..base.rng import generator
+from ..config import DATA_DIR_HELP
 from ..data import load_dataset
 from ..eval.augment import reference_ops
 from ..io.artifact import DistilledSet
@@ -61,7 +62,11 @@ class PrivacyConfig:
     ipc: int = opt(50, "images per class of the distilled set")
     steps: int = opt(500_000, "outer steps of the distillation")
     batch_size: int = opt(1024, "real images per distillation step")
-    lr: float = opt(3e-4, "LAMB learning rate of the distillation")
+    lr: float | None = opt(
+        None,
+        "LAMB learning rate of the distillation (default: the budget's, as in frepo distill: 3e-4 at the default "
+        "500 000 steps, 1e-2 up to 1000)",
+    )
     victim_steps: str = opt("100,250,500,1000,2000,4000,8000,16000", "training steps of the victims, comma-separated")
     victim_batch: int = opt(1024, "batch of the victims of the real arm (the distilled arm: min(N, 256))")
     victim_lr: float = opt(3e-4, "Adam learning rate of the victims (constant, as mia.py)")
@@ -82,7 +87,7 @@ class PrivacyConfig:
     )
     seed: int = opt(0, "seed of the distillation, the victims and the attacks")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
-    data_dir: str | None = opt(None, "dataset download/cache folder (default: ~/.cache/frepo)")
+    data_dir: str | None = opt(None, DATA_DIR_HELP)
     download: bool = opt(True, "let torchvision download a missing dataset")
 
     def step_list(self) -> list[int]:
@@ -103,6 +108,8 @@ class PrivacyConfig:
         if self.lira_shadows < 0 or self.lira_shadows == 1:
             raise FrepoError(f"lira_shadows must be 0 (off) or at least 2, got {self.lira_shadows}")
         for name in ("lr", "victim_lr"):
+            if getattr(self, name) is None:  # lr: the budget's
+                continue
             check_finite(name, getattr(self, name), low=0.0)
             if getattr(self, name) == 0:
                 raise FrepoError(f"{name} must be > 0, got 0")

@@ -56,7 +56,10 @@ def add_settings_flags(parser: argparse.ArgumentParser, settings: Any, skip: fro
         kind = _field_type(owner, f)
         default = getattr(owner, f.name)
         choices = f.metadata.get("choices")
-        help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
+        help_text = f.metadata.get("help", "")
+        if "(default:" not in help_text:  # a help that says its default itself says it better than the value
+            help_text += f" (default: {default})"
+        help_text = help_text.replace("%", "%%")
         if kind is bool:
             parser.add_argument(
                 flag(name), dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text

@@ -9,7 +9,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
-from ..config import PREPROCESS_KINDS, DistillConfig
+from ..config import DATA_DIR_HELP, PREPROCESS_KINDS, DistillConfig
 from .flags import Parser, add_settings_flags, choice
 
 Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -25,7 +25,10 @@ def _add_choice(p: argparse.ArgumentParser, flag: str, name: str, choices: tuple
 
 def _add_data_and_device(p: argparse.ArgumentParser) -> None:
     """Where the real dataset comes from and where the networks run, for commands that load one."""
-    p.add_argument("--data-dir", help="dataset download/cache folder (default: ~/.cache/frepo)")
+    p.add_argument(
+        "--data-dir",
+        help=DATA_DIR_HELP,
+    )
     p.add_argument(
         "--download",
         action=argparse.BooleanOptionalAction,
@@ -42,8 +45,11 @@ def _distill(sub: Subcommands) -> None:
         "distill",
         help="distil a dataset into a few synthetic images per class",
         description="Distil a dataset. Settings resolve as: reference defaults -> the preset "
-        "named <dataset>-ipc<N> (or --preset) -> the flags you give. Rerun the same command to "
-        "resume an interrupted run.",
+        "named <dataset>-ipc<N> (or --preset) -> the flags you give. The defaults below are the "
+        "reference's (the paper's 500 000-step GPU setting): a preset replaces some of them (`frepo presets`), "
+        "and a run that names no --lr, neither in a flag nor in its preset, gets the learning rate of its "
+        "budget (1e-2 up to 1000 steps, 3e-4 at the paper's). Rerun the same command to resume an "
+        "interrupted run.",
     )
     p.add_argument(
         "--dataset",
@@ -113,7 +119,8 @@ def _subset(sub: Subcommands) -> None:
         "preprocess",
         PREPROCESS_KINDS,
         default="auto",
-        help="auto (standardise, plus ZCA for colour images), standard, zca or none (default: auto)",
+        help="auto (standardise, plus ZCA for colour images), standard, zca, zca_block (ZCA per block of pixels) or "
+        "none (default: auto)",
     )
     p.add_argument("--val-size", type=int, default=None, help="validation hold-out (default: as distill)")
     p.add_argument(
@@ -209,7 +216,10 @@ def _add_experiment(sub: Subcommands, name: str, settings: Any, presets: dict[st
     """A downstream experiment: its named presets, its folder, and a flag for each of its settings.
     `text` is "<help>: <what it does>"; the part before the colon is the one-line help."""
     default_out = f"runs/{name}"
-    p = sub.add_parser(name, help=text.split(":")[0], description=text + ". Rerun the same command to resume.")
+    # help is %-formatted by argparse, a description is not: `text` says "%" once.
+    p = sub.add_parser(
+        name, help=text.split(":")[0].replace("%", "%%"), description=text + ". Rerun the same command to resume."
+    )
     _add_choice(p, "--preset", "preset", tuple(presets), help="named settings")
     p.add_argument("--out", default=default_out, help=f"experiment folder (default: {default_out})")
     add_settings_flags(p, settings)
@@ -237,7 +247,7 @@ def _privacy(sub: Subcommands) -> None:
         PrivacyConfig(),
         PRESETS,
         "membership inference: distil a chunk of the training split, train victims on the learned set and on "
-        "the real chunk, attack them (AUC and TPR at 1%% and 0.1%% FPR)",
+        "the real chunk, attack them (AUC and TPR at 1% and 0.1% FPR)",
     )
 
 

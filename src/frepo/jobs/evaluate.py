@@ -19,7 +19,7 @@ import torch
 
 from ..base.errors import FrepoError
 from ..base.fields import check_choices, leaf_fields, opt, set_leaf
-from ..config import STREAM_AUTO_BYTES
+from ..config import DATA_DIR_HELP, STREAM_AUTO_BYTES
 from ..data import RawDataset, load_dataset
 from ..data.recipes import CLAIMS
 from ..data.splits import holdout_split
@@ -42,7 +42,7 @@ class SourceConfig:
         choices=("auto", *CLAIMS),
     )
     entry: int | None = opt(None, "DC/DSA res_*.pt: which of its distilled sets (default: 0)")
-    data_dir: str | None = opt(None, "dataset download/cache folder (default: ~/.cache/frepo)")
+    data_dir: str | None = opt(None, DATA_DIR_HELP)
     download: bool = opt(True, "let torchvision download a missing dataset")
 
     def validate(self) -> None:
