@@ -25,9 +25,10 @@ from ..base.errors import FrepoError
 from ..data import BUILTIN, default_data_dir
 from ..data.layouts import LAYOUTS, find_root
 
-# Published test accuracy (%, mean ± std; ConvNet) of FRePo's Table 1, from docs frepo-reference.md.
-# The reference notes that the MNIST, Fashion-MNIST, ImageNet and CUB rows still need checking
-# against the paper itself (marked `checked=False`).
+# Published test accuracy (%, mean ± std; ConvNet) of FRePo's Table 1, from the project's reference notes
+# (not shipped), which say that the MNIST, Fashion-MNIST, ImageNet and CUB rows still need checking
+# against the paper itself (marked `checked=False`); the CIFAR and Tiny ImageNet rows agree with later
+# papers that cite FRePo.
 TABLE1 = (
     ("mnist", "MNIST", {1: (93.0, 0.4), 10: (98.6, 0.1), 50: (99.2, 0.0)}, False),
     ("fashion_mnist", "Fashion-MNIST", {1: (75.6, 0.3), 10: (86.2, 0.2), 50: (89.6, 0.1)}, False),
@@ -285,8 +286,8 @@ def render(
         )
     lines += [
         "",
-        "Published: FRePo (Zhou, Nezhadarya, Ba, NeurIPS 2022) Table 1, ConvNet, mean ± std; * = still to be "
-        "checked against the paper (docs: frepo-reference.md). Measured: final-step distilled set (no "
+        "Published: FRePo (Zhou, Nezhadarya, Ba, NeurIPS 2022) Table 1, ConvNet, mean ± std; * = from secondary "
+        "sources, still to be checked against the paper's own Table 1. Measured: final-step distilled set (no "
         "selection on the test split), test accuracy under the frepo protocol, mean ± std over models. "
         "ImageNet-1K's second column is IPC 2.",
         "Offline copies: `$FREPO_DATA_DIR/cifar10.npz` is decoded from JPEG (lossy; see its README), so "
