@@ -72,7 +72,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for flag, path in (("--json", args.json), ("--csv", args.csv)):
         if path is not None:
             check_output_file(path, flag)
-    results = run(args.file, config, source, progress=True, field_metrics=args.field_metrics)
+    results = run(args.file, config, source, progress=True, field_metrics=args.field_metrics, resume=True)
     first = results[0].extra
     described = f" ({first['source']})" if first.get("source") else ""
     print(f"{args.file}: {first['num_images']} images of {first['dataset']}{described}; {config.split} split")

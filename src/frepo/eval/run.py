@@ -12,6 +12,7 @@ from ..base.device import deterministic_kernels, resolve_device
 from ..base.rng import stream_seed
 from ..io.artifact import DistilledSet
 from .config import EvalConfig
+from .finished import FinishedNetworks
 from .protocol import EvalSetup
 from .protocols import PROTOCOLS
 from .results import EvalResult
@@ -26,13 +27,16 @@ def evaluate_set(
     *,
     progress: bool = False,
     on_device: tuple[torch.Tensor, torch.Tensor] | None = None,
+    finished: FinishedNetworks | None = None,
 ) -> EvalResult:
     """Train `config.models` fresh `arch` networks (default: the config's first architecture) on `ds`
     with `config.protocol` and test each on (test_x M×C×H×W in the set's preprocessed space, test_y
     (M,) class ids; both on the host). `config` is trusted to be validated (`EvalConfig.validate`).
 
     `on_device`: the set's (images, labels) already on the evaluation device, the same values as ds's (a
-    run validating its live set: no round trip through the host); by default they are copied there."""
+    run validating its live set: no round trip through the host); by default they are copied there.
+    `finished`: the networks of this evaluation that finished before an interruption, read back instead of
+    trained again; each network is added to it as it finishes."""
     protocol = PROTOCOLS[config.protocol]
     options = config.options()
     device = resolve_device(config.device)
@@ -60,15 +64,26 @@ def evaluate_set(
     accs = None
     how = config.together_mode(device, setup.images)
     if protocol.train_and_test_many and config.models > 1 and how:
-        with deterministic_kernels(device):
-            accs = protocol.train_and_test_many(setup, options, streams, how)
+        kept = [finished.accuracy(s, how) for s in streams] if finished else [None]
+        if None not in kept:  # networks trained together finish together: all of them, or train them again
+            accs = kept
+        else:
+            with deterministic_kernels(device):
+                accs = protocol.train_and_test_many(setup, options, streams, how)
+            if accs is not None and finished:
+                finished.put(streams, accs, how)
     together = accs is not None
     if accs is None:
         accs = []
         bar = tqdm(streams, desc=f"evaluate ({setup.arch}, {protocol.name})", disable=not progress, leave=False)
         for name in bar:
-            with deterministic_kernels(device):  # the same seed gives the same numbers on a GPU too
-                accs.append(protocol.train_and_test(setup, options, name))
+            acc = finished.accuracy(name) if finished else None
+            if acc is None:
+                with deterministic_kernels(device):  # the same seed gives the same numbers on a GPU too
+                    acc = protocol.train_and_test(setup, options, name)
+                if finished:
+                    finished.put([name], [acc])
+            accs.append(acc)
     return EvalResult(
         protocol.name,
         setup.arch,

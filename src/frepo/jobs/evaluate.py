@@ -9,6 +9,7 @@ reads, with the dataset and preprocessing of a file from another tool); what the
 from __future__ import annotations
 
 import copy
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,15 +18,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..base.errors import FrepoError
-from ..base.fields import check_choices, leaf_fields, opt, set_leaf
+from ..base.device import resolve_device
+from ..base.errors import FrepoError, Interrupted
+from ..base.fields import check_choices, leaf_fields, opt, set_leaf, to_dict
 from ..config import DATA_DIR_HELP, STREAM_AUTO_BYTES
-from ..data import RawDataset, load_dataset
+from ..data import RawDataset, default_data_dir, load_dataset
 from ..data.recipes import CLAIMS
 from ..data.splits import holdout_split
 from ..data.stream import split_view
 from ..eval import EvalConfig, EvalResult, evaluate_set
+from ..eval.finished import FinishedNetworks, evaluation_key, set_digest
 from ..io.artifact import DistilledSet
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -149,10 +154,13 @@ def run(
     *,
     progress: bool = False,
     field_metrics: bool = False,
+    resume: bool = False,
 ) -> list[EvalResult]:
     """`evaluate_archs` with configs already validated (`configure`): read, split, one result per architecture;
     with `field_metrics`, each result's extra["field_metrics"] holds DD-Ranking's IOR, HLR and LRS under the
-    same recipe (`frepo.jobs.field_metrics`)."""
+    same recipe (`frepo.jobs.field_metrics`). With `resume` (the command line's), each network's accuracy is
+    kept as it finishes (`frepo.eval.finished`), so that after an interruption the same call trains only the
+    networks still missing."""
     ds, raw = open_set(file, source)
     test_x, test_y = eval_split(ds, raw, config.split)
     identity = {
@@ -165,13 +173,46 @@ def run(
         from ..io.foreign import describe
 
         identity["source"] = describe(ds)
+    records = [_finished(ds, raw, config, arch) if resume else None for arch in config.archs()]
+    for record in records:
+        if record is not None and record.networks:
+            log.info(
+                f"frepo: {len(record.networks)} network(s) of this evaluation finished before: read back from "
+                f"{record.path}"
+            )
     results = []
-    for arch in config.archs():
-        result = evaluate_set(ds, test_x, test_y, config, arch, progress=progress)
-        result.extra = {**identity, **result.extra}
-        if field_metrics:
-            from .field_metrics import field_metrics as metrics
+    try:
+        for arch, record in zip(config.archs(), records):
+            result = evaluate_set(ds, test_x, test_y, config, arch, progress=progress, finished=record)
+            result.extra = {**identity, **result.extra}
+            if field_metrics:
+                from .field_metrics import field_metrics as metrics
 
-            result.extra["field_metrics"] = metrics(ds, raw, test_x, test_y, config, arch, result, progress=progress)
-        results.append(result)
+                result.extra["field_metrics"] = metrics(
+                    ds, raw, test_x, test_y, config, arch, result, progress=progress
+                )
+            results.append(result)
+    except KeyboardInterrupt:
+        if not resume:
+            raise
+        kept = sum(len(r.networks) for r in records if r is not None)
+        raise Interrupted(
+            f"stopped; {kept} finished network(s) kept in {default_data_dir() / 'evaluations'}: "
+            "run the same command to continue"
+        ) from None
+    for record in records:
+        if record is not None:
+            record.clear()
     return results
+
+
+def _finished(ds: DistilledSet, raw: RawDataset, config: EvalConfig, arch: str) -> FinishedNetworks:
+    """The record of this evaluation's finished networks (`frepo.eval.finished`), under a key of the set's
+    content, the settings, the architecture, the split's data and this machine's device and versions."""
+    set_id = ds.meta.get("checksum") or set_digest(ds.images, ds.labels, ds.preprocessing.tensors())
+    if config.split == "test":
+        split_id = f"test:{raw.test_fingerprint()}"
+    else:  # the hold-out is a fixed function of the training labels and the set's val_size
+        split_id = f"val:{raw.name}:{len(raw.y_train)}:{ds.meta.get('val_size')}"
+    key = evaluation_key(set_id, to_dict(config), arch, split_id, resolve_device(config.device))
+    return FinishedNetworks(key, default_data_dir())

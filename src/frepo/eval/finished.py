@@ -1,0 +1,94 @@
+"""The networks of an evaluation that finished before it was interrupted.
+
+`frepo evaluate` writes each network's test accuracy as soon as it is known, so the same command, run
+again after Ctrl-C, a kill or a crash, trains only the networks still missing: on a CPU one network of
+a 500-image set takes minutes to hours. The record lives in `$FREPO_CACHE/evaluations/<digest>.json`
+(default `~/.cache/frepo`), named by everything that decides the numbers (`evaluation_key`: the set's
+content, the evaluation's settings, the architecture, the split's data, the device, the thread count
+and the versions), and is removed when the evaluation completes. A network's accuracy is read back only
+under the same key, so it is the number the interrupted run would have printed: evaluations repeat bit
+for bit on the same machine.
+
+Networks trained together (stacked or on streams) finish together: such an evaluation is kept whole
+or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from ..base.atomic import atomic_write_json
+from ..base.version import __version__
+
+log = logging.getLogger(__name__)
+
+
+def set_digest(images: torch.Tensor, labels: torch.Tensor, preprocessing: dict[str, torch.Tensor]) -> str:
+    """sha256 of a set's content: its images, labels and preprocessing tensors (host tensors)."""
+    digest = hashlib.sha256()
+    for tensor in (images, labels, *(preprocessing[k] for k in sorted(preprocessing))):
+        digest.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def evaluation_key(set_id: str, settings: dict, arch: str, split_id: str, device: torch.device) -> dict:
+    """What decides an evaluation's numbers on this machine, as plain JSON."""
+    return {
+        "set": set_id,
+        "settings": settings,
+        "arch": arch,
+        "split": split_id,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "frepo": __version__,
+    }
+
+
+class FinishedNetworks:
+    """The accuracies of an evaluation's finished networks, by random stream ("eval/model3"), kept in `path`;
+    each `put` rewrites the file atomically. A file under another key, or unreadable, is ignored (and
+    replaced by the next `put`)."""
+
+    def __init__(self, key: dict, root: str | os.PathLike):
+        self.key = key
+        name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+        self.path = Path(root) / "evaluations" / f"{name}.json"
+        self.networks: dict[str, dict] = self._read()
+
+    def _read(self) -> dict[str, dict]:
+        try:
+            record = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning(f"frepo: ignoring an unreadable record of finished networks, {self.path}: {exc}")
+            return {}
+        if not isinstance(record, dict) or record.get("key") != self.key:
+            return {}
+        return dict(record.get("networks", {}))
+
+    def accuracy(self, stream: str, together_mode: str | None = None) -> float | None:
+        """The accuracy of network `stream` if it finished in the same mode (None: one by one)."""
+        entry = self.networks.get(stream)
+        if entry is None or entry.get("together_mode") != together_mode:
+            return None
+        return float(entry["accuracy"])
+
+    def put(self, streams: list[str], accuracies: list[float], together_mode: str | None = None) -> None:
+        for stream, accuracy in zip(streams, accuracies, strict=True):
+            self.networks[stream] = {"accuracy": accuracy, "together_mode": together_mode}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.path, {"key": self.key, "networks": self.networks})
+
+    def clear(self) -> None:
+        """The evaluation completed: nothing left to resume."""
+        self.networks = {}
+        self.path.unlink(missing_ok=True)
