@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from frepo import presets
-from frepo.base.errors import FrepoError
+from frepo.base.errors import FrepoError, Interrupted
 from frepo.data.preprocess import Preprocessing
 from frepo.eval import EvalResult
 from frepo.eval.results import results_csv, results_json, results_table
@@ -163,6 +163,20 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
         reproduce.reproduce(1, "tiny", **kwargs)
     assert f"| {saved['mean']:.2f} ± {saved['std']:.2f} | done |" in out.read_text()
     monkeypatch.setattr(reproduce, "run_row", original_run_row)
+
+    # Ctrl-C inside a row's distillation (its run checkpoints, then raises Interrupted, a FrepoError) stops the
+    # command: the row is not recorded as failed and the next row does not start.
+    started = []
+
+    def interrupted_distill(config, out, progress=False):
+        started.append(config.ipc)
+        raise Interrupted(f"stopped at step 1; checkpoint written to {out}. Run the same command to resume.")
+
+    with monkeypatch.context() as m:
+        m.setattr(importlib.import_module("frepo.jobs.distill"), "distill", interrupted_distill)
+        with pytest.raises(Interrupted, match="stopped at step 1"):
+            reproduce.reproduce(1, "tiny", **{**kwargs, "runs_dir": tmp_path / "cut"})
+    assert started == [1]
     monkeypatch.setattr(reproduce, "TABLES", {1: (("digits", "Digits", {1: (80.0, 1.0)}, True),)})
 
     # --finished-only reports what has finished and runs nothing for the rest.

@@ -121,13 +121,17 @@ def evaluate_archs(
     *,
     progress: bool = False,
     field_metrics: bool = False,
+    resume: bool = False,
     **overrides: Any,
 ) -> list[EvalResult]:
     """Evaluate a set (a DistilledSet, or any file `frepo.io.foreign` reads: frepo, official FRePo .npz,
     MTT/DD-Ranking .pt, DC/DSA res_*.pt, safetensors, an image folder, a `frepo export` folder) on each
     architecture of `config`. Overrides name leaf fields: `evaluate_archs(path, models=3, arch="conv,mlp")`.
-    `field_metrics`: also DD-Ranking's IOR, HLR and LRS, in each result's extra["field_metrics"]."""
-    return run(file, *configure(config, source, **overrides), progress=progress, field_metrics=field_metrics)
+    `field_metrics`: also DD-Ranking's IOR, HLR and LRS, in each result's extra["field_metrics"]. `resume`: each
+    network's accuracy is kept as it finishes, and a call interrupted before (Ctrl-C: `Interrupted`) trains only
+    the networks still missing (`frepo.eval.finished`)."""
+    config, source = configure(config, source, **overrides)
+    return run(file, config, source, progress=progress, field_metrics=field_metrics, resume=resume)
 
 
 def evaluate(
@@ -136,15 +140,16 @@ def evaluate(
     source: SourceConfig | None = None,
     *,
     progress: bool = False,
+    resume: bool = False,
     **overrides: Any,
 ) -> EvalResult:
     """Train fresh networks of one architecture (default: the protocol's) on a set and test them on its
     dataset's split (test, or val: the hold-out the set was distilled without), preprocessed the set's
-    way: `frepo.evaluate(ds, models=5)`. Several architectures: `evaluate_archs`."""
+    way: `frepo.evaluate(ds, models=5)`. Several architectures: `evaluate_archs`; `resume`: as there."""
     config, source = configure(config, source, **overrides)
     if len(config.archs()) != 1:
         raise FrepoError("evaluate() takes one architecture; use evaluate_archs() for several")
-    return run(file, config, source, progress=progress)[0]
+    return run(file, config, source, progress=progress, resume=resume)[0]
 
 
 def run(

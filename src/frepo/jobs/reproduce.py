@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..base.atomic import atomic_write_text
-from ..base.errors import FrepoError
+from ..base.errors import FrepoError, Interrupted
 from ..data import BUILTIN, default_data_dir
 from ..data.layouts import LAYOUTS, find_root
 
@@ -235,10 +235,13 @@ def run_row(
                 download=download,
                 device=device,
                 progress=progress,
+                resume=True,
             )
             write_json([evaluation], _evaluation_json(out, budget))
             mean, std = evaluation.mean, evaluation.std
         row.measured, row.status = (mean, std), "done"
+    except Interrupted:  # Ctrl-C or SIGTERM stops the command (its run checkpointed), not just this row
+        raise
     except FrepoError as exc:
         row.status = f"failed: {exc}"
 
