@@ -161,7 +161,7 @@ class DistillConfig:
         None,
         "start from this set instead of seeded real images: any file `frepo evaluate` reads (a frepo "
         ".safetensors, an export folder, an official FRePo .npz, ...) with --ipc images of each class; its "
-        "images are carried into this run's preprocessing, its labels kept",
+        "images are carried into this run's preprocessing, its labels kept (default: seeded real images)",
     )
     log_every: int = opt(10, "steps between metrics lines (and NaN checks)")
     checkpoint_every: int = opt(200, "steps between atomic checkpoints")

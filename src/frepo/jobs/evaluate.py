@@ -38,7 +38,9 @@ class SourceConfig:
     """How to find a set's real dataset (and, for another tool's file, how to read the file)."""
 
     dataset: str | None = opt(
-        None, "the real dataset a file from another tool belongs to: its test split and preprocessing"
+        None,
+        "the real dataset a file from another tool belongs to: its test split and preprocessing (default: none; "
+        "frepo's own files and exports record theirs)",
     )
     preprocess: str = opt(
         "auto",
