@@ -203,6 +203,30 @@ def test_distill_run_on_gpu_repeats_and_resumes_bit_for_bit(tmp_path, monkeypatc
     assert any(r.get("peak_mem_mb", 0) > 0 for r in records) and any("val_acc" in r for r in records)
 
 
+def test_a_cpu_checkpoint_resumes_on_the_gpu_under_graphs(tmp_path, monkeypatch):
+    """`device` and `compile` may change on resume: a run interrupted on the CPU continues on the GPU under
+    `--compile graph` (the pool's Adams take the GPU run's fused, capturable kernels, their step counts on the
+    device; before, the first graphed Adam step refused the host step counts)."""
+    overrides = dict(steps=20, width=16, num_models=3, max_online_updates=5, batch_size=64, eval_steps=20)
+    overrides.update(checkpoint_every=10)
+    original, calls = FRePoTrainer.step, {"n": 0}
+
+    def step_then_interrupt(self):
+        metrics = original(self)
+        calls["n"] += 1
+        if calls["n"] == 13:
+            signal.raise_signal(signal.SIGINT)
+        return metrics
+
+    monkeypatch.setattr(FRePoTrainer, "step", step_then_interrupt)
+    with pytest.raises(Interrupted):
+        distill(presets.resolve("digits", 2, overrides={**overrides, "device": "cpu"}), tmp_path / "run")
+    monkeypatch.setattr(FRePoTrainer, "step", original)
+    gpu = presets.resolve("digits", 2, overrides={**overrides, "device": "cuda", "compile": "graph"})
+    result = distill(gpu, tmp_path / "run", progress=False)
+    assert result.step == 20 and torch.isfinite(load_distilled(result.distilled_path).images).all()
+
+
 def test_gpu_evaluation_repeats_with_the_same_seed(tmp_path):
     from frepo.data.preprocess import Preprocessing
     from frepo.io.artifact import DistilledSet

@@ -98,3 +98,27 @@ def test_state_dict_round_trip_continues_identically():
     for ma, mb in zip(pool_a.models, pool_b.models):
         for (ka, va), (_, vb) in zip(ma.state_dict().items(), mb.state_dict().items()):
             assert torch.equal(va, vb), ka
+
+
+def test_a_checkpoint_from_another_kernel_choice_resumes_under_this_runs():
+    """A resume may change the device and --compile: a GPU run under CUDA graphs saves fused, capturable
+    Adams, which a CPU cannot step (and a CPU run's host step counts stop a capturable GPU Adam). The loaded
+    optimisers take this run's kernel choice and continue exactly as the uninterrupted CPU pool."""
+    pool_a = _pool(3, num_models=3, max_online_updates=4)
+    images, labels = torch.randn(6, 1, 8, 8), torch.randn(6, 3)
+    for _ in range(5):
+        pool_a.advance(images, labels)
+    state = copy.deepcopy(pool_a.state_dict())
+    for saved in state["optimizers"]:  # as a GPU run with --compile graph writes them
+        for group in saved["param_groups"]:
+            group.update(fused=True, capturable=True, foreach=None)
+    pool_b = _pool(99, num_models=3, max_online_updates=4)
+    pool_b.load_state_dict(state)
+    fresh = _pool(5, num_models=3, max_online_updates=4).optimizers[0].param_groups[0]
+    for opt in pool_b.optimizers:
+        assert all(g[k] == fresh[k] for g in opt.param_groups for k in ("fused", "capturable", "foreach"))
+    for _ in range(6):
+        pool_a.advance(images, labels)
+        pool_b.advance(images, labels)
+    for ma, mb in zip(pool_a.models, pool_b.models):
+        assert all(torch.equal(va, vb) for va, vb in zip(ma.state_dict().values(), mb.state_dict().values()))

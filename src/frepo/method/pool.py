@@ -128,12 +128,27 @@ class ModelPool:
     def load_state_dict(self, state: dict) -> None:
         for model, opt, m_state, o_state in zip(self.models, self.optimizers, state["models"], state["optimizers"]):
             model.load_state_dict(m_state)
-            opt.load_state_dict(o_state)
-            for group in opt.param_groups:  # this run's, not the saved run's (--compile may differ on resume)
-                group["capturable"] = self.capturable
+            opt.load_state_dict(with_kernel_choice(o_state, opt))
         self.steps = list(state["steps"])
         self.current = int(state["current"])
         self.resets = int(state["resets"])
         self.generator.set_state(state["generator"])
         if self.init_generator is not self.generator:
             self.init_generator.set_state(state["init_generator"])
+
+
+# The settings of an Adam that choose its kernel, not its maths: they follow the device and --compile.
+KERNEL_CHOICE = ("fused", "capturable", "foreach")
+
+
+def with_kernel_choice(saved: dict, optimizer: torch.optim.Optimizer) -> dict:
+    """A saved Adam state with `optimizer`'s kernel choice (this run's device and --compile) in place of the
+    saved run's, which a resume may change (`device` and `compile` are resumable). torch's load_state_dict keeps
+    the saved groups' settings and places each step count by them: a CPU run's checkpoint resumed on a GPU under
+    CUDA graphs would keep its host step counts with capturable=True, which the first Adam step refuses; a GPU
+    run's resumed on a CPU would run the fused CPU kernel, not the one a fresh CPU run uses."""
+    groups = [
+        {**group, **{k: current[k] for k in KERNEL_CHOICE if k in current}}
+        for group, current in zip(saved["param_groups"], optimizer.param_groups, strict=True)
+    ]
+    return {**saved, "param_groups": groups}
