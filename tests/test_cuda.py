@@ -145,7 +145,7 @@ def test_whole_step_graphs_follow_the_eager_gpu_step(exact_fp32, online_batch):
     for _ in range(24):
         me, mg = eager.step(), graphed.step()
         torch.testing.assert_close(mg["loss"], me["loss"], rtol=1e-3, atol=1e-5)
-    assert len(graphed.graphs.graphs) == 2 and graphed.graphs.capture  # both models captured, no fallback
+    assert len(graphed.graphs.graphs) == 2 and graphed.graphs.capture  # both models captured
     assert graphed.pool.resets == eager.pool.resets > 0
     gap, moved = (graphed.syn.images - eager.syn.images).norm(), (eager.syn.images - start).norm()
     print(f"cuda graph vs eager: images gap / movement = {float(gap / moved):.3g}")
@@ -158,6 +158,31 @@ def test_whole_step_graphs_follow_the_eager_gpu_step(exact_fp32, online_batch):
             graphed.step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_a_failed_capture_stops_with_a_way_to_resume_and_restores_the_stream():
+    """A host sync inside the step (here `.item()`) cannot be captured: the run stops with one line that
+    says to resume with --compile off, and this thread is back on the stream it was on."""
+    from frepo.base.errors import FrepoError
+    from frepo.method.graphs import WARMUP, StepGraphs
+
+    weight = torch.ones(4, device=CUDA)
+
+    def body(i, idx, x_real, subsample, scalars):
+        out = weight * scalars[0]
+        if torch.cuda.is_current_stream_capturing():
+            out = out * float(out.sum().item())  # a host sync: refused while capturing
+        return {"out": out}
+
+    graphs = StepGraphs(body, CUDA)
+    idx = torch.arange(3, device=CUDA)
+    before = torch.cuda.current_stream(CUDA)
+    for _ in range(WARMUP):
+        graphs.step(0, idx, None, None, (1.0, 0.5, 0.5))
+    with pytest.raises(FrepoError, match="--compile off"):
+        graphs.step(0, idx, None, None, (1.0, 0.5, 0.5))
+    assert torch.cuda.current_stream(CUDA) == before
+    torch.cuda.synchronize()
 
 
 def test_bf16_support_forward_on_gpu_keeps_the_meta_gradient_direction(meta_problem):
@@ -357,7 +382,7 @@ def test_every_step_copy_to_the_gpu_is_page_locked(mode, source):
     for _ in range(12):  # allocations; under graph, both pool models' captures (after 3 warm-up steps)
         trainer.step()
     if mode == "graph":
-        assert len(trainer.graphs.graphs) == 2 and trainer.graphs.capture  # captured, no fallback
+        assert len(trainer.graphs.graphs) == 2 and trainer.graphs.capture  # captured
     resets = trainer.pool.resets
     assert _pageable_copies(lambda: [trainer.step() for _ in range(12)]) == []
     assert trainer.pool.resets > resets

@@ -15,18 +15,19 @@ pool: they never run at once, and nothing of a replay is read after the next one
 
 `capture=False` runs the same bookkeeping without graphs (the CPU tests check it against the eager
 step). The first uses of each model run eagerly on the capture stream (lazy optimiser state,
-cuBLAS and cuDNN workspaces), as torch asks before a capture; if a capture fails, the run warns once
-and continues eagerly.
+cuBLAS and cuDNN workspaces), as torch asks before a capture. A capture that fails stops the run with a
+message to resume it with `--compile off`: torch.cuda.graph ends a failed capture before it restores the
+stream, which leaves the allocator routing this thread's memory to the graph's pool, no state to go on in.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import torch
 
 from ..base.device import host_to_device
+from ..base.errors import FrepoError
 
 Body = Callable[..., dict[str, torch.Tensor]]
 WARMUP = 3  # eager runs of the body, the first of each model included, before the first capture
@@ -92,16 +93,19 @@ class StepGraphs:
     def _capture(self, i: int) -> dict[str, torch.Tensor]:
         """Record model i's graph (a capture runs nothing), then replay it for this step."""
         graph = torch.cuda.CUDAGraph()
+        previous = torch.cuda.current_stream(self.device)
         try:
             # thread_local: only this thread's unsafe calls abort the capture. The prefetch thread of a streamed
             # run may be page-locking the next batch meanwhile (cudaHostAlloc, event queries on other streams),
             # which the default "global" mode would turn into a failed capture, or an error in that thread.
             with torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"):
                 outputs = self._call(i)
-        except RuntimeError as error:  # an operation CUDA graphs refuse: keep going without them
-            warnings.warn(f"CUDA graph capture failed, the run continues eagerly: {error}", stacklevel=3)
-            self.capture = False
-            return self._eager(i)
+        except RuntimeError as error:  # an operation CUDA graphs refuse (a host sync, a pageable copy, ...)
+            torch.cuda.set_stream(previous)
+            raise FrepoError(
+                f"CUDA graph capture of the outer step failed ({error}); run the same command with --compile off "
+                "to resume from the last checkpoint without graphs"
+            ) from error
         self.graphs[i] = (graph, outputs)
         graph.replay()
         return outputs
