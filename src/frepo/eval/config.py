@@ -58,7 +58,7 @@ class EvalConfig:
         "auto",
         "train the --models networks of an architecture at once instead of one after the other: on (stacked, "
         "torch.func.vmap; same results up to float rounding), streams (each network on its own CUDA stream, "
-        "in turn step by step on a CPU; the same results bit for bit, any architecture), off, or auto "
+        "in turn step by step on a CPU; the same results, bit for bit on a CPU, any architecture), off, or auto "
         "(stacked on CUDA where it measured faster: batches of at most 100 MNIST images' pixels; off on the CPU)",
         choices=TOGETHER,
     )

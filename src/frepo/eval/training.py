@@ -91,8 +91,10 @@ class Interleaved:
     """One step of N networks, each network's own update (`NetworkUpdate`) on its own CUDA stream: the host
     queues the N updates in turn and the GPU runs the streams side by side, so one network's small kernels
     fill the gaps another's leave. Each network computes exactly what it computes alone (its parameters,
-    draws, optimiser; the same kernels in the same order), so the results equal the sequential runs bit for
-    bit where the kernels are deterministic. On a CPU the networks take turns, step by step. `join()` before
+    draws, optimiser; the same operations in the same order), so the results equal the sequential runs bit
+    for bit where the kernels do not change: on a CPU, where the networks take turns step by step; on a GPU
+    cuBLAS may pick another kernel when several streams run at once (its reproducibility notes), so there
+    they agree to rounding (tests/test_cuda.py says which it measured). `join()` before
     reading the networks on the current stream."""
 
     def __init__(self, updates: list[Update], device: torch.device):

@@ -80,7 +80,8 @@ def train_reference_models_on_streams(
     images: torch.Tensor, targets: torch.Tensor, training: ReferenceTraining, gens: list[torch.Generator]
 ) -> list[torch.nn.Module]:
     """`train_reference_model` for len(gens) networks at once, each on its own CUDA stream (`Interleaved`):
-    the same networks, bit for bit, as one after the other, and any architecture."""
+    the same networks as one after the other (bit for bit on a CPU; on a GPU up to cuBLAS, which may choose
+    another kernel when several streams run), and any architecture."""
     models, updates = [], []
     for g in gens:
         model, placed, update = reference_network(images, training, g)
