@@ -142,3 +142,17 @@ def test_per_rank_pool_checkpoints_every_rank_s_pool(tmp_path):
     name = next(k for k in pools[0]["models"][0] if k.endswith("weight"))
     assert not torch.equal(pools[0]["models"][0][name], pools[1]["models"][0][name])
     assert pools[0]["current"] == pools[1]["current"] and pools[0]["steps"] == pools[1]["steps"]  # shared schedule
+
+
+def test_a_gpu_run_keeps_a_host_backend_for_its_host_collectives():
+    """NCCL takes device tensors only. A torchrun GPU run sends its stop flag as a host tensor every step
+    (`DistContext.any`), plus objects and barriers: under an NCCL-only group the flag failed at step 1. The
+    GPU group routes host tensors to gloo (and the flag never waits for the GPU)."""
+    from torch.distributed.distributed_c10d import Backend, BackendConfig
+
+    from frepo.base.dist import COLLECTIVE_TIMEOUT, process_group_backend
+
+    routes = BackendConfig(Backend(process_group_backend(use_cuda=True))).get_device_backend_map()
+    assert routes == {"cpu": "gloo", "cuda": "nccl"}
+    assert process_group_backend(use_cuda=False) == "gloo"
+    assert COLLECTIVE_TIMEOUT.total_seconds() >= 3600  # rank 0 validates alone while the others wait

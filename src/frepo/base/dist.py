@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -81,6 +82,18 @@ def _destroy() -> None:
         dist.destroy_process_group()
 
 
+# How long a rank waits in a collective for the others: while rank 0 alone validates, writes a checkpoint or
+# the outputs, the other ranks wait in the next step's collectives (NCCL's default is 10 minutes, gloo's 30).
+COLLECTIVE_TIMEOUT = timedelta(hours=2)
+
+
+def process_group_backend(use_cuda: bool) -> str:
+    """NCCL for the device tensors of a GPU run, with gloo beside it for what stays on the host (the stop
+    flag of `DistContext.any`, objects, barriers): NCCL alone refuses host tensors, and a flag sent to the
+    GPU would make the host wait for it every step."""
+    return "cpu:gloo,cuda:nccl" if use_cuda else "gloo"
+
+
 def init_distributed(device_name: str) -> tuple[DistContext, str]:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); pick this rank's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -88,13 +101,10 @@ def init_distributed(device_name: str) -> tuple[DistContext, str]:
         return DistContext(), device_name
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    if use_cuda:  # before the group: NCCL's communicator then lives on this rank's GPU, not on GPU 0
+        torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend=process_group_backend(use_cuda), timeout=COLLECTIVE_TIMEOUT)
         # Destroyed at exit rather than left to interpreter shutdown, as torch asks of every process group.
         atexit.register(_destroy)
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        device_name = f"cuda:{local_rank}"
-    else:
-        device_name = "cpu"
-    return DistContext(rank, world, local_rank), device_name
+    return DistContext(rank, world, local_rank), f"cuda:{local_rank}" if use_cuda else "cpu"
