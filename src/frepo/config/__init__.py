@@ -191,8 +191,9 @@ class DistillConfig:
     )
     support_precision: str = opt(
         "fp32",
-        "support-set forward, which the meta-gradient flows back through: fp32 or bf16 (autocast; its "
-        "meta-gradient error is measured in docs/benchmarks.md)",
+        "support-set forward, which the meta-gradient flows back through: fp32 (on CUDA with cuDNN's TF32 "
+        "convolutions, torch's default) or bf16 (autocast; its meta-gradient error is measured in "
+        "docs/benchmarks.md)",
         choices=("fp32", "bf16"),
     )
     compile: str = opt(

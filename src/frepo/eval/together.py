@@ -100,5 +100,7 @@ class StackedUpdate:
         x = torch.stack([random_op(batch, self.ops, g) if self.ops else batch for g in self.gens])
         set_lr(self.optimizer, lr)
         for p, g in zip(self.params, self.stacked.grads(self.stacked.params, x, targets).values()):
-            p.grad = g
+            # Fused Adam (CUDA) takes gradients laid out as their parameters; autograd's backward arranges
+            # that, a vmap'd gradient need not (a batched kernel may return other strides).
+            p.grad = g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)
         self.optimizer.step()

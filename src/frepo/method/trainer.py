@@ -162,8 +162,10 @@ EAGER = Passes("off")
 def feature_precision(device: torch.device, precision: str):
     """Context for a feature pass: the real batch's (no gradient flows through it) or the support set's.
 
-    fp32: exact. tf32: TensorFloat-32 matmuls/convs on CUDA (what JAX's default precision did for the
-    reference on Ampere GPUs). bf16: autocast to bfloat16. 'auto' is tf32 on CUDA, fp32 elsewhere.
+    fp32: float32 as torch computes it by default: exact on a CPU; on CUDA exact matmuls, while cuDNN may run
+    the convolutions in TensorFloat-32 (torch's default `cudnn.allow_tf32`, as JAX's default precision did
+    for the reference on Ampere GPUs; exact float32 convolutions need that flag off). tf32: TensorFloat-32
+    matmuls and convs on CUDA. bf16: autocast to bfloat16. 'auto' is tf32 on CUDA, fp32 elsewhere.
     The kernel solve always runs in float32 features and a float64 Cholesky.
     """
     if precision == "auto":
