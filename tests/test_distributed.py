@@ -85,6 +85,9 @@ class _OneRankOfTwo(DistContext):
     def mean_(self, tensors):
         pass
 
+    def broadcast_(self, tensors):  # every rank's start is rank 0's already (the same seeds, one CPU)
+        pass
+
     def gather_objects(self, obj):
         return [obj]
 
@@ -156,3 +159,18 @@ def test_a_gpu_run_keeps_a_host_backend_for_its_host_collectives():
     assert routes == {"cpu": "gloo", "cuda": "nccl"}
     assert process_group_backend(use_cuda=False) == "gloo"
     assert COLLECTIVE_TIMEOUT.total_seconds() >= 3600  # rank 0 validates alone while the others wait
+
+
+def test_every_rank_starts_from_rank_0s_set_and_pool(tmp_path):
+    """Each rank builds its start from the same seeds, but on GPUs a rank's whitening or initialisation need
+    not round as rank 0's; rank 0's synthetic set and replicated pool are sent to every rank. Here rank 1
+    builds from another seed: it still starts from rank 0's set and pool."""
+    out = tmp_path / "start.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += [str(Path(__file__).parent / "helpers" / "shared_start.py"), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0, rank1 = torch.load(out)
+    for part in ("synthetic", "pool"):
+        flat0, flat1 = torch.utils._pytree.tree_leaves(rank0[part]), torch.utils._pytree.tree_leaves(rank1[part])
+        assert len(flat0) == len(flat1) > 0 and all(torch.equal(a, b) for a, b in zip(flat0, flat1)), part

@@ -45,6 +45,13 @@ class DistContext:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
             t.div_(self.world)
 
+    def broadcast_(self, tensors: list[torch.Tensor]) -> None:
+        """In place: rank 0's values on every rank."""
+        if not self.enabled:
+            return
+        for t in tensors:
+            dist.broadcast(t, src=0)
+
     def any(self, flag: bool) -> bool:
         """True on every rank if `flag` is True on any rank (so all ranks stop at the same step)."""
         if not self.enabled:

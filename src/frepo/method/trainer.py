@@ -305,6 +305,12 @@ class FRePoTrainer:
         )
         self.graphs = StepGraphs(self._device_step, device) if graphed else None
         if self.ctx.enabled:
+            # Every rank built the same start from the same seeds; rank 0's copy makes it the same by
+            # construction (a GPU's eigendecomposition or initialisation need not repeat to the bit elsewhere).
+            shared = list(self.syn.state_dict().values())
+            if not self.per_rank_pool:
+                shared += [t for model in self.pool.models for t in model.state_dict().values()]
+            self.ctx.broadcast_(shared)
             self._sync_pool_gradients()
         self.sampler = BatchSampler(len(x_train), config.batch_size, generator(seed, "batches"))
 
