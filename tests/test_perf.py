@@ -19,8 +19,8 @@ GB = 2**30
 
 # How much of a freed 64 MB block (an activation's size) the process still holds, in MB, under each setting.
 # Resident memory, not page faults (numpy asks for transparent huge pages, which makes fault counts vary).
-PROBE = """
-import json, os, sys
+FREED_BLOCK = """
+import json
 import numpy as np
 from frepo.base import perf
 
@@ -29,7 +29,10 @@ def freed_block_kept():
     block = np.ones(8 << 20)  # 64 MB, written
     del block
     return (perf.rss_bytes() - before) / 2**20
-
+"""
+PROBE = (
+    FREED_BLOCK
+    + """
 out = {"glibc": freed_block_kept(), "applied": perf.keep_freed_memory(True)}
 out["kept"] = freed_block_kept()
 held = perf.rss_bytes()
@@ -38,9 +41,10 @@ out["returned"] = (held - perf.rss_bytes()) / 2**20  # the kept block, returned 
 out["after"] = freed_block_kept()
 print(json.dumps(out))
 """
+)
 
 
-def _probe(env_value: str | None) -> dict:
+def _probe(env_value: str | None, script: str = PROBE) -> dict:
     import os
 
     # Without another allocator preloaded (jemalloc, tcmalloc) or glibc tunables: glibc's malloc as it comes.
@@ -48,7 +52,7 @@ def _probe(env_value: str | None) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in dropped and not k.startswith("MALLOC_")}
     if env_value is not None:
         env["FREPO_TUNE_ALLOCATOR"] = env_value
-    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -72,19 +76,11 @@ def test_tune_allocator_0_leaves_glibc_alone():
 
 # The CLI's kept heap between two distillations: a freed 64 MB block stays, the release returns it, and
 # freed memory is kept again afterwards. Without the CLI's opt-in, the release leaves the heap alone.
-RELEASE = """
-import json, sys
-import numpy as np
-from frepo.base import perf
-
-def kept_block():
-    before = perf.rss_bytes()
-    block = np.ones(8 << 20)  # 64 MB, written
-    del block
-    return (perf.rss_bytes() - before) / 2**20
-
+RELEASE = (
+    FREED_BLOCK
+    + """
 perf.keep_freed_memory(True)  # kept, as under the CLI, but not opted in: a library caller's settings
-out = {"held": kept_block()}
+out = {"held": freed_block_kept()}
 before = perf.rss_bytes()
 out["library_released"] = perf.release_free_heap()
 out["library_returned"] = (before - perf.rss_bytes()) / 2**20
@@ -92,16 +88,15 @@ perf.tune_cpu_allocator()
 before = perf.rss_bytes()
 out["released"] = perf.release_free_heap()
 out["returned"] = (before - perf.rss_bytes()) / 2**20
-out["kept_after"] = kept_block()
+out["kept_after"] = freed_block_kept()
 print(json.dumps(out))
 """
+)
 
 
 @linux_only
 def test_the_heap_a_distillation_freed_is_given_back_and_freed_memory_kept_after():
-    proc = subprocess.run([sys.executable, "-c", RELEASE], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = _probe(None, RELEASE)
     assert out["held"] > 48 and not out["library_released"] and out["library_returned"] < 16, out
     assert out["released"] and out["returned"] > 48 and out["kept_after"] > 48, out
 
