@@ -267,12 +267,24 @@ def test_the_control_arm_and_training_non_members_are_disjoint_from_the_members(
 
 
 def test_the_distillations_learning_rate_follows_the_budget_unless_given(tmp_path):
-    """As `frepo distill`'s: a few outer steps at the paper's 3e-4 would hardly move the images."""
-    from frepo.config.presets import budget_lr
+    """As `frepo distill`'s: a few outer steps at the paper's 3e-4 would hardly move the images. The rate is
+    resolved when the experiment starts and recorded with its settings (a folder written before, with the
+    paper's 3e-4 at the paper's 500 000 steps, compares equal), and its distillations run at it."""
+    from frepo.config.presets import PAPER_STEPS, budget_lr
 
-    for lr, expected in ((None, budget_lr(4)), (0.002, 0.002)):
-        experiment = Continual(ContinualConfig(**{**CL, "lr": lr}), tmp_path / str(lr))
-        experiment.distilled(0, 0, [3, 7])
-        (config,) = (tmp_path / str(lr)).rglob("config.json")
-        assert json.loads(config.read_text())["lr"] == expected
-    assert budget_lr(4) == 1e-2 and ContinualConfig().lr is None and privacy_app.PrivacyConfig().lr is None
+    raw = load_dataset("digits")  # a dataset of its own, with no fixed rate (digits' table fixes 1e-2)
+    npz = tmp_path / "plain.npz"
+    np.savez(npz, x_train=raw.x_train, y_train=raw.y_train, x_test=raw.x_test, y_test=raw.y_test)
+    for steps, lr, expected in ((50_000, None, budget_lr(50_000)), (PAPER_STEPS, None, 3e-4), (4, 0.002, 0.002)):
+        config = ContinualConfig(**{**CL, "dataset": str(npz), "steps": steps, "lr": lr})
+        assert Continual(config, tmp_path / "c").config.lr == expected and config.lr == lr  # the caller's kept
+        mia = privacy_app.PrivacyConfig(**{**MIA, "dataset": str(npz), "steps": steps, "lr": lr})
+        assert privacy_app.Privacy(mia, tmp_path / "p").config.lr == expected
+    assert (
+        3e-4 < budget_lr(50_000) < 1e-2
+        and Continual(ContinualConfig(**{**CL, "lr": None}), tmp_path / "d").config.lr == 1e-2
+    )
+    experiment = Continual(ContinualConfig(**{**CL, "dataset": str(npz), "lr": None}), tmp_path / "run")
+    experiment.distilled(0, 0, [3, 7])
+    (config_file,) = (tmp_path / "run").rglob("config.json")
+    assert json.loads(config_file.read_text())["lr"] == budget_lr(CL["steps"])

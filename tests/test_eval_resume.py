@@ -24,21 +24,26 @@ def set_file(tmp_path_factory):
 
 
 def _count_trainings(monkeypatch, stop_at: int | None = None) -> list[str]:
-    """Record the streams of the networks trained one by one (and of those trained together, with a
-    "together:" prefix); raise KeyboardInterrupt instead of training the `stop_at`-th (1-based)."""
+    """Record the networks trained, "<arch>:<stream>", one by one or together ("together:" first); raise
+    KeyboardInterrupt instead of the `stop_at`-th (1-based) training call (one per network, or per group
+    trained together)."""
     trained: list[str] = []
+    calls = {"n": 0}
     original = protocols.PROTOCOLS["frepo"]
 
-    def one(setup, options, stream):
-        if stop_at is not None and len(trained) + 1 == stop_at:
+    def interrupt_here() -> None:
+        calls["n"] += 1
+        if stop_at is not None and calls["n"] == stop_at:
             raise KeyboardInterrupt
-        trained.append(stream)
+
+    def one(setup, options, stream):
+        interrupt_here()
+        trained.append(f"{setup.arch}:{stream}")
         return original.train_and_test(setup, options, stream)
 
     def many(setup, options, streams, how):
-        if stop_at is not None:
-            raise KeyboardInterrupt
-        trained.extend(f"together:{s}" for s in streams)
+        interrupt_here()
+        trained.extend(f"together:{setup.arch}:{s}" for s in streams)
         return original.train_and_test_many(setup, options, streams, how)
 
     patched = dataclasses.replace(original, train_and_test=one, train_and_test_many=many)
@@ -62,12 +67,12 @@ def test_an_interrupted_evaluation_trains_only_the_missing_networks(set_file, tm
     with monkeypatch.context() as m:
         trained = _count_trainings(m, stop_at=3)
         code, partial = _evaluate(set_file, tmp_path, "resumed", "--together", "off")
-    assert code == 130 and partial is None and trained == ["eval/model0", "eval/model1"]
+    assert code == 130 and partial is None and trained == ["conv:eval/model0", "conv:eval/model1"]
     assert "2 finished network(s) kept" in capsys.readouterr().err and len(_records()) == 1
     with monkeypatch.context() as m:
         trained = _count_trainings(m)
         code, resumed = _evaluate(set_file, tmp_path, "resumed", "--together", "off")
-    assert code == 0 and trained == ["eval/model2"] and _records() == []
+    assert code == 0 and trained == ["conv:eval/model2"] and _records() == []
     assert resumed["accuracies"] == straight["accuracies"]  # bit for bit: the same networks
 
 
@@ -78,23 +83,63 @@ def test_a_record_is_read_back_only_under_the_same_settings(set_file, tmp_path, 
     with monkeypatch.context() as m:
         trained = _count_trainings(m)
         assert _evaluate(set_file, tmp_path, "b", "--together", "off", "--steps", "16")[0] == 0
-    assert trained == ["eval/model0", "eval/model1", "eval/model2"]
+    assert trained == [f"conv:eval/model{i}" for i in range(3)]
     assert len(_records()) == 1  # the first evaluation's record waits for its own command
     (record,) = _records()
     record.write_text("{not json")  # damaged (say, a full disk): warned about, ignored, replaced
     with monkeypatch.context() as m:
         trained = _count_trainings(m)
         assert _evaluate(set_file, tmp_path, "a", "--together", "off")[0] == 0
-    assert trained == ["eval/model0", "eval/model1", "eval/model2"] and _records() == []
+    assert trained == [f"conv:eval/model{i}" for i in range(3)] and _records() == []
 
 
 def test_networks_trained_together_are_kept_all_or_none(set_file, tmp_path, monkeypatch):
+    """Stacked networks finish together: an architecture interrupted mid-way is trained again whole; one
+    that finished is read back whole, as stacked."""
+    flags = ("--together", "on", "--arch", "conv,mlp")
     with monkeypatch.context() as m:
         _count_trainings(m, stop_at=1)
-        assert _evaluate(set_file, tmp_path, "t", "--together", "on")[0] == 130
+        assert _evaluate(set_file, tmp_path, "t", *flags)[0] == 130
     assert _records() == []  # nothing finished
     with monkeypatch.context() as m:
+        trained = _count_trainings(m, stop_at=2)  # conv's 3 networks finish, mlp's are interrupted
+        assert _evaluate(set_file, tmp_path, "t", *flags)[0] == 130
+    assert trained == [f"together:conv:eval/model{i}" for i in range(3)] and len(_records()) == 1  # conv's
+    with monkeypatch.context() as m:
         trained = _count_trainings(m)
-        code, together = _evaluate(set_file, tmp_path, "t", "--together", "on")
-    assert code == 0 and trained == [f"together:eval/model{i}" for i in range(3)]
-    assert together["together_mode"] == "stacked"
+        code, together = _evaluate(set_file, tmp_path, "t", *flags)
+    assert code == 0 and trained == [f"together:mlp:eval/model{i}" for i in range(3)] and _records() == []
+    assert [r["together_mode"] for r in together["results"]] == ["stacked", "stacked"]
+    straight = _evaluate(set_file, tmp_path, "straight", *flags)[1]  # uninterrupted: the same numbers
+    assert [r["accuracies"] for r in together["results"]] == [r["accuracies"] for r in straight["results"]]
+
+
+def test_a_record_that_cannot_be_written_costs_only_the_resumption(set_file, tmp_path, monkeypatch, caplog):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")  # $FREPO_CACHE/evaluations cannot be made under a file
+    monkeypatch.setenv("FREPO_CACHE", str(blocked))
+    with caplog.at_level("WARNING", logger="frepo"):
+        code, result = _evaluate(set_file, tmp_path, "w", "--together", "off")
+    assert code == 0 and len(result["accuracies"]) == 3
+    assert sum("cannot keep the finished networks" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_sets_from_other_tools_are_told_apart_by_their_content():
+    """A file from another tool records the checksum of the whole file, which may hold several sets
+    (--entry) or be read in another --preprocess: its set is identified by what was read."""
+    import torch
+
+    from frepo.data import load_dataset
+    from frepo.data.preprocess import Preprocessing
+    from frepo.io.artifact import DistilledSet
+    from frepo.jobs.evaluate import _identity
+
+    raw = load_dataset("digits")
+    pre = Preprocessing("none", torch.zeros(1), torch.ones(1))
+    meta = {"dataset": "digits", "classes": [str(c) for c in range(10)], "checksum": "file", "source": "dc"}
+    images = torch.zeros(10, 1, 8, 8)
+    a, b = (DistilledSet(x, torch.arange(10), pre, meta) for x in (images, images + 1))
+    assert _identity(a, raw, "test")[0] != _identity(b, raw, "test")[0]
+    own = DistilledSet(images, torch.arange(10), pre, {**meta, "source": None})
+    assert _identity(own, raw, "test")[0] == "file"  # a frepo file's checksum covers its content
+    assert _identity(own, raw, "test")[1] != _identity(own, raw, "val")[1]

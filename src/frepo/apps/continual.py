@@ -51,8 +51,8 @@ class ContinualConfig:
     batch_size: int = opt(1024, "real images per distillation step")
     lr: float | None = opt(
         None,
-        "LAMB learning rate of the distillations (default: the budget's, as in frepo distill: 3e-4 at the default "
-        "500 000 steps, 1e-2 up to 1000)",
+        "LAMB learning rate of the distillations (default: the one frepo distill takes for this dataset, IPC "
+        "and --steps, recorded with the settings: 3e-4 at the paper's 500 000 steps, 1e-2 up to 1000)",
     )
     arms: str = opt(",".join(ARMS), "arms, comma-separated: frepo (distilled), random, herding")
     protocol: str = opt("frepo", "the trainer of every arm: frepo (the reference) or dsa", choices=("frepo", "dsa"))

@@ -7,6 +7,7 @@ plot — and inherits the rest: the entry point (a config, or a preset and optio
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,6 +31,9 @@ class Experiment:
 
     def __init__(self, config: Any, out: str | Path, progress: bool = False):
         config.validate()
+        if config.lr is None:  # the rate `frepo distill` resolves for this budget, kept with the settings
+            lr = distill_presets.resolve(config.dataset, config.ipc, overrides={"steps": config.steps}).lr
+            config = dataclasses.replace(config, lr=lr)
         self.config, self.out, self.progress = config, Path(out), progress
         self.folder = ExperimentDir(self.out, self.kind, may_change=self.may_change)
 
@@ -65,7 +69,7 @@ class Experiment:
             "device": cfg.device,
             "data_dir": cfg.data_dir,
             "download": cfg.download,
-            **({} if cfg.lr is None else {"lr": cfg.lr}),  # none given: the budget's (presets.budget_lr)
+            "lr": cfg.lr,
             **data,
             "val_size": 0,
             "eval_every": 0,

@@ -64,8 +64,8 @@ class PrivacyConfig:
     batch_size: int = opt(1024, "real images per distillation step")
     lr: float | None = opt(
         None,
-        "LAMB learning rate of the distillation (default: the budget's, as in frepo distill: 3e-4 at the default "
-        "500 000 steps, 1e-2 up to 1000)",
+        "LAMB learning rate of the distillation (default: the one frepo distill takes for this dataset, IPC "
+        "and --steps, recorded with the settings: 3e-4 at the paper's 500 000 steps, 1e-2 up to 1000)",
     )
     victim_steps: str = opt("100,250,500,1000,2000,4000,8000,16000", "training steps of the victims, comma-separated")
     victim_batch: int = opt(1024, "batch of the victims of the real arm (the distilled arm: min(N, 256))")

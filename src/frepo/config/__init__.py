@@ -24,8 +24,8 @@ STREAM_AUTO_BYTES = 2 * 1024**3
 # --data-dir of every command that loads a dataset (frepo.data.registry: where each source is looked for).
 DATA_DIR_HELP = (
     "folder the datasets are downloaded to and read from (default: $FREPO_CACHE or ~/.cache/frepo; the decoded "
-    "caches of the large sets always go under that default); $FREPO_DATA_DIR/<name>.npz, where it exists, is "
-    "read first"
+    "caches of the large sets always go under $FREPO_CACHE or ~/.cache/frepo); $FREPO_DATA_DIR/<name>.npz, where "
+    "it exists, is read first"
 )
 
 

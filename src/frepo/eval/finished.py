@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..base.atomic import atomic_write_json
+from ..base.errors import FrepoError
 from ..base.version import __version__
 
 log = logging.getLogger(__name__)
@@ -39,13 +40,19 @@ def set_digest(images: torch.Tensor, labels: torch.Tensor, preprocessing: dict[s
 
 
 def evaluation_key(set_id: str, settings: dict, arch: str, split_id: str, device: torch.device) -> dict:
-    """What decides an evaluation's numbers on this machine, as plain JSON."""
+    """What decides an evaluation's numbers on this machine, as plain JSON: the hardware and the libraries
+    too, as a cache folder may be shared between machines."""
+    if device.type == "cuda":
+        hardware = {"gpu": torch.cuda.get_device_name(device), "cudnn": torch.backends.cudnn.version()}
+    else:
+        hardware = {"cpu": torch.backends.cpu.get_cpu_capability()}
     return {
         "set": set_id,
         "settings": settings,
         "arch": arch,
         "split": split_id,
         "device": str(device),
+        **hardware,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "frepo": __version__,
@@ -62,6 +69,7 @@ class FinishedNetworks:
         name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
         self.path = Path(root) / "evaluations" / f"{name}.json"
         self.networks: dict[str, dict] = self._read()
+        self.unwritable = False
 
     def _read(self) -> dict[str, dict]:
         try:
@@ -71,9 +79,14 @@ class FinishedNetworks:
         except (OSError, ValueError) as exc:
             log.warning(f"frepo: ignoring an unreadable record of finished networks, {self.path}: {exc}")
             return {}
-        if not isinstance(record, dict) or record.get("key") != self.key:
+        networks = record.get("networks") if isinstance(record, dict) and record.get("key") == self.key else None
+        if not isinstance(networks, dict):
             return {}
-        return dict(record.get("networks", {}))
+        return {
+            stream: entry
+            for stream, entry in networks.items()
+            if isinstance(entry, dict) and isinstance(entry.get("accuracy"), (int, float))
+        }
 
     def accuracy(self, stream: str, together_mode: str | None = None) -> float | None:
         """The accuracy of network `stream` if it finished in the same mode (None: one by one)."""
@@ -85,10 +98,22 @@ class FinishedNetworks:
     def put(self, streams: list[str], accuracies: list[float], together_mode: str | None = None) -> None:
         for stream, accuracy in zip(streams, accuracies, strict=True):
             self.networks[stream] = {"accuracy": accuracy, "together_mode": together_mode}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.path, {"key": self.key, "networks": self.networks})
+        if self.unwritable:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.path, {"key": self.key, "networks": self.networks})
+        except (OSError, FrepoError) as exc:  # the evaluation itself goes on; only its resumption is lost
+            self.unwritable = True
+            log.warning(
+                f"frepo: cannot keep the finished networks in {self.path} ({exc}): an interruption "
+                "would train them again"
+            )
 
     def clear(self) -> None:
         """The evaluation completed: nothing left to resume."""
         self.networks = {}
-        self.path.unlink(missing_ok=True)
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning(f"frepo: cannot remove {self.path} ({exc})")

@@ -9,6 +9,7 @@ reads, with the dataset and preprocessing of a file from another tool); what the
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import warnings
 from dataclasses import dataclass
@@ -49,7 +50,9 @@ class SourceConfig:
         choices=("auto", *CLAIMS),
     )
     entry: int | None = opt(None, "DC/DSA res_*.pt: which of its distilled sets (default: 0)")
-    data_dir: str | None = opt(None, DATA_DIR_HELP)
+    data_dir: str | None = opt(
+        None, DATA_DIR_HELP.replace("(default: ", "(default: the folder a frepo set was distilled from, else ", 1)
+    )
     download: bool = opt(True, "let torchvision download a missing dataset")
 
     def validate(self) -> None:
@@ -180,7 +183,10 @@ def run(
         from ..io.foreign import describe
 
         identity["source"] = describe(ds)
-    records = [_finished(ds, raw, config, arch) if resume else None for arch in config.archs()]
+    records = [None] * len(config.archs())
+    if resume:
+        set_id, split_id = _identity(ds, raw, config.split)
+        records = [_finished(set_id, split_id, config, arch) for arch in config.archs()]
     for record in records:
         if record is not None and record.networks:
             log.info(
@@ -213,13 +219,21 @@ def run(
     return results
 
 
-def _finished(ds: DistilledSet, raw: RawDataset, config: EvalConfig, arch: str) -> FinishedNetworks:
+def _identity(ds: DistilledSet, raw: RawDataset, split: str) -> tuple[str, str]:
+    """(the set's content, the split's data) as digests, for the record of finished networks. A frepo file's
+    checksum covers its content; a file from another tool records the checksum of the whole file, which
+    holds several sets (--entry) or is read in a chosen preprocessing, so its set is hashed as read."""
+    own = ds.meta.get("checksum") and not ds.meta.get("source")
+    set_id = ds.meta["checksum"] if own else set_digest(ds.images, ds.labels, ds.preprocessing.tensors())
+    if split == "test":
+        return set_id, f"test:{raw.test_fingerprint()}"
+    # The hold-out: the training split's labels and the set's val_size decide it (`holdout_split`).
+    labels = hashlib.sha256(np.ascontiguousarray(raw.y_train).astype(np.int64).tobytes()).hexdigest()
+    return set_id, f"val:{raw.name}:{labels}:{ds.meta.get('val_size')}"
+
+
+def _finished(set_id: str, split_id: str, config: EvalConfig, arch: str) -> FinishedNetworks:
     """The record of this evaluation's finished networks (`frepo.eval.finished`), under a key of the set's
     content, the settings, the architecture, the split's data and this machine's device and versions."""
-    set_id = ds.meta.get("checksum") or set_digest(ds.images, ds.labels, ds.preprocessing.tensors())
-    if config.split == "test":
-        split_id = f"test:{raw.test_fingerprint()}"
-    else:  # the hold-out is a fixed function of the training labels and the set's val_size
-        split_id = f"val:{raw.name}:{len(raw.y_train)}:{ds.meta.get('val_size')}"
     key = evaluation_key(set_id, to_dict(config), arch, split_id, resolve_device(config.device))
     return FinishedNetworks(key, default_data_dir())

@@ -210,7 +210,8 @@ def run_row(
     device: str,
     progress: bool,
 ) -> None:
-    """Distil (or resume) and evaluate one planned row, in place; a failure is recorded, not raised."""
+    """Distil (or resume) and evaluate one planned row, in place; a failure is recorded, not raised, but an
+    interruption (Ctrl-C, SIGTERM) is: it stops the whole table."""
     from ..config import presets
     from ..eval.results import write_json
     from .distill import distill
