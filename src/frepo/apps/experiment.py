@@ -65,11 +65,11 @@ class Experiment:
         overrides = {
             "steps": cfg.steps,
             "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
             "seed": cfg.seed,
             "device": cfg.device,
             "data_dir": cfg.data_dir,
             "download": cfg.download,
-            "lr": cfg.lr,
             **data,
             "val_size": 0,
             "eval_every": 0,

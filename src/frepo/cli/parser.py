@@ -25,10 +25,7 @@ def _add_choice(p: argparse.ArgumentParser, flag: str, name: str, choices: tuple
 
 def _add_data_and_device(p: argparse.ArgumentParser) -> None:
     """Where the real dataset comes from and where the networks run, for commands that load one."""
-    p.add_argument(
-        "--data-dir",
-        help=DATA_DIR_HELP,
-    )
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument(
         "--download",
         action=argparse.BooleanOptionalAction,
