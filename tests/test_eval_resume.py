@@ -74,6 +74,7 @@ def test_an_interrupted_evaluation_trains_only_the_missing_networks(set_file, tm
         code, resumed = _evaluate(set_file, tmp_path, "resumed", "--together", "off")
     assert code == 0 and trained == ["conv:eval/model2"] and _records() == []
     assert resumed["accuracies"] == straight["accuracies"]  # bit for bit: the same networks
+    assert resumed["networks_read_back"] == 2 and straight["networks_read_back"] == 0
 
 
 def test_a_record_is_read_back_only_under_the_same_settings(set_file, tmp_path, monkeypatch):
@@ -110,6 +111,7 @@ def test_networks_trained_together_are_kept_all_or_none(set_file, tmp_path, monk
         code, together = _evaluate(set_file, tmp_path, "t", *flags)
     assert code == 0 and trained == [f"together:mlp:eval/model{i}" for i in range(3)] and _records() == []
     assert [r["together_mode"] for r in together["results"]] == ["stacked", "stacked"]
+    assert [r["networks_read_back"] for r in together["results"]] == [3, 0]
     straight = _evaluate(set_file, tmp_path, "straight", *flags)[1]  # uninterrupted: the same numbers
     assert [r["accuracies"] for r in together["results"]] == [r["accuracies"] for r in straight["results"]]
 

@@ -61,12 +61,12 @@ def evaluate_set(
     plan = protocol.plan(setup, options)  # rejects a set these options cannot use, before any training
     streams = [f"{protocol.stream}/model{i}" for i in range(config.models)]
     start = time.perf_counter()
-    accs = None
+    accs, read_back = None, 0
     how = config.together_mode(device, setup.images)
     if protocol.train_and_test_many and config.models > 1 and how:
         kept = [finished.accuracy(s, how) for s in streams] if finished else [None]
         if None not in kept:  # networks trained together finish together: all of them, or train them again
-            accs = kept
+            accs, read_back = kept, len(kept)
         else:
             with deterministic_kernels(device):
                 accs = protocol.train_and_test_many(setup, options, streams, how)
@@ -78,6 +78,7 @@ def evaluate_set(
         bar = tqdm(streams, desc=f"evaluate ({setup.arch}, {protocol.name})", disable=not progress, leave=False)
         for name in bar:
             acc = finished.accuracy(name) if finished else None
+            read_back += acc is not None
             if acc is None:
                 with deterministic_kernels(device):  # the same seed gives the same numbers on a GPU too
                     acc = protocol.train_and_test(setup, options, name)
@@ -98,6 +99,7 @@ def evaluate_set(
             **plan.extra,
             "together": together,
             "together_mode": how if together else None,
+            "networks_read_back": read_back,  # finished before an interruption; `seconds` counts the others
             "model_streams": streams,
             "model_seeds": [stream_seed(config.seed, s) for s in streams],
         },
