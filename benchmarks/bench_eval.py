@@ -130,6 +130,7 @@ def main() -> None:
         modes = (
             ("sequential", "together") + (("streams",) if device.type == "cuda" else ()) + ("compiled",) * args.compile
         )
+        flops = step_flops(ds, args.models, device)  # the useful work, the same for every mode
         for mode in modes:
             sync(device)
             start = time.perf_counter()  # training only; the test pass is the same work either way
@@ -139,7 +140,6 @@ def main() -> None:
                 accs = nets.accuracies(test_x, test_y, device)
             else:
                 accs = [accuracy(net, test_x, test_y, device) for net in nets]
-            flops = step_flops(ds, args.models, device)  # the useful work, the same for both modes
             ms = 1000 * seconds / n_steps
             row = {
                 "images": size, "models": args.models, "steps": n_steps, "mode": mode, "auto": auto,

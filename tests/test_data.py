@@ -194,3 +194,16 @@ def test_prepare_fits_preprocessing_on_the_distillation_part_only(blobs):
     xt, yt = data.test()
     assert xv.shape[1:] == x.shape[1:] == xt.shape[1:] and len(yt) == len(data.raw.y_test)
     assert isinstance(y, torch.Tensor) and y.dtype == torch.int64
+
+
+def test_the_test_fingerprint_is_read_once_and_follows_a_replaced_split(monkeypatch):
+    import frepo.data.registry as registry
+    from frepo.data import load_dataset
+
+    raw = load_dataset("digits")
+    first = raw.test_fingerprint()
+    monkeypatch.setattr(registry.hashlib, "sha256", lambda: (_ for _ in ()).throw(AssertionError("read again")))
+    assert raw.test_fingerprint() == first  # remembered, not hashed again
+    monkeypatch.undo()
+    raw.x_test = raw.x_test[::-1].copy()
+    assert raw.test_fingerprint() != first  # another split: hashed anew
