@@ -26,7 +26,7 @@
 #   FREPO_DATA_DIR=DIR SETS=DIR RESULTS=DIR [PARTS="tests dsa ..."] bash benchmarks/gpu_session.sh
 # DIR of FREPO_DATA_DIR holds mnist.npz and fashion_mnist.npz; SETS holds the random subsets made with
 #   frepo subset --dataset mnist --ipc N --method random --seed S --out $SETS/mnist-random-ipcN[-seedS].safetensors
-# (no -seedS suffix for seed 0). PARTS defaults to every part but dsa-subsets and bench-nondet.
+# (no -seedS suffix for seed 0). PARTS defaults to "tests dsa reproduce bench".
 # Each part runs under its own time limit, so one failure does not hide the others; everything lands in
 # $RESULTS (the run directories without their checkpoints in $RESULTS/runs).
 set -uo pipefail

@@ -28,7 +28,8 @@ SPLITS = ("test", "val")
 TOGETHER = ("auto", "on", "off", "streams")
 # `--together auto`: stacked against one after the other, 5 networks of the frepo protocol on MNIST subsets,
 # 300 steps, one NVIDIA H200 (torch 2.11, CUDA 13; benchmarks/bench_eval.py --device cuda --dataset mnist
-# --sizes 10,100,500, 2026-12-04): 4.0× faster at 10 images, 1.23× at 100, 0.80× (slower) at 500. The gain
+# --sizes 10,100,500, 2026-12-04): 4.0× faster at 10 images, 1.23× at 100, 0.80× (slower) at 500; a rerun
+# kept in docs/bench_eval_gpu.json gave 3.3×, 1.14× and 0.81×. The gain
 # falls with the work per step, a batch of min(N, 500) images, so auto stacks on CUDA up to 100 MNIST
 # images' worth of pixels per batch (25 CIFAR images), where it measured faster. Fewer than 5 networks
 # were not measured.
