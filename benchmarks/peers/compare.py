@@ -23,8 +23,8 @@ since a step's cost does not depend on them; MTT and DM under an address-space c
 so a run too large for the machine ends as "out of memory" instead of swapping).
 
 Every method runs with glibc's default allocator, frepo included (`frepo distill` keeps freed memory in
-the heap where it fits, `frepo.base.perf`; `frepo_run.py` does not). `--allocator heap` gives every method's process that
-same setting through glibc's environment variables, so its effect on each method can be measured.
+the heap where it fits, `frepo.base.perf`; `frepo_run.py` does not). `--allocator heap` gives every method's
+process that same setting through glibc's environment variables, so its effect on each method can be measured.
 
 Every step is resumable: a method whose result.json exists is not rerun, an evaluation whose JSON
 exists is not redone. The official FRePo runs under `--jax-python` (an interpreter with JAX, flax,
@@ -223,7 +223,8 @@ def main() -> None:
         "--allocator",
         choices=("default", "heap"),
         default="default",
-        help="glibc malloc for every method: its default, or freed memory kept in the heap (as `frepo distill` does where it fits)",
+        help="glibc malloc for every method: its default, or freed memory kept in the heap "
+        "(as `frepo distill` does where it fits)",
     )
     parser.add_argument("--models", type=int, default=2, help="networks per evaluation of each method's last set")
     parser.add_argument(
