@@ -395,6 +395,18 @@ def test_divergence_without_nan_stops_the_run(tmp_path, capsys):
     assert "kernel loss grew" in line and "lower --lr" in line
 
 
+def test_a_diverged_run_resumed_with_a_lower_lr_is_judged_afresh(tmp_path, capsys):
+    """The watch compared the resumed run with the first run's loss, so the advised resume with a lower
+    --lr diverged again at once, for ever. With changed settings it judges from the resumed loss on."""
+    out = tmp_path / "run"
+    args = ("--steps", 60, "--lr", "0.5", "--checkpoint-every", 5, "--log-every", 1)
+    stopped = one_line(capsys, main(distill_args(out, *args)), "diverged")
+    assert "resume-with-changes" in stopped
+    one_line(capsys, main(distill_args(out, *args)), "diverged")  # unchanged: the same verdict
+    assert main(distill_args(out, *args[:2], "--lr", "1e-5", *args[4:], "--resume-with-changes")) == 0
+    assert load_distilled(out / "distilled.safetensors").meta["step"] == 60
+
+
 def test_validation_at_chance_stops_the_run(tmp_path, capsys, monkeypatch):
     from frepo.jobs.actions import Validation
 

@@ -104,8 +104,8 @@ def _isfinite(x: float) -> bool:
 def diverged(step: int, why: str, checkpoint_words: str) -> FrepoError:
     return FrepoError(
         f"the run diverged at step {step}: {why}; stopped (checkpoint: {checkpoint_words}). The likely cause "
-        "is a learning rate too large for this budget: try a lower --lr, in another --out or with "
-        "--resume-with-changes"
+        "is a learning rate too large for this budget: try a lower --lr in another --out. --resume-with-changes "
+        "continues from that checkpoint, judged afresh from there, but the set may already have diverged in it"
     )
 
 

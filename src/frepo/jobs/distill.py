@@ -102,7 +102,10 @@ class Distiller:
         self.monitor = Monitor(self.run_dir, config, self.step) if self.ctx.is_main else None
         if claim and claim.changes and self.monitor:
             self.monitor.record({"step": self.step, "changed": claim.changes})
-        self.actions = self._actions(saved)
+        # Settings changed on resume (a lower --lr after a divergence): the watches judge the run afresh from
+        # here, against the resumed loss, not the first run's (rank 0 read the directory; every rank agrees).
+        changed = bool(self.ctx.gather_objects(bool(claim and claim.changes))[0])
+        self.actions = self._actions(saved, fresh_watches=changed)
 
     def _setup(self, config: DistillConfig, resuming: bool) -> dict | None:
         """Data, trainer and (when resuming) the checkpoint, checked and loaded; returns the checkpoint."""
@@ -140,8 +143,9 @@ class Distiller:
             self._load(state)
         return state
 
-    def _actions(self, saved: dict | None) -> list[Action]:
-        """The periodic actions, in the order they run after a step (their state from `saved`)."""
+    def _actions(self, saved: dict | None, fresh_watches: bool = False) -> list[Action]:
+        """The periodic actions, in the order they run after a step (their state from `saved`; the
+        divergence watches' only where `fresh_watches` is False)."""
         cfg, words = self.config, self._checkpoint_words
         self.loss_watch = LossWatch(cfg.log_every, cfg.steps, self.trainer.finite, words)
         self.chance_watch = ChanceWatch(self.num_classes, words)
@@ -161,7 +165,7 @@ class Distiller:
             actions.append(self.validation)
         actions += [self.chance_watch, Checkpoint(cfg.checkpoint_every, self.checkpoint)]
         if saved is not None:
-            load_watch_state(self.loss_watch, self.chance_watch, saved.get("watch"))
+            load_watch_state(self.loss_watch, self.chance_watch, None if fresh_watches else saved.get("watch"))
             if self.validation:
                 self.validation.load_state_dict(saved["best"])
                 self.validation.last = saved.get("last_val_acc")
