@@ -192,6 +192,11 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
             "of chunk 4 (a LiRA shadow's chunk) can give (3 images)",
         ),
         (["privacy", "--preset", "privacy-cifar-huge"], "unknown preset"),
+        # the members' chunk is the whole training split: found after the distillation until 2026-12-06
+        (
+            ["privacy", "--dataset", "digits", "--chunk", "0", "--chunk-size", "1257", "--nonmembers", "train"],
+            "no non-members: the training split outside the members' chunk holds no images",
+        ),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, capsys, args, fragment):
@@ -199,6 +204,19 @@ def test_bad_input_is_one_line(tmp_path, capsys, args, fragment):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("frepo: error:") and fragment in err, err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("kind", ["continual", "privacy"])
+@pytest.mark.parametrize("damage", ['{"ipc": 10,', "[1, 2]", "\xff"])
+def test_a_damaged_experiment_config_is_one_line(tmp_path, capsys, kind, damage):
+    folder = tmp_path / "x"
+    folder.mkdir()
+    (folder / f"{kind}-config.json").write_text(damage)
+    assert main([kind, "--dataset", "digits", "--out", str(folder)]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("frepo: error:")]
+    assert len(errors) == 1 and "is damaged" in errors[0] and "Traceback" not in err, err
+    assert (folder / f"{kind}-config.json").read_text() == damage  # kept for the user to restore
 
 
 def test_cpu_presets_exist():

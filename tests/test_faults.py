@@ -423,6 +423,16 @@ def test_nothing_is_printed_before_the_arguments_are_validated(tmp_path, capsys)
     only_line(capsys, main(distill_args(tmp_path / "run", "--dataset", "nope")), "unknown dataset")
 
 
+@pytest.mark.parametrize("damage", ["[]", '{"lr": ', '{"data": 3}'])
+def test_a_damaged_run_config_is_one_line_and_kept(tmp_path, capsys, damage):
+    out = tmp_path / "run"
+    assert main(distill_args(out)) == 0
+    (out / "config.json").write_text(damage)
+    capsys.readouterr()
+    one_line(capsys, main(distill_args(out)), "config.json is unreadable")
+    assert (out / "config.json").read_text() == damage
+
+
 def test_a_run_made_before_a_setting_existed_resumes(tmp_path):
     """config.json of an older frepo lacks settings added since (here `stream`, `pool_mode`): the run
     behaved as their defaults do, so the same command still resumes it; a non-default value is refused."""

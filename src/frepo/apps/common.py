@@ -50,7 +50,7 @@ class ExperimentDir:
         self.lock.acquire()
         try:
             if self.config_path.is_file():
-                previous = json.loads(self.config_path.read_text())
+                previous = self._previous_config(config)
                 now = to_dict(config)
                 changed = sorted(k for k in previous.keys() | now.keys() if previous.get(k) != now.get(k))
                 if set(changed) - self.may_change:
@@ -59,7 +59,6 @@ class ExperimentDir:
                         f"({', '.join(sorted(set(changed) - self.may_change))}); use another --out, or delete that "
                         "folder to start over"
                     )
-                from_dict(type(config), previous)
             elif any(p.name != LOCK for p in self.path.iterdir()):
                 raise FrepoError(f"--out {self.path} is not empty and holds no {self.kind} experiment")
             atomic_write_json(self.config_path, to_dict(config))
@@ -67,6 +66,20 @@ class ExperimentDir:
             self.lock.undo()
             raise
         self.lock.created = []
+
+    def _previous_config(self, config: Any) -> dict:
+        """The folder's recorded settings, checked to be readable as `config`'s type."""
+        try:
+            previous = json.loads(self.config_path.read_text())
+            if not isinstance(previous, dict):
+                raise TypeError(f"a JSON {type(previous).__name__}, not an object")
+            from_dict(type(config), previous)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:  # ValueError: bad JSON or UTF-8
+            raise FrepoError(
+                f"{self.config_path} is damaged ({exc}); restore it, or use another --out (or delete that folder "
+                "to start over)"
+            ) from exc
+        return previous
 
     def close(self) -> None:
         self.lock.release()
@@ -77,9 +90,10 @@ class ExperimentDir:
         if not path.is_file():
             return None
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
+            result = json.loads(path.read_text())
+        except ValueError:  # bad JSON or UTF-8
             return None  # a damaged result is recomputed
+        return result if isinstance(result, dict) else None
 
     def record(self, name: str, result: dict) -> dict:
         atomic_write_json(self.path / name, result)

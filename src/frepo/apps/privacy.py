@@ -190,6 +190,12 @@ class Privacy(Experiment):
             count = min(len(self.member_idx), len(self.raw.y_test))
             perm = torch.randperm(len(self.raw.y_test), generator=generator(config.seed, "privacy/nonmembers"))
             self.nonmember_idx = np.sort(perm[:count].numpy())
+        if count == 0:  # the attacks would have nothing to tell members from, found only after the distillation
+            train = config.nonmembers == "train"
+            where = "the training split outside the members' chunk" if train else "the test split"
+            raise FrepoError(
+                f"no non-members: {where} holds no images; use a smaller --chunk-size or the other --nonmembers"
+            )
         if count < len(self.member_idx):
             log.info(
                 f"frepo: {len(self.member_idx)} members, {count} non-members available: the attacks use "

@@ -133,9 +133,11 @@ class RunDir:
             return Claim(resuming=False, fresh=True)
         try:
             previous = json.loads(self.config_path.read_text())
+            if not isinstance(previous, dict):
+                raise TypeError(f"a JSON {type(previous).__name__}, not an object")
             env = previous.pop(ENVIRONMENT, None)
             from_dict(DistillConfig, previous)
-        except (json.JSONDecodeError, FrepoError, AttributeError) as exc:
+        except (OSError, ValueError, TypeError, FrepoError, AttributeError) as exc:  # ValueError: bad JSON or UTF-8
             raise FrepoError(f"{self.config_path} is unreadable ({exc}); use another --out") from exc
         old, new = _flatten(previous), _flatten(to_dict(config))
         # A setting added to frepo after the run was made: the run behaved as its default did.
