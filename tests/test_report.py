@@ -186,3 +186,17 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     kwargs["runs_dir"] = tmp_path / "elsewhere"
     empty = reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)
     assert "| – | not run: no finished, evaluated run in" in empty
+
+    # The command line's run fails when a row failed, once the table says why (it exited 0 before).
+    def failing_distill(config, out, progress=False):
+        raise FrepoError("the disk is on fire")
+
+    monkeypatch.setattr(importlib.import_module("frepo.jobs.distill"), "distill", failing_distill)
+    kwargs["runs_dir"] = tmp_path / "failing"
+    assert "failed: the disk is on fire" in reproduce.reproduce(1, "tiny", **kwargs)
+    with pytest.raises(FrepoError, match=r"1 of 1 rows failed \(first: Digits IPC 1, failed: the disk is on fire\)"):
+        reproduce.reproduce(1, "tiny", strict=True, **kwargs)
+    assert "failed: the disk is on fire" in out.read_text()
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(FrepoError, match="is not a folder"):
+        reproduce.reproduce(1, "tiny", **{**kwargs, "runs_dir": tmp_path / "a-file"})

@@ -139,6 +139,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         download=args.download,
         device=args.device,
         progress=True,
+        strict=True,
     )
     print(text, end="")
     if not args.dry_run:

@@ -313,10 +313,14 @@ def reproduce(
     download: bool = True,
     device: str = "auto",
     progress: bool = False,
+    strict: bool = False,
 ) -> str:
     """Plan (and unless `dry_run`, run) the rows of `table`; returns the Markdown, written to `out`
     when not a dry run. `finished_only` runs nothing: it reports the rows already distilled and
-    evaluated in `runs_dir` and marks the others as not run."""
+    evaluated in `runs_dir` and marks the others as not run. `strict` (the command line) raises once the
+    table is written if a row failed, so that a script sees the failure."""
+    if not dry_run and Path(runs_dir).exists() and not Path(runs_dir).is_dir():
+        raise FrepoError(f"--runs-dir {runs_dir} is not a folder")
     rows = plan(table, budget, datasets, data_dir=data_dir, download=download)
     spec = BUDGETS[budget]
 
@@ -340,7 +344,15 @@ def reproduce(
                     row, spec, Path(runs_dir), data_dir=data_dir, download=download, device=device, progress=progress
                 )
                 write()  # after every row: a table cut short (a time limit, Ctrl-C) keeps its finished rows
-    return write()
+    text = write()
+    failed = [row for row in rows if row.status.startswith("failed")]
+    if strict and failed:
+        where = f"; the table, with every row's reason, is in {out}" if out else ""
+        raise FrepoError(
+            f"{len(failed)} of {len(rows)} rows failed (first: {failed[0].label} IPC {failed[0].ipc}, "
+            f"{failed[0].status}){where}"
+        )
+    return text
 
 
 # Hand-written notes below this line of the output file survive a rewrite of the table.
