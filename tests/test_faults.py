@@ -5,6 +5,7 @@ divergence without NaN, transform's input, what a resumed run says)."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -95,6 +96,26 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last_checkpoint(t
     assert not list(out.glob(".*.tmp"))  # the temp file of the failed write is gone
     monkeypatch.setattr(torch, "save", original)
     assert main(distill_args(out, "--steps", 6)) == 0  # and the same command resumes
+
+
+def test_a_resume_on_other_training_data_is_refused(tmp_path, capsys, monkeypatch):
+    """A resumed run refitted its preprocessing on whatever the data folder held and went on silently, the
+    steps before in one space and the rest in another."""
+    from frepo.data import registry
+
+    out = tmp_path / "run"
+    assert main(distill_args(out, "--steps", 2)) == 0
+    original = registry._load_digits
+
+    def inverted():
+        raw = original()
+        return dataclasses.replace(raw, x_train=255 - raw.x_train)
+
+    monkeypatch.setattr(registry, "_load_digits", inverted)
+    capsys.readouterr()
+    one_line(capsys, main(distill_args(out, "--steps", 4, "--resume-with-changes")), "made on other training data")
+    monkeypatch.setattr(registry, "_load_digits", original)
+    assert main(distill_args(out, "--steps", 4, "--resume-with-changes")) == 0
 
 
 def test_safetensors_and_read_only_failures_are_one_line(tmp_path, capsys, monkeypatch):

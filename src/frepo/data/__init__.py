@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,15 @@ class PreparedData:
         """(float32 N×C×H×W preprocessed images, int64 labels) of the distillation part."""
         images = self.preprocessing(self.raw.x_train[self.train_idx], channels_last=channels_last)
         return images, torch.from_numpy(self.raw.y_train[self.train_idx])
+
+    def train_digest(self, sample: int = 256) -> str:
+        """sha256 of the distillation part's labels and of `sample` of its raw images, evenly spaced: what a
+        resumed run checks so that it goes on with the data it began with (hashing all of ImageNet's 15 GB at
+        every start would take minutes; a changed file changes its sampled images or its labels)."""
+        digest = hashlib.sha256(np.ascontiguousarray(self.raw.y_train[self.train_idx]).astype(np.int64).tobytes())
+        picked = self.train_idx[np.linspace(0, len(self.train_idx) - 1, min(sample, len(self.train_idx))).astype(int)]
+        digest.update(np.ascontiguousarray(self.raw.x_train[np.sort(picked)]).tobytes())
+        return digest.hexdigest()
 
     def streams(self, mode: str) -> bool:
         """Whether distillation gathers its real batches per step (`DataConfig.stream`)."""

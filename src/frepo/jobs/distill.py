@@ -137,6 +137,7 @@ class Distiller:
         self.last_checkpoint: int | None = None
         self._host: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (step, images, labels)
         self._test_fingerprint = raw.test_fingerprint()
+        self._train_digest = self.data.train_digest()
         self._environment = environment()
         state = self.run_dir.load_checkpoint() if resuming else None
         if state is not None:
@@ -213,6 +214,7 @@ class Distiller:
             "last_val_acc": validation.last if validation else None,
             "watch": watch_state(self.loss_watch, self.chance_watch),
             "elapsed": self.elapsed,
+            "train_digest": self._train_digest,
         }
 
     def _check_checkpoint(self, state: dict) -> None:
@@ -226,6 +228,11 @@ class Distiller:
             if not isinstance(step, int) or not 0 <= step <= cfg.steps:
                 problems.append(f"its step {step!r} is not within this run's 0..{cfg.steps}")
             problems += self.trainer.state_problems(state)
+        if state.get("train_digest", self._train_digest) != self._train_digest:  # none in older checkpoints
+            raise FrepoError(
+                f"{self.run_dir.checkpoint_path} was made on other training data (the distillation images or "
+                "their labels differ); resume with the data the run began with, or use another --out"
+            )
         if problems:
             raise FrepoError(
                 f"{self.run_dir.checkpoint_path} does not fit this run ({'; '.join(problems)}); "
