@@ -98,6 +98,19 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last_checkpoint(t
     assert main(distill_args(out, "--steps", 6)) == 0  # and the same command resumes
 
 
+def test_a_damaged_final_file_of_a_finished_run_is_written_again(tmp_path, capsys):
+    """The run said "already complete" over a truncated distilled.safetensors, and evaluate then failed."""
+    out = tmp_path / "run"
+    assert main(distill_args(out, "--steps", 2)) == 0
+    final = out / "distilled.safetensors"
+    images = load_distilled(final).images.clone()  # not a view of the file truncated next
+    final.write_bytes(final.read_bytes()[:1000])
+    capsys.readouterr()
+    assert main(distill_args(out, "--steps", 2)) == 0
+    assert "writing it again from the final checkpoint" in capsys.readouterr().err
+    assert torch.equal(load_distilled(final).images, images)
+
+
 def test_a_resume_on_other_training_data_is_refused(tmp_path, capsys, monkeypatch):
     """A resumed run refitted its preprocessing on whatever the data folder held and went on silently, the
     steps before in one space and the rest in another."""

@@ -27,7 +27,7 @@ from ..base.signals import stop_on_signal
 from ..config import DistillConfig
 from ..data import PreparedData, prepare
 from ..eval import EvalConfig
-from ..io.artifact import HOST, DistilledSet, save_distilled
+from ..io.artifact import HOST, DistilledSet, load_distilled, save_distilled
 from ..method.trainer import FRePoTrainer
 from .actions import (
     Action,
@@ -317,7 +317,7 @@ class Distiller:
 
     def _run(self) -> DistillResult:
         cfg = self.config
-        if self.step >= cfg.steps and self.run_dir.distilled_path.is_file():
+        if self.step >= cfg.steps and self._distilled_intact():
             log.info(f"frepo: {self.run_dir.path} is already complete ({self.step} steps)")
             return self._result()
         bar = tqdm(
@@ -393,6 +393,19 @@ class Distiller:
                     f"{self.run_dir.checkpoint_path}. Run the same command to resume."
                 )
         return metrics
+
+    def _distilled_intact(self) -> bool:
+        """Whether the run's final file is there and reads back; a damaged one is written again from the
+        final checkpoint (by the end of the loop, as a missing one is)."""
+        path = self.run_dir.distilled_path
+        if not path.is_file():
+            return False
+        try:
+            load_distilled(path)
+        except FrepoError as exc:
+            log.warning(f"frepo: {exc}; writing it again from the final checkpoint")
+            return False
+        return True
 
     def _result(self) -> DistillResult:
         best = self.run_dir.best_path if self.run_dir.best_path.is_file() else None
