@@ -77,6 +77,24 @@ def test_an_interrupted_evaluation_trains_only_the_missing_networks(set_file, tm
     assert resumed["networks_read_back"] == 2 and straight["networks_read_back"] == 0
 
 
+def test_a_failed_write_of_the_results_keeps_the_finished_networks(set_file, tmp_path, monkeypatch, capsys):
+    """A full disk at --csv removed the record before the files were written: the same command retrained all."""
+    from frepo.base.atomic import WriteError
+    from frepo.eval import results
+
+    def full_disk(results_, path):
+        raise WriteError(f"No space left on device while writing {path}")
+
+    with monkeypatch.context() as m:
+        m.setattr(results, "write_csv", full_disk)
+        code = main(["evaluate", str(set_file), *EVAL, "--together", "off", "--csv", str(tmp_path / "r.csv")])
+    assert code == 2 and "No space left on device" in capsys.readouterr().err and len(_records()) == 1
+    with monkeypatch.context() as m:
+        trained = _count_trainings(m)
+        assert main(["evaluate", str(set_file), *EVAL, "--together", "off", "--csv", str(tmp_path / "r.csv")]) == 0
+    assert trained == [] and _records() == [] and (tmp_path / "r.csv").is_file()
+
+
 def test_a_record_is_read_back_only_under_the_same_settings(set_file, tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         _count_trainings(m, stop_at=2)

@@ -72,19 +72,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for flag, path in (("--json", args.json), ("--csv", args.csv)):
         if path is not None:
             check_output_file(path, flag)
-    results = run(args.file, config, source, progress=True, field_metrics=args.field_metrics, resume=True)
-    first = results[0].extra
-    described = f" ({first['source']})" if first.get("source") else ""
-    print(f"{args.file}: {first['num_images']} images of {first['dataset']}{described}; {config.split} split")
-    print(results_table(results))
-    if args.field_metrics:
-        from ..jobs.field_metrics import field_table
 
-        print(field_table(results))
-    if args.json:
-        write_json(results, args.json)
-    if args.csv:
-        write_csv(results, args.csv)
+    def deliver(results: list) -> None:  # before the record of finished networks is removed
+        first = results[0].extra
+        described = f" ({first['source']})" if first.get("source") else ""
+        print(f"{args.file}: {first['num_images']} images of {first['dataset']}{described}; {config.split} split")
+        print(results_table(results))
+        if args.field_metrics:
+            from ..jobs.field_metrics import field_table
+
+            print(field_table(results))
+        if args.json:
+            write_json(results, args.json)
+        if args.csv:
+            write_csv(results, args.csv)
+
+    run(args.file, config, source, progress=True, field_metrics=args.field_metrics, resume=True, deliver=deliver)
     return 0
 
 

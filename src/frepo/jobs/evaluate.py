@@ -12,6 +12,7 @@ import copy
 import hashlib
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,12 +166,14 @@ def run(
     progress: bool = False,
     field_metrics: bool = False,
     resume: bool = False,
+    deliver: Callable[[list[EvalResult]], None] | None = None,
 ) -> list[EvalResult]:
     """`evaluate_archs` with configs already validated (`configure`): read, split, one result per architecture;
     with `field_metrics`, each result's extra["field_metrics"] holds DD-Ranking's IOR, HLR and LRS under the
     same recipe (`frepo.jobs.field_metrics`). With `resume` (the command line's), each network's accuracy is
     kept as it finishes (`frepo.eval.finished`), so that after an interruption the same call trains only the
-    networks still missing."""
+    networks still missing; the record is removed once `deliver` (the command line's table and files) has
+    taken the results, so a failed write (a full disk) loses no network either."""
     ds, raw = open_set(file, source)
     test_x, test_y = eval_split(ds, raw, config.split)
     identity = {
@@ -213,6 +216,8 @@ def run(
             f"stopped; {kept} finished network(s) kept in {default_data_dir() / 'evaluations'}: "
             "run the same command to continue"
         ) from None
+    if deliver is not None:
+        deliver(results)
     for record in records:
         if record is not None:
             record.clear()
