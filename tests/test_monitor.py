@@ -38,6 +38,18 @@ def test_snapshots_make_an_animation_of_the_run(tmp_path, capsys):
     empty = tmp_path / "empty"
     (empty / "images").mkdir(parents=True)
     assert main(["show", str(empty), "--animate"]) == 2
+    # A damaged snapshot is left out with a warning (it was a PIL traceback); none readable is one line.
+    (out / "images" / "step0000002.png").write_bytes(b"not a png")
+    frame = out / "images" / "step0000004.png"
+    frame.write_bytes(frame.read_bytes()[:200])  # truncated
+    capsys.readouterr()
+    assert main(["show", str(out), "--animate"]) == 0
+    assert "left out 2 damaged snapshot(s)" in capsys.readouterr().err
+    assert Image.open(out / "distilled.gif").n_frames == 2
+    for frame in (out / "images").glob("step*.png"):
+        frame.write_bytes(b"")
+    assert main(["show", str(out), "--animate"]) == 2
+    assert "every snapshot in" in capsys.readouterr().err
 
 
 def test_tensorboard_events_hold_the_metrics_and_the_grid(tmp_path):

@@ -4,6 +4,7 @@ synthetic set over training."""
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import torch.nn.functional as F
 from ..base.atomic import atomic_write
 from ..base.errors import FrepoError
 from ..io.artifact import DistilledSet
+
+log = logging.getLogger(__name__)
 
 SNAPSHOT = re.compile(r"step(\d+)\.png$")
 
@@ -110,14 +113,22 @@ def animate(folder: str | Path, out: str | Path, fps: float = 8.0, title: str = 
         raise FrepoError(f"{folder} holds no snapshots (stepNNNNNNN.png); a run keeps them with --snapshot-every")
     if not fps > 0 or fps == float("inf"):  # NaN fails the first test
         raise FrepoError(f"fps must be a finite number > 0, got {fps}")
-    frames = []
+    frames, damaged = [], []
     for step, path in frames_found:
-        with Image.open(path) as im:
-            grid = im.convert("RGB")
+        try:
+            with Image.open(path) as im:
+                grid = im.convert("RGB")
+        except OSError:  # PIL's UnidentifiedImageError and "image file is truncated" are OSErrors
+            damaged.append(path.name)
+            continue
         canvas = Image.new("RGB", (grid.width, grid.height + 14), "white")
         canvas.paste(grid, (0, 14))
         ImageDraw.Draw(canvas).text((2, 1), f"{title}step {step}".strip(), fill="black")
         frames.append(canvas.convert("P", palette=Image.ADAPTIVE))
+    if damaged:
+        if not frames:
+            raise FrepoError(f"every snapshot in {folder} is damaged (not a readable PNG)")
+        log.warning(f"frepo: left out {len(damaged)} damaged snapshot(s) of {folder}: {', '.join(damaged[:5])}")
     durations = [int(1000 / fps)] * len(frames)
     durations[-1] = max(durations[-1], 1000)
 
