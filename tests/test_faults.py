@@ -98,6 +98,19 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last_checkpoint(t
     assert main(distill_args(out, "--steps", 6)) == 0  # and the same command resumes
 
 
+@pytest.mark.parametrize(
+    "damage, why", [(b"", "an empty file"), (bytes(range(256)) * 8, "corrupt, truncated or not a frepo checkpoint")]
+)
+def test_a_damaged_checkpoint_is_one_short_line(tmp_path, capsys, damage, why):
+    """torch.load's message ran to six lines and advised weights_only=False, which runs the file's code."""
+    out = tmp_path / "run"
+    assert main(distill_args(out, "--steps", 2)) == 0
+    (out / "checkpoint.pt").write_bytes(damage)
+    capsys.readouterr()
+    line = one_line(capsys, main(distill_args(out, "--steps", 4, "--resume-with-changes")), why)
+    assert "weights_only" not in line and "delete it to restart the run" in line
+
+
 def test_a_damaged_final_file_of_a_finished_run_is_written_again(tmp_path, capsys):
     """The run said "already complete" over a truncated distilled.safetensors, and evaluate then failed."""
     out = tmp_path / "run"

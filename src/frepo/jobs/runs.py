@@ -56,6 +56,16 @@ OUTPUTS = ("metrics.jsonl", "distilled.safetensors", "best.safetensors", "distil
 OUTPUT_FOLDERS = ("images", "tensorboard")
 
 
+def _unreadable_why(path: Path, exc: Exception) -> str:
+    """Why torch.load failed, in a few words: its messages run to several lines, and on a damaged file they
+    advise loading it with weights_only=False, which would run whatever code the file holds."""
+    if path.is_file() and path.stat().st_size == 0:
+        return "an empty file"
+    lines = str(exc).strip().splitlines()
+    detail = lines[0][:160] if lines and "weights_only" not in str(exc) else type(exc).__name__
+    return f"corrupt, truncated or not a frepo checkpoint ({detail})"
+
+
 def _onednn_version() -> str | None:
     match = re.search(r"(?:oneDNN|MKL-DNN) v([\w.]+)", torch.__config__.show())
     return match.group(1) if match else None
@@ -180,7 +190,10 @@ class RunDir:
         try:
             state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise FrepoError(f"cannot read {self.checkpoint_path} ({exc}); delete it to restart the run") from exc
+            raise FrepoError(
+                f"cannot read {self.checkpoint_path}: {_unreadable_why(self.checkpoint_path, exc)}; delete it to "
+                "restart the run"
+            ) from exc
         if not isinstance(state, dict):
             raise FrepoError(f"{self.checkpoint_path} is not a frepo checkpoint; delete it to restart the run")
         return state
