@@ -192,6 +192,7 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
             "of chunk 4 (a LiRA shadow's chunk) can give (3 images)",
         ),
         (["privacy", "--preset", "privacy-cifar-huge"], "unknown preset"),
+        (["continual", "--preset", "continual-mnist-cpu", "--dataset", "cifar10"], "is for mnist, not --dataset"),
         # the members' chunk is the whole training split: found after the distillation until 2026-12-06
         (
             ["privacy", "--dataset", "digits", "--chunk", "0", "--chunk-size", "1257", "--nonmembers", "train"],

@@ -21,11 +21,15 @@ from ..io.artifact import DistilledSet
 
 
 def resolve(cls: type, presets: dict[str, dict], preset: str | None, overrides: dict[str, Any]) -> Any:
-    """A settings dataclass: its defaults, then the named preset's values, then `overrides` (leaf names)."""
+    """A settings dataclass: its defaults, then the named preset's values, then `overrides` (leaf names). A
+    preset's budget is its dataset's, so another dataset is refused, as `frepo distill` refuses it."""
     config = cls()
     if preset is not None:
         if preset not in presets:
             raise FrepoError(f"unknown preset {preset!r}; known: {', '.join(sorted(presets))}")
+        named, given = presets[preset].get("dataset"), overrides.get("dataset")
+        if named is not None and given is not None and given != named:
+            raise FrepoError(f"--preset {preset} is for {named}, not --dataset {given}; give one of them")
         for name, value in presets[preset].items():
             set_leaf(config, name, value)
     for name, value in overrides.items():
