@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,6 +120,38 @@ def test_two_exports_of_one_set_are_the_same_bytes(tmp_path):
     assert first == second and len(first) > 3 * len(LAYOUTS)
     differ = [str(f) for f in first if (tmp_path / "first" / f).read_bytes() != (tmp_path / "second" / f).read_bytes()]
     assert differ == []
+
+
+def test_a_failed_export_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    """A full disk at data.safetensors left the new .pt files beside the old manifest (evaluated as the old
+    set), or, into a new folder, files without a manifest that the retry then refused."""
+    import errno
+
+    from frepo.io import export as export_module
+
+    learned, learned_path = _learned(tmp_path)
+    _, subset_path = _subset(tmp_path, channels=3)
+    folder = tmp_path / "ex"
+    export(subset_path, folder, "pt")
+    before = {f.name: f.read_bytes() for f in folder.iterdir()}
+    original = export_module.atomic_save_safetensors
+
+    def full_disk(tensors, target, metadata=None):
+        if Path(target).name == "data.safetensors":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(tensors, target, metadata)
+
+    with monkeypatch.context() as m:
+        m.setattr(export_module, "atomic_save_safetensors", full_disk)
+        for target in (folder, tmp_path / "new"):
+            with pytest.raises(FrepoError, match=f"No space left on device while writing {target}; the previous"):
+                export(learned_path, target, "pt")
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == before  # the old export, untouched
+    assert not (tmp_path / "new").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folder left
+    export(learned_path, tmp_path / "new", "pt")  # the retry
+    export(learned_path, folder, "pt")  # a new version replaces the old whole
+    assert torch.equal(load_export(folder).images, learned.images)
 
 
 def test_safetensors_files_take_one_metadata_key(tmp_path):

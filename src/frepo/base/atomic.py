@@ -13,6 +13,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -121,6 +122,38 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         raise WriteError(
             f"{reason} while writing {target}; the previous version, if any, is intact", reason, target
         ) from exc
+
+
+@contextlib.contextmanager
+def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp folder next to `target` to fill; on success it takes `target`'s place whole (a previous
+    `target` is moved aside, then removed), on failure it is removed. So `target` is never half-written nor a
+    mix of two versions (a kill between the two renames leaves the previous version in a temp folder)."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent))
+    except OSError as exc:
+        raise WriteError(f"cannot write {target}: {write_failure(exc)}") from exc
+    try:
+        yield staging
+        os.chmod(staging, 0o777 & ~umask())  # mkdtemp makes 0700 whatever the umask
+        previous = None
+        if target.exists():
+            previous = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent))
+            os.replace(target, previous)  # a folder replaces an empty one
+        os.replace(staging, target)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        # A file's own WriteError names the temp folder: say it of `target`.
+        reason = exc.reason if isinstance(exc, WriteError) else write_failure(exc, target.parent)
+        if reason is None:
+            raise
+        raise WriteError(
+            f"{reason} while writing {target}; the previous version, if any, is intact", reason, target
+        ) from exc
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:

@@ -31,7 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..base.atomic import atomic_save_safetensors, atomic_torch_save, atomic_write, atomic_write_json
+from ..base.atomic import (
+    atomic_folder,
+    atomic_save_safetensors,
+    atomic_torch_save,
+    atomic_write,
+    atomic_write_json,
+)
 from ..base.errors import FrepoError
 from ..base.fields import check_choice
 from ..base.registry import registering
@@ -215,49 +221,52 @@ def export(ds: DistilledSet | str | Path, out: str | Path, layout: str, space: s
     dd_settings = None if space == "frepo" else ddranking.settings(ds.dataset, space, int(ds.images.shape[-1]))
     ds = in_space(ds, space)
     images, labels = ds.images.detach().cpu().float(), ds.labels.detach().cpu()
-    written = WRITERS[layout](ds, images, labels, out)
-    image_space = space if written.space == "preprocessed" and space != "frepo" else written.space
-    files: dict[str, str] = {
-        PREPROCESSING: "the preprocessing tensors (pre_mean, pre_std; for ZCA pre_zca_mean and "
-        "pre_whiten_upper_<float16|float32|int32>_zlib, the whitening matrix W's upper triangle row by row, its "
-        "bytes grouped by significance and zlib-compressed (int32: zigzag-coded integers k, W = k·pre_whiten_step; "
-        "W⁻¹ = its inverse), or in the low-rank form pre_zca_basis B, pre_zca_scale s: W = I + B diag(s - 1) Bᵀ)",
-        **written.files,
-    }
-    manifest: dict = dict(written.manifest)
-    pre = ds.preprocessing
-    atomic_save_safetensors(
-        pre.tensors(), out / PREPROCESSING, metadata={"frepo_preprocessing": json.dumps(pre.params())}
-    )
-    config = ds.meta.get("config") or {}
-    manifest.update(
-        {
-            "format": "frepo-export",
-            "export_version": EXPORT_VERSION,
-            "layout": layout,
-            "files": {MANIFEST: "this manifest", **files},
-            "images": {"count": int(len(images)), "shape": list(images.shape[1:]), "space": image_space},
-            "labels": _labels_record(ds),
-            "classes": ds.classes,
-            "dataset": ds.dataset,
-            "preprocessing": {**pre.params(), "mean": pre.mean.tolist(), "std": pre.std.tolist()},
-            "ddranking": dd_settings,
-            "lr": {"sgd": SGD_LR, "frepo_protocol": FREPO_PROTOCOL_LR},
-            "set": {
-                "kind": ds.meta.get("kind"),
-                "ipc": ds.meta.get("ipc"),
-                "step": ds.meta.get("step"),
-                "seed": ds.meta.get("seed"),
-                "use_flip": bool(config.get("use_flip") or False),
-                "mirror_invariant": bool(ds.meta.get("mirror_invariant", True)),
-                "val_size": ds.meta.get("val_size"),
-                "test_fingerprint": ds.meta.get("test_fingerprint"),
-                "checksum": ds.meta.get("checksum"),
-            },
-            "frepo_version": __version__,
+    # Written whole into a temp folder that then takes `out`'s place: a failed export (a full disk) leaves the
+    # previous one as it was, never a mix of two sets or files without their manifest.
+    with atomic_folder(out) as staging:
+        written = WRITERS[layout](ds, images, labels, staging)
+        image_space = space if written.space == "preprocessed" and space != "frepo" else written.space
+        files: dict[str, str] = {
+            PREPROCESSING: "the preprocessing tensors (pre_mean, pre_std; for ZCA pre_zca_mean and "
+            "pre_whiten_upper_<float16|float32|int32>_zlib, the whitening matrix W's upper triangle row by row, its "
+            "bytes grouped by significance and zlib-compressed (int32: zigzag-coded integers k, W = k·pre_whiten_step; "
+            "W⁻¹ = its inverse), or in the low-rank form pre_zca_basis B, pre_zca_scale s: W = I + B diag(s - 1) Bᵀ)",
+            **written.files,
         }
-    )
-    atomic_write_json(out / MANIFEST, manifest)
+        manifest: dict = dict(written.manifest)
+        pre = ds.preprocessing
+        atomic_save_safetensors(
+            pre.tensors(), staging / PREPROCESSING, metadata={"frepo_preprocessing": json.dumps(pre.params())}
+        )
+        config = ds.meta.get("config") or {}
+        manifest.update(
+            {
+                "format": "frepo-export",
+                "export_version": EXPORT_VERSION,
+                "layout": layout,
+                "files": {MANIFEST: "this manifest", **files},
+                "images": {"count": int(len(images)), "shape": list(images.shape[1:]), "space": image_space},
+                "labels": _labels_record(ds),
+                "classes": ds.classes,
+                "dataset": ds.dataset,
+                "preprocessing": {**pre.params(), "mean": pre.mean.tolist(), "std": pre.std.tolist()},
+                "ddranking": dd_settings,
+                "lr": {"sgd": SGD_LR, "frepo_protocol": FREPO_PROTOCOL_LR},
+                "set": {
+                    "kind": ds.meta.get("kind"),
+                    "ipc": ds.meta.get("ipc"),
+                    "step": ds.meta.get("step"),
+                    "seed": ds.meta.get("seed"),
+                    "use_flip": bool(config.get("use_flip") or False),
+                    "mirror_invariant": bool(ds.meta.get("mirror_invariant", True)),
+                    "val_size": ds.meta.get("val_size"),
+                    "test_fingerprint": ds.meta.get("test_fingerprint"),
+                    "checksum": ds.meta.get("checksum"),
+                },
+                "frepo_version": __version__,
+            }
+        )
+        atomic_write_json(staging / MANIFEST, manifest)
     return out / MANIFEST
 
 
