@@ -468,6 +468,8 @@ def test_nothing_is_printed_before_the_arguments_are_validated(tmp_path, capsys)
     only_line(capsys, main(distill_args(tmp_path / "run", "--norm", "layer")), "norm must be one of")
     only_line(capsys, main(distill_args(tmp_path / "run", "--lr", "nan")), "lr must be a finite number")
     only_line(capsys, main(distill_args(tmp_path / "run", "--dataset", "nope")), "unknown dataset")
+    line = one_line(capsys, main(distill_args(tmp_path / "run", "--val-size", 1790)), "leaves no training images")
+    assert "digits has 1257" in line
 
 
 @pytest.mark.parametrize("damage", ["[]", '{"lr": ', '{"data": 3}'])

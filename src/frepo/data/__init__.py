@@ -81,6 +81,11 @@ def prepare(cfg: DataConfig, device: torch.device | None = None) -> PreparedData
     raw = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
     val_size = cfg.val_size if cfg.val_size is not None else default_val_size(len(raw.y_train))
     train_idx, val_idx = holdout_split(raw.y_train, val_size)
+    if not len(train_idx):  # the preprocessing would be fitted on nothing (NaN), then every class found empty
+        raise FrepoError(
+            f"val_size {val_size} leaves no training images: {raw.name} has {len(raw.y_train)}; give a smaller "
+            "--val-size (0 turns validation off)"
+        )
     kind = resolve_kind(cfg.preprocess, raw.image_shape)
     cache = Path(cfg.data_dir) if cfg.data_dir is not None else default_data_dir()
     # A memory-mapped split is read in chunks, never copied whole (ImageNet: 15.7 GB of uint8).
