@@ -116,8 +116,9 @@ def load_set(
             raise FrepoError(f"{file} was distilled from {ds.dataset}, not {dataset}; drop --dataset")
         return ds, load_dataset(ds.dataset, data_dir or recorded_data_dir(ds), download)
     if dataset is None:
+        kind = "folder (of class folders of images)" if Path(file).is_dir() else "file"
         raise FrepoError(
-            f"{file} is a {fmt} file, which does not say which dataset it belongs to: pass --dataset NAME "
+            f"{file} is read as a {fmt} {kind}, which does not say which dataset it belongs to: pass --dataset NAME "
             "(its test split and preprocessing are used)"
         )
     raw = load_dataset(dataset, data_dir, download)
