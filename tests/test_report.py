@@ -200,3 +200,5 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     (tmp_path / "a-file").write_text("")
     with pytest.raises(FrepoError, match="is not a folder"):
         reproduce.reproduce(1, "tiny", **{**kwargs, "runs_dir": tmp_path / "a-file"})
+    with pytest.raises(FrepoError, match="a file stands where its path needs a folder"):  # it said "File exists"
+        reproduce.reproduce(1, "tiny", finished_only=True, **{**kwargs, "out": tmp_path / "a-file" / "r.md"})

@@ -63,6 +63,8 @@ def write_failure(exc: BaseException, folder: Path | None = None) -> str | None:
     if isinstance(exc, OSError):
         if exc.errno == errno.ENOSPC:
             return "No space left on device"
+        if exc.errno in (errno.EEXIST, errno.ENOTDIR):  # mkdir or open under a path whose part is a file
+            return "a file stands where its path needs a folder"
         return exc.strerror or str(exc)
     if isinstance(exc, RuntimeError) or type(exc).__name__ == "SafetensorError":
         text = str(exc).strip()
