@@ -152,6 +152,17 @@ def test_a_failed_export_leaves_the_previous_one_whole(tmp_path, monkeypatch):
     export(learned_path, tmp_path / "new", "pt")  # the retry
     export(learned_path, folder, "pt")  # a new version replaces the old whole
     assert torch.equal(load_export(folder).images, learned.images)
+    (folder / "notes.txt").write_text("mine")  # which replacing it whole would delete
+    with pytest.raises(FrepoError, match=r"holds files besides its export \(notes.txt\)"):
+        export(subset_path, folder, "pt")
+    (folder / "notes.txt").unlink()
+    link = tmp_path / "link"
+    link.symlink_to(folder)
+    export(subset_path, link, "imagefolder")  # through a link: the folder it names is replaced
+    assert (
+        link.is_symlink()
+        and load_export(link).meta["source"]["original"] == load_export(folder).meta["source"]["original"]
+    )
 
 
 def test_safetensors_files_take_one_metadata_key(tmp_path):

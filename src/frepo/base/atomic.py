@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
 import shutil
@@ -130,23 +131,38 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
 def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp folder next to `target` to fill; on success it takes `target`'s place whole (a previous
     `target` is moved aside, then removed), on failure it is removed. So `target` is never half-written nor a
-    mix of two versions (a kill between the two renames leaves the previous version in a temp folder)."""
-    target = Path(target)
+    mix of two versions. A symlink is followed; the temp folders a killed process left beside `target` are
+    removed first. `target`'s parent must be writable (a mount point or a folder whose parent is not cannot
+    be replaced: one line says so)."""
+    target = Path(target).resolve()
+    if target == Path.cwd() or target in Path.cwd().parents:
+        raise FrepoError(f"{target} is the current folder or holds it; name a folder inside it")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        for stale in target.parent.glob(f".{glob.escape(target.name)}.*{TEMP_SUFFIX}"):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent))
     except OSError as exc:
-        raise WriteError(f"cannot write {target}: {write_failure(exc)}") from exc
+        raise WriteError(
+            f"cannot write beside {target} ({write_failure(exc)}): a folder is made next to it, then moved into "
+            "its place; name a folder whose parent you can write"
+        ) from exc
+    previous = None
     try:
         yield staging
         os.chmod(staging, 0o777 & ~umask())  # mkdtemp makes 0700 whatever the umask
-        previous = None
         if target.exists():
             previous = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent))
             os.replace(target, previous)  # a folder replaces an empty one
         os.replace(staging, target)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if previous is not None:
+            if target.exists():  # the first rename failed: `previous` is still the empty temp folder
+                shutil.rmtree(previous, ignore_errors=True)
+            else:  # the second one failed: the previous version goes back
+                os.replace(previous, target)
         # A file's own WriteError names the temp folder: say it of `target`.
         reason = exc.reason if isinstance(exc, WriteError) else write_failure(exc, target.parent)
         if reason is None:

@@ -217,6 +217,13 @@ def export(ds: DistilledSet | str | Path, out: str | Path, layout: str, space: s
         raise FrepoError(f"--to {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise FrepoError(f"--to {out} is not empty and holds no frepo export; use another folder")
+    if (out / MANIFEST).is_file():  # replaced whole: nothing but the old export may be in it
+        others = sorted(set(p.name for p in out.iterdir()) - _export_entries(out))
+        if others:
+            raise FrepoError(
+                f"--to {out} holds files besides its export ({', '.join(others[:5])}), which exporting again "
+                "would delete; move them, or use another folder"
+            )
     space = space or default_space(layout, ds.dataset)
     dd_settings = None if space == "frepo" else ddranking.settings(ds.dataset, space, int(ds.images.shape[-1]))
     ds = in_space(ds, space)
@@ -268,6 +275,16 @@ def export(ds: DistilledSet | str | Path, out: str | Path, layout: str, space: s
         )
         atomic_write_json(staging / MANIFEST, manifest)
     return out / MANIFEST
+
+
+def _export_entries(folder: Path) -> set[str]:
+    """The top-level names the export in `folder` wrote, by its manifest (an unreadable one: none)."""
+    try:
+        manifest = read_manifest(folder / MANIFEST)
+    except FrepoError:
+        return set()
+    names = [*manifest.get("files", {}), *manifest.get("image_files", [])]
+    return {MANIFEST, PREPROCESSING} | {name.split("/")[0] for name in names if "<" not in name}
 
 
 def find_manifest(path: str | Path) -> Path | None:
