@@ -118,10 +118,12 @@ def test_a_damaged_final_file_of_a_finished_run_is_written_again(tmp_path, capsy
     final = out / "distilled.safetensors"
     images = load_distilled(final).images.clone()  # not a view of the file truncated next
     final.write_bytes(final.read_bytes()[:1000])
+    metrics = (out / "metrics.jsonl").read_text()
     capsys.readouterr()
     assert main(distill_args(out, "--steps", 2)) == 0
     assert "writing it again from the final checkpoint" in capsys.readouterr().err
     assert torch.equal(load_distilled(final).images, images)
+    assert (out / "metrics.jsonl").read_text() == metrics  # no second final validation
 
 
 def test_a_resume_on_other_training_data_is_refused(tmp_path, capsys, monkeypatch):

@@ -44,10 +44,13 @@ class PreparedData:
         return images, torch.from_numpy(self.raw.y_train[self.train_idx])
 
     def train_digest(self, sample: int = 256) -> str:
-        """sha256 of the distillation part's labels and of `sample` of its raw images, evenly spaced: what a
-        resumed run checks so that it goes on with the data it began with (hashing all of ImageNet's 15 GB at
-        every start would take minutes; a changed file changes its sampled images or its labels)."""
-        digest = hashlib.sha256(np.ascontiguousarray(self.raw.y_train[self.train_idx]).astype(np.int64).tobytes())
+        """sha256 of the whole training split's labels, of the indices distillation uses and of `sample` of
+        their raw images, evenly spaced: what a resumed run checks so that it goes on with the data it began
+        with. (Hashing all of ImageNet's 15 GB at every start would take minutes; a changed file changes its
+        labels or sampled images. Images are sampled from the run's own part only: a continual-learning task
+        reads no image of another task's classes, tests/test_downstream.py.)"""
+        digest = hashlib.sha256(np.ascontiguousarray(self.raw.y_train).astype(np.int64).tobytes())
+        digest.update(np.ascontiguousarray(self.train_idx).astype(np.int64).tobytes())
         picked = self.train_idx[np.linspace(0, len(self.train_idx) - 1, min(sample, len(self.train_idx))).astype(int)]
         digest.update(np.ascontiguousarray(self.raw.x_train[np.sort(picked)]).tobytes())
         return digest.hexdigest()

@@ -230,8 +230,9 @@ class Distiller:
             problems += self.trainer.state_problems(state)
         if state.get("train_digest", self._train_digest) != self._train_digest:  # none in older checkpoints
             raise FrepoError(
-                f"{self.run_dir.checkpoint_path} was made on other training data (the distillation images or "
-                "their labels differ); resume with the data the run began with, or use another --out"
+                f"{self.run_dir.checkpoint_path} was made on other training data (labels or sampled images "
+                "differ, or a decoder that now decodes them otherwise); resume with the data the run began with, "
+                "or use another --out"
             )
         if problems:
             raise FrepoError(
@@ -317,7 +318,10 @@ class Distiller:
 
     def _run(self) -> DistillResult:
         cfg = self.config
-        if self.step >= cfg.steps and self._distilled_intact():
+        if self.step >= cfg.steps and self.run_dir.distilled_path.is_file():
+            if not self._distilled_intact():  # the final checkpoint holds the set: only the files are missing
+                self._write_final_files()
+                self.ctx.barrier()
             log.info(f"frepo: {self.run_dir.path} is already complete ({self.step} steps)")
             return self._result()
         bar = tqdm(
@@ -338,16 +342,20 @@ class Distiller:
             for action in self.actions:
                 if action.at_end(self.step):
                     action(now)
+        self._write_final_files()
+        self.ctx.barrier()
+        return self._result()
+
+    def _write_final_files(self) -> None:
+        """distilled.safetensors and distilled.png of the current set (rank 0)."""
         if self.ctx.is_main:
             ds = self.host_set()
             save_distilled(ds, self.run_dir.distilled_path)
             save_grid(
                 ds,
                 self.run_dir.path / "distilled.png",
-                title=f"{self.data.raw.name}, {cfg.ipc} per class, step {self.step}",
+                title=f"{self.data.raw.name}, {self.config.ipc} per class, step {self.step}",
             )
-        self.ctx.barrier()
-        return self._result()
 
     def _loop(self, bar, stop: threading.Event) -> dict[str, torch.Tensor] | None:
         """Outer steps to the end of the run, each followed by its due actions; a stop request checkpoints
@@ -395,11 +403,9 @@ class Distiller:
         return metrics
 
     def _distilled_intact(self) -> bool:
-        """Whether the run's final file is there and reads back; a damaged one is written again from the
-        final checkpoint (by the end of the loop, as a missing one is)."""
+        """Whether the run's final file reads back; a damaged one is written again from the final checkpoint
+        (without the end's validation, which the checkpoint's step has had)."""
         path = self.run_dir.distilled_path
-        if not path.is_file():
-            return False
         try:
             load_distilled(path)
         except FrepoError as exc:

@@ -189,6 +189,8 @@ class RunDir:
     def load_checkpoint(self) -> dict:
         try:
             state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        except OSError as exc:  # unreadable, not damaged: the checkpoint may well be good
+            raise FrepoError(f"cannot read {self.checkpoint_path}: {exc.strerror or exc}") from exc
         except Exception as exc:
             raise FrepoError(
                 f"cannot read {self.checkpoint_path}: {_unreadable_why(self.checkpoint_path, exc)}; delete it to "
