@@ -196,8 +196,9 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
         # the members' chunk is the whole training split: found after the distillation until 2026-12-06
         (
             ["privacy", "--dataset", "digits", "--chunk", "0", "--chunk-size", "1257", "--nonmembers", "train"],
-            "no non-members: the training split outside the members' chunk holds no images",
+            "no non-members: the training split outside the members' chunk has too few images",
         ),
+        (["privacy", "--dataset", "digits", "--chunk", "0", "--chunk-size", "1257"], "no images for the control arm"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, capsys, args, fragment):
@@ -213,7 +214,9 @@ def test_a_damaged_experiment_config_is_one_line(tmp_path, capsys, kind, damage)
     folder = tmp_path / "x"
     folder.mkdir()
     (folder / f"{kind}-config.json").write_text(damage)
-    assert main([kind, "--dataset", "digits", "--out", str(folder)]) == 2
+    # digits: a control arm needs training images outside the members' chunk
+    sized = ["--chunk", "1", "--chunk-size", "300", "--ipc", "2"] if kind == "privacy" else []
+    assert main([kind, "--dataset", "digits", *sized, "--out", str(folder)]) == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("frepo: error:")]
     assert len(errors) == 1 and "is damaged" in errors[0] and "Traceback" not in err, err

@@ -54,7 +54,7 @@ class ExperimentDir:
         self.lock.acquire()
         try:
             if self.config_path.is_file():
-                previous = self._previous_config(config)
+                previous = self._previous_config()
                 now = to_dict(config)
                 changed = sorted(k for k in previous.keys() | now.keys() if previous.get(k) != now.get(k))
                 if set(changed) - self.may_change:
@@ -63,6 +63,7 @@ class ExperimentDir:
                         f"({', '.join(sorted(set(changed) - self.may_change))}); use another --out, or delete that "
                         "folder to start over"
                     )
+                self._check_types(config, previous)
             elif any(p.name != LOCK for p in self.path.iterdir()):
                 raise FrepoError(f"--out {self.path} is not empty and holds no {self.kind} experiment")
             atomic_write_json(self.config_path, to_dict(config))
@@ -71,19 +72,28 @@ class ExperimentDir:
             raise
         self.lock.created = []
 
-    def _previous_config(self, config: Any) -> dict:
-        """The folder's recorded settings, checked to be readable as `config`'s type."""
+    def _previous_config(self) -> dict:
+        """The folder's recorded settings (a JSON object)."""
         try:
             previous = json.loads(self.config_path.read_text())
             if not isinstance(previous, dict):
                 raise TypeError(f"a JSON {type(previous).__name__}, not an object")
-            from_dict(type(config), previous)
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:  # ValueError: bad JSON or UTF-8
-            raise FrepoError(
-                f"{self.config_path} is damaged ({exc}); restore it, or use another --out (or delete that folder "
-                "to start over)"
-            ) from exc
+        except (OSError, ValueError, TypeError) as exc:  # ValueError: bad JSON or UTF-8
+            raise self._damaged(exc) from exc
         return previous
+
+    def _check_types(self, config: Any, previous: dict) -> None:
+        """The recorded settings (equal to `config`'s by name) read as `config`'s type."""
+        try:
+            from_dict(type(config), previous)
+        except (FrepoError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise self._damaged(exc) from exc
+
+    def _damaged(self, exc: Exception) -> FrepoError:
+        return FrepoError(
+            f"{self.config_path} is damaged ({exc}); restore it, or use another --out (or delete that folder to "
+            "start over)"
+        )
 
     def close(self) -> None:
         self.lock.release()

@@ -190,20 +190,26 @@ class Privacy(Experiment):
             count = min(len(self.member_idx), len(self.raw.y_test))
             perm = torch.randperm(len(self.raw.y_test), generator=generator(config.seed, "privacy/nonmembers"))
             self.nonmember_idx = np.sort(perm[:count].numpy())
-        if count == 0:  # the attacks would have nothing to tell members from, found only after the distillation
+        # Found only after the distillation otherwise: attacks with no non-members, a control arm with no images.
+        if count == 0:
             train = config.nonmembers == "train"
             where = "the training split outside the members' chunk" if train else "the test split"
             raise FrepoError(
-                f"no non-members: {where} holds no images; use a smaller --chunk-size or the other --nonmembers"
+                f"no non-members: {where} has too few images; use a smaller --chunk-size or the other --nonmembers"
+            )
+        self.attacked_member_idx = self.member_idx[:count]
+        perm = torch.randperm(len(outside), generator=generator(config.seed, "privacy/control")).numpy()
+        self.control_idx = np.sort(outside[perm[: len(self.member_idx)]])
+        if not len(self.control_idx):
+            raise FrepoError(
+                "no images for the control arm: the training split holds none outside the members' chunk and the "
+                "non-members; use a smaller --chunk-size"
             )
         if count < len(self.member_idx):
             log.info(
                 f"frepo: {len(self.member_idx)} members, {count} non-members available: the attacks use "
                 f"the first {count} members (the distillation and the real arm use all of them)"
             )
-        self.attacked_member_idx = self.member_idx[:count]
-        perm = torch.randperm(len(outside), generator=generator(config.seed, "privacy/control")).numpy()
-        self.control_idx = np.sort(outside[perm[: len(self.member_idx)]])
         self.outside = outside  # training images in neither the members' chunk nor the non-members
         self.device = resolve_device(config.device)
 
