@@ -127,23 +127,27 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from ..jobs.reproduce import reproduce
+    from ..jobs.reproduce import RowsFailed, reproduce
 
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
-    text = reproduce(
-        args.table,
-        args.budget,
-        datasets,
-        out=args.out,
-        runs_dir=args.runs_dir,
-        dry_run=args.dry_run,
-        finished_only=args.finished_only,
-        data_dir=args.data_dir,
-        download=args.download,
-        device=args.device,
-        progress=True,
-        strict=True,
-    )
+    try:
+        text = reproduce(
+            args.table,
+            args.budget,
+            datasets,
+            out=args.out,
+            runs_dir=args.runs_dir,
+            dry_run=args.dry_run,
+            finished_only=args.finished_only,
+            data_dir=args.data_dir,
+            download=args.download,
+            device=args.device,
+            progress=True,
+            strict=True,
+        )
+    except RowsFailed as exc:  # the table first, then the error line and exit 2
+        print(exc.text, end="")
+        raise
     print(text, end="")
     if not args.dry_run:
         print(f"table -> {args.out}", file=sys.stderr)

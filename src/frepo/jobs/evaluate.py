@@ -147,15 +147,16 @@ def evaluate(
     *,
     progress: bool = False,
     resume: bool = False,
+    deliver: Callable[[list[EvalResult]], None] | None = None,
     **overrides: Any,
 ) -> EvalResult:
     """Train fresh networks of one architecture (default: the protocol's) on a set and test them on its
     dataset's split (test, or val: the hold-out the set was distilled without), preprocessed the set's
-    way: `frepo.evaluate(ds, models=5)`. Several architectures: `evaluate_archs`; `resume`: as there."""
+    way: `frepo.evaluate(ds, models=5)`. Several architectures: `evaluate_archs`; `resume`, `deliver`: as `run`."""
     config, source = configure(config, source, **overrides)
     if len(config.archs()) != 1:
         raise FrepoError("evaluate() takes one architecture; use evaluate_archs() for several")
-    return run(file, config, source, progress=progress, resume=resume)[0]
+    return run(file, config, source, progress=progress, resume=resume, deliver=deliver)[0]
 
 
 def run(

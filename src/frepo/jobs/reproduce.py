@@ -237,8 +237,9 @@ def run_row(
                 device=device,
                 progress=progress,
                 resume=True,
+                # written before the record of finished networks goes: a full disk here retrains none
+                deliver=lambda results: write_json(results[:1], _evaluation_json(out, budget)),
             )
-            write_json([evaluation], _evaluation_json(out, budget))
             mean, std = evaluation.mean, evaluation.std
         row.measured, row.status = (mean, std), "done"
     except Interrupted:  # Ctrl-C or SIGTERM stops the command (its run checkpointed), not just this row
@@ -348,11 +349,20 @@ def reproduce(
     failed = [row for row in rows if row.status.startswith("failed")]
     if strict and failed:
         where = f"; the table, with every row's reason, is in {out}" if out else ""
-        raise FrepoError(
+        raise RowsFailed(
             f"{len(failed)} of {len(rows)} rows failed (first: {failed[0].label} IPC {failed[0].ipc}, "
-            f"{failed[0].status}){where}"
+            f"{failed[0].status}){where}",
+            text,
         )
     return text
+
+
+class RowsFailed(FrepoError):
+    """`reproduce(strict=True)`: a row failed; `text` is the table, written all the same."""
+
+    def __init__(self, message: str, text: str):
+        super().__init__(message)
+        self.text = text
 
 
 # Hand-written notes below this line of the output file survive a rewrite of the table.
