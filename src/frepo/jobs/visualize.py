@@ -118,7 +118,7 @@ def animate(folder: str | Path, out: str | Path, fps: float = 8.0, title: str = 
         try:
             with Image.open(path) as im:
                 grid = im.convert("RGB")
-        except OSError:  # PIL's UnidentifiedImageError and "image file is truncated" are OSErrors
+        except (OSError, SyntaxError, ValueError):  # PIL: unidentified or truncated (OSError), broken chunks
             damaged.append(path.name)
             continue
         canvas = Image.new("RGB", (grid.width, grid.height + 14), "white")
