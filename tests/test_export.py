@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +223,26 @@ def test_export_and_evaluate_through_the_cli(tmp_path, capsys):
     (tmp_path / "out" / "export.json").write_text("{not json")
     with pytest.raises(FrepoError, match="cannot read the export manifest"):
         load_export(tmp_path / "out")
+
+
+def test_a_file_changed_after_export_is_named_in_a_warning(tmp_path, capsys):
+    """The manifest records each file's sha256: an images file copied in from another export (read with this
+    export's preprocessing, it trains to chance) is named; an untouched export reads without a warning."""
+    _, subset = _subset(tmp_path, channels=3)
+    _, learned = _learned(tmp_path)
+    export(subset, tmp_path / "a", "pt")
+    export(learned, tmp_path / "b", "pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_export(tmp_path / "a")
+    (tmp_path / "a" / "images.pt").write_bytes((tmp_path / "b" / "images.pt").read_bytes())
+    with pytest.warns(UserWarning, match=r"a: images.pt differ from what frepo export wrote") as caught:
+        load_export(tmp_path / "a")
+    assert len(caught) == 1
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "a"), "--models", "1", "--steps", "2", "--width", "8"]) == 0
+    err = capsys.readouterr().err
+    assert "frepo: warning: " in err and "images.pt differ from what frepo export wrote" in err, err
 
 
 def test_class_folders_sort_in_class_order_for_torchvision():

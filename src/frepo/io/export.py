@@ -45,6 +45,7 @@ from ..base.version import __version__
 from ..data.preprocess import Preprocessing
 from . import ddranking
 from .artifact import DistilledSet, load_distilled
+from .foreign.files import checksums
 
 MANIFEST = "export.json"
 PREPROCESSING = "preprocessing.safetensors"
@@ -72,6 +73,8 @@ MANIFEST_KEYS = {
     "lr": "sgd: the lr to train with SGD (DD-Ranking, DC/DSA), frepo_protocol: the Adam lr of the reference evaluation",
     "set": "what frepo knows of the set: kind, ipc, step, seed, use_flip, mirror_invariant, val_size, checksum",
     "frepo_version": "the frepo that wrote the export",
+    "checksums": "the sha256 of each file the export wrote but this manifest, by its path in the folder: "
+    "`frepo evaluate` warns of a file that differs (edited, damaged, or from another export)",
 }
 
 
@@ -271,6 +274,7 @@ def export(ds: DistilledSet | str | Path, out: str | Path, layout: str, space: s
                     "checksum": ds.meta.get("checksum"),
                 },
                 "frepo_version": __version__,
+                "checksums": checksums(staging)[1],
             }
         )
         atomic_write_json(staging / MANIFEST, manifest)

@@ -4,6 +4,7 @@ writers the same way)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from ...base.errors import FrepoError
 from ...base.registry import registering
 from ...data.preprocess import Preprocessing
 from ..artifact import DistilledSet
-from .files import check_images, check_labels, file_checksum, torch_load
+from .files import check_images, check_labels, checksums, torch_load
 from .readers import read_npz
 
 
@@ -93,6 +94,8 @@ def load_export(path: str | Path) -> DistilledSet:
     images, labels = read(Export(folder, manifest_path, manifest, shape, c, classes, pre))
     images = check_images(images, shape, where)
     labels = check_labels(labels, len(images), len(classes), where)
+    checksum, each = checksums(folder)
+    _warn_of_changed_files(manifest, each, where)
     meta = {
         "kind": f"export-{layout}",
         "dataset": manifest["dataset"],
@@ -104,7 +107,24 @@ def load_export(path: str | Path) -> DistilledSet:
         "mirror_invariant": bool(info.get("mirror_invariant", True)),
         "val_size": int(info.get("val_size") or 0),
         "test_fingerprint": info.get("test_fingerprint"),
-        "checksum": file_checksum(folder),
+        "checksum": checksum,
         "source": {"path": str(path), "format": "frepo-export", "layout": layout, "original": info.get("checksum")},
     }
     return DistilledSet(images, labels, pre, meta)
+
+
+def _warn_of_changed_files(manifest: dict, each: dict[str, str], where: str) -> None:
+    """Warn when a file the export wrote is not what it wrote: an images file copied from another export
+    beside this preprocessing is read in the wrong space, and its networks train to chance accuracy. (An
+    export written before the manifest recorded checksums is not checked.)"""
+    recorded = manifest.get("checksums")
+    if not isinstance(recorded, dict):
+        return
+    changed = sorted(name for name, digest in recorded.items() if each.get(name) != digest)
+    if changed:
+        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        warnings.warn(
+            f"{where}: {shown} differ from what frepo export wrote (edited, damaged, or from another export); "
+            "the set is read as the files are now, with the manifest's preprocessing",
+            stacklevel=2,
+        )
