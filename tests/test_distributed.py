@@ -75,6 +75,17 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     lines = (double / "metrics.jsonl").read_text().splitlines()
     assert sum('"loss"' in line for line in lines) == 5
 
+    # A finished run re-entered with a damaged final file: rank 0 alone reads it (GBs on ImageNet), and both
+    # ranks take its answer, so both meet in the barrier after it is written again (a rank reading the file
+    # rank 0 had just rewritten skipped the barrier rank 0 waited in).
+    final = double / "distilled.safetensors"
+    images = b.images.clone()  # b's tensors map the file truncated next
+    final.write_bytes(final.read_bytes()[:1000])
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("writing it again from the final checkpoint") == 1, proc.stderr[-3000:]
+    assert torch.equal(load_distilled(final).images, images)
+
 
 class _OneRankOfTwo(DistContext):
     """Rank r of 2 inside one process: its shard and its own pool, no communication."""

@@ -319,7 +319,9 @@ class Distiller:
     def _run(self) -> DistillResult:
         cfg = self.config
         if self.step >= cfg.steps and self.run_dir.distilled_path.is_file():
-            if not self._distilled_intact():  # the final checkpoint holds the set: only the files are missing
+            # Rank 0 reads the file (GBs for ImageNet IPC 50) and every rank takes its answer, so all of them
+            # meet in the barrier or none does. The final checkpoint holds the set: only the files are missing.
+            if self.ctx.any(self.ctx.is_main and not self._distilled_intact()):
                 self._write_final_files()
                 self.ctx.barrier()
             log.info(f"frepo: {self.run_dir.path} is already complete ({self.step} steps)")
