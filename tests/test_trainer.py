@@ -25,6 +25,19 @@ def test_chunked_checkpointed_forward_gives_the_same_gradient(meta_problem):
             assert (chunked - exact).norm() < 1e-4 * exact.norm()
 
 
+def test_the_chunked_forward_reads_no_rng_state(meta_problem, monkeypatch):
+    """Activation checkpointing stashes the RNG states for its recompute unless told not to, and reading the
+    CUDA generator's state inside a CUDA graph capture is an error: every capture of a step with a chunked
+    support forward (--compile graph, the GPU's default, with more than --chunk-size support images) failed.
+    The CPU generator stands in for the CUDA one here: the same checkpoint argument decides both."""
+
+    def forbidden():
+        raise AssertionError("an RNG state was read inside the step")
+
+    monkeypatch.setattr(torch, "get_rng_state", forbidden)
+    _grads(meta_problem, chunk_size=5)
+
+
 def test_bf16_real_feature_pass_stays_close_to_fp32(meta_problem):
     loss, gx, _ = _grads(meta_problem, precision="fp32")
     loss_b, gx_b, _ = _grads(meta_problem, precision="bf16")

@@ -133,7 +133,9 @@ class Passes:
 
         parts = []
         for part in _equal_chunks(x, chunk_size):
-            out = checkpoint(self._embed, model, part, use_reentrant=False)
+            # The forward draws no random numbers, so no RNG state is stashed for the recompute: reading the
+            # CUDA generator's state is forbidden inside a CUDA graph capture (--compile graph, the GPU's auto).
+            out = checkpoint(self._embed, model, part, use_reentrant=False, preserve_rng_state=False)
             parts.append(out.clone() if self.graphed else out)  # the next chunk's replay overwrites `out`
         return torch.cat(parts)
 
