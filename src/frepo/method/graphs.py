@@ -98,7 +98,12 @@ class StepGraphs:
             # thread_local: only this thread's unsafe calls abort the capture. The prefetch thread of a streamed
             # run may be page-locking the next batch meanwhile (cudaHostAlloc, event queries on other streams),
             # which the default "global" mode would turn into a failed capture, or an error in that thread.
-            with torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"):
+            # torch.cuda.graph synchronises and empties the cache of the *current* device: on --device cuda:1
+            # in one process that was GPU 0 (a context made there, another job's GPU waited for).
+            with (
+                torch.cuda.device(self.device),
+                torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"),
+            ):
                 outputs = self._call(i)
         except RuntimeError as error:  # an operation CUDA graphs refuse (a host sync, a pageable copy, ...)
             torch.cuda.set_stream(previous)
