@@ -45,7 +45,7 @@ from ..base.version import __version__
 from ..data.preprocess import Preprocessing
 from . import ddranking
 from .artifact import DistilledSet, load_distilled
-from .foreign.files import checksums
+from .digests import checksums
 
 MANIFEST = "export.json"
 PREPROCESSING = "preprocessing.safetensors"

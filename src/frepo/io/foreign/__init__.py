@@ -26,8 +26,9 @@ registered per layout) and `load` (the entry points, which dispatch by format na
 
 from __future__ import annotations
 
+from ..digests import file_checksum
 from .exports import load_export
-from .files import detect_format, file_checksum, torch_load
+from .files import detect_format, torch_load
 from .load import FORMATS, describe, load_foreign, load_set, load_start, recorded_data_dir
 from .registry import READERS, register_reader
 

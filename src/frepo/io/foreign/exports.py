@@ -15,7 +15,8 @@ from ...base.errors import FrepoError
 from ...base.registry import registering
 from ...data.preprocess import Preprocessing
 from ..artifact import DistilledSet
-from .files import check_images, check_labels, checksums, torch_load
+from ..digests import checksums
+from .files import check_images, check_labels, torch_load
 from .readers import read_npz
 
 

@@ -3,7 +3,6 @@ the images and labels of every format pass."""
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
 import zipfile
@@ -53,30 +52,6 @@ def _has_frepo_metadata(path: Path) -> bool:
             return "frepo" in (fh.metadata() or {})
     except Exception:  # damaged files: load_distilled gives the precise error
         return True
-
-
-def file_checksum(path: str | Path) -> str:
-    """sha256 of a file, or of a folder's files (relative names and bytes, in sorted order)."""
-    return checksums(path)[0]
-
-
-def checksums(path: str | Path) -> tuple[str, dict[str, str]]:
-    """`file_checksum(path)` and, read in the same pass, the sha256 of each file by its name relative to
-    `path` (a file: its own name)."""
-    path = Path(path)
-    digest, each = hashlib.sha256(), {}
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        name = file.relative_to(path).as_posix() if path.is_dir() else file.name
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
-        own = hashlib.sha256()
-        with open(file, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-                own.update(block)
-        each[name] = own.hexdigest()
-    return digest.hexdigest(), each
 
 
 def torch_load(path: str | Path):

@@ -16,9 +16,10 @@ from ...data import RawDataset, default_data_dir, load_dataset
 from ...data.preprocess import Preprocessing
 from ...data.recipes import CLAIMS, check_preprocessing, claimed_preprocessing, frepo_preprocessing
 from ..artifact import DistilledSet, load_distilled
+from ..digests import file_checksum
 from . import readers  # noqa: F401  (registers the readers of other tools' formats, in FORMATS' order)
 from .exports import load_export
-from .files import detect_format, file_checksum
+from .files import detect_format
 from .registry import READERS, Reader
 
 # frepo's own formats -> their loader: files that say their dataset and preprocessing themselves
