@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +60,59 @@ def test_a_preset_brings_its_dataset_and_ipc_and_refuses_others():
         config("--preset", "cifar10-ipc1-cpu", "--dataset", "mnist")
     with pytest.raises(FrepoError, match="unknown preset"):
         config("--preset", "cifar10-ipc3")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"use_flip": "False"}, "use_flip must be True or False or None, got 'False'"),  # read as true: flip on
+        ({"steps": "5"}, "steps must be an integer, got '5'"),
+        ({"steps": 2.5}, "steps must be an integer, got 2.5"),  # ran 3 steps
+        ({"seed": 1.0}, "seed must be an integer, got 1.0"),  # other networks than seed 1
+        ({"val_size": 0.1}, "val_size must be an integer or None, got 0.1"),  # validation silently off
+        ({"num_models": 2.5}, "num_models must be an integer"),
+        ({"lr": "1e-3"}, "lr must be a number"),
+        ({"ipc": 5}, "overrides name ipc 5, resolve's argument 1"),  # ignored: the run had IPC 1
+        ({"dataset": "mnist"}, "overrides name dataset 'mnist'"),
+    ],
+)
+def test_a_setting_of_the_wrong_type_is_named(overrides, message):
+    """Python callers pass what the command line's parser would have refused: each is one FrepoError naming
+    the setting, where it passed silently or failed deep inside a run."""
+    with pytest.raises(FrepoError, match=message.replace("(", r"\(")):
+        presets.resolve("digits", 1, overrides=overrides)
+
+
+def test_numpy_numbers_and_paths_are_taken_as_the_plain_values():
+    import numpy as np
+
+    from frepo import EvalConfig
+
+    config = presets.resolve("digits", 1, overrides={"steps": np.int64(7), "init": Path("/x/set.safetensors"), "lr": 1})
+    assert type(config.steps) is int and config.init == "/x/set.safetensors" and type(config.lr) is float
+    with pytest.raises(FrepoError, match="ipc must be an integer, got '1'"):
+        presets.resolve("digits", "1")
+    for option in ({"models": "3"}, {"width": 8.0}, {"seed": "1"}, {"soft_labels": 1, "protocol": "dsa"}):
+        with pytest.raises(FrepoError, match="must be"):
+            EvalConfig.build(**option)
+
+
+def test_a_config_built_by_hand_gets_the_reference_flip(tmp_path):
+    """use_flip None is documented as the reference's per-dataset table: a DistillConfig built by hand ran
+    CIFAR-10 without the flip trick (only presets.resolve filled it in)."""
+    import frepo
+    from frepo.config import DataConfig, DistillConfig, ModelConfig, PoolConfig
+
+    config = DistillConfig(
+        data=DataConfig(dataset="digits"),
+        model=ModelConfig(width=8),
+        pool=PoolConfig(num_models=1),
+        ipc=1,
+        steps=1,
+        eval_steps=1,
+        batch_size=32,
+    )
+    assert config.use_flip is None and presets.default_flip("digits", 1) is False
+    frepo.distill(config, tmp_path / "digits")
+    assert json.loads((tmp_path / "digits" / "config.json").read_text())["use_flip"] is False
+    assert frepo.load_distilled(tmp_path / "digits" / "distilled.safetensors").meta["config"]["use_flip"] is False

@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import os
+import types
+import typing
 from dataclasses import field
 from typing import Any
+
+import numpy as np
 
 from .errors import FrepoError
 
@@ -43,11 +49,40 @@ def check_finite(name: str, value: float, low: float | None = None) -> None:
 
 
 def check_choices(settings: Any) -> None:
-    """Every enumerated field of `settings` (not of the dataclasses nested in it) holds one of its choices."""
+    """Every field of `settings` (not of the dataclasses nested in it) holds a value of its declared type
+    (`check_type`), and every enumerated one one of its choices."""
+    hints = typing.get_type_hints(type(settings))
     for f in dataclasses.fields(settings):
+        if not dataclasses.is_dataclass(getattr(settings, f.name)):
+            setattr(settings, f.name, check_type(f.name, getattr(settings, f.name), hints[f.name]))
         choices = f.metadata.get("choices")
         if choices is not None:
             check_choice(f.name, getattr(settings, f.name), choices)
+
+
+# The plain types a setting may declare, alone or with None; the values each accepts as it
+SETTING_TYPES = {bool: (bool, np.bool_), int: (numbers.Integral,), float: (numbers.Real,), str: (str, os.PathLike)}
+
+
+def check_type(name: str, value: Any, declared: Any) -> Any:
+    """`value` as a setting of type `declared` (bool, int, float, str, or one of them or None): a numpy
+    number as the Python number, a path as its str (settings are saved as JSON). Anything else is an
+    error naming the setting, so the text "False" is not a true flag, 2.5 no step count, "5" no
+    batch size (each failed deep inside a run, or passed silently). A setting of another declared type
+    is left as it is."""
+    optional = typing.get_origin(declared) in (typing.Union, types.UnionType) and type(None) in typing.get_args(
+        declared
+    )
+    kinds = [t for t in typing.get_args(declared) if t is not type(None)] if optional else [declared]
+    if len(kinds) != 1 or kinds[0] not in SETTING_TYPES:
+        return value
+    kind = kinds[0]
+    if value is None and optional:
+        return value
+    if isinstance(value, SETTING_TYPES[kind]) and (kind is bool or not isinstance(value, (bool, np.bool_))):
+        return os.fspath(value) if kind is str else kind(value)
+    expected = {bool: "True or False", int: "an integer", float: "a number", str: "a string"}[kind]
+    raise FrepoError(f"{name} must be {expected}{' or None' if optional else ''}, got {value!r}")
 
 
 def to_dict(settings: Any) -> dict:

@@ -150,7 +150,8 @@ class DistillConfig:
     lr: float = opt(
         3e-4,
         "LAMB learning rate for images and labels (the paper's 3e-4 at its budget; a run with fewer --steps "
-        "that names no --lr gets frepo.presets.budget_lr: 1e-2 up to 1000 steps, log-interpolated above)",
+        "that names no --lr gets frepo.presets.budget_lr: 1e-2 up to 1000 steps, log-interpolated above; in "
+        "Python, presets.resolve applies it, a DistillConfig built by hand keeps its lr)",
     )
     lr_final_ratio: float = opt(0.1, "cosine decay ends at lr * lr_final_ratio")
     learn_labels: bool = opt(True, "learn the synthetic labels too")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from ..base.errors import FrepoError
-from ..base.fields import set_leaf
+from ..base.fields import check_type, set_leaf
 from . import DistillConfig
 
 # Flip trick in the meta-step, from the official script: MNIST/F-MNIST off; CIFAR-10 on; CIFAR-100
@@ -133,6 +133,10 @@ def resolve(dataset: str, ipc: int, preset: str | None = None, overrides: dict |
     Without `preset`, the preset named "<dataset>-ipc<ipc>" applies when it exists. The flip trick
     follows the per-dataset table unless set explicitly.
     """
+    dataset, ipc = check_type("dataset", dataset, str), check_type("ipc", ipc, int)
+    for key, given in (("dataset", dataset), ("ipc", ipc)):
+        if key in (overrides or {}) and overrides[key] != given:
+            raise FrepoError(f"overrides name {key} {overrides[key]!r}, resolve's argument {given!r}: pass it once")
     values = PRESETS.get(preset or f"{dataset}-ipc{ipc}")
     if values is None:
         if preset is not None:

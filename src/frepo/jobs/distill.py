@@ -25,6 +25,7 @@ from ..base.fields import to_dict
 from ..base.perf import AllocatorPolicy, release_free_heap
 from ..base.signals import stop_on_signal
 from ..config import DistillConfig
+from ..config.presets import default_flip
 from ..data import PreparedData, prepare
 from ..eval import EvalConfig
 from ..io.artifact import HOST, DistilledSet, load_distilled, save_distilled
@@ -77,6 +78,8 @@ class Distiller:
         if config.eval_steps is None and isinstance(recorded, int):
             # Not given: a run made before the budget-aware default (which recorded 1000) keeps its own.
             config = dataclasses.replace(config, eval_steps=recorded)
+        if config.use_flip is None:  # a config built by hand: the reference's table, as presets.resolve gives
+            config = dataclasses.replace(config, use_flip=default_flip(config.data.dataset, config.ipc))
         config.validate()
         self.config = config
         self.ctx, device_name = init_distributed(config.device)
