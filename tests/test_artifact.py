@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -120,3 +121,34 @@ def test_block_zca_travels_with_the_file(tmp_path, monkeypatch):
     assert back.preprocessing.kind == "zca_block" and back.preprocessing.stride == 2
     torch.testing.assert_close(back.transform(raw), ds.transform(raw))
     np.testing.assert_allclose(back.pixels().permute(0, 2, 3, 1).numpy(), raw[:6] / 255.0, atol=1e-4)
+
+
+def test_a_set_the_loader_would_refuse_is_never_saved_nor_evaluated(tmp_path):
+    """save_distilled wrote hand-built sets that load_distilled then refused, over a good file; evaluate
+    trained them to chance accuracy (NaN or uint8 images) or failed deep inside torch (labels that do not fit)."""
+    import frepo
+
+    ds, _ = _set()
+    good = save_distilled(ds, tmp_path / "keep.safetensors")
+    kept = good.read_bytes()
+    ids = torch.tensor([0, 0, 1, 1, 2, 2])
+    without_dataset = {k: v for k, v in ds.meta.items() if k != "dataset"}
+    cases = {
+        "labels are (6, 2), expected (6, 3)": DistilledSet(ds.images, ds.labels[:, :2], ds.preprocessing, ds.meta),
+        "images contain NaN": DistilledSet(ds.images * float("nan"), ds.labels, ds.preprocessing, ds.meta),
+        "images are torch.uint8": DistilledSet(ds.images.to(torch.uint8), ds.labels, ds.preprocessing, ds.meta),
+        "expected 6 class ids": DistilledSet(ds.images, ids[:4], ds.preprocessing, ds.meta),
+        "class ids must lie in 0..2": DistilledSet(ds.images, ids + 3, ds.preprocessing, ds.meta),
+        "integer tensor": DistilledSet(ds.images, ids.float(), ds.preprocessing, ds.meta),
+        "lacks 'dataset'": DistilledSet(ds.images, ds.labels, ds.preprocessing, without_dataset),
+        "'ipc' is True": DistilledSet(ds.images, ds.labels, ds.preprocessing, {**ds.meta, "ipc": True}),
+    }
+    for fragment, bad in cases.items():
+        with pytest.raises(FrepoError, match=f"not saved to .*keep.safetensors: .*{re.escape(fragment)}"):
+            save_distilled(bad, good)
+        with pytest.raises(FrepoError, match=f"the set: .*{re.escape(fragment)}"):
+            frepo.evaluate(bad, models=1, steps=1, width=8)
+    assert good.read_bytes() == kept
+    for name, value in (("images", ds.images.numpy()), ("labels", ds.labels.tolist()), ("preprocessing", None)):
+        with pytest.raises(FrepoError, match=f"a DistilledSet's {name} must be a"):
+            DistilledSet(**{"images": ds.images, "labels": ds.labels, "preprocessing": ds.preprocessing, name: value})

@@ -56,6 +56,14 @@ class DistilledSet:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        for name, value, kind in (
+            ("images", self.images, torch.Tensor),
+            ("labels", self.labels, torch.Tensor),
+            ("preprocessing", self.preprocessing, Preprocessing),
+            ("meta", self.meta, dict),
+        ):
+            if not isinstance(value, kind):
+                raise FrepoError(f"a DistilledSet's {name} must be a {kind.__name__}, got {type(value).__name__}")
         pre = {f"preprocessing {k}": v for k, v in vars(self.preprocessing).items() if isinstance(v, torch.Tensor)}
         named = {"images": self.images, "labels": self.labels, **pre}
         away = {name: str(t.device) for name, t in named.items() if t.device != HOST}
@@ -93,6 +101,7 @@ class DistilledSet:
         uint8 pixels (0..255) as they are; float images only with their range declared, `value_range=(0, 1)`
         or `(0, 255)`: anything else is refused, because a wrong guess gives chance accuracy silently."""
         x = torch.as_tensor(np.ascontiguousarray(raw_images) if isinstance(raw_images, np.ndarray) else raw_images)
+        value_range = tuple(value_range) if value_range is not None else None  # [0, 1] declares it too
         c, h, w = self.images.shape[1:]
         if x.ndim != 4 or tuple(x.shape[1:]) != (h, w, c):
             raise FrepoError(
@@ -142,16 +151,36 @@ def _tensors(ds: DistilledSet) -> dict[str, torch.Tensor]:
     }
 
 
-def save_distilled(ds: DistilledSet, path: str | Path) -> Path:
-    tensors = _tensors(ds)
+def _file_contents(ds: DistilledSet) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and the header (without its checksum) a file of `ds` holds."""
     meta = dict(ds.meta)
     meta.update(
         format_version=FORMAT_VERSION,
         frepo_version=__version__,
         preprocessing=ds.preprocessing.params(),
         image_shape=list(ds.images.shape[1:]),
-        num_images=int(ds.images.shape[0]),
+        num_images=int(ds.images.shape[0]) if ds.images.ndim else 0,
     )
+    return _tensors(ds), meta
+
+
+def check_set(ds: DistilledSet, where: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """What `load_distilled` checks of a file, checked of a set in memory (one built by hand is evaluated or
+    saved): float images (uint8 pixels are no preprocessed images), labels that fit the images and classes,
+    finite values, the metadata's keys. `where` begins each message. Returns `_file_contents(ds)`."""
+    if not ds.images.is_floating_point():
+        raise FrepoError(f"{where}: images are {ds.images.dtype}; a set holds float images in its preprocessed space")
+    if ds.labels.ndim == 1 and ds.labels.is_floating_point():
+        raise FrepoError(f"{where}: 1-D labels are class ids, an integer tensor; got {ds.labels.dtype}")
+    tensors, meta = _file_contents(ds)
+    _check_content(tensors, check_meta({**meta, "checksum": ""}, where), where)
+    return tensors, meta
+
+
+def save_distilled(ds: DistilledSet, path: str | Path) -> Path:
+    """Write `ds` to `path` atomically, once it passes the checks `load_distilled` makes (`check_set`):
+    a set the loader would refuse is refused here, before it replaces a good file."""
+    tensors, meta = check_set(ds, f"not saved to {path}")
     meta["checksum"] = _checksum(tensors, meta)
     atomic_save_safetensors(tensors, path, metadata={"frepo": json.dumps(meta, sort_keys=True)})
     return Path(path)

@@ -30,7 +30,7 @@ from ..data.splits import holdout_split
 from ..data.stream import split_view
 from ..eval import EvalConfig, EvalResult, evaluate_set
 from ..eval.finished import FinishedNetworks, evaluation_key, set_digest
-from ..io.artifact import DistilledSet
+from ..io.artifact import DistilledSet, check_set
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ def open_set(file: DistilledSet | str | Path, source: SourceConfig) -> tuple[Dis
     if isinstance(file, DistilledSet):
         if source.dataset is not None or source.preprocess != "auto" or source.entry is not None:
             raise FrepoError("dataset, preprocess and entry apply to files, not to a loaded DistilledSet")
+        check_set(file, "the set")  # one built by hand: NaN or uint8 images trained to chance accuracy silently
         from ..io.foreign import recorded_data_dir
 
         return file, load_dataset(file.dataset, source.data_dir or recorded_data_dir(file), source.download)
