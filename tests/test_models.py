@@ -72,6 +72,16 @@ def test_lecun_normal_init_statistics():
             assert torch.count_nonzero(m.bias) == 0
 
 
+def test_building_a_network_leaves_the_global_generator_as_it_was():
+    """torch's layers draw their default weights from the global generator before frepo draws every weight
+    again from its own: the caller's next draws shifted with every network a run or an evaluation built."""
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    for arch in ARCHS:
+        build_model(arch, (3, 32, 32), 10, generator=gen(), width=8)
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
 def test_init_is_seeded():
     a = Conv(3, 10, (32, 32), generator=torch.Generator().manual_seed(5))
     b = Conv(3, 10, (32, 32), generator=torch.Generator().manual_seed(5))

@@ -87,4 +87,7 @@ def build_model(
     if init not in INIT_SCHEMES:
         raise FrepoError(f"unknown init {init!r}; use one of {', '.join(INIT_SCHEMES)}")
     c, h, w = image_shape
-    return _BUILDERS[arch](ModelSpec((c, h, w), num_classes, width, depth, init), generator=generator)
+    # torch's layers draw their default weights from the global generator as they are built (frepo then draws
+    # every weight again from `generator`): its state is put back, so the caller's own draws stay where they were.
+    with torch.random.fork_rng(devices=[]):
+        return _BUILDERS[arch](ModelSpec((c, h, w), num_classes, width, depth, init), generator=generator)
