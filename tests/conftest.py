@@ -3,11 +3,39 @@
 from __future__ import annotations
 
 import os
+import platform
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+
+def _cxx_found() -> bool:
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+    return any(shutil.which(name) for name in names)
+
+
+# torch.compile on a CPU builds the C++ it generates: a minimal image (a slim Python container) has no compiler.
+needs_cxx = pytest.mark.skipif(
+    not _cxx_found(), reason="torch.compile on a CPU compiles C++, and no C++ compiler (g++, clang++ or $CXX) is here"
+)
+
+# glibc's allocator, as the allocator tests measure it: Linux's /proc, and no musl (whose allocator keeps no freed
+# heap to tune), no other allocator preloaded (jemalloc, tcmalloc) and no glibc tunables in the environment.
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="glibc's allocator and Linux's /proc",
+)
+NOT_GLIBC_AS_IT_COMES = ("FREPO_TUNE_ALLOCATOR", "LD_PRELOAD", "GLIBC_TUNABLES", "LOCAL_WORLD_SIZE")
+
+
+def glibc_env() -> dict[str, str]:
+    """This environment without what changes glibc's allocator (or frepo's tuning of it)."""
+    return {k: v for k, v in os.environ.items() if k not in NOT_GLIBC_AS_IT_COMES and not k.startswith("MALLOC_")}
+
 
 if "OMP_NUM_THREADS" not in os.environ:  # OMP_NUM_THREADS=1 runs the suite single-threaded
     torch.set_num_threads(min(2, os.cpu_count() or 1))

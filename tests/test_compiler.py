@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from conftest import needs_cxx
 
 from frepo.base.compiler import CACHE_ENV, PREFIX, cpu_cache_key, use_cpu_keyed_cache
 
@@ -51,6 +52,7 @@ def test_the_cache_is_this_cpus_subdirectory_of_the_one_inductor_would_use(tmp_p
 
 
 @pytest.mark.skipif(OTHER is None, reason=f"no lower ATen CPU capability than {NATIVE} to stand in for another CPU")
+@needs_cxx
 def test_a_cache_filled_on_another_cpu_does_not_reach_the_compiled_network(tmp_path):
     """Without the per-CPU subdirectory, the second run below reused the first's AVX-512 C++ under AVX2 and
     its compiled network trained to NaN (with 'default', the reused C++ did not compile)."""

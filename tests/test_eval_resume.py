@@ -16,6 +16,13 @@ from frepo.eval import protocols
 EVAL = ["--models", "3", "--steps", "15", "--width", "8", "--seed", "4"]
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Each test its own cache folder: `_records()` counts every record in it, so one another test left
+    (or this file's tests run in another order) would fail the counts."""
+    monkeypatch.setenv("FREPO_CACHE", str(tmp_path / "frepo-cache"))
+
+
 @pytest.fixture(scope="module")
 def set_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("sets") / "digits2.safetensors"

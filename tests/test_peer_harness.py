@@ -5,6 +5,7 @@ FRePo in JAX, MTT, DM) are not run here: CI has no checkout of them; docs/peers.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import types
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import NOT_GLIBC_AS_IT_COMES, linux_only
 
 PEERS = Path(__file__).resolve().parents[1] / "benchmarks" / "peers"
 sys.path.insert(0, str(PEERS))
@@ -321,8 +323,8 @@ def test_summary_puts_every_method_against_every_setting_in_one_table():
     ]
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator and /proc are Linux's")
-def test_allocator_heap_keeps_freed_memory_in_every_peers_heap_as_frepo_does(tmp_path):
+@linux_only
+def test_allocator_heap_keeps_freed_memory_in_every_peers_heap_as_frepo_does(tmp_path, monkeypatch):
     import compare
 
     from frepo.base import perf
@@ -340,6 +342,9 @@ def test_allocator_heap_keeps_freed_memory_in_every_peers_heap_as_frepo_does(tmp
         "a = np.ones(8 << 20)  # 64 MB, written\ndel a\n"
         "open(sys.argv[1], 'w').write(str(resident() - before))\n"
     )
+    # glibc's malloc as it comes
+    for name in [*NOT_GLIBC_AS_IT_COMES, *(k for k in os.environ if k.startswith("MALLOC_"))]:
+        monkeypatch.delenv(name, raising=False)
     kept = {}
     for allocator, env in (("default", None), ("heap", compare.HEAP_ALLOCATOR_ENV)):
         out = tmp_path / allocator

@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import needs_cxx
 
 import frepo.eval.augment_dsa as augment_dsa
 import frepo.eval.protocols.dsa as protocol_dsa
@@ -214,6 +215,7 @@ def test_one_result_per_architecture_with_checksum_and_seeds(tmp_path, blobs):
         assert r.extra["num_images"] == 6 and r.extra["model_streams"] == ["krr/model0", "krr/model1"]
 
 
+@needs_cxx
 def test_frepo_protocol_compiles_long_cpu_evaluations_and_the_compiled_network_trains_alike():
     """`--compile auto` compiles only where it measured faster (CPU, >= 100 32×32 images or as many pixels,
     >= 1000 steps), and a compiled network trains as the eager one (same parameters and draws; float

@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import textwrap
 
 import pytest
 import torch
@@ -87,16 +87,24 @@ def test_killed_process_resumes_with_the_same_command(tmp_path, uninterrupted):
     for key, value in OVERRIDES.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (out / "checkpoint.pt").exists():
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)  # what a scheduler or `kill` sends
-    _, err = proc.communicate(timeout=120)
-    if proc.returncode == 0:
-        pytest.skip("the run finished before the signal arrived")
-    assert proc.returncode == 130, err
-    assert "Run the same command to resume" in err and "Traceback" not in err
+    # SIGTERM (what a scheduler or `kill` sends) arrives right after the first checkpoint, at a known step: sent
+    # from outside on seeing the file, it could land after the last step on a fast machine, or not at all.
+    driver = textwrap.dedent(f"""
+        import os, signal, sys
+        import frepo.jobs.runs as runs
+        save = runs.RunDir.save_checkpoint
+        def save_then_terminate(self, state):
+            save(self, state)
+            if state["step"] == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+        runs.RunDir.save_checkpoint = save_then_terminate
+        from frepo.cli import main
+        sys.exit(main({args[3:]!r}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 130, proc.stderr
+    assert "Run the same command to resume" in proc.stderr and "Traceback" not in proc.stderr
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 3
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     _assert_same_run(uninterrupted, out)

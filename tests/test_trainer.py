@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from conftest import needs_cxx
 
 from frepo.config import DistillConfig
 from frepo.method.trainer import BatchSampler, FRePoTrainer, meta_step
@@ -57,6 +58,7 @@ def test_bf16_support_forward_stays_close_to_fp32(meta_problem):
         assert torch.nn.functional.cosine_similarity(exact.flatten(), low.flatten(), dim=0) > 0.95
 
 
+@needs_cxx
 def test_compiled_step_follows_the_eager_step_and_compiles_each_pass_once():
     """torch.compile'd network passes: the same run to float rounding, through the pool's model swaps,
     online steps and a reset, with one graph per pass (support features with gradient, real features
