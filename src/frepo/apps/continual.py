@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..base.errors import FrepoError
-from ..base.fields import check_choice, check_choices, check_finite, opt, to_dict
+from ..base.fields import check_choice, check_fields, check_finite, opt, to_dict
 from ..config import DATA_DIR_HELP, DataConfig
 from ..data import load_dataset
 from ..eval import EvalConfig, evaluate_set
@@ -92,7 +92,7 @@ class ContinualConfig:
         return arms
 
     def validate(self) -> None:
-        check_choices(self)  # every field's type
+        check_fields(self)
         check_choice("protocol", self.protocol, ("frepo", "dsa"))
         for name in (
             "tasks",

@@ -36,7 +36,7 @@ import torch
 from ..base.atomic import atomic_write
 from ..base.device import resolve_device
 from ..base.errors import FrepoError
-from ..base.fields import check_choices, check_finite, opt
+from ..base.fields import check_fields, check_finite, opt
 from ..base.rng import generator
 from ..config import DATA_DIR_HELP
 from ..data import load_dataset
@@ -100,7 +100,7 @@ class PrivacyConfig:
         return steps
 
     def validate(self) -> None:
-        check_choices(self)  # every field's type
+        check_fields(self)
         for name in ("chunk_size", "ipc", "steps", "batch_size", "victim_batch", "victim_width", "models"):
             if getattr(self, name) < 1:
                 raise FrepoError(f"{name} must be >= 1, got {getattr(self, name)}")

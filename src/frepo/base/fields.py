@@ -48,7 +48,7 @@ def check_finite(name: str, value: float, low: float | None = None) -> None:
         raise FrepoError(f"{name} must be a finite number{bound}, got {value!r}")
 
 
-def check_choices(settings: Any) -> None:
+def check_fields(settings: Any) -> None:
     """Every field of `settings` (not of the dataclasses nested in it) holds a value of its declared type
     (`check_type`), and every enumerated one one of its choices."""
     hints = typing.get_type_hints(type(settings))

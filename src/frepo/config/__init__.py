@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..base.errors import FrepoError
-from ..base.fields import check_choices, check_finite, nested, opt
+from ..base.fields import check_fields, check_finite, nested, opt
 
 NORMS = ("batch", "instance", "none")
 PREPROCESS_KINDS = ("auto", "standard", "zca", "zca_block", "none")
@@ -70,7 +70,7 @@ class DataConfig:
     )
 
     def validate(self) -> None:
-        check_choices(self)
+        check_fields(self)
         check_finite("zca_reg", self.zca_reg, low=0.0)
         if self.val_size is not None and self.val_size < 0:
             raise FrepoError(f"val_size must be >= 0, got {self.val_size}")
@@ -101,7 +101,7 @@ class ModelConfig:
     norm: str = opt("batch", "normalisation of the pool models: batch (reference), instance or none", choices=NORMS)
 
     def validate(self) -> None:
-        check_choices(self)
+        check_fields(self)
         if self.width < 1 or self.depth < 1:
             raise FrepoError("width and depth must be positive")
 
@@ -120,7 +120,7 @@ class PoolConfig:
     )
 
     def validate(self) -> None:
-        check_choices(self)
+        check_fields(self)
         check_finite("online_lr", self.online_lr, low=0.0)
         if self.online_lr == 0:
             raise FrepoError("online_lr must be > 0, got 0")
@@ -214,7 +214,7 @@ class DistillConfig:
     )
 
     def validate(self) -> None:
-        check_choices(self)
+        check_fields(self)
         self.data.validate()
         self.model.validate()
         self.pool.validate()

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..base.errors import FrepoError
-from ..base.fields import check_choices, leaf_fields, nested, opt, set_leaf
+from ..base.fields import check_fields, leaf_fields, nested, opt, set_leaf
 from ..models import ARCHS, check_arch
 from .protocol import REFERENCE_BATCH
 from .protocols import PROTOCOLS
@@ -77,7 +77,7 @@ class EvalConfig:
         return config
 
     def validate(self) -> None:
-        check_choices(self)
+        check_fields(self)
         if self.models < 1:
             raise FrepoError(f"models must be >= 1, got {self.models}")
         if self.width < 1:

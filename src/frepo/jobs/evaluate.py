@@ -22,7 +22,7 @@ import torch
 
 from ..base.device import resolve_device
 from ..base.errors import FrepoError, Interrupted
-from ..base.fields import check_choices, leaf_fields, opt, set_leaf, to_dict
+from ..base.fields import check_fields, leaf_fields, opt, set_leaf, to_dict
 from ..config import DATA_DIR_HELP, STREAM_AUTO_BYTES
 from ..data import RawDataset, default_data_dir, load_dataset
 from ..data.recipes import CLAIMS
@@ -57,7 +57,7 @@ class SourceConfig:
     download: bool = opt(True, "let torchvision download a missing dataset")
 
     def validate(self) -> None:
-        check_choices(self)
+        check_fields(self)
         if self.entry is not None and self.entry < 0:
             raise FrepoError(f"entry must be >= 0, got {self.entry}")
 

@@ -21,7 +21,7 @@ from tqdm.auto import trange
 
 from ...base.device import host_to_device
 from ...base.errors import FrepoError
-from ...base.fields import check_choices, opt
+from ...base.fields import check_fields, opt
 from ...base.rng import generator
 from ...method.optim import on_cuda
 from ...models import build_model, eval_layout
@@ -128,7 +128,7 @@ class DsaOptions:
     )
 
     def validate(self) -> None:
-        check_choices(self)
+        check_fields(self)
         if self.epochs is not None and self.epochs < 1:
             raise FrepoError(f"epochs must be >= 1, got {self.epochs}")
         if self.dsa_strategy is not None:

@@ -14,7 +14,7 @@ import torch
 
 from ...base.compiler import torch_compile
 from ...base.errors import FrepoError
-from ...base.fields import check_choices, opt
+from ...base.fields import check_fields, opt
 from ...base.rng import generator
 from ...method.krr import mse_loss
 from ...method.optim import optax_adam
@@ -54,7 +54,7 @@ class FrepoOptions:
     )
 
     def validate(self) -> None:
-        check_choices(self)
+        check_fields(self)
         if self.steps is not None and self.steps < 1:
             raise FrepoError(f"steps must be >= 1, got {self.steps}")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ...base.fields import check_choices, check_finite, opt
+from ...base.fields import check_fields, check_finite, opt
 from ...base.rng import generator
 from ...method.krr import krr_weights
 from ...models import build_model, embed_batched, inference_batch
@@ -27,7 +27,7 @@ class KrrOptions:
     krr_reg: float = opt(KRR_REG, "krr protocol: ridge, krr_reg * trace(K_ss) / n (the reference's 1e-6)")
 
     def validate(self) -> None:
-        check_choices(self)
+        check_fields(self)
         check_finite("krr_reg", self.krr_reg, low=0.0)
 
 
