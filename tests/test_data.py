@@ -67,6 +67,17 @@ def test_offline_copy_is_used_when_present(shared_data_dir):
     assert list(raw.y_train[:5]) == [5, 0, 4, 1, 9] and list(raw.y_test[:5]) == [7, 2, 1, 0, 4]
 
 
+def test_a_registered_datasets_npz_in_the_data_dir_stands_in_for_its_download(tmp_path, no_offline_copies):
+    """A user with mnist.npz in --data-dir (data_dir=) got a torchvision download attempt, which fails offline."""
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.integers(0, 256, (20, 28, 28, 1), dtype=np.uint8), "y_train": np.arange(20) % 10}
+    arrays |= {"x_test": rng.integers(0, 256, (10, 28, 28, 1), dtype=np.uint8), "y_test": np.arange(10)}
+    np.savez(tmp_path / "mnist.npz", **arrays)
+    raw = load_dataset("mnist", tmp_path, download=False)
+    assert np.array_equal(raw.x_train, arrays["x_train"]) and np.array_equal(raw.y_test, arrays["y_test"])
+    assert raw.name == "mnist"
+
+
 def test_npz_dataset_and_classes(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "toy.npz"

@@ -25,7 +25,7 @@ STREAM_AUTO_BYTES = 2 * 1024**3
 DATA_DIR_HELP = (
     "folder the datasets are downloaded to and read from (default: $FREPO_CACHE or ~/.cache/frepo; the decoded "
     "caches of the large sets always go under $FREPO_CACHE or ~/.cache/frepo); $FREPO_DATA_DIR/<name>.npz, where "
-    "it exists, is read first"
+    "it exists, is read first, then <data-dir>/<name>.npz"
 )
 
 
