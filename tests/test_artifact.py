@@ -149,6 +149,9 @@ def test_a_set_the_loader_would_refuse_is_never_saved_nor_evaluated(tmp_path):
         with pytest.raises(FrepoError, match=f"the set: .*{re.escape(fragment)}"):
             frepo.evaluate(bad, models=1, steps=1, width=8)
     assert good.read_bytes() == kept
+    # What the file's JSON would hold is what is checked: classes as a tuple are saved as a list.
+    as_tuple = DistilledSet(ds.images, ds.labels, ds.preprocessing, {**ds.meta, "classes": ("a", "b", "c")})
+    assert load_distilled(save_distilled(as_tuple, tmp_path / "tuple.safetensors")).classes == ["a", "b", "c"]
     for name, value in (("images", ds.images.numpy()), ("labels", ds.labels.tolist()), ("preprocessing", None)):
         with pytest.raises(FrepoError, match=f"a DistilledSet's {name} must be a"):
             DistilledSet(**{"images": ds.images, "labels": ds.labels, "preprocessing": ds.preprocessing, name: value})

@@ -136,7 +136,7 @@ def test_cuda_graph_step_with_chunked_passes_follows_the_eager_step(exact_fp32, 
     if mode == "graph":
         assert graphed.graphs.capture and graphed.graphs.graphs  # captured, not fallen back to eager
     gap, moved = (graphed.syn.images - eager.syn.images).norm(), (eager.syn.images - start).norm()
-    assert gap < 3e-2 * moved  # as test_whole_step_graphs_follow_the_eager_gpu_step
+    assert gap < (1e-2 if mode == "cudagraphs" else 3e-2) * moved  # graph: as test_whole_step_graphs_follow_...
 
 
 @pytest.mark.parametrize("online_batch", [1000, 5], ids=["whole-set", "subsample"])

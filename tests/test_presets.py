@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from frepo import presets
 from frepo.base.errors import FrepoError
@@ -95,6 +97,8 @@ def test_numpy_numbers_and_paths_are_taken_as_the_plain_values():
     for option in ({"models": "3"}, {"width": 8.0}, {"seed": "1"}, {"soft_labels": 1, "protocol": "dsa"}):
         with pytest.raises(FrepoError, match="must be"):
             EvalConfig.build(**option)
+    taken = EvalConfig.build(device=torch.device("cpu"), arch=["conv", "mlp"])  # what a PyTorch user passes
+    assert taken.device == "cpu" and taken.archs() == ["conv", "mlp"]
 
 
 def test_a_config_built_by_hand_gets_the_reference_flip(tmp_path):
@@ -116,3 +120,7 @@ def test_a_config_built_by_hand_gets_the_reference_flip(tmp_path):
     frepo.distill(config, tmp_path / "digits")
     assert json.loads((tmp_path / "digits" / "config.json").read_text())["use_flip"] is False
     assert frepo.load_distilled(tmp_path / "digits" / "distilled.safetensors").meta["config"]["use_flip"] is False
+    # A run of such a config made before this default recorded null (and ran without the flip): it goes on.
+    recorded = json.loads((tmp_path / "digits" / "config.json").read_text())
+    (tmp_path / "digits" / "config.json").write_text(json.dumps({**recorded, "use_flip": None}))
+    assert frepo.distill(dataclasses.replace(config, use_flip=None), tmp_path / "digits").step == 1

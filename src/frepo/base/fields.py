@@ -50,7 +50,8 @@ def check_finite(name: str, value: float, low: float | None = None) -> None:
 
 def check_fields(settings: Any) -> None:
     """Every field of `settings` (not of the dataclasses nested in it) holds a value of its declared type
-    (`check_type`), and every enumerated one one of its choices."""
+    (`check_type`, whose plain value, such as a path's str, replaces it in place), and every enumerated one
+    one of its choices."""
     hints = typing.get_type_hints(type(settings))
     for f in dataclasses.fields(settings):
         if not dataclasses.is_dataclass(getattr(settings, f.name)):
@@ -66,7 +67,7 @@ SETTING_TYPES = {bool: (bool, np.bool_), int: (numbers.Integral,), float: (numbe
 
 def check_type(name: str, value: Any, declared: Any) -> Any:
     """`value` as a setting of type `declared` (bool, int, float, str, or one of them or None): a numpy
-    number as the Python number, a path as its str (settings are saved as JSON). Anything else is an
+    number as the Python number, a path or a torch.device as its str (settings are saved as JSON). Anything else is an
     error naming the setting, so the text "False" is not a true flag, 2.5 no step count, "5" no
     batch size (each failed deep inside a run, or passed silently). A setting of another declared type
     is left as it is."""
@@ -81,6 +82,8 @@ def check_type(name: str, value: Any, declared: Any) -> Any:
         return value
     if isinstance(value, SETTING_TYPES[kind]) and (kind is bool or not isinstance(value, (bool, np.bool_))):
         return os.fspath(value) if kind is str else kind(value)
+    if kind is str and type(value).__module__ == "torch" and type(value).__name__ == "device":
+        return str(value)  # device=torch.device("cuda:1")
     expected = {bool: "True or False", int: "an integer", float: "a number", str: "a string"}[kind]
     raise FrepoError(f"{name} must be {expected}{' or None' if optional else ''}, got {value!r}")
 

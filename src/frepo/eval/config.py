@@ -43,7 +43,7 @@ class EvalConfig:
         "; ".join(f"{p.name} = {p.summary}" for p in PROTOCOLS.values()),
         choices=tuple(PROTOCOLS),
     )
-    arch: str | None = opt(
+    arch: str | list[str] | None = opt(  # a list of names is taken too (Python)
         None,
         "comma-separated networks (default: the protocol's: "
         + ", ".join(f"{p.default_arch} for {p.name}" for p in PROTOCOLS.values())

@@ -141,18 +141,19 @@ def _checksum(tensors: dict[str, torch.Tensor], meta: dict) -> str:
     return digest.hexdigest()
 
 
-def _tensors(ds: DistilledSet) -> dict[str, torch.Tensor]:
+def _tensors(ds: DistilledSet, preprocessing: bool = True) -> dict[str, torch.Tensor]:
     labels = ds.labels.detach().cpu()
     labels = labels.float() if labels.ndim == 2 else labels.long()
     return {
         "images": ds.images.detach().cpu().float().contiguous(),
         "labels": labels.contiguous(),
-        **ds.preprocessing.tensors(),
+        **(ds.preprocessing.tensors() if preprocessing else {}),
     }
 
 
-def _file_contents(ds: DistilledSet) -> tuple[dict[str, torch.Tensor], dict]:
-    """The tensors and the header (without its checksum) a file of `ds` holds."""
+def _file_contents(ds: DistilledSet, preprocessing: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors (without the preprocessing's, if not `preprocessing`) and the header (without its
+    checksum) a file of `ds` holds."""
     meta = dict(ds.meta)
     meta.update(
         format_version=FORMAT_VERSION,
@@ -161,19 +162,25 @@ def _file_contents(ds: DistilledSet) -> tuple[dict[str, torch.Tensor], dict]:
         image_shape=list(ds.images.shape[1:]),
         num_images=int(ds.images.shape[0]) if ds.images.ndim else 0,
     )
-    return _tensors(ds), meta
+    return _tensors(ds, preprocessing), meta
 
 
-def check_set(ds: DistilledSet, where: str) -> tuple[dict[str, torch.Tensor], dict]:
+def check_set(ds: DistilledSet, where: str, preprocessing: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
     """What `load_distilled` checks of a file, checked of a set in memory (one built by hand is evaluated or
     saved): float images (uint8 pixels are no preprocessed images), labels that fit the images and classes,
-    finite values, the metadata's keys. `where` begins each message. Returns `_file_contents(ds)`."""
+    finite values, the metadata's keys and types as the file's JSON would hold them; with `preprocessing`,
+    its tensors too (packing a ZCA matrix takes seconds: a Preprocessing is checked when it is built).
+    `where` begins each message. Returns `_file_contents(ds, preprocessing)`."""
     if not ds.images.is_floating_point():
         raise FrepoError(f"{where}: images are {ds.images.dtype}; a set holds float images in its preprocessed space")
     if ds.labels.ndim == 1 and ds.labels.is_floating_point():
         raise FrepoError(f"{where}: 1-D labels are class ids, an integer tensor; got {ds.labels.dtype}")
-    tensors, meta = _file_contents(ds)
-    _check_content(tensors, check_meta({**meta, "checksum": ""}, where), where)
+    tensors, meta = _file_contents(ds, preprocessing)
+    try:
+        as_saved = json.loads(json.dumps({**meta, "checksum": ""}))  # a tuple of classes is saved as a list
+    except (TypeError, ValueError) as exc:
+        raise FrepoError(f"{where}: the metadata is not JSON ({exc})") from exc
+    _check_content(tensors, check_meta(as_saved, where), where, preprocessing)
     return tensors, meta
 
 
@@ -249,9 +256,12 @@ def check_meta(meta: dict, where: str) -> SetMeta:
     return parsed
 
 
-def _check_content(tensors: dict[str, torch.Tensor], meta: SetMeta, where: str) -> dict[str, torch.Tensor]:
-    """Images, labels and preprocessing tensors as the metadata declares them, finite and in range. Returns the
-    tensors as checked: a packed ZCA triangle also unpacked (`pre_whiten_upper`), so it is inflated once."""
+def _check_content(
+    tensors: dict[str, torch.Tensor], meta: SetMeta, where: str, preprocessing: bool = True
+) -> dict[str, torch.Tensor]:
+    """Images, labels and (with `preprocessing`) preprocessing tensors as the metadata declares them, finite
+    and in range. Returns the tensors as checked: a packed ZCA triangle also unpacked (`pre_whiten_upper`), so
+    it is inflated once."""
     for key in ("images", "labels"):
         if key not in tensors:
             raise FrepoError(f"{where}: the tensor {key!r} is missing")
@@ -276,6 +286,8 @@ def _check_content(tensors: dict[str, torch.Tensor], meta: SetMeta, where: str) 
             f"{where}: labels are {labels.dtype} {tuple(labels.shape)}; expected {meta.num_images} class ids "
             f"or ({meta.num_images}, {k}) learned labels"
         )
+    if not preprocessing:
+        return tensors
     kind, reg = meta.preprocessing.get("kind"), meta.preprocessing.get("zca_reg", 0.0)
     if kind not in KINDS or not _is(reg, float) or not np.isfinite(reg) or reg < 0:
         raise FrepoError(f"{where}: preprocessing {meta.preprocessing!r} is not one of {KINDS} with a zca_reg >= 0")

@@ -16,16 +16,22 @@ def checksums(path: str | Path) -> tuple[str, dict[str, str]]:
     """`file_checksum(path)` and, read in the same pass, the sha256 of each file by its name relative to
     `path` (a file: its own name)."""
     path = Path(path)
-    digest, each = hashlib.sha256(), {}
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        name = file.relative_to(path).as_posix() if path.is_dir() else file.name
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
-        own = hashlib.sha256()
-        with open(file, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
+    if not path.is_dir():
+        digest = _sha256(path, [])
+        return digest, {path.name: digest}
+    whole, each = hashlib.sha256(), {}
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        whole.update(str(file.relative_to(path)).encode() + b"\0")
+        each[file.relative_to(path).as_posix()] = _sha256(file, [whole])
+    return whole.hexdigest(), each
+
+
+def _sha256(file: Path, also: list) -> str:
+    """sha256 of the file's bytes, which also go into each hash of `also` (read once)."""
+    own = hashlib.sha256()
+    with open(file, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            own.update(block)
+            for digest in also:
                 digest.update(block)
-                own.update(block)
-        each[name] = own.hexdigest()
-    return digest.hexdigest(), each
+    return own.hexdigest()

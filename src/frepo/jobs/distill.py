@@ -45,7 +45,7 @@ from .actions import (
     watch_state,
 )
 from .monitor import Monitor, summary_writer
-from .runs import RunDir, environment
+from .runs import NOT_RECORDED, RunDir, environment
 from .visualize import save_grid
 
 log = logging.getLogger(__name__)
@@ -78,9 +78,11 @@ class Distiller:
         if config.eval_steps is None and isinstance(recorded, int):
             # Not given: a run made before the budget-aware default (which recorded 1000) keeps its own.
             config = dataclasses.replace(config, eval_steps=recorded)
-        if config.use_flip is None:  # a config built by hand: the reference's table, as presets.resolve gives
-            config = dataclasses.replace(config, use_flip=default_flip(config.data.dataset, config.ipc))
         config.validate()
+        # A config built by hand gets the reference's flip table, as presets.resolve gives it; a run of one made
+        # before that default recorded null and ran without the flip (bool(None)): it goes on so.
+        if config.use_flip is None and RunDir(out).recorded("use_flip", absent=NOT_RECORDED) is not None:
+            config = dataclasses.replace(config, use_flip=default_flip(config.data.dataset, config.ipc))
         self.config = config
         self.ctx, device_name = init_distributed(config.device)
         self.device = resolve_device(device_name)

@@ -81,7 +81,9 @@ def open_set(file: DistilledSet | str | Path, source: SourceConfig) -> tuple[Dis
     if isinstance(file, DistilledSet):
         if source.dataset is not None or source.preprocess != "auto" or source.entry is not None:
             raise FrepoError("dataset, preprocess and entry apply to files, not to a loaded DistilledSet")
-        check_set(file, "the set")  # one built by hand: NaN or uint8 images trained to chance accuracy silently
+        # One built by hand: NaN or uint8 images trained to chance accuracy silently. (Its Preprocessing was
+        # checked when it was built.)
+        check_set(file, "the set", preprocessing=False)
         from ..io.foreign import recorded_data_dir
 
         return file, load_dataset(file.dataset, source.data_dir or recorded_data_dir(file), source.download)

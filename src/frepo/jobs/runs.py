@@ -47,6 +47,8 @@ ALWAYS_RESUMABLE = {
     "download",
     "deterministic",
 }
+NOT_RECORDED = object()  # `RunDir.recorded`'s answer for a setting no run in the directory recorded
+
 # Settings that change the result but are safe to continue with (--resume-with-changes): the schedule's
 # length and rate (LAMB's schedule is a function of the step, evaluated anew), and validation.
 CONTINUABLE = {"lr", "lr_final_ratio", "steps", "eval_every", "eval_models", "eval_steps"}
@@ -128,12 +130,13 @@ class RunDir:
         self.lock.undo()
 
     # ---- the config ---------------------------------------------------------------------------------
-    def recorded(self, name: str):
-        """A top-level setting of the run found in the directory (None without one, or if unreadable)."""
+    def recorded(self, name: str, absent=None):
+        """A top-level setting of the run found in the directory (`absent` without one, if unreadable, or
+        if the run did not record it)."""
         try:
-            return json.loads(self.config_path.read_text()).get(name)
+            return json.loads(self.config_path.read_text()).get(name, absent)
         except (OSError, ValueError, AttributeError):
-            return None
+            return absent
 
     def check(self, config: DistillConfig, allow_changes: bool = False) -> Claim:
         """Compare `config` with the run found in the directory (writes nothing)."""
