@@ -325,7 +325,15 @@ def main() -> None:
         row = run_one(args.one, overrides, args.warmup, args.repeats, args.device, tune, vs, args.kernels)
         print(json.dumps(row))
         return
-    rows = []
+    rows, failed = [], []
+
+    def save() -> None:  # after every setting: a run cut by a time limit keeps the settings it finished
+        if args.json:
+            tmp = f"{args.json}.tmp"
+            with open(tmp, "w") as fh:
+                json.dump(rows + failed, fh, indent=2)
+            os.replace(tmp, args.json)
+
     for name in args.settings.split(","):
         if name not in SETTINGS:
             sys.exit(f"unknown setting {name!r}; known: {', '.join(SETTINGS)}")
@@ -348,10 +356,18 @@ def main() -> None:
             + [f"--set={s}" for s in args.set]
             + [f"--vs={s}" for s in args.vs]
         )
-        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, env=os.environ).stdout  # warnings pass
-        rows.append(json.loads(out.strip().splitlines()[-1]))
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=os.environ)  # its warnings pass through
+        if proc.returncode != 0:  # one failed setting (out of memory, a failed capture) does not lose the others
+            failed.append({"setting": name, "error": f"exit code {proc.returncode}"})
+            print(f"{name}: failed with exit code {proc.returncode}", file=sys.stderr, flush=True)
+            save()
+            continue
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         r = rows[-1]
         print(f"{name}: {r['ms_per_step']:.0f} ms/step", file=sys.stderr, flush=True)
+        save()
+    if not rows:
+        sys.exit("every setting failed")
     print(
         f"\n{platform.machine()}, torch {torch.__version__}, {rows[0]['threads']} threads, device "
         f"{rows[0]['device']}, overrides {overrides or 'none'}, {time.strftime('%Y-%m-%d')}"
@@ -390,9 +406,8 @@ def main() -> None:
     for r in rows:
         if r["kernels"]:
             print_kernels(r["setting"], r["kernels"], r["ms_per_step"])
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2)
+    if failed:
+        sys.exit(f"failed: {', '.join(f['setting'] for f in failed)}")
 
 
 if __name__ == "__main__":

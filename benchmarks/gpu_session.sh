@@ -23,53 +23,84 @@
 #  10. kernels: the costliest GPU kernels of 10 steps, eager and under --compile graph, MNIST and CIFAR-10
 #      IPC 10 (launches and busy µs per step: where a step's milliseconds go, kernel by kernel).
 # Usage, from the repository root of a machine with a CUDA GPU and torch:
-#   FREPO_DATA_DIR=DIR SETS=DIR RESULTS=DIR [PARTS="tests dsa ..."] bash benchmarks/gpu_session.sh
-# DIR of FREPO_DATA_DIR holds mnist.npz and fashion_mnist.npz; SETS holds the random subsets made with
+#   RESULTS=DIR [FREPO_DATA_DIR=DIR] [SETS=DIR] [PARTS="tests dsa ..."] [SESSION_LIMIT=S] bash benchmarks/gpu_session.sh
+# FREPO_DATA_DIR holds mnist.npz and fashion_mnist.npz (reproduce, long, dsa); SETS holds the random subsets (dsa)
+# made with
 #   frepo subset --dataset mnist --ipc N --method random --seed S --out $SETS/mnist-random-ipcN[-seedS].safetensors
-# (no -seedS suffix for seed 0). PARTS defaults to "tests dsa reproduce bench".
-# Each part runs under its own time limit, so one failure does not hide the others; everything lands in
-# $RESULTS (the run directories without their checkpoints in $RESULTS/runs).
+# (no -seedS suffix for seed 0). PARTS defaults to "tests dsa reproduce bench"; they run in the order given.
+# Each part runs under its own time limit, cut to what SESSION_LIMIT (the seconds this call may take in all,
+# default: no limit) leaves, so one failure or overrun does not hide the others; a part with under 20 s left is
+# skipped. Everything lands in $RESULTS as it is produced: session.log (this output, each part's exit code and
+# seconds), the raw JSON of each part, written after each setting, and the run records.
+# The first call of a device session (<= 5 min): PARTS="tests roofline" SESSION_LIMIT=280; the last (<= 7 min):
+#   PARTS="kernels roofline reproduce" BUDGET=gpu-small ROOFLINE_SETTINGS=mnist-ipc10-b256,cifar10-ipc10-b1024-flip
+#   REPRODUCE_LIMIT=180 SESSION_LIMIT=400.
 set -uo pipefail
-: "${FREPO_DATA_DIR:?}" "${SETS:?}" "${RESULTS:?}"
+: "${RESULTS:?}"
 mkdir -p "$RESULTS"
+exec > >(tee -a "$RESULTS/session.log") 2>&1  # everything said reaches $RESULTS, even from a part cut short
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export FREPO_CACHE="${FREPO_CACHE:-/tmp/frepo-cache}"
+[ -n "${FREPO_DATA_DIR:-}" ] && FREPO_DATA_DIR=$(cd "$FREPO_DATA_DIR" && pwd) && export FREPO_DATA_DIR
 PY=${PYTHON:-python3}
 FREPO=("$PY" -m frepo)
 PARTS=${PARTS:-tests dsa reproduce bench}
-part() { echo; echo "=== $1 ($(date +%T))"; }
-want() { [[ " $PARTS " == *" $1 "* ]]; }
-
-part "machine"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
-
-if want tests; then
-  part "CUDA tests"
-  timeout 240 "$PY" -m pytest -q -s -p no:cacheprovider -rfE -n 4 tests/test_cuda.py 2>&1 | grep -v "distill:" | tail -40
-  part "the main job on the GPU"
-  rm -rf /tmp/frepo-main-job
-  timeout 90 "${FREPO[@]}" distill --dataset digits --ipc 10 --steps 30 --device cuda --out /tmp/frepo-main-job 2>&1 \
-    | grep -v "distill:" | tail -5
-  timeout 60 "${FREPO[@]}" evaluate /tmp/frepo-main-job/distilled.safetensors --models 2 --steps 100 --device cuda \
-    --json "$RESULTS/main-job-eval.json" 2>&1 | grep -v "evaluate (" | tail -5
-  ls /tmp/frepo-main-job
-fi
-want cudagraphs && part "eager vs --compile cudagraphs, CIFAR-10 IPC 10 flip" && timeout 150 "$PY" \
-  benchmarks/bench_step.py --device cuda --warmup 10 --repeats 30 --vs compile=cudagraphs \
-  --settings cifar10-ipc10-b1024-flip --json "$RESULTS/cudagraphs-gpu.json"
-
-want dsa && part "dsa protocol, random MNIST subsets" && for strategy in color_crop_cutout_flip_scale_rotate crop_scale_rotate; do
-  for ipc in 1 10 50; do
-    [ "$strategy" = color_crop_cutout_flip_scale_rotate ] && [ "$ipc" != 10 ] && continue
-    timeout 150 "${FREPO[@]}" evaluate "$SETS/mnist-random-ipc$ipc.safetensors" --protocol dsa --models 5 \
-      --dsa-strategy "$strategy" --json "$RESULTS/dsa-mnist-ipc$ipc-$strategy.json" 2>&1 | grep -v "evaluate ("
+SESSION_LIMIT=${SESSION_LIMIT:-0}
+# A part's time limit: its own (the argument), or what the session has left less 15 s, whichever is smaller.
+left() {
+  local want=$1 rest
+  if (( SESSION_LIMIT > 0 )); then
+    rest=$(( SESSION_LIMIT - SECONDS - 15 ))
+    (( rest < want )) && want=$rest
+  fi
+  echo "$want"
+}
+quiet() { grep --line-buffered -v "$@"; }  # progress bars out; unbuffered, so a cut part keeps its lines
+need_data() {
+  local name
+  for name in "$@"; do
+    [ -f "${FREPO_DATA_DIR:-/nonexistent}/$name.npz" ] || { echo "no $name.npz in FREPO_DATA_DIR (${FREPO_DATA_DIR:-unset})"; return 1; }
   done
-done
+}
 
-if want dsa-subsets; then
-  part "dsa protocol, DC's MNIST strategy, random subsets of seeds 1-4"
-  timeout 200 "$PY" - "$SETS" "$RESULTS" <<'PYEOF'
+part_tests() {
+  echo "--- the CUDA tests"
+  local timeout_flag=()
+  "$PY" -c "import pytest_timeout" 2>/dev/null && timeout_flag=(--timeout 90)
+  timeout "$(left 200)" "$PY" -m pytest -q -s -p no:cacheprovider -rfE -n 4 "${timeout_flag[@]}" tests/test_cuda.py 2>&1 \
+    | quiet "distill:"
+  local rc=$?
+  echo "--- the main job on the GPU"
+  rm -rf /tmp/frepo-main-job
+  timeout "$(left 90)" "${FREPO[@]}" distill --dataset digits --ipc 10 --steps 30 --device cuda --out /tmp/frepo-main-job \
+    2>&1 | quiet "distill:" || rc=1
+  timeout "$(left 60)" "${FREPO[@]}" evaluate /tmp/frepo-main-job/distilled.safetensors --models 2 --steps 100 \
+    --device cuda --json "$RESULTS/main-job-eval.json" 2>&1 | quiet "evaluate (" || rc=1
+  ls /tmp/frepo-main-job
+  return $rc
+}
+
+part_cudagraphs() {  # eager against --compile cudagraphs (paired)
+  timeout "$(left 150)" "$PY" benchmarks/bench_step.py --device cuda --warmup 10 --repeats 30 --set compile=off \
+    --vs compile=cudagraphs --settings cifar10-ipc10-b1024-flip --json "$RESULTS/cudagraphs-gpu.json"
+}
+
+part_dsa() {
+  : "${SETS:?the dsa part needs SETS}"
+  local rc=0 strategy ipc
+  for strategy in color_crop_cutout_flip_scale_rotate crop_scale_rotate; do
+    for ipc in 1 10 50; do
+      [ "$strategy" = color_crop_cutout_flip_scale_rotate ] && [ "$ipc" != 10 ] && continue
+      timeout "$(left 150)" "${FREPO[@]}" evaluate "$SETS/mnist-random-ipc$ipc.safetensors" --protocol dsa --models 5 \
+        --dsa-strategy "$strategy" --json "$RESULTS/dsa-mnist-ipc$ipc-$strategy.json" 2>&1 | quiet "evaluate (" || rc=1
+    done
+  done
+  return $rc
+}
+
+part_dsa-subsets() {  # DC's MNIST strategy, random subsets of seeds 1-4
+  : "${SETS:?the dsa-subsets part needs SETS}"
+  timeout "$(left 200)" "$PY" - "$SETS" "$RESULTS" <<'PYEOF'
 import sys
 from frepo import evaluate
 from frepo.eval.results import write_json
@@ -82,52 +113,105 @@ for ipc in (1, 10):
         write_json([r], f"{results}/dsa-{name}-crop_scale_rotate.json")
         print(name, r.summary(), flush=True)
 PYEOF
-fi
+}
 
-if want reproduce; then
-  part "Table 1, ${BUDGET:=cpu-small} budget, MNIST and Fashion-MNIST"
+part_reproduce() {  # Table 1 at the BUDGET budget, MNIST and Fashion-MNIST
+  need_data mnist fashion_mnist || return 1
+  echo "budget ${BUDGET:=cpu-small}"
   # The table is rewritten after every row, so a run cut by its limit keeps the rows it finished.
-  timeout "${REPRODUCE_LIMIT:-300}" "${FREPO[@]}" reproduce --table 1 --budget "$BUDGET" --datasets mnist,fashion_mnist \
-    --runs-dir "runs/gpu-reproduce-$BUDGET" --out "$RESULTS/reproduction-gpu-$BUDGET.md" 2>&1 | tr '\r' '\n' \
-    | grep -v "distill:\|evaluate (\|train:\|^ *$"
+  timeout "$(left "${REPRODUCE_LIMIT:-300}")" "${FREPO[@]}" reproduce --table 1 --budget "$BUDGET" \
+    --datasets mnist,fashion_mnist --no-download --runs-dir "runs/gpu-reproduce-$BUDGET" \
+    --out "$RESULTS/reproduction-gpu-$BUDGET.md" 2>&1 | sed -u 's/\r/\n/g' | quiet "distill:\|evaluate (\|train:\|^ *$"
+  local rc=$?
   cat "$RESULTS/reproduction-gpu-$BUDGET.md"
   # one small file back: the runs' records (no checkpoints, snapshots or grids)
   (cd runs && tar czf "$RESULTS/reproduce-runs-$BUDGET.tgz" --exclude=checkpoint.pt --exclude=images \
     --exclude='*.png' "gpu-reproduce-$BUDGET")
-fi
-want convs && part "the network's blocks one by one (where a feature pass loses the peak)" && timeout 90 "$PY" \
-  benchmarks/bench_convs.py --device cuda --batch 512 --repeats 20 --json "$RESULTS/convs-gpu.json"
-want bench && part "outer-step benchmark" && timeout 240 "$PY" benchmarks/bench_step.py --device cuda \
-  --warmup 10 --repeats 30 --json "$RESULTS/bench_step_gpu.json" \
-  --settings mnist-ipc10-b256,cifar10-ipc10-b1024-flip,cifar100-ipc1-b1024-flip,cifar100-ipc50-flip
-want bench-nondet && part "outer-step benchmark, cuDNN's default algorithms" && timeout 120 "$PY" \
-  benchmarks/bench_step.py --device cuda --warmup 10 --repeats 30 --set deterministic=false \
-  --settings cifar10-ipc10-b1024-flip,cifar100-ipc50-flip --json "$RESULTS/bench_step_gpu_nondet.json"
-want roofline && part "roofline: eager vs --compile graph" && for flags in "" "--set precision=bf16 --set support_precision=bf16"; do
-  # shellcheck disable=SC2086
-  timeout 200 "$PY" benchmarks/bench_step.py --device cuda --warmup 30 --repeats 30 --vs compile=graph $flags \
-    --settings "${ROOFLINE_SETTINGS:-mnist-ipc10-b256,cifar10-ipc10-b1024-flip,cifar100-ipc50-flip}" \
-    --json "$RESULTS/roofline-gpu${flags:+-bf16}.json"
-done
-want kernels && part "the step kernel by kernel" && for mode in off graph; do
-  timeout 120 "$PY" benchmarks/bench_step.py --device cuda --warmup 10 --repeats 10 --kernels 25 --set compile=$mode \
-    --settings mnist-ipc10-b256,cifar10-ipc10-b1024-flip --json "$RESULTS/kernels-gpu-$mode.json"
-done
-want solve && part "the kernel solve of 10 000 support images" && timeout 90 "$PY" benchmarks/bench_solve.py \
-  --device cuda --n 10000 --d 8192 --classes 100 --json "$RESULTS/solve-gpu.json"
-want precision && part "meta-gradient precision" && timeout 120 "$PY" benchmarks/bench_precision.py --device cuda \
-  --dataset mnist --ipc 10 --batch 256 --warm-steps 100 --models 5 --json "$RESULTS/precision-gpu.json"
-want eval && part "evaluation: sequential vs stacked vs streams" && timeout 210 "$PY" benchmarks/bench_eval.py --device cuda \
-  --dataset mnist --sizes 10,100,500 --steps 300 --kernels 15 --json "$RESULTS/bench_eval_gpu.json"
-if want long; then
-  part "MNIST IPC 10, ${LONG_STEPS:=20000} steps, then 5 evaluation networks"
+  return $rc
+}
+
+part_convs() {  # the network's blocks one by one (where a feature pass loses the peak)
+  timeout "$(left 90)" "$PY" benchmarks/bench_convs.py --device cuda --batch 512 --repeats 20 --json "$RESULTS/convs-gpu.json"
+}
+
+part_bench() {  # the outer step at the defaults a user gets (--compile auto: graph on one GPU)
+  timeout "$(left 240)" "$PY" benchmarks/bench_step.py --device cuda --warmup 10 --repeats 30 \
+    --json "$RESULTS/bench_step_gpu.json" \
+    --settings mnist-ipc10-b256,cifar10-ipc10-b1024-flip,cifar100-ipc1-b1024-flip,cifar100-ipc50-flip
+}
+
+part_bench-nondet() {  # cuDNN's default (non-deterministic) algorithms, for the cost of determinism
+  timeout "$(left 120)" "$PY" benchmarks/bench_step.py --device cuda --warmup 10 --repeats 30 --set deterministic=false \
+    --settings cifar10-ipc10-b1024-flip,cifar100-ipc50-flip --json "$RESULTS/bench_step_gpu_nondet.json"
+}
+
+part_roofline() {  # eager (--compile off) against --compile graph, paired; float32/TF32, then bf16 feature passes
+  local rc=0 flags
+  for flags in "" "--set precision=bf16 --set support_precision=bf16"; do
+    # shellcheck disable=SC2086
+    timeout "$(left 200)" "$PY" benchmarks/bench_step.py --device cuda --warmup 30 --repeats 30 --set compile=off \
+      --vs compile=graph $flags \
+      --settings "${ROOFLINE_SETTINGS:-mnist-ipc10-b256,cifar10-ipc10-b1024-flip,cifar100-ipc50-flip}" \
+      --json "$RESULTS/roofline-gpu${flags:+-bf16}.json" || rc=1
+  done
+  return $rc
+}
+
+part_kernels() {  # the costliest kernels of 10 steps, eager and graphed
+  local rc=0 mode
+  for mode in off graph; do
+    timeout "$(left 120)" "$PY" benchmarks/bench_step.py --device cuda --warmup 10 --repeats 10 --kernels 25 \
+      --set compile=$mode --settings mnist-ipc10-b256,cifar10-ipc10-b1024-flip --json "$RESULTS/kernels-gpu-$mode.json" \
+      || rc=1
+  done
+  return $rc
+}
+
+part_solve() {  # the float64 kernel solve of 10 000 support images, dual vs primal
+  timeout "$(left 90)" "$PY" benchmarks/bench_solve.py --device cuda --n 10000 --d 8192 --classes 100 \
+    --json "$RESULTS/solve-gpu.json"
+}
+
+part_precision() {  # the meta-gradient under bf16 against float32
+  timeout "$(left 120)" "$PY" benchmarks/bench_precision.py --device cuda --dataset mnist --ipc 10 --batch 256 \
+    --warm-steps 100 --models 5 --json "$RESULTS/precision-gpu.json"
+}
+
+part_eval() {  # 5 evaluation networks: sequential vs stacked vs streams
+  timeout "$(left 210)" "$PY" benchmarks/bench_eval.py --device cuda --dataset mnist --sizes 10,100,500 --steps 300 \
+    --kernels 15 --json "$RESULTS/bench_eval_gpu.json"
+}
+
+part_long() {  # MNIST IPC 10, LONG_STEPS steps, then 5 evaluation networks
+  need_data mnist || return 1
+  echo "${LONG_STEPS:=20000} steps"
   # Pick LONG_STEPS from the roofline's ms/step and the minutes left; a run cut by the time limit
   # checkpoints and resumes with the same command.
   # shellcheck disable=SC2086
-  timeout 300 "${FREPO[@]}" distill --dataset mnist --ipc 10 --device cuda --steps "$LONG_STEPS" \
-    --out runs/gpu-long ${STEP_FLAGS:-} 2>&1 | grep -v "distill:" | tail -5
-  timeout 150 "${FREPO[@]}" evaluate runs/gpu-long/distilled.safetensors --models 5 --device cuda \
-    --json "$RESULTS/long-mnist-ipc10.json" 2>&1 | grep -v "evaluate (" | tail -5
+  timeout "$(left 300)" "${FREPO[@]}" distill --dataset mnist --ipc 10 --device cuda --steps "$LONG_STEPS" \
+    --no-download --out runs/gpu-long ${STEP_FLAGS:-} 2>&1 | quiet "distill:"
+  timeout "$(left 150)" "${FREPO[@]}" evaluate runs/gpu-long/distilled.safetensors --models 5 --device cuda \
+    --json "$RESULTS/long-mnist-ipc10.json" 2>&1 | quiet "evaluate ("
+  local rc=$?
   cp runs/gpu-long/metrics.jsonl "$RESULTS/long-metrics.jsonl" 2>/dev/null
-fi
-part "done"
+  return $rc
+}
+
+echo "=== machine ($(date +%T)), parts: $PARTS, session limit: ${SESSION_LIMIT}s"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+for part in $PARTS; do
+  if ! declare -F "part_$part" > /dev/null; then
+    echo "=== $part: no such part"
+    continue
+  fi
+  if (( $(left 1000000) < 20 )); then
+    echo "=== $part: skipped, under 20 s of the session left"
+    continue
+  fi
+  echo; echo "=== $part ($(date +%T))"
+  began=$SECONDS
+  "part_$part"
+  echo "=== $part: exit code $?, $(( SECONDS - began )) s"
+done
+echo "=== done ($(date +%T))"
