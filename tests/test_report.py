@@ -121,7 +121,7 @@ def test_reproduce_plan_lists_every_row_with_its_reason(tmp_path, monkeypatch):
         reproduce.plan(1, "paper", ["imagenet1k"])
 
 
-def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypatch):
+def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(reproduce, "TABLES", {1: (("digits", "Digits", {1: (80.0, 1.0)}, True),)})
     tiny = reproduce.Budget("tiny", "-tiny", 1, 3, False, "a test budget")
     monkeypatch.setitem(reproduce.BUDGETS, "tiny", tiny)
@@ -183,6 +183,18 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     monkeypatch.setattr(importlib.import_module("frepo.jobs.distill"), "distill", no_evaluation)
     reported = reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)
     assert f"| {saved['mean']:.2f} ± {saved['std']:.2f} | done |" in reported
+    # ... at this budget only: an evaluation of other training steps, or a run of other distillation steps,
+    # was reported under the budget's cell (what ran was not what the row said).
+    record = tmp_path / "runs" / "digits-ipc1-tiny" / "eval-reproduce-tiny.json"
+    record.write_text(json.dumps({**saved, "steps": 10}))
+    assert "not run: no finished, evaluated run" in reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)
+    record.write_text(json.dumps(saved))
+    monkeypatch.setitem(presets.PRESETS, "digits-ipc1-tiny", {**settings, "steps": 3})
+    assert "not run: no finished, evaluated run" in reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)
+    monkeypatch.setitem(presets.PRESETS, "digits-ipc1-tiny", settings)
+    assert f"| {saved['mean']:.2f} ± {saved['std']:.2f} | done |" in reproduce.reproduce(
+        1, "tiny", finished_only=True, **kwargs
+    )
     kwargs["runs_dir"] = tmp_path / "elsewhere"
     empty = reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)
     assert "| – | not run: no finished, evaluated run in" in empty
@@ -193,7 +205,9 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
 
     monkeypatch.setattr(importlib.import_module("frepo.jobs.distill"), "distill", failing_distill)
     kwargs["runs_dir"] = tmp_path / "failing"
-    assert "failed: the disk is on fire" in reproduce.reproduce(1, "tiny", **kwargs)
+    with caplog.at_level("WARNING", logger="frepo"):
+        assert "failed: the disk is on fire" in reproduce.reproduce(1, "tiny", **kwargs)
+    assert "Digits IPC 1 failed: the disk is on fire; going on with the next row" in caplog.text  # said at once
     with pytest.raises(FrepoError, match=r"1 of 1 rows failed \(first: Digits IPC 1, failed: the disk is on fire\)"):
         reproduce.reproduce(1, "tiny", strict=True, **kwargs)
     assert "failed: the disk is on fire" in out.read_text()

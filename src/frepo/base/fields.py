@@ -67,10 +67,10 @@ SETTING_TYPES = {bool: (bool, np.bool_), int: (numbers.Integral,), float: (numbe
 
 def check_type(name: str, value: Any, declared: Any) -> Any:
     """`value` as a setting of type `declared` (bool, int, float, str, or one of them or None): a numpy
-    number as the Python number, a path or a torch.device as its str (settings are saved as JSON). Anything else is an
-    error naming the setting, so the text "False" is not a true flag, 2.5 no step count, "5" no
-    batch size (each failed deep inside a run, or passed silently). A setting of another declared type
-    is left as it is."""
+    number as the Python number, a path or a torch.device as its str (settings are saved as JSON).
+    Anything else is an error naming the setting, so the text "False" is not a true flag, 2.5 no step
+    count, "5" no batch size (each failed deep inside a run, or passed silently). A setting of another
+    declared type (arch: a str or a list) is left as it is."""
     optional = typing.get_origin(declared) in (typing.Union, types.UnionType) and type(None) in typing.get_args(
         declared
     )

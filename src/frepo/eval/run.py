@@ -102,5 +102,7 @@ def evaluate_set(
             "networks_read_back": read_back,  # finished before an interruption; `seconds` counts the others
             "model_streams": streams,
             "model_seeds": [stream_seed(config.seed, s) for s in streams],
+            "width": config.width,  # of conv-family networks and convnet (the others have fixed sizes)
+            "device": str(device),
         },
     )

@@ -14,6 +14,7 @@ run directories resume, and an evaluation JSON already written for the same file
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import time
@@ -24,6 +25,8 @@ from ..base.atomic import atomic_write_text
 from ..base.errors import FrepoError, Interrupted
 from ..data import BUILTIN, default_data_dir
 from ..data.layouts import LAYOUTS, find_root
+
+log = logging.getLogger(__name__)
 
 # Published test accuracy (%, mean ± std; ConvNet) of FRePo's Table 1, from the project's reference notes
 # (not shipped), which say that the MNIST, Fashion-MNIST, ImageNet and CUB rows still need checking
@@ -185,17 +188,22 @@ def _evaluation_json(run_dir: Path, budget: Budget) -> Path:
     return run_dir / f"eval-reproduce-{budget.name}.json"
 
 
-def finished_evaluation(run_dir: Path, budget: Budget) -> tuple[float, float] | None:
-    """(mean, std) of this budget's evaluation of the run's final set, if it was evaluated; None
-    otherwise (no finished set, no evaluation, or one of another file or model count)."""
+def finished_evaluation(run_dir: Path, budget: Budget, steps: int) -> tuple[float, float] | None:
+    """(mean, std) of this budget's evaluation of the run's final set, if it was evaluated at this budget;
+    None otherwise (no finished set, no evaluation, a set of other than `steps` distillation steps, or an
+    evaluation of another file, model count or training steps: a row's budget cell says what ran)."""
     from ..io.artifact import load_distilled
 
     saved, final = _evaluation_json(run_dir, budget), run_dir / "distilled.safetensors"
     if not (saved.is_file() and final.is_file()):
         return None
     previous = json.loads(saved.read_text())
-    checksum = load_distilled(final).meta.get("checksum")
-    if previous.get("file_checksum") != checksum or previous.get("models") != budget.eval_models:
+    ds = load_distilled(final)
+    if ds.meta.get("step") != steps or previous.get("file_checksum") != ds.meta.get("checksum"):
+        return None
+    if previous.get("models") != budget.eval_models:
+        return None
+    if budget.eval_steps is not None and previous.get("steps") != budget.eval_steps:
         return None
     return previous["mean"], previous["std"]
 
@@ -224,7 +232,7 @@ def run_row(
     row.run_dir = str(out)
     try:
         result = distill(config, out, progress=progress)
-        previous = finished_evaluation(out, budget)
+        previous = finished_evaluation(out, budget, row.steps)
         if previous is not None:
             mean, std = previous
         else:
@@ -244,8 +252,9 @@ def run_row(
         row.measured, row.status = (mean, std), "done"
     except Interrupted:  # Ctrl-C or SIGTERM stops the command (its run checkpointed), not just this row
         raise
-    except FrepoError as exc:
+    except FrepoError as exc:  # said now too: the next row may take half an hour before the table shows it
         row.status = f"failed: {exc}"
+        log.warning(f"frepo: {row.label} IPC {row.ipc} failed: {exc}; going on with the next row")
 
 
 def render(
@@ -335,7 +344,7 @@ def reproduce(
         for row in rows:
             if row.status.startswith("planned") and finished_only:
                 run_dir = Path(runs_dir) / row.preset
-                measured = finished_evaluation(run_dir, spec)
+                measured = finished_evaluation(run_dir, spec, row.steps)
                 if measured is None:
                     row.status = f"not run: no finished, evaluated run in {runs_dir} (--finished-only)"
                 else:
