@@ -169,6 +169,9 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
     monkeypatch.setattr(privacy_app.Privacy, "_victim_outputs", victim_outputs)
     resumed = frepo.privacy(out=tmp_path / "resumed", **MIA)
     assert resumed["rows"] == rows
+    # In the same order too: the table's columns followed the order of the victims' records, read back sorted.
+    assert [list(r["attacks"]) for r in resumed["rows"]] == [list(r["attacks"]) for r in rows]
+    assert (tmp_path / "resumed" / "privacy.md").read_text() == (tmp_path / "straight" / "privacy.md").read_text()
 
 
 @pytest.mark.parametrize(

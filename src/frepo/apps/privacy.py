@@ -353,7 +353,9 @@ class Privacy(Experiment):
         """One arm at one step count: the victims' test accuracy and every attack's metrics, as the mean over
         the victims and (`<metric>_std`) their population std."""
         attacks = {}
-        for name, first in victims[0]["attacks"].items():
+        # By name: a victim read back from its record has its attacks in another order than a fresh one, and the
+        # table's columns and the plot's lines followed it.
+        for name, first in sorted(victims[0]["attacks"].items()):
             attacks[name] = {}
             for metric in first:
                 values = [v["attacks"][name][metric] for v in victims]
@@ -429,9 +431,10 @@ class Privacy(Experiment):
             if not rows:
                 continue
             steps = [r["steps"] for r in rows]
-            for name in rows[0]["attacks"]:
-                left.plot(steps, [r["attacks"][name]["auc"] for r in rows], style, marker="o", label=f"{arm}: {name}")
-            right.plot(steps, [r["test_accuracy"] for r in rows], style, marker="o", label=arm)
+            for i, name in enumerate(rows[0]["attacks"]):  # one colour per attack, one line style per arm
+                aucs = [r["attacks"][name]["auc"] for r in rows]
+                left.plot(steps, aucs, style, color=f"C{i}", marker="o", label=f"{arm}: {name}")
+            right.plot(steps, [r["test_accuracy"] for r in rows], style, color="C0", marker="o", label=arm)
         for ax, label in ((left, "attack ROC AUC"), (right, "test accuracy (%)")):
             ax.set_xscale("log")
             ax.set_xlabel("victim training steps")
