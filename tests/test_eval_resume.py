@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -170,3 +173,25 @@ def test_sets_from_other_tools_are_told_apart_by_their_content():
     own = DistilledSet(images, torch.arange(10), pre, {**meta, "source": None})
     assert _identity(own, raw, "test")[0] == "file"  # a frepo file's checksum covers its content
     assert _identity(own, raw, "test")[1] != _identity(own, raw, "val")[1]
+
+
+def test_sigterm_keeps_the_finished_networks_as_ctrl_c_does(set_file, tmp_path):
+    """SIGTERM (a scheduler, `kill`) ended an evaluation at once with exit code 143 and said nothing; it now
+    stops as Ctrl-C does, keeping the networks that finished, and the same command trains only the others."""
+    args = ["evaluate", str(set_file), *EVAL, "--together", "off"]
+    driver = textwrap.dedent(f"""
+        import dataclasses, os, signal, sys
+        from frepo.eval import protocols
+        original, calls = protocols.PROTOCOLS["frepo"], []
+        def one(setup, options, stream):
+            calls.append(stream)
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return original.train_and_test(setup, options, stream)
+        protocols.PROTOCOLS["frepo"] = dataclasses.replace(original, train_and_test=one)
+        from frepo.cli import main
+        sys.exit(main({args!r}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, timeout=300)  # this cache
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert "1 finished network(s) kept" in proc.stderr and "Traceback" not in proc.stderr

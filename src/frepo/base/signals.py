@@ -32,3 +32,23 @@ def stop_on_signal():
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """Within the block, SIGTERM (what a scheduler or `kill` sends) interrupts as Ctrl-C does: work that keeps
+    what it finished on Ctrl-C (an evaluation's finished networks, privacy's victims, a run's end after its
+    last step) keeps it then too, where SIGTERM's default ended the process at once and silently. A loop's own
+    `stop_on_signal` takes precedence inside it. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -19,6 +19,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def main(argv: list[str] | None = None) -> int:
     from ..base.log import show_messages
     from ..base.perf import tune_cpu_allocator
+    from ..base.signals import terminate_as_interrupt
 
     parser = build_parser()
     try:
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     tune_cpu_allocator()  # speed only: freed memory stays in the heap (see frepo.base.perf)
     try:
-        with show_messages():
+        with show_messages(), terminate_as_interrupt():
             return HANDLERS[args.command](args)
     except Interrupted as exc:
         print(f"frepo: {exc}", file=sys.stderr)
