@@ -132,6 +132,15 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     kwargs = dict(out=out, runs_dir=tmp_path / "runs", device="cpu", progress=False)
     text = reproduce.reproduce(1, "tiny", **kwargs)
     assert out.read_text() == text
+    # Beside the table, its JSON (documented keys) and a plot with the budget in its title.
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert set(summary) == set(reproduce.JSON_KEYS) and summary["budget"]["eval_steps"] == 3
+    assert summary["command"] == "frepo reproduce --table 1 --budget tiny"
+    (row,) = summary["rows"]
+    assert row["status"] == "done" and row["steps"] == 2 and len(row["measured"]) == 2 and row["published"] == [80, 1]
+    from PIL import Image
+
+    assert Image.open(out.with_suffix(".png")).size[0] > 100
     notes = f"{reproduce.NOTES_MARKER}\n## Parity\nhand-written\n"
     out.write_text(text + "\n" + notes)
     row = next(line for line in text.splitlines() if line.startswith("| Digits"))

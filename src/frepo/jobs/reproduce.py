@@ -18,10 +18,10 @@ import logging
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..base.atomic import atomic_write_text
+from ..base.atomic import atomic_write_json, atomic_write_text
 from ..base.errors import FrepoError, Interrupted
 from ..data import BUILTIN, default_data_dir
 from ..data.layouts import LAYOUTS, find_root
@@ -281,10 +281,7 @@ def render(
         "",
         f"{'Plan (dry run)' if dry_run else 'Measured'} with frepo {__version__}, torch {torch.__version__}, "
         f"device {device}, {platform.machine()}, {time.strftime('%Y-%m-%d')}. "
-        f"Command: `frepo reproduce --table {table} --budget {budget.name}"
-        + (f" --datasets {','.join(datasets)}" if datasets else "")
-        + (" --finished-only" if finished_only else "")
-        + "`.",
+        f"Command: `{command_line(table, budget, datasets, finished_only)}`.",
         "",
         "| dataset | IPC | preset | distillation (steps × batch) | evaluation | published (%) | measured (%) "
         "| status |",
@@ -338,6 +335,10 @@ def reproduce(
         text = render(rows, table, spec, dry_run=dry_run, device=device, datasets=datasets, finished_only=finished_only)
         if not dry_run and out:
             atomic_write_text(out, text + kept_notes(Path(out)))
+            atomic_write_json(
+                Path(out).with_suffix(".json"), summary(rows, table, spec, device, datasets, finished_only)
+            )
+            plot(rows, table, spec, Path(out).with_suffix(".png"))
         return text
 
     if not dry_run:
@@ -364,6 +365,88 @@ def reproduce(
             text,
         )
     return text
+
+
+# The keys of the JSON written beside the table (`--out` with .json); each row's keys are `Row`'s fields.
+JSON_KEYS = {
+    "table": "the paper's table reproduced (1)",
+    "budget": "name, description, eval_models, eval_steps (null: the reference step table) of the budget",
+    "command": "the command that wrote it",
+    "environment": "frepo and torch versions, device, machine, date",
+    "rows": "one per dataset and IPC: dataset, label, ipc, published [mean, std], checked (the published value "
+    "checked against the paper), preset, steps and batch_size of its distillation, status, measured [mean, std] "
+    "or null, run_dir",
+}
+
+
+def command_line(table: int, budget: Budget, datasets: list[str] | None, finished_only: bool) -> str:
+    return (
+        f"frepo reproduce --table {table} --budget {budget.name}"
+        + (f" --datasets {','.join(datasets)}" if datasets else "")
+        + (" --finished-only" if finished_only else "")
+    )
+
+
+def summary(
+    rows: list[Row], table: int, budget: Budget, device: str, datasets: list[str] | None, finished_only: bool
+) -> dict:
+    """The table as JSON (`JSON_KEYS`)."""
+    import torch
+
+    from ..base.version import __version__
+
+    return {
+        "table": table,
+        "budget": asdict(budget),
+        "command": command_line(table, budget, datasets, finished_only),
+        "environment": {
+            "frepo": __version__,
+            "torch": torch.__version__,
+            "device": device,
+            "machine": platform.machine(),
+            "date": time.strftime("%Y-%m-%d"),
+        },
+        "rows": [asdict(row) for row in rows],
+    }
+
+
+def plot(rows: list[Row], table: int, budget: Budget, path: Path) -> None:
+    """Measured against published accuracy, one point per measured row, with the budget in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..base.atomic import atomic_write
+
+    done = [r for r in rows if r.measured]
+    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
+    for r in done:
+        ax.errorbar(r.published[0], r.measured[0], xerr=r.published[1], yerr=r.measured[1], fmt="o", capsize=3)
+        ax.annotate(
+            f"{r.label} {r.ipc}",
+            (r.published[0], r.measured[0]),
+            fontsize=7,
+            xytext=(4, -10),
+            textcoords="offset points",
+        )
+    ax.plot([0, 100], [0, 100], color="grey", lw=0.8, label="measured = published")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("published test accuracy (%)")
+    ax.set_ylabel("measured test accuracy (%)")
+    steps = sorted({r.steps for r in done if r.steps})
+    ax.set_title(
+        f"Table {table}, budget {budget.name}: {len(done)} of {len(rows)} rows measured\n"
+        + (f"{'/'.join(map(str, steps))} distillation steps, " if steps else "")
+        + f"{budget.eval_models} evaluation models",
+        fontsize=8,
+    )
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
 
 
 class RowsFailed(FrepoError):
