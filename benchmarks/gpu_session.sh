@@ -31,7 +31,8 @@
 # Each part runs under its own time limit, cut to what SESSION_LIMIT (the seconds this call may take in all,
 # default: no limit) leaves, so one failure or overrun does not hide the others; a part with under 20 s left is
 # skipped. Everything lands in $RESULTS as it is produced: session.log (this output, each part's exit code and
-# seconds), the raw JSON of each part, written after each setting, and the run records.
+# seconds), the raw JSON of each part, written after each setting, and the run records (a call returns at most
+# 8 files: the planned calls below write 4 and 6).
 # The first call of a device session (<= 5 min): PARTS="tests roofline" SESSION_LIMIT=280; the last (<= 7 min):
 #   PARTS="kernels roofline reproduce" BUDGET=gpu-small ROOFLINE_SETTINGS=mnist-ipc10-b256,cifar10-ipc10-b1024-flip
 #   REPRODUCE_LIMIT=180 SESSION_LIMIT=400.
@@ -119,14 +120,16 @@ part_reproduce() {  # Table 1 at the BUDGET budget, MNIST and Fashion-MNIST
   need_data mnist fashion_mnist || return 1
   echo "budget ${BUDGET:=cpu-small}"
   # The table is rewritten after every row, so a run cut by its limit keeps the rows it finished.
+  local runs="runs/gpu-reproduce-$BUDGET"
   timeout "$(left "${REPRODUCE_LIMIT:-300}")" "${FREPO[@]}" reproduce --table 1 --budget "$BUDGET" \
-    --datasets mnist,fashion_mnist --no-download --runs-dir "runs/gpu-reproduce-$BUDGET" \
-    --out "$RESULTS/reproduction-gpu-$BUDGET.md" 2>&1 | sed -u 's/\r/\n/g' | quiet "distill:\|evaluate (\|train:\|^ *$"
+    --datasets mnist,fashion_mnist --no-download --runs-dir "$runs" --out "$runs/reproduction-gpu-$BUDGET.md" 2>&1 \
+    | sed -u 's/\r/\n/g' | quiet "distill:\|evaluate (\|train:\|^ *$"
   local rc=$?
-  cat "$RESULTS/reproduction-gpu-$BUDGET.md"
-  # one small file back: the runs' records (no checkpoints, snapshots or grids)
-  (cd runs && tar czf "$RESULTS/reproduce-runs-$BUDGET.tgz" --exclude=checkpoint.pt --exclude=images \
-    --exclude='*.png' "gpu-reproduce-$BUDGET")
+  cat "$runs/reproduction-gpu-$BUDGET.md"
+  # One file back (a call returns 8 at most): the table, its JSON and plot, and the runs' records (no
+  # checkpoints or snapshots).
+  (cd runs && tar czf "$RESULTS/reproduce-$BUDGET.tgz" --exclude=checkpoint.pt --exclude=images \
+    --exclude=distilled.png --exclude=best.png "gpu-reproduce-$BUDGET")
   return $rc
 }
 
