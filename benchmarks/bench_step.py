@@ -299,7 +299,10 @@ def run_one(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", default=DEFAULT, help=f"comma-separated, from: {', '.join(SETTINGS)}")
-    parser.add_argument("--json", help="write a JSON list of result objects here")
+    parser.add_argument(
+        "--json",
+        help="write a JSON list of result objects here, after every setting ({setting, error} for a failed one)",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument(
         "--vs",

@@ -40,6 +40,7 @@ set -uo pipefail
 : "${RESULTS:?}"
 mkdir -p "$RESULTS"
 exec > >(tee -a "$RESULTS/session.log") 2>&1  # everything said reaches $RESULTS, even from a part cut short
+TEE=$!
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export FREPO_CACHE="${FREPO_CACHE:-/tmp/frepo-cache}"
 [ -n "${FREPO_DATA_DIR:-}" ] && FREPO_DATA_DIR=$(cd "$FREPO_DATA_DIR" && pwd) && export FREPO_DATA_DIR
@@ -56,7 +57,17 @@ left() {
   fi
   echo "$want"
 }
-quiet() { grep --line-buffered -v "$@"; }  # progress bars out; unbuffered, so a cut part keeps its lines
+# Each command of a part: under its own limit cut to what the session has left (`timeout 0` would mean none),
+# skipped under 5 s; killed 20 s after its SIGTERM (frepo stops after the current step on SIGTERM).
+limited() {
+  local t
+  t=$(left "$1")
+  shift
+  (( t < 5 )) && { echo "skipped, the session's time is spent: $*"; return 124; }
+  timeout -k 20 "$t" "$@"
+}
+# Progress bars out; unbuffered, so a cut part keeps its lines; all lines filtered out is no failure.
+quiet() { grep --line-buffered -v "$@" || [ $? -eq 1 ]; }
 need_data() {
   local name
   for name in "$@"; do
@@ -68,40 +79,43 @@ part_tests() {
   echo "--- the CUDA tests"
   local timeout_flag=()
   "$PY" -c "import pytest_timeout" 2>/dev/null && timeout_flag=(--timeout 90)
-  timeout "$(left 200)" "$PY" -m pytest -q -s -p no:cacheprovider -rfE -n 4 "${timeout_flag[@]}" tests/test_cuda.py 2>&1 \
+  limited 200 "$PY" -m pytest -q -s -p no:cacheprovider -rfE -n 4 ${timeout_flag[@]+"${timeout_flag[@]}"} tests/test_cuda.py 2>&1 \
     | quiet "distill:"
   local rc=$?
   echo "--- the main job on the GPU"
   rm -rf /tmp/frepo-main-job
-  timeout "$(left 90)" "${FREPO[@]}" distill --dataset digits --ipc 10 --steps 30 --device cuda --out /tmp/frepo-main-job \
+  limited 90 "${FREPO[@]}" distill --dataset digits --ipc 10 --steps 30 --device cuda --out /tmp/frepo-main-job \
     2>&1 | quiet "distill:" || rc=1
-  timeout "$(left 60)" "${FREPO[@]}" evaluate /tmp/frepo-main-job/distilled.safetensors --models 2 --steps 100 \
+  limited 60 "${FREPO[@]}" evaluate /tmp/frepo-main-job/distilled.safetensors --models 2 --steps 100 \
     --device cuda --json "$RESULTS/main-job-eval.json" 2>&1 | quiet "evaluate (" || rc=1
   ls /tmp/frepo-main-job
   return $rc
 }
 
 part_cudagraphs() {  # eager against --compile cudagraphs (paired)
-  timeout "$(left 150)" "$PY" benchmarks/bench_step.py --device cuda --warmup 10 --repeats 30 --set compile=off \
+  limited 150 "$PY" benchmarks/bench_step.py --device cuda --warmup 10 --repeats 30 --set compile=off \
     --vs compile=cudagraphs --settings cifar10-ipc10-b1024-flip --json "$RESULTS/cudagraphs-gpu.json"
 }
 
 part_dsa() {
-  : "${SETS:?the dsa part needs SETS}"
+  [ -n "${SETS:-}" ] || { echo "the dsa part needs SETS"; return 1; }
+  need_data mnist || return 1
   local rc=0 strategy ipc
   for strategy in color_crop_cutout_flip_scale_rotate crop_scale_rotate; do
     for ipc in 1 10 50; do
       [ "$strategy" = color_crop_cutout_flip_scale_rotate ] && [ "$ipc" != 10 ] && continue
-      timeout "$(left 150)" "${FREPO[@]}" evaluate "$SETS/mnist-random-ipc$ipc.safetensors" --protocol dsa --models 5 \
-        --dsa-strategy "$strategy" --json "$RESULTS/dsa-mnist-ipc$ipc-$strategy.json" 2>&1 | quiet "evaluate (" || rc=1
+      limited 150 "${FREPO[@]}" evaluate "$SETS/mnist-random-ipc$ipc.safetensors" --protocol dsa --models 5 \
+        --dsa-strategy "$strategy" --no-download --json "$RESULTS/dsa-mnist-ipc$ipc-$strategy.json" 2>&1 \
+        | quiet "evaluate (" || rc=1
     done
   done
   return $rc
 }
 
 part_dsa-subsets() {  # DC's MNIST strategy, random subsets of seeds 1-4
-  : "${SETS:?the dsa-subsets part needs SETS}"
-  timeout "$(left 200)" "$PY" - "$SETS" "$RESULTS" <<'PYEOF'
+  [ -n "${SETS:-}" ] || { echo "the dsa-subsets part needs SETS"; return 1; }
+  need_data mnist || return 1
+  limited 200 "$PY" - "$SETS" "$RESULTS" <<'PYEOF'
 import sys
 from frepo import evaluate
 from frepo.eval.results import write_json
@@ -121,7 +135,7 @@ part_reproduce() {  # Table 1 at the BUDGET budget, MNIST and Fashion-MNIST
   echo "budget ${BUDGET:=cpu-small}"
   # The table is rewritten after every row, so a run cut by its limit keeps the rows it finished.
   local runs="runs/gpu-reproduce-$BUDGET"
-  timeout "$(left "${REPRODUCE_LIMIT:-300}")" "${FREPO[@]}" reproduce --table 1 --budget "$BUDGET" \
+  limited "${REPRODUCE_LIMIT:-300}" "${FREPO[@]}" reproduce --table 1 --budget "$BUDGET" \
     --datasets mnist,fashion_mnist --no-download --runs-dir "$runs" --out "$runs/reproduction-gpu-$BUDGET.md" 2>&1 \
     | sed -u 's/\r/\n/g' | quiet "distill:\|evaluate (\|train:\|^ *$"
   local rc=$?
@@ -134,17 +148,17 @@ part_reproduce() {  # Table 1 at the BUDGET budget, MNIST and Fashion-MNIST
 }
 
 part_convs() {  # the network's blocks one by one (where a feature pass loses the peak)
-  timeout "$(left 90)" "$PY" benchmarks/bench_convs.py --device cuda --batch 512 --repeats 20 --json "$RESULTS/convs-gpu.json"
+  limited 90 "$PY" benchmarks/bench_convs.py --device cuda --batch 512 --repeats 20 --json "$RESULTS/convs-gpu.json"
 }
 
 part_bench() {  # the outer step at the defaults a user gets (--compile auto: graph on one GPU)
-  timeout "$(left 240)" "$PY" benchmarks/bench_step.py --device cuda --warmup 10 --repeats 30 \
+  limited 240 "$PY" benchmarks/bench_step.py --device cuda --warmup 10 --repeats 30 \
     --json "$RESULTS/bench_step_gpu.json" \
     --settings mnist-ipc10-b256,cifar10-ipc10-b1024-flip,cifar100-ipc1-b1024-flip,cifar100-ipc50-flip
 }
 
 part_bench-nondet() {  # cuDNN's default (non-deterministic) algorithms, for the cost of determinism
-  timeout "$(left 120)" "$PY" benchmarks/bench_step.py --device cuda --warmup 10 --repeats 30 --set deterministic=false \
+  limited 120 "$PY" benchmarks/bench_step.py --device cuda --warmup 10 --repeats 30 --set deterministic=false \
     --settings cifar10-ipc10-b1024-flip,cifar100-ipc50-flip --json "$RESULTS/bench_step_gpu_nondet.json"
 }
 
@@ -152,7 +166,7 @@ part_roofline() {  # eager (--compile off) against --compile graph, paired; floa
   local rc=0 flags
   for flags in "" "--set precision=bf16 --set support_precision=bf16"; do
     # shellcheck disable=SC2086
-    timeout "$(left 200)" "$PY" benchmarks/bench_step.py --device cuda --warmup 30 --repeats 30 --set compile=off \
+    limited 200 "$PY" benchmarks/bench_step.py --device cuda --warmup 30 --repeats 30 --set compile=off \
       --vs compile=graph $flags \
       --settings "${ROOFLINE_SETTINGS:-mnist-ipc10-b256,cifar10-ipc10-b1024-flip,cifar100-ipc50-flip}" \
       --json "$RESULTS/roofline-gpu${flags:+-bf16}.json" || rc=1
@@ -163,7 +177,7 @@ part_roofline() {  # eager (--compile off) against --compile graph, paired; floa
 part_kernels() {  # the costliest kernels of 10 steps, eager and graphed
   local rc=0 mode
   for mode in off graph; do
-    timeout "$(left 120)" "$PY" benchmarks/bench_step.py --device cuda --warmup 10 --repeats 10 --kernels 25 \
+    limited 120 "$PY" benchmarks/bench_step.py --device cuda --warmup 10 --repeats 10 --kernels 25 \
       --set compile=$mode --settings mnist-ipc10-b256,cifar10-ipc10-b1024-flip --json "$RESULTS/kernels-gpu-$mode.json" \
       || rc=1
   done
@@ -171,17 +185,17 @@ part_kernels() {  # the costliest kernels of 10 steps, eager and graphed
 }
 
 part_solve() {  # the float64 kernel solve of 10 000 support images, dual vs primal
-  timeout "$(left 90)" "$PY" benchmarks/bench_solve.py --device cuda --n 10000 --d 8192 --classes 100 \
+  limited 90 "$PY" benchmarks/bench_solve.py --device cuda --n 10000 --d 8192 --classes 100 \
     --json "$RESULTS/solve-gpu.json"
 }
 
 part_precision() {  # the meta-gradient under bf16 against float32
-  timeout "$(left 120)" "$PY" benchmarks/bench_precision.py --device cuda --dataset mnist --ipc 10 --batch 256 \
+  limited 120 "$PY" benchmarks/bench_precision.py --device cuda --dataset mnist --ipc 10 --batch 256 \
     --warm-steps 100 --models 5 --json "$RESULTS/precision-gpu.json"
 }
 
 part_eval() {  # 5 evaluation networks: sequential vs stacked vs streams
-  timeout "$(left 210)" "$PY" benchmarks/bench_eval.py --device cuda --dataset mnist --sizes 10,100,500 --steps 300 \
+  limited 210 "$PY" benchmarks/bench_eval.py --device cuda --dataset mnist --sizes 10,100,500 --steps 300 \
     --kernels 15 --json "$RESULTS/bench_eval_gpu.json"
 }
 
@@ -191,9 +205,9 @@ part_long() {  # MNIST IPC 10, LONG_STEPS steps, then 5 evaluation networks
   # Pick LONG_STEPS from the roofline's ms/step and the minutes left; a run cut by the time limit
   # checkpoints and resumes with the same command.
   # shellcheck disable=SC2086
-  timeout "$(left 300)" "${FREPO[@]}" distill --dataset mnist --ipc 10 --device cuda --steps "$LONG_STEPS" \
-    --no-download --out runs/gpu-long ${STEP_FLAGS:-} 2>&1 | quiet "distill:"
-  timeout "$(left 150)" "${FREPO[@]}" evaluate runs/gpu-long/distilled.safetensors --models 5 --device cuda \
+  limited 300 "${FREPO[@]}" distill --dataset mnist --ipc 10 --device cuda --steps "$LONG_STEPS" \
+    --no-download --out runs/gpu-long ${STEP_FLAGS:-} 2>&1 | quiet "distill:" || return 1
+  limited 150 "${FREPO[@]}" evaluate runs/gpu-long/distilled.safetensors --models 5 --device cuda \
     --json "$RESULTS/long-mnist-ipc10.json" 2>&1 | quiet "evaluate ("
   local rc=$?
   cp runs/gpu-long/metrics.jsonl "$RESULTS/long-metrics.jsonl" 2>/dev/null
@@ -218,3 +232,5 @@ for part in $PARTS; do
   echo "=== $part: exit code $?, $(( SECONDS - began )) s"
 done
 echo "=== done ($(date +%T))"
+exec >&- 2>&-
+wait "$TEE"  # session.log whole before the call's files are collected
