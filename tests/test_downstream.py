@@ -171,6 +171,7 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
     assert resumed["rows"] == rows
     # In the same order too: the table's columns followed the order of the victims' records, read back sorted.
     assert [list(r["attacks"]) for r in resumed["rows"]] == [list(r["attacks"]) for r in rows]
+    assert list(rows[0]["attacks"]) == list(privacy_app.ATTACKS)  # the docs' tables: threshold first
     assert (tmp_path / "resumed" / "privacy.md").read_text() == (tmp_path / "straight" / "privacy.md").read_text()
 
 

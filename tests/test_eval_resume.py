@@ -195,3 +195,19 @@ def test_sigterm_keeps_the_finished_networks_as_ctrl_c_does(set_file, tmp_path):
     proc = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, timeout=300)  # this cache
     assert proc.returncode == 130, proc.stderr[-2000:]
     assert "1 finished network(s) kept" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sigterm_is_left_to_torchrun_under_torchrun(monkeypatch):
+    """torchrun's agent stops the other workers with SIGTERM when one fails; a worker blocked in a collective
+    cannot run a Python handler, so there SIGTERM keeps its default (the process ends at once)."""
+    import signal
+
+    from frepo.base.signals import terminate_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with terminate_as_interrupt():
+        assert signal.getsignal(signal.SIGTERM) is not before
+    assert signal.getsignal(signal.SIGTERM) is before
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with terminate_as_interrupt():
+        assert signal.getsignal(signal.SIGTERM) is before

@@ -353,9 +353,11 @@ class Privacy(Experiment):
         """One arm at one step count: the victims' test accuracy and every attack's metrics, as the mean over
         the victims and (`<metric>_std`) their population std."""
         attacks = {}
-        # By name: a victim read back from its record has its attacks in another order than a fresh one, and the
-        # table's columns and the plot's lines followed it.
-        for name, first in sorted(victims[0]["attacks"].items()):
+        # In ATTACKS' order (LiRA last): a victim read back from its record has its attacks in name order, and
+        # the table's columns and the plot's lines followed whichever came first.
+        order = sorted(victims[0]["attacks"], key=lambda a: (ATTACKS.index(a) if a in ATTACKS else len(ATTACKS), a))
+        for name in order:
+            first = victims[0]["attacks"][name]
             attacks[name] = {}
             for metric in first:
                 values = [v["attacks"][name][metric] for v in victims]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 
@@ -43,8 +44,10 @@ def terminate_as_interrupt():
     """Within the block, SIGTERM (what a scheduler or `kill` sends) interrupts as Ctrl-C does: work that keeps
     what it finished on Ctrl-C (an evaluation's finished networks, privacy's victims, a run's end after its
     last step) keeps it then too, where SIGTERM's default ended the process at once and silently. A loop's own
-    `stop_on_signal` takes precedence inside it. Main thread only."""
-    if threading.current_thread() is not threading.main_thread():
+    `stop_on_signal` takes precedence inside it. Main thread only, and not under torchrun, whose agent stops
+    the other workers with SIGTERM when one fails: one blocked in a collective could not run a Python handler
+    and would wait 30 s for the agent's SIGKILL instead of ending at once."""
+    if threading.current_thread() is not threading.main_thread() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         yield
         return
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)

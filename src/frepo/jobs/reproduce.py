@@ -338,7 +338,10 @@ def reproduce(
             atomic_write_json(
                 Path(out).with_suffix(".json"), summary(rows, table, spec, device, datasets, finished_only)
             )
-            plot(rows, table, spec, Path(out).with_suffix(".png"))
+            try:  # a plot that fails loses neither the table nor the rows still to run
+                plot(rows, table, spec, Path(out).with_suffix(".png"))
+            except Exception as exc:
+                log.warning(f"frepo: the plot {Path(out).with_suffix('.png')} was not written: {exc}")
         return text
 
     if not dry_run:
@@ -445,8 +448,10 @@ def plot(rows: list[Row], table: int, budget: Budget, path: Path) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    finally:
+        plt.close(fig)
 
 
 class RowsFailed(FrepoError):
