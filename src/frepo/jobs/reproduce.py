@@ -373,7 +373,8 @@ def reproduce(
 # The keys of the JSON written beside the table (`--out` with .json); each row's keys are `Row`'s fields.
 JSON_KEYS = {
     "table": "the paper's table reproduced (1)",
-    "budget": "name, description, eval_models, eval_steps (null: the reference step table) of the budget",
+    "budget": "the budget: name, preset_suffix, eval_models, eval_steps (null: the reference step table), "
+    "needs_gpu, description",
     "command": "the command that wrote it",
     "environment": "frepo and torch versions, device, machine, date",
     "rows": "one per dataset and IPC: dataset, label, ipc, published [mean, std], checked (the published value "
