@@ -220,6 +220,16 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     with pytest.raises(FrepoError, match=r"1 of 1 rows failed \(first: Digits IPC 1, failed: the disk is on fire\)"):
         reproduce.reproduce(1, "tiny", strict=True, **kwargs)
     assert "failed: the disk is on fire" in out.read_text()
+    # A table of other datasets (--datasets) keeps this dataset's rows: they vanished from --out.
+    monkeypatch.setattr(
+        reproduce,
+        "TABLES",
+        {1: (("digits", "Digits", {1: (80.0, 1.0)}, True), ("cifar10", "CIFAR-10", {1: (46.8, 0.7)}, True))},
+    )
+    digits_row = next(line for line in out.read_text().splitlines() if line.startswith("| Digits | 1 |"))
+    other = reproduce.reproduce(1, "tiny", ["cifar10"], finished_only=True, data_dir=tmp_path, download=False, **kwargs)
+    assert digits_row in other.splitlines() and "| CIFAR-10 | 1 |" in other
+    assert [r["dataset"] for r in json.loads(out.with_suffix(".json").read_text())["rows"]] == ["digits", "cifar10"]
     (tmp_path / "a-file").write_text("")
     with pytest.raises(FrepoError, match="is not a folder"):
         reproduce.reproduce(1, "tiny", **{**kwargs, "runs_dir": tmp_path / "a-file"})

@@ -331,12 +331,18 @@ def reproduce(
     rows = plan(table, budget, datasets, data_dir=data_dir, download=download)
     spec = BUDGETS[budget]
 
+    # A table of some datasets (--datasets) keeps the other datasets' rows of the table it rewrites.
+    others = [] if dry_run or not out or not datasets else kept_rows(Path(out), table, spec, datasets)
+
     def write() -> str:
-        text = render(rows, table, spec, dry_run=dry_run, device=device, datasets=datasets, finished_only=finished_only)
+        shown = sorted(rows + others, key=lambda r: (order(table, r.dataset), r.ipc))
+        text = render(
+            shown, table, spec, dry_run=dry_run, device=device, datasets=datasets, finished_only=finished_only
+        )
         if not dry_run and out:
             atomic_write_text(out, text + kept_notes(Path(out)))
             atomic_write_json(
-                Path(out).with_suffix(".json"), summary(rows, table, spec, device, datasets, finished_only)
+                Path(out).with_suffix(".json"), summary(shown, table, spec, device, datasets, finished_only)
             )
             try:  # a plot that fails loses neither the table nor the rows still to run
                 plot(rows, table, spec, Path(out).with_suffix(".png"))
@@ -381,6 +387,28 @@ JSON_KEYS = {
     "checked against the paper), preset, steps and batch_size of its distillation, status, measured [mean, std] "
     "or null, run_dir",
 }
+
+
+def order(table: int, dataset: str) -> int:
+    """The place of `dataset` in `table`."""
+    return [entry[0] for entry in TABLES[table]].index(dataset)
+
+
+def kept_rows(path: Path, table: int, budget: Budget, datasets: list[str]) -> list[Row]:
+    """The rows of datasets other than `datasets` in the JSON beside an earlier table at `path` of the same
+    table and budget (none if there is none, or it is unreadable)."""
+    try:
+        earlier = json.loads(path.with_suffix(".json").read_text())
+        if earlier.get("table") != table or earlier.get("budget", {}).get("name") != budget.name:
+            return []
+        known = {entry[0] for entry in TABLES[table]}
+        rows = [Row(**row) for row in earlier["rows"] if row["dataset"] in known and row["dataset"] not in datasets]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return []
+    for row in rows:  # JSON lists back to the tuples a Row holds
+        row.published = tuple(row.published)
+        row.measured = tuple(row.measured) if row.measured else None
+    return rows
 
 
 def command_line(table: int, budget: Budget, datasets: list[str] | None, finished_only: bool) -> str:
