@@ -188,6 +188,14 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     assert started == [1]
     monkeypatch.setattr(reproduce, "TABLES", {1: (("digits", "Digits", {1: (80.0, 1.0)}, True),)})
 
+    # A run directory of other settings: the advice is this command's, not distill's --resume-with-changes.
+    monkeypatch.setitem(presets.PRESETS, "digits-ipc1-tiny", {**settings, "steps": 3})
+    with caplog.at_level("WARNING", logger="frepo"):
+        changed = reproduce.reproduce(1, "tiny", **kwargs)
+    monkeypatch.setitem(presets.PRESETS, "digits-ipc1-tiny", settings)
+    assert "holds a run of other settings (steps: 2 -> 3); delete it to run the tiny preset" in changed
+    assert "--resume-with-changes" not in changed and "delete it to run the tiny preset" in caplog.text
+
     # --finished-only reports what has finished and runs nothing for the rest.
     monkeypatch.setattr(importlib.import_module("frepo.jobs.distill"), "distill", no_evaluation)
     reported = reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)

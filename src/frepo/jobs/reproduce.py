@@ -224,6 +224,7 @@ def run_row(
     from ..eval.results import write_json
     from .distill import distill
     from .evaluate import evaluate
+    from .runs import OtherSettings
 
     config = presets.get(row.preset)
     config.device = device
@@ -253,8 +254,11 @@ def run_row(
     except Interrupted:  # Ctrl-C or SIGTERM stops the command (its run checkpointed), not just this row
         raise
     except FrepoError as exc:  # said now too: the next row may take half an hour before the table shows it
-        row.status = f"failed: {exc}"
-        log.warning(f"frepo: {row.label} IPC {row.ipc} failed: {exc}; going on with the next row")
+        reason = str(exc)
+        if isinstance(exc, OtherSettings):  # its advice named distill's flags, which reproduce has not
+            reason = f"{out} holds a run of other settings ({exc.detail}); delete it to run the {budget.name} preset"
+        row.status = f"failed: {reason}"
+        log.warning(f"frepo: {row.label} IPC {row.ipc} failed: {reason}; going on with the next row")
 
 
 def render(

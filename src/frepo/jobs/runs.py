@@ -47,6 +47,16 @@ ALWAYS_RESUMABLE = {
     "download",
     "deterministic",
 }
+
+
+class OtherSettings(FrepoError):
+    """The run directory holds a run of other settings; `detail` names them (setting: old -> new)."""
+
+    def __init__(self, message: str, detail: str):
+        super().__init__(message)
+        self.detail = detail
+
+
 NOT_RECORDED = object()  # `RunDir.recorded`'s answer for a setting no run in the directory recorded
 
 # Settings that change the result but are safe to continue with (--resume-with-changes): the schedule's
@@ -169,7 +179,7 @@ class RunDir:
                 else f"only {', '.join(sorted(CONTINUABLE))} may change when a run continues "
                 "(--resume-with-changes); use another --out, or delete that directory to start over"
             )
-            raise FrepoError(f"{self.path} holds a run with a different config ({detail}); {hint}")
+            raise OtherSettings(f"{self.path} holds a run with a different config ({detail}); {hint}", detail)
         changes = {k: [old.get(k), new.get(k)] for k in diff}
         return Claim(self.checkpoint_path.is_file(), False, changes, env)
 
