@@ -289,6 +289,7 @@ class Continual(Experiment):
     def budget(self) -> str:
         cfg = self.config
         return (
+            f"{len(cfg.order_list())} class order(s); "
             f"{cfg.steps} distillation steps × real batch {cfg.batch_size} per task; {cfg.eval_models} "
             f"model(s) per order, task and arm, "
             + (f"{cfg.eval_steps} steps" if cfg.protocol == "frepo" else f"{cfg.eval_epochs} epochs")
@@ -325,7 +326,11 @@ class Continual(Experiment):
             ax.fill_between(x, mean - std, mean + std, alpha=0.2)
         ax.set_xlabel("classes seen")
         ax.set_ylabel("test accuracy on seen classes (%)")
-        ax.set_title(f"{self.raw.name}: {self.config.tasks} tasks, IPC {self.config.ipc}", fontsize=9)
+        ax.set_title(
+            f"{self.raw.name}: {self.config.tasks} tasks, IPC {self.config.ipc}\nbudget: {summary['budget']}",
+            fontsize=7,
+            wrap=True,
+        )
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
         return fig, ax

@@ -400,7 +400,10 @@ class Privacy(Experiment):
         return (
             f"distillation: {cfg.steps} steps × real batch {cfg.batch_size}, IPC {cfg.ipc} of "
             f"{len(self.member_idx)} members; victims: {cfg.models} per arm and step count, "
-            f"Conv width {cfg.victim_width}"
+            f"Conv width {cfg.victim_width}, batch {cfg.victim_batch}, Adam {cfg.victim_lr:g}; attacks: the "
+            f"{cfg.attacks} set"
+            + (f" and LiRA with {cfg.lira_shadows} shadows" if cfg.lira_shadows else "")
+            + f"; non-members from the {cfg.nonmembers} split"
         )
 
     def tables(self, summary: dict) -> tuple[str, str]:
@@ -445,6 +448,7 @@ class Privacy(Experiment):
         left.axhline(0.5, color="grey", lw=0.8)
         left.legend(fontsize=6, ncol=2)
         right.legend(fontsize=8)
+        fig.suptitle(f"{self.raw.name}, budget: {summary['budget']}", fontsize=7, wrap=True)
         return fig, (left, right)
 
 
