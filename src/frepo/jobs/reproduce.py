@@ -349,7 +349,7 @@ def reproduce(
                 Path(out).with_suffix(".json"), summary(shown, table, spec, device, datasets, finished_only)
             )
             try:  # a plot that fails loses neither the table nor the rows still to run
-                plot(rows, table, spec, Path(out).with_suffix(".png"))
+                plot(shown, table, spec, Path(out).with_suffix(".png"))
             except Exception as exc:
                 log.warning(f"frepo: the plot {Path(out).with_suffix('.png')} was not written: {exc}")
         return text
