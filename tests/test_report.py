@@ -119,6 +119,12 @@ def test_reproduce_plan_lists_every_row_with_its_reason(tmp_path, monkeypatch):
             reproduce.plan(**{"table": 1, "budget": "paper", **bad})
     with pytest.raises(FrepoError, match="not in table 1"):
         reproduce.plan(1, "paper", ["imagenet1k"])
+    # <name>.npz in --data-dir is what load_dataset reads, so the plan counts it as data too.
+    monkeypatch.delenv("FREPO_DATA_DIR", raising=False)
+    (tmp_path / "npz").mkdir()
+    (tmp_path / "npz" / "mnist.npz").write_bytes(b"")
+    found = reproduce.plan(1, "cpu-small", ["mnist"], data_dir=tmp_path / "npz", download=False)
+    assert all(r.status == f"planned (data: {tmp_path / 'npz' / 'mnist.npz'})" for r in found)
 
 
 def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypatch, caplog):

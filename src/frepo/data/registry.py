@@ -83,12 +83,12 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
     if name == "digits":
         return _load_digits()
     if name in TORCHVISION_DATASETS:
-        offline = _offline_copy(name, data_dir)
+        offline = offline_copy(name, data_dir)
         if offline is not None:
             return _load_npz(offline, name=name, mirror_invariant=TORCHVISION_DATASETS[name][1])
         return _load_torchvision(name, data_dir, download)
     if name in LAYOUTS:
-        offline = _offline_copy(name, data_dir)
+        offline = offline_copy(name, data_dir)
         if offline is not None:
             return _load_npz(offline, name=name, mirror_invariant=LAYOUTS[name].mirror_invariant)
         return _load_layout(name, data_dir, download)
@@ -105,7 +105,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
     raise FrepoError(f"unknown dataset {name!r}: use one of {known}, a .npz path or an ImageFolder directory")
 
 
-def _offline_copy(name: str, data_dir: Path) -> Path | None:
+def offline_copy(name: str, data_dir: Path) -> Path | None:
     """`<name>.npz` in $FREPO_DATA_DIR, else in `data_dir` (where a user who has the file puts it), if any."""
     folders = [Path(os.environ["FREPO_DATA_DIR"])] if os.environ.get("FREPO_DATA_DIR") else []
     for folder in [*folders, data_dir]:

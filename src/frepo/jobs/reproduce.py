@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +24,7 @@ from ..base.atomic import atomic_write_json, atomic_write_text
 from ..base.errors import FrepoError, Interrupted
 from ..data import BUILTIN, default_data_dir
 from ..data.layouts import LAYOUTS, find_root
+from ..data.registry import offline_copy
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +116,10 @@ def data_source(name: str, data_dir: str | Path | None, download: bool) -> tuple
         return False, "no data: frepo has no loader for it (an ImageFolder copy can be distilled by path)"
     if name == "digits":
         return True, "scikit-learn"
-    offline = os.environ.get("FREPO_DATA_DIR")
-    if offline and (Path(offline) / f"{name}.npz").is_file():
-        return True, f"$FREPO_DATA_DIR/{name}.npz"
-    folder = Path(data_dir) if data_dir is not None else default_data_dir()
+    folder = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    offline = offline_copy(name, folder)  # the file load_dataset reads first
+    if offline is not None:
+        return True, str(offline)
     if name in LAYOUTS:
         try:
             return True, str(find_root(name, folder))
