@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import pytest
 import torch
 from conftest import needs_cxx
 
@@ -120,3 +124,36 @@ def test_batch_sampler_visits_every_image_once_per_epoch():
     assert sorted(drawn[:10].tolist()) == list(range(10)) and sorted(drawn[10:].tolist()) == list(range(10))
     big = BatchSampler(3, 7, torch.Generator().manual_seed(0)).next()  # batch larger than the set
     assert len(big) == 7 and set(big.tolist()) == {0, 1, 2}
+
+
+_TF32_PROBE = """
+import sys, torch
+from frepo.method.trainer import _tf32
+b = torch.backends
+if sys.argv[1] == "new":
+    b.fp32_precision = "tf32"  # torch >= 2.9's API, as a user may set it before calling frepo
+elif sys.argv[1] == "legacy":
+    b.cuda.matmul.allow_tf32 = b.cudnn.allow_tf32 = False
+def read():
+    return b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision, b.fp32_precision
+before = read()
+with _tf32():
+    inside = read()[:2]
+assert inside == ("tf32", "tf32"), inside
+if sys.argv[1] == "new":
+    assert read() == before, (before, read())
+else:  # the process stays on the legacy flags: they read back as before and are still readable
+    expected = (False, False) if sys.argv[1] == "legacy" else (False, True)  # torch's defaults: False, True
+    assert (b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32) == expected, expected
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.cudnn, "conv"), reason="torch < 2.9 has no fp32_precision API")
+@pytest.mark.parametrize("api", ["default", "legacy", "new"])
+def test_tf32_passes_follow_the_processes_tf32_api(api):
+    # torch refuses a mix of its two TF32 APIs: reading a legacy flag after the new one was set raises. A user who
+    # set `torch.backends.fp32_precision` had every TF32 step fail; one on the legacy flags must keep them readable.
+    # A subprocess, since these flags are the process's.
+    proc = subprocess.run([sys.executable, "-c", _TF32_PROBE, api], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

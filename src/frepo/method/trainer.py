@@ -182,15 +182,41 @@ def feature_precision(device: torch.device, precision: str):
 
 @contextlib.contextmanager
 def _tf32():
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
+    """TF32 matmuls and convolutions inside the block; the process's own settings again after it."""
+    if _legacy_tf32_flags():
+        previous = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            # flags() resets every flag it is not given: keep the run's algorithm choice (deterministic_kernels).
+            cudnn = torch.backends.cudnn
+            with cudnn.flags(
+                enabled=True, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=True
+            ):
+                yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = previous
+        return
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    previous = matmul.fp32_precision, conv.fp32_precision
+    matmul.fp32_precision = conv.fp32_precision = "tf32"
     try:
-        # flags() resets every flag it is not given: keep the run's algorithm choice (deterministic_kernels).
-        cudnn = torch.backends.cudnn
-        with cudnn.flags(enabled=True, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=True):
-            yield
+        yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
+        matmul.fp32_precision, conv.fp32_precision = previous
+
+
+def _legacy_tf32_flags() -> bool:
+    """Whether this process sets TF32 through the legacy `allow_tf32` flags (torch's default).
+
+    torch >= 2.9 also has per-backend `fp32_precision` settings, and refuses a mix of the two: once a user has set
+    the new ones (e.g. `torch.backends.fp32_precision = "tf32"`), reading a legacy flag raises, and once the new
+    ones are set, code that reads the legacy flags raises. So _tf32 follows whichever API the process is on.
+    """
+    try:
+        _ = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    except RuntimeError:
+        return False
+    return True
 
 
 # The step's phases, as named profiler scopes (in order).
