@@ -244,6 +244,13 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     other = reproduce.reproduce(1, "tiny", ["cifar10"], finished_only=True, data_dir=tmp_path, download=False, **kwargs)
     assert digits_row in other.splitlines() and "| CIFAR-10 | 1 |" in other
     assert [r["dataset"] for r in json.loads(out.with_suffix(".json").read_text())["rows"]] == ["digits", "cifar10"]
+    # A table without its JSON (one written before frepo wrote one) cannot keep them: said before the rows run.
+    out.with_suffix(".json").unlink()
+    with caplog.at_level("WARNING", logger="frepo"):
+        again = reproduce.reproduce(
+            1, "tiny", ["cifar10"], finished_only=True, data_dir=tmp_path, download=False, **kwargs
+        )
+    assert digits_row not in again.splitlines() and "rows of other datasets than --datasets are not kept" in caplog.text
     (tmp_path / "a-file").write_text("")
     with pytest.raises(FrepoError, match="is not a folder"):
         reproduce.reproduce(1, "tiny", **{**kwargs, "runs_dir": tmp_path / "a-file"})

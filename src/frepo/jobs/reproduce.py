@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 # Published test accuracy (%, mean ± std; ConvNet) of FRePo's Table 1, from the project's reference notes
 # (not shipped), which say that the MNIST, Fashion-MNIST, ImageNet and CUB rows still need checking
 # against the paper itself (marked `checked=False`); the CIFAR and Tiny ImageNet rows agree with later
-# papers that cite FRePo.
+# papers that copy FRePo's Table 1 (PAD, arXiv 2408.03360, Table 1; GSDD, Table 15). None of these rows was
+# read in the paper itself.
 TABLE1 = (
     ("mnist", "MNIST", {1: (93.0, 0.4), 10: (98.6, 0.1), 50: (99.2, 0.0)}, False),
     ("fashion_mnist", "Fashion-MNIST", {1: (75.6, 0.3), 10: (86.2, 0.2), 50: (89.6, 0.1)}, False),
@@ -301,8 +302,9 @@ def render(
         )
     lines += [
         "",
-        "Published: FRePo (Zhou, Nezhadarya, Ba, NeurIPS 2022) Table 1, ConvNet, mean ± std; * = from secondary "
-        "sources, still to be checked against the paper's own Table 1. Measured: final-step distilled set (no "
+        "Published: FRePo (Zhou, Nezhadarya, Ba, NeurIPS 2022) Table 1, ConvNet, mean ± std, as later papers copy "
+        "it (unmarked values: PAD, arXiv 2408.03360, Table 1); * = not confirmed by any source yet, to be checked "
+        "against the paper's own Table 1. Measured: final-step distilled set (no "
         "selection on the test split), test accuracy under the frepo protocol, mean ± std over models. "
         "ImageNet-1K's second column is IPC 2.",
         "Offline copies: `$FREPO_DATA_DIR/cifar10.npz` is decoded from JPEG (lossy; see its README), so "
@@ -388,8 +390,8 @@ JSON_KEYS = {
     "command": "the command that wrote it",
     "environment": "frepo and torch versions, device, machine, date",
     "rows": "one per dataset and IPC: dataset, label, ipc, published [mean, std], checked (the published value "
-    "checked against the paper), preset, steps and batch_size of its distillation, status, measured [mean, std] "
-    "or null, run_dir",
+    "confirmed by a later paper that copies FRePo's table), preset, steps and batch_size of its distillation, "
+    "status, measured [mean, std] or null, run_dir",
 }
 
 
@@ -400,19 +402,33 @@ def order(table: int, dataset: str) -> int:
 
 def kept_rows(path: Path, table: int, budget: Budget, datasets: list[str]) -> list[Row]:
     """The rows of datasets other than `datasets` in the JSON beside an earlier table at `path` of the same
-    table and budget (none if there is none, or it is unreadable)."""
+    table and budget. None if there is none, or it is unreadable: then, where a table stands at `path`, a
+    warning says that its other rows are dropped (said before the rows run, while Ctrl-C still keeps them)."""
+    source = path.with_suffix(".json")
     try:
-        earlier = json.loads(path.with_suffix(".json").read_text())
+        earlier = json.loads(source.read_text())
         if earlier.get("table") != table or earlier.get("budget", {}).get("name") != budget.name:
-            return []
+            why = f"{source} is of table {earlier.get('table')}, budget {earlier.get('budget', {}).get('name')}"
+            return _dropped(path, why)
         known = {entry[0] for entry in TABLES[table]}
         rows = [Row(**row) for row in earlier["rows"] if row["dataset"] in known and row["dataset"] not in datasets]
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return []
+    except FileNotFoundError:
+        return _dropped(path, f"no {source.name} beside it (a table written before frepo wrote one)")
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        return _dropped(path, f"{source} is unreadable ({exc})")
     for row in rows:  # JSON lists back to the tuples a Row holds
         row.published = tuple(row.published)
         row.measured = tuple(row.measured) if row.measured else None
     return rows
+
+
+def _dropped(path: Path, why: str) -> list[Row]:
+    if path.exists():
+        log.warning(
+            f"frepo: {path}'s rows of other datasets than --datasets are not kept: {why}. Rewrite it without "
+            f"--datasets, or give another --out"
+        )
+    return []
 
 
 def command_line(table: int, budget: Budget, datasets: list[str] | None, finished_only: bool) -> str:
