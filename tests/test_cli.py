@@ -4,6 +4,7 @@ a non-zero exit, no traceback."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -210,6 +211,18 @@ def test_entry_point_prints_no_traceback(tmp_path):
     assert proc.stderr.strip().startswith("frepo: error:") and "Traceback" not in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "frepo", "distill", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "--batch-size" in proc.stdout and "--preset" in proc.stdout
+
+
+def test_ctrl_c_while_the_library_loads_is_one_line(tmp_path):
+    """Ctrl-C in a command's first seconds (torch's import) printed a traceback: `import frepo` loaded the whole
+    library before the command line could catch it. A torch whose import is interrupted stands in for the key."""
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("raise KeyboardInterrupt\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    script = "import sys; from frepo.cli import main; sys.exit(main())"  # what the installed `frepo` runs
+    for command in (["-m", "frepo"], ["-c", script]):
+        proc = subprocess.run([sys.executable, *command, "distill", "--help"], capture_output=True, text=True, env=env)
+        assert (proc.returncode, proc.stderr) == (130, "frepo: interrupted\n"), proc.stderr[-2000:]
 
 
 def test_evaluate_protocols_architectures_reports_and_baselines(tmp_path, capsys):

@@ -3,17 +3,66 @@
 The public API, re-exported explicitly; the rooms behind it are described in the README ("Architecture").
 """
 
-from .apps.continual import ContinualConfig, continual
-from .apps.privacy import PrivacyConfig, privacy
-from .base.errors import FrepoError, Interrupted
+import importlib
+from typing import TYPE_CHECKING
+
 from .base.version import __version__
-from .config import DataConfig, DistillConfig, ModelConfig, PoolConfig, presets
-from .eval import EvalConfig, EvalResult
-from .io.artifact import DistilledSet, load_distilled, save_distilled
-from .io.export import export
-from .jobs.distill import DistillResult, distill
-from .jobs.evaluate import SourceConfig, evaluate, evaluate_archs
-from .jobs.subset import make_subset
+
+if TYPE_CHECKING:  # the names, for type checkers and editors; at run time each loads on first use
+    from .apps.continual import ContinualConfig, continual
+    from .apps.privacy import PrivacyConfig, privacy
+    from .base.errors import FrepoError, Interrupted
+    from .config import DataConfig, DistillConfig, ModelConfig, PoolConfig, presets
+    from .eval import EvalConfig, EvalResult
+    from .io.artifact import DistilledSet, load_distilled, save_distilled
+    from .io.export import export
+    from .jobs.distill import DistillResult, distill
+    from .jobs.evaluate import SourceConfig, evaluate, evaluate_archs
+    from .jobs.subset import make_subset
+
+# name -> the module that defines it. `import frepo` loads none of them (torch takes seconds): the command line
+# loads the library where Ctrl-C during the load is one line, not a traceback (frepo.cli.main).
+_EXPORTS = {
+    "ContinualConfig": ".apps.continual",
+    "continual": ".apps.continual",
+    "PrivacyConfig": ".apps.privacy",
+    "privacy": ".apps.privacy",
+    "FrepoError": ".base.errors",
+    "Interrupted": ".base.errors",
+    "DataConfig": ".config",
+    "DistillConfig": ".config",
+    "ModelConfig": ".config",
+    "PoolConfig": ".config",
+    "EvalConfig": ".eval",
+    "EvalResult": ".eval",
+    "DistilledSet": ".io.artifact",
+    "load_distilled": ".io.artifact",
+    "save_distilled": ".io.artifact",
+    "export": ".io.export",
+    "DistillResult": ".jobs.distill",
+    "distill": ".jobs.distill",
+    "SourceConfig": ".jobs.evaluate",
+    "evaluate": ".jobs.evaluate",
+    "evaluate_archs": ".jobs.evaluate",
+    "make_subset": ".jobs.subset",
+}
+_MODULES = {"presets": ".config.presets"}
+
+
+def __getattr__(name: str):
+    if name in _MODULES:
+        value = importlib.import_module(_MODULES[name], __name__)
+    elif name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    else:
+        raise AttributeError(f"module 'frepo' has no attribute {name!r}")
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "ContinualConfig",

@@ -8,8 +8,6 @@ import sys
 import warnings
 
 from ..base.errors import FrepoError, Interrupted
-from .commands import HANDLERS
-from .parser import build_parser
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -17,11 +15,17 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..base.log import show_messages
-    from ..base.perf import tune_cpu_allocator
-    from ..base.signals import terminate_as_interrupt
+    try:  # the library loads here (torch: seconds), where Ctrl-C is one line, not a traceback
+        from ..base.log import show_messages
+        from ..base.perf import tune_cpu_allocator
+        from ..base.signals import terminate_as_interrupt
+        from .commands import HANDLERS
+        from .parser import build_parser
 
-    parser = build_parser()
+        parser = build_parser()
+    except KeyboardInterrupt:
+        print("frepo: interrupted", file=sys.stderr)
+        return 130
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error already reported in one line
@@ -42,4 +46,4 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-__all__ = ["build_parser", "main"]
+__all__ = ["main"]
