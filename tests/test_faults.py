@@ -439,12 +439,21 @@ def test_environment_is_recorded_and_a_different_thread_count_warns(tmp_path, ca
 
 
 # ---- 10. divergence without NaN ----------------------------------------------------------------------
-def test_divergence_without_nan_stops_the_run(tmp_path, capsys):
+# At --lr 0.5 the kernel loss jumps about chaotically (0.68 at step 1; 26, 51, 254, 298 by step 20 on one CPU):
+# where it first crosses the run's 1000x depends on the CPU's summation order. 30x is crossed many times over.
+@pytest.fixture
+def divergence_at_30x(monkeypatch):
+    from frepo.jobs import actions
+
+    monkeypatch.setattr(actions, "DIVERGENCE_FACTOR", 30.0)
+
+
+def test_divergence_without_nan_stops_the_run(tmp_path, capsys, divergence_at_30x):
     line = one_line(capsys, main(distill_args(tmp_path / "run", "--steps", 60, "--lr", "0.5")), "diverged")
     assert "kernel loss grew" in line and "lower --lr" in line
 
 
-def test_a_diverged_run_resumed_with_a_lower_lr_is_judged_afresh(tmp_path, capsys):
+def test_a_diverged_run_resumed_with_a_lower_lr_is_judged_afresh(tmp_path, capsys, divergence_at_30x):
     """The watch compared the resumed run with the first run's loss, so the advised resume with a lower
     --lr diverged again at once, for ever. With changed settings it judges from the resumed loss on."""
     out = tmp_path / "run"
