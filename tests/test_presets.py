@@ -101,6 +101,29 @@ def test_numpy_numbers_and_paths_are_taken_as_the_plain_values():
     assert taken.device == "cpu" and taken.archs() == ["conv", "mlp"]
 
 
+def test_comma_separated_settings_take_lists_and_numbers():
+    """The command line's comma lists (--orders 0,1,2) were "must be a string" in Python for a list or a number."""
+    import numpy as np
+
+    from frepo import ContinualConfig, DataConfig, PrivacyConfig
+
+    privacy = PrivacyConfig(victim_steps=300)
+    privacy.validate()
+    assert privacy.victim_steps == "300"
+    privacy = PrivacyConfig(victim_steps=[100, np.int64(250)])
+    privacy.validate()
+    assert privacy.victim_steps == "100,250"
+    continual = ContinualConfig(orders=(0, 1), arms=["frepo", "random"])
+    continual.validate()
+    assert (continual.orders, continual.arms) == ("0,1", "frepo,random")
+    data = DataConfig(classes=[0, 1, 2])
+    data.validate()
+    assert data.classes == "0,1,2"
+    for wrong in (2.5, [1.5], True, [True]):
+        with pytest.raises(FrepoError, match="victim_steps must be a comma-separated string or a list of its items"):
+            PrivacyConfig(victim_steps=wrong).validate()
+
+
 def test_a_config_built_by_hand_gets_the_reference_flip(tmp_path):
     """use_flip None is documented as the reference's per-dataset table: a DistillConfig built by hand ran
     CIFAR-10 without the flip trick (only presets.resolve filled it in)."""

@@ -46,7 +46,9 @@ class ContinualConfig:
     dataset: str = opt("cifar100", "dataset name, .npz file or ImageFolder directory")
     tasks: int = opt(5, "tasks: the classes split into this many groups of equal size")
     ipc: int = opt(20, "images per class in every arm's memory (distilled or real)")
-    orders: str = opt("0,1,2,3,4", "class orders, comma-separated: numpy.random.RandomState(s).permutation(C)")
+    orders: str = opt(
+        "0,1,2,3,4", "class orders, comma-separated: numpy.random.RandomState(s).permutation(C)", listed=True
+    )
     steps: int = opt(500_000, "outer steps of each task's distillation")
     batch_size: int = opt(1024, "real images per distillation step")
     lr: float | None = opt(
@@ -54,7 +56,7 @@ class ContinualConfig:
         "LAMB learning rate of the distillations (default: the one frepo distill takes for this dataset, IPC "
         "and --steps, recorded with the settings: 3e-4 at the paper's 500 000 steps, 1e-2 up to 1000)",
     )
-    arms: str = opt(",".join(ARMS), "arms, comma-separated: frepo (distilled), random, herding")
+    arms: str = opt(",".join(ARMS), "arms, comma-separated: frepo (distilled), random, herding", listed=True)
     protocol: str = opt("frepo", "the trainer of every arm: frepo (the reference) or dsa", choices=("frepo", "dsa"))
     eval_models: int = opt(5, "fresh networks per order, task and arm")
     eval_steps: int = opt(10_000, "frepo protocol: training steps (the reference CL evaluation's 10 000)")

@@ -67,7 +67,9 @@ class PrivacyConfig:
         "LAMB learning rate of the distillation (default: the one frepo distill takes for this dataset, IPC "
         "and --steps, recorded with the settings: 3e-4 at the paper's 500 000 steps, 1e-2 up to 1000)",
     )
-    victim_steps: str = opt("100,250,500,1000,2000,4000,8000,16000", "training steps of the victims, comma-separated")
+    victim_steps: str = opt(
+        "100,250,500,1000,2000,4000,8000,16000", "training steps of the victims, comma-separated", listed=True
+    )
     victim_batch: int = opt(1024, "batch of the victims of the real arm (the distilled arm: min(N, 256))")
     victim_lr: float = opt(3e-4, "Adam learning rate of the victims (constant, as mia.py)")
     victim_width: int = opt(128, "width of the victims' Conv")

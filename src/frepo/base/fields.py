@@ -22,11 +22,15 @@ import numpy as np
 from .errors import FrepoError
 
 
-def opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:  # noqa: A002 - argparse's name
-    """A dataclass field with its CLI help text and, for an enumerated option, its allowed values."""
+def opt(default: Any, help: str, choices: tuple[str, ...] | None = None, listed: bool = False) -> Any:  # noqa: A002
+    """A dataclass field with its CLI help text and, for an enumerated option, its allowed values. A `listed`
+    option is a comma-separated string (`--orders 0,1,2`) that the Python API also takes as a list or a number
+    (`orders=[0, 1, 2]`, `victim_steps=300`)."""
     metadata = {"help": help}
     if choices is not None:
         metadata["choices"] = tuple(choices)
+    if listed:
+        metadata["listed"] = True
     return field(default=default, metadata=metadata)
 
 
@@ -54,11 +58,27 @@ def check_fields(settings: Any) -> None:
     one of its choices."""
     hints = typing.get_type_hints(type(settings))
     for f in dataclasses.fields(settings):
-        if not dataclasses.is_dataclass(getattr(settings, f.name)):
-            setattr(settings, f.name, check_type(f.name, getattr(settings, f.name), hints[f.name]))
+        value = getattr(settings, f.name)
+        if f.metadata.get("listed"):
+            value = comma_list(value)
+            if not isinstance(value, str) and value is not None:
+                raise FrepoError(f"{f.name} must be a comma-separated string or a list of its items, got {value!r}")
+        if not dataclasses.is_dataclass(value):
+            setattr(settings, f.name, check_type(f.name, value, hints[f.name]))
         choices = f.metadata.get("choices")
         if choices is not None:
             check_choice(f.name, getattr(settings, f.name), choices)
+
+
+def comma_list(value: Any) -> Any:
+    """A listed option's value as its comma-separated string: a number or a list/tuple of numbers and strings
+    joined; anything else (a string, None, a wrong type for check_type to name) as it is."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    items_ok = (str, numbers.Integral)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, items_ok) and not isinstance(v, bool) for v in value):
+        return ",".join(str(v) if isinstance(v, str) else str(int(v)) for v in value)
+    return value
 
 
 # The plain types a setting may declare, alone or with None; the values each accepts as it

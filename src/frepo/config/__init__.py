@@ -55,6 +55,7 @@ class DataConfig:
         None,
         "distil from these classes only, comma-separated class ids (a continual-learning task); the labels "
         "still span every class, and the preprocessing is fitted on the whole training split as the reference does",
+        listed=True,
     )
     train_chunk: int | None = opt(
         None,
