@@ -225,6 +225,20 @@ def test_ctrl_c_while_the_library_loads_is_one_line(tmp_path):
         assert (proc.returncode, proc.stderr) == (130, "frepo: interrupted\n"), proc.stderr[-2000:]
 
 
+def test_import_frepo_loads_the_library_on_first_use():
+    probe = """
+import sys, frepo
+assert "torch" not in sys.modules, "import frepo loaded torch"
+for name in frepo.__all__:
+    getattr(frepo, name)
+assert frepo.data.load_dataset and frepo.presets.get and frepo.eval.EvalConfig is frepo.EvalConfig  # README's uses
+assert callable(frepo.distill) and callable(frepo.export)  # functions, not their modules of the same name
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
 def test_evaluate_protocols_architectures_reports_and_baselines(tmp_path, capsys):
     subset = tmp_path / "random.safetensors"
     assert run_cli(["subset", "--dataset", "digits", "--ipc", 2, "--out", subset], capsys)[0] == 0

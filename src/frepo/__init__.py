@@ -47,6 +47,9 @@ _EXPORTS = {
     "make_subset": ".jobs.subset",
 }
 _MODULES = {"presets": ".config.presets"}
+# The subpackages too, as `frepo.data.load_dataset` reaches one after a bare `import frepo`.
+_SUBPACKAGES = ("apps", "base", "cli", "config", "data", "eval", "io", "jobs", "method", "models")
+_MODULES.update({name: f".{name}" for name in _SUBPACKAGES})
 
 
 def __getattr__(name: str):
