@@ -72,7 +72,7 @@ def _classifier(name: str, seed: int):
     return make_pipeline(StandardScaler(), model)
 
 
-def _reference_search(name: str, seed: int):
+def _reference_search(name: str, seed: int, jobs: int = -1):
     """TF-Privacy's model family `name` inside its 3-fold grid search (tensorflow_privacy ... models.py)."""
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
@@ -98,9 +98,9 @@ def _reference_search(name: str, seed: int):
         ),
         "knn": (KNeighborsClassifier(), {"n_neighbors": [3, 5, 7]}),
     }[name]
-    # Its fits in parallel, one per CPU (joblib): the random forest's 108 fits of 100 trees took 19 s of one core
-    # per fold at 200 examples. Each fit is seeded as before, so the scores do not depend on the CPU count.
-    return GridSearchCV(model, param_grid=grid, cv=3, n_jobs=-1)
+    # Its fits run in `jobs` processes (joblib; -1: one per CPU): the random forest's 108 fits of 100 trees took
+    # 19 s of one core per fold at 200 examples. Each fit is seeded, so the scores do not depend on `jobs`.
+    return GridSearchCV(model, param_grid=grid, cv=3, n_jobs=jobs)
 
 
 def run_attacks(
@@ -109,10 +109,12 @@ def run_attacks(
     num_classes: int,
     seed: int = 0,
     attack_set: str = "frepo",
+    jobs: int = -1,
 ) -> dict[str, dict[str, float]]:
     """Every attack of ATTACKS on (logits, loss, labels) of members and of non-members (equal counts), as
     `attack_set` (module docstring) trains and scores them. The threshold attack needs no training and is
-    scored on all examples in both sets."""
+    scored on all examples in both sets. `jobs`: processes of the reference set's grid searches (-1: one per CPU;
+    the scores are the same for any count)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import StratifiedKFold, train_test_split
 
@@ -134,7 +136,7 @@ def run_attacks(
         for fit, score in folds:
             with warnings.catch_warnings():  # an attack stopped at its iteration cap is still an attack
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                model = _reference_search(name, seed) if attack_set == "reference" else _classifier(name, seed)
+                model = _reference_search(name, seed, jobs) if attack_set == "reference" else _classifier(name, seed)
                 attack = model.fit(x[fit], truth[fit])
             scores[score], scored[score] = attack.predict_proba(x[score])[:, 1], True
         results[name] = roc_metrics(truth[scored], scores[scored])
