@@ -81,6 +81,29 @@ def test_resume_after_sigint_equals_uninterrupted(tmp_path, uninterrupted, monke
     _assert_same_run(uninterrupted, out)
 
 
+def test_ctrl_c_in_the_end_validation_keeps_the_steps(tmp_path, uninterrupted, monkeypatch):
+    """The end's validation ran outside the loop's signal handling: Ctrl-C there lost every step since the
+    last checkpoint (8 steps, checkpoints every 3: steps 7-8), and the rerun started from step 6 (or 0)."""
+    from frepo.jobs.actions import Validation
+
+    original = Validation.accuracy
+
+    def interrupted_at_the_end(self, now, progress=False):
+        if now.final:
+            signal.raise_signal(signal.SIGINT)  # the default handler: KeyboardInterrupt
+        return original(self, now, progress)
+
+    monkeypatch.setattr(Validation, "accuracy", interrupted_at_the_end)
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted, match="stopped in the end's validation, after step 8.*Run the same command"):
+        distill(_config(), out, progress=False)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 8
+    assert not (out / "distilled.safetensors").exists()
+    monkeypatch.setattr(Validation, "accuracy", original)
+    assert distill(_config(), out, progress=False).step == 8
+    _assert_same_run(uninterrupted, out)
+
+
 def test_killed_process_resumes_with_the_same_command(tmp_path, uninterrupted):
     out = tmp_path / "run"
     args = [sys.executable, "-m", "frepo", "distill", "--dataset", "digits", "--ipc", "2", "--out", str(out)]

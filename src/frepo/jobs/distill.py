@@ -346,12 +346,30 @@ class Distiller:
             with stop_on_signal() as stop, contextlib.closing(bar):
                 metrics = self._loop(bar, stop)
             now = self._moment(metrics)  # the end: the last validation, then the last checkpoint
-            for action in self.actions:
-                if action.at_end(self.step):
-                    action(now)
+            try:
+                for action in self.actions:
+                    if action.at_end(self.step):
+                        action(now)
+            except KeyboardInterrupt:
+                self._keep_the_steps()
+                raise
         self._write_final_files()
         self.ctx.barrier()
         return self._result()
+
+    def _keep_the_steps(self) -> None:
+        """Ctrl-C or SIGTERM in the end's actions (its validation: minutes at a real budget): every step is done,
+        and a run whose steps are not a multiple of --checkpoint-every lost those since its last checkpoint.
+        The steps are checkpointed, and the same command runs the end again. In one process only: under
+        torchrun the checkpoint gathers from every rank, and each rank takes the signal somewhere else."""
+        if self.ctx.enabled:
+            return
+        if self.last_checkpoint != self.step:
+            self.checkpoint()
+        raise Interrupted(
+            f"stopped in the end's validation, after step {self.step}; checkpoint written to "
+            f"{self.run_dir.checkpoint_path}. Run the same command to finish."
+        )
 
     def _write_final_files(self) -> None:
         """distilled.safetensors and distilled.png of the current set (rank 0)."""
