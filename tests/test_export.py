@@ -21,7 +21,7 @@ from frepo.config import DataConfig
 from frepo.data.registry import load_dataset
 from frepo.io.artifact import DistilledSet, save_distilled
 from frepo.io.export import LAYOUTS, MANIFEST_KEYS, export, to_uint8
-from frepo.io.foreign import detect_format, load_export
+from frepo.io.foreign import detect_format, load_export, load_set
 from frepo.jobs.visualize import class_grid, grid_array
 
 FAST = {"models": 1, "steps": 20, "width": 8}
@@ -104,6 +104,22 @@ def test_learned_sets_round_trip_and_pngs_are_the_show_grid(tmp_path):
     gap = (ds.preprocessing.to_unit(back.images) - unit).abs()
     assert float(gap[inside].max()) <= 0.5 / 255 + 1e-4  # only the 8-bit rounding where nothing was clipped
     assert torch.equal(back.labels, ds.labels)
+
+
+def test_only_what_an_export_wrote_is_read_as_the_export(tmp_path):
+    """A set copied into an export's folder was read as the export's set (its manifest was found beside any
+    file), and so was one class folder of an imagefolder export."""
+    ds, path = _learned(tmp_path)
+    export(path, tmp_path / "pt", "pt")
+    export(path, tmp_path / "png", "imagefolder")
+    assert detect_format(tmp_path / "pt" / "images.pt") == "frepo-export"  # a file the export wrote: the export
+    assert torch.equal(load_set(tmp_path / "pt" / "images.pt")[0].images, ds.images)
+    (tmp_path / "other").mkdir()
+    other, _ = _subset(tmp_path / "other", channels=3)
+    stray = save_distilled(other, tmp_path / "pt" / "mine.safetensors")
+    assert detect_format(stray) == "frepo"
+    assert torch.equal(load_set(stray)[0].images, other.images)  # read as itself, not as the export
+    assert detect_format(tmp_path / "png" / "0") == "imagefolder"  # a class folder, not the whole export
 
 
 def test_two_exports_of_one_set_are_the_same_bytes(tmp_path):

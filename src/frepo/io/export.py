@@ -292,13 +292,15 @@ def _export_entries(folder: Path) -> set[str]:
 
 
 def find_manifest(path: str | Path) -> Path | None:
-    """The export manifest of `path`: the folder's own, or the one beside a file of an export."""
+    """The export manifest of `path`: a folder's own, or the one beside a file that export wrote. Another file
+    in an export's folder is not the export (a set copied there was read as the export's set), nor is a
+    folder inside one (one class folder of an imagefolder export was read as the whole export)."""
     path = Path(path)
-    for folder in (path, path.parent) if path.is_dir() else (path.parent,):
-        candidate = folder / MANIFEST
-        if candidate.is_file():
-            return candidate
-    return None
+    folder = path if path.is_dir() else path.parent
+    candidate = folder / MANIFEST
+    if not candidate.is_file() or (folder != path and path.name not in _export_entries(folder)):
+        return None
+    return candidate
 
 
 def read_manifest(path: Path) -> dict:
