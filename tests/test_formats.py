@@ -187,3 +187,20 @@ def test_unsafe_pickles_and_bad_files_are_clear_errors(tmp_path):
         foreign.load_set(tmp_path / "step2.npz")
     with pytest.raises(FrepoError, match="no normalisation constants"):
         recipes.dc_preprocessing(_raw("toy"))
+
+
+def test_a_frepo_file_under_another_suffix_is_read_by_its_content(tmp_path):
+    """`frepo subset --out sub.pt` writes frepo's safetensors file; its .pt name had it read as a torch file
+    ("not a torch file, or corrupt or truncated")."""
+    from frepo import DataConfig, make_subset, save_distilled
+    from frepo.io.artifact import load_distilled
+
+    ds = make_subset(DataConfig(dataset="digits"), 1)
+    for name in ("sub.pt", "sub.npz", "sub.bin"):
+        save_distilled(ds, tmp_path / name)
+        assert foreign.detect_format(tmp_path / name) == "frepo", name
+        assert torch.equal(load_distilled(tmp_path / name).images, ds.images)
+    torch.save(torch.zeros(2, 3, 8, 8), tmp_path / "images_x.pt")  # torch's own files keep their readers
+    assert foreign.detect_format(tmp_path / "images_x.pt") == "mtt"
+    np.savez(tmp_path / "step1.npz", image=np.zeros((4, 8, 8, 3), np.float32))
+    assert foreign.detect_format(tmp_path / "step1.npz") == "frepo-npz"
