@@ -204,3 +204,22 @@ def test_a_frepo_file_under_another_suffix_is_read_by_its_content(tmp_path):
     assert foreign.detect_format(tmp_path / "images_x.pt") == "mtt"
     np.savez(tmp_path / "step1.npz", image=np.zeros((4, 8, 8, 3), np.float32))
     assert foreign.detect_format(tmp_path / "step1.npz") == "frepo-npz"
+
+
+def test_dd_rankings_images_pt_is_read_in_the_space_given_and_never_guessed(tmp_path):
+    """frepo export --format pt's default space is DD-Ranking's use_zca-false one; its images.pt and labels.pt
+    out of their folder were read as MTT's ZCA (auto), a few points below the set's accuracy, silently."""
+    from frepo.data.recipes import DC_STATS, DDRANKING_STATS
+
+    raw = _raw("cifar100")
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in DDRANKING_STATS["cifar100"])
+    pixels = torch.from_numpy(raw.x_train[:6]).permute(0, 3, 1, 2).float() / 255
+    torch.save((pixels - mean) / std, tmp_path / "images.pt")
+    torch.save(torch.arange(6) % 3, tmp_path / "labels.pt")
+    with pytest.raises(FrepoError, match="pass --preprocess ddranking"):
+        foreign.load_foreign(tmp_path / "images.pt", raw, cache_dir=tmp_path)
+    ds = foreign.load_foreign(tmp_path / "images.pt", raw, preprocess="ddranking", cache_dir=tmp_path)
+    assert torch.allclose(ds.preprocessing.to_unit(ds.images), pixels, atol=1e-6)
+    assert DDRANKING_STATS["cifar100"] != DC_STATS["cifar100"]  # DD-Ranking's CIFAR-100 is not DC's
+    zca = foreign.load_foreign(tmp_path / "images.pt", raw, preprocess="ddranking-zca", cache_dir=tmp_path)
+    assert zca.preprocessing.kind == "zca"

@@ -12,6 +12,9 @@ Claims (`CLAIMS`, the `--preprocess` of `frepo evaluate`):
   dc         DC/DSA/DM (and MTT without --zca): per-channel normalisation with DC's fixed constants
   frepo      frepo's own preprocessing of the dataset (fitted on the distillation part of train)
   pixels     raw pixels in [0, 1] (an image folder: 0..255), which frepo preprocesses its own way
+  ddranking  DD-Ranking with use_zca false (and `frepo export --format pt`'s default space): per-channel
+             normalisation with DD-Ranking's constants (CIFAR-10's for CIFAR-100 too, ImageNet's for the others)
+  ddranking-zca  DD-Ranking with use_zca true: as mtt-zca (kornia's ZCAWhitening, eps 0.1)
 All fits use frepo's one covariance routine and one disk cache (`frepo.data.preprocess`).
 """
 
@@ -43,6 +46,8 @@ CLAIMS = {
     "dc": "DC/DSA/DM (and MTT without --zca): per-channel normalisation with DC's constants",
     "frepo": "frepo's own preprocessing of the dataset",
     "pixels": "raw pixels in [0, 1] (0..255 for image files)",
+    "ddranking": "DD-Ranking, use_zca false (frepo export --format pt's default): normalisation with its constants",
+    "ddranking-zca": "DD-Ranking, use_zca true: kornia ZCAWhitening(eps=0.1) of [0, 1] pixels, full training split",
 }
 
 # Per-channel (mean, std) of pixels in [0, 1], as hard-coded by each tool.
@@ -58,6 +63,15 @@ DC_STATS = {  # DC/DSA utils.py `get_dataset` (MTT uses the CIFAR-10 pair for CI
     "svhn": ([0.4377, 0.4438, 0.4728], [0.1980, 0.2010, 0.1970]),
     "cifar10": ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]),
     "cifar100": ([0.5071, 0.4866, 0.4409], [0.2673, 0.2564, 0.2762]),
+}
+# DD-Ranking's ddranking.utils.get_dataset: the Normalize of its use_zca-false pipeline
+_CIFAR10_DC, _IMAGENET = DC_STATS["cifar10"], ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+DDRANKING_STATS = {
+    "cifar10": _CIFAR10_DC,
+    "cifar100": _CIFAR10_DC,  # CIFAR-10's constants for CIFAR-100 too
+    "tiny_imagenet": _IMAGENET,
+    "imagenette": _IMAGENET,
+    "imagewoof": _IMAGENET,
 }
 ZCA_REG = 0.1  # official FRePo
 MTT_ZCA_EPS = 0.1  # MTT's kornia ZCAWhitening(eps=0.1)
@@ -114,6 +128,14 @@ def dc_preprocessing(raw: RawDataset) -> Preprocessing:
     return Preprocessing("standard", mean, std)
 
 
+def ddranking_preprocessing(raw: RawDataset) -> Preprocessing:
+    """DD-Ranking's space without ZCA; its ZCA space is mtt_zca_preprocessing's."""
+    if raw.name not in DDRANKING_STATS:
+        raise FrepoError(f"DD-Ranking evaluates {', '.join(DDRANKING_STATS)}, not {raw.name!r}")
+    mean, std = (torch.tensor(v, dtype=torch.float32) for v in DDRANKING_STATS[raw.name])
+    return Preprocessing("standard", mean, std)
+
+
 def frepo_preprocessing(raw: RawDataset, cache_dir: Path | None = None) -> Preprocessing:
     """What `frepo distill`/`frepo subset` use by default: fitted on the distillation part of train."""
     train_idx, _ = holdout_split(raw.y_train, default_val_size(len(raw.y_train)))
@@ -125,8 +147,10 @@ def claimed_preprocessing(claim: str, raw: RawDataset, cache_dir: Path | None = 
     """The preprocessing of `raw` that claim `claim` (a key of CLAIMS) names."""
     if claim == "reference":
         return reference_preprocessing(raw, cache_dir)
-    if claim == "mtt-zca":
+    if claim in ("mtt-zca", "ddranking-zca"):
         return mtt_zca_preprocessing(raw, cache_dir)
+    if claim == "ddranking":
+        return ddranking_preprocessing(raw)
     if claim == "dc":
         return dc_preprocessing(raw)
     if claim in ("frepo", "pixels"):

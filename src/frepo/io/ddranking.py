@@ -28,18 +28,15 @@ import torch
 
 from ..base.errors import FrepoError
 from ..data.preprocess import Preprocessing
+from ..data.recipes import DDRANKING_STATS
 
 SPACES = ("ddranking", "ddranking-zca")
 
 # ddranking.utils.get_dataset: frepo dataset -> (DD-Ranking's name, its Normalize constants, image size)
-_CIFAR = ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010])
-_IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+_NAMES = {"cifar10": ("CIFAR10", 32), "cifar100": ("CIFAR100", 32), "tiny_imagenet": ("TinyImageNet", 64)}
+_NAMES.update({"imagenette": ("ImageNette", 128), "imagewoof": ("ImageWoof", 128)})
 DATASETS: dict[str, tuple[str, tuple[list[float], list[float]], int]] = {
-    "cifar10": ("CIFAR10", _CIFAR, 32),
-    "cifar100": ("CIFAR100", _CIFAR, 32),  # DD-Ranking uses CIFAR-10's constants for CIFAR-100 too
-    "tiny_imagenet": ("TinyImageNet", _IMAGENET, 64),
-    "imagenette": ("ImageNette", _IMAGENET, 128),
-    "imagewoof": ("ImageWoof", _IMAGENET, 128),
+    key: (name, DDRANKING_STATS[key], size) for key, (name, size) in _NAMES.items()
 }
 ZCA_DATASETS = ("cifar10", "cifar100", "tiny_imagenet")
 ZCA_EPS = 0.1  # kornia.enhance.ZCAWhitening(eps=0.1) in get_dataset
@@ -74,7 +71,7 @@ def preprocessing(dataset: str, space: str, cache_dir: Path | None = None) -> Pr
     from ..data.recipes import mtt_zca_preprocessing
     from ..data.registry import load_dataset
 
-    return mtt_zca_preprocessing(load_dataset(dataset), cache_dir, eps=ZCA_EPS)
+    return mtt_zca_preprocessing(load_dataset(dataset), cache_dir, eps=ZCA_EPS)  # the claim ddranking-zca
 
 
 def settings(dataset: str, space: str, image_size: int) -> dict:

@@ -27,7 +27,15 @@ OWN_FORMATS: dict[str, Callable[[str | Path], DistilledSet]] = {"frepo": load_di
 FORMATS = (*OWN_FORMATS, *READERS)
 
 
-def _default_claim(reader: Reader | None, raw: RawDataset) -> str:
+def _default_claim(reader: Reader | None, raw: RawDataset, path: Path) -> str:
+    if path.name == "images.pt":
+        # DD-Ranking's names (and frepo export --format pt's, out of its folder): its two spaces are equally
+        # likely, and a wrong guess trains to a few points below the set's accuracy, silently.
+        raise FrepoError(
+            f"{path}: images.pt with labels.pt is how DD-Ranking (and frepo export --format pt) name a set, and the "
+            "files do not say its space: pass --preprocess ddranking (use_zca false, the export's default), "
+            "ddranking-zca, mtt-zca or dc"
+        )
     return reader.claim(raw) if reader is not None else "frepo"  # an unknown format is refused after the checks
 
 
@@ -55,7 +63,7 @@ def load_foreign(
         raise FrepoError(f"{path} is a frepo file; it carries its own dataset and preprocessing")
     cache = Path(cache_dir) if cache_dir is not None else default_data_dir()
     reader = READERS.get(fmt)
-    claim = _default_claim(reader, raw) if preprocess in (None, "auto") else preprocess
+    claim = _default_claim(reader, raw, path) if preprocess in (None, "auto") else preprocess
     if claim not in CLAIMS:
         raise FrepoError(f"unknown --preprocess {claim!r}; use auto or one of {', '.join(CLAIMS)}")
     if entry is not None and not (reader is not None and reader.entries):
