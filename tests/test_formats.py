@@ -139,6 +139,11 @@ def test_image_folder_round_trip(tmp_path, channels):
     pre = recipes.frepo_preprocessing(raw, tmp_path)
     order = [0, 3, 1, 4, 2, 5]  # class folders in order, files sorted by name
     _assert_same_inputs(ds, pre(raw.x_train[order]), torch.tensor([0, 0, 1, 1, 2, 2]), pre, raw)
+    # frepo export's numbered class folders (<number>_<name>), copied out without their manifest
+    for k, name in enumerate(raw.classes):
+        (folder / name).rename(folder / f"{k}_{name}-x")
+    numbered = foreign.load_foreign(folder, raw, cache_dir=tmp_path)
+    assert torch.equal(numbered.images, ds.images) and torch.equal(numbered.labels, ds.labels)
     (folder / "zebra").mkdir()
     with pytest.raises(FrepoError, match="match neither the class names"):
         foreign.load_foreign(folder, raw, cache_dir=tmp_path)

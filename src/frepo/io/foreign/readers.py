@@ -95,6 +95,13 @@ def read_safetensors(path: Path, raw: RawDataset, entry: int) -> Read:
     return images, check_labels(tensors["labels"], len(images), raw.num_classes, str(path)), {}
 
 
+def _numbered(name: str, num_classes: int) -> int | None:
+    """The class number in front of a folder name `<number>_<class name>` (how frepo export names class
+    folders whose names would not sort in class order), or None."""
+    number, sep, _ = name.partition("_")
+    return int(number) if sep and number.isdigit() and int(number) < num_classes else None
+
+
 @register_reader("imagefolder", claim="pixels", pixels=True)
 def read_image_folder(root: Path, raw: RawDataset, entry: int) -> Read:
     """uint8 N×H×W×C images and (N,) class ids from root/<class>/<image>. Class folders are named by
@@ -109,6 +116,8 @@ def read_image_folder(root: Path, raw: RawDataset, entry: int) -> Read:
         ids = [raw.classes.index(name) for name in names]
     elif all(name.isdigit() and int(name) < raw.num_classes for name in names):
         ids = [int(name) for name in names]
+    elif all(_numbered(name, raw.num_classes) is not None for name in names):  # frepo export's 0_T-shirt_top
+        ids = [_numbered(name, raw.num_classes) for name in names]
     else:
         raise FrepoError(
             f"{root}: class folders {names[:4]} match neither the class names of {raw.name} "
