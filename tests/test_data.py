@@ -184,6 +184,20 @@ def test_image_folder(tmp_path):
     assert load_dataset(str(tmp_path)).x_train.shape == (7, 32, 32, 3)
 
 
+def test_16_bit_greyscale_pngs_keep_their_levels():
+    """PIL's convert("L") clips 16-bit levels to 255: such a PNG was read as a black-and-white image."""
+    from PIL import Image
+
+    from frepo.data.folders import to_array
+
+    levels = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000  # 0 .. 63 000 of 65 535
+    image = Image.fromarray(levels)
+    assert image.mode == "I;16"
+    got = to_array(image, channels=1)[..., 0]
+    assert np.array_equal(got, np.rint(levels / 257).astype(np.uint8))
+    assert len(np.unique(got)) == 64
+
+
 def test_validation_split_is_disjoint_stratified_and_fixed():
     labels = np.repeat(np.arange(10), 50)
     train, val = holdout_split(labels, 100)

@@ -54,6 +54,10 @@ def to_array(image, channels: int, size: int | None = None) -> np.ndarray:
     `tf.image.resize` with method area)."""
     from PIL import Image
 
+    if image.mode.startswith("I;16"):
+        # 16-bit greyscale: PIL's convert clips each level to 255 (a black-and-white image); scale it instead
+        levels = np.asarray(image).astype(np.float64) / 257  # 65535 -> 255
+        image = Image.fromarray(np.clip(np.rint(levels), 0, 255).astype(np.uint8), "L")
     image = image.convert("L" if channels == 1 else "RGB")
     if size is not None:
         w, h = image.size
