@@ -6,6 +6,7 @@ the images are in."""
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -151,6 +152,9 @@ def load_start(
             raise FrepoError(f"--init {path} was distilled from {ds.dataset}, not {raw.name}")
     else:
         ds = load_foreign(path, raw, fmt=fmt)
+        entries = ds.meta["source"].get("entries", 1)
+        if entries > 1:  # distill has no --entry: say which set it starts from
+            warnings.warn(f"--init {path} holds {entries} distilled sets; the run starts from the first", stacklevel=2)
     if tuple(ds.images.shape[1:]) != raw.image_shape:
         raise FrepoError(f"--init {path} holds images of shape {tuple(ds.images.shape[1:])}, not {raw.image_shape}")
     if ds.num_classes != raw.num_classes:
