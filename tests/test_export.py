@@ -122,6 +122,19 @@ def test_only_what_an_export_wrote_is_read_as_the_export(tmp_path):
     assert detect_format(tmp_path / "png" / "0") == "imagefolder"  # a class folder, not the whole export
 
 
+def test_show_and_export_read_an_export(tmp_path, capsys):
+    """`frepo show EXPORT` said "file not found: EXPORT/distilled.safetensors" (it took the folder for a run),
+    and `frepo export EXPORT` refused it: both read frepo's own exports now."""
+    ds, path = _learned(tmp_path)
+    export(path, tmp_path / "pt", "pt")
+    assert main(["show", str(tmp_path / "pt")]) == 0
+    assert (tmp_path / "pt.png").is_file()  # beside the export: a file in it would be a stranger to its manifest
+    assert main(["show", str(tmp_path / "pt" / "images.pt"), "--out", str(tmp_path / "one.png")]) == 0
+    assert main(["export", str(tmp_path / "pt"), "--to", str(tmp_path / "npz"), "--format", "npz"]) == 0
+    assert torch.equal(load_export(tmp_path / "npz").images, ds.images)
+    capsys.readouterr()
+
+
 def test_two_exports_of_one_set_are_the_same_bytes(tmp_path):
     """Exports are reproducible artefacts: the same set gives byte-identical files in every layout, whatever
     the temp names of the atomic writes (torch.save used to embed them) and the time of the export (zip

@@ -156,6 +156,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from ..io.artifact import load_distilled
+    from ..io.export import find_manifest
+    from ..io.foreign import load_export
     from ..jobs.runs import RunDir
     from ..jobs.visualize import animate, save_grid
 
@@ -164,7 +166,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.out is not None:
         check_output_file(args.out, "--out")
     path = Path(args.path)
-    run = RunDir(path) if path.is_dir() else None
+    exported = find_manifest(path) is not None  # a frepo export folder, or a file it wrote
+    run = RunDir(path) if path.is_dir() and not exported else None
     if args.animate:
         if run is None:
             raise FrepoError("--animate makes a film of a run's snapshots: pass a run directory, not a file")
@@ -172,11 +175,13 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"animation -> {out}")
         return 0
     file = run.distilled_path if run is not None else path
-    ds = load_distilled(file)
+    ds = load_export(file) if exported else load_distilled(file)
     title = (
         f"{Path(ds.dataset).name}: {ds.meta.get('kind', 'set')}, {len(ds.images)} images, step {ds.meta.get('step')}"
     )
-    out = Path(args.out) if args.out else file.with_suffix(".png")
+    # beside an export folder, not in it (a file it did not write would make it another export's folder)
+    beside = file.parent / f"{file.name}.png" if file.is_dir() else file.with_suffix(".png")
+    out = Path(args.out) if args.out else beside
     save_grid(ds, out, per_class=args.per_class, title=title)
     print(f"image grid -> {out}")
     return 0
