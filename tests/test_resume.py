@@ -104,6 +104,31 @@ def test_ctrl_c_in_the_end_validation_keeps_the_steps(tmp_path, uninterrupted, m
     _assert_same_run(uninterrupted, out)
 
 
+def test_ctrl_c_while_the_end_writes_the_best_set_validates_again(tmp_path, monkeypatch):
+    """The end's validation took the new best step before writing best.safetensors: stopped in that write, the
+    run was checkpointed as validated, and its resume kept an older best file."""
+    import frepo.jobs.actions as actions
+
+    monkeypatch.setattr(actions.Validation, "accuracy", lambda self, now, progress=False: float(now.step))
+    straight = distill(_config(), tmp_path / "straight", progress=False)  # each validation a new best
+    original = actions.save_distilled
+
+    def interrupted_write(ds, path):
+        if ds.meta["step"] == 8:
+            raise KeyboardInterrupt
+        return original(ds, path)
+
+    monkeypatch.setattr(actions, "save_distilled", interrupted_write)
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted, match="stopped in the end's validation"):
+        distill(_config(), out, progress=False)
+    assert load_distilled(out / "best.safetensors").meta["step"] == 4
+    monkeypatch.setattr(actions, "save_distilled", original)
+    distill(_config(), out, progress=False)
+    _assert_same_run(straight.out, out)
+    assert load_distilled(out / "best.safetensors").meta["step"] == 8
+
+
 def test_killed_process_resumes_with_the_same_command(tmp_path, uninterrupted):
     out = tmp_path / "run"
     args = [sys.executable, "-m", "frepo", "distill", "--dataset", "digits", "--ipc", "2", "--out", str(out)]

@@ -268,12 +268,14 @@ class Validation(Action):
             )
         acc = self.accuracy(now, progress=self.progress and now.final)
         now.val_acc = self.last = acc
-        self.monitor.record({"step": now.step, "val_acc": acc, "eval_models": self.plan.models, "eval_steps": steps})
-        log.info(f"step {now.step}: validation accuracy {acc:.2f}%")
         if self.best["val_acc"] is None or acc > self.best["val_acc"]:
-            self.best = {"val_acc": acc, "step": now.step}
             ds = now.host_set()
             save_distilled(dataclasses.replace(ds, meta={**ds.meta, "val_acc": acc}), self.best_path)
+            # Only once the file is written: a run stopped in the write (Ctrl-C in the end's validation is
+            # checkpointed) resumes without a best step whose file it lacks, and validates again.
+            self.best = {"val_acc": acc, "step": now.step}
+        self.monitor.record({"step": now.step, "val_acc": acc, "eval_models": self.plan.models, "eval_steps": steps})
+        log.info(f"step {now.step}: validation accuracy {acc:.2f}%")
 
     def state_dict(self) -> dict:
         return dict(self.best)
