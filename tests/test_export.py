@@ -120,6 +120,9 @@ def test_only_what_an_export_wrote_is_read_as_the_export(tmp_path):
     assert detect_format(stray) == "frepo"
     assert torch.equal(load_set(stray)[0].images, other.images)  # read as itself, not as the export
     assert detect_format(tmp_path / "png" / "0") == "imagefolder"  # a class folder, not the whole export
+    (tmp_path / "pt" / "export.json").write_text("{")  # a damaged manifest still marks its folder an export
+    with pytest.raises(FrepoError, match="cannot read the export manifest"):
+        load_set(tmp_path / "pt" / "data.safetensors")
 
 
 def test_show_and_export_read_an_export(tmp_path, capsys):

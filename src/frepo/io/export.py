@@ -303,9 +303,13 @@ def find_manifest(path: str | Path) -> Path | None:
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     candidate = folder / MANIFEST
-    if not candidate.is_file() or (folder != path and path.name not in _export_entries(folder)):
+    if not candidate.is_file():
         return None
-    return candidate
+    try:
+        read_manifest(candidate)
+    except FrepoError:
+        return candidate  # an export all the same: reading it says what is wrong with its manifest
+    return candidate if folder == path or path.name in _export_entries(folder) else None
 
 
 def read_manifest(path: Path) -> dict:
