@@ -34,8 +34,8 @@ def _default_claim(reader: Reader | None, raw: RawDataset, path: Path) -> str:
         # likely, and a wrong guess trains to a few points below the set's accuracy, silently.
         raise FrepoError(
             f"{path}: images.pt with labels.pt is how DD-Ranking (and frepo export --format pt) name a set, and the "
-            "files do not say its space: pass --preprocess ddranking (use_zca false, the export's default), "
-            "ddranking-zca, mtt-zca or dc"
+            "files do not say its space: pass --preprocess ddranking (use_zca false: the export's default for "
+            "DD-Ranking's datasets), ddranking-zca, frepo (the export's default for the others), mtt-zca or dc"
         )
     return reader.claim(raw) if reader is not None else "frepo"  # an unknown format is refused after the checks
 
