@@ -46,4 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-__all__ = ["main"]
+def __getattr__(name: str):
+    if name == "build_parser":  # kept from when this module imported it eagerly
+        from .parser import build_parser
+
+        return build_parser
+    raise AttributeError(f"module 'frepo.cli' has no attribute {name!r}")
+
+
+__all__ = ["build_parser", "main"]
