@@ -251,6 +251,12 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
             1, "tiny", ["cifar10"], finished_only=True, data_dir=tmp_path, download=False, **kwargs
         )
     assert digits_row not in again.splitlines() and "rows of other datasets than --datasets are not kept" in caplog.text
+    caplog.clear()  # --datasets naming every dataset of the table has nothing to keep: no warning
+    with caplog.at_level("WARNING", logger="frepo"):
+        reproduce.reproduce(
+            1, "tiny", ["digits", "cifar10"], finished_only=True, data_dir=tmp_path, download=False, **kwargs
+        )
+    assert "not kept" not in caplog.text
     (tmp_path / "a-file").write_text("")
     with pytest.raises(FrepoError, match="is not a folder"):
         reproduce.reproduce(1, "tiny", **{**kwargs, "runs_dir": tmp_path / "a-file"})

@@ -338,7 +338,9 @@ def reproduce(
     spec = BUDGETS[budget]
 
     # A table of some datasets (--datasets) keeps the other datasets' rows of the table it rewrites.
-    others = [] if dry_run or not out or not datasets else kept_rows(Path(out), table, spec, datasets)
+    every = {entry[0] for entry in TABLES[table]}
+    narrowed = datasets and not every <= set(datasets)  # rows of other datasets to keep
+    others = kept_rows(Path(out), table, spec, datasets) if narrowed and out and not dry_run else []
 
     def write() -> str:
         shown = sorted(rows + others, key=lambda r: (order(table, r.dataset), r.ipc))
