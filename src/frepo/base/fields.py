@@ -75,6 +75,8 @@ def comma_list(value: Any) -> Any:
     joined; anything else (a string, None, a wrong type for check_type to name) as it is."""
     if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
         return str(int(value))
+    if isinstance(value, (range, np.ndarray)) and np.ndim(value) == 1:
+        value = list(value)  # range(5), a 1-D array of class ids
     items_ok = (str, numbers.Integral)
     if isinstance(value, (list, tuple)) and all(isinstance(v, items_ok) and not isinstance(v, bool) for v in value):
         return ",".join(str(v) if isinstance(v, str) else str(int(v)) for v in value)
