@@ -99,7 +99,8 @@ def _reference_search(name: str, seed: int, jobs: int = -1):
         "knn": (KNeighborsClassifier(), {"n_neighbors": [3, 5, 7]}),
     }[name]
     # Its fits run in `jobs` processes (joblib; -1: one per CPU): the random forest's 108 fits of 100 trees took
-    # 19 s of one core per fold at 200 examples. Each fit is seeded, so the scores do not depend on `jobs`.
+    # 19 s of one core per fold at 200 examples. Each fit is seeded (the same scores in 1 and 2 processes here;
+    # a worker's BLAS runs one thread, so a BLAS whose sums depend on its thread count could differ in ulps).
     return GridSearchCV(model, param_grid=grid, cv=3, n_jobs=jobs)
 
 
@@ -114,7 +115,7 @@ def run_attacks(
     """Every attack of ATTACKS on (logits, loss, labels) of members and of non-members (equal counts), as
     `attack_set` (module docstring) trains and scores them. The threshold attack needs no training and is
     scored on all examples in both sets. `jobs`: processes of the reference set's grid searches (-1: one per CPU;
-    the scores are the same for any count)."""
+    each fit is seeded)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import StratifiedKFold, train_test_split
 
