@@ -188,9 +188,11 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..io.export import export
+    from ..io.export import export, find_manifest
+    from ..io.foreign import load_export
 
-    manifest = export(args.file, args.to, args.format, args.space)
+    source = load_export(args.file) if find_manifest(args.file) is not None else args.file  # an export, again
+    manifest = export(source, args.to, args.format, args.space)
     space = json.loads(manifest.read_text())["images"]["space"]
     print(f"{args.format} export of {args.file} -> {manifest.parent} (images: {space}; manifest: {manifest.name})")
     return 0

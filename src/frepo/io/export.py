@@ -214,12 +214,7 @@ def export(ds: DistilledSet | str | Path, out: str | Path, layout: str, space: s
             "layout, both from the set's own space"
         )
     if not isinstance(ds, DistilledSet):
-        if find_manifest(ds) is not None:  # an export of its own, exported again
-            from .foreign import load_export
-
-            ds = load_export(ds)
-        else:
-            ds = load_distilled(ds)
+        ds = load_distilled(ds)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FrepoError(f"--to {out} exists and is not a folder")

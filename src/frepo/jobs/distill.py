@@ -358,7 +358,8 @@ class Distiller:
         return self._result()
 
     def _keep_the_steps(self) -> None:
-        """Ctrl-C or SIGTERM in the end's actions (its validation: minutes at a real budget): every step is done,
+        """Ctrl-C in the end's actions (its validation: minutes at a real budget; SIGTERM too under the command
+        line, which turns it into a KeyboardInterrupt): every step is done,
         and a run whose steps are not a multiple of --checkpoint-every lost those since its last checkpoint.
         The steps are checkpointed, and the same command runs the end again. In one process only: under
         torchrun the checkpoint gathers from every rank, and each rank takes the signal somewhere else."""
