@@ -232,3 +232,5 @@ def test_dd_rankings_images_pt_is_read_in_the_space_given_and_never_guessed(tmp_
     assert DDRANKING_STATS["cifar100"] != DC_STATS["cifar100"]  # DD-Ranking's CIFAR-100 is not DC's
     zca = foreign.load_foreign(tmp_path / "images.pt", raw, preprocess="ddranking-zca", cache_dir=tmp_path)
     assert zca.preprocessing.kind == "zca"
+    with pytest.raises(FrepoError, match="--init .*a loose images.pt does not say its space"):  # no --preprocess
+        foreign.load_start(tmp_path / "images.pt", raw, ds.preprocessing, [0, 1, 2], 2)

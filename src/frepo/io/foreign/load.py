@@ -151,6 +151,11 @@ def load_start(
         if not _same_dataset(raw.name, ds.dataset):
             raise FrepoError(f"--init {path} was distilled from {ds.dataset}, not {raw.name}")
     else:
+        if Path(path).name == "images.pt":  # DD-Ranking's names: load_foreign asks for --preprocess, distill has none
+            raise FrepoError(
+                f"--init {path}: a loose images.pt does not say its space (DD-Ranking's names); start from its "
+                "frepo export folder, or from a file that records its preprocessing (a frepo .safetensors)"
+            )
         ds = load_foreign(path, raw, fmt=fmt)
         entries = ds.meta["source"].get("entries", 1)
         if entries > 1:  # distill has no --entry: say which set it starts from
