@@ -284,9 +284,13 @@ def export(ds: DistilledSet | str | Path, out: str | Path, layout: str, space: s
 def _export_entries(folder: Path) -> set[str]:
     """The top-level names the export in `folder` wrote, by its manifest (an unreadable one: none)."""
     try:
-        manifest = read_manifest(folder / MANIFEST)
+        return _entries(read_manifest(folder / MANIFEST))
     except FrepoError:
         return set()
+
+
+def _entries(manifest: dict) -> set[str]:
+    """The top-level names an export wrote, by its manifest."""
     names = [*manifest.get("files", {}), *manifest.get("image_files", [])]
     return {MANIFEST, PREPROCESSING} | {name.split("/")[0] for name in names if "<" not in name}
 
@@ -301,10 +305,10 @@ def find_manifest(path: str | Path) -> Path | None:
     if not candidate.is_file():
         return None
     try:
-        read_manifest(candidate)
+        manifest = read_manifest(candidate)
     except FrepoError:
         return candidate  # an export all the same: reading it says what is wrong with its manifest
-    return candidate if folder == path or path.name in _export_entries(folder) else None
+    return candidate if folder == path or path.name in _entries(manifest) else None
 
 
 def read_manifest(path: Path) -> dict:
