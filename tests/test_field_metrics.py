@@ -31,7 +31,7 @@ def test_a_random_subset_improves_over_random_by_exactly_zero(tmp_path, capsys, 
     subset = tmp_path / "random.safetensors"
     assert run_cli(["subset", "--dataset", "digits", "--ipc", 2, "--seed", 0, "--out", subset], capsys)[0] == 0
     report = tmp_path / "eval.json"
-    flags = ["evaluate", subset, "--models", 1, "--steps", 30, "--field-metrics", "--json", report]
+    flags = ["evaluate", subset, "--models", 1, "--steps", 30, "--width", 16, "--field-metrics", "--json", report]
     code, stdout, err = run_cli(flags, capsys)
     assert code == 0, err
     metrics = json.loads(report.read_text())["field_metrics"]
@@ -64,7 +64,7 @@ def test_learned_labels_are_replaced_by_class_ids_and_uneven_sets_are_refused(tm
     ds = load_distilled(subset)
     # Learned labels whose argmax is the class: the hard-label accuracy is the subset's, the own one differs.
     learned = dataclasses.replace(ds, labels=torch.eye(10)[ds.labels] * 2.0 - 0.3)
-    config, source = configure(models=1, steps=30)
+    config, source = configure(models=1, steps=30, width=16)
     trained_on = []
     real = fm.evaluate_set
     monkeypatch.setattr(fm, "evaluate_set", lambda data, *a, **k: trained_on.append(data.labels) or real(data, *a, **k))

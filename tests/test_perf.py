@@ -214,7 +214,8 @@ def _distill(tmp_path, monkeypatch, reach: float, env: str | None = None) -> lis
         monkeypatch.setenv("FREPO_TUNE_ALLOCATOR", env)
     monkeypatch.setattr(perf, "keep_freed_memory", lambda keep: calls.append(keep) or perf._mode() != "0")
     monkeypatch.setattr(perf, "memory_within_reach", lambda: int(reach * GB))
-    args = ["distill", "--dataset", "digits", "--ipc", "1", "--steps", "2", "--out", str(tmp_path / "run")]
+    args = ["distill", "--dataset", "digits", "--ipc", "1", "--steps", "2", "--width", "8", "--eval-steps", "5"]
+    args += ["--out", str(tmp_path / "run")]
     assert main(args) == 0
     return calls
 
@@ -264,5 +265,5 @@ def test_a_library_callers_allocator_settings_stay_its_own(tmp_path, monkeypatch
     monkeypatch.setattr(perf, "_opted_in", False)
     monkeypatch.delenv("FREPO_TUNE_ALLOCATOR", raising=False)
     monkeypatch.setattr(perf, "keep_freed_memory", lambda keep: calls.append(keep) or True)
-    distill(presets.resolve("digits", 1, overrides={"steps": 2}), tmp_path / "run")
+    distill(presets.resolve("digits", 1, overrides={"steps": 2, "width": 8, "eval_steps": 5}), tmp_path / "run")
     assert calls == []
