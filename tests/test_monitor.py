@@ -32,6 +32,18 @@ def test_snapshots_make_an_animation_of_the_run(tmp_path, capsys):
     assert gif.format == "GIF" and gif.is_animated and gif.n_frames == 4
     assert main(["show", str(out), "--out", str(tmp_path / "grid.png")]) == 0  # a run directory shows its set
     assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The suffix names the format (a .jpg grid was PNG data); one matplotlib cannot write, or an animation not
+    # named .gif, is one line before anything is written.
+    assert main(["show", str(out), "--out", str(tmp_path / "grid.jpg")]) == 0
+    assert Image.open(tmp_path / "grid.jpg").format == "JPEG"
+    assert main(["show", str(out), "--out", str(tmp_path / "grid.pdf")]) == 0
+    assert (tmp_path / "grid.pdf").read_bytes()[:5] == b"%PDF-"
+    capsys.readouterr()
+    assert main(["show", str(out), "--out", str(tmp_path / "grid.bmp")]) == 2
+    assert "cannot write an image grid as .bmp" in capsys.readouterr().err
+    assert main(["show", str(out), "--animate", "--out", str(tmp_path / "film.mp4")]) == 2
+    assert "name it .gif, not film.mp4" in capsys.readouterr().err
+    assert not (tmp_path / "grid.bmp").exists() and not (tmp_path / "film.mp4").exists()
     capsys.readouterr()
     assert main(["show", str(out / "distilled.safetensors"), "--animate"]) == 2
     assert "pass a run directory" in capsys.readouterr().err

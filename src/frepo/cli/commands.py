@@ -159,12 +159,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     from ..io.export import find_manifest
     from ..io.foreign import load_export
     from ..jobs.runs import RunDir
-    from ..jobs.visualize import animate, save_grid
+    from ..jobs.visualize import animate, grid_format, save_grid
 
     if args.per_class < 1:
         raise FrepoError(f"--per-class must be >= 1, got {args.per_class}")
     if args.out is not None:
         check_output_file(args.out, "--out")
+        if not args.animate:
+            grid_format(args.out)  # before the set is read
     path = Path(args.path)
     exported = find_manifest(path) is not None  # a frepo export folder, or a file it wrote
     run = RunDir(path) if path.is_dir() and not exported else None

@@ -171,10 +171,15 @@ def _reproduce(sub: Subcommands) -> None:
 def _show(sub: Subcommands) -> None:
     p = sub.add_parser(
         "show",
-        help="save an image grid of a distilled set as PNG, or a run's snapshots as an animated GIF",
+        help="save an image grid of a distilled set (PNG, or the format --out's suffix names), or a run's "
+        "snapshots as an animated GIF",
     )
     p.add_argument("path", help="a distilled-set file, or a run directory (its distilled.safetensors)")
-    p.add_argument("--out", help="output path (default: the file with .png, or RUN/distilled.gif with --animate)")
+    p.add_argument(
+        "--out",
+        help="output path; its suffix picks the grid's format: .png, .jpg, .pdf, .svg... (default: the file with "
+        ".png, or RUN/distilled.gif with --animate)",
+    )
     p.add_argument("--per-class", type=int, default=10, help="images per class row (default: 10)")
     p.add_argument(
         "--animate",

@@ -46,13 +46,28 @@ def class_grid(
     return grid, rows
 
 
+def grid_format(path: str | Path) -> str:
+    """The image format `save_grid` writes to `path`: its suffix's (a .jpg grid is JPEG data, a .pdf a PDF), PNG
+    for a name without one; a suffix matplotlib cannot write is an error (it was PNG data under that name)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    suffix = Path(path).suffix.lower().lstrip(".")
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    if suffix and suffix not in formats:
+        known = ", ".join(f".{f}" for f in sorted(formats))
+        raise FrepoError(f"cannot write an image grid as .{suffix} ({path}): name it with one of {known}")
+    return suffix or "png"
+
+
 def save_grid(ds: DistilledSet, path: str | Path, per_class: int = 10, title: str | None = None) -> Path:
-    """Save a labelled grid of the set's images (one row per class) as a PNG."""
+    """Save a labelled grid of the set's images (one row per class) as an image in the format of the file's
+    suffix (`grid_format`: PNG without one)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fmt = grid_format(path)
     grid, rows = class_grid(ds.pixels(), ds.class_ids(), ds.num_classes, per_class)
     image = grid.permute(1, 2, 0).numpy()
     height = max(2.0, 0.45 * len(rows) + 0.6)
@@ -71,7 +86,7 @@ def save_grid(ds: DistilledSet, path: str | Path, per_class: int = 10, title: st
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    atomic_write(path, lambda p: fig.savefig(p, format=fmt))
     plt.close(fig)
     return Path(path)
 
@@ -108,6 +123,8 @@ def animate(folder: str | Path, out: str | Path, fps: float = 8.0, title: str = 
     captioned with its step: the synthetic set over training."""
     from PIL import Image, ImageDraw
 
+    if Path(out).suffix.lower() not in ("", ".gif"):
+        raise FrepoError(f"an animation is written as a GIF: name it .gif, not {Path(out).name}")
     frames_found = snapshots(folder)
     if not frames_found:
         raise FrepoError(f"{folder} holds no snapshots (stepNNNNNNN.png); a run keeps them with --snapshot-every")
