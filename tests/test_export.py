@@ -260,7 +260,7 @@ def test_export_and_evaluate_through_the_cli(tmp_path, capsys):
 def test_a_file_changed_after_export_is_named_in_a_warning(tmp_path, capsys):
     """The manifest records each file's sha256: an images file copied in from another export (read with this
     export's preprocessing, it trains to chance) is named; an untouched export reads without a warning."""
-    _, subset = _subset(tmp_path, channels=3)
+    subset_set, subset = _subset(tmp_path, channels=3)
     _, learned = _learned(tmp_path)
     export(subset, tmp_path / "a", "pt")
     export(learned, tmp_path / "b", "pt")
@@ -275,6 +275,12 @@ def test_a_file_changed_after_export_is_named_in_a_warning(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "a"), "--models", "1", "--steps", "2", "--width", "8"]) == 0
     err = capsys.readouterr().err
     assert "frepo: warning: " in err and "images.pt differ from what frepo export wrote" in err, err
+    # An image added to a class folder of an imagefolder export is not read, and not silently
+    export(subset, tmp_path / "png", "imagefolder")
+    first = sorted((tmp_path / "png").glob("*/*.png"))[0]
+    (first.parent / "extra.png").write_bytes(first.read_bytes())
+    with pytest.warns(UserWarning, match=r"left out \w+/extra.png, which frepo export did not write"):
+        assert len(load_export(tmp_path / "png").images) == len(subset_set.images)
 
 
 def test_class_folders_sort_in_class_order_for_torchvision():

@@ -47,9 +47,18 @@ def register_layout_reader(name: str) -> Callable[[LayoutReader], LayoutReader]:
 @register_layout_reader("imagefolder")
 def _read_pngs(export: Export) -> tuple:
     """PNGs in pixel space, put back through the stored preprocessing; the labels from labels.pt."""
-    from ...data.folders import open_image, to_array
+    from ...data.folders import class_folders, image_files, open_image, to_array
 
     names = export.manifest.get("image_files", [])
+    found = {f.relative_to(export.folder).as_posix() for c in class_folders(export.folder) for f in image_files(c)}
+    added = sorted(found - set(names))
+    if added:  # an image put into a class folder is not part of the set: say so rather than drop it silently
+        shown = ", ".join(added[:5]) + (f" and {len(added) - 5} more" if len(added) > 5 else "")
+        warnings.warn(
+            f"{export.folder}: left out {shown}, which frepo export did not write: an export is read as written "
+            "(to read the class folders as they are now, copy them without export.json and pass --dataset)",
+            stacklevel=3,
+        )
     pixels = np.stack([to_array(open_image(export.folder / name), export.channels) for name in names])
     if tuple(pixels.shape[1:3]) != export.shape[1:]:
         raise FrepoError(
