@@ -286,8 +286,9 @@ def test_evaluate_files_from_other_tools(tmp_path, capsys):
     from frepo.data.recipes import reference_preprocessing
 
     raw = load_dataset("digits")
-    images = reference_preprocessing(raw, tmp_path)(raw.x_train[:20])  # N×C×H×W in the reference's space
-    labels = np.eye(10, dtype=np.float32)[raw.y_train[:20]] - 0.1
+    two = np.concatenate([np.flatnonzero(raw.y_train == c)[:2] for c in range(10)])  # of every class
+    images = reference_preprocessing(raw, tmp_path)(raw.x_train[two])  # N×C×H×W in the reference's space
+    labels = np.eye(10, dtype=np.float32)[raw.y_train[two]] - 0.1
     good = tmp_path / "np" / "step000500.npz"
     good.parent.mkdir()
     np.savez(good, image=images.permute(0, 2, 3, 1).numpy(), label=labels)
@@ -295,7 +296,7 @@ def test_evaluate_files_from_other_tools(tmp_path, capsys):
     assert code == 0, err
     assert "20 images of digits (frepo-npz file read as 'reference' preprocessing)" in stdout and "warning" not in err
     raw_pixels = tmp_path / "np" / "step000001.npz"
-    np.savez(raw_pixels, image=raw.x_train[:20] / 255.0, label=labels)
+    np.savez(raw_pixels, image=raw.x_train[two] / 255.0, label=labels)
     code, stdout, err = run_cli(
         ["evaluate", raw_pixels, "--dataset", "digits", "--protocol", "krr", "--models", 1], capsys
     )

@@ -138,6 +138,27 @@ def test_show_and_export_read_an_export(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_show_reads_another_tools_set_as_evaluate_does(tmp_path, capsys):
+    """`frepo show` read frepo's files only ("not a safetensors file" for a DC res_*.pt): it takes evaluate's
+    --dataset/--preprocess/--entry, and a folder of class folders is a set, not a run without its file."""
+    subset, _ = _subset(tmp_path, channels=3)
+    data = subset.meta["dataset"]
+    dc = tmp_path / "res_DC_blobs.pt"
+    torch.save({"data": [[subset.images, subset.class_ids()]]}, dc)
+    capsys.readouterr()
+    assert main(["show", str(dc)]) == 2
+    assert "does not say which dataset it belongs to: pass --dataset" in capsys.readouterr().err
+    assert main(["show", str(dc), "--dataset", data, "--preprocess", "frepo", "--out", str(tmp_path / "dc.png")]) == 0
+    assert main(["show", str(tmp_path / "subset3.safetensors"), "--out", str(tmp_path / "own.png")]) == 0
+    assert Image.open(tmp_path / "dc.png").size == Image.open(tmp_path / "own.png").size  # titled apart
+    export(subset, tmp_path / "png", "imagefolder")
+    (tmp_path / "png" / "export.json").unlink()  # class folders copied out without the manifest
+    assert main(["show", str(tmp_path / "png"), "--dataset", data, "--out", str(tmp_path / "folder.png")]) == 0
+    capsys.readouterr()
+    assert main(["show", str(tmp_path / "subset3.safetensors"), "--preprocess", "dc"]) == 2
+    assert "carries its own preprocessing; drop --preprocess" in capsys.readouterr().err
+
+
 def test_two_exports_of_one_set_are_the_same_bytes(tmp_path):
     """Exports are reproducible artefacts: the same set gives byte-identical files in every layout, whatever
     the temp names of the atomic writes (torch.save used to embed them) and the time of the export (zip

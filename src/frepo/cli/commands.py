@@ -157,7 +157,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from ..io.artifact import load_distilled
     from ..io.export import find_manifest
-    from ..io.foreign import load_export
+    from ..io.foreign import detect_format, load_export, load_set
+    from ..io.foreign.load import OWN_FORMATS
+    from ..jobs.evaluate import SourceConfig, configure
     from ..jobs.runs import RunDir
     from ..jobs.visualize import animate, grid_format, save_grid
 
@@ -170,6 +172,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     path = Path(args.path)
     exported = find_manifest(path) is not None  # a frepo export folder, or a file it wrote
     run = RunDir(path) if path.is_dir() and not exported else None
+    if run is not None and not args.animate and not (run.config_path.exists() or run.distilled_path.exists()):
+        run = None  # not a run: a folder of class folders of images, read as frepo evaluate reads it
     if args.animate:
         if run is None:
             raise FrepoError("--animate makes a film of a run's snapshots: pass a run directory, not a file")
@@ -177,10 +181,16 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"animation -> {out}")
         return 0
     file = run.distilled_path if run is not None else path
-    ds = load_export(file) if exported else load_distilled(file)
-    title = (
-        f"{Path(ds.dataset).name}: {ds.meta.get('kind', 'set')}, {len(ds.images)} images, step {ds.meta.get('step')}"
-    )
+    given = explicit(args, SourceConfig())
+    if run is None and (given or detect_format(file) not in OWN_FORMATS):  # read as frepo evaluate reads it
+        source = configure(**given)[1]
+        options = dict(data_dir=source.data_dir, download=source.download, preprocess=source.preprocess)
+        ds = load_set(file, source.dataset, entry=source.entry, **options)[0]
+    else:  # frepo's own: no dataset needed to draw it
+        ds = load_export(file) if exported else load_distilled(file)
+    step = ds.meta.get("step")
+    title = f"{Path(ds.dataset).name}: {ds.meta.get('kind', 'set')}, {len(ds.images)} images"
+    title += f", step {step}" if step is not None else ""
     # beside an export folder, not in it (a file it did not write would make it another export's folder)
     beside = file.parent / f"{file.name}.png" if file.is_dir() else file.with_suffix(".png")
     out = Path(args.out) if args.out else beside

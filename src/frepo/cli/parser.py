@@ -169,12 +169,18 @@ def _reproduce(sub: Subcommands) -> None:
 
 
 def _show(sub: Subcommands) -> None:
+    from ..jobs.evaluate import SourceConfig
+
     p = sub.add_parser(
         "show",
         help="save an image grid of a distilled set (PNG, or the format --out's suffix names), or a run's "
         "snapshots as an animated GIF",
     )
-    p.add_argument("path", help="a distilled-set file, or a run directory (its distilled.safetensors)")
+    p.add_argument(
+        "path",
+        help="a distilled set (frepo's, a `frepo export` folder, or another tool's file with --dataset, as "
+        "frepo evaluate reads them), or a run directory (its distilled.safetensors)",
+    )
     p.add_argument(
         "--out",
         help="output path; its suffix picks the grid's format: .png, .jpg, .pdf, .svg... (default: the file with "
@@ -187,6 +193,7 @@ def _show(sub: Subcommands) -> None:
         help="an animated GIF of the run's snapshots (RUN/images): the synthetic set over training",
     )
     p.add_argument("--fps", type=float, default=8.0, help="--animate: frames per second (default: 8)")
+    add_settings_flags(p, SourceConfig())
 
 
 def _export(sub: Subcommands) -> None:

@@ -135,9 +135,10 @@ def load_set(
         return ds, load_dataset(ds.dataset, data_dir or recorded_data_dir(ds), download)
     if dataset is None:
         kind = "folder (of class folders of images)" if Path(file).is_dir() else "file"
+        article = "an" if fmt[0] in "aeiou" else "a"
         raise FrepoError(
-            f"{file} is read as a {fmt} {kind}, which does not say which dataset it belongs to: pass --dataset NAME "
-            "(its test split and preprocessing are used)"
+            f"{file} is read as {article} {fmt} {kind}, which does not say which dataset it belongs to: pass "
+            "--dataset NAME (its test split and preprocessing are used)"
         )
     raw = load_dataset(dataset, data_dir, download)
     return load_foreign(file, raw, fmt=fmt, preprocess=preprocess, entry=entry, cache_dir=data_dir), raw
