@@ -122,6 +122,17 @@ def test_comma_separated_settings_take_lists_and_numbers():
     for wrong in (2.5, [1.5], True, [True]):
         with pytest.raises(FrepoError, match="victim_steps must be a comma-separated string or a list of its items"):
             PrivacyConfig(victim_steps=wrong).validate()
+    # Read as lists before validation too (str([0, 2]) was parsed as "[0" and " 2]")
+    assert DataConfig(classes=[0, 2]).class_ids(10) == [0, 2]
+    assert PrivacyConfig(victim_steps=[5, 3]).step_list() == [3, 5]
+    assert ContinualConfig(orders=range(2)).order_list() == [0, 1]
+    # Annotated so a type checker takes what the settings take (py.typed: mypy refused orders=[0, 1])
+    import typing
+    from collections.abc import Sequence
+
+    for cls, name in ((PrivacyConfig, "victim_steps"), (ContinualConfig, "orders"), (DataConfig, "classes")):
+        kinds = typing.get_args(typing.get_type_hints(cls)[name])
+        assert kinds[0] is str and int in kinds and any(typing.get_origin(k) is Sequence for k in kinds), (name, kinds)
 
 
 def test_a_config_built_by_hand_gets_the_reference_flip(tmp_path):

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..base.errors import FrepoError
-from ..base.fields import check_choice, check_fields, check_finite, opt, to_dict
+from ..base.fields import CommaList, check_choice, check_fields, check_finite, comma_items, opt, to_dict
 from ..config import DATA_DIR_HELP, DataConfig
 from ..data import load_dataset
 from ..eval import EvalConfig, evaluate_set
@@ -46,7 +46,7 @@ class ContinualConfig:
     dataset: str = opt("cifar100", "dataset name, .npz file or ImageFolder directory")
     tasks: int = opt(5, "tasks: the classes split into this many groups of equal size")
     ipc: int = opt(20, "images per class in every arm's memory (distilled or real)")
-    orders: str = opt(
+    orders: CommaList = opt(
         "0,1,2,3,4", "class orders, comma-separated: numpy.random.RandomState(s).permutation(C)", listed=True
     )
     steps: int = opt(500_000, "outer steps of each task's distillation")
@@ -56,7 +56,7 @@ class ContinualConfig:
         "LAMB learning rate of the distillations (default: the one frepo distill takes for this dataset, IPC "
         "and --steps, recorded with the settings: 3e-4 at the paper's 500 000 steps, 1e-2 up to 1000)",
     )
-    arms: str = opt(",".join(ARMS), "arms, comma-separated: frepo (distilled), random, herding", listed=True)
+    arms: CommaList = opt(",".join(ARMS), "arms, comma-separated: frepo (distilled), random, herding", listed=True)
     protocol: str = opt("frepo", "the trainer of every arm: frepo (the reference) or dsa", choices=("frepo", "dsa"))
     eval_models: int = opt(5, "fresh networks per order, task and arm")
     eval_steps: int = opt(10_000, "frepo protocol: training steps (the reference CL evaluation's 10 000)")
@@ -78,7 +78,7 @@ class ContinualConfig:
 
     def order_list(self) -> list[int]:
         try:
-            orders = [int(s) for s in self.orders.split(",") if s.strip()]
+            orders = [int(s) for s in comma_items(self.orders)]
         except ValueError as exc:
             raise FrepoError(f"orders must be comma-separated integers, got {self.orders!r}") from exc
         if not orders or len(set(orders)) != len(orders) or min(orders) < 0:
@@ -86,7 +86,7 @@ class ContinualConfig:
         return orders
 
     def arm_list(self) -> list[str]:
-        arms = [a.strip() for a in self.arms.split(",") if a.strip()]
+        arms = comma_items(self.arms)
         for arm in arms:
             check_choice("arm", arm, ARMS)
         if not arms or len(set(arms)) != len(arms):

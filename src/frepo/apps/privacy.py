@@ -36,7 +36,7 @@ import torch
 from ..base.atomic import atomic_write
 from ..base.device import resolve_device
 from ..base.errors import FrepoError
-from ..base.fields import check_fields, check_finite, opt
+from ..base.fields import CommaList, check_fields, check_finite, comma_items, opt
 from ..base.rng import generator
 from ..config import DATA_DIR_HELP
 from ..data import load_dataset
@@ -67,7 +67,7 @@ class PrivacyConfig:
         "LAMB learning rate of the distillation (default: the one frepo distill takes for this dataset, IPC "
         "and --steps, recorded with the settings: 3e-4 at the paper's 500 000 steps, 1e-2 up to 1000)",
     )
-    victim_steps: str = opt(
+    victim_steps: CommaList = opt(
         "100,250,500,1000,2000,4000,8000,16000", "training steps of the victims, comma-separated", listed=True
     )
     victim_batch: int = opt(1024, "batch of the victims of the real arm (the distilled arm: min(N, 256))")
@@ -94,7 +94,7 @@ class PrivacyConfig:
 
     def step_list(self) -> list[int]:
         try:
-            steps = sorted({int(s) for s in self.victim_steps.split(",") if s.strip()})
+            steps = sorted({int(s) for s in comma_items(self.victim_steps)})
         except ValueError as exc:
             raise FrepoError(f"victim_steps must be comma-separated integers, got {self.victim_steps!r}") from exc
         if not steps or steps[0] < 1:

@@ -14,12 +14,17 @@ import numbers
 import os
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import field
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 
 from .errors import FrepoError
+
+# The type of a `listed` option in the Python API: "0,1,2", [0, 1, 2], range(3) or one number (a numpy array is
+# taken too). `check_fields` turns it into the comma-separated string the command line takes and runs save.
+CommaList: TypeAlias = str | int | Sequence[int | str]
 
 
 def opt(default: Any, help: str, choices: tuple[str, ...] | None = None, listed: bool = False) -> Any:  # noqa: A002
@@ -81,6 +86,12 @@ def comma_list(value: Any) -> Any:
     if isinstance(value, (list, tuple)) and all(isinstance(v, items_ok) and not isinstance(v, bool) for v in value):
         return ",".join(str(v) if isinstance(v, str) else str(int(v)) for v in value)
     return value
+
+
+def comma_items(value: CommaList) -> list[str]:
+    """The items of a listed option's value, stripped, empty ones left out: "0, 1," and [0, 1] alike give
+    ["0", "1"]."""
+    return [item.strip() for item in str(comma_list(value)).split(",") if item.strip()]
 
 
 # The plain types a setting may declare, alone or with None; the values each accepts as it

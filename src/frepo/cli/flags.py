@@ -53,7 +53,7 @@ def add_settings_flags(parser: argparse.ArgumentParser, settings: Any, skip: fro
     for name, (owner, f) in leaf_fields(settings).items():
         if name in skip:
             continue
-        kind = _field_type(owner, f)
+        kind = str if f.metadata.get("listed") else _field_type(owner, f)  # a comma list: its string
         default = getattr(owner, f.name)
         choices = f.metadata.get("choices")
         help_text = f.metadata.get("help", "")

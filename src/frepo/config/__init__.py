@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..base.errors import FrepoError
-from ..base.fields import check_fields, check_finite, nested, opt
+from ..base.fields import CommaList, check_fields, check_finite, comma_items, nested, opt
 
 NORMS = ("batch", "instance", "none")
 PREPROCESS_KINDS = ("auto", "standard", "zca", "zca_block", "none")
@@ -51,7 +51,7 @@ class DataConfig:
         "training images held out for validation (default: 5000 for "
         "datasets of 50k images or more, else 10%); never distilled from",
     )
-    classes: str | None = opt(
+    classes: CommaList | None = opt(
         None,
         "distil from these classes only, comma-separated class ids (a continual-learning task); the labels "
         "still span every class, and the preprocessing is fitted on the whole training split as the reference does",
@@ -86,7 +86,7 @@ class DataConfig:
         if self.classes is None:
             return list(range(num_classes)) if num_classes is not None else []
         try:
-            ids = sorted({int(c) for c in str(self.classes).split(",") if c.strip()})
+            ids = sorted({int(c) for c in comma_items(self.classes)})
         except ValueError as exc:
             raise FrepoError(f"classes must be comma-separated class ids, got {self.classes!r}") from exc
         if not ids or ids[0] < 0 or (num_classes is not None and ids[-1] >= num_classes):
