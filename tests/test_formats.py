@@ -124,10 +124,6 @@ def test_dc_res_round_trip_with_numpy_accuracies(tmp_path):
     assert torch.equal(foreign.load_foreign(path, raw, cache_dir=tmp_path).images, sets[0][0])
     with pytest.raises(FrepoError, match="entries 0..1"):
         foreign.load_foreign(path, raw, entry=2, cache_dir=tmp_path)
-    # A set without images of some classes (a truncated file, or another dataset's) says so
-    torch.save({"data": [[sets[0][0][:4], sets[0][1][:4]]]}, tmp_path / "res_two_classes.pt")
-    with pytest.warns(UserWarning, match="holds no images of 1 of the 3 classes of cifar10 \\(c\\)"):
-        foreign.load_foreign(tmp_path / "res_two_classes.pt", raw, cache_dir=tmp_path)
     # distill --init has no --entry: it starts from the first set, and says so
     with pytest.warns(UserWarning, match="holds 2 distilled sets; the run starts from the first"):
         images, _ = foreign.load_start(path, raw, pre, [0, 1, 2], 2)

@@ -78,3 +78,44 @@ def test_validation_is_disjoint_from_distillation_images_and_test_split(shared_d
     pixels = torch.round(start.pixels() * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     chosen = _digests(pixels)
     assert len(chosen) == 50 and chosen <= train and not chosen & val
+
+
+def test_split_val_finds_the_hold_out_of_a_narrowed_run(tmp_path):
+    """A set distilled from some classes (or a chunk) was validated on their part of the hold-out, but
+    `--split val` re-drew as many images from every class (the file recorded the count only): 92% in the
+    run, 16% under evaluate. The file records the hold-out itself now; files written before it are read
+    through their settings. On the test split, a set without some classes says how far it can go."""
+    import warnings
+
+    import pytest
+
+    from frepo.data import load_dataset
+    from frepo.jobs.evaluate import eval_split
+
+    raw = load_dataset("digits")
+    for narrowed in (
+        DataConfig(dataset="digits", classes="0,1"),
+        DataConfig(dataset="digits", train_chunk=1, train_chunk_size=500),
+    ):
+        prepared = prepare(narrowed)
+        ds = make_subset(narrowed, 1)
+        expected = torch.from_numpy(raw.y_train[prepared.val_idx])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the classes set's missing classes, tested below
+            assert torch.equal(eval_split(ds, raw, "val")[1], expected)
+            before = {k: v for k, v in ds.meta.items() if k != "holdout"}  # a file of an earlier frepo
+            assert torch.equal(
+                eval_split(type(ds)(ds.images, ds.labels, ds.preprocessing, before), raw, "val")[1], expected
+            )
+    assert sorted(set(expected.tolist())) != [0, 1]  # the chunk's hold-out spans every class
+    two = make_subset(DataConfig(dataset="digits", classes="0,1"), 1)
+    share = 100 * np.isin(raw.y_test, [0, 1]).mean()
+    with pytest.warns(UserWarning, match=rf"no images of 8 of the 10 classes of digits \(2, 3, .*at most {share:.1f}%"):
+        eval_split(two, raw, "test")
+    recorded = json.loads(json.dumps(two.meta["holdout"]))
+    assert recorded == {"size": len(raw.y_train) // 10, "chunk": None, "classes": [0, 1]}
+    from frepo.io.export import export
+    from frepo.io.foreign import load_export
+
+    export(two, tmp_path / "pt", "pt")  # an export carries it
+    assert load_export(tmp_path / "pt").meta["holdout"] == two.meta["holdout"]

@@ -13,7 +13,7 @@ from ..base.errors import FrepoError
 from ..config import STREAM_AUTO_BYTES, DataConfig
 from .preprocess import Preprocessing, Rows, cached_preprocessing, fit_preprocessing, resolve_kind
 from .registry import BUILTIN, RawDataset, default_data_dir, load_dataset
-from .splits import default_val_size, holdout_split
+from .splits import Holdout, holdout_split
 from .stream import StreamingImages, split_view
 
 __all__ = [
@@ -37,6 +37,7 @@ class PreparedData:
     preprocessing: Preprocessing
     train_idx: np.ndarray  # indices into raw.x_train that distillation may use
     val_idx: np.ndarray  # indices into raw.x_train held out for validation
+    holdout: Holdout  # how they were chosen: what a set's file records, so `--split val` finds val_idx again
 
     def train(self, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(float32 N×C×H×W preprocessed images, int64 labels) of the distillation part."""
@@ -82,7 +83,8 @@ def prepare(cfg: DataConfig, device: torch.device | None = None) -> PreparedData
     images distillation may use narrowed to them (the preprocessing stays the whole split's, so every
     task or chunk of a dataset shares one space)."""
     raw = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
-    val_size = cfg.val_size if cfg.val_size is not None else default_val_size(len(raw.y_train))
+    holdout = Holdout.of_config(cfg, len(raw.y_train))
+    val_size = holdout.size
     train_idx, val_idx = holdout_split(raw.y_train, val_size)
     if not len(train_idx):  # the preprocessing would be fitted on nothing (NaN), then every class found empty
         raise FrepoError(
@@ -94,19 +96,13 @@ def prepare(cfg: DataConfig, device: torch.device | None = None) -> PreparedData
     # A memory-mapped split is read in chunks, never copied whole (ImageNet: 15.7 GB of uint8).
     fit_on = Rows(raw.x_train, train_idx, raw.source_id) if raw.source_id else raw.x_train[train_idx]
     pre = cached_preprocessing(fit_on, kind, cfg.zca_reg, cache, device)
-    if cfg.train_chunk is not None:
-        start = cfg.train_chunk * cfg.train_chunk_size
-        if start >= len(raw.y_train):
-            chunks = -(-len(raw.y_train) // cfg.train_chunk_size)
-            raise FrepoError(
-                f"chunk {cfg.train_chunk} is beyond the training split: {len(raw.y_train)} images make {chunks} chunks "
-                f"of {cfg.train_chunk_size} (0..{chunks - 1})"
-            )
-        train_idx, val_idx = (
-            idx[(idx >= start) & (idx < start + cfg.train_chunk_size)] for idx in (train_idx, val_idx)
+    if holdout.chunk is not None and holdout.chunk[0] >= len(raw.y_train):
+        chunks = -(-len(raw.y_train) // cfg.train_chunk_size)
+        raise FrepoError(
+            f"chunk {cfg.train_chunk} is beyond the training split: {len(raw.y_train)} images make {chunks} chunks "
+            f"of {cfg.train_chunk_size} (0..{chunks - 1})"
         )
     if cfg.classes is not None:
-        kept = np.asarray(cfg.class_ids(raw.num_classes))
-        train_idx = train_idx[np.isin(raw.y_train[train_idx], kept)]
-        val_idx = val_idx[np.isin(raw.y_train[val_idx], kept)]
-    return PreparedData(raw, pre, train_idx, val_idx)
+        cfg.class_ids(raw.num_classes)  # ids beyond the dataset's classes are an error
+    train_idx, val_idx = holdout.split(raw.y_train)  # narrowed to the chunk and the classes
+    return PreparedData(raw, pre, train_idx, val_idx, holdout)

@@ -71,7 +71,8 @@ MANIFEST_KEYS = {
     "ddranking": "the DD-Ranking settings the export matches (dataset, im_size, use_zca, the call of each metric, "
     "the soft-label criterion), or null when its images are not in a DD-Ranking space",
     "lr": "sgd: the lr to train with SGD (DD-Ranking, DC/DSA), frepo_protocol: the Adam lr of the reference evaluation",
-    "set": "what frepo knows of the set: kind, ipc, step, seed, use_flip, mirror_invariant, val_size, checksum",
+    "set": "what frepo knows of the set: kind, ipc, step, seed, use_flip, mirror_invariant, val_size, holdout (the "
+    "hold-out it was distilled without: size, chunk, classes), test_fingerprint, checksum",
     "frepo_version": "the frepo that wrote the export",
     "checksums": "the sha256 of each file the export wrote but this manifest, by its path in the folder: "
     "`frepo evaluate` warns of a file that differs (edited, damaged, or from another export)",
@@ -270,6 +271,7 @@ def export(ds: DistilledSet | str | Path, out: str | Path, layout: str, space: s
                     "use_flip": bool(config.get("use_flip") or False),
                     "mirror_invariant": bool(ds.meta.get("mirror_invariant", True)),
                     "val_size": ds.meta.get("val_size"),
+                    "holdout": ds.meta.get("holdout"),
                     "test_fingerprint": ds.meta.get("test_fingerprint"),
                     "checksum": ds.meta.get("checksum"),
                 },

@@ -292,6 +292,7 @@ class Distiller:
             "config": to_dict(self.config),
             "mirror_invariant": raw.mirror_invariant,
             "val_size": int(len(self.data.val_idx)),
+            "holdout": self.data.holdout.to_meta(),
             "test_fingerprint": self._test_fingerprint,
             "environment": self._environment,
         }

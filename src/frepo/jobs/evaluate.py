@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import warnings
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from ..base.fields import check_fields, leaf_fields, opt, set_leaf, to_dict
 from ..config import DATA_DIR_HELP, STREAM_AUTO_BYTES
 from ..data import RawDataset, default_data_dir, load_dataset
 from ..data.recipes import CLAIMS
-from ..data.splits import holdout_split
+from ..data.splits import Holdout
 from ..data.stream import split_view
 from ..eval import EvalConfig, EvalResult, evaluate_set
 from ..eval.finished import FinishedNetworks, evaluation_key, set_digest
@@ -106,6 +107,27 @@ def eval_split(ds: DistilledSet, raw: RawDataset, split: str) -> tuple[torch.Ten
         raise FrepoError(f"the set has {ds.num_classes} classes but dataset {raw.name} has {raw.num_classes}")
     if tuple(raw.image_shape) != tuple(ds.images.shape[1:]):
         raise FrepoError(f"the set's images are {tuple(ds.images.shape[1:])} but {raw.name} has {raw.image_shape}")
+    images, labels = _split(ds, raw, split)
+    _warn_of_missing_classes(ds, raw, labels.numpy(), split)
+    return images, labels
+
+
+def _warn_of_missing_classes(ds: DistilledSet, raw: RawDataset, labels: np.ndarray, split: str) -> None:
+    """A set without images of some classes (a task of --classes, a truncated file, another dataset's) trains
+    networks that never predict them: its accuracy is capped at the other classes' share of the split."""
+    held = torch.bincount(ds.class_ids(), minlength=raw.num_classes).numpy() > 0
+    missing = [c for c in np.unique(labels).tolist() if not held[c]]
+    if missing:
+        cap = float(np.isin(labels, np.flatnonzero(held)).mean())
+        shown = ", ".join(str(raw.classes[c]) for c in missing[:10]) + (", ..." if len(missing) > 10 else "")
+        warnings.warn(
+            f"the set holds no images of {len(missing)} of the {raw.num_classes} classes of {raw.name} ({shown}): "
+            f"its networks never predict them, so at most {100 * cap:.1f}% of the {split} split can be right",
+            stacklevel=4,
+        )
+
+
+def _split(ds: DistilledSet, raw: RawDataset, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     if split == "test":
         expected = ds.meta.get("test_fingerprint")
         if expected and expected != raw.test_fingerprint():
@@ -116,9 +138,14 @@ def eval_split(ds: DistilledSet, raw: RawDataset, split: str) -> tuple[torch.Ten
             )
         everything = np.arange(len(raw.x_test))
         return split_view(raw.x_test, everything, ds.preprocessing, STREAM_AUTO_BYTES), torch.from_numpy(raw.y_test)
-    _, val_idx = holdout_split(raw.y_train, int(ds.meta.get("val_size") or 0))
+    _, val_idx = Holdout.of_set(ds.meta, len(raw.y_train)).split(raw.y_train)
     if len(val_idx) == 0:
         raise FrepoError("the set was made without a validation hold-out (val_size 0)")
+    if ds.meta.get("val_size") is not None and len(val_idx) != int(ds.meta["val_size"]):
+        raise FrepoError(
+            f"the set records a hold-out of {ds.meta['val_size']} images, but {len(val_idx)} of {raw.name}'s training "
+            "images are found for it here: not the hold-out it was distilled without (use the test split)"
+        )
     images = split_view(raw.x_train, val_idx, ds.preprocessing, STREAM_AUTO_BYTES)
     return images, torch.from_numpy(np.asarray(raw.y_train[val_idx]))
 
@@ -236,9 +263,10 @@ def _identity(ds: DistilledSet, raw: RawDataset, split: str) -> tuple[str, str]:
     set_id = ds.meta["checksum"] if own else set_digest(ds.images, ds.labels, ds.preprocessing.tensors())
     if split == "test":
         return set_id, f"test:{raw.test_fingerprint()}"
-    # The hold-out: the training split's labels and the set's val_size decide it (`holdout_split`).
+    # The hold-out: the training split's labels and the set's record decide it (`Holdout`).
     labels = hashlib.sha256(np.ascontiguousarray(raw.y_train).astype(np.int64).tobytes()).hexdigest()
-    return set_id, f"val:{raw.name}:{labels}:{ds.meta.get('val_size')}"
+    holdout = json.dumps(Holdout.of_set(ds.meta, len(raw.y_train)).to_meta(), sort_keys=True)
+    return set_id, f"val:{raw.name}:{labels}:{holdout}"
 
 
 def _finished(set_id: str, split_id: str, config: EvalConfig, arch: str) -> FinishedNetworks:

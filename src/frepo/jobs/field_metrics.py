@@ -46,7 +46,7 @@ from ..base.rng import generator
 from ..config import STREAM_AUTO_BYTES
 from ..data import RawDataset
 from ..data.registry import default_data_dir
-from ..data.splits import holdout_split
+from ..data.splits import Holdout
 from ..eval import EvalConfig, EvalResult, evaluate_set
 from ..io.artifact import DistilledSet, class_ids_of
 from ..method.synthetic import pick_real
@@ -68,7 +68,7 @@ def _hard(ds: DistilledSet) -> DistilledSet:
 
 def _training_part(ds: DistilledSet, raw: RawDataset) -> np.ndarray:
     """Indices of the training images the set could be distilled from (its validation hold-out left out)."""
-    train_idx, _ = holdout_split(raw.y_train, int(ds.meta.get("val_size") or 0))
+    train_idx, _ = Holdout.of_set(ds.meta, len(raw.y_train)).split(raw.y_train)
     return train_idx
 
 

@@ -165,6 +165,7 @@ def make_subset(
         "config": config,
         "mirror_invariant": raw.mirror_invariant,
         "val_size": int(len(prepared.val_idx)),
+        "holdout": prepared.holdout.to_meta(),
         "test_fingerprint": raw.test_fingerprint(),
     }
     return DistilledSet(images, labels, prepared.preprocessing, meta)

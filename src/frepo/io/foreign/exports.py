@@ -116,6 +116,7 @@ def load_export(path: str | Path) -> DistilledSet:
         "config": {"use_flip": bool(info.get("use_flip"))},
         "mirror_invariant": bool(info.get("mirror_invariant", True)),
         "val_size": int(info.get("val_size") or 0),
+        "holdout": info.get("holdout"),
         "test_fingerprint": info.get("test_fingerprint"),
         "checksum": checksum,
         "source": {"path": str(path), "format": "frepo-export", "layout": layout, "original": info.get("checksum")},

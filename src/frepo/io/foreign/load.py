@@ -86,14 +86,6 @@ def load_foreign(
     n = len(images)
     counts = torch.bincount(labels.argmax(-1) if labels.ndim == 2 else labels, minlength=raw.num_classes)
     ipc = int(counts[0]) if bool((counts == counts[0]).all()) else None
-    missing = [raw.classes[c] for c in torch.nonzero(counts == 0).flatten().tolist()]
-    if missing:  # a truncated file, or another dataset's: accuracy capped at the present classes' share, silently
-        shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
-        warnings.warn(
-            f"{path} holds no images of {len(missing)} of the {raw.num_classes} classes of {raw.name} ({shown}): "
-            "networks trained on it never predict them (is the file complete, and of this dataset?)",
-            stacklevel=2,
-        )
     # The flip trick belongs to FRePo: official FRePo files follow its per-dataset table; other tools
     # never distilled with it.
     use_flip = default_flip(raw.name, ipc or max(1, n // raw.num_classes)) if reader.flip else False
