@@ -80,10 +80,10 @@ def test_distill_evaluate_show_subset_on_digits(tmp_path, capsys):
     assert ds.meta["dataset"] == "digits" and ds.meta["step"] == 6 and ds.meta["preprocessing"]["kind"] == "standard"
 
     result = tmp_path / "eval.json"
-    code, stdout, err = run_cli(
-        ["evaluate", out / "distilled.safetensors", "--models", 2, "--steps", 20, "--json", result], capsys
-    )
+    # A run directory stands for its set, as for show (its snapshots' folder was read as class folders)
+    code, stdout, err = run_cli(["evaluate", out, "--models", 2, "--steps", 20, "--json", result], capsys)
     assert code == 0, err
+    assert run_cli(["export", out, "--to", tmp_path / "npz", "--format", "npz"], capsys)[0] == 0
     report = json.loads(result.read_text())
     assert report["protocol"] == "frepo" and report["arch"] == "conv" and len(report["accuracies"]) == 2
     assert report["mean"] == pytest.approx(np.mean(report["accuracies"]))

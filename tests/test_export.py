@@ -138,9 +138,10 @@ def test_show_and_export_read_an_export(tmp_path, capsys):
     capsys.readouterr()
 
 
-def test_show_reads_another_tools_set_as_evaluate_does(tmp_path, capsys):
-    """`frepo show` read frepo's files only ("not a safetensors file" for a DC res_*.pt): it takes evaluate's
-    --dataset/--preprocess/--entry, and a folder of class folders is a set, not a run without its file."""
+def test_show_and_export_read_another_tools_set_as_evaluate_does(tmp_path, capsys):
+    """`frepo show` and `frepo export` read frepo's files only ("not a safetensors file" for a DC res_*.pt):
+    they take evaluate's --dataset/--preprocess/--entry, and a folder of class folders is a set, not a run
+    without its file."""
     subset, _ = _subset(tmp_path, channels=3)
     data = subset.meta["dataset"]
     dc = tmp_path / "res_DC_blobs.pt"
@@ -151,6 +152,11 @@ def test_show_reads_another_tools_set_as_evaluate_does(tmp_path, capsys):
     assert main(["show", str(dc), "--dataset", data, "--preprocess", "frepo", "--out", str(tmp_path / "dc.png")]) == 0
     assert main(["show", str(tmp_path / "subset3.safetensors"), "--out", str(tmp_path / "own.png")]) == 0
     assert Image.open(tmp_path / "dc.png").size == Image.open(tmp_path / "own.png").size  # titled apart
+    assert main(["export", str(dc), "--to", str(tmp_path / "dc"), "--format", "pt"]) == 2
+    assert "pass --dataset" in capsys.readouterr().err
+    exported = ["export", str(dc), "--to", str(tmp_path / "dc"), "--format", "pt", "--dataset", data]
+    assert main([*exported, "--preprocess", "frepo"]) == 0
+    assert torch.equal(load_export(tmp_path / "dc").images, subset.images)
     export(subset, tmp_path / "png", "imagefolder")
     (tmp_path / "png" / "export.json").unlink()  # class folders copied out without the manifest
     assert main(["show", str(tmp_path / "png"), "--dataset", data, "--out", str(tmp_path / "folder.png")]) == 0

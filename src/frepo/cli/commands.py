@@ -154,12 +154,25 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_show(args: argparse.Namespace) -> int:
-    from ..io.artifact import load_distilled
-    from ..io.export import find_manifest
-    from ..io.foreign import detect_format, load_export, load_set
-    from ..io.foreign.load import OWN_FORMATS
+def _read_set(path: str | Path, args: argparse.Namespace):
+    """The set at `path` (a run directory: its set) for `show` and `export`, read as `frepo evaluate` reads it:
+    frepo's own file or export by itself, without its dataset; another tool's file (or any, once --dataset,
+    --preprocess or --entry is given) through `load_set`, which needs --dataset and says so."""
+    from ..io.foreign import detect_format, load_set
+    from ..io.foreign.load import OWN_FORMATS, run_set
     from ..jobs.evaluate import SourceConfig, configure
+
+    path, given = run_set(path), explicit(args, SourceConfig())
+    fmt = detect_format(path)
+    if fmt in OWN_FORMATS and not given:
+        return OWN_FORMATS[fmt](path)
+    source = configure(**given)[1]
+    options = dict(data_dir=source.data_dir, download=source.download, preprocess=source.preprocess)
+    return load_set(path, source.dataset, entry=source.entry, **options)[0]
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from ..io.foreign.load import run_set
     from ..jobs.runs import RunDir
     from ..jobs.visualize import animate, grid_format, save_grid
 
@@ -169,29 +182,19 @@ def cmd_show(args: argparse.Namespace) -> int:
         check_output_file(args.out, "--out")
         if not args.animate:
             grid_format(args.out)  # before the set is read
-    path = Path(args.path)
-    exported = find_manifest(path) is not None  # a frepo export folder, or a file it wrote
-    run = RunDir(path) if path.is_dir() and not exported else None
-    if run is not None and not args.animate and not (run.config_path.exists() or run.distilled_path.exists()):
-        run = None  # not a run: a folder of class folders of images, read as frepo evaluate reads it
     if args.animate:
-        if run is None:
+        run = RunDir(args.path)
+        if run_set(run.path) == run.path:  # a file, an export, a folder of images: not a run
             raise FrepoError("--animate makes a film of a run's snapshots: pass a run directory, not a file")
         out = animate(run.images_dir, args.out or run.path / "distilled.gif", fps=args.fps)
         print(f"animation -> {out}")
         return 0
-    file = run.distilled_path if run is not None else path
-    given = explicit(args, SourceConfig())
-    if run is None and (given or detect_format(file) not in OWN_FORMATS):  # read as frepo evaluate reads it
-        source = configure(**given)[1]
-        options = dict(data_dir=source.data_dir, download=source.download, preprocess=source.preprocess)
-        ds = load_set(file, source.dataset, entry=source.entry, **options)[0]
-    else:  # frepo's own: no dataset needed to draw it
-        ds = load_export(file) if exported else load_distilled(file)
+    ds = _read_set(args.path, args)
     step = ds.meta.get("step")
     title = f"{Path(ds.dataset).name}: {ds.meta.get('kind', 'set')}, {len(ds.images)} images"
     title += f", step {step}" if step is not None else ""
-    # beside an export folder, not in it (a file it did not write would make it another export's folder)
+    # beside an export folder (or class folders), not in it: a file the export did not write makes it another's
+    file = run_set(args.path)
     beside = file.parent / f"{file.name}.png" if file.is_dir() else file.with_suffix(".png")
     out = Path(args.out) if args.out else beside
     save_grid(ds, out, per_class=args.per_class, title=title)
@@ -200,11 +203,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..io.export import export, find_manifest
-    from ..io.foreign import load_export
+    from ..io.export import export
 
-    source = load_export(args.file) if find_manifest(args.file) is not None else args.file  # an export, again
-    manifest = export(source, args.to, args.format, args.space)
+    manifest = export(_read_set(args.file, args), args.to, args.format, args.space)
     space = json.loads(manifest.read_text())["images"]["space"]
     print(f"{args.format} export of {args.file} -> {manifest.parent} (images: {space}; manifest: {manifest.name})")
     return 0

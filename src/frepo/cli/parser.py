@@ -198,6 +198,7 @@ def _show(sub: Subcommands) -> None:
 
 def _export(sub: Subcommands) -> None:
     from ..io.export import LAYOUTS, SPACES
+    from ..jobs.evaluate import SourceConfig
 
     p = sub.add_parser(
         "export",
@@ -207,7 +208,11 @@ def _export(sub: Subcommands) -> None:
         "data.safetensors) or npz (the official FRePo layout). Each export carries its preprocessing and a "
         "manifest (export.json), so `frepo evaluate FOLDER` reads it back.",
     )
-    p.add_argument("file", help="a frepo distilled-set file (.safetensors)")
+    p.add_argument(
+        "file",
+        help="a distilled set: frepo's file, a run directory, an export, or another tool's file with --dataset "
+        "(as frepo evaluate reads them)",
+    )
     p.add_argument("--to", required=True, help="output folder (new, or a previous export to overwrite)")
     _add_choice(p, "--format", "format", LAYOUTS, required=True, help="imagefolder, pt or npz")
     _add_choice(
@@ -219,6 +224,7 @@ def _export(sub: Subcommands) -> None:
         "CIFAR-10/100, Tiny ImageNet, ImageNette/Woof); ddranking-zca: its ZCA (use_zca: true; fitted on the full "
         "training split); frepo: the set's own space (the default for other datasets)",
     )
+    add_settings_flags(p, SourceConfig())
 
 
 def _add_experiment(sub: Subcommands, name: str, settings: Any, presets: dict[str, Any], text: str) -> None:

@@ -206,7 +206,7 @@ def in_space(ds: DistilledSet, space: str) -> DistilledSet:
 def export(ds: DistilledSet | str | Path, out: str | Path, layout: str, space: str | None = None) -> Path:
     """Write a set (or a frepo file) into the folder `out` in `layout` (one of LAYOUTS), its images in
     `space` (one of SPACES; pt only; default: `default_space`); returns the manifest's path."""
-    check_choice("format", layout, LAYOUTS)
+    check_choice("layout", layout, LAYOUTS)
     if space is not None:
         check_choice("space", space, SPACES)
     if space not in (None, "frepo") and layout != "pt":

@@ -26,6 +26,16 @@ from .registry import READERS, Reader
 # frepo's own formats -> their loader: files that say their dataset and preprocessing themselves
 OWN_FORMATS: dict[str, Callable[[str | Path], DistilledSet]] = {"frepo": load_distilled, "frepo-export": load_export}
 FORMATS = (*OWN_FORMATS, *READERS)
+RUN_SET = "distilled.safetensors"  # the set a run directory holds (`frepo.jobs.runs.RunDir`)
+
+
+def run_set(path: str | Path) -> Path:
+    """`path`, or for a run directory (its set or its config.json in it) the set it holds: every command takes
+    a run for its set, as `frepo show RUN` does (its folder of snapshots read as class folders otherwise)."""
+    path = Path(path)
+    if path.is_dir() and ((path / RUN_SET).is_file() or (path / "config.json").is_file()):
+        return path / RUN_SET  # not written yet: "file not found: RUN/distilled.safetensors"
+    return path
 
 
 def _default_claim(reader: Reader | None, raw: RawDataset, path: Path) -> str:
@@ -114,7 +124,9 @@ def load_set(
     preprocess: str = "auto",
     entry: int | None = None,
 ) -> tuple[DistilledSet, RawDataset]:
-    """Any supported distilled-set file -> (DistilledSet, the real dataset it belongs to)."""
+    """Any supported distilled-set file (or a run directory: its set) -> (DistilledSet, the real dataset it
+    belongs to)."""
+    file = run_set(file)
     fmt = detect_format(file)
     if fmt in OWN_FORMATS:
         ds = OWN_FORMATS[fmt](file)
@@ -146,6 +158,7 @@ def load_start(
     official .npz is in the reference's, a frepo file in its own), untouched when that is the run's own.
     Class ids (a subset) become the reference's starting labels; learned labels are kept as they are.
     """
+    path = run_set(path)
     fmt = detect_format(path)
     if fmt in OWN_FORMATS:
         ds = OWN_FORMATS[fmt](path)
