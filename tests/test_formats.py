@@ -187,7 +187,8 @@ def test_unsafe_pickles_and_bad_files_are_clear_errors(tmp_path):
     with pytest.raises(FrepoError, match="cannot tell the format"):
         foreign.detect_format(tmp_path / "set.txt")
     np.savez(tmp_path / "step1.npz", image=np.zeros((4, 3, 8, 8), np.float32), label=np.zeros((4, 3), np.float32))
-    with pytest.raises(FrepoError, match="expected N×H×W×C"):
+    # The shape as the file holds it (it was printed transposed, as if channels-first)
+    with pytest.raises(FrepoError, match=r"images of shape \(4, 3, 8, 8\), expected N×H×W×C = N×8×8×3"):
         foreign.load_foreign(tmp_path / "step1.npz", raw, cache_dir=tmp_path)
     np.savez(tmp_path / "step2.npz", image=np.zeros((4, 8, 8, 3), np.float32), label=np.zeros((4, 5), np.float32))
     with pytest.raises(FrepoError, match="do not fit 4 images of 3 classes"):

@@ -114,12 +114,13 @@ def check_images(images, shape: tuple[int, int, int], where: str, channels_last:
     x = torch.as_tensor(images)
     if not x.is_floating_point():
         raise FrepoError(f"{where}: images must be floating point, got {x.dtype}")
+    given = tuple(x.shape)  # as the file holds them
     if channels_last and x.ndim == 4:
         x = x.permute(0, 3, 1, 2)
-    shape = tuple(shape)
-    if x.ndim != 4 or tuple(x.shape[1:]) != shape:
-        layout = "N×H×W×C" if channels_last else "N×C×H×W"
-        raise FrepoError(f"{where}: images of shape {tuple(x.shape)}, expected {layout} with (C, H, W) = {shape}")
+    c, h, w = shape
+    if x.ndim != 4 or tuple(x.shape[1:]) != (c, h, w):
+        expected = f"N×H×W×C = N×{h}×{w}×{c}" if channels_last else f"N×C×H×W = N×{c}×{h}×{w}"
+        raise FrepoError(f"{where}: images of shape {given}, expected {expected} for this dataset")
     if not bool(torch.isfinite(x).all()):
         raise FrepoError(f"{where}: images contain NaN or infinite values")
     return x.detach().float().contiguous()  # MTT saves its leaf tensors with requires_grad set
