@@ -400,8 +400,9 @@ def test_wrong_checkpoints_are_refused(tmp_path, capsys, edit, fragment):
     "flag, value, fragment",
     [
         ("--online-lr", "nan", "online_lr must be a finite number"),
-        ("--online-lr", "-1", "online_lr must be a finite number and >= 0.0"),
-        ("--lr", "nan", "lr must be a finite number"),
+        ("--online-lr", "-1", "online_lr must be a finite number > 0, got -1"),
+        ("--lr", "nan", "lr must be a finite number > 0, got nan"),
+        ("--lr", "0", "lr must be a finite number > 0, got 0"),  # one bound for NaN and 0 (">= 0.0", then "> 0")
         ("--lr", "inf", "lr must be a finite number"),
         ("--krr-reg", "nan", "krr_reg must be a finite number"),
         ("--krr-reg", "inf", "krr_reg must be a finite number"),

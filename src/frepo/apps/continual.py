@@ -111,9 +111,7 @@ class ContinualConfig:
         if self.feature_steps < 0:
             raise FrepoError(f"feature_steps must be >= 0, got {self.feature_steps}")
         if self.lr is not None:
-            check_finite("lr", self.lr, low=0.0)
-            if self.lr == 0:
-                raise FrepoError("lr must be > 0, got 0")
+            check_finite("lr", self.lr, positive=True)
         self.order_list()
         self.arm_list()
 

@@ -113,9 +113,7 @@ class PrivacyConfig:
         for name in ("lr", "victim_lr"):
             if getattr(self, name) is None:  # lr: the budget's
                 continue
-            check_finite(name, getattr(self, name), low=0.0)
-            if getattr(self, name) == 0:
-                raise FrepoError(f"{name} must be > 0, got 0")
+            check_finite(name, getattr(self, name), positive=True)
         self.step_list()
 
 

@@ -50,10 +50,12 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise FrepoError(f"unknown {name} {value!r}: {name} must be one of {', '.join(choices)}")
 
 
-def check_finite(name: str, value: float, low: float | None = None) -> None:
-    """Floats must be finite numbers (NaN passes every comparison) and, with `low`, at least `low`."""
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or (low is not None and value < low):
-        bound = f" and >= {low}" if low is not None else ""
+def check_finite(name: str, value: float, low: float | None = None, positive: bool = False) -> None:
+    """Floats must be finite numbers (NaN passes every comparison) and, with `low`, at least `low`; `positive`
+    ones above 0 (a learning rate: one message for NaN and for 0)."""
+    wrong = not isinstance(value, (int, float)) or not math.isfinite(value)
+    if wrong or (low is not None and value < low) or (positive and value <= 0):
+        bound = " > 0" if positive else f" >= {low}" if low is not None else ""
         raise FrepoError(f"{name} must be a finite number{bound}, got {value!r}")
 
 

@@ -122,9 +122,7 @@ class PoolConfig:
 
     def validate(self) -> None:
         check_fields(self)
-        check_finite("online_lr", self.online_lr, low=0.0)
-        if self.online_lr == 0:
-            raise FrepoError("online_lr must be > 0, got 0")
+        check_finite("online_lr", self.online_lr, positive=True)
         if self.num_models < 1:
             raise FrepoError("num_models must be >= 1")
         if self.max_online_updates < 0:
@@ -226,9 +224,7 @@ class DistillConfig:
             raise FrepoError("eval_every and chunk_size must be >= 0")
         if self.snapshot_every is not None and self.snapshot_every < 0:
             raise FrepoError(f"snapshot_every must be >= 0, got {self.snapshot_every}")
-        check_finite("lr", self.lr, low=0.0)
-        if self.lr == 0:
-            raise FrepoError("lr must be > 0, got 0")
+        check_finite("lr", self.lr, positive=True)
         check_finite("lr_final_ratio", self.lr_final_ratio, low=0.0)
         if self.lr_final_ratio > 1:
             raise FrepoError(f"lr_final_ratio must lie in [0, 1], got {self.lr_final_ratio}")
