@@ -177,8 +177,9 @@ class DistillConfig:
     eval_models: int = opt(1, "models trained per validation evaluation")
     eval_steps: int | None = opt(
         None,
-        "training steps of each validation model (default: the run's own steps, at least "
-        f"{MIN_VALIDATION_STEPS} and at most the reference's {REFERENCE_VALIDATION_STEPS}; 0: the step table)",
+        "training steps of each validation model (default: the preset's, as digits' 500, else the run's own "
+        f"steps, at least {MIN_VALIDATION_STEPS} and at most the reference's {REFERENCE_VALIDATION_STEPS}; 0: the "
+        "step table)",
     )
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     chunk_size: int = opt(
