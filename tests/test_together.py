@@ -3,11 +3,13 @@ one after the other."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 
 import pytest
 import torch
 
+from frepo.base.errors import FrepoError
 from frepo.base.rng import generator
 from frepo.data.preprocess import Preprocessing
 from frepo.eval import EvalConfig, evaluate_set
@@ -73,7 +75,12 @@ def test_evaluate_set_together_equals_one_by_one(arch, stacked):
     runs = {}
     for together in ("on", "off", "streams"):
         config = EvalConfig.build(models=3, width=8, steps=24, together=together, arch=arch, device="cpu")
-        runs[together] = evaluate_set(ds, test_x, test_y, config)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            runs[together] = evaluate_set(ds, test_x, test_y, config)
+        # --together on that cannot stack (batch-norm statistics) says so; it was silent
+        said = [str(w.message) for w in caught if "cannot; its networks train one after the other" in str(w.message)]
+        assert len(said) == (together == "on" and not stacked), said
     assert runs["on"].extra["together"] is stacked and runs["off"].extra["together"] is False
     assert runs["on"].extra["together_mode"] == ("stacked" if stacked else None)
     assert runs["streams"].extra["together"] is True and runs["streams"].extra["together_mode"] == "streams"
@@ -98,6 +105,12 @@ def test_auto_stacks_only_where_it_measured_faster():
     assert EvalConfig.build(together="on").together_mode(cpu, mnist(500)) == "stacked"
     assert EvalConfig.build(together="streams").together_mode(cpu, mnist(10)) == "streams"
     assert EvalConfig.build(together="off").together_mode(cuda, mnist(10)) is None
+    # Protocols that train no networks together refuse an explicit request (it was ignored, the JSON said false)
+    for protocol, does in (("krr", "trains nothing"), ("dsa", "one after the other")):
+        for together in ("on", "streams"):
+            with pytest.raises(FrepoError, match=f"--together {together} applies to --protocol frepo.*{does}"):
+                EvalConfig.build(protocol=protocol, together=together)
+        assert EvalConfig.build(protocol=protocol, together="off").together == "off"
 
 
 def test_a_network_with_nan_outputs_is_named_in_a_warning_one_by_one_and_stacked(caplog):

@@ -90,6 +90,11 @@ class EvalConfig:
             for flag, (owner, f) in leaf_fields(given).items():
                 if getattr(owner, f.name) != f.default:
                     raise FrepoError(_misplaced(flag, name, self.protocol))
+        if self.together in ("on", "streams") and PROTOCOLS[self.protocol].train_and_test_many is None:
+            does = "trains nothing" if self.protocol == "krr" else "trains its networks one after the other"
+            raise FrepoError(
+                f"--together {self.together} applies to --protocol frepo; the {self.protocol} protocol {does}"
+            )
         self.archs()
 
     def together_mode(self, device, images: torch.Tensor) -> str | None:

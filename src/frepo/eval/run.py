@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -73,6 +74,12 @@ def evaluate_set(
             if accs is not None and finished:
                 finished.put(streams, accs, how)
     together = accs is not None
+    if not together and how == "stacked" and config.together == "on" and config.models > 1:
+        warnings.warn(
+            f"--together on: {setup.arch} keeps batch-norm statistics, which stacked networks cannot; its networks "
+            "train one after the other (--together streams trains any architecture at once on a GPU)",
+            stacklevel=3,
+        )
     if accs is None:
         accs = []
         bar = tqdm(streams, desc=f"evaluate ({setup.arch}, {protocol.name})", disable=not progress, leave=False)
