@@ -85,6 +85,30 @@ def test_a_setting_of_the_wrong_type_is_named(overrides, message):
         presets.resolve("digits", 1, overrides=overrides)
 
 
+def test_an_argument_of_the_wrong_kind_is_named(tmp_path):
+    """The entry points' arguments, passed the wrong way round or as a dict, were AttributeErrors from deep
+    inside ('dict' object has no attribute 'validate'): each is one FrepoError saying what it takes."""
+    import frepo
+    from frepo.config import DataConfig
+
+    ds = frepo.make_subset(DataConfig(dataset="digits"), 1)
+    cases = [
+        (lambda: frepo.evaluate(42), "file must be a DistilledSet or the path of a set, got int 42"),
+        (lambda: frepo.evaluate(ds, {"models": 1}), "config must be an EvalConfig .*options go as keywords"),
+        (lambda: frepo.evaluate_archs(ds, None, "digits"), "source must be a SourceConfig or None"),
+        (lambda: frepo.distill("digits-ipc10", tmp_path / "r"), "config must be a DistillConfig: frepo.presets.get"),
+        (lambda: frepo.make_subset("digits", 2), "data must be a DataConfig: make_subset"),
+        (
+            lambda: frepo.save_distilled(tmp_path / "x.safetensors", ds),
+            "ds must be a DistilledSet: save_distilled\\(ds, path\\), got PosixPath",
+        ),
+    ]
+    for call, message in cases:
+        with pytest.raises(FrepoError, match=message):
+            call()
+    assert not (tmp_path / "r").exists()
+
+
 def test_numpy_numbers_and_paths_are_taken_as_the_plain_values():
     import numpy as np
 

@@ -4,6 +4,10 @@ The CLI prints a `FrepoError` as one line on stderr and exits non-zero; anything
 keeps its traceback.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 
 class FrepoError(Exception):
     """A problem with the user's input or environment, with a message that says what to do."""
@@ -11,3 +15,12 @@ class FrepoError(Exception):
 
 class Interrupted(FrepoError):
     """The run was stopped by Ctrl-C or SIGTERM after a checkpoint was written."""
+
+
+def check_argument(name: str, value: Any, kinds: type | tuple[type, ...], expected: str) -> None:
+    """An argument of the Python API of the wrong kind is a FrepoError naming it and saying what it takes,
+    not an AttributeError deep inside (`frepo.evaluate(ds, {"models": 1})`: 'dict' has no 'validate')."""
+    if not isinstance(value, kinds):
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise FrepoError(f"{name} must be {expected}, got {type(value).__name__} {shown}")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..base.atomic import atomic_save_safetensors
-from ..base.errors import FrepoError
+from ..base.errors import FrepoError, check_argument
 from ..base.version import __version__
 from ..data.preprocess import KINDS, PACKED, Preprocessing, unpack_upper, upper_size
 from ..method.krr import centered_one_hot, label_scale
@@ -187,6 +187,7 @@ def check_set(ds: DistilledSet, where: str, preprocessing: bool = True) -> tuple
 def save_distilled(ds: DistilledSet, path: str | Path) -> Path:
     """Write `ds` to `path` atomically, once it passes the checks `load_distilled` makes (`check_set`):
     a set the loader would refuse is refused here, before it replaces a good file."""
+    check_argument("ds", ds, DistilledSet, "a DistilledSet: save_distilled(ds, path)")
     tensors, meta = check_set(ds, f"not saved to {path}")
     meta["checksum"] = _checksum(tensors, meta)
     atomic_save_safetensors(tensors, path, metadata={"frepo": json.dumps(meta, sort_keys=True)})

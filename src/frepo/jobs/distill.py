@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ..base.atomic import WriteError
 from ..base.device import resolve_device, synchronize
 from ..base.dist import init_distributed
-from ..base.errors import FrepoError, Interrupted
+from ..base.errors import FrepoError, Interrupted, check_argument
 from ..base.fields import to_dict
 from ..base.perf import AllocatorPolicy, release_free_heap
 from ..base.signals import stop_on_signal
@@ -454,6 +454,9 @@ def distill(
     """Run (or resume) a distillation into the run directory `out`; `progress` shows a progress bar (the
     library is quiet by default; the command line turns it on). `resume_with_changes` lets a resumed run
     continue with changed settings that are safe to continue with (`frepo.jobs.runs.CONTINUABLE`)."""
+    check_argument(
+        "config", config, DistillConfig, "a DistillConfig: frepo.presets.get('digits-ipc10') or presets.resolve(...)"
+    )
     try:
         return Distiller(config, out, progress, resume_with_changes).run()
     finally:

@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from ..base.device import resolve_device
-from ..base.errors import FrepoError, Interrupted
+from ..base.errors import FrepoError, Interrupted, check_argument
 from ..base.fields import check_fields, leaf_fields, opt, set_leaf, to_dict
 from ..config import DATA_DIR_HELP, STREAM_AUTO_BYTES
 from ..data import RawDataset, default_data_dir, load_dataset
@@ -67,6 +68,11 @@ def configure(
     config: EvalConfig | None = None, source: SourceConfig | None = None, **overrides: Any
 ) -> tuple[EvalConfig, SourceConfig]:
     """Copies of (config, source) with `overrides` (leaf names of either) applied, both validated."""
+    options = "options go as keywords: evaluate(ds, models=1)"
+    check_argument(
+        "config", config, (EvalConfig, type(None)), f"an EvalConfig (EvalConfig.build(...)) or None; {options}"
+    )
+    check_argument("source", source, (SourceConfig, type(None)), f"a SourceConfig or None; {options}")
     config = EvalConfig() if config is None else copy.deepcopy(config)
     source = SourceConfig() if source is None else copy.deepcopy(source)
     source_names = leaf_fields(source)
@@ -205,6 +211,7 @@ def run(
     kept as it finishes (`frepo.eval.finished`), so that after an interruption the same call trains only the
     networks still missing; the record is removed once `deliver` (the command line's table and files) has
     taken the results, so a failed write (a full disk) loses no network either."""
+    check_argument("file", file, (DistilledSet, str, os.PathLike), "a DistilledSet or the path of a set")
     ds, raw = open_set(file, source)
     test_x, test_y = eval_split(ds, raw, config.split)
     identity = {

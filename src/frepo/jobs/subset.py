@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..base.device import resolve_device
-from ..base.errors import FrepoError
+from ..base.errors import FrepoError, check_argument
 from ..base.fields import to_dict
 from ..base.rng import generator
 from ..config import DataConfig
@@ -115,6 +115,7 @@ def make_subset(
     device: str = "auto",
 ) -> DistilledSet:
     """`ipc` real images per class chosen by `method`, as a DistilledSet with integer labels."""
+    check_argument("data", data, DataConfig, "a DataConfig: make_subset(DataConfig(dataset='mnist'), ipc=10)")
     if method not in METHODS:
         raise FrepoError(f"unknown subset method {method!r}; known: {', '.join(METHODS)}")
     if ipc < 1:
