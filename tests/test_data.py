@@ -143,6 +143,15 @@ def test_npz_dataset_and_classes(tmp_path):
             ),
             "lie in \\[0, 1\\]",
         ),
+        (  # labels that are not class ids: "class 0 has 0 training images, fewer than ipc=1" at distill
+            dict(
+                x_train=np.zeros((4, 6, 6), np.uint8),
+                y_train=np.array([100, 101, 100, 101]),
+                x_test=np.zeros((2, 6, 6), np.uint8),
+                y_test=np.array([100, 101]),
+            ),
+            "2 distinct labels \\(100..101\\) leave 100 of the 102 classes .* remap them to 0..1",
+        ),
     ],
 )
 def test_bad_npz_inputs(tmp_path, arrays, message):
