@@ -202,7 +202,10 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
             ["privacy", "--dataset", "digits", "--chunk", "0", "--chunk-size", "1257", "--nonmembers", "train"],
             "no non-members: the training split outside the members' chunk has too few images",
         ),
-        (["privacy", "--dataset", "digits", "--chunk", "0", "--chunk-size", "1257"], "no images for the control arm"),
+        (
+            ["privacy", "--dataset", "digits", "--chunk", "0", "--chunk-size", "1257"],
+            "no images for the control arm: the members' chunk 0 takes 1257 of the 1257 training images",
+        ),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, capsys, args, fragment):

@@ -203,8 +203,9 @@ class Privacy(Experiment):
         self.control_idx = np.sort(outside[perm[: len(self.member_idx)]])
         if not len(self.control_idx):
             raise FrepoError(
-                "no images for the control arm: the training split holds none outside the members' chunk and the "
-                "non-members; use a smaller --chunk-size"
+                f"no images for the control arm: the members' chunk {config.chunk} takes {len(self.member_idx)} of "
+                f"the {n} training images (--chunk-size {config.chunk_size}), and the control arm trains on others; "
+                "use a smaller --chunk-size"
             )
         if count < len(self.member_idx):
             log.info(
