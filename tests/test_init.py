@@ -65,7 +65,10 @@ def test_an_official_npz_is_carried_through_pixels_into_the_run(tmp_path, capsys
     [
         (lambda d: d / "missing.npz", "missing.npz"),
         (lambda d: _npz(d, per_class=1), "holds [1, 1, 1, 1, 1, 1, 1, 1, 1, 1] images per class"),
-        (lambda d: _npz(d, per_class=2, side=9), "step1.npz: images of shape (20, 1, 9, 9)"),
+        (
+            lambda d: _npz(d, per_class=2, side=9),
+            "step1.npz: images of shape (20, 9, 9, 1), expected N×H×W×C = N×8×8×1",
+        ),
     ],
 )
 def test_a_start_that_does_not_fit_is_one_line(tmp_path, capsys, make, fragment):
