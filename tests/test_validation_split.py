@@ -83,39 +83,46 @@ def test_validation_is_disjoint_from_distillation_images_and_test_split(shared_d
 def test_split_val_finds_the_hold_out_of_a_narrowed_run(tmp_path):
     """A set distilled from some classes (or a chunk) was validated on their part of the hold-out, but
     `--split val` re-drew as many images from every class (the file recorded the count only): 92% in the
-    run, 16% under evaluate. The file records the hold-out itself now; files written before it are read
-    through their settings. On the test split, a set without some classes says how far it can go."""
+    run, 16% under evaluate. The file records the hold-out itself now; files written before it, and their
+    exports, are read through their settings. On the test split, a set without some classes says how far it
+    can go."""
     import warnings
 
     import pytest
 
+    from frepo.base.errors import FrepoError
     from frepo.data import load_dataset
+    from frepo.io.artifact import DistilledSet
+    from frepo.io.export import export
+    from frepo.io.foreign import load_export
     from frepo.jobs.evaluate import eval_split
 
     raw = load_dataset("digits")
-    for narrowed in (
-        DataConfig(dataset="digits", classes="0,1"),
-        DataConfig(dataset="digits", train_chunk=1, train_chunk_size=500),
+    for k, narrowed in enumerate(
+        (DataConfig(dataset="digits", classes="0,1"), DataConfig(dataset="digits", train_chunk=1, train_chunk_size=500))
     ):
         prepared = prepare(narrowed)
+        images, labels = prepared.val()
         ds = make_subset(narrowed, 1)
-        expected = torch.from_numpy(raw.y_train[prepared.val_idx])
+        before = {key: v for key, v in ds.meta.items() if key != "holdout"}  # a file of an earlier frepo
+        old = DistilledSet(ds.images, ds.labels, ds.preprocessing, before)
+        export(old, tmp_path / f"old{k}", "pt")  # its export records the hold-out from its settings
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the classes set's missing classes, tested below
-            assert torch.equal(eval_split(ds, raw, "val")[1], expected)
-            before = {k: v for k, v in ds.meta.items() if k != "holdout"}  # a file of an earlier frepo
-            assert torch.equal(
-                eval_split(type(ds)(ds.images, ds.labels, ds.preprocessing, before), raw, "val")[1], expected
-            )
-    assert sorted(set(expected.tolist())) != [0, 1]  # the chunk's hold-out spans every class
+            warnings.simplefilter("error")  # the hold-out holds the set's classes only: nothing is missing
+            for found in (ds, old, load_export(tmp_path / f"old{k}")):
+                val_images, val_labels = eval_split(found, raw, "val")
+                assert torch.equal(val_labels, labels) and torch.equal(val_images, images)
+        assert len(labels) == ds.meta["val_size"] < len(raw.y_train) // 10
+    assert sorted(set(labels.tolist())) == list(range(10))  # the chunk's part of the hold-out spans every class
     two = make_subset(DataConfig(dataset="digits", classes="0,1"), 1)
     share = 100 * np.isin(raw.y_test, [0, 1]).mean()
     with pytest.warns(UserWarning, match=rf"no images of 8 of the 10 classes of digits \(2, 3, .*at most {share:.1f}%"):
         eval_split(two, raw, "test")
     recorded = json.loads(json.dumps(two.meta["holdout"]))
     assert recorded == {"size": len(raw.y_train) // 10, "chunk": None, "classes": [0, 1]}
-    from frepo.io.export import export
-    from frepo.io.foreign import load_export
-
     export(two, tmp_path / "pt", "pt")  # an export carries it
     assert load_export(tmp_path / "pt").meta["holdout"] == two.meta["holdout"]
+    # A count the record does not give (another hold-out than the file's) is refused, not evaluated
+    wrong = DistilledSet(two.images, two.labels, two.preprocessing, {**two.meta, "val_size": two.meta["val_size"] + 1})
+    with pytest.raises(FrepoError, match="records a hold-out of 26 images, but 25 of digits"):
+        eval_split(wrong, raw, "val")

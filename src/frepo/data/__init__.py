@@ -85,7 +85,7 @@ def prepare(cfg: DataConfig, device: torch.device | None = None) -> PreparedData
     raw = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
     holdout = Holdout.of_config(cfg, len(raw.y_train))
     val_size = holdout.size
-    train_idx, val_idx = holdout_split(raw.y_train, val_size)
+    train_idx, val_idx = holdout_split(raw.y_train, val_size)  # of the whole split: the preprocessing's
     if not len(train_idx):  # the preprocessing would be fitted on nothing (NaN), then every class found empty
         raise FrepoError(
             f"val_size {val_size} leaves no training images: {raw.name} has {len(raw.y_train)}; give a smaller "
@@ -104,5 +104,5 @@ def prepare(cfg: DataConfig, device: torch.device | None = None) -> PreparedData
         )
     if cfg.classes is not None:
         cfg.class_ids(raw.num_classes)  # ids beyond the dataset's classes are an error
-    train_idx, val_idx = holdout.split(raw.y_train)  # narrowed to the chunk and the classes
+    train_idx, val_idx = holdout.narrow(raw.y_train, train_idx, val_idx)  # to the chunk and the classes
     return PreparedData(raw, pre, train_idx, val_idx, holdout)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..base.errors import FrepoError
 from ..config import DataConfig
 
 VALIDATION_SEED = 0
@@ -55,7 +56,10 @@ class Holdout:
 
     def split(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Indices (train, val) into `labels`, the training split's: what the run distilled from and held out."""
-        train_idx, val_idx = holdout_split(labels, self.size)
+        return self.narrow(labels, *holdout_split(labels, self.size))
+
+    def narrow(self, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(train, val) of the whole split (`holdout_split(labels, size)`) narrowed to the chunk and the classes."""
         if self.chunk is not None:
             start, count = self.chunk
             train_idx, val_idx = (idx[(idx >= start) & (idx < start + count)] for idx in (train_idx, val_idx))
@@ -70,31 +74,49 @@ class Holdout:
             "classes": list(self.classes) if self.classes is not None else None,
         }
 
+    @staticmethod
+    def record(meta: dict) -> dict | None:
+        """A set's hold-out record: its own; for a file written before the record, one made from its settings
+        (meta "config"), when they narrowed the run ("size" None: the dataset's default); else None: the count
+        "val_size" says it all (a run on the whole split, or another tool's set). An export carries it."""
+        if meta.get("holdout") is not None:
+            return meta["holdout"]
+        data = (meta.get("config") or {}).get("data")
+        if not isinstance(data, dict) or (data.get("classes") is None and data.get("train_chunk") is None):
+            return None
+        try:
+            return _settings_record(
+                DataConfig(**{k: v for k, v in data.items() if k in DataConfig.__dataclass_fields__})
+            )
+        except (TypeError, ValueError, FrepoError) as exc:
+            raise FrepoError(f"the set's recorded data settings are damaged ({exc})") from exc
+
     @classmethod
     def of_set(cls, meta: dict, n_train: int) -> Holdout:
-        """The hold-out of a set with this meta, whose dataset has `n_train` training images: its record, or for a
-        file written before the record its settings (meta "config"; a narrowed run recorded only its count),
-        or the count alone (a set of another tool's: 0, none)."""
-        record = meta.get("holdout")
-        if isinstance(record, dict):
-            chunk, classes = record.get("chunk"), record.get("classes")
+        """The hold-out of a set with this meta (`record`), whose dataset has `n_train` training images."""
+        record = cls.record(meta)
+        if record is None:
+            return cls(int(meta.get("val_size") or 0))
+        try:
+            size, chunk, classes = record["size"], record["chunk"], record["classes"]
             return cls(
-                int(record["size"]),
+                default_val_size(n_train) if size is None else int(size),
                 (int(chunk[0]), int(chunk[1])) if chunk is not None else None,
                 tuple(int(c) for c in classes) if classes is not None else None,
             )
-        data = (meta.get("config") or {}).get("data")
-        if isinstance(data, dict) and (data.get("classes") is not None or data.get("train_chunk") is not None):
-            config = DataConfig(**{k: v for k, v in data.items() if k in DataConfig.__dataclass_fields__})
-            return cls.of_config(config, n_train)
-        return cls(int(meta.get("val_size") or 0))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise FrepoError(f"the set's hold-out record is damaged: {record!r}") from exc
 
     @classmethod
     def of_config(cls, config: DataConfig, n_train: int) -> Holdout:
-        """The hold-out a run with these data settings (a `DataConfig`) holds out of `n_train` training images."""
-        size = config.val_size if config.val_size is not None else default_val_size(n_train)
-        chunk = None
-        if config.train_chunk is not None:
-            chunk = (config.train_chunk * config.train_chunk_size, config.train_chunk_size)
-        classes = tuple(config.class_ids()) if config.classes is not None else None
-        return cls(int(size), chunk, classes)
+        """The hold-out a run with these data settings holds out of `n_train` training images."""
+        return cls.of_set({"holdout": _settings_record(config)}, n_train)
+
+
+def _settings_record(config: DataConfig) -> dict:
+    """The hold-out record of a run with these data settings ("size" None: the dataset's default)."""
+    chunk = None
+    if config.train_chunk is not None:
+        chunk = [config.train_chunk * config.train_chunk_size, config.train_chunk_size]
+    classes = config.class_ids() if config.classes is not None else None
+    return {"size": config.val_size, "chunk": chunk, "classes": classes}

@@ -214,6 +214,7 @@ class SetMeta:
     config: dict | None = None
     mirror_invariant: bool | None = None
     val_size: int | None = None
+    holdout: dict | None = None
     test_fingerprint: str | None = None
     val_acc: float | None = None
     environment: dict | None = None

@@ -43,6 +43,7 @@ from ..base.fields import check_choice
 from ..base.registry import registering
 from ..base.version import __version__
 from ..data.preprocess import Preprocessing
+from ..data.splits import Holdout
 from . import ddranking
 from .artifact import DistilledSet, load_distilled
 from .digests import checksums
@@ -271,7 +272,7 @@ def export(ds: DistilledSet | str | Path, out: str | Path, layout: str, space: s
                     "use_flip": bool(config.get("use_flip") or False),
                     "mirror_invariant": bool(ds.meta.get("mirror_invariant", True)),
                     "val_size": ds.meta.get("val_size"),
-                    "holdout": ds.meta.get("holdout"),
+                    "holdout": Holdout.record(ds.meta),  # made from a narrowed run's settings, for older files
                     "test_fingerprint": ds.meta.get("test_fingerprint"),
                     "checksum": ds.meta.get("checksum"),
                 },

@@ -46,7 +46,7 @@ from ..base.rng import generator
 from ..config import STREAM_AUTO_BYTES
 from ..data import RawDataset
 from ..data.registry import default_data_dir
-from ..data.splits import Holdout
+from ..data.splits import Holdout, holdout_split
 from ..eval import EvalConfig, EvalResult, evaluate_set
 from ..io.artifact import DistilledSet, class_ids_of
 from ..method.synthetic import pick_real
@@ -67,9 +67,15 @@ def _hard(ds: DistilledSet) -> DistilledSet:
 
 
 def _training_part(ds: DistilledSet, raw: RawDataset) -> np.ndarray:
-    """Indices of the training images the set could be distilled from (its validation hold-out left out)."""
-    train_idx, _ = Holdout.of_set(ds.meta, len(raw.y_train)).split(raw.y_train)
+    """Indices of the training split without the set's validation hold-out: the whole split's, even for a set
+    distilled from a chunk or some classes (the references are of the full training split)."""
+    train_idx, _ = holdout_split(raw.y_train, _holdout_size(ds, raw))
     return train_idx
+
+
+def _holdout_size(ds: DistilledSet, raw: RawDataset) -> int:
+    """The size of the hold-out of the whole training split (a narrowed run's count is its part of it)."""
+    return Holdout.of_set(ds.meta, len(raw.y_train)).size
 
 
 def random_subset(ds: DistilledSet, raw: RawDataset, ipc: int, seed: int) -> DistilledSet:
@@ -112,7 +118,7 @@ def _data_identity(ds: DistilledSet, raw: RawDataset) -> str:
     """What both references depend on besides the recipe: the dataset, its test split, the set's hold-out and
     its preprocessing (the tensors as held: a 64×64 file's matrix is not re-packed just to be hashed)."""
     pre = ds.preprocessing
-    digest = hashlib.sha256(f"{raw.name}|{raw.test_fingerprint()}|{ds.meta.get('val_size') or 0}|".encode())
+    digest = hashlib.sha256(f"{raw.name}|{raw.test_fingerprint()}|{_holdout_size(ds, raw)}|".encode())
     digest.update(json.dumps(pre.params(), sort_keys=True).encode())
     for tensor in (pre.mean, pre.std, pre.zca_mean, pre.whiten, pre.basis, pre.scale):
         if tensor is not None:
