@@ -138,7 +138,7 @@ def test_show_and_export_read_an_export(tmp_path, capsys):
     capsys.readouterr()
 
 
-def test_show_and_export_read_another_tools_set_as_evaluate_does(tmp_path, capsys):
+def test_show_and_export_read_another_tools_set_as_evaluate_does(tmp_path, capsys, monkeypatch):
     """`frepo show` and `frepo export` read frepo's files only ("not a safetensors file" for a DC res_*.pt):
     they take evaluate's --dataset/--preprocess/--entry, and a folder of class folders is a set, not a run
     without its file."""
@@ -159,10 +159,16 @@ def test_show_and_export_read_another_tools_set_as_evaluate_does(tmp_path, capsy
     assert torch.equal(load_export(tmp_path / "dc").images, subset.images)
     export(subset, tmp_path / "png", "imagefolder")
     (tmp_path / "png" / "export.json").unlink()  # class folders copied out without the manifest
+    (tmp_path / "png" / "config.json").write_text("{}")  # another tool's: no run for lack of a checkpoint
     assert main(["show", str(tmp_path / "png"), "--dataset", data, "--out", str(tmp_path / "folder.png")]) == 0
     capsys.readouterr()
     assert main(["show", str(tmp_path / "subset3.safetensors"), "--preprocess", "dc"]) == 2
     assert "carries its own preprocessing; drop --preprocess" in capsys.readouterr().err
+    # frepo's own set is drawn without its dataset, whatever --data-dir says
+    import frepo.io.foreign.load
+
+    monkeypatch.setattr(frepo.io.foreign.load, "load_dataset", lambda *a, **k: pytest.fail("the dataset was read"))
+    assert main(["show", str(tmp_path / "subset3.safetensors"), "--data-dir", str(tmp_path), "--no-download"]) == 0
 
 
 def test_two_exports_of_one_set_are_the_same_bytes(tmp_path):

@@ -164,7 +164,7 @@ def _read_set(path: str | Path, args: argparse.Namespace):
 
     path, given = run_set(path), explicit(args, SourceConfig())
     fmt = detect_format(path)
-    if fmt in OWN_FORMATS and not given:
+    if fmt in OWN_FORMATS and not given.keys() & {"dataset", "preprocess", "entry"}:  # --data-dir alone: unused
         return OWN_FORMATS[fmt](path)
     source = configure(**given)[1]
     options = dict(data_dir=source.data_dir, download=source.download, preprocess=source.preprocess)

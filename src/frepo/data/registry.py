@@ -222,12 +222,10 @@ def _read_npz(path: Path) -> tuple:
     if classes is None:
         classes = [str(i) for i in range(int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1)]
         present = np.unique(y_train)
-        if len(present) < len(classes):  # labels 100..109 made classes 0..99 without an image
-            span = f"{int(present[0])}..{int(present[-1])}" if len(present) else "none"
+        if len(present) and present[0] > 0:  # labels 1..10 or 100..109 made classes 0..99 without an image
             raise FrepoError(
-                f"{path}: labels are class ids 0..C-1, and y_train's {len(present)} distinct labels ({span}) leave "
-                f"{len(classes) - len(present)} of the {len(classes)} classes they imply without an image: remap "
-                f"them to 0..{len(present) - 1}"
+                f"{path}: labels are class ids 0..C-1, and y_train's {len(present)} distinct labels run "
+                f"{int(present[0])}..{int(present[-1])}: remap them to 0..{len(present) - 1}"
             )
     return x_train, y_train, x_test, y_test, classes
 

@@ -211,11 +211,13 @@ def run(
     kept as it finishes (`frepo.eval.finished`), so that after an interruption the same call trains only the
     networks still missing; the record is removed once `deliver` (the command line's table and files) has
     taken the results, so a failed write (a full disk) loses no network either."""
+    from ..io.foreign.load import run_set
+
     check_argument("file", file, (DistilledSet, str, os.PathLike), "a DistilledSet or the path of a set")
     ds, raw = open_set(file, source)
     test_x, test_y = eval_split(ds, raw, config.split)
     identity = {
-        **({} if isinstance(file, DistilledSet) else {"file": str(file)}),
+        **({} if isinstance(file, DistilledSet) else {"file": str(run_set(file))}),  # a run's: its set
         "dataset": ds.dataset,
         "num_images": int(len(ds.images)),
         "file_checksum": ds.meta.get("checksum"),

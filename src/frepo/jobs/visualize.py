@@ -19,6 +19,9 @@ from ..io.artifact import DistilledSet
 log = logging.getLogger(__name__)
 
 SNAPSHOT = re.compile(r"step(\d+)\.png$")
+# The image formats a grid is written in (matplotlib's Agg writes these without other programs; .pgf needs
+# LaTeX, .raw and .rgba are no image files)
+GRID_FORMATS = ("eps", "jpeg", "jpg", "pdf", "png", "ps", "svg", "svgz", "tif", "tiff", "webp")
 
 
 def class_grid(
@@ -49,10 +52,8 @@ def class_grid(
 def grid_format(path: str | Path) -> str:
     """The image format `save_grid` writes to `path`: its suffix's (a .jpg grid is JPEG data, a .pdf a PDF), PNG
     for a name without one; a suffix matplotlib cannot write is an error (it was PNG data under that name)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     suffix = Path(path).suffix.lower().lstrip(".")
-    formats = FigureCanvasAgg.get_supported_filetypes()
+    formats = GRID_FORMATS
     if suffix and suffix not in formats:
         known = ", ".join(f".{f}" for f in sorted(formats))
         raise FrepoError(f"cannot write an image grid as .{suffix} ({path}): name it with one of {known}")

@@ -30,10 +30,12 @@ RUN_SET = "distilled.safetensors"  # the set a run directory holds (`frepo.jobs.
 
 
 def run_set(path: str | Path) -> Path:
-    """`path`, or for a run directory (its set or its config.json in it) the set it holds: every command takes
-    a run for its set, as `frepo show RUN` does (its folder of snapshots read as class folders otherwise)."""
+    """`path`, or for a run directory (its set, or its config.json beside a checkpoint or metrics) the set it
+    holds: every command takes a run for its set, as `frepo show RUN` does (its folder of snapshots was read
+    as class folders). A folder of another tool's that holds a config.json is no run."""
     path = Path(path)
-    if path.is_dir() and ((path / RUN_SET).is_file() or (path / "config.json").is_file()):
+    started = (path / "config.json").is_file() and any((path / f).is_file() for f in ("checkpoint.pt", "metrics.jsonl"))
+    if path.is_dir() and ((path / RUN_SET).is_file() or started):
         return path / RUN_SET  # not written yet: "file not found: RUN/distilled.safetensors"
     return path
 
