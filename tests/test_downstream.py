@@ -183,6 +183,7 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
         (["continual", "--dataset", "digits", "--ipc", "500"], "ipc 500 is more than class"),
         (["continual", "--dataset", "digits", "--orders", "0,x"], "orders must be comma-separated integers"),
         (["continual", "--dataset", "digits", "--arms", "frepo,dm"], "unknown arm 'dm'"),
+        (["continual", "--dataset", "digits", "--eval-epochs", "3"], "eval_epochs applies to protocol dsa"),
         (
             ["privacy", "--dataset", "digits", "--chunk", "9", "--chunk-size", "300"],
             "chunk 9 is beyond the training split",
