@@ -294,7 +294,10 @@ def test_evaluate_files_from_other_tools(tmp_path, capsys):
     np.savez(good, image=images.permute(0, 2, 3, 1).numpy(), label=labels)
     code, stdout, err = run_cli(["evaluate", good, "--dataset", "digits", "--protocol", "krr", "--models", 1], capsys)
     assert code == 0, err
-    assert "20 images of digits (frepo-npz file read as 'reference' preprocessing)" in stdout and "warning" not in err
+    assert (
+        "20 images of digits (official FRePo .npz file read as 'reference' preprocessing)" in stdout
+        and "warning" not in err
+    )
     raw_pixels = tmp_path / "np" / "step000001.npz"
     np.savez(raw_pixels, image=raw.x_train[two] / 255.0, label=labels)
     code, stdout, err = run_cli(

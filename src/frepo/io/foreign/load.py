@@ -26,6 +26,8 @@ from .registry import READERS, Reader
 # frepo's own formats -> their loader: files that say their dataset and preprocessing themselves
 OWN_FORMATS: dict[str, Callable[[str | Path], DistilledSet]] = {"frepo": load_distilled, "frepo-export": load_export}
 FORMATS = (*OWN_FORMATS, *READERS)
+# How a format is named to users where its key misleads ("frepo-npz" read as frepo's own format)
+SHOWN = {"frepo-npz": "official FRePo .npz"}
 RUN_SET = "distilled.safetensors"  # the set a run directory holds (`frepo.jobs.runs.RunDir`)
 
 
@@ -141,9 +143,10 @@ def load_set(
         return ds, load_dataset(ds.dataset, data_dir or recorded_data_dir(ds), download)
     if dataset is None:
         kind = "folder (of class folders of images)" if Path(file).is_dir() else "file"
-        article = "an" if fmt[0] in "aeiou" else "a"
+        shown = SHOWN.get(fmt, fmt)
+        article = "an" if shown[0] in "aeiou" else "a"
         raise FrepoError(
-            f"{file} is read as {article} {fmt} {kind}, which does not say which dataset it belongs to: pass "
+            f"{file} is read as {article} {shown} {kind}, which does not say which dataset it belongs to: pass "
             "--dataset NAME (its test split and preprocessing are used)"
         )
     raw = load_dataset(dataset, data_dir, download)
@@ -219,4 +222,6 @@ def describe(ds: DistilledSet) -> str:
     if source["format"] == "frepo-export":
         return f"frepo export ({source['layout']}) read with its stored preprocessing"
     extra = f", entry {source['entry']} of {source['entries']}" if "entries" in source else ""
-    return f"{source['format']} file read as '{source['preprocessing']}' preprocessing{extra}"
+    return (
+        f"{SHOWN.get(source['format'], source['format'])} file read as '{source['preprocessing']}' preprocessing{extra}"
+    )
