@@ -86,7 +86,10 @@ def writable_folder(path: str | os.PathLike, what: str = "output") -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise WriteError(f"cannot write into {what} {path}: {write_failure(exc)}") from exc
+        # A folder that exists yet answers "no such file" to a new file is a virtual one (/proc, /sys)
+        virtual = exc.errno == errno.ENOENT and path.is_dir()
+        reason = "files cannot be created in it" if virtual else write_failure(exc)
+        raise WriteError(f"cannot write into {what} {path}: {reason}") from exc
     return path
 
 
