@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -113,6 +114,18 @@ def test_distill_evaluate_show_subset_on_digits(tmp_path, capsys):
     )
     assert code == 0 and "already complete" in err
     assert (out / "distilled.safetensors").read_bytes() == before
+
+    # A run continued past its set (a newer checkpoint) is read with a warning; one without its set yet is
+    # said to be unfinished (it was read as class folders: its snapshots' folder), and can still be animated
+    os.utime(out / "checkpoint.pt", ns=(time.time_ns(), time.time_ns() + 10**9))
+    code, stdout, err = run_cli(["evaluate", out, "--models", 1, "--steps", 2, "--width", 8], capsys)
+    assert code == 0 and "was continued after it wrote its set" in err, err
+    (out / "distilled.safetensors").unlink()
+    for name in ("checkpoint.pt", "metrics.jsonl", "best.safetensors"):
+        (out / name).unlink()  # killed before its first checkpoint: config.json and the first snapshot
+    code, stdout, err = run_cli(["evaluate", out, "--models", 1], capsys)
+    assert code == 2 and "is a run that has not written its set (distilled.safetensors) yet" in err, err
+    assert run_cli(["show", out, "--animate"], capsys)[0] == 0
 
 
 def test_different_config_in_a_used_run_directory_is_refused(tmp_path, capsys):

@@ -133,6 +133,8 @@ def test_show_and_export_read_an_export(tmp_path, capsys):
     assert main(["show", str(tmp_path / "pt")]) == 0
     assert (tmp_path / "pt.png").is_file()  # beside the export: a file in it would be a stranger to its manifest
     assert main(["show", str(tmp_path / "pt" / "images.pt"), "--out", str(tmp_path / "one.png")]) == 0
+    assert main(["show", str(tmp_path / "pt" / "images.pt")]) == 0  # a file of it: its grid beside it too
+    assert not (tmp_path / "pt" / "images.png").exists() and (tmp_path / "pt.png").is_file()
     assert main(["export", str(tmp_path / "pt"), "--to", str(tmp_path / "npz"), "--format", "npz"]) == 0
     assert torch.equal(load_export(tmp_path / "npz").images, ds.images)
     capsys.readouterr()

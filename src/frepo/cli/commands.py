@@ -172,7 +172,8 @@ def _read_set(path: str | Path, args: argparse.Namespace):
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from ..io.foreign.load import run_set
+    from ..io.export import find_manifest
+    from ..io.foreign.load import is_run, run_set
     from ..jobs.runs import RunDir
     from ..jobs.visualize import animate, grid_format, save_grid
 
@@ -184,17 +185,20 @@ def cmd_show(args: argparse.Namespace) -> int:
             grid_format(args.out)  # before the set is read
     if args.animate:
         run = RunDir(args.path)
-        if run_set(run.path) == run.path:  # a file, an export, a folder of images: not a run
+        if not is_run(run.path):  # a file, an export, a folder of images
             raise FrepoError("--animate makes a film of a run's snapshots: pass a run directory, not a file")
         out = animate(run.images_dir, args.out or run.path / "distilled.gif", fps=args.fps)
         print(f"animation -> {out}")
         return 0
-    ds = _read_set(args.path, args)
+    file = run_set(args.path)
+    ds = _read_set(file, args)
     step = ds.meta.get("step")
     title = f"{Path(ds.dataset).name}: {ds.meta.get('kind', 'set')}, {len(ds.images)} images"
     title += f", step {step}" if step is not None else ""
     # beside an export folder (or class folders), not in it: a file the export did not write makes it another's
-    file = run_set(args.path)
+    manifest = find_manifest(file)
+    if manifest is not None:  # a file of an export: beside its folder
+        file = manifest.parent
     beside = file.parent / f"{file.name}.png" if file.is_dir() else file.with_suffix(".png")
     out = Path(args.out) if args.out else beside
     save_grid(ds, out, per_class=args.per_class, title=title)

@@ -128,7 +128,7 @@ def _warn_of_missing_classes(ds: DistilledSet, raw: RawDataset, labels: np.ndarr
         shown = ", ".join(str(raw.classes[c]) for c in missing[:10]) + (", ..." if len(missing) > 10 else "")
         warnings.warn(
             f"the set holds no images of {len(missing)} of the {raw.num_classes} classes of {raw.name} ({shown}): "
-            f"its networks never predict them, so at most {100 * cap:.1f}% of the {split} split can be right",
+            f"its networks are not taught them, and the other classes are {100 * cap:.1f}% of the {split} split",
             stacklevel=4,
         )
 
@@ -214,10 +214,11 @@ def run(
     from ..io.foreign.load import run_set
 
     check_argument("file", file, (DistilledSet, str, os.PathLike), "a DistilledSet or the path of a set")
+    file = file if isinstance(file, DistilledSet) else run_set(file)  # a run's: its set
     ds, raw = open_set(file, source)
     test_x, test_y = eval_split(ds, raw, config.split)
     identity = {
-        **({} if isinstance(file, DistilledSet) else {"file": str(run_set(file))}),  # a run's: its set
+        **({} if isinstance(file, DistilledSet) else {"file": str(file)}),
         "dataset": ds.dataset,
         "num_images": int(len(ds.images)),
         "file_checksum": ds.meta.get("checksum"),

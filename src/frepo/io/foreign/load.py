@@ -31,15 +31,38 @@ SHOWN = {"frepo-npz": "official FRePo .npz"}
 RUN_SET = "distilled.safetensors"  # the set a run directory holds (`frepo.jobs.runs.RunDir`)
 
 
-def run_set(path: str | Path) -> Path:
-    """`path`, or for a run directory (its set, or its config.json beside a checkpoint or metrics) the set it
-    holds: every command takes a run for its set, as `frepo show RUN` does (its folder of snapshots was read
-    as class folders). A folder of another tool's that holds a config.json is no run."""
+def is_run(path: str | Path) -> bool:
+    """Whether `path` is a run directory: its set, or its config.json beside what a run writes from its start
+    (a checkpoint, metrics, snapshots). A folder of another tool's that holds a config.json is no run."""
     path = Path(path)
-    started = (path / "config.json").is_file() and any((path / f).is_file() for f in ("checkpoint.pt", "metrics.jsonl"))
-    if path.is_dir() and ((path / RUN_SET).is_file() or started):
-        return path / RUN_SET  # not written yet: "file not found: RUN/distilled.safetensors"
-    return path
+    if not path.is_dir():
+        return False
+    if (path / RUN_SET).is_file():
+        return True
+    started = any((path / f).is_file() for f in ("checkpoint.pt", "metrics.jsonl"))
+    return (path / "config.json").is_file() and (started or any((path / "images").glob("step*.png")))
+
+
+def run_set(path: str | Path) -> Path:
+    """`path`, or for a run directory (`is_run`) the set it holds: every command takes a run for its set, as
+    `frepo show RUN` does (its folder of snapshots was read as class folders). A run without its set yet is
+    an error that says so; one continued past its set (a checkpoint written after it) warns."""
+    path = Path(path)
+    if not is_run(path):
+        return path
+    file = path / RUN_SET
+    if not file.is_file():
+        raise FrepoError(
+            f"{path} is a run that has not written its set ({RUN_SET}) yet: rerun its distill command to finish it"
+        )
+    checkpoint = path / "checkpoint.pt"
+    if checkpoint.is_file() and checkpoint.stat().st_mtime > file.stat().st_mtime:
+        warnings.warn(
+            f"{path} was continued after it wrote its set (its checkpoint is newer): this is the set of its last "
+            "finish; rerun its distill command to finish it",
+            stacklevel=2,
+        )
+    return file
 
 
 def _default_claim(reader: Reader | None, raw: RawDataset, path: Path) -> str:
