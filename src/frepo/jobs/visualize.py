@@ -51,11 +51,10 @@ def class_grid(
 
 def grid_format(path: str | Path) -> str:
     """The image format `save_grid` writes to `path`: its suffix's (a .jpg grid is JPEG data, a .pdf a PDF), PNG
-    for a name without one; a suffix matplotlib cannot write is an error (it was PNG data under that name)."""
+    for a name without one; a suffix not in GRID_FORMATS is an error (it was PNG data under that name)."""
     suffix = Path(path).suffix.lower().lstrip(".")
-    formats = GRID_FORMATS
-    if suffix and suffix not in formats:
-        known = ", ".join(f".{f}" for f in sorted(formats))
+    if suffix and suffix not in GRID_FORMATS:
+        known = ", ".join(f".{f}" for f in GRID_FORMATS)
         raise FrepoError(f"cannot write an image grid as .{suffix} ({path}): name it with one of {known}")
     return suffix or "png"
 
