@@ -84,3 +84,54 @@ def _npz(folder, per_class: int, side: int = 8):
     label = np.repeat(np.eye(10, dtype=np.float32), per_class, axis=0) - 0.1
     np.savez(folder / "step1.npz", image=image, label=label)
     return folder / "step1.npz"
+
+
+def test_another_tools_file_in_another_space_or_entry_starts_through_its_export(tmp_path, capsys):
+    """distill has no --preprocess or --entry: its warnings give the export that starts from what the user meant,
+    and that export's set is the start exactly."""
+    raw = load_dataset("digits")
+    rng = np.random.default_rng(0)
+    idx = [np.concatenate([rng.choice(np.flatnonzero(raw.y_train == c), 2, replace=False) for c in range(10)])]
+    idx.append(idx[0][::-1].copy())
+    pixels = [torch.from_numpy(raw.x_train[i]).permute(0, 3, 1, 2).float() / 255 for i in idx]  # not DC's space
+    res = tmp_path / "res_DC_digits_ConvNet_2ipc.pt"
+    torch.save({"data": [[p, torch.from_numpy(raw.y_train[i])] for p, i in zip(pixels, idx)]}, res)
+    code, said = distill(capsys, tmp_path / "as-is", "--ipc", 2, "--init", res)
+    # digits has no DC constants: the file's space must be named, and distill cannot take it.
+    assert code == 2 and "distill has no --preprocess: export the file with the --preprocess it holds" in said, said
+    npz = tmp_path / "step1.npz"  # an official FRePo file holding raw pixels, not the reference's space
+    np.savez(
+        npz,
+        image=pixels[0].permute(0, 2, 3, 1).numpy(),
+        label=centered_one_hot(torch.from_numpy(raw.y_train[idx[0]]), 10).numpy(),
+    )
+    code, said = distill(capsys, tmp_path / "as-is", "--ipc", 2, "--init", npz)
+    said = " ".join(said.split())  # warnings are wrapped to the terminal
+    assert code == 0 and "images do not look like 'reference' preprocessing" in said, said
+    assert "--preprocess names" not in said, said  # an option distill does not have
+    assert f"frepo export {npz} --dataset digits --format pt --to DIR --preprocess ...), then --init DIR" in said
+
+    export = ["export", str(res), "--dataset", "digits", "--format", "pt", "--to", str(tmp_path / "start")]
+    assert main([*export, "--preprocess", "pixels", "--entry", "1"]) == 0
+    code, err = distill(capsys, tmp_path / "run", "--ipc", 2, "--init", tmp_path / "start")
+    assert code == 0, err
+    run = load_distilled(tmp_path / "run" / "distilled.safetensors")
+    order = np.argsort(raw.y_train[idx[1]], kind="stable")  # class-major
+    torch.testing.assert_close(run.preprocessing.to_unit(run.images), pixels[1][order], rtol=0, atol=1e-5)
+
+
+def test_a_file_of_several_sets_says_how_to_start_from_another(tmp_path, shared_data_dir):
+    from frepo.data import DataConfig, prepare
+    from frepo.io.foreign import load_start
+
+    data = prepare(DataConfig(dataset="mnist", data_dir=str(shared_data_dir), download=False))
+    dc = recipes.claimed_preprocessing("dc", data.raw, tmp_path)
+    x, y = data.raw.x_train[:500], torch.from_numpy(data.raw.y_train[:500])
+    idx = torch.cat([torch.nonzero(y == c).flatten()[:1] for c in range(10)])
+    res = tmp_path / "res_DC_MNIST_ConvNet_1ipc.pt"
+    torch.save({"data": [[dc(x[idx.numpy()]), y[idx]]] * 3}, res)
+    with pytest.warns(UserWarning, match="holds 3 distilled sets; the run starts from the first") as caught:
+        load_start(res, data.raw, data.preprocessing, list(range(10)), 1)
+    assert f"frepo export {res} --dataset mnist --format pt --to DIR --entry N, then --init DIR" in str(
+        caught[0].message
+    )

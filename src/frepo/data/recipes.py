@@ -193,15 +193,18 @@ def preprocessing_mismatch(images: torch.Tensor, expected: torch.Tensor | None) 
     return None
 
 
-def check_preprocessing(images: torch.Tensor, claim: str, pre: Preprocessing, raw: RawDataset, where: str) -> None:
-    """Warn (warnings.warn) when the images do not look like the claimed preprocessing."""
+def check_preprocessing(
+    images: torch.Tensor, claim: str, pre: Preprocessing, raw: RawDataset, where: str, advice: str | None = None
+) -> None:
+    """Warn (warnings.warn) when the images do not look like the claimed preprocessing; `advice` replaces the
+    hint to name it with --preprocess (a command without that option says what to do instead)."""
     expected = None if claim == "pixels" else pre(reference_sample(raw))
     reason = preprocessing_mismatch(images, expected)
     if reason is None:
         return
     others = ", ".join(k for k in CLAIMS if k != claim)
+    advice = advice or f"The accuracy will be wrong unless --preprocess names what the file holds ({others})"
     warnings.warn(
-        f"{where}: the images do not look like '{claim}' preprocessing ({CLAIMS[claim]}): {reason}. "
-        f"The accuracy will be wrong unless --preprocess names what the file holds ({others})",
+        f"{where}: the images do not look like '{claim}' preprocessing ({CLAIMS[claim]}): {reason}. {advice}",
         stacklevel=3,
     )

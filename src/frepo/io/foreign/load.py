@@ -90,9 +90,11 @@ def load_foreign(
     preprocess: str = "auto",
     entry: int | None = None,
     cache_dir: str | Path | None = None,
+    advice: str | None = None,
 ) -> DistilledSet:
     """Read a distilled set written by another tool for dataset `raw` into a DistilledSet whose
-    preprocessing is the one its images live in (so the test split gets the very same transform)."""
+    preprocessing is the one its images live in (so the test split gets the very same transform). `advice`:
+    what the warning of images unlike their claimed space tells the user to do (default: name --preprocess)."""
     from ...config.presets import default_flip
 
     path = Path(path)
@@ -117,7 +119,7 @@ def load_foreign(
         images = pre(images)
     else:
         pre = claimed_preprocessing(claim, raw, cache)
-        check_preprocessing(images, claim, pre, raw, str(path))
+        check_preprocessing(images, claim, pre, raw, str(path), advice)
         if claim == "pixels":
             images = pre.from_unit(images)
     n = len(images)
@@ -198,10 +200,23 @@ def load_start(
                 f"--init {path}: a loose images.pt does not say its space (DD-Ranking's names); start from its "
                 "frepo export folder, or from a file that records its preprocessing (a frepo .safetensors)"
             )
-        ds = load_foreign(path, raw, fmt=fmt)
+        # distill has neither --preprocess nor --entry: an export (a frepo file) of the set the user means is
+        # the way to start from another space or entry.
+        convert = f"frepo export {path} --dataset {raw.name} --format pt --to DIR"
+        export = f"export the file with the --preprocess it holds ({convert} --preprocess ...), then --init DIR"
+        try:
+            ds = load_foreign(path, raw, fmt=fmt, advice=f"The run would start from wrongly scaled images: {export}")
+        except FrepoError as error:
+            if "--preprocess" not in str(error):
+                raise
+            raise FrepoError(f"{error}. distill has no --preprocess: {export}") from None
         entries = ds.meta["source"].get("entries", 1)
-        if entries > 1:  # distill has no --entry: say which set it starts from
-            warnings.warn(f"--init {path} holds {entries} distilled sets; the run starts from the first", stacklevel=2)
+        if entries > 1:  # say which set it starts from, and how to start from another
+            warnings.warn(
+                f"--init {path} holds {entries} distilled sets; the run starts from the first (to start from "
+                f"another: {convert} --entry N, then --init DIR)",
+                stacklevel=2,
+            )
     if tuple(ds.images.shape[1:]) != raw.image_shape:
         raise FrepoError(f"--init {path} holds images of shape {tuple(ds.images.shape[1:])}, not {raw.image_shape}")
     if ds.num_classes != raw.num_classes:
