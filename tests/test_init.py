@@ -3,6 +3,8 @@ into the run's own preprocessing, instead of its seeded real images."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -135,3 +137,22 @@ def test_a_file_of_several_sets_says_how_to_start_from_another(tmp_path, shared_
     assert f"frepo export {res} --dataset mnist --format pt --to DIR --entry N, then --init DIR" in str(
         caught[0].message
     )
+
+
+def test_the_start_is_recorded_as_the_file_it_names(tmp_path, capsys, monkeypatch):
+    """`r1` from one folder, `../r1/distilled.safetensors` from another: the same start, the same run (it was
+    refused as a different config); another start still is one."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    for name in ("r0", "r1"):
+        code, err = distill(capsys, name, "--ipc", 2, "--seed", name[1])
+        assert code == 0, err
+    assert distill(capsys, "run", "--ipc", 2, "--init", "r1")[0] == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["init"] == str(
+        tmp_path / "r1" / "distilled.safetensors"
+    )
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    code, err = distill(capsys, "../run", "--ipc", 2, "--init", "../r1/distilled.safetensors")
+    assert code == 0 and "different config" not in err, err
+    code, err = distill(capsys, "../run", "--ipc", 2, "--init", "../r0")
+    assert code == 2 and "different config (init: " in err, err

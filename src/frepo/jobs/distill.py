@@ -79,6 +79,10 @@ class Distiller:
             # Not given: a run made before the budget-aware default (which recorded 1000) keeps its own.
             config = dataclasses.replace(config, eval_steps=recorded)
         config.validate()
+        if config.init:  # recorded as the file it names, however it was typed (frepo.io.foreign.start_file)
+            from ..io.foreign import start_file
+
+            config = dataclasses.replace(config, init=start_file(config.init))
         # A config built by hand gets the reference's flip table, as presets.resolve gives it; a run of one made
         # before that default recorded null and ran without the flip (bool(None)): it goes on so.
         if config.use_flip is None and RunDir(out).recorded("use_flip", absent=NOT_RECORDED) is not None:

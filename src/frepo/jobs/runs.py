@@ -166,6 +166,10 @@ class RunDir:
         # A setting added to frepo after the run was made: the run behaved as its default did.
         defaults = _flatten(to_dict(DistillConfig()))
         old.update({k: defaults[k] for k in new.keys() - old.keys() if k in defaults})
+        if old.get("init") and new.get("init"):  # recorded as typed before start_file: compared as the file
+            from ..io.foreign import start_file
+
+            old["init"] = start_file(old["init"])
         diff = sorted(
             k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k.split(".")[-1] not in ALWAYS_RESUMABLE
         )
