@@ -187,7 +187,7 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def atomic_write(target: str | os.PathLike, write: Callable[[Path], None]) -> None:
+def atomic_write(target: str | os.PathLike, write: Callable[[Path], object]) -> None:
     with atomic_path(target) as tmp:
         write(tmp)
 

@@ -31,7 +31,7 @@ def opt(default: Any, help: str, choices: tuple[str, ...] | None = None, listed:
     """A dataclass field with its CLI help text and, for an enumerated option, its allowed values. A `listed`
     option is a comma-separated string (`--orders 0,1,2`) that the Python API also takes as a list or a number
     (`orders=[0, 1, 2]`, `victim_steps=300`)."""
-    metadata = {"help": help}
+    metadata: dict[str, Any] = {"help": help}
     if choices is not None:
         metadata["choices"] = tuple(choices)
     if listed:
@@ -97,7 +97,12 @@ def comma_items(value: CommaList) -> list[str]:
 
 
 # The plain types a setting may declare, alone or with None; the values each accepts as it
-SETTING_TYPES = {bool: (bool, np.bool_), int: (numbers.Integral,), float: (numbers.Real,), str: (str, os.PathLike)}
+SETTING_TYPES: dict[type, tuple[type, ...]] = {
+    bool: (bool, np.bool_),
+    int: (numbers.Integral,),
+    float: (numbers.Real,),
+    str: (str, os.PathLike),
+}
 
 
 def check_type(name: str, value: Any, declared: Any) -> Any:
@@ -115,8 +120,10 @@ def check_type(name: str, value: Any, declared: Any) -> Any:
     kind = kinds[0]
     if value is None and optional:
         return value
+    if kind is str and isinstance(value, (str, os.PathLike)):  # SETTING_TYPES[str]
+        return os.fspath(value)  # a path as its str
     if isinstance(value, SETTING_TYPES[kind]) and (kind is bool or not isinstance(value, (bool, np.bool_))):
-        return os.fspath(value) if kind is str else kind(value)
+        return kind(value)
     if kind is str and type(value).__module__ == "torch" and type(value).__name__ == "device":
         return str(value)  # device=torch.device("cuda:1")
     expected = {bool: "True or False", int: "an integer", float: "a number", str: "a string"}[kind]

@@ -107,9 +107,9 @@ def _preset_table() -> dict[str, dict]:
     # travel to a lent GPU machine, every IPC, batch 256; the learning rate follows the budget (budget_lr).
     gpu = {"ipc1": 1000, "ipc10": 2000, "ipc50": 1000}
     for dataset in ("mnist", "fashion_mnist"):
-        for ipc, steps in gpu.items():
-            paper = {k: v for k, v in table[f"{dataset}-{ipc}"].items() if k != "pool_mode"}
-            table[f"{dataset}-{ipc}-gpu"] = {**paper, "steps": steps, "batch_size": 256}
+        for ipc_name, steps in gpu.items():
+            paper = {k: v for k, v in table[f"{dataset}-{ipc_name}"].items() if k != "pool_mode"}
+            table[f"{dataset}-{ipc_name}-gpu"] = {**paper, "steps": steps, "batch_size": 256}
     return table
 
 
@@ -134,8 +134,9 @@ def resolve(dataset: str, ipc: int, preset: str | None = None, overrides: dict |
     follows the per-dataset table unless set explicitly.
     """
     dataset, ipc = check_type("dataset", dataset, str), check_type("ipc", ipc, int)
+    overrides = overrides or {}
     for key, given in (("dataset", dataset), ("ipc", ipc)):
-        if key in (overrides or {}) and overrides[key] != given:
+        if key in overrides and overrides[key] != given:
             raise FrepoError(f"overrides name {key} {overrides[key]!r}, resolve's argument {given!r}: pass it once")
     values = PRESETS.get(preset or f"{dataset}-ipc{ipc}")
     if values is None:
@@ -147,7 +148,7 @@ def resolve(dataset: str, ipc: int, preset: str | None = None, overrides: dict |
     elif values["ipc"] != ipc:  # its steps and batch were chosen for that IPC (a named preset could differ)
         raise FrepoError(f"preset {preset!r} is for IPC {values['ipc']}, not {ipc}")
     config = DistillConfig()
-    chosen = {**values, **(overrides or {})}
+    chosen = {**values, **overrides}
     for key, value in chosen.items():
         if key not in ("dataset", "ipc"):
             set_leaf(config, key, value)

@@ -220,7 +220,7 @@ def _read_cub(name: str, root: Path) -> Source:
 
     paths, is_train, labels = table("images.txt"), table("train_test_split.txt"), table("image_class_labels.txt")
     names = table("classes.txt") if (root / "classes.txt").is_file() else {}
-    split = {"1": ([], []), "0": ([], [])}
+    split: dict[str, tuple[list[Path], list[int]]] = {"1": ([], []), "0": ([], [])}
     for image_id, rel in paths.items():
         if image_id not in is_train or image_id not in labels:
             raise FrepoError(

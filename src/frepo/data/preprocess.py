@@ -78,7 +78,8 @@ class Preprocessing:
         c = x.shape[1]
         if self.kind == "none":
             return _float(x)
-        mean, std, zca_mean, whiten = self._on(x.device, self.mean, self.std, self.zca_mean, self.whiten)
+        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        zca_mean, whiten = self._on(x.device, self.zca_mean, self.whiten)
         x = (x - mean.view(1, c, 1, 1)) / std.view(1, c, 1, 1)
         if self.kind == "zca":
             shape = x.shape
@@ -95,7 +96,8 @@ class Preprocessing:
         if self.kind == "none":
             return x
         unwhiten = self.inverse() if self.kind == "zca_block" else None
-        mean, std, zca_mean, unwhiten = self._on(x.device, self.mean, self.std, self.zca_mean, unwhiten)
+        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        zca_mean, unwhiten = self._on(x.device, self.zca_mean, unwhiten)
         if self.kind == "zca":
             shape = x.shape
             x = (self._whitened(x.reshape(len(x), -1), inverse=True) + zca_mean).reshape(shape)
@@ -106,9 +108,11 @@ class Preprocessing:
     def _whitened(self, flat: torch.Tensor, inverse: bool) -> torch.Tensor:
         """flat (N×D) times W (or W⁻¹), in the dense or the low-rank form, on flat's device."""
         if self.basis is None:
-            (matrix,) = self._on(flat.device, self.inverse() if inverse else self.whiten)
-            return flat @ matrix.to(flat.dtype)
-        basis, scale = (t.to(flat.dtype) for t in self._on(flat.device, self.basis, self.scale))
+            matrix = self.inverse() if inverse else self.whiten
+            assert matrix is not None  # the dense form (basis None) of a ZCA holds W
+            return flat @ matrix.to(flat.device).to(flat.dtype)
+        assert self.scale is not None  # the low-rank form holds its basis and scale together
+        basis, scale = (t.to(flat.device).to(flat.dtype) for t in (self.basis, self.scale))
         factor = (scale.reciprocal() if inverse else scale) - 1
         return flat + ((flat @ basis) * factor) @ basis.T
 
@@ -153,10 +157,14 @@ class Preprocessing:
         of old 75.5 MB."""
         out = {"pre_mean": self.mean.float(), "pre_std": self.std.float()}
         if self.basis is not None:
+            # The low-rank form holds its mean, basis and scale together (fit_preprocessing, from_tensors).
+            assert self.zca_mean is not None and self.scale is not None
             out.update(
                 pre_zca_mean=self.zca_mean.float(), pre_zca_basis=self.basis.float(), pre_zca_scale=self.scale.float()
             )
         elif self.kind in ("zca", "zca_block"):
+            # A dense ZCA holds its mean and W (fit_preprocessing, from_tensors; recipes.py).
+            assert self.zca_mean is not None and self.whiten is not None
             rows, cols = torch.triu_indices(len(self.whiten), len(self.whiten))
             upper = self.whiten[rows, cols].float()
             step = self.whiten_step

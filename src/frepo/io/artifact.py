@@ -101,7 +101,7 @@ class DistilledSet:
         uint8 pixels (0..255) as they are; float images only with their range declared, `value_range=(0, 1)`
         or `(0, 255)`: anything else is refused, because a wrong guess gives chance accuracy silently."""
         x = torch.as_tensor(np.ascontiguousarray(raw_images) if isinstance(raw_images, np.ndarray) else raw_images)
-        value_range = tuple(value_range) if value_range is not None else None  # [0, 1] declares it too
+        declared = tuple(value_range) if value_range is not None else None  # [0, 1] declares it too
         c, h, w = self.images.shape[1:]
         if x.ndim != 4 or tuple(x.shape[1:]) != (h, w, c):
             raise FrepoError(
@@ -109,18 +109,18 @@ class DistilledSet:
                 f"got {tuple(x.shape)}"
             )
         if x.dtype == torch.uint8:
-            if value_range not in (None, (0, 255)):
-                raise FrepoError(f"uint8 images hold 0..255, not the declared range {value_range}")
+            if declared not in (None, (0, 255)):
+                raise FrepoError(f"uint8 images hold 0..255, not the declared range {declared}")
             return self.preprocessing(x)
         if not x.is_floating_point():
             raise FrepoError(f"transform takes uint8 images (0..255) or float images with value_range; got {x.dtype}")
-        if value_range not in ((0, 1), (0, 255)):
+        if declared is None or declared not in ((0, 1), (0, 255)):
             raise FrepoError(
                 "float images need their range declared: transform(images, value_range=(0, 1)) or (0, 255); "
                 "uint8 images (0..255) need nothing"
             )
         lo, hi = (float(x.min()), float(x.max())) if x.numel() else (0.0, 0.0)
-        top = float(value_range[1])
+        top = float(declared[1])
         if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1e-6 or hi > top * (1 + 1e-6):
             raise FrepoError(f"images range over [{lo:.4g}, {hi:.4g}], outside the declared [0, {top:g}]")
         return self.preprocessing.from_unit(x.permute(0, 3, 1, 2).float() / top)
@@ -220,7 +220,14 @@ class SetMeta:
     environment: dict | None = None
 
 
-def _is(value, hint) -> bool:
+T = typing.TypeVar("T")
+
+
+@typing.overload
+def _is(value: object, hint: type[T]) -> typing.TypeGuard[T]: ...
+@typing.overload
+def _is(value: object, hint: object) -> bool: ...
+def _is(value: object, hint: typing.Any) -> bool:
     """Whether a JSON value fits a SetMeta type hint (ints are not bools; floats accept ints)."""
     if hint is type(None):
         return value is None
@@ -294,7 +301,7 @@ def _check_content(
     if kind not in KINDS or not _is(reg, float) or not np.isfinite(reg) or reg < 0:
         raise FrepoError(f"{where}: preprocessing {meta.preprocessing!r} is not one of {KINDS} with a zca_reg >= 0")
     c, d = meta.image_shape[0], int(np.prod(meta.image_shape))
-    expected = {"pre_mean": (c,), "pre_std": (c,)}
+    expected: dict[str, tuple[int, ...]] = {"pre_mean": (c,), "pre_std": (c,)}
     if kind == "zca" and meta.preprocessing.get("form") == "low_rank":  # W = I + B diag(scale - 1) Bᵀ
         basis = tensors.get("pre_zca_basis")
         r = basis.shape[-1] if basis is not None and basis.ndim == 2 else 0

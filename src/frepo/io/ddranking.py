@@ -98,6 +98,7 @@ def re_expressed(images: torch.Tensor, source: Preprocessing, target: Preprocess
     is far from an isometry (W's condition number is ~10² on CIFAR-10), and a float32 way back to pixels
     costs 5e-3 of the target's spread where float64 costs nothing measurable (tests/test_ddranking_interop.py)."""
     if source.kind == "zca" and source.basis is None:  # W⁻¹ in float64 (a file stores W alone)
+        assert source.whiten is not None  # a dense ZCA (basis None) holds W
         whiten = source.whiten.double()
         source = dataclasses.replace(source, whiten=whiten, unwhiten=torch.linalg.inv(whiten))
     return target.from_unit(source.to_unit(images.double())).float()

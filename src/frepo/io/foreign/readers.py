@@ -112,12 +112,13 @@ def read_image_folder(root: Path, raw: RawDataset, entry: int) -> Read:
     if not folders:
         raise FrepoError(f"{root} holds no class folders: expected {root}/<class>/<image>.png")
     names = [p.name for p in folders]
+    numbered = [n for n in (_numbered(name, raw.num_classes) for name in names) if n is not None]
     if all(name in raw.classes for name in names):
         ids = [raw.classes.index(name) for name in names]
     elif all(name.isdigit() and int(name) < raw.num_classes for name in names):
         ids = [int(name) for name in names]
-    elif all(_numbered(name, raw.num_classes) is not None for name in names):  # frepo export's 0_T-shirt_top
-        ids = [_numbered(name, raw.num_classes) for name in names]
+    elif len(numbered) == len(names):  # every folder numbered, as frepo export's 0_T-shirt_top
+        ids = numbered
     else:
         raise FrepoError(
             f"{root}: class folders {names[:4]} match neither the class names of {raw.name} "
