@@ -62,12 +62,14 @@ def evaluate_set(
     plan = protocol.plan(setup, options)  # rejects a set these options cannot use, before any training
     streams = [f"{protocol.stream}/model{i}" for i in range(config.models)]
     start = time.perf_counter()
-    accs, read_back = None, 0
+    accs: list[float] | None = None
+    read_back = 0
     how = config.together_mode(device, setup.images)
     if protocol.train_and_test_many and config.models > 1 and how:
         kept = [finished.accuracy(s, how) for s in streams] if finished else [None]
-        if None not in kept:  # networks trained together finish together: all of them, or train them again
-            accs, read_back = kept, len(kept)
+        known = [acc for acc in kept if acc is not None]
+        if len(known) == len(kept):  # networks trained together finish together: all of them, or train them again
+            accs, read_back = known, len(known)
         else:
             with deterministic_kernels(device):
                 accs = protocol.train_and_test_many(setup, options, streams, how)

@@ -98,6 +98,7 @@ class StackedUpdate:
 
     def __call__(self, batch: torch.Tensor, targets: torch.Tensor, lr: float | None) -> None:
         x = torch.stack([random_op(batch, self.ops, g) if self.ops else batch for g in self.gens])
+        assert lr is not None  # the reference schedule sets every step's rate (the optimiser starts at 0)
         set_lr(self.optimizer, lr)
         for p, g in zip(self.params, self.stacked.grads(self.stacked.params, x, targets).values()):
             # Fused Adam (CUDA) takes gradients laid out as their parameters; autograd's backward arranges

@@ -12,7 +12,7 @@ change inside the run, which none of the step-based trainings here have.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -97,7 +97,7 @@ class Interleaved:
     they agree to rounding (tests/test_cuda.py says which it measured). `join()` before
     reading the networks on the current stream."""
 
-    def __init__(self, updates: list[Update], device: torch.device):
+    def __init__(self, updates: Sequence[Update], device: torch.device):
         self.updates, self.device = updates, device
         self.streams = [torch.cuda.Stream(device) for _ in updates] if device.type == "cuda" else []
 

@@ -76,6 +76,7 @@ class StepGraphs:
 
     def _call(self, i: int) -> dict[str, torch.Tensor]:
         s = self.inputs
+        assert s is not None  # _call runs only from step(), which fills the input buffers first
         scalars = (s["scalars"][0], s["scalars"][1], s["scalars"][2])
         return self.body(i, s["idx"], s.get("x_real"), s.get("subsample"), scalars)
 

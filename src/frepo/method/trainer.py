@@ -297,6 +297,7 @@ class FRePoTrainer:
             images, start_labels = start
             class_ids = start_labels.argmax(-1)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.prefetch: Prefetcher | None  # a streamed (host, not tensor) training split's batch loader
         if not isinstance(x_train, torch.Tensor):
             # The worker thread also page-locks the batch, so sending it does not wait for the GPU.
             self.x_train, self.prefetch = x_train, Prefetcher(lambda idx: page_locked(x_train[idx], device))
@@ -344,9 +345,14 @@ class FRePoTrainer:
 
     def _sync_pool_gradients(self) -> None:
         """Average online gradients over ranks, so the replicated pool stays bit-identical."""
+
+        def averaged(g: torch.Tensor) -> torch.Tensor:
+            self.ctx.mean_([g])  # in place
+            return g
+
         for model in self.pool.models:
             for p in model.parameters():
-                p.register_hook(lambda g: (self.ctx.mean_([g]), g)[1])
+                p.register_hook(averaged)
 
     def step(self) -> dict[str, torch.Tensor]:
         """One outer step; returns detached metric tensors (no host synchronisation)."""

@@ -67,7 +67,11 @@ def init_torch_defaults_(module: nn.Module, *, generator: torch.Generator) -> nn
             _draw_(m.weight, generator, lambda t: nn.init.kaiming_uniform_(t, a=math.sqrt(5), generator=generator))
             if m.bias is not None:
                 bound = 1.0 / math.sqrt(m.weight[0].numel())
-                _draw_(m.bias, generator, lambda t, b=bound: t.uniform_(-b, b, generator=generator))
+
+                def fill_bias(t: torch.Tensor, b: float = bound) -> torch.Tensor:
+                    return t.uniform_(-b, b, generator=generator)
+
+                _draw_(m.bias, generator, fill_bias)
         elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
             _reset_norm(m)
     return module

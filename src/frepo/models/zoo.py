@@ -28,6 +28,7 @@ being hard-coded for 32×32.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,7 @@ from ..base.errors import FrepoError
 from .init import initialise_
 from .registry import ModelSpec, register_model
 
-VGG11_LAYOUT = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+VGG11_LAYOUT: tuple[int | Literal["M"], ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
 
 def dc_norm(kind: str, channels: int) -> nn.Module | None:
@@ -50,6 +51,13 @@ def dc_norm(kind: str, channels: int) -> nn.Module | None:
     if kind == "none":
         return None
     raise FrepoError(f"unknown normalisation {kind!r}; use instance, batch or none")
+
+
+def _block_norm(kind: str, channels: int) -> nn.Module:
+    """dc_norm of a network that always normalises: ResNet18 takes instance or batch norm only (checked)."""
+    layer = dc_norm(kind, channels)
+    assert layer is not None, f"a ResNet block needs instance or batch norm, not {kind!r}"
+    return layer
 
 
 def _feature_dim(features: nn.Module, image_shape: tuple[int, int, int], arch: str) -> int:
@@ -200,9 +208,9 @@ class BasicBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int, norm: str):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.norm1 = dc_norm(norm, planes)
+        self.norm1 = _block_norm(norm, planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.norm2 = dc_norm(norm, planes)
+        self.norm2 = _block_norm(norm, planes)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Sequential(
