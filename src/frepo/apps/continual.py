@@ -264,10 +264,11 @@ class Continual(Experiment):
         per_model: dict[str, list[list[float]]] = {arm: [[] for _ in range(cfg.tasks)] for arm in cfg.arm_list()}
         orders = {}
         for order in cfg.order_list():
-            accs = {arm: [] for arm in cfg.arm_list()}
+            accs: dict[str, list[list[float]]] = {arm: [] for arm in cfg.arm_list()}  # per task, per model
             for task in range(cfg.tasks):
                 for arm in cfg.arm_list():
                     result = self.folder.done(f"order{order}/task{task}-{arm}.json")
+                    assert result is not None  # work() recorded every unit (`_order`) before it asks for these
                     accs[arm].append(result["accuracies"])
                     per_model[arm][task] += result["accuracies"]
             splits = task_splits(class_order(self.raw.num_classes, order), cfg.tasks)

@@ -353,7 +353,7 @@ class Privacy(Experiment):
     def _row(arm: str, steps: int, victims: list[dict]) -> dict:
         """One arm at one step count: the victims' test accuracy and every attack's metrics, as the mean over
         the victims and (`<metric>_std`) their population std."""
-        attacks = {}
+        attacks: dict[str, dict[str, float]] = {}  # attack -> metric (and metric_std) -> value
         # In ATTACKS' order (LiRA last): a victim read back from its record has its attacks in name order, and
         # the table's columns and the plot's lines followed whichever came first.
         order = sorted(victims[0]["attacks"], key=lambda a: (ATTACKS.index(a) if a in ATTACKS else len(ATTACKS), a))

@@ -167,8 +167,14 @@ def _read_set(path: str | Path, args: argparse.Namespace):
     if fmt in OWN_FORMATS and not given.keys() & {"dataset", "preprocess", "entry"}:  # --data-dir alone: unused
         return OWN_FORMATS[fmt](path)
     source = configure(**given)[1]
-    options = dict(data_dir=source.data_dir, download=source.download, preprocess=source.preprocess)
-    return load_set(path, source.dataset, entry=source.entry, **options)[0]
+    return load_set(
+        path,
+        source.dataset,
+        entry=source.entry,
+        data_dir=source.data_dir,
+        download=source.download,
+        preprocess=source.preprocess,
+    )[0]
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -248,8 +254,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
         values = ", ".join(f"{k}={v}" for k, v in presets.PRESETS[name].items() if k not in ("dataset", "ipc"))
         print(f"{name:28s} {values}")
     for table, command in ((CONTINUAL_PRESETS, "continual"), (PRIVACY_PRESETS, "privacy")):
-        for name, values in sorted(table.items()):
-            print(f"{name:28s} (frepo {command}) " + ", ".join(f"{k}={v}" for k, v in values.items()))
+        for name, settings in sorted(table.items()):
+            print(f"{name:28s} (frepo {command}) " + ", ".join(f"{k}={v}" for k, v in settings.items()))
     return 0
 
 

@@ -12,7 +12,7 @@ from typing import Any, TypeAlias
 from ..config import DATA_DIR_HELP, PREPROCESS_KINDS, DistillConfig
 from .flags import Parser, add_settings_flags, choice
 
-Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Subcommands: TypeAlias = "argparse._SubParsersAction[Parser]"  # add_subparsers makes Parsers too
 
 # distill: fields that get dedicated flags instead of generated ones.
 DISTILL_SPECIAL = frozenset({"dataset", "ipc"})

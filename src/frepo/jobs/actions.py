@@ -20,6 +20,7 @@ import torch
 
 from ..base.errors import FrepoError
 from ..base.perf import peak_rss_bytes
+from ..data.stream import StreamingImages
 from ..eval import EvalConfig, evaluate_set, reference_steps
 from ..io.artifact import DistilledSet, save_distilled
 from .monitor import Monitor
@@ -31,11 +32,15 @@ log = logging.getLogger(__name__)
 DIVERGENCE_FACTOR = 1e3
 CHANCE_MARGIN = 1.2
 CHANCE_STREAK = 3
+# The validation hold-out (`PreparedData.val`): images N×C×H×W (streamed when large), class ids (N,).
+HoldOut = tuple[torch.Tensor | StreamingImages, torch.Tensor]
 
 
 def itstime(step: int, every: int | None, total: int | None = None, last: bool = False) -> bool:
     """big_vision's schedule: every `every` steps (0 or None: never), and with `last` the run's last step."""
-    return (bool(every) and step % every == 0) or (last and step == total)
+    if every and step % every == 0:
+        return True
+    return last and step == total
 
 
 @dataclass
@@ -239,9 +244,9 @@ class Validation(Action):
 
     training = False  # evaluating networks is not distilling
 
-    def __init__(self, plan: ValidationPlan, val: Callable[[], tuple], monitor: Monitor, best_path: Path):
+    def __init__(self, plan: ValidationPlan, val: Callable[[], HoldOut], monitor: Monitor, best_path: Path):
         self.plan, self.val, self.monitor, self.best_path = plan, val, monitor, best_path
-        self.data: tuple | None = None  # (images, labels) of the hold-out, loaded on first use
+        self.data: HoldOut | None = None  # (images, labels) of the hold-out, loaded on first use
         self.best: dict = {"val_acc": None, "step": None}
         self.last: float | None = None
         self.progress = False  # the end's validation shows a bar when the run does

@@ -227,7 +227,7 @@ def run(
         from ..io.foreign import describe
 
         identity["source"] = describe(ds)
-    records = [None] * len(config.archs())
+    records: list[FinishedNetworks | None] = [None] * len(config.archs())
     if resume:
         set_id, split_id = _identity(ds, raw, config.split)
         records = [_finished(set_id, split_id, config, arch) for arch in config.archs()]

@@ -158,13 +158,12 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if out.resolve().parent != run.path.resolve():
         raise FrepoError("the report goes into the run directory, next to its images; pass a file name inside it")
     plots = curves(records, run.path)
-    grid = run.path / "distilled.png"
-    if not grid.is_file():
-        grid = None
-        if run.distilled_path.is_file():
-            from ..io.artifact import load_distilled
-            from .visualize import save_grid
+    png = run.path / "distilled.png"
+    grid: Path | None = png if png.is_file() else None
+    if grid is None and run.distilled_path.is_file():
+        from ..io.artifact import load_distilled
+        from .visualize import save_grid
 
-            grid = save_grid(load_distilled(run.distilled_path), run.path / "distilled.png")
+        grid = save_grid(load_distilled(run.distilled_path), png)
     atomic_write_text(out, render(run, records, plots, grid, evals, bad))
     return out

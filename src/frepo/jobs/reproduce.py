@@ -101,13 +101,13 @@ class Row:
     dataset: str
     label: str
     ipc: int
-    published: tuple[float, float]
+    published: tuple[float, ...]  # (mean, std); read back from a table's JSON as its list was
     checked: bool
     preset: str | None = None
     steps: int | None = None
     batch_size: int | None = None
     status: str = "planned"
-    measured: tuple[float, float] | None = None
+    measured: tuple[float, ...] | None = None  # (mean, std), as `published`
     run_dir: str | None = None
 
 
@@ -209,6 +209,12 @@ def finished_evaluation(run_dir: Path, budget: Budget, steps: int) -> tuple[floa
     return previous["mean"], previous["std"]
 
 
+def planned_run(row: Row) -> tuple[str, int]:
+    """The preset of a planned row and its steps: `plan` plans only the rows that have a preset."""
+    assert row.preset is not None and row.steps is not None, f"{row.label} IPC {row.ipc} is not planned"
+    return row.preset, row.steps
+
+
 def run_row(
     row: Row,
     budget: Budget,
@@ -227,14 +233,15 @@ def run_row(
     from .evaluate import evaluate
     from .runs import OtherSettings
 
-    config = presets.get(row.preset)
+    preset, steps = planned_run(row)
+    config = presets.get(preset)
     config.device = device
     config.data.data_dir, config.data.download = data_dir, download
-    out = runs_dir / row.preset
+    out = runs_dir / preset
     row.run_dir = str(out)
     try:
         result = distill(config, out, progress=progress)
-        previous = finished_evaluation(out, budget, row.steps)
+        previous = finished_evaluation(out, budget, steps)
         if previous is not None:
             mean, std = previous
         else:
@@ -339,8 +346,9 @@ def reproduce(
 
     # A table of some datasets (--datasets) keeps the other datasets' rows of the table it rewrites.
     every = {entry[0] for entry in TABLES[table]}
-    narrowed = datasets and not every <= set(datasets)  # rows of other datasets to keep
-    others = kept_rows(Path(out), table, spec, datasets) if narrowed and out and not dry_run else []
+    others: list[Row] = []
+    if datasets and not every <= set(datasets) and out and not dry_run:  # rows of other datasets to keep
+        others = kept_rows(Path(out), table, spec, datasets)
 
     def write() -> str:
         shown = sorted(rows + others, key=lambda r: (order(table, r.dataset), r.ipc))
@@ -361,8 +369,9 @@ def reproduce(
     if not dry_run:
         for row in rows:
             if row.status.startswith("planned") and finished_only:
-                run_dir = Path(runs_dir) / row.preset
-                measured = finished_evaluation(run_dir, spec, row.steps)
+                preset, steps = planned_run(row)
+                run_dir = Path(runs_dir) / preset
+                measured = finished_evaluation(run_dir, spec, steps)
                 if measured is None:
                     row.status = f"not run: no finished, evaluated run in {runs_dir} (--finished-only)"
                 else:
@@ -473,13 +482,13 @@ def plot(rows: list[Row], table: int, budget: Budget, path: Path) -> None:
 
     from ..base.atomic import atomic_write
 
-    done = [r for r in rows if r.measured]
+    done = [(r, r.measured) for r in rows if r.measured]
     fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
-    for r in done:
-        ax.errorbar(r.published[0], r.measured[0], xerr=r.published[1], yerr=r.measured[1], fmt="o", capsize=3)
+    for r, measured in done:
+        ax.errorbar(r.published[0], measured[0], xerr=r.published[1], yerr=measured[1], fmt="o", capsize=3)
         ax.annotate(
             f"{r.label} {r.ipc}",
-            (r.published[0], r.measured[0]),
+            (r.published[0], measured[0]),
             fontsize=7,
             xytext=(4, -10),
             textcoords="offset points",
@@ -489,7 +498,7 @@ def plot(rows: list[Row], table: int, budget: Budget, path: Path) -> None:
     ax.set_ylim(0, 100)
     ax.set_xlabel("published test accuracy (%)")
     ax.set_ylabel("measured test accuracy (%)")
-    steps = sorted({r.steps for r in done if r.steps})
+    steps = sorted({r.steps for r, _ in done if r.steps})
     ax.set_title(
         f"Table {table}, budget {budget.name}: {len(done)} of {len(rows)} rows measured\n"
         + (f"{'/'.join(map(str, steps))} distillation steps, " if steps else "")
