@@ -133,7 +133,8 @@ def run_attacks(
         fit, score = train_test_split(np.arange(len(x)), test_size=0.5, stratify=truth, random_state=seed)
         folds = [(fit, score)]
     for name in ATTACKS[1:]:
-        scores, scored = np.zeros(len(x)), np.zeros(len(x), dtype=bool)
+        scores: np.ndarray = np.zeros(len(x))
+        scored: np.ndarray = np.zeros(len(x), dtype=bool)  # scored in some fold
         for fit, score in folds:
             with warnings.catch_warnings():  # an attack stopped at its iteration cap is still an attack
                 warnings.simplefilter("ignore", ConvergenceWarning)

@@ -16,6 +16,7 @@ import json
 import mmap
 import os
 import shutil
+import typing
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,11 +86,11 @@ def build_cache(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
-        arrays = {
+        arrays: dict[str, np.memmap] = {
             name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
             for name, (shape, dtype) in shapes.items()
         }
-        fill(arrays)
+        fill(typing.cast(dict[str, np.ndarray], arrays))  # memmaps are arrays (a dict is invariant)
         for array in arrays.values():
             array.flush()
         del arrays

@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
 import torch
@@ -335,7 +336,7 @@ def resolve_kind(requested: str, image_shape: tuple[int, int, int]) -> str:
     return requested
 
 
-def channel_stats(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def channel_stats(images: Images) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and (population) std, float32 (C,), of uint8 N×H×W×C images as pixels in [0, 1]:
     from each channel's exact histogram of the 256 values (integer counts, in chunks of rows), so memory
     is one chunk's, not float copies of it (ImageNet: float64 chunks took 6 GB with the allocator's slack)
@@ -355,7 +356,7 @@ def channel_stats(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def mean_covariance(
-    images: np.ndarray,
+    images: Images,
     standardise: Preprocessing,
     ddof: int = 0,
     chunk: int = 4096,
@@ -394,7 +395,7 @@ def mean_covariance(
 
 
 def fit_preprocessing(
-    images: np.ndarray, kind: str, zca_reg: float = 0.1, device: torch.device | None = None
+    images: Images, kind: str, zca_reg: float = 0.1, device: torch.device | None = None
 ) -> Preprocessing:
     """Fit on uint8 N×H×W×C training images (never on test images). A ZCA's products and its
     eigendecomposition run on `device` (a run's GPU; default the host); the result is on the host."""
@@ -478,7 +479,7 @@ def inverse_of(whiten: torch.Tensor) -> torch.Tensor:
 
 
 def gram_whitening(
-    images: np.ndarray,
+    images: Images,
     standardise: Preprocessing,
     zca_reg: float,
     chunk: int = 4096,
@@ -539,12 +540,15 @@ class Rows:
         return chunk
 
 
+# Uint8 N×H×W×C training images: in memory, or rows of a memory-mapped split read in chunks (Rows).
+Images: TypeAlias = "np.ndarray | Rows"
+
 # The cache's format: 2 since dense whitenings are rounded to float16 values (`as_stored`), 3 since those
 # above FLOAT16_MAX_DIMS are rounded to multiples of a step; entries of an older format are fitted anew.
 CACHE_FORMAT = 3
 
 
-def fingerprint(images: np.ndarray | Rows, tag: str, zca_reg: float) -> str:
+def fingerprint(images: Images, tag: str, zca_reg: float) -> str:
     digest = hashlib.sha256(f"{images.shape}|{tag}|{zca_reg}|format{CACHE_FORMAT}".encode())
     if isinstance(images, Rows) and images.source_id:
         digest.update(f"{images.source_id}|".encode() + images.idx.tobytes())
@@ -555,7 +559,7 @@ def fingerprint(images: np.ndarray | Rows, tag: str, zca_reg: float) -> str:
 
 
 def cached(
-    tag: str, images: np.ndarray, zca_reg: float, cache_dir: str | Path | None, build: Callable[[], Preprocessing]
+    tag: str, images: Images, zca_reg: float, cache_dir: str | Path | None, build: Callable[[], Preprocessing]
 ) -> Preprocessing:
     """`build()` (a ZCA fit on `images`), cached on disk under `tag` and a fingerprint of the fitting
     images: the one preprocessing cache of frepo. A corrupt entry is recomputed, never trusted; a
@@ -585,7 +589,7 @@ def cached(
 
 
 def cached_preprocessing(
-    images: np.ndarray, kind: str, zca_reg: float, cache_dir: Path | None, device: torch.device | None = None
+    images: Images, kind: str, zca_reg: float, cache_dir: Path | None, device: torch.device | None = None
 ) -> Preprocessing:
     """`fit_preprocessing`, with ZCA fits cached (the standardisation is cheaper to recompute than to read);
     a fit on `device` is cached like a host fit (they agree to float rounding)."""

@@ -37,7 +37,7 @@ def holdout_split(labels: np.ndarray, val_size: int, seed: int = VALIDATION_SEED
         members = np.flatnonzero(labels == cls)
         val.append(rng.permutation(members)[:k])
     val_idx = np.sort(np.concatenate(val)) if val else np.zeros(0, dtype=np.int64)
-    train_mask = np.ones(n, dtype=bool)
+    train_mask: np.ndarray = np.ones(n, dtype=bool)
     train_mask[val_idx] = False
     return np.flatnonzero(train_mask), val_idx
 

@@ -71,7 +71,7 @@ def torch_load(path: str | Path):
     try:  # numpy 2 renamed numpy.core (1.26 has the new name as a shim, imported on demand); files carry either
         from numpy._core.multiarray import scalar
     except ImportError:
-        from numpy.core.multiarray import scalar
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]  # numpy 1's name of the same
     allowed: list = [np.dtype, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar")]
     allowed += [type(np.dtype(t)) for t in ("float16", "float32", "float64", "int32", "int64", "bool")]
     try:
