@@ -6,6 +6,7 @@ keeps its traceback.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 
@@ -24,3 +25,9 @@ def check_argument(name: str, value: Any, kinds: type | tuple[type, ...], expect
         shown = repr(value)
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
         raise FrepoError(f"{name} must be {expected}, got {type(value).__name__} {shown}")
+
+
+def check_path(name: str, value: Any) -> None:
+    """A path argument of the Python API that is no path (`save_distilled(ds, 5)`) is a FrepoError naming it,
+    not os.fspath's TypeError."""
+    check_argument(name, value, (str, os.PathLike), "a path (a str or a pathlib.Path)")

@@ -70,7 +70,11 @@ def check_fields(settings: Any) -> None:
             value = comma_list(value)
             if not isinstance(value, str) and value is not None:
                 raise FrepoError(f"{f.name} must be a comma-separated string or a list of its items, got {value!r}")
-        if not dataclasses.is_dataclass(value):
+        declared = hints[f.name]
+        if isinstance(declared, type) and dataclasses.is_dataclass(declared):  # DistillConfig.data: a DataConfig
+            if not isinstance(value, declared):
+                raise FrepoError(f"{f.name} must be a {declared.__name__}, got {value!r}")
+        elif not dataclasses.is_dataclass(value):
             setattr(settings, f.name, check_type(f.name, value, hints[f.name]))
         choices = f.metadata.get("choices")
         if choices is not None:

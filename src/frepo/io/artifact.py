@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..base.atomic import atomic_save_safetensors
-from ..base.errors import FrepoError, check_argument
+from ..base.errors import FrepoError, check_argument, check_path
 from ..base.version import __version__
 from ..data.preprocess import KINDS, PACKED, Preprocessing, unpack_upper, upper_size
 from ..method.krr import centered_one_hot, label_scale
@@ -188,6 +188,7 @@ def save_distilled(ds: DistilledSet, path: str | Path) -> Path:
     """Write `ds` to `path` atomically, once it passes the checks `load_distilled` makes (`check_set`):
     a set the loader would refuse is refused here, before it replaces a good file."""
     check_argument("ds", ds, DistilledSet, "a DistilledSet: save_distilled(ds, path)")
+    check_path("path", path)
     tensors, meta = check_set(ds, f"not saved to {path}")
     meta["checksum"] = _checksum(tensors, meta)
     atomic_save_safetensors(tensors, path, metadata={"frepo": json.dumps(meta, sort_keys=True)})
@@ -339,6 +340,7 @@ def load_distilled(path: str | Path) -> DistilledSet:
     """Load and verify a distilled-set file; every problem is a FrepoError that says what is wrong."""
     from safetensors import safe_open
 
+    check_path("path", path)
     path = Path(path)
     if not path.is_file():
         raise FrepoError(f"file not found: {path}")

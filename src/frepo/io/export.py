@@ -23,6 +23,7 @@ Each layout's writer registers itself under the layout's name (`register_layout`
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from ..base.atomic import (
     atomic_write,
     atomic_write_json,
 )
-from ..base.errors import FrepoError
+from ..base.errors import FrepoError, check_argument, check_path
 from ..base.fields import check_choice
 from ..base.registry import registering
 from ..base.version import __version__
@@ -207,6 +208,8 @@ def in_space(ds: DistilledSet, space: str) -> DistilledSet:
 def export(ds: DistilledSet | str | Path, out: str | Path, layout: str, space: str | None = None) -> Path:
     """Write a set (or a frepo file) into the folder `out` in `layout` (one of LAYOUTS), its images in
     `space` (one of SPACES; pt only; default: `default_space`); returns the manifest's path."""
+    check_argument("ds", ds, (DistilledSet, str, os.PathLike), "a DistilledSet or the path of a frepo file")
+    check_path("out", out)
     check_choice("layout", layout, LAYOUTS)
     if space is not None:
         check_choice("space", space, SPACES)

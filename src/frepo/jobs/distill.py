@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ..base.atomic import WriteError
 from ..base.device import resolve_device, synchronize
 from ..base.dist import init_distributed
-from ..base.errors import FrepoError, Interrupted, check_argument
+from ..base.errors import FrepoError, Interrupted, check_argument, check_path
 from ..base.fields import to_dict
 from ..base.perf import AllocatorPolicy, release_free_heap
 from ..base.signals import stop_on_signal
@@ -461,6 +461,7 @@ def distill(
     check_argument(
         "config", config, DistillConfig, "a DistillConfig: frepo.presets.get('digits-ipc10') or presets.resolve(...)"
     )
+    check_path("out", out)
     try:
         return Distiller(config, out, progress, resume_with_changes).run()
     finally:

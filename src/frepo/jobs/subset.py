@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..base.device import resolve_device
 from ..base.errors import FrepoError, check_argument
-from ..base.fields import to_dict
+from ..base.fields import check_type, to_dict
 from ..base.rng import generator
 from ..config import DataConfig
 from ..data import StreamingImages, prepare
@@ -116,6 +116,12 @@ def make_subset(
 ) -> DistilledSet:
     """`ipc` real images per class chosen by `method`, as a DistilledSet with integer labels."""
     check_argument("data", data, DataConfig, "a DataConfig: make_subset(DataConfig(dataset='mnist'), ipc=10)")
+    ipc, seed = check_type("ipc", ipc, int), check_type("seed", seed, int)
+    feature_steps, feature_width = (
+        check_type("feature_steps", feature_steps, int),
+        check_type("feature_width", feature_width, int),
+    )
+    method, device = check_type("method", method, str), check_type("device", device, str)
     if method not in METHODS:
         raise FrepoError(f"unknown subset method {method!r}; known: {', '.join(METHODS)}")
     if ipc < 1:
