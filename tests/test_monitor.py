@@ -44,6 +44,11 @@ def test_snapshots_make_an_animation_of_the_run(tmp_path, capsys):
     assert main(["show", str(out), "--animate", "--out", str(tmp_path / "film.mp4")]) == 2
     assert "name it .gif, not film.mp4" in capsys.readouterr().err
     assert not (tmp_path / "grid.bmp").exists() and not (tmp_path / "film.mp4").exists()
+    # A folder's name or nothing names no file ('new/' wrote a file 'new'; '' was said to be the folder '.').
+    for named in (f"{tmp_path}/new/", ""):
+        assert main(["show", str(out), "--out", named]) == 2
+        assert f"--out {named!r} names no file; give a file name" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
     capsys.readouterr()
     assert main(["show", str(out / "distilled.safetensors"), "--animate"]) == 2
     assert "pass a run directory" in capsys.readouterr().err

@@ -96,6 +96,9 @@ def writable_folder(path: str | os.PathLike, what: str = "output") -> Path:
 def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
     """Check, before long work starts, that `path` can be written later (its folder is writable and it is
     not a folder itself)."""
+    typed = os.fspath(path)
+    if not typed or typed.endswith(("/", os.sep)):  # Path() drops both: '' became '.', 'new/' a file 'new'
+        raise WriteError(f"{what} {typed!r} names no file; give a file name")
     path = Path(path)
     if path.is_dir():
         raise WriteError(f"{what} {path} is a folder; give a file name")
