@@ -128,3 +128,26 @@ def test_split_val_finds_the_hold_out_of_a_narrowed_run(tmp_path):
     wrong = DistilledSet(two.images, two.labels, two.preprocessing, {**two.meta, "val_size": two.meta["val_size"] + 1})
     with pytest.raises(FrepoError, match="records a hold-out of 26 images, but 25 of digits"):
         eval_split(wrong, raw, "val")
+
+
+def test_a_set_without_a_hold_out_says_to_use_the_test_split(tmp_path):
+    """Another tool's set (and a run with val_size 0) has no hold-out: said so, not as 'val_size 0'."""
+    import pytest
+
+    from frepo.base.errors import FrepoError
+    from frepo.data import load_dataset
+    from frepo.io.artifact import DistilledSet
+    from frepo.io.foreign import load_foreign
+    from frepo.jobs.evaluate import eval_split
+
+    raw = load_dataset("digits")
+    ds = make_subset(DataConfig(dataset="digits"), 1)
+    np.savez(tmp_path / "step1.npz", image=ds.images.permute(0, 2, 3, 1).numpy(), label=np.eye(10) - 0.1)
+    foreign = load_foreign(tmp_path / "step1.npz", raw, preprocess="frepo")
+    with pytest.raises(FrepoError, match="another tool's set is distilled from the whole training split: there is"):
+        eval_split(foreign, raw, "val")
+    none = DistilledSet(ds.images, ds.labels, ds.preprocessing, {**ds.meta, "val_size": 0, "holdout": None})
+    with pytest.raises(FrepoError, match="the set was made from the whole training split: .*use --split test"):
+        eval_split(none, raw, "val")
+    with pytest.raises(FrepoError, match="classes must name at least one class id"):
+        DataConfig(dataset="digits", classes=[]).validate()

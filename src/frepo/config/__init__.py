@@ -89,7 +89,9 @@ class DataConfig:
             ids = sorted({int(c) for c in comma_items(self.classes)})
         except ValueError as exc:
             raise FrepoError(f"classes must be comma-separated class ids, got {self.classes!r}") from exc
-        if not ids or ids[0] < 0 or (num_classes is not None and ids[-1] >= num_classes):
+        if not ids:
+            raise FrepoError("classes must name at least one class id (None: every class)")
+        if ids[0] < 0 or (num_classes is not None and ids[-1] >= num_classes):
             bound = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
             raise FrepoError(f"classes must be class ids in {bound}, got {self.classes!r}")
         return ids
