@@ -380,3 +380,27 @@ def test_pt_export_in_ddranking_spaces(tmp_path, monkeypatch):
     test_expected = ((unit.reshape(len(unit), -1) - centre) @ whiten).reshape(unit.shape)
     assert float((load_export(tmp_path / "zca").transform(test).double() - test_expected).abs().max()) <= 1e-5 * scale
     assert json.loads((tmp_path / "zca" / "export.json").read_text())["ddranking"]["use_zca"] is True
+
+
+def test_an_export_finds_its_dataset_where_its_set_did(tmp_path, monkeypatch):
+    """An export records the --data-dir its set was distilled with: evaluated with --no-download elsewhere, it
+    found no dataset ('not found'), where its set itself did."""
+    from frepo.config import DataConfig
+    from frepo.io.foreign import load_set
+    from frepo.jobs.subset import make_subset
+
+    monkeypatch.delenv("FREPO_DATA_DIR", raising=False)  # read first: the dataset is in the set's folder only
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    split = {f"{s}": rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8) for s, n in (("train", 200), ("test", 50))}
+    np.savez(
+        data / "mnist.npz",
+        x_train=split["train"], y_train=np.arange(200) % 10, x_test=split["test"], y_test=np.arange(50) % 10,
+    )  # fmt: skip
+    ds = make_subset(DataConfig(dataset="mnist", data_dir=str(data), download=False, val_size=20), 1)
+    export(ds, tmp_path / "pt", "pt")
+    monkeypatch.chdir(tmp_path)
+    found, raw = load_set(tmp_path / "pt", download=False)
+    assert raw.name == "mnist" and len(raw.y_test) == 50
+    torch.testing.assert_close(found.images, ds.images)

@@ -74,7 +74,8 @@ MANIFEST_KEYS = {
     "the soft-label criterion), or null when its images are not in a DD-Ranking space",
     "lr": "sgd: the lr to train with SGD (DD-Ranking, DC/DSA), frepo_protocol: the Adam lr of the reference evaluation",
     "set": "what frepo knows of the set: kind, ipc, step, seed, use_flip, mirror_invariant, val_size, holdout (the "
-    "hold-out it was distilled without: size, chunk, classes), test_fingerprint, checksum",
+    "hold-out it was distilled without: size, chunk, classes), test_fingerprint, checksum, data_dir (the --data-dir "
+    "it was distilled with, where its dataset is looked for first)",
     "frepo_version": "the frepo that wrote the export",
     "checksums": "the sha256 of each file the export wrote but this manifest, by its path in the folder: "
     "`frepo evaluate` warns of a file that differs (edited, damaged, or from another export)",
@@ -278,6 +279,7 @@ def export(ds: DistilledSet | str | Path, out: str | Path, layout: str, space: s
                     "holdout": Holdout.record(ds.meta),  # made from a narrowed run's settings, for older files
                     "test_fingerprint": ds.meta.get("test_fingerprint"),
                     "checksum": ds.meta.get("checksum"),
+                    "data_dir": (config.get("data") or {}).get("data_dir"),
                 },
                 "frepo_version": __version__,
                 "checksums": checksums(staging)[1],

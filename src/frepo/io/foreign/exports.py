@@ -113,7 +113,8 @@ def load_export(path: str | Path) -> DistilledSet:
         "ipc": info.get("ipc"),
         "seed": info.get("seed"),
         "step": info.get("step"),
-        "config": {"use_flip": bool(info.get("use_flip"))},
+        # recorded_data_dir finds the dataset where the set's run did (an export evaluated --no-download)
+        "config": {"use_flip": bool(info.get("use_flip")), "data": {"data_dir": info.get("data_dir")}},
         "mirror_invariant": bool(info.get("mirror_invariant", True)),
         "val_size": int(info.get("val_size") or 0),
         "holdout": info.get("holdout"),
