@@ -404,3 +404,27 @@ def test_an_export_finds_its_dataset_where_its_set_did(tmp_path, monkeypatch):
     found, raw = load_set(tmp_path / "pt", download=False)
     assert raw.name == "mnist" and len(raw.y_test) == 50
     torch.testing.assert_close(found.images, ds.images)
+
+
+def test_the_python_export_reads_every_set_the_command_does(tmp_path):
+    """frepo.export took a DistilledSet or frepo's file only: a run directory, an export folder and another
+    tool's file (with its source) are read as `frepo export` reads them."""
+    import shutil
+
+    import frepo
+    from frepo.config import DataConfig
+    from frepo.jobs.subset import make_subset
+
+    ds = make_subset(DataConfig(dataset="digits"), 2)
+    frepo.save_distilled(ds, tmp_path / "run" / "distilled.safetensors")  # a finished run's set
+    frepo.export(tmp_path / "run", tmp_path / "npz", "npz")
+    shutil.copy(next((tmp_path / "npz").glob("*.npz")), tmp_path / "official.npz")  # an official FRePo file
+    frepo.export(tmp_path / "npz", tmp_path / "pt", "pt", space="frepo")  # an export
+    official = frepo.SourceConfig(dataset="digits", preprocess="frepo")  # in the set's own space
+    frepo.export(tmp_path / "official.npz", tmp_path / "from-npz", "pt", space="frepo", source=official)
+    for folder in ("pt", "from-npz"):
+        torch.testing.assert_close(load_export(tmp_path / folder).images, ds.images, rtol=0, atol=1e-6)
+    with pytest.raises(FrepoError, match="apply to files, not to a loaded DistilledSet"):
+        frepo.export(ds, tmp_path / "x", "pt", source=official)
+    with pytest.raises(FrepoError, match="does not say which dataset it belongs to"):
+        frepo.export(tmp_path / "official.npz", tmp_path / "y", "pt")  # another tool's file names no dataset

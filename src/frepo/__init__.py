@@ -15,9 +15,9 @@ if TYPE_CHECKING:  # the names, for type checkers and editors; at run time each 
     from .config import DataConfig, DistillConfig, ModelConfig, PoolConfig, presets
     from .eval import EvalConfig, EvalResult
     from .io.artifact import DistilledSet, load_distilled, save_distilled
-    from .io.export import export
     from .jobs.distill import DistillResult, distill
     from .jobs.evaluate import SourceConfig, evaluate, evaluate_archs
+    from .jobs.export import export
     from .jobs.subset import make_subset
 
 # name -> the module that defines it. `import frepo` loads none of them (torch takes seconds): the command line
@@ -38,12 +38,12 @@ _EXPORTS = {
     "DistilledSet": ".io.artifact",
     "load_distilled": ".io.artifact",
     "save_distilled": ".io.artifact",
-    "export": ".io.export",
     "DistillResult": ".jobs.distill",
     "distill": ".jobs.distill",
     "SourceConfig": ".jobs.evaluate",
     "evaluate": ".jobs.evaluate",
     "evaluate_archs": ".jobs.evaluate",
+    "export": ".jobs.export",
     "make_subset": ".jobs.subset",
 }
 _MODULES = {"presets": ".config.presets"}

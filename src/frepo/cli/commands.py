@@ -155,26 +155,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _read_set(path: str | Path, args: argparse.Namespace):
-    """The set at `path` (a run directory: its set) for `show` and `export`, read as `frepo evaluate` reads it:
-    frepo's own file or export by itself, without its dataset; another tool's file (or any, once --dataset,
-    --preprocess or --entry is given) through `load_set`, which needs --dataset and says so."""
-    from ..io.foreign import detect_format, load_set
-    from ..io.foreign.load import OWN_FORMATS, run_set
-    from ..jobs.evaluate import SourceConfig, configure
+    """The set at `path` for `show` and `export`, read as `frepo evaluate` reads it (`jobs.evaluate.read_set`)."""
+    from ..jobs.evaluate import SourceConfig, configure, read_set
 
-    path, given = run_set(path), explicit(args, SourceConfig())
-    fmt = detect_format(path)
-    if fmt in OWN_FORMATS and not given.keys() & {"dataset", "preprocess", "entry"}:  # --data-dir alone: unused
-        return OWN_FORMATS[fmt](path)
-    source = configure(**given)[1]
-    return load_set(
-        path,
-        source.dataset,
-        entry=source.entry,
-        data_dir=source.data_dir,
-        download=source.download,
-        preprocess=source.preprocess,
-    )[0]
+    return read_set(path, configure(**explicit(args, SourceConfig()))[1])
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -213,7 +197,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..io.export import export
+    from ..jobs.export import export
 
     manifest = export(_read_set(args.file, args), args.to, args.format, args.space)
     space = json.loads(manifest.read_text())["images"]["space"]
