@@ -163,6 +163,8 @@ def test_show_and_export_read_another_tools_set_as_evaluate_does(tmp_path, capsy
     (tmp_path / "png" / "export.json").unlink()  # class folders copied out without the manifest
     (tmp_path / "png" / "config.json").write_text("{}")  # another tool's: no run for lack of a checkpoint
     assert main(["show", str(tmp_path / "png"), "--dataset", data, "--out", str(tmp_path / "folder.png")]) == 0
+    (tmp_path / "png" / "metrics.jsonl").write_text("{}\n")  # nor with its log: its config is not a distillation's
+    assert main(["show", str(tmp_path / "png"), "--dataset", data, "--out", str(tmp_path / "folder.png")]) == 0
     capsys.readouterr()
     assert main(["show", str(tmp_path / "subset3.safetensors"), "--preprocess", "dc"]) == 2
     assert "carries its own preprocessing; drop --preprocess" in capsys.readouterr().err

@@ -5,6 +5,7 @@ the images are in."""
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from collections.abc import Callable
@@ -32,15 +33,25 @@ RUN_SET = "distilled.safetensors"  # the set a run directory holds (`frepo.jobs.
 
 
 def is_run(path: str | Path) -> bool:
-    """Whether `path` is a run directory: its set, or its config.json beside what a run writes from its start
-    (a checkpoint, metrics, snapshots). A folder of another tool's that holds a config.json is no run."""
+    """Whether `path` is a run directory: its set, or its config.json (a distillation's settings) beside what a
+    run writes from its start (a checkpoint, metrics, snapshots). A folder of another tool's that holds a
+    config.json, even with a metrics.jsonl, is no run."""
     path = Path(path)
     if not path.is_dir():
         return False
     if (path / RUN_SET).is_file():
         return True
     started = any((path / f).is_file() for f in ("checkpoint.pt", "metrics.jsonl"))
-    return (path / "config.json").is_file() and (started or any((path / "images").glob("step*.png")))
+    return (started or any((path / "images").glob("step*.png"))) and _distill_settings(path / "config.json")
+
+
+def _distill_settings(file: Path) -> bool:
+    """Whether `file` holds a distillation's settings (`frepo.jobs.runs.RunDir` writes them: ipc, data, ...)."""
+    try:
+        settings = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(settings, dict) and "ipc" in settings and isinstance(settings.get("data"), dict)
 
 
 def start_file(path: str | Path) -> str:
