@@ -124,9 +124,13 @@ def test_continual_resumes_after_an_interruption_and_keeps_its_contract(tmp_path
     assert resumed["per_task"] == straight["per_task"]
     assert (tmp_path / "cl" / "continual.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "cl" / "continual.csv").read_text().startswith("task,classes_seen,arm,mean,std")
-    # Another setting in the same folder is refused; the same command is not.
+    # Another setting in the same folder is refused; the same command is not, nor one on another device or with
+    # another data folder (refused as other settings before): they do not change what a unit computes.
     args_other = [a if not a.startswith("--ipc=") else "--ipc=3" for a in args]
     assert main(args_other) == 2
+    monkeypatch.setattr(FRePoTrainer, "step", lambda self: pytest.fail("a finished unit was computed again"))
+    assert main([*args, "--device=cpu", f"--data-dir={tmp_path}", "--no-download"]) == 0
+    assert json.loads((tmp_path / "cl" / "continual-config.json").read_text())["device"] == "cpu"
 
 
 def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_path, monkeypatch):
@@ -198,6 +202,12 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
         ),
         (["privacy", "--preset", "privacy-cifar-huge"], "unknown preset"),
         (["continual", "--preset", "continual-mnist-cpu", "--dataset", "cifar10"], "is for mnist, not --dataset"),
+        # refused once its folder was written: the command with a device this machine has was then refused too
+        (["continual", "--dataset", "digits", "--device", "tpu"], "unknown device 'tpu'"),
+        (
+            ["privacy", "--dataset", "digits", "--chunk", "1", "--chunk-size", "300", "--ipc", "2", "--device", "tpu"],
+            "unknown device",
+        ),
         # the members' chunk is the whole training split: found after the distillation until 2026-12-06
         (
             ["privacy", "--dataset", "digits", "--chunk", "0", "--chunk-size", "1257", "--nonmembers", "train"],

@@ -18,6 +18,7 @@ from ..base.fields import from_dict, set_leaf, to_dict
 from ..base.lock import LOCK, FolderLock
 from ..data import Preprocessing, RawDataset
 from ..io.artifact import DistilledSet
+from ..jobs.runs import ALWAYS_RESUMABLE
 
 
 def resolve(cls: type, presets: dict[str, dict], preset: str | None, overrides: dict[str, Any]) -> Any:
@@ -40,8 +41,9 @@ def resolve(cls: type, presets: dict[str, dict], preset: str | None, overrides: 
 
 class ExperimentDir:
     """The folder of one experiment: one owner at a time, its config (a different one is refused, except
-    settings in `may_change`, which only add or drop units: more class orders, more step counts), and
-    finished units of work as JSON files, so rerunning the same command picks up where it stopped."""
+    settings in `may_change`, which only add or drop units: more class orders, more step counts, and those a
+    run may always resume with: device, data folder, download), and finished units of work as JSON files, so
+    rerunning the same command picks up where it stopped."""
 
     def __init__(self, path: str | Path, kind: str, may_change: frozenset[str] = frozenset()):
         self.path, self.kind, self.may_change = Path(path), kind, may_change
@@ -56,12 +58,12 @@ class ExperimentDir:
             if self.config_path.is_file():
                 previous = self._previous_config()
                 now = to_dict(config)
-                changed = sorted(k for k in previous.keys() | now.keys() if previous.get(k) != now.get(k))
-                if set(changed) - self.may_change:
+                changed = {k for k in previous.keys() | now.keys() if previous.get(k) != now.get(k)}
+                refused = changed - self.may_change - ALWAYS_RESUMABLE
+                if refused:
                     raise FrepoError(
                         f"{self.path} holds a {self.kind} experiment with other settings "
-                        f"({', '.join(sorted(set(changed) - self.may_change))}); use another --out, or delete that "
-                        "folder to start over"
+                        f"({', '.join(sorted(refused))}); use another --out, or delete that folder to start over"
                     )
                 self._check_types(config, previous)
             elif any(p.name != LOCK for p in self.path.iterdir()):

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..base.device import resolve_device
 from ..base.errors import FrepoError
 from ..base.fields import to_dict
 from ..base.version import __version__
@@ -79,6 +80,7 @@ class Experiment:
         return load_distilled(distill(run, self.out / folder, progress=self.progress).distilled_path)
 
     def run(self) -> dict:
+        resolve_device(self.config.device)  # a device this machine lacks is refused before the folder is made
         self.folder.open(self.config)
         try:
             return self.summarise(self.work())
