@@ -244,21 +244,26 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     other = reproduce.reproduce(1, "tiny", ["cifar10"], finished_only=True, data_dir=tmp_path, download=False, **kwargs)
     assert digits_row in other.splitlines() and "| CIFAR-10 | 1 |" in other
     assert [r["dataset"] for r in json.loads(out.with_suffix(".json").read_text())["rows"]] == ["digits", "cifar10"]
-    # A table without its JSON (one written before frepo wrote one) cannot keep them: said before the rows run.
+    # A table without its JSON (one written before frepo wrote one) cannot keep them: refused before the rows run
+    # (it was rewritten without them, and exited 0).
     out.with_suffix(".json").unlink()
-    with caplog.at_level("WARNING", logger="frepo"):
-        again = reproduce.reproduce(
-            1, "tiny", ["cifar10"], finished_only=True, data_dir=tmp_path, download=False, **kwargs
-        )
-    assert digits_row not in again.splitlines() and "rows of other datasets than --datasets are not kept" in caplog.text
-    caplog.clear()  # --datasets naming every dataset of the table has nothing to keep: no warning
-    with caplog.at_level("WARNING", logger="frepo"):
-        reproduce.reproduce(
-            1, "tiny", ["digits", "cifar10"], finished_only=True, data_dir=tmp_path, download=False, **kwargs
-        )
-    assert "not kept" not in caplog.text
+    before = out.read_text()
+    with pytest.raises(FrepoError, match="holds rows of other datasets than --datasets that a rewrite cannot keep"):
+        reproduce.reproduce(1, "tiny", ["cifar10"], finished_only=True, data_dir=tmp_path, download=False, **kwargs)
+    assert out.read_text() == before and digits_row in before
+    # --datasets naming every dataset of the table has nothing to keep
+    every = reproduce.reproduce(
+        1, "tiny", ["digits", "cifar10"], finished_only=True, data_dir=tmp_path, download=False, **kwargs
+    )
+    assert "| Digits | 1 |" in every and "| CIFAR-10 | 1 |" in every
+    # An --out that cannot be written is refused before the rows run, not once they are done.
+    unrun = lambda *a, **k: pytest.fail("a row ran")  # noqa: E731
+    monkeypatch.setattr(importlib.import_module("frepo.jobs.distill"), "distill", unrun)
     (tmp_path / "a-file").write_text("")
+    for bad in (tmp_path, tmp_path / "a-file" / "table.md"):
+        with pytest.raises(FrepoError, match="--out"):
+            reproduce.reproduce(1, "tiny", **{**kwargs, "out": bad, "finished_only": False})
     with pytest.raises(FrepoError, match="is not a folder"):
         reproduce.reproduce(1, "tiny", **{**kwargs, "runs_dir": tmp_path / "a-file"})
-    with pytest.raises(FrepoError, match="a file stands where its path needs a folder"):  # it said "File exists"
+    with pytest.raises(FrepoError, match="a-file exists and is not a folder"):  # it said "File exists"
         reproduce.reproduce(1, "tiny", finished_only=True, **{**kwargs, "out": tmp_path / "a-file" / "r.md"})

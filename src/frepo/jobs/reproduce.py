@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..base.atomic import atomic_write_json, atomic_write_text
+from ..base.atomic import atomic_write_json, atomic_write_text, check_output_file
 from ..base.errors import FrepoError, Interrupted
 from ..data import BUILTIN, default_data_dir
 from ..data.layouts import LAYOUTS, find_root
@@ -341,6 +341,8 @@ def reproduce(
     table is written if a row failed, so that a script sees the failure."""
     if not dry_run and Path(runs_dir).exists() and not Path(runs_dir).is_dir():
         raise FrepoError(f"--runs-dir {runs_dir} is not a folder")
+    if not dry_run and out:  # before the rows' hours of work, not once they are done
+        check_output_file(out, "--out")
     rows = plan(table, budget, datasets, data_dir=data_dir, download=download)
     spec = BUDGETS[budget]
 
@@ -413,8 +415,9 @@ def order(table: int, dataset: str) -> int:
 
 def kept_rows(path: Path, table: int, budget: Budget, datasets: list[str]) -> list[Row]:
     """The rows of datasets other than `datasets` in the JSON beside an earlier table at `path` of the same
-    table and budget. None if there is none, or it is unreadable: then, where a table stands at `path`, a
-    warning says that its other rows are dropped (said before the rows run, while Ctrl-C still keeps them)."""
+    table and budget; none where no table stands at `path`. A table whose rows cannot be kept (no JSON beside
+    it, another table's or budget's, an unreadable one) is refused before any row runs: rewriting it lost
+    them (the repository's own docs/reproduction.md has no JSON beside it)."""
     source = path.with_suffix(".json")
     try:
         earlier = json.loads(source.read_text())
@@ -435,9 +438,9 @@ def kept_rows(path: Path, table: int, budget: Budget, datasets: list[str]) -> li
 
 def _dropped(path: Path, why: str) -> list[Row]:
     if path.exists():
-        log.warning(
-            f"frepo: {path}'s rows of other datasets than --datasets are not kept: {why}. Rewrite it without "
-            f"--datasets, or give another --out"
+        raise FrepoError(
+            f"{path} holds rows of other datasets than --datasets that a rewrite cannot keep: {why}. Rewrite it "
+            "without --datasets, or give another --out"
         )
     return []
 
