@@ -74,6 +74,15 @@ def test_run_report(tmp_path):
     for arch in ("conv", "alexnet", "vgg11"):
         assert f"| {arch} | dsa | test | 2 | 55.00 ± 5.00 |" in text
     assert "Unreadable evaluation files: eval_broken.json" in text
+    assert "- dataset: digits, 1 images per class, preprocessing None, validation hold-out default" in text
+    # A run without a hold-out (continual's and privacy's) said "default"; a narrowed run did not say so.
+    config = json.loads((run / "config.json").read_text())
+    config["data"].update(val_size=0, train_chunk=1, train_chunk_size=300)
+    (run / "config.json").write_text(json.dumps(config))
+    assert (
+        "digits, training chunk 1 of 300 images, 1 images per class, preprocessing None, validation hold-out none"
+        in (write_report(run).read_text())
+    )
 
 
 def test_report_errors(tmp_path):

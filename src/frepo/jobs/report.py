@@ -85,9 +85,14 @@ def _settings(run: RunDir) -> list[str]:
     except json.JSONDecodeError:
         return ["(config.json is unreadable)"]
     data, model = config.get("data", {}), config.get("model", {})
+    held = data.get("val_size")  # None: the default size; 0: none (continual's and privacy's distillations)
+    holdout = "default" if held is None else f"{held} images" if held else "none"
+    narrowed = f", classes {data['classes']}" if data.get("classes") not in (None, "") else ""
+    if data.get("train_chunk") is not None:
+        narrowed += f", training chunk {data['train_chunk']} of {data.get('train_chunk_size')} images"
     return [
-        f"- dataset: {data.get('dataset')}, {config.get('ipc')} images per class, "
-        f"preprocessing {data.get('preprocess')}, validation hold-out {data.get('val_size') or 'default'}",
+        f"- dataset: {data.get('dataset')}{narrowed}, {config.get('ipc')} images per class, "
+        f"preprocessing {data.get('preprocess')}, validation hold-out {holdout}",
         f"- {config.get('steps')} steps, real batch {config.get('batch_size')}, lr {config.get('lr')}, "
         f"flip trick {'on' if config.get('use_flip') else 'off'}, learned labels {config.get('learn_labels')}",
         f"- pool: {config.get('pool', {}).get('num_models')} models of Conv width {model.get('width')}, "
