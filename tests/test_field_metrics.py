@@ -74,5 +74,11 @@ def test_learned_labels_are_replaced_by_class_ids_and_uneven_sets_are_refused(tm
     # The set again on its class ids (the argmax), then the random subset and the full split.
     assert torch.equal(trained_on[0], ds.labels) and [t.ndim for t in trained_on] == [1, 1, 1]
     uneven = dataclasses.replace(ds, images=ds.images[1:], labels=ds.labels[1:])
+    import frepo.jobs.evaluate
+
+    # Refused before the set's own networks train (after them, their cache record was left behind).
+    monkeypatch.setattr(frepo.jobs.evaluate, "evaluate_set", lambda *a, **k: pytest.fail("a network trained"))
     with pytest.raises(FrepoError, match="same number of images in every class"):
         run(uneven, config, source, field_metrics=True)
+    with pytest.raises(FrepoError, match="field_metrics must be True or False, got 'no'"):
+        run(ds, config, source, field_metrics="no")  # "no" is true: it computed them

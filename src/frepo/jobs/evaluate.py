@@ -24,7 +24,7 @@ import torch
 
 from ..base.device import resolve_device
 from ..base.errors import FrepoError, Interrupted, check_argument
-from ..base.fields import check_fields, leaf_fields, opt, set_leaf, to_dict
+from ..base.fields import check_fields, check_type, leaf_fields, opt, set_leaf, to_dict
 from ..config import DATA_DIR_HELP, STREAM_AUTO_BYTES
 from ..data import RawDataset, default_data_dir, load_dataset
 from ..data.recipes import CLAIMS
@@ -237,9 +237,17 @@ def run(
     from ..io.foreign.load import run_set
 
     check_argument("file", file, (DistilledSet, str, os.PathLike), "a DistilledSet or the path of a set")
+    # field_metrics="no" computed them ("no" is true), field_metrics=0 passed as off
+    progress = check_type("progress", progress, bool)
+    field_metrics = check_type("field_metrics", field_metrics, bool)
+    resume = check_type("resume", resume, bool)
     file = file if isinstance(file, DistilledSet) else run_set(file)  # a run's: its set
     ds, raw = open_set(file, source)
     test_x, test_y = eval_split(ds, raw, config.split)
+    if field_metrics:
+        from .field_metrics import images_per_class
+
+        images_per_class(ds, raw.num_classes)  # before any network trains
     identity = {
         **({} if isinstance(file, DistilledSet) else {"file": str(file)}),
         "dataset": ds.dataset,

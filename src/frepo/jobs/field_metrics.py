@@ -154,6 +154,15 @@ def _cached_accuracy(path: Path, compute: Callable[[], EvalResult]) -> dict:
     return entry
 
 
+def images_per_class(ds: DistilledSet, num_classes: int) -> int:
+    """The set's images per class, which field metrics need to be the same for every class (checked before
+    any network trains: it was found after the evaluation of the set itself)."""
+    counts = torch.bincount(class_ids_of(ds.labels), minlength=num_classes)
+    if not bool((counts == counts[0]).all()) or int(counts[0]) < 1:
+        raise FrepoError(f"field metrics need the same number of images in every class; the set has {counts.tolist()}")
+    return int(counts[0])
+
+
 def field_metrics(
     ds: DistilledSet,
     raw: RawDataset,
@@ -168,10 +177,7 @@ def field_metrics(
 ) -> dict:
     """IOR, HLR, LRS (module docstring) of `ds` under `config` on `arch`, given `own`: its evaluation with its
     own labels under the same config. Returns the dict of `KEYS` (accuracies in percent)."""
-    counts = torch.bincount(class_ids_of(ds.labels), minlength=raw.num_classes)
-    if not bool((counts == counts[0]).all()) or int(counts[0]) < 1:
-        raise FrepoError(f"field metrics need the same number of images in every class; the set has {counts.tolist()}")
-    ipc = int(counts[0])
+    ipc = images_per_class(ds, raw.num_classes)
     recipe, identity = _recipe(config, arch), _data_identity(ds, raw)
     folder = Path(cache_dir) if cache_dir is not None else default_data_dir() / "field_metrics"
 
