@@ -349,6 +349,8 @@ def test_bad_evaluation_inputs_give_one_line_and_exit_2(tmp_path, capsys):
             "unknown subset method",
         ),
         (["report", tmp_path / "no-run"], "not found"),
+        (["report", subset], "is a file, not a run directory"),  # it said "not found"
+        (["subset", "--dataset", "digits", "--ipc", 1, "--out", tmp_path / "x.png"], "name it .safetensors"),
         (["reproduce", "--table", 3, "--dry-run"], "only table 1"),
         (["reproduce", "--budget", "huge", "--dry-run"], "unknown budget"),
         (["reproduce", "--datasets", "mnist,svhn", "--dry-run"], "not in table 1"),

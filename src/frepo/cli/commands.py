@@ -97,6 +97,8 @@ def cmd_subset(args: argparse.Namespace) -> int:
     from ..jobs.subset import make_subset
 
     check_output_file(args.out, "--out")
+    if Path(args.out).suffix not in ("", ".safetensors"):  # sub/x.png held a safetensors file
+        raise FrepoError(f"--out {args.out}: the subset is written as a frepo set; name it .safetensors")
     data = DataConfig(
         dataset=args.dataset,
         data_dir=args.data_dir,

@@ -154,7 +154,11 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write RUN_DIR/report.md (or `out`, which must be in the run dir so the PNG links hold) and its PNGs."""
     run = RunDir(run_dir)
     if not run.path.is_dir():
-        raise FrepoError(f"run directory not found: {run.path}")
+        raise FrepoError(
+            f"{run.path} is a file, not a run directory"
+            if run.path.exists()
+            else f"run directory not found: {run.path}"
+        )
     records = run.read_metrics()
     evals, bad = load_eval_results(run.path)
     if not records and not evals and not run.distilled_path.is_file():
