@@ -106,7 +106,7 @@ def test_an_argument_of_the_wrong_kind_is_named(tmp_path):
         (lambda: frepo.save_distilled(ds, 5), "path must be a path \\(a str or a pathlib.Path\\), got int 5"),
         (lambda: frepo.load_distilled(5), "path must be a path"),
         (lambda: frepo.export(ds, 5, "npz"), "out must be a path"),
-        (lambda: frepo.export(5, tmp_path / "e", "npz"), "ds must be a DistilledSet or the path of a frepo file"),
+        (lambda: frepo.export(5, tmp_path / "e", "npz"), "ds must be a DistilledSet or the path of a set"),
         (lambda: frepo.distill(presets.get("digits-ipc1"), 5), "out must be a path"),
         (lambda: frepo.make_subset(DataConfig(dataset="digits"), 1, seed=None), "seed must be an integer, got None"),
         (lambda: frepo.make_subset(DataConfig(dataset="digits"), True), "ipc must be an integer, got True"),

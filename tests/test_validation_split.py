@@ -137,17 +137,23 @@ def test_a_set_without_a_hold_out_says_to_use_the_test_split(tmp_path):
     from frepo.base.errors import FrepoError
     from frepo.data import load_dataset
     from frepo.io.artifact import DistilledSet
-    from frepo.io.foreign import load_foreign
+    from frepo.io.export import export
+    from frepo.io.foreign import load_export, load_foreign
     from frepo.jobs.evaluate import eval_split
 
     raw = load_dataset("digits")
     ds = make_subset(DataConfig(dataset="digits"), 1)
     np.savez(tmp_path / "step1.npz", image=ds.images.permute(0, 2, 3, 1).numpy(), label=np.eye(10) - 0.1)
     foreign = load_foreign(tmp_path / "step1.npz", raw, preprocess="frepo")
-    with pytest.raises(FrepoError, match="another tool's set is distilled from the whole training split: there is"):
+    with pytest.raises(
+        FrepoError, match="another tool's set .other tools distil from the whole training split. records no"
+    ):
         eval_split(foreign, raw, "val")
     none = DistilledSet(ds.images, ds.labels, ds.preprocessing, {**ds.meta, "val_size": 0, "holdout": None})
-    with pytest.raises(FrepoError, match="the set was made from the whole training split: .*use --split test"):
+    with pytest.raises(FrepoError, match="^the set records no validation hold-out .val_size 0.: use --split test"):
         eval_split(none, raw, "val")
+    export(none, tmp_path / "none", "pt")  # frepo's own export of such a set is no other tool's
+    with pytest.raises(FrepoError, match="^the set records no validation hold-out"):
+        eval_split(load_export(tmp_path / "none"), raw, "val")
     with pytest.raises(FrepoError, match="classes must name at least one class id"):
         DataConfig(dataset="digits", classes=[]).validate()

@@ -541,7 +541,7 @@ class Rows:
 
 
 # Uint8 N×H×W×C training images: in memory, or rows of a memory-mapped split read in chunks (Rows).
-Images: TypeAlias = "np.ndarray | Rows"
+Images: TypeAlias = np.ndarray | Rows
 
 # The cache's format: 2 since dense whitenings are rounded to float16 values (`as_stored`), 3 since those
 # above FLOAT16_MAX_DIMS are rounded to multiples of a step; entries of an older format are fitted anew.

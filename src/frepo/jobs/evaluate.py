@@ -168,8 +168,9 @@ def _split(ds: DistilledSet, raw: RawDataset, split: str) -> tuple[torch.Tensor,
         return split_view(raw.x_test, everything, ds.preprocessing, STREAM_AUTO_BYTES), torch.from_numpy(raw.y_test)
     _, val_idx = Holdout.of_set(ds.meta, len(raw.y_train)).split(raw.y_train)
     if len(val_idx) == 0:
-        made = "another tool's set is distilled from" if ds.meta.get("source") else "the set was made from"
-        raise FrepoError(f"{made} the whole training split: there is no validation hold-out; use --split test")
+        foreign = (ds.meta.get("source") or {}).get("format") not in (None, "frepo-export")
+        whose = "another tool's set (other tools distil from the whole training split)" if foreign else "the set"
+        raise FrepoError(f"{whose} records no validation hold-out (val_size 0): use --split test")
     if ds.meta.get("val_size") is not None and len(val_idx) != int(ds.meta["val_size"]):
         raise FrepoError(
             f"the set records a hold-out of {ds.meta['val_size']} images, but {len(val_idx)} of {raw.name}'s training "

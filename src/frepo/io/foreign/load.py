@@ -139,7 +139,7 @@ def load_foreign(
         images = pre(images)
     else:
         pre = claimed_preprocessing(claim, raw, cache)
-        assert isinstance(images, torch.Tensor)  # only the pixel readers (image folders) give numpy arrays
+        images = torch.as_tensor(images)  # the pixel readers (image folders) give numpy arrays; the others tensors
         check_preprocessing(images, claim, pre, raw, str(path), advice)
         if claim == "pixels":
             images = pre.from_unit(images)
