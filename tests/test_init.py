@@ -139,20 +139,21 @@ def test_a_file_of_several_sets_says_how_to_start_from_another(tmp_path, shared_
     )
 
 
-def test_the_start_is_recorded_as_the_file_it_names(tmp_path, capsys, monkeypatch):
-    """`r1` from one folder, `../r1/distilled.safetensors` from another: the same start, the same run (it was
-    refused as a different config); another start still is one."""
+def test_a_resumed_run_does_not_read_its_start_again(tmp_path, capsys, monkeypatch):
+    """`r1` from one folder, `../r1/distilled.safetensors` from another (or another machine): a run that resumes
+    from its checkpoint never reads its start, and was refused as a different config. It resumes, and says so."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "elsewhere").mkdir()
     for name in ("r0", "r1"):
         code, err = distill(capsys, name, "--ipc", 2, "--seed", name[1])
         assert code == 0, err
     assert distill(capsys, "run", "--ipc", 2, "--init", "r1")[0] == 0
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["init"] == str(
-        tmp_path / "r1" / "distilled.safetensors"
-    )
+    finished = (tmp_path / "run" / "distilled.safetensors").read_bytes()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    code, err = distill(capsys, "../run", "--ipc", 2, "--init", "../r1/distilled.safetensors")
-    assert code == 0 and "different config" not in err, err
-    code, err = distill(capsys, "../run", "--ipc", 2, "--init", "../r0")
-    assert code == 2 and "different config (init: " in err, err
+    for start in ("../r1/distilled.safetensors", "../r0"):
+        code, err = distill(capsys, "../run", "--ipc", 2, "--init", start)
+        said = " ".join(err.split())
+        assert code == 0 and "different config" not in said, said
+        assert f"resumes from its checkpoint; it started from --init r1, and --init {start} is not read" in said
+    assert (tmp_path / "run" / "distilled.safetensors").read_bytes() == finished
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["init"] == "r1"  # the start it was made from

@@ -79,10 +79,6 @@ class Distiller:
             # Not given: a run made before the budget-aware default (which recorded 1000) keeps its own.
             config = dataclasses.replace(config, eval_steps=recorded)
         config.validate()
-        if config.init:  # recorded as the file it names, however it was typed (frepo.io.foreign.start_file)
-            from ..io.foreign import start_file
-
-            config = dataclasses.replace(config, init=start_file(config.init))
         # A config built by hand gets the reference's flip table, as presets.resolve gives it; a run of one made
         # before that default recorded null and ran without the flip (bool(None)): it goes on so.
         if config.use_flip is None and RunDir(out).recorded("use_flip", absent=NOT_RECORDED) is not None:
@@ -98,6 +94,8 @@ class Distiller:
             self.run_dir.acquire()  # rank 0 owns the directory for the whole run
         try:
             claim = self.run_dir.check(config, resume_with_changes) if self.ctx.is_main else None
+            if claim and claim.resuming:  # the start it was made from stays on record (RunDir.check says why)
+                config = self.config = dataclasses.replace(config, init=self.run_dir.recorded("init"))
             self.ctx.barrier()
             resuming = claim.resuming if claim else self.run_dir.checkpoint_path.is_file()
             saved = self._setup(config, resuming)

@@ -16,6 +16,7 @@ import platform
 import re
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,10 +167,17 @@ class RunDir:
         # A setting added to frepo after the run was made: the run behaved as its default did.
         defaults = _flatten(to_dict(DistillConfig()))
         old.update({k: defaults[k] for k in new.keys() - old.keys() if k in defaults})
-        if old.get("init") and new.get("init"):  # recorded as typed before start_file: compared as the file
-            from ..io.foreign import start_file
-
-            old["init"] = start_file(old["init"])
+        resuming = self.checkpoint_path.is_file()
+        if resuming and old.get("init") != new.get("init"):
+            # A run resumes from its checkpoint and never reads its start again: `../r1` typed in another folder
+            # (or on another machine) for `r1` was refused as other settings. Said, as the start is not used.
+            started = f"--init {old['init']}" if old.get("init") else "seeded real images"
+            given = f"--init {new['init']}" if new.get("init") else "the seeded start"
+            warnings.warn(
+                f"{self.path} resumes from its checkpoint; it started from {started}, and {given} is not read",
+                stacklevel=3,
+            )
+            old["init"] = new.get("init")
         diff = sorted(
             k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k.split(".")[-1] not in ALWAYS_RESUMABLE
         )
@@ -185,7 +193,7 @@ class RunDir:
             )
             raise OtherSettings(f"{self.path} holds a run with a different config ({detail}); {hint}", detail)
         changes = {k: [old.get(k), new.get(k)] for k in diff}
-        return Claim(self.checkpoint_path.is_file(), False, changes, env)
+        return Claim(resuming, False, changes, env)
 
     def begin(self, config: DistillConfig, claim: Claim) -> None:
         """Write the config (with the environment), once the run has started for real; a fresh start in a

@@ -29,7 +29,7 @@ from __future__ import annotations
 from ..digests import file_checksum
 from .exports import load_export
 from .files import detect_format, torch_load
-from .load import FORMATS, describe, load_foreign, load_set, load_start, recorded_data_dir, start_file
+from .load import FORMATS, describe, load_foreign, load_set, load_start, recorded_data_dir
 from .registry import READERS, register_reader
 
 __all__ = [
@@ -42,7 +42,6 @@ __all__ = [
     "load_set",
     "torch_load",
     "load_start",
-    "start_file",
     "recorded_data_dir",
     "READERS",
     "register_reader",

@@ -54,15 +54,6 @@ def _distill_settings(file: Path) -> bool:
     return isinstance(settings, dict) and "ipc" in settings and isinstance(settings.get("data"), dict)
 
 
-def start_file(path: str | Path) -> str:
-    """The file a `--init` names, as one absolute path: a run stands for its set, and `../r1` typed in one
-    folder names what `r1` did in another (a run resumed with the same start is the same run)."""
-    path = Path(path).expanduser()
-    if is_run(path) and (path / RUN_SET).is_file():
-        path = path / RUN_SET
-    return str(path.resolve())
-
-
 def run_set(path: str | Path) -> Path:
     """`path`, or for a run directory (`is_run`) the set it holds: every command takes a run for its set, as
     `frepo show RUN` does (its folder of snapshots was read as class folders). A run without its set yet is
