@@ -110,7 +110,7 @@ def read_set(file: str | Path, source: SourceConfig | None = None) -> DistilledS
     """The set at `file` (a run directory: its set) for `show` and `export`, without reading its dataset where
     it need not: frepo's own file or export by itself; another tool's file (or any, once `source` names a
     dataset, a preprocessing or an entry) through `frepo.io.foreign.load_set`, which needs the dataset."""
-    from ..io.foreign import detect_format, load_set
+    from ..io.foreign import detect_format
     from ..io.foreign.load import OWN_FORMATS, run_set
 
     source = source or SourceConfig()
@@ -118,14 +118,7 @@ def read_set(file: str | Path, source: SourceConfig | None = None) -> DistilledS
     fmt = detect_format(path)
     if fmt in OWN_FORMATS and (source.dataset, source.preprocess, source.entry) == (None, "auto", None):
         return OWN_FORMATS[fmt](path)  # source.data_dir alone: unused
-    return load_set(
-        path,
-        source.dataset,
-        entry=source.entry,
-        data_dir=source.data_dir,
-        download=source.download,
-        preprocess=source.preprocess,
-    )[0]
+    return open_set(path, source)[0]
 
 
 def eval_split(ds: DistilledSet, raw: RawDataset, split: str) -> tuple[torch.Tensor, torch.Tensor]:
