@@ -354,6 +354,8 @@ def test_bad_evaluation_inputs_give_one_line_and_exit_2(tmp_path, capsys):
         (["reproduce", "--table", 3, "--dry-run"], "only table 1"),
         (["reproduce", "--budget", "huge", "--dry-run"], "unknown budget"),
         (["reproduce", "--datasets", "mnist,svhn", "--dry-run"], "not in table 1"),
+        (["reproduce", "--datasets", "", "--dry-run"], "--datasets names no dataset"),  # it meant every dataset
+        (["reproduce", "--dry-run", "--finished-only"], "pass one of them"),  # --dry-run won silently
     ]
     for args, fragment in cases:
         code, _, err = run_cli(args, capsys)

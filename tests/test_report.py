@@ -272,6 +272,9 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     for bad in (tmp_path, tmp_path / "a-file" / "table.md"):
         with pytest.raises(FrepoError, match="--out"):
             reproduce.reproduce(1, "tiny", **{**kwargs, "out": bad, "finished_only": False})
+    # ... and so is a --runs-dir (each row failed on its own, naming its run's --out)
+    with pytest.raises(FrepoError, match="cannot write into --runs-dir"):
+        reproduce.reproduce(1, "tiny", **{**kwargs, "runs_dir": tmp_path / "a-file" / "runs"})
     with pytest.raises(FrepoError, match="is not a folder"):
         reproduce.reproduce(1, "tiny", **{**kwargs, "runs_dir": tmp_path / "a-file"})
     with pytest.raises(FrepoError, match="a-file exists and is not a folder"):  # it said "File exists"

@@ -131,7 +131,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from ..jobs.reproduce import RowsFailed, reproduce
 
-    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets is not None else None
     try:
         text = reproduce(
             args.table,

@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..base.atomic import atomic_write_json, atomic_write_text, check_output_file
+from ..base.atomic import atomic_write_json, atomic_write_text, check_output_file, writable_folder
 from ..base.errors import FrepoError, Interrupted
 from ..data import BUILTIN, default_data_dir
 from ..data.layouts import LAYOUTS, find_root
@@ -339,12 +339,18 @@ def reproduce(
     when not a dry run. `finished_only` runs nothing: it reports the rows already distilled and
     evaluated in `runs_dir` and marks the others as not run. `strict` (the command line) raises once the
     table is written if a row failed, so that a script sees the failure."""
+    if dry_run and finished_only:  # each runs nothing, and they disagree on what the table says
+        raise FrepoError("--dry-run plans the table and --finished-only reports the finished rows: pass one of them")
+    if datasets is not None and not datasets:  # --datasets "" meant every dataset
+        raise FrepoError("--datasets names no dataset; leave it out for every dataset of the table")
     if not dry_run and Path(runs_dir).exists() and not Path(runs_dir).is_dir():
         raise FrepoError(f"--runs-dir {runs_dir} is not a folder")
     if not dry_run and out:  # before the rows' hours of work, not once they are done
         check_output_file(out, "--out")
     rows = plan(table, budget, datasets, data_dir=data_dir, download=download)
     spec = BUDGETS[budget]
+    if not dry_run and not finished_only and any(row.status.startswith("planned") for row in rows):
+        writable_folder(runs_dir, "--runs-dir")  # each row failed on its own, naming its run's --out
 
     # A table of some datasets (--datasets) keeps the other datasets' rows of the table it rewrites.
     every = {entry[0] for entry in TABLES[table]}
