@@ -186,6 +186,8 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
         (["continual", "--dataset", "digits", "--tasks", "3"], "do not split into 3 tasks"),
         (["continual", "--dataset", "digits", "--ipc", "500"], "ipc 500 is more than class"),
         (["continual", "--dataset", "digits", "--orders", "0,x"], "orders must be comma-separated integers"),
+        (["continual", "--dataset", "digits", "--orders", "0,0"], "orders must be distinct integers"),
+        (["privacy", "--dataset", "digits", "--victim-steps", "20,20"], "victim_steps must be distinct"),  # taken once
         (["continual", "--dataset", "digits", "--arms", "frepo,dm"], "unknown arm 'dm'"),
         (["continual", "--dataset", "digits", "--eval-epochs", "3"], "eval_epochs applies to protocol dsa"),
         (

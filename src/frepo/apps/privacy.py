@@ -94,11 +94,12 @@ class PrivacyConfig:
 
     def step_list(self) -> list[int]:
         try:
-            steps = sorted({int(s) for s in comma_items(self.victim_steps)})
+            given = [int(s) for s in comma_items(self.victim_steps)]
         except ValueError as exc:
             raise FrepoError(f"victim_steps must be comma-separated integers, got {self.victim_steps!r}") from exc
-        if not steps or steps[0] < 1:
-            raise FrepoError(f"victim_steps must be integers >= 1, got {self.victim_steps!r}")
+        steps = sorted(set(given))
+        if not steps or steps[0] < 1 or len(steps) != len(given):  # as distinct as continual's orders
+            raise FrepoError(f"victim_steps must be distinct integers >= 1, got {self.victim_steps!r}")
         return steps
 
     def validate(self) -> None:
