@@ -177,6 +177,7 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
     assert [list(r["attacks"]) for r in resumed["rows"]] == [list(r["attacks"]) for r in rows]
     assert list(rows[0]["attacks"]) == list(privacy_app.ATTACKS)  # the docs' tables: threshold first
     assert (tmp_path / "resumed" / "privacy.md").read_text() == (tmp_path / "straight" / "privacy.md").read_text()
+    assert "threshold AUC / TPR@1% / TPR@0.1%" in (tmp_path / "resumed" / "privacy.md").read_text()  # both low FPRs
 
 
 @pytest.mark.parametrize(

@@ -410,11 +410,12 @@ class Privacy(Experiment):
 
     def tables(self, summary: dict) -> tuple[str, str]:
         attacks = list(summary["rows"][0]["attacks"])
-        header = ["arm", "steps", "test accuracy (%)"] + [f"{a} AUC / TPR@1%" for a in attacks]
+        header = ["arm", "steps", "test accuracy (%)"] + [f"{a} AUC / TPR@1% / TPR@0.1%" for a in attacks]
 
         def cell(metrics: dict) -> str:  # the std over victims where there are several
             spread = f" ± {metrics['auc_std']:.3f}" if metrics.get("auc_std") else ""
-            return f"{metrics['auc']:.3f}{spread} / {metrics['tpr_at_1pct_fpr']:.3f}"
+            rates = " / ".join(f"{metrics[m]:.3f}" for m in ("tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"))
+            return f"{metrics['auc']:.3f}{spread} / {rates}"
 
         rows = [
             [r["arm"], str(r["steps"]), f"{r['test_accuracy']:.2f} ± {r['test_accuracy_std']:.2f}"]
