@@ -123,7 +123,8 @@ def test_continual_resumes_after_an_interruption_and_keeps_its_contract(tmp_path
     resumed = json.loads((tmp_path / "cl" / "continual.json").read_text())
     assert resumed["per_task"] == straight["per_task"]
     assert (tmp_path / "cl" / "continual.png").read_bytes()[:4] == b"\x89PNG"
-    assert (tmp_path / "cl" / "continual.csv").read_text().startswith("task,classes_seen,arm,mean,std")
+    assert (tmp_path / "cl" / "continual.csv").read_text().startswith("task,classes_seen,arm,mean,std,budget\n")
+    assert resumed["budget"] in (tmp_path / "cl" / "continual.csv").read_text()  # a CSV travels without the note
     # Another setting in the same folder is refused; the same command is not, nor one on another device or with
     # another data folder (refused as other settings before): they do not change what a unit computes.
     args_other = [a if not a.startswith("--ipc=") else "--ipc=3" for a in args]
@@ -178,6 +179,8 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
     assert list(rows[0]["attacks"]) == list(privacy_app.ATTACKS)  # the docs' tables: threshold first
     assert (tmp_path / "resumed" / "privacy.md").read_text() == (tmp_path / "straight" / "privacy.md").read_text()
     assert "threshold AUC / TPR@1% / TPR@0.1%" in (tmp_path / "resumed" / "privacy.md").read_text()  # both low FPRs
+    header, first = (tmp_path / "resumed" / "privacy.csv").read_text().splitlines()[:2]
+    assert header.endswith(",budget") and "victim" in first  # each row states its budget
 
 
 @pytest.mark.parametrize(
@@ -334,3 +337,10 @@ def test_the_distillations_learning_rate_follows_the_budget_unless_given(tmp_pat
     experiment.distilled(0, 0, [3, 7])
     (config_file,) = (tmp_path / "run").rglob("config.json")
     assert json.loads(config_file.read_text())["lr"] == budget_lr(CL["steps"])
+
+
+def test_a_continual_budget_without_the_frepo_arm_names_no_distillation(tmp_path):
+    from frepo.apps.continual import Continual, ContinualConfig
+
+    both, random_only = (Continual(ContinualConfig(dataset="digits", arms=a), tmp_path) for a in ("frepo", "random"))
+    assert "distillation steps" in both.budget() and "distillation steps" not in random_only.budget()

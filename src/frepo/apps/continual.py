@@ -292,10 +292,11 @@ class Continual(Experiment):
 
     def budget(self) -> str:
         cfg = self.config
+        distilled = "frepo" in cfg.arm_list()  # the other arms distil nothing
         return (
             f"{len(cfg.order_list())} class order(s); "
-            f"{cfg.steps} distillation steps × real batch {cfg.batch_size} per task; {cfg.eval_models} "
-            f"model(s) per order, task and arm, "
+            + (f"{cfg.steps} distillation steps × real batch {cfg.batch_size} per task; " if distilled else "")
+            + f"{cfg.eval_models} model(s) per order, task and arm, "
             + (f"{cfg.eval_steps} steps" if cfg.protocol == "frepo" else f"{cfg.eval_epochs} epochs")
             + f" of the {cfg.protocol} protocol"
         )
@@ -313,13 +314,13 @@ class Continual(Experiment):
             "\nTest accuracy (%) on the classes seen so far, mean ± std over orders and models. "
             f"Budget: {summary['budget']}.\n"
         )
-        csv_rows = [
-            [k + 1, seen, a, summary["per_task"][a][k], summary["per_task_std"][a][k]]
+        csv_rows = [  # each row with its budget: a CSV travels without the table's note
+            [k + 1, seen, a, summary["per_task"][a][k], summary["per_task_std"][a][k], summary["budget"]]
             for k, seen in enumerate(summary["classes_seen"])
             for a in arms
         ]
         markdown = title + markdown_table(header, rows) + note
-        return markdown, csv_text(["task", "classes_seen", "arm", "mean", "std"], csv_rows)
+        return markdown, csv_text(["task", "classes_seen", "arm", "mean", "std", "budget"], csv_rows)
 
     def plot(self, plt, summary: dict):
         fig, ax = plt.subplots(figsize=(5.5, 3.8))

@@ -425,12 +425,13 @@ class Privacy(Experiment):
         title = f"# Membership inference: {self.raw.name}, chunk {self.config.chunk}, IPC {self.config.ipc}\n\n"
         markdown = title + markdown_table(header, rows) + f"\nBudget: {summary['budget']}.\n"
         metrics = [f"{m}{std}" for m in ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr") for std in ("", "_std")]
-        csv_rows = [
+        csv_rows = [  # each row with its budget: a CSV travels without the table's note
             [r["arm"], r["steps"], r["test_accuracy"], a, *(r["attacks"][a].get(m, "") for m in metrics)]
+            + [summary["budget"]]
             for r in summary["rows"]
             for a in attacks
         ]
-        return markdown, csv_text(["arm", "steps", "test_accuracy", "attack", *metrics], csv_rows)
+        return markdown, csv_text(["arm", "steps", "test_accuracy", "attack", *metrics, "budget"], csv_rows)
 
     def plot(self, plt, summary: dict):
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
