@@ -289,6 +289,11 @@ class Privacy(Experiment):
         start = time.perf_counter()
         members, nonmembers, accuracy = self._victim_outputs(arm, ds, steps, f"privacy/{arm}/{steps}/m{model}")
         parts = ("logits", "loss", "labels")
+        if self.config.attacks == "reference":  # said, as it runs a minute or more with nothing else shown
+            log.info(
+                f"frepo: {arm} victim {model + 1}, {steps} steps: TF-Privacy's grid-searched attacks "
+                "(about a minute per victim on 2 CPU cores; --attacks frepo: seconds)"
+            )
         attacks = run_attacks(
             tuple(members[p] for p in parts),
             tuple(nonmembers[p] for p in parts),
