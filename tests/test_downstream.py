@@ -344,3 +344,12 @@ def test_a_continual_budget_without_the_frepo_arm_names_no_distillation(tmp_path
 
     both, random_only = (Continual(ContinualConfig(dataset="digits", arms=a), tmp_path) for a in ("frepo", "random"))
     assert "distillation steps" in both.budget() and "distillation steps" not in random_only.budget()
+
+
+def test_a_gpu_budget_on_a_cpu_is_said_before_it_starts(tmp_path, caplog):
+    """`frepo privacy` with no arguments is the paper's 500 000 steps: the progress bar's ETA was the only hint."""
+    (tmp_path / "a-file").write_text("")
+    with caplog.at_level("WARNING", logger="frepo"), pytest.raises(FrepoError):
+        frepo.continual(dataset="digits", steps=50_000, device="cpu", out=tmp_path / "a-file")  # stops at its folder
+    assert "50000 distillation steps on a CPU take days; the *-cpu presets" in caplog.text
+    assert "--preset continual-mnist-cpu" in caplog.text
