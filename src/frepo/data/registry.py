@@ -155,8 +155,9 @@ def _load_torchvision(name: str, data_dir: Path, download: bool) -> RawDataset:
         else:
             train, test = (cls(root, train=t, download=download) for t in (True, False))
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted..."
+        said = str(exc).replace(" You can use download=True to download it", "")  # the API's words, not the CLI's
         hint = "" if download else " (downloads are off: pass --download or put the files there)"
-        raise FrepoError(f"could not load {name} from {root}: {exc}{hint}") from exc
+        raise FrepoError(f"could not load {name} from {root}: {said}{hint}") from exc
     except OSError as exc:  # network failures surface as URLError (an OSError)
         raise FrepoError(f"could not download {name} into {root}: {exc}") from exc
 
