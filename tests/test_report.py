@@ -42,6 +42,39 @@ def test_result_formats():
     assert table[2].split() == ["conv", "dsa", "2", "55.00", "±", "5.00", "12", "3.5"]
 
 
+def _field_metrics():
+    return {
+        "ior": 12.5,
+        "hlr": 30.25,
+        "lrs": 51.0,
+        "set_hard": {"mean": 55.0},
+        "random": {"mean": 42.5, "ipc": 1},
+        "full": {"mean": 85.25},
+    }
+
+
+def test_one_model_has_no_spread_and_field_metrics_reach_the_csv():
+    """A single model's std is 0 by arithmetic, not by measurement: no "± 0.00" anywhere it is printed."""
+    single = _result(accs=(55.0,))
+    single.std = 0.0
+    table = results_table([single]).splitlines()
+    assert table[2].split() == ["conv", "dsa", "1", "55.00", "12", "3.5"]
+    assert single.summary().startswith("55.00 % (test, protocol dsa, arch conv, 1 model, 12 steps")
+    assert "2 models" in _result().summary()
+    # DD-Ranking's metrics were printed and in the JSON only; the CSV has their columns (empty without).
+    with_metrics = _result()
+    with_metrics.extra["field_metrics"] = _field_metrics()
+    rows = list(csv.DictReader(io.StringIO(results_csv([with_metrics, _result("mlp")]))))
+    assert [rows[0][k] for k in ("ior", "hlr", "lrs", "random_mean", "full_mean")] == [
+        "12.5",
+        "30.25",
+        "51.0",
+        "42.5",
+        "85.25",
+    ]
+    assert [rows[1][k] for k in ("ior", "hlr", "lrs", "random_mean", "full_mean")] == [""] * 5
+
+
 def _run_dir(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -74,6 +107,14 @@ def test_run_report(tmp_path):
     for arch in ("conv", "alexnet", "vgg11"):
         assert f"| {arch} | dsa | test | 2 | 55.00 ± 5.00 |" in text
     assert "Unreadable evaluation files: eval_broken.json" in text
+    assert "DD-Ranking's metrics" not in text
+    # One model: no spread to report. Field metrics: their own table.
+    single = _result("mlp", accs=(55.0,))
+    single.extra["field_metrics"] = _field_metrics()
+    (run / "eval_field.json").write_text(json.dumps(single.to_dict()))
+    text = write_report(run).read_text()
+    assert "| eval_field.json | mlp | dsa | test | 1 | 55.00 | 12 |" in text
+    assert "| eval_field.json | mlp | 55.00 | 42.50 | 85.25 | +12.50 | 30.25 | 51.00 |" in text
     assert "- dataset: digits, 1 images per class, preprocessing None, validation hold-out default" in text
     # A run without a hold-out (continual's and privacy's) said "default"; a narrowed run did not say so.
     config = json.loads((run / "config.json").read_text())
@@ -159,7 +200,7 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     notes = f"{reproduce.NOTES_MARKER}\n## Parity\nhand-written\n"
     out.write_text(text + "\n" + notes)
     row = next(line for line in text.splitlines() if line.startswith("| Digits"))
-    assert "| digits-ipc1-tiny | 2 × 32 | frepo protocol, 1 models × 3 steps | 80.0 ± 1.0 |" in row
+    assert "| digits-ipc1-tiny | 2 × 32 | frepo protocol, 1 model × 3 steps | 80.0 ± 1.0 |" in row
     assert row.endswith("| done |")
     saved = json.loads((tmp_path / "runs" / "digits-ipc1-tiny" / "eval-reproduce-tiny.json").read_text())
     assert saved["steps"] == 3 and saved["protocol"] == "frepo"
@@ -169,7 +210,7 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
 
     monkeypatch.setattr(importlib.import_module("frepo.jobs.evaluate"), "evaluate", no_evaluation)
     again = reproduce.reproduce(1, "tiny", **kwargs)
-    assert f"| {saved['mean']:.2f} ± {saved['std']:.2f} | done |" in again
+    assert f"| {saved['mean']:.2f} | done |" in again
     assert out.read_text() == again + "\n" + notes  # the table rewritten, the notes kept
 
     # A table cut short keeps the rows finished before the cut in its file.
@@ -185,7 +226,7 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     monkeypatch.setattr(reproduce, "run_row", cut_at_the_second_row)
     with pytest.raises(KeyboardInterrupt):
         reproduce.reproduce(1, "tiny", **kwargs)
-    assert f"| {saved['mean']:.2f} ± {saved['std']:.2f} | done |" in out.read_text()
+    assert f"| {saved['mean']:.2f} | done |" in out.read_text()
     monkeypatch.setattr(reproduce, "run_row", original_run_row)
 
     # Ctrl-C inside a row's distillation (its run checkpoints, then raises Interrupted, a FrepoError) stops the
@@ -214,7 +255,7 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     # --finished-only reports what has finished and runs nothing for the rest.
     monkeypatch.setattr(importlib.import_module("frepo.jobs.distill"), "distill", no_evaluation)
     reported = reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)
-    assert f"| {saved['mean']:.2f} ± {saved['std']:.2f} | done |" in reported
+    assert f"| {saved['mean']:.2f} | done |" in reported
     # ... at this budget only: an evaluation of other training steps, or a run of other distillation steps,
     # was reported under the budget's cell (what ran was not what the row said).
     record = tmp_path / "runs" / "digits-ipc1-tiny" / "eval-reproduce-tiny.json"
@@ -224,9 +265,7 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     monkeypatch.setitem(presets.PRESETS, "digits-ipc1-tiny", {**settings, "steps": 3})
     assert "not run: no finished, evaluated run" in reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)
     monkeypatch.setitem(presets.PRESETS, "digits-ipc1-tiny", settings)
-    assert f"| {saved['mean']:.2f} ± {saved['std']:.2f} | done |" in reproduce.reproduce(
-        1, "tiny", finished_only=True, **kwargs
-    )
+    assert f"| {saved['mean']:.2f} | done |" in reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)
     kwargs["runs_dir"] = tmp_path / "elsewhere"
     empty = reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)
     assert "| – | not run: no finished, evaluated run in" in empty

@@ -31,6 +31,7 @@ from ..base.fields import CommaList, check_choice, check_fields, check_finite, c
 from ..config import DATA_DIR_HELP, DataConfig
 from ..data import load_dataset
 from ..eval import EvalConfig, evaluate_set
+from ..eval.results import count_of, mean_std
 from ..io.artifact import DistilledSet, load_distilled, save_distilled
 from ..jobs.subset import make_subset
 from .common import csv_text, markdown_table, sharing_preprocessing, test_split_of, union
@@ -244,7 +245,7 @@ class Continual(Experiment):
         ds = union(memory)
         test_x, test_y = test_split_of(ds, self.raw, seen)
         result = evaluate_set(ds, test_x, test_y, self._eval_config(arm, order), progress=self.progress)
-        log.info(f"frepo: order {order}, task {task + 1}, {arm}: {result.mean:.2f} ± {result.std:.2f}%")
+        log.info(f"frepo: order {order}, task {task + 1}, {arm}: {mean_std(result.mean, result.std, result.models)}%")
         return {
             "order": order,
             "task": task,
@@ -296,7 +297,7 @@ class Continual(Experiment):
         return (
             f"{len(cfg.order_list())} class order(s); "
             + (f"{cfg.steps} distillation steps × real batch {cfg.batch_size} per task; " if distilled else "")
-            + f"{cfg.eval_models} model(s) per order, task and arm, "
+            + f"{count_of(cfg.eval_models, 'model')} per order, task and arm, "
             + (f"{cfg.eval_steps} steps" if cfg.protocol == "frepo" else f"{cfg.eval_epochs} epochs")
             + f" of the {cfg.protocol} protocol"
         )
@@ -304,11 +305,12 @@ class Continual(Experiment):
     def tables(self, summary: dict) -> tuple[str, str]:
         arms = list(summary["per_task"])
         header = ["task", "classes seen", *arms]
-        rows = [
-            [str(k + 1), str(seen)]
-            + [f"{summary['per_task'][a][k]:.2f} ± {summary['per_task_std'][a][k]:.2f}" for a in arms]
-            for k, seen in enumerate(summary["classes_seen"])
-        ]
+
+        def cell(arm: str, task: int) -> str:  # over every order's models
+            count = sum(len(order["accuracies"][arm][task]) for order in summary["orders"].values())
+            return mean_std(summary["per_task"][arm][task], summary["per_task_std"][arm][task], count)
+
+        rows = [[str(k + 1), str(seen)] + [cell(a, k) for a in arms] for k, seen in enumerate(summary["classes_seen"])]
         title = f"# Continual learning: {self.raw.name}, {self.config.tasks} tasks, IPC {self.config.ipc}\n\n"
         note = (
             "\nTest accuracy (%) on the classes seen so far, mean ± std over orders and models. "

@@ -41,6 +41,7 @@ from ..base.rng import generator
 from ..config import DATA_DIR_HELP
 from ..data import load_dataset
 from ..eval.augment import reference_ops
+from ..eval.results import mean_std
 from ..io.artifact import DistilledSet
 from ..method.krr import centered_one_hot
 from .attacks import ATTACK_SETS, ATTACKS, confidence, lira_offline, roc_metrics, run_attacks
@@ -423,7 +424,7 @@ class Privacy(Experiment):
             return f"{metrics['auc']:.3f}{spread} / {rates}"
 
         rows = [
-            [r["arm"], str(r["steps"]), f"{r['test_accuracy']:.2f} ± {r['test_accuracy_std']:.2f}"]
+            [r["arm"], str(r["steps"]), mean_std(r["test_accuracy"], r["test_accuracy_std"], r["models"])]
             + [cell(r["attacks"][a]) for a in attacks]
             for r in summary["rows"]
         ]

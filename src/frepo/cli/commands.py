@@ -43,6 +43,7 @@ def distill_config(args: argparse.Namespace) -> DistillConfig:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
+    from ..eval.results import count_of
     from ..jobs.distill import distill
 
     config = distill_config(args)
@@ -52,7 +53,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     result = distill(config, out, progress=True, resume_with_changes=args.resume_with_changes)
     lines = [f"distilled set: {result.distilled_path} (step {result.step}, {result.seconds:.0f} s of training)"]
     if result.val_accuracy is not None:
-        models = f"{config.eval_models} model{'s' if config.eval_models != 1 else ''}"
+        models = count_of(config.eval_models, "model")
         lines.append(f"validation accuracy (frepo protocol, {models}): {result.val_accuracy:.2f}%")
     if result.best_path:
         lines.append(f"best on validation: {result.best_path}")

@@ -15,6 +15,17 @@ from dataclasses import asdict, dataclass, field
 from ..base.atomic import atomic_write_json, atomic_write_text
 
 
+def mean_std(mean: float, std: float, count: int, digits: int = 2) -> str:
+    """`mean ± std` of `count` measurements; one measurement has no spread to give, and "± 0.00" would say
+    it was measured to be none."""
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if count > 1 else "")
+
+
+def count_of(count: int, noun: str) -> str:
+    """'1 model', '5 models'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 @dataclass
 class EvalResult:
     """One protocol on one architecture: the accuracy of each fresh model and how it was obtained."""
@@ -42,8 +53,8 @@ class EvalResult:
 
     def summary(self) -> str:
         return (
-            f"{self.mean:.2f} ± {self.std:.2f} % ({self.split}, protocol {self.protocol}, arch {self.arch}, "
-            f"{self.models} models, {self.steps} steps, {self.seconds:.0f} s)"
+            f"{mean_std(self.mean, self.std, self.models)} % ({self.split}, protocol {self.protocol}, "
+            f"arch {self.arch}, {count_of(self.models, 'model')}, {self.steps} steps, {self.seconds:.0f} s)"
         )
 
 
@@ -65,6 +76,12 @@ CSV_COLUMNS = (
     "model_seeds",
     "num_images",
     "file_checksum",
+    # DD-Ranking's metrics under `--field-metrics` (empty without): points, and LRS on 0..100
+    "ior",
+    "hlr",
+    "lrs",
+    "random_mean",
+    "full_mean",
 )
 
 
@@ -72,7 +89,7 @@ def results_table(results: Sequence[EvalResult]) -> str:
     """A fixed-width text table: architecture, protocol, models, mean ± std, train steps, seconds."""
     header = ("architecture", "protocol", "models", "accuracy (%)", "train steps", "seconds")
     rows = [
-        (r.arch, r.protocol, str(r.models), f"{r.mean:.2f} ± {r.std:.2f}", str(r.steps), f"{r.seconds:.1f}")
+        (r.arch, r.protocol, str(r.models), mean_std(r.mean, r.std, r.models), str(r.steps), f"{r.seconds:.1f}")
         for r in results
     ]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
@@ -102,6 +119,10 @@ def results_csv(results: Sequence[EvalResult]) -> str:
         row = result.to_dict()
         row["accuracies"] = ";".join(f"{a:.4f}" for a in result.accuracies)
         row["model_seeds"] = ";".join(str(s) for s in row.get("model_seeds", []))
+        field = row.get("field_metrics")
+        if field:
+            row.update({k: field[k] for k in ("ior", "hlr", "lrs")})
+            row.update(random_mean=field["random"]["mean"], full_mean=field["full"]["mean"])
         writer.writerow({k: row.get(k, "") for k in CSV_COLUMNS})
     return out.getvalue()
 

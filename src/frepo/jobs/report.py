@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..base.atomic import atomic_write, atomic_write_text
 from ..base.errors import FrepoError
+from ..eval.results import mean_std
 from .runs import RunDir
 
 LOSS_KEYS = ("loss", "kernel_loss", "online_loss")
@@ -100,6 +101,27 @@ def _settings(run: RunDir) -> list[str]:
     ]
 
 
+def _field_metrics(evals: list[dict]) -> list[str]:
+    """DD-Ranking's metrics of the evaluations that computed them (`frepo evaluate --field-metrics`)."""
+    rows = [r for r in evals if r.get("field_metrics")]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "DD-Ranking's metrics, every accuracy on class ids under the same recipe (LRS on 0..100):",
+        "",
+        "| file | architecture | set (%) | random subset (%) | full split (%) | IOR | HLR | LRS |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        m = r["field_metrics"]
+        lines.append(
+            f"| {r['source']} | {r.get('arch', '?')} | {m['set_hard']['mean']:.2f} | {m['random']['mean']:.2f} | "
+            f"{m['full']['mean']:.2f} | {m['ior']:+.2f} | {m['hlr']:.2f} | {m['lrs']:.2f} |"
+        )
+    return lines
+
+
 def render(run: RunDir, records: list[dict], plots: dict[str, Path], grid: Path | None, evals, bad) -> str:
     lines = [f"# frepo run report: {run.path.name}", ""]
     settings = _settings(run)
@@ -137,12 +159,14 @@ def render(run: RunDir, records: list[dict], plots: dict[str, Path], grid: Path 
             "|---|---|---|---|---|---|---|---|",
         ]
         for r in evals:
-            accs = r.get("accuracies", [])
+            models = r.get("models", len(r.get("accuracies", [])))
+            accuracy = mean_std(r["mean"], r.get("std", 0.0), models)
             lines.append(
                 f"| {r['source']} | {r.get('arch', '?')} | {r.get('protocol', '?')} | {r.get('split', 'test')} | "
-                f"{r.get('models', len(accs))} | {r['mean']:.2f} ± {r.get('std', 0.0):.2f} | {r.get('steps', '?')} | "
+                f"{models} | {accuracy} | {r.get('steps', '?')} | "
                 f"{float(r.get('seconds', 0.0)):.0f} |"
             )
+        lines += _field_metrics(evals)
     else:
         lines.append("No `eval*.json` in the run directory (`frepo evaluate FILE --json RUN_DIR/eval.json`).")
     if bad:

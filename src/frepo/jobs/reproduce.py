@@ -25,6 +25,7 @@ from ..base.errors import FrepoError, Interrupted
 from ..data import BUILTIN, default_data_dir
 from ..data.layouts import LAYOUTS, find_root
 from ..data.registry import offline_copy
+from ..eval.results import count_of, mean_std
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +284,7 @@ def render(
 
     from ..base.version import __version__
 
-    evaluation = f"frepo protocol, {budget.eval_models} models × " + (
+    evaluation = f"frepo protocol, {count_of(budget.eval_models, 'model')} × " + (
         f"{budget.eval_steps} steps" if budget.eval_steps else "the reference step table"
     )
     lines = [
@@ -301,7 +302,7 @@ def render(
     ]
     for r in rows:
         published = f"{r.published[0]:.1f} ± {r.published[1]:.1f}" + ("" if r.checked else "*")
-        measured = f"{r.measured[0]:.2f} ± {r.measured[1]:.2f}" if r.measured else "–"
+        measured = mean_std(*r.measured[:2], budget.eval_models) if r.measured else "–"
         budget_cell = f"{r.steps} × {r.batch_size}" if r.steps else "–"
         lines.append(
             f"| {r.label} | {r.ipc} | {r.preset or '–'} | {budget_cell} | {evaluation if r.preset else '–'} | "
@@ -511,7 +512,7 @@ def plot(rows: list[Row], table: int, budget: Budget, path: Path) -> None:
     ax.set_title(
         f"Table {table}, budget {budget.name}: {len(done)} of {len(rows)} rows measured\n"
         + (f"{'/'.join(map(str, steps))} distillation steps, " if steps else "")
-        + f"{budget.eval_models} evaluation models",
+        + f"{count_of(budget.eval_models, 'evaluation model')}",
         fontsize=8,
     )
     ax.grid(True, alpha=0.3)
