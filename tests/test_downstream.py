@@ -353,3 +353,38 @@ def test_a_gpu_budget_on_a_cpu_is_said_before_it_starts(tmp_path, caplog):
         frepo.continual(dataset="digits", steps=50_000, device="cpu", out=tmp_path / "a-file")  # stops at its folder
     assert "50000 distillation steps on a CPU take days; the *-cpu presets" in caplog.text
     assert "--preset continual-mnist-cpu" in caplog.text
+
+
+def test_an_experiment_folder_names_what_differs_as_flags_and_warns_when_a_resume_drops_units(tmp_path, caplog):
+    """A refusal names each differing setting as its flag with the recorded value; a resume that asks for fewer
+    units (orders, victims) than the folder holds says its summary covers those only, and how to get the others."""
+    from dataclasses import dataclass
+
+    from frepo.apps.common import ExperimentDir
+
+    @dataclass
+    class Settings:
+        orders: str = "0,1"
+        models: int = 5
+        eval_models: int = 5
+        lr: float | None = None
+
+    def reopen(**changes):
+        folder = ExperimentDir(tmp_path / "exp", "toy", may_change=frozenset({"orders", "models"}))
+        folder.open(Settings(**changes))
+        folder.close()
+
+    (tmp_path / "exp").mkdir()
+    reopen()
+    with pytest.raises(FrepoError, match=r"other settings \(--eval-models 1: recorded 5, --lr 0.01: recorded unset\)"):
+        reopen(eval_models=1, lr=0.01)
+    with caplog.at_level("WARNING", logger="frepo"):
+        reopen(orders="0,1,2", models=6)  # more units: nothing to say
+        assert caplog.messages == []
+        reopen(orders="1", models=6)
+        (message,) = caplog.messages
+        assert "was run with --orders 0,1,2; this summary covers --orders 1 only" in message
+        assert "give --orders 0,1,2 to include them again" in message
+        caplog.clear()
+        reopen(orders="1", models=2)
+        assert caplog.messages == [next(m for m in caplog.messages if "--models 6" in m)]

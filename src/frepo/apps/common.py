@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,13 @@ import torch
 
 from ..base.atomic import atomic_write, atomic_write_json, atomic_write_text
 from ..base.errors import FrepoError
-from ..base.fields import from_dict, set_leaf, to_dict
+from ..base.fields import comma_items, from_dict, set_leaf, to_dict
 from ..base.lock import LOCK, FolderLock
 from ..data import Preprocessing, RawDataset
 from ..io.artifact import DistilledSet
 from ..jobs.runs import ALWAYS_RESUMABLE
+
+log = logging.getLogger("frepo")
 
 
 def resolve(cls: type, presets: dict[str, dict], preset: str | None, overrides: dict[str, Any]) -> Any:
@@ -61,11 +64,21 @@ class ExperimentDir:
                 changed = {k for k in previous.keys() | now.keys() if previous.get(k) != now.get(k)}
                 refused = changed - self.may_change - ALWAYS_RESUMABLE
                 if refused:
+                    differences = ", ".join(
+                        f"{_flag(k, now.get(k))}: recorded {_value(previous.get(k))}" for k in sorted(refused)
+                    )
                     raise FrepoError(
-                        f"{self.path} holds a {self.kind} experiment with other settings "
-                        f"({', '.join(sorted(refused))}); use another --out, or delete that folder to start over"
+                        f"{self.path} holds a {self.kind} experiment with other settings ({differences}); use "
+                        "another --out, or delete that folder to start over"
                     )
                 self._check_types(config, previous)
+                for name in sorted(changed & self.may_change):
+                    if _drops_units(previous.get(name), now.get(name)):  # the finished ones stay on disk
+                        log.warning(
+                            f"frepo: {self.path} was run with {_flag(name, previous.get(name))}; this summary covers "
+                            f"{_flag(name, now.get(name))} only (the other results stay in the folder: give "
+                            f"{_flag(name, previous.get(name))} to include them again)"
+                        )
             elif any(p.name != LOCK for p in self.path.iterdir()):
                 raise FrepoError(f"--out {self.path} is not empty and holds no {self.kind} experiment")
             atomic_write_json(self.config_path, to_dict(config))
@@ -114,6 +127,25 @@ class ExperimentDir:
     def record(self, name: str, result: dict) -> dict:
         atomic_write_json(self.path / name, result)
         return result
+
+
+def _flag(name: str, value: Any) -> str:
+    """A setting as its command-line flag: `--eval-models 5`."""
+    return f"--{name.replace('_', '-')} {_value(value)}"
+
+
+def _value(value: Any) -> str:
+    return "unset" if value is None else str(value)
+
+
+def _drops_units(before: Any, after: Any) -> bool:
+    """Whether a resumable setting now asks for fewer units than were recorded: fewer victims, or a comma list
+    (class orders, step counts) without some of its recorded items."""
+    if isinstance(before, int) and isinstance(after, int):
+        return after < before
+    if isinstance(before, (str, list)) and isinstance(after, (str, list)):
+        return bool(set(comma_items(before)) - set(comma_items(after)))
+    return False
 
 
 def sharing_preprocessing(ds: DistilledSet, pre: Preprocessing) -> DistilledSet:
