@@ -195,6 +195,10 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
         (["continual", "--dataset", "digits", "--arms", "frepo,dm"], "unknown arm 'dm'"),
         (["continual", "--dataset", "digits", "--eval-epochs", "3"], "eval_epochs applies to protocol dsa"),
         (
+            ["continual", "--dataset", "digits", "--protocol", "dsa", "--eval-steps", "3"],
+            "--eval-steps applies to the frepo protocol; --protocol dsa counts --eval-epochs",
+        ),
+        (
             ["privacy", "--dataset", "digits", "--chunk", "9", "--chunk-size", "300"],
             "chunk 9 is beyond the training split",
         ),

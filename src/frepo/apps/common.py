@@ -39,6 +39,8 @@ def resolve(cls: type, presets: dict[str, dict], preset: str | None, overrides: 
     for name, value in overrides.items():
         set_leaf(config, name, value)
     config.validate()
+    if hasattr(config, "check_given"):  # what only an explicit option can get wrong
+        config.check_given(set(overrides))
     return config
 
 

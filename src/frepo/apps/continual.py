@@ -94,6 +94,12 @@ class ContinualConfig:
             raise FrepoError(f"arms must name each of {', '.join(ARMS)} at most once, got {self.arms!r}")
         return arms
 
+    def check_given(self, given: set[str]) -> None:
+        """A given eval_steps under the dsa protocol, which counts epochs, was silently ignored (a preset's may
+        be: the CPU presets set it for the default protocol, and the budget names the epochs that ran)."""
+        if "eval_steps" in given and self.protocol != "frepo":
+            raise FrepoError("--eval-steps applies to the frepo protocol; --protocol dsa counts --eval-epochs")
+
     def validate(self) -> None:
         check_fields(self)
         check_choice("protocol", self.protocol, ("frepo", "dsa"))
