@@ -385,3 +385,41 @@ def test_every_help_says_each_default_once_and_prints_percent_signs_as_such():
             assert option.count("(default:") <= 1, (name, option)
     flat = {name: " ".join(text.split()) for name, text in texts.items()}  # argparse wraps lines
     assert "1% and 0.1% FPR" in flat["privacy"] and "epochs (default: 1000) --" in flat["evaluate"]
+
+
+def test_a_redirected_log_gets_the_outer_progress_as_plain_lines(tmp_path, capsys, monkeypatch):
+    """A batch job's log (stderr not a terminal) got carriage-return redraws, cursor-up codes and the nested
+    training bars glued onto result lines; it now gets the outermost bar as lines, and nothing of the inner."""
+    import frepo.base.log as frepo_log
+
+    monkeypatch.setattr(frepo_log, "LOG_INTERVAL_S", 0.0)  # a line for every update
+    run = tmp_path / "run"
+    flags = ["distill", "--dataset", "digits", "--ipc", 1, "--steps", 4, "--eval-every", 2, "--out", run, *FAST]
+    code, _, err = run_cli(flags, capsys)
+    assert code == 0, err
+    assert "\r" not in err and "\x1b" not in err
+    lines = err.splitlines()
+    shown = [line.split("|")[0] for line in lines if line.startswith(("distill:", "evaluate", "train"))]
+    shown = list(dict.fromkeys(shown))  # a line per update, and per postfix set
+    # step 2's validation ran inside the distillation's bar: no line of its; the final one's after it closed
+    assert shown == ["distill:   0%", "distill:  25%", "distill:  50%", "distill:  75%", "distill: 100%"] + [
+        "evaluate (conv, frepo):   0%",
+        "evaluate (conv, frepo): 100%",
+    ]
+    assert sum("validation accuracy" in line for line in lines) == 2
+    code, _, err = run_cli(["evaluate", run, "--models", 2, "--steps", 20, "--width", 8], capsys)
+    assert code == 0, err
+    assert "\r" not in err and "\x1b" not in err
+    lines = err.splitlines()
+    assert [line.split("|")[0] for line in lines if line.startswith("evaluate (")] == [
+        "evaluate (conv, frepo):   0%",
+        "evaluate (conv, frepo):  50%",
+        "evaluate (conv, frepo): 100%",
+    ]
+    assert not any(line.startswith("train") for line in lines)
+
+    # On a terminal the bars redraw in place, as before.
+    monkeypatch.setattr(frepo_log, "_on_terminal", lambda: True)
+    for _ in frepo_log.progress_bar(range(3), desc="drawn"):
+        pass
+    assert "\rdrawn: 100%" in capsys.readouterr().err

@@ -1,7 +1,9 @@
 """Logging: the library logs through `logging` under the "frepo" logger and is quiet by default (a
 NullHandler, and long work shows a progress bar only when asked); the command line turns messages on.
 
-Messages go to stderr through tqdm, so they never tear a progress bar.
+Messages go to stderr through tqdm, so they never tear a progress bar. On a terminal a bar redraws in place;
+in a redirected stderr (a batch job's log file) it would leave carriage returns, cursor codes and half lines,
+so there only the outermost bar shows, as a plain line at most every `LOG_INTERVAL_S` seconds.
 """
 
 from __future__ import annotations
@@ -9,13 +11,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Iterator
+import weakref
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from tqdm.auto import tqdm
 
 LOGGER = "frepo"
 logging.getLogger(LOGGER).addHandler(logging.NullHandler())
 _shown = 0  # how many show_messages blocks are open
+LOG_INTERVAL_S = 30.0  # a redirected stderr gets a progress line at most this often
+_line_bars: weakref.WeakSet = weakref.WeakSet()  # the bars shown as lines; closed ones are disabled
 
 
 def messages_shown() -> bool:
@@ -50,3 +56,40 @@ def show_messages(level: int = logging.INFO) -> Iterator[None]:
         _shown -= 1
         logger.removeHandler(handler)
         logger.setLevel(previous)
+
+
+def _on_terminal() -> bool:
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+class _Lines:
+    """The file of a bar shown as lines: tqdm's carriage-return redraws each become a line of their own,
+    blanks (its clearing) and repeats (its redraw after a message) dropped. stderr is read at each write, as
+    the log handler reads it."""
+
+    def __init__(self) -> None:
+        self.last = ""
+
+    def write(self, text: str) -> int:
+        for line in text.replace("\r", "\n").split("\n"):
+            line = line.strip()
+            if line and line != self.last:
+                sys.stderr.write(line + "\n")
+                self.last = line
+        return len(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def progress_bar(iterable: Iterable | None = None, **options: Any) -> tqdm:
+    """`tqdm(iterable, **options)` on a terminal. In a redirected stderr: the outermost open bar as a line at
+    most every LOG_INTERVAL_S seconds, and bars opened inside it not at all."""
+    if options.get("disable") or _on_terminal():
+        return tqdm(iterable, **options)
+    if any(not bar.disable for bar in _line_bars):  # inside another: its lines would interleave
+        return tqdm(iterable, **{**options, "disable": True})
+    options.update(file=_Lines(), mininterval=LOG_INTERVAL_S, dynamic_ncols=False, ascii=True)
+    bar = tqdm(iterable, **options)
+    _line_bars.add(bar)
+    return bar

@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..base.errors import FrepoError
-from ..base.log import messages_shown
+from ..base.log import messages_shown, progress_bar
 from .cache import cached_arrays, signature
 from .folders import IMAGE_SUFFIXES, class_folders, image_files, open_image, to_array
 
@@ -356,7 +355,7 @@ def read_layout(name: str, data_dir: Path, cache_root: Path):
 
     def fill(arrays: dict[str, np.ndarray]) -> None:
         total = len(source.y_train) + len(source.y_test)
-        bar = tqdm(total=total, desc=f"decode {name} (once)", unit="img", disable=not messages_shown())
+        bar = progress_bar(total=total, desc=f"decode {name} (once)", unit="img", disable=not messages_shown())
         for split in ("train", "test"):
             out, pos = arrays[f"x_{split}"], 0
             for chunk in source.decode(getattr(source, split)):

@@ -18,10 +18,9 @@ from typing import TypeAlias
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..base.errors import FrepoError
-from ..base.log import messages_shown
+from ..base.log import messages_shown, progress_bar
 from .cache import release
 
 KINDS = ("none", "standard", "zca", "zca_block")
@@ -372,7 +371,9 @@ def mean_covariance(
     n = len(images)
     d = int(np.prod(images.shape[1:]))
     starts = range(0, n, chunk)
-    bar = tqdm(total=2 * len(starts), desc="fit preprocessing", unit="chunk", leave=False, disable=not messages_shown())
+    bar = progress_bar(
+        total=2 * len(starts), desc="fit preprocessing", unit="chunk", leave=False, disable=not messages_shown()
+    )
     total = torch.zeros(d, dtype=torch.float64, device=device)
     for start in starts:
         total += standardise(images[start : start + chunk]).reshape(-1, d).to(device).double().sum(0)
@@ -502,7 +503,9 @@ def gram_whitening(
     starts = range(0, n, chunk)
     # Progress over the chunks read and standardised, then one step each for the Gram matrix and its
     # eigendecomposition (single calls: they cannot report inside).
-    bar = tqdm(total=len(starts) + 2, desc="fit preprocessing", unit="step", leave=False, disable=not messages_shown())
+    bar = progress_bar(
+        total=len(starts) + 2, desc="fit preprocessing", unit="step", leave=False, disable=not messages_shown()
+    )
     parts = []
     for start in starts:
         parts.append(standardise(images[start : start + chunk]).reshape(-1, d))

@@ -7,9 +7,9 @@ import warnings
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..base.device import deterministic_kernels, resolve_device
+from ..base.log import progress_bar
 from ..base.rng import stream_seed
 from ..io.artifact import DistilledSet
 from .config import EvalConfig
@@ -84,7 +84,7 @@ def evaluate_set(
         )
     if accs is None:
         accs = []
-        bar = tqdm(streams, desc=f"evaluate ({setup.arch}, {protocol.name})", disable=not progress, leave=False)
+        bar = progress_bar(streams, desc=f"evaluate ({setup.arch}, {protocol.name})", disable=not progress, leave=False)
         for name in bar:
             acc = finished.accuracy(name) if finished else None
             read_back += acc is not None

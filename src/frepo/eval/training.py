@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import trange
 
 from ..base.device import host_to_device
+from ..base.log import progress_bar
 from ..method.optim import set_lr
 from ..models import build_model, eval_layout
 from .augment import random_op
@@ -81,7 +81,9 @@ def train(
     `update(x, y, lr)`; a batch is moved to `device` (a no-op when the set is there already; queued
     without waiting for the GPU when the set is on the host)."""
     indices = batch_indices(schedule, len(images), gen, images.device)
-    bar = trange(schedule.steps, desc="train", unit="step", leave=False, disable=not progress, mininterval=1.0)
+    bar = progress_bar(
+        range(schedule.steps), desc="train", unit="step", leave=False, disable=not progress, mininterval=1.0
+    )
     for t, idx in zip(bar, indices):
         x, y = host_to_device(images[idx], device), host_to_device(targets[idx], device)
         update(x, y, schedule.lr(t) if schedule.lr else None)

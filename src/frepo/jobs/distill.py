@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..base.atomic import WriteError
 from ..base.device import resolve_device, synchronize
 from ..base.dist import init_distributed
 from ..base.errors import FrepoError, Interrupted, check_argument, check_path
 from ..base.fields import to_dict
+from ..base.log import progress_bar
 from ..base.perf import AllocatorPolicy, release_free_heap
 from ..base.signals import stop_on_signal
 from ..config import DistillConfig
@@ -334,7 +334,7 @@ class Distiller:
                 self.ctx.barrier()
             log.info(f"frepo: {self.run_dir.path} is already complete ({self.step} steps)")
             return self._result()
-        bar = tqdm(
+        bar = progress_bar(
             total=cfg.steps,
             initial=self.step,
             desc="distill",

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import trange
 
 from ...base.device import host_to_device
 from ...base.errors import FrepoError
 from ...base.fields import check_fields, opt
+from ...base.log import progress_bar
 from ...base.rng import generator
 from ...method.optim import on_cuda
 from ...models import build_model, eval_layout
@@ -98,7 +98,9 @@ def train_dsa_model(
 
     sgd = optimiser(lr)
     n = len(images)
-    for epoch in trange(epochs + 1, desc="train", unit="epoch", leave=False, disable=not progress, mininterval=1.0):
+    for epoch in progress_bar(
+        range(epochs + 1), desc="train", unit="epoch", leave=False, disable=not progress, mininterval=1.0
+    ):
         model.train()
         order = host_to_device(torch.randperm(n, generator=train_gen), device)
         for start in range(0, n, batch_size):
