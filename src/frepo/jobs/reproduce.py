@@ -302,7 +302,7 @@ def render(
     ]
     for r in rows:
         published = f"{r.published[0]:.1f} ± {r.published[1]:.1f}" + ("" if r.checked else "*")
-        measured = mean_std(*r.measured[:2], budget.eval_models) if r.measured else "–"
+        measured = mean_std(r.measured[0], r.measured[1], budget.eval_models) if r.measured else "–"
         budget_cell = f"{r.steps} × {r.batch_size}" if r.steps else "–"
         lines.append(
             f"| {r.label} | {r.ipc} | {r.preset or '–'} | {budget_cell} | {evaluation if r.preset else '–'} | "
