@@ -100,3 +100,28 @@ def test_the_library_is_quiet_and_the_command_line_is_not(tmp_path, capsys):
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "frepo: distilling digits" in err and "distill:" in err and "validation accuracy" in err
+
+
+def test_steps_per_second_leave_out_what_does_not_train(tmp_path, monkeypatch):
+    """metrics.jsonl's steps/s is over training time: a validation in the window made it a fraction of the
+    step rate (0.08 against 0.7 steps/s here once). The validation is made to take 1000 s of the clock."""
+    import time
+
+    from frepo.jobs import actions
+
+    real, offset = time.perf_counter, [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: real() + offset[0])
+    validate = actions.Validation.__call__
+
+    def slow_validation(self, now):
+        validate(self, now)
+        offset[0] += 1000.0
+
+    monkeypatch.setattr(actions.Validation, "__call__", slow_validation)
+    config = presets.resolve("digits", 1, overrides={**OVERRIDES, "eval_every": 3})
+    distill(config, tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rates = {r["step"]: r["steps_per_s"] for r in records if "steps_per_s" in r}
+    assert [r["step"] for r in records if "val_acc" in r] == [3, 6]
+    assert rates[4] > 0.01 and min(rates.values()) > 0.01  # a step takes far less than 100 s: not 1/1000
+    assert max(r.get("elapsed_s", 0) for r in records) < 1000  # (already so) training time leaves it out

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,14 +178,17 @@ def load_watch_state(loss: LossWatch, chance: ChanceWatch, state: dict | None) -
 
 class MetricsLog(Action):
     """On log steps: a line of metrics.jsonl (and TensorBoard) with the step's losses, the learning rate,
-    steps/s since the last log, peak memory, pool resets and training time."""
+    steps/s since the last log, peak memory, pool resets and training time. Steps/s is over training time
+    (`clock`): a validation or snapshot in the window made it a fraction of the step rate."""
 
-    def __init__(self, every: int, total: int, monitor: Monitor | None, facts: Callable[[int], dict]):
-        self.every, self.total, self.monitor, self.facts = every, total, monitor, facts
-        self.window: tuple[float, int] = (time.perf_counter(), 0)
+    def __init__(
+        self, every: int, total: int, monitor: Monitor | None, facts: Callable[[int], dict], clock: Callable[[], float]
+    ):
+        self.every, self.total, self.monitor, self.facts, self.clock = every, total, monitor, facts, clock
+        self.window: tuple[float, int] = (clock(), 0)
 
     def begin(self, now: Moment) -> None:
-        self.window = (time.perf_counter(), now.step)
+        self.window = (self.clock(), now.step)
 
     def due(self, step: int) -> bool:
         return itstime(step, self.every, self.total, last=True)
@@ -194,7 +196,7 @@ class MetricsLog(Action):
     def __call__(self, now: Moment) -> None:
         values = now.numbers()
         start, start_step = self.window
-        clock = time.perf_counter()
+        clock = self.clock()
         self.window = (clock, now.step)
         steps_per_s = now.rate = (now.step - start_step) / max(clock - start, 1e-9)
         if self.monitor is None:

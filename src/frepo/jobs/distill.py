@@ -141,6 +141,7 @@ class Distiller:
         self.syn = self.trainer.syn
         self.step = 0
         self.elapsed = 0.0
+        self._step_start: float | None = None  # when the running step's training began (pauses move it)
         self.last_checkpoint: int | None = None
         self._host: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (step, images, labels)
         self._test_fingerprint = raw.test_fingerprint()
@@ -160,7 +161,7 @@ class Distiller:
         actions: list[Action] = [self.loss_watch]
         if self.monitor:  # the step-0 snapshot is written (begin) before the first metrics window opens
             actions.append(Snapshots(self.monitor, cfg.steps))
-        actions.append(MetricsLog(cfg.log_every, cfg.steps, self.monitor, self._facts))
+        actions.append(MetricsLog(cfg.log_every, cfg.steps, self.monitor, self._facts, self._training_seconds))
         self.validation = None
         if self.monitor and len(self.data.val_idx):  # the reference protocol on the hold-out, the run's budget
             steps = cfg.validation_steps()
@@ -386,6 +387,11 @@ class Distiller:
                 title=f"{self.data.raw.name}, {self.config.ipc} per class, step {self.step}",
             )
 
+    def _training_seconds(self) -> float:
+        """Training time so far: the finished steps' and the running one's, actions that do not train left out."""
+        running = 0.0 if self._step_start is None else time.perf_counter() - self._step_start
+        return self.elapsed + running
+
     def _loop(self, bar, stop: threading.Event) -> dict[str, torch.Tensor] | None:
         """Outer steps to the end of the run, each followed by its due actions; a stop request checkpoints
         and raises. Returns the last step's metrics (None when no step was left)."""
@@ -402,7 +408,7 @@ class Distiller:
             # Training time is the loop's wall time but what non-training actions take: a step only queues
             # its GPU work (CUDA graphs queue whole steps), which the host waits for at the next read of
             # its numbers, so timing `step()` alone would miss the GPU's time.
-            t0 = time.perf_counter()
+            self._step_start = time.perf_counter()
             metrics = self.trainer.step()
             self.step += 1
             if allocator is not None and allocator.kept is None:
@@ -418,11 +424,12 @@ class Distiller:
                     synchronize(self.device)  # the steps queued so far are training
                     paused = time.perf_counter()
                     action(now)
-                    t0 += time.perf_counter() - paused
+                    self._step_start += time.perf_counter() - paused
             if now.has_numbers:
                 values = now.numbers()
                 bar.set_postfix(loss=f"{values['loss']:.4f}", acc=f"{values['acc']:.3f}", it_s=f"{now.rate:.2f}")
-            self.elapsed += time.perf_counter() - t0
+            self.elapsed += time.perf_counter() - self._step_start
+            self._step_start = None
             if self.ctx.any(stop.is_set()):
                 self.checkpoint()
                 raise Interrupted(
