@@ -393,3 +393,33 @@ def test_the_zca_fit_runs_on_the_device_and_returns_host_tensors(n, monkeypatch)
     pairs = zip((*fitted.matrices(), fitted.zca_mean), (*host.matrices(), host.zca_mean))
     for a, b in pairs:
         assert (a - b).norm() <= 1e-5 * b.norm()
+
+
+def test_a_gpu_the_machine_lacks_is_refused_and_a_run_measures_its_own_gpu_peak(tmp_path, monkeypatch):
+    """`cuda:7` on a machine of 2 GPUs was taken, and failed as CUDA's "invalid device ordinal" once the run's
+    folder was locked and its data read; a GPU run's peak memory was the process's (earlier runs included)."""
+    from frepo.base import device as device_module
+    from frepo.jobs import actions
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert device_module.resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert device_module.resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(FrepoError, match=r"device 'cuda:7': this machine has 2 GPU\(s\), cuda:0 to cuda:1"):
+        device_module.resolve_device("cuda:7")
+    assert main(["distill", "--dataset", "digits", "--device", "cuda:2", "--out", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()
+
+    reset = []
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", reset.append)
+    actions.reset_peak_memory(torch.device("cuda", 1))
+    actions.reset_peak_memory(torch.device("cpu"))
+    assert reset == [torch.device("cuda", 1)]
+    monkeypatch.undo()
+    calls = []
+    monkeypatch.setattr("frepo.jobs.distill.reset_peak_memory", calls.append)  # once, as the loop starts
+    config = frepo.presets.resolve(
+        "digits", 1, overrides=dict(steps=2, width=8, num_models=2, eval_steps=10, batch_size=64)
+    )
+    frepo.distill(config, tmp_path / "cpu-run")
+    assert calls == [torch.device("cpu")]

@@ -18,6 +18,10 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise FrepoError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise FrepoError(f"device {name!r} requested but CUDA is not available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        # refused now, not as CUDA's "invalid device ordinal" once a run's folder is locked and its data read
+        count = torch.cuda.device_count()
+        raise FrepoError(f"device {name!r}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
     return device
 
 

@@ -95,6 +95,14 @@ class Action:
         pass
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """A run's GPU peak from its loop's start: without this, `peak_memory_mb` on a GPU was the peak of the
+    process, whose earlier runs (continual's tasks, reproduce's rows) and evaluations counted too. (A CPU's is
+    the process's resident peak: its dataset and all.)"""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20

@@ -42,6 +42,7 @@ from .actions import (
     ValidationPlan,
     load_watch_state,
     peak_memory_mb,
+    reset_peak_memory,
     watch_state,
 )
 from .monitor import Monitor, summary_writer
@@ -397,6 +398,7 @@ class Distiller:
         and raises. Returns the last step's metrics (None when no step was left)."""
         metrics = None
         start = self._moment(metrics)
+        reset_peak_memory(self.device)
         for action in self.actions:
             action.begin(start)
         # On a CPU, whether freed memory stays in the heap (faster, more memory) is chosen from the first
