@@ -4,7 +4,8 @@
 
 Each setting runs in its own process (so peak memory is that setting's) on random data shaped like
 the dataset and of its full training-set size, resident on the device, through `FRePoTrainer.step()`
-exactly as `frepo distill` runs it: warm-up steps, then the median of timed steps. FLOPs per step are
+exactly as `frepo distill` runs it: warm-up steps (with CUDA graphs, until every pool model's graph is
+captured), then the median of timed steps. FLOPs per step are
 counted by `torch.utils.flop_counter` over one step (convolutions and matmuls, forward and backward);
 the fp32 peak is measured in the same run by a 4096² float32 matrix product (on CUDA also TF32 and bf16),
 and the table reports the fraction of it that the step achieves; a second table splits one profiled step
@@ -213,6 +214,25 @@ def make_trainer(name: str, overrides: dict, device: torch.device):
     return FRePoTrainer(config, x_train, y_train, classes, device)  # the trainer holds its own (device) copy
 
 
+WARMUP_CAP = 2000  # steps: a pool of 10 models has every graph captured within ~50
+
+
+def warm_up(trainer, steps: int) -> int:
+    """`steps` outer steps, then more until every pool model's CUDA graph is captured (`--compile graph`, the
+    GPU's default): a model is captured on its second use after three warm-up steps, so with 10 models
+    captures and eager first uses fell inside the timed steps (9 captures in 30 timed steps after a warm-up
+    of 10). Returns the steps run."""
+    done = 0
+    for _ in range(steps):
+        trainer.step()
+        done += 1
+    graphs = trainer.graphs
+    while graphs is not None and len(graphs.graphs) < trainer.config.pool.num_models and done < WARMUP_CAP:
+        trainer.step()
+        done += 1
+    return done
+
+
 def timed_step(trainer, device: torch.device) -> tuple[float, dict]:
     sync(device)
     t = time.perf_counter()
@@ -240,10 +260,9 @@ def run_one(
     # --vs: a second trainer with more overrides, its steps alternating with the first's (A B A B ...),
     # so that a drift of the machine's speed hits both alike; the ratio is taken pair by pair.
     other = make_trainer(name, {**overrides, **vs}, device) if vs else None
-    for _ in range(warmup):
-        trainer.step()
-        if other:
-            other.step()
+    warmed = warm_up(trainer, warmup)
+    if other:
+        warm_up(other, warmup)
     times, other_times = [], []
     for _ in range(repeats):
         seconds, metrics = timed_step(trainer, device)
@@ -251,17 +270,24 @@ def run_one(
         if other:
             other_times.append(timed_step(other, device)[0])
     assert torch.isfinite(metrics["loss"]), "non-finite loss in the benchmark"
-    gflops = count_flops(trainer.step) / 1e9
-    phases = phase_split(trainer.step, device)
-    kernels = None
-    if top_kernels:
-        kernels = kernel_table(lambda: [trainer.step() for _ in range(10)], device, steps=10, top=top_kernels)
-    if device.type == "cuda":
+    if device.type == "cuda":  # the timed trainers' peak, before an eager twin below adds its own
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
     else:
         import resource
 
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # A graph replay dispatches nothing that the counter or the profiler's scopes see: a graphed trainer's
+    # FLOPs and phases are those of an eager twin (the same work; the phases' ms are then eager ms).
+    counted = trainer
+    if trainer.graphs is not None:
+        counted = make_trainer(name, {**overrides, "compile": "off"}, device)
+        counted.step()  # lazy state and workspaces before the profiled step
+    gflops = count_flops(counted.step) / 1e9
+    phases = phase_split(counted.step, device)
+    del counted
+    kernels = None
+    if top_kernels:
+        kernels = kernel_table(lambda: [trainer.step() for _ in range(10)], device, steps=10, top=top_kernels)
     ms = statistics.median(times) * 1000
     peak = peak_matmul_gflops(device)
     row = {
@@ -277,6 +303,8 @@ def run_one(
         "peak_tf32_gflops": peak_matmul_gflops(device, kind="tf32") if device.type == "cuda" else None,
         "peak_bf16_gflops": peak_matmul_gflops(device, kind="bf16") if device.type == "cuda" else None,
         "repeats": repeats,
+        "warmup_steps": warmed,  # --warmup, or more until every pool model's graph was captured
+        "phases_of": "an eager twin" if trainer.graphs is not None else "the timed trainer",
         "times_ms": [t * 1000 for t in times],
         "device": str(device),
         "threads": torch.get_num_threads(),
