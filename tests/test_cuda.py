@@ -165,29 +165,47 @@ def test_whole_step_graphs_follow_the_eager_gpu_step(exact_fp32, online_batch):
         torch.cuda.set_sync_debug_mode("default")
 
 
+FAILED_CAPTURE = """
+import torch
+from frepo.base.errors import FrepoError
+from frepo.method.graphs import WARMUP, StepGraphs
+
+cuda = torch.device("cuda")
+weight = torch.ones(4, device=cuda)
+
+
+def body(i, idx, x_real, subsample, scalars):
+    out = weight * scalars[0]
+    if torch.cuda.is_current_stream_capturing():
+        out = out * float(out.sum().item())  # a host sync: refused while capturing
+    return {"out": out}
+
+
+graphs = StepGraphs(body, cuda)
+idx = torch.arange(3, device=cuda)
+before = torch.cuda.current_stream(cuda)
+for _ in range(WARMUP):
+    graphs.step(0, idx, None, None, (1.0, 0.5, 0.5))
+try:
+    graphs.step(0, idx, None, None, (1.0, 0.5, 0.5))
+except FrepoError as error:
+    assert "--compile off" in str(error), error
+else:
+    raise SystemExit("the capture of a host sync did not fail")
+assert torch.cuda.current_stream(cuda) == before
+torch.cuda.synchronize()
+print("stopped with --compile off; stream restored")
+"""
+
+
 def test_a_failed_capture_stops_with_a_way_to_resume_and_restores_the_stream():
     """A host sync inside the step (here `.item()`) cannot be captured: the run stops with one line that
-    says to resume with --compile off, and this thread is back on the stream it was on."""
-    from frepo.base.errors import FrepoError
-    from frepo.method.graphs import WARMUP, StepGraphs
-
-    weight = torch.ones(4, device=CUDA)
-
-    def body(i, idx, x_real, subsample, scalars):
-        out = weight * scalars[0]
-        if torch.cuda.is_current_stream_capturing():
-            out = out * float(out.sum().item())  # a host sync: refused while capturing
-        return {"out": out}
-
-    graphs = StepGraphs(body, CUDA)
-    idx = torch.arange(3, device=CUDA)
-    before = torch.cuda.current_stream(CUDA)
-    for _ in range(WARMUP):
-        graphs.step(0, idx, None, None, (1.0, 0.5, 0.5))
-    with pytest.raises(FrepoError, match="--compile off"):
-        graphs.step(0, idx, None, None, (1.0, 0.5, 0.5))
-    assert torch.cuda.current_stream(CUDA) == before
-    torch.cuda.synchronize()
+    says to resume with --compile off, and this thread is back on the stream it was on. In a process of its
+    own: a failed capture may leave torch's caching allocator routing to the graph's pool for the rest of the
+    process (graphs.py), which would fail the captures of the tests after it in the same process."""
+    done = subprocess.run([sys.executable, "-c", FAILED_CAPTURE], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "stopped with --compile off; stream restored"
 
 
 def test_bf16_support_forward_on_gpu_keeps_the_meta_gradient_direction(meta_problem):
