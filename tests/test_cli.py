@@ -418,8 +418,15 @@ def test_a_redirected_log_gets_the_outer_progress_as_plain_lines(tmp_path, capsy
     ]
     assert not any(line.startswith("train") for line in lines)
 
+    # At a real interval: the first line and the last only, however many log steps and messages came between.
+    monkeypatch.setattr(frepo_log, "LOG_INTERVAL_S", 3600.0)
+    code, _, err = run_cli([*flags[: -len(FAST) - 2], "--out", tmp_path / "again", *FAST], capsys)
+    assert code == 0, err
+    shown = [line.split("|")[0] for line in err.splitlines() if line.startswith(("distill:", "evaluate", "train"))]
+    assert shown == ["distill:   0%", "distill: 100%", "evaluate (conv, frepo):   0%"]
+
     # On a terminal the bars redraw in place, as before.
-    monkeypatch.setattr(frepo_log, "_on_terminal", lambda: True)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     for _ in frepo_log.progress_bar(range(3), desc="drawn"):
         pass
     assert "\rdrawn: 100%" in capsys.readouterr().err

@@ -33,7 +33,10 @@ def messages_shown() -> bool:
 class _TqdmHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            tqdm.write(self.format(record), file=sys.stderr)  # sys.stderr read now: tests capture it
+            if _redraws_in_place():
+                tqdm.write(self.format(record), file=sys.stderr)  # sys.stderr read now: tests capture it
+            else:  # the bars' lines end theirs: nothing to clear, and tqdm.write's redraw after it was a line more
+                sys.stderr.write(self.format(record) + "\n")
         except Exception:  # logging must never raise into the caller
             self.handleError(record)
 
@@ -58,8 +61,12 @@ def show_messages(level: int = logging.INFO) -> Iterator[None]:
         logger.setLevel(previous)
 
 
-def _on_terminal() -> bool:
-    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+def _redraws_in_place() -> bool:
+    """Whether a bar can redraw itself: on a terminal, or as a notebook's widget (tqdm.auto's choice in a
+    Jupyter kernel, whose stderr is no terminal)."""
+    from tqdm import autonotebook, std
+
+    return autonotebook.tqdm is not std.tqdm or bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
 class _Lines:
@@ -83,13 +90,17 @@ class _Lines:
 
 
 def progress_bar(iterable: Iterable | None = None, **options: Any) -> tqdm:
-    """`tqdm(iterable, **options)` on a terminal. In a redirected stderr: the outermost open bar as a line at
-    most every LOG_INTERVAL_S seconds, and bars opened inside it not at all."""
-    if options.get("disable") or _on_terminal():
+    """`tqdm(iterable, **options)` on a terminal or in a notebook. In a redirected stderr: the outermost open
+    bar as a line at most every LOG_INTERVAL_S seconds, and bars opened inside it not at all (close a bar
+    on an exception too, `with progress_bar(...) as bar:`, or the bars after it stay quiet)."""
+    if options.get("disable") or _redraws_in_place():
         return tqdm(iterable, **options)
     if any(not bar.disable for bar in _line_bars):  # inside another: its lines would interleave
         return tqdm(iterable, **{**options, "disable": True})
-    options.update(file=_Lines(), mininterval=LOG_INTERVAL_S, dynamic_ncols=False, ascii=True)
+    # maxinterval too: tqdm's monitor thread redraws a bar left 10 s without one, with stale numbers
+    options.update(
+        file=_Lines(), mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S, dynamic_ncols=False, ascii=True
+    )
     bar = tqdm(iterable, **options)
     _line_bars.add(bar)
     return bar

@@ -355,18 +355,17 @@ def read_layout(name: str, data_dir: Path, cache_root: Path):
 
     def fill(arrays: dict[str, np.ndarray]) -> None:
         total = len(source.y_train) + len(source.y_test)
-        bar = progress_bar(total=total, desc=f"decode {name} (once)", unit="img", disable=not messages_shown())
-        for split in ("train", "test"):
-            out, pos = arrays[f"x_{split}"], 0
-            for chunk in source.decode(getattr(source, split)):
-                if chunk.shape[1:] != shape:
-                    raise FrepoError(f"{root}: an image decoded to {chunk.shape[1:]}, expected {shape}")
-                out[pos : pos + len(chunk)] = chunk
-                pos += len(chunk)
-                bar.update(len(chunk))
-            if pos != len(out):
-                raise FrepoError(f"{root}: {pos} {split} images decoded but {len(out)} labels")
-        bar.close()
+        with progress_bar(total=total, desc=f"decode {name} (once)", unit="img", disable=not messages_shown()) as bar:
+            for split in ("train", "test"):
+                out, pos = arrays[f"x_{split}"], 0
+                for chunk in source.decode(getattr(source, split)):
+                    if chunk.shape[1:] != shape:
+                        raise FrepoError(f"{root}: an image decoded to {chunk.shape[1:]}, expected {shape}")
+                    out[pos : pos + len(chunk)] = chunk
+                    pos += len(chunk)
+                    bar.update(len(chunk))
+                if pos != len(out):
+                    raise FrepoError(f"{root}: {pos} {split} images decoded but {len(out)} labels")
 
     arrays = cached_arrays(folder, sig, shapes, fill)
     return (

@@ -371,27 +371,26 @@ def mean_covariance(
     n = len(images)
     d = int(np.prod(images.shape[1:]))
     starts = range(0, n, chunk)
-    bar = progress_bar(
+    with progress_bar(
         total=2 * len(starts), desc="fit preprocessing", unit="chunk", leave=False, disable=not messages_shown()
-    )
-    total = torch.zeros(d, dtype=torch.float64, device=device)
-    for start in starts:
-        total += standardise(images[start : start + chunk]).reshape(-1, d).to(device).double().sum(0)
-        bar.update()
-    mean = total / n
-    cov = torch.zeros(d // stride**2, d // stride**2, dtype=torch.float64, device=device)
-    for start in starts:
-        flat = standardise(images[start : start + chunk]).reshape(-1, d).to(device) - mean.float()
-        if stride == 1:
-            cov += (flat.T @ flat).double()
-        else:
-            x = flat.reshape(len(flat), images.shape[-1], *images.shape[1:3])  # N×C×H×W
-            for i in range(stride):
-                for j in range(stride):
-                    block = x[:, :, i::stride, j::stride].reshape(len(x), -1)
-                    cov += (block.T @ block).double()
-        bar.update()
-    bar.close()
+    ) as bar:
+        total = torch.zeros(d, dtype=torch.float64, device=device)
+        for start in starts:
+            total += standardise(images[start : start + chunk]).reshape(-1, d).to(device).double().sum(0)
+            bar.update()
+        mean = total / n
+        cov = torch.zeros(d // stride**2, d // stride**2, dtype=torch.float64, device=device)
+        for start in starts:
+            flat = standardise(images[start : start + chunk]).reshape(-1, d).to(device) - mean.float()
+            if stride == 1:
+                cov += (flat.T @ flat).double()
+            else:
+                x = flat.reshape(len(flat), images.shape[-1], *images.shape[1:3])  # N×C×H×W
+                for i in range(stride):
+                    for j in range(stride):
+                        block = x[:, :, i::stride, j::stride].reshape(len(x), -1)
+                        cov += (block.T @ block).double()
+            bar.update()
     return mean, cov / ((n - ddof) * stride**2)
 
 
@@ -503,21 +502,20 @@ def gram_whitening(
     starts = range(0, n, chunk)
     # Progress over the chunks read and standardised, then one step each for the Gram matrix and its
     # eigendecomposition (single calls: they cannot report inside).
-    bar = progress_bar(
+    with progress_bar(
         total=len(starts) + 2, desc="fit preprocessing", unit="step", leave=False, disable=not messages_shown()
-    )
-    parts = []
-    for start in starts:
-        parts.append(standardise(images[start : start + chunk]).reshape(-1, d))
+    ) as bar:
+        parts = []
+        for start in starts:
+            parts.append(standardise(images[start : start + chunk]).reshape(-1, d))
+            bar.update()
+        x = torch.cat(parts).to(device).double()  # on `device` (default: the host), as every product below
+        mean = x.mean(0)
+        x -= mean
+        gram = x @ x.T / n
         bar.update()
-    x = torch.cat(parts).to(device).double()  # on `device` (default: the host), as every product below
-    mean = x.mean(0)
-    x -= mean
-    gram = x @ x.T / n
-    bar.update()
-    lam, v = torch.linalg.eigh(gram)
-    bar.update()
-    bar.close()
+        lam, v = torch.linalg.eigh(gram)
+        bar.update()
     reg = zca_reg * lam.clamp_min(0).sum() / d
     keep = lam > lam.max() * 1e-10  # the non-zero spectrum (rank ≤ N-1 after centring)
     lam, v = lam[keep], v[:, keep]

@@ -84,16 +84,17 @@ def evaluate_set(
         )
     if accs is None:
         accs = []
-        bar = progress_bar(streams, desc=f"evaluate ({setup.arch}, {protocol.name})", disable=not progress, leave=False)
-        for name in bar:
-            acc = finished.accuracy(name) if finished else None
-            read_back += acc is not None
-            if acc is None:
-                with deterministic_kernels(device):  # the same seed gives the same numbers on a GPU too
-                    acc = protocol.train_and_test(setup, options, name)
-                if finished:
-                    finished.put([name], [acc])
-            accs.append(acc)
+        desc = f"evaluate ({setup.arch}, {protocol.name})"
+        with progress_bar(streams, desc=desc, disable=not progress, leave=False) as bar:
+            for name in bar:
+                acc = finished.accuracy(name) if finished else None
+                read_back += acc is not None
+                if acc is None:
+                    with deterministic_kernels(device):  # the same seed gives the same numbers on a GPU too
+                        acc = protocol.train_and_test(setup, options, name)
+                    if finished:
+                        finished.put([name], [acc])
+                accs.append(acc)
     return EvalResult(
         protocol.name,
         setup.arch,

@@ -81,12 +81,13 @@ def train(
     `update(x, y, lr)`; a batch is moved to `device` (a no-op when the set is there already; queued
     without waiting for the GPU when the set is on the host)."""
     indices = batch_indices(schedule, len(images), gen, images.device)
-    bar = progress_bar(
+    # closed on an exception too: an open bar would keep a redirected log's later bars quiet (base/log.py)
+    with progress_bar(
         range(schedule.steps), desc="train", unit="step", leave=False, disable=not progress, mininterval=1.0
-    )
-    for t, idx in zip(bar, indices):
-        x, y = host_to_device(images[idx], device), host_to_device(targets[idx], device)
-        update(x, y, schedule.lr(t) if schedule.lr else None)
+    ) as bar:
+        for t, idx in zip(bar, indices):
+            x, y = host_to_device(images[idx], device), host_to_device(targets[idx], device)
+            update(x, y, schedule.lr(t) if schedule.lr else None)
 
 
 class Interleaved:

@@ -429,7 +429,11 @@ class Distiller:
                     self._step_start += time.perf_counter() - paused
             if now.has_numbers:
                 values = now.numbers()
-                bar.set_postfix(loss=f"{values['loss']:.4f}", acc=f"{values['acc']:.3f}", it_s=f"{now.rate:.2f}")
+                # shown with the bar's next redraw (refresh=False): a redraw per log step was a line per log
+                # step in a redirected log, whatever its interval
+                bar.set_postfix(
+                    loss=f"{values['loss']:.4f}", acc=f"{values['acc']:.3f}", it_s=f"{now.rate:.2f}", refresh=False
+                )
             self.elapsed += time.perf_counter() - self._step_start
             self._step_start = None
             if self.ctx.any(stop.is_set()):

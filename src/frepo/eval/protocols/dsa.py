@@ -98,21 +98,22 @@ def train_dsa_model(
 
     sgd = optimiser(lr)
     n = len(images)
-    for epoch in progress_bar(
+    with progress_bar(
         range(epochs + 1), desc="train", unit="epoch", leave=False, disable=not progress, mininterval=1.0
-    ):
-        model.train()
-        order = host_to_device(torch.randperm(n, generator=train_gen), device)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            x = dsa_augment(images[idx], train_gen, ops) if ops else images[idx]
-            loss = F.cross_entropy(model(x), targets[idx])
-            sgd.zero_grad(set_to_none=True)
-            loss.backward()
-            sgd.step()
-        if epoch == epochs // 2 + 1:
-            lr *= 0.1
-            sgd = optimiser(lr)
+    ) as epochs_bar:
+        for epoch in epochs_bar:
+            model.train()
+            order = host_to_device(torch.randperm(n, generator=train_gen), device)
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                x = dsa_augment(images[idx], train_gen, ops) if ops else images[idx]
+                loss = F.cross_entropy(model(x), targets[idx])
+                sgd.zero_grad(set_to_none=True)
+                loss.backward()
+                sgd.step()
+            if epoch == epochs // 2 + 1:
+                lr *= 0.1
+                sgd = optimiser(lr)
     return model
 
 
