@@ -385,10 +385,19 @@ def test_an_experiment_folder_names_what_differs_as_flags_and_warns_when_a_resum
     with caplog.at_level("WARNING", logger="frepo"):
         reopen(orders="0,1,2", models=6)  # more units: nothing to say
         assert caplog.messages == []
-        reopen(orders="1", models=6)
-        (message,) = caplog.messages
-        assert "was run with --orders 0,1,2; this summary covers --orders 1 only" in message
-        assert "give --orders 0,1,2 to include them again" in message
+        for _ in range(2):  # said each time, not only when the recorded settings change
+            reopen(orders="1", models=6)
+            (message,) = caplog.messages
+            assert message.endswith(
+                "holds results for --orders 0,1,2; this summary covers --orders 1 only (give --orders 0,1,2 to include "
+                "the others)"
+            )
+            caplog.clear()
+        reopen(orders="3", models=2)  # the advice keeps every unit: the held ones and the new
+        assert [m.split("; ")[0].split(" holds ")[1] for m in caplog.messages] == [
+            "results for --models 6",
+            "results for --orders 0,1,2,3",
+        ]
         caplog.clear()
-        reopen(orders="1", models=2)
-        assert caplog.messages == [next(m for m in caplog.messages if "--models 6" in m)]
+        reopen(orders="3,2,1,0", models=6)
+        assert caplog.messages == []

@@ -53,6 +53,8 @@ class ExperimentDir:
     def __init__(self, path: str | Path, kind: str, may_change: frozenset[str] = frozenset()):
         self.path, self.kind, self.may_change = Path(path), kind, may_change
         self.config_path = self.path / f"{kind}-config.json"
+        # what the units of `may_change` settings asked for so far add up to (orders 0,1 then 2: 0,1,2)
+        self.held_path = self.path / f"{kind}-held.json"
         self.lock = FolderLock(self.path)
 
     def open(self, config: Any) -> None:
@@ -74,16 +76,22 @@ class ExperimentDir:
                         "another --out, or delete that folder to start over"
                     )
                 self._check_types(config, previous)
-                for name in sorted(changed & self.may_change):
-                    if _drops_units(previous.get(name), now.get(name)):  # the finished ones stay on disk
-                        log.warning(
-                            f"frepo: {self.path} was run with {_flag(name, previous.get(name))}; this summary covers "
-                            f"{_flag(name, now.get(name))} only (the other results stay in the folder: give "
-                            f"{_flag(name, previous.get(name))} to include them again)"
-                        )
+                held = self._held(previous)
             elif any(p.name != LOCK for p in self.path.iterdir()):
                 raise FrepoError(f"--out {self.path} is not empty and holds no {self.kind} experiment")
-            atomic_write_json(self.config_path, to_dict(config))
+            else:
+                held = {}
+            now = to_dict(config)
+            for name in sorted(self.may_change):
+                merged = _union(held.get(name, now[name]), now[name])
+                if merged != now[name]:  # the results of the others stay on disk
+                    log.warning(
+                        f"frepo: {self.path} holds results for {_flag(name, merged)}; this summary covers "
+                        f"{_flag(name, now[name])} only (give {_flag(name, merged)} to include the others)"
+                    )
+                held[name] = merged
+            atomic_write_json(self.config_path, now)
+            atomic_write_json(self.held_path, held)
         except BaseException:
             self.lock.undo()
             raise
@@ -98,6 +106,17 @@ class ExperimentDir:
         except (OSError, ValueError, TypeError) as exc:  # ValueError: bad JSON or UTF-8
             raise self._damaged(exc) from exc
         return previous
+
+    def _held(self, previous: dict) -> dict:
+        """The units held so far, by setting (a folder from before this record: its recorded settings)."""
+        fallback = {name: previous[name] for name in self.may_change if name in previous}
+        if not self.held_path.is_file():
+            return fallback
+        try:
+            held = json.loads(self.held_path.read_text())
+        except ValueError:  # a damaged record: the units are still on disk, only the advice is lost
+            return fallback
+        return {**fallback, **held} if isinstance(held, dict) else fallback
 
     def _check_types(self, config: Any, previous: dict) -> None:
         """The recorded settings (equal to `config`'s by name) read as `config`'s type."""
@@ -140,14 +159,17 @@ def _value(value: Any) -> str:
     return "unset" if value is None else str(value)
 
 
-def _drops_units(before: Any, after: Any) -> bool:
-    """Whether a resumable setting now asks for fewer units than were recorded: fewer victims, or a comma list
-    (class orders, step counts) without some of its recorded items."""
-    if isinstance(before, int) and isinstance(after, int):
-        return after < before
-    if isinstance(before, (str, list)) and isinstance(after, (str, list)):
-        return bool(set(comma_items(before)) - set(comma_items(after)))
-    return False
+def _union(held: Any, asked: Any) -> Any:
+    """The units of both: the larger count of victims, or a comma list's items (class orders, step counts)
+    held first, then those newly asked for; `asked` itself where it holds them all."""
+    if isinstance(held, int) and isinstance(asked, int):
+        return max(held, asked)
+    if isinstance(held, (str, list)) and isinstance(asked, (str, list)):
+        held_items, asked_items = comma_items(held), comma_items(asked)
+        if set(held_items) <= set(asked_items):
+            return asked
+        return ",".join(held_items + [item for item in asked_items if item not in held_items])
+    return asked
 
 
 def sharing_preprocessing(ds: DistilledSet, pre: Preprocessing) -> DistilledSet:
