@@ -65,14 +65,9 @@ def test_one_model_has_no_spread_and_field_metrics_reach_the_csv():
     with_metrics = _result()
     with_metrics.extra["field_metrics"] = _field_metrics()
     rows = list(csv.DictReader(io.StringIO(results_csv([with_metrics, _result("mlp")]))))
-    assert [rows[0][k] for k in ("ior", "hlr", "lrs", "random_mean", "full_mean")] == [
-        "12.5",
-        "30.25",
-        "51.0",
-        "42.5",
-        "85.25",
-    ]
-    assert [rows[1][k] for k in ("ior", "hlr", "lrs", "random_mean", "full_mean")] == [""] * 5
+    columns = ("ior", "hlr", "lrs", "set_hard_mean", "random_mean", "full_mean")
+    assert [rows[0][k] for k in columns] == ["12.5", "30.25", "51.0", "55.0", "42.5", "85.25"]
+    assert [rows[1][k] for k in columns] == [""] * 6
 
 
 def _run_dir(tmp_path):

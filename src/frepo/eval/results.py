@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass, field
 from ..base.atomic import atomic_write_json, atomic_write_text
 
 
-def mean_std(mean: float, std: float, count: int, digits: int = 2) -> str:
+def mean_std(mean: float, std: float, count: int) -> str:
     """`mean ± std` of `count` measurements; one measurement has no spread to give, and "± 0.00" would say
     it was measured to be none."""
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if count > 1 else "")
+    return f"{mean:.2f}" + (f" ± {std:.2f}" if count > 1 else "")
 
 
 def count_of(count: int, noun: str) -> str:
@@ -76,10 +76,12 @@ CSV_COLUMNS = (
     "model_seeds",
     "num_images",
     "file_checksum",
-    # DD-Ranking's metrics under `--field-metrics` (empty without): points, and LRS on 0..100
+    # DD-Ranking's metrics under `--field-metrics` (empty without): points, and LRS on 0..100. IOR and HLR are
+    # differences from set_hard_mean (the set trained on its class ids), not from `mean` (on its own labels).
     "ior",
     "hlr",
     "lrs",
+    "set_hard_mean",
     "random_mean",
     "full_mean",
 )
@@ -122,7 +124,11 @@ def results_csv(results: Sequence[EvalResult]) -> str:
         field = row.get("field_metrics")
         if field:
             row.update({k: field[k] for k in ("ior", "hlr", "lrs")})
-            row.update(random_mean=field["random"]["mean"], full_mean=field["full"]["mean"])
+            row.update(
+                set_hard_mean=field["set_hard"]["mean"],
+                random_mean=field["random"]["mean"],
+                full_mean=field["full"]["mean"],
+            )
         writer.writerow({k: row.get(k, "") for k in CSV_COLUMNS})
     return out.getvalue()
 
