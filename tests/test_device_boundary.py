@@ -405,7 +405,7 @@ def test_a_gpu_the_machine_lacks_is_refused_and_a_run_measures_its_own_gpu_peak(
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert device_module.resolve_device("cuda:1") == torch.device("cuda", 1)
     assert device_module.resolve_device("cuda") == torch.device("cuda")
-    with pytest.raises(FrepoError, match=r"device 'cuda:7': this machine has 2 GPU\(s\), cuda:0 to cuda:1"):
+    with pytest.raises(FrepoError, match=r"device 'cuda:7': this process sees 2 GPU\(s\), cuda:0 to cuda:1"):
         device_module.resolve_device("cuda:7")
     assert main(["distill", "--dataset", "digits", "--device", "cuda:2", "--out", str(tmp_path / "run")]) == 2
     assert not (tmp_path / "run").exists()

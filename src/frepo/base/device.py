@@ -21,7 +21,10 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         # refused now, not as CUDA's "invalid device ordinal" once a run's folder is locked and its data read
         count = torch.cuda.device_count()
-        raise FrepoError(f"device {name!r}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
+        raise FrepoError(
+            f"device {name!r}: this process sees {count} GPU(s), cuda:0 to cuda:{count - 1} (CUDA_VISIBLE_DEVICES "
+            "narrows and renumbers them)"
+        )
     return device
 
 

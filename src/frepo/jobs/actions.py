@@ -21,6 +21,7 @@ from ..base.errors import FrepoError
 from ..base.perf import peak_rss_bytes
 from ..data.stream import StreamingImages
 from ..eval import EvalConfig, evaluate_set, reference_steps
+from ..eval.results import count_of
 from ..io.artifact import DistilledSet, save_distilled
 from .monitor import Monitor
 
@@ -98,7 +99,8 @@ class Action:
 def reset_peak_memory(device: torch.device) -> None:
     """A run's GPU peak from its loop's start: without this, `peak_memory_mb` on a GPU was the peak of the
     process, whose earlier runs (continual's tasks, reproduce's rows) and evaluations counted too. (A CPU's is
-    the process's resident peak: its dataset and all.)"""
+    the process's resident peak: its dataset and all.) torch's peak is one per process and device: a caller
+    measuring its own around `frepo.distill` reads the run's from then on."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -278,7 +280,7 @@ class Validation(Action):
         steps = self.plan.steps or reference_steps(len(now.live[0]))
         if self.data is None or now.final:  # what a validation costs, said before the first and the last
             log.info(
-                f"step {now.step}: validating: {self.plan.models} network(s) × {steps} steps on the "
+                f"step {now.step}: validating: {count_of(self.plan.models, 'network')} × {steps} steps on the "
                 f"{len(now.live[0])} images (eval_steps; the reference's check uses 1000)"
             )
         acc = self.accuracy(now, progress=self.progress and now.final)

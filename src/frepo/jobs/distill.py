@@ -187,7 +187,7 @@ class Distiller:
             "lr": self.trainer.learning_rate(max(step - 1, 0)),
             "peak_mem_mb": peak_memory_mb(self.device),
             "pool_resets": self.trainer.pool_resets,
-            "elapsed_s": self.elapsed,
+            "elapsed_s": self._training_seconds(),  # the logged step's included, as steps/s's clock has it
         }
 
     def _announce(self, claim, resuming: bool) -> None:
