@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from frepo.eval.results import count_of, mean_std
+
 
 def frepo(*args: str) -> None:
     cmd = [sys.executable, "-m", "frepo", *args]
@@ -111,8 +113,9 @@ def main() -> None:
     for r in rows:
         print(
             f"| {r['setting']} | {r['steps']} × {r['batch_size']} | {r['s_per_step']:.3f} | {r['peak_rss_mb']:.0f} | "
-            f"{r['distilled_mean']:.2f} ± {r['distilled_std']:.2f} | {r['random_mean']:.2f} ± {r['random_std']:.2f} | "
-            f"frepo protocol, {r['models']} models, {r['eval_steps']} steps |"
+            f"{mean_std(r['distilled_mean'], r['distilled_std'], r['models'])} | "
+            f"{mean_std(r['random_mean'], r['random_std'], r['models'])} | "
+            f"frepo protocol, {count_of(r['models'], 'model')}, {r['eval_steps']} steps |"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")

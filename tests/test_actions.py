@@ -86,7 +86,7 @@ def test_validation_follows_the_budget(tmp_path, caplog):
         Distiller(config, tmp_path / "run").run()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["eval_steps"] for r in records if "val_acc" in r] == [100]
-    assert "validating: 1 network(s) × 100 steps on the 20 images" in caplog.text
+    assert "validating: 1 network × 100 steps on the 20 images" in caplog.text
 
 
 def test_a_run_recorded_with_the_old_validation_default_resumes_with_it(tmp_path):

@@ -78,7 +78,7 @@ def test_an_interrupted_evaluation_trains_only_the_missing_networks(set_file, tm
         trained = _count_trainings(m, stop_at=3)
         code, partial = _evaluate(set_file, tmp_path, "resumed", "--together", "off")
     assert code == 130 and partial is None and trained == ["conv:eval/model0", "conv:eval/model1"]
-    assert "2 finished network(s) kept" in capsys.readouterr().err and len(_records()) == 1
+    assert "2 finished networks kept" in capsys.readouterr().err and len(_records()) == 1
     with monkeypatch.context() as m:
         trained = _count_trainings(m)
         code, resumed = _evaluate(set_file, tmp_path, "resumed", "--together", "off")
@@ -194,7 +194,7 @@ def test_sigterm_keeps_the_finished_networks_as_ctrl_c_does(set_file, tmp_path):
     """)
     proc = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, timeout=300)  # this cache
     assert proc.returncode == 130, proc.stderr[-2000:]
-    assert "1 finished network(s) kept" in proc.stderr and "Traceback" not in proc.stderr
+    assert "1 finished network kept" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_sigterm_is_left_to_torchrun_under_torchrun(monkeypatch):

@@ -126,8 +126,8 @@ def accuracy_cell(point: dict | None) -> str:
     """'45.58 ± 0.18 (2 models, 11.4 min)' for one evaluated point (DSA keys or `frepo_protocol`'s)."""
     if not point:
         return "–"
-    std = f" ± {point['std']:.2f}" if point.get("std") else ""
     models = point["models"]
+    std = f" ± {point['std']:.2f}" if models > 1 and point.get("std") is not None else ""  # one model: no spread
     return f"{point['accuracy']:.2f}{std} ({models} model{'s' * (models > 1)}, {point['minutes']:.1f} min)"
 
 

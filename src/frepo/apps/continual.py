@@ -301,7 +301,7 @@ class Continual(Experiment):
         cfg = self.config
         distilled = "frepo" in cfg.arm_list()  # the other arms distil nothing
         return (
-            f"{len(cfg.order_list())} class order(s); "
+            f"{count_of(len(cfg.order_list()), 'class order')}; "
             + (f"{cfg.steps} distillation steps × real batch {cfg.batch_size} per task; " if distilled else "")
             + f"{count_of(cfg.eval_models, 'model')} per order, task and arm, "
             + (f"{cfg.eval_steps} steps" if cfg.protocol == "frepo" else f"{cfg.eval_epochs} epochs")

@@ -32,6 +32,7 @@ from ..data.splits import Holdout
 from ..data.stream import split_view
 from ..eval import EvalConfig, EvalResult, evaluate_set
 from ..eval.finished import FinishedNetworks, evaluation_key, set_digest
+from ..eval.results import count_of
 from ..io.artifact import DistilledSet, check_set
 
 log = logging.getLogger(__name__)
@@ -259,8 +260,8 @@ def run(
     for record in records:
         if record is not None and record.networks:
             log.info(
-                f"frepo: {len(record.networks)} network(s) of this evaluation finished before: read back from "
-                f"{record.path}"
+                f"frepo: {count_of(len(record.networks), 'network')} of this evaluation finished before: read back "
+                f"from {record.path}"
             )
     results = []
     try:
@@ -279,7 +280,7 @@ def run(
             raise
         kept = sum(len(r.networks) for r in records if r is not None)
         raise Interrupted(
-            f"stopped; {kept} finished network(s) kept in {default_data_dir() / 'evaluations'}: "
+            f"stopped; {count_of(kept, 'finished network')} kept in {default_data_dir() / 'evaluations'}: "
             "run the same command to continue"
         ) from None
     if deliver is not None:
