@@ -227,9 +227,12 @@ def warm_up(trainer, steps: int) -> int:
         trainer.step()
         done += 1
     graphs = trainer.graphs
-    while graphs is not None and len(graphs.graphs) < trainer.config.pool.num_models and done < WARMUP_CAP:
+    models = trainer.config.pool.num_models
+    while graphs is not None and len(graphs.graphs) < models and done < WARMUP_CAP:
         trainer.step()
         done += 1
+    if graphs is not None and len(graphs.graphs) < models:
+        print(f"warning: {len(graphs.graphs)} of {models} graphs captured in {done} warm-up steps", file=sys.stderr)
     return done
 
 
@@ -423,7 +426,12 @@ def main() -> None:
                 f"| {r['setting']} | {r['ms_per_step']:.0f} | {v['ms_per_step']:.0f} | {v['ratio_median']:.2f} | "
                 f"{v['ratio_min']:.2f}–{v['ratio_max']:.2f} |"
             )
-    print("\nWhere the step goes (one profiled step; GFLOP/s against the fp32 peak above):\n")
+    twins = [r["setting"] for r in rows if r.get("phases_of") == "an eager twin"]
+    print(
+        "\nWhere the step goes (one profiled step; GFLOP/s against the fp32 peak above"
+        + (f"; {', '.join(twins)}: of an eager twin, a graph replay shows no phases" if twins else "")
+        + "):\n"
+    )
     names = list(rows[0]["phases"])
     print("| setting | " + " | ".join(f"{n} ms (GFLOP/s)" for n in names) + " |")
     print("|---" * (1 + len(names)) + "|")
