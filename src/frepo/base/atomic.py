@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import FrepoError
+from .errors import FrepoError, Interrupted
+from .signals import aborting
 
 TEMP_SUFFIX = ".tmp"
 FULL_BELOW = 1 << 20  # a filesystem with less free space than this (bytes) counts as full
@@ -106,6 +107,12 @@ def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
     return path
 
 
+def _check_abort(exc: BaseException, target: Path) -> None:
+    """A write cut by a second Ctrl-C stops as an interruption, not as the disk error torch makes of it."""
+    if aborting() and not isinstance(exc, Interrupted):
+        raise Interrupted(f"aborted by a second Ctrl-C while writing {target}; its previous version, if any, is intact")
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path next to `target`; on success it replaces `target` atomically."""
@@ -125,6 +132,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, target)
     except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
+        _check_abort(exc, target)
         reason = write_failure(exc, target.parent)
         if reason is None:
             raise
@@ -169,6 +177,7 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
                 shutil.rmtree(previous, ignore_errors=True)
             else:  # the second one failed: the previous version goes back
                 os.replace(previous, target)
+        _check_abort(exc, target)
         # A file's own WriteError names the temp folder: say it of `target`.
         reason = exc.reason if isinstance(exc, WriteError) else write_failure(exc, target.parent)
         if reason is None:

@@ -9,6 +9,13 @@ import signal
 import threading
 
 log = logging.getLogger(__name__)
+_aborting = threading.Event()  # a second Ctrl-C raised KeyboardInterrupt into whatever was running
+
+
+def aborting() -> bool:
+    """Whether a second Ctrl-C is aborting the work: a writer it interrupted may report it as its own error
+    (torch.save's "unexpected pos"), which is not a disk failure."""
+    return _aborting.is_set()
 
 
 @contextlib.contextmanager
@@ -23,16 +30,19 @@ def stop_on_signal():
 
     def handler(signum, frame):
         if flag.is_set() and signum == signal.SIGINT:
+            _aborting.set()
             raise KeyboardInterrupt
         flag.set()
         log.warning("frepo: stopping after this step and writing a checkpoint (Ctrl-C again to abort)")
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    _aborting.clear()
     try:
         yield flag
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        _aborting.clear()
 
 
 def _raise_interrupt(signum, frame):
