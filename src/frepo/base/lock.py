@@ -13,6 +13,25 @@ from .errors import FrepoError
 LOCK = ".lock"
 
 
+def holder(folder: str | os.PathLike) -> str | None:
+    """The pid of another process that holds `folder`'s lock now, or None (no lock file, nobody holds it, or
+    this process does). Reads only: the lock file is neither made nor changed."""
+    try:
+        fd = os.open(Path(folder) / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        return None if pid == str(os.getpid()) else pid
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # and with it a shared lock taken
+    return None
+
+
 class FolderLock:
     def __init__(self, folder: str | os.PathLike, what: str = "--out"):
         self.folder, self.what = Path(folder), what

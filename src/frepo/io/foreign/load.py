@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ...base.errors import FrepoError
+from ...base.lock import holder
 from ...data import RawDataset, default_data_dir, load_dataset
 from ...data.preprocess import Preprocessing
 from ...data.recipes import CLAIMS, check_preprocessing, claimed_preprocessing, frepo_preprocessing
@@ -62,15 +63,14 @@ def run_set(path: str | Path) -> Path:
     if not is_run(path):
         return path
     file = path / RUN_SET
+    owner = holder(path)  # a distillation running in it now: its command is not to be run again
+    finish = f"it is being distilled (frepo process {owner}): wait for it" if owner else "rerun its distill command"
     if not file.is_file():
-        raise FrepoError(
-            f"{path} is a run that has not written its set ({RUN_SET}) yet: rerun its distill command to finish it"
-        )
+        raise FrepoError(f"{path} is a run that has not written its set ({RUN_SET}) yet: {finish} to finish it")
     checkpoint = path / "checkpoint.pt"
-    if checkpoint.is_file() and checkpoint.stat().st_mtime > file.stat().st_mtime:
+    if owner or (checkpoint.is_file() and checkpoint.stat().st_mtime > file.stat().st_mtime):
         warnings.warn(
-            f"{path} was continued after it wrote its set (its checkpoint is newer): this is the set of its last "
-            "finish; rerun its distill command to finish it",
+            f"{path} was continued after it wrote its set: this is the set of its last finish; {finish} to finish it",
             stacklevel=2,
         )
     return file
