@@ -125,7 +125,7 @@ def test_distill_evaluate_show_subset_on_digits(tmp_path, capsys):
         (out / name).unlink()  # killed before its first checkpoint: config.json and the first snapshot
     code, stdout, err = run_cli(["evaluate", out, "--models", 1], capsys)
     assert code == 2 and "is a run that has not written its set (distilled.safetensors) yet" in err, err
-    assert "rerun its distill command to finish it" in err
+    assert "rerun its distill command to finish" in err
     assert run_cli(["show", out, "--animate"], capsys)[0] == 0
     # A run another process is distilling: its command would be refused (the folder is locked), so say so.
     hold = "import sys, time; from frepo.base.lock import FolderLock; FolderLock(sys.argv[1]).acquire(); print(1)"
@@ -137,7 +137,7 @@ def test_distill_evaluate_show_subset_on_digits(tmp_path, capsys):
     try:
         assert owner.stdout.readline().strip() == "1"
         code, stdout, err = run_cli(["evaluate", out, "--models", 1], capsys)
-        assert code == 2 and f"it is being distilled (frepo process {owner.pid}): wait for it to finish it" in err, err
+        assert code == 2 and f"frepo process {owner.pid} is distilling it now: wait for it to finish" in err, err
     finally:
         owner.kill()
         owner.wait()

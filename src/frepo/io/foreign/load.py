@@ -64,13 +64,13 @@ def run_set(path: str | Path) -> Path:
         return path
     file = path / RUN_SET
     owner = holder(path)  # a distillation running in it now: its command is not to be run again
-    finish = f"it is being distilled (frepo process {owner}): wait for it" if owner else "rerun its distill command"
+    finish = f"frepo process {owner} is distilling it now: wait for it" if owner else "rerun its distill command"
     if not file.is_file():
-        raise FrepoError(f"{path} is a run that has not written its set ({RUN_SET}) yet: {finish} to finish it")
+        raise FrepoError(f"{path} is a run that has not written its set ({RUN_SET}) yet: {finish} to finish")
     checkpoint = path / "checkpoint.pt"
     if owner or (checkpoint.is_file() and checkpoint.stat().st_mtime > file.stat().st_mtime):
         warnings.warn(
-            f"{path} was continued after it wrote its set: this is the set of its last finish; {finish} to finish it",
+            f"{path} was continued after it wrote its set: this is the set of its last finish; {finish} to finish",
             stacklevel=2,
         )
     return file
