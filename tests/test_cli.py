@@ -445,3 +445,18 @@ def test_a_redirected_log_gets_the_outer_progress_as_plain_lines(tmp_path, capsy
     for _ in frepo_log.progress_bar(range(3), desc="drawn"):
         pass
     assert "\rdrawn: 100%" in capsys.readouterr().err
+
+
+def test_a_gpu_budget_on_a_cpu_is_announced_with_its_learning_rate(tmp_path, capsys, monkeypatch):
+    """`frepo distill --preset mnist-ipc1` (500 000 steps) started on a CPU with only the bar's 312-hour
+    estimate to say so (`frepo privacy` warned); the announcement also names the learning rate, which a
+    hand-made DistillConfig keeps at the paper's 3e-4."""
+    import frepo.jobs.distill as distill_module
+
+    monkeypatch.setattr(distill_module, "GPU_STEPS", 2)  # the warning's threshold, at this test's budget
+    code, _, err = run_cli(
+        ["distill", "--ipc", 1, "--steps", 2, "--lr", 0.004032831534, "--out", tmp_path / "r", *FAST], capsys
+    )
+    assert code == 0, err
+    assert "frepo: distilling digits, 1 image per class, 2 steps, lr 0.00403, real batch 64" in err
+    assert "frepo: 2 outer steps on a CPU take days; the *-cpu presets (`frepo presets`)" in err

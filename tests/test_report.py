@@ -110,13 +110,13 @@ def test_run_report(tmp_path):
     text = write_report(run).read_text()
     assert "| eval_field.json | mlp | dsa | test | 1 | 55.00 | 12 |" in text
     assert "| eval_field.json | mlp | 55.00 | 42.50 | 85.25 | +12.50 | 30.25 | 51.00 |" in text
-    assert "- dataset: digits, 1 images per class, preprocessing None, validation hold-out default" in text
+    assert "- dataset: digits, 1 image per class, preprocessing None, validation hold-out default" in text
     # A run without a hold-out (continual's and privacy's) said "default"; a narrowed run did not say so.
     config = json.loads((run / "config.json").read_text())
     config["data"].update(val_size=0, train_chunk=1, train_chunk_size=300)
     (run / "config.json").write_text(json.dumps(config))
     assert (
-        "digits, training chunk 1 of 300 images, 1 images per class, preprocessing None, validation hold-out none"
+        "digits, training chunk 1 of 300 images, 1 image per class, preprocessing None, validation hold-out none"
         in (write_report(run).read_text())
     )
 

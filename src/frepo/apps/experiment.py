@@ -19,12 +19,10 @@ from ..base.fields import to_dict
 from ..base.version import __version__
 from ..config import presets as distill_presets
 from ..io.artifact import DistilledSet, load_distilled
-from ..jobs.distill import distill
+from ..jobs.distill import GPU_STEPS, distill
 from .common import ExperimentDir, resolve, save_plot, write_text
 
 log = logging.getLogger(__name__)
-# Distillation steps of a GPU budget: on a CPU they take days (the paper's 500 000: weeks).
-GPU_STEPS = 50_000
 
 
 class Experiment:

@@ -28,6 +28,7 @@ from ..config import DistillConfig
 from ..config.presets import default_flip
 from ..data import PreparedData, prepare
 from ..eval import EvalConfig
+from ..eval.results import count_of
 from ..io.artifact import HOST, DistilledSet, load_distilled, save_distilled
 from ..method.trainer import FRePoTrainer
 from .actions import (
@@ -60,6 +61,14 @@ class DistillResult:
     best_path: Path | None
     val_accuracy: float | None
     seconds: float
+
+
+GPU_STEPS = 50_000  # outer steps from which a CPU is warned of days of work (the paper's budgets are 500 000)
+
+
+def _shown(value):
+    """A changed setting as a person reads it: 0.00403, not 0.004032831534026304."""
+    return f"{value:.3g}" if isinstance(value, float) else repr(value)
 
 
 CHECKPOINT_KEYS = ("step", "synthetic", "lamb", "pool", "sampler", "best", "elapsed")
@@ -193,15 +202,20 @@ class Distiller:
     def _announce(self, claim, resuming: bool) -> None:
         cfg = self.config
         log.info(
-            f"frepo: distilling {cfg.data.dataset}, {cfg.ipc} images per class, {cfg.steps} steps, real batch "
-            f"{cfg.batch_size}, flip {'on' if cfg.use_flip else 'off'} -> {self.run_dir.path}"
+            f"frepo: distilling {cfg.data.dataset}, {count_of(cfg.ipc, 'image')} per class, {cfg.steps} steps, lr "
+            f"{cfg.lr:.3g}, real batch {cfg.batch_size}, flip {'on' if cfg.use_flip else 'off'} -> {self.run_dir.path}"
         )
+        if self.device.type == "cpu" and cfg.steps - self.step >= GPU_STEPS:  # a paper preset, or a hand-made config
+            log.warning(
+                f"frepo: {cfg.steps - self.step} outer steps on a CPU take days; the *-cpu presets (`frepo presets`) "
+                "run in minutes to hours"
+            )
         if resuming:
             log.info(
                 f"frepo: resuming from step {self.step} of {cfg.steps} (checkpoint of {self.run_dir.checkpoint_time()})"
             )
         if claim and claim.changes:
-            changed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in claim.changes.items())
+            changed = ", ".join(f"{k} {_shown(old)} -> {_shown(new)}" for k, (old, new) in claim.changes.items())
             log.warning(f"frepo: continuing with changed settings: {changed}")
         if resuming and claim and claim.previous_environment:
             now = environment()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..base.atomic import atomic_write, atomic_write_text
 from ..base.errors import FrepoError
-from ..eval.results import mean_std
+from ..eval.results import count_of, mean_std
 from .runs import RunDir
 
 LOSS_KEYS = ("loss", "kernel_loss", "online_loss")
@@ -88,11 +88,13 @@ def _settings(run: RunDir) -> list[str]:
     data, model = config.get("data", {}), config.get("model", {})
     held = data.get("val_size")  # None: the default size; 0: none (continual's and privacy's distillations)
     holdout = "default" if held is None else f"{held} images" if held else "none"
+    ipc = config.get("ipc")
+    images = count_of(ipc, "image") if isinstance(ipc, int) else f"{ipc} images"
     narrowed = f", classes {data['classes']}" if data.get("classes") not in (None, "") else ""
     if data.get("train_chunk") is not None:
         narrowed += f", training chunk {data['train_chunk']} of {data.get('train_chunk_size')} images"
     return [
-        f"- dataset: {data.get('dataset')}{narrowed}, {config.get('ipc')} images per class, "
+        f"- dataset: {data.get('dataset')}{narrowed}, {images} per class, "
         f"preprocessing {data.get('preprocess')}, validation hold-out {holdout}",
         f"- {config.get('steps')} steps, real batch {config.get('batch_size')}, lr {config.get('lr')}, "
         f"flip trick {'on' if config.get('use_flip') else 'off'}, learned labels {config.get('learn_labels')}",
