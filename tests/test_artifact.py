@@ -89,6 +89,8 @@ def test_truncated_and_foreign_files_are_rejected(tmp_path):
     save_file({"images": torch.zeros(2, 3, 4, 4)}, str(foreign))
     with pytest.raises(FrepoError, match="--dataset"):
         load_distilled(foreign)
+    with pytest.raises(FrepoError, match=r"is a folder; load_distilled reads a set's file \(a run's is .*distilled"):
+        load_distilled(tmp_path)  # "file not found" of a folder that is there
     with pytest.raises(FrepoError, match="not found"):
         load_distilled(tmp_path / "missing.safetensors")
 

@@ -118,6 +118,8 @@ def test_distill_evaluate_show_subset_on_digits(tmp_path, capsys):
     # A run continued past its set (a newer checkpoint) is read with a warning; one without its set yet is
     # said to be unfinished (it was read as class folders: its snapshots' folder), and can still be animated
     os.utime(out / "checkpoint.pt", ns=(time.time_ns(), time.time_ns() + 10**9))
+    code, stdout, err = run_cli(["evaluate", out / "checkpoint.pt"], capsys)  # read as a DC file, then refused
+    assert code == 2 and f"is a frepo run's checkpoint, not a set: give its run directory {out}" in err, err
     code, stdout, err = run_cli(["evaluate", out, "--models", 1, "--steps", 2, "--width", 8], capsys)
     assert code == 0 and "was continued after it wrote its set" in err, err
     (out / "distilled.safetensors").unlink()

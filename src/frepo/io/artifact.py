@@ -342,6 +342,11 @@ def load_distilled(path: str | Path) -> DistilledSet:
 
     check_path("path", path)
     path = Path(path)
+    if path.is_dir():  # said "file not found" of a run directory that was there
+        raise FrepoError(
+            f"{path} is a folder; load_distilled reads a set's file (a run's is {path / 'distilled.safetensors'}; "
+            "frepo.evaluate, show and export also take a run directory or an export folder)"
+        )
     if not path.is_file():
         raise FrepoError(f"file not found: {path}")
     try:

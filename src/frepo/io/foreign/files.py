@@ -32,6 +32,11 @@ def detect_format(path: str | Path) -> str:
     if suffix == ".npz":
         return "frepo-npz"
     if suffix in (".pt", ".pth"):
+        if path.name == "checkpoint.pt" and (path.parent / "config.json").is_file():  # read as a DC file before
+            raise FrepoError(
+                f"{path} is a frepo run's checkpoint, not a set: give its run directory {path.parent}, whose set "
+                "(distilled.safetensors) its distill command writes when it finishes"
+            )
         # By the names the tools give their files; anything else by its content.
         if path.name.startswith("res_"):
             return "dc"
