@@ -313,3 +313,67 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
         reproduce.reproduce(1, "tiny", **{**kwargs, "runs_dir": tmp_path / "a-file"})
     with pytest.raises(FrepoError, match="a-file exists and is not a folder"):  # it said "File exists"
         reproduce.reproduce(1, "tiny", finished_only=True, **{**kwargs, "out": tmp_path / "a-file" / "r.md"})
+
+
+def test_report_says_where_a_run_stands_and_what_a_resume_changed(tmp_path, monkeypatch):
+    """A run's report said nothing of a run cut short (nor from where its command resumes it), refused one
+    stopped before its first log line, and showed only the last lr of a run continued with another."""
+    import signal
+    import subprocess
+    import sys
+
+    from frepo.jobs.distill import distill
+    from frepo.method.trainer import FRePoTrainer
+
+    settings = dict(steps=4, width=8, num_models=2, batch_size=32, eval_every=0, checkpoint_every=1, log_every=1)
+    out = tmp_path / "run"
+    original, calls = FRePoTrainer.step, {"n": 0}
+
+    def step_then_interrupt(self):
+        metrics = original(self)
+        calls["n"] += 1
+        if calls["n"] == 3:  # Ctrl-C after step 3
+            signal.raise_signal(signal.SIGINT)
+        return metrics
+
+    monkeypatch.setattr(FRePoTrainer, "step", step_then_interrupt)
+    with pytest.raises(Interrupted):
+        distill(presets.resolve("digits", 1, overrides=settings), out)
+    monkeypatch.setattr(FRePoTrainer, "step", original)
+    text = write_report(out).read_text()
+    assert "**Unfinished**: stopped at its checkpoint of step 3 of 4" in text
+    assert "the same `frepo distill` command resumes it from there" in text
+
+    # Another process distilling it now: said, with the pid to wait for.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl,os,sys,time; f=os.open(sys.argv[1], os.O_RDWR); "
+            "os.ftruncate(f, 0); os.write(f, b'4242'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print('held', flush=True); time.sleep(60)",
+            str(out / ".lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert "**Running**: frepo process 4242 is distilling it now, last checkpoint at step 3 of 4" in (
+            write_report(out).read_text()
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+
+    distill(presets.resolve("digits", 1, overrides={**settings, "lr": 1e-4}), out, resume_with_changes=True)
+    text = write_report(out).read_text()
+    assert "**Finished**: its set is of step 4 of 4." in text
+    assert "- continued at step 3 with lr " in text and " -> 0.0001" in text
+
+    # Stopped before its first log line (config.json and nothing else): reported, not refused.
+    early = tmp_path / "early"
+    early.mkdir()
+    (early / "config.json").write_text((out / "config.json").read_text())
+    text = write_report(early).read_text()
+    assert "**Unfinished**: stopped before its first checkpoint" in text and "No training metrics logged." in text

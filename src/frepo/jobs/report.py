@@ -1,9 +1,11 @@
 """`frepo report RUN_DIR`: a self-contained Markdown report of a run, with its PNGs, in the run dir.
 
-It shows the run's settings (config.json), curves of the training loss and of the validation
-accuracy over steps (metrics.jsonl: lines with `loss` are training, lines with `val_acc` validation),
-the image grid (distilled.png, drawn from distilled.safetensors when missing) and a table of every
-evaluation JSON (`eval*.json`, as `frepo evaluate --json` writes them) found in the run dir.
+It shows the run's settings (config.json), where it stands (finished, unfinished and from which step the
+same command resumes it, or being distilled now), the settings changed on a resume (`--resume-with-changes`),
+curves of the training loss and of the validation accuracy over steps (metrics.jsonl: lines with `loss` are
+training, lines with `val_acc` validation), the image grid (distilled.png, drawn from distilled.safetensors
+when missing) and a table of every evaluation JSON (`eval*.json`, as `frepo evaluate --json` writes them)
+found in the run dir.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from ..base.atomic import atomic_write, atomic_write_text
 from ..base.errors import FrepoError
+from ..base.lock import holder
 from ..eval.results import count_of, mean_std
 from .runs import RunDir
 
@@ -78,12 +81,21 @@ def load_eval_results(run_dir: Path) -> tuple[list[dict], list[str]]:
     return rows, bad
 
 
-def _settings(run: RunDir) -> list[str]:
+def _config(run: RunDir) -> dict | None:
+    """The run's settings (config.json); {} when it is unreadable, None without one."""
     if not run.config_path.is_file():
-        return []
+        return None
     try:
         config = json.loads(run.config_path.read_text())
-    except json.JSONDecodeError:
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _settings(config: dict | None) -> list[str]:
+    if config is None:
+        return []
+    if not config:
         return ["(config.json is unreadable)"]
     data, model = config.get("data", {}), config.get("model", {})
     held = data.get("val_size")  # None: the default size; 0: none (continual's and privacy's distillations)
@@ -101,6 +113,63 @@ def _settings(run: RunDir) -> list[str]:
         f"- pool: {config.get('pool', {}).get('num_models')} models of Conv width {model.get('width')}, "
         f"depth {model.get('depth')}, norm {model.get('norm')}; seed {config.get('seed')}",
     ]
+
+
+def _set_step(run: RunDir) -> int | None:
+    """The step of the run's distilled set, read from its header alone (None without one, or unreadable)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(run.distilled_path), framework="pt") as fh:
+            step = json.loads((fh.metadata() or {})["frepo"]).get("step")
+    except Exception:  # missing, damaged, or not frepo's: the status says no set
+        return None
+    return step if isinstance(step, int) else None
+
+
+def _checkpoint_step(run: RunDir) -> int | None:
+    """The step of the run's checkpoint, memory-mapped (a large set's checkpoint is not read whole); None
+    without one or when unreadable."""
+    import torch
+
+    try:
+        step = torch.load(run.checkpoint_path, map_location="cpu", weights_only=True, mmap=True)["step"]
+    except Exception:  # missing or damaged: the status says so
+        return None
+    return int(step) if isinstance(step, int | torch.Tensor) else None
+
+
+def _status(run: RunDir, total: object) -> str:
+    """Where the run stands: finished, stopped (and where the same command resumes it), or running now."""
+    of = f" of {total}" if isinstance(total, int) else ""
+    owner = holder(run.path)
+    checkpoint, made = _checkpoint_step(run), _set_step(run)
+    if owner is not None:
+        at = f", last checkpoint at step {checkpoint}{of}" if checkpoint is not None else ""
+        return f"**Running**: frepo process {owner} is distilling it now{at}; this report shows it as of now."
+    if made is not None and made == total and (checkpoint is None or checkpoint <= made):
+        return f"**Finished**: its set is of step {made}{of}."
+    if checkpoint is not None:
+        written = f"its set is of step {made}; " if made is not None else ""
+        return (
+            f"**Unfinished**: {written}stopped at its checkpoint of step {checkpoint}{of} "
+            f"({run.checkpoint_time()}); the same `frepo distill` command resumes it from there."
+        )
+    if run.checkpoint_path.is_file():
+        return "**Unfinished**: its checkpoint is unreadable; delete checkpoint.pt to restart the run."
+    if made is not None:
+        return f"**Unfinished**: its set is of step {made}{of}."
+    return "**Unfinished**: stopped before its first checkpoint; the same `frepo distill` command starts it again."
+
+
+def _changes(records: list[dict]) -> list[str]:
+    """The settings changed when the run was continued (`--resume-with-changes`), one line per resume."""
+    lines = []
+    for r in records:
+        if isinstance(r.get("changed"), dict):
+            changed = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in r["changed"].items())
+            lines.append(f"- continued at step {r.get('step')} with {changed}")
+    return ["Settings changed on a resume (--resume-with-changes):", "", *lines, ""] if lines else []
 
 
 def _field_metrics(evals: list[dict]) -> list[str]:
@@ -126,12 +195,16 @@ def _field_metrics(evals: list[dict]) -> list[str]:
 
 def render(run: RunDir, records: list[dict], plots: dict[str, Path], grid: Path | None, evals, bad) -> str:
     lines = [f"# frepo run report: {run.path.name}", ""]
-    settings = _settings(run)
+    config = _config(run)
+    settings = _settings(config)
     if settings:
         lines += ["## Settings", "", *settings, ""]
     train = [r for r in records if "loss" in r]
     val = [r for r in records if "val_acc" in r]
     lines += ["## Training", ""]
+    if config is not None or run.checkpoint_path.is_file():  # a distillation (not a folder of evaluations)
+        lines += [_status(run, (config or {}).get("steps")), ""]
+    lines += _changes(records)
     if train:
         last = train[-1]
         lines.append(
@@ -187,8 +260,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         )
     records = run.read_metrics()
     evals, bad = load_eval_results(run.path)
-    if not records and not evals and not run.distilled_path.is_file():
-        raise FrepoError(f"{run.path} holds no frepo run (no metrics.jsonl, distilled set or eval*.json)")
+    started = run.config_path.is_file() or run.checkpoint_path.is_file()  # stopped before its first log line
+    if not records and not evals and not run.distilled_path.is_file() and not started:
+        raise FrepoError(f"{run.path} holds no frepo run (no config.json, metrics.jsonl, distilled set or eval*.json)")
     out = Path(out) if out else run.path / "report.md"
     if out.resolve().parent != run.path.resolve():
         raise FrepoError("the report goes into the run directory, next to its images; pass a file name inside it")
