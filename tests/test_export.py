@@ -308,6 +308,10 @@ def test_a_file_changed_after_export_is_named_in_a_warning(tmp_path, capsys):
     with pytest.warns(UserWarning, match=r"a: images.pt differ from what frepo export wrote") as caught:
         load_export(tmp_path / "a")
     assert len(caught) == 1
+    # Attributed to the caller's line, whatever the path through frepo (a fixed stacklevel pointed into frepo).
+    with pytest.warns(UserWarning, match=r"images.pt differ from what frepo export wrote") as caught:
+        frepo.export(tmp_path / "a", tmp_path / "c", "pt")
+    assert [Path(w.filename) for w in caught] == [Path(__file__)], [w.filename for w in caught]
     capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "a"), "--models", "1", "--steps", "2", "--width", "8"]) == 0
     err = capsys.readouterr().err

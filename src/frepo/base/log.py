@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
+import warnings
 import weakref
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -104,3 +107,16 @@ def progress_bar(iterable: Iterable | None = None, **options: Any) -> tqdm:
     bar = tqdm(iterable, **options)
     _line_bars.add(bar)
     return bar
+
+
+_PACKAGE = str(Path(__file__).resolve().parent.parent) + os.sep  # frepo's own source folder
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """`warnings.warn` attributed to the first caller outside frepo: a script's line, not the frepo line that
+    noticed (a fixed `stacklevel` pointed into frepo whenever the call came by another path). The command
+    line prints the message alone."""
+    frame, level = sys._getframe(1), 2
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

@@ -21,13 +21,13 @@ All fits use frepo's one covariance routine and one disk cache (`frepo.data.prep
 from __future__ import annotations
 
 import hashlib
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..base.errors import FrepoError
+from ..base.log import warn
 from .preprocess import (
     Preprocessing,
     cached,
@@ -196,7 +196,7 @@ def preprocessing_mismatch(images: torch.Tensor, expected: torch.Tensor | None) 
 def check_preprocessing(
     images: torch.Tensor, claim: str, pre: Preprocessing, raw: RawDataset, where: str, advice: str | None = None
 ) -> None:
-    """Warn (warnings.warn) when the images do not look like the claimed preprocessing; `advice` replaces the
+    """Warn (`frepo.base.log.warn`) when the images do not look like the claimed preprocessing; `advice` replaces the
     hint to name it with --preprocess (a command without that option says what to do instead)."""
     expected = None if claim == "pixels" else pre(reference_sample(raw))
     reason = preprocessing_mismatch(images, expected)
@@ -204,7 +204,4 @@ def check_preprocessing(
         return
     others = ", ".join(k for k in CLAIMS if k != claim)
     advice = advice or f"The accuracy will be wrong unless --preprocess names what the file holds ({others})"
-    warnings.warn(
-        f"{where}: the images do not look like '{claim}' preprocessing ({CLAIMS[claim]}): {reason}. {advice}",
-        stacklevel=3,
-    )
+    warn(f"{where}: the images do not look like '{claim}' preprocessing ({CLAIMS[claim]}): {reason}. {advice}")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
-import warnings
 
 import numpy as np
 import torch
 
 from ..base.device import deterministic_kernels, resolve_device
-from ..base.log import progress_bar
+from ..base.log import progress_bar, warn
 from ..base.rng import stream_seed
 from ..io.artifact import DistilledSet
 from .config import EvalConfig
@@ -77,10 +76,9 @@ def evaluate_set(
                 finished.put(streams, accs, how)
     together = accs is not None
     if not together and how == "stacked" and config.together == "on" and config.models > 1:
-        warnings.warn(
+        warn(
             f"--together on: {setup.arch} keeps batch-norm statistics, which stacked networks cannot; its networks "
-            "train one after the other (--together streams trains any architecture at once on a GPU)",
-            stacklevel=3,
+            "train one after the other (--together streams trains any architecture at once on a GPU)"
         )
     if accs is None:
         accs = []

@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from ..base.device import resolve_device
 from ..base.errors import FrepoError, Interrupted, check_argument
 from ..base.fields import check_fields, check_type, leaf_fields, opt, set_leaf, to_dict
+from ..base.log import warn
 from ..config import DATA_DIR_HELP, STREAM_AUTO_BYTES
 from ..data import RawDataset, default_data_dir, load_dataset
 from ..data.recipes import CLAIMS
@@ -142,10 +142,9 @@ def _warn_of_missing_classes(ds: DistilledSet, raw: RawDataset, labels: np.ndarr
     if missing:
         cap = float(np.isin(labels, np.flatnonzero(held)).mean())
         shown = ", ".join(str(raw.classes[c]) for c in missing[:10]) + (", ..." if len(missing) > 10 else "")
-        warnings.warn(
+        warn(
             f"the set holds no images of {len(missing)} of the {raw.num_classes} classes of {raw.name} ({shown}): "
-            f"its networks are not taught them, and the other classes are {100 * cap:.1f}% of the {split} split",
-            stacklevel=4,
+            f"its networks are not taught them, and the other classes are {100 * cap:.1f}% of the {split} split"
         )
 
 
@@ -153,10 +152,9 @@ def _split(ds: DistilledSet, raw: RawDataset, split: str) -> tuple[torch.Tensor,
     if split == "test":
         expected = ds.meta.get("test_fingerprint")
         if expected and expected != raw.test_fingerprint():
-            warnings.warn(
+            warn(
                 f"the test split of {raw.name} found here differs from the one the set was made "
-                "with; numbers may not be comparable",
-                stacklevel=3,
+                "with; numbers may not be comparable"
             )
         everything = np.arange(len(raw.x_test))
         return split_view(raw.x_test, everything, ds.preprocessing, STREAM_AUTO_BYTES), torch.from_numpy(raw.y_test)

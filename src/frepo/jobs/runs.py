@@ -16,7 +16,6 @@ import platform
 import re
 import shutil
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from ..base.atomic import (
 from ..base.errors import FrepoError
 from ..base.fields import from_dict, to_dict
 from ..base.lock import LOCK, FolderLock
+from ..base.log import warn
 from ..base.version import __version__
 from ..config import DistillConfig
 
@@ -173,10 +173,7 @@ class RunDir:
             # (or on another machine) for `r1` was refused as other settings. Said, as the start is not used.
             started = f"--init {old['init']}" if old.get("init") else "seeded real images"
             given = f"--init {new['init']}" if new.get("init") else "the seeded start"
-            warnings.warn(
-                f"{self.path} resumes from its checkpoint; it started from {started}, and {given} is not read",
-                stacklevel=3,
-            )
+            warn(f"{self.path} resumes from its checkpoint; it started from {started}, and {given} is not read")
             old["init"] = new.get("init")
         diff = sorted(
             k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k.split(".")[-1] not in ALWAYS_RESUMABLE

@@ -4,7 +4,6 @@ writers the same way)."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ...base.errors import FrepoError
+from ...base.log import warn
 from ...base.registry import registering
 from ...data.preprocess import Preprocessing
 from ..artifact import DistilledSet
@@ -54,10 +54,9 @@ def _read_pngs(export: Export) -> tuple:
     added = sorted(found - set(names))
     if added:  # an image put into a class folder is not part of the set: say so rather than drop it silently
         shown = ", ".join(added[:5]) + (f" and {len(added) - 5} more" if len(added) > 5 else "")
-        warnings.warn(
+        warn(
             f"{export.folder}: left out {shown}, which frepo export did not write: an export is read as written "
-            "(to read the class folders as they are now, copy them without export.json and pass --dataset)",
-            stacklevel=3,
+            "(to read the class folders as they are now, copy them without export.json and pass --dataset)"
         )
     pixels = np.stack([to_array(open_image(export.folder / name), export.channels) for name in names])
     if tuple(pixels.shape[1:3]) != export.shape[1:]:
@@ -135,8 +134,7 @@ def _warn_of_changed_files(manifest: dict, each: dict[str, str], where: str) -> 
     changed = sorted(name for name, digest in recorded.items() if each.get(name) != digest)
     if changed:
         shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
-        warnings.warn(
+        warn(
             f"{where}: {shown} differ from what frepo export wrote (edited, damaged, or from another export); "
-            "the set is read as the files are now, with the manifest's preprocessing",
-            stacklevel=2,
+            "the set is read as the files are now, with the manifest's preprocessing"
         )

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 
 from ...base.errors import FrepoError
 from ...base.lock import holder
+from ...base.log import warn
 from ...data import RawDataset, default_data_dir, load_dataset
 from ...data.preprocess import Preprocessing
 from ...data.recipes import CLAIMS, check_preprocessing, claimed_preprocessing, frepo_preprocessing
@@ -69,10 +69,7 @@ def run_set(path: str | Path) -> Path:
         raise FrepoError(f"{path} is a run that has not written its set ({RUN_SET}) yet: {finish} to finish")
     checkpoint = path / "checkpoint.pt"
     if owner or (checkpoint.is_file() and checkpoint.stat().st_mtime > file.stat().st_mtime):
-        warnings.warn(
-            f"{path} was continued after it wrote its set: this is the set of its last finish; {finish} to finish",
-            stacklevel=2,
-        )
+        warn(f"{path} was continued after it wrote its set: this is the set of its last finish; {finish} to finish")
     return file
 
 
@@ -224,10 +221,9 @@ def load_start(
             raise FrepoError(f"{error}. distill has no --preprocess: {export}") from None
         entries = ds.meta["source"].get("entries", 1)
         if entries > 1:  # say which set it starts from, and how to start from another
-            warnings.warn(
+            warn(
                 f"--init {path} holds {entries} distilled sets; the run starts from the first (to start from "
-                f"another: {convert} --entry N, then --init DIR)",
-                stacklevel=2,
+                f"another: {convert} --entry N, then --init DIR)"
             )
     if tuple(ds.images.shape[1:]) != raw.image_shape:
         raise FrepoError(f"--init {path} holds images of shape {tuple(ds.images.shape[1:])}, not {raw.image_shape}")
