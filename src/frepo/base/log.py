@@ -74,8 +74,8 @@ def _redraws_in_place() -> bool:
 
 class _Lines:
     """The file of a bar shown as lines: tqdm's carriage-return redraws each become a line of their own,
-    blanks (its clearing) and repeats (its redraw after a message) dropped. stderr is read at each write, as
-    the log handler reads it."""
+    blanks (its clearing) and repeats of the same progress (its redraw after a message or a postfix, its last
+    line as it closes) dropped. stderr is read at each write, as the log handler reads it."""
 
     def __init__(self) -> None:
         self.last = ""
@@ -83,9 +83,10 @@ class _Lines:
     def write(self, text: str) -> int:
         for line in text.replace("\r", "\n").split("\n"):
             line = line.strip()
-            if line and line != self.last:
+            progress = line.split(" [")[0]  # "desc: 50%|#####     | 2/4": what a line says beyond the clock
+            if line and progress != self.last:
                 sys.stderr.write(line + "\n")
-                self.last = line
+                self.last = progress
         return len(text)
 
     def flush(self) -> None:
@@ -94,15 +95,21 @@ class _Lines:
 
 def progress_bar(iterable: Iterable | None = None, **options: Any) -> tqdm:
     """`tqdm(iterable, **options)` on a terminal or in a notebook. In a redirected stderr: the outermost open
-    bar as a line at most every LOG_INTERVAL_S seconds, and bars opened inside it not at all (close a bar
-    on an exception too, `with progress_bar(...) as bar:`, or the bars after it stay quiet)."""
+    bar as a line at most every LOG_INTERVAL_S seconds and once as it closes, and bars opened inside it not at
+    all (close a bar on an exception too, `with progress_bar(...) as bar:`, or the bars after it stay quiet)."""
     if options.get("disable") or _redraws_in_place():
         return tqdm(iterable, **options)
     if any(not bar.disable for bar in _line_bars):  # inside another: its lines would interleave
         return tqdm(iterable, **{**options, "disable": True})
-    # maxinterval too: tqdm's monitor thread redraws a bar left 10 s without one, with stale numbers
+    # maxinterval too: tqdm's monitor thread redraws a bar left 10 s without one, with stale numbers. leave: a
+    # bar that clears itself on a terminal (leave=False) still ends with its last line, or a log shows it at 0 %.
     options.update(
-        file=_Lines(), mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S, dynamic_ncols=False, ascii=True
+        file=_Lines(),
+        mininterval=LOG_INTERVAL_S,
+        maxinterval=LOG_INTERVAL_S,
+        dynamic_ncols=False,
+        ascii=True,
+        leave=True,
     )
     bar = tqdm(iterable, **options)
     _line_bars.add(bar)
