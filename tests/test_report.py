@@ -34,6 +34,12 @@ def test_result_formats():
     assert {"protocol", "arch", "accuracies", "mean", "std", "models", "file_checksum", "model_seeds"} <= set(one)
     many = results_json([_result(), _result("mlp")])
     assert [r["arch"] for r in many["results"]] == ["conv", "mlp"]
+    # One way to read any evaluation: "results" is there for one architecture too (its keys also on top).
+    assert one["results"] == [{k: v for k, v in one.items() if k != "results"}]
+    # The krr protocol trains nothing: it said "0 steps".
+    krr = EvalResult("krr", "conv", [70.0, 72.0], 71.0, 1.0, 0, 2.0)
+    assert "2 models, no training, 2 s)" in krr.summary()
+    assert results_table([krr]).splitlines()[2].split() == ["conv", "krr", "2", "71.00", "±", "1.00", "–", "2.0"]
     rows = list(csv.DictReader(io.StringIO(results_csv([_result(), _result("mlp")]))))
     assert [r["arch"] for r in rows] == ["conv", "mlp"] and rows[0]["accuracies"] == "50.0000;60.0000"
     assert rows[0]["model_seeds"] == "1;2" and rows[0]["seed"] == "7" and rows[0]["file_checksum"] == "ab" * 32

@@ -1,8 +1,9 @@
 """Evaluation results (`EvalResult`) and their tables: printed, JSON and CSV.
 
-JSON keeps the single-result shape of earlier versions (one object with `protocol`, `arch`,
-`accuracies`, `mean`, `std`, ...) when there is one result; several results (one per architecture)
-become `{"results": [...]}`. Every result carries the evaluated file's checksum and the seeds.
+JSON always holds `"results"`, a list of one object per architecture (`protocol`, `arch`, `accuracies`,
+`mean`, `std`, ...), so a script reads any evaluation the same way; with one result that object's keys are
+also at the top level (the shape of earlier versions). Every result carries the evaluated file's checksum and
+the seeds.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class EvalResult:
     def summary(self) -> str:
         return (
             f"{mean_std(self.mean, self.std, self.models)} % ({self.split}, protocol {self.protocol}, "
-            f"arch {self.arch}, {count_of(self.models, 'model')}, {self.steps} steps, {self.seconds:.0f} s)"
+            f"arch {self.arch}, {count_of(self.models, 'model')}, {trained(self.steps)}, {self.seconds:.0f} s)"
         )
 
 
@@ -87,11 +88,16 @@ CSV_COLUMNS = (
 )
 
 
+def trained(steps: int) -> str:
+    """A model's training, in words: "1000 steps", or "no training" (the krr protocol solves, it trains nothing)."""
+    return count_of(steps, "step") if steps else "no training"
+
+
 def results_table(results: Sequence[EvalResult]) -> str:
     """A fixed-width text table: architecture, protocol, models, mean ± std, train steps, seconds."""
     header = ("architecture", "protocol", "models", "accuracy (%)", "train steps", "seconds")
     rows = [
-        (r.arch, r.protocol, str(r.models), mean_std(r.mean, r.std, r.models), str(r.steps), f"{r.seconds:.1f}")
+        (r.arch, r.protocol, str(r.models), mean_std(r.mean, r.std, r.models), str(r.steps or "–"), f"{r.seconds:.1f}")
         for r in results
     ]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
@@ -104,9 +110,10 @@ def results_table(results: Sequence[EvalResult]) -> str:
 
 
 def results_json(results: Sequence[EvalResult]):
-    """One result -> its dict (the historical shape); several -> {"results": [dicts]}."""
+    """{"results": [one dict per result]}; one result's keys also at the top level (the historical shape, which
+    `--json` had to be read by one way for one architecture and another for several)."""
     dicts = [r.to_dict() for r in results]
-    return dicts[0] if len(dicts) == 1 else {"results": dicts}
+    return {**dicts[0], "results": dicts} if len(dicts) == 1 else {"results": dicts}
 
 
 def write_json(results: Sequence[EvalResult], path) -> None:

@@ -238,7 +238,7 @@ def render(run: RunDir, records: list[dict], plots: dict[str, Path], grid: Path 
             accuracy = mean_std(r["mean"], r.get("std", 0.0), models)
             lines.append(
                 f"| {r['source']} | {r.get('arch', '?')} | {r.get('protocol', '?')} | {r.get('split', 'test')} | "
-                f"{models} | {accuracy} | {r.get('steps', '?')} | "
+                f"{models} | {accuracy} | {r.get('steps') or '–'} | "
                 f"{float(r.get('seconds', 0.0)):.0f} |"
             )
         lines += _field_metrics(evals)
