@@ -106,6 +106,10 @@ def test_distill_evaluate_show_subset_on_digits(tmp_path, capsys):
     assert torch.equal(rand.class_ids(), ds.class_ids())
     code, stdout, err = run_cli(["evaluate", subset, "--models", 1, "--steps", 10], capsys)
     assert code == 0, err
+    # Fewer per row than the set holds: said (a grid of 10 under "300 images"). No suffix: PNG data in `grid2`.
+    code, stdout, err = run_cli(["show", subset, "--per-class", 1, "--out", tmp_path / "grid2"], capsys)
+    assert code == 0 and (tmp_path / "grid2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", err
+    assert stdout.strip().endswith("grid2.png (1 of 2 images per class; --per-class 2 shows all)"), stdout
 
     # Rerunning a finished run changes nothing and says so.
     before = (out / "distilled.safetensors").read_bytes()

@@ -174,6 +174,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         raise FrepoError(f"--per-class must be >= 1, got {args.per_class}")
     if args.out is not None:
         check_output_file(args.out, "--out")
+        if not Path(args.out).suffix:  # as matplotlib's savefig: `--out grid` is grid.png (grid.gif animated)
+            args.out = str(Path(args.out).with_suffix(".gif" if args.animate else ".png"))
         if not args.animate:
             grid_format(args.out)  # before the set is read
     if args.animate:
@@ -188,6 +190,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     step = ds.meta.get("step")
     title = f"{Path(ds.dataset).name}: {ds.meta.get('kind', 'set')}, {len(ds.images)} images"
     title += f", step {step}" if step is not None else ""
+    most = int(ds.class_ids().bincount().max()) if len(ds.images) else 0  # a grid row holds --per-class of them
+    partial = most > args.per_class
+    title += f", {args.per_class} of {most} per class shown" if partial else ""
     # beside an export folder (or class folders), not in it: a file the export did not write makes it another's
     manifest = find_manifest(file)
     if manifest is not None:  # a file of an export: beside its folder
@@ -195,7 +200,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     beside = file.parent / f"{file.name}.png" if file.is_dir() else file.with_suffix(".png")
     out = Path(args.out) if args.out else beside
     save_grid(ds, out, per_class=args.per_class, title=title)
-    print(f"image grid -> {out}")
+    hint = f" ({args.per_class} of {most} images per class; --per-class {most} shows all)" if partial else ""
+    print(f"image grid -> {out}{hint}")
     return 0
 
 

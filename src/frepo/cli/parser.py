@@ -183,8 +183,8 @@ def _show(sub: Subcommands) -> None:
     )
     p.add_argument(
         "--out",
-        help="output path; its suffix picks the grid's format: .png, .jpg, .pdf, .svg... (default: the file with "
-        ".png, or RUN/distilled.gif with --animate)",
+        help="output path; its suffix picks the grid's format: .png, .jpg, .pdf, .svg... (a name without one gets "
+        ".png, or .gif with --animate; default: the file with .png, or RUN/distilled.gif with --animate)",
     )
     p.add_argument("--per-class", type=int, default=10, help="images per class row (default: 10)")
     p.add_argument(
