@@ -58,7 +58,8 @@ def add_settings_flags(parser: argparse.ArgumentParser, settings: Any, skip: fro
         choices = f.metadata.get("choices")
         help_text = f.metadata.get("help", "")
         if "(default:" not in help_text:  # a help that says its default itself says it better than the value
-            help_text += f" (default: {default})"
+            shown = {True: "on", False: "off"}.get(default, default) if isinstance(default, bool) else default
+            help_text += f" (default: {shown})"  # a switch is on or off, as --download's own help says
         help_text = help_text.replace("%", "%%")
         if kind is bool:
             parser.add_argument(

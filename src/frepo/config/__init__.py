@@ -54,13 +54,14 @@ class DataConfig:
     classes: CommaList | None = opt(
         None,
         "distil from these classes only, comma-separated class ids (a continual-learning task); the labels "
-        "still span every class, and the preprocessing is fitted on the whole training split as the reference does",
+        "still span every class, and the preprocessing is fitted on the whole training split as the reference "
+        "does (default: every class)",
         listed=True,
     )
     train_chunk: int | None = opt(
         None,
         "distil from the train_chunk-th block of train_chunk_size training images only, in the split's order "
-        "(the membership-inference setting: those images are the members)",
+        "(the membership-inference setting: those images are the members) (default: the whole split)",
     )
     train_chunk_size: int = opt(10000, "training images per chunk (with --train-chunk)")
     stream: str = opt(
