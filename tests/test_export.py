@@ -428,9 +428,17 @@ def test_the_python_export_reads_every_set_the_command_does(tmp_path):
     frepo.export(tmp_path / "npz", tmp_path / "pt", "pt", space="frepo")  # an export
     official = frepo.SourceConfig(dataset="digits", preprocess="frepo")  # in the set's own space
     frepo.export(tmp_path / "official.npz", tmp_path / "from-npz", "pt", space="frepo", source=official)
-    for folder in ("pt", "from-npz"):
+    # The source's options as keywords, as frepo.evaluate takes them (export took source= only).
+    frepo.export(
+        tmp_path / "official.npz", tmp_path / "by-name", "pt", space="frepo", dataset="digits", preprocess="frepo"
+    )
+    for folder in ("pt", "from-npz", "by-name"):
         torch.testing.assert_close(load_export(tmp_path / folder).images, ds.images, rtol=0, atol=1e-6)
     with pytest.raises(FrepoError, match="apply to files, not to a loaded DistilledSet"):
         frepo.export(ds, tmp_path / "x", "pt", source=official)
+    with pytest.raises(FrepoError, match="apply to files, not to a loaded DistilledSet"):
+        frepo.export(ds, tmp_path / "x", "pt", dataset="digits")
+    with pytest.raises(FrepoError, match="unknown option 'models' for SourceConfig"):
+        frepo.export(tmp_path / "official.npz", tmp_path / "x", "pt", dataset="digits", models=3)
     with pytest.raises(FrepoError, match="does not say which dataset it belongs to"):
         frepo.export(tmp_path / "official.npz", tmp_path / "y", "pt")  # another tool's file names no dataset

@@ -96,8 +96,8 @@ def test_an_argument_of_the_wrong_kind_is_named(tmp_path):
         (lambda: frepo.evaluate(42), "file must be a DistilledSet or the path of a set, got int 42"),
         (lambda: frepo.evaluate(ds, {"models": 1}), "config must be an EvalConfig .*options go as keywords"),
         (lambda: frepo.evaluate_archs(ds, None, "digits"), "source must be a SourceConfig or None"),
-        (lambda: frepo.distill("digits-ipc10", tmp_path / "r"), "config must be a DistillConfig: frepo.presets.get"),
-        (lambda: frepo.make_subset("digits", 2), "data must be a DataConfig: make_subset"),
+        (lambda: frepo.distill("digits-ipc10", tmp_path / "r"), "config must be a DistillConfig.*preset='digits-ipc1"),
+        (lambda: frepo.make_subset(5, 2), "data must be a dataset or a DataConfig: make_subset"),
         (
             lambda: frepo.save_distilled(tmp_path / "x.safetensors", ds),
             "ds must be a DistilledSet: save_distilled\\(ds, path\\), got PosixPath",
@@ -192,3 +192,26 @@ def test_a_config_built_by_hand_gets_the_reference_flip(tmp_path):
     recorded = json.loads((tmp_path / "digits" / "config.json").read_text())
     (tmp_path / "digits" / "config.json").write_text(json.dumps({**recorded, "use_flip": None}))
     assert frepo.distill(dataclasses.replace(config, use_flip=None), tmp_path / "digits").step == 1
+
+
+def test_distill_takes_a_preset_and_options_as_continual_and_privacy_do(tmp_path, monkeypatch):
+    """frepo.distill needed a DistillConfig and a folder where frepo.continual/privacy take preset= and options
+    and have a default folder; make_subset needed a DataConfig for a dataset's name."""
+    import frepo
+
+    tiny = dict(steps=2, width=8, num_models=1, batch_size=32, eval_every=0, eval_steps=5)
+    result = frepo.distill(preset="digits-ipc1", out=tmp_path / "r", **tiny)
+    assert result.step == 2 and frepo.load_distilled(result.distilled_path).meta["ipc"] == 1
+    monkeypatch.chdir(tmp_path)  # no out: runs/<dataset>-ipc<N>, as `frepo distill` puts it
+    result = frepo.distill(dataset="digits", ipc=2, **tiny)
+    assert result.distilled_path.resolve() == (tmp_path / "runs" / "digits-ipc2" / "distilled.safetensors").resolve()
+    assert len(frepo.make_subset("digits", 2).images) == 20
+    for call, message in (
+        (lambda: frepo.distill(presets.get("digits-ipc1"), preset="digits-ipc1"), "either a DistillConfig or"),
+        (lambda: frepo.distill(presets.get("digits-ipc1"), steps=3), "either a DistillConfig or"),
+        (lambda: frepo.distill(preset="digits-ipc1", ipc=2), "preset 'digits-ipc1' is for IPC 1, not 2"),
+        (lambda: frepo.distill(stepz=1), "unknown option 'stepz' for DistillConfig"),
+        (lambda: frepo.distill(preset=5), "preset must be a string"),
+    ):
+        with pytest.raises(FrepoError, match=message):
+            call()

@@ -25,10 +25,6 @@ from .parser import DISTILL_SPECIAL, build_parser
 __all__ = ["HANDLERS", "build_parser", "distill_config"]
 
 
-def _default_out(dataset: str, ipc: int) -> Path:
-    return Path("runs") / f"{Path(dataset).stem if ('/' in dataset or dataset.endswith('.npz')) else dataset}-ipc{ipc}"
-
-
 def distill_config(args: argparse.Namespace) -> DistillConfig:
     """The run's settings: the preset (or dataset table) under the flags given on the command line. A
     preset brings its dataset and IPC (`--preset cifar10-ipc1-cpu` alone is CIFAR-10 at IPC 1); a
@@ -36,20 +32,19 @@ def distill_config(args: argparse.Namespace) -> DistillConfig:
     from ..config import presets
 
     overrides = explicit(args, DistillConfig(), skip=DISTILL_SPECIAL)
-    named = presets.PRESETS.get(args.preset, {}) if args.preset else {}
-    dataset = args.dataset if args.dataset is not None else named.get("dataset", "digits")
-    ipc = args.ipc if args.ipc is not None else named.get("ipc", 10)
-    return presets.resolve(dataset, ipc, args.preset, overrides)
+    given = {k: v for k, v in (("dataset", args.dataset), ("ipc", args.ipc)) if v is not None}
+    return presets.configure(args.preset, {**overrides, **given})
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from ..eval.results import count_of
     from ..jobs.distill import distill
+    from ..jobs.runs import default_run_dir
 
     config = distill_config(args)
     if args.out is not None and not args.out.strip():
         raise FrepoError("--out must name a run directory (leave it out for runs/<dataset>-ipc<N>)")
-    out = Path(args.out) if args.out is not None else _default_out(config.data.dataset, config.ipc)
+    out = Path(args.out) if args.out is not None else default_run_dir(config)
     result = distill(config, out, progress=True, resume_with_changes=args.resume_with_changes)
     lines = [f"distilled set: {result.distilled_path} (step {result.step}, {result.seconds:.0f} s of training)"]
     if result.val_accuracy is not None:

@@ -127,6 +127,20 @@ def get(name: str) -> DistillConfig:
     return resolve(PRESETS[name]["dataset"], PRESETS[name]["ipc"], preset=name)
 
 
+def configure(preset: str | None = None, overrides: dict | None = None) -> DistillConfig:
+    """A run's settings as `frepo distill` makes them from its flags: `preset` brings its dataset and IPC
+    (without one: digits, which is offline, at IPC 10), `overrides` (leaf names: dataset, ipc, steps, width...)
+    change them; a dataset or IPC that contradicts the preset is an error, not a silent other run."""
+    overrides = dict(overrides or {})
+    if preset is not None:
+        check_type("preset", preset, str)
+    named = PRESETS.get(preset, {}) if preset else {}
+    dataset, ipc = overrides.pop("dataset", None), overrides.pop("ipc", None)
+    dataset = named.get("dataset", "digits") if dataset is None else dataset
+    ipc = named.get("ipc", 10) if ipc is None else ipc
+    return resolve(dataset, ipc, preset, overrides)
+
+
 def resolve(dataset: str, ipc: int, preset: str | None = None, overrides: dict | None = None) -> DistillConfig:
     """The full config of a run: reference defaults -> dataset table or preset -> explicit overrides.
 

@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -24,7 +25,7 @@ from ..base.fields import to_dict
 from ..base.log import progress_bar
 from ..base.perf import AllocatorPolicy, release_free_heap
 from ..base.signals import stop_on_signal
-from ..config import DistillConfig
+from ..config import DistillConfig, presets
 from ..config.presets import default_flip
 from ..data import PreparedData, prepare
 from ..eval import EvalConfig
@@ -47,7 +48,7 @@ from .actions import (
     watch_state,
 )
 from .monitor import Monitor, summary_writer
-from .runs import NOT_RECORDED, RunDir, environment
+from .runs import NOT_RECORDED, RunDir, default_run_dir, environment
 from .visualize import save_grid
 
 log = logging.getLogger(__name__)
@@ -478,14 +479,32 @@ class Distiller:
 
 
 def distill(
-    config: DistillConfig, out: str | Path, progress: bool = False, resume_with_changes: bool = False
+    config: DistillConfig | None = None,
+    out: str | Path | None = None,
+    progress: bool = False,
+    resume_with_changes: bool = False,
+    *,
+    preset: str | None = None,
+    **overrides: Any,
 ) -> DistillResult:
-    """Run (or resume) a distillation into the run directory `out`; `progress` shows a progress bar (the
-    library is quiet by default; the command line turns it on). `resume_with_changes` lets a resumed run
+    """Run (or resume) a distillation into the run directory `out` (default: runs/<dataset>-ipc<N>, as the
+    command line's): `frepo.distill(preset="mnist-ipc10-cpu")`, `frepo.distill(dataset="cifar10", ipc=1,
+    steps=500)`, or a `DistillConfig` (`frepo.presets.resolve(...)`). Without a config the settings are made
+    as `frepo distill` makes them from its flags (`frepo.presets.configure`). `progress` shows a progress bar
+    (the library is quiet by default; the command line turns it on). `resume_with_changes` lets a resumed run
     continue with changed settings that are safe to continue with (`frepo.jobs.runs.CONTINUABLE`)."""
+    if config is None:
+        config = presets.configure(preset, overrides)
+    elif preset is not None or overrides:
+        raise FrepoError("give either a DistillConfig or a preset and options, not both")
     check_argument(
-        "config", config, DistillConfig, "a DistillConfig: frepo.presets.get('digits-ipc10') or presets.resolve(...)"
+        "config",
+        config,
+        DistillConfig,
+        "a DistillConfig (frepo.presets.resolve(...)), or none with a preset and options: "
+        "distill(preset='digits-ipc10', steps=100)",
     )
+    out = default_run_dir(config) if out is None else out
     check_path("out", out)
     try:
         return Distiller(config, out, progress, resume_with_changes).run()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
+from typing import Any
 
 from ..base.errors import FrepoError, check_argument
+from ..base.fields import set_leaf
 from ..io.artifact import DistilledSet
 from ..io.export import export as write_export
 from .evaluate import SourceConfig, configure, read_set
@@ -17,13 +20,20 @@ def export(
     layout: str,
     space: str | None = None,
     source: SourceConfig | None = None,
+    **source_options: Any,
 ) -> Path:
     """Write a set into the folder `out` in `layout` (imagefolder, pt or npz; `frepo.io.export.LAYOUTS`), its
     images in `space` (pt only; default: `frepo.io.export.default_space`); returns the manifest's path.
 
     `ds`: a DistilledSet, frepo's file, a run directory (its set), an export folder, or another tool's file
-    read as `frepo.evaluate` reads it, with `source=SourceConfig(dataset=..., preprocess=..., entry=...)`."""
+    read as `frepo.evaluate` reads it: `export(file, out, "pt", dataset="cifar10", preprocess="zca")` (the
+    options of `SourceConfig`, as keywords as `frepo.evaluate` takes them, or `source=SourceConfig(...)`)."""
     check_argument("ds", ds, (DistilledSet, str, os.PathLike), "a DistilledSet or the path of a set")
+    source = copy.deepcopy(source) if isinstance(source, SourceConfig) else source
+    if source_options:  # only where a set is read from (evaluate's keywords also name training options)
+        source = source or SourceConfig()
+        for name, value in source_options.items():
+            set_leaf(source, name, value)
     source = configure(source=source)[1]  # checked, a copy
     if not isinstance(ds, DistilledSet):
         ds = read_set(ds, source)

@@ -115,6 +115,14 @@ class Claim:
     previous_environment: dict | None = None
 
 
+def default_run_dir(config: DistillConfig) -> Path:
+    """runs/<dataset>-ipc<N>: where `frepo distill` and `frepo.distill` put a run not given a folder (a file's
+    or a folder's dataset by its name)."""
+    dataset = config.data.dataset
+    name = Path(dataset).stem if ("/" in dataset or dataset.endswith(".npz")) else dataset
+    return Path("runs") / f"{name}-ipc{config.ipc}"
+
+
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)

@@ -105,7 +105,7 @@ def feature_network(
 
 
 def make_subset(
-    data: DataConfig,
+    data: DataConfig | str,
     ipc: int,
     method: str = "random",
     seed: int = 0,
@@ -114,8 +114,12 @@ def make_subset(
     feature_width: int = 128,
     device: str = "auto",
 ) -> DistilledSet:
-    """`ipc` real images per class chosen by `method`, as a DistilledSet with integer labels."""
-    check_argument("data", data, DataConfig, "a DataConfig: make_subset(DataConfig(dataset='mnist'), ipc=10)")
+    """`ipc` real images per class chosen by `method`, as a DistilledSet with integer labels: `data` is a
+    dataset (a name, .npz file or image folder: `make_subset("mnist", 10)`) or a `DataConfig` for its other
+    options (data_dir, download, preprocess, classes...)."""
+    if isinstance(data, str):
+        data = DataConfig(dataset=data)
+    check_argument("data", data, DataConfig, "a dataset or a DataConfig: make_subset('mnist', ipc=10)")
     ipc, seed = check_type("ipc", ipc, int), check_type("seed", seed, int)
     feature_steps, feature_width = (
         check_type("feature_steps", feature_steps, int),
