@@ -93,6 +93,24 @@ def test_npz_dataset_and_classes(tmp_path):
     raw = load_dataset(str(path))
     assert raw.classes == ["w", "x", "y", "z"] and raw.image_shape == (3, 6, 6)
     assert raw.name == str(path.resolve())
+    # Names saved as bytes were "b'w'" (and exported as folders 0_b_w); a text file named .npz was called
+    # pickled data to be loaded unsafely.
+    with np.load(path) as archive:
+        np.savez(path, **{**dict(archive), "classes": np.array([b"w", b"x", b"y", b"z"])})
+    assert load_dataset(str(path)).classes == ["w", "x", "y", "z"]
+    (tmp_path / "notes.npz").write_text("x_train,y_train\n1,2\n")
+    with pytest.raises(FrepoError, match="notes.npz: it is not a .npz archive \\(np.savez writes one\\)"):
+        load_dataset(str(tmp_path / "notes.npz"))
+
+
+def _arrays(y_train, y_test, **more) -> dict:
+    return dict(
+        x_train=np.zeros((len(y_train), 6, 6), np.uint8),
+        y_train=np.array(y_train),
+        x_test=np.zeros((len(y_test), 6, 6), np.uint8),
+        y_test=np.array(y_test),
+        **more,
+    )
 
 
 @pytest.mark.parametrize(
@@ -153,6 +171,22 @@ def test_npz_dataset_and_classes(tmp_path):
             ),
             "2 distinct labels run 100..101: remap them to 0..1",
         ),
+        # A class without training images was "class 2 has 0 training images, fewer than ipc=1" at distill;
+        # one class was a traceback from the label loss and left a half-made run directory.
+        (_arrays([0, 0, 0, 0], [0, 0]), "one class \\('0'\\); distillation and evaluation need at least two"),
+        (
+            _arrays([0, 1, 5, 0], [0, 1]),
+            "3 of 6 classes have no training image \\(2, 3, 4\\); the training labels are 0, 1, 5",
+        ),
+        (_arrays([0, 1, 2, 0], [0, 7]), "5 of 8 classes have no training image \\(3, 4, 5, 6, 7\\)"),
+        (
+            _arrays([0, 1, 2, 0], [0, 1], classes=np.array(list("abcde"))),
+            "2 of 5 classes have no training image \\(d, e\\)",
+        ),
+        (
+            _arrays([0, 1, 2, 0], [0, 1], classes=np.array(["a", "b", "c"], dtype=object)),
+            "'classes' holds Python objects.*dtype=str",
+        ),
     ],
 )
 def test_bad_npz_inputs(tmp_path, arrays, message):
@@ -189,9 +223,32 @@ def test_image_folder(tmp_path):
     raw = load_dataset(str(tmp_path))
     assert raw.x_train.shape == (6, 8, 8, 3) and raw.classes == ["cat", "dog"]
     assert list(raw.y_test) == [0, 0, 1, 1]
-    # Mixed sizes: centre-cropped and resized to 32×32, as the reference does for CUB.
+    # Hidden folders are no classes (a notebook's checkpoints made train/ and test/ "different").
+    (tmp_path / "train" / ".ipynb_checkpoints").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "train" / ".ipynb_checkpoints" / "0.png")
+    assert load_dataset(str(tmp_path)).classes == ["cat", "dog"]
+    # Files of a type frepo does not read are named, not skipped without a word (a class of GIFs lost them).
+    for i in range(2):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "train" / "dog" / f"g{i}.gif")
+    with pytest.warns(UserWarning, match="skipped 2 .gif files \\(first: .*g0.gif\\), which frepo does not read"):
+        assert len(load_dataset(str(tmp_path)).x_train) == 6
+    for name in ("0.png", "1.png", "2.png"):
+        (tmp_path / "train" / "dog" / name).unlink()
+    with pytest.raises(FrepoError, match="no images in class folder\\(s\\) \\['dog'\\] \\(they hold 2 .gif files"):
+        load_dataset(str(tmp_path))
+    for i in range(3):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "train" / "dog" / f"{i}.png")
+        (tmp_path / "train" / "dog" / f"g{i}.gif").unlink(missing_ok=True)
+    # Class folders that differ are named.
+    (tmp_path / "test" / "dog").rename(tmp_path / "test" / "cow")
+    with pytest.raises(FrepoError, match="same class folders; test/ lacks \\['dog'\\]; test/ has \\['cow'\\] that"):
+        load_dataset(str(tmp_path))
+    (tmp_path / "test" / "cow").rename(tmp_path / "test" / "dog")
+    # Mixed sizes: centre-cropped and resized to 32×32, as the reference does for CUB, and said (a folder of
+    # 64×64 images with one odd one became 32×32 without a word).
     Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(tmp_path / "train" / "cat" / "big.png")
-    assert load_dataset(str(tmp_path)).x_train.shape == (7, 32, 32, 3)
+    with pytest.warns(UserWarning, match="several sizes \\(10 of 8×8, 1 of 30×20; 30×20: .*train/cat/big.png\\)"):
+        assert load_dataset(str(tmp_path)).x_train.shape == (7, 32, 32, 3)
 
 
 def test_16_bit_greyscale_pngs_keep_their_levels():
@@ -242,3 +299,33 @@ def test_the_test_fingerprint_is_read_once_and_follows_a_replaced_split(monkeypa
     monkeypatch.undo()
     raw.x_test = raw.x_test[::-1].copy()
     assert raw.test_fingerprint() != first  # another split: hashed anew
+
+
+def test_a_set_of_moved_data_is_evaluated_where_the_data_is_now(tmp_path, capsys):
+    """A set made from a dataset of one's own records its path: once the folder moved (or the set reached a
+    colleague) it was "unknown dataset", and --dataset NEWPATH was refused ("drop --dataset")."""
+    from conftest import make_blobs_npz
+
+    import frepo
+    from frepo.cli import main
+
+    (tmp_path / "old").mkdir()
+    data = make_blobs_npz(tmp_path / "old" / "blobs.npz")
+    ds = frepo.make_subset(str(data), 2)
+    frepo.save_distilled(ds, tmp_path / "set.safetensors")
+    (tmp_path / "old").rename(tmp_path / "new")
+    moved = tmp_path / "new" / "blobs.npz"
+    flags = ["--models", "1", "--steps", "2", "--width", "8"]
+    assert main(["evaluate", str(tmp_path / "set.safetensors"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert f"was made from {data.resolve()}, which is not there any more: pass --dataset PATH" in err, err
+    assert main(["evaluate", str(tmp_path / "set.safetensors"), "--dataset", str(moved), *flags]) == 0
+    assert f"images of {moved.resolve()}" in capsys.readouterr().out
+    result = frepo.evaluate(ds, dataset=str(moved), models=1, steps=2, width=8)  # a loaded set too
+    assert result.extra["dataset"] == str(moved.resolve())
+    # Other data under the name: refused by the test split's fingerprint.
+    other = make_blobs_npz(tmp_path / "other.npz", seed=1)
+    with pytest.raises(FrepoError, match="other.npz is other data \\(its test split is not the one the set"):
+        frepo.evaluate(ds, dataset=str(other), models=1, steps=2)
+    with pytest.raises(FrepoError, match="was distilled from digits, not mnist; drop --dataset"):
+        frepo.evaluate(frepo.make_subset("digits", 1), dataset="mnist", models=1, steps=2)

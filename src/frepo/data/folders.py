@@ -2,8 +2,8 @@
 of frepo, used for ImageFolder datasets (`frepo.data.registry`) and for sets saved as images by other
 tools or by `frepo export` (`frepo.io.foreign`).
 
-Listing follows torchvision's ImageFolder: class folders sorted by name, each walked recursively with
-folders and files in sorted order, files kept by extension (case-insensitive).
+Listing follows torchvision's ImageFolder: class folders sorted by name (hidden ones left out), each walked
+recursively with folders and files in sorted order, files kept by extension (case-insensitive).
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ GREY_MODES = ("L", "1", "I;16")
 
 
 def class_folders(root: Path) -> list[Path]:
-    """The class folders of `root`, sorted by name."""
-    return sorted((p for p in Path(root).iterdir() if p.is_dir()), key=lambda p: p.name)
+    """The class folders of `root`, sorted by name; hidden ones (.ipynb_checkpoints, .git) are no classes
+    (torchvision's ImageFolder would count them)."""
+    return sorted((p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -29,6 +30,18 @@ def image_files(folder: Path) -> list[Path]:
     files = []
     for dirpath, _, names in sorted(os.walk(folder, followlinks=True)):
         files += [Path(dirpath) / n for n in sorted(names) if n.lower().endswith(IMAGE_SUFFIXES)]
+    return files
+
+
+def unread_images(folder: Path) -> list[Path]:
+    """Files under `folder` that PIL opens as images but frepo does not read (.gif, .jfif...), sorted: named in a
+    warning, as torchvision's list of extensions left them out without a word."""
+    from PIL import Image
+
+    known = {suffix for suffix in Image.registered_extensions() if suffix not in IMAGE_SUFFIXES}
+    files = []
+    for dirpath, _, names in sorted(os.walk(folder, followlinks=True)):
+        files += [Path(dirpath) / n for n in sorted(names) if Path(n).suffix.lower() in known and n[0] != "."]
     return files
 
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..base.errors import FrepoError
+from ..base.log import warn
 from .cache import release
 from .layouts import LAYOUTS, read_layout
 
@@ -207,13 +209,17 @@ def _load_npz(path: Path, name: str, mirror_invariant: bool) -> RawDataset:
 
 
 def _read_npz(path: Path) -> tuple:
+    if not zipfile.is_zipfile(path):  # np.load then tried it as a pickle, and said to allow pickles
+        raise FrepoError(
+            f"cannot read {path}: it is not a .npz archive (np.savez writes one), or it is corrupt or truncated"
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = {"x_train", "y_train", "x_test", "y_test"} - set(archive.files)
             if missing:
                 raise FrepoError(f"{path} lacks the arrays {sorted(missing)} (needs x_train, y_train, x_test, y_test)")
-            arrays = {k: archive[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-            classes = [str(c) for c in archive["classes"]] if "classes" in archive.files else None
+            arrays = {k: _array(archive, k, path) for k in ("x_train", "y_train", "x_test", "y_test")}
+            classes = _class_names(_array(archive, "classes", path), path) if "classes" in archive.files else None
     except FrepoError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
@@ -231,27 +237,61 @@ def _read_npz(path: Path) -> tuple:
     return x_train, y_train, x_test, y_test, classes
 
 
+def _array(archive, key: str, path: Path) -> np.ndarray:
+    try:
+        return archive[key]
+    except ValueError as exc:
+        if "allow_pickle" not in str(exc):
+            raise
+        raise FrepoError(
+            f"{path}: the array {key!r} holds Python objects, which frepo does not unpickle: save it as "
+            + ("strings (np.array(names, dtype=str))" if key == "classes" else "numbers")
+        ) from exc
+
+
+def _class_names(names: np.ndarray, path: Path) -> list[str]:
+    """The `classes` array as text: bytes (np.bytes_) are decoded, not written as "b'cat'"."""
+    if names.ndim != 1:
+        raise FrepoError(f"{path}: 'classes' must be a 1-D array of class names, got shape {names.shape}")
+    return [c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in names.tolist()]
+
+
 def _load_image_folder(root: Path) -> RawDataset:
     """train/<class>/<image> and test/<class>/<image>; images of mixed sizes (CUB-like data) are
-    centre-cropped to a square and resized to 32×32, as the reference does."""
-    from .folders import class_folders, image_files, is_grey, open_image, to_array
+    centre-cropped to a square and resized to 32×32, as the reference does, with a warning that names them.
+    Hidden folders (.ipynb_checkpoints) are no classes; image files of a type frepo does not read are named in a
+    warning, not skipped silently."""
+    from .folders import class_folders, image_files, is_grey, open_image, to_array, unread_images
 
-    splits = {}
+    splits, unread = {}, []
     for split in ("train", "test"):
         if not (root / split).is_dir():
             raise FrepoError(f"{root} is not an ImageFolder dataset: it needs {split}/<class>/<image> folders")
         folders = class_folders(root / split)
         samples = [(file, label) for label, folder in enumerate(folders) for file in image_files(folder)]
+        unread += [file for folder in folders for file in unread_images(folder)]
         empty = [f.name for f in folders if not image_files(f)]
         if not folders or empty:
-            raise FrepoError(f"cannot read {root / split}: no images in class folder(s) {empty or '(none)'}")
+            others = f" (they hold {_kinds(unread)}, which frepo does not read: {_readable()})" if unread else ""
+            raise FrepoError(f"cannot read {root / split}: no images in class folder(s) {empty or '(none)'}{others}")
         splits[split] = ([f.name for f in folders], samples)
-    if splits["train"][0] != splits["test"][0]:
-        raise FrepoError(f"{root}: train/ and test/ have different class folders")
+    train, test = splits["train"][0], splits["test"][0]
+    if train != test:
+        missing, extra = sorted(set(train) - set(test)), sorted(set(test) - set(train))
+        said = [f"test/ lacks {missing}" if missing else "", f"test/ has {extra} that train/ lacks" if extra else ""]
+        raise FrepoError(f"{root}: train/ and test/ must have the same class folders; {'; '.join(filter(None, said))}")
+    if unread:
+        warn(f"{root}: skipped {_kinds(unread)} (first: {unread[0]}), which frepo does not read: {_readable()}")
     images = {split: [open_image(file) for file, _ in samples] for split, (_, samples) in splits.items()}
     every = images["train"] + images["test"]
     channels = 1 if is_grey(every) else 3
     size = None if len({im.size for im in every}) == 1 else 32
+    if size is not None:
+        files = [file for _, samples in splits.values() for file, _ in samples]
+        warn(
+            f"{root}: images of several sizes ({_sizes(every, files)}): each is centre-cropped to a square and "
+            "resized to 32×32, as the reference does for such data; give every image one size to keep it"
+        )
 
     def arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
         x = np.stack([to_array(im, channels, size) for im in images[split]])
@@ -261,6 +301,28 @@ def _load_image_folder(root: Path) -> RawDataset:
     raw = RawDataset(str(root.resolve()), x_train, y_train, x_test, y_test, splits["train"][0], True)
     _check(raw, str(root))
     return raw
+
+
+def _kinds(files: list[Path]) -> str:
+    """'10 .gif files'."""
+    counts = Counter(f.suffix.lower() for f in files)
+    return ", ".join(f"{n} {suffix} file{'s' if n > 1 else ''}" for suffix, n in counts.most_common())
+
+
+def _readable() -> str:
+    from .folders import IMAGE_SUFFIXES
+
+    return f"it reads {', '.join(IMAGE_SUFFIXES)}; convert them to PNG"
+
+
+def _sizes(images: list, files: list[Path]) -> str:
+    """'59 of 64×64, 1 of 64×63 (train/bird/3.png)': the sizes found, the rarest named by a file."""
+    counts = Counter(im.size for im in images)
+    shown = [f"{n} of {w}×{h}" for (w, h), n in counts.most_common(3)]
+    rare = min(counts, key=lambda size: counts[size])
+    example = next(file for im, file in zip(images, files) if im.size == rare)
+    more = f", {len(counts) - 3} more sizes" if len(counts) > 3 else ""
+    return f"{', '.join(shown)}{more}; {rare[0]}×{rare[1]}: {'/'.join(example.parts[-3:])}"
 
 
 def _as_uint8_nhwc(x: np.ndarray, where: str) -> np.ndarray:
@@ -302,4 +364,17 @@ def _check(raw: RawDataset, where: str) -> None:
     if raw.x_train.shape[1:] != raw.x_test.shape[1:]:
         raise FrepoError(
             f"{where}: train images {raw.x_train.shape[1:]} and test images {raw.x_test.shape[1:]} differ in shape"
+        )
+    if raw.num_classes < 2:
+        raise FrepoError(f"{where}: one class ({raw.classes[0]!r}); distillation and evaluation need at least two")
+    counts = np.bincount(raw.y_train, minlength=raw.num_classes)
+    absent = [raw.classes[c] for c in np.flatnonzero(counts == 0)]
+    if absent:  # "class 2 has 0 training images, fewer than ipc=1" at distill, and no word of why
+        shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
+        present = np.unique(raw.y_train)
+        labels = ", ".join(str(int(c)) for c in present[:8]) + (", ..." if len(present) > 8 else "")
+        raise FrepoError(
+            f"{where}: {len(absent)} of {raw.num_classes} classes have no training image ({shown}); the training "
+            f"labels are {labels}. Every class needs images: class ids run 0..C-1, as many as the class names "
+            "(or, without names, up to the largest train or test label)"
         )

@@ -26,7 +26,7 @@ from ..base.errors import FrepoError, Interrupted, check_argument
 from ..base.fields import check_fields, check_type, leaf_fields, opt, set_leaf, to_dict
 from ..base.log import warn
 from ..config import DATA_DIR_HELP, STREAM_AUTO_BYTES
-from ..data import RawDataset, default_data_dir, load_dataset
+from ..data import RawDataset, default_data_dir
 from ..data.recipes import CLAIMS
 from ..data.splits import Holdout
 from ..data.stream import split_view
@@ -87,14 +87,14 @@ def configure(
 def open_set(file: DistilledSet | str | Path, source: SourceConfig) -> tuple[DistilledSet, RawDataset]:
     """(the set, its real dataset): a loaded set's own, or a file read by `frepo.io.foreign`."""
     if isinstance(file, DistilledSet):
-        if source.dataset is not None or source.preprocess != "auto" or source.entry is not None:
-            raise FrepoError("dataset, preprocess and entry apply to files, not to a loaded DistilledSet")
+        if source.preprocess != "auto" or source.entry is not None:
+            raise FrepoError("preprocess and entry apply to files, not to a loaded DistilledSet")
         # One built by hand: NaN or uint8 images trained to chance accuracy silently. (Its Preprocessing was
         # checked when it was built.)
         check_set(file, "the set", preprocessing=False)
-        from ..io.foreign import recorded_data_dir
+        from ..io.foreign.load import own_dataset
 
-        return file, load_dataset(file.dataset, source.data_dir or recorded_data_dir(file), source.download)
+        return own_dataset(file, "the set", source.dataset, data_dir=source.data_dir, download=source.download)
     from ..io.foreign import load_set
 
     return load_set(

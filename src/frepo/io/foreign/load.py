@@ -5,6 +5,7 @@ the images are in."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Callable
@@ -15,7 +16,7 @@ import torch
 from ...base.errors import FrepoError
 from ...base.lock import holder
 from ...base.log import warn
-from ...data import RawDataset, default_data_dir, load_dataset
+from ...data import BUILTIN, RawDataset, default_data_dir, load_dataset
 from ...data.preprocess import Preprocessing
 from ...data.recipes import CLAIMS, check_preprocessing, claimed_preprocessing, frepo_preprocessing
 from ..artifact import DistilledSet, load_distilled
@@ -172,9 +173,7 @@ def load_set(
             raise FrepoError(f"a {fmt} file carries its own preprocessing; drop --preprocess")
         if entry is not None:
             raise FrepoError(f"--entry selects a set inside a DC/DSA res_*.pt file; a {fmt} file holds one set")
-        if dataset is not None and not _same_dataset(dataset, ds.dataset):
-            raise FrepoError(f"{file} was distilled from {ds.dataset}, not {dataset}; drop --dataset")
-        return ds, load_dataset(ds.dataset, data_dir or recorded_data_dir(ds), download)
+        return own_dataset(ds, str(file), dataset, data_dir=data_dir, download=download)
     if dataset is None:
         kind = "folder (of class folders of images)" if Path(file).is_dir() else "file"
         shown = SHOWN.get(fmt, fmt)
@@ -243,6 +242,38 @@ def load_start(
     if not ds.preprocessing.same_as(preprocessing):
         images = preprocessing.from_unit(ds.preprocessing.to_unit(images))
     return images.float(), labels[order].float()
+
+
+def own_dataset(
+    ds: DistilledSet, where: str, dataset: str | None, *, data_dir: str | Path | None, download: bool
+) -> tuple[DistilledSet, RawDataset]:
+    """(the set, its real dataset) for a set of frepo's own, which records its dataset. A dataset of the
+    user's own (a .npz file or an image folder) may have moved since, or the set come from another machine:
+    `dataset` then names where that data is now, and is taken when its test split is the one the set was made
+    with (the set's `test_fingerprint`); the set returned names it."""
+    recorded = ds.dataset
+    if dataset is None or _same_dataset(dataset, recorded):
+        if recorded not in BUILTIN and not Path(recorded).exists():
+            raise FrepoError(
+                f"{where} was made from {recorded}, which is not there any more: pass --dataset PATH where that "
+                "data is now (its test split is checked against the one the set was made with)"
+            )
+        return ds, load_dataset(recorded, data_dir or recorded_data_dir(ds), download)
+    if recorded in BUILTIN:
+        raise FrepoError(f"{where} was distilled from {recorded}, not {dataset}; drop --dataset")
+    raw = load_dataset(dataset, data_dir, download)
+    expected = ds.meta.get("test_fingerprint")
+    if expected is None:
+        raise FrepoError(
+            f"{where} was made from {recorded} and records no fingerprint of its test split to check that "
+            f"{dataset} holds the same data; evaluate it where {recorded} is"
+        )
+    if expected != raw.test_fingerprint():
+        raise FrepoError(
+            f"{where} was made from {recorded}; {dataset} is other data (its test split is not the one the set "
+            "was made with)"
+        )
+    return dataclasses.replace(ds, meta={**ds.meta, "dataset": raw.name}), raw
 
 
 def recorded_data_dir(ds: DistilledSet) -> str | None:
