@@ -329,3 +329,23 @@ def test_a_set_of_moved_data_is_evaluated_where_the_data_is_now(tmp_path, capsys
         frepo.evaluate(ds, dataset=str(other), models=1, steps=2)
     with pytest.raises(FrepoError, match="was distilled from digits, not mnist; drop --dataset"):
         frepo.evaluate(frepo.make_subset("digits", 1), dataset="mnist", models=1, steps=2)
+
+
+def test_own_data_can_be_said_not_to_keep_its_class_under_a_flip(tmp_path, blobs):
+    """A dataset of one's own (digits, text) was always taken as mirror-invariant: the flip trick on and every
+    evaluation flipping its images, with no way to say otherwise."""
+    import frepo
+    from frepo import presets
+    from frepo.eval.augment import reference_ops
+
+    assert presets.resolve(str(blobs), 1).use_flip and frepo.make_subset(str(blobs), 1).meta["mirror_invariant"]
+    said = presets.resolve(str(blobs), 1, overrides={"mirror_invariant": False})
+    assert said.use_flip is False and said.data.mirror_invariant is False
+    ds = frepo.make_subset(DataConfig(dataset=str(blobs), mirror_invariant=False), 1)
+    assert ds.meta["mirror_invariant"] is False and "flip" not in reference_ops(ds.meta["mirror_invariant"])
+    out = tmp_path / "s.safetensors"
+    assert (
+        frepo.cli.main(["subset", "--dataset", str(blobs), "--ipc", "1", "--no-mirror-invariant", "--out", str(out)])
+        == 0
+    )
+    assert frepo.load_distilled(out).meta["mirror_invariant"] is False

@@ -101,6 +101,7 @@ def cmd_subset(args: argparse.Namespace) -> int:
         download=args.download,
         preprocess=args.preprocess,
         val_size=args.val_size,
+        mirror_invariant=args.mirror_invariant,
     )
     ds = make_subset(
         data,

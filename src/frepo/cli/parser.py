@@ -121,6 +121,13 @@ def _subset(sub: Subcommands) -> None:
     )
     p.add_argument("--val-size", type=int, default=None, help="validation hold-out (default: as distill)")
     p.add_argument(
+        "--mirror-invariant",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="whether a horizontal flip keeps an image's class, recorded in the set for its evaluations "
+        "(default: as distill: the dataset's)",
+    )
+    p.add_argument(
         "--feature-steps",
         type=int,
         default=300,

@@ -70,6 +70,13 @@ class DataConfig:
         "split into memory first (off); auto streams when the float32 split would exceed 2 GiB",
         choices=STREAM_MODES,
     )
+    mirror_invariant: bool | None = opt(
+        None,
+        "whether a horizontal flip keeps an image's class: off, evaluation never flips the set's images and the "
+        "flip trick is off by default (default: the dataset's: off for digits, MNIST, Fashion-MNIST and SVHN, on "
+        "for the others and for a .npz or image folder of your own; recorded in the set, which its evaluations "
+        "follow)",
+    )
 
     def validate(self) -> None:
         check_fields(self)

@@ -169,7 +169,7 @@ def resolve(dataset: str, ipc: int, preset: str | None = None, overrides: dict |
     config.data.dataset, config.ipc = dataset, ipc
     if "lr" not in chosen:  # neither the preset nor the caller names one: the budget decides
         config.lr = budget_lr(config.steps, PAPER_OVERRIDES.get(dataset, {}).get("steps", PAPER_STEPS))
-    if config.use_flip is None:
-        config.use_flip = default_flip(dataset, ipc)
+    if config.use_flip is None:  # flipped images are of another class where a flip does not keep it
+        config.use_flip = default_flip(dataset, ipc) and config.data.mirror_invariant is not False
     config.validate()
     return config

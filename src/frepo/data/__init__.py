@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,8 @@ def prepare(cfg: DataConfig, device: torch.device | None = None) -> PreparedData
     images distillation may use narrowed to them (the preprocessing stays the whole split's, so every
     task or chunk of a dataset shares one space)."""
     raw = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
+    if cfg.mirror_invariant is not None:  # the user's word on their own data (a copy: a loaded dataset may be shared)
+        raw = dataclasses.replace(raw, mirror_invariant=cfg.mirror_invariant)
     holdout = Holdout.of_config(cfg, len(raw.y_train))
     val_size = holdout.size
     train_idx, val_idx = holdout_split(raw.y_train, val_size)  # of the whole split: the preprocessing's
