@@ -91,6 +91,10 @@ def test_truncated_and_foreign_files_are_rejected(tmp_path):
         load_distilled(foreign)
     with pytest.raises(FrepoError, match=r"is a folder; load_distilled reads a set's file \(a run's is .*distilled"):
         load_distilled(tmp_path)  # "file not found" of a folder that is there
+    (tmp_path / "export.json").write_text("{}")  # an export folder: its reader named, not a run's file it lacks
+    with pytest.raises(FrepoError, match=r"is a frepo export folder: frepo.load_export\("):
+        load_distilled(tmp_path)
+    (tmp_path / "export.json").unlink()
     with pytest.raises(FrepoError, match="not found"):
         load_distilled(tmp_path / "missing.safetensors")
 

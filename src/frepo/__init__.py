@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # the names, for type checkers and editors; at run time each 
     from .config import DataConfig, DistillConfig, ModelConfig, PoolConfig, presets
     from .eval import EvalConfig, EvalResult
     from .io.artifact import DistilledSet, load_distilled, save_distilled
+    from .io.foreign.exports import load_export
     from .jobs.distill import DistillResult, distill
     from .jobs.evaluate import SourceConfig, evaluate, evaluate_archs
     from .jobs.export import export
@@ -44,6 +45,7 @@ _EXPORTS = {
     "evaluate": ".jobs.evaluate",
     "evaluate_archs": ".jobs.evaluate",
     "export": ".jobs.export",
+    "load_export": ".io.foreign.exports",
     "make_subset": ".jobs.subset",
 }
 _MODULES = {"presets": ".config.presets"}
@@ -88,6 +90,7 @@ __all__ = [
     "evaluate_archs",
     "export",
     "load_distilled",
+    "load_export",
     "make_subset",
     "presets",
     "privacy",

@@ -343,6 +343,11 @@ def load_distilled(path: str | Path) -> DistilledSet:
     check_path("path", path)
     path = Path(path)
     if path.is_dir():  # said "file not found" of a run directory that was there
+        if (path / "export.json").is_file():  # pointed at a run's file that an export folder does not have
+            raise FrepoError(
+                f"{path} is a frepo export folder: frepo.load_export({str(path)!r}) reads it back "
+                "(frepo.evaluate and frepo.export take it as it is)"
+            )
         raise FrepoError(
             f"{path} is a folder; load_distilled reads a set's file (a run's is {path / 'distilled.safetensors'}; "
             "frepo.evaluate, show and export also take a run directory or an export folder)"
