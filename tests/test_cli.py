@@ -200,7 +200,8 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys, blobs):
     assert_user_error(code, err, "corrupt or truncated")
 
     code, _, err = run_cli(["distill", "--dataset", blobs, "--ipc", 40, "--out", tmp_path / "e", *FAST], capsys)
-    assert_user_error(code, err, "fewer than ipc=40")
+    assert_user_error(code, err, "3 of 3 classes have fewer than ipc=40 images to distil from")
+    assert "; give --ipc 27 or less, or a smaller --val-size" in err, err
 
     code, _, err = run_cli(
         ["distill", "--dataset", blobs, "--ipc", 1, "--norm", "layer", "--out", tmp_path / "f"], capsys

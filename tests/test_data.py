@@ -223,6 +223,13 @@ def test_image_folder(tmp_path):
     raw = load_dataset(str(tmp_path))
     assert raw.x_train.shape == (6, 8, 8, 3) and raw.classes == ["cat", "dog"]
     assert list(raw.y_test) == [0, 0, 1, 1]
+    # Too few images for the IPC: the class named, and the IPC that fits ("class 0 has 3 training images").
+    import frepo
+
+    with pytest.raises(
+        FrepoError, match="2 of 2 classes have fewer than ipc=4 .*: class 0 \\(cat\\) has 3; give --ipc 3"
+    ):
+        frepo.make_subset(DataConfig(dataset=str(tmp_path), val_size=0), 4)
     # Hidden folders are no classes (a notebook's checkpoints made train/ and test/ "different").
     (tmp_path / "train" / ".ipynb_checkpoints").mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "train" / ".ipynb_checkpoints" / "0.png")

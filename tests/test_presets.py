@@ -76,6 +76,7 @@ def test_a_preset_brings_its_dataset_and_ipc_and_refuses_others():
         ({"lr": "1e-3"}, "lr must be a number"),
         ({"ipc": 5}, "overrides name ipc 5, resolve's argument 1"),  # ignored: the run had IPC 1
         ({"dataset": "mnist"}, "overrides name dataset 'mnist'"),
+        ({"classes": "bird,cat"}, "class ids, got 'bird,cat': numbers 0..C-1, a class's place .* not names"),
     ],
 )
 def test_a_setting_of_the_wrong_type_is_named(overrides, message):

@@ -89,6 +89,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_subset(args: argparse.Namespace) -> int:
     from ..config import DataConfig
+    from ..eval.results import count_of
     from ..io.artifact import save_distilled
     from ..jobs.subset import make_subset
 
@@ -113,7 +114,8 @@ def cmd_subset(args: argparse.Namespace) -> int:
         device=args.device,
     )
     save_distilled(ds, args.out)
-    print(f"{args.method} subset of {ds.dataset}: {len(ds.images)} images ({args.ipc} per class) -> {args.out}")
+    images = count_of(len(ds.images), "image")
+    print(f"{args.method} subset of {ds.dataset}: {images} ({args.ipc} per class) -> {args.out}")
     return 0
 
 

@@ -96,7 +96,10 @@ class DataConfig:
         try:
             ids = sorted({int(c) for c in comma_items(self.classes)})
         except ValueError as exc:
-            raise FrepoError(f"classes must be comma-separated class ids, got {self.classes!r}") from exc
+            raise FrepoError(
+                f"classes must be comma-separated class ids, got {self.classes!r}: numbers 0..C-1, a class's place "
+                "in the dataset's class list (an image folder's: its class folders in name order), not names"
+            ) from exc
         if not ids:
             raise FrepoError("classes must name at least one class id (None: every class)")
         if ids[0] < 0 or (num_classes is not None and ids[-1] >= num_classes):

@@ -31,6 +31,7 @@ from ..data import PreparedData, prepare
 from ..eval import EvalConfig
 from ..eval.results import count_of
 from ..io.artifact import HOST, DistilledSet, load_distilled, save_distilled
+from ..method.synthetic import check_class_sizes
 from ..method.trainer import FRePoTrainer
 from .actions import (
     Action,
@@ -141,6 +142,7 @@ class Distiller:
                 f"frepo: batch_size {config.batch_size} exceeds the {len(x_train)} distillation images; "
                 "batches repeat images"
             )
+        check_class_sizes(y_train, config.data.class_ids(raw.num_classes), config.ipc, raw.classes)
         start = None
         if config.init and not resuming:  # a resumed run continues from its checkpoint
             from ..io.foreign import load_start  # other tools' readers, loaded only when asked for
@@ -349,7 +351,7 @@ class Distiller:
             if self.ctx.any(self.ctx.is_main and not self._distilled_intact()):
                 self._write_final_files()
                 self.ctx.barrier()
-            log.info(f"frepo: {self.run_dir.path} is already complete ({self.step} steps)")
+            log.info(f"frepo: {self.run_dir.path} is already complete ({count_of(self.step, 'step')})")
             return self._result()
         bar = progress_bar(
             total=cfg.steps,

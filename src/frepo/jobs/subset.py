@@ -28,7 +28,7 @@ from ..config import DataConfig
 from ..data import StreamingImages, prepare
 from ..eval.training import NetworkUpdate, Schedule, train
 from ..io.artifact import DistilledSet
-from ..method.synthetic import pick_real
+from ..method.synthetic import check_class_sizes, pick_real
 from ..models import build_model, embed_batched
 
 METHODS = ("random", "herding", "kcenter")
@@ -141,13 +141,11 @@ def make_subset(
     classes = data.class_ids(raw.num_classes)  # every class, or a continual-learning task's
     config = {"data": to_dict(data), "ipc": ipc, "method": method, "seed": seed}
     if method == "random":
+        check_class_sizes(y_train, classes, ipc, raw.classes)  # pick_real's own check cannot name them
         idx = pick_real(y_train, classes, ipc, generator(seed, "init"))  # init_from_real's very draws
         images, labels = x_train[idx].clone(), y_train[idx].clone()
     else:
-        for c in classes:
-            count = int((y_train == c).sum())
-            if count < ipc:
-                raise FrepoError(f"class {c} has {count} training images, fewer than ipc={ipc}")
+        check_class_sizes(y_train, classes, ipc, raw.classes)
         dev = resolve_device(device)
         net = feature_network(
             x_train,

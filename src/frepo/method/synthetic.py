@@ -26,13 +26,30 @@ def init_from_real(
 def pick_real(labels: torch.Tensor, classes: Sequence[int], ipc: int, generator: torch.Generator) -> torch.Tensor:
     """The positions (ipc·K,) `init_from_real` picks in labels (N,): `ipc` random members of each class, in
     class-major order, seeded (so a streamed split gathers just those rows)."""
+    check_class_sizes(labels, classes, ipc)
     chosen = []
     for c in classes:
         members = torch.nonzero(labels == c).flatten()
-        if len(members) < ipc:
-            raise FrepoError(f"class {c} has {len(members)} training images, fewer than ipc={ipc}")
         chosen.append(members[torch.randperm(len(members), generator=generator)[:ipc]])
     return torch.cat(chosen)
+
+
+def check_class_sizes(
+    labels: torch.Tensor, classes: Sequence[int], ipc: int, names: Sequence[str] | None = None
+) -> None:
+    """Every class of `classes` has `ipc` images in labels (N,), or a FrepoError naming the smallest one (by
+    its name where `names` are given) and the largest IPC every class allows."""
+    counts = torch.bincount(labels.long(), minlength=max(classes) + 1) if len(labels) else torch.zeros(max(classes) + 1)
+    short = [c for c in classes if counts[c] < ipc]
+    if short:
+        smallest = min(short, key=lambda c: int(counts[c]))
+        named = f" ({names[smallest]})" if names is not None and names[smallest] != str(smallest) else ""
+        fits = min(int(counts[c]) for c in classes)
+        raise FrepoError(
+            f"{len(short)} of {len(classes)} classes have fewer than ipc={ipc} images to distil from (the validation "
+            f"hold-out left out): class {smallest}{named} has {int(counts[smallest])}; "
+            + (f"give --ipc {fits} or less, or a smaller --val-size" if fits else "it needs more images")
+        )
 
 
 class SyntheticSet(nn.Module):
