@@ -470,4 +470,7 @@ def test_a_gpu_budget_on_a_cpu_is_announced_with_its_learning_rate(tmp_path, cap
     )
     assert code == 0, err
     assert "frepo: distilling digits, 1 image per class, 2 steps, lr 0.00403, real batch 64" in err
+    # What it distils from, as frepo read it (a dataset of one's own: its size, classes, hold-out)
+    expected = "training images of 1×8×8, 10 classes (110..115 per class), 125 held out for validation"
+    assert f"frepo: data: 1132 {expected}, preprocessing standard" in err, err
     assert "frepo: 2 outer steps on a CPU take days; the *-cpu presets (`frepo presets`)" in err

@@ -205,6 +205,7 @@ def _load_npz(path: Path, name: str, mirror_invariant: bool) -> RawDataset:
         name, x_train.copy(), y_train.copy(), x_test.copy(), y_test.copy(), list(classes), mirror_invariant
     )
     _check(raw, str(path))
+    _check_classes(raw, str(path))
     return raw
 
 
@@ -300,6 +301,7 @@ def _load_image_folder(root: Path) -> RawDataset:
     (x_train, y_train), (x_test, y_test) = arrays("train"), arrays("test")
     raw = RawDataset(str(root.resolve()), x_train, y_train, x_test, y_test, splits["train"][0], True)
     _check(raw, str(root))
+    _check_classes(raw, str(root))
     return raw
 
 
@@ -365,6 +367,11 @@ def _check(raw: RawDataset, where: str) -> None:
         raise FrepoError(
             f"{where}: train images {raw.x_train.shape[1:]} and test images {raw.x_test.shape[1:]} differ in shape"
         )
+
+
+def _check_classes(raw: RawDataset, where: str) -> None:
+    """A dataset of the user's own (a .npz file, an image folder) has two classes or more, each with training
+    images: a gap in the labels was "class 2 has 0 training images" at distill, one class a traceback."""
     if raw.num_classes < 2:
         raise FrepoError(f"{where}: one class ({raw.classes[0]!r}); distillation and evaluation need at least two")
     counts = np.bincount(raw.y_train, minlength=raw.num_classes)

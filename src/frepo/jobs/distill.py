@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..base.atomic import WriteError
@@ -202,12 +203,28 @@ class Distiller:
             "elapsed_s": self._training_seconds(),  # the logged step's included, as steps/s's clock has it
         }
 
+    def _data_summary(self) -> str:
+        """What the run distils from, said once: a dataset of one's own is seen as frepo read it (its image
+        size, classes and their sizes, the hold-out, the preprocessing)."""
+        data, raw = self.data, self.data.raw
+        classes = self.config.data.class_ids(raw.num_classes)
+        counts = np.bincount(np.asarray(raw.y_train)[data.train_idx], minlength=raw.num_classes)[classes]
+        c, h, w = raw.image_shape
+        sizes = f"{counts.min()}" if counts.min() == counts.max() else f"{counts.min()}..{counts.max()}"
+        kinds = f"{len(classes)} class{'' if len(classes) == 1 else 'es'}"
+        return (
+            f"{count_of(len(data.train_idx), 'training image')} of {c}×{h}×{w}, {kinds} ({sizes} per class), "
+            f"{len(data.val_idx)} held out for validation, preprocessing {data.preprocessing.kind}"
+        )
+
     def _announce(self, claim, resuming: bool) -> None:
         cfg = self.config
         log.info(
-            f"frepo: distilling {cfg.data.dataset}, {count_of(cfg.ipc, 'image')} per class, {cfg.steps} steps, lr "
-            f"{cfg.lr:.3g}, real batch {cfg.batch_size}, flip {'on' if cfg.use_flip else 'off'} -> {self.run_dir.path}"
+            f"frepo: distilling {cfg.data.dataset}, {count_of(cfg.ipc, 'image')} per class, "
+            f"{count_of(cfg.steps, 'step')}, lr {cfg.lr:.3g}, real batch {cfg.batch_size}, "
+            f"flip {'on' if cfg.use_flip else 'off'} -> {self.run_dir.path}"
         )
+        log.info(f"frepo: data: {self._data_summary()}")
         if self.device.type == "cpu" and cfg.steps - self.step >= GPU_STEPS:  # a paper preset, or a hand-made config
             log.warning(
                 f"frepo: {cfg.steps - self.step} outer steps on a CPU take days; the *-cpu presets (`frepo presets`) "
