@@ -356,3 +356,9 @@ def test_own_data_can_be_said_not_to_keep_its_class_under_a_flip(tmp_path, blobs
         == 0
     )
     assert frepo.load_distilled(out).meta["mirror_invariant"] is False
+    # A DistillConfig built by hand gets the same default as presets.resolve gives (it kept the trick on).
+    config = frepo.DistillConfig(steps=1, eval_every=0, eval_steps=2)
+    config.data.dataset, config.data.mirror_invariant = str(blobs), False
+    config.model.width, config.pool.num_models = 8, 1
+    made = frepo.load_distilled(frepo.distill(config, tmp_path / "run").distilled_path)
+    assert made.meta["config"]["use_flip"] is False and made.meta["mirror_invariant"] is False

@@ -72,10 +72,10 @@ class DataConfig:
     )
     mirror_invariant: bool | None = opt(
         None,
-        "whether a horizontal flip keeps an image's class: off, evaluation never flips the set's images and the "
-        "flip trick is off by default (default: the dataset's: off for digits, MNIST, Fashion-MNIST and SVHN, on "
-        "for the others and for a .npz or image folder of your own; recorded in the set, which its evaluations "
-        "follow)",
+        "whether a horizontal flip keeps an image's class: off, the frepo protocol's evaluations never flip the "
+        "set's images and the flip trick is off by default (default: the dataset's: off for digits, MNIST, "
+        "Fashion-MNIST and SVHN, on for the others and for a .npz or image folder of your own; recorded in the "
+        "set; the dsa protocol keeps its own strategy: --dsa-strategy without flip)",
     )
 
     def validate(self) -> None:

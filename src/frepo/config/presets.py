@@ -69,8 +69,10 @@ DATASET_OVERRIDES = {
 }
 
 
-def default_flip(dataset: str, ipc: int) -> bool:
-    if dataset in FLIP_OFF:
+def default_flip(dataset: str, ipc: int, mirror_invariant: bool | None = None) -> bool:
+    """The flip trick's default: the reference's per-dataset table; off where a flip does not keep the class
+    (`DataConfig.mirror_invariant` False, the user's word on their own data)."""
+    if dataset in FLIP_OFF or mirror_invariant is False:
         return False
     if dataset in FLIP_BY_IPC:
         table = FLIP_BY_IPC[dataset]
@@ -169,7 +171,7 @@ def resolve(dataset: str, ipc: int, preset: str | None = None, overrides: dict |
     config.data.dataset, config.ipc = dataset, ipc
     if "lr" not in chosen:  # neither the preset nor the caller names one: the budget decides
         config.lr = budget_lr(config.steps, PAPER_OVERRIDES.get(dataset, {}).get("steps", PAPER_STEPS))
-    if config.use_flip is None:  # flipped images are of another class where a flip does not keep it
-        config.use_flip = default_flip(dataset, ipc) and config.data.mirror_invariant is not False
+    if config.use_flip is None:
+        config.use_flip = default_flip(dataset, ipc, config.data.mirror_invariant)
     config.validate()
     return config

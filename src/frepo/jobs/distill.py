@@ -95,7 +95,8 @@ class Distiller:
         # A config built by hand gets the reference's flip table, as presets.resolve gives it; a run of one made
         # before that default recorded null and ran without the flip (bool(None)): it goes on so.
         if config.use_flip is None and RunDir(out).recorded("use_flip", absent=NOT_RECORDED) is not None:
-            config = dataclasses.replace(config, use_flip=default_flip(config.data.dataset, config.ipc))
+            flip = default_flip(config.data.dataset, config.ipc, config.data.mirror_invariant)
+            config = dataclasses.replace(config, use_flip=flip)
         self.config = config
         self.ctx, device_name = init_distributed(config.device)
         self.device = resolve_device(device_name)
