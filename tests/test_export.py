@@ -312,6 +312,23 @@ def test_a_file_changed_after_export_is_named_in_a_warning(tmp_path, capsys):
     with pytest.warns(UserWarning, match=r"images.pt differ from what frepo export wrote") as caught:
         frepo.export(tmp_path / "a", tmp_path / "c", "pt")
     assert [Path(w.filename) for w in caught] == [Path(__file__)], [w.filename for w in caught]
+    # frepo imported through a symlinked folder (macOS's /var, a linked venv): its frames carry that path
+    import subprocess
+    import sys
+
+    (tmp_path / "linked").symlink_to(Path(frepo.__file__).resolve().parent.parent)
+    script = tmp_path / "user.py"
+    script.write_text(
+        "import sys, warnings\n"
+        f"sys.path.insert(0, {str(tmp_path / 'linked')!r})\n"
+        "import frepo\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        f"    frepo.load_export({str(tmp_path / 'a')!r})\n"
+        "print([(w.filename, w.lineno) for w in caught])\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env={"PATH": ""})
+    assert proc.stdout.strip() == f"[({str(script)!r}, 6)]", proc.stdout + proc.stderr[-2000:]
     capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "a"), "--models", "1", "--steps", "2", "--width", "8"]) == 0
     err = capsys.readouterr().err

@@ -15,7 +15,6 @@ import sys
 import warnings
 import weakref
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -116,7 +115,11 @@ def progress_bar(iterable: Iterable | None = None, **options: Any) -> tqdm:
     return bar
 
 
-_PACKAGE = str(Path(__file__).resolve().parent.parent) + os.sep  # frepo's own source folder
+# frepo's own source folder, as imported (a code object's file name keeps a symlinked path, such as macOS's
+# /var, a linked venv or home) and resolved
+_PACKAGE = tuple(
+    {os.path.dirname(os.path.dirname(p)) + os.sep for p in (os.path.abspath(__file__), os.path.realpath(__file__))}
+)
 
 
 def warn(message: str, category: type[Warning] = UserWarning) -> None:
