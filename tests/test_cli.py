@@ -200,8 +200,17 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys, blobs):
     assert_user_error(code, err, "corrupt or truncated")
 
     code, _, err = run_cli(["distill", "--dataset", blobs, "--ipc", 40, "--out", tmp_path / "e", *FAST], capsys)
-    assert_user_error(code, err, "3 of 3 classes have fewer than ipc=40 images to distil from")
+    assert_user_error(code, err, "3 of 3 classes have fewer than ipc=40 images to draw from")
     assert "; give --ipc 27 or less, or a smaller --val-size" in err, err
+    # A start from a file draws no real images: its IPC may pass a class's images left after the hold-out.
+    start = tmp_path / "start28.safetensors"
+    code, _, err = run_cli(["subset", "--dataset", blobs, "--ipc", 28, "--val-size", 0, "--out", start], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(
+        ["distill", "--dataset", blobs, "--ipc", 28, "--init", start, "--steps", 1, "--out", tmp_path / "i", *FAST],
+        capsys,
+    )
+    assert code == 0, err
 
     code, _, err = run_cli(
         ["distill", "--dataset", blobs, "--ipc", 1, "--norm", "layer", "--out", tmp_path / "f"], capsys

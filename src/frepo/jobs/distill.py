@@ -144,7 +144,9 @@ class Distiller:
                 f"frepo: batch_size {config.batch_size} exceeds the {len(x_train)} distillation images; "
                 "batches repeat images"
             )
-        check_class_sizes(y_train, config.data.class_ids(raw.num_classes), config.ipc, raw.classes)
+        if not config.init:  # the start is drawn from each class's real images (an --init file brings its own)
+            classes = config.data.class_ids(raw.num_classes)
+            check_class_sizes(y_train, classes, config.ipc, raw.classes, held_out=len(self.data.val_idx))
         start = None
         if config.init and not resuming:  # a resumed run continues from its checkpoint
             from ..io.foreign import load_start  # other tools' readers, loaded only when asked for

@@ -140,12 +140,13 @@ def make_subset(
     x_train, y_train = prepared.train_stream() if prepared.streams(data.stream) else prepared.train()
     classes = data.class_ids(raw.num_classes)  # every class, or a continual-learning task's
     config = {"data": to_dict(data), "ipc": ipc, "method": method, "seed": seed}
+    held_out = len(prepared.val_idx)
     if method == "random":
-        check_class_sizes(y_train, classes, ipc, raw.classes)  # pick_real's own check cannot name them
+        check_class_sizes(y_train, classes, ipc, raw.classes, held_out)  # pick_real's own check cannot name them
         idx = pick_real(y_train, classes, ipc, generator(seed, "init"))  # init_from_real's very draws
         images, labels = x_train[idx].clone(), y_train[idx].clone()
     else:
-        check_class_sizes(y_train, classes, ipc, raw.classes)
+        check_class_sizes(y_train, classes, ipc, raw.classes, held_out)
         dev = resolve_device(device)
         net = feature_network(
             x_train,

@@ -35,20 +35,26 @@ def pick_real(labels: torch.Tensor, classes: Sequence[int], ipc: int, generator:
 
 
 def check_class_sizes(
-    labels: torch.Tensor, classes: Sequence[int], ipc: int, names: Sequence[str] | None = None
+    labels: torch.Tensor,
+    classes: Sequence[int],
+    ipc: int,
+    names: Sequence[str] | None = None,
+    held_out: int | None = None,
 ) -> None:
     """Every class of `classes` has `ipc` images in labels (N,), or a FrepoError naming the smallest one (by
-    its name where `names` are given) and the largest IPC every class allows."""
+    its name where `names` are given) and, for a command's IPC (`held_out`: the validation hold-out's size),
+    the largest IPC every class allows."""
     counts = torch.bincount(labels.long(), minlength=max(classes) + 1) if len(labels) else torch.zeros(max(classes) + 1)
     short = [c for c in classes if counts[c] < ipc]
     if short:
         smallest = min(short, key=lambda c: int(counts[c]))
         named = f" ({names[smallest]})" if names is not None and names[smallest] != str(smallest) else ""
         fits = min(int(counts[c]) for c in classes)
+        said = f"; give --ipc {fits} or less" if held_out is not None and fits else ""
+        said += ", or a smaller --val-size" if said and held_out else ""
         raise FrepoError(
-            f"{len(short)} of {len(classes)} classes have fewer than ipc={ipc} images to distil from (the validation "
-            f"hold-out left out): class {smallest}{named} has {int(counts[smallest])}; "
-            + (f"give --ipc {fits} or less, or a smaller --val-size" if fits else "it needs more images")
+            f"{len(short)} of {len(classes)} classes have fewer than ipc={ipc} images to draw from: class "
+            f"{smallest}{named} has {int(counts[smallest])}{said}"
         )
 
 
