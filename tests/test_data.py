@@ -362,3 +362,17 @@ def test_own_data_can_be_said_not_to_keep_its_class_under_a_flip(tmp_path, blobs
     config.model.width, config.pool.num_models = 8, 1
     made = frepo.load_distilled(frepo.distill(config, tmp_path / "run").distilled_path)
     assert made.meta["config"]["use_flip"] is False and made.meta["mirror_invariant"] is False
+
+
+def test_an_empty_class_folder_is_not_said_to_hold_files_of_another(tmp_path):
+    from PIL import Image
+
+    for split, cls, name in (("train", "cat", "1.png"), ("train", "cat", "a.gif"), ("train", "dog", "1.png")):
+        (tmp_path / split / cls).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / split / cls / name)
+    (tmp_path / "test" / "cat").mkdir(parents=True)
+    (tmp_path / "test" / "dog").mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "test" / "cat" / "1.png")
+    (tmp_path / "test" / "dog" / "notes.pdf").write_bytes(b"%PDF-1.4")  # PIL writes PDFs, it reads none
+    with pytest.raises(FrepoError, match=r"no images in class folder\(s\) \['dog'\]$"):
+        load_dataset(str(tmp_path))

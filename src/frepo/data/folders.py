@@ -38,7 +38,8 @@ def unread_images(folder: Path) -> list[Path]:
     warning, as torchvision's list of extensions left them out without a word."""
     from PIL import Image
 
-    known = {suffix for suffix in Image.registered_extensions() if suffix not in IMAGE_SUFFIXES}
+    Image.init()  # every plugin registered: OPEN then lists the formats PIL reads (it also lists write-only ones)
+    known = {s for s, fmt in Image.registered_extensions().items() if fmt in Image.OPEN and s not in IMAGE_SUFFIXES}
     files = []
     for dirpath, _, names in sorted(os.walk(folder, followlinks=True)):
         files += [Path(dirpath) / n for n in sorted(names) if Path(n).suffix.lower() in known and n[0] != "."]

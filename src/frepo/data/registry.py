@@ -273,7 +273,8 @@ def _load_image_folder(root: Path) -> RawDataset:
         unread += [file for folder in folders for file in unread_images(folder)]
         empty = [f.name for f in folders if not image_files(f)]
         if not folders or empty:
-            others = f" (they hold {_kinds(unread)}, which frepo does not read: {_readable()})" if unread else ""
+            held = [file for name in empty for file in unread_images(root / split / name)]
+            others = f" (they hold {_kinds(held)}, which frepo does not read: {_readable()})" if held else ""
             raise FrepoError(f"cannot read {root / split}: no images in class folder(s) {empty or '(none)'}{others}")
         splits[split] = ([f.name for f in folders], samples)
     train, test = splits["train"][0], splits["test"][0]
