@@ -349,6 +349,19 @@ def test_report_says_where_a_run_stands_and_what_a_resume_changed(tmp_path, monk
     text = write_report(out).read_text()
     assert "**Unfinished**: stopped at its checkpoint of step 3 of 4" in text
     assert "the same `frepo distill` command resumes it from there" in text
+    # A checkpoint this machine cannot read may be good: no advice to delete it (a damaged one gets it).
+    with monkeypatch.context() as patched:
+
+        def refused(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        patched.setattr(torch, "load", refused)
+        text = write_report(out).read_text()
+    assert "**Unfinished**: its checkpoint cannot be read here (Permission denied)." in text
+    good = (out / "checkpoint.pt").read_bytes()
+    (out / "checkpoint.pt").write_bytes(good[:100])
+    assert "its checkpoint is damaged; delete checkpoint.pt to restart the run" in write_report(out).read_text()
+    (out / "checkpoint.pt").write_bytes(good)
 
     # Another process distilling it now: said, with the pid to wait for.
     holder = subprocess.Popen(

@@ -127,23 +127,27 @@ def _set_step(run: RunDir) -> int | None:
     return step if isinstance(step, int) else None
 
 
-def _checkpoint_step(run: RunDir) -> int | None:
-    """The step of the run's checkpoint, memory-mapped (a large set's checkpoint is not read whole); None
-    without one or when unreadable."""
+def _checkpoint_step(run: RunDir) -> tuple[int | None, str | None]:
+    """(the step of the run's checkpoint, None) read memory-mapped (a large set's checkpoint is not read whole),
+    or (None, why it could not be read); (None, None) without one."""
     import torch
 
+    if not run.checkpoint_path.is_file():
+        return None, None
     try:
         step = torch.load(run.checkpoint_path, map_location="cpu", weights_only=True, mmap=True)["step"]
-    except Exception:  # missing or damaged: the status says so
-        return None
-    return int(step) if isinstance(step, int | torch.Tensor) else None
+    except OSError as exc:  # unreadable here (permissions, a disk): the checkpoint itself may well be good
+        return None, f"its checkpoint cannot be read here ({exc.strerror or exc})"
+    except Exception:  # damaged, or not frepo's
+        return None, "its checkpoint is damaged; delete checkpoint.pt to restart the run"
+    return int(step), None
 
 
 def _status(run: RunDir, total: object) -> str:
     """Where the run stands: finished, stopped (and where the same command resumes it), or running now."""
     of = f" of {total}" if isinstance(total, int) else ""
     owner = holder(run.path)
-    checkpoint, made = _checkpoint_step(run), _set_step(run)
+    (checkpoint, problem), made = _checkpoint_step(run), _set_step(run)
     if owner is not None:
         at = f", last checkpoint at step {checkpoint}{of}" if checkpoint is not None else ""
         return f"**Running**: frepo process {owner} is distilling it now{at}; this report shows it as of now."
@@ -155,8 +159,8 @@ def _status(run: RunDir, total: object) -> str:
             f"**Unfinished**: {written}stopped at its checkpoint of step {checkpoint}{of} "
             f"({run.checkpoint_time()}); the same `frepo distill` command resumes it from there."
         )
-    if run.checkpoint_path.is_file():
-        return "**Unfinished**: its checkpoint is unreadable; delete checkpoint.pt to restart the run."
+    if problem is not None:
+        return f"**Unfinished**: {problem}."
     if made is not None:
         return f"**Unfinished**: its set is of step {made}{of}."
     return "**Unfinished**: stopped before its first checkpoint; the same `frepo distill` command starts it again."
