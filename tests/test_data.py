@@ -308,7 +308,7 @@ def test_the_test_fingerprint_is_read_once_and_follows_a_replaced_split(monkeypa
     assert raw.test_fingerprint() != first  # another split: hashed anew
 
 
-def test_a_set_of_moved_data_is_evaluated_where_the_data_is_now(tmp_path, capsys):
+def test_a_set_of_moved_data_is_evaluated_where_the_data_is_now(tmp_path, capsys, monkeypatch):
     """A set made from a dataset of one's own records its path: once the folder moved (or the set reached a
     colleague) it was "unknown dataset", and --dataset NEWPATH was refused ("drop --dataset")."""
     from conftest import make_blobs_npz
@@ -336,6 +336,18 @@ def test_a_set_of_moved_data_is_evaluated_where_the_data_is_now(tmp_path, capsys
         frepo.evaluate(ds, dataset=str(other), models=1, steps=2)
     with pytest.raises(FrepoError, match="was distilled from digits, not mnist; drop --dataset"):
         frepo.evaluate(frepo.make_subset("digits", 1), dataset="mnist", models=1, steps=2)
+    # A run started from the set (--init) takes the data where it is now, as evaluate does.
+    run = ["distill", "--dataset", str(moved), "--ipc", "2", "--init", str(tmp_path / "set.safetensors")]
+    tiny = ["--steps", "1", "--width", "8", "--num-models", "1", "--eval-every", "0", "--eval-steps", "2"]
+    assert main([*run, *tiny, "--out", str(tmp_path / "r")]) == 0, capsys.readouterr().err
+    # A hand-built set naming its dataset by a relative path is that dataset given by its absolute path.
+    import dataclasses
+
+    monkeypatch.chdir(tmp_path)
+    meta = {k: v for k, v in ds.meta.items() if k != "test_fingerprint"}
+    relative = dataclasses.replace(ds, meta={**meta, "dataset": "new/blobs.npz"})
+    frepo.evaluate(relative, dataset=str(moved), models=1, steps=2, width=8)
+    assert len(frepo.make_subset(moved, 1).images) == 3  # a pathlib.Path names a dataset too
 
 
 def test_own_data_can_be_said_not_to_keep_its_class_under_a_flip(tmp_path, blobs):

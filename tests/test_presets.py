@@ -209,7 +209,7 @@ def test_distill_takes_a_preset_and_options_as_continual_and_privacy_do(tmp_path
     assert len(frepo.make_subset("digits", 2).images) == 20
     for call, message in (
         (lambda: frepo.distill(presets.get("digits-ipc1"), preset="digits-ipc1"), "either a DistillConfig or"),
-        (lambda: frepo.distill(presets.get("digits-ipc1"), steps=3), "either a DistillConfig or"),
+        (lambda: frepo.distill(presets.get("digits-ipc1"), stepz=3), "not both \\(given with the config: stepz;"),
         (lambda: frepo.distill(preset="digits-ipc1", ipc=2), "preset 'digits-ipc1' is for IPC 1, not 2"),
         (lambda: frepo.distill(stepz=1), "unknown option 'stepz' for DistillConfig"),
         (lambda: frepo.distill(preset=5), "preset must be a string"),

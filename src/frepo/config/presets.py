@@ -7,6 +7,7 @@ Resolution order for a run: DistillConfig defaults (the reference) -> dataset ta
 from __future__ import annotations
 
 import math
+import os
 
 from ..base.errors import FrepoError
 from ..base.fields import check_type, set_leaf
@@ -138,6 +139,7 @@ def configure(preset: str | None = None, overrides: dict | None = None) -> Disti
         check_type("preset", preset, str)
     named = PRESETS.get(preset, {}) if preset else {}
     dataset, ipc = overrides.pop("dataset", None), overrides.pop("ipc", None)
+    dataset = os.fspath(dataset) if isinstance(dataset, os.PathLike) else dataset  # a .npz or folder as a Path
     dataset = named.get("dataset", "digits") if dataset is None else dataset
     ipc = named.get("ipc", 10) if ipc is None else ipc
     return resolve(dataset, ipc, preset, overrides)

@@ -518,7 +518,11 @@ def distill(
     if config is None:
         config = presets.configure(preset, overrides)
     elif preset is not None or overrides:
-        raise FrepoError("give either a DistillConfig or a preset and options, not both")
+        given = ", ".join(sorted(overrides)) or "preset"
+        raise FrepoError(
+            f"give either a DistillConfig or a preset and options, not both (given with the config: {given}; "
+            "set options on the config itself)"
+        )
     check_argument(
         "config",
         config,

@@ -17,6 +17,8 @@ class ids, as for `random`.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -105,7 +107,7 @@ def feature_network(
 
 
 def make_subset(
-    data: DataConfig | str,
+    data: DataConfig | str | os.PathLike,
     ipc: int,
     method: str = "random",
     seed: int = 0,
@@ -117,8 +119,8 @@ def make_subset(
     """`ipc` real images per class chosen by `method`, as a DistilledSet with integer labels: `data` is a
     dataset (a name, .npz file or image folder: `make_subset("mnist", 10)`) or a `DataConfig` for its other
     options (data_dir, download, preprocess, classes...)."""
-    if isinstance(data, str):
-        data = DataConfig(dataset=data)
+    if isinstance(data, str | os.PathLike):
+        data = DataConfig(dataset=os.fspath(data))
     check_argument("data", data, DataConfig, "a dataset or a DataConfig: make_subset('mnist', ipc=10)")
     ipc, seed = check_type("ipc", ipc, int), check_type("seed", seed, int)
     feature_steps, feature_width = (

@@ -200,7 +200,7 @@ def load_start(
     fmt = detect_format(path)
     if fmt in OWN_FORMATS:
         ds = OWN_FORMATS[fmt](path)
-        if not _same_dataset(raw.name, ds.dataset):
+        if not _same_dataset(raw.name, ds.dataset) and not _moved_here(ds, raw):
             raise FrepoError(f"--init {path} was distilled from {ds.dataset}, not {raw.name}")
     else:
         if Path(path).name == "images.pt":  # DD-Ranking's names: load_foreign asks for --preprocess, distill has none
@@ -287,8 +287,15 @@ def recorded_data_dir(ds: DistilledSet) -> str | None:
 def _same_dataset(given: str, recorded: str) -> bool:
     if given == recorded:
         return True
-    path = Path(given).expanduser()
-    return path.exists() and str(path.resolve()) == recorded
+    path, then = Path(given).expanduser(), Path(recorded).expanduser()
+    return path.exists() and (str(path.resolve()) == recorded or (then.exists() and path.resolve() == then.resolve()))
+
+
+def _moved_here(ds: DistilledSet, raw: RawDataset) -> bool:
+    """Whether `raw` is the dataset of one's own that `ds` was made from, now elsewhere: its test split is the
+    one the set records (`own_dataset`)."""
+    expected = ds.meta.get("test_fingerprint")
+    return ds.dataset not in BUILTIN and expected is not None and expected == raw.test_fingerprint()
 
 
 def describe(ds: DistilledSet) -> str:
