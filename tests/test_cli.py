@@ -43,11 +43,11 @@ def run_cli(args, capsys):
 
 def assert_user_error(code, err, fragment):
     assert code == 2, err
-    # Progress-bar redraws and the run's opening line are not part of the message.
+    # Progress-bar redraws and the run's opening lines are not part of the message.
     lines = [
         line
         for line in err.strip().splitlines()
-        if line.strip() and not line.startswith(("frepo: distilling", "distill:", "evaluate"))
+        if line.strip() and not line.startswith(("frepo: distilling", "frepo: data:", "distill:", "evaluate"))
     ]
     assert len(lines) == 1 and lines[0].startswith("frepo: error:"), err
     assert fragment in lines[0], err
