@@ -323,6 +323,9 @@ def test_evaluate_protocols_architectures_reports_and_baselines(tmp_path, capsys
     code, stdout, err = run_cli(["reproduce", "--table", 1, "--budget", "cpu-small", "--dry-run"], capsys)
     assert code == 0, err
     assert "| MNIST | 1 | mnist-ipc1-cpu |" in stdout and "| Tiny ImageNet | 1 |" in stdout
+    # ... and says where the real command writes (a user learnt it by running it)
+    expected = "without --dry-run: the table -> docs/reproduction.md (with reproduction.json and reproduction.png"
+    assert expected in err and "the runs -> runs/reproduce/<preset>" in err, err
 
 
 def test_evaluate_files_from_other_tools(tmp_path, capsys):

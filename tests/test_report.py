@@ -4,6 +4,7 @@ and `reproduce` planning every row of Table 1, running a tiny table end to end a
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib
 import io
 import json
@@ -260,16 +261,32 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     # ... at this budget only: an evaluation of other training steps, or a run of other distillation steps,
     # was reported under the budget's cell (what ran was not what the row said).
     record = tmp_path / "runs" / "digits-ipc1-tiny" / "eval-reproduce-tiny.json"
+    # Such a row's measurement in the table is not replaced by "not run": --finished-only runs nothing to
+    # make it again (a table of measured rows became one of rows not run, and exited 0).
+    measured = out.read_text()
+    lost = "found no finished, evaluated run in --runs-dir .* for 1 rows that .* holds measured \\(Digits IPC 1\\)"
+    fresh = {**kwargs, "out": tmp_path / "fresh" / "table.md"}
     record.write_text(json.dumps({**saved, "steps": 10}))
-    assert "not run: no finished, evaluated run" in reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)
+    with pytest.raises(FrepoError, match=lost):
+        reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)
+    assert out.read_text() == measured
+    assert "not run: no finished, evaluated run" in reproduce.reproduce(1, "tiny", finished_only=True, **fresh)
     record.write_text(json.dumps(saved))
     monkeypatch.setitem(presets.PRESETS, "digits-ipc1-tiny", {**settings, "steps": 3})
-    assert "not run: no finished, evaluated run" in reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)
+    with pytest.raises(FrepoError, match=lost):
+        reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)
     monkeypatch.setitem(presets.PRESETS, "digits-ipc1-tiny", settings)
     assert f"| {saved['mean']:.2f} | done |" in reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)
-    kwargs["runs_dir"] = tmp_path / "elsewhere"
-    empty = reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)
+    kwargs["runs_dir"] = fresh["runs_dir"] = tmp_path / "elsewhere"
+    with pytest.raises(FrepoError, match=lost):
+        reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)
+    empty = reproduce.reproduce(1, "tiny", finished_only=True, **fresh)
     assert "| – | not run: no finished, evaluated run in" in empty
+    # Nor is a table of another budget replaced (a cpu-small table by a gpu-small one of rows not run).
+    monkeypatch.setitem(reproduce.BUDGETS, "other", dataclasses.replace(reproduce.BUDGETS["tiny"], name="other"))
+    with pytest.raises(FrepoError, match="holds table 1 at budget tiny, not table 1 at budget other: give another"):
+        reproduce.reproduce(1, "other", finished_only=True, **kwargs)
+    assert out.read_text() == measured
 
     # The command line's run fails when a row failed, once the table says why (it exited 0 before).
     def failing_distill(config, out, progress=False):
@@ -297,10 +314,14 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     # (it was rewritten without them, and exited 0).
     out.with_suffix(".json").unlink()
     before = out.read_text()
-    with pytest.raises(FrepoError, match="holds rows of other datasets than --datasets that a rewrite cannot keep"):
+    with pytest.raises(FrepoError, match="holds a table without reproduction.json beside it .* cannot be kept: give"):
         reproduce.reproduce(1, "tiny", ["cifar10"], finished_only=True, data_dir=tmp_path, download=False, **kwargs)
     assert out.read_text() == before and digits_row in before
-    # --datasets naming every dataset of the table has nothing to keep
+    # ... even with --datasets naming every dataset of the table (the repository's docs/reproduction.md has no
+    # JSON: rewritten from the current folder's runs); moved away, it is written afresh
+    with pytest.raises(FrepoError, match="holds a table without"):
+        reproduce.reproduce(1, "tiny", ["digits", "cifar10"], finished_only=True, data_dir=tmp_path, **kwargs)
+    out.rename(out.with_suffix(".old"))
     every = reproduce.reproduce(
         1, "tiny", ["digits", "cifar10"], finished_only=True, data_dir=tmp_path, download=False, **kwargs
     )

@@ -152,6 +152,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     print(text, end="")
     if not args.dry_run:
         print(f"table -> {args.out}", file=sys.stderr)
+    else:  # where the real command writes, before it is run (relative to this folder)
+        table = Path(args.out)
+        print(
+            f"without --dry-run: the table -> {table} (with {table.with_suffix('.json').name} and "
+            f"{table.with_suffix('.png').name} beside it), the runs -> {Path(args.runs_dir)}/<preset>",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -348,6 +348,7 @@ def reproduce(
         raise FrepoError(f"--runs-dir {runs_dir} is not a folder")
     if not dry_run and out:  # before the rows' hours of work, not once they are done
         check_output_file(out, "--out")
+        check_rewrite(Path(out), table, BUDGETS.get(budget))
     rows = plan(table, budget, datasets, data_dir=data_dir, download=download)
     spec = BUDGETS[budget]
     if not dry_run and not finished_only and any(row.status.startswith("planned") for row in rows):
@@ -390,6 +391,14 @@ def reproduce(
                     row, spec, Path(runs_dir), data_dir=data_dir, download=download, device=device, progress=progress
                 )
                 write()  # after every row: a table cut short (a time limit, Ctrl-C) keeps its finished rows
+    if finished_only and out:  # it runs nothing: a row measured before and not found now would be lost
+        lost = lost_rows(Path(out), rows)
+        if lost:
+            raise FrepoError(
+                f"--finished-only found no finished, evaluated run in --runs-dir {runs_dir} for {len(lost)} rows "
+                f"that {out} holds measured ({', '.join(lost[:3])}{', ...' if len(lost) > 3 else ''}): pass the "
+                "--runs-dir they were measured in, or give another --out"
+            )
     text = write()
     failed = [row for row in rows if row.status.startswith("failed")]
     if strict and failed:
@@ -441,6 +450,43 @@ def kept_rows(path: Path, table: int, budget: Budget, datasets: list[str]) -> li
         row.published = tuple(row.published)
         row.measured = tuple(row.measured) if row.measured else None
     return rows
+
+
+def check_rewrite(path: Path, table: int, budget: Budget | None) -> None:
+    """Before any row runs: a table at `path` is rewritten only when the JSON beside it says it is this table
+    at this budget (a cpu-small table was replaced by a gpu-small one of rows not run, and the repository's
+    docs/reproduction.md, which has no JSON beside it, by whatever the current folder's runs gave)."""
+    if budget is None or not path.exists():  # an unknown budget: plan() says so
+        return
+    source = path.with_suffix(".json")
+    keep = "give another --out, or move it away to rewrite it"
+    try:
+        earlier = json.loads(source.read_text())
+    except FileNotFoundError:
+        raise FrepoError(
+            f"--out {path} holds a table without {source.name} beside it (one written before frepo wrote one), "
+            f"so its measured rows cannot be kept: {keep}"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise FrepoError(f"--out {path}: {source} is unreadable ({exc}): {keep}") from None
+    said = (earlier.get("table"), (earlier.get("budget") or {}).get("name")) if isinstance(earlier, dict) else None
+    if said != (table, budget.name):
+        shown = f"table {said[0]} at budget {said[1]}" if said else f"a {source.name} frepo did not write"
+        raise FrepoError(f"--out {path} holds {shown}, not table {table} at budget {budget.name}: {keep}")
+
+
+def lost_rows(path: Path, rows: list[Row]) -> list[str]:
+    """The rows of `rows` that the table at `path` holds measured and that have no measurement now."""
+    try:
+        earlier = json.loads(path.with_suffix(".json").read_text())["rows"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # check_rewrite refused a table it cannot read back
+    now = {(row.dataset, row.ipc): row.measured for row in rows}
+    return [
+        f"{row.get('label', row.get('dataset'))} IPC {row.get('ipc')}"
+        for row in earlier
+        if isinstance(row, dict) and row.get("measured") and now.get((row.get("dataset"), row.get("ipc")), 0) is None
+    ]
 
 
 def _dropped(path: Path, why: str) -> list[Row]:
