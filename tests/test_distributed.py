@@ -54,6 +54,9 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # Rank 0 alone speaks: each message and the summary were printed once per process.
+    assert proc.stderr.count("frepo: distilling digits") == 1, proc.stderr[-3000:]
+    assert "real batch 64 over 2 processes" in proc.stderr and proc.stdout.count("distilled set:") == 1
 
     a, b = load_distilled(single / "distilled.safetensors"), load_distilled(double / "distilled.safetensors")
     # The same maths; only the order of float additions differs (two half-batch gradients averaged, one

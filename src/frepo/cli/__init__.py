@@ -4,6 +4,10 @@ user mistake prints one line on stderr and exits 2; Ctrl-C during a run exits 13
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import os
 import sys
 import warnings
 
@@ -12,6 +16,10 @@ from ..base.errors import FrepoError, Interrupted
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"frepo: warning: {message}", file=sys.stderr)
+
+
+def _silent(message, category, filename, lineno, file=None, line=None):
+    pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,16 +38,21 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error already reported in one line
         return int(exc.code or 0)
-    warnings.showwarning = _show_warning
+    # Under torchrun every process runs this: rank 0 alone speaks (each message, warning, summary and stop
+    # was printed once per process); another rank says only its own errors, naming itself.
+    rank = int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    warnings.showwarning = _show_warning if rank == 0 else _silent
     tune_cpu_allocator()  # speed only: freed memory stays in the heap (see frepo.base.perf)
     try:
-        with show_messages(), terminate_as_interrupt():
+        quiet = contextlib.redirect_stdout(io.StringIO()) if rank else contextlib.nullcontext()
+        with show_messages(logging.ERROR if rank else logging.INFO), terminate_as_interrupt(), quiet:
             return HANDLERS[args.command](args)
     except Interrupted as exc:
-        print(f"frepo: {exc}", file=sys.stderr)
+        if rank == 0:
+            print(f"frepo: {exc}", file=sys.stderr)
         return 130
     except FrepoError as exc:
-        print(f"frepo: error: {exc}", file=sys.stderr)
+        print(f"frepo{f' (rank {rank})' if rank else ''}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("frepo: interrupted", file=sys.stderr)

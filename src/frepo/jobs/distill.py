@@ -224,8 +224,9 @@ class Distiller:
         cfg = self.config
         log.info(
             f"frepo: distilling {cfg.data.dataset}, {count_of(cfg.ipc, 'image')} per class, "
-            f"{count_of(cfg.steps, 'step')}, lr {cfg.lr:.3g}, real batch {cfg.batch_size}, "
-            f"flip {'on' if cfg.use_flip else 'off'} -> {self.run_dir.path}"
+            f"{count_of(cfg.steps, 'step')}, lr {cfg.lr:.3g}, real batch {cfg.batch_size}"
+            + (f" over {self.ctx.world} processes" if self.ctx.world > 1 else "")
+            + f", flip {'on' if cfg.use_flip else 'off'} -> {self.run_dir.path}"
         )
         log.info(f"frepo: data: {self._data_summary()}")
         if self.device.type == "cpu" and cfg.steps - self.step >= GPU_STEPS:  # a paper preset, or a hand-made config
