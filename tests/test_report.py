@@ -417,3 +417,21 @@ def test_report_says_where_a_run_stands_and_what_a_resume_changed(tmp_path, monk
     (early / "config.json").write_text((out / "config.json").read_text())
     text = write_report(early).read_text()
     assert "**Unfinished**: stopped before its first checkpoint" in text and "No training metrics logged." in text
+
+
+def test_networks_that_predict_one_class_are_said_to_have_learnt_nothing():
+    """At 20 steps every network predicted one class: the set, the random subset and the full split all scored
+    10.56 %, and DD-Ranking's metrics from them were printed as measured. Such a score is exactly one class's
+    share of the split."""
+    import warnings
+
+    from frepo.jobs.evaluate import warn_of_untrained
+
+    labels = torch.tensor([0] * 3 + [1] * 3 + [2] * 4)  # shares 30, 30, 40 %
+    untrained = EvalResult("frepo", "conv", [30.0, 40.0], 35.0, 5.0, 20, 1.0)
+    with pytest.warns(UserWarning, match=r"every conv network scored exactly one class's share of the test split "):
+        warn_of_untrained([untrained], labels, "test")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for accuracies in ([30.0, 50.0], [90.0, 90.0], [10.0]):  # one network learnt; or far above chance
+            warn_of_untrained([EvalResult("frepo", "conv", accuracies, 0.0, 0.0, 20, 1.0)], labels, "test")

@@ -281,12 +281,30 @@ def run(
             f"stopped; {count_of(kept, 'finished network')} kept in {default_data_dir() / 'evaluations'}: "
             "run the same command to continue"
         ) from None
+    warn_of_untrained(results, test_y, config.split)
     if deliver is not None:
         deliver(results)
     for record in records:
         if record is not None:
             record.clear()
     return results
+
+
+def warn_of_untrained(results: list[EvalResult], labels: torch.Tensor, split: str) -> None:
+    """Warn of an architecture whose every network scored exactly one class's share of the split, near chance:
+    each predicts a single class, so the budget taught it nothing (at 20 steps every set, the random subset and
+    the full split scored the same 10.56 %, and DD-Ranking's metrics from them were printed as measured)."""
+    counts = torch.bincount(labels.long().flatten())
+    shares = (counts[counts > 0].double() * 100 / len(labels)).tolist()
+    near_chance = 1.5 * max(shares)
+    for r in results:
+        if r.accuracies and all(a <= near_chance and min(abs(a - s) for s in shares) < 1e-6 for a in r.accuracies):
+            warn(
+                f"every {r.arch} network scored exactly one class's share of the {split} split "
+                f"({', '.join(f'{a:.2f}' for a in sorted(set(r.accuracies)))} %): it predicts a single class, so this "
+                "budget taught it nothing; its accuracy (and any metric from it) says nothing of the set: give more "
+                "training (--steps, or --epochs for dsa)"
+            )
 
 
 def _identity(ds: DistilledSet, raw: RawDataset, split: str) -> tuple[str, str]:
