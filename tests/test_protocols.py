@@ -244,3 +244,17 @@ def test_frepo_protocol_compiles_long_cpu_evaluations_and_the_compiled_network_t
     for name, a in eager.state_dict().items():
         moved, gap = (a - start[name]).norm(), (compiled.state_dict()[name] - a).norm()
         assert moved > 0 and gap < 1e-2 * moved, (name, float(gap / moved))
+
+
+def test_the_dsa_protocol_says_it_flips_a_set_whose_classes_a_flip_changes(caplog):
+    """The field's dsa strategy flips MNIST too: kept, but no longer without a word."""
+    g = torch.Generator().manual_seed(5)
+    eval_x, eval_y = torch.randn(8, 1, 8, 8, generator=g), torch.randint(3, (8,), generator=g)
+    for mirror_invariant, strategy, said in ((False, None, True), (False, "crop_scale", False), (True, None, False)):
+        ds = _set()
+        ds.meta["mirror_invariant"] = mirror_invariant
+        caplog.clear()
+        with caplog.at_level("INFO", logger="frepo"):
+            config = EvalConfig.build(protocol="dsa", models=1, epochs=1, width=8, dsa_strategy=strategy)
+            evaluate_set(ds, eval_x, eval_y, config)
+        assert ("strategy flips images, though a flip changes this dataset's classes" in caplog.text) == said

@@ -12,6 +12,7 @@ and after the pass with index epochs // 2 + 1 it multiplies the lr by 0.1 and bu
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,7 @@ from ...models import build_model, eval_layout
 from ..augment_dsa import DSA_OPS, dsa_augment
 from ..protocol import EvalSetup, Plan, Protocol, accuracy
 
+log = logging.getLogger(__name__)
 LR = 0.01
 MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
@@ -150,6 +152,11 @@ def _targets(setup: EvalSetup, soft_labels: bool) -> torch.Tensor:
 def plan(setup: EvalSetup, options: DsaOptions) -> Plan:
     _targets(setup, options.soft_labels)  # a class-id set cannot give soft labels: say so before training
     ops = parse_strategy(options.dsa_strategy or STRATEGY)
+    if "flip" in ops and not setup.ds.meta.get("mirror_invariant", True):  # faithful to the field, but said
+        log.info(
+            "frepo: the dsa protocol's strategy flips images, though a flip changes this dataset's classes (the "
+            "field's protocol flips MNIST too); --dsa-strategy without flip (crop_scale_rotate) leaves it out"
+        )
     epochs = options.epochs or EPOCHS
     extra = {"epochs": epochs, "soft_labels": options.soft_labels, "dsa_strategy": "_".join(ops) or "none"}
     return Plan(dsa_steps(len(setup.ds.images), epochs), {**extra, "init": "torch"})
