@@ -258,3 +258,12 @@ def test_the_dsa_protocol_says_it_flips_a_set_whose_classes_a_flip_changes(caplo
             config = EvalConfig.build(protocol="dsa", models=1, epochs=1, width=8, dsa_strategy=strategy)
             evaluate_set(ds, eval_x, eval_y, config)
         assert ("strategy flips images, though a flip changes this dataset's classes" in caplog.text) == said
+
+
+def test_width_is_recorded_only_for_the_networks_it_sizes():
+    """--width 8 was recorded for alexnet and mlp, whose sizes are fixed (their numbers did not move with it)."""
+    g = torch.Generator().manual_seed(5)
+    eval_x, eval_y = torch.randn(8, 1, 8, 8, generator=g), torch.randint(3, (8,), generator=g)
+    for arch, width in (("conv", 8), ("mlp", None)):
+        config = EvalConfig.build(protocol="frepo", arch=arch, models=1, steps=1, width=8)
+        assert evaluate_set(_set(learned=True), eval_x, eval_y, config).extra["width"] == width

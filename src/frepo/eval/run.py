@@ -11,6 +11,7 @@ from ..base.device import deterministic_kernels, resolve_device
 from ..base.log import progress_bar, warn
 from ..base.rng import stream_seed
 from ..io.artifact import DistilledSet
+from ..models import SIZED
 from .config import EvalConfig
 from .finished import FinishedNetworks
 from .protocol import EvalSetup
@@ -110,7 +111,7 @@ def evaluate_set(
             "networks_read_back": read_back,  # finished before an interruption; `seconds` counts the others
             "model_streams": streams,
             "model_seeds": [stream_seed(config.seed, s) for s in streams],
-            "width": config.width,  # of conv-family networks and convnet (the others have fixed sizes)
+            "width": config.width if setup.arch in SIZED else None,  # the others have the sizes of their definition
             "device": str(device),
         },
     )

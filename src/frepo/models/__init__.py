@@ -12,11 +12,12 @@ from torch import nn
 
 from .conv import CONV_ARCHS, Conv, FlaxBatchNorm2d, conv_arch
 from .init import INIT_SCHEMES, init_flax_defaults_, init_torch_defaults_, lecun_normal_
-from .registry import ARCHS, ModelBuilder, ModelSpec, build_model, check_arch, register_model
+from .registry import ARCHS, SIZED, ModelBuilder, ModelSpec, build_model, check_arch, register_model
 from .zoo import MLP, VGG11, AlexNet, ConvNet, ResNet18
 
 __all__ = [
     "ARCHS",
+    "SIZED",
     "CONV_ARCHS",
     "INIT_SCHEMES",
     "MLP",

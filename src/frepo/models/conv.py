@@ -104,16 +104,16 @@ def _conv(spec: ModelSpec, norm: str, generator: torch.Generator) -> Conv:
     return Conv(c, spec.num_classes, size, spec.width, spec.depth, norm, generator=generator, init=spec.init)
 
 
-@register_model("conv", "FRePo Conv, no norm (the frepo protocol's network)")
+@register_model("conv", "FRePo Conv, no norm (the frepo protocol's network)", sized=True)
 def conv(spec: ModelSpec, *, generator: torch.Generator) -> Conv:
     return _conv(spec, "none", generator)
 
 
-@register_model("conv_bn", "FRePo Conv, batch norm (the distillation's pool network)")
+@register_model("conv_bn", "FRePo Conv, batch norm (the distillation's pool network)", sized=True)
 def conv_bn(spec: ModelSpec, *, generator: torch.Generator) -> Conv:
     return _conv(spec, "batch", generator)
 
 
-@register_model("conv_in", "FRePo Conv, instance norm")
+@register_model("conv_in", "FRePo Conv, instance norm", sized=True)
 def conv_in(spec: ModelSpec, *, generator: torch.Generator) -> Conv:
     return _conv(spec, "instance", generator)

@@ -51,13 +51,17 @@ class ModelBuilder(Protocol):
 # name -> one-line description (the CLI's help and error messages list these), and name -> builder.
 ARCHS: dict[str, str] = {}
 _BUILDERS: dict[str, ModelBuilder] = {}
+SIZED: set[str] = set()  # the architectures whose width and depth come from ModelSpec (the others are fixed)
 
 
-def register_model(name: str, description: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Decorator: register the builder under `name`, with its one-line description in `ARCHS` (once)."""
+def register_model(name: str, description: str, sized: bool = False) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator: register the builder under `name`, with its one-line description in `ARCHS` (once);
+    `sized`: it builds the network of ModelSpec's width and depth."""
 
     def entry(builder: ModelBuilder) -> ModelBuilder:
         ARCHS[name] = description
+        if sized:
+            SIZED.add(name)
         return builder
 
     return registering(_BUILDERS, name, "architecture", entry)

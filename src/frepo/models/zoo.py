@@ -273,7 +273,7 @@ class MLP(_Embedder):
         super().__init__("mlp", (in_channels, *image_size), num_classes, build, generator=generator, init=init)
 
 
-@register_model("convnet", "DC ConvNet-3, width 128, instance norm (the dsa protocol's network)")
+@register_model("convnet", "DC ConvNet-3, width 128, instance norm (the dsa protocol's network)", sized=True)
 def convnet(spec: ModelSpec, *, generator: torch.Generator) -> ConvNet:
     c, size, k = spec.in_channels, spec.image_size, spec.num_classes
     return ConvNet(c, k, size, spec.width, spec.depth, "instance", generator=generator, init=spec.init)
