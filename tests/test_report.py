@@ -17,7 +17,7 @@ from frepo.base.errors import FrepoError, Interrupted
 from frepo.data.preprocess import Preprocessing
 from frepo.eval import EvalResult
 from frepo.eval.results import results_csv, results_json, results_table
-from frepo.io.artifact import DistilledSet, save_distilled
+from frepo.io.artifact import DistilledSet, load_distilled, save_distilled
 from frepo.jobs import reproduce
 from frepo.jobs.report import write_report
 
@@ -107,7 +107,12 @@ def test_run_report(tmp_path):
         assert (run / png).read_bytes()[:8] == PNG and f"({png})" in text  # drawn, and linked relatively
     assert "best 45.00% (step 5)" in text and "Last logged step 5" in text
     for arch in ("conv", "alexnet", "vgg11"):
-        assert f"| {arch} | dsa | test | 2 | 55.00 ± 5.00 |" in text
+        assert f"| other: set.safetensors | {arch} | – | dsa | test | 2 | 55.00 ± 5.00 |" in text
+    # The run's own set is named as such (an evaluation of another set in the folder was read as the run's).
+    own = _result()
+    own.extra.update(file_checksum=load_distilled(run / "distilled.safetensors").meta["checksum"], width=8)
+    (run / "eval_own.json").write_text(json.dumps(own.to_dict()))
+    assert "| eval_own.json | distilled | conv | 8 | dsa | test | 2 | 55.00 ± 5.00 |" in write_report(run).read_text()
     assert "Unreadable evaluation files: eval_broken.json" in text
     assert "DD-Ranking's metrics" not in text
     # One model: no spread to report. Field metrics: their own table.
@@ -115,7 +120,7 @@ def test_run_report(tmp_path):
     single.extra["field_metrics"] = _field_metrics()
     (run / "eval_field.json").write_text(json.dumps(single.to_dict()))
     text = write_report(run).read_text()
-    assert "| eval_field.json | mlp | dsa | test | 1 | 55.00 | 12 |" in text
+    assert "| eval_field.json | other: set.safetensors | mlp | – | dsa | test | 1 | 55.00 | 12 |" in text
     assert "| eval_field.json | mlp | 55.00 | 42.50 | 85.25 | +12.50 | 30.25 | 51.00 |" in text
     assert "- dataset: digits, 1 image per class, preprocessing None, validation hold-out default" in text
     # A run without a hold-out (continual's and privacy's) said "default"; a narrowed run did not say so.

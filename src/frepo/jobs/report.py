@@ -115,16 +115,34 @@ def _settings(config: dict | None) -> list[str]:
     ]
 
 
-def _set_step(run: RunDir) -> int | None:
-    """The step of the run's distilled set, read from its header alone (None without one, or unreadable)."""
+def _set_meta(path: Path) -> dict:
+    """A frepo set's metadata, read from its header alone ({} without one, or unreadable)."""
     from safetensors import safe_open
 
     try:
-        with safe_open(str(run.distilled_path), framework="pt") as fh:
-            step = json.loads((fh.metadata() or {})["frepo"]).get("step")
-    except Exception:  # missing, damaged, or not frepo's: the status says no set
-        return None
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads((fh.metadata() or {})["frepo"])
+    except Exception:  # missing, damaged, or not frepo's
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _set_step(run: RunDir) -> int | None:
+    """The step of the run's distilled set (None without one, or unreadable): the status says no set."""
+    step = _set_meta(run.distilled_path).get("step")
     return step if isinstance(step, int) else None
+
+
+def _evaluated(run: RunDir, evals: list[dict]) -> list[str]:
+    """Which set each evaluation is of: this run's final or best set (by its checksum), or another file, named:
+    an evaluation of another run's set or of a baseline, kept in this run's folder, was read as this run's."""
+    own = {_set_meta(path).get("checksum"): path.stem for path in (run.distilled_path, run.best_path)}
+    own.pop(None, None)
+    named = []
+    for r in evals:
+        name = own.get(r.get("file_checksum"))
+        named.append(name if name else f"other: {Path(r['file']).name}" if r.get("file") else "other set")
+    return named
 
 
 def _checkpoint_step(run: RunDir) -> tuple[int | None, str | None]:
@@ -234,16 +252,16 @@ def render(run: RunDir, records: list[dict], plots: dict[str, Path], grid: Path 
     lines += ["## Evaluations", ""]
     if evals:
         lines += [
-            "| file | architecture | protocol | split | models | accuracy (%) | train steps | seconds |",
-            "|---|---|---|---|---|---|---|---|",
+            "| file | set | architecture | width | protocol | split | models | accuracy (%) | train steps | seconds |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for r in evals:
+        for r, evaluated in zip(evals, _evaluated(run, evals)):
             models = r.get("models", len(r.get("accuracies", [])))
             accuracy = mean_std(r["mean"], r.get("std", 0.0), models)
             lines.append(
-                f"| {r['source']} | {r.get('arch', '?')} | {r.get('protocol', '?')} | {r.get('split', 'test')} | "
-                f"{models} | {accuracy} | {r.get('steps') or '–'} | "
-                f"{float(r.get('seconds', 0.0)):.0f} |"
+                f"| {r['source']} | {evaluated} | {r.get('arch', '?')} | {r.get('width') or '–'} | "
+                f"{r.get('protocol', '?')} | {r.get('split', 'test')} | {models} | {accuracy} | "
+                f"{r.get('steps') or '–'} | {float(r.get('seconds', 0.0)):.0f} |"
             )
         lines += _field_metrics(evals)
     else:
