@@ -79,6 +79,10 @@ def test_an_interrupted_evaluation_trains_only_the_missing_networks(set_file, tm
         code, partial = _evaluate(set_file, tmp_path, "resumed", "--together", "off")
     assert code == 130 and partial is None and trained == ["conv:eval/model0", "conv:eval/model1"]
     assert "2 finished networks kept" in capsys.readouterr().err and len(_records()) == 1
+    with monkeypatch.context() as m:  # cut before any network finished: nothing is said to be kept
+        _count_trainings(m, stop_at=1)
+        assert _evaluate(set_file, tmp_path, "early", "--together", "off", "--seed", "7")[0] == 130
+    assert "stopped before any network finished: the same command starts it again" in capsys.readouterr().err
     with monkeypatch.context() as m:
         trained = _count_trainings(m)
         code, resumed = _evaluate(set_file, tmp_path, "resumed", "--together", "off")

@@ -277,6 +277,8 @@ def run(
         if not resume:
             raise
         kept = sum(len(r.networks) for r in records if r is not None)
+        if not kept:  # it said "0 finished networks kept in ...: run the same command to continue"
+            raise Interrupted("stopped before any network finished: the same command starts it again") from None
         raise Interrupted(
             f"stopped; {count_of(kept, 'finished network')} kept in {default_data_dir() / 'evaluations'}: "
             "run the same command to continue"
