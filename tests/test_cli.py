@@ -319,6 +319,7 @@ def test_evaluate_protocols_architectures_reports_and_baselines(tmp_path, capsys
     )
     assert code == 0, err
     assert load_distilled(kcenter).meta["kind"] == "subset-kcenter" and "kcenter subset" in stdout
+    assert "frepo: kcenter: training the feature network (2 Adam steps" in err and "train: 100%" in err, err
 
     code, stdout, err = run_cli(["reproduce", "--table", 1, "--budget", "cpu-small", "--dry-run"], capsys)
     assert code == 0, err

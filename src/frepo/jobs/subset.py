@@ -17,6 +17,7 @@ class ids, as for `random`.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from ..base.device import resolve_device
 from ..base.errors import FrepoError, check_argument
 from ..base.fields import check_type, to_dict
+from ..base.log import messages_shown
 from ..base.rng import generator
 from ..config import DataConfig
 from ..data import StreamingImages, prepare
@@ -32,6 +34,8 @@ from ..eval.training import NetworkUpdate, Schedule, train
 from ..io.artifact import DistilledSet
 from ..method.synthetic import check_class_sizes, pick_real
 from ..models import build_model, embed_batched
+
+log = logging.getLogger(__name__)
 
 METHODS = ("random", "herding", "kcenter")
 FEATURE_STEPS = 300
@@ -96,13 +100,14 @@ def feature_network(
     device: torch.device,
     width: int = 128,
     batch_size: int = FEATURE_BATCH,
+    progress: bool = False,
 ) -> torch.nn.Module:
     """A seeded Conv (no norm), trained `steps` Adam steps with cross-entropy on random batches of
     (images N×C×H×W, labels (N,)). steps = 0 returns the freshly initialised network."""
     model = build_model("conv", tuple(images.shape[1:]), num_classes, generator=gen, width=width).to(device)
     model.train()
     update = NetworkUpdate(model, torch.optim.Adam(model.parameters(), lr=FEATURE_LR), F.cross_entropy, (), gen)
-    train(update, images, labels, Schedule(steps, batch_size, "draws"), gen=gen, device=device)
+    train(update, images, labels, Schedule(steps, batch_size, "draws"), gen=gen, device=device, progress=progress)
     return model
 
 
@@ -150,6 +155,8 @@ def make_subset(
     else:
         check_class_sizes(y_train, classes, ipc, raw.classes, held_out)
         dev = resolve_device(device)
+        if feature_steps:  # minutes on a large split: said, with a bar where messages are shown (the command line)
+            log.info(f"frepo: {method}: training the feature network ({feature_steps} Adam steps, --feature-steps)")
         net = feature_network(
             x_train,
             y_train,
@@ -158,6 +165,7 @@ def make_subset(
             gen=generator(seed, "subset/features"),
             device=dev,
             width=feature_width,
+            progress=messages_shown(),
         )
         chosen = []
         for c in classes:  # one class's features at a time: memory O(class), not O(split)
