@@ -29,6 +29,7 @@ def evaluate_set(
     progress: bool = False,
     on_device: tuple[torch.Tensor, torch.Tensor] | None = None,
     finished: FinishedNetworks | None = None,
+    label: str | None = None,
 ) -> EvalResult:
     """Train `config.models` fresh `arch` networks (default: the config's first architecture) on `ds`
     with `config.protocol` and test each on (test_x M×C×H×W in the set's preprocessed space, test_y
@@ -83,7 +84,7 @@ def evaluate_set(
         )
     if accs is None:
         accs = []
-        desc = f"evaluate ({setup.arch}, {protocol.name})"
+        desc = f"evaluate ({setup.arch}, {protocol.name}{f', {label}' if label else ''})"  # label: what is trained on
         with progress_bar(streams, desc=desc, disable=not progress, leave=False) as bar:
             for name in bar:
                 acc = finished.accuracy(name) if finished else None

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +51,8 @@ from ..data.splits import Holdout, holdout_split
 from ..eval import EvalConfig, EvalResult, evaluate_set
 from ..io.artifact import DistilledSet, class_ids_of
 from ..method.synthetic import pick_real
+
+log = logging.getLogger(__name__)
 
 LRS_LAMBDA = 0.5
 KEYS = ("ior", "hlr", "lrs", "set_hard", "random", "full", "set_own_labels", "lrs_lambda", "recipe")
@@ -136,12 +139,13 @@ def _summary(result: EvalResult) -> dict:
     return {"mean": result.mean, "std": result.std, "accuracies": result.accuracies, "steps": result.steps}
 
 
-def _cached_accuracy(path: Path, compute: Callable[[], EvalResult]) -> dict:
-    """`_summary` of a reference's evaluation: read from `path`, or computed and written there."""
+def _cached_accuracy(path: Path, compute: Callable[[], EvalResult], what: str) -> dict:
+    """`_summary` of a reference's evaluation (`what`): read from `path` (said), or computed and written there."""
     if path.is_file():
         try:
             entry = json.loads(path.read_text())
             if isinstance(entry, dict) and isinstance(entry.get("mean"), float):
+                log.info(f"frepo: field metrics: the {what}'s accuracy read from {path}")
                 return entry
         except (OSError, ValueError):
             pass
@@ -181,18 +185,20 @@ def field_metrics(
     recipe, identity = _recipe(config, arch), _data_identity(ds, raw)
     folder = Path(cache_dir) if cache_dir is not None else default_data_dir() / "field_metrics"
 
-    def evaluated(data: DistilledSet) -> EvalResult:
-        return evaluate_set(data, test_x, test_y, config, arch, progress=progress)
+    def evaluated(data: DistilledSet, label: str) -> EvalResult:  # the bars say which of the four each is
+        return evaluate_set(data, test_x, test_y, config, arch, progress=progress, label=label)
 
     hard = _hard(ds)
-    set_hard = _summary(own if hard is ds else evaluated(hard))
+    set_hard = _summary(own if hard is ds else evaluated(hard, "the set on class ids"))
     rand = _cached_accuracy(
         folder / f"{raw.name}-{_cache_key(identity, recipe, 'random', ipc)}.json",
-        lambda: evaluated(random_subset(ds, raw, ipc, config.seed)),
+        lambda: evaluated(random_subset(ds, raw, ipc, config.seed), f"random subset, IPC {ipc}"),
+        "random subset",
     )
     full = _cached_accuracy(
         folder / f"{raw.name}-{_cache_key(identity, recipe, 'full', 0)}.json",  # one for every IPC
-        lambda: evaluated(full_split(ds, raw)),
+        lambda: evaluated(full_split(ds, raw), "full training split"),
+        "full training split",
     )
     ior = set_hard["mean"] - rand["mean"]
     hlr = full["mean"] - set_hard["mean"]
