@@ -414,6 +414,8 @@ def test_report_says_where_a_run_stands_and_what_a_resume_changed(tmp_path, monk
     distill(presets.resolve("digits", 1, overrides={**settings, "lr": 1e-4}), out, resume_with_changes=True)
     text = write_report(out).read_text()
     assert "**Finished**: its set is of step 4 of 4." in text
+    # the defaults it resolved, as its set records them ("preprocessing auto, validation hold-out default")
+    assert "preprocessing auto (standard), validation hold-out default (125 images)" in text
     assert "- continued at step 3 with lr " in text and " -> 0.0001" in text
 
     # Stopped before its first log line (config.json and nothing else): reported, not refused.

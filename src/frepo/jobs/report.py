@@ -92,27 +92,37 @@ def _config(run: RunDir) -> dict | None:
     return config if isinstance(config, dict) else {}
 
 
-def _settings(config: dict | None) -> list[str]:
+def _settings(config: dict | None, made: dict) -> list[str]:
+    """The run's settings as config.json holds them; a default it resolved when it ran (the hold-out's size, the
+    preprocessing `auto` chose) as its set (`made`: the set's header) records it."""
     if config is None:
         return []
     if not config:
         return ["(config.json is unreadable)"]
     data, model = config.get("data", {}), config.get("model", {})
     held = data.get("val_size")  # None: the default size; 0: none (continual's and privacy's distillations)
-    holdout = "default" if held is None else f"{held} images" if held else "none"
+    resolved = f" ({made['val_size']} images)" if isinstance(made.get("val_size"), int) else ""
+    holdout = f"default{resolved}" if held is None else f"{held} images" if held else "none"
+    chosen = (made.get("preprocessing") or {}).get("kind") if isinstance(made.get("preprocessing"), dict) else None
+    preprocess = data.get("preprocess")
+    preprocess = f"{preprocess} ({chosen})" if preprocess == "auto" and chosen else preprocess
     ipc = config.get("ipc")
-    images = count_of(ipc, "image") if isinstance(ipc, int) else f"{ipc} images"
+    images = _count(ipc, "image")
     narrowed = f", classes {data['classes']}" if data.get("classes") not in (None, "") else ""
     if data.get("train_chunk") is not None:
         narrowed += f", training chunk {data['train_chunk']} of {data.get('train_chunk_size')} images"
     return [
         f"- dataset: {data.get('dataset')}{narrowed}, {images} per class, "
-        f"preprocessing {data.get('preprocess')}, validation hold-out {holdout}",
+        f"preprocessing {preprocess}, validation hold-out {holdout}",
         f"- {config.get('steps')} steps, real batch {config.get('batch_size')}, lr {config.get('lr')}, "
         f"flip trick {'on' if config.get('use_flip') else 'off'}, learned labels {config.get('learn_labels')}",
-        f"- pool: {config.get('pool', {}).get('num_models')} models of Conv width {model.get('width')}, "
+        f"- pool: {_count(config.get('pool', {}).get('num_models'), 'model')} of Conv width {model.get('width')}, "
         f"depth {model.get('depth')}, norm {model.get('norm')}; seed {config.get('seed')}",
     ]
+
+
+def _count(value: object, noun: str) -> str:
+    return count_of(value, noun) if isinstance(value, int) else f"{value} {noun}s"
 
 
 def _set_meta(path: Path) -> dict:
@@ -218,7 +228,7 @@ def _field_metrics(evals: list[dict]) -> list[str]:
 def render(run: RunDir, records: list[dict], plots: dict[str, Path], grid: Path | None, evals, bad) -> str:
     lines = [f"# frepo run report: {run.path.name}", ""]
     config = _config(run)
-    settings = _settings(config)
+    settings = _settings(config, _set_meta(run.distilled_path))
     if settings:
         lines += ["## Settings", "", *settings, ""]
     train = [r for r in records if "loss" in r]
