@@ -37,6 +37,9 @@ def test_a_random_subset_improves_over_random_by_exactly_zero(tmp_path, capsys, 
     assert "evaluate (conv, frepo, random subset, IPC 2)" in err and "evaluate (conv, frepo, full training" in err
     metrics = json.loads(report.read_text())["field_metrics"]
     assert set(metrics) == set(fm.KEYS)
+    from frepo.eval.results import RESULT_KEYS
+
+    assert set(json.loads(report.read_text())) - {"results"} <= set(RESULT_KEYS)  # every key documented
     assert metrics["ior"] == 0.0 and metrics["random"]["mean"] == metrics["set_hard"]["mean"]
     assert metrics["random"]["ipc"] == 2 and metrics["set_own_labels"] == metrics["set_hard"]["mean"]
     assert metrics["hlr"] == pytest.approx(metrics["full"]["mean"] - metrics["set_hard"]["mean"])

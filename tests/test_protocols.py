@@ -17,6 +17,7 @@ from frepo.config import DataConfig
 from frepo.data.preprocess import Preprocessing
 from frepo.eval import PROTOCOLS, EvalConfig, evaluate_set
 from frepo.eval.protocols.krr import krr_accuracy
+from frepo.eval.results import RESULT_KEYS
 from frepo.io.artifact import DistilledSet, save_distilled
 from frepo.jobs.evaluate import evaluate_archs
 from frepo.jobs.subset import make_subset
@@ -155,6 +156,7 @@ def test_every_protocol_runs_on_tiny_data(shape, protocol):
     assert result.steps == {"frepo": 2, "dsa": 2, "krr": 0}[protocol]
     assert len(result.extra["model_seeds"]) == 2 and result.seed == 3
     assert result.mean == pytest.approx(np.mean(result.accuracies))
+    assert set(result.to_dict()) <= set(RESULT_KEYS), set(result.to_dict()) - set(RESULT_KEYS)  # all documented
 
 
 def test_dsa_soft_labels_and_determinism():

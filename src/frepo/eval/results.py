@@ -59,6 +59,40 @@ class EvalResult:
         )
 
 
+# Every key of a result in `--json` (EvalResult.to_dict plus what `frepo evaluate` adds), documented here and
+# checked against real results by the tests.
+RESULT_KEYS = {
+    "protocol": "frepo, dsa or krr",
+    "arch": "the network",
+    "accuracies": "test (or val) accuracy of each network, percent",
+    "mean": "their mean",
+    "std": "their population std (numpy's np.std, ddof 0, as the reference); 0 for one network",
+    "models": "how many networks",
+    "steps": "optimiser steps per network (0: krr trains nothing)",
+    "seconds": "the evaluation's seconds (networks read back after an interruption not counted)",
+    "split": "test, or val (the hold-out the set was distilled without)",
+    "seed": "the evaluation's seed",
+    "model_seeds": "each network's seed",
+    "model_streams": "each network's random stream",
+    "width": "the width of conv-family networks and convnet; null for networks of fixed size",
+    "device": "where the networks trained",
+    "together": "whether the networks trained at once (--together)",
+    "together_mode": "how: stacked or streams; null when one after the other",
+    "networks_read_back": "networks finished before an interruption and read back",
+    "use_flip": "frepo and krr protocols: the flip trick's augmentation of the set",
+    "epochs": "dsa protocol: training epochs",
+    "soft_labels": "dsa protocol: trained on the set's learned labels as distributions",
+    "dsa_strategy": "dsa protocol: the augmentation strategy",
+    "init": "dsa protocol: the networks' initialisation (torch, as the DC code's)",
+    "file": "the evaluated file (absent for a set passed in Python)",
+    "dataset": "the dataset whose split was used",
+    "num_images": "the set's images",
+    "file_checksum": "the set's checksum",
+    "source": "another tool's file: how it was read",
+    "field_metrics": "--field-metrics: DD-Ranking's IOR, HLR, LRS and their accuracies",
+}
+
+
 CSV_COLUMNS = (
     "file",
     "dataset",
