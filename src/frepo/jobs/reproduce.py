@@ -481,7 +481,7 @@ def lost_rows(path: Path, rows: list[Row]) -> list[str]:
         earlier = json.loads(path.with_suffix(".json").read_text())["rows"]
     except (OSError, ValueError, KeyError, TypeError):
         return []  # check_rewrite refused a table it cannot read back
-    now = {(row.dataset, row.ipc): row.measured for row in rows}
+    now: dict[tuple, tuple[float, ...] | None] = {(row.dataset, row.ipc): row.measured for row in rows}
     return [
         f"{row.get('label', row.get('dataset'))} IPC {row.get('ipc')}"
         for row in earlier
