@@ -211,6 +211,11 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys, blobs):
         capsys,
     )
     assert code == 0, err
+    longer = ["--steps", 2, "--resume-with-changes"]  # resumed: its checkpoint holds the set, nothing is drawn
+    code, _, err = run_cli(
+        ["distill", "--dataset", blobs, "--ipc", 28, "--init", start, *FAST, *longer, "--out", tmp_path / "i"], capsys
+    )
+    assert code == 0 and "resuming from step 1 of 2" in err, err
 
     code, _, err = run_cli(
         ["distill", "--dataset", blobs, "--ipc", 1, "--norm", "layer", "--out", tmp_path / "f"], capsys
@@ -283,7 +288,7 @@ print("ok")
     assert proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
-def test_evaluate_protocols_architectures_reports_and_baselines(tmp_path, capsys):
+def test_evaluate_protocols_architectures_reports_and_baselines(tmp_path, capsys, monkeypatch):
     subset = tmp_path / "random.safetensors"
     assert run_cli(["subset", "--dataset", "digits", "--ipc", 2, "--out", subset], capsys)[0] == 0
     out_json, out_csv = tmp_path / "eval_dsa.json", tmp_path / "eval.csv"
@@ -325,9 +330,19 @@ def test_evaluate_protocols_architectures_reports_and_baselines(tmp_path, capsys
     code, stdout, err = run_cli(["reproduce", "--table", 1, "--budget", "cpu-small", "--dry-run"], capsys)
     assert code == 0, err
     assert "| MNIST | 1 | mnist-ipc1-cpu |" in stdout and "| Tiny ImageNet | 1 |" in stdout
-    # ... and says where the real command writes (a user learnt it by running it)
+    # ... and says where the real command writes (a user learnt it by running it), and whether it would refuse
     expected = "without --dry-run: the table -> docs/reproduction.md (with reproduction.json and reproduction.png"
     assert expected in err and "the runs -> runs/reproduce/<preset>" in err, err
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "reproduction.md").write_text("| a table written by hand |\n")
+    monkeypatch.chdir(tmp_path)
+    code, stdout, err = run_cli(["reproduce", "--budget", "cpu-small", "--dry-run"], capsys)
+    assert code == 0 and "frepo: warning: the real command would refuse: --out docs/reproduction.md holds" in err
+    # A malformed WORLD_SIZE is no torchrun: every command but distill ignores it (a traceback for all)
+    monkeypatch.setenv("WORLD_SIZE", "")
+    assert run_cli(["presets"], capsys)[0] == 0
+    code, _, err = run_cli(["distill", "--steps", 1, "--out", tmp_path / "w"], capsys)  # which joins a group
+    assert code == 2 and "WORLD_SIZE must be the number of processes (torchrun sets it), got ''" in err, err
 
 
 def test_evaluate_files_from_other_tools(tmp_path, capsys):

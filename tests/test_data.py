@@ -386,5 +386,6 @@ def test_an_empty_class_folder_is_not_said_to_hold_files_of_another(tmp_path):
     (tmp_path / "test" / "dog").mkdir()
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "test" / "cat" / "1.png")
     (tmp_path / "test" / "dog" / "notes.pdf").write_bytes(b"%PDF-1.4")  # PIL writes PDFs, it reads none
+    (tmp_path / "test" / "dog" / "features.h5").write_bytes(b"\x89HDF")  # PIL identifies HDF5, decodes none
     with pytest.raises(FrepoError, match=r"no images in class folder\(s\) \['dog'\]$"):
         load_dataset(str(tmp_path))

@@ -113,6 +113,9 @@ def test_run_report(tmp_path):
     own.extra.update(file_checksum=load_distilled(run / "distilled.safetensors").meta["checksum"], width=8)
     (run / "eval_own.json").write_text(json.dumps(own.to_dict()))
     assert "| eval_own.json | distilled | conv | 8 | dsa | test | 2 | 55.00 ± 5.00 |" in write_report(run).read_text()
+    own.extra.update(file=str(run / "distilled.safetensors"), file_checksum="cd" * 32)  # before a resume rewrote it
+    (run / "eval_own.json").write_text(json.dumps(own.to_dict()))
+    assert "| eval_own.json | distilled (an earlier one: rewritten since) | conv |" in write_report(run).read_text()
     assert "Unreadable evaluation files: eval_broken.json" in text
     assert "DD-Ranking's metrics" not in text
     # One model: no spread to report. Field metrics: their own table.
@@ -169,6 +172,10 @@ def test_reproduce_plan_lists_every_row_with_its_reason(tmp_path, monkeypatch):
     ]
     assert [r.status for r in gpu[:3]] == [f"not run: needs a GPU ({s} steps × batch 256)" for s in (1000, 2000, 1000)]
     assert all(r.status.startswith("planned") for r in reproduce.plan(1, "gpu-small", ["mnist"], cuda=True))
+    # Reading finished rows (--finished-only) needs neither the data nor a GPU: a GPU table's runs, brought to a
+    # CPU machine without the data, were refused as "no finished, evaluated run in --runs-dir".
+    read = reproduce.plan(1, "gpu-small", ["mnist"], data_dir=tmp_path, download=False, cuda=False, reading=True)
+    assert [r.status for r in read] == ["planned (read from its run)"] * 3
     text = reproduce.reproduce(1, "cpu-small", ["mnist"], out=tmp_path / "r.md", dry_run=True, download=False)
     assert not (tmp_path / "r.md").exists() and "| MNIST | 1 | mnist-ipc1-cpu | 1000 × 256 |" in text
     for bad, message in ((dict(table=2), "only table 1"), (dict(budget="huge"), "unknown budget")):
@@ -287,6 +294,13 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
         reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)
     empty = reproduce.reproduce(1, "tiny", finished_only=True, **fresh)
     assert "| – | not run: no finished, evaluated run in" in empty
+    # A JSON beside the table that is not frepo's is said so (its budget a string: an AttributeError)
+    stray = tmp_path / "stray" / "table.md"
+    stray.parent.mkdir()
+    stray.write_text("| table |\n")
+    stray.with_suffix(".json").write_text(json.dumps({"table": 1, "budget": "paper"}))
+    with pytest.raises(FrepoError, match="holds a table.json frepo did not write, not table 1 at budget tiny"):
+        reproduce.check_rewrite(stray, 1, reproduce.BUDGETS["tiny"])
     # Nor is a table of another budget replaced (a cpu-small table by a gpu-small one of rows not run).
     monkeypatch.setitem(reproduce.BUDGETS, "other", dataclasses.replace(reproduce.BUDGETS["tiny"], name="other"))
     with pytest.raises(FrepoError, match="holds table 1 at budget tiny, not table 1 at budget other: give another"):
@@ -442,3 +456,6 @@ def test_networks_that_predict_one_class_are_said_to_have_learnt_nothing():
         warnings.simplefilter("error")
         for accuracies in ([30.0, 50.0], [90.0, 90.0], [10.0]):  # one network learnt; or far above chance
             warn_of_untrained([EvalResult("frepo", "conv", accuracies, 0.0, 0.0, 20, 1.0)], labels, "test")
+        # a split of one class (a --classes set's hold-out): every network rightly predicts it
+        perfect = EvalResult("frepo", "conv", [100.0, 100.0], 100.0, 0.0, 20, 1.0)
+        warn_of_untrained([perfect], torch.tensor([3, 3, 3]), "val")

@@ -179,3 +179,33 @@ def test_a_finished_distillation_leaves_nothing_to_the_cyclic_collector(tmp_path
         gc.enable()
         gc.collect()
     assert left == []
+
+
+def test_a_run_started_from_a_file_resumes_as_if_uninterrupted(tmp_path, monkeypatch):
+    """A resumed --init run builds its trainer from a placeholder of the set's shape (its checkpoint holds the
+    set; no real image is drawn, as a class may hold fewer than ipc): the result is the uninterrupted run's."""
+    import frepo
+    from frepo.io.artifact import save_distilled
+
+    start = tmp_path / "start.safetensors"
+    save_distilled(frepo.make_subset("digits", 2, seed=5), start)
+    config = presets.resolve("digits", 2, overrides={**OVERRIDES, "init": str(start), "eval_every": 0})
+    straight = tmp_path / "straight"
+    distill(config, straight)
+    original, calls = FRePoTrainer.step, {"n": 0}
+
+    def step_then_interrupt(self):
+        metrics = original(self)
+        calls["n"] += 1
+        if calls["n"] == 5:
+            signal.raise_signal(signal.SIGINT)
+        return metrics
+
+    monkeypatch.setattr(FRePoTrainer, "step", step_then_interrupt)
+    cut = tmp_path / "cut"
+    with pytest.raises(Interrupted):
+        distill(config, cut)
+    monkeypatch.setattr(FRePoTrainer, "step", original)
+    assert distill(config, cut).step == 8
+    a, b = load_distilled(straight / "distilled.safetensors"), load_distilled(cut / "distilled.safetensors")
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)

@@ -15,6 +15,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from .errors import FrepoError
+
 
 @dataclass
 class DistContext:
@@ -101,9 +103,21 @@ def process_group_backend(use_cuda: bool) -> str:
     return "cpu:gloo,cuda:nccl" if use_cuda else "gloo"
 
 
+def world_size() -> int:
+    """The processes torchrun launched (its WORLD_SIZE); 1 where unset or not a whole number (then
+    `init_distributed` says so, and commands that never join a group run as one process)."""
+    try:
+        return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
+    except ValueError:
+        return 1
+
+
 def init_distributed(device_name: str) -> tuple[DistContext, str]:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); pick this rank's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    given = os.environ.get("WORLD_SIZE", "1")
+    if not given.strip().isdigit():
+        raise FrepoError(f"WORLD_SIZE must be the number of processes (torchrun sets it), got {given!r}")
+    world = world_size()
     if world <= 1:
         return DistContext(), device_name
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import threading
 
@@ -57,7 +56,9 @@ def terminate_as_interrupt():
     `stop_on_signal` takes precedence inside it. Main thread only, and not under torchrun, whose agent stops
     the other workers with SIGTERM when one fails: one blocked in a collective could not run a Python handler
     and would wait 30 s for the agent's SIGKILL instead of ending at once."""
-    if threading.current_thread() is not threading.main_thread() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    from .dist import world_size
+
+    if threading.current_thread() is not threading.main_thread() or world_size() > 1:
         yield
         return
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)

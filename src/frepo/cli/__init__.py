@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     # Under torchrun every process runs this: rank 0 alone speaks (each message, warning, summary and stop
     # was printed once per process); another rank says only its own errors, naming itself.
-    rank = int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    rank = _rank()
     warnings.showwarning = _show_warning if rank == 0 else _silent
     tune_cpu_allocator()  # speed only: freed memory stays in the heap (see frepo.base.perf)
     try:
@@ -55,8 +55,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"frepo{f' (rank {rank})' if rank else ''}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("frepo: interrupted", file=sys.stderr)
+        if rank == 0:
+            print("frepo: interrupted", file=sys.stderr)
         return 130
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (WORLD_SIZE > 1), else 0; a malformed variable counts as none (the
+    distillation's own start says what is wrong with it)."""
+    from ..base.dist import world_size
+
+    try:
+        return int(os.environ.get("RANK", "0")) if world_size() > 1 else 0
+    except ValueError:
+        return 0
 
 
 def __getattr__(name: str):

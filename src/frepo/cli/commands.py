@@ -152,13 +152,19 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     print(text, end="")
     if not args.dry_run:
         print(f"table -> {args.out}", file=sys.stderr)
-    else:  # where the real command writes, before it is run (relative to this folder)
+    else:  # where the real command writes, before it is run (relative to this folder), and whether it may
+        from ..jobs.reproduce import BUDGETS, check_rewrite
+
         table = Path(args.out)
         print(
             f"without --dry-run: the table -> {table} (with {table.with_suffix('.json').name} and "
             f"{table.with_suffix('.png').name} beside it), the runs -> {Path(args.runs_dir)}/<preset>",
             file=sys.stderr,
         )
+        try:
+            check_rewrite(table, args.table, BUDGETS[args.budget])
+        except FrepoError as exc:
+            print(f"frepo: warning: the real command would refuse: {exc}", file=sys.stderr)
     return 0
 
 

@@ -36,10 +36,15 @@ def image_files(folder: Path) -> list[Path]:
 def unread_images(folder: Path) -> list[Path]:
     """Files under `folder` that PIL opens as images but frepo does not read (.gif, .jfif...), sorted: named in a
     warning, as torchvision's list of extensions left them out without a word."""
-    from PIL import Image
+    from PIL import Image, ImageFile
 
-    Image.init()  # every plugin registered: OPEN then lists the formats PIL reads (it also lists write-only ones)
-    known = {s for s, fmt in Image.registered_extensions().items() if fmt in Image.OPEN and s not in IMAGE_SUFFIXES}
+    Image.init()  # every plugin registered: OPEN lists the formats PIL opens (registered_extensions, writers too)
+    stub = ImageFile.StubImageFile  # formats PIL identifies but cannot decode (HDF5, GRIB, WMF on Linux)
+    decoded = {
+        fmt for fmt, (opener, _) in Image.OPEN.items() if not (isinstance(opener, type) and issubclass(opener, stub))
+    }
+    decoded.discard("MPEG")  # a film's header, no image
+    known = {s for s, fmt in Image.registered_extensions().items() if fmt in decoded and s not in IMAGE_SUFFIXES}
     files = []
     for dirpath, _, names in sorted(os.walk(folder, followlinks=True)):
         files += [Path(dirpath) / n for n in sorted(names) if Path(n).suffix.lower() in known and n[0] != "."]

@@ -98,7 +98,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
     if path.suffix == ".npz":
         if not path.is_file():
             raise FrepoError(f"dataset file not found: {path}")
-        return _load_npz(path, name=str(path.resolve()), mirror_invariant=True)
+        raw = _load_npz(path, name=str(path.resolve()), mirror_invariant=True)
+        _check_classes(raw, str(path))
+        return raw
     if path.is_dir():
         return _load_image_folder(path)
     if path.exists():
@@ -205,7 +207,6 @@ def _load_npz(path: Path, name: str, mirror_invariant: bool) -> RawDataset:
         name, x_train.copy(), y_train.copy(), x_test.copy(), y_test.copy(), list(classes), mirror_invariant
     )
     _check(raw, str(path))
-    _check_classes(raw, str(path))
     return raw
 
 

@@ -154,6 +154,13 @@ class Distiller:
             start = load_start(
                 config.init, raw, self.data.preprocessing, config.data.class_ids(raw.num_classes), config.ipc
             )
+        elif config.init:  # resumed: its checkpoint holds the set, and no real image is drawn (a class may have
+            # fewer than ipc of them: the start came from the file); a placeholder of the set's shape, overwritten
+            ids = torch.tensor(config.data.class_ids(raw.num_classes)).repeat_interleave(config.ipc)
+            start = (
+                torch.zeros(len(ids), *x_train.shape[1:]),
+                torch.nn.functional.one_hot(ids, raw.num_classes).float(),
+            )
         self.trainer = FRePoTrainer(config, x_train, y_train, self.num_classes, self.device, self.ctx, start)
         self.syn = self.trainer.syn
         self.step = 0

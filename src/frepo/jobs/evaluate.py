@@ -293,14 +293,16 @@ def run(
 
 
 def warn_of_untrained(results: list[EvalResult], labels: torch.Tensor, split: str) -> None:
-    """Warn of an architecture whose every network scored exactly one class's share of the split, near chance:
-    each predicts a single class, so the budget taught it nothing (at 20 steps every set, the random subset and
-    the full split scored the same 10.56 %, and DD-Ranking's metrics from them were printed as measured)."""
+    """Warn of an architecture whose every network scored exactly one class's share of the split (a split of
+    two classes or more): each predicts a single class, so the budget taught it nothing (at 20 steps every set,
+    the random subset and the full split scored the same 10.56 %, and DD-Ranking's metrics from them were
+    printed as measured)."""
     counts = torch.bincount(labels.long().flatten())
+    if int((counts > 0).sum()) < 2:  # a split of one class: every network predicts it, rightly
+        return
     shares = (counts[counts > 0].double() * 100 / len(labels)).tolist()
-    near_chance = 1.5 * max(shares)
     for r in results:
-        if r.accuracies and all(a <= near_chance and min(abs(a - s) for s in shares) < 1e-6 for a in r.accuracies):
+        if r.accuracies and all(min(abs(a - s) for s in shares) < 1e-6 for a in r.accuracies):
             warn(
                 f"every {r.arch} network scored exactly one class's share of the {split} split "
                 f"({', '.join(f'{a:.2f}' for a in sorted(set(r.accuracies)))} %): it predicts a single class, so this "

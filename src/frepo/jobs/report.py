@@ -148,10 +148,14 @@ def _evaluated(run: RunDir, evals: list[dict]) -> list[str]:
     an evaluation of another run's set or of a baseline, kept in this run's folder, was read as this run's."""
     own = {_set_meta(path).get("checksum"): path.stem for path in (run.distilled_path, run.best_path)}
     own.pop(None, None)
+    mine = {path.resolve(): path.stem for path in (run.distilled_path, run.best_path)}
     named = []
     for r in evals:
         name = own.get(r.get("file_checksum"))
-        named.append(name if name else f"other: {Path(r['file']).name}" if r.get("file") else "other set")
+        file = Path(r["file"]) if r.get("file") else None
+        if name is None and file is not None and file.resolve() in mine:  # the run's file, rewritten since
+            name = f"{mine[file.resolve()]} (an earlier one: rewritten since)"
+        named.append(name if name else f"other: {file.name}" if file is not None else "other set")
     return named
 
 
@@ -163,12 +167,12 @@ def _checkpoint_step(run: RunDir) -> tuple[int | None, str | None]:
     if not run.checkpoint_path.is_file():
         return None, None
     try:
-        step = torch.load(run.checkpoint_path, map_location="cpu", weights_only=True, mmap=True)["step"]
+        step = int(torch.load(run.checkpoint_path, map_location="cpu", weights_only=True, mmap=True)["step"])
     except OSError as exc:  # unreadable here (permissions, a disk): the checkpoint itself may well be good
         return None, f"its checkpoint cannot be read here ({exc.strerror or exc})"
     except Exception:  # damaged, or not frepo's
         return None, "its checkpoint is damaged; delete checkpoint.pt to restart the run"
-    return int(step), None
+    return step, None
 
 
 def _status(run: RunDir, total: object) -> str:

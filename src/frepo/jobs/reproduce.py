@@ -144,8 +144,10 @@ def plan(
     data_dir: str | Path | None = None,
     download: bool = True,
     cuda: bool | None = None,
+    reading: bool = False,
 ) -> list[Row]:
-    """The rows of `table` under `budget`, each marked planned or with the reason it cannot run."""
+    """The rows of `table` under `budget`, each marked planned or with the reason it cannot run; `reading` (the
+    finished rows are read, nothing runs): every row with a preset is planned, data and GPU or not."""
     from ..config import presets
 
     if table not in TABLES:
@@ -174,7 +176,9 @@ def plan(
                 row.preset = preset
                 row.steps = presets.PRESETS[preset]["steps"]
                 row.batch_size = presets.PRESETS[preset]["batch_size"]
-            if not usable:
+            if row.preset is not None and reading:
+                row.status = "planned (read from its run)"
+            elif not usable:
                 row.status = f"not run: {where}"
             elif row.preset is None:
                 row.status = f"not run: no {budget} preset ({preset})"
@@ -349,7 +353,8 @@ def reproduce(
     if not dry_run and out:  # before the rows' hours of work, not once they are done
         check_output_file(out, "--out")
         check_rewrite(Path(out), table, BUDGETS.get(budget))
-    rows = plan(table, budget, datasets, data_dir=data_dir, download=download)
+    # --finished-only reads finished evaluations: neither the data nor a GPU is needed to look a row up
+    rows = plan(table, budget, datasets, data_dir=data_dir, download=download, reading=finished_only)
     spec = BUDGETS[budget]
     if not dry_run and not finished_only and any(row.status.startswith("planned") for row in rows):
         writable_folder(runs_dir, "--runs-dir")  # each row failed on its own, naming its run's --out
@@ -365,11 +370,11 @@ def reproduce(
         text = render(
             shown, table, spec, dry_run=dry_run, device=device, datasets=datasets, finished_only=finished_only
         )
-        if not dry_run and out:
-            atomic_write_text(out, text + kept_notes(Path(out)))
+        if not dry_run and out:  # the JSON first: a table without it is refused by the next call (check_rewrite)
             atomic_write_json(
                 Path(out).with_suffix(".json"), summary(shown, table, spec, device, datasets, finished_only)
             )
+            atomic_write_text(out, text + kept_notes(Path(out)))
             try:  # a plot that fails loses neither the table nor the rows still to run
                 plot(shown, table, spec, Path(out).with_suffix(".png"))
             except Exception as exc:
@@ -469,7 +474,8 @@ def check_rewrite(path: Path, table: int, budget: Budget | None) -> None:
         ) from None
     except (OSError, ValueError) as exc:
         raise FrepoError(f"--out {path}: {source} is unreadable ({exc}): {keep}") from None
-    said = (earlier.get("table"), (earlier.get("budget") or {}).get("name")) if isinstance(earlier, dict) else None
+    spec = earlier.get("budget") if isinstance(earlier, dict) else None
+    said = (earlier.get("table"), spec.get("name")) if isinstance(spec, dict) else None
     if said != (table, budget.name):
         shown = f"table {said[0]} at budget {said[1]}" if said else f"a {source.name} frepo did not write"
         raise FrepoError(f"--out {path} holds {shown}, not table {table} at budget {budget.name}: {keep}")

@@ -52,6 +52,7 @@ def check_class_sizes(
         fits = min(int(counts[c]) for c in classes)
         said = f"; give --ipc {fits} or less" if held_out is not None and fits else ""
         said += ", or a smaller --val-size" if said and held_out else ""
+        said = said if fits else "; every class needs images to draw from (a --train-chunk may hold none of one)"
         raise FrepoError(
             f"{len(short)} of {len(classes)} classes have fewer than ipc={ipc} images to draw from: class "
             f"{smallest}{named} has {int(counts[smallest])}{said}"

@@ -288,7 +288,12 @@ def _same_dataset(given: str, recorded: str) -> bool:
     if given == recorded:
         return True
     path, then = Path(given).expanduser(), Path(recorded).expanduser()
-    return path.exists() and (str(path.resolve()) == recorded or (then.exists() and path.resolve() == then.resolve()))
+    if not path.exists():
+        return False
+    # a recorded relative path (a set built by hand) is its absolute form; a registered name is no path
+    return str(path.resolve()) == recorded or (
+        recorded not in BUILTIN and then.exists() and path.resolve() == then.resolve()
+    )
 
 
 def _moved_here(ds: DistilledSet, raw: RawDataset) -> bool:
