@@ -46,7 +46,9 @@ def _learned(tmp_path) -> tuple[DistilledSet, str]:
 def test_real_images_round_trip_exactly_in_every_layout(tmp_path):
     ds, path = _subset(tmp_path, channels=1)
     checksum = frepo.load_distilled(path).meta["checksum"]
-    original = frepo.evaluate(path, **FAST)
+    learns = {**FAST, "steps": 150}  # at 20 steps every network predicted one class: equal accuracies said little
+    original = frepo.evaluate(path, **learns)
+    assert original.accuracies[0] > 40  # 3 classes: learnt (62 here), not at one class's share (33)
     kernel = frepo.evaluate(path, protocol="krr", models=2, width=8)
     for layout in LAYOUTS:
         folder = tmp_path / layout
@@ -60,13 +62,15 @@ def test_real_images_round_trip_exactly_in_every_layout(tmp_path):
         assert torch.equal(back.images, ds.images), layout
         assert torch.equal(back.targets(), ds.targets()) and torch.equal(back.class_ids(), ds.class_ids()), layout
         assert back.dataset == ds.dataset and back.meta["source"]["original"] == checksum
-        assert frepo.evaluate(folder, **FAST).accuracies == original.accuracies, layout
+        assert frepo.evaluate(folder, **learns).accuracies == original.accuracies, layout
         assert frepo.evaluate(folder, protocol="krr", models=2, width=8).accuracies == kernel.accuracies, layout
 
 
 def test_learned_sets_round_trip_and_pngs_are_the_show_grid(tmp_path):
     ds, path = _learned(tmp_path)
-    original = frepo.evaluate(path, **FAST)
+    learns = {**FAST, "steps": 150}  # at 20 steps every network predicted one class: equal accuracies said little
+    original = frepo.evaluate(path, **learns)
+    assert original.accuracies[0] > 40  # 3 classes: learnt (62 here), not at one class's share (33)
     for layout in ("pt", "npz"):  # float tensors in the preprocessed space: nothing is lost
         export(path, tmp_path / layout, layout)
         back = load_export(tmp_path / layout)
