@@ -320,7 +320,7 @@ def _readable() -> str:
 
 
 def _sizes(images: list, files: list[Path]) -> str:
-    """'59 of 64×64, 1 of 64×63 (train/bird/3.png)': the sizes found, the rarest named by a file."""
+    """'59 of 64×64, 1 of 64×63; 64×63: train/bird/3.png': the commonest sizes, and a file of the rarest."""
     counts = Counter(im.size for im in images)
     shown = [f"{n} of {w}×{h}" for (w, h), n in counts.most_common(3)]
     rare = min(counts, key=lambda size: counts[size])
