@@ -494,6 +494,7 @@ def test_a_gpu_budget_on_a_cpu_is_announced_with_its_learning_rate(tmp_path, cap
     import frepo.jobs.distill as distill_module
 
     monkeypatch.setattr(distill_module, "GPU_STEPS", 2)  # the warning's threshold, at this test's budget
+    monkeypatch.setattr(distill_module, "_budgets_said", set())  # said once per process
     code, _, err = run_cli(
         ["distill", "--ipc", 1, "--steps", 2, "--lr", 0.004032831534, "--out", tmp_path / "r", *FAST], capsys
     )

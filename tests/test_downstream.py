@@ -350,13 +350,23 @@ def test_a_continual_budget_without_the_frepo_arm_names_no_distillation(tmp_path
     assert "distillation steps" in both.budget() and "distillation steps" not in random_only.budget()
 
 
-def test_a_gpu_budget_on_a_cpu_is_said_before_it_starts(tmp_path, caplog):
-    """`frepo privacy` with no arguments is the paper's 500 000 steps: the progress bar's ETA was the only hint."""
+def test_a_gpu_budget_on_a_cpu_is_said_before_it_starts(tmp_path, caplog, monkeypatch):
+    """`frepo privacy` with no arguments is the paper's 500 000 steps: the progress bar's ETA was the only hint.
+    Said once: each of an experiment's distillations said it again."""
+    import torch
+
+    import frepo.jobs.distill as distill_module
+
+    monkeypatch.setattr(distill_module, "_budgets_said", set())
     (tmp_path / "a-file").write_text("")
     with caplog.at_level("WARNING", logger="frepo"), pytest.raises(FrepoError):
         frepo.continual(dataset="digits", steps=50_000, device="cpu", out=tmp_path / "a-file")  # stops at its folder
-    assert "50000 distillation steps on a CPU take days; the *-cpu presets" in caplog.text
+    assert "50000 outer steps on a CPU take days; the *-cpu presets" in caplog.text
     assert "--preset continual-mnist-cpu" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="frepo"):
+        distill_module.warn_of_cpu_budget(torch.device("cpu"), 50_000, "a task's distillation")  # as each task's
+    assert "take days" not in caplog.text
 
 
 def test_an_experiment_folder_names_what_differs_as_flags_and_warns_when_a_resume_drops_units(tmp_path, caplog):

@@ -19,7 +19,7 @@ from ..base.fields import to_dict
 from ..base.version import __version__
 from ..config import presets as distill_presets
 from ..io.artifact import DistilledSet, load_distilled
-from ..jobs.distill import GPU_STEPS, distill
+from ..jobs.distill import distill, warn_of_cpu_budget
 from .common import ExperimentDir, resolve, save_plot, write_text
 
 log = logging.getLogger(__name__)
@@ -84,11 +84,9 @@ class Experiment:
 
     def run(self) -> dict:
         device = resolve_device(self.config.device)  # a device this machine lacks is refused before the folder
-        if device.type == "cpu" and self.config.steps >= GPU_STEPS:  # the paper's defaults, run with no arguments
-            log.warning(
-                f"frepo: {self.config.steps} distillation steps on a CPU take days; the *-cpu presets "
-                f"(`frepo presets`, e.g. --preset {self.kind}-mnist-cpu) run in minutes to an hour"
-            )
+        # the paper's defaults, run with no arguments: said once, here (its distillations then say no more)
+        advice = f"the *-cpu presets (`frepo presets`, e.g. --preset {self.kind}-mnist-cpu)"
+        warn_of_cpu_budget(device, self.config.steps, advice)
         self.folder.open(self.config)
         try:
             return self.summarise(self.work())

@@ -67,6 +67,16 @@ class DistillResult:
 
 
 GPU_STEPS = 50_000  # outer steps from which a CPU is warned of days of work (the paper's budgets are 500 000)
+_budgets_said: set[int] = set()  # the step counts a CPU was warned of in this process
+
+
+def warn_of_cpu_budget(device: torch.device, steps: int, advice: str) -> None:
+    """Warn that `steps` outer steps (a paper preset, or a hand-made config) take days on a CPU, naming the
+    presets that do not (`advice`); once per budget and process: an experiment's tasks each distilled and each
+    said it again, after the experiment had."""
+    if device.type == "cpu" and steps >= GPU_STEPS and steps not in _budgets_said:
+        _budgets_said.add(steps)
+        log.warning(f"frepo: {steps} outer steps on a CPU take days; {advice} run in minutes to hours")
 
 
 def _shown(value):
@@ -236,11 +246,7 @@ class Distiller:
             + f", flip {'on' if cfg.use_flip else 'off'} -> {self.run_dir.path}"
         )
         log.info(f"frepo: data: {self._data_summary()}")
-        if self.device.type == "cpu" and cfg.steps - self.step >= GPU_STEPS:  # a paper preset, or a hand-made config
-            log.warning(
-                f"frepo: {cfg.steps - self.step} outer steps on a CPU take days; the *-cpu presets (`frepo presets`) "
-                "run in minutes to hours"
-            )
+        warn_of_cpu_budget(self.device, cfg.steps - self.step, "the *-cpu presets (`frepo presets`)")
         if resuming:
             log.info(
                 f"frepo: resuming from step {self.step} of {cfg.steps} (checkpoint of {self.run_dir.checkpoint_time()})"

@@ -30,6 +30,7 @@ from ..augment_dsa import DSA_OPS, dsa_augment
 from ..protocol import EvalSetup, Plan, Protocol, accuracy
 
 log = logging.getLogger(__name__)
+_flips_said: set[str] = set()  # datasets whose flipped images the strategy was said to use (field metrics: 3 runs)
 LR = 0.01
 MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
@@ -152,7 +153,9 @@ def _targets(setup: EvalSetup, soft_labels: bool) -> torch.Tensor:
 def plan(setup: EvalSetup, options: DsaOptions) -> Plan:
     _targets(setup, options.soft_labels)  # a class-id set cannot give soft labels: say so before training
     ops = parse_strategy(options.dsa_strategy or STRATEGY)
-    if "flip" in ops and not setup.ds.meta.get("mirror_invariant", True):  # faithful to the field, but said
+    flips_classes = "flip" in ops and not setup.ds.meta.get("mirror_invariant", True)
+    if flips_classes and setup.ds.dataset not in _flips_said:  # faithful to the field, but said (once a dataset)
+        _flips_said.add(setup.ds.dataset)
         log.info(
             "frepo: the dsa protocol's strategy flips images, though a flip changes this dataset's classes (the "
             "field's protocol flips MNIST too); --dsa-strategy without flip (crop_scale_rotate) leaves it out"
