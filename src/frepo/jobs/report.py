@@ -137,16 +137,11 @@ def _set_meta(path: Path) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-def _set_step(run: RunDir) -> int | None:
-    """The step of the run's distilled set (None without one, or unreadable): the status says no set."""
-    step = _set_meta(run.distilled_path).get("step")
-    return step if isinstance(step, int) else None
-
-
-def _evaluated(run: RunDir, evals: list[dict]) -> list[str]:
-    """Which set each evaluation is of: this run's final or best set (by its checksum), or another file, named:
-    an evaluation of another run's set or of a baseline, kept in this run's folder, was read as this run's."""
-    own = {_set_meta(path).get("checksum"): path.stem for path in (run.distilled_path, run.best_path)}
+def _evaluated(run: RunDir, made: dict, evals: list[dict]) -> list[str]:
+    """Which set each evaluation is of: this run's final (`made`: its header) or best set (by its checksum), or
+    another file, named: an evaluation of another run's set or of a baseline, kept in this run's folder, was
+    read as this run's."""
+    own = {made.get("checksum"): "distilled", _set_meta(run.best_path).get("checksum"): "best"}
     own.pop(None, None)
     mine = {path.resolve(): path.stem for path in (run.distilled_path, run.best_path)}
     named = []
@@ -175,11 +170,12 @@ def _checkpoint_step(run: RunDir) -> tuple[int | None, str | None]:
     return step, None
 
 
-def _status(run: RunDir, total: object) -> str:
-    """Where the run stands: finished, stopped (and where the same command resumes it), or running now."""
+def _status(run: RunDir, total: object, made: int | None) -> str:
+    """Where the run stands (`made`: its set's step, None without one): finished, stopped (and where the same
+    command resumes it), or running now."""
     of = f" of {total}" if isinstance(total, int) else ""
     owner = holder(run.path)
-    (checkpoint, problem), made = _checkpoint_step(run), _set_step(run)
+    checkpoint, problem = _checkpoint_step(run)
     if owner is not None:
         at = f", last checkpoint at step {checkpoint}{of}" if checkpoint is not None else ""
         return f"**Running**: frepo process {owner} is distilling it now{at}; this report shows it as of now."
@@ -232,14 +228,16 @@ def _field_metrics(evals: list[dict]) -> list[str]:
 def render(run: RunDir, records: list[dict], plots: dict[str, Path], grid: Path | None, evals, bad) -> str:
     lines = [f"# frepo run report: {run.path.name}", ""]
     config = _config(run)
-    settings = _settings(config, _set_meta(run.distilled_path))
+    made = _set_meta(run.distilled_path)  # the final set's header: its step, checksum and resolved settings
+    settings = _settings(config, made)
     if settings:
         lines += ["## Settings", "", *settings, ""]
     train = [r for r in records if "loss" in r]
     val = [r for r in records if "val_acc" in r]
     lines += ["## Training", ""]
     if config is not None or run.checkpoint_path.is_file():  # a distillation (not a folder of evaluations)
-        lines += [_status(run, (config or {}).get("steps")), ""]
+        step = made.get("step")
+        lines += [_status(run, (config or {}).get("steps"), step if isinstance(step, int) else None), ""]
     lines += _changes(records)
     if train:
         last = train[-1]
@@ -269,7 +267,7 @@ def render(run: RunDir, records: list[dict], plots: dict[str, Path], grid: Path 
             "| file | set | architecture | width | protocol | split | models | accuracy (%) | train steps | seconds |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for r, evaluated in zip(evals, _evaluated(run, evals)):
+        for r, evaluated in zip(evals, _evaluated(run, made, evals)):
             models = r.get("models", len(r.get("accuracies", [])))
             accuracy = mean_std(r["mean"], r.get("std", 0.0), models)
             lines.append(
