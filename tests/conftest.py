@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -99,3 +101,25 @@ def _meta_problem(device: str | torch.device = "cpu"):
 def meta_problem():
     """`meta_problem(device)` -> (model, synthetic set, real images, real targets), the same on every call."""
     return _meta_problem
+
+
+@contextlib.contextmanager
+def ctrl_c_after_steps(steps: int):
+    """Within the block, a real Ctrl-C (SIGINT) arrives after the run's `steps`-th outer step: the interruption
+    the resume tests make, its trainer's step put back on leaving."""
+    from frepo.method.trainer import FRePoTrainer
+
+    original, done = FRePoTrainer.step, [0]
+
+    def step_then_interrupt(self):
+        metrics = original(self)
+        done[0] += 1
+        if done[0] == steps:
+            signal.raise_signal(signal.SIGINT)
+        return metrics
+
+    FRePoTrainer.step = step_then_interrupt  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        FRePoTrainer.step = original  # type: ignore[method-assign]

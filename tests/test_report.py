@@ -11,6 +11,7 @@ import json
 
 import pytest
 import torch
+from conftest import ctrl_c_after_steps
 
 from frepo import presets
 from frepo.base.errors import FrepoError, Interrupted
@@ -364,28 +365,15 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
 def test_report_says_where_a_run_stands_and_what_a_resume_changed(tmp_path, monkeypatch):
     """A run's report said nothing of a run cut short (nor from where its command resumes it), refused one
     stopped before its first log line, and showed only the last lr of a run continued with another."""
-    import signal
     import subprocess
     import sys
 
     from frepo.jobs.distill import distill
-    from frepo.method.trainer import FRePoTrainer
 
     settings = dict(steps=4, width=8, num_models=2, batch_size=32, eval_every=0, checkpoint_every=1, log_every=1)
     out = tmp_path / "run"
-    original, calls = FRePoTrainer.step, {"n": 0}
-
-    def step_then_interrupt(self):
-        metrics = original(self)
-        calls["n"] += 1
-        if calls["n"] == 3:  # Ctrl-C after step 3
-            signal.raise_signal(signal.SIGINT)
-        return metrics
-
-    monkeypatch.setattr(FRePoTrainer, "step", step_then_interrupt)
-    with pytest.raises(Interrupted):
+    with ctrl_c_after_steps(3), pytest.raises(Interrupted):
         distill(presets.resolve("digits", 1, overrides=settings), out)
-    monkeypatch.setattr(FRePoTrainer, "step", original)
     text = write_report(out).read_text()
     assert "**Unfinished**: stopped at its checkpoint of step 3 of 4" in text
     assert "the same `frepo distill` command resumes it from there" in text

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
+from conftest import ctrl_c_after_steps
 
 from frepo import presets
 from frepo.base.errors import Interrupted
 from frepo.io.artifact import load_distilled
 from frepo.jobs.distill import distill
-from frepo.method.trainer import FRePoTrainer
 
 OVERRIDES = dict(
     steps=8,
@@ -59,23 +58,12 @@ def uninterrupted(tmp_path_factory):
     return out
 
 
-def test_resume_after_sigint_equals_uninterrupted(tmp_path, uninterrupted, monkeypatch):
-    original = FRePoTrainer.step
-    calls = {"n": 0}
-
-    def step_then_interrupt(self):
-        metrics = original(self)
-        calls["n"] += 1
-        if calls["n"] == 5:  # a real Ctrl-C in the middle of the run (not on a checkpoint step)
-            signal.raise_signal(signal.SIGINT)
-        return metrics
-
-    monkeypatch.setattr(FRePoTrainer, "step", step_then_interrupt)
+def test_resume_after_sigint_equals_uninterrupted(tmp_path, uninterrupted):
     out = tmp_path / "run"
-    with pytest.raises(Interrupted, match="Run the same command to resume"):
+    # a real Ctrl-C in the middle of the run (not on a checkpoint step)
+    with ctrl_c_after_steps(5), pytest.raises(Interrupted, match="Run the same command to resume"):
         distill(_config(), out, progress=False)
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 5
-    monkeypatch.setattr(FRePoTrainer, "step", original)
     result = distill(_config(), out, progress=False)
     assert result.step == 8
     _assert_same_run(uninterrupted, out)
@@ -181,7 +169,7 @@ def test_a_finished_distillation_leaves_nothing_to_the_cyclic_collector(tmp_path
     assert left == []
 
 
-def test_a_run_started_from_a_file_resumes_as_if_uninterrupted(tmp_path, monkeypatch):
+def test_a_run_started_from_a_file_resumes_as_if_uninterrupted(tmp_path):
     """A resumed --init run builds its trainer from a placeholder of the set's shape (its checkpoint holds the
     set; no real image is drawn, as a class may hold fewer than ipc): the result is the uninterrupted run's."""
     import frepo
@@ -192,20 +180,9 @@ def test_a_run_started_from_a_file_resumes_as_if_uninterrupted(tmp_path, monkeyp
     config = presets.resolve("digits", 2, overrides={**OVERRIDES, "init": str(start), "eval_every": 0})
     straight = tmp_path / "straight"
     distill(config, straight)
-    original, calls = FRePoTrainer.step, {"n": 0}
-
-    def step_then_interrupt(self):
-        metrics = original(self)
-        calls["n"] += 1
-        if calls["n"] == 5:
-            signal.raise_signal(signal.SIGINT)
-        return metrics
-
-    monkeypatch.setattr(FRePoTrainer, "step", step_then_interrupt)
     cut = tmp_path / "cut"
-    with pytest.raises(Interrupted):
+    with ctrl_c_after_steps(5), pytest.raises(Interrupted):
         distill(config, cut)
-    monkeypatch.setattr(FRePoTrainer, "step", original)
     assert distill(config, cut).step == 8
     a, b = load_distilled(straight / "distilled.safetensors"), load_distilled(cut / "distilled.safetensors")
     assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
