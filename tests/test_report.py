@@ -43,8 +43,21 @@ def test_result_formats():
     assert "2 models, no training, 2 s)" in krr.summary()
     assert results_table([krr]).splitlines()[2].split() == ["conv", "krr", "2", "71.00", "±", "1.00", "–", "2.0"]
     rows = list(csv.DictReader(io.StringIO(results_csv([_result(), _result("mlp")]))))
-    assert [r["arch"] for r in rows] == ["conv", "mlp"] and rows[0]["accuracies"] == "50.0000;60.0000"
+    assert [r["arch"] for r in rows] == ["conv", "mlp"] and rows[0]["accuracies"] == "50.0;60.0"
     assert rows[0]["model_seeds"] == "1;2" and rows[0]["seed"] == "7" and rows[0]["file_checksum"] == "ab" * 32
+    # Each network's accuracy as the JSON has it (it was rounded to 4 decimals), and the protocol's settings,
+    # which the CSV lacked: two dsa rows differing only in their augmentation or labels read the same.
+    precise = _result(accs=(97.22999999999999, 1 / 3))
+    precise.extra.update(epochs=1000, soft_labels=True, dsa_strategy="color_crop", together=False)
+    row = next(csv.DictReader(io.StringIO(results_csv([precise]))))
+    assert [float(a) for a in row["accuracies"].split(";")] == [97.22999999999999, 1 / 3]
+    assert (row["epochs"], row["soft_labels"], row["dsa_strategy"], row["together"]) == (
+        "1000",
+        "True",
+        "color_crop",
+        "False",
+    )
+    assert row["use_flip"] == row["together_mode"] == ""
     table = results_table([_result(), _result("resnet18_bn")]).splitlines()
     assert table[0].split() == ["architecture", "protocol", "models", "accuracy", "(%)", "train", "steps", "seconds"]
     assert table[2].split() == ["conv", "dsa", "2", "55.00", "±", "5.00", "12", "3.5"]

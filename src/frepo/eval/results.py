@@ -107,6 +107,13 @@ CSV_COLUMNS = (
     "width",
     "seconds",
     "device",
+    # The protocol's settings (empty where a protocol has none): what two rows differ in besides the network.
+    "use_flip",
+    "epochs",
+    "soft_labels",
+    "dsa_strategy",
+    "together",
+    "together_mode",
     "seed",
     "model_seeds",
     "num_images",
@@ -160,7 +167,7 @@ def results_csv(results: Sequence[EvalResult]) -> str:
     writer.writeheader()
     for result in results:
         row = result.to_dict()
-        row["accuracies"] = ";".join(f"{a:.4f}" for a in result.accuracies)
+        row["accuracies"] = ";".join(repr(float(a)) for a in result.accuracies)  # as the JSON, not rounded
         row["model_seeds"] = ";".join(str(s) for s in row.get("model_seeds", []))
         field = row.get("field_metrics")
         if field:
