@@ -17,7 +17,7 @@ from ..base.atomic import atomic_write, atomic_write_text
 from ..base.errors import FrepoError
 from ..base.lock import holder
 from ..eval.results import count_of, mean_std
-from .runs import RunDir
+from .runs import ENVIRONMENT, RunDir
 
 LOSS_KEYS = ("loss", "kernel_loss", "online_loss")
 
@@ -170,7 +170,15 @@ def _checkpoint_step(run: RunDir) -> tuple[int | None, str | None]:
     return step, None
 
 
-def _status(run: RunDir, total: object, made: int | None) -> str:
+def _command(config: dict | None) -> str:
+    """The command that continues the run: torchrun's with as many processes as it ran on."""
+    processes = ((config or {}).get(ENVIRONMENT) or {}).get("processes")
+    if isinstance(processes, int) and processes > 1:
+        return f"`torchrun --nproc-per-node {processes} -m frepo distill` command"
+    return "`frepo distill` command"
+
+
+def _status(run: RunDir, total: object, made: int | None, command: str) -> str:
     """Where the run stands (`made`: its set's step, None without one): finished, stopped (and where the same
     command resumes it), or running now."""
     of = f" of {total}" if isinstance(total, int) else ""
@@ -185,13 +193,13 @@ def _status(run: RunDir, total: object, made: int | None) -> str:
         written = f"its set is of step {made}; " if made is not None else ""
         return (
             f"**Unfinished**: {written}stopped at its checkpoint of step {checkpoint}{of} "
-            f"({run.checkpoint_time()}); the same `frepo distill` command resumes it from there."
+            f"({run.checkpoint_time()}); the same {command} resumes it from there."
         )
     if problem is not None:
         return f"**Unfinished**: {problem}."
     if made is not None:
         return f"**Unfinished**: its set is of step {made}{of}."
-    return "**Unfinished**: stopped before its first checkpoint; the same `frepo distill` command starts it again."
+    return f"**Unfinished**: stopped before its first checkpoint; the same {command} starts it again."
 
 
 def _changes(records: list[dict]) -> list[str]:
@@ -237,7 +245,10 @@ def render(run: RunDir, records: list[dict], plots: dict[str, Path], grid: Path 
     lines += ["## Training", ""]
     if config is not None or run.checkpoint_path.is_file():  # a distillation (not a folder of evaluations)
         step = made.get("step")
-        lines += [_status(run, (config or {}).get("steps"), step if isinstance(step, int) else None), ""]
+        lines += [
+            _status(run, (config or {}).get("steps"), step if isinstance(step, int) else None, _command(config)),
+            "",
+        ]
     lines += _changes(records)
     if train:
         last = train[-1]

@@ -28,6 +28,7 @@ from ..base.atomic import (
     atomic_write_text,
     remove_stale_temps,
 )
+from ..base.dist import world_size
 from ..base.errors import FrepoError
 from ..base.fields import from_dict, to_dict
 from ..base.lock import LOCK, FolderLock
@@ -85,8 +86,10 @@ def _onednn_version() -> str | None:
 
 
 def environment() -> dict:
-    """What decides the floating-point path of a run on a CPU besides its config: thread count and versions."""
+    """What decides the floating-point path of a run besides its config: the processes torchrun launched (each
+    draws and averages its share of the batch), the thread count and versions."""
     return {
+        "processes": world_size(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "onednn": _onednn_version(),
