@@ -311,9 +311,15 @@ def test_a_file_changed_after_export_is_named_in_a_warning(tmp_path, capsys):
         load_export(tmp_path / "a")
     assert len(caught) == 1
     # Attributed to the caller's line, whatever the path through frepo (a fixed stacklevel pointed into frepo).
-    with pytest.warns(UserWarning, match=r"images.pt differ from what frepo export wrote") as caught:
+    with pytest.warns(frepo.FrepoWarning, match=r"images.pt differ from what frepo export wrote") as caught:
         frepo.export(tmp_path / "a", tmp_path / "c", "pt")
     assert [Path(w.filename) for w in caught] == [Path(__file__)], [w.filename for w in caught]
+    # so `module="frepo"` cannot select frepo's warnings: their category does (a UserWarning, as before)
+    assert issubclass(frepo.FrepoWarning, UserWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", category=frepo.FrepoWarning)
+        frepo.export(tmp_path / "a", tmp_path / "d", "pt")
     # frepo imported through a symlinked folder (macOS's /var, a linked venv): its frames carry that path
     import subprocess
     import sys

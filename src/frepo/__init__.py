@@ -11,7 +11,7 @@ from .base.version import __version__
 if TYPE_CHECKING:  # the names, for type checkers and editors; at run time each loads on first use
     from .apps.continual import ContinualConfig, continual
     from .apps.privacy import PrivacyConfig, privacy
-    from .base.errors import FrepoError, Interrupted
+    from .base.errors import FrepoError, FrepoWarning, Interrupted
     from .config import DataConfig, DistillConfig, ModelConfig, PoolConfig, presets
     from .eval import EvalConfig, EvalResult
     from .io.artifact import DistilledSet, load_distilled, save_distilled
@@ -29,6 +29,7 @@ _EXPORTS = {
     "PrivacyConfig": ".apps.privacy",
     "privacy": ".apps.privacy",
     "FrepoError": ".base.errors",
+    "FrepoWarning": ".base.errors",
     "Interrupted": ".base.errors",
     "DataConfig": ".config",
     "DistillConfig": ".config",
@@ -78,6 +79,7 @@ __all__ = [
     "EvalConfig",
     "EvalResult",
     "FrepoError",
+    "FrepoWarning",
     "Interrupted",
     "ModelConfig",
     "PoolConfig",

@@ -18,6 +18,12 @@ class Interrupted(FrepoError):
     """The run was stopped by Ctrl-C or SIGTERM after a checkpoint was written."""
 
 
+class FrepoWarning(UserWarning):
+    """Every warning frepo gives (`warnings.filterwarnings("ignore", category=frepo.FrepoWarning)`). A warning
+    is attributed to the caller's line, not to a frepo module, so `filterwarnings(module="frepo")` cannot
+    select them; this category can."""
+
+
 def check_argument(name: str, value: Any, kinds: type | tuple[type, ...], expected: str) -> None:
     """An argument of the Python API of the wrong kind is a FrepoError naming it and saying what it takes,
     not an AttributeError deep inside (`frepo.evaluate(ds, {"models": 1})`: 'dict' has no 'validate')."""

@@ -19,6 +19,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from .errors import FrepoWarning
+
 LOGGER = "frepo"
 logging.getLogger(LOGGER).addHandler(logging.NullHandler())
 _shown = 0  # how many show_messages blocks are open
@@ -122,7 +124,7 @@ _PACKAGE = tuple(
 )
 
 
-def warn(message: str, category: type[Warning] = UserWarning) -> None:
+def warn(message: str, category: type[Warning] = FrepoWarning) -> None:
     """`warnings.warn` attributed to the first caller outside frepo: a script's line, not the frepo line that
     noticed (a fixed `stacklevel` pointed into frepo whenever the call came by another path). The command
     line prints the message alone."""
