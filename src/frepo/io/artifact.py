@@ -126,7 +126,8 @@ class DistilledSet:
         return self.preprocessing.from_unit(x.permute(0, 3, 1, 2).float() / top)
 
     def pixels(self) -> torch.Tensor:
-        """Images back in pixel space, clipped to [0, 1], for viewing."""
+        """Images back in pixel space, N×C×H×W as `images` (channels first, not `transform`'s channels-last
+        input), clipped to [0, 1], for viewing: `pixels().permute(0, 2, 3, 1)` for matplotlib or PIL."""
         return self.preprocessing.to_unit(self.images).clamp(0, 1)
 
 
