@@ -5,7 +5,8 @@
 Each setting runs in its own process (so peak memory is that setting's) on random data shaped like
 the dataset and of its full training-set size, resident on the device, through `FRePoTrainer.step()`
 exactly as `frepo distill` runs it: warm-up steps (with CUDA graphs, until every pool model's graph is
-captured), then the median of timed steps. FLOPs per step are
+captured), then the median of timed steps (`--block N`: of N steps queued between two waits for the
+device, as a run queues its steps between log steps; 1, a step in isolation, by default). FLOPs per step are
 counted by `torch.utils.flop_counter` over one step (convolutions and matmuls, forward and backward);
 the fp32 peak is measured in the same run by a 4096² float32 matrix product (on CUDA also TF32 and bf16),
 and the table reports the fraction of it that the step achieves; a second table splits one profiled step
@@ -88,6 +89,32 @@ def count_flops(fn, by=None) -> int | dict[str, int]:
     return totals if by else totals.get("", 0)
 
 
+def device_rows(averages) -> list:
+    """The rows of a profile's `key_averages()` that are the GPU's own work (kernels, copies, memsets)."""
+    return [e for e in averages if str(getattr(e, "device_type", "")).endswith("CUDA")]
+
+
+def scope_device_ms(events, prefix: str = "frepo/") -> dict[str, float]:
+    """The device ms of each named scope (`record_function(prefix + name)`) in a profile's `events`: the
+    kernels of every operator launched while the scope was open, on any thread, each counted in the
+    innermost scope. A scope's own device time counts only its child operators, and CUDA's autograd runs a
+    backward on a thread of its own: the meta-backward's kernels (and the online step's backward) were
+    nobody's children, and the phase read 0 ms."""
+    scopes = [
+        (e.time_range.start, e.time_range.end, e.name[len(prefix) :]) for e in events if e.name.startswith(prefix)
+    ]
+    ms: dict[str, float] = {}
+    for e in events:
+        if e.name.startswith(prefix) or not e.kernels:
+            continue
+        start = e.time_range.start
+        around = [scope for scope in scopes if scope[0] <= start <= scope[1]]
+        if around:
+            name = max(around)[2]  # the innermost: opened last
+            ms[name] = ms.get(name, 0.0) + sum(k.duration for k in e.kernels) / 1000
+    return ms
+
+
 def phase_split(step, device: torch.device) -> dict[str, dict[str, float]]:
     """Per phase of the trainer's step (`frepo.method.trainer.PHASES`, its named profiler scopes): the
     wall ms of one profiled step (CPU: the scope's span; CUDA: its kernels' device time) and the GFLOP
@@ -102,15 +129,20 @@ def phase_split(step, device: torch.device) -> dict[str, dict[str, float]]:
     with profile(activities=activities) as prof:
         step()
         sync(device)
-    for event in prof.events():
-        if event.name.startswith("frepo/") and event.name[6:] in split:
-            us = event.device_time_total if device.type == "cuda" else event.cpu_time_total
-            split[event.name[6:]]["ms"] += us / 1000
-    if device.type == "cuda":  # the GPU's busy time in the step: what launching costs is the wall time minus this
-        averages = prof.key_averages()
-        busy = sum(e.self_device_time_total for e in averages)
-        kernels = sum(e.count for e in averages if str(getattr(e, "device_type", "")).endswith("CUDA"))
-        split["all_kernels"] = {"ms": busy / 1000, "gflop": 0.0, "kernels": kernels}
+    events = prof.events()
+    if device.type == "cuda":
+        for name, ms in scope_device_ms(events).items():
+            if name in split:
+                split[name]["ms"] += ms
+        # The GPU's busy time in the step (what launching costs is the wall time minus this): the kernels'
+        # rows alone (an operator's row carries its kernels' time again: the sum of all rows was ~1.5× the wall).
+        kernels = device_rows(prof.key_averages())
+        busy = sum(e.self_device_time_total for e in kernels)
+        split["all_kernels"] = {"ms": busy / 1000, "gflop": 0.0, "kernels": sum(e.count for e in kernels)}
+    else:
+        for event in events:
+            if event.name.startswith("frepo/") and event.name[6:] in split:
+                split[event.name[6:]]["ms"] += event.cpu_time_total / 1000
 
     # FLOPs by phase: the trainer's scopes, wrapped to also name the phase for the counter.
     current = ["other"]
@@ -149,11 +181,9 @@ def kernel_table(work, device: torch.device, steps: int, top: int = 20) -> dict:
         work()
         sync(device)
     rows = []
-    for e in prof.key_averages():
-        on_device = str(getattr(e, "device_type", "")).endswith("CUDA")
-        if cuda and not on_device:
-            continue
-        if not cuda and (on_device or not e.key.startswith("aten::")):
+    averages = prof.key_averages()
+    for e in device_rows(averages) if cuda else averages:
+        if not cuda and not e.key.startswith("aten::"):
             continue
         us = e.self_device_time_total if cuda else e.self_cpu_time_total
         rows.append({"name": e.key, "launches_per_step": e.count / steps, "us_per_step": us / steps})
@@ -236,12 +266,16 @@ def warm_up(trainer, steps: int) -> int:
     return done
 
 
-def timed_step(trainer, device: torch.device) -> tuple[float, dict]:
+def timed_steps(trainer, device: torch.device, block: int) -> tuple[float, dict]:
+    """Seconds per step of `block` steps queued between two waits for the device. A run waits every
+    `log_every` (10) steps, so its host work overlaps the GPU's; block 1 times a step in isolation, host and
+    device time added (the figures of docs/benchmarks.md before 2026-12-06)."""
     sync(device)
     t = time.perf_counter()
-    metrics = trainer.step()
+    for _ in range(block):
+        metrics = trainer.step()
     sync(device)
-    return time.perf_counter() - t, metrics
+    return (time.perf_counter() - t) / block, metrics
 
 
 def run_one(
@@ -253,6 +287,7 @@ def run_one(
     tune: bool,
     vs: dict | None = None,
     top_kernels: int = 0,
+    block: int = 1,
 ) -> dict:
     from frepo.base.device import resolve_device
     from frepo.base.perf import tune_cpu_allocator
@@ -268,13 +303,17 @@ def run_one(
         warm_up(other, warmup)
     times, other_times = [], []
     for _ in range(repeats):
-        seconds, metrics = timed_step(trainer, device)
+        seconds, metrics = timed_steps(trainer, device, block)
         times.append(seconds)
         if other:
-            other_times.append(timed_step(other, device)[0])
+            other_times.append(timed_steps(other, device, block)[0])
     assert torch.isfinite(metrics["loss"]), "non-finite loss in the benchmark"
+    reserved_mb = None
     if device.type == "cuda":  # the timed trainers' peak, before an eager twin below adds its own
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+        # What the allocator held at its peak: a CUDA graph's private pool keeps blocks that its capture
+        # freed, which max_memory_allocated no longer counts and eager work cannot reuse.
+        reserved_mb = torch.cuda.max_memory_reserved(device) / 2**20
     else:
         import resource
 
@@ -297,6 +336,8 @@ def run_one(
         "setting": name,
         "ms_per_step": ms,
         "peak_mb": peak_mb,
+        "peak_reserved_mb": reserved_mb,  # CUDA only
+        "block": block,  # steps per timed sample (ms_per_step is the sample's time / block)
         "gflops_per_step": gflops,
         "achieved_gflops": gflops / (ms / 1000),
         "peak_gflops": peak,
@@ -344,6 +385,12 @@ def main() -> None:
     )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--block",
+        type=int,
+        default=1,
+        help="steps queued between two waits for the device per timed sample (a run waits every 10: --block 10)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-tune-allocator", action="store_true", help="keep glibc's default malloc behaviour")
     parser.add_argument(
@@ -356,7 +403,7 @@ def main() -> None:
     vs = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.vs)}
     if args.one:
         tune = not args.no_tune_allocator
-        row = run_one(args.one, overrides, args.warmup, args.repeats, args.device, tune, vs, args.kernels)
+        row = run_one(args.one, overrides, args.warmup, args.repeats, args.device, tune, vs, args.kernels, args.block)
         print(json.dumps(row))
         return
     rows, failed = [], []
@@ -386,6 +433,8 @@ def main() -> None:
                 args.device,
                 "--kernels",
                 str(args.kernels),
+                "--block",
+                str(args.block),
             ]
             + [f"--set={s}" for s in args.set]
             + [f"--vs={s}" for s in args.vs]
@@ -404,7 +453,8 @@ def main() -> None:
         sys.exit("every setting failed")
     print(
         f"\n{platform.machine()}, torch {torch.__version__}, {rows[0]['threads']} threads, device "
-        f"{rows[0]['device']}, overrides {overrides or 'none'}, {time.strftime('%Y-%m-%d')}"
+        f"{rows[0]['device']}, overrides {overrides or 'none'}, {args.block} step(s) per timed sample, "
+        f"{time.strftime('%Y-%m-%d')}"
     )
     print(
         "| setting | ms/step (median) | peak memory (MB) | GFLOP/step | achieved GFLOP/s | fp32 peak GFLOP/s | "

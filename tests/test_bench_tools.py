@@ -1,0 +1,69 @@
+"""The benchmarks' own accounting of a GPU profile (benchmarks/bench_step.py), on profiler events built as
+torch builds them from a CUDA trace: CI has no GPU, and a wrong sum here misreads every GPU measurement."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from torch.autograd import DeviceType
+from torch.autograd.profiler_util import EventList, FunctionEvent
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import bench_step  # noqa: E402
+
+
+def _op(name: str, thread: int, start: int, end: int, kernel_us: int = 0) -> FunctionEvent:
+    """A host operator (or a named scope), with the kernel it launched (as torch links them by correlation)."""
+    event = FunctionEvent(id=start, name=name, thread=thread, start_us=start, end_us=end, use_device="cuda", stack=[])
+    if kernel_us:
+        event.append_kernel(f"{name}_kernel", 0, kernel_us)
+    return event
+
+
+def _kernel(name: str, start: int, us: int) -> FunctionEvent:
+    return FunctionEvent(
+        id=start,
+        name=name,
+        thread=0,
+        start_us=start,
+        end_us=start + us,
+        use_device="cuda",
+        stack=[],
+        device_type=DeviceType.CUDA,
+    )
+
+
+def test_a_phase_counts_the_kernels_of_a_backward_on_autograd_s_own_thread():
+    """On CUDA, autograd runs a backward on a thread of its own: its operators are no children of the scope
+    that called it, so the scope's own device time (what bench_step summed) read 0 ms for meta_backward."""
+    backward_scope = _op("frepo/meta_backward", thread=1, start=100, end=200)
+    lamb, online = _op("frepo/lamb", 1, 300, 400), _op("frepo/online", 1, 320, 380)
+    events = EventList(
+        [
+            _op("frepo/solve", 1, 10, 90),
+            _op("aten::linalg_cholesky", 1, 20, 30, kernel_us=50),
+            _op("aten::mm", 1, 40, 50, kernel_us=5),
+            backward_scope,
+            _op("aten::convolution_backward", thread=2, start=150, end=160, kernel_us=40),  # autograd's thread
+            lamb,
+            online,
+            _op("aten::add_", 1, 330, 335, kernel_us=10),  # inside online, inside lamb: online's
+            _op("aten::mul_", 1, 390, 395, kernel_us=3),  # lamb's own
+            _op("aten::copy_", 1, 500, 510, kernel_us=7),  # in no scope
+        ]
+    )
+    assert backward_scope.device_time_total == 0  # how the profiler sees it: no child launched anything
+    assert bench_step.scope_device_ms(events) == {"solve": 0.055, "meta_backward": 0.04, "online": 0.01, "lamb": 0.003}
+
+
+def test_the_gpu_s_busy_time_counts_each_kernel_once():
+    """key_averages() holds the operator that launched a kernel (its device time includes the kernel's) and
+    the kernel itself: summing every row counted each kernel twice (15 ms busy in a 10 ms step)."""
+    events = EventList([_op("aten::mm", 1, 0, 10, kernel_us=7), _kernel("gemm_kernel", 12, 7)])
+    events._build_tree()  # as the profiler does once a trace is parsed
+    averages = events.key_averages()
+    assert sum(e.self_device_time_total for e in averages) == 14
+    assert [e.key for e in bench_step.device_rows(averages)] == ["gemm_kernel"]
+    assert sum(e.self_device_time_total for e in bench_step.device_rows(averages)) == 7
