@@ -2,7 +2,7 @@
 one CUDA stream each).
 
     python benchmarks/bench_eval.py [--sizes 10,100,500] [--models 5] [--steps 100] [--dataset cifar10]
-                                    [--device cpu] [--compile] [--kernels N] [--json OUT]
+                                    [--device cpu] [--warmup 10] [--compile] [--kernels N] [--json OUT]
 
 For each set size: a random real subset of `--dataset` ($FREPO_DATA_DIR/<dataset>.npz, a 10-class set:
 cifar10, mnist, fashion_mnist; size/10 images per class, standardised); N networks trained with the
@@ -14,8 +14,10 @@ by class). Reports the training wall seconds, ms per step of all N networks, ach
 (convolutions and matmuls of one step of the sequential path: the same useful work for all) against the
 fp32 matmul peak measured in the same run, and the accuracies (stacked: equal up to float rounding;
 streams: equal). `--steps` is per network: the reference table's 1000–5000 steps are hours on a 2-core
-CPU, and the time per step does not change over a run. `--compile` adds a row per size: the sequential
-path with each network under torch.compile (a trial; its compile time is part of the wall time). JSON
+CPU, and the time per step does not change over a run. Each mode first trains `--warmup` steps (10)
+untimed at each size: unwarmed, the first mode timed paid the device's first-use costs (on an H200, 10
+images one after the other took 8.3 s, longer than 100 images). `--compile` adds a row per size: the
+sequential path with each network under torch.compile (a trial; the warm-up pays most of its compile time). JSON
 keys per row: images, models, steps, mode (sequential|together|streams|compiled), auto (the mode
 `--together auto` picks for this set on this device: sequential|together|streams), seconds,
 ms_per_step, gflops_per_step, achieved_gflops, peak_gflops, accuracies, mean, and with `--kernels N`
@@ -104,6 +106,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json")
     parser.add_argument(
+        "--warmup",
+        type=int,
+        default=10,
+        help="steps each mode trains untimed before its timed run, at each size (0: none)",
+    )
+    parser.add_argument(
         "--compile", action="store_true", help="also time the sequential path with torch.compile(model) (a trial)"
     )
     parser.add_argument(
@@ -132,6 +140,8 @@ def main() -> None:
         )
         flops = step_flops(ds, args.models, device)  # the useful work, the same for every mode
         for mode in modes:
+            if args.warmup:  # first-use costs (cuDNN's plans, the allocator's blocks) out of the timed run
+                train_networks(mode, images, targets, streams, replace(training, steps=args.warmup))
             sync(device)
             start = time.perf_counter()  # training only; the test pass is the same work either way
             nets = train_networks(mode, images, targets, streams, training)
@@ -154,7 +164,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor()}
-    env.update(device=str(device), dataset=args.dataset)
+    env.update(device=str(device), dataset=args.dataset, warmup_steps=args.warmup)
     if device.type == "cuda":  # the device's other matmul peaks, for the roofline
         env.update({f"peak_{kind}_gflops": peak_matmul_gflops(device, kind=kind) for kind in ("tf32", "bf16")})
     if args.json:
