@@ -33,9 +33,12 @@
 # skipped. Everything lands in $RESULTS as it is produced: session.log (this output, each part's exit code and
 # seconds), the raw JSON of each part, written after each setting, and the run records (a call returns at most
 # 8 files: the planned calls below write 4 and 6).
-# The first call of a device session (<= 5 min): PARTS="tests roofline" SESSION_LIMIT=280; the last (<= 7 min):
-#   PARTS="kernels roofline reproduce" BUDGET=gpu-small ROOFLINE_SETTINGS=mnist-ipc10-b256,cifar10-ipc10-b1024-flip
-#   REPRODUCE_LIMIT=180 SESSION_LIMIT=400.
+# A device session's two calls, with mnist.npz and fashion_mnist.npz carried in .gpudata (../shared does not travel):
+#   first (<= 5 min): PARTS="tests eval roofline" ROOFLINE_SETTINGS=mnist-ipc10-b256,cifar10-ipc10-b1024-flip
+#     SESSION_LIMIT=280 FREPO_DATA_DIR=.gpudata RESULTS=$OUT bash benchmarks/gpu_session.sh
+#   last (<= 7 min): PARTS="reproduce long" BUDGET=gpu-small REPRODUCE_LIMIT=250 LONG_STEPS=8000 SESSION_LIMIT=400
+#     FREPO_DATA_DIR=.gpudata RESULTS=$OUT bash benchmarks/gpu_session.sh
+# (Table 1 at gpu-small took about 4 minutes of an H200, the tests 1, the 8000 MNIST steps and their evaluation 2.)
 set -uo pipefail
 : "${RESULTS:?}"
 mkdir -p "$RESULTS"
@@ -162,11 +165,12 @@ part_bench-nondet() {  # cuDNN's default (non-deterministic) algorithms, for the
     --settings cifar10-ipc10-b1024-flip,cifar100-ipc50-flip --json "$RESULTS/bench_step_gpu_nondet.json"
 }
 
-part_roofline() {  # eager (--compile off) against --compile graph, paired; float32/TF32, then bf16 feature passes
+part_roofline() {  # eager (--compile off) against --compile graph, paired, 10 queued steps a sample as a run queues
+  # them; float32/TF32, then bf16 feature passes
   local rc=0 flags
   for flags in "" "--set precision=bf16 --set support_precision=bf16"; do
     # shellcheck disable=SC2086
-    limited 200 "$PY" benchmarks/bench_step.py --device cuda --warmup 30 --repeats 30 --set compile=off \
+    limited 200 "$PY" benchmarks/bench_step.py --device cuda --warmup 30 --repeats 30 --block 10 --set compile=off \
       --vs compile=graph $flags \
       --settings "${ROOFLINE_SETTINGS:-mnist-ipc10-b256,cifar10-ipc10-b1024-flip,cifar100-ipc50-flip}" \
       --json "$RESULTS/roofline-gpu${flags:+-bf16}.json" || rc=1
@@ -195,6 +199,7 @@ part_precision() {  # the meta-gradient under bf16 against float32
 }
 
 part_eval() {  # 5 evaluation networks: sequential vs stacked vs streams
+  need_data mnist || return 1
   limited 210 "$PY" benchmarks/bench_eval.py --device cuda --dataset mnist --sizes 10,100,500 --steps 300 \
     --kernels 15 --json "$RESULTS/bench_eval_gpu.json"
 }
