@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from frepo import presets
@@ -173,6 +174,29 @@ def test_a_gpu_run_keeps_a_host_backend_for_its_host_collectives():
     assert routes == {"cpu": "gloo", "cuda": "nccl"}
     assert process_group_backend(use_cuda=False) == "gloo"
     assert COLLECTIVE_TIMEOUT.total_seconds() >= 3600  # rank 0 validates alone while the others wait
+
+
+def test_each_rank_takes_a_gpu_it_can_see(monkeypatch):
+    """torchrun's processes share a node's GPUs (rank N takes cuda:N); a scheduler that gives each process its
+    own GPU (SLURM's --gpus-per-task=1) shows each one GPU, cuda:0: `set_device(LOCAL_RANK)` failed on every
+    rank but the first with "invalid device ordinal". The whole join, with a simulated GPU count."""
+    import frepo.base.dist as dist_module
+    from frepo.base.errors import FrepoError
+
+    assert [dist_module.rank_gpu(rank, 8) for rank in (0, 3, 7)] == [0, 3, 7]
+    assert [dist_module.rank_gpu(rank, 1) for rank in (0, 3, 7)] == [0, 0, 0]
+    with pytest.raises(FrepoError, match="LOCAL_RANK 4 sees 2 GPUs"):
+        dist_module.rank_gpu(4, 2)
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(dist_module.dist, "is_initialized", lambda: True)  # no group joined here
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    ctx, device = dist_module.init_distributed("cuda")
+    assert (chosen, device, ctx.rank, ctx.world) == ([0], "cuda:0", 3, 4)
 
 
 def test_every_rank_starts_from_rank_0s_set_and_pool(tmp_path):

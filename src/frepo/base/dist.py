@@ -122,10 +122,25 @@ def init_distributed(device_name: str) -> tuple[DistContext, str]:
         return DistContext(), device_name
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    gpu = rank_gpu(local_rank, torch.cuda.device_count()) if use_cuda else 0
     if use_cuda:  # before the group: NCCL's communicator then lives on this rank's GPU, not on GPU 0
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(gpu)
     if not dist.is_initialized():
         dist.init_process_group(backend=process_group_backend(use_cuda), timeout=COLLECTIVE_TIMEOUT)
         # Destroyed at exit rather than left to interpreter shutdown, as torch asks of every process group.
         atexit.register(_destroy)
-    return DistContext(rank, world, local_rank), f"cuda:{local_rank}" if use_cuda else "cpu"
+    return DistContext(rank, world, local_rank), f"cuda:{gpu}" if use_cuda else "cpu"
+
+
+def rank_gpu(local_rank: int, visible: int) -> int:
+    """The GPU of the process with this LOCAL_RANK among the `visible` ones: its own index where the processes of
+    a node share the node's GPUs (torchrun's way), the one it sees where a scheduler gives each its own (SLURM's
+    --gpus-per-task=1, Kubernetes: every process sees one GPU as cuda:0, and cuda:LOCAL_RANK does not exist)."""
+    if visible == 1:
+        return 0
+    if local_rank >= visible:
+        raise FrepoError(
+            f"process of LOCAL_RANK {local_rank} sees {visible} GPUs: launch at most {visible} processes per node, "
+            "or give each its own GPU (CUDA_VISIBLE_DEVICES)"
+        )
+    return local_rank

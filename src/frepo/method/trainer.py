@@ -302,7 +302,8 @@ class FRePoTrainer:
             # The worker thread also page-locks the batch, so sending it does not wait for the GPU.
             self.x_train, self.prefetch = x_train, Prefetcher(lambda idx: page_locked(x_train[idx], device))
         else:
-            self.x_train, self.prefetch = x_train.to(device).contiguous(memory_format=self.memory_format), None
+            # One copy: `.to(device).contiguous(channels_last)` held the training set twice on the GPU.
+            self.x_train, self.prefetch = x_train.to(device, memory_format=self.memory_format), None
         self.y_train = y_train.to(device)  # ids: one-hot targets are made per batch (ImageNet's would be 5 GB)
         self.syn = SyntheticSet(images, class_ids, num_classes, config.learn_labels, start_labels).to(device)
         self.syn.images.data = self.syn.images.data.contiguous(memory_format=self.memory_format)
