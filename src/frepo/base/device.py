@@ -76,3 +76,49 @@ def deterministic_kernels(device: torch.device, on: bool = True):
         yield
     finally:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
+
+
+@contextlib.contextmanager
+def float32_matmuls(mode: str):
+    """CUDA's float32 matmuls and convolutions inside the block in `mode`: "tf32" (TensorFloat-32, the feature
+    passes' default) or "ieee" (exact float32); the process's own settings again after it. "ieee" keeps the
+    products whose rounding matters exact whatever the process allows: the kernel Gram, whose ridge is 1e-6 of
+    its mean eigenvalue (TF32 rounds to about 1e-3), and the ZCA covariance, which is cached and reused; a user
+    who set `torch.backends.cuda.matmul.allow_tf32 = True` (or inductor's advice, `set_float32_matmul_precision
+    ("high")`) got them in TF32. Flags only: on a host without CUDA they change nothing."""
+    tf32 = {"tf32": True, "ieee": False}[mode]
+    if _legacy_tf32_flags():
+        previous = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        try:
+            # flags() resets every flag it is not given: keep the run's algorithm choice (deterministic_kernels).
+            cudnn = torch.backends.cudnn
+            with cudnn.flags(
+                enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=tf32
+            ):
+                yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = previous
+        return
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    previous = matmul.fp32_precision, conv.fp32_precision
+    matmul.fp32_precision = conv.fp32_precision = mode
+    try:
+        yield
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = previous
+
+
+def _legacy_tf32_flags() -> bool:
+    """Whether this process sets TF32 through the legacy `allow_tf32` flags (torch's default).
+
+    torch >= 2.9 also has per-backend `fp32_precision` settings, and refuses a mix of the two: once a user has set
+    the new ones (e.g. `torch.backends.fp32_precision = "tf32"`), reading a legacy flag raises, and once the new
+    ones are set, code that reads the legacy flags raises. So float32_matmuls follows whichever API the process is
+    on.
+    """
+    try:
+        _ = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    except RuntimeError:
+        return False
+    return True

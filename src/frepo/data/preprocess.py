@@ -19,6 +19,7 @@ from typing import TypeAlias
 import numpy as np
 import torch
 
+from ..base.device import float32_matmuls
 from ..base.errors import FrepoError
 from ..base.log import messages_shown, progress_bar
 from .cache import release
@@ -354,6 +355,7 @@ def channel_stats(images: Images) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
 
 
+@float32_matmuls("ieee")  # the covariance is cached and reused: never in a TF32 a process may allow
 def mean_covariance(
     images: Images,
     standardise: Preprocessing,
@@ -478,6 +480,7 @@ def inverse_of(whiten: torch.Tensor) -> torch.Tensor:
     return torch.cholesky_inverse(factor).float()
 
 
+@float32_matmuls("ieee")  # the low-rank ZCA's Gram, cached as the covariance is
 def gram_whitening(
     images: Images,
     standardise: Preprocessing,

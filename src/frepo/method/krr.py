@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ..base.device import float32_matmuls
+
 
 def centered_one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Integer labels (B,) -> targets (B×C): 1 - 1/C on the class, -1/C elsewhere."""
@@ -50,6 +52,7 @@ class _KrrWeights(torch.autograd.Function):
     """
 
     @staticmethod
+    @float32_matmuls("ieee")  # exact float32 products whatever TF32 the process allows (a user's global flag)
     def forward(ctx, feat_s, y_s, reg, solve_dtype):
         n, d = feat_s.shape
         wide, y = feat_s.to(solve_dtype), y_s.to(solve_dtype)  # the wide copy is saved for the backward
@@ -71,6 +74,7 @@ class _KrrWeights(torch.autograd.Function):
         return weights.to(feat_s.dtype)
 
     @staticmethod
+    @float32_matmuls("ieee")  # on CUDA autograd's own thread: the flags are the process's, set again here
     def backward(ctx, grad_w):
         wide, y, chol, solution, weights = ctx.saved_tensors
         n = len(wide)

@@ -15,7 +15,7 @@ import torch
 from torch.profiler import record_function
 
 from ..base.compiler import torch_compile
-from ..base.device import deterministic_kernels, host_to_device, page_locked
+from ..base.device import deterministic_kernels, float32_matmuls, host_to_device, page_locked
 from ..base.dist import DistContext
 from ..base.errors import FrepoError
 from ..base.prefetch import Prefetcher
@@ -176,47 +176,8 @@ def feature_precision(device: torch.device, precision: str):
         # No cast cache: inside a CUDA graph it would hold tensors of the graph's memory.
         return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
     if precision == "tf32" and device.type == "cuda":
-        return _tf32()
+        return float32_matmuls("tf32")
     return contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def _tf32():
-    """TF32 matmuls and convolutions inside the block; the process's own settings again after it."""
-    if _legacy_tf32_flags():
-        previous = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = True
-        try:
-            # flags() resets every flag it is not given: keep the run's algorithm choice (deterministic_kernels).
-            cudnn = torch.backends.cudnn
-            with cudnn.flags(
-                enabled=True, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=True
-            ):
-                yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = previous
-        return
-    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
-    previous = matmul.fp32_precision, conv.fp32_precision
-    matmul.fp32_precision = conv.fp32_precision = "tf32"
-    try:
-        yield
-    finally:
-        matmul.fp32_precision, conv.fp32_precision = previous
-
-
-def _legacy_tf32_flags() -> bool:
-    """Whether this process sets TF32 through the legacy `allow_tf32` flags (torch's default).
-
-    torch >= 2.9 also has per-backend `fp32_precision` settings, and refuses a mix of the two: once a user has set
-    the new ones (e.g. `torch.backends.fp32_precision = "tf32"`), reading a legacy flag raises, and once the new
-    ones are set, code that reads the legacy flags raises. So _tf32 follows whichever API the process is on.
-    """
-    try:
-        _ = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    except RuntimeError:
-        return False
-    return True
 
 
 # The step's phases, as named profiler scopes (in order).
