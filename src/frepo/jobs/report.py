@@ -174,7 +174,7 @@ def _command(config: dict | None) -> str:
     """The command that continues the run: torchrun's with as many processes as it ran on."""
     processes = ((config or {}).get(ENVIRONMENT) or {}).get("processes")
     if isinstance(processes, int) and processes > 1:
-        return f"`torchrun --nproc-per-node {processes} -m frepo distill` command"
+        return f"`torchrun ... -m frepo distill` command ({processes} processes in all)"  # over one node or several
     return "`frepo distill` command"
 
 
