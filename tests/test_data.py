@@ -205,6 +205,10 @@ def test_truncated_npz_and_wrong_paths(tmp_path, blobs):
         load_dataset(str(tmp_path / "missing.npz"))
     with pytest.raises(FrepoError, match="unknown dataset"):
         load_dataset("imagenet-9000")
+    with pytest.raises(FrepoError, match="dataset folder not found: .*missing_dir"):  # a path: not "unknown dataset"
+        load_dataset(str(tmp_path / "missing_dir"))
+    with pytest.raises(FrepoError, match="dataset folder not found"):
+        load_dataset("./missing_dir")
     with pytest.raises(FrepoError, match="train/"):
         load_dataset(str(tmp_path))  # a folder without train/ and test/
 

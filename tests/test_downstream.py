@@ -181,6 +181,7 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
     assert "threshold AUC / TPR@1% / TPR@0.1%" in (tmp_path / "resumed" / "privacy.md").read_text()  # both low FPRs
     header, first = (tmp_path / "resumed" / "privacy.csv").read_text().splitlines()[:2]
     assert header.endswith(",budget") and "victim" in first  # each row states its budget
+    assert header.startswith("arm,steps,test_accuracy,test_accuracy_std,models,attack,")  # the spread too
 
 
 @pytest.mark.parametrize(
@@ -193,7 +194,7 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
         (["continual", "--dataset", "digits", "--orders", "0,0"], "orders must be distinct integers"),
         (["privacy", "--dataset", "digits", "--victim-steps", "20,20"], "victim_steps must be distinct"),  # taken once
         (["continual", "--dataset", "digits", "--arms", "frepo,dm"], "unknown arm 'dm'"),
-        (["continual", "--dataset", "digits", "--eval-epochs", "3"], "eval_epochs applies to protocol dsa"),
+        (["continual", "--dataset", "digits", "--eval-epochs", "3"], "--eval-epochs applies to --protocol dsa"),
         (
             ["continual", "--dataset", "digits", "--protocol", "dsa", "--eval-steps", "3"],
             "--eval-steps applies to the frepo protocol; --protocol dsa counts --eval-epochs",

@@ -119,7 +119,7 @@ class ContinualConfig:
             raise FrepoError(f"feature_steps must be >= 0, got {self.feature_steps}")
         # As evaluate's --epochs: ignored silently otherwise (no preset sets it; CPU presets set eval_steps)
         if self.protocol == "frepo" and self.eval_epochs != ContinualConfig.eval_epochs:
-            raise FrepoError("eval_epochs applies to protocol dsa; the frepo protocol counts eval_steps")
+            raise FrepoError("--eval-epochs applies to --protocol dsa; the frepo protocol counts --eval-steps")
         if self.lr is not None:
             check_finite("lr", self.lr, positive=True)
         self.order_list()

@@ -408,7 +408,8 @@ class Privacy(Experiment):
         return (
             f"distillation: {cfg.steps} steps × real batch {cfg.batch_size}, IPC {cfg.ipc} of "
             f"{len(self.member_idx)} members; victims: {cfg.models} per arm and step count, "
-            f"Conv width {cfg.victim_width}, batch {cfg.victim_batch}, Adam {cfg.victim_lr:g}; attacks: the "
+            f"Conv width {cfg.victim_width}, batch {cfg.victim_batch} (the distilled arm: "
+            f"{min(cfg.ipc * self.raw.num_classes, 256)}), Adam {cfg.victim_lr:g}; attacks: the "
             f"{cfg.attacks} set"
             + (f" and LiRA with {cfg.lira_shadows} shadows" if cfg.lira_shadows else "")
             + f"; non-members from the {cfg.nonmembers} split"
@@ -432,12 +433,14 @@ class Privacy(Experiment):
         markdown = title + markdown_table(header, rows) + f"\nBudget: {summary['budget']}.\n"
         metrics = [f"{m}{std}" for m in ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr") for std in ("", "_std")]
         csv_rows = [  # each row with its budget: a CSV travels without the table's note
-            [r["arm"], r["steps"], r["test_accuracy"], a, *(r["attacks"][a].get(m, "") for m in metrics)]
+            [r["arm"], r["steps"], r["test_accuracy"], r["test_accuracy_std"], r["models"], a]
+            + [r["attacks"][a].get(m, "") for m in metrics]
             + [summary["budget"]]
             for r in summary["rows"]
             for a in attacks
         ]
-        return markdown, csv_text(["arm", "steps", "test_accuracy", "attack", *metrics, "budget"], csv_rows)
+        header = ["arm", "steps", "test_accuracy", "test_accuracy_std", "models", "attack", *metrics, "budget"]
+        return markdown, csv_text(header, csv_rows)
 
     def plot(self, plt, summary: dict):
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))

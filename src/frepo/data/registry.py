@@ -105,6 +105,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
         return _load_image_folder(path)
     if path.exists():
         raise FrepoError(f"{path} is neither a .npz file nor an ImageFolder directory with train/ and test/")
+    if len(path.parts) > 1 or name.startswith((".", "~")):  # a path, not a misspelt name
+        raise FrepoError(f"dataset folder not found: {path}")
     known = ", ".join(BUILTIN)
     raise FrepoError(f"unknown dataset {name!r}: use one of {known}, a .npz path or an ImageFolder directory")
 
