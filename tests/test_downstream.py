@@ -147,11 +147,16 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
     learned = frepo.load_distilled(tmp_path / "straight" / "distill" / "distilled.safetensors")
     initial = frepo.make_subset(frepo.DataConfig(dataset="digits", val_size=0, train_chunk=1, train_chunk_size=300), 2)
     assert torch.equal(trained[0], learned.images) and not torch.equal(trained[0], initial.images)
+    # The start arm trains on the distillation's very starting images (what the released mia.py's distilled
+    # arm trained on), with their class labels: frepo subset's random draw is the trainer's own.
+    torch.testing.assert_close(trained[1], initial.images, rtol=1e-6, atol=1e-6)
     assert straight["distilled"]["checksum"] == learned.meta["checksum"]
     rows = straight["rows"]
     assert [(r["arm"], r["steps"]) for r in rows] == [(arm, steps) for steps in (5, 20) for arm in privacy_app.ARMS]
+    attacks = (*privacy_app.ATTACKS, "threshold_start")  # and the loss threshold on the starting members alone
+    assert straight["members"]["start"] == straight["members"]["start_attacked"] == 20
     for row in rows:
-        assert 0 <= row["test_accuracy"] <= 100 and set(row["attacks"]) == set(privacy_app.ATTACKS)
+        assert 0 <= row["test_accuracy"] <= 100 and list(row["attacks"]) == list(attacks)
         for metrics in row["attacks"].values():
             names = {"auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"}
             assert set(metrics) == names | {f"{m}_std" for m in names}
@@ -176,7 +181,7 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
     assert resumed["rows"] == rows
     # In the same order too: the table's columns followed the order of the victims' records, read back sorted.
     assert [list(r["attacks"]) for r in resumed["rows"]] == [list(r["attacks"]) for r in rows]
-    assert list(rows[0]["attacks"]) == list(privacy_app.ATTACKS)  # the docs' tables: threshold first
+    assert list(rows[0]["attacks"])[0] == "threshold"  # the docs' tables: threshold first
     assert (tmp_path / "resumed" / "privacy.md").read_text() == (tmp_path / "straight" / "privacy.md").read_text()
     assert "threshold AUC / TPR@1% / TPR@0.1%" in (tmp_path / "resumed" / "privacy.md").read_text()  # both low FPRs
     header, first = (tmp_path / "resumed" / "privacy.csv").read_text().splitlines()[:2]
@@ -282,7 +287,8 @@ def test_each_class_order_draws_with_its_own_seed(tmp_path):
 
 
 def test_lira_end_to_end_detects_a_planted_leak(tmp_path, monkeypatch):
-    """Offline LiRA through `frepo privacy`: shadows trained and stored per arm, scores and AUCs produced.
+    """Offline LiRA through `frepo privacy`: shadows trained and stored per arm, scores and AUCs produced; and
+    the starting members' own loss threshold.
     The planted leak: the members carry random labels, which a victim can only memorise; against shadows
     that never saw them, LiRA finds the members (AUC 0.972 measured, also under ATen's AVX2 kernels and one
     thread; 0.712 with the true labels). The floor leaves room for other kernels and thread counts, which moved
@@ -299,6 +305,12 @@ def test_lira_end_to_end_detects_a_planted_leak(tmp_path, monkeypatch):
     rows = {row["arm"]: row["attacks"] for row in summary["rows"]}
     assert all(0.0 <= a["auc"] <= 1.0 for attacks in rows.values() for a in attacks.values())
     assert rows["real"]["lira"]["auc"] > 0.8, rows["real"]["lira"]
+    # The start arm memorises the 20 starting members' random labels: the loss threshold finds them (AUC 0.996
+    # measured) while its AUC over all 100 members is diluted by the 80 it never saw (0.64): what threshold_start
+    # is for. The control arm saw none of them (0.058).
+    start = rows["start"]
+    assert start["threshold_start"]["auc"] > 0.9 and start["threshold"]["auc"] < start["threshold_start"]["auc"] - 0.2
+    assert rows["control"]["threshold_start"]["auc"] < 0.6, rows["control"]
     assert sorted(p.name for p in (tmp_path / "mia" / "shadows").iterdir()) == [
         f"{arm}-150-s{s}.npy" for arm in sorted(privacy_app.ARMS) for s in (0, 1)
     ]

@@ -10,7 +10,12 @@ distilled set and `victim_batch` for the real chunk, as in mia.py — and each v
 attacked (`frepo.apps.attacks`: loss threshold, logistic regression, MLP, random forest, k-nearest
 neighbours; with `lira_shadows` ≥ 2, offline LiRA whose shadows repeat the arm's pipeline without the
 targets: real shadows train on other training images, distilled shadows on the distillations of other
-chunks). A third arm, **control**, separates distribution shift from leakage: a victim trained like the
+chunks). The **start** arm trains, as the distilled arm does, on the distillation's starting images: the
+ipc members per class it was initialised from, with their class labels (what the released mia.py's distilled
+arm trained on, `x_proto` from `init_proto`); against it the distilled arm shows what distilling adds or
+removes, at the same size. Each arm's loss threshold is also scored on those starting members alone
+(`threshold_start`): they are a small share of the members, so a leak of them barely moves the AUC over all
+members. A last arm, **control**, separates distribution shift from leakage: a victim trained like the
 real arm on as many other training images (neither members nor non-members) and attacked on the same
 members and non-members. It saw neither, so what its attacks find is the shift between the members' and
 the non-members' distributions: the floor the other arms are read against. `nonmembers="train"` draws
@@ -18,8 +23,8 @@ the non-members from training images outside the members' chunk instead of the t
 removes that shift by construction.
 
 The released mia.py builds its distilled arm from the initial real images (`x_proto` from `init_proto`)
-rather than the learned set; frepo trains the distilled arm on the file its distillation wrote at its
-last step (`distilled.safetensors`), whose checksum every row of privacy.json names.
+rather than the learned set: frepo's start arm; frepo's distilled arm trains on the file its distillation
+wrote at its last step (`distilled.safetensors`), whose checksum every row of privacy.json names.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from ..eval.augment import reference_ops
 from ..eval.results import mean_std
 from ..io.artifact import DistilledSet
 from ..method.krr import centered_one_hot
+from ..method.synthetic import pick_real
 from .attacks import ATTACK_SETS, ATTACKS, confidence, lira_offline, roc_metrics, run_attacks
 from .common import csv_text, markdown_table
 from .experiment import Experiment, run_experiment
@@ -51,7 +57,7 @@ from .victims import outputs, train_victim
 
 log = logging.getLogger(__name__)
 
-ARMS = ("distilled", "real", "control")
+ARMS = ("distilled", "start", "real", "control")
 NONMEMBER_SPLITS = ("test", "train")
 
 
@@ -215,6 +221,7 @@ class Privacy(Experiment):
                 f"the first {count} members (the distillation and the real arm use all of them)"
             )
         self.outside = outside  # training images in neither the members' chunk nor the non-members
+        self.start_idx = self._start_idx(config.chunk)  # the members the distillation starts from
         self.device = resolve_device(config.device)
 
     # ---- the sets the victims train on -----------------------------------------------------------------
@@ -222,12 +229,29 @@ class Privacy(Experiment):
         """The distillation of training chunk `chunk` in `out/folder`."""
         return self.distillation(folder, train_chunk=chunk, train_chunk_size=self.config.chunk_size)
 
+    def _start_idx(self, chunk: int) -> np.ndarray:
+        """The training images the distillation of chunk `chunk` starts from: its trainer's very draws
+        (`init_from_real`: `pick_real` over the chunk's labels, every class, the run's seed, stream "init")."""
+        size, n = self.config.chunk_size, len(self.raw.y_train)
+        rows = np.arange(chunk * size, min((chunk + 1) * size, n))
+        labels = torch.from_numpy(np.asarray(self.raw.y_train[rows]))
+        picked = pick_real(labels, range(self.raw.num_classes), self.config.ipc, generator(self.config.seed, "init"))
+        return rows[picked.numpy()]
+
     def _training_set(self, arm: str, ds: DistilledSet, shadow: int | None = None) -> tuple[torch.Tensor, ...]:
         """(images, targets, batch) the arm's victim (or its shadow number `shadow`) trains on."""
         cfg = self.config
         if arm == "distilled":
             source = ds if shadow is None else self._shadow_distilled(shadow)
             return source.images.float(), source.targets(), min(len(source.images), 256)
+        if arm == "start":  # the batch and labels of mia.py's x_proto: min(N, 256), class ids
+            idx = self.start_idx if shadow is None else self._start_idx(self._shadow_chunk(shadow))
+            labels = torch.from_numpy(self.raw.y_train[idx])
+            return (
+                ds.transform(self.raw.x_train[idx]),
+                centered_one_hot(labels, self.raw.num_classes),
+                min(len(idx), 256),
+            )
         if shadow is not None:
             idx = self._shadow_real_idx(shadow)
         else:
@@ -235,11 +259,13 @@ class Privacy(Experiment):
         labels = torch.from_numpy(self.raw.y_train[idx])
         return ds.transform(self.raw.x_train[idx]), centered_one_hot(labels, self.raw.num_classes), cfg.victim_batch
 
+    def _shadow_chunk(self, shadow: int) -> int:
+        """Another chunk than the members' (`__init__` checked it): shadow j's is chunk j, or j+1 from theirs on."""
+        return shadow if shadow < self.config.chunk else shadow + 1
+
     def _shadow_distilled(self, shadow: int) -> DistilledSet:
-        """The distillation of another chunk (never the members' chunk): shadow j distils chunk j (or j+1);
-        `__init__` checked that chunk."""
-        chunk = shadow if shadow < self.config.chunk else shadow + 1
-        return self._distilled(chunk, f"shadow{shadow}-distill")
+        """The distillation of shadow `shadow`'s chunk."""
+        return self._distilled(self._shadow_chunk(shadow), f"shadow{shadow}-distill")
 
     def _shadow_real_idx(self, shadow: int) -> np.ndarray:
         """As many training images as the members, drawn at random from outside the members' chunk (and
@@ -302,6 +328,11 @@ class Privacy(Experiment):
             self.config.seed,
             self.config.attacks,
         )
+        starting = np.isin(self.attacked_member_idx, self.start_idx)
+        if starting.any():  # the loss threshold on the starting members alone against every non-member
+            loss = np.concatenate([members["loss"][starting], nonmembers["loss"]])
+            truth = np.concatenate([np.ones(int(starting.sum())), np.zeros(len(nonmembers["loss"]))])
+            attacks["threshold_start"] = roc_metrics(truth, -loss)
         if self.config.lira_shadows:
             attacks["lira"] = self._lira(arm, ds, steps, members, nonmembers)
         log.info(
@@ -391,6 +422,9 @@ class Privacy(Experiment):
                 "indices": [int(self.member_idx[0]), int(self.member_idx[-1]) + 1],
                 "count": int(len(self.member_idx)),
                 "attacked": int(len(self.attacked_member_idx)),
+                # the distillation's starting images (the start arm's set), and those of them attacked
+                "start": int(len(self.start_idx)),
+                "start_attacked": int(np.isin(self.attacked_member_idx, self.start_idx).sum()),
             },
             "nonmembers": {"split": self.config.nonmembers, "count": int(len(self.nonmember_idx))},
             "control": {"split": "train", "count": int(len(self.control_idx))},
@@ -444,7 +478,7 @@ class Privacy(Experiment):
 
     def plot(self, plt, summary: dict):
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-        for arm, style in (("distilled", "-"), ("real", "--"), ("control", ":")):
+        for arm, style in (("distilled", "-"), ("start", "-."), ("real", "--"), ("control", ":")):
             rows = [r for r in summary["rows"] if r["arm"] == arm]
             if not rows:
                 continue
