@@ -45,6 +45,11 @@ def test_round_trip(tmp_path, labels_2d):
     torch.testing.assert_close(back.transform(raw), ds.transform(raw))
     np.testing.assert_allclose(back.pixels().permute(0, 2, 3, 1).numpy(), raw[:6] / 255.0, atol=1e-4)
     assert back.targets().shape == (6, 3)
+    # In a notebook: `==` raised ("Boolean value of Tensor ... is ambiguous"), and the repr dumped every tensor.
+    assert back == back and back != load_distilled(path)  # identity; the same contents: the same checksum
+    assert back.meta["checksum"] == load_distilled(path).meta["checksum"]
+    assert repr(back).startswith(f"DistilledSet(6×{'×'.join(map(str, ds.images.shape[1:]))} images, ")
+    assert len(repr(back)) < 200 and "\n" not in repr(back)
 
 
 def test_tampered_file_is_rejected(tmp_path):

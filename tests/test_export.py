@@ -296,6 +296,22 @@ def test_export_and_evaluate_through_the_cli(tmp_path, capsys):
         load_export(tmp_path / "out")
 
 
+def test_another_export_s_preprocessing_is_a_clear_error(tmp_path, capsys):
+    """preprocessing.safetensors copied in from an export of other images (colour into grey): `frepo evaluate`
+    ended in a traceback of the first transform; now one line naming the file, before any network trains."""
+    grey, _ = _subset(tmp_path, channels=1)
+    colour, _ = _subset(tmp_path, channels=3)
+    export(grey, tmp_path / "grey", "pt")
+    export(colour, tmp_path / "colour", "pt")
+    (tmp_path / "grey" / "preprocessing.safetensors").write_bytes(
+        (tmp_path / "colour" / "preprocessing.safetensors").read_bytes()
+    )
+    with pytest.raises(FrepoError, match=r"preprocessing.safetensors is for other images \(pre_mean has 3 values"):
+        load_export(tmp_path / "grey")
+    assert main(["evaluate", str(tmp_path / "grey"), "--models", "1", "--steps", "2"]) == 2
+    assert "is for other images" in capsys.readouterr().err
+
+
 def test_a_file_changed_after_export_is_named_in_a_warning(tmp_path, capsys):
     """The manifest records each file's sha256: an images file copied in from another export (read with this
     export's preprocessing, it trains to chance) is named; an untouched export reads without a warning."""

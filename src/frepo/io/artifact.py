@@ -44,11 +44,13 @@ def class_ids_of(labels: torch.Tensor) -> torch.Tensor:
     return labels.argmax(-1) if labels.ndim == 2 else labels.long()
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class DistilledSet:
     """A set as files, pictures, exports and reports receive it: host tensors only, by contract (checked
     here). A run hands its live device tensors to validation alone (`frepo.eval.evaluate_set(on_device=)`);
-    everything else gets a host copy made in one place (`frepo.jobs.distill.Distiller.host_set`)."""
+    everything else gets a host copy made in one place (`frepo.jobs.distill.Distiller.host_set`).
+    `==` is identity (the generated one compared tensors and raised): two sets hold the same contents when
+    their `meta["checksum"]` agree (`load_distilled`, `save_distilled` set it)."""
 
     images: torch.Tensor  # N×C×H×W float32, preprocessed
     labels: torch.Tensor  # N×K float32 learned targets, or (N,) int64 class ids
@@ -124,6 +126,15 @@ class DistilledSet:
         if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1e-6 or hi > top * (1 + 1e-6):
             raise FrepoError(f"images range over [{lo:.4g}, {hi:.4g}], outside the declared [0, {top:g}]")
         return self.preprocessing.from_unit(x.permute(0, 3, 1, 2).float() / top)
+
+    def __repr__(self) -> str:
+        """One line, not every tensor and the whole meta (thousands of characters for 10 images)."""
+        kind = "learned labels" if self.labels.ndim == 2 else "class ids"
+        what = ", ".join(f"{k} {self.meta[k]}" for k in ("dataset", "ipc", "step") if self.meta.get(k) is not None)
+        shape = "×".join(map(str, self.images.shape))
+        return (
+            f"DistilledSet({shape} images, {kind}, preprocessing {self.preprocessing.kind}{', ' if what else ''}{what})"
+        )
 
     def pixels(self) -> torch.Tensor:
         """Images back in pixel space, N×C×H×W as `images` (channels first, not `transform`'s channels-last

@@ -68,8 +68,9 @@ MANIFEST_KEYS = {
     "labels": "kind ('learned': N×K regression targets; 'class_ids': N integers) and the class id of each image",
     "classes": "class names, indexed by class id",
     "dataset": "the real dataset (registry name or path) whose test split the set is evaluated on",
-    "preprocessing": "of the exported images: kind (none, standard, zca), zca_reg, per-channel mean and std "
-    "(tensors in PREPROCESSING)",
+    "preprocessing": "what puts raw images into the space the networks train in (the real test split; for "
+    "imagefolder also its PNGs, which hold pixels): kind (none, standard, zca), zca_reg, per-channel mean and std "
+    "(tensors in PREPROCESSING, applied as its entry in files says)",
     "ddranking": "the DD-Ranking settings the export matches (dataset, im_size, use_zca, the call of each metric, "
     "the soft-label criterion), or null when its images are not in a DD-Ranking space",
     "lr": "sgd: the lr to train with SGD (DD-Ranking, DC/DSA), frepo_protocol: the Adam lr of the reference evaluation",
@@ -246,7 +247,10 @@ def export(ds: DistilledSet | str | Path, out: str | Path, layout: str, space: s
             PREPROCESSING: "the preprocessing tensors (pre_mean, pre_std; for ZCA pre_zca_mean and "
             "pre_whiten_upper_<float16|float32|int32>_zlib, the whitening matrix W's upper triangle row by row, its "
             "bytes grouped by significance and zlib-compressed (int32: zigzag-coded integers k, W = k·pre_whiten_step; "
-            "W⁻¹ = its inverse), or in the low-rank form pre_zca_basis B, pre_zca_scale s: W = I + B diag(s - 1) Bᵀ)",
+            "W⁻¹ = its inverse), or in the low-rank form pre_zca_basis B, pre_zca_scale s: W = I + B diag(s - 1) Bᵀ). "
+            "Applied to raw uint8 images N×H×W×C: x / 255, then (x - pre_mean) / pre_std per channel, then for ZCA "
+            "each image flattened in C,H,W order (d = len(pre_zca_mean) values; not H,W,C) minus pre_zca_mean, "
+            "times W (N×d @ d×d), and back to N×C×H×W",
             **written.files,
         }
         manifest: dict = dict(written.manifest)

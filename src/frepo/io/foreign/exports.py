@@ -95,6 +95,7 @@ def load_export(path: str | Path) -> DistilledSet:
         raise FrepoError(f"{manifest_path}: the manifest lacks {exc}") from exc
     pre = read_preprocessing(folder)
     c = shape[0]
+    _check_preprocessing_fits(pre, shape, folder)
     # Checked against the manifest's own shape and classes; the dataset is checked when it is loaded.
     where = str(manifest_path.parent)
     read = LAYOUT_READERS.get(layout) if isinstance(layout, str) else None  # the manifest may hold anything
@@ -122,6 +123,18 @@ def load_export(path: str | Path) -> DistilledSet:
         "source": {"path": str(path), "format": "frepo-export", "layout": layout, "original": info.get("checksum")},
     }
     return DistilledSet(images, labels, pre, meta)
+
+
+def _check_preprocessing_fits(pre, shape: tuple, folder: Path) -> None:
+    """The preprocessing is for images of the manifest's shape: one of another export (copied in) failed deep
+    in the first transform with a traceback ("shape '[1, 1, 1, 1]' is invalid for input of size 3")."""
+    sizes = {"pre_mean": (pre.mean, shape[0]), "pre_zca_mean": (pre.zca_mean, int(np.prod(shape)))}
+    for name, (tensor, expected) in sizes.items():
+        if tensor is not None and tensor.numel() != expected:
+            raise FrepoError(
+                f"{folder / 'preprocessing.safetensors'} is for other images ({name} has {tensor.numel()} values, "
+                f"the manifest's images of {'×'.join(map(str, shape))} need {expected}): it is not this export's"
+            )
 
 
 def _warn_of_changed_files(manifest: dict, each: dict[str, str], where: str) -> None:
