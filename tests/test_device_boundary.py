@@ -154,7 +154,7 @@ def test_continual_and_privacy_run_on_a_simulated_device(tmp_path):
         privacy = frepo.privacy(out=tmp_path / "mia", **mia)
         assert sim.placed > 0
     assert all(len(v) == 2 for v in continual["per_task"].values())
-    assert [r["arm"] for r in privacy["rows"]] == ["distilled", "real", "control"]
+    assert [r["arm"] for r in privacy["rows"]] == ["distilled", "start", "real", "control"]
 
 
 # ---- no operation in the step makes a GPU wait for the host -----------------------------------------

@@ -128,7 +128,7 @@ def test_batch_sampler_visits_every_image_once_per_epoch():
 
 _TF32_PROBE = """
 import sys, torch
-from frepo.base.device import float32_matmuls
+from frepo.base.device import tf32_passes
 b = torch.backends
 if sys.argv[1] == "new":
     b.fp32_precision = "tf32"  # torch >= 2.9's API, as a user may set it before calling frepo
@@ -137,12 +137,9 @@ elif sys.argv[1] == "legacy":
 def read():
     return b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision, b.fp32_precision
 before = read()
-with float32_matmuls("tf32"):
+with tf32_passes():
     inside = read()[:2]
 assert inside == ("tf32", "tf32"), inside
-with float32_matmuls("ieee"):
-    inside = read()[:2] if sys.argv[1] == "new" else (b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32)
-assert inside == (("ieee", "ieee") if sys.argv[1] == "new" else (False, False)), inside
 if sys.argv[1] == "new":
     assert read() == before, (before, read())
 else:  # the process stays on the legacy flags: they read back as before and are still readable
@@ -153,39 +150,48 @@ print("ok")
 
 
 _EXACT_PROBE = """
-import numpy as np, torch
+import sys, numpy as np, torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from frepo.data.preprocess import Preprocessing, channel_stats, gram_whitening, mean_covariance
+import frepo.base.device as device_module
+from frepo.data.preprocess import Preprocessing, channel_stats, mean_covariance
 from frepo.method.krr import krr_weights
-torch.backends.cuda.matmul.allow_tf32 = True  # as a user's script may, or inductor's advice
+b = torch.backends
+if sys.argv[1] == "tf32-host":
+    device_module.TF32_DEVICES = {"cpu"}  # the host as a device whose float32 matmuls may run in TF32
+b.cuda.matmul.allow_tf32 = True  # as a user's script may (or inductor's advice)
 MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
-class Flags(TorchDispatchMode):  # the TF32 flag each float32 product was dispatched under
+class Flags(TorchDispatchMode):  # the matmul setting each float32 product was dispatched under
     seen = []
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func in MATMULS and args[0].dtype == torch.float32:
-            self.seen.append(torch.backends.cuda.matmul.allow_tf32)
+            self.seen.append(b.cuda.matmul.fp32_precision)
         return func(*args, **(kwargs or {}))
 g = torch.Generator().manual_seed(0)
 feat = torch.randn(4, 64, generator=g, requires_grad=True)  # 2n < D: the float32 Gram
 labels = torch.randn(4, 3, generator=g, requires_grad=True)
 images = np.random.default_rng(0).integers(0, 256, (16, 4, 4, 3), dtype=np.uint8)
+before = (b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision, b.fp32_precision)
 with Flags():
     krr_weights(feat, labels, 1e-6).square().sum().backward()
     krr_weights(feat, labels, 1e-6, solve_dtype=torch.float32).square().sum().backward()
-    standard = Preprocessing("standard", *channel_stats(images))
-    mean_covariance(images, standard)
-    gram_whitening(images, standard, 0.1)
-assert len(Flags.seen) >= 6 and not any(Flags.seen), Flags.seen
-assert torch.backends.cuda.matmul.allow_tf32  # the user's setting again after
+    mean_covariance(images, Preprocessing("standard", *channel_stats(images)), device=torch.device("cpu"))
+expected = "ieee" if sys.argv[1] == "tf32-host" else "tf32"  # the host has no TF32: nothing set there
+assert len(Flags.seen) >= 6 and set(Flags.seen) == {expected}, Flags.seen
+assert (b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision, b.fp32_precision) == before  # exactly
+assert b.cuda.matmul.allow_tf32 and b.cudnn.allow_tf32  # the user's API still reads as it did
+b.fp32_precision = "tf32"  # the newer API afterwards: the next solve ran into torch's "mix of APIs" error
+krr_weights(feat, labels, 1e-6).square().sum().backward()
 print("ok")
 """
 
 
-def test_the_gram_and_the_zca_covariance_are_exact_float32_whatever_the_process_allows():
+@pytest.mark.parametrize("device", ["tf32-host", "host"])
+def test_the_gram_and_the_zca_covariance_are_exact_float32_whatever_the_process_allows(device):
     """A process that allows TF32 globally (a user's `allow_tf32 = True`) had the float32 kernel Gram (ridge 1e-6
-    of its mean eigenvalue; TF32 rounds to 1e-3) and the cached ZCA covariance computed in TF32 on a GPU. A
-    subprocess, since the flags are the process's; the flag each float32 product saw is recorded as it runs."""
-    proc = subprocess.run([sys.executable, "-c", _EXACT_PROBE], capture_output=True, text=True)
+    of its mean eigenvalue; TF32 rounds to 1e-3) and the cached ZCA covariance computed in TF32 on a GPU. On a
+    device with TF32 (the host standing in) they run exact; on the host nothing of the process's settings is
+    touched, and every setting reads back as it was. A subprocess, since the settings are the process's."""
+    proc = subprocess.run([sys.executable, "-c", _EXACT_PROBE, device], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 

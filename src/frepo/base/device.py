@@ -79,22 +79,17 @@ def deterministic_kernels(device: torch.device, on: bool = True):
 
 
 @contextlib.contextmanager
-def float32_matmuls(mode: str):
-    """CUDA's float32 matmuls and convolutions inside the block in `mode`: "tf32" (TensorFloat-32, the feature
-    passes' default) or "ieee" (exact float32); the process's own settings again after it. "ieee" keeps the
-    products whose rounding matters exact whatever the process allows: the kernel Gram, whose ridge is 1e-6 of
-    its mean eigenvalue (TF32 rounds to about 1e-3), and the ZCA covariance, which is cached and reused; a user
-    who set `torch.backends.cuda.matmul.allow_tf32 = True` (or inductor's advice, `set_float32_matmul_precision
-    ("high")`) got them in TF32. Flags only: on a host without CUDA they change nothing."""
-    tf32 = {"tf32": True, "ieee": False}[mode]
+def tf32_passes():
+    """TF32 matmuls and convolutions inside the block (a feature pass on CUDA); the process's own settings
+    again after it."""
     if _legacy_tf32_flags():
         previous = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
         try:
             # flags() resets every flag it is not given: keep the run's algorithm choice (deterministic_kernels).
             cudnn = torch.backends.cudnn
             with cudnn.flags(
-                enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=tf32
+                enabled=True, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=True
             ):
                 yield
         finally:
@@ -102,11 +97,43 @@ def float32_matmuls(mode: str):
         return
     matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
     previous = matmul.fp32_precision, conv.fp32_precision
-    matmul.fp32_precision = conv.fp32_precision = mode
+    matmul.fp32_precision = conv.fp32_precision = "tf32"
     try:
         yield
     finally:
         matmul.fp32_precision, conv.fp32_precision = previous
+
+
+# The devices whose float32 matmuls may run in TF32 (a test models one on the host).
+TF32_DEVICES = {"cuda"}
+
+
+@contextlib.contextmanager
+def exact_matmuls(device: torch.device | None):
+    """Exact (IEEE) float32 matmuls inside the block on `device`, whatever the process allows; its own setting,
+    exactly as it was, after it. For the products whose rounding matters: the kernel Gram, whose ridge is 1e-6
+    of its mean eigenvalue (TF32 rounds to about 1e-3), and the ZCA covariance, which is cached and reused. A
+    user's `torch.backends.cuda.matmul.allow_tf32 = True` (or inductor's advice, `set_float32_matmul_precision
+    ("high")`) computed them in TF32. Matmuls only, and only on a device where TF32 exists: nothing else of the
+    process's settings is touched (writing the legacy flags would change how torch reads its newer ones)."""
+    if device is None or device.type not in TF32_DEVICES:
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    if not hasattr(matmul, "fp32_precision"):  # torch < 2.9: the legacy flag alone
+        previous_flag = matmul.allow_tf32
+        matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            matmul.allow_tf32 = previous_flag
+        return
+    previous = matmul.fp32_precision  # readable whichever API the process is on
+    matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = previous
 
 
 def _legacy_tf32_flags() -> bool:
@@ -114,8 +141,7 @@ def _legacy_tf32_flags() -> bool:
 
     torch >= 2.9 also has per-backend `fp32_precision` settings, and refuses a mix of the two: once a user has set
     the new ones (e.g. `torch.backends.fp32_precision = "tf32"`), reading a legacy flag raises, and once the new
-    ones are set, code that reads the legacy flags raises. So float32_matmuls follows whichever API the process is
-    on.
+    ones are set, code that reads the legacy flags raises. So tf32_passes follows whichever API the process is on.
     """
     try:
         _ = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32

@@ -19,7 +19,7 @@ from typing import TypeAlias
 import numpy as np
 import torch
 
-from ..base.device import float32_matmuls
+from ..base.device import exact_matmuls
 from ..base.errors import FrepoError
 from ..base.log import messages_shown, progress_bar
 from .cache import release
@@ -355,7 +355,6 @@ def channel_stats(images: Images) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
 
 
-@float32_matmuls("ieee")  # the covariance is cached and reused: never in a TF32 a process may allow
 def mean_covariance(
     images: Images,
     standardise: Preprocessing,
@@ -384,14 +383,16 @@ def mean_covariance(
         cov = torch.zeros(d // stride**2, d // stride**2, dtype=torch.float64, device=device)
         for start in starts:
             flat = standardise(images[start : start + chunk]).reshape(-1, d).to(device) - mean.float()
-            if stride == 1:
-                cov += (flat.T @ flat).double()
-            else:
-                x = flat.reshape(len(flat), images.shape[-1], *images.shape[1:3])  # N×C×H×W
-                for i in range(stride):
-                    for j in range(stride):
-                        block = x[:, :, i::stride, j::stride].reshape(len(x), -1)
-                        cov += (block.T @ block).double()
+            # exact float32 products whatever TF32 the process allows: the covariance is cached and reused
+            with exact_matmuls(cov.device):
+                if stride == 1:
+                    cov += (flat.T @ flat).double()
+                else:
+                    x = flat.reshape(len(flat), images.shape[-1], *images.shape[1:3])  # N×C×H×W
+                    for i in range(stride):
+                        for j in range(stride):
+                            block = x[:, :, i::stride, j::stride].reshape(len(x), -1)
+                            cov += (block.T @ block).double()
             bar.update()
     return mean, cov / ((n - ddof) * stride**2)
 
@@ -480,7 +481,6 @@ def inverse_of(whiten: torch.Tensor) -> torch.Tensor:
     return torch.cholesky_inverse(factor).float()
 
 
-@float32_matmuls("ieee")  # the low-rank ZCA's Gram, cached as the covariance is
 def gram_whitening(
     images: Images,
     standardise: Preprocessing,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..base.device import float32_matmuls
+from ..base.device import exact_matmuls
 
 
 def centered_one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -52,47 +52,47 @@ class _KrrWeights(torch.autograd.Function):
     """
 
     @staticmethod
-    @float32_matmuls("ieee")  # exact float32 products whatever TF32 the process allows (a user's global flag)
     def forward(ctx, feat_s, y_s, reg, solve_dtype):
-        n, d = feat_s.shape
-        wide, y = feat_s.to(solve_dtype), y_s.to(solve_dtype)  # the wide copy is saved for the backward
-        primal = n > d
-        if primal:
-            gram = wide.T @ wide  # D×D
-        elif 2 * n >= d:
-            gram = wide @ wide.T  # n×n
-        else:
-            gram = (feat_s @ feat_s.T).to(solve_dtype)  # far from rank-deficient: float32 products suffice
-        # trace as the diagonal's sum, added in place (no second matrix of the Gram's size).
-        gram.diagonal().add_(reg * gram.diagonal().sum() / n)
-        chol, info = torch.linalg.cholesky_ex(gram)
-        solution = torch.cholesky_solve(wide.T @ y if primal else y, chol)
-        solution = torch.where(info == 0, solution, torch.full_like(solution, float("nan")))
-        weights = solution if primal else wide.T @ solution  # D×C
-        ctx.save_for_backward(wide, y, chol, solution, weights)
-        ctx.reg, ctx.primal, ctx.dtypes = reg, primal, (feat_s.dtype, y_s.dtype)
-        return weights.to(feat_s.dtype)
+        with exact_matmuls(feat_s.device):  # whatever TF32 the process allows (base.device.exact_matmuls)
+            n, d = feat_s.shape
+            wide, y = feat_s.to(solve_dtype), y_s.to(solve_dtype)  # the wide copy is saved for the backward
+            primal = n > d
+            if primal:
+                gram = wide.T @ wide  # D×D
+            elif 2 * n >= d:
+                gram = wide @ wide.T  # n×n
+            else:
+                gram = (feat_s @ feat_s.T).to(solve_dtype)  # far from rank-deficient: float32 products suffice
+            # trace as the diagonal's sum, added in place (no second matrix of the Gram's size).
+            gram.diagonal().add_(reg * gram.diagonal().sum() / n)
+            chol, info = torch.linalg.cholesky_ex(gram)
+            solution = torch.cholesky_solve(wide.T @ y if primal else y, chol)
+            solution = torch.where(info == 0, solution, torch.full_like(solution, float("nan")))
+            weights = solution if primal else wide.T @ solution  # D×C
+            ctx.save_for_backward(wide, y, chol, solution, weights)
+            ctx.reg, ctx.primal, ctx.dtypes = reg, primal, (feat_s.dtype, y_s.dtype)
+            return weights.to(feat_s.dtype)
 
     @staticmethod
-    @float32_matmuls("ieee")  # on CUDA autograd's own thread: the flags are the process's, set again here
     def backward(ctx, grad_w):
-        wide, y, chol, solution, weights = ctx.saved_tensors
-        n = len(wide)
-        grad_w = grad_w.to(wide.dtype)
-        if ctx.primal:
-            z = torch.cholesky_solve(grad_w, chol)  # D×C
-            d_ridge = -(z * weights).sum()
-            grad_y = wide @ z
-            grad_f = y @ z.T - grad_y @ weights.T - (wide @ weights) @ z.T
-        else:
-            alpha = solution  # n×C
-            z = torch.cholesky_solve(wide @ grad_w, chol)  # n×C
-            d_ridge = -(z * alpha).sum()
-            grad_y = z
-            grad_f = alpha @ grad_w.T - z @ weights.T - alpha @ (wide.T @ z).T
-        grad_f = grad_f + (2 * ctx.reg * d_ridge / n) * wide
-        f_dtype, y_dtype = ctx.dtypes
-        return grad_f.to(f_dtype), grad_y.to(y_dtype), None, None
+        with exact_matmuls(grad_w.device):  # on CUDA autograd's own thread: the setting is the process's
+            wide, y, chol, solution, weights = ctx.saved_tensors
+            n = len(wide)
+            grad_w = grad_w.to(wide.dtype)
+            if ctx.primal:
+                z = torch.cholesky_solve(grad_w, chol)  # D×C
+                d_ridge = -(z * weights).sum()
+                grad_y = wide @ z
+                grad_f = y @ z.T - grad_y @ weights.T - (wide @ weights) @ z.T
+            else:
+                alpha = solution  # n×C
+                z = torch.cholesky_solve(wide @ grad_w, chol)  # n×C
+                d_ridge = -(z * alpha).sum()
+                grad_y = z
+                grad_f = alpha @ grad_w.T - z @ weights.T - alpha @ (wide.T @ z).T
+            grad_f = grad_f + (2 * ctx.reg * d_ridge / n) * wide
+            f_dtype, y_dtype = ctx.dtypes
+            return grad_f.to(f_dtype), grad_y.to(y_dtype), None, None
 
 
 def krr_predict(

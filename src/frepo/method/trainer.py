@@ -15,7 +15,7 @@ import torch
 from torch.profiler import record_function
 
 from ..base.compiler import torch_compile
-from ..base.device import deterministic_kernels, float32_matmuls, host_to_device, page_locked
+from ..base.device import deterministic_kernels, host_to_device, page_locked, tf32_passes
 from ..base.dist import DistContext
 from ..base.errors import FrepoError
 from ..base.prefetch import Prefetcher
@@ -176,7 +176,7 @@ def feature_precision(device: torch.device, precision: str):
         # No cast cache: inside a CUDA graph it would hold tensors of the graph's memory.
         return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
     if precision == "tf32" and device.type == "cuda":
-        return float32_matmuls("tf32")
+        return tf32_passes()
     return contextlib.nullcontext()
 
 
