@@ -186,7 +186,8 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
     assert "threshold AUC / TPR@1% / TPR@0.1%" in (tmp_path / "resumed" / "privacy.md").read_text()  # both low FPRs
     header, first = (tmp_path / "resumed" / "privacy.csv").read_text().splitlines()[:2]
     assert header.endswith(",budget") and "victim" in first  # each row states its budget
-    assert header.startswith("arm,steps,test_accuracy,test_accuracy_std,models,attack,")  # the spread too
+    assert header.startswith("arm,steps,test_accuracy,attack,auc,")  # the columns of before, in their places
+    assert header.endswith(",test_accuracy_std,models,budget")  # and the spread too
 
 
 @pytest.mark.parametrize(
@@ -316,6 +317,30 @@ def test_lira_end_to_end_detects_a_planted_leak(tmp_path, monkeypatch):
     ]
     # The control victim saw neither members nor non-members: the leak is not its to find.
     assert rows["control"]["lira"]["auc"] < rows["real"]["lira"]["auc"] - 0.2, rows["control"]["lira"]
+
+
+def test_victims_recorded_before_threshold_start_still_make_a_table(tmp_path):
+    """A folder made before `threshold_start` existed, resumed with the start arm or a smaller step count: the
+    table took its columns from the first row only, and failed (KeyError) where that row had the new column."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = {"auc": 0.6, "auc_std": 0.0, "tpr_at_1pct_fpr": 0.02, "tpr_at_0.1pct_fpr": 0.0}
+    new = {"threshold": metrics, "threshold_start": {**metrics, "auc": 0.9}}
+    old = {"threshold": metrics}
+    row = dict(test_accuracy=90.0, test_accuracy_std=0.0, models=1)
+    rows = [
+        {**row, "arm": "start", "steps": 5, "attacks": new},
+        {**row, "arm": "distilled", "steps": 20, "attacks": old},
+    ]
+    experiment = privacy_app.Privacy(privacy_app.PrivacyConfig(**MIA), tmp_path / "x")
+    markdown, csv = experiment.tables({"rows": rows, "budget": "tiny"})
+    assert "threshold_start AUC" in markdown and markdown.count("| – |") == 1  # the old row: no such cell
+    assert [line.split(",")[3] for line in csv.splitlines()[1:]] == ["threshold", "threshold_start", "threshold"]
+    fig, _ = experiment.plot(plt, {"rows": list(reversed(rows)), "budget": "tiny"})
+    plt.close(fig)
 
 
 def test_the_control_arm_and_training_non_members_are_disjoint_from_the_members(tmp_path):

@@ -9,8 +9,8 @@ norm, Adam with a constant 3e-4, MSE, the reference augmentation, shuffled batch
 distilled set and `victim_batch` for the real chunk, as in mia.py — and each victim is tested and
 attacked (`frepo.apps.attacks`: loss threshold, logistic regression, MLP, random forest, k-nearest
 neighbours; with `lira_shadows` ≥ 2, offline LiRA whose shadows repeat the arm's pipeline without the
-targets: real shadows train on other training images, distilled shadows on the distillations of other
-chunks). The **start** arm trains, as the distilled arm does, on the distillation's starting images: the
+targets: real shadows train on other training images, start shadows on other chunks' starting images,
+distilled shadows on the distillations of other chunks). The **start** arm trains, as the distilled arm does, on the distillation's starting images: the
 ipc members per class it was initialised from, with their class labels (what the released mia.py's distilled
 arm trained on, `x_proto` from `init_proto`); against it the distilled arm shows what distilling adds or
 removes, at the same size. Each arm's loss threshold is also scored on those starting members alone
@@ -77,7 +77,9 @@ class PrivacyConfig:
     victim_steps: CommaList = opt(
         "100,250,500,1000,2000,4000,8000,16000", "training steps of the victims, comma-separated", listed=True
     )
-    victim_batch: int = opt(1024, "batch of the victims of the real arm (the distilled arm: min(N, 256))")
+    victim_batch: int = opt(
+        1024, "batch of the victims of the real and control arms (the distilled and start arms: min(N, 256))"
+    )
     victim_lr: float = opt(3e-4, "Adam learning rate of the victims (constant, as mia.py)")
     victim_width: int = opt(128, "width of the victims' Conv")
     models: int = opt(5, "victims per arm and step count (the reference: 5, their mean accuracy reported)")
@@ -392,8 +394,8 @@ class Privacy(Experiment):
         """One arm at one step count: the victims' test accuracy and every attack's metrics, as the mean over
         the victims and (`<metric>_std`) their population std."""
         attacks: dict[str, dict[str, float]] = {}  # attack -> metric (and metric_std) -> value
-        # In ATTACKS' order (LiRA last): a victim read back from its record has its attacks in name order, and
-        # the table's columns and the plot's lines followed whichever came first.
+        # In ATTACKS' order (then lira, threshold_start): a victim read back from its record has its attacks in name
+        # order, and the table's columns and the plot's lines followed whichever came first.
         order = sorted(victims[0]["attacks"], key=lambda a: (ATTACKS.index(a) if a in ATTACKS else len(ATTACKS), a))
         for name in order:
             first = victims[0]["attacks"][name]
@@ -442,7 +444,7 @@ class Privacy(Experiment):
         return (
             f"distillation: {cfg.steps} steps × real batch {cfg.batch_size}, IPC {cfg.ipc} of "
             f"{len(self.member_idx)} members; victims: {cfg.models} per arm and step count, "
-            f"Conv width {cfg.victim_width}, batch {cfg.victim_batch} (the distilled arm: "
+            f"Conv width {cfg.victim_width}, batch {cfg.victim_batch} (the distilled and start arms: "
             f"{min(cfg.ipc * self.raw.num_classes, 256)}), Adam {cfg.victim_lr:g}; attacks: the "
             f"{cfg.attacks} set"
             + (f" and LiRA with {cfg.lira_shadows} shadows" if cfg.lira_shadows else "")
@@ -450,30 +452,37 @@ class Privacy(Experiment):
         )
 
     def tables(self, summary: dict) -> tuple[str, str]:
-        attacks = list(summary["rows"][0]["attacks"])
+        # Every row's attacks, in their order: victims recorded before threshold_start existed lack it (a folder
+        # resumed with more step counts or the start arm), and the columns of the first row alone lost it or
+        # failed on the others.
+        attacks = list(dict.fromkeys(a for r in summary["rows"] for a in r["attacks"]))
         header = ["arm", "steps", "test accuracy (%)"] + [f"{a} AUC / TPR@1% / TPR@0.1%" for a in attacks]
 
-        def cell(metrics: dict) -> str:  # the std over victims where there are several
+        def cell(metrics: dict | None) -> str:  # the std over victims where there are several
+            if metrics is None:
+                return "–"
             spread = f" ± {metrics['auc_std']:.3f}" if metrics.get("auc_std") else ""
             rates = " / ".join(f"{metrics[m]:.3f}" for m in ("tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"))
             return f"{metrics['auc']:.3f}{spread} / {rates}"
 
         rows = [
             [r["arm"], str(r["steps"]), mean_std(r["test_accuracy"], r["test_accuracy_std"], r["models"])]
-            + [cell(r["attacks"][a]) for a in attacks]
+            + [cell(r["attacks"].get(a)) for a in attacks]
             for r in summary["rows"]
         ]
         title = f"# Membership inference: {self.raw.name}, chunk {self.config.chunk}, IPC {self.config.ipc}\n\n"
         markdown = title + markdown_table(header, rows) + f"\nBudget: {summary['budget']}.\n"
         metrics = [f"{m}{std}" for m in ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr") for std in ("", "_std")]
         csv_rows = [  # each row with its budget: a CSV travels without the table's note
-            [r["arm"], r["steps"], r["test_accuracy"], r["test_accuracy_std"], r["models"], a]
+            [r["arm"], r["steps"], r["test_accuracy"], a]
             + [r["attacks"][a].get(m, "") for m in metrics]
-            + [summary["budget"]]
+            + [r["test_accuracy_std"], r["models"], summary["budget"]]
             for r in summary["rows"]
             for a in attacks
+            if a in r["attacks"]
         ]
-        header = ["arm", "steps", "test_accuracy", "test_accuracy_std", "models", "attack", *metrics, "budget"]
+        # test_accuracy_std and models after the earlier columns (a reader by position keeps its columns)
+        header = ["arm", "steps", "test_accuracy", "attack", *metrics, "test_accuracy_std", "models", "budget"]
         return markdown, csv_text(header, csv_rows)
 
     def plot(self, plt, summary: dict):
@@ -483,9 +492,10 @@ class Privacy(Experiment):
             if not rows:
                 continue
             steps = [r["steps"] for r in rows]
-            for i, name in enumerate(rows[0]["attacks"]):  # one colour per attack, one line style per arm
-                aucs = [r["attacks"][name]["auc"] for r in rows]
-                left.plot(steps, aucs, style, color=f"C{i}", marker="o", label=f"{arm}: {name}")
+            names = list(dict.fromkeys(a for r in rows for a in r["attacks"]))
+            for i, name in enumerate(names):  # one colour per attack, one line style per arm
+                points = [(r["steps"], r["attacks"][name]["auc"]) for r in rows if name in r["attacks"]]
+                left.plot(*zip(*points), style, color=f"C{i}", marker="o", label=f"{arm}: {name}")
             right.plot(steps, [r["test_accuracy"] for r in rows], style, color="C0", marker="o", label=arm)
         for ax, label in ((left, "attack ROC AUC"), (right, "test accuracy (%)")):
             ax.set_xscale("log")
