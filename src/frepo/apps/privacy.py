@@ -10,12 +10,13 @@ distilled set and `victim_batch` for the real chunk, as in mia.py — and each v
 attacked (`frepo.apps.attacks`: loss threshold, logistic regression, MLP, random forest, k-nearest
 neighbours; with `lira_shadows` ≥ 2, offline LiRA whose shadows repeat the arm's pipeline without the
 targets: real shadows train on other training images, start shadows on other chunks' starting images,
-distilled shadows on the distillations of other chunks). The **start** arm trains, as the distilled arm does, on the distillation's starting images: the
-ipc members per class it was initialised from, with their class labels (what the released mia.py's distilled
-arm trained on, `x_proto` from `init_proto`); against it the distilled arm shows what distilling adds or
-removes, at the same size. Each arm's loss threshold is also scored on those starting members alone
-(`threshold_start`): they are a small share of the members, so a leak of them barely moves the AUC over all
-members. A last arm, **control**, separates distribution shift from leakage: a victim trained like the
+distilled shadows on the distillations of other chunks). The **start** arm trains, as the distilled arm does,
+on the distillation's starting images: the ipc members per class it was initialised from, with their class
+labels (what the released mia.py's distilled arm trained on, `x_proto` from `init_proto`); against it the
+distilled arm shows what distilling adds or removes, at the same size. Each arm's loss threshold is also
+scored on those starting members alone (`threshold_start`): they are a small share of the members, so a leak
+of them barely moves the AUC over all members.
+A last arm, **control**, separates distribution shift from leakage: a victim trained like the
 real arm on as many other training images (neither members nor non-members) and attacked on the same
 members and non-members. It saw neither, so what its attacks find is the shift between the members' and
 the non-members' distributions: the floor the other arms are read against. `nonmembers="train"` draws

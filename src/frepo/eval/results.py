@@ -107,13 +107,6 @@ CSV_COLUMNS = (
     "width",
     "seconds",
     "device",
-    # The protocol's settings (empty where a protocol has none): what two rows differ in besides the network.
-    "use_flip",
-    "epochs",
-    "soft_labels",
-    "dsa_strategy",
-    "together",
-    "together_mode",
     "seed",
     "model_seeds",
     "num_images",
@@ -126,6 +119,14 @@ CSV_COLUMNS = (
     "set_hard_mean",
     "random_mean",
     "full_mean",
+    # The protocol's settings (empty where a protocol has none): what two rows differ in besides the network.
+    # Last, so that a reader of the earlier columns by position keeps them.
+    "use_flip",
+    "epochs",
+    "soft_labels",
+    "dsa_strategy",
+    "together",
+    "together_mode",
 )
 
 
