@@ -90,8 +90,13 @@ def count_flops(fn, by=None) -> int | dict[str, int]:
 
 
 def device_rows(averages) -> list:
-    """The rows of a profile's `key_averages()` that are the GPU's own work (kernels, copies, memsets)."""
-    return [e for e in averages if str(getattr(e, "device_type", "")).endswith("CUDA")]
+    """The rows of a profile's `key_averages()` that are the GPU's own work (kernels, copies, memsets): not the
+    GPU-side ranges of `record_function` scopes (device type CUDA too), which torch's own tables leave out."""
+    return [
+        e
+        for e in averages
+        if str(getattr(e, "device_type", "")).endswith("CUDA") and not getattr(e, "is_user_annotation", False)
+    ]
 
 
 def scope_device_ms(events, prefix: str = "frepo/") -> dict[str, float]:
@@ -100,8 +105,11 @@ def scope_device_ms(events, prefix: str = "frepo/") -> dict[str, float]:
     innermost scope. A scope's own device time counts only its child operators, and CUDA's autograd runs a
     backward on a thread of its own: the meta-backward's kernels (and the online step's backward) were
     nobody's children, and the phase read 0 ms."""
+    # The host's ranges of the scopes: each also has a range on the GPU's timeline, which lags the host's.
     scopes = [
-        (e.time_range.start, e.time_range.end, e.name[len(prefix) :]) for e in events if e.name.startswith(prefix)
+        (e.time_range.start, e.time_range.end, e.name[len(prefix) :])
+        for e in events
+        if e.name.startswith(prefix) and str(e.device_type).endswith("CPU")
     ]
     ms: dict[str, float] = {}
     for e in events:

@@ -22,7 +22,8 @@ def _op(name: str, thread: int, start: int, end: int, kernel_us: int = 0) -> Fun
     return event
 
 
-def _kernel(name: str, start: int, us: int) -> FunctionEvent:
+def _kernel(name: str, start: int, us: int, annotation: bool = False) -> FunctionEvent:
+    """A range on the GPU's timeline: a kernel, or (`annotation`) a record_function scope's GPU-side range."""
     return FunctionEvent(
         id=start,
         name=name,
@@ -32,6 +33,7 @@ def _kernel(name: str, start: int, us: int) -> FunctionEvent:
         use_device="cuda",
         stack=[],
         device_type=DeviceType.CUDA,
+        is_user_annotation=annotation,
     )
 
 
@@ -52,6 +54,9 @@ def test_a_phase_counts_the_kernels_of_a_backward_on_autograd_s_own_thread():
             _op("aten::add_", 1, 330, 335, kernel_us=10),  # inside online, inside lamb: online's
             _op("aten::mul_", 1, 390, 395, kernel_us=3),  # lamb's own
             _op("aten::copy_", 1, 500, 510, kernel_us=7),  # in no scope
+            # The solve scope's range on the GPU's timeline, which lags the host's: no scope of the host's ops
+            _kernel("frepo/solve", 600, 100, annotation=True),
+            _op("aten::fill_", 1, 650, 655, kernel_us=2),  # in no scope
         ]
     )
     assert backward_scope.device_time_total == 0  # how the profiler sees it: no child launched anything
@@ -61,9 +66,12 @@ def test_a_phase_counts_the_kernels_of_a_backward_on_autograd_s_own_thread():
 def test_the_gpu_s_busy_time_counts_each_kernel_once():
     """key_averages() holds the operator that launched a kernel (its device time includes the kernel's) and
     the kernel itself: summing every row counted each kernel twice (15 ms busy in a 10 ms step)."""
-    events = EventList([_op("aten::mm", 1, 0, 10, kernel_us=7), _kernel("gemm_kernel", 12, 7)])
+    # A scope's GPU-side range is no work of the GPU's (torch's own tables leave it out)
+    events = EventList(
+        [_op("aten::mm", 1, 0, 10, kernel_us=7), _kernel("gemm_kernel", 12, 7), _kernel("frepo/solve", 11, 9, True)]
+    )
     events._build_tree()  # as the profiler does once a trace is parsed
     averages = events.key_averages()
-    assert sum(e.self_device_time_total for e in averages) == 14
+    assert sum(e.self_device_time_total for e in averages) == 7 + 7 + 9  # the kernel twice, and the scope's range
     assert [e.key for e in bench_step.device_rows(averages)] == ["gemm_kernel"]
     assert sum(e.self_device_time_total for e in bench_step.device_rows(averages)) == 7
