@@ -135,7 +135,9 @@ def init_distributed(device_name: str) -> tuple[DistContext, str]:
 def rank_gpu(local_rank: int, visible: int) -> int:
     """The GPU of the process with this LOCAL_RANK among the `visible` ones: its own index where the processes of
     a node share the node's GPUs (torchrun's way), the one it sees where a scheduler gives each its own (SLURM's
-    --gpus-per-task=1, Kubernetes: every process sees one GPU as cuda:0, and cuda:LOCAL_RANK does not exist)."""
+    --gpus-per-task=1, Kubernetes: every process sees one GPU as cuda:0, and cuda:LOCAL_RANK does not exist).
+    Several processes on a node of one GPU get it too, and NCCL refuses them at the first collective
+    ("Duplicate GPU detected"), as it refused LOCAL_RANK's GPU before ("invalid device ordinal")."""
     if visible == 1:
         return 0
     if local_rank >= visible:

@@ -69,8 +69,8 @@ MANIFEST_KEYS = {
     "classes": "class names, indexed by class id",
     "dataset": "the real dataset (registry name or path) whose test split the set is evaluated on",
     "preprocessing": "what puts raw images into the space the networks train in (the real test split; for "
-    "imagefolder also its PNGs, which hold pixels): kind (none, standard, zca), zca_reg, per-channel mean and std "
-    "(tensors in PREPROCESSING, applied as its entry in files says)",
+    "imagefolder also its PNGs, which hold pixels): kind (none, standard, zca, zca_block), zca_reg, per-channel "
+    "mean and std (tensors in PREPROCESSING, applied as its entry in files says)",
     "ddranking": "the DD-Ranking settings the export matches (dataset, im_size, use_zca, the call of each metric, "
     "the soft-label criterion), or null when its images are not in a DD-Ranking space",
     "lr": "sgd: the lr to train with SGD (DD-Ranking, DC/DSA), frepo_protocol: the Adam lr of the reference evaluation",
@@ -250,7 +250,8 @@ def export(ds: DistilledSet | str | Path, out: str | Path, layout: str, space: s
             "W⁻¹ = its inverse), or in the low-rank form pre_zca_basis B, pre_zca_scale s: W = I + B diag(s - 1) Bᵀ). "
             "Applied to raw uint8 images N×H×W×C: x / 255, then (x - pre_mean) / pre_std per channel, then for ZCA "
             "each image flattened in C,H,W order (d = len(pre_zca_mean) values; not H,W,C) minus pre_zca_mean, "
-            "times W (N×d @ d×d), and back to N×C×H×W",
+            "times W (N×d @ d×d), and back to N×C×H×W (kind zca_block, for large images: W whitens each of the "
+            "stride×stride interleaved sub-images x[:, :, i::stride, j::stride] instead; frepo.load_export applies it)",
             **written.files,
         }
         manifest: dict = dict(written.manifest)

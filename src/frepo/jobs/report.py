@@ -172,7 +172,8 @@ def _checkpoint_step(run: RunDir) -> tuple[int | None, str | None]:
 
 def _command(config: dict | None) -> str:
     """The command that continues the run: torchrun's with as many processes as it ran on."""
-    processes = ((config or {}).get(ENVIRONMENT) or {}).get("processes")
+    environment = (config or {}).get(ENVIRONMENT)
+    processes = environment.get("processes") if isinstance(environment, dict) else None
     if isinstance(processes, int) and processes > 1:
         return f"`torchrun ... -m frepo distill` command ({processes} processes in all)"  # over one node or several
     return "`frepo distill` command"
