@@ -234,11 +234,11 @@ class Privacy(Experiment):
 
     def _start_idx(self, chunk: int) -> np.ndarray:
         """The training images the distillation of chunk `chunk` starts from: its trainer's very draws
-        (`init_from_real`: `pick_real` over the chunk's labels, every class, the run's seed, stream "init")."""
+        (`pick_real` over the chunk's labels, every class, the run's seed)."""
         size, n = self.config.chunk_size, len(self.raw.y_train)
         rows = np.arange(chunk * size, min((chunk + 1) * size, n))
         labels = torch.from_numpy(np.asarray(self.raw.y_train[rows]))
-        picked = pick_real(labels, range(self.raw.num_classes), self.config.ipc, generator(self.config.seed, "init"))
+        picked = pick_real(labels, range(self.raw.num_classes), self.config.ipc, self.config.seed)
         return rows[picked.numpy()]
 
     def _training_set(self, arm: str, ds: DistilledSet, shadow: int | None = None) -> tuple[torch.Tensor, ...]:

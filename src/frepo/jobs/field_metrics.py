@@ -43,7 +43,6 @@ import torch
 
 from ..base.atomic import atomic_write_text
 from ..base.errors import FrepoError
-from ..base.rng import generator
 from ..config import STREAM_AUTO_BYTES
 from ..data import RawDataset
 from ..data.registry import default_data_dir
@@ -85,7 +84,7 @@ def random_subset(ds: DistilledSet, raw: RawDataset, ipc: int, seed: int) -> Dis
     """`frepo subset --method random --seed seed` of the set's dataset, in the set's preprocessing."""
     train_idx = _training_part(ds, raw)
     labels = torch.from_numpy(np.asarray(raw.y_train[train_idx]))
-    picked = pick_real(labels, range(raw.num_classes), ipc, generator(seed, "init")).numpy()
+    picked = pick_real(labels, range(raw.num_classes), ipc, seed).numpy()
     rows = train_idx[picked]
     images = ds.preprocessing(raw.x_train[rows])
     return DistilledSet(images, labels[picked].clone(), ds.preprocessing, {**ds.meta, "kind": "subset-random"})

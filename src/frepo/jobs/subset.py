@@ -150,7 +150,7 @@ def make_subset(
     held_out = len(prepared.val_idx)
     if method == "random":
         check_class_sizes(y_train, classes, ipc, raw.classes, held_out)  # pick_real's own check cannot name them
-        idx = pick_real(y_train, classes, ipc, generator(seed, "init"))  # init_from_real's very draws
+        idx = pick_real(y_train, classes, ipc, seed)  # init_from_real's very draws
         images, labels = x_train[idx].clone(), y_train[idx].clone()
     else:
         check_class_sizes(y_train, classes, ipc, raw.classes, held_out)

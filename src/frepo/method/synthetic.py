@@ -8,25 +8,29 @@ import torch
 from torch import nn
 
 from ..base.errors import FrepoError
+from ..base.rng import generator as rng_generator
 from .krr import centered_one_hot, label_scale
 
 
 def init_from_real(
-    images: torch.Tensor, labels: torch.Tensor, classes: Sequence[int], ipc: int, generator: torch.Generator
+    images: torch.Tensor, labels: torch.Tensor, classes: Sequence[int], ipc: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick `ipc` random real images of each class of `classes` (class-major order), seeded.
+    """Pick `ipc` random real images of each class of `classes` (class-major order), seeded (`pick_real`).
 
     images: N×C×H×W preprocessed; labels: (N,) int. Returns (ipc·K×C×H×W images, (ipc·K,) labels) for
     K = len(classes).
     """
-    idx = pick_real(labels, classes, ipc, generator)
+    idx = pick_real(labels, classes, ipc, seed)
     return images[idx].clone(), labels[idx].clone()
 
 
-def pick_real(labels: torch.Tensor, classes: Sequence[int], ipc: int, generator: torch.Generator) -> torch.Tensor:
+def pick_real(labels: torch.Tensor, classes: Sequence[int], ipc: int, seed: int) -> torch.Tensor:
     """The positions (ipc·K,) `init_from_real` picks in labels (N,): `ipc` random members of each class, in
-    class-major order, seeded (so a streamed split gathers just those rows)."""
+    class-major order, from the run's stream "init" of `seed` (so a streamed split gathers just those rows). The
+    one draw of a run's starting images: `frepo subset --method random`, the field metrics' random baseline and
+    privacy's start arm repeat it through this function."""
     check_class_sizes(labels, classes, ipc)
+    generator = rng_generator(seed, "init")
     chosen = []
     for c in classes:
         members = torch.nonzero(labels == c).flatten()

@@ -253,7 +253,7 @@ class FRePoTrainer:
         classes = config.data.class_ids(num_classes)  # every class, or a continual-learning task's
         start_labels = None
         if start is None:
-            images, class_ids = init_from_real(x_train, y_train, classes, config.ipc, generator(seed, "init"))
+            images, class_ids = init_from_real(x_train, y_train, classes, config.ipc, seed)
         else:  # `--init FILE`: images in this run's preprocessing, N×K labels (frepo.io.foreign.load_start)
             images, start_labels = start
             class_ids = start_labels.argmax(-1)
