@@ -123,3 +123,19 @@ def ctrl_c_after_steps(steps: int):
         yield
     finally:
         FRePoTrainer.step = original  # type: ignore[method-assign]
+
+
+@pytest.fixture
+def quick_mlp(monkeypatch):
+    """The `frepo` set's MLP attack capped at 20 iterations: its 500 took 0.9 s a fit on these few hundred
+    examples, half of a small privacy run. Tests of the experiment's plumbing use it; tests/test_attacks.py
+    tests the attacks as they are."""
+    from frepo.apps import attacks
+
+    original = attacks._classifier
+
+    def classifier(name, seed):
+        model = original(name, seed)
+        return model.set_params(mlpclassifier__max_iter=20) if name == "mlp" else model
+
+    monkeypatch.setattr(attacks, "_classifier", classifier)

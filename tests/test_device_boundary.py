@@ -144,7 +144,7 @@ def test_every_command_runs_on_a_simulated_device(tmp_path, capsys):
         _run(["report", run], capsys)
 
 
-def test_continual_and_privacy_run_on_a_simulated_device(tmp_path):
+def test_continual_and_privacy_run_on_a_simulated_device(tmp_path, quick_mlp):
     cl = dict(dataset="digits", tasks=2, ipc=2, orders="0", steps=3, batch_size=32, lr=0.01, eval_models=1)
     cl.update(eval_steps=5, feature_steps=2, feature_width=8, device="cpu:1")
     mia = dict(dataset="digits", chunk=1, chunk_size=200, ipc=2, steps=3, batch_size=32, lr=0.01, victim_steps="5")

@@ -134,7 +134,7 @@ def test_continual_resumes_after_an_interruption_and_keeps_its_contract(tmp_path
     assert json.loads((tmp_path / "cl" / "continual-config.json").read_text())["device"] == "cpu"
 
 
-def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_path, monkeypatch):
+def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_path, monkeypatch, quick_mlp):
     trained = []
     original = privacy_app.train_victim
 
@@ -287,7 +287,7 @@ def test_each_class_order_draws_with_its_own_seed(tmp_path):
     assert dsa._eval_config("random", 0).options().soft_labels is False
 
 
-def test_lira_end_to_end_detects_a_planted_leak(tmp_path, monkeypatch):
+def test_lira_end_to_end_detects_a_planted_leak(tmp_path, monkeypatch, quick_mlp):
     """Offline LiRA through `frepo privacy`: shadows trained and stored per arm, scores and AUCs produced; and
     the starting members' own loss threshold.
     The planted leak: the members carry random labels, which a victim can only memorise; against shadows
