@@ -21,7 +21,9 @@
 #   9. long: an MNIST IPC 10 distillation of LONG_STEPS steps (default 20000) with STEP_FLAGS (e.g.
 #      "--compile cudagraphs"), then a 5-model evaluation (a row of docs/reproduction.md, with its budget);
 #  10. kernels: the costliest GPU kernels of 10 steps, eager and under --compile graph, MNIST and CIFAR-10
-#      IPC 10 (launches and busy µs per step: where a step's milliseconds go, kernel by kernel).
+#      IPC 10 (launches and busy µs per step: where a step's milliseconds go, kernel by kernel);
+#  11. init: a pool reset's weight draw (host) and copies, frepo's truncated normal against torch's
+#      trunc_normal_ (bench_init.py; a reset comes about every 100 steps, and its host time is a step's).
 # Usage, from the repository root of a machine with a CUDA GPU and torch:
 #   RESULTS=DIR [FREPO_DATA_DIR=DIR] [SETS=DIR] [PARTS="tests dsa ..."] [SESSION_LIMIT=S] bash benchmarks/gpu_session.sh
 # FREPO_DATA_DIR holds mnist.npz and fashion_mnist.npz (reproduce, long, dsa); SETS holds the random subsets (dsa)
@@ -32,9 +34,9 @@
 # default: no limit) leaves, so one failure or overrun does not hide the others; a part with under 20 s left is
 # skipped. Everything lands in $RESULTS as it is produced: session.log (this output, each part's exit code and
 # seconds), the raw JSON of each part, written after each setting, and the run records (a call returns at most
-# 8 files: the planned calls below write 4 and 6).
+# 8 files: the planned calls below write 5 and 6).
 # A device session's two calls, with mnist.npz and fashion_mnist.npz carried in .gpudata (../shared does not travel):
-#   first (<= 5 min): PARTS="tests eval roofline" ROOFLINE_SETTINGS=mnist-ipc10-b256,cifar10-ipc10-b1024-flip
+#   first (<= 5 min): PARTS="tests eval roofline init" ROOFLINE_SETTINGS=mnist-ipc10-b256,cifar10-ipc10-b1024-flip
 #     SESSION_LIMIT=280 FREPO_DATA_DIR=.gpudata RESULTS=$OUT bash benchmarks/gpu_session.sh
 #   last (<= 7 min): PARTS="reproduce long" BUDGET=gpu-small REPRODUCE_LIMIT=250 LONG_STEPS=8000 SESSION_LIMIT=400
 #     FREPO_DATA_DIR=.gpudata RESULTS=$OUT bash benchmarks/gpu_session.sh
@@ -176,6 +178,10 @@ part_roofline() {  # eager (--compile off) against --compile graph, paired, 10 q
       --json "$RESULTS/roofline-gpu${flags:+-bf16}.json" || rc=1
   done
   return $rc
+}
+
+part_init() {  # a pool reset's weight draw on the host and its copies to the GPU
+  limited 60 "$PY" benchmarks/bench_init.py --device cuda --json "$RESULTS/bench_init_gpu.json"
 }
 
 part_kernels() {  # the costliest kernels of 10 steps, eager and graphed

@@ -72,6 +72,39 @@ def test_lecun_normal_init_statistics():
             assert torch.count_nonzero(m.bias) == 0
 
 
+def test_the_truncated_normal_is_the_inverse_cdf_of_one_uniform_draw():
+    """Flax's truncated normal as JAX draws it, checked against float64 scipy on the same uniform draws, and
+    its distribution against scipy's truncnorm."""
+    from scipy import stats
+    from scipy.special import erfinv
+
+    from frepo.models.init import truncated_normal_
+
+    std, n = 0.05, 200_000
+    x = truncated_normal_(torch.empty(n), std, generator=gen(3)).double().numpy()
+    edge = 2 * stats.norm.cdf(2.0) - 1  # u on (erf(-√2), erf(√2)): the inverse CDF lands in [-2, 2]
+    u = torch.empty(n).uniform_(-edge, edge, generator=gen(3)).double().numpy()
+    reference = std * math.sqrt(2) * erfinv(u)
+    # float32's erfinv and scaling each round to about an ulp (1.6e-7 measured): 8 ulps is a wide margin, and a
+    # draw other than the inverse CDF of these uniforms is off by the weights' own size.
+    assert abs(x - reference).max() <= 8 * 2**-23 * 2 * std
+    assert abs(x).max() <= 2 * std
+    assert stats.kstest(x / std, stats.truncnorm(-2, 2).cdf).pvalue > 0.01
+
+
+def test_weights_do_not_depend_on_torchs_trunc_normal(monkeypatch):
+    """torch 2.12 changed `nn.init.trunc_normal_` from the inverse CDF to redrawing normals outside the bounds:
+    the same seed gave other weights under torch 2.11 and 2.14. frepo draws its own."""
+    expected = Conv(3, 10, (32, 32), generator=gen()).state_dict()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("frepo's weights must not come from torch's trunc_normal_")
+
+    monkeypatch.setattr(nn.init, "trunc_normal_", refuse)
+    rebuilt = Conv(3, 10, (32, 32), generator=gen()).state_dict()
+    assert all(torch.equal(expected[name], rebuilt[name]) for name in expected)
+
+
 def test_building_a_network_leaves_the_global_generator_as_it_was():
     """torch's layers draw their default weights from the global generator before frepo draws every weight
     again from its own: the caller's next draws shifted with every network a run or an evaluation built."""

@@ -3,7 +3,9 @@
   lecun  Flax's defaults, as the reference (JAX) code gets them: LeCun-normal weights, zero biases.
          Flax's `lecun_normal` is a *truncated* normal: a standard normal truncated to [-2, 2], scaled
          so the weights have variance 1/fan_in (stddev sqrt(1/fan_in) / 0.8796...). The authors'
-         PyTorch port lost points partly from using another init.
+         PyTorch port lost points partly from using another init. Drawn as JAX draws it (inverse CDF of
+         one uniform draw: `truncated_normal_`), not by `nn.init.trunc_normal_`, whose algorithm torch
+         changed in 2.12.
   torch  torch's own default rule, as the DC/DSA/DM/MTT code gets it (its networks never re-initialise):
          Kaiming-uniform with a = sqrt(5) for weights (U(±1/sqrt(fan_in))), U(±1/sqrt(fan_in)) biases.
 Norm layers get unit scale and zero shift under both.
@@ -44,15 +46,29 @@ def _draw_(
     return tensor
 
 
+def truncated_normal_(tensor: torch.Tensor, std: float, *, generator: torch.Generator) -> torch.Tensor:
+    """In place: std × a standard normal truncated to [-2, 2], by the inverse CDF of one uniform draw per
+    element, as JAX draws it (`jax.random.truncated_normal`, which Flax's initialisers call) and torch's own
+    `nn.init.trunc_normal_` did up to 2.11, op for op (bit for bit): u uniform on (erf(-√2), erf(√2)) =
+    (2Φ(-2)-1, 2Φ(2)-1), then std·√2·erfinv(u), clipped to the bounds against rounding. torch 2.12 changed
+    `trunc_normal_` to draw normals and redraw those outside the bounds: other weights for the same seed, and
+    7-8× the time (a width-128 Conv's re-initialisation, a pool reset: 68-87 ms against 8-12 ms on 2 cores,
+    docs/benchmarks.md). So frepo draws them itself: a seed gives the weights it gave under torch 2.11, under
+    every release."""
+
+    def normal_cdf(x: float) -> float:
+        return (1.0 + math.erf(x / math.sqrt(2.0))) / 2.0
+
+    a, b = -2 * std, 2 * std  # the bounds in the weights' units, as torch passed them (a / std need not be -2.0)
+    tensor.uniform_(2 * normal_cdf(a / std) - 1, 2 * normal_cdf(b / std) - 1, generator=generator)
+    return tensor.erfinv_().mul_(std * math.sqrt(2.0)).clamp_(min=a, max=b)
+
+
 def lecun_normal_(weight: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
     """In place: truncated normal with variance 1/fan_in; fan_in = in_features (·kh·kw for convs)."""
     fan_in = weight[0].numel()
     std = math.sqrt(1.0 / fan_in) / TRUNCATED_STD
-    return _draw_(
-        weight,
-        generator,
-        lambda t: nn.init.trunc_normal_(t, mean=0.0, std=std, a=-2 * std, b=2 * std, generator=generator),
-    )
+    return _draw_(weight, generator, lambda t: truncated_normal_(t, std, generator=generator))
 
 
 INIT_SCHEMES = ("lecun", "torch")
