@@ -142,6 +142,13 @@ def test_show_and_export_read_an_export(tmp_path, capsys):
     assert main(["export", str(tmp_path / "pt"), "--to", str(tmp_path / "npz"), "--format", "npz"]) == 0
     assert torch.equal(load_export(tmp_path / "npz").images, ds.images)
     capsys.readouterr()
+    # Into a folder inside it: the export then held a stranger, and exporting into it again was refused.
+    assert main(["export", str(tmp_path / "pt"), "--to", str(tmp_path / "pt" / "npz"), "--format", "npz"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is inside the set's own folder" in err, err
+    assert not (tmp_path / "pt" / "npz").exists()
+    frepo.export(tmp_path / "pt", tmp_path / "pt", "pt")  # in place: read first, then replaced whole
+    assert torch.equal(load_export(tmp_path / "pt").images, ds.images)
 
 
 def test_show_and_export_read_another_tools_set_as_evaluate_does(tmp_path, capsys, monkeypatch):

@@ -217,8 +217,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..jobs.export import export
+    from ..jobs.export import check_outside, export
 
+    check_outside(args.file, args.to)
     manifest = export(_read_set(args.file, args), args.to, args.format, args.space)
     space = json.loads(manifest.read_text())["images"]["space"]
     print(f"{args.format} export of {args.file} -> {manifest.parent} (images: {space}; manifest: {manifest.name})")

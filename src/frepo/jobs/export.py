@@ -14,6 +14,17 @@ from ..io.export import export as write_export
 from .evaluate import SourceConfig, configure, read_set
 
 
+def check_outside(source: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Refuse an export into a folder inside the set's own folder (a run or an export folder): an export of A
+    into A/sub left A holding a stranger, and exporting into A again was then refused."""
+    if not Path(source).is_dir() or not str(out).strip():
+        return
+    if Path(source).resolve() in Path(out).resolve().parents:
+        raise FrepoError(
+            f"--to {out} is inside the set's own folder {source}, which would then hold it; use a folder outside it"
+        )
+
+
 def export(
     ds: DistilledSet | str | Path,
     out: str | Path,
@@ -36,6 +47,7 @@ def export(
             set_leaf(source, name, value)
     source = configure(source=source)[1]  # checked, a copy
     if not isinstance(ds, DistilledSet):
+        check_outside(ds, out)
         ds = read_set(ds, source)
     elif (source.dataset, source.preprocess, source.entry) != (None, "auto", None):
         raise FrepoError("source's dataset, preprocess and entry apply to files, not to a loaded DistilledSet")
