@@ -189,6 +189,13 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
     assert header.startswith("arm,steps,test_accuracy,attack,auc,")  # the columns of before, in their places
     assert header.endswith(",test_accuracy_std,models,budget")  # and the spread too
 
+    # Without the distilled arm nothing is distilled, and the other arms' victims are the same: the starting
+    # images carry the preprocessing the distillation would have fitted.
+    others = frepo.privacy(out=tmp_path / "undistilled", **{**MIA, "arms": "control,real"})
+    assert others["rows"] == [r for r in rows if r["arm"] in ("real", "control")]
+    assert others["distilled"] is None and not (tmp_path / "undistilled" / "distill").exists()
+    assert others["budget"].startswith("arms: real, control; no distillation")
+
 
 @pytest.mark.parametrize(
     "args, fragment",
@@ -200,6 +207,8 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
         (["continual", "--dataset", "digits", "--orders", "0,0"], "orders must be distinct integers"),
         (["privacy", "--dataset", "digits", "--victim-steps", "20,20"], "victim_steps must be distinct"),  # taken once
         (["continual", "--dataset", "digits", "--arms", "frepo,dm"], "unknown arm 'dm'"),
+        (["privacy", "--dataset", "digits", "--arms", "real,shadow"], "unknown arm 'shadow'"),
+        (["privacy", "--dataset", "digits", "--arms", "real,real"], "arms must name each of"),
         (["continual", "--dataset", "digits", "--eval-epochs", "3"], "--eval-epochs applies to --protocol dsa"),
         (
             ["continual", "--dataset", "digits", "--protocol", "dsa", "--eval-steps", "3"],
@@ -303,6 +312,7 @@ def test_lira_end_to_end_detects_a_planted_leak(tmp_path, monkeypatch, quick_mlp
     raw.y_train = labels
     monkeypatch.setattr(privacy_app, "load_dataset", lambda *a, **k: raw)
     settings = {**MIA, "chunk": chunk, "chunk_size": size, "victim_steps": "150", "victim_width": 32, "victim_lr": 1e-3}
+    settings["arms"] = "start,real,control"  # the distilled arm's shadows each distil a chunk of their own
     summary = privacy_app.Privacy(privacy_app.PrivacyConfig(**settings, lira_shadows=2), tmp_path / "mia").run()
     rows = {row["arm"]: row["attacks"] for row in summary["rows"]}
     assert all(0.0 <= a["auc"] <= 1.0 for attacks in rows.values() for a in attacks.values())
@@ -314,7 +324,7 @@ def test_lira_end_to_end_detects_a_planted_leak(tmp_path, monkeypatch, quick_mlp
     assert start["threshold_start"]["auc"] > 0.9 and start["threshold"]["auc"] < start["threshold_start"]["auc"] - 0.2
     assert rows["control"]["threshold_start"]["auc"] < 0.6, rows["control"]
     assert sorted(p.name for p in (tmp_path / "mia" / "shadows").iterdir()) == [
-        f"{arm}-150-s{s}.npy" for arm in sorted(privacy_app.ARMS) for s in (0, 1)
+        f"{arm}-150-s{s}.npy" for arm in ("control", "real", "start") for s in (0, 1)
     ]
     # The control victim saw neither members nor non-members: the leak is not its to find.
     assert rows["control"]["lira"]["auc"] < rows["real"]["lira"]["auc"] - 0.2, rows["control"]["lira"]

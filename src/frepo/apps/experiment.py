@@ -17,6 +17,7 @@ from ..base.device import resolve_device
 from ..base.errors import FrepoError
 from ..base.fields import to_dict
 from ..base.version import __version__
+from ..config import DistillConfig
 from ..config import presets as distill_presets
 from ..io.artifact import DistilledSet, load_distilled
 from ..jobs.distill import distill, warn_of_cpu_budget
@@ -65,6 +66,11 @@ class Experiment:
     def distillation(self, folder: str | Path, **data: Any) -> DistilledSet:
         """The distillation of the data that `data` (data settings of a DistillConfig) selects, with the
         experiment's budget, in the run folder `out/folder` (resumed where it stopped), as written."""
+        run = self.distill_config(**data)
+        return load_distilled(distill(run, self.out / folder, progress=self.progress).distilled_path)
+
+    def distill_config(self, **data: Any) -> DistillConfig:
+        """The DistillConfig of `distillation(folder, **data)`."""
         cfg = self.config
         overrides = {
             "steps": cfg.steps,
@@ -79,8 +85,7 @@ class Experiment:
             "eval_every": 0,
             "checkpoint_every": max(1, min(200, cfg.steps // 5)),
         }
-        run = distill_presets.resolve(cfg.dataset, cfg.ipc, overrides=overrides)
-        return load_distilled(distill(run, self.out / folder, progress=self.progress).distilled_path)
+        return distill_presets.resolve(cfg.dataset, cfg.ipc, overrides=overrides)
 
     def run(self) -> dict:
         device = resolve_device(self.config.device)  # a device this machine lacks is refused before the folder

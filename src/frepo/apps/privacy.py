@@ -42,7 +42,7 @@ import torch
 from ..base.atomic import atomic_write
 from ..base.device import resolve_device
 from ..base.errors import FrepoError
-from ..base.fields import CommaList, check_fields, check_finite, comma_items, opt
+from ..base.fields import CommaList, check_choice, check_fields, check_finite, comma_items, opt
 from ..base.rng import generator
 from ..config import DATA_DIR_HELP
 from ..data import load_dataset
@@ -75,6 +75,13 @@ class PrivacyConfig:
         "LAMB learning rate of the distillation (default: the one frepo distill takes for this dataset, IPC "
         "and --steps, recorded with the settings: 3e-4 at the paper's 500 000 steps, 1e-2 up to 1000)",
     )
+    arms: CommaList = opt(
+        ",".join(ARMS),
+        "the arms, comma-separated: distilled (the learned set), start (the images it started from), real (the "
+        "members), control (as many other training images: the distribution shift's floor); without distilled, "
+        "nothing is distilled",
+        listed=True,
+    )
     victim_steps: CommaList = opt(
         "100,250,500,1000,2000,4000,8000,16000", "training steps of the victims, comma-separated", listed=True
     )
@@ -102,6 +109,15 @@ class PrivacyConfig:
     data_dir: str | None = opt(None, DATA_DIR_HELP)
     download: bool = opt(True, "let torchvision download a missing dataset")
 
+    def arm_list(self) -> list[str]:
+        """The arms given, in ARMS' order (the tables' and the plot's)."""
+        given = comma_items(self.arms)
+        for arm in given:
+            check_choice("arm", arm, ARMS)
+        if not given or len(set(given)) != len(given):
+            raise FrepoError(f"arms must name each of {', '.join(ARMS)} at most once, got {self.arms!r}")
+        return [a for a in ARMS if a in given]
+
     def step_list(self) -> list[int]:
         try:
             given = [int(s) for s in comma_items(self.victim_steps)]
@@ -126,6 +142,7 @@ class PrivacyConfig:
                 continue
             check_finite(name, getattr(self, name), positive=True)
         self.step_list()
+        self.arm_list()
 
 
 # The reference (official README): MNIST, chunks of 10 000, IPC 50, 500k steps; victims of 100 … 16 000
@@ -153,7 +170,7 @@ class Privacy(Experiment):
     """One experiment: the distilled chunk, the members and non-members, and the victims of each arm."""
 
     kind, settings_type, presets = "privacy", PrivacyConfig, PRESETS
-    may_change = frozenset({"victim_steps", "models"})  # more step counts or victims only add units
+    may_change = frozenset({"victim_steps", "models", "arms"})  # more step counts, victims or arms only add units
 
     def __init__(self, config: PrivacyConfig, out: str | Path, progress: bool = False):
         super().__init__(config, out, progress)
@@ -212,7 +229,7 @@ class Privacy(Experiment):
         self.attacked_member_idx = self.member_idx[:count]
         perm = torch.randperm(len(outside), generator=generator(config.seed, "privacy/control")).numpy()
         self.control_idx = np.sort(outside[perm[: len(self.member_idx)]])
-        if not len(self.control_idx):
+        if not len(self.control_idx) and "control" in config.arm_list():
             raise FrepoError(
                 f"no images for the control arm: the members' chunk {config.chunk} takes {len(self.member_idx)} of "
                 f"the {n} training images (--chunk-size {config.chunk_size}), and the control arm trains on others; "
@@ -231,6 +248,13 @@ class Privacy(Experiment):
     def _distilled(self, chunk: int, folder: str) -> DistilledSet:
         """The distillation of training chunk `chunk` in `out/folder`."""
         return self.distillation(folder, train_chunk=chunk, train_chunk_size=self.config.chunk_size)
+
+    def _starting_set(self) -> DistilledSet:
+        """The distillation's starting images of the members' chunk, with its preprocessing (nothing learned)."""
+        from ..jobs.subset import make_subset
+
+        run = self.distill_config(train_chunk=self.config.chunk, train_chunk_size=self.config.chunk_size)
+        return make_subset(run.data, run.ipc, seed=run.seed, device=run.device)
 
     def _start_idx(self, chunk: int) -> np.ndarray:
         """The training images the distillation of chunk `chunk` starts from: its trainer's very draws
@@ -382,10 +406,13 @@ class Privacy(Experiment):
     # ---- the experiment -------------------------------------------------------------------------------
     def work(self) -> dict:
         cfg = self.config
-        ds = self._distilled(cfg.chunk, "distill")
+        arms = cfg.arm_list()
+        # Without the distilled arm nothing is distilled: the starting images (the same draw) carry the chunk's
+        # preprocessing, which every arm's images go through.
+        ds = self._distilled(cfg.chunk, "distill") if "distilled" in arms else self._starting_set()
         rows = []
         for steps in cfg.step_list():
-            for arm in ARMS:
+            for arm in arms:
                 victims = [self._victim(arm, ds, steps, m) for m in range(cfg.models)]
                 rows.append(self._row(arm, steps, victims))
         return self.results(ds, rows)
@@ -437,13 +464,21 @@ class Privacy(Experiment):
                 "images": int(len(ds.images)),
                 "step": ds.meta.get("step"),
                 "kind": ds.meta.get("kind"),
-            },
+            }
+            if "distilled" in self.config.arm_list()
+            else None,
         }
 
     def budget(self) -> str:
         cfg = self.config
+        arms = cfg.arm_list()
+        distillation = (
+            f"distillation: {cfg.steps} steps × real batch {cfg.batch_size}, "
+            if "distilled" in arms
+            else "no distillation, the starting images: "
+        )
         return (
-            f"distillation: {cfg.steps} steps × real batch {cfg.batch_size}, IPC {cfg.ipc} of "
+            f"arms: {', '.join(arms)}; {distillation}IPC {cfg.ipc} of "
             f"{len(self.member_idx)} members; victims: {cfg.models} per arm and step count, "
             f"Conv width {cfg.victim_width}, batch {cfg.victim_batch} (the distilled and start arms: "
             f"{min(cfg.ipc * self.raw.num_classes, 256)}), Adam {cfg.victim_lr:g}; attacks: the "
