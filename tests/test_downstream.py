@@ -460,35 +460,3 @@ def test_an_experiment_folder_names_what_differs_as_flags_and_warns_when_a_resum
         caplog.clear()
         reopen(orders="3,2,1,0", models=6)
         assert caplog.messages == []
-
-
-def test_a_folder_recorded_before_a_setting_existed_holds_its_default(tmp_path, caplog):
-    """A privacy folder made before --arms existed ran every arm: resumed with fewer, its summary said nothing of
-    the others; and a setting added later, not one that only adds units, refused every older folder."""
-    from dataclasses import dataclass
-
-    from frepo.apps.common import ExperimentDir
-
-    @dataclass
-    class Settings:
-        models: int = 5
-        arms: str = "distilled,start,real,control"  # added later; the older folders ran its default
-        width: int = 32  # added later too, refused when it differs
-
-    folder = tmp_path / "exp"
-    folder.mkdir()
-    (folder / "toy-config.json").write_text(json.dumps({"models": 5}))
-
-    def reopen(**changes):
-        experiment = ExperimentDir(folder, "toy", may_change=frozenset({"models", "arms"}))
-        experiment.open(Settings(**changes))
-        experiment.close()
-
-    with caplog.at_level("WARNING", logger="frepo"):
-        reopen(arms="real")
-    assert (
-        "holds results for --arms distilled,start,real,control; this summary covers --arms real only"
-        in (caplog.messages[0])
-    )
-    with pytest.raises(FrepoError, match=r"--width 64: recorded 32"):
-        reopen(width=64)

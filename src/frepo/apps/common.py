@@ -63,9 +63,8 @@ class ExperimentDir:
         self.lock.acquire()
         try:
             if self.config_path.is_file():
+                previous = self._previous_config()
                 now = to_dict(config)
-                # A setting the record lacks came after the folder was made, which ran with its default.
-                previous = {**to_dict(type(config)()), **self._previous_config()}
                 changed = {k for k in previous.keys() | now.keys() if previous.get(k) != now.get(k)}
                 refused = changed - self.may_change - ALWAYS_RESUMABLE
                 if refused:
