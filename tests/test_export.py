@@ -147,6 +147,9 @@ def test_show_and_export_read_an_export(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is inside the set's own folder" in err, err
     assert not (tmp_path / "pt" / "npz").exists()
+    for name in ("export.json", "images.pt"):  # a file of the export reads as the whole export
+        with pytest.raises(FrepoError, match="is inside the set's own folder"):
+            frepo.export(tmp_path / "pt" / name, tmp_path / "pt" / "sub", "npz")
     frepo.export(tmp_path / "pt", tmp_path / "pt", "pt")  # in place: read first, then replaced whole
     assert torch.equal(load_export(tmp_path / "pt").images, ds.images)
 

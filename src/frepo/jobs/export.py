@@ -15,13 +15,20 @@ from .evaluate import SourceConfig, configure, read_set
 
 
 def check_outside(source: str | os.PathLike, out: str | os.PathLike) -> None:
-    """Refuse an export into a folder inside the set's own folder (a run or an export folder): an export of A
-    into A/sub left A holding a stranger, and exporting into A again was then refused."""
-    if not Path(source).is_dir() or not str(out).strip():
-        return
-    if Path(source).resolve() in Path(out).resolve().parents:
+    """Refuse an export into a folder inside the set's own folder (a run or an export folder, given as the folder
+    or as a file of it): an export of A into A/sub left A holding a stranger, and exporting into A again was then
+    refused."""
+    from ..io.export import MANIFEST
+    from ..io.foreign.load import is_run
+
+    folder = Path(source)
+    if not folder.is_dir():
+        folder = folder.parent
+        if not ((folder / MANIFEST).is_file() or is_run(folder)):
+            return  # a file among others: the folder is no set's
+    if str(out).strip() and folder.resolve() in Path(out).resolve().parents:
         raise FrepoError(
-            f"--to {out} is inside the set's own folder {source}, which would then hold it; use a folder outside it"
+            f"--to {out} is inside the set's own folder {folder}, which would then hold it; use a folder outside it"
         )
 
 
