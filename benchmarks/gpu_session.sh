@@ -34,7 +34,7 @@
 # default: no limit) leaves, so one failure or overrun does not hide the others; a part with under 20 s left is
 # skipped. Everything lands in $RESULTS as it is produced: session.log (this output, each part's exit code and
 # seconds), the raw JSON of each part, written after each setting, and the run records (a call returns at most
-# 8 files: the planned calls below write 5 and 6).
+# 8 files: the planned calls below write 6 and 4).
 # A device session's two calls, with mnist.npz and fashion_mnist.npz carried in .gpudata (../shared does not travel):
 #   first (<= 5 min): PARTS="tests eval roofline init" ROOFLINE_SETTINGS=mnist-ipc10-b256,cifar10-ipc10-b1024-flip
 #     SESSION_LIMIT=280 FREPO_DATA_DIR=.gpudata RESULTS=$OUT bash benchmarks/gpu_session.sh

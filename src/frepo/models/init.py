@@ -52,16 +52,15 @@ def truncated_normal_(tensor: torch.Tensor, std: float, *, generator: torch.Gene
     `nn.init.trunc_normal_` did up to 2.11, op for op (bit for bit): u uniform on (erf(-√2), erf(√2)) =
     (2Φ(-2)-1, 2Φ(2)-1), then std·√2·erfinv(u), clipped to the bounds against rounding. torch 2.12 changed
     `trunc_normal_` to draw normals and redraw those outside the bounds: other weights for the same seed, and
-    7-8× the time (a width-128 Conv's re-initialisation, a pool reset: 68-87 ms against 8-12 ms on 2 cores,
-    docs/benchmarks.md). So frepo draws them itself: a seed gives the weights it gave under torch 2.11, under
-    every release."""
+    6-8× the time (a width-128 Conv's re-initialisation, a pool reset: medians of 68-91 ms against 10-15 ms
+    on 2 cores, docs/benchmarks.md). So frepo draws them itself: a seed gives the weights torch ≤ 2.11 gave,
+    whichever torch runs it (as long as torch's uniform_ and erfinv_ kernels stay as they are)."""
 
     def normal_cdf(x: float) -> float:
         return (1.0 + math.erf(x / math.sqrt(2.0))) / 2.0
 
-    a, b = -2 * std, 2 * std  # the bounds in the weights' units, as torch passed them (a / std need not be -2.0)
-    tensor.uniform_(2 * normal_cdf(a / std) - 1, 2 * normal_cdf(b / std) - 1, generator=generator)
-    return tensor.erfinv_().mul_(std * math.sqrt(2.0)).clamp_(min=a, max=b)
+    tensor.uniform_(2 * normal_cdf(-2.0) - 1, 2 * normal_cdf(2.0) - 1, generator=generator)
+    return tensor.erfinv_().mul_(std * math.sqrt(2.0)).clamp_(min=-2 * std, max=2 * std)
 
 
 def lecun_normal_(weight: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
