@@ -191,10 +191,10 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
 
     # Without the distilled arm nothing is distilled, and the other arms' victims are the same: the starting
     # images carry the preprocessing the distillation would have fitted.
-    others = frepo.privacy(out=tmp_path / "undistilled", **{**MIA, "arms": "control,real"})
-    assert others["rows"] == [r for r in rows if r["arm"] in ("real", "control")]
+    others = frepo.privacy(out=tmp_path / "undistilled", **{**MIA, "arms": "control,start,real"})
+    assert others["rows"] == [r for r in rows if r["arm"] != "distilled"]
     assert others["distilled"] is None and not (tmp_path / "undistilled" / "distill").exists()
-    assert others["budget"].startswith("arms: real, control; no distillation")
+    assert others["budget"].startswith("arms: start, real, control; no distillation")
 
 
 @pytest.mark.parametrize(
@@ -209,6 +209,7 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
         (["continual", "--dataset", "digits", "--arms", "frepo,dm"], "unknown arm 'dm'"),
         (["privacy", "--dataset", "digits", "--arms", "real,shadow"], "unknown arm 'shadow'"),
         (["privacy", "--dataset", "digits", "--arms", "real,real"], "arms must name each of"),
+        (["privacy", "--dataset", "digits", "--arms", ""], "arms must name at least one of"),
         (["continual", "--dataset", "digits", "--eval-epochs", "3"], "--eval-epochs applies to --protocol dsa"),
         (
             ["continual", "--dataset", "digits", "--protocol", "dsa", "--eval-steps", "3"],
@@ -328,6 +329,35 @@ def test_lira_end_to_end_detects_a_planted_leak(tmp_path, monkeypatch, quick_mlp
     ]
     # The control victim saw neither members nor non-members: the leak is not its to find.
     assert rows["control"]["lira"]["auc"] < rows["real"]["lira"]["auc"] - 0.2, rows["control"]["lira"]
+
+
+def test_the_distilled_arms_lira_shadows_distil_other_chunks(tmp_path, quick_mlp):
+    """The distilled arm's shadow j distils chunk j (j + 1 from the members' chunk on) with the experiment's
+    budget, and its victims train on that distillation."""
+    settings = {**MIA, "arms": "distilled", "victim_steps": "5", "lira_shadows": 2}
+    summary = frepo.privacy(out=tmp_path / "mia", **settings)
+    chunks = {}
+    for shadow in (0, 1):
+        config = json.loads((tmp_path / "mia" / f"shadow{shadow}-distill" / "config.json").read_text())
+        chunks[shadow] = (config["data"]["train_chunk"], config["steps"])
+    assert chunks == {0: (0, 4), 1: (2, 4)}  # the members are chunk 1
+    assert sorted(p.name for p in (tmp_path / "mia" / "shadows").iterdir()) == [
+        "distilled-5-s0.npy",
+        "distilled-5-s1.npy",
+    ]
+    (row,) = summary["rows"]
+    assert row["arm"] == "distilled" and 0 <= row["attacks"]["lira"]["auc"] <= 1
+
+
+def test_lira_checks_other_chunks_only_for_the_arms_whose_shadows_use_them(tmp_path):
+    """The real and control arms' shadows train on images outside the members and non-members: with them alone,
+    training-split non-members and more shadows than chunks are no conflict."""
+    settings = dict(dataset="digits", chunk=1, chunk_size=300, ipc=2, nonmembers="train", lira_shadows=5)
+    privacy_app.Privacy(privacy_app.PrivacyConfig(**settings, arms="real,control"), tmp_path / "a")
+    with pytest.raises(FrepoError, match="at most 4 shadows"):
+        privacy_app.Privacy(privacy_app.PrivacyConfig(**settings, arms="start,real"), tmp_path / "b")
+    with pytest.raises(FrepoError, match="the distilled and start arms' shadows train on other chunks"):
+        privacy_app.Privacy(privacy_app.PrivacyConfig(**{**settings, "lira_shadows": 2}, arms="start"), tmp_path / "c")
 
 
 def test_victims_recorded_before_threshold_start_still_make_a_table(tmp_path):

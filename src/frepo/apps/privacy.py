@@ -114,7 +114,9 @@ class PrivacyConfig:
         given = comma_items(self.arms)
         for arm in given:
             check_choice("arm", arm, ARMS)
-        if not given or len(set(given)) != len(given):
+        if not given:
+            raise FrepoError(f"arms must name at least one of {', '.join(ARMS)}")
+        if len(set(given)) != len(given):
             raise FrepoError(f"arms must name each of {', '.join(ARMS)} at most once, got {self.arms!r}")
         return [a for a in ARMS if a in given]
 
@@ -185,14 +187,16 @@ class Privacy(Experiment):
             )
         self.member_idx = np.arange(start, min(start + config.chunk_size, n))
         # Every configuration error before any work: the members' chunk and, with LiRA, the shadows' chunks
-        # (the distilled arm's shadow j distils another chunk) must each give `ipc` images of every class.
+        # (the distilled arm's shadow j distils another chunk, the start arm's trains on its starting images)
+        # must each give `ipc` images of every class.
         chunks = -(-n // config.chunk_size)
-        if config.lira_shadows > chunks - 1:
+        other_chunks = bool({"distilled", "start"} & set(config.arm_list())) and config.lira_shadows > 0
+        if other_chunks and config.lira_shadows > chunks - 1:
             raise FrepoError(
                 f"lira_shadows {config.lira_shadows} needs as many chunks besides the members' chunk {config.chunk}, "
                 f"and {n} training images make {chunks} chunks of {config.chunk_size}: at most {chunks - 1} shadows"
             )
-        shadow_chunks = [j if j < config.chunk else j + 1 for j in range(config.lira_shadows)]
+        shadow_chunks = [j if j < config.chunk else j + 1 for j in range(config.lira_shadows if other_chunks else 0)]
         for chunk in [config.chunk, *shadow_chunks]:
             labels = self.raw.y_train[chunk * config.chunk_size : (chunk + 1) * config.chunk_size]
             counts = np.bincount(labels, minlength=self.raw.num_classes)
@@ -206,10 +210,11 @@ class Privacy(Experiment):
         # arm's training images: as many again, from outside the members' chunk and the non-members.
         outside = np.setdiff1d(np.arange(n), self.member_idx)
         if config.nonmembers == "train":
-            if config.lira_shadows:
+            if other_chunks:
                 raise FrepoError(
-                    "nonmembers=train with lira_shadows: the distilled arm's shadows distil other chunks of the "
-                    "training split, which hold the non-members; use nonmembers=test for LiRA"
+                    "nonmembers=train with lira_shadows: the distilled and start arms' shadows train on other chunks "
+                    "of the training split, which hold the non-members; use nonmembers=test for LiRA, or --arms "
+                    "without them"
                 )
             count = min(len(self.member_idx), len(outside) // 2)
             perm = torch.randperm(len(outside), generator=generator(config.seed, "privacy/nonmembers")).numpy()
@@ -477,11 +482,16 @@ class Privacy(Experiment):
             if "distilled" in arms
             else "no distillation, the starting images: "
         )
+        small = [a for a in arms if a in ("distilled", "start")]  # trained on ipc images per class
+        batches = [f"{cfg.victim_batch}"] if len(small) < len(arms) else []
+        if small:
+            size = min(cfg.ipc * self.raw.num_classes, 256)
+            batches.append(f"the {' and '.join(small)} arm{'s' if len(small) > 1 else ''}: {size}")
+        batch = f"{batches[0]} ({batches[1]})" if len(batches) == 2 else batches[0].split(": ")[-1]
         return (
             f"arms: {', '.join(arms)}; {distillation}IPC {cfg.ipc} of "
             f"{len(self.member_idx)} members; victims: {cfg.models} per arm and step count, "
-            f"Conv width {cfg.victim_width}, batch {cfg.victim_batch} (the distilled and start arms: "
-            f"{min(cfg.ipc * self.raw.num_classes, 256)}), Adam {cfg.victim_lr:g}; attacks: the "
+            f"Conv width {cfg.victim_width}, batch {batch}, Adam {cfg.victim_lr:g}; attacks: the "
             f"{cfg.attacks} set"
             + (f" and LiRA with {cfg.lira_shadows} shadows" if cfg.lira_shadows else "")
             + f"; non-members from the {cfg.nonmembers} split"
