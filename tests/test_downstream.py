@@ -360,6 +360,30 @@ def test_lira_checks_other_chunks_only_for_the_arms_whose_shadows_use_them(tmp_p
         privacy_app.Privacy(privacy_app.PrivacyConfig(**{**settings, "lira_shadows": 2}, arms="start"), tmp_path / "c")
 
 
+def test_a_folder_from_before_a_unit_setting_existed_holds_its_default(tmp_path, caplog):
+    """A privacy folder made before --arms ran every arm: resumed with fewer, its summary covered those only
+    and said nothing of the others on disk. (A setting that is no unit, such as --attacks, is still refused
+    when the record lacks it: its default need not be what the folder ran.)"""
+    from dataclasses import dataclass
+
+    from frepo.apps.common import ExperimentDir
+
+    @dataclass
+    class Settings:
+        models: int = 5
+        arms: str = "distilled,start,real,control"
+
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    (folder / "toy-config.json").write_text(json.dumps({"models": 5}))
+    experiment = ExperimentDir(folder, "toy", may_change=frozenset({"models", "arms"}))
+    with caplog.at_level("WARNING", logger="frepo"):
+        experiment.open(Settings(arms="real"))
+    experiment.close()
+    (message,) = caplog.messages
+    assert "holds results for --arms distilled,start,real,control; this summary covers --arms real only" in message
+
+
 def test_victims_recorded_before_threshold_start_still_make_a_table(tmp_path):
     """A folder made before `threshold_start` existed, resumed with the start arm or a smaller step count: the
     table took its columns from the first row only, and failed (KeyError) where that row had the new column."""

@@ -76,7 +76,7 @@ class ExperimentDir:
                         "another --out, or delete that folder to start over"
                     )
                 self._check_types(config, previous)
-                held = self._held(previous)
+                held = self._held(previous, config)
             elif any(p.name != LOCK for p in self.path.iterdir()):
                 raise FrepoError(f"--out {self.path} is not empty and holds no {self.kind} experiment")
             else:
@@ -107,9 +107,11 @@ class ExperimentDir:
             raise self._damaged(exc) from exc
         return previous
 
-    def _held(self, previous: dict) -> dict:
-        """The units held so far, by setting (a folder from before this record: its recorded settings)."""
-        fallback = {name: previous[name] for name in self.may_change if name in previous}
+    def _held(self, previous: dict, config: Any) -> dict:
+        """The units held so far, by setting (a folder from before this record: its recorded settings; one from
+        before a unit setting existed, such as privacy's arms: the setting's default, which it ran)."""
+        defaults = to_dict(type(config)())
+        fallback = {name: previous.get(name, defaults.get(name)) for name in self.may_change}
         if not self.held_path.is_file():
             return fallback
         try:

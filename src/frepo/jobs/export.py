@@ -21,12 +21,12 @@ def check_outside(source: str | os.PathLike, out: str | os.PathLike) -> None:
     from ..io.export import MANIFEST
     from ..io.foreign.load import is_run
 
-    folder = Path(source)
+    folder = Path(source).resolve()  # a link to a run's file: the run's folder
     if not folder.is_dir():
         folder = folder.parent
         if not ((folder / MANIFEST).is_file() or is_run(folder)):
             return  # a file among others: the folder is no set's
-    if str(out).strip() and folder.resolve() in Path(out).resolve().parents:
+    if str(out).strip() and folder in Path(out).resolve().parents:
         raise FrepoError(
             f"--to {out} is inside the set's own folder {folder}, which would then hold it; use a folder outside it"
         )
