@@ -374,22 +374,26 @@ def test_streaming_resume_is_exact():
 
 def test_distil_from_a_layout_then_evaluate_without_data_dir(tmp_path):
     """frepo distill on a (tiny) Tiny ImageNet layout, streaming its batches; frepo evaluate of the result
-    reads the same test split without --data-dir."""
+    reads the same test split without --data-dir, from another folder than the relative --data-dir was given
+    in (recorded as given, it was looked for there and not found)."""
     data = tmp_path / "data"
     write_tiny_imagenet(data, per_class=4)
     run = tmp_path / "run"
     proc = run_frepo(
-        "distill", "--dataset", "tiny_imagenet", "--data-dir", data, "--no-download", "--ipc", 1, "--steps", 3,
+        "distill", "--dataset", "tiny_imagenet", "--data-dir", "data", "--no-download", "--ipc", 1, "--steps", 3,
         "--batch-size", 6, "--stream", "on", "--width", 8, "--num-models", 2, "--val-size", 3, "--eval-every", 0,
         "--eval-steps", 5, "--out", run,
         "--preprocess", "standard",  # a 12288-dim ZCA fit takes minutes on 2 cores: not for a unit test
+        cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     config = json.loads((run / "config.json").read_text())
-    assert config["data"]["stream"] == "on"
+    assert config["data"]["stream"] == "on" and config["data"]["data_dir"] == str(data.resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     proc = run_frepo(
         "evaluate", run / "distilled.safetensors", "--models", 1, "--steps", 5, "--json", tmp_path / "eval.json",
-        cwd=tmp_path,
+        "--no-download", cwd=elsewhere,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "eval.json").read_text())

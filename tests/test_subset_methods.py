@@ -125,3 +125,15 @@ def test_large_holdout_and_test_splits_are_streamed_and_score_the_same(blobs, mo
     after = [frepo.evaluate(ds, split=split, models=2, steps=150, width=8).accuracies for split in ("test", "val")]
     assert len(seen) == 2 and all(isinstance(x, StreamingImages) for x in seen)  # evaluate streamed both
     assert after == before
+
+
+def test_a_relative_data_dir_is_recorded_whole(tmp_path, monkeypatch):
+    """A subset made with --data-dir given relative recorded it as given: read from another folder, its dataset
+    was looked for in the wrong place."""
+    from conftest import make_blobs_npz
+
+    data = make_blobs_npz(tmp_path / "blobs.npz", channels=1)
+    (tmp_path / "cache").mkdir()
+    monkeypatch.chdir(tmp_path)
+    ds = make_subset(DataConfig(dataset=str(data), data_dir="cache"), 1)
+    assert ds.meta["config"]["data"]["data_dir"] == str((tmp_path / "cache").resolve())

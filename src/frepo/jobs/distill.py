@@ -102,6 +102,9 @@ class Distiller:
             # Not given: a run made before the budget-aware default (which recorded 1000) keeps its own.
             config = dataclasses.replace(config, eval_steps=recorded)
         config.validate()
+        if config.data.data_dir is not None:  # recorded whole: its sets find their dataset from any folder
+            folder = str(Path(config.data.data_dir).expanduser().resolve())
+            config = dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=folder))
         # A config built by hand gets the reference's flip table, as presets.resolve gives it; a run of one made
         # before that default recorded null and ran without the flip (bool(None)): it goes on so.
         if config.use_flip is None and RunDir(out).recorded("use_flip", absent=NOT_RECORDED) is not None:
