@@ -360,28 +360,32 @@ def test_lira_checks_other_chunks_only_for_the_arms_whose_shadows_use_them(tmp_p
         privacy_app.Privacy(privacy_app.PrivacyConfig(**{**settings, "lira_shadows": 2}, arms="start"), tmp_path / "c")
 
 
-def test_a_folder_from_before_a_unit_setting_existed_holds_its_default(tmp_path, caplog):
-    """A privacy folder made before --arms ran every arm: resumed with fewer, its summary covered those only
-    and said nothing of the others on disk. (A setting that is no unit, such as --attacks, is still refused
-    when the record lacks it: its default need not be what the folder ran.)"""
+def test_a_folder_from_before_a_unit_setting_existed_holds_the_units_on_its_disk(tmp_path, caplog):
+    """A privacy folder made before --arms, resumed with fewer arms, covered those only and said nothing of the
+    others on disk. What it holds is read from its victims: one from before the start arm ran distilled, real
+    and control. (A setting that is no unit, such as --attacks, is still refused when the record lacks it: its
+    default need not be what the folder ran.)"""
     from dataclasses import dataclass
 
     from frepo.apps.common import ExperimentDir
 
     @dataclass
     class Settings:
-        models: int = 5
+        models: int = 1
         arms: str = "distilled,start,real,control"
 
     folder = tmp_path / "exp"
-    folder.mkdir()
-    (folder / "toy-config.json").write_text(json.dumps({"models": 5}))
-    experiment = ExperimentDir(folder, "toy", may_change=frozenset({"models", "arms"}))
+    (folder / "victims").mkdir(parents=True)
+    (folder / "toy-config.json").write_text(json.dumps({"models": 1}))
+    for arm in ("distilled", "real", "control"):
+        (folder / "victims" / f"{arm}-100-m0.json").write_text("{}")
+    hook = privacy_app.Privacy.held_before_record
+    experiment = ExperimentDir(folder, "toy", may_change=frozenset({"models", "arms"}), held_before_record=hook)
     with caplog.at_level("WARNING", logger="frepo"):
         experiment.open(Settings(arms="real"))
     experiment.close()
     (message,) = caplog.messages
-    assert "holds results for --arms distilled,start,real,control; this summary covers --arms real only" in message
+    assert "holds results for --arms distilled,real,control; this summary covers --arms real only" in message
 
 
 def test_victims_recorded_before_threshold_start_still_make_a_table(tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,16 @@ class ExperimentDir:
     run may always resume with: device, data folder, download), and finished units of work as JSON files, so
     rerunning the same command picks up where it stopped."""
 
-    def __init__(self, path: str | Path, kind: str, may_change: frozenset[str] = frozenset()):
+    def __init__(
+        self,
+        path: str | Path,
+        kind: str,
+        may_change: frozenset[str] = frozenset(),
+        held_before_record: dict[str, Callable[[Path], Any]] | None = None,
+    ):
         self.path, self.kind, self.may_change = Path(path), kind, may_change
+        # a unit setting added after some folders were made: what such a folder holds, read from its units on disk
+        self.held_before_record = held_before_record or {}
         self.config_path = self.path / f"{kind}-config.json"
         # what the units of `may_change` settings asked for so far add up to (orders 0,1 then 2: 0,1,2)
         self.held_path = self.path / f"{kind}-held.json"
@@ -76,7 +85,7 @@ class ExperimentDir:
                         "another --out, or delete that folder to start over"
                     )
                 self._check_types(config, previous)
-                held = self._held(previous, config)
+                held = self._held(previous)
             elif any(p.name != LOCK for p in self.path.iterdir()):
                 raise FrepoError(f"--out {self.path} is not empty and holds no {self.kind} experiment")
             else:
@@ -107,11 +116,13 @@ class ExperimentDir:
             raise self._damaged(exc) from exc
         return previous
 
-    def _held(self, previous: dict, config: Any) -> dict:
+    def _held(self, previous: dict) -> dict:
         """The units held so far, by setting (a folder from before this record: its recorded settings; one from
-        before a unit setting existed, such as privacy's arms: the setting's default, which it ran)."""
-        defaults = to_dict(type(config)())
-        fallback = {name: previous.get(name, defaults.get(name)) for name in self.may_change}
+        before a unit setting existed, such as privacy's arms: what its units on disk say, `held_before_record`)."""
+        fallback = {name: previous[name] for name in self.may_change if name in previous}
+        for name, read in self.held_before_record.items():
+            if name not in previous:
+                fallback[name] = read(self.path)
         if not self.held_path.is_file():
             return fallback
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -33,6 +34,8 @@ class Experiment:
     settings_type: ClassVar[type]  # the settings dataclass (its fields: dataset, ipc, steps, batch_size, ...)
     presets: ClassVar[dict[str, dict[str, Any]]]
     may_change: ClassVar[frozenset[str]] = frozenset()  # settings that only add or drop units of work
+    # for a unit setting added later: what a folder made before it holds, read from its units (ExperimentDir)
+    held_before_record: ClassVar[dict[str, Callable[[Path], Any]]] = {}
 
     def __init__(self, config: Any, out: str | Path, progress: bool = False):
         config.validate()
@@ -40,7 +43,9 @@ class Experiment:
             lr = distill_presets.resolve(config.dataset, config.ipc, overrides={"steps": config.steps}).lr
             config = dataclasses.replace(config, lr=lr)
         self.config, self.out, self.progress = config, Path(out), progress
-        self.folder = ExperimentDir(self.out, self.kind, may_change=self.may_change)
+        self.folder = ExperimentDir(
+            self.out, self.kind, may_change=self.may_change, held_before_record=self.held_before_record
+        )
 
     # ---- what each app states ---------------------------------------------------------------------
     def work(self) -> dict:

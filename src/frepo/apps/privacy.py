@@ -173,6 +173,8 @@ class Privacy(Experiment):
 
     kind, settings_type, presets = "privacy", PrivacyConfig, PRESETS
     may_change = frozenset({"victim_steps", "models", "arms"})  # more step counts, victims or arms only add units
+    # A folder from before --arms ran the arms of its time (before the start arm: distilled, real, control).
+    held_before_record = {"arms": lambda folder: ",".join(a for a in ARMS if any((folder / "victims").glob(f"{a}-*")))}
 
     def __init__(self, config: PrivacyConfig, out: str | Path, progress: bool = False):
         super().__init__(config, out, progress)
