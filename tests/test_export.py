@@ -4,6 +4,7 @@ the original's accuracy under the same seed; the PNGs open in PIL and are `frepo
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -152,6 +153,22 @@ def test_show_and_export_read_an_export(tmp_path, capsys):
             frepo.export(tmp_path / "pt" / name, tmp_path / "pt" / "sub", "npz")
     frepo.export(tmp_path / "pt", tmp_path / "pt", "pt")  # in place: read first, then replaced whole
     assert torch.equal(load_export(tmp_path / "pt").images, ds.images)
+
+
+def test_an_export_into_a_run_folder_is_refused_through_links(tmp_path):
+    """A run's set reached through a link from outside, and a run whose set is a link to a file elsewhere: the
+    folder refused is the run's either way (a folder holding distilled.safetensors is a run to frepo)."""
+    _, path = _learned(tmp_path)
+    run, other = tmp_path / "run", tmp_path / "other"
+    run.mkdir()
+    other.mkdir()
+    shutil.copy(path, run / "distilled.safetensors")
+    (tmp_path / "link.safetensors").symlink_to(run / "distilled.safetensors")
+    (other / "distilled.safetensors").symlink_to(path)
+    for source, folder in ((tmp_path / "link.safetensors", run), (other / "distilled.safetensors", other)):
+        with pytest.raises(FrepoError, match="is inside the set's own folder"):
+            frepo.export(source, folder / "sub", "npz")
+    frepo.export(tmp_path / "link.safetensors", tmp_path / "beside", "npz")  # outside both: allowed
 
 
 def test_show_and_export_read_another_tools_set_as_evaluate_does(tmp_path, capsys, monkeypatch):

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import gc
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -103,7 +104,7 @@ class Distiller:
             config = dataclasses.replace(config, eval_steps=recorded)
         config.validate()
         if config.data.data_dir is not None:  # recorded whole: its sets find their dataset from any folder
-            folder = str(Path(config.data.data_dir).expanduser().resolve())
+            folder = os.path.abspath(os.path.expanduser(config.data.data_dir))  # a link stays a link
             config = dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=folder))
         # A config built by hand gets the reference's flip table, as presets.resolve gives it; a run of one made
         # before that default recorded null and ran without the flip (bool(None)): it goes on so.

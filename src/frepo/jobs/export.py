@@ -21,15 +21,18 @@ def check_outside(source: str | os.PathLike, out: str | os.PathLike) -> None:
     from ..io.export import MANIFEST
     from ..io.foreign.load import is_run
 
-    folder = Path(source).resolve()  # a link to a run's file: the run's folder
-    if not folder.is_dir():
-        folder = folder.parent
-        if not ((folder / MANIFEST).is_file() or is_run(folder)):
-            return  # a file among others: the folder is no set's
-    if str(out).strip() and folder in Path(out).resolve().parents:
-        raise FrepoError(
-            f"--to {out} is inside the set's own folder {folder}, which would then hold it; use a folder outside it"
-        )
+    if not str(out).strip():
+        return
+    target = Path(out).resolve()
+    # The path as given and, for a link, what it points to: either one's folder may be a set's.
+    for path in dict.fromkeys((Path(source).absolute(), Path(source).resolve())):
+        folder = path.resolve() if path.is_dir() else path.parent.resolve()
+        if not path.is_dir() and not ((folder / MANIFEST).is_file() or is_run(folder)):
+            continue  # a file among others: the folder is no set's
+        if folder in target.parents:
+            raise FrepoError(
+                f"--to {out} is inside the set's own folder {folder}, which would then hold it; use a folder outside it"
+            )
 
 
 def export(

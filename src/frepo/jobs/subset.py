@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -143,7 +142,7 @@ def make_subset(
         raise FrepoError("feature_steps must be >= 0 and feature_width >= 1")
     data.validate()
     if data.data_dir is not None:  # recorded whole, as a run's: the set finds its dataset from any folder
-        data = dataclasses.replace(data, data_dir=str(Path(data.data_dir).expanduser().resolve()))
+        data = dataclasses.replace(data, data_dir=os.path.abspath(os.path.expanduser(data.data_dir)))
     prepared = prepare(data)
     raw = prepared.raw
     # An ImageNet-sized split stays uint8 (memory-mapped) and is preprocessed a batch at a time; the
