@@ -198,6 +198,26 @@ def test_bad_output_paths_are_refused_before_the_work(tmp_path, capsys, monkeypa
         one_line(capsys, main(out), "cannot write into the folder of --out /proc: files cannot be created in it")
 
 
+def test_a_command_that_fails_leaves_no_folders_its_outputs_would_have_needed(tmp_path, capsys):
+    """The output paths are checked before the work without being made: a failed evaluation of a missing set
+    with --json new/deeper/eval.json left the empty folders new/deeper behind."""
+    new = tmp_path / "new"
+    out = ["evaluate", str(tmp_path / "missing.safetensors"), "--json", str(new / "deeper" / "eval.json")]
+    one_line(capsys, main([*out, "--csv", str(new / "other" / "eval.csv")]), "file not found")
+    assert not new.exists()
+    # Still checked where the folder would be made: a read-only ancestor is refused before the work.
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not os.access(locked, os.W_OK):  # root writes anywhere
+            subset = ["subset", "--dataset", "digits", "--ipc", "1", "--out", str(locked / "a" / "s.safetensors")]
+            one_line(capsys, main(subset), f"cannot write into the folder of --out {locked / 'a'}: Permission denied")
+    finally:
+        locked.chmod(0o700)
+    assert list(locked.iterdir()) == []
+
+
 def test_torch_s_own_full_disk_errors_are_named(tmp_path, monkeypatch):
     """On a full tmpfs torch.save fails with "unexpected pos 99392 vs 99280" (seen here): a RuntimeError
     from a writer on a (nearly) full filesystem is named as what it is."""

@@ -83,27 +83,40 @@ def writable_folder(path: str | os.PathLike, what: str = "output") -> Path:
         raise WriteError(f"{what} {path} exists and is not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".frepo-probe.", suffix=TEMP_SUFFIX, dir=path)
+    except OSError as exc:
+        raise WriteError(f"cannot write into {what} {path}: {write_failure(exc)}") from exc
+    _probe(path, path, what)
+    return path
+
+
+def _probe(folder: Path, named: Path, what: str) -> None:
+    """Check that a file can be made in `folder` (made and removed at once); the error names `named`."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".frepo-probe.", suffix=TEMP_SUFFIX, dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
         # A folder that exists yet answers "no such file" to a new file is a virtual one (/proc, /sys)
-        virtual = exc.errno == errno.ENOENT and path.is_dir()
+        virtual = exc.errno == errno.ENOENT and folder.is_dir()
         reason = "files cannot be created in it" if virtual else write_failure(exc)
-        raise WriteError(f"cannot write into {what} {path}: {reason}") from exc
-    return path
+        raise WriteError(f"cannot write into {what} {named}: {reason}") from exc
 
 
 def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
-    """Check, before long work starts, that `path` can be written later (its folder is writable and it is
-    not a folder itself)."""
+    """Check, before long work starts, that `path` can be written later: it is not a folder, and its folder is
+    writable or can be made (checked in the nearest folder that exists: nothing is made now, so a command that
+    fails later leaves no empty folders behind; the write itself makes them)."""
     typed = os.fspath(path)
     if not typed or typed.endswith(("/", os.sep)):  # Path() drops both: '' became '.', 'new/' a file 'new'
         raise WriteError(f"{what} {typed!r} names no file; give a file name")
     path = Path(path)
     if path.is_dir():
         raise WriteError(f"{what} {path} is a folder; give a file name")
-    writable_folder(path.parent, f"the folder of {what}")
+    folder = path.absolute().parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
+    if not existing.is_dir():  # a file, or a link to nothing, stands where the path needs a folder
+        raise WriteError(f"cannot write into the folder of {what} {path.parent}: {existing} exists and is not a folder")
+    _probe(existing, path.parent, f"the folder of {what}")
     return path
 
 
