@@ -5,6 +5,7 @@ interruption, the JSON contract, and bad input as one line."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 
 import numpy as np
@@ -448,6 +449,16 @@ def test_the_distillations_learning_rate_follows_the_budget_unless_given(tmp_pat
     experiment.distilled(0, 0, [3, 7])
     (config_file,) = (tmp_path / "run").rglob("config.json")
     assert json.loads(config_file.read_text())["lr"] == budget_lr(CL["steps"])
+
+
+def test_an_experiment_records_a_relative_data_dir_whole(tmp_path, monkeypatch):
+    """As a run and a subset record it: <kind>-config.json and the summary's settings name the folder the data
+    came from, whichever folder the experiment is resumed or read from."""
+    monkeypatch.chdir(tmp_path)
+    continual = Continual(ContinualConfig(**{**CL, "data_dir": "data"}), tmp_path / "c")
+    privacy = privacy_app.Privacy(privacy_app.PrivacyConfig(**{**MIA, "data_dir": "~/data"}), tmp_path / "p")
+    assert continual.settings()["settings"]["data_dir"] == str(tmp_path / "data")
+    assert privacy.settings()["settings"]["data_dir"] == os.path.join(os.path.expanduser("~"), "data")
 
 
 def test_a_continual_budget_without_the_frepo_arm_names_no_distillation(tmp_path):

@@ -20,6 +20,7 @@ from ..base.fields import to_dict
 from ..base.version import __version__
 from ..config import DistillConfig
 from ..config import presets as distill_presets
+from ..data import whole_data_dir
 from ..io.artifact import DistilledSet, load_distilled
 from ..jobs.distill import distill, warn_of_cpu_budget
 from .common import ExperimentDir, resolve, save_plot, write_text
@@ -42,6 +43,8 @@ class Experiment:
         if config.lr is None:  # the rate `frepo distill` resolves for this budget, kept with the settings
             lr = distill_presets.resolve(config.dataset, config.ipc, overrides={"steps": config.steps}).lr
             config = dataclasses.replace(config, lr=lr)
+        # recorded whole in <kind>-config.json and the summary, as a run's (the folder may resume with another)
+        config = dataclasses.replace(config, data_dir=whole_data_dir(config.data_dir))
         self.config, self.out, self.progress = config, Path(out), progress
         self.folder = ExperimentDir(
             self.out, self.kind, may_change=self.may_change, held_before_record=self.held_before_record

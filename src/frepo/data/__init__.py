@@ -13,7 +13,7 @@ import torch
 from ..base.errors import FrepoError
 from ..config import STREAM_AUTO_BYTES, DataConfig
 from .preprocess import Preprocessing, Rows, cached_preprocessing, fit_preprocessing, resolve_kind
-from .registry import BUILTIN, RawDataset, default_data_dir, load_dataset
+from .registry import BUILTIN, RawDataset, default_data_dir, load_dataset, whole_data_dir
 from .splits import Holdout, holdout_split
 from .stream import StreamingImages, split_view
 
@@ -27,6 +27,7 @@ __all__ = [
     "fit_preprocessing",
     "load_dataset",
     "prepare",
+    "whole_data_dir",
 ]
 
 

@@ -79,6 +79,12 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("FREPO_CACHE", Path.home() / ".cache" / "frepo"))
 
 
+def whole_data_dir(data_dir: str | None) -> str | None:
+    """A `--data-dir` as a record keeps it: absolute, so a set or experiment made with a relative one finds its
+    dataset from any folder; `~` expanded, a link kept as the link (recorded, not where it points today)."""
+    return None if data_dir is None else os.path.abspath(os.path.expanduser(data_dir))
+
+
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> RawDataset:
     """Load a dataset by registry name, .npz path or ImageFolder directory."""
     data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()

@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import gc
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from ..base.perf import AllocatorPolicy, release_free_heap
 from ..base.signals import stop_on_signal
 from ..config import DistillConfig, presets
 from ..config.presets import default_flip
-from ..data import PreparedData, prepare
+from ..data import PreparedData, prepare, whole_data_dir
 from ..eval import EvalConfig
 from ..eval.results import count_of
 from ..io.artifact import HOST, DistilledSet, load_distilled, save_distilled
@@ -103,9 +102,9 @@ class Distiller:
             # Not given: a run made before the budget-aware default (which recorded 1000) keeps its own.
             config = dataclasses.replace(config, eval_steps=recorded)
         config.validate()
-        if config.data.data_dir is not None:  # recorded whole: its sets find their dataset from any folder
-            folder = os.path.abspath(os.path.expanduser(config.data.data_dir))  # a link stays a link
-            config = dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=folder))
+        config = dataclasses.replace(
+            config, data=dataclasses.replace(config.data, data_dir=whole_data_dir(config.data.data_dir))
+        )
         # A config built by hand gets the reference's flip table, as presets.resolve gives it; a run of one made
         # before that default recorded null and ran without the flip (bool(None)): it goes on so.
         if config.use_flip is None and RunDir(out).recorded("use_flip", absent=NOT_RECORDED) is not None:

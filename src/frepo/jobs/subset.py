@@ -30,7 +30,7 @@ from ..base.fields import check_type, to_dict
 from ..base.log import messages_shown
 from ..base.rng import generator
 from ..config import DataConfig
-from ..data import StreamingImages, prepare
+from ..data import StreamingImages, prepare, whole_data_dir
 from ..eval.training import NetworkUpdate, Schedule, train
 from ..io.artifact import DistilledSet
 from ..method.synthetic import check_class_sizes, pick_real
@@ -141,8 +141,7 @@ def make_subset(
     if feature_steps < 0 or feature_width < 1:
         raise FrepoError("feature_steps must be >= 0 and feature_width >= 1")
     data.validate()
-    if data.data_dir is not None:  # recorded whole, as a run's: the set finds its dataset from any folder
-        data = dataclasses.replace(data, data_dir=os.path.abspath(os.path.expanduser(data.data_dir)))
+    data = dataclasses.replace(data, data_dir=whole_data_dir(data.data_dir))  # recorded whole, as a run's
     prepared = prepare(data)
     raw = prepared.raw
     # An ImageNet-sized split stays uint8 (memory-mapped) and is preprocessed a batch at a time; the
