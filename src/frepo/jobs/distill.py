@@ -102,6 +102,7 @@ class Distiller:
             # Not given: a run made before the budget-aware default (which recorded 1000) keeps its own.
             config = dataclasses.replace(config, eval_steps=recorded)
         config.validate()
+        # --data-dir recorded whole: the run's sets find their dataset from any folder
         config = dataclasses.replace(
             config, data=dataclasses.replace(config.data, data_dir=whole_data_dir(config.data.data_dir))
         )
