@@ -81,9 +81,11 @@ def build_cache(root: Path) -> None:
 
 def commands(root: Path, out: Path) -> list[tuple[str, list[str], int]]:
     """(name, arguments of `--run`, rows read) of each measured command."""
+    from frepo.data.splits import default_val_size
+
     data = ["--dataset", "imagenet64", "--data-dir", str(root)]
     subset = out / "random-ipc1.safetensors"
-    val = N_TRAIN // 10
+    val = default_val_size(N_TRAIN)  # the hold-out the commands get (no --val-size)
     api = "from frepo.jobs.subset import make_subset; from frepo.config import DataConfig; "
     herding = []
     for method in ("herding", "kcenter"):
@@ -91,10 +93,10 @@ def commands(root: Path, out: Path) -> list[tuple[str, list[str], int]]:
             api + f"make_subset(DataConfig(dataset='imagenet64', data_dir={str(root)!r}, preprocess='standard', "
             f"classes='0,1,2,3,4,5,6,7,8,9', stream='on'), 1, {method!r}, feature_steps=50, device='cpu')"
         )
-        herding.append((f"subset {method}, 10 classes", ["python", code], 12_810))
+        herding.append((f"subset {method}, 10 classes", ["python", code], (N_TRAIN - val) // 100))
     return [
         ("subset random", ["frepo", "subset", *data, "--method", "random", "--ipc", "1", "--preprocess", "standard",
-                           "--out", str(subset)], N_TRAIN),
+                           "--out", str(subset)], N_TRAIN - val),
         *herding,
         ("evaluate, test split", ["frepo", "evaluate", str(subset), "--data-dir", str(root), "--models", "1",
                                   "--steps", "10"], N_TEST),

@@ -79,7 +79,7 @@ RESULT_KEYS = {
     "together": "whether the networks trained at once (--together)",
     "together_mode": "how: stacked or streams; null when one after the other",
     "networks_read_back": "networks finished before an interruption and read back",
-    "use_flip": "frepo and krr protocols: the flip trick's augmentation of the set",
+    "use_flip": "krr protocol: the flip trick's augmentation of the support set (as the set was distilled)",
     "epochs": "dsa protocol: training epochs",
     "soft_labels": "dsa protocol: trained on the set's learned labels as distributions",
     "dsa_strategy": "dsa protocol: the augmentation strategy",

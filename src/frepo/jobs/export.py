@@ -47,7 +47,7 @@ def export(
     images in `space` (pt only; default: `frepo.io.export.default_space`); returns the manifest's path.
 
     `ds`: a DistilledSet, frepo's file, a run directory (its set), an export folder, or another tool's file
-    read as `frepo.evaluate` reads it: `export(file, out, "pt", dataset="cifar10", preprocess="zca")` (the
+    read as `frepo.evaluate` reads it: `export(file, out, "pt", dataset="cifar10", preprocess="reference")` (the
     options of `SourceConfig`, as keywords as `frepo.evaluate` takes them, or `source=SourceConfig(...)`)."""
     check_argument("ds", ds, (DistilledSet, str, os.PathLike), "a DistilledSet or the path of a set")
     source = copy.deepcopy(source) if isinstance(source, SourceConfig) else source
