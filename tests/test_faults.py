@@ -218,6 +218,36 @@ def test_a_command_that_fails_leaves_no_folders_its_outputs_would_have_needed(tm
     assert list(locked.iterdir()) == []
 
 
+def test_an_output_never_replaces_what_a_run_or_an_export_keeps_or_the_file_read(tmp_path, capsys):
+    """An output named as a run's own file, an export's, or the command's input was written over it, exit 0:
+    `evaluate RUN --json RUN/distilled.safetensors` replaced the set it had just evaluated with JSON, `report
+    RUN --out checkpoint.pt` the run's checkpoint with Markdown, `subset --out RUN/distilled.safetensors` the
+    run's set with a random subset."""
+    run = tmp_path / "run"
+    assert main(distill_args(run, "--dataset", "digits")) == 0
+    assert main(["export", str(run), "--to", str(tmp_path / "ex"), "--format", "pt", "--space", "frepo"]) == 0
+    kept = {f: (run / f).read_bytes() for f in ("distilled.safetensors", "checkpoint.pt", "config.json")}
+    capsys.readouterr()
+    evaluate = ["evaluate", str(run), "--models", "1", "--steps", "2"]
+    for name in kept:
+        one_line(capsys, main([*evaluate, "--json", str(run / name)]), f"is a file of the run in {run}")
+        one_line(capsys, main(["report", str(run), "--out", name]), f"is a file of the run in {run}")
+    subset = ["subset", "--dataset", "digits", "--ipc", "1", "--out"]
+    one_line(capsys, main([*subset, str(run / "best.safetensors")]), "is a file of the run")
+    one_line(capsys, main([*subset, str(run / "distilled.safetensors")]), "is a file of the run")
+    one_line(capsys, main([*evaluate, "--csv", str(tmp_path / "ex" / "export.json")]), "is a file of the export")
+    copy = tmp_path / "set.safetensors"
+    copy.write_bytes(kept["distilled.safetensors"])
+    one_line(capsys, main(["evaluate", str(copy), "--json", str(copy)]), "is the file this command reads")
+    one_line(capsys, main(["show", str(copy), "--out", str(copy)]), "is the file this command reads")
+    both = tmp_path / "same.out"
+    one_line(capsys, main([*evaluate, "--json", str(both), "--csv", str(both)]), "the second would replace the first")
+    assert {f: (run / f).read_bytes() for f in kept} == kept and not both.exists()
+    # Other names beside a run stay open: its evaluations and report are written there by design.
+    assert main([*evaluate, "--json", str(run / "eval.json")]) == 0 and (run / "eval.json").is_file()
+    assert main(["report", str(run)]) == 0
+
+
 def test_torch_s_own_full_disk_errors_are_named(tmp_path, monkeypatch):
     """On a full tmpfs torch.save fails with "unexpected pos 99392 vs 99280" (seen here): a RuntimeError
     from a writer on a (nearly) full filesystem is named as what it is."""

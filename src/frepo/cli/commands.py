@@ -62,12 +62,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..eval import EvalConfig
     from ..eval.results import results_table, write_csv, write_json
     from ..jobs.evaluate import SourceConfig, configure, run
+    from ..jobs.runs import check_not_kept
 
     # Built and validated once, and the output paths checked, before any data is loaded.
     config, source = configure(**explicit(args, EvalConfig(), SourceConfig()))
     for flag, path in (("--json", args.json), ("--csv", args.csv)):
         if path is not None:
             check_output_file(path, flag)
+            check_not_kept(path, flag, inputs=(args.file,))
+    if args.json is not None and args.csv is not None and Path(args.json).absolute() == Path(args.csv).absolute():
+        raise FrepoError(f"--json and --csv both name {args.json}: the second would replace the first")
 
     def deliver(results: list) -> None:  # before the record of finished networks is removed
         first = results[0].extra
@@ -91,9 +95,11 @@ def cmd_subset(args: argparse.Namespace) -> int:
     from ..config import DataConfig
     from ..eval.results import count_of
     from ..io.artifact import save_distilled
+    from ..jobs.runs import check_not_kept
     from ..jobs.subset import make_subset
 
     check_output_file(args.out, "--out")
+    check_not_kept(args.out, "--out")
     if Path(args.out).suffix not in ("", ".safetensors"):  # sub/x.png held a safetensors file
         raise FrepoError(f"--out {args.out}: the subset is written as a frepo set; name it .safetensors")
     data = DataConfig(
@@ -178,13 +184,14 @@ def _read_set(path: str | Path, args: argparse.Namespace):
 def cmd_show(args: argparse.Namespace) -> int:
     from ..io.export import find_manifest
     from ..io.foreign.load import is_run, run_set
-    from ..jobs.runs import RunDir
+    from ..jobs.runs import RunDir, check_not_kept
     from ..jobs.visualize import animate, grid_format, save_grid
 
     if args.per_class < 1:
         raise FrepoError(f"--per-class must be >= 1, got {args.per_class}")
     if args.out is not None:
         check_output_file(args.out, "--out")
+        check_not_kept(args.out, "--out", inputs=(args.path,))
         if not Path(args.out).suffix:  # as matplotlib's savefig: `--out grid` is grid.png (grid.gif animated)
             args.out = str(Path(args.out).with_suffix(".gif" if args.animate else ".png"))
         if not args.animate:

@@ -228,7 +228,7 @@ def export(ds: DistilledSet | str | Path, out: str | Path, layout: str, space: s
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise FrepoError(f"--to {out} is not empty and holds no frepo export; use another folder")
     if (out / MANIFEST).is_file():  # replaced whole: nothing but the old export may be in it
-        others = sorted(set(p.name for p in out.iterdir()) - _export_entries(out))
+        others = sorted(set(p.name for p in out.iterdir()) - export_entries(out))
         if others:
             raise FrepoError(
                 f"--to {out} holds files besides its export ({', '.join(others[:5])}), which exporting again "
@@ -294,7 +294,7 @@ def export(ds: DistilledSet | str | Path, out: str | Path, layout: str, space: s
     return out / MANIFEST
 
 
-def _export_entries(folder: Path) -> set[str]:
+def export_entries(folder: Path) -> set[str]:
     """The top-level names the export in `folder` wrote, by its manifest (an unreadable one: none)."""
     try:
         return _entries(read_manifest(folder / MANIFEST))

@@ -17,7 +17,7 @@ from ..base.atomic import atomic_write, atomic_write_text
 from ..base.errors import FrepoError
 from ..base.lock import holder
 from ..eval.results import count_of, mean_std
-from .runs import ENVIRONMENT, RunDir
+from .runs import ENVIRONMENT, RunDir, check_not_kept
 
 LOSS_KEYS = ("loss", "kernel_loss", "online_loss")
 
@@ -312,6 +312,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     out = Path(out) if out else run.path / "report.md"
     if out.resolve().parent != run.path.resolve():
         raise FrepoError("the report goes into the run directory, next to its images; pass a file name inside it")
+    check_not_kept(out, "the report's file")
     plots = curves(records, run.path)
     png = run.path / "distilled.png"
     grid: Path | None = png if png.is_file() else None

@@ -126,6 +126,29 @@ def default_run_dir(config: DistillConfig) -> Path:
     return Path("runs") / f"{name}-ipc{config.ipc}"
 
 
+# The files a run directory keeps: an output written over one of them loses the run or its set.
+KEPT = ("config.json", "checkpoint.pt", "metrics.jsonl", "distilled.safetensors", "best.safetensors", LOCK)
+
+
+def check_not_kept(path: str | Path, what: str, inputs: tuple[str | Path, ...] = ()) -> None:
+    """Refuse an output file `path` that would overwrite what frepo keeps: one of the command's `inputs`, a
+    file a run keeps (`KEPT`, in a folder that holds a run) or a file an export wrote (in an export folder).
+    `frepo evaluate RUN --json RUN/distilled.safetensors` replaced the set it had just evaluated with JSON;
+    `frepo report RUN --out checkpoint.pt`, the run's checkpoint with Markdown."""
+    from ..io.export import MANIFEST, export_entries
+    from ..io.foreign.load import is_run
+
+    path = Path(path)
+    for given in inputs:
+        if path.exists() and Path(given).exists() and path.samefile(given):
+            raise FrepoError(f"{what} {path} is the file this command reads; give another name")
+    folder = path.parent
+    if path.name in KEPT and (folder / "config.json").is_file() and is_run(folder):
+        raise FrepoError(f"{what} {path} is a file of the run in {folder}; give another name")
+    if (folder / MANIFEST).is_file() and path.name in export_entries(folder):
+        raise FrepoError(f"{what} {path} is a file of the export in {folder}; give another name")
+
+
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
