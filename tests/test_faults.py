@@ -111,6 +111,32 @@ def test_a_damaged_checkpoint_is_one_short_line(tmp_path, capsys, damage, why):
     assert "weights_only" not in line and "delete it to restart the run" in line
 
 
+def test_a_checkpoint_damaged_inside_or_cut_short_is_named_so(tmp_path, capsys):
+    """torch.load checks no CRC: a byte flipped in the synthetic images resumed, went NaN, and the error then
+    named that checkpoint "the last good" one and advised a lower --lr. A cut one said torch's zip reader's
+    message cut at 160 characters."""
+    import zipfile
+
+    out = tmp_path / "run"
+    assert main(distill_args(out, "--steps", 2)) == 0
+    path = out / "checkpoint.pt"
+    good = path.read_bytes()
+    with zipfile.ZipFile(path) as archive:
+        entry = max(archive.infolist(), key=lambda info: info.file_size)  # a tensor's bytes
+    start = entry.header_offset + 30 + len(entry.filename.encode()) + len(entry.extra)  # its local header's end
+    flipped = bytearray(good)
+    flipped[start + entry.compress_size // 2] ^= 0x40
+    path.write_bytes(bytes(flipped))
+    capsys.readouterr()
+    resume = distill_args(out, "--steps", 4, "--resume-with-changes")
+    line = one_line(capsys, main(resume), f"its entry {entry.filename} fails its CRC-32 check")
+    assert "delete it to restart the run" in line
+    path.write_bytes(good[: len(good) // 2])
+    one_line(capsys, main(resume), "a zip archive cut short (truncated)")
+    path.write_bytes(good)
+    assert main(resume) == 0
+
+
 def test_a_damaged_final_file_of_a_finished_run_is_written_again(tmp_path, capsys):
     """The run said "already complete" over a truncated distilled.safetensors, and evaluate then failed."""
     out = tmp_path / "run"
@@ -124,6 +150,14 @@ def test_a_damaged_final_file_of_a_finished_run_is_written_again(tmp_path, capsy
     assert "writing it again from the final checkpoint" in capsys.readouterr().err
     assert torch.equal(load_distilled(final).images, images)
     assert (out / "metrics.jsonl").read_text() == metrics  # no second final validation
+    # Another valid set over it (a subset copied there) was "already complete" too.
+    other = tmp_path / "other.safetensors"
+    assert main(["subset", "--dataset", "digits", "--ipc", "1", "--out", str(other), "--seed", "5"]) == 0
+    final.write_bytes(other.read_bytes())
+    capsys.readouterr()
+    assert main(distill_args(out, "--steps", 2)) == 0
+    assert "holds another set than this run's final one; writing it again" in capsys.readouterr().err
+    assert torch.equal(load_distilled(final).images, images)
 
 
 def test_a_resume_on_other_training_data_is_refused(tmp_path, capsys, monkeypatch):

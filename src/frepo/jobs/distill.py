@@ -500,13 +500,19 @@ class Distiller:
         return metrics
 
     def _distilled_intact(self) -> bool:
-        """Whether the run's final file reads back; a damaged one is written again from the final checkpoint
-        (without the end's validation, which the checkpoint's step has had)."""
+        """Whether the run's final file reads back as the final checkpoint's set; a damaged or another one is
+        written again from the final checkpoint (without the end's validation, which the checkpoint's step has
+        had)."""
         path = self.run_dir.distilled_path
         try:
-            load_distilled(path)
+            on_disk = load_distilled(path)
         except FrepoError as exc:
             log.warning(f"frepo: {exc}; writing it again from the final checkpoint")
+            return False
+        final = self.host_set()
+        if not (torch.equal(on_disk.images, final.images) and torch.equal(on_disk.labels, final.labels)):
+            # another set copied over it (a subset, another run's): the run said it was complete and its set
+            log.warning(f"frepo: {path} holds another set than this run's final one; writing it again")
             return False
         return True
 

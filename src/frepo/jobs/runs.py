@@ -16,6 +16,7 @@ import platform
 import re
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,8 +77,27 @@ def _unreadable_why(path: Path, exc: Exception) -> str:
     if path.is_file() and path.stat().st_size == 0:
         return "an empty file"
     lines = str(exc).strip().splitlines()
-    detail = lines[0][:160] if lines and "weights_only" not in str(exc) else type(exc).__name__
+    first = lines[0] if lines else ""
+    first = first if len(first) <= 160 else first[:159] + "…"  # cut mid-sentence, said so
+    detail = first if first and "weights_only" not in str(exc) else type(exc).__name__
     return f"corrupt, truncated or not a frepo checkpoint ({detail})"
+
+
+def _check_archive(path: Path) -> None:
+    """Raise ValueError when the checkpoint, a zip archive as torch.save writes it, fails its own CRC-32
+    checks: torch.load does not check them, and a flipped byte in the synthetic images resumed, went NaN,
+    and was then named "the last good checkpoint". A file that is no zip at all is left to torch.load."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except zipfile.BadZipFile:
+        with open(path, "rb") as fh:
+            zipped = fh.read(4) == b"PK\x03\x04"
+        if zipped:
+            raise ValueError("a zip archive cut short (truncated)") from None
+        return
+    if damaged is not None:
+        raise ValueError(f"its entry {damaged} fails its CRC-32 check (damaged on disk)")
 
 
 def _onednn_version() -> str | None:
@@ -244,6 +264,7 @@ class RunDir:
 
     def load_checkpoint(self) -> dict:
         try:
+            _check_archive(self.checkpoint_path)
             state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
         except OSError as exc:  # unreadable, not damaged: the checkpoint may well be good
             raise FrepoError(f"cannot read {self.checkpoint_path}: {exc.strerror or exc}") from exc
