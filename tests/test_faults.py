@@ -462,6 +462,25 @@ def test_after_a_nan_stop_a_lower_lr_continues_with_resume_with_changes(tmp_path
     )
 
 
+def test_a_nan_stop_before_any_checkpoint_says_there_is_none(tmp_path, capsys, monkeypatch):
+    """It said "the last good checkpoint is kept" with none on disk, and gave no advice, when the checkpoint's
+    own check found the set non-finite first."""
+    from frepo.method import optim
+
+    original = optim.Lamb.update
+
+    def poisoned(self, *scalars):
+        original(self, *scalars)
+        self.param_groups[0]["params"][0].data.fill_(float("nan"))
+
+    monkeypatch.setattr(optim.Lamb, "update", poisoned)
+    out = tmp_path / "run"
+    line = one_line(capsys, main(distill_args(out, "--log-every", 4)), "the synthetic set became NaN/inf at step 2")
+    assert "no checkpoint yet. Try a lower --lr" in line and not (out / "checkpoint.pt").exists()
+    line = one_line(capsys, main(distill_args(tmp_path / "again")), "the loss became NaN/inf at step 1")
+    assert "no checkpoint yet" in line
+
+
 # ---- 6. checkpoints of the wrong structure ---------------------------------------------------------
 @pytest.mark.parametrize(
     "edit, fragment",

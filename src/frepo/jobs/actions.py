@@ -126,6 +126,17 @@ def diverged(step: int, why: str, checkpoint_words: str) -> FrepoError:
     )
 
 
+def non_finite(what: str, step: int, checkpoint: str) -> str:
+    """The error of a run stopped by NaN/inf in `what` at `step`; `checkpoint`: the last good one in words, or
+    "none yet"."""
+    kept = f"the last good checkpoint ({checkpoint}) is kept" if checkpoint != "none yet" else "no checkpoint yet"
+    tail = " to continue from it" if checkpoint != "none yet" else ""
+    return (
+        f"{what} became NaN/inf at step {step}; stopped, and {kept}. Try a lower --lr or a larger --krr-reg, and "
+        f"rerun with --resume-with-changes{tail}"
+    )
+
+
 class LossWatch(Action):
     """On log steps: NaN/inf in the metrics or the set stops the run, and so does a kernel loss grown
     DIVERGENCE_FACTOR times over its first logged value. Runs before the metrics are recorded."""
@@ -140,11 +151,7 @@ class LossWatch(Action):
     def __call__(self, now: Moment) -> None:
         values = now.numbers()
         if not all(map(_isfinite, values.values())) or not self.finite():
-            raise FrepoError(
-                f"the loss became NaN/inf at step {now.step}; stopped, and the last good checkpoint "
-                f"({self.checkpoint_words()}) is kept. Try a lower --lr or a larger --krr-reg, and rerun with "
-                "--resume-with-changes to continue from it"
-            )
+            raise FrepoError(non_finite("the loss", now.step, self.checkpoint_words()))
         first, loss = self.first_kernel_loss, values["kernel_loss"]
         if first is None:
             self.first_kernel_loss = loss

@@ -45,6 +45,7 @@ from .actions import (
     Validation,
     ValidationPlan,
     load_watch_state,
+    non_finite,
     peak_memory_mb,
     reset_peak_memory,
     watch_state,
@@ -323,7 +324,7 @@ class Distiller:
 
     def checkpoint(self) -> None:
         if not self.trainer.finite():
-            raise FrepoError(f"non-finite synthetic set at step {self.step}; the last good checkpoint is kept")
+            raise FrepoError(non_finite("the synthetic set", self.step, self._checkpoint_words()))
         state = self.state_dict()  # on every rank: a per-rank pool is gathered from all of them
         if self.ctx.is_main:
             try:
