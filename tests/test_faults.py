@@ -282,6 +282,37 @@ def test_an_output_never_replaces_what_a_run_or_an_export_keeps_or_the_file_read
     assert main(["report", str(run)]) == 0
 
 
+def test_damage_inside_compressed_or_exported_files_is_one_line(tmp_path, capsys):
+    """Tracebacks before: zlib.error from a damaged np.savez_compressed dataset, np.stack's ValueError from an
+    imagefolder export with one PNG of another size, "Could not infer dtype of dict" from a pt export whose
+    images.pt held a dict."""
+    from PIL import Image
+
+    from frepo.data import load_dataset
+
+    raw = load_dataset("digits")
+    npz = tmp_path / "compressed.npz"
+    np.savez_compressed(npz, x_train=raw.x_train, y_train=raw.y_train, x_test=raw.x_test, y_test=raw.y_test)
+    damaged = bytearray(npz.read_bytes())
+    damaged[3000:3002] = bytes(b ^ 0xFF for b in damaged[3000:3002])
+    npz.write_bytes(bytes(damaged))
+    capsys.readouterr()
+    subset = ["subset", "--dataset", str(npz), "--ipc", "1", "--out", str(tmp_path / "s.safetensors")]
+    one_line(capsys, main(subset), "is corrupt or truncated")
+    assert main(["subset", "--dataset", "digits", "--ipc", "1", "--out", str(tmp_path / "set.safetensors")]) == 0
+    for layout in ("imagefolder", "pt"):
+        to = ["--to", str(tmp_path / layout), "--format", layout] + (["--space", "frepo"] if layout == "pt" else [])
+        assert main(["export", str(tmp_path / "set.safetensors"), *to]) == 0
+    png = sorted((tmp_path / "imagefolder").rglob("*.png"))[3]
+    Image.new("L", (4, 4)).save(png)
+    capsys.readouterr()
+    evaluate = ["--models", "1", "--steps", "2"]
+    name = png.relative_to(tmp_path / "imagefolder").as_posix()
+    one_line(capsys, main(["evaluate", str(tmp_path / "imagefolder"), *evaluate]), f"{name} is 4×4, the manifest")
+    torch.save({"a": 1}, tmp_path / "pt" / "images.pt")
+    one_line(capsys, main(["evaluate", str(tmp_path / "pt"), *evaluate]), "expected an array of images, found a dict")
+
+
 def test_torch_s_own_full_disk_errors_are_named(tmp_path, monkeypatch):
     """On a full tmpfs torch.save fails with "unexpected pos 99392 vs 99280" (seen here): a RuntimeError
     from a writer on a (nearly) full filesystem is named as what it is."""

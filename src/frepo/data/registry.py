@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,7 +233,7 @@ def _read_npz(path: Path) -> tuple:
             classes = _class_names(_array(archive, "classes", path), path) if "classes" in archive.files else None
     except FrepoError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, zlib.error) as exc:  # zlib: compressed
         raise FrepoError(f"cannot read {path}: the file is corrupt or truncated ({exc})") from exc
     x_train, x_test = (_as_uint8_nhwc(arrays[k], f"{path}:{k}") for k in ("x_train", "x_test"))
     y_train, y_test = (_as_labels(arrays[k], f"{path}:{k}") for k in ("y_train", "y_test"))

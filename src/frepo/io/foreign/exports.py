@@ -58,11 +58,15 @@ def _read_pngs(export: Export) -> tuple:
             f"{export.folder}: left out {shown}, which frepo export did not write: an export is read as written "
             "(to read the class folders as they are now, copy them without export.json and pass --dataset)"
         )
-    pixels = np.stack([to_array(open_image(export.folder / name), export.channels) for name in names])
-    if tuple(pixels.shape[1:3]) != export.shape[1:]:
-        raise FrepoError(
-            f"{export.folder}: the PNGs are {pixels.shape[2]}×{pixels.shape[1]}, the manifest says {export.shape}"
-        )
+    arrays = [to_array(open_image(export.folder / name), export.channels) for name in names]
+    for name, array in zip(names, arrays):  # one other size made np.stack's traceback
+        if tuple(array.shape[:2]) != export.shape[1:]:
+            raise FrepoError(
+                f"{export.folder}: {name} is {array.shape[1]}×{array.shape[0]}, the manifest says {export.shape}"
+            )
+    if not arrays:
+        raise FrepoError(f"{export.manifest_path}: the manifest names no images")
+    pixels = np.stack(arrays)
     return export.preprocessing(pixels), torch_load(export.folder / "labels.pt")
 
 

@@ -5,6 +5,7 @@ preprocessing the images are in is the registration's `claim`, checked by `load_
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ def read_npz(path: Path, shape: tuple[int, int, int], num_classes: int) -> tuple
             image, label = archive["image"], archive["label"]
     except FrepoError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # zlib: a compressed one's
         raise FrepoError(f"cannot read {path}: not an .npz file, or corrupt or truncated ({exc})") from exc
     images = check_images(image, shape, str(path), channels_last=True)
     return images, check_labels(label, len(images), num_classes, str(path))
