@@ -313,6 +313,26 @@ def test_damage_inside_compressed_or_exported_files_is_one_line(tmp_path, capsys
     one_line(capsys, main(["evaluate", str(tmp_path / "pt"), *evaluate]), "expected an array of images, found a dict")
 
 
+def test_records_edited_into_other_shapes_are_left_out_not_tracebacks(tmp_path, capsys):
+    """Valid JSON of another shape in metrics.jsonl or an eval*.json was a traceback in `frepo report`
+    (AttributeError, "Unknown format code") and at a resume (truncate_metrics)."""
+    out = tmp_path / "run"
+    assert main(distill_args(out, "--steps", 2)) == 0
+    log = out / "metrics.jsonl"
+    good = log.read_text().splitlines()
+    strangers = ["[1, 2]", '{"step": "x", "loss": "nan"}', '{"step": 1, "val_acc": "abc"}', '{"step": true}']
+    log.write_text("\n".join([good[0], *strangers, *good[1:]]) + "\n")
+    (out / "eval.json").write_text(json.dumps({"accuracies": "x", "mean": "y"}))
+    (out / "eval-2.json").write_text(json.dumps({"mean": 50.0, "std": "wide"}))
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "line(s) 2, 3, 4, 5 are not records frepo writes; left out" in err and "Traceback" not in err
+    assert "Unreadable evaluation files: eval-2.json, eval.json." in (out / "report.md").read_text()
+    assert main(distill_args(out, "--steps", 4, "--resume-with-changes")) == 0
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()][-1] == 4
+
+
 def test_torch_s_own_full_disk_errors_are_named(tmp_path, monkeypatch):
     """On a full tmpfs torch.save fails with "unexpected pos 99392 vs 99280" (seen here): a RuntimeError
     from a writer on a (nearly) full filesystem is named as what it is."""

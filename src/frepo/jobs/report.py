@@ -74,11 +74,26 @@ def load_eval_results(run_dir: Path) -> tuple[list[dict], list[str]]:
             bad.append(path.name)
             continue
         items = data.get("results", [data]) if isinstance(data, dict) else data
-        if not isinstance(items, list) or not all(isinstance(i, dict) and "mean" in i for i in items):
+        if not isinstance(items, list) or not all(map(_is_eval_row, items)):
             bad.append(path.name)
             continue
         rows += [{**item, "source": path.name} for item in items]
     return rows, bad
+
+
+def _is_eval_row(item: object) -> bool:
+    """Whether `item` is an evaluation as `frepo evaluate --json` writes it, as far as the report reads it."""
+    number = (int, float)
+    return (
+        isinstance(item, dict)
+        and type(item.get("mean")) in number
+        and type(item.get("std", 0.0)) in number
+        and type(item.get("seconds", 0.0)) in number
+        and isinstance(item.get("accuracies", []), list)
+        and type(item.get("models", 0)) is int
+        and isinstance(item.get("field_metrics") or {}, dict)
+        and isinstance(item.get("file") or "", str)
+    )
 
 
 def _config(run: RunDir) -> dict | None:

@@ -83,6 +83,17 @@ def _unreadable_why(path: Path, exc: Exception) -> str:
     return f"corrupt, truncated or not a frepo checkpoint ({detail})"
 
 
+def _is_record(record: object) -> bool:
+    """Whether `record` is a metrics line as frepo writes them: an object with an integer step whose other values
+    are numbers (or null), and a resume's `changed` object."""
+    if not isinstance(record, dict) or type(record.get("step")) is not int:
+        return False
+    return all(
+        isinstance(value, dict) if key == "changed" else value is None or type(value) in (int, float)
+        for key, value in record.items()
+    )
+
+
 def _check_archive(path: Path) -> None:
     """Raise ValueError when the checkpoint, a zip archive as torch.save writes it, fails its own CRC-32
     checks: torch.load does not check them, and a flipped byte in the synthetic images resumed, went NaN,
@@ -287,12 +298,19 @@ class RunDir:
     def read_metrics(self) -> list[dict]:
         if not self.metrics_path.is_file():
             return []
-        records = []
-        for line in self.metrics_path.read_text().splitlines():
+        records, strangers = [], []
+        for number, line in enumerate(self.metrics_path.read_text().splitlines(), 1):
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 break  # a line cut by a crash ends the log
+            if _is_record(record):
+                records.append(record)
+            else:
+                strangers.append(number)
+        if strangers:  # an edited log: a traceback in report or at a resume before
+            shown = ", ".join(map(str, strangers[:5])) + (" ..." if len(strangers) > 5 else "")
+            warn(f"{self.metrics_path}: line(s) {shown} are not records frepo writes; left out")
         return records
 
     def truncate_metrics(self, step: int) -> None:
