@@ -573,6 +573,15 @@ def test_bad_flags_are_one_line(tmp_path, capsys, flag, value, fragment):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_subset_refuses_a_device_it_cannot_use_whatever_its_method(tmp_path, capsys):
+    """The random method ignored --device: --device bogus (or cuda without CUDA) made a subset, exit 0."""
+    out = tmp_path / "s.safetensors"
+    for device in ("bogus", *(["cuda"] if not torch.cuda.is_available() else [])):
+        subset = ["subset", "--dataset", "digits", "--ipc", "1", "--out", str(out), "--device", device]
+        one_line(capsys, main(subset), f"device {device!r}")
+    assert not out.exists()
+
+
 # ---- 8 and 9. threads recorded; outputs honour the umask -------------------------------------------
 def test_environment_is_recorded_and_a_different_thread_count_warns(tmp_path, capsys):
     out = tmp_path / "run"

@@ -141,6 +141,7 @@ def make_subset(
     if feature_steps < 0 or feature_width < 1:
         raise FrepoError("feature_steps must be >= 0 and feature_width >= 1")
     data.validate()
+    dev = resolve_device(device)  # a device this machine lacks is refused by every method, before the data
     data = dataclasses.replace(data, data_dir=whole_data_dir(data.data_dir))  # recorded whole, as a run's
     prepared = prepare(data)
     raw = prepared.raw
@@ -156,7 +157,6 @@ def make_subset(
         images, labels = x_train[idx].clone(), y_train[idx].clone()
     else:
         check_class_sizes(y_train, classes, ipc, raw.classes, held_out)
-        dev = resolve_device(device)
         if feature_steps:  # minutes on a large split: said, with a bar where messages are shown (the command line)
             log.info(f"frepo: {method}: training the feature network ({feature_steps} Adam steps, --feature-steps)")
         net = feature_network(
