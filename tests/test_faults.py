@@ -538,7 +538,8 @@ def test_a_nan_stop_before_any_checkpoint_says_there_is_none(tmp_path, capsys, m
     [
         (lambda s: s.pop("sampler"), "lacks sampler"),
         (lambda s: s["pool"].update(models=s["pool"]["models"][:2]), "holds 2 pool models, this run 3"),
-        (lambda s: s.update(step=99), "step 99 is not within this run's 0..2"),
+        (lambda s: s.update(step=99), "at step 99, past this run's --steps 2; give --steps 99 or more"),
+        (lambda s: s.update(step=-1), "step -1 is not within this run's 0..2"),
         (lambda s: s["synthetic"].update(images=torch.zeros(3, 1, 8, 8)), "synthetic images"),
         (lambda s: s.clear(), "lacks step"),
     ],
@@ -550,6 +551,16 @@ def test_wrong_checkpoints_are_refused(tmp_path, capsys, edit, fragment):
     edit(state)
     torch.save(state, out / "checkpoint.pt")
     one_line(capsys, main(distill_args(out, "--steps", 2)), fragment)
+
+
+def test_a_checkpoint_without_its_config_is_named_so(tmp_path, capsys):
+    """It said the folder "holds no frepo run" beside the run's checkpoint."""
+    out = tmp_path / "run"
+    assert main(distill_args(out, "--steps", 2)) == 0
+    (out / "config.json").unlink()
+    capsys.readouterr()
+    one_line(capsys, main(distill_args(out, "--steps", 2)), "holds a checkpoint but no config.json")
+    assert (out / "checkpoint.pt").is_file()
 
 
 # ---- 7. flags ---------------------------------------------------------------------------------------

@@ -299,6 +299,14 @@ class Distiller:
                 "differ, or a decoder that now decodes them otherwise); resume with the data the run began with, "
                 "or use another --out"
             )
+        step = state.get("step")
+        past = type(step) is int and step > cfg.steps
+        if past and problems == [f"its step {step!r} is not within this run's 0..{cfg.steps}"]:
+            # --steps lowered below the progress made: advice to keep it, not to delete it
+            raise FrepoError(
+                f"{self.run_dir.checkpoint_path} is at step {step}, past this run's --steps {cfg.steps}; give "
+                f"--steps {step} or more (with --resume-with-changes), or delete it to restart the run"
+            )
         if problems:
             raise FrepoError(
                 f"{self.run_dir.checkpoint_path} does not fit this run ({'; '.join(problems)}); "

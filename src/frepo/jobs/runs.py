@@ -217,6 +217,11 @@ class RunDir:
     def check(self, config: DistillConfig, allow_changes: bool = False) -> Claim:
         """Compare `config` with the run found in the directory (writes nothing)."""
         if not self.config_path.is_file():
+            if self.checkpoint_path.is_file():  # a run's folder that lost its record: said so, not "no run"
+                raise FrepoError(
+                    f"--out {self.path} holds a checkpoint but no config.json (the run's settings), so it cannot be "
+                    "resumed; restore config.json, or delete the folder to start over"
+                )
             if any(p.name != LOCK for p in self.path.iterdir()):
                 raise FrepoError(f"--out {self.path} is not empty and holds no frepo run; use another --out")
             return Claim(resuming=False, fresh=True)
