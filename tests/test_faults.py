@@ -333,6 +333,21 @@ def test_records_edited_into_other_shapes_are_left_out_not_tracebacks(tmp_path, 
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()][-1] == 4
 
 
+def test_every_network_of_an_evaluation_is_checked_against_the_images_before_any_trains(tmp_path, capsys, monkeypatch):
+    """`--arch mlp,resnet18` on 8×8 images trained the mlp, then failed on resnet18: the mlp's work was lost."""
+    import frepo.jobs.evaluate
+
+    subset = tmp_path / "s.safetensors"
+    assert main(["subset", "--dataset", "digits", "--ipc", "1", "--out", str(subset)]) == 0
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a network trained before every architecture was checked")
+
+    monkeypatch.setattr(frepo.jobs.evaluate, "evaluate_set", no_work)
+    capsys.readouterr()
+    one_line(capsys, main(["evaluate", str(subset), "--arch", "mlp,resnet18"]), "too small for resnet18")
+
+
 def test_torch_s_own_full_disk_errors_are_named(tmp_path, monkeypatch):
     """On a full tmpfs torch.save fails with "unexpected pos 99392 vs 99280" (seen here): a RuntimeError
     from a writer on a (nearly) full filesystem is named as what it is."""

@@ -34,6 +34,7 @@ from ..eval import EvalConfig, EvalResult, evaluate_set
 from ..eval.finished import FinishedNetworks, evaluation_key, set_digest
 from ..eval.results import count_of
 from ..io.artifact import DistilledSet, check_set
+from ..models import build_model
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +237,8 @@ def run(
     resume = check_type("resume", resume, bool)
     file = file if isinstance(file, DistilledSet) else run_set(file)  # a run's: its set
     ds, raw = open_set(file, source)
+    for arch in config.archs()[1:]:  # each fits the images before the first trains (mlp,resnet18 on 8×8 lost mlp)
+        build_model(arch, tuple(ds.images.shape[1:]), ds.num_classes, generator=torch.Generator(), width=config.width)
     test_x, test_y = eval_split(ds, raw, config.split)
     if field_metrics:
         from .field_metrics import images_per_class
