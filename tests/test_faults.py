@@ -348,6 +348,20 @@ def test_every_network_of_an_evaluation_is_checked_against_the_images_before_any
     one_line(capsys, main(["evaluate", str(subset), "--arch", "mlp,resnet18"]), "too small for resnet18")
 
 
+def test_a_folder_of_set_files_read_as_class_folders_names_the_file_to_pass(tmp_path, capsys):
+    """An npz export without its export.json is a folder holding a set file: "holds no class folders" said
+    nothing of it."""
+    subset = tmp_path / "s.safetensors"
+    assert main(["subset", "--dataset", "digits", "--ipc", "1", "--out", str(subset)]) == 0
+    assert main(["export", str(subset), "--to", str(tmp_path / "ex"), "--format", "npz"]) == 0
+    (tmp_path / "ex" / "export.json").unlink()
+    (npz,) = (tmp_path / "ex").glob("*.npz")
+    capsys.readouterr()
+    evaluate = ["evaluate", str(tmp_path / "ex"), "--dataset", "digits", "--models", "1", "--steps", "2"]
+    line = one_line(capsys, main(evaluate), "holds no class folders")
+    assert line.endswith(f"to read a set file in it, pass the file ({npz})")
+
+
 def test_torch_s_own_full_disk_errors_are_named(tmp_path, monkeypatch):
     """On a full tmpfs torch.save fails with "unexpected pos 99392 vs 99280" (seen here): a RuntimeError
     from a writer on a (nearly) full filesystem is named as what it is."""

@@ -51,10 +51,11 @@ def test_snapshots_make_an_animation_of_the_run(tmp_path, capsys):
     assert not (tmp_path / "new").exists()
     capsys.readouterr()
     assert main(["show", str(out / "distilled.safetensors"), "--animate"]) == 2
-    assert "pass a run directory" in capsys.readouterr().err
+    assert "pass a run directory, not a file" in capsys.readouterr().err
     empty = tmp_path / "empty"
     (empty / "images").mkdir(parents=True)
     assert main(["show", str(empty), "--animate"]) == 2
+    assert "pass a run directory, not a folder that holds no run" in capsys.readouterr().err  # it said "a file"
     # A damaged snapshot is left out with a warning (it was a PIL traceback); none readable is one line.
     (out / "images" / "step0000002.png").write_bytes(b"not a png")
     frame = out / "images" / "step0000004.png"

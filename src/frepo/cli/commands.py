@@ -199,7 +199,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.animate:
         run = RunDir(args.path)
         if not is_run(run.path):  # a file, an export, a folder of images
-            raise FrepoError("--animate makes a film of a run's snapshots: pass a run directory, not a file")
+            given = "a folder that holds no run" if run.path.is_dir() else "a file"
+            raise FrepoError(f"--animate makes a film of a run's snapshots: pass a run directory, not {given}")
         out = animate(run.images_dir, args.out or run.path / "distilled.gif", fps=args.fps)
         print(f"animation -> {out}")
         return 0

@@ -111,7 +111,12 @@ def read_image_folder(root: Path, raw: RawDataset, entry: int) -> Read:
 
     folders = class_folders(root)
     if not folders:
-        raise FrepoError(f"{root} holds no class folders: expected {root}/<class>/<image>.png")
+        from ..export import PREPROCESSING  # an export's preprocessing file is no set
+
+        suffixes = (".safetensors", ".npz", ".pt", ".pth")
+        sets = sorted(p.name for p in root.iterdir() if p.suffix in suffixes and p.name != PREPROCESSING)
+        hint = f"; to read a set file in it, pass the file ({root / sets[0]})" if sets else ""
+        raise FrepoError(f"{root} holds no class folders: expected {root}/<class>/<image>.png{hint}")
     names = [p.name for p in folders]
     numbered = [n for n in (_numbered(name, raw.num_classes) for name in names) if n is not None]
     if all(name in raw.classes for name in names):
