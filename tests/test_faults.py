@@ -613,6 +613,15 @@ def test_bad_flags_are_one_line(tmp_path, capsys, flag, value, fragment):
     assert not (tmp_path / "run").exists()
 
 
+def test_flags_a_command_would_not_read_are_refused(tmp_path, capsys):
+    """`subset --method random --feature-steps 50` and `show --fps 3` without --animate ignored the flag."""
+    out = tmp_path / "s.safetensors"
+    subset = ["subset", "--dataset", "digits", "--ipc", "1", "--out", str(out)]
+    one_line(capsys, main([*subset, "--feature-width", "8"]), "--feature-width: read by --method herding or kcenter")
+    assert main(subset) == 0
+    one_line(capsys, main(["show", str(out), "--fps", "3"]), "--fps is the frame rate of --animate")
+
+
 def test_a_subset_refuses_a_device_it_cannot_use_whatever_its_method(tmp_path, capsys):
     """The random method ignored --device: --device bogus (or cuda without CUDA) made a subset, exit 0."""
     out = tmp_path / "s.safetensors"

@@ -96,12 +96,16 @@ def cmd_subset(args: argparse.Namespace) -> int:
     from ..eval.results import count_of
     from ..io.artifact import save_distilled
     from ..jobs.runs import check_not_kept
-    from ..jobs.subset import make_subset
+    from ..jobs.subset import FEATURE_STEPS, make_subset
 
     check_output_file(args.out, "--out")
     check_not_kept(args.out, "--out")
     if Path(args.out).suffix not in ("", ".safetensors"):  # sub/x.png held a safetensors file
         raise FrepoError(f"--out {args.out}: the subset is written as a frepo set; name it .safetensors")
+    feature_flags = (("--feature-steps", args.feature_steps), ("--feature-width", args.feature_width))
+    given = [flag for flag, value in feature_flags if value is not None]
+    if given and args.method == "random":  # as evaluate refuses a flag its protocol does not read
+        raise FrepoError(f"{' and '.join(given)}: read by --method herding or kcenter only, not random")
     data = DataConfig(
         dataset=args.dataset,
         data_dir=args.data_dir,
@@ -115,8 +119,8 @@ def cmd_subset(args: argparse.Namespace) -> int:
         args.ipc,
         args.method,
         args.seed,
-        feature_steps=args.feature_steps,
-        feature_width=args.feature_width,
+        feature_steps=FEATURE_STEPS if args.feature_steps is None else args.feature_steps,
+        feature_width=128 if args.feature_width is None else args.feature_width,
         device=args.device,
     )
     save_distilled(ds, args.out)
@@ -189,6 +193,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     if args.per_class < 1:
         raise FrepoError(f"--per-class must be >= 1, got {args.per_class}")
+    if args.fps is not None and not args.animate:  # ignored before
+        raise FrepoError("--fps is the frame rate of --animate; give both, or neither")
     if args.out is not None:
         check_output_file(args.out, "--out")
         check_not_kept(args.out, "--out", inputs=(args.path,))
@@ -201,7 +207,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         if not is_run(run.path):  # a file, an export, a folder of images
             given = "a folder that holds no run" if run.path.is_dir() else "a file"
             raise FrepoError(f"--animate makes a film of a run's snapshots: pass a run directory, not {given}")
-        out = animate(run.images_dir, args.out or run.path / "distilled.gif", fps=args.fps)
+        out = animate(run.images_dir, args.out or run.path / "distilled.gif", fps=8.0 if args.fps is None else args.fps)
         print(f"animation -> {out}")
         return 0
     file = run_set(args.path)

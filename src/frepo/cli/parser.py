@@ -130,10 +130,10 @@ def _subset(sub: Subcommands) -> None:
     p.add_argument(
         "--feature-steps",
         type=int,
-        default=300,
+        default=None,  # 300; None tells an explicit flag (refused with --method random) from the default
         help="herding/kcenter: Adam steps (batch 256) training the feature network (default: 300; 0 = random init)",
     )
-    p.add_argument("--feature-width", type=int, default=128, help="herding/kcenter: feature Conv width (default: 128)")
+    p.add_argument("--feature-width", type=int, help="herding/kcenter: feature Conv width (default: 128)")
     _add_data_and_device(p)
 
 
@@ -199,7 +199,7 @@ def _show(sub: Subcommands) -> None:
         action="store_true",
         help="an animated GIF of the run's snapshots (RUN/images): the synthetic set over training",
     )
-    p.add_argument("--fps", type=float, default=8.0, help="--animate: frames per second (default: 8)")
+    p.add_argument("--fps", type=float, help="--animate: frames per second (default: 8)")
     add_settings_flags(p, SourceConfig())
 
 
