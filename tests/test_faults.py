@@ -23,6 +23,7 @@ from frepo.base.atomic import append_line
 from frepo.base.errors import FrepoError
 from frepo.cli import main
 from frepo.io.artifact import DistilledSet, _checksum, load_distilled, save_distilled
+from frepo.jobs.reproduce import reproduce
 from frepo.jobs.runs import RunDir
 
 FAST = ["--width", "8", "--num-models", "3", "--max-online-updates", "4", "--batch-size", "64"]
@@ -132,7 +133,7 @@ def test_a_checkpoint_damaged_inside_or_cut_short_is_named_so(tmp_path, capsys):
     line = one_line(capsys, main(resume), f"its entry {entry.filename} fails its CRC-32 check")
     assert "delete it to restart the run" in line
     path.write_bytes(good[: len(good) // 2])
-    one_line(capsys, main(resume), "a zip archive cut short (truncated)")
+    one_line(capsys, main(resume), "a zip archive damaged or cut short (truncated)")
     path.write_bytes(good)
     assert main(resume) == 0
 
@@ -280,6 +281,16 @@ def test_an_output_never_replaces_what_a_run_or_an_export_keeps_or_the_file_read
     # Other names beside a run stay open: its evaluations and report are written there by design.
     assert main([*evaluate, "--json", str(run / "eval.json")]) == 0 and (run / "eval.json").is_file()
     assert main(["report", str(run)]) == 0
+    capsys.readouterr()
+    for name in ("eval.json", "loss.png", "distilled.png"):  # what the report reads or draws
+        one_line(capsys, main(["report", str(run), "--out", name]), "is one the report reads or draws")
+    with pytest.raises(FrepoError, match="is a file of the run"):  # the table's JSON beside its --out
+        reproduce(1, "tiny", out=run / "config.md", runs_dir=tmp_path / "runs")
+    (tmp_path / "exp").mkdir()
+    for name in ("continual-held.json", "continual.json"):
+        (tmp_path / "exp" / name).write_text("{}")
+    one_line(capsys, main([*evaluate, "--json", str(tmp_path / "exp" / "continual.json")]), "continual experiment")
+    one_line(capsys, main(["show", str(run), "--animate", "--out", str(run / "images" / "f.gif")]), "snapshots")
 
 
 def test_damage_inside_compressed_or_exported_files_is_one_line(tmp_path, capsys):
@@ -321,16 +332,19 @@ def test_records_edited_into_other_shapes_are_left_out_not_tracebacks(tmp_path, 
     log = out / "metrics.jsonl"
     good = log.read_text().splitlines()
     strangers = ["[1, 2]", '{"step": "x", "loss": "nan"}', '{"step": 1, "val_acc": "abc"}', '{"step": true}']
+    strangers += ['{"step": 1, "loss": null}', '{"step": 1, "changed": {"lr": 1}}']
     log.write_text("\n".join([good[0], *strangers, *good[1:]]) + "\n")
     (out / "eval.json").write_text(json.dumps({"accuracies": "x", "mean": "y"}))
     (out / "eval-2.json").write_text(json.dumps({"mean": 50.0, "std": "wide"}))
     capsys.readouterr()
     assert main(["report", str(out)]) == 0
     err = capsys.readouterr().err
-    assert "line(s) 2, 3, 4, 5 are not records frepo writes; left out" in err and "Traceback" not in err
+    assert "line(s) 2, 3, 4, 5, 6 ... are not records frepo writes; left out (kept in the file)" in err
+    assert "Traceback" not in err
     assert "Unreadable evaluation files: eval-2.json, eval.json." in (out / "report.md").read_text()
     assert main(distill_args(out, "--steps", 4, "--resume-with-changes")) == 0
-    assert [json.loads(line)["step"] for line in log.read_text().splitlines()][-1] == 4
+    lines = log.read_text().splitlines()
+    assert lines[1:7] == strangers and json.loads(lines[-1])["step"] == 4  # a resume drops none of them
 
 
 def test_every_network_of_an_evaluation_is_checked_against_the_images_before_any_trains(tmp_path, capsys, monkeypatch):

@@ -250,6 +250,20 @@ def test_an_incomplete_layout_names_the_missing_file(tmp_path):
         load_dataset("tiny_imagenet", data_dir=tmp_path, download=False)
 
 
+def test_a_damaged_compressed_imagenet_batch_is_one_line(tmp_path):
+    """The official batches are np.savez_compressed files: damage in one was a BadZipFile (or zlib) traceback."""
+    write_imagenet(tmp_path, size=32, per_batch=2, n_val=2)
+    batch = tmp_path / "Imagenet32_train_npz" / "train_data_batch_3.npz"
+    with np.load(batch) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    np.savez_compressed(batch, **arrays)
+    damaged = bytearray(batch.read_bytes())
+    damaged[200:204] = bytes(b ^ 0xFF for b in damaged[200:204])
+    batch.write_bytes(bytes(damaged))
+    with pytest.raises(FrepoError, match="train_data_batch_3.npz: the file is corrupt or truncated"):
+        load_dataset("imagenet32", data_dir=tmp_path, download=False)
+
+
 def test_cli_missing_dataset_is_one_line(tmp_path):
     proc = run_frepo(
         "distill", "--dataset", "tiny_imagenet", "--data-dir", tmp_path, "--no-download", "--ipc", 1,

@@ -70,7 +70,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if path is not None:
             check_output_file(path, flag)
             check_not_kept(path, flag, inputs=(args.file,))
-    if args.json is not None and args.csv is not None and Path(args.json).absolute() == Path(args.csv).absolute():
+    if args.json is not None and args.csv is not None and Path(args.json).resolve() == Path(args.csv).resolve():
         raise FrepoError(f"--json and --csv both name {args.json}: the second would replace the first")
 
     def deliver(results: list) -> None:  # before the record of finished networks is removed
@@ -207,6 +207,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         if not is_run(run.path):  # a file, an export, a folder of images
             given = "a folder that holds no run" if run.path.is_dir() else "a file"
             raise FrepoError(f"--animate makes a film of a run's snapshots: pass a run directory, not {given}")
+        if args.out is not None and Path(args.out).absolute().parent == run.images_dir.absolute():
+            raise FrepoError(f"--out {args.out} is in the run's snapshots folder, which the film is made of")
         out = animate(run.images_dir, args.out or run.path / "distilled.gif", fps=8.0 if args.fps is None else args.fps)
         print(f"animation -> {out}")
         return 0

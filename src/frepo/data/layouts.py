@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,7 +177,7 @@ def _read_imagenet(name: str, root: Path) -> Source:
 
     def labels(path: Path) -> np.ndarray:
         with _npz(path) as archive:
-            y = np.asarray(archive["labels"], dtype=np.int64) - 1  # stored 1-based
+            y = np.asarray(_npz_array(archive, "labels", path), dtype=np.int64) - 1  # stored 1-based
         return y
 
     y_parts = [labels(p) for p in batches]
@@ -186,7 +188,7 @@ def _read_imagenet(name: str, root: Path) -> Source:
     def decode(entries: list) -> Iterator[np.ndarray]:  # entries: (file, rows)
         for path, _ in entries:
             with _npz(path) as archive:
-                flat = np.asarray(archive["data"], dtype=np.uint8)
+                flat = np.asarray(_npz_array(archive, "data", path), dtype=np.uint8)
             x = flat.reshape(-1, 3, size, size).transpose(0, 2, 3, 1)  # rows are R, G, B planes
             for start in range(0, len(x), CHUNK):
                 yield x[start : start + CHUNK]
@@ -196,10 +198,18 @@ def _read_imagenet(name: str, root: Path) -> Source:
     return Source([*batches, val], classes, size, 3, train, [(val, len(y_test))], y_train, y_test, decode)
 
 
+def _npz_array(archive, key: str, path: Path) -> np.ndarray:
+    """archive[key], read (and for the official compressed batches, inflated) now: damage is one line."""
+    try:
+        return archive[key]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise FrepoError(f"cannot read {path}: the file is corrupt or truncated ({exc})") from exc
+
+
 def _npz(path: Path):
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise FrepoError(f"cannot read {path}: the file is corrupt or truncated ({exc})") from exc
     missing = {"data", "labels"} - set(archive.files)
     if missing:

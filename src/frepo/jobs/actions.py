@@ -129,11 +129,14 @@ def diverged(step: int, why: str, checkpoint_words: str) -> FrepoError:
 def non_finite(what: str, step: int, checkpoint: str) -> str:
     """The error of a run stopped by NaN/inf in `what` at `step`; `checkpoint`: the last good one in words, or
     "none yet"."""
-    kept = f"the last good checkpoint ({checkpoint}) is kept" if checkpoint != "none yet" else "no checkpoint yet"
-    tail = " to continue from it" if checkpoint != "none yet" else ""
+    if checkpoint == "none yet":
+        kept, lower = "no checkpoint yet", "rerun with --resume-with-changes"
+    else:
+        kept, lower = f"the last good checkpoint ({checkpoint}) is kept", "rerun with --resume-with-changes to go on"
+    # --krr-reg changes what the checkpoint's set was distilled for: not continuable (runs.CONTINUABLE)
     return (
-        f"{what} became NaN/inf at step {step}; stopped, and {kept}. Try a lower --lr or a larger --krr-reg, and "
-        f"rerun with --resume-with-changes{tail}"
+        f"{what} became NaN/inf at step {step}; stopped, and {kept}. Try a lower --lr ({lower} from it), or a "
+        "larger --krr-reg in another --out"
     )
 
 

@@ -10,6 +10,7 @@ found in the run dir.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from pathlib import Path
 
@@ -328,6 +329,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if out.resolve().parent != run.path.resolve():
         raise FrepoError("the report goes into the run directory, next to its images; pass a file name inside it")
     check_not_kept(out, "the report's file")
+    if out.name in ("distilled.png", "loss.png", "val_acc.png") or fnmatch.fnmatch(out.name, "eval*.json"):
+        raise FrepoError(f"the report's file {out} is one the report reads or draws; give another name")
     plots = curves(records, run.path)
     png = run.path / "distilled.png"
     grid: Path | None = png if png.is_file() else None

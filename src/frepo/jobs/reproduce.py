@@ -26,6 +26,7 @@ from ..data import BUILTIN, default_data_dir
 from ..data.layouts import LAYOUTS, find_root
 from ..data.registry import offline_copy
 from ..eval.results import count_of, mean_std
+from .runs import check_not_kept
 
 log = logging.getLogger(__name__)
 
@@ -352,6 +353,8 @@ def reproduce(
         raise FrepoError(f"--runs-dir {runs_dir} is not a folder")
     if not dry_run and out:  # before the rows' hours of work, not once they are done
         check_output_file(out, "--out")
+        for written in (Path(out), Path(out).with_suffix(".json"), Path(out).with_suffix(".png")):  # the table's 3
+            check_not_kept(written, "--out")
         check_rewrite(Path(out), table, BUDGETS.get(budget))
     # --finished-only reads finished evaluations: neither the data nor a GPU is needed to look a row up
     rows = plan(table, budget, datasets, data_dir=data_dir, download=download, reading=finished_only)

@@ -85,13 +85,12 @@ def _unreadable_why(path: Path, exc: Exception) -> str:
 
 def _is_record(record: object) -> bool:
     """Whether `record` is a metrics line as frepo writes them: an object with an integer step whose other values
-    are numbers (or null), and a resume's `changed` object."""
+    are numbers, and a resume's `changed` object ({setting: [old, new]})."""
     if not isinstance(record, dict) or type(record.get("step")) is not int:
         return False
-    return all(
-        isinstance(value, dict) if key == "changed" else value is None or type(value) in (int, float)
-        for key, value in record.items()
-    )
+    changed = record.get("changed", {})
+    pairs = isinstance(changed, dict) and all(isinstance(v, list) and len(v) == 2 for v in changed.values())
+    return pairs and all(type(value) in (int, float) for key, value in record.items() if key != "changed")
 
 
 def _check_archive(path: Path) -> None:
@@ -105,10 +104,10 @@ def _check_archive(path: Path) -> None:
         with open(path, "rb") as fh:
             zipped = fh.read(4) == b"PK\x03\x04"
         if zipped:
-            raise ValueError("a zip archive cut short (truncated)") from None
+            raise ValueError("a zip archive damaged or cut short (truncated)") from None
         return
     if damaged is not None:
-        raise ValueError(f"its entry {damaged} fails its CRC-32 check (damaged on disk)")
+        raise ValueError(f"its entry {damaged} fails its CRC-32 check (damaged)")
 
 
 def _onednn_version() -> str | None:
@@ -161,6 +160,9 @@ def default_run_dir(config: DistillConfig) -> Path:
 KEPT = ("config.json", "checkpoint.pt", "metrics.jsonl", "distilled.safetensors", "best.safetensors", LOCK)
 
 
+EXPERIMENT_FILES = (".json", ".md", ".csv", ".png")  # <kind>.json ... : an experiment's summary (apps.experiment)
+
+
 def check_not_kept(path: str | Path, what: str, inputs: tuple[str | Path, ...] = ()) -> None:
     """Refuse an output file `path` that would overwrite what frepo keeps: one of the command's `inputs`, a
     file a run keeps (`KEPT`, in a folder that holds a run) or a file an export wrote (in an export folder).
@@ -178,6 +180,10 @@ def check_not_kept(path: str | Path, what: str, inputs: tuple[str | Path, ...] =
         raise FrepoError(f"{what} {path} is a file of the run in {folder}; give another name")
     if (folder / MANIFEST).is_file() and path.name in export_entries(folder):
         raise FrepoError(f"{what} {path} is a file of the export in {folder}; give another name")
+    for held in folder.glob("*-held.json"):  # an experiment's folder (frepo.apps): its records and summaries
+        kind = held.name.removesuffix("-held.json")
+        if path.name in {held.name, f"{kind}-config.json", *(f"{kind}{suffix}" for suffix in EXPERIMENT_FILES)}:
+            raise FrepoError(f"{what} {path} is a file of the {kind} experiment in {folder}; give another name")
 
 
 class RunDir:
@@ -315,10 +321,22 @@ class RunDir:
                 strangers.append(number)
         if strangers:  # an edited log: a traceback in report or at a resume before
             shown = ", ".join(map(str, strangers[:5])) + (" ..." if len(strangers) > 5 else "")
-            warn(f"{self.metrics_path}: line(s) {shown} are not records frepo writes; left out")
+            warn(f"{self.metrics_path}: line(s) {shown} are not records frepo writes; left out (kept in the file)")
         return records
 
     def truncate_metrics(self, step: int) -> None:
-        """Drop records after `step` (written after the checkpoint a resumed run restarts from)."""
-        kept = [r for r in self.read_metrics() if r.get("step", 0) <= step]
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        """Drop records after `step` (written after the checkpoint a resumed run restarts from), and the end of a
+        line cut by a crash; every other line is kept as it is, one frepo does not write (read_metrics leaves it
+        out) included."""
+        if not self.metrics_path.is_file():
+            return
+        kept = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                break  # a line cut by a crash ends the log
+            later = isinstance(record, dict) and type(record.get("step")) is int and record["step"] > step
+            if not later:
+                kept.append(line + "\n")
+        atomic_write_text(self.metrics_path, "".join(kept))
