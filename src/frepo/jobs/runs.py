@@ -158,14 +158,13 @@ def default_run_dir(config: DistillConfig) -> Path:
 
 # The files a run directory keeps: an output written over one of them loses the run or its set.
 KEPT = ("config.json", "checkpoint.pt", "metrics.jsonl", "distilled.safetensors", "best.safetensors", LOCK)
-
-
 EXPERIMENT_FILES = (".json", ".md", ".csv", ".png")  # <kind>.json ... : an experiment's summary (apps.experiment)
 
 
 def check_not_kept(path: str | Path, what: str, inputs: tuple[str | Path, ...] = ()) -> None:
     """Refuse an output file `path` that would overwrite what frepo keeps: one of the command's `inputs`, a
-    file a run keeps (`KEPT`, in a folder that holds a run) or a file an export wrote (in an export folder).
+    file a run keeps (`KEPT`, in a folder that holds a run), a file an export wrote (in an export folder) or an
+    experiment's records and summaries (in a folder with a <kind>-held.json).
     `frepo evaluate RUN --json RUN/distilled.safetensors` replaced the set it had just evaluated with JSON;
     `frepo report RUN --out checkpoint.pt`, the run's checkpoint with Markdown."""
     from ..io.export import MANIFEST, export_entries
