@@ -151,14 +151,18 @@ def test_a_damaged_final_file_of_a_finished_run_is_written_again(tmp_path, capsy
     assert "writing it again from the final checkpoint" in capsys.readouterr().err
     assert torch.equal(load_distilled(final).images, images)
     assert (out / "metrics.jsonl").read_text() == metrics  # no second final validation
-    # Another valid set over it (a subset copied there) was "already complete" too.
+    # Another valid set over it (a subset copied there, or the stale set of a shorter run extended, stopped and
+    # ended at a step between) was "already complete" too: the end runs again (final files, best set, and the
+    # validation, unless the checkpoint's step had it).
     other = tmp_path / "other.safetensors"
     assert main(["subset", "--dataset", "digits", "--ipc", "1", "--out", str(other), "--seed", "5"]) == 0
     final.write_bytes(other.read_bytes())
     capsys.readouterr()
     assert main(distill_args(out, "--steps", 2)) == 0
-    assert "holds another set than this run's final one; writing it again" in capsys.readouterr().err
+    assert "holds another set than this run's final checkpoint; ending the run again" in capsys.readouterr().err
     assert torch.equal(load_distilled(final).images, images)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "val_acc" in r] == [2]  # step 2's validation is in its checkpoint: once
 
 
 def test_a_resume_on_other_training_data_is_refused(tmp_path, capsys, monkeypatch):

@@ -392,10 +392,12 @@ class Distiller:
 
     def _run(self) -> DistillResult:
         cfg = self.config
-        if self.step >= cfg.steps and self.run_dir.distilled_path.is_file():
-            # Rank 0 reads the file (GBs for ImageNet IPC 50) and every rank takes its answer, so all of them
-            # meet in the barrier or none does. The final checkpoint holds the set: only the files are missing.
-            if self.ctx.any(self.ctx.is_main and not self._distilled_intact()):
+        # Rank 0 reads the file (GBs for ImageNet IPC 50) and every rank takes its answer, so all of them meet in
+        # the barrier or none does.
+        verdict = self._final_file() if self.step >= cfg.steps and self.ctx.is_main else "intact"
+        if self.step >= cfg.steps and self.run_dir.distilled_path.is_file() and not self.ctx.any(verdict == "other"):
+            # The final checkpoint holds the set: only a damaged file is written again.
+            if self.ctx.any(verdict == "damaged"):
                 self._write_final_files()
                 self.ctx.barrier()
             log.info(f"frepo: {self.run_dir.path} is already complete ({count_of(self.step, 'step')})")
@@ -508,22 +510,26 @@ class Distiller:
                 )
         return metrics
 
-    def _distilled_intact(self) -> bool:
-        """Whether the run's final file reads back as the final checkpoint's set; a damaged or another one is
-        written again from the final checkpoint (without the end's validation, which the checkpoint's step has
-        had)."""
+    def _final_file(self) -> str:
+        """What the run's final file holds: "intact" (the final checkpoint's set), "damaged" (unreadable: written
+        again from the checkpoint, without the end's validation, which the checkpoint's step has had), or
+        "other": another set, such as the set of step 300 left by a run extended to 500 with
+        --resume-with-changes, interrupted at 400 and then rerun with --steps 400. Its checkpoint need not be
+        the end's, so the end runs again (final files, best set, and the validation unless the checkpoint's step had
+        it); it said "already complete"."""
         path = self.run_dir.distilled_path
+        if not path.is_file():
+            return "intact"  # nothing to judge: the end makes it
         try:
             on_disk = load_distilled(path)
         except FrepoError as exc:
             log.warning(f"frepo: {exc}; writing it again from the final checkpoint")
-            return False
+            return "damaged"
         final = self.host_set()
-        if not (torch.equal(on_disk.images, final.images) and torch.equal(on_disk.labels, final.labels)):
-            # another set copied over it (a subset, another run's): the run said it was complete and its set
-            log.warning(f"frepo: {path} holds another set than this run's final one; writing it again")
-            return False
-        return True
+        if torch.equal(on_disk.images, final.images) and torch.equal(on_disk.labels, final.labels):
+            return "intact"
+        log.warning(f"frepo: {path} holds another set than this run's final checkpoint; ending the run again")
+        return "other"
 
     def _result(self) -> DistillResult:
         best = self.run_dir.best_path if self.run_dir.best_path.is_file() else None
