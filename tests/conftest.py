@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 import shutil
@@ -36,7 +37,101 @@ def glibc_env() -> dict[str, str]:
 
 
 if "OMP_NUM_THREADS" not in os.environ:  # OMP_NUM_THREADS=1 runs the suite single-threaded
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    # pytest-xdist's workers (`-n auto`, pyproject.toml) share the cores: one worker per core, one thread each,
+    # and the processes a test starts take the same (children read OMP_NUM_THREADS).
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    threads = max(1, min(2, (os.cpu_count() or 1) // workers))
+    torch.set_num_threads(threads)
+    if workers > 1:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+# Set once per process, by design: scikit-learn's and inductor's imports (OpenMP switches), and frepo's first
+# compilation (its per-CPU inductor cache, for child processes too: frepo.base.compiler).
+_SET_ONCE = {
+    "KMP_DUPLICATE_LIB_OK",
+    "KMP_INIT_AT_FORK",
+    "TORCHINDUCTOR_CACHE_DIR",
+    "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR",
+    "PYTEST_CURRENT_TEST",
+}
+_FP32_PRECISION = ("", "cuda.matmul", "cudnn.conv", "cudnn.rnn", "mkldnn.matmul", "mkldnn.conv", "mkldnn.rnn")
+
+
+def _backend(path: str):
+    return functools.reduce(getattr, filter(None, path.split(".")), torch.backends)
+
+
+def _process_state() -> dict[str, object]:
+    """What one test could leave behind for the next in its process: torch's and numpy's global switches and
+    random generators, the environment, the working folder. Under pytest-xdist the tests a worker runs, and
+    their order, change from run to run, so a leak would fail other tests by chance."""
+    return {
+        "default dtype": torch.get_default_dtype(),
+        "grad mode": torch.is_grad_enabled(),
+        "threads": torch.get_num_threads(),
+        "deterministic algorithms": (
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+        ),
+        "cudnn": (torch.backends.cudnn.enabled, torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark),
+        # The per-backend settings are readable whichever TF32 API (legacy flags or these) the process used.
+        "fp32 precision": tuple(getattr(_backend(path), "fp32_precision", None) for path in _FP32_PRECISION),
+        "numpy RNG": np.random.get_state(),
+        "environment": {k: v for k, v in os.environ.items() if k not in _SET_ONCE},
+        "working folder": os.getcwd(),
+    }
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, tuple) and a and isinstance(a[1], np.ndarray):  # numpy's RNG state
+        return a[0] == b[0] and np.array_equal(a[1], b[1]) and a[2:] == b[2:]
+    return a == b
+
+
+def _restore(state: dict) -> None:
+    torch.set_default_dtype(state["default dtype"])
+    torch.set_grad_enabled(state["grad mode"])
+    torch.set_num_threads(state["threads"])
+    mode, warn_only = state["deterministic algorithms"]
+    torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    cudnn = torch.backends.cudnn
+    cudnn.enabled, cudnn.deterministic, cudnn.benchmark = state["cudnn"]
+    for path, value in zip(_FP32_PRECISION, state["fp32 precision"]):
+        if value is not None:
+            _backend(path).fp32_precision = value
+    np.random.set_state(state["numpy RNG"])
+    for key in os.environ.keys() - state["environment"].keys() - _SET_ONCE:
+        del os.environ[key]
+    os.environ.update(state["environment"])
+    os.chdir(state["working folder"])
+
+
+# torch's global generator as the process starts (torch's fixed default seed). Tests may draw from it (frepo's
+# commands never do: tests/test_cli.py checks), so each test, and each fixture set up between tests, starts from
+# this state: which tests a pytest-xdist worker ran before is then no part of any test's numbers.
+_TORCH_RNG_AT_START = torch.random.get_rng_state()
+
+
+@pytest.fixture(autouse=True)
+def leaves_the_process_as_found():
+    """Each test must leave the process's global state as it found it (restore what you change: monkeypatch).
+    A change is reported as the leaking test's error, and put back."""
+    torch.random.set_rng_state(_TORCH_RNG_AT_START)
+    before = _process_state()
+    yield
+    torch.random.set_rng_state(_TORCH_RNG_AT_START)
+    after = _process_state()
+    changed = [name for name in before if not _same(before[name], after[name])]
+    if changed:
+        if "environment" in changed:
+            env_before, env_after = before["environment"], after["environment"]
+            keys = sorted(k for k in env_before.keys() | env_after.keys() if env_before.get(k) != env_after.get(k))
+            changed[changed.index("environment")] = f"environment ({', '.join(keys)})"
+        _restore(before)
+        pytest.fail(f"the test left the process changed: {'; '.join(changed)}", pytrace=False)
 
 
 @pytest.fixture(autouse=True)

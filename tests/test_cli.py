@@ -55,6 +55,7 @@ def assert_user_error(code, err, fragment):
 
 
 def test_distill_evaluate_show_subset_on_digits(tmp_path, capsys):
+    global_rng = torch.random.get_rng_state()
     out = tmp_path / "run"
     code, stdout, err = run_cli(
         ["distill", "--dataset", "digits", "--ipc", 2, "--steps", 6, "--out", out, *FAST], capsys
@@ -106,6 +107,8 @@ def test_distill_evaluate_show_subset_on_digits(tmp_path, capsys):
     assert torch.equal(rand.class_ids(), ds.class_ids())
     code, stdout, err = run_cli(["evaluate", subset, "--models", 1, "--steps", 10], capsys)
     assert code == 0, err
+    # Their numbers come from their seeds alone: none of these commands drew from torch's global generator.
+    assert torch.equal(torch.random.get_rng_state(), global_rng)
     # Fewer per row than the set holds: said (a grid of 10 under "300 images"). No suffix: PNG data in `grid2`.
     code, stdout, err = run_cli(["show", subset, "--per-class", 1, "--out", tmp_path / "grid2"], capsys)
     assert code == 0 and (tmp_path / "grid2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", err

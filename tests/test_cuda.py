@@ -1,6 +1,6 @@
 """The CUDA path: the same maths as on the CPU, pool resets, a whole run and every protocol on a GPU.
 
-Skipped without CUDA (CI has no GPU); run on a GPU machine with `pytest tests/test_cuda.py`.
+Skipped without CUDA (CI has no GPU); run on a GPU machine with `pytest -n 4 tests/test_cuda.py`.
 """
 
 from __future__ import annotations
