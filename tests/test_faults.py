@@ -25,6 +25,7 @@ from frepo.cli import main
 from frepo.io.artifact import DistilledSet, _checksum, load_distilled, save_distilled
 from frepo.jobs.reproduce import reproduce
 from frepo.jobs.runs import RunDir
+from frepo.jobs.subset import make_subset
 
 FAST = ["--width", "8", "--num-models", "3", "--max-online-updates", "4", "--batch-size", "64"]
 FAST += ["--eval-steps", "20", "--log-every", "1", "--checkpoint-every", "2"]
@@ -624,7 +625,9 @@ def test_flags_a_command_would_not_read_are_refused(tmp_path, capsys):
     """`subset --method random --feature-steps 50` and `show --fps 3` without --animate ignored the flag."""
     out = tmp_path / "s.safetensors"
     subset = ["subset", "--dataset", "digits", "--ipc", "1", "--out", str(out)]
-    one_line(capsys, main([*subset, "--feature-width", "8"]), "--feature-width: read by --method herding or kcenter")
+    one_line(capsys, main([*subset, "--feature-width", "8"]), "(--feature-width): read by the herding and kcenter")
+    with pytest.raises(FrepoError, match=r"feature_steps \(--feature-steps\): read by the herding and kcenter"):
+        make_subset("digits", 1, feature_steps=0)  # the Python API ignored it too
     assert main(subset) == 0
     one_line(capsys, main(["show", str(out), "--fps", "3"]), "--fps is the frame rate of --animate")
 

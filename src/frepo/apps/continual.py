@@ -206,15 +206,9 @@ class Continual(Experiment):
         if path.is_file():
             return load_distilled(path)
         cfg = self.config
-        ds = make_subset(
-            self._data(classes),
-            cfg.ipc,
-            arm,
-            cfg.order_seed(order),
-            feature_steps=cfg.feature_steps,
-            feature_width=cfg.feature_width,
-            device=cfg.device,
-        )
+        # Herding's feature network; random has none, and refuses its settings.
+        features = {} if arm == "random" else {"feature_steps": cfg.feature_steps, "feature_width": cfg.feature_width}
+        ds = make_subset(self._data(classes), cfg.ipc, arm, cfg.order_seed(order), **features, device=cfg.device)
         save_distilled(ds, path)
         return load_distilled(path)
 

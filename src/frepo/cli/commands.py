@@ -96,16 +96,12 @@ def cmd_subset(args: argparse.Namespace) -> int:
     from ..eval.results import count_of
     from ..io.artifact import save_distilled
     from ..jobs.runs import check_not_kept
-    from ..jobs.subset import FEATURE_STEPS, make_subset
+    from ..jobs.subset import make_subset
 
     check_output_file(args.out, "--out")
     check_not_kept(args.out, "--out")
     if Path(args.out).suffix not in ("", ".safetensors"):  # sub/x.png held a safetensors file
         raise FrepoError(f"--out {args.out}: the subset is written as a frepo set; name it .safetensors")
-    feature_flags = (("--feature-steps", args.feature_steps), ("--feature-width", args.feature_width))
-    given = [flag for flag, value in feature_flags if value is not None]
-    if given and args.method == "random":  # as evaluate refuses a flag its protocol does not read
-        raise FrepoError(f"{' and '.join(given)}: read by --method herding or kcenter only, not random")
     data = DataConfig(
         dataset=args.dataset,
         data_dir=args.data_dir,
@@ -119,8 +115,8 @@ def cmd_subset(args: argparse.Namespace) -> int:
         args.ipc,
         args.method,
         args.seed,
-        feature_steps=FEATURE_STEPS if args.feature_steps is None else args.feature_steps,
-        feature_width=128 if args.feature_width is None else args.feature_width,
+        feature_steps=args.feature_steps,
+        feature_width=args.feature_width,
         device=args.device,
     )
     save_distilled(ds, args.out)

@@ -118,24 +118,29 @@ def make_subset(
     method: str = "random",
     seed: int = 0,
     *,
-    feature_steps: int = FEATURE_STEPS,
-    feature_width: int = 128,
+    feature_steps: int | None = None,
+    feature_width: int | None = None,
     device: str = "auto",
 ) -> DistilledSet:
     """`ipc` real images per class chosen by `method`, as a DistilledSet with integer labels: `data` is a
     dataset (a name, .npz file or image folder: `make_subset("mnist", 10)`) or a `DataConfig` for its other
-    options (data_dir, download, preprocess, classes...)."""
+    options (data_dir, download, preprocess, classes...). `feature_steps` and `feature_width` shape herding's
+    and kcenter's feature network (default FEATURE_STEPS steps, width 128); random reads neither, and refuses
+    them rather than ignore them."""
     if isinstance(data, str | os.PathLike):
         data = DataConfig(dataset=os.fspath(data))
     check_argument("data", data, DataConfig, "a dataset or a DataConfig: make_subset('mnist', ipc=10)")
     ipc, seed = check_type("ipc", ipc, int), check_type("seed", seed, int)
-    feature_steps, feature_width = (
-        check_type("feature_steps", feature_steps, int),
-        check_type("feature_width", feature_width, int),
-    )
     method, device = check_type("method", method, str), check_type("device", device, str)
     if method not in METHODS:
         raise FrepoError(f"unknown subset method {method!r}; known: {', '.join(METHODS)}")
+    features = {"feature_steps": feature_steps, "feature_width": feature_width}
+    given = [name for name, value in features.items() if value is not None]
+    if given and method == "random":  # as evaluate refuses what its protocol does not read
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise FrepoError(f"{' and '.join(given)} ({flags}): read by the herding and kcenter methods only, not random")
+    feature_steps = FEATURE_STEPS if feature_steps is None else check_type("feature_steps", feature_steps, int)
+    feature_width = 128 if feature_width is None else check_type("feature_width", feature_width, int)
     if ipc < 1:
         raise FrepoError(f"ipc must be >= 1, got {ipc}")
     if feature_steps < 0 or feature_width < 1:
