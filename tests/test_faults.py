@@ -474,6 +474,8 @@ def _resign(path, edit_meta=None, edit_tensors=None):
         (lambda m: m.update(classes="0123456789"), None, "'classes' is"),
         (lambda m: m.update(num_images="10"), None, "'num_images' is"),
         (lambda m: m.update(preprocessing={"kind": "whiten"}), None, "preprocessing"),
+        (lambda m: m.update(ipc=-1), None, "'ipc' is -1; it must be at least 1"),
+        (lambda m: m.update(step=-3), None, "'step' is -3; it must be at least 0"),
         (
             lambda m: m.update(num_images=0),
             lambda t: t.update(images=torch.zeros(0, 1, 8, 8), labels=torch.zeros(0, 10)),

@@ -275,6 +275,10 @@ def check_meta(meta: dict, where: str) -> SetMeta:
             f"{where}: metadata describes {parsed.num_images} images of shape {parsed.image_shape} in "
             f"{len(parsed.classes)} classes; a set needs at least one image, a C×H×W shape and one class"
         )
+    for name, least in (("ipc", 1), ("step", 0), ("val_size", 0)):  # copied into exports and reports
+        value = getattr(parsed, name)
+        if value is not None and value < least:
+            raise FrepoError(f"{where}: metadata {name!r} is {value}; it must be at least {least}")
     return parsed
 
 
