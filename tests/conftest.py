@@ -9,11 +9,15 @@ import platform
 import shutil
 import signal
 import sys
+import sysconfig
 from pathlib import Path
 
 import numpy as np
 import pytest
+import threadpoolctl  # scikit-learn's
 import torch
+
+from frepo.base import perf
 
 # torch.compile on a CPU builds the C++ it generates with $CXX or g++ (inductor's config.cpp.cxx): a minimal image
 # (a slim Python container) has no compiler.
@@ -44,6 +48,9 @@ if "OMP_NUM_THREADS" not in os.environ:  # OMP_NUM_THREADS=1 runs the suite sing
     torch.set_num_threads(threads)
     if workers > 1:
         os.environ["OMP_NUM_THREADS"] = str(threads)
+        os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")  # no pool of compile processes beside them
+        # numpy's BLAS (scikit-learn's attacks) read its thread count at import, before this: set it here.
+        threadpoolctl.threadpool_limits(threads)
 
 
 # Set once per process, by design: scikit-learn's and inductor's imports (OpenMP switches), and frepo's first
@@ -55,6 +62,9 @@ _SET_ONCE = {
     "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR",
     "PYTEST_CURRENT_TEST",
 }
+# A library's own folders join the import path once, on first use (setuptools' vendored packages when inductor
+# first compiles): not a test's doing.
+_LIBRARIES = sysconfig.get_paths()["purelib"]
 _FP32_PRECISION = ("", "cuda.matmul", "cudnn.conv", "cudnn.rnn", "mkldnn.matmul", "mkldnn.conv", "mkldnn.rnn")
 
 
@@ -80,6 +90,7 @@ def _process_state() -> dict[str, object]:
         "numpy RNG": np.random.get_state(),
         "environment": {k: v for k, v in os.environ.items() if k not in _SET_ONCE},
         "working folder": os.getcwd(),
+        "import path": [path for path in sys.path if not path.startswith(_LIBRARIES)],
     }
 
 
@@ -107,6 +118,7 @@ def _restore(state: dict) -> None:
         del os.environ[key]
     os.environ.update(state["environment"])
     os.chdir(state["working folder"])
+    sys.path[:] = [path for path in sys.path if path.startswith(_LIBRARIES) or path in state["import path"]]
 
 
 # torch's global generator as the process starts (torch's fixed default seed). Tests may draw from it (frepo's
@@ -115,14 +127,22 @@ def _restore(state: dict) -> None:
 _TORCH_RNG_AT_START = torch.random.get_rng_state()
 
 
+def _as_at_start() -> None:
+    """What a test may change by design and finds reset: torch's global generator, and whether the process
+    asked for allocator tuning (the CLI's start does, in every in-process `main()`; a library distillation
+    after it would choose the allocator by the memory free at that moment)."""
+    torch.random.set_rng_state(_TORCH_RNG_AT_START)
+    perf._opted_in = False
+
+
 @pytest.fixture(autouse=True)
 def leaves_the_process_as_found():
     """Each test must leave the process's global state as it found it (restore what you change: monkeypatch).
     A change is reported as the leaking test's error, and put back."""
-    torch.random.set_rng_state(_TORCH_RNG_AT_START)
+    _as_at_start()
     before = _process_state()
     yield
-    torch.random.set_rng_state(_TORCH_RNG_AT_START)
+    _as_at_start()
     after = _process_state()
     changed = [name for name in before if not _same(before[name], after[name])]
     if changed:
@@ -134,10 +154,13 @@ def leaves_the_process_as_found():
         pytest.fail(f"the test left the process changed: {'; '.join(changed)}", pytrace=False)
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    """Never read or write the user's ~/.cache/frepo from tests."""
-    monkeypatch.setenv("FREPO_CACHE", str(tmp_path_factory.getbasetemp() / "frepo-cache"))
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory):
+    """Never read or write the user's ~/.cache/frepo from tests: one cache per process (each xdist worker has
+    its own base folder), set before any fixture, the module-scoped ones included."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FREPO_CACHE", str(tmp_path_factory.getbasetemp() / "frepo-cache"))
+        yield
 
 
 @pytest.fixture

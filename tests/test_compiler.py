@@ -56,7 +56,8 @@ def test_the_cache_is_this_cpus_subdirectory_of_the_one_inductor_would_use(tmp_p
 def test_a_cache_filled_on_another_cpu_does_not_reach_the_compiled_network(tmp_path):
     """Without the per-CPU subdirectory, the second run below reused the first's AVX-512 C++ under AVX2 and
     its compiled network trained to NaN (with 'default', the reused C++ did not compile)."""
-    env = {**os.environ, CACHE_ENV: str(tmp_path), "OMP_NUM_THREADS": "1"}
+    # One compile thread: no pool of compile workers competing with the other test processes.
+    env = {**os.environ, CACHE_ENV: str(tmp_path), "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1"}
     runs = {}
     for capability in (NATIVE.lower(), OTHER):
         proc = subprocess.run(
@@ -64,7 +65,7 @@ def test_a_cache_filled_on_another_cpu_does_not_reach_the_compiled_network(tmp_p
             env={**env, "ATEN_CPU_CAPABILITY": capability},
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=600,  # two cold compiles of forward and backward: 20-45 s each alone, more beside other tests
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[capability] = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -107,11 +107,11 @@ class _OneRankOfTwo(DistContext):
         return [obj]
 
 
-def test_per_rank_pool_averages_the_ranks_meta_gradients(tmp_path):
+def test_per_rank_pool_averages_the_ranks_meta_gradients(tmp_path, monkeypatch):
     """--pool-mode per-rank (the official multi-device code): each rank's model of a slot has its own
     initialisation, and the averaged meta-gradient of 2 gloo processes equals the average of the two
     ranks' gradients computed one after the other in a single process."""
-    sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+    monkeypatch.syspath_prepend(Path(__file__).parent / "helpers")
     import per_rank_step
 
     out = tmp_path / "step.pt"

@@ -118,7 +118,7 @@ def test_cifar100_stand_in_has_cifar100s_shape_and_balanced_classes():
 
 
 def test_fake_wandb_keeps_the_config_a_script_rebuilds_its_arguments_from(monkeypatch):
-    monkeypatch.delitem(sys.modules, "wandb", raising=False)
+    monkeypatch.setitem(sys.modules, "wandb", None)  # removed again after the test, as it was (absent)
     logged = []
     wandb = common.install_fake_wandb(logged.append)
     wandb.init(project="p", config=types.SimpleNamespace(ipc=10, zca=True))

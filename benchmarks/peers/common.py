@@ -213,14 +213,14 @@ def run_script(path: Path, argv: list[str], cwd: Path) -> None:
     sys.path). `cwd` takes what a script writes relative to it (MTT's ./logged_files)."""
     import runpy
 
-    old_argv, old_cwd = sys.argv, os.getcwd()
+    old_argv, old_path, old_cwd = sys.argv, list(sys.path), os.getcwd()
     sys.argv = [str(path), *argv]
     sys.path.insert(0, str(path.parent))
     os.chdir(cwd)
     try:
         runpy.run_path(str(path), run_name="__main__")
     finally:
-        sys.argv = old_argv
+        sys.argv, sys.path[:] = old_argv, old_path
         os.chdir(old_cwd)
 
 
