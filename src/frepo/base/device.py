@@ -83,7 +83,9 @@ def tf32_passes():
     """TF32 matmuls and convolutions inside the block (a feature pass on CUDA); the process's own settings
     again after it."""
     if _legacy_tf32_flags():
-        previous = torch.backends.cuda.matmul.allow_tf32
+        # The flag's write sets the newer setting too: "none" (torch's default, which follows the process-wide
+        # `torch.backends.fp32_precision`) would read back "ieee" after it.
+        previous, previous_precision = torch.backends.cuda.matmul.allow_tf32, torch.backends.cuda.matmul.fp32_precision
         torch.backends.cuda.matmul.allow_tf32 = True
         try:
             # flags() resets every flag it is not given: keep the run's algorithm choice (deterministic_kernels).
@@ -94,6 +96,7 @@ def tf32_passes():
                 yield
         finally:
             torch.backends.cuda.matmul.allow_tf32 = previous
+            torch.backends.cuda.matmul.fp32_precision = previous_precision
         return
     matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
     previous = matmul.fp32_precision, conv.fp32_precision
@@ -115,7 +118,7 @@ def exact_matmuls(device: torch.device | None):
     of its mean eigenvalue (TF32 rounds to about 1e-3), and the ZCA covariance, which is cached and reused. A
     user's `torch.backends.cuda.matmul.allow_tf32 = True` (or inductor's advice, `set_float32_matmul_precision
     ("high")`) computed them in TF32. Matmuls only, and only on a device where TF32 exists: nothing else of the
-    process's settings is touched (writing the legacy flags would change how torch reads its newer ones)."""
+    process's settings is touched, and the block stays on whichever of torch's two TF32 APIs the process is on."""
     if device is None or device.type not in TF32_DEVICES:
         yield
         return
@@ -128,12 +131,26 @@ def exact_matmuls(device: torch.device | None):
         finally:
             matmul.allow_tf32 = previous_flag
         return
-    previous = matmul.fp32_precision  # readable whichever API the process is on
-    matmul.fp32_precision = "ieee"
+    if not _legacy_tf32_flags():  # the process is on torch >= 2.9's settings: the block stays on them
+        previous = matmul.fp32_precision
+        matmul.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision = previous
+        return
+    # On the legacy flags (torch's default) the block stays on them too: the newer setting alone left the two
+    # disagreeing, and torch's check of the legacy flag (cuBLASLt's kernels, a read of `allow_tf32`) raised
+    # "mix of the legacy and new APIs" inside the block. The flag sets both for CUDA's matmuls and nothing else.
+    # (torch.get_float32_matmul_precision() is no way to read them: it raises after torch's own "medium".)
+    if not matmul.allow_tf32:  # exact already: nothing to change
+        yield
+        return
+    matmul.allow_tf32 = False
     try:
         yield
     finally:
-        matmul.fp32_precision = previous
+        matmul.allow_tf32 = True
 
 
 def _legacy_tf32_flags() -> bool:
