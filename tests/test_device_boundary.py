@@ -378,6 +378,30 @@ def test_test_accuracy_sends_host_batches_without_waiting(networks):
     assert got == expected
 
 
+def test_the_krr_protocol_sends_host_batches_without_waiting():
+    """The krr protocol's support set and test batches are queued from page-locked memory too (a plain `.to`
+    waited for the GPU at every batch), and it scores as on the host."""
+    from frepo.eval.protocols.krr import krr_accuracy
+    from frepo.method.krr import centered_one_hot
+    from frepo.models import build_model
+
+    model = build_model("conv", (3, 8, 8), 4, generator=torch.Generator().manual_seed(0), width=8)
+
+    def sets():
+        g = torch.Generator().manual_seed(3)
+        support = torch.randn(8, 3, 8, 8, generator=g), centered_one_hot(torch.arange(8) % 4, 4)
+        return *support, torch.randn(50, 3, 8, 8, generator=g), torch.arange(50) % 4
+
+    expected = krr_accuracy(model, *sets(), device=torch.device("cpu"), use_flip=True, batch=16)
+    with SimulatedDevice() as sim:
+        host_sets = sets()  # made here: host tensors
+        model = model.to(DEVICE)
+        sim.waits.clear()  # placing the network
+        got = krr_accuracy(model, *host_sets, device=DEVICE, use_flip=True, batch=16)
+        assert not sim.waits, dict(sim.waits)
+    assert got == expected
+
+
 @pytest.mark.parametrize("n", [20, 300])  # fewer images than the 108 dimensions (Gram route), and more
 def test_the_zca_fit_runs_on_the_device_and_returns_host_tensors(n, monkeypatch):
     from frepo.data.preprocess import fit_preprocessing

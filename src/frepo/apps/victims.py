@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ..base.device import host_to_device
 from ..eval.training import NetworkUpdate, Schedule, fresh_network, train
 from ..method.krr import centered_one_hot, mse_loss
 
@@ -37,7 +38,7 @@ def outputs(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     """Per example: logits (N×K), MSE loss against the centred one-hot label, the label, and whether the
     prediction is right (numpy arrays)."""
     model.eval()
-    logits = torch.cat([model(images[s : s + 1000].to(device)).cpu() for s in range(0, len(images), 1000)])
+    logits = torch.cat([model(host_to_device(images[s : s + 1000], device)).cpu() for s in range(0, len(images), 1000)])
     target = centered_one_hot(labels, num_classes)
     loss = 0.5 * (logits - target).square().sum(-1)
     return {

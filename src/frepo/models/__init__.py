@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..base.device import host_to_device
 from .conv import CONV_ARCHS, Conv, FlaxBatchNorm2d, conv_arch
 from .init import INIT_SCHEMES, init_flax_defaults_, init_torch_defaults_, lecun_normal_
 from .registry import ARCHS, SIZED, ModelBuilder, ModelSpec, build_model, check_arch, register_model
@@ -63,4 +64,5 @@ def embed_batched(model: nn.Module, x: torch.Tensor, device: torch.device, batch
     `inference_batch`) at a time."""
     model.eval()
     batch = batch or inference_batch(x)
-    return torch.cat([model.embed(x[s : s + batch].to(device)) for s in range(0, len(x), batch)])
+    # A host batch is queued from page-locked memory: a plain `.to` made the host wait for the GPU each batch.
+    return torch.cat([model.embed(host_to_device(x[s : s + batch], device)) for s in range(0, len(x), batch)])

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ...base.device import host_to_device
 from ...base.fields import check_fields, check_finite, opt
 from ...base.rng import generator
 from ...method.krr import krr_weights
@@ -52,11 +53,13 @@ def krr_accuracy(
     if use_flip:
         support_x, support_y = torch.cat([support_x, support_x.flip(-1)]), torch.cat([support_y, support_y])
     batch = batch or inference_batch(eval_x)
-    weights = krr_weights(embed_batched(model, support_x, device, batch), support_y.to(device).float(), reg)
+    weights = krr_weights(
+        embed_batched(model, support_x, device, batch), host_to_device(support_y, device).float(), reg
+    )
     correct = torch.zeros((), dtype=torch.long, device=device)  # counted on the device, read once
     for start in range(0, len(eval_x), batch):
         pred = embed_batched(model, eval_x[start : start + batch], device, batch) @ weights
-        correct += (pred.argmax(-1) == eval_y[start : start + batch].to(device)).sum()
+        correct += (pred.argmax(-1) == host_to_device(eval_y[start : start + batch], device)).sum()
     return 100.0 * int(correct) / max(len(eval_x), 1)
 
 
