@@ -128,22 +128,42 @@ def test_batch_sampler_visits_every_image_once_per_epoch():
 
 _TF32_PROBE = """
 import sys, torch
-from frepo.base.device import tf32_passes
+import frepo.base.device as device_module
+from frepo.base.device import exact_matmuls, tf32_passes
 b = torch.backends
-if sys.argv[1] == "new":
-    b.fp32_precision = "tf32"  # torch >= 2.9's API, as a user may set it before calling frepo
-elif sys.argv[1] == "legacy":
+state = sys.argv[1]
+if state == "legacy":
     b.cuda.matmul.allow_tf32 = b.cudnn.allow_tf32 = False
-def read():
-    return b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision, b.fp32_precision
-before = read()
+elif state == "high":  # a user's allow_tf32, or inductor's advice
+    b.cuda.matmul.allow_tf32 = True
+elif state == "medium":
+    torch.set_float32_matmul_precision("medium")
+elif state == "new":  # torch >= 2.9's API, as a user may set it before calling frepo
+    b.fp32_precision = "tf32"
+elif state == "conv-new":  # the legacy flag for matmuls, the newer setting for convolutions
+    b.cuda.matmul.allow_tf32 = True
+    b.cudnn.conv.fp32_precision = "ieee"
+def attempt(read):
+    try:
+        return read()
+    except RuntimeError:  # torch's "mix of the legacy and new APIs"
+        return "refused"
+def settings():
+    legacy = (torch.get_float32_matmul_precision, lambda: b.cuda.matmul.allow_tf32, lambda: b.cudnn.allow_tf32)
+    newer = (b.fp32_precision, b.cuda.matmul, b.cudnn.conv, b.mkldnn.matmul)
+    return tuple(attempt(read) for read in legacy) + tuple(getattr(x, "fp32_precision", x) for x in newer)
+def kernels():  # the TF32 that cuBLAS(Lt) and cuDNN read, through their own checks
+    return attempt(torch._C._get_cublas_allow_tf32), attempt(torch._C._get_cudnn_allow_tf32)
+before, outside = settings(), kernels()
+def agrees(read, value, was):  # frepo's blocks make no mix of the two; a mix the user made may stay theirs
+    return read == value or read == was == "refused"
 with tf32_passes():
-    inside = read()[:2]
-assert inside == ("tf32", "tf32"), inside
-assert read() == before, (before, read())  # the legacy flag's write once left torch's default "none" as "ieee"
-if sys.argv[1] != "new":  # the process stays on the legacy flags: they read back as before and are still readable
-    expected = (False, False) if sys.argv[1] == "legacy" else (False, True)  # torch's defaults: False, True
-    assert (b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32) == expected, expected
+    assert all(agrees(k, True, was) for k, was in zip(kernels(), outside)), (kernels(), outside)
+assert settings() == before, (before, settings())
+device_module.TF32_DEVICES = {"cpu"}  # the host as a device whose float32 matmuls may run in TF32
+with exact_matmuls(torch.device("cpu")):
+    assert agrees(kernels()[0], False, outside[0]), (kernels(), outside)
+assert settings() == before, (before, settings())
 print("ok")
 """
 
@@ -198,10 +218,13 @@ def test_the_gram_and_the_zca_covariance_are_exact_float32_whatever_the_process_
 
 
 @pytest.mark.skipif(not hasattr(torch.backends.cudnn, "conv"), reason="torch < 2.9 has no fp32_precision API")
-@pytest.mark.parametrize("api", ["default", "legacy", "new"])
-def test_tf32_passes_follow_the_processes_tf32_api(api):
-    # torch refuses a mix of its two TF32 APIs: reading a legacy flag after the new one was set raises. A user who
-    # set `torch.backends.fp32_precision` had every TF32 step fail; one on the legacy flags must keep them readable.
-    # A subprocess, since these flags are the process's.
+@pytest.mark.parametrize("api", ["default", "legacy", "high", "medium", "new", "conv-new"])
+def test_tf32_passes_and_exact_matmuls_follow_the_processes_tf32_api(api):
+    """torch refuses a mix of its two TF32 APIs: reading a legacy flag after the newer setting disagrees raises,
+    and so do cuBLASLt's and cuDNN's own checks. A user who set `torch.backends.fp32_precision` had every TF32
+    step fail; exact_matmuls under a user's allow_tf32 = True set only the newer one (the kernels' check raised
+    inside); a legacy write left "none" as "ieee" and "medium" as "high". Each block sets each backend through
+    the API the process uses for it, and every setting reads back as it was. A subprocess: they are the
+    process's."""
     proc = subprocess.run([sys.executable, "-c", _TF32_PROBE, api], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

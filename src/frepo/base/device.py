@@ -78,33 +78,98 @@ def deterministic_kernels(device: torch.device, on: bool = True):
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
 
 
+def _legacy_flag(read) -> bool | None:
+    """A legacy TF32 flag's value, or None where the process set torch >= 2.9's `fp32_precision` for that backend
+    instead: torch refuses a mix of its two APIs (reading a legacy flag then raises, and so do its kernels' own
+    checks where the two disagree), so each block below sets a backend through the API the process uses for it."""
+    try:
+        return bool(read())
+    except RuntimeError:
+        return None
+
+
+def _matmul_settings() -> tuple:
+    """Every setting that `torch.set_float32_matmul_precision` writes: its own (None where torch cannot read it
+    back), CUDA's and oneDNN's matmul `fp32_precision`. A legacy flag's write changes some of them."""
+    try:
+        legacy = torch.get_float32_matmul_precision()
+    except RuntimeError:
+        legacy = None
+    return legacy, torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision
+
+
+def _restore_matmul_settings(saved: tuple) -> None:
+    legacy, cuda, mkldnn = saved
+    if legacy is not None:  # "medium" too, which the flag's write had made "high"
+        torch.set_float32_matmul_precision(legacy)
+    torch.backends.mkldnn.matmul.fp32_precision, torch.backends.cuda.matmul.fp32_precision = mkldnn, cuda
+
+
+@contextlib.contextmanager
+def _cuda_matmuls(tf32: bool):
+    """CUDA's float32 matmuls in TF32 (or exact) inside the block, through the API the process uses for them;
+    every setting as it was after it."""
+    matmul = torch.backends.cuda.matmul
+    if not hasattr(matmul, "fp32_precision"):  # torch < 2.9: the legacy flag alone
+        previous_flag = matmul.allow_tf32
+        matmul.allow_tf32 = tf32
+        try:
+            yield
+        finally:
+            matmul.allow_tf32 = previous_flag
+        return
+    flag = _legacy_flag(lambda: matmul.allow_tf32)
+    if flag is None:  # on the newer setting: the block stays on it
+        previous = matmul.fp32_precision
+        matmul.fp32_precision = "tf32" if tf32 else "ieee"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision = previous
+        return
+    if flag == tf32:  # as wanted already
+        yield
+        return
+    # On the legacy flag (torch's default) the block stays on it: the newer setting alone left the two
+    # disagreeing, and cuBLASLt's check of the flag raised "mix of the legacy and new APIs" inside the block.
+    saved = _matmul_settings()
+    matmul.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        matmul.allow_tf32 = flag
+        _restore_matmul_settings(saved)
+
+
+@contextlib.contextmanager
+def _cudnn_convolutions_tf32():
+    """cuDNN's float32 convolutions in TF32 inside the block, through the API the process uses for them."""
+    cudnn = torch.backends.cudnn
+    conv = getattr(cudnn, "conv", None)
+    if conv is not None and _legacy_flag(lambda: cudnn.allow_tf32) is None:
+        previous = conv.fp32_precision
+        conv.fp32_precision = "tf32"
+        try:
+            yield
+        finally:
+            conv.fp32_precision = previous
+        return
+    previous_precision = conv.fp32_precision if conv is not None else None
+    try:
+        # flags() resets every flag it is not given: keep the run's algorithm choice (deterministic_kernels).
+        with cudnn.flags(enabled=True, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=True):
+            yield
+    finally:
+        if conv is not None:  # the flag's write set it too
+            conv.fp32_precision = previous_precision
+
+
 @contextlib.contextmanager
 def tf32_passes():
     """TF32 matmuls and convolutions inside the block (a feature pass on CUDA); the process's own settings
     again after it."""
-    if _legacy_tf32_flags():
-        # The flag's write sets the newer setting too: "none" (torch's default, which follows the process-wide
-        # `torch.backends.fp32_precision`) would read back "ieee" after it.
-        previous, previous_precision = torch.backends.cuda.matmul.allow_tf32, torch.backends.cuda.matmul.fp32_precision
-        torch.backends.cuda.matmul.allow_tf32 = True
-        try:
-            # flags() resets every flag it is not given: keep the run's algorithm choice (deterministic_kernels).
-            cudnn = torch.backends.cudnn
-            with cudnn.flags(
-                enabled=True, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=True
-            ):
-                yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = previous
-            torch.backends.cuda.matmul.fp32_precision = previous_precision
-        return
-    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
-    previous = matmul.fp32_precision, conv.fp32_precision
-    matmul.fp32_precision = conv.fp32_precision = "tf32"
-    try:
+    with _cuda_matmuls(tf32=True), _cudnn_convolutions_tf32():
         yield
-    finally:
-        matmul.fp32_precision, conv.fp32_precision = previous
 
 
 # The devices whose float32 matmuls may run in TF32 (a test models one on the host).
@@ -122,46 +187,5 @@ def exact_matmuls(device: torch.device | None):
     if device is None or device.type not in TF32_DEVICES:
         yield
         return
-    matmul = torch.backends.cuda.matmul
-    if not hasattr(matmul, "fp32_precision"):  # torch < 2.9: the legacy flag alone
-        previous_flag = matmul.allow_tf32
-        matmul.allow_tf32 = False
-        try:
-            yield
-        finally:
-            matmul.allow_tf32 = previous_flag
-        return
-    if not _legacy_tf32_flags():  # the process is on torch >= 2.9's settings: the block stays on them
-        previous = matmul.fp32_precision
-        matmul.fp32_precision = "ieee"
-        try:
-            yield
-        finally:
-            matmul.fp32_precision = previous
-        return
-    # On the legacy flags (torch's default) the block stays on them too: the newer setting alone left the two
-    # disagreeing, and torch's check of the legacy flag (cuBLASLt's kernels, a read of `allow_tf32`) raised
-    # "mix of the legacy and new APIs" inside the block. The flag sets both for CUDA's matmuls and nothing else.
-    # (torch.get_float32_matmul_precision() is no way to read them: it raises after torch's own "medium".)
-    if not matmul.allow_tf32:  # exact already: nothing to change
+    with _cuda_matmuls(tf32=False):
         yield
-        return
-    matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        matmul.allow_tf32 = True
-
-
-def _legacy_tf32_flags() -> bool:
-    """Whether this process sets TF32 through the legacy `allow_tf32` flags (torch's default).
-
-    torch >= 2.9 also has per-backend `fp32_precision` settings, and refuses a mix of the two: once a user has set
-    the new ones (e.g. `torch.backends.fp32_precision = "tf32"`), reading a legacy flag raises, and once the new
-    ones are set, code that reads the legacy flags raises. So tf32_passes follows whichever API the process is on.
-    """
-    try:
-        _ = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    except RuntimeError:
-        return False
-    return True
