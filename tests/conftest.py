@@ -9,7 +9,6 @@ import platform
 import shutil
 import signal
 import sys
-import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +39,7 @@ def glibc_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in NOT_GLIBC_AS_IT_COMES and not k.startswith("MALLOC_")}
 
 
-if "OMP_NUM_THREADS" not in os.environ:  # OMP_NUM_THREADS=1 runs the suite single-threaded
+if "OMP_NUM_THREADS" not in os.environ:  # OMP_NUM_THREADS=1: one thread in each process
     # pytest-xdist's workers (`-n auto`, pyproject.toml) share the cores: one worker per core, one thread each,
     # and the processes a test starts take the same (children read OMP_NUM_THREADS).
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
@@ -62,10 +61,29 @@ _SET_ONCE = {
     "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR",
     "PYTEST_CURRENT_TEST",
 }
-# A library's own folders join the import path once, on first use (setuptools' vendored packages when inductor
-# first compiles): not a test's doing.
-_LIBRARIES = sysconfig.get_paths()["purelib"]
+
+
+def _library_folder(path: str) -> bool:
+    """A library's own folders join the import path once, on first use (setuptools' vendored packages when
+    inductor first compiles): not a test's doing. Wherever the libraries are installed."""
+    return any(part in ("site-packages", "dist-packages") for part in Path(path).parts)
+
+
 _FP32_PRECISION = ("", "cuda.matmul", "cudnn.conv", "cudnn.rnn", "mkldnn.matmul", "mkldnn.conv", "mkldnn.rnn")
+
+
+_LEGACY_TF32 = (
+    torch.get_float32_matmul_precision,
+    lambda: torch.backends.cuda.matmul.allow_tf32,
+    lambda: torch.backends.cudnn.allow_tf32,
+)
+
+
+def _attempt(read):
+    try:
+        return read()
+    except RuntimeError:  # torch's "mix of the legacy and new APIs"
+        return "refused"
 
 
 def _backend(path: str):
@@ -85,12 +103,14 @@ def _process_state() -> dict[str, object]:
             torch.is_deterministic_algorithms_warn_only_enabled(),
         ),
         "cudnn": (torch.backends.cudnn.enabled, torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark),
-        # The per-backend settings are readable whichever TF32 API (legacy flags or these) the process used.
+        # torch's two TF32 APIs: the legacy ones (unreadable where a test left the two disagreeing) and the
+        # per-backend settings (readable always).
+        "TF32 flags": tuple(_attempt(read) for read in _LEGACY_TF32),
         "fp32 precision": tuple(getattr(_backend(path), "fp32_precision", None) for path in _FP32_PRECISION),
         "numpy RNG": np.random.get_state(),
         "environment": {k: v for k, v in os.environ.items() if k not in _SET_ONCE},
         "working folder": os.getcwd(),
-        "import path": [path for path in sys.path if not path.startswith(_LIBRARIES)],
+        "import path": [path for path in sys.path if not _library_folder(path)],
     }
 
 
@@ -110,6 +130,11 @@ def _restore(state: dict) -> None:
     torch.use_deterministic_algorithms(mode, warn_only=warn_only)
     cudnn = torch.backends.cudnn
     cudnn.enabled, cudnn.deterministic, cudnn.benchmark = state["cudnn"]
+    precision, _, cudnn_flag = state["TF32 flags"]
+    if precision != "refused":  # the legacy settings first: each write sets some per-backend ones too
+        torch.set_float32_matmul_precision(precision)
+    if cudnn_flag != "refused":
+        cudnn.allow_tf32 = cudnn_flag
     for path, value in zip(_FP32_PRECISION, state["fp32 precision"]):
         if value is not None:
             _backend(path).fp32_precision = value
@@ -118,12 +143,13 @@ def _restore(state: dict) -> None:
         del os.environ[key]
     os.environ.update(state["environment"])
     os.chdir(state["working folder"])
-    sys.path[:] = [path for path in sys.path if path.startswith(_LIBRARIES) or path in state["import path"]]
+    sys.path[:] = [path for path in sys.path if _library_folder(path) or path in state["import path"]]
 
 
-# torch's global generator as the process starts (torch's fixed default seed). Tests may draw from it (frepo's
-# commands never do: tests/test_cli.py checks), so each test, and each fixture set up between tests, starts from
-# this state: which tests a pytest-xdist worker ran before is then no part of any test's numbers.
+# torch's global CPU generator as the process starts (torch's fixed default seed; CUDA's is not reset). Tests
+# may draw from it (frepo's commands never do: tests/test_cli.py checks), so each test, and each fixture set up
+# between tests, starts from this state: which tests a pytest-xdist worker ran before is then no part of any
+# test's numbers.
 _TORCH_RNG_AT_START = torch.random.get_rng_state()
 
 
@@ -132,7 +158,9 @@ def _as_at_start() -> None:
     asked for allocator tuning (the CLI's start does, in every in-process `main()`; a library distillation
     after it would choose the allocator by the memory free at that moment)."""
     torch.random.set_rng_state(_TORCH_RNG_AT_START)
-    perf._opted_in = False
+    if perf._opted_in:  # and glibc's allocator as it comes, as the CLI's start found it
+        perf.keep_freed_memory(False)
+        perf._opted_in = False
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ EVAL = ["--models", "3", "--steps", "15", "--width", "8", "--seed", "4"]
 
 
 @pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
+def cache_of_its_own(tmp_path, monkeypatch):
     """Each test its own cache folder: `_records()` counts every record in it, so one another test left
     (or this file's tests run in another order) would fail the counts."""
     monkeypatch.setenv("FREPO_CACHE", str(tmp_path / "frepo-cache"))
