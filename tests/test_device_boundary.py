@@ -402,6 +402,27 @@ def test_the_krr_protocol_sends_host_batches_without_waiting():
     assert got == expected
 
 
+def test_the_privacy_victims_outputs_send_host_batches_without_waiting():
+    """The membership-inference attacks read a victim's outputs batch by batch, queued the same way."""
+    from frepo.apps.victims import outputs
+    from frepo.models import build_model
+
+    model = build_model("conv", (1, 8, 8), 3, generator=torch.Generator().manual_seed(0), width=8)
+
+    def examples():
+        return torch.randn(30, 1, 8, 8, generator=torch.Generator().manual_seed(5)), torch.arange(30) % 3
+
+    expected = outputs(model, *examples(), 3, torch.device("cpu"))
+    with SimulatedDevice() as sim:
+        host_examples = examples()  # made here: host tensors
+        model = model.to(DEVICE)
+        sim.waits.clear()  # placing the network
+        got = outputs(model, *host_examples, 3, DEVICE)
+        assert not sim.waits, dict(sim.waits)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
+
+
 @pytest.mark.parametrize("n", [20, 300])  # fewer images than the 108 dimensions (Gram route), and more
 def test_the_zca_fit_runs_on_the_device_and_returns_host_tensors(n, monkeypatch):
     from frepo.data.preprocess import fit_preprocessing
