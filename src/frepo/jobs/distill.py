@@ -392,10 +392,11 @@ class Distiller:
 
     def _run(self) -> DistillResult:
         cfg = self.config
-        # Rank 0 reads the file (GBs for ImageNet IPC 50) and every rank takes its answer, so all of them meet in
-        # the barrier or none does.
-        verdict = self._final_file() if self.step >= cfg.steps and self.ctx.is_main else "intact"
-        if self.step >= cfg.steps and self.run_dir.distilled_path.is_file() and not self.ctx.any(verdict == "other"):
+        # Rank 0 alone looks at the final file (GBs for ImageNet IPC 50) and every rank takes its answer, so all of
+        # them meet in the barrier or none does (the step, the checkpoint's, is every rank's).
+        finished = self.step >= cfg.steps
+        verdict = self._final_file() if finished and self.ctx.is_main else "intact"
+        if finished and not self.ctx.any(verdict in ("missing", "other")):
             # The final checkpoint holds the set: only a damaged file is written again.
             if self.ctx.any(verdict == "damaged"):
                 self._write_final_files()
@@ -511,15 +512,15 @@ class Distiller:
         return metrics
 
     def _final_file(self) -> str:
-        """What the run's final file holds: "intact" (the final checkpoint's set), "damaged" (unreadable: written
-        again from the checkpoint, without the end's validation, which the checkpoint's step has had), or
-        "other": another set, such as the set of step 300 left by a run extended to 500 with
-        --resume-with-changes, interrupted at 400 and then rerun with --steps 400. Its checkpoint need not be
-        the end's, so the end runs again (final files, best set, and the validation unless the checkpoint's step had
-        it); it said "already complete"."""
+        """What the run's final file holds: "missing" (the end makes it), "intact" (the final checkpoint's set),
+        "damaged" (unreadable: written again from the checkpoint, without the end's validation, which the
+        checkpoint's step has had), or "other": another set, such as the set of step 300 left by a run extended
+        to 500 with --resume-with-changes, interrupted at 400 and then rerun with --steps 400. Its checkpoint
+        need not be the end's, so the end runs again (final files, best set, and the validation unless the
+        checkpoint's step had it); it said "already complete"."""
         path = self.run_dir.distilled_path
         if not path.is_file():
-            return "intact"  # nothing to judge: the end makes it
+            return "missing"
         try:
             on_disk = load_distilled(path)
         except FrepoError as exc:
