@@ -17,8 +17,10 @@ import re
 import shutil
 import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeGuard
 
 import torch
 
@@ -83,7 +85,7 @@ def _unreadable_why(path: Path, exc: Exception) -> str:
     return f"corrupt, truncated or not a frepo checkpoint ({detail})"
 
 
-def _is_record(record: object) -> bool:
+def _is_record(record: object) -> TypeGuard[dict]:
     """Whether `record` is a metrics line as frepo writes them: an object with an integer step whose other values
     are numbers, and a resume's `changed` object ({setting: [old, new]})."""
     if not isinstance(record, dict) or type(record.get("step")) is not int:
@@ -309,11 +311,7 @@ class RunDir:
         if not self.metrics_path.is_file():
             return []
         records, strangers = [], []
-        for number, line in enumerate(self.metrics_path.read_text().splitlines(), 1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                break  # a line cut by a crash ends the log
+        for number, _, record in self._logged():
             if _is_record(record):
                 records.append(record)
             else:
@@ -330,12 +328,17 @@ class RunDir:
         if not self.metrics_path.is_file():
             return
         kept = []
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                break  # a line cut by a crash ends the log
+        for _, line, record in self._logged():
             later = isinstance(record, dict) and type(record.get("step")) is int and record["step"] > step
             if not later:
                 kept.append(line + "\n")
         atomic_write_text(self.metrics_path, "".join(kept))
+
+    def _logged(self) -> Iterator[tuple[int, str, object]]:
+        """(line number, line, its JSON) of metrics.jsonl, up to a line cut by a crash, which ends the log."""
+        for number, line in enumerate(self.metrics_path.read_text().splitlines(), 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                return
+            yield number, line, record
