@@ -242,7 +242,7 @@ def save_plot(path: Path, draw) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = draw(plt)
+    fig, _ = draw(plt)
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
     plt.close(fig)
@@ -252,7 +252,3 @@ def save_plot(path: Path, draw) -> Path:
 def write_text(path: Path, text: str) -> Path:
     atomic_write_text(path, text)
     return path
-
-
-def settings_of(config: Any) -> dict:
-    return dataclasses.asdict(config)

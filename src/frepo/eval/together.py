@@ -47,7 +47,6 @@ class Stacked:
         def loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return mse_loss(forward(p, x), y)
 
-        self.forward_each = vmap(forward, in_dims=(0, 0))  # N×B×C×H×W -> N×B×K
         self.forward_shared = vmap(forward, in_dims=(0, None))  # B×C×H×W -> N×B×K
         self.grads = vmap(grad(loss), in_dims=(0, 0, None))  # targets shared: the same batch indices
 
