@@ -87,5 +87,9 @@ def test_learned_labels_are_replaced_by_class_ids_and_uneven_sets_are_refused(tm
     monkeypatch.setattr(frepo.jobs.evaluate, "evaluate_set", lambda *a, **k: pytest.fail("a network trained"))
     with pytest.raises(FrepoError, match="same number of images in every class"):
         run(uneven, config, source, field_metrics=True)
+    # So is a full split too large to train on in memory (Tiny ImageNet's 4.7 GB at the real limit).
+    monkeypatch.setattr(fm, "STREAM_AUTO_BYTES", 100_000)
+    with pytest.raises(FrepoError, match=r"full-data reference of digits is 0\.\d+ GB .* HLR and LRS cannot"):
+        run(ds, config, source, field_metrics=True)
     with pytest.raises(FrepoError, match="field_metrics must be True or False, got 'no'"):
         run(ds, config, source, field_metrics="no")  # "no" is true: it computed them

@@ -241,9 +241,9 @@ def run(
         build_model(arch, tuple(ds.images.shape[1:]), ds.num_classes, generator=torch.Generator(), width=config.width)
     test_x, test_y = eval_split(ds, raw, config.split)
     if field_metrics:
-        from .field_metrics import images_per_class
+        from .field_metrics import computable
 
-        images_per_class(ds, raw.num_classes)  # before any network trains
+        computable(ds, raw)  # before any network trains
     identity = {
         **({} if isinstance(file, DistilledSet) else {"file": str(file)}),
         "dataset": ds.dataset,

@@ -93,15 +93,21 @@ def random_subset(ds: DistilledSet, raw: RawDataset, ipc: int, seed: int) -> Dis
 def full_split(ds: DistilledSet, raw: RawDataset) -> DistilledSet:
     """The whole distillation part of the training split, in the set's preprocessing, with class ids."""
     train_idx = _training_part(ds, raw)
-    size = len(train_idx) * int(np.prod(raw.x_train.shape[1:])) * 4
-    if size > STREAM_AUTO_BYTES:
-        raise FrepoError(
-            f"the full-data reference of {raw.name} is {size / 1e9:.1f} GB of preprocessed images, more than "
-            f"frepo trains on in memory ({STREAM_AUTO_BYTES / 1e9:.1f} GB); HLR and LRS cannot be computed here"
-        )
+    _refuse_too_large(raw, len(train_idx))
     images = ds.preprocessing(raw.x_train[train_idx])
     labels = torch.from_numpy(np.asarray(raw.y_train[train_idx])).clone()
     return DistilledSet(images, labels, ds.preprocessing, {**ds.meta, "kind": "full-training-split"})
+
+
+def _refuse_too_large(raw: RawDataset, count: int) -> None:
+    """Refuse a full-split reference of `count` training images that would not fit in memory as float32."""
+    size = count * int(np.prod(raw.x_train.shape[1:])) * 4
+    if size > STREAM_AUTO_BYTES:
+        raise FrepoError(
+            f"field metrics: the full-data reference of {raw.name} is {size / 1e9:.1f} GB of preprocessed images, "
+            f"more than frepo trains on in memory ({STREAM_AUTO_BYTES / 1e9:.1f} GB); HLR and LRS cannot be "
+            "computed here"
+        )
 
 
 def _recipe(config: EvalConfig, arch: str) -> dict:
@@ -157,12 +163,14 @@ def _cached_accuracy(path: Path, compute: Callable[[], EvalResult], what: str) -
     return entry
 
 
-def images_per_class(ds: DistilledSet, num_classes: int) -> int:
-    """The set's images per class, which field metrics need to be the same for every class (checked before
-    any network trains: it was found after the evaluation of the set itself)."""
-    counts = torch.bincount(class_ids_of(ds.labels), minlength=num_classes)
+def computable(ds: DistilledSet, raw: RawDataset) -> int:
+    """The set's images per class, once it is clear that its field metrics can be computed: the same number of
+    images in every class, and a full-split reference that fits in memory. Checked before any network trains:
+    both were found only after the set's own networks had trained (the size after the random subset's too)."""
+    counts = torch.bincount(class_ids_of(ds.labels), minlength=raw.num_classes)
     if not bool((counts == counts[0]).all()) or int(counts[0]) < 1:
         raise FrepoError(f"field metrics need the same number of images in every class; the set has {counts.tolist()}")
+    _refuse_too_large(raw, len(_training_part(ds, raw)))
     return int(counts[0])
 
 
@@ -180,7 +188,7 @@ def field_metrics(
 ) -> dict:
     """IOR, HLR, LRS (module docstring) of `ds` under `config` on `arch`, given `own`: its evaluation with its
     own labels under the same config. Returns the dict of `KEYS` (accuracies in percent)."""
-    ipc = images_per_class(ds, raw.num_classes)
+    ipc = computable(ds, raw)
     recipe, identity = _recipe(config, arch), _data_identity(ds, raw)
     folder = Path(cache_dir) if cache_dir is not None else default_data_dir() / "field_metrics"
 
