@@ -179,6 +179,12 @@ def _arrays(y_train, y_test, **more) -> dict:
             "3 of 6 classes have no training image \\(2, 3, 4\\); the training labels are 0, 1, 5",
         ),
         (_arrays([0, 1, 2, 0], [0, 7]), "5 of 8 classes have no training image \\(3, 4, 5, 6, 7\\)"),
+        # One stray label: 10**9 class names and a bincount of 8 GB were made, for minutes, before the error.
+        (
+            _arrays([0, 1, 2, 0], [0, 10**9]),
+            "999999998 of 1000000001 classes have no training image \\(3, 4, 5, 6, 7 and 999999993 more\\)",
+        ),
+        (_arrays(np.array([0, 1, 0, 2**64 - 1], np.uint64), [0, 1]), "label 18446744073709551615 is no class id"),
         (
             _arrays([0, 1, 2, 0], [0, 1], classes=np.array(list("abcde"))),
             "2 of 5 classes have no training image \\(d, e\\)",

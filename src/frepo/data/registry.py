@@ -9,6 +9,7 @@ classes) stands in for a torchvision download, and so does `<data_dir>/<name>.np
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import zipfile
 import zlib
@@ -238,13 +239,18 @@ def _read_npz(path: Path) -> tuple:
     x_train, x_test = (_as_uint8_nhwc(arrays[k], f"{path}:{k}") for k in ("x_train", "x_test"))
     y_train, y_test = (_as_labels(arrays[k], f"{path}:{k}") for k in ("y_train", "y_test"))
     if classes is None:
-        classes = [str(i) for i in range(int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1)]
+        count = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
         present = np.unique(y_train)
         if len(present) and present[0] > 0:  # labels 1..10 or 100..109 made classes 0..99 without an image
             raise FrepoError(
                 f"{path}: labels are class ids 0..C-1, and y_train's {len(present)} distinct labels run "
                 f"{int(present[0])}..{int(present[-1])}: remap them to 0..{len(present) - 1}"
             )
+        if len(present) and count > len(present):  # said before `count` names are made: one stray label 10**9
+            seen = set(present.tolist())  # was 10**9 names and a bincount of 8 GB, minutes before the error
+            absent = list(itertools.islice((str(c) for c in range(count) if c not in seen), 5))
+            raise _without_images(str(path), count, absent, count - len(present), present)
+        classes = [str(i) for i in range(count)]
     return x_train, y_train, x_test, y_test, classes
 
 
@@ -361,6 +367,8 @@ def _as_labels(y: np.ndarray, where: str) -> np.ndarray:
         raise FrepoError(f"{where} must be a 1-D array of integer class labels, got {y.dtype} {y.shape}")
     if y.size and y.min() < 0:
         raise FrepoError(f"{where}: labels must be >= 0")
+    if y.size and y.max() > np.iinfo(np.int64).max:  # a uint64 past it would wrap to a negative class id
+        raise FrepoError(f"{where}: label {int(y.max())} is no class id (labels are class ids 0..C-1)")
     return y.astype(np.int64)
 
 
@@ -388,11 +396,16 @@ def _check_classes(raw: RawDataset, where: str) -> None:
     counts = np.bincount(raw.y_train, minlength=raw.num_classes)
     absent = [raw.classes[c] for c in np.flatnonzero(counts == 0)]
     if absent:  # "class 2 has 0 training images, fewer than ipc=1" at distill, and no word of why
-        shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
-        present = np.unique(raw.y_train)
-        labels = ", ".join(str(int(c)) for c in present[:8]) + (", ..." if len(present) > 8 else "")
-        raise FrepoError(
-            f"{where}: {len(absent)} of {raw.num_classes} classes have no training image ({shown}); the training "
-            f"labels are {labels}. Every class needs images: class ids run 0..C-1, as many as the class names "
-            "(or, without names, up to the largest train or test label)"
-        )
+        raise _without_images(where, raw.num_classes, absent, len(absent), np.unique(raw.y_train))
+
+
+def _without_images(where: str, num_classes: int, absent: list[str], count: int, present: np.ndarray) -> FrepoError:
+    """The error of `count` classes of `num_classes` without a training image (`absent`: the first names at
+    least), given the distinct training labels `present`."""
+    shown = ", ".join(absent[:5]) + (f" and {count - 5} more" if count > 5 else "")
+    labels = ", ".join(str(int(c)) for c in present[:8]) + (", ..." if len(present) > 8 else "")
+    return FrepoError(
+        f"{where}: {count} of {num_classes} classes have no training image ({shown}); the training "
+        f"labels are {labels}. Every class needs images: class ids run 0..C-1, as many as the class names "
+        "(or, without names, up to the largest train or test label)"
+    )
