@@ -512,3 +512,102 @@ def test_the_python_export_reads_every_set_the_command_does(tmp_path):
         frepo.export(tmp_path / "official.npz", tmp_path / "x", "pt", dataset="digits", models=3)
     with pytest.raises(FrepoError, match="does not say which dataset it belongs to"):
         frepo.export(tmp_path / "official.npz", tmp_path / "y", "pt")  # another tool's file names no dataset
+
+
+def _edit_json(path: Path, edit) -> None:
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def _edit_preprocessing(folder: Path, params=None, **tensors) -> None:
+    """Rewrite the export's preprocessing.safetensors with `params` (its JSON header) or tensors replaced."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = folder / "preprocessing.safetensors"
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+        held = {k: fh.get_tensor(k) for k in fh.keys()}
+    if params is not None:
+        meta = {**meta, "frepo_preprocessing": json.dumps(params(json.loads(meta["frepo_preprocessing"])))}
+    save_file({**held, **tensors}, str(path), metadata=meta)
+
+
+def _set(key, value):
+    return lambda m: m["set"].__setitem__(key, value)
+
+
+# An export edited by hand or damaged: each was a traceback (TypeError, KeyError, AttributeError, IndexError, a
+# RuntimeError of torch's) or, for the last two, a set loaded as if whole; now one line that names the field.
+DAMAGED = {
+    "files": ("pt", lambda f: _edit_json(f / "export.json", lambda m: m.update(files=5)), "'files' must be an object"),
+    "shape": (
+        "pt",
+        lambda f: _edit_json(f / "export.json", lambda m: m["images"].update(shape=[])),
+        "'images' must be an object with \"shape\": \\[C, H, W\\]",
+    ),
+    "set": ("pt", lambda f: _edit_json(f / "export.json", lambda m: m.update(set=[1])), "'set' must be an object"),
+    "no dataset": ("pt", lambda f: _edit_json(f / "export.json", lambda m: m.pop("dataset")), "lacks 'dataset'"),
+    "dataset": (
+        "pt",
+        lambda f: _edit_json(f / "export.json", lambda m: m.update(dataset=5)),
+        "'dataset' must be a dataset name or path, got 5",
+    ),
+    "val_size": (
+        "pt",
+        lambda f: _edit_json(f / "export.json", _set("val_size", "x")),
+        "set 'val_size' must be an integer >= 0, got 'x'",
+    ),
+    "classes": (
+        "pt",
+        lambda f: _edit_json(f / "export.json", lambda m: m.update(classes=list(range(len(m["classes"]))))),
+        "'classes' must be class names",
+    ),
+    "image_files": (
+        "imagefolder",
+        lambda f: _edit_json(f / "export.json", lambda m: m.update(image_files=[5] * len(m["image_files"]))),
+        "'image_files' must be a list of file names",
+    ),
+    "params": ("pt", lambda f: _edit_preprocessing(f, params=lambda p: [1]), "parameters are not a JSON object"),
+    "zca_reg": (
+        "pt",
+        lambda f: _edit_preprocessing(f, params=lambda p: {**p, "zca_reg": "x"}),
+        "zca_reg must be a number >= 0, got 'x'",
+    ),
+    "std size": ("pt", lambda f: _edit_preprocessing(f, pre_std=torch.ones(3)), "pre_std has 3 values"),
+    "std 0": ("pt", lambda f: _edit_preprocessing(f, pre_std=torch.zeros(1)), "the std finite and > 0"),
+    "labels": (
+        "pt",
+        lambda f: torch.save({"a": 1}, f / "labels.pt"),
+        "expected an array of labels \\(class ids or learned labels\\), found a dict",
+    ),
+    "nan labels": (
+        "pt",
+        lambda f: torch.save(torch.full((len(torch.load(f / "labels.pt")), 3), float("nan")), f / "labels.pt"),
+        "the labels contain NaN or infinite values",
+    ),
+    "empty": (
+        "pt",
+        lambda f: (
+            torch.save(torch.zeros(0, 1, 8, 8), f / "images.pt"),
+            torch.save(torch.zeros(0, dtype=torch.long), f / "labels.pt"),
+        ),
+        "holds no images",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED)
+def test_a_damaged_export_is_one_line(tmp_path, damage):
+    layout, edit, message = DAMAGED[damage]
+    ds, _ = _subset(tmp_path, channels=1)
+    export(ds, tmp_path / "e", layout)
+    edit(tmp_path / "e")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", frepo.FrepoWarning)  # the changed files' warning, where it gets that far
+        with pytest.raises(FrepoError, match=message):
+            load_export(tmp_path / "e")
+        read_through = "labels.pt" if layout == "pt" else "export.json"  # a file of the export names it too
+        assert main(["show", str(tmp_path / "e" / read_through), "--out", str(tmp_path / "grid.png")]) == 2
+    assert not (tmp_path / "grid.png").exists()

@@ -28,6 +28,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -333,7 +334,57 @@ def read_manifest(path: Path) -> dict:
         raise FrepoError(f"{path} is not a frepo export manifest")
     if manifest.get("export_version") != EXPORT_VERSION:
         raise FrepoError(f"{path}: export version {manifest.get('export_version')} is not supported")
+    _check_fields(manifest, path)
     return manifest
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# The manifest's fields that frepo reads back, each with what it must be (an edited or damaged manifest was
+# a TypeError, KeyError or AttributeError deep in a reader; a missing one was "the manifest lacks 'dataset'").
+_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "layout": (lambda v: isinstance(v, str), "a layout name"),
+    "dataset": (lambda v: isinstance(v, str) and bool(v), "a dataset name or path"),
+    "classes": (lambda v: isinstance(v, list) and bool(v) and all(isinstance(c, str) for c in v), "class names"),
+    "images": (
+        lambda v: (
+            isinstance(v, dict)
+            and isinstance(v.get("shape"), list)
+            and len(v["shape"]) == 3
+            and all(_is_int(n) and n >= 1 for n in v["shape"])
+        ),
+        'an object with "shape": [C, H, W]',
+    ),
+    "files": (lambda v: isinstance(v, dict), "an object of file names"),
+    "image_files": (lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v), "a list of file names"),
+    "set": (lambda v: isinstance(v, dict), "an object"),
+}
+_OPTIONAL = {"files", "image_files"}
+# The fields of "set", where present and not null.
+_SET_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{k: (lambda v: _is_int(v) and v >= 0, "an integer >= 0") for k in ("ipc", "step", "val_size")},
+    "seed": (_is_int, "an integer"),
+    **{k: (lambda v: isinstance(v, bool), "true or false") for k in ("use_flip", "mirror_invariant")},
+    **{k: (lambda v: isinstance(v, str), "a string") for k in ("kind", "test_fingerprint", "checksum", "data_dir")},
+    "holdout": (lambda v: isinstance(v, dict), "an object"),
+}
+
+
+def _check_fields(manifest: dict, path: Path) -> None:
+    """Each field frepo reads back is of the kind `frepo export` writes."""
+    for key, (fits, what) in _FIELDS.items():
+        if key not in manifest:
+            if key in _OPTIONAL:
+                continue
+            raise FrepoError(f"{path}: the manifest lacks {key!r}")
+        if not fits(manifest[key]):
+            raise FrepoError(f"{path}: the manifest's {key!r} must be {what}, got {manifest[key]!r:.80}")
+    for key, (fits, what) in _SET_FIELDS.items():
+        value = manifest["set"].get(key)
+        if value is not None and not fits(value):
+            raise FrepoError(f"{path}: the manifest's set {key!r} must be {what}, got {value!r:.80}")
 
 
 def read_preprocessing(folder: Path) -> Preprocessing:
@@ -346,4 +397,7 @@ def read_preprocessing(folder: Path) -> Preprocessing:
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # missing, damaged, or not ours
         raise FrepoError(f"cannot read the export's preprocessing {path}: {exc}") from exc
-    return Preprocessing.from_tensors(params, tensors)
+    try:
+        return Preprocessing.from_tensors(params, tensors)
+    except FrepoError as exc:
+        raise FrepoError(f"{path}: {exc}") from exc

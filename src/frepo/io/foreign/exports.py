@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ...base.errors import FrepoError
 from ...base.log import warn
@@ -132,13 +133,22 @@ def load_export(path: str | Path) -> DistilledSet:
 def _check_preprocessing_fits(pre, shape: tuple, folder: Path) -> None:
     """The preprocessing is for images of the manifest's shape: one of another export (copied in) failed deep
     in the first transform with a traceback ("shape '[1, 1, 1, 1]' is invalid for input of size 3")."""
-    sizes = {"pre_mean": (pre.mean, shape[0]), "pre_zca_mean": (pre.zca_mean, int(np.prod(shape)))}
+    sizes = {
+        "pre_mean": (pre.mean, shape[0]),
+        "pre_std": (pre.std, shape[0]),
+        "pre_zca_mean": (pre.zca_mean, int(np.prod(shape))),
+    }
     for name, (tensor, expected) in sizes.items():
         if tensor is not None and tensor.numel() != expected:
             raise FrepoError(
                 f"{folder / 'preprocessing.safetensors'} is for other images ({name} has {tensor.numel()} values, "
                 f"the manifest's images of {'×'.join(map(str, shape))} need {expected}): it is not this export's"
             )
+    if not bool(torch.isfinite(pre.mean).all()) or not bool((pre.std > 0).all()) or not bool(pre.std.isfinite().all()):
+        raise FrepoError(  # as load_distilled refuses a file's: a std of 0 made every image infinite
+            f"{folder / 'preprocessing.safetensors'}: the per-channel mean must be finite and the std finite and > 0 "
+            f"(mean {pre.mean.flatten().tolist()}, std {pre.std.flatten().tolist()})"
+        )
 
 
 def _warn_of_changed_files(manifest: dict, each: dict[str, str], where: str) -> None:

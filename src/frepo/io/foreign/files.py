@@ -97,8 +97,16 @@ def torch_load(path: str | Path):
 # ---- the checks of every reader's tensors -----------------------------------------------------
 def check_labels(labels, n: int, num_classes: int, where: str) -> torch.Tensor:
     """(N,) int64 class ids or N×K float32 learned labels, validated."""
-    labels = torch.as_tensor(np.asarray(labels) if isinstance(labels, np.ndarray) else labels)
+    try:
+        labels = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError) as exc:  # a dict, strings: was torch's traceback
+        found = f"an array of {labels.dtype}" if isinstance(labels, np.ndarray) else f"a {type(labels).__name__}"
+        raise FrepoError(f"{where}: expected an array of labels (class ids or learned labels), found {found}") from exc
+    if labels.is_complex():
+        raise FrepoError(f"{where}: labels must be real numbers, got {labels.dtype}")
     if labels.ndim == 2 and labels.shape == (n, num_classes):
+        if not bool(labels.isfinite().all()):  # as load_distilled refuses a file's
+            raise FrepoError(f"{where}: the labels contain NaN or infinite values")
         return labels.float()
     if labels.ndim == 1 and len(labels) == n:
         if labels.is_floating_point():
@@ -128,6 +136,8 @@ def check_images(images, shape: tuple[int, int, int], where: str, channels_last:
     if x.ndim != 4 or tuple(x.shape[1:]) != (c, h, w):
         expected = f"N×H×W×C = N×{h}×{w}×{c}" if channels_last else f"N×C×H×W = N×{c}×{h}×{w}"
         raise FrepoError(f"{where}: images of shape {given}, expected {expected} for this dataset")
+    if len(x) == 0:  # as load_distilled refuses a file's; `show` stacked no tiles with a traceback
+        raise FrepoError(f"{where}: holds no images")
     if not bool(torch.isfinite(x).all()):
         raise FrepoError(f"{where}: images contain NaN or infinite values")
     return x.detach().float().contiguous()  # MTT saves its leaf tensors with requires_grad set
