@@ -113,6 +113,10 @@ def test_distill_evaluate_show_subset_on_digits(tmp_path, capsys):
     code, stdout, err = run_cli(["show", subset, "--per-class", 1, "--out", tmp_path / "grid2"], capsys)
     assert code == 0 and (tmp_path / "grid2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", err
     assert stdout.strip().endswith("grid2.png (1 of 2 images per class; --per-class 2 shows all)"), stdout
+    # More per row than the largest class holds: the grid of --per-class 2 (2000 drew 20 000 blank tiles, 8.8 GB).
+    for per_class, name in ((2, "grid3.png"), (2000, "grid4.png")):
+        assert run_cli(["show", subset, "--per-class", per_class, "--out", tmp_path / name], capsys)[0] == 0
+    assert (tmp_path / "grid3.png").read_bytes() == (tmp_path / "grid4.png").read_bytes()
 
     # Rerunning a finished run changes nothing and says so.
     before = (out / "distilled.safetensors").read_bytes()
