@@ -476,6 +476,7 @@ def _resign(path, edit_meta=None, edit_tensors=None):
         (lambda m: m.update(preprocessing={"kind": "whiten"}), None, "preprocessing"),
         (lambda m: m.update(ipc=-1), None, "'ipc' is -1; it must be at least 1"),
         (lambda m: m.update(step=-3), None, "'step' is -3; it must be at least 0"),
+        (lambda m: m.update(config={"data": 5}), None, "'config' holds the data settings 5, not a JSON object"),
         (
             lambda m: m.update(num_images=0),
             lambda t: t.update(images=torch.zeros(0, 1, 8, 8), labels=torch.zeros(0, 10)),

@@ -21,6 +21,7 @@ from frepo.eval.results import results_csv, results_json, results_table
 from frepo.io.artifact import DistilledSet, load_distilled, save_distilled
 from frepo.jobs import reproduce
 from frepo.jobs.report import write_report
+from frepo.jobs.runs import RunDir
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -148,6 +149,26 @@ def test_run_report(tmp_path):
         "digits, training chunk 1 of 300 images, 1 image per class, preprocessing None, validation hold-out none"
         in (write_report(run).read_text())
     )
+
+
+def test_a_report_of_edited_or_damaged_files_shows_what_it_can(tmp_path):
+    """Each was a traceback: settings of the wrong kind (AttributeError), field metrics without their
+    references (KeyError), a checksum that is a list (unhashable), a metrics line of bytes that are no UTF-8
+    (UnicodeDecodeError, on resume too). Now the settings show as unset, the evaluation file is named as
+    unreadable, and the log ends at the damaged line, as at a line cut by a crash."""
+    run = _run_dir(tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "data": 5, "pool": 5, "model": [1]}))
+    (run / "eval_field.json").write_text(json.dumps({"mean": 1.0, "field_metrics": {"a": 1}}))
+    (run / "eval_checksum.json").write_text(json.dumps({"mean": 1.0, "file_checksum": [1]}))
+    with (run / "metrics.jsonl").open("ab") as fh:
+        fh.write(b'{"step": 6, "loss": 0.1}\n\xff\xfe\n{"step": 7, "loss": 0.1}\n')
+    text = write_report(run).read_text()
+    assert "- dataset: None, 1 image per class" in text and "pool: None models of Conv width None" in text
+    assert "Unreadable evaluation files: eval_broken.json, eval_checksum.json, eval_field.json" in text
+    assert "Last logged step 6" in text
+    RunDir(run).truncate_metrics(6)  # a resume from step 6 keeps the log up to it
+    assert [r["step"] for r in RunDir(run).read_metrics() if "loss" in r] == [1, 2, 3, 4, 5, 6]
 
 
 def test_report_errors(tmp_path):

@@ -275,6 +275,9 @@ def check_meta(meta: dict, where: str) -> SetMeta:
             f"{where}: metadata describes {parsed.num_images} images of shape {parsed.image_shape} in "
             f"{len(parsed.classes)} classes; a set needs at least one image, a C×H×W shape and one class"
         )
+    data = (parsed.config or {}).get("data")  # the data settings exports, reports and evaluations read
+    if data is not None and not isinstance(data, dict):
+        raise FrepoError(f"{where}: metadata 'config' holds the data settings {data!r:.80}, not a JSON object")
     for name, least in (("ipc", 1), ("step", 0), ("val_size", 0)):  # copied into exports and reports
         value = getattr(parsed, name)
         if value is not None and value < least:

@@ -92,9 +92,24 @@ def _is_eval_row(item: object) -> bool:
         and type(item.get("seconds", 0.0)) in number
         and isinstance(item.get("accuracies", []), list)
         and type(item.get("models", 0)) is int
-        and isinstance(item.get("field_metrics") or {}, dict)
+        and _is_field_metrics(item.get("field_metrics") or {})
         and isinstance(item.get("file") or "", str)
+        and isinstance(item.get("file_checksum") or "", str)
     )
+
+
+def _is_field_metrics(metrics: object) -> bool:
+    """Whether `metrics` is none ({}) or what `frepo evaluate --field-metrics` writes, as far as the report reads it."""
+    number = (int, float)
+    if not isinstance(metrics, dict):
+        return False
+    return not metrics or (
+        all(type(metrics.get(k)) in number for k in ("ior", "hlr", "lrs"))
+        and all(isinstance(metrics.get(k), dict) and type(metrics[k].get("mean")) in number for k in REFERENCES)
+    )
+
+
+REFERENCES = ("set_hard", "random", "full")  # the accuracies field metrics are made of
 
 
 def _config(run: RunDir) -> dict | None:
@@ -115,7 +130,7 @@ def _settings(config: dict | None, made: dict) -> list[str]:
         return []
     if not config:
         return ["(config.json is unreadable)"]
-    data, model = config.get("data", {}), config.get("model", {})
+    data, model, pool = (_object(config.get(k)) for k in ("data", "model", "pool"))  # an edited one: shown as unset
     held = data.get("val_size")  # None: the default size; 0: none (continual's and privacy's distillations)
     resolved = f" ({made['val_size']} images)" if isinstance(made.get("val_size"), int) else ""
     holdout = f"default{resolved}" if held is None else f"{held} images" if held else "none"
@@ -132,9 +147,13 @@ def _settings(config: dict | None, made: dict) -> list[str]:
         f"preprocessing {preprocess}, validation hold-out {holdout}",
         f"- {config.get('steps')} steps, real batch {config.get('batch_size')}, lr {config.get('lr')}, "
         f"flip trick {'on' if config.get('use_flip') else 'off'}, learned labels {config.get('learn_labels')}",
-        f"- pool: {_count(config.get('pool', {}).get('num_models'), 'model')} of Conv width {model.get('width')}, "
+        f"- pool: {_count(pool.get('num_models'), 'model')} of Conv width {model.get('width')}, "
         f"depth {model.get('depth')}, norm {model.get('norm')}; seed {config.get('seed')}",
     ]
+
+
+def _object(value: object) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def _count(value: object, noun: str) -> str:
@@ -158,7 +177,7 @@ def _evaluated(run: RunDir, made: dict, evals: list[dict]) -> list[str]:
     another file, named: an evaluation of another run's set or of a baseline, kept in this run's folder, was
     read as this run's."""
     own = {made.get("checksum"): "distilled", _set_meta(run.best_path).get("checksum"): "best"}
-    own.pop(None, None)
+    own = {checksum: name for checksum, name in own.items() if isinstance(checksum, str)}  # a header's own kind
     mine = {path.resolve(): path.stem for path in (run.distilled_path, run.best_path)}
     named = []
     for r in evals:

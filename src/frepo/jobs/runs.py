@@ -336,7 +336,10 @@ class RunDir:
 
     def _logged(self) -> Iterator[tuple[int, str, object]]:
         """(line number, line, its JSON) of metrics.jsonl, up to a line cut by a crash, which ends the log."""
-        for number, line in enumerate(self.metrics_path.read_text().splitlines(), 1):
+        # Bytes that are no UTF-8 (a damaged disk block) end the log as a cut line does: they were a
+        # UnicodeDecodeError, on resume too.
+        text = self.metrics_path.read_bytes().decode("utf-8", errors="replace")
+        for number, line in enumerate(text.splitlines(), 1):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
