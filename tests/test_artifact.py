@@ -166,3 +166,18 @@ def test_a_set_the_loader_would_refuse_is_never_saved_nor_evaluated(tmp_path):
     for name, value in (("images", ds.images.numpy()), ("labels", ds.labels.tolist()), ("preprocessing", None)):
         with pytest.raises(FrepoError, match=f"a DistilledSet's {name} must be a"):
             DistilledSet(**{"images": ds.images, "labels": ds.labels, "preprocessing": ds.preprocessing, name: value})
+
+
+@pytest.mark.parametrize("labels_2d", [True, False])
+def test_a_set_is_a_torch_dataset_for_a_data_loader(tmp_path, labels_2d):
+    """`TensorDataset(ds.images, ds.targets())` was written by hand; class ids for a cross-entropy recipe."""
+    from torch.utils.data import DataLoader
+
+    ds = load_distilled(save_distilled(_set(labels_2d)[0], tmp_path / "set.safetensors"))
+    for labels, expected in (("targets", ds.targets()), ("class_ids", ds.class_ids())):
+        pairs = list(DataLoader(ds.torch_dataset(labels), batch_size=3))
+        assert torch.equal(torch.cat([x for x, _ in pairs]), ds.images)
+        assert torch.equal(torch.cat([y for _, y in pairs]), expected)
+    assert ds.targets().shape == (len(ds.images), ds.num_classes) and ds.class_ids().dtype == torch.int64
+    with pytest.raises(FrepoError, match="unknown labels 'soft': labels must be one of targets, class_ids"):
+        ds.torch_dataset("soft")

@@ -22,6 +22,7 @@ import torch
 
 from ..base.atomic import atomic_save_safetensors
 from ..base.errors import FrepoError, check_argument, check_path
+from ..base.fields import check_choice
 from ..base.version import __version__
 from ..data.preprocess import KINDS, PACKED, Preprocessing, unpack_upper, upper_size
 from ..method.krr import centered_one_hot, label_scale
@@ -94,6 +95,16 @@ class DistilledSet:
 
     def class_ids(self) -> torch.Tensor:
         return class_ids_of(self.labels)
+
+    def torch_dataset(self, labels: str = "targets") -> torch.utils.data.TensorDataset:
+        """The set as a torch Dataset of (image, label) pairs, for a DataLoader of your own training: the images
+        as held (C×H×W, in the set's preprocessed space: put test images there with `transform`), each with
+        its row of `targets()` (K floats, what frepo's networks regress with an MSE loss) or, with
+        labels="class_ids", its class id (for a cross-entropy recipe)."""
+        from torch.utils.data import TensorDataset
+
+        check_choice("labels", labels, ("targets", "class_ids"))
+        return TensorDataset(self.images, self.targets() if labels == "targets" else self.class_ids())
 
     def transform(
         self, raw_images: np.ndarray | torch.Tensor, value_range: tuple[float, float] | None = None
