@@ -181,3 +181,21 @@ def test_a_set_is_a_torch_dataset_for_a_data_loader(tmp_path, labels_2d):
     assert ds.targets().shape == (len(ds.images), ds.num_classes) and ds.class_ids().dtype == torch.int64
     with pytest.raises(FrepoError, match="unknown labels 'soft': labels must be one of targets, class_ids"):
         ds.torch_dataset("soft")
+
+
+def test_save_distilled_replaces_a_set_file_only(tmp_path):
+    """`save_distilled(ds, "RUN/checkpoint.pt")` replaced the run's checkpoint (and config.json) with a set,
+    and returned: the run could not resume."""
+    ds, _ = _set()
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("checkpoint.pt", "config.json", "metrics.jsonl"):
+        (run / name).write_bytes(b"kept")
+        with pytest.raises(FrepoError, match=f"not saved to .*{name}: it is a file other than a set"):
+            save_distilled(ds, run / name)
+        assert (run / name).read_bytes() == b"kept"
+    with pytest.raises(FrepoError, match="it is a folder"):
+        save_distilled(ds, run)
+    save_distilled(ds, run / "distilled.safetensors")
+    save_distilled(ds, run / "distilled.safetensors")  # a set replaces a set
+    assert load_distilled(run / "distilled.safetensors").meta["step"] == 5

@@ -113,6 +113,26 @@ def test_an_argument_of_the_wrong_kind_is_named(tmp_path):
         (lambda: frepo.make_subset(DataConfig(dataset="digits"), True), "ipc must be an integer, got True"),
         (lambda: frepo.make_subset(DataConfig(dataset="digits"), 1, device=5), "device must be a string, got 5"),
         (lambda: frepo.DistillConfig(data="digits").validate(), "data must be a DataConfig, got 'digits'"),
+        # Each of these was a TypeError, AttributeError or RuntimeError from inside, or taken ("no" is true).
+        (lambda: frepo.export(str(tmp_path / "x.safetensors"), 5, "pt"), "out must be a path"),
+        (lambda: frepo.export(dataclasses.replace(ds, labels=ds.labels[:5]), tmp_path / "e", "pt"), "labels"),
+        (lambda: frepo.load_export(5), "path must be a path"),
+        (lambda: frepo.data.load_dataset(["mnist"]), "name must be a dataset name or the path"),
+        (lambda: frepo.data.load_dataset("digits", data_dir=5), "data_dir must be a path"),
+        (lambda: frepo.data.load_dataset("svhn", download="no"), "download must be True or False, got str 'no'"),
+        (lambda: frepo.continual({"tasks": 2}), "config must be a ContinualConfig, or none with a preset"),
+        (lambda: frepo.privacy(presets.resolve("digits", 1)), "config must be a PrivacyConfig, or none with a"),
+        (lambda: frepo.continual(preset=["continual-mnist-cpu"]), "preset must be a string"),
+        (lambda: frepo.privacy(preset="privacy-mnist-cpu", out=5), "out must be a path"),
+        (lambda: frepo.distill(steps=1, out=tmp_path / "r", resume_with_changes="no"), "resume_with_changes must be"),
+        (lambda: frepo.distill(steps=1, out=tmp_path / "r", progress=1), "progress must be True or False"),
+        (lambda: frepo.evaluate(ds, arch=5), "arch must be a name, comma-separated names or a list of names, got 5"),
+        (lambda: presets.resolve("digits", 1, overrides=[("steps", 5)]), "overrides must be a dict of settings"),
+        (lambda: presets.configure("mnist-ipc1-cpu", overrides="steps=5"), "overrides must be a dict of settings"),
+        (lambda: presets.resolve("digits", 1, preset=["x"]), "preset must be a string"),
+        (lambda: ds.transform(None), "raw_images must be an array of images"),
+        (lambda: ds.transform(ds.images.numpy().astype(object)), "an array of Python objects"),
+        (lambda: ds.transform(ds.pixels().numpy(), value_range=1), "value_range must be \\(0, 1\\) or \\(0, 255\\)"),
     ]
     for call, message in cases:
         with pytest.raises(FrepoError, match=message):

@@ -16,7 +16,7 @@ import torch
 
 from ..base.atomic import atomic_write, atomic_write_json, atomic_write_text
 from ..base.errors import FrepoError
-from ..base.fields import comma_items, from_dict, set_leaf, to_dict
+from ..base.fields import check_type, comma_items, from_dict, set_leaf, to_dict
 from ..base.lock import LOCK, FolderLock
 from ..data import Preprocessing, RawDataset
 from ..io.artifact import DistilledSet
@@ -30,6 +30,7 @@ def resolve(cls: type, presets: dict[str, dict], preset: str | None, overrides: 
     preset's budget is its dataset's, so another dataset is refused, as `frepo distill` refuses it."""
     config = cls()
     if preset is not None:
+        check_type("preset", preset, str)  # a list was "unhashable type"
         if preset not in presets:
             raise FrepoError(f"unknown preset {preset!r}; known: {', '.join(sorted(presets))}")
         named, given = presets[preset].get("dataset"), overrides.get("dataset")

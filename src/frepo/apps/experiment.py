@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..base.device import resolve_device
-from ..base.errors import FrepoError
+from ..base.errors import FrepoError, check_argument, check_path
 from ..base.fields import to_dict
 from ..base.version import __version__
 from ..config import DistillConfig
@@ -136,4 +136,8 @@ def run_experiment(
         config = resolve(cls.settings_type, cls.presets, preset, overrides)
     elif preset or overrides:
         raise FrepoError(f"give either a {cls.settings_type.__name__} or a preset and options, not both")
+    name = cls.settings_type.__name__
+    check_argument("config", config, cls.settings_type, f"a {name}, or none with a preset and options")
+    check_path("out", out)
+    check_argument("progress", progress, bool, "True or False")
     return cls(config, out, progress).run()

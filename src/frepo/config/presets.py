@@ -130,10 +130,18 @@ def get(name: str) -> DistillConfig:
     return resolve(PRESETS[name]["dataset"], PRESETS[name]["ipc"], preset=name)
 
 
+def check_overrides(overrides: object) -> None:
+    """`overrides` is None or a dict of settings by name: a list of pairs was taken silently, a string was a
+    ValueError of dict()."""
+    if overrides is not None and not isinstance(overrides, dict):
+        raise FrepoError(f"overrides must be a dict of settings by name ({{'steps': 100}}), got {overrides!r:.60}")
+
+
 def configure(preset: str | None = None, overrides: dict | None = None) -> DistillConfig:
     """A run's settings as `frepo distill` makes them from its flags: `preset` brings its dataset and IPC
     (without one: digits, which is offline, at IPC 10), `overrides` (leaf names: dataset, ipc, steps, width...)
     change them; a dataset or IPC that contradicts the preset is an error, not a silent other run."""
+    check_overrides(overrides)
     overrides = dict(overrides or {})
     if preset is not None:
         check_type("preset", preset, str)
@@ -152,6 +160,9 @@ def resolve(dataset: str, ipc: int, preset: str | None = None, overrides: dict |
     follows the per-dataset table unless set explicitly.
     """
     dataset, ipc = check_type("dataset", dataset, str), check_type("ipc", ipc, int)
+    if preset is not None:
+        check_type("preset", preset, str)  # a list was "unhashable type"
+    check_overrides(overrides)
     overrides = overrides or {}
     for key, given in (("dataset", dataset), ("ipc", ipc)):
         if key in overrides and overrides[key] != given:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..base.errors import FrepoError
+from ..base.errors import FrepoError, check_argument, check_path
 from ..base.log import warn
 from .cache import release
 from .layouts import LAYOUTS, read_layout
@@ -89,6 +89,11 @@ def whole_data_dir(data_dir: str | None) -> str | None:
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> RawDataset:
     """Load a dataset by registry name, .npz path or ImageFolder directory."""
+    check_argument("name", name, (str, os.PathLike), "a dataset name or the path of a .npz file or folder")
+    if data_dir is not None:
+        check_path("data_dir", data_dir)
+    check_argument("download", download, bool, "True or False")  # "no" is true: it downloaded
+    name = os.fspath(name)
     data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     if name == "digits":
         return _load_digits()

@@ -115,6 +115,9 @@ class EvalConfig:
         """'conv,alexnet' -> validated names, in order; None -> the protocol's default network."""
         if self.arch is None:
             return [PROTOCOLS[self.protocol].default_arch]
+        listed = isinstance(self.arch, list | tuple) and all(isinstance(a, str) for a in self.arch)
+        if not isinstance(self.arch, str) and not listed:  # 5 was "'int' object is not iterable"
+            raise FrepoError(f"arch must be a name, comma-separated names or a list of names, got {self.arch!r:.60}")
         names = [a.strip() for a in self.arch.split(",")] if isinstance(self.arch, str) else list(self.arch)
         names = [a for a in names if a]
         if not names:

@@ -113,6 +113,11 @@ class DistilledSet:
 
         uint8 pixels (0..255) as they are; float images only with their range declared, `value_range=(0, 1)`
         or `(0, 255)`: anything else is refused, because a wrong guess gives chance accuracy silently."""
+        check_argument("raw_images", raw_images, (np.ndarray, torch.Tensor), "an array of images N×H×W×C")
+        if value_range is not None:
+            check_argument("value_range", value_range, (tuple, list), "(0, 1) or (0, 255)")
+        if isinstance(raw_images, np.ndarray) and raw_images.dtype == object:
+            raise FrepoError("transform takes an array of numbers, got an array of Python objects")
         x = torch.as_tensor(np.ascontiguousarray(raw_images) if isinstance(raw_images, np.ndarray) else raw_images)
         declared = tuple(value_range) if value_range is not None else None  # [0, 1] declares it too
         c, h, w = self.images.shape[1:]
@@ -209,9 +214,14 @@ def check_set(ds: DistilledSet, where: str, preprocessing: bool = True) -> tuple
 
 def save_distilled(ds: DistilledSet, path: str | Path) -> Path:
     """Write `ds` to `path` atomically, once it passes the checks `load_distilled` makes (`check_set`):
-    a set the loader would refuse is refused here, before it replaces a good file."""
+    a set the loader would refuse is refused here, before it replaces a good file. An existing file is
+    replaced only if it is a .safetensors file."""
     check_argument("ds", ds, DistilledSet, "a DistilledSet: save_distilled(ds, path)")
     check_path("path", path)
+    target = Path(path)
+    if target.is_dir() or (target.exists() and target.suffix != ".safetensors"):  # a run's checkpoint.pt, say:
+        what = "a folder" if target.is_dir() else "a file other than a set (.safetensors)"  # replaced, exit 0
+        raise FrepoError(f"not saved to {path}: it is {what}, which the set would replace; give another name")
     tensors, meta = check_set(ds, f"not saved to {path}")
     meta["checksum"] = _checksum(tensors, meta)
     atomic_save_safetensors(tensors, path, metadata={"frepo": json.dumps(meta, sort_keys=True)})

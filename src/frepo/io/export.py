@@ -47,7 +47,7 @@ from ..base.version import __version__
 from ..data.preprocess import Preprocessing
 from ..data.splits import Holdout
 from . import ddranking
-from .artifact import DistilledSet, load_distilled
+from .artifact import DistilledSet, check_set, load_distilled
 from .digests import checksums
 
 MANIFEST = "export.json"
@@ -223,6 +223,8 @@ def export(ds: DistilledSet | str | Path, out: str | Path, layout: str, space: s
         )
     if not isinstance(ds, DistilledSet):
         ds = load_distilled(ds)
+    else:  # one built by hand: as save_distilled checks it (labels[:5] of 10 images exported 5 PNGs)
+        check_set(ds, f"not exported to {out}", preprocessing=False)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FrepoError(f"--to {out} exists and is not a folder")

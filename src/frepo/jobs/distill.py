@@ -572,6 +572,8 @@ def distill(
     )
     out = default_run_dir(config) if out is None else out
     check_path("out", out)
+    check_argument("progress", progress, bool, "True or False")
+    check_argument("resume_with_changes", resume_with_changes, bool, "True or False")  # "no" is true
     try:
         return Distiller(config, out, progress, resume_with_changes).run()
     finally:

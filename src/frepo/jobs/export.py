@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..base.errors import FrepoError, check_argument
+from ..base.errors import FrepoError, check_argument, check_path
 from ..base.fields import set_leaf
 from ..io.artifact import DistilledSet
 from ..io.export import export as write_export
@@ -50,6 +50,7 @@ def export(
     read as `frepo.evaluate` reads it: `export(file, out, "pt", dataset="cifar10", preprocess="reference")` (the
     options of `SourceConfig`, as keywords as `frepo.evaluate` takes them, or `source=SourceConfig(...)`)."""
     check_argument("ds", ds, (DistilledSet, str, os.PathLike), "a DistilledSet or the path of a set")
+    check_path("out", out)
     source = copy.deepcopy(source) if isinstance(source, SourceConfig) else source
     if source_options:  # only where a set is read from (evaluate's keywords also name training options)
         source = source or SourceConfig()

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...base.errors import FrepoError
+from ...base.errors import FrepoError, check_path
 from ...base.log import warn
 from ...base.registry import registering
 from ...data.preprocess import Preprocessing
@@ -89,6 +89,7 @@ def load_export(path: str | Path) -> DistilledSet:
     (up to 8-bit rounding and clipping for PNGs), labels and preprocessing, in the same order."""
     from ..export import find_manifest, read_manifest, read_preprocessing
 
+    check_path("path", path)
     manifest_path = find_manifest(path)
     if manifest_path is None:
         raise FrepoError(f"{path} is not a frepo export: no export.json in it or beside it")
