@@ -14,7 +14,7 @@ import torch
 from conftest import ctrl_c_after_steps
 
 from frepo import presets
-from frepo.base.errors import FrepoError, Interrupted
+from frepo.base.errors import FrepoError, FrepoWarning, Interrupted
 from frepo.data.preprocess import Preprocessing
 from frepo.eval import EvalResult
 from frepo.eval.results import results_csv, results_json, results_table
@@ -153,22 +153,28 @@ def test_run_report(tmp_path):
 
 def test_a_report_of_edited_or_damaged_files_shows_what_it_can(tmp_path):
     """Each was a traceback: settings of the wrong kind (AttributeError), field metrics without their
-    references (KeyError), a checksum that is a list (unhashable), a metrics line of bytes that are no UTF-8
-    (UnicodeDecodeError, on resume too). Now the settings show as unset, the evaluation file is named as
-    unreadable, and the log ends at the damaged line, as at a line cut by a crash."""
+    references (KeyError), a checksum that is a list (unhashable), bytes that are no UTF-8 in an evaluation
+    file or a metrics line (UnicodeDecodeError, on resume too). Now the settings show as unset, the evaluation
+    files are named as unreadable, and a damaged metrics line is left out, the records after it kept (at a
+    resume too: ending the log there dropped them)."""
     run = _run_dir(tmp_path)
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "data": 5, "pool": 5, "model": [1]}))
     (run / "eval_field.json").write_text(json.dumps({"mean": 1.0, "field_metrics": {"a": 1}}))
     (run / "eval_checksum.json").write_text(json.dumps({"mean": 1.0, "file_checksum": [1]}))
-    with (run / "metrics.jsonl").open("ab") as fh:
-        fh.write(b'{"step": 6, "loss": 0.1}\n\xff\xfe\n{"step": 7, "loss": 0.1}\n')
-    text = write_report(run).read_text()
+    (run / "eval_latin1.json").write_bytes(b'{"mean": 1.0, "arch": "\xe9"}')
+    log = (run / "metrics.jsonl").read_bytes().splitlines(keepends=True)
+    log.insert(3, b"\xff\xfe\n")  # a damaged block amid the log
+    (run / "metrics.jsonl").write_bytes(b"".join(log) + b'{"step": 6, "loss": 0.1}\n{"step": 7, "loss": 0.1}\n')
+    with pytest.warns(FrepoWarning, match="line\\(s\\) 4 are not records frepo writes"):
+        text = write_report(run).read_text()
     assert "- dataset: None, 1 image per class" in text and "pool: None models of Conv width None" in text
-    assert "Unreadable evaluation files: eval_broken.json, eval_checksum.json, eval_field.json" in text
-    assert "Last logged step 6" in text
-    RunDir(run).truncate_metrics(6)  # a resume from step 6 keeps the log up to it
-    assert [r["step"] for r in RunDir(run).read_metrics() if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert "Unreadable evaluation files: eval_broken.json, eval_checksum.json, eval_field.json, eval_latin1" in text
+    assert "Last logged step 7" in text
+    RunDir(run).truncate_metrics(6)  # a resume from step 6 keeps the log up to it, the damaged line as it was
+    assert b"\n\xff\xfe\n" in (run / "metrics.jsonl").read_bytes()
+    with pytest.warns(FrepoWarning, match="not records frepo writes"):
+        assert [r["step"] for r in RunDir(run).read_metrics() if "loss" in r] == [1, 2, 3, 4, 5, 6]
 
 
 def test_report_errors(tmp_path):

@@ -71,7 +71,7 @@ def load_eval_results(run_dir: Path) -> tuple[list[dict], list[str]]:
     for path in sorted(run_dir.glob("eval*.json")):
         try:
             data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):  # JSONDecodeError, and UnicodeDecodeError (bytes that are no UTF-8)
             bad.append(path.name)
             continue
         items = data.get("results", [data]) if isinstance(data, dict) else data

@@ -27,8 +27,8 @@ import torch
 from ..base.atomic import (
     append_line,
     atomic_torch_save,
+    atomic_write,
     atomic_write_json,
-    atomic_write_text,
     remove_stale_temps,
 )
 from ..base.dist import world_size
@@ -93,6 +93,9 @@ def _is_record(record: object) -> TypeGuard[dict]:
     changed = record.get("changed", {})
     pairs = isinstance(changed, dict) and all(isinstance(v, list) and len(v) == 2 for v in changed.values())
     return pairs and all(type(value) in (int, float) for key, value in record.items() if key != "changed")
+
+
+UNREADABLE = object()  # the JSON of a metrics line that is none
 
 
 def _check_archive(path: Path) -> None:
@@ -323,25 +326,28 @@ class RunDir:
 
     def truncate_metrics(self, step: int) -> None:
         """Drop records after `step` (written after the checkpoint a resumed run restarts from), and the end of a
-        line cut by a crash; every other line is kept as it is, one frepo does not write (read_metrics leaves it
-        out) included."""
+        line cut by a crash; every other line is kept as it is (its bytes), one frepo does not write or cannot
+        read (read_metrics leaves it out) included."""
         if not self.metrics_path.is_file():
             return
         kept = []
         for _, line, record in self._logged():
             later = isinstance(record, dict) and type(record.get("step")) is int and record["step"] > step
             if not later:
-                kept.append(line + "\n")
-        atomic_write_text(self.metrics_path, "".join(kept))
+                kept.append(line + b"\n")
+        atomic_write(self.metrics_path, lambda p: p.write_bytes(b"".join(kept)))
 
-    def _logged(self) -> Iterator[tuple[int, str, object]]:
-        """(line number, line, its JSON) of metrics.jsonl, up to a line cut by a crash, which ends the log."""
-        # Bytes that are no UTF-8 (a damaged disk block) end the log as a cut line does: they were a
-        # UnicodeDecodeError, on resume too.
-        text = self.metrics_path.read_bytes().decode("utf-8", errors="replace")
-        for number, line in enumerate(text.splitlines(), 1):
+    def _logged(self) -> Iterator[tuple[int, bytes, object]]:
+        """(line number, line, its JSON) of metrics.jsonl, up to a line cut by a crash: the last line, when it is
+        no JSON, ends the log. Another line that is no JSON or no UTF-8 (damaged or edited) comes with
+        `UNREADABLE` for its JSON: a stranger, not the end (that dropped every record after it at a resume), nor
+        a UnicodeDecodeError (it stopped report and resume)."""
+        lines = self.metrics_path.read_bytes().splitlines()
+        for number, line in enumerate(lines, 1):
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                return
+                record = json.loads(line.decode("utf-8"))
+            except ValueError:  # JSONDecodeError, UnicodeDecodeError
+                if number == len(lines):
+                    return
+                record = UNREADABLE
             yield number, line, record
