@@ -573,10 +573,11 @@ DAMAGED = {
     "zca_reg": (
         "pt",
         lambda f: _edit_preprocessing(f, params=lambda p: {**p, "zca_reg": "x"}),
-        "zca_reg must be a number >= 0, got 'x'",
+        "is not one of .* with a zca_reg >= 0",
     ),
     "std size": ("pt", lambda f: _edit_preprocessing(f, pre_std=torch.ones(3)), "pre_std has 3 values"),
-    "std 0": ("pt", lambda f: _edit_preprocessing(f, pre_std=torch.zeros(1)), "the std finite and > 0"),
+    "std 0": ("pt", lambda f: _edit_preprocessing(f, pre_std=torch.zeros(1)), "per-channel std must be positive"),
+    "not utf-8": ("pt", lambda f: (f / "export.json").write_bytes(b"\xff\xfe{}"), "cannot read the export manifest"),
     "labels": (
         "pt",
         lambda f: torch.save({"a": 1}, f / "labels.pt"),

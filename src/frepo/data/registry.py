@@ -372,7 +372,7 @@ def _as_labels(y: np.ndarray, where: str) -> np.ndarray:
         raise FrepoError(f"{where} must be a 1-D array of integer class labels, got {y.dtype} {y.shape}")
     if y.size and y.min() < 0:
         raise FrepoError(f"{where}: labels must be >= 0")
-    if y.size and y.max() > np.iinfo(np.int64).max:  # a uint64 past it would wrap to a negative class id
+    if y.size and int(y.max()) > np.iinfo(np.int64).max:  # a uint64 past it would wrap to a negative class id
         raise FrepoError(f"{where}: label {int(y.max())} is no class id (labels are class ids 0..C-1)")
     return y.astype(np.int64)
 

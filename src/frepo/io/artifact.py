@@ -338,12 +338,24 @@ def _check_content(
         )
     if not preprocessing:
         return tensors
-    kind, reg = meta.preprocessing.get("kind"), meta.preprocessing.get("zca_reg", 0.0)
+    return check_preprocessing(meta.preprocessing, tensors, tuple(meta.image_shape), where)
+
+
+def check_preprocessing(
+    params: dict, tensors: dict[str, torch.Tensor], image_shape: tuple[int, ...], where: str
+) -> dict[str, torch.Tensor]:
+    """The preprocessing tensors of a set file or an export (`pre_*`, as `Preprocessing.tensors` writes them)
+    as `params` (`Preprocessing.params`) declares them for images of `image_shape` (C, H, W): present, finite,
+    of their shapes, a positive std. Returns the tensors as checked: a packed ZCA triangle also unpacked
+    (`pre_whiten_upper`), so it is inflated once."""
+    if not isinstance(params, dict):
+        raise FrepoError(f"{where}: the preprocessing's parameters are not a JSON object: {params!r:.60}")
+    kind, reg = params.get("kind"), params.get("zca_reg", 0.0)
     if kind not in KINDS or not _is(reg, float) or not np.isfinite(reg) or reg < 0:
-        raise FrepoError(f"{where}: preprocessing {meta.preprocessing!r} is not one of {KINDS} with a zca_reg >= 0")
-    c, d = meta.image_shape[0], int(np.prod(meta.image_shape))
+        raise FrepoError(f"{where}: preprocessing {params!r} is not one of {KINDS} with a zca_reg >= 0")
+    c, d = image_shape[0], int(np.prod(image_shape))
     expected: dict[str, tuple[int, ...]] = {"pre_mean": (c,), "pre_std": (c,)}
-    if kind == "zca" and meta.preprocessing.get("form") == "low_rank":  # W = I + B diag(scale - 1) Bᵀ
+    if kind == "zca" and params.get("form") == "low_rank":  # W = I + B diag(scale - 1) Bᵀ
         basis = tensors.get("pre_zca_basis")
         r = basis.shape[-1] if basis is not None and basis.ndim == 2 else 0
         expected.update(pre_zca_mean=(d,), pre_zca_basis=(d, r), pre_zca_scale=(r,))
@@ -353,16 +365,16 @@ def _check_content(
     elif kind in ("zca", "zca_block"):
         d_matrix = d
         if kind == "zca_block":
-            stride = meta.preprocessing.get("stride")
-            h, w = meta.image_shape[1:]
+            stride = params.get("stride")
+            h, w = image_shape[1:]
             if not _is(stride, int) or stride < 1 or h % stride or w % stride:
-                raise FrepoError(f"{where}: block ZCA stride {stride!r} does not divide the images {meta.image_shape}")
+                raise FrepoError(f"{where}: block ZCA stride {stride!r} does not divide the images {list(image_shape)}")
             d_matrix = d // stride**2
-        if meta.preprocessing.get("form") == PACKED:  # W's packed upper triangle (W⁻¹ derived on load)
+        if params.get("form") == PACKED:  # W's packed upper triangle (W⁻¹ derived on load)
             expected.update(pre_zca_mean=(d,))
             tensors = {**tensors, "pre_whiten_upper": unpack_upper(tensors, d_matrix)}  # checked below
             expected.update(pre_whiten_upper=(upper_size(d_matrix),))
-        elif meta.preprocessing.get("form") == "upper":  # W's upper triangle (W⁻¹ derived on load)
+        elif params.get("form") == "upper":  # W's upper triangle (W⁻¹ derived on load)
             expected.update(pre_zca_mean=(d,), pre_whiten_upper=(upper_size(d_matrix),))
         else:
             expected.update(pre_zca_mean=(d,), pre_whiten=(d_matrix, d_matrix), pre_unwhiten=(d_matrix, d_matrix))

@@ -27,6 +27,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from math import prod
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ from ..base.version import __version__
 from ..data.preprocess import Preprocessing
 from ..data.splits import Holdout
 from . import ddranking
-from .artifact import DistilledSet, check_set, load_distilled
+from .artifact import DistilledSet, check_preprocessing, check_set, load_distilled
 from .digests import checksums
 
 MANIFEST = "export.json"
@@ -330,7 +331,7 @@ def find_manifest(path: str | Path) -> Path | None:
 def read_manifest(path: Path) -> dict:
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, and UnicodeDecodeError (no UTF-8)
         raise FrepoError(f"cannot read the export manifest {path}: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != "frepo-export":
         raise FrepoError(f"{path} is not a frepo export manifest")
@@ -389,7 +390,9 @@ def _check_fields(manifest: dict, path: Path) -> None:
             raise FrepoError(f"{path}: the manifest's set {key!r} must be {what}, got {value!r:.80}")
 
 
-def read_preprocessing(folder: Path) -> Preprocessing:
+def read_preprocessing(folder: Path, image_shape: tuple[int, int, int]) -> Preprocessing:
+    """The export's preprocessing, checked as a set file's is (`check_preprocessing`) for its images of
+    `image_shape` (C, H, W, the manifest's)."""
     from safetensors import safe_open
 
     path = folder / PREPROCESSING
@@ -399,7 +402,11 @@ def read_preprocessing(folder: Path) -> Preprocessing:
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # missing, damaged, or not ours
         raise FrepoError(f"cannot read the export's preprocessing {path}: {exc}") from exc
-    try:
-        return Preprocessing.from_tensors(params, tensors)
-    except FrepoError as exc:
-        raise FrepoError(f"{path}: {exc}") from exc
+    # One of another export (copied in) failed deep in the first transform ("shape '[1, 1, 1, 1]' is invalid").
+    for name, size in (("pre_mean", image_shape[0]), ("pre_std", image_shape[0]), ("pre_zca_mean", prod(image_shape))):
+        if name in tensors and tensors[name].numel() != size:
+            raise FrepoError(
+                f"{path} is for other images ({name} has {tensors[name].numel()} values, the manifest's images of "
+                f"{'×'.join(map(str, image_shape))} need {size}): it is not this export's"
+            )
+    return Preprocessing.from_tensors(params, check_preprocessing(params, tensors, image_shape, str(path)))

@@ -170,7 +170,8 @@ def computable(ds: DistilledSet, raw: RawDataset) -> int:
     counts = torch.bincount(class_ids_of(ds.labels), minlength=raw.num_classes)
     if not bool((counts == counts[0]).all()) or int(counts[0]) < 1:
         raise FrepoError(f"field metrics need the same number of images in every class; the set has {counts.tolist()}")
-    _refuse_too_large(raw, len(_training_part(ds, raw)))
+    n = len(raw.y_train)
+    _refuse_too_large(raw, n - min(max(_holdout_size(ds, raw), 0), n))  # the size of `_training_part`, not drawn
     return int(counts[0])
 
 

@@ -5,6 +5,7 @@ synthetic set over training."""
 from __future__ import annotations
 
 import logging
+import math
 import re
 from pathlib import Path
 
@@ -140,9 +141,8 @@ def animate(folder: str | Path, out: str | Path, fps: float = 8.0, title: str = 
     if not fps > 0 or fps == float("inf"):  # NaN fails the first test
         raise FrepoError(f"fps must be a finite number > 0, got {fps}")
     if 1000 / fps > GIF_LONGEST_MS:  # PIL's writer failed with "int too big to convert"
-        raise FrepoError(
-            f"fps must be at least {1000 / GIF_LONGEST_MS:.4f} (a GIF frame lasts at most 655.35 s), got {fps}"
-        )
+        least = math.ceil(1e6 * 1000 / GIF_LONGEST_MS) / 1e6  # rounded up: the figure shown is accepted
+        raise FrepoError(f"fps must be at least {least} (a GIF frame lasts at most 655.35 s), got {fps}")
     frames, damaged = [], []
     for step, path in frames_found:
         try:

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ...base.errors import FrepoError, check_path
 from ...base.log import warn
@@ -93,21 +92,16 @@ def load_export(path: str | Path) -> DistilledSet:
     manifest_path = find_manifest(path)
     if manifest_path is None:
         raise FrepoError(f"{path} is not a frepo export: no export.json in it or beside it")
-    manifest, folder = read_manifest(manifest_path), manifest_path.parent
-    try:
-        layout, classes, shape = manifest["layout"], list(manifest["classes"]), tuple(manifest["images"]["shape"])
-        info = manifest["set"]
-    except (KeyError, TypeError) as exc:
-        raise FrepoError(f"{manifest_path}: the manifest lacks {exc}") from exc
-    pre = read_preprocessing(folder)
-    c = shape[0]
-    _check_preprocessing_fits(pre, shape, folder)
+    manifest, folder = read_manifest(manifest_path), manifest_path.parent  # its fields checked there
+    layout, classes, shape = manifest["layout"], manifest["classes"], tuple(manifest["images"]["shape"])
+    info = manifest["set"]
+    pre = read_preprocessing(folder, shape)
     # Checked against the manifest's own shape and classes; the dataset is checked when it is loaded.
     where = str(manifest_path.parent)
-    read = LAYOUT_READERS.get(layout) if isinstance(layout, str) else None  # the manifest may hold anything
+    read = LAYOUT_READERS.get(layout)
     if read is None:
         raise FrepoError(f"{manifest_path}: unknown layout {layout!r}")
-    images, labels = read(Export(folder, manifest_path, manifest, shape, c, classes, pre))
+    images, labels = read(Export(folder, manifest_path, manifest, shape, shape[0], classes, pre))
     images = check_images(images, shape, where)
     labels = check_labels(labels, len(images), len(classes), where)
     checksum, each = checksums(folder)
@@ -129,27 +123,6 @@ def load_export(path: str | Path) -> DistilledSet:
         "source": {"path": str(path), "format": "frepo-export", "layout": layout, "original": info.get("checksum")},
     }
     return DistilledSet(images, labels, pre, meta)
-
-
-def _check_preprocessing_fits(pre, shape: tuple, folder: Path) -> None:
-    """The preprocessing is for images of the manifest's shape: one of another export (copied in) failed deep
-    in the first transform with a traceback ("shape '[1, 1, 1, 1]' is invalid for input of size 3")."""
-    sizes = {
-        "pre_mean": (pre.mean, shape[0]),
-        "pre_std": (pre.std, shape[0]),
-        "pre_zca_mean": (pre.zca_mean, int(np.prod(shape))),
-    }
-    for name, (tensor, expected) in sizes.items():
-        if tensor is not None and tensor.numel() != expected:
-            raise FrepoError(
-                f"{folder / 'preprocessing.safetensors'} is for other images ({name} has {tensor.numel()} values, "
-                f"the manifest's images of {'×'.join(map(str, shape))} need {expected}): it is not this export's"
-            )
-    if not bool(torch.isfinite(pre.mean).all()) or not bool((pre.std > 0).all()) or not bool(pre.std.isfinite().all()):
-        raise FrepoError(  # as load_distilled refuses a file's: a std of 0 made every image infinite
-            f"{folder / 'preprocessing.safetensors'}: the per-channel mean must be finite and the std finite and > 0 "
-            f"(mean {pre.mean.flatten().tolist()}, std {pre.std.flatten().tolist()})"
-        )
 
 
 def _warn_of_changed_files(manifest: dict, each: dict[str, str], where: str) -> None:

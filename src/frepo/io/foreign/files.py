@@ -97,6 +97,10 @@ def torch_load(path: str | Path):
 # ---- the checks of every reader's tensors -----------------------------------------------------
 def check_labels(labels, n: int, num_classes: int, where: str) -> torch.Tensor:
     """(N,) int64 class ids or N×K float32 learned labels, validated."""
+    if isinstance(labels, np.ndarray) and labels.dtype.kind == "u":  # torch < 2.3 refuses uint16/32/64 arrays
+        if labels.size and int(labels.max()) > np.iinfo(np.int64).max:
+            raise FrepoError(f"{where}: class ids must lie in 0..{num_classes - 1} for this dataset")
+        labels = labels.astype(np.int64)
     try:
         labels = torch.as_tensor(labels)
     except (TypeError, ValueError, RuntimeError) as exc:  # a dict, strings: was torch's traceback
