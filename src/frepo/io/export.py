@@ -367,7 +367,8 @@ _FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 _OPTIONAL = {"files", "image_files"}
 # The fields of "set", where present and not null.
 _SET_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    **{k: (lambda v: _is_int(v) and v >= 0, "an integer >= 0") for k in ("ipc", "step", "val_size")},
+    "ipc": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),  # as a set file's metadata (check_meta)
+    **{k: (lambda v: _is_int(v) and v >= 0, "an integer >= 0") for k in ("step", "val_size")},
     "seed": (_is_int, "an integer"),
     **{k: (lambda v: isinstance(v, bool), "true or false") for k in ("use_flip", "mirror_invariant")},
     **{k: (lambda v: isinstance(v, str), "a string") for k in ("kind", "test_fingerprint", "checksum", "data_dir")},
