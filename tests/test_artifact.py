@@ -148,7 +148,6 @@ def test_a_set_the_loader_would_refuse_is_never_saved_nor_evaluated(tmp_path):
         "labels are (6, 2), expected (6, 3)": DistilledSet(ds.images, ds.labels[:, :2], ds.preprocessing, ds.meta),
         "images contain NaN": DistilledSet(ds.images * float("nan"), ds.labels, ds.preprocessing, ds.meta),
         "images are torch.uint8": DistilledSet(ds.images.to(torch.uint8), ds.labels, ds.preprocessing, ds.meta),
-        "expected 6 class ids": DistilledSet(ds.images, ids[:4], ds.preprocessing, ds.meta),
         "class ids must lie in 0..2": DistilledSet(ds.images, ids + 3, ds.preprocessing, ds.meta),
         "integer tensor": DistilledSet(ds.images, ids.float(), ds.preprocessing, ds.meta),
         "lacks 'dataset'": DistilledSet(ds.images, ds.labels, ds.preprocessing, without_dataset),
@@ -159,6 +158,8 @@ def test_a_set_the_loader_would_refuse_is_never_saved_nor_evaluated(tmp_path):
             save_distilled(bad, good)
         with pytest.raises(FrepoError, match=f"the set: .*{re.escape(fragment)}"):
             frepo.evaluate(bad, models=1, steps=1, width=8)
+    with pytest.raises(FrepoError, match=re.escape("one label per image; got images (6, 3, 4, 4) and labels (4,)")):
+        DistilledSet(ds.images, ids[:4], ds.preprocessing, ds.meta)  # refused as it is made
     assert good.read_bytes() == kept
     # What the file's JSON would hold is what is checked: classes as a tuple are saved as a list.
     as_tuple = DistilledSet(ds.images, ds.labels, ds.preprocessing, {**ds.meta, "classes": ("a", "b", "c")})

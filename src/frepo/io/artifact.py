@@ -67,6 +67,11 @@ class DistilledSet:
         ):
             if not isinstance(value, kind):
                 raise FrepoError(f"a DistilledSet's {name} must be a {kind.__name__}, got {type(value).__name__}")
+        if self.images.ndim < 1 or self.labels.ndim < 1 or len(self.images) != len(self.labels):
+            raise FrepoError(  # a set built by hand: it failed in torch_dataset, export or a network's training
+                f"a DistilledSet holds one label per image; got images {tuple(self.images.shape)} and labels "
+                f"{tuple(self.labels.shape)}"
+            )
         pre = {f"preprocessing {k}": v for k, v in vars(self.preprocessing).items() if isinstance(v, torch.Tensor)}
         named = {"images": self.images, "labels": self.labels, **pre}
         away = {name: str(t.device) for name, t in named.items() if t.device != HOST}
