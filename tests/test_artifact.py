@@ -156,6 +156,8 @@ def test_a_set_the_loader_would_refuse_is_never_saved_nor_evaluated(tmp_path):
     for fragment, bad in cases.items():
         with pytest.raises(FrepoError, match=f"not saved to .*keep.safetensors: .*{re.escape(fragment)}"):
             save_distilled(bad, good)
+        with pytest.raises(FrepoError, match=f"not exported to .*: .*{re.escape(fragment)}"):
+            frepo.export(bad, tmp_path / "export", "pt")  # 5 PNGs of 10 images, NaN images, were exported
         with pytest.raises(FrepoError, match=f"the set: .*{re.escape(fragment)}"):
             frepo.evaluate(bad, models=1, steps=1, width=8)
     with pytest.raises(FrepoError, match=re.escape("one label per image; got images (6, 3, 4, 4) and labels (4,)")):
@@ -200,3 +202,12 @@ def test_save_distilled_replaces_a_set_file_only(tmp_path):
     save_distilled(ds, run / "distilled.safetensors")
     save_distilled(ds, run / "distilled.safetensors")  # a set replaces a set
     assert load_distilled(run / "distilled.safetensors").meta["step"] == 5
+    for name in ("sub.pt", "base", "SET.SAFETENSORS"):  # a set under another name (`subset --out base`) too
+        save_distilled(ds, tmp_path / name)
+        save_distilled(ds, tmp_path / name)
+    # The command line refuses before the subset is made (herding takes minutes), not after.
+    from frepo.cli import main
+
+    (tmp_path / "notes").write_text("mine")
+    assert main(["subset", "--dataset", "digits", "--ipc", "1", "--out", str(tmp_path / "notes")]) == 2
+    assert (tmp_path / "notes").read_text() == "mine"

@@ -8,6 +8,7 @@ import dataclasses
 import importlib
 import io
 import json
+import warnings
 
 import pytest
 import torch
@@ -175,6 +176,15 @@ def test_a_report_of_edited_or_damaged_files_shows_what_it_can(tmp_path):
     assert b"\n\xff\xfe\n" in (run / "metrics.jsonl").read_bytes()
     with pytest.warns(FrepoWarning, match="not records frepo writes"):
         assert [r["step"] for r in RunDir(run).read_metrics() if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    # A last line cut by a crash is the log's end, not a stranger: no warning, and a resume drops it.
+    with (run / "metrics.jsonl").open("ab") as fh:
+        fh.write(b'{"step": 7, "lo')
+    (run / "metrics.jsonl").write_bytes((run / "metrics.jsonl").read_bytes().replace(b"\xff\xfe\n", b""))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FrepoWarning)
+        assert [r["step"] for r in RunDir(run).read_metrics() if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    RunDir(run).truncate_metrics(6)
+    assert (run / "metrics.jsonl").read_bytes().endswith(b'{"step": 6, "loss": 0.1}\n')
 
 
 def test_report_errors(tmp_path):

@@ -94,12 +94,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_subset(args: argparse.Namespace) -> int:
     from ..config import DataConfig
     from ..eval.results import count_of
-    from ..io.artifact import save_distilled
+    from ..io.artifact import check_replaceable, save_distilled
     from ..jobs.runs import check_not_kept
     from ..jobs.subset import make_subset
 
     check_output_file(args.out, "--out")
     check_not_kept(args.out, "--out")
+    check_replaceable(args.out, f"--out {args.out}")  # before the subset is made (herding: minutes)
     if Path(args.out).suffix not in ("", ".safetensors"):  # sub/x.png held a safetensors file
         raise FrepoError(f"--out {args.out}: the subset is written as a frepo set; name it .safetensors")
     data = DataConfig(

@@ -119,8 +119,8 @@ class DistilledSet:
         uint8 pixels (0..255) as they are; float images only with their range declared, `value_range=(0, 1)`
         or `(0, 255)`: anything else is refused, because a wrong guess gives chance accuracy silently."""
         check_argument("raw_images", raw_images, (np.ndarray, torch.Tensor), "an array of images N×H×W×C")
-        if value_range is not None:
-            check_argument("value_range", value_range, (tuple, list), "(0, 1) or (0, 255)")
+        if value_range is not None and (not hasattr(value_range, "__len__") or len(value_range) != 2):
+            raise FrepoError(f"value_range must be (0, 1) or (0, 255), got {value_range!r:.60}")
         if isinstance(raw_images, np.ndarray) and raw_images.dtype == object:
             raise FrepoError("transform takes an array of numbers, got an array of Python objects")
         x = torch.as_tensor(np.ascontiguousarray(raw_images) if isinstance(raw_images, np.ndarray) else raw_images)
@@ -217,16 +217,28 @@ def check_set(ds: DistilledSet, where: str, preprocessing: bool = True) -> tuple
     return tensors, meta
 
 
+def check_replaceable(path: str | Path, where: str) -> None:
+    """Refuse to write a set to `path` where that replaces a folder or a file other than a set: a .safetensors
+    file, or a frepo set by its content under another name (`subset --out base`). save_distilled(ds,
+    "RUN/checkpoint.pt") replaced the run's checkpoint (and config.json) with a set, and returned."""
+    from .foreign.files import _has_frepo_metadata, _safetensors_content  # io.foreign reads this module
+
+    target = Path(path)
+    if target.is_dir():
+        raise FrepoError(f"{where}: it is a folder, which the set would replace; give a file name")
+    if not target.exists() or target.suffix.lower() == ".safetensors":
+        return
+    if not (_safetensors_content(target) and _has_frepo_metadata(target)):
+        raise FrepoError(f"{where}: it is a file other than a set, which the set would replace; give another name")
+
+
 def save_distilled(ds: DistilledSet, path: str | Path) -> Path:
     """Write `ds` to `path` atomically, once it passes the checks `load_distilled` makes (`check_set`):
     a set the loader would refuse is refused here, before it replaces a good file. An existing file is
-    replaced only if it is a .safetensors file."""
+    replaced only if it is a set or a .safetensors file (`check_replaceable`)."""
     check_argument("ds", ds, DistilledSet, "a DistilledSet: save_distilled(ds, path)")
     check_path("path", path)
-    target = Path(path)
-    if target.is_dir() or (target.exists() and target.suffix != ".safetensors"):  # a run's checkpoint.pt, say:
-        what = "a folder" if target.is_dir() else "a file other than a set (.safetensors)"  # replaced, exit 0
-        raise FrepoError(f"not saved to {path}: it is {what}, which the set would replace; give another name")
+    check_replaceable(path, f"not saved to {path}")
     tensors, meta = check_set(ds, f"not saved to {path}")
     meta["checksum"] = _checksum(tensors, meta)
     atomic_save_safetensors(tensors, path, metadata={"frepo": json.dumps(meta, sort_keys=True)})
@@ -343,10 +355,10 @@ def _check_content(
         )
     if not preprocessing:
         return tensors
-    return check_preprocessing(meta.preprocessing, tensors, tuple(meta.image_shape), where)
+    return check_preprocessing_tensors(meta.preprocessing, tensors, tuple(meta.image_shape), where)
 
 
-def check_preprocessing(
+def check_preprocessing_tensors(
     params: dict, tensors: dict[str, torch.Tensor], image_shape: tuple[int, ...], where: str
 ) -> dict[str, torch.Tensor]:
     """The preprocessing tensors of a set file or an export (`pre_*`, as `Preprocessing.tensors` writes them)

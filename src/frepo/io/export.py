@@ -48,7 +48,7 @@ from ..base.version import __version__
 from ..data.preprocess import Preprocessing
 from ..data.splits import Holdout
 from . import ddranking
-from .artifact import DistilledSet, check_preprocessing, check_set, load_distilled
+from .artifact import DistilledSet, check_preprocessing_tensors, check_set, load_distilled
 from .digests import checksums
 
 MANIFEST = "export.json"
@@ -392,7 +392,7 @@ def _check_fields(manifest: dict, path: Path) -> None:
 
 
 def read_preprocessing(folder: Path, image_shape: tuple[int, int, int]) -> Preprocessing:
-    """The export's preprocessing, checked as a set file's is (`check_preprocessing`) for its images of
+    """The export's preprocessing, checked as a set file's is (`check_preprocessing_tensors`) for its images of
     `image_shape` (C, H, W, the manifest's)."""
     from safetensors import safe_open
 
@@ -410,4 +410,4 @@ def read_preprocessing(folder: Path, image_shape: tuple[int, int, int]) -> Prepr
                 f"{path} is for other images ({name} has {tensors[name].numel()} values, the manifest's images of "
                 f"{'×'.join(map(str, image_shape))} need {size}): it is not this export's"
             )
-    return Preprocessing.from_tensors(params, check_preprocessing(params, tensors, image_shape, str(path)))
+    return Preprocessing.from_tensors(params, check_preprocessing_tensors(params, tensors, image_shape, str(path)))
