@@ -217,18 +217,39 @@ def check_set(ds: DistilledSet, where: str, preprocessing: bool = True) -> tuple
     return tensors, meta
 
 
+def safetensors_content(path: Path) -> bool:
+    """Whether the file begins as a safetensors file does: an 8-byte little-endian header length that fits in
+    the file, then the header's JSON object. (torch files begin as a zip or a pickle, npz files as a zip.)"""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+            size = path.stat().st_size
+    except OSError:
+        return False
+    return len(head) == 9 and 8 + int.from_bytes(head[:8], "little") <= size and head[8:9] == b"{"
+
+
+def has_frepo_metadata(path: Path) -> bool:
+    """Whether a safetensors file carries frepo's header (a damaged one counts: loading it says what is wrong)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return "frepo" in (fh.metadata() or {})
+    except Exception:  # damaged files: load_distilled gives the precise error
+        return True
+
+
 def check_replaceable(path: str | Path, where: str) -> None:
     """Refuse to write a set to `path` where that replaces a folder or a file other than a set: a .safetensors
     file, or a frepo set by its content under another name (`subset --out base`). save_distilled(ds,
     "RUN/checkpoint.pt") replaced the run's checkpoint (and config.json) with a set, and returned."""
-    from .foreign.files import _has_frepo_metadata, _safetensors_content  # io.foreign reads this module
-
     target = Path(path)
     if target.is_dir():
         raise FrepoError(f"{where}: it is a folder, which the set would replace; give a file name")
     if not target.exists() or target.suffix.lower() == ".safetensors":
         return
-    if not (_safetensors_content(target) and _has_frepo_metadata(target)):
+    if not (safetensors_content(target) and has_frepo_metadata(target)):
         raise FrepoError(f"{where}: it is a file other than a set, which the set would replace; give another name")
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ...base.errors import FrepoError
+from ..artifact import has_frepo_metadata, safetensors_content
 
 
 # ---- format detection and checksums -----------------------------------------------------------
@@ -27,8 +28,8 @@ def detect_format(path: str | Path) -> str:
     if path.is_dir():
         return "imagefolder"
     suffix = path.suffix.lower()
-    if suffix == ".safetensors" or _safetensors_content(path):  # frepo's own file under another name (x.pt)
-        return "frepo" if _has_frepo_metadata(path) else "safetensors"
+    if suffix == ".safetensors" or safetensors_content(path):  # frepo's own file under another name (x.pt)
+        return "frepo" if has_frepo_metadata(path) else "safetensors"
     if suffix == ".npz":
         return "frepo-npz"
     if suffix in (".pt", ".pth"):
@@ -47,28 +48,6 @@ def detect_format(path: str | Path) -> str:
         f"cannot tell the format of {path}: expected a .safetensors file, an official FRePo .npz, an MTT "
         "images_*.pt, a DC/DSA res_*.pt, or a folder of class folders of images"
     )
-
-
-def _safetensors_content(path: Path) -> bool:
-    """Whether the file begins as a safetensors file does: an 8-byte little-endian header length that fits in
-    the file, then the header's JSON object. (torch files begin as a zip or a pickle, npz files as a zip.)"""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(9)
-            size = path.stat().st_size
-    except OSError:
-        return False
-    return len(head) == 9 and 8 + int.from_bytes(head[:8], "little") <= size and head[8:9] == b"{"
-
-
-def _has_frepo_metadata(path: Path) -> bool:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            return "frepo" in (fh.metadata() or {})
-    except Exception:  # damaged files: load_distilled gives the precise error
-        return True
 
 
 def torch_load(path: str | Path):
