@@ -377,7 +377,13 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
         {1: (("digits", "Digits", {1: (80.0, 1.0)}, True), ("cifar10", "CIFAR-10", {1: (46.8, 0.7)}, True))},
     )
     digits_row = next(line for line in out.read_text().splitlines() if line.startswith("| Digits | 1 |"))
-    other = reproduce.reproduce(1, "tiny", ["cifar10"], finished_only=True, data_dir=tmp_path, download=False, **kwargs)
+    with monkeypatch.context() as m:  # a row without a finished run says what it lacks here too (no data)
+        m.setenv("FREPO_DATA_DIR", str(tmp_path / "no-data"))
+        m.setitem(presets.PRESETS, "cifar10-ipc1-tiny", {**settings, "dataset": "cifar10"})
+        other = reproduce.reproduce(
+            1, "tiny", ["cifar10"], finished_only=True, data_dir=tmp_path, download=False, **kwargs
+        )
+    assert "not run: no finished, evaluated run in " in other and "(--finished-only); here: no data offline" in other
     assert digits_row in other.splitlines() and "| CIFAR-10 | 1 |" in other
     assert [r["dataset"] for r in json.loads(out.with_suffix(".json").read_text())["rows"]] == ["digits", "cifar10"]
     # A table without its JSON (one written before frepo wrote one) cannot keep them: refused before the rows run

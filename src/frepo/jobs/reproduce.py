@@ -384,6 +384,8 @@ def reproduce(
                 log.warning(f"frepo: the plot {Path(out).with_suffix('.png')} was not written: {exc}")
         return text
 
+    # What a row without a finished run would meet here (no data, no GPU): it said only "no finished run".
+    unread = {(r.dataset, r.ipc): r.status for r in plan(table, budget, datasets, data_dir=data_dir, download=download)}
     if not dry_run:
         for row in rows:
             if row.status.startswith("planned") and finished_only:
@@ -391,7 +393,9 @@ def reproduce(
                 run_dir = Path(runs_dir) / preset
                 measured = finished_evaluation(run_dir, spec, steps)
                 if measured is None:
-                    row.status = f"not run: no finished, evaluated run in {runs_dir} (--finished-only)"
+                    here = unread[(row.dataset, row.ipc)]
+                    why = f"; here: {here.removeprefix('not run: ')}" if here.startswith("not run") else ""
+                    row.status = f"not run: no finished, evaluated run in {runs_dir} (--finished-only){why}"
                 else:
                     row.measured, row.status, row.run_dir = measured, "done", str(run_dir)
             elif row.status.startswith("planned"):
