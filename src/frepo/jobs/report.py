@@ -98,6 +98,9 @@ def _is_eval_row(item: object) -> bool:
     )
 
 
+REFERENCES = ("set_hard", "random", "full")  # the accuracies field metrics are made of
+
+
 def _is_field_metrics(metrics: object) -> bool:
     """Whether `metrics` is none ({}) or what `frepo evaluate --field-metrics` writes, as far as the report reads it."""
     number = (int, float)
@@ -107,9 +110,6 @@ def _is_field_metrics(metrics: object) -> bool:
         all(type(metrics.get(k)) in number for k in ("ior", "hlr", "lrs"))
         and all(isinstance(metrics.get(k), dict) and type(metrics[k].get("mean")) in number for k in REFERENCES)
     )
-
-
-REFERENCES = ("set_hard", "random", "full")  # the accuracies field metrics are made of
 
 
 def _config(run: RunDir) -> dict | None:
