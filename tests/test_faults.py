@@ -302,6 +302,30 @@ def test_an_output_never_replaces_what_a_run_or_an_export_keeps_or_the_file_read
     one_line(capsys, main(["show", str(run), "--animate", "--out", str(run / "images" / "f.gif")]), "snapshots")
 
 
+def test_show_draws_beside_a_set_over_its_own_grid_only(tmp_path, capsys):
+    """`frepo show x.safetensors` wrote x.png beside the set over a user's own x.png, exit 0. It now replaces only
+    a grid it drew (marked in the PNG), and a run's own distilled.png (an older run's carries no mark)."""
+    from PIL import Image
+
+    subset = tmp_path / "x.safetensors"
+    assert main(["subset", "--dataset", "digits", "--ipc", "1", "--out", str(subset)]) == 0
+    beside = tmp_path / "x.png"
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(beside)  # the user's, not a grid
+    own = beside.read_bytes()
+    capsys.readouterr()
+    one_line(capsys, main(["show", str(subset)]), "is no image grid frepo drew: name the grid with --out")
+    assert beside.read_bytes() == own
+    assert main(["show", str(subset), "--out", str(beside)]) == 0  # named: replaced, as cp does
+    assert beside.read_bytes() != own
+    assert main(["show", str(subset)]) == 0  # over the grid it drew
+    run = tmp_path / "run"
+    assert main(distill_args(run, "--dataset", "digits")) == 0
+    Image.new("RGB", (4, 4)).save(run / "distilled.png")  # as an older frepo drew it: no mark
+    assert main(["show", str(run)]) == 0
+    with Image.open(run / "distilled.png") as grid:
+        assert grid.size != (4, 4)
+
+
 def test_damage_inside_compressed_or_exported_files_is_one_line(tmp_path, capsys):
     """Tracebacks before: zlib.error from a damaged np.savez_compressed dataset, np.stack's ValueError from an
     imagefolder export with one PNG of another size, "Could not infer dtype of dict" from a pt export whose

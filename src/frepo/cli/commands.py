@@ -186,7 +186,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from ..io.export import find_manifest
     from ..io.foreign.load import is_run, run_set
     from ..jobs.runs import RunDir, check_not_kept
-    from ..jobs.visualize import animate, grid_format, save_grid
+    from ..jobs.visualize import animate, grid_format, is_grid, save_grid
 
     if args.per_class < 1:
         raise FrepoError(f"--per-class must be >= 1, got {args.per_class}")
@@ -222,6 +222,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     if manifest is not None:  # a file of an export: beside its folder
         file = manifest.parent
     beside = file.parent / f"{file.name}.png" if file.is_dir() else file.with_suffix(".png")
+    if not args.out and beside.exists() and not is_grid(beside) and not is_run(beside.parent):
+        # a file of that name that frepo did not draw is the user's (a run's own distilled.png is the run's)
+        raise FrepoError(f"{beside} exists and is no image grid frepo drew: name the grid with --out, or move it")
     out = Path(args.out) if args.out else beside
     save_grid(ds, out, per_class=args.per_class, title=title)
     hint = f" ({args.per_class} of {most} images per class; --per-class {most} shows all)" if partial else ""

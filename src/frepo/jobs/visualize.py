@@ -25,6 +25,10 @@ GIF_LONGEST_MS = 655_350  # a GIF frame's delay: 16 bits of hundredths of a seco
 # LaTeX, .raw and .rgba are no image files)
 GRID_FORMATS = ("eps", "jpeg", "jpg", "pdf", "png", "ps", "svg", "svgz", "tif", "tiff", "webp")
 
+# The PNG text chunk a grid carries, so that `frepo show` may replace a grid it wrote beside a set, and no other
+# file of that name (a user's own x.png beside x.safetensors was overwritten without a word).
+GRID_MARK = ("Software", "frepo image grid")
+
 
 def class_grid(
     pixels: torch.Tensor, class_ids: torch.Tensor, num_classes: int, per_class: int = 10, max_classes: int = 100
@@ -96,9 +100,21 @@ def save_grid(ds: DistilledSet, path: str | Path, per_class: int = 10, title: st
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format=fmt))
+    metadata = dict([GRID_MARK]) if fmt == "png" else None
+    atomic_write(path, lambda p: fig.savefig(p, format=fmt, metadata=metadata))
     plt.close(fig)
     return Path(path)
+
+
+def is_grid(path: str | Path) -> bool:
+    """Whether `path` is a PNG grid that `save_grid` wrote (it carries GRID_MARK)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.info.get(GRID_MARK[0]) == GRID_MARK[1]
+    except (OSError, UnidentifiedImageError, ValueError):  # not an image, or unreadable: not ours
+        return False
 
 
 def grid_array(ds: DistilledSet, per_class: int = 10) -> np.ndarray:
