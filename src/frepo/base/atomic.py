@@ -202,6 +202,41 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(previous, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def empty_folders_removed_on_failure(root: str | os.PathLike) -> Iterator[None]:
+    """On an exception, remove the folders the block made at or under `root` that are still empty (a failed
+    download left `--data-dir` and torchvision's `MNIST/raw` made and empty). Files are never removed, nor a
+    folder that existed before: only what was new is walked (not a large `root` of other datasets)."""
+    root = Path(root).absolute()
+    top = root  # the topmost folder of `root`'s path that does not exist yet, if any
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    before = set(os.listdir(root)) if root.is_dir() else None
+    try:
+        yield
+    except BaseException:
+        new = [top] if before is None else [root / name for name in set(_listing(root)) - before]
+        for folder in new:
+            _remove_empty_tree(folder)
+        raise
+
+
+def _listing(folder: Path) -> list[str]:
+    try:
+        return os.listdir(folder)
+    except OSError:
+        return []
+
+
+def _remove_empty_tree(folder: Path) -> None:
+    """rmdir `folder` and the folders under it, deepest first, where they are empty (a folder with a file stays)."""
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for path, _, _ in os.walk(folder, topdown=False):
+        with contextlib.suppress(OSError):  # not empty, or not ours to remove
+            os.rmdir(path)
+
+
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
     """Delete the temp files of interrupted writes (`.<name>.<random>.tmp`) in `folder`."""
     removed = []

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..base.atomic import empty_folders_removed_on_failure
 from ..base.errors import FrepoError
 from ..base.log import messages_shown, progress_bar
 from .cache import cached_arrays, signature
@@ -318,7 +319,8 @@ def download_layout(name: str, data_dir: Path) -> bool:
     from torchvision.datasets.utils import download_and_extract_archive
 
     try:
-        download_and_extract_archive(archive, str(data_dir))
+        with empty_folders_removed_on_failure(data_dir):
+            download_and_extract_archive(archive, str(data_dir))
     except OSError as exc:  # URLError, a full disk, an unwritable folder
         raise FrepoError(f"could not download {name} from {archive} into {data_dir}: {exc}") from exc
     return True

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..base.atomic import empty_folders_removed_on_failure
 from ..base.errors import FrepoError, check_argument, check_path
 from ..base.log import warn
 from .cache import release
@@ -169,10 +170,11 @@ def _load_torchvision(name: str, data_dir: Path, download: bool) -> RawDataset:
     cls = getattr(tvd, cls_name)
     root = str(data_dir)
     try:
-        if name == "svhn":
-            train, test = (cls(root, split=s, download=download) for s in ("train", "test"))
-        else:
-            train, test = (cls(root, train=t, download=download) for t in (True, False))
+        with empty_folders_removed_on_failure(data_dir):
+            if name == "svhn":
+                train, test = (cls(root, split=s, download=download) for s in ("train", "test"))
+            else:
+                train, test = (cls(root, train=t, download=download) for t in (True, False))
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted..."
         said = str(exc).replace(" You can use download=True to download it", "")  # the API's words, not the CLI's
         hint = "" if download else " (downloads are off: pass --download or put the files there)"
