@@ -162,6 +162,10 @@ def test_a_set_the_loader_would_refuse_is_never_saved_nor_evaluated(tmp_path):
             frepo.evaluate(bad, models=1, steps=1, width=8)
     with pytest.raises(FrepoError, match=re.escape("one label per image; got images (6, 3, 4, 4) and labels (4,)")):
         DistilledSet(ds.images, ids[:4], ds.preprocessing, ds.meta)  # refused as it is made
+    bare = DistilledSet(ds.images, ds.labels, ds.preprocessing)  # meta={}: .classes was a KeyError
+    for read in (lambda s: s.classes, lambda s: s.num_classes, lambda s: s.targets(), lambda s: s.dataset):
+        with pytest.raises(FrepoError, match="this set's meta has no '(classes|dataset)': a DistilledSet made by"):
+            read(bare)
     assert good.read_bytes() == kept
     # What the file's JSON would hold is what is checked: classes as a tuple are saved as a list.
     as_tuple = DistilledSet(ds.images, ds.labels, ds.preprocessing, {**ds.meta, "classes": ("a", "b", "c")})

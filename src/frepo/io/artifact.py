@@ -82,17 +82,26 @@ class DistilledSet:
                 "pass .cpu() copies"
             )
 
+    def _described(self, key: str):
+        """meta[key]; a set made by hand without it is told what to pass (it was a KeyError)."""
+        if key not in self.meta:
+            raise FrepoError(
+                f"this set's meta has no {key!r}: a DistilledSet made by hand needs meta={{'classes': [a name per "
+                "class], 'dataset': its name, ...}, as load_distilled gives"
+            )
+        return self.meta[key]
+
     @property
     def classes(self) -> list[str]:
-        return list(self.meta["classes"])
+        return list(self._described("classes"))
 
     @property
     def num_classes(self) -> int:
-        return len(self.meta["classes"])
+        return len(self._described("classes"))
 
     @property
     def dataset(self) -> str:
-        return self.meta["dataset"]
+        return self._described("dataset")
 
     def targets(self) -> torch.Tensor:
         """N×K regression targets: the learned labels, or scaled centred one-hot for class ids."""
