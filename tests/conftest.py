@@ -146,18 +146,21 @@ def _restore(state: dict) -> None:
     sys.path[:] = [path for path in sys.path if _library_folder(path) or path in state["import path"]]
 
 
-# torch's global CPU generator as the process starts (torch's fixed default seed; CUDA's is not reset). Tests
-# may draw from it (frepo's commands never do: tests/test_cli.py checks), so each test, and each fixture set up
-# between tests, starts from this state: which tests a pytest-xdist worker ran before is then no part of any
-# test's numbers.
+# torch's global CPU generator as the process starts (torch's fixed default seed), and that seed for the CUDA
+# generators. Tests may draw from them (frepo's commands never do: tests/test_cli.py checks), so each test, and
+# each fixture set up between tests, starts from this state: which tests a pytest-xdist worker ran before is
+# then no part of any test's numbers.
 _TORCH_RNG_AT_START = torch.random.get_rng_state()
+_TORCH_SEED_AT_START = torch.initial_seed()
 
 
 def _as_at_start() -> None:
-    """What a test may change by design and finds reset: torch's global generator, and whether the process
+    """What a test may change by design and finds reset: torch's global generators, and whether the process
     asked for allocator tuning (the CLI's start does, in every in-process `main()`; a library distillation
     after it would choose the allocator by the memory free at that moment)."""
     torch.random.set_rng_state(_TORCH_RNG_AT_START)
+    if torch.cuda.is_available():  # lazy where CUDA is not started yet: no device is touched for it
+        torch.cuda.manual_seed_all(_TORCH_SEED_AT_START)
     if perf._opted_in:  # and glibc's allocator as it comes, as the CLI's start found it
         perf.keep_freed_memory(False)
         perf._opted_in = False
