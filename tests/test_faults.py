@@ -544,7 +544,11 @@ def test_leftovers_go_and_a_failed_start_leaves_the_directory_as_found(tmp_path,
     assert list(empty.iterdir()) == []
     assert main(distill_args(out)) == 0
     (out / ".checkpoint.pt.abc123.tmp").write_bytes(b"x" * 1000)  # what a killed checkpoint write leaves
-    (out / "checkpoint.pt").unlink()  # restart from scratch in the same directory
+    (out / "checkpoint.pt").unlink()  # pruned: the finished set is not distilled again over itself
+    kept = (out / "distilled.safetensors").read_bytes()
+    one_line(capsys, main(distill_args(out)), "holds a finished run's set (distilled.safetensors) but no checkpoint")
+    assert (out / "distilled.safetensors").read_bytes() == kept
+    (out / "distilled.safetensors").unlink()  # restart from scratch in the same directory
     assert main(distill_args(out)) == 0
     assert not list(out.glob(".*.tmp"))
     steps = [r["step"] for r in metrics(out) if "loss" in r]

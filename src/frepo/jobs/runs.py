@@ -248,6 +248,13 @@ class RunDir:
         defaults = _flatten(to_dict(DistillConfig()))
         old.update({k: defaults[k] for k in new.keys() - old.keys() if k in defaults})
         resuming = self.checkpoint_path.is_file()
+        if not resuming and self.distilled_path.is_file():  # written at the end only: a finished run
+            # Its checkpoint was pruned or deleted: starting over removed the set (hours of work) without a word.
+            raise FrepoError(
+                f"{self.path} holds a finished run's set (distilled.safetensors) but no checkpoint.pt to resume "
+                "from, so this would distil it again from step 0 and replace the set; delete distilled.safetensors "
+                "to start over, or use another --out"
+            )
         if resuming and old.get("init") != new.get("init"):
             # A run resumes from its checkpoint and never reads its start again: `../r1` typed in another folder
             # (or on another machine) for `r1` was refused as other settings. Said, as the start is not used.
