@@ -93,3 +93,19 @@ def test_learned_labels_are_replaced_by_class_ids_and_uneven_sets_are_refused(tm
         run(ds, config, source, field_metrics=True)
     with pytest.raises(FrepoError, match="field_metrics must be True or False, got 'no'"):
         run(ds, config, source, field_metrics="no")  # "no" is true: it computed them
+
+
+def test_a_cache_that_cannot_be_written_costs_a_recomputation_not_the_result(tmp_path, monkeypatch, caplog):
+    """A full or read-only cache raised the WriteError of the atomic write (a FrepoError, not the OSError caught)
+    after the full-split reference had trained: the evaluation exited 2 with no result."""
+    from frepo.base.atomic import WriteError
+    from frepo.eval import EvalResult
+
+    def full_disk(path, text):
+        raise WriteError(f"no space left on the device while writing {path}")
+
+    monkeypatch.setattr(fm, "atomic_write_text", full_disk)
+    result = EvalResult("frepo", "conv", [50.0, 70.0], mean=60.0, std=10.0, steps=10, seconds=1.0)
+    entry = fm._cached_accuracy(tmp_path / "ref.json", lambda: result, "full training split")
+    assert entry == fm._summary(result) and not (tmp_path / "ref.json").exists()
+    assert "cannot keep the full training split's accuracy" in caplog.text and "computed again" in caplog.text

@@ -158,8 +158,8 @@ def _cached_accuracy(path: Path, compute: Callable[[], EvalResult], what: str) -
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(entry, indent=1))
-    except OSError:
-        pass  # a read-only cache only costs a recomputation next time
+    except (OSError, FrepoError) as exc:  # atomic_write_text's WriteError too: the result is not lost with it
+        log.warning(f"frepo: cannot keep the {what}'s accuracy in {path} ({exc}): it is computed again next time")
     return entry
 
 
