@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -404,11 +403,11 @@ def test_an_empty_class_folder_is_not_said_to_hold_files_of_another(tmp_path):
 
 def test_a_failed_download_leaves_no_folders_it_made(tmp_path, no_offline_copies, monkeypatch):
     """A failed torchvision download left --data-dir and MNIST/raw made and empty; a partly written file stays
-    (torchvision checks it on the next try), and so does every folder that was there before."""
+    (torchvision checks it on the next try), and so does every folder that was there before. (The layouts'
+    downloads: tests/test_layouts.py.)"""
     import urllib.error
 
     import torchvision.datasets
-    import torchvision.datasets.utils
 
     def fail_after_making(folder):
         def download(*args, **kwargs):
@@ -428,14 +427,3 @@ def test_a_failed_download_leaves_no_folders_it_made(tmp_path, no_offline_copies
     with pytest.raises(FrepoError, match="no network"):
         load_dataset("mnist", kept, download=True)
     assert sorted(p.relative_to(kept).as_posix() for p in kept.rglob("*")) == ["old", "old/empty"]
-
-    def partial_archive(url, folder, **kwargs):
-        (Path(folder) / "tiny-imagenet-200" / "train").mkdir(parents=True)
-        (Path(folder) / "tiny-imagenet-200.zip").write_bytes(b"PK cut")
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", partial_archive)
-    with pytest.raises(FrepoError, match="could not download tiny_imagenet"):
-        load_dataset("tiny_imagenet", kept, download=True)
-    left = sorted(p.relative_to(kept).as_posix() for p in kept.rglob("*"))
-    assert left == ["old", "old/empty", "tiny-imagenet-200.zip"]

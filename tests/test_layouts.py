@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -275,6 +276,45 @@ def test_cli_missing_dataset_is_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+# ---- downloads --------------------------------------------------------------------------------------------------
+def test_a_download_is_moved_into_place_whole_or_not_at_all(tmp_path, monkeypatch):
+    """The archive was downloaded and unpacked in --data-dir itself: one cut short by a kill was taken as complete
+    by every later attempt (a traceback each time, EOFError), and a half-unpacked folder was read as the
+    dataset. Both now happen in a temp folder, moved into place once all is unpacked."""
+    import urllib.error
+
+    import torchvision.datasets.utils
+
+    data = tmp_path / "data"
+    (data / "mine").mkdir(parents=True)  # the user's
+    killed = data / ".tiny_imagenet-download.4242.tmp"  # of a kill -9 mid-download
+    killed.mkdir()
+    (killed / "tiny-imagenet-200.zip").write_bytes(b"PK cut")
+    tries = []
+
+    def download(url, download_root, extract_root=None, **kwargs):
+        tries.append(Path(download_root).name)
+        Path(download_root, "tiny-imagenet-200.zip").write_bytes(b"PK cut")
+        write_tiny_imagenet(Path(extract_root))  # unpacked in part: all of it, then the cut
+        if len(tries) == 1:
+            raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+        if len(tries) == 2:
+            raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", download)
+    monkeypatch.delenv("FREPO_DATA_DIR", raising=False)
+    for why in ("end-of-stream marker", "no network"):
+        with pytest.raises(FrepoError, match=f"could not download tiny_imagenet from .* into {data}: .*{why}"):
+            load_dataset("tiny_imagenet", data, download=True)
+        assert sorted(p.name for p in data.iterdir()) == ["mine"]  # nothing half-made, the killed try's gone too
+    raw = load_dataset("tiny_imagenet", data, download=True)
+    assert len(raw.y_train) == 9 and len(raw.y_test) == 6
+    assert sorted(p.name for p in data.iterdir()) == ["mine", "tiny-imagenet-200"]
+    assert tries == [f".tiny_imagenet-download.{os.getpid()}.tmp"] * 3
+    load_dataset("tiny_imagenet", data, download=True)  # found: not downloaded again
+    assert len(tries) == 3
+
+
 # ---- the decoded cache -------------------------------------------------------------------------------------------
 def test_cache_is_built_once_and_rebuilt_when_the_source_changes(tmp_path, monkeypatch):
     write_tiny_imagenet(tmp_path)
@@ -340,7 +380,7 @@ def test_the_temp_folder_of_a_killed_build_goes_and_builds_take_turns(tmp_path):
 
     arrays = cache.cached_arrays(folder, {"v": 1}, lambda: mine, fill)
     assert list(arrays["x"]) == [1, 2, 3] and decoded == [1]
-    assert sorted(p.name for p in folder.parent.iterdir()) == [".set-abc.lock", "set-abc"]
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["set-abc"]  # the lock goes with its holder
     # A second build of a changed source waits for the one in progress, then maps what it built.
     started, release, results = threading.Event(), threading.Event(), []
 

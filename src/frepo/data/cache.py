@@ -16,6 +16,7 @@ cache is rebuilt.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import json
@@ -84,31 +85,25 @@ def open_cached(folder: Path, source: dict) -> dict[str, np.ndarray] | None:
 
 def build_cache(
     folder: Path,
+    staging: Path,
     source: dict,
     shapes: dict[str, tuple[tuple[int, ...], np.dtype]],
     fill: Callable[[dict[str, np.ndarray]], None],
 ) -> dict[str, np.ndarray]:
-    """Create `.npy` files of the given shapes and dtypes, let `fill` write them (memory-mapped, so a
-    reader can fill them chunk by chunk), then publish the folder atomically and map it read-only."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
-        arrays: dict[str, np.memmap] = {
-            name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
-            for name, (shape, dtype) in shapes.items()
-        }
-        fill(typing.cast(dict[str, np.ndarray], arrays))  # memmaps are arrays (a dict is invariant)
-        for array in arrays.values():
-            array.flush()
-        del arrays
-        (tmp / "source.json").write_text(json.dumps({"source": source, "arrays": list(shapes)}))
-        shutil.rmtree(folder, ignore_errors=True)  # a stale cache of older source files
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    """Create `.npy` files of the given shapes and dtypes in the empty folder `staging`, let `fill` write them
+    (memory-mapped, so a reader can fill them chunk by chunk), then publish them as `folder` atomically and
+    map it read-only."""
+    arrays: dict[str, np.memmap] = {
+        name: np.lib.format.open_memmap(staging / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        for name, (shape, dtype) in shapes.items()
+    }
+    fill(typing.cast(dict[str, np.ndarray], arrays))  # memmaps are arrays (a dict is invariant)
+    for array in arrays.values():
+        array.flush()
+    del arrays
+    (staging / "source.json").write_text(json.dumps({"source": source, "arrays": list(shapes)}))
+    shutil.rmtree(folder, ignore_errors=True)  # a stale cache of older source files
+    os.replace(staging, folder)
     opened = open_cached(folder, source)
     if opened is None:
         raise FrepoError(f"the dataset cache {folder} could not be read back after writing it")
@@ -127,9 +122,9 @@ def cached_arrays(
     if opened is not None:
         return opened
     try:
-        with _building(folder):
+        with building(folder) as staging:
             opened = open_cached(folder, source)  # built by the process this one waited for
-            return opened if opened is not None else build_cache(folder, source, shapes(), fill)
+            return opened if opened is not None else build_cache(folder, staging, source, shapes(), fill)
     except OSError as exc:
         raise FrepoError(
             f"cannot write the dataset cache {folder}: {exc.strerror or exc} "
@@ -138,24 +133,52 @@ def cached_arrays(
 
 
 @contextlib.contextmanager
-def _building(folder: Path) -> Iterator[None]:
-    """Hold `folder`'s build lock (waiting, said, for another process's build), with the temp folders of killed
-    builds removed: while the lock is held, no other build of `folder` is live. A filesystem without `flock`
-    builds unlocked and removes nothing."""
+def building(folder: Path) -> Iterator[Path]:
+    """Hold `folder`'s build lock, an `flock` on the sibling `.<name>.lock` (waiting, said, for another
+    process's build), and yield a fresh temp folder beside `folder` to build in; both go on the way out. The
+    temp folders of killed builds go first: while the lock is held, no other build of `folder` is live. A
+    filesystem without `flock` builds unlocked and removes only its own temp folder."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder.parent / f".{folder.name}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    lock = folder.parent / f".{folder.name}.lock"
+    staging = folder.parent / f".{folder.name}.{os.getpid()}.tmp"
+    fd, locked = _lock(lock, folder)
     try:
-        locked = True
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.warning(f"frepo: another process is building the dataset cache {folder}; waiting for it")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:  # no locks on this filesystem (ENOLCK): a build as before, unlocked
-            locked = False
-        for stale in folder.parent.glob(f".{glob.escape(folder.name)}.*.tmp") if locked else ():
+        for stale in folder.parent.glob(f".{glob.escape(folder.name)}.*.tmp") if locked else [staging]:
             if stale.is_dir() and not stale.is_symlink():
                 shutil.rmtree(stale, ignore_errors=True)
-        yield
+        staging.mkdir()
+        yield staging
     finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if locked:  # removed while held: a process that then locks the old file sees it gone and retries
+            lock.unlink(missing_ok=True)
         os.close(fd)  # and with it the lock
+
+
+def _lock(lock: Path, folder: Path) -> tuple[int, bool]:
+    """(fd, locked): `lock` opened and flocked, waiting for its holder (said), and checked to be the file now at
+    that path, not one its last holder removed; locked is False where the filesystem has no locks (ENOLCK)."""
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.warning(f"frepo: another process is building {folder}; waiting for it")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            if exc.errno == errno.ENOLCK:
+                return fd, False
+            os.close(fd)
+            raise
+        except BaseException:  # Ctrl-C while waiting
+            os.close(fd)
+            raise
+        try:
+            current = os.stat(lock)
+        except FileNotFoundError:
+            current = None
+        held = os.fstat(fd)
+        if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+            return fd, True
+        os.close(fd)  # its holder removed it as this process waited: lock the file there now

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import pickle
+import tarfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -31,7 +33,7 @@ import numpy as np
 from ..base.atomic import empty_folders_removed_on_failure
 from ..base.errors import FrepoError
 from ..base.log import messages_shown, progress_bar
-from .cache import cached_arrays, signature
+from .cache import building, cached_arrays, signature
 from .folders import IMAGE_SUFFIXES, class_folders, image_files, open_image, to_array
 
 CHUNK = 4096  # images decoded and written per chunk while building a cache
@@ -312,16 +314,32 @@ LAYOUTS: dict[str, Layout] = {
 
 def download_layout(name: str, data_dir: Path) -> bool:
     """Download and unpack dataset `name`'s archive into `data_dir` (torchvision's downloader: resumable
-    redirects, a progress bar); False when it has no public direct link (ImageNet)."""
+    redirects, a progress bar); False when it has no public direct link (ImageNet).
+
+    Both happen in a temp folder inside `data_dir`, and what the archive holds is moved into place only once
+    it is all unpacked: an archive cut short by a kill was taken as complete by every later attempt (and
+    failed to unpack, a traceback each time), and a half-unpacked folder was read as the dataset, with
+    fewer images and no word. One process downloads a dataset at a time (`building`); the temp folders of
+    killed attempts go."""
     archive = LAYOUTS[name].archive
     if archive is None:
         return False
     from torchvision.datasets.utils import download_and_extract_archive
 
     try:
-        with empty_folders_removed_on_failure(data_dir):
-            download_and_extract_archive(archive, str(data_dir))
-    except OSError as exc:  # URLError, a full disk, an unwritable folder
+        with empty_folders_removed_on_failure(data_dir), building(data_dir / f"{name}-download") as staging:
+            try:
+                find_root(name, data_dir)
+                return True  # downloaded by the process this one waited for
+            except FrepoError:
+                pass
+            unpacked = staging / "unpacked"
+            download_and_extract_archive(archive, str(staging), extract_root=str(unpacked))
+            for item in sorted(unpacked.iterdir()):
+                if (data_dir / item.name).exists():
+                    raise FrepoError(f"{data_dir / item.name} is in the way of {name}'s download; move it")
+                os.replace(item, data_dir / item.name)
+    except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile) as exc:  # URLError, a full disk, a cut file
         raise FrepoError(f"could not download {name} from {archive} into {data_dir}: {exc}") from exc
     return True
 
