@@ -529,3 +529,30 @@ def test_an_experiment_folder_names_what_differs_as_flags_and_warns_when_a_resum
         caplog.clear()
         reopen(orders="3,2,1,0", models=6)
         assert caplog.messages == []
+
+
+def test_a_write_cut_short_in_a_new_experiment_folder_does_not_stop_the_same_command(tmp_path):
+    """A kill -9 in the first write of toy-config.json left `.toy-config.json.<random>.tmp`: the same command then
+    said the folder "is not empty and holds no toy experiment". The temp file goes; a stranger's file still
+    refuses the folder."""
+    from dataclasses import dataclass
+
+    from frepo.apps.common import ExperimentDir
+
+    @dataclass
+    class Settings:
+        models: int = 5
+
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    (folder / ".toy-config.json.k2j4x9.tmp").write_text('{"mod')
+    experiment = ExperimentDir(folder, "toy", may_change=frozenset())
+    experiment.open(Settings())
+    experiment.close()
+    assert sorted(p.name for p in folder.iterdir() if p.name != ".lock") == ["toy-config.json", "toy-held.json"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(FrepoError, match="is not empty and holds no toy experiment"):
+        ExperimentDir(other, "toy", may_change=frozenset()).open(Settings())
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]

@@ -542,6 +542,11 @@ def test_leftovers_go_and_a_failed_start_leaves_the_directory_as_found(tmp_path,
     empty.mkdir()
     one_line(capsys, main(distill_args(empty, "--dataset", "nope")), "unknown dataset")
     assert list(empty.iterdir()) == []
+    cut = tmp_path / "cut"  # a kill -9 in the first write of config.json: the same command starts the run
+    cut.mkdir()
+    (cut / ".config.json.q8w2e1.tmp").write_text('{"data": {"data')
+    assert main(distill_args(cut)) == 0
+    assert not list(cut.glob(".*.tmp")) and (cut / "distilled.safetensors").is_file()
     assert main(distill_args(out)) == 0
     (out / ".checkpoint.pt.abc123.tmp").write_bytes(b"x" * 1000)  # what a killed checkpoint write leaves
     (out / "checkpoint.pt").unlink()  # pruned: the finished set is not distilled again over itself

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..base.atomic import atomic_write, atomic_write_json, atomic_write_text
+from ..base.atomic import atomic_write, atomic_write_json, atomic_write_text, is_temp_file, remove_stale_temps
 from ..base.errors import FrepoError
 from ..base.fields import check_type, comma_items, from_dict, set_leaf, to_dict
 from ..base.lock import LOCK, FolderLock
@@ -87,10 +87,11 @@ class ExperimentDir:
                     )
                 self._check_types(config, previous)
                 held = self._held(previous)
-            elif any(p.name != LOCK for p in self.path.iterdir()):
+            elif any(p.name != LOCK and not is_temp_file(p) for p in self.path.iterdir()):
                 raise FrepoError(f"--out {self.path} is not empty and holds no {self.kind} experiment")
             else:
                 held = {}
+            remove_stale_temps(self.path)  # of writes a kill cut short (the folder is this process's now)
             now = to_dict(config)
             for name in sorted(self.may_change):
                 merged = _union(held.get(name, now[name]), now[name])

@@ -237,11 +237,19 @@ def _remove_empty_tree(folder: Path) -> None:
             os.rmdir(path)
 
 
+def is_temp_file(path: Path) -> bool:
+    """Whether `path` is the temp file of a write (`.<name>.<random>.tmp`): an interrupted one's, where no
+    process writes in its folder now."""
+    return (
+        path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX) and path.name.count(".") >= 3 and path.is_file()
+    )
+
+
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temp files of interrupted writes (`.<name>.<random>.tmp`) in `folder`."""
+    """Delete the temp files of interrupted writes (`is_temp_file`) in `folder`, which this process owns."""
     removed = []
     for path in Path(folder).glob(f".*{TEMP_SUFFIX}"):
-        if path.is_file() and path.name.count(".") >= 3:
+        if is_temp_file(path):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed

@@ -29,6 +29,7 @@ from ..base.atomic import (
     atomic_torch_save,
     atomic_write,
     atomic_write_json,
+    is_temp_file,
     remove_stale_temps,
 )
 from ..base.dist import world_size
@@ -232,7 +233,8 @@ class RunDir:
                     f"--out {self.path} holds a checkpoint but no config.json (the run's settings), so it cannot be "
                     "resumed; restore config.json, or delete the folder to start over"
                 )
-            if any(p.name != LOCK for p in self.path.iterdir()):
+            # a kill -9 in the first write of config.json left its temp file: the same command starts again
+            if any(p.name != LOCK and not is_temp_file(p) for p in self.path.iterdir()):
                 raise FrepoError(f"--out {self.path} is not empty and holds no frepo run; use another --out")
             return Claim(resuming=False, fresh=True)
         try:
