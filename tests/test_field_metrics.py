@@ -109,3 +109,19 @@ def test_a_cache_that_cannot_be_written_costs_a_recomputation_not_the_result(tmp
     entry = fm._cached_accuracy(tmp_path / "ref.json", lambda: result, "full training split")
     assert entry == fm._summary(result) and not (tmp_path / "ref.json").exists()
     assert "cannot keep the full training split's accuracy" in caplog.text and "computed again" in caplog.text
+
+
+def test_a_reference_is_cached_per_training_mode_and_machine(monkeypatch):
+    """The references' cache key held the recipe only: a reference trained stacked, on another device, thread
+    count or version (a cache may be shared) was subtracted from the set's accuracy trained here."""
+    from frepo.eval import EvalConfig
+
+    base = fm._recipe(EvalConfig(), "conv")
+    assert fm._recipe(EvalConfig(), "conv") == base
+    assert fm._recipe(EvalConfig(together="on"), "conv") != fm._recipe(EvalConfig(together="off"), "conv")
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads + 1)
+    assert fm._recipe(EvalConfig(), "conv") != base
+    monkeypatch.undo()
+    monkeypatch.setattr(torch, "__version__", "0.0.1")
+    assert fm._recipe(EvalConfig(), "conv") != base

@@ -42,15 +42,17 @@ def set_digest(images: torch.Tensor, labels: torch.Tensor, preprocessing: dict[s
 def evaluation_key(set_id: str, settings: dict, arch: str, split_id: str, device: torch.device) -> dict:
     """What decides an evaluation's numbers on this machine, as plain JSON: the hardware and the libraries
     too, as a cache folder may be shared between machines."""
+    return {"set": set_id, "settings": settings, "arch": arch, "split": split_id, **machine_key(device)}
+
+
+def machine_key(device: torch.device) -> dict:
+    """What besides the settings decides a trained network's numbers: the device, its hardware, the threads
+    and the libraries (summation orders differ between them), as plain JSON."""
     if device.type == "cuda":
         hardware = {"gpu": torch.cuda.get_device_name(device), "cudnn": torch.backends.cudnn.version()}
     else:
         hardware = {"cpu": torch.backends.cpu.get_cpu_capability()}
     return {
-        "set": set_id,
-        "settings": settings,
-        "arch": arch,
-        "split": split_id,
         "device": str(device),
         **hardware,
         "threads": torch.get_num_threads(),

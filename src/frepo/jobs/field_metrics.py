@@ -42,12 +42,14 @@ import numpy as np
 import torch
 
 from ..base.atomic import atomic_write_text
+from ..base.device import resolve_device
 from ..base.errors import FrepoError
 from ..config import STREAM_AUTO_BYTES
 from ..data import RawDataset
 from ..data.registry import default_data_dir
 from ..data.splits import Holdout, holdout_split
 from ..eval import EvalConfig, EvalResult, evaluate_set
+from ..eval.finished import machine_key
 from ..io.artifact import DistilledSet, class_ids_of
 from ..method.synthetic import pick_real
 
@@ -111,6 +113,9 @@ def _refuse_too_large(raw: RawDataset, count: int) -> None:
 
 
 def _recipe(config: EvalConfig, arch: str) -> dict:
+    """What a reference's accuracy depends on besides the data: the recipe, how its networks train (one by one
+    or stacked round differently), and the machine (a cache may be shared between machines; a reference from
+    another device or version made the IOR of a random subset other than 0)."""
     return {
         "protocol": config.protocol,
         "arch": arch,
@@ -118,7 +123,9 @@ def _recipe(config: EvalConfig, arch: str) -> dict:
         "seed": config.seed,
         "width": config.width,
         "split": config.split,
+        "together": config.together,
         "options": dataclasses.asdict(config.options()),
+        **machine_key(resolve_device(config.device)),
     }
 
 
