@@ -469,3 +469,42 @@ def test_a_gpu_the_machine_lacks_is_refused_and_a_run_measures_its_own_gpu_peak(
     )
     frepo.distill(config, tmp_path / "cpu-run")
     assert calls == [torch.device("cpu")]
+
+
+def test_every_network_frepo_trains_trains_under_deterministic_kernels(monkeypatch):
+    """cuDNN's default choices accumulate with atomics (two runs of one seed drift apart on a GPU): evaluation
+    entered `deterministic_kernels`, but herding's feature network and the privacy victims trained outside it.
+    The one training loop enters it now, for the device it trains on (a no-op off CUDA, so spied here)."""
+    import contextlib
+
+    from frepo.apps.victims import train_victim
+    from frepo.eval import training
+    from frepo.jobs.subset import feature_network
+
+    entered: list[tuple[str, str]] = []
+    depth = {"n": 0}
+
+    @contextlib.contextmanager
+    def spy(device, on=True):
+        entered.append((str(device), "on" if on else "off"))
+        depth["n"] += 1
+        try:
+            yield
+        finally:
+            depth["n"] -= 1
+
+    update = training.NetworkUpdate.__call__
+
+    def inside(self, *args, **kwargs):
+        assert depth["n"] == 1, "a training step ran outside deterministic_kernels"
+        return update(self, *args, **kwargs)
+
+    monkeypatch.setattr(training, "deterministic_kernels", spy)
+    monkeypatch.setattr(training.NetworkUpdate, "__call__", inside)
+    gen, images = torch.Generator().manual_seed(0), torch.rand(12, 1, 8, 8, generator=torch.Generator())
+    labels = torch.arange(12) % 3
+    feature_network(images, labels, 3, steps=2, gen=gen, device=torch.device("cpu"), width=8, batch_size=4)
+    targets = torch.nn.functional.one_hot(labels, 3).float()
+    train_victim(images, targets, steps=2, batch_size=4, lr=1e-3, width=8, num_classes=3, ops=(), gen=gen,
+                 device=torch.device("cpu"))  # fmt: skip
+    assert entered == [("cpu", "on"), ("cpu", "on")]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..base.device import host_to_device
+from ..base.device import deterministic_kernels, host_to_device
 from ..base.log import progress_bar
 from ..method.optim import set_lr
 from ..models import build_model, eval_layout
@@ -79,12 +79,17 @@ def train(
 ) -> None:
     """The one loop: each step takes the next batch of (images N×C×H×W, targets N×…) and calls
     `update(x, y, lr)`; a batch is moved to `device` (a no-op when the set is there already; queued
-    without waiting for the GPU when the set is on the host)."""
+    without waiting for the GPU when the set is on the host). cuDNN's choices are the deterministic ones
+    (`deterministic_kernels`): every network frepo trains, an evaluation's, herding's feature network or a
+    privacy victim, repeats with its seed on a GPU too."""
     indices = batch_indices(schedule, len(images), gen, images.device)
     # closed on an exception too: an open bar would keep a redirected log's later bars quiet (base/log.py)
-    with progress_bar(
-        range(schedule.steps), desc="train", unit="step", leave=False, disable=not progress, mininterval=1.0
-    ) as bar:
+    with (
+        deterministic_kernels(device),
+        progress_bar(
+            range(schedule.steps), desc="train", unit="step", leave=False, disable=not progress, mininterval=1.0
+        ) as bar,
+    ):
         for t, idx in zip(bar, indices):
             x, y = host_to_device(images[idx], device), host_to_device(targets[idx], device)
             update(x, y, schedule.lr(t) if schedule.lr else None)
