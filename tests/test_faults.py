@@ -692,12 +692,14 @@ def test_environment_is_recorded_and_a_different_thread_count_warns(tmp_path, ca
     for name in ("config.json", "checkpoint.pt", "distilled.safetensors", "metrics.jsonl", "best.safetensors"):
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in (out / "images").iterdir())
+    assert config["environment"]["device"] == "cpu" and "gpu" not in config["environment"]
     config["environment"]["threads"] = 99
+    config["environment"]["device"] = "cuda"  # begun on a GPU, resumed on this CPU: said too
     (out / "config.json").write_text(json.dumps(config))
     capsys.readouterr()
     assert main(distill_args(out, "--steps", 4, "--resume-with-changes")) == 0
     err = capsys.readouterr().err
-    assert "resuming under a different environment (threads 99 -> " in err
+    assert "resuming under a different environment (device cuda -> cpu, threads 99 -> " in err
 
 
 # ---- 10. divergence without NaN ----------------------------------------------------------------------

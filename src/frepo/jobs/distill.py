@@ -129,7 +129,7 @@ class Distiller:
             resuming = claim.resuming if claim else self.run_dir.checkpoint_path.is_file()
             saved = self._setup(config, resuming)
             if claim:
-                self.run_dir.begin(config, claim)
+                self.run_dir.begin(config, claim, self.device)
         except BaseException:
             if self.ctx.is_main:
                 self.run_dir.abandon()
@@ -185,7 +185,7 @@ class Distiller:
         self._host: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (step, images, labels)
         self._test_fingerprint = raw.test_fingerprint()
         self._train_digest = self.data.train_digest()
-        self._environment = environment()
+        self._environment = environment(self.device)
         state = self.run_dir.load_checkpoint() if resuming else None
         if state is not None:
             self._load(state)
@@ -260,7 +260,7 @@ class Distiller:
             changed = ", ".join(f"{k} {_shown(old)} -> {_shown(new)}" for k, (old, new) in claim.changes.items())
             log.warning(f"frepo: continuing with changed settings: {changed}")
         if resuming and claim and claim.previous_environment:
-            now = environment()
+            now = environment(self.device)
             differs = {k: (v, now.get(k)) for k, v in claim.previous_environment.items() if now.get(k) != v}
             if differs:
                 detail = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in differs.items())

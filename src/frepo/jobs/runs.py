@@ -121,11 +121,21 @@ def _onednn_version() -> str | None:
     return match.group(1) if match else None
 
 
-def environment() -> dict:
+def environment(device: torch.device) -> dict:
     """What decides the floating-point path of a run besides its config: the processes torchrun launched (each
-    draws and averages its share of the batch), the thread count and versions."""
+    draws and averages its share of the batch), the device it runs on (a GPU's model, CUDA and cuDNN: their
+    kernels differ), the thread count and versions."""
+    gpu = {}
+    if device.type == "cuda":
+        gpu = {
+            "gpu": torch.cuda.get_device_name(device),
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+        }
     return {
         "processes": world_size(),
+        "device": device.type,
+        **gpu,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "onednn": _onednn_version(),
@@ -281,7 +291,7 @@ class RunDir:
         changes = {k: [old.get(k), new.get(k)] for k in diff}
         return Claim(resuming, False, changes, env)
 
-    def begin(self, config: DistillConfig, claim: Claim) -> None:
+    def begin(self, config: DistillConfig, claim: Claim, device: torch.device) -> None:
         """Write the config (with the environment), once the run has started for real; a fresh start in a
         used directory clears the outputs of the earlier attempt; stale temp files go."""
         remove_stale_temps(self.path)
@@ -290,7 +300,7 @@ class RunDir:
                 (self.path / name).unlink(missing_ok=True)
             for name in OUTPUT_FOLDERS:
                 shutil.rmtree(self.path / name, ignore_errors=True)
-        atomic_write_json(self.config_path, {**to_dict(config), ENVIRONMENT: environment()})
+        atomic_write_json(self.config_path, {**to_dict(config), ENVIRONMENT: environment(device)})
         self.lock.created = []  # the directory now holds a run: never removed by abandon()
 
     # ---- checkpoints ------------------------------------------------------------------------------
