@@ -367,9 +367,16 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     with caplog.at_level("WARNING", logger="frepo"):
         assert "failed: the disk is on fire" in reproduce.reproduce(1, "tiny", **kwargs)
     assert "Digits IPC 1 failed: the disk is on fire; going on with the next row" in caplog.text  # said at once
-    with pytest.raises(FrepoError, match=r"1 of 1 rows failed \(first: Digits IPC 1, failed: the disk is on fire\)"):
+    with pytest.raises(FrepoError, match=r"1 of 1 rows failed \(first: Digits IPC 1, failed: the disk is on fire; "):
         reproduce.reproduce(1, "tiny", strict=True, **kwargs)
-    assert "failed: the disk is on fire" in out.read_text()
+    # ... and the row keeps the measurement the table held, said so: a rerun where a row failed, could not run
+    # (no GPU, no data) or was still to come replaced it with "failed" or "not run".
+    failed_row = next(line for line in out.read_text().splitlines() if line.startswith("| Digits | 1 |"))
+    assert (
+        f"| {saved['mean']:.2f} | failed: the disk is on fire; shown: the measurement of the table this" in failed_row
+    )
+    assert json.loads(out.with_suffix(".json").read_text())["rows"][0]["measured"][0] == saved["mean"]
+    assert f"run {tmp_path / 'runs' / 'digits-ipc1-tiny'})" in failed_row
     # A table of other datasets (--datasets) keeps this dataset's rows: they vanished from --out.
     monkeypatch.setattr(
         reproduce,

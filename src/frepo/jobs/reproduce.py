@@ -386,6 +386,12 @@ def reproduce(
 
     # What a row without a finished run would meet here (no data, no GPU): it said only "no finished run".
     unread = {(r.dataset, r.ipc): r.status for r in plan(table, budget, datasets, data_dir=data_dir, download=download)}
+    # A row the table holds measured keeps that measurement until this command measures it again: a rerun
+    # where a row cannot run (no GPU, no data), fails, or is still to come (the table is written after each
+    # row) replaced it with "not run" (--finished-only refuses instead, below).
+    earlier = earlier_measurements(Path(out)) if out and not dry_run and not finished_only else {}
+    for row in rows:
+        carry(row, earlier)
     if not dry_run:
         for row in rows:
             if row.status.startswith("planned") and finished_only:
@@ -399,9 +405,11 @@ def reproduce(
                 else:
                     row.measured, row.status, row.run_dir = measured, "done", str(run_dir)
             elif row.status.startswith("planned"):
+                row.measured = row.run_dir = None  # what this command measures, not what it carried
                 run_row(
                     row, spec, Path(runs_dir), data_dir=data_dir, download=download, device=device, progress=progress
                 )
+                carry(row, earlier)
                 write()  # after every row: a table cut short (a time limit, Ctrl-C) keeps its finished rows
     if finished_only and out:  # it runs nothing: a row measured before and not found now would be lost
         lost = lost_rows(Path(out), rows)
@@ -500,6 +508,28 @@ def lost_rows(path: Path, rows: list[Row]) -> list[str]:
         for row in earlier
         if isinstance(row, dict) and row.get("measured") and now.get((row.get("dataset"), row.get("ipc")), 0) is None
     ]
+
+
+def earlier_measurements(path: Path) -> dict[tuple[str, int], tuple[tuple[float, ...], str | None]]:
+    """(dataset, ipc) -> (measured, run_dir) of the rows the table at `path` holds measured (by the JSON beside
+    it, which `check_rewrite` found to be of this table and budget); none where there is no such table."""
+    try:
+        rows = json.loads(path.with_suffix(".json").read_text())["rows"]
+        return {
+            (row["dataset"], row["ipc"]): (tuple(row["measured"]), row.get("run_dir"))
+            for row in rows
+            if isinstance(row, dict) and row.get("measured")
+        }
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def carry(row: Row, earlier: dict[tuple[str, int], tuple[tuple[float, ...], str | None]]) -> None:
+    """A row without a measurement now shows the earlier table's, if it had one, its status saying so (and
+    still beginning with what happened now: "failed", "not run", "planned")."""
+    if row.measured is None and (row.dataset, row.ipc) in earlier:
+        row.measured, row.run_dir = earlier[(row.dataset, row.ipc)]
+        row.status += f"; shown: the measurement of the table this rewrote (run {row.run_dir or 'unknown'})"
 
 
 def _dropped(path: Path, why: str) -> list[Row]:
