@@ -8,6 +8,7 @@ import dataclasses
 import importlib
 import io
 import json
+import shutil
 import warnings
 
 import pytest
@@ -352,6 +353,18 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     stray.with_suffix(".json").write_text(json.dumps({"table": 1, "budget": "paper"}))
     with pytest.raises(FrepoError, match="holds a table.json frepo did not write, not table 1 at budget tiny"):
         reproduce.check_rewrite(stray, 1, reproduce.BUDGETS["tiny"])
+    # Without a table at --out, a JSON or PNG of the names written beside it is replaced only if frepo's: a user's
+    # paper/table1.png beside a new paper/table1.md was replaced by the plot.
+    stray.unlink()
+    with pytest.raises(FrepoError, match="beside it, table.json holds a table.json frepo did not write"):
+        reproduce.check_rewrite(stray, 1, reproduce.BUDGETS["tiny"])
+    stray.with_suffix(".json").unlink()
+    Image.new("RGB", (4, 4)).save(stray.with_suffix(".png"))
+    with pytest.raises(FrepoError, match="table.png beside it is no plot frepo drew, and would be replaced"):
+        reproduce.check_rewrite(stray, 1, reproduce.BUDGETS["tiny"])
+    shutil.copy(out.with_suffix(".png"), stray.with_suffix(".png"))  # a plot of frepo's, as a deleted table left it
+    shutil.copy(out.with_suffix(".json"), stray.with_suffix(".json"))
+    reproduce.check_rewrite(stray, 1, reproduce.BUDGETS["tiny"])
     # Nor is a table of another budget replaced (a cpu-small table by a gpu-small one of rows not run).
     monkeypatch.setitem(reproduce.BUDGETS, "other", dataclasses.replace(reproduce.BUDGETS["tiny"], name="other"))
     with pytest.raises(FrepoError, match="holds table 1 at budget tiny, not table 1 at budget other: give another"):

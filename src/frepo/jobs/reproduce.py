@@ -472,14 +472,28 @@ def kept_rows(path: Path, table: int, budget: Budget, datasets: list[str]) -> li
     return rows
 
 
+# The PNG text chunk of the table's plot: a PNG of that name without it is not frepo's to replace.
+PLOT_MARK = ("Software", "frepo reproduce plot")
+
+
 def check_rewrite(path: Path, table: int, budget: Budget | None) -> None:
     """Before any row runs: a table at `path` is rewritten only when the JSON beside it says it is this table
     at this budget (a cpu-small table was replaced by a gpu-small one of rows not run, and the repository's
-    docs/reproduction.md, which has no JSON beside it, by whatever the current folder's runs gave)."""
-    if budget is None or not path.exists():  # an unknown budget: plan() says so
+    docs/reproduction.md, which had no JSON beside it, by whatever the current folder's runs gave). Without a
+    table there, a JSON or PNG of the names it writes beside it is replaced only when frepo wrote it (a
+    user's paper/table1.png beside a new paper/table1.md was replaced by the plot)."""
+    if budget is None:  # an unknown budget: plan() says so
         return
     source = path.with_suffix(".json")
     keep = "give another --out, or move it away to rewrite it"
+    named = f"--out {path}"
+    if not path.exists():
+        figure = path.with_suffix(".png")
+        if figure.exists() and not _is_plot(figure):
+            raise FrepoError(f"{named}: {figure.name} beside it is no plot frepo drew, and would be replaced: {keep}")
+        if not source.exists():
+            return
+        named = f"{named}: beside it, {source.name}"  # checked as a table's JSON is
     try:
         earlier = json.loads(source.read_text())
     except FileNotFoundError:
@@ -493,7 +507,17 @@ def check_rewrite(path: Path, table: int, budget: Budget | None) -> None:
     said = (earlier.get("table"), spec.get("name")) if isinstance(spec, dict) else None
     if said != (table, budget.name):
         shown = f"table {said[0]} at budget {said[1]}" if said else f"a {source.name} frepo did not write"
-        raise FrepoError(f"--out {path} holds {shown}, not table {table} at budget {budget.name}: {keep}")
+        raise FrepoError(f"{named} holds {shown}, not table {table} at budget {budget.name}: {keep}")
+
+
+def _is_plot(path: Path) -> bool:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.info.get(PLOT_MARK[0]) == PLOT_MARK[1]
+    except (OSError, UnidentifiedImageError, ValueError):
+        return False
 
 
 def lost_rows(path: Path, rows: list[Row]) -> list[str]:
@@ -608,7 +632,7 @@ def plot(rows: list[Row], table: int, budget: Budget, path: Path) -> None:
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     try:
-        atomic_write(path, lambda p: fig.savefig(p, format="png"))
+        atomic_write(path, lambda p: fig.savefig(p, format="png", metadata=dict([PLOT_MARK])))
     finally:
         plt.close(fig)
 
