@@ -59,12 +59,13 @@ def test_cutout_zeroes_one_square_of_size_res_over_4_inside_the_image():
 
 
 def test_color_matches_its_formula():
-    x = torch.randn(5, 3, 4, 4, dtype=torch.float64)
+    x = torch.randn(5, 3, 4, 4, dtype=torch.float64, generator=_gen(1))
     out = augment.color(x, _gen(3))
+    # The draws by hand, not by the module's samplers: brightness uniform in ±0.25, contrast and saturation
+    # log-uniform in [e^-0.25, e^0.25], each from one float64 uniform in [0, 1) per image, in this order.
     g = _gen(3)
-    b = augment._uniform(g, 5, -0.25, 0.25).view(-1, 1, 1, 1)
-    c = augment._log_uniform(g, 5, math.exp(-0.25), math.exp(0.25)).view(-1, 1, 1, 1)
-    s = augment._log_uniform(g, 5, math.exp(-0.25), math.exp(0.25)).view(-1, 1, 1, 1)
+    u = [torch.rand(5, generator=g, dtype=torch.float64).view(-1, 1, 1, 1) for _ in range(3)]
+    b, c, s = 0.5 * u[0] - 0.25, (0.5 * u[1] - 0.25).exp(), (0.5 * u[2] - 0.25).exp()
     y = x + b
     y = (y - y.mean((1, 2, 3), keepdim=True)) * c + y.mean((1, 2, 3), keepdim=True)
     y = (y - y.mean(1, keepdim=True)) * s + y.mean(1, keepdim=True)

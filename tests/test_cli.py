@@ -103,8 +103,16 @@ def test_distill_evaluate_show_subset_on_digits(tmp_path, capsys):
     assert code == 0, err
     rand = load_distilled(subset)
     assert rand.labels.dtype == torch.int64 and rand.meta["kind"] == "subset-random"
-    # The random subset is exactly the distillation's starting point (same seed, same stream).
-    assert torch.equal(rand.class_ids(), ds.class_ids())
+    # The random subset is the distillation's starting point (same seed, same stream): its images, not only its
+    # class ids (any class-balanced set of 2 per class has those).
+    from frepo.base.fields import from_dict
+    from frepo.config import DistillConfig
+    from frepo.jobs.distill import Distiller
+
+    recorded = {k: v for k, v in config.items() if k != "environment"}
+    start = Distiller(from_dict(DistillConfig, recorded), tmp_path / "start").host_set()
+    torch.testing.assert_close(rand.images, start.images)
+    assert torch.equal(rand.class_ids(), start.class_ids())
     code, stdout, err = run_cli(["evaluate", subset, "--models", 1, "--steps", 10], capsys)
     assert code == 0, err
     # Their numbers come from their seeds alone: none of these commands drew from torch's global generator.

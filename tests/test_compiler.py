@@ -51,6 +51,19 @@ def test_the_cache_is_this_cpus_subdirectory_of_the_one_inductor_would_use(tmp_p
     assert use_cpu_keyed_cache() == os.path.join(os.path.abspath(default_cache_dir()), PREFIX + cpu_cache_key())
 
 
+def test_another_cpu_capability_gets_another_key():
+    """The property itself, with no compiler needed: a process whose ATen capability is lower (standing in for
+    another CPU) computes another key than this one."""
+    probe = "from frepo.base.compiler import cpu_cache_key; print(cpu_cache_key())"
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+    proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    other = proc.stdout.strip()
+    assert other.startswith("default-")
+    if NATIVE != "DEFAULT":
+        assert other != cpu_cache_key()
+
+
 @pytest.mark.skipif(OTHER is None, reason=f"no lower ATen CPU capability than {NATIVE} to stand in for another CPU")
 @needs_cxx
 def test_a_cache_filled_on_another_cpu_does_not_reach_the_compiled_network(tmp_path):

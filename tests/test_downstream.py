@@ -255,18 +255,18 @@ def test_bad_input_is_one_line(tmp_path, capsys, args, fragment):
 
 
 @pytest.mark.parametrize("kind", ["continual", "privacy"])
-@pytest.mark.parametrize("damage", ['{"ipc": 10,', "[1, 2]", "\xff"])
+@pytest.mark.parametrize("damage", [b'{"ipc": 10,', b"[1, 2]", b"\xff\xfe{"])  # bad JSON, no object, no UTF-8
 def test_a_damaged_experiment_config_is_one_line(tmp_path, capsys, kind, damage):
     folder = tmp_path / "x"
     folder.mkdir()
-    (folder / f"{kind}-config.json").write_text(damage)
+    (folder / f"{kind}-config.json").write_bytes(damage)
     # digits: a control arm needs training images outside the members' chunk
     sized = ["--chunk", "1", "--chunk-size", "300", "--ipc", "2"] if kind == "privacy" else []
     assert main([kind, "--dataset", "digits", *sized, "--out", str(folder)]) == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("frepo: error:")]
     assert len(errors) == 1 and "is damaged" in errors[0] and "Traceback" not in err, err
-    assert (folder / f"{kind}-config.json").read_text() == damage  # kept for the user to restore
+    assert (folder / f"{kind}-config.json").read_bytes() == damage  # kept for the user to restore
 
 
 def test_cpu_presets_exist():

@@ -179,7 +179,7 @@ def test_sets_from_other_tools_are_told_apart_by_their_content():
     assert _identity(own, raw, "test")[1] != _identity(own, raw, "val")[1]
 
 
-def test_sigterm_keeps_the_finished_networks_as_ctrl_c_does(set_file, tmp_path):
+def test_sigterm_keeps_the_finished_networks_as_ctrl_c_does(set_file, tmp_path, monkeypatch):
     """SIGTERM (a scheduler, `kill`) ended an evaluation at once with exit code 143 and said nothing; it now
     stops as Ctrl-C does, keeping the networks that finished, and the same command trains only the others."""
     args = ["evaluate", str(set_file), *EVAL, "--together", "off"]
@@ -199,6 +199,9 @@ def test_sigterm_keeps_the_finished_networks_as_ctrl_c_does(set_file, tmp_path):
     proc = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, timeout=300)  # this cache
     assert proc.returncode == 130, proc.stderr[-2000:]
     assert "1 finished network kept" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(_records()) == 1  # kept where the same command looks (this test's $FREPO_CACHE, inherited)
+    trained = _count_trainings(monkeypatch)
+    assert main(args) == 0 and trained == ["conv:eval/model1", "conv:eval/model2"] and _records() == []
 
 
 def test_sigterm_is_left_to_torchrun_under_torchrun(monkeypatch):

@@ -31,7 +31,7 @@ def test_a_random_subset_improves_over_random_by_exactly_zero(tmp_path, capsys, 
     subset = tmp_path / "random.safetensors"
     assert run_cli(["subset", "--dataset", "digits", "--ipc", 2, "--seed", 0, "--out", subset], capsys)[0] == 0
     report = tmp_path / "eval.json"
-    flags = ["evaluate", subset, "--models", 1, "--steps", 30, "--width", 16, "--field-metrics", "--json", report]
+    flags = ["evaluate", subset, "--models", 1, "--steps", 100, "--width", 16, "--field-metrics", "--json", report]
     code, stdout, err = run_cli(flags, capsys)
     assert code == 0, err
     assert "evaluate (conv, frepo, random subset, IPC 2)" in err and "evaluate (conv, frepo, full training" in err
@@ -43,7 +43,8 @@ def test_a_random_subset_improves_over_random_by_exactly_zero(tmp_path, capsys, 
     assert metrics["ior"] == 0.0 and metrics["random"]["mean"] == metrics["set_hard"]["mean"]
     assert metrics["random"]["ipc"] == 2 and metrics["set_own_labels"] == metrics["set_hard"]["mean"]
     assert metrics["hlr"] == pytest.approx(metrics["full"]["mean"] - metrics["set_hard"]["mean"])
-    assert metrics["full"]["mean"] > metrics["set_hard"]["mean"]  # 1 437 training images against 20
+    # the full training split against 20 images: 69.8 % against 56.5 % here at 100 steps (at 30: 26.5 and 23.3)
+    assert metrics["full"]["mean"] > metrics["set_hard"]["mean"]
     assert metrics["lrs"] == pytest.approx(fm.label_robust_score(0.0, metrics["hlr"] / 100))
     assert "IOR +0.00" in stdout
     cached = sorted(p.name.split("-")[1] for p in (tmp_path / "cache" / "field_metrics").glob("*.json"))

@@ -21,6 +21,13 @@ from frepo.data import layouts as layouts_module
 from frepo.data.folders import to_array
 
 
+@pytest.fixture(autouse=True)
+def no_offline_copies(monkeypatch):
+    """These tests bring their own layouts: a `<name>.npz` in $FREPO_DATA_DIR (cifar100.npz, tiny_imagenet.npz)
+    would be read before them."""
+    monkeypatch.delenv("FREPO_DATA_DIR", raising=False)
+
+
 def run_frepo(*args, cwd=None) -> subprocess.CompletedProcess:
     """`frepo ARGS` in a subprocess, without the offline dataset folder (these tests bring their own data)."""
     env = {**os.environ, "FREPO_DATA_DIR": ""}
@@ -302,7 +309,6 @@ def test_a_download_is_moved_into_place_whole_or_not_at_all(tmp_path, monkeypatc
             raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", download)
-    monkeypatch.delenv("FREPO_DATA_DIR", raising=False)
     for why in ("end-of-stream marker", "no network"):
         with pytest.raises(FrepoError, match=f"could not download tiny_imagenet from .* into {data}: .*{why}"):
             load_dataset("tiny_imagenet", data, download=True)

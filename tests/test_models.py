@@ -163,9 +163,9 @@ def test_flax_batch_norm_running_statistics():
 
 def test_build_model_variants_and_errors():
     assert isinstance(build_model("conv_bn", (3, 32, 32), 10, generator=gen()), Conv)
-    with pytest.raises(FrepoError):
+    with pytest.raises(FrepoError, match="unknown architecture 'transformer'"):
         build_model("transformer", (3, 32, 32), 10, generator=gen())
-    with pytest.raises(FrepoError):
+    with pytest.raises(FrepoError, match=r"images of \(2, 2\) are too small for a Conv of depth 3"):
         Conv(3, 10, (2, 2), depth=3, generator=gen())
 
 
@@ -197,17 +197,18 @@ def test_a_conv_arch_is_conv_with_its_norm_drawn_alike(arch, norm):
 
 def test_the_generator_is_required_everywhere():
     """No global-RNG fallback: leaving the generator out, or passing None, is an error, not a draw."""
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="takes 3 positional arguments"):
         build_model("conv", (3, 8, 8), 4, gen())  # keyword-only
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="missing 1 required keyword-only argument: 'generator'"):
         build_model("conv", (3, 8, 8), 4)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="missing 1 required keyword-only argument: 'generator'"):
         Conv(3, 4, (8, 8))
-    with pytest.raises(TypeError):
+    explicit = "weights are drawn from an explicit torch.Generator, not NoneType"
+    with pytest.raises(TypeError, match=explicit):
         build_model("mlp", (3, 8, 8), 4, generator=None)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=explicit):
         init_flax_defaults_(Conv(3, 4, (8, 8), width=4, generator=gen()), generator=None)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=explicit):
         lecun_normal_(torch.empty(3, 3), generator=None)
 
 
