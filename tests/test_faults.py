@@ -463,6 +463,58 @@ def test_kill_9_after_a_checkpoint_and_validation_step_resumes_to_the_same_outpu
     assert metrics(straight) == metrics(killed)
 
 
+def test_a_stop_in_a_validation_checkpoints_at_once_and_the_resume_redoes_it(tmp_path, capsys, monkeypatch):
+    """SIGTERM during a mid-run validation waited for it to end (minutes at a real budget, where a scheduler's
+    SIGKILL follows in 30 s) and lost the steps since the last checkpoint. It now stops the validation at once,
+    checkpoints the step with the validation pending, and the same command runs it again first: the outputs
+    are the uninterrupted run's, through a later crash before the next checkpoint too."""
+    import signal
+
+    from frepo.jobs import actions
+    from frepo.method.trainer import FRePoTrainer
+
+    flags = ("--steps", 12, "--checkpoint-every", 4, "--eval-every", 3)
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    assert main(distill_args(straight, *flags)) == 0
+    real, calls = actions.evaluate_set, []
+
+    def stopped_in_the_second(*args, **kwargs):  # the validation of step 6, between two checkpoints
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGTERM)
+            raise AssertionError("the validation went on after the stop request")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(actions, "evaluate_set", stopped_in_the_second)
+    capsys.readouterr()
+    assert main(distill_args(cut, *flags)) == 130
+    assert "stopped in step 6's validation; checkpoint written to" in capsys.readouterr().err
+    state = torch.load(cut / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 6 and state["pending"] == "Validation"
+    assert [r["step"] for r in metrics(cut) if "val_acc" in r] == [3]
+    monkeypatch.setattr(actions, "evaluate_set", real)
+    # The resume validates step 6, then crashes in step 8's training (no stop, no checkpoint: a power cut)...
+    original, done = FRePoTrainer.step, [0]
+
+    def crash_in_the_second_step(self):
+        done[0] += 1
+        if done[0] == 2:
+            raise SystemExit(9)
+        return original(self)
+
+    monkeypatch.setattr(FRePoTrainer, "step", crash_in_the_second_step)
+    with pytest.raises(SystemExit):
+        main(distill_args(cut, *flags))
+    assert [r["step"] for r in metrics(cut) if "val_acc" in r] == [3, 6]  # logged before the crash
+    monkeypatch.setattr(FRePoTrainer, "step", original)
+    # ... and the next resume, from the same checkpoint, validates step 6 once more, in place of that record.
+    assert main(distill_args(cut, *flags)) == 0
+    for name in ("best.safetensors", "distilled.safetensors"):
+        a, b = load_distilled(straight / name), load_distilled(cut / name)
+        assert torch.equal(a.images, b.images) and a.meta["step"] == b.meta["step"], name
+    assert metrics(straight) == metrics(cut)
+
+
 # ---- 4. files checked for what they hold -----------------------------------------------------------
 def _good_set() -> DistilledSet:
     from frepo.data.preprocess import Preprocessing

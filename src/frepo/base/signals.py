@@ -17,12 +17,32 @@ def aborting() -> bool:
     return _aborting.is_set()
 
 
+class StopRequest(threading.Event):
+    """Set by the first Ctrl-C / SIGTERM: the loop stops at its next safe point. Within `interruptible()`
+    (work the loop can redo after a resume, such as a validation: minutes, where a scheduler's SIGKILL follows
+    its SIGTERM within 30 s) the request interrupts at once, as a KeyboardInterrupt."""
+
+    def __init__(self):
+        super().__init__()
+        self.now = False  # inside `interruptible()`
+
+    @contextlib.contextmanager
+    def interruptible(self):
+        if self.is_set():  # asked during the step before it: the work is not begun
+            raise KeyboardInterrupt
+        self.now = True
+        try:
+            yield
+        finally:
+            self.now = False
+
+
 @contextlib.contextmanager
 def stop_on_signal():
-    """The first Ctrl-C / SIGTERM asks the loop to stop after the current step; a second Ctrl-C aborts.
-    Yields a `threading.Event` the loop polls (never set off the main thread, where no handler can be
-    installed)."""
-    flag = threading.Event()
+    """The first Ctrl-C / SIGTERM asks the loop to stop after the current step (at once inside
+    `StopRequest.interruptible`); a second Ctrl-C aborts. Yields the `StopRequest` the loop polls (never set
+    off the main thread, where no handler can be installed)."""
+    flag = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
@@ -32,6 +52,9 @@ def stop_on_signal():
             _aborting.set()
             raise KeyboardInterrupt
         flag.set()
+        if flag.now:
+            log.warning("frepo: stopping now and writing a checkpoint; the same command redoes what this cut short")
+            raise KeyboardInterrupt
         log.warning("frepo: stopping after this step and writing a checkpoint (Ctrl-C again to abort)")
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -76,9 +76,12 @@ class Moment:
 
 class Action:
     """A plug-in of the run's loop. The defaults: never due, nothing at the end, no state, and its time
-    counted as training time (`training = False`: the run's `elapsed` leaves it out)."""
+    counted as training time (`training = False`: the run's `elapsed` leaves it out). An `interruptible`
+    action is cut short by a stop request (Ctrl-C, SIGTERM) after a step, and run again, with the actions
+    after it, when the run resumes from the checkpoint the stop writes: it changes nothing before it ends."""
 
     training = True
+    interruptible = False
 
     def begin(self, now: Moment) -> None:
         """The loop starts (or resumes) at `now.step`."""
@@ -268,6 +271,7 @@ class Validation(Action):
     its best set, and best.safetensors and metrics.jsonl end as the uninterrupted run's."""
 
     training = False  # evaluating networks is not distilling
+    interruptible = True  # minutes at a real budget: a scheduler's SIGKILL follows SIGTERM within 30 s
 
     def __init__(self, plan: ValidationPlan, val: Callable[[], HoldOut], monitor: Monitor, best_path: Path):
         self.plan, self.val, self.monitor, self.best_path = plan, val, monitor, best_path

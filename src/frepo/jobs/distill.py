@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import gc
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from ..base.errors import FrepoError, Interrupted, check_argument, check_path
 from ..base.fields import to_dict
 from ..base.log import progress_bar
 from ..base.perf import AllocatorPolicy, release_free_heap
-from ..base.signals import stop_on_signal
+from ..base.signals import StopRequest, aborting, stop_on_signal
 from ..config import DistillConfig, presets
 from ..config.presets import default_flip
 from ..data import PreparedData, prepare, whole_data_dir
@@ -182,6 +181,8 @@ class Distiller:
         self.elapsed = 0.0
         self._step_start: float | None = None  # when the running step's training began (pauses move it)
         self.last_checkpoint: int | None = None
+        # the action a stop cut short after this step (`Action.interruptible`), run again first on resuming
+        self._pending: str | None = None
         self._host: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (step, images, labels)
         self._test_fingerprint = raw.test_fingerprint()
         self._train_digest = self.data.train_digest()
@@ -280,6 +281,7 @@ class Distiller:
             "watch": watch_state(self.loss_watch, self.chance_watch),
             "elapsed": self.elapsed,
             "train_digest": self._train_digest,
+            "pending": self._pending,
         }
 
     def _check_checkpoint(self, state: dict) -> None:
@@ -327,8 +329,10 @@ class Distiller:
                 f"{self.run_dir.checkpoint_path} does not fit this run ({exc}); delete it to restart the run"
             ) from exc
         self.step = self.last_checkpoint = int(state["step"])
-        if self.ctx.is_main:
-            self.run_dir.truncate_metrics(self.step)
+        pending = state.get("pending")  # none in older checkpoints
+        self._pending = pending if isinstance(pending, str) else None
+        if self.ctx.is_main:  # a validation cut short may have logged: it runs again
+            self.run_dir.truncate_metrics(self.step, redo_validation=self._pending == "Validation")
 
     def checkpoint(self) -> None:
         if not self.trainer.finite():
@@ -460,7 +464,7 @@ class Distiller:
         running = 0.0 if self._step_start is None else time.perf_counter() - self._step_start
         return self.elapsed + running
 
-    def _loop(self, bar, stop: threading.Event) -> dict[str, torch.Tensor] | None:
+    def _loop(self, bar, stop: StopRequest) -> dict[str, torch.Tensor] | None:
         """Outer steps to the end of the run, each followed by its due actions; a stop request checkpoints
         and raises. Returns the last step's metrics (None when no step was left)."""
         metrics = None
@@ -468,6 +472,13 @@ class Distiller:
         reset_peak_memory(self.device)
         for action in self.actions:
             action.begin(start)
+        if self._pending is not None:  # what a stop cut short after the checkpoint's step, and the actions after it
+            names = [type(action).__name__ for action in self.actions]
+            first = names.index(self._pending) if self._pending in names else len(names)
+            self._pending = None
+            for index in range(first, len(self.actions)):
+                if self.actions[index].due(self.step):
+                    self._act(index, start, stop, paused=None)
         # On a CPU, whether freed memory stays in the heap (faster, more memory) is chosen from the first
         # step's peak under glibc's default (frepo.base.perf); a GPU run's host memory is small.
         allocator = AllocatorPolicy() if self.device.type == "cpu" else None
@@ -484,7 +495,7 @@ class Distiller:
                 allocator.after_first_step()
             bar.update(1)
             now = self._moment(metrics)
-            for action in self.actions:
+            for index, action in enumerate(self.actions):
                 if not action.due(self.step):
                     continue
                 if action.training:
@@ -492,7 +503,7 @@ class Distiller:
                 else:
                     synchronize(self.device)  # the steps queued so far are training
                     paused = time.perf_counter()
-                    action(now)
+                    self._act(index, now, stop, paused)
                     self._step_start += time.perf_counter() - paused
             if now.has_numbers:
                 values = now.numbers()
@@ -510,6 +521,30 @@ class Distiller:
                     f"{self.run_dir.checkpoint_path}. Run the same command to resume."
                 )
         return metrics
+
+    def _act(self, index: int, now: Moment, stop: StopRequest, paused: float | None) -> None:
+        """Run non-training action `index` of the step; one that is `interruptible` stops at once on a stop request,
+        and the step is checkpointed with it pending, so the same command runs it (and those after it) again first.
+        Under torchrun each rank takes a signal elsewhere: there it runs to its end, as any action."""
+        action = self.actions[index]
+        if not action.interruptible or self.ctx.enabled:
+            action(now)
+            return
+        try:
+            with stop.interruptible():
+                action(now)
+        except KeyboardInterrupt:
+            if aborting():  # a second Ctrl-C: abort, as anywhere
+                raise
+            if paused is not None and self._step_start is not None:  # the step's training time (the loop's after
+                self.elapsed += paused - self._step_start  # its actions), up to this action
+                self._step_start = None
+            self._pending = type(action).__name__
+            self.checkpoint()
+            raise Interrupted(
+                f"stopped in step {self.step}'s {type(action).__name__.lower()}; checkpoint written to "
+                f"{self.run_dir.checkpoint_path}. Run the same command to resume (it runs that again first)."
+            ) from None
 
     def _final_file(self) -> str:
         """What the run's final file holds: "missing" (the end makes it), "intact" (the final checkpoint's set),

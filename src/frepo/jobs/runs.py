@@ -343,15 +343,18 @@ class RunDir:
             warn(f"{self.metrics_path}: line(s) {shown} are not records frepo writes; left out (kept in the file)")
         return records
 
-    def truncate_metrics(self, step: int) -> None:
-        """Drop records after `step` (written after the checkpoint a resumed run restarts from), and the end of a
-        line cut by a crash; every other line is kept as it is (its bytes), one frepo does not write or cannot
-        read (read_metrics leaves it out) included."""
+    def truncate_metrics(self, step: int, redo_validation: bool = False) -> None:
+        """Drop records after `step` (written after the checkpoint a resumed run restarts from), with
+        `redo_validation` the validation records of `step` too (a validation a stop cut short runs again), and
+        the end of a line cut by a crash; every other line is kept as it is (its bytes), one frepo does not write
+        or cannot read (read_metrics leaves it out) included."""
         if not self.metrics_path.is_file():
             return
         kept = []
         for _, line, record in self._logged():
-            later = isinstance(record, dict) and type(record.get("step")) is int and record["step"] > step
+            at = record.get("step") if isinstance(record, dict) else None
+            redone = redo_validation and isinstance(record, dict) and "val_acc" in record
+            later = type(at) is int and (at > step or (redone and at == step))
             if not later:
                 kept.append(line + b"\n")
         atomic_write(self.metrics_path, lambda p: p.write_bytes(b"".join(kept)))
