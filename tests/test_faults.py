@@ -79,6 +79,45 @@ def test_a_second_process_on_a_run_directory_is_refused_and_a_killed_owner_leave
     assert main(distill_args(out)) == 0
 
 
+def test_a_lock_on_a_removed_lock_file_is_taken_again_and_no_locks_is_a_warning(tmp_path, monkeypatch, caplog):
+    """A process that opened .lock as its last owner's failed start removed it locked a file no other process
+    could see: a third took the folder beside it. And a filesystem without file locks (ENOLCK) was a traceback
+    with the lock's descriptor left open."""
+    import errno
+
+    from frepo.base import lock as lock_module
+
+    folder = tmp_path / "run"
+    held = lock_module.FolderLock(folder)
+    real_open, opened = lock_module.FolderLock._open, []
+
+    def removed_after_opening(self):
+        fd = real_open(self)
+        opened.append(fd)
+        if len(opened) == 1:
+            self.path.unlink()  # the last owner's `undo`, as this process opened the file
+        return fd
+
+    monkeypatch.setattr(lock_module.FolderLock, "_open", removed_after_opening)
+    held.acquire()
+    assert len(opened) == 2 and lock_module._same_file(opened[1], held.path)
+    with pytest.raises(FrepoError, match="in use by another frepo process"):
+        lock_module.FolderLock(folder).acquire()  # the file at the path is the one held
+    held.release()
+    monkeypatch.undo()
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(lock_module.fcntl, "flock", no_locks)
+    unlocked = lock_module.FolderLock(tmp_path / "nfs")
+    with caplog.at_level("WARNING", logger="frepo"):
+        unlocked.acquire()
+    assert "cannot lock" in caplog.text and "No locks available" in caplog.text
+    unlocked.undo()
+    assert not (tmp_path / "nfs").exists()
+
+
 # ---- 2. full or unwritable disks ------------------------------------------------------------------
 def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"

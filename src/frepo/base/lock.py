@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from .atomic import WriteError
 from .errors import FrepoError
 
 LOCK = ".lock"
+log = logging.getLogger(__name__)
 
 
 def holder(folder: str | os.PathLike) -> str | None:
@@ -47,24 +49,41 @@ class FolderLock:
             missing = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
             self.folder.mkdir(parents=True, exist_ok=True)
             self.created = [p for p in reversed(missing) if p.is_dir()]
+        except OSError as exc:
+            raise WriteError(f"cannot use {self.what} {self.folder}: {exc.strerror or exc}") from exc
+        for attempt in range(10):  # a filesystem whose inode numbers are not stable: the tenth lock stands
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise FrepoError(
+                    f"{self.folder} is in use by another frepo process (pid {holder}); wait for it to finish, "
+                    f"or use another {self.what}"
+                ) from None
+            except OSError as exc:  # no file locks here (ENOLCK, EOPNOTSUPP): it was a traceback, the fd left open
+                log.warning(
+                    f"frepo: cannot lock {self.folder} ({exc.strerror or exc}): a second process on it would not "
+                    "be refused; run one at a time there, or use a local folder"
+                )
+            if _same_file(fd, self.path) or attempt == 9:
+                break
+            os.close(fd)  # locked a lock file its last owner removed (`undo`) as this one opened it: again
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def _open(self) -> int:
+        """The lock file, opened (made, and then among `created`, where it was not there)."""
+        try:
             had_lock = self.path.exists()
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
             raise WriteError(f"cannot use {self.what} {self.folder}: {exc.strerror or exc}") from exc
-        if not had_lock:
+        if not had_lock and self.path not in self.created:
             self.created.append(self.path)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise FrepoError(
-                f"{self.folder} is in use by another frepo process (pid {holder}); wait for it to finish, "
-                f"or use another {self.what}"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
+        return fd
 
     def release(self) -> None:
         if self._fd is not None:
@@ -72,11 +91,22 @@ class FolderLock:
             self._fd = None
 
     def undo(self) -> None:
-        """Release, and remove what acquire() created (after a start that failed)."""
-        self.release()
+        """Remove what acquire() created (after a start that failed), the lock file while still held, and release."""
         for path in reversed(self.created):
             try:
                 path.unlink() if path == self.path else path.rmdir()
             except OSError:
                 pass
+            if path == self.path:
+                self.release()
+        self.release()
         self.created = []
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open `fd` is the file at `path` now (not one removed, or replaced, since it was opened)."""
+    try:
+        now, held = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
