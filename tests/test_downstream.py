@@ -60,7 +60,7 @@ def test_a_task_reads_only_its_own_classes_and_is_evaluated_on_the_classes_seen(
     monkeypatch.setattr(continual_app, "load_dataset", lambda *a, **k: raw)
     tested = []
 
-    def record(ds, test_x, test_y, config, arch=None, progress=False):
+    def record(ds, test_x, test_y, config, arch=None, progress=False, finished=None):
         tested.append((len(ds.images), sorted(set(test_y.tolist())), ds.preprocessing))
         return EvalResult("frepo", "conv", [50.0], 50.0, 0.0, 10, 0.1)
 
@@ -133,6 +133,41 @@ def test_continual_resumes_after_an_interruption_and_keeps_its_contract(tmp_path
     monkeypatch.setattr(FRePoTrainer, "step", lambda self: pytest.fail("a finished unit was computed again"))
     assert main([*args, "--device=cpu", f"--data-dir={tmp_path}", "--no-download"]) == 0
     assert json.loads((tmp_path / "cl" / "continual-config.json").read_text())["device"] == "cpu"
+
+
+def test_an_interrupted_continual_unit_trains_only_its_missing_networks(tmp_path):
+    """Ctrl-C in a unit's evaluation lost its finished networks (the dsa protocol: 1000 epochs each): the unit
+    was evaluated from its first network again. Each is now kept as it finishes, in the experiment folder."""
+    import dataclasses
+
+    from frepo.eval import protocols
+
+    settings = {**CL2, "eval_models": 3, "arms": "random"}
+    straight = frepo.continual(out=tmp_path / "straight", **settings)
+    original, trained = protocols.PROTOCOLS["frepo"], []
+
+    def counted(stop_at=None):
+        def one(setup, options, stream):
+            if len(trained) + 1 == stop_at:
+                raise KeyboardInterrupt
+            trained.append(stream)
+            return original.train_and_test(setup, options, stream)
+
+        return dataclasses.replace(original, train_and_test=one)
+
+    protocols.PROTOCOLS["frepo"] = counted(stop_at=3)  # in the first unit's third network
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            frepo.continual(out=tmp_path / "cut", **settings)
+        assert trained == ["eval/model0", "eval/model1"]
+        trained.clear()
+        protocols.PROTOCOLS["frepo"] = counted()
+        resumed = frepo.continual(out=tmp_path / "cut", **settings)
+    finally:
+        protocols.PROTOCOLS["frepo"] = original
+    assert trained == ["eval/model2"] + ["eval/model0", "eval/model1", "eval/model2"]  # then the second unit's
+    assert resumed["per_task"] == straight["per_task"]
+    assert list((tmp_path / "cut" / "evaluations").iterdir()) == []  # each unit's record goes with its result
 
 
 def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_path, monkeypatch, quick_mlp):

@@ -18,6 +18,7 @@ split, as in the official code.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -26,11 +27,13 @@ from typing import Any
 
 import numpy as np
 
+from ..base.device import resolve_device
 from ..base.errors import FrepoError
 from ..base.fields import CommaList, check_choice, check_fields, check_finite, comma_items, opt, to_dict
 from ..config import DATA_DIR_HELP, DataConfig
 from ..data import load_dataset
 from ..eval import EvalConfig, evaluate_set
+from ..eval.finished import FinishedNetworks, evaluation_key
 from ..eval.results import count_of, mean_std
 from ..io.artifact import DistilledSet, load_distilled, save_distilled
 from ..jobs.subset import make_subset
@@ -237,26 +240,38 @@ class Continual(Experiment):
                 memories[arm].append(sharing_preprocessing(ds, pre))
                 name = f"order{order}/task{task}-{arm}.json"
                 if self.folder.done(name) is None:
-                    self.folder.record(name, self._evaluate(arm, order, task, seen, memories[arm]))
+                    self._evaluate(name, arm, order, task, seen, memories[arm])
 
-    def _evaluate(self, arm: str, order: int, task: int, seen: list[int], memory: list[DistilledSet]) -> dict:
-        """Fresh networks on the union of the memories of tasks 0..task, tested on the seen classes only."""
+    def _evaluate(
+        self, name: str, arm: str, order: int, task: int, seen: list[int], memory: list[DistilledSet]
+    ) -> None:
+        """Fresh networks on the union of the memories of tasks 0..task, tested on the seen classes only; the
+        unit `name` recorded. Each network's accuracy is kept as it finishes (in the experiment folder), so an
+        interruption costs the network it cut short, not the unit's others (the dsa protocol: 1000 epochs each)."""
         start = time.perf_counter()
         ds = union(memory)
         test_x, test_y = test_split_of(ds, self.raw, seen)
-        result = evaluate_set(ds, test_x, test_y, self._eval_config(arm, order), progress=self.progress)
+        config = self._eval_config(arm, order)
+        checksums = [m.meta.get("checksum") for m in memory]
+        key = evaluation_key(
+            json.dumps(checksums), to_dict(config), config.archs()[0], f"{self.raw.test_fingerprint()}:{seen}",
+            resolve_device(config.device),
+        )  # fmt: skip
+        finished = FinishedNetworks(key, self.out)
+        result = evaluate_set(ds, test_x, test_y, config, progress=self.progress, finished=finished)
         log.info(f"frepo: order {order}, task {task + 1}, {arm}: {mean_std(result.mean, result.std, result.models)}%")
-        return {
+        self.folder.record(name, {
             "order": order,
             "task": task,
             "arm": arm,
             "classes_seen": seen,
             "num_images": int(len(ds.images)),
             "test_images": int(len(test_y)),
-            "memory_checksums": [m.meta.get("checksum") for m in memory],
+            "memory_checksums": checksums,
             "seconds": time.perf_counter() - start,
             **result.to_dict(),
-        }
+        })  # fmt: skip
+        finished.clear()  # the unit is recorded: nothing of it left to resume
 
     # ---- the results --------------------------------------------------------------------------------
     def results(self) -> dict:
