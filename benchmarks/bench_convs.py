@@ -45,7 +45,8 @@ def main() -> None:
         for layout in (torch.contiguous_format, torch.channels_last):
             for choice in ("deterministic", "benchmark") if cuda else ("deterministic",):
                 model.to(memory_format=layout)
-                x = torch.randn(args.batch, 3, 32, 32, device=device).contiguous(memory_format=layout)
+                x = torch.randn(args.batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+                x = x.to(device).contiguous(memory_format=layout)
                 if cuda:
                     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
                     torch.backends.cudnn.deterministic = choice == "deterministic"

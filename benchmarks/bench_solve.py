@@ -60,11 +60,11 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     device = torch.device(args.device)
-    gen = torch.Generator(device).manual_seed(0)
+    gen = torch.Generator().manual_seed(0)  # drawn on the host: a CPU and a GPU solve the same problem
     # Non-negative features with a common component, like pooled ReLU features (a badly conditioned kernel).
-    feat = (torch.rand(args.n, args.d, generator=gen, device=device) ** 2).requires_grad_()
-    y = torch.randn(args.n, args.classes, generator=gen, device=device).requires_grad_()
-    target = torch.randn(args.d, args.classes, generator=gen, device=device)
+    feat = (torch.rand(args.n, args.d, generator=gen).to(device) ** 2).requires_grad_()
+    y = torch.randn(args.n, args.classes, generator=gen).to(device).requires_grad_()
+    target = torch.randn(args.d, args.classes, generator=gen).to(device)
 
     def forward_backward(form):
         def run():

@@ -46,8 +46,9 @@ DEFAULT = "mnist-ipc10-b256,cifar10-ipc10-b1024-flip,cifar100-ipc1-b1024-flip,ci
 def peak_matmul_gflops(device: torch.device, n: int = 4096, repeats: int = 5, kind: str = "fp32") -> float:
     """The best of `repeats` n×n matrix products: fp32 (strict), tf32 (CUDA) or bf16 (CUDA)."""
     dtype = torch.bfloat16 if kind == "bf16" else torch.float32
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    gen = torch.Generator().manual_seed(0)  # drawn on the host: the same operands on every device
+    a = torch.randn(n, n, generator=gen).to(device, dtype)
+    b = torch.randn(n, n, generator=gen).to(device, dtype)
     previous = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = kind == "tf32"
     best = float("inf")

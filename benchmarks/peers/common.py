@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import resource
 import statistics
 import sys
@@ -258,6 +259,7 @@ def prepare_torch_peer(dataset: str, data_dir: str | None, seed: int, memory_gb:
     cap_memory(memory_gb)
     torch.manual_seed(seed)
     np.random.seed(seed)
+    random.seed(seed)  # MTT shuffles its expert files and buffer with Python's own generator
     arrays = load_arrays(dataset, data_dir, seed)
     install_torchvision_datasets(arrays)
     install_scipy_interpolation_alias()

@@ -150,7 +150,8 @@ def train_and_test_many(setup: EvalSetup, options: FrepoOptions, streams: list[s
         models = train_reference_models_on_streams(setup.images, setup.targets(), training, gens)
         return [accuracy(model, setup.test_x, setup.test_y, device) for model in models]
     shape = tuple(ds.images.shape[1:])
-    if not stackable(build_model(setup.arch, shape, ds.num_classes, generator=torch.Generator(), width=setup.width)):
+    probe = torch.Generator().manual_seed(0)  # a throwaway network, asked whether it stacks
+    if not stackable(build_model(setup.arch, shape, ds.num_classes, generator=probe, width=setup.width)):
         return None
     stacked = train_reference_models(setup.images, setup.targets(), replace(training, compile=False), gens)
     return stacked.accuracies(setup.test_x, setup.test_y, device)
