@@ -326,6 +326,15 @@ def test_an_output_never_replaces_what_a_run_or_an_export_keeps_or_the_file_read
     copy.write_bytes(kept["distilled.safetensors"])
     one_line(capsys, main(["evaluate", str(copy), "--json", str(copy)]), "is the file this command reads")
     one_line(capsys, main(["show", str(copy), "--out", str(copy)]), "is the file this command reads")
+    other = tmp_path / "other.safetensors"  # another set, named by a slip: replaced with JSON, a grid, a table
+    other.write_bytes(kept["distilled.safetensors"])
+    for command in (["evaluate", str(copy), "--json"], ["evaluate", str(copy), "--csv"], ["show", str(copy), "--out"]):
+        one_line(capsys, main([*command, str(other)]), "is a frepo set, which this would replace")
+    mine = run / "mine.safetensors"  # the report's file is named inside the run's folder
+    mine.write_bytes(kept["distilled.safetensors"])
+    one_line(capsys, main(["report", str(run), "--out", mine.name]), "is a frepo set, which this would replace")
+    assert other.read_bytes() == mine.read_bytes() == kept["distilled.safetensors"]
+    mine.unlink()
     both = tmp_path / "same.out"
     one_line(capsys, main([*evaluate, "--json", str(both), "--csv", str(both)]), "the second would replace the first")
     assert {f: (run / f).read_bytes() for f in kept} == kept and not both.exists()

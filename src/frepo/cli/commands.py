@@ -99,7 +99,7 @@ def cmd_subset(args: argparse.Namespace) -> int:
     from ..jobs.subset import make_subset
 
     check_output_file(args.out, "--out")
-    check_not_kept(args.out, "--out")
+    check_not_kept(args.out, "--out", writes_a_set=True)
     check_replaceable(args.out, f"--out {args.out}")  # before the subset is made (herding: minutes)
     if Path(args.out).suffix not in ("", ".safetensors"):  # sub/x.png held a safetensors file
         raise FrepoError(f"--out {args.out}: the subset is written as a frepo set; name it .safetensors")

@@ -177,12 +177,16 @@ KEPT = ("config.json", "checkpoint.pt", "metrics.jsonl", "distilled.safetensors"
 EXPERIMENT_FILES = (".json", ".md", ".csv", ".png")  # <kind>.json ... : an experiment's summary (apps.experiment)
 
 
-def check_not_kept(path: str | Path, what: str, inputs: tuple[str | Path, ...] = ()) -> None:
+def check_not_kept(
+    path: str | Path, what: str, inputs: tuple[str | Path, ...] = (), writes_a_set: bool = False
+) -> None:
     """Refuse an output file `path` that would overwrite what frepo keeps: one of the command's `inputs`, a
-    file a run keeps (`KEPT`, in a folder that holds a run), a file an export wrote (in an export folder) or an
-    experiment's records and summaries (in a folder with a <kind>-held.json).
-    `frepo evaluate RUN --json RUN/distilled.safetensors` replaced the set it had just evaluated with JSON;
-    `frepo report RUN --out checkpoint.pt`, the run's checkpoint with Markdown."""
+    file a run keeps (`KEPT`, in a folder that holds a run), a file an export wrote (in an export folder), an
+    experiment's records and summaries (in a folder with a <kind>-held.json), or, unless the output is a set
+    itself (`writes_a_set`), any frepo set. `frepo evaluate RUN --json RUN/distilled.safetensors` replaced the
+    set it had just evaluated with JSON; `frepo report RUN --out checkpoint.pt`, the run's checkpoint with
+    Markdown; `frepo evaluate a.safetensors --json b.safetensors`, another set."""
+    from ..io.artifact import has_frepo_metadata, safetensors_content
     from ..io.export import MANIFEST, export_entries
     from ..io.foreign.load import is_run
 
@@ -199,6 +203,8 @@ def check_not_kept(path: str | Path, what: str, inputs: tuple[str | Path, ...] =
         kind = held.name.removesuffix("-held.json")
         if path.name in {held.name, f"{kind}-config.json", *(f"{kind}{suffix}" for suffix in EXPERIMENT_FILES)}:
             raise FrepoError(f"{what} {path} is a file of the {kind} experiment in {folder}; give another name")
+    if not writes_a_set and path.is_file() and safetensors_content(path) and has_frepo_metadata(path):
+        raise FrepoError(f"{what} {path} is a frepo set, which this would replace; give another name")
 
 
 class RunDir:
