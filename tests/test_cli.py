@@ -110,7 +110,9 @@ def test_distill_evaluate_show_subset_on_digits(tmp_path, capsys):
     from frepo.jobs.distill import Distiller
 
     recorded = {k: v for k, v in config.items() if k != "environment"}
-    start = Distiller(from_dict(DistillConfig, recorded), tmp_path / "start").host_set()
+    distiller = Distiller(from_dict(DistillConfig, recorded), tmp_path / "start")
+    start = distiller.host_set()
+    distiller.run_dir.release()
     torch.testing.assert_close(rand.images, start.images)
     assert torch.equal(rand.class_ids(), start.class_ids())
     code, stdout, err = run_cli(["evaluate", subset, "--models", 1, "--steps", 10], capsys)

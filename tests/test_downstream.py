@@ -580,14 +580,15 @@ def test_a_write_cut_short_in_a_new_experiment_folder_does_not_stop_the_same_com
 
     folder = tmp_path / "exp"
     folder.mkdir()
-    (folder / ".toy-config.json.k2j4x9.tmp").write_text('{"mod')
+    (folder / ".toy-config.json.k2j4x9ab.tmp").write_text('{"mod')
     experiment = ExperimentDir(folder, "toy", may_change=frozenset())
     experiment.open(Settings())
     experiment.close()
     assert sorted(p.name for p in folder.iterdir() if p.name != ".lock") == ["toy-config.json", "toy-held.json"]
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "notes.txt").write_text("mine")
-    with pytest.raises(FrepoError, match="is not empty and holds no toy experiment"):
-        ExperimentDir(other, "toy", may_change=frozenset()).open(Settings())
-    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+    for stranger in ("notes.txt", ".notes.bak.tmp"):  # a user's files, the second named like a temp file
+        other = tmp_path / stranger.strip(".")
+        other.mkdir()
+        (other / stranger).write_text("mine")
+        with pytest.raises(FrepoError, match="is not empty and holds no toy experiment"):
+            ExperimentDir(other, "toy", may_change=frozenset()).open(Settings())
+        assert sorted(p.name for p in other.iterdir()) == [stranger]

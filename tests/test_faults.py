@@ -100,7 +100,7 @@ def test_a_lock_on_a_removed_lock_file_is_taken_again_and_no_locks_is_a_warning(
 
     monkeypatch.setattr(lock_module.FolderLock, "_open", removed_after_opening)
     held.acquire()
-    assert len(opened) == 2 and lock_module._same_file(opened[1], held.path)
+    assert len(opened) == 2 and lock_module.same_file(opened[1], held.path)
     with pytest.raises(FrepoError, match="in use by another frepo process"):
         lock_module.FolderLock(folder).acquire()  # the file at the path is the one held
     held.release()
@@ -511,6 +511,21 @@ def test_kill_9_after_a_checkpoint_and_validation_step_resumes_to_the_same_outpu
     assert metrics(straight) == metrics(killed)
 
 
+def test_a_stop_asked_before_interruptible_work_begins_stops_it_before_it_begins():
+    """A Ctrl-C in the step's training, before its validation: the validation does not start (it ran to its end,
+    minutes, before the step's checkpoint)."""
+    from frepo.base.signals import StopRequest
+
+    stop, ran = StopRequest(), []
+    with stop.interruptible():
+        ran.append(stop.now)
+    assert ran == [True] and not stop.now
+    stop.set()
+    with pytest.raises(KeyboardInterrupt), stop.interruptible():
+        ran.append("begun")
+    assert ran == [True] and not stop.now
+
+
 def test_a_stop_in_a_validation_checkpoints_at_once_and_the_resume_redoes_it(tmp_path, capsys, monkeypatch):
     """SIGTERM during a mid-run validation waited for it to end (minutes at a real budget, where a scheduler's
     SIGKILL follows in 30 s) and lost the steps since the last checkpoint. It now stops the validation at once,
@@ -647,11 +662,11 @@ def test_leftovers_go_and_a_failed_start_leaves_the_directory_as_found(tmp_path,
     assert list(empty.iterdir()) == []
     cut = tmp_path / "cut"  # a kill -9 in the first write of config.json: the same command starts the run
     cut.mkdir()
-    (cut / ".config.json.q8w2e1.tmp").write_text('{"data": {"data')
+    (cut / ".config.json.q8w2e1_z.tmp").write_text('{"data": {"data')
     assert main(distill_args(cut)) == 0
     assert not list(cut.glob(".*.tmp")) and (cut / "distilled.safetensors").is_file()
     assert main(distill_args(out)) == 0
-    (out / ".checkpoint.pt.abc123.tmp").write_bytes(b"x" * 1000)  # what a killed checkpoint write leaves
+    (out / ".checkpoint.pt.abc123de.tmp").write_bytes(b"x" * 1000)  # what a killed checkpoint write leaves
     (out / "checkpoint.pt").unlink()  # pruned: the finished set is not distilled again over itself
     kept = (out / "distilled.safetensors").read_bytes()
     one_line(capsys, main(distill_args(out)), "holds a finished run's set (distilled.safetensors) but no checkpoint")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -294,7 +295,8 @@ def test_a_download_is_moved_into_place_whole_or_not_at_all(tmp_path, monkeypatc
 
     data = tmp_path / "data"
     (data / "mine").mkdir(parents=True)  # the user's
-    killed = data / ".tiny_imagenet-download.4242.tmp"  # of a kill -9 mid-download
+    host = socket.gethostname()
+    killed = data / f".tiny-imagenet-200.zip-download.{host}-4242.tmp"  # of a kill -9 mid-download
     killed.mkdir()
     (killed / "tiny-imagenet-200.zip").write_bytes(b"PK cut")
     tries = []
@@ -316,9 +318,39 @@ def test_a_download_is_moved_into_place_whole_or_not_at_all(tmp_path, monkeypatc
     raw = load_dataset("tiny_imagenet", data, download=True)
     assert len(raw.y_train) == 9 and len(raw.y_test) == 6
     assert sorted(p.name for p in data.iterdir()) == ["mine", "tiny-imagenet-200"]
-    assert tries == [f".tiny_imagenet-download.{os.getpid()}.tmp"] * 3
+    assert tries == [f".tiny-imagenet-200.zip-download.{host}-{os.getpid()}.tmp"] * 3
     load_dataset("tiny_imagenet", data, download=True)  # found: not downloaded again
     assert len(tries) == 3
+
+
+def test_a_download_finished_by_another_process_meanwhile_is_taken_and_a_stranger_in_the_way_named(
+    tmp_path, monkeypatch
+):
+    """cifar100 and cifar100_coarse share an archive: one lock per archive now. Where the archive's folder
+    appeared meanwhile (unlocked filesystems), the dataset there is read, not called "in the way"; where a
+    stranger is in the way, nothing of the download is moved (it moved the items before the conflict)."""
+    import torchvision.datasets.utils
+
+    data = tmp_path / "data"
+    data.mkdir()
+
+    def download(url, download_root, extract_root=None, **kwargs):
+        write_tiny_imagenet(Path(extract_root))
+        (Path(extract_root) / "aaa-readme.txt").write_text("first")  # moved first, before the conflict
+        if not (data / "stranger").exists():
+            write_tiny_imagenet(data)  # another process's download, finished as this one ran
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", download)
+    assert len(load_dataset("tiny_imagenet", data, download=True).y_train) == 9
+    assert sorted(p.name for p in data.iterdir()) == ["tiny-imagenet-200"]
+    other = tmp_path / "other"
+    (other / "stranger").mkdir(parents=True)
+    (other / "aaa-readme.txt").write_text("mine")  # a file of the archive's name: in the way
+    data = other
+    with pytest.raises(FrepoError, match="aaa-readme.txt is in the way of tiny_imagenet's download; move it"):
+        load_dataset("tiny_imagenet", other, download=True)
+    assert sorted(p.name for p in other.iterdir()) == ["aaa-readme.txt", "stranger"]
+    assert (other / "aaa-readme.txt").read_text() == "mine"
 
 
 # ---- the decoded cache -------------------------------------------------------------------------------------------
@@ -357,8 +389,7 @@ def test_a_failed_build_leaves_no_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(layouts_module, "open_image", fail_on_third)
     with pytest.raises(KeyboardInterrupt):
         load_dataset("cub200", data_dir=tmp_path, download=False)
-    made = set(caches.iterdir()) - before
-    assert [p.name for p in made if p.suffix != ".lock"] == []  # neither a cache nor its temp folder
+    assert set(caches.iterdir()) == before  # neither a cache, nor its temp folder, nor its lock
     monkeypatch.undo()
     raw = load_dataset("cub200", data_dir=tmp_path, download=False)
     assert raw.x_train.shape == (2, 32, 32, 3)
@@ -374,7 +405,9 @@ def test_the_temp_folder_of_a_killed_build_goes_and_builds_take_turns(tmp_path):
 
     folder = tmp_path / "caches" / "set-abc"
     folder.parent.mkdir()
-    killed = folder.parent / ".set-abc.4242.tmp"
+    killed = folder.parent / f".set-abc.{socket.gethostname()}-4242.tmp"
+    elsewhere = folder.parent / ".set-abc.other-host-4242.tmp"  # a build another host may be making now
+    elsewhere.mkdir()
     killed.mkdir()
     (killed / "x.npy").write_bytes(b"half")
     mine = {"x": ((3,), np.dtype(np.uint8))}
@@ -386,7 +419,7 @@ def test_the_temp_folder_of_a_killed_build_goes_and_builds_take_turns(tmp_path):
 
     arrays = cache.cached_arrays(folder, {"v": 1}, lambda: mine, fill)
     assert list(arrays["x"]) == [1, 2, 3] and decoded == [1]
-    assert sorted(p.name for p in folder.parent.iterdir()) == ["set-abc"]  # the lock goes with its holder
+    assert sorted(p.name for p in folder.parent.iterdir()) == [elsewhere.name, "set-abc"]  # the lock went too
     # A second build of a changed source waits for the one in progress, then maps what it built.
     started, release, results = threading.Event(), threading.Event(), []
 
@@ -502,3 +535,21 @@ def test_distil_from_a_layout_then_evaluate_without_data_dir(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "eval.json").read_text())
     assert result["dataset"] == "tiny_imagenet"
+
+
+def test_a_cache_builds_unlocked_where_the_filesystem_has_no_locks(tmp_path, monkeypatch, caplog):
+    """Lustre without `flock` says ENOSYS, some FUSE mounts EOPNOTSUPP: only ENOLCK built, the others failed
+    every build with "cannot write the dataset cache"."""
+    import errno
+
+    from frepo.data import cache
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(cache.fcntl, "flock", no_locks)
+    folder = tmp_path / "set-abc"
+    with caplog.at_level("WARNING", logger="frepo"):
+        arrays = cache.cached_arrays(folder, {"v": 1}, lambda: {"x": ((2,), np.dtype(np.uint8))}, lambda a: None)
+    assert list(arrays["x"]) == [0, 0] and "building " in caplog.text and "unlocked" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set-abc"]

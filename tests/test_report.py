@@ -278,6 +278,12 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     again = reproduce.reproduce(1, "tiny", **kwargs)
     assert f"| {saved['mean']:.2f} | done |" in again
     assert out.read_text() == again + "\n" + notes  # the table rewritten, the notes kept
+    # A finished, evaluated run whose checkpoint was pruned is read, not distilled again (which distill refuses).
+    pruned = tmp_path / "pruned"
+    shutil.copytree(tmp_path / "runs", pruned)
+    (pruned / "digits-ipc1-tiny" / "checkpoint.pt").unlink()
+    text = reproduce.reproduce(1, "tiny", **{**kwargs, "runs_dir": pruned, "out": tmp_path / "pruned" / "t.md"})
+    assert f"| {saved['mean']:.2f} | done |" in text
 
     # A table cut short keeps the rows finished before the cut in its file.
     monkeypatch.setattr(reproduce, "TABLES", {1: (("digits", "Digits", {1: (80.0, 1.0), 10: (90.0, 1.0)}, True),)})
@@ -390,6 +396,12 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     )
     assert json.loads(out.with_suffix(".json").read_text())["rows"][0]["measured"][0] == saved["mean"]
     assert f"run {tmp_path / 'runs' / 'digits-ipc1-tiny'})" in failed_row
+    # ... of the same run only: a budget redefined under its name (other steps) measures another.
+    earlier = json.loads(out.with_suffix(".json").read_text())
+    earlier["rows"][0]["steps"] = 99
+    out.with_suffix(".json").write_text(json.dumps(earlier))
+    redefined = next(line for line in reproduce.reproduce(1, "tiny", **kwargs).splitlines() if "| Digits" in line)
+    assert redefined.endswith("| – | failed: the disk is on fire |")
     # A table of other datasets (--datasets) keeps this dataset's rows: they vanished from --out.
     monkeypatch.setattr(
         reproduce,

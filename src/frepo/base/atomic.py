@@ -14,6 +14,7 @@ import errno
 import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -211,12 +212,16 @@ def empty_folders_removed_on_failure(root: str | os.PathLike) -> Iterator[None]:
     top = root  # the topmost folder of `root`'s path that does not exist yet, if any
     while not top.parent.exists() and top.parent != top:
         top = top.parent
-    before = set(os.listdir(root)) if root.is_dir() else None
+    try:
+        before = set(os.listdir(root)) if root.is_dir() else None
+        listable = True
+    except OSError:  # a folder one may enter but not list (mode 711): nothing is removed
+        before, listable = None, False
     try:
         yield
     except BaseException:
         new = [top] if before is None else [root / name for name in set(_listing(root)) - before]
-        for folder in new:
+        for folder in new if listable else []:
             _remove_empty_tree(folder)
         raise
 
@@ -237,12 +242,14 @@ def _remove_empty_tree(folder: Path) -> None:
             os.rmdir(path)
 
 
+# The name `atomic_path` gives a temp file: mkstemp's 8 random characters between the target's name and the suffix.
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
+
+
 def is_temp_file(path: Path) -> bool:
-    """Whether `path` is the temp file of a write (`.<name>.<random>.tmp`): an interrupted one's, where no
-    process writes in its folder now."""
-    return (
-        path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX) and path.name.count(".") >= 3 and path.is_file()
-    )
+    """Whether `path` is the temp file of a write (`.<name>.<8 random characters>.tmp`): an interrupted one's,
+    where no process writes in its folder now. (A user's `.notes.bak.tmp` is not one.)"""
+    return _TEMP_NAME.fullmatch(path.name) is not None and path.is_file()
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -13,6 +14,9 @@ from .errors import FrepoError
 
 LOCK = ".lock"
 log = logging.getLogger(__name__)
+# What flock says on a filesystem without file locks: NFS without its lock manager, Lustre without `flock`,
+# some FUSE and CIFS mounts.
+NO_LOCKS = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL})
 
 
 def holder(folder: str | os.PathLike) -> str | None:
@@ -62,12 +66,15 @@ class FolderLock:
                     f"{self.folder} is in use by another frepo process (pid {holder}); wait for it to finish, "
                     f"or use another {self.what}"
                 ) from None
-            except OSError as exc:  # no file locks here (ENOLCK, EOPNOTSUPP): it was a traceback, the fd left open
+            except OSError as exc:  # it was a traceback, the descriptor left open
+                if exc.errno not in NO_LOCKS:
+                    os.close(fd)
+                    raise WriteError(f"cannot lock {self.what} {self.folder}: {exc.strerror or exc}") from exc
                 log.warning(
                     f"frepo: cannot lock {self.folder} ({exc.strerror or exc}): a second process on it would not "
                     "be refused; run one at a time there, or use a local folder"
                 )
-            if _same_file(fd, self.path) or attempt == 9:
+            if same_file(fd, self.path) or attempt == 9:
                 break
             os.close(fd)  # locked a lock file its last owner removed (`undo`) as this one opened it: again
         os.ftruncate(fd, 0)
@@ -103,7 +110,7 @@ class FolderLock:
         self.created = []
 
 
-def _same_file(fd: int, path: Path) -> bool:
+def same_file(fd: int, path: Path) -> bool:
     """Whether the open `fd` is the file at `path` now (not one removed, or replaced, since it was opened)."""
     try:
         now, held = os.stat(path), os.fstat(fd)

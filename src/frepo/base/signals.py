@@ -28,10 +28,10 @@ class StopRequest(threading.Event):
 
     @contextlib.contextmanager
     def interruptible(self):
-        if self.is_set():  # asked during the step before it: the work is not begun
-            raise KeyboardInterrupt
-        self.now = True
+        self.now = True  # first: a request that comes between the two is not taken as "after the step"
         try:
+            if self.is_set():  # asked during the step before it: the work is not begun
+                raise KeyboardInterrupt
             yield
         finally:
             self.now = False

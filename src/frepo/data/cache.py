@@ -16,7 +16,6 @@ cache is rebuilt.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import glob
 import json
@@ -24,6 +23,7 @@ import logging
 import mmap
 import os
 import shutil
+import socket
 import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..base.errors import FrepoError
+from ..base.lock import NO_LOCKS, same_file
 
 FORMAT = 1
 
@@ -136,49 +137,56 @@ def cached_arrays(
 def building(folder: Path) -> Iterator[Path]:
     """Hold `folder`'s build lock, an `flock` on the sibling `.<name>.lock` (waiting, said, for another
     process's build), and yield a fresh temp folder beside `folder` to build in; both go on the way out. The
-    temp folders of killed builds go first: while the lock is held, no other build of `folder` is live. A
-    filesystem without `flock` builds unlocked and removes only its own temp folder."""
+    temp folders this host's killed builds left go first: while the lock is held, no other build of `folder`
+    is live on this host (nor on another where the filesystem's locks are shared; a lock local to each host
+    of a shared folder leaves other hosts' temp folders alone). A filesystem without `flock` builds unlocked."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     lock = folder.parent / f".{folder.name}.lock"
-    staging = folder.parent / f".{folder.name}.{os.getpid()}.tmp"
-    fd, locked = _lock(lock, folder)
+    host = socket.gethostname().replace("/", "_")
+    staging = folder.parent / f".{folder.name}.{host}-{os.getpid()}.tmp"
+    fd = locked = None
     try:
-        for stale in folder.parent.glob(f".{glob.escape(folder.name)}.*.tmp") if locked else [staging]:
+        fd, locked = _lock(lock, folder)
+        mine = folder.parent.glob(f".{glob.escape(folder.name)}.{glob.escape(host)}-*.tmp") if locked else [staging]
+        for stale in mine:
             if stale.is_dir() and not stale.is_symlink():
                 shutil.rmtree(stale, ignore_errors=True)
         staging.mkdir()
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if locked:  # removed while held: a process that then locks the old file sees it gone and retries
-            lock.unlink(missing_ok=True)
-        os.close(fd)  # and with it the lock
+        if locked is not None:  # removed while held: a process that then locks the old file sees it gone, retries
+            with contextlib.suppress(OSError):  # another user's, in a shared folder: left
+                lock.unlink(missing_ok=True)
+        if fd is not None:
+            os.close(fd)  # and with it the lock
 
 
 def _lock(lock: Path, folder: Path) -> tuple[int, bool]:
     """(fd, locked): `lock` opened and flocked, waiting for its holder (said), and checked to be the file now at
-    that path, not one its last holder removed; locked is False where the filesystem has no locks (ENOLCK)."""
-    while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    that path, not one its last holder removed; locked is False where the filesystem has no locks (`NO_LOCKS`:
+    said once)."""
+    for attempt in range(10):  # a filesystem whose inode numbers are not stable: the tenth lock stands
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:  # another user's lock file: flock needs no write access
+            fd = os.open(lock, os.O_RDONLY)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 log.warning(f"frepo: another process is building {folder}; waiting for it")
                 fcntl.flock(fd, fcntl.LOCK_EX)
+            if same_file(fd, lock) or attempt == 9:
+                return fd, True
         except OSError as exc:
-            if exc.errno == errno.ENOLCK:
+            if exc.errno in NO_LOCKS:
+                log.warning(f"frepo: cannot lock {lock} ({exc.strerror or exc}): building {folder} unlocked")
                 return fd, False
             os.close(fd)
             raise
         except BaseException:  # Ctrl-C while waiting
             os.close(fd)
             raise
-        try:
-            current = os.stat(lock)
-        except FileNotFoundError:
-            current = None
-        held = os.fstat(fd)
-        if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
-            return fd, True
         os.close(fd)  # its holder removed it as this process waited: lock the file there now
+    raise AssertionError("unreachable: the tenth attempt returns")

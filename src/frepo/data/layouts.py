@@ -22,6 +22,7 @@ import io
 import os
 import pickle
 import tarfile
+import urllib.parse
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -326,22 +327,33 @@ def download_layout(name: str, data_dir: Path) -> bool:
         return False
     from torchvision.datasets.utils import download_and_extract_archive
 
+    # One download per archive (cifar100 and cifar100_coarse share theirs), named by it.
+    key = data_dir / f"{Path(urllib.parse.urlparse(archive).path).name}-download"
     try:
-        with empty_folders_removed_on_failure(data_dir), building(data_dir / f"{name}-download") as staging:
-            try:
-                find_root(name, data_dir)
-                return True  # downloaded by the process this one waited for
-            except FrepoError:
-                pass
+        with empty_folders_removed_on_failure(data_dir), building(key) as staging:
+            if _present(name, data_dir):  # downloaded by the process this one waited for
+                return True
             unpacked = staging / "unpacked"
             download_and_extract_archive(archive, str(staging), extract_root=str(unpacked))
-            for item in sorted(unpacked.iterdir()):
-                if (data_dir / item.name).exists():
-                    raise FrepoError(f"{data_dir / item.name} is in the way of {name}'s download; move it")
+            items = sorted(unpacked.iterdir())
+            in_the_way = [data_dir / item.name for item in items if (data_dir / item.name).exists()]
+            if in_the_way:  # checked for all before any moves: the download lands whole or not at all
+                if _present(name, data_dir):
+                    return True
+                raise FrepoError(f"{in_the_way[0]} is in the way of {name}'s download; move it")
+            for item in items:
                 os.replace(item, data_dir / item.name)
-    except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile) as exc:  # URLError, a full disk, a cut file
+    except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error) as exc:  # no network, a cut file
         raise FrepoError(f"could not download {name} from {archive} into {data_dir}: {exc}") from exc
     return True
+
+
+def _present(name: str, data_dir: Path) -> bool:
+    try:
+        find_root(name, data_dir)
+        return True
+    except FrepoError:
+        return False
 
 
 def find_root(name: str, data_dir: Path) -> Path:

@@ -534,6 +534,7 @@ class Distiller:
             with stop.interruptible():
                 action(now)
         except KeyboardInterrupt:
+            stop.now = False  # a second SIGTERM in the checkpoint below waits for it (a second Ctrl-C aborts)
             if aborting():  # a second Ctrl-C: abort, as anywhere
                 raise
             if paused is not None and self._step_start is not None:  # the step's training time (the loop's after

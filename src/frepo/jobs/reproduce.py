@@ -27,6 +27,7 @@ from ..data.layouts import LAYOUTS, find_root
 from ..data.registry import offline_copy
 from ..eval.results import count_of, mean_std
 from .runs import check_not_kept
+from .visualize import png_marked
 
 log = logging.getLogger(__name__)
 
@@ -246,11 +247,13 @@ def run_row(
     out = runs_dir / preset
     row.run_dir = str(out)
     try:
-        result = distill(config, out, progress=progress)
+        # A finished, evaluated run is read first: one whose checkpoint was pruned is not distilled again (which
+        # distill refuses, to keep its set).
         previous = finished_evaluation(out, budget, steps)
         if previous is not None:
             mean, std = previous
         else:
+            result = distill(config, out, progress=progress)
             evaluation = evaluate(
                 result.distilled_path,
                 models=budget.eval_models,
@@ -489,7 +492,7 @@ def check_rewrite(path: Path, table: int, budget: Budget | None) -> None:
     named = f"--out {path}"
     if not path.exists():
         figure = path.with_suffix(".png")
-        if figure.exists() and not _is_plot(figure):
+        if figure.exists() and not png_marked(figure, PLOT_MARK):
             raise FrepoError(f"{named}: {figure.name} beside it is no plot frepo drew, and would be replaced: {keep}")
         if not source.exists():
             return
@@ -510,16 +513,6 @@ def check_rewrite(path: Path, table: int, budget: Budget | None) -> None:
         raise FrepoError(f"{named} holds {shown}, not table {table} at budget {budget.name}: {keep}")
 
 
-def _is_plot(path: Path) -> bool:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return image.format == "PNG" and image.info.get(PLOT_MARK[0]) == PLOT_MARK[1]
-    except (OSError, UnidentifiedImageError, ValueError):
-        return False
-
-
 def lost_rows(path: Path, rows: list[Row]) -> list[str]:
     """The rows of `rows` that the table at `path` holds measured and that have no measurement now."""
     try:
@@ -534,13 +527,14 @@ def lost_rows(path: Path, rows: list[Row]) -> list[str]:
     ]
 
 
-def earlier_measurements(path: Path) -> dict[tuple[str, int], tuple[tuple[float, ...], str | None]]:
-    """(dataset, ipc) -> (measured, run_dir) of the rows the table at `path` holds measured (by the JSON beside
-    it, which `check_rewrite` found to be of this table and budget); none where there is no such table."""
+def earlier_measurements(path: Path) -> dict[tuple, tuple[tuple[float, ...], str | None]]:
+    """(dataset, ipc, preset, steps, batch_size) -> (measured, run_dir) of the rows the table at `path` holds
+    measured (by the JSON beside it, which `check_rewrite` found to be of this table and budget); none where
+    there is no such table."""
     try:
         rows = json.loads(path.with_suffix(".json").read_text())["rows"]
         return {
-            (row["dataset"], row["ipc"]): (tuple(row["measured"]), row.get("run_dir"))
+            _measured_as(row): (tuple(row["measured"]), row.get("run_dir"))
             for row in rows
             if isinstance(row, dict) and row.get("measured")
         }
@@ -548,11 +542,18 @@ def earlier_measurements(path: Path) -> dict[tuple[str, int], tuple[tuple[float,
         return {}
 
 
-def carry(row: Row, earlier: dict[tuple[str, int], tuple[tuple[float, ...], str | None]]) -> None:
-    """A row without a measurement now shows the earlier table's, if it had one, its status saying so (and
-    still beginning with what happened now: "failed", "not run", "planned")."""
-    if row.measured is None and (row.dataset, row.ipc) in earlier:
-        row.measured, row.run_dir = earlier[(row.dataset, row.ipc)]
+def _measured_as(row: dict) -> tuple:
+    """What a row's measurement stands for: its dataset and IPC, and the run its budget made (preset, steps,
+    batch): a budget redefined under the same name measures another."""
+    return tuple(row.get(k) for k in ("dataset", "ipc", "preset", "steps", "batch_size"))
+
+
+def carry(row: Row, earlier: dict[tuple, tuple[tuple[float, ...], str | None]]) -> None:
+    """A row without a measurement now shows the earlier table's of the same run, if it had one, its status
+    saying so (and still beginning with what happened now: "failed", "not run", "planned")."""
+    key = _measured_as(asdict(row))
+    if row.measured is None and key in earlier:
+        row.measured, row.run_dir = earlier[key]
         row.status += f"; shown: the measurement of the table this rewrote (run {row.run_dir or 'unknown'})"
 
 

@@ -270,8 +270,8 @@ class RunDir:
             # Its checkpoint was pruned or deleted: starting over removed the set (hours of work) without a word.
             raise FrepoError(
                 f"{self.path} holds a finished run's set (distilled.safetensors) but no checkpoint.pt to resume "
-                "from, so this would distil it again from step 0 and replace the set; delete distilled.safetensors "
-                "to start over, or use another --out"
+                "from, so this would distil it again from step 0 and replace the set. The set is usable as it is "
+                "(evaluate, show, export read it); to distil again from the start, move it away, or use another --out"
             )
         if resuming and old.get("init") != new.get("init"):
             # A run resumes from its checkpoint and never reads its start again: `../r1` typed in another folder

@@ -108,12 +108,18 @@ def save_grid(ds: DistilledSet, path: str | Path, per_class: int = 10, title: st
 
 def is_grid(path: str | Path) -> bool:
     """Whether `path` is a PNG grid that `save_grid` wrote (it carries GRID_MARK)."""
+    return png_marked(path, GRID_MARK)
+
+
+def png_marked(path: str | Path, mark: tuple[str, str]) -> bool:
+    """Whether `path` is a PNG whose text chunk `mark[0]` reads `mark[1]`: a picture frepo drew, which it may
+    replace (anything else, or unreadable, is not)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            return image.format == "PNG" and image.info.get(GRID_MARK[0]) == GRID_MARK[1]
-    except (OSError, UnidentifiedImageError, ValueError):  # not an image, or unreadable: not ours
+            return image.format == "PNG" and image.info.get(mark[0]) == mark[1]
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
         return False
 
 
