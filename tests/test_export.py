@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import textwrap
 import time
 import warnings
 from pathlib import Path
@@ -264,6 +267,36 @@ def test_a_failed_export_leaves_the_previous_one_whole(tmp_path, monkeypatch):
         link.is_symlink()
         and load_export(link).meta["source"]["original"] == load_export(folder).meta["source"]["original"]
     )
+
+
+def test_an_export_killed_between_its_two_renames_gets_its_previous_version_back(tmp_path):
+    """A kill -9 after the old export was moved aside and before the new one took its place left no export,
+    and the next export to that folder deleted both as stale temp folders."""
+    from frepo.base.atomic import atomic_folder
+
+    _, subset_path = _subset(tmp_path, channels=3)
+    folder = tmp_path / "ex"
+    export(subset_path, folder, "pt")
+    before = {f.name: f.read_bytes() for f in folder.iterdir()}
+    driver = textwrap.dedent(f"""
+        import os
+        from pathlib import Path
+        real = os.replace
+        def killed_at_the_second(src, dst):
+            if Path(dst) == Path({str(folder)!r}) and not str(src).endswith(".previous.tmp"):
+                os._exit(9)  # the old export moved aside, the new one not yet in its place
+            return real(src, dst)
+        os.replace = killed_at_the_second
+        from frepo.io.export import export
+        export({str(subset_path)!r}, {str(folder)!r}, "npz")
+    """)
+    assert subprocess.run([sys.executable, "-c", driver], capture_output=True, timeout=300).returncode == 9
+    assert not folder.exists() and len(list(tmp_path.glob(".ex.*.previous.tmp"))) == 1
+    with pytest.raises(ValueError, match="abandoned"), atomic_folder(folder):
+        assert {f.name: f.read_bytes() for f in folder.iterdir()} == before  # back before the next write
+        raise ValueError("abandoned")
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ex.")] == []
 
 
 def test_safetensors_files_take_one_metadata_key(tmp_path):

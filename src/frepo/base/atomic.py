@@ -13,6 +13,7 @@ import contextlib
 import errno
 import glob
 import json
+import logging
 import os
 import re
 import shutil
@@ -25,7 +26,9 @@ import torch
 from .errors import FrepoError, Interrupted
 from .signals import aborting
 
+log = logging.getLogger(__name__)
 TEMP_SUFFIX = ".tmp"
+_PREVIOUS = ".previous" + TEMP_SUFFIX  # the folder `atomic_folder` moves a previous version into
 FULL_BELOW = 1 << 20  # a filesystem with less free space than this (bytes) counts as full
 
 
@@ -160,15 +163,22 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp folder next to `target` to fill; on success it takes `target`'s place whole (a previous
     `target` is moved aside, then removed), on failure it is removed. So `target` is never half-written nor a
     mix of two versions. A symlink is followed; the temp folders a killed process left beside `target` are
-    removed first. `target`'s parent must be writable (a mount point or a folder whose parent is not cannot
-    be replaced: one line says so)."""
+    removed first, but for a previous version a kill left moved aside, which goes back where `target` is
+    missing. `target`'s parent must be writable (a mount point or a folder whose parent is not cannot be
+    replaced: one line says so)."""
     target = Path(target).resolve()
     if target == Path.cwd() or target in Path.cwd().parents:
         raise FrepoError(f"{target} is the current folder or holds it; name a folder inside it")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        for stale in target.parent.glob(f".{glob.escape(target.name)}.*{TEMP_SUFFIX}"):
-            if stale.is_dir() and not stale.is_symlink():
+        for stale in sorted(target.parent.glob(f".{glob.escape(target.name)}.*{TEMP_SUFFIX}")):
+            if not stale.is_dir() or stale.is_symlink():
+                continue
+            if stale.name.endswith(_PREVIOUS) and not target.exists():
+                # a kill between the two renames below: the previous version, moved aside whole, goes back
+                os.replace(stale, target)
+                log.warning(f"frepo: {target} restored: a write killed as it replaced it had moved it aside")
+            else:
                 shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent))
     except OSError as exc:
@@ -181,7 +191,7 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
         yield staging
         os.chmod(staging, 0o777 & ~umask())  # mkdtemp makes 0700 whatever the umask
         if target.exists():
-            previous = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent))
+            previous = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=_PREVIOUS, dir=target.parent))
             os.replace(target, previous)  # a folder replaces an empty one
         os.replace(staging, target)
     except BaseException as exc:
