@@ -346,3 +346,17 @@ def test_channel_stats_are_the_float64_mean_and_std_of_the_pixels():
     np.testing.assert_allclose(mean.numpy(), pixels.mean(axis=(0, 1, 2)), rtol=2**-23, atol=0)
     np.testing.assert_allclose(std.numpy(), pixels.std(axis=(0, 1, 2)), rtol=2**-22, atol=0)
     assert mean.dtype == torch.float32 and mean.shape == (3,)
+
+
+def test_a_low_rank_fit_is_cached_per_device_threads_and_torch_and_a_dense_one_for_all(tmp_path, monkeypatch):
+    """The low-rank ZCA (fewer images than dimensions) is stored unrounded: an entry another device, thread count
+    or torch version filled gave the same command other preprocessing. The dense form, rounded as stored, is
+    shared."""
+    few, many = _images(n=40), _images(n=400)  # 40 < 6·6·3 = 108 dimensions < 400
+    for images in (few, many):
+        cached_preprocessing(images, "zca", 0.1, tmp_path)
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads + 1)
+    for images in (few, many):
+        cached_preprocessing(images, "zca", 0.1, tmp_path)
+    assert len(list((tmp_path / "preprocessing").glob("*.safetensors"))) == 3  # the low-rank fit twice

@@ -552,8 +552,8 @@ Images: TypeAlias = np.ndarray | Rows
 CACHE_FORMAT = 3
 
 
-def fingerprint(images: Images, tag: str, zca_reg: float) -> str:
-    digest = hashlib.sha256(f"{images.shape}|{tag}|{zca_reg}|format{CACHE_FORMAT}".encode())
+def fingerprint(images: Images, tag: str, zca_reg: float, fitted_by: str = "") -> str:
+    digest = hashlib.sha256(f"{images.shape}|{tag}|{zca_reg}|format{CACHE_FORMAT}{fitted_by}".encode())
     if isinstance(images, Rows) and images.source_id:
         digest.update(f"{images.source_id}|".encode() + images.idx.tobytes())
     else:
@@ -563,11 +563,17 @@ def fingerprint(images: Images, tag: str, zca_reg: float) -> str:
 
 
 def cached(
-    tag: str, images: Images, zca_reg: float, cache_dir: str | Path | None, build: Callable[[], Preprocessing]
+    tag: str,
+    images: Images,
+    zca_reg: float,
+    cache_dir: str | Path | None,
+    build: Callable[[], Preprocessing],
+    fitted_by: str = "",
 ) -> Preprocessing:
     """`build()` (a ZCA fit on `images`), cached on disk under `tag` and a fingerprint of the fitting
-    images: the one preprocessing cache of frepo. A corrupt entry is recomputed, never trusted; a
-    read-only or full cache only costs a recomputation next time."""
+    images (and `fitted_by`, where the fit's rounding depends on what fitted it): the one preprocessing cache
+    of frepo. A corrupt entry is recomputed, never trusted; a read-only or full cache only costs a
+    recomputation next time."""
     if cache_dir is None:
         return build()
     import json
@@ -576,7 +582,7 @@ def cached(
 
     from ..base.atomic import atomic_save_safetensors
 
-    path = Path(cache_dir) / "preprocessing" / f"{tag}-{fingerprint(images, tag, zca_reg)}.safetensors"
+    path = Path(cache_dir) / "preprocessing" / f"{tag}-{fingerprint(images, tag, zca_reg, fitted_by)}.safetensors"
     if path.is_file():
         try:
             with safe_open(str(path), framework="pt") as fh:
@@ -595,8 +601,19 @@ def cached(
 def cached_preprocessing(
     images: Images, kind: str, zca_reg: float, cache_dir: Path | None, device: torch.device | None = None
 ) -> Preprocessing:
-    """`fit_preprocessing`, with ZCA fits cached (the standardisation is cheaper to recompute than to read);
-    a fit on `device` is cached like a host fit (they agree to float rounding)."""
+    """`fit_preprocessing`, with ZCA fits cached (the standardisation is cheaper to recompute than to read). A
+    dense fit on `device` is cached like a host fit: both are rounded as stored (`as_stored`), which hides the
+    float rounding of devices and thread counts. The low-rank form (fewer images than dimensions) is stored
+    unrounded, so its entry is the device's, thread count's and torch version's: one filled elsewhere gave
+    the same command other preprocessing."""
     if kind not in ("zca", "zca_block"):
         return fit_preprocessing(images, kind, zca_reg)
-    return cached(kind, images, zca_reg, cache_dir, lambda: fit_preprocessing(images, kind, zca_reg, device))
+    _, h, w, c = images.shape
+    low_rank = (block_stride((c, h, w)) if kind == "zca_block" else 1) == 1 and len(images) < c * h * w
+    where = device if device is not None else torch.device("cpu")
+    fitted_by = f"|{where.type}|{torch.get_num_threads()}|{torch.__version__}" if low_rank else ""
+
+    def build() -> Preprocessing:
+        return fit_preprocessing(images, kind, zca_reg, device)
+
+    return cached(kind, images, zca_reg, cache_dir, build, fitted_by)
