@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -295,8 +295,9 @@ def test_a_download_is_moved_into_place_whole_or_not_at_all(tmp_path, monkeypatc
 
     data = tmp_path / "data"
     (data / "mine").mkdir(parents=True)  # the user's
-    host = socket.gethostname()
-    killed = data / f".tiny-imagenet-200.zip-download.{host}-4242.tmp"  # of a kill -9 mid-download
+    from frepo.data.cache import _HOST as host
+
+    killed = data / f".tiny-imagenet-200.zip-download.{host}-4242-k1ll3d_x.tmp"  # of a kill -9 mid-download
     killed.mkdir()
     (killed / "tiny-imagenet-200.zip").write_bytes(b"PK cut")
     tries = []
@@ -318,7 +319,7 @@ def test_a_download_is_moved_into_place_whole_or_not_at_all(tmp_path, monkeypatc
     raw = load_dataset("tiny_imagenet", data, download=True)
     assert len(raw.y_train) == 9 and len(raw.y_test) == 6
     assert sorted(p.name for p in data.iterdir()) == ["mine", "tiny-imagenet-200"]
-    assert tries == [f".tiny-imagenet-200.zip-download.{host}-{os.getpid()}.tmp"] * 3
+    assert [name.startswith(f".tiny-imagenet-200.zip-download.{host}-{os.getpid()}-") for name in tries] == [True] * 3
     load_dataset("tiny_imagenet", data, download=True)  # found: not downloaded again
     assert len(tries) == 3
 
@@ -336,7 +337,7 @@ def test_a_download_finished_by_another_process_meanwhile_is_taken_and_a_strange
 
     def download(url, download_root, extract_root=None, **kwargs):
         write_tiny_imagenet(Path(extract_root))
-        (Path(extract_root) / "aaa-readme.txt").write_text("first")  # moved first, before the conflict
+        (Path(extract_root) / "zzz-readme.txt").write_text("last")  # after tiny-imagenet-200 in the moves
         if not (data / "stranger").exists():
             write_tiny_imagenet(data)  # another process's download, finished as this one ran
 
@@ -345,12 +346,13 @@ def test_a_download_finished_by_another_process_meanwhile_is_taken_and_a_strange
     assert sorted(p.name for p in data.iterdir()) == ["tiny-imagenet-200"]
     other = tmp_path / "other"
     (other / "stranger").mkdir(parents=True)
-    (other / "aaa-readme.txt").write_text("mine")  # a file of the archive's name: in the way
+    (other / "zzz-readme.txt").write_text("mine")  # a file of the archive's name: in the way
     data = other
-    with pytest.raises(FrepoError, match="aaa-readme.txt is in the way of tiny_imagenet's download; move it"):
+    with pytest.raises(FrepoError, match="zzz-readme.txt is in the way of tiny_imagenet's download; move it"):
         load_dataset("tiny_imagenet", other, download=True)
-    assert sorted(p.name for p in other.iterdir()) == ["aaa-readme.txt", "stranger"]
-    assert (other / "aaa-readme.txt").read_text() == "mine"
+    # nothing moved, tiny-imagenet-200 (before the conflict) included
+    assert sorted(p.name for p in other.iterdir()) == ["stranger", "zzz-readme.txt"]
+    assert (other / "zzz-readme.txt").read_text() == "mine"
 
 
 # ---- the decoded cache -------------------------------------------------------------------------------------------
@@ -405,8 +407,13 @@ def test_the_temp_folder_of_a_killed_build_goes_and_builds_take_turns(tmp_path):
 
     folder = tmp_path / "caches" / "set-abc"
     folder.parent.mkdir()
-    killed = folder.parent / f".set-abc.{socket.gethostname()}-4242.tmp"
-    elsewhere = folder.parent / ".set-abc.other-host-4242.tmp"  # a build another host may be making now
+    killed = folder.parent / f".set-abc.{cache._HOST}-4242-k1ll3d_x.tmp"
+    elsewhere = folder.parent / ".set-abc.other_host-4242-abcdefgh.tmp"  # a build another host may be making now
+    old = folder.parent / ".set-abc.4242.tmp"  # an older frepo's, named by its pid alone: untouched for a day
+    old.mkdir()
+    os.utime(old, (time.time() - 2 * cache.STALE_ELSEWHERE_S,) * 2)
+    sibling = folder.parent / f".set-abc.x.{cache._HOST}-4242-abcdefgh.tmp"  # of a cache named set-abc.x
+    sibling.mkdir()
     elsewhere.mkdir()
     killed.mkdir()
     (killed / "x.npy").write_bytes(b"half")
@@ -419,7 +426,8 @@ def test_the_temp_folder_of_a_killed_build_goes_and_builds_take_turns(tmp_path):
 
     arrays = cache.cached_arrays(folder, {"v": 1}, lambda: mine, fill)
     assert list(arrays["x"]) == [1, 2, 3] and decoded == [1]
-    assert sorted(p.name for p in folder.parent.iterdir()) == [elsewhere.name, "set-abc"]  # the lock went too
+    left = sorted(p.name for p in folder.parent.iterdir())
+    assert left == sorted([elsewhere.name, sibling.name, "set-abc"])  # the lock went too
     # A second build of a changed source waits for the one in progress, then maps what it built.
     started, release, results = threading.Event(), threading.Event(), []
 

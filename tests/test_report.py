@@ -322,6 +322,11 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
         changed = reproduce.reproduce(1, "tiny", **kwargs)
     monkeypatch.setitem(presets.PRESETS, "digits-ipc1-tiny", settings)
     assert "holds a run of other settings (steps: 2 -> 3); delete it to run the tiny preset" in changed
+    # Of the same steps but other settings (a batch): its evaluation is not reused as the preset's (it was).
+    monkeypatch.setitem(presets.PRESETS, "digits-ipc1-tiny", {**settings, "batch_size": 64})
+    other_batch = reproduce.reproduce(1, "tiny", **kwargs)
+    monkeypatch.setitem(presets.PRESETS, "digits-ipc1-tiny", settings)
+    assert "holds a run of other settings (batch_size: 32 -> 64)" in other_batch
     assert "--resume-with-changes" not in changed and "delete it to run the tiny preset" in caplog.text
 
     # --finished-only reports what has finished and runs nothing for the rest.

@@ -29,6 +29,8 @@ from .signals import aborting
 log = logging.getLogger(__name__)
 TEMP_SUFFIX = ".tmp"
 _PREVIOUS = ".previous" + TEMP_SUFFIX  # the folder `atomic_folder` moves a previous version into
+# What follows `.<target>.` in the name of one of `atomic_folder`'s temp folders (mkdtemp's 8 characters).
+_FOLDER_TEMP = re.compile(r"[a-z0-9_]{8}(\.previous)?" + re.escape(TEMP_SUFFIX))
 FULL_BELOW = 1 << 20  # a filesystem with less free space than this (bytes) counts as full
 
 
@@ -171,15 +173,21 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
         raise FrepoError(f"{target} is the current folder or holds it; name a folder inside it")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        for stale in sorted(target.parent.glob(f".{glob.escape(target.name)}.*{TEMP_SUFFIX}")):
-            if not stale.is_dir() or stale.is_symlink():
-                continue
-            if stale.name.endswith(_PREVIOUS) and not target.exists():
-                # a kill between the two renames below: the previous version, moved aside whole, goes back
-                os.replace(stale, target)
-                log.warning(f"frepo: {target} restored: a write killed as it replaced it had moved it aside")
-            else:
-                shutil.rmtree(stale, ignore_errors=True)
+        stale = [
+            path
+            for path in target.parent.glob(f".{glob.escape(target.name)}.*{TEMP_SUFFIX}")
+            # this target's own (`.a.b.XXXXXXXX.tmp` is a temp folder of a.b, not of a)
+            if _FOLDER_TEMP.fullmatch(path.name[len(target.name) + 2 :]) and path.is_dir() and not path.is_symlink()
+        ]
+        moved_aside = [path for path in stale if path.name.endswith(_PREVIOUS)]
+        if moved_aside and not target.exists():
+            # a kill between the two renames below: the previous version, moved aside whole, goes back
+            newest = max(moved_aside, key=lambda path: path.stat().st_mtime)
+            os.replace(newest, target)
+            stale.remove(newest)
+            log.warning(f"frepo: {target} restored: a write killed as it replaced it had moved it aside")
+        for path in stale:
+            shutil.rmtree(path, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent))
     except OSError as exc:
         raise WriteError(
@@ -209,8 +217,13 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
         raise WriteError(
             f"{reason} while writing {target}; the previous version, if any, is intact", reason, target
         ) from exc
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
+    if previous is not None:  # renamed first: a kill in the removal leaves no part of it to be restored
+        removed = previous.with_name(previous.name.removesuffix(_PREVIOUS) + TEMP_SUFFIX)
+        try:
+            os.replace(previous, removed)
+        except OSError:  # the new version is in place: this only costs the removal's safety
+            removed = previous
+        shutil.rmtree(removed, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -16,14 +16,18 @@ cache is rebuilt.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import json
 import logging
 import mmap
 import os
+import re
 import shutil
 import socket
+import tempfile
+import time
 import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -133,44 +137,75 @@ def cached_arrays(
         ) from exc
 
 
+# This host, as a build's temp folder names it (letters, digits and underscores: no dot, no dash).
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())
+# A temp folder of another host (or of an older frepo, named by its pid alone) untouched this long is a killed
+# build's: where a filesystem's locks are each host's own, that is all this host can tell.
+STALE_ELSEWHERE_S = 24 * 3600
+
+
 @contextlib.contextmanager
 def building(folder: Path) -> Iterator[Path]:
     """Hold `folder`'s build lock, an `flock` on the sibling `.<name>.lock` (waiting, said, for another
-    process's build), and yield a fresh temp folder beside `folder` to build in; both go on the way out. The
-    temp folders this host's killed builds left go first: while the lock is held, no other build of `folder`
-    is live on this host (nor on another where the filesystem's locks are shared; a lock local to each host
-    of a shared folder leaves other hosts' temp folders alone). A filesystem without `flock` builds unlocked."""
+    process's build), and yield a fresh temp folder beside `folder`, `.<name>.<host>-<pid>-<random>.tmp`, to
+    build in; both go on the way out. The temp folders of killed builds go first: this host's (while the lock
+    is held, none of its builds is live) and others' untouched for STALE_ELSEWHERE_S. A filesystem without
+    `flock` builds unlocked and removes none."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     lock = folder.parent / f".{folder.name}.lock"
-    host = socket.gethostname().replace("/", "_")
-    staging = folder.parent / f".{folder.name}.{host}-{os.getpid()}.tmp"
-    fd = locked = None
+    fd, locked = _lock(lock, folder)
+    staging = None
     try:
-        fd, locked = _lock(lock, folder)
-        mine = folder.parent.glob(f".{glob.escape(folder.name)}.{glob.escape(host)}-*.tmp") if locked else [staging]
-        for stale in mine:
-            if stale.is_dir() and not stale.is_symlink():
-                shutil.rmtree(stale, ignore_errors=True)
-        staging.mkdir()
+        if locked:
+            _remove_killed_builds(folder)
+        prefix = f".{folder.name}.{_HOST}-{os.getpid()}-"
+        staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=folder.parent))
         yield staging
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if locked is not None:  # removed while held: a process that then locks the old file sees it gone, retries
-            with contextlib.suppress(OSError):  # another user's, in a shared folder: left
-                lock.unlink(missing_ok=True)
-        if fd is not None:
-            os.close(fd)  # and with it the lock
+        try:
+            if staging is not None:  # only the one this call made (a waiting thread's is another)
+                shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            try:
+                with contextlib.suppress(OSError):  # removed while held: a process that locks the old file
+                    lock.unlink(missing_ok=True)  # then sees it gone and retries; another user's stays
+            finally:
+                os.close(fd)  # and with it the lock
+
+
+def _remove_killed_builds(folder: Path) -> None:
+    """Remove the temp folders of builds of `folder` that were killed (see `building`); the caller holds the lock."""
+    own = re.compile(re.escape(f".{folder.name}.") + r"(?:(?P<host>[A-Za-z0-9_]+)-\d+-[a-z0-9_]{8}|\d+)\.tmp")
+    for path in folder.parent.glob(f".{glob.escape(folder.name)}.*.tmp"):
+        match = own.fullmatch(path.name)
+        if match is None or not path.is_dir() or path.is_symlink():  # another folder's, or not a build's
+            continue
+        if match["host"] == _HOST or _untouched_for(path, STALE_ELSEWHERE_S):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _untouched_for(path: Path, seconds: float) -> bool:
+    """Whether neither `path` nor a file directly in it changed in the last `seconds`."""
+    try:
+        newest = max([path.stat().st_mtime, *(child.stat().st_mtime for child in path.iterdir())])
+    except OSError:
+        return False
+    return time.time() - newest > seconds
 
 
 def _lock(lock: Path, folder: Path) -> tuple[int, bool]:
     """(fd, locked): `lock` opened and flocked, waiting for its holder (said), and checked to be the file now at
     that path, not one its last holder removed; locked is False where the filesystem has no locks (`NO_LOCKS`:
-    said once)."""
+    said). The descriptor is closed on any failure."""
     for attempt in range(10):  # a filesystem whose inode numbers are not stable: the tenth lock stands
+        read_only = False
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-        except PermissionError:  # another user's lock file: flock needs no write access
-            fd = os.open(lock, os.O_RDONLY)
+        except PermissionError as denied:  # another user's lock file: flock needs no write access (but on NFS)
+            try:
+                fd, read_only = os.open(lock, os.O_RDONLY), True
+            except OSError:
+                raise denied from None  # the folder is not writable: said as such
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -180,7 +215,7 @@ def _lock(lock: Path, folder: Path) -> tuple[int, bool]:
             if same_file(fd, lock) or attempt == 9:
                 return fd, True
         except OSError as exc:
-            if exc.errno in NO_LOCKS:
+            if exc.errno in NO_LOCKS or (read_only and exc.errno == errno.EBADF):  # NFS locks need write access
                 log.warning(f"frepo: cannot lock {lock} ({exc.strerror or exc}): building {folder} unlocked")
                 return fd, False
             os.close(fd)

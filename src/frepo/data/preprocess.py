@@ -598,20 +598,28 @@ def cached(
     return pre
 
 
+def _fitter(device: torch.device) -> str:
+    """What a fit's rounding depends on: a GPU's model, or the CPU's instruction set and thread count; torch."""
+    if device.type == "cuda":
+        hardware = torch.cuda.get_device_name(device)
+    else:
+        hardware = f"{torch.backends.cpu.get_cpu_capability()}|{torch.get_num_threads()}"
+    return f"{device.type}|{hardware}|{torch.__version__}"
+
+
 def cached_preprocessing(
     images: Images, kind: str, zca_reg: float, cache_dir: Path | None, device: torch.device | None = None
 ) -> Preprocessing:
     """`fit_preprocessing`, with ZCA fits cached (the standardisation is cheaper to recompute than to read). A
     dense fit on `device` is cached like a host fit: both are rounded as stored (`as_stored`), which hides the
     float rounding of devices and thread counts. The low-rank form (fewer images than dimensions) is stored
-    unrounded, so its entry is the device's, thread count's and torch version's: one filled elsewhere gave
-    the same command other preprocessing."""
+    unrounded, so its entry is the fitting hardware's (`_fitter`): one filled elsewhere gave the same command
+    other preprocessing."""
     if kind not in ("zca", "zca_block"):
         return fit_preprocessing(images, kind, zca_reg)
     _, h, w, c = images.shape
     low_rank = (block_stride((c, h, w)) if kind == "zca_block" else 1) == 1 and len(images) < c * h * w
-    where = device if device is not None else torch.device("cpu")
-    fitted_by = f"|{where.type}|{torch.get_num_threads()}|{torch.__version__}" if low_rank else ""
+    fitted_by = f"|{_fitter(device if device is not None else torch.device('cpu'))}" if low_rank else ""
 
     def build() -> Preprocessing:
         return fit_preprocessing(images, kind, zca_reg, device)

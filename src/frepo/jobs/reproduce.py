@@ -196,17 +196,25 @@ def _evaluation_json(run_dir: Path, budget: Budget) -> Path:
     return run_dir / f"eval-reproduce-{budget.name}.json"
 
 
-def finished_evaluation(run_dir: Path, budget: Budget, steps: int) -> tuple[float, float] | None:
+def finished_evaluation(run_dir: Path, budget: Budget, preset: str, steps: int) -> tuple[float, float] | None:
     """(mean, std) of this budget's evaluation of the run's final set, if it was evaluated at this budget;
-    None otherwise (no finished set, no evaluation, a set of other than `steps` distillation steps, or an
-    evaluation of another file, model count or training steps: a row's budget cell says what ran)."""
+    None otherwise (no finished set, no evaluation, a set of other than `steps` distillation steps or of other
+    settings than `preset`'s, an evaluation of another file, model count or training steps: a row's budget
+    cell says what ran; a file that cannot be read: distilling writes a damaged set again)."""
+    from ..config import presets
     from ..io.artifact import load_distilled
+    from .runs import settings_of_run
 
     saved, final = _evaluation_json(run_dir, budget), run_dir / "distilled.safetensors"
     if not (saved.is_file() and final.is_file()):
         return None
-    previous = json.loads(saved.read_text())
-    ds = load_distilled(final)
+    try:
+        previous = json.loads(saved.read_text())
+        ds = load_distilled(final)
+        if not isinstance(previous, dict) or not settings_of_run(ds.meta.get("config") or {}, presets.get(preset)):
+            return None
+    except (OSError, ValueError, TypeError, FrepoError):
+        return None
     if ds.meta.get("step") != steps or previous.get("file_checksum") != ds.meta.get("checksum"):
         return None
     if previous.get("models") != budget.eval_models:
@@ -249,7 +257,7 @@ def run_row(
     try:
         # A finished, evaluated run is read first: one whose checkpoint was pruned is not distilled again (which
         # distill refuses, to keep its set).
-        previous = finished_evaluation(out, budget, steps)
+        previous = finished_evaluation(out, budget, preset, steps)
         if previous is not None:
             mean, std = previous
         else:
@@ -400,7 +408,7 @@ def reproduce(
             if row.status.startswith("planned") and finished_only:
                 preset, steps = planned_run(row)
                 run_dir = Path(runs_dir) / preset
-                measured = finished_evaluation(run_dir, spec, steps)
+                measured = finished_evaluation(run_dir, spec, preset, steps)
                 if measured is None:
                     here = unread[(row.dataset, row.ipc)]
                     why = f"; here: {here.removeprefix('not run: ')}" if here.startswith("not run") else ""

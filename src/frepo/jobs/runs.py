@@ -144,6 +144,17 @@ def environment(device: torch.device) -> dict:
     }
 
 
+def settings_of_run(recorded: dict, config: DistillConfig) -> bool:
+    """Whether `recorded` (a run's config, as its config.json or its set's meta hold it) is a run of `config`,
+    settings that change no more than the rounding (`ALWAYS_RESUMABLE`) aside; a setting added to frepo since
+    counts at its default, as `RunDir.check` takes it."""
+    old, new = _flatten(recorded), _flatten(to_dict(config))
+    defaults = _flatten(to_dict(DistillConfig()))
+    old.update({k: defaults[k] for k in new.keys() - old.keys() if k in defaults})
+    old.pop(ENVIRONMENT, None)
+    return all(old.get(k) == new.get(k) for k in old.keys() | new.keys() if k.split(".")[-1] not in ALWAYS_RESUMABLE)
+
+
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
