@@ -455,7 +455,7 @@ def test_every_help_says_each_default_once_and_prints_percent_signs_as_such():
     assert "1% and 0.1% FPR" in flat["privacy"] and "epochs (default: 1000) --" in flat["evaluate"]
     # A switch's default is on or off in every command (settings' switches said True where --download said on).
     assert not any(f"(default: {v})" in text for v in (True, False, None) for text in flat.values())
-    assert "a missing dataset (default: on)" in flat["evaluate"] and "(default: on)" in flat["distill"]
+    assert "the layout's public archive) (default: on)" in flat["evaluate"] and "(default: on)" in flat["distill"]
 
 
 def test_a_redirected_log_gets_the_outer_progress_as_plain_lines(tmp_path, capsys, monkeypatch):

@@ -350,6 +350,11 @@ def test_an_output_never_replaces_what_a_run_or_an_export_keeps_or_the_file_read
     for name in ("continual-held.json", "continual.json"):
         (tmp_path / "exp" / name).write_text("{}")
     one_line(capsys, main([*evaluate, "--json", str(tmp_path / "exp" / "continual.json")]), "continual experiment")
+    unit = tmp_path / "exp" / "order0" / "task0-frepo.json"  # a unit's record: its JSON was replaced as well
+    unit.parent.mkdir()
+    unit.write_text('{"accuracies": [50.0]}')
+    one_line(capsys, main([*evaluate, "--json", str(unit)]), "is a record of the continual experiment in")
+    assert unit.read_text() == '{"accuracies": [50.0]}'
     one_line(capsys, main(["show", str(run), "--animate", "--out", str(run / "images" / "f.gif")]), "snapshots")
 
 
@@ -375,6 +380,10 @@ def test_show_draws_beside_a_set_over_its_own_grid_only(tmp_path, capsys):
     assert main(["show", str(run)]) == 0
     with Image.open(run / "distilled.png") as grid:
         assert grid.size != (4, 4)
+    (run / "mine.safetensors").write_bytes(subset.read_bytes())  # a set of one's own in a run's folder
+    Image.new("RGB", (4, 4)).save(run / "mine.png")  # and one's own picture beside it
+    capsys.readouterr()
+    one_line(capsys, main(["show", str(run / "mine.safetensors")]), "is no image grid frepo drew")
 
 
 def test_damage_inside_compressed_or_exported_files_is_one_line(tmp_path, capsys):

@@ -74,7 +74,7 @@ class ContinualConfig:
     )
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     data_dir: str | None = opt(None, DATA_DIR_HELP)
-    download: bool = opt(True, "let torchvision download a missing dataset")
+    download: bool = opt(True, "download a missing dataset (torchvision's downloader, or the layout's public archive)")
 
     def order_seed(self, order: int) -> int:
         """The seed of everything drawn for class order `order` (official distill_cl.py: init_proto(seed=order))."""

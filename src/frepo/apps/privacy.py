@@ -107,7 +107,7 @@ class PrivacyConfig:
     seed: int = opt(0, "seed of the distillation, the victims and the attacks")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     data_dir: str | None = opt(None, DATA_DIR_HELP)
-    download: bool = opt(True, "let torchvision download a missing dataset")
+    download: bool = opt(True, "download a missing dataset (torchvision's downloader, or the layout's public archive)")
 
     def arm_list(self) -> list[str]:
         """The arms given, in ARMS' order (the tables' and the plot's)."""

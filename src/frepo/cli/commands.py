@@ -222,8 +222,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     if manifest is not None:  # a file of an export: beside its folder
         file = manifest.parent
     beside = file.parent / f"{file.name}.png" if file.is_dir() else file.with_suffix(".png")
-    if not args.out and beside.exists() and not is_grid(beside) and not is_run(beside.parent):
-        # a file of that name that frepo did not draw is the user's (a run's own distilled.png is the run's)
+    own = beside.name == "distilled.png" and is_run(beside.parent)  # a run's own grid (an older run's: no mark)
+    if not args.out and beside.exists() and not is_grid(beside) and not own:
+        # a file of that name that frepo did not draw is the user's
         raise FrepoError(f"{beside} exists and is no image grid frepo drew: name the grid with --out, or move it")
     out = Path(args.out) if args.out else beside
     save_grid(ds, out, per_class=args.per_class, title=title)

@@ -30,7 +30,7 @@ def _add_data_and_device(p: argparse.ArgumentParser) -> None:
         "--download",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="let torchvision download a missing dataset (default: on)",
+        help="download a missing dataset (torchvision's downloader, or the layout's public archive) (default: on)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
 
@@ -77,9 +77,9 @@ def _evaluate(sub: Subcommands) -> None:
     )
     p.add_argument(
         "file",
-        help="a distilled set: frepo .safetensors, a `frepo export` folder, official FRePo np/stepNNNNNN.npz, "
-        "MTT images_*.pt or DD-Ranking images.pt (labels beside it), DC/DSA res_*.pt, or a folder of class "
-        "folders of images",
+        help="a distilled set: frepo .safetensors, a run directory (its distilled.safetensors), a `frepo export` "
+        "folder, official FRePo np/stepNNNNNN.npz, MTT images_*.pt or DD-Ranking images.pt (labels beside it), "
+        "DC/DSA res_*.pt, or a folder of class folders of images",
     )
     add_settings_flags(p, EvalConfig())
     add_settings_flags(p, SourceConfig())
@@ -88,7 +88,7 @@ def _evaluate(sub: Subcommands) -> None:
         action="store_true",
         help="also report DD-Ranking's IOR, HLR and LRS under the same recipe: the set on its class ids against "
         "a random subset of as many images per class and against the full training split (both cached once per "
-        "dataset, preprocessing and recipe)",
+        "dataset, preprocessing, recipe and machine)",
     )
     p.add_argument("--json", help="also write the results as JSON to this path")
     p.add_argument("--csv", help="also write the results as CSV to this path")

@@ -38,7 +38,7 @@ class DataConfig:
         "--data-dir), a .npz file or an ImageFolder directory with train/ and test/",
     )
     data_dir: str | None = opt(None, DATA_DIR_HELP)
-    download: bool = opt(True, "let torchvision download a dataset that is not on disk")
+    download: bool = opt(True, "download a missing dataset (torchvision's downloader, or the layout's public archive)")
     preprocess: str = opt(
         "auto",
         "auto (standardise, plus ZCA for colour images: whole-image up to 64×64, the reference's checkerboard "

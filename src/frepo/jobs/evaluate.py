@@ -58,7 +58,7 @@ class SourceConfig:
     data_dir: str | None = opt(
         None, DATA_DIR_HELP.replace("(default: ", "(default: the folder a frepo set was distilled from, else ", 1)
     )
-    download: bool = opt(True, "let torchvision download a missing dataset")
+    download: bool = opt(True, "download a missing dataset (torchvision's downloader, or the layout's public archive)")
 
     def validate(self) -> None:
         check_fields(self)

@@ -23,9 +23,9 @@ The recipe is the set's own evaluation: `frepo evaluate`'s protocol, architectur
   preprocessing.
 - The full training split is that same distillation part, in the set's preprocessing.
 The references are computed once and cached as JSON under `$FREPO_CACHE/field_metrics/` (a damaged entry is
-recomputed): the random subset per dataset, preprocessing, recipe and IPC; the full split per dataset,
-preprocessing and recipe (with `--steps` given, its training is the same for every IPC; without, the
-protocol's step table is read at the full split's size, as for any set).
+recomputed): the random subset per dataset, preprocessing, recipe, machine and IPC; the full split per
+dataset, preprocessing, recipe and machine (`_recipe`; with `--steps` given, its training is the same for
+every IPC; without, the protocol's step table is read at the full split's size, as for any set).
 """
 
 from __future__ import annotations

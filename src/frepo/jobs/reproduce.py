@@ -464,7 +464,7 @@ def kept_rows(path: Path, table: int, budget: Budget, datasets: list[str]) -> li
     """The rows of datasets other than `datasets` in the JSON beside an earlier table at `path` of the same
     table and budget; none where no table stands at `path`. A table whose rows cannot be kept (no JSON beside
     it, another table's or budget's, an unreadable one) is refused before any row runs: rewriting it lost
-    them (the repository's own docs/reproduction.md has no JSON beside it)."""
+    them."""
     source = path.with_suffix(".json")
     try:
         earlier = json.loads(source.read_text())

@@ -136,6 +136,7 @@ def environment(device: torch.device) -> dict:
         "processes": world_size(),
         "device": device.type,
         **gpu,
+        "cpu": torch.backends.cpu.get_cpu_capability(),  # the CPU kernels' vector width
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "onednn": _onednn_version(),
@@ -214,6 +215,12 @@ def check_not_kept(
         kind = held.name.removesuffix("-held.json")
         if path.name in {held.name, f"{kind}-config.json", *(f"{kind}{suffix}" for suffix in EXPERIMENT_FILES)}:
             raise FrepoError(f"{what} {path} is a file of the {kind} experiment in {folder}; give another name")
+    # and its units' records in its subfolders (order0/task0-frepo.json, victims/..., evaluations/...)
+    if path.suffix in (".json", ".safetensors") and path.exists():
+        for above in list(folder.parents)[:2]:
+            for held in above.glob("*-held.json"):
+                kind = held.name.removesuffix("-held.json")
+                raise FrepoError(f"{what} {path} is a record of the {kind} experiment in {above}; give another name")
     if not writes_a_set and path.is_file() and safetensors_content(path) and has_frepo_metadata(path):
         raise FrepoError(f"{what} {path} is a frepo set, which this would replace; give another name")
 
