@@ -126,3 +126,36 @@ def test_a_reference_is_cached_per_training_mode_and_machine(monkeypatch):
     monkeypatch.undo()
     monkeypatch.setattr(torch, "__version__", "0.0.1")
     assert fm._recipe(EvalConfig(), "conv") != base
+
+
+def test_an_interrupted_reference_trains_only_its_missing_networks(tmp_path, capsys, monkeypatch):
+    """Ctrl-C in the full split's reference (38 of 45 minutes in docs/evaluation.md's measurement) lost its
+    finished networks: the same command trained them all again. Each is kept now as it finishes."""
+    import dataclasses
+
+    from frepo.eval import protocols
+
+    monkeypatch.setenv("FREPO_CACHE", str(tmp_path / "cache"))
+    subset = tmp_path / "random.safetensors"
+    assert run_cli(["subset", "--dataset", "digits", "--ipc", 2, "--seed", 0, "--out", subset], capsys)[0] == 0
+    flags = ["evaluate", subset, "--models", 2, "--steps", 30, "--width", 8, "--field-metrics", "--together", "off"]
+    original, trained = protocols.PROTOCOLS["frepo"], []
+
+    def counted(stop_at=None):
+        def one(setup, options, stream):
+            if len(trained) + 1 == stop_at:
+                raise KeyboardInterrupt
+            trained.append(stream)
+            return original.train_and_test(setup, options, stream)
+
+        return dataclasses.replace(original, train_and_test=one)
+
+    monkeypatch.setitem(protocols.PROTOCOLS, "frepo", counted(stop_at=6))  # the full split's second network
+    assert run_cli(flags, capsys)[0] == 130
+    assert len(trained) == 5  # the set's 2, the random subset's 2, the full split's first
+    trained.clear()
+    monkeypatch.setitem(protocols.PROTOCOLS, "frepo", counted())
+    code, _, err = run_cli([*flags, "--json", tmp_path / "eval.json"], capsys)
+    assert code == 0, err
+    assert trained == ["eval/model1"]  # the rest read back, the random subset from the cache
+    assert list((tmp_path / "cache" / "evaluations").glob("*.json")) == []  # each record goes with its result

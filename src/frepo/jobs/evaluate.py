@@ -274,7 +274,7 @@ def run(
                 from .field_metrics import field_metrics as metrics
 
                 result.extra["field_metrics"] = metrics(
-                    ds, raw, test_x, test_y, config, arch, result, progress=progress
+                    ds, raw, test_x, test_y, config, arch, result, progress=progress, resume=resume
                 )
             results.append(result)
     except KeyboardInterrupt:

@@ -49,7 +49,7 @@ from ..data import RawDataset
 from ..data.registry import default_data_dir
 from ..data.splits import Holdout, holdout_split
 from ..eval import EvalConfig, EvalResult, evaluate_set
-from ..eval.finished import machine_key
+from ..eval.finished import FinishedNetworks, machine_key
 from ..io.artifact import DistilledSet, class_ids_of
 from ..method.synthetic import pick_real
 
@@ -141,6 +141,10 @@ def _data_identity(ds: DistilledSet, raw: RawDataset) -> str:
     return digest.hexdigest()
 
 
+def _tensor_digest(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:20]
+
+
 def _cache_key(identity: str, recipe: dict, what: str, ipc: int) -> str:
     digest = hashlib.sha256(json.dumps({"what": what, "ipc": ipc, **recipe}, sort_keys=True).encode())
     digest.update(identity.encode())
@@ -193,26 +197,36 @@ def field_metrics(
     *,
     cache_dir: str | Path | None = None,
     progress: bool = False,
+    resume: bool = False,
 ) -> dict:
     """IOR, HLR, LRS (module docstring) of `ds` under `config` on `arch`, given `own`: its evaluation with its
-    own labels under the same config. Returns the dict of `KEYS` (accuracies in percent)."""
+    own labels under the same config. Returns the dict of `KEYS` (accuracies in percent). With `resume`, each
+    network of the three evaluations is kept as it finishes (`FinishedNetworks`), so an interrupted reference
+    trains only its networks still missing when the same command runs again."""
     ipc = computable(ds, raw)
     recipe, identity = _recipe(config, arch), _data_identity(ds, raw)
     folder = Path(cache_dir) if cache_dir is not None else default_data_dir() / "field_metrics"
 
-    def evaluated(data: DistilledSet, label: str) -> EvalResult:  # the bars say which of the four each is
-        return evaluate_set(data, test_x, test_y, config, arch, progress=progress, label=label)
+    def evaluated(data: DistilledSet, label: str, key: str) -> EvalResult:  # the bars say which of the four
+        record = FinishedNetworks({"field_metrics": key}, default_data_dir()) if resume else None
+        result = evaluate_set(data, test_x, test_y, config, arch, progress=progress, label=label, finished=record)
+        if record is not None:
+            record.clear()  # done: its summary is cached (the references) or returned
+        return result
 
     hard = _hard(ds)
-    set_hard = _summary(own if hard is ds else evaluated(hard, "the set on class ids"))
+    set_key = f"set-{ds.meta.get('checksum') or _tensor_digest(hard.images)}-{_cache_key(identity, recipe, 'set', ipc)}"
+    set_hard = _summary(own if hard is ds else evaluated(hard, "the set on class ids", set_key))
+    random_key = _cache_key(identity, recipe, "random", ipc)
     rand = _cached_accuracy(
-        folder / f"{raw.name}-{_cache_key(identity, recipe, 'random', ipc)}.json",
-        lambda: evaluated(random_subset(ds, raw, ipc, config.seed), f"random subset, IPC {ipc}"),
+        folder / f"{raw.name}-{random_key}.json",
+        lambda: evaluated(random_subset(ds, raw, ipc, config.seed), f"random subset, IPC {ipc}", random_key),
         "random subset",
     )
+    full_key = _cache_key(identity, recipe, "full", 0)
     full = _cached_accuracy(
-        folder / f"{raw.name}-{_cache_key(identity, recipe, 'full', 0)}.json",  # one for every IPC
-        lambda: evaluated(full_split(ds, raw), "full training split"),
+        folder / f"{raw.name}-{full_key}.json",  # one for every IPC
+        lambda: evaluated(full_split(ds, raw), "full training split", full_key),
         "full training split",
     )
     ior = set_hard["mean"] - rand["mean"]
