@@ -678,7 +678,11 @@ def test_leftovers_go_and_a_failed_start_leaves_the_directory_as_found(tmp_path,
     (out / ".checkpoint.pt.abc123de.tmp").write_bytes(b"x" * 1000)  # what a killed checkpoint write leaves
     (out / "checkpoint.pt").unlink()  # pruned: the finished set is not distilled again over itself
     kept = (out / "distilled.safetensors").read_bytes()
-    one_line(capsys, main(distill_args(out)), "holds a finished run's set (distilled.safetensors) but no checkpoint")
+    capsys.readouterr()
+    assert main(distill_args(out)) == 0  # the same command: already complete (reproduce, continual reopen runs)
+    assert "is already complete (4 steps; its checkpoint is gone)" in capsys.readouterr().err
+    extended = distill_args(out, "--steps", 6, "--resume-with-changes")  # further, it cannot go
+    one_line(capsys, main(extended), "holds a finished run's set (distilled.safetensors) but no checkpoint")
     assert (out / "distilled.safetensors").read_bytes() == kept
     (out / "distilled.safetensors").unlink()  # restart from scratch in the same directory
     assert main(distill_args(out)) == 0

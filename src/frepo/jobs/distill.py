@@ -576,6 +576,35 @@ class Distiller:
         return DistillResult(self.run_dir.path, self.step, self.run_dir.distilled_path, best, val, self.elapsed)
 
 
+def _finished_without_checkpoint(config: DistillConfig, out: Path) -> DistillResult | None:
+    """The result of a run in `out` that finished with `config`'s settings and steps and whose checkpoint was
+    removed since (pruned to save space: reproduce, continual and privacy reopen every run), read from its
+    set and log; None for anything else, which the run directory's own checks then take (a run of other
+    settings or steps cannot go on without its checkpoint: they refuse)."""
+    from .runs import settings_of_run
+
+    run = RunDir(out)
+    if not run.config_path.is_file() or run.checkpoint_path.exists() or not run.distilled_path.is_file():
+        return None
+    try:
+        ds = load_distilled(run.distilled_path)
+    except FrepoError:
+        return None
+    recorded = ds.meta.get("config") or {}
+    if config.eval_steps is None:  # as the run resolves it (Distiller): its own recorded budget
+        config = dataclasses.replace(config, eval_steps=recorded.get("eval_steps"))
+    if config.use_flip is None:
+        config = dataclasses.replace(config, use_flip=recorded.get("use_flip"))
+    if ds.meta.get("step") != config.steps or not settings_of_run(recorded, config):
+        return None
+    records = run.read_metrics()
+    val = next((r["val_acc"] for r in reversed(records) if "val_acc" in r), None)
+    elapsed = next((r["elapsed_s"] for r in reversed(records) if "elapsed_s" in r), 0.0)
+    log.info(f"frepo: {run.path} is already complete ({count_of(config.steps, 'step')}; its checkpoint is gone)")
+    best = run.best_path if run.best_path.is_file() else None
+    return DistillResult(run.path, config.steps, run.distilled_path, best, val, float(elapsed))
+
+
 def distill(
     config: DistillConfig | None = None,
     out: str | Path | None = None,
@@ -610,6 +639,9 @@ def distill(
     check_path("out", out)
     check_argument("progress", progress, bool, "True or False")
     check_argument("resume_with_changes", resume_with_changes, bool, "True or False")  # "no" is true
+    finished = _finished_without_checkpoint(config, Path(out))
+    if finished is not None:
+        return finished
     try:
         return Distiller(config, out, progress, resume_with_changes).run()
     finally:

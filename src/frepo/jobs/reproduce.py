@@ -255,8 +255,7 @@ def run_row(
     out = runs_dir / preset
     row.run_dir = str(out)
     try:
-        # A finished, evaluated run is read first: one whose checkpoint was pruned is not distilled again (which
-        # distill refuses, to keep its set).
+        # A finished, evaluated run is read first (of the preset's settings: another is distill's to refuse).
         previous = finished_evaluation(out, budget, preset, steps)
         if previous is not None:
             mean, std = previous
