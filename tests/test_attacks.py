@@ -24,6 +24,11 @@ def test_tpr_at_low_fpr_against_a_hand_computed_roc():
     assert m["auc"] == pytest.approx(expected)
     ten = roc_metrics(truth, np.concatenate([np.arange(1000.0), [995.5] * 10]))  # above 4 non-members: FPR 0.4%
     assert ten["tpr_at_1pct_fpr"] == 1.0 and ten["tpr_at_0.1pct_fpr"] == 0.0
+    # Ties of one member and one non-member at each of 1000 scores: the ROC is the diagonal, every point a real
+    # threshold; sklearn's default dropped the collinear ones, and TPR at 1% FPR read 0 in place of 1%.
+    diagonal = np.repeat(-np.arange(1000.0), 2)
+    tied = roc_metrics(np.tile([1, 0], 1000), diagonal)
+    assert tied["tpr_at_1pct_fpr"] == pytest.approx(0.01) and tied["tpr_at_0.1pct_fpr"] == pytest.approx(0.001)
 
 
 def _blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,9 +94,12 @@ def test_offline_lira_scores_and_its_statistic():
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     expected = np.log(p[[0, 1], [0, 1]] / (1 - p[[0, 1], [0, 1]]))
     np.testing.assert_allclose(confidence(logits, np.array([0, 1])), expected)
-    shadows = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])  # OUT: mean 0.5, spread 0.5
+    shadows = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])  # OUT: mean 0.5, sample std sqrt(1/2)
     scores = lira_offline(np.array([0.5, 1.5, -0.5]), shadows)
-    np.testing.assert_allclose(scores, [0.5, 0.97724987, 0.02275013], rtol=1e-6)
+    np.testing.assert_allclose(scores, [0.0, np.sqrt(2), -np.sqrt(2)], rtol=1e-12)
+    # Far above every OUT model, members stay ranked (Φ of these z is 1.0 for both in float64: a tie).
+    far = lira_offline(np.array([10.0, 20.0, 0.5]), shadows)
+    assert far[1] > far[0] > far[2]
     with pytest.raises(ValueError, match="two shadow"):
         lira_offline(np.zeros(3), shadows[:1])
 

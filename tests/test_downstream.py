@@ -592,3 +592,20 @@ def test_a_write_cut_short_in_a_new_experiment_folder_does_not_stop_the_same_com
         with pytest.raises(FrepoError, match="is not empty and holds no toy experiment"):
             ExperimentDir(other, "toy", may_change=frozenset()).open(Settings())
         assert sorted(p.name for p in other.iterdir()) == [stranger]
+
+
+def test_continual_distils_every_task_with_the_flip_trick_where_a_flip_keeps_the_class(tmp_path, monkeypatch):
+    """The official continual script distils each task with the flip trick; frepo's CIFAR-100 continual preset
+    (IPC 20) took the IPC 10 distillation preset's flip off. A dataset a flip changes (digits) keeps it off."""
+    from conftest import make_blobs_npz
+
+    from frepo.apps.continual import Continual, ContinualConfig
+    from frepo.config import presets
+
+    blobs = make_blobs_npz(tmp_path / "blobs.npz", classes=4, channels=3)  # a .npz is taken as mirror-invariant
+    monkeypatch.setitem(presets.FLIP_BY_IPC, str(blobs), {1: True, 2: False})  # as CIFAR-100's table: off at 2
+    assert not presets.resolve(str(blobs), 2).use_flip
+    mirrored = Continual(ContinualConfig(**{**CL, "dataset": str(blobs), "tasks": 2}), tmp_path / "a")
+    assert mirrored.raw.mirror_invariant and mirrored.distill_config(classes="0,1").use_flip is True
+    digits = Continual(ContinualConfig(**CL), tmp_path / "b")
+    assert not digits.raw.mirror_invariant and not digits.distill_config(classes="0,1").use_flip

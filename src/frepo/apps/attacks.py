@@ -37,11 +37,13 @@ def roc_metrics(is_member: np.ndarray, score: np.ndarray) -> dict[str, float]:
     """AUC and TPR at 1% / 0.1% FPR of `score` (higher: more likely a member) against the truth.
 
     TPR at FPR x is the largest true-positive rate of any threshold whose false-positive rate is at most x
-    (sklearn's ROC points; 0 when no threshold gets there)."""
+    (sklearn's ROC points, every one of them: its default drops the points on a straight stretch of the curve,
+    which ties of members and non-members make, and a real operating point with them; 0 when no threshold
+    gets there)."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     is_member = np.asarray(is_member).astype(bool)
-    fpr, tpr, _ = roc_curve(is_member, score)
+    fpr, tpr, _ = roc_curve(is_member, score, drop_intermediate=False)
     out = {"auc": float(roc_auc_score(is_member, score))}
     for name, x in LOW_FPRS.items():
         ok = fpr <= x + 1e-12
@@ -158,13 +160,13 @@ def confidence(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def lira_offline(victim: np.ndarray, shadows: np.ndarray) -> np.ndarray:
     """Offline LiRA scores (higher: member) of the victim's confidences (N,) against shadows trained
-    without the targets (S×N): the one-sided likelihood that the victim's confidence is higher than an
-    OUT model's, Φ((φ - μ_out) / σ_out), with σ_out the shadows' global spread."""
-    from scipy.stats import norm
-
+    without the targets (S×N): z = (φ - μ_out) / σ_out, with σ_out the shadows' global spread (the sample
+    std, ddof 1: with two shadows the population's is about 0.56 of it). The one-sided likelihood Φ(z) ranks
+    as z does, but is 1.0 in float64 from z ≈ 8.3 on: every confident member tied exactly where TPR at a low
+    FPR is read."""
     shadows = np.asarray(shadows, np.float64)
     if shadows.ndim != 2 or len(shadows) < 2:
         raise ValueError("offline LiRA needs at least two shadow networks (their spread is the OUT variance)")
     mu = shadows.mean(axis=0)
-    sigma = max(float(shadows.std(axis=0).mean()), 1e-6)
-    return norm.cdf((np.asarray(victim, np.float64) - mu) / sigma)
+    sigma = max(float(shadows.std(axis=0, ddof=1).mean()), 1e-6)
+    return (np.asarray(victim, np.float64) - mu) / sigma

@@ -18,6 +18,7 @@ split, as in the official code.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -30,7 +31,7 @@ import numpy as np
 from ..base.device import resolve_device
 from ..base.errors import FrepoError
 from ..base.fields import CommaList, check_choice, check_fields, check_finite, comma_items, opt, to_dict
-from ..config import DATA_DIR_HELP, DataConfig
+from ..config import DATA_DIR_HELP, DataConfig, DistillConfig
 from ..data import load_dataset
 from ..eval import EvalConfig, evaluate_set
 from ..eval.finished import FinishedNetworks, evaluation_key
@@ -201,6 +202,13 @@ class Continual(Experiment):
         """Task `task`'s distillation of its own classes (resumed where it stopped)."""
         folder, seed = Path(f"order{order}") / f"task{task}", self.config.order_seed(order)
         return self.distillation(folder, classes=self._data(classes).classes, seed=seed)
+
+    def distill_config(self, **data) -> DistillConfig:
+        """The experiment's distillation, with the flip trick on every task of a mirror-invariant dataset: the
+        official continual script distils each task so, whatever the IPC (its CIFAR-100 at IPC 20 fell back to
+        the IPC 10 preset's flip off)."""
+        run = super().distill_config(**data)
+        return dataclasses.replace(run, use_flip=True) if self.raw.mirror_invariant else run
 
     def exemplars(self, arm: str, order: int, task: int, classes: list[int]) -> DistilledSet:
         """`ipc` real images per class of the task, chosen at random (the distillation's own starting
