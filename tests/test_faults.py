@@ -304,7 +304,7 @@ def test_a_read_only_ancestor_of_an_output_is_refused_before_the_work(tmp_path, 
     assert list(locked.iterdir()) == []
 
 
-def test_an_output_never_replaces_what_a_run_or_an_export_keeps_or_the_file_read(tmp_path, capsys):
+def test_an_output_never_replaces_what_a_run_or_an_export_keeps_or_the_file_read(tmp_path, capsys, monkeypatch):
     """An output named as a run's own file, an export's, or the command's input was written over it, exit 0:
     `evaluate RUN --json RUN/distilled.safetensors` replaced the set it had just evaluated with JSON, `report
     RUN --out checkpoint.pt` the run's checkpoint with Markdown, `subset --out RUN/distilled.safetensors` the
@@ -354,7 +354,13 @@ def test_an_output_never_replaces_what_a_run_or_an_export_keeps_or_the_file_read
     unit.parent.mkdir()
     unit.write_text('{"accuracies": [50.0]}')
     one_line(capsys, main([*evaluate, "--json", str(unit)]), "is a record of the continual experiment in")
+    with monkeypatch.context() as m:  # named from inside the unit's folder
+        m.chdir(unit.parent)
+        one_line(capsys, main([*evaluate, "--json", unit.name]), "is a record of the continual experiment in")
     assert unit.read_text() == '{"accuracies": [50.0]}'
+    mine = unit.parent / "eval.json"  # a file of one's own there: one's own to replace
+    mine.write_text("{}")
+    assert main([*evaluate, "--json", str(mine)]) == 0 and mine.read_text() != "{}"
     one_line(capsys, main(["show", str(run), "--animate", "--out", str(run / "images" / "f.gif")]), "snapshots")
 
 

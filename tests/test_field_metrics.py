@@ -128,17 +128,26 @@ def test_a_reference_is_cached_per_training_mode_and_machine(monkeypatch):
     assert fm._recipe(EvalConfig(), "conv") != base
 
 
-def test_an_interrupted_reference_trains_only_its_missing_networks(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("learned", [False, True])
+def test_an_interrupted_reference_trains_only_its_missing_networks(tmp_path, capsys, monkeypatch, learned):
     """Ctrl-C in the full split's reference (38 of 45 minutes in docs/evaluation.md's measurement) lost its
-    finished networks: the same command trained them all again. Each is kept now as it finishes."""
+    finished networks: the same command trained them all again. Each is kept now as it finishes, and so are
+    those of a distilled set's evaluation on its class ids, which no cache holds."""
     import dataclasses
+
+    from test_cli import FAST
 
     from frepo.eval import protocols
 
     monkeypatch.setenv("FREPO_CACHE", str(tmp_path / "cache"))
     subset = tmp_path / "random.safetensors"
     assert run_cli(["subset", "--dataset", "digits", "--ipc", 2, "--seed", 0, "--out", subset], capsys)[0] == 0
-    flags = ["evaluate", subset, "--models", 2, "--steps", 30, "--width", 8, "--field-metrics", "--together", "off"]
+    evaluated = subset
+    if learned:  # learned labels (2-D): the set is also trained on its class ids
+        evaluated = tmp_path / "run"
+        distill = ["distill", "--dataset", "digits", "--ipc", 2, "--steps", 2, "--out", evaluated, *FAST]
+        assert run_cli(distill, capsys)[0] == 0
+    flags = ["evaluate", evaluated, "--models", 2, "--steps", 30, "--width", 8, "--field-metrics", "--together", "off"]
     original, trained = protocols.PROTOCOLS["frepo"], []
 
     def counted(stop_at=None):
@@ -150,9 +159,10 @@ def test_an_interrupted_reference_trains_only_its_missing_networks(tmp_path, cap
 
         return dataclasses.replace(original, train_and_test=one)
 
-    monkeypatch.setitem(protocols.PROTOCOLS, "frepo", counted(stop_at=6))  # the full split's second network
+    stop_at = 8 if learned else 6  # the full split's second network
+    monkeypatch.setitem(protocols.PROTOCOLS, "frepo", counted(stop_at=stop_at))
     assert run_cli(flags, capsys)[0] == 130
-    assert len(trained) == 5  # the set's 2, the random subset's 2, the full split's first
+    assert len(trained) == stop_at - 1  # the set's 2 (and 2 on class ids), the random subset's 2, the full's first
     trained.clear()
     monkeypatch.setitem(protocols.PROTOCOLS, "frepo", counted())
     code, _, err = run_cli([*flags, "--json", tmp_path / "eval.json"], capsys)

@@ -26,7 +26,6 @@ from ..base.log import progress_bar
 from ..base.perf import AllocatorPolicy, release_free_heap
 from ..base.signals import StopRequest, aborting, stop_on_signal
 from ..config import DistillConfig, presets
-from ..config.presets import default_flip
 from ..data import PreparedData, prepare, whole_data_dir
 from ..eval import EvalConfig
 from ..eval.results import count_of
@@ -50,7 +49,7 @@ from .actions import (
     watch_state,
 )
 from .monitor import Monitor, summary_writer
-from .runs import NOT_RECORDED, RunDir, default_run_dir, environment
+from .runs import RunDir, as_the_run_resolves, default_run_dir, environment
 from .visualize import save_grid
 
 log = logging.getLogger(__name__)
@@ -97,20 +96,15 @@ class Distiller:
     def __init__(
         self, config: DistillConfig, out: str | Path, progress: bool = False, resume_with_changes: bool = False
     ):
-        recorded = RunDir(out).recorded("eval_steps")
-        if config.eval_steps is None and isinstance(recorded, int):
-            # Not given: a run made before the budget-aware default (which recorded 1000) keeps its own.
-            config = dataclasses.replace(config, eval_steps=recorded)
+        # Not given: a run made before the budget-aware default (which recorded 1000) keeps its own evaluation
+        # budget; a config built by hand gets the reference's flip table, as presets.resolve gives it, but for a
+        # run of one made before that default, which recorded null and ran without the flip (bool(None)).
+        config = as_the_run_resolves(config, RunDir(out).settings())
         config.validate()
         # --data-dir recorded whole: the run's sets find their dataset from any folder
         config = dataclasses.replace(
             config, data=dataclasses.replace(config.data, data_dir=whole_data_dir(config.data.data_dir))
         )
-        # A config built by hand gets the reference's flip table, as presets.resolve gives it; a run of one made
-        # before that default recorded null and ran without the flip (bool(None)): it goes on so.
-        if config.use_flip is None and RunDir(out).recorded("use_flip", absent=NOT_RECORDED) is not None:
-            flip = default_flip(config.data.dataset, config.ipc, config.data.mirror_invariant)
-            config = dataclasses.replace(config, use_flip=flip)
         self.config = config
         self.ctx, device_name = init_distributed(config.device)
         self.device = resolve_device(device_name)
@@ -591,13 +585,11 @@ def _finished_without_checkpoint(config: DistillConfig, out: Path) -> DistillRes
     except FrepoError:
         return None
     recorded = ds.meta.get("config") or {}
-    if config.eval_steps is None:  # as the run resolves it (Distiller): its own recorded budget
-        config = dataclasses.replace(config, eval_steps=recorded.get("eval_steps"))
-    if config.use_flip is None:
-        config = dataclasses.replace(config, use_flip=recorded.get("use_flip"))
+    config = as_the_run_resolves(config, recorded)
     if ds.meta.get("step") != config.steps or not settings_of_run(recorded, config):
         return None
-    records = run.read_metrics()
+    # the set's own steps' records (a later extension, killed and pruned, may have logged past them)
+    records = [r for r in run.read_metrics() if isinstance(r.get("step"), int) and r["step"] <= config.steps]
     val = next((r["val_acc"] for r in reversed(records) if "val_acc" in r), None)
     elapsed = next((r["elapsed_s"] for r in reversed(records) if "elapsed_s" in r), 0.0)
     log.info(f"frepo: {run.path} is already complete ({count_of(config.steps, 'step')}; its checkpoint is gone)")

@@ -141,8 +141,13 @@ def _data_identity(ds: DistilledSet, raw: RawDataset) -> str:
     return digest.hexdigest()
 
 
-def _tensor_digest(tensor: torch.Tensor) -> str:
-    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:20]
+def _set_digest(ds: DistilledSet) -> str:
+    """The set as read: its images and labels (another tool's file checksum covers its images file alone)."""
+    digest = hashlib.sha256()
+    for tensor in (ds.images, ds.labels):
+        digest.update(f"{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:20]
 
 
 def _cache_key(identity: str, recipe: dict, what: str, ipc: int) -> str:
@@ -207,15 +212,15 @@ def field_metrics(
     recipe, identity = _recipe(config, arch), _data_identity(ds, raw)
     folder = Path(cache_dir) if cache_dir is not None else default_data_dir() / "field_metrics"
 
+    def record(key: str) -> FinishedNetworks:
+        return FinishedNetworks({"field_metrics": key}, default_data_dir())
+
     def evaluated(data: DistilledSet, label: str, key: str) -> EvalResult:  # the bars say which of the four
-        record = FinishedNetworks({"field_metrics": key}, default_data_dir()) if resume else None
-        result = evaluate_set(data, test_x, test_y, config, arch, progress=progress, label=label, finished=record)
-        if record is not None:
-            record.clear()  # done: its summary is cached (the references) or returned
-        return result
+        kept = record(key) if resume else None
+        return evaluate_set(data, test_x, test_y, config, arch, progress=progress, label=label, finished=kept)
 
     hard = _hard(ds)
-    set_key = f"set-{ds.meta.get('checksum') or _tensor_digest(hard.images)}-{_cache_key(identity, recipe, 'set', ipc)}"
+    set_key = f"set-{_set_digest(hard)}-{_cache_key(identity, recipe, 'set', ipc)}"  # as read, not as filed
     set_hard = _summary(own if hard is ds else evaluated(hard, "the set on class ids", set_key))
     random_key = _cache_key(identity, recipe, "random", ipc)
     rand = _cached_accuracy(
@@ -229,6 +234,8 @@ def field_metrics(
         lambda: evaluated(full_split(ds, raw), "full training split", full_key),
         "full training split",
     )
+    for key in (set_key, random_key, full_key) if resume else ():  # all done: nothing of them left to resume
+        record(key).clear()  # (the set's is cached nowhere else: kept until now; a reference's, read back, too)
     ior = set_hard["mean"] - rand["mean"]
     hlr = full["mean"] - set_hard["mean"]
     return {

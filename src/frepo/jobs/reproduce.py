@@ -203,7 +203,7 @@ def finished_evaluation(run_dir: Path, budget: Budget, preset: str, steps: int) 
     cell says what ran; a file that cannot be read: distilling writes a damaged set again)."""
     from ..config import presets
     from ..io.artifact import load_distilled
-    from .runs import settings_of_run
+    from .runs import as_the_run_resolves, settings_of_run
 
     saved, final = _evaluation_json(run_dir, budget), run_dir / "distilled.safetensors"
     if not (saved.is_file() and final.is_file()):
@@ -211,7 +211,9 @@ def finished_evaluation(run_dir: Path, budget: Budget, preset: str, steps: int) 
     try:
         previous = json.loads(saved.read_text())
         ds = load_distilled(final)
-        if not isinstance(previous, dict) or not settings_of_run(ds.meta.get("config") or {}, presets.get(preset)):
+        recorded = ds.meta.get("config") or {}
+        config = as_the_run_resolves(presets.get(preset), recorded)
+        if not isinstance(previous, dict) or not settings_of_run(recorded, config):
             return None
     except (OSError, ValueError, TypeError, FrepoError):
         return None

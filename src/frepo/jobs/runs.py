@@ -11,6 +11,7 @@ writes are removed; a checkpoint is checked against the config before a run resu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import re
@@ -145,6 +146,21 @@ def environment(device: torch.device) -> dict:
     }
 
 
+def as_the_run_resolves(config: DistillConfig, recorded: dict) -> DistillConfig:
+    """`config` with the settings it leaves open taken as a run that recorded `recorded` takes them
+    (`Distiller`, and whatever reads a run as it would): its own evaluation budget (recorded before the
+    budget-aware default), and the flip table's default where it recorded one (a null from before that
+    default stays)."""
+    from ..config.presets import default_flip
+
+    if config.eval_steps is None and isinstance(recorded.get("eval_steps"), int):
+        config = dataclasses.replace(config, eval_steps=recorded["eval_steps"])
+    if config.use_flip is None and recorded.get("use_flip", NOT_RECORDED) is not None:
+        flip = default_flip(config.data.dataset, config.ipc, config.data.mirror_invariant)
+        config = dataclasses.replace(config, use_flip=flip)
+    return config
+
+
 def settings_of_run(recorded: dict, config: DistillConfig) -> bool:
     """Whether `recorded` (a run's config, as its config.json or its set's meta hold it) is a run of `config`,
     settings that change no more than the rounding (`ALWAYS_RESUMABLE`) aside; a setting added to frepo since
@@ -215,14 +231,26 @@ def check_not_kept(
         kind = held.name.removesuffix("-held.json")
         if path.name in {held.name, f"{kind}-config.json", *(f"{kind}{suffix}" for suffix in EXPERIMENT_FILES)}:
             raise FrepoError(f"{what} {path} is a file of the {kind} experiment in {folder}; give another name")
-    # and its units' records in its subfolders (order0/task0-frepo.json, victims/..., evaluations/...)
-    if path.suffix in (".json", ".safetensors") and path.exists():
-        for above in list(folder.parents)[:2]:
-            for held in above.glob("*-held.json"):
-                kind = held.name.removesuffix("-held.json")
-                raise FrepoError(f"{what} {path} is a record of the {kind} experiment in {above}; give another name")
+    # and its units' records in its subfolders (named as the experiments name them: a file of one's own there
+    # stays one's own to replace)
+    here = path.absolute()
+    if path.exists() and any(pattern.fullmatch(f"{here.parent.name}/{here.name}") for pattern in EXPERIMENT_UNITS):
+        above = here.parent.parent
+        for held in above.glob("*-held.json"):
+            kind = held.name.removesuffix("-held.json")
+            raise FrepoError(f"{what} {path} is a record of the {kind} experiment in {above}; give another name")
     if not writes_a_set and path.is_file() and safetensors_content(path) and has_frepo_metadata(path):
         raise FrepoError(f"{what} {path} is a frepo set, which this would replace; give another name")
+
+
+# The records of an experiment's units in its subfolders (frepo.apps): continual's results and memories per
+# order, privacy's victims and shadows, and the networks an evaluation kept.
+EXPERIMENT_UNITS = (
+    re.compile(r"order\d+/task\d+-[a-z]+\.(json|safetensors)"),
+    re.compile(r"victims/[a-z_]+-\d+-m\d+\.json"),
+    re.compile(r"shadows/[a-z_]+-\d+-s\d+\.npy"),
+    re.compile(r"evaluations/[0-9a-f]+\.json"),
+)
 
 
 class RunDir:
@@ -251,6 +279,14 @@ class RunDir:
         self.lock.undo()
 
     # ---- the config ---------------------------------------------------------------------------------
+    def settings(self) -> dict:
+        """The run's recorded settings (config.json), or {} without a readable one."""
+        try:
+            recorded = json.loads(self.config_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return recorded if isinstance(recorded, dict) else {}
+
     def recorded(self, name: str, absent=None):
         """A top-level setting of the run found in the directory (`absent` without one, if unreadable, or
         if the run did not record it)."""
