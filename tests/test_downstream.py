@@ -609,3 +609,19 @@ def test_continual_distils_every_task_with_the_flip_trick_where_a_flip_keeps_the
     assert mirrored.raw.mirror_invariant and mirrored.distill_config(classes="0,1").use_flip is True
     digits = Continual(ContinualConfig(**CL), tmp_path / "b")
     assert not digits.raw.mirror_invariant and not digits.distill_config(classes="0,1").use_flip
+
+
+def test_a_row_over_victims_recorded_before_an_attack_existed_leaves_that_attack_out(caplog):
+    """A resumed privacy folder whose older victims lack `threshold_start` (added since) stopped with a
+    KeyError, or averaged a column over fewer victims than `models` says."""
+    from frepo.apps.privacy import Privacy
+
+    metrics = {"auc": 0.5, "tpr_at_1pct_fpr": 0.01, "tpr_at_0.1pct_fpr": 0.0}
+    old = {"test_accuracy": 90.0, "attacks": {"threshold": metrics}}
+    new = {"test_accuracy": 92.0, "attacks": {"threshold": {**metrics, "auc": 0.7}, "threshold_start": metrics}}
+    for victims in ([new, old], [old, new]):
+        with caplog.at_level("WARNING", logger="frepo"):
+            row = Privacy._row("distilled", 100, victims)
+        assert list(row["attacks"]) == ["threshold"] and row["attacks"]["threshold"]["auc"] == pytest.approx(0.6)
+        assert "threshold_start left out: not every victim has it" in caplog.text
+        caplog.clear()

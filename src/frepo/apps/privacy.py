@@ -431,7 +431,13 @@ class Privacy(Experiment):
         attacks: dict[str, dict[str, float]] = {}  # attack -> metric (and metric_std) -> value
         # In ATTACKS' order (then lira, threshold_start): a victim read back from its record has its attacks in name
         # order, and the table's columns and the plot's lines followed whichever came first.
-        order = sorted(victims[0]["attacks"], key=lambda a: (ATTACKS.index(a) if a in ATTACKS else len(ATTACKS), a))
+        # Victims recorded by an older frepo may lack an attack added since: only those every victim has (a
+        # mean over some of them was a KeyError, or a column over fewer victims than `models` says).
+        every = set.intersection(*(set(v["attacks"]) for v in victims))
+        left_out = sorted(set().union(*(set(v["attacks"]) for v in victims)) - every)
+        if left_out:
+            log.warning(f"frepo: {arm}, {steps} steps: {', '.join(left_out)} left out: not every victim has it")
+        order = sorted(every, key=lambda a: (ATTACKS.index(a) if a in ATTACKS else len(ATTACKS), a))
         for name in order:
             first = victims[0]["attacks"][name]
             attacks[name] = {}
