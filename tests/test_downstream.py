@@ -625,3 +625,19 @@ def test_a_row_over_victims_recorded_before_an_attack_existed_leaves_that_attack
         assert list(row["attacks"]) == ["threshold"] and row["attacks"]["threshold"]["auc"] == pytest.approx(0.6)
         assert "threshold_start left out: not every victim has it" in caplog.text
         caplog.clear()
+
+
+def test_the_start_arm_s_labels_are_scaled_as_the_reference_s_starting_labels(tmp_path):
+    """mia.py's starting set takes init_proto(scale_y=True)'s labels, divided by sqrt(C/10); the start arm
+    used unscaled centred one-hot labels (the same for MNIST's 10 classes, not for any other count)."""
+    from frepo.apps.privacy import Privacy, PrivacyConfig
+    from frepo.method.krr import centered_one_hot
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 255, (160, 8, 8, 1), dtype=np.uint8), np.arange(160) % 4
+    np.savez(tmp_path / "four.npz", x_train=x, y_train=y, x_test=x[:40], y_test=y[:40])
+    config = PrivacyConfig(dataset=str(tmp_path / "four.npz"), chunk=0, chunk_size=40, ipc=2, steps=2, models=1)
+    experiment = Privacy(config, tmp_path / "out")
+    _, targets, _ = experiment._training_set("start", frepo.make_subset(str(tmp_path / "four.npz"), 2))
+    ids = torch.from_numpy(y[experiment.start_idx])
+    torch.testing.assert_close(targets, centered_one_hot(ids, 4) / (4 / 10) ** 0.5)

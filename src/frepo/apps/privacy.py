@@ -48,7 +48,7 @@ from ..config import DATA_DIR_HELP
 from ..data import load_dataset
 from ..eval.augment import reference_ops
 from ..eval.results import mean_std
-from ..io.artifact import DistilledSet
+from ..io.artifact import DistilledSet, regression_targets
 from ..method.krr import centered_one_hot
 from ..method.synthetic import pick_real
 from .attacks import ATTACK_SETS, ATTACKS, confidence, lira_offline, roc_metrics, run_attacks
@@ -281,9 +281,10 @@ class Privacy(Experiment):
         if arm == "start":  # the batch and labels of mia.py's x_proto: min(N, 256), class ids
             idx = self.start_idx if shadow is None else self._start_idx(self._shadow_chunk(shadow))
             labels = torch.from_numpy(self.raw.y_train[idx])
+            # scaled as init_proto(scale_y=True) scales them: by 1/sqrt(C/10) (1 for MNIST's 10 classes)
             return (
                 ds.transform(self.raw.x_train[idx]),
-                centered_one_hot(labels, self.raw.num_classes),
+                regression_targets(labels, self.raw.num_classes),
                 min(len(idx), 256),
             )
         if shadow is not None:
