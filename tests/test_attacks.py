@@ -31,6 +31,22 @@ def test_tpr_at_low_fpr_against_a_hand_computed_roc():
     assert tied["tpr_at_1pct_fpr"] == pytest.approx(0.01) and tied["tpr_at_0.1pct_fpr"] == pytest.approx(0.001)
 
 
+def test_the_auc_standard_error_is_the_bootstrap_s():
+    """The AUC's sampling error (Hanley-McNeil) against a bootstrap over the examples scored (independent: it
+    resamples members and non-members and measures the spread of the AUC itself)."""
+    rng = np.random.default_rng(0)
+    members, nonmembers = rng.normal(0.6, 1.0, 150), rng.normal(0.0, 1.0, 600)
+    truth = np.concatenate([np.ones(150), np.zeros(600)])
+    m = roc_metrics(truth, np.concatenate([members, nonmembers]))
+
+    def auc(a: np.ndarray, b: np.ndarray) -> float:  # Mann-Whitney: the share of pairs a member wins
+        return float((a[:, None] > b[None, :]).mean() + 0.5 * (a[:, None] == b[None, :]).mean())
+
+    boot = [auc(rng.choice(members, 150), rng.choice(nonmembers, 600)) for _ in range(400)]
+    assert m["auc"] == pytest.approx(auc(members, nonmembers), abs=1e-12)
+    assert m["auc_se"] == pytest.approx(np.std(boot), rel=0.2)  # 400 resamples: their std within ~7%
+
+
 def _blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % 3

@@ -194,9 +194,10 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
     for row in rows:
         assert 0 <= row["test_accuracy"] <= 100 and list(row["attacks"]) == list(attacks)
         for metrics in row["attacks"].values():
-            names = {"auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"}
+            names = {"auc", "auc_se", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"}
             assert set(metrics) == names | {f"{m}_std" for m in names}
             assert all(metrics[f"{m}_std"] == 0.0 for m in names)  # one victim
+            assert 0.01 < metrics["auc_se"] < 0.1  # 300 members against 300 non-members (20 for threshold_start)
     assert straight["members"]["indices"] == [300, 600] and straight["nonmembers"]["count"] == 300
     assert straight["members"]["attacked"] == 300 and straight["control"] == {"split": "train", "count": 300}
 
@@ -221,9 +222,10 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
     assert (tmp_path / "resumed" / "privacy.md").read_text() == (tmp_path / "straight" / "privacy.md").read_text()
     assert "threshold AUC / TPR@1% / TPR@0.1%" in (tmp_path / "resumed" / "privacy.md").read_text()  # both low FPRs
     header, first = (tmp_path / "resumed" / "privacy.csv").read_text().splitlines()[:2]
-    assert header.endswith(",budget") and "victim" in first  # each row states its budget
-    assert header.startswith("arm,steps,test_accuracy,attack,auc,")  # the columns of before, in their places
-    assert header.endswith(",test_accuracy_std,models,budget")  # and the spread too
+    assert ",budget" in header and "victim" in first  # each row states its budget
+    before = "arm,steps,test_accuracy,attack,auc,auc_std,tpr_at_1pct_fpr,tpr_at_1pct_fpr_std,tpr_at_0.1pct_fpr,"
+    before += "tpr_at_0.1pct_fpr_std,test_accuracy_std,models,budget,"
+    assert header == before + "auc_se"  # the columns of before in their places, a new one after them
 
     # Without the distilled arm nothing is distilled, and the other arms' victims are the same: the starting
     # images carry the preprocessing the distillation would have fitted.

@@ -34,7 +34,8 @@ LOW_FPRS = {"tpr_at_1pct_fpr": 0.01, "tpr_at_0.1pct_fpr": 0.001}
 
 
 def roc_metrics(is_member: np.ndarray, score: np.ndarray) -> dict[str, float]:
-    """AUC and TPR at 1% / 0.1% FPR of `score` (higher: more likely a member) against the truth.
+    """AUC (with its standard error, `auc_standard_error`) and TPR at 1% / 0.1% FPR of `score` (higher: more
+    likely a member) against the truth.
 
     TPR at FPR x is the largest true-positive rate of any threshold whose false-positive rate is at most x
     (sklearn's ROC points, every one of them: its default drops the points on a straight stretch of the curve,
@@ -44,11 +45,21 @@ def roc_metrics(is_member: np.ndarray, score: np.ndarray) -> dict[str, float]:
 
     is_member = np.asarray(is_member).astype(bool)
     fpr, tpr, _ = roc_curve(is_member, score, drop_intermediate=False)
-    out = {"auc": float(roc_auc_score(is_member, score))}
+    auc = float(roc_auc_score(is_member, score))
+    out = {"auc": auc, "auc_se": auc_standard_error(auc, int(is_member.sum()), int((~is_member).sum()))}
     for name, x in LOW_FPRS.items():
         ok = fpr <= x + 1e-12
         out[name] = float(tpr[ok].max()) if ok.any() else 0.0
     return out
+
+
+def auc_standard_error(auc: float, members: int, nonmembers: int) -> float:
+    """Hanley and McNeil's (1982) standard error of an AUC measured on `members` positives and `nonmembers`
+    negatives: the sampling error of the examples scored, which the spread over victims trained on the same
+    examples leaves out (about 0.03 for 100 members against 2 000 non-members at AUC 0.6)."""
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    variance = auc * (1 - auc) + (members - 1) * (q1 - auc**2) + (nonmembers - 1) * (q2 - auc**2)
+    return float(np.sqrt(max(variance, 0.0) / (members * nonmembers)))
 
 
 def features(logits: np.ndarray, loss: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

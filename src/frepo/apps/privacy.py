@@ -440,9 +440,9 @@ class Privacy(Experiment):
             log.warning(f"frepo: {arm}, {steps} steps: {', '.join(left_out)} left out: not every victim has it")
         order = sorted(every, key=lambda a: (ATTACKS.index(a) if a in ATTACKS else len(ATTACKS), a))
         for name in order:
-            first = victims[0]["attacks"][name]
             attacks[name] = {}
-            for metric in first:
+            # (and the metrics every victim has: auc_se came after some victims were recorded)
+            for metric in [m for m in victims[0]["attacks"][name] if all(m in v["attacks"][name] for v in victims)]:
                 values = [v["attacks"][name][metric] for v in victims]
                 attacks[name].update({metric: float(np.mean(values)), f"{metric}_std": float(np.std(values))})
         accs = [v["test_accuracy"] for v in victims]
@@ -517,8 +517,9 @@ class Privacy(Experiment):
             if metrics is None:
                 return "–"
             spread = f" ± {metrics['auc_std']:.3f}" if metrics.get("auc_std") else ""
+            sampling = f" (SE {metrics['auc_se']:.3f})" if "auc_se" in metrics else ""
             rates = " / ".join(f"{metrics[m]:.3f}" for m in ("tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"))
-            return f"{metrics['auc']:.3f}{spread} / {rates}"
+            return f"{metrics['auc']:.3f}{spread}{sampling} / {rates}"
 
         rows = [
             [r["arm"], str(r["steps"]), mean_std(r["test_accuracy"], r["test_accuracy_std"], r["models"])]
@@ -526,18 +527,20 @@ class Privacy(Experiment):
             for r in summary["rows"]
         ]
         title = f"# Membership inference: {self.raw.name}, chunk {self.config.chunk}, IPC {self.config.ipc}\n\n"
-        markdown = title + markdown_table(header, rows) + f"\nBudget: {summary['budget']}.\n"
+        note = "AUC ± its std over the victims (SE: its sampling error over the examples scored, Hanley-McNeil)"
+        markdown = title + markdown_table(header, rows) + f"\n{note}. Budget: {summary['budget']}.\n"
         metrics = [f"{m}{std}" for m in ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr") for std in ("", "_std")]
         csv_rows = [  # each row with its budget: a CSV travels without the table's note
             [r["arm"], r["steps"], r["test_accuracy"], a]
             + [r["attacks"][a].get(m, "") for m in metrics]
-            + [r["test_accuracy_std"], r["models"], summary["budget"]]
+            + [r["test_accuracy_std"], r["models"], summary["budget"], r["attacks"][a].get("auc_se", "")]
             for r in summary["rows"]
             for a in attacks
             if a in r["attacks"]
         ]
-        # test_accuracy_std and models after the earlier columns (a reader by position keeps its columns)
+        # later columns after the earlier ones (a reader by position keeps its columns)
         header = ["arm", "steps", "test_accuracy", "attack", *metrics, "test_accuracy_std", "models", "budget"]
+        header.append("auc_se")
         return markdown, csv_text(header, csv_rows)
 
     def plot(self, plt, summary: dict):
