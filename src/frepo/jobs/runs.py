@@ -163,13 +163,18 @@ def as_the_run_resolves(config: DistillConfig, recorded: dict) -> DistillConfig:
 
 def settings_of_run(recorded: dict, config: DistillConfig) -> bool:
     """Whether `recorded` (a run's config, as its config.json or its set's meta hold it) is a run of `config`,
-    settings that change no more than the rounding (`ALWAYS_RESUMABLE`) aside; a setting added to frepo since
-    counts at its default, as `RunDir.check` takes it."""
+    settings that change no more than the rounding (`ALWAYS_RESUMABLE`) aside, as `RunDir.check` compares."""
+    old, new = _compared({k: v for k, v in recorded.items() if k != ENVIRONMENT}, config)
+    return all(old.get(k) == new.get(k) for k in old.keys() | new.keys() if k.split(".")[-1] not in ALWAYS_RESUMABLE)
+
+
+def _compared(recorded: dict, config: DistillConfig) -> tuple[dict, dict]:
+    """(recorded, config) flattened to dotted keys for comparison; a setting added to frepo after the run was
+    made counts at its default: the run behaved as that default does."""
     old, new = _flatten(recorded), _flatten(to_dict(config))
     defaults = _flatten(to_dict(DistillConfig()))
     old.update({k: defaults[k] for k in new.keys() - old.keys() if k in defaults})
-    old.pop(ENVIRONMENT, None)
-    return all(old.get(k) == new.get(k) for k in old.keys() | new.keys() if k.split(".")[-1] not in ALWAYS_RESUMABLE)
+    return old, new
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -203,6 +208,16 @@ def default_run_dir(config: DistillConfig) -> Path:
 # The files a run directory keeps: an output written over one of them loses the run or its set.
 KEPT = ("config.json", "checkpoint.pt", "metrics.jsonl", "distilled.safetensors", "best.safetensors", LOCK)
 EXPERIMENT_FILES = (".json", ".md", ".csv", ".png")  # <kind>.json ... : an experiment's summary (apps.experiment)
+
+
+# The records of an experiment's units in its subfolders (frepo.apps): continual's results and memories per
+# order, privacy's victims and shadows, and the networks an evaluation kept.
+EXPERIMENT_UNITS = (
+    re.compile(r"order\d+/task\d+-[a-z]+\.(json|safetensors)"),
+    re.compile(r"victims/[a-z_]+-\d+-m\d+\.json"),
+    re.compile(r"shadows/[a-z_]+-\d+-s\d+\.npy"),
+    re.compile(r"evaluations/[0-9a-f]+\.json"),
+)
 
 
 def check_not_kept(
@@ -241,16 +256,6 @@ def check_not_kept(
             raise FrepoError(f"{what} {path} is a record of the {kind} experiment in {above}; give another name")
     if not writes_a_set and path.is_file() and safetensors_content(path) and has_frepo_metadata(path):
         raise FrepoError(f"{what} {path} is a frepo set, which this would replace; give another name")
-
-
-# The records of an experiment's units in its subfolders (frepo.apps): continual's results and memories per
-# order, privacy's victims and shadows, and the networks an evaluation kept.
-EXPERIMENT_UNITS = (
-    re.compile(r"order\d+/task\d+-[a-z]+\.(json|safetensors)"),
-    re.compile(r"victims/[a-z_]+-\d+-m\d+\.json"),
-    re.compile(r"shadows/[a-z_]+-\d+-s\d+\.npy"),
-    re.compile(r"evaluations/[0-9a-f]+\.json"),
-)
 
 
 class RunDir:
@@ -315,10 +320,7 @@ class RunDir:
             from_dict(DistillConfig, previous)
         except (OSError, ValueError, TypeError, FrepoError, AttributeError) as exc:  # ValueError: bad JSON or UTF-8
             raise FrepoError(f"{self.config_path} is unreadable ({exc}); use another --out") from exc
-        old, new = _flatten(previous), _flatten(to_dict(config))
-        # A setting added to frepo after the run was made: the run behaved as its default did.
-        defaults = _flatten(to_dict(DistillConfig()))
-        old.update({k: defaults[k] for k in new.keys() - old.keys() if k in defaults})
+        old, new = _compared(previous, config)
         resuming = self.checkpoint_path.is_file()
         if not resuming and self.distilled_path.is_file():  # written at the end only: a finished run
             # Its checkpoint was pruned or deleted: starting over removed the set (hours of work) without a word.
