@@ -223,6 +223,20 @@ def make_blobs_npz(
     return path
 
 
+def counted_protocol(original, trained: list[str], stop_at: int | None = None):
+    """The protocol `original` (a `frepo.eval.protocols.PROTOCOLS` entry) training its networks one by one,
+    each network's stream appended to `trained`; a KeyboardInterrupt in place of the `stop_at`-th (1-based)."""
+    import dataclasses
+
+    def one(setup, options, stream):
+        if len(trained) + 1 == stop_at:
+            raise KeyboardInterrupt
+        trained.append(stream)
+        return original.train_and_test(setup, options, stream)
+
+    return dataclasses.replace(original, train_and_test=one)
+
+
 @pytest.fixture
 def blobs(tmp_path) -> Path:
     return make_blobs_npz(tmp_path / "blobs.npz")

@@ -138,30 +138,20 @@ def test_continual_resumes_after_an_interruption_and_keeps_its_contract(tmp_path
 def test_an_interrupted_continual_unit_trains_only_its_missing_networks(tmp_path):
     """Ctrl-C in a unit's evaluation lost its finished networks (the dsa protocol: 1000 epochs each): the unit
     was evaluated from its first network again. Each is now kept as it finishes, in the experiment folder."""
-    import dataclasses
+    from conftest import counted_protocol
 
     from frepo.eval import protocols
 
     settings = {**CL2, "eval_models": 3, "arms": "random"}
     straight = frepo.continual(out=tmp_path / "straight", **settings)
     original, trained = protocols.PROTOCOLS["frepo"], []
-
-    def counted(stop_at=None):
-        def one(setup, options, stream):
-            if len(trained) + 1 == stop_at:
-                raise KeyboardInterrupt
-            trained.append(stream)
-            return original.train_and_test(setup, options, stream)
-
-        return dataclasses.replace(original, train_and_test=one)
-
-    protocols.PROTOCOLS["frepo"] = counted(stop_at=3)  # in the first unit's third network
+    protocols.PROTOCOLS["frepo"] = counted_protocol(original, trained, stop_at=3)  # the first unit's third network
     try:
         with pytest.raises(KeyboardInterrupt):
             frepo.continual(out=tmp_path / "cut", **settings)
         assert trained == ["eval/model0", "eval/model1"]
         trained.clear()
-        protocols.PROTOCOLS["frepo"] = counted()
+        protocols.PROTOCOLS["frepo"] = counted_protocol(original, trained)
         resumed = frepo.continual(out=tmp_path / "cut", **settings)
     finally:
         protocols.PROTOCOLS["frepo"] = original

@@ -133,8 +133,7 @@ def test_an_interrupted_reference_trains_only_its_missing_networks(tmp_path, cap
     """Ctrl-C in the full split's reference (38 of 45 minutes in docs/evaluation.md's measurement) lost its
     finished networks: the same command trained them all again. Each is kept now as it finishes, and so are
     those of a distilled set's evaluation on its class ids, which no cache holds."""
-    import dataclasses
-
+    from conftest import counted_protocol
     from test_cli import FAST
 
     from frepo.eval import protocols
@@ -149,22 +148,12 @@ def test_an_interrupted_reference_trains_only_its_missing_networks(tmp_path, cap
         assert run_cli(distill, capsys)[0] == 0
     flags = ["evaluate", evaluated, "--models", 2, "--steps", 30, "--width", 8, "--field-metrics", "--together", "off"]
     original, trained = protocols.PROTOCOLS["frepo"], []
-
-    def counted(stop_at=None):
-        def one(setup, options, stream):
-            if len(trained) + 1 == stop_at:
-                raise KeyboardInterrupt
-            trained.append(stream)
-            return original.train_and_test(setup, options, stream)
-
-        return dataclasses.replace(original, train_and_test=one)
-
     stop_at = 8 if learned else 6  # the full split's second network
-    monkeypatch.setitem(protocols.PROTOCOLS, "frepo", counted(stop_at=stop_at))
+    monkeypatch.setitem(protocols.PROTOCOLS, "frepo", counted_protocol(original, trained, stop_at))
     assert run_cli(flags, capsys)[0] == 130
     assert len(trained) == stop_at - 1  # the set's 2 (and 2 on class ids), the random subset's 2, the full's first
     trained.clear()
-    monkeypatch.setitem(protocols.PROTOCOLS, "frepo", counted())
+    monkeypatch.setitem(protocols.PROTOCOLS, "frepo", counted_protocol(original, trained))
     code, _, err = run_cli([*flags, "--json", tmp_path / "eval.json"], capsys)
     assert code == 0, err
     assert trained == ["eval/model1"]  # the rest read back, the random subset from the cache
