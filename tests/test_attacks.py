@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from frepo.apps.attacks import ATTACKS, confidence, lira_offline, roc_metrics, run_attacks
+from frepo.apps.attacks import ATTACKS, auc_standard_error, confidence, lira_offline, roc_metrics, run_attacks
 from frepo.apps.privacy import outputs, train_victim
 
 
@@ -45,6 +45,9 @@ def test_the_auc_standard_error_is_the_bootstrap_s():
     boot = [auc(rng.choice(members, 150), rng.choice(nonmembers, 600)) for _ in range(400)]
     assert m["auc"] == pytest.approx(auc(members, nonmembers), abs=1e-12)
     assert m["auc_se"] == pytest.approx(np.std(boot), rel=0.2)  # 400 resamples: their std within ~7%
+    # Members and non-members are not interchangeable in it: by hand, 0.030573 (0.027037 the other way round).
+    assert auc_standard_error(0.6, 100, 2000) == pytest.approx(0.0305727, rel=1e-5)
+    assert np.isnan(auc_standard_error(0.6, 0, 2000))
 
 
 def _blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

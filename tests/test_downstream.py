@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -598,9 +599,14 @@ def test_continual_distils_every_task_with_the_flip_trick_where_a_flip_keeps_the
     monkeypatch.setitem(presets.FLIP_BY_IPC, str(blobs), {1: True, 2: False})  # as CIFAR-100's table: off at 2
     assert not presets.resolve(str(blobs), 2).use_flip
     mirrored = Continual(ContinualConfig(**{**CL, "dataset": str(blobs), "tasks": 2}), tmp_path / "a")
-    assert mirrored.raw.mirror_invariant and mirrored.distill_config(classes="0,1").use_flip is True
+    task = Path("order0") / "task0"
+    assert mirrored.raw.mirror_invariant and mirrored.distill_config(**mirrored._flip(task)).use_flip is True
     digits = Continual(ContinualConfig(**CL), tmp_path / "b")
-    assert not digits.raw.mirror_invariant and not digits.distill_config(classes="0,1").use_flip
+    assert not digits.raw.mirror_invariant and not digits.distill_config(**digits._flip(task)).use_flip
+    # A task distilled before (flip off) keeps what it recorded: its run would not resume with another.
+    (tmp_path / "a" / task).mkdir(parents=True)
+    (tmp_path / "a" / task / "config.json").write_text(json.dumps({"use_flip": False}))
+    assert mirrored.distill_config(**mirrored._flip(task)).use_flip is False
 
 
 def test_a_row_over_victims_recorded_before_an_attack_existed_leaves_that_attack_out(caplog):
@@ -633,3 +639,22 @@ def test_the_start_arm_s_labels_are_scaled_as_the_reference_s_starting_labels(tm
     _, targets, _ = experiment._training_set("start", frepo.make_subset(str(tmp_path / "four.npz"), 2))
     ids = torch.from_numpy(y[experiment.start_idx])
     torch.testing.assert_close(targets, centered_one_hot(ids, 4) / (4 / 10) ** 0.5)
+
+
+def test_a_victim_scored_by_an_older_frepo_is_trained_and_scored_again(tmp_path, monkeypatch, caplog):
+    """A folder resumed after the scoring changed (LiRA by z, every ROC point, the start arm's label scale)
+    averaged old victims' numbers with new ones; a record without today's `scoring` is done again."""
+    settings = {**MIA, "victim_steps": "5", "arms": "real"}
+    frepo.privacy(out=tmp_path / "p", **settings)
+    record = tmp_path / "p" / "victims" / "real-5-m0.json"
+    old = json.loads(record.read_text())
+    assert old["scoring"] == privacy_app.SCORING
+    del old["scoring"]
+    record.write_text(json.dumps(old))
+    trained = []
+    original = privacy_app.train_victim
+    monkeypatch.setattr(privacy_app, "train_victim", lambda *a, **k: trained.append(1) or original(*a, **k))
+    with caplog.at_level("WARNING", logger="frepo"):
+        frepo.privacy(out=tmp_path / "p", **settings)
+    assert trained == [1] and "victims scored by an older frepo" in caplog.text
+    assert json.loads(record.read_text())["scoring"] == privacy_app.SCORING

@@ -57,6 +57,8 @@ def auc_standard_error(auc: float, members: int, nonmembers: int) -> float:
     """Hanley and McNeil's (1982) standard error of an AUC measured on `members` positives and `nonmembers`
     negatives: the sampling error of the examples scored, which the spread over victims trained on the same
     examples leaves out (about 0.03 for 100 members against 2 000 non-members at AUC 0.6)."""
+    if members < 1 or nonmembers < 1:
+        return float("nan")
     q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
     variance = auc * (1 - auc) + (members - 1) * (q1 - auc**2) + (nonmembers - 1) * (q2 - auc**2)
     return float(np.sqrt(max(variance, 0.0) / (members * nonmembers)))
@@ -172,9 +174,9 @@ def confidence(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def lira_offline(victim: np.ndarray, shadows: np.ndarray) -> np.ndarray:
     """Offline LiRA scores (higher: member) of the victim's confidences (N,) against shadows trained
     without the targets (S×N): z = (φ - μ_out) / σ_out, with σ_out the shadows' global spread (the sample
-    std, ddof 1: with two shadows the population's is about 0.56 of it). The one-sided likelihood Φ(z) ranks
-    as z does, but is 1.0 in float64 from z ≈ 8.3 on: every confident member tied exactly where TPR at a low
-    FPR is read."""
+    std, ddof 1; one global number, so it scales the scores and changes no AUC or TPR). The one-sided
+    likelihood Φ(z) ranks as z does, but is 1.0 in float64 from z ≈ 8.3 on: every confident member tied
+    exactly where TPR at a low FPR is read."""
     shadows = np.asarray(shadows, np.float64)
     if shadows.ndim != 2 or len(shadows) < 2:
         raise ValueError("offline LiRA needs at least two shadow networks (their spread is the OUT variance)")

@@ -18,7 +18,6 @@ split, as in the official code.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -31,12 +30,14 @@ import numpy as np
 from ..base.device import resolve_device
 from ..base.errors import FrepoError
 from ..base.fields import CommaList, check_choice, check_fields, check_finite, comma_items, opt, to_dict
-from ..config import DATA_DIR_HELP, DataConfig, DistillConfig
+from ..config import DATA_DIR_HELP, DataConfig
+from ..config.presets import FLIP_OFF
 from ..data import load_dataset
 from ..eval import EvalConfig, evaluate_set
 from ..eval.finished import FinishedNetworks, evaluation_key
 from ..eval.results import count_of, mean_std
 from ..io.artifact import DistilledSet, load_distilled, save_distilled
+from ..jobs.runs import NOT_RECORDED, RunDir
 from ..jobs.subset import make_subset
 from .common import csv_text, markdown_table, sharing_preprocessing, test_split_of, union
 from .experiment import Experiment, run_experiment
@@ -164,6 +165,7 @@ class Continual(Experiment):
     def __init__(self, config: ContinualConfig, out: str | Path, progress: bool = False):
         super().__init__(config, out, progress)
         self.raw = load_dataset(config.dataset, config.data_dir, config.download)
+        self._said_flip = False
         c = self.raw.num_classes
         if config.tasks > c:
             raise FrepoError(f"{config.tasks} tasks are more than the {c} classes of {self.raw.name}")
@@ -201,14 +203,24 @@ class Continual(Experiment):
     def distilled(self, order: int, task: int, classes: list[int]) -> DistilledSet:
         """Task `task`'s distillation of its own classes (resumed where it stopped)."""
         folder, seed = Path(f"order{order}") / f"task{task}", self.config.order_seed(order)
-        return self.distillation(folder, classes=self._data(classes).classes, seed=seed)
+        return self.distillation(folder, classes=self._data(classes).classes, seed=seed, **self._flip(folder))
 
-    def distill_config(self, **data) -> DistillConfig:
-        """The experiment's distillation, with the flip trick on every task of a mirror-invariant dataset: the
-        official continual script distils each task so, whatever the IPC (its CIFAR-100 at IPC 20 fell back to
-        the IPC 10 preset's flip off)."""
-        run = super().distill_config(**data)
-        return dataclasses.replace(run, use_flip=True) if self.raw.mirror_invariant else run
+    def _flip(self, folder: Path) -> dict:
+        """The flip trick on every task where a flip keeps the class and the dataset's table does not turn it off
+        for good: the official continual script distils each CIFAR-100 task so, whatever the IPC (frepo's
+        preset at IPC 20 took the IPC 10 distillation's off). A task distilled before keeps what it recorded
+        (its run would not resume with another), said once."""
+        recorded = RunDir(self.out / folder).recorded("use_flip", absent=NOT_RECORDED)
+        wanted = self.raw.mirror_invariant and self.config.dataset not in FLIP_OFF
+        if isinstance(recorded, bool):
+            if recorded != wanted and wanted and not self._said_flip:
+                log.warning(
+                    f"frepo: {self.out / folder} was distilled without the flip trick (before 2026-12-07); its "
+                    "distillations keep that, a new folder distils every task with it"
+                )
+                self._said_flip = True
+            return {"use_flip": recorded}
+        return {"use_flip": True} if wanted else {}
 
     def exemplars(self, arm: str, order: int, task: int, classes: list[int]) -> DistilledSet:
         """`ipc` real images per class of the task, chosen at random (the distillation's own starting

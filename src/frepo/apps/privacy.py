@@ -59,6 +59,9 @@ from .victims import outputs, train_victim
 log = logging.getLogger(__name__)
 
 ARMS = ("distilled", "start", "real", "control")
+# How a victim record's numbers were made; a record of another is trained and scored again. 2 (2026-12-07):
+# LiRA scored by z, TPR on every ROC point, AUC's standard error, the start arm's labels scaled by 1/sqrt(C/10).
+SCORING = 2
 NONMEMBER_SPLITS = ("test", "train")
 
 
@@ -179,6 +182,7 @@ class Privacy(Experiment):
     def __init__(self, config: PrivacyConfig, out: str | Path, progress: bool = False):
         super().__init__(config, out, progress)
         self.raw = load_dataset(config.dataset, config.data_dir, config.download)
+        self._said_scoring = False
         n = len(self.raw.y_train)
         start = config.chunk * config.chunk_size
         if start >= n:
@@ -346,8 +350,15 @@ class Privacy(Experiment):
     def _victim(self, arm: str, ds: DistilledSet, steps: int, model: int) -> dict:
         name = f"victims/{arm}-{steps}-m{model}.json"
         done = self.folder.done(name)
-        if done is not None:
+        if done is not None and done.get("scoring") == SCORING:
             return done
+        if done is not None and not self._said_scoring:  # averaged with today's, it mixed two scorings
+            log.warning(
+                f"frepo: {self.out / 'victims'} holds victims scored by an older frepo (before scoring {SCORING}: "
+                "LiRA as Φ(z), TPR on sklearn's reduced ROC, the start arm's labels unscaled); they are trained "
+                "and scored again"
+            )
+            self._said_scoring = True
         start = time.perf_counter()
         members, nonmembers, accuracy = self._victim_outputs(arm, ds, steps, f"privacy/{arm}/{steps}/m{model}")
         parts = ("logits", "loss", "labels")
@@ -380,6 +391,7 @@ class Privacy(Experiment):
                 "arm": arm,
                 "steps": steps,
                 "model": model,
+                "scoring": SCORING,
                 "test_accuracy": accuracy,
                 "attacks": attacks,
                 "seconds": time.perf_counter() - start,
@@ -545,13 +557,15 @@ class Privacy(Experiment):
 
     def plot(self, plt, summary: dict):
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+        every_attack = list(dict.fromkeys(a for r in summary["rows"] for a in r["attacks"]))
         for arm, style in (("distilled", "-"), ("start", "-."), ("real", "--"), ("control", ":")):
             rows = [r for r in summary["rows"] if r["arm"] == arm]
             if not rows:
                 continue
             steps = [r["steps"] for r in rows]
             names = list(dict.fromkeys(a for r in rows for a in r["attacks"]))
-            for i, name in enumerate(names):  # one colour per attack, one line style per arm
+            for name in names:  # one colour per attack (the same in every arm), one line style per arm
+                i = every_attack.index(name)
                 points = [(r["steps"], r["attacks"][name]["auc"]) for r in rows if name in r["attacks"]]
                 left.plot(*zip(*points), style, color=f"C{i}", marker="o", label=f"{arm}: {name}")
             right.plot(steps, [r["test_accuracy"] for r in rows], style, color="C0", marker="o", label=arm)

@@ -220,8 +220,8 @@ def field_metrics(
         return evaluate_set(data, test_x, test_y, config, arch, progress=progress, label=label, finished=kept)
 
     hard = _hard(ds)
-    set_key = f"set-{_set_digest(hard)}-{_cache_key(identity, recipe, 'set', ipc)}"  # as read, not as filed
-    set_hard = _summary(own if hard is ds else evaluated(hard, "the set on class ids", set_key))
+    set_key = None if hard is ds else f"set-{_set_digest(hard)}-{_cache_key(identity, recipe, 'set', ipc)}"
+    set_hard = _summary(own if set_key is None else evaluated(hard, "the set on class ids", set_key))
     random_key = _cache_key(identity, recipe, "random", ipc)
     rand = _cached_accuracy(
         folder / f"{raw.name}-{random_key}.json",
@@ -234,8 +234,10 @@ def field_metrics(
         lambda: evaluated(full_split(ds, raw), "full training split", full_key),
         "full training split",
     )
-    for key in (set_key, random_key, full_key) if resume else ():  # all done: nothing of them left to resume
-        record(key).clear()  # (the set's is cached nowhere else: kept until now; a reference's, read back, too)
+    # All done: nothing of them left to resume (the set's is cached nowhere else: kept until now; a reference's
+    # read back from the cache, too).
+    for key in [k for k in (set_key, random_key, full_key) if k is not None] if resume else []:
+        record(key).clear()
     ior = set_hard["mean"] - rand["mean"]
     hlr = full["mean"] - set_hard["mean"]
     return {
