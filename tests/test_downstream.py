@@ -636,9 +636,19 @@ def test_the_start_arm_s_labels_are_scaled_as_the_reference_s_starting_labels(tm
     np.savez(tmp_path / "four.npz", x_train=x, y_train=y, x_test=x[:40], y_test=y[:40])
     config = PrivacyConfig(dataset=str(tmp_path / "four.npz"), chunk=0, chunk_size=40, ipc=2, steps=2, models=1)
     experiment = Privacy(config, tmp_path / "out")
-    _, targets, _ = experiment._training_set("start", frepo.make_subset(str(tmp_path / "four.npz"), 2))
+    ds = frepo.make_subset(str(tmp_path / "four.npz"), 2)
+    _, targets, _ = experiment._training_set("start", ds)
     ids = torch.from_numpy(y[experiment.start_idx])
     torch.testing.assert_close(targets, centered_one_hot(ids, 4) / (4 / 10) ** 0.5)
+    # A victim of the older scoring is trained again, and its arm's LiRA shadows, trained on the unscaled
+    # labels too, go with it (once: not again for the arm's next victim).
+    (tmp_path / "out" / "victims").mkdir(parents=True)
+    (tmp_path / "out" / "shadows").mkdir()
+    (tmp_path / "out" / "victims" / "start-5-m0.json").write_text(json.dumps({"attacks": {}, "test_accuracy": 1.0}))
+    stale = tmp_path / "out" / "shadows" / "start-5-s0.npy"
+    np.save(stale, np.zeros(3))
+    assert experiment._victim("start", ds, 5, 0)["scoring"] == privacy_app.SCORING
+    assert not stale.exists() and experiment._stale_shadows == {("start", 5)}
 
 
 def test_a_victim_scored_by_an_older_frepo_is_trained_and_scored_again(tmp_path, monkeypatch, caplog):
@@ -649,7 +659,9 @@ def test_a_victim_scored_by_an_older_frepo_is_trained_and_scored_again(tmp_path,
     record = tmp_path / "p" / "victims" / "real-5-m0.json"
     old = json.loads(record.read_text())
     assert old["scoring"] == privacy_app.SCORING
-    del old["scoring"]
+    del old["scoring"]  # as an older frepo wrote it: no scoring, no auc_se
+    for metrics in old["attacks"].values():
+        del metrics["auc_se"]
     record.write_text(json.dumps(old))
     trained = []
     original = privacy_app.train_victim
@@ -658,3 +670,9 @@ def test_a_victim_scored_by_an_older_frepo_is_trained_and_scored_again(tmp_path,
         frepo.privacy(out=tmp_path / "p", **settings)
     assert trained == [1] and "victims scored by an older frepo" in caplog.text
     assert json.loads(record.read_text())["scoring"] == privacy_app.SCORING
+    # A record of today's scoring written before the field (every attack with its auc_se) is kept.
+    now = json.loads(record.read_text())
+    del now["scoring"]
+    record.write_text(json.dumps(now))
+    frepo.privacy(out=tmp_path / "p", **settings)
+    assert trained == [1]

@@ -213,10 +213,11 @@ class Continual(Experiment):
         recorded = RunDir(self.out / folder).recorded("use_flip", absent=NOT_RECORDED)
         wanted = self.raw.mirror_invariant and self.config.dataset not in FLIP_OFF
         if isinstance(recorded, bool):
-            if recorded != wanted and wanted and not self._said_flip:
+            if recorded != wanted and not self._said_flip:
                 log.warning(
-                    f"frepo: {self.out / folder} was distilled without the flip trick (before 2026-12-07); its "
-                    "distillations keep that, a new folder distils every task with it"
+                    f"frepo: {self.out / folder} was distilled with the flip trick {'on' if recorded else 'off'} "
+                    f"(before 2026-12-07); the tasks distilled so keep it, new ones take it "
+                    f"{'on' if wanted else 'off'}: this folder's summary may mix the two"
                 )
                 self._said_flip = True
             return {"use_flip": recorded}

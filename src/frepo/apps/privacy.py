@@ -62,6 +62,21 @@ ARMS = ("distilled", "start", "real", "control")
 # How a victim record's numbers were made; a record of another is trained and scored again. 2 (2026-12-07):
 # LiRA scored by z, TPR on every ROC point, AUC's standard error, the start arm's labels scaled by 1/sqrt(C/10).
 SCORING = 2
+
+
+def _scored_as_now(record: dict) -> bool:
+    """Whether a victim record was scored as today's are: `scoring` SCORING, or (written before that field, by
+    the frepo that brought it) every attack with its `auc_se`, which came after the other changes of 2."""
+    if "scoring" in record:
+        return record["scoring"] == SCORING
+    attacks = record.get("attacks")
+    return (
+        isinstance(attacks, dict)
+        and bool(attacks)
+        and all(isinstance(a, dict) and "auc_se" in a for a in attacks.values())
+    )
+
+
 NONMEMBER_SPLITS = ("test", "train")
 
 
@@ -183,6 +198,7 @@ class Privacy(Experiment):
         super().__init__(config, out, progress)
         self.raw = load_dataset(config.dataset, config.data_dir, config.download)
         self._said_scoring = False
+        self._stale_shadows: set[tuple[str, int]] = set()  # (arm, steps) whose shadows an old scoring made
         n = len(self.raw.y_train)
         start = config.chunk * config.chunk_size
         if start >= n:
@@ -350,15 +366,21 @@ class Privacy(Experiment):
     def _victim(self, arm: str, ds: DistilledSet, steps: int, model: int) -> dict:
         name = f"victims/{arm}-{steps}-m{model}.json"
         done = self.folder.done(name)
-        if done is not None and done.get("scoring") == SCORING:
+        if done is not None and _scored_as_now(done):
             return done
-        if done is not None and not self._said_scoring:  # averaged with today's, it mixed two scorings
-            log.warning(
-                f"frepo: {self.out / 'victims'} holds victims scored by an older frepo (before scoring {SCORING}: "
-                "LiRA as Φ(z), TPR on sklearn's reduced ROC, the start arm's labels unscaled); they are trained "
-                "and scored again"
-            )
-            self._said_scoring = True
+        if done is not None:  # averaged with today's, it mixed two scorings
+            if not self._said_scoring:
+                log.warning(
+                    f"frepo: {self.out / 'victims'} holds victims scored by an older frepo (before scoring "
+                    f"{SCORING}: LiRA as Φ(z), TPR on sklearn's reduced ROC, the start arm's labels unscaled); "
+                    "they are trained and scored again"
+                )
+                self._said_scoring = True
+            if arm == "start" and self.raw.num_classes != 10 and (arm, steps) not in self._stale_shadows:
+                # its shadows trained on those unscaled labels too (the same for 10 classes): once, not per victim
+                self._stale_shadows.add((arm, steps))
+                for path in (self.out / "shadows").glob(f"{arm}-{steps}-s*.npy"):
+                    path.unlink()
         start = time.perf_counter()
         members, nonmembers, accuracy = self._victim_outputs(arm, ds, steps, f"privacy/{arm}/{steps}/m{model}")
         parts = ("logits", "loss", "labels")

@@ -248,7 +248,7 @@ def check_not_kept(
             raise FrepoError(f"{what} {path} is a file of the {kind} experiment in {folder}; give another name")
     # and its units' records in its subfolders (named as the experiments name them: a file of one's own there
     # stays one's own to replace)
-    here = path.resolve()  # `..` and links too
+    here = path.parent.resolve() / path.name  # `..` and folder links too; a file link is replaced, not followed
     if path.exists() and any(pattern.fullmatch(f"{here.parent.name}/{here.name}") for pattern in EXPERIMENT_UNITS):
         above = here.parent.parent
         for held in above.glob("*-held.json"):
