@@ -118,6 +118,26 @@ def test_a_lock_on_a_removed_lock_file_is_taken_again_and_no_locks_is_a_warning(
     assert not (tmp_path / "nfs").exists()
 
 
+def test_a_run_starting_as_another_command_looks_at_its_folder_waits_a_moment(tmp_path):
+    """`holder()` (evaluate, show, export and report on a run folder) holds a shared lock for a moment; a run
+    starting then was refused, naming a pid that had gone. It tries again for a second first."""
+    import fcntl
+    import threading
+
+    from frepo.base import lock as lock_module
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / ".lock").write_text("4242\n")
+    looking = os.open(folder / ".lock", os.O_RDONLY)
+    fcntl.flock(looking, fcntl.LOCK_SH)  # as holder() does, for a moment
+    threading.Timer(0.15, os.close, (looking,)).start()
+    owner = lock_module.FolderLock(folder)
+    owner.acquire()  # refused at once before ("in use by another frepo process (pid 4242)")
+    assert (folder / ".lock").read_text() == f"{os.getpid()}\n"
+    owner.release()
+
+
 # ---- 2. full or unwritable disks ------------------------------------------------------------------
 def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"

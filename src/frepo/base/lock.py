@@ -7,6 +7,7 @@ import errno
 import fcntl
 import logging
 import os
+import time
 from pathlib import Path
 
 from .atomic import WriteError
@@ -58,7 +59,7 @@ class FolderLock:
         for attempt in range(10):  # a filesystem whose inode numbers are not stable: the tenth lock stands
             fd = self._open()
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _flock_soon(fd)
             except BlockingIOError:
                 holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
@@ -108,6 +109,20 @@ class FolderLock:
                 self.release()
         self.release()
         self.created = []
+
+
+def _flock_soon(fd: int, tries: int = 20, pause: float = 0.05) -> None:
+    """An exclusive flock, tried `tries` times `pause` seconds apart before its BlockingIOError: `holder()`, which
+    evaluate, show, export and report call on a run folder, holds a shared lock for a moment, and a run starting
+    then was refused, naming a pid that had gone."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(pause)
 
 
 def same_file(fd: int, path: Path) -> bool:
