@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from ..base.device import resolve_device
 from ..base.errors import FrepoError
 from ..base.fields import CommaList, check_choice, check_fields, check_finite, comma_items, opt, to_dict
 from ..config import DATA_DIR_HELP, DataConfig
@@ -274,10 +273,7 @@ class Continual(Experiment):
         test_x, test_y = test_split_of(ds, self.raw, seen)
         config = self._eval_config(arm, order)
         checksums = [m.meta.get("checksum") for m in memory]
-        key = evaluation_key(
-            json.dumps(checksums), to_dict(config), config.archs()[0], f"{self.raw.test_fingerprint()}:{seen}",
-            resolve_device(config.device),
-        )  # fmt: skip
+        key = evaluation_key(json.dumps(checksums), config, config.archs()[0], f"{self.raw.test_fingerprint()}:{seen}")
         finished = FinishedNetworks(key, self.out)
         result = evaluate_set(ds, test_x, test_y, config, progress=self.progress, finished=finished)
         log.info(f"frepo: order {order}, task {task + 1}, {arm}: {mean_std(result.mean, result.std, result.models)}%")

@@ -7,6 +7,7 @@ import contextlib
 import torch
 
 from .errors import FrepoError
+from .version import __version__
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -189,3 +190,19 @@ def exact_matmuls(device: torch.device | None):
         return
     with _cuda_matmuls(tf32=False):
         yield
+
+
+def machine_key(device: torch.device) -> dict:
+    """What besides the settings decides a trained network's numbers: the device, its hardware, the threads
+    and the libraries (summation orders differ between them), as plain JSON."""
+    if device.type == "cuda":
+        hardware = {"gpu": torch.cuda.get_device_name(device), "cudnn": torch.backends.cudnn.version()}
+    else:
+        hardware = {"cpu": torch.backends.cpu.get_cpu_capability()}
+    return {
+        "device": str(device),
+        **hardware,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "frepo": __version__,
+    }

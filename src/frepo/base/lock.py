@@ -8,6 +8,7 @@ import fcntl
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .atomic import WriteError
@@ -56,28 +57,21 @@ class FolderLock:
             self.created = [p for p in reversed(missing) if p.is_dir()]
         except OSError as exc:
             raise WriteError(f"cannot use {self.what} {self.folder}: {exc.strerror or exc}") from exc
-        for attempt in range(10):  # a filesystem whose inode numbers are not stable: the tenth lock stands
-            fd = self._open()
-            try:
-                _flock_soon(fd)
-            except BlockingIOError:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-                os.close(fd)
-                raise FrepoError(
-                    f"{self.folder} is in use by another frepo process (pid {holder}); wait for it to finish, "
-                    f"or use another {self.what}"
-                ) from None
-            except OSError as exc:  # it was a traceback, the descriptor left open
-                if exc.errno not in NO_LOCKS:
-                    os.close(fd)
-                    raise WriteError(f"cannot lock {self.what} {self.folder}: {exc.strerror or exc}") from exc
-                log.warning(
-                    f"frepo: cannot lock {self.folder} ({exc.strerror or exc}): a second process on it would not "
-                    "be refused; run one at a time there, or use a local folder"
-                )
-            if same_file(fd, self.path) or attempt == 9:
-                break
-            os.close(fd)  # locked a lock file its last owner removed (`undo`) as this one opened it: again
+        try:
+            fd, unlocked = lock_file(self.path, self._open, _flock_soon)
+        except BlockingIOError:
+            holder = _read_holder(self.path)
+            raise FrepoError(
+                f"{self.folder} is in use by another frepo process (pid {holder}); wait for it to finish, "
+                f"or use another {self.what}"
+            ) from None
+        except OSError as exc:  # it was a traceback, the descriptor left open
+            raise WriteError(f"cannot lock {self.what} {self.folder}: {exc.strerror or exc}") from exc
+        if unlocked:
+            log.warning(
+                f"frepo: cannot lock {self.folder} ({unlocked}): a second process on it would not be refused; "
+                "run one at a time there, or use a local folder"
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
@@ -123,6 +117,37 @@ def _flock_soon(fd: int, tries: int = 20, pause: float = 0.05) -> None:
             if attempt == tries - 1:
                 raise
             time.sleep(pause)
+
+
+def lock_file(path: Path, open_file: Callable[[], int], take: Callable[[int], None]) -> tuple[int, str | None]:
+    """(fd, unlocked): the file at `path`, opened by `open_file` and flocked by `take` (which raises
+    BlockingIOError, or waits), and checked to be the file at `path` now, not one its last holder removed as
+    this process opened it (then: again, on the file there; on a filesystem whose inode numbers are not
+    stable, the tenth lock stands). unlocked is None, or where the filesystem has no file locks (`NO_LOCKS`;
+    EBADF: NFS's on a file opened read-only), the OS's words. The descriptor is closed on any failure."""
+    for attempt in range(10):
+        fd = open_file()
+        try:
+            take(fd)
+        except OSError as exc:
+            if not isinstance(exc, BlockingIOError) and (exc.errno in NO_LOCKS or exc.errno == errno.EBADF):
+                return fd, exc.strerror or str(exc)
+            os.close(fd)
+            raise
+        except BaseException:  # Ctrl-C while waiting
+            os.close(fd)
+            raise
+        if same_file(fd, path) or attempt == 9:
+            return fd, None
+        os.close(fd)
+    raise AssertionError("unreachable: the tenth attempt returns")
+
+
+def _read_holder(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace").strip()[:64] or "unknown"
+    except OSError:
+        return "unknown"
 
 
 def same_file(fd: int, path: Path) -> bool:

@@ -16,7 +16,6 @@ cache is rebuilt.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import glob
 import json
@@ -35,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..base.errors import FrepoError
-from ..base.lock import NO_LOCKS, same_file
+from ..base.lock import lock_file
 
 FORMAT = 1
 
@@ -194,34 +193,26 @@ def _untouched_for(path: Path, seconds: float) -> bool:
 
 
 def _lock(lock: Path, folder: Path) -> tuple[int, bool]:
-    """(fd, locked): `lock` opened and flocked, waiting for its holder (said), and checked to be the file now at
-    that path, not one its last holder removed; locked is False where the filesystem has no locks (`NO_LOCKS`:
-    said). The descriptor is closed on any failure."""
-    for attempt in range(10):  # a filesystem whose inode numbers are not stable: the tenth lock stands
-        read_only = False
+    """(fd, locked): `lock` opened and flocked (`lock_file`), waiting for its holder (said); a filesystem without
+    file locks is said too, and builds unlocked."""
+
+    def open_file() -> int:
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+            return os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         except PermissionError as denied:  # another user's lock file: flock needs no write access (but on NFS)
             try:
-                fd, read_only = os.open(lock, os.O_RDONLY), True
+                return os.open(lock, os.O_RDONLY)
             except OSError:
                 raise denied from None  # the folder is not writable: said as such
+
+    def wait(fd: int) -> None:
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.warning(f"frepo: another process is building {folder}; waiting for it")
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            if same_file(fd, lock) or attempt == 9:
-                return fd, True
-        except OSError as exc:
-            if exc.errno in NO_LOCKS or (read_only and exc.errno == errno.EBADF):  # NFS locks need write access
-                log.warning(f"frepo: cannot lock {lock} ({exc.strerror or exc}): building {folder} unlocked")
-                return fd, False
-            os.close(fd)
-            raise
-        except BaseException:  # Ctrl-C while waiting
-            os.close(fd)
-            raise
-        os.close(fd)  # its holder removed it as this process waited: lock the file there now
-    raise AssertionError("unreachable: the tenth attempt returns")
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning(f"frepo: another process is building {folder}; waiting for it")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+
+    fd, unlocked = lock_file(lock, open_file, wait)
+    if unlocked:
+        log.warning(f"frepo: cannot lock {lock} ({unlocked}): building {folder} unlocked")
+    return fd, unlocked is None

@@ -10,6 +10,7 @@ H,W,C; a whitening matrix is equivariant to that permutation, so the space is th
 from __future__ import annotations
 
 import hashlib
+import json
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import TypeAlias
 import numpy as np
 import torch
 
-from ..base.device import exact_matmuls
+from ..base.device import exact_matmuls, machine_key
 from ..base.errors import FrepoError
 from ..base.log import messages_shown, progress_bar
 from .cache import release
@@ -397,6 +398,13 @@ def mean_covariance(
     return mean, cov / ((n - ddof) * stride**2)
 
 
+def _low_rank(images: Images, kind: str) -> bool:
+    """Whether a ZCA of `kind` on `images` (N×H×W×C) is fitted in the low-rank form: one block (no strides) and
+    fewer images than dimensions."""
+    _, h, w, c = images.shape
+    return (block_stride((c, h, w)) if kind == "zca_block" else 1) == 1 and len(images) < c * h * w
+
+
 def fit_preprocessing(
     images: Images, kind: str, zca_reg: float = 0.1, device: torch.device | None = None
 ) -> Preprocessing:
@@ -411,7 +419,7 @@ def fit_preprocessing(
     _, h, w, _ = images.shape
     stride = block_stride((c, h, w)) if kind == "zca_block" else 1
     standardise = Preprocessing("standard", mean, std)
-    if stride == 1 and len(images) < c * h * w:
+    if _low_rank(images, kind):
         zca_mean, basis, scale = (t.cpu() for t in gram_whitening(images, standardise, zca_reg, device=device))
         return Preprocessing(kind, mean, std, float(zca_reg), zca_mean, basis=basis, scale=scale)
     zca_mean, cov = mean_covariance(images, standardise, stride=stride, device=device)
@@ -576,8 +584,6 @@ def cached(
     recomputation next time."""
     if cache_dir is None:
         return build()
-    import json
-
     from safetensors import safe_open
 
     from ..base.atomic import atomic_save_safetensors
@@ -598,28 +604,18 @@ def cached(
     return pre
 
 
-def _fitter(device: torch.device) -> str:
-    """What a fit's rounding depends on: a GPU's model, or the CPU's instruction set and thread count; torch."""
-    if device.type == "cuda":
-        hardware = torch.cuda.get_device_name(device)
-    else:
-        hardware = f"{torch.backends.cpu.get_cpu_capability()}|{torch.get_num_threads()}"
-    return f"{device.type}|{hardware}|{torch.__version__}"
-
-
 def cached_preprocessing(
     images: Images, kind: str, zca_reg: float, cache_dir: Path | None, device: torch.device | None = None
 ) -> Preprocessing:
     """`fit_preprocessing`, with ZCA fits cached (the standardisation is cheaper to recompute than to read). A
     dense fit on `device` is cached like a host fit: both are rounded as stored (`as_stored`), which hides the
     float rounding of devices and thread counts. The low-rank form (fewer images than dimensions) is stored
-    unrounded, so its entry is the fitting hardware's (`_fitter`): one filled elsewhere gave the same command
-    other preprocessing."""
+    unrounded, so its entry is the fitting machine's (`machine_key`): one filled elsewhere gave the same
+    command other preprocessing."""
     if kind not in ("zca", "zca_block"):
         return fit_preprocessing(images, kind, zca_reg)
-    _, h, w, c = images.shape
-    low_rank = (block_stride((c, h, w)) if kind == "zca_block" else 1) == 1 and len(images) < c * h * w
-    fitted_by = f"|{_fitter(device if device is not None else torch.device('cpu'))}" if low_rank else ""
+    machine = machine_key(device if device is not None else torch.device("cpu"))
+    fitted_by = f"|{json.dumps(machine, sort_keys=True)}" if _low_rank(images, kind) else ""
 
     def build() -> Preprocessing:
         return fit_preprocessing(images, kind, zca_reg, device)

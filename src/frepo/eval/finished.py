@@ -24,8 +24,10 @@ from pathlib import Path
 import torch
 
 from ..base.atomic import atomic_write_json
+from ..base.device import machine_key, resolve_device
 from ..base.errors import FrepoError
-from ..base.version import __version__
+from ..base.fields import to_dict
+from .config import EvalConfig
 
 log = logging.getLogger(__name__)
 
@@ -39,26 +41,12 @@ def set_digest(images: torch.Tensor, labels: torch.Tensor, preprocessing: dict[s
     return digest.hexdigest()
 
 
-def evaluation_key(set_id: str, settings: dict, arch: str, split_id: str, device: torch.device) -> dict:
-    """What decides an evaluation's numbers on this machine, as plain JSON: the hardware and the libraries
-    too, as a cache folder may be shared between machines."""
-    return {"set": set_id, "settings": settings, "arch": arch, "split": split_id, **machine_key(device)}
-
-
-def machine_key(device: torch.device) -> dict:
-    """What besides the settings decides a trained network's numbers: the device, its hardware, the threads
-    and the libraries (summation orders differ between them), as plain JSON."""
-    if device.type == "cuda":
-        hardware = {"gpu": torch.cuda.get_device_name(device), "cudnn": torch.backends.cudnn.version()}
-    else:
-        hardware = {"cpu": torch.backends.cpu.get_cpu_capability()}
-    return {
-        "device": str(device),
-        **hardware,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "frepo": __version__,
-    }
+def evaluation_key(set_id: str, config: EvalConfig, arch: str, split_id: str) -> dict:
+    """What decides an evaluation's numbers on this machine, as plain JSON: the set's content, the settings,
+    the architecture, the split's data, and the hardware and libraries too, as a cache folder may be shared
+    between machines."""
+    machine = machine_key(resolve_device(config.device))
+    return {"set": set_id, "settings": to_dict(config), "arch": arch, "split": split_id, **machine}
 
 
 class FinishedNetworks:

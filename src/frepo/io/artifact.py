@@ -249,6 +249,11 @@ def has_frepo_metadata(path: Path) -> bool:
         return True
 
 
+def is_set_file(path: Path) -> bool:
+    """Whether `path` is a frepo set by its content, whatever its name."""
+    return path.is_file() and safetensors_content(path) and has_frepo_metadata(path)
+
+
 def check_replaceable(path: str | Path, where: str) -> None:
     """Refuse to write a set to `path` where that replaces a folder or a file other than a set: a .safetensors
     file, or a frepo set by its content under another name (`subset --out base`). save_distilled(ds,
@@ -258,7 +263,7 @@ def check_replaceable(path: str | Path, where: str) -> None:
         raise FrepoError(f"{where}: it is a folder, which the set would replace; give a file name")
     if not target.exists() or target.suffix.lower() == ".safetensors":
         return
-    if not (safetensors_content(target) and has_frepo_metadata(target)):
+    if not is_set_file(target):
         raise FrepoError(f"{where}: it is a file other than a set, which the set would replace; give another name")
 
 

@@ -21,9 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..base.device import resolve_device
 from ..base.errors import FrepoError, Interrupted, check_argument
-from ..base.fields import check_fields, check_type, leaf_fields, opt, set_leaf, to_dict
+from ..base.fields import check_fields, check_type, leaf_fields, opt, set_leaf
 from ..base.log import warn
 from ..config import DATA_DIR_HELP, STREAM_AUTO_BYTES
 from ..data import RawDataset, default_data_dir
@@ -332,5 +331,4 @@ def _identity(ds: DistilledSet, raw: RawDataset, split: str) -> tuple[str, str]:
 def _finished(set_id: str, split_id: str, config: EvalConfig, arch: str) -> FinishedNetworks:
     """The record of this evaluation's finished networks (`frepo.eval.finished`), under a key of the set's
     content, the settings, the architecture, the split's data and this machine's device and versions."""
-    key = evaluation_key(set_id, to_dict(config), arch, split_id, resolve_device(config.device))
-    return FinishedNetworks(key, default_data_dir())
+    return FinishedNetworks(evaluation_key(set_id, config, arch, split_id), default_data_dir())

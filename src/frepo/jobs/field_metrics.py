@@ -42,14 +42,14 @@ import numpy as np
 import torch
 
 from ..base.atomic import atomic_write_text
-from ..base.device import resolve_device
+from ..base.device import machine_key, resolve_device
 from ..base.errors import FrepoError
 from ..config import STREAM_AUTO_BYTES
 from ..data import RawDataset
 from ..data.registry import default_data_dir
 from ..data.splits import Holdout, holdout_split
 from ..eval import EvalConfig, EvalResult, evaluate_set
-from ..eval.finished import FinishedNetworks, machine_key
+from ..eval.finished import FinishedNetworks, set_digest
 from ..io.artifact import DistilledSet, class_ids_of
 from ..method.synthetic import pick_real
 
@@ -141,15 +141,6 @@ def _data_identity(ds: DistilledSet, raw: RawDataset) -> str:
     return digest.hexdigest()
 
 
-def _set_digest(ds: DistilledSet) -> str:
-    """The set as read: its images and labels (another tool's file checksum covers its images file alone)."""
-    digest = hashlib.sha256()
-    for tensor in (ds.images, ds.labels):
-        digest.update(f"{tuple(tensor.shape)}|{tensor.dtype}|".encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:20]
-
-
 def _cache_key(identity: str, recipe: dict, what: str, ipc: int) -> str:
     digest = hashlib.sha256(json.dumps({"what": what, "ipc": ipc, **recipe}, sort_keys=True).encode())
     digest.update(identity.encode())
@@ -220,7 +211,9 @@ def field_metrics(
         return evaluate_set(data, test_x, test_y, config, arch, progress=progress, label=label, finished=kept)
 
     hard = _hard(ds)
-    set_key = None if hard is ds else f"set-{_set_digest(hard)}-{_cache_key(identity, recipe, 'set', ipc)}"
+    # the set as read (another tool's file checksum covers its images file alone)
+    digest = None if hard is ds else set_digest(hard.images, hard.labels, hard.preprocessing.tensors())[:20]
+    set_key = None if digest is None else f"set-{digest}-{_cache_key(identity, recipe, 'set', ipc)}"
     set_hard = _summary(own if set_key is None else evaluated(hard, "the set on class ids", set_key))
     random_key = _cache_key(identity, recipe, "random", ipc)
     rand = _cached_accuracy(

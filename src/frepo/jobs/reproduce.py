@@ -397,7 +397,11 @@ def reproduce(
         return text
 
     # What a row without a finished run would meet here (no data, no GPU): it said only "no finished run".
-    unread = {(r.dataset, r.ipc): r.status for r in plan(table, budget, datasets, data_dir=data_dir, download=download)}
+    unread = (
+        {(r.dataset, r.ipc): r.status for r in plan(table, budget, datasets, data_dir=data_dir, download=download)}
+        if finished_only
+        else {}
+    )
     # A row the table holds measured keeps that measurement until this command measures it again: a rerun
     # where a row cannot run (no GPU, no data), fails, or is still to come (the table is written after each
     # row) replaced it with "not run" (--finished-only refuses instead, below).

@@ -229,7 +229,7 @@ def check_not_kept(
     itself (`writes_a_set`), any frepo set. `frepo evaluate RUN --json RUN/distilled.safetensors` replaced the
     set it had just evaluated with JSON; `frepo report RUN --out checkpoint.pt`, the run's checkpoint with
     Markdown; `frepo evaluate a.safetensors --json b.safetensors`, another set."""
-    from ..io.artifact import has_frepo_metadata, safetensors_content
+    from ..io.artifact import is_set_file
     from ..io.export import MANIFEST, export_entries
     from ..io.foreign.load import is_run
 
@@ -254,7 +254,7 @@ def check_not_kept(
         for held in above.glob("*-held.json"):
             kind = held.name.removesuffix("-held.json")
             raise FrepoError(f"{what} {path} is a record of the {kind} experiment in {above}; give another name")
-    if not writes_a_set and path.is_file() and safetensors_content(path) and has_frepo_metadata(path):
+    if not writes_a_set and is_set_file(path):
         raise FrepoError(f"{what} {path} is a frepo set, which this would replace; give another name")
 
 
