@@ -3,12 +3,15 @@ non-members come from the same distribution, and the low-FPR metrics against a h
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from frepo.apps.attacks import ATTACKS, auc_standard_error, confidence, lira_offline, roc_metrics, run_attacks
 from frepo.apps.privacy import outputs, train_victim
+from frepo.base.atomic import atomic_write_json
 
 
 def test_tpr_at_low_fpr_against_a_hand_computed_roc():
@@ -48,6 +51,15 @@ def test_the_auc_standard_error_is_the_bootstrap_s():
     # Members and non-members are not interchangeable in it: by hand, 0.030573 (0.027037 the other way round).
     assert auc_standard_error(0.6, 100, 2000) == pytest.approx(0.0305727, rel=1e-5)
     assert np.isnan(auc_standard_error(0.6, 0, 2000))
+
+
+def test_an_undefined_number_is_written_as_json_null(tmp_path):
+    """JSON has no NaN: a strict reader refuses the bare `NaN` that json.dumps writes by default."""
+    path = tmp_path / "r.json"
+    atomic_write_json(path, {"auc": 0.5, "auc_se": auc_standard_error(0.6, 0, 2000), "rows": [float("inf"), 1.0]})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"auc": 0.5, "auc_se": None, "rows": [None, 1.0]}
 
 
 def _blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,6 +14,7 @@ import errno
 import glob
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -294,8 +295,21 @@ def atomic_write_text(target: str | os.PathLike, text: str) -> None:
     atomic_write(target, lambda p: p.write_text(text))
 
 
+def finite_or_null(obj):
+    """`obj` with every NaN/inf float as None: JSON has no NaN, and `json.dumps` would write a bare `NaN` that
+    strict readers (jq, JavaScript, `json.loads(..., parse_constant=...)`) refuse. An undefined number, such as
+    an AUC over one class, reads as null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: finite_or_null(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(value) for value in obj]
+    return obj
+
+
 def atomic_write_json(target: str | os.PathLike, obj) -> None:
-    atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(target, json.dumps(finite_or_null(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def atomic_torch_save(obj, target: str | os.PathLike) -> None:
