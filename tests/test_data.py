@@ -401,6 +401,30 @@ def test_an_empty_class_folder_is_not_said_to_hold_files_of_another(tmp_path):
         load_dataset(str(tmp_path))
 
 
+def test_one_process_downloads_a_torchvision_dataset_at_a_time(tmp_path, no_offline_copies, monkeypatch):
+    """Two first runs at once each wrote torchvision's files in place, over each other's: a download now holds
+    the dataset's build lock, which a second process waits for."""
+    import fcntl
+
+    import torchvision.datasets
+
+    held = []
+
+    def mnist(root, train, download):
+        with open(tmp_path / ".mnist-download.lock") as other:  # another process's view: a separate open file
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held.append(train)
+        raise RuntimeError("Dataset not found or corrupted.")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", mnist)
+    with pytest.raises(FrepoError, match="could not load mnist"):
+        load_dataset("mnist", tmp_path, download=True)
+    assert held == [True]  # the first split's construction downloads; it failed here, so no second
+    assert list(tmp_path.iterdir()) == []  # the lock file and the build's temp folder went with it
+
+
 def test_a_failed_download_leaves_no_folders_it_made(tmp_path, no_offline_copies, monkeypatch):
     """A failed torchvision download left --data-dir and MNIST/raw made and empty; a partly written file stays
     (torchvision checks it on the next try), and so does every folder that was there before. (The layouts'

@@ -8,6 +8,7 @@ classes) stands in for a torchvision download, and so does `<data_dir>/<name>.np
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
@@ -22,7 +23,7 @@ import numpy as np
 from ..base.atomic import empty_folders_removed_on_failure
 from ..base.errors import FrepoError, check_argument, check_path
 from ..base.log import warn
-from .cache import release
+from .cache import building, release
 from .layouts import LAYOUTS, read_layout
 
 # name -> (torchvision class, whether horizontal flips preserve the class). Flip-sensitive
@@ -169,8 +170,11 @@ def _load_torchvision(name: str, data_dir: Path, download: bool) -> RawDataset:
     cls_name, mirror_invariant = TORCHVISION_DATASETS[name]
     cls = getattr(tvd, cls_name)
     root = str(data_dir)
+    # One process downloads a dataset at a time: two first runs at once had each written torchvision's files
+    # in place, over each other's. The second waits, then finds the files there (torchvision checks them).
+    one_at_a_time = building(data_dir / f"{name}-download") if download else contextlib.nullcontext()
     try:
-        with empty_folders_removed_on_failure(data_dir):
+        with empty_folders_removed_on_failure(data_dir), one_at_a_time:
             if name == "svhn":
                 train, test = (cls(root, split=s, download=download) for s in ("train", "test"))
             else:
