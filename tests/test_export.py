@@ -298,7 +298,28 @@ def test_an_export_killed_between_its_two_renames_gets_its_previous_version_back
         assert {f.name: f.read_bytes() for f in folder.iterdir()} == before  # back before the next write
         raise ValueError("abandoned")
     assert {f.name: f.read_bytes() for f in folder.iterdir()} == before
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ex.")] == [sibling.name]
+    # and the killed export's lock file, which the next export takes (test_a_second_export_into_a_folder...)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".ex.")) == [sibling.name, ".ex.lock"]
+
+
+def test_a_second_export_into_a_folder_being_written_is_refused(tmp_path):
+    """Two exports into one folder at once: the second removed the first's temp folder, as a killed write's,
+    under it. Now it is refused, naming the first; a lock file a killed export left is taken and goes."""
+    import fcntl
+
+    _, subset_path = _subset(tmp_path, channels=3)
+    folder = tmp_path / "ex"
+    lock = tmp_path / ".ex.lock"
+    with open(lock, "w") as first:  # another process's export, under way
+        first.write("4242\n")
+        first.flush()
+        fcntl.flock(first, fcntl.LOCK_EX)
+        with pytest.raises(FrepoError, match=r"another frepo process is writing --to .*ex \(pid 4242\)"):
+            export(subset_path, folder, "pt")
+    assert not folder.exists()
+    assert lock.exists()  # as a kill -9 leaves it
+    export(subset_path, folder, "pt")
+    assert (folder / "export.json").is_file() and not lock.exists()
 
 
 def test_safetensors_files_take_one_metadata_key(tmp_path):

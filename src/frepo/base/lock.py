@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .atomic import WriteError
@@ -103,6 +104,44 @@ class FolderLock:
                 self.release()
         self.release()
         self.created = []
+
+
+@contextlib.contextmanager
+def one_writer(target: Path, what: str) -> Iterator[None]:
+    """Hold `target`'s write lock, an exclusive `flock` on the sibling `.<name>.lock`, or refuse: a second
+    process writing the same `target` (an export into one folder) removed the first one's temp folder as a
+    killed write's, under it. The lock file goes on the way out; a filesystem without file locks writes
+    unlocked, said."""
+    lock = target.parent / f".{target.name}.lock"
+
+    def open_file() -> int:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise WriteError(f"cannot write beside {target}: {exc.strerror or exc}") from exc
+
+    try:
+        fd, unlocked = lock_file(lock, open_file, lambda fd: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB))
+    except BlockingIOError:
+        raise FrepoError(
+            f"another frepo process is writing {what} {target} (pid {_read_holder(lock)}); wait for it to finish, "
+            f"or use another {what}"
+        ) from None
+    except OSError as exc:
+        raise WriteError(f"cannot lock {target}: {exc.strerror or exc}") from exc
+    try:
+        if unlocked:
+            log.warning(f"frepo: cannot lock {target} ({unlocked}): write it from one process at a time")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        try:
+            with contextlib.suppress(OSError):  # removed while held: a process that locks the old file then
+                lock.unlink(missing_ok=True)  # sees it gone and retries (`lock_file`)
+        finally:
+            os.close(fd)  # and with it the lock
 
 
 def _flock_soon(fd: int, tries: int = 20, pause: float = 0.05) -> None:

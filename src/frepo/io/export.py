@@ -43,6 +43,7 @@ from ..base.atomic import (
 )
 from ..base.errors import FrepoError, check_argument, check_path
 from ..base.fields import check_choice
+from ..base.lock import one_writer
 from ..base.registry import registering
 from ..base.version import __version__
 from ..data.preprocess import Preprocessing
@@ -227,6 +228,12 @@ def export(ds: DistilledSet | str | Path, out: str | Path, layout: str, space: s
     else:  # one built by hand: as save_distilled checks it (labels[:5] of 10 images exported 5 PNGs)
         check_set(ds, f"not exported to {out}", preprocessing=False)
     out = Path(out)
+    with one_writer(out.resolve(), "--to"):  # one export into a folder at a time
+        return _export(ds, out, layout, space)
+
+
+def _export(ds: DistilledSet, out: Path, layout: str, space: str | None) -> Path:
+    """`export`'s checks of `out` and its writing, under `out`'s write lock."""
     if out.exists() and not out.is_dir():
         raise FrepoError(f"--to {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
