@@ -14,12 +14,13 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
 import torch
 
-from frepo.base.atomic import append_line
+from frepo.base.atomic import append_line, atomic_write_text
 from frepo.base.errors import FrepoError
 from frepo.cli import main
 from frepo.io.artifact import DistilledSet, _checksum, load_distilled, save_distilled
@@ -494,6 +495,23 @@ def test_torch_s_own_full_disk_errors_are_named(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "statvfs", lambda path: Full())
     assert write_failure(error, tmp_path) == "No space left on device"
     assert write_failure(ValueError("not a disk problem"), tmp_path) is None
+
+
+def test_a_killed_write_s_temp_file_goes_at_the_next_write_of_its_file_once_an_hour_old(tmp_path):
+    """A kill -9 in a write left its temp file beside a `subset --out` file or in a cache (a ZCA entry's,
+    36-72 MB) for good; run and experiment folders alone were cleaned. A fresh one may be another process's
+    write under way, and a user's file named like one, or another file's, is not this write's."""
+    target = tmp_path / "set.safetensors"
+    killed, fresh = tmp_path / ".set.safetensors.ab12cd34.tmp", tmp_path / ".set.safetensors.ef56gh78.tmp"
+    others = [tmp_path / ".set.safetensors.bak.tmp", tmp_path / ".set.safetensors.x.ab12cd34.tmp"]
+    for path in (killed, fresh, *others):
+        path.write_bytes(b"partial")
+    hours_ago = time.time() - 2 * 3600
+    for path in (killed, *others):
+        os.utime(path, (hours_ago, hours_ago))
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (target, fresh, *others))
 
 
 def test_a_failed_log_write_leaves_no_partial_line(tmp_path, monkeypatch):

@@ -4,7 +4,8 @@ over the target, with the permissions the user's umask asks for (0644 under umas
 A crash, Ctrl-C or a full disk mid-write leaves the previous file intact and no partial file; a full
 or unwritable disk (an OSError, torch's RuntimeError, safetensors' own error) becomes one `WriteError`
 line that names the file and the cause. Temp files a killed process left behind are removed with
-`remove_stale_temps`.
+`remove_stale_temps` in a folder this process owns, and anywhere at the next write of their file once an hour
+old (`atomic_path`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -135,10 +137,13 @@ def _check_abort(exc: BaseException, target: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path next to `target`; on success it replaces `target` atomically."""
+    """Yield a temp path next to `target`; on success it replaces `target` atomically. The temp files of
+    `target`'s writes that a kill cut short go first, once untouched for KILLED_WRITE_AGE_S (a cache or an
+    output folder may be another process's too, and its write may be under way)."""
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_killed_writes(target)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
         os.close(fd)
     except OSError as exc:
@@ -159,6 +164,23 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         raise WriteError(
             f"{reason} while writing {target}; the previous version, if any, is intact", reason, target
         ) from exc
+
+
+# A temp file of one write untouched this long is a killed write's: the largest frepo writes (a ZCA cache entry
+# of 72 MB, a checkpoint) take seconds.
+KILLED_WRITE_AGE_S = 3600
+
+
+def _remove_killed_writes(target: Path) -> None:
+    """Remove `target`'s own temp files (`.<name>.<8 characters>.tmp`) untouched for KILLED_WRITE_AGE_S: a kill -9
+    in a write left one beside a `subset --out` file or in a cache (a ZCA entry's, 36-72 MB) for good."""
+    now = time.time()
+    for path in target.parent.glob(f".{glob.escape(target.name)}.*{TEMP_SUFFIX}"):
+        if not is_temp_file(path) or len(path.name) != len(target.name) + 10 + len(TEMP_SUFFIX):
+            continue  # not a write's, or another target's (`.a.b.XXXXXXXX.tmp` is a.b's, not a's)
+        with contextlib.suppress(OSError):
+            if now - path.stat().st_mtime > KILLED_WRITE_AGE_S:
+                path.unlink()
 
 
 @contextlib.contextmanager
