@@ -108,6 +108,7 @@ def test_continual_resumes_after_an_interruption_and_keeps_its_contract(tmp_path
     assert set(straight["per_task"]) == {"frepo", "random", "herding"}
     assert all(len(v) == 2 and all(0 <= a <= 100 for a in v) for v in straight["per_task"].values())
     assert straight["final"] == {arm: v[-1] for arm, v in straight["per_task"].items()}
+    assert [order["use_flip"] for order in straight["orders"].values()] == [[False, False]]  # digits: no flip
     original, calls = FRePoTrainer.step, {"n": 0}
 
     def interrupt_in_task_2(self):

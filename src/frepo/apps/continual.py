@@ -306,6 +306,9 @@ class Continual(Experiment):
                     per_model[arm][task] += result["accuracies"]
             splits = task_splits(class_order(self.raw.num_classes, order), cfg.tasks)
             orders[str(order)] = {"tasks": splits, "accuracies": accs}
+            if "frepo" in cfg.arm_list():  # per task: a folder distilled before 2026-12-07 may mix the two
+                folders = [self.out / f"order{order}" / f"task{task}" for task in range(cfg.tasks)]
+                orders[str(order)]["use_flip"] = [RunDir(folder).recorded("use_flip") for folder in folders]
         size = self.raw.num_classes // cfg.tasks
         return {
             "per_task": {arm: [float(np.mean(a)) for a in per_model[arm]] for arm in per_model},
