@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from frepo.apps.attacks import ATTACKS, auc_standard_error, confidence, lira_offline, roc_metrics, run_attacks
+from frepo.apps.attacks import (
+    ATTACKS,
+    auc_standard_error,
+    confidence,
+    lira_offline,
+    paired_auc_difference,
+    roc_metrics,
+    run_attacks,
+    weighted_auc,
+)
 from frepo.apps.privacy import outputs, train_victim
 from frepo.base.atomic import atomic_write_json
 
@@ -51,6 +60,54 @@ def test_the_auc_standard_error_is_the_bootstrap_s():
     # Members and non-members are not interchangeable in it: by hand, 0.030573 (0.027037 the other way round).
     assert auc_standard_error(0.6, 100, 2000) == pytest.approx(0.0305727, rel=1e-5)
     assert np.isnan(auc_standard_error(0.6, 0, 2000))
+
+
+def test_the_weighted_auc_is_sklearn_s_auc_of_the_repeated_examples():
+    """Unit weights: roc_auc_score (ties counted half); multinomial weights: the AUC of the resample itself,
+    each example repeated as often as drawn."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    members, nonmembers = rng.integers(0, 12, 40).astype(float), rng.integers(0, 10, 60).astype(float)  # ties
+    truth = np.r_[np.ones(40), np.zeros(60)]
+    plain = weighted_auc(members, nonmembers, np.ones((1, 40)), np.ones((1, 60)))
+    assert plain[0] == pytest.approx(roc_auc_score(truth, np.r_[members, nonmembers]), abs=1e-12)
+    w, v = rng.multinomial(40, np.full(40, 1 / 40), size=3), rng.multinomial(60, np.full(60, 1 / 60), size=3)
+    for b, auc in enumerate(weighted_auc(members, nonmembers, w.astype(float), v.astype(float))):
+        repeated = np.r_[np.repeat(members, w[b]), np.repeat(nonmembers, v[b])]
+        expected = roc_auc_score(np.r_[np.ones(40), np.zeros(60)], repeated)
+        assert auc == pytest.approx(expected, abs=1e-12)
+
+
+def test_the_paired_auc_difference_and_its_interval():
+    rng = np.random.default_rng(1)
+    n = 400
+    truth = np.r_[np.ones(n), np.zeros(n)].astype(bool)
+    base = rng.normal(size=(3, 2 * n)) + 0.3 * truth  # 3 victims, AUC ≈ 0.58
+    # One victim scoring the same examples the same way: no difference in any resample. Three: each arm's
+    # victims are drawn apart, so the interval is their spread.
+    same = paired_auc_difference(base[:1], base[:1], truth, resamples=300, seed=0)
+    assert same == {"delta_auc": 0.0, "ci95": [0.0, 0.0], "share_at_or_below_zero": 1.0}
+    spread = paired_auc_difference(base, base, truth, resamples=300, seed=0)
+    assert spread["delta_auc"] == 0.0 and spread["ci95"][0] < 0 < spread["ci95"][1]
+    # Paired: one victim's scores of the same examples with 40 members raised. The difference is the same
+    # examples' in every resample, so its interval is far narrower than either AUC's sampling error (0.02 here).
+    raised = base[:1].copy()
+    raised[:, :40] += 1.0
+    paired = paired_auc_difference(raised, base[:1], truth, resamples=300, seed=0)
+    from sklearn.metrics import roc_auc_score
+
+    expected = roc_auc_score(truth, raised[0]) - roc_auc_score(truth, base[0])
+    assert paired["delta_auc"] == pytest.approx(expected, abs=1e-12)
+    low, high = paired["ci95"]
+    assert 0 < low < paired["delta_auc"] < high and high - low < 0.02 and paired["share_at_or_below_zero"] == 0.0
+    # Independent arms: the resampled difference spreads as two independent AUCs' errors do (Hanley-McNeil),
+    # give or take the bootstrap's own noise over 300 resamples and the victims' few draws.
+    other = rng.normal(size=(3, 2 * n)) + 0.3 * truth
+    independent = paired_auc_difference(base[:1], other[:1], truth, resamples=2000, seed=0)
+    se = np.hypot(*(auc_standard_error(roc_auc_score(truth, x[0]), n, n) for x in (base, other)))
+    width = independent["ci95"][1] - independent["ci95"][0]
+    assert 0.8 < width / (2 * 1.96 * se) < 1.2
 
 
 def test_an_undefined_number_is_written_as_json_null(tmp_path):

@@ -192,6 +192,14 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
             assert 0.01 < metrics["auc_se"] < 0.1  # 300 members against 300 non-members (20 for threshold_start)
     assert straight["members"]["indices"] == [300, 600] and straight["nonmembers"]["count"] == 300
     assert straight["members"]["attacked"] == 300 and straight["control"] == {"split": "train", "count": 300}
+    # The arms compared, from each victim's kept losses: with one victim a difference is of the rows' AUCs.
+    compared = straight["comparisons"]
+    assert len(compared) == 2 * len(privacy_app.COMPARISONS) * 2  # step counts × pairs × the two thresholds
+    auc = {(r["arm"], r["steps"], a): m["auc"] for r in rows for a, m in r["attacks"].items()}
+    for c in compared:
+        expected = auc[c["arm"], c["steps"], c["attack"]] - auc[c["against"], c["steps"], c["attack"]]
+        assert c["delta_auc"] == pytest.approx(expected, abs=1e-12)
+        assert c["ci95"][0] <= c["delta_auc"] <= c["ci95"][1] and 0 <= c["share_at_or_below_zero"] <= 1
 
     calls = {"n": 0}
 
@@ -207,7 +215,8 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
         frepo.privacy(out=tmp_path / "resumed", **MIA)
     monkeypatch.setattr(privacy_app.Privacy, "_victim_outputs", victim_outputs)
     resumed = frepo.privacy(out=tmp_path / "resumed", **MIA)
-    assert resumed["rows"] == rows
+    assert resumed["rows"] == rows and resumed["comparisons"] == compared
+    assert "## The arms compared" in (tmp_path / "resumed" / "privacy.md").read_text()
     # In the same order too: the table's columns followed the order of the victims' records, read back sorted.
     assert [list(r["attacks"]) for r in resumed["rows"]] == [list(r["attacks"]) for r in rows]
     assert list(rows[0]["attacks"])[0] == "threshold"  # the docs' tables: threshold first
@@ -677,3 +686,21 @@ def test_a_victim_scored_by_an_older_frepo_is_trained_and_scored_again(tmp_path,
     record.write_text(json.dumps(now))
     frepo.privacy(out=tmp_path / "p", **settings)
     assert trained == [1]
+
+
+def test_a_comparison_without_its_victims_losses_is_left_out_and_said(tmp_path, monkeypatch, caplog):
+    """Victims recorded before their per-example losses were kept are not trained again for the comparisons:
+    those comparisons are left out, with a warning saying how to get them."""
+    settings = {**MIA, "victim_steps": "5", "arms": "real,control"}
+    first = frepo.privacy(out=tmp_path / "p", **settings)
+    assert [(c["arm"], c["against"], c["attack"]) for c in first["comparisons"]] == [
+        ("real", "control", "threshold"),
+        ("real", "control", "threshold_start"),
+    ]
+    (tmp_path / "p" / "victims" / "real-5-m0-loss.npy").unlink()
+    monkeypatch.setattr(privacy_app, "train_victim", lambda *a, **k: pytest.fail("a recorded victim was trained"))
+    with caplog.at_level("WARNING", logger="frepo"):
+        again = frepo.privacy(out=tmp_path / "p", **settings)
+    assert again["comparisons"] == [] and again["rows"] == first["rows"]
+    assert "no comparison of real/control at 5 steps" in caplog.text
+    assert "## The arms compared" not in (tmp_path / "p" / "privacy.md").read_text()

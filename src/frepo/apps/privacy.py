@@ -43,7 +43,7 @@ from ..base.atomic import atomic_write
 from ..base.device import resolve_device
 from ..base.errors import FrepoError
 from ..base.fields import CommaList, check_choice, check_fields, check_finite, comma_items, opt
-from ..base.rng import generator
+from ..base.rng import generator, stream_seed
 from ..config import DATA_DIR_HELP
 from ..data import load_dataset
 from ..eval.augment import reference_ops
@@ -51,7 +51,15 @@ from ..eval.results import mean_std
 from ..io.artifact import DistilledSet, regression_targets
 from ..method.krr import centered_one_hot
 from ..method.synthetic import pick_real
-from .attacks import ATTACK_SETS, ATTACKS, confidence, lira_offline, roc_metrics, run_attacks
+from .attacks import (
+    ATTACK_SETS,
+    ATTACKS,
+    confidence,
+    lira_offline,
+    paired_auc_difference,
+    roc_metrics,
+    run_attacks,
+)
 from .common import csv_text, markdown_table
 from .experiment import Experiment, run_experiment
 from .victims import outputs, train_victim
@@ -62,6 +70,16 @@ ARMS = ("distilled", "start", "real", "control")
 # How a victim record's numbers were made; a record of another is trained and scored again. 2 (2026-12-07):
 # LiRA scored by z, TPR on every ROC point, AUC's standard error, the start arm's labels scaled by 1/sqrt(C/10).
 SCORING = 2
+
+
+def _save_npy(path: Path, values: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # np.save given a path would add ".npy" to the temp file's name
+        np.save(fh, values)
+
+
+def _losses_name(arm: str, steps: int, model: int) -> str:
+    """Where a victim's per-example losses are kept: the attacked members', then the non-members'."""
+    return f"victims/{arm}-{steps}-m{model}-loss.npy"
 
 
 def _scored_as_now(record: dict) -> bool:
@@ -78,6 +96,12 @@ def _scored_as_now(record: dict) -> bool:
 
 
 NONMEMBER_SPLITS = ("test", "train")
+# The bootstrap of the arms' comparisons (`paired_auc_difference`): resamples of the examples and victims.
+BOOTSTRAP_RESAMPLES = 2000
+# What each arm is compared with, where both ran: the floor (a victim that saw no member), and the real
+# members and the starting images themselves for the distilled arm.
+COMPARISONS = (("distilled", "control"), ("start", "control"), ("real", "control"), ("distilled", "real"),
+               ("distilled", "start"))  # fmt: skip
 
 
 @dataclass
@@ -383,6 +407,9 @@ class Privacy(Experiment):
                     path.unlink()
         start = time.perf_counter()
         members, nonmembers, accuracy = self._victim_outputs(arm, ds, steps, f"privacy/{arm}/{steps}/m{model}")
+        losses = np.concatenate([members["loss"], nonmembers["loss"]]).astype(np.float64)
+        # kept before the record, which marks the victim done
+        atomic_write(self.out / _losses_name(arm, steps, model), lambda tmp: _save_npy(tmp, losses))
         parts = ("logits", "loss", "labels")
         if self.config.attacks == "reference":  # said, as it runs a minute or more with nothing else shown
             log.info(
@@ -436,11 +463,7 @@ class Privacy(Experiment):
             m, nm, _ = self._victim_outputs(arm, ds, steps, f"privacy/{arm}/{steps}/shadow{shadow}", shadow)
             scores = np.concatenate([target(m), target(nm)])
 
-            def save(tmp: Path, values: np.ndarray = scores) -> None:
-                with open(tmp, "wb") as fh:
-                    np.save(fh, values)
-
-            atomic_write(path, save)
+            atomic_write(path, lambda tmp, values=scores: _save_npy(tmp, values))
             shadows.append(scores)
         truth = np.concatenate([np.ones(len(members["loss"])), np.zeros(len(nonmembers["loss"]))])
         return roc_metrics(truth, lira_offline(victim, np.stack(shadows)))
@@ -457,7 +480,55 @@ class Privacy(Experiment):
             for arm in arms:
                 victims = [self._victim(arm, ds, steps, m) for m in range(cfg.models)]
                 rows.append(self._row(arm, steps, victims))
-        return self.results(ds, rows)
+        return {**self.results(ds, rows), "comparisons": self._comparisons()}
+
+    def _comparisons(self) -> list[dict]:
+        """Each pair of COMPARISONS at each step count, on the loss threshold over every member
+        (`threshold`) and over the starting members alone (`threshold_start`), against every non-member:
+        the AUC difference of the victims' means, and its 95% interval (`paired_auc_difference`)."""
+        cfg = self.config
+        members = len(self.attacked_member_idx)
+        starting = np.isin(self.attacked_member_idx, self.start_idx)
+        examples = {  # attack -> the examples it scores (of the members, then the non-members, as saved)
+            "threshold": np.ones(members + len(self.nonmember_idx), bool),
+            "threshold_start": np.r_[starting, np.ones(len(self.nonmember_idx), bool)],
+        }
+        truth = np.r_[np.ones(members, bool), np.zeros(len(self.nonmember_idx), bool)]
+        out, missing = [], []
+        for steps in cfg.step_list():
+            for arm, other in [pair for pair in COMPARISONS if set(pair) <= set(cfg.arm_list())]:
+                scores = [self._losses(a, steps) for a in (arm, other)]
+                if any(s is None for s in scores):
+                    missing.append(f"{arm}/{other} at {steps} steps")
+                    continue
+                for attack, scored in examples.items():
+                    if attack == "threshold_start" and not starting.any():
+                        continue
+                    seed = stream_seed(cfg.seed, f"privacy/bootstrap/{arm}/{other}/{steps}/{attack}")
+                    a, b = (-s[:, scored] for s in scores)  # the loss threshold: lower loss, member
+                    difference = paired_auc_difference(a, b, truth[scored], BOOTSTRAP_RESAMPLES, seed)
+                    out.append({"steps": steps, "arm": arm, "against": other, "attack": attack, **difference})
+        if missing:
+            log.warning(
+                f"frepo: no comparison of {', '.join(missing)}: victims recorded before 2026-12-07 kept no "
+                "per-example losses; delete their victims/*.json to train them again, or use a new --out"
+            )
+        return out
+
+    def _losses(self, arm: str, steps: int) -> np.ndarray | None:
+        """The victims' per-example losses of arm `arm` at `steps` (models × examples), or None if one is
+        missing (a victim recorded before they were kept) or does not fit these members and non-members."""
+        expected = len(self.attacked_member_idx) + len(self.nonmember_idx)
+        losses = []
+        for model in range(self.config.models):
+            try:
+                loss = np.load(self.out / _losses_name(arm, steps, model), allow_pickle=False)
+            except (OSError, ValueError):
+                return None
+            if loss.shape != (expected,):
+                return None
+            losses.append(loss)
+        return np.stack(losses)
 
     @staticmethod
     def _row(arm: str, steps: int, victims: list[dict]) -> dict:
@@ -563,6 +634,18 @@ class Privacy(Experiment):
         title = f"# Membership inference: {self.raw.name}, chunk {self.config.chunk}, IPC {self.config.ipc}\n\n"
         note = "AUC ± its std over the victims (SE: its sampling error over the examples scored, Hanley-McNeil)"
         markdown = title + markdown_table(header, rows) + f"\n{note}. Budget: {summary['budget']}.\n"
+        if summary.get("comparisons"):
+            compared = [
+                [c["arm"], c["against"], str(c["steps"]), c["attack"], f"{c['delta_auc']:+.3f}",
+                 f"[{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]", f"{c['share_at_or_below_zero']:.3f}"]
+                for c in summary["comparisons"]
+            ]  # fmt: skip
+            header = ["arm", "against", "steps", "attack", "ΔAUC", "95% interval", "resamples ≤ 0"]
+            markdown += (
+                "\n## The arms compared\n\n" + markdown_table(header, compared) + f"\nΔAUC: the arm's mean AUC over "
+                "its victims minus the other's; the interval: a bootstrap of the examples (the same draw for both "
+                f"arms, which score the same examples) and of each arm's victims, {BOOTSTRAP_RESAMPLES} resamples.\n"
+            )
         metrics = [f"{m}{std}" for m in ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr") for std in ("", "_std")]
         csv_rows = [  # each row with its budget: a CSV travels without the table's note
             [r["arm"], r["steps"], r["test_accuracy"], a]

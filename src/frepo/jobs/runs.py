@@ -214,7 +214,7 @@ EXPERIMENT_FILES = (".json", ".md", ".csv", ".png")  # <kind>.json ... : an expe
 # order, privacy's victims and shadows, and the networks an evaluation kept.
 EXPERIMENT_UNITS = (
     re.compile(r"order\d+/task\d+-[a-z]+\.(json|safetensors)"),
-    re.compile(r"victims/[a-z_]+-\d+-m\d+\.json"),
+    re.compile(r"victims/[a-z_]+-\d+-m\d+(\.json|-loss\.npy)"),
     re.compile(r"shadows/[a-z_]+-\d+-s\d+\.npy"),
     re.compile(r"evaluations/[0-9a-f]+\.json"),
 )
