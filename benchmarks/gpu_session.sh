@@ -44,6 +44,7 @@
 set -uo pipefail
 : "${RESULTS:?}"
 mkdir -p "$RESULTS"
+RESULTS=$(cd "$RESULTS" && pwd)  # absolute: the reproduce part writes into it from another folder
 exec > >(tee -a "$RESULTS/session.log") 2>&1  # everything said reaches $RESULTS, even from a part cut short
 TEE=$!
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1

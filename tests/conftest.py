@@ -130,20 +130,47 @@ def _restore(state: dict) -> None:
     torch.use_deterministic_algorithms(mode, warn_only=warn_only)
     cudnn = torch.backends.cudnn
     cudnn.enabled, cudnn.deterministic, cudnn.benchmark = state["cudnn"]
-    precision, _, cudnn_flag = state["TF32 flags"]
-    if precision != "refused":  # the legacy settings first: each write sets some per-backend ones too
-        torch.set_float32_matmul_precision(precision)
-    if cudnn_flag != "refused":
-        cudnn.allow_tf32 = cudnn_flag
-    for path, value in zip(_FP32_PRECISION, state["fp32 precision"]):
-        if value is not None:
-            _backend(path).fp32_precision = value
+    _restore_tf32(state)
     np.random.set_state(state["numpy RNG"])
     for key in os.environ.keys() - state["environment"].keys() - _SET_ONCE:
         del os.environ[key]
     os.environ.update(state["environment"])
     os.chdir(state["working folder"])
     sys.path[:] = [path for path in sys.path if _library_folder(path) or path in state["import path"]]
+
+
+def _restore_tf32(state: dict) -> None:
+    """torch's TF32 settings as `_process_state` read them: a legacy flag's write also sets per-backend
+    settings (cudnn.allow_tf32 = False makes the convolutions' "tf32" "ieee"), so writing the flags back alone
+    does not undo a write of them."""
+    precision, _, cudnn_flag = state["TF32 flags"]
+    if precision != "refused":  # the legacy settings first: each write sets some per-backend ones too
+        torch.set_float32_matmul_precision(precision)
+    if cudnn_flag != "refused":
+        torch.backends.cudnn.allow_tf32 = cudnn_flag
+    for path, value in zip(_FP32_PRECISION, state["fp32 precision"]):
+        if value is not None:
+            _backend(path).fp32_precision = value
+
+
+@contextlib.contextmanager
+def tf32_settings_restored():
+    """torch's TF32 settings, whatever the block writes, as they were after it."""
+    state = _process_state()
+    try:
+        yield
+    finally:
+        _restore_tf32(state)
+
+
+@pytest.fixture
+def exact_fp32():
+    """Turn TF32 off (cuDNN allows it for convolutions by default), so CPU and GPU compute the same maths."""
+    # Restored whole: writing the flags back left the newer per-backend settings changed ("ieee" for "none"),
+    # and the process guard failed every test that used this.
+    with tf32_settings_restored():
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        yield
 
 
 # torch's global CPU generator as the process starts (torch's fixed default seed), and that seed for the CUDA

@@ -30,15 +30,6 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 CUDA = torch.device("cuda")
 
 
-@pytest.fixture
-def exact_fp32():
-    """Turn TF32 off (cuDNN allows it for convolutions by default), so CPU and GPU compute the same maths."""
-    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
-
-
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("init", [init_flax_defaults_, init_torch_defaults_])
 def test_reinitialising_a_gpu_model_draws_the_cpu_stream(init, layout):

@@ -154,11 +154,15 @@ def settings():
     return tuple(attempt(read) for read in legacy) + tuple(getattr(x, "fp32_precision", x) for x in newer)
 def kernels():  # the TF32 that cuBLAS(Lt) and cuDNN read, through their own checks
     return attempt(torch._C._get_cublas_allow_tf32), attempt(torch._C._get_cudnn_allow_tf32)
-before, outside = settings(), kernels()
+b.cudnn.enabled, b.cudnn.benchmark_limit = False, 5  # a user's: cudnn.flags() in the block reset both
+def others():
+    return b.cudnn.enabled, b.cudnn.benchmark, b.cudnn.deterministic, b.cudnn.benchmark_limit
+before, outside, cudnn = settings(), kernels(), others()
 def agrees(read, value, was):  # frepo's blocks make no mix of the two; a mix the user made may stay theirs
     return read == value or read == was == "refused"
 with tf32_passes():
     assert all(agrees(k, True, was) for k, was in zip(kernels(), outside)), (kernels(), outside)
+    assert others() == cudnn, (others(), cudnn)
 assert settings() == before, (before, settings())
 device_module.TF32_DEVICES = {"cpu"}  # the host as a device whose float32 matmuls may run in TF32
 with exact_matmuls(torch.device("cpu")):
@@ -228,3 +232,10 @@ def test_tf32_passes_and_exact_matmuls_follow_the_processes_tf32_api(api):
     process's."""
     proc = subprocess.run([sys.executable, "-c", _TF32_PROBE, api], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_the_cuda_tests_exact_fp32_fixture_leaves_tf32_as_found(exact_fp32):
+    """tests/test_cuda.py's fixture wrote the legacy flags back, which left the per-backend settings changed
+    ("ieee" for "none"): the process guard then failed each of the 8 CUDA tests that use it. The settings are
+    host state, so the host checks it; the guard (conftest) compares them after this test."""
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32

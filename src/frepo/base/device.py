@@ -155,14 +155,19 @@ def _cudnn_convolutions_tf32():
         finally:
             conv.fp32_precision = previous
         return
-    previous_precision = conv.fp32_precision if conv is not None else None
+    # The flag alone, not cudnn.flags(), which sets every flag it is not given: cuDNN on where the user turned
+    # it off, the benchmark limit back to 10, the depthwise kernel choice back to "auto".
+    previous_flag = cudnn.allow_tf32
+    # the flag's write sets the convolutions' and the RNNs' newer settings too (torch >= 2.9)
+    newer = [getattr(cudnn, name) for name in ("conv", "rnn") if hasattr(getattr(cudnn, name, None), "fp32_precision")]
+    previous = [backend.fp32_precision for backend in newer]
+    cudnn.allow_tf32 = True
     try:
-        # flags() resets every flag it is not given: keep the run's algorithm choice (deterministic_kernels).
-        with cudnn.flags(enabled=True, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=True):
-            yield
+        yield
     finally:
-        if conv is not None:  # the flag's write set it too
-            conv.fp32_precision = previous_precision
+        cudnn.allow_tf32 = previous_flag
+        for backend, value in zip(newer, previous):
+            backend.fp32_precision = value
 
 
 @contextlib.contextmanager
