@@ -775,9 +775,44 @@ def test_a_nan_stop_before_any_checkpoint_says_there_is_none(tmp_path, capsys, m
     monkeypatch.setattr(optim.Lamb, "update", poisoned)
     out = tmp_path / "run"
     line = one_line(capsys, main(distill_args(out, "--log-every", 4)), "the synthetic set became NaN/inf at step 2")
-    assert "no checkpoint yet. Try a lower --lr" in line and not (out / "checkpoint.pt").exists()
+    assert "no checkpoint yet. Try a lower --lr (the same --out starts afresh with it)" in line
+    assert not (out / "checkpoint.pt").exists()
+    monkeypatch.undo()
+    assert main(distill_args(out, "--log-every", 4, "--lr", "0.001")) == 0  # nothing to continue: a fresh start
+    assert "stopped before its first checkpoint; starting afresh" in capsys.readouterr().err
+    monkeypatch.setattr(optim.Lamb, "update", poisoned)
     line = one_line(capsys, main(distill_args(tmp_path / "again")), "the loss became NaN/inf at step 1")
     assert "no checkpoint yet" in line
+
+
+def test_out_of_memory_is_one_line_and_a_smaller_batch_starts_afresh(tmp_path, capsys, monkeypatch):
+    """A batch or preset too large for the device was torch's allocator traceback, and the corrected command was
+    then refused as a different config, though the run had no checkpoint to keep."""
+    from frepo.method.trainer import FRePoTrainer
+
+    out, lines = tmp_path / "run", []
+    original = FRePoTrainer.step
+    for error in (
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 24.00 GiB. GPU 0 has a total capacity of 79 GiB"),
+        RuntimeError("[enforce fail at alloc_cpu.cpp:121] . DefaultCPUAllocator: can't allocate memory: you tried to "
+                     "allocate 25600000000 bytes. Error code 12 (Cannot allocate memory)"),
+    ):  # fmt: skip
+
+        def fails(self, error=error):
+            raise error
+
+        monkeypatch.setattr(FRePoTrainer, "step", fails)
+        lines.append(one_line(capsys, main(distill_args(out)), "out of memory"))
+        assert "--batch-size" in lines[-1] and not (out / "checkpoint.pt").exists()
+    assert "out of memory (CUDA out of memory. Tried to allocate 24.00 GiB)." in lines[0]
+    assert "out of memory (can't allocate memory: you tried to allocate 25600000000 bytes)." in lines[1]
+    monkeypatch.setattr(FRePoTrainer, "step", original)
+    assert main(distill_args(out, "--batch-size", 32)) == 0
+    assert "stopped before its first checkpoint; starting afresh" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["batch_size"] == 32
+    monkeypatch.setattr(FRePoTrainer, "step", lambda self: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):  # any other error stays a traceback, to be reported
+        main(distill_args(tmp_path / "other"))
 
 
 # ---- 6. checkpoints of the wrong structure ---------------------------------------------------------

@@ -133,12 +133,13 @@ def non_finite(what: str, step: int, checkpoint: str) -> str:
     """The error of a run stopped by NaN/inf in `what` at `step`; `checkpoint`: the last good one in words, or
     "none yet"."""
     if checkpoint == "none yet":
-        kept, lower = "no checkpoint yet", "rerun with --resume-with-changes"
+        kept, lower = "no checkpoint yet", "the same --out starts afresh with it"
     else:
-        kept, lower = f"the last good checkpoint ({checkpoint}) is kept", "rerun with --resume-with-changes to go on"
+        kept = f"the last good checkpoint ({checkpoint}) is kept"
+        lower = "rerun with --resume-with-changes to go on from it"
     # --krr-reg changes what the checkpoint's set was distilled for: not continuable (runs.CONTINUABLE)
     return (
-        f"{what} became NaN/inf at step {step}; stopped, and {kept}. Try a lower --lr ({lower} from it), or a "
+        f"{what} became NaN/inf at step {step}; stopped, and {kept}. Try a lower --lr ({lower}), or a "
         "larger --krr-reg in another --out"
     )
 

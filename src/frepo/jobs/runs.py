@@ -340,6 +340,10 @@ class RunDir:
             k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k.split(".")[-1] not in ALWAYS_RESUMABLE
         )
         refused = [k for k in diff if not (allow_changes and k.split(".")[-1] in CONTINUABLE)]
+        if refused and not resuming:  # neither a checkpoint nor a set: nothing of that run to keep or continue
+            detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in refused[:6])
+            warn(f"{self.path}: the run there ({detail}) stopped before its first checkpoint; starting afresh")
+            return Claim(resuming=False, fresh=False, previous_environment=env)
         if refused:
             detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in refused[:6])
             continuable = [k for k in refused if k.split(".")[-1] in CONTINUABLE]
