@@ -385,6 +385,41 @@ def test_an_output_never_replaces_what_a_run_or_an_export_keeps_or_the_file_read
     one_line(capsys, main(["show", str(run), "--animate", "--out", str(run / "images" / "f.gif")]), "snapshots")
 
 
+def test_outputs_never_replace_a_dataset_weights_or_a_distilled_set(tmp_path, capsys):
+    """`subset --out model.safetensors` replaced a model's weights, and `subset --out` a copied distilled set,
+    with a random draw; `evaluate --json data.npz` replaced the very dataset the set was made from (and
+    `--json notes.txt` a text file) with JSON. Each is refused before the work; the outputs' own files are not."""
+    from safetensors.torch import save_file
+
+    subset = ["subset", "--dataset", "digits", "--ipc", "1", "--out"]
+    weights = tmp_path / "model.safetensors"
+    save_file({"conv.weight": torch.ones(2, 2)}, str(weights))
+    before = weights.read_bytes()
+    one_line(capsys, main([*subset, str(weights)]), "is a safetensors file other than a frepo set")
+    run = tmp_path / "run"
+    assert main(distill_args(run, "--dataset", "digits")) == 0
+    distilled = tmp_path / "mine.safetensors"
+    distilled.write_bytes((run / "distilled.safetensors").read_bytes())
+    one_line(capsys, main([*subset, str(distilled)]), "holds a distilled set, which the subset would replace")
+    assert weights.read_bytes() == before and distilled.read_bytes() == (run / "distilled.safetensors").read_bytes()
+    drawn = tmp_path / "drawn.safetensors"
+    assert main([*subset, str(drawn)]) == 0 and main([*subset, str(drawn), "--seed", "1"]) == 0  # a subset's own
+
+    data = tmp_path / "data.npz"
+    np.savez(data, x_train=np.zeros((2, 4, 4), np.uint8))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    evaluate = ["evaluate", str(drawn), "--models", "1", "--steps", "2"]
+    kept = {path: path.read_bytes() for path in (data, notes)}
+    capsys.readouterr()
+    for flag, path in (("--json", data), ("--csv", data), ("--json", notes)):
+        held = "JSON" if flag == "--json" else "text"
+        one_line(capsys, main([*evaluate, flag, str(path)]), f"holds something other than {held}")
+    assert {path: path.read_bytes() for path in kept} == kept
+    for flag, name in (("--json", "e.json"), ("--csv", "e.csv")):  # an earlier output of its own: replaced
+        assert main([*evaluate, flag, str(tmp_path / name)]) == 0 and main([*evaluate, flag, str(tmp_path / name)]) == 0
+
+
 def test_show_draws_beside_a_set_over_its_own_grid_only(tmp_path, capsys):
     """`frepo show x.safetensors` wrote x.png beside the set over a user's own x.png, exit 0. It now replaces only
     a grid it drew (marked in the PNG), and a run's own distilled.png (an older run's carries no mark)."""

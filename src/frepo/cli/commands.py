@@ -66,10 +66,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     # Built and validated once, and the output paths checked, before any data is loaded.
     config, source = configure(**explicit(args, EvalConfig(), SourceConfig()))
-    for flag, path in (("--json", args.json), ("--csv", args.csv)):
+    for flag, path, writes in (("--json", args.json, "json"), ("--csv", args.csv, "text")):
         if path is not None:
             check_output_file(path, flag)
-            check_not_kept(path, flag, inputs=(args.file,))
+            check_not_kept(path, flag, inputs=(args.file,), writes=writes)
     if args.json is not None and args.csv is not None and Path(args.json).resolve() == Path(args.csv).resolve():
         raise FrepoError(f"--json and --csv both name {args.json}: the second would replace the first")
 
@@ -94,13 +94,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_subset(args: argparse.Namespace) -> int:
     from ..config import DataConfig
     from ..eval.results import count_of
-    from ..io.artifact import check_replaceable, save_distilled
+    from ..io.artifact import check_replaceable, save_distilled, set_kind
     from ..jobs.runs import check_not_kept
     from ..jobs.subset import make_subset
 
     check_output_file(args.out, "--out")
     check_not_kept(args.out, "--out", writes_a_set=True)
     check_replaceable(args.out, f"--out {args.out}")  # before the subset is made (herding: minutes)
+    kind = set_kind(Path(args.out))
+    if kind is not None and not kind.startswith("subset"):  # hours of distillation, for a draw of seconds
+        raise FrepoError(
+            f"--out {args.out} holds a {kind} set, which the subset would replace; give another name, or move it"
+        )
     if Path(args.out).suffix not in ("", ".safetensors"):  # sub/x.png held a safetensors file
         raise FrepoError(f"--out {args.out}: the subset is written as a frepo set; name it .safetensors")
     data = DataConfig(

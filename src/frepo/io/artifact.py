@@ -249,19 +249,43 @@ def has_frepo_metadata(path: Path) -> bool:
         return True
 
 
+def set_kind(path: Path) -> str | None:
+    """The `kind` a frepo set file records (`distilled`, `subset-random`, ...), or None: no such file, not a
+    frepo set, damaged, or a set that records none."""
+    from safetensors import safe_open
+
+    if not (path.is_file() and safetensors_content(path)):
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            kind = json.loads((fh.metadata() or {}).get("frepo", "null") or "null").get("kind")
+    except Exception:  # damaged, or a header that is no frepo header
+        return None
+    return kind if isinstance(kind, str) else None
+
+
 def is_set_file(path: Path) -> bool:
     """Whether `path` is a frepo set by its content, whatever its name."""
     return path.is_file() and safetensors_content(path) and has_frepo_metadata(path)
 
 
 def check_replaceable(path: str | Path, where: str) -> None:
-    """Refuse to write a set to `path` where that replaces a folder or a file other than a set: a .safetensors
-    file, or a frepo set by its content under another name (`subset --out base`). save_distilled(ds,
-    "RUN/checkpoint.pt") replaced the run's checkpoint (and config.json) with a set, and returned."""
+    """Refuse to write a set to `path` where that replaces a folder or a file other than a set. A set is a
+    frepo set by its content under any name (`subset --out base`), or a damaged .safetensors file (a run
+    writes its damaged set again); another tool's safetensors file (a model's weights) is not one.
+    save_distilled(ds, "RUN/checkpoint.pt") replaced the run's checkpoint (and config.json) with a set, and
+    returned; `subset --out model.safetensors` replaced a model's weights."""
     target = Path(path)
     if target.is_dir():
         raise FrepoError(f"{where}: it is a folder, which the set would replace; give a file name")
-    if not target.exists() or target.suffix.lower() == ".safetensors":
+    if not target.exists():
+        return
+    if target.suffix.lower() == ".safetensors":
+        if safetensors_content(target) and not has_frepo_metadata(target):
+            raise FrepoError(
+                f"{where}: it is a safetensors file other than a frepo set (a model's weights, another tool's "
+                "file), which the set would replace; give another name"
+            )
         return
     if not is_set_file(target):
         raise FrepoError(f"{where}: it is a file other than a set, which the set would replace; give another name")

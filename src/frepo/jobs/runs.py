@@ -221,14 +221,19 @@ EXPERIMENT_UNITS = (
 
 
 def check_not_kept(
-    path: str | Path, what: str, inputs: tuple[str | Path, ...] = (), writes_a_set: bool = False
+    path: str | Path,
+    what: str,
+    inputs: tuple[str | Path, ...] = (),
+    writes_a_set: bool = False,
+    writes: str | None = None,
 ) -> None:
     """Refuse an output file `path` that would overwrite what frepo keeps: one of the command's `inputs`, a
     file a run keeps (`KEPT`, in a folder that holds a run), a file an export wrote (in an export folder), an
     experiment's records and summaries (in a folder with a <kind>-held.json), or, unless the output is a set
     itself (`writes_a_set`), any frepo set. `frepo evaluate RUN --json RUN/distilled.safetensors` replaced the
     set it had just evaluated with JSON; `frepo report RUN --out checkpoint.pt`, the run's checkpoint with
-    Markdown; `frepo evaluate a.safetensors --json b.safetensors`, another set."""
+    Markdown; `frepo evaluate a.safetensors --json b.safetensors`, another set. An output that `writes` "json"
+    or "text" refuses a file holding anything else (`evaluate --json data/mnist.npz` replaced the dataset)."""
     from ..io.artifact import is_set_file
     from ..io.export import MANIFEST, export_entries
     from ..io.foreign.load import is_run
@@ -256,6 +261,29 @@ def check_not_kept(
             raise FrepoError(f"{what} {path} is a record of the {kind} experiment in {above}; give another name")
     if not writes_a_set and is_set_file(path):
         raise FrepoError(f"{what} {path} is a frepo set, which this would replace; give another name")
+    if writes is not None and path.is_file() and not _holds(path, writes):
+        held = "JSON" if writes == "json" else "text"
+        raise FrepoError(
+            f"{what} {path} holds something other than {held} (a dataset, an archive, another program's file), "
+            "which this would replace; give another name"
+        )
+
+
+def _holds(path: Path, writes: str) -> bool:
+    """Whether the file at `path` is empty or holds what an output that `writes` "json" or "text" writes, so
+    replacing it loses no more than an earlier output: JSON that parses, or text (no NUL byte in its first
+    64 KiB, as no binary format lacks one there)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536)
+        if not head:
+            return True
+        if writes == "json":
+            json.loads(path.read_bytes())
+            return True
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
+        return False
+    return b"\x00" not in head
 
 
 class RunDir:
