@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -399,6 +400,27 @@ def test_an_empty_class_folder_is_not_said_to_hold_files_of_another(tmp_path):
     (tmp_path / "test" / "dog" / "features.h5").write_bytes(b"\x89HDF")  # PIL identifies HDF5, decodes none
     with pytest.raises(FrepoError, match=r"no images in class folder\(s\) \['dog'\]$"):
         load_dataset(str(tmp_path))
+
+
+def test_a_builtin_dataset_s_file_read_by_its_path_says_it_is_read_as_the_user_s_own(tmp_path, no_offline_copies):
+    """`--dataset data/mnist.npz` distilled MNIST with flips on and no preset, without a word."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        "x_train": rng.integers(0, 256, (20, 4, 4), dtype=np.uint8),
+        "y_train": np.arange(20) % 2,
+        "x_test": rng.integers(0, 256, (4, 4, 4), dtype=np.uint8),
+        "y_test": np.arange(4) % 2,
+    }
+    np.savez(tmp_path / "mnist.npz", **arrays)
+    np.savez(tmp_path / "mine.npz", **arrays)
+    with pytest.warns(
+        UserWarning, match=r"mnist.npz is read as a dataset of your own, not as mnist: .*--dataset mnist"
+    ):
+        raw = load_dataset(str(tmp_path / "mnist.npz"))
+    assert raw.mirror_invariant
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_dataset(str(tmp_path / "mine.npz"))
 
 
 def test_one_process_downloads_a_torchvision_dataset_at_a_time(tmp_path, no_offline_copies, monkeypatch):

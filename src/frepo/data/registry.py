@@ -115,6 +115,12 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
             raise FrepoError(f"dataset file not found: {path}")
         raw = _load_npz(path, name=str(path.resolve()), mirror_invariant=True)
         _check_classes(raw, str(path))
+        if path.stem in BUILTIN:  # mnist.npz by its path: flipped digits and no preset, without a word
+            warn(
+                f"{path} is read as a dataset of your own, not as {path.stem}: flips are taken to keep its classes "
+                f"(unless --no-mirror-invariant) and {path.stem}'s presets do not apply; --dataset {path.stem} "
+                f"--data-dir {path.parent} reads it as {path.stem}"
+            )
         return raw
     if path.is_dir():
         return _load_image_folder(path)
