@@ -244,6 +244,7 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
         (["continual", "--dataset", "digits", "--ipc", "500"], "ipc 500 is more than class"),
         (["continual", "--dataset", "digits", "--orders", "0,x"], "orders must be comma-separated integers"),
         (["continual", "--dataset", "digits", "--orders", "0,0"], "orders must be distinct integers"),
+        (["continual", "--dataset", "digits", "--orders", "5000000000"], "in 0..2**32-1"),  # a seed of numpy's
         (["privacy", "--dataset", "digits", "--victim-steps", "20,20"], "victim_steps must be distinct"),  # taken once
         (["continual", "--dataset", "digits", "--arms", "frepo,dm"], "unknown arm 'dm'"),
         (["privacy", "--dataset", "digits", "--arms", "real,shadow"], "unknown arm 'shadow'"),

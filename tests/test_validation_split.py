@@ -157,3 +157,5 @@ def test_a_set_without_a_hold_out_says_to_use_the_test_split(tmp_path):
         eval_split(load_export(tmp_path / "none"), raw, "val")
     with pytest.raises(FrepoError, match="classes must name at least one class id"):
         DataConfig(dataset="digits", classes=[]).validate()
+    with pytest.raises(FrepoError, match="classes must name each class once, got '1,1'"):  # one class, unsaid
+        DataConfig(dataset="digits", classes="1,1").class_ids(10)

@@ -86,8 +86,9 @@ class ContinualConfig:
             orders = [int(s) for s in comma_items(self.orders)]
         except ValueError as exc:
             raise FrepoError(f"orders must be comma-separated integers, got {self.orders!r}") from exc
-        if not orders or len(set(orders)) != len(orders) or min(orders) < 0:
-            raise FrepoError(f"orders must be distinct integers >= 0, got {self.orders!r}")
+        # below 2**32: an order seeds numpy's RandomState (`class_order`), which took 5000000000 as a traceback
+        if not orders or len(set(orders)) != len(orders) or min(orders) < 0 or max(orders) >= 2**32:
+            raise FrepoError(f"orders must be distinct integers in 0..2**32-1, got {self.orders!r}")
         return orders
 
     def arm_list(self) -> list[str]:

@@ -94,14 +94,17 @@ class DataConfig:
         if self.classes is None:
             return list(range(num_classes)) if num_classes is not None else []
         try:
-            ids = sorted({int(c) for c in comma_items(self.classes)})
+            given = [int(c) for c in comma_items(self.classes)]
         except ValueError as exc:
             raise FrepoError(
                 f"classes must be comma-separated class ids, got {self.classes!r}: numbers 0..C-1, a class's place "
                 "in the dataset's class list (an image folder's: its class folders in name order), not names"
             ) from exc
+        ids = sorted(set(given))
         if not ids:
             raise FrepoError("classes must name at least one class id (None: every class)")
+        if len(ids) != len(given):  # "1,1" distilled one class, said nowhere
+            raise FrepoError(f"classes must name each class once, got {self.classes!r}")
         if ids[0] < 0 or (num_classes is not None and ids[-1] >= num_classes):
             bound = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
             raise FrepoError(f"classes must be class ids in {bound}, got {self.classes!r}")
