@@ -126,6 +126,15 @@ def _arrays(y_train, y_test, **more) -> dict:
             ),
             "4 train images but 3 train labels",
         ),
+        (  # labels cut short so that a class has none left: the counts, not missing classes
+            dict(
+                x_train=np.zeros((4, 6, 6), np.uint8),
+                y_train=np.array([0, 1, 2]),
+                x_test=np.zeros((3, 6, 6), np.uint8),
+                y_test=np.array([0, 1, 3]),
+            ),
+            "4 train images but 3 train labels",
+        ),
         (
             dict(
                 x_train=np.zeros((4, 6), np.uint8),

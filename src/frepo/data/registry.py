@@ -255,6 +255,9 @@ def _read_npz(path: Path) -> tuple:
         raise FrepoError(f"cannot read {path}: the file is corrupt or truncated ({exc})") from exc
     x_train, x_test = (_as_uint8_nhwc(arrays[k], f"{path}:{k}") for k in ("x_train", "x_test"))
     y_train, y_test = (_as_labels(arrays[k], f"{path}:{k}") for k in ("y_train", "y_test"))
+    for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):  # before the labels are read
+        if len(x) != len(y):  # 200 images and 150 labels read as classes without an image
+            raise FrepoError(f"{path}: {len(x)} {split} images but {len(y)} {split} labels")
     if classes is None:
         count = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
         present = np.unique(y_train)
