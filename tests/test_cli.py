@@ -143,12 +143,15 @@ def test_distill_evaluate_show_subset_on_digits(tmp_path, capsys):
     assert code == 2 and f"is a frepo run's checkpoint, not a set: give its run directory {out}" in err, err
     code, stdout, err = run_cli(["evaluate", out, "--models", 1, "--steps", 2, "--width", 8], capsys)
     assert code == 0 and "was continued after it wrote its set" in err, err
-    (out / "distilled.safetensors").unlink()
+    (out / "distilled.safetensors").unlink()  # stopped early: its set is one resume away
+    code, stdout, err = run_cli(["evaluate", out, "--models", 1], capsys)
+    assert code == 2 and "the same command with --steps <the checkpoint's step> --resume-with-changes" in err, err
+    assert "best.safetensors holds its best validated set so far" in err
     for name in ("checkpoint.pt", "metrics.jsonl", "best.safetensors"):
         (out / name).unlink()  # killed before its first checkpoint: config.json and the first snapshot
     code, stdout, err = run_cli(["evaluate", out, "--models", 1], capsys)
     assert code == 2 and "is a run that has not written its set (distilled.safetensors) yet" in err, err
-    assert "rerun its distill command to finish" in err
+    assert "rerun its distill command to finish" in err and "--resume-with-changes" not in err  # no checkpoint
     assert run_cli(["show", out, "--animate"], capsys)[0] == 0
     # A run another process is distilling: its command would be refused (the folder is locked), so say so.
     hold = "import sys, time; from frepo.base.lock import FolderLock; FolderLock(sys.argv[1]).acquire(); print(1)"

@@ -67,7 +67,15 @@ def run_set(path: str | Path) -> Path:
     owner = holder(path)  # a distillation running in it now: its command is not to be run again
     finish = f"frepo process {owner} is distilling it now: wait for it" if owner else "rerun its distill command"
     if not file.is_file():
-        raise FrepoError(f"{path} is a run that has not written its set ({RUN_SET}) yet: {finish} to finish")
+        sooner = ""
+        if not owner and (path / "checkpoint.pt").is_file():  # a long run stopped early: its set is one step away
+            best = (path / "best.safetensors").is_file()
+            sooner = (
+                " (or to end it where its checkpoint is: the same command with --steps <the checkpoint's step> "
+                "--resume-with-changes writes its set at once"
+                + ("; best.safetensors holds its best validated set so far)" if best else ")")
+            )
+        raise FrepoError(f"{path} is a run that has not written its set ({RUN_SET}) yet: {finish} to finish{sooner}")
     checkpoint = path / "checkpoint.pt"
     if owner or (checkpoint.is_file() and checkpoint.stat().st_mtime > file.stat().st_mtime):
         warn(f"{path} was continued after it wrote its set: this is the set of its last finish; {finish} to finish")
