@@ -911,6 +911,8 @@ def test_flags_a_command_would_not_read_are_refused(tmp_path, capsys):
         make_subset("digits", 1, feature_steps=0)  # the Python API ignored it too
     assert main(subset) == 0
     one_line(capsys, main(["show", str(out), "--fps", "3"]), "--fps is the frame rate of --animate")
+    chunked = distill_args(tmp_path / "run", "--dataset", "digits", "--train-chunk-size", "300")  # the whole split
+    one_line(capsys, main(chunked), "--train-chunk-size is the size of --train-chunk's block; give --train-chunk")
 
 
 def test_a_subset_refuses_a_device_it_cannot_use_whatever_its_method(tmp_path, capsys):

@@ -33,7 +33,10 @@ def distill_config(args: argparse.Namespace) -> DistillConfig:
 
     overrides = explicit(args, DistillConfig(), skip=DISTILL_SPECIAL)
     given = {k: v for k, v in (("dataset", args.dataset), ("ipc", args.ipc)) if v is not None}
-    return presets.configure(args.preset, {**overrides, **given})
+    config = presets.configure(args.preset, {**overrides, **given})
+    if "train_chunk_size" in overrides and config.data.train_chunk is None:  # it distilled the whole split
+        raise FrepoError("--train-chunk-size is the size of --train-chunk's block; give --train-chunk too")
+    return config
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
