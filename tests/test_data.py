@@ -61,6 +61,8 @@ def test_missing_torchvision_dataset_with_downloads_off_is_a_clear_error(tmp_pat
     with pytest.raises(FrepoError, match="downloads are off") as error:
         load_dataset("cifar10", tmp_path, download=False)
     assert "download=True" not in str(error.value)  # torchvision's advice, in its API's words
+    # a set distilled where $FREPO_DATA_DIR held cifar10.npz, evaluated where it is unset: said where to look
+    assert "an offline copy, cifar10.npz in $FREPO_DATA_DIR or in --data-dir, is read in its place" in str(error.value)
 
 
 def test_offline_copy_is_used_when_present(shared_data_dir):

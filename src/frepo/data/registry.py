@@ -141,6 +141,12 @@ def offline_copy(name: str, data_dir: Path) -> Path | None:
     return None
 
 
+def _offline_hint(name: str) -> str:
+    """Where else the dataset is looked for: a set distilled in a shell with $FREPO_DATA_DIR set, evaluated in
+    one without, failed on a download with no word of the copy it had read."""
+    return f"; an offline copy, {name}.npz in $FREPO_DATA_DIR or in --data-dir, is read in its place"
+
+
 def _load_digits() -> RawDataset:
     """scikit-learn's 8×8 digits (shipped with it, no download), split 70/30 by a fixed seed."""
     from sklearn.datasets import load_digits
@@ -188,9 +194,9 @@ def _load_torchvision(name: str, data_dir: Path, download: bool) -> RawDataset:
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted..."
         said = str(exc).replace(" You can use download=True to download it", "")  # the API's words, not the CLI's
         hint = "" if download else " (downloads are off: pass --download or put the files there)"
-        raise FrepoError(f"could not load {name} from {root}: {said}{hint}") from exc
+        raise FrepoError(f"could not load {name} from {root}: {said}{hint}{_offline_hint(name)}") from exc
     except OSError as exc:  # network failures surface as URLError (an OSError)
-        raise FrepoError(f"could not download {name} into {root}: {exc}") from exc
+        raise FrepoError(f"could not download {name} into {root}: {exc}{_offline_hint(name)}") from exc
 
     def arrays(split) -> tuple[np.ndarray, np.ndarray]:
         x = np.asarray(split.data)
