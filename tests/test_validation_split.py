@@ -130,7 +130,7 @@ def test_split_val_finds_the_hold_out_of_a_narrowed_run(tmp_path):
         eval_split(wrong, raw, "val")
 
 
-def test_a_set_without_a_hold_out_says_to_use_the_test_split(tmp_path):
+def test_a_set_without_a_hold_out_says_to_use_the_test_split(tmp_path, monkeypatch, capsys):
     """Another tool's set (and a run with val_size 0) has no hold-out: said so, not as 'val_size 0'."""
     import pytest
 
@@ -149,6 +149,14 @@ def test_a_set_without_a_hold_out_says_to_use_the_test_split(tmp_path):
         FrepoError, match="another tool's set .other tools distil from the whole training split. records no"
     ):
         eval_split(foreign, raw, "val")
+    # said by the file's format, before the dataset is loaded and its preprocessing fitted (a ZCA: seconds)
+    import frepo.jobs.evaluate as evaluate_module
+    from frepo.cli import main
+
+    monkeypatch.setattr(evaluate_module, "open_set", lambda *a: pytest.fail("the data was loaded first"))
+    assert main(["evaluate", str(tmp_path / "step1.npz"), "--dataset", "digits", "--split", "val"]) == 2
+    assert "another tool's set (other tools distil from the whole training split) records no" in capsys.readouterr().err
+    monkeypatch.undo()
     none = DistilledSet(ds.images, ds.labels, ds.preprocessing, {**ds.meta, "val_size": 0, "holdout": None})
     with pytest.raises(FrepoError, match="^the set records no validation hold-out .val_size 0.: use --split test"):
         eval_split(none, raw, "val")

@@ -65,6 +65,9 @@ class SourceConfig:
             raise FrepoError(f"entry must be >= 0, got {self.entry}")
 
 
+FOREIGN_WITHOUT_VAL = "another tool's set (other tools distil from the whole training split)"
+
+
 def configure(
     config: EvalConfig | None = None, source: SourceConfig | None = None, **overrides: Any
 ) -> tuple[EvalConfig, SourceConfig]:
@@ -161,7 +164,7 @@ def _split(ds: DistilledSet, raw: RawDataset, split: str) -> tuple[torch.Tensor,
     _, val_idx = Holdout.of_set(ds.meta, len(raw.y_train)).split(raw.y_train)
     if len(val_idx) == 0:
         foreign = (ds.meta.get("source") or {}).get("format") not in (None, "frepo-export")
-        whose = "another tool's set (other tools distil from the whole training split)" if foreign else "the set"
+        whose = FOREIGN_WITHOUT_VAL if foreign else "the set"
         raise FrepoError(f"{whose} records no validation hold-out (val_size 0): use --split test")
     if ds.meta.get("val_size") is not None and len(val_idx) != int(ds.meta["val_size"]):
         raise FrepoError(
@@ -235,6 +238,11 @@ def run(
     field_metrics = check_type("field_metrics", field_metrics, bool)
     resume = check_type("resume", resume, bool)
     file = file if isinstance(file, DistilledSet) else run_set(file)  # a run's: its set
+    if config.split == "val" and not isinstance(file, DistilledSet):  # said before the data loads (a ZCA fit)
+        from ..io.foreign import detect_format
+
+        if detect_format(file) not in ("frepo", "frepo-export"):
+            raise FrepoError(f"{FOREIGN_WITHOUT_VAL} records no validation hold-out (val_size 0): use --split test")
     ds, raw = open_set(file, source)
     for arch in config.archs()[1:]:  # each fits the images before the first trains (mlp,resnet18 on 8×8 lost mlp)
         probe = torch.Generator().manual_seed(0)  # a throwaway network: its weights are never used
