@@ -420,6 +420,32 @@ def test_outputs_never_replace_a_dataset_weights_or_a_distilled_set(tmp_path, ca
         assert main([*evaluate, flag, str(tmp_path / name)]) == 0 and main([*evaluate, flag, str(tmp_path / name)]) == 0
 
 
+def test_what_is_no_set_is_named_so_before_asking_for_its_dataset(tmp_path, capsys):
+    """A folder of runs was read as class folders, a dataset's .npz as an official FRePo file and a model's
+    weights as a plain safetensors set: each asked for --dataset, and then failed on it with advice that did
+    not fit."""
+    from safetensors.torch import save_file
+
+    runs = tmp_path / "runs"
+    for name in ("b-run", "a-run"):  # as a run is from its start: its settings and its log
+        (runs / name).mkdir(parents=True)
+        (runs / name / "config.json").write_text(json.dumps({"ipc": 1, "data": {"dataset": "digits"}}))
+        (runs / name / "metrics.jsonl").write_text("")
+    data = tmp_path / "data.npz"
+    np.savez(data, x_train=np.zeros((2, 4, 4), np.uint8), y_train=np.zeros(2, int))
+    weights = tmp_path / "model.safetensors"
+    save_file({"conv.weight": torch.ones(2)}, str(weights))
+    for command in ("evaluate", "show", "export"):
+        more = ["--to", str(tmp_path / "ex"), "--format", "pt"] if command == "export" else []
+        for path, said in (
+            (runs, "holds frepo runs (a-run, b-run), not a set: pass one of them"),
+            (data, f"is a dataset (x_train, y_train, ...), not a set: give it as --dataset {data}"),
+            (weights, "is a safetensors file without a set's images and labels (it holds conv.weight: a model's"),
+        ):
+            for dataset in ([], ["--dataset", "digits"]):
+                one_line(capsys, main([command, str(path), *dataset, *more]), said)
+
+
 def test_show_draws_beside_a_set_over_its_own_grid_only(tmp_path, capsys):
     """`frepo show x.safetensors` wrote x.png beside the set over a user's own x.png, exit 0. It now replaces only
     a grid it drew (marked in the PNG), and a run's own distilled.png (an older run's carries no mark)."""

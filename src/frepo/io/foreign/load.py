@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ...base.errors import FrepoError
@@ -182,6 +183,7 @@ def load_set(
         if entry is not None:
             raise FrepoError(f"--entry selects a set inside a DC/DSA res_*.pt file; a {fmt} file holds one set")
         return own_dataset(ds, str(file), dataset, data_dir=data_dir, download=download)
+    _check_holds_a_set(Path(file), fmt)
     if dataset is None:
         kind = "folder (of class folders of images)" if Path(file).is_dir() else "file"
         shown = SHOWN.get(fmt, fmt)
@@ -192,6 +194,39 @@ def load_set(
         )
     raw = load_dataset(dataset, data_dir, download)
     return load_foreign(file, raw, fmt=fmt, preprocess=preprocess, entry=entry, cache_dir=data_dir), raw
+
+
+def _check_holds_a_set(path: Path, fmt: str) -> None:
+    """Refuse, by a look inside, what is no set whatever --dataset says: a folder of runs (read as class
+    folders), a dataset's .npz (read as an official FRePo file), a safetensors file without `images` and
+    `labels` (a model's weights). Each asked for --dataset first, then failed on it with advice that did not fit."""
+    if fmt == "imagefolder":
+        runs = sorted(child.name for child in path.iterdir() if is_run(child))
+        if runs:
+            shown = ", ".join(runs[:5]) + (", …" if len(runs) > 5 else "")
+            raise FrepoError(f"{path} holds frepo runs ({shown}), not a set: pass one of them")
+    elif fmt == "frepo-npz":
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                names = set(archive.files)
+        except Exception:  # damaged: the reader says how
+            return
+        if {"x_train", "y_train"} <= names:
+            raise FrepoError(f"{path} is a dataset (x_train, y_train, ...), not a set: give it as --dataset {path}")
+    elif fmt == "safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                names = set(fh.keys())
+        except Exception:
+            return
+        if not {"images", "labels"} <= names:
+            shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
+            raise FrepoError(
+                f"{path} is a safetensors file without a set's images and labels (it holds {shown or 'nothing'}: "
+                "a model's weights?); a set's file holds `images` and `labels` tensors"
+            )
 
 
 def load_start(
