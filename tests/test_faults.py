@@ -170,7 +170,10 @@ def test_a_damaged_checkpoint_is_one_short_line(tmp_path, capsys, damage, why):
     (out / "checkpoint.pt").write_bytes(damage)
     capsys.readouterr()
     line = one_line(capsys, main(distill_args(out, "--steps", 4, "--resume-with-changes")), why)
-    assert "weights_only" not in line and "delete it to restart the run" in line
+    assert "weights_only" not in line  # and the run is finished: deleting the checkpoint keeps its set
+    assert "delete it: the run's finished set, distilled.safetensors, stays usable, but the run cannot be" in line
+    (out / "distilled.safetensors").unlink()  # an unfinished run's: deleting it restarts the run
+    one_line(capsys, main(distill_args(out, "--steps", 4, "--resume-with-changes")), "delete it to restart the run")
 
 
 def test_a_checkpoint_damaged_inside_or_cut_short_is_named_so(tmp_path, capsys):
@@ -192,7 +195,7 @@ def test_a_checkpoint_damaged_inside_or_cut_short_is_named_so(tmp_path, capsys):
     capsys.readouterr()
     resume = distill_args(out, "--steps", 4, "--resume-with-changes")
     line = one_line(capsys, main(resume), f"its entry {entry.filename} fails its CRC-32 check")
-    assert "delete it to restart the run" in line
+    assert "delete it: the run's finished set" in line
     path.write_bytes(good[: len(good) // 2])
     one_line(capsys, main(resume), "a zip archive damaged or cut short (truncated)")
     path.write_bytes(good)

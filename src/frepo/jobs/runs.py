@@ -408,13 +408,19 @@ class RunDir:
         except OSError as exc:  # unreadable, not damaged: the checkpoint may well be good
             raise FrepoError(f"cannot read {self.checkpoint_path}: {exc.strerror or exc}") from exc
         except Exception as exc:
-            raise FrepoError(
-                f"cannot read {self.checkpoint_path}: {_unreadable_why(self.checkpoint_path, exc)}; delete it to "
-                "restart the run"
-            ) from exc
+            why = _unreadable_why(self.checkpoint_path, exc)
+            raise FrepoError(f"cannot read {self.checkpoint_path}: {why}; {self._without_checkpoint()}") from exc
         if not isinstance(state, dict):
-            raise FrepoError(f"{self.checkpoint_path} is not a frepo checkpoint; delete it to restart the run")
+            raise FrepoError(f"{self.checkpoint_path} is not a frepo checkpoint; {self._without_checkpoint()}")
         return state
+
+    def _without_checkpoint(self) -> str:
+        """What deleting a checkpoint that cannot be read does: a finished run keeps its set (its command finds it
+        complete) and can no longer be continued; an unfinished one starts again."""
+        if self.distilled_path.is_file():
+            kept = self.distilled_path.name
+            return f"delete it: the run's finished set, {kept}, stays usable, but the run cannot be continued then"
+        return "delete it to restart the run"
 
     def checkpoint_time(self) -> str:
         return time.strftime("%Y-%m-%d %H:%M", time.localtime(self.checkpoint_path.stat().st_mtime))
