@@ -444,6 +444,9 @@ def test_one_process_downloads_a_torchvision_dataset_at_a_time(tmp_path, no_offl
     held = []
 
     def mnist(root, train, download):
+        if not download:
+            held.append(False)
+            raise RuntimeError("Dataset not found or corrupted.")
         with open(tmp_path / ".mnist-download.lock") as other:  # another process's view: a separate open file
             try:
                 fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -454,8 +457,19 @@ def test_one_process_downloads_a_torchvision_dataset_at_a_time(tmp_path, no_offl
     monkeypatch.setattr(torchvision.datasets, "MNIST", mnist)
     with pytest.raises(FrepoError, match="could not load mnist"):
         load_dataset("mnist", tmp_path, download=True)
-    assert held == [True]  # the first split's construction downloads; it failed here, so no second
+    assert held == [False, True]  # looked for unlocked, then downloading locked: it failed here, so no second
     assert list(tmp_path.iterdir()) == []  # the lock file and the build's temp folder went with it
+    # Files there are read with nothing written: a shared, read-only dataset folder had failed on the lock file.
+    import frepo.data.registry as registry
+
+    class Present:
+        def __init__(self, root, train, download):
+            assert not download
+            self.data, self.targets = np.zeros((4, 2, 2), np.uint8), np.arange(4) % 2
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", Present)
+    monkeypatch.setattr(registry, "building", lambda *a: pytest.fail("a lock for files that are there"))
+    assert load_dataset("mnist", tmp_path, download=True).x_train.shape == (4, 2, 2, 1)
 
 
 def test_a_failed_download_leaves_no_folders_it_made(tmp_path, no_offline_copies, monkeypatch):
@@ -467,20 +481,22 @@ def test_a_failed_download_leaves_no_folders_it_made(tmp_path, no_offline_copies
     import torchvision.datasets
 
     def fail_after_making(folder):
-        def download(*args, **kwargs):
+        def download(*args, download, **kwargs):
+            if not download:  # as torchvision's datasets say it
+                raise RuntimeError("Dataset not found.")
             (folder / "raw").mkdir(parents=True, exist_ok=True)
             raise urllib.error.URLError("no network")
 
         return download
 
     new = tmp_path / "new" / "data"
-    monkeypatch.setattr(torchvision.datasets, "MNIST", lambda root, **kw: fail_after_making(new / "MNIST")())
+    monkeypatch.setattr(torchvision.datasets, "MNIST", lambda root, **kw: fail_after_making(new / "MNIST")(**kw))
     with pytest.raises(FrepoError, match="could not download mnist into .*no network"):
         load_dataset("mnist", new, download=True)
     assert list(tmp_path.iterdir()) == []
     kept = tmp_path / "kept"
     (kept / "old" / "empty").mkdir(parents=True)  # the user's, though empty
-    monkeypatch.setattr(torchvision.datasets, "MNIST", lambda root, **kw: fail_after_making(kept / "MNIST")())
+    monkeypatch.setattr(torchvision.datasets, "MNIST", lambda root, **kw: fail_after_making(kept / "MNIST")(**kw))
     with pytest.raises(FrepoError, match="no network"):
         load_dataset("mnist", kept, download=True)
     assert sorted(p.relative_to(kept).as_posix() for p in kept.rglob("*")) == ["old", "old/empty"]

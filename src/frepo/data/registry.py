@@ -8,7 +8,6 @@ classes) stands in for a torchvision download, and so does `<data_dir>/<name>.np
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import os
@@ -182,15 +181,22 @@ def _load_torchvision(name: str, data_dir: Path, download: bool) -> RawDataset:
     cls_name, mirror_invariant = TORCHVISION_DATASETS[name]
     cls = getattr(tvd, cls_name)
     root = str(data_dir)
-    # One process downloads a dataset at a time: two first runs at once had each written torchvision's files
-    # in place, over each other's. The second waits, then finds the files there (torchvision checks them).
-    one_at_a_time = building(data_dir / f"{name}-download") if download else contextlib.nullcontext()
+
+    def splits(download: bool) -> tuple:
+        if name == "svhn":
+            return tuple(cls(root, split=s, download=download) for s in ("train", "test"))
+        return tuple(cls(root, train=t, download=download) for t in (True, False))
+
     try:
-        with empty_folders_removed_on_failure(data_dir), one_at_a_time:
-            if name == "svhn":
-                train, test = (cls(root, split=s, download=download) for s in ("train", "test"))
-            else:
-                train, test = (cls(root, train=t, download=download) for t in (True, False))
+        try:  # files there are read without a byte written: a shared dataset folder may be read-only
+            train, test = splits(download=False)
+        except RuntimeError:  # torchvision: not there, or failing its checks
+            if not download:
+                raise
+            # One process downloads a dataset at a time: two first runs at once had each written torchvision's
+            # files in place, over each other's. The second waits, then finds the files there.
+            with empty_folders_removed_on_failure(data_dir), building(data_dir / f"{name}-download"):
+                train, test = splits(download=True)
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted..."
         said = str(exc).replace(" You can use download=True to download it", "")  # the API's words, not the CLI's
         hint = "" if download else " (downloads are off: pass --download or put the files there)"
