@@ -857,7 +857,8 @@ def test_out_of_memory_is_one_line_and_a_smaller_batch_starts_afresh(tmp_path, c
     out, lines = tmp_path / "run", []
     original = FRePoTrainer.step
     for error in (
-        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 24.00 GiB. GPU 0 has a total capacity of 79 GiB"),
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 24.00 GiB. GPU 0 has a total capacity "
+                                    "of 79 GiB"),
         RuntimeError("[enforce fail at alloc_cpu.cpp:121] . DefaultCPUAllocator: can't allocate memory: you tried to "
                      "allocate 25600000000 bytes. Error code 12 (Cannot allocate memory)"),
     ):  # fmt: skip
@@ -874,6 +875,22 @@ def test_out_of_memory_is_one_line_and_a_smaller_batch_starts_afresh(tmp_path, c
     assert main(distill_args(out, "--batch-size", 32)) == 0
     assert "stopped before its first checkpoint; starting afresh" in capsys.readouterr().err
     assert json.loads((out / "config.json").read_text())["batch_size"] == 32
+    # A run that validated a set before it stopped has something to lose: other settings are refused as before.
+    validated, calls = tmp_path / "validated", {"n": 0}
+
+    def fails_at_the_third(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(self)
+
+    monkeypatch.setattr(FRePoTrainer, "step", fails_at_the_third)
+    schedule = ["--eval-every", "2", "--checkpoint-every", "100"]
+    one_line(capsys, main(distill_args(validated, *schedule)), "out of memory")
+    assert (validated / "best.safetensors").is_file() and not (validated / "checkpoint.pt").exists()
+    monkeypatch.setattr(FRePoTrainer, "step", original)
+    one_line(capsys, main(distill_args(validated, *schedule, "--batch-size", 32)), "different config")
+    assert (validated / "best.safetensors").is_file()
     monkeypatch.setattr(FRePoTrainer, "step", lambda self: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):  # any other error stays a traceback, to be reported
         main(distill_args(tmp_path / "other"))

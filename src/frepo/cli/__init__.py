@@ -71,16 +71,20 @@ def _out_of_memory(exc: BaseException) -> str | None:
     traceback of torch's allocator said nothing of what to change."""
     first = (str(exc).strip().splitlines() or [""])[0]
     if not isinstance(exc, MemoryError) and not any(
-        words in first.lower() for words in ("out of memory", "can't allocate memory")
+        words in first.lower() for words in ("out of memory", "can't allocate memory", "not enough memory")
     ):
         return None
     # torch's words, without its allocator's name, the GPU's totals or the errno
-    detail = first.split("DefaultCPUAllocator: ")[-1].split(". GPU")[0].split(". Error code")[0][:200]
+    detail = first.split("DefaultCPUAllocator: ")[-1]
+    for tail in (". GPU", " (GPU", ". Error code"):  # torch >= 2.1's CUDA message, older ones', the host's errno
+        detail = detail.split(tail)[0]
+    detail = detail[:200]
     detail = detail or type(exc).__name__
     return (
         f"out of memory ({detail}). The settings ask for more than this machine has: lower what sets it (distill: "
         "--batch-size, --chunk-size, --stream on, --ipc; evaluate: fewer --models at once), or use a larger device. "
-        "A run's last checkpoint is kept; a run without one starts afresh with the new settings"
+        "A run that has a checkpoint continues with its own settings only (new ones: another --out); one that "
+        "stopped before its first starts afresh with them"
     )
 
 

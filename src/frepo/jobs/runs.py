@@ -368,7 +368,8 @@ class RunDir:
             k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k.split(".")[-1] not in ALWAYS_RESUMABLE
         )
         refused = [k for k in diff if not (allow_changes and k.split(".")[-1] in CONTINUABLE)]
-        if refused and not resuming:  # neither a checkpoint nor a set: nothing of that run to keep or continue
+        if refused and not resuming and not self._validated():  # stopped at its start (out of memory, say):
+            # nothing of it to continue or keep, where a validated set (best.safetensors) would be hours of work
             detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in refused[:6])
             warn(f"{self.path}: the run there ({detail}) stopped before its first checkpoint; starting afresh")
             return Claim(resuming=False, fresh=False, previous_environment=env)
@@ -384,6 +385,11 @@ class RunDir:
             raise OtherSettings(f"{self.path} holds a run with a different config ({detail}); {hint}", detail)
         changes = {k: [old.get(k), new.get(k)] for k in diff}
         return Claim(resuming, False, changes, env)
+
+    def _validated(self) -> bool:
+        """Whether the run validated a set: its best one kept, or a validation logged (before a checkpoint when
+        --eval-every is the shorter)."""
+        return self.best_path.is_file() or any("val_acc" in record for record in self.read_metrics())
 
     def begin(self, config: DistillConfig, claim: Claim, device: torch.device) -> None:
         """Write the config (with the environment), once the run has started for real; a fresh start in a
