@@ -320,6 +320,25 @@ def test_a_second_export_into_a_folder_being_written_is_refused(tmp_path):
     assert lock.exists()  # as a kill -9 leaves it
     export(subset_path, folder, "pt")
     assert (folder / "export.json").is_file() and not lock.exists()
+    # Another user's lock file, left by a kill in a shared folder: opened read-only (flock needs no write
+    # access), where every later export had been refused.
+    import errno
+    import os
+
+    import frepo.base.lock as lock_module
+
+    lock.write_text("")
+    real_open = os.open
+
+    def not_ours(path, flags, *mode):
+        if str(path) == str(lock.resolve()) and flags & os.O_RDWR:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *mode)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lock_module.os, "open", not_ours)
+        export(subset_path, folder, "npz")
+    assert (folder / "export.json").is_file()
 
 
 def test_safetensors_files_take_one_metadata_key(tmp_path):

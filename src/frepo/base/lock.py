@@ -118,6 +118,11 @@ def one_writer(target: Path, what: str) -> Iterator[None]:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             return os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError as denied:  # another user's lock file, left by a kill: flock needs no write access
+            try:
+                return os.open(lock, os.O_RDONLY)
+            except OSError:
+                raise WriteError(f"cannot write beside {target}: {denied.strerror or denied}") from denied
         except OSError as exc:
             raise WriteError(f"cannot write beside {target}: {exc.strerror or exc}") from exc
 
@@ -133,8 +138,9 @@ def one_writer(target: Path, what: str) -> Iterator[None]:
     try:
         if unlocked:
             log.warning(f"frepo: cannot lock {target} ({unlocked}): write it from one process at a time")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        with contextlib.suppress(OSError):  # another user's file, opened read-only: its pid stays unsaid
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         try:
