@@ -114,11 +114,13 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
             raise FrepoError(f"dataset file not found: {path}")
         raw = _load_npz(path, name=str(path.resolve()), mirror_invariant=True)
         _check_classes(raw, str(path))
-        if path.stem in BUILTIN:  # mnist.npz by its path: flipped digits and no preset, without a word
+        if path.stem in BUILTIN and path.stem != "digits":  # mnist.npz by its path: flipped digits, no preset
+            # (digits is scikit-learn's, never read from a file)
             warn(
                 f"{path} is read as a dataset of your own, not as {path.stem}: flips are taken to keep its classes "
-                f"(unless --no-mirror-invariant) and {path.stem}'s presets do not apply; --dataset {path.stem} "
-                f"--data-dir {path.parent} reads it as {path.stem}"
+                f"(unless --no-mirror-invariant) and {path.stem}'s presets do not apply; --dataset {path.stem} reads "
+                f"it as {path.stem} with $FREPO_DATA_DIR={path.parent} (or, that variable unset, --data-dir "
+                f"{path.parent})"
             )
         return raw
     if path.is_dir():
