@@ -117,6 +117,12 @@ def test_an_undefined_number_is_written_as_json_null(tmp_path):
     text = path.read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"auc": 0.5, "auc_se": None, "rows": [None, 1.0]}
+    from frepo.apps.common import ExperimentDir
+
+    folder = ExperimentDir(tmp_path / "exp", "toy")
+    folder.path.mkdir()
+    ran_now = folder.record("unit.json", {"auc_se": float("nan"), "pair": (1, 2)})
+    assert ran_now == folder.done("unit.json") == {"auc_se": None, "pair": [1, 2]}  # as a resume reads it
 
 
 def _blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

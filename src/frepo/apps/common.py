@@ -14,7 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..base.atomic import atomic_write, atomic_write_json, atomic_write_text, is_temp_file, remove_stale_temps
+from ..base.atomic import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    finite_or_null,
+    is_temp_file,
+    remove_stale_temps,
+)
 from ..base.errors import FrepoError
 from ..base.fields import check_type, comma_items, from_dict, set_leaf, to_dict
 from ..base.lock import LOCK, FolderLock
@@ -161,8 +168,10 @@ class ExperimentDir:
         return result if isinstance(result, dict) else None
 
     def record(self, name: str, result: dict) -> dict:
+        """Write a finished unit's result; returns it as `done` reads it back (a NaN as None, tuples as lists),
+        so the same command gives the same numbers whether the unit ran now or before."""
         atomic_write_json(self.path / name, result)
-        return result
+        return json.loads(json.dumps(finite_or_null(result)))
 
 
 def _flag(name: str, value: Any) -> str:

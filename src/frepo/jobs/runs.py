@@ -278,12 +278,13 @@ def _holds(path: Path, writes: str) -> bool:
             head = fh.read(65536)
         if not head:
             return True
+        if b"\x00" in head:  # binary: said before a multi-GB file is read whole to be parsed
+            return False
         if writes == "json":
             json.loads(path.read_bytes())
-            return True
     except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
         return False
-    return b"\x00" not in head
+    return True
 
 
 class RunDir:
