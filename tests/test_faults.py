@@ -447,6 +447,8 @@ def test_what_is_no_set_is_named_so_before_asking_for_its_dataset(tmp_path, caps
         ):
             for dataset in ([], ["--dataset", "digits"]):
                 one_line(capsys, main([command, str(path), *dataset, *more]), said)
+            if command == "evaluate":  # and before a validation split's refusal of another tool's set
+                one_line(capsys, main([command, str(path), "--dataset", "digits", "--split", "val"]), said)
 
 
 def test_show_draws_beside_a_set_over_its_own_grid_only(tmp_path, capsys):

@@ -240,8 +240,11 @@ def run(
     file = file if isinstance(file, DistilledSet) else run_set(file)  # a run's: its set
     if config.split == "val" and not isinstance(file, DistilledSet):  # said before the data loads (a ZCA fit)
         from ..io.foreign import detect_format
+        from ..io.foreign.load import check_holds_a_set
 
-        if detect_format(file) not in ("frepo", "frepo-export"):
+        fmt = detect_format(file)
+        if fmt not in ("frepo", "frepo-export"):
+            check_holds_a_set(Path(file), fmt)  # no set at all: said first
             raise FrepoError(f"{FOREIGN_WITHOUT_VAL} records no validation hold-out (val_size 0): use --split test")
     ds, raw = open_set(file, source)
     for arch in config.archs()[1:]:  # each fits the images before the first trains (mlp,resnet18 on 8×8 lost mlp)

@@ -183,7 +183,7 @@ def load_set(
         if entry is not None:
             raise FrepoError(f"--entry selects a set inside a DC/DSA res_*.pt file; a {fmt} file holds one set")
         return own_dataset(ds, str(file), dataset, data_dir=data_dir, download=download)
-    _check_holds_a_set(Path(file), fmt)
+    check_holds_a_set(Path(file), fmt)
     if dataset is None:
         kind = "folder (of class folders of images)" if Path(file).is_dir() else "file"
         shown = SHOWN.get(fmt, fmt)
@@ -196,7 +196,7 @@ def load_set(
     return load_foreign(file, raw, fmt=fmt, preprocess=preprocess, entry=entry, cache_dir=data_dir), raw
 
 
-def _check_holds_a_set(path: Path, fmt: str) -> None:
+def check_holds_a_set(path: Path, fmt: str) -> None:
     """Refuse, by a look inside, what is no set whatever --dataset says: a folder of runs (read as class
     folders), a dataset's .npz (read as an official FRePo file), a safetensors file without `images` and
     `labels` (a model's weights). Each asked for --dataset first, then failed on it with advice that did not fit."""
