@@ -11,10 +11,11 @@ import torch
 
 from frepo.apps.attacks import (
     ATTACKS,
+    auc_difference,
     auc_standard_error,
     confidence,
     lira_offline,
-    paired_auc_difference,
+    resampled_mean_aucs,
     roc_metrics,
     run_attacks,
     weighted_auc,
@@ -77,6 +78,11 @@ def test_the_weighted_auc_is_sklearn_s_auc_of_the_repeated_examples():
         repeated = np.r_[np.repeat(members, w[b]), np.repeat(nonmembers, v[b])]
         expected = roc_auc_score(np.r_[np.ones(40), np.zeros(60)], repeated)
         assert auc == pytest.approx(expected, abs=1e-12)
+
+
+def paired_auc_difference(arm, other, truth, resamples, seed) -> dict:
+    means = resampled_mean_aucs({"arm": arm, "other": other}, truth, resamples, seed)
+    return auc_difference(means["arm"], means["other"])
 
 
 def test_the_paired_auc_difference_and_its_interval():

@@ -80,42 +80,47 @@ def weighted_auc(members: np.ndarray, nonmembers: np.ndarray, w: np.ndarray, v: 
     return (wins * w).sum(axis=1) / (w.sum(axis=1) * v.sum(axis=1))
 
 
-def paired_auc_difference(
-    arm: np.ndarray, other: np.ndarray, is_member: np.ndarray, resamples: int, seed: int
-) -> dict[str, float | list[float]]:
-    """How much higher one arm's attack AUC is than another's, with a 95% interval from a two-level bootstrap.
+def resampled_mean_aucs(
+    scores: dict[str, np.ndarray], is_member: np.ndarray, resamples: int, seed: int
+) -> dict[str, tuple[float, np.ndarray]]:
+    """Each arm's mean AUC over its victims, and the same in each of `resamples` resamples of a two-level
+    bootstrap, for `auc_difference` to compare any two arms.
 
-    `arm` (V×N) and `other` (V'×N): each victim's scores (higher: member) of the same N examples,
-    `is_member` (N,) their truth. The AUC difference is of the means over each arm's victims. Each resample
-    draws the members and the non-members with replacement, the same draw for both arms (they score the same
-    examples, so the comparison is paired: the examples' sampling error that `auc_se` gives each AUC largely
-    cancels in the difference, which independent errors would not), and each arm's victims with
-    replacement (their own training randomness; one victim: none). Returns `delta_auc`, `ci95` (the 2.5th and
-    97.5th percentiles of the resampled differences) and `share_at_or_below_zero` (of the resamples)."""
+    `scores`: arm → its victims' scores (V×N; higher: member) of the same N examples, `is_member` (N,) their
+    truth. Each resample draws the members and the non-members with replacement, the same draw for every arm
+    (they score the same examples, so a comparison is paired: the examples' sampling error that `auc_se` gives
+    each AUC largely cancels in a difference, which independent errors would not), and each arm's victims with
+    replacement, on their own (their training randomness; one victim: none; with few, a percentile interval
+    over them runs narrow, by about √((V-1)/V) of their spread). Returns arm → (mean AUC, (B,) resampled)."""
     rng = np.random.default_rng(seed)
     is_member = np.asarray(is_member, bool)
     n1, n0 = int(is_member.sum()), int((~is_member).sum())
+    arms = sorted(scores)  # the draws' order, whatever the dict's
 
-    def aucs(scores: np.ndarray, w: np.ndarray, v: np.ndarray) -> np.ndarray:  # V×B
-        return np.stack([weighted_auc(x[is_member], x[~is_member], w, v) for x in np.asarray(scores, np.float64)])
+    def aucs(arm: str, w: np.ndarray, v: np.ndarray) -> np.ndarray:  # V×B
+        victims = np.asarray(scores[arm], np.float64)
+        return np.stack([weighted_auc(x[is_member], x[~is_member], w, v) for x in victims])
 
-    ones = (np.ones((1, n1)), np.ones((1, n0)))
-    delta = float(aucs(arm, *ones).mean() - aucs(other, *ones).mean())
-    differences = []
+    plain = {arm: float(aucs(arm, np.ones((1, n1)), np.ones((1, n0))).mean()) for arm in arms}
+    resampled: dict[str, list[np.ndarray]] = {arm: [] for arm in arms}
     for start in range(0, resamples, 250):  # B×N weights at a time: 250 × 20 000 float64 at the paper's size
         b = min(250, resamples - start)
         w = rng.multinomial(n1, np.full(n1, 1 / n1), size=b).astype(np.float64)
         v = rng.multinomial(n0, np.full(n0, 1 / n0), size=b).astype(np.float64)
-        per_victim = aucs(arm, w, v), aucs(other, w, v)
-        means = [np.take_along_axis(a, rng.integers(0, len(a), size=a.shape), axis=0).mean(0) for a in per_victim]
-        differences.append(means[0] - means[1])
-    resampled = np.concatenate(differences)
-    low, high = np.percentile(resampled, [2.5, 97.5])
-    return {
-        "delta_auc": delta,
-        "ci95": [float(low), float(high)],
-        "share_at_or_below_zero": float((resampled <= 0).mean()),
-    }
+        for arm in arms:
+            per_victim = aucs(arm, w, v)
+            drawn = rng.integers(0, len(per_victim), size=per_victim.shape)  # each resample's victims
+            resampled[arm].append(np.take_along_axis(per_victim, drawn, axis=0).mean(0))
+    return {arm: (plain[arm], np.concatenate(resampled[arm])) for arm in arms}
+
+
+def auc_difference(arm: tuple[float, np.ndarray], other: tuple[float, np.ndarray]) -> dict[str, float | list[float]]:
+    """One arm's mean AUC minus another's (`resampled_mean_aucs`' entries): `delta_auc`, `ci95` (the 2.5th and
+    97.5th percentiles of the resampled differences) and `share_at_or_below_zero` (of the resamples)."""
+    differences = arm[1] - other[1]
+    low, high = np.percentile(differences, [2.5, 97.5])
+    below = float((differences <= 0).mean())
+    return {"delta_auc": arm[0] - other[0], "ci95": [float(low), float(high)], "share_at_or_below_zero": below}
 
 
 def features(logits: np.ndarray, loss: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

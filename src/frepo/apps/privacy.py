@@ -30,6 +30,7 @@ wrote at its last step (`distilled.safetensors`), whose checksum every row of pr
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -54,9 +55,10 @@ from ..method.synthetic import pick_real
 from .attacks import (
     ATTACK_SETS,
     ATTACKS,
+    auc_difference,
     confidence,
     lira_offline,
-    paired_auc_difference,
+    resampled_mean_aucs,
     roc_metrics,
     run_attacks,
 )
@@ -485,7 +487,9 @@ class Privacy(Experiment):
     def _comparisons(self) -> list[dict]:
         """Each pair of COMPARISONS at each step count, on the loss threshold over every member
         (`threshold`) and over the starting members alone (`threshold_start`), against every non-member:
-        the AUC difference of the victims' means, and its 95% interval (`paired_auc_difference`)."""
+        the AUC difference of the victims' means, and its 95% interval (`resampled_mean_aucs`). Kept in
+        comparisons/<steps>-<attack>.json under a digest of the victims' losses: computed again only when
+        they change (more victims, an arm added), not on every run (minutes at the paper's size)."""
         cfg = self.config
         members = len(self.attacked_member_idx)
         starting = np.isin(self.attacked_member_idx, self.start_idx)
@@ -494,26 +498,41 @@ class Privacy(Experiment):
             "threshold_start": np.r_[starting, np.ones(len(self.nonmember_idx), bool)],
         }
         truth = np.r_[np.ones(members, bool), np.zeros(len(self.nonmember_idx), bool)]
+        arms = cfg.arm_list()
+        pairs = [pair for pair in COMPARISONS if set(pair) <= set(arms)]
         out, missing = [], []
         for steps in cfg.step_list():
-            for arm, other in [pair for pair in COMPARISONS if set(pair) <= set(cfg.arm_list())]:
-                scores = [self._losses(a, steps) for a in (arm, other)]
-                if any(s is None for s in scores):
-                    missing.append(f"{arm}/{other} at {steps} steps")
+            losses = {arm: self._losses(arm, steps) for arm in arms}
+            lost = [pair for pair in pairs if any(losses[a] is None for a in pair)]
+            missing += [f"{arm}/{other} at {steps} steps" for arm, other in lost]
+            scored_arms = sorted({a for pair in pairs if pair not in lost for a in pair})
+            for attack, scored in examples.items():
+                if not scored_arms or (attack == "threshold_start" and not starting.any()):
                     continue
-                for attack, scored in examples.items():
-                    if attack == "threshold_start" and not starting.any():
-                        continue
-                    seed = stream_seed(cfg.seed, f"privacy/bootstrap/{arm}/{other}/{steps}/{attack}")
-                    a, b = (-s[:, scored] for s in scores)  # the loss threshold: lower loss, member
-                    difference = paired_auc_difference(a, b, truth[scored], BOOTSTRAP_RESAMPLES, seed)
-                    out.append({"steps": steps, "arm": arm, "against": other, "attack": attack, **difference})
+                scores = {arm: -losses[arm][:, scored] for arm in scored_arms}  # lower loss: member
+                digest = hashlib.sha256(f"{BOOTSTRAP_RESAMPLES}|{cfg.seed}".encode())
+                for arm in scored_arms:
+                    digest.update(arm.encode() + scores[arm].tobytes())
+                name = f"comparisons/{steps}-{attack}.json"
+                done = self.folder.done(name)
+                if done is None or done.get("key") != digest.hexdigest():
+                    log.info(f"frepo: comparing the arms at {steps} steps, {attack} ({BOOTSTRAP_RESAMPLES} resamples)")
+                    seed = stream_seed(cfg.seed, f"privacy/bootstrap/{steps}/{attack}")
+                    means = resampled_mean_aucs(scores, truth[scored], BOOTSTRAP_RESAMPLES, seed)
+                    rows = [
+                        {"steps": steps, "arm": arm, "against": other, "attack": attack,
+                         **auc_difference(means[arm], means[other])}
+                        for arm, other in pairs if (arm, other) not in lost
+                    ]  # fmt: skip
+                    done = self.folder.record(name, {"key": digest.hexdigest(), "rows": rows})
+                out += done["rows"]
         if missing:
             log.warning(
                 f"frepo: no comparison of {', '.join(missing)}: victims recorded before 2026-12-07 kept no "
                 "per-example losses; delete their victims/*.json to train them again, or use a new --out"
             )
-        return out
+        order = {pair: i for i, pair in enumerate(COMPARISONS)}  # by step count, pair, then attack
+        return sorted(out, key=lambda c: (c["steps"], order[c["arm"], c["against"]], c["attack"]))
 
     def _losses(self, arm: str, steps: int) -> np.ndarray | None:
         """The victims' per-example losses of arm `arm` at `steps` (models × examples), or None if one is

@@ -216,6 +216,7 @@ EXPERIMENT_UNITS = (
     re.compile(r"order\d+/task\d+-[a-z]+\.(json|safetensors)"),
     re.compile(r"victims/[a-z_]+-\d+-m\d+(\.json|-loss\.npy)"),
     re.compile(r"shadows/[a-z_]+-\d+-s\d+\.npy"),
+    re.compile(r"comparisons/\d+-[a-z_]+\.json"),
     re.compile(r"evaluations/[0-9a-f]+\.json"),
 )
 
