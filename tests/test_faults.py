@@ -851,6 +851,31 @@ def test_a_nan_stop_before_any_checkpoint_says_there_is_none(tmp_path, capsys, m
     assert "no checkpoint yet" in line
 
 
+def test_ctrl_c_stops_a_sweep_that_goes_on_past_bad_settings(tmp_path, monkeypatch):
+    """`frepo.Interrupted` was a FrepoError: a script's sweep, `except frepo.FrepoError` around each run so that
+    bad settings skip to the next, caught Ctrl-C too, and went on with the next run."""
+    import frepo
+    from frepo.method.trainer import FRePoTrainer
+
+    original = FRePoTrainer.step
+
+    def ctrl_c(self):
+        signal.raise_signal(signal.SIGINT)
+        return original(self)
+
+    monkeypatch.setattr(FRePoTrainer, "step", ctrl_c)
+    started = []
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        for lr in (0.01, 0.02):
+            started.append(lr)
+            try:
+                frepo.distill(dataset="digits", ipc=1, steps=4, eval_steps=1, lr=lr, out=tmp_path / f"lr{lr}")
+            except frepo.FrepoError:
+                continue
+    assert started == [0.01] and isinstance(stopped.value, frepo.Interrupted)
+    assert "checkpoint written to" in str(stopped.value)
+
+
 def test_out_of_memory_is_one_line_and_a_smaller_batch_starts_afresh(tmp_path, capsys, monkeypatch):
     """A batch or preset too large for the device was torch's allocator traceback, and the corrected command was
     then refused as a different config, though the run had no checkpoint to keep."""

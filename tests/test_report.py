@@ -301,7 +301,7 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     assert f"| {saved['mean']:.2f} | done |" in out.read_text()
     monkeypatch.setattr(reproduce, "run_row", original_run_row)
 
-    # Ctrl-C inside a row's distillation (its run checkpoints, then raises Interrupted, a FrepoError) stops the
+    # Ctrl-C inside a row's distillation (its run checkpoints, then raises Interrupted, a KeyboardInterrupt) stops the
     # command: the row is not recorded as failed and the next row does not start.
     started = []
 

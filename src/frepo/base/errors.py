@@ -14,8 +14,10 @@ class FrepoError(Exception):
     """A problem with the user's input or environment, with a message that says what to do."""
 
 
-class Interrupted(FrepoError):
-    """The run was stopped by Ctrl-C or SIGTERM after a checkpoint was written."""
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by Ctrl-C or SIGTERM after a checkpoint was written. A KeyboardInterrupt, not a
+    FrepoError: a script's `except frepo.FrepoError` (a sweep going on past bad settings) caught Ctrl-C too, and
+    went on with the next run."""
 
 
 class FrepoWarning(UserWarning):

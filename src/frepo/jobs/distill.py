@@ -420,6 +420,8 @@ class Distiller:
                 for action in self.actions:
                     if action.at_end(self.step):
                         action(now)
+            except Interrupted:  # already said and kept (a second Ctrl-C in a write)
+                raise
             except KeyboardInterrupt:
                 self._keep_the_steps()
                 raise
@@ -527,6 +529,8 @@ class Distiller:
         try:
             with stop.interruptible():
                 action(now)
+        except Interrupted:  # already said and kept (a second Ctrl-C in a write)
+            raise
         except KeyboardInterrupt:
             stop.now = False  # a second SIGTERM in the checkpoint below waits for it (a second Ctrl-C aborts)
             if aborting():  # a second Ctrl-C: abort, as anywhere

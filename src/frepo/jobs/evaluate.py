@@ -287,8 +287,8 @@ def run(
                     ds, raw, test_x, test_y, config, arch, result, progress=progress, resume=resume
                 )
             results.append(result)
-    except KeyboardInterrupt:
-        if not resume:
+    except KeyboardInterrupt as exc:
+        if not resume or isinstance(exc, Interrupted):  # Interrupted: already said (a second Ctrl-C in a write)
             raise
         kept = sum(len(r.networks) for r in records if r is not None)
         if not kept:  # it said "0 finished networks kept in ...: run the same command to continue"
