@@ -218,3 +218,26 @@ def test_sigterm_is_left_to_torchrun_under_torchrun(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with terminate_as_interrupt():
         assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_set_changed_in_memory_is_not_its_file_s_set(set_file, monkeypatch):
+    """A set read from a file and then changed in memory kept its file's checksum: its evaluation was labelled
+    with the file's checksum, and resume=True read back the file's set's finished networks."""
+    import torch
+
+    import frepo
+
+    ds = frepo.load_distilled(set_file)
+    options = dict(models=2, steps=3, width=8, resume=True)
+    with monkeypatch.context() as m:
+        _count_trainings(m, stop_at=2)
+        with pytest.raises(KeyboardInterrupt):
+            frepo.evaluate(ds, **options)  # the file's set: one network kept
+    assert len(_records()) == 1
+    changed = dataclasses.replace(ds, images=torch.zeros_like(ds.images))
+    with monkeypatch.context() as m:
+        trained = _count_trainings(m)
+        result = frepo.evaluate(changed, **options)
+    assert len(trained) == 2  # none of the file's set's networks
+    assert result.extra["file_checksum"] is None
+    assert frepo.evaluate(ds, models=1, steps=3, width=8).extra["file_checksum"] == ds.meta["checksum"]

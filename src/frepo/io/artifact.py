@@ -291,6 +291,12 @@ def check_replaceable(path: str | Path, where: str) -> None:
         raise FrepoError(f"{where}: it is a file other than a set, which the set would replace; give another name")
 
 
+def checksum_of(ds: DistilledSet) -> str:
+    """The checksum `save_distilled` would record for `ds` as it is now (its content and metadata)."""
+    tensors, meta = check_set(ds, "the set")
+    return _checksum(tensors, meta)
+
+
 def save_distilled(ds: DistilledSet, path: str | Path) -> Path:
     """Write `ds` to `path` atomically, once it passes the checks `load_distilled` makes (`check_set`):
     a set the loader would refuse is refused here, before it replaces a good file. An existing file is

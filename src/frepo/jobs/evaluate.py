@@ -32,7 +32,7 @@ from ..data.stream import split_view
 from ..eval import EvalConfig, EvalResult, evaluate_set
 from ..eval.finished import FinishedNetworks, evaluation_key, set_digest
 from ..eval.results import count_of
-from ..io.artifact import DistilledSet, check_set
+from ..io.artifact import DistilledSet, check_set, checksum_of
 from ..models import build_model
 
 log = logging.getLogger(__name__)
@@ -255,11 +255,14 @@ def run(
         from .field_metrics import computable
 
         computable(ds, raw)  # before any network trains
+    # A set in memory may have changed since its file was read (`ds.images.add_(noise)`, dataclasses.replace):
+    # its file's checksum then names another set, and resumed that set's finished networks.
+    checksum = _still_its_checksum(ds) if isinstance(file, DistilledSet) else ds.meta.get("checksum")
     identity = {
         **({} if isinstance(file, DistilledSet) else {"file": str(file)}),
         "dataset": ds.dataset,
         "num_images": int(len(ds.images)),
-        "file_checksum": ds.meta.get("checksum"),
+        "file_checksum": checksum,
     }
     if ds.meta.get("source"):
         from ..io.foreign import describe
@@ -267,7 +270,7 @@ def run(
         identity["source"] = describe(ds)
     records: list[FinishedNetworks | None] = [None] * len(config.archs())
     if resume:
-        set_id, split_id = _identity(ds, raw, config.split)
+        set_id, split_id = _identity(ds, raw, config.split, checksum)
         records = [_finished(set_id, split_id, config, arch) for arch in config.archs()]
     for record in records:
         if record is not None and record.networks:
@@ -325,12 +328,20 @@ def warn_of_untrained(results: list[EvalResult], labels: torch.Tensor, split: st
             )
 
 
-def _identity(ds: DistilledSet, raw: RawDataset, split: str) -> tuple[str, str]:
+def _still_its_checksum(ds: DistilledSet) -> str | None:
+    """The checksum a set in memory records, if it is still that of its content (as `save_distilled` would
+    compute it), else None."""
+    recorded = ds.meta.get("checksum")
+    return recorded if recorded and checksum_of(ds) == recorded else None
+
+
+def _identity(ds: DistilledSet, raw: RawDataset, split: str, checksum: str | None) -> tuple[str, str]:
     """(the set's content, the split's data) as digests, for the record of finished networks. A frepo file's
-    checksum covers its content; a file from another tool records the checksum of the whole file, which
-    holds several sets (--entry) or is read in a chosen preprocessing, so its set is hashed as read."""
-    own = ds.meta.get("checksum") and not ds.meta.get("source")
-    set_id = ds.meta["checksum"] if own else set_digest(ds.images, ds.labels, ds.preprocessing.tensors())
+    `checksum` covers its content (None: not known to, such as a set changed in memory); a file from another
+    tool records the checksum of the whole file, which holds several sets (--entry) or is read in a chosen
+    preprocessing, so its set is hashed as read."""
+    own = checksum and not ds.meta.get("source")
+    set_id = checksum if own else set_digest(ds.images, ds.labels, ds.preprocessing.tensors())
     if split == "test":
         return set_id, f"test:{raw.test_fingerprint()}"
     # The hold-out: the training split's labels and the set's record decide it (`Holdout`).
