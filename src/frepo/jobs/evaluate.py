@@ -188,9 +188,9 @@ def evaluate_archs(
     """Evaluate a set (a DistilledSet, or any file `frepo.io.foreign` reads: frepo, official FRePo .npz,
     MTT/DD-Ranking .pt, DC/DSA res_*.pt, safetensors, an image folder, a `frepo export` folder) on each
     architecture of `config`. Overrides name leaf fields: `evaluate_archs(path, models=3, arch="conv,mlp")`.
-    `field_metrics`: also DD-Ranking's IOR, HLR and LRS, in each result's extra["field_metrics"]. `resume`: each
-    network's accuracy is kept as it finishes, and a call interrupted before (Ctrl-C: `Interrupted`) trains only
-    the networks still missing (`frepo.eval.finished`)."""
+    `field_metrics`: also DD-Ranking's IOR, HLR and LRS, in each result's extra["field_metrics"] (keys "ior",
+    "hlr", "lrs"). `resume`: each network's accuracy is kept as it finishes, and a call interrupted before
+    (Ctrl-C: `Interrupted`) trains only the networks still missing (`frepo.eval.finished`)."""
     config, source = configure(config, source, **overrides)
     return run(file, config, source, progress=progress, field_metrics=field_metrics, resume=resume)
 
