@@ -23,6 +23,7 @@ import torch
 from frepo.base.atomic import append_line, atomic_write_text
 from frepo.base.errors import FrepoError
 from frepo.cli import main
+from frepo.config import DataConfig
 from frepo.io.artifact import DistilledSet, _checksum, load_distilled, save_distilled
 from frepo.jobs.reproduce import reproduce
 from frepo.jobs.runs import RunDir
@@ -982,6 +983,14 @@ def test_flags_a_command_would_not_read_are_refused(tmp_path, capsys):
     one_line(capsys, main([*subset, "--feature-width", "8"]), "(--feature-width): read by the herding and kcenter")
     with pytest.raises(FrepoError, match=r"feature_steps \(--feature-steps\): read by the herding and kcenter"):
         make_subset("digits", 1, feature_steps=0)  # the Python API ignored it too
+    # the data's options as keywords, as distill takes them (a TypeError before), and a misspelt one named
+    keywords = make_subset(dataset="digits", ipc=1, val_size=0, preprocess="standard")
+    config = DataConfig(dataset="digits", val_size=0, preprocess="standard")
+    assert torch.equal(keywords.images, make_subset(config, 1).images)
+    with pytest.raises(FrepoError, match="make_subset takes no option val_sise; the data's options are: "):
+        make_subset("digits", 1, val_sise=0)
+    with pytest.raises(FrepoError, match="make_subset needs ipc"):
+        make_subset(dataset="digits")
     assert main(subset) == 0
     one_line(capsys, main(["show", str(out), "--fps", "3"]), "--fps is the frame rate of --animate")
     chunked = distill_args(tmp_path / "run", "--dataset", "digits", "--train-chunk-size", "300")  # the whole split

@@ -30,6 +30,7 @@ wrote at its last step (`distilled.safetensors`), whose checksum every row of pr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -411,7 +412,7 @@ class Privacy(Experiment):
         members, nonmembers, accuracy = self._victim_outputs(arm, ds, steps, f"privacy/{arm}/{steps}/m{model}")
         losses = np.concatenate([members["loss"], nonmembers["loss"]]).astype(np.float64)
         # kept before the record, which marks the victim done
-        atomic_write(self.out / _losses_name(arm, steps, model), lambda tmp: _save_npy(tmp, losses))
+        atomic_write(self.out / _losses_name(arm, steps, model), functools.partial(_save_npy, values=losses))
         parts = ("logits", "loss", "labels")
         if self.config.attacks == "reference":  # said, as it runs a minute or more with nothing else shown
             log.info(
@@ -465,7 +466,7 @@ class Privacy(Experiment):
             m, nm, _ = self._victim_outputs(arm, ds, steps, f"privacy/{arm}/{steps}/shadow{shadow}", shadow)
             scores = np.concatenate([target(m), target(nm)])
 
-            atomic_write(path, lambda tmp, values=scores: _save_npy(tmp, values))
+            atomic_write(path, functools.partial(_save_npy, values=scores))
             shadows.append(scores)
         truth = np.concatenate([np.ones(len(members["loss"])), np.zeros(len(nonmembers["loss"]))])
         return roc_metrics(truth, lira_offline(victim, np.stack(shadows)))
@@ -509,7 +510,8 @@ class Privacy(Experiment):
             for attack, scored in examples.items():
                 if not scored_arms or (attack == "threshold_start" and not starting.any()):
                     continue
-                scores = {arm: -losses[arm][:, scored] for arm in scored_arms}  # lower loss: member
+                kept = {arm: loss for arm, loss in losses.items() if loss is not None}
+                scores = {arm: -kept[arm][:, scored] for arm in scored_arms}  # lower loss: member
                 digest = hashlib.sha256(f"{BOOTSTRAP_RESAMPLES}|{cfg.seed}".encode())
                 for arm in scored_arms:
                     digest.update(arm.encode() + scores[arm].tobytes())

@@ -340,8 +340,10 @@ def _identity(ds: DistilledSet, raw: RawDataset, split: str, checksum: str | Non
     `checksum` covers its content (None: not known to, such as a set changed in memory); a file from another
     tool records the checksum of the whole file, which holds several sets (--entry) or is read in a chosen
     preprocessing, so its set is hashed as read."""
-    own = checksum and not ds.meta.get("source")
-    set_id = checksum if own else set_digest(ds.images, ds.labels, ds.preprocessing.tensors())
+    if checksum is not None and not ds.meta.get("source"):
+        set_id = checksum
+    else:
+        set_id = set_digest(ds.images, ds.labels, ds.preprocessing.tensors())
     if split == "test":
         return set_id, f"test:{raw.test_fingerprint()}"
     # The hold-out: the training split's labels and the set's record decide it (`Holdout`).

@@ -263,9 +263,9 @@ def check_not_kept(
     if not writes_a_set and is_set_file(path):
         raise FrepoError(f"{what} {path} is a frepo set, which this would replace; give another name")
     if writes is not None and path.is_file() and not _holds(path, writes):
-        held = "JSON" if writes == "json" else "text"
+        kind = "JSON" if writes == "json" else "text"
         raise FrepoError(
-            f"{what} {path} holds something other than {held} (a dataset, an archive, another program's file), "
+            f"{what} {path} holds something other than {kind} (a dataset, an archive, another program's file), "
             "which this would replace; give another name"
         )
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -113,23 +114,40 @@ def feature_network(
 
 
 def make_subset(
-    data: DataConfig | str | os.PathLike,
-    ipc: int,
+    data: DataConfig | str | os.PathLike | None = None,
+    ipc: int | None = None,
     method: str = "random",
     seed: int = 0,
     *,
     feature_steps: int | None = None,
     feature_width: int | None = None,
     device: str = "auto",
+    **data_options: Any,
 ) -> DistilledSet:
     """`ipc` real images per class chosen by `method`, as a DistilledSet with integer labels: `data` is a
-    dataset (a name, .npz file or image folder: `make_subset("mnist", 10)`) or a `DataConfig` for its other
-    options (data_dir, download, preprocess, classes...). `feature_steps` and `feature_width` shape herding's
-    and kcenter's feature network (default FEATURE_STEPS steps, width 128); random reads neither, and refuses
-    them rather than ignore them."""
-    if isinstance(data, str | os.PathLike):
-        data = DataConfig(dataset=os.fspath(data))
+    dataset (a name, .npz file or image folder: `make_subset("mnist", 10)`) or a `DataConfig`; its options
+    (dataset, data_dir, download, preprocess, val_size, classes...) may also be keywords, as `distill` takes
+    them (`make_subset(dataset="mnist", ipc=10, preprocess="zca")`, as `frepo subset --dataset mnist ...`).
+    `feature_steps` and `feature_width` shape herding's and kcenter's feature network (default FEATURE_STEPS
+    steps, width 128); random reads neither, and refuses them rather than ignore them."""
+    known = {f.name for f in dataclasses.fields(DataConfig)}
+    unknown = sorted(set(data_options) - known)
+    if unknown:
+        options = ", ".join(sorted(known))
+        raise FrepoError(f"make_subset takes no option {', '.join(unknown)}; the data's options are: {options}")
+    if data is None:
+        if "dataset" not in data_options:
+            raise FrepoError("make_subset needs a dataset: make_subset('mnist', ipc=10) or make_subset(dataset=...)")
+        data = DataConfig(**data_options)
+    elif isinstance(data, str | os.PathLike):
+        if "dataset" in data_options:
+            raise FrepoError("make_subset got its dataset twice: as `data` and as dataset=")
+        data = DataConfig(dataset=os.fspath(data), **data_options)
+    elif isinstance(data, DataConfig) and data_options:
+        data = dataclasses.replace(data, **data_options)
     check_argument("data", data, DataConfig, "a dataset or a DataConfig: make_subset('mnist', ipc=10)")
+    if ipc is None:
+        raise FrepoError("make_subset needs ipc, the images per class: make_subset('mnist', ipc=10)")
     ipc, seed = check_type("ipc", ipc, int), check_type("seed", seed, int)
     method, device = check_type("method", method, str), check_type("device", device, str)
     if method not in METHODS:
