@@ -1136,3 +1136,11 @@ def test_a_second_ctrl_c_during_a_write_is_an_interruption_not_a_disk_error(tmp_
     with atomic_path(target) as tmp:  # outside the loop's handler: a write error is a write error again
         tmp.write_bytes(b"next")
     assert target.read_bytes() == b"next"
+
+
+def test_an_option_of_choices_given_a_flag_names_its_choices():
+    """`EvalConfig.build(together=True)` said "together must be a string", naming none of auto, on, off, streams."""
+    from frepo.eval import EvalConfig
+
+    with pytest.raises(FrepoError, match="unknown together True: together must be one of auto, on, off, streams"):
+        EvalConfig.build(together=True)

@@ -75,7 +75,14 @@ def check_fields(settings: Any) -> None:
             if not isinstance(value, declared):
                 raise FrepoError(f"{f.name} must be a {declared.__name__}, got {value!r}")
         elif not dataclasses.is_dataclass(value):
-            setattr(settings, f.name, check_type(f.name, value, hints[f.name]))
+            try:
+                setattr(settings, f.name, check_type(f.name, value, hints[f.name]))
+            except FrepoError:
+                if f.metadata.get("choices") is None:
+                    raise
+                # together=True: "must be a string" named no choice (auto, on, off, streams)
+                check_choice(f.name, value, f.metadata["choices"])
+                raise
         choices = f.metadata.get("choices")
         if choices is not None:
             check_choice(f.name, getattr(settings, f.name), choices)
