@@ -67,6 +67,8 @@ def test_resume_after_sigint_equals_uninterrupted(tmp_path, uninterrupted):
     result = distill(_config(), out, progress=False)
     assert result.step == 8
     _assert_same_run(uninterrupted, out)
+    record = json.loads(json.dumps(result.to_dict()))  # plain JSON, paths absolute
+    assert record["distilled_path"] == str((out / "distilled.safetensors").resolve()) and record["step"] == 8
 
 
 def test_ctrl_c_in_the_end_validation_keeps_the_steps(tmp_path, uninterrupted, monkeypatch):

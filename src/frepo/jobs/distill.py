@@ -57,12 +57,27 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DistillResult:
+    """What `distill` returns: the run directory `out` and its files (paths as given, relative to the working
+    folder of the call where `out` was), the last `step`, the last validation's accuracy in percent (None
+    without validation: val_size 0), and `seconds` of training (validations and checkpoints left out)."""
+
     out: Path
     step: int
     distilled_path: Path
     best_path: Path | None
     val_accuracy: float | None
     seconds: float
+
+    def to_dict(self) -> dict:
+        """As plain JSON, paths absolute."""
+        return {
+            "out": str(self.out.resolve()),
+            "step": self.step,
+            "distilled_path": str(self.distilled_path.resolve()),
+            "best_path": None if self.best_path is None else str(self.best_path.resolve()),
+            "val_accuracy": self.val_accuracy,
+            "seconds": self.seconds,
+        }
 
 
 GPU_STEPS = 50_000  # outer steps from which a CPU is warned of days of work (the paper's budgets are 500 000)
