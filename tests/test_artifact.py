@@ -166,6 +166,8 @@ def test_a_set_the_loader_would_refuse_is_never_saved_nor_evaluated(tmp_path):
     for read in (lambda s: s.classes, lambda s: s.num_classes, lambda s: s.targets(), lambda s: s.dataset):
         with pytest.raises(FrepoError, match="this set's meta has no '(classes|dataset)': a DistilledSet made by"):
             read(bare)
+    with pytest.raises(FrepoError, match="lacks 'dataset' and 'classes': a DistilledSet made by hand needs meta="):
+        frepo.evaluate(bare, models=1, steps=1, width=8)  # both at once: one key a time before, without the advice
     assert good.read_bytes() == kept
     # What the file's JSON would hold is what is checked: classes as a tuple are saved as a list.
     as_tuple = DistilledSet(ds.images, ds.labels, ds.preprocessing, {**ds.meta, "classes": ("a", "b", "c")})

@@ -222,6 +222,12 @@ def check_set(ds: DistilledSet, where: str, preprocessing: bool = True) -> tuple
         as_saved = json.loads(json.dumps({**meta, "checksum": ""}))  # a tuple of classes is saved as a list
     except (TypeError, ValueError) as exc:
         raise FrepoError(f"{where}: the metadata is not JSON ({exc})") from exc
+    missing = [key for key in ("dataset", "classes") if key not in as_saved]
+    if missing:  # what a set made by hand lacks: said at once, with what to pass (one key at a time before)
+        raise FrepoError(
+            f"{where}: the metadata lacks {' and '.join(map(repr, missing))}: a DistilledSet made by hand needs "
+            "meta={'dataset': its name (the real dataset it belongs to), 'classes': [a name per class]}"
+        )
     _check_content(tensors, check_meta(as_saved, where), where, preprocessing)
     return tensors, meta
 
