@@ -332,9 +332,13 @@ class Continual(Experiment):
         distilled = "frepo" in cfg.arm_list()  # the other arms distil nothing
         return (
             f"{count_of(len(cfg.order_list()), 'class order')}; "
-            + (f"{cfg.steps} distillation steps × real batch {cfg.batch_size} per task; " if distilled else "")
+            + (
+                f"{count_of(cfg.steps, 'distillation step')} × real batch {cfg.batch_size} per task; "
+                if distilled
+                else ""
+            )
             + f"{count_of(cfg.eval_models, 'model')} per order, task and arm, "
-            + (f"{cfg.eval_steps} steps" if cfg.protocol == "frepo" else f"{cfg.eval_epochs} epochs")
+            + (count_of(cfg.eval_steps, "step") if cfg.protocol == "frepo" else count_of(cfg.eval_epochs, "epoch"))
             + f" of the {cfg.protocol} protocol"
         )
 
