@@ -53,6 +53,19 @@ def test_selection_rules_on_points_with_known_answers():
     assert sorted(herding_select(line, 3).tolist()[1:]) in ([4, 6], [3, 7], [2, 8], [1, 9], [0, 10])
 
 
+def test_herding_runs_on_l2_normalised_features_as_icarl_does(blobs, monkeypatch):
+    """iCaRL's herding (the continual-learning baseline) selects on the unit sphere; frepo's ran on raw
+    features, where a few long feature vectors pull the class mean."""
+    import frepo.jobs.subset as subset
+
+    seen = []
+    original = subset.SELECTORS["herding"]
+    monkeypatch.setitem(subset.SELECTORS, "herding", lambda features, k: seen.append(features) or original(features, k))
+    ds = make_subset(DataConfig(dataset=str(blobs), val_size=0), 2, "herding", feature_steps=2, feature_width=8)
+    assert seen and all(torch.allclose(f.norm(dim=1), torch.ones(len(f), dtype=f.dtype)) for f in seen)
+    assert ds.meta["config"]["features"] == "l2-normalised"
+
+
 @pytest.mark.parametrize("method", ["herding", "kcenter"])
 def test_make_subset_with_network_features(blobs, method):
     data = DataConfig(dataset=str(blobs), val_size=9)

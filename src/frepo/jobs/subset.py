@@ -196,10 +196,14 @@ def make_subset(
         for c in classes:  # one class's features at a time: memory O(class), not O(split)
             members = torch.nonzero(y_train == c).flatten()
             features = embed_batched(net, _rows(x_train, members), dev).cpu()
+            if method == "herding":  # on the unit sphere, as iCaRL's herding (Rebuffi et al. 2017, §2.1) runs
+                features = F.normalize(features.double(), dim=1)
             chosen.append(members[SELECTORS[method](features, ipc)])
         idx = torch.cat(chosen)
         images, labels = x_train[idx].clone(), y_train[idx].clone()
         config.update(feature_steps=feature_steps, feature_width=feature_width, feature_batch=FEATURE_BATCH)
+        if method == "herding":
+            config["features"] = "l2-normalised"  # (unnormalised before 2026-12-07)
     meta = {
         "kind": f"subset-{method}",
         "dataset": raw.name,
