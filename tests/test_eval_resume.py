@@ -173,10 +173,11 @@ def test_sets_from_other_tools_are_told_apart_by_their_content():
     meta = {"dataset": "digits", "classes": [str(c) for c in range(10)], "checksum": "file", "source": "dc"}
     images = torch.zeros(10, 1, 8, 8)
     a, b = (DistilledSet(x, torch.arange(10), pre, meta) for x in (images, images + 1))
-    assert _identity(a, raw, "test")[0] != _identity(b, raw, "test")[0]
+    assert _identity(a, raw, "test", "file")[0] != _identity(b, raw, "test", "file")[0]
     own = DistilledSet(images, torch.arange(10), pre, {**meta, "source": None})
-    assert _identity(own, raw, "test")[0] == "file"  # a frepo file's checksum covers its content
-    assert _identity(own, raw, "test")[1] != _identity(own, raw, "val")[1]
+    assert _identity(own, raw, "test", "file")[0] == "file"  # a frepo file's checksum covers its content
+    assert _identity(own, raw, "test", "file")[1] != _identity(own, raw, "val", "file")[1]
+    assert _identity(own, raw, "test", None)[0] != "file"  # changed in memory: by its content
 
 
 def test_sigterm_keeps_the_finished_networks_as_ctrl_c_does(set_file, tmp_path, monkeypatch):
@@ -241,3 +242,5 @@ def test_a_set_changed_in_memory_is_not_its_file_s_set(set_file, monkeypatch):
     assert len(trained) == 2  # none of the file's set's networks
     assert result.extra["file_checksum"] is None
     assert frepo.evaluate(ds, models=1, steps=3, width=8).extra["file_checksum"] == ds.meta["checksum"]
+    ds.images.add_(1.0)  # changed in place: the same tensor, another version of it
+    assert frepo.evaluate(ds, models=1, steps=3, width=8).extra["file_checksum"] is None

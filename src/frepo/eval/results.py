@@ -87,7 +87,7 @@ RESULT_KEYS = {
     "file": "the evaluated file (absent for a set passed in Python)",
     "dataset": "the dataset whose split was used",
     "num_images": "the set's images",
-    "file_checksum": "the set's checksum",
+    "file_checksum": "the set's file's checksum (null for a set changed in memory since it was read)",
     "source": "another tool's file: how it was read",
     "field_metrics": "--field-metrics: DD-Ranking's IOR, HLR, LRS and their accuracies",
 }

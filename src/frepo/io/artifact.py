@@ -297,10 +297,24 @@ def check_replaceable(path: str | Path, where: str) -> None:
         raise FrepoError(f"{where}: it is a file other than a set, which the set would replace; give another name")
 
 
-def checksum_of(ds: DistilledSet) -> str:
-    """The checksum `save_distilled` would record for `ds` as it is now (its content and metadata)."""
-    tensors, meta = check_set(ds, "the set")
-    return _checksum(tensors, meta)
+def as_read(ds: DistilledSet) -> DistilledSet:
+    """`ds`, marked as holding what its file held (`still_as_read`): its tensors and their version counters,
+    which every in-place change (`ds.images.add_(noise)`) increments. A set made from it (dataclasses.replace)
+    carries no mark."""
+    object.__setattr__(ds, "_as_read", (ds.images, ds.images._version, ds.labels, ds.labels._version, ds.preprocessing))
+    return ds
+
+
+def still_as_read(ds: DistilledSet) -> bool:
+    """Whether `ds` holds what its file held: marked by `as_read`, the same tensors, none changed in place
+    since, the same preprocessing. A set changed in memory keeps its file's checksum in its meta; this tells
+    it apart without hashing it (packing a ZCA matrix takes seconds)."""
+    mark = getattr(ds, "_as_read", None)
+    if mark is None:
+        return False
+    images, images_version, labels, labels_version, preprocessing = mark
+    same = images is ds.images and labels is ds.labels and preprocessing is ds.preprocessing
+    return same and images._version == images_version and labels._version == labels_version
 
 
 def save_distilled(ds: DistilledSet, path: str | Path) -> Path:
@@ -521,4 +535,4 @@ def load_distilled(path: str | Path) -> DistilledSet:
     # The checksum is no signature (anyone can recompute it): the content is checked for what it holds.
     parsed = check_meta(meta, str(path))
     pre = Preprocessing.from_tensors(meta["preprocessing"], _check_content(tensors, parsed, str(path)))
-    return DistilledSet(tensors["images"], tensors["labels"], pre, meta)
+    return as_read(DistilledSet(tensors["images"], tensors["labels"], pre, meta))

@@ -32,7 +32,7 @@ from ..data.stream import split_view
 from ..eval import EvalConfig, EvalResult, evaluate_set
 from ..eval.finished import FinishedNetworks, evaluation_key, set_digest
 from ..eval.results import count_of
-from ..io.artifact import DistilledSet, check_set, checksum_of
+from ..io.artifact import DistilledSet, check_set, still_as_read
 from ..models import build_model
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,8 @@ def run(
         computable(ds, raw)  # before any network trains
     # A set in memory may have changed since its file was read (`ds.images.add_(noise)`, dataclasses.replace):
     # its file's checksum then names another set, and resumed that set's finished networks.
-    checksum = _still_its_checksum(ds) if isinstance(file, DistilledSet) else ds.meta.get("checksum")
+    trusted = not isinstance(file, DistilledSet) or still_as_read(file)
+    checksum = ds.meta.get("checksum") if trusted else None
     identity = {
         **({} if isinstance(file, DistilledSet) else {"file": str(file)}),
         "dataset": ds.dataset,
@@ -326,13 +327,6 @@ def warn_of_untrained(results: list[EvalResult], labels: torch.Tensor, split: st
                 "budget taught it nothing; its accuracy (and any metric from it) says nothing of the set: give more "
                 "training (--steps, or --epochs for dsa)"
             )
-
-
-def _still_its_checksum(ds: DistilledSet) -> str | None:
-    """The checksum a set in memory records, if it is still that of its content (as `save_distilled` would
-    compute it), else None."""
-    recorded = ds.meta.get("checksum")
-    return recorded if recorded and checksum_of(ds) == recorded else None
 
 
 def _identity(ds: DistilledSet, raw: RawDataset, split: str, checksum: str | None) -> tuple[str, str]:

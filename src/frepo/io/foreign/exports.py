@@ -14,7 +14,7 @@ from ...base.errors import FrepoError, check_path
 from ...base.log import warn
 from ...base.registry import registering
 from ...data.preprocess import Preprocessing
-from ..artifact import DistilledSet
+from ..artifact import DistilledSet, as_read
 from ..digests import checksums
 from .files import check_images, check_labels, torch_load
 from .readers import read_npz
@@ -122,7 +122,7 @@ def load_export(path: str | Path) -> DistilledSet:
         "checksum": checksum,
         "source": {"path": str(path), "format": "frepo-export", "layout": layout, "original": info.get("checksum")},
     }
-    return DistilledSet(images, labels, pre, meta)
+    return as_read(DistilledSet(images, labels, pre, meta))
 
 
 def _warn_of_changed_files(manifest: dict, each: dict[str, str], where: str) -> None:

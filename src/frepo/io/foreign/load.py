@@ -20,7 +20,7 @@ from ...base.log import warn
 from ...data import BUILTIN, RawDataset, default_data_dir, load_dataset
 from ...data.preprocess import Preprocessing
 from ...data.recipes import CLAIMS, check_preprocessing, claimed_preprocessing, frepo_preprocessing
-from ..artifact import DistilledSet, load_distilled
+from ..artifact import DistilledSet, as_read, load_distilled
 from ..digests import file_checksum
 from . import readers  # noqa: F401  (registers the readers of other tools' formats, in FORMATS' order)
 from .exports import load_export
@@ -160,7 +160,7 @@ def load_foreign(
         "checksum": file_checksum(path),
         "source": source,
     }
-    return DistilledSet(images.float(), labels, pre, meta)
+    return as_read(DistilledSet(images.float(), labels, pre, meta))
 
 
 def load_set(
