@@ -620,6 +620,24 @@ def test_continual_distils_every_task_with_the_flip_trick_where_a_flip_keeps_the
     assert mirrored.distill_config(**mirrored._flip(task)).use_flip is False
 
 
+def test_continual_keeps_a_herding_memory_chosen_before_normalised_features_and_says_so(tmp_path, caplog):
+    """Herding chooses on L2-normalised features since 2026-12-07: a folder's exemplars chosen before are kept
+    (its units were evaluated on them), and the mix is said."""
+    import dataclasses
+
+    from frepo.apps.continual import Continual, ContinualConfig
+
+    experiment = Continual(ContinualConfig(**CL), tmp_path / "c")
+    new = experiment.exemplars("herding", 0, 0, [0, 1])
+    assert new.meta["config"]["features"] == "l2-normalised" and "unnormalised" not in caplog.text
+    path = tmp_path / "c" / "order0" / "task0-herding.safetensors"
+    config = {k: v for k, v in new.meta["config"].items() if k != "features"}  # as an older frepo wrote it
+    frepo.save_distilled(dataclasses.replace(new, meta={**new.meta, "config": config}), path)
+    with caplog.at_level("WARNING", logger="frepo"):
+        kept = experiment.exemplars("herding", 0, 0, [0, 1])
+    assert torch.equal(kept.images, new.images) and "chosen on unnormalised features" in caplog.text
+
+
 def test_a_row_over_victims_recorded_before_an_attack_existed_leaves_that_attack_out(caplog):
     """A resumed privacy folder whose older victims lack `threshold_start` (added since) stopped with a
     KeyError, or averaged a column over fewer victims than `models` says."""

@@ -987,8 +987,10 @@ def test_flags_a_command_would_not_read_are_refused(tmp_path, capsys):
     keywords = make_subset(dataset="digits", ipc=1, val_size=0, preprocess="standard")
     config = DataConfig(dataset="digits", val_size=0, preprocess="standard")
     assert torch.equal(keywords.images, make_subset(config, 1).images)
-    with pytest.raises(FrepoError, match="make_subset takes no option val_sise; the data's options are: "):
+    with pytest.raises(FrepoError, match=r"make_subset takes no option val_sise \(did you mean val_size\?\); "):
         make_subset("digits", 1, val_sise=0)
+    with pytest.raises(FrepoError, match=r"no option feature_step \(did you mean feature_steps\?\)"):
+        make_subset("digits", 1, "herding", feature_step=3)
     with pytest.raises(FrepoError, match="make_subset needs ipc"):
         make_subset(dataset="digits")
     assert main(subset) == 0
@@ -1144,3 +1146,5 @@ def test_an_option_of_choices_given_a_flag_names_its_choices():
 
     with pytest.raises(FrepoError, match="unknown together True: together must be one of auto, on, off, streams"):
         EvalConfig.build(together=True)
+    with pytest.raises(FrepoError, match="together must be one of"):  # compared with the choices, it raised
+        EvalConfig.build(together=np.array([1, 2]))

@@ -165,7 +165,7 @@ class Continual(Experiment):
     def __init__(self, config: ContinualConfig, out: str | Path, progress: bool = False):
         super().__init__(config, out, progress)
         self.raw = load_dataset(config.dataset, config.data_dir, config.download)
-        self._said_flip = False
+        self._said_flip = self._said_herding = False
         c = self.raw.num_classes
         if config.tasks > c:
             raise FrepoError(f"{config.tasks} tasks are more than the {c} classes of {self.raw.name}")
@@ -228,7 +228,16 @@ class Continual(Experiment):
         images) or by herding; written once, read back after."""
         path = self.out / f"order{order}" / f"task{task}-{arm}.safetensors"
         if path.is_file():
-            return load_distilled(path)
+            kept = load_distilled(path)
+            unnormalised = arm == "herding" and (kept.meta.get("config") or {}).get("features") != "l2-normalised"
+            if unnormalised and not self._said_herding:  # its units were evaluated on it: kept, and said
+                log.warning(
+                    f"frepo: {path} was chosen on unnormalised features (before 2026-12-07); the exemplars made "
+                    "so are kept, new ones are chosen on L2-normalised features: this folder's herding arm may mix "
+                    "the two"
+                )
+                self._said_herding = True
+            return kept
         cfg = self.config
         # Herding's feature network; random has none, and refuses its settings.
         features = {} if arm == "random" else {"feature_steps": cfg.feature_steps, "feature_width": cfg.feature_width}

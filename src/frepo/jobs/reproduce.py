@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..base.atomic import atomic_write_json, atomic_write_text, check_output_file, writable_folder
-from ..base.errors import FrepoError, Interrupted
+from ..base.errors import FrepoError
 from ..data import BUILTIN, default_data_dir
 from ..data.layouts import LAYOUTS, find_root
 from ..data.registry import offline_copy
@@ -277,9 +277,9 @@ def run_row(
             )
             mean, std = evaluation.mean, evaluation.std
         row.measured, row.status = (mean, std), "done"
-    except Interrupted:  # Ctrl-C or SIGTERM stops the command (its run checkpointed), not just this row
-        raise
-    except FrepoError as exc:  # said now too: the next row may take half an hour before the table shows it
+    # said now too: the next row may take half an hour before the table shows it (Ctrl-C or SIGTERM, an
+    # Interrupted, is no FrepoError: it stops the command, its run checkpointed)
+    except FrepoError as exc:
         reason = str(exc)
         if isinstance(exc, OtherSettings):  # its advice named distill's flags, which reproduce has not
             reason = f"{out} holds a run of other settings ({exc.detail}); delete it to run the {budget.name} preset"

@@ -18,6 +18,7 @@ class ids, as for `random`.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import os
 from typing import Any
@@ -132,9 +133,11 @@ def make_subset(
     steps, width 128); random reads neither, and refuses them rather than ignore them."""
     known = {f.name for f in dataclasses.fields(DataConfig)}
     unknown = sorted(set(data_options) - known)
-    if unknown:
-        options = ", ".join(sorted(known))
-        raise FrepoError(f"make_subset takes no option {', '.join(unknown)}; the data's options are: {options}")
+    if unknown:  # a misspelt feature_steps too: every keyword it takes, the nearest first
+        every = sorted(known | {"ipc", "method", "seed", "feature_steps", "feature_width", "device"})
+        near = difflib.get_close_matches(unknown[0], every, n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        raise FrepoError(f"make_subset takes no option {', '.join(unknown)}{hint}; it takes: {', '.join(every)}")
     if data is None:
         if "dataset" not in data_options:
             raise FrepoError("make_subset needs a dataset: make_subset('mnist', ipc=10) or make_subset(dataset=...)")
