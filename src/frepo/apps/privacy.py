@@ -99,7 +99,7 @@ def _scored_as_now(record: dict) -> bool:
 
 
 NONMEMBER_SPLITS = ("test", "train")
-# The bootstrap of the arms' comparisons (`paired_auc_difference`): resamples of the examples and victims.
+# The bootstrap of the arms' comparisons (`resampled_mean_aucs`): resamples of the examples and victims.
 BOOTSTRAP_RESAMPLES = 2000
 # What each arm is compared with, where both ran: the floor (a victim that saw no member), and the real
 # members and the starting images themselves for the distilled arm.

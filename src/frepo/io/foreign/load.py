@@ -201,7 +201,10 @@ def check_holds_a_set(path: Path, fmt: str) -> None:
     folders), a dataset's .npz (read as an official FRePo file), a safetensors file without `images` and
     `labels` (a model's weights). Each asked for --dataset first, then failed on it with advice that did not fit."""
     if fmt == "imagefolder":
-        runs = sorted(child.name for child in path.iterdir() if is_run(child))
+        try:
+            runs = sorted(child.name for child in path.iterdir() if is_run(child))
+        except OSError:  # unreadable: the reader says so
+            return
         if runs:
             shown = ", ".join(runs[:5]) + (", …" if len(runs) > 5 else "")
             raise FrepoError(f"{path} holds frepo runs ({shown}), not a set: pass one of them")
