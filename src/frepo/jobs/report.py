@@ -347,9 +347,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     out = Path(out) if out else run.path / "report.md"
     if out.resolve().parent != run.path.resolve():
         raise FrepoError("the report goes into the run directory, next to its images; pass a file name inside it")
-    check_not_kept(out, "the report's file", writes="text")
     if out.name in ("distilled.png", "loss.png", "val_acc.png") or fnmatch.fnmatch(out.name, "eval*.json"):
         raise FrepoError(f"the report's file {out} is one the report reads or draws; give another name")
+    check_not_kept(out, "the report's file", writes="text")
     plots = curves(records, run.path)
     png = run.path / "distilled.png"
     grid: Path | None = png if png.is_file() else None
