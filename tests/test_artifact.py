@@ -217,3 +217,29 @@ def test_save_distilled_replaces_a_set_file_only(tmp_path):
     (tmp_path / "notes").write_text("mine")
     assert main(["subset", "--dataset", "digits", "--ipc", "1", "--out", str(tmp_path / "notes")]) == 2
     assert (tmp_path / "notes").read_text() == "mine"
+
+
+def test_a_set_read_from_its_file_knows_whether_it_changed_since(tmp_path):
+    """A set changed in memory keeps its file's checksum: `still_as_read` tells, by its tensors' version counters
+    and its preprocessing's settings, whether it still holds what the file held (evaluate's resumption keys by it)."""
+    import dataclasses
+
+    from frepo.io.artifact import still_as_read
+
+    ds, _ = _set()
+    path = save_distilled(ds, tmp_path / "s.safetensors")
+    assert still_as_read(load_distilled(path)) and not still_as_read(ds)  # made in memory: no mark
+    changes = {
+        "images in place": lambda s: s.images.add_(1.0),
+        "labels in place": lambda s: s.labels.mul_(2),
+        "preprocessing in place": lambda s: s.preprocessing.mean.add_(1.0),
+        "a preprocessing setting": lambda s: setattr(s.preprocessing, "std", s.preprocessing.std * 2),
+        "images replaced": lambda s: setattr(s, "images", s.images.clone()),
+    }
+    for what, change in changes.items():
+        read = load_distilled(path)
+        change(read)
+        assert not still_as_read(read), what
+    assert not still_as_read(dataclasses.replace(load_distilled(path), meta={}))
+    with torch.inference_mode():  # no version counters there: read, unmarked (it raised)
+        assert not still_as_read(load_distilled(path))

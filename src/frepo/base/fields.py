@@ -83,7 +83,9 @@ def check_fields(settings: Any) -> None:
                     raise
                 # together=True: "must be a string" named no choice (auto, on, off, streams); a value of
                 # another type is none of them (nor compared with them: a numpy array's `in` raises)
-                raise FrepoError(f"unknown {f.name} {value!r}: {f.name} must be one of {', '.join(choices)}") from None
+                raise FrepoError(
+                    f"unknown {f.name} {value!r:.60}: {f.name} must be one of {', '.join(choices)}"
+                ) from None
         choices = f.metadata.get("choices")
         if choices is not None:
             check_choice(f.name, getattr(settings, f.name), choices)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import types
 import typing
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -297,24 +298,48 @@ def check_replaceable(path: str | Path, where: str) -> None:
         raise FrepoError(f"{where}: it is a file other than a set, which the set would replace; give another name")
 
 
+def _state(ds: DistilledSet) -> list[tuple]:
+    """What decides `ds`'s content, as `as_read` marks it: its images and labels and every tensor and setting of
+    its preprocessing (but `unwhiten`, derived on first use), a tensor by a weak reference and its version
+    counter, which every in-place change increments (not a write through `.data` or `.numpy()`, which torch
+    does not count). Raises RuntimeError for inference-mode tensors, which count nothing."""
+    pre = ds.preprocessing
+    named = [("images", ds.images), ("labels", ds.labels)]
+    named += [(f.name, getattr(pre, f.name)) for f in dataclasses.fields(pre) if f.name != "unwhiten"]
+    return [
+        (name, weakref.ref(value), value._version) if isinstance(value, torch.Tensor) else (name, value)
+        for name, value in named
+    ]
+
+
 def as_read(ds: DistilledSet) -> DistilledSet:
-    """`ds`, marked as holding what its file held (`still_as_read`): its tensors and their version counters,
-    which every in-place change (`ds.images.add_(noise)`) increments. A set made from it (dataclasses.replace)
-    carries no mark."""
-    object.__setattr__(ds, "_as_read", (ds.images, ds.images._version, ds.labels, ds.labels._version, ds.preprocessing))
+    """`ds`, marked as holding what its file held (`still_as_read`). A set made from it (dataclasses.replace,
+    copy.deepcopy) carries no mark, nor does one read in inference mode."""
+    try:
+        object.__setattr__(ds, "_as_read", _state(ds))
+    except RuntimeError:  # inference tensors: no version counter, so no mark (as a set made in memory)
+        pass
     return ds
 
 
 def still_as_read(ds: DistilledSet) -> bool:
-    """Whether `ds` holds what its file held: marked by `as_read`, the same tensors, none changed in place
-    since, the same preprocessing. A set changed in memory keeps its file's checksum in its meta; this tells
-    it apart without hashing it (packing a ZCA matrix takes seconds)."""
+    """Whether `ds` holds what its file held: marked by `as_read`, and since then no tensor of it replaced or
+    changed in place, no setting of its preprocessing changed. A set changed in memory keeps its file's checksum
+    in its meta; this tells it apart without hashing it (packing a ZCA matrix takes seconds)."""
     mark = getattr(ds, "_as_read", None)
     if mark is None:
         return False
-    images, images_version, labels, labels_version, preprocessing = mark
-    same = images is ds.images and labels is ds.labels and preprocessing is ds.preprocessing
-    return same and images._version == images_version and labels._version == labels_version
+    try:
+        now = _state(ds)
+    except RuntimeError:
+        return False
+
+    def same(then: tuple, current: tuple) -> bool:
+        if len(then) == 3:  # a tensor: the very one, at the same version
+            return len(current) == 3 and then[1]() is current[1]() and then[2] == current[2]
+        return then == current
+
+    return len(now) == len(mark) and all(same(then, current) for then, current in zip(mark, now))
 
 
 def save_distilled(ds: DistilledSet, path: str | Path) -> Path:

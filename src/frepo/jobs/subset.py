@@ -133,7 +133,7 @@ def make_subset(
     steps, width 128); random reads neither, and refuses them rather than ignore them."""
     known = {f.name for f in dataclasses.fields(DataConfig)}
     unknown = sorted(set(data_options) - known)
-    if unknown:  # a misspelt feature_steps too: every keyword it takes, the nearest first
+    if unknown:  # a misspelt feature_steps too: the nearest keyword, then every one it takes
         every = sorted(known | {"ipc", "method", "seed", "feature_steps", "feature_width", "device"})
         near = difflib.get_close_matches(unknown[0], every, n=1)
         hint = f" (did you mean {near[0]}?)" if near else ""
