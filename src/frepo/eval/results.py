@@ -44,15 +44,18 @@ class EvalResult:
 
     @property
     def models(self) -> int:
+        """The number of networks trained and tested."""
         return len(self.accuracies)
 
     def to_dict(self) -> dict:
+        """As plain JSON, with `models` (the keys: RESULT_KEYS)."""
         out = asdict(self)
         out["models"] = self.models
         out.update(out.pop("extra"))
         return out
 
     def summary(self) -> str:
+        """One line: mean ± std over the networks, with the split, protocol, architecture, training and time."""
         return (
             f"{mean_std(self.mean, self.std, self.models)} % ({self.split}, protocol {self.protocol}, "
             f"arch {self.arch}, {count_of(self.models, 'model')}, {trained(self.steps)}, {self.seconds:.0f} s)"

@@ -94,14 +94,17 @@ class DistilledSet:
 
     @property
     def classes(self) -> list[str]:
+        """The class names, in label order (meta["classes"])."""
         return list(self._described("classes"))
 
     @property
     def num_classes(self) -> int:
+        """K, the number of classes (the width of learned labels)."""
         return len(self._described("classes"))
 
     @property
     def dataset(self) -> str:
+        """The real dataset the set belongs to (a registry name, or a .npz/folder path): its test split evaluates it."""
         return self._described("dataset")
 
     def targets(self) -> torch.Tensor:
@@ -109,6 +112,7 @@ class DistilledSet:
         return regression_targets(self.labels, self.num_classes)
 
     def class_ids(self) -> torch.Tensor:
+        """(N,) int64: each image's class, the labels themselves or the argmax of learned ones."""
         return class_ids_of(self.labels)
 
     def torch_dataset(self, labels: str = "targets") -> torch.utils.data.TensorDataset:
