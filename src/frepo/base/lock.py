@@ -117,12 +117,7 @@ def one_writer(target: Path, what: str) -> Iterator[None]:
     def open_file() -> int:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-        except PermissionError as denied:  # another user's lock file, left by a kill: flock needs no write access
-            try:
-                return os.open(lock, os.O_RDONLY)
-            except OSError:
-                raise WriteError(f"cannot write beside {target}: {denied.strerror or denied}") from denied
+            return open_lock_file(lock)
         except OSError as exc:
             raise WriteError(f"cannot write beside {target}: {exc.strerror or exc}") from exc
 
@@ -143,11 +138,29 @@ def one_writer(target: Path, what: str) -> Iterator[None]:
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
+        release_lock_file(lock, fd)
+
+
+def open_lock_file(lock: Path) -> int:
+    """A lock file, opened (made where missing) for `lock_file`: read-write, or read-only where it is another
+    user's (left by a kill in a shared folder: flock needs no write access, but on NFS)."""
+    try:
+        return os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError as denied:
         try:
-            with contextlib.suppress(OSError):  # removed while held: a process that locks the old file then
-                lock.unlink(missing_ok=True)  # sees it gone and retries (`lock_file`)
-        finally:
-            os.close(fd)  # and with it the lock
+            return os.open(lock, os.O_RDONLY)
+        except OSError:
+            raise denied from None  # the folder is not writable: said as such
+
+
+def release_lock_file(lock: Path, fd: int) -> None:
+    """Remove a held lock file, then close it, and with it the lock. Removed while held, a process that locks
+    the old file sees it gone and retries (`lock_file`); another user's file stays."""
+    try:
+        with contextlib.suppress(OSError):
+            lock.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
 
 
 def _flock_soon(fd: int, tries: int = 20, pause: float = 0.05) -> None:

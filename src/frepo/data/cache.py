@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..base.errors import FrepoError
-from ..base.lock import lock_file
+from ..base.lock import lock_file, open_lock_file, release_lock_file
 
 FORMAT = 1
 
@@ -165,11 +165,7 @@ def building(folder: Path) -> Iterator[Path]:
             if staging is not None:  # only the one this call made (a waiting thread's is another)
                 shutil.rmtree(staging, ignore_errors=True)
         finally:
-            try:
-                with contextlib.suppress(OSError):  # removed while held: a process that locks the old file
-                    lock.unlink(missing_ok=True)  # then sees it gone and retries; another user's stays
-            finally:
-                os.close(fd)  # and with it the lock
+            release_lock_file(lock, fd)
 
 
 def _remove_killed_builds(folder: Path) -> None:
@@ -196,15 +192,6 @@ def _lock(lock: Path, folder: Path) -> tuple[int, bool]:
     """(fd, locked): `lock` opened and flocked (`lock_file`), waiting for its holder (said); a filesystem without
     file locks is said too, and builds unlocked."""
 
-    def open_file() -> int:
-        try:
-            return os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-        except PermissionError as denied:  # another user's lock file: flock needs no write access (but on NFS)
-            try:
-                return os.open(lock, os.O_RDONLY)
-            except OSError:
-                raise denied from None  # the folder is not writable: said as such
-
     def wait(fd: int) -> None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -212,7 +199,7 @@ def _lock(lock: Path, folder: Path) -> tuple[int, bool]:
             log.warning(f"frepo: another process is building {folder}; waiting for it")
             fcntl.flock(fd, fcntl.LOCK_EX)
 
-    fd, unlocked = lock_file(lock, open_file, wait)
+    fd, unlocked = lock_file(lock, lambda: open_lock_file(lock), wait)
     if unlocked:
         log.warning(f"frepo: cannot lock {lock} ({unlocked}): building {folder} unlocked")
     return fd, unlocked is None
