@@ -468,7 +468,7 @@ def test_one_process_downloads_a_torchvision_dataset_at_a_time(tmp_path, no_offl
             self.data, self.targets = np.zeros((4, 2, 2), np.uint8), np.arange(4) % 2
 
     monkeypatch.setattr(torchvision.datasets, "MNIST", Present)
-    monkeypatch.setattr(registry, "building", lambda *a: pytest.fail("a lock for files that are there"))
+    monkeypatch.setattr(registry, "build_lock", lambda *a: pytest.fail("a lock for files that are there"))
     assert load_dataset("mnist", tmp_path, download=True).x_train.shape == (4, 2, 2, 1)
 
 

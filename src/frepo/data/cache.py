@@ -150,22 +150,29 @@ def building(folder: Path) -> Iterator[Path]:
     build in; both go on the way out. The temp folders of killed builds go first: this host's (while the lock
     is held, none of its builds is live) and others' untouched for STALE_ELSEWHERE_S. A filesystem without
     `flock` builds unlocked and removes none."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    lock = folder.parent / f".{folder.name}.lock"
-    fd, locked = _lock(lock, folder)
-    staging = None
-    try:
+    with build_lock(folder) as locked:
         if locked:
             _remove_killed_builds(folder)
         prefix = f".{folder.name}.{_HOST}-{os.getpid()}-"
         staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=folder.parent))
-        yield staging
-    finally:
         try:
-            if staging is not None:  # only the one this call made (a waiting thread's is another)
-                shutil.rmtree(staging, ignore_errors=True)
-        finally:
-            release_lock_file(lock, fd)
+            yield staging
+        finally:  # only the one this call made (a waiting thread's is another)
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def build_lock(folder: Path) -> Iterator[bool]:
+    """Hold `folder`'s build lock, an `flock` on the sibling `.<name>.lock`, waiting (said) for another process's
+    build; yields whether it is locked (a filesystem without `flock`: not, said). The lock file goes on the way
+    out. `building` with no temp folder: for what another library writes in place (torchvision's downloads)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = folder.parent / f".{folder.name}.lock"
+    fd, locked = _lock(lock, folder)
+    try:
+        yield locked
+    finally:
+        release_lock_file(lock, fd)
 
 
 def _remove_killed_builds(folder: Path) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 from ..base.atomic import empty_folders_removed_on_failure
 from ..base.errors import FrepoError, check_argument, check_path
 from ..base.log import warn
-from .cache import building, release
+from .cache import build_lock, release
 from .layouts import LAYOUTS, read_layout
 
 # name -> (torchvision class, whether horizontal flips preserve the class). Flip-sensitive
@@ -197,7 +197,7 @@ def _load_torchvision(name: str, data_dir: Path, download: bool) -> RawDataset:
                 raise
             # One process downloads a dataset at a time: two first runs at once had each written torchvision's
             # files in place, over each other's. The second waits, then finds the files there.
-            with empty_folders_removed_on_failure(data_dir), building(data_dir / f"{name}-download"):
+            with empty_folders_removed_on_failure(data_dir), build_lock(data_dir / f"{name}-download"):
                 train, test = splits(download=True)
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted..."
         said = str(exc).replace(" You can use download=True to download it", "")  # the API's words, not the CLI's
