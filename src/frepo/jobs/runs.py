@@ -325,10 +325,7 @@ class RunDir:
     def recorded(self, name: str, absent=None):
         """A top-level setting of the run found in the directory (`absent` without one, if unreadable, or
         if the run did not record it)."""
-        try:
-            return json.loads(self.config_path.read_text()).get(name, absent)
-        except (OSError, ValueError, AttributeError):
-            return absent
+        return self.settings().get(name, absent)
 
     def check(self, config: DistillConfig, allow_changes: bool = False) -> Claim:
         """Compare `config` with the run found in the directory (writes nothing)."""
