@@ -32,8 +32,8 @@ from .signals import aborting
 log = logging.getLogger(__name__)
 TEMP_SUFFIX = ".tmp"
 _PREVIOUS = ".previous" + TEMP_SUFFIX  # the folder `atomic_folder` moves a previous version into
-# What follows `.<target>.` in the name of one of `atomic_folder`'s temp folders (mkdtemp's 8 characters).
-_FOLDER_TEMP = re.compile(r"[a-z0-9_]{8}(\.previous)?" + re.escape(TEMP_SUFFIX))
+# What follows `.<target>.` in the name of a temp file or folder of `target`'s writes (mkstemp's 8 characters).
+_OWN_TEMP = re.compile(r"[a-z0-9_]{8}(\.previous)?" + re.escape(TEMP_SUFFIX))
 FULL_BELOW = 1 << 20  # a filesystem with less free space than this (bytes) counts as full
 
 
@@ -171,13 +171,20 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
 KILLED_WRITE_AGE_S = 3600
 
 
+def _temps_of(target: Path) -> list[Path]:
+    """The temp files and folders of `target`'s own writes beside it (`.<name>.<8 characters>[.previous].tmp`);
+    `.a.b.XXXXXXXX.tmp` is a.b's, not a's."""
+    pattern = f".{glob.escape(target.name)}.*{TEMP_SUFFIX}"
+    return [path for path in target.parent.glob(pattern) if _OWN_TEMP.fullmatch(path.name[len(target.name) + 2 :])]
+
+
 def _remove_killed_writes(target: Path) -> None:
-    """Remove `target`'s own temp files (`.<name>.<8 characters>.tmp`) untouched for KILLED_WRITE_AGE_S: a kill -9
-    in a write left one beside a `subset --out` file or in a cache (a ZCA entry's, 36-72 MB) for good."""
+    """Remove `target`'s own temp files untouched for KILLED_WRITE_AGE_S: a kill -9 in a write left one beside a
+    `subset --out` file or in a cache (a ZCA entry's, 36-72 MB) for good."""
     now = time.time()
-    for path in target.parent.glob(f".{glob.escape(target.name)}.*{TEMP_SUFFIX}"):
-        if not is_temp_file(path) or len(path.name) != len(target.name) + 10 + len(TEMP_SUFFIX):
-            continue  # not a write's, or another target's (`.a.b.XXXXXXXX.tmp` is a.b's, not a's)
+    for path in _temps_of(target):
+        if not path.is_file() or path.is_symlink():
+            continue
         with contextlib.suppress(OSError):
             if now - path.stat().st_mtime > KILLED_WRITE_AGE_S:
                 path.unlink()
@@ -196,12 +203,7 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
         raise FrepoError(f"{target} is the current folder or holds it; name a folder inside it")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        stale = [
-            path
-            for path in target.parent.glob(f".{glob.escape(target.name)}.*{TEMP_SUFFIX}")
-            # this target's own (`.a.b.XXXXXXXX.tmp` is a temp folder of a.b, not of a)
-            if _FOLDER_TEMP.fullmatch(path.name[len(target.name) + 2 :]) and path.is_dir() and not path.is_symlink()
-        ]
+        stale = [path for path in _temps_of(target) if path.is_dir() and not path.is_symlink()]
         moved_aside = [path for path in stale if path.name.endswith(_PREVIOUS)]
         if moved_aside and not target.exists():
             # a kill between the two renames below: the previous version, moved aside whole, goes back
