@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import struct
 import warnings
+import zipfile
 
 import numpy as np
 import pytest
@@ -214,6 +215,50 @@ def test_bad_npz_inputs(tmp_path, arrays, message):
         load_dataset(str(path))
 
 
+def test_npz_arrays_saved_as_other_tools_save_them(tmp_path):
+    """Keras's N×1 labels are read; torch's channels-first images, levels saved as floats and label names get
+    the line that fixes them; a header declaring more than the machine holds was out-of-memory advice to lower
+    --batch-size; a file named .NPZ was "neither a .npz file nor an ImageFolder directory"."""
+    x = np.arange(4 * 36, dtype=np.uint8).reshape(4, 6, 6)
+    path = tmp_path / "KERAS.NPZ"
+
+    def save(**arrays):
+        with open(path, "wb") as fh:  # np.savez would add .npz to the name
+            np.savez(
+                fh,
+                **{**dict(x_train=x, y_train=np.array([0, 1, 0, 1]), x_test=x[:2], y_test=np.array([0, 1])), **arrays},
+            )
+
+    save(y_train=np.array([[0], [1], [0], [1]]), y_test=np.array([[0], [1]]))
+    raw = load_dataset(str(path))
+    assert list(raw.y_train) == [0, 1, 0, 1] and list(raw.y_test) == [0, 1]
+    for arrays, hint in (
+        (dict(x_train=np.zeros((4, 3, 6, 6), np.uint8)), "channels first.*x.transpose\\(0, 2, 3, 1\\)"),
+        (dict(x_train=np.full((4, 6, 6), 200.0)), "levels 0..255 as floats\\? save them as uint8"),
+        (dict(y_train=np.array(["cat", "dog", "cat", "dog"])), "names\\? save np.unique\\(y, return_inverse=True\\)"),
+        (dict(y_train=np.array([0.0, 1.0, 0.0, 1.0])), "whole numbers as floats\\? save y.astype"),
+        (dict(y_train=np.eye(2)[[0, 1, 0, 1]].astype(int)), "one-hot\\? save y.argmax\\(1\\)"),
+    ):
+        save(**arrays)
+        with pytest.raises(FrepoError, match=hint):
+            load_dataset(str(path))
+    # A header declaring 10**12 images of 6×6 (36 TB) in a file of 144 bytes of them.
+    save()
+    with zipfile.ZipFile(path) as archive:  # the header rewritten in place: sizes and CRC made to agree
+        members = {name: archive.read(name) for name in archive.namelist()}
+    # as long as before (the header's length is recorded): 12 of its padding spaces make room for 12 digits
+    members["x_train.npy"] = members["x_train.npy"].replace(b"(4, 6, 6), }" + b" " * 12, b"(1000000000000, 6, 6), }")
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    with pytest.raises(
+        FrepoError,
+        match="no memory to read the array 'x_train': its header declares shape "
+        "\\(1000000000000, 6, 6\\) \\(33527.6 GiB\\) but it holds .* bytes: damaged",
+    ):
+        load_dataset(str(path))
+
+
 def test_truncated_npz_and_wrong_paths(tmp_path, blobs):
     cut = tmp_path / "cut.npz"
     cut.write_bytes(blobs.read_bytes()[: len(blobs.read_bytes()) // 2])
@@ -292,6 +337,91 @@ def test_16_bit_greyscale_pngs_keep_their_levels():
     got = to_array(image, channels=1)[..., 0]
     assert np.array_equal(got, np.rint(levels / 257).astype(np.uint8))
     assert len(np.unique(got)) == 64
+
+
+def _folder(root, images: dict) -> str:
+    """root/{train,test}/<class>/<name> from {"<class>/<name>": PIL image} (the same images in both splits)."""
+    for split in ("train", "test"):
+        for name, image in images.items():
+            (root / split / name).parent.mkdir(parents=True, exist_ok=True)
+            image.save(root / split / name)
+    return str(root)
+
+
+def test_an_image_is_read_as_it_is_shown_and_in_its_own_levels(tmp_path, monkeypatch):
+    """A phone's portrait photo (stored sideways, turned by its EXIF orientation) was read sideways; a 32-bit
+    TIFF's levels were clipped to white or black; a palette image of greys and a greyscale image with alpha made
+    a greyscale dataset three-channel; a damaged header was a traceback."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    stored = rng.integers(0, 256, (2, 4, 3), dtype=np.uint8)  # 4 wide, 2 tall
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter clockwise: 2 wide, 4 tall
+    portrait = Image.fromarray(stored)
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (tmp_path / "turned" / split / cls).mkdir(parents=True)
+            portrait.save(tmp_path / "turned" / split / cls / "0.png", exif=exif)
+    raw = load_dataset(str(tmp_path / "turned"))
+    assert raw.x_train.shape == (2, 4, 2, 3)
+    assert np.array_equal(raw.x_train[0], np.rot90(stored, k=-1))
+
+    greys = rng.integers(0, 256, (6, 6), dtype=np.uint8)
+    palette = Image.fromarray(greys).convert("P")  # a palette of 256 greys
+    with_alpha = Image.fromarray(np.stack([greys, np.full_like(greys, 9)], -1), "LA")
+    deep = Image.fromarray((greys.astype(np.uint16) * 257).astype(">u2"))  # 16-bit, big-endian
+    assert (palette.mode, deep.mode) == ("P", "I;16B")
+    root = _folder(tmp_path / "greys", {"a/p.png": palette, "b/la.png": with_alpha, "b/deep.tif": deep})
+    raw = load_dataset(root)
+    assert raw.x_train.shape == (3, 6, 6, 1)  # one channel: every image is greyscale
+    for image in raw.x_train:
+        assert np.array_equal(image[..., 0], greys)
+    # A palette image of colours is colour.
+    colour = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).convert("P")
+    _folder(tmp_path / "greys", {"a/c.png": colour})
+    assert load_dataset(root).x_train.shape == (4, 6, 6, 3)
+
+    for mode, array in (("I", greys.astype(np.int32) * 100), ("F", greys / 255.0)):
+        root = _folder(
+            tmp_path / mode,
+            {"a/0.tif": Image.fromarray(array.astype({"I": np.int32, "F": np.float32}[mode])), "b/0.png": palette},
+        )
+        with pytest.raises(
+            FrepoError, match=f"0.tif is a 32-bit {'integer' if mode == 'I' else 'float'} image.*8- or 16-bit PNG"
+        ):
+            load_dataset(root)
+
+    root = _folder(tmp_path / "damaged", {"a/0.png": palette, "b/0.png": palette})
+    (tmp_path / "damaged" / "train" / "b" / "0.ppm").write_bytes(b"P6\n4 x\n255\n" + bytes(48))
+    with pytest.raises(FrepoError, match="cannot read image .*b/0.ppm"):
+        load_dataset(root)
+    (tmp_path / "damaged" / "train" / "b" / "0.ppm").unlink()
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # 36 pixels: over twice the limit, a "decompression bomb"
+    with pytest.raises(FrepoError, match="cannot read image .*0.png: .*exceeds limit"):
+        load_dataset(root)
+
+
+def test_hidden_files_and_linked_loops_in_a_class_folder_add_no_images(tmp_path):
+    """A notebook's .ipynb_checkpoints inside a class folder, and macOS's ._ files, were read as images of
+    that class; a link back to a folder above read the other classes' images as this one's."""
+    from PIL import Image
+
+    image = Image.fromarray(np.zeros((4, 4), np.uint8))
+    root = _folder(tmp_path, {"a/0.png": image, "b/0.png": image, "a/.ipynb_checkpoints/0-checkpoint.png": image})
+    (tmp_path / "train" / "a" / "._0.png").write_bytes(b"\x00\x05\x16\x07")  # AppleDouble: no image
+    assert len(load_dataset(root).x_train) == 2
+    (tmp_path / "train" / "a" / "up").symlink_to(tmp_path / "train")
+    with pytest.raises(FrepoError, match="a/up links to .*train, a folder above it: reading it would loop"):
+        load_dataset(root)
+    (tmp_path / "train" / "a" / "up").unlink()
+    (tmp_path / "train" / "a" / "more").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "elsewhere").mkdir()
+    image.save(tmp_path / "elsewhere" / "1.png")
+    assert len(load_dataset(root).x_train) == 3  # a link to a folder elsewhere is followed, as torchvision does
+    (tmp_path / "train" / "b" / "IMG_0001.HEIC").write_bytes(b"heic")
+    with pytest.warns(UserWarning, match="skipped 1 .heic file"):
+        load_dataset(root)
 
 
 def test_validation_split_is_disjoint_stratified_and_fixed():

@@ -361,10 +361,10 @@ def test_cache_is_built_once_and_rebuilt_when_the_source_changes(tmp_path, monke
     first = load_dataset("tiny_imagenet", data_dir=tmp_path, download=False)
     assert isinstance(first.x_train, np.memmap) and first.source_id
 
-    def no_decoding(path):
+    def no_decoding(path, *args, **kwargs):
         raise AssertionError(f"decoded {path} again")
 
-    monkeypatch.setattr(layouts_module, "open_image", no_decoding)
+    monkeypatch.setattr(layouts_module, "read_image", no_decoding)
     again = load_dataset("tiny_imagenet", data_dir=tmp_path, download=False)
     np.testing.assert_array_equal(again.x_train, first.x_train)
     assert again.source_id == first.source_id
@@ -378,17 +378,17 @@ def test_cache_is_built_once_and_rebuilt_when_the_source_changes(tmp_path, monke
 def test_a_failed_build_leaves_no_cache(tmp_path, monkeypatch):
     write_cub(tmp_path)
     calls = {"n": 0}
-    real = layouts_module.open_image
+    real = layouts_module.read_image
 
-    def fail_on_third(path):
+    def fail_on_third(path, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real(path)
+        return real(path, *args, **kwargs)
 
     caches = default_data_dir() / "datasets"
     before = set(caches.iterdir()) if caches.exists() else set()
-    monkeypatch.setattr(layouts_module, "open_image", fail_on_third)
+    monkeypatch.setattr(layouts_module, "read_image", fail_on_third)
     with pytest.raises(KeyboardInterrupt):
         load_dataset("cub200", data_dir=tmp_path, download=False)
     assert set(caches.iterdir()) == before  # neither a cache, nor its temp folder, nor its lock

@@ -35,7 +35,7 @@ from ..base.atomic import empty_folders_removed_on_failure
 from ..base.errors import FrepoError
 from ..base.log import messages_shown, progress_bar
 from .cache import building, cached_arrays, signature
-from .folders import IMAGE_SUFFIXES, class_folders, image_files, open_image, to_array
+from .folders import IMAGE_SUFFIXES, class_folders, image_files, read_image
 
 CHUNK = 4096  # images decoded and written per chunk while building a cache
 
@@ -76,9 +76,10 @@ def _lines(path: Path) -> list[str]:
 
 
 def _image_decoder(size: int) -> Callable[[list], Iterator[np.ndarray]]:
+    # as stored, EXIF orientation not applied: as the reference's decoders read these published datasets
     def decode(files: list) -> Iterator[np.ndarray]:
         for start in range(0, len(files), CHUNK):
-            yield np.stack([to_array(open_image(f), 3, size) for f in files[start : start + CHUNK]])
+            yield np.stack([read_image(f, 3, size, shown=False) for f in files[start : start + CHUNK]])
 
     return decode
 

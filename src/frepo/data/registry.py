@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import unicodedata
 import zipfile
 import zlib
 from collections import Counter
@@ -109,7 +110,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
             return _load_npz(offline, name=name, mirror_invariant=LAYOUTS[name].mirror_invariant)
         return _load_layout(name, data_dir, download)
     path = Path(name).expanduser()
-    if path.suffix == ".npz":
+    if path.suffix.lower() == ".npz":
         if not path.is_file():
             raise FrepoError(f"dataset file not found: {path}")
         raw = _load_npz(path, name=str(path.resolve()), mirror_invariant=True)
@@ -291,6 +292,8 @@ def _read_npz(path: Path) -> tuple:
 def _array(archive, key: str, path: Path) -> np.ndarray:
     try:
         return archive[key]
+    except MemoryError as exc:  # the advice to lower --batch-size does not help: say what the file declares
+        raise FrepoError(f"{path}: no memory to read the array {key!r}: {_declared(archive, key)}") from exc
     except ValueError as exc:
         if "allow_pickle" not in str(exc):
             raise
@@ -298,6 +301,22 @@ def _array(archive, key: str, path: Path) -> np.ndarray:
             f"{path}: the array {key!r} holds Python objects, which frepo does not unpickle: save it as "
             + ("strings (np.array(names, dtype=str))" if key == "classes" else "numbers")
         ) from exc
+
+
+def _declared(archive, key: str) -> str:
+    """What an .npz member's header says it holds, to tell a damaged header from a large array."""
+    try:
+        with archive.zip.open(f"{key}.npy") as member:
+            version = np.lib.format.read_magic(member)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(member)
+            stored = archive.zip.getinfo(f"{key}.npy").file_size
+    except (OSError, ValueError, KeyError) as exc:
+        return f"its header cannot be read ({exc}): the file is damaged"
+    needed = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    if needed > stored:
+        return f"its header declares shape {shape} ({needed / 2**30:.1f} GiB) but it holds {stored} bytes: damaged"
+    return f"it holds shape {shape} of {dtype} ({needed / 2**30:.1f} GiB); free memory, or read a smaller file"
 
 
 def _class_names(names: np.ndarray, path: Path) -> list[str]:
@@ -312,7 +331,7 @@ def _load_image_folder(root: Path) -> RawDataset:
     centre-cropped to a square and resized to 32×32, as the reference does, with a warning that names them.
     Hidden folders (.ipynb_checkpoints) are no classes; image files of a type frepo does not read are named in a
     warning, not skipped silently."""
-    from .folders import class_folders, image_files, is_grey, open_image, to_array, unread_images
+    from .folders import class_folders, image_files, image_header, read_image, unread_images
 
     splits, unread = {}, []
     for split in ("train", "test"):
@@ -326,7 +345,8 @@ def _load_image_folder(root: Path) -> RawDataset:
             held = [file for name in empty for file in unread_images(root / split / name)]
             others = f" (they hold {_kinds(held)}, which frepo does not read: {_readable()})" if held else ""
             raise FrepoError(f"cannot read {root / split}: no images in class folder(s) {empty or '(none)'}{others}")
-        splits[split] = ([f.name for f in folders], samples)
+        # one spelling of each name: a folder copied from macOS may spell é as e and an accent (NFD)
+        splits[split] = ([unicodedata.normalize("NFC", f.name) for f in folders], samples)
     train, test = splits["train"][0], splits["test"][0]
     if train != test:
         missing, extra = sorted(set(train) - set(test)), sorted(set(test) - set(train))
@@ -334,19 +354,21 @@ def _load_image_folder(root: Path) -> RawDataset:
         raise FrepoError(f"{root}: train/ and test/ must have the same class folders; {'; '.join(filter(None, said))}")
     if unread:
         warn(f"{root}: skipped {_kinds(unread)} (first: {unread[0]}), which frepo does not read: {_readable()}")
-    images = {split: [open_image(file) for file, _ in samples] for split, (_, samples) in splits.items()}
-    every = images["train"] + images["test"]
-    channels = 1 if is_grey(every) else 3
-    size = None if len({im.size for im in every}) == 1 else 32
+    # Headers first, to choose the channels and size; then each image decoded and converted on its own (a
+    # folder of 12-megapixel photos held every decoded picture at once before: gigabytes for a small result).
+    files = [file for _, samples in splits.values() for file, _ in samples]
+    headers = [image_header(file) for file in files]
+    channels = 1 if all(grey for _, grey in headers) else 3
+    sizes = [shown for shown, _ in headers]
+    size = None if len(set(sizes)) == 1 else 32
     if size is not None:
-        files = [file for _, samples in splits.values() for file, _ in samples]
         warn(
-            f"{root}: images of several sizes ({_sizes(every, files)}): each is centre-cropped to a square and "
+            f"{root}: images of several sizes ({_sizes(sizes, files)}): each is centre-cropped to a square and "
             "resized to 32×32, as the reference does for such data; give every image one size to keep it"
         )
 
     def arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
-        x = np.stack([to_array(im, channels, size) for im in images[split]])
+        x = np.stack([read_image(file, channels, size) for file, _ in splits[split][1]])
         return x, np.asarray([label for _, label in splits[split][1]], dtype=np.int64)
 
     (x_train, y_train), (x_test, y_test) = arrays("train"), arrays("test")
@@ -368,12 +390,12 @@ def _readable() -> str:
     return f"it reads {', '.join(IMAGE_SUFFIXES)}; convert them to PNG"
 
 
-def _sizes(images: list, files: list[Path]) -> str:
+def _sizes(sizes: list[tuple[int, int]], files: list[Path]) -> str:
     """'59 of 64×64, 1 of 64×63; 64×63: train/bird/3.png': the commonest sizes, and a file of the rarest."""
-    counts = Counter(im.size for im in images)
+    counts = Counter(sizes)
     shown = [f"{n} of {w}×{h}" for (w, h), n in counts.most_common(3)]
     rare = min(counts, key=lambda size: counts[size])
-    example = next(file for im, file in zip(images, files) if im.size == rare)
+    example = next(file for shown, file in zip(sizes, files) if shown == rare)
     more = f", {len(counts) - 3} more sizes" if len(counts) > 3 else ""
     return f"{', '.join(shown)}{more}; {rare[0]}×{rare[1]}: {'/'.join(example.parts[-3:])}"
 
@@ -382,7 +404,10 @@ def _as_uint8_nhwc(x: np.ndarray, where: str) -> np.ndarray:
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise FrepoError(f"{where} must be N×H×W or N×H×W×C with C in (1, 3), got shape {x.shape}")
+        hint = ""
+        if x.ndim == 4 and x.shape[1] in (1, 3):  # torch's N×C×H×W
+            hint = " (channels first, as torch stores them? save x.transpose(0, 2, 3, 1))"
+        raise FrepoError(f"{where} must be N×H×W or N×H×W×C with C in (1, 3), got shape {x.shape}{hint}")
     if x.dtype == np.uint8:
         return np.ascontiguousarray(x)
     if np.issubdtype(x.dtype, np.integer):
@@ -391,14 +416,25 @@ def _as_uint8_nhwc(x: np.ndarray, where: str) -> np.ndarray:
         return x.astype(np.uint8)
     if np.issubdtype(x.dtype, np.floating):
         if not np.isfinite(x).all() or (x.size and (x.min() < 0 or x.max() > 1)):
-            raise FrepoError(f"{where}: float pixels must be finite and lie in [0, 1]")
+            levels = np.isfinite(x).all() and x.size and x.min() >= 0 and x.max() <= 255
+            hint = " (levels 0..255 as floats? save them as uint8)" if levels else ""
+            raise FrepoError(f"{where}: float pixels must be finite and lie in [0, 1]{hint}")
         return np.rint(x * 255).astype(np.uint8)
     raise FrepoError(f"{where}: unsupported image dtype {x.dtype}")
 
 
 def _as_labels(y: np.ndarray, where: str) -> np.ndarray:
+    if y.ndim == 2 and y.shape[1] == 1:  # N×1, as Keras's load_data() gives them
+        y = y[:, 0]
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise FrepoError(f"{where} must be a 1-D array of integer class labels, got {y.dtype} {y.shape}")
+        hint = ""
+        if y.ndim == 1 and y.dtype.kind in "US":
+            hint = " (names? save np.unique(y, return_inverse=True)[1] as the labels and the names as 'classes')"
+        elif y.ndim == 1 and y.dtype.kind == "f":
+            hint = " (whole numbers as floats? save y.astype(np.int64))"
+        elif y.ndim == 2:
+            hint = " (one-hot? save y.argmax(1))"
+        raise FrepoError(f"{where} must be a 1-D array of integer class labels, got {y.dtype} {y.shape}{hint}")
     if y.size and y.min() < 0:
         raise FrepoError(f"{where}: labels must be >= 0")
     if y.size and int(y.max()) > np.iinfo(np.int64).max:  # a uint64 past it would wrap to a negative class id

@@ -47,7 +47,7 @@ def register_layout_reader(name: str) -> Callable[[LayoutReader], LayoutReader]:
 @register_layout_reader("imagefolder")
 def _read_pngs(export: Export) -> tuple:
     """PNGs in pixel space, put back through the stored preprocessing; the labels from labels.pt."""
-    from ...data.folders import class_folders, image_files, open_image, to_array
+    from ...data.folders import class_folders, image_files, read_image
 
     names = export.manifest.get("image_files", [])
     found = {f.relative_to(export.folder).as_posix() for c in class_folders(export.folder) for f in image_files(c)}
@@ -58,7 +58,7 @@ def _read_pngs(export: Export) -> tuple:
             f"{export.folder}: left out {shown}, which frepo export did not write: an export is read as written "
             "(to read the class folders as they are now, copy them without export.json and pass --dataset)"
         )
-    arrays = [to_array(open_image(export.folder / name), export.channels) for name in names]
+    arrays = [read_image(export.folder / name, export.channels) for name in names]
     for name, array in zip(names, arrays):  # one other size made np.stack's traceback
         if tuple(array.shape[:2]) != export.shape[1:]:
             raise FrepoError(

@@ -107,7 +107,7 @@ def _numbered(name: str, num_classes: int) -> int | None:
 def read_image_folder(root: Path, raw: RawDataset, entry: int) -> Read:
     """uint8 N×H×W×C images and (N,) class ids from root/<class>/<image>. Class folders are named by
     the dataset's class names or by class number."""
-    from ...data.folders import IMAGE_SUFFIXES, class_folders, image_files, open_image, to_array
+    from ...data.folders import IMAGE_SUFFIXES, class_folders, image_files, read_image
 
     folders = class_folders(root)
     if not folders:
@@ -134,7 +134,7 @@ def read_image_folder(root: Path, raw: RawDataset, entry: int) -> Read:
     images, labels = [], []
     for folder, class_id in zip(folders, ids):
         for file in image_files(folder):
-            arr = to_array(open_image(file), c)
+            arr = read_image(file, c)
             if arr.shape[:2] != (h, w):
                 raise FrepoError(f"{file} is {arr.shape[1]}×{arr.shape[0]}; {raw.name} images are {w}×{h}")
             images.append(arr)
