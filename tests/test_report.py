@@ -257,7 +257,11 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     # Beside the table, its JSON (documented keys) and a plot with the budget in its title.
     summary = json.loads(out.with_suffix(".json").read_text())
     assert set(summary) == set(reproduce.JSON_KEYS) and summary["budget"]["eval_steps"] == 3
-    assert summary["command"] == "frepo reproduce --table 1 --budget tiny"
+    # The command that repeats it: a table whose command named no --runs-dir could not be read back by it.
+    assert summary["command"] == (
+        f"frepo reproduce --table 1 --budget tiny --out {out} --runs-dir {tmp_path / 'runs'} --device cpu"
+    )
+    assert f"Command: `{summary['command']}`" in text
     (row,) = summary["rows"]
     assert row["status"] == "done" and row["steps"] == 2 and len(row["measured"]) == 2 and row["published"] == [80, 1]
     from PIL import Image

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import shlex
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -294,8 +295,7 @@ def render(
     *,
     dry_run: bool,
     device: str = "auto",
-    datasets: list[str] | None = None,
-    finished_only: bool = False,
+    command: str = "",
 ) -> str:
     import torch
 
@@ -311,7 +311,7 @@ def render(
         "",
         f"{'Plan (dry run)' if dry_run else 'Measured'} with frepo {__version__}, torch {torch.__version__}, "
         f"device {device}, {platform.machine()}, {time.strftime('%Y-%m-%d')}. "
-        f"Command: `{command_line(table, budget, datasets, finished_only)}`.",
+        f"Command: `{command or command_line(table, budget)}`.",
         "",
         "| dataset | IPC | preset | distillation (steps × batch) | evaluation | published (%) | measured (%) "
         "| status |",
@@ -380,15 +380,23 @@ def reproduce(
     if datasets and not every <= set(datasets) and out and not dry_run:  # rows of other datasets to keep
         others = kept_rows(Path(out), table, spec, datasets)
 
+    command = command_line(
+        table,
+        spec,
+        datasets,
+        finished_only,
+        out=out,
+        runs_dir=runs_dir,
+        data_dir=data_dir,
+        download=download,
+        device=device,
+    )
+
     def write() -> str:
         shown = sorted(rows + others, key=lambda r: (order(table, r.dataset), r.ipc))
-        text = render(
-            shown, table, spec, dry_run=dry_run, device=device, datasets=datasets, finished_only=finished_only
-        )
+        text = render(shown, table, spec, dry_run=dry_run, device=device, command=command)
         if not dry_run and out:  # the JSON first: a table without it is refused by the next call (check_rewrite)
-            atomic_write_json(
-                Path(out).with_suffix(".json"), summary(shown, table, spec, device, datasets, finished_only)
-            )
+            atomic_write_json(Path(out).with_suffix(".json"), summary(shown, table, spec, device, command))
             atomic_write_text(out, text + kept_notes(Path(out)))
             try:  # a plot that fails loses neither the table nor the rows still to run
                 plot(shown, table, spec, Path(out).with_suffix(".png"))
@@ -452,7 +460,7 @@ JSON_KEYS = {
     "table": "the paper's table reproduced (1)",
     "budget": "the budget: name, preset_suffix, eval_models, eval_steps (null: the reference step table), "
     "needs_gpu, description",
-    "command": "the command that wrote it",
+    "command": "the command that wrote it, every setting away from its default named (--runs-dir, --data-dir...)",
     "environment": "frepo and torch versions, device, machine, date",
     "rows": "one per dataset and IPC: dataset, label, ipc, published [mean, std], checked (the published value "
     "confirmed by a later paper that copies FRePo's table), preset, steps and batch_size of its distillation, "
@@ -579,17 +587,33 @@ def _dropped(path: Path, why: str) -> list[Row]:
     return []
 
 
-def command_line(table: int, budget: Budget, datasets: list[str] | None, finished_only: bool) -> str:
+def command_line(
+    table: int,
+    budget: Budget,
+    datasets: list[str] | None = None,
+    finished_only: bool = False,
+    *,
+    out: str | Path | None = "docs/reproduction.md",
+    runs_dir: str | Path = "runs/reproduce",
+    data_dir: str | None = None,
+    download: bool = True,
+    device: str = "auto",
+) -> str:
+    """The `frepo reproduce` command that repeats this one: every setting away from its default named (the
+    table's rows are read from --runs-dir: a command without it found none)."""
     return (
         f"frepo reproduce --table {table} --budget {budget.name}"
         + (f" --datasets {','.join(datasets)}" if datasets else "")
         + (" --finished-only" if finished_only else "")
+        + (f" --out {shlex.quote(str(out))}" if out and Path(out) != Path("docs/reproduction.md") else "")
+        + (f" --runs-dir {shlex.quote(str(runs_dir))}" if Path(runs_dir) != Path("runs/reproduce") else "")
+        + (f" --data-dir {shlex.quote(str(data_dir))}" if data_dir is not None else "")
+        + ("" if download else " --no-download")
+        + (f" --device {shlex.quote(device)}" if device != "auto" else "")
     )
 
 
-def summary(
-    rows: list[Row], table: int, budget: Budget, device: str, datasets: list[str] | None, finished_only: bool
-) -> dict:
+def summary(rows: list[Row], table: int, budget: Budget, device: str, command: str) -> dict:
     """The table as JSON (`JSON_KEYS`)."""
     import torch
 
@@ -598,7 +622,7 @@ def summary(
     return {
         "table": table,
         "budget": asdict(budget),
-        "command": command_line(table, budget, datasets, finished_only),
+        "command": command,
         "environment": {
             "frepo": __version__,
             "torch": torch.__version__,
