@@ -508,3 +508,22 @@ def test_every_network_frepo_trains_trains_under_deterministic_kernels(monkeypat
     train_victim(images, targets, steps=2, batch_size=4, lr=1e-3, width=8, num_classes=3, ops=(), gen=gen,
                  device=torch.device("cpu"))  # fmt: skip
     assert entered == [("cpu", "on"), ("cpu", "on")]
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_deterministic_kernels_covers_inductor_on_a_gpu_and_restores_every_flag(on):
+    """`--deterministic` (the default) set cuDNN's flags only: code compiled in the block (`--compile on`) chose
+    its reductions' configurations by timing them, per process, so two runs of one seed could differ on a GPU.
+    The flags are host state: set for a CUDA device (no GPU needed to set them), left alone for the CPU, and
+    restored after the block."""
+    import torch._inductor.config as inductor
+
+    from frepo.base.device import deterministic_kernels
+
+    flags = (torch.backends.cudnn, "deterministic"), (torch.backends.cudnn, "benchmark"), (inductor, "deterministic")
+    before = [getattr(owner, name) for owner, name in flags]
+    with deterministic_kernels(torch.device("cpu"), on):
+        assert [getattr(owner, name) for owner, name in flags] == before
+    with deterministic_kernels(torch.device("cuda"), on):
+        assert [getattr(owner, name) for owner, name in flags] == [on, not on, on]
+    assert [getattr(owner, name) for owner, name in flags] == before

@@ -67,16 +67,20 @@ def deterministic_kernels(device: torch.device, on: bool = True):
     choices accumulate with atomics, so two runs with the same seed drift apart: 5e-3 in the images after
     30 outer steps, measured on an H100); with `on=False` it times its algorithms at each new shape and
     keeps the fastest (`cudnn.benchmark`: the choice, and so the rounding, may differ between processes).
-    The CPU kernels are deterministic already. The previous flags are restored."""
+    The same holds for inductor (`--compile on`), which code is compiled in the block: on, it makes no choice by
+    timing (its reductions' configurations were timed per process, or read from a tuning cache another run
+    filled: pytorch/pytorch#99949). The CPU kernels are deterministic already. The previous flags are restored."""
     if device.type != "cuda":
         yield
         return
-    before = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = on, not on
+    import torch._inductor.config as inductor  # ~1 s once per process, on a GPU only
+
+    before = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, inductor.deterministic
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, inductor.deterministic = on, not on, on
     try:
         yield
     finally:
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, inductor.deterministic = before
 
 
 def _legacy_flag(read) -> bool | None:

@@ -225,8 +225,9 @@ class DistillConfig:
     channels_last: bool = opt(True, "channels-last memory layout for the convolutions (faster on CPU and GPU)")
     deterministic: bool = opt(
         True,
-        "CUDA: deterministic cuDNN algorithms, so the same seed repeats a run bit for bit (CPU runs always do); "
-        "off: the fastest algorithms cuDNN times at the first steps",
+        "CUDA: deterministic cuDNN algorithms, and inductor's choices made without timing (--compile on), so the "
+        "same seed repeats a run bit for bit (CPU runs always do); off: the fastest algorithms cuDNN times at the "
+        "first steps",
     )
 
     def validate(self) -> None:
