@@ -1031,6 +1031,14 @@ def test_environment_is_recorded_and_a_different_thread_count_warns(tmp_path, ca
     assert main(distill_args(out, "--steps", 4, "--resume-with-changes")) == 0
     err = capsys.readouterr().err
     assert "resuming under a different environment (device cuda -> cpu, threads 99 -> " in err
+    # Settings that resume as they are (ALWAYS_RESUMABLE) but round otherwise on a GPU are said too; --compile
+    # off for auto runs torch's own kernels, as before: nothing to say.
+    assert main(distill_args(out, "--steps", 5, "--resume-with-changes", "--compile", "off")) == 0
+    assert "bit for bit" not in capsys.readouterr().err
+    assert main(distill_args(out, "--steps", 6, "--resume-with-changes", "--no-deterministic")) == 0
+    assert "resumes with deterministic True -> False: the rest of the run sums in another order" in (
+        capsys.readouterr().err
+    )
 
 
 # ---- 10. divergence without NaN ----------------------------------------------------------------------

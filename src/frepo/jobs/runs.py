@@ -41,8 +41,9 @@ from ..base.log import warn
 from ..base.version import __version__
 from ..config import DistillConfig
 
-# Settings that may change between a run and its resumption: they do not change the result (device and
-# compile: the same maths, rounded in another order).
+# Settings that may change between a run and its resumption: they do not change the result (device, compile
+# and deterministic: the same maths, rounded in another order, which a resume says: `environment`,
+# `_warn_of_other_rounding`).
 ALWAYS_RESUMABLE = {
     "device",
     "compile",
@@ -195,6 +196,26 @@ class Claim:
     fresh: bool  # no run was there (or none that got to start)
     changes: dict = field(default_factory=dict)  # setting -> [old, new], accepted
     previous_environment: dict | None = None
+
+
+def _kernels(compile_mode) -> str:
+    """Which kernels a compile mode runs: inductor's (`on`, `cudagraphs`), or torch's own (`off`; `graph`, which
+    replays them; `auto`, which is one of those two)."""
+    return "inductor" if compile_mode in ("on", "cudagraphs") else "torch"
+
+
+def _warn_of_other_rounding(path: Path, old: dict, new: dict) -> None:
+    """A resume may change `compile` and `deterministic` (ALWAYS_RESUMABLE: the same maths), but the rest of the
+    run is then rounded otherwise: said, as a change of device or threads is (`environment`)."""
+    changed = [k for k in ("compile", "deterministic") if k in old and old.get(k) != new.get(k)]
+    if "compile" in changed and _kernels(old.get("compile")) == _kernels(new.get("compile")):
+        changed.remove("compile")
+    if changed:
+        detail = ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in changed)
+        warn(
+            f"{path} resumes with {detail}: the rest of the run sums in another order (on a GPU) and will not "
+            "repeat the uninterrupted run bit for bit"
+        )
 
 
 def default_run_dir(config: DistillConfig) -> Path:
@@ -383,6 +404,8 @@ class RunDir:
             )
             raise OtherSettings(f"{self.path} holds a run with a different config ({detail}); {hint}", detail)
         changes = {k: [old.get(k), new.get(k)] for k in diff}
+        if resuming:
+            _warn_of_other_rounding(self.path, old, new)
         return Claim(resuming, False, changes, env)
 
     def _validated(self) -> bool:
