@@ -727,3 +727,14 @@ def test_a_comparison_without_its_victims_losses_is_left_out_and_said(tmp_path, 
     assert again["comparisons"] == [] and again["rows"] == first["rows"]
     assert "no comparison of real/control at 5 steps" in caplog.text
     assert "## The arms compared" not in (tmp_path / "p" / "privacy.md").read_text()
+
+
+def test_continual_replicates_by_seed_share_no_order_s_draws():
+    """The order's seed was `seed + order`: --seed 1's order 0 drew what --seed 0's order 1 drew (its pool, batches,
+    start, exemplars and evaluation networks). Base seed 0 keeps the reference's seed = order."""
+    from frepo.apps.continual import ContinualConfig
+
+    assert [ContinualConfig(seed=0).order_seed(o) for o in range(5)] == [0, 1, 2, 3, 4]
+    seeds = {(s, o): ContinualConfig(seed=s).order_seed(o) for s in range(4) for o in range(5)}
+    assert len(set(seeds.values())) == len(seeds)
+    assert seeds[(1, 0)] == ContinualConfig(seed=1).order_seed(0)  # fixed: no draw of its own

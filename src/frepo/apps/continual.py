@@ -29,6 +29,7 @@ import numpy as np
 
 from ..base.errors import FrepoError
 from ..base.fields import CommaList, check_choice, check_fields, check_finite, comma_items, opt, to_dict
+from ..base.rng import stream_seed
 from ..config import DATA_DIR_HELP, DataConfig
 from ..config.presets import FLIP_OFF
 from ..data import load_dataset
@@ -70,16 +71,19 @@ class ContinualConfig:
     feature_width: int = opt(128, "herding: width of its feature network (a Conv)")
     seed: int = opt(
         0,
-        "base seed: class order s seeds its distillations, exemplars and evaluation networks with seed + s (the "
-        "reference seeds each order's memory by the order)",
+        "base seed: with 0, class order s seeds its distillations, exemplars and evaluation networks with s (the "
+        "reference seeds each order's memory by the order); another base seed gives each order a seed of its own "
+        "derived from both (a replicate by --seed shares no order's draws with another)",
     )
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     data_dir: str | None = opt(None, DATA_DIR_HELP)
     download: bool = opt(True, "download a missing dataset (torchvision's downloader, or the layout's public archive)")
 
     def order_seed(self, order: int) -> int:
-        """The seed of everything drawn for class order `order` (official distill_cl.py: init_proto(seed=order))."""
-        return self.seed + order
+        """The seed of everything drawn for class order `order`: the order itself with base seed 0 (official
+        distill_cl.py: init_proto(seed=order)); otherwise one derived from both (`seed + order` made --seed 1's
+        order 0 draw what --seed 0's order 1 drew)."""
+        return order if self.seed == 0 else stream_seed(self.seed, f"continual/order{order}")
 
     def order_list(self) -> list[int]:
         try:
