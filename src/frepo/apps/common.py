@@ -18,8 +18,8 @@ from ..base.atomic import (
     atomic_write,
     atomic_write_json,
     atomic_write_text,
-    finite_or_null,
     is_temp_file,
+    json_text,
     remove_stale_temps,
 )
 from ..base.errors import FrepoError
@@ -170,8 +170,9 @@ class ExperimentDir:
     def record(self, name: str, result: dict) -> dict:
         """Write a finished unit's result; returns it as `done` reads it back (a NaN as None, tuples as lists),
         so the same command gives the same numbers whether the unit ran now or before."""
-        atomic_write_json(self.path / name, result)
-        return json.loads(json.dumps(finite_or_null(result)))
+        text = json_text(result)
+        atomic_write_text(self.path / name, text)
+        return json.loads(text)
 
 
 def _flag(name: str, value: Any) -> str:

@@ -332,8 +332,13 @@ def finite_or_null(obj):
     return obj
 
 
+def json_text(obj) -> str:
+    """`obj` as frepo writes JSON: NaN as null (`finite_or_null`), keys sorted, indented."""
+    return json.dumps(finite_or_null(obj), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
 def atomic_write_json(target: str | os.PathLike, obj) -> None:
-    atomic_write_text(target, json.dumps(finite_or_null(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
+    atomic_write_text(target, json_text(obj))
 
 
 def atomic_torch_save(obj, target: str | os.PathLike) -> None:
