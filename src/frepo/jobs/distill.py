@@ -594,18 +594,12 @@ def _finished_without_checkpoint(config: DistillConfig, out: Path) -> DistillRes
     removed since (pruned to save space: reproduce, continual and privacy reopen every run), read from its
     set and log; None for anything else, which the run directory's own checks then take (a run of other
     settings or steps cannot go on without its checkpoint: they refuse)."""
-    from .runs import settings_of_run
+    from .runs import finished_set
 
     run = RunDir(out)
     if not run.config_path.is_file() or run.checkpoint_path.exists() or not run.distilled_path.is_file():
         return None
-    try:
-        ds = load_distilled(run.distilled_path)
-    except FrepoError:
-        return None
-    recorded = ds.meta.get("config") or {}
-    config = as_the_run_resolves(config, recorded)
-    if ds.meta.get("step") != config.steps or not settings_of_run(recorded, config):
+    if finished_set(run.distilled_path, config, config.steps) is None:
         return None
     # the set's own steps' records (a later extension, killed and pruned, may have logged past them)
     records = [r for r in run.read_metrics() if isinstance(r.get("step"), int) and r["step"] <= config.steps]

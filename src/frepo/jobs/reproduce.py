@@ -203,22 +203,17 @@ def finished_evaluation(run_dir: Path, budget: Budget, preset: str, steps: int) 
     settings than `preset`'s, an evaluation of another file, model count or training steps: a row's budget
     cell says what ran; a file that cannot be read: distilling writes a damaged set again)."""
     from ..config import presets
-    from ..io.artifact import load_distilled
-    from .runs import as_the_run_resolves, settings_of_run
+    from .runs import finished_set
 
     saved, final = _evaluation_json(run_dir, budget), run_dir / "distilled.safetensors"
     if not (saved.is_file() and final.is_file()):
         return None
     try:
         previous = json.loads(saved.read_text())
-        ds = load_distilled(final)
-        recorded = ds.meta.get("config") or {}
-        config = as_the_run_resolves(presets.get(preset), recorded)
-        if not isinstance(previous, dict) or not settings_of_run(recorded, config):
-            return None
-    except (OSError, ValueError, TypeError, FrepoError):
+    except (OSError, ValueError):
         return None
-    if ds.meta.get("step") != steps or previous.get("file_checksum") != ds.meta.get("checksum"):
+    ds = finished_set(final, presets.get(preset), steps)
+    if ds is None or not isinstance(previous, dict) or previous.get("file_checksum") != ds.meta.get("checksum"):
         return None
     if previous.get("models") != budget.eval_models:
         return None

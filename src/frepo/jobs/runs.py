@@ -169,6 +169,21 @@ def settings_of_run(recorded: dict, config: DistillConfig) -> bool:
     return all(old.get(k) == new.get(k) for k in old.keys() | new.keys() if k.split(".")[-1] not in ALWAYS_RESUMABLE)
 
 
+def finished_set(path: Path, config: DistillConfig, steps: int):
+    """The set at `path` (a DistilledSet) if a run of `config`'s settings made it at step `steps`; None for
+    anything else: no file, a damaged one, other settings or another step."""
+    from ..io.artifact import load_distilled
+
+    try:
+        ds = load_distilled(path)
+        recorded = ds.meta.get("config") or {}
+        if ds.meta.get("step") != steps or not settings_of_run(recorded, as_the_run_resolves(config, recorded)):
+            return None
+    except (OSError, ValueError, TypeError, FrepoError):
+        return None
+    return ds
+
+
 def _compared(recorded: dict, config: DistillConfig) -> tuple[dict, dict]:
     """(recorded, config) flattened to dotted keys for comparison; a setting added to frepo after the run was
     made counts at its default: the run behaved as that default does."""
