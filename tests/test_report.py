@@ -544,6 +544,9 @@ def test_networks_that_predict_one_class_are_said_to_have_learnt_nothing():
     untrained = EvalResult("frepo", "conv", [30.0, 40.0], 35.0, 5.0, 20, 1.0)
     with pytest.warns(UserWarning, match=r"every conv network scored exactly one class's share of the test split "):
         warn_of_untrained([untrained], labels, "test")
+    # A set of one class (--classes 2) can teach no other: "give more training" could not help.
+    with pytest.warns(UserWarning, match=r"the set's images are all of class 2, so a network trained on it predicts"):
+        warn_of_untrained([untrained], labels, "test", set_classes=[2])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for accuracies in ([30.0, 50.0], [90.0, 90.0], [10.0]):  # one network learnt; or far above chance

@@ -301,7 +301,7 @@ def run(
             f"stopped; {count_of(kept, 'finished network')} kept in {default_data_dir() / 'evaluations'}: "
             "run the same command to continue"
         ) from None
-    warn_of_untrained(results, test_y, config.split)
+    warn_of_untrained(results, test_y, config.split, set_classes=ds.class_ids().unique().tolist())
     if deliver is not None:
         deliver(results)
     for record in records:
@@ -310,17 +310,28 @@ def run(
     return results
 
 
-def warn_of_untrained(results: list[EvalResult], labels: torch.Tensor, split: str) -> None:
+def warn_of_untrained(
+    results: list[EvalResult], labels: torch.Tensor, split: str, set_classes: list[int] | None = None
+) -> None:
     """Warn of an architecture whose every network scored exactly one class's share of the split (a split of
     two classes or more): each predicts a single class, so the budget taught it nothing (at 20 steps every set,
     the random subset and the full split scored the same 10.56 %, and DD-Ranking's metrics from them were
-    printed as measured)."""
+    printed as measured). A set whose images are of one class (`set_classes`, its class ids) can teach no
+    other: more training would not help, and the warning says so instead."""
     counts = torch.bincount(labels.long().flatten())
     if int((counts > 0).sum()) < 2:  # a split of one class: every network predicts it, rightly
         return
     shares = (counts[counts > 0].double() * 100 / len(labels)).tolist()
     for r in results:
-        if r.accuracies and all(min(abs(a - s) for s in shares) < 1e-6 for a in r.accuracies):
+        if not (r.accuracies and all(min(abs(a - s) for s in shares) < 1e-6 for a in r.accuracies)):
+            continue
+        if set_classes is not None and len(set_classes) == 1:
+            warn(
+                f"every {r.arch} network scored exactly one class's share of the {split} split: the set's images "
+                f"are all of class {set_classes[0]}, so a network trained on it predicts that class; evaluate a set "
+                "of every class (a continual task's set is evaluated with the earlier tasks' sets: frepo continual)"
+            )
+        else:
             warn(
                 f"every {r.arch} network scored exactly one class's share of the {split} split "
                 f"({', '.join(f'{a:.2f}' for a in sorted(set(r.accuracies)))} %): it predicts a single class, so this "
