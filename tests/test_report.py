@@ -439,6 +439,11 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     with pytest.raises(FrepoError, match="holds a table without"):
         reproduce.reproduce(1, "tiny", ["digits", "cifar10"], finished_only=True, data_dir=tmp_path, **kwargs)
     out.rename(out.with_suffix(".old"))
+    notes = tmp_path / "docs" / "notes.txt"  # a user's file: not "a table without notes.json beside it"
+    notes.write_text("my notes")
+    with pytest.raises(FrepoError, match="--out .*notes.txt is a file frepo did not write \\(no reproduction table\\)"):
+        reproduce.reproduce(1, "tiny", finished_only=True, data_dir=tmp_path, **{**kwargs, "out": notes})
+    assert notes.read_text() == "my notes"
     every = reproduce.reproduce(
         1, "tiny", ["digits", "cifar10"], finished_only=True, data_dir=tmp_path, download=False, **kwargs
     )

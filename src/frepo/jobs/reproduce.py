@@ -300,7 +300,7 @@ def render(
         f"{budget.eval_steps} steps" if budget.eval_steps else "the reference step table"
     )
     lines = [
-        f"# FRePo Table {table}: published vs measured",
+        f"{TABLE_TITLE.decode()}{table}: published vs measured",
         "",
         f"Budget **{budget.name}**: {budget.description}.",
         "",
@@ -495,6 +495,18 @@ def kept_rows(path: Path, table: int, budget: Budget, datasets: list[str]) -> li
 PLOT_MARK = ("Software", "frepo reproduce plot")
 
 
+TABLE_TITLE = b"# FRePo Table "  # how `render`'s tables begin
+
+
+def _is_table(path: Path) -> bool:
+    """Whether `path` begins as the tables `render` writes do."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(TABLE_TITLE)) == TABLE_TITLE
+    except OSError:
+        return False
+
+
 def check_rewrite(path: Path, table: int, budget: Budget | None) -> None:
     """Before any row runs: a table at `path` is rewritten only when the JSON beside it says it is this table
     at this budget (a cpu-small table was replaced by a gpu-small one of rows not run, and the repository's
@@ -516,6 +528,8 @@ def check_rewrite(path: Path, table: int, budget: Budget | None) -> None:
     try:
         earlier = json.loads(source.read_text())
     except FileNotFoundError:
+        if not _is_table(path):  # a user's notes.txt was called "a table without notes.json beside it"
+            raise FrepoError(f"--out {path} is a file frepo did not write (no reproduction table): {keep}") from None
         raise FrepoError(
             f"--out {path} holds a table without {source.name} beside it (one written before frepo wrote one), "
             f"so its measured rows cannot be kept: {keep}"
