@@ -357,7 +357,8 @@ def test_evaluate_protocols_architectures_reports_and_baselines(tmp_path, capsys
     (tmp_path / "docs" / "reproduction.md").write_text("| a table written by hand |\n")
     monkeypatch.chdir(tmp_path)
     code, stdout, err = run_cli(["reproduce", "--budget", "cpu-small", "--dry-run"], capsys)
-    assert code == 0 and "frepo: warning: the real command would refuse: --out docs/reproduction.md holds" in err
+    refusal = "frepo: warning: the real command would refuse: --out docs/reproduction.md is a file frepo did not write"
+    assert code == 0 and refusal in err
     # A malformed WORLD_SIZE is no torchrun: every command but distill ignores it (a traceback for all)
     monkeypatch.setenv("WORLD_SIZE", "")
     assert run_cli(["presets"], capsys)[0] == 0
