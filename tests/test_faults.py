@@ -766,9 +766,20 @@ def test_transform_takes_what_it_documents_or_a_declared_range():
         (raw.astype(np.float32), {"value_range": (0, 1)}, "outside the declared"),
         (raw.transpose(0, 3, 1, 2), {}, "N×H×W×C"),
         (raw.astype(np.int64), {}, "uint8 images"),
+        # [0, 1] pixels declared as 0..255 were divided by 255 again: black images, chance accuracy
+        (raw / 255.0, {"value_range": (0, 255)}, r"pixels in \[0, 1\], not 0..255; pass value_range=\(0, 1\)"),
     ]:
         with pytest.raises(FrepoError, match=fragment):
             ds.transform(bad, **kwargs)
+    # The preprocessing itself (`ds.preprocessing`, a public attribute) took floats and channels-first images
+    # too: float [0, 1] pixels divided by 255 again, and "shape '[1, 8, 1, 1]' is invalid".
+    torch.testing.assert_close(ds.preprocessing(raw), expected)
+    for bad, fragment in [
+        (raw / 255.0, "takes uint8 images \\(0..255\\), got torch.float64; for float images use the set's transform"),
+        (raw.transpose(0, 3, 1, 2), "N×H×W×C with C = 1 \\(channels last\\), got shape \\(4, 1, 8, 8\\)"),
+    ]:
+        with pytest.raises(FrepoError, match=fragment):
+            ds.preprocessing(bad)
 
 
 # ---- 5. leftovers and duplicates -------------------------------------------------------------------

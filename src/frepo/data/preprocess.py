@@ -62,8 +62,16 @@ class Preprocessing:
         channels-last memory layout if asked, so a channels-last consumer needs no second copy)."""
         if isinstance(images, np.ndarray):
             images = torch.from_numpy(np.ascontiguousarray(images))
-        if images.ndim != 4:
-            raise FrepoError(f"expected a batch of images N×H×W×C, got shape {tuple(images.shape)}")
+        if images.ndim != 4 or images.shape[-1] != len(self.mean):
+            raise FrepoError(
+                f"expected a batch of images N×H×W×C with C = {len(self.mean)} (channels last), got shape "
+                f"{tuple(images.shape)}"
+            )
+        if images.dtype != torch.uint8:  # float [0, 1] images were divided by 255 again: chance accuracy
+            raise FrepoError(
+                f"the preprocessing takes uint8 images (0..255), got {images.dtype}; for float images use the "
+                "set's transform(images, value_range=(0, 1) or (0, 255))"
+            )
         n, h, w, c = images.shape
         # Filled chunk by chunk: peak memory is the output plus one chunk, for 50k-image splits too.
         out = torch.empty((n, c, h, w), dtype=torch.float32)

@@ -160,6 +160,10 @@ class DistilledSet:
         top = float(declared[1])
         if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1e-6 or hi > top * (1 + 1e-6):
             raise FrepoError(f"images range over [{lo:.4g}, {hi:.4g}], outside the declared [0, {top:g}]")
+        if top == 255 and 0 < hi <= 1:  # [0, 1] images divided by 255 again: black, and chance accuracy
+            raise FrepoError(
+                f"images range over [{lo:.4g}, {hi:.4g}]: pixels in [0, 1], not 0..255; pass value_range=(0, 1)"
+            )
         return self.preprocessing.from_unit(x.permute(0, 3, 1, 2).float() / top)
 
     def __repr__(self) -> str:
