@@ -416,6 +416,26 @@ def test_another_export_s_preprocessing_is_a_clear_error(tmp_path, capsys):
     assert "is for other images" in capsys.readouterr().err
 
 
+def test_another_export_s_preprocessing_of_the_same_shape_is_refused(tmp_path, capsys):
+    """One of the same image shape passed the shape check: it was applied (a ZCA for a standardisation) under a
+    warning that said the manifest's preprocessing was used, and the networks scored 42 % where 89 % was due."""
+    data = make_blobs_npz(tmp_path / "blobs3.npz", channels=3)
+    plain = frepo.make_subset(DataConfig(dataset=str(data), preprocess="standard"), 2)
+    whitened = frepo.make_subset(DataConfig(dataset=str(data), preprocess="zca"), 2)
+    assert (plain.preprocessing.kind, whitened.preprocessing.kind) == ("standard", "zca")
+    export(plain, tmp_path / "plain", "pt")
+    export(whitened, tmp_path / "whitened", "pt")
+    (tmp_path / "plain" / "preprocessing.safetensors").write_bytes(
+        (tmp_path / "whitened" / "preprocessing.safetensors").read_bytes()
+    )
+    with pytest.raises(FrepoError, match=r"plain/preprocessing.safetensors is not the preprocessing this export "
+                       r"recorded \(kind 'standard' recorded, 'zca' in the file.*another export's"):  # fmt: skip
+        load_export(tmp_path / "plain")
+    assert main(["evaluate", str(tmp_path / "plain"), "--models", "1", "--steps", "2"]) == 2
+    assert "is not the preprocessing this export recorded" in capsys.readouterr().err
+    load_export(tmp_path / "whitened")  # its own: read as written
+
+
 def test_a_file_changed_after_export_is_named_in_a_warning(tmp_path, capsys):
     """The manifest records each file's sha256: an images file copied in from another export (read with this
     export's preprocessing, it trains to chance) is named; an untouched export reads without a warning."""

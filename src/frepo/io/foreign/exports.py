@@ -96,6 +96,7 @@ def load_export(path: str | Path) -> DistilledSet:
     layout, classes, shape = manifest["layout"], manifest["classes"], tuple(manifest["images"]["shape"])
     info = manifest["set"]
     pre = read_preprocessing(folder, shape)
+    _check_recorded(pre, manifest.get("preprocessing"), folder)
     # Checked against the manifest's own shape and classes; the dataset is checked when it is loaded.
     where = str(manifest_path.parent)
     read = LAYOUT_READERS.get(layout)
@@ -123,6 +124,35 @@ def load_export(path: str | Path) -> DistilledSet:
         "source": {"path": str(path), "format": "frepo-export", "layout": layout, "original": info.get("checksum")},
     }
     return as_read(DistilledSet(images, labels, pre, meta))
+
+
+def _check_recorded(pre, recorded, folder: Path) -> None:
+    """The preprocessing file must be the one the manifest records (kind, regulariser, per-channel mean and
+    std): one copied in from another export of the same image shape was applied to the test split, and its
+    networks scored 42 % where this export's scored 89 %."""
+    from ..export import PREPROCESSING
+
+    if not isinstance(recorded, dict):  # an export that recorded none: nothing to compare
+        return
+    own = {"kind": pre.kind, "zca_reg": pre.zca_reg, "mean": pre.mean.tolist(), "std": pre.std.tolist()}
+    differ = []
+    for key, value in own.items():
+        if key not in recorded:
+            continue
+        if key == "kind":
+            same = recorded[key] == value
+        else:
+            try:
+                same = np.allclose(np.asarray(recorded[key], dtype=np.float64), value, rtol=1e-6, atol=0)
+            except (TypeError, ValueError):
+                same = False
+        if not same:
+            differ.append(f"{key} {recorded[key]!r:.40} recorded, {value!r:.40} in the file")
+    if differ:
+        raise FrepoError(
+            f"{folder / PREPROCESSING} is not the preprocessing this export recorded ({'; '.join(differ)}): it is "
+            "another export's; put back the one frepo export wrote beside these images, or export the set again"
+        )
 
 
 def _warn_of_changed_files(manifest: dict, each: dict[str, str], where: str) -> None:
