@@ -416,6 +416,34 @@ def test_another_export_s_preprocessing_is_a_clear_error(tmp_path, capsys):
     assert "is for other images" in capsys.readouterr().err
 
 
+def test_an_imagefolder_export_lists_its_images_as_torchvision_does(tmp_path):
+    """labels.pt was in the set's order, but ImageFolder lists the PNGs class folder by class folder: paired by
+    index, a set not grouped by class (another tool's interleaved one) trained on other images' labels."""
+    from torchvision.datasets import ImageFolder
+
+    ds, _ = _learned(tmp_path)
+    g = torch.Generator().manual_seed(1)
+    shuffled = torch.randperm(len(ds.images), generator=g)
+    interleaved = DistilledSet(ds.images[shuffled], ds.labels[shuffled], ds.preprocessing, ds.meta)
+    assert not torch.equal(interleaved.class_ids(), interleaved.class_ids().sort().values)
+    export(interleaved, tmp_path / "png", "imagefolder")
+    folder = ImageFolder(str(tmp_path / "png"))
+    labels = torch.load(tmp_path / "png" / "labels.pt")
+    back = load_export(tmp_path / "png")
+    assert len(folder) == len(labels) == len(back.images) == len(ds.images)
+    for k, (path, class_id) in enumerate(folder.samples):
+        assert int(labels[k].argmax()) == class_id
+        assert (
+            Path(path).relative_to(tmp_path / "png").as_posix()
+            == json.loads((tmp_path / "png" / "labels.json").read_text())["files"][k]
+        )
+    # the same set, grouped by class (stably): each image with its own label
+    order = torch.argsort(interleaved.class_ids(), stable=True)
+    assert torch.equal(back.labels, interleaved.labels[order])
+    pixels = torch.from_numpy(np.stack([np.asarray(folder[k][0]) for k in range(len(folder))]))
+    assert torch.equal(pixels, torch.from_numpy(to_uint8(interleaved.pixels()[order])))
+
+
 def test_another_export_s_preprocessing_of_the_same_shape_is_refused(tmp_path, capsys):
     """One of the same image shape passed the shape check: it was applied (a ZCA for a standardisation) under a
     warning that said the manifest's preprocessing was used, and the networks scored 42 % where 89 % was due."""

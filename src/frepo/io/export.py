@@ -138,17 +138,24 @@ def register_layout(name: str) -> Callable[[LayoutWriter], LayoutWriter]:
 
 @register_layout("imagefolder")
 def _write_imagefolder(ds: DistilledSet, images: torch.Tensor, labels: torch.Tensor, out: Path) -> Written:
-    pixels = to_uint8(ds.pixels())
+    # Grouped by class (stably), so that position k here is torchvision's ImageFolder's sample k (it lists class
+    # folder by folder): labels.pt paired with ImageFolder by index matched another image wherever the set was
+    # not grouped by class (another tool's interleaved set; 5.9 % where 95.7 % was due).
+    ids = ds.class_ids()
+    order = torch.argsort(ids, stable=True)
+    pixels, labels, ids = to_uint8(ds.pixels()[order]), labels[order], ids[order].tolist()
     folders = _folder_names(ds.classes)
-    ids = ds.class_ids().tolist()
-    names = [f"{folders[c]}/{i:05d}.png" for i, c in enumerate(ids)]
+    width = max(5, len(str(len(ids) - 1)))  # names that sort as their positions
+    names = [f"{folders[c]}/{i:0{width}d}.png" for i, c in enumerate(ids)]
     for array, name in zip(pixels, names):
         _write_png(array, out / name)
     atomic_torch_save(labels.clone(), out / "labels.pt")
     atomic_write_json(out / "labels.json", {"files": names, "labels": labels.tolist(), "classes": ds.classes})
     files = {
-        "<class>/NNNNN.png": "the images in pixel space, 8-bit (NNNNN: position in the set)",
-        "labels.pt": "the labels in the set's order (N×K learned targets or N class ids)",
+        "<class>/NNNNN.png": "the images in pixel space, 8-bit (NNNNN: position in the export: the set's images "
+        "grouped by class, in their order within a class, which is the order torchvision's ImageFolder lists them)",
+        "labels.pt": "the labels in the export's order, as ImageFolder lists the images (N×K learned targets or N "
+        "class ids)",
         "labels.json": "the same, with the file of each image",
     }
     return Written(files, "pixels", {"image_files": names})

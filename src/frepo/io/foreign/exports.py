@@ -85,7 +85,8 @@ def _read_npz(export: Export) -> tuple:
 
 def load_export(path: str | Path) -> DistilledSet:
     """A `frepo export` folder (or a file of one) back into the set it was written from: the same images
-    (up to 8-bit rounding and clipping for PNGs), labels and preprocessing, in the same order."""
+    (up to 8-bit rounding and clipping for PNGs), labels and preprocessing, in the export's order (the set's,
+    but grouped by class in an imagefolder export)."""
     from ..export import find_manifest, read_manifest, read_preprocessing
 
     check_path("path", path)
