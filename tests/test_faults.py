@@ -782,6 +782,34 @@ def test_transform_takes_what_it_documents_or_a_declared_range():
             ds.preprocessing(bad)
 
 
+def test_transform_warns_of_images_far_from_the_preprocessing_s_statistics():
+    """scikit-learn's digits rebuilt by hand (levels 0..16, as uint8) passed every check of shape and range, and
+    scored chance; frepo's digits are those levels scaled to 0..255. The split itself, whole or one class at a
+    time (each class's mean is within a std of the split's), and a handful of images are not warned of."""
+    import warnings
+
+    from sklearn.datasets import load_digits
+
+    import frepo
+    from frepo.data import load_dataset
+
+    raw = load_dataset("digits")
+    ds = frepo.make_subset("digits", 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds.transform(raw.x_test)
+        ds.transform(raw.x_test[:8] // 16)  # too few images to say
+        for c in range(10):
+            ds.transform(raw.x_test[raw.y_test == c])
+    by_hand = load_digits().images.astype(np.uint8)[..., None]
+    with pytest.warns(
+        UserWarning, match=r"these images' pixels \(mean 0.0\d\d, std 0.0\d\d per channel.*images of digits"
+    ):
+        ds.transform(by_hand)
+    with pytest.warns(UserWarning, match="far from those of the data"):  # 0..16 declared as 0..255 floats
+        ds.transform(by_hand.astype(np.float32), value_range=(0, 255))
+
+
 # ---- 5. leftovers and duplicates -------------------------------------------------------------------
 def test_leftovers_go_and_a_failed_start_leaves_the_directory_as_found(tmp_path, capsys):
     out = tmp_path / "run"

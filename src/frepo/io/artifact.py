@@ -24,6 +24,7 @@ import torch
 from ..base.atomic import atomic_save_safetensors
 from ..base.errors import FrepoError, check_argument, check_path
 from ..base.fields import check_choice
+from ..base.log import warn
 from ..base.version import __version__
 from ..data.preprocess import KINDS, PACKED, Preprocessing, unpack_upper, upper_size
 from ..method.krr import centered_one_hot, label_scale
@@ -44,6 +45,16 @@ def regression_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 def class_ids_of(labels: torch.Tensor) -> torch.Tensor:
     """(N,) class ids of learned labels N×K (argmax) or of class ids."""
     return labels.argmax(-1) if labels.ndim == 2 else labels.long()
+
+
+# How many images `transform` compares with the preprocessing's pixel statistics: spread over the batch (a file
+# may be sorted by class), a few hundred give the mean within a small fraction of a std.
+STATISTICS_SAMPLE = 1024
+
+
+def _spread(x: torch.Tensor) -> torch.Tensor:
+    """At most STATISTICS_SAMPLE of x's images, evenly spaced."""
+    return x[:: max(1, -(-len(x) // STATISTICS_SAMPLE))]
 
 
 @dataclass(eq=False, repr=False)
@@ -148,6 +159,7 @@ class DistilledSet:
         if x.dtype == torch.uint8:
             if declared not in (None, (0, 255)):
                 raise FrepoError(f"uint8 images hold 0..255, not the declared range {declared}")
+            self._warn_of_other_statistics(_spread(x).float() / 255)
             return self.preprocessing(x)
         if not x.is_floating_point():
             raise FrepoError(f"transform takes uint8 images (0..255) or float images with value_range; got {x.dtype}")
@@ -164,7 +176,27 @@ class DistilledSet:
             raise FrepoError(
                 f"images range over [{lo:.4g}, {hi:.4g}]: pixels in [0, 1], not 0..255; pass value_range=(0, 1)"
             )
+        self._warn_of_other_statistics(_spread(x).float() / top)
         return self.preprocessing.from_unit(x.permute(0, 3, 1, 2).float() / top)
+
+    def _warn_of_other_statistics(self, unit: torch.Tensor) -> None:
+        """Warn when images (N×H×W×C in [0, 1], N >= 16) are far from the pixel statistics the preprocessing
+        was fitted on: a test split rebuilt on another scale (scikit-learn's digits in 0..16 as uint8) passes
+        every check of shape and range, then scores chance."""
+        pre = self.preprocessing
+        if len(unit) < 16 or (bool((pre.mean == 0).all()) and bool((pre.std == 1).all())):
+            return  # no standardisation (kind none, or a whitening alone): no statistics recorded to compare
+        mean, std = unit.mean(dim=(0, 1, 2)), unit.std(dim=(0, 1, 2))
+        shift = float(((mean - pre.mean) / pre.std).abs().max())
+        ratio = std / pre.std
+        if shift > 1.5 or float(ratio.min()) < 1 / 3 or float(ratio.max()) > 3:
+            shown = lambda t: ", ".join(f"{v:.3f}" for v in t.tolist())  # noqa: E731
+            warn(
+                f"these images' pixels (mean {shown(mean)}, std {shown(std)} per channel, on a 0..1 scale) are far "
+                f"from those of the data the set's preprocessing was fitted on (mean {shown(pre.mean)}, std "
+                f"{shown(pre.std)}): are they images of {self.dataset}, on the scale given (uint8: 0..255)? On "
+                "another scale, networks score chance"
+            )
 
     def __repr__(self) -> str:
         """One line, not every tensor and the whole meta (thousands of characters for 10 images)."""
