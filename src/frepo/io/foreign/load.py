@@ -183,7 +183,7 @@ def load_set(
         if entry is not None:
             raise FrepoError(f"--entry selects a set inside a DC/DSA res_*.pt file; a {fmt} file holds one set")
         return own_dataset(ds, str(file), dataset, data_dir=data_dir, download=download)
-    check_holds_a_set(Path(file), fmt)
+    check_holds_a_set(Path(file), fmt, preprocess_named=preprocess not in (None, "auto"))
     if dataset is None:
         kind = "folder (of class folders of images)" if Path(file).is_dir() else "file"
         shown = SHOWN.get(fmt, fmt)
@@ -196,10 +196,11 @@ def load_set(
     return load_foreign(file, raw, fmt=fmt, preprocess=preprocess, entry=entry, cache_dir=data_dir), raw
 
 
-def check_holds_a_set(path: Path, fmt: str) -> None:
+def check_holds_a_set(path: Path, fmt: str, preprocess_named: bool = False) -> None:
     """Refuse, by a look inside, what is no set whatever --dataset says: a folder of runs (read as class
     folders), a dataset's .npz (read as an official FRePo file), a safetensors file without `images` and
-    `labels` (a model's weights). Each asked for --dataset first, then failed on it with advice that did not fit."""
+    `labels` (a model's weights). Each asked for --dataset first, then failed on it with advice that did not fit.
+    An npz export out of its folder is refused too, unless `preprocess_named` (its space is then the user's word)."""
     if fmt == "imagefolder":
         try:
             runs = sorted(child.name for child in path.iterdir() if is_run(child))
@@ -216,6 +217,15 @@ def check_holds_a_set(path: Path, fmt: str) -> None:
             return
         if {"x_train", "y_train"} <= names:
             raise FrepoError(f"{path} is a dataset (x_train, y_train, ...), not a set: give it as --dataset {path}")
+        from ..export import MANIFEST, NPZ_MARK, PREPROCESSING
+
+        if NPZ_MARK in names and not preprocess_named:  # out of its export's folder: read as an official file,
+            # the reference's preprocessing would be applied, not its set's
+            raise FrepoError(
+                f"{path} was written by frepo export, in its set's preprocessed space: read it in its export's "
+                f"folder, with {MANIFEST} and {PREPROCESSING} beside it (they say how to put test images there), "
+                "or name the preprocessing it is in (--preprocess frepo: frepo's own of the dataset)"
+            )
     elif fmt == "safetensors":
         from safetensors import safe_open
 
