@@ -215,6 +215,22 @@ def test_bad_npz_inputs(tmp_path, arrays, message):
         load_dataset(str(path))
 
 
+def test_class_folders_spelt_in_two_unicode_forms_are_one_class(tmp_path):
+    """A folder copied from macOS spells é as e and an accent (NFD): train/ and test/ were "different class
+    folders" whose names printed the same ("test/ lacks ['café']; test/ has ['café']")."""
+    import unicodedata
+
+    from PIL import Image
+
+    image = Image.fromarray(np.zeros((4, 4), np.uint8))
+    for split, form in (("train", "NFD"), ("test", "NFC")):
+        for name in ("café", "thé"):
+            folder = tmp_path / split / unicodedata.normalize(form, name)
+            folder.mkdir(parents=True)
+            image.save(folder / "0.png")
+    assert load_dataset(str(tmp_path)).classes == ["café", "thé"]
+
+
 def test_npz_arrays_saved_as_other_tools_save_them(tmp_path):
     """Keras's N×1 labels are read; torch's channels-first images, levels saved as floats and label names get
     the line that fixes them; a header declaring more than the machine holds was out-of-memory advice to lower
