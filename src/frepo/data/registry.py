@@ -323,7 +323,8 @@ def _class_names(names: np.ndarray, path: Path) -> list[str]:
     """The `classes` array as text: bytes (np.bytes_) are decoded, not written as "b'cat'"."""
     if names.ndim != 1:
         raise FrepoError(f"{path}: 'classes' must be a 1-D array of class names, got shape {names.shape}")
-    return [c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in names.tolist()]
+    text = [c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in names.tolist()]
+    return [unicodedata.normalize("NFC", name) for name in text]  # one spelling, as class folders' names
 
 
 def _load_image_folder(root: Path) -> RawDataset:

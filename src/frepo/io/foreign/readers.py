@@ -4,6 +4,7 @@ preprocessing the images are in is the registration's `claim`, checked by `load_
 
 from __future__ import annotations
 
+import unicodedata
 import zipfile
 import zlib
 from pathlib import Path
@@ -117,7 +118,7 @@ def read_image_folder(root: Path, raw: RawDataset, entry: int) -> Read:
         sets = sorted(p.name for p in root.iterdir() if p.suffix in suffixes and p.name != PREPROCESSING)
         hint = f"; to read a set file in it, pass the file ({root / sets[0]})" if sets else ""
         raise FrepoError(f"{root} holds no class folders: expected {root}/<class>/<image>.png{hint}")
-    names = [p.name for p in folders]
+    names = [unicodedata.normalize("NFC", p.name) for p in folders]  # as the dataset's class names are read
     numbered = [n for n in (_numbered(name, raw.num_classes) for name in names) if n is not None]
     if all(name in raw.classes for name in names):
         ids = [raw.classes.index(name) for name in names]
