@@ -737,4 +737,22 @@ def test_continual_replicates_by_seed_share_no_order_s_draws():
     assert [ContinualConfig(seed=0).order_seed(o) for o in range(5)] == [0, 1, 2, 3, 4]
     seeds = {(s, o): ContinualConfig(seed=s).order_seed(o) for s in range(4) for o in range(5)}
     assert len(set(seeds.values())) == len(seeds)
-    assert seeds[(1, 0)] == ContinualConfig(seed=1).order_seed(0)  # fixed: no draw of its own
+
+
+def test_a_continual_folder_of_the_earlier_order_seeds_is_not_mixed_with_the_new(tmp_path):
+    """A folder an earlier frepo made with --seed 1 drew its orders with seed + order: resumed, its units on disk
+    were kept and the missing ones drawn with the new seeds, under an `order_seeds` that made neither. It is
+    refused now; with --seed 0 (seeds unchanged) it goes on."""
+    quick = {**CL2, "arms": "random"}
+    for seed in (1, 0):
+        out = tmp_path / f"seed{seed}"
+        first = frepo.continual(out=out, **quick, seed=seed)
+        (out / "continual-seeds.json").unlink()  # as an earlier frepo left it
+        if seed:
+            with pytest.raises(
+                FrepoError, match=r"made by an earlier frepo, whose class orders drew with seed \+ order"
+            ):
+                frepo.continual(out=out, **quick, seed=seed)
+        else:
+            assert frepo.continual(out=out, **quick, seed=seed)["per_task"] == first["per_task"]
+            assert (out / "continual-seeds.json").is_file()

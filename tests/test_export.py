@@ -628,7 +628,6 @@ def test_an_export_finds_its_dataset_where_its_set_did(tmp_path, monkeypatch):
 def test_the_python_export_reads_every_set_the_command_does(tmp_path):
     """frepo.export took a DistilledSet or frepo's file only: a run directory, an export folder and another
     tool's file (with its source) are read as `frepo export` reads them."""
-    import shutil
 
     import frepo
     from frepo.config import DataConfig
