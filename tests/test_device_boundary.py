@@ -527,3 +527,19 @@ def test_deterministic_kernels_covers_inductor_on_a_gpu_and_restores_every_flag(
     with deterministic_kernels(torch.device("cuda"), on):
         assert [getattr(owner, name) for owner, name in flags] == [on, not on, on]
     assert [getattr(owner, name) for owner, name in flags] == before
+
+
+def test_deterministic_kernels_on_a_torch_without_inductor_s_flag(monkeypatch):
+    """Inductor's `deterministic` exists from torch 2.10 on; reading it on an older torch (which frepo allows)
+    raised AttributeError in every GPU distillation and evaluation. cuDNN's flags are still set."""
+    import types
+
+    import torch._inductor
+
+    from frepo.base.device import deterministic_kernels
+
+    monkeypatch.setattr(torch._inductor, "config", types.SimpleNamespace(), raising=False)  # no such flag
+    before = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    with deterministic_kernels(torch.device("cuda")):
+        assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) == (True, False)
+    assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) == before

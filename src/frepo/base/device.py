@@ -75,12 +75,19 @@ def deterministic_kernels(device: torch.device, on: bool = True):
         return
     import torch._inductor.config as inductor  # ~1 s once per process, on a GPU only
 
-    before = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, inductor.deterministic
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, inductor.deterministic = on, not on, on
+    # inductor's flag exists from torch 2.10 on (pytorch/pytorch#163589); reading it before raises
+    has_flag = hasattr(inductor, "deterministic")
+    before = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    inductor_before = inductor.deterministic if has_flag else None
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = on, not on
+    if has_flag:
+        inductor.deterministic = on
     try:
         yield
     finally:
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, inductor.deterministic = before
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
+        if has_flag:
+            inductor.deterministic = inductor_before
 
 
 def _legacy_flag(read) -> bool | None:
