@@ -53,8 +53,9 @@ STATISTICS_SAMPLE = 1024
 
 
 def _spread(x: torch.Tensor) -> torch.Tensor:
-    """At most STATISTICS_SAMPLE of x's images, evenly spaced."""
-    return x[:: max(1, -(-len(x) // STATISTICS_SAMPLE))]
+    """At most STATISTICS_SAMPLE of x's images, evenly spaced, as float32 on the host (where the
+    preprocessing's statistics are: a GPU batch is transformed on its device, and compared here)."""
+    return x[:: max(1, -(-len(x) // STATISTICS_SAMPLE))].float().cpu()
 
 
 @dataclass(eq=False, repr=False)
@@ -159,7 +160,7 @@ class DistilledSet:
         if x.dtype == torch.uint8:
             if declared not in (None, (0, 255)):
                 raise FrepoError(f"uint8 images hold 0..255, not the declared range {declared}")
-            self._warn_of_other_statistics(_spread(x).float() / 255)
+            self._warn_of_other_statistics(_spread(x) / 255)
             return self.preprocessing(x)
         if not x.is_floating_point():
             raise FrepoError(f"transform takes uint8 images (0..255) or float images with value_range; got {x.dtype}")
@@ -176,7 +177,7 @@ class DistilledSet:
             raise FrepoError(
                 f"images range over [{lo:.4g}, {hi:.4g}]: pixels in [0, 1], not 0..255; pass value_range=(0, 1)"
             )
-        self._warn_of_other_statistics(_spread(x).float() / top)
+        self._warn_of_other_statistics(_spread(x) / top)
         return self.preprocessing.from_unit(x.permute(0, 3, 1, 2).float() / top)
 
     def _warn_of_other_statistics(self, unit: torch.Tensor) -> None:
