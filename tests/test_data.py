@@ -224,11 +224,11 @@ def test_class_folders_spelt_in_two_unicode_forms_are_one_class(tmp_path):
 
     image = Image.fromarray(np.zeros((4, 4), np.uint8))
     for split, form in (("train", "NFD"), ("test", "NFC")):
-        for name in ("café", "thé"):
+        for name in ("café", "été", "fée"):  # été sorts before fée spelt NFD (e...), after it spelt NFC (é...)
             folder = tmp_path / split / unicodedata.normalize(form, name)
             folder.mkdir(parents=True)
             image.save(folder / "0.png")
-    assert load_dataset(str(tmp_path)).classes == ["café", "thé"]
+    assert load_dataset(str(tmp_path)).classes == ["café", "fée", "été"]
 
 
 def test_npz_arrays_saved_as_other_tools_save_them(tmp_path):
@@ -388,15 +388,19 @@ def test_an_image_is_read_as_it_is_shown_and_in_its_own_levels(tmp_path, monkeyp
     with_alpha = Image.fromarray(np.stack([greys, np.full_like(greys, 9)], -1), "LA")
     deep = Image.fromarray((greys.astype(np.uint16) * 257).astype(">u2"))  # 16-bit, big-endian
     assert (palette.mode, deep.mode) == ("P", "I;16B")
-    root = _folder(tmp_path / "greys", {"a/p.png": palette, "b/la.png": with_alpha, "b/deep.tif": deep})
+    pgm = Image.fromarray(greys.astype(np.uint16) * 257)  # PIL opens a 16-bit PGM as 32-bit "I"
+    root = _folder(
+        tmp_path / "greys", {"a/p.png": palette, "a/pgm.pgm": pgm, "b/la.png": with_alpha, "b/deep.tif": deep}
+    )
+    assert Image.open(tmp_path / "greys" / "train" / "a" / "pgm.pgm").mode == "I"
     raw = load_dataset(root)
-    assert raw.x_train.shape == (3, 6, 6, 1)  # one channel: every image is greyscale
+    assert raw.x_train.shape == (4, 6, 6, 1)  # one channel: every image is greyscale
     for image in raw.x_train:
         assert np.array_equal(image[..., 0], greys)
     # A palette image of colours is colour.
     colour = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).convert("P")
     _folder(tmp_path / "greys", {"a/c.png": colour})
-    assert load_dataset(root).x_train.shape == (4, 6, 6, 3)
+    assert load_dataset(root).x_train.shape == (5, 6, 6, 3)
 
     for mode, array in (("I", greys.astype(np.int32) * 100), ("F", greys / 255.0)):
         root = _folder(
@@ -428,9 +432,27 @@ def test_hidden_files_and_linked_loops_in_a_class_folder_add_no_images(tmp_path)
     (tmp_path / "train" / "a" / "._0.png").write_bytes(b"\x00\x05\x16\x07")  # AppleDouble: no image
     assert len(load_dataset(root).x_train) == 2
     (tmp_path / "train" / "a" / "up").symlink_to(tmp_path / "train")
-    with pytest.raises(FrepoError, match="a/up links to .*train, a folder above it: reading it would loop"):
+    with pytest.raises(FrepoError, match="a/up leads to .*train, a folder above it: reading it would loop"):
         load_dataset(root)
     (tmp_path / "train" / "a" / "up").unlink()
+    # Two links that lead to each other's folder (a/x -> b/sub, b/sub/y -> a): no link leads above its own
+    # folder, and the walk read 82 files of 2 images.
+    (tmp_path / "train" / "b" / "sub").mkdir()
+    (tmp_path / "train" / "a" / "x").symlink_to(tmp_path / "train" / "b" / "sub")
+    (tmp_path / "train" / "b" / "sub" / "y").symlink_to(tmp_path / "train" / "a")
+    with pytest.raises(FrepoError, match="y leads to .*train/a, which the walk reaches another way too \\(a loop"):
+        load_dataset(root)
+    (tmp_path / "train" / "b" / "sub" / "y").unlink()
+    (tmp_path / "train" / "a" / "x").unlink()
+    (tmp_path / "train" / "b" / "sub").rmdir()
+    (tmp_path / "train" / "a" / "sub").mkdir()  # one folder reached twice: its images were read twice
+    image.save(tmp_path / "train" / "a" / "sub" / "1.png")
+    (tmp_path / "train" / "a" / "alias").symlink_to(tmp_path / "train" / "a" / "sub")
+    with pytest.raises(FrepoError, match="a/sub leads to .*a/sub, which the walk reaches another way too"):
+        load_dataset(root)
+    (tmp_path / "train" / "a" / "alias").unlink()
+    (tmp_path / "train" / "a" / "sub" / "1.png").unlink()
+    (tmp_path / "train" / "a" / "sub").rmdir()
     (tmp_path / "train" / "a" / "more").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     (tmp_path / "elsewhere").mkdir()
     image.save(tmp_path / "elsewhere" / "1.png")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -31,24 +32,30 @@ ORIENTATION = 0x0112  # the EXIF tag: 5-8 turn the image a quarter, so it is sho
 def class_folders(root: Path) -> list[Path]:
     """The class folders of `root`, sorted by name; hidden ones (.ipynb_checkpoints, .git) are no classes
     (torchvision's ImageFolder would count them)."""
-    return sorted((p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+    folders = (p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(folders, key=lambda p: unicodedata.normalize("NFC", p.name))  # one spelling of é (macOS: NFD)
 
 
 def _walk(folder: Path) -> list[tuple[str, list[str]]]:
     """(folder, visible file names) under `folder`, sorted by folder path, hidden folders and files left out. A
-    linked folder is followed, but one that leads back to a folder above it is refused: the walk would loop, and
-    read other classes' images as this one's."""
-    found = []
+    linked folder is followed, but one that leads to a folder above it, or to one the walk reaches otherwise, is
+    refused: the walk would loop (reading other classes' images as this one's), or read images twice."""
+    found, seen = [], {Path(folder).resolve()}
     for dirpath, dirnames, names in os.walk(folder, followlinks=True):
-        above = Path(dirpath).resolve()
-        chain = {above, *above.parents}
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        chain = {Path(dirpath).resolve(), *Path(dirpath).resolve().parents}
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for d in dirnames:
-            if (Path(dirpath) / d).is_symlink() and (Path(dirpath) / d).resolve() in chain:
+            real = (Path(dirpath) / d).resolve()
+            if real in chain:
                 raise FrepoError(
-                    f"{Path(dirpath) / d} links to {(Path(dirpath) / d).resolve()}, a folder above it: reading it "
-                    "would loop; remove the link"
+                    f"{Path(dirpath) / d} leads to {real}, a folder above it: reading it would loop; remove the link"
                 )
+            if real in seen:
+                raise FrepoError(
+                    f"{Path(dirpath) / d} leads to {real}, which the walk reaches another way too (a loop, or its "
+                    "images read twice); remove the link to it"
+                )
+            seen.add(real)
         found.append((dirpath, [n for n in names if not n.startswith(".")]))
     return sorted(found)
 
@@ -87,8 +94,13 @@ def _opened(path: Path):
         raise FrepoError(f"cannot read image {path}: {exc}") from exc
 
 
+# The formats whose 32-bit integer mode ("I") holds 16-bit levels (a 16-bit PNG as some writers store it, a 16-bit
+# PGM as PIL opens it); a TIFF's may hold any range.
+SIXTEEN_BIT_I = ("PNG", "PPM")
+
+
 def _checked_mode(image, path: Path) -> None:
-    if image.mode in ("I", "F") and image.format != "PNG":  # a PNG's "I" is its 16 bits
+    if image.mode in ("I", "F") and not (image.mode == "I" and image.format in SIXTEEN_BIT_I):
         kind = "integer" if image.mode == "I" else "float"
         raise FrepoError(
             f"{path} is a 32-bit {kind} image, whose range of levels frepo cannot know: save it as an 8- or 16-bit PNG"
@@ -115,7 +127,7 @@ def open_image(path: Path, shown: bool = True):
     with _opened(path) as image:
         _checked_mode(image, path)
         image.load()
-        if image.mode == "I":  # a 16-bit greyscale PNG, as some writers store it: its levels as to_array reads them
+        if image.mode == "I":  # 16-bit levels (SIXTEEN_BIT_I): as to_array reads a 16-bit image's
             image = Image.fromarray(np.asarray(image).astype(np.uint16))
         return ImageOps.exif_transpose(image) if shown else image.copy()  # a copy, the file closed
 
@@ -127,7 +139,7 @@ def read_image(path: Path, channels: int, size: int | None = None, shown: bool =
 
 def _is_grey(image) -> bool:
     if image.mode != "P":
-        return image.mode in GREY_MODES or (image.mode == "I" and image.format == "PNG")
+        return image.mode in GREY_MODES or (image.mode == "I" and image.format in SIXTEEN_BIT_I)
     colours = np.asarray(image.getpalette() or [], dtype=np.int64).reshape(-1, 3)
     indices = np.unique(np.asarray(image))
     used = colours[indices[indices < len(colours)]]  # a palette holds colours no pixel takes
@@ -141,8 +153,6 @@ def to_array(image, channels: int, size: int | None = None) -> np.ndarray:
     `tf.image.resize` with method area)."""
     from PIL import Image
 
-    if image.mode in ("I", "F"):  # PIL's convert clips: open_image turned a file's 16-bit "I" into "I;16"
-        raise FrepoError(f"a 32-bit image (mode {image.mode}): its range of levels is unknown; pass 8 or 16 bits")
     if image.mode.startswith("I;16"):
         # 16-bit greyscale: PIL's convert clips each level to 255 (a black-and-white image); scale it instead
         levels = np.asarray(image).astype(np.float64) / 257  # 65535 -> 255
