@@ -1074,10 +1074,42 @@ def test_environment_is_recorded_and_a_different_thread_count_warns(tmp_path, ca
     # off for auto runs torch's own kernels, as before: nothing to say.
     assert main(distill_args(out, "--steps", 5, "--resume-with-changes", "--compile", "off")) == 0
     assert "bit for bit" not in capsys.readouterr().err
+    config = json.loads((out / "config.json").read_text())
+    config["environment"]["device"] = "cuda"  # begun on a GPU, where --deterministic chose its kernels
+    (out / "config.json").write_text(json.dumps(config))
     assert main(distill_args(out, "--steps", 6, "--resume-with-changes", "--no-deterministic")) == 0
     assert "resumes with deterministic True -> False: the rest of the run sums in another order" in (
         capsys.readouterr().err
     )
+    # On a CPU, before and now, --deterministic changes nothing: not said
+    assert main(distill_args(out, "--steps", 7, "--resume-with-changes", "--deterministic")) == 0
+    assert "resumes with" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "before, after, env, said",
+    [
+        ({"compile": "auto"}, {"compile": "on"}, "cpu", "compile auto -> on"),  # torch's kernels, then inductor's
+        ({"compile": "cudagraphs"}, {"compile": "off"}, "cuda", "compile cudagraphs -> off"),
+        ({"compile": "off"}, {"compile": "graph"}, "cuda", None),  # graph replays torch's own kernels
+        ({"compile": "on"}, {"compile": "cudagraphs"}, "cuda", None),  # inductor's both
+        ({"deterministic": True}, {"deterministic": False}, "cuda", "deterministic True -> False"),
+        ({"deterministic": True}, {"deterministic": False, "device": "cpu"}, "cpu", None),  # a CPU's kernels
+    ],
+)
+def test_a_resume_says_which_changes_round_otherwise(tmp_path, before, after, env, said):
+    import warnings
+
+    from frepo.jobs.runs import _warn_of_other_rounding
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _warn_of_other_rounding(tmp_path, before, {**before, **after}, {"device": env})
+    messages = [str(w.message) for w in caught]
+    if said is None:
+        assert messages == []
+    else:
+        assert len(messages) == 1 and said in messages[0], messages
 
 
 # ---- 10. divergence without NaN ----------------------------------------------------------------------

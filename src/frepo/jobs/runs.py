@@ -219,12 +219,23 @@ def _kernels(compile_mode) -> str:
     return "inductor" if compile_mode in ("on", "cudagraphs") else "torch"
 
 
-def _warn_of_other_rounding(path: Path, old: dict, new: dict) -> None:
+def _warn_of_other_rounding(path: Path, old: dict, new: dict, environment: dict | None) -> None:
     """A resume may change `compile` and `deterministic` (ALWAYS_RESUMABLE: the same maths), but the rest of the
-    run is then rounded otherwise: said, as a change of device or threads is (`environment`)."""
+    run is then rounded otherwise: said, as a change of device or threads is (`environment`). `deterministic`
+    chooses cuDNN's and inductor's kernels: on a CPU, before and now (`environment`: the run's), it changes
+    nothing."""
+    from ..base.device import resolve_device
+
     changed = [k for k in ("compile", "deterministic") if k in old and old.get(k) != new.get(k)]
     if "compile" in changed and _kernels(old.get("compile")) == _kernels(new.get("compile")):
         changed.remove("compile")
+    if "deterministic" in changed and (environment or {}).get("device") != "cuda":
+        try:
+            on_gpu = resolve_device(str(new.get("device") or "auto")).type == "cuda"
+        except FrepoError:  # a device this machine lacks: the run refuses it, and says so
+            on_gpu = False
+        if not on_gpu:
+            changed.remove("deterministic")
     if changed:
         detail = ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in changed)
         warn(
@@ -420,7 +431,7 @@ class RunDir:
             raise OtherSettings(f"{self.path} holds a run with a different config ({detail}); {hint}", detail)
         changes = {k: [old.get(k), new.get(k)] for k in diff}
         if resuming:
-            _warn_of_other_rounding(self.path, old, new)
+            _warn_of_other_rounding(self.path, old, new, env)
         return Claim(resuming, False, changes, env)
 
     def _validated(self) -> bool:
