@@ -462,6 +462,10 @@ def test_an_npz_export_out_of_its_folder_is_not_read_as_an_official_file(tmp_pat
     assert "was written by frepo export" in capsys.readouterr().err
     blobs = str(tmp_path / "blobs3.npz")  # named, its space is the user's word
     assert torch.equal(load_set(tmp_path / written.name, dataset=blobs, preprocess="frepo")[0].images, ds.images)
+    # ... --split val too, whose refusal is then the one that fits (no hold-out), not "name the preprocessing"
+    val = ["evaluate", str(tmp_path / written.name), "--split", "val", "--preprocess", "frepo", "--dataset", blobs]
+    assert main(val) == 2
+    assert "no validation hold-out" in capsys.readouterr().err
 
 
 def test_another_export_s_preprocessing_of_the_same_shape_is_refused(tmp_path, capsys):

@@ -70,7 +70,8 @@ MANIFEST_KEYS = {
     "files": "what each file of the folder holds",
     "images": "count, shape [C, H, W], and space: 'pixels' (PNG, 0..255), 'preprocessed' (the set's own space), "
     "'ddranking' or 'ddranking-zca' (DD-Ranking's, with use_zca false or true)",
-    "image_files": "imagefolder only: the PNG of each image, in the set's order",
+    "image_files": "imagefolder only: the PNG of each image, in the export's order (the set's, grouped by "
+    "class: the order torchvision's ImageFolder lists them)",
     "labels": "kind ('learned': N×K regression targets; 'class_ids': N integers) and the class id of each image",
     "classes": "class names, indexed by class id",
     "dataset": "the real dataset (registry name or path) whose test split the set is evaluated on",
