@@ -422,6 +422,23 @@ def test_an_image_is_read_as_it_is_shown_and_in_its_own_levels(tmp_path, monkeyp
         load_dataset(root)
 
 
+def test_a_set_of_a_folder_now_read_in_another_shape_says_so(tmp_path):
+    """A set made from a folder that frepo reads otherwise now (grey palettes and grey-with-alpha images as one
+    channel, photos turned by their EXIF orientation) failed deep in the first transform ("C = 3 ... got 1")."""
+    from PIL import Image
+
+    import frepo
+
+    colour = Image.fromarray(np.random.default_rng(0).integers(0, 256, (4, 4, 3), dtype=np.uint8))
+    root = _folder(tmp_path / "data", {f"{c}/{i}.png": colour for c in "ab" for i in range(3)})
+    path = frepo.save_distilled(frepo.make_subset(root, 2), tmp_path / "set.safetensors")
+    grey = Image.fromarray(np.zeros((4, 4), np.uint8))
+    _folder(tmp_path / "data", {f"{c}/{i}.png": grey for c in "ab" for i in range(3)})
+    with pytest.raises(FrepoError, match=r"set.safetensors holds images of 3×4×4 \(C×H×W\), but .*data reads as "
+                       r"1×4×4 now: the data changed since the set was made, or frepo reads it otherwise"):  # fmt: skip
+        frepo.evaluate(path, models=1, steps=1)
+
+
 def test_hidden_files_and_linked_loops_in_a_class_folder_add_no_images(tmp_path):
     """A notebook's .ipynb_checkpoints inside a class folder, and macOS's ._ files, were read as images of
     that class; a link back to a folder above read the other classes' images as this one's."""

@@ -314,7 +314,9 @@ def own_dataset(
                 f"{where} was made from {recorded}, which is not there any more: pass --dataset PATH where that "
                 "data is now (its test split is checked against the one the set was made with)"
             )
-        return ds, load_dataset(recorded, data_dir or recorded_data_dir(ds), download)
+        raw = load_dataset(recorded, data_dir or recorded_data_dir(ds), download)
+        _check_shape(ds, raw, where)
+        return ds, raw
     if recorded in BUILTIN:
         raise FrepoError(f"{where} was distilled from {recorded}, not {dataset}; drop --dataset")
     raw = load_dataset(dataset, data_dir, download)
@@ -330,6 +332,21 @@ def own_dataset(
             "was made with)"
         )
     return dataclasses.replace(ds, meta={**ds.meta, "dataset": raw.name}), raw
+
+
+def _check_shape(ds: DistilledSet, raw: RawDataset, where: str) -> None:
+    """A set's images have its dataset's shape; a folder of the user's own read otherwise now failed deep in the
+    first transform ("N×H×W×C with C = 3 ..., got (..., 1)")."""
+    shape = tuple(ds.images.shape[1:])
+    if shape == tuple(raw.image_shape):
+        return
+    shown = "×".join
+    raise FrepoError(
+        f"{where} holds images of {shown(map(str, shape))} (C×H×W), but {raw.name} reads as "
+        f"{shown(map(str, raw.image_shape))} now: the data changed since the set was made, or frepo reads it "
+        "otherwise (since 2026-12-07, an image folder's greyscale palette and greyscale-with-alpha images are one "
+        "channel, and a photo is turned as its EXIF orientation shows it); distil it again"
+    )
 
 
 def recorded_data_dir(ds: DistilledSet) -> str | None:
