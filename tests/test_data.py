@@ -216,19 +216,28 @@ def test_bad_npz_inputs(tmp_path, arrays, message):
 
 
 def test_class_folders_spelt_in_two_unicode_forms_are_one_class(tmp_path):
-    """A folder copied from macOS spells é as e and an accent (NFD): train/ and test/ were "different class
-    folders" whose names printed the same ("test/ lacks ['café']; test/ has ['café']")."""
+    """A folder copied from macOS spells é as e and an accent (NFD): train/ and test/ spelt otherwise were
+    "different class folders" whose names printed the same ("test/ lacks ['café']; test/ has ['café']"). The
+    classes keep torchvision's order of train/'s folders (a set made before keeps its class ids), and test/'s
+    images take those ids by name, whichever order its spelling sorts in."""
     import unicodedata
 
     from PIL import Image
 
-    image = Image.fromarray(np.zeros((4, 4), np.uint8))
+    names = ("café", "été", "fée")  # été sorts before fée spelt NFD (e...), after it spelt NFC (é...)
     for split, form in (("train", "NFD"), ("test", "NFC")):
-        for name in ("café", "été", "fée"):  # été sorts before fée spelt NFD (e...), after it spelt NFC (é...)
+        for k, name in enumerate(names):
             folder = tmp_path / split / unicodedata.normalize(form, name)
             folder.mkdir(parents=True)
-            image.save(folder / "0.png")
-    assert load_dataset(str(tmp_path)).classes == ["café", "fée", "été"]
+            Image.fromarray(np.full((4, 4), 10 * k, np.uint8)).save(folder / "0.png")
+    raw = load_dataset(str(tmp_path))
+    assert raw.classes == list(names)
+    for x, y in ((raw.x_train, raw.y_train), (raw.x_test, raw.y_test)):  # each image with its class's id
+        assert sorted(y.tolist()) == [0, 1, 2] and all(int(image.max()) == 10 * int(k) for image, k in zip(x, y))
+    # Two folders of one split spelling one name: refused, not two classes of one name
+    (tmp_path / "train" / unicodedata.normalize("NFC", "été")).mkdir()
+    with pytest.raises(FrepoError, match="two class folders named 'été', in two Unicode spellings: merge them"):
+        load_dataset(str(tmp_path))
 
 
 def test_npz_arrays_saved_as_other_tools_save_them(tmp_path):
@@ -437,6 +446,13 @@ def test_a_set_of_a_folder_now_read_in_another_shape_says_so(tmp_path):
     with pytest.raises(FrepoError, match=r"set.safetensors holds images of 3×4×4 \(C×H×W\), but .*data reads as "
                        r"1×4×4 now: the data changed since the set was made, or frepo reads it otherwise"):  # fmt: skip
         frepo.evaluate(path, models=1, steps=1)
+    # class folders renamed since: the set's labels would pair with other classes
+    _folder(tmp_path / "data", {f"{c}/{i}.png": colour for c in "ab" for i in range(3)})
+    for split in ("train", "test"):
+        (tmp_path / "data" / split / "b").rename(tmp_path / "data" / split / "0b")
+    with pytest.raises(FrepoError, match=r"numbers its classes otherwise than .*data does now \(class 0: 'a' in the "
+                       r"set, '0b' in the data\)"):  # fmt: skip
+        frepo.evaluate(path, models=1, steps=1)
 
 
 def test_hidden_files_and_linked_loops_in_a_class_folder_add_no_images(tmp_path):
@@ -457,7 +473,7 @@ def test_hidden_files_and_linked_loops_in_a_class_folder_add_no_images(tmp_path)
     (tmp_path / "train" / "b" / "sub").mkdir()
     (tmp_path / "train" / "a" / "x").symlink_to(tmp_path / "train" / "b" / "sub")
     (tmp_path / "train" / "b" / "sub" / "y").symlink_to(tmp_path / "train" / "a")
-    with pytest.raises(FrepoError, match="y leads to .*train/a, which the walk reaches another way too \\(a loop"):
+    with pytest.raises(FrepoError, match="a/x/y and .*train/a lead to the same folder .*train/a \\(a loop"):
         load_dataset(root)
     (tmp_path / "train" / "b" / "sub" / "y").unlink()
     (tmp_path / "train" / "a" / "x").unlink()
@@ -465,7 +481,9 @@ def test_hidden_files_and_linked_loops_in_a_class_folder_add_no_images(tmp_path)
     (tmp_path / "train" / "a" / "sub").mkdir()  # one folder reached twice: its images were read twice
     image.save(tmp_path / "train" / "a" / "sub" / "1.png")
     (tmp_path / "train" / "a" / "alias").symlink_to(tmp_path / "train" / "a" / "sub")
-    with pytest.raises(FrepoError, match="a/sub leads to .*a/sub, which the walk reaches another way too"):
+    with pytest.raises(
+        FrepoError, match="a/sub and .*a/alias lead to the same folder .*a/sub \\(a loop, or its images read twice\\)"
+    ):
         load_dataset(root)
     (tmp_path / "train" / "a" / "alias").unlink()
     (tmp_path / "train" / "a" / "sub" / "1.png").unlink()

@@ -30,32 +30,38 @@ ORIENTATION = 0x0112  # the EXIF tag: 5-8 turn the image a quarter, so it is sho
 
 
 def class_folders(root: Path) -> list[Path]:
-    """The class folders of `root`, sorted by name; hidden ones (.ipynb_checkpoints, .git) are no classes
-    (torchvision's ImageFolder would count them)."""
-    folders = (p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
-    return sorted(folders, key=lambda p: unicodedata.normalize("NFC", p.name))  # one spelling of é (macOS: NFD)
+    """The class folders of `root`, sorted by name as torchvision sorts them; hidden ones (.ipynb_checkpoints,
+    .git) are no classes (torchvision's ImageFolder would count them), and two that spell one name in two Unicode
+    forms are refused."""
+    folders = sorted(
+        (p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name
+    )
+    spelt = [unicodedata.normalize("NFC", p.name) for p in folders]  # é as one character, or e and an accent (macOS)
+    twice = sorted({name for name in spelt if spelt.count(name) > 1})
+    if twice:
+        raise FrepoError(f"{root} has two class folders named {twice[0]!r}, in two Unicode spellings: merge them")
+    return folders
 
 
 def _walk(folder: Path) -> list[tuple[str, list[str]]]:
     """(folder, visible file names) under `folder`, sorted by folder path, hidden folders and files left out. A
     linked folder is followed, but one that leads to a folder above it, or to one the walk reaches otherwise, is
     refused: the walk would loop (reading other classes' images as this one's), or read images twice."""
-    found, seen = [], {Path(folder).resolve()}
+    found, seen = [], {Path(folder).resolve(): Path(folder)}  # real folder -> the path the walk reached it by
     for dirpath, dirnames, names in os.walk(folder, followlinks=True):
         chain = {Path(dirpath).resolve(), *Path(dirpath).resolve().parents}
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for d in dirnames:
-            real = (Path(dirpath) / d).resolve()
+            path = Path(dirpath) / d
+            real = path.resolve()
             if real in chain:
-                raise FrepoError(
-                    f"{Path(dirpath) / d} leads to {real}, a folder above it: reading it would loop; remove the link"
-                )
+                raise FrepoError(f"{path} leads to {real}, a folder above it: reading it would loop; remove the link")
             if real in seen:
                 raise FrepoError(
-                    f"{Path(dirpath) / d} leads to {real}, which the walk reaches another way too (a loop, or its "
-                    "images read twice); remove the link to it"
+                    f"{path} and {seen[real]} lead to the same folder {real} (a loop, or its images read twice): "
+                    "remove the link"
                 )
-            seen.add(real)
+            seen[real] = path
         found.append((dirpath, [n for n in names if not n.startswith(".")]))
     return sorted(found)
 

@@ -349,6 +349,10 @@ def _load_image_folder(root: Path) -> RawDataset:
         # one spelling of each name: a folder copied from macOS may spell é as e and an accent (NFD)
         splits[split] = ([unicodedata.normalize("NFC", f.name) for f in folders], samples)
     train, test = splits["train"][0], splits["test"][0]
+    if train != test and sorted(train) == sorted(test):  # the same names, sorted otherwise as spelt otherwise
+        ids = [train.index(name) for name in test]  # (é: NFC in one split, NFD in the other): train's numbering
+        splits["test"] = (train, [(file, ids[label]) for file, label in splits["test"][1]])
+        test = train
     if train != test:
         missing, extra = sorted(set(train) - set(test)), sorted(set(test) - set(train))
         said = [f"test/ lacks {missing}" if missing else "", f"test/ has {extra} that train/ lacks" if extra else ""]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -315,11 +316,12 @@ def own_dataset(
                 "data is now (its test split is checked against the one the set was made with)"
             )
         raw = load_dataset(recorded, data_dir or recorded_data_dir(ds), download)
-        _check_shape(ds, raw, where)
+        _check_read_as_made(ds, raw, where)
         return ds, raw
     if recorded in BUILTIN:
         raise FrepoError(f"{where} was distilled from {recorded}, not {dataset}; drop --dataset")
     raw = load_dataset(dataset, data_dir, download)
+    _check_read_as_made(ds, raw, where)  # before the fingerprint, which would call data read otherwise "other data"
     expected = ds.meta.get("test_fingerprint")
     if expected is None:
         raise FrepoError(
@@ -334,9 +336,17 @@ def own_dataset(
     return dataclasses.replace(ds, meta={**ds.meta, "dataset": raw.name}), raw
 
 
-def _check_shape(ds: DistilledSet, raw: RawDataset, where: str) -> None:
-    """A set's images have its dataset's shape; a folder of the user's own read otherwise now failed deep in the
-    first transform ("N×H×W×C with C = 3 ..., got (..., 1)")."""
+def _check_read_as_made(ds: DistilledSet, raw: RawDataset, where: str) -> None:
+    """A set's images have its dataset's shape, and its classes their names in its order: a folder of the user's
+    own read otherwise now failed deep in the first transform ("N×H×W×C with C = 3 ..., got (..., 1)"), and class
+    folders numbered otherwise would pair the set's labels with other classes."""
+    recorded = [unicodedata.normalize("NFC", str(name)) for name in ds.meta.get("classes") or []]
+    if recorded and len(recorded) == raw.num_classes and recorded != raw.classes:
+        moved = next(i for i, (a, b) in enumerate(zip(recorded, raw.classes)) if a != b)
+        raise FrepoError(
+            f"{where} numbers its classes otherwise than {raw.name} does now (class {moved}: {recorded[moved]!r} in "
+            f"the set, {raw.classes[moved]!r} in the data): the data's class folders changed since; distil it again"
+        )
     shape = tuple(ds.images.shape[1:])
     if shape == tuple(raw.image_shape):
         return
