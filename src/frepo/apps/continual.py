@@ -169,11 +169,6 @@ class Continual(Experiment):
 
     def __init__(self, config: ContinualConfig, out: str | Path, progress: bool = False):
         super().__init__(config, out, progress)
-        # A folder an earlier frepo made drew each order with seed + order: with a base seed other than 0 its
-        # units would be mixed with units of the seeds derived now (`order_seed`). Before the folder opens.
-        self._seeds_of_before = (
-            config.seed != 0 and self.folder.config_path.is_file() and not self._seeds_path.is_file()
-        )
         self.raw = load_dataset(config.dataset, config.data_dir, config.download)
         self._said_flip = self._said_herding = False
         c = self.raw.num_classes
@@ -265,13 +260,19 @@ class Continual(Experiment):
     def _seeds_path(self) -> Path:
         return self.out / "continual-seeds.json"
 
-    def work(self) -> dict:
-        if self._seeds_of_before:
+    def run(self) -> dict:
+        # A folder an earlier frepo made drew each order with seed + order: with a base seed other than 0 its
+        # units would be mixed with units of the seeds derived now (`order_seed`). Said before the folder opens.
+        made_before = self.folder.config_path.is_file() and not self._seeds_path.is_file()
+        if self.config.seed != 0 and made_before:
             raise FrepoError(
                 f"{self.out} was made by an earlier frepo, whose class orders drew with seed + order (--seed "
                 f"{self.config.seed}); orders now draw with a seed derived from both: use another --out (or --seed 0, "
                 "whose seeds are unchanged, in another folder)"
             )
+        return super().run()
+
+    def work(self) -> dict:
         atomic_write_json(self._seeds_path, {"order_seeds": "the order with seed 0, else derived from seed and order"})
         for order in self.config.order_list():
             self._order(order)
