@@ -341,7 +341,10 @@ def _check_read_as_made(ds: DistilledSet, raw: RawDataset, where: str) -> None:
     own read otherwise now failed deep in the first transform ("N×H×W×C with C = 3 ..., got (..., 1)"), and class
     folders numbered otherwise would pair the set's labels with other classes."""
     recorded = [unicodedata.normalize("NFC", str(name)) for name in ds.meta.get("classes") or []]
-    if recorded and len(recorded) == raw.num_classes and recorded != raw.classes:
+    # the user's own data only: a registered dataset's numbering is fixed, and older sets may name its classes
+    # otherwise (torchvision's "0 - zero" for MNIST's "0")
+    own = raw.name not in BUILTIN
+    if own and recorded and len(recorded) == raw.num_classes and recorded != raw.classes:
         moved = next(i for i, (a, b) in enumerate(zip(recorded, raw.classes)) if a != b)
         raise FrepoError(
             f"{where} numbers its classes otherwise than {raw.name} does now (class {moved}: {recorded[moved]!r} in "
