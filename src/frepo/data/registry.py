@@ -400,7 +400,7 @@ def _sizes(sizes: list[tuple[int, int]], files: list[Path]) -> str:
     counts = Counter(sizes)
     shown = [f"{n} of {w}×{h}" for (w, h), n in counts.most_common(3)]
     rare = min(counts, key=lambda size: counts[size])
-    example = next(file for shown, file in zip(sizes, files) if shown == rare)
+    example = next(file for size, file in zip(sizes, files) if size == rare)
     more = f", {len(counts) - 3} more sizes" if len(counts) > 3 else ""
     return f"{', '.join(shown)}{more}; {rare[0]}×{rare[1]}: {'/'.join(example.parts[-3:])}"
 
