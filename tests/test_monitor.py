@@ -94,6 +94,22 @@ def test_tensorboard_events_hold_the_metrics_and_the_grid(tmp_path):
     assert [e.step for e in events.Scalars("val_acc")] == [r["step"] for r in records if "val_acc" in r] == [3, 6]
     assert [e.step for e in events.Images("synthetic set")] == [1, 2, 3, 4, 5, 6]
 
+    def scalars(tag: str) -> dict:
+        events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+        events.Reload()
+        return {e.step: e.value for e in events.Scalars(tag)}
+
+    command = ["distill", "--ipc", "1", "--out", str(out), "--tensorboard", "--eval-every", "3"]
+    command += [f"--{k.replace('_', '-')}={v}" for k, v in OVERRIDES.items()]
+    before = scalars("loss"), scalars("val_acc")
+    # Read again when complete: the writer, opened at once, purged the last step's events (loss at 6, val_acc)
+    assert main(command) == 0
+    assert (scalars("loss"), scalars("val_acc")) == before
+    # Extended from the checkpoint at step 6: that step's events stay, as its metrics line does (purged before)
+    assert main(command + ["--steps", "8", "--resume-with-changes"]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(scalars("loss")) == [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6, 7, 8]
+
 
 def test_the_library_is_quiet_and_the_command_line_is_not(tmp_path, capsys):
     distill(presets.resolve("digits", 1, overrides=OVERRIDES), tmp_path / "api")

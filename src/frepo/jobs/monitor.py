@@ -39,20 +39,26 @@ class Monitor:
         self.run_dir = run_dir
         self.every = snapshot_interval(config)
         self.writer = None
-        if config.tensorboard:
-            # Events after the checkpoint a resumed run restarts from are dropped, as metrics.jsonl's lines are.
-            self.writer = summary_writer()(str(run_dir.path / "tensorboard"), purge_step=resume_step or None)
+        # TensorBoard's writer opens at the first record: opened at once, it purged the events of a finished run's
+        # last step when the run was only read again ("already complete").
+        self._writer_type = summary_writer() if config.tensorboard else None
+        self._resume_step = resume_step
 
     @property
     def shows_grid(self) -> bool:
         """Whether `record` shows the image grid (TensorBoard): only then does it need the set."""
-        return self.writer is not None
+        return self._writer_type is not None
 
     def record(self, record: dict, ds: DistilledSet | None = None) -> None:
         """A metrics line (and its TensorBoard scalars; with `ds`, a host set, its image grid too)."""
         self.run_dir.append_metrics(record)
-        if self.writer is None:
+        if self._writer_type is None:
             return
+        if self.writer is None:
+            # Events after the checkpoint a resumed run restarts from are dropped, as metrics.jsonl's lines are;
+            # the checkpoint's own step is kept, as there (purge_step drops that step and all after it).
+            purge = self._resume_step + 1 if self._resume_step else None
+            self.writer = self._writer_type(str(self.run_dir.path / "tensorboard"), purge_step=purge)
         step = int(record["step"])
         for key, value in record.items():
             if key != "step" and isinstance(value, numbers.Real):
@@ -72,3 +78,4 @@ class Monitor:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        self._writer_type = None  # nothing more is recorded to TensorBoard
