@@ -262,7 +262,7 @@ class Distiller:
         )
         log.info(f"frepo: data: {self._data_summary()}")
         warn_of_cpu_budget(self.device, cfg.steps - self.step, "the *-cpu presets (`frepo presets`)")
-        if resuming:
+        if resuming and self.step < cfg.steps:  # a complete run is said to be so (`_run`), not to resume
             log.info(
                 f"frepo: resuming from step {self.step} of {cfg.steps} (checkpoint of {self.run_dir.checkpoint_time()})"
             )
@@ -520,8 +520,13 @@ class Distiller:
                 values = now.numbers()
                 # shown with the bar's next redraw (refresh=False): a redraw per log step was a line per log
                 # step in a redirected log, whatever its interval
+                # the training steps' own rate (the bar's step/s counts validations too), and the kernel
+                # head's accuracy on the real batch, in % (validation accuracies are in their own lines)
                 bar.set_postfix(
-                    loss=f"{values['loss']:.4f}", acc=f"{values['acc']:.3f}", it_s=f"{now.rate:.2f}", refresh=False
+                    loss=f"{values['loss']:.4f}",
+                    batch_acc=f"{100 * values['acc']:.1f}%",
+                    train_step_s=f"{now.rate:.2f}",
+                    refresh=False,
                 )
             self.elapsed += time.perf_counter() - self._step_start
             self._step_start = None
