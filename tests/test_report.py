@@ -479,6 +479,15 @@ def test_report_says_where_a_run_stands_and_what_a_resume_changed(tmp_path, monk
     text = write_report(out).read_text()
     assert "**Unfinished**: stopped at its checkpoint of step 3 of 4" in text
     assert "the same `frepo distill` command resumes it from there" in text
+    # A kill after a log line, before its checkpoint: that line, which the resume discards, was quoted as the
+    # last logged step.
+    lines = (out / "metrics.jsonl").read_text()
+    past = {**json.loads(lines.splitlines()[-1]), "step": 4, "loss": 123.0}
+    (out / "metrics.jsonl").write_text(lines + json.dumps(past) + "\n")
+    text = write_report(out).read_text()
+    assert "Last logged step 3: loss" in text and "123" not in text
+    assert "(1 metrics line past the checkpoint left out: what a kill left there, the same command discards" in text
+    (out / "metrics.jsonl").write_text(lines)
     # A torchrun run is continued by torchrun with as many processes: config.json records them (it did not).
     config = json.loads((out / "config.json").read_text())
     assert config["environment"]["processes"] == 1

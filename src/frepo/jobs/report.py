@@ -269,7 +269,9 @@ def _field_metrics(evals: list[dict]) -> list[str]:
     return lines
 
 
-def render(run: RunDir, records: list[dict], plots: dict[str, Path], grid: Path | None, evals, bad) -> str:
+def render(
+    run: RunDir, records: list[dict], plots: dict[str, Path], grid: Path | None, evals, bad, past: int = 0
+) -> str:
     lines = [f"# frepo run report: {run.path.name}", ""]
     config = _config(run)
     made = _set_meta(run.distilled_path)  # the final set's header: its step, checksum and resolved settings
@@ -286,6 +288,11 @@ def render(run: RunDir, records: list[dict], plots: dict[str, Path], grid: Path 
             "",
         ]
     lines += _changes(records)
+    if past:
+        lines.append(
+            f"({count_of(past, 'metrics line')} past the checkpoint left out: what a kill left there, the same "
+            "command discards when it resumes.)"
+        )
     if train:
         last = train[-1]
         lines.append(
@@ -339,7 +346,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             if run.path.exists()
             else f"run directory not found: {run.path}"
         )
-    records = run.read_metrics()
+    records, past = _as_resumed(run, run.read_metrics())
     evals, bad = load_eval_results(run.path)
     started = run.config_path.is_file() or run.checkpoint_path.is_file()  # stopped before its first log line
     if not records and not evals and not run.distilled_path.is_file() and not started:
@@ -358,5 +365,18 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         from .visualize import save_grid
 
         grid = save_grid(load_distilled(run.distilled_path), png)
-    atomic_write_text(out, render(run, records, plots, grid, evals, bad))
+    atomic_write_text(out, render(run, records, plots, grid, evals, bad, past))
     return out
+
+
+def _as_resumed(run: RunDir, records: list[dict]) -> tuple[list[dict], int]:
+    """(the records the same command resumes with, how many it would drop): a stopped run resumes from its
+    checkpoint, and the lines a kill left past it are discarded then (`truncate_metrics`); a running run's are
+    all shown, as of now."""
+    if holder(run.path) is not None:
+        return records, 0
+    checkpoint, _ = _checkpoint_step(run)
+    if checkpoint is None:
+        return records, 0
+    kept = [r for r in records if not isinstance(r.get("step"), int) or r["step"] <= checkpoint]
+    return kept, len(records) - len(kept)
