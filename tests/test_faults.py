@@ -544,8 +544,14 @@ def test_a_folder_of_set_files_read_as_class_folders_names_the_file_to_pass(tmp_
     (npz,) = (tmp_path / "ex").glob("*.npz")
     capsys.readouterr()
     evaluate = ["evaluate", str(tmp_path / "ex"), "--dataset", "digits", "--models", "1", "--steps", "2"]
-    line = one_line(capsys, main(evaluate), "holds no class folders")
+    line = one_line(capsys, main(evaluate), "is no run, export or folder of class folders of images")
     assert line.endswith(f"to read a set file in it, pass the file ({npz})")
+    # without --dataset too: it was asked for, as if the folder were another tool's set of class folders
+    one_line(capsys, main(["show", str(tmp_path / "ex")]), f"pass the file ({npz})")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("mine")
+    line = one_line(capsys, main(["show", str(tmp_path / "notes")]), "notes is no run, export or folder of class")
+    assert "--dataset" not in line
 
 
 def test_torch_s_own_full_disk_errors_are_named(tmp_path, monkeypatch):

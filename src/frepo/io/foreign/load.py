@@ -204,12 +204,21 @@ def check_holds_a_set(path: Path, fmt: str, preprocess_named: bool = False) -> N
     An npz export out of its folder is refused too, unless `preprocess_named` (its space is then the user's word)."""
     if fmt == "imagefolder":
         try:
-            runs = sorted(child.name for child in path.iterdir() if is_run(child))
+            children = list(path.iterdir())
         except OSError:  # unreadable: the reader says so
             return
+        runs = sorted(child.name for child in children if is_run(child))
         if runs:
             shown = ", ".join(runs[:5]) + (", …" if len(runs) > 5 else "")
             raise FrepoError(f"{path} holds frepo runs ({shown}), not a set: pass one of them")
+        if not any(child.is_dir() and not child.name.startswith(".") for child in children):
+            # it asked for --dataset first, as if the folder were another tool's set
+            from ..export import PREPROCESSING  # an export's preprocessing file is no set
+
+            suffixes = (".safetensors", ".npz", ".pt", ".pth")
+            files = sorted(c.name for c in children if c.suffix in suffixes and c.name != PREPROCESSING)
+            hint = f"; to read a set file in it, pass the file ({path / files[0]})" if files else ""
+            raise FrepoError(f"{path} is no run, export or folder of class folders of images{hint}")
     elif fmt == "frepo-npz":
         try:
             with np.load(path, allow_pickle=False) as archive:
