@@ -153,7 +153,7 @@ def test_per_rank_pool_checkpoints_every_rank_s_pool(tmp_path):
     for attempt in range(2):  # the second run finds the finished checkpoint and loads it on both ranks
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        assert ("resuming from step 4 of 4" in proc.stderr + proc.stdout) == (attempt == 1)
+        assert ("is already complete (4 steps)" in proc.stderr + proc.stdout) == (attempt == 1)
     state = torch.load(out / "checkpoint.pt", weights_only=False)
     pools = state["pool_per_rank"]
     assert len(pools) == 2 and state["step"] == 4

@@ -8,6 +8,7 @@ None of it changes the result, so these settings may change when a run resumes.
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 from ..base.errors import FrepoError
 from ..config import DistillConfig
@@ -38,7 +39,7 @@ class Monitor:
     def __init__(self, run_dir: RunDir, config: DistillConfig, resume_step: int):
         self.run_dir = run_dir
         self.every = snapshot_interval(config)
-        self.writer = None
+        self.writer: Any = None  # torch.utils.tensorboard's SummaryWriter, once opened
         # TensorBoard's writer opens at the first record: opened at once, it purged the events of a finished run's
         # last step when the run was only read again ("already complete").
         self._writer_type = summary_writer() if config.tensorboard else None
