@@ -1106,11 +1106,11 @@ def test_environment_is_recorded_and_a_different_thread_count_warns(tmp_path, ca
 def test_a_resume_says_which_changes_round_otherwise(tmp_path, before, after, env, said):
     import warnings
 
-    from frepo.jobs.runs import _warn_of_other_rounding
+    from frepo.jobs.runs import warn_of_other_rounding
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _warn_of_other_rounding(tmp_path, before, {**before, **after}, {"device": env})
+        warn_of_other_rounding(tmp_path, before, {**before, **after}, {"device": env}, torch.device("cpu"))
     messages = [str(w.message) for w in caught]
     if said is None:
         assert messages == []

@@ -49,7 +49,7 @@ from .actions import (
     watch_state,
 )
 from .monitor import Monitor, summary_writer
-from .runs import RunDir, as_the_run_resolves, default_run_dir, environment
+from .runs import RunDir, as_the_run_resolves, default_run_dir, environment, warn_of_other_rounding
 from .visualize import save_grid
 
 log = logging.getLogger(__name__)
@@ -269,6 +269,11 @@ class Distiller:
         if claim and claim.changes:
             changed = ", ".join(f"{k} {_shown(old)} -> {_shown(new)}" for k, (old, new) in claim.changes.items())
             log.warning(f"frepo: continuing with changed settings: {changed}")
+        if resuming and claim and self.step < cfg.steps:  # a complete run runs nothing: nothing to round
+            kernels = {"compile": cfg.compile, "deterministic": cfg.deterministic}
+            warn_of_other_rounding(
+                self.run_dir.path, claim.previous_kernels, kernels, claim.previous_environment, self.device
+            )
         if resuming and claim and claim.previous_environment:
             now = environment(self.device)
             differs = {k: (v, now.get(k)) for k, v in claim.previous_environment.items() if now.get(k) != v}

@@ -43,7 +43,7 @@ from ..config import DistillConfig
 
 # Settings that may change between a run and its resumption: they do not change the result (device, compile
 # and deterministic: the same maths, rounded in another order, which a resume says: `environment`,
-# `_warn_of_other_rounding`).
+# `warn_of_other_rounding`).
 ALWAYS_RESUMABLE = {
     "device",
     "compile",
@@ -211,6 +211,8 @@ class Claim:
     fresh: bool  # no run was there (or none that got to start)
     changes: dict = field(default_factory=dict)  # setting -> [old, new], accepted
     previous_environment: dict | None = None
+    # the recorded settings that resume as they are but choose the kernels (`warn_of_other_rounding`)
+    previous_kernels: dict = field(default_factory=dict)
 
 
 def _kernels(compile_mode) -> str:
@@ -219,23 +221,16 @@ def _kernels(compile_mode) -> str:
     return "inductor" if compile_mode in ("on", "cudagraphs") else "torch"
 
 
-def _warn_of_other_rounding(path: Path, old: dict, new: dict, environment: dict | None) -> None:
+def warn_of_other_rounding(path: Path, old: dict, new: dict, environment: dict | None, device: torch.device) -> None:
     """A resume may change `compile` and `deterministic` (ALWAYS_RESUMABLE: the same maths), but the rest of the
     run is then rounded otherwise: said, as a change of device or threads is (`environment`). `deterministic`
-    chooses cuDNN's and inductor's kernels: on a CPU, before and now (`environment`: the run's), it changes
-    nothing."""
-    from ..base.device import resolve_device
-
+    chooses cuDNN's and inductor's kernels: on a CPU, before (`environment`: the run's) and now (`device`), it
+    changes nothing."""
     changed = [k for k in ("compile", "deterministic") if k in old and old.get(k) != new.get(k)]
     if "compile" in changed and _kernels(old.get("compile")) == _kernels(new.get("compile")):
         changed.remove("compile")
-    if "deterministic" in changed and (environment or {}).get("device") != "cuda":
-        try:
-            on_gpu = resolve_device(str(new.get("device") or "auto")).type == "cuda"
-        except FrepoError:  # a device this machine lacks: the run refuses it, and says so
-            on_gpu = False
-        if not on_gpu:
-            changed.remove("deterministic")
+    if "deterministic" in changed and (environment or {}).get("device") != "cuda" and device.type != "cuda":
+        changed.remove("deterministic")
     if changed:
         detail = ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in changed)
         warn(
@@ -430,9 +425,8 @@ class RunDir:
             )
             raise OtherSettings(f"{self.path} holds a run with a different config ({detail}); {hint}", detail)
         changes = {k: [old.get(k), new.get(k)] for k in diff}
-        if resuming:
-            _warn_of_other_rounding(self.path, old, new, env)
-        return Claim(resuming, False, changes, env)
+        kernels = {k: old[k] for k in ("compile", "deterministic") if k in old}
+        return Claim(resuming, False, changes, env, kernels)
 
     def _validated(self) -> bool:
         """Whether the run validated a set: its best one kept, or a validation logged (before a checkpoint when
