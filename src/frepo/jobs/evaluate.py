@@ -244,7 +244,7 @@ def run(
 
         fmt = detect_format(file)
         if fmt not in ("frepo", "frepo-export"):
-            check_holds_a_set(Path(file), fmt, source.preprocess not in (None, "auto"))  # no set at all: said first
+            check_holds_a_set(Path(file), fmt, source.preprocess)  # no set at all: said first
             raise FrepoError(f"{FOREIGN_WITHOUT_VAL} records no validation hold-out (val_size 0): use --split test")
     ds, raw = open_set(file, source)
     for arch in config.archs()[1:]:  # each fits the images before the first trains (mlp,resnet18 on 8×8 lost mlp)

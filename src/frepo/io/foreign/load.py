@@ -19,6 +19,7 @@ from ...base.errors import FrepoError
 from ...base.lock import holder
 from ...base.log import warn
 from ...data import BUILTIN, RawDataset, default_data_dir, load_dataset
+from ...data.folders import class_folders
 from ...data.preprocess import Preprocessing
 from ...data.recipes import CLAIMS, check_preprocessing, claimed_preprocessing, frepo_preprocessing
 from ..artifact import DistilledSet, as_read, load_distilled
@@ -26,6 +27,7 @@ from ..digests import file_checksum
 from . import readers  # noqa: F401  (registers the readers of other tools' formats, in FORMATS' order)
 from .exports import load_export
 from .files import detect_format
+from .readers import set_file_hint
 from .registry import READERS, Reader
 
 # frepo's own formats -> their loader: files that say their dataset and preprocessing themselves
@@ -184,7 +186,7 @@ def load_set(
         if entry is not None:
             raise FrepoError(f"--entry selects a set inside a DC/DSA res_*.pt file; a {fmt} file holds one set")
         return own_dataset(ds, str(file), dataset, data_dir=data_dir, download=download)
-    check_holds_a_set(Path(file), fmt, preprocess_named=preprocess not in (None, "auto"))
+    check_holds_a_set(Path(file), fmt, preprocess)
     if dataset is None:
         kind = "folder (of class folders of images)" if Path(file).is_dir() else "file"
         shown = SHOWN.get(fmt, fmt)
@@ -197,28 +199,21 @@ def load_set(
     return load_foreign(file, raw, fmt=fmt, preprocess=preprocess, entry=entry, cache_dir=data_dir), raw
 
 
-def check_holds_a_set(path: Path, fmt: str, preprocess_named: bool = False) -> None:
+def check_holds_a_set(path: Path, fmt: str, preprocess: str | None = None) -> None:
     """Refuse, by a look inside, what is no set whatever --dataset says: a folder of runs (read as class
     folders), a dataset's .npz (read as an official FRePo file), a safetensors file without `images` and
     `labels` (a model's weights). Each asked for --dataset first, then failed on it with advice that did not fit.
-    An npz export out of its folder is refused too, unless `preprocess_named` (its space is then the user's word)."""
+    An npz export out of its folder is refused too, unless `preprocess` names its space (the user's word then)."""
     if fmt == "imagefolder":
         try:
-            children = list(path.iterdir())
+            runs = sorted(child.name for child in path.iterdir() if is_run(child))
         except OSError:  # unreadable: the reader says so
             return
-        runs = sorted(child.name for child in children if is_run(child))
         if runs:
             shown = ", ".join(runs[:5]) + (", …" if len(runs) > 5 else "")
             raise FrepoError(f"{path} holds frepo runs ({shown}), not a set: pass one of them")
-        if not any(child.is_dir() and not child.name.startswith(".") for child in children):
-            # it asked for --dataset first, as if the folder were another tool's set
-            from ..export import PREPROCESSING  # an export's preprocessing file is no set
-
-            suffixes = (".safetensors", ".npz", ".pt", ".pth")
-            files = sorted(c.name for c in children if c.suffix in suffixes and c.name != PREPROCESSING)
-            hint = f"; to read a set file in it, pass the file ({path / files[0]})" if files else ""
-            raise FrepoError(f"{path} is no run, export or folder of class folders of images{hint}")
+        if not class_folders(path):  # it asked for --dataset first, as if the folder were another tool's set
+            raise FrepoError(f"{path} is no run, export or folder of class folders of images{set_file_hint(path)}")
     elif fmt == "frepo-npz":
         try:
             with np.load(path, allow_pickle=False) as archive:
@@ -229,7 +224,7 @@ def check_holds_a_set(path: Path, fmt: str, preprocess_named: bool = False) -> N
             raise FrepoError(f"{path} is a dataset (x_train, y_train, ...), not a set: give it as --dataset {path}")
         from ..export import MANIFEST, NPZ_MARK, PREPROCESSING
 
-        if NPZ_MARK in names and not preprocess_named:  # out of its export's folder: read as an official file,
+        if NPZ_MARK in names and preprocess in (None, "auto"):  # out of its export's folder: read as an official file,
             # the reference's preprocessing would be applied, not its set's
             raise FrepoError(
                 f"{path} was written by frepo export, in its set's preprocessed space: read it in its export's "

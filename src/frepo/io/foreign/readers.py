@@ -104,6 +104,15 @@ def _numbered(name: str, num_classes: int) -> int | None:
     return int(number) if sep and number.isdigit() and int(number) < num_classes else None
 
 
+def set_file_hint(root: Path) -> str:
+    """'; to read a set file in it, pass the file (root/x.npz)' for a folder that holds set files, else ''."""
+    from ..export import PREPROCESSING  # an export's preprocessing file is no set
+
+    suffixes = (".safetensors", ".npz", ".pt", ".pth")
+    sets = sorted(p.name for p in root.iterdir() if p.suffix in suffixes and p.name != PREPROCESSING)
+    return f"; to read a set file in it, pass the file ({root / sets[0]})" if sets else ""
+
+
 @register_reader("imagefolder", claim="pixels", pixels=True)
 def read_image_folder(root: Path, raw: RawDataset, entry: int) -> Read:
     """uint8 N×H×W×C images and (N,) class ids from root/<class>/<image>. Class folders are named by
@@ -112,12 +121,7 @@ def read_image_folder(root: Path, raw: RawDataset, entry: int) -> Read:
 
     folders = class_folders(root)
     if not folders:
-        from ..export import PREPROCESSING  # an export's preprocessing file is no set
-
-        suffixes = (".safetensors", ".npz", ".pt", ".pth")
-        sets = sorted(p.name for p in root.iterdir() if p.suffix in suffixes and p.name != PREPROCESSING)
-        hint = f"; to read a set file in it, pass the file ({root / sets[0]})" if sets else ""
-        raise FrepoError(f"{root} holds no class folders: expected {root}/<class>/<image>.png{hint}")
+        raise FrepoError(f"{root} holds no class folders: expected {root}/<class>/<image>.png{set_file_hint(root)}")
     names = [unicodedata.normalize("NFC", p.name) for p in folders]  # as the dataset's class names are read
     numbered = [n for n in (_numbered(name, raw.num_classes) for name in names) if n is not None]
     if all(name in raw.classes for name in names):
