@@ -214,12 +214,17 @@ def _command(config: dict | None) -> str:
     return "`frepo distill` command"
 
 
-def _status(run: RunDir, total: object, made: int | None, command: str) -> str:
-    """Where the run stands (`made`: its set's step, None without one): finished, stopped (and where the same
-    command resumes it), or running now."""
+def _standing(run: RunDir) -> tuple[str | None, int | None, str | None]:
+    """(the process distilling the run now or None, its checkpoint's step or None, why that is unread or None),
+    read once for a report."""
+    return (holder(run.path), *_checkpoint_step(run))
+
+
+def _status(run: RunDir, total: object, made: int | None, command: str, standing: tuple) -> str:
+    """Where the run stands (`made`: its set's step, None without one; `standing`: `_standing`'s): finished,
+    stopped (and where the same command resumes it), or running now."""
     of = f" of {total}" if isinstance(total, int) else ""
-    owner = holder(run.path)
-    checkpoint, problem = _checkpoint_step(run)
+    owner, checkpoint, problem = standing
     if owner is not None:
         at = f", last checkpoint at step {checkpoint}{of}" if checkpoint is not None else ""
         return f"**Running**: frepo process {owner} is distilling it now{at}; this report shows it as of now."
@@ -270,7 +275,7 @@ def _field_metrics(evals: list[dict]) -> list[str]:
 
 
 def render(
-    run: RunDir, records: list[dict], plots: dict[str, Path], grid: Path | None, evals, bad, past: int = 0
+    run: RunDir, records: list[dict], plots: dict[str, Path], grid: Path | None, evals, bad, past: int, standing
 ) -> str:
     lines = [f"# frepo run report: {run.path.name}", ""]
     config = _config(run)
@@ -284,7 +289,9 @@ def render(
     if config is not None or run.checkpoint_path.is_file():  # a distillation (not a folder of evaluations)
         step = made.get("step")
         lines += [
-            _status(run, (config or {}).get("steps"), step if isinstance(step, int) else None, _command(config)),
+            _status(
+                run, (config or {}).get("steps"), step if isinstance(step, int) else None, _command(config), standing
+            ),
             "",
         ]
     lines += _changes(records)
@@ -346,7 +353,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             if run.path.exists()
             else f"run directory not found: {run.path}"
         )
-    records, past = _as_resumed(run, run.read_metrics())
+    standing = _standing(run)
+    records, past = _as_resumed(run.read_metrics(), standing)
     evals, bad = load_eval_results(run.path)
     started = run.config_path.is_file() or run.checkpoint_path.is_file()  # stopped before its first log line
     if not records and not evals and not run.distilled_path.is_file() and not started:
@@ -365,18 +373,16 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         from .visualize import save_grid
 
         grid = save_grid(load_distilled(run.distilled_path), png)
-    atomic_write_text(out, render(run, records, plots, grid, evals, bad, past))
+    atomic_write_text(out, render(run, records, plots, grid, evals, bad, past, standing))
     return out
 
 
-def _as_resumed(run: RunDir, records: list[dict]) -> tuple[list[dict], int]:
+def _as_resumed(records: list[dict], standing: tuple) -> tuple[list[dict], int]:
     """(the records the same command resumes with, how many it would drop): a stopped run resumes from its
     checkpoint, and the lines a kill left past it are discarded then (`truncate_metrics`); a running run's are
-    all shown, as of now."""
-    if holder(run.path) is not None:
-        return records, 0
-    checkpoint, _ = _checkpoint_step(run)
-    if checkpoint is None:
+    all shown, as of now (`standing`: `_standing`'s)."""
+    owner, checkpoint, _ = standing
+    if owner is not None or checkpoint is None:
         return records, 0
     kept = [r for r in records if not isinstance(r.get("step"), int) or r["step"] <= checkpoint]
     return kept, len(records) - len(kept)
