@@ -30,6 +30,7 @@ from ..eval.results import count_of, mean_std
 from .runs import check_not_kept
 from .visualize import png_marked
 
+DEFAULT_OUT, DEFAULT_RUNS_DIR = "docs/reproduction.md", "runs/reproduce"  # the command line's defaults too
 log = logging.getLogger(__name__)
 
 # Published test accuracy (%, mean ± std; ConvNet) of FRePo's Table 1, from the project's reference notes
@@ -338,8 +339,8 @@ def reproduce(
     budget: str = "paper",
     datasets: list[str] | None = None,
     *,
-    out: str | Path | None = "docs/reproduction.md",
-    runs_dir: str | Path = "runs/reproduce",
+    out: str | Path | None = DEFAULT_OUT,
+    runs_dir: str | Path = DEFAULT_RUNS_DIR,
     dry_run: bool = False,
     finished_only: bool = False,
     data_dir: str | None = None,
@@ -602,8 +603,8 @@ def command_line(
     datasets: list[str] | None = None,
     finished_only: bool = False,
     *,
-    out: str | Path | None = "docs/reproduction.md",
-    runs_dir: str | Path = "runs/reproduce",
+    out: str | Path | None = DEFAULT_OUT,
+    runs_dir: str | Path = DEFAULT_RUNS_DIR,
     data_dir: str | None = None,
     download: bool = True,
     device: str = "auto",
@@ -614,8 +615,8 @@ def command_line(
         f"frepo reproduce --table {table} --budget {budget.name}"
         + (f" --datasets {','.join(datasets)}" if datasets else "")
         + (" --finished-only" if finished_only else "")
-        + (f" --out {shlex.quote(str(out))}" if out and Path(out) != Path("docs/reproduction.md") else "")
-        + (f" --runs-dir {shlex.quote(str(runs_dir))}" if Path(runs_dir) != Path("runs/reproduce") else "")
+        + (f" --out {shlex.quote(str(out))}" if out and Path(out) != Path(DEFAULT_OUT) else "")
+        + (f" --runs-dir {shlex.quote(str(runs_dir))}" if Path(runs_dir) != Path(DEFAULT_RUNS_DIR) else "")
         + (f" --data-dir {shlex.quote(str(data_dir))}" if data_dir is not None else "")
         + ("" if download else " --no-download")
         + (f" --device {shlex.quote(device)}" if device != "auto" else "")
