@@ -341,7 +341,8 @@ def _load_image_folder(root: Path) -> RawDataset:
         folders = class_folders(root / split)
         samples = [(file, label) for label, folder in enumerate(folders) for file in image_files(folder)]
         unread += [file for folder in folders for file in unread_images(folder)]
-        empty = [f.name for f in folders if not image_files(f)]
+        labelled = {label for _, label in samples}  # the folders' walks done once, for `samples`
+        empty = [f.name for label, f in enumerate(folders) if label not in labelled]
         if not folders or empty:
             held = [file for name in empty for file in unread_images(root / split / name)]
             others = f" (they hold {_kinds(held)}, which frepo does not read: {_readable()})" if held else ""
