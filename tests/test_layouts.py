@@ -375,6 +375,32 @@ def test_cache_is_built_once_and_rebuilt_when_the_source_changes(tmp_path, monke
     assert len(changed.y_test) == 4 and changed.source_id != first.source_id
 
 
+def test_images_moved_between_class_folders_are_decoded_again_with_their_labels(tmp_path):
+    # A folder's modification time does not change when a file two levels down is removed or added: the
+    # cache must notice from the listing, or red images of class 0 get class 1's label.
+    folder = write_imagenette(tmp_path)
+    first = load_dataset("imagenette", data_dir=tmp_path, download=False)
+    red = first.x_train[first.y_train == 0][1]
+    (folder / "train" / "n01440764" / "n01440764_1.JPEG").unlink()
+    _jpeg(folder / "train" / "n02102040" / "n02102040_9.JPEG", (160, 160), COLOURS[1])
+    moved = load_dataset("imagenette", data_dir=tmp_path, download=False)
+    assert moved.source_id != first.source_id
+    assert list(moved.y_train) == [0, 1, 1, 1]
+    assert not any(np.array_equal(image, red) for image in moved.x_train[moved.y_train == 1])
+    _jpeg(folder / "train" / "n02102040" / "n02102040_8.JPEG", (160, 160), COLOURS[1])
+    added = load_dataset("imagenette", data_dir=tmp_path, download=False)  # one more image: rebuilt, not refused
+    assert len(added.x_train) == len(added.y_train) == 5
+
+
+def test_a_cache_of_other_shapes_is_rebuilt_not_trusted(tmp_path):
+    from frepo.data import cache
+
+    folder = tmp_path / "cache"
+    cache.cached_arrays(folder, {"v": 1}, lambda: {"x": ((2,), np.dtype(np.uint8))}, lambda a: None)
+    rebuilt = cache.cached_arrays(folder, {"v": 1}, lambda: {"x": ((3,), np.dtype(np.uint8))}, lambda a: None)
+    assert rebuilt["x"].shape == (3,)
+
+
 def test_a_failed_build_leaves_no_cache(tmp_path, monkeypatch):
     write_cub(tmp_path)
     calls = {"n": 0}

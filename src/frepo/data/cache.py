@@ -75,23 +75,32 @@ def signature(files: list[Path]) -> dict:
     return {"format": FORMAT, "files": entries}
 
 
-def open_cached(folder: Path, source: dict) -> dict[str, np.ndarray] | None:
-    """The arrays of a complete cache built from `source`, memory-mapped read-only; None if absent,
-    incomplete, stale or unreadable (it is then rebuilt, never trusted)."""
+Shapes = dict[str, tuple[tuple[int, ...], np.dtype]]  # array name -> (shape, dtype)
+
+
+def open_cached(folder: Path, source: dict, shapes: Shapes | None = None) -> dict[str, np.ndarray] | None:
+    """The arrays of a complete cache built from `source` (and of `shapes`, where given), memory-mapped
+    read-only; None if absent, incomplete, stale, of other shapes or unreadable (it is then rebuilt, never
+    trusted: a cache with one row fewer than the labels would pair every later image with the wrong label)."""
     try:
         meta = json.loads((folder / "source.json").read_text())
         if meta.get("source") != source:
             return None
-        return {name: advise_random(np.load(folder / f"{name}.npy", mmap_mode="r")) for name in meta["arrays"]}
+        arrays = {name: advise_random(np.load(folder / f"{name}.npy", mmap_mode="r")) for name in meta["arrays"]}
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if shapes is not None and {name: (a.shape, a.dtype) for name, a in arrays.items()} != {
+        name: (tuple(shape), np.dtype(dtype)) for name, (shape, dtype) in shapes.items()
+    }:
+        return None
+    return arrays
 
 
 def build_cache(
     folder: Path,
     staging: Path,
     source: dict,
-    shapes: dict[str, tuple[tuple[int, ...], np.dtype]],
+    shapes: Shapes,
     fill: Callable[[dict[str, np.ndarray]], None],
 ) -> dict[str, np.ndarray]:
     """Create `.npy` files of the given shapes and dtypes in the empty folder `staging`, let `fill` write them
@@ -108,7 +117,7 @@ def build_cache(
     (staging / "source.json").write_text(json.dumps({"source": source, "arrays": list(shapes)}))
     shutil.rmtree(folder, ignore_errors=True)  # a stale cache of older source files
     os.replace(staging, folder)
-    opened = open_cached(folder, source)
+    opened = open_cached(folder, source, shapes)
     if opened is None:
         raise FrepoError(f"the dataset cache {folder} could not be read back after writing it")
     return opened
@@ -117,18 +126,19 @@ def build_cache(
 def cached_arrays(
     folder: Path,
     source: dict,
-    shapes: Callable[[], dict[str, tuple[tuple[int, ...], np.dtype]]],
+    shapes: Callable[[], Shapes],
     fill: Callable[[dict[str, np.ndarray]], None],
 ) -> dict[str, np.ndarray]:
-    """The cache at `folder` if it is complete and current, else built. An unwritable folder is a
-    one-line error naming it (set --data-dir or $FREPO_CACHE to a writable place)."""
-    opened = open_cached(folder, source)
+    """The cache at `folder` if it is complete, current and of `shapes()`, else built. An unwritable folder
+    is a one-line error naming it (set --data-dir or $FREPO_CACHE to a writable place)."""
+    expected = shapes()
+    opened = open_cached(folder, source, expected)
     if opened is not None:
         return opened
     try:
         with building(folder) as staging:
-            opened = open_cached(folder, source)  # built by the process this one waited for
-            return opened if opened is not None else build_cache(folder, staging, source, shapes(), fill)
+            opened = open_cached(folder, source, expected)  # built by the process this one waited for
+            return opened if opened is not None else build_cache(folder, staging, source, expected, fill)
     except OSError as exc:
         raise FrepoError(
             f"cannot write the dataset cache {folder}: {exc.strerror or exc} "

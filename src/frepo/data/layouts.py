@@ -377,13 +377,30 @@ def find_root(name: str, data_dir: Path) -> Path:
     )
 
 
+def _listing(root: Path, source: Source) -> str:
+    """A digest of which image files a layout lists, in order, with their labels. A folder's modification time
+    does not change when a file in a class folder below it is added or removed (ImageNette), and an index file
+    need not either (Tiny ImageNet's train/ has none): without this, a stale cache would pair images with the
+    labels of others. Contents edited in place under the same name are not seen (no stat of every file)."""
+    digest = hashlib.sha256()
+    for entries, labels in ((source.train, source.y_train), (source.test, source.y_test)):
+        # Paths under the dataset's folder by their relative name (the cache is per folder); a layout whose
+        # entries are arrays (CIFAR-100, ImageNet) is identified by its `files` already.
+        names = [
+            str(e.relative_to(root) if e.is_relative_to(root) else e) if isinstance(e, Path) else "" for e in entries
+        ]
+        digest.update("\0".join(names).encode("utf-8", "surrogateescape"))
+        digest.update(np.asarray(labels, dtype=np.int64).tobytes())
+    return digest.hexdigest()[:20]
+
+
 def read_layout(name: str, data_dir: Path, cache_root: Path):
     """(x_train, y_train, x_test, y_test, classes, mirror_invariant, cache signature) of dataset `name`, the
     images memory-mapped from the cache (built on first use, with a progress bar)."""
     root = find_root(name, data_dir)
     source = LAYOUTS[name].read(name, root)
     try:
-        sig = signature(source.files) | {"name": name}
+        sig = signature(source.files) | {"name": name, "listing": _listing(root, source)}
     except OSError as exc:
         raise FrepoError(f"cannot read {root}: {exc.strerror or exc}") from exc
     tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:10]
