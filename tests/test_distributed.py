@@ -14,6 +14,7 @@ from frepo import presets
 from frepo.base.dist import DistContext
 from frepo.io.artifact import load_distilled
 from frepo.jobs.distill import Distiller, distill
+from frepo.jobs.runs import RunDir
 
 OVERRIDES = dict(
     steps=5,
@@ -89,6 +90,14 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("writing it again from the final checkpoint") == 1, proc.stderr[-3000:]
     assert torch.equal(load_distilled(final).images, images)
+
+    # Rank 0 refuses the folder (another config): every rank stops with that one line, none with a traceback
+    # (rank 1 waited in the next collective and failed with "Connection closed by peer" when rank 0 left).
+    refused = [part if part != "5" else "7" for part in cmd]  # --steps 5 -> 7
+    proc = subprocess.run(refused, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode != 0
+    assert proc.stderr.count("frepo: error: ") == 1 and "different config (steps: 5 -> 7)" in proc.stderr, proc.stderr
+    assert "[rank1]" not in proc.stderr and "Connection closed" not in proc.stderr, proc.stderr[-3000:]
 
 
 class _OneRankOfTwo(DistContext):
@@ -195,6 +204,8 @@ def test_each_rank_takes_a_gpu_it_can_see(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("MASTER_ADDR", "localhost")  # as torchrun sets it
+    monkeypatch.setenv("MASTER_PORT", "29500")
     ctx, device = dist_module.init_distributed("cuda")
     assert (chosen, device, ctx.rank, ctx.world) == ([0], "cuda:0", 3, 4)
 
@@ -212,3 +223,58 @@ def test_every_rank_starts_from_rank_0s_set_and_pool(tmp_path):
     for part in ("synthetic", "pool"):
         flat0, flat1 = torch.utils._pytree.tree_leaves(rank0[part]), torch.utils._pytree.tree_leaves(rank1[part])
         assert len(flat0) == len(flat1) > 0 and all(torch.equal(a, b) for a, b in zip(flat0, flat1)), part
+
+
+def test_a_rank_that_cannot_see_the_checkpoint_stops_every_rank(tmp_path):
+    """--out on each node's own disk: rank 0 resumes the checkpoint it sees, rank 1 would start afresh and
+    average its gradients with rank 0's. Every rank stops instead, the one that saw the problem saying it."""
+    shared, own = tmp_path / "shared", tmp_path / "own"
+    distill(presets.resolve("digits", 2, overrides={**OVERRIDES, "steps": 2}), shared, progress=False)
+    helper = Path(__file__).parent / "helpers" / "own_disks.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(helper)]
+    cmd += [str(shared), str(own), "--dataset", "digits", "--ipc", "2"]
+    for key, value in {**OVERRIDES, "steps": 2}.items():
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode != 0
+    assert proc.stderr.count("frepo (rank 1): error: rank 0 resumes") == 1, proc.stderr[-3000:]
+    assert "--out must be one folder that every node shares" in proc.stderr
+    assert proc.stderr.count("error:") == 1 and f"finds none at {own / 'checkpoint.pt'}" in proc.stderr
+    assert "[rank0]" not in proc.stderr and "[rank1]" not in proc.stderr, proc.stderr[-3000:]  # their tracebacks
+
+
+def test_ranks_at_different_steps_are_refused():
+    """A copy of --out on each node, taken at different times: the ranks loaded different steps."""
+
+    class Gathers(DistContext):
+        def gather_objects(self, obj):
+            return [obj, 2]
+
+    distiller = Distiller.__new__(Distiller)
+    distiller.ctx, distiller.step, distiller.run_dir = Gathers(0, 2, 0), 4, RunDir("runs/x")
+    refusal = distiller._other_steps()
+    assert refusal is not None and "at different steps (4, 2, by rank)" in str(refusal)
+    distiller.step = 2
+    assert distiller._other_steps() is None
+
+
+@pytest.mark.parametrize(
+    "env,says",
+    [
+        ({"WORLD_SIZE": "2"}, "RANK, MASTER_ADDR, MASTER_PORT are not set"),
+        ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "localhost"}, "MASTER_PORT is not set"),
+        ({"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "localhost", "MASTER_PORT": "1"}, "RANK '2' and LOCAL_RANK"),
+    ],
+)
+def test_a_launch_without_torchrun_s_variables_is_one_line(monkeypatch, env, says):
+    """WORLD_SIZE exported in a shell, or a launcher of one's own: torch's KeyError 'RANK' or ValueError
+    traceback said neither what is missing nor what to do."""
+    from frepo.base.dist import init_distributed
+    from frepo.base.errors import FrepoError
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(FrepoError, match=says):
+        init_distributed("cpu")

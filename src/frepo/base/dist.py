@@ -15,7 +15,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .errors import FrepoError
+from .errors import FrepoError, SaidElsewhere
 
 
 @dataclass
@@ -71,6 +71,22 @@ class DistContext:
         dist.all_gather_object(out, obj)
         return out
 
+    def agree(self, refusal: FrepoError | None) -> None:
+        """Every rank stops if any refused: this rank with its own refusal, the others with `SaidElsewhere`
+        naming the first that refused. A collective, so every rank must call it: a refusal raised on one rank
+        alone left the others waiting in their next collective until the refusing process exited, and then
+        failing with a traceback ("Connection closed by peer")."""
+        if not self.enabled:
+            if refusal is not None:
+                raise refusal
+            return
+        said = self.gather_objects(None if refusal is None else str(refusal))
+        if refusal is not None:
+            raise refusal
+        for rank, text in enumerate(said):
+            if text is not None:
+                raise SaidElsewhere(f"rank {rank} refused: {text}")
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
@@ -120,7 +136,7 @@ def init_distributed(device_name: str) -> tuple[DistContext, str]:
     world = world_size()
     if world <= 1:
         return DistContext(), device_name
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local_rank = _launched_as(world)
     use_cuda = device_name != "cpu" and torch.cuda.is_available()
     gpu = rank_gpu(local_rank, torch.cuda.device_count()) if use_cuda else 0
     if use_cuda:  # before the group: NCCL's communicator then lives on this rank's GPU, not on GPU 0
@@ -130,6 +146,24 @@ def init_distributed(device_name: str) -> tuple[DistContext, str]:
         # Destroyed at exit rather than left to interpreter shutdown, as torch asks of every process group.
         atexit.register(_destroy)
     return DistContext(rank, world, local_rank), f"cuda:{gpu}" if use_cuda else "cpu"
+
+
+def _launched_as(world: int) -> tuple[int, int]:
+    """(RANK, LOCAL_RANK) of a process of a `world`-process launch, or a FrepoError saying what the launch lacks
+    (WORLD_SIZE exported in a shell, a hand-written launcher): torch's KeyError or ValueError said neither."""
+    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    if missing:
+        raise FrepoError(
+            f"WORLD_SIZE is {world} but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: launch "
+            "the processes with torchrun (torchrun --nproc-per-node N -m frepo ...), or unset WORLD_SIZE to run one"
+        )
+    rank, local_rank = os.environ["RANK"].strip(), os.environ.get("LOCAL_RANK", "0").strip()
+    if not (rank.isdigit() and local_rank.isdigit()) or int(rank) >= world:
+        raise FrepoError(
+            f"RANK {rank!r} and LOCAL_RANK {local_rank!r} must be process numbers below WORLD_SIZE {world} "
+            "(torchrun sets all three)"
+        )
+    return int(rank), int(local_rank)
 
 
 def rank_gpu(local_rank: int, visible: int) -> int:

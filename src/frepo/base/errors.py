@@ -14,6 +14,11 @@ class FrepoError(Exception):
     """A problem with the user's input or environment, with a message that says what to do."""
 
 
+class SaidElsewhere(FrepoError):
+    """Another process of a torchrun launch refused, and said why (rank 0's "--out holds another run"): this one
+    stops with it, in one line too, rather than with a broken connection's traceback when that process left."""
+
+
 class Interrupted(KeyboardInterrupt):
     """The run was stopped by Ctrl-C or SIGTERM after a checkpoint was written. A KeyboardInterrupt, not a
     FrepoError: a script's `except frepo.FrepoError` (a sweep going on past bad settings) caught Ctrl-C too, and

@@ -11,7 +11,7 @@ import os
 import sys
 import warnings
 
-from ..base.errors import FrepoError, Interrupted
+from ..base.errors import FrepoError, Interrupted, SaidElsewhere
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"frepo: {exc}", file=sys.stderr)
         return 130
     except FrepoError as exc:
-        print(f"frepo{f' (rank {rank})' if rank else ''}: error: {exc}", file=sys.stderr)
+        if not isinstance(exc, SaidElsewhere):  # the rank that refused said it once
+            print(f"frepo{f' (rank {rank})' if rank else ''}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if rank == 0:

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import gc
 import logging
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,19 +128,29 @@ class Distiller:
         self.progress = progress and self.ctx.is_main
         if config.batch_size % self.ctx.world:
             raise FrepoError(f"batch_size {config.batch_size} is not divisible by the {self.ctx.world} processes")
-        if self.ctx.is_main:
-            self.run_dir.acquire()  # rank 0 owns the directory for the whole run
+        # Rank 0 owns the directory for the whole run and judges it; every rank learns the verdict (`agree`), so a
+        # refusal under torchrun is rank 0's one line, not the others' broken connections.
+        claim, acquired = None, False
         try:
-            claim = self.run_dir.check(config, resume_with_changes) if self.ctx.is_main else None
+            refusal = None
+            if self.ctx.is_main:
+                try:
+                    self.run_dir.acquire()
+                    acquired = True
+                    claim = self.run_dir.check(config, resume_with_changes)
+                except FrepoError as exc:
+                    refusal = exc
+            self.ctx.agree(refusal)
             if claim and claim.resuming:  # the start it was made from stays on record (RunDir.check says why)
                 config = self.config = dataclasses.replace(config, init=self.run_dir.recorded("init"))
-            self.ctx.barrier()
-            resuming = claim.resuming if claim else self.run_dir.checkpoint_path.is_file()
+            resuming = bool(self.ctx.gather_objects(claim and claim.resuming)[0])
+            self.ctx.agree(self._unseen_checkpoint(resuming))
             saved = self._setup(config, resuming)
+            self.ctx.agree(self._other_steps())
             if claim:
                 self.run_dir.begin(config, claim, self.device)
         except BaseException:
-            if self.ctx.is_main:
+            if acquired:
                 self.run_dir.abandon()
             raise
         self._announce(claim, resuming)
@@ -150,6 +161,28 @@ class Distiller:
         # here, against the resumed loss, not the first run's (rank 0 read the directory; every rank agrees).
         changed = bool(self.ctx.gather_objects(bool(claim and claim.changes))[0])
         self.actions = self._actions(saved, fresh_watches=changed)
+
+    def _unseen_checkpoint(self, resuming: bool) -> FrepoError | None:
+        """On a rank other than 0 of a run that rank 0 resumes: a refusal if this process cannot see the checkpoint
+        (--out on each node's own disk). It would start afresh and average its gradients with rank 0's."""
+        if self.ctx.is_main or not resuming or self.run_dir.checkpoint_path.is_file():
+            return None
+        return FrepoError(
+            f"rank 0 resumes the run from its checkpoint, but this process (rank {self.ctx.rank} on "
+            f"{socket.gethostname()}) finds none at {self.run_dir.checkpoint_path}: --out must be one folder that "
+            "every node shares"
+        )
+
+    def _other_steps(self) -> FrepoError | None:
+        """On rank 0: a refusal if the ranks loaded checkpoints of different steps (a copy of --out on each node:
+        the ranks would average gradients of different sets, then wait for each other at the end for hours)."""
+        steps = self.ctx.gather_objects(self.step)
+        if not self.ctx.is_main or len(set(steps)) == 1:
+            return None
+        return FrepoError(
+            f"the processes resumed {self.run_dir.path} at different steps ({', '.join(map(str, steps))}, by rank): "
+            "--out must be one folder that every node shares, not a copy on each"
+        )
 
     def _setup(self, config: DistillConfig, resuming: bool) -> dict | None:
         """Data, trainer and (when resuming) the checkpoint, checked and loaded; returns the checkpoint."""
