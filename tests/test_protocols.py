@@ -76,6 +76,40 @@ def test_dsa_training_schedule_batches_and_shuffling(monkeypatch):
     assert protocol_dsa.dsa_steps(300, 4) == 10 and protocol_dsa.dsa_steps(10, 1000) == 1001
 
 
+def test_dsa_trains_300_epochs_without_augmentation_as_dc_does():
+    """DC's main.py: epoch_eval_train = 1000 with DSA augmentation, 300 without; --epochs still wins."""
+    assert protocol_dsa.epochs_of(protocol_dsa.DsaOptions()) == 1000
+    assert protocol_dsa.epochs_of(protocol_dsa.DsaOptions(dsa_strategy="crop_scale")) == 1000
+    assert protocol_dsa.epochs_of(protocol_dsa.DsaOptions(dsa_strategy="none")) == 300
+    assert protocol_dsa.epochs_of(protocol_dsa.DsaOptions(dsa_strategy="none", epochs=50)) == 50
+    setup = _setup(_set())
+    made = protocol_dsa.plan(setup, protocol_dsa.DsaOptions(dsa_strategy="none"))
+    assert made.extra["epochs"] == 300 and made.steps == protocol_dsa.dsa_steps(6, 300)
+
+
+def test_a_set_without_its_flip_record_is_judged_by_its_dataset():
+    """The frepo protocol leaves flips out for MNIST and F-MNIST (the reference's eval rule). A set made by hand,
+    or an older export, has no meta["mirror_invariant"]: its dataset decides, not a default of yes."""
+    from frepo.eval.protocols.frepo import FrepoOptions, reference_training
+
+    for dataset, flips in (("mnist", False), ("fashion_mnist", False), ("cifar10", True), ("my/own.npz", True)):
+        ds = _set()
+        del ds.meta["mirror_invariant"]
+        ds.meta["dataset"] = dataset
+        assert ds.mirror_invariant is flips
+        assert ("flip" in reference_training(_setup(ds), FrepoOptions()).ops) is flips, dataset
+    recorded = _set()
+    recorded.meta.update(dataset="mnist", mirror_invariant=True)  # the record wins: the user's word
+    assert recorded.mirror_invariant
+
+
+def _setup(ds):
+    from frepo.eval.protocol import EvalSetup
+
+    images, labels = ds.images, ds.labels
+    return EvalSetup(ds, images, labels, images[:2], torch.zeros(2, dtype=torch.long), "conv", 0, torch.device("cpu"))
+
+
 def test_dsa_strategy_decides_which_groups_a_batch_can_get(monkeypatch):
     assert protocol_dsa.STRATEGY == "color_crop_cutout_flip_scale_rotate"
     assert protocol_dsa.parse_strategy("crop_scale_rotate") == ("crop", "scale", "rotate")

@@ -16,6 +16,8 @@ from . import DistillConfig
 # Flip trick in the meta-step, from the official script: MNIST/F-MNIST off; CIFAR-10 on; CIFAR-100
 # on at IPC 1, off at 10/50; Tiny ImageNet on at 1, off at 10; other datasets on. frepo also turns
 # it off for digit datasets (digits, svhn), which the reference never ran and which flips corrupt.
+# imagenet32 is in no official script (they flip every dataset but MNIST, F-MNIST and ImageNet 64×64): it
+# takes its 64×64 twin's setting.
 FLIP_OFF = {"mnist", "fashion_mnist", "digits", "svhn", "imagenet64", "imagenet32"}
 FLIP_BY_IPC = {"cifar100": {1: True, 10: False, 50: False}, "tiny_imagenet": {1: True, 10: False}}
 

@@ -37,6 +37,16 @@ TORCHVISION_DATASETS = {
 BUILTIN = ("digits", *TORCHVISION_DATASETS, *LAYOUTS)
 
 
+def known_mirror_invariant(name: str) -> bool | None:
+    """Whether a horizontal flip keeps the classes of the built-in dataset `name`; None for any other (a
+    user's own data: their word, `--mirror-invariant`)."""
+    if name == "digits":
+        return False
+    if name in TORCHVISION_DATASETS:
+        return TORCHVISION_DATASETS[name][1]
+    return LAYOUTS[name].mirror_invariant if name in LAYOUTS else None
+
+
 @dataclass
 class RawDataset:
     """A labelled image dataset before preprocessing."""

@@ -119,6 +119,18 @@ class DistilledSet:
         """The real dataset the set belongs to (a registry name, or a .npz/folder path): its test split evaluates it."""
         return self._described("dataset")
 
+    @property
+    def mirror_invariant(self) -> bool:
+        """Whether a horizontal flip keeps the set's classes (the flip augmentation of its evaluation): as
+        recorded in meta; for a set without the record (made by hand, an older export), what frepo knows of
+        its dataset (MNIST: no), else yes. A MNIST set made by hand was trained on flipped digits."""
+        if "mirror_invariant" in self.meta:
+            return bool(self.meta["mirror_invariant"])
+        from ..data.registry import known_mirror_invariant  # the readers' module: loaded when asked
+
+        known = known_mirror_invariant(str(self.meta.get("dataset", "")))
+        return True if known is None else known
+
     def targets(self) -> torch.Tensor:
         """N×K regression targets: the learned labels, or scaled centred one-hot for class ids."""
         return regression_targets(self.labels, self.num_classes)

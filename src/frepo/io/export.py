@@ -305,7 +305,7 @@ def _export(ds: DistilledSet, out: Path, layout: str, space: str | None) -> Path
                     "step": ds.meta.get("step"),
                     "seed": ds.meta.get("seed"),
                     "use_flip": bool(config.get("use_flip") or False),
-                    "mirror_invariant": bool(ds.meta.get("mirror_invariant", True)),
+                    "mirror_invariant": ds.mirror_invariant,
                     "val_size": ds.meta.get("val_size"),
                     "holdout": Holdout.record(ds.meta),  # made from a narrowed run's settings, for older files
                     "test_fingerprint": ds.meta.get("test_fingerprint"),

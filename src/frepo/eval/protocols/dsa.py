@@ -36,6 +36,7 @@ MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
 BATCH_SIZE = 256
 EPOCHS = 1000
+EPOCHS_WITHOUT_AUGMENTATION = 300  # DC's main.py: epoch_eval_train = 1000 with DSA, 300 without
 STRATEGY = "_".join(DSA_OPS)  # color_crop_cutout_flip_scale_rotate
 
 
@@ -122,7 +123,9 @@ def train_dsa_model(
 
 @dataclass
 class DsaOptions:
-    epochs: int | None = opt(None, f"dsa protocol: epochs (default: {EPOCHS})")
+    epochs: int | None = opt(
+        None, f"dsa protocol: epochs (default: {EPOCHS}, or {EPOCHS_WITHOUT_AUGMENTATION} with --dsa-strategy none)"
+    )
     soft_labels: bool = opt(
         False,
         "dsa protocol: cross-entropy on the set's learned labels (as class distributions) instead of hard labels",
@@ -150,17 +153,24 @@ def _targets(setup: EvalSetup, soft_labels: bool) -> torch.Tensor:
     return soft_targets(setup.labels)
 
 
+def epochs_of(options: DsaOptions) -> int:
+    """The epochs each model trains: given, or the protocol's for its augmentation (none: 300, as DC trains)."""
+    if options.epochs:
+        return options.epochs
+    return EPOCHS if parse_strategy(options.dsa_strategy or STRATEGY) else EPOCHS_WITHOUT_AUGMENTATION
+
+
 def plan(setup: EvalSetup, options: DsaOptions) -> Plan:
     _targets(setup, options.soft_labels)  # a class-id set cannot give soft labels: say so before training
     ops = parse_strategy(options.dsa_strategy or STRATEGY)
-    flips_classes = "flip" in ops and not setup.ds.meta.get("mirror_invariant", True)
+    flips_classes = "flip" in ops and not setup.ds.mirror_invariant
     if flips_classes and setup.ds.dataset not in _flips_said:  # faithful to the field, but said (once a dataset)
         _flips_said.add(setup.ds.dataset)
         log.info(
             "frepo: the dsa protocol's strategy flips images, though a flip changes this dataset's classes (the "
             "field's protocol flips MNIST too); --dsa-strategy without flip (crop_scale_rotate) leaves it out"
         )
-    epochs = options.epochs or EPOCHS
+    epochs = epochs_of(options)
     extra = {"epochs": epochs, "soft_labels": options.soft_labels, "dsa_strategy": "_".join(ops) or "none"}
     return Plan(dsa_steps(len(setup.ds.images), epochs), {**extra, "init": "torch"})
 
@@ -175,7 +185,7 @@ def train_and_test(setup: EvalSetup, options: DsaOptions, stream: str) -> float:
         init_gen=generator(setup.seed, f"{stream}/init"),
         train_gen=generator(setup.seed, f"{stream}/train"),
         device=device,
-        epochs=options.epochs or EPOCHS,
+        epochs=epochs_of(options),
         ops=parse_strategy(options.dsa_strategy or STRATEGY),
         width=setup.width,
         progress=setup.progress,

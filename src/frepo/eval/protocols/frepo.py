@@ -124,7 +124,7 @@ def reference_training(setup: EvalSetup, options: FrepoOptions) -> ReferenceTrai
     return ReferenceTraining(
         num_classes=ds.num_classes,
         steps=steps,
-        ops=reference_ops(bool(ds.meta.get("mirror_invariant", True))),
+        ops=reference_ops(ds.mirror_invariant),
         device=device,
         arch=setup.arch,
         width=setup.width,

@@ -1,5 +1,6 @@
 """The `krr` protocol: kernel ridge regression on the features of freshly initialised networks, no
-training (the reference's `eval_on_proto_krr`). Cheap enough for curves.
+training. Cheap enough for curves. (The reference's `eval_on_proto_krr` regresses on the features of the
+network it is training on the set; this one, on fresh networks: the set's kernel at initialisation.)
 
 Support set: the distilled images, plus their horizontal flips with the same labels when the set was
 distilled with the flip trick. λ = krr_reg · trace(K_ss) / n; the prediction for a test image is

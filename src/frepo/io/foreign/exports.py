@@ -117,13 +117,14 @@ def load_export(path: str | Path) -> DistilledSet:
         "step": info.get("step"),
         # recorded_data_dir finds the dataset where the set's run did (an export evaluated --no-download)
         "config": {"use_flip": bool(info.get("use_flip")), "data": {"data_dir": info.get("data_dir")}},
-        "mirror_invariant": bool(info.get("mirror_invariant", True)),
         "val_size": int(info.get("val_size") or 0),
         "holdout": info.get("holdout"),
         "test_fingerprint": info.get("test_fingerprint"),
         "checksum": checksum,
         "source": {"path": str(path), "format": "frepo-export", "layout": layout, "original": info.get("checksum")},
     }
+    if "mirror_invariant" in info:  # else the set answers from its dataset (DistilledSet.mirror_invariant)
+        meta["mirror_invariant"] = bool(info["mirror_invariant"])
     return as_read(DistilledSet(images, labels, pre, meta))
 
 
