@@ -103,6 +103,40 @@ def test_a_set_without_its_flip_record_is_judged_by_its_dataset():
     assert recorded.mirror_invariant
 
 
+def test_the_frepo_protocol_trains_as_the_reference_does():
+    """What the frepo protocol hands its training loop, pinned to the reference's eval script: Adam with optax's
+    defaults and no weight decay, 500-step linear warm-up from 0 then cosine to 0.01x, batches of min(N, 500)
+    taken in order across the set's end, MSE on the targets, the reference step table."""
+    from frepo.eval.protocols.frepo import REFERENCE_STEPS, FrepoOptions, reference_network, reference_training
+
+    assert {n: REFERENCE_STEPS[n] for n in (10, 100, 500, 1000)} == {10: 1000, 100: 2000, 500: 5000, 1000: 10000}
+    setup = _setup(_set(n_per_class=4))
+    training = reference_training(setup, FrepoOptions())
+    schedule = training.schedule()
+    assert (schedule.steps, schedule.batch_size, schedule.order) == (1000, 500, "cycle")
+    lr = schedule.lr
+    assert lr is not None and lr(0) == 0 and lr(250) == pytest.approx(1.5e-4) and lr(500) == pytest.approx(3e-4)
+    # cosine over the 500 steps after the warm-up: alpha + (1 - alpha)(1 + cos(pi t/500))/2 of 3e-4
+    assert lr(750) == pytest.approx(3e-4 * (0.01 + 0.99 * 0.5)) and lr(1000) == pytest.approx(3e-6)
+    _, _, update = reference_network(setup.images, training, torch.Generator().manual_seed(0))
+    (group,) = update.optimizer.param_groups
+    assert (group["betas"], group["eps"], group["weight_decay"]) == ((0.9, 0.999), 1e-8, 0)
+    assert isinstance(update.optimizer, torch.optim.Adam) and not isinstance(update.optimizer, torch.optim.AdamW)
+    assert training.ops == ("flip", "color", "crop", "rotate", "translate", "cutout")
+    # 0.5 * sum over classes, mean over the batch: rows of 3 errors of 1 and 2 -> (1.5 + 6) / 2
+    loss = update.loss(torch.zeros(2, 3), torch.tensor([[1.0, 1, 1], [2, 2, 2]]))
+    assert float(loss) == pytest.approx(3.75)
+    # `cycle`: the set repeated, then batched in order, batches running on across its end (12 images, 8 a batch)
+    from frepo.eval.training import Schedule, batch_indices
+
+    batches = batch_indices(Schedule(3, 8, "cycle"), 12, torch.Generator(), torch.device("cpu"))
+    assert [b.tolist() for b in batches] == [
+        [0, 1, 2, 3, 4, 5, 6, 7],
+        [8, 9, 10, 11, 0, 1, 2, 3],
+        [4, 5, 6, 7, 8, 9, 10, 11],
+    ]
+
+
 def _setup(ds):
     from frepo.eval.protocol import EvalSetup
 
