@@ -456,7 +456,10 @@ def test_every_help_says_each_default_once_and_prints_percent_signs_as_such():
         for option in text.split("\n  -")[1:]:  # one block per option
             assert option.count("(default:") <= 1, (name, option)
     flat = {name: " ".join(text.split()) for name, text in texts.items()}  # argparse wraps lines
-    assert "1% and 0.1% FPR" in flat["privacy"] and "epochs (default: 1000) --" in flat["evaluate"]
+    assert (
+        "1% and 0.1% FPR" in flat["privacy"]
+        and "epochs (default: 1000, or 300 with --dsa-strategy none) --" in flat["evaluate"]
+    )
     # A switch's default is on or off in every command (settings' switches said True where --download said on).
     assert not any(f"(default: {v})" in text for v in (True, False, None) for text in flat.values())
     assert "the layout's public archive) (default: on)" in flat["evaluate"] and "(default: on)" in flat["distill"]
