@@ -97,6 +97,11 @@ def test_npz_dataset_and_classes(tmp_path):
     raw = load_dataset(str(path))
     assert raw.classes == ["w", "x", "y", "z"] and raw.image_shape == (3, 6, 6)
     assert raw.name == str(path.resolve())
+    # Loaded again (each task of an experiment): decoded once and shared read-only, as a layout's memory map
+    # is, not copied for each caller (a large .npz was held twice for the life of the process).
+    again = load_dataset(str(path))
+    assert np.shares_memory(again.x_train, raw.x_train) and not again.x_train.flags.writeable
+    assert not again.y_train.flags.writeable and not again.x_test.flags.writeable
     # Names saved as bytes were "b'w'" (and exported as folders 0_b_w); a text file named .npz was called
     # pickled data to be loaded unsafely.
     with np.load(path) as archive:

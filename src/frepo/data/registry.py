@@ -238,8 +238,9 @@ def _load_torchvision(name: str, data_dir: Path, download: bool) -> RawDataset:
 
 # The arrays of the .npz files read in this process (the most recent two): a job that loads its dataset
 # several times (each task of `frepo continual`, each baseline) decodes it once (CIFAR-10's offline copy
-# takes 12 s to decompress) and gives each caller its own copy. Keyed by path, size and modification time,
-# so an edited file is read again.
+# takes 12 s to decompress). Every caller shares them, read-only, as every caller shares a layout's
+# read-only memory map: a copy for each caller held a large .npz twice for the life of the process. Keyed
+# by path, size and modification time, so an edited file is read again.
 _NPZ_MEMO: dict[tuple, tuple] = {}
 
 
@@ -250,14 +251,14 @@ def _load_npz(path: Path, name: str, mirror_invariant: bool) -> RawDataset:
     except OSError as exc:
         raise FrepoError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if key not in _NPZ_MEMO:
-        arrays = _read_npz(path)
+        *arrays, classes = _read_npz(path)
+        for array in arrays:
+            array.setflags(write=False)
         if len(_NPZ_MEMO) >= 2:
             _NPZ_MEMO.clear()
-        _NPZ_MEMO[key] = arrays
+        _NPZ_MEMO[key] = (*arrays, classes)
     x_train, y_train, x_test, y_test, classes = _NPZ_MEMO[key]
-    raw = RawDataset(
-        name, x_train.copy(), y_train.copy(), x_test.copy(), y_test.copy(), list(classes), mirror_invariant
-    )
+    raw = RawDataset(name, x_train, y_train, x_test, y_test, list(classes), mirror_invariant)
     _check(raw, str(path))
     return raw
 
