@@ -401,6 +401,28 @@ def test_a_cache_of_other_shapes_is_rebuilt_not_trusted(tmp_path):
     assert rebuilt["x"].shape == (3,)
 
 
+def test_a_set_read_from_pixels_finds_the_run_s_preprocessing(tmp_path, monkeypatch):
+    """An image folder read against a layout dataset is put in the preprocessing a run of that dataset fits,
+    found in the cache (it was fitted again under another key, from a copy of the whole memory-mapped split)."""
+    from frepo.config import DataConfig
+    from frepo.data import prepare
+    from frepo.data import preprocess as preprocess_module
+    from frepo.data.recipes import frepo_preprocessing
+
+    write_tiny_imagenet(tmp_path)
+    run = prepare(DataConfig(dataset="tiny_imagenet", data_dir=str(tmp_path), download=False))
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("fitted again")
+
+    monkeypatch.setattr(preprocess_module, "fit_preprocessing", no_fit)
+    raw = load_dataset("tiny_imagenet", data_dir=tmp_path, download=False)
+    pre = frepo_preprocessing(raw, tmp_path)
+    assert pre.kind == run.preprocessing.kind == "zca" and torch.equal(
+        pre.basis, run.preprocessing.basis
+    )  # low rank: 9 images
+
+
 def test_a_failed_build_leaves_no_cache(tmp_path, monkeypatch):
     write_cub(tmp_path)
     calls = {"n": 0}

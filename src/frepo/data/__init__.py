@@ -12,7 +12,7 @@ import torch
 
 from ..base.errors import FrepoError
 from ..config import STREAM_AUTO_BYTES, DataConfig
-from .preprocess import Preprocessing, Rows, cached_preprocessing, fit_preprocessing, resolve_kind
+from .preprocess import Preprocessing, cached_preprocessing, fit_preprocessing, resolve_kind, rows_of
 from .registry import BUILTIN, RawDataset, default_data_dir, load_dataset, whole_data_dir
 from .splits import Holdout, holdout_split
 from .stream import StreamingImages, split_view
@@ -97,9 +97,7 @@ def prepare(cfg: DataConfig, device: torch.device | None = None) -> PreparedData
         )
     kind = resolve_kind(cfg.preprocess, raw.image_shape)
     cache = Path(cfg.data_dir) if cfg.data_dir is not None else default_data_dir()
-    # A memory-mapped split is read in chunks, never copied whole (ImageNet: 15.7 GB of uint8).
-    fit_on = Rows(raw.x_train, train_idx, raw.source_id) if raw.source_id else raw.x_train[train_idx]
-    pre = cached_preprocessing(fit_on, kind, cfg.zca_reg, cache, device)
+    pre = cached_preprocessing(rows_of(raw.x_train, train_idx, raw.source_id), kind, cfg.zca_reg, cache, device)
     if holdout.chunk is not None and holdout.chunk[0] >= len(raw.y_train):
         chunks = -(-len(raw.y_train) // cfg.train_chunk_size)
         raise FrepoError(

@@ -35,6 +35,7 @@ from .preprocess import (
     channel_stats,
     mean_covariance,
     resolve_kind,
+    rows_of,
     whitening_matrices,
 )
 from .registry import RawDataset, default_data_dir
@@ -140,7 +141,8 @@ def frepo_preprocessing(raw: RawDataset, cache_dir: Path | None = None) -> Prepr
     """What `frepo distill`/`frepo subset` use by default: fitted on the distillation part of train."""
     train_idx, _ = holdout_split(raw.y_train, default_val_size(len(raw.y_train)))
     kind = resolve_kind("auto", raw.image_shape)
-    return cached_preprocessing(raw.x_train[train_idx], kind, ZCA_REG, cache_dir)
+    # As `prepare` fits it (ImageNet's split was copied whole here, and its ZCA fitted again under another key)
+    return cached_preprocessing(rows_of(raw.x_train, train_idx, raw.source_id), kind, ZCA_REG, cache_dir)
 
 
 def claimed_preprocessing(claim: str, raw: RawDataset, cache_dir: Path | None = None) -> Preprocessing:
