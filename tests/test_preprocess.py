@@ -291,6 +291,32 @@ def test_serialisation_round_trip_and_cache(tmp_path):
     torch.testing.assert_close(cached_preprocessing(x, "zca", 0.1, tmp_path)(x), pre(x))
 
 
+def test_one_process_fits_a_cache_entry_the_others_wait_and_read_it(tmp_path):
+    """The ranks of a torchrun launch prepare their data at once: each made its own ZCA pass over the split."""
+    import threading
+    import time
+
+    from frepo.data.preprocess import cached
+
+    x, fits, results = _images(n=50), [], []
+
+    def build():
+        fits.append(1)
+        time.sleep(0.5)  # long enough for the other thread to find no entry yet, without the lock
+        return fit_preprocessing(x, "zca", 0.1)
+
+    def rank():
+        results.append(cached("zca", x, 0.1, tmp_path, build))
+
+    threads = [threading.Thread(target=rank) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(fits) == 1 and len(results) == 2 and torch.equal(results[0](x), results[1](x))
+    assert not list((tmp_path / "preprocessing").glob(".*.lock"))  # the lock goes with its holder
+
+
 def test_auto_kind_follows_the_reference():
     assert resolve_kind("auto", (1, 28, 28)) == "standard"
     assert resolve_kind("auto", (3, 32, 32)) == "zca"

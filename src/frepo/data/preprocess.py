@@ -9,6 +9,7 @@ H,W,C; a whitening matrix is equivariant to that permutation, so the space is th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import zlib
@@ -23,7 +24,7 @@ import torch
 from ..base.device import exact_matmuls, machine_key
 from ..base.errors import FrepoError
 from ..base.log import messages_shown, progress_bar
-from .cache import release
+from .cache import build_lock, release
 
 KINDS = ("none", "standard", "zca", "zca_block")
 # Full-image ZCA needs a D×D matrix: 12288 dims (64×64×3) is the largest the reference whitens whole.
@@ -595,8 +596,9 @@ def cached(
 ) -> Preprocessing:
     """`build()` (a ZCA fit on `images`), cached on disk under `tag` and a fingerprint of the fitting
     images (and `fitted_by`, where the fit's rounding depends on what fitted it): the one preprocessing cache
-    of frepo. A corrupt entry is recomputed, never trusted; a read-only or full cache only costs a
-    recomputation next time."""
+    of frepo. One process fits an entry at a time (the ranks of a torchrun launch, jobs of a sweep: each made
+    its own pass over the split, ImageNet's 15.7 GB): the others wait, then read it. A corrupt entry is
+    recomputed, never trusted; a read-only or full cache only costs a recomputation next time."""
     if cache_dir is None:
         return build()
     from safetensors import safe_open
@@ -604,19 +606,25 @@ def cached(
     from ..base.atomic import atomic_save_safetensors
 
     path = Path(cache_dir) / "preprocessing" / f"{tag}-{fingerprint(images, tag, zca_reg, fitted_by)}.safetensors"
-    if path.is_file():
+    with contextlib.ExitStack() as held:
         try:
-            with safe_open(str(path), framework="pt") as fh:
-                params = json.loads((fh.metadata() or {}).get("params", "null")) or {"kind": "zca", "zca_reg": zca_reg}
-                return Preprocessing.from_tensors(params, {k: fh.get_tensor(k) for k in fh.keys()})
-        except Exception:
-            path.unlink(missing_ok=True)
-    pre = build()
-    try:
-        atomic_save_safetensors(pre.tensors(), path, {"params": json.dumps(pre.params())})
-    except (OSError, FrepoError):
-        pass
-    return pre
+            held.enter_context(build_lock(path))
+        except OSError:  # a read-only cache folder: fitted unlocked, as it is not saved either
+            pass
+        if path.is_file():
+            try:
+                with safe_open(str(path), framework="pt") as fh:
+                    params = json.loads((fh.metadata() or {}).get("params", "null"))
+                    params = params or {"kind": "zca", "zca_reg": zca_reg}
+                    return Preprocessing.from_tensors(params, {k: fh.get_tensor(k) for k in fh.keys()})
+            except Exception:
+                path.unlink(missing_ok=True)
+        pre = build()
+        try:
+            atomic_save_safetensors(pre.tensors(), path, {"params": json.dumps(pre.params())})
+        except (OSError, FrepoError):
+            pass
+        return pre
 
 
 def cached_preprocessing(
