@@ -40,6 +40,14 @@ def test_a_subset_file_is_the_start_exactly(tmp_path, capsys):
     assert main(["distill", "--dataset", "digits", "--out", str(tmp_path / "seeded"), "--ipc", "2", *STILL]) == 0
     seeded = load_distilled(tmp_path / "seeded" / "distilled.safetensors")
     assert (seeded.images - run.images).abs().max() > 0.5  # without --init: the run's own seeded images
+    assert "biased upward" not in err  # the subset was made with the run's hold-out
+
+    # A subset made from the whole split (--val-size 0) may hold images the run validates on: said.
+    whole = tmp_path / "whole.safetensors"
+    assert main(herding[:-1] + [str(whole), "--val-size", "0", *FAST_FEATURES]) == 0
+    code, err = distill(capsys, tmp_path / "biased", "--ipc", 2, "--init", whole)
+    assert code == 0, err
+    assert "was made from training images this run holds out for validation" in err and "biased upward" in err
 
 
 def test_an_official_npz_is_carried_through_pixels_into_the_run(tmp_path, capsys):

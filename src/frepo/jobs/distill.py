@@ -207,9 +207,8 @@ class Distiller:
         if config.init and not resuming:  # a resumed run continues from its checkpoint
             from ..io.foreign import load_start  # other tools' readers, loaded only when asked for
 
-            start = load_start(
-                config.init, raw, self.data.preprocessing, config.data.class_ids(raw.num_classes), config.ipc
-            )
+            classes = config.data.class_ids(raw.num_classes)
+            start = load_start(config.init, raw, self.data.preprocessing, classes, config.ipc, self.data.val_idx)
         elif config.init:  # resumed: its checkpoint holds the set, and no real image is drawn (a class may have
             # fewer than ipc of them: the start came from the file); a placeholder of the set's shape, overwritten
             ids = torch.tensor(config.data.class_ids(raw.num_classes)).repeat_interleave(config.ipc)

@@ -248,7 +248,12 @@ def check_holds_a_set(path: Path, fmt: str, preprocess: str | None = None) -> No
 
 
 def load_start(
-    path: str | Path, raw: RawDataset, preprocessing: Preprocessing, classes: list[int], ipc: int
+    path: str | Path,
+    raw: RawDataset,
+    preprocessing: Preprocessing,
+    classes: list[int],
+    ipc: int,
+    held_out: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A run's starting set from a file (`frepo distill --init FILE`): (ipc·K×C×H×W images in
     `preprocessing`, ipc·K×K labels), class-major like the seeded real-image start.
@@ -256,6 +261,8 @@ def load_start(
     Any format `load_set` reads; the images go through pixel space into the run's preprocessing (an
     official .npz is in the reference's, a frepo file in its own), untouched when that is the run's own.
     Class ids (a subset) become the reference's starting labels; learned labels are kept as they are.
+    `held_out`: the run's validation images (indices into raw's training split), said if the set was made
+    from them.
     """
     path = run_set(path)
     fmt = detect_format(path)
@@ -298,11 +305,29 @@ def load_start(
             f"--init {path} holds {counts.tolist()} images per class; this run needs {ipc} (--ipc) of each "
             f"of the classes {classes}"
         )
+    if held_out is not None and len(held_out):
+        _warn_of_seen_holdout(ds, raw, held_out, path)
     order = torch.cat([torch.nonzero(ids == c).flatten() for c in classes])
     images = ds.images[order]
     if not ds.preprocessing.same_as(preprocessing):
         images = preprocessing.from_unit(ds.preprocessing.to_unit(images))
     return images.float(), labels[order].float()
+
+
+def _warn_of_seen_holdout(ds: DistilledSet, raw: RawDataset, held_out: np.ndarray, path: str | Path) -> None:
+    """Say so when a start was made from training images the run holds out for validation (a subset made with
+    --val-size 0, another tool's set made from the whole split): its validation accuracy, and the choice of
+    best.safetensors by it, would be judged on images the start was made from."""
+    from ...data.splits import Holdout
+
+    made_from, _ = Holdout.of_set(ds.meta, len(raw.y_train)).split(raw.y_train)  # another tool's: all of them
+    seen = int(np.intersect1d(held_out, made_from).size)
+    if seen:
+        warn(
+            f"--init {path} was made from training images this run holds out for validation ({seen} of its "
+            f"{len(held_out)}): its validation accuracy, and best.safetensors, may be biased upward. Start from a "
+            "set made with this run's hold-out (the same --val-size, classes and chunk) for an unbiased one"
+        )
 
 
 def own_dataset(
