@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gzip
 import struct
+import subprocess
+import sys
 import warnings
 import zipfile
 
@@ -120,6 +122,26 @@ def _arrays(y_train, y_test, **more) -> dict:
         y_test=np.array(y_test),
         **more,
     )
+
+
+def test_read_only_splits_give_no_warning_of_torch_s(blobs):
+    """A shared .npz split (and a memory-mapped cache) is read-only; torch warns once a process when a tensor
+    is made of one, and the CLI showed users "frepo: warning: The given NumPy array is not writable". A fresh
+    process: the warning is torch's once per process, so one already given in this one would hide it."""
+    script = f"""
+import warnings
+warnings.simplefilter("error")
+import frepo
+from frepo.config import DataConfig
+from frepo.data import prepare
+data = prepare(DataConfig(dataset={str(blobs)!r}, val_size=20))
+data.train(), data.val(), data.test(), data.train_stream()
+data.preprocessing(data.raw.x_test)
+ds = frepo.make_subset({str(blobs)!r}, 1)
+ds.transform(data.raw.x_test)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 @pytest.mark.parametrize(

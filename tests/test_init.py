@@ -136,7 +136,7 @@ def test_a_file_of_several_sets_says_how_to_start_from_another(tmp_path, shared_
 
     data = prepare(DataConfig(dataset="mnist", data_dir=str(shared_data_dir), download=False))
     dc = recipes.claimed_preprocessing("dc", data.raw, tmp_path)
-    x, y = data.raw.x_train[:500], torch.from_numpy(data.raw.y_train[:500])
+    x, y = data.raw.x_train[:500], torch.from_numpy(data.raw.y_train[:500].copy())
     idx = torch.cat([torch.nonzero(y == c).flatten()[:1] for c in range(10)])
     res = tmp_path / "res_DC_MNIST_ConvNet_1ipc.pt"
     torch.save({"data": [[dc(x[idx.numpy()]), y[idx]]] * 3}, res)

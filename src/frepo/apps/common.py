@@ -22,6 +22,7 @@ from ..base.atomic import (
     json_text,
     remove_stale_temps,
 )
+from ..base.device import host_tensor
 from ..base.errors import FrepoError
 from ..base.fields import check_type, comma_items, from_dict, set_leaf, to_dict
 from ..base.lock import LOCK, FolderLock
@@ -227,7 +228,7 @@ def union(sets: list[DistilledSet]) -> DistilledSet:
 def test_split_of(ds: DistilledSet, raw: RawDataset, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """The test images of `classes` in the set's preprocessed space, and their class ids."""
     keep = np.isin(raw.y_test, np.asarray(classes))
-    return ds.transform(raw.x_test[keep]), torch.from_numpy(raw.y_test[keep])
+    return ds.transform(raw.x_test[keep]), host_tensor(raw.y_test[keep])
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

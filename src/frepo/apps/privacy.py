@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from ..base.atomic import atomic_write
-from ..base.device import resolve_device
+from ..base.device import host_tensor, resolve_device
 from ..base.errors import FrepoError
 from ..base.fields import CommaList, check_choice, check_fields, check_finite, comma_items, opt
 from ..base.rng import generator, stream_seed
@@ -315,7 +315,7 @@ class Privacy(Experiment):
         (`pick_real` over the chunk's labels, every class, the run's seed)."""
         size, n = self.config.chunk_size, len(self.raw.y_train)
         rows = np.arange(chunk * size, min((chunk + 1) * size, n))
-        labels = torch.from_numpy(np.asarray(self.raw.y_train[rows]))
+        labels = host_tensor(np.asarray(self.raw.y_train[rows]))
         picked = pick_real(labels, range(self.raw.num_classes), self.config.ipc, self.config.seed)
         return rows[picked.numpy()]
 
@@ -327,7 +327,7 @@ class Privacy(Experiment):
             return source.images.float(), source.targets(), min(len(source.images), 256)
         if arm == "start":  # the batch and labels of mia.py's x_proto: min(N, 256), class ids
             idx = self.start_idx if shadow is None else self._start_idx(self._shadow_chunk(shadow))
-            labels = torch.from_numpy(self.raw.y_train[idx])
+            labels = host_tensor(self.raw.y_train[idx])
             # scaled as init_proto(scale_y=True) scales them: by 1/sqrt(C/10) (1 for MNIST's 10 classes)
             return (
                 ds.transform(self.raw.x_train[idx]),
@@ -338,7 +338,7 @@ class Privacy(Experiment):
             idx = self._shadow_real_idx(shadow)
         else:
             idx = self.member_idx if arm == "real" else self.control_idx
-        labels = torch.from_numpy(self.raw.y_train[idx])
+        labels = host_tensor(self.raw.y_train[idx])
         return ds.transform(self.raw.x_train[idx]), centered_one_hot(labels, self.raw.num_classes), cfg.victim_batch
 
     def _shadow_chunk(self, shadow: int) -> int:
@@ -375,7 +375,7 @@ class Privacy(Experiment):
         members = outputs(
             model,
             ds.transform(raw.x_train[self.attacked_member_idx]),
-            torch.from_numpy(raw.y_train[self.attacked_member_idx]),
+            host_tensor(raw.y_train[self.attacked_member_idx]),
             raw.num_classes,
             device,
         )
@@ -383,11 +383,11 @@ class Privacy(Experiment):
         nonmembers = outputs(
             model,
             ds.transform(x_non[self.nonmember_idx]),
-            torch.from_numpy(y_non[self.nonmember_idx]),
+            host_tensor(y_non[self.nonmember_idx]),
             raw.num_classes,
             device,
         )
-        test = outputs(model, ds.transform(raw.x_test), torch.from_numpy(raw.y_test), raw.num_classes, device)
+        test = outputs(model, ds.transform(raw.x_test), host_tensor(raw.y_test), raw.num_classes, device)
         return members, nonmembers, 100.0 * float(test["correct"].mean())
 
     def _victim(self, arm: str, ds: DistilledSet, steps: int, model: int) -> dict:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import typing
+import warnings
 
 import torch
 
 from .errors import FrepoError
 from .version import __version__
+
+if typing.TYPE_CHECKING:
+    import numpy as np
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -222,3 +227,15 @@ def machine_key(device: torch.device) -> dict:
         "torch": torch.__version__,
         "frepo": __version__,
     }
+
+
+def host_tensor(array: np.ndarray) -> torch.Tensor:
+    """`torch.from_numpy`, for arrays of a dataset, which may be read-only (a memory-mapped cache, an .npz shared
+    by every caller): the tensor shares their memory and is only read, so torch's warning that it cannot
+    protect a read-only array ("The given NumPy array is not writable") would tell a user nothing. Only such an
+    array changes the warning filters (not thread-safe): the prefetch thread's batches are copies."""
+    if array.flags.writeable:
+        return torch.from_numpy(array)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..base.device import host_tensor
 from ..base.errors import FrepoError
 from ..config import STREAM_AUTO_BYTES, DataConfig
 from .preprocess import Preprocessing, cached_preprocessing, fit_preprocessing, resolve_kind, rows_of
@@ -44,7 +45,7 @@ class PreparedData:
     def train(self, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(float32 N×C×H×W preprocessed images, int64 labels) of the distillation part."""
         images = self.preprocessing(self.raw.x_train[self.train_idx], channels_last=channels_last)
-        return images, torch.from_numpy(self.raw.y_train[self.train_idx])
+        return images, host_tensor(self.raw.y_train[self.train_idx])
 
     def train_digest(self, sample: int = 256) -> str:
         """sha256 of the whole training split's labels, of the indices distillation uses and of `sample` of
@@ -67,16 +68,16 @@ class PreparedData:
     def train_stream(self, channels_last: bool = False) -> tuple[StreamingImages, torch.Tensor]:
         """The distillation part as uint8 rows preprocessed per batch (memory O(batch)), and its labels."""
         stream = StreamingImages(self.raw.x_train, self.train_idx, self.preprocessing, channels_last)
-        return stream, torch.from_numpy(np.asarray(self.raw.y_train[self.train_idx]))
+        return stream, host_tensor(np.asarray(self.raw.y_train[self.train_idx]))
 
     def val(self) -> tuple[torch.Tensor | StreamingImages, torch.Tensor]:
         """The hold-out, preprocessed whole, or a batch at a time when it would pass STREAM_AUTO_BYTES."""
         images = split_view(self.raw.x_train, self.val_idx, self.preprocessing, STREAM_AUTO_BYTES)
-        return images, torch.from_numpy(np.asarray(self.raw.y_train[self.val_idx]))
+        return images, host_tensor(np.asarray(self.raw.y_train[self.val_idx]))
 
     def test(self) -> tuple[torch.Tensor | StreamingImages, torch.Tensor]:
         images = split_view(self.raw.x_test, np.arange(len(self.raw.x_test)), self.preprocessing, STREAM_AUTO_BYTES)
-        return images, torch.from_numpy(np.asarray(self.raw.y_test))
+        return images, host_tensor(np.asarray(self.raw.y_test))
 
 
 def prepare(cfg: DataConfig, device: torch.device | None = None) -> PreparedData:

@@ -21,7 +21,7 @@ from typing import TypeAlias
 import numpy as np
 import torch
 
-from ..base.device import exact_matmuls, machine_key
+from ..base.device import exact_matmuls, host_tensor, machine_key
 from ..base.errors import FrepoError
 from ..base.log import messages_shown, progress_bar
 from .cache import build_lock, release
@@ -62,7 +62,7 @@ class Preprocessing:
         """uint8 N×H×W×C (raw) -> float32 N×C×H×W in the preprocessed space, on the CPU (in the
         channels-last memory layout if asked, so a channels-last consumer needs no second copy)."""
         if isinstance(images, np.ndarray):
-            images = torch.from_numpy(np.ascontiguousarray(images))
+            images = host_tensor(np.ascontiguousarray(images))
         if images.ndim != 4 or images.shape[-1] != len(self.mean):
             raise FrepoError(
                 f"expected a batch of images N×H×W×C with C = {len(self.mean)} (channels last), got shape "

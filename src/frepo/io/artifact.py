@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..base.atomic import atomic_save_safetensors
+from ..base.device import host_tensor
 from ..base.errors import FrepoError, check_argument, check_path
 from ..base.fields import check_choice
 from ..base.log import warn
@@ -161,7 +162,7 @@ class DistilledSet:
             raise FrepoError(f"value_range must be (0, 1) or (0, 255), got {value_range!r:.60}")
         if isinstance(raw_images, np.ndarray) and raw_images.dtype == object:
             raise FrepoError("transform takes an array of numbers, got an array of Python objects")
-        x = torch.as_tensor(np.ascontiguousarray(raw_images) if isinstance(raw_images, np.ndarray) else raw_images)
+        x = host_tensor(np.ascontiguousarray(raw_images)) if isinstance(raw_images, np.ndarray) else raw_images
         declared = tuple(value_range) if value_range is not None else None  # [0, 1] declares it too
         c, h, w = self.images.shape[1:]
         if x.ndim != 4 or tuple(x.shape[1:]) != (h, w, c):

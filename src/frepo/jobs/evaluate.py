@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..base.device import host_tensor
 from ..base.errors import FrepoError, Interrupted, check_argument
 from ..base.fields import check_fields, check_type, leaf_fields, opt, set_leaf
 from ..base.log import warn
@@ -160,7 +161,7 @@ def _split(ds: DistilledSet, raw: RawDataset, split: str) -> tuple[torch.Tensor,
                 "with; numbers may not be comparable"
             )
         everything = np.arange(len(raw.x_test))
-        return split_view(raw.x_test, everything, ds.preprocessing, STREAM_AUTO_BYTES), torch.from_numpy(raw.y_test)
+        return split_view(raw.x_test, everything, ds.preprocessing, STREAM_AUTO_BYTES), host_tensor(raw.y_test)
     _, val_idx = Holdout.of_set(ds.meta, len(raw.y_train)).split(raw.y_train)
     if len(val_idx) == 0:
         foreign = (ds.meta.get("source") or {}).get("format") not in (None, "frepo-export")
@@ -172,7 +173,7 @@ def _split(ds: DistilledSet, raw: RawDataset, split: str) -> tuple[torch.Tensor,
             "images are found for it here: not the hold-out it was distilled without (use the test split)"
         )
     images = split_view(raw.x_train, val_idx, ds.preprocessing, STREAM_AUTO_BYTES)
-    return images, torch.from_numpy(np.asarray(raw.y_train[val_idx]))
+    return images, host_tensor(np.asarray(raw.y_train[val_idx]))
 
 
 def evaluate_archs(

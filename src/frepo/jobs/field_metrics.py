@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from ..base.atomic import atomic_write_text
-from ..base.device import machine_key, resolve_device
+from ..base.device import host_tensor, machine_key, resolve_device
 from ..base.errors import FrepoError
 from ..config import STREAM_AUTO_BYTES
 from ..data import RawDataset
@@ -85,7 +85,7 @@ def _holdout_size(ds: DistilledSet, raw: RawDataset) -> int:
 def random_subset(ds: DistilledSet, raw: RawDataset, ipc: int, seed: int) -> DistilledSet:
     """`frepo subset --method random --seed seed` of the set's dataset, in the set's preprocessing."""
     train_idx = _training_part(ds, raw)
-    labels = torch.from_numpy(np.asarray(raw.y_train[train_idx]))
+    labels = host_tensor(np.asarray(raw.y_train[train_idx]))
     picked = pick_real(labels, range(raw.num_classes), ipc, seed).numpy()
     rows = train_idx[picked]
     images = ds.preprocessing(raw.x_train[rows])
@@ -97,7 +97,7 @@ def full_split(ds: DistilledSet, raw: RawDataset) -> DistilledSet:
     train_idx = _training_part(ds, raw)
     _refuse_too_large(raw, len(train_idx))
     images = ds.preprocessing(raw.x_train[train_idx])
-    labels = torch.from_numpy(np.asarray(raw.y_train[train_idx])).clone()
+    labels = host_tensor(np.asarray(raw.y_train[train_idx])).clone()
     return DistilledSet(images, labels, ds.preprocessing, {**ds.meta, "kind": "full-training-split"})
 
 
