@@ -384,11 +384,7 @@ def _listing(root: Path, source: Source) -> str:
     labels of others. Contents edited in place under the same name are not seen (no stat of every file)."""
     digest = hashlib.sha256()
     for entries, labels in ((source.train, source.y_train), (source.test, source.y_test)):
-        # Paths under the dataset's folder by their relative name (the cache is per folder); a layout whose
-        # entries are arrays (CIFAR-100, ImageNet) is identified by its `files` already.
-        names = [
-            str(e.relative_to(root) if e.is_relative_to(root) else e) if isinstance(e, Path) else "" for e in entries
-        ]
+        names = [str(e.relative_to(root) if e.is_relative_to(root) else e) for e in entries]  # the cache is per folder
         digest.update("\0".join(names).encode("utf-8", "surrogateescape"))
         digest.update(np.asarray(labels, dtype=np.int64).tobytes())
     return digest.hexdigest()[:20]
@@ -400,7 +396,9 @@ def read_layout(name: str, data_dir: Path, cache_root: Path):
     root = find_root(name, data_dir)
     source = LAYOUTS[name].read(name, root)
     try:
-        sig = signature(source.files) | {"name": name, "listing": _listing(root, source)}
+        sig = signature(source.files) | {"name": name}
+        if any(isinstance(entry, Path) for entry in source.train):  # a layout of image files (not CIFAR-100's or
+            sig["listing"] = _listing(root, source)  # ImageNet's arrays: their caches stay valid across versions)
     except OSError as exc:
         raise FrepoError(f"cannot read {root}: {exc.strerror or exc}") from exc
     tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:10]
