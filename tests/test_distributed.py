@@ -93,7 +93,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
 
     # Rank 0 refuses the folder (another config): every rank stops with that one line, none with a traceback
     # (rank 1 waited in the next collective and failed with "Connection closed by peer" when rank 0 left).
-    refused = [part if part != "5" else "7" for part in cmd]  # --steps 5 -> 7
+    at = cmd.index("--steps") + 1
+    refused = [*cmd[:at], "7", *cmd[at + 1 :]]
     proc = subprocess.run(refused, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode != 0
     assert proc.stderr.count("frepo: error: ") == 1 and "different config (steps: 5 -> 7)" in proc.stderr, proc.stderr
@@ -278,3 +279,22 @@ def test_a_launch_without_torchrun_s_variables_is_one_line(monkeypatch, env, say
         monkeypatch.setenv(name, value)
     with pytest.raises(FrepoError, match=says):
         init_distributed("cpu")
+
+
+@pytest.mark.parametrize("local_rank, said", [("0", True), ("1", False)])
+def test_a_rank_stopped_by_another_s_refusal_says_so_once_a_node(monkeypatch, capsys, local_rank, said):
+    """The refusing rank says why; the others stop silently, but for the first process of each other node, whose
+    log would otherwise show nothing of why its job ended."""
+    from frepo.base.errors import SaidElsewhere
+    from frepo.cli import commands, main
+
+    def refused(args):
+        raise SaidElsewhere("rank 0 refused: --out holds another run")
+
+    monkeypatch.setitem(commands.HANDLERS, "distill", refused)
+    for name, value in {"WORLD_SIZE": "4", "RANK": "2", "LOCAL_RANK": local_rank}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["distill", "--dataset", "digits"]) == 2
+    err = capsys.readouterr().err
+    assert ("frepo (rank 2): stopped: rank 0 refused (its line is in that node's log)" in err) is said
+    assert "--out holds another run" not in err and err.count("\n") == int(said)

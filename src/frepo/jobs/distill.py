@@ -142,8 +142,10 @@ class Distiller:
                     refusal = exc
             self.ctx.agree(refusal)
             if claim and claim.resuming:  # the start it was made from stays on record (RunDir.check says why)
-                config = self.config = dataclasses.replace(config, init=self.run_dir.recorded("init"))
-            resuming = bool(self.ctx.gather_objects(claim and claim.resuming)[0])
+                config = dataclasses.replace(config, init=self.run_dir.recorded("init"))
+            # every rank takes rank 0's word on both (only rank 0 read the directory)
+            resuming, init = self.ctx.gather_objects((bool(claim and claim.resuming), config.init))[0]
+            config = self.config = dataclasses.replace(config, init=init)
             self.ctx.agree(self._unseen_checkpoint(resuming))
             saved = self._setup(config, resuming)
             self.ctx.agree(self._other_steps())
