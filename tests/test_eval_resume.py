@@ -126,6 +126,20 @@ def test_a_record_is_read_back_only_under_the_same_settings(set_file, tmp_path, 
     assert trained == [f"conv:eval/model{i}" for i in range(3)] and _records() == []
 
 
+def test_a_record_is_keyed_on_what_the_settings_resolve_to():
+    """An interrupted `--dsa-strategy none` evaluation (1000 epochs before that default became 300), or one of a
+    hand-made MNIST set (flipped before its dataset decided): resumed under the same settings and version, its
+    old networks were mixed with new ones under the new label."""
+    from frepo.eval import EvalConfig
+    from frepo.eval.finished import evaluation_key
+    from frepo.eval.protocols.dsa import DsaOptions
+
+    plain, none = EvalConfig(protocol="dsa"), EvalConfig(protocol="dsa", dsa=DsaOptions(dsa_strategy="none"))
+    assert evaluation_key("s", none, "convnet", "t", True)["resolved"] == {"mirror_invariant": True, "dsa_epochs": 300}
+    assert evaluation_key("s", plain, "convnet", "t", True)["resolved"]["dsa_epochs"] == 1000
+    assert evaluation_key("s", plain, "convnet", "t", True) != evaluation_key("s", plain, "convnet", "t", False)
+
+
 def test_networks_trained_together_are_kept_all_or_none(set_file, tmp_path, monkeypatch):
     """Stacked networks finish together: an architecture interrupted mid-way is trained again whole; one
     that finished is read back whole, as stacked."""

@@ -41,12 +41,23 @@ def set_digest(images: torch.Tensor, labels: torch.Tensor, preprocessing: dict[s
     return digest.hexdigest()
 
 
-def evaluation_key(set_id: str, config: EvalConfig, arch: str, split_id: str) -> dict:
-    """What decides an evaluation's numbers on this machine, as plain JSON: the set's content, the settings,
-    the architecture, the split's data, and the hardware and libraries too, as a cache folder may be shared
-    between machines."""
+def evaluation_key(set_id: str, config: EvalConfig, arch: str, split_id: str, mirror_invariant: bool) -> dict:
+    """What decides an evaluation's numbers on this machine, as plain JSON: the set's content, the settings and
+    what they resolve to (a default, such as the dsa protocol's epochs, may change between versions of one
+    number; the set's `mirror_invariant`, whether its networks see flips), the architecture, the split's data,
+    and the hardware and libraries too, as a cache folder may be shared between machines."""
+    from .protocols.dsa import epochs_of
+
     machine = machine_key(resolve_device(config.device))
-    return {"set": set_id, "settings": to_dict(config), "arch": arch, "split": split_id, **machine}
+    resolved = {"mirror_invariant": mirror_invariant, "dsa_epochs": epochs_of(config.dsa)}
+    return {
+        "set": set_id,
+        "settings": to_dict(config),
+        "resolved": resolved,
+        "arch": arch,
+        "split": split_id,
+        **machine,
+    }
 
 
 class FinishedNetworks:
