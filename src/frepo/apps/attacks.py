@@ -37,10 +37,12 @@ def roc_metrics(is_member: np.ndarray, score: np.ndarray) -> dict[str, float]:
     """AUC (with its standard error, `auc_standard_error`) and TPR at 1% / 0.1% FPR of `score` (higher: more
     likely a member) against the truth.
 
-    TPR at FPR x is the largest true-positive rate of any threshold whose false-positive rate is at most x
-    (sklearn's ROC points, every one of them: its default drops the points on a straight stretch of the curve,
-    which ties of members and non-members make, and a real operating point with them; 0 when no threshold
-    gets there)."""
+    TPR at FPR x is the largest true-positive rate of any threshold whose false-positive rate is below x, as
+    LiRA's code reads it (sklearn's ROC points, every one of them: its default drops the points on a straight
+    stretch of the curve, which ties of members and non-members make, and a real operating point with them; 0
+    when no threshold gets there). Below, not at most: with n non-members, "at most x" lets x·n of them pass,
+    so where members and non-members are alike the rate averages (x·n + 1)/(n + 1), twice x at 0.1% of 1 000
+    non-members; "below" averages x·n/(n + 1) (x where x·n is whole; else the resolution, 1/(n + 1))."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     is_member = np.asarray(is_member).astype(bool)
@@ -48,7 +50,7 @@ def roc_metrics(is_member: np.ndarray, score: np.ndarray) -> dict[str, float]:
     auc = float(roc_auc_score(is_member, score))
     out = {"auc": auc, "auc_se": auc_standard_error(auc, int(is_member.sum()), int((~is_member).sum()))}
     for name, x in LOW_FPRS.items():
-        ok = fpr <= x + 1e-12
+        ok = fpr < x - 1e-12
         out[name] = float(tpr[ok].max()) if ok.any() else 0.0
     return out
 
