@@ -181,7 +181,8 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
     assert straight["distilled"]["checksum"] == learned.meta["checksum"]
     rows = straight["rows"]
     assert [(r["arm"], r["steps"]) for r in rows] == [(arm, steps) for steps in (5, 20) for arm in privacy_app.ARMS]
-    attacks = (*privacy_app.ATTACKS, "threshold_start")  # and the loss threshold on the starting members alone
+    attacks = (*privacy_app.ATTACKS, "threshold_others", "threshold_start")  # the loss threshold on the starting
+    # members alone, and on the others
     assert straight["members"]["start"] == straight["members"]["start_attacked"] == 20
     for row in rows:
         assert 0 <= row["test_accuracy"] <= 100 and list(row["attacks"]) == list(attacks)
@@ -190,11 +191,13 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
             assert set(metrics) == names | {f"{m}_std" for m in names}
             assert all(metrics[f"{m}_std"] == 0.0 for m in names)  # one victim
             assert 0.01 < metrics["auc_se"] < 0.1  # 300 members against 300 non-members (20 for threshold_start)
+        start, others, every = (row["attacks"][a]["auc"] for a in ("threshold_start", "threshold_others", "threshold"))
+        assert every == pytest.approx((20 * start + 280 * others) / 300)  # the members split in two
     assert straight["members"]["indices"] == [300, 600] and straight["nonmembers"]["count"] == 300
     assert straight["members"]["attacked"] == 300 and straight["control"] == {"split": "train", "count": 300}
     # The arms compared, from each victim's kept losses: with one victim a difference is of the rows' AUCs.
     compared = straight["comparisons"]
-    assert len(compared) == 2 * len(privacy_app.COMPARISONS) * 2  # step counts × pairs × the two thresholds
+    assert len(compared) == 2 * len(privacy_app.COMPARISONS) * 3  # step counts × pairs × the three thresholds
     auc = {(r["arm"], r["steps"], a): m["auc"] for r in rows for a, m in r["attacks"].items()}
     for c in compared:
         expected = auc[c["arm"], c["steps"], c["attack"]] - auc[c["against"], c["steps"], c["attack"]]
@@ -699,12 +702,14 @@ def test_a_victim_scored_by_an_older_frepo_is_trained_and_scored_again(tmp_path,
         frepo.privacy(out=tmp_path / "p", **settings)
     assert trained == [1] and "victims scored by an older frepo" in caplog.text
     assert json.loads(record.read_text())["scoring"] == privacy_app.SCORING
-    # A record of today's scoring written before the field (every attack with its auc_se) is kept.
-    now = json.loads(record.read_text())
-    del now["scoring"]
-    record.write_text(json.dumps(now))
+    # A record of scoring 2 (TPR at FPR up to x, no threshold_others) is done again too; today's is kept.
     frepo.privacy(out=tmp_path / "p", **settings)
     assert trained == [1]
+    two = json.loads(record.read_text())
+    two["scoring"] = 2
+    record.write_text(json.dumps(two))
+    frepo.privacy(out=tmp_path / "p", **settings)
+    assert trained == [1, 1]
 
 
 def test_a_comparison_without_its_victims_losses_is_left_out_and_said(tmp_path, monkeypatch, caplog):
@@ -714,6 +719,7 @@ def test_a_comparison_without_its_victims_losses_is_left_out_and_said(tmp_path, 
     first = frepo.privacy(out=tmp_path / "p", **settings)
     assert [(c["arm"], c["against"], c["attack"]) for c in first["comparisons"]] == [
         ("real", "control", "threshold"),
+        ("real", "control", "threshold_others"),
         ("real", "control", "threshold_start"),
     ]
     # kept: the same command reads them back, not bootstrapping again (minutes at the paper's size)

@@ -15,7 +15,9 @@ on the distillation's starting images: the ipc members per class it was initiali
 labels (what the released mia.py's distilled arm trained on, `x_proto` from `init_proto`); against it the
 distilled arm shows what distilling adds or removes, at the same size. Each arm's loss threshold is also
 scored on those starting members alone (`threshold_start`): they are a small share of the members, so a leak
-of them barely moves the AUC over all members.
+of them barely moves the AUC over all members; and on the other members (`threshold_others`), which the start
+arm's victims never saw: on those, the start arm is the distilled arm's floor at its own size (a victim of 100
+images scores train against test images otherwise than one of 2 000, the control).
 A last arm, **control**, separates distribution shift from leakage: a victim trained like the
 real arm on as many other training images (neither members nor non-members) and attacked on the same
 members and non-members. It saw neither, so what its attacks find is the shift between the members' and
@@ -72,7 +74,8 @@ log = logging.getLogger(__name__)
 ARMS = ("distilled", "start", "real", "control")
 # How a victim record's numbers were made; a record of another is trained and scored again. 2 (2026-12-07):
 # LiRA scored by z, TPR on every ROC point, AUC's standard error, the start arm's labels scaled by 1/sqrt(C/10).
-SCORING = 2
+# 3 (2026-12-07): TPR at FPR below x (LiRA's reading, not at most x), the loss threshold on the other members.
+SCORING = 3
 
 
 def _save_npy(path: Path, values: np.ndarray) -> None:
@@ -86,16 +89,8 @@ def _losses_name(arm: str, steps: int, model: int) -> str:
 
 
 def _scored_as_now(record: dict) -> bool:
-    """Whether a victim record was scored as today's are: `scoring` SCORING, or (written before that field, by
-    the frepo that brought it) every attack with its `auc_se`, which came after the other changes of 2."""
-    if "scoring" in record:
-        return record["scoring"] == SCORING
-    attacks = record.get("attacks")
-    return (
-        isinstance(attacks, dict)
-        and bool(attacks)
-        and all(isinstance(a, dict) and "auc_se" in a for a in attacks.values())
-    )
+    """Whether a victim record was scored as today's are (`scoring` SCORING; one without the field is older)."""
+    return record.get("scoring") == SCORING
 
 
 NONMEMBER_SPLITS = ("test", "train")
@@ -399,8 +394,8 @@ class Privacy(Experiment):
             if not self._said_scoring:
                 log.warning(
                     f"frepo: {self.out / 'victims'} holds victims scored by an older frepo (before scoring "
-                    f"{SCORING}: LiRA as Φ(z), TPR on sklearn's reduced ROC, the start arm's labels unscaled); "
-                    "they are trained and scored again"
+                    f"{SCORING}: TPR at FPR up to x, not below it; no threshold_others; before 2 also LiRA as Φ(z), "
+                    "TPR on sklearn's reduced ROC, the start arm's labels unscaled); they are trained and scored again"
                 )
                 self._said_scoring = True
             if arm == "start" and self.raw.num_classes != 10 and (arm, steps) not in self._stale_shadows:
@@ -427,10 +422,13 @@ class Privacy(Experiment):
             self.config.attacks,
         )
         starting = np.isin(self.attacked_member_idx, self.start_idx)
-        if starting.any():  # the loss threshold on the starting members alone against every non-member
-            loss = np.concatenate([members["loss"][starting], nonmembers["loss"]])
-            truth = np.concatenate([np.ones(int(starting.sum())), np.zeros(len(nonmembers["loss"]))])
-            attacks["threshold_start"] = roc_metrics(truth, -loss)
+        # the loss threshold on the starting members alone, and on the others, each against every non-member
+        chosen_sets = {"threshold_start": starting, "threshold_others": ~starting} if starting.any() else {}
+        for attack, chosen in chosen_sets.items():
+            if chosen.any():
+                loss = np.concatenate([members["loss"][chosen], nonmembers["loss"]])
+                truth = np.concatenate([np.ones(int(chosen.sum())), np.zeros(len(nonmembers["loss"]))])
+                attacks[attack] = roc_metrics(truth, -loss)
         if self.config.lira_shadows:
             attacks["lira"] = self._lira(arm, ds, steps, members, nonmembers)
         log.info(
@@ -487,7 +485,8 @@ class Privacy(Experiment):
 
     def _comparisons(self) -> list[dict]:
         """Each pair of COMPARISONS at each step count, on the loss threshold over every member
-        (`threshold`) and over the starting members alone (`threshold_start`), against every non-member:
+        (`threshold`), over the starting members alone (`threshold_start`) and over the others
+        (`threshold_others`), against every non-member:
         the AUC difference of the victims' means, and its 95% interval (`resampled_mean_aucs`). Kept in
         comparisons/<steps>-<attack>.json under a digest of the victims' losses: computed again only when
         they change (more victims, an arm added), not on every run (minutes at the paper's size)."""
@@ -497,6 +496,7 @@ class Privacy(Experiment):
         examples = {  # attack -> the examples it scores (of the members, then the non-members, as saved)
             "threshold": np.ones(members + len(self.nonmember_idx), bool),
             "threshold_start": np.r_[starting, np.ones(len(self.nonmember_idx), bool)],
+            "threshold_others": np.r_[~starting, np.ones(len(self.nonmember_idx), bool)],
         }
         truth = np.r_[np.ones(members, bool), np.zeros(len(self.nonmember_idx), bool)]
         arms = cfg.arm_list()
@@ -508,7 +508,11 @@ class Privacy(Experiment):
             missing += [f"{arm}/{other} at {steps} steps" for arm, other in lost]
             scored_arms = sorted({a for pair in pairs if pair not in lost for a in pair})
             for attack, scored in examples.items():
-                if not scored_arms or (attack == "threshold_start" and not starting.any()):
+                if (
+                    not scored_arms
+                    or not scored[: len(starting)].any()
+                    or (attack != "threshold" and not starting.any())
+                ):
                     continue
                 kept = {arm: loss for arm, loss in losses.items() if loss is not None}
                 scores = {arm: -kept[arm][:, scored] for arm in scored_arms}  # lower loss: member
