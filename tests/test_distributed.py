@@ -243,6 +243,15 @@ def test_a_rank_that_cannot_see_the_checkpoint_stops_every_rank(tmp_path):
     assert proc.stderr.count("error:") == 1 and f"finds none at {own / 'checkpoint.pt'}" in proc.stderr
     assert "[rank0]" not in proc.stderr and "[rank1]" not in proc.stderr, proc.stderr[-3000:]  # their tracebacks
 
+    # A damaged copy on one node: that rank cannot read it, and every rank stops (rank 0 waited in the next
+    # collective, then failed with a broken connection's traceback).
+    own.mkdir()
+    (own / "checkpoint.pt").write_bytes(b"damaged")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode != 0
+    assert proc.stderr.count("frepo (rank 1): error: ") == 1 and proc.stderr.count("error:") == 1, proc.stderr[-3000:]
+    assert "[rank0]" not in proc.stderr and "[rank1]" not in proc.stderr, proc.stderr[-3000:]
+
 
 def test_ranks_at_different_steps_are_refused():
     """A copy of --out on each node, taken at different times: the ranks loaded different steps."""

@@ -230,9 +230,14 @@ class Distiller:
         self._test_fingerprint = raw.test_fingerprint()
         self._train_digest = self.data.train_digest()
         self._environment = environment(self.device)
-        state = self.run_dir.load_checkpoint() if resuming else None
-        if state is not None:
-            self._load(state)
+        state, refusal = None, None
+        try:  # every rank reads its own view of the checkpoint: one it cannot read (a damaged copy) stops them all
+            state = self.run_dir.load_checkpoint() if resuming else None
+            if state is not None:
+                self._load(state)
+        except FrepoError as exc:
+            refusal = exc
+        self.ctx.agree(refusal)
         return state
 
     def _actions(self, saved: dict | None, fresh_watches: bool = False) -> list[Action]:
