@@ -87,3 +87,27 @@ def test_geometric_ops_are_seeded_and_bounded():
 def test_no_flip_for_flip_sensitive_datasets():
     assert "flip" not in reference_ops(False)
     assert reference_ops(True) == ("flip", "color", "crop", "rotate", "translate", "cutout")
+
+
+def test_geometric_ops_draw_the_reference_s_ranges():
+    """On a ramp image (each pixel's value its centred x coordinate; in y for the second channel), each op's
+    drawn parameter reads off the centre: translate shifts by at most size/8, crop zooms by 0.8..1.25, rotate
+    turns by at most 15 degrees; and each range is used to its end (a narrower one passes a bound alone)."""
+    n, size = 400, 32
+    centred = torch.arange(size, dtype=torch.float32) + 0.5 - size / 2
+    ramp = torch.stack([centred.view(1, -1).expand(size, size), centred.view(-1, 1).expand(size, size)])
+    x = ramp.expand(n, 2, size, size).contiguous()
+    mid = size // 2
+
+    def gradient(out: torch.Tensor, channel: int) -> tuple[torch.Tensor, torch.Tensor]:  # d/dx, d/dy at the centre
+        c = out[:, channel]
+        return c[:, mid, mid] - c[:, mid, mid - 1], c[:, mid, mid] - c[:, mid - 1, mid]
+
+    shift = (augment.translate(x, torch.Generator().manual_seed(0)) - x)[:, 0, mid, mid].abs()
+    assert shift.max() <= size / 8 + 1e-4 and shift.max() > 0.95 * size / 8
+    scale, _ = gradient(augment.crop(x, torch.Generator().manual_seed(1)), 0)  # 1 / zoom
+    assert scale.min() >= 0.8 - 1e-4 and scale.max() <= 1.25 + 1e-4
+    assert scale.min() < 0.82 and scale.max() > 1.22
+    cos, minus_sin = gradient(augment.rotate(x, torch.Generator().manual_seed(2)), 0)
+    degrees = torch.rad2deg(torch.atan2(-minus_sin, cos)).abs()
+    assert degrees.max() <= 15 + 1e-3 and degrees.max() > 14
