@@ -29,9 +29,10 @@ def _problem(n=12, classes=3, side=16, seed=0):
     return images, targets
 
 
-def test_stacked_training_follows_each_sequential_network():
+@pytest.mark.parametrize("arch", ["conv", "conv_in"])  # conv_in: GroupNorm, stacked under vmap too
+def test_stacked_training_follows_each_sequential_network(arch):
     images, targets = _problem()
-    training = ReferenceTraining(num_classes=3, steps=24, ops=reference_ops(True), device=CPU, width=8, batch_size=8)
+    training = ReferenceTraining(3, 24, reference_ops(True), CPU, arch=arch, width=8, batch_size=8)
     streams = [f"eval/model{i}" for i in range(3)]
     stacked = train_reference_models(images, targets, training, [generator(7, s) for s in streams])
     start = train_reference_models(images, targets, replace(training, steps=0), [generator(7, s) for s in streams])
