@@ -323,8 +323,10 @@ def _warn_of_seen_holdout(ds: DistilledSet, raw: RawDataset, held_out: np.ndarra
     made_from, _ = Holdout.of_set(ds.meta, len(raw.y_train)).split(raw.y_train)  # another tool's: all of them
     seen = int(np.intersect1d(held_out, made_from).size)
     if seen:
+        recorded = Holdout.record(ds.meta) is not None or "val_size" in ds.meta
+        made = "was made from" if recorded else "records no hold-out, so may have been made from any of the"
         warn(
-            f"--init {path} was made from training images this run holds out for validation ({seen} of its "
+            f"--init {path} {made} training images this run holds out for validation ({seen} of its "
             f"{len(held_out)}): its validation accuracy, and best.safetensors, may be biased upward. Start from a "
             "set made with this run's hold-out (the same --val-size, classes and chunk) for an unbiased one"
         )
