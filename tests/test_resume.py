@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ from conftest import ctrl_c_after_steps
 
 from frepo import presets
 from frepo.base.errors import Interrupted
-from frepo.io.artifact import load_distilled
+from frepo.io.artifact import load_distilled, save_distilled
 from frepo.jobs.distill import distill
 
 OVERRIDES = dict(
@@ -117,6 +118,40 @@ def test_ctrl_c_while_the_end_writes_the_best_set_validates_again(tmp_path, monk
     distill(_config(), out, progress=False)
     _assert_same_run(straight.out, out)
     assert load_distilled(out / "best.safetensors").meta["step"] == 8
+
+
+def test_a_best_set_of_steps_the_resume_repeats_is_not_kept(tmp_path, uninterrupted, caplog):
+    """Validation every 3 steps, checkpoints every 4: a validation at step 6 wrote best.safetensors, a kill at
+    step 7 resumed from step 4. The file held a set of no step the run's history keeps, under the best step the
+    checkpoint recorded; a replay on other hardware need not write it again."""
+    import shutil
+
+    from frepo.jobs.distill import Distiller
+
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted, out)
+    best = load_distilled(out / "best.safetensors")
+    save_distilled(dataclasses.replace(best, meta={**best.meta, "step": 7}), out / "best.safetensors")
+    with caplog.at_level("WARNING", logger="frepo"):
+        resumed = Distiller(_config(), out)
+    resumed.run_dir.release()
+    assert "holds the set of step 7, not the best the checkpoint (step 8) records" in caplog.text
+    assert not (out / "best.safetensors").exists() and resumed.validation.best == {"val_acc": None, "step": None}
+
+
+def test_a_finished_run_whose_end_runs_again_validates_its_last_step_once(tmp_path, monkeypatch):
+    """The end validates unless the last step was validated; it asked only whether that step was the best. A
+    finished run whose final file is written again (deleted, or replaced) ran the end again: a second line of
+    the step's accuracy, counted twice by the chance watch."""
+    import frepo.jobs.actions as actions
+
+    monkeypatch.setattr(actions.Validation, "accuracy", lambda self, now, progress=False: 100.0 - now.step)
+    out = tmp_path / "run"
+    distill(_config(), out, progress=False)  # validations at 4 (the best) and 8
+    (out / "distilled.safetensors").unlink()
+    distill(_config(), out, progress=False)
+    assert (out / "distilled.safetensors").is_file()
+    assert [r["step"] for r in _metrics(out) if "val_acc" in r] == [4, 8]
 
 
 def test_killed_process_resumes_with_the_same_command(tmp_path, uninterrupted):

@@ -310,18 +310,25 @@ def has_frepo_metadata(path: Path) -> bool:
         return True
 
 
-def set_kind(path: Path) -> str | None:
-    """The `kind` a frepo set file records (`distilled`, `subset-random`, ...), or None: no such file, not a
-    frepo set, damaged, or a set that records none."""
+def recorded_meta(path: Path) -> dict | None:
+    """What a frepo set file records of itself (its header's meta, without reading its tensors), or None: no such
+    file, not a frepo set, or damaged."""
     from safetensors import safe_open
 
     if not (path.is_file() and safetensors_content(path)):
         return None
     try:
         with safe_open(str(path), framework="pt") as fh:
-            kind = json.loads((fh.metadata() or {}).get("frepo", "null") or "null").get("kind")
+            meta = json.loads((fh.metadata() or {}).get("frepo", "null") or "null")
     except Exception:  # damaged, or a header that is no frepo header
         return None
+    return meta if isinstance(meta, dict) else None
+
+
+def set_kind(path: Path) -> str | None:
+    """The `kind` a frepo set file records (`distilled`, `subset-random`, ...), or None: no such file, not a
+    frepo set, damaged, or a set that records none."""
+    kind = (recorded_meta(path) or {}).get("kind")
     return kind if isinstance(kind, str) else None
 
 

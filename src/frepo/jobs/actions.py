@@ -22,7 +22,7 @@ from ..base.perf import peak_rss_bytes
 from ..data.stream import StreamingImages
 from ..eval import EvalConfig, evaluate_set, reference_steps
 from ..eval.results import count_of
-from ..io.artifact import DistilledSet, save_distilled
+from ..io.artifact import DistilledSet, recorded_meta, save_distilled
 from .monitor import Monitor
 
 log = logging.getLogger(__name__)
@@ -279,13 +279,16 @@ class Validation(Action):
         self.data: HoldOut | None = None  # (images, labels) of the hold-out, loaded on first use
         self.best: dict = {"val_acc": None, "step": None}
         self.last: float | None = None
+        self.validated_at: int | None = None  # the step of the last validation recorded (checkpointed)
         self.progress = False  # the end's validation shows a bar when the run does
 
     def due(self, step: int) -> bool:
         return bool(self.plan.every) and step % self.plan.every == 0 and step < self.plan.total
 
     def at_end(self, step: int) -> bool:
-        return self.best["step"] != step
+        # Not again where the last step was validated, best or not: a finished run whose final file is written
+        # again runs the end again, and a second line of the step's accuracy counted twice in ChanceWatch.
+        return self.best["step"] != step and self.validated_at != step
 
     def accuracy(self, now: Moment, progress: bool = False) -> float:
         if self.data is None:
@@ -310,6 +313,7 @@ class Validation(Action):
             # checkpointed) resumes without a best step whose file it lacks, and validates again.
             self.best = {"val_acc": acc, "step": now.step}
         self.monitor.record({"step": now.step, "val_acc": acc, "eval_models": self.plan.models, "eval_steps": steps})
+        self.validated_at = now.step
         log.info(f"step {now.step}: validation accuracy {acc:.2f}%")
 
     def state_dict(self) -> dict:
@@ -317,6 +321,25 @@ class Validation(Action):
 
     def load_state_dict(self, state: dict) -> None:
         self.best = dict(state)
+
+    def forget_a_best_of_lost_steps(self, resumed_at: int) -> None:
+        """After a resume: best.safetensors must be the set of the best step the checkpoint records. A validation
+        after that checkpoint, in the steps the resume threw away, may have replaced it; that set is in no
+        history the run will have (a replay on other hardware need not find it again), and the file of the
+        recorded best step is gone. Both are dropped: the next validation chooses afresh. Where the replay is
+        the same, it chooses that step again, as the uninterrupted run did."""
+        if not self.best_path.is_file():
+            return
+        step = (recorded_meta(self.best_path) or {}).get("step")
+        if step == self.best["step"]:
+            return
+        log.warning(
+            f"frepo: {self.best_path} holds the set of step {step}, not the best the checkpoint (step {resumed_at}) "
+            f"records ({self.best['step']}): a validation of steps this resume repeats wrote it; removed, the next "
+            "validation chooses the best set again"
+        )
+        self.best_path.unlink()
+        self.best = {"val_acc": None, "step": None}
 
 
 class Checkpoint(Action):

@@ -265,7 +265,9 @@ class Distiller:
             load_watch_state(self.loss_watch, self.chance_watch, None if fresh_watches else saved.get("watch"))
             if self.validation:
                 self.validation.load_state_dict(saved["best"])
+                self.validation.forget_a_best_of_lost_steps(self.step)
                 self.validation.last = saved.get("last_val_acc")
+                self.validation.validated_at = saved.get("last_val_step")  # None in older checkpoints
         return actions
 
     def _facts(self, step: int) -> dict:
@@ -331,6 +333,7 @@ class Distiller:
             **self.trainer.state_dict(),
             "best": validation.state_dict() if validation else {"val_acc": None, "step": None},
             "last_val_acc": validation.last if validation else None,
+            "last_val_step": validation.validated_at if validation else None,
             "watch": watch_state(self.loss_watch, self.chance_watch),
             "elapsed": self.elapsed,
             "train_digest": self._train_digest,
