@@ -218,12 +218,13 @@ part_long() {  # MNIST IPC 10, LONG_STEPS steps, then 5 evaluation networks
   # checkpoints and resumes with the same command.
   # shellcheck disable=SC2086
   limited 300 "${FREPO[@]}" distill --dataset mnist --ipc 10 --device cuda --steps "$LONG_STEPS" \
-    --no-download --out runs/gpu-long ${STEP_FLAGS:-} 2>&1 | quiet "distill:" || return 1
+    --no-download --out runs/gpu-long ${STEP_FLAGS:-} 2>&1 | quiet "distill:"
+  local rc=$?
+  # the run's metrics come back even when the time limit cut it (the machine and runs/ go with the session)
+  cp runs/gpu-long/metrics.jsonl "$RESULTS/long-metrics.jsonl" 2>/dev/null
+  [ $rc -eq 0 ] || return $rc
   limited 150 "${FREPO[@]}" evaluate runs/gpu-long/distilled.safetensors --models 5 --device cuda \
     --json "$RESULTS/long-mnist-ipc10.json" 2>&1 | quiet "evaluate ("
-  local rc=$?
-  cp runs/gpu-long/metrics.jsonl "$RESULTS/long-metrics.jsonl" 2>/dev/null
-  return $rc
 }
 
 echo "=== machine ($(date +%T)), parts: $PARTS, session limit: ${SESSION_LIMIT}s"

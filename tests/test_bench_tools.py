@@ -75,3 +75,35 @@ def test_the_gpu_s_busy_time_counts_each_kernel_once():
     assert sum(e.self_device_time_total for e in averages) == 7 + 7 + 9  # the kernel twice, and the scope's range
     assert [e.key for e in bench_step.device_rows(averages)] == ["gemm_kernel"]
     assert sum(e.self_device_time_total for e in bench_step.device_rows(averages)) == 7
+
+
+def test_the_gpu_session_script_parses_and_passes_only_flags_that_exist():
+    """benchmarks/gpu_session.sh runs only on a lent GPU, in minutes that cannot be spent on a typo: its syntax,
+    and every flag it passes to a benchmark script (in that script's argparse) or to `frepo` (its parser)."""
+    import argparse
+    import re
+    import subprocess
+
+    from frepo.cli.parser import build_parser
+
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_session.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    lines = script.read_text().replace("\\\n", " ").splitlines()  # continuation lines joined
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    checked = 0
+    for line in lines:
+        bench = re.search(r"benchmarks/(\w+)\.py(.*)", line)
+        command = re.search(r'"\$\{FREPO\[@\]\}" (\w+)(.*)', line)
+        if bench:
+            source = (script.parent / f"{bench[1]}.py").read_text()
+            known = set(re.findall(r'"(--[a-z][a-z0-9-]*)"', source))
+            rest = bench[2]
+        elif command:
+            known = {s for a in sub.choices[command[1]]._actions for s in a.option_strings}
+            rest = command[2]
+        else:
+            continue
+        for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", rest.split("2>&1")[0].split("|")[0]):
+            assert flag in known, (line.strip(), flag)
+            checked += 1
+    assert checked > 40
