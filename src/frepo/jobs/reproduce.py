@@ -75,8 +75,8 @@ BUDGETS = {
         5,
         None,
         True,
-        "the paper's settings: 500k outer steps, real batch 1024; evaluation with 5 models and the "
-        "reference step table",
+        "the paper's settings: 500k outer steps (ImageNet: 2M), real batch 1024; evaluation with 5 models and "
+        "the reference step table",
     ),
     "cpu-small": Budget(
         "cpu-small",
@@ -84,7 +84,7 @@ BUDGETS = {
         3,
         1000,
         False,
-        "the `*-cpu` presets: a few hundred outer steps at real batch 256; evaluation with 3 models of "
+        "the `*-cpu` presets: 100 to 1000 outer steps at real batch 256; evaluation with 3 models of "
         "1000 steps each (the reference schedule: 500 warm-up steps, then cosine decay). Far below the "
         "paper's budget: expect lower numbers",
     ),
