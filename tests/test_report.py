@@ -264,6 +264,7 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     assert f"Command: `{summary['command']}`" in text
     (row,) = summary["rows"]
     assert row["status"] == "done" and row["steps"] == 2 and len(row["measured"]) == 2 and row["published"] == [80, 1]
+    assert row["ran_on"] == "cpu" and " (cpu) | done |" in text  # where its run ran, from the run's own record
     from PIL import Image
 
     assert Image.open(out.with_suffix(".png")).size[0] > 100
@@ -280,14 +281,14 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
 
     monkeypatch.setattr(importlib.import_module("frepo.jobs.evaluate"), "evaluate", no_evaluation)
     again = reproduce.reproduce(1, "tiny", **kwargs)
-    assert f"| {saved['mean']:.2f} | done |" in again
+    assert f"| {saved['mean']:.2f} (cpu) | done |" in again
     assert out.read_text() == again + "\n" + notes  # the table rewritten, the notes kept
     # A finished, evaluated run whose checkpoint was pruned is read, not distilled again (which distill refuses).
     pruned = tmp_path / "pruned"
     shutil.copytree(tmp_path / "runs", pruned)
     (pruned / "digits-ipc1-tiny" / "checkpoint.pt").unlink()
     text = reproduce.reproduce(1, "tiny", **{**kwargs, "runs_dir": pruned, "out": tmp_path / "pruned" / "t.md"})
-    assert f"| {saved['mean']:.2f} | done |" in text
+    assert f"| {saved['mean']:.2f} (cpu) | done |" in text
 
     # A table cut short keeps the rows finished before the cut in its file.
     monkeypatch.setattr(reproduce, "TABLES", {1: (("digits", "Digits", {1: (80.0, 1.0), 10: (90.0, 1.0)}, True),)})
@@ -302,7 +303,7 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     monkeypatch.setattr(reproduce, "run_row", cut_at_the_second_row)
     with pytest.raises(KeyboardInterrupt):
         reproduce.reproduce(1, "tiny", **kwargs)
-    assert f"| {saved['mean']:.2f} | done |" in out.read_text()
+    assert f"| {saved['mean']:.2f} (cpu) | done |" in out.read_text()
     monkeypatch.setattr(reproduce, "run_row", original_run_row)
 
     # Ctrl-C inside a row's distillation (its run checkpoints, then raises Interrupted, a KeyboardInterrupt) stops the
@@ -336,7 +337,7 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     # --finished-only reports what has finished and runs nothing for the rest.
     monkeypatch.setattr(importlib.import_module("frepo.jobs.distill"), "distill", no_evaluation)
     reported = reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)
-    assert f"| {saved['mean']:.2f} | done |" in reported
+    assert f"| {saved['mean']:.2f} (cpu) | done |" in reported
     # ... at this budget only: an evaluation of other training steps, or a run of other distillation steps,
     # was reported under the budget's cell (what ran was not what the row said).
     record = tmp_path / "runs" / "digits-ipc1-tiny" / "eval-reproduce-tiny.json"
@@ -355,7 +356,7 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     with pytest.raises(FrepoError, match=lost):
         reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)
     monkeypatch.setitem(presets.PRESETS, "digits-ipc1-tiny", settings)
-    assert f"| {saved['mean']:.2f} | done |" in reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)
+    assert f"| {saved['mean']:.2f} (cpu) | done |" in reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)
     kwargs["runs_dir"] = fresh["runs_dir"] = tmp_path / "elsewhere"
     with pytest.raises(FrepoError, match=lost):
         reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)
@@ -401,7 +402,8 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
     # (no GPU, no data) or was still to come replaced it with "failed" or "not run".
     failed_row = next(line for line in out.read_text().splitlines() if line.startswith("| Digits | 1 |"))
     assert (
-        f"| {saved['mean']:.2f} | failed: the disk is on fire; shown: the measurement of the table this" in failed_row
+        f"| {saved['mean']:.2f} (cpu) | failed: the disk is on fire; shown: the measurement of the table this"
+        in failed_row
     )
     assert json.loads(out.with_suffix(".json").read_text())["rows"][0]["measured"][0] == saved["mean"]
     assert f"run {tmp_path / 'runs' / 'digits-ipc1-tiny'})" in failed_row

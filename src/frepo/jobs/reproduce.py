@@ -114,6 +114,20 @@ class Row:
     status: str = "planned"
     measured: tuple[float, ...] | None = None  # (mean, std), as `published`
     run_dir: str | None = None
+    ran_on: str | None = None  # where its run ran, as the run records it ("cuda: NVIDIA H100 ..."; "cpu")
+
+
+def ran_on(run_dir: str | None) -> str | None:
+    """Where the run at `run_dir` ran, from its config.json's environment (None: no record). A table written by
+    --finished-only on another machine described only the machine that wrote it."""
+    if run_dir is None:
+        return None
+    from .runs import ENVIRONMENT, RunDir
+
+    env = RunDir(run_dir).settings().get(ENVIRONMENT)
+    if not isinstance(env, dict) or not env.get("device"):
+        return None
+    return f"{env['device']}: {env['gpu']}" if env.get("gpu") else str(env["device"])
 
 
 def data_source(name: str, data_dir: str | Path | None, download: bool) -> tuple[bool, str]:
@@ -305,8 +319,9 @@ def render(
         "",
         f"Budget **{budget.name}**: {budget.description}.",
         "",
-        f"{'Plan (dry run)' if dry_run else 'Measured'} with frepo {__version__}, torch {torch.__version__}, "
-        f"device {device}, {platform.machine()}, {time.strftime('%Y-%m-%d')}. "
+        f"{'Plan (dry run)' if dry_run else 'Written'} with frepo {__version__}, torch {torch.__version__}, "
+        f"device {device}, {platform.machine()}, {time.strftime('%Y-%m-%d')}; each measurement names the device "
+        "its run recorded. "
         f"Command: `{command or command_line(table, budget)}`.",
         "",
         "| dataset | IPC | preset | distillation (steps × batch) | evaluation | published (%) | measured (%) "
@@ -316,6 +331,7 @@ def render(
     for r in rows:
         published = f"{r.published[0]:.1f} ± {r.published[1]:.1f}" + ("" if r.checked else "*")
         measured = mean_std(r.measured[0], r.measured[1], budget.eval_models) if r.measured else "–"
+        measured += f" ({r.ran_on})" if r.measured and r.ran_on else ""
         budget_cell = f"{r.steps} × {r.batch_size}" if r.steps else "–"
         lines.append(
             f"| {r.label} | {r.ipc} | {r.preset or '–'} | {budget_cell} | {evaluation if r.preset else '–'} | "
@@ -390,6 +406,8 @@ def reproduce(
 
     def write() -> str:
         shown = sorted(rows + others, key=lambda r: (order(table, r.dataset), r.ipc))
+        for row in shown:
+            row.ran_on = (ran_on(row.run_dir) or row.ran_on) if row.measured else None
         text = render(shown, table, spec, dry_run=dry_run, device=device, command=command)
         if not dry_run and out:  # the JSON first: a table without it is refused by the next call (check_rewrite)
             atomic_write_json(Path(out).with_suffix(".json"), summary(shown, table, spec, device, command))
@@ -457,10 +475,12 @@ JSON_KEYS = {
     "budget": "the budget: name, preset_suffix, eval_models, eval_steps (null: the reference step table), "
     "needs_gpu, description",
     "command": "the command that wrote it, every setting away from its default named (--runs-dir, --data-dir...)",
-    "environment": "frepo and torch versions, device, machine, date",
+    "environment": "frepo and torch versions, device (as asked), machine, date: of the process that wrote the table; "
+    "each row's ran_on says where its run ran",
     "rows": "one per dataset and IPC: dataset, label, ipc, published [mean, std], checked (the published value "
     "confirmed by a later paper that copies FRePo's table), preset, steps and batch_size of its distillation, "
-    "status, measured [mean, std] or null, run_dir",
+    "status, measured [mean, std] or null, run_dir, ran_on (where its run ran, as its config.json records: "
+    '"cpu", "cuda: <GPU>"; null: no record)',
 }
 
 
