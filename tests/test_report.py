@@ -243,6 +243,21 @@ def test_reproduce_plan_lists_every_row_with_its_reason(tmp_path, monkeypatch):
     assert [r.status for r in found if r.preset] == [f"planned (data: {tmp_path / 'npz' / 'mnist.npz'})"] * 2
 
 
+def test_a_row_whose_folder_holds_something_else_is_told_about_runs_dir_not_out(tmp_path, monkeypatch):
+    """distill's refusals advise "use another --out"; reproduce has none (a row's folder is under --runs-dir)."""
+    monkeypatch.setattr(reproduce, "TABLES", {1: (("digits", "Digits", {1: (80.0, 1.0)}, True),)})
+    monkeypatch.setitem(reproduce.BUDGETS, "tiny", reproduce.Budget("tiny", "-tiny", 1, 3, False, "a test budget"))
+    monkeypatch.setitem(
+        presets.PRESETS, "digits-ipc1-tiny", {"dataset": "digits", "ipc": 1, "steps": 2, "batch_size": 32}
+    )
+    row = tmp_path / "runs" / "digits-ipc1-tiny"
+    row.mkdir(parents=True)
+    (row / "config.json").write_text("{damaged")
+    text = reproduce.reproduce(1, "tiny", out=tmp_path / "t.md", runs_dir=tmp_path / "runs", device="cpu")
+    status = next(line for line in text.splitlines() if line.startswith("| Digits"))
+    assert "is unreadable" in status and "use another --runs-dir" in status and "--out" not in status
+
+
 def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(reproduce, "TABLES", {1: (("digits", "Digits", {1: (80.0, 1.0)}, True),)})
     tiny = reproduce.Budget("tiny", "-tiny", 1, 3, False, "a test budget")

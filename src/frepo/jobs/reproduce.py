@@ -291,7 +291,8 @@ def run_row(
     # said now too: the next row may take half an hour before the table shows it (Ctrl-C or SIGTERM, an
     # Interrupted, is no FrepoError: it stops the command, its run checkpointed)
     except FrepoError as exc:
-        reason = str(exc)
+        # distill's words name its --out, which here is a row's folder under --runs-dir
+        reason = str(exc).replace(f"--out {out}", str(out)).replace("another --out", "another --runs-dir")
         if isinstance(exc, OtherSettings):  # its advice named distill's flags, which reproduce has not
             reason = f"{out} holds a run of other settings ({exc.detail}); delete it to run the {budget.name} preset"
         row.status = f"failed: {reason}"
