@@ -8,6 +8,7 @@ import dataclasses
 import importlib
 import io
 import json
+import os
 import shutil
 import warnings
 
@@ -544,6 +545,12 @@ def test_report_says_where_a_run_stands_and_what_a_resume_changed(tmp_path, monk
         assert "**Running**: frepo process 4242 is distilling it now, last checkpoint at step 3 of 4" in (
             write_report(out).read_text()
         )
+        # ... and one still loading its data, before its config.json: said so, not "holds no frepo run"
+        starting = tmp_path / "starting"
+        starting.mkdir()
+        os.link(out / ".lock", starting / ".lock")  # the same locked file, as its holder's
+        with pytest.raises(FrepoError, match="is a run starting now \\(frepo process 4242 holds it\\)"):
+            write_report(starting)
     finally:
         holder.kill()
         holder.wait()

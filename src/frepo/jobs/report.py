@@ -358,6 +358,11 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     evals, bad = load_eval_results(run.path)
     started = run.config_path.is_file() or run.checkpoint_path.is_file()  # stopped before its first log line
     if not records and not evals and not run.distilled_path.is_file() and not started:
+        if standing[0] is not None:  # its data loading (minutes for a large dataset) comes before config.json
+            raise FrepoError(
+                f"{run.path} is a run starting now (frepo process {standing[0]} holds it) that has written nothing "
+                "yet: report it again once it has started distilling"
+            )
         raise FrepoError(f"{run.path} holds no frepo run (no config.json, metrics.jsonl, distilled set or eval*.json)")
     out = Path(out) if out else run.path / "report.md"
     if out.resolve().parent != run.path.resolve():
