@@ -234,7 +234,10 @@ def finished_evaluation(run_dir: Path, budget: Budget, preset: str, steps: int) 
         return None
     if budget.eval_steps is not None and previous.get("steps") != budget.eval_steps:
         return None
-    return previous["mean"], previous["std"]
+    mean, std = previous.get("mean"), previous.get("std")  # numbers, or the evaluation is run again
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (mean, std)):
+        return None
+    return float(mean), float(std)
 
 
 def planned_run(row: Row) -> tuple[str, int]:
