@@ -235,7 +235,7 @@ def finished_evaluation(run_dir: Path, budget: Budget, preset: str, steps: int) 
     if budget.eval_steps is not None and previous.get("steps") != budget.eval_steps:
         return None
     mean, std = previous.get("mean"), previous.get("std")  # numbers, or the evaluation is run again
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (mean, std)):
+    if not (isinstance(mean, (int, float)) and isinstance(std, (int, float))) or isinstance(mean, bool):
         return None
     return float(mean), float(std)
 
