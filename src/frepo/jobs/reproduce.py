@@ -234,10 +234,13 @@ def finished_evaluation(run_dir: Path, budget: Budget, preset: str, steps: int) 
         return None
     if budget.eval_steps is not None and previous.get("steps") != budget.eval_steps:
         return None
-    mean, std = previous.get("mean"), previous.get("std")  # numbers, or the evaluation is run again
-    if not (isinstance(mean, (int, float)) and isinstance(std, (int, float))) or isinstance(mean, bool):
-        return None
-    return float(mean), float(std)
+    mean, std = _number(previous.get("mean")), _number(previous.get("std"))  # else the evaluation runs again
+    return None if mean is None or std is None else (mean, std)
+
+
+def _number(value: object) -> float | None:
+    """A JSON number (not true or false) as a float, else None."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def planned_run(row: Row) -> tuple[str, int]:
