@@ -592,3 +592,9 @@ def test_networks_that_predict_one_class_are_said_to_have_learnt_nothing():
         # a split of one class (a --classes set's hold-out): every network rightly predicts it
         perfect = EvalResult("frepo", "conv", [100.0, 100.0], 100.0, 0.0, 20, 1.0)
         warn_of_untrained([perfect], torch.tensor([3, 3, 3]), "val")
+
+
+def test_an_evaluation_record_s_numbers_are_numbers():
+    """A hand-edited or damaged record (its checksum still the set's) crashed the whole table on `"mean": "x"`."""
+    assert reproduce._number(97.5) == 97.5 and reproduce._number(1) == 1.0
+    assert reproduce._number("97.5") is None and reproduce._number(True) is None and reproduce._number(None) is None
