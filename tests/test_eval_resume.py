@@ -33,13 +33,13 @@ def set_file(tmp_path_factory):
     return path
 
 
-def _count_trainings(monkeypatch, stop_at: int | None = None) -> list[str]:
+def _count_trainings(monkeypatch, stop_at: int | None = None, protocol: str = "frepo") -> list[str]:
     """Record the networks trained, "<arch>:<stream>", one by one or together ("together:" first); raise
     KeyboardInterrupt instead of the `stop_at`-th (1-based) training call (one per network, or per group
     trained together)."""
     trained: list[str] = []
     calls = {"n": 0}
-    original = protocols.PROTOCOLS["frepo"]
+    original = protocols.PROTOCOLS[protocol]
 
     def interrupt_here() -> None:
         calls["n"] += 1
@@ -57,7 +57,7 @@ def _count_trainings(monkeypatch, stop_at: int | None = None) -> list[str]:
         return original.train_and_test_many(setup, options, streams, how)
 
     patched = dataclasses.replace(original, train_and_test=one, train_and_test_many=many)
-    monkeypatch.setitem(protocols.PROTOCOLS, "frepo", patched)
+    monkeypatch.setitem(protocols.PROTOCOLS, protocol, patched)
     return trained
 
 
@@ -89,6 +89,27 @@ def test_an_interrupted_evaluation_trains_only_the_missing_networks(set_file, tm
     assert code == 0 and trained == ["conv:eval/model2"] and _records() == []
     assert resumed["accuracies"] == straight["accuracies"]  # bit for bit: the same networks
     assert resumed["networks_read_back"] == 2 and straight["networks_read_back"] == 0
+
+
+def test_an_interrupted_dsa_evaluation_resumes_with_the_same_networks(set_file, tmp_path, monkeypatch):
+    """The dsa protocol (its own optimiser, epochs and augmentation) resumes through the same record."""
+    dsa = ["--protocol", "dsa", "--models", "3", "--epochs", "3", "--width", "8", "--seed", "4"]
+
+    def evaluate(name: str) -> tuple[int, dict | None]:
+        out = tmp_path / f"{name}.json"
+        code = main(["evaluate", str(set_file), *dsa, "--json", str(out)])
+        return code, (json.loads(out.read_text()) if out.is_file() else None)
+
+    code, straight = evaluate("straight")
+    assert code == 0 and straight["protocol"] == "dsa"
+    with monkeypatch.context() as m:
+        _count_trainings(m, stop_at=2, protocol="dsa")
+        assert evaluate("resumed")[0] == 130
+    with monkeypatch.context() as m:
+        trained = _count_trainings(m, protocol="dsa")
+        code, resumed = evaluate("resumed")
+    assert code == 0 and trained == ["convnet:dsa/model1", "convnet:dsa/model2"]
+    assert resumed["accuracies"] == straight["accuracies"] and resumed["networks_read_back"] == 1
 
 
 def test_a_failed_write_of_the_results_keeps_the_finished_networks(set_file, tmp_path, monkeypatch, capsys):
