@@ -50,6 +50,7 @@ from ..data.registry import default_data_dir
 from ..data.splits import Holdout, holdout_split
 from ..eval import EvalConfig, EvalResult, evaluate_set
 from ..eval.finished import FinishedNetworks, set_digest
+from ..eval.protocols.dsa import epochs_of
 from ..io.artifact import DistilledSet, class_ids_of
 from ..method.synthetic import pick_real
 
@@ -125,6 +126,7 @@ def _recipe(config: EvalConfig, arch: str) -> dict:
         "split": config.split,
         "together": config.together,
         "options": dataclasses.asdict(config.options()),
+        "dsa_epochs": epochs_of(config.dsa),  # what the options resolve to (a default may change within a version)
         **machine_key(resolve_device(config.device)),
     }
 
