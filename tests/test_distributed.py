@@ -305,5 +305,5 @@ def test_a_rank_stopped_by_another_s_refusal_says_so_once_a_node(monkeypatch, ca
         monkeypatch.setenv(name, value)
     assert main(["distill", "--dataset", "digits"]) == 2
     err = capsys.readouterr().err
-    assert ("frepo (rank 2): stopped: rank 0 refused (its line is in that node's log)" in err) is said
+    assert ("frepo (rank 2): stopped: rank 0 refused and said why in its own output" in err) is said
     assert "--out holds another run" not in err and err.count("\n") == int(said)

@@ -54,11 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except FrepoError as exc:
         if not isinstance(exc, SaidElsewhere):
             print(f"frepo{f' (rank {rank})' if rank else ''}: error: {exc}", file=sys.stderr)
-        elif rank and os.environ.get("LOCAL_RANK", "0") == "0":  # the refusal was said once, on another node:
-            print(
-                f"frepo (rank {rank}): stopped: {str(exc).split(':')[0]} (its line is in that node's log)",
-                file=sys.stderr,
-            )
+        elif rank and os.environ.get("LOCAL_RANK", "0") == "0":  # said once, maybe on another node: pointed to
+            refused = str(exc).split(":")[0]  # "rank N refused"
+            print(f"frepo (rank {rank}): stopped: {refused} and said why in its own output", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if rank == 0:
