@@ -217,6 +217,10 @@ def _lock(lock: Path, folder: Path) -> tuple[int, bool]:
             fcntl.flock(fd, fcntl.LOCK_EX)
 
     fd, unlocked = lock_file(lock, lambda: open_lock_file(lock), wait)
-    if unlocked:
-        log.warning(f"frepo: cannot lock {lock} ({unlocked}): building {folder} unlocked")
+    if unlocked and lock.parent not in _unlocked_said:  # once a folder: each preprocessing entry asks again
+        _unlocked_said.add(lock.parent)
+        log.warning(f"frepo: cannot lock {lock} ({unlocked}): building {folder} unlocked (said once a folder)")
     return fd, unlocked is None
+
+
+_unlocked_said: set[Path] = set()  # the folders whose filesystem was said to have no file locks
