@@ -560,8 +560,8 @@ class Privacy(Experiment):
         """One arm at one step count: the victims' test accuracy and every attack's metrics, as the mean over
         the victims and (`<metric>_std`) their population std."""
         attacks: dict[str, dict[str, float]] = {}  # attack -> metric (and metric_std) -> value
-        # In ATTACKS' order (then lira, threshold_start): a victim read back from its record has its attacks in name
-        # order, and the table's columns and the plot's lines followed whichever came first.
+        # In ATTACKS' order (then lira, threshold_others, threshold_start): a victim read back from its record
+        # has its attacks in name order, and the table's columns and the plot's lines followed whichever came first.
         # Victims recorded by an older frepo may lack an attack added since: only those every victim has (a
         # mean over some of them was a KeyError, or a column over fewer victims than `models` says).
         every = set.intersection(*(set(v["attacks"]) for v in victims))
