@@ -606,19 +606,30 @@ def cached(
     from ..base.atomic import atomic_save_safetensors
 
     path = Path(cache_dir) / "preprocessing" / f"{tag}-{fingerprint(images, tag, zca_reg, fitted_by)}.safetensors"
+
+    def read() -> Preprocessing | None:  # entries are written whole (renamed into place): read without the lock
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                params = json.loads((fh.metadata() or {}).get("params", "null"))
+                params = params or {"kind": "zca", "zca_reg": zca_reg}
+                return Preprocessing.from_tensors(params, {k: fh.get_tensor(k) for k in fh.keys()})
+        except Exception:
+            path.unlink(missing_ok=True)
+            return None
+
+    found = read()
+    if found is not None:  # the common case takes no lock (nor writes a lock file into a read-only cache)
+        return found
     with contextlib.ExitStack() as held:
         try:
             held.enter_context(build_lock(path))
         except OSError:  # a read-only cache folder: fitted unlocked, as it is not saved either
             pass
-        if path.is_file():
-            try:
-                with safe_open(str(path), framework="pt") as fh:
-                    params = json.loads((fh.metadata() or {}).get("params", "null"))
-                    params = params or {"kind": "zca", "zca_reg": zca_reg}
-                    return Preprocessing.from_tensors(params, {k: fh.get_tensor(k) for k in fh.keys()})
-            except Exception:
-                path.unlink(missing_ok=True)
+        found = read()  # fitted by the process this one waited for
+        if found is not None:
+            return found
         pre = build()
         try:
             atomic_save_safetensors(pre.tensors(), path, {"params": json.dumps(pre.params())})
