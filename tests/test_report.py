@@ -244,6 +244,25 @@ def test_reproduce_plan_lists_every_row_with_its_reason(tmp_path, monkeypatch):
     assert [r.status for r in found if r.preset] == [f"planned (data: {tmp_path / 'npz' / 'mnist.npz'})"] * 2
 
 
+def test_reproduce_plans_gpu_rows_only_for_the_device_it_runs_on(tmp_path, monkeypatch):
+    """On a machine with a GPU, `--device cpu` planned the GPU budgets' rows and ran them on the CPU (days)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    (tmp_path / "mnist.npz").write_bytes(b"")
+    monkeypatch.setenv("FREPO_DATA_DIR", str(tmp_path))
+
+    def statuses(device: str) -> set[str]:
+        text = reproduce.reproduce(1, "gpu-small", ["mnist"], dry_run=True, download=False, device=device)
+        return {line.split("|")[-2].strip() for line in text.splitlines() if line.startswith("| MNIST |")}
+
+    for device in ("cpu", "cpu:0"):
+        assert statuses(device) == {f"not run: needs a GPU ({s} steps × batch 256)" for s in (1000, 2000)}, device
+    for device in ("auto", "cuda", "cuda:1"):
+        assert all(s.startswith("planned") for s in statuses(device)), device
+    assert not reproduce.device_is_cuda("tpu:what")
+
+
 def test_a_row_whose_folder_holds_something_else_is_told_about_runs_dir_not_out(tmp_path, monkeypatch):
     """distill's refusals advise "use another --out"; reproduce has none (a row's folder is under --runs-dir)."""
     monkeypatch.setattr(reproduce, "TABLES", {1: (("digits", "Digits", {1: (80.0, 1.0)}, True),)})

@@ -154,6 +154,19 @@ def data_source(name: str, data_dir: str | Path | None, download: bool) -> tuple
     return False, "no data offline (downloads are off)"
 
 
+def device_is_cuda(device: str) -> bool:
+    """Whether rows run with `--device device` run on a GPU: `auto` where one is present, `cuda[:N]` where CUDA
+    is (a device that does not exist is refused by each row's distillation, in that row)."""
+    import torch
+
+    if device == "auto":
+        return torch.cuda.is_available()
+    try:
+        return torch.device(device).type == "cuda" and torch.cuda.is_available()
+    except RuntimeError:
+        return False
+
+
 def plan(
     table: int = 1,
     budget: str = "paper",
@@ -388,7 +401,10 @@ def reproduce(
             check_not_kept(written, "--out")
         check_rewrite(Path(out), table, BUDGETS.get(budget))
     # --finished-only reads finished evaluations: neither the data nor a GPU is needed to look a row up
-    rows = plan(table, budget, datasets, data_dir=data_dir, download=download, reading=finished_only)
+    # the GPU rows need the device the rows will run on, not just one in the machine (--device cpu with a GPU
+    # present planned them, and ran the paper's budgets on the CPU)
+    cuda = device_is_cuda(device)
+    rows = plan(table, budget, datasets, data_dir=data_dir, download=download, cuda=cuda, reading=finished_only)
     spec = BUDGETS[budget]
     if not dry_run and not finished_only and any(row.status.startswith("planned") for row in rows):
         writable_folder(runs_dir, "--runs-dir")  # each row failed on its own, naming its run's --out
@@ -427,7 +443,10 @@ def reproduce(
 
     # What a row without a finished run would meet here (no data, no GPU): it said only "no finished run".
     unread = (
-        {(r.dataset, r.ipc): r.status for r in plan(table, budget, datasets, data_dir=data_dir, download=download)}
+        {
+            (r.dataset, r.ipc): r.status
+            for r in plan(table, budget, datasets, data_dir=data_dir, download=download, cuda=cuda)
+        }
         if finished_only
         else {}
     )
