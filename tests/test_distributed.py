@@ -209,6 +209,35 @@ def test_each_rank_takes_a_gpu_it_can_see(monkeypatch):
     monkeypatch.setenv("MASTER_PORT", "29500")
     ctx, device = dist_module.init_distributed("cuda")
     assert (chosen, device, ctx.rank, ctx.world) == ([0], "cuda:0", 3, 4)
+    assert dist_module.init_distributed("cuda:0")[1] == "cuda:0"  # the one GPU it sees, named
+
+
+def test_a_rank_runs_on_the_device_named_or_says_why_not(monkeypatch):
+    """`--device cpu:0` under torchrun picked the GPU (anything but "cpu" did), `cuda` without CUDA ran on the CPU
+    unsaid, and `cuda:N` on a node of several GPUs was replaced by cuda:LOCAL_RANK unsaid."""
+    import frepo.base.dist as dist_module
+    from frepo.base.errors import FrepoError
+
+    joined, chosen = [], []
+    monkeypatch.setattr(dist_module.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist_module.dist, "init_process_group", lambda backend, timeout: joined.append(backend))
+    monkeypatch.setattr(dist_module.atexit, "register", lambda f: None)
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "localhost"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(FrepoError, match="CUDA is not available"):
+        dist_module.init_distributed("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    for name in ("cpu", "cpu:0"):
+        assert dist_module.init_distributed(name)[1] == "cpu", name
+    assert (joined, chosen) == (["gloo", "gloo"], [])
+    assert dist_module.init_distributed("cuda")[1] == "cuda:1" and chosen == [1]
+    for name in ("cuda:0", "cuda:1"):  # the same refusal on every rank, the one whose GPU it names too
+        with pytest.raises(FrepoError, match="each process takes the GPU of its LOCAL_RANK"):
+            dist_module.init_distributed(name)
 
 
 def test_every_rank_starts_from_rank_0s_set_and_pool(tmp_path):

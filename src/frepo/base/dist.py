@@ -15,6 +15,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from .device import resolve_device
 from .errors import FrepoError, SaidElsewhere
 
 
@@ -137,7 +138,17 @@ def init_distributed(device_name: str) -> tuple[DistContext, str]:
     if world <= 1:
         return DistContext(), device_name
     rank, local_rank = _launched_as(world)
-    use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    # The device as one process would resolve it: `cpu:0` picked the GPU ("not 'cpu'"), and `cuda` without CUDA
+    # ran every rank on the CPU unsaid.
+    device = resolve_device(device_name)
+    use_cuda = device.type == "cuda"
+    if use_cuda and device.index is not None and torch.cuda.device_count() > 1:
+        # Each process takes its own GPU (rank_gpu); a named one was replaced by it unsaid. Refused on every rank
+        # alike (one GPU visible to each process, a scheduler's way, is its cuda:0, which rank_gpu picks).
+        raise FrepoError(
+            f"--device {device_name}: under torchrun each process takes the GPU of its LOCAL_RANK (cuda:LOCAL_RANK); "
+            "pass --device cuda, and CUDA_VISIBLE_DEVICES to choose the GPUs"
+        )
     gpu = rank_gpu(local_rank, torch.cuda.device_count()) if use_cuda else 0
     if use_cuda:  # before the group: NCCL's communicator then lives on this rank's GPU, not on GPU 0
         torch.cuda.set_device(gpu)
