@@ -161,6 +161,16 @@ def test_a_record_is_keyed_on_what_the_settings_resolve_to():
     assert evaluation_key("s", plain, "convnet", "t", True) != evaluation_key("s", plain, "convnet", "t", False)
 
 
+def test_a_record_is_found_under_any_name_of_its_device():
+    """`--device auto` resumed as `--device cuda:0` (one GPU; here the host, `cpu` and `cpu:0`) retrained the finished
+    networks: the key held the name given. Another kind of device is another key."""
+    from frepo.eval import EvalConfig
+    from frepo.eval.finished import evaluation_key
+
+    keys = [evaluation_key("s", EvalConfig(device=name), "convnet", "t", True) for name in ("auto", "cpu", "cpu:0")]
+    assert keys[0] == keys[1] == keys[2] and keys[0]["device"] == "cpu"
+
+
 def test_networks_trained_together_are_kept_all_or_none(set_file, tmp_path, monkeypatch):
     """Stacked networks finish together: an architecture interrupted mid-way is trained again whole; one
     that finished is read back whole, as stacked."""

@@ -215,13 +215,14 @@ def exact_matmuls(device: torch.device | None):
 
 def machine_key(device: torch.device) -> dict:
     """What besides the settings decides a trained network's numbers: the device, its hardware, the threads
-    and the libraries (summation orders differ between them), as plain JSON."""
+    and the libraries (summation orders differ between them), as plain JSON. The device's kind, not its index:
+    `cuda` and `cuda:0` are the same GPU, and each rank of a torchrun its own `cuda:k` of the same model."""
     if device.type == "cuda":
         hardware = {"gpu": torch.cuda.get_device_name(device), "cudnn": torch.backends.cudnn.version()}
     else:
         hardware = {"cpu": torch.backends.cpu.get_cpu_capability()}
     return {
-        "device": str(device),
+        "device": device.type,
         **hardware,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

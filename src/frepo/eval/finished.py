@@ -50,9 +50,12 @@ def evaluation_key(set_id: str, config: EvalConfig, arch: str, split_id: str, mi
 
     machine = machine_key(resolve_device(config.device))
     resolved = {"mirror_invariant": mirror_invariant, "dsa_epochs": epochs_of(config.dsa)}
+    # --device as the machine part says it (its kind and hardware): `auto`, `cuda` and `cuda:0` name one GPU, and
+    # an evaluation resumed under another of them trained its finished networks again
+    settings = {name: value for name, value in to_dict(config).items() if name != "device"}
     return {
         "set": set_id,
-        "settings": to_dict(config),
+        "settings": settings,
         "resolved": resolved,
         "arch": arch,
         "split": split_id,
