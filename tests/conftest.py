@@ -45,8 +45,10 @@ if "OMP_NUM_THREADS" not in os.environ:  # OMP_NUM_THREADS=1: one thread in each
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     threads = max(1, min(2, (os.cpu_count() or 1) // workers))
     torch.set_num_threads(threads)
+    # The children too, with one worker as with several: a record keyed on the thread count (frepo's machine_key)
+    # written by a child at torch's default and read here at `threads` was another machine's (`-n 0` on 4 cores).
+    os.environ["OMP_NUM_THREADS"] = str(threads)
     if workers > 1:
-        os.environ["OMP_NUM_THREADS"] = str(threads)
         os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")  # no pool of compile processes beside them
         # numpy's BLAS (scikit-learn's attacks) read its thread count at import, before this: set it here.
         threadpoolctl.threadpool_limits(threads)

@@ -41,6 +41,7 @@ def test_reset_after_max_online_updates_and_counting():
     assert not torch.equal(first[0], fresh[0])  # new weights, not the initial ones
     # Adam restarts in place (a CUDA graph holds its tensors' addresses): zeroed, so its next step is a
     # fresh Adam's.
+    assert pool.optimizers[0].state  # kept (an emptied state would pass the next line too)
     assert all(not v.any() for s in pool.optimizers[0].state.values() for v in s.values())
     twin = copy.deepcopy(pool.model)
     fresh_adam = optax_adam(twin.parameters(), lr=pool.cfg.online_lr)

@@ -124,7 +124,8 @@ def test_large_holdout_and_test_splits_are_streamed_and_score_the_same(blobs, mo
     ds = make_subset(data, 2, "random", seed=0)
     # 150 steps: at 20 every network predicted one class, and equal accuracies said little
     before = [frepo.evaluate(ds, split=split, models=2, steps=150, width=8).accuracies for split in ("test", "val")]
-    assert min(min(accuracies) for accuracies in before) > 40  # 3 classes: learnt (62..67 here), not 33
+    # 3 classes: learnt (62..67 here), above one class's share (33.3; the next a 9-image split can give is 44.4)
+    assert min(min(accuracies) for accuracies in before) > 100 / 3 + 1
     val_x, _ = prepare(data).val()
     assert isinstance(val_x, torch.Tensor)
     monkeypatch.setattr(data_module, "STREAM_AUTO_BYTES", 0)

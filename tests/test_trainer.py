@@ -85,6 +85,8 @@ def test_compiled_step_follows_the_eager_step_and_compiles_each_pass_once():
     start = eager.syn.images.detach().clone()
     for _ in range(10):
         me, mc = eager.step(), compiled.step()
+        # inductor's reductions follow the vector width: measured (AMD EPYC, torch 2.14) a loss gap of 4e-6 at
+        # ATEN_CPU_CAPABILITY=default and 9e-6 at avx2, and the images 1.6e-5..1.8e-5 of their movement
         torch.testing.assert_close(mc["loss"], me["loss"], rtol=1e-4, atol=1e-6)
     assert compiled.pool.resets == eager.pool.resets > 0
     assert (compiled.syn.images - eager.syn.images).norm() < 1e-3 * (eager.syn.images - start).norm()
