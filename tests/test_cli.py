@@ -302,9 +302,6 @@ for name in frepo.__all__:
     getattr(frepo, name)
 assert frepo.data.load_dataset and frepo.presets.get and frepo.eval.EvalConfig is frepo.EvalConfig  # README's uses
 assert callable(frepo.distill) and callable(frepo.export)  # functions, not their modules of the same name
-from frepo.presets import resolve  # the README's import path, the same module as the attribute's
-import frepo.config.presets
-assert resolve is frepo.config.presets.resolve and frepo.presets is frepo.config.presets
 print("ok")
 """
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
