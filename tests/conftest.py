@@ -45,13 +45,22 @@ if "OMP_NUM_THREADS" not in os.environ:  # OMP_NUM_THREADS=1: one thread in each
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     threads = max(1, min(2, (os.cpu_count() or 1) // workers))
     torch.set_num_threads(threads)
-    # The children too, with one worker as with several: a record keyed on the thread count (frepo's machine_key)
-    # written by a child at torch's default and read here at `threads` was another machine's (`-n 0` on 4 cores).
-    os.environ["OMP_NUM_THREADS"] = str(threads)
     if workers > 1:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
         os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")  # no pool of compile processes beside them
         # numpy's BLAS (scikit-learn's attacks) read its thread count at import, before this: set it here.
         threadpoolctl.threadpool_limits(threads)
+
+
+def pytest_configure(config):
+    """The children of a process that runs tests itself (`-n 0`, or an xdist worker) take its thread count too: a
+    record keyed on the thread count (frepo's machine_key) written by a child at torch's default and read by the
+    test at its own was another machine's (`-n 0` on 4 cores). Not in xdist's controller: its workers inherit its
+    environment, then skipped their own choice above and ran 2 threads each on 2 cores (a 21-minute suite)."""
+    if "OMP_NUM_THREADS" not in os.environ and (
+        hasattr(config, "workerinput") or not config.getoption("numprocesses", None)
+    ):
+        os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
 
 
 # Set once per process, by design: scikit-learn's and inductor's imports (OpenMP switches), and frepo's first
