@@ -460,15 +460,16 @@ def test_cli_distill_and_evaluate_on_gpu(tmp_path):
 
 
 def test_a_set_transforms_a_gpu_batch_on_the_gpu():
-    """`transform` took a GPU batch (uint8: preprocessed into host memory; floats: on the GPU); the pixel-statistics
-    check added before it compared the batch's statistics with the host's and raised (read in a review, not
-    seen on a GPU)."""
+    """`transform` takes a GPU batch and returns it on the GPU (uint8 pixels came back in host memory); the
+    pixel-statistics check added before it compared the batch's statistics with the host's and raised (read in a
+    review, not seen on a GPU)."""
     import frepo
     from frepo.data import load_dataset
 
     raw = load_dataset("digits")
     ds = frepo.make_subset("digits", 2)
     on_host = ds.transform(raw.x_test)
-    torch.testing.assert_close(ds.transform(torch.from_numpy(raw.x_test).to(CUDA)).cpu(), on_host)
-    pixels = torch.from_numpy(raw.x_test).to(CUDA).float() / 255
-    torch.testing.assert_close(ds.transform(pixels, value_range=(0, 1)).cpu(), on_host)
+    pixels = torch.from_numpy(raw.x_test).to(CUDA)
+    for out in (ds.transform(pixels), ds.transform(pixels.float() / 255, value_range=(0, 1))):
+        assert out.device.type == "cuda"  # uint8 pixels came back in host memory
+        torch.testing.assert_close(out.cpu(), on_host)

@@ -441,6 +441,21 @@ def test_the_zca_fit_runs_on_the_device_and_returns_host_tensors(n, monkeypatch)
         assert (a - b).norm() <= 1e-5 * b.norm()
 
 
+def test_a_set_transforms_a_device_batch_on_the_device():
+    """`transform` of a device batch: uint8 pixels came back in host memory, float ones on the device (read in an
+    audit; tests/test_cuda.py moved both to the host before comparing)."""
+    from frepo.data import load_dataset
+
+    raw = load_dataset("digits")
+    ds = frepo.make_subset("digits", 2)
+    on_host = ds.transform(raw.x_test)
+    with SimulatedDevice():
+        pixels = torch.from_numpy(raw.x_test).to(DEVICE)
+        for out in (ds.transform(pixels), ds.transform(pixels.float() / 255, value_range=(0, 1))):
+            assert out.device == DEVICE
+            torch.testing.assert_close(out.cpu(), on_host)
+
+
 def test_a_gpu_the_machine_lacks_is_refused_and_a_run_measures_its_own_gpu_peak(tmp_path, monkeypatch):
     """`cuda:7` on a machine of 2 GPUs was taken, and failed as CUDA's "invalid device ordinal" once the run's
     folder was locked and its data read; a GPU run's peak memory was the process's (earlier runs included)."""

@@ -59,8 +59,9 @@ class Preprocessing:
     def __call__(
         self, images: np.ndarray | torch.Tensor, batch: int = 4096, channels_last: bool = False
     ) -> torch.Tensor:
-        """uint8 N×H×W×C (raw) -> float32 N×C×H×W in the preprocessed space, on the CPU (in the
-        channels-last memory layout if asked, so a channels-last consumer needs no second copy)."""
+        """uint8 N×H×W×C (raw) -> float32 N×C×H×W in the preprocessed space, on the images' device (a GPU batch
+        came back in host memory) and in the channels-last memory layout if asked, so a channels-last consumer
+        needs no second copy."""
         if isinstance(images, np.ndarray):
             images = host_tensor(np.ascontiguousarray(images))
         if images.ndim != 4 or images.shape[-1] != len(self.mean):
@@ -75,7 +76,7 @@ class Preprocessing:
             )
         n, h, w, c = images.shape
         # Filled chunk by chunk: peak memory is the output plus one chunk, for 50k-image splits too.
-        out = torch.empty((n, c, h, w), dtype=torch.float32)
+        out = torch.empty((n, c, h, w), dtype=torch.float32, device=images.device)
         if channels_last:
             out = out.contiguous(memory_format=torch.channels_last)
         for start in range(0, n, batch):
