@@ -189,6 +189,21 @@ def test_a_report_of_edited_or_damaged_files_shows_what_it_can(tmp_path):
     assert (run / "metrics.jsonl").read_bytes().endswith(b'{"step": 6, "loss": 0.1}\n')
 
 
+def test_a_report_of_a_damaged_set_shows_the_rest(tmp_path):
+    """A truncated distilled.safetensors (no distilled.png yet) failed the whole report after its curves were
+    drawn, where a damaged checkpoint is said in the report; an evaluation whose mean is NaN or 1e400 (JSON's
+    Infinity) showed as nan and inf."""
+    run = _run_dir(tmp_path)
+    (run / "distilled.safetensors").write_bytes((run / "distilled.safetensors").read_bytes()[:40])
+    (run / "eval_nan.json").write_text('{"mean": NaN, "std": 0.0}')
+    (run / "eval_inf.json").write_text('{"mean": 1e400, "std": 0.0}')
+    text = write_report(run).read_text()
+    assert "(distilled.safetensors cannot be read, so no images are shown: " in text
+    assert "Last logged step 5" in text and not (run / "distilled.png").exists()
+    assert "Unreadable evaluation files: eval_broken.json, eval_inf.json, eval_nan.json." in text
+    assert "| nan" not in text and "| inf" not in text
+
+
 def test_report_errors(tmp_path):
     with pytest.raises(FrepoError, match="not found"):
         write_report(tmp_path / "missing")

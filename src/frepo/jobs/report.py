@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 from pathlib import Path
 
 from ..base.atomic import atomic_write, atomic_write_text
@@ -84,12 +85,15 @@ def load_eval_results(run_dir: Path) -> tuple[list[dict], list[str]]:
 
 def _is_eval_row(item: object) -> bool:
     """Whether `item` is an evaluation as `frepo evaluate --json` writes it, as far as the report reads it."""
-    number = (int, float)
+
+    def number(value: object) -> bool:  # NaN or 1e400 (JSON's Infinity) is no accuracy frepo writes
+        return type(value) in (int, float) and math.isfinite(value)  # type: ignore[arg-type]
+
     return (
         isinstance(item, dict)
-        and type(item.get("mean")) in number
-        and type(item.get("std", 0.0)) in number
-        and type(item.get("seconds", 0.0)) in number
+        and number(item.get("mean"))
+        and number(item.get("std", 0.0))
+        and number(item.get("seconds", 0.0))
         and isinstance(item.get("accuracies", []), list)
         and type(item.get("models", 0)) is int
         and _is_field_metrics(item.get("field_metrics") or {})
@@ -275,7 +279,14 @@ def _field_metrics(evals: list[dict]) -> list[str]:
 
 
 def render(
-    run: RunDir, records: list[dict], plots: dict[str, Path], grid: Path | None, evals, bad, past: int, standing
+    run: RunDir,
+    records: list[dict],
+    plots: dict[str, Path],
+    grid: Path | str | None,  # the image grid, or why there is none
+    evals,
+    bad,
+    past: int,
+    standing,
 ) -> str:
     lines = [f"# frepo run report: {run.path.name}", ""]
     config = _config(run)
@@ -320,8 +331,10 @@ def render(
     for key, title in (("loss", "Loss"), ("val_acc", "Validation accuracy")):
         if key in plots:
             lines += [f"![{title}]({plots[key].name})", ""]
-    if grid is not None:
+    if isinstance(grid, Path):
         lines += ["## Distilled images", "", f"![distilled images]({grid.name})", ""]
+    elif grid is not None:
+        lines += ["## Distilled images", "", f"({grid})", ""]
     lines += ["## Evaluations", ""]
     if evals:
         lines += [
@@ -372,12 +385,17 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     check_not_kept(out, "the report's file", writes="text")
     plots = curves(records, run.path)
     png = run.path / "distilled.png"
-    grid: Path | None = png if png.is_file() else None
+    grid: Path | str | None = png if png.is_file() else None
     if grid is None and run.distilled_path.is_file():
         from ..io.artifact import load_distilled
         from .visualize import save_grid
 
-        grid = save_grid(load_distilled(run.distilled_path), png)
+        try:  # the rest is reported, as for a damaged checkpoint (a failure lost it all)
+            ds = load_distilled(run.distilled_path)
+        except FrepoError as exc:
+            grid = f"{run.distilled_path.name} cannot be read, so no images are shown: {exc}"
+        else:
+            grid = save_grid(ds, png)  # a failed write (a full disk) is the report's own failure
     atomic_write_text(out, render(run, records, plots, grid, evals, bad, past, standing))
     return out
 
