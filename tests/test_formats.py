@@ -197,6 +197,14 @@ def test_unsafe_pickles_and_bad_files_are_clear_errors(tmp_path):
         foreign.load_set(tmp_path / "step2.npz")
     with pytest.raises(FrepoError, match="no normalisation constants"):
         recipes.dc_preprocessing(_raw("toy"))
+    # numpy's own message advised loading "unsafely" with allow_pickle (an object array, or no archive at all)
+    np.savez(tmp_path / "step3.npz", image=np.array([None] * 4, dtype=object), label=np.zeros((4, 3), np.float32))
+    with pytest.raises(FrepoError, match="holds Python objects, not arrays of numbers; frepo loads no pickles"):
+        foreign.load_foreign(tmp_path / "step3.npz", raw, cache_dir=tmp_path)
+    (tmp_path / "step4.npz").write_bytes(b"\x80\x04not a zip")
+    with pytest.raises(FrepoError, match="not an .npz archive") as caught:
+        foreign.load_foreign(tmp_path / "step4.npz", raw, cache_dir=tmp_path, fmt="frepo-npz")
+    assert "allow_pickle" not in str(caught.value)
 
 
 def test_a_frepo_file_under_another_suffix_is_read_by_its_content(tmp_path):

@@ -19,6 +19,8 @@ from .registry import Read, register_reader
 
 
 def read_npz(path: Path, shape: tuple[int, int, int], num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if not zipfile.is_zipfile(path):  # np.load then tried it as a pickle, and advised loading it "unsafely"
+        raise FrepoError(f"cannot read {path}: not an .npz archive (np.savez writes one), or corrupt or truncated")
     try:
         with np.load(path, allow_pickle=False) as archive:
             if not {"image", "label"} <= set(archive.files):
@@ -26,7 +28,11 @@ def read_npz(path: Path, shape: tuple[int, int, int], num_classes: int) -> tuple
             image, label = archive["image"], archive["label"]
     except FrepoError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # zlib: a compressed one's
+    except ValueError as exc:
+        if "pickle" in str(exc):  # numpy's advice is to allow pickles, which run code when loaded
+            raise FrepoError(f"{path} holds Python objects, not arrays of numbers; frepo loads no pickles") from exc
+        raise FrepoError(f"cannot read {path}: corrupt or truncated ({exc})") from exc
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # zlib: a compressed one's
         raise FrepoError(f"cannot read {path}: not an .npz file, or corrupt or truncated ({exc})") from exc
     images = check_images(image, shape, str(path), channels_last=True)
     return images, check_labels(label, len(images), num_classes, str(path))
