@@ -11,6 +11,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from frepo.cli import main
 from frepo.data import default_data_dir
@@ -161,12 +162,13 @@ def test_a_record_is_keyed_on_what_the_settings_resolve_to():
     assert evaluation_key("s", plain, "convnet", "t", True) != evaluation_key("s", plain, "convnet", "t", False)
 
 
-def test_a_record_is_found_under_any_name_of_its_device():
+def test_a_record_is_found_under_any_name_of_its_device(monkeypatch):
     """`--device auto` resumed as `--device cuda:0` (one GPU; here the host, `cpu` and `cpu:0`) retrained the finished
     networks: the key held the name given. Another kind of device is another key."""
     from frepo.eval import EvalConfig
     from frepo.eval.finished import evaluation_key
 
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # `auto` is the host here on any machine
     keys = [evaluation_key("s", EvalConfig(device=name), "convnet", "t", True) for name in ("auto", "cpu", "cpu:0")]
     assert keys[0] == keys[1] == keys[2] and keys[0]["device"] == "cpu"
 
