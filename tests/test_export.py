@@ -24,7 +24,7 @@ from frepo.cli import main
 from frepo.config import DataConfig
 from frepo.data.registry import load_dataset
 from frepo.io.artifact import DistilledSet, save_distilled
-from frepo.io.export import LAYOUTS, MANIFEST_KEYS, export, to_uint8
+from frepo.io.export import LAYOUTS, MANIFEST, MANIFEST_KEYS, export, to_uint8
 from frepo.io.foreign import detect_format, load_export, load_set
 from frepo.jobs.visualize import class_grid, grid_array
 
@@ -629,6 +629,50 @@ def test_an_export_finds_its_dataset_where_its_set_did(tmp_path, monkeypatch):
     found, raw = load_set(tmp_path / "pt", download=False)
     assert raw.name == "mnist" and len(raw.y_test) == 50
     torch.testing.assert_close(found.images, ds.images)
+
+
+def _fake_mnist(folder: Path) -> None:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    x = {s: rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8) for s, n in (("train", 200), ("test", 50))}
+    y = {"train": np.arange(200) % 10, "test": np.arange(50) % 10}
+    np.savez(folder / "mnist.npz", x_train=x["train"], y_train=y["train"], x_test=x["test"], y_test=y["test"])
+
+
+def test_ddranking_zca_finds_its_dataset_where_told_and_refuses_before_any_folder(tmp_path, monkeypatch, capsys):
+    """`--space ddranking-zca` fits its ZCA on the set's dataset: it looked in the default folder only, not in
+    --data-dir nor where the set was distilled from, and downloaded despite --no-download (or failed offline,
+    leaving the --to folder's parents made). The --to folder is judged before the set is read."""
+    from frepo.io import ddranking
+    from frepo.jobs.subset import make_subset
+
+    monkeypatch.delenv("FREPO_DATA_DIR", raising=False)
+    monkeypatch.setenv("FREPO_CACHE", str(tmp_path / "cache"))  # the default folder: no dataset there
+    _fake_mnist(tmp_path / "data")
+    monkeypatch.setitem(ddranking.DATASETS, "mnist", ("MNIST", ([0.13], [0.31]), 28))  # as if DD-Ranking had it
+    monkeypatch.setattr(ddranking, "ZCA_DATASETS", ("mnist",))
+    ds = make_subset(DataConfig(dataset="mnist", data_dir=str(tmp_path / "data"), download=False, val_size=20), 1)
+    path = str(save_distilled(ds, tmp_path / "set.safetensors"))
+    recorded = json.loads(export(path, tmp_path / "recorded", "pt", "ddranking-zca").read_text())
+    assert recorded["images"]["space"] == "ddranking-zca"  # the folder the set was distilled from
+    (tmp_path / "data").rename(tmp_path / "moved")
+    zca = ["--format", "pt", "--space", "ddranking-zca", "--no-download"]
+    assert main(["export", path, "--to", str(tmp_path / "told"), *zca, "--data-dir", str(tmp_path / "moved")]) == 0
+    assert torch.equal(torch.load(tmp_path / "told" / "images.pt"), torch.load(tmp_path / "recorded" / "images.pt"))
+    capsys.readouterr()
+    assert main(["export", path, "--to", str(tmp_path / "new" / "a"), *zca]) == 2
+    err = capsys.readouterr().err
+    assert "could not load mnist" in err and "downloads are off" in err, err  # not downloaded
+    assert not (tmp_path / "new").exists()  # nothing made for an export that did not happen
+    not_folder = tmp_path / "file.txt"
+    not_folder.write_text("x")
+    missing = str(tmp_path / "missing.safetensors")
+    for to, said in ((str(not_folder), "is not a folder"), ("", "--to names no folder")):
+        assert main(["export", missing, "--to", to, "--format", "pt"]) == 2  # the folder first, the set after
+        assert said in capsys.readouterr().err
+    (tmp_path / "told" / MANIFEST).write_text("{cut sho")
+    assert main(["export", path, "--to", str(tmp_path / "told"), "--format", "pt"]) == 2
+    assert f"holds a {MANIFEST} frepo cannot read" in capsys.readouterr().err
 
 
 def test_the_python_export_reads_every_set_the_command_does(tmp_path):

@@ -242,10 +242,12 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..jobs.export import check_outside, export
+    from ..jobs.evaluate import SourceConfig, configure
+    from ..jobs.export import export
 
-    check_outside(args.file, args.to)
-    manifest = export(_read_set(args.file, args), args.to, args.format, args.space)
+    # the set read as `show` reads it, and its dataset (ddranking-zca's fit) found where --data-dir says
+    source = configure(**explicit(args, SourceConfig()))[1]
+    manifest = export(args.file, args.to, args.format, args.space, source=source)
     space = json.loads(manifest.read_text())["images"]["space"]
     print(f"{args.format} export of {args.file} -> {manifest.parent} (images: {space}; manifest: {manifest.name})")
     return 0

@@ -622,3 +622,11 @@ def load_distilled(path: str | Path) -> DistilledSet:
     parsed = check_meta(meta, str(path))
     pre = Preprocessing.from_tensors(meta["preprocessing"], _check_content(tensors, parsed, str(path)))
     return as_read(DistilledSet(tensors["images"], tensors["labels"], pre, meta))
+
+
+def recorded_data_dir(ds: DistilledSet) -> str | None:
+    """The --data-dir the set was distilled with, when that folder still exists: evaluating a set
+    distilled from Tiny ImageNet under DIR reads DIR's test split without being told again."""
+    data = ((ds.meta or {}).get("config") or {}).get("data") or {}
+    folder = data.get("data_dir") if isinstance(data, dict) else None
+    return folder if isinstance(folder, str) and Path(folder).expanduser().is_dir() else None

@@ -62,16 +62,26 @@ def _entry(dataset: str, space: str) -> tuple[str, tuple[list[float], list[float
     return DATASETS[dataset]
 
 
-def preprocessing(dataset: str, space: str, cache_dir: Path | None = None) -> Preprocessing:
+def preprocessing(
+    dataset: str,
+    space: str,
+    cache_dir: Path | None = None,
+    *,
+    data_dir: str | Path | None = None,
+    download: bool = True,
+) -> Preprocessing:
     """The transform from [0, 1] pixels of `dataset` into DD-Ranking's `space` (the ZCA fitted once on the
-    dataset's full training split and cached, as frepo's other recipes are)."""
+    dataset's full training split, found as `load_dataset(dataset, data_dir, download)` finds it, and cached,
+    as frepo's other recipes are)."""
     _, (mean, std), _ = _entry(dataset, space)
     if space == "ddranking":
         return Preprocessing("standard", torch.tensor(mean), torch.tensor(std))
     from ..data.recipes import mtt_zca_preprocessing
     from ..data.registry import load_dataset
 
-    return mtt_zca_preprocessing(load_dataset(dataset), cache_dir, eps=ZCA_EPS)  # the claim ddranking-zca
+    return mtt_zca_preprocessing(
+        load_dataset(dataset, data_dir, download), cache_dir, eps=ZCA_EPS
+    )  # the claim ddranking-zca
 
 
 def settings(dataset: str, space: str, image_size: int) -> dict:

@@ -49,7 +49,7 @@ from ..base.version import __version__
 from ..data.preprocess import Preprocessing
 from ..data.splits import Holdout
 from . import ddranking
-from .artifact import DistilledSet, check_preprocessing_tensors, check_set, load_distilled
+from .artifact import DistilledSet, check_preprocessing_tensors, check_set, load_distilled, recorded_data_dir
 from .digests import checksums
 
 MANIFEST = "export.json"
@@ -215,19 +215,31 @@ def default_space(layout: str, dataset: str) -> str:
     return "ddranking" if layout == "pt" and dataset in ddranking.DATASETS else "frepo"
 
 
-def in_space(ds: DistilledSet, space: str) -> DistilledSet:
-    """The set with its images re-expressed in `space` (one of SPACES) and that space's preprocessing."""
+def in_space(
+    ds: DistilledSet, space: str, *, data_dir: str | Path | None = None, download: bool = True
+) -> DistilledSet:
+    """The set with its images re-expressed in `space` (one of SPACES) and that space's preprocessing (for
+    ddranking-zca, fitted on the dataset found in `data_dir`, else the folder the set was distilled from)."""
     check_choice("space", space, SPACES)
     if space == "frepo":
         return ds
-    target = ddranking.preprocessing(ds.dataset, space)
+    target = ddranking.preprocessing(ds.dataset, space, data_dir=data_dir or recorded_data_dir(ds), download=download)
     images = ddranking.re_expressed(ds.images.detach().cpu().float(), ds.preprocessing, target)
     return DistilledSet(images, ds.labels, target, ds.meta)
 
 
-def export(ds: DistilledSet | str | Path, out: str | Path, layout: str, space: str | None = None) -> Path:
+def export(
+    ds: DistilledSet | str | Path,
+    out: str | Path,
+    layout: str,
+    space: str | None = None,
+    *,
+    data_dir: str | Path | None = None,
+    download: bool = True,
+) -> Path:
     """Write a set (or a frepo file) into the folder `out` in `layout` (one of LAYOUTS), its images in
-    `space` (one of SPACES; pt only; default: `default_space`); returns the manifest's path."""
+    `space` (one of SPACES; pt only; default: `default_space`); returns the manifest's path. `data_dir` and
+    `download`: where ddranking-zca's dataset is found (`load_dataset`'s)."""
     check_argument("ds", ds, (DistilledSet, str, os.PathLike), "a DistilledSet or the path of a frepo file")
     check_path("out", out)
     check_choice("layout", layout, LAYOUTS)
@@ -238,31 +250,50 @@ def export(ds: DistilledSet | str | Path, out: str | Path, layout: str, space: s
             f"--space {space} applies to --format pt; imagefolder writes pixels and npz the official FRePo "
             "layout, both from the set's own space"
         )
+    check_target(out)  # before the set is read (a foreign set's ZCA fit, then "not a folder")
     if not isinstance(ds, DistilledSet):
         ds = load_distilled(ds)
     else:  # one built by hand: as save_distilled checks it (labels[:5] of 10 images exported 5 PNGs)
         check_set(ds, f"not exported to {out}", preprocessing=False)
+    space = space or default_space(layout, ds.dataset)
+    # before the lock, whose file's folders a refused export left behind, empty (a dataset DD-Ranking lacks, or
+    # ddranking-zca's dataset not found)
+    dd_settings = None if space == "frepo" else ddranking.settings(ds.dataset, space, int(ds.images.shape[-1]))
+    ds = in_space(ds, space, data_dir=data_dir, download=download)
     out = Path(out)
     with one_writer(out.resolve(), "--to"):  # one export into a folder at a time
-        return _export(ds, out, layout, space)
+        check_target(out)  # again: another export may have written it meanwhile
+        return _export(ds, out, layout, space, dd_settings)
 
 
-def _export(ds: DistilledSet, out: Path, layout: str, space: str | None) -> Path:
-    """`export`'s checks of `out` and its writing, under `out`'s write lock."""
+def check_target(given: str | os.PathLike) -> None:
+    """Refuse `given` as an export's folder unless it is new, empty, or a previous export and nothing else (an
+    export replaces it whole)."""
+    if not os.fspath(given).strip():  # Path("") is ".", said to be "not empty"
+        raise FrepoError("--to names no folder: give the folder to export into")
+    out = Path(given)
     if out.exists() and not out.is_dir():
         raise FrepoError(f"--to {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise FrepoError(f"--to {out} is not empty and holds no frepo export; use another folder")
     if (out / MANIFEST).is_file():  # replaced whole: nothing but the old export may be in it
-        others = sorted(set(p.name for p in out.iterdir()) - export_entries(out))
+        try:
+            entries = _entries(read_manifest(out / MANIFEST))
+        except FrepoError as exc:  # a damaged export's own files were listed as strangers, with no way out said
+            raise FrepoError(
+                f"--to {out} holds a {MANIFEST} frepo cannot read ({exc}): use another folder (or, were it a frepo "
+                "export's, remove the folder)"
+            ) from None
+        others = sorted(set(p.name for p in out.iterdir()) - entries)
         if others:
             raise FrepoError(
                 f"--to {out} holds files besides its export ({', '.join(others[:5])}), which exporting again "
                 "would delete; move them, or use another folder"
             )
-    space = space or default_space(layout, ds.dataset)
-    dd_settings = None if space == "frepo" else ddranking.settings(ds.dataset, space, int(ds.images.shape[-1]))
-    ds = in_space(ds, space)
+
+
+def _export(ds: DistilledSet, out: Path, layout: str, space: str, dd_settings: dict | None) -> Path:
+    """`export`'s writing of `ds`, already in `space`, under `out`'s write lock."""
     images, labels = ds.images.detach().cpu().float(), ds.labels.detach().cpu()
     # Written whole into a temp folder that then takes `out`'s place: a failed export (a full disk) leaves the
     # previous one as it was, never a mix of two sets or files without their manifest.

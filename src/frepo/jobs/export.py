@@ -10,6 +10,7 @@ from typing import Any
 from ..base.errors import FrepoError, check_argument, check_path
 from ..base.fields import set_leaf
 from ..io.artifact import DistilledSet
+from ..io.export import check_target
 from ..io.export import export as write_export
 from .evaluate import SourceConfig, configure, read_set
 
@@ -59,7 +60,8 @@ def export(
     source = configure(source=source)[1]  # checked, a copy
     if not isinstance(ds, DistilledSet):
         check_outside(ds, out)
+        check_target(out)  # before the set is read: another tool's file may need its dataset's ZCA fit
         ds = read_set(ds, source)
     elif (source.dataset, source.preprocess, source.entry) != (None, "auto", None):
         raise FrepoError("source's dataset, preprocess and entry apply to files, not to a loaded DistilledSet")
-    return write_export(ds, out, layout, space)
+    return write_export(ds, out, layout, space, data_dir=source.data_dir, download=source.download)

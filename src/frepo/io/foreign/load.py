@@ -22,7 +22,7 @@ from ...data import BUILTIN, RawDataset, default_data_dir, load_dataset
 from ...data.folders import class_folders
 from ...data.preprocess import Preprocessing
 from ...data.recipes import CLAIMS, check_preprocessing, claimed_preprocessing, frepo_preprocessing
-from ..artifact import DistilledSet, as_read, load_distilled
+from ..artifact import DistilledSet, as_read, load_distilled, recorded_data_dir
 from ..digests import file_checksum
 from . import readers  # noqa: F401  (registers the readers of other tools' formats, in FORMATS' order)
 from .exports import load_export
@@ -391,14 +391,6 @@ def _check_read_as_made(ds: DistilledSet, raw: RawDataset, where: str) -> None:
         "otherwise (since 2026-12-07, an image folder's greyscale palette and greyscale-with-alpha images are one "
         "channel, and a photo is turned as its EXIF orientation shows it); distil it again"
     )
-
-
-def recorded_data_dir(ds: DistilledSet) -> str | None:
-    """The --data-dir the set was distilled with, when that folder still exists: evaluating a set
-    distilled from Tiny ImageNet under DIR reads DIR's test split without being told again."""
-    data = ((ds.meta or {}).get("config") or {}).get("data") or {}
-    folder = data.get("data_dir") if isinstance(data, dict) else None
-    return folder if isinstance(folder, str) and Path(folder).expanduser().is_dir() else None
 
 
 def _same_dataset(given: str, recorded: str) -> bool:
