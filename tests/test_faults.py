@@ -389,6 +389,43 @@ def test_an_output_never_replaces_what_a_run_or_an_export_keeps_or_the_file_read
     one_line(capsys, main(["show", str(run), "--animate", "--out", str(run / "images" / "f.gif")]), "snapshots")
 
 
+def test_a_grid_never_replaces_an_image_it_or_a_run_reads_nor_a_file_named_without_suffix(tmp_path, capsys):
+    """`show DIR --out DIR/3/00003.png` replaced an image of the folder it drew (an imagefolder export's class
+    folder: the export no longer read back), `--out RUN/images/step….png` a run's snapshot, and `--out
+    exp/continual` was checked as that name and then written as continual.png, an experiment's plot."""
+    run = tmp_path / "run"
+    assert main(distill_args(run, "--dataset", "digits")) == 0
+    export_dir = tmp_path / "ex"
+    assert main(["export", str(run), "--to", str(export_dir), "--format", "imagefolder"]) == 0
+    image = sorted(export_dir.glob("*/*.png"))[0]
+    snapshot = sorted((run / "images").glob("step*.png"))[-1]
+    kept = {p: p.read_bytes() for p in (image, snapshot)}
+    capsys.readouterr()
+    one_line(capsys, main(["show", str(export_dir), "--out", str(image)]), "is in a class folder of")
+    one_line(capsys, main(["show", str(run), "--out", str(image)]), f"is in a folder of the export in {export_dir}")
+    link = tmp_path / "grid.png"  # a link is written through: what it points to is judged
+    link.symlink_to(image)
+    one_line(capsys, main(["show", str(run), "--out", str(link)]), f"is in a folder of the export in {export_dir}")
+    link.unlink()
+    dangling = tmp_path / "away.png"
+    dangling.symlink_to(tmp_path / "nowhere" / "g.png")
+    one_line(capsys, main(["show", str(run), "--out", str(dangling)]), "is a link into")
+    for typed in ("", ".", "..", str(tmp_path), f"{tmp_path}/"):  # names no file (a traceback once suffixed)
+        one_line(capsys, main(["show", str(run), "--out", typed]), "")
+    one_line(capsys, main(["show", str(run), "--out", str(snapshot)]), f"is a snapshot of the run in {run}")
+    (tmp_path / "exp").mkdir()
+    for name in ("continual-held.json", "continual.png"):
+        (tmp_path / "exp" / name).write_text("{}")
+    one_line(capsys, main(["show", str(run), "--out", str(tmp_path / "exp" / "continual")]), "continual experiment")
+    assert {p: p.read_bytes() for p in kept} == kept and (tmp_path / "exp" / "continual.png").read_text() == "{}"
+    assert main(["show", str(export_dir), "--out", str(tmp_path / "grid")]) == 0  # outside it: drawn
+    assert (tmp_path / "grid.png").is_file() and not (tmp_path / "nowhere").exists()
+    # beside the class folders, a file of one's own: no image of the folder
+    assert (
+        main(["evaluate", str(export_dir), "--models", "1", "--steps", "2", "--json", str(export_dir / "e.json")]) == 0
+    )
+
+
 def test_outputs_never_replace_a_dataset_weights_or_a_distilled_set(tmp_path, capsys):
     """`subset --out model.safetensors` replaced a model's weights, and `subset --out` a copied distilled set,
     with a random draw; `evaluate --json data.npz` replaced the very dataset the set was made from (and
@@ -585,6 +622,27 @@ def test_a_killed_write_s_temp_file_goes_at_the_next_write_of_its_file_once_an_h
     atomic_write_text(target, "new")
     assert target.read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (target, fresh, *others))
+
+
+def test_a_rewrite_goes_through_a_link_and_keeps_the_file_s_permissions(tmp_path):
+    """An output named through a link (results kept elsewhere) replaced the link with a file and left its target
+    stale; a file the user had made 0600 (private) became readable by all at its next write."""
+    elsewhere = tmp_path / "kept" / "results.md"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text("old")
+    elsewhere.chmod(0o600)
+    link = tmp_path / "results.md"
+    link.symlink_to(elsewhere)
+    atomic_write_text(link, "new")
+    assert link.is_symlink() and elsewhere.read_text() == "new"
+    assert stat.S_IMODE(elsewhere.stat().st_mode) == 0o600
+    fresh = tmp_path / "fresh.md"
+    previous = os.umask(0o022)
+    try:
+        atomic_write_text(fresh, "x")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o644  # a new file: the umask's
 
 
 def test_a_failed_log_write_leaves_no_partial_line(tmp_path, monkeypatch):

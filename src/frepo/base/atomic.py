@@ -19,6 +19,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -121,6 +122,12 @@ def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
     path = Path(path)
     if path.is_dir():
         raise WriteError(f"{what} {path} is a folder; give a file name")
+    if path.is_symlink():  # written through (atomic_path): the folder written is the link's target's
+        target = Path(os.path.realpath(path))
+        if not target.parent.is_dir():
+            raise WriteError(f"{what} {path} is a link into {target.parent}, which is no folder")
+        _probe(target.parent, target.parent, f"the folder of {what}")
+        return path
     folder = path.absolute().parent
     existing = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
     if not existing.is_dir():  # a file, or a link to nothing, stands where the path needs a folder
@@ -139,10 +146,16 @@ def _check_abort(exc: BaseException, target: Path) -> None:
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path next to `target`; on success it replaces `target` atomically. The temp files of
     `target`'s writes that a kill cut short go first, once untouched for KILLED_WRITE_AGE_S (a cache or an
-    output folder may be another process's too, and its write may be under way)."""
+    output folder may be another process's too, and its write may be under way). A link is written through, as
+    `open` writes (it was replaced by a file, its target left as it was); a file rewritten keeps its permissions
+    (a 0600 file became 0644)."""
     target = Path(target)
+    linked = target.is_symlink()
+    if linked:  # into the folder the link points to, which is not made (open would not make it)
+        target = Path(os.path.realpath(target))
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if not linked:
+            target.parent.mkdir(parents=True, exist_ok=True)
         _remove_killed_writes(target)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
         os.close(fd)
@@ -153,7 +166,8 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp_path, 0o666 & ~umask())  # mkstemp makes 0600 whatever the umask
+        # mkstemp makes 0600 whatever the umask; a new file gets the umask's, a rewritten one its own
+        os.chmod(tmp_path, stat.S_IMODE(target.stat().st_mode) if target.is_file() else 0o666 & ~umask())
         os.replace(tmp_path, target)
     except BaseException as exc:
         tmp_path.unlink(missing_ok=True)

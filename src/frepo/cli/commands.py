@@ -201,10 +201,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.fps is not None and not args.animate:  # ignored before
         raise FrepoError("--fps is the frame rate of --animate; give both, or neither")
     if args.out is not None:
-        check_output_file(args.out, "--out")
-        check_not_kept(args.out, "--out", inputs=(args.path,))
+        check_output_file(args.out, "--out")  # as typed: '', '.', a folder or `dir/` name no file
         if not Path(args.out).suffix:  # as matplotlib's savefig: `--out grid` is grid.png (grid.gif animated)
             args.out = str(Path(args.out).with_suffix(".gif" if args.animate else ".png"))
+            check_output_file(args.out, "--out")
+        # the file written: `--out exp/continual` was checked as typed, then wrote the experiment's continual.png
+        check_not_kept(args.out, "--out", inputs=(args.path,))
         if not args.animate:
             grid_format(args.out)  # before the set is read
     if args.animate:

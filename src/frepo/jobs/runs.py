@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import re
 import shutil
@@ -282,21 +283,34 @@ def check_not_kept(
     from ..io.foreign.load import is_run
 
     path = Path(path)
+    if path.is_symlink():  # written through (frepo.base.atomic): what it points to is judged too
+        check_not_kept(Path(os.path.realpath(path)), what, inputs, writes_a_set, writes)
+    here = path.parent.resolve() / path.name  # `..` and folder links too
     for given in inputs:
         if path.exists() and Path(given).exists() and path.samefile(given):
             raise FrepoError(f"{what} {path} is the file this command reads; give another name")
+        # in a subfolder of a folder of images read (a class folder): `show DIR --out DIR/3/00003.png` replaced an
+        # image (a file beside the class folders is no image the folder holds)
+        if Path(given).is_dir() and not is_run(given) and Path(given).resolve() in here.parents[1:]:
+            raise FrepoError(
+                f"{what} {path} is in a class folder of {given}, which this command reads; give a path outside it"
+            )
     folder = path.parent
     if path.name in KEPT and (folder / "config.json").is_file() and is_run(folder):
         raise FrepoError(f"{what} {path} is a file of the run in {folder}; give another name")
-    if (folder / MANIFEST).is_file() and path.name in export_entries(folder):
-        raise FrepoError(f"{what} {path} is a file of the export in {folder}; give another name")
+    if here.parent.name == "images" and re.fullmatch(r"step\d+\.png", here.name) and is_run(here.parent.parent):
+        raise FrepoError(f"{what} {path} is a snapshot of the run in {here.parent.parent}; give another name")
+    # what an export wrote, in its subfolders too (an imagefolder export's class folders)
+    for above in here.parents:
+        if (above / MANIFEST).is_file() and here.relative_to(above).parts[0] in export_entries(above):
+            inside = "a file" if above == here.parent else "in a folder"
+            raise FrepoError(f"{what} {path} is {inside} of the export in {above}; give another name")
     for held in folder.glob("*-held.json"):  # an experiment's folder (frepo.apps): its records and summaries
         kind = held.name.removesuffix("-held.json")
         if path.name in {held.name, f"{kind}-config.json", *(f"{kind}{suffix}" for suffix in EXPERIMENT_FILES)}:
             raise FrepoError(f"{what} {path} is a file of the {kind} experiment in {folder}; give another name")
     # and its units' records in its subfolders (named as the experiments name them: a file of one's own there
     # stays one's own to replace)
-    here = path.parent.resolve() / path.name  # `..` and folder links too; a file link is replaced, not followed
     if path.exists() and any(pattern.fullmatch(f"{here.parent.name}/{here.name}") for pattern in EXPERIMENT_UNITS):
         above = here.parent.parent
         for held in above.glob("*-held.json"):
