@@ -68,6 +68,8 @@ def test_an_official_npz_is_carried_through_pixels_into_the_run(tmp_path, capsys
     torch.testing.assert_close(run.preprocessing.to_unit(run.images), pixels, rtol=0, atol=1e-5)
     torch.testing.assert_close(run.labels, labels[order], rtol=0, atol=1e-6)  # learned labels are kept
     assert not torch.equal(run.preprocessing.mean, reference.mean)  # the spaces differ: the pixels agree
+    # Another tool's set records no hold-out (frepo reads it as made from the whole split): "may have been", not "was"
+    assert "records no hold-out, so may have been made from any of the training images this run holds out" in err
 
 
 @pytest.mark.parametrize(

@@ -323,7 +323,9 @@ def _warn_of_seen_holdout(ds: DistilledSet, raw: RawDataset, held_out: np.ndarra
     made_from, _ = Holdout.of_set(ds.meta, len(raw.y_train)).split(raw.y_train)  # another tool's: all of them
     seen = int(np.intersect1d(held_out, made_from).size)
     if seen:
-        recorded = Holdout.record(ds.meta) is not None or "val_size" in ds.meta
+        # another tool's set: "val_size" 0 is frepo's reading (those tools distil from the whole split), not a record
+        foreign = str(ds.meta.get("kind", "")).startswith("foreign-")
+        recorded = not foreign and (Holdout.record(ds.meta) is not None or "val_size" in ds.meta)
         made = "was made from" if recorded else "records no hold-out, so may have been made from any of the"
         warn(
             f"--init {path} {made} training images this run holds out for validation ({seen} of its "
