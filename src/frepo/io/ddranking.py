@@ -79,9 +79,8 @@ def preprocessing(
     from ..data.recipes import mtt_zca_preprocessing
     from ..data.registry import load_dataset
 
-    return mtt_zca_preprocessing(
-        load_dataset(dataset, data_dir, download), cache_dir, eps=ZCA_EPS
-    )  # the claim ddranking-zca
+    raw = load_dataset(dataset, data_dir, download)
+    return mtt_zca_preprocessing(raw, cache_dir, eps=ZCA_EPS)  # the claim ddranking-zca
 
 
 def settings(dataset: str, space: str, image_size: int) -> dict:
