@@ -238,6 +238,8 @@ def test_a_rank_runs_on_the_device_named_or_says_why_not(monkeypatch):
     for name in ("cuda:0", "cuda:1"):  # the same refusal on every rank, the one whose GPU it names too
         with pytest.raises(FrepoError, match="each process takes the GPU of its LOCAL_RANK"):
             dist_module.init_distributed(name)
+    with pytest.raises(FrepoError, match="runs on CPUs \\(gloo\\) or CUDA GPUs"):
+        dist_module.init_distributed("mps")  # a device of another kind (a Mac's GPU) ran on the CPU unsaid
 
 
 def test_every_rank_starts_from_rank_0s_set_and_pool(tmp_path):

@@ -141,6 +141,8 @@ def init_distributed(device_name: str) -> tuple[DistContext, str]:
     # The device as one process would resolve it: `cpu:0` picked the GPU ("not 'cpu'"), and `cuda` without CUDA
     # ran every rank on the CPU unsaid.
     device = resolve_device(device_name)
+    if device.type not in ("cpu", "cuda"):  # an `mps` rank ran on the CPU unsaid
+        raise FrepoError(f"--device {device_name}: under torchrun frepo runs on CPUs (gloo) or CUDA GPUs (NCCL)")
     use_cuda = device.type == "cuda"
     if use_cuda and device.index is not None and torch.cuda.device_count() > 1:
         # Each process takes its own GPU (rank_gpu); a named one was replaced by it unsaid. Refused on every rank
