@@ -401,7 +401,7 @@ def test_a_grid_never_replaces_an_image_it_or_a_run_reads_nor_a_file_named_witho
     snapshot = sorted((run / "images").glob("step*.png"))[-1]
     kept = {p: p.read_bytes() for p in (image, snapshot)}
     capsys.readouterr()
-    one_line(capsys, main(["show", str(export_dir), "--out", str(image)]), "is in a class folder of")
+    one_line(capsys, main(["show", str(export_dir), "--out", str(image)]), "is in a subfolder of")
     one_line(capsys, main(["show", str(run), "--out", str(image)]), f"is in a folder of the export in {export_dir}")
     link = tmp_path / "grid.png"  # a link is written through: what it points to is judged
     link.symlink_to(image)
@@ -412,6 +412,15 @@ def test_a_grid_never_replaces_an_image_it_or_a_run_reads_nor_a_file_named_witho
     one_line(capsys, main(["show", str(run), "--out", str(dangling)]), "is a link into")
     for typed in ("", ".", "..", str(tmp_path), f"{tmp_path}/"):  # names no file (a traceback once suffixed)
         one_line(capsys, main(["show", str(run), "--out", typed]), "")
+    (tmp_path / "loop_a.png").symlink_to(tmp_path / "loop_b.png")
+    (tmp_path / "loop_b.png").symlink_to(tmp_path / "loop_a.png")
+    one_line(capsys, main(["show", str(run), "--out", str(tmp_path / "loop_a.png")]), "is a loop of links")
+    from frepo.jobs.runs import check_not_kept
+
+    with pytest.raises(FrepoError, match="is a loop of links"):  # the report's path, which no probe checks first
+        check_not_kept(tmp_path / "loop_a.png", "--out")
+    (run / "report.md").symlink_to(tmp_path / "kept_report.md")  # a report kept elsewhere: written through
+    assert main(["report", str(run)]) == 0 and (tmp_path / "kept_report.md").is_file()
     one_line(capsys, main(["show", str(run), "--out", str(snapshot)]), f"is a snapshot of the run in {run}")
     (tmp_path / "exp").mkdir()
     for name in ("continual-held.json", "continual.png"):

@@ -124,6 +124,8 @@ def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
         raise WriteError(f"{what} {path} is a folder; give a file name")
     if path.is_symlink():  # written through (atomic_path): the folder written is the link's target's
         target = Path(os.path.realpath(path))
+        if target.is_symlink():  # a loop of links: realpath stops in it
+            raise WriteError(f"{what} {path} is a loop of links; give a file name")
         if not target.parent.is_dir():
             raise WriteError(f"{what} {path} is a link into {target.parent}, which is no folder")
         _probe(target.parent, target.parent, f"the folder of {what}")

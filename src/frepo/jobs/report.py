@@ -378,7 +378,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             )
         raise FrepoError(f"{run.path} holds no frepo run (no config.json, metrics.jsonl, distilled set or eval*.json)")
     out = Path(out) if out else run.path / "report.md"
-    if out.resolve().parent != run.path.resolve():
+    if out.parent.resolve() != run.path.resolve():  # a report.md linked elsewhere is written through, not refused
         raise FrepoError("the report goes into the run directory, next to its images; pass a file name inside it")
     if out.name in ("distilled.png", "loss.png", "val_acc.png") or fnmatch.fnmatch(out.name, "eval*.json"):
         raise FrepoError(f"the report's file {out} is one the report reads or draws; give another name")

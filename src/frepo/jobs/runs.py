@@ -284,7 +284,10 @@ def check_not_kept(
 
     path = Path(path)
     if path.is_symlink():  # written through (frepo.base.atomic): what it points to is judged too
-        check_not_kept(Path(os.path.realpath(path)), what, inputs, writes_a_set, writes)
+        real = Path(os.path.realpath(path))
+        if real.is_symlink():  # a loop of links (realpath stops in it): recursing never ended
+            raise FrepoError(f"{what} {path} is a loop of links; give a file name")
+        check_not_kept(real, what, inputs, writes_a_set, writes)
     here = path.parent.resolve() / path.name  # `..` and folder links too
     for given in inputs:
         if path.exists() and Path(given).exists() and path.samefile(given):
@@ -293,7 +296,7 @@ def check_not_kept(
         # image (a file beside the class folders is no image the folder holds)
         if Path(given).is_dir() and not is_run(given) and Path(given).resolve() in here.parents[1:]:
             raise FrepoError(
-                f"{what} {path} is in a class folder of {given}, which this command reads; give a path outside it"
+                f"{what} {path} is in a subfolder of {given}, which this command reads; give a path outside it"
             )
     folder = path.parent
     if path.name in KEPT and (folder / "config.json").is_file() and is_run(folder):
