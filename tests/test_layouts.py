@@ -408,6 +408,38 @@ def test_a_cache_of_other_shapes_is_rebuilt_not_trusted(tmp_path):
     assert rebuilt["x"].shape == (3,)
 
 
+def test_a_full_disk_is_one_line_before_any_decoding_not_a_bus_error(tmp_path, monkeypatch):
+    """The cache is written through memory maps of sparse `.npy` files: a full disk met there kills the process
+    with SIGBUS ("Bus error", seen on a 100 KB tmpfs). The files' blocks are reserved before `fill` decodes
+    anything, so a full disk is an ENOSPC at the reservation: one line, nothing decoded, nothing left."""
+    import errno
+
+    from frepo.data import cache
+
+    shapes = {"x": ((4096, 64), np.dtype(np.uint8)), "y": ((4096,), np.dtype(np.int64))}
+    allocated = {}
+
+    def fill(arrays):
+        for name, array in arrays.items():
+            stat = os.stat(array.filename)
+            allocated[name] = stat.st_blocks * 512 >= stat.st_size  # not sparse: every block on disk
+        arrays["y"][:] = 1
+
+    if hasattr(os, "posix_fallocate"):
+        cache.cached_arrays(tmp_path / "roomy", {"v": 1}, lambda: shapes, fill)
+        assert allocated == {"x": True, "y": True}
+
+    def disk_full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", disk_full, raising=False)
+    decoded = []
+    with pytest.raises(FrepoError, match=r"cannot write the dataset cache .*full: No space left on device"):
+        cache.cached_arrays(tmp_path / "full", {"v": 1}, lambda: shapes, lambda arrays: decoded.append(1))
+    assert decoded == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["roomy"] if allocated else [])
+
+
 def test_a_set_read_from_pixels_finds_the_run_s_preprocessing(tmp_path, monkeypatch):
     """An image folder read against a layout dataset is put in the preprocessing a run of that dataset fits,
     found in the cache (it was fitted again under another key, from a copy of the whole memory-mapped split)."""

@@ -106,10 +106,10 @@ def build_cache(
     """Create `.npy` files of the given shapes and dtypes in the empty folder `staging`, let `fill` write them
     (memory-mapped, so a reader can fill them chunk by chunk), then publish them as `folder` atomically and
     map it read-only."""
-    arrays: dict[str, np.memmap] = {
-        name: np.lib.format.open_memmap(staging / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
-        for name, (shape, dtype) in shapes.items()
-    }
+    arrays: dict[str, np.memmap] = {}
+    for name, (shape, dtype) in shapes.items():
+        arrays[name] = np.lib.format.open_memmap(staging / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        reserve(staging / f"{name}.npy")
     fill(typing.cast(dict[str, np.ndarray], arrays))  # memmaps are arrays (a dict is invariant)
     for array in arrays.values():
         array.flush()
@@ -121,6 +121,17 @@ def build_cache(
     if opened is None:
         raise FrepoError(f"the dataset cache {folder} could not be read back after writing it")
     return opened
+
+
+def reserve(path: Path) -> None:
+    """Allocate the disk blocks of the (sparse) file at `path` now. A memory-mapped write that finds the disk
+    full is not an error the program sees: the kernel kills the process with SIGBUS ("Bus error", no message,
+    the lock and temp folder left behind). Reserved first, a full disk is an ENOSPC OSError here, before any
+    decoding. Where the OS has no posix_fallocate (macOS), the file stays sparse."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as file:
+        os.posix_fallocate(file.fileno(), 0, os.fstat(file.fileno()).st_size)
 
 
 def cached_arrays(
