@@ -462,6 +462,32 @@ def test_a_set_read_from_pixels_finds_the_run_s_preprocessing(tmp_path, monkeypa
     )  # low rank: 9 images
 
 
+def test_a_cache_decoded_again_from_edited_images_gets_its_own_zca(tmp_path, monkeypatch):
+    """An image edited in place is not noticed (docs/datasets.md: delete the cache folder). Once deleted and decoded
+    again, the ZCA fitted on the old pixels was still found: the preprocessing's key named the source files'
+    names, sizes and times, the same. Each build has its own token now; a cache used again keeps its fit."""
+    import shutil
+
+    from frepo.config import DataConfig
+    from frepo.data import prepare
+
+    def zca_mean():
+        run = prepare(DataConfig(dataset="tiny_imagenet", data_dir=str(tmp_path), download=False))
+        assert run.preprocessing.kind == "zca"
+        return run.preprocessing.mean.clone()
+
+    monkeypatch.setenv("FREPO_CACHE", str(tmp_path / "frepo-cache"))
+    folder = write_tiny_imagenet(tmp_path)
+    before = zca_mean()
+    assert torch.equal(zca_mean(), before)  # the same build: the same fit (read from the cache)
+    for f in (folder / "train").glob("*/images/*.JPEG"):  # brighter pixels under the same names
+        Image.open(f).point(lambda v: min(255, v + 60)).save(f, format="JPEG")
+    (cache_folder,) = (tmp_path / "frepo-cache" / "datasets").glob("tiny_imagenet-*")
+    shutil.rmtree(cache_folder)
+    after = zca_mean()
+    assert not torch.equal(after, before) and float((after - before).mean()) > 0.1
+
+
 def test_a_failed_build_leaves_no_cache(tmp_path, monkeypatch):
     write_cub(tmp_path)
     calls = {"n": 0}

@@ -23,6 +23,7 @@ import logging
 import mmap
 import os
 import re
+import secrets
 import shutil
 import socket
 import tempfile
@@ -114,13 +115,24 @@ def build_cache(
     for array in arrays.values():
         array.flush()
     del arrays
-    (staging / "source.json").write_text(json.dumps({"source": source, "arrays": list(shapes)}))
+    # `build` tells this build from any other of the same source files (an image edited in place under the same
+    # name, then the cache deleted by hand): what was fitted on the old build's pixels is not this one's.
+    record = {"source": source, "arrays": list(shapes), "build": secrets.token_hex(8)}
+    (staging / "source.json").write_text(json.dumps(record))
     shutil.rmtree(folder, ignore_errors=True)  # a stale cache of older source files
     os.replace(staging, folder)
     opened = open_cached(folder, source, shapes)
     if opened is None:
         raise FrepoError(f"the dataset cache {folder} could not be read back after writing it")
     return opened
+
+
+def build_of(folder: Path) -> str:
+    """The token of the build of the cache at `folder` ("" for a cache built before builds had one, or none)."""
+    try:
+        return str(json.loads((folder / "source.json").read_text()).get("build", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def reserve(path: Path) -> None:
