@@ -273,6 +273,61 @@ def test_a_damaged_compressed_imagenet_batch_is_one_line(tmp_path):
         load_dataset("imagenet32", data_dir=tmp_path, download=False)
 
 
+def test_files_whose_rows_and_labels_disagree_are_one_line_not_shifted_labels(tmp_path):
+    """An ImageNet batch of two rows more and a later one of two fewer added up, and loaded: every image between
+    them took the label of the image two rows before. Each file is held to its own labels now; a CIFAR-100
+    pickle of more rows than labels, and a batch of another size's images, were numpy tracebacks."""
+    batches, _ = write_imagenet(tmp_path / "shift", size=32, per_batch=6, n_val=2)
+    folder = tmp_path / "shift" / "Imagenet32_train_npz"
+    for b, rows in ((3, slice(0, 8)), (4, slice(2, 6))):  # batch 3: 8 images, 6 labels; batch 4: 4 images, 6
+        data = np.concatenate([batches[2][0], batches[3][0]])[rows] if b == 3 else batches[3][0][rows]
+        np.savez(folder / f"train_data_batch_{b}.npz", data=data, labels=batches[b - 1][1])
+    with pytest.raises(FrepoError, match=r"train_data_batch_3.npz: 24576 bytes of images, not 6 images of 3×32×32"):
+        load_dataset("imagenet32", data_dir=tmp_path / "shift", download=False)
+
+    write_imagenet(tmp_path / "other", size=32, per_batch=2, n_val=2)  # 32×32 files read as imagenet64
+    for path in (tmp_path / "other").glob("Imagenet32_*"):
+        path.rename(path.with_name(path.name.replace("32", "64")))
+    with pytest.raises(FrepoError, match=r"train_data_batch_1.npz: .* not 2 images of 3×64×64"):
+        load_dataset("imagenet64", data_dir=tmp_path / "other", download=False)
+
+    write_cifar100(tmp_path / "c100")
+    train = tmp_path / "c100" / "cifar-100-python" / "train"
+    record = pickle.loads(train.read_bytes())
+    record["data"] = np.concatenate([record["data"], record["data"][:5]])
+    train.write_bytes(pickle.dumps(record))
+    with pytest.raises(FrepoError, match=r"cifar-100-python/train: 25 images but 20 labels"):
+        load_dataset("cifar100", data_dir=tmp_path / "c100", download=False)
+
+
+@pytest.mark.parametrize(
+    ("file", "line", "said"),
+    [
+        ("image_class_labels.txt", "1 0", r"image_class_labels.txt: image 1 has label '0', not 1..C"),
+        ("image_class_labels.txt", "1 x", r"image_class_labels.txt: image 1 has label 'x', not 1..C"),
+        ("train_test_split.txt", "1 2", r"train_test_split.txt: image 1 has split '2', not 1 or 0"),
+    ],
+)
+def test_a_bad_line_of_cub_s_index_files_is_one_line(tmp_path, file, line, said):
+    """A 0-based label file became label -1 unsaid; a label that is no number and a split other than 0/1 were
+    tracebacks (ValueError, KeyError)."""
+    folder = write_cub(tmp_path)
+    lines = (folder / file).read_text().splitlines()
+    (folder / file).write_text("\n".join([line, *lines[1:]]) + "\n")
+    with pytest.raises(FrepoError, match=said):
+        load_dataset("cub200", data_dir=tmp_path, download=False)
+
+
+def test_a_negative_label_of_any_source_is_refused(tmp_path):
+    """The checks every source passes held labels to < C only: a -1 reached distill (np.bincount's traceback)."""
+    from frepo.data.registry import RawDataset, _check
+
+    x = np.zeros((4, 2, 2, 1), np.uint8)
+    raw = RawDataset("mine", x, np.array([0, 1, -1, 1]), x, np.array([0, 1, 0, 1]), ["a", "b"], False)
+    with pytest.raises(FrepoError, match=r"mine: train label -1; labels are class ids 0..C-1"):
+        _check(raw, "mine")
+
+
 def test_cli_missing_dataset_is_one_line(tmp_path):
     proc = run_frepo(
         "distill", "--dataset", "tiny_imagenet", "--data-dir", tmp_path, "--no-download", "--ipc", 1,

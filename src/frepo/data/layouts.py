@@ -127,6 +127,8 @@ def _read_cifar100(name: str, root: Path) -> Source:
             y = np.asarray(data[f"{key}_labels"], dtype=np.int64)
         except (KeyError, ValueError) as exc:
             raise FrepoError(f"cannot read {path}: {exc}") from exc
+        if len(x) != len(y):  # would pair images with other images' labels, or fail the decode with numpy's words
+            raise FrepoError(f"{path}: {len(x)} images but {len(y)} labels")
         splits[split] = (x, y)
     meta = _unpickle(root / "meta")
     classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta.get(f"{key}_label_names", [])]
@@ -191,9 +193,16 @@ def _read_imagenet(name: str, root: Path) -> Source:
         raise FrepoError(f"{train_dir}: labels must be 1-based (1..1000)")
 
     def decode(entries: list) -> Iterator[np.ndarray]:  # entries: (file, rows)
-        for path, _ in entries:
+        for path, rows in entries:
             with _npz(path) as archive:
                 flat = np.asarray(_npz_array(archive, "data", path), dtype=np.uint8)
+            # Each file's images against its own labels: a file of two rows more and a later one of two fewer
+            # add up, and every image between them would take the label of the image two rows before.
+            if flat.size != rows * 3 * size * size:
+                raise FrepoError(
+                    f"{path}: {flat.size} bytes of images, not {rows} images of 3×{size}×{size} (its {rows} labels; "
+                    f"another size's Imagenet*_npz files?)"
+                )
             x = flat.reshape(-1, 3, size, size).transpose(0, 2, 3, 1)  # rows are R, G, B planes
             for start in range(0, len(x), CHUNK):
                 yield x[start : start + CHUNK]
@@ -240,9 +249,16 @@ def _read_cub(name: str, root: Path) -> Source:
             raise FrepoError(
                 f"{root}: image {image_id} lacks a split or a label (train_test_split.txt, image_class_labels.txt)"
             )
+        if is_train[image_id] not in split:
+            raise FrepoError(
+                f"{root / 'train_test_split.txt'}: image {image_id} has split {is_train[image_id]!r}, not 1 or 0"
+            )
+        label = labels[image_id]
+        if not label.isdigit() or int(label) < 1:
+            raise FrepoError(f"{root / 'image_class_labels.txt'}: image {image_id} has label {label!r}, not 1..C")
         files, ys = split[is_train[image_id]]
         files.append(_need(root / "images" / rel))
-        ys.append(int(labels[image_id]) - 1)  # stored 1-based
+        ys.append(int(label) - 1)  # stored 1-based
     n_classes = max(max(split["1"][1], default=0), max(split["0"][1], default=0)) + 1
     classes = [names.get(str(i + 1), str(i)) for i in range(n_classes)]
     (train, y_train), (test, y_test) = split["1"], split["0"]

@@ -469,6 +469,8 @@ def _check(raw: RawDataset, where: str) -> None:
             raise FrepoError(f"{where}: the {split} split is empty")
         if y.max() >= raw.num_classes:
             raise FrepoError(f"{where}: {split} label {int(y.max())} but only {raw.num_classes} classes")
+        if y.min() < 0:  # a layout's 1-based index file given 0-based labels: -1 (a crash at distill, or worse)
+            raise FrepoError(f"{where}: {split} label {int(y.min())}; labels are class ids 0..C-1")
     if raw.x_train.shape[1:] != raw.x_test.shape[1:]:
         raise FrepoError(
             f"{where}: train images {raw.x_train.shape[1:]} and test images {raw.x_test.shape[1:]} differ in shape"
