@@ -85,6 +85,27 @@ def test_a_registered_datasets_npz_in_the_data_dir_stands_in_for_its_download(tm
     assert raw.name == "mnist"
 
 
+def test_data_and_cache_variables_that_name_nothing_are_said_or_unset(tmp_path, monkeypatch):
+    """$FREPO_DATA_DIR naming a file (or a missing folder) was passed over unsaid: "not found", or a download in
+    place of the copy the user meant. An empty $FREPO_CACHE put every cache in the current folder."""
+    from frepo.data import default_data_dir
+    from frepo.data.registry import offline_copy
+
+    monkeypatch.setenv("FREPO_DATA_DIR", str(tmp_path / "mnist.npz"))  # the file, not its folder
+    np.savez(tmp_path / "mnist.npz", x=np.zeros(1))
+    with pytest.warns(UserWarning, match=r"\$FREPO_DATA_DIR is .*mnist.npz, which is no folder"):
+        assert offline_copy("mnist", tmp_path / "elsewhere") is None
+    monkeypatch.setenv("FREPO_DATA_DIR", str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert offline_copy("mnist", tmp_path / "elsewhere") == tmp_path / "mnist.npz"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FREPO_CACHE", "")
+    assert default_data_dir() == tmp_path / "home" / ".cache" / "frepo"
+    monkeypatch.setenv("FREPO_CACHE", "~/cache")
+    assert default_data_dir() == tmp_path / "home" / "cache"
+
+
 def test_npz_dataset_and_classes(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "toy.npz"

@@ -90,7 +90,8 @@ class RawDataset:
 
 
 def default_data_dir() -> Path:
-    return Path(os.environ.get("FREPO_CACHE", Path.home() / ".cache" / "frepo"))
+    """$FREPO_CACHE, else ~/.cache/frepo (an empty $FREPO_CACHE is unset: it was the current folder)."""
+    return Path(os.environ.get("FREPO_CACHE") or Path.home() / ".cache" / "frepo").expanduser()
 
 
 def whole_data_dir(data_dir: str | None) -> str | None:
@@ -146,7 +147,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
 
 def offline_copy(name: str, data_dir: Path) -> Path | None:
     """`<name>.npz` in $FREPO_DATA_DIR, else in `data_dir` (where a user who has the file puts it), if any."""
-    folders = [Path(os.environ["FREPO_DATA_DIR"])] if os.environ.get("FREPO_DATA_DIR") else []
+    folders = [Path(os.environ["FREPO_DATA_DIR"]).expanduser()] if os.environ.get("FREPO_DATA_DIR") else []
+    if folders and not folders[0].is_dir():  # a typo read nothing from it, unsaid, and downloaded instead
+        warn(f"$FREPO_DATA_DIR is {folders[0]}, which is no folder: no offline copy is read from it")
     for folder in [*folders, data_dir]:
         if (folder / f"{name}.npz").is_file():
             return folder / f"{name}.npz"
