@@ -291,6 +291,33 @@ def test_serialisation_round_trip_and_cache(tmp_path):
     torch.testing.assert_close(cached_preprocessing(x, "zca", 0.1, tmp_path)(x), pre(x))
 
 
+def test_a_read_only_cache_costs_a_fit_said_not_a_traceback(tmp_path, monkeypatch):
+    """A damaged entry in a read-only cache folder was a traceback (its unlink failed), and a fit that could not be
+    kept (a dataset folder shared read-only) was fitted again on every run unsaid."""
+    from pathlib import Path
+
+    from frepo.base.atomic import WriteError
+    from frepo.data import preprocess
+
+    x = _images(n=50)
+    pre = cached_preprocessing(x, "zca", 0.1, tmp_path)
+    (entry,) = (tmp_path / "preprocessing").glob("*.safetensors")
+    entry.write_bytes(b"garbage")
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    def cannot_write(tensors, path, metadata):
+        raise WriteError(f"cannot write {path}: read-only file system")
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    monkeypatch.setattr(preprocess, "build_lock", read_only)
+    monkeypatch.setattr("frepo.base.atomic.atomic_save_safetensors", cannot_write)
+    with pytest.warns(UserWarning, match=r"the fitted zca is not kept in .*preprocessing \(cannot write .*read-only"):
+        again = cached_preprocessing(x, "zca", 0.1, tmp_path)
+    torch.testing.assert_close(again(x), pre(x))
+
+
 def test_one_process_fits_a_cache_entry_the_others_wait_and_read_it(tmp_path):
     """The ranks of a torchrun launch prepare their data at once: each made its own ZCA pass over the split."""
     import threading

@@ -167,3 +167,16 @@ def test_a_set_without_a_hold_out_says_to_use_the_test_split(tmp_path, monkeypat
         DataConfig(dataset="digits", classes=[]).validate()
     with pytest.raises(FrepoError, match="classes must name each class once, got '1,1'"):  # one class, unsaid
         DataConfig(dataset="digits", classes="1,1").class_ids(10)
+
+
+def test_a_chunk_or_class_the_dataset_lacks_is_refused_before_the_fit(monkeypatch):
+    """Both were checked after the preprocessing's fit: on ImageNet, a pass over 15.7 GB before the one-line error."""
+    import pytest
+
+    from frepo.base.errors import FrepoError
+
+    monkeypatch.setattr(frepo.data, "cached_preprocessing", lambda *a: pytest.fail("fitted before the check"))
+    with pytest.raises(FrepoError, match=r"chunk 3 is beyond the training split: 1257 images make 3 chunks of 500"):
+        prepare(DataConfig(dataset="digits", train_chunk=3, train_chunk_size=500))
+    with pytest.raises(FrepoError, match=r"classes must be class ids in 0..9, got .0,12."):
+        prepare(DataConfig(dataset="digits", classes="0,12"))

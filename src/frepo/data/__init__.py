@@ -96,9 +96,7 @@ def prepare(cfg: DataConfig, device: torch.device | None = None) -> PreparedData
             f"val_size {val_size} leaves no training images: {raw.name} has {len(raw.y_train)}; give a smaller "
             "--val-size (0 turns validation off)"
         )
-    kind = resolve_kind(cfg.preprocess, raw.image_shape)
-    cache = Path(cfg.data_dir) if cfg.data_dir is not None else default_data_dir()
-    pre = cached_preprocessing(rows_of(raw.x_train, train_idx, raw.source_id), kind, cfg.zca_reg, cache, device)
+    # Before the fit (ImageNet's: a pass over 15.7 GB): a chunk or class id the dataset does not have
     if holdout.chunk is not None and holdout.chunk[0] >= len(raw.y_train):
         chunks = -(-len(raw.y_train) // cfg.train_chunk_size)
         raise FrepoError(
@@ -107,5 +105,8 @@ def prepare(cfg: DataConfig, device: torch.device | None = None) -> PreparedData
         )
     if cfg.classes is not None:
         cfg.class_ids(raw.num_classes)  # ids beyond the dataset's classes are an error
+    kind = resolve_kind(cfg.preprocess, raw.image_shape)
+    cache = Path(cfg.data_dir) if cfg.data_dir is not None else default_data_dir()
+    pre = cached_preprocessing(rows_of(raw.x_train, train_idx, raw.source_id), kind, cfg.zca_reg, cache, device)
     train_idx, val_idx = holdout.narrow(raw.y_train, train_idx, val_idx)  # to the chunk and the classes
     return PreparedData(raw, pre, train_idx, val_idx, holdout)

@@ -23,7 +23,7 @@ import torch
 
 from ..base.device import exact_matmuls, host_tensor, machine_key
 from ..base.errors import FrepoError
-from ..base.log import messages_shown, progress_bar
+from ..base.log import messages_shown, progress_bar, warn
 from .cache import build_lock, release
 
 KINDS = ("none", "standard", "zca", "zca_block")
@@ -617,7 +617,8 @@ def cached(
                 params = params or {"kind": "zca", "zca_reg": zca_reg}
                 return Preprocessing.from_tensors(params, {k: fh.get_tensor(k) for k in fh.keys()})
         except Exception:
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a read-only cache: recomputed, as its docstring says
+                path.unlink(missing_ok=True)
             return None
 
     found = read()
@@ -634,8 +635,8 @@ def cached(
         pre = build()
         try:
             atomic_save_safetensors(pre.tensors(), path, {"params": json.dumps(pre.params())})
-        except (OSError, FrepoError):
-            pass
+        except (OSError, FrepoError) as exc:  # a dataset folder shared read-only: a fit each run, said
+            warn(f"the fitted {tag} is not kept in {path.parent} ({exc}); it is fitted again next time")
         return pre
 
 
