@@ -517,6 +517,26 @@ def test_a_set_read_from_pixels_finds_the_run_s_preprocessing(tmp_path, monkeypa
     )  # low rank: 9 images
 
 
+def test_other_tools_zcas_of_a_cached_dataset_are_keyed_by_its_source_not_by_reading_every_image(tmp_path, monkeypatch):
+    """The reference's and MTT's ZCA (foreign sets, DD-Ranking exports) keyed a cached dataset by hashing its
+    whole split on every call, hit or miss (ImageNet: 15.7 GB read); frepo's own fit keys it by its source.
+    (The keys only: a fit of Tiny ImageNet's 12 288 dimensions takes minutes.)"""
+    import dataclasses
+
+    from frepo.data import recipes
+    from frepo.data.preprocess import fingerprint
+
+    keys = []
+    monkeypatch.setattr(recipes, "cached", lambda tag, images, reg, *a: keys.append(fingerprint(images, "t", reg)))
+    write_tiny_imagenet(tmp_path)
+    raw = load_dataset("tiny_imagenet", data_dir=tmp_path, download=False)
+    unread = dataclasses.replace(raw, x_train=np.zeros_like(raw.x_train))  # hashed, its key would be another's
+    for fit in (recipes.reference_preprocessing, recipes.mtt_zca_preprocessing):
+        fit(raw, tmp_path / "cache")
+        fit(unread, tmp_path / "cache")
+    assert len(keys) == 4 and keys[0] == keys[1] and keys[2] == keys[3]
+
+
 def test_a_cache_decoded_again_from_edited_images_gets_its_own_zca(tmp_path, monkeypatch):
     """An image edited in place is not noticed (docs/datasets.md: delete the cache folder). Once deleted and decoded
     again, the ZCA fitted on the old pixels was still found: the preprocessing's key named the source files'

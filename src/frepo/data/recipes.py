@@ -29,6 +29,7 @@ import torch
 from ..base.errors import FrepoError
 from ..base.log import warn
 from .preprocess import (
+    Images,
     Preprocessing,
     cached,
     cached_preprocessing,
@@ -96,7 +97,7 @@ def reference_preprocessing(raw: RawDataset, cache_dir: Path | None = None) -> P
 
     stats = np.concatenate([mean.numpy(), std.numpy()]).tobytes()
     tag = "reference-zca-" + hashlib.sha256(stats).hexdigest()[:8]
-    return cached(tag, raw.x_train, ZCA_REG, cache_dir or default_data_dir(), build)
+    return cached(tag, whole_split(raw), ZCA_REG, cache_dir or default_data_dir(), build)
 
 
 def mtt_zca_preprocessing(raw: RawDataset, cache_dir: Path | None = None, eps: float = MTT_ZCA_EPS) -> Preprocessing:
@@ -116,7 +117,13 @@ def mtt_zca_preprocessing(raw: RawDataset, cache_dir: Path | None = None, eps: f
         unwhiten = (evecs * evals.sqrt()) @ evecs.T
         return Preprocessing("zca", unit.mean, unit.std, eps, zca_mean.float(), whiten.float(), unwhiten.float())
 
-    return cached("mtt-zca", raw.x_train, eps, cache_dir or default_data_dir(), build)
+    return cached("mtt-zca", whole_split(raw), eps, cache_dir or default_data_dir(), build)
+
+
+def whole_split(raw: RawDataset) -> Images:
+    """The training split as a cache key reads it: a cached dataset's rows by its source (a fingerprint of
+    ImageNet's 15.7 GB hashed every image, on every call, hit or miss); an in-memory split itself."""
+    return rows_of(raw.x_train, np.arange(len(raw.x_train)), raw.source_id) if raw.source_id else raw.x_train
 
 
 def dc_preprocessing(raw: RawDataset) -> Preprocessing:
