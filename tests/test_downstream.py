@@ -264,6 +264,9 @@ def test_the_distilled_arm_trains_on_the_learned_set_and_privacy_resumes(tmp_pat
         ),
         (["privacy", "--dataset", "digits", "--chunk-size", "30", "--ipc", "10"], "ipc 10 is more than class"),
         (["privacy", "--dataset", "digits", "--lira-shadows", "1"], "lira_shadows must be 0 (off) or at least 2"),
+        # scikit-learn's random_state: a traceback after the distillation and the first victim, until 2026-12-07
+        (["privacy", "--dataset", "digits", "--seed", "-1"], "seed must be in 0..2**32-1"),
+        (["privacy", "--dataset", "digits", "--seed", str(2**32)], "seed must be in 0..2**32-1"),
         # digits: 1257 training images, 5 chunks of 300: 4 besides the members'; the last chunk holds 57
         (["privacy", "--dataset", "digits", "--chunk-size", "300", "--lira-shadows", "5"], "at most 4 shadows"),
         (

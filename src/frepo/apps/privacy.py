@@ -177,6 +177,10 @@ class PrivacyConfig:
                 raise FrepoError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.chunk < 0:
             raise FrepoError(f"chunk must be >= 0, got {self.chunk}")
+        # the attacks seed scikit-learn's models and folds with it (random_state: 0..2**32-1): another seed was a
+        # traceback after the distillation and the first victim had run
+        if not 0 <= self.seed < 2**32:
+            raise FrepoError(f"seed must be in 0..2**32-1 (it seeds scikit-learn's attack models), got {self.seed}")
         if self.lira_shadows < 0 or self.lira_shadows == 1:
             raise FrepoError(f"lira_shadows must be 0 (off) or at least 2, got {self.lira_shadows}")
         for name in ("lr", "victim_lr"):
