@@ -293,6 +293,50 @@ def test_a_row_whose_folder_holds_something_else_is_told_about_runs_dir_not_out(
     assert "is unreadable" in status and "use another --runs-dir" in status and "--out" not in status
 
 
+def test_a_row_out_of_memory_is_recorded_and_the_next_rows_run(tmp_path, monkeypatch):
+    """run_row recorded FrepoErrors only: a row too large for the device (torch's OutOfMemoryError, a RuntimeError)
+    stopped the whole table with the CLI's line, and no later row ran. Any other error still raises."""
+    monkeypatch.setattr(reproduce, "TABLES", {1: (("digits", "Digits", {1: (80.0, 1.0), 10: (90.0, 1.0)}, True),)})
+    tiny = reproduce.Budget("tiny", "-tiny", 1, 3, False, "a test budget")
+    monkeypatch.setitem(reproduce.BUDGETS, "tiny", tiny)
+    for ipc in (1, 10):
+        monkeypatch.setitem(
+            presets.PRESETS, f"digits-ipc{ipc}-tiny", {"dataset": "digits", "ipc": ipc, "steps": 2, "batch_size": 32}
+        )
+    started = []
+
+    class Finished:
+        distilled_path = tmp_path / "set.safetensors"
+
+    def distill(config, out, progress=False):
+        started.append(config.ipc)
+        if config.ipc == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 7.20 GiB. GPU 0 has a total of 79 GiB")
+        return Finished()
+
+    class Evaluation:
+        mean, std = 91.0, 0.5
+
+    monkeypatch.setattr(importlib.import_module("frepo.jobs.distill"), "distill", distill)
+    monkeypatch.setattr(importlib.import_module("frepo.jobs.evaluate"), "evaluate", lambda *a, **k: Evaluation())
+    kwargs = dict(out=tmp_path / "t.md", runs_dir=tmp_path / "runs", device="cpu", progress=False)
+    reproduce.reproduce(1, "tiny", **kwargs)
+    assert started == [1, 10]
+    first, second = json.loads((tmp_path / "t.json").read_text())["rows"]
+    assert first["status"] == (
+        "failed: out of memory (CUDA out of memory. Tried to allocate 7.20 GiB); this row's settings need more "
+        "memory than the device has"
+    )
+    assert second["status"] == "done" and second["measured"] == [91.0, 0.5]
+
+    def broken(config, out, progress=False):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(importlib.import_module("frepo.jobs.distill"), "distill", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        reproduce.reproduce(1, "tiny", **{**kwargs, "runs_dir": tmp_path / "other"})
+
+
 def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(reproduce, "TABLES", {1: (("digits", "Digits", {1: (80.0, 1.0)}, True),)})
     tiny = reproduce.Budget("tiny", "-tiny", 1, 3, False, "a test budget")

@@ -11,7 +11,7 @@ import os
 import sys
 import warnings
 
-from ..base.errors import FrepoError, Interrupted, SaidElsewhere
+from ..base.errors import FrepoError, Interrupted, SaidElsewhere, out_of_memory
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -63,33 +63,11 @@ def main(argv: list[str] | None = None) -> int:
             print("frepo: interrupted", file=sys.stderr)
         return 130
     except (MemoryError, RuntimeError) as exc:  # torch's OutOfMemoryError is a RuntimeError
-        said = _out_of_memory(exc)
+        said = out_of_memory(exc)
         if said is None:
             raise
         print(f"frepo{f' (rank {rank})' if rank else ''}: error: {said}", file=sys.stderr)
         return 2
-
-
-def _out_of_memory(exc: BaseException) -> str | None:
-    """One line for an allocation that failed (the GPU's, or the host's), or None for any other error: a
-    traceback of torch's allocator said nothing of what to change."""
-    first = (str(exc).strip().splitlines() or [""])[0]
-    if not isinstance(exc, MemoryError) and not any(
-        words in first.lower() for words in ("out of memory", "can't allocate memory", "not enough memory")
-    ):
-        return None
-    # torch's words, without its allocator's name, the GPU's totals or the errno
-    detail = first.split("DefaultCPUAllocator: ")[-1]
-    for tail in (". GPU", " (GPU", ". Error code"):  # torch >= 2.1's CUDA message, older ones', the host's errno
-        detail = detail.split(tail)[0]
-    detail = detail[:200]
-    detail = detail or type(exc).__name__
-    return (
-        f"out of memory ({detail}). The settings ask for more than this machine has: lower what sets it (distill: "
-        "--batch-size, --chunk-size, --stream on, --ipc; evaluate: fewer --models at once), or use a larger device. "
-        "A run that has a checkpoint continues with its own settings only (new ones: another --out); one that "
-        "stopped before its first starts afresh with them"
-    )
 
 
 def _rank() -> int:

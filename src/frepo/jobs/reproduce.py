@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..base.atomic import atomic_write_json, atomic_write_text, check_output_file, writable_folder
-from ..base.errors import FrepoError
+from ..base.errors import FrepoError, out_of_memory
 from ..data import BUILTIN, default_data_dir
 from ..data.layouts import LAYOUTS, find_root
 from ..data.registry import offline_copy
@@ -316,6 +316,21 @@ def run_row(
             reason = f"{out} holds a run of other settings ({exc.detail}); delete it to run the {budget.name} preset"
         row.status = f"failed: {reason}"
         log.warning(f"frepo: {row.label} IPC {row.ipc} failed: {reason}; going on with the next row")
+    except (MemoryError, RuntimeError) as exc:  # torch's OutOfMemoryError is a RuntimeError
+        said = out_of_memory(exc)  # a row too large for the device (CIFAR-100 IPC 50): the smaller rows still run
+        if said is None:
+            raise
+        reason = said.split(". The settings ask")[0]
+        row.status = f"failed: {reason}; this row's settings need more memory than the device has"
+        log.warning(f"frepo: {row.label} IPC {row.ipc} failed: {reason}; going on with the next row")
+    if row.status.startswith("failed: out of memory"):  # out of the except: its traceback held the row's tensors
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():  # the failed row's cached blocks, back to the device for the next row
+            torch.cuda.empty_cache()
 
 
 def render(
