@@ -684,6 +684,12 @@ def test_the_start_arm_s_labels_are_scaled_as_the_reference_s_starting_labels(tm
     np.save(stale, np.zeros(3))
     assert experiment._victim("start", ds, 5, 0)["scoring"] == privacy_app.SCORING
     assert not stale.exists() and experiment._stale_shadows == {("start", 5)}
+    # A victim of scoring 2 is scored again, but its shadows already took the scaled labels: they are kept.
+    (tmp_path / "out" / "victims" / "start-6-m0.json").write_text(json.dumps({"attacks": {}, "scoring": 2}))
+    kept = tmp_path / "out" / "shadows" / "start-6-s0.npy"
+    np.save(kept, np.zeros(3))
+    assert experiment._victim("start", ds, 6, 0)["scoring"] == privacy_app.SCORING
+    assert kept.exists() and experiment._stale_shadows == {("start", 5)}
 
 
 def test_a_victim_scored_by_an_older_frepo_is_trained_and_scored_again(tmp_path, monkeypatch, caplog):

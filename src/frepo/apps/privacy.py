@@ -402,7 +402,8 @@ class Privacy(Experiment):
                     "TPR on sklearn's reduced ROC, the start arm's labels unscaled); they are trained and scored again"
                 )
                 self._said_scoring = True
-            if arm == "start" and self.raw.num_classes != 10 and (arm, steps) not in self._stale_shadows:
+            unscaled = done.get("scoring", 1) < 2  # scoring 2 scaled the start arm's labels, its shadows' too
+            if arm == "start" and unscaled and self.raw.num_classes != 10 and (arm, steps) not in self._stale_shadows:
                 # its shadows trained on those unscaled labels too (the same for 10 classes): once, not per victim
                 self._stale_shadows.add((arm, steps))
                 for path in (self.out / "shadows").glob(f"{arm}-{steps}-s*.npy"):
