@@ -135,6 +135,11 @@ def test_continual_resumes_after_an_interruption_and_keeps_its_contract(tmp_path
     monkeypatch.setattr(FRePoTrainer, "step", lambda self: pytest.fail("a finished unit was computed again"))
     assert main([*args, "--device=cpu", f"--data-dir={tmp_path}", "--no-download"]) == 0
     assert json.loads((tmp_path / "cl" / "continual-config.json").read_text())["device"] == "cpu"
+    # The arms named in another order (or fewer of them) only read units there: refused as other settings before
+    assert main([*args, "--arms=herding,random,frepo"]) == 0
+    assert json.loads((tmp_path / "cl" / "continual.json").read_text())["per_task"] == straight["per_task"]
+    table = (tmp_path / "cl" / "continual.md").read_text()
+    assert "| task | classes seen | frepo | random | herding |" in table  # in the tables' order, as given or not
 
 
 def test_an_interrupted_continual_unit_trains_only_its_missing_networks(tmp_path):

@@ -97,12 +97,13 @@ class ContinualConfig:
         return orders
 
     def arm_list(self) -> list[str]:
+        """The arms given, in ARMS' order (the tables', the CSV's and the plot's, whatever order they came in)."""
         arms = comma_items(self.arms)
         for arm in arms:
             check_choice("arm", arm, ARMS)
         if not arms or len(set(arms)) != len(arms):
             raise FrepoError(f"arms must name each of {', '.join(ARMS)} at most once, got {self.arms!r}")
-        return arms
+        return [a for a in ARMS if a in arms]
 
     def check_given(self, given: set[str]) -> None:
         """A given eval_steps under the dsa protocol, which counts epochs, was silently ignored (a preset's may
@@ -165,7 +166,9 @@ class Continual(Experiment):
     """One experiment: its folder, the dataset, and the memories and evaluations of each order and task."""
 
     kind, settings_type, presets = "continual", ContinualConfig, PRESETS
-    may_change = frozenset({"orders"})  # more (or other) class orders only add units beside the ones there
+    # more (or other) class orders, and more arms (in any order), only add units beside the ones there: a unit
+    # is one order's task of one arm (`order{o}/task{t}-{arm}.json`)
+    may_change = frozenset({"orders", "arms"})
 
     def __init__(self, config: ContinualConfig, out: str | Path, progress: bool = False):
         super().__init__(config, out, progress)
