@@ -126,7 +126,9 @@ def test_continual_resumes_after_an_interruption_and_keeps_its_contract(tmp_path
     resumed = json.loads((tmp_path / "cl" / "continual.json").read_text())
     assert resumed["per_task"] == straight["per_task"]
     assert (tmp_path / "cl" / "continual.png").read_bytes()[:4] == b"\x89PNG"
-    assert (tmp_path / "cl" / "continual.csv").read_text().startswith("task,classes_seen,arm,mean,std,budget\n")
+    csv_lines = (tmp_path / "cl" / "continual.csv").read_text().splitlines()
+    assert csv_lines[0] == "task,classes_seen,arm,mean,std,count,budget"
+    assert csv_lines[1].startswith("1,5,frepo,") and csv_lines[1].split(",")[4:6] == ["0.0", "1"]  # 1 order, 1 model
     assert resumed["budget"] in (tmp_path / "cl" / "continual.csv").read_text()  # a CSV travels without the note
     # Another setting in the same folder is refused; the same command is not, nor one on another device or with
     # another data folder (refused as other settings before): they do not change what a unit computes.

@@ -381,9 +381,11 @@ class Continual(Experiment):
         arms = list(summary["per_task"])
         header = ["task", "classes seen", *arms]
 
-        def cell(arm: str, task: int) -> str:  # over every order's models
-            count = sum(len(order["accuracies"][arm][task]) for order in summary["orders"].values())
-            return mean_std(summary["per_task"][arm][task], summary["per_task_std"][arm][task], count)
+        def count(arm: str, task: int) -> int:  # the measurements of a cell: every order's models
+            return sum(len(order["accuracies"][arm][task]) for order in summary["orders"].values())
+
+        def cell(arm: str, task: int) -> str:
+            return mean_std(summary["per_task"][arm][task], summary["per_task_std"][arm][task], count(arm, task))
 
         rows = [[str(k + 1), str(seen)] + [cell(a, k) for a in arms] for k, seen in enumerate(summary["classes_seen"])]
         title = f"# Continual learning: {self.raw.name}, {self.config.tasks} tasks, IPC {self.config.ipc}\n\n"
@@ -391,13 +393,14 @@ class Continual(Experiment):
             "\nTest accuracy (%) on the classes seen so far, mean ± std over orders and models. "
             f"Budget: {summary['budget']}.\n"
         )
-        csv_rows = [  # each row with its budget: a CSV travels without the table's note
-            [k + 1, seen, a, summary["per_task"][a][k], summary["per_task_std"][a][k], summary["budget"]]
+        csv_rows = [  # each row with its budget (a CSV travels without the table's note) and its count (a std of
+            # one measurement is 0.0, no spread)
+            [k + 1, seen, a, summary["per_task"][a][k], summary["per_task_std"][a][k], count(a, k), summary["budget"]]
             for k, seen in enumerate(summary["classes_seen"])
             for a in arms
         ]
         markdown = title + markdown_table(header, rows) + note
-        return markdown, csv_text(["task", "classes_seen", "arm", "mean", "std", "budget"], csv_rows)
+        return markdown, csv_text(["task", "classes_seen", "arm", "mean", "std", "count", "budget"], csv_rows)
 
     def plot(self, plt, summary: dict):
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
