@@ -779,3 +779,21 @@ def test_a_continual_folder_of_the_earlier_order_seeds_is_not_mixed_with_the_new
         else:
             assert frepo.continual(out=out, **quick, seed=seed)["per_task"] == first["per_task"]
             assert (out / "continual-seeds.json").is_file()
+
+
+def test_a_continual_folder_whose_orders_all_drew_with_seed_0_is_refused_in_one_line(tmp_path):
+    """Before 2026-12-04 every class order drew with --seed itself: order 1 of a --seed 0 folder with seed 0, now
+    with 1. Resumed, its distilled arm was refused by distill with advice for a flag continual has not
+    (--resume-with-changes); it is found by the runs' recorded seeds and said in continual's words."""
+    settings = {**CL2, "arms": "frepo", "orders": "1"}
+    out = tmp_path / "cl"
+    frepo.continual(out=out, **settings)
+    (out / "continual-seeds.json").unlink()  # as an earlier frepo left it
+    assert frepo.continual(out=out, **settings)["final"]  # drawn with order 1's seed then too: it goes on
+    (out / "continual-seeds.json").unlink()
+    record = out / "order1" / "task0" / "config.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "seed": 0}))  # as drawn before 2026-12-04
+    with pytest.raises(
+        FrepoError, match=r"order 1's task 0 was distilled with seed 0; the order now draws with seed 1\): use another"
+    ):
+        frepo.continual(out=out, **settings)

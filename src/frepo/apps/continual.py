@@ -273,7 +273,25 @@ class Continual(Experiment):
                 f"{self.config.seed}); orders now draw with a seed derived from both: use another --out (or --seed 0, "
                 "whose seeds are unchanged, in another folder)"
             )
+        if made_before:  # before 2026-12-04 every order drew with the seed itself: order k > 0 with 0, not k
+            self._refuse_orders_of_one_seed()
         return super().run()
+
+    def _refuse_orders_of_one_seed(self) -> None:
+        """A folder made before 2026-12-04 drew every class order with --seed itself (order 1 with seed 0, now 1):
+        its distilled arm's runs record that seed, so a resume was refused by distill with advice (a flag) that
+        continual has not, and its random and herding units would be summed with units drawn otherwise. Found
+        by the runs' recorded seeds; a folder without the distilled arm keeps no record of its seeds (docs)."""
+        for order in self.config.order_list():
+            for task in range(self.config.tasks):
+                recorded = RunDir(self.out / f"order{order}" / f"task{task}").recorded("seed")
+                if recorded is not None and recorded != self.config.order_seed(order):
+                    raise FrepoError(
+                        f"{self.out} was made by an earlier frepo, whose class orders all drew with the seed "
+                        f"itself (order {order}'s task {task} was distilled with seed {recorded}; the order now draws "
+                        f"with seed {self.config.order_seed(order)}): use another --out, or delete that folder to "
+                        "start over"
+                    )
 
     def work(self) -> dict:
         atomic_write_json(self._seeds_path, {"order_seeds": "the order with seed 0, else derived from seed and order"})
