@@ -465,34 +465,59 @@ def test_a_cache_of_other_shapes_is_rebuilt_not_trusted(tmp_path):
 
 def test_a_full_disk_is_one_line_before_any_decoding_not_a_bus_error(tmp_path, monkeypatch):
     """The cache is written through memory maps of sparse `.npy` files: a full disk met there kills the process
-    with SIGBUS ("Bus error", seen on a 100 KB tmpfs). The files' blocks are reserved before `fill` decodes
-    anything, so a full disk is an ENOSPC at the reservation: one line, nothing decoded, nothing left."""
+    with SIGBUS ("Bus error", seen on a 100 KB tmpfs). Before `fill` decodes anything, the space the files need is
+    checked against the filesystem's free space, then reserved (fallocate) where the filesystem can; a filesystem
+    that cannot (EOPNOTSUPP: NFSv3, older ZFS) still builds, sparse."""
+    import ctypes
     import errno
 
     from frepo.data import cache
 
     shapes = {"x": ((4096, 64), np.dtype(np.uint8)), "y": ((4096,), np.dtype(np.int64))}
-    allocated = {}
+    reserved, decoded = [], []
+
+    def fallocate(fd, mode, offset, length):
+        reserved.append((mode, offset, length))
+        return 0
 
     def fill(arrays):
-        for name, array in arrays.items():
-            stat = os.stat(array.filename)
-            allocated[name] = stat.st_blocks * 512 >= stat.st_size  # not sparse: every block on disk
+        decoded.append(list(reserved))  # what was reserved before the decode began
         arrays["y"][:] = 1
 
-    if hasattr(os, "posix_fallocate"):
-        cache.cached_arrays(tmp_path / "roomy", {"v": 1}, lambda: shapes, fill)
-        assert allocated == {"x": True, "y": True}
+    monkeypatch.setattr(cache, "libc_fallocate", lambda: fallocate)
+    arrays = cache.cached_arrays(tmp_path / "roomy", {"v": 1}, lambda: shapes, fill)
+    sizes = sorted(os.path.getsize(tmp_path / "roomy" / f"{n}.npy") for n in shapes)
+    assert len(decoded) == 1 and sorted(decoded[0]) == [(0, 0, size) for size in sizes]  # each file, whole
+    assert list(arrays["y"][:2]) == [1, 1]
 
-    def disk_full(fd, offset, length):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    def unsupported(fd, mode, offset, length):
+        ctypes.set_errno(errno.EOPNOTSUPP)
+        return -1
 
-    monkeypatch.setattr(os, "posix_fallocate", disk_full, raising=False)
-    decoded = []
+    monkeypatch.setattr(cache, "libc_fallocate", lambda: unsupported)
+    assert list(cache.cached_arrays(tmp_path / "nfs", {"v": 1}, lambda: shapes, fill)["y"][:2]) == [1, 1]
+
+    def full(fd, mode, offset, length):
+        ctypes.set_errno(errno.ENOSPC)
+        return -1
+
+    decoded.clear()
+    monkeypatch.setattr(cache, "libc_fallocate", lambda: full)
     with pytest.raises(FrepoError, match=r"cannot write the dataset cache .*full: No space left on device"):
-        cache.cached_arrays(tmp_path / "full", {"v": 1}, lambda: shapes, lambda arrays: decoded.append(1))
-    assert decoded == []
-    assert sorted(p.name for p in tmp_path.iterdir()) == (["roomy"] if allocated else [])
+        cache.cached_arrays(tmp_path / "full", {"v": 1}, lambda: shapes, fill)
+    monkeypatch.setattr(cache, "libc_fallocate", lambda: fallocate)
+    monkeypatch.setattr(cache, "free_bytes", lambda folder: 100 * 2**10)  # 100 KiB free, as on that tmpfs
+    with pytest.raises(
+        FrepoError, match=r"small: No space left on device: the decoded dataset takes 288 KiB, 100 KiB free"
+    ):
+        cache.cached_arrays(tmp_path / "small", {"v": 1}, lambda: shapes, fill)
+    assert decoded == []  # nothing decoded into a cache that could not be written whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nfs", "roomy"]  # no temp folder, no lock left
+    monkeypatch.undo()
+    if cache.libc_fallocate() is not None:  # the C library's own call, on this filesystem: it reserves or says
+        with open(tmp_path / "real", "wb") as file:  # it cannot (no error either way)
+            cache.allocate(file.fileno(), 1 << 20)
+        assert os.path.getsize(tmp_path / "real") == 1 << 20
 
 
 def test_a_set_read_from_pixels_finds_the_run_s_preprocessing(tmp_path, monkeypatch):
@@ -519,18 +544,21 @@ def test_a_set_read_from_pixels_finds_the_run_s_preprocessing(tmp_path, monkeypa
 
 def test_other_tools_zcas_of_a_cached_dataset_are_keyed_by_its_source_not_by_reading_every_image(tmp_path, monkeypatch):
     """The reference's and MTT's ZCA (foreign sets, DD-Ranking exports) keyed a cached dataset by hashing its
-    whole split on every call, hit or miss (ImageNet: 15.7 GB read); frepo's own fit keys it by its source.
-    (The keys only: a fit of Tiny ImageNet's 12 288 dimensions takes minutes.)"""
+    whole split on every call, hit or miss (ImageNet: 15.7 GB read), and the reference's tag named the split's
+    channel statistics, a pass of their own; frepo's own fit keys it by its source. (The keys only: a fit of Tiny
+    ImageNet's 12 288 dimensions takes minutes.)"""
     import dataclasses
 
-    from frepo.data import recipes
+    from frepo.data import preprocess, recipes
     from frepo.data.preprocess import fingerprint
 
     keys = []
-    monkeypatch.setattr(recipes, "cached", lambda tag, images, reg, *a: keys.append(fingerprint(images, "t", reg)))
+    monkeypatch.setattr(recipes, "cached", lambda tag, images, reg, *a: keys.append(fingerprint(images, tag, reg)))
     write_tiny_imagenet(tmp_path)
     raw = load_dataset("tiny_imagenet", data_dir=tmp_path, download=False)
     unread = dataclasses.replace(raw, x_train=np.zeros_like(raw.x_train))  # hashed, its key would be another's
+    monkeypatch.setattr(preprocess, "channel_stats", lambda *a: pytest.fail("the split read for a cache key"))
+    monkeypatch.setattr(recipes, "channel_stats", preprocess.channel_stats)
     for fit in (recipes.reference_preprocessing, recipes.mtt_zca_preprocessing):
         fit(raw, tmp_path / "cache")
         fit(unread, tmp_path / "cache")
@@ -540,7 +568,8 @@ def test_other_tools_zcas_of_a_cached_dataset_are_keyed_by_its_source_not_by_rea
 def test_a_cache_decoded_again_from_edited_images_gets_its_own_zca(tmp_path, monkeypatch):
     """An image edited in place is not noticed (docs/datasets.md: delete the cache folder). Once deleted and decoded
     again, the ZCA fitted on the old pixels was still found: the preprocessing's key named the source files'
-    names, sizes and times, the same. Each build has its own token now; a cache used again keeps its fit."""
+    names, sizes and times, the same. It names the decoded pixels' digest too now: the same pixels decoded again
+    keep their fit."""
     import shutil
 
     from frepo.config import DataConfig
@@ -555,9 +584,12 @@ def test_a_cache_decoded_again_from_edited_images_gets_its_own_zca(tmp_path, mon
     folder = write_tiny_imagenet(tmp_path)
     before = zca_mean()
     assert torch.equal(zca_mean(), before)  # the same build: the same fit (read from the cache)
+    (cache_folder,) = (tmp_path / "frepo-cache" / "datasets").glob("tiny_imagenet-*")
+    shutil.rmtree(cache_folder)  # decoded again from the same images (a cache deleted to free space): its fit found
+    assert torch.equal(zca_mean(), before)
+    assert len(list((tmp_path / "preprocessing").glob("zca-*.safetensors"))) == 1
     for f in (folder / "train").glob("*/images/*.JPEG"):  # brighter pixels under the same names
         Image.open(f).point(lambda v: min(255, v + 60)).save(f, format="JPEG")
-    (cache_folder,) = (tmp_path / "frepo-cache" / "datasets").glob("tiny_imagenet-*")
     shutil.rmtree(cache_folder)
     after = zca_mean()
     assert not torch.equal(after, before) and float((after - before).mean()) > 0.1

@@ -16,14 +16,17 @@ cache is rebuilt.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import fcntl
+import functools
 import glob
+import hashlib
 import json
 import logging
 import mmap
 import os
 import re
-import secrets
 import shutil
 import socket
 import tempfile
@@ -107,17 +110,20 @@ def build_cache(
     """Create `.npy` files of the given shapes and dtypes in the empty folder `staging`, let `fill` write them
     (memory-mapped, so a reader can fill them chunk by chunk), then publish them as `folder` atomically and
     map it read-only."""
-    arrays: dict[str, np.memmap] = {}
-    for name, (shape, dtype) in shapes.items():
-        arrays[name] = np.lib.format.open_memmap(staging / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
-        reserve(staging / f"{name}.npy")
+    arrays: dict[str, np.memmap] = {
+        name: np.lib.format.open_memmap(staging / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        for name, (shape, dtype) in shapes.items()
+    }
+    reserve(staging, [staging / f"{name}.npy" for name in shapes])
     fill(typing.cast(dict[str, np.ndarray], arrays))  # memmaps are arrays (a dict is invariant)
     for array in arrays.values():
         array.flush()
+    # `digest` tells these pixels from others decoded from the same source files (an image edited in place under
+    # the same name, then the cache deleted by hand): what was fitted on the old pixels is not fitted on these. Of
+    # the content, not of the build: a decode of unchanged files (another node's $FREPO_CACHE, a cache deleted to
+    # free space) keeps its key and finds its fit.
+    record = {"source": source, "arrays": list(shapes), "digest": content_digest(arrays)}
     del arrays
-    # `build` tells this build from any other of the same source files (an image edited in place under the same
-    # name, then the cache deleted by hand): what was fitted on the old build's pixels is not this one's.
-    record = {"source": source, "arrays": list(shapes), "build": secrets.token_hex(8)}
     (staging / "source.json").write_text(json.dumps(record))
     shutil.rmtree(folder, ignore_errors=True)  # a stale cache of older source files
     os.replace(staging, folder)
@@ -127,23 +133,90 @@ def build_cache(
     return opened
 
 
-def build_of(folder: Path) -> str:
-    """The token of the build of the cache at `folder` ("" for a cache built before builds had one, or none)."""
+def digest_of(folder: Path) -> str:
+    """The content digest of the cache at `folder` ("" for a cache built before caches had one, or none)."""
     try:
-        return str(json.loads((folder / "source.json").read_text()).get("build", ""))
+        return str(json.loads((folder / "source.json").read_text()).get("digest", ""))
     except (OSError, ValueError, AttributeError):
         return ""
 
 
-def reserve(path: Path) -> None:
-    """Allocate the disk blocks of the (sparse) file at `path` now. A memory-mapped write that finds the disk
-    full is not an error the program sees: the kernel kills the process with SIGBUS ("Bus error", no message,
-    the lock and temp folder left behind). Reserved first, a full disk is an ENOSPC OSError here, before any
-    decoding. Where the OS has no posix_fallocate (macOS), the file stays sparse."""
-    if not hasattr(os, "posix_fallocate"):
+def content_digest(arrays: dict[str, np.memmap]) -> str:
+    """BLAKE2b of the arrays' bytes, by name, read back in chunks (their pages released as read: a pass over
+    ImageNet's 15.7 GB keeps O(chunk) resident, and takes a fraction of its decode's time)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(arrays):
+        array = arrays[name]
+        digest.update(f"{name}{array.shape}{array.dtype}".encode())
+        rows = max(1, (64 << 20) // max(1, array[:1].nbytes))  # ~64 MB a chunk
+        for start in range(0, len(array), rows):
+            digest.update(np.ascontiguousarray(array[start : start + rows]).tobytes())
+            release(array)
+    return digest.hexdigest()
+
+
+def reserve(folder: Path, paths: list[Path]) -> None:
+    """Make sure the (sparse) files `paths` in `folder` can be written whole, before anything is decoded into
+    them. A memory-mapped write that finds the disk full is no error the program sees: the kernel kills the
+    process with SIGBUS ("Bus error", no message, the lock and temp folder left behind). So the space they need
+    is checked against what the filesystem has free (an ENOSPC naming both), then reserved where the OS and the
+    filesystem can (Linux's fallocate; elsewhere, or on NFSv3 and older ZFS, the files stay sparse and the check
+    is all)."""
+    needed = sum(path.stat().st_size for path in paths)
+    free = free_bytes(folder)
+    if free is not None and needed > free:
+        raise OSError(
+            errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: the decoded dataset takes {size(needed)}, {size(free)} free"
+        )
+    for path in paths:
+        with open(path, "r+b") as file:
+            allocate(file.fileno(), os.fstat(file.fileno()).st_size)
+
+
+def size(count: int) -> str:
+    """A byte count as people read it: 15.70 GiB, 3.4 MiB, 96 KiB."""
+    if count >= 2**28:
+        return f"{count / 2**30:.2f} GiB"
+    return f"{count / 2**20:.1f} MiB" if count >= 2**20 else f"{count / 2**10:.0f} KiB"
+
+
+def free_bytes(folder: Path) -> int | None:
+    """The bytes an unprivileged write may still take in `folder`'s filesystem (None where the OS cannot say)."""
+    if not hasattr(os, "statvfs"):
+        return None
+    stat = os.statvfs(folder)
+    return stat.f_bavail * stat.f_frsize
+
+
+_UNSUPPORTED = {errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP), errno.ENOSYS, errno.EINVAL}
+
+
+def allocate(fd: int, length: int) -> None:
+    """fallocate(2) of the file's first `length` bytes: its blocks on disk now, a full disk an ENOSPC OSError.
+    Nothing where the OS has no such call or the filesystem cannot (not glibc's posix_fallocate: there it writes
+    a byte per block instead, on NFS a second pass over the whole file)."""
+    call = libc_fallocate()
+    if call is None or length == 0:
         return
-    with open(path, "r+b") as file:
-        os.posix_fallocate(file.fileno(), 0, os.fstat(file.fileno()).st_size)
+    if call(fd, 0, 0, length) != 0:
+        code = ctypes.get_errno()
+        if code not in _UNSUPPORTED:
+            raise OSError(code, os.strerror(code))
+
+
+@functools.cache
+def libc_fallocate() -> Callable[[int, int, int, int], int] | None:
+    """The C library's `fallocate` (Linux: glibc, musl), or None."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    call = getattr(libc, "fallocate64", None) or getattr(libc, "fallocate", None)
+    if call is None:
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    call.restype = ctypes.c_int
+    return call
 
 
 def cached_arrays(

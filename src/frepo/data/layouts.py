@@ -34,7 +34,7 @@ import numpy as np
 from ..base.atomic import empty_folders_removed_on_failure
 from ..base.errors import FrepoError
 from ..base.log import messages_shown, progress_bar
-from .cache import build_of, building, cached_arrays, signature
+from .cache import building, cached_arrays, digest_of, signature
 from .folders import IMAGE_SUFFIXES, class_folders, image_files, read_image
 
 CHUNK = 4096  # images decoded and written per chunk while building a cache
@@ -442,11 +442,11 @@ def read_layout(name: str, data_dir: Path, cache_root: Path):
                     raise FrepoError(f"{root}: {pos} {split} images decoded but {len(out)} labels")
 
     arrays = cached_arrays(folder, sig, shapes, fill)
-    # What fits on these pixels (the ZCA) is keyed on the source files and on this build of them: a cache deleted
-    # and decoded again from images edited in place gets a fit of its own. (A cache of before builds had a token
-    # keeps its key: nothing is fitted again on upgrade.)
-    build = build_of(folder)
-    identity = repr(sig) + (f"|build {build}" if build else "")
+    # What fits on these pixels (the ZCA) is keyed on the source files and on the pixels decoded from them: a
+    # cache deleted and decoded again from images edited in place gets a fit of its own. (A cache of before caches
+    # had a digest keeps its key: nothing is fitted again on upgrade.)
+    digest = digest_of(folder)
+    identity = repr(sig) + (f"|pixels {digest}" if digest else "")
     return (
         arrays["x_train"],
         source.y_train.astype(np.int64),

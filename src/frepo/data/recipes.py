@@ -82,21 +82,27 @@ MTT_ZCA_EPS = 0.1  # MTT's kornia ZCAWhitening(eps=0.1)
 def reference_preprocessing(raw: RawDataset, cache_dir: Path | None = None) -> Preprocessing:
     """The official FRePo's transform: standardise with its constants (fitted on the full training split
     for datasets it has none for), then for colour data ZCA (reg 0.1·trace/d) fitted on the full split."""
-    if raw.name in REFERENCE_STATS:
-        mean, std = (torch.tensor(v, dtype=torch.float32) for v in REFERENCE_STATS[raw.name])
-    else:
-        mean, std = channel_stats(raw.x_train)
-    standard = Preprocessing("standard", mean, std)
+
+    def stats() -> tuple[torch.Tensor, torch.Tensor]:
+        if raw.name in REFERENCE_STATS:
+            mean, std = REFERENCE_STATS[raw.name]
+            return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+        return channel_stats(raw.x_train)  # a pass over the split: made only to fit
+
     if raw.image_shape[0] == 1:
-        return standard
+        return Preprocessing("standard", *stats())
 
     def build() -> Preprocessing:
-        zca_mean, cov = mean_covariance(raw.x_train, standard)
+        mean, std = stats()
+        zca_mean, cov = mean_covariance(raw.x_train, Preprocessing("standard", mean, std))
         whiten, unwhiten = whitening_matrices(cov, len(raw.x_train), ZCA_REG)
         return Preprocessing("zca", mean, std, ZCA_REG, zca_mean.float(), whiten, unwhiten)
 
-    stats = np.concatenate([mean.numpy(), std.numpy()]).tobytes()
-    tag = "reference-zca-" + hashlib.sha256(stats).hexdigest()[:8]
+    if raw.name in REFERENCE_STATS:  # the constants name the fit (the tag of the entries cached so far)
+        constants = np.asarray(REFERENCE_STATS[raw.name], dtype=np.float32).tobytes()
+        tag = "reference-zca-" + hashlib.sha256(constants).hexdigest()[:8]
+    else:  # statistics of the split, which the fingerprint already names: not read on a cache hit
+        tag = "reference-zca-fitted"
     return cached(tag, whole_split(raw), ZCA_REG, cache_dir or default_data_dir(), build)
 
 
