@@ -4,6 +4,7 @@ interruption, the JSON contract, and bad input as one line."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -127,8 +128,9 @@ def test_continual_resumes_after_an_interruption_and_keeps_its_contract(tmp_path
     assert resumed["per_task"] == straight["per_task"]
     assert (tmp_path / "cl" / "continual.png").read_bytes()[:4] == b"\x89PNG"
     csv_lines = (tmp_path / "cl" / "continual.csv").read_text().splitlines()
-    assert csv_lines[0] == "task,classes_seen,arm,mean,std,count,budget"
-    assert csv_lines[1].startswith("1,5,frepo,") and csv_lines[1].split(",")[4:6] == ["0.0", "1"]  # 1 order, 1 model
+    assert csv_lines[0] == "task,classes_seen,arm,mean,std,budget,count"
+    row = next(csv.reader([csv_lines[1]]))
+    assert row[:3] == ["1", "5", "frepo"] and (row[4], row[6]) == ("0.0", "1")  # 1 order, 1 model: no spread
     assert resumed["budget"] in (tmp_path / "cl" / "continual.csv").read_text()  # a CSV travels without the note
     # Another setting in the same folder is refused; the same command is not, nor one on another device or with
     # another data folder (refused as other settings before): they do not change what a unit computes.
@@ -137,7 +139,13 @@ def test_continual_resumes_after_an_interruption_and_keeps_its_contract(tmp_path
     monkeypatch.setattr(FRePoTrainer, "step", lambda self: pytest.fail("a finished unit was computed again"))
     assert main([*args, "--device=cpu", f"--data-dir={tmp_path}", "--no-download"]) == 0
     assert json.loads((tmp_path / "cl" / "continual-config.json").read_text())["device"] == "cpu"
-    # The arms named in another order (or fewer of them) only read units there: refused as other settings before
+    # The arms named in another order, or fewer of them, only read units there: refused as other settings before
+    assert main([*args, "--arms=herding,random,frepo"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--arms=random"]) == 0
+    said = capsys.readouterr().err
+    assert "holds results for --arms herding,random,frepo; this summary covers --arms random only" in said
+    assert list(json.loads((tmp_path / "cl" / "continual.json").read_text())["per_task"]) == ["random"]
     assert main([*args, "--arms=herding,random,frepo"]) == 0
     assert json.loads((tmp_path / "cl" / "continual.json").read_text())["per_task"] == straight["per_task"]
     table = (tmp_path / "cl" / "continual.md").read_text()
@@ -793,6 +801,9 @@ def test_a_continual_folder_whose_orders_all_drew_with_seed_0_is_refused_in_one_
     (out / "continual-seeds.json").unlink()
     record = out / "order1" / "task0" / "config.json"
     record.write_text(json.dumps({**json.loads(record.read_text()), "seed": 0}))  # as drawn before 2026-12-04
+    # resumed first with another order: the check still reads order 1's run (the folder is marked only once)
+    with pytest.raises(FrepoError, match=r"order 1's task 0 was distilled with seed 0"):
+        frepo.continual(out=out, **{**settings, "orders": "0"})
     with pytest.raises(
         FrepoError, match=r"order 1's task 0 was distilled with seed 0; the order now draws with seed 1\): use another"
     ):

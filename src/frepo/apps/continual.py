@@ -281,17 +281,21 @@ class Continual(Experiment):
         """A folder made before 2026-12-04 drew every class order with --seed itself (order 1 with seed 0, now 1):
         its distilled arm's runs record that seed, so a resume was refused by distill with advice (a flag) that
         continual has not, and its random and herding units would be summed with units drawn otherwise. Found
-        by the runs' recorded seeds; a folder without the distilled arm keeps no record of its seeds (docs)."""
-        for order in self.config.order_list():
-            for task in range(self.config.tasks):
-                recorded = RunDir(self.out / f"order{order}" / f"task{task}").recorded("seed")
-                if recorded is not None and recorded != self.config.order_seed(order):
-                    raise FrepoError(
-                        f"{self.out} was made by an earlier frepo, whose class orders all drew with the seed "
-                        f"itself (order {order}'s task {task} was distilled with seed {recorded}; the order now draws "
-                        f"with seed {self.config.order_seed(order)}): use another --out, or delete that folder to "
-                        "start over"
-                    )
+        by the runs' recorded seeds, every run on disk (not only the orders asked for now: this check runs once,
+        before the folder is marked); a folder without the distilled arm keeps no record of its seeds (docs)."""
+        for run in sorted(self.out.glob("order*/task*")):
+            order_name, task_name = run.parent.name.removeprefix("order"), run.name.removeprefix("task")
+            if not (order_name.isdigit() and task_name.isdigit()):
+                continue
+            order, task = int(order_name), int(task_name)
+            recorded = RunDir(run).recorded("seed")
+            if recorded is not None and recorded != self.config.order_seed(order):
+                raise FrepoError(
+                    f"{self.out} was made by an earlier frepo, whose class orders all drew with the seed "
+                    f"itself (order {order}'s task {task} was distilled with seed {recorded}; the order now draws "
+                    f"with seed {self.config.order_seed(order)}): use another --out, or delete that folder to "
+                    "start over"
+                )
 
     def work(self) -> dict:
         atomic_write_json(self._seeds_path, {"order_seeds": "the order with seed 0, else derived from seed and order"})
@@ -411,14 +415,14 @@ class Continual(Experiment):
             "\nTest accuracy (%) on the classes seen so far, mean ± std over orders and models. "
             f"Budget: {summary['budget']}.\n"
         )
-        csv_rows = [  # each row with its budget (a CSV travels without the table's note) and its count (a std of
-            # one measurement is 0.0, no spread)
-            [k + 1, seen, a, summary["per_task"][a][k], summary["per_task_std"][a][k], count(a, k), summary["budget"]]
+        csv_rows = [  # each row with its budget (a CSV travels without the table's note) and, last (a column
+            # added after the others), its count of measurements (a std of one is 0.0, no spread)
+            [k + 1, seen, a, summary["per_task"][a][k], summary["per_task_std"][a][k], summary["budget"], count(a, k)]
             for k, seen in enumerate(summary["classes_seen"])
             for a in arms
         ]
         markdown = title + markdown_table(header, rows) + note
-        return markdown, csv_text(["task", "classes_seen", "arm", "mean", "std", "count", "budget"], csv_rows)
+        return markdown, csv_text(["task", "classes_seen", "arm", "mean", "std", "budget", "count"], csv_rows)
 
     def plot(self, plt, summary: dict):
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
