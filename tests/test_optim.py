@@ -3,6 +3,8 @@ float64) on this machine, with the script quoted in each test; a numpy re-deriva
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -67,16 +69,24 @@ def test_lamb_trust_ratio_is_one_for_zero_parameters():
 
 
 def test_lamb_state_round_trip():
+    """Gradients of mixed signs and sizes: with uniform ones (as before) Adam's direction is the same whatever
+    its moments hold, so a restore that dropped them passed. Against a fresh optimiser too: the state matters."""
     p = torch.ones(4, requires_grad=True)
     opt = Lamb([p], lr=cosine_decay(1e-2, 10, 0.1))
-    p.grad = torch.ones(4)
+    p.grad = torch.tensor([1.0, -2.0, 0.5, 3.0])
     opt.step()
     opt2 = Lamb([q := p.detach().clone().requires_grad_()], lr=cosine_decay(1e-2, 10, 0.1))
-    opt2.load_state_dict(opt.state_dict())
-    for o, t in ((opt, p), (opt2, q)):
-        t.grad = torch.full((4,), 0.5)
+    saved = io.BytesIO()  # through a file, as a checkpoint: loaded as is, the state's tensors would be shared
+    torch.save(opt.state_dict(), saved)
+    opt2.load_state_dict(torch.load(io.BytesIO(saved.getvalue()), weights_only=True))
+    for key, value in opt.state[p].items():
+        assert torch.equal(torch.as_tensor(opt2.state[q][key]), torch.as_tensor(value)), key
+    fresh = Lamb([r := p.detach().clone().requires_grad_()], lr=cosine_decay(1e-2, 10, 0.1))
+    for o, t in ((opt, p), (opt2, q), (fresh, r)):
+        t.grad = torch.tensor([0.5, 0.1, -1.0, 2.0])
         o.step()
     torch.testing.assert_close(p, q, rtol=0, atol=0)
+    assert not torch.allclose(r, p)  # the moments (and step count) the restore carried changed the step
 
 
 def test_cosine_decay_matches_optax():
