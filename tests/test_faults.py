@@ -315,11 +315,22 @@ def test_a_command_that_fails_leaves_no_folders_its_outputs_would_have_needed(tm
     assert not new.exists()
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into a read-only folder")
-def test_a_read_only_ancestor_of_an_output_is_refused_before_the_work(tmp_path, capsys):
-    """Still checked where the folder would be made (which the check does not make)."""
+def test_a_read_only_ancestor_of_an_output_is_refused_before_the_work(tmp_path, capsys, monkeypatch):
+    """Still checked where the folder would be made (which the check does not make). Root writes into a read-only
+    folder (and CI may run as root, where this test was skipped): there the refusal the OS gives is modelled."""
+    import tempfile
+
     locked = tmp_path / "locked"
     locked.mkdir()
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        real = tempfile.mkstemp
+
+        def read_only(*args, dir=None, **kwargs):
+            if dir is not None and os.fspath(dir) == os.fspath(locked):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
+            return real(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(tempfile, "mkstemp", read_only)
     locked.chmod(0o500)
     try:
         subset = ["subset", "--dataset", "digits", "--ipc", "1", "--out", str(locked / "a" / "s.safetensors")]
