@@ -237,9 +237,26 @@ def test_every_protocol_runs_on_tiny_data(shape, protocol):
     assert set(result.to_dict()) <= set(RESULT_KEYS), set(result.to_dict()) - set(RESULT_KEYS)  # all documented
 
 
-def test_dsa_soft_labels_and_determinism():
+def test_dsa_soft_labels_and_determinism(monkeypatch):
+    """The soft labels reach the training (the set's learned labels softmaxed, as the official softxent), and
+    without them the class ids do: a flag recorded but not acted on passed before."""
+    from frepo.eval.protocols import dsa as protocol_dsa
+
     ds = _set(learned=True)
     eval_x, eval_y = torch.randn(8, 1, 8, 8), torch.randint(3, (8,))
+    trained_on, original = [], protocol_dsa.train_dsa_model
+    monkeypatch.setattr(
+        protocol_dsa,
+        "train_dsa_model",
+        lambda images, targets, **k: trained_on.append(targets) or original(images, targets, **k),
+    )
+    for soft in (True, False):
+        evaluate_set(
+            ds, eval_x, eval_y, EvalConfig.build(protocol="dsa", arch="mlp", models=1, epochs=1, soft_labels=soft)
+        )
+    soft_targets, class_ids = (t.cpu() for t in trained_on)
+    torch.testing.assert_close(soft_targets, ds.labels.float().softmax(-1))
+    assert torch.equal(class_ids, ds.labels.argmax(-1))
     a = evaluate_set(
         ds, eval_x, eval_y, EvalConfig.build(protocol="dsa", arch="mlp", models=1, epochs=2, soft_labels=True)
     )
