@@ -103,11 +103,36 @@ def test_geometric_ops_draw_the_reference_s_ranges():
         c = out[:, channel]
         return c[:, mid, mid] - c[:, mid, mid - 1], c[:, mid, mid] - c[:, mid - 1, mid]
 
-    shift = (augment.translate(x, torch.Generator().manual_seed(0)) - x)[:, 0, mid, mid].abs()
-    assert shift.max() <= size / 8 + 1e-4 and shift.max() > 0.95 * size / 8
+    moved = augment.translate(x, torch.Generator().manual_seed(0)) - x
+    for channel in (0, 1):  # x, then y
+        shift = moved[:, channel, mid, mid].abs()
+        assert shift.max() <= size / 8 + 1e-4 and shift.max() > 0.95 * size / 8
     scale, _ = gradient(augment.crop(x, torch.Generator().manual_seed(1)), 0)  # 1 / zoom
     assert scale.min() >= 0.8 - 1e-4 and scale.max() <= 1.25 + 1e-4
     assert scale.min() < 0.82 and scale.max() > 1.22
     cos, minus_sin = gradient(augment.rotate(x, torch.Generator().manual_seed(2)), 0)
     degrees = torch.rad2deg(torch.atan2(-minus_sin, cos)).abs()
     assert degrees.max() <= 15 + 1e-3 and degrees.max() > 14
+
+
+def test_random_op_applies_one_of_the_ops_each_as_often():
+    """The frepo protocol's augmentation: per batch, one op drawn uniformly from the set's ops (the reference's
+    choice), with that op's own per-sample draws. Each output is one op's, and over 600 batches each of the 5
+    ops of a flip-sensitive set is drawn 120 ± 4·sqrt(120·0.8) times (a binomial's 4 standard deviations)."""
+    x = torch.randn(4, 3, 16, 16, generator=_gen(9))
+    ops = reference_ops(False)
+    counts = dict.fromkeys(ops, 0)
+    for seed in range(600):
+        out = augment.random_op(x, ops, _gen(seed))
+        after_the_draw = _gen(seed)
+        torch.randint(len(ops), (1,), generator=after_the_draw)  # the op's draws follow the choice's
+        state = after_the_draw.get_state()
+        matches = []
+        for name in ops:
+            gen = torch.Generator()
+            gen.set_state(state)
+            if torch.equal(out, augment.OPS[name](x, gen)):
+                matches.append(name)
+        assert len(matches) == 1, (seed, matches)
+        counts[matches[0]] += 1
+    assert all(abs(c - 120) <= 4 * math.sqrt(120 * 0.8) for c in counts.values()), counts
