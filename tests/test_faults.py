@@ -625,6 +625,26 @@ def test_torch_s_own_full_disk_errors_are_named(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "statvfs", lambda path: Full())
     assert write_failure(error, tmp_path) == "No space left on device"
     assert write_failure(ValueError("not a disk problem"), tmp_path) is None
+    # Through atomic_path, as a checkpoint is written: the partial file held what the disk lacked, and the
+    # cause was judged after it was removed (space again: torch's words, as a real full tmpfs showed). Modelled:
+    # the filesystem is full while a partial file is there.
+    from frepo.base.atomic import WriteError, atomic_path
+
+    monkeypatch.undo()
+    real = os.statvfs
+
+    class Counted:
+        def __init__(self, path):
+            full = any(p.name.startswith(".checkpoint.pt.") for p in tmp_path.iterdir())
+            stats = real(path)
+            self.f_frsize, self.f_bavail = stats.f_frsize, 10 if full else stats.f_bavail
+
+    monkeypatch.setattr(os, "statvfs", Counted)
+    with pytest.raises(WriteError, match=r"^No space left on device while writing .*checkpoint.pt"):
+        with atomic_path(tmp_path / "checkpoint.pt") as partial:
+            partial.write_bytes(b"x" * 1000)
+            raise error
+    assert [p.name for p in tmp_path.iterdir()] == []
 
 
 def test_a_killed_write_s_temp_file_goes_at_the_next_write_of_its_file_once_an_hour_old(tmp_path):

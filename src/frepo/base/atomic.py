@@ -172,9 +172,11 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         os.chmod(tmp_path, stat.S_IMODE(target.stat().st_mode) if target.is_file() else 0o666 & ~umask())
         os.replace(tmp_path, target)
     except BaseException as exc:
+        # why, judged before the partial file goes: the space it held is what a full disk lacked (torch's own
+        # message names no cause: "unexpected pos 41599872 vs 41599768", seen on a full tmpfs)
+        reason = write_failure(exc, target.parent)
         tmp_path.unlink(missing_ok=True)
         _check_abort(exc, target)
-        reason = write_failure(exc, target.parent)
         if reason is None:
             raise
         raise WriteError(
