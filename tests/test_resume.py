@@ -244,3 +244,46 @@ def test_a_run_started_from_a_file_resumes_as_if_uninterrupted(tmp_path):
     assert distill(config, cut).step == 8
     a, b = load_distilled(straight / "distilled.safetensors"), load_distilled(cut / "distilled.safetensors")
     assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+
+
+class Killed(BaseException):
+    """A kill -9 as the run sees it: nothing of frepo's handles it (the lock goes with the process)."""
+
+
+def test_a_kill_after_the_end_s_validation_logged_leaves_one_line_of_it(tmp_path, monkeypatch):
+    """Steps a multiple of --checkpoint-every (the digits preset: 300 and 100): the last step is checkpointed before
+    the end's validation, whose line a kill before the end's checkpoint left in metrics.jsonl; the resume ran
+    that validation again and logged it twice. A validation of the checkpoint's step the checkpoint does not
+    record is dropped with its line now. Also: a stop on a checkpoint step writes that checkpoint once (it was
+    written twice), and a grid a kill kept from being drawn is drawn by the rerun (it said "already complete")."""
+    from frepo.jobs.distill import Distiller
+
+    config = presets.resolve("digits", 2, overrides={**OVERRIDES, "steps": 6, "checkpoint_every": 3})
+    straight = tmp_path / "straight"
+    distill(config, straight, progress=False)
+    original, written = Distiller.checkpoint, []
+
+    def killed_in_the_end_s_checkpoint(self):
+        if self.step == 6 and self.validation.validated_at == 6:  # after the end's validation logged its line
+            raise Killed
+        written.append(self.step)
+        original(self)
+
+    monkeypatch.setattr(Distiller, "checkpoint", killed_in_the_end_s_checkpoint)
+    out = tmp_path / "run"
+    with pytest.raises(Killed):
+        distill(config, out, progress=False)
+    assert written == [3, 6] and sum('"val_acc"' in line for line in (out / "metrics.jsonl").open()) == 2
+    monkeypatch.setattr(Distiller, "checkpoint", original)
+    assert distill(config, out, progress=False).step == 6
+    assert _metrics(out) == _metrics(straight)  # one line of the end's validation, as the straight run's
+
+    monkeypatch.setattr(Distiller, "checkpoint", lambda self: written.append(self.step) or original(self))
+    written.clear()
+    with ctrl_c_after_steps(3), pytest.raises(Interrupted, match="stopped at step 3"):
+        distill(config, tmp_path / "stopped", progress=False)
+    assert written == [3]
+
+    (out / "distilled.png").unlink()  # as a kill between the set and its picture leaves the run
+    assert distill(config, out, progress=False).step == 6
+    assert (out / "distilled.png").read_bytes() == (straight / "distilled.png").read_bytes()

@@ -387,8 +387,12 @@ class Distiller:
         self.step = self.last_checkpoint = int(state["step"])
         pending = state.get("pending")  # none in older checkpoints
         self._pending = pending if isinstance(pending, str) else None
-        if self.ctx.is_main:  # a validation cut short may have logged: it runs again
-            self.run_dir.truncate_metrics(self.step, redo_validation=self._pending == "Validation")
+        # A validation of this step the checkpoint does not record (cut short, or the end's, run after the last
+        # step's checkpoint and killed before the end's) may have logged its line: it runs again, so the line goes.
+        # (Checkpoints of before `last_val_step` lack the key: only their pending validation is known.)
+        unrecorded = "last_val_step" in state and state["last_val_step"] != self.step
+        if self.ctx.is_main:
+            self.run_dir.truncate_metrics(self.step, redo_validation=self._pending == "Validation" or unrecorded)
 
     def checkpoint(self) -> None:
         if not self.trainer.finite():
@@ -461,6 +465,8 @@ class Distiller:
             if self.ctx.any(verdict == "damaged"):
                 self._write_final_files()
                 self.ctx.barrier()
+            elif self.ctx.is_main and not self._grid_path.is_file():  # killed between the set and its picture
+                self._write_grid(self.host_set())
             log.info(f"frepo: {self.run_dir.path} is already complete ({count_of(self.step, 'step')})")
             return self._result()
         bar = progress_bar(
@@ -511,11 +517,15 @@ class Distiller:
         if self.ctx.is_main:
             ds = self.host_set()
             save_distilled(ds, self.run_dir.distilled_path)
-            save_grid(
-                ds,
-                self.run_dir.path / "distilled.png",
-                title=f"{self.data.raw.name}, {self.config.ipc} per class, step {self.step}",
-            )
+            self._write_grid(ds)
+
+    @property
+    def _grid_path(self) -> Path:
+        return self.run_dir.path / "distilled.png"
+
+    def _write_grid(self, ds: DistilledSet) -> None:
+        title = f"{self.data.raw.name}, {self.config.ipc} per class, step {self.step}"
+        save_grid(ds, self._grid_path, title=title)
 
     def _training_seconds(self) -> float:
         """Training time so far: the finished steps' and the running one's, actions that do not train left out."""
@@ -578,7 +588,8 @@ class Distiller:
             self.elapsed += time.perf_counter() - self._step_start
             self._step_start = None
             if self.ctx.any(stop.is_set()):
-                self.checkpoint()
+                if self.last_checkpoint != self.step:  # the step's own checkpoint action may have written it
+                    self.checkpoint()
                 raise Interrupted(
                     f"stopped at step {self.step}; checkpoint written to "
                     f"{self.run_dir.checkpoint_path}. Run the same command to resume."
