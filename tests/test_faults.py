@@ -969,6 +969,13 @@ def test_after_a_nan_stop_a_lower_lr_continues_with_resume_with_changes(tmp_path
     one_line(
         capsys, main(distill_args(out, "--steps", 6, "--lr", "0.001", "--seed", 3, "--resume-with-changes")), "seed"
     )
+    # On the finished run, changes that would run no step are refused before they are recorded: config.json took
+    # them (the set made at 0.001 said 0.0005), and the command that made it was then refused
+    record = (out / "config.json").read_bytes()
+    later = distill_args(out, "--steps", 6, "--lr", "0.0005", "--resume-with-changes")
+    one_line(capsys, main(later), "is complete at step 6: the changed settings (lr 0.001 -> 0.0005) would run no step")
+    assert (out / "config.json").read_bytes() == record
+    assert main(distill_args(out, "--steps", 6, "--lr", "0.001")) == 0  # the command that made it
 
 
 def test_a_nan_stop_before_any_checkpoint_says_there_is_none(tmp_path, capsys, monkeypatch):

@@ -149,6 +149,7 @@ class Distiller:
             self.ctx.agree(self._unseen_checkpoint(resuming))
             saved = self._setup(config, resuming)
             self.ctx.agree(self._other_steps())
+            self.ctx.agree(self._changes_to_a_finished_run(claim))
             if claim:
                 self.run_dir.begin(config, claim, self.device)
         except BaseException:
@@ -173,6 +174,20 @@ class Distiller:
             f"rank 0 resumes the run from its checkpoint, but this process (rank {self.ctx.rank} on "
             f"{socket.gethostname()}) finds none at {self.run_dir.checkpoint_path}: --out must be one folder that "
             "every node shares"
+        )
+
+    def _changes_to_a_finished_run(self, claim) -> FrepoError | None:
+        """On rank 0: a refusal of changed settings for a run whose checkpoint is at or past its steps, before they
+        are recorded. Nothing would run with them, yet config.json took them: the set, made with the old ones,
+        was then said to be of the new, and the first command was refused as "a different config". (A new --steps
+        at the checkpoint's step ends the run there: that runs the end, so it stays allowed.)"""
+        if not (claim and claim.changes) or "steps" in claim.changes or self.step < self.config.steps:
+            return None
+        changed = ", ".join(f"{k} {_shown(old)} -> {_shown(new)}" for k, (old, new) in claim.changes.items())
+        return FrepoError(
+            f"{self.run_dir.path} is complete at step {self.step}: the changed settings ({changed}) would run no "
+            f"step; rerun without --resume-with-changes for the run as it is, or give --steps above {self.step} "
+            "to continue with them"
         )
 
     def _other_steps(self) -> FrepoError | None:
