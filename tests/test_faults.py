@@ -1002,6 +1002,29 @@ def test_a_nan_stop_before_any_checkpoint_says_there_is_none(tmp_path, capsys, m
     assert "no checkpoint yet" in line
 
 
+def test_a_nan_met_by_a_validation_is_the_run_s_nan_stop(tmp_path, capsys, monkeypatch):
+    """A set gone NaN between log steps reached a validation first: "not saved to best.safetensors: the images
+    contain NaN", no step, no checkpoint status, no advice (or, no new best, a chance accuracy logged and counted
+    by ChanceWatch). The validation stops the run as the checkpoint does."""
+    from frepo.method import optim
+
+    original, calls = optim.Lamb.update, {"n": 0}
+
+    def poisoned(self, *scalars):
+        original(self, *scalars)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            self.param_groups[0]["params"][0].data.fill_(float("nan"))
+
+    monkeypatch.setattr(optim.Lamb, "update", poisoned)
+    out = tmp_path / "run"
+    args = distill_args(out, "--steps", 6, "--log-every", 6, "--eval-every", 3, "--checkpoint-every", 2)
+    line = one_line(capsys, main(args), "the synthetic set became NaN/inf at step 3; stopped, and the last good")
+    assert "checkpoint.pt, step 2) is kept" in line and "--resume-with-changes" in line
+    logged = metrics(out) if (out / "metrics.jsonl").is_file() else []
+    assert (out / "checkpoint.pt").is_file() and not any("val_acc" in r for r in logged)  # no NaN set's accuracy
+
+
 def test_ctrl_c_stops_a_sweep_that_goes_on_past_bad_settings(tmp_path, monkeypatch):
     """`frepo.Interrupted` was a FrepoError: a script's sweep, `except frepo.FrepoError` around each run so that
     bad settings skip to the next, caught Ctrl-C too, and went on with the next run."""

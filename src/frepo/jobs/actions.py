@@ -274,8 +274,18 @@ class Validation(Action):
     training = False  # evaluating networks is not distilling
     interruptible = True  # minutes at a real budget: a scheduler's SIGKILL follows SIGTERM within 30 s
 
-    def __init__(self, plan: ValidationPlan, val: Callable[[], HoldOut], monitor: Monitor, best_path: Path):
+    def __init__(
+        self,
+        plan: ValidationPlan,
+        val: Callable[[], HoldOut],
+        monitor: Monitor,
+        best_path: Path,
+        finite: Callable[[int], None] = lambda step: None,
+    ):
         self.plan, self.val, self.monitor, self.best_path = plan, val, monitor, best_path
+        # raises the run's NaN/inf stop for a step whose set is not finite: validated, it gave a chance accuracy
+        # (logged, counted by ChanceWatch), or "not saved to best.safetensors" with no step and no advice
+        self.finite = finite
         self.data: HoldOut | None = None  # (images, labels) of the hold-out, loaded on first use
         self.best: dict = {"val_acc": None, "step": None}
         self.last: float | None = None
@@ -298,6 +308,7 @@ class Validation(Action):
         return evaluate_set(now.host_set(), *self.data, config, progress=progress, on_device=now.live).mean
 
     def __call__(self, now: Moment) -> None:
+        self.finite(now.step)
         steps = self.plan.steps or reference_steps(len(now.live[0]))
         if self.data is None or now.final:  # what a validation costs, said before the first and the last
             log.info(

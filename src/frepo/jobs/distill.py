@@ -272,7 +272,7 @@ class Distiller:
                 protocol="frepo", models=cfg.eval_models, split="val", device=str(self.device), steps=steps
             )
             plan = ValidationPlan(cfg.eval_every, cfg.steps, cfg.seed, config, cfg.eval_models, steps)
-            self.validation = Validation(plan, self.data.val, self.monitor, self.run_dir.best_path)
+            self.validation = Validation(plan, self.data.val, self.monitor, self.run_dir.best_path, self._finite)
             self.validation.progress = self.progress
             actions.append(self.validation)
         actions += [self.chance_watch, Checkpoint(cfg.checkpoint_every, self.checkpoint)]
@@ -409,9 +409,13 @@ class Distiller:
         if self.ctx.is_main:
             self.run_dir.truncate_metrics(self.step, redo_validation=self._pending == "Validation" or unrecorded)
 
-    def checkpoint(self) -> None:
+    def _finite(self, step: int) -> None:
+        """The run's stop (with the last good checkpoint, and advice) where the set holds NaN/inf."""
         if not self.trainer.finite():
-            raise FrepoError(non_finite("the synthetic set", self.step, self._checkpoint_words()))
+            raise FrepoError(non_finite("the synthetic set", step, self._checkpoint_words()))
+
+    def checkpoint(self) -> None:
+        self._finite(self.step)
         state = self.state_dict()  # on every rank: a per-rank pool is gathered from all of them
         if self.ctx.is_main:
             try:
