@@ -989,10 +989,18 @@ def test_a_nan_stop_before_any_checkpoint_says_there_is_none(tmp_path, capsys, m
         original(self, *scalars)
         self.param_groups[0]["params"][0].data.fill_(float("nan"))
 
+    calls = {"n": 0}
+
+    def poisoned_at_3(self, *scalars):
+        original(self, *scalars)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            self.param_groups[0]["params"][0].data.fill_(float("nan"))
+
     monkeypatch.setattr(optim.Lamb, "update", poisoned)
     out = tmp_path / "run"
     line = one_line(capsys, main(distill_args(out, "--log-every", 4)), "the synthetic set became NaN/inf at step 2")
-    assert "no checkpoint yet. Try a lower --lr (the same --out starts afresh with it)" in line
+    assert "no checkpoint yet. Try a lower --lr (nothing to continue: the same --out starts afresh with it" in line
     assert not (out / "checkpoint.pt").exists()
     monkeypatch.undo()
     assert main(distill_args(out, "--log-every", 4, "--lr", "0.001")) == 0  # nothing to continue: a fresh start
@@ -1000,6 +1008,17 @@ def test_a_nan_stop_before_any_checkpoint_says_there_is_none(tmp_path, capsys, m
     monkeypatch.setattr(optim.Lamb, "update", poisoned)
     line = one_line(capsys, main(distill_args(tmp_path / "again")), "the loss became NaN/inf at step 1")
     assert "no checkpoint yet" in line
+    # A run that validated a set (best.safetensors) before its NaN, and has no checkpoint: a lower --lr with
+    # --resume-with-changes said "continuing with changed settings", started afresh and removed that set
+    validated = tmp_path / "validated"
+    monkeypatch.setattr(optim.Lamb, "update", poisoned_at_3)
+    args = distill_args(validated, "--steps", 6, "--eval-every", 2, "--checkpoint-every", 5)
+    one_line(capsys, main(args), "the loss became NaN/inf at step 3")
+    monkeypatch.undo()
+    best = (validated / "best.safetensors").read_bytes()
+    for more in ([], ["--resume-with-changes"]):
+        one_line(capsys, main([*args, "--lr", "0.001", *more]), "stopped before its first checkpoint, so there is")
+    assert (validated / "best.safetensors").read_bytes() == best
 
 
 def test_a_nan_met_by_a_validation_is_the_run_s_nan_stop(tmp_path, capsys, monkeypatch):

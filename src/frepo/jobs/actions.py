@@ -133,7 +133,10 @@ def non_finite(what: str, step: int, checkpoint: str) -> str:
     """The error of a run stopped by NaN/inf in `what` at `step`; `checkpoint`: the last good one in words, or
     "none yet"."""
     if checkpoint == "none yet":
-        kept, lower = "no checkpoint yet", "the same --out starts afresh with it"
+        kept = "no checkpoint yet"
+        lower = (
+            "nothing to continue: the same --out starts afresh with it, or another --out where a validated set is kept"
+        )
     else:
         kept = f"the last good checkpoint ({checkpoint}) is kept"
         lower = "rerun with --resume-with-changes to go on from it"

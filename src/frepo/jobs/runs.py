@@ -431,6 +431,18 @@ class RunDir:
             detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in refused[:6])
             warn(f"{self.path}: the run there ({detail}) stopped before its first checkpoint; starting afresh")
             return Claim(resuming=False, fresh=False, previous_environment=env)
+        continuable_only = all(k.split(".")[-1] in CONTINUABLE for k in diff)
+        if diff and continuable_only and not resuming and self._validated():
+            # validated, yet no checkpoint: --resume-with-changes (the advice below) had nothing to continue from,
+            # said "continuing with changed settings", and started afresh, removing the validated set
+            detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:6])
+            raise OtherSettings(
+                f"{self.path} holds a run of other settings ({detail}) that stopped before its first checkpoint, "
+                "so there is nothing to continue from, and starting afresh there would remove its validated set "
+                "(best.safetensors): use another --out, or move that set away (or delete the directory) to start "
+                "over there",
+                detail,
+            )
         if refused:
             detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in refused[:6])
             continuable = [k for k in refused if k.split(".")[-1] in CONTINUABLE]
