@@ -279,11 +279,15 @@ def test_dsa_soft_labels_and_determinism(monkeypatch):
     "options, message",
     [
         ({"protocol": "magic"}, "unknown protocol"),
-        ({"protocol": "frepo", "models": 0}, "models must be >= 1"),
+        ({"protocol": "frepo", "models": 0}, r"models must be in 1..2147483647, got 0"),
+        # a traceback (tqdm's OverflowError) or a list of 10^20 streams filling the memory, until 2026-12-07
+        ({"protocol": "frepo", "models": 10**20}, r"models must be in 1..2147483647"),
+        ({"protocol": "frepo", "steps": 10**20}, r"steps must be in 1..2147483647"),
+        ({"protocol": "dsa", "epochs": 10**20}, r"epochs must be in 1..2147483647"),
         ({"protocol": "dsa", "steps": 10}, "--epochs"),
         ({"protocol": "dsa", "compile": "on"}, "--compile applies to --protocol frepo$"),  # no counting hint
         ({"protocol": "frepo", "epochs": 10}, "--protocol dsa"),
-        ({"protocol": "dsa", "epochs": 0}, "epochs must be >= 1"),
+        ({"protocol": "dsa", "epochs": 0}, r"epochs must be in 1..2147483647, got 0"),
         ({"protocol": "krr", "soft_labels": True}, "--soft-labels"),
         ({"protocol": "frepo", "dsa_strategy": "crop"}, "--dsa-strategy"),
         ({"protocol": "dsa", "dsa_strategy": "crop_mirror"}, "unknown DSA strategy"),

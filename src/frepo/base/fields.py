@@ -22,6 +22,10 @@ import numpy as np
 
 from .errors import FrepoError
 
+# The largest count a setting may ask for (networks, steps, epochs): beyond, a list of 10^20 streams or tqdm's
+# OverflowError, where one line is due.
+COUNT_MAX = 2**31 - 1
+
 # The type of a `listed` option in the Python API: "0,1,2", [0, 1, 2], range(3) or one number (a numpy array is
 # taken too). `check_fields` turns it into the comma-separated string the command line takes and runs save.
 CommaList: TypeAlias = str | int | Sequence[int | str]

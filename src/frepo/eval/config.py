@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..base.errors import FrepoError
-from ..base.fields import check_fields, leaf_fields, nested, opt, set_leaf
+from ..base.fields import COUNT_MAX, check_fields, leaf_fields, nested, opt, set_leaf
 from ..models import ARCHS, check_arch
 from .protocol import REFERENCE_BATCH
 from .protocols import PROTOCOLS
@@ -78,10 +78,9 @@ class EvalConfig:
 
     def validate(self) -> None:
         check_fields(self)
-        if self.models < 1:
-            raise FrepoError(f"models must be >= 1, got {self.models}")
-        if self.width < 1:
-            raise FrepoError(f"width must be >= 1, got {self.width}")
+        for name in ("models", "width"):  # above 2**31 - 1: a list of 10^20 streams, or tqdm's OverflowError
+            if not 1 <= getattr(self, name) <= COUNT_MAX:
+                raise FrepoError(f"{name} must be in 1..{COUNT_MAX}, got {getattr(self, name)}")
         for name in PROTOCOLS:
             given = getattr(self, name)
             if name == self.protocol:

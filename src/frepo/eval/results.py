@@ -75,7 +75,9 @@ RESULT_KEYS = {
     "seconds": "the evaluation's seconds (networks read back after an interruption not counted)",
     "split": "test, or val (the hold-out the set was distilled without)",
     "seed": "the evaluation's seed",
-    "model_seeds": "each network's seed",
+    "model_seeds": "each network's seed, stream_seed(seed, its stream): the frepo and krr protocols draw from it; "
+    "the dsa protocol draws the network's weights and its training from its stream's /init and /train streams "
+    "(frepo.base.rng.generator(seed, stream + '/init'), ... '/train')",
     "model_streams": "each network's random stream",
     "width": "the width of conv-family networks and convnet; null for networks of fixed size",
     "device": "where the networks trained",

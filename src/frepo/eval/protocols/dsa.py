@@ -21,7 +21,7 @@ from torch import nn
 
 from ...base.device import host_to_device
 from ...base.errors import FrepoError
-from ...base.fields import check_fields, opt
+from ...base.fields import COUNT_MAX, check_fields, opt
 from ...base.log import progress_bar
 from ...base.rng import generator
 from ...method.optim import on_cuda
@@ -138,8 +138,8 @@ class DsaOptions:
 
     def validate(self) -> None:
         check_fields(self)
-        if self.epochs is not None and self.epochs < 1:
-            raise FrepoError(f"epochs must be >= 1, got {self.epochs}")
+        if self.epochs is not None and not 1 <= self.epochs <= COUNT_MAX:
+            raise FrepoError(f"epochs must be in 1..{COUNT_MAX}, got {self.epochs}")
         if self.dsa_strategy is not None:
             parse_strategy(self.dsa_strategy)
 

@@ -14,7 +14,7 @@ import torch
 
 from ...base.compiler import torch_compile
 from ...base.errors import FrepoError
-from ...base.fields import check_fields, opt
+from ...base.fields import COUNT_MAX, check_fields, opt
 from ...base.rng import generator
 from ...method.krr import mse_loss
 from ...method.optim import optax_adam
@@ -55,8 +55,8 @@ class FrepoOptions:
 
     def validate(self) -> None:
         check_fields(self)
-        if self.steps is not None and self.steps < 1:
-            raise FrepoError(f"steps must be >= 1, got {self.steps}")
+        if self.steps is not None and not 1 <= self.steps <= COUNT_MAX:
+            raise FrepoError(f"steps must be in 1..{COUNT_MAX}, got {self.steps}")
 
     def compiles(self, images: torch.Tensor, steps: int, device: torch.device) -> bool:
         """Whether the networks trained on `images` (N×C×H×W) for `steps` run compiled on `device`."""
