@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -34,6 +35,10 @@ TIMING = {"steps_per_s", "elapsed_s", "peak_mem_mb"}
 
 def _config():
     return presets.resolve("digits", 2, overrides=OVERRIDES)
+
+
+def _records(path):
+    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
 
 
 def _metrics(path):
@@ -112,6 +117,13 @@ def test_ctrl_c_in_the_end_validation_keeps_the_steps(tmp_path, uninterrupted, m
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 8
     assert not (out / "distilled.safetensors").exists()
     monkeypatch.setattr(Validation, "accuracy", original)
+    # Its end is still to run: the validation's settings may change for it (a changed setting of a run whose end
+    # has run is refused: it would run nothing)
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    changed = dataclasses.replace(_config(), eval_models=2)
+    assert distill(changed, other, progress=False, resume_with_changes=True).step == 8
+    assert [r["eval_models"] for r in _records(other) if "val_acc" in r and r["step"] == 8] == [2]
     assert distill(_config(), out, progress=False).step == 8
     _assert_same_run(uninterrupted, out)
 
@@ -287,3 +299,31 @@ def test_a_kill_after_the_end_s_validation_logged_leaves_one_line_of_it(tmp_path
     (out / "distilled.png").unlink()  # as a kill between the set and its picture leaves the run
     assert distill(config, out, progress=False).step == 6
     assert (out / "distilled.png").read_bytes() == (straight / "distilled.png").read_bytes()
+
+
+def test_a_stop_between_the_end_s_validation_line_and_its_record_keeps_the_line(tmp_path, monkeypatch):
+    """Ctrl-C after the end's validation logged its line and took its step as the best, but before it marked the
+    step validated: the checkpoint records a best of that step, so the end does not validate again, and its line
+    must stay (dropping every unrecorded validation line left the run without its last). No validation before the
+    end here (--eval-every past the steps): the end's is the best, whatever the CPU."""
+    from frepo.jobs.monitor import Monitor
+
+    config = presets.resolve("digits", 2, overrides={**OVERRIDES, "eval_every": 10})
+    straight = tmp_path / "straight"
+    distill(config, straight, progress=False)
+    original = Monitor.record
+
+    def stopped_after_the_line(self, record, *more):
+        original(self, record, *more)
+        if "val_acc" in record and record["step"] == 8:  # the line written, the step not yet marked validated
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Monitor, "record", stopped_after_the_line)
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted, match="stopped in the end's validation, after step 8"):
+        distill(config, out, progress=False)
+    monkeypatch.setattr(Monitor, "record", original)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["best"]["step"] == 8 and state["last_val_step"] != 8  # the window this test is about
+    assert distill(config, out, progress=False).step == 8
+    _assert_same_run(straight, out)

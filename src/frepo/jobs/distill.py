@@ -180,8 +180,11 @@ class Distiller:
         """On rank 0: a refusal of changed settings for a run whose checkpoint is at or past its steps, before they
         are recorded. Nothing would run with them, yet config.json took them: the set, made with the old ones,
         was then said to be of the new, and the first command was refused as "a different config". (A new --steps
-        at the checkpoint's step ends the run there: that runs the end, so it stays allowed.)"""
+        at the checkpoint's step ends the run there, and a run stopped in its end has its end to run, its
+        validation's settings among the changes: both stay allowed.)"""
         if not (claim and claim.changes) or "steps" in claim.changes or self.step < self.config.steps:
+            return None
+        if not self.run_dir.distilled_path.is_file():  # its end is still to run (stopped in it): the changes count
             return None
         changed = ", ".join(f"{k} {_shown(old)} -> {_shown(new)}" for k, (old, new) in claim.changes.items())
         return FrepoError(
@@ -272,7 +275,8 @@ class Distiller:
                 protocol="frepo", models=cfg.eval_models, split="val", device=str(self.device), steps=steps
             )
             plan = ValidationPlan(cfg.eval_every, cfg.steps, cfg.seed, config, cfg.eval_models, steps)
-            self.validation = Validation(plan, self.data.val, self.monitor, self.run_dir.best_path, self._finite)
+            finite = self._finite if not self.ctx.enabled else (lambda step: None)
+            self.validation = Validation(plan, self.data.val, self.monitor, self.run_dir.best_path, finite)
             self.validation.progress = self.progress
             actions.append(self.validation)
         actions += [self.chance_watch, Checkpoint(cfg.checkpoint_every, self.checkpoint)]
@@ -283,6 +287,8 @@ class Distiller:
                 self.validation.forget_a_best_of_lost_steps(self.step)
                 self.validation.last = saved.get("last_val_acc")
                 self.validation.validated_at = saved.get("last_val_step")  # None in older checkpoints
+                if self.validation.best["step"] == self.step:  # a best of this step was validated (its line kept)
+                    self.validation.validated_at = self.step
         return actions
 
     def _facts(self, step: int) -> dict:
@@ -405,12 +411,15 @@ class Distiller:
         # A validation of this step the checkpoint does not record (cut short, or the end's, run after the last
         # step's checkpoint and killed before the end's) may have logged its line: it runs again, so the line goes.
         # (Checkpoints of before `last_val_step` lack the key: only their pending validation is known.)
-        unrecorded = "last_val_step" in state and state["last_val_step"] != self.step
+        best_step = (state.get("best") or {}).get("step")  # a best of this step: the end does not validate again
+        unrecorded = "last_val_step" in state and state["last_val_step"] != self.step and best_step != self.step
         if self.ctx.is_main:
             self.run_dir.truncate_metrics(self.step, redo_validation=self._pending == "Validation" or unrecorded)
 
     def _finite(self, step: int) -> None:
-        """The run's stop (with the last good checkpoint, and advice) where the set holds NaN/inf."""
+        """The run's stop (with the last good checkpoint, and advice) where the set holds NaN/inf. (Validation's
+        use of it is one process's: under torchrun rank 0 alone validates, and a stop there alone would leave
+        the other ranks in the next collective; there the checkpoint and the loss watch stop every rank.)"""
         if not self.trainer.finite():
             raise FrepoError(non_finite("the synthetic set", step, self._checkpoint_words()))
 
