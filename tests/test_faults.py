@@ -38,6 +38,22 @@ def distill_args(out, *extra) -> list[str]:
     return ["distill", "--ipc", "1", "--steps", "4", "--out", str(out), *FAST, *map(str, extra)]
 
 
+def nan_at_update(monkeypatch, at: int | None = None) -> None:
+    """LAMB's update leaves the synthetic images NaN at its `at`-th call (1-based), or at every call (None): a
+    divergence at a step of the test's choosing."""
+    from frepo.method import optim
+
+    original, calls = optim.Lamb.update, {"n": 0}
+
+    def poisoned(self, *scalars):
+        original(self, *scalars)
+        calls["n"] += 1
+        if at is None or calls["n"] == at:
+            self.param_groups[0]["params"][0].data.fill_(float("nan"))
+
+    monkeypatch.setattr(optim.Lamb, "update", poisoned)
+
+
 def one_line(capsys, code: int, fragment: str) -> str:
     """Exit 2 with one error line that holds `fragment`, and no traceback (a run's progress and
     messages before the failure may precede it)."""
@@ -946,18 +962,8 @@ def test_leftovers_go_and_a_failed_start_leaves_the_directory_as_found(tmp_path,
 
 
 def test_after_a_nan_stop_a_lower_lr_continues_with_resume_with_changes(tmp_path, capsys, monkeypatch):
-    from frepo.method import optim
-
     out = tmp_path / "run"
-    original, calls = optim.Lamb.update, {"n": 0}
-
-    def poisoned(self, *scalars):
-        original(self, *scalars)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            self.param_groups[0]["params"][0].data.fill_(float("nan"))
-
-    monkeypatch.setattr(optim.Lamb, "update", poisoned)
+    nan_at_update(monkeypatch, 3)
     line = one_line(capsys, main(distill_args(out, "--steps", 6)), "NaN")
     assert "--resume-with-changes" in line
     monkeypatch.undo()
@@ -981,23 +987,7 @@ def test_after_a_nan_stop_a_lower_lr_continues_with_resume_with_changes(tmp_path
 def test_a_nan_stop_before_any_checkpoint_says_there_is_none(tmp_path, capsys, monkeypatch):
     """It said "the last good checkpoint is kept" with none on disk, and gave no advice, when the checkpoint's
     own check found the set non-finite first."""
-    from frepo.method import optim
-
-    original = optim.Lamb.update
-
-    def poisoned(self, *scalars):
-        original(self, *scalars)
-        self.param_groups[0]["params"][0].data.fill_(float("nan"))
-
-    calls = {"n": 0}
-
-    def poisoned_at_3(self, *scalars):
-        original(self, *scalars)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            self.param_groups[0]["params"][0].data.fill_(float("nan"))
-
-    monkeypatch.setattr(optim.Lamb, "update", poisoned)
+    nan_at_update(monkeypatch)
     out = tmp_path / "run"
     line = one_line(capsys, main(distill_args(out, "--log-every", 4)), "the synthetic set became NaN/inf at step 2")
     assert "no checkpoint yet. Try a lower --lr (nothing to continue: the same --out starts afresh with it" in line
@@ -1005,13 +995,14 @@ def test_a_nan_stop_before_any_checkpoint_says_there_is_none(tmp_path, capsys, m
     monkeypatch.undo()
     assert main(distill_args(out, "--log-every", 4, "--lr", "0.001")) == 0  # nothing to continue: a fresh start
     assert "stopped before its first checkpoint; starting afresh" in capsys.readouterr().err
-    monkeypatch.setattr(optim.Lamb, "update", poisoned)
+    nan_at_update(monkeypatch)
     line = one_line(capsys, main(distill_args(tmp_path / "again")), "the loss became NaN/inf at step 1")
     assert "no checkpoint yet" in line
     # A run that validated a set (best.safetensors) before its NaN, and has no checkpoint: a lower --lr with
     # --resume-with-changes said "continuing with changed settings", started afresh and removed that set
     validated = tmp_path / "validated"
-    monkeypatch.setattr(optim.Lamb, "update", poisoned_at_3)
+    monkeypatch.undo()
+    nan_at_update(monkeypatch, 3)
     args = distill_args(validated, "--steps", 6, "--eval-every", 2, "--checkpoint-every", 5)
     one_line(capsys, main(args), "the loss became NaN/inf at step 3")
     monkeypatch.undo()
@@ -1025,17 +1016,7 @@ def test_a_nan_met_by_a_validation_is_the_run_s_nan_stop(tmp_path, capsys, monke
     """A set gone NaN between log steps reached a validation first: "not saved to best.safetensors: the images
     contain NaN", no step, no checkpoint status, no advice (or, no new best, a chance accuracy logged and counted
     by ChanceWatch). The validation stops the run as the checkpoint does."""
-    from frepo.method import optim
-
-    original, calls = optim.Lamb.update, {"n": 0}
-
-    def poisoned(self, *scalars):
-        original(self, *scalars)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            self.param_groups[0]["params"][0].data.fill_(float("nan"))
-
-    monkeypatch.setattr(optim.Lamb, "update", poisoned)
+    nan_at_update(monkeypatch, 3)
     out = tmp_path / "run"
     args = distill_args(out, "--steps", 6, "--log-every", 6, "--eval-every", 3, "--checkpoint-every", 2)
     line = one_line(capsys, main(args), "the synthetic set became NaN/inf at step 3; stopped, and the last good")
