@@ -154,12 +154,17 @@ def test_a_record_is_keyed_on_what_the_settings_resolve_to():
     old networks were mixed with new ones under the new label."""
     from frepo.eval import EvalConfig
     from frepo.eval.finished import evaluation_key
-    from frepo.eval.protocols.dsa import DsaOptions
+    from frepo.eval.protocols.dsa import STRATEGY, DsaOptions
 
     plain, none = EvalConfig(protocol="dsa"), EvalConfig(protocol="dsa", dsa=DsaOptions(dsa_strategy="none"))
     assert evaluation_key("s", none, "convnet", "t", True)["resolved"] == {"mirror_invariant": True, "dsa_epochs": 300}
     assert evaluation_key("s", plain, "convnet", "t", True)["resolved"]["dsa_epochs"] == 1000
     assert evaluation_key("s", plain, "convnet", "t", True) != evaluation_key("s", plain, "convnet", "t", False)
+    # the defaults given by hand are the defaults: `--epochs 1000` or the whole default strategy trained again
+    spelled = EvalConfig(protocol="dsa", dsa=DsaOptions(epochs=1000, dsa_strategy=STRATEGY))
+    assert evaluation_key("s", spelled, "convnet", "t", True) == evaluation_key("s", plain, "convnet", "t", True)
+    fewer = EvalConfig(protocol="dsa", dsa=DsaOptions(epochs=999))
+    assert evaluation_key("s", fewer, "convnet", "t", True) != evaluation_key("s", plain, "convnet", "t", True)
 
 
 def test_a_record_is_found_under_any_name_of_its_device(monkeypatch):
@@ -193,6 +198,35 @@ def test_networks_trained_together_are_kept_all_or_none(set_file, tmp_path, monk
     assert [r["networks_read_back"] for r in together["results"]] == [3, 0]
     straight = _evaluate(set_file, tmp_path, "straight", *flags)[1]  # uninterrupted: the same numbers
     assert [r["accuracies"] for r in together["results"]] == [r["accuracies"] for r in straight["results"]]
+
+
+def test_settings_that_do_not_change_a_network_keep_its_record(set_file, tmp_path, monkeypatch):
+    """Resumed with more networks, with one architecture of the list, or with `--together auto` (one by one on a
+    CPU), an interrupted evaluation trained its finished networks again: the key held those settings as typed."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # `auto` is one by one: the host
+    with monkeypatch.context() as m:
+        _count_trainings(m, stop_at=3)  # conv's model0 and model1 finish
+        assert _evaluate(set_file, tmp_path, "a", "--together", "off", "--arch", "conv,mlp")[0] == 130
+    with monkeypatch.context() as m:
+        trained = _count_trainings(m)
+        code, resumed = _evaluate(set_file, tmp_path, "b", "--together", "auto", "--arch", "conv", "--models", "4")
+    assert code == 0 and trained == ["conv:eval/model2", "conv:eval/model3"]
+    assert resumed["results"][0]["networks_read_back"] == 2 and _records() == []
+    straight = _evaluate(set_file, tmp_path, "straight", "--arch", "conv", "--models", "4")[1]
+    assert resumed["results"][0]["accuracies"] == straight["results"][0]["accuracies"]
+
+
+def test_networks_trained_together_are_read_back_only_beside_as_many(set_file, tmp_path, monkeypatch):
+    """Stacked beside two others, a network may round otherwise than beside one (another batched kernel): a
+    group of three is not read back for a group of two."""
+    with monkeypatch.context() as m:
+        _count_trainings(m, stop_at=2)  # conv's three finish together, mlp's are interrupted
+        assert _evaluate(set_file, tmp_path, "t", "--together", "on", "--arch", "conv,mlp")[0] == 130
+    with monkeypatch.context() as m:
+        trained = _count_trainings(m)
+        code, two = _evaluate(set_file, tmp_path, "two", "--together", "on", "--arch", "conv", "--models", "2")
+    assert code == 0 and trained == [f"together:conv:eval/model{i}" for i in range(2)]
+    assert two["results"][0]["networks_read_back"] == 0
 
 
 def test_a_record_that_cannot_be_written_costs_only_the_resumption(set_file, tmp_path, monkeypatch, caplog):

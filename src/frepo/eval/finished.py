@@ -41,18 +41,26 @@ def set_digest(images: torch.Tensor, labels: torch.Tensor, preprocessing: dict[s
     return digest.hexdigest()
 
 
+# Settings that do not decide a network's numbers, or are said another way: an evaluation resumed with another of
+# them trained its finished networks again. --device: the machine part says it (its kind and hardware; `auto`,
+# `cuda` and `cuda:0` name one GPU). --arch: the key's `arch` is the network (the list named the others evaluated
+# beside it). --models: network i is stream eval/model{i} whatever the count. --together: each network is kept
+# with the mode it trained in and how many trained with it (`auto` and `off` are one mode on a CPU).
+_SAID_ELSEWHERE = ("device", "arch", "models", "together")
+
+
 def evaluation_key(set_id: str, config: EvalConfig, arch: str, split_id: str, mirror_invariant: bool) -> dict:
     """What decides an evaluation's numbers on this machine, as plain JSON: the set's content, the settings and
     what they resolve to (a default, such as the dsa protocol's epochs, may change between versions of one
     number; the set's `mirror_invariant`, whether its networks see flips), the architecture, the split's data,
     and the hardware and libraries too, as a cache folder may be shared between machines."""
-    from .protocols.dsa import epochs_of
+    from .protocols.dsa import STRATEGY, epochs_of
 
     machine = machine_key(resolve_device(config.device))
     resolved = {"mirror_invariant": mirror_invariant, "dsa_epochs": epochs_of(config.dsa)}
-    # --device as the machine part says it (its kind and hardware): `auto`, `cuda` and `cuda:0` name one GPU, and
-    # an evaluation resumed under another of them trained its finished networks again
-    settings = {name: value for name, value in to_dict(config).items() if name != "device"}
+    settings = {name: value for name, value in to_dict(config).items() if name not in _SAID_ELSEWHERE}
+    # the dsa options as they resolve: `--epochs 1000` and the default 1000 train the same networks
+    settings["dsa"] = {**settings["dsa"], "epochs": None, "dsa_strategy": config.dsa.dsa_strategy or STRATEGY}
     return {
         "set": set_id,
         "settings": settings,
@@ -92,16 +100,23 @@ class FinishedNetworks:
             if isinstance(entry, dict) and isinstance(entry.get("accuracy"), (int, float))
         }
 
-    def accuracy(self, stream: str, together_mode: str | None = None) -> float | None:
-        """The accuracy of network `stream` if it finished in the same mode (None: one by one)."""
+    def accuracy(
+        self, stream: str, together_mode: str | None = None, together_count: int | None = None
+    ) -> float | None:
+        """The accuracy of network `stream` if it finished in the same mode (None: one by one) and, trained
+        together, beside as many networks (another count may pick other kernels: other float rounding)."""
         entry = self.networks.get(stream)
         if entry is None or entry.get("together_mode") != together_mode:
+            return None
+        if together_mode is not None and entry.get("together_count") != together_count:
             return None
         return float(entry["accuracy"])
 
     def put(self, streams: list[str], accuracies: list[float], together_mode: str | None = None) -> None:
+        """Keep networks `streams` as finished: one by one (`together_mode` None), or all trained together."""
+        count = len(streams) if together_mode is not None else None
         for stream, accuracy in zip(streams, accuracies, strict=True):
-            self.networks[stream] = {"accuracy": accuracy, "together_mode": together_mode}
+            self.networks[stream] = {"accuracy": accuracy, "together_mode": together_mode, "together_count": count}
         if self.unwritable:
             return
         try:

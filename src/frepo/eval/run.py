@@ -67,7 +67,7 @@ def evaluate_set(
     read_back = 0
     how = config.together_mode(device, setup.images)
     if protocol.train_and_test_many and config.models > 1 and how:
-        kept = [finished.accuracy(s, how) for s in streams] if finished else [None]
+        kept = [finished.accuracy(s, how, len(streams)) for s in streams] if finished else [None]
         known = [acc for acc in kept if acc is not None]
         if len(known) == len(kept):  # networks trained together finish together: all of them, or train them again
             accs, read_back = known, len(known)
