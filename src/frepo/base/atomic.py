@@ -60,12 +60,20 @@ def umask() -> int:
     return mask
 
 
+def free_bytes(folder: Path) -> int | None:
+    """The bytes an unprivileged write may still take in `folder`'s filesystem (None where the OS cannot say)."""
+    if not hasattr(os, "statvfs"):
+        return None
+    stats = os.statvfs(folder)
+    return stats.f_bavail * stats.f_frsize
+
+
 def _nearly_full(folder: Path) -> bool:
     try:
-        stats = os.statvfs(folder)
+        free = free_bytes(folder)
     except OSError:
         return False
-    return stats.f_bavail * stats.f_frsize < FULL_BELOW
+    return free is not None and free < FULL_BELOW
 
 
 def write_failure(exc: BaseException, folder: Path | None = None) -> str | None:

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..base.atomic import free_bytes
 from ..base.errors import FrepoError
 from ..base.lock import lock_file, open_lock_file, release_lock_file
 
@@ -178,14 +179,6 @@ def size(count: int) -> str:
     if count >= 2**28:
         return f"{count / 2**30:.2f} GiB"
     return f"{count / 2**20:.1f} MiB" if count >= 2**20 else f"{count / 2**10:.0f} KiB"
-
-
-def free_bytes(folder: Path) -> int | None:
-    """The bytes an unprivileged write may still take in `folder`'s filesystem (None where the OS cannot say)."""
-    if not hasattr(os, "statvfs"):
-        return None
-    stat = os.statvfs(folder)
-    return stat.f_bavail * stat.f_frsize
 
 
 _UNSUPPORTED = {errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP), errno.ENOSYS, errno.EINVAL}
