@@ -284,6 +284,37 @@ def test_a_rank_that_cannot_see_the_checkpoint_stops_every_rank(tmp_path):
     assert "[rank0]" not in proc.stderr and "[rank1]" not in proc.stderr, proc.stderr[-3000:]
 
 
+@pytest.mark.parametrize(
+    "failure, flags, said",
+    [
+        # rank 0 alone validates: the NaN set it found was trained on to chance and failed the best set's write
+        ("nan", {"steps": 5, "log_every": 5, "eval_every": 3}, "the synthetic set became NaN/inf at step 3"),
+        # rank 0 alone writes the checkpoint: the others went on to step 5's collectives
+        ("disk", {"steps": 6, "checkpoint_every": 2}, "No space left on device while writing"),
+    ],
+)
+def test_a_failure_on_rank_0_alone_stops_every_rank_in_one_line(tmp_path, failure, flags, said):
+    """A stop raised on rank 0 alone (its validation, its writes) left the other ranks in their next collective,
+    to fail with a broken connection's traceback once rank 0 exited; every rank now stops at once, and the
+    failure is said once, by rank 0."""
+    helper = Path(__file__).parent / "helpers" / "rank_fails.py"
+    # torchrun looks at its processes every 2 s, not 0.1: on one node it ended the others with SIGTERM as soon as
+    # rank 0 failed, which hid that they were left waiting (on other nodes: a broken connection's traceback)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += ["--monitor-interval", "2", str(helper)]
+    cmd += [failure, "--out", str(tmp_path / "run"), "--dataset", "digits", "--ipc", "2"]
+    for key, value in {**OVERRIDES, **flags}.items():
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("frepo: error: ") and said in errors[0], proc.stderr[-3000:]
+    assert "[rank0]" not in proc.stderr and "[rank1]" not in proc.stderr, proc.stderr[-3000:]  # their tracebacks
+    assert "Connection closed" not in proc.stderr, proc.stderr[-3000:]  # (torchrun's own traceback says who failed)
+    assert "SIGTERM" not in proc.stderr, proc.stderr[-3000:]  # each rank stopped by itself
+    assert not (tmp_path / "run" / "best.safetensors").exists()
+
+
 def test_ranks_at_different_steps_are_refused():
     """A copy of --out on each node, taken at different times: the ranks loaded different steps."""
 

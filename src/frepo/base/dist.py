@@ -57,11 +57,15 @@ class DistContext:
 
     def any(self, flag: bool) -> bool:
         """True on every rank if `flag` is True on any rank (so all ranks stop at the same step)."""
+        return self.any_of(flag)[0]
+
+    def any_of(self, *flags: bool) -> list[bool]:
+        """For each flag, True on every rank if it is True on any rank: several in one collective."""
         if not self.enabled:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0])
+            return list(flags)
+        t = torch.tensor([1.0 if flag else 0.0 for flag in flags])
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item() > 0)
+        return [bool(value > 0) for value in t.tolist()]
 
     def gather_objects(self, obj) -> list:
         """[rank 0's obj, rank 1's, ...] on every rank (tensors are moved to the CPU first)."""
@@ -82,11 +86,14 @@ class DistContext:
                 raise refusal
             return
         said = self.gather_objects(None if refusal is None else str(refusal))
-        if refusal is not None:
+        first = next(((rank, text) for rank, text in enumerate(said) if text is not None), None)
+        if first is None:
+            return
+        rank, text = first
+        # the same refusal on several ranks (a NaN every rank sees): said once, by the first
+        if refusal is not None and (rank == self.rank or str(refusal) != text):
             raise refusal
-        for rank, text in enumerate(said):
-            if text is not None:
-                raise SaidElsewhere(f"rank {rank} refused: {text}")
+        raise SaidElsewhere(f"rank {rank} refused: {text}")
 
     def barrier(self) -> None:
         if self.enabled:

@@ -11,6 +11,7 @@ import gc
 import logging
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -275,8 +276,7 @@ class Distiller:
                 protocol="frepo", models=cfg.eval_models, split="val", device=str(self.device), steps=steps
             )
             plan = ValidationPlan(cfg.eval_every, cfg.steps, cfg.seed, config, cfg.eval_models, steps)
-            finite = self._finite if not self.ctx.enabled else (lambda step: None)
-            self.validation = Validation(plan, self.data.val, self.monitor, self.run_dir.best_path, finite)
+            self.validation = Validation(plan, self.data.val, self.monitor, self.run_dir.best_path, self._finite)
             self.validation.progress = self.progress
             actions.append(self.validation)
         actions += [self.chance_watch, Checkpoint(cfg.checkpoint_every, self.checkpoint)]
@@ -417,24 +417,26 @@ class Distiller:
             self.run_dir.truncate_metrics(self.step, redo_validation=self._pending == "Validation" or unrecorded)
 
     def _finite(self, step: int) -> None:
-        """The run's stop (with the last good checkpoint, and advice) where the set holds NaN/inf. (Validation's
-        use of it is one process's: under torchrun rank 0 alone validates, and a stop there alone would leave
-        the other ranks in the next collective; there the checkpoint and the loss watch stop every rank.)"""
+        """The run's stop (with the last good checkpoint, and advice) where the set holds NaN/inf. (Under torchrun
+        rank 0 alone validates: its stop there reaches the other ranks through `_run_actions`.)"""
         if not self.trainer.finite():
             raise FrepoError(non_finite("the synthetic set", step, self._checkpoint_words()))
 
     def checkpoint(self) -> None:
         self._finite(self.step)
         state = self.state_dict()  # on every rank: a per-rank pool is gathered from all of them
-        if self.ctx.is_main:
-            try:
-                self.run_dir.save_checkpoint(state)
-            except WriteError as exc:
-                if exc.reason is None:
-                    raise
-                kept = f"the last checkpoint, at step {self.last_checkpoint}, is kept" if self.last_checkpoint else ""
-                raise WriteError(f"{exc.reason} while writing {exc.target}; {kept or 'no checkpoint yet'}") from exc
+        # rank 0 writes; a failure (a full disk) stops every rank, which wait here for it
+        self.ctx.agree(_failure_of(lambda: self._save_checkpoint(state)) if self.ctx.is_main else None)
         self.last_checkpoint = self.step
+
+    def _save_checkpoint(self, state: dict) -> None:
+        try:
+            self.run_dir.save_checkpoint(state)
+        except WriteError as exc:
+            if exc.reason is None:
+                raise
+            kept = f"the last checkpoint, at step {self.last_checkpoint}, is kept" if self.last_checkpoint else ""
+            raise WriteError(f"{exc.reason} while writing {exc.target}; {kept or 'no checkpoint yet'}") from exc
 
     def _checkpoint_words(self) -> str:
         return f"{self.run_dir.checkpoint_path}, step {self.last_checkpoint}" if self.last_checkpoint else "none yet"
@@ -491,8 +493,7 @@ class Distiller:
         if finished and not self.ctx.any(verdict in ("missing", "other")):
             # The final checkpoint holds the set: only a damaged file is written again.
             if self.ctx.any(verdict == "damaged"):
-                self._write_final_files()
-                self.ctx.barrier()
+                self.ctx.agree(_failure_of(self._write_final_files))  # the barrier: rank 0 wrote them, or failed
             elif self.ctx.is_main and not self._grid_path.is_file():  # killed between the set and its picture
                 self._write_grid(self.host_set())
             log.info(f"frepo: {self.run_dir.path} is already complete ({count_of(self.step, 'step')})")
@@ -513,16 +514,13 @@ class Distiller:
                 metrics = self._loop(bar, stop)
             now = self._moment(metrics)  # the end: the last validation, then the last checkpoint
             try:
-                for action in self.actions:
-                    if action.at_end(self.step):
-                        action(now)
+                self._run_actions(now, None, lambda index, action: action.at_end(self.step))
             except Interrupted:  # already said and kept (a second Ctrl-C in a write)
                 raise
             except KeyboardInterrupt:
                 self._keep_the_steps()
                 raise
-        self._write_final_files()
-        self.ctx.barrier()
+        self.ctx.agree(_failure_of(self._write_final_files))  # the barrier: rank 0 wrote them, or failed
         return self._result()
 
     def _keep_the_steps(self) -> None:
@@ -572,9 +570,7 @@ class Distiller:
             names = [type(action).__name__ for action in self.actions]
             first = names.index(self._pending) if self._pending in names else len(names)
             self._pending = None
-            for index in range(first, len(self.actions)):
-                if self.actions[index].due(self.step):
-                    self._act(index, start, stop, paused=None)
+            self._run_actions(start, stop, lambda index, action: index >= first and action.due(self.step))
         # On a CPU, whether freed memory stays in the heap (faster, more memory) is chosen from the first
         # step's peak under glibc's default (frepo.base.perf); a GPU run's host memory is small.
         allocator = AllocatorPolicy() if self.device.type == "cpu" else None
@@ -591,16 +587,7 @@ class Distiller:
                 allocator.after_first_step()
             bar.update(1)
             now = self._moment(metrics)
-            for index, action in enumerate(self.actions):
-                if not action.due(self.step):
-                    continue
-                if action.training:
-                    action(now)
-                else:
-                    synchronize(self.device)  # the steps queued so far are training
-                    paused = time.perf_counter()
-                    self._act(index, now, stop, paused)
-                    self._step_start += time.perf_counter() - paused
+            stopping = self._run_actions(now, stop, lambda index, action: action.due(self.step))
             if now.has_numbers:
                 values = now.numbers()
                 # shown with the bar's next redraw (refresh=False): a redraw per log step was a line per log
@@ -615,7 +602,7 @@ class Distiller:
                 )
             self.elapsed += time.perf_counter() - self._step_start
             self._step_start = None
-            if self.ctx.any(stop.is_set()):
+            if stopping:
                 if self.last_checkpoint != self.step:  # the step's own checkpoint action may have written it
                     self.checkpoint()
                 raise Interrupted(
@@ -623,6 +610,49 @@ class Distiller:
                     f"{self.run_dir.checkpoint_path}. Run the same command to resume."
                 )
         return metrics
+
+    def _run_actions(self, now: Moment, stop: StopRequest | None, chosen: Callable[[int, Action], bool]) -> bool:
+        """Run the actions `chosen(index, action)` selects, in order, after step `now.step`; returns whether a stop
+        was requested (`stop`; None: not asked), on any rank.
+
+        Under torchrun rank 0 alone runs some actions (validation, snapshots, the metrics files): a failure there
+        (a NaN set, a full disk) raised on rank 0 alone, the other ranks waited in the checkpoint's gather or the
+        next step's collective and then failed with "Connection closed by peer" tracebacks. So before the
+        checkpoint, the first action after those that every rank runs, the ranks exchange the stop request and
+        whether an action failed, in one collective: a failure stops every rank, the failing one with its error,
+        the others saying which rank stopped them. A rank that failed runs no further action."""
+        failure: FrepoError | None = None
+        stopping = exchanged = False
+        for index, action in enumerate(self.actions):
+            if isinstance(action, Checkpoint) and self.ctx.enabled:
+                stopping, failed = self.ctx.any_of(stop is not None and stop.is_set(), failure is not None)
+                exchanged = True
+                if failed:
+                    self.ctx.agree(failure)  # raises on every rank
+            if failure is not None or not chosen(index, action):
+                continue
+            try:
+                self._timed_act(index, now, stop)
+            except FrepoError as exc:
+                if not self.ctx.enabled or exchanged:  # the checkpoint shares its own failure (`checkpoint`)
+                    raise
+                failure = exc
+        if not self.ctx.enabled:  # one process reads its request last, after the checkpoint
+            stopping = stop is not None and stop.is_set()
+        return stopping
+
+    def _timed_act(self, index: int, now: Moment, stop: StopRequest | None) -> None:
+        """Action `index`; in the loop (`_step_start` set) a non-training action's time is left out of the step's."""
+        action = self.actions[index]
+        if stop is None:  # the end, after the loop's signal handling
+            action(now)
+        elif action.training or self._step_start is None:
+            self._act(index, now, stop, paused=None)
+        else:
+            synchronize(self.device)  # the steps queued so far are training
+            paused = time.perf_counter()
+            self._act(index, now, stop, paused)
+            self._step_start += time.perf_counter() - paused
 
     def _act(self, index: int, now: Moment, stop: StopRequest, paused: float | None) -> None:
         """Run non-training action `index` of the step; one that is `interruptible` stops at once on a stop request,
@@ -699,6 +729,16 @@ def _finished_without_checkpoint(config: DistillConfig, out: Path) -> DistillRes
     log.info(f"frepo: {run.path} is already complete ({count_of(config.steps, 'step')}; its checkpoint is gone)")
     best = run.best_path if run.best_path.is_file() else None
     return DistillResult(run.path, config.steps, run.distilled_path, best, val, float(elapsed))
+
+
+def _failure_of(write: Callable[[], None]) -> FrepoError | None:
+    """The FrepoError `write` raised (a full disk), or None: for `DistContext.agree`, which raises it on the rank
+    that failed and stops the others with it (one process: raises it)."""
+    try:
+        write()
+    except FrepoError as exc:
+        return exc
+    return None
 
 
 def distill(
