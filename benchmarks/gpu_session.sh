@@ -38,9 +38,11 @@
 # A device session's two calls, with mnist.npz and fashion_mnist.npz carried in .gpudata (../shared does not travel):
 #   first (<= 5 min): PARTS="tests eval roofline init" ROOFLINE_SETTINGS=mnist-ipc10-b256,cifar10-ipc10-b1024-flip
 #     SESSION_LIMIT=280 FREPO_DATA_DIR=.gpudata RESULTS=$OUT bash benchmarks/gpu_session.sh
-#   last (<= 7 min): PARTS="reproduce long" BUDGET=gpu-small REPRODUCE_LIMIT=250 LONG_STEPS=8000 SESSION_LIMIT=400
+#   last (<= 7 min): PARTS="long reproduce" BUDGET=gpu-small REPRODUCE_LIMIT=250 LONG_STEPS=8000 SESSION_LIMIT=400
 #     FREPO_DATA_DIR=.gpudata RESULTS=$OUT bash benchmarks/gpu_session.sh
-# (Table 1 at gpu-small took about 4 minutes of an H200, the tests 1, the 8000 MNIST steps and their evaluation 2.)
+# (Table 1 at gpu-small took about 4 minutes of an H200, the tests 1, the 8000 MNIST steps and their evaluation 2:
+# long goes first, as reproduce keeps each row it finished when cut, and long's accuracy comes only at its end.
+# In the other order long's evaluation had about 37 s of the session left for the 35 it takes.)
 set -uo pipefail
 : "${RESULTS:?}"
 mkdir -p "$RESULTS"
@@ -215,15 +217,18 @@ part_long() {  # MNIST IPC 10, LONG_STEPS steps, then 5 evaluation networks
   need_data mnist || return 1
   echo "${LONG_STEPS:=20000} steps"
   # Pick LONG_STEPS from the roofline's ms/step and the minutes left; a run cut by the time limit
-  # checkpoints and resumes with the same command.
+  # checkpoints and resumes with the same command (runs/ stays on a warm machine between calls). One folder
+  # per setting: in one folder another LONG_STEPS was refused (steps change only with --resume-with-changes),
+  # and the same one found "already complete" and evaluated the set of an earlier call.
+  local out="runs/gpu-long-$LONG_STEPS$(printf '%s' "${STEP_FLAGS:-}" | tr -cs 'a-zA-Z0-9' '-')"
   # shellcheck disable=SC2086
   limited 300 "${FREPO[@]}" distill --dataset mnist --ipc 10 --device cuda --steps "$LONG_STEPS" \
-    --no-download --out runs/gpu-long ${STEP_FLAGS:-} 2>&1 | quiet "distill:"
+    --no-download --out "$out" ${STEP_FLAGS:-} 2>&1 | quiet "distill:"
   local rc=$?
   # the run's metrics come back even when the time limit cut it (the machine and runs/ go with the session)
-  cp runs/gpu-long/metrics.jsonl "$RESULTS/long-metrics.jsonl" 2>/dev/null
+  cp "$out/metrics.jsonl" "$RESULTS/long-metrics.jsonl" 2>/dev/null
   [ $rc -eq 0 ] || return $rc
-  limited 150 "${FREPO[@]}" evaluate runs/gpu-long/distilled.safetensors --models 5 --device cuda \
+  limited 150 "${FREPO[@]}" evaluate "$out/distilled.safetensors" --models 5 --device cuda \
     --json "$RESULTS/long-mnist-ipc10.json" 2>&1 | quiet "evaluate ("
 }
 

@@ -107,3 +107,44 @@ def test_the_gpu_session_script_parses_and_passes_only_flags_that_exist():
             assert flag in known, (line.strip(), flag)
             checked += 1
     assert checked > 40
+
+
+def test_the_gpu_session_s_long_run_has_a_folder_per_setting(tmp_path):
+    """The long part on a warm machine (runs/ stays between a session's calls): in one folder another LONG_STEPS
+    was refused, and the same one found "already complete" and evaluated an earlier call's set. Run here with
+    stubs for the GPU and Python that record the commands."""
+    import os
+    import subprocess
+
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_session.sh"
+    stubs, data, calls = tmp_path / "bin", tmp_path / "data", tmp_path / "calls.txt"
+    stubs.mkdir()
+    data.mkdir()
+    (data / "mnist.npz").write_bytes(b"")
+    (stubs / "nvidia-smi").write_text("#!/bin/sh\necho 'a stub GPU'\n")
+    (stubs / "python").write_text(
+        '#!/bin/bash\necho "$*" >> "$CALLS"\n'
+        "while [ $# -gt 0 ]; do case $1 in\n"
+        '  --out) mkdir -p "$2" && echo "{}" > "$2/metrics.jsonl" && : > "$2/distilled.safetensors";;\n'
+        '  --json) echo "{}" > "$2";;\n'
+        "esac; shift; done\n"
+    )
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "PYTHON": str(stubs / "python"), "CALLS": str(calls)}
+    env.update(PARTS="long", FREPO_DATA_DIR=str(data))
+    for steps, flags in (("10", ""), ("20", "--compile cudagraphs"), ("10", "")):
+        results = tmp_path / f"results-{steps}"
+        settings = {"LONG_STEPS": steps, "STEP_FLAGS": flags, "RESULTS": str(results)}
+        done = subprocess.run(
+            ["bash", str(script)], cwd=tmp_path, env={**env, **settings}, capture_output=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        assert "=== long: exit code 0" in (results / "session.log").read_text()
+        assert (results / "long-mnist-ipc10.json").is_file() and (results / "long-metrics.jsonl").is_file()
+    runs = [line.split("--out ")[1].split()[0] for line in calls.read_text().splitlines() if " distill " in line]
+    assert runs == ["runs/gpu-long-10", "runs/gpu-long-20-compile-cudagraphs", "runs/gpu-long-10"]
+    evaluated = [
+        line.split("evaluate ")[1].split()[0] for line in calls.read_text().splitlines() if " evaluate " in line
+    ]
+    assert evaluated == [f"{run}/distilled.safetensors" for run in runs]
