@@ -146,3 +146,31 @@ def test_steps_per_second_leave_out_what_does_not_train(tmp_path, monkeypatch):
     assert [r["step"] for r in records if "val_acc" in r] == [3, 6]
     assert rates[4] > 0.01 and min(rates.values()) > 0.01  # a step takes far less than 100 s: not 1/1000
     assert max(r.get("elapsed_s", 0) for r in records) < 1000  # (already so) training time leaves it out
+
+
+def test_a_grid_takes_back_to_pixels_only_the_images_it_shows(tmp_path, monkeypatch):
+    """TensorBoard's grid at every log step took the whole set back to pixels (a dense ZCA's inverse of 5000
+    CIFAR-100 images, on the host, every 10 GPU steps) to show 10 images a class: the same grid from those alone."""
+    import torch
+
+    from frepo.jobs.visualize import class_grid, set_grid
+
+    path = tmp_path / "digits30.safetensors"
+    assert main(["subset", "--dataset", "digits", "--ipc", "30", "--method", "random", "--out", str(path)]) == 0
+    ds = load_distilled(path)
+    whole, whole_rows = class_grid(ds.pixels(), ds.class_ids(), ds.num_classes, 10)
+    converted: list[int] = []
+    kind = type(ds.preprocessing)
+    original = kind.to_unit
+
+    def counted(self, images):
+        converted.append(len(images))
+        return original(self, images)
+
+    monkeypatch.setattr(kind, "to_unit", counted)
+    grid, rows = set_grid(ds, 10)
+    assert converted == [10 * ds.num_classes] and len(ds.images) == 30 * ds.num_classes
+    assert rows == whole_rows and torch.equal(grid, whole)
+    converted.clear()
+    grid_array(ds)
+    assert converted == [10 * ds.num_classes]
