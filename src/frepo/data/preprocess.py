@@ -644,10 +644,12 @@ def cached_preprocessing(
     images: Images, kind: str, zca_reg: float, cache_dir: Path | None, device: torch.device | None = None
 ) -> Preprocessing:
     """`fit_preprocessing`, with ZCA fits cached (the standardisation is cheaper to recompute than to read). A
-    dense fit on `device` is cached like a host fit: both are rounded as stored (`as_stored`), which hides the
-    float rounding of devices and thread counts. The low-rank form (fewer images than dimensions) is stored
-    unrounded, so its entry is the fitting machine's (`machine_key`): one filled elsewhere gave the same
-    command other preprocessing."""
+    dense fit on `device` is cached like a host fit, under one entry: both are rounded as stored (`as_stored`),
+    which hides most of the float rounding of devices and thread counts, not all (an entry whose exact value
+    lies near a rounding boundary may round the other way: of millions, some will), so the first fit is kept
+    and every later run reads the same matrices, whichever device fits first. The low-rank form (fewer images
+    than dimensions) is stored unrounded, so its entry is the fitting machine's (`machine_key`): one filled
+    elsewhere gave the same command other preprocessing."""
     if kind not in ("zca", "zca_block"):
         return fit_preprocessing(images, kind, zca_reg)
     machine = machine_key(device if device is not None else torch.device("cpu"))
