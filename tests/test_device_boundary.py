@@ -234,8 +234,11 @@ def test_a_step_on_the_simulated_device_keeps_its_tensors_there(source, monkeypa
             metrics = trainer.step()
             if step == 0:
                 waits = sim.waits.copy()  # placing the data, the set and the pool's models
+                reads = sim.reads.copy()
         assert trainer.pool.resets > 0
         assert sim.waits == waits, f"copies that may wait in steps 2-8: {dict(sim.waits - waits)}"
+        # nor reads a value back: on a GPU the host would wait for the step's kernels before queuing the next step's
+        assert sim.reads == reads, f"device values read on the host in steps 2-8: {dict(sim.reads - reads)}"
         assert all(sim.on_device(t) for t in metrics.values())
         assert sim.on_device(trainer.syn.images) and all(sim.on_device(p) for p in trainer.pool.model.parameters())
 
@@ -340,13 +343,15 @@ def test_evaluation_training_steps_never_wait_for_the_gpu(training):
     """Training an evaluation network (one, or several stacked; the dsa protocol's; the privacy
     experiment's victims) sends its data and networks to the device once: more steps, no more blocking
     copies. (Reintroducing one `.to(x.device)` in an augmentation op fails this.)"""
-    waits = []
+    waits, reads = [], []
     for steps in (2, 12):
         with SimulatedDevice() as sim:
             _trainings()[training](steps)
             assert sim.placed > 0
         waits.append(sim.waits)
+        reads.append(sim.reads)
     assert waits[1] == waits[0], f"copies that may wait, per step: {dict(waits[1] - waits[0])}"
+    assert reads[1] == reads[0], f"device values read on the host, per step: {dict(reads[1] - reads[0])}"
 
 
 @pytest.mark.parametrize("networks", [1, 3])

@@ -18,15 +18,17 @@ storages are recorded, and `.device` reports `cpu:1` for them. The mode then rai
 saw made (the autograd engine's, functorch's inside a transform, `torch.load`'s) is of unknown place and
 judged only where it meets a parameter (`.grad` takes its parameter's place).
 
+A read of a device tensor's value on the host (`.item()`, `.tolist()`, `bool`, `float`, `int`, an index, `.cpu()`,
+`.to("cpu")`), which on a GPU waits for the stream, is counted in `reads` by frepo source line.
 A host-to-device copy that may make the host wait for a GPU is counted in `waits` by frepo source line:
 a blocking one (`.to` or `copy_` without non_blocking: it waits for the whole stream), and a non_blocking
 one from pageable memory (the driver may wait for the stream to stage it). Page-locking cannot run
 without CUDA, so the model takes frepo's word for the one place that pins on a GPU: a non_blocking copy
 made inside `frepo.base.device` is not counted; tests/test_cuda.py checks on a GPU that it does pin.
 
-What is not modelled: the speed and the asynchrony of a real GPU (other host synchronisations are the
-CUDA tests' job), CUDA-only kernels, and `torch.load` of saved device tensors (a real GPU reloads them on
-the GPU unless `map_location` says otherwise).
+What is not modelled: the speed and the asynchrony of a real GPU (synchronisations inside torch's own
+kernels, such as a boolean mask's, are the CUDA tests' job), CUDA-only kernels, and `torch.load` of saved
+device tensors (a real GPU reloads them on the GPU unless `map_location` says otherwise).
 """
 
 from __future__ import annotations
@@ -53,6 +55,15 @@ _GRAD_SET = torch.Tensor.grad.__set__
 _DATA_SET = torch.Tensor.data.__set__
 _TO_HOST = {torch.Tensor.cpu}
 _NO_NUMPY = {torch.Tensor.numpy, torch.Tensor.__array__}
+# Reading a device tensor's value on the host: on a GPU each waits for the stream to finish the work queued so far.
+_READS = {
+    torch.Tensor.item,
+    torch.Tensor.tolist,
+    torch.Tensor.__bool__,
+    torch.Tensor.__float__,
+    torch.Tensor.__int__,
+    torch.Tensor.__index__,
+}
 # A GPU copies across devices here; the last only compares two tensors' types (nn.Module.to asks it).
 _CROSSING = {torch.Tensor.copy_, torch.Tensor.__setitem__, torch._has_compatible_shallow_copy_type}
 _INDEXING = {torch.Tensor.__getitem__, torch.Tensor.__setitem__, torch.Tensor.index_put_, torch.Tensor.index_put}
@@ -76,6 +87,7 @@ class SimulatedDevice(TorchFunctionMode):
         self._host: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> storage, host
         self.placed = 0  # tensors placed on the device so far (a test can check the device was used)
         self.waits: collections.Counter = collections.Counter()  # host-to-device copies that may wait, by line
+        self.reads: collections.Counter = collections.Counter()  # device values read on the host, by line
 
     # ---- which tensors are on the device -------------------------------------------------------
     def on_device(self, t: torch.Tensor) -> bool | None:
@@ -105,12 +117,18 @@ class SimulatedDevice(TorchFunctionMode):
         kwargs = kwargs or {}
         if func == _DEVICE_GET:
             return DEVICE if self.on_device(args[0]) else func(*args)
+        if func in _READS and self.on_device(args[0]):
+            self.reads[_frepo_line()] += 1
         if func in _TO_HOST:
+            if self.on_device(args[0]):
+                self.reads[_frepo_line()] += 1
             return self._to(args[0], HOST, func, args, kwargs)
         if func is torch.Tensor.to:
             target = self._to_target(args, kwargs)
             if target == DEVICE and self.on_device(args[0]) is False:
                 self._count_wait(self._non_blocking(args, kwargs))
+            if target == HOST and self.on_device(args[0]):
+                self.reads[_frepo_line()] += 1
             return self._to(args[0], target, func, args, kwargs)
         if func is torch.Tensor.copy_ and self.on_device(args[0]) and self.on_device(args[1]) is False:
             self._count_wait(kwargs.get("non_blocking", args[2] if len(args) > 2 else False))
@@ -171,10 +189,10 @@ class SimulatedDevice(TorchFunctionMode):
 
     def _count_wait(self, non_blocking: bool) -> None:
         """Count a host-to-device copy unless it is queued from page-locked memory (`host_to_device`)."""
-        frames = [f for f in traceback.extract_stack() if Path(f.filename).is_relative_to(_FREPO)]
+        frames = _frepo_frames()
         if non_blocking and frames and Path(frames[-1].filename) == _PAGE_LOCKING:
             return
-        self.waits[f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"] += 1
+        self.waits[_frepo_line()] += 1
 
     def _to(self, t: torch.Tensor, target: torch.device | None, func, args, kwargs):
         source = self.on_device(t)
@@ -249,6 +267,16 @@ class SimulatedDevice(TorchFunctionMode):
                     "indices should be either on cpu or on the same device as the indexed tensor (cpu) "
                     f"(simulated, {_name(func)})"
                 )
+
+
+def _frepo_frames() -> list:
+    return [f for f in traceback.extract_stack() if Path(f.filename).is_relative_to(_FREPO)]
+
+
+def _frepo_line() -> str:
+    """The frepo source line the call comes from ("trainer.py:312"; "?" from outside frepo)."""
+    frames = _frepo_frames()
+    return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
 
 
 def _in_place(func) -> bool:
