@@ -156,6 +156,21 @@ def test_whole_step_graphs_follow_the_eager_gpu_step(exact_fp32, online_batch):
         torch.cuda.set_sync_debug_mode("default")
 
 
+def test_whole_step_graphs_capture_with_cudnn_s_own_algorithms():
+    """--no-deterministic under --compile graph (the GPU's default compile): each step turns cuDNN's benchmark
+    mode on, which times algorithms on first use of a shape. The eager warm-up steps meet every shape first, so
+    no timing falls inside a capture, which would fail it (gpu_session.sh's bench-nondet part runs this)."""
+    eager, graphed = (_small_trainer(CUDA, deterministic=False, compile=mode) for mode in ("off", "graph"))
+    start = eager.syn.images.detach().clone()
+    for _ in range(24):
+        me, mg = eager.step(), graphed.step()
+        assert torch.isfinite(mg["loss"]) and torch.isfinite(me["loss"])
+    assert len(graphed.graphs.graphs) == 2 and graphed.graphs.capture  # both models captured
+    gap, moved = (graphed.syn.images - eager.syn.images).norm(), (eager.syn.images - start).norm()
+    print(f"cuda graph vs eager, cuDNN's own algorithms: images gap / movement = {float(gap / moved):.3g}")
+    assert gap < 0.1 * moved  # other algorithms round otherwise; a broken replay is a gap of the movement's size
+
+
 FAILED_CAPTURE = """
 import os
 
