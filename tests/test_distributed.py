@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -313,6 +314,44 @@ def test_a_failure_on_rank_0_alone_stops_every_rank_in_one_line(tmp_path, failur
     assert "Connection closed" not in proc.stderr, proc.stderr[-3000:]  # (torchrun's own traceback says who failed)
     assert "SIGTERM" not in proc.stderr, proc.stderr[-3000:]  # each rank stopped by itself
     assert not (tmp_path / "run" / "best.safetensors").exists()
+
+
+def test_a_stop_in_rank_0_s_validation_checkpoints_every_rank(tmp_path):
+    """SIGTERM to every process (a scheduler's) while rank 0 validates: rank 0 ran its validation to the end, and
+    torchrun's agent killed the workers after its grace period (30 s by default) with nothing written, losing
+    every step since the last checkpoint. The validation now stops at once, every rank checkpoints the step
+    with it pending, and the same command validates that step first and finishes."""
+    import signal
+    import time
+
+    helper = Path(__file__).parent / "helpers" / "rank_fails.py"
+    mark, out = tmp_path / "validating", tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += ["--monitor-interval", "1", "--shutdown-timeout", "15", str(helper)]
+    flags = ["--out", str(out), "--dataset", "digits", "--ipc", "2"]
+    for key, value in {**OVERRIDES, "steps": 4, "eval_every": 2, "checkpoint_every": 100}.items():
+        flags += [f"--{key.replace('_', '-')}", str(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FREPO_TEST_MARK": str(mark)}
+    proc = subprocess.Popen(
+        [*cmd, "slow-validation", *flags], stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert mark.exists(), "rank 0 never validated"
+        os.killpg(proc.pid, signal.SIGTERM)  # torchrun and its workers, as a scheduler stops a job
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 2 and state["pending"] == "Validation", err[-3000:]
+    assert "stopped in step 2's validation; checkpoint written" in err, err[-3000:]
+    done = subprocess.run([*cmd, "none", *flags], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "val_acc" in line] == [2, 4]
 
 
 def test_ranks_at_different_steps_are_refused():

@@ -100,6 +100,10 @@ def _shown(value):
     return f"{value:.3g}" if isinstance(value, float) else repr(value)
 
 
+# The order `Distiller._actions` gives the actions of a step (a rank runs those it has: under torchrun rank 0 alone
+# snapshots and validates).
+ACTION_ORDER = ("LossWatch", "Snapshots", "MetricsLog", "Validation", "ChanceWatch", "Checkpoint")
+
 CHECKPOINT_KEYS = ("step", "synthetic", "lamb", "pool", "sampler", "best", "elapsed")
 
 
@@ -290,6 +294,16 @@ class Distiller:
                 if self.validation.best["step"] == self.step:  # a best of this step was validated (its line kept)
                     self.validation.validated_at = self.step
         return actions
+
+    def _resumed_at(self, pending: str) -> int:
+        """The index of the first action to run again after a stop cut `pending` short: its own, or, on a rank
+        without it (under torchrun rank 0 alone validates and snapshots), the first that comes after it in
+        `ACTION_ORDER`, so every rank meets the same checkpoint."""
+        if pending not in ACTION_ORDER:  # a name of another version: nothing is run again
+            return len(self.actions)
+        after = ACTION_ORDER.index(pending)
+        ranks = [ACTION_ORDER.index(type(action).__name__) for action in self.actions]
+        return next((index for index, rank in enumerate(ranks) if rank >= after), len(self.actions))
 
     def _facts(self, step: int) -> dict:
         """What a metrics line records beside the step's losses (`MetricsLog`)."""
@@ -567,10 +581,11 @@ class Distiller:
         for action in self.actions:
             action.begin(start)
         if self._pending is not None:  # what a stop cut short after the checkpoint's step, and the actions after it
-            names = [type(action).__name__ for action in self.actions]
-            first = names.index(self._pending) if self._pending in names else len(names)
+            first = self._resumed_at(self._pending)
             self._pending = None
-            self._run_actions(start, stop, lambda index, action: index >= first and action.due(self.step))
+            stopping = self._run_actions(start, stop, lambda index, action: index >= first and action.due(self.step))
+            if stopping and self._pending is not None:  # cut short again (under torchrun: one process raised)
+                self._stop_here()
         # On a CPU, whether freed memory stays in the heap (faster, more memory) is chosen from the first
         # step's peak under glibc's default (frepo.base.perf); a GPU run's host memory is small.
         allocator = AllocatorPolicy() if self.device.type == "cpu" else None
@@ -603,13 +618,20 @@ class Distiller:
             self.elapsed += time.perf_counter() - self._step_start
             self._step_start = None
             if stopping:
-                if self.last_checkpoint != self.step:  # the step's own checkpoint action may have written it
-                    self.checkpoint()
-                raise Interrupted(
-                    f"stopped at step {self.step}; checkpoint written to "
-                    f"{self.run_dir.checkpoint_path}. Run the same command to resume."
-                )
+                self._stop_here()
         return metrics
+
+    def _stop_here(self) -> None:
+        """A stop request after the step's actions, agreed by every rank: checkpoint the step and raise."""
+        cut = self._pending  # under torchrun: an action rank 0 had begun (one process raised in it)
+        if self.last_checkpoint != self.step:  # the step's own checkpoint action may have written it
+            self.checkpoint()
+        where = f"in step {self.step}'s {cut.lower()}" if cut else f"at step {self.step}"
+        again = " (it runs that again first)" if cut else ""
+        raise Interrupted(
+            f"stopped {where}; checkpoint written to {self.run_dir.checkpoint_path}. Run the same command "
+            f"to resume{again}."
+        )
 
     def _run_actions(self, now: Moment, stop: StopRequest | None, chosen: Callable[[int, Action], bool]) -> bool:
         """Run the actions `chosen(index, action)` selects, in order, after step `now.step`; returns whether a stop
@@ -657,9 +679,12 @@ class Distiller:
     def _act(self, index: int, now: Moment, stop: StopRequest, paused: float | None) -> None:
         """Run non-training action `index` of the step; one that is `interruptible` stops at once on a stop request,
         and the step is checkpointed with it pending, so the same command runs it (and those after it) again first.
-        Under torchrun each rank takes a signal elsewhere: there it runs to its end, as any action."""
+        Under torchrun the checkpoint is every rank's: the action is left pending, and the stop request reaches
+        the others at the step's exchange (`_run_actions`), where every rank checkpoints. (It ran to its end
+        there, and torchrun's agent, which gives its workers 30 s after a SIGTERM, killed a minutes-long
+        validation with nothing written.)"""
         action = self.actions[index]
-        if not action.interruptible or self.ctx.enabled:
+        if not action.interruptible:
             action(now)
             return
         try:
@@ -671,10 +696,12 @@ class Distiller:
             stop.now = False  # a second SIGTERM in the checkpoint below waits for it (a second Ctrl-C aborts)
             if aborting():  # a second Ctrl-C: abort, as anywhere
                 raise
+            self._pending = type(action).__name__
+            if self.ctx.enabled:
+                return
             if paused is not None and self._step_start is not None:  # the step's training time (the loop's after
                 self.elapsed += paused - self._step_start  # its actions), up to this action
                 self._step_start = None
-            self._pending = type(action).__name__
             self.checkpoint()
             raise Interrupted(
                 f"stopped in step {self.step}'s {type(action).__name__.lower()}; checkpoint written to "
