@@ -316,11 +316,20 @@ def test_a_failure_on_rank_0_alone_stops_every_rank_in_one_line(tmp_path, failur
     assert not (tmp_path / "run" / "best.safetensors").exists()
 
 
-def test_a_stop_in_rank_0_s_validation_checkpoints_every_rank(tmp_path):
+@pytest.mark.parametrize(
+    "settings, stopped, validated",
+    [
+        ({"steps": 4, "eval_every": 2, "checkpoint_every": 100}, 2, [2, 4]),  # in the loop
+        ({"steps": 3, "eval_every": 0, "checkpoint_every": 2}, 3, [3]),  # the end's: SIGTERM's default killed at once
+    ],
+    ids=["loop", "end"],
+)
+def test_a_stop_in_rank_0_s_validation_checkpoints_every_rank(tmp_path, settings, stopped, validated):
     """SIGTERM to every process (a scheduler's) while rank 0 validates: rank 0 ran its validation to the end, and
     torchrun's agent killed the workers after its grace period (30 s by default) with nothing written, losing
-    every step since the last checkpoint. The validation now stops at once, every rank checkpoints the step
-    with it pending, and the same command validates that step first and finishes."""
+    every step since the last checkpoint (in the end's validation SIGTERM killed at once). The validation now
+    stops at once, every rank checkpoints the step with it pending, and the same command validates that step
+    first and finishes."""
     import signal
     import time
 
@@ -329,7 +338,7 @@ def test_a_stop_in_rank_0_s_validation_checkpoints_every_rank(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     cmd += ["--monitor-interval", "1", "--shutdown-timeout", "15", str(helper)]
     flags = ["--out", str(out), "--dataset", "digits", "--ipc", "2"]
-    for key, value in {**OVERRIDES, "steps": 4, "eval_every": 2, "checkpoint_every": 100}.items():
+    for key, value in {**OVERRIDES, **settings}.items():
         flags += [f"--{key.replace('_', '-')}", str(value)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FREPO_TEST_MARK": str(mark)}
     proc = subprocess.Popen(
@@ -346,12 +355,12 @@ def test_a_stop_in_rank_0_s_validation_checkpoints_every_rank(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     state = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert state["step"] == 2 and state["pending"] == "Validation", err[-3000:]
-    assert "stopped in step 2's validation; checkpoint written" in err, err[-3000:]
+    assert state["step"] == stopped and state["pending"] == "Validation", err[-3000:]
+    assert f"stopped in step {stopped}'s validation; checkpoint written" in err, err[-3000:]
     done = subprocess.run([*cmd, "none", *flags], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [line["step"] for line in lines if "val_acc" in line] == [2, 4]
+    assert [line["step"] for line in lines if "val_acc" in line] == validated
 
 
 def test_ranks_at_different_steps_are_refused():

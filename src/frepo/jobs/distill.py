@@ -526,16 +526,29 @@ class Distiller:
                 cleanup.callback(self.monitor.close)
             with stop_on_signal() as stop, contextlib.closing(bar):
                 metrics = self._loop(bar, stop)
-            now = self._moment(metrics)  # the end: the last validation, then the last checkpoint
-            try:
-                self._run_actions(now, None, lambda index, action: action.at_end(self.step))
-            except Interrupted:  # already said and kept (a second Ctrl-C in a write)
-                raise
-            except KeyboardInterrupt:
-                self._keep_the_steps()
-                raise
+                if self.ctx.enabled:
+                    self._end(metrics, stop)
+            if not self.ctx.enabled:
+                self._end(metrics, None)
         self.ctx.agree(_failure_of(self._write_final_files))  # the barrier: rank 0 wrote them, or failed
         return self._result()
+
+    def _end(self, metrics: dict[str, torch.Tensor] | None, stop: StopRequest | None) -> None:
+        """The end's actions: the last validation, then the last checkpoint. In one process after the loop's signal
+        handling (`stop` None): Ctrl-C or the command line's SIGTERM interrupts, and `_keep_the_steps` keeps the
+        steps. Under torchrun within it: SIGTERM's default there ended the process at once (the command line leaves
+        it to torchrun), losing the steps since the last checkpoint; a stop in rank 0's validation is every rank's,
+        as in the loop."""
+        now = self._moment(metrics)
+        try:
+            stopping = self._run_actions(now, stop, lambda index, action: action.at_end(self.step))
+        except Interrupted:  # already said and kept (a second Ctrl-C in a write)
+            raise
+        except KeyboardInterrupt:
+            self._keep_the_steps()
+            raise
+        if stopping and self._pending is not None:
+            self._stop_here()
 
     def _keep_the_steps(self) -> None:
         """Ctrl-C in the end's actions (its validation: minutes at a real budget; SIGTERM too under the command
