@@ -417,3 +417,20 @@ def test_a_rank_stopped_by_another_s_refusal_says_so_once_a_node(monkeypatch, ca
     err = capsys.readouterr().err
     assert ("frepo (rank 2): stopped: rank 0 refused and said why in its own output" in err) is said
     assert "--out holds another run" not in err and err.count("\n") == int(said)
+
+
+def test_a_per_rank_run_resumed_with_another_process_count_says_to_keep_the_count(monkeypatch):
+    """--pool-mode per-rank checkpoints each process's pool: resumed by another number of processes, the refusal
+    said "does not fit this run; delete it to restart the run", which threw the run away."""
+    from frepo.base.errors import FrepoError
+
+    monkeypatch.syspath_prepend(Path(__file__).parent / "helpers")
+    import per_rank_step
+
+    made = per_rank_step.trainer(_OneRankOfTwo(0)).state_dict()  # gathered in one process: one rank's pool
+    with pytest.raises(FrepoError, match="holds the pools of 1 process, .*this launch has 2: resume with as many") as e:
+        per_rank_step.trainer(_OneRankOfTwo(0)).load_state_dict(made)
+    assert "delete" not in str(e.value)
+    del made["pool_per_rank"]  # a run of one process: one pool
+    with pytest.raises(FrepoError, match=r"holds one pool \(one process\)"):
+        per_rank_step.trainer(_OneRankOfTwo(1)).load_state_dict(made)

@@ -433,8 +433,15 @@ class FRePoTrainer:
         if self.per_rank_pool:
             pools = state.get("pool_per_rank")
             if not isinstance(pools, list) or len(pools) != self.ctx.world:
-                count = len(pools) if isinstance(pools, list) else "no"
-                raise ValueError(f"the checkpoint holds {count} per-rank pools, this run has {self.ctx.world} ranks")
+                # said as what to do: "delete it to restart the run" (a damaged checkpoint's advice) threw the run away
+                count = len(pools) if isinstance(pools, list) else 0
+                made = (
+                    f"the pools of {count} process{'es' if count != 1 else ''}" if count else "one pool (one process)"
+                )
+                raise FrepoError(
+                    f"the checkpoint holds {made}, and --pool-mode per-rank gives each process its own; this launch "
+                    f"has {self.ctx.world}: resume with as many processes as the run was made with"
+                )
             self.pool.load_state_dict(pools[self.ctx.rank])
         else:
             self.pool.load_state_dict(state["pool"])
