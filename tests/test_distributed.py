@@ -292,6 +292,8 @@ def test_a_rank_that_cannot_see_the_checkpoint_stops_every_rank(tmp_path):
         ("nan", {"steps": 5, "log_every": 5, "eval_every": 3}, "the synthetic set became NaN/inf at step 3"),
         # rank 0 alone writes the checkpoint: the others went on to step 5's collectives
         ("disk", {"steps": 6, "checkpoint_every": 2}, "No space left on device while writing"),
+        # rank 0 alone validates: its traceback-free line, and the others' broken connections
+        ("oom", {"steps": 4, "eval_every": 2}, "out of memory (CUDA out of memory. Tried to allocate 2.00 GiB)"),
     ],
 )
 def test_a_failure_on_rank_0_alone_stops_every_rank_in_one_line(tmp_path, failure, flags, said):
@@ -312,8 +314,22 @@ def test_a_failure_on_rank_0_alone_stops_every_rank_in_one_line(tmp_path, failur
     assert len(errors) == 1 and errors[0].startswith("frepo: error: ") and said in errors[0], proc.stderr[-3000:]
     assert "[rank0]" not in proc.stderr and "[rank1]" not in proc.stderr, proc.stderr[-3000:]  # their tracebacks
     assert "Connection closed" not in proc.stderr, proc.stderr[-3000:]  # (torchrun's own traceback says who failed)
-    assert "SIGTERM" not in proc.stderr, proc.stderr[-3000:]  # each rank stopped by itself
     assert not (tmp_path / "run" / "best.safetensors").exists()
+
+
+def test_a_node_without_the_data_stops_every_rank_in_one_line(tmp_path):
+    """Each rank prepares its own data: one that found none stopped alone, while rank 0 waited in the trainer's
+    broadcast of its start (under NCCL up to the 2 h collective timeout), then failed with a broken connection."""
+    helper = Path(__file__).parent / "helpers" / "rank_fails.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += ["--monitor-interval", "2", str(helper), "no-data", "--out", str(tmp_path / "run")]
+    cmd += ["--dataset", "digits", "--ipc", "2", "--steps", "2", "--width", "8"]
+    cmd += ["--batch-size", "64", "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert errors == ["frepo (rank 1): error: no digits.npz in /data on this node (a stand-in)"], proc.stderr[-3000:]
+    assert "[rank0]" not in proc.stderr and "Connection closed" not in proc.stderr, proc.stderr[-3000:]
 
 
 @pytest.mark.parametrize(
@@ -328,8 +344,8 @@ def test_a_stop_in_rank_0_s_validation_checkpoints_every_rank(tmp_path, settings
     """SIGTERM to every process (a scheduler's) while rank 0 validates: rank 0 ran its validation to the end, and
     torchrun's agent killed the workers after its grace period (30 s by default) with nothing written, losing
     every step since the last checkpoint (in the end's validation SIGTERM killed at once). The validation now
-    stops at once, every rank checkpoints the step with it pending, and the same command validates that step
-    first and finishes."""
+    stops at once, every rank checkpoints the step with it pending and stops, and the same command validates
+    that step first (stopped there again, every rank stops again) and finishes."""
     import signal
     import time
 
@@ -341,22 +357,31 @@ def test_a_stop_in_rank_0_s_validation_checkpoints_every_rank(tmp_path, settings
     for key, value in {**OVERRIDES, **settings}.items():
         flags += [f"--{key.replace('_', '-')}", str(value)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FREPO_TEST_MARK": str(mark)}
-    proc = subprocess.Popen(
-        [*cmd, "slow-validation", *flags], stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert mark.exists(), "rank 0 never validated"
-        os.killpg(proc.pid, signal.SIGTERM)  # torchrun and its workers, as a scheduler stops a job
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    state = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert state["step"] == stopped and state["pending"] == "Validation", err[-3000:]
-    assert f"stopped in step {stopped}'s validation; checkpoint written" in err, err[-3000:]
+
+    def stopped_while_validating() -> str:
+        mark.unlink(missing_ok=True)
+        proc = subprocess.Popen(
+            [*cmd, "slow-validation", *flags], stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert mark.exists(), "rank 0 never validated"
+            os.killpg(proc.pid, signal.SIGTERM)  # torchrun and its workers, as a scheduler stops a job
+            _, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        state = torch.load(out / "checkpoint.pt", weights_only=True)
+        assert state["step"] == stopped and state["pending"] == "Validation", err[-3000:]
+        assert f"stopped in step {stopped}'s validation; checkpoint written" in err, err[-3000:]
+        # every rank stopped with it: none went on into a collective rank 0 had left
+        assert "[rank1]" not in err and "Connection closed" not in err and "SIGKILL" not in err, err[-3000:]
+        return err
+
+    stopped_while_validating()
+    stopped_while_validating()  # the resumed run validates that step first, and is stopped there again
     done = subprocess.run([*cmd, "none", *flags], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

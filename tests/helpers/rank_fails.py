@@ -2,7 +2,7 @@
 names. "nan": LAMB's third update leaves the set NaN on every rank, which rank 0's validation of step 3 (not a
 log step, not a checkpoint) is the first to see. "disk": rank 0's second checkpoint write finds the disk full.
 "slow-validation": rank 0's validations take minutes; each begins by creating the file $FREPO_TEST_MARK.
-"none": as it is."""
+"no-data": rank 1's node lacks the dataset. "oom": rank 0's validations run out of GPU memory. "none": as it is."""
 
 from __future__ import annotations
 
@@ -53,11 +53,34 @@ def slow_validation() -> None:
     Validation.accuracy = accuracy
 
 
+def no_data_here() -> None:
+    from frepo.base.errors import FrepoError
+    from frepo.jobs import distill
+
+    def prepare(config, device):
+        raise FrepoError("no digits.npz in /data on this node (a stand-in)")
+
+    distill.prepare = prepare
+
+
+def validation_out_of_memory() -> None:
+    from frepo.jobs.actions import Validation
+
+    def accuracy(self, now, progress=False):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity")
+
+    Validation.accuracy = accuracy
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "nan":
         nan_at_third_update()
     elif sys.argv[1] == "disk" and os.environ["RANK"] == "0":
         full_disk_at_second_checkpoint()
+    elif sys.argv[1] == "no-data" and os.environ["RANK"] == "1":
+        no_data_here()
+    elif sys.argv[1] == "oom":
+        validation_out_of_memory()
     elif sys.argv[1] == "slow-validation":
         slow_validation()
     sys.exit(main(["distill", *sys.argv[2:]]))

@@ -77,10 +77,10 @@ class DistContext:
         return out
 
     def agree(self, refusal: FrepoError | None) -> None:
-        """Every rank stops if any refused: this rank with its own refusal, the others with `SaidElsewhere`
-        naming the first that refused. A collective, so every rank must call it: a refusal raised on one rank
-        alone left the others waiting in their next collective until the refusing process exited, and then
-        failing with a traceback ("Connection closed by peer")."""
+        """Every rank stops if any refused: the first that refused with its own refusal, the others with
+        `SaidElsewhere` naming it (a rank whose refusal says the same words too: said once). A collective, so every
+        rank must call it: a refusal raised on one rank alone left the others waiting in their next collective
+        until the refusing process exited, and then failing with a traceback ("Connection closed by peer")."""
         if not self.enabled:
             if refusal is not None:
                 raise refusal

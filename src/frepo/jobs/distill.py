@@ -22,7 +22,7 @@ import torch
 from ..base.atomic import WriteError
 from ..base.device import resolve_device, synchronize
 from ..base.dist import init_distributed
-from ..base.errors import FrepoError, Interrupted, check_argument, check_path
+from ..base.errors import FrepoError, Interrupted, check_argument, check_path, out_of_memory
 from ..base.fields import to_dict
 from ..base.log import progress_bar
 from ..base.perf import AllocatorPolicy, release_free_heap
@@ -211,6 +211,41 @@ class Distiller:
 
     def _setup(self, config: DistillConfig, resuming: bool) -> dict | None:
         """Data, trainer and (when resuming) the checkpoint, checked and loaded; returns the checkpoint."""
+        # Under torchrun every rank prepares its own data (a node may lack the dataset, or rank 0 TensorBoard): a
+        # refusal on some ranks stops all, where the others waited in the trainer's broadcast of rank 0's start
+        # (NCCL's for up to the 2 h collective timeout) and then failed with a broken connection's traceback.
+        prepared, refusal = None, None
+        try:
+            prepared = self._training_data(config, resuming)
+        except FrepoError as exc:
+            refusal = exc
+        self.ctx.agree(refusal)
+        x_train, y_train, start = prepared
+        self.trainer = FRePoTrainer(config, x_train, y_train, self.num_classes, self.device, self.ctx, start)
+        self.syn = self.trainer.syn
+        self.step = 0
+        self.elapsed = 0.0
+        self._step_start: float | None = None  # when the running step's training began (pauses move it)
+        self.last_checkpoint: int | None = None
+        # the action a stop cut short after this step (`Action.interruptible`), run again first on resuming
+        self._pending: str | None = None
+        self._host: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (step, images, labels)
+        self._test_fingerprint = self.data.raw.test_fingerprint()
+        self._train_digest = self.data.train_digest()
+        self._environment = environment(self.device)
+        state, refusal = None, None
+        try:  # every rank reads its own view of the checkpoint: one it cannot read (a damaged copy) stops them all
+            state = self.run_dir.load_checkpoint() if resuming else None
+            if state is not None:
+                self._load(state)
+        except FrepoError as exc:
+            refusal = exc
+        self.ctx.agree(refusal)
+        return state
+
+    def _training_data(self, config: DistillConfig, resuming: bool) -> tuple:
+        """The run's data prepared (`self.data`), and the trainer's: the training images and labels, and the start an
+        --init file gives (None: drawn from the real images)."""
         if config.tensorboard and self.ctx.is_main:
             summary_writer()  # a missing package is a failed start, not a failure after the first steps
         self.data: PreparedData = prepare(config.data, self.device)  # a ZCA is fitted on the run's device
@@ -241,27 +276,7 @@ class Distiller:
                 torch.zeros(len(ids), *x_train.shape[1:]),
                 torch.nn.functional.one_hot(ids, raw.num_classes).float(),
             )
-        self.trainer = FRePoTrainer(config, x_train, y_train, self.num_classes, self.device, self.ctx, start)
-        self.syn = self.trainer.syn
-        self.step = 0
-        self.elapsed = 0.0
-        self._step_start: float | None = None  # when the running step's training began (pauses move it)
-        self.last_checkpoint: int | None = None
-        # the action a stop cut short after this step (`Action.interruptible`), run again first on resuming
-        self._pending: str | None = None
-        self._host: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (step, images, labels)
-        self._test_fingerprint = raw.test_fingerprint()
-        self._train_digest = self.data.train_digest()
-        self._environment = environment(self.device)
-        state, refusal = None, None
-        try:  # every rank reads its own view of the checkpoint: one it cannot read (a damaged copy) stops them all
-            state = self.run_dir.load_checkpoint() if resuming else None
-            if state is not None:
-                self._load(state)
-        except FrepoError as exc:
-            refusal = exc
-        self.ctx.agree(refusal)
-        return state
+        return x_train, y_train, start
 
     def _actions(self, saved: dict | None, fresh_watches: bool = False) -> list[Action]:
         """The periodic actions, in the order they run after a step (their state from `saved`; the
@@ -302,7 +317,8 @@ class Distiller:
         if pending not in ACTION_ORDER:  # a name of another version: nothing is run again
             return len(self.actions)
         after = ACTION_ORDER.index(pending)
-        ranks = [ACTION_ORDER.index(type(action).__name__) for action in self.actions]
+        names = [type(action).__name__ for action in self.actions]
+        ranks = [ACTION_ORDER.index(name) if name in ACTION_ORDER else len(ACTION_ORDER) for name in names]
         return next((index for index, rank in enumerate(ranks) if rank >= after), len(self.actions))
 
     def _facts(self, step: int) -> dict:
@@ -437,7 +453,7 @@ class Distiller:
             raise FrepoError(non_finite("the synthetic set", step, self._checkpoint_words()))
 
     def checkpoint(self) -> None:
-        self._finite(self.step)
+        self.ctx.agree(_failure_of(lambda: self._finite(self.step)))  # every rank finds it: said once, by rank 0
         state = self.state_dict()  # on every rank: a per-rank pool is gathered from all of them
         # rank 0 writes; a failure (a full disk) stops every rank, which wait here for it
         self.ctx.agree(_failure_of(lambda: self._save_checkpoint(state)) if self.ctx.is_main else None)
@@ -547,7 +563,7 @@ class Distiller:
         except KeyboardInterrupt:
             self._keep_the_steps()
             raise
-        if stopping and self._pending is not None:
+        if stopping and self.ctx.any(self._pending is not None):  # rank 0 cut its validation: every rank stops
             self._stop_here()
 
     def _keep_the_steps(self) -> None:
@@ -597,7 +613,7 @@ class Distiller:
             first = self._resumed_at(self._pending)
             self._pending = None
             stopping = self._run_actions(start, stop, lambda index, action: index >= first and action.due(self.step))
-            if stopping and self._pending is not None:  # cut short again (under torchrun: one process raised)
+            if stopping and self.ctx.any(self._pending is not None):  # cut short again (under torchrun: on rank 0)
                 self._stop_here()
         # On a CPU, whether freed memory stays in the heap (faster, more memory) is chosen from the first
         # step's peak under glibc's default (frepo.base.perf); a GPU run's host memory is small.
@@ -636,7 +652,7 @@ class Distiller:
 
     def _stop_here(self) -> None:
         """A stop request after the step's actions, agreed by every rank: checkpoint the step and raise."""
-        cut = self._pending  # under torchrun: an action rank 0 had begun (one process raised in it)
+        cut = self._pending  # an action a stop cut short (under torchrun rank 0's: its message names it)
         if self.last_checkpoint != self.step:  # the step's own checkpoint action may have written it
             self.checkpoint()
         where = f"in step {self.step}'s {cut.lower()}" if cut else f"at step {self.step}"
@@ -651,11 +667,11 @@ class Distiller:
         was requested (`stop`; None: not asked), on any rank.
 
         Under torchrun rank 0 alone runs some actions (validation, snapshots, the metrics files): a failure there
-        (a NaN set, a full disk) raised on rank 0 alone, the other ranks waited in the checkpoint's gather or the
-        next step's collective and then failed with "Connection closed by peer" tracebacks. So before the
-        checkpoint, the first action after those that every rank runs, the ranks exchange the stop request and
-        whether an action failed, in one collective: a failure stops every rank, the failing one with its error,
-        the others saying which rank stopped them. A rank that failed runs no further action."""
+        (a NaN set, a full disk, an allocation) raised on rank 0 alone, the other ranks waited in the checkpoint's
+        gather or the next step's collective and then failed with "Connection closed by peer" tracebacks. So before
+        the checkpoint (the last action, whose gather and write are collectives), the ranks exchange the stop
+        request and whether an action failed, in one collective: a failure stops every rank, the failing one with
+        its error, the others saying which rank stopped them. A rank that failed runs no further action."""
         failure: FrepoError | None = None
         stopping = exchanged = False
         for index, action in enumerate(self.actions):
@@ -668,10 +684,11 @@ class Distiller:
                 continue
             try:
                 self._timed_act(index, now, stop)
-            except FrepoError as exc:
-                if not self.ctx.enabled or exchanged:  # the checkpoint shares its own failure (`checkpoint`)
+            except (FrepoError, MemoryError, RuntimeError) as exc:
+                said = exc if isinstance(exc, FrepoError) else out_of_memory(exc)  # torch's OOM is a RuntimeError
+                if not self.ctx.enabled or exchanged or said is None:  # the checkpoint shares its own (`checkpoint`)
                     raise
-                failure = exc
+                failure = said if isinstance(said, FrepoError) else FrepoError(said)
         if not self.ctx.enabled:  # one process reads its request last, after the checkpoint
             stopping = stop is not None and stop.is_set()
         return stopping
