@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -239,16 +237,3 @@ def test_distill_takes_a_preset_and_options_as_continual_and_privacy_do(tmp_path
         with pytest.raises(FrepoError, match=message):
             call()
 
-
-def test_presets_import_by_the_name_the_docs_give():
-    """`import frepo.presets` and `from frepo.presets import resolve` (the README's name) failed: "No module named
-    'frepo.presets'"; the name is the one module, frepo.config.presets, under either name."""
-    code = (
-        "import frepo.presets, frepo.config.presets, frepo\n"
-        "from frepo.presets import resolve\n"
-        "assert frepo.presets is frepo.config.presets and resolve is frepo.config.presets.resolve\n"
-        "print(resolve('mnist', 10).steps)"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert int(done.stdout) == presets.resolve("mnist", 10).steps
