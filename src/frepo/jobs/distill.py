@@ -214,12 +214,14 @@ class Distiller:
         # Under torchrun every rank prepares its own data (a node may lack the dataset, or rank 0 TensorBoard): a
         # refusal on some ranks stops all, where the others waited in the trainer's broadcast of rank 0's start
         # (NCCL's for up to the 2 h collective timeout) and then failed with a broken connection's traceback.
-        prepared, refusal = None, None
+        prepared: tuple | None = None
+        refusal = None
         try:
             prepared = self._training_data(config, resuming)
         except FrepoError as exc:
             refusal = exc
         self.ctx.agree(refusal)
+        assert prepared is not None  # agree raised otherwise
         x_train, y_train, start = prepared
         self.trainer = FRePoTrainer(config, x_train, y_train, self.num_classes, self.device, self.ctx, start)
         self.syn = self.trainer.syn
