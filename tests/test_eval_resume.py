@@ -157,14 +157,20 @@ def test_a_record_is_keyed_on_what_the_settings_resolve_to():
     from frepo.eval.protocols.dsa import STRATEGY, DsaOptions
 
     plain, none = EvalConfig(protocol="dsa"), EvalConfig(protocol="dsa", dsa=DsaOptions(dsa_strategy="none"))
-    assert evaluation_key("s", none, "convnet", "t", True)["resolved"] == {"mirror_invariant": True, "dsa_epochs": 300}
-    assert evaluation_key("s", plain, "convnet", "t", True)["resolved"]["dsa_epochs"] == 1000
-    assert evaluation_key("s", plain, "convnet", "t", True) != evaluation_key("s", plain, "convnet", "t", False)
+    assert evaluation_key("s", none, "convnet", "t", True, 3)["resolved"] == {
+        "mirror_invariant": True,
+        "dsa_epochs": 300,
+        "depth": 3,
+    }
+    assert evaluation_key("s", plain, "convnet", "t", True, 3)["resolved"]["dsa_epochs"] == 1000
+    assert evaluation_key("s", plain, "convnet", "t", True, 3) != evaluation_key("s", plain, "convnet", "t", False, 3)
     # the defaults given by hand are the defaults: `--epochs 1000` or the whole default strategy trained again
     spelled = EvalConfig(protocol="dsa", dsa=DsaOptions(epochs=1000, dsa_strategy=STRATEGY))
-    assert evaluation_key("s", spelled, "convnet", "t", True) == evaluation_key("s", plain, "convnet", "t", True)
+    assert evaluation_key("s", spelled, "convnet", "t", True, 3) == evaluation_key("s", plain, "convnet", "t", True, 3)
+    # the network's depth as the set resolves it (a Tiny ImageNet set's recorded 4; was 3 before 2026-12-08)
+    assert evaluation_key("s", plain, "convnet", "t", True, 4) != evaluation_key("s", plain, "convnet", "t", True, 3)
     fewer = EvalConfig(protocol="dsa", dsa=DsaOptions(epochs=999))
-    assert evaluation_key("s", fewer, "convnet", "t", True) != evaluation_key("s", plain, "convnet", "t", True)
+    assert evaluation_key("s", fewer, "convnet", "t", True, 3) != evaluation_key("s", plain, "convnet", "t", True, 3)
 
 
 def test_a_record_is_found_under_any_name_of_its_device(monkeypatch):
@@ -174,7 +180,7 @@ def test_a_record_is_found_under_any_name_of_its_device(monkeypatch):
     from frepo.eval.finished import evaluation_key
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # `auto` is the host here on any machine
-    keys = [evaluation_key("s", EvalConfig(device=name), "convnet", "t", True) for name in ("auto", "cpu", "cpu:0")]
+    keys = [evaluation_key("s", EvalConfig(device=name), "convnet", "t", True, 3) for name in ("auto", "cpu", "cpu:0")]
     assert keys[0] == keys[1] == keys[2] and keys[0]["device"] == "cpu"
 
 

@@ -236,4 +236,3 @@ def test_distill_takes_a_preset_and_options_as_continual_and_privacy_do(tmp_path
     ):
         with pytest.raises(FrepoError, match=message):
             call()
-

@@ -372,3 +372,32 @@ def test_width_is_recorded_only_for_the_networks_it_sizes():
     for arch, width in (("conv", 8), ("mlp", None)):
         config = EvalConfig.build(protocol="frepo", arch=arch, models=1, steps=1, width=8)
         assert evaluate_set(_set(learned=True), eval_x, eval_y, config).extra["width"] == width
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_networks_have_the_depth_the_set_was_distilled_with(protocol, monkeypatch):
+    """The Tiny ImageNet presets distil with a depth-4 Conv; evaluation built depth 3 whatever the set recorded
+    (a network the set was not distilled for, where the README promised depth 4). A set's recorded depth is the
+    default now, --depth overrides it, and a set without a record (another tool's) gets 3."""
+    import frepo.models.registry as registry
+
+    built: list[int] = []
+    original = registry.ModelSpec
+
+    def recording(*args, **kwargs):
+        spec = original(*args, **kwargs)
+        built.append(spec.depth)
+        return spec
+
+    monkeypatch.setattr(registry, "ModelSpec", recording)
+    ds = _set((3, 32, 32), learned=protocol == "frepo")
+    eval_x, eval_y = torch.randn(4, 3, 32, 32), torch.randint(3, (4,))
+    options = {"frepo": {"steps": 1}, "dsa": {"epochs": 1}, "krr": {}}[protocol]
+    for recorded, given, expected in ((4, None, 4), (4, 2, 2), (None, None, 3)):
+        meta = {**ds.meta, "config": {"model": {"depth": recorded}} if recorded else {}}
+        config = EvalConfig.build(protocol=protocol, models=1, width=8, depth=given, **options)
+        built.clear()
+        result = evaluate_set(replace(ds, meta=meta), eval_x, eval_y, config)
+        assert built and set(built) == {expected} and result.extra["depth"] == expected, (recorded, given, built)
+    with pytest.raises(FrepoError, match="depth must be in 1..16"):
+        EvalConfig.build(depth=0)

@@ -331,7 +331,8 @@ class Continual(Experiment):
         config = self._eval_config(arm, order)
         checksums = [m.meta.get("checksum") for m in memory]
         split_id = f"{self.raw.test_fingerprint()}:{seen}"
-        key = evaluation_key(json.dumps(checksums), config, config.archs()[0], split_id, ds.mirror_invariant)
+        depth = config.network_depth(ds.meta)
+        key = evaluation_key(json.dumps(checksums), config, config.archs()[0], split_id, ds.mirror_invariant, depth)
         finished = FinishedNetworks(key, self.out)
         result = evaluate_set(ds, test_x, test_y, config, progress=self.progress, finished=finished)
         log.info(f"frepo: order {order}, task {task + 1}, {arm}: {mean_std(result.mean, result.std, result.models)}%")

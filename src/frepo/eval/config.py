@@ -34,6 +34,8 @@ TOGETHER = ("auto", "on", "off", "streams")
 # images' worth of pixels per batch (25 CIFAR images), where it measured faster. Fewer than 5 networks
 # were not measured.
 TOGETHER_AUTO_BATCH_PIXELS = 100 * 28 * 28
+DEFAULT_DEPTH = 3  # the reference's evaluation network (and the evaluation protocols' ConvNet)
+MAX_DEPTH = 16  # each block halves the image: more than any image frepo reads has pixels for
 
 
 @dataclass
@@ -55,6 +57,11 @@ class EvalConfig:
     split: str = opt("test", "test, or val: the hold-out the set was distilled without", choices=SPLITS)
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     width: int = opt(128, "channels of the first block of conv-family networks and convnet")
+    depth: int | None = opt(
+        None,
+        "blocks of conv-family networks and convnet (default: the depth the set was distilled with, as its file "
+        "records it, e.g. 4 for the Tiny ImageNet presets; else 3)",
+    )
     together: str = opt(
         "auto",
         "train the --models networks of an architecture at once instead of one after the other: on (stacked, "
@@ -81,6 +88,8 @@ class EvalConfig:
         for name in ("models", "width"):  # above 2**31 - 1: a list of 10^20 streams, or tqdm's OverflowError
             if not 1 <= getattr(self, name) <= COUNT_MAX:
                 raise FrepoError(f"{name} must be in 1..{COUNT_MAX}, got {getattr(self, name)}")
+        if self.depth is not None and not 1 <= self.depth <= MAX_DEPTH:
+            raise FrepoError(f"depth must be in 1..{MAX_DEPTH} (each block halves the image), got {self.depth}")
         for name in PROTOCOLS:
             given = getattr(self, name)
             if name == self.protocol:
@@ -105,6 +114,15 @@ class EvalConfig:
             return None
         small = min(len(images), REFERENCE_BATCH) * images.shape[1:].numel() <= TOGETHER_AUTO_BATCH_PIXELS
         return "stacked" if small else None
+
+    def network_depth(self, meta: dict) -> int:
+        """The blocks of the conv-family networks that evaluate a set of metadata `meta`: --depth, or the depth the
+        set was distilled with (a Tiny ImageNet set of the paper's presets: 4; evaluated with the default 3, it was
+        tested on another network than it was distilled for), or 3."""
+        if self.depth is not None:
+            return self.depth
+        recorded = ((meta.get("config") or {}).get("model") or {}).get("depth") if isinstance(meta, dict) else None
+        return recorded if isinstance(recorded, int) and 1 <= recorded <= MAX_DEPTH else DEFAULT_DEPTH
 
     def options(self) -> Any:
         """The options dataclass of the chosen protocol."""

@@ -49,15 +49,18 @@ def set_digest(images: torch.Tensor, labels: torch.Tensor, preprocessing: dict[s
 _SAID_ELSEWHERE = ("device", "arch", "models", "together")
 
 
-def evaluation_key(set_id: str, config: EvalConfig, arch: str, split_id: str, mirror_invariant: bool) -> dict:
+def evaluation_key(
+    set_id: str, config: EvalConfig, arch: str, split_id: str, mirror_invariant: bool, depth: int
+) -> dict:
     """What decides an evaluation's numbers on this machine, as plain JSON: the set's content, the settings and
     what they resolve to (a default, such as the dsa protocol's epochs, may change between versions of one
-    number; the set's `mirror_invariant`, whether its networks see flips), the architecture, the split's data,
+    number; the set's `mirror_invariant`, whether its networks see flips; `depth`, `EvalConfig.network_depth` of
+    the set), the architecture, the split's data,
     and the hardware and libraries too, as a cache folder may be shared between machines."""
     from .protocols.dsa import STRATEGY, epochs_of
 
     machine = machine_key(resolve_device(config.device))
-    resolved = {"mirror_invariant": mirror_invariant, "dsa_epochs": epochs_of(config.dsa)}
+    resolved = {"mirror_invariant": mirror_invariant, "dsa_epochs": epochs_of(config.dsa), "depth": depth}
     settings = {name: value for name, value in to_dict(config).items() if name not in _SAID_ELSEWHERE}
     # the dsa options as they resolve: `--epochs 1000` and the default 1000 train the same networks
     settings["dsa"] = {**settings["dsa"], "epochs": None, "dsa_strategy": config.dsa.dsa_strategy or STRATEGY}

@@ -40,9 +40,9 @@ class ReferenceTraining:
     """How every network of one set trains under the reference protocol, whether one at a time
     (`protocols.frepo.train_reference_model`), stacked (`together.train_reference_models`) or on CUDA
     streams (`protocols.frepo.train_reference_models_on_streams`): an `arch` network of `width` for
-    `num_classes` classes, `steps` Adam steps on `device` under `reference_schedule(steps, lr, warmup,
-    batch_size)`, one augmentation op of `ops` per step; `compile` runs each network under torch.compile
-    (not for stacked networks); `progress` shows a bar over the steps."""
+    `num_classes` classes (`depth` blocks where the architecture has a depth), `steps` Adam steps on `device`
+    under `reference_schedule(steps, lr, warmup, batch_size)`, one augmentation op of `ops` per step; `compile`
+    runs each network under torch.compile (not for stacked networks); `progress` shows a bar over the steps."""
 
     num_classes: int
     steps: int
@@ -53,6 +53,7 @@ class ReferenceTraining:
     warmup: int = 500
     batch_size: int = REFERENCE_BATCH
     width: int = 128
+    depth: int = 3
     compile: bool = False
     progress: bool = False
 
@@ -77,6 +78,7 @@ class EvalSetup:
     seed: int
     device: torch.device
     width: int = 128
+    depth: int = 3  # blocks of the conv family and convnet (`EvalConfig.network_depth`)
     progress: bool = False  # a bar over each model's training steps
 
     def targets(self) -> torch.Tensor:

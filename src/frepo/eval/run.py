@@ -58,6 +58,7 @@ def evaluate_set(
         config.seed,
         device,
         config.width,
+        config.network_depth(ds.meta),
         progress,
     )
     plan = protocol.plan(setup, options)  # rejects a set these options cannot use, before any training
@@ -113,6 +114,7 @@ def evaluate_set(
             "model_streams": streams,
             "model_seeds": [stream_seed(config.seed, s) for s in streams],
             "width": config.width if setup.arch in SIZED else None,  # the others have the sizes of their definition
+            "depth": setup.depth if setup.arch in SIZED else None,
             "device": str(device),
         },
     )

@@ -76,7 +76,8 @@ def train_reference_models(
     t = training
     if t.compile:
         raise ValueError("stacked networks are not compiled: pass a ReferenceTraining with compile=False")
-    models = [build_model(t.arch, tuple(images.shape[1:]), t.num_classes, generator=g, width=t.width) for g in gens]
+    shape = tuple(images.shape[1:])
+    models = [build_model(t.arch, shape, t.num_classes, generator=g, width=t.width, depth=t.depth) for g in gens]
     stacked = Stacked(models, t.device)
     stacked.template.train()
     # The batch order draws nothing (`cycle`): gens[0] only stands in for the loop's generator.

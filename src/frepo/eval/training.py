@@ -160,10 +160,11 @@ def fresh_network(
     gen: torch.Generator,
     device: torch.device,
     width: int = 128,
+    depth: int = 3,
 ) -> tuple[torch.nn.Module, torch.Tensor]:
     """A network built from `gen` for (N×C×H×W) `images`, in training mode on `device` in the layout
     that trains fastest there (`eval_layout`), and the images on `device` in that layout."""
-    model = build_model(arch, tuple(images.shape[1:]), num_classes, generator=gen, width=width)
+    model = build_model(arch, tuple(images.shape[1:]), num_classes, generator=gen, width=width, depth=depth)
     layout = eval_layout(images)
     model = model.to(device, memory_format=layout)
     model.train()

@@ -273,7 +273,8 @@ def run(
     records: list[FinishedNetworks | None] = [None] * len(config.archs())
     if resume:
         set_id, split_id = _identity(ds, raw, config.split, checksum)
-        records = [_finished(set_id, split_id, config, arch, ds.mirror_invariant) for arch in config.archs()]
+        depth = config.network_depth(ds.meta)
+        records = [_finished(set_id, split_id, config, arch, ds.mirror_invariant, depth) for arch in config.archs()]
     for record in records:
         if record is not None and record.networks:
             log.info(
@@ -358,7 +359,10 @@ def _identity(ds: DistilledSet, raw: RawDataset, split: str, checksum: str | Non
     return set_id, f"val:{raw.name}:{labels}:{holdout}"
 
 
-def _finished(set_id: str, split_id: str, config: EvalConfig, arch: str, mirror_invariant: bool) -> FinishedNetworks:
+def _finished(
+    set_id: str, split_id: str, config: EvalConfig, arch: str, mirror_invariant: bool, depth: int
+) -> FinishedNetworks:
     """The record of this evaluation's finished networks (`frepo.eval.finished`), under a key of the set's
     content, the settings, the architecture, the split's data and this machine's device and versions."""
-    return FinishedNetworks(evaluation_key(set_id, config, arch, split_id, mirror_invariant), default_data_dir())
+    key = evaluation_key(set_id, config, arch, split_id, mirror_invariant, depth)
+    return FinishedNetworks(key, default_data_dir())

@@ -85,13 +85,15 @@ def train_dsa_model(
     batch_size: int = BATCH_SIZE,
     ops: tuple[str, ...] = DSA_OPS,
     width: int = 128,
+    depth: int = 3,
     progress: bool = False,
 ) -> nn.Module:
     """Train one fresh `arch` network. images: N×C×H×W on `device`; targets: (N,) int64 class ids or
     N×K class distributions, on `device`. `init_gen` draws the weights, `train_gen` the shuffles and
     augmentations; `ops` are the DSA groups one of which each batch gets (() for none)."""
     # torch's default init, as the DC code's networks get it (drawn from init_gen, not the global RNG).
-    model = build_model(arch, tuple(images.shape[1:]), num_classes, generator=init_gen, width=width, init="torch")
+    shape = tuple(images.shape[1:])
+    model = build_model(arch, shape, num_classes, generator=init_gen, width=width, depth=depth, init="torch")
     layout = eval_layout(images)
     model = model.to(device, memory_format=layout)
     images = images.contiguous(memory_format=layout)
@@ -188,6 +190,7 @@ def train_and_test(setup: EvalSetup, options: DsaOptions, stream: str) -> float:
         epochs=epochs_of(options),
         ops=parse_strategy(options.dsa_strategy or STRATEGY),
         width=setup.width,
+        depth=setup.depth,
         progress=setup.progress,
     )
     return accuracy(model, setup.test_x, setup.test_y, device)

@@ -109,7 +109,7 @@ def reference_network(
     MSE, one augmentation op per step drawn from `gen`; the network under torch.compile with
     `training.compile`)."""
     t = training
-    model, images = fresh_network(t.arch, images, t.num_classes, gen=gen, device=t.device, width=t.width)
+    model, images = fresh_network(t.arch, images, t.num_classes, gen=gen, device=t.device, width=t.width, depth=t.depth)
     forward = torch_compile(model, dynamic=False) if t.compile else model  # the same parameters
     return model, images, NetworkUpdate(forward, optax_adam(model.parameters(), lr=0.0), mse_loss, t.ops, gen)
 
@@ -128,6 +128,7 @@ def reference_training(setup: EvalSetup, options: FrepoOptions) -> ReferenceTrai
         device=device,
         arch=setup.arch,
         width=setup.width,
+        depth=setup.depth,
         compile=options.compiles(setup.images, steps, device),
         progress=setup.progress,
     )
@@ -151,7 +152,8 @@ def train_and_test_many(setup: EvalSetup, options: FrepoOptions, streams: list[s
         return [accuracy(model, setup.test_x, setup.test_y, device) for model in models]
     shape = tuple(ds.images.shape[1:])
     probe = torch.Generator().manual_seed(0)  # a throwaway network, asked whether it stacks
-    if not stackable(build_model(setup.arch, shape, ds.num_classes, generator=probe, width=setup.width)):
+    probed = build_model(setup.arch, shape, ds.num_classes, generator=probe, width=setup.width, depth=setup.depth)
+    if not stackable(probed):
         return None
     stacked = train_reference_models(setup.images, setup.targets(), replace(training, compile=False), gens)
     return stacked.accuracies(setup.test_x, setup.test_y, device)

@@ -75,7 +75,8 @@ def plan(setup: EvalSetup, options: KrrOptions) -> Plan:
 def train_and_test(setup: EvalSetup, options: KrrOptions, stream: str) -> float:
     ds = setup.ds
     shape = tuple(ds.images.shape[1:])
-    model = build_model(setup.arch, shape, ds.num_classes, generator=generator(setup.seed, stream), width=setup.width)
+    gen = generator(setup.seed, stream)
+    model = build_model(setup.arch, shape, ds.num_classes, generator=gen, width=setup.width, depth=setup.depth)
     return krr_accuracy(
         model.to(setup.device),
         setup.images,
