@@ -676,3 +676,17 @@ def test_an_evaluation_record_s_numbers_are_numbers():
     """A hand-edited or damaged record (its checksum still the set's) crashed the whole table on `"mean": "x"`."""
     assert reproduce._number(97.5) == 97.5 and reproduce._number(1) == 1.0
     assert reproduce._number("97.5") is None and reproduce._number(True) is None and reproduce._number(None) is None
+
+
+@pytest.mark.parametrize("suffix", [".json", ".png", ".JSON"])
+def test_reproduce_refuses_an_out_its_own_json_or_plot_would_overwrite(tmp_path, suffix):
+    """`--out t.json` wrote the Markdown table over its JSON (the next call refused the unreadable JSON); `--out
+    t.png` the plot over the table (the next call a UnicodeDecodeError traceback)."""
+    out = tmp_path / f"t{suffix}"
+    with pytest.raises(FrepoError, match=r"the table is Markdown.*give e\.g\. reproduction\.md"):
+        reproduce.reproduce(1, "cpu-small", finished_only=True, out=out, runs_dir=tmp_path / "runs")
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(FrepoError, match="--out names no file"):
+        reproduce.reproduce(1, "cpu-small", finished_only=True, out="", runs_dir=tmp_path / "runs")
+    (tmp_path / "t.png").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")  # a file that is no text: no notes to keep
+    assert reproduce.kept_notes(tmp_path / "t.png") == ""

@@ -410,6 +410,13 @@ def reproduce(
         raise FrepoError("--datasets names no dataset; leave it out for every dataset of the table")
     if not dry_run and Path(runs_dir).exists() and not Path(runs_dir).is_dir():
         raise FrepoError(f"--runs-dir {runs_dir} is not a folder")
+    if out is not None and not str(out).strip():  # wrote nothing, and said "table -> "
+        raise FrepoError("--out names no file; give the table's path (its .json and .png are written beside it)")
+    if not dry_run and out and Path(out).suffix.lower() in (".json", ".png"):  # the table's 3 files are 1
+        raise FrepoError(
+            f"--out {out}: the table is Markdown, written beside its .json and .png of the same stem; a "
+            f"{Path(out).suffix} --out was overwritten by them (give e.g. reproduction.md)"
+        )
     if not dry_run and out:  # before the rows' hours of work, not once they are done
         check_output_file(out, "--out")
         for written in (Path(out), Path(out).with_suffix(".json"), Path(out).with_suffix(".png")):  # the table's 3
@@ -760,5 +767,8 @@ NOTES_MARKER = "<!-- notes below this line are kept when `frepo reproduce` rewri
 
 def kept_notes(path: Path) -> str:
     """The marker and everything after it in an existing `path`, or nothing."""
-    old = path.read_text() if path.is_file() else ""
+    try:
+        old = path.read_text() if path.is_file() else ""
+    except (OSError, UnicodeDecodeError):  # not a table frepo wrote: it has no notes to keep
+        old = ""
     return "\n" + old[old.index(NOTES_MARKER) :] if NOTES_MARKER in old else ""
