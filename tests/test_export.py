@@ -442,6 +442,9 @@ def test_an_imagefolder_export_lists_its_images_as_torchvision_does(tmp_path):
     # the same set, grouped by class (stably): each image with its own label
     order = torch.argsort(interleaved.class_ids(), stable=True)
     assert torch.equal(back.labels, interleaved.labels[order])
+    # and the manifest's class id of each image is that of its file (it listed them in the set's order)
+    manifest = json.loads((tmp_path / "png" / MANIFEST).read_text())
+    assert manifest["labels"]["class_ids"] == [c for _, c in folder.samples]
     pixels = torch.from_numpy(np.stack([np.asarray(folder[k][0]) for k in range(len(folder))]))
     assert torch.equal(pixels, torch.from_numpy(to_uint8(interleaved.pixels()[order])))
 
@@ -805,3 +808,56 @@ def test_a_damaged_export_is_one_line(tmp_path, damage):
         read_through = "labels.pt" if layout == "pt" else "export.json"  # a file of the export names it too
         assert main(["show", str(tmp_path / "e" / read_through), "--out", str(tmp_path / "grid.png")]) == 2
     assert not (tmp_path / "grid.png").exists()
+
+
+def test_a_pt_export_is_grouped_by_class_as_ddranking_takes_it(tmp_path):
+    """DD-Ranking's soft-label metric labels image i of images.pt by its position (class i // ipc) and ignores
+    hard_labels.pt: another tool's interleaved set, exported in its own order, was scored on other labels."""
+    ds, _ = _learned(tmp_path)
+    shuffled = torch.randperm(len(ds.images), generator=torch.Generator().manual_seed(2))
+    interleaved = DistilledSet(ds.images[shuffled], ds.labels[shuffled], ds.preprocessing, ds.meta)
+    export(interleaved, tmp_path / "pt", "pt", "frepo")
+    order = torch.argsort(interleaved.class_ids(), stable=True)
+    hard = torch.load(tmp_path / "pt" / "hard_labels.pt")
+    assert torch.equal(hard, interleaved.class_ids()[order]) and torch.equal(hard, hard.sort().values)
+    assert torch.equal(torch.load(tmp_path / "pt" / "images.pt"), interleaved.images[order])
+    assert torch.equal(torch.load(tmp_path / "pt" / "labels.pt"), interleaved.labels[order])
+    manifest = json.loads((tmp_path / "pt" / MANIFEST).read_text())
+    assert manifest["labels"]["class_ids"] == hard.tolist()
+    back = load_export(tmp_path / "pt")
+    assert torch.equal(back.labels, interleaved.labels[order])
+
+
+# fastai's ImageWoof folders, sorted as frepo numbers them (ImageNet indices 155, 159, ..., 273 in that order)
+WOOF = ["n02086240", "n02087394", "n02088364", "n02089973", "n02093754"]
+WOOF += ["n02096294", "n02099601", "n02105641", "n02111889", "n02115641"]
+
+
+def test_a_ddranking_export_numbers_the_classes_as_ddranking_does():
+    """DD-Ranking's ImageWoof class c is the c-th of its list of ImageNet indices [193, 182, 258, ...] (not sorted),
+    its Tiny ImageNet classes ImageFolder's sorted wnids; frepo's ids went out unchanged: labels permuted."""
+    import tempfile
+
+    from frepo.data.preprocess import Preprocessing
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(10, 3, 128, 128, generator=g)
+    labels = torch.eye(10) + 0.01 * torch.randn(10, 10, generator=g)  # image i of frepo's class i
+    meta = {"dataset": "imagewoof", "classes": WOOF, "mirror_invariant": False}
+    woof = DistilledSet(images, labels, Preprocessing("standard", torch.zeros(3), torch.ones(3)), meta)
+    with tempfile.TemporaryDirectory() as folder:
+        export(woof, Path(folder) / "pt", "pt", "ddranking")
+        hard = torch.load(Path(folder) / "pt" / "hard_labels.pt")
+        soft = torch.load(Path(folder) / "pt" / "labels.pt")
+        manifest = json.loads((Path(folder) / "pt" / MANIFEST).read_text())
+    assert hard.tolist() == list(range(10))  # one image a class, grouped by DD-Ranking's ids
+    # DD-Ranking's class 0 is ImageNet index 193, the Australian terrier n02096294: frepo's class 5
+    assert manifest["classes"][0] == "n02096294" and manifest["classes"][4] == "n02086240"
+    assert torch.equal(soft[0], labels[5][[5, 4, 8, 2, 0, 3, 1, 9, 6, 7]])  # its label, columns in DD-Ranking's order
+    assert torch.equal(soft.argmax(-1), hard)  # each image's learned label points at its DD-Ranking class
+    from frepo.io import ddranking
+
+    with pytest.raises(FrepoError, match="names its classes by words, not wnids"):
+        ddranking.class_ids("tiny_imagenet", ["Egyptian cat", "goldfish"])
+    assert ddranking.class_ids("tiny_imagenet", ["n02124075", "n01443537", "n04067472"]) == [1, 0, 2]
+    assert ddranking.class_ids("cifar10", [str(i) for i in range(10)]) == list(range(10))

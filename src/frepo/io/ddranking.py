@@ -22,6 +22,7 @@ ce_weight 0 trains on them as FRePo does. `settings()` names all of it for the e
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import torch
@@ -39,6 +40,13 @@ DATASETS: dict[str, tuple[str, tuple[list[float], list[float]], int]] = {
     key: (name, DDRANKING_STATS[key], size) for key, (name, size) in _NAMES.items()
 }
 ZCA_DATASETS = ("cifar10", "cifar100", "tiny_imagenet")
+# DD-Ranking's class ids where they are not frepo's (`ddranking.utils.get_dataset`): ImageWoof's class c is the c-th
+# of its list of ImageNet indices (`imagenet_subsets`), which is not sorted, where frepo numbers the sorted wnid
+# folders (ImageNet's indices follow the sorted wnids: frepo's class i is the i-th smallest index); Tiny ImageNet's
+# are torchvision's ImageFolder's (sorted wnids), frepo's the lines of wnids.txt (as the reference numbers them).
+# ImageNette's list is sorted, CIFAR's ids are the same.
+IMAGEWOOF_INDICES = (193, 182, 258, 162, 155, 167, 159, 273, 207, 229)
+WNID = re.compile(r"n\d{8}")
 ZCA_EPS = 0.1  # kornia.enhance.ZCAWhitening(eps=0.1) in get_dataset
 SYN_LR = 0.01  # DD-Ranking's `default_lr` in its configs (a FRePo set learns none)
 # The soft-label criterion under which FRePo's labels mean what they meant in distillation (see above).
@@ -81,6 +89,24 @@ def preprocessing(
 
     raw = load_dataset(dataset, data_dir, download)
     return mtt_zca_preprocessing(raw, cache_dir, eps=ZCA_EPS)  # the claim ddranking-zca
+
+
+def class_ids(dataset: str, classes: list[str]) -> list[int]:
+    """DD-Ranking's class id of each of frepo's class ids of `dataset` (`classes`: the set's class names): a set
+    exported with frepo's ids trained DD-Ranking's networks on permuted labels (ImageWoof: chance accuracy)."""
+    if dataset == "imagewoof":
+        ranked = sorted(IMAGEWOOF_INDICES)
+        return [IMAGEWOOF_INDICES.index(index) for index in ranked]
+    if dataset == "tiny_imagenet":
+        if not all(WNID.fullmatch(name) for name in classes):
+            raise FrepoError(
+                "DD-Ranking numbers Tiny ImageNet's classes by their sorted wnids, frepo by the lines of wnids.txt; "
+                "this set names its classes by words, not wnids, so its labels cannot be put in DD-Ranking's "
+                "order: export it with --space frepo"
+            )
+        ranked_names = sorted(classes)
+        return [ranked_names.index(name) for name in classes]
+    return list(range(len(classes)))
 
 
 def settings(dataset: str, space: str, image_size: int) -> dict:

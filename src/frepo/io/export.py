@@ -114,19 +114,30 @@ def _write_png(array: np.ndarray, path: Path) -> None:
     atomic_write(path, lambda p: image.save(p, format="PNG"))
 
 
-def _labels_record(ds: DistilledSet) -> dict:
-    learned = ds.labels.ndim == 2
-    return {"kind": "learned" if learned else "class_ids", "class_ids": ds.class_ids().tolist()}
+def _labels_record(ds: DistilledSet, order: torch.Tensor | None) -> dict:
+    """The manifest's labels: their kind, and the class id of each image in the export's `order` (indices into the
+    set; None: the set's)."""
+    ids = ds.class_ids() if order is None else ds.class_ids()[order]
+    return {"kind": "learned" if ds.labels.ndim == 2 else "class_ids", "class_ids": ids.tolist()}
+
+
+def class_major(ds: DistilledSet) -> torch.Tensor:
+    """The set's indices grouped by class, stably: the order torchvision's ImageFolder lists an imagefolder export,
+    and the one DD-Ranking assumes of a pt export (its soft-label metric labels image i by position: class
+    i // ipc)."""
+    return torch.argsort(ds.class_ids(), stable=True)
 
 
 @dataclass(frozen=True)
 class Written:
     """What a layout's writer wrote: its files (name -> what it holds, for the manifest), the space its
-    images are in, and the manifest keys of its own."""
+    images are in, the manifest keys of its own, and the order it wrote the images in (indices into the set;
+    None: the set's)."""
 
     files: dict[str, str]
     space: str  # 'pixels' (PNG, 0..255) or 'preprocessed'
     manifest: dict = field(default_factory=dict)
+    order: torch.Tensor | None = None
 
 
 # A layout's writer: (the set, its images N×C×H×W float32 and labels on the CPU, the folder) -> Written.
@@ -145,9 +156,8 @@ def _write_imagefolder(ds: DistilledSet, images: torch.Tensor, labels: torch.Ten
     # Grouped by class (stably), so that position k here is torchvision's ImageFolder's sample k (it lists class
     # folder by folder): labels.pt paired with ImageFolder by index matched another image wherever the set was
     # not grouped by class (another tool's interleaved set; 5.9 % where 95.7 % was due).
-    ids = ds.class_ids()
-    order = torch.argsort(ids, stable=True)
-    pixels, labels, ids = to_uint8(ds.pixels()[order]), labels[order], ids[order].tolist()
+    order = class_major(ds)
+    pixels, labels, ids = to_uint8(ds.pixels()[order]), labels[order], ds.class_ids()[order].tolist()
     folders = _folder_names(ds.classes)
     width = max(5, len(str(len(ids) - 1)))  # names that sort as their positions
     names = [f"{folders[c]}/{i:0{width}d}.png" for i, c in enumerate(ids)]
@@ -162,13 +172,15 @@ def _write_imagefolder(ds: DistilledSet, images: torch.Tensor, labels: torch.Ten
         "class ids)",
         "labels.json": "the same, with the file of each image",
     }
-    return Written(files, "pixels", {"image_files": names})
+    return Written(files, "pixels", {"image_files": names}, order)
 
 
 @register_layout("pt")
 def _write_pt(ds: DistilledSet, images: torch.Tensor, labels: torch.Tensor, out: Path) -> Written:
     lr = torch.tensor(SGD_LR, dtype=torch.float32)
-    hard = ds.class_ids().long().clone()  # its own storage: class-id labels would share it
+    order = class_major(ds)  # DD-Ranking's order; a set of frepo's is in it already
+    images, labels = images[order], labels[order]
+    hard = ds.class_ids()[order].long()  # its own storage (indexing copies): class-id labels would share it
     atomic_torch_save(images.clone(), out / "images.pt")
     atomic_torch_save(labels.clone(), out / "labels.pt")
     atomic_torch_save(hard, out / "hard_labels.pt")
@@ -179,13 +191,14 @@ def _write_pt(ds: DistilledSet, images: torch.Tensor, labels: torch.Tensor, out:
         metadata={"frepo_export": MANIFEST},
     )
     files = {
-        "images.pt": "N×C×H×W float32 images in the space the manifest's images.space names (torch.load)",
+        "images.pt": "N×C×H×W float32 images in the space the manifest's images.space names (torch.load), grouped "
+        "by class (stably), as DD-Ranking takes them",
         "labels.pt": "N×K learned labels (regression targets: DD-Ranking's soft_labels) or N class ids",
         "hard_labels.pt": "N class ids, int64 (DD-Ranking's hard_labels)",
         "lr.pt": "a 0-d tensor: the SGD learning rate to train with (see lr)",
         "data.safetensors": "images, labels, hard_labels and lr (1-element) without pickle",
     }
-    return Written(files, "preprocessed")
+    return Written(files, "preprocessed", order=order)
 
 
 @register_layout("npz")
@@ -223,9 +236,19 @@ def in_space(
     check_choice("space", space, SPACES)
     if space == "frepo":
         return ds
+    theirs = torch.tensor(ddranking.class_ids(ds.dataset, ds.classes))  # frepo's id -> DD-Ranking's
     target = ddranking.preprocessing(ds.dataset, space, data_dir=data_dir or recorded_data_dir(ds), download=download)
     images = ddranking.re_expressed(ds.images.detach().cpu().float(), ds.preprocessing, target)
-    return DistilledSet(images, ds.labels, target, ds.meta)
+    labels = ds.labels.detach().cpu()
+    if labels.ndim == 2:  # column k (frepo's class k) becomes DD-Ranking's column theirs[k]
+        relabelled = torch.empty_like(labels)
+        relabelled[:, theirs] = labels
+    else:
+        relabelled = theirs[labels.long()].to(labels.dtype)
+    classes = [""] * len(theirs)
+    for mine, their in enumerate(theirs.tolist()):
+        classes[their] = ds.classes[mine]
+    return DistilledSet(images, relabelled, target, {**ds.meta, "classes": classes})
 
 
 def export(
@@ -324,7 +347,7 @@ def _export(ds: DistilledSet, out: Path, layout: str, space: str, dd_settings: d
                 "layout": layout,
                 "files": {MANIFEST: "this manifest", **files},
                 "images": {"count": int(len(images)), "shape": list(images.shape[1:]), "space": image_space},
-                "labels": _labels_record(ds),
+                "labels": _labels_record(ds, written.order),
                 "classes": ds.classes,
                 "dataset": ds.dataset,
                 "preprocessing": {**pre.params(), "mean": pre.mean.tolist(), "std": pre.std.tolist()},
