@@ -690,3 +690,19 @@ def test_reproduce_refuses_an_out_its_own_json_or_plot_would_overwrite(tmp_path,
         reproduce.reproduce(1, "cpu-small", finished_only=True, out="", runs_dir=tmp_path / "runs")
     (tmp_path / "t.png").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")  # a file that is no text: no notes to keep
     assert reproduce.kept_notes(tmp_path / "t.png") == ""
+
+
+def test_rows_kept_from_an_earlier_table_take_the_table_s_published_numbers_now(tmp_path):
+    """`--datasets mnist` rewriting a table kept the other datasets' rows whole: their published numbers, labels
+    and `checked` as the earlier table said them (a corrected number reached only the datasets rewritten), and a
+    row the table no longer has."""
+    out = tmp_path / "reproduction.md"
+    row = {"dataset": "cifar10", "label": "old", "ipc": 1, "published": [11.1, 0.1], "checked": False}
+    row.update(preset="cifar10-ipc1-cpu", steps=300, batch_size=256, status="done", measured=[40.0, 0.5])
+    row.update(run_dir="runs/c", ran_on="cpu")
+    gone = {**row, "ipc": 3}  # an IPC the table has no more
+    earlier = {"table": 1, "budget": {"name": "cpu-small"}, "rows": [row, gone]}
+    out.with_suffix(".json").write_text(json.dumps(earlier))
+    (kept,) = reproduce.kept_rows(out, 1, reproduce.BUDGETS["cpu-small"], ["mnist"])
+    assert (kept.label, kept.published, kept.checked) == ("CIFAR-10", (46.8, 0.7), True)
+    assert kept.measured == (40.0, 0.5) and kept.status == "done" and kept.ran_on == "cpu"  # the measurement stays

@@ -548,8 +548,16 @@ def kept_rows(path: Path, table: int, budget: Budget, datasets: list[str]) -> li
         if earlier.get("table") != table or earlier.get("budget", {}).get("name") != budget.name:
             why = f"{source} is of table {earlier.get('table')}, budget {earlier.get('budget', {}).get('name')}"
             return _dropped(path, why)
-        known = {entry[0] for entry in TABLES[table]}
-        rows = [Row(**row) for row in earlier["rows"] if row["dataset"] in known and row["dataset"] not in datasets]
+        # what the table says of each row now (its published number, label, whether checked), not what the earlier
+        # table said: a corrected number reached only the datasets rewritten
+        known = {name: (label, published, checked) for name, label, published, checked in TABLES[table]}
+        rows = []
+        for row in earlier["rows"]:
+            name, ipc = row["dataset"], row["ipc"]
+            if name in datasets or name not in known or ipc not in known[name][1]:
+                continue
+            label, published, checked = known[name]
+            rows.append(Row(**{**row, "label": label, "published": published[ipc], "checked": checked}))
     except FileNotFoundError:
         return _dropped(path, f"no {source.name} beside it (a table written before frepo wrote one)")
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
