@@ -445,6 +445,13 @@ def test_reproduce_runs_a_tiny_table_and_reuses_finished_rows(tmp_path, monkeypa
         reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)
     assert out.read_text() == measured
     assert "not run: no finished, evaluated run" in reproduce.reproduce(1, "tiny", finished_only=True, **fresh)
+    # ... nor one of another network, protocol, seed or depth written there (read back as the row's measurement)
+    for other in ({"arch": "alexnet"}, {"protocol": "krr"}, {"seed": 7}, {"split": "val"}, {"depth": 4}):
+        record.write_text(json.dumps({**saved, **other}))
+        with pytest.raises(FrepoError, match=lost):
+            reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)
+    record.write_text(json.dumps({k: v for k, v in saved.items() if k != "depth"}))  # before results said: 3
+    assert f"| {saved['mean']:.2f} (cpu) | done |" in reproduce.reproduce(1, "tiny", finished_only=True, **kwargs)
     record.write_text(json.dumps(saved))
     monkeypatch.setitem(presets.PRESETS, "digits-ipc1-tiny", {**settings, "steps": 3})
     with pytest.raises(FrepoError, match=lost):

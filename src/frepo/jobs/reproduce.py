@@ -247,6 +247,15 @@ def finished_evaluation(run_dir: Path, budget: Budget, preset: str, steps: int) 
         return None
     if budget.eval_steps is not None and previous.get("steps") != budget.eval_steps:
         return None
+    # what `reproduce` evaluates with (an evaluation of another protocol, network, seed or split written to this file
+    # by hand was read back as the row's); depth: results before 2026-12-08 record none, and were of depth 3
+    from ..eval import EvalConfig
+
+    made = {"protocol": "frepo", "arch": "conv", "seed": 0, "split": "test"}
+    if any(previous.get(key) != value for key, value in made.items()):
+        return None
+    if previous.get("depth", 3) != EvalConfig().network_depth(ds.meta):  # a Tiny ImageNet set's 4 is evaluated again
+        return None
     mean, std = _number(previous.get("mean")), _number(previous.get("std"))  # else the evaluation runs again
     return None if mean is None or std is None else (mean, std)
 
