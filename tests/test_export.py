@@ -861,3 +861,23 @@ def test_a_ddranking_export_numbers_the_classes_as_ddranking_does():
         ddranking.class_ids("tiny_imagenet", ["Egyptian cat", "goldfish"])
     assert ddranking.class_ids("tiny_imagenet", ["n02124075", "n01443537", "n04067472"]) == [1, 0, 2]
     assert ddranking.class_ids("cifar10", [str(i) for i in range(10)]) == list(range(10))
+
+
+def test_a_copied_out_export_is_not_read_in_another_space(tmp_path, capsys):
+    """A pt export's data.safetensors copied out of its folder was read as a plain set in frepo's preprocessing of
+    its dataset, not the space its manifest names; an npz copied out was refused by evaluate but taken by
+    `distill --init`, in the reference's space. Both are said now, as evaluate says the npz."""
+    data = make_blobs_npz(tmp_path / "blobs3.npz", channels=3)
+    ds = frepo.make_subset(DataConfig(dataset=str(data), preprocess="standard"), 2)
+    export(ds, tmp_path / "pt", "pt")
+    shutil.copy(tmp_path / "pt" / "data.safetensors", tmp_path / "data.safetensors")
+    with pytest.raises(FrepoError, match=r"was written by frepo export, in the space its export.json names"):
+        load_set(tmp_path / "data.safetensors", dataset=str(data))
+    assert load_set(tmp_path / "data.safetensors", dataset=str(data), preprocess="frepo")[0].images.shape[0] == 6
+    export(ds, tmp_path / "npz", "npz")
+    (written,) = (tmp_path / "npz").glob("step*.npz")
+    shutil.copy(written, tmp_path / "start.npz")
+    args = ["distill", "--dataset", str(data), "--ipc", "2", "--init", str(tmp_path / "start.npz"), "--steps", "1"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 2
+    assert "was written by frepo export" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

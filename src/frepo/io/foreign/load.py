@@ -236,9 +236,18 @@ def check_holds_a_set(path: Path, fmt: str, preprocess: str | None = None) -> No
 
         try:
             with safe_open(str(path), framework="pt") as fh:
-                names = set(fh.keys())
+                names, metadata = set(fh.keys()), fh.metadata() or {}
         except Exception:
             return
+        from ..export import MANIFEST, PREPROCESSING
+
+        if "frepo_export" in metadata and preprocess in (None, "auto"):  # a pt export's data.safetensors, copied out:
+            # read as a plain set in frepo's preprocessing of its dataset, not its own space (a DD-Ranking one)
+            raise FrepoError(
+                f"{path} was written by frepo export, in the space its {MANIFEST} names: read it in its export's "
+                f"folder, with {MANIFEST} and {PREPROCESSING} beside it, or name the preprocessing it is in "
+                "(--preprocess frepo: frepo's own of the dataset)"
+            )
         if not {"images", "labels"} <= names:
             shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
             raise FrepoError(
@@ -280,6 +289,7 @@ def load_start(
         # the way to start from another space or entry.
         convert = f"frepo export {path} --dataset {raw.name} --format pt --to DIR"
         export = f"export the file with the --preprocess it holds ({convert} --preprocess ...), then --init DIR"
+        check_holds_a_set(Path(path), fmt)  # a copied-out export, a dataset's .npz: as evaluate refuses them
         try:
             ds = load_foreign(path, raw, fmt=fmt, advice=f"The run would start from wrongly scaled images: {export}")
         except FrepoError as error:
