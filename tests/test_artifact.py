@@ -243,3 +243,24 @@ def test_a_set_read_from_its_file_knows_whether_it_changed_since(tmp_path):
     assert not still_as_read(dataclasses.replace(load_distilled(path), meta={}))
     with torch.inference_mode():  # no version counters there: read, unmarked (it raised)
         assert not still_as_read(load_distilled(path))
+
+
+def test_metadata_is_checksummed_as_the_file_holds_it(tmp_path):
+    """The checksum was taken of the metadata as given, and checked against it as read back from JSON: int keys
+    ({2: "a"}) came back as "2", and the set's own file said "modified or damaged"; mixed int and str keys were
+    a TypeError from the JSON writer's key sort. A value JSON cannot hold is one line."""
+    from frepo.base.errors import FrepoError
+    from frepo.data.preprocess import Preprocessing
+    from frepo.io.artifact import DistilledSet, load_distilled, save_distilled
+
+    meta = {"dataset": "toy", "classes": ["a", "b"], "extra": {2: "a", 10: "b"}}
+    standard = Preprocessing("standard", torch.zeros(1), torch.ones(1))
+    ds = DistilledSet(torch.randn(2, 1, 4, 4), torch.tensor([0, 1]), standard, meta)
+    save_distilled(ds, tmp_path / "s.safetensors")
+    assert load_distilled(tmp_path / "s.safetensors").meta["extra"] == {"2": "a", "10": "b"}
+    mixed = DistilledSet(ds.images, ds.labels, ds.preprocessing, {**meta, "extra": {2: "a", "b": 1}})
+    save_distilled(mixed, tmp_path / "m.safetensors")
+    assert load_distilled(tmp_path / "m.safetensors").meta["extra"] == {"2": "a", "b": 1}
+    odd = DistilledSet(ds.images, ds.labels, ds.preprocessing, {**meta, "extra": torch.tensor(1)})
+    with pytest.raises(FrepoError, match="metadata is not plain JSON"):
+        save_distilled(odd, tmp_path / "o.safetensors")

@@ -243,3 +243,20 @@ def test_dd_rankings_images_pt_is_read_in_the_space_given_and_never_guessed(tmp_
     assert zca.preprocessing.kind == "zca"
     with pytest.raises(FrepoError, match="--init .*a loose images.pt does not say its space"):  # no --preprocess
         foreign.load_start(tmp_path / "images.pt", raw, ds.preprocessing, [0, 1, 2], 2)
+
+
+def test_files_nested_or_typed_beyond_reading_are_one_line(tmp_path):
+    """A manifest or set header of arrays nested thousands deep raised RecursionError, and images of strings
+    torch's TypeError: tracebacks, where a damaged file is one line."""
+    import numpy as np
+
+    from frepo.base.errors import FrepoError
+    from frepo.io.export import read_manifest
+    from frepo.io.foreign.files import check_images
+
+    deep = tmp_path / "export.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(FrepoError, match="cannot read the export manifest"):
+        read_manifest(deep)
+    with pytest.raises(FrepoError, match="images must be floating point, got <U1"):
+        check_images(np.array([["a"]]), (1, 1, 1), "x.npz")

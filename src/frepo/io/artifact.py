@@ -251,7 +251,10 @@ def _tensors(ds: DistilledSet, preprocessing: bool = True) -> dict[str, torch.Te
 def _file_contents(ds: DistilledSet, preprocessing: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
     """The tensors (without the preprocessing's, if not `preprocessing`) and the header (without its
     checksum) a file of `ds` holds."""
-    meta = dict(ds.meta)
+    try:  # as the file's JSON will hold it: a checksum of int keys ({2: ...}) did not match their "2" read back
+        meta = json.loads(json.dumps(ds.meta))
+    except (TypeError, ValueError) as exc:  # a value JSON has no form for (a numpy scalar, a tensor)
+        raise FrepoError(f"the set's metadata is not plain JSON: {exc}") from exc
     meta.update(
         format_version=FORMAT_VERSION,
         frepo_version=__version__,
@@ -607,7 +610,7 @@ def load_distilled(path: str | Path) -> DistilledSet:
         )
     try:
         meta = json.loads(header["frepo"])
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
         raise FrepoError(f"{path}: the frepo metadata is not valid JSON ({exc})") from exc
     if not isinstance(meta, dict):
         raise FrepoError(f"{path}: the frepo metadata is not a JSON object")

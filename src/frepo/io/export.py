@@ -407,7 +407,8 @@ def find_manifest(path: str | Path) -> Path | None:
 def read_manifest(path: Path) -> dict:
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, and UnicodeDecodeError (no UTF-8)
+    # ValueError: JSONDecodeError, and UnicodeDecodeError (no UTF-8); RecursionError: arrays nested thousands deep
+    except (OSError, ValueError, RecursionError) as exc:
         raise FrepoError(f"cannot read the export manifest {path}: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != "frepo-export":
         raise FrepoError(f"{path} is not a frepo export manifest")

@@ -109,6 +109,8 @@ def check_images(images, shape: tuple[int, int, int], where: str, channels_last:
     """Float32 N×C×H×W images of image shape `shape` (C, H, W)."""
     if not isinstance(images, torch.Tensor | np.ndarray):  # as_tensor said "Could not infer dtype of dict"
         raise FrepoError(f"{where}: expected an array of images, found a {type(images).__name__}")
+    if isinstance(images, np.ndarray) and images.dtype.kind not in "fiub":  # str, object, datetime: a TypeError
+        raise FrepoError(f"{where}: images must be floating point, got {images.dtype}")
     x = torch.as_tensor(images)
     if not x.is_floating_point():
         raise FrepoError(f"{where}: images must be floating point, got {x.dtype}")
