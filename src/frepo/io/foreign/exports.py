@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ...base.errors import FrepoError, check_path
 from ...base.log import warn
 from ...base.registry import registering
 from ...data.preprocess import Preprocessing
-from ..artifact import DistilledSet, as_read
+from ..artifact import DistilledSet, as_read, regression_targets
 from ..digests import checksums
 from .files import check_images, check_labels, torch_load
 from .readers import read_npz
@@ -106,6 +107,11 @@ def load_export(path: str | Path) -> DistilledSet:
     images, labels = read(Export(folder, manifest_path, manifest, shape, shape[0], classes, pre))
     images = check_images(images, shape, where)
     labels = check_labels(labels, len(images), len(classes), where)
+    recorded = manifest.get("labels") or {}
+    if recorded.get("kind") == "class_ids" and labels.ndim == 2:  # npz holds the targets of class ids: ids again
+        ids = labels.argmax(-1)  # (as the set was: the dsa protocol's --soft-labels refuses class ids)
+        if torch.equal(regression_targets(ids, len(classes)), labels):
+            labels = ids
     checksum, each = checksums(folder)
     _warn_of_changed_files(manifest, each, where)
     meta = {
