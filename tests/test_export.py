@@ -851,6 +851,11 @@ def test_a_ddranking_export_numbers_the_classes_as_ddranking_does():
         hard = torch.load(Path(folder) / "pt" / "hard_labels.pt")
         soft = torch.load(Path(folder) / "pt" / "labels.pt")
         manifest = json.loads((Path(folder) / "pt" / MANIFEST).read_text())
+        # frepo reads its own export back in its own numbering (its test split's): in DD-Ranking's, an ImageWoof
+        # export evaluated by frepo was tested on permuted labels
+        back = load_export(Path(folder) / "pt")
+    shown = [5, 4, 8, 2, 0, 3, 1, 9, 6, 7]  # the images in DD-Ranking's class order: frepo's classes 5, 4, ...
+    assert back.classes == WOOF and torch.equal(back.labels, labels[shown])
     assert hard.tolist() == list(range(10))  # one image a class, grouped by DD-Ranking's ids
     # DD-Ranking's class 0 is ImageNet index 193, the Australian terrier n02096294: frepo's class 5
     assert manifest["classes"][0] == "n02096294" and manifest["classes"][4] == "n02086240"
@@ -858,9 +863,18 @@ def test_a_ddranking_export_numbers_the_classes_as_ddranking_does():
     assert torch.equal(soft.argmax(-1), hard)  # each image's learned label points at its DD-Ranking class
     from frepo.io import ddranking
 
-    with pytest.raises(FrepoError, match="names its classes by words, not wnids"):
+    with pytest.raises(FrepoError, match="names its classes by words, and no tiny-imagenet-200/wnids.txt was found"):
         ddranking.class_ids("tiny_imagenet", ["Egyptian cat", "goldfish"])
     assert ddranking.class_ids("tiny_imagenet", ["n02124075", "n01443537", "n04067472"]) == [1, 0, 2]
+    # a set naming them by words (the official archive has words.txt): the order from the dataset's wnids.txt
+    from frepo.io.export import ddranking_class_ids
+
+    words = DistilledSet(images[:3], torch.arange(3), woof.preprocessing, {**meta, "dataset": "tiny_imagenet"})
+    words.meta["classes"] = ["Egyptian cat", "goldfish", "police van"]
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "tiny-imagenet-200").mkdir()
+        (Path(folder) / "tiny-imagenet-200" / "wnids.txt").write_text("n02124075\nn01443537\nn04067472\n")
+        assert ddranking_class_ids(words, folder) == [1, 0, 2]
     assert ddranking.class_ids("cifar10", [str(i) for i in range(10)]) == list(range(10))
 
 

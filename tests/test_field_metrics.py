@@ -59,6 +59,11 @@ def test_a_random_subset_improves_over_random_by_exactly_zero(tmp_path, capsys, 
     # ... and says so (four identical bars ran before, none saying which reference each was)
     assert "field metrics: the random subset's accuracy read from" in err
     assert "field metrics: the full training split's accuracy read from" in err
+    assert metrics["recipe"]["depth"] == 3  # resolved, as the set's own evaluation resolves it
+    # ... a reference of another depth is another (`--depth 2`, or a set the default resolves to 4, read the depth
+    # 3 references of the cache)
+    code, _, err = run_cli([*flags, "--depth", 2], capsys)
+    assert code == 0 and calls and json.loads(report.read_text())["field_metrics"]["recipe"]["depth"] == 2
 
 
 def test_learned_labels_are_replaced_by_class_ids_and_uneven_sets_are_refused(tmp_path, capsys, monkeypatch):

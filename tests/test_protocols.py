@@ -393,11 +393,27 @@ def test_networks_have_the_depth_the_set_was_distilled_with(protocol, monkeypatc
     ds = _set((3, 32, 32), learned=protocol == "frepo")
     eval_x, eval_y = torch.randn(4, 3, 32, 32), torch.randint(3, (4,))
     options = {"frepo": {"steps": 1}, "dsa": {"epochs": 1}, "krr": {}}[protocol]
-    for recorded, given, expected in ((4, None, 4), (4, 2, 2), (None, None, 3)):
-        meta = {**ds.meta, "config": {"model": {"depth": recorded}} if recorded else {}}
+    cases = [(4, None, 4, "toy"), (4, 2, 2, "toy"), (None, None, 3, "toy"), (True, None, 3, "toy")]
+    cases += [(None, None, 4, "tiny_imagenet"), (None, 3, 3, "tiny_imagenet"), (5, None, 5, "tiny_imagenet")]
+    for recorded, given, expected, dataset in cases:  # a subset or export records none: its dataset's depth
+        meta = {**ds.meta, "dataset": dataset, "config": {"model": {"depth": recorded}} if recorded else {}}
         config = EvalConfig.build(protocol=protocol, models=1, width=8, depth=given, **options)
         built.clear()
         result = evaluate_set(replace(ds, meta=meta), eval_x, eval_y, config)
         assert built and set(built) == {expected} and result.extra["depth"] == expected, (recorded, given, built)
     with pytest.raises(FrepoError, match="depth must be in 1..16"):
         EvalConfig.build(depth=0)
+
+
+def test_a_conv_too_deep_for_the_images_is_refused_before_any_network_trains(tmp_path, monkeypatch):
+    """`--arch mlp,conv --depth 6` on 8×8 images trained every mlp network, then failed on the conv: the probe of
+    the later architectures built them at depth 3."""
+    path = tmp_path / "digits.safetensors"
+    save_distilled(make_subset("digits", ipc=1), path)
+    trained = []
+    monkeypatch.setitem(
+        PROTOCOLS, "frepo", replace(PROTOCOLS["frepo"], train_and_test=lambda *a: trained.append(a) or 0.0)
+    )
+    with pytest.raises(FrepoError, match="too small for a Conv of depth 6"):
+        evaluate_archs(path, EvalConfig.build(arch="mlp,conv", depth=6, models=1, steps=1))
+    assert trained == []

@@ -17,6 +17,7 @@ import torch
 
 from ..base.errors import FrepoError
 from ..base.fields import COUNT_MAX, check_fields, leaf_fields, nested, opt, set_leaf
+from ..config.presets import PAPER_OVERRIDES
 from ..models import ARCHS, check_arch
 from .protocol import REFERENCE_BATCH
 from .protocols import PROTOCOLS
@@ -60,7 +61,7 @@ class EvalConfig:
     depth: int | None = opt(
         None,
         "blocks of conv-family networks and convnet (default: the depth the set was distilled with, as its file "
-        "records it, e.g. 4 for the Tiny ImageNet presets; else 3)",
+        "records it; else its dataset's in the paper presets: 4 for Tiny ImageNet and ImageNet 64×64, else 3)",
     )
     together: str = opt(
         "auto",
@@ -116,13 +117,18 @@ class EvalConfig:
         return "stacked" if small else None
 
     def network_depth(self, meta: dict) -> int:
-        """The blocks of the conv-family networks that evaluate a set of metadata `meta`: --depth, or the depth the
-        set was distilled with (a Tiny ImageNet set of the paper's presets: 4; evaluated with the default 3, it was
-        tested on another network than it was distilled for), or 3."""
+        """The blocks of the conv-family networks that evaluate a set of metadata `meta`: --depth; else the depth
+        the set was distilled with, as its file records it; else its dataset's in the paper presets (Tiny ImageNet
+        and ImageNet 64×64: 4, so that a random subset, an export or another tool's set of them meets the network
+        a distilled one does); else 3. (Every set was evaluated at depth 3 before 2026-12-08: a Tiny ImageNet set
+        was tested on another network than it was distilled for.)"""
         if self.depth is not None:
             return self.depth
-        recorded = ((meta.get("config") or {}).get("model") or {}).get("depth") if isinstance(meta, dict) else None
-        return recorded if isinstance(recorded, int) and 1 <= recorded <= MAX_DEPTH else DEFAULT_DEPTH
+        meta = meta if isinstance(meta, dict) else {}
+        recorded = ((meta.get("config") or {}).get("model") or {}).get("depth")
+        if isinstance(recorded, int) and not isinstance(recorded, bool) and 1 <= recorded <= MAX_DEPTH:
+            return recorded
+        return PAPER_OVERRIDES.get(str(meta.get("dataset")), {}).get("depth", DEFAULT_DEPTH)
 
     def options(self) -> Any:
         """The options dataclass of the chosen protocol."""

@@ -45,8 +45,9 @@ def set_digest(images: torch.Tensor, labels: torch.Tensor, preprocessing: dict[s
 # them trained its finished networks again. --device: the machine part says it (its kind and hardware; `auto`,
 # `cuda` and `cuda:0` name one GPU). --arch: the key's `arch` is the network (the list named the others evaluated
 # beside it). --models: network i is stream eval/model{i} whatever the count. --together: each network is kept
-# with the mode it trained in and how many trained with it (`auto` and `off` are one mode on a CPU).
-_SAID_ELSEWHERE = ("device", "arch", "models", "together")
+# with the mode it trained in and how many trained with it (`auto` and `off` are one mode on a CPU). --depth: the
+# key's resolved `depth` (`--depth 3` and a default that resolves to 3 train the same networks).
+_SAID_ELSEWHERE = ("device", "arch", "models", "together", "depth")
 
 
 def evaluation_key(

@@ -91,21 +91,25 @@ def preprocessing(
     return mtt_zca_preprocessing(raw, cache_dir, eps=ZCA_EPS)  # the claim ddranking-zca
 
 
-def class_ids(dataset: str, classes: list[str]) -> list[int]:
-    """DD-Ranking's class id of each of frepo's class ids of `dataset` (`classes`: the set's class names): a set
-    exported with frepo's ids trained DD-Ranking's networks on permuted labels (ImageWoof: chance accuracy)."""
+def class_ids(dataset: str, classes: list[str], wnids: list[str] | None = None) -> list[int]:
+    """DD-Ranking's class id of each of frepo's class ids of `dataset` (`classes`: the set's class names; `wnids`:
+    Tiny ImageNet's wnids.txt, frepo's class order, for a set that names its classes by words): a set exported with
+    frepo's ids trained DD-Ranking's networks on permuted labels (ImageWoof: chance accuracy)."""
     if dataset == "imagewoof":
         ranked = sorted(IMAGEWOOF_INDICES)
         return [IMAGEWOOF_INDICES.index(index) for index in ranked]
     if dataset == "tiny_imagenet":
-        if not all(WNID.fullmatch(name) for name in classes):
+        if all(WNID.fullmatch(name) for name in classes):
+            wnids = classes
+        if wnids is None or len(wnids) != len(classes):
             raise FrepoError(
                 "DD-Ranking numbers Tiny ImageNet's classes by their sorted wnids, frepo by the lines of wnids.txt; "
-                "this set names its classes by words, not wnids, so its labels cannot be put in DD-Ranking's "
-                "order: export it with --space frepo"
+                "this set names its classes by words, and no tiny-imagenet-200/wnids.txt was found in --data-dir, "
+                "the folder the set was distilled from or $FREPO_DATA_DIR to put them in DD-Ranking's order: give "
+                "--data-dir, or export with --space frepo"
             )
-        ranked_names = sorted(classes)
-        return [ranked_names.index(name) for name in classes]
+        ranked_names = sorted(wnids)
+        return [ranked_names.index(name) for name in wnids]
     return list(range(len(classes)))
 
 

@@ -79,7 +79,8 @@ MANIFEST_KEYS = {
     "imagefolder also its PNGs, which hold pixels): kind (none, standard, zca, zca_block), zca_reg, per-channel "
     "mean and std (tensors in PREPROCESSING, applied as its entry in files says)",
     "ddranking": "the DD-Ranking settings the export matches (dataset, im_size, use_zca, the call of each metric, "
-    "the soft-label criterion), or null when its images are not in a DD-Ranking space",
+    "the soft-label criterion; frepo_class_ids: the DD-Ranking class id of each of frepo's, which the labels and "
+    "classes of the export use), or null when its images are not in a DD-Ranking space",
     "lr": "sgd: the lr to train with SGD (DD-Ranking, DC/DSA), frepo_protocol: the Adam lr of the reference evaluation",
     "set": "what frepo knows of the set: kind, ipc, step, seed, use_flip, mirror_invariant, val_size, holdout (the "
     "hold-out it was distilled without: size, chunk, classes), test_fingerprint, checksum, data_dir (the --data-dir "
@@ -228,6 +229,19 @@ def default_space(layout: str, dataset: str) -> str:
     return "ddranking" if layout == "pt" and dataset in ddranking.DATASETS else "frepo"
 
 
+def ddranking_class_ids(ds: DistilledSet, data_dir: str | Path | None = None) -> list[int]:
+    """DD-Ranking's id of each of the set's class ids (`ddranking.class_ids`), Tiny ImageNet's wnids read from its
+    dataset folder where the set names its classes by words."""
+    wnids = None
+    if ds.dataset == "tiny_imagenet":
+        for folder in (data_dir, recorded_data_dir(ds), os.environ.get("FREPO_DATA_DIR")):
+            listed = Path(folder).expanduser() / "tiny-imagenet-200" / "wnids.txt" if folder else None
+            if listed is not None and listed.is_file():
+                wnids = [line.strip() for line in listed.read_text().splitlines() if line.strip()]
+                break
+    return ddranking.class_ids(ds.dataset, ds.classes, wnids)
+
+
 def in_space(
     ds: DistilledSet, space: str, *, data_dir: str | Path | None = None, download: bool = True
 ) -> DistilledSet:
@@ -236,7 +250,7 @@ def in_space(
     check_choice("space", space, SPACES)
     if space == "frepo":
         return ds
-    theirs = torch.tensor(ddranking.class_ids(ds.dataset, ds.classes))  # frepo's id -> DD-Ranking's
+    theirs = torch.tensor(ddranking_class_ids(ds, data_dir))  # frepo's id -> DD-Ranking's
     target = ddranking.preprocessing(ds.dataset, space, data_dir=data_dir or recorded_data_dir(ds), download=download)
     images = ddranking.re_expressed(ds.images.detach().cpu().float(), ds.preprocessing, target)
     labels = ds.labels.detach().cpu()
@@ -282,6 +296,8 @@ def export(
     # before the lock, whose file's folders a refused export left behind, empty (a dataset DD-Ranking lacks, or
     # ddranking-zca's dataset not found)
     dd_settings = None if space == "frepo" else ddranking.settings(ds.dataset, space, int(ds.images.shape[-1]))
+    if dd_settings is not None:  # how the labels were renumbered, undone when frepo reads the export back
+        dd_settings["frepo_class_ids"] = ddranking_class_ids(ds, data_dir)
     ds = in_space(ds, space, data_dir=data_dir, download=download)
     out = Path(out)
     with one_writer(out.resolve(), "--to"):  # one export into a folder at a time

@@ -250,7 +250,8 @@ def run(
     ds, raw = open_set(file, source)
     for arch in config.archs()[1:]:  # each fits the images before the first trains (mlp,resnet18 on 8×8 lost mlp)
         probe = torch.Generator().manual_seed(0)  # a throwaway network: its weights are never used
-        build_model(arch, tuple(ds.images.shape[1:]), ds.num_classes, generator=probe, width=config.width)
+        depth = config.network_depth(ds.meta)  # a Conv too deep for the images: before the first architecture trains
+        build_model(arch, tuple(ds.images.shape[1:]), ds.num_classes, generator=probe, width=config.width, depth=depth)
     test_x, test_y = eval_split(ds, raw, config.split)
     if field_metrics:
         from .field_metrics import computable

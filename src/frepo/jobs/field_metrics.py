@@ -123,6 +123,7 @@ def _recipe(config: EvalConfig, arch: str) -> dict:
         "models": config.models,
         "seed": config.seed,
         "width": config.width,
+        "depth": config.depth,  # resolved by `field_metrics` (the cache of an IOR at depth 3 was read at depth 4)
         "split": config.split,
         "together": config.together,
         "options": dataclasses.asdict(config.options()),
@@ -202,6 +203,8 @@ def field_metrics(
     network of the three evaluations is kept as it finishes (`FinishedNetworks`), so an interrupted reference
     trains only its networks still missing when the same command runs again."""
     ipc = computable(ds, raw)
+    # the references are the set's dataset's subsets: their networks take the set's depth, not their own default
+    config = config.replace(depth=config.network_depth(ds.meta))
     recipe, identity = _recipe(config, arch), _data_identity(ds, raw)
     folder = Path(cache_dir) if cache_dir is not None else default_data_dir() / "field_metrics"
 

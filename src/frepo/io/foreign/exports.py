@@ -87,7 +87,7 @@ def _read_npz(export: Export) -> tuple:
 def load_export(path: str | Path) -> DistilledSet:
     """A `frepo export` folder (or a file of one) back into the set it was written from: the same images
     (up to 8-bit rounding and clipping for PNGs), labels and preprocessing, in the export's order (the set's,
-    but grouped by class in an imagefolder export)."""
+    but grouped by class in imagefolder and pt exports), classes numbered as frepo numbers the dataset's."""
     from ..export import find_manifest, read_manifest, read_preprocessing
 
     check_path("path", path)
@@ -107,6 +107,7 @@ def load_export(path: str | Path) -> DistilledSet:
     images, labels = read(Export(folder, manifest_path, manifest, shape, shape[0], classes, pre))
     images = check_images(images, shape, where)
     labels = check_labels(labels, len(images), len(classes), where)
+    labels, classes = _frepo_numbering(labels, classes, manifest, where)
     recorded = manifest.get("labels") or {}
     if recorded.get("kind") == "class_ids" and labels.ndim == 2:  # npz holds the targets of class ids: ids again
         ids = labels.argmax(-1)  # (as the set was: the dsa protocol's --soft-labels refuses class ids)
@@ -132,6 +133,25 @@ def load_export(path: str | Path) -> DistilledSet:
     if "mirror_invariant" in info:  # else the set answers from its dataset (DistilledSet.mirror_invariant)
         meta["mirror_invariant"] = bool(info["mirror_invariant"])
     return as_read(DistilledSet(images, labels, pre, meta))
+
+
+def _frepo_numbering(labels: torch.Tensor, classes: list, manifest: dict, where: str) -> tuple[torch.Tensor, list]:
+    """The labels and classes of an export in a DD-Ranking space, numbered as frepo numbers the dataset's classes
+    again (the manifest's ddranking.frepo_class_ids): read as written, an ImageWoof export was tested against
+    frepo's test split under DD-Ranking's numbering."""
+    theirs = (manifest.get("ddranking") or {}).get("frepo_class_ids")
+    if theirs is None:
+        return labels, classes
+    whole = isinstance(theirs, list) and all(type(t) is int for t in theirs)
+    if not whole or sorted(theirs) != list(range(len(classes))):
+        raise FrepoError(f"{where}: ddranking.frepo_class_ids is not an order of the {len(classes)} classes")
+    theirs = torch.tensor(theirs)
+    mine = [classes[their] for their in theirs.tolist()]
+    if labels.ndim == 2:  # DD-Ranking's column theirs[k] is frepo's class k
+        return labels[:, theirs], mine
+    inverse = torch.empty_like(theirs)
+    inverse[theirs] = torch.arange(len(theirs))
+    return inverse[labels.long()].to(labels.dtype), mine
 
 
 def _check_recorded(pre, recorded, folder: Path) -> None:

@@ -244,9 +244,9 @@ def check_holds_a_set(path: Path, fmt: str, preprocess: str | None = None) -> No
         if "frepo_export" in metadata and preprocess in (None, "auto"):  # a pt export's data.safetensors, copied out:
             # read as a plain set in frepo's preprocessing of its dataset, not its own space (a DD-Ranking one)
             raise FrepoError(
-                f"{path} was written by frepo export, in the space its {MANIFEST} names: read it in its export's "
-                f"folder, with {MANIFEST} and {PREPROCESSING} beside it, or name the preprocessing it is in "
-                "(--preprocess frepo: frepo's own of the dataset)"
+                f"{path} was written by frepo export, in the space its {MANIFEST} names (a DD-Ranking space by "
+                f"default, which no --preprocess names): read it in its export's folder, with {MANIFEST} and "
+                f"{PREPROCESSING} beside it; only for an export with --space frepo, --preprocess frepo reads it here"
             )
         if not {"images", "labels"} <= names:
             shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
