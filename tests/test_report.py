@@ -713,3 +713,26 @@ def test_rows_kept_from_an_earlier_table_take_the_table_s_published_numbers_now(
     (kept,) = reproduce.kept_rows(out, 1, reproduce.BUDGETS["cpu-small"], ["mnist"])
     assert (kept.label, kept.published, kept.checked) == ("CIFAR-10", (46.8, 0.7), True)
     assert kept.measured == (40.0, 0.5) and kept.status == "done" and kept.ran_on == "cpu"  # the measurement stays
+
+
+def test_the_plot_states_the_evaluation_budget_and_marks_carried_rows(tmp_path, monkeypatch):
+    """The plot's title named the distillation steps and the model count, not the evaluation's steps; a row carried
+    from the table it rewrote (its run failed now) was drawn as a fresh measurement."""
+    import matplotlib.axes
+
+    titles, hollow = [], []
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda self, text, **k: titles.append(text))
+    real = matplotlib.axes.Axes.errorbar
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "errorbar",
+        lambda self, *a, **k: hollow.append(k.get("mfc") == "none") or real(self, *a, **k),
+    )
+    tiny = reproduce.Budget("tiny", "-tiny", 1, 3, False, "a test budget")
+    done = reproduce.Row("digits", "Digits", 1, (80.0, 1.0), True, steps=2, status="done", measured=(70.0, 1.0))
+    carried = reproduce.Row(
+        "digits", "Digits", 10, (90.0, 1.0), True, steps=2, status="failed: x", measured=(85.0, 1.0)
+    )
+    reproduce.plot([done, carried], 1, tiny, tmp_path / "t.png")
+    assert "frepo protocol, 1 model × 3 steps" in titles[0] and "hollow: carried" in titles[0]
+    assert hollow == [False, True]

@@ -342,6 +342,12 @@ def run_row(
             torch.cuda.empty_cache()
 
 
+def evaluation_words(budget: Budget) -> str:
+    """How a row of `budget` is evaluated, in words: the table's evaluation cell and its plot's title."""
+    steps = f"{budget.eval_steps} steps" if budget.eval_steps else "the reference step table"
+    return f"frepo protocol, {count_of(budget.eval_models, 'model')} × {steps}"
+
+
 def render(
     rows: list[Row],
     table: int,
@@ -355,9 +361,7 @@ def render(
 
     from ..base.version import __version__
 
-    evaluation = f"frepo protocol, {count_of(budget.eval_models, 'model')} × " + (
-        f"{budget.eval_steps} steps" if budget.eval_steps else "the reference step table"
-    )
+    evaluation = evaluation_words(budget)
     lines = [
         f"{TABLE_TITLE.decode()}{table}: published vs measured",
         "",
@@ -741,7 +745,10 @@ def plot(rows: list[Row], table: int, budget: Budget, path: Path) -> None:
     done = [(r, r.measured) for r in rows if r.measured]
     fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
     for r, measured in done:
-        ax.errorbar(r.published[0], measured[0], xerr=r.published[1], yerr=measured[1], fmt="o", capsize=3)
+        # a row shown from the table this one rewrote (its run failed or is gone now): hollow
+        fresh = r.status == "done"
+        marker = {"fmt": "o", "capsize": 3} if fresh else {"fmt": "o", "capsize": 3, "mfc": "none"}
+        ax.errorbar(r.published[0], measured[0], xerr=r.published[1], yerr=measured[1], **marker)
         ax.annotate(
             f"{r.label} {r.ipc}",
             (r.published[0], measured[0]),
@@ -757,8 +764,9 @@ def plot(rows: list[Row], table: int, budget: Budget, path: Path) -> None:
     steps = sorted({r.steps for r, _ in done if r.steps})
     ax.set_title(
         f"Table {table}, budget {budget.name}: {len(done)} of {len(rows)} rows measured\n"
-        + (f"{'/'.join(map(str, steps))} distillation steps, " if steps else "")
-        + f"{count_of(budget.eval_models, 'evaluation model')}",
+        + (f"{'/'.join(map(str, steps))} distillation steps; " if steps else "")
+        + evaluation_words(budget)
+        + ("; hollow: carried from the table it rewrote" if any(r.status != "done" for r, _ in done) else ""),
         fontsize=8,
     )
     ax.grid(True, alpha=0.3)
