@@ -896,3 +896,15 @@ def test_a_copied_out_export_is_not_read_in_another_space(tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "run")]) == 2
     assert "was written by frepo export" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_export_keeps_the_depth_its_set_was_distilled_with(tmp_path):
+    """The manifest recorded no depth: a set distilled with a depth-5 Conv was evaluated at 3 once exported."""
+    from frepo.eval import EvalConfig
+
+    ds, _ = _learned(tmp_path)
+    deep = DistilledSet(ds.images, ds.labels, ds.preprocessing, {**ds.meta, "config": {"model": {"depth": 2}}})
+    for layout in LAYOUTS:
+        export(deep, tmp_path / layout, layout)
+        assert json.loads((tmp_path / layout / MANIFEST).read_text())["set"]["depth"] == 2
+        assert EvalConfig().network_depth(load_export(tmp_path / layout).meta) == 2, layout

@@ -82,7 +82,8 @@ MANIFEST_KEYS = {
     "the soft-label criterion; frepo_class_ids: the DD-Ranking class id of each of frepo's, which the labels and "
     "classes of the export use), or null when its images are not in a DD-Ranking space",
     "lr": "sgd: the lr to train with SGD (DD-Ranking, DC/DSA), frepo_protocol: the Adam lr of the reference evaluation",
-    "set": "what frepo knows of the set: kind, ipc, step, seed, use_flip, mirror_invariant, val_size, holdout (the "
+    "set": "what frepo knows of the set: kind, ipc, step, seed, use_flip, depth (its Conv's blocks: the evaluation "
+    "networks' too), mirror_invariant, val_size, holdout (the "
     "hold-out it was distilled without: size, chunk, classes), test_fingerprint, checksum, data_dir (the --data-dir "
     "it was distilled with, where its dataset is looked for first)",
     "frepo_version": "the frepo that wrote the export",
@@ -375,6 +376,7 @@ def _export(ds: DistilledSet, out: Path, layout: str, space: str, dd_settings: d
                     "step": ds.meta.get("step"),
                     "seed": ds.meta.get("seed"),
                     "use_flip": bool(config.get("use_flip") or False),
+                    "depth": (config.get("model") or {}).get("depth"),  # its evaluation networks' (`network_depth`)
                     "mirror_invariant": ds.mirror_invariant,
                     "val_size": ds.meta.get("val_size"),
                     "holdout": Holdout.record(ds.meta),  # made from a narrowed run's settings, for older files
@@ -463,6 +465,7 @@ _SET_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ipc": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),  # as a set file's metadata (check_meta)
     **{k: (lambda v: _is_int(v) and v >= 0, "an integer >= 0") for k in ("step", "val_size")},
     "seed": (_is_int, "an integer"),
+    "depth": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     **{k: (lambda v: isinstance(v, bool), "true or false") for k in ("use_flip", "mirror_invariant")},
     **{k: (lambda v: isinstance(v, str), "a string") for k in ("kind", "test_fingerprint", "checksum", "data_dir")},
     "holdout": (lambda v: isinstance(v, dict), "an object"),

@@ -123,7 +123,11 @@ def load_export(path: str | Path) -> DistilledSet:
         "seed": info.get("seed"),
         "step": info.get("step"),
         # recorded_data_dir finds the dataset where the set's run did (an export evaluated --no-download)
-        "config": {"use_flip": bool(info.get("use_flip")), "data": {"data_dir": info.get("data_dir")}},
+        "config": {
+            "use_flip": bool(info.get("use_flip")),
+            "data": {"data_dir": info.get("data_dir")},
+            "model": {"depth": info.get("depth")},  # the depth it was distilled with (`EvalConfig.network_depth`)
+        },
         "val_size": int(info.get("val_size") or 0),
         "holdout": info.get("holdout"),
         "test_fingerprint": info.get("test_fingerprint"),
