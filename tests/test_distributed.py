@@ -388,6 +388,34 @@ def test_a_stop_in_rank_0_s_validation_checkpoints_every_rank(tmp_path, settings
     assert [line["step"] for line in lines if "val_acc" in line] == validated
 
 
+def test_ranks_that_see_a_finished_run_differently_stop_together(tmp_path):
+    """--out on each node's own disk, one copy pruned of its checkpoint: the rank that found a finished run there
+    returned "already complete" and exited, and the other waited for it in the group's start (its 2 h timeout)."""
+    import shutil
+    import signal
+
+    shared, own = tmp_path / "shared", tmp_path / "own"
+    distill(presets.resolve("digits", 2, overrides={**OVERRIDES, "steps": 2}), shared, progress=False)
+    shutil.copytree(shared, own)
+    (shared / "checkpoint.pt").unlink()  # rank 0's copy: finished, pruned; rank 1's: finished, with its checkpoint
+    helper = Path(__file__).parent / "helpers" / "own_disks.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(helper)]
+    cmd += [str(shared), str(own), "--dataset", "digits", "--ipc", "2"]
+    for key, value in {**OVERRIDES, "steps": 2}.items():
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError("a rank waited for one that had returned") from None
+    assert proc.returncode != 0
+    assert err.count("error:") == 1 and f"the processes see {shared} differently: rank(s) 0 find" in err, err[-3000:]
+    assert "[rank0]" not in err and "[rank1]" not in err, err[-3000:]
+
+
 def test_ranks_at_different_steps_are_refused():
     """A copy of --out on each node, taken at different times: the ranks loaded different steps."""
 

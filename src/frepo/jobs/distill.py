@@ -21,7 +21,7 @@ import torch
 
 from ..base.atomic import WriteError
 from ..base.device import resolve_device, synchronize
-from ..base.dist import init_distributed
+from ..base.dist import init_distributed, world_size
 from ..base.errors import FrepoError, Interrupted, check_argument, check_path, out_of_memory
 from ..base.fields import to_dict
 from ..base.log import progress_bar
@@ -790,6 +790,22 @@ def _finished_without_checkpoint(config: DistillConfig, out: Path) -> DistillRes
     return DistillResult(run.path, config.steps, run.distilled_path, best, val, float(elapsed))
 
 
+def _same_view_of_a_finished_run(config: DistillConfig, out: Path, finished: bool) -> None:
+    """Under torchrun: a refusal on every rank unless all found a finished run in `out` (`_finished_without_checkpoint`)
+    or none did. On node-local copies of --out, ranks that found one returned and exited, and the others waited for
+    them in the group's start until its 2 h timeout."""
+    ctx, _ = init_distributed(config.device)  # the group the run joins (`Distiller`): joined once
+    seen = ctx.gather_objects(finished)
+    refusal = None
+    if ctx.is_main and len(set(seen)) > 1:
+        which = ", ".join(str(rank) for rank, found in enumerate(seen) if found)
+        refusal = FrepoError(
+            f"the processes see {out} differently: rank(s) {which} find a finished run without its checkpoint there, "
+            "the others do not; --out must be one folder that every node shares, not a copy on each"
+        )
+    ctx.agree(refusal)
+
+
 def _failure_of(write: Callable[[], None]) -> FrepoError | None:
     """The FrepoError `write` raised (a full disk), or None: for `DistContext.agree`, which raises it on the rank
     that failed and stops the others with it (one process: raises it)."""
@@ -835,6 +851,8 @@ def distill(
     check_argument("progress", progress, bool, "True or False")
     check_argument("resume_with_changes", resume_with_changes, bool, "True or False")  # "no" is true
     finished = _finished_without_checkpoint(config, Path(out))
+    if world_size() > 1:  # each rank looked at --out as it sees it: they go on together or stop together
+        _same_view_of_a_finished_run(config, Path(out), finished is not None)
     if finished is not None:
         return finished
     try:
