@@ -244,14 +244,15 @@ def ddranking_class_ids(ds: DistilledSet, data_dir: str | Path | None = None) ->
 
 
 def in_space(
-    ds: DistilledSet, space: str, *, data_dir: str | Path | None = None, download: bool = True
+    ds: DistilledSet, space: str, class_ids: list[int], *, data_dir: str | Path | None = None, download: bool = True
 ) -> DistilledSet:
     """The set with its images re-expressed in `space` (one of SPACES) and that space's preprocessing (for
-    ddranking-zca, fitted on the dataset found in `data_dir`, else the folder the set was distilled from)."""
+    ddranking-zca, fitted on the dataset found in `data_dir`, else the folder the set was distilled from), its
+    labels and classes numbered by `class_ids` (`ddranking_class_ids`: frepo's id -> DD-Ranking's)."""
     check_choice("space", space, SPACES)
     if space == "frepo":
         return ds
-    theirs = torch.tensor(ddranking_class_ids(ds, data_dir))  # frepo's id -> DD-Ranking's
+    theirs = torch.tensor(class_ids)
     target = ddranking.preprocessing(ds.dataset, space, data_dir=data_dir or recorded_data_dir(ds), download=download)
     images = ddranking.re_expressed(ds.images.detach().cpu().float(), ds.preprocessing, target)
     labels = ds.labels.detach().cpu()
@@ -299,7 +300,8 @@ def export(
     dd_settings = None if space == "frepo" else ddranking.settings(ds.dataset, space, int(ds.images.shape[-1]))
     if dd_settings is not None:  # how the labels were renumbered, undone when frepo reads the export back
         dd_settings["frepo_class_ids"] = ddranking_class_ids(ds, data_dir)
-    ds = in_space(ds, space, data_dir=data_dir, download=download)
+    theirs = dd_settings["frepo_class_ids"] if dd_settings else []
+    ds = in_space(ds, space, theirs, data_dir=data_dir, download=download)
     out = Path(out)
     with one_writer(out.resolve(), "--to"):  # one export into a folder at a time
         check_target(out)  # again: another export may have written it meanwhile

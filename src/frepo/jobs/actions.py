@@ -283,7 +283,7 @@ class Validation(Action):
         val: Callable[[], HoldOut],
         monitor: Monitor,
         best_path: Path,
-        finite: Callable[[int], None] = lambda step: None,
+        finite: Callable[[int], None],
     ):
         self.plan, self.val, self.monitor, self.best_path = plan, val, monitor, best_path
         # raises the run's NaN/inf stop for a step whose set is not finite: validated, it gave a chance accuracy

@@ -248,9 +248,9 @@ def run(
             check_holds_a_set(Path(file), fmt, source.preprocess)  # no set at all: said first
             raise FrepoError(f"{FOREIGN_WITHOUT_VAL} records no validation hold-out (val_size 0): use --split test")
     ds, raw = open_set(file, source)
+    depth = config.network_depth(ds.meta)  # a Conv too deep for the images: before the first architecture trains
     for arch in config.archs()[1:]:  # each fits the images before the first trains (mlp,resnet18 on 8×8 lost mlp)
         probe = torch.Generator().manual_seed(0)  # a throwaway network: its weights are never used
-        depth = config.network_depth(ds.meta)  # a Conv too deep for the images: before the first architecture trains
         build_model(arch, tuple(ds.images.shape[1:]), ds.num_classes, generator=probe, width=config.width, depth=depth)
     test_x, test_y = eval_split(ds, raw, config.split)
     if field_metrics:
@@ -274,7 +274,6 @@ def run(
     records: list[FinishedNetworks | None] = [None] * len(config.archs())
     if resume:
         set_id, split_id = _identity(ds, raw, config.split, checksum)
-        depth = config.network_depth(ds.meta)
         records = [_finished(set_id, split_id, config, arch, ds.mirror_invariant, depth) for arch in config.archs()]
     for record in records:
         if record is not None and record.networks:
